@@ -1,0 +1,232 @@
+"""Recipes: _base_ inheritance, overrides, strict keys, rename map, resolution."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from uvireid.config import dump, load_recipe, merge, parse_override
+from uvireid.errors import ConfigError
+from uvireid.registry import CLUSTERERS, DATASETS
+
+
+@pytest.fixture(autouse=True)
+def fake_parts():
+    @CLUSTERERS.register("fake_dbscan")
+    class FakeDBSCAN:
+        """A test clusterer."""
+
+        def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30):
+            pass
+
+    @CLUSTERERS.register("fake_hdbscan")
+    class FakeHDBSCAN:
+        """Another test clusterer."""
+
+        def __init__(self, min_cluster_size: int = 5):
+            pass
+
+    @DATASETS.register("fake_data")
+    class FakeData:
+        """A test dataset."""
+
+        def __init__(self, root: str, split: int = 1):
+            pass
+
+    yield
+    for name in ("fake_dbscan", "fake_hdbscan"):
+        CLUSTERERS.unregister(name)
+    DATASETS.unregister("fake_data")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    write(tmp_path / "bases/data.yaml", """
+        data: {type: fake_data, root: /data/x}
+        train: {epochs: 5, lr_steps: [1, 2, 3]}
+    """)
+    write(tmp_path / "bases/mid.yaml", """
+        _base_: data.yaml
+        clusterer: {type: fake_dbscan, eps: 0.5}
+        train: {iters_per_epoch: 7}
+    """)
+    write(tmp_path / "top.yaml", """
+        _base_: [bases/mid.yaml]
+        clusterer: {min_samples: 3}
+        train: {lr_steps: [9]}
+    """)
+    return tmp_path
+
+
+def test_base_inheritance_merges_dicts_deeply_and_replaces_lists(tree):
+    cfg = load_recipe(tree / "top.yaml")
+    assert cfg["data"] == {"type": "fake_data", "root": "/data/x", "split": 1}
+    assert cfg["clusterer"] == {"type": "fake_dbscan", "eps": 0.5, "min_samples": 3, "k1": 30}
+    assert cfg["train"]["lr_steps"] == [9]
+    assert cfg["train"]["epochs"] == 5 and cfg["train"]["iters_per_epoch"] == 7
+    assert cfg["name"] == "top"
+    # defaults of untouched settings are filled in
+    assert cfg["train"]["lr"] == 3.5e-4 and cfg["evaluation"]["trials"] == 10
+
+
+def test_delete_replaces_a_whole_mapping(tree):
+    write(tree / "del.yaml", """
+        _base_: bases/mid.yaml
+        clusterer: {_delete_: true, type: fake_dbscan, k1: 20}
+    """)
+    cfg = load_recipe(tree / "del.yaml")
+    assert cfg["clusterer"] == {"type": "fake_dbscan", "eps": 0.6, "min_samples": 4, "k1": 20}
+
+
+def test_changing_type_drops_the_old_components_keywords(tree):
+    write(tree / "swap.yaml", """
+        _base_: bases/mid.yaml
+        clusterer: {type: fake_hdbscan}
+    """)
+    cfg = load_recipe(tree / "swap.yaml")
+    assert cfg["clusterer"] == {"type": "fake_hdbscan", "min_cluster_size": 5}
+
+
+def test_overrides_parse_yaml_values(tree):
+    cfg = load_recipe(
+        tree / "top.yaml",
+        ["clusterer.eps=0.3", "train.lr_steps=[20,60]", "train.amp=true", "reranker=null",
+         "data.root=/other", "seed=7"],
+    )
+    assert cfg["clusterer"]["eps"] == 0.3
+    assert cfg["train"]["lr_steps"] == [20, 60]
+    assert cfg["train"]["amp"] is True
+    assert cfg["reranker"] is None
+    assert cfg["data"]["root"] == "/other" and cfg["seed"] == 7
+
+
+def test_override_can_switch_a_component(tree):
+    cfg = load_recipe(tree / "top.yaml", ["clusterer={type: fake_hdbscan, min_cluster_size: 3}"])
+    assert cfg["clusterer"] == {"type": "fake_hdbscan", "min_cluster_size": 3}
+
+
+def test_misspelt_key_in_a_file_names_the_file_and_the_closest_key(tree):
+    bad = write(tree / "bad.yaml", """
+        _base_: bases/mid.yaml
+        clusterer: {epss: 0.4}
+    """)
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(bad)
+    msg = str(exc.value)
+    assert str(bad) in msg
+    assert "did you mean 'clusterer.eps'?" in msg
+
+
+def test_misspelt_key_in_a_base_names_the_base_file(tree):
+    write(tree / "bases/data.yaml", "data: {type: fake_data, root: /x}\ntrain: {epoch: 3}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(tree / "top.yaml")
+    assert "data.yaml" in str(exc.value)
+    assert "did you mean 'train.epochs'?" in str(exc.value)
+
+
+def test_misspelt_override_is_an_error_not_a_new_key(tree):
+    with pytest.raises(ConfigError, match=r"command-line override.*did you mean 'train.epochs'"):
+        load_recipe(tree / "top.yaml", ["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"command-line override.*did you mean 'clusterer.eps'"):
+        load_recipe(tree / "top.yaml", ["clusterer.esp=3"])
+    with pytest.raises(ConfigError, match=r"unknown section 'trian'; did you mean 'train'"):
+        load_recipe(tree / "top.yaml", ["trian.epochs=3"])
+
+
+def test_unknown_section_in_a_file(tree):
+    write(tree / "sec.yaml", "_base_: bases/mid.yaml\nclustering: {eps: 1}\n")
+    with pytest.raises(ConfigError, match=r"sec.yaml: unknown section 'clustering'; did you mean 'clusterer'"):
+        load_recipe(tree / "sec.yaml")
+
+
+def test_renamed_keys_say_what_they_became(tree):
+    with pytest.raises(ConfigError, match="'train.max_epoch' was renamed to 'train.epochs'"):
+        load_recipe(tree / "top.yaml", ["train.max_epoch=3"])
+    write(tree / "old.yaml", "dataset: {type: fake_data, root: /x}\n")
+    with pytest.raises(ConfigError, match="'dataset' was renamed to 'data'"):
+        load_recipe(tree / "old.yaml")
+
+
+def test_unknown_component_name_suggests(tree):
+    with pytest.raises(ConfigError, match=r"clusterer 'fake_dbscn' is not registered; did you mean 'fake_dbscan'"):
+        load_recipe(tree / "top.yaml", ["clusterer.type=fake_dbscn"])
+
+
+def test_missing_required_keyword(tree):
+    write(tree / "noroot.yaml", "data: {type: fake_data}\n")
+    with pytest.raises(ConfigError, match=r"needs root \(e.g. data.root=...\)"):
+        load_recipe(tree / "noroot.yaml")
+
+
+def test_wrong_types_are_refused(tree):
+    with pytest.raises(ConfigError, match="'train.epochs' must be an integer"):
+        load_recipe(tree / "top.yaml", ["train.epochs=ten"])
+    with pytest.raises(ConfigError, match="'seed' must be int"):
+        load_recipe(tree / "top.yaml", ["seed=abc"])
+    with pytest.raises(ConfigError, match="'train.amp' must be true or false"):
+        load_recipe(tree / "top.yaml", ["train.amp=3"])
+
+
+def test_bad_device_is_an_error_at_once(tree):
+    with pytest.raises(ConfigError, match="device 'coda:1' is not a device; use auto, cpu, cuda"):
+        load_recipe(tree / "top.yaml", ["device=coda:1"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_error(tree):
+    with pytest.raises(ConfigError, match="torch sees no GPU"):
+        load_recipe(tree / "top.yaml", ["device=cuda:0"])
+
+
+def test_missing_base_and_loops(tree):
+    write(tree / "a.yaml", "_base_: nothere.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ file nothere.yaml not found"):
+        load_recipe(tree / "a.yaml")
+    write(tree / "l1.yaml", "_base_: l2.yaml\n")
+    write(tree / "l2.yaml", "_base_: l1.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ inheritance loops"):
+        load_recipe(tree / "l1.yaml")
+
+
+def test_malformed_override_and_yaml(tree):
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_override("train.epochs")
+    write(tree / "broken.yaml", "data: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_recipe(tree / "broken.yaml")
+    with pytest.raises(ConfigError, match="recipe file .* does not exist"):
+        load_recipe(tree / "missing.yaml")
+
+
+def test_list_items_are_addressed_by_index(tree):
+    with pytest.raises(ConfigError, match="addresses a list of 1 item"):
+        load_recipe(tree / "top.yaml", ["train.lr_steps.5=1"])
+    cfg = load_recipe(tree / "top.yaml", ["train.lr_steps=[1,2,3]", "train.lr_steps.1=7"])
+    assert cfg["train"]["lr_steps"] == [1, 7, 3]
+
+
+def test_resolved_dump_round_trips_and_shows_every_value(tree):
+    cfg = load_recipe(tree / "top.yaml")
+    text = dump(cfg)
+    again = yaml.safe_load(text)
+    assert again == cfg
+    assert "min_samples: 3" in text and "k1: 30" in text and "weight_decay: 0.0005" in text
+
+
+def test_merge_does_not_mutate_inputs():
+    base = {"a": {"b": [1, 2]}, "c": 1}
+    child = {"a": {"d": 3}}
+    out = merge(base, child)
+    assert out == {"a": {"b": [1, 2], "d": 3}, "c": 1}
+    out["a"]["b"].append(9)
+    assert base == {"a": {"b": [1, 2]}, "c": 1}

@@ -1,0 +1,122 @@
+"""The Registry class: registration, lookup, build-time keyword checks, messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from uvireid.errors import ConfigError, RegistryError
+from uvireid.registry import REGISTRIES, Registry
+
+
+@pytest.fixture()
+def reg() -> Registry:
+    r = Registry("reranker")
+
+    @r.register("cmfp")
+    class CMFP:
+        """Cross-modality feature propagation."""
+
+        def __init__(self, k: int = 30, mode: str = "auto"):
+            self.k, self.mode = k, mode
+
+    @r.register("kreciprocal")
+    def make_kr(k1: int = 20, k2: int = 6):
+        """k-reciprocal re-ranking."""
+        return ("kr", k1, k2)
+
+    return r
+
+
+def test_build_passes_keywords_and_overrides(reg):
+    obj = reg.build({"type": "cmfp", "k": 8})
+    assert (obj.k, obj.mode) == (8, "auto")
+    obj = reg.build({"type": "cmfp", "k": 8}, k=3)
+    assert obj.k == 3
+    assert reg.build("kreciprocal") == ("kr", 20, 6)
+
+
+def test_unknown_name_suggests_closest_first_and_lists_all(reg):
+    with pytest.raises(RegistryError) as exc:
+        reg.build({"type": "cmpf"})
+    msg = str(exc.value)
+    assert "reranker 'cmpf' is not registered; did you mean 'cmfp'?" in msg
+    assert msg.index("available: cmfp") < msg.index("kreciprocal")
+
+
+def test_unknown_name_with_nothing_close_lists_available(reg):
+    with pytest.raises(RegistryError, match=r"'zzz' is not registered available: "):
+        reg.get("zzz")
+
+
+def test_wrong_keyword_is_caught_before_construction(reg):
+    with pytest.raises(RegistryError, match=r"has no keyword 'kk'; did you mean 'k'\? valid keywords: k, mode"):
+        reg.build({"type": "cmfp", "kk": 3})
+
+
+def test_missing_required_keyword_names_it():
+    r = Registry("dataset")
+
+    @r.register("sysu")
+    class SYSU:
+        def __init__(self, root: str, verify: bool = True):
+            self.root = root
+
+    with pytest.raises(RegistryError, match="needs the keyword\\(s\\) root"):
+        r.build({"type": "sysu"})
+    assert r.build({"type": "sysu", "root": "/x"}).root == "/x"
+    assert r.defaults("sysu") == {"verify": True}
+    assert r.required("sysu") == ["root"]
+
+
+def test_missing_type_is_an_error(reg):
+    with pytest.raises(RegistryError, match="has no 'type'"):
+        reg.build({"k": 3})
+
+
+def test_duplicate_name_names_both_modules(reg):
+    def other():
+        """Another."""
+
+    other.__module__ = "some_plugin.parts"
+    with pytest.raises(RegistryError) as exc:
+        reg.register("cmfp", other)
+    msg = str(exc.value)
+    assert "already registered" in msg
+    assert "test_registry" in msg and "some_plugin.parts" in msg
+
+
+def test_reregistering_the_same_qualified_name_replaces(reg):
+    # a reloaded module defines a new object with the same qualified name
+    def make_kr(k1: int = 5):
+        return k1
+
+    make_kr.__module__ = reg.entry("kreciprocal").module
+    make_kr.__qualname__ = reg.get("kreciprocal").__qualname__
+    reg.register("kreciprocal", make_kr)
+    assert reg.build("kreciprocal") == 5
+
+
+def test_register_rejects_non_string_names(reg):
+    with pytest.raises(RegistryError, match="non-empty strings"):
+        reg.register(3)
+
+
+def test_entries_record_module_and_summary(reg):
+    e = reg.entry("cmfp")
+    assert e.module == __name__
+    assert e.summary == "Cross-modality feature propagation."
+    assert reg.names() == ["cmfp", "kreciprocal"]
+    assert "cmfp" in reg and len(reg) == 2
+
+
+def test_registry_error_is_a_config_error_and_a_key_error(reg):
+    with pytest.raises(ConfigError):
+        reg.get("nope")
+    with pytest.raises(KeyError):
+        reg.get("nope")
+
+
+def test_all_registries_exist():
+    assert set(REGISTRIES) == {
+        "datasets", "backbones", "clusterers", "associators", "losses", "rerankers", "recipes"
+    }

@@ -1,0 +1,54 @@
+"""The ``uvireid`` command line.
+
+Each sub-command lives in its own module ``uvireid/cli/<name>_cmd.py`` exposing
+``add_parser(subparsers)``; the parser it adds sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from uvireid.errors import UvireidError
+
+#: sub-command modules, in the order ``uvireid --help`` lists them
+COMMANDS = [
+    "run",
+    "list",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uvireid",
+        description="Unsupervised visible-infrared person re-identification toolkit.",
+        epilog="Example: uvireid run demo   (trains the demo recipe on the synthetic dataset)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"uvireid.cli.{name}_cmd").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UvireidError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,631 @@
+"""Recipes: YAML files with ``_base_`` inheritance, dotted overrides and strict validation.
+
+One dialect, YAML only::
+
+    _base_: [datasets/sysu.yaml]       # paths relative to this file; several levels
+    clusterer: {type: dbscan, eps: 0.6}
+    train: {epochs: 40}
+
+* ``_base_`` files are merged first, in order, then this file on top. Mappings merge
+  deeply, lists (and scalars) are replaced whole, ``_delete_: true`` inside a mapping
+  replaces the base's mapping instead of merging into it. A component mapping whose
+  ``type`` changes is replaced whole too, since the old component's keywords mean
+  nothing to the new one.
+* Overrides from the command line are dotted paths, values in YAML syntax:
+  ``train.epochs=10``, ``clusterer.eps=0.5``, ``losses.0.weight=2``,
+  ``train.lr_steps=[20,60]``, ``reranker=null``, ``train.amp=true``.
+* Every key is checked: an unknown or misspelt key is a :class:`ConfigError` naming the
+  file that set it (or the override) and the closest valid key, never silently added.
+  Keys listed in :data:`RENAMED_KEYS` say what they were renamed to.
+* Defaults live in the components' constructor signatures and in the settings
+  dataclasses below; :func:`resolve` fills them in, so the resolved config written into a
+  run folder shows every value actually used.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uvireid._suggest import closest
+from uvireid.errors import ConfigError, RegistryError
+from uvireid.registry import (
+    ASSOCIATORS,
+    BACKBONES,
+    CLUSTERERS,
+    DATASETS,
+    LOSSES,
+    RECIPES,
+    RERANKERS,
+    Registry,
+)
+
+BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
+OVERRIDE_SOURCE = "command-line override"
+
+# ---------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every stage (SALCR spec §9; paper Sec. 4.2).
+
+    Attributes:
+        epochs: epochs of the run.
+        iters_per_epoch: optimiser steps per epoch (SYSU 300, RegDB 100).
+        lr: Adam learning rate (3.5e-4).
+        weight_decay: Adam L2 weight decay (5e-4).
+        lr_steps: epochs at which the learning rate is divided by ``lr_gamma``.
+        lr_gamma: the step factor (0.1).
+        batch_ids: pseudo-identities per batch.
+        images_per_id: images per pseudo-identity and modality in a batch.
+        height, width: input size (paper 288x144).
+        workers: data-loading processes.
+        amp: mixed precision on CUDA.
+    """
+
+    epochs: int = 40
+    iters_per_epoch: int = 300
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    lr_steps: list[int] = field(default_factory=lambda: [20, 60])
+    lr_gamma: float = 0.1
+    batch_ids: int = 8
+    images_per_id: int = 4
+    height: int = 288
+    width: int = 144
+    workers: int = 4
+    amp: bool = False
+
+
+@dataclass
+class EvalSettings:
+    """How a run evaluates (see :mod:`uvireid.evaluation.protocols`).
+
+    Attributes:
+        protocol: ``sysu-all``, ``sysu-indoor``, ``regdb-v2i``, ``regdb-i2v``,
+            ``llcm-v2i`` or ``llcm-i2v``; ``auto`` picks the dataset's first protocol.
+        trials: gallery trials (SYSU/LLCM: 10).
+        shot: ``single`` or ``multi``.
+        sampler: ``seeded`` (the peers' random.seed(trial) sampler) or ``official``
+            (SYSU-MM01's rand_perm_cam.mat, read from ``perm_file``).
+        perm_file: path of rand_perm_cam.mat for the official sampler.
+        every: evaluate every this many epochs (0: only at the end).
+        feature_head: which feature is evaluated (recorded in every result).
+    """
+
+    protocol: str = "auto"
+    trials: int = 10
+    shot: str = "single"
+    sampler: str = "seeded"
+    perm_file: str | None = None
+    every: int = 1
+    feature_head: str = "bn_feat"
+
+
+@dataclass(frozen=True)
+class ScalarKey:
+    """A top-level scalar (name, seed, device, ...)."""
+
+    types: tuple[type, ...]
+    default: Any
+    doc: str
+
+
+@dataclass(frozen=True)
+class ComponentKey:
+    """A section naming one registered part: ``{type: name, **kwargs}`` or null."""
+
+    registry: Registry
+    default: Any = None
+    extra: tuple[str, ...] = ()  # keys the engine reads besides the constructor's
+
+
+@dataclass(frozen=True)
+class ComponentListKey:
+    """A list of parts, e.g. ``losses: [{type: cluster_contrast, weight: 1.0}]``."""
+
+    registry: Registry
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SettingsKey:
+    """A section backed by a settings dataclass (its fields are the valid keys)."""
+
+    cls: type
+
+
+SCHEMA: dict[str, Any] = {
+    "name": ScalarKey((str,), None, "recipe name (defaults to the file name)"),
+    "description": ScalarKey((str,), "", "one line shown by `uvireid list`"),
+    "seed": ScalarKey((int,), 1, "seed of Python, NumPy and torch"),
+    "device": ScalarKey((str,), "auto", "auto | cpu | cuda | cuda:N"),
+    "output_dir": ScalarKey((str,), "runs", "parent folder of run folders"),
+    "data": ComponentKey(DATASETS),
+    "backbone": ComponentKey(BACKBONES),
+    "clusterer": ComponentKey(CLUSTERERS),
+    "associator": ComponentKey(ASSOCIATORS),
+    "refine": ComponentKey(RERANKERS),
+    "losses": ComponentListKey(LOSSES, extra=("weight",)),
+    "reranker": ComponentKey(RERANKERS),
+    "train": SettingsKey(TrainSettings),
+    "evaluation": SettingsKey(EvalSettings),
+}
+
+#: old dotted key -> new dotted key; an old key is an error that names the new one
+RENAMED_KEYS: dict[str, str] = {
+    "dataset": "data",
+    "model": "backbone",
+    "rerank": "reranker",
+    "eval": "evaluation",
+    "test": "evaluation",
+    "optimizer": "train",
+    "train.max_epoch": "train.epochs",
+    "train.max_epochs": "train.epochs",
+    "train.train_iter": "train.iters_per_epoch",
+    "train.iters": "train.iters_per_epoch",
+    "train.img_h": "train.height",
+    "train.img_w": "train.width",
+    "evaluation.num_trials": "evaluation.trials",
+    "evaluation.eval_step": "evaluation.every",
+    "evaluation.mode": "evaluation.protocol",
+}
+
+# ---------------------------------------------------------------------------------------
+# Loading and merging
+# ---------------------------------------------------------------------------------------
+
+
+class Provenance(dict):
+    """Dotted key -> the file (or override) that last set it."""
+
+    def source(self, dotted: str) -> str:
+        parts = dotted.split(".")
+        while parts:
+            key = ".".join(parts)
+            if key in self:
+                return self[key]
+            parts.pop()
+        return self.get("", "the recipe")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"recipe file {path} does not exist") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data:, backbone:, ...), "
+            f"got a {type(data).__name__}"
+        )
+    return data
+
+
+def _record(prov: Provenance, value: Any, prefix: str, source: str) -> None:
+    prov[prefix] = source
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k != DELETE_KEY:
+                _record(prov, v, f"{prefix}.{k}" if prefix else str(k), source)
+
+
+def merge(base: Any, child: Any, prov: Provenance | None = None, prefix: str = "",
+          source: str = "") -> Any:
+    """Merge ``child`` onto ``base`` (mappings deeply; lists and scalars replaced).
+
+    ``_delete_: true`` in a child mapping, or a change of its ``type``, replaces the
+    base mapping whole. Returns a new object; ``prov`` records who set each key.
+    """
+    if isinstance(base, Mapping) and isinstance(child, Mapping):
+        child = dict(child)
+        replace = bool(child.pop(DELETE_KEY, False))
+        if "type" in child and "type" in base and child["type"] != base["type"]:
+            replace = True
+        if replace:
+            if prov is not None:
+                for key in [k for k in prov if k == prefix or k.startswith(prefix + ".")]:
+                    if prefix:
+                        del prov[key]
+                _record(prov, child, prefix, source)
+            return merge({}, child, prov, prefix, source)
+        out = copy.deepcopy(dict(base))
+        for key, value in child.items():
+            sub = f"{prefix}.{key}" if prefix else str(key)
+            out[key] = merge(base.get(key), value, prov, sub, source)
+        return out
+    if prov is not None:
+        _record(prov, child, prefix, source)
+    if isinstance(child, Mapping):
+        child = {k: v for k, v in child.items() if k != DELETE_KEY}
+        return {k: merge(None, v, None) for k, v in child.items()}
+    return copy.deepcopy(child)
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: an existing path, or the name of a registered recipe (``salcr``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    name = str(name_or_path)
+    if name in RECIPES:
+        return Path(RECIPES.get(name)())
+    if p.suffix in (".yaml", ".yml") or os.sep in name:
+        raise ConfigError(
+            f"recipe file {p} does not exist; give a path to a YAML file or the name of a "
+            f"built-in recipe ({', '.join(RECIPES.names())})"
+        )
+    raise ConfigError(RECIPES._unknown_message(name) + " (or give a path to a YAML file)")
+
+
+def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[dict, Provenance]:
+    """Read a recipe and its ``_base_`` files, merged, without validation."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"_base_ inheritance loops: {chain}")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    prov = Provenance()
+    for base in bases:
+        base_path = (path.parent / base).resolve()
+        if not base_path.exists():
+            raise ConfigError(
+                f"{path}: _base_ file {base} not found (looked for {base_path}); "
+                f"_base_ paths are relative to the file that names them"
+            )
+        base_data, base_prov = load_raw(base_path, (*_stack, path))
+        merged = merge(merged, base_data, None)
+        prov.update(base_prov)
+    merged = merge(merged, data, prov, "", str(path))
+    return merged, prov
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is read as YAML (lists, booleans, null)."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} is not of the form key=value, e.g. train.epochs=10"
+        )
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
+        raise ConfigError(f"override key {key!r} is not a dotted key like train.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
+    """Set dotted ``key`` in ``cfg``; list items are addressed by index (``losses.0.weight``).
+
+    Only the leaf may be new; its validity is checked by :func:`validate`.
+    """
+    parts = key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(part, node, here)]
+            continue
+        if part not in node or node[part] is None:
+            _check_known_path(here, OVERRIDE_SOURCE)
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(
+                f"{OVERRIDE_SOURCE} {key}=...: {here} is a {type(node).__name__}, not a section"
+            )
+    leaf = parts[-1]
+    if isinstance(node, list):
+        node[_index(leaf, node, key)] = value
+    else:
+        old = node.get(leaf)
+        if isinstance(old, dict) and isinstance(value, dict):
+            value = merge(old, value)
+        node[leaf] = value
+    _record(prov, value, key, OVERRIDE_SOURCE)
+
+
+def _index(part: str, seq: list, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(seq):
+        raise ConfigError(
+            f"{OVERRIDE_SOURCE}: {where} addresses a list of {len(seq)} item(s); "
+            f"use an index 0..{len(seq) - 1}"
+        )
+    return int(part)
+
+
+def _check_known_path(dotted: str, source: str) -> None:
+    top = dotted.split(".")[0]
+    if top not in SCHEMA:
+        _unknown(top, list(SCHEMA), source, what="section")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation and resolution
+# ---------------------------------------------------------------------------------------
+
+
+def _unknown(dotted: str, valid: Sequence[str], source: str, what: str = "key") -> None:
+    if dotted in RENAMED_KEYS:
+        raise ConfigError(f"{source}: '{dotted}' was renamed to '{RENAMED_KEYS[dotted]}'")
+    leaf = dotted.rsplit(".", 1)[-1]
+    prefix = dotted[: -len(leaf)]
+    near = closest(leaf, valid, n=1)
+    hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
+    raise ConfigError(
+        f"{source}: unknown {what} '{dotted}'{hint} valid keys here: {', '.join(valid)}"
+    )
+
+
+def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
+    if value is None and spec.default is None:
+        return
+    if isinstance(value, bool) and bool not in spec.types:
+        ok = False
+    else:
+        ok = isinstance(value, spec.types)
+    if not ok:
+        want = " or ".join(t.__name__ for t in spec.types)
+        raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}")
+
+
+def _validate_component(dotted: str, reg: Registry, value: Any, prov: Provenance,
+                        extra: tuple[str, ...] = ()) -> dict | None:
+    if value is None:
+        return None
+    source = prov.source(dotted)
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{source}: '{dotted}' names a {reg.kind}: a mapping like {{type: NAME, ...}} "
+            f"or null, got {value!r}"
+        )
+    if "type" not in value:
+        raise ConfigError(
+            f"{source}: '{dotted}' has no 'type'; choose a {reg.kind}: {', '.join(reg.names())}"
+        )
+    kwargs = {k: v for k, v in value.items() if k != "type" and k not in extra}
+    name = value["type"]
+    try:
+        reg.entry(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{prov.source(dotted + '.type')}: {dotted}.type: {exc}") from None
+    valid = [k for k in inspect_params(reg, name)]
+    if valid is not None:
+        for key in kwargs:
+            if key not in valid:
+                full = f"{dotted}.{key}"
+                if full in RENAMED_KEYS:
+                    _unknown(full, valid, prov.source(full))
+                near = closest(key, [*valid, *extra], n=1)
+                hint = f"; did you mean '{dotted}.{near[0]}'?" if near else ""
+                raise ConfigError(
+                    f"{prov.source(full)}: unknown key '{full}': {reg.kind} '{name}' has no "
+                    f"keyword '{key}'{hint} valid keywords: {', '.join([*valid, *extra])}"
+                )
+    missing = [k for k in reg.required(name) if k not in kwargs]
+    if missing:
+        raise ConfigError(
+            f"{source}: {reg.kind} '{name}' in '{dotted}' needs {', '.join(missing)} "
+            f"(e.g. {dotted}.{missing[0]}=...)"
+        )
+    resolved = {"type": name, **reg.defaults(name), **kwargs}
+    for key in extra:
+        if key in value:
+            resolved[key] = value[key]
+    return resolved
+
+
+def inspect_params(reg: Registry, name: str) -> list[str] | None:
+    """Keyword names accepted by ``name``'s constructor (None when it takes ``**kwargs``)."""
+    params = reg.signature(name).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _validate_settings(dotted: str, cls: type, value: Any, prov: Provenance) -> dict:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{prov.source(dotted)}: '{dotted}' must be a mapping, got {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            _unknown(f"{dotted}.{key}", list(fields), prov.source(f"{dotted}.{key}"))
+    obj = cls(**value)
+    out = dataclasses.asdict(obj)
+    for key, f in fields.items():
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if not _type_ok(want, out[key]):
+            raise ConfigError(
+                f"{prov.source(f'{dotted}.{key}')}: '{dotted}.{key}' must be "
+                f"{_TYPE_WORDS.get(want, want)}, got {out[key]!r}"
+            )
+    return out
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "str | None": "a string or null",
+    "list[int]": "a list of integers",
+}
+
+
+def _type_ok(want: str, val: Any) -> bool:
+    """Check a settings value against its annotation (the few forms the settings use)."""
+    if want.endswith(" | None"):
+        return val is None or _type_ok(want[: -len(" | None")], val)
+    if want.startswith("list[") and want.endswith("]"):
+        return isinstance(val, list) and all(_type_ok(want[5:-1], v) for v in val)
+    if want == "bool":
+        return isinstance(val, bool)
+    if want == "int":
+        return isinstance(val, int) and not isinstance(val, bool)
+    if want == "float":
+        return isinstance(val, (int, float)) and not isinstance(val, bool)
+    if want == "str":
+        return isinstance(val, str)
+    return True
+
+
+def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
+    """Check every key of a merged recipe and return it resolved (all defaults filled)."""
+    prov = prov or Provenance()
+    for key in cfg:
+        if key not in SCHEMA:
+            _unknown(str(key), list(SCHEMA), prov.source(str(key)), what="section")
+    out: dict[str, Any] = {}
+    for key, spec in SCHEMA.items():
+        value = cfg.get(key, None)
+        if isinstance(spec, ScalarKey):
+            value = spec.default if key not in cfg else value
+            _check_scalar(key, spec, value, prov.source(key))
+            out[key] = value
+        elif isinstance(spec, ComponentKey):
+            out[key] = _validate_component(key, spec.registry, value, prov, spec.extra)
+        elif isinstance(spec, ComponentListKey):
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise ConfigError(
+                    f"{prov.source(key)}: '{key}' must be a list of {spec.registry.kind} "
+                    f"mappings, got {value!r}"
+                )
+            out[key] = [
+                _validate_component(f"{key}.{i}", spec.registry, item, prov, spec.extra)
+                for i, item in enumerate(value)
+            ]
+        elif isinstance(spec, SettingsKey):
+            out[key] = _validate_settings(key, spec.cls, value, prov)
+    if out["device"] is not None:
+        check_device(out["device"], prov.source("device"))
+    return out
+
+
+def check_device(device: str, source: str = "device") -> str:
+    """Validate a device string now, not deep inside a run. Returns it unchanged."""
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"{source}: device '{device}' is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{source}: device '{device}' asked for CUDA but torch sees no GPU "
+                f"(torch {torch.__version__}); use device=cpu or device=auto"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{source}: device '{device}' does not exist; this machine has "
+                f"{torch.cuda.device_count()} GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise ConfigError(f"{source}: device '{device}' is not supported; use auto, cpu or cuda")
+    return device
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is available, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
+
+
+def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """Load, override, validate and resolve a recipe (a path or a built-in name)."""
+    path = recipe_path(recipe)
+    cfg, prov = load_raw(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _check_known_path(key, OVERRIDE_SOURCE)
+        apply_override(cfg, prov, key, value)
+    resolved = validate(cfg, prov)
+    if not resolved.get("name"):
+        resolved["name"] = path.stem
+    return resolved
+
+
+def dump(cfg: Mapping[str, Any]) -> str:
+    """YAML text of a resolved config (sections in schema order)."""
+    ordered = {k: cfg[k] for k in SCHEMA if k in cfg}
+    return yaml.safe_dump(_plain(ordered), sort_keys=False, default_flow_style=None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------
+# Built-in recipes
+# ---------------------------------------------------------------------------------------
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def _recipe_entry(path: Path):
+    def recipe() -> str:
+        return str(path)
+
+    try:
+        desc = (_read_yaml(path).get("description") or "").strip()
+    except ConfigError:
+        desc = ""
+    recipe.__doc__ = desc or f"recipe {path.name}"
+    recipe.__qualname__ = f"recipe_{path.stem}"
+    recipe.__module__ = "uvireid.recipes"
+    return recipe
+
+
+def register_builtin_recipes() -> None:
+    """Register every ``uvireid/recipes/*.yaml`` in :data:`RECIPES` under its file stem."""
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        RECIPES.register(path.stem, _recipe_entry(path))
+
+
+register_builtin_recipes()

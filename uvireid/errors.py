@@ -1,0 +1,33 @@
+"""The exceptions uvireid raises at its boundaries.
+
+Every message names the thing that is wrong, what was expected, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class UvireidError(Exception):
+    """Base class of every error uvireid raises on purpose."""
+
+
+class ConfigError(UvireidError, ValueError):
+    """A recipe, a CLI override or a component's keywords are wrong."""
+
+
+class RegistryError(ConfigError, KeyError):
+    """A name is not registered, registered twice, or built with wrong keywords."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(UvireidError, FileNotFoundError):
+    """A dataset folder, split file or image is missing or laid out wrongly."""
+
+
+class FeatureFileError(UvireidError, ValueError):
+    """A features file (.npz) is missing arrays or has arrays of mismatched size."""
+
+
+class ProtocolError(UvireidError, ValueError):
+    """An evaluation protocol was asked for something it cannot measure honestly."""

@@ -1,0 +1,266 @@
+"""Registries of interchangeable parts, and plugin discovery.
+
+A part is a class (or factory function) registered under an explicit string name::
+
+    from uvireid.registry import RERANKERS
+
+    @RERANKERS.register("cmfp")
+    class CMFP:
+        def __init__(self, k: int = 30): ...
+
+    RERANKERS.build({"type": "cmfp", "k": 8})
+
+The name, not the class name, is what recipes use, so a class can be renamed without
+breaking a recipe. Registering a name twice is an error naming both modules. ``build``
+checks the keywords against the constructor's signature before calling it, and every
+error lists what exists, closest match first.
+
+Built-in parts register when :mod:`uvireid` is imported. Third-party packages add parts
+through the entry-point group ``uvireid.plugins``: each entry point names a module (whose
+import registers its parts) or a callable (called once with no arguments).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from uvireid._suggest import closest, ordered_by_closeness
+from uvireid.errors import RegistryError
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "uvireid.plugins"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered part: its name, the object and where it was defined."""
+
+    name: str
+    obj: Callable[..., Any]
+    module: str
+
+    @property
+    def summary(self) -> str:
+        """First line of the part's docstring (empty when it has none)."""
+        doc = inspect.getdoc(self.obj) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _callable_signature(obj: Callable[..., Any]) -> inspect.Signature:
+    """Signature of what ``obj(**kwargs)`` accepts (a class's ``__init__`` without self)."""
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins without a signature
+        return inspect.Signature(
+            [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+        )
+
+
+class Registry:
+    """A named table of parts of one kind (re-rankers, clusterers, ...).
+
+    Args:
+        kind: singular noun used in messages, e.g. ``"reranker"``.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    # -- registration ---------------------------------------------------------------
+    def register(self, name: str, obj: Callable[..., Any] | None = None):
+        """Register ``obj`` under ``name``; usable as ``@REG.register("name")``."""
+        if not isinstance(name, str) or not name:
+            raise RegistryError(
+                f"{self.kind} names must be non-empty strings, got {name!r}; "
+                f'use @{self.kind.upper()}S.register("my_name")'
+            )
+
+        def _do(o: Callable[..., Any]) -> Callable[..., Any]:
+            module = getattr(o, "__module__", "?")
+            old = self._entries.get(name)
+            if old is not None and _qualname(old.obj) != _qualname(o):
+                raise RegistryError(
+                    f"{self.kind} '{name}' is already registered by {_qualname(old.obj)} "
+                    f"(module {old.module}); {_qualname(o)} (module {module}) tries to "
+                    f"register it again. Pick another name for one of them."
+                )
+            # same qualified name again (a module reloaded): the newer object wins
+            self._entries[name] = Entry(name, o, module)
+            return o
+
+        return _do if obj is None else _do(obj)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and interactive work)."""
+        self._entries.pop(name, None)
+
+    # -- lookup ---------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+    def entry(self, name: str) -> Entry:
+        """The :class:`Entry` of ``name``; an unknown name lists what exists."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise RegistryError(self._unknown_message(name)) from None
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The registered class or factory."""
+        return self.entry(name).obj
+
+    def _unknown_message(self, name: object) -> str:
+        avail = ordered_by_closeness(str(name), self._entries) if self._entries else []
+        near = closest(str(name), self._entries, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        listing = ", ".join(avail) if avail else "(none registered)"
+        return f"{self.kind} '{name}' is not registered{hint} available: {listing}"
+
+    # -- signatures -----------------------------------------------------------------
+    def signature(self, name: str) -> inspect.Signature:
+        """The keywords ``build`` accepts for ``name``."""
+        return _callable_signature(self.get(name))
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """Keyword defaults of ``name``'s constructor (required keywords are omitted)."""
+        out: dict[str, Any] = {}
+        for p in self.signature(name).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+                continue
+            out[p.name] = p.default
+        return out
+
+    def required(self, name: str) -> list[str]:
+        """Keywords of ``name``'s constructor that have no default."""
+        return [
+            p.name
+            for p in self.signature(name).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+
+    def check_kwargs(self, name: str, kwargs: Mapping[str, Any], where: str = "") -> None:
+        """Raise :class:`RegistryError` if ``kwargs`` do not fit ``name``'s constructor."""
+        sig = self.signature(name)
+        params = sig.parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            accepted = None
+        else:
+            accepted = [
+                p.name
+                for p in params.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+        loc = f" (in {where})" if where else ""
+        if accepted is not None:
+            for key in kwargs:
+                if key not in accepted:
+                    near = closest(key, accepted, n=1)
+                    hint = f"; did you mean '{near[0]}'?" if near else ""
+                    valid = ", ".join(accepted) if accepted else "(it takes no keywords)"
+                    raise RegistryError(
+                        f"{self.kind} '{name}' has no keyword '{key}'{loc}{hint} "
+                        f"valid keywords: {valid}"
+                    )
+        missing = [k for k in self.required(name) if k not in kwargs]
+        if missing:
+            raise RegistryError(
+                f"{self.kind} '{name}' needs the keyword(s) {', '.join(missing)}{loc}; "
+                f"signature: {name}{sig}"
+            )
+
+    # -- building -------------------------------------------------------------------
+    def build(self, cfg: Mapping[str, Any] | str, **overrides: Any) -> Any:
+        """Build a part from ``{"type": name, **kwargs}`` (or a bare name).
+
+        Keyword arguments given here override those in ``cfg``.
+        """
+        if isinstance(cfg, str):
+            cfg = {"type": cfg}
+        if not isinstance(cfg, Mapping):
+            raise RegistryError(
+                f"a {self.kind} is configured as a mapping with a 'type' key, "
+                f"e.g. {{type: {self.names()[0] if self._entries else 'name'}}}; got {cfg!r}"
+            )
+        kwargs = dict(cfg)
+        if "type" not in kwargs:
+            raise RegistryError(
+                f"{self.kind} config {dict(cfg)!r} has no 'type'; "
+                f"available: {', '.join(self.names())}"
+            )
+        name = kwargs.pop("type")
+        kwargs.update(overrides)
+        obj = self.get(name)
+        self.check_kwargs(name, kwargs)
+        return obj(**kwargs)
+
+
+DATASETS = Registry("dataset")
+BACKBONES = Registry("backbone")
+CLUSTERERS = Registry("clusterer")
+ASSOCIATORS = Registry("associator")
+LOSSES = Registry("loss")
+RERANKERS = Registry("reranker")
+RECIPES = Registry("recipe")
+
+#: every registry by the plural name used in ``uvireid list`` and in recipes' messages
+REGISTRIES: dict[str, Registry] = {
+    "datasets": DATASETS,
+    "backbones": BACKBONES,
+    "clusterers": CLUSTERERS,
+    "associators": ASSOCIATORS,
+    "losses": LOSSES,
+    "rerankers": RERANKERS,
+    "recipes": RECIPES,
+}
+
+#: plugins that failed to load: entry-point name -> error message
+PLUGIN_ERRORS: dict[str, str] = {}
+_PLUGINS_LOADED = False
+
+
+def load_plugins(force: bool = False) -> list[str]:
+    """Import every entry point of the group ``uvireid.plugins``; returns their names.
+
+    A plugin that fails to import is logged and recorded in :data:`PLUGIN_ERRORS`
+    (``uvireid list`` shows it) instead of breaking ``import uvireid``.
+    """
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED and not force:
+        return []
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            target = ep.load()
+            if callable(target) and not inspect.ismodule(target):
+                target()
+            loaded.append(ep.name)
+        except Exception as exc:  # a broken plugin must not break the toolkit
+            msg = f"{type(exc).__name__}: {exc}"
+            PLUGIN_ERRORS[ep.name] = msg
+            logger.warning("uvireid plugin %r (%s) failed to load: %s", ep.name, ep.value, msg)
+    return loaded
