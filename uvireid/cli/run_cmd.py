@@ -38,4 +38,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# resolved recipe '{cfg['name']}'")
     print(dump(cfg), end="")
+    if args.dry_run:
+        return 0
+    from uvireid.engine.runner import run_recipe
+
+    folder = run_recipe(cfg, resume=args.resume)
+    print(f"run folder: {folder.path}")
     return 0

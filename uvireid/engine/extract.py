@@ -1,0 +1,93 @@
+"""Feature extraction: a model and image records in, a :class:`FeatureBank` out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from uvireid.types import FeatureBank, ImageRecord
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def test_transform(height: int, width: int):
+    """Resize to (height, width), tensor, ImageNet normalisation (the peers' test path)."""
+    import torchvision.transforms as T
+
+    return T.Compose(
+        [
+            T.Resize((height, width)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class RecordImages(Dataset):
+    """Images of a list of records, with their modality (for the two-stream stem)."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        from uvireid.data.images import read_image
+
+        rec = self.records[i]
+        return self.transform(read_image(rec.path)), rec.modality
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    height: int,
+    width: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: bool = False,
+) -> FeatureBank:
+    """Test-time features of ``records`` (``model.extract(images, modality)``).
+
+    Returns a FeatureBank with ``feats`` (N, d) float32 numpy, L2-normalised as the
+    model's ``extract`` returns them, in the order of ``records``.
+    """
+    loader = DataLoader(
+        RecordImages(records, test_transform(height, width)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="extract", unit="batch", leave=False)
+    for images, modality in it:
+        feats = model.extract(images.to(device, non_blocking=True), modality.to(device))
+        chunks.append(feats.float().cpu())
+    model.train(was_training)
+    feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return FeatureBank(
+        feats=feats,
+        modality=np.array([r.modality for r in records], dtype=np.int64),
+        cams=np.array([r.cam for r in records], dtype=np.int64),
+        pids=np.array([r.pid for r in records], dtype=np.int64),
+        paths=[r.path for r in records],
+    )

@@ -1,0 +1,139 @@
+"""The run folder: everything a run produced, in one place (DESIGN.md "Configuration").
+
+```
+runs/<recipe>-<time>/
+  config.yaml      resolved recipe: every value used, defaults included
+  manifest.json    versions, device, world size, batch per GPU, dataset fingerprint
+  log.txt          what the console showed
+  metrics.jsonl    one JSON object per epoch / evaluation
+  features.npz     test features of the last evaluation
+  results.json     the last evaluation's protocol results
+  checkpoints/     latest.pt (+ best.pt), written atomically
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from uvireid.config import dump
+from uvireid.fileio import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide whether two runs are comparable."""
+    out = {"python": platform.python_version()}
+    for name in ("uvireid", "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn",
+                 "faiss-cpu", "faiss-gpu", "hdbscan"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "platform": platform.platform(),
+                            "cpu_threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(idx)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+class RunFolder:
+    """One run's folder. Create with :meth:`create`, reopen with :meth:`latest`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, output_dir: str | os.PathLike, name: str) -> RunFolder:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(output_dir) / f"{name}-{stamp}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @classmethod
+    def latest(cls, output_dir: str | os.PathLike, name: str) -> RunFolder | None:
+        """The most recent run folder of recipe ``name`` under ``output_dir`` (or None)."""
+        root = Path(output_dir)
+        if not root.is_dir():
+            return None
+        cands = [p for p in root.glob(f"{name}-*") if (p / "config.yaml").exists()]
+        return cls(max(cands, key=lambda p: p.stat().st_mtime)) if cands else None
+
+    # -- files ----------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def write_config(self, cfg: dict) -> None:
+        atomic_write_text(self.path / "config.yaml", dump(cfg))
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.path / "manifest.json", manifest)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return atomic_write_json(self.path / name, obj)
+
+    def log_metrics(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl (flushed, so a kill loses no line)."""
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        """Every complete line of metrics.jsonl (a truncated last line is skipped)."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping a truncated line", p)
+        return out
+
+    def attach_log(self) -> logging.Handler:
+        """Copy log records (what the console shows) to log.txt."""
+        handler = logging.FileHandler(self.path / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return handler
+
+
+def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1) -> dict:
+    """What decides whether two runs are comparable."""
+    train = cfg.get("train", {})
+    per_gpu = train.get("batch_ids", 0) * train.get("images_per_id", 0) * 2
+    return {
+        "recipe": cfg.get("name"),
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "device": device_info(device),
+        "world_size": world_size,
+        "batch": {"per_gpu": per_gpu, "per_batchnorm": per_gpu, "global": per_gpu * world_size},
+        "seed": cfg.get("seed"),
+        "dataset": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
+    }
