@@ -1,0 +1,29 @@
+"""Datasets read from their raw release folders (README "Datasets").
+
+Importing this package registers the built-in datasets in
+:data:`uvireid.registry.DATASETS`: ``sysu`` (SYSU-MM01), ``regdb`` (RegDB), ``llcm``
+(LLCM) and ``folder`` (your own unlabelled images).
+"""
+
+from __future__ import annotations
+
+from uvireid.data.base import IdList, VIDataset
+from uvireid.data.folder import FolderDataset
+from uvireid.data.images import list_images, read_image
+from uvireid.data.llcm import LLCM
+from uvireid.data.regdb import RegDB
+from uvireid.data.sysu import SYSUMM01
+
+# The synthetic dataset (`synthetic`) registers from uvireid/data/synthetic.py; the lead
+# adds `from uvireid.data import synthetic` here when that module lands.
+
+__all__ = [
+    "LLCM",
+    "SYSUMM01",
+    "FolderDataset",
+    "IdList",
+    "RegDB",
+    "VIDataset",
+    "list_images",
+    "read_image",
+]

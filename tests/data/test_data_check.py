@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from uvireid.cli import main
+from uvireid.data import SYSUMM01
+from uvireid.data.check import OFFICIAL_FIGURES, Figure, check_dataset, format_report
+
+
+def _drop_identity(root, pid: int) -> None:
+    for cam in range(1, 7):
+        shutil.rmtree(root / f"cam{cam}" / f"{pid:04d}", ignore_errors=True)
+
+
+def test_check_consistent_fixture_passes_without_official_figures(sysu_root, capsys):
+    assert main(["data", "check", str(sysu_root), "--dataset", "sysu", "--official", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "not compared" in out and "OK: the counts are internally consistent." in out
+    assert "test   cam3    infrared    4       8" in out
+
+
+def test_check_names_a_missing_identity_and_the_expected_count(sysu_root, capsys):
+    _drop_identity(sysu_root, 6)
+    rc = main(["data", "check", str(sysu_root), "--dataset", "sysu", "--official", "false"])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "CHECK FAILED: 1 problem(s)" in out
+    assert (
+        "test: 1 identity listed in exp/test_id.txt has no image in any camera: "
+        "missing identity 6; expected 4 identities with images, found 3"
+    ) in out
+
+
+def test_check_reports_official_mismatches_loudly(sysu_root, capsys):
+    assert main(["data", "check", str(sysu_root), "--dataset", "sysu"]) == 1
+    out = capsys.readouterr().out
+    assert "official figures from:" in out and "rand_perm_cam.mat" in out
+    assert "train all cameras both modalities: found 8 ids, official 395 (-387)" in out
+    assert "test cam3 infrared: found 8 images, official 1,883 (-1,875)" in out
+    assert "MISMATCH" in out and "CHECK FAILED" in out
+
+
+def test_check_passes_when_counts_equal_the_figures(sysu_root):
+    figures = [
+        Figure("sysu", "train", None, None, 8, 96, "fixture"),
+        Figure("sysu", "test", "infrared", 3, 4, 8, "fixture"),
+        Figure("sysu", "test", "visible", None, 4, 32, "fixture"),
+    ]
+    report = check_dataset(SYSUMM01(sysu_root), figures=figures)
+    assert report.ok, report.problems
+    cam3 = next(r for r in report.rows if (r.split, r.cam) == ("test", 3))
+    assert (cam3.official_ids, cam3.official_images) == (4, 8)
+    assert "OK: the counts match the official figures." in format_report(report)
+
+
+def test_check_one_camera_short_of_an_identity_is_a_camera_mismatch(sysu_root):
+    shutil.rmtree(sysu_root / "cam3" / "0006")
+    figures = [Figure("sysu", "test", "infrared", 3, 4, 8, "fixture")]
+    report = check_dataset(SYSUMM01(sysu_root), figures=figures)
+    assert report.problems == [
+        "test cam3 infrared: found 3 ids, official 4 (-1)",
+        "test cam3 infrared: found 6 images, official 8 (-2)",
+    ]
+
+
+def test_check_flags_split_files_sharing_identities(sysu_root):
+    (sysu_root / "exp" / "val_id.txt").write_text("5,11,12\n")
+    report = check_dataset(SYSUMM01(sysu_root), official=False)
+    assert any(
+        "exp/train_id.txt + exp/val_id.txt (train) and exp/test_id.txt (test) share 1 "
+        "identities: 12" in p
+        for p in report.problems
+    )
+
+
+def test_check_flags_a_split_without_one_modality(sysu_root):
+    shutil.rmtree(sysu_root / "cam3")
+    shutil.rmtree(sysu_root / "cam6")
+    report = check_dataset(SYSUMM01(sysu_root, verify=False), official=False)
+    assert "train has no infrared images; expected both modalities in every split" in (
+        report.problems
+    )
+
+
+def test_check_regdb_split_and_official_figures(regdb_root, capsys):
+    rc = main(["data", "check", str(regdb_root), "--dataset", "regdb", "--split", "2"])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert out.startswith("RegDB split 2 at ")
+    assert "train all cameras visible: found 8 images, official 2,060 (-2,052)" in out
+    assert main(["data", "check", str(regdb_root), "--dataset", "regdb", "--official", "no"]) == 0
+
+
+def test_check_llcm_fixture_is_consistent(llcm_root, capsys):
+    assert main(["data", "check", str(llcm_root), "--dataset", "llcm", "--official", "0"]) == 0
+    assert main(["data", "check", str(llcm_root), "--dataset", "llcm"]) == 1
+    assert "found 4 ids, official 713 (-709)" in capsys.readouterr().out
+
+
+def test_check_split_on_a_fixed_split_dataset_is_an_error(sysu_root, capsys):
+    assert main(["data", "check", str(sysu_root), "--dataset", "sysu", "--split", "2"]) == 2
+    assert "--split applies to datasets with several splits (regdb)" in capsys.readouterr().err
+
+
+def test_check_missing_root_exits_2_with_the_layout(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path / "none"), "--dataset", "llcm"]) == 2
+    err = capsys.readouterr().err
+    assert "DatasetError: LLCM root" in err and "test_vis/cam1 .. cam9" in err
+
+
+@pytest.mark.parametrize("dataset", ["sysu", "regdb", "llcm"])
+def test_official_figures_add_up(dataset):
+    figs = {(f.split, f.cam, f.modality): f for f in OFFICIAL_FIGURES if f.dataset == dataset}
+    for split in ("train", "test"):
+        total = figs[(split, None, None)]
+        per_mod = [figs.get((split, None, m)) for m in ("visible", "infrared")]
+        if all(f is not None and f.images is not None for f in per_mod):
+            assert total.images in (None, sum(f.images for f in per_mod))
+        for mod in ("visible", "infrared"):
+            cams = [f for (s, c, m), f in figs.items() if s == split and c and m == mod]
+            if cams:
+                assert sum(f.images for f in cams) == figs[(split, None, mod)].images
+                assert max(f.ids for f in cams) <= figs[(split, None, mod)].ids

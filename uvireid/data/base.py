@@ -1,0 +1,300 @@
+"""What every dataset exposes, and the helpers the loaders share.
+
+A dataset is opened from its raw release folder: construction lists files (it never
+decodes an image) and checks the layout, raising :class:`~uvireid.errors.DatasetError`
+with the expected layout when something is missing. Every dataset then offers:
+
+- ``train`` / ``test``: lists of :class:`~uvireid.types.ImageRecord` (absolute paths,
+  pids and camera numbers as in the release, modality ``VISIBLE``/``INFRARED``);
+- ``protocols``: the evaluation protocol names it supports;
+- ``meta()``, ``stats()``, ``fingerprint()``: small JSON-ready dicts for logs, for
+  ``uvireid data check`` and for run manifests;
+- ``declared_ids``: the identities its split files list (used to find identities that
+  have no image at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from uvireid.data.images import SEE_README
+from uvireid.errors import DatasetError
+from uvireid.types import INFRARED, MODALITY_NAMES, VISIBLE, ImageRecord
+
+__all__ = [
+    "SEE_README",
+    "IdList",
+    "VIDataset",
+    "join_relpath",
+    "listing",
+    "read_id_file",
+    "read_index_file",
+    "require_file",
+    "require_root",
+    "require_listed_files",
+    "summarize",
+]
+
+#: at most this many items are listed in an error message ("... and 37 more")
+MAX_LISTED = 5
+
+logger = logging.getLogger(__name__)
+
+
+def listing(items: Sequence[Any], limit: int = MAX_LISTED) -> str:
+    """``"a, b, c and 4 more"``: the first ``limit`` items of a long list."""
+    shown = ", ".join(str(x) for x in items[:limit])
+    rest = len(items) - limit
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+@dataclass(frozen=True)
+class IdList:
+    """The identities a split file declares.
+
+    Attributes:
+        ids: sorted pids, as written in the file.
+        source: the file(s) they were read from, relative to the dataset root.
+    """
+
+    ids: tuple[int, ...]
+    source: str
+
+
+def require_root(root: str, title: str, layout: str) -> None:
+    """Raise :class:`DatasetError` when ``root`` is not an existing folder."""
+    if not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DatasetError(
+            f"{title} root {root} {what}; expected a folder laid out as:\n{layout}\n"
+            f"Pass the folder that holds these entries — {SEE_README}"
+        )
+
+
+def require_file(root: str, relpath: str, title: str, layout: str, hint: str = "") -> str:
+    """Absolute path of ``root/relpath``; a :class:`DatasetError` when it is missing.
+
+    ``hint`` replaces the default fix ("Copy the split files from the release").
+    """
+    path = os.path.join(root, relpath)
+    if not os.path.isfile(path):
+        fix = hint or "Copy the split files from the release"
+        raise DatasetError(
+            f"{title} root {root} has no {relpath} (looked for {path}); expected the "
+            f"official layout:\n{layout}\n{fix} — {SEE_README}"
+        )
+    return path
+
+
+def read_id_file(path: str) -> list[int]:
+    """Identities in a split file such as SYSU-MM01's ``exp/test_id.txt``.
+
+    The release writes one line of comma-separated integers without zero padding
+    (``6,10,17,...``); commas, spaces and line breaks are all accepted as separators.
+
+    Returns:
+        sorted list of distinct pids.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    tokens = [t for t in text.replace(",", " ").split() if t]
+    bad = [t for t in tokens if not t.lstrip("-").isdigit()]
+    if bad:
+        raise DatasetError(
+            f"split file {path} holds non-integer entries ({listing(bad)}); expected one "
+            f"line of comma-separated identity numbers such as 6,10,17. Restore the file "
+            f"from the release — {SEE_README}"
+        )
+    if not tokens:
+        raise DatasetError(
+            f"split file {path} is empty; expected comma-separated identity numbers such "
+            f"as 6,10,17. Restore the file from the release — {SEE_README}"
+        )
+    return sorted({int(t) for t in tokens})
+
+
+def join_relpath(root: str, relpath: str) -> str:
+    """``root/relpath`` as a normalised absolute path (a leading ``/`` or ``./`` is ignored)."""
+    return os.path.normpath(os.path.join(root, relpath.lstrip("/")))
+
+
+def read_index_file(path: str, root: str) -> list[tuple[str, int]]:
+    """Lines ``<relative path> <label>`` of an index file (RegDB ``idx/``, LLCM ``idx/``).
+
+    The label is the last whitespace-separated field, so paths containing spaces work
+    (the reference loaders split on the first space and break on them). Blank lines are
+    skipped.
+
+    Returns:
+        list of (absolute image path, label) in file order.
+    """
+    out: list[tuple[str, int]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise DatasetError(
+                    f"index file {path} line {lineno} reads {line!r}; expected "
+                    f"'<relative image path> <integer label>', e.g. "
+                    f"'Visible/1/img.bmp 0'. Restore the file from the release — {SEE_README}"
+                )
+            out.append((join_relpath(root, parts[0]), int(parts[1])))
+    return out
+
+
+def require_listed_files(paths: Iterable[str], listfile: str) -> None:
+    """Raise :class:`DatasetError` naming the first few ``paths`` that do not exist."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} image(s) listed in {listfile} do not exist: {listing(missing)}; "
+            f"expected every listed path (relative to the dataset root) to be an image file. "
+            f"Pass the dataset root the list was written for, or restore the images "
+            f"— {SEE_README}"
+        )
+
+
+def _count(records: Sequence[ImageRecord]) -> dict[str, int]:
+    return {"ids": len({r.pid for r in records if r.pid >= 0}), "images": len(records)}
+
+
+def summarize(records: Sequence[ImageRecord]) -> dict[str, Any]:
+    """Identity and image counts of ``records``, overall, per modality and per camera.
+
+    ``ids`` counts distinct pids >= 0 (unlabelled images, pid -1, count as images only).
+
+    Returns:
+        ``{"ids", "images", "visible": {"ids", "images"}, "infrared": {...},
+        "cameras": [{"cam", "modality", "ids", "images"}, ...]}`` with cameras sorted by
+        (camera number, modality).
+    """
+    out: dict[str, Any] = _count(records)
+    for mod in (VISIBLE, INFRARED):
+        out[MODALITY_NAMES[mod]] = _count([r for r in records if r.modality == mod])
+    groups: dict[tuple[int, int], list[ImageRecord]] = {}
+    for r in records:
+        groups.setdefault((r.cam, r.modality), []).append(r)
+    out["cameras"] = [
+        {"cam": cam, "modality": MODALITY_NAMES[mod], **_count(groups[(cam, mod)])}
+        for cam, mod in sorted(groups)
+    ]
+    return out
+
+
+class VIDataset:
+    """Base class of the visible-infrared datasets (see the module docstring).
+
+    Subclasses set :attr:`name` (the registry name), :attr:`title` (the release's name),
+    ``PROTOCOLS`` and, in ``__init__``, fill :attr:`train`, :attr:`test` and
+    :attr:`declared_ids`.
+
+    Attributes:
+        root: absolute path of the dataset folder (symbolic links are kept as given).
+        split: the split in use (RegDB trial number) or ``None`` for a fixed split.
+        train: training images, visible and infrared.
+        test: every test image; protocols choose queries and galleries from them.
+        declared_ids: split name -> :class:`IdList` for splits defined by id files.
+    """
+
+    name = "dataset"
+    title = "dataset"
+    PROTOCOLS: tuple[str, ...] = ()
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        self.split: int | None = None
+        self.train: list[ImageRecord] = []
+        self.test: list[ImageRecord] = []
+        self.declared_ids: dict[str, IdList] = {}
+
+    @property
+    def protocols(self) -> list[str]:
+        """Names of the evaluation protocols this dataset supports."""
+        return list(self.PROTOCOLS)
+
+    def splits(self) -> dict[str, list[ImageRecord]]:
+        """``{"train": train, "test": test}``."""
+        return {"train": self.train, "test": self.test}
+
+    def missing_ids(self) -> dict[str, list[int]]:
+        """Per split, the declared identities that have no image in any camera."""
+        out: dict[str, list[int]] = {}
+        for split, declared in self.declared_ids.items():
+            present = {r.pid for r in self.splits().get(split, [])}
+            missing = [pid for pid in declared.ids if pid not in present]
+            if missing:
+                out[split] = missing
+        return out
+
+    def _warn_missing_ids(self) -> None:
+        """Log the declared identities that have no image (``data check`` reports them)."""
+        for split, missing in self.missing_ids().items():
+            logger.warning(
+                "%s: %d of the %s identities listed in %s have no image in any camera: %s",
+                self.title,
+                len(missing),
+                split,
+                self.declared_ids[split].source,
+                listing(missing),
+            )
+
+    def consistency_problems(self) -> list[str]:
+        """Dataset-specific consistency problems for ``uvireid data check`` (none here)."""
+        return []
+
+    def meta(self) -> dict[str, Any]:
+        """Dataset name, root, split, protocols and per-split counts."""
+        out: dict[str, Any] = {
+            "dataset": self.name,
+            "title": self.title,
+            "root": self.root,
+            "split": self.split,
+            "protocols": self.protocols,
+        }
+        for split, records in self.splits().items():
+            c = summarize(records)
+            out[f"{split}_ids"] = c["ids"]
+            out[f"{split}_images"] = c["images"]
+            out[f"{split}_visible"] = c["visible"]["images"]
+            out[f"{split}_infrared"] = c["infrared"]["images"]
+        return out
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """``{split: summarize(records)}`` for train and test (see :func:`summarize`)."""
+        return {split: summarize(records) for split, records in self.splits().items()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Counts and a SHA-1 that identify exactly which files a run used.
+
+        The hash covers the sorted lines ``"<split>\\t<path relative to root>"`` (paths
+        with ``/`` separators), so it does not depend on where the dataset is mounted,
+        and two RegDB trials over the same images still differ. File contents are not
+        read.
+        """
+        lines = sorted(
+            f"{split}\t{os.path.relpath(r.path, self.root).replace(os.sep, '/')}"
+            for split, records in self.splits().items()
+            for r in records
+        )
+        out: dict[str, Any] = {"dataset": self.name, "split": self.split}
+        for split, records in self.splits().items():
+            c = _count(records)
+            out[f"{split}_ids"] = c["ids"]
+            out[f"{split}_images"] = c["images"]
+        out["sha1"] = hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+        return out
+
+    def __repr__(self) -> str:
+        split = f", split={self.split}" if self.split is not None else ""
+        return (
+            f"{type(self).__name__}(root={self.root!r}{split}; "
+            f"train={len(self.train)} images, test={len(self.test)} images)"
+        )
