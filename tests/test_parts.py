@@ -105,10 +105,12 @@ def test_dataset_builds_on_a_fixture_tree(name, tmp_path):
             pytest.skip(f"third-party dataset {name!r} has no fixture builder")
         kwargs = {}
     ds = reg.build({"type": name, **kwargs})
-    assert len(ds.train) > 0 and len(ds.test) > 0
-    mods = {r.modality for r in ds.train}
-    assert mods == {0, 1}
-    assert ds.fingerprint()["sha1"]
+    assert len(ds.train) > 0
+    assert {r.modality for r in ds.train} == {0, 1}
+    assert all(r.pid >= 0 for r in ds.test)
+    assert set(ds.protocols) >= ({"sysu-all"} if name in ("sysu", "synthetic") else set())
+    fp = ds.fingerprint()
+    assert fp and fp == reg.build({"type": name, **kwargs}).fingerprint()
 
 
 @pytest.mark.parametrize("name", _parts("recipes"))
