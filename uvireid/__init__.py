@@ -29,6 +29,8 @@ from uvireid import rerank as rerank  # noqa: E402
 from uvireid import evaluation as evaluation  # noqa: E402
 from uvireid import config as config  # noqa: E402  (registers the built-in recipes)
 
+from uvireid.features import load_features, save_features  # noqa: E402
+
 registry.load_plugins()
 
 __all__ = [
@@ -38,5 +40,7 @@ __all__ = [
     "ProtocolError",
     "RegistryError",
     "UvireidError",
+    "load_features",
     "registry",
+    "save_features",
 ]

@@ -17,6 +17,7 @@ from uvireid.errors import UvireidError
 COMMANDS = [
     "run",
     "list",
+    "eval",
     "data",
 ]
 

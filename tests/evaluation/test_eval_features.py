@@ -1,0 +1,163 @@
+"""Features files: round trip, atomic write, and every bad file named at the boundary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uvireid.errors import FeatureFileError
+from uvireid.features import Features, load_features, save_features
+
+
+def arrays(n: int = 6, d: int = 4):
+    rng = np.random.default_rng(0)
+    return {
+        "feats": rng.standard_normal((n, d)).astype(np.float32),
+        "pids": np.arange(n) % 3,
+        "cams": np.array([1, 3, 2, 6, 4, 3])[:n],
+        "modality": np.array([0, 1, 0, 1, 0, 1])[:n],
+    }
+
+
+def test_round_trip_with_torch_tensors_paths_and_meta(tmp_path):
+    a = arrays()
+    out = save_features(
+        tmp_path / "f.npz",
+        torch.from_numpy(a["feats"]),
+        torch.from_numpy(a["pids"]),
+        a["cams"].tolist(),
+        torch.from_numpy(a["modality"]),
+        paths=[f"cam1/0001/{i:04d}.jpg" for i in range(6)],
+        dataset="sysu",
+        split="test",
+        feature_head="global",
+    )
+    f = load_features(out)
+    assert isinstance(f, Features) and f.source == out and len(f) == 6 and f.dim == 4
+    np.testing.assert_array_equal(f.feats, a["feats"])
+    assert f.feats.dtype == np.float32 and f.pids.dtype == np.int64
+    np.testing.assert_array_equal(f.pids, a["pids"])
+    np.testing.assert_array_equal(f.cams, a["cams"])
+    np.testing.assert_array_equal(f.modality, a["modality"])
+    assert f.paths.tolist()[2] == "cam1/0001/0002.jpg"
+    assert f.meta["dataset"] == "sysu" and f.meta["feature_head"] == "global"
+    assert f.meta["produced_by"].startswith("uvireid ")
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]  # no temporary file left
+
+
+def test_plain_numpy_savez_files_are_accepted(tmp_path):
+    np.savez(tmp_path / "other.npz", **arrays())  # exported by another codebase, no meta
+    f = load_features(tmp_path / "other.npz")
+    assert f.meta == {} and f.paths is None
+
+
+def test_select_and_modality_helpers(tmp_path):
+    a = arrays()
+    f = load_features(save_features(tmp_path / "f.npz", **a, paths=list("abcdef")))
+    ir = f.of_modality(1)
+    assert ir.paths.tolist() == ["b", "d", "f"] and set(ir.modality.tolist()) == {1}
+    sub = f.select(np.array([4, 0]))
+    assert sub.pids.tolist() == [a["pids"][4], a["pids"][0]] and sub.meta == f.meta
+    bank = f.to_bank()
+    assert bank.paths == list("abcdef") and len(bank) == 6
+    assert "6 images x 4-d (3 visible, 3 infrared)" in f.describe()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FeatureFileError, match=r"nope\.npz does not exist.*check the path"):
+        load_features(tmp_path / "nope.npz")
+
+
+def test_not_an_npz(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_text("hello")
+    with pytest.raises(FeatureFileError, match=r"bad\.npz is not a readable \.npz"):
+        load_features(p)
+
+
+@pytest.mark.parametrize("name", ["feats", "pids", "cams", "modality"])
+def test_missing_array_is_named_with_the_expected_list(tmp_path, name):
+    a = arrays()
+    del a[name]
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(
+        FeatureFileError,
+        match=rf"f\.npz has no array '{name}'; expected arrays feats, pids, cams, modality",
+    ):
+        load_features(tmp_path / "f.npz")
+
+
+def test_mismatched_lengths_say_which(tmp_path):
+    a = arrays()
+    a["cams"] = a["cams"][:5]
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"mismatched length.*cams has 5.*cams must have"):
+        load_features(tmp_path / "f.npz")
+    a = arrays()
+    np.savez(tmp_path / "g.npz", **a, paths=np.array(["x"] * 4))
+    with pytest.raises(FeatureFileError, match=r"g\.npz: arrays of mismatched length.*paths has 4"):
+        load_features(tmp_path / "g.npz")
+
+
+def test_non_finite_features(tmp_path):
+    a = arrays()
+    a["feats"][3, 1] = np.nan
+    a["feats"][5, 0] = np.inf
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"non-finite values .* 2 row\(s\).*rows \[3, 5\]"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_modality_outside_0_1(tmp_path):
+    a = arrays()
+    a["modality"][0] = 2
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"'modality' has values \[2\]; expected 0"):
+        load_features(tmp_path / "f.npz")
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 2, 2)])
+def test_features_must_be_2d(tmp_path, shape):
+    a = arrays()
+    a["feats"] = np.zeros(shape, dtype=np.float32)
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"'feats' has shape .*expected a 2-D \(N, d\)"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_non_integer_labels(tmp_path):
+    a = arrays()
+    a["pids"] = a["pids"] + 0.5
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"'pids' has dtype float64 with non-integer"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_meta_that_is_not_json(tmp_path):
+    np.savez(tmp_path / "f.npz", **arrays(), meta=np.array("{not json"))
+    with pytest.raises(FeatureFileError, match=r"'meta' is not a JSON string"):
+        load_features(tmp_path / "f.npz")
+    np.savez(tmp_path / "g.npz", **arrays(), meta=np.array(json.dumps([1, 2])))
+    with pytest.raises(FeatureFileError, match=r"'meta' is a JSON list; expected a JSON object"):
+        load_features(tmp_path / "g.npz")
+
+
+def test_object_arrays_are_refused_without_pickle(tmp_path):
+    a = arrays()
+    a["paths"] = np.array([object()] * 6, dtype=object)
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"array 'paths' cannot be read without pickle"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_save_refuses_bad_arrays_and_writes_nothing(tmp_path):
+    a = arrays()
+    a["modality"] = a["modality"] + 1
+    with pytest.raises(FeatureFileError, match=r"refusing to write it.*'modality' has values"):
+        save_features(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"meta is not JSON-serialisable"):
+        save_features(tmp_path / "f.npz", **arrays(), dataset=object())
+    assert list(tmp_path.iterdir()) == []

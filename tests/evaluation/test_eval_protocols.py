@@ -1,0 +1,350 @@
+"""Protocols: samplers against direct re-statements, official files, averaging, refusals."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_sysu_features
+from eval_oracles import naive_eval_llcm, naive_eval_regdb, naive_eval_sysu
+
+from uvireid.errors import ProtocolError
+from uvireid.evaluation import (
+    llcm_indices,
+    run_protocol,
+    sysu_gallery_indices,
+    sysu_query_indices,
+)
+from uvireid.features import Features, save_features
+
+GALLERY_CAMS = {"all": [1, 2, 4, 5], "indoor": [1, 2]}
+
+
+def mangye16_gallery_paths(f: Features, mode: str, trial: int) -> list[str]:
+    """The mangye16 seeded sampler restated with the global ``random`` module (notes §1.1)."""
+    random.seed(trial)
+    chosen = []
+    for pid in sorted({int(p) for p in f.pids}, key=lambda p: f"{p:04d}"):
+        for cam in GALLERY_CAMS[mode]:
+            files = sorted(
+                str(path)
+                for path, p, c, m in zip(f.paths, f.pids, f.cams, f.modality, strict=True)
+                if p == pid and c == cam and m == 0
+            )
+            if files:  # an absent (id, camera) folder draws nothing
+                chosen.append(random.choice(files))
+    return chosen
+
+
+@pytest.mark.parametrize("mode", ["all", "indoor"])
+def test_seeded_sampler_equals_mangye16_restatement(mode):
+    f = make_sysu_features(seed=1, n_ids=15)
+    for trial in range(10):
+        got = sysu_gallery_indices(f, mode, trial, "single", "seeded")
+        assert f.paths[got].tolist() == mangye16_gallery_paths(f, mode, trial)
+
+
+def test_seeded_sampler_without_paths_orders_groups_by_row():
+    f = make_sysu_features(seed=2, with_paths=False)
+    got = sysu_gallery_indices(f, "all", 3, "single", "seeded")
+    rng = random.Random(3)
+    expected = []
+    for pid in sorted(set(f.pids.tolist())):
+        for cam in GALLERY_CAMS["all"]:
+            rows = [i for i in range(len(f)) if f.pids[i] == pid and f.cams[i] == cam]
+            if rows:
+                expected.append(rng.choice(rows))
+    assert got.tolist() == expected
+    result = run_protocol(f, "sysu-all", trials=1)
+    assert "row order in the file (no paths)" in result.provenance["sampler_detail"]
+
+
+def test_seeded_multi_shot_is_a_seeded_sample_of_min_10_in_path_order():
+    f = make_sysu_features(seed=3)
+    got = sysu_gallery_indices(f, "indoor", 5, "multi", "seeded")
+    rng = random.Random(5)
+    expected = []
+    for pid in sorted(set(f.pids.tolist())):
+        for cam in GALLERY_CAMS["indoor"]:
+            files = sorted(
+                str(f.paths[i]) for i in range(len(f)) if f.pids[i] == pid and f.cams[i] == cam
+            )
+            if files:
+                picked = rng.sample(files, min(10, len(files)))
+                expected.extend(sorted(picked))
+    assert f.paths[got].tolist() == expected
+
+
+def test_query_is_every_infrared_image_of_cams_3_and_6():
+    f = make_sysu_features(seed=4)
+    q = sysu_query_indices(f)
+    assert sorted(q.tolist()) == [i for i in range(len(f)) if f.cams[i] in (3, 6)]
+
+
+def test_official_sampler_names_follow_rand_perm_cam(sysu_official, sysu_official_features):
+    perm_file, perms, _ = sysu_official
+    f = sysu_official_features
+    for mode, shot, n_shot in [("all", "single", 1), ("indoor", "multi", 10)]:
+        for trial in range(10):
+            got = sysu_gallery_indices(f, mode, trial, shot, "official", perm_file)
+            names = ["/".join(str(p).split("/")[-3:]) for p in f.paths[got]]
+            expected = []
+            for pid in sorted(set(f.pids.tolist())):
+                for cam in GALLERY_CAMS[mode]:
+                    if (cam, pid) in perms:
+                        expected += [
+                            f"cam{cam}/{pid:04d}/{idx:04d}.jpg"
+                            for idx in perms[(cam, pid)][trial][:n_shot]
+                        ]
+            assert names == expected
+
+
+@pytest.mark.parametrize(
+    "protocol, n_gallery, n_valid", [("sysu-all", 301, 3803), ("sysu-indoor", 112, 2208)]
+)
+@pytest.mark.parametrize("sampler", ["seeded", "official"])
+def test_official_test_tree_sizes(
+    sysu_official, sysu_official_features, protocol, n_gallery, n_valid, sampler
+):
+    perm_file = sysu_official[0] if sampler == "official" else None
+    r = run_protocol(
+        sysu_official_features, protocol, trials=2, sampler=sampler, perm_file=perm_file
+    )
+    p = r.provenance
+    assert (p["num_query"], p["num_gallery"], p["num_valid"]) == (3803, n_gallery, n_valid)
+    assert p["sampler"] == sampler and p["trials"] == 2
+
+
+def test_trial_mean_is_the_mean_of_per_trial_reference_values():
+    f = make_sysu_features(seed=5, n_ids=30)
+    result = run_protocol(f, "sysu-all", trials=4)
+    q = sysu_query_indices(f)
+    per_trial = []
+    for t in range(4):
+        g = sysu_gallery_indices(f, "all", t)
+        dist = -(f.feats[q] @ f.feats[g].T)
+        cmc, m_ap, m_inp = naive_eval_sysu(dist, f.pids[q], f.pids[g], f.cams[q], f.cams[g])
+        per_trial.append([cmc[0], cmc[4], cmc[9], cmc[19], m_ap, m_inp])
+    expected = 100 * np.mean(per_trial, axis=0)
+    got = [result.mean[k] for k in ("R1", "R5", "R10", "R20", "mAP", "mINP")]
+    np.testing.assert_allclose(got, expected, atol=1e-4)  # percent: 1e-6 of a fraction
+    row0 = [result.per_trial[0][k] for k in ("R1", "R5", "R10", "R20", "mAP", "mINP")]
+    np.testing.assert_allclose(row0, 100 * np.asarray(per_trial[0]), atol=1e-4)
+    assert result.std["mAP"] == pytest.approx(100 * np.std([r[4] for r in per_trial]), abs=1e-4)
+
+
+def test_result_table_and_dict():
+    f = make_sysu_features(seed=6)
+    r = run_protocol(f, "sysu-indoor", trials=3, shot="multi", feature_head="bn-neck")
+    text = r.table()
+    lines = text.splitlines()
+    assert lines[0].startswith("sysu-indoor | SYSU-MM01 | indoor-search | multi-shot")
+    assert "feature head: bn-neck" in lines[0] and "reranker: none" in lines[0]
+    assert lines[1].split() == ["trial", "R1", "R5", "R10", "R20", "mAP", "mINP"]
+    assert len(lines) == 2 + 3 + 1 and lines[-1].startswith("mean±std") and "±" in lines[-1]
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["provenance"]["direction"] == "infrared->visible"
+    assert (
+        d["provenance"]["shot"] == "multi" and d["provenance"]["features_meta"]["split"] == "test"
+    )
+    assert len(d["per_trial"]) == 3 and len(d["cmc"]) == 20
+    assert d["mean"]["R1"] == pytest.approx(np.mean([t["R1"] for t in d["per_trial"]]))
+
+
+class TorchNegCosine:
+    name = "negcos-torch"
+
+    def rerank(self, query, gallery):
+        return -(torch.as_tensor(query) @ torch.as_tensor(gallery).T)
+
+
+def test_reranker_distance_is_used_and_recorded():
+    f = make_sysu_features(seed=7)
+    plain = run_protocol(f, "sysu-all", trials=2)
+    rr = run_protocol(f, "sysu-all", trials=2, reranker=TorchNegCosine())
+    assert rr.provenance["reranker"] == "negcos-torch" and plain.provenance["reranker"] == "none"
+    assert rr.mean == pytest.approx(plain.mean)
+
+    class Wrong:
+        def rerank(self, query, gallery):
+            return np.zeros((len(gallery), len(query)))
+
+    with pytest.raises(ProtocolError, match=r"returned a \(\d+, \d+\) matrix.*expected"):
+        run_protocol(f, "sysu-all", trials=1, reranker=Wrong())
+
+
+# -- RegDB ----------------------------------------------------------------------------------
+def regdb_split(split: int, train_split: int | None = None, seed: int = 0) -> Features:
+    rng = np.random.default_rng(seed + split)
+    ids = np.arange(20) + 100 * split
+    pids = np.r_[np.repeat(ids, 3), np.repeat(ids, 3)]
+    modality = np.r_[np.zeros(60, int), np.ones(60, int)]
+    centres = rng.standard_normal((20, 8))
+    feats = centres[np.tile(np.repeat(np.arange(20), 3), 2)] + rng.standard_normal((120, 8))
+    meta = {"dataset": "regdb", "split": split}
+    if train_split is not None:
+        meta["train_split"] = train_split
+    return Features(feats.astype(np.float32), pids, modality + 1, modality, None, meta)
+
+
+@pytest.mark.parametrize("protocol", ["regdb-v2i", "regdb-i2v"])
+def test_regdb_directions_and_split_averaging(protocol):
+    splits = [regdb_split(s, s) for s in (1, 2, 3)]
+    r = run_protocol(splits, protocol)
+    assert r.provenance["splits"] == [1, 2, 3] and r.provenance["trials"] == 3
+    assert r.provenance["sampler"] == "none"
+    per = []
+    for f in splits:
+        v, t = np.flatnonzero(f.modality == 0), np.flatnonzero(f.modality == 1)
+        q, g = (v, t) if protocol == "regdb-v2i" else (t, v)
+        cmc, m_ap, m_inp = naive_eval_regdb(-(f.feats[q] @ f.feats[g].T), f.pids[q], f.pids[g])
+        per.append(100 * np.array([cmc[0], cmc[19], m_ap, m_inp]))
+    got = [r.mean[k] for k in ("R1", "R20", "mAP", "mINP")]
+    np.testing.assert_allclose(got, np.mean(per, axis=0), atol=1e-4)
+    assert [t["trial"] for t in r.per_trial] == [1, 2, 3]
+
+
+def test_regdb_refuses_a_model_trained_on_another_split():
+    with pytest.raises(
+        ProtocolError, match=r"trained on RegDB split 2 but these are the test images of split 5"
+    ):
+        run_protocol(regdb_split(5, train_split=2), "regdb-v2i")
+    with pytest.raises(ProtocolError, match="trained on RegDB split 1"):
+        run_protocol([regdb_split(3, 3), regdb_split(4, 1)], "regdb-i2v")
+
+
+def test_regdb_refuses_a_split_given_twice_and_sampling_options():
+    with pytest.raises(ProtocolError, match="split 3 is given twice"):
+        run_protocol([regdb_split(3, 3), regdb_split(3, 3)], "regdb-v2i")
+    with pytest.raises(ProtocolError, match="RegDB has no gallery sampling"):
+        run_protocol(regdb_split(1, 1), "regdb-v2i", shot="multi")
+
+
+# -- LLCM -----------------------------------------------------------------------------------
+def llcm_features(seed: int = 0) -> Features:
+    rng = np.random.default_rng(seed)
+    pids, cams, mods, paths = [], [], [], []
+    for pid in rng.choice(np.arange(1, 500), 25, replace=False).tolist():
+        for mod in (0, 1):
+            for cam in range(1, 10):
+                if (mod == 1 and cam == 3) or rng.random() < 0.5:
+                    continue
+                for i in range(int(rng.integers(1, 5))):
+                    pids.append(pid)
+                    cams.append(cam)
+                    mods.append(mod)
+                    paths.append(f"test_{'nir' if mod else 'vis'}/cam{cam}/{pid:04d}/{i}.jpg")
+    n = len(pids)
+    centre = {p: rng.standard_normal(8) for p in set(pids)}
+    feats = np.array([centre[p] for p in pids]) + 1.2 * rng.standard_normal((n, 8))
+    return Features(
+        feats.astype(np.float32),
+        np.array(pids),
+        np.array(cams),
+        np.array(mods),
+        np.array(paths),
+        {"dataset": "LLCM", "split": "test"},
+    )
+
+
+@pytest.mark.parametrize("protocol, q_mod", [("llcm-v2i", 0), ("llcm-i2v", 1)])
+def test_llcm_all_queries_of_one_modality_against_a_sampled_gallery(protocol, q_mod):
+    f = llcm_features()
+    direction = "visible->infrared" if q_mod == 0 else "infrared->visible"
+    r = run_protocol(f, protocol, trials=3)
+    assert r.provenance["direction"] == direction
+    per = []
+    for t in range(3):
+        q, g = llcm_indices(f, direction, t)
+        assert set(f.modality[q]) == {q_mod} and set(f.modality[g]) == {1 - q_mod}
+        assert len(q) == int((f.modality == q_mod).sum())
+        rng = random.Random(t)  # DEEN's sampler, restated
+        expected = []
+        for pid in sorted(set(f.pids.tolist())):
+            for cam in range(1, 10):
+                files = sorted(
+                    str(f.paths[i])
+                    for i in range(len(f))
+                    if f.pids[i] == pid and f.cams[i] == cam and f.modality[i] == 1 - q_mod
+                )
+                if files:
+                    expected.append(rng.choice(files))
+        assert f.paths[g].tolist() == expected
+        cmc, m_ap, m_inp = naive_eval_llcm(
+            -(f.feats[q] @ f.feats[g].T), f.pids[q], f.pids[g], f.cams[q], f.cams[g]
+        )
+        per.append(100 * np.array([cmc[0], m_ap, m_inp]))
+    np.testing.assert_allclose(
+        [r.mean["R1"], r.mean["mAP"], r.mean["mINP"]], np.mean(per, axis=0), atol=1e-4
+    )
+
+
+# -- refusals -------------------------------------------------------------------------------
+def test_unknown_protocol_lists_valid_ones_closest_first():
+    f = make_sysu_features()
+    with pytest.raises(
+        ProtocolError, match=r"unknown protocol 'sysu-al'; did you mean 'sysu-all'\? .*: sysu-all, "
+    ):
+        run_protocol(f, "sysu-al")
+
+
+def test_sysu_refusals(tmp_path, sysu_small):
+    f = sysu_small
+    no_ir = f.select(f.modality == 0)
+    with pytest.raises(ProtocolError, match="no infrared image of cameras 3 or 6"):
+        run_protocol(no_ir, "sysu-all")
+    no_paths = replace(f, paths=None)
+    with pytest.raises(ProtocolError, match="has no 'paths'; the official SYSU-MM01 sampler"):
+        run_protocol(no_paths, "sysu-all", sampler="official", perm_file=tmp_path / "x.mat")
+    with pytest.raises(ProtocolError, match="rand_perm_cam.mat has 10 trials; 11 asked"):
+        run_protocol(f, "sysu-all", trials=11, sampler="official", perm_file=tmp_path / "x.mat")
+    with pytest.raises(ProtocolError, match="needs perm_file"):
+        run_protocol(f, "sysu-all", sampler="official")
+    with pytest.raises(ProtocolError, match="perm_file is given but sampler is 'seeded'"):
+        run_protocol(f, "sysu-all", perm_file=tmp_path / "x.mat")
+    with pytest.raises(ProtocolError, match=r"x\.mat does not exist"):
+        run_protocol(f, "sysu-all", sampler="official", perm_file=tmp_path / "x.mat")
+    with pytest.raises(ProtocolError, match="unknown shot 'triple'"):
+        run_protocol(f, "sysu-all", shot="triple")
+    with pytest.raises(ProtocolError, match="unknown sampler 'seed'; did you mean 'seeded'"):
+        run_protocol(f, "sysu-all", sampler="seed")
+    with pytest.raises(ProtocolError, match="trials must be a positive integer"):
+        run_protocol(f, "sysu-all", trials=0)
+    with pytest.raises(ProtocolError, match="only averaged for RegDB"):
+        run_protocol([f, f], "sysu-all")
+    with pytest.raises(ProtocolError, match="holds features of dataset 'regdb'"):
+        run_protocol(replace(f, meta={"dataset": "regdb"}), "sysu-all")
+    for meta in ({"dataset": "synthetic"}, {"dataset": "sysu", "split": None}):
+        assert run_protocol(replace(f, meta=meta), "sysu-all", trials=1).per_trial
+    with pytest.raises(ProtocolError, match="holds the 'train' split"):
+        run_protocol(replace(f, meta={"dataset": "SYSU-MM01", "split": "train"}), "sysu-all")
+    bad_mod = replace(f, modality=np.zeros(len(f), dtype=np.int64))
+    with pytest.raises(ProtocolError, match="modality that contradicts their camera"):
+        run_protocol(bad_mod, "sysu-all")
+    with pytest.raises(ProtocolError, match="exists for SYSU-MM01 only"):
+        run_protocol(llcm_features(), "llcm-v2i", sampler="official", perm_file="x.mat")
+
+
+def test_official_sampler_refuses_missing_images(sysu_official, sysu_official_features):
+    perm_file = sysu_official[0]
+    f = sysu_official_features
+    drop = np.array(["/cam1/0006/0001.jpg" in str(p) for p in f.paths])
+    trial = next(t for t in range(10) if 1 in sysu_official[1][(1, 6)][t, :10])
+    with pytest.raises(ProtocolError, match=r"not in the file's paths.*cam1/0006/0001"):
+        sysu_gallery_indices(f.select(~drop), "all", trial, "multi", "official", perm_file)
+    whole_group = (f.pids == 6) & (f.cams == 1)
+    with pytest.raises(ProtocolError, match="no visible image of identity 6 in camera 1"):
+        sysu_gallery_indices(f.select(~whole_group), "all", 0, "single", "official", perm_file)
+
+
+def test_run_protocol_reads_a_features_file(tmp_path, sysu_small):
+    f = sysu_small
+    path = save_features(tmp_path / "s.npz", f.feats, f.pids, f.cams, f.modality, f.paths, **f.meta)
+    r = run_protocol(path, "sysu-all", trials=2)
+    assert r.provenance["features_file"] == str(path)
+    assert r.provenance["feature_head"] == "global"
+    assert r.mean == pytest.approx(run_protocol(f, "sysu-all", trials=2).mean)

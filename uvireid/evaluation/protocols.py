@@ -1,0 +1,833 @@
+"""Test protocols of SYSU-MM01, RegDB and LLCM on a features file (DESIGN.md "Protocol").
+
+A protocol picks the query and gallery images of a :class:`~uvireid.features.Features`
+object per trial, ranks the gallery for each query (``distance = -(q @ g.T)`` on the stored
+features, as mangye16 and DEEN do, or a re-ranker's distance), scores it with the reference
+metric and averages the trials. The rules follow notes/eval_datasets.md §1 and §2.5:
+
+SYSU-MM01 (``sysu-all``, ``sysu-indoor``)
+    query = every infrared image of cameras 3 and 6 (the same set in both modes); gallery =
+    visible images of cameras [1, 2, 4, 5] (all-search) or [1, 2] (indoor-search), sampled
+    per trial: one image (``shot="single"``) or ten (``"multi"``) per (identity, camera).
+    Metric: :func:`~uvireid.evaluation.metrics.eval_sysu`.
+
+    * ``sampler="seeded"``: the mangye16 sampler, exactly. Trial t seeds Python's Mersenne
+      Twister (``random.Random(t)``, the same stream as ``random.seed(t)``); identities are
+      visited in ascending order and cameras in the order above; every *existing*
+      (identity, camera) group draws one ``choice`` over its images sorted by path string
+      (absent groups draw nothing). Without paths the images are ordered by their row in the
+      file (the provenance says so). Multi-shot, which mangye16 does not have, draws
+      ``sample(group, min(10, n))`` from the same stream and keeps the picks in path order.
+    * ``sampler="official"``: the dataset authors' ``rand_perm_cam.mat``. The trial-t
+      gallery of (camera c, identity p) is the first 1 or 10 entries of row t of
+      ``rand_perm_cam{c}{p}``: 1-based image indices naming ``cam{c}/{p:04d}/{idx:04d}.jpg``.
+      It needs the image paths, and has 10 trials.
+
+RegDB (``regdb-v2i``, ``regdb-i2v``)
+    One features file per test split; query = every test visible image and gallery = every
+    test thermal image (``v2i``), or the reverse (``i2v``); no sampling. Several files (one per
+    split) are the trials and are averaged. A file whose ``meta`` says the model was trained
+    on another split than the test split is refused: that gallery contains training images.
+    Metric: :func:`~uvireid.evaluation.metrics.eval_regdb`.
+
+LLCM (``llcm-v2i``, ``llcm-i2v``)
+    ``v2i`` = every visible image is a query against a sampled infrared gallery; ``i2v`` =
+    every infrared image is a query against a sampled visible gallery (DEEN's "IR to VIS"
+    branch). The gallery side is sampled with the seeded sampler above over the cameras
+    present, ascending. DEEN's own "VIS to IR" branch instead transposes the matrix, so its
+    sampled infrared images become the queries (notes §1.3); uvireid does not reproduce that.
+    Metric: :func:`~uvireid.evaluation.metrics.eval_llcm`.
+
+The mean over trials is the arithmetic mean of the per-trial values (mangye16 ``test.py``);
+the standard deviation is the population one (``ddof=0``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from uvireid._suggest import did_you_mean, ordered_by_closeness
+from uvireid.errors import ProtocolError
+from uvireid.evaluation.metrics import evaluate, to_numpy
+from uvireid.features import Features, load_features
+from uvireid.types import INFRARED, VISIBLE
+
+__all__ = [
+    "METRIC_KEYS",
+    "PROTOCOLS",
+    "SYSU_GALLERY_CAMS",
+    "SYSU_QUERY_CAMS",
+    "ProtocolResult",
+    "ProtocolSpec",
+    "get_protocol",
+    "llcm_indices",
+    "load_rand_perm",
+    "official_gallery",
+    "regdb_indices",
+    "run_protocol",
+    "seeded_gallery",
+    "sysu_gallery_indices",
+    "sysu_query_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+SYSU_QUERY_CAMS = (3, 6)
+SYSU_GALLERY_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+SYSU_VISIBLE_CAMS = (1, 2, 4, 5)
+SHOTS = {"single": 1, "multi": 10}
+SAMPLERS = ("seeded", "official")
+OFFICIAL_TRIALS = 10
+METRIC_KEYS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
+_MODALITY = {"visible": VISIBLE, "infrared": INFRARED}
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """What a protocol name means."""
+
+    name: str
+    dataset: str  # "sysu" | "regdb" | "llcm"
+    dataset_name: str
+    mode: str | None  # SYSU "all" / "indoor"
+    query_modality: str  # "visible" | "infrared"
+    metric: str  # rule passed to metrics.evaluate
+
+    @property
+    def gallery_modality(self) -> str:
+        return "visible" if self.query_modality == "infrared" else "infrared"
+
+    @property
+    def direction(self) -> str:
+        return f"{self.query_modality}->{self.gallery_modality}"
+
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    "sysu-all": ProtocolSpec("sysu-all", "sysu", "SYSU-MM01", "all", "infrared", "sysu"),
+    "sysu-indoor": ProtocolSpec("sysu-indoor", "sysu", "SYSU-MM01", "indoor", "infrared", "sysu"),
+    "regdb-v2i": ProtocolSpec("regdb-v2i", "regdb", "RegDB", None, "visible", "regdb"),
+    "regdb-i2v": ProtocolSpec("regdb-i2v", "regdb", "RegDB", None, "infrared", "regdb"),
+    "llcm-v2i": ProtocolSpec("llcm-v2i", "llcm", "LLCM", None, "visible", "llcm"),
+    "llcm-i2v": ProtocolSpec("llcm-i2v", "llcm", "LLCM", None, "infrared", "llcm"),
+}
+
+
+def get_protocol(name: str) -> ProtocolSpec:
+    """The :class:`ProtocolSpec` of ``name``; an unknown name lists the valid ones."""
+    spec = PROTOCOLS.get(name)
+    if spec is None:
+        valid = ", ".join(ordered_by_closeness(str(name), PROTOCOLS))
+        raise ProtocolError(
+            f"unknown protocol '{name}'{did_you_mean(str(name), PROTOCOLS)} valid protocols "
+            f"(closest first): {valid}"
+        )
+    return spec
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def _where(features: Features) -> str:
+    return f"features file {features.source}" if features.source else "features (in memory)"
+
+
+def _shot_count(shot: str) -> int:
+    if shot not in SHOTS:
+        raise ProtocolError(
+            f"unknown shot '{shot}'{did_you_mean(str(shot), SHOTS)}; use 'single' (1 gallery "
+            f"image per identity and camera) or 'multi' (10)"
+        )
+    return SHOTS[shot]
+
+
+def _groups(features: Features, candidates: np.ndarray, cams: Sequence[int]):
+    """Yield ``(pid, cam, rows)`` for every existing group, in sampler order.
+
+    Identities ascending, cameras in the given order; ``rows`` (indices into ``features``)
+    sorted by path string, or by row when the file has no paths.
+    """
+    pids = features.pids[candidates]
+    gcams = features.cams[candidates]
+    for pid in np.unique(pids).tolist():
+        of_pid = candidates[pids == pid]
+        cams_of_pid = gcams[pids == pid]
+        for cam in cams:
+            rows = of_pid[cams_of_pid == cam]
+            if len(rows) == 0:
+                continue  # an absent (id, camera) folder draws no random number
+            if features.paths is not None:
+                rows = rows[np.argsort(features.paths[rows], kind="stable")]
+            yield pid, cam, rows
+
+
+def seeded_gallery(
+    features: Features,
+    candidates: np.ndarray,
+    cams: Sequence[int],
+    trial: int,
+    shot: str = "single",
+) -> np.ndarray:
+    """The mangye16 seeded gallery sample of one trial (notes/eval_datasets.md §1.1).
+
+    Args:
+        features: the test set.
+        candidates: (M,) indices of the images the gallery may use.
+        cams: camera numbers in visiting order.
+        trial: seed of ``random.Random`` (equivalent to ``random.seed(trial)``).
+        shot: ``"single"`` (one ``choice`` per group) or ``"multi"`` (``sample`` of
+            ``min(10, n)``, kept in path order).
+
+    Returns:
+        (G,) int64 indices into ``features``, group by group in visiting order.
+    """
+    n_shot = _shot_count(shot)
+    rng = random.Random(trial)
+    chosen: list[int] = []
+    for _pid, _cam, rows in _groups(features, candidates, cams):
+        group = rows.tolist()
+        if n_shot == 1:
+            chosen.append(rng.choice(group))
+        else:
+            picked = rng.sample(range(len(group)), min(n_shot, len(group)))
+            chosen.extend(group[i] for i in sorted(picked))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+@lru_cache(maxsize=4)
+def _load_rand_perm_cached(path: str, mtime: float) -> dict[tuple[int, int], np.ndarray]:
+    import scipy.io
+
+    where = f"official permutation file {path}"
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as exc:  # scipy raises several types for a bad file
+        raise ProtocolError(
+            f"{where} cannot be read as a MATLAB file ({type(exc).__name__}: {exc}); expected "
+            f"rand_perm_cam.mat of the SYSU-MM01 evaluation kit (exp/rand_perm_cam.mat)"
+        ) from None
+    if "rand_perm_cam" not in mat:
+        have = ", ".join(k for k in mat if not k.startswith("__"))
+        raise ProtocolError(
+            f"{where} has no variable 'rand_perm_cam' (it has: {have}); expected the SYSU-MM01 "
+            f"kit's rand_perm_cam.mat"
+        )
+    cells = mat["rand_perm_cam"]
+    perms: dict[tuple[int, int], np.ndarray] = {}
+    for cam_index in range(cells.size):
+        per_pid = cells.reshape(-1)[cam_index]
+        per_pid = per_pid.reshape(-1) if isinstance(per_pid, np.ndarray) else []
+        for pid_index, entry in enumerate(per_pid):
+            arr = np.asarray(entry)
+            if arr.size == 0:
+                continue
+            perms[(cam_index + 1, pid_index + 1)] = np.atleast_2d(arr).astype(np.int64)
+    if not perms:
+        raise ProtocolError(f"{where}: rand_perm_cam holds no permutation")
+    return perms
+
+
+def load_rand_perm(perm_file: str | os.PathLike) -> dict[tuple[int, int], np.ndarray]:
+    """Read SYSU-MM01's ``rand_perm_cam.mat``.
+
+    The file holds a 6 x 1 cell array (one per camera) of cells indexed by identity: for
+    camera c and identity p, ``rand_perm_cam{c}{p}`` is a (trials, n) array whose rows are
+    permutations of the 1-based image indices 1..n of folder ``cam{c}/{p:04d}/``.
+
+    Returns:
+        ``{(cam, pid): (trials, n) int64}`` for every non-empty entry.
+    """
+    path = Path(perm_file)
+    if not path.is_file():
+        raise ProtocolError(
+            f"official permutation file {path} does not exist; it ships with SYSU-MM01 as "
+            f"exp/rand_perm_cam.mat; fix: pass perm_file=<root>/exp/rand_perm_cam.mat"
+        )
+    return _load_rand_perm_cached(str(path.resolve()), path.stat().st_mtime)
+
+
+def _path_key(path: str) -> str:
+    """``cam{c}/{pid}/{idx}`` from the last three components of an image path (no suffix)."""
+    parts = PurePosixPath(str(path).replace("\\", "/")).parts[-3:]
+    if len(parts) < 3:
+        return str(path)
+    return f"{parts[0]}/{parts[1]}/{PurePosixPath(parts[2]).stem}"
+
+
+def official_gallery(
+    features: Features,
+    candidates: np.ndarray,
+    cams: Sequence[int],
+    trial: int,
+    shot: str,
+    perm_file: str | os.PathLike,
+) -> np.ndarray:
+    """The SYSU-MM01 official gallery of one trial from ``rand_perm_cam.mat``.
+
+    For every identity (ascending) and camera (in order) the gallery takes the images named
+    ``cam{c}/{p:04d}/{idx:04d}`` for ``idx`` in the first 1 or 10 entries of row ``trial``
+    (0-based; MATLAB row ``trial + 1``) of ``rand_perm_cam{c}{p}``, in permutation order.
+
+    Returns:
+        (G,) int64 indices into ``features``.
+    """
+    n_shot = _shot_count(shot)
+    where = _where(features)
+    if features.paths is None:
+        raise ProtocolError(
+            f"{where} has no 'paths'; the official SYSU-MM01 sampler picks images by file name "
+            f"(cam{{c}}/{{pid:04d}}/{{idx:04d}}.jpg); fix: export the features with paths="
+            f"[image paths], or use sampler='seeded'"
+        )
+    perms = load_rand_perm(perm_file)
+    chosen: list[int] = []
+    missing: list[str] = []
+    pids = features.pids[candidates]
+    for pid in np.unique(features.pids).tolist():  # every test id of the file
+        have_cams = set(features.cams[candidates[pids == pid]].tolist())
+        for cam in cams:
+            if (cam, pid) in perms and cam not in have_cams:
+                raise ProtocolError(
+                    f"{where} has no visible image of identity {pid} in camera {cam}, but the "
+                    f"official gallery samples from cam{cam}/{pid:04d}; the features must hold "
+                    f"every test image; fix: re-extract the full test set"
+                )
+    for pid, cam, rows in _groups(features, candidates, cams):
+        perm = perms.get((cam, pid))
+        if perm is None:
+            raise ProtocolError(
+                f"{where} has images of identity {pid} in camera {cam}, but {perm_file} has no "
+                f"permutation for cam{cam}/{pid:04d}; is this SYSU-MM01's test set with its "
+                f"original identity numbers?"
+            )
+        if trial >= perm.shape[0]:
+            raise ProtocolError(
+                f"{perm_file} has {perm.shape[0]} trials for cam{cam}/{pid:04d}; trial {trial} "
+                f"does not exist; use trials <= {perm.shape[0]} with the official sampler"
+            )
+        by_name = {_path_key(features.paths[r]): int(r) for r in rows}
+        for idx in perm[trial, :n_shot].tolist():
+            name = f"cam{cam}/{pid:04d}/{idx:04d}"
+            if name in by_name:
+                chosen.append(by_name[name])
+            else:
+                missing.append(name)
+    if missing:
+        raise ProtocolError(
+            f"{where}: {len(missing)} image(s) the official gallery of trial {trial} needs are "
+            f"not in the file's paths (by their last three path components), e.g. "
+            f"{', '.join(missing[:5])}; the paths must end in cam<c>/<pid:04d>/<idx:04d>.jpg "
+            f"as in the SYSU-MM01 release"
+        )
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _check_sysu(features: Features) -> None:
+    where = _where(features)
+    odd = sorted(set(np.unique(features.cams).tolist()) - set(range(1, 7)))
+    if odd:
+        raise ProtocolError(
+            f"{where} has camera numbers {odd}; SYSU-MM01 cameras are 1..6; is this a SYSU-MM01 "
+            f"features file, and are cams stored as in the release (cam1..cam6)?"
+        )
+    ir_cam = np.isin(features.cams, SYSU_QUERY_CAMS)
+    wrong = (ir_cam & (features.modality != INFRARED)) | (~ir_cam & (features.modality == INFRARED))
+    if wrong.any():
+        raise ProtocolError(
+            f"{where}: {int(wrong.sum())} image(s) have a modality that contradicts their "
+            f"camera (SYSU-MM01 cameras 3 and 6 are infrared, 1, 2, 4, 5 visible); fix the "
+            f"modality array (0 visible, 1 infrared)"
+        )
+
+
+def sysu_query_indices(features: Features) -> np.ndarray:
+    """(Q,) indices of the SYSU-MM01 queries: every infrared image of cameras 3 and 6."""
+    _check_sysu(features)
+    idx = np.flatnonzero((features.modality == INFRARED) & np.isin(features.cams, SYSU_QUERY_CAMS))
+    if len(idx) == 0:
+        raise ProtocolError(
+            f"{_where(features)} has no infrared image of cameras 3 or 6, so SYSU-MM01 has no "
+            f"query; fix: extract the features of the whole test set (both modalities)"
+        )
+    return idx
+
+
+def sysu_gallery_indices(
+    features: Features,
+    mode: str = "all",
+    trial: int = 0,
+    shot: str = "single",
+    sampler: str = "seeded",
+    perm_file: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """(G,) indices of the SYSU-MM01 gallery of one trial.
+
+    Args:
+        mode: ``"all"`` (visible cameras 1, 2, 4, 5) or ``"indoor"`` (1, 2).
+        trial: 0-based trial (seed of the seeded sampler, row of the official one).
+        shot: ``"single"`` or ``"multi"``.
+        sampler: ``"seeded"`` (mangye16) or ``"official"`` (``rand_perm_cam.mat``).
+        perm_file: the official ``rand_perm_cam.mat`` (official sampler only).
+    """
+    if mode not in SYSU_GALLERY_CAMS:
+        raise ProtocolError(f"unknown SYSU-MM01 mode '{mode}'; use 'all' or 'indoor'")
+    _check_sysu(features)
+    cams = SYSU_GALLERY_CAMS[mode]
+    candidates = np.flatnonzero((features.modality == VISIBLE) & np.isin(features.cams, cams))
+    if len(candidates) == 0:
+        raise ProtocolError(
+            f"{_where(features)} has no visible image of cameras {list(cams)}, so the SYSU-MM01 "
+            f"{mode}-search gallery is empty; fix: extract the whole test set"
+        )
+    if sampler == "seeded":
+        return seeded_gallery(features, candidates, cams, trial, shot)
+    if sampler == "official":
+        if perm_file is None:
+            raise ProtocolError(
+                "sampler='official' needs perm_file=<SYSU-MM01 root>/exp/rand_perm_cam.mat"
+            )
+        return official_gallery(features, candidates, cams, trial, shot, perm_file)
+    raise ProtocolError(
+        f"unknown sampler '{sampler}'{did_you_mean(str(sampler), SAMPLERS)}; use 'seeded' "
+        f"(mangye16, Python random.seed(trial)) or 'official' (rand_perm_cam.mat)"
+    )
+
+
+def regdb_indices(features: Features, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(query, gallery) indices of a RegDB test split: all of one modality vs all the other.
+
+    ``direction`` is ``"visible->infrared"`` or ``"infrared->visible"``.
+    """
+    q_mod, g_mod = (_MODALITY[s] for s in direction.split("->"))
+    query = np.flatnonzero(features.modality == q_mod)
+    gallery = np.flatnonzero(features.modality == g_mod)
+    for name, idx, mod in (("query", query, q_mod), ("gallery", gallery, g_mod)):
+        if len(idx) == 0:
+            kind = "visible" if mod == VISIBLE else "thermal (infrared)"
+            raise ProtocolError(
+                f"{_where(features)} has no {kind} image, so the RegDB {name} is empty; fix: "
+                f"export both test_visible and test_thermal of the split"
+            )
+    return query, gallery
+
+
+def llcm_indices(
+    features: Features, direction: str, trial: int = 0, shot: str = "single"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query, gallery) indices of one LLCM trial.
+
+    The query side (the first modality of ``direction``) is taken whole; the gallery side is
+    sampled with :func:`seeded_gallery` over its cameras in ascending order.
+    """
+    q_name, g_name = direction.split("->")
+    query = np.flatnonzero(features.modality == _MODALITY[q_name])
+    candidates = np.flatnonzero(features.modality == _MODALITY[g_name])
+    for name, idx, mod in (("query", query, q_name), ("gallery", candidates, g_name)):
+        if len(idx) == 0:
+            raise ProtocolError(
+                f"{_where(features)} has no {mod} image, so the LLCM {name} is empty; fix: "
+                f"export both test_vis and test_nir"
+            )
+    cams = sorted(np.unique(features.cams[candidates]).tolist())
+    return query, seeded_gallery(features, candidates, cams, trial, shot)
+
+
+# -- results ----------------------------------------------------------------------------------
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+@dataclass
+class ProtocolResult:
+    """Metrics of a protocol run, per trial and averaged, with what produced them.
+
+    Attributes:
+        per_trial: one dict per trial: ``trial`` (RegDB: the split), R1, R5, R10, R20, mAP,
+            mINP in percent, ``num_query``, ``num_gallery``, ``num_valid``.
+        mean, std: over trials, of each metric (percent; population std).
+        cmc: (max_rank,) mean CMC curve over trials, in percent.
+        provenance: dataset, protocol, mode, shot, direction, trials, sampler, feature_head,
+            reranker, counts, features file(s) and their meta.
+    """
+
+    per_trial: list[dict]
+    mean: dict[str, float]
+    std: dict[str, float]
+    cmc: list[float]
+    provenance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy."""
+        return _jsonable(
+            {
+                "provenance": self.provenance,
+                "mean": self.mean,
+                "std": self.std,
+                "cmc": self.cmc,
+                "per_trial": self.per_trial,
+            }
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """The provenance as one line."""
+        p = self.provenance
+        parts = [p["protocol"], p["dataset"]]
+        if p.get("mode"):
+            parts.append(f"{p['mode']}-search")
+        plural = "s" if p["trials"] != 1 else ""
+        if p.get("splits") is not None:  # RegDB: every test image, one trial per split
+            parts += [
+                "all test images",
+                p["direction"],
+                f"{p['trials']} split{plural} {p['splits']}",
+            ]
+        else:
+            parts += [
+                f"{p['shot']}-shot",
+                p["direction"],
+                f"{p['trials']} trial{plural} ({p['sampler']} sampler)",
+            ]
+        parts += [
+            f"feature head: {p['feature_head']}",
+            f"reranker: {p['reranker']}",
+            f"queries {p['num_query']} (valid {p['num_valid']}), gallery {p['num_gallery']}",
+        ]
+        return " | ".join(str(x) for x in parts)
+
+    def table(self) -> str:
+        """Aligned per-trial table (percent) under the provenance line, mean ± std last."""
+        width = 14
+        first = "split" if self.provenance.get("splits") is not None else "trial"
+        head = first.ljust(8) + "".join(f"{k:>6}".ljust(width) for k in METRIC_KEYS)
+        lines = [self.summary(), head.rstrip()]
+        for row in self.per_trial:
+            cells = "".join(f"{row[k]:6.2f}".ljust(width) for k in METRIC_KEYS)
+            lines.append((str(row["trial"]).ljust(8) + cells).rstrip())
+        cells = "".join(
+            f"{self.mean[k]:6.2f} ± {self.std[k]:<5.2f}".ljust(width) for k in METRIC_KEYS
+        )
+        lines.append(("mean±std".ljust(8) + cells).rstrip())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# -- running ----------------------------------------------------------------------------------
+def _as_features(x: Any) -> Features:
+    if isinstance(x, Features):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return load_features(x)
+    raise ProtocolError(
+        f"expected a Features object or the path of a features file, got {type(x).__name__}"
+    )
+
+
+def _norm_dataset(name: Any) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _check_meta(features: Features, spec: ProtocolSpec) -> None:
+    """Refuse a file whose meta names another known dataset, or a non-test split.
+
+    A dataset name uvireid does not know (e.g. a synthetic set laid out like SYSU-MM01) and a
+    missing or ``None`` split pass; the provenance records the meta as it is.
+    """
+    meta = features.meta or {}
+    where = _where(features)
+    name = _norm_dataset(meta.get("dataset", ""))
+    known = {p.dataset for p in PROTOCOLS.values()}
+    other = [d for d in known if name.startswith(d) and d != spec.dataset]
+    if other:
+        raise ProtocolError(
+            f"{where} holds features of dataset '{meta['dataset']}' (its meta says so), but "
+            f"protocol '{spec.name}' is for {spec.dataset_name}; pick a {other[0]}-* "
+            f"protocol or the right file"
+        )
+    split = meta.get("split")
+    if spec.dataset != "regdb" and split is not None and str(split).lower() != "test":
+        raise ProtocolError(
+            f"{where} holds the '{split}' split (its meta says so); {spec.dataset_name} "
+            f"protocols evaluate the test split only; fix: extract the test set"
+        )
+
+
+def _int_or_none(x: Any) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _regdb_split(features: Features) -> int | None:
+    """The test split of a RegDB file, refusing a model trained on another split."""
+    meta = features.meta or {}
+    where = _where(features)
+    split = _int_or_none(meta.get("test_split", meta.get("split")))
+    train_split = _int_or_none(meta.get("train_split"))
+    if split is not None and train_split is not None and split != train_split:
+        raise ProtocolError(
+            f"{where}: the model was trained on RegDB split {train_split} but these are the "
+            f"test images of split {split}; split {split}'s test identities are training "
+            f"identities of split {train_split}, so the numbers would include training images. "
+            f"Fix: evaluate split {split} with the model trained on split {split} (or test "
+            f"split {train_split} with this model)"
+        )
+    if split is None or train_split is None:
+        logger.warning(
+            "%s: meta does not say %s; cannot check that the model was trained on the split it "
+            "is tested on (RegDB split i goes with the model trained on split i)",
+            where,
+            "the test split" if split is None else "the training split (train_split)",
+        )
+    return split
+
+
+def _reranker_name(reranker: Any) -> str:
+    if reranker is None:
+        return "none"
+    name = getattr(reranker, "name", None)
+    return str(name) if name else type(reranker).__name__
+
+
+def _distance(query: np.ndarray, gallery: np.ndarray, reranker: Any) -> np.ndarray:
+    if reranker is None:
+        return -(query @ gallery.T)
+    if not hasattr(reranker, "rerank"):
+        raise ProtocolError(
+            f"reranker {type(reranker).__name__} has no rerank(query, gallery) method; pass a "
+            f"re-ranker object (e.g. uvireid.registry.RERANKERS.build('cmfp')) or None"
+        )
+    dist = to_numpy(reranker.rerank(query, gallery))
+    if dist.shape != (len(query), len(gallery)):
+        raise ProtocolError(
+            f"reranker {_reranker_name(reranker)} returned a {dist.shape} matrix for "
+            f"{len(query)} queries and {len(gallery)} gallery images; expected "
+            f"({len(query)}, {len(gallery)}) distances"
+        )
+    return dist
+
+
+def _trial_row(trial: Any, cmc: np.ndarray, m_ap: float, m_inp: float, nq, ng, nv) -> dict:
+    row = {"trial": trial}
+    for k, r in zip(("R1", "R5", "R10", "R20"), (1, 5, 10, 20), strict=True):
+        row[k] = float(cmc[r - 1]) * 100.0
+    row["mAP"] = m_ap * 100.0
+    row["mINP"] = m_inp * 100.0
+    row.update(num_query=int(nq), num_gallery=int(ng), num_valid=int(nv))
+    row["cmc"] = [float(v) * 100.0 for v in cmc]
+    return row
+
+
+def _same_or_list(values: list) -> Any:
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def run_protocol(
+    features: Features | str | os.PathLike | Sequence[Features | str | os.PathLike],
+    protocol: str,
+    *,
+    trials: int = 10,
+    shot: str = "single",
+    sampler: str = "seeded",
+    perm_file: str | os.PathLike | None = None,
+    reranker: Any = None,
+    feature_head: str | None = None,
+    stable: bool = False,
+) -> ProtocolResult:
+    """Evaluate features with a named protocol, over trials, with its provenance.
+
+    Args:
+        features: a :class:`Features` (or the path of a features file); for RegDB also a
+            list of them, one per test split, which are the trials.
+        protocol: ``sysu-all``, ``sysu-indoor``, ``regdb-v2i``, ``regdb-i2v``, ``llcm-v2i`` or
+            ``llcm-i2v`` (see the module docstring).
+        trials: gallery samples (SYSU-MM01, LLCM): trial t uses seed / permutation row t,
+            t = 0..trials-1. RegDB: unused (one trial per split file).
+        shot: ``"single"`` (1 gallery image per identity and camera) or ``"multi"`` (10).
+        sampler: ``"seeded"`` (mangye16) or ``"official"`` (SYSU-MM01 ``rand_perm_cam.mat``).
+        perm_file: ``rand_perm_cam.mat``, needed by the official sampler.
+        reranker: ``None`` (distance ``-(q @ g.T)`` on the stored features, as mangye16) or an
+            object with ``rerank(query (nq, d), gallery (ng, d)) -> (nq, ng)`` distances
+            (numpy or torch; it receives numpy arrays).
+        feature_head: recorded in the provenance (default: the file's ``meta``, else
+            "unknown").
+        stable: rank with a stable sort (see :mod:`uvireid.evaluation.metrics`).
+
+    Returns:
+        :class:`ProtocolResult`.
+
+    Raises:
+        ProtocolError: unknown protocol, an impossible or dishonest request (no query
+            images, perm_file without paths, more than 10 official trials, a RegDB model
+            tested on another split, ...).
+    """
+    spec = get_protocol(protocol)
+    _shot_count(shot)
+    if sampler not in SAMPLERS:
+        raise ProtocolError(
+            f"unknown sampler '{sampler}'{did_you_mean(str(sampler), SAMPLERS)}; use 'seeded' "
+            f"(mangye16, Python random.seed(trial)) or 'official' (SYSU-MM01 rand_perm_cam.mat)"
+        )
+    if isinstance(features, (Features, str, os.PathLike)):
+        files = [_as_features(features)]
+    else:
+        files = [_as_features(f) for f in features]
+    if not files:
+        raise ProtocolError("no features given; pass a Features object or a features file")
+    if spec.dataset != "regdb" and len(files) > 1:
+        raise ProtocolError(
+            f"{len(files)} features files given for {spec.name}; {spec.dataset_name} is "
+            f"evaluated on one test set (its trials resample the gallery); several files are "
+            f"only averaged for RegDB (one per split)"
+        )
+    for f in files:
+        _check_meta(f, spec)
+    if spec.dataset == "regdb":
+        if shot != "single" or sampler != "seeded" or perm_file is not None:
+            raise ProtocolError(
+                "RegDB has no gallery sampling: every test image of the split is used; drop "
+                "shot/sampler/perm_file (the trials are the split files)"
+            )
+    else:
+        if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+            raise ProtocolError(f"trials must be a positive integer, got {trials!r}")
+        if perm_file is not None and sampler != "official":
+            raise ProtocolError(
+                "perm_file is given but sampler is 'seeded'; pass sampler='official' to use "
+                "the official rand_perm_cam.mat, or drop perm_file"
+            )
+        if sampler == "official":
+            if spec.dataset != "sysu":
+                raise ProtocolError(
+                    f"the official sampler (rand_perm_cam.mat) exists for SYSU-MM01 only; "
+                    f"{spec.dataset_name} uses sampler='seeded'"
+                )
+            if perm_file is None:
+                raise ProtocolError(
+                    "sampler='official' needs perm_file=<SYSU-MM01 root>/exp/rand_perm_cam.mat"
+                )
+            if trials > OFFICIAL_TRIALS:
+                raise ProtocolError(
+                    f"the official rand_perm_cam.mat has {OFFICIAL_TRIALS} trials; {trials} "
+                    f"asked; use trials <= {OFFICIAL_TRIALS}, or sampler='seeded'"
+                )
+            if files[0].paths is None:
+                raise ProtocolError(
+                    f"{_where(files[0])} has no 'paths'; the official SYSU-MM01 sampler picks "
+                    f"images by file name; fix: export the features with paths=[image paths], "
+                    f"or use sampler='seeded'"
+                )
+
+    rows: list[dict] = []
+    splits: list[int | None] = []
+    if spec.dataset == "regdb":
+        for f in files:
+            split = _regdb_split(f)
+            if split is not None and split in splits:
+                raise ProtocolError(
+                    f"RegDB split {split} is given twice ({_where(f)}); averaging a split with "
+                    f"itself is not the 10-split protocol; pass each split once"
+                )
+            splits.append(split)
+            q, g = regdb_indices(f, spec.direction)
+            rows.append(_run_one(f, q, g, spec, reranker, stable, split))
+    else:
+        f = files[0]
+        q_sysu = sysu_query_indices(f) if spec.dataset == "sysu" else None
+        for t in range(int(trials)):
+            if q_sysu is not None:
+                q = q_sysu
+                g = sysu_gallery_indices(f, spec.mode, t, shot, sampler, perm_file)
+            else:
+                q, g = llcm_indices(f, spec.direction, t, shot)
+            rows.append(_run_one(f, q, g, spec, reranker, stable, t))
+
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
+    std = {k: float(np.std([r[k] for r in rows])) for k in METRIC_KEYS}
+    cmc = np.mean(np.asarray([r["cmc"] for r in rows]), axis=0).tolist()
+    head = feature_head or files[0].meta.get("feature_head") or "unknown"
+    no_paths = any(f.paths is None for f in files)
+    provenance = {
+        "dataset": spec.dataset_name,
+        "protocol": spec.name,
+        "mode": spec.mode,
+        "shot": "single" if spec.dataset == "regdb" else shot,
+        "shots_per_id_camera": None if spec.dataset == "regdb" else SHOTS[shot],
+        "direction": spec.direction,
+        "trials": len(rows),
+        "sampler": "none" if spec.dataset == "regdb" else sampler,
+        "sampler_detail": _sampler_detail(spec, sampler, perm_file, no_paths),
+        "metric": f"eval_{spec.metric}",
+        "distance": "reranker" if reranker is not None else "-(q @ g.T)",
+        "ranking": "stable argsort" if stable else "numpy default argsort (as the reference)",
+        "feature_head": head,
+        "reranker": _reranker_name(reranker),
+        "num_query": _same_or_list([r["num_query"] for r in rows]),
+        "num_gallery": _same_or_list([r["num_gallery"] for r in rows]),
+        "num_valid": _same_or_list([r["num_valid"] for r in rows]),
+        "std": "population (ddof=0) over trials",
+        "features_file": _same_or_list([str(f.source) if f.source else None for f in files]),
+        "features_meta": _same_or_list([dict(f.meta) for f in files]),
+    }
+    if spec.dataset == "regdb":
+        provenance["splits"] = splits
+    logger.info("%s: R1 %.2f mAP %.2f", spec.name, mean["R1"], mean["mAP"])
+    return ProtocolResult(rows, mean, std, cmc, _jsonable(provenance))
+
+
+def _sampler_detail(spec: ProtocolSpec, sampler: str, perm_file: Any, no_paths: bool) -> str:
+    if spec.dataset == "regdb":
+        return "no sampling: all test images of each split"
+    if sampler == "official":
+        return f"rand_perm_cam.mat row t, first shot entries ({perm_file})"
+    order = "row order in the file (no paths)" if no_paths else "path order"
+    return (
+        f"mangye16: random.seed(t), ids ascending, cameras in fixed order, one draw per existing "
+        f"(id, camera) group over its images in {order}"
+    )
+
+
+def _run_one(
+    f: Features,
+    q: np.ndarray,
+    g: np.ndarray,
+    spec: ProtocolSpec,
+    reranker: Any,
+    stable: bool,
+    trial: Any,
+) -> dict:
+    dist = _distance(f.feats[q], f.feats[g], reranker)
+    cmc, m_ap, m_inp, n_valid = evaluate(
+        dist,
+        f.pids[q],
+        f.pids[g],
+        f.cams[q],
+        f.cams[g],
+        rule=spec.metric,
+        max_rank=20,
+        stable=stable,
+    )
+    return _trial_row(trial, cmc, m_ap, m_inp, len(q), len(g), n_valid)

@@ -1,0 +1,322 @@
+"""The features file: test-set features and labels, so protocols run without a model.
+
+A features file is an ``.npz`` (written by :func:`save_features`, read by
+:func:`load_features`) holding, for N images::
+
+    feats     (N, d) float     one feature vector per image (L2-normalised by convention)
+    pids      (N,)   int       ground-truth identity
+    cams      (N,)   int       camera number as in the dataset release (SYSU-MM01: 1..6)
+    modality  (N,)   int       0 = visible, 1 = infrared (uvireid.types.VISIBLE / INFRARED)
+    paths     (N,)   str       optional: image paths (needed by the official SYSU sampler)
+    meta      ()     str       optional: a JSON object, e.g. {"dataset": "sysu",
+                               "split": "test", "train_split": ..., "feature_head": "global",
+                               "produced_by": "uvireid 0.1.0"}
+
+Features from another codebase can be evaluated and re-ranked by exporting these arrays with
+``numpy.savez`` (or :func:`save_features`). Every file is checked when read: missing arrays,
+arrays of different lengths, non-finite features, modality codes other than 0/1 and non 2-D
+features are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uvireid.errors import FeatureFileError
+from uvireid.fileio import atomic_write
+from uvireid.types import INFRARED, VISIBLE, FeatureBank
+
+__all__ = ["REQUIRED_ARRAYS", "OPTIONAL_ARRAYS", "Features", "load_features", "save_features"]
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_ARRAYS = ("feats", "pids", "cams", "modality")
+OPTIONAL_ARRAYS = ("paths", "meta")
+_FIX = (
+    "re-export it with uvireid.save_features(path, feats, pids, cams, modality, paths=..., "
+    "**meta) or numpy.savez with the arrays feats (N, d), pids (N,), cams (N,), modality (N,)"
+)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of a test set, with labels and provenance.
+
+    Attributes:
+        feats: (N, d) float32/float64 numpy array.
+        pids: (N,) int64 identities.
+        cams: (N,) int64 camera numbers.
+        modality: (N,) int64, 0 visible / 1 infrared.
+        paths: (N,) numpy str array of image paths, or ``None``.
+        meta: free-form provenance (dataset, split, train_split, feature_head, produced_by, ...).
+        source: the file these were read from (``None`` when built in memory).
+    """
+
+    feats: np.ndarray
+    pids: np.ndarray
+    cams: np.ndarray
+    modality: np.ndarray
+    paths: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension d."""
+        return int(self.feats.shape[1])
+
+    @property
+    def has_paths(self) -> bool:
+        return self.paths is not None
+
+    def select(self, mask: Any) -> Features:
+        """The subset given by a (N,) bool mask or an integer index array (order kept)."""
+        idx = np.asarray(mask)
+        if idx.dtype == bool and idx.shape != (len(self),):
+            raise FeatureFileError(
+                f"select() got a bool mask of shape {idx.shape}; expected ({len(self)},)"
+            )
+        return replace(
+            self,
+            feats=self.feats[idx],
+            pids=self.pids[idx],
+            cams=self.cams[idx],
+            modality=self.modality[idx],
+            paths=None if self.paths is None else self.paths[idx],
+        )
+
+    def of_modality(self, modality: int) -> Features:
+        """The images of one modality (``VISIBLE`` or ``INFRARED``)."""
+        return self.select(self.modality == modality)
+
+    def to_bank(self) -> FeatureBank:
+        """The same data as a :class:`uvireid.types.FeatureBank`."""
+        return FeatureBank(
+            feats=self.feats,
+            modality=self.modality,
+            cams=self.cams,
+            pids=self.pids,
+            paths=None if self.paths is None else [str(p) for p in self.paths],
+        )
+
+    def describe(self) -> str:
+        """One line: file, size, modalities, ids."""
+        nv = int((self.modality == VISIBLE).sum())
+        nr = int((self.modality == INFRARED).sum())
+        src = str(self.source) if self.source else "<memory>"
+        return (
+            f"{src}: {len(self)} images x {self.dim}-d ({nv} visible, {nr} infrared), "
+            f"{len(np.unique(self.pids))} ids, cams {sorted(np.unique(self.cams).tolist())}"
+        )
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
+    if arr.ndim != 1:
+        raise FeatureFileError(
+            f"{where}: '{name}' has shape {arr.shape}; expected a 1-D (N,) array of integers; "
+            f"fix: flatten it ({name}.reshape(-1)) before saving"
+        )
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
+        if np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+    raise FeatureFileError(
+        f"{where}: '{name}' has dtype {arr.dtype} with non-integer values; expected integer "
+        f"labels; fix: store {name} as integers (e.g. {name}.astype('int64'))"
+    )
+
+
+def _validated(
+    arrays: dict[str, Any], meta: dict, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Check the arrays of a features file; returns (feats, pids, cams, modality, paths)."""
+    feats = arrays["feats"]
+    if feats.ndim != 2:
+        raise FeatureFileError(
+            f"{where}: 'feats' has shape {feats.shape}; expected a 2-D (N, d) array, one row "
+            f"per image; fix: {'add a batch axis' if feats.ndim == 1 else 'flatten each image'}"
+            f"'s features to one row (feats.reshape(len(feats), -1))"
+        )
+    if not np.issubdtype(feats.dtype, np.floating):
+        if np.issubdtype(feats.dtype, np.integer):
+            feats = feats.astype(np.float32)
+        else:
+            raise FeatureFileError(
+                f"{where}: 'feats' has dtype {feats.dtype}; expected float32 or float64"
+            )
+    if feats.shape[0] == 0:
+        raise FeatureFileError(f"{where}: holds no image (feats has 0 rows); {_FIX}")
+    pids = _as_int(arrays["pids"], "pids", where)
+    cams = _as_int(arrays["cams"], "cams", where)
+    modality = _as_int(arrays["modality"], "modality", where)
+    paths = arrays.get("paths")
+    if paths is not None:
+        paths = np.asarray([str(p) for p in paths.tolist()]) if paths.dtype == object else paths
+        if paths.ndim != 1 or not np.issubdtype(paths.dtype, np.str_):
+            raise FeatureFileError(
+                f"{where}: 'paths' has shape {paths.shape} and dtype {paths.dtype}; expected a "
+                f"1-D array of N strings; fix: pass paths as a list of str"
+            )
+    n = feats.shape[0]
+    lengths = {"feats": n, "pids": len(pids), "cams": len(cams), "modality": len(modality)}
+    if paths is not None:
+        lengths["paths"] = len(paths)
+    bad = {k: v for k, v in lengths.items() if v != n}
+    if bad:
+        listing = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+        raise FeatureFileError(
+            f"{where}: arrays of mismatched length: {listing} (feats has {n} rows); "
+            f"{', '.join(bad)} must have one entry per image, in the order of feats' rows"
+        )
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise FeatureFileError(
+            f"{where}: 'feats' has non-finite values (NaN or inf) in {len(rows)} row(s), e.g. "
+            f"rows {rows[:5].tolist()}; fix: check the extraction (a diverged model gives NaN) "
+            f"and re-export"
+        )
+    odd = sorted(set(np.unique(modality).tolist()) - {VISIBLE, INFRARED})
+    if odd:
+        raise FeatureFileError(
+            f"{where}: 'modality' has values {odd}; expected {VISIBLE} (visible) or "
+            f"{INFRARED} (infrared) as in uvireid.types; fix: recode it, e.g. "
+            f"modality = (is_infrared).astype(int)"
+        )
+    if not isinstance(meta, dict):
+        raise FeatureFileError(
+            f"{where}: 'meta' is a JSON {type(meta).__name__}; expected a JSON object "
+            f'such as {{"dataset": "sysu", "split": "test"}}'
+        )
+    return feats, pids, cams, modality, paths
+
+
+def save_features(
+    path: str | os.PathLike,
+    feats: Any,
+    pids: Any,
+    cams: Any,
+    modality: Any,
+    paths: Sequence[str] | None = None,
+    **meta: Any,
+) -> Path:
+    """Write a features file atomically (a temporary file, then ``os.replace``).
+
+    Args:
+        path: target file, conventionally ``*.npz`` (written as given).
+        feats: (N, d) float array or tensor.
+        pids, cams, modality: (N,) integer arrays or tensors; modality 0 visible, 1 infrared.
+        paths: optional N image paths.
+        **meta: JSON-serialisable provenance stored as the ``meta`` array, e.g.
+            ``dataset="sysu", split="test", feature_head="global"``; ``produced_by`` defaults
+            to ``"uvireid <version>"``.
+
+    Returns:
+        The path written.
+    """
+    target = Path(path)
+    where = f"features file {target} (refusing to write it)"
+    arrays: dict[str, Any] = {
+        "feats": _to_numpy(feats),
+        "pids": _to_numpy(pids),
+        "cams": _to_numpy(cams),
+        "modality": _to_numpy(modality),
+    }
+    if paths is not None:
+        arrays["paths"] = np.asarray([str(p) for p in paths])
+    from uvireid import __version__
+
+    meta = {"produced_by": f"uvireid {__version__}", **meta}
+    try:
+        meta_json = json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise FeatureFileError(
+            f"{where}: meta is not JSON-serialisable ({exc}); fix: pass plain str/int/float/"
+            f"list/dict values as meta keywords"
+        ) from None
+    feats_a, pids_a, cams_a, mod_a, paths_a = _validated(arrays, meta, where)
+    out = {"feats": feats_a, "pids": pids_a, "cams": cams_a, "modality": mod_a}
+    if paths_a is not None:
+        out["paths"] = paths_a
+    out["meta"] = np.array(meta_json)
+    atomic_write(target, lambda fh: np.savez(fh, **out))
+    logger.info("wrote %d features (%d-d) to %s", len(pids_a), feats_a.shape[1], target)
+    return target
+
+
+def load_features(path: str | os.PathLike) -> Features:
+    """Read and check a features file.
+
+    Raises:
+        FeatureFileError: the file is missing or unreadable, lacks an array, has arrays of
+            mismatched length, non-finite or non 2-D features, or modality codes not in {0, 1}.
+    """
+    src = Path(path)
+    where = f"features file {src}"
+    if not src.is_file():
+        hint = " (it is a folder)" if src.is_dir() else ""
+        raise FeatureFileError(
+            f"{where} does not exist{hint}; expected an .npz written by uvireid.save_features "
+            f"or `uvireid extract`; fix: check the path"
+        )
+    try:
+        npz = np.load(src, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FeatureFileError(
+            f"{where} is not a readable .npz archive ({type(exc).__name__}: {exc}); {_FIX}"
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise FeatureFileError(f"{where} holds a single array, not an .npz archive; {_FIX}")
+    with npz:
+        names = set(npz.files)
+        missing = [k for k in REQUIRED_ARRAYS if k not in names]
+        if missing:
+            have = ", ".join(sorted(names)) or "nothing"
+            raise FeatureFileError(
+                f"{where} has no array {', '.join(repr(m) for m in missing)}; expected arrays "
+                f"{', '.join(REQUIRED_ARRAYS)} (+ optional {', '.join(OPTIONAL_ARRAYS)}); "
+                f"it has: {have}; fix: {_FIX}"
+            )
+        arrays: dict[str, Any] = {}
+        for name in (*REQUIRED_ARRAYS, "paths", "meta"):
+            if name not in names:
+                continue
+            try:
+                arrays[name] = npz[name]
+            except ValueError as exc:  # object arrays need pickle, which is refused
+                raise FeatureFileError(
+                    f"{where}: array '{name}' cannot be read without pickle ({exc}); store it "
+                    f"as a plain numeric or str array; fix: {_FIX}"
+                ) from None
+    meta: Any = {}
+    if "meta" in arrays:
+        raw = arrays.pop("meta")
+        try:
+            meta = json.loads(str(raw[()] if raw.ndim == 0 else raw.reshape(-1)[0]))
+        except (ValueError, IndexError) as exc:
+            raise FeatureFileError(
+                f"{where}: 'meta' is not a JSON string ({exc}); expected e.g. "
+                f'np.array(json.dumps({{"dataset": "sysu"}})); fix: re-export with '
+                f"uvireid.save_features(..., dataset=..., split=...)"
+            ) from None
+    feats, pids, cams, modality, paths = _validated(arrays, meta, where)
+    return Features(feats, pids, cams, modality, paths, meta, src)
