@@ -12,6 +12,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from eval_fixtures import make_sysu_features  # noqa: E402
+
 from uvireid.features import Features  # noqa: E402
 
 REPO = HERE.parents[1]
@@ -69,42 +71,6 @@ def sysu_official_features(sysu_official):
         modality=np.isin(cams_a, (3, 6)).astype(np.int64),
         paths=np.asarray(paths)[shuffle],
         meta={"dataset": "sysu", "split": "test"},
-    )
-
-
-def make_sysu_features(
-    seed: int = 0, n_ids: int = 12, with_paths: bool = True, dim: int = 16
-) -> Features:
-    """A small synthetic SYSU-like test set (cams 1..6, some (id, camera) groups absent).
-
-    Ids are sparse (not 0..n-1), rows are shuffled, image names are zero-padded indices;
-    features carry an identity signal so the metrics are not trivial.
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.sort(rng.choice(np.arange(1, 400), n_ids, replace=False))
-    centres = rng.standard_normal((n_ids, dim))
-    paths, pids, cams, feats = [], [], [], []
-    for k, pid in enumerate(ids.tolist()):
-        for cam in range(1, 7):
-            if cam not in (3, 6) and rng.random() < 0.25:
-                continue  # absent group: draws no random number
-            n = int(rng.integers(1, 14))
-            for idx in rng.permutation(np.arange(1, n + 1)).tolist():
-                paths.append(f"cam{cam}/{pid:04d}/{idx:04d}.jpg")
-                pids.append(pid)
-                cams.append(cam)
-                feats.append(centres[k] + 1.5 * rng.standard_normal(dim))
-    order = rng.permutation(len(paths))
-    feats_a = np.asarray(feats, dtype=np.float32)[order]
-    feats_a /= np.linalg.norm(feats_a, axis=1, keepdims=True)
-    cams_a = np.asarray(cams)[order]
-    return Features(
-        feats=feats_a,
-        pids=np.asarray(pids)[order],
-        cams=cams_a,
-        modality=np.isin(cams_a, (3, 6)).astype(np.int64),
-        paths=np.asarray(paths)[order] if with_paths else None,
-        meta={"dataset": "sysu", "split": "test", "feature_head": "global"},
     )
 
 

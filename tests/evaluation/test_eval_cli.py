@@ -6,7 +6,7 @@ import importlib
 import json
 
 import pytest
-from conftest import make_sysu_features
+from eval_fixtures import make_sysu_features
 
 from uvireid import cli
 from uvireid.evaluation import run_protocol

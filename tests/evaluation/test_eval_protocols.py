@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import make_sysu_features
+from eval_fixtures import make_sysu_features
 from eval_oracles import naive_eval_llcm, naive_eval_regdb, naive_eval_sysu
 
 from uvireid.errors import ProtocolError
