@@ -1,0 +1,75 @@
+"""The command line: help texts, listing, errors reported without a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from uvireid.cli import COMMANDS, build_parser, main
+from uvireid.registry import REGISTRIES
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and f"uvireid {command}" in out
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_list_prints_every_registry_with_modules_and_docs(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for plural, reg in REGISTRIES.items():
+        assert f"{plural} ({len(reg)})" in out
+        for name in reg.names():
+            entry = reg.entry(name)
+            line = next(ln for ln in out.splitlines() if ln.strip().startswith(name + " "))
+            assert entry.module in line
+
+
+def test_list_one_registry(capsys):
+    assert main(["list", "rerankers"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rerankers (") and "datasets (" not in out
+
+
+def test_wrong_device_is_an_error_at_once(capsys):
+    assert main(["run", "salcr", "device=coda:1", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'coda:1' is not a device; use auto, cpu, cuda or cuda:N" in err
+
+
+def test_unknown_recipe_and_typo_override_are_reported(capsys):
+    assert main(["run", "slacr", "--dry-run"]) == 2
+    assert "did you mean 'salcr'" in capsys.readouterr().err
+    assert main(["run", "salcr", "train.epoch=3", "--dry-run"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_recipe(capsys):
+    assert main(["run", "salcr", "data.root=/somewhere", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "root: /somewhere" in out and "weight_decay: 0.0005" in out
+
+
+def test_parser_builds_without_side_effects():
+    parser = build_parser()
+    assert parser.prog == "uvireid"
+
+
+@pytest.mark.parametrize("sub", ["check", "synth"])
+def test_data_subcommands_have_help_with_an_example(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["data", sub, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and f"uvireid data {sub}" in out
