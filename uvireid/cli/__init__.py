@@ -19,6 +19,7 @@ COMMANDS = [
     "list",
     "eval",
     "data",
+    "rerank",
 ]
 
 

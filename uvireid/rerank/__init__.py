@@ -1,0 +1,58 @@
+"""Re-rankers: CMFP, k-reciprocal, CMRR and AIM behind one API.
+
+Every re-ranker is registered in :data:`uvireid.registry.RERANKERS` and exposes
+``rerank(query, gallery) -> distance (Nq, Ng)`` (smaller is more similar); CMFP also
+``propagate(query, gallery) -> (query', gallery')``. Inputs are numpy arrays or torch
+tensors; the work runs in torch on the input's device, and numpy in gives numpy out::
+
+    import uvireid
+    rr = uvireid.rerank.CMFP(k=30)          # or RERANKERS.build({"type": "cmfp", "k": 30})
+    dist = rr.rerank(query_feats, gallery_feats)
+
+Pure functions carry the math: :func:`propagate`, :func:`cmfp_distance`,
+:func:`re_ranking`, :func:`k_reciprocal_distance`, :func:`cmrr_distance`,
+:func:`affinity_inference`. :func:`rerank` is the three-line entry point for other
+codebases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvireid.registry import RERANKERS
+from uvireid.rerank.aim import AIM, affinity_inference
+from uvireid.rerank.cmfp import CMFP, cmfp_distance, propagate
+from uvireid.rerank.cmrr import CMRR, cmrr_distance
+from uvireid.rerank.kreciprocal import KReciprocal, k_reciprocal_distance, re_ranking
+
+__all__ = [
+    "AIM",
+    "CMFP",
+    "CMRR",
+    "KReciprocal",
+    "affinity_inference",
+    "cmfp_distance",
+    "cmrr_distance",
+    "k_reciprocal_distance",
+    "propagate",
+    "re_ranking",
+    "rerank",
+]
+
+
+def rerank(query: Any, gallery: Any, method: str = "cmfp", **kwargs: Any) -> Any:
+    """(Nq, Ng) re-ranked distance of ``query`` against ``gallery`` with a registered method.
+
+    Args:
+        query: (Nq, d) features (numpy or torch), e.g. infrared queries.
+        gallery: (Ng, d) features, e.g. visible gallery.
+        method: a name in ``RERANKERS`` (``cmfp``, ``kreciprocal``, ``cmrr``, ``aim``, or a
+            plugin's); an unknown name lists the valid ones.
+        **kwargs: the method's hyper-parameters, e.g. ``k=8`` for CMFP on RegDB.
+
+    Example::
+
+        from uvireid.rerank import rerank
+        distmat = rerank(query_feat, gall_feat, "cmfp", k=30)   # then the usual eval
+    """
+    return RERANKERS.build({"type": method, **kwargs}).rerank(query, gallery)

@@ -1,0 +1,76 @@
+"""The shared kNN utility against a stable numpy argsort (ties broken by index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uvireid.clustering.knn import knn, topk_stable
+from uvireid.errors import ConfigError
+
+
+def _oracle(q: np.ndarray, b: np.ndarray, k: int, metric: str):
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    if metric == "l2":
+        s = np.maximum(((q[:, None, :] - b[None]) ** 2).sum(-1), 0)
+        order = np.argsort(s, axis=1, kind="stable")
+    else:
+        s = q @ b.T
+        order = np.argsort(-s, axis=1, kind="stable")
+    idx = order[:, :k]
+    return np.take_along_axis(s, idx, 1), idx
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_equals_stable_argsort_on_integer_data_with_ties(metric, backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    # integer features: exact scores, many exact ties
+    q = rng.integers(-2, 3, (50, 5)).astype(np.float32)
+    b = rng.integers(-2, 3, (80, 5)).astype(np.float32)
+    q[q.sum(1) == 0, 0] = 1.0
+    b[(b == 0).all(1), 0] = 1.0
+    vals, idx = knn(q, b, 7, metric=metric, backend=backend, block_rows=16)
+    want_vals, want_idx = _oracle(q.astype(np.float64), b.astype(np.float64), 7, metric)
+    assert idx.dtype == np.int64 and idx.shape == (50, 7)
+    assert np.allclose(vals, want_vals, atol=1e-5)
+    if metric != "cosine":  # cosine scores of integer vectors are not exact
+        assert (idx == want_idx).all()
+
+
+def test_knn_self_search_is_deterministic_and_clamps_k():
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    v1, i1 = knn(x, None, 50)
+    v2, i2 = knn(x.clone(), x.clone(), 50)
+    assert i1.shape == (20, 20) and v1.dtype == torch.float64
+    assert torch.equal(i1, i2) and torch.equal(v1, v2)
+    _, i3 = knn(x, None, 3, metric="l2")
+    assert (i3[:, 0] == torch.arange(20)).all()  # each row finds itself first
+
+
+def test_topk_stable_breaks_ties_by_index():
+    s = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    v, i = topk_stable(s, 2)
+    assert i.tolist() == [[1, 2], [0, 1]]
+    v, i = topk_stable(s, 3, largest=False)
+    assert i.tolist() == [[0, 3, 1], [0, 1, 2]]
+    assert v.tolist() == [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
+
+
+def test_knn_errors_name_the_fix():
+    x = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(ConfigError, match="unknown metric 'dot'"):
+        knn(x, x, 2, metric="dot")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        knn(x, x, 2, backend="annoy")
+    with pytest.raises(ConfigError, match="query has d=4 but base has d=3"):
+        knn(x, x[:, :3], 2)
+    with pytest.raises(ConfigError, match="empty input"):
+        knn(x[:0], x, 2)
+    with pytest.raises(ConfigError, match="k must be >= 1"):
+        knn(x, x, 0)

@@ -1,0 +1,159 @@
+"""CMFP against the official SALCR ``agg_feature`` / ``knn_graph`` (rerank_oracles)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rerank_oracles import naive_knn_graph_loop, official_agg_feature
+
+from uvireid.rerank import CMFP, cmfp_distance, propagate
+from uvireid.rerank.cmfp import affinity_blocks, knn_affinity
+
+MODES = ["dense", "sparse"]
+
+
+def _stack(qp, gp):
+    return torch.cat([torch.as_tensor(qp), torch.as_tensor(gp)])
+
+
+def assert_matches_official(out: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5) -> None:
+    """Equal where the official result is finite; finite where it is NaN (0/0 rows)."""
+    assert torch.isfinite(out).all()
+    ok = torch.isfinite(ref).all(1)
+    assert torch.allclose(out[ok], ref[ok], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("nq,ng,d,k", [(60, 25, 16, 5), (120, 40, 32, 30), (9, 30, 8, 3)])
+def test_cmfp_equals_official_agg_feature(clustered, mode, nq, ng, d, k):
+    q, g = clustered(nq, ng, d, seed=nq)
+    ref = official_agg_feature(torch.from_numpy(q), torch.from_numpy(g), k)
+    qp, gp = propagate(q, g, k, mode=mode)
+    assert isinstance(qp, np.ndarray) and qp.dtype == np.float64
+    assert_matches_official(_stack(qp, gp), ref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cmfp_keeps_every_tie_at_the_kth_value(mode):
+    # integer features: every inner product is exact, duplicates tie exactly
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-2, 3, (40, 6), generator=gen).double()
+    g = torch.randint(-2, 3, (15, 6), generator=gen).double()
+    g[3] = g[5] = g[7]
+    q[1] = q[2] = q[9]
+    q[4] = g[0]
+    ref = official_agg_feature(q, g, 4)
+    qp, gp = propagate(q, g, 4, mode=mode)
+    assert_matches_official(_stack(qp, gp), ref)
+    # a row keeps more than k entries where a tie straddles the k-th place
+    blocks = affinity_blocks(q, g, 4, mode=mode)
+    counts = blocks["qg"].crow.diff()
+    assert int(counts.max()) > 4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cmfp_negative_similarities_inside_topk_become_zero(mode):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(30, 3, generator=gen, dtype=torch.float64), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(12, 3, generator=gen, dtype=torch.float64), dim=1)
+    k = 8  # with d=3 and k=8 of 12, many cross rows keep negative similarities
+    sim = (q @ g.T).numpy()
+    assert (np.sort(sim, axis=1)[:, ::-1][:, k - 1] < 0).any()
+    ref = official_agg_feature(q, g, k)
+    qp, gp = propagate(q, g, k, mode=mode)
+    assert_matches_official(_stack(qp, gp), ref)
+    dense = knn_affinity(sim, k)
+    assert np.allclose(dense, naive_knn_graph_loop(sim, k), atol=1e-12)
+    assert (dense >= 0).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cmfp_row_that_official_code_turns_to_nan_stays_finite(mode):
+    # gallery row 0 has only negative similarities to every query: official 0/0 = NaN
+    q = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3]], dtype=torch.float64)
+    g = torch.tensor([[-1.0, 0.0], [0.7, 0.7], [1.0, 0.2]], dtype=torch.float64)
+    ref = official_agg_feature(q, g, 2)
+    assert torch.isnan(ref[3]).all()
+    qp, gp = propagate(q, g, 2, mode=mode)
+    out = _stack(qp, gp)
+    assert_matches_official(out, ref, atol=1e-12)
+    # the empty cross block contributes nothing: only the gallery-gallery part is left
+    gg = torch.from_numpy(naive_knn_graph_loop((g @ g.T).numpy(), 2)) @ g
+    assert torch.allclose(out[3], torch.nn.functional.normalize(gg[0], dim=0), atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cmfp_clamps_k_to_each_block_width(mode):
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(9, 4))
+    g = rng.normal(size=(5, 4))
+    qp, gp = propagate(q, g, 30, mode=mode)  # official: IndexError (k > 5 gallery columns)
+    x = np.concatenate([q, g])
+    big = np.block(
+        [
+            [naive_knn_graph_loop(q @ q.T, 30), naive_knn_graph_loop(q @ g.T, 30)],
+            [naive_knn_graph_loop(g @ q.T, 30), naive_knn_graph_loop(g @ g.T, 30)],
+        ]
+    )
+    want = big @ x
+    want /= np.maximum(np.linalg.norm(want, axis=1, keepdims=True), 1e-12)
+    assert np.allclose(np.concatenate([qp, gp]), want, atol=1e-10)
+
+
+def test_cmfp_single_query_and_duplicate_gallery(clustered):
+    q, g = clustered(1, 6, 8, seed=2)
+    g = np.concatenate([g, g[:2]])
+    ref = official_agg_feature(torch.from_numpy(q), torch.from_numpy(g), 1)
+    for mode in MODES:
+        qp, gp = propagate(q, g, 1, mode=mode)
+        assert_matches_official(torch.from_numpy(np.concatenate([qp, gp])), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cmfp_sparse_equals_dense(clustered, dtype):
+    q, g = clustered(400, 150, 32, seed=11)
+    q, g = torch.from_numpy(q).to(dtype), torch.from_numpy(g).to(dtype)
+    dq, dg = propagate(q, g, 30, mode="dense")
+    sq, sg = propagate(q, g, 30, mode="sparse", block_rows=64)
+    assert sq.dtype == dtype
+    assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
+
+
+def test_cmfp_sparse_with_faiss_equals_dense(clustered):
+    pytest.importorskip("faiss")
+    q, g = clustered(300, 120, 32, seed=12)
+    q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
+    dq, dg = propagate(q, g, 10, mode="dense")
+    sq, sg = propagate(q, g, 10, mode="sparse", backend="faiss")
+    assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cmfp_rows_sum_to_one_per_block(clustered, mode):
+    q, g = clustered(50, 20, 8, seed=4)
+    blocks = affinity_blocks(torch.from_numpy(q), torch.from_numpy(g), 7, mode=mode)
+    for name, b in blocks.items():
+        a = b.dense()
+        assert a.shape == {"qq": (50, 50), "qg": (50, 20), "gq": (20, 50), "gg": (20, 20)}[name]
+        assert torch.allclose(a.sum(1), torch.ones(a.shape[0], dtype=a.dtype), atol=1e-12)
+
+
+def test_cmfp_class_normalises_input_and_reranks_by_squared_euclidean(clustered):
+    q, g = clustered(30, 12, 8, seed=6)
+    scaled_q, scaled_g = 3.0 * q, 0.5 * g
+    rr = CMFP(k=5)
+    qp, gp = rr.propagate(scaled_q, scaled_g)
+    want_q, want_g = propagate(q, g, 5)
+    assert np.allclose(qp, want_q, atol=1e-12) and np.allclose(gp, want_g, atol=1e-12)
+    dist = rr.rerank(scaled_q, scaled_g)
+    assert np.allclose(dist, ((qp[:, None, :] - gp[None]) ** 2).sum(-1), atol=1e-10)
+    assert np.allclose(cmfp_distance(q, g, 5), dist, atol=1e-10)
+
+
+def test_cmfp_torch_in_torch_out_keeps_dtype(clustered):
+    q, g = clustered(20, 8, 4, seed=7)
+    qt, gt = torch.from_numpy(q).float(), torch.from_numpy(g).float()
+    out = CMFP(k=3).rerank(qt, gt)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out.shape == (20, 8)

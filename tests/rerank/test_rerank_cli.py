@@ -1,0 +1,99 @@
+"""``uvireid rerank`` on features files written by uvireid and by a plain numpy script."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from uvireid.cli import main
+from uvireid.features import save_features
+
+
+def _sysu_like(seed: int = 0, ids: int = 12, d: int = 16):
+    """SYSU-MM01 layout: infrared cams 3, 6 (queries); visible cams 1, 2, 4, 5 (gallery)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, d))
+    feats, pids, cams = [], [], []
+    for pid in range(1, ids + 1):
+        for cam in (1, 2, 3, 4, 5, 6):
+            for _ in range(3):
+                shift = 0.5 if cam in (3, 6) else 0.0  # a modality gap
+                feats.append(centres[pid - 1] + shift + 0.9 * rng.normal(size=d))
+                pids.append(pid)
+                cams.append(cam)
+    feats = np.asarray(feats, dtype=np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    cams = np.asarray(cams)
+    return feats, np.asarray(pids), cams, np.isin(cams, (3, 6)).astype(np.int64)
+
+
+@pytest.fixture
+def numpy_file(tmp_path):
+    # what another codebase would write: ten lines of numpy, no uvireid
+    feats, pids, cams, modality = _sysu_like()
+    path = tmp_path / "other_method.npz"
+    np.savez(path, feats=feats, pids=pids, cams=cams, modality=modality)
+    return path
+
+
+@pytest.fixture
+def uvireid_file(tmp_path):
+    feats, pids, cams, modality = _sysu_like(1)
+    return save_features(
+        tmp_path / "uv.npz", feats, pids, cams, modality, dataset="sysu", split="test"
+    )
+
+
+def test_rerank_prints_both_tables_and_the_time(numpy_file, tmp_path, capsys):
+    out = tmp_path / "rr.json"
+    rc = main(
+        ["rerank", str(numpy_file), "--reranker", "cmfp", "--k", "5", "--protocol",
+         "sysu-all", "--trials", "2", "--json", str(out)]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "== without re-ranking ==" in text and "== with cmfp(k=5) ==" in text
+    assert "re-ranking time:" in text and "over 2 trial(s)" in text
+    assert "reranker: cmfp(k=5)" in text and "change: R1" in text
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"baseline", "reranked", "summary"}
+    assert doc["reranked"]["cmfp(k=5)"]["rerank_calls"] == 2
+
+
+def test_rerank_all_prints_a_side_by_side_table(uvireid_file, capsys):
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--trials", "1", "--k", "5"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    for name in ("none", "cmfp(k=5)", "kreciprocal(", "cmrr(k=5", "aim("):
+        assert name in text
+    assert "time/trial" in text and "mINP" in text
+
+
+def test_rerank_set_passes_keywords(uvireid_file, capsys):
+    rc = main(["rerank", str(uvireid_file), "--reranker", "aim", "--set", "k1=3",
+               "--set", "k2=2", "--protocol", "sysu-indoor", "--trials", "1"])  # fmt: skip
+    assert rc == 0 and "aim(k1=3,k2=2)" in capsys.readouterr().out
+
+
+def test_unknown_reranker_is_the_registry_error(numpy_file, capsys):
+    rc = main(["rerank", str(numpy_file), "--reranker", "cmfq", "--protocol", "sysu-all"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did you mean 'cmfp'" in err and "available:" in err
+
+
+def test_wrong_keyword_names_the_closest(numpy_file, capsys):
+    rc = main(["rerank", str(numpy_file), "--reranker", "aim", "--k", "4",
+               "--protocol", "sysu-all"])  # fmt: skip
+    assert rc == 2 and "has no keyword 'k'" in capsys.readouterr().err
+
+
+def test_features_file_missing_a_key(tmp_path, capsys):
+    feats, pids, cams, _ = _sysu_like()
+    path = tmp_path / "bad.npz"
+    np.savez(path, feats=feats, pids=pids, cams=cams)
+    rc = main(["rerank", str(path), "--reranker", "cmfp", "--protocol", "sysu-all"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "FeatureFileError" in err and "modality" in err

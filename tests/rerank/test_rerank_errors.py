@@ -1,0 +1,85 @@
+"""Bad input to the re-rankers: each a clear error naming the problem and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import uvireid.rerank.inputs as inputs
+from uvireid.errors import ConfigError, FeatureFileError, RegistryError
+from uvireid.registry import RERANKERS
+from uvireid.rerank import rerank
+
+NAMES = ["cmfp", "kreciprocal", "cmrr", "aim"]
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mismatched_feature_dims_name_both(name, pair):
+    q, g = pair
+    with pytest.raises(FeatureFileError, match="d=4 but gallery features d=3"):
+        RERANKERS.build(name).rerank(q, g[:, :3])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_name_the_row(name, pair, bad):
+    q, g = pair
+    g = g.copy()
+    g[2, 1] = bad
+    with pytest.raises(FeatureFileError, match=r"gallery features contain NaN or inf .*row 2"):
+        RERANKERS.build(name).rerank(q, g)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_query_or_gallery(name, pair):
+    q, g = pair
+    with pytest.raises(FeatureFileError, match="empty input"):
+        RERANKERS.build(name).rerank(q[:0], g)
+    with pytest.raises(FeatureFileError, match="empty input"):
+        RERANKERS.build(name).rerank(torch.from_numpy(q), torch.from_numpy(g)[:0])
+
+
+def test_features_must_be_2d(pair):
+    q, g = pair
+    with pytest.raises(FeatureFileError, match="must be 2-D"):
+        rerank(q[0], g, "cmfp")
+
+
+@pytest.mark.parametrize(
+    "name,kw,match",
+    [
+        ("cmfp", {"k": 0}, "k must be an integer >= 1"),
+        ("cmfp", {"mode": "fast"}, "mode must be one of auto, dense, sparse"),
+        ("kreciprocal", {"k2": 0}, "k2 must be an integer >= 1"),
+        ("cmrr", {"k": 2.5}, "k must be an integer"),
+        ("aim", {"k1": -1}, "k1 must be an integer >= 1"),
+    ],
+)
+def test_bad_hyper_parameters(name, kw, match, pair):
+    with pytest.raises(ConfigError, match=match):
+        RERANKERS.build({"type": name, **kw}).rerank(*pair)
+
+
+def test_unknown_reranker_lists_the_registered_ones(pair):
+    with pytest.raises(RegistryError, match="did you mean 'cmfp'.*available: cmfp"):
+        rerank(*pair, "cmfb")
+
+
+@pytest.mark.parametrize("name", ["kreciprocal", "cmrr", "aim"])
+def test_too_big_for_memory_stops_at_once_saying_how_much(name, pair, monkeypatch):
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 1000)
+    with pytest.raises(ConfigError, match=r"needs about .* GiB but only .* is free.*cmfp"):
+        RERANKERS.build(name).rerank(*pair)
+
+
+def test_three_line_use_from_another_codebase(pair):
+    q, g = pair
+    dist = rerank(q, g, "cmfp", k=3)
+    assert dist.shape == (6, 5) and isinstance(dist, np.ndarray)

@@ -1,0 +1,95 @@
+"""Every part runs on the input's device and gives the CPU's answer there.
+
+On a machine without CUDA only the CPU cases run (numpy input against torch input); on a
+GPU machine the same tests check the CUDA paths against the CPU result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import uvireid  # noqa: F401
+from uvireid.clustering.knn import knn
+from uvireid.registry import REGISTRIES
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
+    ),
+]
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _features(seed: int, n: int, d: int = 32, ids: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, d))
+    x = centres[rng.integers(0, ids, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", REGISTRIES["rerankers"].names())
+def test_reranker_on_device_equals_numpy_result(name, device):
+    q, g = _features(0, 30), _features(1, 50)
+    part = REGISTRIES["rerankers"].build({"type": name})
+    ref = np.asarray(part.rerank(q, g))
+    out = part.rerank(torch.from_numpy(q).to(device), torch.from_numpy(g).to(device))
+    assert isinstance(out, torch.Tensor) and out.device.type == device
+    np.testing.assert_allclose(_to_numpy(out), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_knn_on_device_finds_the_numpy_neighbours(device, metric):
+    x = _features(2, 200)
+    vals_ref, idx_ref = knn(x, k=10, metric=metric, backend="torch")
+    vals, idx = knn(torch.from_numpy(x).to(device), k=10, metric=metric, backend="torch")
+    assert idx.device.type == device
+    np.testing.assert_array_equal(_to_numpy(idx), idx_ref)
+    np.testing.assert_allclose(_to_numpy(vals), vals_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", REGISTRIES["clusterers"].names())
+def test_clusterer_on_device_gives_the_numpy_partition(name, device):
+    x = _features(3, 120)
+    part = REGISTRIES["clusterers"].build({"type": name})
+    ref = np.asarray(part.fit_predict(x))
+    out = np.asarray(part.fit_predict(torch.from_numpy(x).to(device)))
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", REGISTRIES["associators"].names())
+def test_associator_on_device_gives_the_numpy_labels(name, device):
+    fv, fr = _features(4, 60), _features(5, 50)
+    lv = np.repeat(np.arange(6), 10)
+    lr = np.repeat(np.arange(5), 10)
+    part = REGISTRIES["associators"].build({"type": name})
+    ref = part.associate(fv, lv, fr, lr)
+    out = part.associate(torch.from_numpy(fv).to(device), lv, torch.from_numpy(fr).to(device), lr)
+    np.testing.assert_array_equal(_to_numpy(out.labels_in_v), _to_numpy(ref.labels_in_v))
+    np.testing.assert_array_equal(_to_numpy(out.labels_in_r), _to_numpy(ref.labels_in_r))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", REGISTRIES["backbones"].names())
+def test_backbone_extract_on_device_matches_cpu(name, device):
+    if name != "two_stream_resnet":
+        pytest.skip("timm backbones need a model name; covered by the backbone tests")
+    torch.manual_seed(0)
+    model = REGISTRIES["backbones"].build({"type": name, "arch": "resnet18"}).eval()
+    x = torch.randn(2, 3, 64, 32)
+    mod = torch.tensor([0, 1])
+    with torch.no_grad():
+        ref = model.extract(x, mod)
+        out = model.to(device).extract(x.to(device), mod.to(device))
+    assert out.device.type == device
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-4, rtol=1e-3)

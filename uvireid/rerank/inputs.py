@@ -1,0 +1,143 @@
+"""Input checks and conversions shared by the re-rankers.
+
+Every re-ranker takes query and gallery features as numpy arrays or torch tensors and
+computes in torch on the input's device; numpy in gives numpy out. The checks here run at
+the boundary (mismatched dims, NaN/inf, empty sets, sizes that cannot fit in memory) so
+the numerical code can trust its input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from uvireid.errors import ConfigError, FeatureFileError
+
+__all__ = [
+    "as_tensor",
+    "check_pair",
+    "to_output",
+    "available_memory",
+    "ensure_fits",
+    "check_k",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    """``(tensor, was_numpy)``: a torch view of ``x`` (no copy for numpy input)."""
+    if isinstance(x, torch.Tensor):
+        t, was_numpy = x.detach(), False
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise FeatureFileError(
+                f"{name} features could not be read as an array ({exc}); "
+                "pass an (N, d) numpy array or torch tensor"
+            ) from None
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise FeatureFileError(
+                f"{name} features have dtype {arr.dtype}; pass an (N, d) float array"
+            )
+        t, was_numpy = torch.from_numpy(np.ascontiguousarray(arr)), True
+    if t.ndim != 2:
+        raise FeatureFileError(
+            f"{name} features must be 2-D (N, d), got shape {tuple(t.shape)}; "
+            "reshape them to one row per image"
+        )
+    if not t.is_floating_point():
+        t = t.double() if was_numpy else t.float()
+    elif t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t, was_numpy
+
+
+def check_pair(query: Any, gallery: Any, who: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Validate a (query, gallery) pair; returns ``(q, g, was_numpy)`` on one device/dtype.
+
+    Raises:
+        FeatureFileError: an empty side, different feature dims, NaN or inf values.
+    """
+    q, q_np = as_tensor(query, f"{who}: query")
+    g, g_np = as_tensor(gallery, f"{who}: gallery")
+    if q.shape[0] == 0 or g.shape[0] == 0:
+        raise FeatureFileError(
+            f"{who}: empty input ({q.shape[0]} query and {g.shape[0]} gallery rows); "
+            "re-ranking needs at least one query and one gallery image"
+        )
+    if q.shape[1] != g.shape[1]:
+        raise FeatureFileError(
+            f"{who}: query features have d={q.shape[1]} but gallery features d={g.shape[1]}; "
+            "both must come from the same extractor and feature head"
+        )
+    for name, t in (("query", q), ("gallery", g)):
+        if bool(torch.isfinite(t.sum())):  # one cheap reduction in the common case
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            rows = (~finite).any(1).nonzero().squeeze(1)
+            raise FeatureFileError(
+                f"{who}: {name} features contain NaN or inf in {rows.numel()} row(s) "
+                f"(first: row {int(rows[0])}); fix the extractor or drop those images"
+            )
+    if g.device != q.device:
+        g = g.to(q.device)
+    if g.dtype != q.dtype:
+        dt = torch.promote_types(q.dtype, g.dtype)
+        q, g = q.to(dt), g.to(dt)
+    return q, g, (q_np and g_np)
+
+
+def to_output(t: torch.Tensor, was_numpy: bool) -> Any:
+    """Numpy for numpy input, the tensor otherwise."""
+    return t.cpu().numpy() if was_numpy else t
+
+
+def check_k(value: Any, name: str, who: str, minimum: int = 1) -> int:
+    """An integer hyper-parameter ``>= minimum`` (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{who}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` (host: MemAvailable; CUDA: free memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def ensure_fits(nbytes: float, device: torch.device, what: str, instead: str) -> None:
+    """Stop before the work starts when ``nbytes`` cannot fit on ``device``.
+
+    Raises:
+        ConfigError: saying how much is needed, how much is free, and what to use instead.
+    """
+    free = available_memory(device)
+    if nbytes > 0.9 * free:
+        raise ConfigError(
+            f"{what} needs about {_gib(nbytes)} but only {_gib(free)} is free on "
+            f"{device.type}; {instead}"
+        )
+    logger.debug("%s: about %s of %s free", what, _gib(nbytes), _gib(free))
