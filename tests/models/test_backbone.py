@@ -1,0 +1,168 @@
+"""Two-stream ResNet and timm backbones: shapes, routing, test-time features, weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uvireid.errors import ConfigError
+from uvireid.models import GeM, TwoStreamResNet
+from uvireid.models.backbone import BackboneOutput, TimmBackbone
+from uvireid.registry import BACKBONES
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Any attempt to fetch weights fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    import torchvision.models._api as api
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", refuse)
+
+
+def _model(**kw) -> TwoStreamResNet:
+    torch.manual_seed(0)
+    return TwoStreamResNet(**{"arch": "resnet18", **kw})
+
+
+def test_registered_under_its_names():
+    assert "two_stream_resnet" in BACKBONES and "timm" in BACKBONES
+    assert BACKBONES.defaults("two_stream_resnet")["pretrained"] is False
+    m = BACKBONES.build({"type": "two_stream_resnet", "arch": "resnet18"})
+    assert isinstance(m, TwoStreamResNet)
+
+
+@pytest.mark.parametrize(("last_stride", "hw"), [(1, (8, 4)), (2, (4, 2))])
+def test_train_mode_output_shapes(last_stride, hw):
+    m = _model(last_stride=last_stride).train()
+    out = m(torch.randn(4, 3, 128, 64), torch.tensor([0, 1, 1, 0]))
+    assert isinstance(out, BackboneOutput)
+    assert out.global_feat.shape == out.bn_feat.shape == (4, 512)
+    assert out.feature_map.shape == (4, 512, *hw)
+    assert out.bn_feat.requires_grad
+
+
+def test_resnet50_has_2048_channels_and_share_from_moves_the_split():
+    m = TwoStreamResNet("resnet50", share_from="layer2").eval()
+    assert m.out_dim == 2048
+    assert len(m.specific) == 2 and len(m.specific[0]) == 2  # stem + layer1 per modality
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 64, 32), 1)
+    assert out.feature_map.shape == (2, 2048, 4, 2)
+
+
+def test_bn_neck_bias_is_frozen_and_gem_p_fixed_by_default():
+    m = _model()
+    assert not m.neck.bias.requires_grad and m.neck.weight.requires_grad
+    assert not any(p is m.pool.p for p in m.parameters())
+    m2 = _model(gem_learnable=True)
+    assert any(p is m2.pool.p for p in m2.parameters())
+
+
+def test_extract_is_the_normalised_mean_of_image_and_flip():
+    m = _model().eval()
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        a = m(x, 1).bn_feat
+        b = m(torch.flip(x, dims=[3]), 1).bn_feat
+    manual = (a + b) / 2
+    manual = manual / manual.norm(dim=1, keepdim=True)
+    feat = m.extract(x, 1)
+    assert torch.allclose(feat, manual, atol=1e-5)
+    assert torch.allclose(feat.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(m.extract(x, 1, flip=False), F.normalize(a, dim=1), atol=1e-5)
+    assert not feat.requires_grad
+
+
+def test_each_modality_goes_through_its_own_stem():
+    m = _model().eval()
+    x = torch.randn(4, 3, 64, 32)
+    mod = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        before = m(x, mod).bn_feat.clone()
+        m.stream(0)[0][0].weight.mul_(-1.5)  # conv1 of the visible stem only
+        after = m(x, mod).bn_feat
+    vis, ir = mod == 0, mod == 1
+    assert not torch.allclose(before[vis], after[vis])
+    assert torch.equal(before[ir], after[ir])
+
+
+def test_mixed_batch_equals_one_batch_per_modality_and_int_modality():
+    m = _model().eval()
+    x = torch.randn(5, 3, 64, 32)
+    mod = torch.tensor([1, 0, 0, 1, 0])
+    with torch.no_grad():
+        mixed = m(x, mod).bn_feat
+        vis = m(x[mod == 0], 0).bn_feat
+        ir = m(x[mod == 1], torch.ones(2, dtype=torch.long)).bn_feat
+    assert torch.allclose(mixed[mod == 0], vis, atol=1e-5)
+    assert torch.allclose(mixed[mod == 1], ir, atol=1e-5)
+
+
+def test_streams_start_from_the_same_weights():
+    m = _model()
+    for a, b in zip(m.stream(0).parameters(), m.stream(1).parameters(), strict=True):
+        assert torch.equal(a, b) and a is not b
+
+
+def test_share_from_stem_is_one_stream():
+    m = _model(share_from="stem").eval()
+    x = torch.randn(2, 3, 64, 32)
+    assert torch.equal(m.extract(x, 0), m.extract(x, 1))
+    with pytest.raises(ConfigError, match="one shared stream"):
+        m.stream(0)
+
+
+def test_wrong_modality_length_is_an_error():
+    with pytest.raises(ConfigError, match="modality has 3 entries for a batch of 2"):
+        _model()(torch.randn(2, 3, 64, 32), torch.tensor([0, 1, 0]))
+
+
+def test_local_checkpoint_is_loaded_into_both_streams_and_the_trunk(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    m = _model(pretrained=str(path))
+    for k in (0, 1):
+        assert torch.equal(m.stream(k)[0][0].weight, ref.conv1.weight)
+    assert torch.equal(m.shared[-1][-1].conv2.weight, ref.layer4[-1].conv2.weight)
+
+
+def test_unusable_weights_and_names_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        _model(pretrained=str(tmp_path / "missing.pth"))
+    torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="none of the resnet18 weights"):
+        _model(pretrained=str(tmp_path / "other.pth"))
+    with pytest.raises(ConfigError, match="resnet18, resnet34, resnet50"):
+        TwoStreamResNet("resnet101")
+    with pytest.raises(ConfigError, match="share_from 'layer5'"):
+        _model(share_from="layer5")
+
+
+def test_gem_matches_average_pooling_at_p1_and_approaches_max():
+    x = torch.rand(2, 3, 4, 5)
+    assert torch.allclose(GeM(1.0)(x), x.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(GeM(80.0)(x), x.amax(dim=(2, 3)), atol=0.05)
+    assert torch.allclose(GeM(3.0)(x), (x.pow(3).mean(dim=(2, 3))).pow(1 / 3), atol=1e-6)
+
+
+def test_timm_backbone_single_stream():
+    m = TimmBackbone("resnet10t").eval()
+    x = torch.randn(2, 3, 64, 32)
+    out = m(x)
+    assert out.feature_map.ndim == 4 and out.bn_feat.shape == (2, m.out_dim)
+    assert torch.equal(m.extract(x, 0), m.extract(x, 1))
+    with pytest.raises(ConfigError, match="timm has no model 'resnet5O'"):
+        TimmBackbone("resnet5O")

@@ -1,0 +1,295 @@
+"""Backbones: the two-stream ResNet of AGW/DCL and a single-stream timm wrapper.
+
+Two-stream ResNet (Ye et al., AGW, TPAMI 2021; used by DCL, PGM, ADCA, SALCR: see
+``shared/notes/salcr_reference.md`` Sec. 3.1-3.2 and ``notes/peers.md`` Sec. 0.1)::
+
+    x_v --stem_v--\\                                       /-> GeM -> g --BN neck--> f
+                   >-- shared layer1..layer4 -> F (B,C,h,w)
+    x_r --stem_r--/
+
+The stem (conv1, bn1, relu, maxpool) has one copy per modality; ``share_from`` moves the
+start of the shared trunk deeper (``"layer2"`` makes layer1 modality-specific too) or to
+the input (``"stem"``: one single stream). The last stage keeps stride 1 by default, so
+an input of 288x144 gives an 18x9 map. The BN neck's bias is frozen, as in the peers.
+
+Inputs are float images normalised with the ImageNet mean and std, (B, 3, H, W).
+Modalities are coded as in :mod:`uvireid.types`: 0 visible, 1 infrared.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from uvireid.errors import ConfigError
+from uvireid.models.pooling import GeM
+from uvireid.registry import BACKBONES
+from uvireid.types import INFRARED, VISIBLE
+
+logger = logging.getLogger(__name__)
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+#: torchvision weights used by ``pretrained=True`` (the legacy ImageNet weights the peers load)
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+}
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone's ``forward`` returns.
+
+    Attributes:
+        global_feat: (B, C) pooled feature before the BN neck (triplet losses use it).
+        bn_feat: (B, C) the BN neck's output (memories, clustering and retrieval use it).
+        feature_map: (B, C, h, w) last stage before pooling (for part models).
+    """
+
+    global_feat: torch.Tensor
+    bn_feat: torch.Tensor
+    feature_map: torch.Tensor
+
+
+def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.device):
+    """``modality`` as a (B,) long tensor on ``device``; an int applies to the whole batch."""
+    if isinstance(modality, numbers.Integral):
+        return torch.full((batch,), int(modality), dtype=torch.long, device=device)
+    m = torch.as_tensor(modality, device=device).long().reshape(-1)
+    if m.numel() != batch:
+        raise ConfigError(
+            f"modality has {m.numel()} entries for a batch of {batch}; pass one per image "
+            f"(0 visible, 1 infrared) or a single int for the whole batch"
+        )
+    return m
+
+
+def _bn_neck(dim: int) -> nn.BatchNorm1d:
+    neck = nn.BatchNorm1d(dim)
+    nn.init.ones_(neck.weight)
+    nn.init.zeros_(neck.bias)
+    neck.bias.requires_grad_(False)  # frozen bias, as in the BNNeck of the peers
+    return neck
+
+
+class _ReidHead(nn.Module):
+    """Shared tail of the backbones: pooling, BN neck, flip-averaged extraction."""
+
+    out_dim: int
+
+    def _head(self, fmap: torch.Tensor, global_feat: torch.Tensor | None = None):
+        g = self.pool(fmap) if global_feat is None else global_feat
+        return BackboneOutput(global_feat=g, bn_feat=self.neck(g), feature_map=fmap)
+
+    @torch.no_grad()
+    def extract(
+        self, x: torch.Tensor, modality: torch.Tensor | int, flip: bool = True
+    ) -> torch.Tensor:
+        """Test-time feature: (B, 3, H, W) -> (B, C) float, L2-normalised.
+
+        The mean of the BN-neck features of the image and of its horizontal flip, then
+        L2-normalised (``flip=False``: the image alone). Runs without gradients; call
+        ``model.eval()`` first so that batch norm uses its running statistics.
+        """
+        if self.training:
+            logger.warning("extract() called in train mode; call model.eval() first")
+        feat = self(x, modality).bn_feat
+        if flip:
+            feat = (feat + self(torch.flip(x, dims=[3]), modality).bn_feat) / 2
+        return F.normalize(feat, dim=1)
+
+
+def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A torchvision-style ResNet state dict from a local file (nested or DataParallel)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrained checkpoint {path} does not exist; pass pretrained=True for the "
+            f"torchvision ImageNet weights or the path of a local .pth file"
+        )
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1) -> nn.Module:
+    """A torchvision ResNet without its classifier; ``last_stride`` for layer4.
+
+    ``pretrained=True`` loads the torchvision ImageNet weights (downloaded once into the
+    torch hub cache, ``$TORCH_HOME``); a string is the path of a local checkpoint.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"arch '{arch}' is not supported; use one of {', '.join(ARCHS)}")
+    if last_stride not in (1, 2):
+        raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
+    weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
+    net = getattr(torchvision.models, arch)(weights=weights)
+    if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
+        sd = {k: v for k, v in _load_checkpoint(pretrained).items() if not k.startswith("fc.")}
+        if not set(sd) & set(net.state_dict()):
+            raise ConfigError(
+                f"checkpoint {pretrained} has none of the {arch} weights (keys such as "
+                f"'conv1.weight', 'layer1.0.bn1.weight'); is it a torchvision {arch}?"
+            )
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            logger.warning(
+                "checkpoint %s: %d missing and %d unexpected keys (e.g. %s)",
+                pretrained,
+                len(missing),
+                len(unexpected),
+                (missing + unexpected)[:3],
+            )
+    net.fc = nn.Identity()
+    if last_stride == 1:
+        block = net.layer4[0]
+        conv = block.conv2 if hasattr(block, "conv3") else block.conv1  # bottleneck / basic
+        conv.stride = (1, 1)
+        block.downsample[0].stride = (1, 1)
+    return net
+
+
+@BACKBONES.register("two_stream_resnet")
+class TwoStreamResNet(_ReidHead):
+    """Two-stream ResNet with modality-specific stems and a shared trunk (AGW/DCL).
+
+    Args:
+        arch: ``resnet18``, ``resnet34`` or ``resnet50`` (torchvision).
+        pretrained: False (random init), True (torchvision ImageNet weights: downloaded
+            once into the torch hub cache) or the path of a local checkpoint.
+        share_from: first shared stage: ``"layer1"`` (the peers: only the stem is
+            per modality), ``"layer2"`` .. ``"layer4"``, or ``"stem"`` (one stream).
+        last_stride: stride of layer4 (1 as in the peers, 2 as in ImageNet ResNets).
+        gem_p: GeM exponent; ``gem_learnable`` learns it.
+        num_modalities: streams (2: visible and infrared).
+
+    ``forward(x, modality)``: x (B, 3, H, W), modality (B,) long or an int for the whole
+    batch -> :class:`BackboneOutput` with C = 512 (resnet18/34) or 2048 (resnet50).
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        pretrained: bool | str = False,
+        share_from: str = "layer1",
+        last_stride: int = 1,
+        gem_p: float = 3.0,
+        gem_learnable: bool = False,
+        num_modalities: int = 2,
+    ):
+        super().__init__()
+        if share_from not in STAGES:
+            raise ConfigError(
+                f"share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
+            )
+        net = build_resnet(arch, pretrained, last_stride)
+        stages = {
+            "stem": nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+            "layer1": net.layer1,
+            "layer2": net.layer2,
+            "layer3": net.layer3,
+            "layer4": net.layer4,
+        }
+        k = STAGES.index(share_from)
+        specific = nn.Sequential(*[stages[s] for s in STAGES[:k]])
+        self.share_from = share_from
+        self.num_modalities = num_modalities
+        # every stream starts from the same (pretrained or random) weights
+        self.specific = nn.ModuleList(
+            [copy.deepcopy(specific) for _ in range(num_modalities)] if k > 0 else []
+        )
+        self.shared = nn.Sequential(*[stages[s] for s in STAGES[k:]])
+        last = net.layer4[-1]
+        self.out_dim = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        self.pool = GeM(gem_p, learnable=gem_learnable)
+        self.neck = _bn_neck(self.out_dim)
+
+    def stream(self, modality: int) -> nn.Sequential:
+        """The modality-specific stages of stream ``modality`` (VISIBLE or INFRARED).
+
+        ``stream(m)[0]`` is its stem (conv1, bn1, relu, maxpool), ``stream(m)[1]`` its
+        layer1 when ``share_from`` is ``"layer2"`` or deeper.
+        """
+        if not len(self.specific):
+            raise ConfigError("share_from='stem' builds one shared stream: there is no stem")
+        return self.specific[modality]
+
+    def forward_map(self, x: torch.Tensor, modality: torch.Tensor | int) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w): each image through its modality's stream."""
+        if len(self.specific):
+            if isinstance(modality, numbers.Integral):
+                x = self.specific[int(modality)](x)
+            else:
+                m = modality_tensor(modality, x.shape[0], x.device)
+                parts = [(m == k).nonzero(as_tuple=True)[0] for k in range(self.num_modalities)]
+                outs = [(idx, self.specific[k](x[idx])) for k, idx in enumerate(parts) if len(idx)]
+                if len(outs) == 1:
+                    x = outs[0][1]
+                else:
+                    first = outs[0][1]
+                    y = first.new_empty((x.shape[0], *first.shape[1:]))
+                    for idx, o in outs:
+                        y[idx] = o
+                    x = y
+        return self.shared(x)
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | int) -> BackboneOutput:
+        return self._head(self.forward_map(x, modality))
+
+
+@BACKBONES.register("timm")
+class TimmBackbone(_ReidHead):
+    """A single-stream timm model with GeM and a BN neck; ``modality`` is ignored.
+
+    Args:
+        name: timm model name (``timm.list_models()``), e.g. ``"resnet50"``.
+        pretrained: load timm's pretrained weights (downloaded once; never in tests).
+        gem_p: GeM exponent for models whose features are a (B, C, h, w) map; other
+            models (vision transformers) use their own pooling.
+    """
+
+    def __init__(self, name: str = "resnet50", pretrained: bool = False, gem_p: float = 3.0):
+        super().__init__()
+        import timm
+
+        if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+            from uvireid._suggest import closest
+
+            near = closest(name, timm.list_models(), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"timm has no model '{name}'{hint}")
+        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        self.out_dim = self.model.num_features
+        self.pool = GeM(gem_p)
+        self.neck = _bn_neck(self.out_dim)
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | int = VISIBLE) -> BackboneOutput:
+        fmap = self.model.forward_features(x)
+        if fmap.dim() == 4:
+            return self._head(fmap)
+        return self._head(fmap, self.model.forward_head(fmap, pre_logits=True))
+
+
+__all__ = [
+    "ARCHS",
+    "INFRARED",
+    "VISIBLE",
+    "BackboneOutput",
+    "TimmBackbone",
+    "TwoStreamResNet",
+    "build_resnet",
+    "modality_tensor",
+]
