@@ -20,6 +20,7 @@ COMMANDS = [
     "eval",
     "data",
     "rerank",
+    "report",
 ]
 
 

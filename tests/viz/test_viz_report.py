@@ -1,0 +1,134 @@
+"""report.html from a run folder: every plot embedded; a killed run still gets a report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+
+import pytest
+from viz_data import expected_px, png_size
+
+from uvireid.cli import main
+from uvireid.errors import UvireidError
+from uvireid.viz import curves, distances, ranking, tsne
+from uvireid.viz.report import PLOTS, build_report, maybe_report
+
+DPI = 30
+KW = {"queries": 2, "k": 4, "tsne_ids": 4, "dpi": DPI}
+MODULES = ("curves", "distances", "tsne", "ranking", "report")
+
+
+def expected_sizes() -> dict[str, tuple[int, int]]:
+    sizes = {name: expected_px(curves.FIGSIZE, DPI) for name in PLOTS if name.endswith(".png")}
+    sizes["distances.png"] = expected_px(distances.FIGSIZE, DPI)
+    sizes["tsne.png"] = expected_px(tsne.FIGSIZE, DPI)
+    sizes["ranking.png"] = expected_px(ranking.ranking_figsize(4, 4), DPI)  # 2 queries x 2
+    return sizes
+
+
+def test_a_finished_run_gets_every_plot_embedded_in_a_self_contained_page(viz_run_dir):
+    report = build_report(viz_run_dir, **KW)
+    assert report.notes == []
+    assert list(report.images) == list(PLOTS)
+    page = report.html.read_text()
+    for name, size in expected_sizes().items():
+        path = viz_run_dir / name
+        assert png_size(path) == size, name
+        assert f'data-file="{name}"' in page
+        assert base64.b64encode(path.read_bytes()).decode() in page  # embedded, not linked
+    assert 'src="data:image/png;base64,' in page and 'src="cmc.png"' not in page
+    results = json.loads((viz_run_dir / "results.json").read_text())
+    assert f"{results['cmfp']['mean']['R1']:.2f}" in page  # the final table
+    assert "sysu-all" in page and "single-shot" in page  # with its protocol
+    assert "uvireid run tiny.yaml" in page  # the manifest's summary
+
+
+def test_a_killed_run_gets_a_report_of_what_is_there(viz_run_dir, caplog):
+    (viz_run_dir / "results.json").unlink()
+    (viz_run_dir / "features.npz").unlink()
+    lines = (viz_run_dir / "metrics.jsonl").read_text().splitlines()
+    (viz_run_dir / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
+    with caplog.at_level(logging.WARNING):
+        report = build_report(viz_run_dir, **KW)
+    page = report.html.read_text()
+    notes = " ".join(report.notes)
+    assert "truncated" in notes and "results.json is missing" in notes
+    assert "features.npz is missing" in notes
+    assert "What is missing" in page and "not finished" in page
+    assert "metrics.jsonl, epoch 1" in page  # the table falls back to the last evaluation
+    assert "<td>30.00</td>" in page and "Percent, means." in page  # its flat means, no std
+    assert {"curves_losses.png", "curves_eval.png", "curves_time.png"} <= set(report.images)
+    assert not {"distances.png", "tsne.png", "ranking.png"} & set(report.images)
+    for name in report.images:
+        assert f'data-file="{name}"' in page
+
+
+def test_missing_metrics_and_stale_pngs(viz_run_dir):
+    (viz_run_dir / "features.npz").unlink()  # not needed here; keeps it quick
+    build_report(viz_run_dir, **KW)
+    (viz_run_dir / "metrics.jsonl").unlink()
+    report = build_report(viz_run_dir, **KW)
+    assert "metrics.jsonl is missing" in " ".join(report.notes)
+    assert not (viz_run_dir / "curves_losses.png").exists()  # the earlier report's PNG is gone
+    assert "cmc.png" in report.images  # results.json still gives the CMC
+
+
+def test_an_empty_folder_still_gets_a_page(tmp_path):
+    report = build_report(tmp_path, **KW)
+    assert report.images == {} and report.html.is_file()
+    assert "No plot could be drawn" in report.html.read_text()
+
+
+def test_no_matplotlib_says_how_to_install_it(viz_run_dir, monkeypatch, caplog, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(UvireidError, match=r'pip install "uvireid\[viz\]"'):
+        build_report(viz_run_dir)
+    with caplog.at_level(logging.INFO, logger="uvireid.viz.report"):
+        assert maybe_report(viz_run_dir) is None
+    assert 'pip install "uvireid[viz]"' in caplog.text
+    assert main(["report", str(viz_run_dir)]) == 2
+    assert 'pip install "uvireid[viz]"' in capsys.readouterr().err
+    assert not (viz_run_dir / "report.html").exists()
+
+
+def test_cli_report_writes_into_out(viz_run_dir, tmp_path, capsys):
+    (viz_run_dir / "features.npz").unlink()  # the plots are tested above; keep it quick
+    out = tmp_path / "elsewhere"
+    argv = ["report", str(viz_run_dir), "--out", str(out), "--reranker", "none", "--dpi", "20"]
+    assert main([*argv, "--queries", "1", "--topk", "3", "--ids", "3"]) == 0
+    assert (out / "report.html").is_file()
+    assert png_size(out / "cmc.png") == expected_px(curves.FIGSIZE, 20)
+    assert not (viz_run_dir / "report.html").exists()
+    assert "report:" in capsys.readouterr().out
+
+
+def test_a_misspelt_reranker_is_an_error_before_anything_is_drawn(viz_run_dir):
+    with pytest.raises(UvireidError, match="cmpf"):
+        build_report(viz_run_dir, reranker="cmpf", **KW)
+    assert not (viz_run_dir / "cmc.png").exists()
+
+
+def test_maybe_report_returns_the_page(tmp_path):
+    assert maybe_report(tmp_path) == tmp_path / "report.html"
+
+
+def test_the_viz_modules_import_without_matplotlib(monkeypatch):
+    import importlib
+
+    import uvireid
+    import uvireid.cli
+
+    # fresh imports of every viz module with matplotlib unimportable; monkeypatch puts the
+    # original module objects back afterwards (in sys.modules and as package attributes)
+    monkeypatch.setattr(uvireid, "viz", uvireid.viz)
+    monkeypatch.setattr(
+        uvireid.cli, "report_cmd", importlib.import_module("uvireid.cli.report_cmd")
+    )
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    names = [n for n in sys.modules if n.startswith("uvireid.viz")] + ["uvireid.cli.report_cmd"]
+    for name in names:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ["uvireid.viz", *(f"uvireid.viz.{m}" for m in MODULES), "uvireid.cli.report_cmd"]:
+        importlib.import_module(name)

@@ -1,0 +1,558 @@
+"""The one-page report of a run folder: ``report.html`` plus one PNG per plot.
+
+``report.html`` is self-contained (every image is embedded as a base64 ``data:`` URI, the
+style sheet is inline), so it can be mailed or attached to an issue. It shows, in order:
+
+1. the manifest's summary (recipe, command, device, batch, versions, dataset) and whether
+   the run finished;
+2. the final table (``results.json``, else the last evaluation in ``metrics.jsonl``) under
+   the protocol that produced it;
+3. the plots: CMC; R1/mAP, loss terms, cluster counts, pseudo-label quality and time per
+   phase over epochs (:mod:`uvireid.viz.curves`); cross-modality distance histograms
+   (:mod:`uvireid.viz.distances`); t-SNE (:mod:`uvireid.viz.tsne`); ranking lists
+   (:mod:`uvireid.viz.ranking`);
+4. notes on what is missing and why (a killed run has no ``results.json`` and maybe a
+   truncated ``metrics.jsonl``; an evaluation run has no losses), then the resolved
+   config and the tail of ``log.txt``.
+
+A plot whose data is absent is left out (with a note), never drawn empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uvireid.errors import UvireidError
+from uvireid.viz import INSTALL_HINT, matplotlib_available, require_matplotlib
+
+__all__ = ["PLOTS", "RECIPE", "Report", "build_report", "maybe_report"]
+
+logger = logging.getLogger(__name__)
+
+#: ``reranker=RECIPE`` (the default) uses the re-ranker of the run's config.yaml
+RECIPE = "recipe"
+#: the PNGs a report may write, in report order: file name -> (title, caption)
+PLOTS: dict[str, tuple[str, str]] = {
+    "cmc.png": ("CMC", "Mean CMC curve of the final evaluation, per re-ranker."),
+    "curves_eval.png": ("Evaluation per epoch", "R1 and mAP (%) of each evaluated epoch."),
+    "curves_losses.png": ("Losses", "Each weighted loss term per epoch."),
+    "curves_clusters.png": ("Clusters", "Number of clusters (pseudo-identities) per modality."),
+    "curves_label_quality.png": (
+        "Pseudo-label quality",
+        "ARI / FMI / AMI / V-measure of the pseudo-labels against the ground truth.",
+    ),
+    "curves_time.png": ("Time", "Seconds per phase per epoch."),
+    "distances.png": (
+        "Cross-modality distances",
+        "Positive (same identity) vs negative pair distances, before and after re-ranking.",
+    ),
+    "tsne.png": (
+        "t-SNE",
+        "Identities by colour, modality by marker (circle visible, triangle infrared).",
+    ),
+    "ranking.png": (
+        "Ranking lists",
+        "Top-k gallery images per query; green border = same identity, red = other.",
+    ),
+}
+_LOG_TAIL = 40
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote.
+
+    Attributes:
+        html: the ``report.html`` path.
+        images: ``{file name: path}`` of the PNGs written, in report order.
+        notes: what is missing, and why, one sentence each.
+    """
+
+    html: Path
+    images: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- reading the run folder -------------------------------------------------------------------
+def _read_json(path: Path, notes: list[str], what: str) -> Any:
+    if not path.is_file():
+        notes.append(f"{path.name} is missing: {what}.")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        notes.append(f"{path.name} cannot be read ({exc}): {what}.")
+        return None
+
+
+def _read_config(path: Path, notes: list[str]) -> dict:
+    import yaml
+
+    if not path.is_file():
+        notes.append(
+            "config.yaml is missing: the re-ranker and protocol of the run are unknown "
+            "(pass --reranker to draw re-ranked plots)."
+        )
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        notes.append(f"config.yaml cannot be read ({exc}).")
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _read_metrics(run_dir: Path, notes: list[str]) -> list[dict]:
+    from uvireid.engine.run_folder import RunFolder
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        notes.append(
+            "metrics.jsonl is missing: no curves over epochs (the run stopped before its "
+            "first epoch ended, or this folder is not a uvireid run)."
+        )
+        return []
+    records = [r for r in RunFolder(run_dir).read_metrics() if isinstance(r, dict)]
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    skipped = len(lines) - len(records)
+    if skipped:
+        notes.append(
+            f"metrics.jsonl has {skipped} unreadable line(s) (a truncated last line means the "
+            f"run was killed while writing it); the curves show the {len(records)} complete "
+            f"record(s)."
+        )
+    if not records and not skipped:
+        notes.append("metrics.jsonl is empty: no curves over epochs.")
+    return records
+
+
+def _final_results(
+    results: Any, records: list[dict], notes: list[str]
+) -> tuple[dict[str, dict], str]:
+    """``({re-ranker: result dict}, where they came from)``."""
+    if isinstance(results, Mapping) and results:
+        return {str(k): v for k, v in results.items() if isinstance(v, Mapping)}, "results.json"
+    for index in range(len(records) - 1, -1, -1):
+        evals = records[index].get("eval")
+        if isinstance(evals, Mapping) and evals:
+            epoch = records[index].get("epoch", index)
+            notes.append(
+                f"the table shows the last evaluation in metrics.jsonl (epoch {epoch}), "
+                f"not a final result."
+            )
+            return {str(k): v for k, v in evals.items() if isinstance(v, Mapping)}, (
+                f"metrics.jsonl, epoch {epoch}"
+            )
+    notes.append("no evaluation result at all (neither results.json nor an 'eval' record).")
+    return {}, ""
+
+
+def _protocol(results: Mapping[str, Mapping], cfg: dict) -> str | None:
+    for result in results.values():
+        prov = result.get("provenance")
+        if isinstance(prov, Mapping) and prov.get("protocol"):
+            return str(prov["protocol"])
+    proto = (cfg.get("evaluation") or {}).get("protocol")
+    return str(proto) if proto and proto != "auto" else None
+
+
+def _build_reranker(reranker: Any, cfg: dict, notes: list[str]) -> Any:
+    from uvireid.registry import RERANKERS
+
+    section = cfg.get("reranker")
+    if reranker == RECIPE:
+        if not section:
+            return None
+        spec = dict(section)
+    elif reranker is None or (isinstance(reranker, str) and reranker.lower() in ("none", "")):
+        return None
+    elif isinstance(reranker, str):
+        same = isinstance(section, Mapping) and section.get("type") == reranker
+        spec = dict(section) if same else {"type": reranker}
+    else:
+        return reranker  # an object with rerank()
+    if reranker != RECIPE:
+        return RERANKERS.build(spec)  # a name the user typed: a wrong one is an error
+    try:
+        return RERANKERS.build(spec)
+    except UvireidError as exc:
+        notes.append(f"the recipe's re-ranker {spec} cannot be built ({exc}); plots without it.")
+        return None
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
+th { background: #f3f3f3; } td.k, th.k { text-align: left; }
+.status-ok { color: #1a7f37; } .status-bad { color: #b35900; }
+.notes { background: #fff8e5; border: 1px solid #f0d58c; padding: .5em 1.5em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #555; }
+pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .8em; }
+code { font-size: .9em; }
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _kv_table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(
+        f'<tr><th class="k">{_e(k)}</th><td class="k">{_e(v)}</td></tr>' for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _compact(value: Any) -> str:
+    """A manifest value on one line: ``{"per_gpu": 64}`` -> ``per gpu 64``; a list of
+    ``{"stage": "dcl", ...}`` -> ``dcl: ...; salcr: ...``."""
+    if isinstance(value, Mapping):
+        head = f"{value['stage']}: " if "stage" in value else ""
+        body = ", ".join(
+            f"{str(k).replace('_', ' ')} {_compact(v)}" for k, v in value.items() if k != "stage"
+        )
+        return head + body
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_compact(v) for v in value)
+    return str(value)
+
+
+def _manifest_html(manifest: Any, cfg: dict, run_dir: Path, finished: bool) -> str:
+    status = (
+        '<p class="status-ok">finished (results.json present)</p>'
+        if finished
+        else '<p class="status-bad">not finished: no results.json (the run was stopped or is '
+        "still running)</p>"
+    )
+    if not isinstance(manifest, Mapping):
+        rows = [("recipe", cfg.get("name", "?")), ("folder", run_dir)]
+        return status + _kv_table(rows)
+    dev = manifest.get("device") or {}
+    device = dev.get("device", "?") if isinstance(dev, Mapping) else dev
+    if isinstance(dev, Mapping) and dev.get("gpu"):
+        device = f"{device} ({dev['gpu']}, CUDA {dev.get('cuda')})"
+    batch = manifest.get("batch") or {}
+    versions = manifest.get("versions") or {}
+    dataset = manifest.get("dataset")
+    rows = [
+        ("recipe", manifest.get("recipe") or cfg.get("name", "?")),
+        ("description", cfg.get("description", "")),
+        ("folder", run_dir),
+        ("command", manifest.get("command", "?")),
+        ("started", manifest.get("started", "?")),
+        ("device", device),
+        ("world size", manifest.get("world_size", "?")),
+        ("batch", _compact(batch)),
+        ("seed", manifest.get("seed", "?")),
+        ("versions", _compact(versions)),
+        ("dataset", json.dumps(dataset, sort_keys=True)[:400] if dataset else "?"),
+    ]
+    return status + _kv_table([(k, v) for k, v in rows if v != ""])
+
+
+def _results_html(results: Mapping[str, Mapping], source: str, protocol: str | None) -> str:
+    from uvireid.evaluation.protocols import METRIC_KEYS, ProtocolResult
+    from uvireid.viz.curves import eval_means
+
+    if not results:
+        return "<p>No evaluation result.</p>"
+    parts = [f"<p>From <code>{_e(source)}</code>.</p>"]
+    first = next(iter(results.values()))
+    prov = first.get("provenance") if isinstance(first.get("provenance"), Mapping) else {}
+    try:
+        summary = ProtocolResult(
+            first.get("per_trial", []), first["mean"], first["std"], first.get("cmc", []), prov
+        ).summary()
+        summary = summary.split(" | reranker:")[0]
+    except (KeyError, TypeError):
+        summary = (
+            f"not recorded with these numbers (only their means were logged); the run's "
+            f"protocol: {protocol or 'unknown'}"
+        )
+    parts.append(f"<p><b>Protocol:</b> {_e(summary)}</p>")
+    head = "".join(f"<th>{_e(k)}</th>" for k in METRIC_KEYS)
+    rows, any_std = [], False
+    for name, result in results.items():
+        mean = eval_means(result) or {}
+        std = result.get("std") if isinstance(result.get("std"), Mapping) else None
+        any_std = any_std or std is not None
+        p = result.get("provenance") if isinstance(result.get("provenance"), Mapping) else {}
+        label = p.get("reranker", name) if name != "none" else "none"
+        cells = []
+        for k in METRIC_KEYS:
+            value = mean.get(k)
+            if not isinstance(value, (int, float)):
+                cells.append("<td>–</td>")
+            elif std is not None and isinstance(std.get(k), (int, float)):
+                cells.append(f"<td>{value:.2f} ± {std[k]:.2f}</td>")
+            else:
+                cells.append(f"<td>{value:.2f}</td>")
+        rows.append(f'<tr><td class="k">{_e(label)}</td>{"".join(cells)}</tr>')
+    legend = "Percent, mean ± population std over trials." if any_std else "Percent, means."
+    parts.append(
+        f'<table><tr><th class="k">re-ranker</th>{head}</tr>{"".join(rows)}</table><p>{legend}</p>'
+    )
+    prov_rows = [(k, v) for k, v in prov.items() if k not in ("features_meta", "reranker")]
+    if prov_rows:
+        parts.append(f"<details><summary>Full provenance</summary>{_kv_table(prov_rows)}</details>")
+    return "".join(parts)
+
+
+def _figure_html(name: str, path: Path) -> str:
+    title, caption = PLOTS[name]
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure id="{_e(Path(name).stem)}"><h3>{_e(title)}</h3>'
+        f'<img src="data:image/png;base64,{data}" alt="{_e(title)}" data-file="{_e(name)}">'
+        f"<figcaption>{_e(caption)} <code>{_e(name)}</code></figcaption></figure>"
+    )
+
+
+def _tail(path: Path, n: int) -> str:
+    if not path.is_file():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-n:])
+
+
+def _render(
+    run_dir: Path,
+    manifest: Any,
+    cfg: dict,
+    results: dict,
+    source: str,
+    protocol: str | None,
+    images: dict[str, Path],
+    notes: list[str],
+    finished: bool,
+) -> str:
+    name = (manifest or {}).get("recipe") if isinstance(manifest, Mapping) else None
+    title = f"uvireid report: {name or cfg.get('name') or run_dir.name}"
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        "<h2>Run</h2>",
+        _manifest_html(manifest, cfg, run_dir, finished),
+    ]
+    body += ["<h2>Final result</h2>", _results_html(results, source, protocol)]
+    if notes:
+        items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+        body.append(f'<h2>What is missing</h2><div class="notes"><ul>{items}</ul></div>')
+    body.append("<h2>Plots</h2>")
+    body += [_figure_html(n, p) for n, p in images.items()] or ["<p>No plot could be drawn.</p>"]
+    config_text = (
+        (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    )
+    if config_text:
+        body.append(
+            f"<details><summary>Resolved config (config.yaml)</summary><pre>{_e(config_text)}"
+            f"</pre></details>"
+        )
+    log = _tail(run_dir / "log.txt", _LOG_TAIL)
+    if log:
+        body.append(
+            f"<details><summary>Last {_LOG_TAIL} lines of log.txt</summary><pre>{_e(log)}</pre>"
+            "</details>"
+        )
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    body.append(f"<p><small>Written by <code>uvireid report</code> at {_e(stamp)}.</small></p>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+# -- the report ---------------------------------------------------------------------------------
+def build_report(
+    run_dir: str | os.PathLike,
+    *,
+    features: str | os.PathLike | None = None,
+    reranker: Any = RECIPE,
+    queries: int = 6,
+    k: int = 10,
+    tsne_ids: int = 12,
+    out: str | os.PathLike | None = None,
+    dpi: int = 100,
+) -> Report:
+    """Draw every plot the run folder has data for and write ``report.html``.
+
+    Args:
+        run_dir: the run folder (``config.yaml``, ``manifest.json``, ``metrics.jsonl``,
+            ``features.npz``, ``results.json``; any of them may be missing).
+        features: features file for the distance, t-SNE and ranking plots (default
+            ``run_dir/features.npz``).
+        reranker: :data:`RECIPE` (the run's re-ranker, if any), a registered name (built with
+            the run's settings when it is the run's re-ranker, else with defaults), ``None``
+            / ``"none"``, or an object with ``rerank(query, gallery)``.
+        queries: ranking lists to draw.
+        k: gallery images per ranking list.
+        tsne_ids: identities in the t-SNE plot.
+        out: folder for ``report.html`` and the PNGs (default ``run_dir``).
+        dpi: resolution of every PNG.
+
+    Returns:
+        :class:`Report`.
+
+    Raises:
+        UvireidError: matplotlib is missing (with the install command), or ``run_dir`` is
+            not a folder.
+    """
+    from uvireid.fileio import atomic_write_text
+    from uvireid.viz import curves, distances, ranking, tsne
+
+    require_matplotlib()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UvireidError(
+            f"run folder {run_dir} does not exist; expected a folder written by `uvireid run` "
+            f"(runs/<recipe>-<time>/); fix: check the path"
+        )
+    out_dir = Path(out) if out is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    cfg = _read_config(run_dir / "config.yaml", notes)
+    manifest = _read_json(
+        run_dir / "manifest.json", notes, "no versions, device or dataset summary"
+    )
+    records = _read_metrics(run_dir, notes)
+    raw_results = _read_json(
+        run_dir / "results.json", notes, "the run did not finish (or was killed)"
+    )
+    results, source = _final_results(raw_results, records, notes)
+    protocol = _protocol(results, cfg)
+    part = _build_reranker(reranker, cfg, notes)  # before any drawing: a typo fails fast
+
+    images: dict[str, Path] = {}
+
+    def draw(name: str, fn: Any, *args: Any, missing: str = "", **kwargs: Any) -> None:
+        try:
+            path = fn(*args, out_dir / name, dpi=dpi, **kwargs)
+        except UvireidError as exc:
+            notes.append(f"{name} not drawn: {exc}")
+            return
+        if path is None:
+            notes.append(f"{name} not drawn: {missing}")
+        else:
+            images[name] = path
+
+    draw("cmc.png", curves.plot_cmc, results, missing="no result holds a CMC curve.")
+    draw("curves_eval.png", curves.plot_eval, records, missing="no 'eval' in metrics.jsonl.")
+    draw(
+        "curves_losses.png",
+        curves.plot_losses,
+        records,
+        missing="no 'losses' in metrics.jsonl (an evaluation-only run, or one stopped before "
+        "its first training epoch ended).",
+    )
+    draw(
+        "curves_clusters.png",
+        curves.plot_clusters,
+        records,
+        missing="no 'clusters' in metrics.jsonl (no clustering in this run).",
+    )
+    draw(
+        "curves_label_quality.png",
+        curves.plot_label_quality,
+        records,
+        missing="no 'label_quality' in metrics.jsonl (no pseudo-labels, or no ground truth "
+        "to score them).",
+    )
+    draw("curves_time.png", curves.plot_time, records, missing="no 'seconds' in metrics.jsonl.")
+
+    feats = _load_features(
+        Path(features) if features is not None else run_dir / "features.npz", notes
+    )
+    if feats is not None:
+        draw(
+            "distances.png",
+            distances.plot_distance_histograms,
+            feats,
+            reranker=part,
+            protocol=protocol,
+        )
+        draw("tsne.png", tsne.plot_tsne, feats, n_ids=tsne_ids)
+        if feats.paths is None:
+            notes.append("the features file has no image paths: ranking lists show grey tiles.")
+        draw(
+            "ranking.png",
+            ranking.plot_ranking,
+            feats,
+            queries=queries,
+            k=k,
+            reranker=part,
+            protocol=protocol,
+        )
+
+    for name in PLOTS:  # a PNG of an earlier report that this one could not draw is stale
+        stale = out_dir / name
+        if name not in images and stale.is_file():
+            stale.unlink()
+    text = _render(
+        run_dir, manifest, cfg, results, source, protocol, images, notes, raw_results is not None
+    )
+    path = atomic_write_text(out_dir / "report.html", text)
+    logger.info("wrote %s (%d plots, %d notes)", path, len(images), len(notes))
+    for note in notes:
+        logger.info("report: %s", note)
+    return Report(path, images, notes)
+
+
+def _load_features(path: Path, notes: list[str]) -> Any:
+    from uvireid.features import load_features
+
+    if not path.is_file():
+        notes.append(
+            f"{path.name} is missing: no distance histograms, t-SNE or ranking lists (the "
+            f"run stopped before writing it; pass --features FILE to plot another file)."
+        )
+        return None
+    try:
+        return load_features(path)
+    except UvireidError as exc:
+        notes.append(f"{path.name} cannot be used: {exc}")
+        return None
+
+
+def maybe_report(run_dir: str | os.PathLike) -> Path | None:
+    """Write the report of a finished run when matplotlib is installed (``uvireid run``
+    calls this at its end).
+
+    Returns:
+        The ``report.html`` path, or ``None`` when matplotlib is missing (logged with the
+        install command) or the report failed (logged as a warning; the run itself is
+        complete and ``uvireid report RUN_DIR`` retries).
+    """
+    if not matplotlib_available():
+        logger.info(
+            "no report.html: matplotlib is not installed; for the plots run %s, then "
+            "`uvireid report %s`",
+            INSTALL_HINT,
+            run_dir,
+        )
+        return None
+    try:
+        return build_report(run_dir).html
+    except Exception:  # a plotting failure must not turn a finished run into a failed one
+        logger.warning(
+            "could not write the report of %s; the run itself is complete; retry with "
+            "`uvireid report %s` (traceback follows)",
+            run_dir,
+            run_dir,
+            exc_info=True,
+        )
+        return None
