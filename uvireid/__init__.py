@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (sub-packages are imported in registration order)
 """uvireid: a toolkit for unsupervised visible-infrared person re-identification.
 
 Importing the package registers every built-in part (datasets, backbones, clusterers,

@@ -71,8 +71,23 @@ class TrainSettings:
         batch_ids: pseudo-identities per batch.
         images_per_id: images per pseudo-identity and modality in a batch.
         height, width: input size (paper 288x144).
-        workers: data-loading processes.
-        amp: mixed precision on CUDA.
+        workers: data-loading processes (evaluation-only runs).
+        amp: bf16 autocast on CUDA for the training forward and extraction.
+        threads: torch CPU threads (0: torch's default). On a small shared CPU, 1 is often
+            fastest.
+        pad, erasing_p, jitter, gray_p: augmentation (zero padding before the random
+            crop; channel random erasing probability; colour-jitter strength of the CA and
+            infrared views; ChannelAdapGray's luminance probability). See
+            :mod:`uvireid.data.transforms`.
+        image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
+            (else ``~/.cache/uvireid/images``); null = decode in memory every run.
+        extract_batch: images per forward when extracting features.
+        collapse_ratio: warn when a modality's cluster count falls below this fraction of
+            the previous epoch's (or to one cluster).
+
+    Where the official SALCR code departs from the paper (spec Sec. 11), the parts offer
+    the official behaviour as an option: ``otla_dual``'s ``intra_relabel``, and
+    ``official_quirks`` of ``part_contrast`` and ``instance_neighbour``.
     """
 
     epochs: int = 40
@@ -87,6 +102,14 @@ class TrainSettings:
     width: int = 144
     workers: int = 4
     amp: bool = False
+    threads: int = 0
+    pad: int = 10
+    erasing_p: float = 0.5
+    jitter: float = 0.5
+    gray_p: float = 0.5
+    image_cache: str | None = "auto"
+    extract_batch: int = 256
+    collapse_ratio: float = 0.5
 
 
 @dataclass
@@ -103,6 +126,8 @@ class EvalSettings:
         perm_file: path of rand_perm_cam.mat for the official sampler.
         every: evaluate every this many epochs (0: only at the end).
         feature_head: which feature is evaluated (recorded in every result).
+        at_start: also evaluate the untrained model before the first epoch (logged as
+            epoch -1), so a run shows how far training moved it.
     """
 
     protocol: str = "auto"
@@ -112,6 +137,57 @@ class EvalSettings:
     perm_file: str | None = None
     every: int = 1
     feature_head: str = "bn_feat"
+    at_start: bool = False
+
+
+SAMPLER_TYPES = ("identity", "paired")
+
+
+@dataclass
+class SamplerSettings:
+    """How a stage draws its batches (:mod:`uvireid.data.samplers`).
+
+    Attributes:
+        type: ``identity`` (per modality, independently: the DCL stage) or ``paired``
+            (visible/infrared pairs over both label spaces: the SALCR stage).
+        ids: pseudo-labels per batch (per modality for ``identity``).
+        images: images per label (and per modality for ``paired``).
+    """
+
+    type: str = "identity"
+    ids: int = 8
+    images: int = 4
+
+
+@dataclass
+class StageSettings:
+    """One named stage of training (``stages:`` in a recipe).
+
+    Attributes:
+        name: shown in logs and metrics (``dcl``, ``salcr``).
+        epochs: epochs of this stage; the run's epochs are the sum over stages.
+        iters_per_epoch: optimiser steps per epoch (null: ``train.iters_per_epoch``).
+        ltg_p: LTG probability on the visible view (SALCR: 0.5 in DCL, 0 after).
+        sampler: see :class:`SamplerSettings`.
+        clusterer, associator: parts (absent: the recipe's top-level ones; an explicit
+            null associator means no cross-modal association, as in DCL).
+        losses: ``[{type: NAME, weight: W, ...}]`` summed with their weights.
+    """
+
+    name: str = "train"
+    epochs: int = 1
+    iters_per_epoch: int | None = None
+    ltg_p: float = 0.0
+
+
+STAGE_COMPONENTS = ("clusterer", "associator")
+STAGE_KEYS = (*[f.name for f in dataclasses.fields(StageSettings)], "sampler", "losses",
+              *STAGE_COMPONENTS)
+
+
+@dataclass(frozen=True)
+class StageListKey:
+    """``stages: [{name, epochs, sampler, losses, clusterer, associator, ...}, ...]``."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +235,7 @@ SCHEMA: dict[str, Any] = {
     "associator": ComponentKey(ASSOCIATORS),
     "refine": ComponentKey(RERANKERS),
     "losses": ComponentListKey(LOSSES, extra=("weight",)),
+    "stages": StageListKey(),
     "reranker": ComponentKey(RERANKERS),
     "train": SettingsKey(TrainSettings),
     "evaluation": SettingsKey(EvalSettings),
@@ -479,6 +556,7 @@ _TYPE_WORDS = {
     "bool": "true or false",
     "str": "a string",
     "str | None": "a string or null",
+    "int | None": "an integer or null",
     "list[int]": "a list of integers",
 }
 
@@ -529,9 +607,82 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             ]
         elif isinstance(spec, SettingsKey):
             out[key] = _validate_settings(key, spec.cls, value, prov)
+        elif isinstance(spec, StageListKey):
+            out[key] = _validate_stages(cfg, value, prov)
+    if out["stages"]:
+        _check_stage_epochs(out, prov)
     if out["device"] is not None:
         check_device(out["device"], prov.source("device"))
     return out
+
+
+def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> list[dict]:
+    """Each stage: its settings, sampler, losses and parts (inherited when absent)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{prov.source('stages')}: 'stages' must be a list of stage mappings "
+            f"({{name, epochs, sampler, losses, ...}}), got {value!r}"
+        )
+    out = []
+    names: set[str] = set()
+    for i, stage in enumerate(value):
+        where = f"stages.{i}"
+        if not isinstance(stage, Mapping):
+            raise ConfigError(f"{prov.source(where)}: '{where}' must be a mapping, got {stage!r}")
+        for key in stage:
+            if key not in STAGE_KEYS:
+                _unknown(f"{where}.{key}", list(STAGE_KEYS), prov.source(f"{where}.{key}"))
+        plain = {k: v for k, v in stage.items() if k in {f.name for f in dataclasses.fields(
+            StageSettings)}}
+        res = _validate_settings(where, StageSettings, plain, prov)
+        if res["epochs"] < 0:
+            raise ConfigError(f"{prov.source(where + '.epochs')}: {where}.epochs must be >= 0")
+        if res["name"] in names:
+            raise ConfigError(f"{prov.source(where)}: two stages are named '{res['name']}'")
+        names.add(res["name"])
+        sampler = _validate_settings(f"{where}.sampler", SamplerSettings,
+                                     stage.get("sampler"), prov)
+        if sampler["type"] not in SAMPLER_TYPES:
+            near = closest(str(sampler["type"]), SAMPLER_TYPES, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(
+                f"{prov.source(where + '.sampler.type')}: unknown sampler "
+                f"'{sampler['type']}'{hint} valid: {', '.join(SAMPLER_TYPES)}"
+            )
+        res["sampler"] = sampler
+        for comp in STAGE_COMPONENTS:
+            spec = SCHEMA[comp]
+            raw = stage[comp] if comp in stage else cfg.get(comp)
+            res[comp] = _validate_component(f"{where}.{comp}" if comp in stage else comp,
+                                            spec.registry, raw, prov, spec.extra)
+        losses = stage.get("losses", [])
+        if not isinstance(losses, list) or not losses:
+            raise ConfigError(
+                f"{prov.source(where)}: '{where}.losses' must be a non-empty list of loss "
+                f"mappings, e.g. [{{type: cluster_contrast, weight: 1.0}}]"
+            )
+        res["losses"] = [
+            _validate_component(f"{where}.losses.{j}", LOSSES, item, prov, ("weight",))
+            for j, item in enumerate(losses)
+        ]
+        for item in res["losses"]:
+            item.setdefault("weight", 1.0)
+        out.append(res)
+    return out
+
+
+def _check_stage_epochs(out: dict, prov: Provenance) -> None:
+    """With stages, the run's epochs are their sum; a different train.epochs is an error."""
+    total = sum(s["epochs"] for s in out["stages"])
+    source = prov.get("train.epochs")
+    if source is not None and out["train"]["epochs"] != total:
+        raise ConfigError(
+            f"{source}: train.epochs={out['train']['epochs']} but the stages add up to "
+            f"{total} epochs; set each stage's epochs (stages.N.epochs=...) instead"
+        )
+    out["train"]["epochs"] = total
 
 
 def check_device(device: str, source: str = "device") -> str:

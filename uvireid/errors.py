@@ -31,3 +31,11 @@ class FeatureFileError(UvireidError, ValueError):
 
 class ProtocolError(UvireidError, ValueError):
     """An evaluation protocol was asked for something it cannot measure honestly."""
+
+
+class CheckpointError(UvireidError, RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class TrainingError(UvireidError, RuntimeError):
+    """Training cannot go on (a non-finite loss, no pseudo-label to train on)."""

@@ -66,9 +66,18 @@ class CrossLabels:
         labels_in_v: (Nv + Nr,) int64.
         labels_in_r: (Nv + Nr,) int64.
         matches: (M, 2) int64 pairs (visible cluster, infrared cluster) the associator used.
-        unified: True when both spaces were merged into one (PGM/MBCCM): then
-            ``labels_in_v == labels_in_r`` wherever both are defined.
+        unified: True when both spaces were merged into one: then
+            ``labels_in_v == labels_in_r`` wherever both are defined. The built-in
+            associators (OTLA dual, PGM, MBCCM) keep the two spaces apart (False).
         info: free-form diagnostics (counts, policies applied) for logging.
+        num_visible: Nv, the number of visible instances (the first Nv entries); -1 when
+            the producer did not say.
+        num_clusters_v: size of the visible label space (largest visible label + 1).
+        num_clusters_r: size of the infrared label space (largest infrared label + 1).
+
+    A modality without any cluster (all its instances outliers) gives no cross-modal
+    link: :attr:`has_cross_links` is False, ``matches`` is empty and every cross label is
+    ``-1``; an engine then trains that epoch on intra-modality labels only.
     """
 
     labels_in_v: np.ndarray
@@ -76,3 +85,21 @@ class CrossLabels:
     matches: np.ndarray
     unified: bool = False
     info: dict = field(default_factory=dict)
+    num_visible: int = -1
+    num_clusters_v: int = 0
+    num_clusters_r: int = 0
+
+    @property
+    def has_cross_links(self) -> bool:
+        """True when at least one (visible cluster, infrared cluster) pair is matched."""
+        return len(self.matches) > 0
+
+    def match_mask(self) -> np.ndarray:
+        """(num_clusters_v, num_clusters_r) bool: True for every pair in ``matches``.
+
+        MBCCM's many-to-many mask A (MM 2023, Sec. 3.2), transposed to visible-major.
+        """
+        mask = np.zeros((self.num_clusters_v, self.num_clusters_r), dtype=bool)
+        if len(self.matches):
+            mask[self.matches[:, 0], self.matches[:, 1]] = True
+        return mask

@@ -7,15 +7,13 @@ Importing this package registers the built-in datasets in
 
 from __future__ import annotations
 
+from uvireid.data import synthetic  # noqa: E402,F401  (registers the `synthetic` dataset)
 from uvireid.data.base import IdList, VIDataset
 from uvireid.data.folder import FolderDataset
 from uvireid.data.images import list_images, read_image
 from uvireid.data.llcm import LLCM
 from uvireid.data.regdb import RegDB
 from uvireid.data.sysu import SYSUMM01
-
-# The synthetic dataset (`synthetic`) registers from uvireid/data/synthetic.py; the lead
-# adds `from uvireid.data import synthetic` here when that module lands.
 
 __all__ = [
     "LLCM",

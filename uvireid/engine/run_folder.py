@@ -33,8 +33,18 @@ logger = logging.getLogger(__name__)
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide whether two runs are comparable."""
     out = {"python": platform.python_version()}
-    for name in ("uvireid", "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn",
-                 "faiss-cpu", "faiss-gpu", "hdbscan"):
+    for name in (
+        "uvireid",
+        "torch",
+        "torchvision",
+        "timm",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "faiss-cpu",
+        "faiss-gpu",
+        "hdbscan",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -45,8 +55,11 @@ def package_versions() -> dict[str, str]:
 def device_info(device: str) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"device": device, "platform": platform.platform(),
-                            "cpu_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "device": device,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         idx = torch.device(device).index or 0
         info["gpu"] = torch.cuda.get_device_name(idx)

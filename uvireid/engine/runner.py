@@ -31,14 +31,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(model: torch.nn.Module, dataset: Any, cfg: dict, device: str,
-             folder: RunFolder | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """Extract the test set, save the features file, run the protocol (± re-ranker)."""
-    from uvireid.evaluation.protocols import run_protocol
-    from uvireid.features import load_features, save_features
-
-    ev, tr = cfg["evaluation"], cfg["train"]
-    protocol = ev["protocol"]
+def protocol_for(dataset: Any, cfg: dict) -> str:
+    """The recipe's evaluation protocol, checked against what the dataset supports."""
+    protocol = cfg["evaluation"]["protocol"]
     if protocol == "auto":
         protocol = dataset.protocols[0]
     if protocol not in dataset.protocols:
@@ -46,47 +41,104 @@ def evaluate(model: torch.nn.Module, dataset: Any, cfg: dict, device: str,
             f"evaluation.protocol '{protocol}' does not fit dataset '{cfg['data']['type']}'; "
             f"its protocols: {', '.join(dataset.protocols)}"
         )
+    return protocol
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Any,
+    cfg: dict,
+    device: str,
+    folder: RunFolder | None = None,
+    *,
+    progress: bool = True,
+    bank: Any = None,
+) -> dict[str, Any]:
+    """Extract the test set, save the features file, run the protocol (± re-ranker).
+
+    ``bank``: test features already extracted (a :class:`~uvireid.types.FeatureBank` in
+    the order of ``dataset.test``); the trainer passes the ones it computed from its
+    decoded-image cache.
+    """
+    from uvireid.evaluation.protocols import run_protocol
+    from uvireid.features import load_features, save_features
+
+    ev, tr = cfg["evaluation"], cfg["train"]
+    protocol = protocol_for(dataset, cfg)
     t0 = time.perf_counter()
-    bank = extract_features(model, dataset.test, height=tr["height"], width=tr["width"],
-                            device=device, workers=tr["workers"], progress=progress)
+    if bank is None:
+        bank = extract_features(
+            model,
+            dataset.test,
+            height=tr["height"],
+            width=tr["width"],
+            device=device,
+            workers=tr["workers"],
+            progress=progress,
+        )
     seconds = {"extract": time.perf_counter() - t0}
     meta = dict(dataset.meta())
     meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid run {cfg['name']}")
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
-    target = (folder.path if folder else None)
+    target = folder.path if folder else None
     path = save_features(
         (target / "features.npz") if target else "features.npz",
-        bank.feats, bank.pids, bank.cams, bank.modality, paths=bank.paths, **meta,
+        bank.feats,
+        bank.pids,
+        bank.cams,
+        bank.modality,
+        paths=bank.paths,
+        **meta,
     )
     feats = load_features(path)
-    kwargs = dict(trials=ev["trials"], shot=ev["shot"], sampler=ev["sampler"],
-                  perm_file=ev["perm_file"], feature_head=ev["feature_head"])
+    kwargs = dict(
+        trials=ev["trials"],
+        shot=ev["shot"],
+        sampler=ev["sampler"],
+        perm_file=ev["perm_file"],
+        feature_head=ev["feature_head"],
+    )
     t0 = time.perf_counter()
     results = {"none": run_protocol(feats, protocol, **kwargs)}
     seconds["evaluate"] = time.perf_counter() - t0
     if cfg.get("reranker"):
         reranker = RERANKERS.build(cfg["reranker"])
         t0 = time.perf_counter()
-        results[cfg["reranker"]["type"]] = run_protocol(feats, protocol, reranker=reranker,
-                                                        **kwargs)
+        results[cfg["reranker"]["type"]] = run_protocol(
+            feats, protocol, reranker=reranker, **kwargs
+        )
         seconds["rerank"] = time.perf_counter() - t0
     return {"results": results, "seconds": seconds, "features": str(path)}
 
 
+def is_training(cfg: dict) -> bool:
+    """A recipe trains when it has stages or losses; otherwise it only evaluates."""
+    return bool(cfg.get("stages") or cfg.get("losses"))
+
+
 def run_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> RunFolder:
-    """Run a resolved recipe (see :func:`uvireid.config.load_recipe`) into a run folder."""
-    if cfg.get("losses") or cfg.get("clusterer") or cfg.get("associator"):
+    """Run a resolved recipe (see :func:`uvireid.config.load_recipe`) into a run folder.
+
+    A recipe with ``stages`` or ``losses`` trains (:func:`train_recipe`); otherwise the
+    backbone is evaluated as it is.
+    """
+    if is_training(cfg):
+        return train_recipe(cfg, resume=resume, progress=progress)
+    if cfg.get("clusterer") or cfg.get("associator"):
         raise ConfigError(
-            f"recipe '{cfg['name']}' names training parts (losses/clusterer/associator), "
-            "but this version of uvireid has no training engine; remove them to evaluate "
-            "the backbone, or update uvireid"
+            f"recipe '{cfg['name']}' names a clusterer/associator but no losses or stages; "
+            "add losses (e.g. [{type: cluster_contrast}]) to train, or remove them to "
+            "evaluate the backbone"
         )
     if not cfg.get("data") or not cfg.get("backbone"):
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     dataset = DATASETS.build(cfg["data"])
+    protocol_for(dataset, cfg)  # refuse a mismatched protocol before any folder exists
+    if cfg.get("reranker"):
+        RERANKERS.build(cfg["reranker"])  # and a re-ranker that cannot be built
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"]) if resume else None
     if folder is not None and (folder.path / "results.json").exists():
         logger.info("run %s already finished; nothing to resume", folder.path)
@@ -107,4 +159,88 @@ def run_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> Run
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+    return folder
+
+
+def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
+    """Per stage: images per GPU step (visible, CA, infrared), per BatchNorm, global."""
+    from uvireid.engine.trainer import stages_of
+
+    out = []
+    for st in stages_of(cfg):
+        s = st.sampler["ids"] * st.sampler["images"]
+        per_gpu = 3 * s  # visible + its CA view + infrared (paired: S each; identity: S each)
+        out.append(
+            {
+                "stage": st.name,
+                "per_gpu": per_gpu,
+                "per_batchnorm": per_gpu,
+                "global": per_gpu * world_size,
+                "iters_per_epoch": st.iters,
+                "epochs": st.epochs,
+            }
+        )
+    return out
+
+
+def train_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> RunFolder:
+    """Train a recipe's stages (:class:`uvireid.engine.trainer.Trainer`) in a run folder.
+
+    ``resume``: continue the latest run folder of this recipe from its
+    ``checkpoints/latest.pt`` (a new run when there is none). Under torchrun every rank
+    trains; rank 0 writes the folder.
+    """
+    from uvireid.data import synthetic as _synthetic  # noqa: F401  (registers 'synthetic')
+    from uvireid.engine import distributed as D
+    from uvireid.engine.checkpoint import LATEST
+    from uvireid.engine.trainer import Trainer
+
+    if not cfg.get("data") or not cfg.get("backbone"):
+        raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
+    device = D.init_from_env(resolve_device(cfg["device"]))
+    seed_everything(cfg["seed"])
+    dataset = DATASETS.build(cfg["data"])
+    protocol_for(dataset, cfg)
+    if cfg.get("reranker"):
+        RERANKERS.build(cfg["reranker"])
+    folder = None
+    if D.is_main():
+        folder = RunFolder.latest(cfg["output_dir"], cfg["name"]) if resume else None
+        if folder is not None and (folder.path / "results.json").exists():
+            logger.info("run %s already finished; nothing to resume", folder.path)
+        elif folder is None:
+            if resume:
+                logger.warning(
+                    "--resume: no run folder of '%s' under %s; starting a new run",
+                    cfg["name"],
+                    cfg["output_dir"],
+                )
+            folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+    path = D.broadcast_object(str(folder.path) if folder else None)
+    folder = RunFolder(path)
+    if (folder.path / "results.json").exists() and resume:
+        return folder
+    handler = folder.attach_log() if D.is_main() else None
+    try:
+        trainer = Trainer(cfg, dataset, device, folder if D.is_main() else None, progress=progress)
+        ckpt = folder.checkpoints / LATEST
+        if resume and ckpt.exists():
+            trainer.restore(ckpt)
+        if D.is_main():
+            folder.write_config(cfg)
+            manifest = build_manifest(cfg, device, dataset, world_size=D.world_size())
+            manifest["batch"] = {"stages": _stage_batches(cfg, D.world_size())}
+            if resume:
+                manifest["resumed_after_epoch"] = trainer.epoch
+            folder.write_manifest(manifest)
+            logger.info(
+                "run folder %s (device %s, world size %d)", folder.path, device, D.world_size()
+            )
+        tables = trainer.fit()
+        if D.is_main() and tables is not None:
+            folder.write_json("results.json", tables)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return folder

@@ -1,0 +1,159 @@
+"""Overhead of SALCR's losses: one training step with DAGL+FGSAL+GPCR vs a plain step.
+
+    python benchmarks/training_overhead.py [--arch resnet18] [--height 128 --width 64]
+                                           [--ids 8 --images 4] [--repeats 5]
+                                           [--device cpu|cuda] [--threads 1]
+
+On the same paired batch (``ids`` labels x ``images`` visible + as many infrared, plus
+the channel-augmented copies: 3 S images), it times (best of ``repeats``, after a
+warm-up):
+
+- plain: the two-stream backbone's forward + DAGL (``dual_cluster_contrast``) backward
+  + Adam step: the cost every cluster-contrast method pays;
+- SALCR: the same + the FGSAL part module and ``part_contrast`` + ``instance_neighbour``
+  (GPCR) with instance memories of ``--memory`` entries per modality, + the memory
+  updates;
+
+and prints the ratio (goal: FGSAL + GPCR add <= 10 %) and the parameters FGSAL adds
+(paper Table 15: +0.35 M on ResNet-50, almost all of it an unused positional embedding of
+the official code; the part module itself is P x C tokens + a BN over P x C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from uvireid.losses import (  # noqa: E402
+    DualClusterContrastLoss,
+    EpochContext,
+    InstanceNeighbourLoss,
+    PartContrastLoss,
+    StepOutputs,
+    StepTargets,
+)
+from uvireid.models.backbone import TwoStreamResNet  # noqa: E402
+from uvireid.models.parts import PartQuery  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--ids", type=int, default=8)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--parts", type=int, default=3)
+    ap.add_argument("--memory", type=int, default=4000, help="instances per modality")
+    ap.add_argument("--clusters", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dev = args.device
+    torch.manual_seed(0)
+    s = args.ids * args.images
+    model = TwoStreamResNet(args.arch).to(dev)
+    parts = PartQuery(model.out_dim, args.parts).to(dev)
+    c, k, n = model.out_dim, args.clusters, args.memory
+    rng = np.random.default_rng(0)
+    lab = lambda m: rng.integers(0, k, m)  # noqa: E731
+    ctx = EpochContext(
+        feats_v=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
+        feats_r=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
+        vis_in_v=lab(n),
+        vis_in_r=lab(n),
+        ir_in_r=lab(n),
+        ir_in_v=lab(n),
+        init_v=lab(n),
+        init_r=lab(n),
+        num_v=k,
+        num_r=k,
+        parts_v=torch.nn.functional.normalize(torch.randn(n, args.parts, c, device=dev), dim=-1),
+        parts_r=torch.nn.functional.normalize(torch.randn(n, args.parts, c, device=dev), dim=-1),
+    )
+    dagl = DualClusterContrastLoss().to(dev)
+    fgsal = PartContrastLoss(num_parts=args.parts).to(dev)
+    gpcr = InstanceNeighbourLoss(num_parts=args.parts).to(dev)
+    for loss in (dagl, fgsal, gpcr):
+        loss.reset(ctx)
+    x = torch.randn(3 * s, 3, args.height, args.width, device=dev)
+    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(dev)
+    t = torch.as_tensor
+    targets = StepTargets(
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(rng.integers(0, n, s), device=dev),
+        t(rng.integers(0, n, s), device=dev),
+        paired=True,
+    )
+    opt_plain = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt_full = torch.optim.Adam([*model.parameters(), *parts.parameters()], lr=1e-5)
+
+    def step(full: bool) -> None:
+        out = model(x, mod)
+        f = out.bn_feat
+        o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
+        loss = dagl(o, targets)
+        if full:
+            fm = out.feature_map
+            o.parts = parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :])
+            loss = loss + fgsal(o, targets) + 0.5 * gpcr(o, targets)
+        opt = opt_full if full else opt_plain
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        d = o.detach()
+        dagl.update(d, targets)
+        if full:
+            fgsal.update(d, targets)
+            gpcr.update(d, targets)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    times = {}
+    for full in (False, True, False, True):  # warm-up pass, then interleaved timing
+        best = float("inf")
+        for _ in range(args.repeats if full in times else 1):
+            t0 = time.perf_counter()
+            step(full)
+            best = min(best, time.perf_counter() - t0)
+        times[full] = min(best, times.get(full, float("inf"))) if full in times else best
+    plain, salcr = times[False], times[True]
+    added = sum(p.numel() for p in parts.parameters())
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor()
+    print(
+        f"`python benchmarks/training_overhead.py {' '.join(argv or sys.argv[1:])}` on "
+        f"{name or platform.machine()} ({os.cpu_count()} cores visible, {args.threads} "
+        f"threads), torch {torch.__version__}"
+    )
+    print(
+        f"{args.arch} {args.height}x{args.width}, batch 3 x {s} images, P={args.parts}, "
+        f"memories {n} instances / {k} clusters per modality"
+    )
+    print(f"| step | seconds (best of {args.repeats}) | ratio |")
+    print("|---|---|---|")
+    print(f"| plain (backbone + DAGL) | {plain:.3f} | 1.00 |")
+    print(f"| SALCR (+ FGSAL + GPCR) | {salcr:.3f} | {salcr / plain:.2f} |")
+    print(
+        f"FGSAL parameters: {added:,} (tokens {args.parts * c:,} + BN {2 * args.parts * c:,}); "
+        f"backbone {sum(p.numel() for p in model.parameters()):,}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Naive re-statements of the association references, for tests only.
+
+Written from ``shared/notes/peers.md`` Sec. 2.1 (PGM) and 3.1 (MBCCM) as the official code
+does it: Python loops, dicts, padding with dummy columns. Slow on purpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def pgm_padded(cost: np.ndarray) -> tuple[dict, dict]:
+    """PGM with the official zero-cost dummy padding, repeated until every row of the
+    larger side is matched (the official code stops after two rounds).
+
+    Returns ``(a2b, b2a)`` dicts (rows -> cols, cols -> rows)."""
+    ka, kb = cost.shape
+    flip = ka < kb
+    c = cost.T if flip else cost
+    n_large, n_small = c.shape
+    # round 1: pad to square with zero-cost dummy columns
+    padded = np.zeros((n_large, n_large))
+    padded[:, :n_small] = c
+    rows, cols = linear_sum_assignment(padded)
+    large2small, small2large = {}, {}
+    for r, q in zip(rows, cols):
+        if q < n_small:
+            large2small[int(r)] = int(q)
+            small2large[int(q)] = int(r)
+    while len(large2small) < n_large:
+        left = [r for r in range(n_large) if r not in large2small]
+        sub = c[left]
+        size = max(len(left), n_small)
+        padded = np.zeros((size, size))
+        padded[: len(left), :n_small] = sub
+        rr, qq = linear_sum_assignment(padded)
+        for r, q in zip(rr, qq):
+            if r < len(left) and q < n_small:
+                large2small[left[r]] = int(q)
+    if flip:
+        return small2large, large2small
+    return large2small, small2large
+
+
+def mbccm_loops(dist: np.ndarray) -> np.ndarray:
+    """MBCCM's mask with the official loops (``trainer.py: mbccm_matching``).
+
+    ``dist``: (K_r, K_v) squared distances, IR rows. Returns the (K_r, K_v) 0/1 mask."""
+    k_r, k_v = dist.shape
+    if k_v >= k_r:
+        k = k_v // k_r + 1
+        ir1, rgb1 = linear_sum_assignment(dist)
+        ir2, rgb2 = linear_sum_assignment(np.tile(dist, (k, 1)))
+    else:
+        k = k_r // k_v + 1
+        rgb1, ir1 = linear_sum_assignment(dist.T)
+        rgb2, ir2 = linear_sum_assignment(np.tile(dist.T, (k, 1)))
+    m1 = np.zeros((k_r, k_v))
+    m2 = np.zeros((k_r, k_v))
+    for j in range(len(ir1)):
+        i = ir1[j] % k_r
+        for v in range(k_v):
+            if dist[i, v] <= dist[i, rgb1[j] % k_v]:
+                m1[i, v] = 1
+    for j in range(len(rgb2)):
+        v = rgb2[j] % k_v
+        for i in range(k_r):
+            if dist[i, v] <= dist[ir2[j] % k_r, v]:
+                m2[i, v] = 1
+    return 1 - (1 - m1) * (1 - m2)
+
+
+def link_precision_loops(lv, lr, gt, nv):
+    """Cross-modal links counted pair by pair: (same, total) per direction."""
+    out = []
+    n = len(gt)
+    for a_range, b_range, space in (
+        (range(nv), range(nv, n), lr),  # visible i -> IR j whose own label = i's IR label
+        (range(nv, n), range(nv), lv),
+    ):
+        same = total = 0
+        for i in a_range:
+            if space[i] < 0:
+                continue
+            for j in b_range:
+                if space[j] == space[i]:
+                    total += 1
+                    same += int(gt[i] == gt[j])
+        out.append((same, total))
+    return out
+
+
+def gaussian_modalities(
+    seed: int, ids: int, per_id: int, d: int = 32, shift: float = 0.5, noise: float = 0.3
+):
+    """Gaussian identities seen in two modalities with a modality shift.
+
+    Returns ``(fv, gv, fr, gr)``: unit-norm float32 features and identities."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    shift_vec = rng.normal(size=d)
+    shift_vec *= shift / np.linalg.norm(shift_vec)
+    out = []
+    for m in (0, 1):
+        g = np.repeat(np.arange(ids), per_id)
+        x = centres[g] + (shift_vec if m else 0) + noise * rng.normal(size=(len(g), d)) / np.sqrt(d)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out += [x.astype(np.float32), g]
+    return out[0], out[1], out[2], out[3]

@@ -1,0 +1,102 @@
+"""DBSCAN on the sparse Jaccard distance gives the dense reference's partition."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from cluster_oracles import clustered, dense_jaccard, faiss_l2_rank
+from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score
+
+import uvireid  # noqa: F401  (registers the parts)
+from uvireid.clustering.dbscan import DBSCANClusterer, dbscan_sparse
+from uvireid.clustering.jaccard import jaccard_distance
+from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.registry import CLUSTERERS
+
+
+def _reference_labels(x, k1, k2, eps, min_samples=4):
+    dense = dense_jaccard(x, faiss_l2_rank(x, k1), k1, k2)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dense)
+
+
+@pytest.mark.parametrize("seed,k1,k2", [(0, 30, 6), (1, 20, 6), (2, 7, 3), (3, 25, 1)])
+@pytest.mark.parametrize("eps", [0.3, 0.6])
+def test_sparse_dbscan_partition_equals_dense_reference(seed, k1, k2, eps):
+    x, _ = clustered(seed=seed, n_ids=14, per_id=12, d=32, noise=1.0)
+    ref = _reference_labels(x, k1, k2, eps)
+    got = DBSCANClusterer(eps=eps, k1=k1, k2=k2).fit_predict(x)
+    assert got.dtype == np.int64
+    assert adjusted_rand_score(ref, got) == 1.0
+    np.testing.assert_array_equal(got, ref)  # same numbering too (first core point order)
+
+
+def test_builds_from_the_registry_with_peer_defaults():
+    part = CLUSTERERS.build({"type": "dbscan"})
+    assert (part.eps, part.min_samples, part.k1, part.k2) == (0.6, 4, 30, 6)
+    x, gt = clustered(seed=9, n_ids=5, per_id=40, d=16, noise=0.6)
+    labels = part.fit_predict(torch.from_numpy(x))
+    assert adjusted_rand_score(gt, labels) > 0.9
+
+
+def test_explicit_zero_distances_make_neighbours():
+    # four identical points: their Jaccard distances are exactly 0, and together they are
+    # a core group only if the zeros are kept in the sparse graph
+    x, _ = clustered(seed=10, n_ids=3, per_id=6, d=16, noise=2.0)
+    x = np.concatenate([x, np.repeat(x[:1], 3, axis=0)])
+    dist = jaccard_distance(x, 4, 1, max_distance=0.05)
+    ref = DBSCAN(eps=0.05, min_samples=4, metric="precomputed").fit_predict(
+        dense_jaccard(x, faiss_l2_rank(x, 4), 4, 1)
+    )
+    got = dbscan_sparse(dist, 0.05, 4)
+    np.testing.assert_array_equal(got, ref)
+    dup = [0, len(x) - 3, len(x) - 2, len(x) - 1]
+    assert got[dup].min() >= 0 and len(set(got[dup])) == 1
+
+
+def test_all_outliers_is_a_clear_outcome(caplog):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 64)).astype(np.float32)  # no structure at all
+    part = DBSCANClusterer(eps=0.05, min_samples=8)
+    with caplog.at_level(logging.WARNING):
+        labels = part.fit_predict(x)
+    assert (labels == -1).all() and part.num_clusters_ == 0
+    assert "every one of the 30 points is an outlier" in caplog.text
+
+
+def test_cosine_metric_equals_sklearn_dbscan_on_features():
+    x, _ = clustered(seed=11, n_ids=6, per_id=10, d=16, noise=1.2)
+    ref = DBSCAN(eps=0.2, min_samples=4, metric="cosine").fit_predict(x.astype(np.float64))
+    got = DBSCANClusterer(eps=0.2, metric="cosine").fit_predict(x)
+    assert adjusted_rand_score(ref, got) == 1.0
+
+
+def test_tiny_inputs_work():
+    x, _ = clustered(seed=12, n_ids=1, per_id=3, d=8, noise=0.2)
+    assert DBSCANClusterer().fit_predict(x[:1]).tolist() == [-1]
+    assert DBSCANClusterer(min_samples=2).fit_predict(x).shape == (len(x),)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"eps": 1.0}, "eps=1.0 >= 1"),
+        ({"eps": 0.0}, "eps must be > 0"),
+        ({"metric": "l1"}, "unknown metric 'l1'; use one of jaccard, cosine"),
+        ({"min_samples": 0}, "min_samples must be >= 1"),
+    ],
+)
+def test_bad_parameters_are_refused_with_the_fix(kwargs, match):
+    x, _ = clustered(seed=13, n_ids=2, per_id=5, d=8, noise=0.5)
+    with pytest.raises(ConfigError, match=match):
+        DBSCANClusterer(**kwargs).fit_predict(x)
+
+
+def test_nan_features_are_refused():
+    x = np.zeros((6, 4), dtype=np.float32)
+    x[1, 1] = np.inf
+    with pytest.raises(FeatureFileError, match="NaN/inf"):
+        DBSCANClusterer().fit_predict(x)

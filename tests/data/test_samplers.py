@@ -1,0 +1,83 @@
+"""Identity samplers: batch composition, pairing, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from uvireid.data.samplers import IdentitySampler, PairedSampler, draw, pools
+from uvireid.errors import ConfigError
+
+
+def test_pools_group_indices_by_label_and_skip_outliers():
+    p = pools(np.array([2, -1, 0, 2, 0, 5]))
+    assert sorted(p) == [0, 2, 5]
+    assert p[0].tolist() == [2, 4] and p[2].tolist() == [0, 3] and p[5].tolist() == [5]
+
+
+def test_draw_without_replacement_only_when_the_pool_is_larger():
+    rng = np.random.default_rng(0)
+    big = np.arange(10)
+    assert len(set(draw(big, 4, rng).tolist())) == 4
+    small = np.arange(3)
+    out = draw(small, 4, rng)
+    assert len(out) == 4 and set(out.tolist()) <= {0, 1, 2}
+
+
+def test_identity_sampler_draws_ids_times_images_per_modality():
+    lv = np.repeat(np.arange(10), 6)  # 10 visible clusters of 6
+    lv[::7] = -1
+    lr = np.repeat(np.arange(5), 3)
+    s = IdentitySampler(lv, lr, ids=4, images=3)
+    b = s.sample(np.random.default_rng(1))
+    assert len(b.idx_v) == 12 and len(b.idx_r) == 12
+    # 4 distinct visible labels, 3 images each, never an outlier
+    labs = lv[b.idx_v]
+    assert (labs >= 0).all()
+    assert sorted(np.unique(labs, return_counts=True)[1].tolist()) == [3, 3, 3, 3]
+    for k in range(4):
+        chunk = b.idx_v[3 * k : 3 * k + 3]
+        assert len(set(lv[chunk].tolist())) == 1 and len(set(chunk.tolist())) == 3
+    assert len(np.unique(lr[b.idx_r])) == 4
+
+
+def test_identity_sampler_is_repeatable_with_a_seed():
+    lv, lr = np.repeat(np.arange(6), 4), np.repeat(np.arange(6), 4)
+    s = IdentitySampler(lv, lr, ids=3, images=2)
+    a = [s.sample(np.random.default_rng(7)).idx_v.tolist() for _ in range(2)]
+    assert a[0] == a[1]
+    assert s.sample(np.random.default_rng(8)).idx_v.tolist() != a[0]
+
+
+def test_paired_sampler_pairs_rows_that_share_a_label_in_one_space():
+    rng = np.random.default_rng(0)
+    nv, nr = 40, 30
+    vis_in_v = rng.integers(0, 5, nv)
+    ir_in_v = rng.integers(0, 5, nr)
+    ir_in_r = rng.integers(0, 4, nr)
+    vis_in_r = rng.integers(0, 4, nv)
+    s = PairedSampler(vis_in_v, ir_in_v, ir_in_r, vis_in_r, ids=4, images=3)
+    b = s.sample(np.random.default_rng(3))
+    assert len(b.idx_v) == len(b.idx_r) == 12
+    # first half: visible-space labels (pairs agree in the visible space), then infrared
+    for n in range(6):
+        assert vis_in_v[b.idx_v[n]] == ir_in_v[b.idx_r[n]]
+    for n in range(6, 12):
+        assert vis_in_r[b.idx_v[n]] == ir_in_r[b.idx_r[n]]
+
+
+def test_paired_sampler_uses_only_labels_with_both_modalities():
+    vis_in_v = np.array([0, 0, 1, 1])
+    ir_in_v = np.array([0, 0, -1])  # label 1 has no infrared image
+    ir_in_r = np.array([0, 0, 0])
+    vis_in_r = np.array([0, -1, -1, -1])
+    s = PairedSampler(vis_in_v, ir_in_v, ir_in_r, vis_in_r, ids=2, images=2)
+    for seed in range(5):
+        b = s.sample(np.random.default_rng(seed))
+        assert set(vis_in_v[b.idx_v[:2]].tolist()) == {0}
+
+
+def test_paired_sampler_without_any_link_is_an_error():
+    none = np.full(4, -1)
+    with pytest.raises(ConfigError, match="association linked nothing"):
+        PairedSampler(np.zeros(4, int), none, np.zeros(4, int), none, ids=2, images=2)

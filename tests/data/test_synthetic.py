@@ -1,0 +1,217 @@
+"""The embedded synthetic dataset: layout, determinism, caching, and its modality gap."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uvireid.data import synthetic as syn
+from uvireid.errors import DatasetError
+from uvireid.registry import DATASETS
+from uvireid.types import INFRARED, VISIBLE
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, float]:
+    """12 identities generated once for the module, with the time it took."""
+    out = tmp_path_factory.mktemp("syn") / "tiny"
+    t0 = time.perf_counter()
+    syn.generate(out, ids=12, seed=0)
+    return out, time.perf_counter() - t0
+
+
+def _id_line(path: Path) -> list[int]:
+    text = path.read_text()
+    assert text.count("\n") == 1 and text.endswith("\n"), "one line"
+    line = text.strip()
+    return [int(t) for t in line.split(",")] if line else []
+
+
+def test_tiny_generation_is_fast(tiny):
+    _, seconds = tiny
+    assert seconds < 10
+
+
+def test_generate_writes_the_sysu_mm01_raw_layout(tiny):
+    root, _ = tiny
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
+        "DONE", "cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "manifest.json"
+    ]  # fmt: skip
+    exp = root / "exp"
+    for name in ("train_id.txt", "val_id.txt", "test_id.txt", "available_id.txt"):
+        text = (exp / name).read_text().strip()
+        assert not any(t.startswith("0") for t in text.split(",") if t), "no zero padding"
+    train, val, test = (_id_line(exp / f"{s}_id.txt") for s in ("train", "val", "test"))
+    assert _id_line(exp / "available_id.txt") == list(range(1, 13))
+    assert sorted(train + val + test) == list(range(1, 13))
+    assert len(test) == 4
+    present = {}
+    for cam in range(1, 7):
+        for d in (root / f"cam{cam}").iterdir():
+            assert len(d.name) == 4 and d.name.isdigit()
+            names = sorted(p.name for p in d.iterdir())
+            assert names == [f"{i:04d}.jpg" for i in range(1, len(names) + 1)]  # 1-based
+            present.setdefault(int(d.name), set()).add(cam)
+    assert sorted(present) == list(range(1, 13))
+    for cams in present.values():  # every person is seen in both modalities ...
+        assert cams & {1, 2, 4, 5} and cams & {3, 6}
+    assert any(len(c) < 6 for c in present.values())  # ... but not by every camera
+    # mangye16 parses camera and pid by position from the end of the path
+    p = str(next((root / "cam3").rglob("*.jpg")))
+    assert p[-15] == "3" and p[-13:-9].isdigit()
+
+
+def test_manifest_is_written_with_counts(tiny):
+    root, _ = tiny
+    man = json.loads((root / "manifest.json").read_text())
+    assert man["version"] == syn.GENERATOR_VERSION and man["seed"] == 0 and man["ids"] == 12
+    n = sum(1 for _ in root.rglob("*.jpg"))
+    assert man["n_images"] == n == sum(man["counts"].values())
+    assert syn.read_manifest(root) == man
+
+
+def test_images_are_128x64_and_infrared_ones_are_grey(tiny):
+    from PIL import Image
+
+    root, _ = tiny
+    vis = np.asarray(Image.open(next((root / "cam1").rglob("*.jpg"))))
+    ir = np.asarray(Image.open(next((root / "cam6").rglob("*.jpg")))).astype(int)
+    assert vis.shape == ir.shape == (128, 64, 3)
+    assert np.abs(ir[..., 0] - ir[..., 1]).max() <= 3  # grey up to JPEG chroma rounding
+    assert np.abs(vis[..., 0].astype(int) - vis[..., 2]).max() > 30
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny):
+    root, _ = tiny
+    again = syn.generate(tmp_path / "again", ids=12, seed=0)
+    other = syn.generate(tmp_path / "other", ids=12, seed=1)
+    files = sorted(p.relative_to(root) for p in root.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*.jpg"))
+    for rel in files[:: max(1, len(files) // 15)]:
+        assert (root / rel).read_bytes() == (again / rel).read_bytes()
+    for name in ("train_id.txt", "test_id.txt"):
+        assert (root / "exp" / name).read_bytes() == (again / "exp" / name).read_bytes()
+    common = [r for r in files if (other / r).exists()]
+    assert common and all((root / r).read_bytes() != (other / r).read_bytes() for r in common[:5])
+
+
+def test_render_is_deterministic_for_a_seed():
+    ident = syn.make_identity(3, seed=5)
+    cond = syn.draw_conditions(5, 3, 1, 2)
+    a = syn.render(ident, cond, seed=5)
+    assert np.array_equal(a, syn.render(syn.make_identity(3, seed=5), cond, seed=5))
+    assert not np.array_equal(a, syn.render(syn.make_identity(3, seed=6), cond, seed=5))
+
+
+def test_infrared_images_do_not_depend_on_clothing_colour():
+    ident = syn.make_identity(7, seed=0)
+    recoloured = dataclasses.replace(ident, colors=syn.make_identity(8, seed=0).colors)
+    assert recoloured.colors != ident.colors
+    for cam, idx in ((3, 1), (6, 2)):
+        cond = syn.draw_conditions(0, 7, cam, idx)
+        ir_a = syn.render(ident, cond)
+        assert np.array_equal(ir_a, syn.render(recoloured, cond))
+        # the same shot rendered in visible light does change with the colours
+        vis_a = syn.render(ident, cond, modality=VISIBLE)
+        assert not np.array_equal(vis_a, syn.render(recoloured, cond, modality=VISIBLE))
+
+
+def test_infrared_depends_on_emissivity_and_shape():
+    ident = syn.make_identity(7, seed=0)
+    cond = syn.draw_conditions(0, 7, 3, 1)
+    ir = syn.render(ident, cond)
+    warmer = dataclasses.replace(ident, thermal=dataclasses.replace(ident.thermal, upper=0.3))
+    assert not np.array_equal(ir, syn.render(warmer, cond))
+    other = dataclasses.replace(ident, shape=syn.make_identity(9, seed=0).shape)
+    assert not np.array_equal(ir, syn.render(other, cond))
+
+
+@pytest.mark.parametrize("view", [syn.FRONT, syn.BACK, syn.SIDE])
+def test_every_view_renders_a_person(view):
+    ident = syn.make_identity(4, seed=0)
+    cond = dataclasses.replace(syn.draw_conditions(0, 4, 1, 1), view=view, occlusion=0)
+    empty = dataclasses.replace(cond, scale=1e-3, dx=1000.0)  # person moved out of frame
+    for mod in (VISIBLE, INFRARED):
+        img = syn.render(ident, cond, modality=mod)
+        assert img.shape == (128, 64, 3) and img.dtype == np.uint8
+        diff = np.abs(img.astype(int) - syn.render(ident, empty, modality=mod)).sum(-1)
+        assert (diff > 30).mean() > 0.1  # the person covers a good part of the crop
+
+
+def test_half_written_folder_is_regenerated(tmp_path):
+    out = syn.generate(tmp_path / "ds", ids=4, seed=0)
+    (out / syn.DONE).unlink()
+    (out / "cam1" / "junk.txt").write_text("left over")
+    syn.generate(out, ids=4, seed=0)
+    assert (out / syn.DONE).exists() and not (out / "cam1" / "junk.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_complete_folder_is_reused_and_other_parameters_replace_it(tmp_path):
+    out = syn.generate(tmp_path / "ds", ids=4, seed=0)
+    stamp = (out / syn.DONE).stat().st_mtime_ns
+    syn.generate(out, ids=4, seed=0)
+    assert (out / syn.DONE).stat().st_mtime_ns == stamp
+    syn.generate(out, ids=5, seed=0)
+    assert syn.read_manifest(out)["ids"] == 5
+
+
+def test_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(DatasetError, match="not a uvireid synthetic dataset"):
+        syn.generate(tmp_path / "mine", ids=4)
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+def test_bad_parameters_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match="ids=2 is out of range"):
+        syn.generate(tmp_path / "x", ids=2)
+
+
+def test_ensure_synthetic_caches_under_uvireid_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UVIREID_CACHE", str(tmp_path / "cache"))
+    root = syn.ensure_synthetic(ids=4, seed=2)
+    assert root.parent == tmp_path / "cache" and "ids4-seed2" in root.name
+    stamp = (root / syn.DONE).stat().st_mtime_ns
+    assert syn.ensure_synthetic(ids=4, seed=2) == root
+    assert (root / syn.DONE).stat().st_mtime_ns == stamp
+    assert syn.ensure_synthetic(tmp_path / "elsewhere", ids=4, seed=2).parent == (
+        tmp_path / "elsewhere"
+    )
+
+
+def test_default_split_is_about_200_train_and_100_test_ids():
+    split = syn.split_ids(syn.DEFAULT_IDS)
+    assert len(split["train"]) + len(split["val"]) == 200 and len(split["test"]) == 100
+    assert split == syn.split_ids(syn.DEFAULT_IDS)
+
+
+def test_people_do_not_depend_on_the_dataset_size():
+    assert syn.make_identity(5, seed=0) == syn.make_identity(5, seed=0)
+    assert syn.camera_counts(5, seed=0) == syn.camera_counts(5, seed=0)
+
+
+def test_registered_dataset_reads_like_sysu_mm01(tiny):
+    root, _ = tiny
+    ds = DATASETS.build({"type": "synthetic", "root": str(root), "ids": 12})
+    test_ids = _id_line(root / "exp" / "test_id.txt")
+    assert sorted({r.pid for r in ds.test}) == test_ids
+    assert not {r.pid for r in ds.train} & set(test_ids)
+    assert {(r.cam in (3, 6), r.modality == INFRARED) for r in ds.train + ds.test} == {
+        (True, True),
+        (False, False),
+    }
+    assert "sysu-all" in ds.protocols
+    assert ds.meta()["generator"]["ids"] == 12
+    assert (
+        ds.fingerprint()
+        == DATASETS.build({"type": "synthetic", "root": str(root), "ids": 12}).fingerprint()
+    )
+    assert os.path.samefile(ds.root, root)

@@ -1,0 +1,105 @@
+"""Checkpoints: resume equals an uninterrupted run, strict loading, NaN keeps the last good."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from uvireid.config import load_recipe
+from uvireid.engine.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from uvireid.engine.run_folder import RunFolder
+from uvireid.engine.runner import run_recipe
+from uvireid.engine.trainer import Trainer
+from uvireid.errors import CheckpointError, TrainingError
+from uvireid.losses.cluster_contrast import DualClusterContrastLoss
+
+
+def _final(folder: RunFolder) -> dict:
+    return load_checkpoint(folder.checkpoints / "latest.pt")
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
+    recipe_file, tmp_path, monkeypatch
+):
+    whole = run_recipe(load_recipe(recipe_file, [f"output_dir={tmp_path / 'a'}"]), progress=False)
+    cfg = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"])
+    real = Trainer.train_epoch
+
+    def killed_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, progress=False)
+    part = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert _final(part)["epoch"] == 1 and not (part.path / "results.json").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    resumed = run_recipe(cfg, resume=True, progress=False)
+    assert resumed.path == part.path
+    a, b = _final(whole), _final(resumed)
+    assert b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["losses"]["salcr"].items():
+        assert torch.equal(value, b["losses"]["salcr"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert [m["epoch"] for m in resumed.read_metrics()] == [0, 1]
+
+
+def test_resume_warns_when_seed_or_data_differ(recipe_file, tmp_path, caplog):
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file)
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    tr.epoch = 1
+    state = tr.state_dict()
+    state["dataset"] = {"sha1": "another"}
+    path = save_checkpoint(tmp_path / "ck", state)
+    other = Trainer(load_recipe(recipe_file, ["seed=99"]), tr.dataset, "cpu", None, progress=False)
+    with caplog.at_level(logging.WARNING):
+        other.restore(path)
+    assert "seed 3, this recipe has seed 99" in caplog.text
+    assert "dataset differs from the checkpoint's" in caplog.text
+    assert other.epoch == 1
+
+
+def test_loading_weights_with_missing_or_unexpected_keys_lists_them():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    sd = model.state_dict()
+    del sd["1.running_mean"]
+    sd["2.weight"] = torch.zeros(1)
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 missing key\(s\): 1.running_mean; "
+        r"1 unexpected key\(s\): 2.weight",
+    ):
+        load_state_strict(model, sd)
+    good = {f"module.{k}": v for k, v in model.state_dict().items()}
+    load_state_strict(model, good)  # DataParallel prefix accepted
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "latest.pt"
+    bad.write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(recipe_file, monkeypatch):
+    def nan_forward(self, outputs, targets):
+        return outputs.feat_v.sum() * float("nan")
+
+    monkeypatch.setattr(DualClusterContrastLoss, "forward", nan_forward)
+    cfg = load_recipe(recipe_file)
+    with pytest.raises(TrainingError, match="the loss is nan.*last good checkpoint is kept"):
+        run_recipe(cfg, progress=False)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert _final(folder)["epoch"] == 1
+    assert len(folder.read_metrics()) == 1

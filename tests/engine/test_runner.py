@@ -1,0 +1,107 @@
+"""An evaluation run fills its run folder with everything it produced."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from uvireid.cli import main
+from uvireid.config import load_recipe
+from uvireid.data.fixtures import make_sysu_tree
+from uvireid.engine.run_folder import RunFolder
+from uvireid.engine.runner import run_recipe
+from uvireid.errors import ConfigError
+from uvireid.evaluation.metrics import eval_sysu
+from uvireid.features import load_features
+
+
+@pytest.fixture()
+def recipe(tmp_path):
+    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "description": "tiny",
+                "device": "cpu",
+                "output_dir": str(tmp_path / "runs"),
+                "data": {"type": "sysu", "root": str(root)},
+                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+                "reranker": {"type": "cmfp", "k": 3},
+                "train": {"height": 32, "width": 16, "workers": 0},
+                "evaluation": {"protocol": "sysu-all", "trials": 2},
+            }
+        )
+    )
+    return path
+
+
+def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
+    cfg = load_recipe(recipe)
+    folder = run_recipe(cfg, progress=False)
+    files = {p.name for p in folder.path.iterdir()}
+    assert {
+        "config.yaml",
+        "manifest.json",
+        "features.npz",
+        "results.json",
+        "metrics.jsonl",
+        "log.txt",
+    } <= files
+    assert yaml.safe_load((folder.path / "config.yaml").read_text()) == cfg
+    manifest = json.loads((folder.path / "manifest.json").read_text())
+    assert manifest["world_size"] == 1 and manifest["device"]["device"] == "cpu"
+    assert manifest["dataset"] and manifest["versions"]["torch"]
+    results = json.loads((folder.path / "results.json").read_text())
+    assert set(results) == {"none", "cmfp"}
+    assert results["cmfp"]["provenance"]["reranker"].startswith("cmfp")
+    assert results["none"]["provenance"]["reranker"] == "none"
+    # the saved features reproduce the first trial's numbers through the bare metric
+    feats = load_features(folder.path / "features.npz")
+    assert len(feats.pids) == 4 * 6 * 2  # 4 test ids x 6 cams x 2 images
+    lines = folder.read_metrics()
+    assert len(lines) == 1 and lines[0]["epoch"] == 0 and "extract" in lines[0]["seconds"]
+
+
+def test_first_trial_matches_the_metric_on_the_saved_features(recipe):
+    from uvireid.evaluation.protocols import sysu_gallery_indices, sysu_query_indices
+
+    cfg = load_recipe(recipe, ["reranker=null", "evaluation.trials=1"])
+    folder = run_recipe(cfg, progress=False)
+    feats = load_features(folder.path / "features.npz")
+    q = sysu_query_indices(feats)
+    g = sysu_gallery_indices(feats, "all", 0, "single", "seeded")
+    cmc, mAP, _ = eval_sysu(
+        -(feats.feats[q] @ feats.feats[g].T),
+        feats.pids[q],
+        feats.pids[g],
+        feats.cams[q],
+        feats.cams[g],
+    )
+    res = json.loads((folder.path / "results.json").read_text())["none"]
+    assert np.isclose(res["mean"]["mAP"], 100 * mAP, atol=1e-4)
+    assert np.isclose(res["mean"]["R1"], 100 * cmc[0], atol=1e-4)
+
+
+def test_resume_of_a_finished_run_reuses_its_folder(recipe):
+    cfg = load_recipe(recipe, ["reranker=null", "evaluation.trials=1"])
+    first = run_recipe(cfg, progress=False)
+    again = run_recipe(cfg, resume=True, progress=False)
+    assert again.path == first.path
+    assert RunFolder.latest(cfg["output_dir"], cfg["name"]).path == first.path
+
+
+def test_cli_run_reports_the_run_folder(recipe, capsys):
+    assert main(["run", str(recipe), "reranker=null", "evaluation.trials=1"]) == 0
+    out = capsys.readouterr().out
+    assert "run folder:" in out
+
+
+def test_protocol_that_does_not_fit_the_dataset_is_refused(recipe):
+    cfg = load_recipe(recipe, ["evaluation.protocol=regdb-v2i"])
+    with pytest.raises(ConfigError, match="does not fit dataset 'sysu'; its protocols: sysu-all"):
+        run_recipe(cfg, progress=False)
+    assert not (recipe.parent / "runs").exists(), "no run folder for a refused recipe"

@@ -1,0 +1,158 @@
+"""The training engine: a 2-stage end-to-end run, metrics, warnings, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_fixtures import tiny_recipe
+
+from uvireid.config import load_recipe
+from uvireid.engine.checkpoint import load_checkpoint
+from uvireid.engine.runner import run_recipe
+from uvireid.engine.trainer import Trainer, stages_of
+from uvireid.errors import ConfigError, TrainingError
+
+
+@pytest.mark.slow
+def test_two_stage_run_fills_the_run_folder(recipe_file):
+    cfg = load_recipe(recipe_file)
+    folder = run_recipe(cfg, progress=False)
+    files = {p.name for p in folder.path.iterdir()}
+    assert {
+        "config.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "log.txt",
+        "results.json",
+        "features.npz",
+        "checkpoints",
+    } <= files
+    lines = folder.read_metrics()
+    assert [line["stage"] for line in lines] == ["dcl", "salcr"]
+    first, second = lines
+    assert set(first["loss"]) == {"cluster_contrast", "total"}
+    assert set(second["loss"]) == {
+        "dual_cluster_contrast",
+        "part_contrast",
+        "instance_neighbour",
+        "total",
+    }
+    assert second["loss"]["part_contrast"] > 0 and second["loss"]["instance_neighbour"] > 0
+    assert first["clusters"]["visible"] > 0 and first["clusters"]["infrared"] > 0
+    assert {"visible", "infrared"} <= set(first["label_quality"])
+    assert {"extract", "cluster", "train"} <= set(first["seconds"])
+    assert "associate" in second["seconds"] and "association" in second
+    assert second["eval"]["none"]["mAP"] > 0  # evaluated at the end
+    assert second["lr"] == pytest.approx(cfg["train"]["lr"] * 0.1)  # step at epoch 1
+    manifest = json.loads((folder.path / "manifest.json").read_text())
+    assert [s["stage"] for s in manifest["batch"]["stages"]] == ["dcl", "salcr"]
+    assert manifest["batch"]["stages"][0]["per_gpu"] == 12
+    ckpt = load_checkpoint(folder.checkpoints / "latest.pt")
+    assert ckpt["epoch"] == 2 and ckpt["stage"] == "salcr"
+    assert set(ckpt["losses"]) == {"dcl", "salcr"}
+    results = json.loads((folder.path / "results.json").read_text())
+    assert "none" in results
+
+
+def test_recipe_with_top_level_losses_is_one_stage(tmp_path):
+    rec = tiny_recipe(tmp_path, losses=[{"type": "cluster_contrast", "weight": 2.0}])
+    del rec["stages"]
+    path = tmp_path / "one.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(rec))
+    cfg = load_recipe(path, ["train.epochs=3"])
+    (stage,) = stages_of(cfg)
+    assert stage.name == "train" and stage.epochs == 3 and stage.sampler["type"] == "identity"
+    assert stage.losses[0]["weight"] == 2.0
+
+
+def test_stage_keys_are_checked(recipe_file):
+    with pytest.raises(ConfigError, match="did you mean 'stages.0.epochs'"):
+        load_recipe(recipe_file, ["stages.0.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown sampler 'paird'; did you mean 'paired'"):
+        load_recipe(recipe_file, ["stages.1.sampler.type=paird"])
+    with pytest.raises(ConfigError, match="did you mean 'stages.0.losses.0.temperature'"):
+        load_recipe(recipe_file, ["stages.0.losses.0.temprature=0.1"])
+    with pytest.raises(ConfigError, match="stages add up to 2 epochs"):
+        load_recipe(recipe_file, ["train.epochs=5"])
+    cfg = load_recipe(recipe_file)
+    assert cfg["train"]["epochs"] == 2
+    assert cfg["stages"][0]["clusterer"]["type"] == "dbscan"  # inherited, resolved
+    assert cfg["stages"][0]["associator"] is None
+
+
+def test_missing_dataset_root_is_a_dataset_error(recipe_file, tmp_path):
+    from uvireid.errors import DatasetError
+
+    cfg = load_recipe(recipe_file, [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(DatasetError, match="does not exist"):
+        run_recipe(cfg, progress=False)
+
+
+def _trainer(cfg):
+    from uvireid.registry import DATASETS
+
+    return Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+
+
+def test_no_cross_link_falls_back_to_intra_modality_batches(recipe_file, monkeypatch, caplog):
+    from uvireid.types import CrossLabels
+
+    cfg = load_recipe(recipe_file)
+    tr = _trainer(cfg)
+    tr.load_data()
+
+    def empty(self, fv, lv, fr, lr):
+        n = len(lv) + len(lr)
+        return CrossLabels(
+            np.r_[lv, np.full(len(lr), -1)],
+            np.r_[np.full(len(lv), -1), lr],
+            np.zeros((0, 2), np.int64),
+            num_visible=len(lv),
+            num_clusters_v=int(lv.max()) + 1,
+            num_clusters_r=int(lr.max()) + 1,
+        )
+        del n
+
+    from uvireid.associations.otla import OTLADual
+
+    monkeypatch.setattr(OTLADual, "associate", empty)
+    tr.epoch = 1
+    record = tr.train_epoch(1)
+    assert record["paired"] is False
+    assert any("no cross-modal link" in w for w in record["warnings"])
+    assert "skipping the cross-modal terms" in caplog.text
+    assert np.isfinite(record["loss"]["total"])
+
+
+def test_no_cluster_at_all_is_a_training_error(recipe_file):
+    cfg = load_recipe(recipe_file, ["clusterer.eps=0.0001", "clusterer.min_samples=50"])
+    tr = _trainer(cfg)
+    tr.load_data()
+    with pytest.raises(TrainingError, match="no cluster in either modality"):
+        tr.train_epoch(0)
+
+
+def test_collapse_of_a_cluster_count_is_warned(recipe_file, caplog):
+    cfg = load_recipe(recipe_file)
+    tr = _trainer(cfg)
+    tr.counts = {"visible": 1000, "infrared": 1}
+    tr.load_data()
+    record = tr.train_epoch(0)
+    assert any("visible cluster count collapsed" in w for w in record["warnings"])
+    assert "collapsed" in caplog.text
+
+
+def test_train_step_moves_the_weights(recipe_file):
+    cfg = load_recipe(recipe_file)
+    tr = _trainer(cfg)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.load_data()
+    tr.train_epoch(0)
+    after = tr.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("shared" in k for k in changed) and any("specific" in k for k in changed)

@@ -1,0 +1,51 @@
+"""The tiny training recipe of the engine tests (a fixture SYSU-MM01 tree, 32x16 images)."""
+
+from __future__ import annotations
+
+from uvireid.data.fixtures import make_sysu_tree
+
+
+def tiny_recipe(tmp_path, **top) -> dict:
+    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=3)
+    rec = {
+        "description": "tiny training",
+        "device": "cpu",
+        "seed": 3,
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"type": "sysu", "root": str(root)},
+        "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+        "clusterer": {"type": "dbscan", "eps": 0.6, "min_samples": 2, "k1": 5, "k2": 2},
+        "train": {
+            "height": 32,
+            "width": 16,
+            "iters_per_epoch": 2,
+            "image_cache": None,
+            "lr_steps": [1],
+            "pad": 2,
+            "threads": 1,
+        },
+        "evaluation": {"protocol": "sysu-all", "trials": 1, "every": 0},
+        "stages": [
+            {
+                "name": "dcl",
+                "epochs": 1,
+                "ltg_p": 0.5,
+                "sampler": {"type": "identity", "ids": 2, "images": 2},
+                "associator": None,
+                "losses": [{"type": "cluster_contrast"}],
+            },
+            {
+                "name": "salcr",
+                "epochs": 1,
+                "sampler": {"type": "paired", "ids": 2, "images": 2},
+                "associator": {"type": "otla_dual"},
+                "losses": [
+                    {"type": "dual_cluster_contrast", "weight": 1.0},
+                    {"type": "part_contrast", "num_parts": 2},
+                    {"type": "instance_neighbour", "weight": 0.5, "k": 5, "num_parts": 2},
+                ],
+            },
+        ],
+    }
+    rec.update(top)
+    return rec

@@ -1,0 +1,107 @@
+"""Deliberately naive re-statements of the loss equations (loops over rows, float64).
+
+Written from the papers' equations, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def nce_row(x: torch.Tensor, memory: torch.Tensor, y: int, tau: float) -> torch.Tensor:
+    """SALCR Eq. 1-2 for one row: -log exp(<x^, M_y>/tau) / sum_k exp(<x^, M_k>/tau)."""
+    norm = torch.sqrt(sum(v * v for v in x))
+    xh = [v / norm for v in x]
+    scores = []
+    for k in range(memory.shape[0]):
+        s = sum(xh[j] * float(memory[k, j]) for j in range(len(xh)))
+        scores.append(s / tau)
+    denom = sum(torch.exp(s) for s in scores)
+    return -torch.log(torch.exp(scores[y]) / denom)
+
+
+def nce_mean(xs: torch.Tensor, memory: torch.Tensor, ys: list[int], tau: float) -> torch.Tensor:
+    """Mean of :func:`nce_row` over the rows whose label is >= 0."""
+    rows = [nce_row(xs[i], memory, y, tau) for i, y in enumerate(ys) if y >= 0]
+    return sum(rows) / len(rows)
+
+
+def momentum_loop(memory, feats, labels, mu):
+    """Eq. 7 sample by sample: M_y <- (mu M_y + (1 - mu) x^) / ||.||, as nested lists."""
+    mem = [list(map(float, row)) for row in memory]
+    for x, y in zip(feats, labels):
+        if y < 0:
+            continue
+        n = math.sqrt(sum(float(v) ** 2 for v in x))
+        row = [mu * mem[y][j] + (1 - mu) * float(x[j]) / n for j in range(len(x))]
+        rn = math.sqrt(sum(v * v for v in row))
+        mem[y] = [v / rn for v in row]
+    return torch.tensor(mem, dtype=torch.float64)
+
+
+def centroid_loop(feats, labels, k):
+    """Normalised plain mean of the features of each label 0..k-1 (zeros when empty)."""
+    out = []
+    for c in range(k):
+        members = [feats[i] for i in range(len(labels)) if labels[i] == c]
+        if not members:
+            out.append(torch.zeros_like(feats[0]))
+            continue
+        mean = sum(members) / len(members)
+        out.append(mean / mean.norm())
+    return torch.stack(out)
+
+
+def softmax_row(scores):
+    m = max(float(s.detach()) for s in scores)
+    ex = [torch.exp(s - m) for s in scores]
+    tot = sum(ex)
+    return [e / tot for e in ex]
+
+
+def topk_set(scores, k):
+    """Indices of the k largest scores (a set), by sorting the whole row."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i].detach()))
+    return set(order[:k])
+
+
+def scores_row(z, memory, tau):
+    """<normalize(z), M_i> / tau for every memory row i (a list of 0-dim tensors)."""
+    norm = torch.sqrt(sum(v * v for v in z))
+    return [
+        sum(z[j] / norm * float(memory[i, j]) for j in range(len(z))) / tau
+        for i in range(memory.shape[0])
+    ]
+
+
+def neighbour_nll(z, memory, positives, tau):
+    """Eq. 18/24 for one row: -log sum_{i in P} softmax(<z^, I_i>/tau)."""
+    p = softmax_row(scores_row(z, memory, tau))
+    return -torch.log(sum(p[i] for i in sorted(positives)))
+
+
+def part_queries_loop(fmap, tokens):
+    """Eq. 9 with loops: fmap (B, C, h, w) -> stripes and (B, P, C) queries."""
+    b, c, h, w = fmap.shape
+    p_num = tokens.shape[0]
+    m = (h * w) // p_num
+    pixels = [[fmap[i, :, j // w, j % w] for j in range(h * w)] for i in range(b)]
+    stripes = [[pixels[i][p * m : (p + 1) * m] for p in range(p_num)] for i in range(b)]
+    queries = []
+    for i in range(b):
+        qi = []
+        for p in range(p_num):
+            weights = [torch.sigmoid((tokens[p] * f).sum()) for f in stripes[i][p]]
+            qi.append(sum(a * f for a, f in zip(weights, stripes[i][p])) / sum(weights))
+        queries.append(torch.stack(qi))
+    return stripes, torch.stack(queries)
+
+
+def attention_loop(query, stripe):
+    """Eq. 10-11 for one (query (C,), stripe [m x (C,)]): softmax(<q, g>/sqrt(C)) pooling."""
+    c = query.shape[0]
+    scores = [(query * g).sum() / math.sqrt(c) for g in stripe]
+    a = softmax_row(scores)
+    return sum(ai * g for ai, g in zip(a, stripe))

@@ -1,0 +1,182 @@
+"""Cluster memory and the DCL / DAGL cluster-contrast losses against naive loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from loss_oracles import centroid_loop, momentum_loop, nce_mean
+
+from uvireid.losses import (
+    ClusterContrastLoss,
+    ClusterMemory,
+    DualClusterContrastLoss,
+    EpochContext,
+    StepOutputs,
+    StepTargets,
+    cluster_nce,
+)
+from uvireid.registry import LOSSES
+
+TAU = 0.05
+
+
+def _unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(
+        torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
+    )
+
+
+def test_cluster_nce_value_and_gradient_equal_the_equation():
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mem = _unit(3, 4, seed=2)
+    y = [0, 2, -1, 1, 2]
+    x1 = x.clone().requires_grad_(True)
+    x2 = x.clone().requires_grad_(True)
+    ours = cluster_nce(x1, mem, torch.tensor(y), TAU)
+    ref = nce_mean(x2, mem, y, TAU)
+    assert torch.allclose(ours, ref, rtol=1e-10)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-8, atol=1e-12)
+    assert torch.equal(x1.grad[2], torch.zeros(4, dtype=torch.float64))
+
+
+def test_cluster_nce_without_labels_is_zero_with_a_gradient_path():
+    x = torch.randn(3, 4, requires_grad=True)
+    out = cluster_nce(x, torch.randn(2, 4), torch.full((3,), -1), TAU)
+    out.backward()
+    assert out.item() == 0 and torch.equal(x.grad, torch.zeros(3, 4))
+
+
+def test_memory_reset_is_the_normalised_centroid_and_update_the_momentum_loop():
+    feats = _unit(10, 4, seed=3)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, -1, 1, 2])
+    m = ClusterMemory(4, temperature=TAU, momentum=0.1)
+    m.reset(feats, labels, 3)
+    assert torch.allclose(m.features, centroid_loop(feats, labels, 3), atol=1e-12)
+    batch = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([1, 1, -1, 0, 2, 1])
+    expected = momentum_loop(m.features.clone(), batch, y.tolist(), 0.1)
+    m.update(batch, y)
+    assert torch.allclose(m.features.double(), expected, atol=1e-12)
+    assert torch.allclose(m.features.norm(dim=1), torch.ones(3, dtype=m.features.dtype))
+
+
+def test_memory_logits_do_not_backpropagate_into_the_memory():
+    m = ClusterMemory(4)
+    m.reset(_unit(6, 4).float(), np.array([0, 0, 1, 1, 2, 2]), 3)
+    x = torch.randn(2, 4, requires_grad=True)
+    m.logits(x).sum().backward()
+    assert x.grad is not None and not m.features.requires_grad
+
+
+def _context(nv=12, nr=9, kv=3, kr=3, d=4):
+    fv, fr = _unit(nv, d, seed=5), _unit(nr, d, seed=6)
+    lv = np.arange(nv) % kv
+    lr = np.arange(nr) % kr
+    return EpochContext(
+        feats_v=fv,
+        feats_r=fr,
+        vis_in_v=lv,
+        vis_in_r=(lv + 1) % kr,
+        ir_in_r=lr,
+        ir_in_v=(lr + 2) % kv,
+        init_v=lv,
+        init_r=lr,
+        num_v=kv,
+        num_r=kr,
+    )
+
+
+def _step(s=4, d=4, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    out = StepOutputs(*(torch.randn(s, d, generator=g, dtype=torch.float64) for _ in range(3)))
+    t = StepTargets(
+        vis_in_v=torch.tensor([0, 1, 2, 0]),
+        vis_in_r=torch.tensor([1, -1, 0, 2]),
+        ir_in_r=torch.tensor([2, 2, 0, 1]),
+        ir_in_v=torch.tensor([0, 1, -1, 2]),
+        idx_v=torch.arange(s),
+        idx_r=torch.arange(s),
+        paired=True,
+    )
+    return out, t
+
+
+def test_dcl_loss_is_three_intra_modality_terms():
+    ctx = _context()
+    loss = ClusterContrastLoss()
+    loss.reset(ctx)
+    out, t = _step()
+    mv, mr = loss.memory_v.features, loss.memory_r.features
+    ref = (
+        nce_mean(out.feat_v, mv, t.vis_in_v.tolist(), TAU)
+        + nce_mean(out.feat_a, mv, t.vis_in_v.tolist(), TAU)
+        + nce_mean(out.feat_r, mr, t.ir_in_r.tolist(), TAU)
+    )
+    assert torch.allclose(loss(out, t), ref, rtol=1e-10)
+    before_v = loss.memory_v.features.clone()
+    loss.update(out, t)
+    expected = momentum_loop(
+        before_v, torch.cat([out.feat_v, out.feat_a]), t.vis_in_v.tolist() * 2, 0.1
+    )
+    assert torch.allclose(loss.memory_v.features.double(), expected, atol=1e-12)
+
+
+def test_dagl_loss_uses_both_memories_with_dual_labels_and_skips_missing_links():
+    ctx = _context()
+    loss = DualClusterContrastLoss()
+    loss.reset(ctx)
+    out, t = _step()
+    z = torch.cat([out.feat_v, out.feat_a, out.feat_r])
+    tv = t.vis_in_v.tolist() * 2 + t.ir_in_v.tolist()
+    tr = t.vis_in_r.tolist() * 2 + t.ir_in_r.tolist()
+    ref = nce_mean(z, loss.memory_v.features, tv, TAU) + nce_mean(
+        z, loss.memory_r.features, tr, TAU
+    )
+    z1 = [o.clone().requires_grad_(True) for o in (out.feat_v, out.feat_a, out.feat_r)]
+    ours = loss(StepOutputs(*z1), t)
+    assert torch.allclose(ours, ref, rtol=1e-10)
+    ours.backward()
+    z2 = [o.clone().requires_grad_(True) for o in (out.feat_v, out.feat_a, out.feat_r)]
+    nce_mean(torch.cat(z2), loss.memory_v.features, tv, TAU).add(
+        nce_mean(torch.cat(z2), loss.memory_r.features, tr, TAU)
+    ).backward()
+    for a, b in zip(z1, z2):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_dagl_loss_without_cross_links_is_intra_modality_only():
+    ctx = _context()
+    out, t = _step()
+    t.vis_in_r[:] = -1
+    t.ir_in_v[:] = -1
+    loss = DualClusterContrastLoss()
+    loss.reset(ctx)
+    ref = nce_mean(
+        torch.cat([out.feat_v, out.feat_a]), loss.memory_v.features, t.vis_in_v.tolist() * 2, TAU
+    ) + nce_mean(out.feat_r, loss.memory_r.features, t.ir_in_r.tolist(), TAU)
+    assert torch.allclose(loss(out, t), ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_registered_loss_runs_on_a_tiny_step(name):
+    loss = LOSSES.build({"type": name}).double()
+    ctx = _context()
+    out, t = _step()
+    if getattr(loss, "needs_parts", False):
+        g = torch.Generator().manual_seed(0)
+        p = loss.num_parts
+        out.parts = {
+            (q, m): torch.randn(4, p, 4, generator=g, dtype=torch.float64)
+            for q in "var"
+            for m in "var"
+        }
+        ctx.parts_v = _unit(12, p, 4)
+        ctx.parts_r = _unit(9, p, 4)
+    loss.reset(ctx)
+    value = loss(out, t)
+    assert value.ndim == 0 and torch.isfinite(value)
+    loss.update(out.detach(), t)

@@ -1,0 +1,283 @@
+"""FGSAL (part module, part contrast) and GPCR (instance neighbours) against naive loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from loss_oracles import (
+    attention_loop,
+    centroid_loop,
+    nce_mean,
+    neighbour_nll,
+    part_queries_loop,
+    scores_row,
+    topk_set,
+)
+
+from uvireid.losses import (
+    EpochContext,
+    InstanceNeighbourLoss,
+    PartContrastLoss,
+    StepOutputs,
+    StepTargets,
+)
+from uvireid.losses.part import INFRARED_QUERY_ROWS, VISIBLE_QUERY_ROWS
+from uvireid.models.parts import PartQuery, part_queries, query_attention, stripes
+
+TAU = 0.05
+MAPS = "var"
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _unit(*shape, seed=0):
+    x = torch.randn(*shape, generator=_gen(seed), dtype=torch.float64)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_part_queries_and_attention_equal_eq_9_to_11():
+    fmap = torch.randn(2, 5, 4, 2, generator=_gen(0), dtype=torch.float64).relu()
+    tokens = torch.randn(3, 5, generator=_gen(1), dtype=torch.float64)
+    other = torch.randn(2, 5, 4, 2, generator=_gen(2), dtype=torch.float64).relu()
+    st_ref, q_ref = part_queries_loop(fmap, tokens)
+    st_other, _ = part_queries_loop(other, tokens)
+    st = stripes(fmap, 3)  # 8 pixels, floor(8 / 3) = 2 per part
+    assert st.shape == (2, 3, 2, 5)
+    q = part_queries(st, tokens)
+    assert torch.allclose(q, q_ref, atol=1e-12)
+    parts = query_attention(q, stripes(other, 3))
+    for i in range(2):
+        for p in range(3):
+            assert torch.allclose(parts[i, p], attention_loop(q_ref[i, p], st_other[i][p]))
+
+
+def test_part_module_gives_nine_pairs_and_trains_its_tokens():
+    torch.manual_seed(0)
+    mod = PartQuery(6, 3)
+    maps = [torch.randn(4, 6, 3, 2).relu() for _ in range(3)]
+    out = mod.pairs(*maps)
+    assert set(out) == {(q, m) for q in MAPS for m in MAPS}
+    assert all(v.shape == (4, 3, 6) for v in out.values())
+    sum(v.pow(2).sum() * torch.rand(()) for v in out.values()).backward()
+    assert mod.tokens.grad is not None and mod.tokens.grad.abs().sum() > 0
+    assert sum(p.numel() for p in mod.parameters()) == 3 * 6 * 3  # tokens + BN (w, b)
+    selfp = mod.self_parts(maps[0])
+    assert torch.allclose(selfp.norm(dim=-1), torch.ones(4, 3))
+
+
+def _context(nv=10, nr=8, kv=3, kr=2, p=2, d=4, **kw):
+    lv = np.array([0, 1, 2, 0, 1, 2, 0, -1, 1, 2])[:nv]
+    lr = np.array([0, 1, 0, 1, 0, 1, -1, 1])[:nr]
+    return EpochContext(
+        feats_v=_unit(nv, d, seed=1),
+        feats_r=_unit(nr, d, seed=2),
+        vis_in_v=lv,
+        vis_in_r=np.where(lv >= 0, (lv + 1) % kr, -1),
+        ir_in_r=lr,
+        ir_in_v=np.where(lr >= 0, (lr + 2) % kv, -1),
+        init_v=lv,
+        init_r=lr,
+        num_v=kv,
+        num_r=kr,
+        parts_v=_unit(nv, p, d, seed=3),
+        parts_r=_unit(nr, p, d, seed=4),
+        **kw,
+    )
+
+
+def _step(s=3, p=2, d=4, seed=5):
+    g = _gen(seed)
+    feats = [torch.randn(s, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    parts = {
+        (q, m): torch.randn(s, p, d, generator=g, dtype=torch.float64) for q in MAPS for m in MAPS
+    }
+    t = StepTargets(
+        vis_in_v=torch.tensor([0, 2, 1]),
+        vis_in_r=torch.tensor([1, 0, -1]),
+        ir_in_r=torch.tensor([1, 0, 1]),
+        ir_in_v=torch.tensor([2, -1, 0]),
+        idx_v=torch.tensor([0, 2, 4]),
+        idx_r=torch.tensor([1, 3, 5]),
+        paired=True,
+    )
+    return StepOutputs(*feats, parts), t
+
+
+def test_part_memories_start_at_the_papers_centroids():
+    ctx = _context()
+    loss = PartContrastLoss(num_parts=2)
+    loss.reset(ctx)
+    for p in range(2):
+        assert torch.allclose(loss.hat_v[p], centroid_loop(ctx.parts_v[:, p], ctx.vis_in_v, 3))
+        assert torch.allclose(loss.hat_r[p], centroid_loop(ctx.parts_v[:, p], ctx.vis_in_r, 2))
+        assert torch.allclose(loss.chk_v[p], centroid_loop(ctx.parts_r[:, p], ctx.ir_in_v, 3))
+        assert torch.allclose(loss.chk_r[p], centroid_loop(ctx.parts_r[:, p], ctx.ir_in_r, 2))
+    quirks = PartContrastLoss(num_parts=2, official_quirks=True)
+    quirks.reset(ctx)
+    assert torch.equal(quirks.chk_v, quirks.hat_v)
+    assert torch.allclose(quirks.hat_r[0], centroid_loop(ctx.parts_r[:, 0], ctx.ir_in_r, 2))
+
+
+def _part_reference(loss, out, t, vis_rows):
+    total = 0
+    for p in range(loss.num_parts):
+        xv = torch.cat([out.parts[k][:, p] for k in vis_rows])
+        xr = torch.cat([out.parts[k][:, p] for k in INFRARED_QUERY_ROWS])
+        n_v, n_r = len(vis_rows), len(INFRARED_QUERY_ROWS)
+        total = total + nce_mean(xv, loss.hat_v[p], t.vis_in_v.tolist() * n_v, TAU)
+        total = total + nce_mean(xv, loss.hat_r[p], t.vis_in_r.tolist() * n_v, TAU)
+        total = total + nce_mean(xr, loss.chk_v[p], t.ir_in_v.tolist() * n_r, TAU)
+        total = total + nce_mean(xr, loss.chk_r[p], t.ir_in_r.tolist() * n_r, TAU)
+    return total / loss.num_parts
+
+
+def test_part_contrast_value_and_gradients_equal_eq_12_to_15():
+    ctx = _context()
+    out, t = _step()
+    loss = PartContrastLoss(num_parts=2)
+    loss.reset(ctx)
+    a = {k: v.clone().requires_grad_(True) for k, v in out.parts.items()}
+    b = {k: v.clone().requires_grad_(True) for k, v in out.parts.items()}
+    ours = loss(StepOutputs(out.feat_v, out.feat_a, out.feat_r, a), t)
+    ref = _part_reference(
+        loss, StepOutputs(out.feat_v, out.feat_a, out.feat_r, b), t, VISIBLE_QUERY_ROWS
+    )
+    assert torch.allclose(ours, ref, rtol=1e-10)
+    ours.backward()
+    ref.backward()
+    for k in a:
+        assert torch.allclose(a[k].grad, b[k].grad, rtol=1e-8, atol=1e-12), k
+    quirks = PartContrastLoss(num_parts=2, official_quirks=True)
+    quirks.reset(ctx)
+    slip = list(VISIBLE_QUERY_ROWS)
+    slip[3] = ("a", "v")
+    assert torch.allclose(quirks(out, t), _part_reference(quirks, out, t, slip), rtol=1e-10)
+
+
+def _global_sets(out, memory, k, with_ca):
+    s = len(out.feat_v)
+    sets = {}
+    for name, f in (("v", out.feat_v), ("a", out.feat_a), ("r", out.feat_r)):
+        sets[name] = [topk_set(scores_row(f[n], memory, TAU), k) for n in range(s)]
+    inter = []
+    for n in range(s):
+        pn = sets["v"][n] & sets["r"][n]
+        if with_ca:
+            pn &= sets["a"][n]
+        inter.append(pn)
+    return sets, inter
+
+
+def _mean_nll(rows):
+    rows = [r for r in rows if r is not None]
+    return sum(rows) / len(rows) if rows else 0
+
+
+def _gpcr_reference(loss, out, k, with_ca=False):
+    total = 0
+    for s in ("v", "r"):
+        inst = getattr(loss, f"inst_{s}")
+        sets, inter = _global_sets(out, inst, k, with_ca)
+        rows = []
+        for f in (out.feat_v, out.feat_a, out.feat_r):
+            for n in range(len(f)):
+                rows.append(neighbour_nll(f[n], inst, inter[n], TAU) if inter[n] else None)
+        total = total + _mean_nll(rows)
+        part_mem = getattr(loss, f"part_{s}")
+        part_total = 0
+        for p in range(loss.num_parts):
+            mem = part_mem[:, p]
+            nbr = {
+                (q, m): [
+                    topk_set(scores_row(out.parts[q, m][n, p], mem, TAU), k)
+                    for n in range(len(out.feat_v))
+                ]
+                for q in MAPS
+                for m in MAPS
+            }
+            rows = []
+            for q in MAPS:
+                for m in MAPS:
+                    y1, y2 = [o for o in MAPS if o != m]
+                    for n in range(len(out.feat_v)):
+                        pos = (nbr[q, y1][n] | nbr[q, y2][n]) & sets[q][n]
+                        x = out.parts[q, m][n, p]
+                        rows.append(neighbour_nll(x, mem, pos, TAU) if pos else None)
+            part_total = part_total + _mean_nll(rows)
+        total = total + part_total / loss.num_parts
+    return total
+
+
+def test_instance_neighbour_value_and_gradients_equal_eq_16_to_27():
+    ctx = _context()
+    out, t = _step()
+    loss = InstanceNeighbourLoss(k=3, num_parts=2)
+    loss.reset(ctx)
+    assert loss.inst_v.shape == (9, 4) and loss.inst_r.shape == (7, 4)  # outliers left out
+    grads = []
+    values = []
+    for fn in (lambda o: loss(o, t), lambda o: _gpcr_reference(loss, o, 3)):
+        o = StepOutputs(
+            *(x.clone().requires_grad_(True) for x in (out.feat_v, out.feat_a, out.feat_r)),
+            {kk: v.clone().requires_grad_(True) for kk, v in out.parts.items()},
+        )
+        val = fn(o)
+        val.backward()
+        values.append(val)
+        grads.append(
+            [
+                o.feat_v.grad,
+                o.feat_a.grad,
+                o.feat_r.grad,
+                *[o.parts[kk].grad for kk in sorted(o.parts)],
+            ]
+        )
+    assert torch.allclose(values[0], values[1], rtol=1e-10)
+    for g1, g2 in zip(*grads):
+        assert (g1 is None and g2 is None) or torch.allclose(g1, g2, rtol=1e-8, atol=1e-12)
+    quirks = InstanceNeighbourLoss(k=3, num_parts=2, parts=False, official_quirks=True)
+    quirks.reset(ctx)
+    ref = 0
+    for s in ("v", "r"):
+        inst = getattr(quirks, f"inst_{s}")
+        _, inter = _global_sets(out, inst, 3, True)
+        ref = ref + _mean_nll(
+            [
+                neighbour_nll(f[n], inst, inter[n], TAU) if inter[n] else None
+                for f in (out.feat_v, out.feat_a, out.feat_r)
+                for n in range(3)
+            ]
+        )
+    assert torch.allclose(quirks(out, t), torch.as_tensor(ref, dtype=torch.float64))
+
+
+def test_instance_memories_move_with_the_batch_unless_official():
+    ctx = _context()
+    out, t = _step()
+    paper, official = (
+        InstanceNeighbourLoss(k=3, num_parts=2),
+        InstanceNeighbourLoss(k=3, num_parts=2, official_quirks=True),
+    )
+    for loss in (paper, official):
+        loss.reset(ctx)
+    before = paper.inst_v.clone()
+    paper.update(out, t)
+    official.update(out, t)
+    assert torch.equal(official.inst_v, before)
+    rows = paper.row_v[t.idx_v]
+    changed = (paper.inst_v != before).any(1).nonzero().flatten().tolist()
+    assert sorted(changed) == sorted(rows.tolist())
+    x = torch.nn.functional.normalize(out.feat_v[0], dim=0)
+    expect = 0.1 * before[rows[0]] + 0.9 * x
+    assert torch.allclose(paper.inst_v[rows[0]], expect / expect.norm())
+
+
+def test_instance_loss_is_zero_on_unpaired_batches():
+    ctx = _context()
+    out, t = _step()
+    t.paired = False
+    loss = InstanceNeighbourLoss(k=3, num_parts=2)
+    loss.reset(ctx)
+    assert loss(out, t).item() == 0

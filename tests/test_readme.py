@@ -1,0 +1,30 @@
+"""The README's two set-up commands stay true: CI runs the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    test_cmds = [b for b in _bash_blocks(readme) if "pytest" in b and "\n" not in b]
+    assert len(test_cmds) == 1, test_cmds
+    assert test_cmds[0] in ci, "the README's test command must be a line of .ci/run"
+
+
+def test_readme_main_job_runs_a_recipe_that_exists():
+    from uvireid.config import load_recipe
+
+    readme = (REPO / "README.md").read_text()
+    run_cmds = [b for b in _bash_blocks(readme) if "uvireid run" in b and "\n" not in b]
+    assert len(run_cmds) == 1, run_cmds
+    recipe = run_cmds[0].split("uvireid run", 1)[1].split()[0]
+    assert load_recipe(recipe)["data"]["type"] == "synthetic"

@@ -1,0 +1,147 @@
+"""Identity samplers over pseudo-labels, seeded by a ``numpy.random.Generator``.
+
+A sampler is built once per epoch from that epoch's labels and draws one batch per
+call (``sample(rng)``), so the only state is the generator's, which checkpoints store.
+Indices refer to the modality's own list of training images.
+
+* :class:`IdentitySampler` (DCL stage; ``shared/notes/salcr_reference.md`` Sec. 9.2
+  ``StageOneSampler``): per modality, independently, ``ids`` clusters and ``images``
+  images of each (paper: 12 x 12 per modality).
+* :class:`PairedSampler` (SALCR stage, ``StageThreeSampler``): half of the labels from
+  the visible label space, half from the infrared one; for a label y, ``images`` visible
+  images and ``images`` infrared images with that label in that space, paired position
+  by position: the potential-positive pairs FGSAL and GPCR use (paper: 8 labels x
+  (4 visible + 4 infrared)).
+
+Within a cluster, images are drawn without replacement when it has more than
+``images`` of them, with replacement otherwise (as the reference samplers do); labels
+are drawn without replacement unless fewer exist than a batch needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from uvireid.errors import ConfigError
+
+__all__ = ["IdentitySampler", "PairedSampler", "SAMPLERS", "pools", "draw"]
+
+SAMPLERS = ("identity", "paired")
+
+
+def pools(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """label -> sorted indices of the instances with that label (``-1`` left out)."""
+    labels = np.asarray(labels)
+    keep = np.flatnonzero(labels >= 0)
+    order = keep[np.argsort(labels[keep], kind="stable")]
+    uniq, start = np.unique(labels[order], return_index=True)
+    return {int(u): a for u, a in zip(uniq, np.split(order, start[1:]))}
+
+
+def draw(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` members of ``pool``: without replacement if it has more than ``n``."""
+    return rng.choice(pool, n, replace=len(pool) <= n)
+
+
+def _choose(labels: list[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(np.asarray(labels, dtype=np.int64), n, replace=len(labels) < n)
+
+
+def _check(ids: int, images: int, who: str) -> None:
+    if int(ids) < 1 or int(images) < 1:
+        raise ConfigError(f"{who}: ids and images must be >= 1, got {ids} and {images}")
+
+
+@dataclass
+class IdentityBatch:
+    """Indices into the visible and the infrared image lists, and their labels."""
+
+    idx_v: np.ndarray
+    idx_r: np.ndarray
+
+
+class IdentitySampler:
+    """Per modality: ``ids`` clusters x ``images`` images, independently (not paired).
+
+    Args:
+        labels_v: (Nv,) visible labels (-1 = not sampled); labels_r: (Nr,) infrared.
+        ids, images: clusters per modality and images per cluster.
+
+    A modality without any labelled image contributes no image.
+    """
+
+    def __init__(self, labels_v: np.ndarray, labels_r: np.ndarray, ids: int, images: int):
+        _check(ids, images, "identity sampler")
+        self.pools_v, self.pools_r = pools(labels_v), pools(labels_r)
+        self.ids, self.images = int(ids), int(images)
+        if not self.pools_v and not self.pools_r:
+            raise ConfigError("identity sampler: no labelled image in either modality")
+
+    def _side(self, pools_: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        if not pools_:
+            return np.zeros(0, dtype=np.int64)
+        chosen = _choose(sorted(pools_), self.ids, rng)
+        return np.concatenate([draw(pools_[int(y)], self.images, rng) for y in chosen])
+
+    def sample(self, rng: np.random.Generator) -> IdentityBatch:
+        """One batch: ``ids * images`` visible and as many infrared indices."""
+        return IdentityBatch(self._side(self.pools_v, rng), self._side(self.pools_r, rng))
+
+
+class PairedSampler:
+    """Paired visible/infrared batches over the two label spaces (SALCR Sec. 3.3).
+
+    Args:
+        vis_in_v: (Nv,) visible images' labels in the visible space (ỹ^v);
+        ir_in_v: (Nr,) infrared images' labels in the visible space (ŷ^v);
+        ir_in_r: (Nr,) infrared images' labels in the infrared space (ỹ^r);
+        vis_in_r: (Nv,) visible images' labels in the infrared space (ŷ^r).
+        ids: labels per batch (half from each space), images: pairs per label.
+
+    Only labels that hold at least one visible and one infrared image in their space are
+    drawn. ``sample`` returns position-paired index arrays of equal length
+    ``ids * images``.
+
+    Raises:
+        ConfigError: no label in either space has images of both modalities (the engine
+            then falls back to :class:`IdentitySampler` and intra-modality terms).
+    """
+
+    def __init__(
+        self,
+        vis_in_v: np.ndarray,
+        ir_in_v: np.ndarray,
+        ir_in_r: np.ndarray,
+        vis_in_r: np.ndarray,
+        ids: int,
+        images: int,
+    ):
+        _check(ids, images, "paired sampler")
+        self.ids, self.images = int(ids), int(images)
+        pv_vis, pv_ir = pools(vis_in_v), pools(ir_in_v)
+        pr_ir, pr_vis = pools(ir_in_r), pools(vis_in_r)
+        self.space_v = [(pv_vis[y], pv_ir[y]) for y in sorted(set(pv_vis) & set(pv_ir))]
+        self.space_r = [(pr_vis[y], pr_ir[y]) for y in sorted(set(pr_vis) & set(pr_ir))]
+        if not self.space_v and not self.space_r:
+            raise ConfigError(
+                "paired sampler: no pseudo-label has both visible and infrared images; "
+                "the association linked nothing"
+            )
+
+    def sample(self, rng: np.random.Generator) -> IdentityBatch:
+        """One batch of ``ids * images`` (visible, infrared) index pairs."""
+        n_v = self.ids // 2 if self.space_r else self.ids
+        if not self.space_v:
+            n_v = 0
+        n_r = self.ids - n_v
+        idx_v, idx_r = [], []
+        for space, n in ((self.space_v, n_v), (self.space_r, n_r)):
+            if n == 0:
+                continue
+            for j in _choose(list(range(len(space))), n, rng):
+                vis, ir = space[int(j)]
+                idx_v.append(draw(vis, self.images, rng))
+                idx_r.append(draw(ir, self.images, rng))
+        return IdentityBatch(np.concatenate(idx_v), np.concatenate(idx_r))

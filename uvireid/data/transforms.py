@@ -1,0 +1,336 @@
+"""Decoded-image cache and batched, seeded training augmentations on tensors.
+
+Images are decoded once, resized to the training size and kept as one uint8 tensor
+(N, 3, H, W) (:func:`load_images`); with a cache folder the array is also written as a
+``.npy`` file keyed by the file list, their sizes and times, and the size, and
+memory-mapped on the next run (what the peers' hand-made ``.npy`` pre-processing does,
+made automatic and checked). Every augmentation then works on a batch of tensors, on the
+model's device, with its random draws taken from one ``torch.Generator`` on the CPU, so
+a seed gives the same batches on every device and a checkpoint can store the state.
+
+Pipelines (``shared/notes/salcr_reference.md`` Sec. 3.4; ``notes/peers.md`` Sec. 0.4)::
+
+    visible      pad-crop, flip -> [LTG] -> normalise -> channel random erasing
+    visible_ca   pad-crop, flip -> colour jitter -> normalise -> erasing -> channel exchange
+    infrared     pad-crop, flip -> colour jitter -> normalise -> erasing -> channel-adaptive gray
+
+Differences from the torchvision/PIL pipelines of the reference code: the colour jitter
+has no hue term (brightness, contrast and saturation only), the three jitter terms are
+applied in a fixed order, and LTG rescales one patch per image (the paper's description;
+the official code repeats patches until some pixel's gain is near zero, §11 item 14).
+
+Corrupt image files are skipped with a warning: :func:`load_images` returns a mask of
+the images it could read, the warning names the first few and the trainer counts them in
+its metrics; training and clustering ignore the unreadable ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uvireid.errors import DatasetError
+from uvireid.types import ImageRecord
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ERASE_FILL",
+    "Augmenter",
+    "load_images",
+    "normalize",
+    "pad_crop_flip",
+    "color_jitter",
+    "ltg",
+    "random_erasing",
+    "channel_exchange",
+    "channel_adaptive_gray",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: what ChannelRandomErasing writes, in normalised space as the reference does
+ERASE_FILL = (0.4914, 0.4822, 0.4465)
+
+
+# --------------------------------------------------------------------------------------
+# decoding, once
+# --------------------------------------------------------------------------------------
+def _cache_key(records: Sequence[ImageRecord], height: int, width: int) -> str:
+    h = hashlib.sha1(f"{height}x{width}\n".encode())
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            h.update(f"{r.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{r.path}\tmissing\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode(records: Sequence[ImageRecord], height: int, width: int):
+    from PIL import Image
+
+    from uvireid.data.images import read_image
+
+    out = np.zeros((len(records), 3, height, width), dtype=np.uint8)
+    ok = np.ones(len(records), dtype=bool)
+    bad: list[str] = []
+    for i, r in enumerate(records):
+        try:
+            img = read_image(r.path)
+        except DatasetError as exc:
+            ok[i] = False
+            bad.append(r.path)
+            logger.debug("%s", exc)
+            continue
+        # = torchvision Resize((h, w)) on a PIL image (bilinear), as the test transform
+        img = img.resize((width, height), Image.BILINEAR)
+        out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    if bad:
+        logger.warning(
+            "%d of %d images could not be read and are skipped (first: %s); re-extract "
+            "them from the release archive",
+            len(bad),
+            len(records),
+            ", ".join(bad[:3]),
+        )
+    return out, ok
+
+
+def load_images(
+    records: Sequence[ImageRecord],
+    height: int,
+    width: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """All ``records`` decoded and resized: ``(images, ok)``.
+
+    Args:
+        records: the images, in the order the engine indexes them.
+        height, width: size after a bilinear resize (PIL, as the test transform).
+        cache_dir: folder of ``.npy`` caches (None: decode in memory only). A cache is
+            keyed by the paths, their sizes and modification times and the size, so an
+            edited or replaced file is decoded again.
+
+    Returns:
+        ``images``: (N, 3, height, width) uint8 tensor (memory-mapped from the cache when
+        there is one); ``ok``: (N,) bool, False for unreadable images (left black).
+    """
+    if cache_dir is None:
+        arr, ok = _decode(records, height, width)
+        return torch.from_numpy(arr), ok
+    folder = Path(cache_dir)
+    key = _cache_key(records, height, width)
+    img_path = folder / f"images-{key}.npy"
+    ok_path = folder / f"images-{key}.ok.npy"
+    if img_path.exists() and ok_path.exists():
+        try:
+            arr = np.load(img_path, mmap_mode="r")
+            ok = np.load(ok_path)
+            if arr.shape == (len(records), 3, height, width) and len(ok) == len(records):
+                logger.info("decoded images: %s (cached)", img_path)
+                with warnings.catch_warnings():  # read-only map: never written to
+                    warnings.simplefilter("ignore", UserWarning)
+                    return torch.from_numpy(arr), ok
+        except (OSError, ValueError):
+            logger.warning("image cache %s is unreadable; decoding again", img_path)
+    arr, ok = _decode(records, height, width)
+    from uvireid.fileio import atomic_write
+
+    atomic_write(ok_path, lambda fh: np.save(fh, ok))
+    atomic_write(img_path, lambda fh: np.save(fh, arr))
+    logger.info("decoded %d images into %s", len(records), img_path)
+    return torch.from_numpy(arr), ok
+
+
+# --------------------------------------------------------------------------------------
+# batched augmentations: x (B, 3, H, W) float, draws from a CPU generator
+# --------------------------------------------------------------------------------------
+def _rand(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=gen)
+
+
+def normalize(x01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> ImageNet-normalised images."""
+    mean = x01.new_tensor(IMAGENET_MEAN)[None, :, None, None]
+    std = x01.new_tensor(IMAGENET_STD)[None, :, None, None]
+    return (x01 - mean) / std
+
+
+def pad_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip_p: float = 0.5):
+    """Zero-pad by ``pad``, crop back to (H, W) at a random offset, flip with ``flip_p``."""
+    b, _, h, w = x.shape
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
+        x = torch.stack([xp[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
+    flip = (_rand(b, gen) < flip_p).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def color_jitter(x01: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation factors drawn in [1 - s, 1 + s] per image."""
+    if strength <= 0:
+        return x01
+    b = x01.shape[0]
+
+    def factor() -> torch.Tensor:
+        f = 1.0 + strength * (2 * _rand(b, gen) - 1)
+        return f.clamp(min=0).to(x01.device, x01.dtype)[:, None, None, None]
+
+    fb, fc, fs = factor(), factor(), factor()
+    x = (x01 * fb).clamp(0, 1)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    x = ((x - gray.mean((2, 3), keepdim=True)) * fc + gray.mean((2, 3), keepdim=True)).clamp(0, 1)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    return ((x - gray) * fs + gray).clamp(0, 1)
+
+
+def _rectangles(b: int, h: int, w: int, gen: torch.Generator, tries: int = 100):
+    """One random-erasing rectangle per image (area 2-40 %, aspect 0.3-3.33): (y, x, rh, rw)."""
+    out = []
+    for _ in range(b):
+        rect = None
+        for _ in range(tries):
+            area = h * w * (0.02 + 0.38 * float(_rand(1, gen)))
+            aspect = 0.3 + (1 / 0.3 - 0.3) * float(_rand(1, gen))
+            rh = int(round((area * aspect) ** 0.5))
+            rw = int(round((area / aspect) ** 0.5))
+            if 0 < rh < h and 0 < rw < w:
+                y = int(torch.randint(0, h - rh + 1, (1,), generator=gen))
+                x = int(torch.randint(0, w - rw + 1, (1,), generator=gen))
+                rect = (y, x, rh, rw)
+                break
+        out.append(rect)
+    return out
+
+
+def random_erasing(
+    x: torch.Tensor, p: float, gen: torch.Generator, fill: Sequence[float] = ERASE_FILL
+) -> torch.Tensor:
+    """Channel random erasing (Zhong et al., AAAI 2020): with probability ``p`` one
+    rectangle is filled with ``fill[c]`` in channel c (in normalised space, as the peers)."""
+    if p <= 0:
+        return x
+    b, _, h, w = x.shape
+    hit = (_rand(b, gen) < p).tolist()
+    rects = _rectangles(b, h, w, gen)
+    x = x.clone()
+    val = x.new_tensor(fill)[:, None, None]
+    for i in range(b):
+        if hit[i] and rects[i] is not None:
+            y, xx, rh, rw = rects[i]
+            x[i, :, y : y + rh, xx : xx + rw] = val
+    return x
+
+
+def channel_exchange(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Channel augmentation (Ye et al., ICCV 2021, ``gray=2``): one of R, G, B, uniformly,
+    copied into all three channels."""
+    b = x.shape[0]
+    idx = torch.randint(0, 3, (b,), generator=gen).to(x.device)
+    return x[torch.arange(b, device=x.device), idx][:, None].expand_as(x).contiguous()
+
+
+def channel_adaptive_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """ChannelAdapGray for infrared images: with probability 3/4 one channel replicated,
+    else with probability ``p`` the luminance 0.2989 R + 0.587 G + 0.114 B, else unchanged."""
+    b = x.shape[0]
+    idx = torch.randint(0, 4, (b,), generator=gen)
+    gray_draw = _rand(b, gen) < p
+    one = x[torch.arange(b, device=x.device), idx.clamp(max=2).to(x.device)][:, None]
+    lum = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    use_one = (idx < 3).to(x.device)[:, None, None, None]
+    use_gray = ((idx == 3) & gray_draw).to(x.device)[:, None, None, None]
+    out = torch.where(use_one, one.expand_as(x), x)
+    return torch.where(use_gray, lum.expand_as(x), out)
+
+
+def ltg(x01: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Linear transformation generator (LTG, Tan et al. 2023), one patch per image.
+
+    With probability ``p``: a random-erasing rectangle; each channel whose patch maximum
+    is > 0 is scaled so that its new maximum is g ~ Beta(0.5, 0.5). Works on [0, 1].
+    """
+    if p <= 0:
+        return x01
+    b, c, h, w = x01.shape
+    hit = (_rand(b, gen) < p).tolist()
+    rects = _rectangles(b, h, w, gen)
+    # Beta(1/2, 1/2) from the generator: n1^2 / (n1^2 + n2^2) with n1, n2 ~ N(0, 1)
+    n = torch.randn(b, c, 2, generator=gen) ** 2
+    g = (n[..., 0] / (n.sum(-1) + 1e-12)).to(x01.device, x01.dtype)
+    x = x01.clone()
+    for i in range(b):
+        if hit[i] and rects[i] is not None:
+            y, xx, rh, rw = rects[i]
+            patch = x[i, :, y : y + rh, xx : xx + rw]
+            mx = patch.amax((1, 2))
+            scale = torch.where(mx > 0, g[i] / mx.clamp(min=1e-12), torch.ones_like(mx))
+            x[i, :, y : y + rh, xx : xx + rw] = patch * scale[:, None, None]
+    return x
+
+
+@dataclass
+class Augmenter:
+    """The three training pipelines, on uint8 batches (see the module docstring).
+
+    Attributes:
+        pad: zero padding before the random crop (10).
+        erasing_p: channel random erasing probability (0.5).
+        jitter: colour-jitter strength for the CA and infrared views (0.5).
+        gray_p: ChannelAdapGray's luminance probability (0.5).
+        ltg_p: LTG probability on the visible view (0.5 in the DCL stage, 0 after).
+        seed: seed of the generator (its state is saved in checkpoints).
+    """
+
+    pad: int = 10
+    erasing_p: float = 0.5
+    jitter: float = 0.5
+    gray_p: float = 0.5
+    ltg_p: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.gen = torch.Generator().manual_seed(int(self.seed))
+
+    def __call__(self, images: torch.Tensor, kind: str, device: str | torch.device):
+        """(B, 3, H, W) uint8 -> (B, 3, H, W) float32 normalised, on ``device``.
+
+        ``kind``: ``"visible"``, ``"visible_ca"``, ``"infrared"`` or ``"test"`` (no
+        augmentation).
+        """
+        x = images.to(device, non_blocking=True).float().div_(255.0)
+        if kind == "test":
+            return normalize(x)
+        if kind not in ("visible", "visible_ca", "infrared"):
+            raise ValueError(f"unknown pipeline {kind!r}")
+        x = pad_crop_flip(x, self.pad, self.gen)
+        if kind == "visible":
+            x = ltg(x, self.ltg_p, self.gen)
+        else:
+            x = color_jitter(x, self.jitter, self.gen)
+        x = random_erasing(normalize(x), self.erasing_p, self.gen)
+        if kind == "visible_ca":
+            x = channel_exchange(x, self.gen)
+        elif kind == "infrared":
+            x = channel_adaptive_gray(x, self.gray_p, self.gen)
+        return x
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])

@@ -1,0 +1,140 @@
+"""Checkpoints: written atomically each epoch, found by ``--resume``, loaded strictly.
+
+A checkpoint (``checkpoints/latest.pt`` in the run folder) holds everything a killed run
+needs to continue exactly where it stopped (STYLE.md "Resume means resume"): model,
+optimiser, scheduler, the number of finished epochs, the RNG states (Python, NumPy,
+torch, the sampler's and the augmentations' generators), the losses' memories, the last
+pseudo-labels, and the seed and dataset fingerprint, which a resume compares with its
+own and warns about when they differ.
+
+Weights are always loaded strictly: a missing or unexpected key is a
+:class:`~uvireid.errors.CheckpointError` that lists them (a silently half-loaded model
+scoring 2 % R1 is a recurring trap in this field, ``notes/users_pain.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from uvireid.errors import CheckpointError
+from uvireid.fileio import atomic_torch_save
+
+__all__ = [
+    "LATEST",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_state_strict",
+    "rng_state",
+    "set_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest.pt"
+FORMAT = 1
+#: keys shown in an error message before "and N more"
+_SHOWN = 8
+
+
+def _listing(keys: list[str]) -> str:
+    more = len(keys) - _SHOWN
+    return ", ".join(keys[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "checkpoint"):
+    """``module.load_state_dict(state)``, refusing any missing or unexpected key.
+
+    Also accepts the ``module.`` prefix DataParallel/DDP checkpoints carry.
+
+    Raises:
+        CheckpointError: keys are missing or unexpected (both lists are named), or a
+            tensor's shape differs.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    own = set(module.state_dict())
+    missing = sorted(own - set(state))
+    unexpected = sorted(set(state) - own)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+        raise CheckpointError(
+            f"{source} does not fit the model ({'; '.join(parts)}); it was saved from "
+            f"another architecture or recipe. Load it with the recipe that wrote it, or "
+            f"start a new run instead of --resume"
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{source} does not fit the model: {exc}. Load it with the recipe that wrote it"
+        ) from None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy and torch (and CUDA when present)."""
+    out = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):
+            logger.warning("checkpoint: CUDA RNG state not restored (another GPU count)")
+
+
+def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``folder/latest.pt`` atomically (tmp file, fsync, rename)."""
+    state = {"format": FORMAT, **state}
+    path = Path(folder) / LATEST
+    atomic_torch_save(path, state)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU).
+
+    Raises:
+        CheckpointError: the file is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}; a run writes checkpoints/{LATEST} after its first "
+            f"epoch. Start a new run (without --resume)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or foreign file
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to "
+            f"start over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a uvireid training checkpoint (format {FORMAT}); load plain "
+            f"weights through the backbone's 'pretrained' instead"
+        )
+    return state

@@ -1,0 +1,107 @@
+"""The few ``torch.distributed`` calls the engine needs, each a no-op without a launcher.
+
+One GPU or the CPU never needs ``torchrun``: every helper checks
+:func:`is_distributed` and falls back to the single-process behaviour. Under DDP
+(``torchrun --nproc_per_node N -m uvireid run ...``) clustering and association run on
+rank 0 and their results are broadcast (:func:`broadcast_object`); memory updates gather
+the features and labels of every rank first (:func:`all_gather_cat`), so the memories
+stay identical on all ranks (``shared/notes/peers.md`` Sec. 0.3 pitfall b).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun's environment (``WORLD_SIZE`` > 1, ``RANK``) is present."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def init_from_env(device: str) -> str:
+    """Join the process group torchrun describes; returns this rank's device.
+
+    ``nccl`` for CUDA (one GPU per local rank), ``gloo`` for the CPU. Without torchrun's
+    environment nothing happens and ``device`` is returned unchanged.
+    """
+    if not launched_by_torchrun() or dist.is_initialized():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        device = f"cuda:{local}"
+    else:
+        dist.init_process_group("gloo")
+    logger.info("rank %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
+    return device
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (same shape on every rank) from all ranks, in rank order."""
+    if not is_distributed():
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (pickled; for labels and small results)."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(value: float) -> float:
+    """Mean of a float over ranks (for logging)."""
+    if not is_distributed():
+        return value
+    dev = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP keeps parameters identical but each rank's running statistics follow its own
+    batches after the last forward; the engine calls this at each epoch end so that the
+    model every rank holds (and rank 0 saves) is one model.
+    """
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src)

@@ -1,0 +1,793 @@
+"""The training engine: one loop over named stages (DESIGN.md "The unsupervised loop").
+
+Every epoch, whatever the recipe::
+
+    extract   train features of every image (eval mode, no flip)       -> FeatureBank
+    cluster   per modality (the stage's clusterer)                      -> labels, -1 outliers
+    associate across modalities (the stage's associator, if any)        -> CrossLabels
+    reset     each loss re-initialises its memories from the epoch's features and labels
+    train     sampler -> augment -> model -> sum of weighted losses -> Adam step
+              -> explicit memory updates (loss.update)
+    evaluate  every ``evaluation.every`` epochs and at the end
+
+A stage (``stages:`` in the recipe) names its epochs, sampler, clusterer, associator and
+losses; the DCL stage has no associator and trains on intra-modality labels, the SALCR
+stage associates with ``otla_dual`` and trains on dual labels. A recipe with top-level
+``losses`` and no ``stages`` is one stage. Adam with a step schedule on the absolute
+epoch (SALCR spec Sec. 9.3). Each epoch appends one JSON line to ``metrics.jsonl``:
+loss terms, cluster counts and outliers per modality, pseudo-label quality when the
+ground truth is known, the association's summary, evaluation results, seconds per phase,
+and warnings (a collapsing cluster count; no cross-modal link). A checkpoint is written
+atomically after every epoch (:mod:`uvireid.engine.checkpoint`); a non-finite loss stops
+the run with :class:`~uvireid.errors.TrainingError`, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from uvireid.data.samplers import IdentitySampler, PairedSampler
+from uvireid.data.transforms import Augmenter, load_images
+from uvireid.engine import distributed as D
+from uvireid.engine.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from uvireid.errors import ConfigError, TrainingError
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES
+from uvireid.types import INFRARED, VISIBLE, FeatureBank
+
+__all__ = ["Stage", "stages_of", "TrainModel", "Trainer", "extract_images"]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """One resolved stage; ``first_epoch`` is its first absolute epoch index."""
+
+    name: str
+    epochs: int
+    iters: int
+    ltg_p: float
+    sampler: dict
+    clusterer: dict | None
+    associator: dict | None
+    losses: list[dict]
+    first_epoch: int = 0
+
+    @property
+    def last_epoch(self) -> int:
+        return self.first_epoch + self.epochs - 1
+
+
+def stages_of(cfg: dict) -> list[Stage]:
+    """The recipe's stages; top-level ``losses`` without ``stages`` make one stage."""
+    tr = cfg["train"]
+    raw = cfg.get("stages") or []
+    if not raw:
+        if not cfg.get("losses"):
+            raise ConfigError(f"recipe '{cfg.get('name')}' has neither stages nor losses")
+        raw = [
+            {
+                "name": "train",
+                "epochs": tr["epochs"],
+                "iters_per_epoch": None,
+                "ltg_p": 0.0,
+                "sampler": {
+                    "type": "paired" if cfg.get("associator") else "identity",
+                    "ids": tr["batch_ids"],
+                    "images": tr["images_per_id"],
+                },
+                "clusterer": cfg.get("clusterer"),
+                "associator": cfg.get("associator"),
+                "losses": cfg["losses"],
+            }
+        ]
+    out, first = [], 0
+    for s in raw:
+        if not s.get("clusterer"):
+            raise ConfigError(
+                f"stage '{s['name']}' has no clusterer; set clusterer: {{type: dbscan, ...}} "
+                f"at the top of the recipe or in the stage"
+            )
+        out.append(
+            Stage(
+                name=s["name"],
+                epochs=int(s["epochs"]),
+                iters=int(s.get("iters_per_epoch") or tr["iters_per_epoch"]),
+                ltg_p=float(s.get("ltg_p", 0.0)),
+                sampler=dict(s["sampler"]),
+                clusterer=s["clusterer"],
+                associator=s.get("associator"),
+                losses=[dict(x) for x in s["losses"]],
+                first_epoch=first,
+            )
+        )
+        first += int(s["epochs"])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# model and extraction
+# --------------------------------------------------------------------------------------
+class TrainModel(nn.Module):
+    """The backbone and, when a loss needs part features, the FGSAL part module."""
+
+    def __init__(self, backbone: nn.Module, parts: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.parts = parts
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor, parts_of: int | None = None):
+        """Backbone output and, with ``parts_of=S`` on a paired batch [v; a; r] of 3 S
+        images, the nine part features (inside the forward, so DDP sees them)."""
+        out = self.backbone(x, modality)
+        parts: dict = {}
+        if parts_of is not None and self.parts is not None:
+            s, fm = parts_of, out.feature_map
+            parts = self.parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :])
+        return out, parts
+
+
+def _autocast(device: str, amp: bool):
+    if amp and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def extract_images(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    modality: np.ndarray,
+    device: str,
+    *,
+    batch: int = 256,
+    flip: bool = False,
+    amp: bool = False,
+    part_module: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of uint8 ``images`` (N, 3, H, W) with their ``modality`` (N,).
+
+    Returns ``(feats, parts)``: (N, d) float32 L2-normalised test features on the CPU
+    (``backbone.extract``: the BN-neck feature, flip-averaged when ``flip``) and, with a
+    ``part_module`` (:class:`uvireid.models.parts.PartQuery`), the (N, P, d) L2-normalised
+    self parts computed batch by batch (the feature maps are never kept), else None. Eval
+    mode; the previous mode is restored.
+    """
+    from uvireid.data.transforms import normalize
+
+    was = backbone.training
+    backbone.eval()
+    feats, parts = [], []
+    mod = torch.as_tensor(np.asarray(modality), dtype=torch.long)
+    try:
+        for s in range(0, len(images), batch):
+            x = normalize(images[s : s + batch].to(device).float().div_(255.0))
+            m = mod[s : s + batch].to(device)
+            with _autocast(device, amp):
+                if part_module is not None:
+                    out = backbone(x, m)
+                    f = out.bn_feat
+                    if flip:
+                        f = (f + backbone(x.flip(3), m).bn_feat) / 2
+                    f = torch.nn.functional.normalize(f.float(), dim=1)
+                    parts.append(part_module.self_parts(out.feature_map.float()).cpu())
+                else:
+                    f = backbone.extract(x, m, flip=flip)
+            feats.append(f.float().cpu())
+    finally:
+        backbone.train(was)
+    d = getattr(backbone, "out_dim", 0)
+    f = torch.cat(feats) if feats else torch.zeros(0, d)
+    return f, (torch.cat(parts) if part_module is not None and parts else None)
+
+
+# --------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------
+@dataclass
+class EpochLabels:
+    """One epoch's pseudo-labels (numpy int64, -1 = none) and label-space sizes."""
+
+    vis_in_v: np.ndarray
+    vis_in_r: np.ndarray
+    ir_in_r: np.ndarray
+    ir_in_v: np.ndarray
+    init_v: np.ndarray
+    init_r: np.ndarray
+    num_v: int
+    num_r: int
+    has_cross: bool
+    info: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs a resolved recipe's stages on a dataset (see the module docstring).
+
+    Args:
+        cfg: resolved recipe (:func:`uvireid.config.load_recipe`).
+        dataset: a built dataset (``train`` and ``test`` records).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        folder: the run folder (metrics, checkpoints, results); None writes nothing.
+        progress: show progress bars.
+    """
+
+    def __init__(self, cfg: dict, dataset: Any, device: str, folder=None, *, progress=True):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.device = device
+        self.folder = folder
+        self.progress = progress and D.is_main()
+        self.stages = stages_of(cfg)
+        self.total_epochs = sum(s.epochs for s in self.stages)
+        tr = cfg["train"]
+        self.tr = tr
+        self.vis = [r for r in dataset.train if r.modality == VISIBLE]
+        self.ir = [r for r in dataset.train if r.modality == INFRARED]
+        if not self.vis or not self.ir:
+            raise ConfigError(
+                f"dataset '{cfg['data']['type']}' has {len(self.vis)} visible and "
+                f"{len(self.ir)} infrared training images; training needs both"
+            )
+        self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
+        self.losses: dict[str, nn.ModuleList] = {}
+        for stage in self.stages:
+            self.losses_of(stage)
+        self._build_parts()
+        self.model.to(device)
+        self.ddp_model: nn.Module = self.model
+        if D.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(device).index] if device.startswith("cuda") else None
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=True
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=tr["lr"], weight_decay=tr["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(tr["lr_steps"]), gamma=tr["lr_gamma"]
+        )
+        seed = int(cfg["seed"])
+        self.rng = np.random.default_rng([seed, D.rank()])
+        self.augment = Augmenter(
+            pad=tr["pad"],
+            erasing_p=tr["erasing_p"],
+            jitter=tr["jitter"],
+            gray_p=tr["gray_p"],
+            seed=seed * 1000 + D.rank(),
+        )
+        self.epoch = 0  # next epoch to run
+        self.labels: EpochLabels | None = None
+        self.counts: dict[str, int] = {}
+        self.images_v = self.images_r = None
+        self.ok_v = self.ok_r = None
+        self.last_eval: dict | None = None
+
+    # -- parts ------------------------------------------------------------------------
+    def _build_parts(self) -> None:
+        """Build the FGSAL part module when some stage's loss asks for part features."""
+        needs = [
+            loss
+            for s in self.stages
+            for loss in self.losses[s.name]
+            if getattr(loss, "needs_parts", False)
+        ]
+        if not needs:
+            return
+        from uvireid.models.parts import PartQuery
+
+        num_parts = {int(loss.num_parts) for loss in needs}
+        if len(num_parts) != 1:
+            raise ConfigError(f"losses disagree on num_parts: {sorted(num_parts)}")
+        self.model.parts = PartQuery(self.model.backbone.out_dim, num_parts.pop())
+
+    def stage_at(self, epoch: int) -> Stage:
+        for s in self.stages:
+            if s.first_epoch <= epoch <= s.last_epoch:
+                return s
+        raise IndexError(epoch)
+
+    def losses_of(self, stage: Stage) -> nn.ModuleList:
+        if stage.name not in self.losses:
+            mods = []
+            for item in stage.losses:
+                kwargs = {k: v for k, v in item.items() if k != "weight"}
+                mods.append(LOSSES.build(kwargs))
+            self.losses[stage.name] = nn.ModuleList(mods).to(self.device)
+        return self.losses[stage.name]
+
+    # -- data -------------------------------------------------------------------------
+    def _cache_dir(self) -> str | None:
+        c = self.tr["image_cache"]
+        if c is None:
+            return None
+        if c == "auto":
+            from uvireid.data.synthetic import cache_root
+
+            return str(cache_root() / "images")
+        return c
+
+    def load_data(self) -> None:
+        """Decode the training images once (uint8, at the training size)."""
+        if self.images_v is not None:
+            return
+        t0 = time.perf_counter()
+        h, w, cache = self.tr["height"], self.tr["width"], self._cache_dir()
+        self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
+        self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
+        logger.info(
+            "training images: %d visible, %d infrared at %dx%d (%.1f s)",
+            len(self.vis),
+            len(self.ir),
+            h,
+            w,
+            time.perf_counter() - t0,
+        )
+
+    # -- one epoch's pseudo-labels ----------------------------------------------------
+    def _extract_train(self, with_parts: bool):
+        part_module = self.model.parts if with_parts else None
+        amp, bs = self.tr["amp"], self.tr["extract_batch"]
+        fv, mv = extract_images(
+            self.model.backbone,
+            self.images_v,
+            np.zeros(len(self.vis)),
+            self.device,
+            batch=bs,
+            amp=amp,
+            part_module=part_module,
+        )
+        fr, mr = extract_images(
+            self.model.backbone,
+            self.images_r,
+            np.ones(len(self.ir)),
+            self.device,
+            batch=bs,
+            amp=amp,
+            part_module=part_module,
+        )
+        return fv, fr, mv, mr
+
+    def _cluster(self, stage: Stage, feats: torch.Tensor, ok: np.ndarray) -> np.ndarray:
+        labels = np.full(len(feats), -1, dtype=np.int64)
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            clusterer = CLUSTERERS.build(stage.clusterer)
+            labels[idx] = np.asarray(clusterer.fit_predict(feats[idx].numpy()), dtype=np.int64)
+        return labels
+
+    def pseudo_labels(self, stage: Stage, fv, fr, seconds: dict) -> EpochLabels:
+        """Cluster each modality, then associate (rank 0; broadcast under DDP)."""
+        t0 = time.perf_counter()
+        lv = self._cluster(stage, fv, self.ok_v)
+        lr = self._cluster(stage, fr, self.ok_r)
+        seconds["cluster"] = time.perf_counter() - t0
+        kv = int(lv.max()) + 1 if (lv >= 0).any() else 0
+        kr = int(lr.max()) + 1 if (lr >= 0).any() else 0
+        none_v, none_r = np.full(len(lv), -1), np.full(len(lr), -1)
+        if stage.associator is None:
+            return EpochLabels(lv, none_v, lr, none_r, lv, lr, kv, kr, False)
+        t0 = time.perf_counter()
+        assoc = ASSOCIATORS.build(stage.associator)
+        cl = assoc.associate(fv.numpy(), lv, fr.numpy(), lr)
+        seconds["associate"] = time.perf_counter() - t0
+        nv = len(lv)
+        info = {k: v for k, v in cl.info.items() if isinstance(v, (int, float, str, bool))}
+        return EpochLabels(
+            vis_in_v=cl.labels_in_v[:nv],
+            vis_in_r=cl.labels_in_r[:nv],
+            ir_in_r=cl.labels_in_r[nv:],
+            ir_in_v=cl.labels_in_v[nv:],
+            init_v=lv,
+            init_r=lr,
+            num_v=max(int(cl.num_clusters_v), kv),
+            num_r=max(int(cl.num_clusters_r), kr),
+            has_cross=bool(cl.has_cross_links),
+            info={**info, "matches": int(len(cl.matches))},
+        )
+
+    def _quality(self, lab: EpochLabels) -> dict | None:
+        """Pseudo-label quality against the ground truth (when the dataset has it)."""
+        gv = np.array([r.pid for r in self.vis])
+        gr = np.array([r.pid for r in self.ir])
+        if (gv < 0).any() or (gr < 0).any():
+            return None
+        from uvireid.evaluation.quality import label_quality
+
+        keys = ("ari", "fmi", "ami", "v_measure", "num_clusters", "outlier_fraction")
+
+        def q(pred, gt):
+            res = label_quality(pred, gt)
+            return {k: res[k] for k in keys}
+
+        out = {"visible": q(lab.vis_in_v, gv), "infrared": q(lab.ir_in_r, gr)}
+        if lab.has_cross:
+            gt = np.concatenate([gv, gr])
+            out["cross_v"] = q(np.concatenate([lab.vis_in_v, lab.ir_in_v]), gt)
+            out["cross_r"] = q(np.concatenate([lab.vis_in_r, lab.ir_in_r]), gt)
+        return out
+
+    def _check_counts(self, lab: EpochLabels, warnings: list[str]) -> dict:
+        counts = {}
+        for name, y in (("visible", lab.init_v), ("infrared", lab.init_r)):
+            k = len(np.unique(y[y >= 0]))
+            counts[name] = k
+            prev = self.counts.get(name)
+            if k <= 1 or (prev and k < self.tr["collapse_ratio"] * prev):
+                msg = (
+                    f"{name} cluster count collapsed to {k}"
+                    + (f" from {prev} the epoch before" if prev else "")
+                    + "; check the clusterer's eps, the learning rate, or the features"
+                )
+                logger.warning(msg)
+                warnings.append(msg)
+        self.counts = counts
+        return counts
+
+    # -- training ---------------------------------------------------------------------
+    def _targets(self, lab: EpochLabels, iv: np.ndarray, ir: np.ndarray, paired: bool):
+        dev = self.device
+
+        def t(a: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a[idx], dtype=torch.long, device=dev)
+
+        return StepTargets(
+            vis_in_v=t(lab.vis_in_v, iv),
+            vis_in_r=t(lab.vis_in_r, iv),
+            ir_in_r=t(lab.ir_in_r, ir),
+            ir_in_v=t(lab.ir_in_v, ir),
+            idx_v=torch.as_tensor(iv, dtype=torch.long, device=dev),
+            idx_r=torch.as_tensor(ir, dtype=torch.long, device=dev),
+            paired=paired,
+        )
+
+    def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
+        s = stage.sampler
+        if s["type"] == "paired":
+            if lab.has_cross:
+                try:
+                    return PairedSampler(
+                        lab.vis_in_v, lab.ir_in_v, lab.ir_in_r, lab.vis_in_r, s["ids"], s["images"]
+                    ), True
+                except ConfigError as exc:
+                    warnings.append(str(exc))
+            msg = (
+                f"stage '{stage.name}': no cross-modal link this epoch; sampling each "
+                "modality on its own labels and skipping the cross-modal terms"
+            )
+            logger.warning(msg)
+            warnings.append(msg)
+        return IdentitySampler(lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"]), False
+
+    def step(self, stage: Stage, losses: nn.ModuleList, lab: EpochLabels, batch, paired: bool):
+        """One optimiser step; returns {term: value} (floats)."""
+        iv, ir = batch.idx_v, batch.idx_r
+        xv = self.images_v[torch.as_tensor(iv, dtype=torch.long)]
+        xr = self.images_r[torch.as_tensor(ir, dtype=torch.long)]
+        self.augment.ltg_p = stage.ltg_p
+        x = torch.cat(
+            [
+                self.augment(xv, "visible", self.device),
+                self.augment(xv, "visible_ca", self.device),
+                self.augment(xr, "infrared", self.device),
+            ]
+        )
+        sv, sr = len(iv), len(ir)
+        mod = torch.cat([torch.zeros(2 * sv, dtype=torch.long), torch.ones(sr, dtype=torch.long)])
+        targets = self._targets(lab, iv, ir, paired)
+        with _autocast(self.device, self.tr["amp"]):
+            want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
+            out, parts = self.ddp_model(x, mod.to(self.device), sv if want_parts else None)
+            feat = out.bn_feat.float()
+            outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
+            terms = {}
+            total = feat.sum() * 0.0
+            used = []
+            for item, loss in zip(stage.losses, losses):
+                if getattr(loss, "needs_parts", False) and not outputs.parts:
+                    continue  # an unpaired batch (no cross-modal link): no part terms
+                used.append(loss)
+                value = loss(outputs, targets)
+                terms[item["type"]] = value
+                total = total + float(item.get("weight", 1.0)) * value
+        if not bool(torch.isfinite(total)):
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            raise TrainingError(
+                f"epoch {self.epoch}: the loss is {float(total.detach())} ({parts}); training "
+                f"stopped and the last good checkpoint is kept. Lower train.lr, or check the "
+                f"data and the pseudo-labels"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        detached = outputs.detach()
+        for loss in used:
+            if hasattr(loss, "update"):
+                loss.update(detached, targets)
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        values["total"] = float(total.detach())
+        return values
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch (extract, cluster, associate, reset, train); returns its metrics."""
+        stage = self.stage_at(epoch)
+        losses = self.losses_of(stage)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "stage": stage.name,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        seconds: dict[str, float] = {}
+        warnings: list[str] = []
+        with_parts = self.model.parts is not None and any(
+            getattr(loss, "needs_parts", False) for loss in losses
+        )
+        t0 = time.perf_counter()
+        if D.is_main():
+            fv, fr, pv, pr = self._extract_train(with_parts)
+            seconds["extract"] = time.perf_counter() - t0
+            lab = self.pseudo_labels(stage, fv, fr, seconds)
+            payload = (fv, fr, pv, pr, lab)
+        else:
+            payload = None
+        fv, fr, pv, pr, lab = D.broadcast_object(payload)
+        self.labels = lab
+        record["clusters"] = self._check_counts(lab, warnings)
+        record["clusters"]["outliers_visible"] = int((lab.init_v < 0).sum())
+        record["clusters"]["outliers_infrared"] = int((lab.init_r < 0).sum())
+        record["unreadable_images"] = int((~self.ok_v).sum() + (~self.ok_r).sum())
+        if stage.associator is not None:
+            record["association"] = lab.info
+            if not lab.has_cross:
+                warnings.append(f"no cross-modal link in epoch {epoch}: cross terms skipped")
+        quality = self._quality(lab) if D.is_main() else None
+        if quality is not None:
+            record["label_quality"] = quality
+        if lab.num_v == 0 and lab.num_r == 0:
+            raise TrainingError(
+                f"epoch {epoch}: the clusterer found no cluster in either modality; nothing "
+                f"to train on. Raise the clusterer's eps or lower min_samples"
+            )
+        ctx = EpochContext(
+            feats_v=fv.to(self.device),
+            feats_r=fr.to(self.device),
+            vis_in_v=lab.vis_in_v,
+            vis_in_r=lab.vis_in_r,
+            ir_in_r=lab.ir_in_r,
+            ir_in_v=lab.ir_in_v,
+            init_v=lab.init_v,
+            init_r=lab.init_r,
+            num_v=lab.num_v,
+            num_r=lab.num_r,
+            has_cross=lab.has_cross,
+            parts_v=None if pv is None else pv.to(self.device),
+            parts_r=None if pr is None else pr.to(self.device),
+        )
+        for loss in losses:
+            if hasattr(loss, "reset"):
+                loss.reset(ctx)
+        sampler, paired = self._sampler(stage, lab, warnings)
+        t0 = time.perf_counter()
+        self.model.train()
+        sums: dict[str, float] = {}
+        it = range(stage.iters)
+        if self.progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"epoch {epoch} ({stage.name})", leave=False, unit="it")
+        n_images = 0
+        for _ in it:
+            batch = sampler.sample(self.rng)
+            values = self.step(stage, losses, lab, batch, paired)
+            n_images += 2 * len(batch.idx_v) + len(batch.idx_r)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.progress:
+                it.set_postfix(loss=f"{values['total']:.3f}")
+        seconds["train"] = time.perf_counter() - t0
+        D.broadcast_buffers(self.model)
+        self.scheduler.step()
+        record["loss"] = {k: D.all_reduce_mean(v / max(1, stage.iters)) for k, v in sums.items()}
+        record["paired"] = paired
+        record["images_per_s"] = n_images / max(seconds["train"], 1e-9)
+        record["seconds"] = seconds
+        if warnings:
+            record["warnings"] = warnings
+        logger.info(
+            "epoch %d (%s): loss %.4f, clusters %d visible / %d infrared%s, %.0f s",
+            epoch,
+            stage.name,
+            record["loss"].get("total", math.nan),
+            record["clusters"]["visible"],
+            record["clusters"]["infrared"],
+            (
+                f", ARI {quality['visible']['ari']:.3f} / {quality['infrared']['ari']:.3f}"
+                if quality
+                else ""
+            ),
+            sum(seconds.values()),
+        )
+        return record
+
+    # -- evaluation -------------------------------------------------------------------
+    def evaluate(self, tag: str) -> dict:
+        """Extract the test set (flip-averaged), run the protocol (± re-ranker)."""
+        from uvireid.engine.runner import evaluate
+
+        t0 = time.perf_counter()
+        test = self.dataset.test
+        imgs, ok = load_images(
+            test, self.tr["height"], self.tr["width"], cache_dir=self._cache_dir()
+        )
+        if not ok.all():
+            raise ConfigError(
+                f"{int((~ok).sum())} test image(s) are unreadable; the protocol needs every "
+                f"test image: restore them from the release archive"
+            )
+        feats, _ = extract_images(
+            self.model.backbone,
+            imgs,
+            np.array([r.modality for r in test]),
+            self.device,
+            batch=self.tr["extract_batch"],
+            flip=True,
+            amp=self.tr["amp"],
+        )
+        bank = FeatureBank(
+            feats=feats.numpy(),
+            modality=np.array([r.modality for r in test], dtype=np.int64),
+            cams=np.array([r.cam for r in test], dtype=np.int64),
+            pids=np.array([r.pid for r in test], dtype=np.int64),
+            paths=[r.path for r in test],
+        )
+        out = evaluate(
+            self.model.backbone,
+            self.dataset,
+            self.cfg,
+            self.device,
+            self.folder,
+            progress=False,
+            bank=bank,
+        )
+        out["seconds"]["extract"] = (
+            time.perf_counter() - t0 - sum(v for k, v in out["seconds"].items() if k != "extract")
+        )
+        tables = {name: res.to_dict() for name, res in out["results"].items()}
+        for name, res in out["results"].items():
+            logger.info("%s evaluation (%s):\n%s", tag, name, res.table())
+        self.last_eval = tables
+        return {"tables": tables, "seconds": out["seconds"], "results": out["results"]}
+
+    @staticmethod
+    def summary(tables: dict) -> dict:
+        """{reranker: {R1, mAP, mINP}} of evaluation tables (means over trials)."""
+        return {
+            name: {k: t["mean"][k] for k in ("R1", "mAP", "mINP") if k in t["mean"]}
+            for name, t in tables.items()
+        }
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        lab = self.labels
+        return {
+            "epoch": self.epoch,
+            "stage": self.stage_at(self.epoch - 1).name if self.epoch else None,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "losses": {name: m.state_dict() for name, m in self.losses.items()},
+            "rng": {
+                **rng_state(),
+                "sampler": self.rng.bit_generator.state,
+                "augment": self.augment.state_dict(),
+            },
+            "labels": None if lab is None else lab.__dict__,
+            "counts": self.counts,
+            "seed": self.cfg["seed"],
+            "dataset": _fingerprint(self.dataset),
+            "recipe": self.cfg.get("name"),
+        }
+
+    def save(self) -> None:
+        if self.folder is not None and D.is_main():
+            save_checkpoint(self.folder.checkpoints, self.state_dict())
+
+    def restore(self, path) -> None:
+        """Continue from a checkpoint (see :mod:`uvireid.engine.checkpoint`)."""
+        state = load_checkpoint(path)
+        if state.get("seed") != self.cfg["seed"]:
+            logger.warning(
+                "resume: the checkpoint was trained with seed %s, this recipe has seed %s; "
+                "the run will not repeat the uninterrupted one",
+                state.get("seed"),
+                self.cfg["seed"],
+            )
+        fp = _fingerprint(self.dataset)
+        if state.get("dataset") != fp:
+            logger.warning(
+                "resume: the dataset differs from the checkpoint's (%s vs %s); the "
+                "pseudo-labels and the memories will be rebuilt on other data",
+                (state.get("dataset") or {}).get("sha1"),
+                (fp or {}).get("sha1"),
+            )
+        load_state_strict(self.model, state["model"], f"checkpoint {path}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for s in self.stages:
+            if s.name in state["losses"]:
+                load_state_strict(
+                    self.losses_of(s),
+                    state["losses"][s.name],
+                    f"checkpoint {path} (losses of stage '{s.name}')",
+                )
+        rng = state["rng"]
+        set_rng_state(rng)
+        self.rng.bit_generator.state = rng["sampler"]
+        self.augment.load_state_dict(rng["augment"])
+        self.epoch = int(state["epoch"])
+        self.counts = dict(state.get("counts") or {})
+        if state.get("labels"):
+            self.labels = EpochLabels(**state["labels"])
+        logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
+
+    # -- the run ----------------------------------------------------------------------
+    def fit(self) -> dict | None:
+        """Run the remaining epochs; returns the final evaluation tables (rank 0)."""
+        ev = self.cfg["evaluation"]
+        if self.tr["threads"] > 0:
+            torch.set_num_threads(int(self.tr["threads"]))
+        self.load_data()
+        log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
+        if ev["at_start"] and self.epoch == 0 and D.is_main():
+            res = self.evaluate("untrained")
+            if log:
+                log(
+                    {
+                        "epoch": -1,
+                        "stage": "untrained",
+                        "eval": self.summary(res["tables"]),
+                        "seconds": res["seconds"],
+                    }
+                )
+        evaluated_last = False
+        while self.epoch < self.total_epochs:
+            epoch = self.epoch
+            record = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            last = self.epoch == self.total_epochs
+            evaluated_last = False
+            if D.is_main() and (last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)):
+                res = self.evaluate(f"epoch {epoch}")
+                record["eval"] = self.summary(res["tables"])
+                record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
+                evaluated_last = last
+            self.save()
+            if log:
+                log(record)
+            D.barrier()
+        if D.is_main() and not evaluated_last and self.last_eval is None:
+            self.evaluate("final")
+        return self.last_eval
+
+
+def _fingerprint(dataset: Any) -> dict | None:
+    return dataset.fingerprint() if hasattr(dataset, "fingerprint") else None

@@ -1,0 +1,177 @@
+"""Cluster-contrast losses: DCL's intra-modality term and SALCR's dual (DAGL) term.
+
+Sources: Cluster-Contrast (Dai et al., ACCV 2022); DCL as in ADCA/PGM stage 1
+(``shared/notes/peers.md`` Sec. 0.3-0.4); SALCR (IJCV 2025) Sec. 3.3, Eq. 1-3 and 5-8
+(``shared/notes/salcr_reference.md`` Sec. 5.2-5.4).
+
+The InfoNCE against a memory of cluster prototypes (Eq. 1-2)::
+
+    L(x, y; M) = -log( exp(<x^, M[y]> / tau) / sum_k exp(<x^, M[k]> / tau) )
+
+with x^ = normalize(x), tau = 0.05, averaged over the rows that have a label (y >= 0).
+
+* ``cluster_contrast`` (DCL, Eq. 1-3, the paper's baseline "B"): each modality against
+  its own memory, with its own labels; the channel-augmented view goes into the visible
+  memory with the visible labels::
+
+      L = L(f^v, ỹ^v; M^v) + L(f^a, ỹ^v; M^v) + L(f^r, ỹ^r; M^r)
+
+* ``dual_cluster_contrast`` (DAGL, Eq. 5-8): every image against BOTH memories, with
+  its label in each space (its own label in its modality's space, the associator's in
+  the other)::
+
+      z = [f^v; f^a; f^r]
+      L = L(z, [ỹ^v; ỹ^v; ŷ^v]; M^v) + L(z, [ŷ^r; ŷ^r; ỹ^r]; M^r)
+
+  As in the official code, intra and cross rows are averaged together per memory and the
+  CA view takes part (the paper's Eq. 8 writes L_intra + L_vcm + L_rcm). Rows without a
+  cross label (no link this epoch) drop out, so an epoch whose association linked
+  nothing trains on the intra-modality terms alone.
+
+Both memories are re-initialised each epoch (``reset``) from the clusterer's partition
+and updated after each step (``update``) with every labelled row.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.memory import ClusterMemory
+from uvireid.registry import LOSSES
+
+__all__ = ["cluster_nce", "ClusterContrastLoss", "DualClusterContrastLoss"]
+
+logger = logging.getLogger(__name__)
+
+
+def cluster_nce(
+    x: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean over rows with ``labels >= 0`` of ``CE(normalize(x) M^T / tau, y)`` (Eq. 1-2).
+
+    Args:
+        x: (B, d) features (normalised here); memory: (K, d) prototypes (no gradient);
+        labels: (B,) long, -1 = row left out; temperature: tau.
+
+    Returns:
+        0-dim tensor; 0 (with a gradient path) when no row has a label.
+    """
+    keep = labels >= 0
+    if not bool(keep.any()) or memory.shape[0] == 0:
+        return x.sum() * 0.0
+    logits = F.normalize(x[keep], dim=1) @ memory.detach().to(x.dtype).T / temperature
+    return F.cross_entropy(logits, labels[keep])
+
+
+class _TwoMemories(nn.Module):
+    """A visible and an infrared :class:`ClusterMemory` re-initialised every epoch."""
+
+    def __init__(self, temperature: float, momentum: float):
+        super().__init__()
+        self.temperature = temperature
+        self.momentum = momentum
+        self.memory_v = ClusterMemory(0, temperature, momentum)
+        self.memory_r = ClusterMemory(0, temperature, momentum)
+
+    def reset(self, context: EpochContext) -> None:
+        """Prototypes = normalised centroids of the clusterer's partition (Eq. 3)."""
+        self.memory_v.reset(context.feats_v, context.init_v, context.num_v)
+        self.memory_r.reset(context.feats_r, context.init_r, context.num_r)
+
+
+@LOSSES.register("cluster_contrast")
+class ClusterContrastLoss(_TwoMemories):
+    """DCL: intra-modality cluster contrast, one memory per modality (SALCR Eq. 1-3).
+
+    Args:
+        temperature: tau (0.05).
+        momentum: weight of the old prototype in the update (0.1).
+        use_ca: include the channel-augmented visible view (the reference does).
+    """
+
+    def __init__(self, temperature: float = 0.05, momentum: float = 0.1, use_ca: bool = True):
+        super().__init__(temperature, momentum)
+        self.use_ca = use_ca
+
+    def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        tau = self.temperature
+        mv, mr = self.memory_v.features, self.memory_r.features
+        loss = cluster_nce(outputs.feat_v, mv, targets.vis_in_v, tau)
+        if self.use_ca:
+            loss = loss + cluster_nce(outputs.feat_a, mv, targets.vis_in_v, tau)
+        return loss + cluster_nce(outputs.feat_r, mr, targets.ir_in_r, tau)
+
+    @torch.no_grad()
+    def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
+        """M^v with [f^v; f^a] (in this order), M^r with f^r, each with its own labels."""
+        if self.use_ca:
+            fv = torch.cat([outputs.feat_v, outputs.feat_a])
+            yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
+        else:
+            fv, yv = outputs.feat_v, targets.vis_in_v
+        self.memory_v.update(fv, yv)
+        self.memory_r.update(outputs.feat_r, targets.ir_in_r)
+
+
+@LOSSES.register("dual_cluster_contrast")
+class DualClusterContrastLoss(_TwoMemories):
+    """DAGL: every image against both cluster memories with its dual labels (Eq. 5-8).
+
+    Args:
+        temperature: tau (0.05).
+        momentum: weight of the old prototype in the update (0.1).
+        use_ca: include the channel-augmented visible view (the reference does).
+        branch: ``"both"``; ``"visible"`` keeps the cross rows only in the visible
+            memory, ``"infrared"`` only in the infrared one (paper Table 4).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        momentum: float = 0.1,
+        use_ca: bool = True,
+        branch: str = "both",
+    ):
+        super().__init__(temperature, momentum)
+        if branch not in ("both", "visible", "infrared"):
+            from uvireid.errors import ConfigError
+
+            raise ConfigError(
+                f"dual_cluster_contrast: branch must be both, visible or infrared, got {branch!r}"
+            )
+        self.use_ca = use_ca
+        self.branch = branch
+
+    def _rows(self, outputs: StepOutputs, targets: StepTargets):
+        none_v = torch.full_like(targets.ir_in_v, -1)
+        none_r = torch.full_like(targets.vis_in_r, -1)
+        ir_in_v = targets.ir_in_v if self.branch in ("both", "visible") else none_v
+        vis_in_r = targets.vis_in_r if self.branch in ("both", "infrared") else none_r
+        if self.use_ca:
+            z = torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r])
+            tv = torch.cat([targets.vis_in_v, targets.vis_in_v, ir_in_v])
+            tr = torch.cat([vis_in_r, vis_in_r, targets.ir_in_r])
+        else:
+            z = torch.cat([outputs.feat_v, outputs.feat_r])
+            tv = torch.cat([targets.vis_in_v, ir_in_v])
+            tr = torch.cat([vis_in_r, targets.ir_in_r])
+        return z, tv, tr
+
+    def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        z, tv, tr = self._rows(outputs, targets)
+        tau = self.temperature
+        return cluster_nce(z, self.memory_v.features, tv, tau) + cluster_nce(
+            z, self.memory_r.features, tr, tau
+        )
+
+    @torch.no_grad()
+    def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
+        """Both memories with every row that has a label in their space (batch order)."""
+        z, tv, tr = self._rows(outputs, targets)
+        self.memory_v.update(z, tv)
+        self.memory_r.update(z, tr)

@@ -1,0 +1,108 @@
+"""What the engine hands to a loss: one step's outputs and targets, one epoch's context.
+
+Every registered loss is an ``nn.Module`` with the same three calls (DESIGN.md "Loss"):
+
+* ``reset(context: EpochContext)`` at each epoch start, after clustering and association:
+  (re-)initialise its memories from the epoch's features and labels;
+* ``forward(outputs: StepOutputs, targets: StepTargets) -> scalar``;
+* ``update(outputs, targets)`` after the optimiser step, with detached outputs: the
+  explicit momentum update of its memories (none for memory-free losses).
+
+A batch holds ``S_v`` visible images (``feat_v``), their channel-augmented copies
+(``feat_a``, same files, same labels) and ``S_r`` infrared images (``feat_r``). In the
+paired (SALCR) stage ``S_v = S_r = S`` and row n of each is one potential-positive pair.
+Labels use -1 for "none" (an outlier, or no cross-modal link this epoch): such rows take
+no part in a term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["StepOutputs", "StepTargets", "EpochContext"]
+
+
+@dataclass
+class StepOutputs:
+    """Model outputs of one training step.
+
+    Attributes:
+        feat_v, feat_a: (S_v, d) post-BN-neck global features of the visible images and
+            of their channel-augmented views.
+        feat_r: (S_r, d) the same for the infrared images.
+        parts: part features by (query image, map image), e.g. ``parts["v", "r"]`` is
+            (S, P, d): visible queries attending to the paired infrared map (FGSAL). Empty
+            when no loss asked for parts.
+    """
+
+    feat_v: torch.Tensor
+    feat_a: torch.Tensor
+    feat_r: torch.Tensor
+    parts: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+
+    def detach(self) -> StepOutputs:
+        return StepOutputs(
+            self.feat_v.detach(),
+            self.feat_a.detach(),
+            self.feat_r.detach(),
+            {k: v.detach() for k, v in self.parts.items()},
+        )
+
+
+@dataclass
+class StepTargets:
+    """Pseudo-labels of one step's images in both label spaces (torch long, -1 = none).
+
+    Attributes:
+        vis_in_v: (S_v,) visible images in the visible space (ỹ^v).
+        vis_in_r: (S_v,) visible images in the infrared space (ŷ^r).
+        ir_in_r: (S_r,) infrared images in the infrared space (ỹ^r).
+        ir_in_v: (S_r,) infrared images in the visible space (ŷ^v).
+        idx_v, idx_r: the images' indices in the epoch's visible / infrared lists (for
+            instance memories).
+        paired: True when row n of the visible and the infrared images form a pair.
+    """
+
+    vis_in_v: torch.Tensor
+    vis_in_r: torch.Tensor
+    ir_in_r: torch.Tensor
+    ir_in_v: torch.Tensor
+    idx_v: torch.Tensor
+    idx_r: torch.Tensor
+    paired: bool = False
+
+
+@dataclass
+class EpochContext:
+    """One epoch's features and pseudo-labels, for :meth:`reset` of the losses.
+
+    Attributes:
+        feats_v: (Nv, d) L2-normalised global features of the visible training images
+            (the clustering features, in the engine's order); feats_r: (Nr, d).
+        vis_in_v, vis_in_r, ir_in_r, ir_in_v: (Nv,) / (Nr,) int64 labels (see
+            :class:`StepTargets`).
+        init_v, init_r: (Nv,) / (Nr,) the clusterer's labels, from which cluster memories
+            are initialised (the same as ``vis_in_v`` / ``ir_in_r`` unless the associator
+            relabelled).
+        num_v, num_r: sizes of the visible and infrared label spaces.
+        parts_v, parts_r: (N, P, d) L2-normalised self-attended part features (FGSAL),
+            or None.
+        has_cross: False when the association linked no clusters (cross terms skipped).
+    """
+
+    feats_v: torch.Tensor
+    feats_r: torch.Tensor
+    vis_in_v: np.ndarray
+    vis_in_r: np.ndarray
+    ir_in_r: np.ndarray
+    ir_in_v: np.ndarray
+    init_v: np.ndarray
+    init_r: np.ndarray
+    num_v: int
+    num_r: int
+    parts_v: torch.Tensor | None = None
+    parts_r: torch.Tensor | None = None
+    has_cross: bool = True

@@ -1,0 +1,199 @@
+"""GPCR: instance-neighbour loss over global and part instance memories (SALCR Eq. 16-27).
+
+SALCR (IJCV 2025) Sec. 3.5 (``shared/notes/salcr_reference.md`` Sec. 7). Instance
+memories hold the L2-normalised global features I^s (N_s, d) and part features I^s_p of
+the clustered training images of each modality s in {v, r}. For a row z and a memory I::
+
+    p(z) = softmax(normalize(z) I^T / tau),     N_k(z) = top-k indices of p(z)   (k = 30)
+    L(z, P) = -log sum_{i in P} p(z)_i                                          (Eq. 18, 24)
+
+Global positives, cross-modality intersection (Eq. 16-17): for pair n,
+``P_n = N_k(f^v_n) ∩ N_k(f^r_n)``, used for the rows v_n, a_n and r_n (the official code
+also intersects the CA row a_n: ``official_quirks``).
+
+Part positives, mutual correction (Eq. 21-23): for part p and the row "query x attends to
+map y" of pair n, ``P = [N_k(x->y') ∪ N_k(x->y'')] ∩ N_k^global(x_n)``, where y', y'' are
+the two other maps of the pair (v, a, r) and N_k^global is the query image's own global
+neighbour set in the same memory; the nine (query, map) rows are the channel-augmented
+triplet expansion of the paper's v<->r pairs.
+
+    L_gpcr = sum_{s in v, r} [ mean_rows L(z, P_n; I^s) + (1/P) sum_p mean_rows L(x, P; I^s_p) ]
+
+(rows with an empty positive set are left out; a term with none is 0). The recipe gives
+its weight, lambda = 0.5 (Eq. 30). The memories are re-initialised each epoch and, in the
+paper, momentum-updated with the batch's features (``momentum``); ``official_quirks``
+keeps them fixed within an epoch (§11 item 9) and replaces the a->r part by a->v (item 7).
+GPCR needs paired batches; on an unpaired batch it contributes 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.registry import LOSSES
+
+__all__ = ["InstanceNeighbourLoss", "topk_mask", "positive_nll"]
+
+MAPS = ("v", "a", "r")
+
+
+def topk_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N) bool: True at each row's k largest entries (k clamped to N)."""
+    k = min(int(k), logits.shape[1])
+    idx = logits.topk(k, dim=1).indices
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def positive_nll(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with a positive of ``-log sum_{i in P} softmax(logits)_i`` (Eq. 18).
+
+    Args:
+        logits: (B, N) ``normalize(z) I^T / tau``; positives: (B, N) bool.
+    """
+    keep = positives.any(1)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    lg = logits[keep]
+    pos = lg.masked_fill(~positives[keep], float("-inf"))
+    return (torch.logsumexp(lg, 1) - torch.logsumexp(pos, 1)).mean()
+
+
+@LOSSES.register("instance_neighbour")
+class InstanceNeighbourLoss(nn.Module):
+    """GPCR: global and part instance-neighbour terms (SALCR Eq. 16-27).
+
+    Args:
+        k: neighbours per row (30).
+        num_parts: P (3); with ``parts: false`` only the global term is used.
+        temperature: tau (0.05).
+        momentum: weight of the old entry in the instance-memory update (0.1; unused
+            with ``official_quirks``).
+        parts: include the part term (needs the FGSAL part module).
+        official_quirks: the official code's CA row in the global intersection, fixed
+            memories within an epoch, and the a->r part replaced by a->v.
+    """
+
+    def __init__(
+        self,
+        k: int = 30,
+        num_parts: int = 3,
+        temperature: float = 0.05,
+        momentum: float = 0.1,
+        parts: bool = True,
+        official_quirks: bool = False,
+    ):
+        super().__init__()
+        self.k = int(k)
+        self.num_parts = int(num_parts)
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.use_parts = bool(parts)
+        self.needs_parts = bool(parts)
+        self.official_quirks = bool(official_quirks)
+        for name in ("inst_v", "inst_r"):  # (N, d)
+            self.register_buffer(name, torch.zeros(0, 0))
+        for name in ("part_v", "part_r"):  # (N, P, d)
+            self.register_buffer(name, torch.zeros(0, self.num_parts, 0))
+        for name in ("row_v", "row_r"):  # image index -> memory row (-1: not in memory)
+            self.register_buffer(name, torch.zeros(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def reset(self, context: EpochContext) -> None:
+        """Memories of the clustered instances (outliers left out, as the reference)."""
+        for s, feats, parts, labels in (
+            ("v", context.feats_v, context.parts_v, context.init_v),
+            ("r", context.feats_r, context.parts_r, context.init_r),
+        ):
+            keep = torch.as_tensor(np.flatnonzero(np.asarray(labels) >= 0), device=feats.device)
+            row = torch.full((len(feats),), -1, dtype=torch.long, device=feats.device)
+            row[keep] = torch.arange(len(keep), device=feats.device)
+            setattr(self, f"row_{s}", row)
+            setattr(self, f"inst_{s}", F.normalize(feats[keep], dim=1))
+            if self.use_parts:
+                if parts is None:
+                    raise ValueError("instance_neighbour with parts needs context.parts_v/_r")
+                setattr(self, f"part_{s}", F.normalize(parts[keep], dim=-1))
+
+    def _logits(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z, dim=-1) @ memory.detach().to(z.dtype).T / self.temperature
+
+    def _global(self, outputs: StepOutputs, memory: torch.Tensor):
+        """Global term on one memory; also returns each query image's top-k mask."""
+        s = len(outputs.feat_v)
+        z = torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r])
+        logits = self._logits(z, memory)
+        nbr = topk_mask(logits.detach(), self.k)
+        nv, na, nr = nbr[:s], nbr[s : 2 * s], nbr[2 * s :]
+        inter = nv & nr
+        if self.official_quirks:
+            inter = inter & na
+        positives = torch.cat([inter, inter, inter])
+        return positive_nll(logits, positives), {"v": nv, "a": na, "r": nr}
+
+    def _part(self, parts: dict, memory: torch.Tensor, glob: dict) -> torch.Tensor:
+        """Part term on one part memory (N, P, d), averaged over parts."""
+        total = memory.new_zeros(())
+        key = {(q, m): (q, m) for q in MAPS for m in MAPS}
+        if self.official_quirks:
+            key["a", "r"] = ("a", "v")
+        for p in range(self.num_parts):
+            mem = memory[:, p]
+            logits = {qm: self._logits(parts[key[qm]][:, p], mem) for qm in key}
+            nbr = {qm: topk_mask(lg.detach(), self.k) for qm, lg in logits.items()}
+            rows, pos = [], []
+            for q, m in key:
+                others = [o for o in MAPS if o != m]
+                union = nbr[q, others[0]] | nbr[q, others[1]]
+                rows.append(logits[q, m])
+                pos.append(union & glob[q])
+            total = total + positive_nll(torch.cat(rows), torch.cat(pos))
+        return total / self.num_parts
+
+    def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):
+            return outputs.feat_v.sum() * 0.0
+        total = outputs.feat_v.sum() * 0.0
+        for s in ("v", "r"):
+            g, glob = self._global(outputs, getattr(self, f"inst_{s}"))
+            total = total + g
+            if self.use_parts and outputs.parts:
+                total = total + self._part(outputs.parts, getattr(self, f"part_{s}"), glob)
+        return total
+
+    @torch.no_grad()
+    def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
+        """Paper: momentum update of the entries of the batch's images (self features
+        and self parts); nothing with ``official_quirks``."""
+        if self.official_quirks or not targets.paired:
+            return
+        from uvireid.engine.distributed import all_gather_cat
+
+        for s, feat, idx, self_key in (
+            ("v", outputs.feat_v, targets.idx_v, ("v", "v")),
+            ("r", outputs.feat_r, targets.idx_r, ("r", "r")),
+        ):
+            row = getattr(self, f"row_{s}")[all_gather_cat(idx)]
+            ok = row >= 0
+            mem = getattr(self, f"inst_{s}")
+            x = F.normalize(all_gather_cat(feat.detach().to(mem.dtype)), dim=1)
+            for r, xi in zip(row[ok].tolist(), x[ok]):
+                new = self.momentum * mem[r] + (1 - self.momentum) * xi
+                mem[r] = new / new.norm().clamp(min=1e-12)
+            if self.use_parts and self_key in outputs.parts:
+                pm = getattr(self, f"part_{s}")
+                xp = F.normalize(
+                    all_gather_cat(outputs.parts[self_key].detach().to(pm.dtype)), dim=-1
+                )
+                for r, xi in zip(row[ok].tolist(), xp[ok]):
+                    new = self.momentum * pm[r] + (1 - self.momentum) * xi
+                    pm[r] = new / new.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("inst_v", "inst_r", "part_v", "part_r", "row_v", "row_r"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,109 @@
+"""Cluster memory: momentum-updated, L2-normalised prototypes (Cluster-Contrast; SALCR Eq. 3, 7).
+
+Sources: Cluster-Contrast (Dai et al., ACCV 2022) ``ClusterMemory``; SALCR (IJCV 2025)
+Eq. 3 and 7; ``shared/notes/peers.md`` Sec. 0.3 and ``salcr_reference.md`` Sec. 5.2::
+
+    M[k] = normalize(mean of the features of cluster k)            (epoch start)
+    logits = normalize(x) M^T / tau                                (tau = 0.05)
+    M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))             (mu = 0.1, per sample)
+
+``mu`` is the weight of the OLD prototype (the peers' ``momentum``; 0.1 means a new
+sample gets weight 0.9). The update is explicit (:meth:`ClusterMemory.update`), called
+by the engine after the optimiser step with the step's detached features, one sample
+after the other in batch order, as the reference's backward does; the logits and their
+gradient therefore see the memory as it was before the step, as in the reference.
+Under DDP the features and labels of every rank are gathered first, so every rank
+applies the same updates and the memories stay identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uvireid.engine.distributed import all_gather_cat
+
+__all__ = ["ClusterMemory", "centroids", "momentum_update"]
+
+
+def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d) L2-normalised mean feature of each label 0..k-1 (-1 ignored; empty -> 0).
+
+    Args:
+        feats: (N, d) float features; labels: (N,) int, -1 = outlier.
+    """
+    lab = torch.as_tensor(np.asarray(labels), device=feats.device).long()
+    keep = lab >= 0
+    sums = torch.zeros((k, feats.shape[1]), dtype=feats.dtype, device=feats.device)
+    sums.index_add_(0, lab[keep], feats[keep])
+    return F.normalize(sums, dim=1)
+
+
+def momentum_update(
+    memory: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float
+) -> None:
+    """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
+
+    Rows with label -1 are skipped. (Eq. 7; sequential, so two samples of one label in a
+    batch compound, as in the reference.)
+    """
+    x = F.normalize(feats.detach().to(memory.dtype), dim=1)
+    for xi, y in zip(x, labels.tolist()):
+        if y < 0:
+            continue
+        row = momentum * memory[y] + (1.0 - momentum) * xi
+        memory[y] = row / row.norm().clamp(min=1e-12)
+
+
+class ClusterMemory(nn.Module):
+    """K prototypes of dimension d with the cluster-contrast logits and momentum update.
+
+    Args:
+        dim: feature dimension d.
+        temperature: tau (0.05).
+        momentum: mu, the weight of the old prototype (0.1).
+
+    The prototypes are a buffer (saved in checkpoints; its size follows the epoch's
+    cluster count and is restored from a checkpoint whatever it was at construction).
+    """
+
+    def __init__(self, dim: int = 0, temperature: float = 0.05, momentum: float = 0.1):
+        super().__init__()
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.register_buffer("features", torch.zeros(0, dim))
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.features.shape[0])
+
+    @torch.no_grad()
+    def reset(self, feats: torch.Tensor, labels: np.ndarray, k: int) -> None:
+        """Prototypes = normalised centroids of ``labels`` 0..k-1 of ``feats`` (N, d)."""
+        self.features = centroids(feats.detach(), labels, int(k))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) ``normalize(x) M^T / tau``; the gradient flows into ``x`` only."""
+        return F.normalize(x, dim=1) @ self.features.detach().to(x.dtype).T / self.temperature
+
+    @torch.no_grad()
+    def update(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """Explicit momentum update with (B, d) ``feats`` and (B,) ``labels`` (-1 skipped),
+        gathered from every rank first under DDP."""
+        feats = all_gather_cat(feats.detach().to(self.features.dtype))
+        labels = all_gather_cat(labels.to(feats.device).long())
+        momentum_update(self.features, feats, labels, self.momentum)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "features"
+        if key in state_dict:  # the cluster count of the saved epoch
+            self.features = torch.empty_like(state_dict[key], device=self.features.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"clusters={self.num_clusters}, temperature={self.temperature}, "
+            f"momentum={self.momentum}"
+        )

@@ -1,0 +1,135 @@
+"""FGSAL's part contrast: four part-cluster memories per part (SALCR Eq. 12-15).
+
+SALCR (IJCV 2025) Sec. 3.4 (``shared/notes/salcr_reference.md`` Sec. 6.4-6.5). Part
+features come from :class:`uvireid.models.parts.PartQuery` as ``parts[query, map]``
+(S, P, d): the query image's instance-adaptive queries attending to the map of an image
+of the pair (v visible, a its channel-augmented view, r infrared). Every part feature is
+supervised with the labels of its QUERY image, in both label spaces. For part p::
+
+    V_p = [v->v, a->a, v->r, a->r, v->a, a->v]  (visible queries, 6S rows)
+    R_p = [r->r, r->v, r->a]                    (infrared queries, 3S rows)
+
+    L_fgsal = (1/P) sum_p [ L(V_p, ỹ^v; M^v_hat_p) + L(V_p, ŷ^r; M^r_hat_p)      (Eq. 12-13)
+                          + L(R_p, ŷ^v; M^v_chk_p) + L(R_p, ỹ^r; M^r_chk_p) ]    (Eq. 14-15)
+
+with ``L`` the cluster-contrast InfoNCE (:func:`uvireid.losses.cluster_contrast.cluster_nce`,
+tau = 0.05) and the four memories momentum-updated with the same rows (mu = 0.1).
+
+Initialisation (each epoch), paper: the visible-query memories from the centroids of
+the visible self parts f^vv (by ỹ^v, resp. ŷ^r), the infrared-query memories from the
+infrared self parts f^rr (by ŷ^v, resp. ỹ^r). ``official_quirks=True`` reproduces the
+official code (spec §11 items 7 and 10): both visible-space memories from f^vv by ỹ^v,
+both infrared-space memories from f^rr by ỹ^r, and the a->r row replaced by a->v
+(``trainer.py`` line 260).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uvireid.losses.cluster_contrast import cluster_nce
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.memory import centroids, momentum_update
+from uvireid.registry import LOSSES
+
+__all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
+
+VISIBLE_QUERY_ROWS = (("v", "v"), ("a", "a"), ("v", "r"), ("a", "r"), ("v", "a"), ("a", "v"))
+INFRARED_QUERY_ROWS = (("r", "r"), ("r", "v"), ("r", "a"))
+MEMORIES = ("hat_v", "hat_r", "chk_v", "chk_r")
+
+
+@LOSSES.register("part_contrast")
+class PartContrastLoss(nn.Module):
+    """FGSAL: part features against four part-cluster memories per part (Eq. 12-15).
+
+    Args:
+        num_parts: P (3); must match the part module's.
+        temperature: tau (0.05).
+        momentum: weight of the old prototype (0.1).
+        official_quirks: the official code's memory initialisation and a->r slip.
+    """
+
+    needs_parts = True
+
+    def __init__(
+        self,
+        num_parts: int = 3,
+        temperature: float = 0.05,
+        momentum: float = 0.1,
+        official_quirks: bool = False,
+    ):
+        super().__init__()
+        self.num_parts = int(num_parts)
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.official_quirks = bool(official_quirks)
+        for name in MEMORIES:  # (P, K, d) each
+            self.register_buffer(name, torch.zeros(self.num_parts, 0, 0))
+
+    @torch.no_grad()
+    def reset(self, context: EpochContext) -> None:
+        pv, pr = context.parts_v, context.parts_r
+        if pv is None or pr is None:
+            raise ValueError("part_contrast needs the epoch's self parts (context.parts_v/_r)")
+        c = context
+        if self.official_quirks:
+            spec = {
+                "hat_v": (pv, c.init_v, c.num_v),
+                "hat_r": (pr, c.init_r, c.num_r),
+                "chk_v": (pv, c.init_v, c.num_v),
+                "chk_r": (pr, c.init_r, c.num_r),
+            }
+        else:
+            spec = {
+                "hat_v": (pv, c.init_v, c.num_v),
+                "hat_r": (pv, c.vis_in_r, c.num_r),
+                "chk_v": (pr, c.ir_in_v, c.num_v),
+                "chk_r": (pr, c.init_r, c.num_r),
+            }
+        for name, (feats, labels, k) in spec.items():
+            mem = torch.stack([centroids(feats[:, p], labels, k) for p in range(self.num_parts)])
+            setattr(self, name, mem)
+
+    def _rows(self, outputs: StepOutputs, targets: StepTargets):
+        vis_rows = list(VISIBLE_QUERY_ROWS)
+        if self.official_quirks:
+            vis_rows[3] = ("a", "v")
+        parts = outputs.parts
+        xv = torch.cat([parts[k] for k in vis_rows])  # (6S, P, d)
+        xr = torch.cat([parts[k] for k in INFRARED_QUERY_ROWS])  # (3S, P, d)
+        n_v, n_r = len(vis_rows), len(INFRARED_QUERY_ROWS)
+        return {
+            "hat_v": (xv, targets.vis_in_v.repeat(n_v)),
+            "hat_r": (xv, targets.vis_in_r.repeat(n_v)),
+            "chk_v": (xr, targets.ir_in_v.repeat(n_r)),
+            "chk_r": (xr, targets.ir_in_r.repeat(n_r)),
+        }
+
+    def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        rows = self._rows(outputs, targets)
+        total = outputs.feat_v.sum() * 0.0
+        for name, (x, y) in rows.items():
+            mem = getattr(self, name)
+            for p in range(self.num_parts):
+                total = total + cluster_nce(x[:, p], mem[p], y, self.temperature)
+        return total / self.num_parts
+
+    @torch.no_grad()
+    def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
+        """Each memory with its rows and targets, part by part (Eq. 7 per part)."""
+        from uvireid.engine.distributed import all_gather_cat
+
+        for name, (x, y) in self._rows(outputs, targets).items():
+            mem = getattr(self, name)
+            x = all_gather_cat(x.detach().to(mem.dtype))
+            y = all_gather_cat(y)
+            for p in range(self.num_parts):
+                momentum_update(mem[p], x[:, p], y, self.momentum)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in MEMORIES:
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
