@@ -98,6 +98,9 @@ def test_cli_run_reports_the_run_folder(recipe, capsys):
     assert main(["run", str(recipe), "reranker=null", "evaluation.trials=1"]) == 0
     out = capsys.readouterr().out
     assert "run folder:" in out
+    # `uvireid run` ends with the run's report (matplotlib is in the dev environment)
+    html = out.split("report:", 1)[1].split()[0]
+    assert html.endswith("report.html") and "data:image/png;base64," in open(html).read()
 
 
 def test_protocol_that_does_not_fit_the_dataset_is_refused(recipe):

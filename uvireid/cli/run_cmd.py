@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--resume", action="store_true", help="continue the latest run folder")
     p.add_argument("--dry-run", action="store_true", help="validate and print, run nothing")
+    p.add_argument(
+        "--no-report", action="store_true", help="skip report.html at the end (needs uvireid[viz])"
+    )
     p.set_defaults(func=run)
 
 
@@ -44,4 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     folder = run_recipe(cfg, resume=args.resume)
     print(f"run folder: {folder.path}")
+    if not args.no_report:
+        from uvireid.viz.report import maybe_report
+
+        html = maybe_report(folder.path)
+        if html is not None:
+            print(f"report: {html}")
     return 0
