@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.memory import momentum_update
 from uvireid.registry import LOSSES
 
 __all__ = ["InstanceNeighbourLoss", "topk_mask", "positive_nll"]
@@ -177,20 +178,12 @@ class InstanceNeighbourLoss(nn.Module):
             ("r", outputs.feat_r, targets.idx_r, ("r", "r")),
         ):
             row = getattr(self, f"row_{s}")[all_gather_cat(idx)]
-            ok = row >= 0
             mem = getattr(self, f"inst_{s}")
-            x = F.normalize(all_gather_cat(feat.detach().to(mem.dtype)), dim=1)
-            for r, xi in zip(row[ok].tolist(), x[ok]):
-                new = self.momentum * mem[r] + (1 - self.momentum) * xi
-                mem[r] = new / new.norm().clamp(min=1e-12)
+            momentum_update(mem, all_gather_cat(feat.detach().to(mem.dtype)), row, self.momentum)
             if self.use_parts and self_key in outputs.parts:
                 pm = getattr(self, f"part_{s}")
-                xp = F.normalize(
-                    all_gather_cat(outputs.parts[self_key].detach().to(pm.dtype)), dim=-1
-                )
-                for r, xi in zip(row[ok].tolist(), xp[ok]):
-                    new = self.momentum * pm[r] + (1 - self.momentum) * xi
-                    pm[r] = new / new.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+                xp = all_gather_cat(outputs.parts[self_key].detach().to(pm.dtype))
+                momentum_update(pm, xp, row, self.momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("inst_v", "inst_r", "part_v", "part_r", "row_v", "row_r"):

@@ -25,7 +25,7 @@ from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat
 
-__all__ = ["ClusterMemory", "centroids", "momentum_update"]
+__all__ = ["ClusterMemory", "centroids", "momentum_update", "occurrence_rank"]
 
 
 def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
@@ -41,20 +41,42 @@ def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) ->
     return F.normalize(sums, dim=1)
 
 
+def occurrence_rank(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) for each entry, how many earlier entries carry the same label (0, 1, 2, ...)."""
+    order = torch.sort(labels, stable=True).indices
+    sorted_lab = labels[order]
+    pos = torch.arange(len(labels), device=labels.device)
+    new_run = torch.ones_like(sorted_lab, dtype=torch.bool)
+    new_run[1:] = sorted_lab[1:] != sorted_lab[:-1]
+    run_start = torch.cummax(torch.where(new_run, pos, torch.zeros_like(pos)), 0).values
+    rank = torch.empty_like(pos)
+    rank[order] = pos - run_start
+    return rank
+
+
 def momentum_update(
     memory: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float
 ) -> None:
     """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
 
-    Rows with label -1 are skipped. (Eq. 7; sequential, so two samples of one label in a
-    batch compound, as in the reference.)
+    Rows with label -1 are skipped. Sequential as in the reference (two samples of one
+    label in a batch compound, in batch order), computed in rounds: round r updates the
+    r-th occurrence of every label at once, which gives the sequential result exactly
+    with as many steps as the most frequent label has samples. ``memory`` may be
+    (K, d) or (K, P, d) (one update per part; normalised over the last dimension).
     """
-    x = F.normalize(feats.detach().to(memory.dtype), dim=1)
-    for xi, y in zip(x, labels.tolist()):
-        if y < 0:
-            continue
-        row = momentum * memory[y] + (1.0 - momentum) * xi
-        memory[y] = row / row.norm().clamp(min=1e-12)
+    labels = labels.to(memory.device).long()
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return
+    y = labels[keep]
+    x = F.normalize(feats.detach().to(memory.dtype)[keep], dim=-1)
+    rank = occurrence_rank(y)
+    for r in range(int(rank.max()) + 1):
+        sel = rank == r
+        ys = y[sel]
+        row = momentum * memory[ys] + (1.0 - momentum) * x[sel]
+        memory[ys] = row / row.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 class ClusterMemory(nn.Module):

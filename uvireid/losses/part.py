@@ -126,7 +126,7 @@ class PartContrastLoss(nn.Module):
             x = all_gather_cat(x.detach().to(mem.dtype))
             y = all_gather_cat(y)
             for p in range(self.num_parts):
-                momentum_update(mem[p], x[:, p], y, self.momentum)
+                momentum_update(mem[p], x[:, p], y, self.momentum)  # (K, d) view, in place
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in MEMORIES:
