@@ -50,9 +50,9 @@ ROWS: dict[str, list[str]] = {
         "stages.1.associator=null",
         "stages.1.sampler.type=identity",
     ],
-    "DCL+DAGL": [f"stages.1.losses=[{DAGL}]", "stages.1.associator.k_tr=null"],
-    "+FGSAL": [f"stages.1.losses=[{DAGL}, {FGSAL}]", "stages.1.associator.k_tr=null"],
-    "+GPCR": [f"stages.1.losses=[{DAGL}, {FGSAL}, {GPCR}]", "stages.1.associator.k_tr=null"],
+    "DCL+DAGL": [f"stages.1.losses=[{DAGL}]", "associator.k_tr=null"],
+    "+FGSAL": [f"stages.1.losses=[{DAGL}, {FGSAL}]", "associator.k_tr=null"],
+    "+GPCR": [f"stages.1.losses=[{DAGL}, {FGSAL}, {GPCR}]", "associator.k_tr=null"],
     "+CMFP(tr)": [f"stages.1.losses=[{DAGL}, {FGSAL}, {GPCR}]"],
 }
 
