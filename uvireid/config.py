@@ -172,12 +172,19 @@ class StageSettings:
         clusterer, associator: parts (absent: the recipe's top-level ones; an explicit
             null associator means no cross-modal association, as in DCL).
         losses: ``[{type: NAME, weight: W, ...}]`` summed with their weights.
+        lr, lr_steps: a stage that sets either restarts the learning-rate schedule at its
+            first epoch, as a method trained in separate runs per stage does (PGM's stage
+            2 starts again at 3.5e-4): ``lr`` (null: ``train.lr``) times ``train.lr_gamma``
+            per step of ``lr_steps`` passed, counted in epochs from the stage's start.
+            A stage with neither follows ``train.lr_steps`` on the run's absolute epoch.
     """
 
     name: str = "train"
     epochs: int = 1
     iters_per_epoch: int | None = None
     ltg_p: float = 0.0
+    lr: float | None = None
+    lr_steps: list[int] | None = None
 
 
 STAGE_COMPONENTS = ("clusterer", "associator")

@@ -103,3 +103,68 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(recipe_file, monkeypa
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
     assert _final(folder)["epoch"] == 1
     assert len(folder.read_metrics()) == 1
+
+
+def _uvireid(*args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvireid", "run", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
+    """A real ``kill -9`` of ``uvireid run`` after its first checkpoint, then ``--resume``
+    in a new process: the final weights equal an uninterrupted run's, bit for bit."""
+    import time
+
+    import yaml
+    from train_fixtures import tiny_recipe
+
+    rec = tiny_recipe(tmp_path)
+    rec["train"]["iters_per_epoch"] = 4
+    rec["stages"][1]["epochs"] = 3
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    whole = _uvireid(path, f"output_dir={tmp_path / 'a'}")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()[-2000:]
+
+    out_b = tmp_path / "b"
+    victim = _uvireid(path, f"output_dir={out_b}")
+    latest = None
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        found = sorted(out_b.glob("*/*/checkpoints/latest.pt")) or sorted(
+            out_b.glob("**/checkpoints/latest.pt")
+        )
+        if found:
+            latest = found[0]
+            try:
+                if load_checkpoint(latest)["epoch"] >= 1:
+                    break
+            except CheckpointError:
+                pass  # being replaced right now: the rename is atomic, read again
+        time.sleep(0.05)
+    victim.kill()  # SIGKILL: no handler, no cleanup
+    victim.wait(timeout=60)
+    assert latest is not None, "the run wrote no checkpoint"
+    run_dir = latest.parent.parent
+    done = load_checkpoint(latest)["epoch"]
+    assert 1 <= done < 4, f"the kill came too late (epoch {done}); lengthen the run"
+    assert not (run_dir / "results.json").exists()
+
+    resumed = _uvireid(path, f"output_dir={out_b}", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    (a_ckpt,) = (tmp_path / "a").glob("**/checkpoints/latest.pt")
+    a, b = load_checkpoint(a_ckpt), load_checkpoint(latest)
+    assert b["epoch"] == a["epoch"] == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["losses"]["salcr"].items():
+        assert torch.equal(value, b["losses"]["salcr"][key]), key
+    assert (run_dir / "results.json").exists()

@@ -99,3 +99,88 @@ def test_demo_recipe_trains_on_the_synthetic_dataset():
     names = [s.name for s in stages_of(cfg)]
     assert names == ["dcl", "salcr"]
     assert cfg["evaluation"]["at_start"] is True
+
+
+def test_dcl_recipe_is_the_salcr_dcl_stage_alone():
+    dcl_cfg, salcr_cfg = load_recipe("dcl"), load_recipe("salcr")
+    (only,) = stages_of(dcl_cfg)
+    ref = stages_of(salcr_cfg)[0]
+    assert (only.epochs, only.sampler, only.losses, only.ltg_p) == (
+        ref.epochs,
+        ref.sampler,
+        ref.losses,
+        ref.ltg_p,
+    )
+    assert only.associator is None and dcl_cfg["clusterer"] == salcr_cfg["clusterer"]
+
+
+def _lr_at(cfg: dict, epoch: int) -> float:
+    """The learning rate of an epoch, re-stated from the recipe's own numbers."""
+    import torch
+
+    from uvireid.engine.trainer import lr_factors
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["train"]["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factors(stages_of(cfg), cfg["train"]))
+    for _ in range(epoch):
+        opt.step()
+        sched.step()
+    return opt.param_groups[0]["lr"]
+
+
+def test_pgm_recipe_matches_the_peers_spec():
+    # shared/notes/peers.md Sec. 2.2: stage 1 DCL 50 epochs, stage 2 70 epochs; Adam
+    # 3.5e-4, step 20 (x0.1) in each stage (stage 2 is a separate run); eps 0.6, k1 30,
+    # k2 6; 200 iterations; cross weight 0.25, alternating by epoch parity, cross-write.
+    cfg = load_recipe("pgm")
+    dcl, pgm = stages_of(cfg)
+    assert (dcl.epochs, pgm.epochs, pgm.iters) == (50, 70, 200)
+    assert pgm.associator["type"] == "pgm" and dcl.associator is None
+    (loss,) = pgm.losses
+    assert loss["type"] == "alternate_cross_contrast"
+    assert (loss["cross_weight"], loss["schedule"], loss["cross_update"]) == (
+        0.25,
+        "alternate",
+        True,
+    )
+    assert (pgm.clusterer["eps"], pgm.clusterer["k1"], pgm.clusterer["k2"]) == (0.6, 30, 6)
+    expected = {
+        0: 3.5e-4,
+        19: 3.5e-4,
+        20: 3.5e-5,
+        45: 3.5e-6,
+        50: 3.5e-4,
+        69: 3.5e-4,
+        70: 3.5e-5,
+        90: 3.5e-6,
+        119: 3.5e-7,
+    }
+    for epoch, lr in expected.items():
+        assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_mbccm_recipe_matches_the_peers_spec():
+    # shared/notes/peers.md Sec. 3.2: 80 epochs, cross-modal from 40; 12 pairs x 12
+    # images; alpha 0.9, beta 0.5; lr 3.5e-4, x0.1 for 20-49, x0.01 for 50-69, x0.001 after
+    cfg = load_recipe("mbccm")
+    dcl, mb = stages_of(cfg)
+    assert (dcl.epochs, mb.first_epoch, mb.epochs) == (40, 40, 40)
+    assert mb.associator["type"] == "mbccm" and mb.sampler == {
+        "type": "paired",
+        "ids": 12,
+        "images": 12,
+    }
+    losses = {x["type"]: x for x in mb.losses}
+    assert set(losses) == {"cluster_contrast", "modality_agnostic"}
+    assert (losses["modality_agnostic"]["alpha"], losses["modality_agnostic"]["beta"]) == (
+        0.9,
+        0.5,
+    )
+    for epoch, lr in {0: 3.5e-4, 20: 3.5e-5, 49: 3.5e-5, 50: 3.5e-6, 70: 3.5e-7}.items():
+        assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_salcr_schedule_is_unchanged_by_stage_learning_rates():
+    cfg = load_recipe("salcr")
+    for epoch, lr in {0: 3.5e-4, 19: 3.5e-4, 20: 3.5e-5, 59: 3.5e-5, 60: 3.5e-6}.items():
+        assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch

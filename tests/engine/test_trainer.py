@@ -156,3 +156,36 @@ def test_train_step_moves_the_weights(recipe_file):
     after = tr.model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("shared" in k for k in changed) and any("specific" in k for k in changed)
+
+
+@pytest.mark.parametrize(
+    "associator,sampler,losses",
+    [
+        ("pgm", "identity", [{"type": "alternate_cross_contrast"}]),
+        ("mbccm", "paired", [{"type": "cluster_contrast"}, {"type": "modality_agnostic"}]),
+    ],
+)
+def test_peer_stages_train_end_to_end(tmp_path, associator, sampler, losses):
+    """PGM's and MBCCM's second stage as recipes assemble them: 2 epochs, finite losses."""
+    rec = tiny_recipe(tmp_path)
+    rec["stages"][1] = {
+        "name": associator,
+        "epochs": 2,
+        "lr": 1e-4,
+        "lr_steps": [1],
+        "sampler": {"type": sampler, "ids": 2, "images": 2},
+        "associator": {"type": associator},
+        "losses": losses,
+    }
+    import yaml
+
+    path = tmp_path / "peer.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    folder = run_recipe(load_recipe(path), progress=False)
+    lines = folder.read_metrics()
+    assert [line["stage"] for line in lines] == ["dcl", associator, associator]
+    for line in lines[1:]:
+        assert set(line["loss"]) == {x["type"] for x in losses} | {"total"}
+        assert all(np.isfinite(v) for v in line["loss"].values())
+    # the second stage restarts at its own lr and steps after its first epoch
+    assert lines[1]["lr"] == pytest.approx(1e-4) and lines[2]["lr"] == pytest.approx(1e-5)

@@ -166,3 +166,26 @@ def test_timm_backbone_single_stream():
     assert torch.equal(m.extract(x, 0), m.extract(x, 1))
     with pytest.raises(ConfigError, match="timm has no model 'resnet5O'"):
         TimmBackbone("resnet5O")
+
+
+def test_half_fitting_checkpoint_is_an_error_listing_the_keys(tmp_path):
+    import torchvision
+
+    sd = torchvision.models.resnet18().state_dict()
+    partial = {k: v for k, v in sd.items() if not k.startswith("layer4.1.")}
+    partial["extra.weight"] = torch.zeros(3)
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(ConfigError) as err:
+        _model(pretrained=str(tmp_path / "partial.pth"))
+    msg = str(err.value)
+    assert "missing keys (layer4.1.conv1.weight" in msg
+    assert "1 unexpected keys (extra.weight)" in msg
+    r34 = torchvision.models.resnet34().state_dict()
+    shaped = dict(sd)
+    shaped["conv1.weight"] = torch.zeros(32, 3, 7, 7)
+    torch.save(shaped, tmp_path / "shaped.pth")
+    with pytest.raises(ConfigError, match=r"keys of another shape \(conv1.weight \(32, 3, 7, 7\)"):
+        _model(pretrained=str(tmp_path / "shaped.pth"))
+    torch.save(r34, tmp_path / "r34.pth")
+    with pytest.raises(ConfigError, match="missing keys|unexpected keys"):
+        _model(pretrained=str(tmp_path / "r34.pth"))

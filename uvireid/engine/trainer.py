@@ -71,6 +71,8 @@ class Stage:
     associator: dict | None
     losses: list[dict]
     first_epoch: int = 0
+    lr: float | None = None
+    lr_steps: list[int] | None = None
 
     @property
     def last_epoch(self) -> int:
@@ -118,10 +120,32 @@ def stages_of(cfg: dict) -> list[Stage]:
                 associator=s.get("associator"),
                 losses=[dict(x) for x in s["losses"]],
                 first_epoch=first,
+                lr=None if s.get("lr") is None else float(s["lr"]),
+                lr_steps=None if s.get("lr_steps") is None else [int(e) for e in s["lr_steps"]],
             )
         )
         first += int(s["epochs"])
     return out
+
+
+def lr_factors(stages: list[Stage], tr: dict):
+    """The learning rate of each epoch as a factor of ``train.lr`` (for ``LambdaLR``).
+
+    An epoch of a stage with ``lr`` or ``lr_steps`` gets ``(stage lr or train.lr) *
+    gamma ** (steps of the stage passed)``, counted from the stage's first epoch; any other
+    epoch ``train.lr * gamma ** (train.lr_steps passed)`` on the absolute epoch."""
+    base, gamma = float(tr["lr"]), float(tr["lr_gamma"])
+
+    def factor(epoch: int) -> float:
+        stage = next((s for s in stages if s.first_epoch <= epoch <= s.last_epoch), None)
+        if stage is not None and (stage.lr is not None or stage.lr_steps is not None):
+            lr = base if stage.lr is None else stage.lr
+            local = epoch - stage.first_epoch
+            passed = sum(local >= e for e in stage.lr_steps or [])
+            return lr / base * gamma**passed if base else 0.0
+        return gamma ** sum(epoch >= e for e in tr["lr_steps"])
+
+    return factor
 
 
 # --------------------------------------------------------------------------------------
@@ -263,8 +287,8 @@ class Trainer:
             )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=tr["lr"], weight_decay=tr["weight_decay"])
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(tr["lr_steps"]), gamma=tr["lr_gamma"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factors(self.stages, tr)
         )
         seed = int(cfg["seed"])
         self.rng = np.random.default_rng([seed, D.rank()])
@@ -579,6 +603,7 @@ class Trainer:
             num_v=lab.num_v,
             num_r=lab.num_r,
             has_cross=lab.has_cross,
+            epoch=epoch - stage.first_epoch,
             parts_v=None if pv is None else pv.to(self.device),
             parts_r=None if pr is None else pr.to(self.device),
         )

@@ -91,6 +91,7 @@ class EpochContext:
         parts_v, parts_r: (N, P, d) L2-normalised self-attended part features (FGSAL),
             or None.
         has_cross: False when the association linked no clusters (cross terms skipped).
+        epoch: the epoch's index within its stage (0 for the stage's first epoch).
     """
 
     feats_v: torch.Tensor
@@ -106,3 +107,4 @@ class EpochContext:
     parts_v: torch.Tensor | None = None
     parts_r: torch.Tensor | None = None
     has_cross: bool = True
+    epoch: int = 0

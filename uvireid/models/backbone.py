@@ -143,16 +143,30 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
                 f"checkpoint {pretrained} has none of the {arch} weights (keys such as "
                 f"'conv1.weight', 'layer1.0.bn1.weight'); is it a torchvision {arch}?"
             )
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            logger.warning(
-                "checkpoint %s: %d missing and %d unexpected keys (e.g. %s)",
-                pretrained,
-                len(missing),
-                len(unexpected),
-                (missing + unexpected)[:3],
+        own = net.state_dict()
+        missing = [k for k in own if k not in sd and not k.startswith("fc.")]
+        unexpected = [k for k in sd if k not in own]
+        wrong = [
+            f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+            for k in sd
+            if k in own and sd[k].shape != own[k].shape
+        ]
+        if missing or unexpected or wrong:
+            raise ConfigError(
+                f"checkpoint {pretrained} does not fit a torchvision {arch}: "
+                + "; ".join(
+                    f"{len(keys)} {what} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})"
+                    for what, keys in (
+                        ("missing keys", missing),
+                        ("unexpected keys", unexpected),
+                        ("keys of another shape", wrong),
+                    )
+                    if keys
+                )
+                + ". A half-loaded backbone trains to a few percent R1; convert the "
+                "checkpoint to torchvision names or pick the arch it was saved from"
             )
+        net.load_state_dict(sd, strict=False)
     net.fc = nn.Identity()
     if last_stride == 1:
         block = net.layer4[0]
