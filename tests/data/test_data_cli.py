@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -59,3 +60,7 @@ def test_synth_with_the_real_generator(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path / "syn"), "--ids", "4"]) == 0
     text = capsys.readouterr().out
     assert "wrote the synthetic dataset to" in text and "train  all" in text
+    # the table is that of the 4 identities just written, not of a regenerated default set
+    manifest = synthetic.read_manifest(tmp_path / "syn")
+    assert manifest["ids"] == 4
+    assert re.search(r"test\s+all\s+both\s+1\s", text), text  # 4 ids: one test id

@@ -50,7 +50,7 @@ def test_generate_writes_the_sysu_mm01_raw_layout(tiny):
     train, val, test = (_id_line(exp / f"{s}_id.txt") for s in ("train", "val", "test"))
     assert _id_line(exp / "available_id.txt") == list(range(1, 13))
     assert sorted(train + val + test) == list(range(1, 13))
-    assert len(test) == 4
+    assert len(test) == round(12 / 5)
     present = {}
     for cam in range(1, 7):
         for d in (root / f"cam{cam}").iterdir():
@@ -187,9 +187,10 @@ def test_ensure_synthetic_caches_under_uvireid_cache(tmp_path, monkeypatch):
     )
 
 
-def test_default_split_is_about_200_train_and_100_test_ids():
+def test_default_split_is_400_train_and_100_test_ids_like_sysu():
     split = syn.split_ids(syn.DEFAULT_IDS)
-    assert len(split["train"]) + len(split["val"]) == 200 and len(split["test"]) == 100
+    assert len(split["train"]) + len(split["val"]) == 400 and len(split["test"]) == 100
+    assert 0 < len(split["val"]) < len(split["train"])
     assert split == syn.split_ids(syn.DEFAULT_IDS)
 
 
@@ -215,3 +216,11 @@ def test_registered_dataset_reads_like_sysu_mm01(tiny):
         == DATASETS.build({"type": "synthetic", "root": str(root), "ids": 12}).fingerprint()
     )
     assert os.path.samefile(ds.root, root)
+
+
+def test_opening_a_root_without_ids_keeps_the_dataset_that_is_there(tiny):
+    root, _ = tiny
+    before = (root / "manifest.json").read_text()
+    ds = DATASETS.build({"type": "synthetic", "root": str(root)})
+    assert ds.meta()["generator"]["ids"] == 12 != syn.DEFAULT_IDS
+    assert (root / "manifest.json").read_text() == before  # not regenerated

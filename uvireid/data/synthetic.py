@@ -57,9 +57,9 @@ from uvireid.types import INFRARED, VISIBLE
 logger = logging.getLogger(__name__)
 
 #: bump when the images a seed produces change; caches with another version are rebuilt
-GENERATOR_VERSION = 1
-#: number of identities when ``ids`` is None (about 200 train + 100 test, like SYSU's 395 + 96)
-DEFAULT_IDS = 300
+GENERATOR_VERSION = 2
+#: number of identities when ``ids`` is None: 400 train (incl. val) + 100 test, like SYSU-MM01's 395 + 96
+DEFAULT_IDS = 500
 JPEG_QUALITY = 90
 VISIBLE_CAMS = (1, 2, 4, 5)
 INFRARED_CAMS = (3, 6)
@@ -84,22 +84,22 @@ _VIEW_P = {
 }
 
 UPPER_PATTERNS = ("plain", "hstripes", "vstripes", "diagonal", "checks", "dots", "logo", "block")
-_UPPER_PATTERN_P = (0.04, 0.15, 0.13, 0.13, 0.15, 0.12, 0.15, 0.13)
+_UPPER_PATTERN_P = (0.02, 0.15, 0.14, 0.14, 0.15, 0.12, 0.15, 0.13)
 LOWER_PATTERNS = ("plain", "vstripes", "checks", "sidestripe")
-_LOWER_PATTERN_P = (0.3, 0.25, 0.25, 0.2)
+_LOWER_PATTERN_P = (0.15, 0.3, 0.3, 0.25)
 #: ranges (lo, hi) of the drawing parameters that set how hard the dataset is
-_UPPER_PERIOD = (0.045, 0.14)  # print period, body-height units
-_LOWER_PERIOD = (0.04, 0.1)
+_UPPER_PERIOD = (0.06, 0.16)  # print period, body-height units
+_LOWER_PERIOD = (0.05, 0.12)
 #: infrared level of each garment type: thin clothes let more body heat through; an
 #: identity's garment deviates from its type's level by N(0, _IR_TYPE_SPREAD)
 _IR_UPPER_LEVEL = {"none": 0.8, "short": 0.72, "long": 0.63, "coat": 0.52}
 _IR_LOWER_LEVEL = {"shorts": 0.76, "skirt": 0.7, "long_skirt": 0.62, "trousers": 0.57}
 _IR_TYPE_SPREAD = 0.05
-_IR_PATTERN_DELTA = (0.25, 0.4)  # |emissivity of the print - that of the garment|
+_IR_PATTERN_DELTA = (0.3, 0.42)  # |emissivity of the print - that of the garment|
 _IR_BLUR = (0.3, 0.8)  # Gaussian sigma, pixels
 _IR_NOISE = (0.01, 0.03)
 _IR_CLUTTER = (0.05, 0.35)  # emissivity of background clutter
-_CLUTTER_MAX = 2  # clutter objects per image: 0..max
+_CLUTTER_MAX = 1  # clutter objects per image: 0..max
 _OCCLUSION_P = 0.05
 _LOGO_VIEWS = (0, 1)  # views that show the logo (printed on the front and the back)
 LOGO_SHAPES = ("circle", "square", "triangle", "ring", "cross", "bar")
@@ -928,12 +928,14 @@ def render(
 # the dataset on disk
 # --------------------------------------------------------------------------------------
 def split_ids(ids: int, seed: int = 0) -> dict[str, list[int]]:
-    """Identities 1..ids split into train / val / test like SYSU (test ids interleaved)."""
+    """Identities 1..ids split like SYSU-MM01 (395 train + val, 96 test): a fifth are test
+    ids, a fifteenth validation ids (trained on, as in SYSU), the rest train ids; the test
+    ids are interleaved with the others."""
     pids = np.arange(1, ids + 1)
     rng = np.random.default_rng([seed, 41])
     perm = rng.permutation(pids)
-    n_test = max(1, round(ids / 3))
-    n_val = round(ids / 15)
+    n_test = max(1, round(ids / 5))
+    n_val = max(1, round(ids / 15))
     test = sorted(int(p) for p in perm[:n_test])
     val = sorted(int(p) for p in perm[n_test : n_test + n_val])
     train = sorted(int(p) for p in perm[n_test + n_val :])
@@ -1014,7 +1016,7 @@ def generate(
 
     Args:
         out: destination folder (created); must be empty or a synthetic dataset.
-        ids: number of identities (default :data:`DEFAULT_IDS`); a third are test ids.
+        ids: number of identities (default :data:`DEFAULT_IDS`); a fifth are test ids.
         seed: random seed; the same seed writes the same bytes.
         height, width: image size in pixels.
         workers: processes drawing images (default: 2, or 1 for small datasets).
@@ -1128,8 +1130,10 @@ class SyntheticSYSU(SYSUMM01):
         root: folder to generate into (kept when it already holds this dataset); default:
             the cache folder of :func:`ensure_synthetic` (``$UVIREID_CACHE``, else
             ``~/.cache/uvireid``).
-        ids: number of identities (default :data:`DEFAULT_IDS`: 200 train + 100 test).
-        seed: generator seed.
+        ids: number of identities (default :data:`DEFAULT_IDS`: 400 train + 100 test).
+            With a ``root`` that already holds a complete synthetic dataset, None reads
+            it whatever its size; a number that differs regenerates it.
+        seed: generator seed (None: 0, or whatever the dataset at ``root`` has).
 
     Everything else (``train``, ``test``, ``protocols``, ``meta()``, ``stats()``,
     ``fingerprint()``) is :class:`~uvireid.data.sysu.SYSUMM01`'s; ``meta()`` and
@@ -1139,11 +1143,15 @@ class SyntheticSYSU(SYSUMM01):
     name = "synthetic"
     title = "synthetic VI-ReID (SYSU-MM01 layout)"
 
-    def __init__(self, root: str | None = None, ids: int | None = None, seed: int = 0):
+    def __init__(self, root: str | None = None, ids: int | None = None, seed: int | None = None):
         if root is None:
-            path = ensure_synthetic(ids=ids, seed=seed)
+            path = ensure_synthetic(ids=ids, seed=seed or 0)
         else:
-            path = generate(root, ids=ids, seed=seed)
+            found = read_manifest(root)
+            if found is not None:  # keep what is there unless asked for something else
+                ids = found.get("ids") if ids is None else ids
+                seed = found.get("seed") if seed is None else seed
+            path = generate(root, ids=ids, seed=seed or 0)
         self.manifest = read_manifest(path) or {}
         super().__init__(path, verify=True)
 
