@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.rerank.inputs import as_tensor
 from uvireid.types import CrossLabels
 
 __all__ = [
@@ -54,34 +55,17 @@ def resolve_device(device: str | torch.device | None, like: torch.Tensor) -> tor
 def as_features(x: Any, who: str, *, allow_empty: bool = False) -> torch.Tensor:
     """(N, d) floating tensor view of ``x`` (numpy array or torch tensor, any device).
 
-    Integer input becomes float32; float16/bfloat16 become float32; float32 and float64
-    are kept. NaN and inf are refused.
+    Integer input becomes float64 (numpy) or float32 (torch), float16/bfloat16 become
+    float32; float32 and float64 are kept. NaN and inf are refused.
 
     Raises:
         FeatureFileError: not 2-D, not numeric, empty (unless ``allow_empty``), or not
             finite.
     """
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:  # ragged lists and the like
-            raise FeatureFileError(
-                f"{who}: features could not be read as an array ({exc}); "
-                "pass an (N, d) numpy array or torch tensor"
-            ) from None
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-            raise FeatureFileError(f"{who}: features have dtype {arr.dtype}; pass (N, d) floats")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.ndim != 2:
-        raise FeatureFileError(
-            f"{who}: features must be 2-D (N, d), got shape {tuple(t.shape)}; "
-            "pass one row per image"
-        )
+    t, _ = as_tensor(x, f"{who}:")  # 2-D numeric, a view where possible
     if t.shape[0] == 0 and not allow_empty:
         raise FeatureFileError(f"{who}: got 0 feature rows; pass at least one image")
-    if not t.is_floating_point() or t.dtype in (torch.float16, torch.bfloat16):
+    if t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()
     check_finite(t, who, "features")
     return t

@@ -25,16 +25,14 @@ larger side, P1 for the smaller; for K_v == K_r, P2 for visible and P1 for infra
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from uvireid.associations.checks import build, check_finite, cluster_means, empty_result, prepare
-from uvireid.associations.refine import check_k_tr, cmfp_tr
+from uvireid.associations.centroid import CentroidAssociator
+from uvireid.associations.checks import check_finite
 from uvireid.registry import ASSOCIATORS
-from uvireid.types import CrossLabels
 
 __all__ = ["bilateral_matching", "MBCCM"]
 
@@ -85,7 +83,7 @@ def bilateral_matching(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 @ASSOCIATORS.register("mbccm")
-class MBCCM:
+class MBCCM(CentroidAssociator):
     """Many-to-many bilateral cluster matching (Cheng et al., ACM MM 2023).
 
     Args:
@@ -99,33 +97,14 @@ class MBCCM:
     (Hungarian) partner. Total for any ratio of cluster counts.
     """
 
-    def __init__(self, k_tr: int | None = None, device: str | None = None):
-        self.k_tr = k_tr
-        self.device = device
+    name = "mbccm"
+    title = "MBCCM"
 
-    def __repr__(self) -> str:
-        return f"MBCCM(k_tr={self.k_tr})"
-
-    def associate(self, feats_v: Any, labels_v: Any, feats_r: Any, labels_r: Any) -> CrossLabels:
-        """Cross labels of every instance (visible first, then infrared); see the class."""
-        k_tr = check_k_tr(self.k_tr, "mbccm")
-        v, r = prepare(feats_v, labels_v, feats_r, labels_r, "mbccm", self.device)
-        info: dict = {"associator": "mbccm", "k_tr": k_tr}
-        if v.k == 0 or r.k == 0:
-            return empty_result(v, r, "mbccm", info)
-        fv, fr = v.feats, r.feats
-        if k_tr is not None:
-            fv, fr = cmfp_tr(fv, fr, k_tr, keep_v=v.kept, keep_r=r.kept)
-        cv = torch.nn.functional.normalize(cluster_means(fv, v.compact, v.k), dim=1)
-        cr = torch.nn.functional.normalize(cluster_means(fr, r.compact, r.k), dim=1)
+    def match(self, cv: torch.Tensor, cr: torch.Tensor, info: dict):
+        """Bilateral Hungarian on squared L2 distances, expanded to many-to-many."""
         dist = (cr * cr).sum(1)[:, None] + (cv * cv).sum(1)[None, :] - 2.0 * (cr @ cv.T)
         mask, r2v, v2r = bilateral_matching(dist.cpu().numpy())
-        r_of_v = np.full(v.n, -1, dtype=np.int64)
-        v_of_r = np.full(r.n, -1, dtype=np.int64)
-        r_of_v[v.kept] = r.ids[v2r[v.compact[v.kept]]]
-        v_of_r[r.kept] = v.ids[r2v[r.compact[r.kept]]]
         ir, iv = np.nonzero(mask)
-        pairs = np.stack([v.ids[iv], r.ids[ir]], 1)
         info.update(
             {
                 "num_matches": int(mask.sum()),
@@ -136,10 +115,10 @@ class MBCCM:
         logger.info(
             "mbccm: %d visible / %d infrared clusters, %d matched pairs (mean partners: "
             "IR %.2f, RGB %.2f)",
-            v.k,
-            r.k,
+            len(v2r),
+            len(r2v),
             info["num_matches"],
             info["mean_partners_r"],
             info["mean_partners_v"],
         )
-        return build(v, r, r_of_v, v_of_r, pairs, info)
+        return v2r, r2v, np.stack([iv, ir], 1)

@@ -26,16 +26,14 @@ padding without the dummies.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from uvireid.associations.checks import build, check_finite, cluster_means, empty_result, prepare
-from uvireid.associations.refine import check_k_tr, cmfp_tr
+from uvireid.associations.centroid import CentroidAssociator
+from uvireid.associations.checks import check_finite
 from uvireid.registry import ASSOCIATORS
-from uvireid.types import CrossLabels
 
 __all__ = ["progressive_matching", "PGM"]
 
@@ -78,7 +76,7 @@ def progressive_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
 
 
 @ASSOCIATORS.register("pgm")
-class PGM:
+class PGM(CentroidAssociator):
     """Progressive graph matching of cluster centroids (Wu & Ye, CVPR 2023).
 
     Args:
@@ -92,39 +90,24 @@ class PGM:
     ``matches`` holds every (visible, infrared) pair of every round.
     """
 
-    def __init__(self, k_tr: int | None = None, device: str | None = None):
-        self.k_tr = k_tr
-        self.device = device
+    name = "pgm"
+    title = "PGM"
 
-    def __repr__(self) -> str:
-        return f"PGM(k_tr={self.k_tr})"
-
-    def associate(self, feats_v: Any, labels_v: Any, feats_r: Any, labels_r: Any) -> CrossLabels:
-        """Cross labels of every instance (visible first, then infrared); see the class."""
-        k_tr = check_k_tr(self.k_tr, "pgm")
-        v, r = prepare(feats_v, labels_v, feats_r, labels_r, "pgm", self.device)
-        info: dict = {"associator": "pgm", "k_tr": k_tr}
-        if v.k == 0 or r.k == 0:
-            return empty_result(v, r, "pgm", info)
-        fv, fr = v.feats, r.feats
-        if k_tr is not None:
-            fv, fr = cmfp_tr(fv, fr, k_tr, keep_v=v.kept, keep_r=r.kept)
-        cv = torch.nn.functional.normalize(cluster_means(fv, v.compact, v.k), dim=1)
-        cr = torch.nn.functional.normalize(cluster_means(fr, r.compact, r.k), dim=1)
+    def match(self, cv: torch.Tensor, cr: torch.Tensor, info: dict):
+        """Progressive Hungarian on the cost exp(-cos) until every cluster has a partner."""
         cost = torch.exp(-(cv @ cr.T)).cpu().numpy()
         v2r, r2v, rounds = progressive_matching(cost)
-        r_of_v = np.full(v.n, -1, dtype=np.int64)
-        v_of_r = np.full(r.n, -1, dtype=np.int64)
-        r_of_v[v.kept] = r.ids[v2r[v.compact[v.kept]]]
-        v_of_r[r.kept] = v.ids[r2v[r.compact[r.kept]]]
         pairs = np.concatenate(
             [
-                np.stack([v.ids, r.ids[v2r]], 1),
-                np.stack([v.ids[r2v], r.ids], 1),
+                np.stack([np.arange(len(v2r)), v2r], 1),
+                np.stack([r2v, np.arange(len(r2v))], 1),
             ]
         )
         info.update({"rounds": rounds, "num_matches": len(np.unique(pairs, axis=0))})
         logger.info(
-            "pgm: %d visible / %d infrared clusters matched in %d round(s)", v.k, r.k, rounds
+            "pgm: %d visible / %d infrared clusters matched in %d round(s)",
+            len(v2r),
+            len(r2v),
+            rounds,
         )
-        return build(v, r, r_of_v, v_of_r, pairs, info)
+        return v2r, r2v, pairs
