@@ -7,12 +7,13 @@ with the SYSU-MM01 all-search protocol (infrared queries of the test ids, single
 visible gallery, 10 seeded trials, ``uvireid.evaluation.protocols.run_protocol``):
 
 - chance (random features);
-- colour-histogram and raw-pixel matching, IR->RGB and RGB->RGB (visible queries of one
-  camera against a single-shot gallery of the other visible cameras): colour must fail
-  across modalities while it works within the visible one;
+- colour-histogram and raw-pixel matching, IR->RGB, RGB->RGB and IR->IR (queries of one
+  camera against a single-shot gallery of the other cameras of the same modality): colour
+  must fail across modalities while it works within the visible one;
 - a randomly initialised two-stream ResNet-18: near chance;
 - a supervised upper bound: the two-stream ResNet-18 trained from scratch on the
-  ground-truth identities of the train split (cross-entropy + batch-hard triplet).
+  ground-truth identities of the train split (cross-entropy + batch-hard triplet +
+  hetero-centre loss).
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from uvireid.evaluation.protocols import run_protocol
 from uvireid.features import Features
 from uvireid.models.backbone import TwoStreamResNet
 from uvireid.types import INFRARED, VISIBLE
-
-VIS_CAMS = (1, 2, 4, 5)
 
 
 # -- data -------------------------------------------------------------------------------
@@ -96,17 +95,19 @@ def ir_to_rgb(feats: np.ndarray, test: dict, trials: int = 10) -> tuple[float, f
     return res.mean["mAP"], res.mean["R1"]
 
 
-def rgb_to_rgb(feats: np.ndarray, test: dict, trials: int = 10) -> tuple[float, float]:
-    """Visible queries of camera c against one random image per (id, camera) of the other
-    visible cameras, for each c and trial: mean (mAP, R1) in percent."""
+def within(
+    feats: np.ndarray, test: dict, modality: int = VISIBLE, trials: int = 10
+) -> tuple[float, float]:
+    """Queries of camera c against one random image per (id, camera) of the other cameras
+    of the same modality, for each camera c and trial: mean (mAP, R1) in percent."""
     maps, r1s = [], []
-    vis = np.flatnonzero(test["modality"] == VISIBLE)
+    sel = np.flatnonzero(test["modality"] == modality)
     for trial in range(trials):
         rnd = random.Random(trial)
-        for c in VIS_CAMS:
-            q = vis[test["cams"][vis] == c]
+        for c in np.unique(test["cams"][sel]):
+            q = sel[test["cams"][sel] == c]
             groups: dict[tuple[int, int], list[int]] = {}
-            for i in vis[test["cams"][vis] != c]:
+            for i in sel[test["cams"][sel] != c]:
                 groups.setdefault((int(test["pids"][i]), int(test["cams"][i])), []).append(i)
             g = np.array([rnd.choice(groups[k]) for k in sorted(groups)])
             dist = -(feats[q] @ feats[g].T)
@@ -158,6 +159,18 @@ def triplet_hard(feat: torch.Tensor, labels: torch.Tensor, margin: float = 0.3):
     same = labels[:, None] == labels[None, :]
     hardest_pos = (d * same).max(1).values
     hardest_neg = (d + same * 1e6).min(1).values
+    return F.relu(hardest_pos - hardest_neg + margin).mean()
+
+
+def cross_modal_triplet(
+    feat: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, margin: float = 0.3
+):
+    """Batch-hard triplet loss whose positives and negatives come from the other modality."""
+    d = torch.cdist(feat, feat)
+    same = labels[:, None] == labels[None, :]
+    other = modality[:, None] != modality[None, :]
+    hardest_pos = (d * (same & other)).max(1).values
+    hardest_neg = (d + (same | ~other) * 1e6).min(1).values
     return F.relu(hardest_pos - hardest_neg + margin).mean()
 
 
@@ -218,6 +231,8 @@ def train_supervised(
     gray_p: float = 0.15,
     pad: int = 8,
     hc_weight: float = 0.0,
+    xm_weight: float = 0.0,
+    share_from: str = "layer1",
 ) -> TwoStreamResNet:
     """Two-stream ResNet-18 from scratch; batches of ``p`` ids x ``k`` images (half each
     modality); cross-entropy (label smoothing 0.1) + batch-hard triplet; AdamW, cosine."""
@@ -233,7 +248,9 @@ def train_supervised(
         for mod in (VISIBLE, INFRARED)
     }
     images = torch.from_numpy(train["images"])
-    model = TwoStreamResNet("resnet18", pretrained=False, last_stride=last_stride).to(device)
+    model = TwoStreamResNet(
+        "resnet18", pretrained=False, last_stride=last_stride, share_from=share_from
+    ).to(device)
     classifier = nn.Linear(model.out_dim, len(uniq), bias=False).to(device)
     params = list(model.parameters()) + list(classifier.parameters())
     opt = torch.optim.AdamW([q for q in params if q.requires_grad], lr=lr, weight_decay=5e-4)
@@ -266,6 +283,8 @@ def train_supervised(
         loss = loss_ce + loss_tri
         if hc_weight:
             loss = loss + hc_weight * hetero_center(out.bn_feat, y, mod_t.to(device))
+        if xm_weight:
+            loss = loss + xm_weight * cross_modal_triplet(out.global_feat, y, mod_t.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -293,7 +312,7 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short training, 2 trials")
-    ap.add_argument("--iters", type=int, default=None, help="training iterations (default 800)")
+    ap.add_argument("--iters", type=int, default=None, help="training iterations (default 1600)")
     ap.add_argument("--ids", type=int, default=None, help="identities (default: generator's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
@@ -301,10 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--last-stride", type=int, default=2)
     ap.add_argument("--grid", default=None, help="save a PNG of test images here")
-    ap.add_argument("--hc-weight", type=float, default=0.0, help="hetero-centre loss weight")
+    ap.add_argument("--hc-weight", type=float, default=1.0, help="hetero-centre loss weight")
+    ap.add_argument("--pad", type=int, default=8, help="pad-and-crop augmentation (pixels)")
+    ap.add_argument("--xm-weight", type=float, default=0.0, help="cross-modal triplet weight")
+    ap.add_argument(
+        "--share-from",
+        default="stem",
+        help="first shared ResNet stage (stem: one stream, as in the demo recipe; "
+        "layer1: two streams)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    iters = args.iters if args.iters is not None else (60 if args.quick else 800)
+    iters = args.iters if args.iters is not None else (60 if args.quick else 1600)
     trials = 2 if args.quick else 10
 
     t0 = time.perf_counter()
@@ -321,14 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.grid:
         save_grid(test, args.grid)
-    rows: list[tuple[str, float, float, float, float, str]] = []
+    rows: list[tuple[str, list[float], str]] = []
 
     def score(name: str, feats: np.ndarray, note: str = "") -> None:
         m1, r1 = ir_to_rgb(feats, test, trials)
-        m2, r2 = rgb_to_rgb(feats, test, trials)
-        rows.append((name, m1, r1, m2, r2, note))
+        m2, r2 = within(feats, test, VISIBLE, trials)
+        m3, r3 = within(feats, test, INFRARED, trials)
+        rows.append((name, [m1, r1, m2, r2, m3, r3], note))
         print(
-            f"{name:34s} IR->RGB mAP {m1:6.2f} R1 {r1:6.2f} | RGB->RGB mAP {m2:6.2f} R1 {r2:6.2f}"
+            f"{name:34s} IR->RGB mAP {m1:6.2f} R1 {r1:6.2f} | RGB->RGB mAP {m2:6.2f} "
+            f"R1 {r2:6.2f} | IR->IR mAP {m3:6.2f} R1 {r3:6.2f}",
+            flush=True,
         )
 
     rng = np.random.default_rng(0)
@@ -336,15 +366,25 @@ def main(argv: list[str] | None = None) -> int:
     score("colour histogram (8x8x8 RGB)", color_hist(test["images"]))
     score("raw pixels (32x16 RGB)", raw_pixels(test["images"]))
     torch.manual_seed(0)
-    rand_model = TwoStreamResNet("resnet18", last_stride=args.last_stride).to(args.device)
-    score("two-stream ResNet-18, random init", extract(rand_model, test, args.device))
+    rand_model = TwoStreamResNet(
+        "resnet18", last_stride=args.last_stride, share_from=args.share_from
+    ).to(args.device)
+    arch = "ResNet-18, one stream" if args.share_from == "stem" else "two-stream ResNet-18"
+    score(f"{arch}, random init", extract(rand_model, test, args.device))
     t1 = time.perf_counter()
     model = train_supervised(
-        train, iters, args.device, last_stride=args.last_stride, hc_weight=args.hc_weight
+        train,
+        iters,
+        args.device,
+        last_stride=args.last_stride,
+        hc_weight=args.hc_weight,
+        pad=args.pad,
+        xm_weight=args.xm_weight,
+        share_from=args.share_from,
     )
     t_train = time.perf_counter() - t1
     note = f"{iters} iters x 32 images, {t_train / 60:.1f} min"
-    score("two-stream ResNet-18, supervised", extract(model, test, args.device), note)
+    score(f"{arch}, supervised", extract(model, test, args.device), note)
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/synthetic_bounds.py " + " ".join(
@@ -361,10 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         f"generated in {man.get('seconds')} s, generator v{man.get('version')}, seed {args.seed}"
     )
     print()
-    print("| method | IR→RGB mAP | IR→RGB R1 | RGB→RGB mAP | RGB→RGB R1 | note |")
-    print("|---|---:|---:|---:|---:|---|")
-    for name, m1, r1, m2, r2, note in rows:
-        print(f"| {name} | {m1:.1f} | {r1:.1f} | {m2:.1f} | {r2:.1f} | {note} |")
+    print("| method | IR→RGB mAP | R1 | RGB→RGB mAP | R1 | IR→IR mAP | R1 | note |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name, vals, note in rows:
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {note} |")
     print(f"\ntotal {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
