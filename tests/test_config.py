@@ -50,20 +50,29 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture()
 def tree(tmp_path: Path) -> Path:
-    write(tmp_path / "bases/data.yaml", """
+    write(
+        tmp_path / "bases/data.yaml",
+        """
         data: {type: fake_data, root: /data/x}
         train: {epochs: 5, lr_steps: [1, 2, 3]}
-    """)
-    write(tmp_path / "bases/mid.yaml", """
+    """,
+    )
+    write(
+        tmp_path / "bases/mid.yaml",
+        """
         _base_: data.yaml
         clusterer: {type: fake_dbscan, eps: 0.5}
         train: {iters_per_epoch: 7}
-    """)
-    write(tmp_path / "top.yaml", """
+    """,
+    )
+    write(
+        tmp_path / "top.yaml",
+        """
         _base_: [bases/mid.yaml]
         clusterer: {min_samples: 3}
         train: {lr_steps: [9]}
-    """)
+    """,
+    )
     return tmp_path
 
 
@@ -79,19 +88,25 @@ def test_base_inheritance_merges_dicts_deeply_and_replaces_lists(tree):
 
 
 def test_delete_replaces_a_whole_mapping(tree):
-    write(tree / "del.yaml", """
+    write(
+        tree / "del.yaml",
+        """
         _base_: bases/mid.yaml
         clusterer: {_delete_: true, type: fake_dbscan, k1: 20}
-    """)
+    """,
+    )
     cfg = load_recipe(tree / "del.yaml")
     assert cfg["clusterer"] == {"type": "fake_dbscan", "eps": 0.6, "min_samples": 4, "k1": 20}
 
 
 def test_changing_type_drops_the_old_components_keywords(tree):
-    write(tree / "swap.yaml", """
+    write(
+        tree / "swap.yaml",
+        """
         _base_: bases/mid.yaml
         clusterer: {type: fake_hdbscan}
-    """)
+    """,
+    )
     cfg = load_recipe(tree / "swap.yaml")
     assert cfg["clusterer"] == {"type": "fake_hdbscan", "min_cluster_size": 5}
 
@@ -99,8 +114,14 @@ def test_changing_type_drops_the_old_components_keywords(tree):
 def test_overrides_parse_yaml_values(tree):
     cfg = load_recipe(
         tree / "top.yaml",
-        ["clusterer.eps=0.3", "train.lr_steps=[20,60]", "train.amp=true", "reranker=null",
-         "data.root=/other", "seed=7"],
+        [
+            "clusterer.eps=0.3",
+            "train.lr_steps=[20,60]",
+            "train.amp=true",
+            "reranker=null",
+            "data.root=/other",
+            "seed=7",
+        ],
     )
     assert cfg["clusterer"]["eps"] == 0.3
     assert cfg["train"]["lr_steps"] == [20, 60]
@@ -115,10 +136,13 @@ def test_override_can_switch_a_component(tree):
 
 
 def test_misspelt_key_in_a_file_names_the_file_and_the_closest_key(tree):
-    bad = write(tree / "bad.yaml", """
+    bad = write(
+        tree / "bad.yaml",
+        """
         _base_: bases/mid.yaml
         clusterer: {epss: 0.4}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as exc:
         load_recipe(bad)
     msg = str(exc.value)
@@ -145,7 +169,9 @@ def test_misspelt_override_is_an_error_not_a_new_key(tree):
 
 def test_unknown_section_in_a_file(tree):
     write(tree / "sec.yaml", "_base_: bases/mid.yaml\nclustering: {eps: 1}\n")
-    with pytest.raises(ConfigError, match=r"sec.yaml: unknown section 'clustering'; did you mean 'clusterer'"):
+    with pytest.raises(
+        ConfigError, match=r"sec.yaml: unknown section 'clustering'; did you mean 'clusterer'"
+    ):
         load_recipe(tree / "sec.yaml")
 
 
@@ -158,7 +184,9 @@ def test_renamed_keys_say_what_they_became(tree):
 
 
 def test_unknown_component_name_suggests(tree):
-    with pytest.raises(ConfigError, match=r"clusterer 'fake_dbscn' is not registered; did you mean 'fake_dbscan'"):
+    with pytest.raises(
+        ConfigError, match=r"clusterer 'fake_dbscn' is not registered; did you mean 'fake_dbscan'"
+    ):
         load_recipe(tree / "top.yaml", ["clusterer.type=fake_dbscn"])
 
 
@@ -230,3 +258,17 @@ def test_merge_does_not_mutate_inputs():
     assert out == {"a": {"b": [1, 2], "d": 3}, "c": 1}
     out["a"]["b"].append(9)
     assert base == {"a": {"b": [1, 2]}, "c": 1}
+
+
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4 as the string '1e-4'; the recipe dialect reads a float
+    from uvireid.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("train: {lr: 2e-4}\n")
+    cfg = load_recipe(path, ["train.weight_decay=1e-5"])
+    assert cfg["train"]["lr"] == 2e-4 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["weight_decay"] == 1e-5
+    assert load_recipe(path, ["description=1e-4 is a string here"])["description"] == (
+        "1e-4 is a string here"
+    )

@@ -188,8 +188,12 @@ class StageSettings:
 
 
 STAGE_COMPONENTS = ("clusterer", "associator")
-STAGE_KEYS = (*[f.name for f in dataclasses.fields(StageSettings)], "sampler", "losses",
-              *STAGE_COMPONENTS)
+STAGE_KEYS = (
+    *[f.name for f in dataclasses.fields(StageSettings)],
+    "sampler",
+    "losses",
+    *STAGE_COMPONENTS,
+)
 
 
 @dataclass(frozen=True)
@@ -285,13 +289,40 @@ class Provenance(dict):
         return self.get("", "the recipe")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a float as YAML 1.2 does (YAML 1.1,
+    PyYAML's dialect, wants ``1.0e-4`` and silently gives the string '1e-4')."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"recipe file {path} does not exist") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if data is None:
@@ -312,8 +343,9 @@ def _record(prov: Provenance, value: Any, prefix: str, source: str) -> None:
                 _record(prov, v, f"{prefix}.{k}" if prefix else str(k), source)
 
 
-def merge(base: Any, child: Any, prov: Provenance | None = None, prefix: str = "",
-          source: str = "") -> Any:
+def merge(
+    base: Any, child: Any, prov: Provenance | None = None, prefix: str = "", source: str = ""
+) -> Any:
     """Merge ``child`` onto ``base`` (mappings deeply; lists and scalars replaced).
 
     ``_delete_: true`` in a child mapping, or a change of its ``type``, replaces the
@@ -391,15 +423,13 @@ def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[di
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=3"`` -> ``("a.b", 3)``; the value is read as YAML (lists, booleans, null)."""
     if "=" not in text:
-        raise ConfigError(
-            f"override {text!r} is not of the form key=value, e.g. train.epochs=10"
-        )
+        raise ConfigError(f"override {text!r} is not of the form key=value, e.g. train.epochs=10")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
         raise ConfigError(f"override key {key!r} is not a dotted key like train.epochs")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
     return key, value
@@ -480,8 +510,9 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}")
 
 
-def _validate_component(dotted: str, reg: Registry, value: Any, prov: Provenance,
-                        extra: tuple[str, ...] = ()) -> dict | None:
+def _validate_component(
+    dotted: str, reg: Registry, value: Any, prov: Provenance, extra: tuple[str, ...] = ()
+) -> dict | None:
     if value is None:
         return None
     source = prov.source(dotted)
@@ -641,16 +672,20 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         for key in stage:
             if key not in STAGE_KEYS:
                 _unknown(f"{where}.{key}", list(STAGE_KEYS), prov.source(f"{where}.{key}"))
-        plain = {k: v for k, v in stage.items() if k in {f.name for f in dataclasses.fields(
-            StageSettings)}}
+        plain = {
+            k: v
+            for k, v in stage.items()
+            if k in {f.name for f in dataclasses.fields(StageSettings)}
+        }
         res = _validate_settings(where, StageSettings, plain, prov)
         if res["epochs"] < 0:
             raise ConfigError(f"{prov.source(where + '.epochs')}: {where}.epochs must be >= 0")
         if res["name"] in names:
             raise ConfigError(f"{prov.source(where)}: two stages are named '{res['name']}'")
         names.add(res["name"])
-        sampler = _validate_settings(f"{where}.sampler", SamplerSettings,
-                                     stage.get("sampler"), prov)
+        sampler = _validate_settings(
+            f"{where}.sampler", SamplerSettings, stage.get("sampler"), prov
+        )
         if sampler["type"] not in SAMPLER_TYPES:
             near = closest(str(sampler["type"]), SAMPLER_TYPES, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -662,8 +697,9 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         for comp in STAGE_COMPONENTS:
             spec = SCHEMA[comp]
             raw = stage[comp] if comp in stage else cfg.get(comp)
-            res[comp] = _validate_component(f"{where}.{comp}" if comp in stage else comp,
-                                            spec.registry, raw, prov, spec.extra)
+            res[comp] = _validate_component(
+                f"{where}.{comp}" if comp in stage else comp, spec.registry, raw, prov, spec.extra
+            )
         losses = stage.get("losses", [])
         if not isinstance(losses, list) or not losses:
             raise ConfigError(

@@ -128,7 +128,9 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
     """A torchvision ResNet without its classifier; ``last_stride`` for layer4.
 
     ``pretrained=True`` loads the torchvision ImageNet weights (downloaded once into the
-    torch hub cache, ``$TORCH_HOME``); a string is the path of a local checkpoint.
+    torch hub cache, ``$TORCH_HOME``); ``"synthetic-visible"`` the offline stand-in of
+    :mod:`uvireid.models.prior` (built on first use, cached); any other string is the path
+    of a local checkpoint.
     """
     if arch not in ARCHS:
         raise ConfigError(f"arch '{arch}' is not supported; use one of {', '.join(ARCHS)}")
@@ -136,6 +138,10 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
         raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
     weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
     net = getattr(torchvision.models, arch)(weights=weights)
+    if pretrained == "synthetic-visible":
+        from uvireid.models.prior import synthetic_visible_prior
+
+        pretrained = str(synthetic_visible_prior(arch))
     if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
         sd = {k: v for k, v in _load_checkpoint(pretrained).items() if not k.startswith("fc.")}
         if not set(sd) & set(net.state_dict()):
@@ -183,7 +189,11 @@ class TwoStreamResNet(_ReidHead):
     Args:
         arch: ``resnet18``, ``resnet34`` or ``resnet50`` (torchvision).
         pretrained: False (random init), True (torchvision ImageNet weights: downloaded
-            once into the torch hub cache) or the path of a local checkpoint.
+            once into the torch hub cache), ``"synthetic-visible"`` (an offline stand-in
+            for ImageNet weights: a ResNet trained with labels on the visible images of
+            a separate synthetic population, built on first use in about 2 minutes on 2
+            CPU cores and cached; :mod:`uvireid.models.prior`) or the path of a local
+            checkpoint.
         share_from: first shared stage: ``"layer1"`` (the peers: only the stem is
             per modality), ``"layer2"`` .. ``"layer4"``, or ``"stem"`` (one stream).
         last_stride: stride of layer4 (1 as in the peers, 2 as in ImageNet ResNets).

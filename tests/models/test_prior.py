@@ -1,0 +1,61 @@
+"""The offline ``synthetic-visible`` prior: built, cached, deterministic, loadable."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from uvireid.errors import ConfigError
+from uvireid.models import prior as prior_mod
+from uvireid.models.backbone import TwoStreamResNet, build_resnet
+from uvireid.models.prior import synthetic_visible_prior
+
+TINY = dict(ids=6, iters=3, batch_ids=2, images=2, height=32, width=16)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("prior_cache")
+    return cache, synthetic_visible_prior("resnet18", cache_dir=cache, **TINY)
+
+
+def test_prior_is_a_torchvision_state_dict_trained_away_from_random_init(built):
+    _, path = built
+    sd = torch.load(path, weights_only=True)
+    torch.manual_seed(7)  # the prior's own seed: its starting point
+    start = build_resnet("resnet18", False).state_dict()
+    assert set(sd) == set(start)  # every key, no classifier
+    assert not torch.equal(sd["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
+    assert "-seed7-" in path.name and "gen" in path.name and path.suffix == ".pth"
+
+
+def test_prior_is_cached_and_deterministic(built, tmp_path):
+    cache, path = built
+    mtime = path.stat().st_mtime_ns
+    assert synthetic_visible_prior("resnet18", cache_dir=cache, **TINY) == path
+    assert path.stat().st_mtime_ns == mtime  # reused, not trained again
+    again = synthetic_visible_prior("resnet18", cache_dir=tmp_path, **TINY)
+    a, b = torch.load(path, weights_only=True), torch.load(again, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_backbone_pretrained_synthetic_visible_loads_the_prior(built, monkeypatch):
+    cache, path = built
+    monkeypatch.setattr(
+        prior_mod,
+        "synthetic_visible_prior",
+        functools.partial(synthetic_visible_prior, cache_dir=cache, **TINY),
+    )
+    model = TwoStreamResNet("resnet18", pretrained="synthetic-visible", share_from="stem")
+    sd = torch.load(path, weights_only=True)
+    assert torch.equal(model.shared[0][0].weight, sd["conv1.weight"])
+    assert torch.equal(model.shared[-1][-1].conv2.weight, sd["layer4.1.conv2.weight"])
+
+
+def test_prior_parameters_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="need iters >= 1"):
+        synthetic_visible_prior("resnet18", cache_dir=tmp_path, iters=0)
+    with pytest.raises(ConfigError, match="raise ids"):
+        synthetic_visible_prior("resnet18", cache_dir=tmp_path, ids=3, batch_ids=5, iters=1)
