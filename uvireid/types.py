@@ -94,6 +94,51 @@ class CrossLabels:
         """True when at least one (visible cluster, infrared cluster) pair is matched."""
         return len(self.matches) > 0
 
+    def unify(self) -> CrossLabels:
+        """One label space: every connected group of matched clusters becomes one label.
+
+        Clusters are the nodes of a bipartite graph whose edges are ``matches``; each
+        connected component (a cluster matched to nothing is one on its own) gets one
+        label, numbered by the component's smallest visible cluster, then infrared
+        cluster. Every instance takes the label of its own cluster (its visible label for
+        the first ``num_visible`` instances, its infrared one after), in both fields;
+        outliers stay -1. PGM's one-to-one matches give pairs, MBCCM's many-to-many mask
+        can merge several clusters of each modality.
+        """
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        if self.num_visible < 0:
+            raise ValueError("unify() needs num_visible (the number of visible instances)")
+        kv, kr = self.num_clusters_v, self.num_clusters_r
+        n = kv + kr
+        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+        graph = coo_matrix((np.ones(len(m)), (m[:, 0], kv + m[:, 1])), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        # number the components in order of their first node (visible clusters first)
+        first = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+        np.minimum.at(first, comp, np.arange(n))
+        rank = np.empty_like(first)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        node = np.concatenate(
+            [self.labels_in_v[: self.num_visible], kv + self.labels_in_r[self.num_visible :]]
+        )
+        own = np.concatenate(
+            [self.labels_in_v[: self.num_visible] >= 0, self.labels_in_r[self.num_visible :] >= 0]
+        )
+        labels = np.where(own, rank[comp[np.where(own, node, 0)]] if n else -1, -1)
+        labels = labels.astype(np.int64)
+        return CrossLabels(
+            labels_in_v=labels,
+            labels_in_r=labels.copy(),
+            matches=self.matches,
+            unified=True,
+            info={**self.info, "unified_labels": int(len(first))},
+            num_visible=self.num_visible,
+            num_clusters_v=int(len(first)),
+            num_clusters_r=int(len(first)),
+        )
+
     def match_mask(self) -> np.ndarray:
         """(num_clusters_v, num_clusters_r) bool: True for every pair in ``matches``.
 

@@ -1,0 +1,65 @@
+"""CrossLabels.unify against a naive union-find over the matched cluster pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from uvireid.types import CrossLabels
+
+
+def _naive_unify(lab_v, lab_r, nv, kv, kr, matches):
+    parent = list(range(kv + kr))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for v, r in matches:
+        a, b = find(v), find(kv + r)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = {}
+    for node in range(kv + kr):  # numbered by first node, visible clusters first
+        roots.setdefault(find(node), len(roots))
+    out = []
+    for i in range(len(lab_v)):
+        own = lab_v[i] if i < nv else lab_r[i]
+        node = own if i < nv else kv + own
+        out.append(-1 if own < 0 else roots[find(node)])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_unify_equals_union_find(seed):
+    rng = np.random.default_rng(seed)
+    kv, kr = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+    nv, nr = 15, 12
+    own_v = rng.integers(-1, kv, nv)
+    own_r = rng.integers(-1, kr, nr)
+    m = int(rng.integers(0, kv * kr + 1))
+    pairs = np.unique(np.stack([rng.integers(0, kv, m), rng.integers(0, kr, m)], 1), axis=0)
+    lab_v = np.concatenate([own_v, rng.integers(-1, kv, nr)])  # cross labels: ignored
+    lab_r = np.concatenate([rng.integers(-1, kr, nv), own_r])
+    cl = CrossLabels(
+        lab_v, lab_r, pairs.reshape(-1, 2), num_visible=nv, num_clusters_v=kv, num_clusters_r=kr
+    )
+    u = cl.unify()
+    expected = _naive_unify(lab_v, lab_r, nv, kv, kr, pairs.reshape(-1, 2).tolist())
+    assert u.labels_in_v.tolist() == expected and u.labels_in_r.tolist() == expected
+    assert u.unified and u.num_clusters_v == u.num_clusters_r == u.info["unified_labels"]
+
+
+def test_unify_of_a_real_associator_merges_many_to_many_groups():
+    from uvireid.registry import ASSOCIATORS
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    fv = np.repeat(centres, [5, 5, 5, 5], axis=0) + 0.01 * rng.normal(size=(20, 8))
+    fr = np.repeat(centres[[0, 0, 1, 2, 3]], 3, axis=0) + 0.01 * rng.normal(size=(15, 8))
+    lv, lr = np.repeat(np.arange(4), 5), np.repeat(np.arange(5), 3)
+    u = ASSOCIATORS.build({"type": "mbccm"}).associate(fv, lv, fr, lr).unify()
+    # the two infrared clusters of centre 0 join visible cluster 0: 4 labels in all
+    assert u.num_clusters_v == 4
+    assert set(u.labels_in_v[20:23]) == set(u.labels_in_v[23:26]) == {u.labels_in_v[0]}
