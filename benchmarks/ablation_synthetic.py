@@ -3,14 +3,15 @@
     python benchmarks/ablation_synthetic.py [--quick] [--ids N] [--only NAME,...]
                                             [--supervised-map X] [KEY=VALUE ...]
 
-Every row trains the demo recipe (``uvireid/recipes/demo.yaml``: two-stream ResNet-18 at
-64x32 from scratch, DCL stage then SALCR stage) with the same seed and budget, changing
+Every row trains the demo recipe (``uvireid/recipes/demo.yaml``: one-stream ResNet-18 at
+64x32 from the offline ``synthetic-visible`` prior, DCL stage then SALCR stage) with the
+same seed and budget, changing
 only the parts named in the row, and reports IR->RGB (SYSU all-search protocol, single
 shot, seeded trials) R1 / mAP / mINP without and with CMFP(te) (the same run's features
 re-ranked), and the last epoch's pseudo-label ARI (visible, infrared, and every instance
 in the visible label space, ``cross_v``). Rows:
 
-- untrained backbone (the same random initialisation, evaluated before training);
+- untrained backbone (the recipe's starting weights, evaluated before any training);
 - DCL (both stages train with ``cluster_contrast``; no association);
 - DCL + DAGL (the SALCR stage trains with ``dual_cluster_contrast`` on otla_dual labels);
 - + FGSAL (``part_contrast``), + GPCR (``instance_neighbour``, weight 0.5);
@@ -40,8 +41,8 @@ if ROOT not in sys.path:
 DCL = "{type: cluster_contrast}"
 DAGL = "{type: dual_cluster_contrast}"
 FGSAL = "{type: part_contrast, num_parts: 2}"
-GPCR = "{type: instance_neighbour, weight: 0.5, k: 30, num_parts: 2}"
-GPCR_GLOBAL = "{type: instance_neighbour, weight: 0.5, k: 30, parts: false}"
+GPCR = "{type: instance_neighbour, weight: 0.5, k: 20, num_parts: 2}"
+GPCR_GLOBAL = "{type: instance_neighbour, weight: 0.5, k: 20, parts: false}"
 
 #: name -> overrides of the SALCR stage (stage 1) relative to demo.yaml
 ROWS: dict[str, list[str]] = {
@@ -98,7 +99,7 @@ def fmt(e: dict | None, key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ids", type=int, default=None, help="synthetic identities (default 300)")
+    ap.add_argument("--ids", type=int, default=None, help="synthetic identities (default: the demo's 150)")
     ap.add_argument("--only", default=None, help="comma-separated row names")
     ap.add_argument("--supervised-map", type=float, default=None)
     ap.add_argument("--out", default="runs/ablation")

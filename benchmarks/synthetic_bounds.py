@@ -67,6 +67,13 @@ def load_split(root: Path, split: str) -> dict[str, np.ndarray]:
     }
 
 
+def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, height, width, 3) uint8, bilinear with antialiasing."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def save_grid(data: dict, path: str, ids: int = 8, per: int = 4) -> None:
     """A PNG of ``per`` visible then ``per`` infrared images of the first ``ids`` people."""
     rows = []
@@ -319,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--last-stride", type=int, default=2)
+    ap.add_argument(
+        "--size", default=None, help="resize the images first, e.g. 64x32 (the demo's size)"
+    )
     ap.add_argument("--grid", default=None, help="save a PNG of test images here")
     ap.add_argument("--hc-weight", type=float, default=1.0, help="hetero-centre loss weight")
     ap.add_argument("--pad", type=int, default=8, help="pad-and-crop augmentation (pixels)")
@@ -339,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     t_gen = time.perf_counter() - t0
     man = read_manifest(root) or {}
     train, test = load_split(root, "train"), load_split(root, "test")
+    if args.size:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+        for data in (train, test):
+            data["images"] = resize(data["images"], h, w)
     print(
         f"dataset {root}: {man.get('ids')} ids, {man.get('n_images')} images "
         f"(generated in {man.get('seconds')} s; this call {t_gen:.1f} s); train "

@@ -76,24 +76,33 @@ def _divide_by(d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def _jaccard(s: torch.Tensor) -> torch.Tensor:
-    return 1.0 - s / (2.0 - s)
+    """``1 - s / (2 - s)`` in place on ``s`` (one temporary instead of three)."""
+    den = torch.rsub(s, 2.0)
+    return s.div_(den).neg_().add_(1.0)
 
 
 def intra_re_ranking(
-    dist: torch.Tensor, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+    dist: torch.Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    column_normalized: bool = False,
 ) -> torch.Tensor:
     """MULT's ``intra_modality_re_ranking``: k-reciprocal re-ranking inside one set.
 
     Args:
         dist: (n, n) distances (column-normalised by the caller, as in CMRR).
         k1, k2, lambda_value: as in Zhong et al.
+        column_normalized: ``dist`` already has column maxima 1 (or 0), as CMRR's
+            blocks do: normalising again divides by exactly 1.0, so it is skipped.
 
     Returns:
         (n, n) ``(1 - lambda) max(J, 0) + lambda dist'`` over ALL pairs, where
         ``dist' = (dist / column max)^T``.
     """
     n = dist.shape[0]
-    d = column_max_normalize(dist).T.contiguous()
+    d = (dist if column_normalized else column_max_normalize(dist)).T.contiguous()
     half = round_half_even(k1 / 2)
     rank = _ranks(d, max(k1 + 1, k2, half + 1))
     v = reciprocal_encode(d, rank, rank, rank, rank, k1, k2)
@@ -173,8 +182,12 @@ def cmrr_distance(
     n_gg = _divide_by(d_gg, d_gg.max(dim=1).values[None, :])
 
     width = k + 1
-    rank_qq = _ranks(intra_re_ranking(n_qq, k, k2_intra, lambda_intra), width)
-    rank_gg = _ranks(intra_re_ranking(n_gg, k, k2_intra, lambda_intra), width)
+    rank_qq = _ranks(
+        intra_re_ranking(n_qq, k, k2_intra, lambda_intra, column_normalized=True), width
+    )
+    rank_gg = _ranks(
+        intra_re_ranking(n_gg, k, k2_intra, lambda_intra, column_normalized=True), width
+    )
     rank_qg = _ranks(n_qg, width)
     rank_gq = _ranks(n_gq, width)
 
