@@ -82,27 +82,24 @@ def _jaccard(s: torch.Tensor) -> torch.Tensor:
 
 
 def intra_re_ranking(
-    dist: torch.Tensor,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-    *,
-    column_normalized: bool = False,
+    dist: torch.Tensor, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
 ) -> torch.Tensor:
     """MULT's ``intra_modality_re_ranking``: k-reciprocal re-ranking inside one set.
 
     Args:
         dist: (n, n) distances (column-normalised by the caller, as in CMRR).
         k1, k2, lambda_value: as in Zhong et al.
-        column_normalized: ``dist`` already has column maxima 1 (or 0), as CMRR's
-            blocks do: normalising again divides by exactly 1.0, so it is skipped.
 
     Returns:
         (n, n) ``(1 - lambda) max(J, 0) + lambda dist'`` over ALL pairs, where
         ``dist' = (dist / column max)^T``.
     """
-    n = dist.shape[0]
-    d = (dist if column_normalized else column_max_normalize(dist)).T.contiguous()
+    return _intra_core(column_max_normalize(dist).T.contiguous(), k1, k2, lambda_value)
+
+
+def _intra_core(d: torch.Tensor, k1: int, k2: int, lambda_value: float) -> torch.Tensor:
+    """:func:`intra_re_ranking` from ``d = (dist / column max)^T`` (contiguous)."""
+    n = d.shape[0]
     half = round_half_even(k1 / 2)
     rank = _ranks(d, max(k1 + 1, k2, half + 1))
     v = reciprocal_encode(d, rank, rank, rank, rank, k1, k2)
@@ -175,19 +172,22 @@ def cmrr_distance(
     n_qg = column_max_normalize(d_qg)
     # (d_qg^T / its column max) = (d_qg / its row max)^T: a contiguous reduction
     n_gq = _divide_by(d_qg, d_qg.max(dim=1, keepdim=True).values).T.contiguous()
-    # exactly symmetric self distances: column max = row max (contiguous), one GEMM half
-    d_qq = squared_euclidean_self(q)
-    n_qq = _divide_by(d_qq, d_qq.max(dim=1).values[None, :])
-    d_gg = squared_euclidean_self(g)
-    n_gg = _divide_by(d_gg, d_gg.max(dim=1).values[None, :])
-
+    # exactly symmetric self distances: column max = row max (contiguous), one GEMM half;
+    # then (d / column max)^T = d / row max, bit for bit: the intra re-ranking's input
+    # comes without a transpose, and normalising n_qq again (maxima exactly 1) is skipped
     width = k + 1
-    rank_qq = _ranks(
-        intra_re_ranking(n_qq, k, k2_intra, lambda_intra, column_normalized=True), width
-    )
-    rank_gg = _ranks(
-        intra_re_ranking(n_gg, k, k2_intra, lambda_intra, column_normalized=True), width
-    )
+    ranks_self = []
+    normed = []
+    for x in (q, g):
+        d_xx = squared_euclidean_self(x)
+        m = d_xx.max(dim=1).values
+        normed.append(_divide_by(d_xx, m[None, :]))
+        rr = _intra_core(_divide_by(d_xx, m[:, None]), k, k2_intra, lambda_intra)
+        del d_xx
+        ranks_self.append(_ranks(rr, width))
+        del rr
+    n_qq, n_gg = normed
+    rank_qq, rank_gg = ranks_self
     rank_qg = _ranks(n_qg, width)
     rank_gq = _ranks(n_gq, width)
 
