@@ -141,10 +141,15 @@ class InstanceNeighbourLoss(nn.Module):
         key = {(q, m): (q, m) for q in MAPS for m in MAPS}
         if self.official_quirks:
             key["a", "r"] = ("a", "v")
+        pairs = list(key)
         for p in range(self.num_parts):
-            mem = memory[:, p]
-            logits = {qm: self._logits(parts[key[qm]][:, p], mem) for qm in key}
-            nbr = {qm: topk_mask(lg.detach(), self.k) for qm, lg in logits.items()}
+            mem = memory[:, p].contiguous()
+            # the nine (query, map) blocks against this part's memory in one product
+            z = torch.cat([parts[key[qm]][:, p] for qm in pairs])
+            lg = self._logits(z, mem)
+            nb = topk_mask(lg.detach(), self.k)  # row-wise: the same as block by block
+            logits = dict(zip(pairs, lg.chunk(len(pairs))))
+            nbr = dict(zip(pairs, nb.chunk(len(pairs))))
             rows, pos = [], []
             for q, m in key:
                 others = [o for o in MAPS if o != m]
