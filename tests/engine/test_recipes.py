@@ -185,3 +185,22 @@ def test_salcr_schedule_is_unchanged_by_stage_learning_rates():
     cfg = load_recipe("salcr")
     for epoch, lr in {0: 3.5e-4, 19: 3.5e-4, 20: 3.5e-5, 59: 3.5e-5, 60: 3.5e-6}.items():
         assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_single_gpu_bf16_recipe_is_salcr_with_amp_and_the_same_batch():
+    one, ref = load_recipe("salcr_1gpu_bf16"), load_recipe("salcr")
+    assert one["train"]["amp"] is True and ref["train"]["amp"] is False
+    assert {k: v for k, v in one["train"].items() if k != "amp"} == {
+        k: v for k, v in ref["train"].items() if k != "amp"
+    }
+    assert [(s.sampler, s.iters, s.losses) for s in stages_of(one)] == [
+        (s.sampler, s.iters, s.losses) for s in stages_of(ref)
+    ]
+
+
+@pytest.mark.parametrize("name", ["dcl", "pgm", "mbccm", "salcr_1gpu_bf16"])
+def test_peer_recipes_resolve_from_the_cli(name, capsys):
+    from uvireid.cli import main
+
+    assert main(["run", name, "--dry-run"]) == 0
+    assert "stages:" in capsys.readouterr().out
