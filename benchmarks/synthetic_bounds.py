@@ -19,7 +19,6 @@ visible gallery, 10 seeded trials, ``uvireid.evaluation.protocols.run_protocol``
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import random
@@ -39,6 +38,7 @@ from uvireid.evaluation.metrics import evaluate
 from uvireid.evaluation.protocols import run_protocol
 from uvireid.features import Features
 from uvireid.models.backbone import TwoStreamResNet
+from uvireid.models.prior import batch_hard_triplet, warmup_cosine
 from uvireid.types import INFRARED, VISIBLE
 
 
@@ -160,15 +160,6 @@ def extract(model: TwoStreamResNet, data: dict, device: str, bs: int = 256) -> n
 
 
 # -- supervised training ------------------------------------------------------------------
-def triplet_hard(feat: torch.Tensor, labels: torch.Tensor, margin: float = 0.3):
-    """Batch-hard triplet loss (Hermans et al. 2017) on Euclidean distances."""
-    d = torch.cdist(feat, feat)
-    same = labels[:, None] == labels[None, :]
-    hardest_pos = (d * same).max(1).values
-    hardest_neg = (d + same * 1e6).min(1).values
-    return F.relu(hardest_pos - hardest_neg + margin).mean()
-
-
 def cross_modal_triplet(
     feat: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, margin: float = 0.3
 ):
@@ -261,14 +252,7 @@ def train_supervised(
     classifier = nn.Linear(model.out_dim, len(uniq), bias=False).to(device)
     params = list(model.parameters()) + list(classifier.parameters())
     opt = torch.optim.AdamW([q for q in params if q.requires_grad], lr=lr, weight_decay=5e-4)
-    warm = max(1, iters // 10)
-
-    def lr_at(it: int) -> float:
-        if it < warm:
-            return (it + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, iters - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(iters))
     model.train()
     t0 = time.perf_counter()
     for it in range(iters):
@@ -286,7 +270,7 @@ def train_supervised(
         x = (augment(x, mod_t, gen, channel_p, gray_p, pad) - 0.5) / 0.25
         out = model(x, mod_t.to(device))
         loss_ce = F.cross_entropy(classifier(out.bn_feat), y, label_smoothing=0.1)
-        loss_tri = triplet_hard(out.global_feat, y)
+        loss_tri = batch_hard_triplet(out.global_feat, y)
         loss = loss_ce + loss_tri
         if hc_weight:
             loss = loss + hc_weight * hetero_center(out.bn_feat, y, mod_t.to(device))

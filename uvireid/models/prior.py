@@ -31,7 +31,14 @@ from torch import nn
 
 from uvireid.errors import ConfigError
 
-__all__ = ["PRIOR_NAME", "PRIOR_VERSION", "synthetic_visible_prior", "prior_path"]
+__all__ = [
+    "PRIOR_NAME",
+    "PRIOR_VERSION",
+    "batch_hard_triplet",
+    "prior_path",
+    "synthetic_visible_prior",
+    "warmup_cosine",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +68,26 @@ def prior_path(
     return cache_root(cache_dir) / "priors" / name
 
 
-def _batch_hard_triplet(feat: torch.Tensor, labels: torch.Tensor, margin: float = 0.3):
+def batch_hard_triplet(feat: torch.Tensor, labels: torch.Tensor, margin: float = 0.3):
+    """Batch-hard triplet loss (Hermans et al. 2017) on Euclidean distances."""
     d = torch.cdist(feat, feat)
     same = labels[:, None] == labels[None, :]
     hardest_pos = (d * same).max(1).values
     hardest_neg = (d + same * 1e6).min(1).values
     return F.relu(hardest_pos - hardest_neg + margin).mean()
+
+
+def warmup_cosine(iters: int):
+    """Learning-rate factor of step ``it`` for ``LambdaLR``: linear warm-up over the first
+    tenth of ``iters``, then a cosine decay to 0."""
+    warm = max(1, iters // 10)
+
+    def factor(it: int) -> float:
+        if it < warm:
+            return (it + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, iters - warm)))
+
+    return factor
 
 
 def synthetic_visible_prior(
@@ -98,6 +119,7 @@ def synthetic_visible_prior(
     the images one colour channel copied into all three (channel exchange), so the prior
     does not lean on hue alone. Seeded: the same parameters give the same weights on CPU.
     """
+    from uvireid.data.samplers import pools
     from uvireid.data.synthetic import SyntheticSYSU, ensure_synthetic
     from uvireid.data.transforms import channel_exchange, load_images, normalize, pad_crop_flip
     from uvireid.fileio import atomic_torch_save
@@ -121,22 +143,20 @@ def synthetic_visible_prior(
     recs = [r for r in ds.train + ds.test if r.modality == VISIBLE]
     imgs, ok = load_images(recs, height, width)
     pids = np.array([r.pid for r in recs])
-    labels_np = np.unique(pids[ok], return_inverse=True)[1]
-    keep = np.flatnonzero(ok)
-    by_label = [keep[labels_np == c] for c in range(int(labels_np.max()) + 1)]
+    label_of = np.full(len(recs), -1)
+    label_of[ok] = np.unique(pids[ok], return_inverse=True)[1]
+    by_label = list(pools(label_of).values())  # label 0, 1, ...: its sorted image indices
     n_cls = len(by_label)
     if n_cls < batch_ids:
         raise ConfigError(
             f"synthetic-visible prior: {n_cls} identities for batches of {batch_ids}; raise ids"
         )
-    label_of = np.full(len(recs), -1)
-    label_of[keep] = labels_np
     logger.info(
         "building the %s prior: %s on %d visible images of %d synthetic identities "
         "(seed %d), %d steps",
         PRIOR_NAME,
         arch,
-        len(keep),
+        int(ok.sum()),
         n_cls,
         seed,
         iters,
@@ -153,14 +173,7 @@ def synthetic_visible_prior(
     classifier = nn.Linear(dim, n_cls, bias=False)
     params = [p for m in (body, neck, classifier) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=5e-4)
-    warm = max(1, iters // 10)
-
-    def factor(it: int) -> float:
-        if it < warm:
-            return (it + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, iters - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(iters))
     rng = np.random.default_rng([seed, 17])
     gen = torch.Generator().manual_seed(seed)
     body.train(), neck.train()
@@ -175,7 +188,7 @@ def synthetic_visible_prior(
         x = torch.cat([x[:half], channel_exchange(x[half:], gen)])
         feat = pool(body(normalize(x))).flatten(1)
         loss = F.cross_entropy(classifier(neck(feat)), y, label_smoothing=0.1)
-        loss = loss + _batch_hard_triplet(feat, y)
+        loss = loss + batch_hard_triplet(feat, y)
         if not bool(torch.isfinite(loss)):
             raise ConfigError(
                 f"synthetic-visible prior: the loss became {float(loss)} at step {it}"
