@@ -83,6 +83,18 @@ class _TwoMemories(nn.Module):
         self.memory_v.reset(context.feats_v, context.init_v, context.num_v)
         self.memory_r.reset(context.feats_r, context.init_r, context.num_r)
 
+    @torch.no_grad()
+    def update_intra(self, outputs: StepOutputs, targets: StepTargets, use_ca: bool) -> None:
+        """M^v with [f^v; f^a] (in this order; f^a only with ``use_ca``), M^r with f^r,
+        each with its own labels."""
+        if use_ca:
+            fv = torch.cat([outputs.feat_v, outputs.feat_a])
+            yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
+        else:
+            fv, yv = outputs.feat_v, targets.vis_in_v
+        self.memory_v.update(fv, yv)
+        self.memory_r.update(outputs.feat_r, targets.ir_in_r)
+
 
 @LOSSES.register("cluster_contrast")
 class ClusterContrastLoss(_TwoMemories):
@@ -109,13 +121,7 @@ class ClusterContrastLoss(_TwoMemories):
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """M^v with [f^v; f^a] (in this order), M^r with f^r, each with its own labels."""
-        if self.use_ca:
-            fv = torch.cat([outputs.feat_v, outputs.feat_a])
-            yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
-        else:
-            fv, yv = outputs.feat_v, targets.vis_in_v
-        self.memory_v.update(fv, yv)
-        self.memory_r.update(outputs.feat_r, targets.ir_in_r)
+        self.update_intra(outputs, targets, self.use_ca)
 
 
 @LOSSES.register("dual_cluster_contrast")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from uvireid.errors import ConfigError
-from uvireid.losses.cluster_contrast import ClusterContrastLoss, cluster_nce
+from uvireid.losses.cluster_contrast import ClusterContrastLoss, _TwoMemories, cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import ClusterMemory
 from uvireid.registry import LOSSES
@@ -129,7 +129,7 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor
 
 
 @LOSSES.register("modality_agnostic")
-class ModalityAgnosticLoss(torch.nn.Module):
+class ModalityAgnosticLoss(_TwoMemories):
     """MBCCM: modality-agnostic memories and symmetric-KL consistency, ``a*L_ma + b*L_cc``.
 
     Four memories, all re-initialised each epoch: the intra-modality ``M^v`` and ``M^r``
@@ -165,19 +165,15 @@ class ModalityAgnosticLoss(torch.nn.Module):
         beta: float = 0.5,
         use_ca: bool = True,
     ):
-        super().__init__()
-        self.temperature = float(temperature)
+        super().__init__(float(temperature), momentum)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.use_ca = bool(use_ca)
-        self.memory_v = ClusterMemory(0, temperature, momentum)
-        self.memory_r = ClusterMemory(0, temperature, momentum)
         self.memory_va = ClusterMemory(0, temperature, momentum)
         self.memory_ra = ClusterMemory(0, temperature, momentum)
 
     def reset(self, context: EpochContext) -> None:
-        self.memory_v.reset(context.feats_v, context.init_v, context.num_v)
-        self.memory_r.reset(context.feats_r, context.init_r, context.num_r)
+        super().reset(context)
         self.memory_va.reset(context.feats_v, context.init_v, context.num_v)
         self.memory_ra.reset(context.feats_r, context.init_r, context.num_r)
 
@@ -216,10 +212,8 @@ class ModalityAgnosticLoss(torch.nn.Module):
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """``M^v``/``M^r`` as ``cluster_contrast`` does; ``M^va``/``M^ra`` with every view
         in its visible / infrared label (batch order: f^v, f^a, f^r)."""
+        self.update_intra(outputs, targets, self.use_ca)
         views = self._views(outputs, targets)
-        vis = [(x, yv) for x, yv, _, is_vis in views if is_vis]
-        self.memory_v.update(torch.cat([x for x, _ in vis]), torch.cat([y for _, y in vis]))
-        self.memory_r.update(outputs.feat_r, targets.ir_in_r)
         z = torch.cat([x for x, _, _, _ in views])
         self.memory_va.update(z, torch.cat([yv for _, yv, _, _ in views]))
         self.memory_ra.update(z, torch.cat([yr for _, _, yr, _ in views]))
