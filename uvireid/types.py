@@ -110,33 +110,29 @@ class CrossLabels:
 
         if self.num_visible < 0:
             raise ValueError("unify() needs num_visible (the number of visible instances)")
-        kv, kr = self.num_clusters_v, self.num_clusters_r
+        kv, kr, nv = self.num_clusters_v, self.num_clusters_r, self.num_visible
         n = kv + kr
         m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
         graph = coo_matrix((np.ones(len(m)), (m[:, 0], kv + m[:, 1])), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
+        n_comp, comp = connected_components(graph, directed=False)
         # number the components in order of their first node (visible clusters first)
-        first = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+        first = np.full(n_comp, n, dtype=np.int64)
         np.minimum.at(first, comp, np.arange(n))
         rank = np.empty_like(first)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        node = np.concatenate(
-            [self.labels_in_v[: self.num_visible], kv + self.labels_in_r[self.num_visible :]]
-        )
-        own = np.concatenate(
-            [self.labels_in_v[: self.num_visible] >= 0, self.labels_in_r[self.num_visible :] >= 0]
-        )
-        labels = np.where(own, rank[comp[np.where(own, node, 0)]] if n else -1, -1)
-        labels = labels.astype(np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(n_comp)
+        own = np.concatenate([self.labels_in_v[:nv], self.labels_in_r[nv:]])  # own cluster
+        node = own + np.where(np.arange(len(own)) >= nv, kv, 0)  # infrared nodes after kv
+        labels = np.full(len(own), -1, dtype=np.int64)
+        labels[own >= 0] = rank[comp[node[own >= 0]]]
         return CrossLabels(
             labels_in_v=labels,
             labels_in_r=labels.copy(),
             matches=self.matches,
             unified=True,
-            info={**self.info, "unified_labels": int(len(first))},
-            num_visible=self.num_visible,
-            num_clusters_v=int(len(first)),
-            num_clusters_r=int(len(first)),
+            info={**self.info, "unified_labels": int(n_comp)},
+            num_visible=nv,
+            num_clusters_v=int(n_comp),
+            num_clusters_r=int(n_comp),
         )
 
     def match_mask(self) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch import nn
 
 from uvireid.errors import ConfigError
 from uvireid.models.pooling import GeM
+from uvireid.models.prior import PRIOR_NAME
 from uvireid.registry import BACKBONES
 from uvireid.types import INFRARED, VISIBLE
 
@@ -138,7 +139,7 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
         raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
     weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
     net = getattr(torchvision.models, arch)(weights=weights)
-    if pretrained == "synthetic-visible":
+    if pretrained == PRIOR_NAME:
         from uvireid.models.prior import synthetic_visible_prior
 
         pretrained = str(synthetic_visible_prior(arch))

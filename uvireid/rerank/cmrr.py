@@ -108,6 +108,23 @@ def _intra_core(d: torch.Tensor, k1: int, k2: int, lambda_value: float) -> torch
     return jac.mul_(1 - lambda_value).add_(d, alpha=lambda_value)
 
 
+def _self_block(
+    x: torch.Tensor, k: int, k2: int, lambda_value: float, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One set against itself: ``(n_xx, rank_xx)``, the column-normalised self distances
+    and the ranks of their intra-modality re-ranking.
+
+    The self distances are exactly symmetric (one GEMM half), so column max = row max
+    and ``(d / column max)^T = d / row max`` bit for bit: the intra re-ranking gets its
+    input without a transpose, and without normalising ``n_xx`` again (its maxima are
+    exactly 1, a division by 1.0).
+    """
+    d = squared_euclidean_self(x)
+    m = d.max(dim=1).values
+    rank = _ranks(_intra_core(_divide_by(d, m[:, None]), k, k2, lambda_value), width)
+    return _divide_by(d, m[None, :]), rank
+
+
 def _row_normalize_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``[a, b] / row sums`` as one sparse CSR matrix (b's columns after a's)."""
     n, shift = a.shape
@@ -172,22 +189,9 @@ def cmrr_distance(
     n_qg = column_max_normalize(d_qg)
     # (d_qg^T / its column max) = (d_qg / its row max)^T: a contiguous reduction
     n_gq = _divide_by(d_qg, d_qg.max(dim=1, keepdim=True).values).T.contiguous()
-    # exactly symmetric self distances: column max = row max (contiguous), one GEMM half;
-    # then (d / column max)^T = d / row max, bit for bit: the intra re-ranking's input
-    # comes without a transpose, and normalising n_qq again (maxima exactly 1) is skipped
     width = k + 1
-    ranks_self = []
-    normed = []
-    for x in (q, g):
-        d_xx = squared_euclidean_self(x)
-        m = d_xx.max(dim=1).values
-        normed.append(_divide_by(d_xx, m[None, :]))
-        rr = _intra_core(_divide_by(d_xx, m[:, None]), k, k2_intra, lambda_intra)
-        del d_xx
-        ranks_self.append(_ranks(rr, width))
-        del rr
-    n_qq, n_gg = normed
-    rank_qq, rank_gg = ranks_self
+    n_qq, rank_qq = _self_block(q, k, k2_intra, lambda_intra, width)
+    n_gg, rank_gg = _self_block(g, k, k2_intra, lambda_intra, width)
     rank_qg = _ranks(n_qg, width)
     rank_gq = _ranks(n_gq, width)
 
