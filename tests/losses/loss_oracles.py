@@ -105,3 +105,11 @@ def attention_loop(query, stripe):
     scores = [(query * g).sum() / math.sqrt(c) for g in stripe]
     a = softmax_row(scores)
     return sum(ai * g for ai, g in zip(a, stripe))
+
+
+def unit_rows(*shape, seed=0):
+    """Seeded float64 random rows of norm 1 (the last dimension normalised): test inputs."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(
+        torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
+    )

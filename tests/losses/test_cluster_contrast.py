@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loss_oracles import centroid_loop, momentum_loop, nce_mean
+from loss_oracles import centroid_loop, momentum_loop, nce_mean, unit_rows
 
 from uvireid.losses import (
     ClusterContrastLoss,
@@ -21,16 +21,9 @@ from uvireid.registry import LOSSES
 TAU = 0.05
 
 
-def _unit(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(
-        torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
-    )
-
-
 def test_cluster_nce_value_and_gradient_equal_the_equation():
     x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    mem = _unit(3, 4, seed=2)
+    mem = unit_rows(3, 4, seed=2)
     y = [0, 2, -1, 1, 2]
     x1 = x.clone().requires_grad_(True)
     x2 = x.clone().requires_grad_(True)
@@ -51,7 +44,7 @@ def test_cluster_nce_without_labels_is_zero_with_a_gradient_path():
 
 
 def test_memory_reset_is_the_normalised_centroid_and_update_the_momentum_loop():
-    feats = _unit(10, 4, seed=3)
+    feats = unit_rows(10, 4, seed=3)
     labels = np.array([0, 1, 2, 0, 1, 2, 0, -1, 1, 2])
     m = ClusterMemory(4, temperature=TAU, momentum=0.1)
     m.reset(feats, labels, 3)
@@ -66,14 +59,14 @@ def test_memory_reset_is_the_normalised_centroid_and_update_the_momentum_loop():
 
 def test_memory_logits_do_not_backpropagate_into_the_memory():
     m = ClusterMemory(4)
-    m.reset(_unit(6, 4).float(), np.array([0, 0, 1, 1, 2, 2]), 3)
+    m.reset(unit_rows(6, 4).float(), np.array([0, 0, 1, 1, 2, 2]), 3)
     x = torch.randn(2, 4, requires_grad=True)
     m.logits(x).sum().backward()
     assert x.grad is not None and not m.features.requires_grad
 
 
 def _context(nv=12, nr=9, kv=3, kr=3, d=4):
-    fv, fr = _unit(nv, d, seed=5), _unit(nr, d, seed=6)
+    fv, fr = unit_rows(nv, d, seed=5), unit_rows(nr, d, seed=6)
     lv = np.arange(nv) % kv
     lr = np.arange(nr) % kr
     return EpochContext(
@@ -174,8 +167,8 @@ def test_every_registered_loss_runs_on_a_tiny_step(name):
             for q in "var"
             for m in "var"
         }
-        ctx.parts_v = _unit(12, p, 4)
-        ctx.parts_r = _unit(9, p, 4)
+        ctx.parts_v = unit_rows(12, p, 4)
+        ctx.parts_r = unit_rows(9, p, 4)
     loss.reset(ctx)
     value = loss(out, t)
     assert value.ndim == 0 and torch.isfinite(value)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from loss_oracles import centroid_loop, momentum_loop, nce_mean, softmax_row
+from loss_oracles import centroid_loop, momentum_loop, nce_mean, softmax_row, unit_rows
 
 from uvireid.errors import ConfigError
 from uvireid.losses import (
@@ -23,15 +23,8 @@ from uvireid.losses import (
 TAU = 0.05
 
 
-def _unit(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(
-        torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
-    )
-
-
 def _context(epoch=0):
-    fv, fr = _unit(12, 5, seed=1), _unit(10, 5, seed=2)
+    fv, fr = unit_rows(12, 5, seed=1), unit_rows(10, 5, seed=2)
     init_v = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, -1, 0, 1])
     init_r = np.array([0, 1, 0, 1, 0, 1, -1, 0, 1, 1])
     # partner labels: visible clusters 0,1,2 -> IR 0,1,-1 ; IR clusters 0,1 -> visible 0,1
@@ -135,7 +128,7 @@ def _skl_loop(a, b):
 
 
 def test_symmetric_kl_equals_the_definition():
-    a, b = _unit(3, 4, seed=5) * 7, _unit(3, 4, seed=6) * 3
+    a, b = unit_rows(3, 4, seed=5) * 7, unit_rows(3, 4, seed=6) * 3
     a1, b1 = _leaves(a, b)
     a2, b2 = _leaves(a, b)
     ours, ref = symmetric_kl(a1, b1), _skl_loop(a2, b2)
