@@ -37,30 +37,47 @@ from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import momentum_update
 from uvireid.registry import LOSSES
 
-__all__ = ["InstanceNeighbourLoss", "topk_mask", "positive_nll"]
+__all__ = ["InstanceNeighbourLoss", "topk_indices", "members", "positive_nll"]
 
 MAPS = ("v", "a", "r")
 
 
-def topk_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, N) bool: True at each row's k largest entries (k clamped to N)."""
-    k = min(int(k), logits.shape[1])
-    idx = logits.topk(k, dim=1).indices
-    return torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, True)
+def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of each row's k largest entries (k clamped to N): N_k of Eq. 16."""
+    return logits.topk(min(int(k), logits.shape[1]), dim=1).indices
 
 
-def positive_nll(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+def members(cand: torch.Tensor, *sets: torch.Tensor) -> torch.Tensor:
+    """(B, k) bool: ``cand[b, j]`` is in row b of any of ``sets`` ((B, k') index tensors).
+
+    Positive sets are intersections with a top-k set (Eq. 17, 23), so they are held as
+    that top-k's indices plus this membership mask: O(B k k') instead of (B, N) masks.
+    """
+    out = torch.zeros_like(cand, dtype=torch.bool)
+    for other in sets:
+        out |= (cand[:, :, None] == other[:, None, :]).any(-1)
+    return out
+
+
+def positive_nll(logits: torch.Tensor, cand: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """Mean over rows with a positive of ``-log sum_{i in P} softmax(logits)_i`` (Eq. 18).
 
     Args:
-        logits: (B, N) ``normalize(z) I^T / tau``; positives: (B, N) bool.
+        logits: (B, N) ``normalize(z) I^T / tau``.
+        cand: (B, k) candidate indices; member: (B, k) bool, True where the candidate is a
+            positive (the positive set of row b is ``cand[b][member[b]]``; candidates are
+            distinct within a row).
+
+    ``-log sum_P softmax = logsumexp(row) - logsumexp(row[P])``; the second term is taken
+    over the k gathered candidates only, not over a masked copy of the (B, N) logits.
     """
-    keep = positives.any(1)
+    keep = member.any(1)
     if not bool(keep.any()):
         return logits.sum() * 0.0
-    lg = logits[keep]
-    pos = lg.masked_fill(~positives[keep], float("-inf"))
-    return (torch.logsumexp(lg, 1) - torch.logsumexp(pos, 1)).mean()
+    if not bool(keep.all()):  # rows without a positive are left out (and give no NaN)
+        logits, cand, member = logits[keep], cand[keep], member[keep]
+    pos = logits.gather(1, cand).masked_fill(~member, float("-inf"))
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)).mean()
 
 
 @LOSSES.register("instance_neighbour")
@@ -120,20 +137,22 @@ class InstanceNeighbourLoss(nn.Module):
                 setattr(self, f"part_{s}", F.normalize(parts[keep], dim=-1))
 
     def _logits(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        return F.normalize(z, dim=-1) @ memory.detach().to(z.dtype).T / self.temperature
+        # 1/tau folded into the (B, d) queries: one pass less over the (B, N) logits
+        q = F.normalize(z, dim=-1) * (1.0 / self.temperature)
+        return q @ memory.detach().to(z.dtype).T
 
     def _global(self, outputs: StepOutputs, memory: torch.Tensor):
-        """Global term on one memory; also returns each query image's top-k mask."""
+        """Global term on one memory; also returns each query image's top-k indices."""
         s = len(outputs.feat_v)
         z = torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r])
         logits = self._logits(z, memory)
-        nbr = topk_mask(logits.detach(), self.k)
+        nbr = topk_indices(logits.detach(), self.k)
         nv, na, nr = nbr[:s], nbr[s : 2 * s], nbr[2 * s :]
-        inter = nv & nr
+        inter = members(nv, nr)  # N_k(f^v) ∩ N_k(f^r), as a mask over N_k(f^v)
         if self.official_quirks:
-            inter = inter & na
-        positives = torch.cat([inter, inter, inter])
-        return positive_nll(logits, positives), {"v": nv, "a": na, "r": nr}
+            inter &= members(nv, na)
+        loss = positive_nll(logits, nv.repeat(3, 1), inter.repeat(3, 1))
+        return loss, {"v": nv, "a": na, "r": nr}
 
     def _part(self, parts: dict, memory: torch.Tensor, glob: dict) -> torch.Tensor:
         """Part term on one part memory (N, P, d), averaged over parts."""
@@ -143,20 +162,18 @@ class InstanceNeighbourLoss(nn.Module):
             key["a", "r"] = ("a", "v")
         pairs = list(key)
         for p in range(self.num_parts):
-            mem = memory[:, p].contiguous()
             # the nine (query, map) blocks against this part's memory in one product
             z = torch.cat([parts[key[qm]][:, p] for qm in pairs])
-            lg = self._logits(z, mem)
-            nb = topk_mask(lg.detach(), self.k)  # row-wise: the same as block by block
-            logits = dict(zip(pairs, lg.chunk(len(pairs))))
+            lg = self._logits(z, memory[:, p])
+            nb = topk_indices(lg.detach(), self.k)  # row-wise: the same as block by block
             nbr = dict(zip(pairs, nb.chunk(len(pairs))))
-            rows, pos = [], []
+            cand, member = [], []
             for q, m in key:
-                others = [o for o in MAPS if o != m]
-                union = nbr[q, others[0]] | nbr[q, others[1]]
-                rows.append(logits[q, m])
-                pos.append(union & glob[q])
-            total = total + positive_nll(torch.cat(rows), torch.cat(pos))
+                o1, o2 = (o for o in MAPS if o != m)
+                # [N_k(q->o1) ∪ N_k(q->o2)] ∩ N_k^global(q), as a mask over N_k^global(q)
+                cand.append(glob[q])
+                member.append(members(glob[q], nbr[q, o1], nbr[q, o2]))
+            total = total + positive_nll(lg, torch.cat(cand), torch.cat(member))
         return total / self.num_parts
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:

@@ -93,12 +93,19 @@ class PartQuery(nn.Module):
         st = {
             k: stripes(f, self.num_parts) for k, f in (("v", fmap_v), ("a", fmap_a), ("r", fmap_r))
         }
-        q = {k: part_queries(s, self.tokens.to(s.dtype)) for k, s in st.items()}
+        # the three images' queries in one pass, then the nine (query, map) attentions in
+        # one pass (rows ordered as PASSES; BN still per group of three, as the official code)
+        s = fmap_v.shape[0]
+        all_st = torch.cat([st["v"], st["a"], st["r"]])
+        q_all = part_queries(all_st, self.tokens.to(all_st.dtype)).split(s)
+        q = dict(zip(("v", "a", "r"), q_all))
+        order = [pair for group in PASSES for pair in group]
+        raw = query_attention(
+            torch.cat([q[a] for a, _ in order]), torch.cat([st[b] for _, b in order])
+        ).split(3 * s)
         out: dict[tuple[str, str], torch.Tensor] = {}
-        for group in PASSES:
-            raw = torch.cat([query_attention(q[a], st[b]) for a, b in group])
-            normed = self._bn(raw).chunk(len(group))
-            out.update(dict(zip(group, normed)))
+        for group, rows in zip(PASSES, raw):
+            out.update(dict(zip(group, self._bn(rows).chunk(len(group)))))
         return out
 
     @torch.no_grad()
