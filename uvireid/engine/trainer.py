@@ -28,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from uvireid.engine.checkpoint import (
     set_rng_state,
 )
 from uvireid.errors import ConfigError, TrainingError
-from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES
 from uvireid.types import INFRARED, VISIBLE, FeatureBank
 
@@ -227,22 +227,6 @@ def extract_images(
 # --------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------
-@dataclass
-class EpochLabels:
-    """One epoch's pseudo-labels (numpy int64, -1 = none) and label-space sizes."""
-
-    vis_in_v: np.ndarray
-    vis_in_r: np.ndarray
-    ir_in_r: np.ndarray
-    ir_in_v: np.ndarray
-    init_v: np.ndarray
-    init_r: np.ndarray
-    num_v: int
-    num_r: int
-    has_cross: bool
-    info: dict = field(default_factory=dict)
-
-
 class Trainer:
     """Runs a resolved recipe's stages on a dataset (see the module docstring).
 
@@ -409,7 +393,17 @@ class Trainer:
         kr = int(lr.max()) + 1 if (lr >= 0).any() else 0
         none_v, none_r = np.full(len(lv), -1), np.full(len(lr), -1)
         if stage.associator is None:
-            return EpochLabels(lv, none_v, lr, none_r, lv, lr, kv, kr, False)
+            return EpochLabels(
+                vis_in_v=lv,
+                vis_in_r=none_v,
+                ir_in_r=lr,
+                ir_in_v=none_r,
+                init_v=lv,
+                init_r=lr,
+                num_v=kv,
+                num_r=kr,
+                has_cross=False,
+            )
         t0 = time.perf_counter()
         assoc = ASSOCIATORS.build(stage.associator)
         cl = assoc.associate(fv.numpy(), lv, fr.numpy(), lr)
@@ -591,18 +585,10 @@ class Trainer:
                 f"epoch {epoch}: the clusterer found no cluster in either modality; nothing "
                 f"to train on. Raise the clusterer's eps or lower min_samples"
             )
-        ctx = EpochContext(
+        ctx = EpochContext.of(
+            lab,
             feats_v=fv.to(self.device),
             feats_r=fr.to(self.device),
-            vis_in_v=lab.vis_in_v,
-            vis_in_r=lab.vis_in_r,
-            ir_in_r=lab.ir_in_r,
-            ir_in_v=lab.ir_in_v,
-            init_v=lab.init_v,
-            init_r=lab.init_r,
-            num_v=lab.num_v,
-            num_r=lab.num_r,
-            has_cross=lab.has_cross,
             epoch=epoch - stage.first_epoch,
             parts_v=None if pv is None else pv.to(self.device),
             parts_r=None if pr is None else pr.to(self.device),

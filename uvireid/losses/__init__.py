@@ -23,7 +23,7 @@ from uvireid.losses.cluster_contrast import (
     DualClusterContrastLoss,
     cluster_nce,
 )
-from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.losses.cross_memory import (
     AlternateCrossContrastLoss,
     ModalityAgnosticLoss,
@@ -41,6 +41,7 @@ __all__ = [
     "ClusterMemory",
     "DualClusterContrastLoss",
     "EpochContext",
+    "EpochLabels",
     "InstanceNeighbourLoss",
     "PartContrastLoss",
     "StepOutputs",

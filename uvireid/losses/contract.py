@@ -17,12 +17,12 @@ no part in a term.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
-__all__ = ["StepOutputs", "StepTargets", "EpochContext"]
+__all__ = ["StepOutputs", "StepTargets", "EpochLabels", "EpochContext"]
 
 
 @dataclass
@@ -75,27 +75,21 @@ class StepTargets:
     paired: bool = False
 
 
-@dataclass
-class EpochContext:
-    """One epoch's features and pseudo-labels, for :meth:`reset` of the losses.
+@dataclass(kw_only=True)
+class EpochLabels:
+    """One epoch's pseudo-labels (numpy int64, -1 = none) and label-space sizes.
 
     Attributes:
-        feats_v: (Nv, d) L2-normalised global features of the visible training images
-            (the clustering features, in the engine's order); feats_r: (Nr, d).
-        vis_in_v, vis_in_r, ir_in_r, ir_in_v: (Nv,) / (Nr,) int64 labels (see
+        vis_in_v, vis_in_r, ir_in_r, ir_in_v: (Nv,) / (Nr,) labels (see
             :class:`StepTargets`).
         init_v, init_r: (Nv,) / (Nr,) the clusterer's labels, from which cluster memories
             are initialised (the same as ``vis_in_v`` / ``ir_in_r`` unless the associator
             relabelled).
         num_v, num_r: sizes of the visible and infrared label spaces.
-        parts_v, parts_r: (N, P, d) L2-normalised self-attended part features (FGSAL),
-            or None.
         has_cross: False when the association linked no clusters (cross terms skipped).
-        epoch: the epoch's index within its stage (0 for the stage's first epoch).
+        info: what the associator reports (logged with the epoch's metrics).
     """
 
-    feats_v: torch.Tensor
-    feats_r: torch.Tensor
     vis_in_v: np.ndarray
     vis_in_r: np.ndarray
     ir_in_r: np.ndarray
@@ -104,7 +98,31 @@ class EpochContext:
     init_r: np.ndarray
     num_v: int
     num_r: int
+    has_cross: bool = True
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class EpochContext(EpochLabels):
+    """One epoch's features and pseudo-labels, for :meth:`reset` of the losses.
+
+    The labels' attributes (:class:`EpochLabels`) plus:
+
+    Attributes:
+        feats_v: (Nv, d) L2-normalised global features of the visible training images
+            (the clustering features, in the engine's order); feats_r: (Nr, d).
+        parts_v, parts_r: (N, P, d) L2-normalised self-attended part features (FGSAL),
+            or None.
+        epoch: the epoch's index within its stage (0 for the stage's first epoch).
+    """
+
+    feats_v: torch.Tensor
+    feats_r: torch.Tensor
     parts_v: torch.Tensor | None = None
     parts_r: torch.Tensor | None = None
-    has_cross: bool = True
     epoch: int = 0
+
+    @classmethod
+    def of(cls, labels: EpochLabels, **features) -> EpochContext:
+        """The context of ``labels`` with the epoch's features (keyword arguments)."""
+        return cls(**{f.name: getattr(labels, f.name) for f in fields(EpochLabels)}, **features)
