@@ -99,7 +99,9 @@ def fmt(e: dict | None, key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ids", type=int, default=None, help="synthetic identities (default: the demo's 150)")
+    ap.add_argument(
+        "--ids", type=int, default=None, help="synthetic identities (default: the demo's 150)"
+    )
     ap.add_argument("--only", default=None, help="comma-separated row names")
     ap.add_argument("--supervised-map", type=float, default=None)
     ap.add_argument("--out", default="runs/ablation")

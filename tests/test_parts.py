@@ -22,7 +22,9 @@ def _parts(plural: str) -> list[str]:
     return REGISTRIES[plural].names()
 
 
-def _clustered(seed: int, n_per: int = 10, ids: int = 4, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def _clustered(
+    seed: int, n_per: int = 10, ids: int = 4, d: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(ids, d))
     labels = np.repeat(np.arange(ids), n_per)

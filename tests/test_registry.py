@@ -49,7 +49,9 @@ def test_unknown_name_with_nothing_close_lists_available(reg):
 
 
 def test_wrong_keyword_is_caught_before_construction(reg):
-    with pytest.raises(RegistryError, match=r"has no keyword 'kk'; did you mean 'k'\? valid keywords: k, mode"):
+    with pytest.raises(
+        RegistryError, match=r"has no keyword 'kk'; did you mean 'k'\? valid keywords: k, mode"
+    ):
         reg.build({"type": "cmfp", "kk": 3})
 
 
@@ -118,5 +120,11 @@ def test_registry_error_is_a_config_error_and_a_key_error(reg):
 
 def test_all_registries_exist():
     assert set(REGISTRIES) == {
-        "datasets", "backbones", "clusterers", "associators", "losses", "rerankers", "recipes"
+        "datasets",
+        "backbones",
+        "clusterers",
+        "associators",
+        "losses",
+        "rerankers",
+        "recipes",
     }

@@ -60,9 +60,7 @@ def _callable_signature(obj: Callable[..., Any]) -> inspect.Signature:
     try:
         return inspect.signature(obj)
     except (TypeError, ValueError):  # builtins without a signature
-        return inspect.Signature(
-            [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
-        )
+        return inspect.Signature([inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
 
 
 class Registry:

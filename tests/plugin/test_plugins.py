@@ -67,8 +67,19 @@ def plugin_site(tmp_path_factory) -> Path:
     (pkg / "__init__.py").write_text(PLUGIN)
     (pkg / "broken.py").write_text("raise RuntimeError('this plugin is broken on purpose')\n")
     site = tmp_path_factory.mktemp("plugin_site")
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-           "--no-build-isolation", "--target", str(site), str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-index",
+        "--no-build-isolation",
+        "--target",
+        str(site),
+        str(src),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert list(site.glob("uvireid_tinyplugin-0.1.0.dist-info/entry_points.txt"))
@@ -108,8 +119,17 @@ def test_uvireid_list_shows_plugin_parts_and_broken_plugins(plugin_site):
 def test_plugin_parts_are_tested_for_free(plugin_site):
     """The registry-wide parts test picks the plugin's re-ranker up and passes."""
     res = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "test_parts.py"), "-k", "tiny_cosine"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPO / "tests" / "test_parts.py"),
+            "-k",
+            "tiny_cosine",
+        ],
         plugin_site,
     )
     assert res.returncode == 0, res.stdout + res.stderr
