@@ -165,13 +165,14 @@ def _self_block_rows(n: int, itemsize: int, device: torch.device) -> int:
     return max(1, min(n, cap, max(2048, -(-n // 8))))
 
 
-def _transposed(t: torch.Tensor, sub: int = 512) -> torch.Tensor:
+def _transposed(t: torch.Tensor, sub: int = 512, buf: torch.Tensor | None = None) -> torch.Tensor:
     """``t.T.contiguous()`` copied in (sub x sub) squares: the plain strided copy of a tile
-    of a wide panel runs ~9x slower on the CPU (each read touches a new cache line)."""
-    if t.device.type != "cpu":
-        return t.T.contiguous()
+    of a wide panel runs ~9x slower on the CPU (each read touches a new cache line).
+    ``buf``: optional flat tensor of at least ``t.numel()`` elements to write into."""
     rows, cols = t.shape
-    out = t.new_empty((cols, rows))
+    out = t.new_empty((cols, rows)) if buf is None else buf[: rows * cols].view(cols, rows)
+    if t.device.type != "cpu":
+        return out.copy_(t.T)
     for i in range(0, rows, sub):
         for j in range(0, cols, sub):
             out[j : j + sub, i : i + sub].copy_(t[i : i + sub, j : j + sub].T)
@@ -200,18 +201,22 @@ def _knn_torch_self(
     chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in starts]
     vals = x.new_empty((n, k))
     idx = torch.empty((n, k), dtype=torch.long, device=x.device)
+    # two buffers reused by every block: no fresh pages (and page faults) per panel
+    panel_buf = x.new_empty(min(r, n) * n)
+    tile_buf = x.new_empty(min(r, n) ** 2)
     for bi, s in enumerate(starts):
         e = min(n, s + r)
-        panel = x[s:e] @ x[s:].T  # (rows of block bi) x (columns s .. n)
+        panel = panel_buf[: (e - s) * (n - s)].view(e - s, n - s)
+        torch.mm(x[s:e], x[s:].T, out=panel)  # (rows of block bi) x (columns s .. n)
         if metric == "l2":
             panel.mul_(-2.0).add_(sq[s:e, None]).add_(sq[None, s:]).clamp_(min=0)
         v, i = topk_stable(panel, k, largest=largest)
         chunks[bi].append((v, i + s))
         for bj in range(bi + 1, len(starts)):  # the tiles past the diagonal, transposed
             s2, e2 = starts[bj], min(n, starts[bj] + r)
-            v, i = topk_stable(_transposed(panel[:, s2 - s : e2 - s]), k, largest=largest)
+            tile = _transposed(panel[:, s2 - s : e2 - s], buf=tile_buf)
+            v, i = topk_stable(tile, k, largest=largest)
             chunks[bj].append((v, i + s))
-        del panel
         cand_v = torch.cat([c[0] for c in chunks[bi]], dim=1)
         cand_i = torch.cat([c[1] for c in chunks[bi]], dim=1)
         chunks[bi] = []
