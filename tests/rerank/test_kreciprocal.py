@@ -7,6 +7,7 @@ import pytest
 import torch
 from rerank_oracles import sq_dist, zhong_re_ranking
 
+import uvireid.rerank.kreciprocal as krec
 from uvireid.rerank import KReciprocal, k_reciprocal_distance, re_ranking
 from uvireid.rerank.kreciprocal import round_half_even
 
@@ -65,3 +66,59 @@ def test_round_half_even_matches_numpy():
     for k1 in range(0, 40):
         assert round_half_even(k1 / 2) == int(np.around(k1 / 2))
     assert round_half_even(13 / 2) == 6 and round_half_even(15 / 2) == 8
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _naive_sets(fwd, bwd, expand, k1):
+    """R*(i) of every row with Python sets, straight from the definitions (Eq. 4-6)."""
+    half = int(np.around(k1 / 2))
+
+    def rec(table_f, table_b, i, k):
+        return [c for c in table_f[i][: k + 1] if i in table_b[c][: k + 1]]
+
+    out = []
+    for i in range(len(fwd)):
+        r = rec(fwd, bwd, i, k1)
+        star = set(r)
+        for c in r:
+            rc = rec(expand, expand, c, half)
+            if len(set(rc) & set(r)) > 2.0 / 3 * len(rc):
+                star |= set(rc)
+        out.append(sorted(star))
+    return out
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_reciprocal_sets_equal_naive_loops(monkeypatch, tiny):
+    if tiny:  # one bitmap row per block: the block loop and its reset run every row
+        monkeypatch.setattr(krec, "_TILE_ELEMENTS", 16)
+    rng = np.random.default_rng(5)
+    for n, m, k1 in [(30, 20, 6), (25, 25, 15), (1, 9, 4), (12, 1, 3), (40, 33, 0), (9, 50, 20)]:
+        # rank tables of tied integer distances (stable: ties by index), duplicate rows
+        dn = rng.integers(0, 4, size=(n, m)).astype(float)
+        dm = rng.integers(0, 4, size=(m, n)).astype(float)
+        de = rng.integers(0, 4, size=(m, m)).astype(float)
+        if n > 3:
+            dn[1] = dn[2]
+        fwd = np.argsort(dn, axis=1, kind="stable")[:, : k1 + 1]
+        bwd = np.argsort(dm, axis=1, kind="stable")[:, : k1 + 1]
+        expand = np.argsort(de, axis=1, kind="stable")
+        r, c = krec.reciprocal_sets(
+            torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(expand), k1, m
+        )
+        want = _naive_sets(fwd.tolist(), bwd.tolist(), expand.tolist(), k1)
+        got = [[] for _ in range(n)]
+        for i, j in zip(r.tolist(), c.tolist()):
+            got[i].append(j)
+        assert got == want, (n, m, k1)
+
+
+def test_set_bits_is_nonzero():
+    rng = np.random.default_rng(0)
+    for rows, width, p in [(5, 8, 0.3), (17, 64, 0.02), (3, 24, 0.0), (4, 16, 1.0)]:
+        bitmap = torch.from_numpy(rng.random((rows, width)) < p)
+        r, c = krec._set_bits(bitmap)
+        nz = bitmap.nonzero()
+        assert torch.equal(r, nz[:, 0]) and torch.equal(c, nz[:, 1])

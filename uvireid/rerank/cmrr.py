@@ -30,15 +30,35 @@ Differences from the reference, on purpose:
 - a column whose maximum distance is 0 (a single query, or all-identical features) is
   left unnormalised instead of becoming NaN, and a row of V that sums to 0 stays 0.
 
-The self distances (query-query, gallery-gallery) are computed exactly symmetric (each
-off-diagonal tile once); the reference's two separate products can differ from that in the
+The self distances (query-query, gallery-gallery) use the reference's formula
+``(|x_i|^2 + |x_j|^2) - 2 x_i.x_j`` and are computed exactly symmetric (each off-diagonal
+tile once, mirrored); the reference's two separate products can differ from that in the
 last bit, which matters only for exact ties.
 
-Complexity (Nq queries, Ng gallery): O((Nq + Ng)^2 d) for the distances, O(Nq^2 + Ng^2 +
-Nq Ng) memory (dense distance blocks), O(N k^3) for the reciprocal sets and
-O(sum_c nnz(c)^2) for the two Jaccard steps (the intra one over all pairs of a set). The
-reference runs five Python loops over all rows and full argsorts. Inputs whose dense blocks
-cannot fit stop at once with an error saying how much memory they need.
+Where the work goes (Nq queries, Ng gallery, N either set):
+
+- dense: the distances, O((Nq + Ng)^2 d) (the self blocks' upper tiles only), held once
+  as d_qq (Nq x Nq), d_gg and the (Nq, Ng) blocks: O(Nq^2 + Ng^2 + Nq Ng) memory. A self
+  block is kept only as (n_qq)^T = d / row max (normalised in place; d is exactly
+  symmetric), from which n_qq is read at V's entries;
+- dense: the top-(k+1) selections of the intra re-ranking, over d' = (n_qq)^T and, one
+  row block at a time, over ``(1 - lambda) max(J, 0) + lambda d'`` for ALL pairs of a set
+  (O(N^2) per set; pairs whose V rows share no column have J = 1 but still compete
+  through ``lambda d'``);
+- sparse: the reciprocal sets (O(N k^2) look-ups in a membership bitmap of a block of
+  rows, then a scan of its N^2 / 8 words), V, and the intra Jaccard numerators
+  ``s = sum_c min(V_ic, V_jc)``, accumulated from the pairs of V entries that share a
+  column only (O(nnz(V) * widest column of V) work into one (rows x N) block at a time,
+  not an N x N matrix);
+- the final cross Jaccard (Nq x Ng): each query-side entry of V against its column of
+  the gallery-side V held dense ((Nq + Ng) x Ng), O(nnz(V_q) * Ng) (when the gallery
+  side's columns are narrow, the row-block accumulation of the intra step instead).
+
+Every sum takes its terms in the same order as the plain pair-list computation
+(:func:`~uvireid.rerank.kreciprocal.min_sum`), so the blocked, sparse steps give the
+same values to the bit. The reference runs five Python loops over all rows and full
+argsorts. Inputs whose dense blocks cannot fit stop at once with an error saying how much
+memory they need.
 """
 
 from __future__ import annotations
@@ -51,18 +71,27 @@ import torch
 
 from uvireid.clustering.knn import topk_stable
 from uvireid.registry import RERANKERS
-from uvireid.rerank.distances import squared_euclidean, squared_euclidean_self
+from uvireid.rerank.distances import self_distances, squared_norms
 from uvireid.rerank.inputs import check_k, check_pair, ensure_fits, to_output
 from uvireid.rerank.kreciprocal import (
+    _triples,
     column_max_normalize,
+    encode_sets,
     min_sum,
     reciprocal_encode,
+    reciprocal_sets,
     round_half_even,
 )
 
 __all__ = ["CMRR", "cmrr_distance", "intra_re_ranking"]
 
 logger = logging.getLogger(__name__)
+
+#: bytes of one (rows x n) float64 working block: small enough to stay in the CPU caches,
+#: large enough that the number of tensor operations (each one a parallel region) stays low
+_BLOCK_BYTES = 1 << 22
+#: (entry, partner) terms one block of :func:`_min_sum_rows` may generate
+_BLOCK_TERMS = 1 << 20
 
 
 def _ranks(d: torch.Tensor, width: int) -> torch.Tensor:
@@ -81,10 +110,143 @@ def _jaccard(s: torch.Tensor) -> torch.Tensor:
     return s.div_(den).neg_().add_(1.0)
 
 
+def _block_rows(n: int) -> int:
+    """Rows of an (rows x n) float64 block of about ``_BLOCK_BYTES`` (at least one)."""
+    return max(1, _BLOCK_BYTES // max(1, 8 * n))
+
+
+def _intra_ranks(
+    dn: torch.Tensor, k1: int, k2: int, lambda_value: float, width: int
+) -> torch.Tensor:
+    """The first ``width`` ranks of :func:`intra_re_ranking`, given its input
+    ``dn = (d / column max)^T = d / row max`` (d exactly symmetric, as from
+    :func:`~uvireid.rerank.kreciprocal.self_distances`), without any other dense (n, n)
+    matrix.
+
+    V is formed at its entries only; the Jaccard numerators of a row block are accumulated
+    from the pairs of V's entries that share a column (:func:`_min_sum_rows`) into one
+    (rows x n) block that stays in the CPU caches, and the block's
+    ``(1 - lambda) max(J, 0) + lambda dn`` goes straight into the top-``width``
+    selection. Pairs without a shared column have ``s = 0`` (J = 1), as in the dense
+    computation, so the ranks are the same.
+    """
+    n = dn.shape[0]
+    half = round_half_even(k1 / 2)
+    rank = _ranks(dn, max(k1 + 1, k2, half + 1))
+    r, c = reciprocal_sets(rank, rank, rank, k1, n)
+    v = encode_sets(r, c, dn[r, c], (n, n), rank, k2)
+    width = min(width, n)
+    out = torch.empty((n, width), dtype=torch.long, device=dn.device)
+    for s, e, acc in _min_sum_rows(v, v):
+        jac = _jaccard(acc).clamp_(min=0).to(dn.dtype)
+        out[s:e] = _ranks(jac.mul_(1 - lambda_value).add_(dn[s:e], alpha=lambda_value), width)
+    return out
+
+
+def _column_lists(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V's columns as padded lists ``(col_rows, col_vals)``, each (m, widest column):
+    column c's entries in row order (the order of a stable sort of V's entries by column),
+    padded with row 0 and value 0; values float64."""
+    rows, cols, vals = _triples(v)
+    m = v.shape[1]
+    count = torch.bincount(cols, minlength=m)
+    width = int(count.max()) if cols.numel() else 0
+    order = torch.argsort(cols, stable=True)
+    sc = cols[order]
+    pos = torch.arange(sc.numel(), device=cols.device) - (torch.cumsum(count, 0) - count)[sc]
+    col_rows = torch.zeros((m, width), dtype=torch.long, device=cols.device)
+    col_vals = torch.zeros((m, width), dtype=torch.float64, device=cols.device)
+    col_rows[sc, pos] = rows[order]
+    col_vals[sc, pos] = vals[order].double()
+    return col_rows, col_vals
+
+
+def _min_sum_rows(va: torch.Tensor, vb: torch.Tensor):
+    """Yield ``(s, e, block)``: rows [s, e) of ``min_sum(va, vb)`` as (e - s, nb) float64.
+
+    Every entry (i, c) of ``va`` meets the entries of column c of ``vb`` (a padded column
+    list; padding adds min(x, 0) = +0.0 to the block, which changes no sum). The terms of
+    a pair are added one at a time in the order of row i's entries, as by
+    :func:`~uvireid.rerank.kreciprocal.min_sum`, so the sums are the same to the bit.
+    Work O(nnz(va) * widest column of vb); one (rows x nb) block at a time, reused (a
+    block is only valid until the next one is asked for).
+    """
+    na = va.shape[0]
+    nb = vb.shape[0]
+    ra, ca, xa = _triples(va)
+    xa = xa.double()
+    col_rows, col_vals = _column_lists(vb)
+    crow = va.crow_indices()
+    widest_row = int(crow.diff().max()) if na else 0
+    terms = max(1, col_rows.shape[1] * widest_row)
+    rows = max(1, min(_block_rows(nb), _BLOCK_TERMS // terms))
+    flat = torch.zeros(min(rows, na) * nb, dtype=torch.float64, device=va.device)
+    for s in range(0, na, rows):
+        e = min(na, s + rows)
+        lo, hi = int(crow[s]), int(crow[e])
+        acc = flat[: (e - s) * nb].zero_()
+        if hi > lo and col_rows.shape[1]:
+            cols = ca[lo:hi]
+            key = col_rows[cols].add_(((ra[lo:hi] - s) * nb)[:, None])
+            val = torch.minimum(col_vals[cols], xa[lo:hi, None])
+            acc.index_add_(0, key.view(-1), val.view(-1))
+        yield s, e, acc.view(e - s, nb)
+
+
+def _min_sum_dense(va: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+    """``min_sum(va, vb)`` with ``vb`` held dense: (na, nb) float64.
+
+    Each entry (i, c, x) of ``va`` adds ``min(x, vb[:, c])`` to row i of the result, the
+    entries in row-major order (an accumulating ``index_put_`` adds them one after the
+    other; unlike a 2-D ``index_add_`` it runs no parallel region per row), so each
+    sum takes its terms in the order of :func:`~uvireid.rerank.kreciprocal.min_sum` and
+    the zeros of ``vb`` add +0.0: the same sums to the bit. Work O(nnz(va) * nb), less
+    than :func:`_min_sum_rows` when ``vb`` has few rows and wide columns (the gallery
+    side of CMRR: a few hundred rows, each with hundreds of entries).
+    """
+    na, m = va.shape
+    nb = vb.shape[0]
+    dev = va.device
+    ra, ca, xa = _triples(va)
+    rb, cb, xb = _triples(vb)
+    # entries whose column of vb is empty would add only zeros: left out
+    keep = (torch.bincount(cb, minlength=m) > 0)[ca]
+    ra, ca, xa = ra[keep], ca[keep], xa[keep].double()
+    dense_t = torch.zeros((m, nb), dtype=torch.float64, device=dev)
+    dense_t[cb, rb] = xb.double()
+    out = torch.zeros((na, nb), dtype=torch.float64, device=dev)
+    step = max(64, 4 * _BLOCK_BYTES // (8 * nb))  # entries per step (few, large steps)
+    buf = torch.empty((min(step, max(1, ra.numel())), nb), dtype=torch.float64, device=dev)
+    for s in range(0, ra.numel(), step):
+        e = min(ra.numel(), s + step)
+        t = buf[: e - s]
+        torch.index_select(dense_t, 0, ca[s:e], out=t)
+        torch.minimum(t, xa[s:e, None], out=t)
+        out.index_put_((ra[s:e],), t, accumulate=True)
+    return out
+
+
+def _min_sum_cross(va: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+    """``min_sum(va, vb)`` (bit for bit) by :func:`_min_sum_dense` (work nnz(va) * nb)
+    when ``vb``'s widest column holds at least half its rows, else :func:`_min_sum_rows`
+    (work nnz(va) * widest column, with costlier scattered additions)."""
+    nb = vb.shape[0]
+    count = torch.bincount(vb.col_indices(), minlength=vb.shape[1])
+    if vb.col_indices().numel() and nb <= 2 * int(count.max()):
+        return _min_sum_dense(va, vb)
+    out = torch.empty((va.shape[0], nb), dtype=torch.float64, device=va.device)
+    for s, e, acc in _min_sum_rows(va, vb):
+        out[s:e] = acc
+    return out
+
+
 def intra_re_ranking(
     dist: torch.Tensor, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
 ) -> torch.Tensor:
     """MULT's ``intra_modality_re_ranking``: k-reciprocal re-ranking inside one set.
+
+    Dense reference version of the step (CMRR itself only needs the ranks of its result,
+    :func:`_intra_ranks`).
 
     Args:
         dist: (n, n) distances (column-normalised by the caller, as in CMRR).
@@ -94,11 +256,7 @@ def intra_re_ranking(
         (n, n) ``(1 - lambda) max(J, 0) + lambda dist'`` over ALL pairs, where
         ``dist' = (dist / column max)^T``.
     """
-    return _intra_core(column_max_normalize(dist).T.contiguous(), k1, k2, lambda_value)
-
-
-def _intra_core(d: torch.Tensor, k1: int, k2: int, lambda_value: float) -> torch.Tensor:
-    """:func:`intra_re_ranking` from ``d = (dist / column max)^T`` (contiguous)."""
+    d = column_max_normalize(dist).T.contiguous()
     n = d.shape[0]
     half = round_half_even(k1 / 2)
     rank = _ranks(d, max(k1 + 1, k2, half + 1))
@@ -106,23 +264,6 @@ def _intra_core(d: torch.Tensor, k1: int, k2: int, lambda_value: float) -> torch
     jac = _jaccard(min_sum(v, v)).clamp_(min=0).to(d.dtype)
     assert jac.shape == (n, n)
     return jac.mul_(1 - lambda_value).add_(d, alpha=lambda_value)
-
-
-def _self_block(
-    x: torch.Tensor, k: int, k2: int, lambda_value: float, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One set against itself: ``(n_xx, rank_xx)``, the column-normalised self distances
-    and the ranks of their intra-modality re-ranking.
-
-    The self distances are exactly symmetric (one GEMM half), so column max = row max
-    and ``(d / column max)^T = d / row max`` bit for bit: the intra re-ranking gets its
-    input without a transpose, and without normalising ``n_xx`` again (its maxima are
-    exactly 1, a division by 1.0).
-    """
-    d = squared_euclidean_self(x)
-    m = d.max(dim=1).values
-    rank = _ranks(_intra_core(_divide_by(d, m[:, None]), k, k2, lambda_value), width)
-    return _divide_by(d, m[None, :]), rank
 
 
 def _row_normalize_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,30 +320,44 @@ def cmrr_distance(
     k2_intra = check_k(k2_intra, "k2_intra", "cmrr")
     nq, ng = q.shape[0], g.shape[0]
     ensure_fits(
-        8.0 * (4 * nq * nq + 4 * ng * ng + 6 * nq * ng),
+        # d_qq, d_gg; d_qg, n_qg, n_gq, the cross sums and the dense gallery side of V;
+        # working blocks, bitmaps and V (a few tens of MiB)
+        8.0 * (nq * nq + 2 * ng * ng + 6 * nq * ng) + 64.0 * 2**20,
         q.device,
         f"CMRR re-ranking of {nq} queries x {ng} gallery images",
         "use --reranker cmfp (sparse, linear memory) or re-rank fewer images "
         "(e.g. the query set in parts)",
     )
-    d_qg = squared_euclidean(q, g)
+    sq_q, sq_g = squared_norms(q), squared_norms(g)
+    # the reference's cal_distmat: (|q|^2 + |g|^2) - 2 q.g
+    d_qg = torch.add(sq_q[:, None], sq_g[None, :]).addmm_(q, g.T, beta=1, alpha=-2)
     n_qg = column_max_normalize(d_qg)
     # (d_qg^T / its column max) = (d_qg / its row max)^T: a contiguous reduction
     n_gq = _divide_by(d_qg, d_qg.max(dim=1, keepdim=True).values).T.contiguous()
     width = k + 1
-    n_qq, rank_qq = _self_block(q, k, k2_intra, lambda_intra, width)
-    n_gg, rank_gg = _self_block(g, k, k2_intra, lambda_intra, width)
+    # the self blocks, d exactly symmetric with row (= column) maxima m, are kept only as
+    # dn = d / m[:, None] = (d / column max)^T, the intra re-ranking's input, in place;
+    # n_xx = d / column max is read at V's entries as n_xx[r, c] = dn[c, r]
+    d_qq, m_q = self_distances(q, sq_q)
+    dn_qq = d_qq.div_(m_q[:, None])
+    rank_qq = _intra_ranks(dn_qq, k, k2_intra, lambda_intra, width)
+    d_gg, m_g = self_distances(g, sq_g)
+    dn_gg = d_gg.div_(m_g[:, None])
+    rank_gg = _intra_ranks(dn_gg, k, k2_intra, lambda_intra, width)
     rank_qg = _ranks(n_qg, width)
     rank_gq = _ranks(n_gq, width)
 
-    v_qq = reciprocal_encode(n_qq, rank_qq, rank_qq, rank_qq, rank_qq, k, k)
-    v_gg = reciprocal_encode(n_gg, rank_gg, rank_gg, rank_gg, rank_gg, k, k)
+    r, c = reciprocal_sets(rank_qq, rank_qq, rank_qq, k, nq)
+    v_qq = encode_sets(r, c, dn_qq[c, r], (nq, nq), rank_qq, k)
+    del d_qq, dn_qq
+    r, c = reciprocal_sets(rank_gg, rank_gg, rank_gg, k, ng)
+    v_gg = encode_sets(r, c, dn_gg[c, r], (ng, ng), rank_gg, k)
     v_qg = reciprocal_encode(n_qg, rank_qg, rank_gq, rank_gg, rank_qq, k, k)
     v_gq = reciprocal_encode(n_gq, rank_gq, rank_qg, rank_qq, rank_gg, k, k)
 
     vq = _row_normalize_pair(v_qq, v_qg)  # (nq, nq + ng)
     vg = _row_normalize_pair(v_gq, v_gg)  # (ng, nq + ng)
-    jac = _jaccard(min_sum(vq, vg)).to(q.dtype)
+    jac = _jaccard(_min_sum_cross(vq, vg)).to(q.dtype)
     out = jac.mul_(1 - eta).add_(d_qg, alpha=eta)
     return to_output(out, was_numpy)
 

@@ -13,21 +13,26 @@ of zhunzhong07/person-re-ranking, as shipped by Cluster-Contrast (``rerank.py``)
     d*       = (1 - lambda) J + lambda d,   restricted to [query rows, gallery columns]
 
 ``round`` is numpy's half-to-even. The reference loops over rows in Python; here every
-step is a tensor operation over all rows at once: the reciprocal tests are gathers of the
-rank table, R* is a de-duplicated (row, column) list, V is sparse, the query expansion is
-a sparse row average, and the Jaccard step pairs V's nonzeros that share a column.
+step is a tensor operation over all rows (or a block of rows) at once: the reciprocal tests
+are gathers of the rank table; R* is built in a (rows x N) membership bitmap (R(p) set,
+the expansion test's intersections counted by bitmap look-ups, the accepted R(q) set too,
+and the set bits read out row-major, which lists R* sorted and de-duplicated); V is
+sparse, the query expansion is a sparse row average, and the Jaccard step pairs V's
+nonzeros that share a column.
 
-The building blocks (:func:`reciprocal_encode`, :func:`min_sum`) are shared with CMRR
-(:mod:`uvireid.rerank.cmrr`), whose blocks use different rank tables for the forward,
-backward, expansion and query-expansion steps.
+The building blocks (:func:`reciprocal_sets` + :func:`encode_sets` =
+:func:`reciprocal_encode`, :func:`min_sum`, the exactly symmetric self distances) are
+shared with CMRR (:mod:`uvireid.rerank.cmrr`), whose blocks use different rank tables for
+the forward, backward, expansion and query-expansion steps.
 
 Ties: the reference sorts with numpy's unstable default, whose order among equal distances
 is unspecified; here equal distances are ordered by index (a stable sort).
 
 Complexity (N = Nq + Ng): O(N^2 d) for the distances, O(N^2) memory for the dense
-distance matrix, O(N^2) for the top-(k1+1) selection, O(N k1^3) for the reciprocal sets,
-O(N k2 |R*|) for the expansion and O(sum_c nnz_q(c) nnz_g(c)) for the Jaccard step. The
-reference adds an O(N^2 log N) full argsort and N Python iterations with O(k1^2) work each.
+distance matrix, O(N^2) for the top-(k1+1) selection, O(N k1^2) look-ups and an N^2 / 8
+word scan of the membership bitmap for the reciprocal sets, O(N k2 |R*|) for the
+expansion and O(sum_c nnz_q(c) nnz_g(c)) for the Jaccard step. The reference adds an
+O(N^2 log N) full argsort and N Python iterations with O(k1^2) work each.
 Inputs whose dense matrices do not fit stop at once with an error saying how much memory
 is needed (before any work).
 """
@@ -44,7 +49,7 @@ import torch
 from uvireid.clustering.knn import topk_stable
 from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
-from uvireid.rerank.distances import squared_euclidean_self
+from uvireid.rerank.distances import self_distances, squared_norms
 from uvireid.rerank.inputs import (
     as_tensor,
     check_k,
@@ -58,6 +63,8 @@ __all__ = [
     "re_ranking",
     "k_reciprocal_distance",
     "reciprocal_encode",
+    "reciprocal_sets",
+    "encode_sets",
     "min_sum",
     "round_half_even",
     "column_max_normalize",
@@ -65,7 +72,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: elements of the largest temporary (rows x a x h x a) comparison tile
+#: elements of the largest temporary comparison tile and bytes of the membership bitmap
 _TILE_ELEMENTS = 1 << 24
 
 
@@ -76,7 +83,7 @@ def round_half_even(x: float) -> int:
 
 def column_max_normalize(d: torch.Tensor) -> torch.Tensor:
     """``d / max over each column`` (columns whose max is 0 are left as they are)."""
-    m = d.max(dim=0, keepdim=True).values
+    m = d.amax(0, keepdim=True)
     return d / torch.where(m > 0, m, torch.ones_like(m))
 
 
@@ -101,25 +108,6 @@ def _reciprocal_mask(fwd: torch.Tensor, bwd: torch.Tensor, k: int) -> torch.Tens
         me = torch.arange(s, e, device=fwd.device)[:, None, None]
         out[s:e] = (bw[f[s:e]] == me).any(2)
     return out
-
-
-def _coalesce(
-    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor | None, shape: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Sum (or, without ``vals``, de-duplicate) the entries sharing (row, column).
-
-    Returns row-major sorted ``(rows, cols, vals)``; sums are float64.
-    """
-    m = shape[1]
-    key = rows * m + cols
-    if vals is None:
-        uniq = torch.unique(key)
-        return uniq // m, uniq % m, None
-    key, order = torch.sort(key)
-    uniq, inverse = torch.unique_consecutive(key, return_inverse=True)
-    summed = torch.zeros(uniq.numel(), dtype=torch.float64, device=key.device)
-    summed.index_add_(0, inverse, vals[order].double())
-    return uniq // m, uniq % m, summed
 
 
 def reciprocal_encode(
@@ -150,8 +138,25 @@ def reciprocal_encode(
         (n, m) sparse CSR tensor, rows summing to 1 (or 0 for an empty R*); the column
         order inside a row is unspecified.
     """
-    n, m = dist.shape
-    dev = dist.device
+    r, c = reciprocal_sets(fwd, bwd, expand, k1, dist.shape[1])
+    return encode_sets(r, c, dist[r, c], tuple(dist.shape), qe, k2)
+
+
+def reciprocal_sets(
+    fwd: torch.Tensor, bwd: torch.Tensor, expand: torch.Tensor, k1: int, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expanded sets R*(i) of :func:`reciprocal_encode` as a (row, column) list.
+
+    Args:
+        fwd, bwd, expand, k1: as in :func:`reciprocal_encode`; ``m`` is the number of
+            columns.
+
+    Returns:
+        ``(r, c)``: int64 row and column indices, row-major, columns ascending inside a
+        row, without duplicates.
+    """
+    n = fwd.shape[0]
+    dev = fwd.device
     half = round_half_even(k1 / 2)
     a = min(k1 + 1, fwd.shape[1])
     f = fwd[:, :a]
@@ -159,29 +164,66 @@ def reciprocal_encode(
     h = min(half + 1, expand.shape[1])
     ex = expand[:, :h]
     in_rc = _reciprocal_mask(expand, expand, half)  # (m, h): R(c, half) for every column c
-    rc_size = in_rc.sum(1)  # (m,)
-    # expansion test for every (i, p): |R(c) n R(i)| > 2/3 |R(c)|, c = f[i, p] in R(i)
-    cond = torch.zeros((n, a), dtype=torch.bool, device=dev)
-    rows = max(1, _TILE_ELEMENTS // max(1, a * h * a))
-    two_thirds = torch.tensor(2.0 / 3, dtype=torch.float64, device=dev)
+    # the reference's float64 product 2/3 * |R(c)|, the bar of the expansion test
+    bar = torch.tensor(2.0 / 3, dtype=torch.float64, device=dev) * in_rc.sum(1).double()
+    # row blocks with a (rows x m) membership bitmap: R(i), then R*(i), one row per i
+    width = -(-m // 8) * 8  # whole int64 words per bitmap row
+    rows = max(1, min(n, _TILE_ELEMENTS // max(1, width, 8 * a * h)))
+    member = torch.zeros((rows, width), dtype=torch.bool, device=dev)
+    out_r, out_c = [], []
+    flat = member.view(-1)
     for s in range(0, n, rows):
         e = min(n, s + rows)
-        c = f[s:e]  # (r, a)
-        elems = ex[c]  # (r, a, h)
-        valid = in_rc[c]  # (r, a, h)
-        r_set = torch.where(in_r[s:e], f[s:e], torch.full_like(f[s:e], -1))  # (r, a)
-        hit = (elems[..., None] == r_set[:, None, None, :]).any(3) & valid
-        cnt = hit.sum(2).double()
-        cond[s:e] = in_r[s:e] & (cnt > two_thirds * rc_size[c].double())
-    # R*(i) = R(i) U the expanded R(c): one row-major candidate list, de-duplicated
-    take = cond[:, :, None] & in_rc[f]  # (n, a, h)
-    cand = torch.cat([f, ex[f].reshape(n, a * h)], 1)
-    mask = torch.cat([in_r, take.reshape(n, a * h)], 1)
-    rr = torch.arange(n, device=dev)[:, None].expand_as(cand)[mask]
-    r, c, _ = _coalesce(rr, cand[mask], None, (n, m))
-    w = torch.exp(-dist[r, c])
+        b = e - s
+        base = torch.arange(0, b * width, width, device=dev)[:, None]  # bitmap row starts
+        f_b, own = f[s:e], in_r[s:e]
+        flat[(f_b + base)[own]] = True
+        # |R(c) n R(i)| for every c = f[i, p]: bitmap look-ups of R(c)'s members
+        at = ex[f_b].add_(base[:, :, None])  # (b, a, h) bitmap positions of R(c)'s candidates
+        valid = in_rc[f_b]  # (b, a, h)
+        hit = torch.take(flat, at).logical_and_(valid)
+        cond = own & (hit.sum(2).double() > bar[f_b])
+        flat[at[cond[:, :, None] & valid]] = True
+        # R*(i) = R(i) U the accepted R(c): the bitmap's set bits, row-major, sorted
+        r, c = _set_bits(member[:b])
+        out_r.append(r + s)
+        out_c.append(c)
+        member[:b].zero_()
+    if not out_r:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return z, z.clone()
+    return torch.cat(out_r), torch.cat(out_c)
+
+
+def _set_bits(bitmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bitmap.nonzero()`` as ``(rows, cols)`` for a (rows, 8 w) contiguous bool tensor:
+    the set int64 words first, then their bytes (a few words per row are set)."""
+    width = bitmap.shape[1]
+    words = bitmap.view(torch.int64).view(-1).nonzero().squeeze(1)
+    bits = bitmap.view(-1, 8).index_select(0, words)  # (set words, 8), row-major order
+    pos = (words[:, None] * 8 + torch.arange(8, device=bitmap.device))[bits]
+    return pos // width, pos % width
+
+
+def encode_sets(
+    r: torch.Tensor,
+    c: torch.Tensor,
+    dvals: torch.Tensor,
+    shape: tuple[int, int],
+    qe: torch.Tensor | None,
+    k2: int,
+) -> torch.Tensor:
+    """V from the sets of :func:`reciprocal_sets` and the distances ``dvals = dist[r, c]``.
+
+    The second half of :func:`reciprocal_encode` (weights ``exp(-dist)`` normalised per
+    row, then the query expansion), for callers that hold the distances of the set
+    entries without a dense (n, m) matrix; ``dvals``' dtype is V's dtype.
+    """
+    n, m = shape
+    dev = r.device
+    w = torch.exp(-dvals)
     tot = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, r, w.double())
-    v = (w.double() / tot[r]).to(dist.dtype)
+    v = (w.double() / tot[r]).to(dvals.dtype)
     crow = torch.zeros(n + 1, dtype=torch.long, device=dev)
     torch.cumsum(torch.bincount(r, minlength=n), 0, out=crow[1:])
     vmat = _csr(crow, c, v, (n, m))
@@ -294,21 +336,32 @@ def _rerank_core(d: torch.Tensor, nq: int, k1: int, k2: int, lambda_value: float
     return jac * (1 - lambda_value) + d[:nq, nq:] * lambda_value
 
 
+def _put_squared_transposed(dst: torch.Tensor, src: torch.Tensor, tile: int = 256) -> None:
+    """``dst[...] = src.T.square()`` (cast to ``dst``'s dtype), one row slab of ``src`` at a
+    time and transposed in (tile x tile) squares: a whole strided transposed copy misses
+    the cache on every read and takes several times longer."""
+    rows, cols = src.shape
+    for i in range(0, rows, tile):
+        slab = src[i : i + tile].square()
+        for j in range(0, cols, tile):
+            dst[j : j + tile, i : i + tile].copy_(slab[:, j : j + tile].T)
+
+
 def _normalized_transposed(qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
     """Step 1 of the reference: ``(A^2 in float32 / column max of A^2)^T``, one pass per block.
 
     ``A = [[qq, qg], [qg^T, gg]]``. Its transpose is ``[[qq^T, qg], [qg^T, gg^T]]``, so the
     result is that matrix squared (in the input dtype, then rounded to float32, as
     ``np.power(A, 2).astype(np.float32)``) divided by each row's maximum; no N x N float64
-    copy is made.
+    copy is made (the transposed blocks are squared one slab of rows at a time).
     """
     nq, ng = qg.shape
     n = nq + ng
     d = torch.empty((n, n), dtype=torch.float32, device=qg.device)
-    d[:nq, :nq] = qq.T.square()
+    _put_squared_transposed(d[:nq, :nq], qq)
     d[:nq, nq:] = qg.square()
-    d[nq:, :nq] = qg.T.square()
-    d[nq:, nq:] = gg.T.square()
+    _put_squared_transposed(d[nq:, :nq], qg)
+    _put_squared_transposed(d[nq:, nq:], gg)
     m = d.max(dim=1, keepdim=True).values
     return d.div_(torch.where(m > 0, m, torch.ones_like(m)))
 
@@ -369,8 +422,9 @@ def k_reciprocal_distance(
     """k-reciprocal re-ranked (Nq, Ng) distance from features.
 
     Equals ``re_ranking(|q-g|, |q-q|, |g-g|, ...)`` with Euclidean distances: the squared
-    distances are computed directly (``|x|^2 + |y|^2 - 2 x.y``, clamped at 0) in the
-    input dtype, then cast to float32 as in the reference.
+    distances are computed directly (``(|x|^2 + |y|^2) - 2 x.y``, each off-diagonal tile
+    once and mirrored, so exactly symmetric; clamped at 0) in the input dtype, then cast
+    to float32 as in the reference.
     """
     q, g, was_numpy = check_pair(query, gallery, "kreciprocal")
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
@@ -383,7 +437,8 @@ def k_reciprocal_distance(
         "gallery, or the query set in parts)",
     )
     # exactly symmetric, so column-max-normalise-and-transpose is a row normalisation
-    sq = squared_euclidean_self(torch.cat([q, g], 0)).clamp_(min=0).float()
+    x = torch.cat([q, g], 0)
+    sq = self_distances(x, squared_norms(x))[0].clamp_(min=0).float()
     m = sq.max(dim=1, keepdim=True).values
     d = sq.div_(torch.where(m > 0, m, torch.ones_like(m)))
     return to_output(_rerank_core(d, nq, k1, k2, lambda_value), was_numpy)
