@@ -7,8 +7,9 @@ import pytest
 import torch
 from cluster_oracles import clustered, dense_jaccard, faiss_l2_rank
 
-from uvireid.clustering.jaccard import half_k, jaccard_distance
+from uvireid.clustering.jaccard import jaccard_distance
 from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.rerank.kreciprocal import round_half_even
 
 
 def _densify(sparse) -> np.ndarray:
@@ -20,8 +21,8 @@ def _densify(sparse) -> np.ndarray:
 
 @pytest.mark.parametrize("k1", [5, 7, 15, 20, 25, 30, 31])
 def test_half_k_rounds_half_to_even_like_numpy(k1):
-    assert half_k(k1) == int(np.around(k1 / 2))
-    assert half_k(5) == 2 and half_k(15) == 8 and half_k(25) == 12 and half_k(30) == 15
+    assert round_half_even(k1 / 2) == int(np.around(k1 / 2))
+    assert [round_half_even(k / 2) for k in (5, 15, 25, 30)] == [2, 8, 12, 15]
 
 
 @pytest.mark.parametrize("k1,k2", [(30, 6), (20, 6), (25, 1), (7, 3)])

@@ -50,10 +50,9 @@ import torch
 from uvireid.associations.checks import as_features, resolve_device
 from uvireid.clustering.knn import knn
 from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.rerank.kreciprocal import reciprocal_sets
 
 __all__ = [
-    "half_k",
-    "k_reciprocal_mask",
     "expanded_sets",
     "encode",
     "query_expand",
@@ -72,80 +71,27 @@ def _fixed_scale(max_sum: float) -> float:
     return float(2 ** (61 - int(np.ceil(np.log2(max(max_sum, 1.0) + 1.0)))))
 
 
-def half_k(k1: int) -> int:
-    """``round(k1 / 2)`` with numpy's half-to-even rounding, as the reference uses."""
-    return int(np.around(k1 / 2))
-
-
-def k_reciprocal_mask(knn_idx: torch.Tensor, width: int) -> torch.Tensor:
-    """(N, width) bool: ``mask[i, p]`` is True when ``i`` is among the first ``width``
-    neighbours of its ``p``-th neighbour, i.e. ``knn_idx[i, p]`` is in ``R(i, width)``.
-
-    Args:
-        knn_idx: (N, k) int64 neighbour lists, best first, self normally at column 0.
-        width: list length used on both sides, ``<= k``.
-    """
-    n = knn_idx.shape[0]
-    fwd = knn_idx[:, :width]
-    out = torch.empty((n, width), dtype=torch.bool, device=knn_idx.device)
-    step = max(1, _BLOCK_ELEMS // max(1, width * width))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        back = fwd[fwd[s:e]]  # (B, width, width): neighbour lists of the neighbours
-        me = torch.arange(s, e, device=knn_idx.device)[:, None, None]
-        out[s:e] = (back == me).any(-1)
-    return out
-
-
-def expanded_sets(
-    knn_idx: torch.Tensor, k1: int, *, block_bytes: int = 16 * 2**20
-) -> tuple[torch.Tensor, torch.Tensor]:
+def expanded_sets(knn_idx: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The expanded k-reciprocal sets ``R*(i)`` of every row (CVPR 2017 Eq. 9-10).
+
+    One implementation with the re-ranker: the sets are those of
+    :func:`uvireid.rerank.kreciprocal.reciprocal_sets` with the kNN lists as the forward,
+    backward and expansion rank tables (k1 columns, self included, as the reference's
+    ``initial_rank[:, :k1+1]`` of a k1-wide faiss result).
 
     Args:
         knn_idx: (N, k1) int64 neighbour lists (self included).
         k1: list length.
-        block_bytes: size of the (rows x N) membership bitmap of one row block.
 
     Returns:
         ``(crow, col)``: CSR row pointers (N+1,) and column indices (nnz,), int64, each
         row's ``R*(i)`` sorted ascending and duplicate-free.
     """
     n = knn_idx.shape[0]
-    dev = knn_idx.device
-    nh = min(half_k(k1) + 1, k1)
-    rec1 = k_reciprocal_mask(knn_idx, k1)
-    rech = k_reciprocal_mask(knn_idx, nh)
-    r_half = torch.where(rech, knn_idx[:, :nh], torch.full_like(knn_idx[:, :nh], -1))
-    two_thirds = 2.0 / 3.0  # the reference's float64 product, not the integer form
-    cols, row_nnz = [], []
-    step = max(1, min(block_bytes // max(1, n), _BLOCK_ELEMS // max(1, k1 * nh)))
-    # membership bitmap of R(i) for the rows of a block (O(1) set tests), reset per block
-    member = torch.zeros((min(step, n), n), dtype=torch.bool, device=dev)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        b = e - s
-        local = torch.arange(b, device=dev)
-        own = rec1[s:e]
-        own_rows = local[:, None].expand(b, k1)[own]
-        own_cols = knn_idx[s:e][own]
-        member[own_rows, own_cols] = True
-        r_c = r_half[knn_idx[s:e]]  # (b, k1, nh): R(c, kh+1) of every candidate c
-        valid = r_c >= 0
-        size_c = valid.sum(-1)
-        rows3 = local[:, None, None].expand_as(r_c)
-        inter = (member[rows3, r_c.clamp(min=0)] & valid).sum(-1)
-        member[own_rows, own_cols] = False
-        accept = own & (inter.double() > two_thirds * size_c.double())
-        grow = accept[..., None] & valid
-        # R*(i) = R(i) U accepted R(c, kh+1), sorted and de-duplicated per row
-        keys = torch.cat([own_rows * n + own_cols, rows3[grow] * n + r_c[grow]])
-        keys = torch.unique(keys, sorted=True)
-        cols.append(keys % n)
-        row_nnz.append(torch.bincount(keys // n, minlength=b))
-    crow = torch.zeros(n + 1, dtype=torch.long, device=dev)
-    crow[1:] = torch.cat(row_nnz).cumsum(0)
-    return crow, torch.cat(cols)
+    r, col = reciprocal_sets(knn_idx, knn_idx, knn_idx, k1, n)
+    crow = torch.zeros(n + 1, dtype=torch.long, device=knn_idx.device)
+    torch.cumsum(torch.bincount(r, minlength=n), 0, out=crow[1:])
+    return crow, col
 
 
 def _row_ids(crow: torch.Tensor) -> torch.Tensor:

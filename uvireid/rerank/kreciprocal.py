@@ -76,6 +76,10 @@ logger = logging.getLogger(__name__)
 _TILE_ELEMENTS = 1 << 24
 
 
+#: bitmap bits per set position above which the sets are sorted rather than scanned
+_SCAN_FACTOR = 64
+
+
 def round_half_even(x: float) -> int:
     """``int(numpy.around(x))``: 2.5 -> 2, 3.5 -> 4 (the reference's ``round(k1/2)``)."""
     return int(np.around(x))
@@ -177,18 +181,25 @@ def reciprocal_sets(
         b = e - s
         base = torch.arange(0, b * width, width, device=dev)[:, None]  # bitmap row starts
         f_b, own = f[s:e], in_r[s:e]
-        flat[(f_b + base)[own]] = True
+        own_pos = (f_b + base)[own]
+        flat[own_pos] = True
         # |R(c) n R(i)| for every c = f[i, p]: bitmap look-ups of R(c)'s members
         at = ex[f_b].add_(base[:, :, None])  # (b, a, h) bitmap positions of R(c)'s candidates
         valid = in_rc[f_b]  # (b, a, h)
         hit = torch.take(flat, at).logical_and_(valid)
         cond = own & (hit.sum(2).double() > bar[f_b])
-        flat[at[cond[:, :, None] & valid]] = True
-        # R*(i) = R(i) U the accepted R(c): the bitmap's set bits, row-major, sorted
-        r, c = _set_bits(member[:b])
+        grown = at[cond[:, :, None] & valid]
+        if b * width <= _SCAN_FACTOR * (own_pos.numel() + grown.numel()):
+            # R*(i) = R(i) U the accepted R(c): the bitmap's set bits, row-major, sorted
+            flat[grown] = True
+            r, c = _set_bits(member[:b])
+            member[:b].zero_()
+        else:  # a wide, sparse bitmap: sort the set positions instead of scanning it
+            pos = torch.unique(torch.cat([own_pos, grown]), sorted=True)
+            flat[own_pos] = False
+            r, c = pos // width, pos % width
         out_r.append(r + s)
         out_c.append(c)
-        member[:b].zero_()
     if not out_r:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return z, z.clone()
