@@ -64,12 +64,15 @@ def test_resume_warns_when_seed_or_data_differ(recipe_file, tmp_path, caplog):
     tr.epoch = 1
     state = tr.state_dict()
     state["dataset"] = {"sha1": "another"}
+    state["source"] = {"commit": "0123456789abcdef", "dirty": False}
     path = save_checkpoint(tmp_path / "ck", state)
     other = Trainer(load_recipe(recipe_file, ["seed=99"]), tr.dataset, "cpu", None, progress=False)
+    other.source = {"commit": "fedcba9876543210", "dirty": True}
     with caplog.at_level(logging.WARNING):
         other.restore(path)
     assert "seed 3, this recipe has seed 99" in caplog.text
     assert "dataset differs from the checkpoint's" in caplog.text
+    assert "at commit 0123456789ab, this is fedcba987654 with uncommitted changes" in caplog.text
     assert other.epoch == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
     assert yaml.safe_load((folder.path / "config.yaml").read_text()) == cfg
     manifest = json.loads((folder.path / "manifest.json").read_text())
     assert manifest["world_size"] == 1 and manifest["device"]["device"] == "cpu"
-    assert manifest["dataset"] and manifest["versions"]["torch"]
+    assert manifest["dataset"] and manifest["versions"]["torch"] and "source" in manifest
     results = json.loads((folder.path / "results.json").read_text())
     assert set(results) == {"none", "cmfp"}
     assert results["cmfp"]["provenance"]["reranker"].startswith("cmfp")
@@ -108,3 +109,27 @@ def test_protocol_that_does_not_fit_the_dataset_is_refused(recipe):
     with pytest.raises(ConfigError, match="does not fit dataset 'sysu'; its protocols: sysu-all"):
         run_recipe(cfg, progress=False)
     assert not (recipe.parent / "runs").exists(), "no run folder for a refused recipe"
+
+
+def test_source_revision_is_the_checkout_head_or_none_outside_git(tmp_path):
+    import shutil
+    import subprocess
+
+    from uvireid.engine.run_folder import source_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    pkg = Path(__file__).resolve().parents[2] / "uvireid"
+    head = subprocess.run(
+        ["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip("the tests do not run from a git checkout")
+    rev = source_revision(pkg)
+    assert rev is not None and rev["commit"] == head.stdout.strip()
+    assert isinstance(rev["dirty"], bool)
+    # a copy of the package that git does not track (an installed wheel) has no revision
+    copy = tmp_path / "uvireid"
+    copy.mkdir()
+    (copy / "__init__.py").write_text("")
+    assert source_revision(copy) is None

@@ -3,7 +3,7 @@
 ```
 runs/<recipe>-<time>/
   config.yaml      resolved recipe: every value used, defaults included
-  manifest.json    versions, device, world size, batch per GPU, dataset fingerprint
+  manifest.json    versions, source commit, device, world size, batch per GPU, dataset fingerprint
   log.txt          what the console showed
   metrics.jsonl    one JSON object per epoch / evaluation
   features.npz     test features of the last evaluation
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -50,6 +51,36 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def source_revision(package_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The git commit of the uvireid source in use: ``{"commit": sha, "dirty": bool}``.
+
+    Only when the package runs from a git checkout that tracks it (an editable install,
+    as in development); None for an installed wheel, whose version says enough, or when
+    git is missing. ``dirty``: the checkout has uncommitted changes under the package. Two
+    runs of one recipe on one machine can differ only through the code, and a last-bit
+    change of summation order moves a demo's final mAP by about 1 (benchmarks/RESULTS.md),
+    so the commit belongs with the versions.
+    """
+    pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(pkg), *args], capture_output=True, text=True, timeout=10
+        )
+
+    try:
+        # tracked here, so not a copy inside some other repository (a venv in a checkout)
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def device_info(device: str) -> dict[str, Any]:
@@ -144,6 +175,7 @@ def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1)
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
+        "source": source_revision(),
         "device": device_info(device),
         "world_size": world_size,
         "batch": {"per_gpu": per_gpu, "per_batchnorm": per_gpu, "global": per_gpu * world_size},

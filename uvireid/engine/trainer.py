@@ -45,6 +45,7 @@ from uvireid.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from uvireid.engine.run_folder import source_revision
 from uvireid.errors import ConfigError, TrainingError
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES
@@ -285,6 +286,7 @@ class Trainer:
         )
         self.epoch = 0  # next epoch to run
         self.labels: EpochLabels | None = None
+        self.source = source_revision()  # the code's git commit, kept in checkpoints
         self.counts: dict[str, int] = {}
         self.images_v = self.images_r = None
         self.ok_v = self.ok_r = None
@@ -716,6 +718,7 @@ class Trainer:
             "seed": self.cfg["seed"],
             "dataset": _fingerprint(self.dataset),
             "recipe": self.cfg.get("name"),
+            "source": self.source,
         }
 
     def save(self) -> None:
@@ -739,6 +742,17 @@ class Trainer:
                 "pseudo-labels and the memories will be rebuilt on other data",
                 (state.get("dataset") or {}).get("sha1"),
                 (fp or {}).get("sha1"),
+            )
+        old_src, src = state.get("source"), self.source
+        if old_src and src and old_src != src:
+            logger.warning(
+                "resume: the checkpoint was written by uvireid at commit %s%s, this is %s%s; "
+                "changed code can change the results (even a different summation order "
+                "does), so the run may not repeat the uninterrupted one",
+                old_src["commit"][:12],
+                " with uncommitted changes" if old_src.get("dirty") else "",
+                src["commit"][:12],
+                " with uncommitted changes" if src.get("dirty") else "",
             )
         load_state_strict(self.model, state["model"], f"checkpoint {path}")
         self.optimizer.load_state_dict(state["optimizer"])
