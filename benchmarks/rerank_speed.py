@@ -16,7 +16,9 @@ difference of the outputs:
 - scalable CMFP: time and peak memory with 10k / 100k / 1M gallery images of d=256
   (queries = gallery / 10), each size in a fresh subprocess (CPU peak = VmHWM).
 
-Sizes are selectable (``--scalable-sizes 10000,100000``, ``--only cmfp,kreciprocal``).
+Sizes are selectable (``--scalable-sizes 10000,100000``, ``--only cmfp,kreciprocal``);
+``--knn-backend faiss-ivf`` runs scalable CMFP on the approximate kNN (``--compare-exact``:
+also the exact one, with the difference of the propagated features and of the rankings).
 """
 
 from __future__ import annotations
@@ -381,7 +383,7 @@ def bench_cmrr(args, device):
     )
 
 
-def scalable_child(n_gallery, d, k, device):
+def scalable_child(n_gallery, d, k, device, backend="auto", compare_exact=False):
     nq = max(1, n_gallery // 10)
     q, g = synthetic(
         nq,
@@ -396,7 +398,7 @@ def scalable_child(n_gallery, d, k, device):
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    t, _ = timed(lambda: propagate(q, g, k, mode="sparse"), device, 1)
+    t, out = timed(lambda: propagate(q, g, k, mode="sparse", backend=backend), device, 1)
     if str(device).startswith("cuda"):
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
         where = "GPU (beyond the input)"
@@ -405,7 +407,20 @@ def scalable_child(n_gallery, d, k, device):
             hwm = [ln for ln in fh if ln.startswith("VmHWM")][0].split()[1]
         peak = int(hwm) / 2**20
         where = "process RSS peak"
-    print(json.dumps({"n": n_gallery, "nq": nq, "seconds": t, "peak_gib": peak, "where": where}))
+    info = {"n": n_gallery, "nq": nq, "seconds": t, "peak_gib": peak, "where": where}
+    if compare_exact and backend != "auto":
+        # an approximate kNN against the exact one: propagated features and query ranking
+        t_ex, exact = timed(lambda: propagate(q, g, k, mode="sparse"), device, 1)
+        diff = torch.cat([(a - b).norm(dim=1) for a, b in zip(out, exact)])
+        top_a = torch.topk(out[0] @ out[1].T, 10, dim=1).indices
+        top_e = torch.topk(exact[0] @ exact[1].T, 10, dim=1).indices
+        info.update(
+            exact_seconds=t_ex,
+            feat_diff_mean=float(diff.mean()),
+            feat_diff_max=float(diff.max()),
+            top10_overlap=float((top_a[:, :, None] == top_e[:, None, :]).any(-1).float().mean()),
+        )
+    print(json.dumps(info))
 
 
 def bench_scalable(args, device):
@@ -421,7 +436,13 @@ def bench_scalable(args, device):
             str(device),
             "--k",
             str(args.k),
+            "--knn-backend",
+            args.knn_backend,
         ]
+        if args.compare_exact:
+            cmd.append("--compare-exact")
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
         except subprocess.TimeoutExpired:
@@ -434,9 +455,17 @@ def bench_scalable(args, device):
         info = json.loads(res.stdout.strip().splitlines()[-1])
         grow = f"  x{info['seconds'] / prev:.1f} time" if prev else ""
         prev = info["seconds"]
+        vs = (
+            f"; exact {info['exact_seconds']:.2f} s, |f' - f'exact| mean "
+            f"{info['feat_diff_mean']:.4f} max {info['feat_diff_max']:.3f}, top-10 gallery "
+            f"overlap {info['top10_overlap']:.3f}"
+            if "exact_seconds" in info
+            else ""
+        )
         print(
-            f"scalable CMFP {info['nq']} q + {n} g d=256 k={args.k}: {info['seconds']:.2f} s, "
-            f"peak {info['peak_gib']:.2f} GiB ({info['where']}){grow}",
+            f"scalable CMFP {info['nq']} q + {n} g d=256 k={args.k} ({args.knn_backend} kNN): "
+            f"{info['seconds']:.2f} s, peak {info['peak_gib']:.2f} GiB ({info['where']}){grow}"
+            f"{vs}",
             flush=True,
         )
         ROWS.append({"name": f"scalable_{n}", **info})
@@ -482,6 +511,16 @@ def main(argv=None):
     )
     p.add_argument("--child-timeout", type=float, default=3600)
     p.add_argument(
+        "--knn-backend",
+        default="auto",
+        help="kNN of scalable CMFP: auto (exact) or faiss-ivf (approximate, near-linear)",
+    )
+    p.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="with an approximate --knn-backend, also run the exact search and compare",
+    )
+    p.add_argument(
         "--skip-ref", default="", help="comma list of sections whose reference is not run"
     )
     p.add_argument("--json", default=None, help="write the figures here")
@@ -494,7 +533,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._child is not None:
-        scalable_child(args._child, 256, args.k, args.device)
+        scalable_child(args._child, 256, args.k, args.device, args.knn_backend, args.compare_exact)
         return 0
     if args.scalable_sizes is None:
         args.scalable_sizes = "10000" if args.quick else "10000,100000,1000000"

@@ -103,3 +103,28 @@ def test_blocked_transpose_equals_transpose():
     tile = panel[:, 5:32]  # a strided slice, as the self search passes
     out = _transposed(tile, sub=4)
     assert out.is_contiguous() and torch.equal(out, tile.T)
+
+
+def test_faiss_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(
+    monkeypatch,
+):
+    pytest.importorskip("faiss")
+    import uvireid.clustering.knn as knn_mod
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
+    for metric in ("ip", "l2"):
+        want_v, want_i = knn(q, x, 12, metric=metric, backend="torch")
+        # 400 points -> 10 cells, all probed: an exhaustive search
+        got_v, got_i = knn(q, x, 12, metric=metric, backend="faiss-ivf")
+        assert torch.equal(got_i, want_i)
+        assert torch.allclose(got_v, want_v, atol=1e-5)
+    # one probed cell cannot hold 300 neighbours: those rows are searched exactly
+    monkeypatch.setattr(knn_mod, "IVF_NPROBE", 1)
+    got_v, got_i = knn(q, x, 300, metric="ip", backend="faiss-ivf")
+    want_v, want_i = knn(q, x, 300, metric="ip", backend="torch")
+    assert (got_i >= 0).all() and torch.equal(got_i, want_i)
+    # a real approximation (1 of 10 cells probed) is deterministic
+    a = knn(q, x, 5, backend="faiss-ivf")[1]
+    assert torch.equal(a, knn(q, x, 5, backend="faiss-ivf")[1])

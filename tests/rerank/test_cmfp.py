@@ -129,6 +129,17 @@ def test_cmfp_sparse_with_faiss_equals_dense(clustered):
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
 
 
+def test_cmfp_with_the_approximate_ivf_knn_equals_dense_when_it_is_exhaustive(clustered):
+    # 300 and 120 points give 7 and 3 inverted-file cells, all probed: exact neighbours,
+    # through the one-index-per-base path of the approximate backend
+    pytest.importorskip("faiss")
+    q, g = clustered(300, 120, 32, seed=13)
+    q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
+    dq, dg = propagate(q, g, 10, mode="dense")
+    aq, ag = propagate(q, g, 10, mode="sparse", backend="faiss-ivf")
+    assert torch.allclose(torch.cat([dq, dg]), torch.cat([aq, ag]), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_cmfp_rows_sum_to_one_per_block(clustered, mode):
     q, g = clustered(50, 20, 8, seed=4)

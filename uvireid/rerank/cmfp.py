@@ -201,14 +201,38 @@ def _dense_block(sim: torch.Tensor, k: int) -> _Block:
 
 
 def _sparse_block(
-    x: torch.Tensor, base: torch.Tensor, k: int, backend: str, block_rows: int | None
+    x: torch.Tensor,
+    base: torch.Tensor,
+    k: int,
+    backend: str,
+    block_rows: int | None,
+    found: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> _Block:
     m = base.shape[0]
     kc = min(k, m)
     kk = min(kc + _TIE_MARGIN, m)
-    vals, idx = knn(x, base, kk, metric="ip", backend=backend, block_rows=block_rows)
+    if found is None:
+        found = knn(x, base, kk, metric="ip", backend=backend, block_rows=block_rows)
+    vals, idx = found
     vals = vals.to(x.dtype)  # faiss scores are float32
     return _select(vals, idx, kc, m, lambda rows: x[rows] @ base.T)
+
+
+def _sparse_blocks_one_index(
+    query: torch.Tensor, gallery: torch.Tensor, k: int, backend: str
+) -> dict[str, _Block]:
+    """The four sparse blocks with one index per base set: both sides' rows searched at
+    once against the query set, then against the gallery set (an approximate backend
+    builds and trains its index once per base instead of twice)."""
+    nq = query.shape[0]
+    both = torch.cat([query, gallery])
+    out = {}
+    for base, (top, bottom) in ((query, ("qq", "gq")), (gallery, ("qg", "gg"))):
+        kk = min(min(k, base.shape[0]) + _TIE_MARGIN, base.shape[0])
+        vals, idx = knn(both, base, kk, metric="ip", backend=backend)
+        out[top] = _sparse_block(query, base, k, backend, None, (vals[:nq], idx[:nq]))
+        out[bottom] = _sparse_block(gallery, base, k, backend, None, (vals[nq:], idx[nq:]))
+    return {name: out[name] for name in ("qq", "qg", "gq", "gg")}
 
 
 def affinity_blocks(
@@ -226,7 +250,9 @@ def affinity_blocks(
         query: (Nq, d) tensor; gallery: (Ng, d) tensor, same device and dtype.
         k: neighbours per row and block (clamped to each block's width).
         mode: ``"dense"``, ``"sparse"`` or ``"auto"`` (see the module docstring).
-        backend: kNN backend of the sparse path (:func:`uvireid.clustering.knn.knn`).
+        backend: kNN backend of the sparse path (:func:`uvireid.clustering.knn.knn`);
+            ``"faiss-ivf"`` is approximate (near-linear time; the blocks then hold
+            approximate neighbours, and ties are not re-checked).
         block_rows: rows per similarity tile of the sparse path.
     """
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
@@ -238,6 +264,8 @@ def affinity_blocks(
             "gq": _dense_block(s_qg.T.contiguous(), k),
             "gg": _dense_block(gram_symmetric(gallery), k),
         }
+    if backend == "faiss-ivf":
+        return _sparse_blocks_one_index(query, gallery, k, backend)
     return {
         "qq": _sparse_block(query, query, k, backend, block_rows),
         "qg": _sparse_block(query, gallery, k, backend, block_rows),
@@ -323,7 +351,8 @@ class CMFP:
         normalize: L2-normalise the input features first, as the official test path does
             (its ``agg_feature`` itself does not).
         mode: ``"auto"``, ``"dense"`` or ``"sparse"`` (memory O(N^2) vs O(N (k + d))).
-        backend: kNN backend of the sparse path: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        backend: kNN backend of the sparse path: ``"auto"``, ``"torch"`` or ``"faiss"``
+            (exact), or ``"faiss-ivf"`` (approximate, for millions of images on a CPU).
 
     ``propagate(query, gallery)`` returns the propagated features, ``rerank(query,
     gallery)`` the (Nq, Ng) squared Euclidean distance between them. Inputs are numpy
