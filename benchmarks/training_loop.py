@@ -1,0 +1,204 @@
+"""Where an epoch's time goes: the whole training loop against the bare training step.
+
+    python benchmarks/training_loop.py --device cuda [--amp] [--ids 500] [--iters 100]
+    python benchmarks/training_loop.py --quick            # CPU, tiny, checks the script
+
+Issue 5 item 9: run the SALCR recipe's parts (two-stream ResNet-50 at 288x144, the salcr
+stage's losses and sampler) on the embedded synthetic dataset through the real engine
+(``uvireid.engine``: extract -> cluster -> associate -> reset memories -> train), one
+short DCL epoch (to get clusters from random weights) then ``--epochs`` SALCR-stage
+epochs, and in the same process time the bare step (the backbone's forward + backward
++ Adam on a random batch of the same size, no data loading, no losses beyond DAGL).
+It prints, per stage, each phase's share of the epoch, the training phase's images/s
+against the bare step's (goal >= 70 %), the share of extract + cluster + associate
+(goal <= 25 %), and a projection of a full ``salcr.yaml`` run at SYSU-MM01 size (22,258 +
+11,909 training images, 300 iterations x 40 + 40 epochs): the measured per-image
+extraction rate, per-iteration training time and the clustering time scaled by
+(N_sysu / N)^2 (the exact kNN is quadratic). Random weights throughout: this measures
+speed, not accuracy (``--quick``: ResNet-18 at 64x32, a few iterations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from uvireid.config import load_recipe  # noqa: E402
+from uvireid.engine.runner import run_recipe  # noqa: E402
+from uvireid.losses import (  # noqa: E402
+    DualClusterContrastLoss,
+    EpochContext,
+    StepOutputs,
+    StepTargets,
+)
+from uvireid.models.backbone import TwoStreamResNet  # noqa: E402
+
+SYSU_TRAIN = (22258, 11909)
+SYSU_ITERS, SYSU_EPOCHS = 300, (40, 40)
+
+
+def bare_step_rate(arch, height, width, s, device, amp, steps):
+    """Images/s of forward + DAGL + backward + Adam on random images (3 s per step)."""
+    model = TwoStreamResNet(arch).to(device).train()
+    loss = DualClusterContrastLoss().to(device)
+    n, k = 4 * s, 2 * s
+    labels = torch.arange(n) % k
+    feats = torch.nn.functional.normalize(torch.randn(n, model.out_dim, device=device), dim=1)
+    ctx = EpochContext(
+        feats_v=feats,
+        feats_r=feats,
+        vis_in_v=labels.numpy(),
+        vis_in_r=labels.numpy(),
+        ir_in_r=labels.numpy(),
+        ir_in_v=labels.numpy(),
+        init_v=labels.numpy(),
+        init_r=labels.numpy(),
+        num_v=k,
+        num_r=k,
+    )
+    loss.reset(ctx)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x = torch.randn(3 * s, 3, height, width, device=device)
+    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(device)
+    y = (torch.arange(s) % k).to(device)
+    t = StepTargets(y, y, y, y, torch.arange(s), torch.arange(s), paired=True)
+    dtype = torch.bfloat16 if amp else None
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            f = model(x, mod).bn_feat.float()
+            out = loss(StepOutputs(f[:s], f[s : 2 * s], f[2 * s :]), t)
+        opt.zero_grad()
+        out.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 3 * s * steps / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="ResNet-18, 64x32, a few iterations")
+    ap.add_argument("--arch", default=None)
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--ids", type=int, default=None, help="synthetic identities (a fifth test)")
+    ap.add_argument("--iters", type=int, default=None, help="iterations per epoch")
+    ap.add_argument("--epochs", type=int, default=2, help="SALCR-stage epochs")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--out", default=None, help="run folder parent (default: a temp dir)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    quick = args.quick
+    arch = args.arch or ("resnet18" if quick else "resnet50")
+    height = args.height or (64 if quick else 288)
+    width = args.width or (32 if quick else 144)
+    ids = args.ids or (20 if quick else 500)
+    iters = args.iters or (4 if quick else 100)
+    device = torch.device(args.device)
+    out = args.out or tempfile.mkdtemp(prefix="uvireid-loop-")
+    overrides = [
+        f"output_dir={out}",
+        f"device={args.device}",
+        f"data.ids={ids}",
+        f"backbone.arch={arch}",
+        "backbone.pretrained=false",
+        "backbone.share_from=layer1",  # two streams, as salcr.yaml
+        f"train.height={height}",
+        f"train.width={width}",
+        f"train.pad={max(2, height // 28)}",
+        f"train.amp={'true' if args.amp else 'false'}",
+        "stages.0.epochs=1",
+        f"stages.0.iters_per_epoch={iters}",
+        f"stages.1.epochs={args.epochs}",
+        f"stages.1.iters_per_epoch={iters}",
+        "stages.1.losses.1.num_parts=3",
+        "stages.1.losses.2.num_parts=3",
+        "stages.1.losses.2.k=30",
+        "evaluation.every=0",
+        "evaluation.at_start=false",
+    ]
+    if device.type == "cpu":
+        overrides.append("train.threads=1" if quick else f"train.threads={os.cpu_count()}")
+    cfg = load_recipe("demo", overrides)
+    t0 = time.perf_counter()
+    folder = run_recipe(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    lines = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0 and "seconds" in m]
+    s = cfg["stages"][1]["sampler"]["ids"] * cfg["stages"][1]["sampler"]["images"]
+    bare = bare_step_rate(arch, height, width, s, device, args.amp, 3 if quick else 20)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {name}, {os.cpu_count()} cores, "
+        f"{arch} {height}x{width}, {'bf16' if args.amp else 'fp32'}, {ids} synthetic ids, "
+        f"{iters} iterations/epoch; run folder {folder.path}; wall {wall:.1f} s"
+    )
+    print(f"bare training step: {bare:.1f} images/s (batch 3 x {s})")
+    print(
+        "| epoch | stage | extract | cluster | associate | train | e+c+a share | train img/s | vs bare |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for m in lines:
+        sec = m["seconds"]
+        phases = {p: sec.get(p, 0.0) for p in ("extract", "cluster", "associate", "train")}
+        total = sum(phases.values())
+        prep = (phases["extract"] + phases["cluster"] + phases["associate"]) / max(total, 1e-9)
+        rate = m.get("images_per_s", 0.0)
+        rows.append({"epoch": m["epoch"], "stage": m.get("stage"), **phases, "rate": rate})
+        print(
+            f"| {m['epoch']} | {m.get('stage')} | {phases['extract']:.1f} | "
+            f"{phases['cluster']:.1f} | {phases['associate']:.1f} | {phases['train']:.1f} | "
+            f"{100 * prep:.0f} % | {rate:.1f} | {100 * rate / bare:.0f} % |"
+        )
+    salcr = [r for r in rows if r["stage"] == "salcr"] or rows
+    last = salcr[-1]
+    n_train = sum(folder_counts(folder))
+    per_img_extract = last["extract"] / max(n_train, 1)
+    n_sysu = sum(SYSU_TRAIN)
+    cluster_sysu = (last["cluster"] + last["associate"]) * (n_sysu / max(n_train, 1)) ** 2
+    train_sysu = last["train"] / iters * SYSU_ITERS
+    epoch_sysu = per_img_extract * n_sysu + cluster_sysu + train_sysu
+    total_h = epoch_sysu * sum(SYSU_EPOCHS) / 3600
+    print(
+        f"projected salcr.yaml at SYSU-MM01 size ({n_sysu} training images, {SYSU_ITERS} "
+        f"iterations x {sum(SYSU_EPOCHS)} epochs): {epoch_sysu:.0f} s per epoch "
+        f"(extract {per_img_extract * n_sysu:.0f}, cluster + associate {cluster_sysu:.0f}, "
+        f"train {train_sysu:.0f}) -> {total_h:.2f} h (goal <= 1 h on one GPU)"
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": name, "bare": bare, "rows": rows, "hours": total_h}, fh)
+    return 0
+
+
+def folder_counts(folder) -> tuple[int, int]:
+    """Visible and infrared training images of the run (from an associated epoch)."""
+    for m in folder.read_metrics():
+        a = m.get("association") or {}
+        if "n_v" in a:
+            return int(a["n_v"]), int(a["n_r"])
+    return 0, 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
