@@ -8,11 +8,15 @@ reference's float32 accumulation order. Slow on purpose; only for N of a few hun
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
 def faiss_l2_rank(x: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) neighbour lists by faiss ``IndexFlatL2`` (what the reference searches with)."""
-    import faiss
+    """(N, k) neighbour lists by faiss ``IndexFlatL2`` (what the reference searches with).
+
+    faiss is a test dependency (the ``dev`` extra), optional for the package: without it
+    the tests that compare with the reference's faiss search are skipped."""
+    faiss = pytest.importorskip("faiss")
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     index = faiss.IndexFlatL2(x.shape[1])

@@ -128,3 +128,25 @@ def test_faiss_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_ro
     # a real approximation (1 of 10 cells probed) is deterministic
     a = knn(q, x, 5, backend="faiss-ivf")[1]
     assert torch.equal(a, knn(q, x, 5, backend="faiss-ivf")[1])
+
+
+def test_everything_but_the_faiss_backends_works_without_faiss(monkeypatch):
+    import sys
+
+    from uvireid.clustering.jaccard import jaccard_distance
+    from uvireid.clustering.knn import faiss_available
+    from uvireid.rerank import propagate
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # "import faiss" now fails
+    assert not faiss_available()
+    x = torch.nn.functional.normalize(
+        torch.randn(60, 8, generator=torch.Generator().manual_seed(2)), dim=1
+    )
+    want = knn(x, None, 5, backend="torch")
+    got = knn(x, None, 5)  # auto: the exact torch path
+    assert torch.equal(got[1], want[1])
+    assert jaccard_distance(x, k1=6, k2=2).shape == (60, 60)
+    assert propagate(x[:10], x[10:], 5, mode="sparse")[0].shape == (10, 8)
+    for backend in ("faiss", "faiss-ivf"):
+        with pytest.raises(ConfigError, match="pip install faiss-cpu"):
+            knn(x, x, 3, backend=backend)

@@ -8,7 +8,8 @@ runs/<recipe>-<time>/
   metrics.jsonl    one JSON object per epoch / evaluation
   features.npz     test features of the last evaluation
   results.json     the last evaluation's protocol results
-  checkpoints/     latest.pt (+ best.pt), written atomically
+  checkpoints/     latest.pt, written atomically (no best epoch: results.json is the
+                   last evaluation, never an epoch chosen on the test set)
 ```
 """
 
