@@ -97,12 +97,16 @@ def test_self_search_over_symmetric_tiles_equals_stable_argsort(metric, block_ro
 
 
 def test_blocked_transpose_equals_transpose():
-    from uvireid.clustering.knn import _transposed
+    from uvireid.clustering.knn import copy_transposed
 
     panel = torch.randn(13, 40)
     tile = panel[:, 5:32]  # a strided slice, as the self search passes
-    out = _transposed(tile, sub=4)
+    out = copy_transposed(torch.empty(27, 13), tile, sub=4)
     assert out.is_contiguous() and torch.equal(out, tile.T)
+    # into a strided destination, casting, as k-reciprocal's squared blocks
+    dst = torch.zeros(40, 30, dtype=torch.float64)[3:30, 2:15]
+    copy_transposed(dst, tile, sub=5)
+    assert torch.equal(dst, tile.T.double())
 
 
 def test_faiss_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(

@@ -48,7 +48,16 @@ import torch
 
 from uvireid.errors import ConfigError
 
-__all__ = ["METRICS", "BACKENDS", "knn", "topk_stable", "faiss_available", "default_block_rows"]
+__all__ = [
+    "METRICS",
+    "BACKENDS",
+    "knn",
+    "topk_stable",
+    "sort_rows",
+    "copy_transposed",
+    "faiss_available",
+    "default_block_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +131,14 @@ def topk_stable(
             idx, vals = idx.clone(), vals.clone()
             idx[rows] = sub_idx
             vals[rows] = sub.gather(1, sub_idx)
-    # order by value, then by index
+    return sort_rows(vals, idx, largest=largest)
+
+
+def sort_rows(
+    vals: torch.Tensor, idx: torch.Tensor, *, largest: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's candidates ordered best value first and, among equal values, by
+    increasing index (the order every backend returns)."""
     idx, perm = idx.sort(dim=1)
     vals = vals.gather(1, perm)
     order = torch.sort(vals, dim=1, descending=largest, stable=True).indices
@@ -172,18 +188,17 @@ def _self_block_rows(n: int, itemsize: int, device: torch.device) -> int:
     return max(1, min(n, cap, max(2048, -(-n // 8))))
 
 
-def _transposed(t: torch.Tensor, sub: int = 512, buf: torch.Tensor | None = None) -> torch.Tensor:
-    """``t.T.contiguous()`` copied in (sub x sub) squares: the plain strided copy of a tile
-    of a wide panel runs ~9x slower on the CPU (each read touches a new cache line).
-    ``buf``: optional flat tensor of at least ``t.numel()`` elements to write into."""
-    rows, cols = t.shape
-    out = t.new_empty((cols, rows)) if buf is None else buf[: rows * cols].view(cols, rows)
-    if t.device.type != "cpu":
-        return out.copy_(t.T)
+def copy_transposed(dst: torch.Tensor, src: torch.Tensor, sub: int = 512) -> torch.Tensor:
+    """``dst.copy_(src.T)`` (with ``dst``'s dtype) in (sub x sub) squares on the CPU: a
+    plain strided transposed copy of a tile of a wide matrix runs several times slower
+    (each read touches a new cache line). Returns ``dst``."""
+    if src.device.type != "cpu":
+        return dst.copy_(src.T)
+    rows, cols = src.shape
     for i in range(0, rows, sub):
         for j in range(0, cols, sub):
-            out[j : j + sub, i : i + sub].copy_(t[i : i + sub, j : j + sub].T)
-    return out
+            dst[j : j + sub, i : i + sub].copy_(src[i : i + sub, j : j + sub].T)
+    return dst
 
 
 def _knn_torch_self(
@@ -221,7 +236,8 @@ def _knn_torch_self(
         chunks[bi].append((v, i + s))
         for bj in range(bi + 1, len(starts)):  # the tiles past the diagonal, transposed
             s2, e2 = starts[bj], min(n, starts[bj] + r)
-            tile = _transposed(panel[:, s2 - s : e2 - s], buf=tile_buf)
+            src = panel[:, s2 - s : e2 - s]
+            tile = copy_transposed(tile_buf[: src.numel()].view(src.shape[1], -1), src)
             v, i = topk_stable(tile, k, largest=largest)
             chunks[bj].append((v, i + s))
         cand_v = torch.cat([c[0] for c in chunks[bi]], dim=1)
@@ -254,10 +270,7 @@ def _knn_faiss(
     if metric == "l2":
         vals.clamp_(min=0)
     # exact tie-breaking by index: sort the candidates by (value, index) ...
-    idx, perm = idx.sort(dim=1)
-    vals = vals.gather(1, perm)
-    order = torch.sort(vals, dim=1, descending=largest, stable=True).indices
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    vals, idx = sort_rows(vals, idx, largest=largest)
     # ... and redo, exactly, the rows whose tie at the k-th value reaches the last candidate
     if extra < nb:
         tied = vals[:, k - 1] == vals[:, extra - 1]
@@ -307,10 +320,7 @@ def _knn_faiss_ivf(
         vals[rows], idx[rows] = v2, i2
     if metric == "l2":
         vals.clamp_(min=0)
-    idx, perm = idx.sort(dim=1)  # order by (value, index), as the exact backends
-    vals = vals.gather(1, perm)
-    order = torch.sort(vals, dim=1, descending=metric != "l2", stable=True).indices
-    return vals.gather(1, order), idx.gather(1, order)
+    return sort_rows(vals, idx, largest=metric != "l2")  # as the exact backends
 
 
 def knn(

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvireid.clustering.knn import topk_stable
+from uvireid.clustering.knn import copy_transposed, topk_stable
 from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
 from uvireid.rerank.distances import self_distances, squared_norms
@@ -349,13 +349,9 @@ def _rerank_core(d: torch.Tensor, nq: int, k1: int, k2: int, lambda_value: float
 
 def _put_squared_transposed(dst: torch.Tensor, src: torch.Tensor, tile: int = 256) -> None:
     """``dst[...] = src.T.square()`` (cast to ``dst``'s dtype), one row slab of ``src`` at a
-    time and transposed in (tile x tile) squares: a whole strided transposed copy misses
-    the cache on every read and takes several times longer."""
-    rows, cols = src.shape
-    for i in range(0, rows, tile):
-        slab = src[i : i + tile].square()
-        for j in range(0, cols, tile):
-            dst[j : j + tile, i : i + tile].copy_(slab[:, j : j + tile].T)
+    time, each transposed by :func:`~uvireid.clustering.knn.copy_transposed`."""
+    for i in range(0, src.shape[0], tile):
+        copy_transposed(dst[:, i : i + tile], src[i : i + tile].square(), sub=tile)
 
 
 def _normalized_transposed(qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
