@@ -120,24 +120,16 @@ def test_cmfp_sparse_equals_dense(clustered, dtype):
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
 
 
-def test_cmfp_sparse_with_faiss_equals_dense(clustered):
+@pytest.mark.parametrize("backend,seed", [("faiss", 12), ("faiss-ivf", 13)])
+def test_cmfp_sparse_with_faiss_equals_dense(clustered, backend, seed):
+    # faiss-ivf: 300 and 120 points give 7 and 3 inverted-file cells, all probed, so its
+    # approximate search is exhaustive here (through its one-index-per-base path)
     pytest.importorskip("faiss")
-    q, g = clustered(300, 120, 32, seed=12)
+    q, g = clustered(300, 120, 32, seed=seed)
     q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
     dq, dg = propagate(q, g, 10, mode="dense")
-    sq, sg = propagate(q, g, 10, mode="sparse", backend="faiss")
+    sq, sg = propagate(q, g, 10, mode="sparse", backend=backend)
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
-
-
-def test_cmfp_with_the_approximate_ivf_knn_equals_dense_when_it_is_exhaustive(clustered):
-    # 300 and 120 points give 7 and 3 inverted-file cells, all probed: exact neighbours,
-    # through the one-index-per-base path of the approximate backend
-    pytest.importorskip("faiss")
-    q, g = clustered(300, 120, 32, seed=13)
-    q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
-    dq, dg = propagate(q, g, 10, mode="dense")
-    aq, ag = propagate(q, g, 10, mode="sparse", backend="faiss-ivf")
-    assert torch.allclose(torch.cat([dq, dg]), torch.cat([aq, ag]), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", MODES)

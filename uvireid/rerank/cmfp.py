@@ -200,6 +200,11 @@ def _dense_block(sim: torch.Tensor, k: int) -> _Block:
     return _select(vals, idx, kc, m, lambda rows: sim[rows])
 
 
+def _width(k: int, m: int) -> int:
+    """Candidates a sparse block asks the kNN for: k (clamped to m) plus the tie margin."""
+    return min(min(k, m) + _TIE_MARGIN, m)
+
+
 def _sparse_block(
     x: torch.Tensor,
     base: torch.Tensor,
@@ -210,9 +215,8 @@ def _sparse_block(
 ) -> _Block:
     m = base.shape[0]
     kc = min(k, m)
-    kk = min(kc + _TIE_MARGIN, m)
     if found is None:
-        found = knn(x, base, kk, metric="ip", backend=backend, block_rows=block_rows)
+        found = knn(x, base, _width(k, m), metric="ip", backend=backend, block_rows=block_rows)
     vals, idx = found
     vals = vals.to(x.dtype)  # faiss scores are float32
     return _select(vals, idx, kc, m, lambda rows: x[rows] @ base.T)
@@ -228,8 +232,7 @@ def _sparse_blocks_one_index(
     both = torch.cat([query, gallery])
     out = {}
     for base, (top, bottom) in ((query, ("qq", "gq")), (gallery, ("qg", "gg"))):
-        kk = min(min(k, base.shape[0]) + _TIE_MARGIN, base.shape[0])
-        vals, idx = knn(both, base, kk, metric="ip", backend=backend)
+        vals, idx = knn(both, base, _width(k, base.shape[0]), metric="ip", backend=backend)
         out[top] = _sparse_block(query, base, k, backend, None, (vals[:nq], idx[:nq]))
         out[bottom] = _sparse_block(gallery, base, k, backend, None, (vals[nq:], idx[nq:]))
     return {name: out[name] for name in ("qq", "qg", "gq", "gg")}
