@@ -32,65 +32,24 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from training_overhead import build_steps  # noqa: E402  (benchmarks/, this script's folder)
 
 from uvireid.config import load_recipe  # noqa: E402
 from uvireid.engine.runner import run_recipe  # noqa: E402
-from uvireid.losses import (  # noqa: E402
-    DualClusterContrastLoss,
-    EpochContext,
-    StepOutputs,
-    StepTargets,
-)
-from uvireid.models.backbone import TwoStreamResNet  # noqa: E402
 
 SYSU_TRAIN = (22258, 11909)
 SYSU_ITERS, SYSU_EPOCHS = 300, (40, 40)
 
 
 def bare_step_rate(arch, height, width, s, device, amp, steps):
-    """Images/s of forward + DAGL + backward + Adam on random images (3 s per step)."""
-    model = TwoStreamResNet(arch).to(device).train()
-    loss = DualClusterContrastLoss().to(device)
-    n, k = 4 * s, 2 * s
-    labels = torch.arange(n) % k
-    feats = torch.nn.functional.normalize(torch.randn(n, model.out_dim, device=device), dim=1)
-    ctx = EpochContext(
-        feats_v=feats,
-        feats_r=feats,
-        vis_in_v=labels.numpy(),
-        vis_in_r=labels.numpy(),
-        ir_in_r=labels.numpy(),
-        ir_in_v=labels.numpy(),
-        init_v=labels.numpy(),
-        init_r=labels.numpy(),
-        num_v=k,
-        num_r=k,
-    )
-    loss.reset(ctx)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    x = torch.randn(3 * s, 3, height, width, device=device)
-    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(device)
-    y = (torch.arange(s) % k).to(device)
-    t = StepTargets(y, y, y, y, torch.arange(s), torch.arange(s), paired=True)
-    dtype = torch.bfloat16 if amp else None
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            f = model(x, mod).bn_feat.float()
-            out = loss(StepOutputs(f[:s], f[s : 2 * s], f[2 * s :]), t)
-        opt.zero_grad()
-        out.backward()
-        opt.step()
-
+    """Images/s of forward + DAGL + backward + Adam on random images (3 s per step): the
+    plain step of ``training_overhead.py``, with memories sized to the batch."""
+    step, _, _ = build_steps(arch, height, width, s, 3, 4 * s, 2 * s, device, amp=amp)
     for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        step(False)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        step(False)  # synchronises on CUDA
     return 3 * s * steps / (time.perf_counter() - t0)
 
 

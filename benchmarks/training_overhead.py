@@ -46,6 +46,81 @@ from uvireid.models.backbone import TwoStreamResNet  # noqa: E402
 from uvireid.models.parts import PartQuery  # noqa: E402
 
 
+def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp=False):
+    """``(step, model, parts)``: ``step(full)`` runs one training step on a fixed random
+    paired batch (3 s images) with memories of ``memory`` instances / ``clusters``
+    clusters per modality: plain (backbone + DAGL) or, with ``full``, + FGSAL + GPCR.
+    ``amp``: bf16 autocast. Also the bare step of ``training_loop.py``."""
+    dev = str(device)
+    torch.manual_seed(0)
+    model = TwoStreamResNet(arch).to(dev)
+    parts = PartQuery(model.out_dim, num_parts).to(dev)
+    c, k, n = model.out_dim, clusters, memory
+    rng = np.random.default_rng(0)
+    lab = lambda m: rng.integers(0, k, m)  # noqa: E731
+    ctx = EpochContext(
+        feats_v=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
+        feats_r=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
+        vis_in_v=lab(n),
+        vis_in_r=lab(n),
+        ir_in_r=lab(n),
+        ir_in_v=lab(n),
+        init_v=lab(n),
+        init_r=lab(n),
+        num_v=k,
+        num_r=k,
+        parts_v=torch.nn.functional.normalize(torch.randn(n, num_parts, c, device=dev), dim=-1),
+        parts_r=torch.nn.functional.normalize(torch.randn(n, num_parts, c, device=dev), dim=-1),
+    )
+    dagl = DualClusterContrastLoss().to(dev)
+    fgsal = PartContrastLoss(num_parts=num_parts).to(dev)
+    gpcr = InstanceNeighbourLoss(num_parts=num_parts).to(dev)
+    for loss in (dagl, fgsal, gpcr):
+        loss.reset(ctx)
+    x = torch.randn(3 * s, 3, height, width, device=dev)
+    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(dev)
+    t = torch.as_tensor
+    targets = StepTargets(
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(lab(s), device=dev),
+        t(rng.integers(0, n, s), device=dev),
+        t(rng.integers(0, n, s), device=dev),
+        paired=True,
+    )
+    opt_plain = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt_full = torch.optim.Adam([*model.parameters(), *parts.parameters()], lr=1e-5)
+    dev_type = torch.device(dev).type
+
+    def step(full: bool) -> None:
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x, mod)
+            f = out.bn_feat.float()
+            o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
+            loss = dagl(o, targets)
+            if full:
+                fm = out.feature_map
+                o.parts = {
+                    kk: v.float()
+                    for kk, v in parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :]).items()
+                }
+                loss = loss + fgsal(o, targets) + 0.5 * gpcr(o, targets)
+        opt = opt_full if full else opt_plain
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        d = o.detach()
+        dagl.update(d, targets)
+        if full:
+            fgsal.update(d, targets)
+            gpcr.update(d, targets)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return step, model, parts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
@@ -62,67 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = args.device
-    torch.manual_seed(0)
     s = args.ids * args.images
-    model = TwoStreamResNet(args.arch).to(dev)
-    parts = PartQuery(model.out_dim, args.parts).to(dev)
+    step, model, parts = build_steps(
+        args.arch, args.height, args.width, s, args.parts, args.memory, args.clusters, dev
+    )
     c, k, n = model.out_dim, args.clusters, args.memory
-    rng = np.random.default_rng(0)
-    lab = lambda m: rng.integers(0, k, m)  # noqa: E731
-    ctx = EpochContext(
-        feats_v=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
-        feats_r=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
-        vis_in_v=lab(n),
-        vis_in_r=lab(n),
-        ir_in_r=lab(n),
-        ir_in_v=lab(n),
-        init_v=lab(n),
-        init_r=lab(n),
-        num_v=k,
-        num_r=k,
-        parts_v=torch.nn.functional.normalize(torch.randn(n, args.parts, c, device=dev), dim=-1),
-        parts_r=torch.nn.functional.normalize(torch.randn(n, args.parts, c, device=dev), dim=-1),
-    )
-    dagl = DualClusterContrastLoss().to(dev)
-    fgsal = PartContrastLoss(num_parts=args.parts).to(dev)
-    gpcr = InstanceNeighbourLoss(num_parts=args.parts).to(dev)
-    for loss in (dagl, fgsal, gpcr):
-        loss.reset(ctx)
-    x = torch.randn(3 * s, 3, args.height, args.width, device=dev)
-    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(dev)
-    t = torch.as_tensor
-    targets = StepTargets(
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
-        t(rng.integers(0, n, s), device=dev),
-        t(rng.integers(0, n, s), device=dev),
-        paired=True,
-    )
-    opt_plain = torch.optim.Adam(model.parameters(), lr=1e-5)
-    opt_full = torch.optim.Adam([*model.parameters(), *parts.parameters()], lr=1e-5)
-
-    def step(full: bool) -> None:
-        out = model(x, mod)
-        f = out.bn_feat
-        o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
-        loss = dagl(o, targets)
-        if full:
-            fm = out.feature_map
-            o.parts = parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :])
-            loss = loss + fgsal(o, targets) + 0.5 * gpcr(o, targets)
-        opt = opt_full if full else opt_plain
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        d = o.detach()
-        dagl.update(d, targets)
-        if full:
-            fgsal.update(d, targets)
-            gpcr.update(d, targets)
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
 
     times = {}
     for full in (False, True, False, True):  # warm-up pass, then interleaved timing
