@@ -15,6 +15,7 @@ runs/<recipe>-<time>/
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def source_revision(package_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """The git commit of the uvireid source in use: ``{"commit": sha, "dirty": bool}``.
 
@@ -62,7 +64,8 @@ def source_revision(package_dir: str | os.PathLike | None = None) -> dict[str, A
     git is missing. ``dirty``: the checkout has uncommitted changes under the package. Two
     runs of one recipe on one machine can differ only through the code, and a last-bit
     change of summation order moves a demo's final mAP by about 1 (benchmarks/RESULTS.md),
-    so the commit belongs with the versions.
+    so the commit belongs with the versions. Asked once per process (the manifest and the
+    trainer's checkpoints both record it).
     """
     pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
 
