@@ -17,7 +17,7 @@ difference of the outputs:
   (queries = gallery / 10), each size in a fresh subprocess (CPU peak = VmHWM).
 
 Sizes are selectable (``--scalable-sizes 10000,100000``, ``--only cmfp,kreciprocal``);
-``--knn-backend faiss-ivf`` runs scalable CMFP on the approximate kNN (``--compare-exact``:
+``--knn-backend ivf`` (or ``faiss-ivf``) runs scalable CMFP on an approximate kNN (``--compare-exact``:
 also the exact one, with the difference of the propagated features and of the rankings).
 """
 
@@ -513,7 +513,7 @@ def main(argv=None):
     p.add_argument(
         "--knn-backend",
         default="auto",
-        help="kNN of scalable CMFP: auto (exact) or faiss-ivf (approximate, near-linear)",
+        help="kNN of scalable CMFP: auto (exact), or ivf / faiss-ivf (approximate)",
     )
     p.add_argument(
         "--compare-exact",

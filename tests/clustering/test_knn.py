@@ -134,6 +134,44 @@ def test_faiss_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_ro
     assert torch.equal(a, knn(q, x, 5, backend="faiss-ivf")[1])
 
 
+def test_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(monkeypatch):
+    from uvireid.clustering import ivf
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
+    for metric in ("ip", "l2"):
+        for dtype in (torch.float32, torch.float64):
+            want_v, want_i = knn(q.to(dtype), x.to(dtype), 12, metric=metric, backend="torch")
+            # 400 points -> 12 cells of ~32, all 12 probed: an exhaustive search
+            got_v, got_i = knn(q.to(dtype), x.to(dtype), 12, metric=metric, backend="ivf")
+            assert got_v.dtype == dtype
+            assert torch.equal(got_i, want_i)
+            assert torch.allclose(got_v, want_v, atol=1e-5)
+    # one probed cell cannot hold 300 neighbours: those rows are searched exactly
+    monkeypatch.setattr(ivf, "NPROBE", 1)
+    got_v, got_i = knn(q, x, 300, metric="ip", backend="ivf")
+    want_v, want_i = knn(q, x, 300, metric="ip", backend="torch")
+    assert (got_i >= 0).all() and torch.equal(got_i, want_i)
+
+
+def test_ivf_finds_most_neighbours_of_clustered_points_and_is_deterministic():
+    # 6,000 points of 600 identities: ~190 cells in a two-level tree, 16 probed per query
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(600, 48, generator=g)
+    x = centres.repeat_interleave(10, 0) + 0.6 * torch.randn(6000, 48, generator=g)
+    x = torch.nn.functional.normalize(x, dim=1)
+    want_v, want_i = knn(x, None, 10, backend="torch")
+    got_v, got_i = knn(x, x, 10, backend="ivf")
+    recall = (got_i[:, :, None] == want_i[:, None, :]).any(-1).float().mean()
+    assert 0.95 <= recall < 1.0  # a real approximation, and a good one
+    # every returned score is the true inner product of its pair
+    assert torch.allclose(got_v, (x[:, None, :] * x[got_i]).sum(-1), atol=1e-5)
+    # rows best first
+    assert (got_v[:, 1:] <= got_v[:, :-1]).all()
+    assert torch.equal(got_i, knn(x, x, 10, backend="ivf")[1])
+
+
 def test_everything_but_the_faiss_backends_works_without_faiss(monkeypatch):
     import sys
 
@@ -151,6 +189,7 @@ def test_everything_but_the_faiss_backends_works_without_faiss(monkeypatch):
     assert torch.equal(got[1], want[1])
     assert jaccard_distance(x, k1=6, k2=2).shape == (60, 60)
     assert propagate(x[:10], x[10:], 5, mode="sparse")[0].shape == (10, 8)
+    assert torch.equal(knn(x, x, 5, backend="ivf")[1], want[1])  # 60 points: 2 cells, exact
     for backend in ("faiss", "faiss-ivf"):
         with pytest.raises(ConfigError, match="pip install faiss-cpu"):
             knn(x, x, 3, backend=backend)

@@ -120,11 +120,13 @@ def test_cmfp_sparse_equals_dense(clustered, dtype):
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("backend,seed", [("faiss", 12), ("faiss-ivf", 13)])
-def test_cmfp_sparse_with_faiss_equals_dense(clustered, backend, seed):
+@pytest.mark.parametrize("backend,seed", [("faiss", 12), ("faiss-ivf", 13), ("ivf", 14)])
+def test_cmfp_sparse_with_faiss_or_ivf_equals_dense(clustered, backend, seed):
     # faiss-ivf: 300 and 120 points give 7 and 3 inverted-file cells, all probed, so its
-    # approximate search is exhaustive here (through its one-index-per-base path)
-    pytest.importorskip("faiss")
+    # approximate search is exhaustive here (through its one-index-per-base path); ivf: 9
+    # and 4 cells of ~32, all probed
+    if backend != "ivf":
+        pytest.importorskip("faiss")
     q, g = clustered(300, 120, 32, seed=seed)
     q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
     dq, dg = propagate(q, g, 10, mode="dense")

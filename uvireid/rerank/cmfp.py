@@ -76,6 +76,8 @@ MODES = ("auto", "dense", "sparse")
 DENSE_MAX_BYTES = 2 * 2**30
 #: extra neighbours the sparse path asks for, to see ties at the k-th value
 _TIE_MARGIN = 8
+#: feature columns per sparse product on the CPU
+_SPMM_COLS = 64
 
 
 def knn_affinity(sim: Any, k: int) -> Any:
@@ -254,8 +256,9 @@ def affinity_blocks(
         k: neighbours per row and block (clamped to each block's width).
         mode: ``"dense"``, ``"sparse"`` or ``"auto"`` (see the module docstring).
         backend: kNN backend of the sparse path (:func:`uvireid.clustering.knn.knn`);
-            ``"faiss-ivf"`` is approximate (near-linear time; the blocks then hold
-            approximate neighbours, and ties are not re-checked).
+            ``"ivf"`` (uvireid's torch inverted file, any device) and ``"faiss-ivf"``
+            are approximate (near-linear time; the blocks then hold approximate
+            neighbours, and ties are not re-checked).
         block_rows: rows per similarity tile of the sparse path.
     """
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
@@ -267,7 +270,7 @@ def affinity_blocks(
             "gq": _dense_block(s_qg.T.contiguous(), k),
             "gg": _dense_block(gram_symmetric(gallery), k),
         }
-    if backend == "faiss-ivf":
+    if backend in ("faiss-ivf", "ivf"):
         return _sparse_blocks_one_index(query, gallery, k, backend)
     return {
         "qq": _sparse_block(query, query, k, backend, block_rows),
@@ -292,7 +295,16 @@ def _spmm(block: _Block, x: torch.Tensor) -> torch.Tensor:
     """``A x`` for one block."""
     if block.val.numel() == 0:
         return x.new_zeros((block.shape[0], x.shape[1]))
-    return torch.sparse.mm(block.csr(), x)
+    a = block.csr()
+    d = x.shape[1]
+    if x.device.type != "cpu" or d <= _SPMM_COLS:
+        return torch.sparse.mm(a, x)
+    # on the CPU, a few feature columns at a time: the rows each product gathers then
+    # stay in cache (3803 x 2048 float64 CMFP(te) query block: 0.12 -> 0.08 s)
+    out = x.new_empty((block.shape[0], d))
+    for s in range(0, d, _SPMM_COLS):
+        out[:, s : s + _SPMM_COLS] = torch.sparse.mm(a, x[:, s : s + _SPMM_COLS].contiguous())
+    return out
 
 
 def propagate(
@@ -355,7 +367,8 @@ class CMFP:
             (its ``agg_feature`` itself does not).
         mode: ``"auto"``, ``"dense"`` or ``"sparse"`` (memory O(N^2) vs O(N (k + d))).
         backend: kNN backend of the sparse path: ``"auto"``, ``"torch"`` or ``"faiss"``
-            (exact), or ``"faiss-ivf"`` (approximate, for millions of images on a CPU).
+            (exact), or ``"ivf"`` / ``"faiss-ivf"`` (approximate, for millions of images;
+            ``"ivf"`` needs no faiss and runs on the input's device).
 
     ``propagate(query, gallery)`` returns the propagated features, ``rerank(query,
     gallery)`` the (Nq, Ng) squared Euclidean distance between them. Inputs are numpy
