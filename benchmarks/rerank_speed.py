@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from uvireid.clustering.knn import knn  # noqa: E402
 from uvireid.rerank.cmfp import propagate  # noqa: E402
 from uvireid.rerank.cmrr import cmrr_distance  # noqa: E402
 from uvireid.rerank.distances import squared_euclidean  # noqa: E402
@@ -414,7 +415,14 @@ def scalable_child(n_gallery, d, k, device, backend="auto", compare_exact=False)
         diff = torch.cat([(a - b).norm(dim=1) for a, b in zip(out, exact)])
         top_a = torch.topk(out[0] @ out[1].T, 10, dim=1).indices
         top_e = torch.topk(exact[0] @ exact[1].T, 10, dim=1).indices
+        # neighbour recall@10 of the approximate kNN on 3,000 sampled rows, gallery base
+        both = torch.cat([q, g])
+        pick = torch.randperm(both.shape[0], generator=torch.Generator().manual_seed(0))
+        rows = both[pick[:3000].to(both.device)]
+        want = knn(rows, g, 10, backend="auto")[1]
+        got = knn(rows, g, 10, backend=backend)[1]
         info.update(
+            knn_recall10=float((got[:, :, None] == want[:, None, :]).any(-1).float().mean()),
             exact_seconds=t_ex,
             feat_diff_mean=float(diff.mean()),
             feat_diff_max=float(diff.max()),
@@ -458,7 +466,7 @@ def bench_scalable(args, device):
         vs = (
             f"; exact {info['exact_seconds']:.2f} s, |f' - f'exact| mean "
             f"{info['feat_diff_mean']:.4f} max {info['feat_diff_max']:.3f}, top-10 gallery "
-            f"overlap {info['top10_overlap']:.3f}"
+            f"overlap {info['top10_overlap']:.3f}, kNN recall@10 {info['knn_recall10']:.3f}"
             if "exact_seconds" in info
             else ""
         )
