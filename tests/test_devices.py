@@ -57,6 +57,17 @@ def test_knn_on_device_finds_the_numpy_neighbours(device, metric):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_approximate_ivf_knn_on_device_finds_the_exact_neighbours_when_all_cells_probed(device):
+    # 400 points -> 12 cells of ~32, all probed: the approximate backend is exhaustive here
+    x = _features(6, 400)
+    vals_ref, idx_ref = knn(x, k=10, backend="torch")
+    vals, idx = knn(torch.from_numpy(x).to(device), k=10, backend="ivf")
+    assert idx.device.type == device
+    np.testing.assert_array_equal(_to_numpy(idx), idx_ref)
+    np.testing.assert_allclose(_to_numpy(vals), vals_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", REGISTRIES["clusterers"].names())
 def test_clusterer_on_device_gives_the_numpy_partition(name, device):
     x = _features(3, 120)
