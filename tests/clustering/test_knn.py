@@ -155,8 +155,19 @@ def test_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(mon
     assert (got_i >= 0).all() and torch.equal(got_i, want_i)
 
 
-def test_ivf_finds_most_neighbours_of_clustered_points_and_is_deterministic():
-    # 6,000 points of 600 identities: ~190 cells in a two-level tree, 16 probed per query
+@pytest.mark.parametrize("two_levels", [False, True])
+def test_ivf_finds_most_neighbours_of_clustered_points_and_is_deterministic(
+    monkeypatch, two_levels
+):
+    # 6,000 points of 600 identities: ~190 cells of ~32, 16 probed per query; scored flat,
+    # or (as above 1,024 cells) through ~24 coarse nodes of ~8 cells, the 6 nearest kept
+    from uvireid.clustering import ivf
+
+    if two_levels:
+        monkeypatch.setattr(ivf, "_DENSE_LEVEL", 64)
+        monkeypatch.setattr(ivf, "GROUP", 8)
+        monkeypatch.setattr(ivf, "BEAM", 6)
+        assert len(ivf._Index(torch.randn(6000, 8), "ip", 0).levels) == 2
     g = torch.Generator().manual_seed(3)
     centres = torch.randn(600, 48, generator=g)
     x = centres.repeat_interleave(10, 0) + 0.6 * torch.randn(6000, 48, generator=g)
@@ -164,7 +175,8 @@ def test_ivf_finds_most_neighbours_of_clustered_points_and_is_deterministic():
     want_v, want_i = knn(x, None, 10, backend="torch")
     got_v, got_i = knn(x, x, 10, backend="ivf")
     recall = (got_i[:, :, None] == want_i[:, None, :]).any(-1).float().mean()
-    assert 0.95 <= recall < 1.0  # a real approximation, and a good one
+    # a real approximation, and a good one (the coarse beam costs a little recall)
+    assert (0.92 if two_levels else 0.95) <= recall < 1.0
     # every returned score is the true inner product of its pair
     assert torch.allclose(got_v, (x[:, None, :] * x[got_i]).sum(-1), atol=1e-5)
     # rows best first
