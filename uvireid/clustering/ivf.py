@@ -17,9 +17,9 @@ and compares each query only with the points of the few cells nearest to it. Her
   are put in the cell this same search finds for them, so queries and base agree on
   where a point lives.
 - **Scans as matrix products.** Queries are grouped by probed cell (or coarse group), and
-  each (queries of the cell) x (points of the cell) block is one matrix product merged
-  into a running top-k: BLAS instead of one short scan per query, on the CPU or a GPU,
-  without faiss.
+  each (queries of the cell) x (points of the cell) block is one matrix product written
+  into a per-row candidate buffer, with one top-k per row at the end: BLAS instead of one
+  short scan per query, on the CPU or a GPU, without faiss.
 
 Time about ``O((Nq + Nb) d (NPROBE CELL + BEAM GROUP + Nb / (CELL GROUP)))``: linear
 but for the last term, the coarse scores (1/2,048 of an exact search); measured ``N^1.18``
@@ -49,6 +49,8 @@ _ITERS = 8
 _TRAIN_PER_CENTROID = 48
 #: tree levels of at most this many nodes are scored in full (no beam)
 _DENSE_LEVEL = 1024
+#: bytes of the candidate buffer of one block of rows
+_BUFFER_BYTES = 256 * 2**20
 #: rows per score block of the dense assignment steps
 _ROWS = 16384
 
@@ -96,11 +98,11 @@ def _kmeans(x: torch.Tensor, n: int, metric: str, gen: torch.Generator) -> torch
     return c
 
 
-def _grouped_topk(
-    xq: torch.Tensor,
+def _children_topk(
+    x: torch.Tensor,
     probes: torch.Tensor,
     items: torch.Tensor,
-    item_group: torch.Tensor,
+    parent: torch.Tensor,
     n_groups: int,
     k: int,
     metric: str,
@@ -108,48 +110,56 @@ def _grouped_topk(
     """For each query row, the k best items among the groups it probes.
 
     Args:
-        xq: (Nq, d) queries; probes: (Nq, p) group ids (-1 = none).
-        items: (Ni, d); item_group: (Ni,) group of each item.
+        x: (Nq, d) queries; probes: (Nq, p) group ids (-1 = none).
+        items: (Ni, d), stored group after group: ``parent`` (Ni,) is sorted.
         n_groups: number of groups; k: results per row.
 
     Returns:
-        ``(scores, item indices)``, (Nq, k), in no particular order; -inf / -1 where a row's groups
-        hold fewer than k items. One matrix product per group (its queries x its items).
+        ``(scores, item indices)``, (Nq, k), best first; -inf / -1 where a row's groups
+        hold fewer than k items. Scores are ``x.item`` ("ip") or ``2 x.item - |item|^2``
+        ("l2"). For a block of rows, each probed group's (its rows x its items) scores are
+        one matrix product written into a (rows, p * widest group) buffer, and one top-k
+        per row picks the best: no per-group merging.
     """
-    dev = xq.device
+    dev = x.device
     nq, p = probes.shape
+    cnt = torch.bincount(parent, minlength=n_groups)
+    start = torch.cumsum(cnt, 0) - cnt
+    width = max(1, int(cnt.max()))
     item_sq = _sq(items, metric)
-    order = torch.argsort(item_group, stable=True)
-    cnt = torch.bincount(item_group, minlength=n_groups)
-    flat = probes.reshape(-1)
-    qid = torch.arange(nq, device=dev).repeat_interleave(p)
-    keep = flat >= 0
-    flat, qid = flat[keep], qid[keep]
-    qorder = torch.argsort(flat, stable=True)
-    qid = qid[qorder]
-    qcnt = torch.bincount(flat, minlength=n_groups)
-    best_v = xq.new_full((nq, k), float("-inf"))
-    best_i = torch.full((nq, k), -1, dtype=torch.long, device=dev)
-    o = qo = 0
-    for ni, nqc in zip(cnt.tolist(), qcnt.tolist()):
-        if ni and nqc:
-            qs = qid[qo : qo + nqc]
-            its = order[o : o + ni]
-            s = xq[qs] @ items[its].T
+    rows = max(1, min(nq, _BUFFER_BYTES // (p * width * x.element_size())))
+    out_v = x.new_empty((nq, k))
+    out = torch.empty((nq, k), dtype=torch.long, device=dev)
+    cnt_l, start_l = cnt.tolist(), start.tolist()
+    for r0 in range(0, nq, rows):
+        pr = probes[r0 : r0 + rows]
+        n = pr.shape[0]
+        buf = x.new_full((n * p, width), float("-inf"))
+        flat = pr.reshape(-1)
+        valid = (flat >= 0).nonzero().squeeze(1)
+        order = valid[torch.argsort(flat[valid], stable=True)]  # (row, slot) pairs by group
+        groups, sizes = torch.unique_consecutive(flat[order], return_counts=True)
+        o = 0
+        for g, m in zip(groups.tolist(), sizes.tolist()):
+            pairs = order[o : o + m]
+            o += m
+            c0, ni = start_l[g], cnt_l[g]
+            if ni == 0:
+                continue
+            sc = x[r0 + pairs // p] @ items[c0 : c0 + ni].T
             if metric == "l2":
-                s.mul_(2.0).sub_(item_sq[its][None, :])
-            if ni > k:
-                s, j = s.topk(k, dim=1, sorted=False)
-                cand = its[j]
-            else:
-                cand = its[None, :].expand(nqc, ni)
-            v = torch.cat([best_v[qs], s], 1)
-            i = torch.cat([best_i[qs], cand], 1)
-            v, j = v.topk(k, dim=1, sorted=False)
-            best_v[qs], best_i[qs] = v, i.gather(1, j)
-        o += ni
-        qo += nqc
-    return best_v, best_i
+                sc.mul_(2.0).sub_(item_sq[c0 : c0 + ni][None, :])
+            buf[pairs, :ni] = sc
+        v, j = buf.view(n, p * width).topk(min(k, p * width), dim=1)
+        slot, pos = j // width, j % width
+        g = pr.gather(1, slot)
+        cell = start[g.clamp(min=0)] + pos
+        cell[torch.isinf(v) & (v < 0)] = -1
+        if cell.shape[1] < k:
+            cell = torch.cat([cell, cell.new_full((n, k - cell.shape[1]), -1)], 1)
+            v = torch.cat([v, v.new_full((n, k - v.shape[1]), float("-inf"))], 1)
+        out[r0 : r0 + n], out_v[r0 : r0 + n] = cell, v
+    return out_v, out
 
 
 class _Index:
@@ -205,7 +215,7 @@ class _Index:
                 # search (and the beam of the level above is then not needed)
                 probes = _nearest(x, cents, self.metric, width)
             else:
-                _, probes = _grouped_topk(x, probes, cents, parent, n_prev, width, self.metric)
+                _, probes = _children_topk(x, probes, cents, parent, n_prev, width, self.metric)
             n_prev = cents.shape[0]
         if probes.shape[1] < nprobe:
             pad = probes.new_full((probes.shape[0], nprobe - probes.shape[1]), -1)
@@ -221,7 +231,9 @@ def search(
     first), unordered among themselves (the caller sorts). k <= Nb."""
     index = _Index(b, metric, seed)
     probes = index.probe(q, NPROBE)
-    vals, idx = _grouped_topk(q, probes, b, index.cell_of, index.n_cells, k, metric)
+    order = torch.argsort(index.cell_of, stable=True)  # the base, cell after cell
+    vals, pos = _children_topk(q, probes, b[order], index.cell_of[order], index.n_cells, k, metric)
+    idx = torch.where(pos >= 0, order[pos.clamp(min=0)], pos)
     if metric == "l2":  # back from 2 q.b - |b|^2 to |q - b|^2
         vals = ((q * q).sum(1, keepdim=True) - vals).clamp_(min=0)
     return vals, idx
