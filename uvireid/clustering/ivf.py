@@ -22,7 +22,7 @@ and compares each query only with the points of the few cells nearest to it. Her
   short scan per query, on the CPU or a GPU, without faiss.
 
 Time about ``O((Nq + Nb) d (NPROBE CELL + BEAM GROUP + Nb / (CELL GROUP)))``: linear
-but for the last term, the coarse scores (1/2,048 of an exact search); measured ``N^1.18``
+but for the last term, the coarse scores (1/2,048 of an exact search); measured ``N^1.19``
 from 100k to 1M, where exact search is ``N^2``. Training is
 k-means on bounded samples (linear in Nb). The neighbours are those of the probed cells,
 so some true neighbours are missed: measure the recall on your data
