@@ -417,7 +417,7 @@ def knn(
         if not faiss_available():
             raise ConfigError(
                 "knn: backend='faiss-ivf' needs faiss; pip install faiss-cpu (or faiss-gpu), "
-                "or use the exact backend='torch'"
+                "or use uvireid's approximate backend='ivf' or the exact backend='torch'"
             )
         vals, idx = _knn_faiss_ivf(q, b, k, metric)
         vals, idx = vals.to(device=q.device, dtype=q.dtype), idx.to(q.device)
