@@ -146,10 +146,8 @@ def _children_topk(
             c0, ni = start_l[g], cnt_l[g]
             if ni == 0:
                 continue
-            sc = x[r0 + pairs // p] @ items[c0 : c0 + ni].T
-            if metric == "l2":
-                sc.mul_(2.0).sub_(item_sq[c0 : c0 + ni][None, :])
-            buf[pairs, :ni] = sc
+            sq = item_sq[c0 : c0 + ni] if item_sq is not None else None
+            buf[pairs, :ni] = _scores(x[r0 + pairs // p], items[c0 : c0 + ni], metric, sq)
         v, j = buf.view(n, p * width).topk(min(k, p * width), dim=1)
         slot, pos = j // width, j % width
         g = pr.gather(1, slot)

@@ -288,6 +288,17 @@ def _knn_faiss(
     return vals[:, :k].contiguous(), idx[:, :k].contiguous()
 
 
+def _search_short_rows(
+    q: torch.Tensor, b: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, metric: str
+) -> None:
+    """In place: the rows of an approximate search that found fewer than k neighbours
+    (index -1: too few points in their probed cells) searched again exactly."""
+    short = (idx < 0).any(1)
+    if bool(short.any()):
+        rows = short.nonzero().squeeze(1)
+        vals[rows], idx[rows] = _knn_torch(q[rows], b, idx.shape[1], metric, None)
+
+
 def _knn_faiss_ivf(
     q: torch.Tensor, b: torch.Tensor, k: int, metric: str, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,11 +328,7 @@ def _knn_faiss_ivf(
     dist, ind = index.search(qn, k)
     vals = torch.from_numpy(dist).to(torch.float32)
     idx = torch.from_numpy(ind).long()
-    short = (idx < 0).any(1)
-    if bool(short.any()):  # too few points in the probed cells: search those rows exactly
-        rows = short.nonzero().squeeze(1)
-        v2, i2 = _knn_torch(torch.from_numpy(qn)[rows], torch.from_numpy(bn), k, metric, None)
-        vals[rows], idx[rows] = v2, i2
+    _search_short_rows(torch.from_numpy(qn), torch.from_numpy(bn), vals, idx, metric)
     if metric == "l2":
         vals.clamp_(min=0)
     return sort_rows(vals, idx, largest=metric != "l2")  # as the exact backends
@@ -335,10 +342,7 @@ def _knn_ivf(
     from uvireid.clustering import ivf
 
     vals, idx = ivf.search(q, b, k, metric)
-    short = (idx < 0).any(1)
-    if bool(short.any()):
-        rows = short.nonzero().squeeze(1)
-        vals[rows], idx[rows] = _knn_torch(q[rows], b, k, metric, None)
+    _search_short_rows(q, b, vals, idx, metric)
     return sort_rows(vals, idx, largest=metric != "l2")
 
 
