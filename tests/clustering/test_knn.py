@@ -109,50 +109,37 @@ def test_blocked_transpose_equals_transpose():
     assert torch.equal(dst, tile.T.double())
 
 
-def test_faiss_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(
-    monkeypatch,
+@pytest.mark.parametrize("backend", ["faiss-ivf", "ivf"])
+def test_approximate_knn_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(
+    monkeypatch, backend
 ):
-    pytest.importorskip("faiss")
+    import uvireid.clustering.ivf as ivf_mod
     import uvireid.clustering.knn as knn_mod
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=1)
-    q = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
-    for metric in ("ip", "l2"):
-        want_v, want_i = knn(q, x, 12, metric=metric, backend="torch")
-        # 400 points -> 10 cells, all probed: an exhaustive search
-        got_v, got_i = knn(q, x, 12, metric=metric, backend="faiss-ivf")
-        assert torch.equal(got_i, want_i)
-        assert torch.allclose(got_v, want_v, atol=1e-5)
-    # one probed cell cannot hold 300 neighbours: those rows are searched exactly
-    monkeypatch.setattr(knn_mod, "IVF_NPROBE", 1)
-    got_v, got_i = knn(q, x, 300, metric="ip", backend="faiss-ivf")
-    want_v, want_i = knn(q, x, 300, metric="ip", backend="torch")
-    assert (got_i >= 0).all() and torch.equal(got_i, want_i)
-    # a real approximation (1 of 10 cells probed) is deterministic
-    a = knn(q, x, 5, backend="faiss-ivf")[1]
-    assert torch.equal(a, knn(q, x, 5, backend="faiss-ivf")[1])
-
-
-def test_ivf_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(monkeypatch):
-    from uvireid.clustering import ivf
-
+    if backend == "faiss-ivf":
+        pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=1)
     q = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
     for metric in ("ip", "l2"):
         for dtype in (torch.float32, torch.float64):
             want_v, want_i = knn(q.to(dtype), x.to(dtype), 12, metric=metric, backend="torch")
-            # 400 points -> 12 cells of ~32, all 12 probed: an exhaustive search
-            got_v, got_i = knn(q.to(dtype), x.to(dtype), 12, metric=metric, backend="ivf")
+            # 400 points -> 10 faiss cells or 12 ivf cells of ~32, all probed: exhaustive
+            got_v, got_i = knn(q.to(dtype), x.to(dtype), 12, metric=metric, backend=backend)
             assert got_v.dtype == dtype
             assert torch.equal(got_i, want_i)
             assert torch.allclose(got_v, want_v, atol=1e-5)
     # one probed cell cannot hold 300 neighbours: those rows are searched exactly
-    monkeypatch.setattr(ivf, "NPROBE", 1)
-    got_v, got_i = knn(q, x, 300, metric="ip", backend="ivf")
+    if backend == "faiss-ivf":
+        monkeypatch.setattr(knn_mod, "IVF_NPROBE", 1)
+    else:
+        monkeypatch.setattr(ivf_mod, "NPROBE", 1)
+    got_v, got_i = knn(q, x, 300, metric="ip", backend=backend)
     want_v, want_i = knn(q, x, 300, metric="ip", backend="torch")
     assert (got_i >= 0).all() and torch.equal(got_i, want_i)
+    # a real approximation (1 cell probed) is deterministic
+    a = knn(q, x, 5, backend=backend)[1]
+    assert torch.equal(a, knn(q, x, 5, backend=backend)[1])
 
 
 @pytest.mark.parametrize("two_levels", [False, True])
