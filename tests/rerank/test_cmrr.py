@@ -170,3 +170,29 @@ def test_cmrr_blocked_equals_default_and_reference(request, clustered):
     tiny = cmrr_distance(q, g, 15, 0.1)
     assert np.array_equal(out, tiny)
     assert np.abs(tiny - mult_re_ranking_cross(q, g, 15, 0.1)).max() < 1e-4
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_row_normalize_pair_takes_int32_indexed_blocks(index_dtype):
+    """CUDA's sparse kernels may hand back CSR blocks indexed in int32 (seen on an H100:
+    'Index put requires the source and destination dtypes match'); both widths must give
+    [a, b] / row sums, checked against the dense computation."""
+    rng = np.random.default_rng(0)
+    a_dense = rng.random((5, 4)) * (rng.random((5, 4)) < 0.5)
+    b_dense = rng.random((5, 6)) * (rng.random((5, 6)) < 0.5)
+    a_dense[2] = 0.0
+    b_dense[2] = 0.0  # an empty row stays empty (no division by zero)
+
+    def csr(m):
+        t = torch.from_numpy(m).to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            t.crow_indices().to(index_dtype),
+            t.col_indices().to(index_dtype),
+            t.values(),
+            t.shape,
+        )
+
+    out = cmrr_mod._row_normalize_pair(csr(a_dense), csr(b_dense)).to_dense().numpy()
+    both = np.concatenate([a_dense, b_dense], axis=1)
+    sums = both.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, np.divide(both, np.where(sums > 0, sums, 1.0)), atol=1e-12)

@@ -270,7 +270,8 @@ def _row_normalize_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``[a, b] / row sums`` as one sparse CSR matrix (b's columns after a's)."""
     n, shift = a.shape
     dev = a.device
-    ca, cb = a.crow_indices(), b.crow_indices()
+    # CUDA's sparse products may index in int32; every index below is int64
+    ca, cb = a.crow_indices().long(), b.crow_indices().long()
     count_a, count_b = ca.diff(), cb.diff()
     crow = ca + cb
     rows_a = torch.repeat_interleave(torch.arange(n, device=dev), count_a)
@@ -279,7 +280,7 @@ def _row_normalize_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     pos_b = crow[rows_b] + count_a[rows_b] + (torch.arange(rows_b.numel(), device=dev) - cb[rows_b])
     col = torch.empty(int(crow[-1]), dtype=torch.long, device=dev)
     val = torch.empty(int(crow[-1]), dtype=torch.float64, device=dev)
-    col[pos_a], col[pos_b] = a.col_indices(), b.col_indices() + shift
+    col[pos_a], col[pos_b] = a.col_indices().long(), b.col_indices().long() + shift
     val[pos_a], val[pos_b] = a.values().double(), b.values().double()
     tot = torch.zeros(n, dtype=torch.float64, device=dev)
     tot.index_add_(0, rows_a, a.values().double()).index_add_(0, rows_b, b.values().double())
