@@ -60,3 +60,17 @@ def test_bad_parameters_are_refused():
         HDBSCANClusterer(metric="cosine").fit_predict(x)
     with pytest.raises(ConfigError, match="min_cluster_size must be >= 2"):
         HDBSCANClusterer(min_cluster_size=1).fit_predict(x)
+
+
+@pytest.mark.parametrize("metric", ["jaccard", "euclidean"])
+def test_missing_hdbscan_package_is_named(monkeypatch, metric):
+    """Without the package (a GPU image that lacks it, say) the error says to install it,
+    not that an installed package lacks functions."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "hdbscan" or m.startswith("hdbscan.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "hdbscan", None)  # import hdbscan -> ImportError
+    x, _ = clustered(seed=5, n_ids=3, per_id=6, d=8, noise=0.5)
+    with pytest.raises(ConfigError, match="hdbscan package is not installed.*pip install hdbscan"):
+        HDBSCANClusterer(metric=metric).fit_predict(x)

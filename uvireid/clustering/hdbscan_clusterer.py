@@ -86,6 +86,17 @@ def _prim_mst(graph: sp.csr_matrix, core: np.ndarray, missing: float) -> np.ndar
     return result
 
 
+def _require_hdbscan() -> None:
+    """A clear error where the ``hdbscan`` package cannot be imported at all."""
+    try:
+        import hdbscan  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "hdbscan: the hdbscan package is not installed (it is one of uvireid's "
+            "requirements); pip install hdbscan, or use the dbscan clusterer"
+        ) from None
+
+
 def hdbscan_sparse(
     dist: sp.spmatrix,
     min_cluster_size: int = 4,
@@ -112,6 +123,7 @@ def hdbscan_sparse(
         from hdbscan._hdbscan_linkage import label
         from hdbscan.hdbscan_ import _tree_to_labels
     except ImportError as exc:
+        _require_hdbscan()
         raise ConfigError(
             f"hdbscan: the installed hdbscan package lacks the tree functions uvireid uses "
             f"({exc}); install hdbscan>=0.8.33 (pip install -U hdbscan), or use "
@@ -223,6 +235,7 @@ class HDBSCANClusterer:
                 cluster_selection_epsilon=self.cluster_selection_epsilon,
             )
         else:
+            _require_hdbscan()
             import hdbscan
 
             t0 = time.perf_counter()
