@@ -508,8 +508,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="best of N for uvireid and floors")
     p.add_argument(
         "--only",
-        default="cmfp,kreciprocal,cmrr,scalable",
-        help="comma list of: cmfp, train, kreciprocal, cmrr, scalable",
+        default=None,
+        help="comma list of: cmfp, train, kreciprocal, cmrr, scalable (default: all but "
+        "train, plus train on CUDA or with --train-scale)",
     )
     p.add_argument("--train-scale", action="store_true", help="add the CMFP(tr) comparison")
     p.add_argument(
@@ -545,8 +546,8 @@ def main(argv=None):
         return 0
     if args.scalable_sizes is None:
         args.scalable_sizes = "10000" if args.quick else "10000,100000,1000000"
-    only = set(args.only.split(","))
-    if args.train_scale or args.device.startswith("cuda"):
+    only = set((args.only or "cmfp,kreciprocal,cmrr,scalable").split(","))
+    if args.train_scale or (args.only is None and args.device.startswith("cuda")):
         only.add("train")
     device = torch.device(args.device)
     cpu = platform.processor() or platform.machine()
