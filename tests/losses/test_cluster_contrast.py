@@ -173,3 +173,32 @@ def test_every_registered_loss_runs_on_a_tiny_step(name):
     value = loss(out, t)
     assert value.ndim == 0 and torch.isfinite(value)
     loss.update(out.detach(), t)
+
+
+@pytest.mark.parametrize("case", ["repeats", "all_outliers", "empty", "no_outliers"])
+def test_momentum_update_equals_the_sequential_loop(case):
+    """Grouped rounds = the reference's one-sample-at-a-time update, on a (K, d) memory
+    and on a (P, K, d) part memory updated through its (K, P, d) transposed view."""
+    from uvireid.losses.memory import momentum_update
+
+    rng = np.random.default_rng(7)
+    n = {"repeats": 23, "all_outliers": 5, "empty": 0, "no_outliers": 9}[case]
+    y = rng.integers(-1, 4, n)
+    if case == "all_outliers":
+        y[:] = -1
+    if case == "no_outliers":
+        y = rng.integers(0, 4, n)
+    x = torch.from_numpy(rng.normal(size=(n, 3, 5)))
+    mem = unit_rows(6, 5, seed=8)
+    flat = mem.clone()
+    momentum_update(flat, x[:, 0], torch.as_tensor(y), 0.1)
+    expected = momentum_loop(mem.clone(), x[:, 0], y.tolist(), 0.1)
+    assert torch.allclose(flat, expected, atol=1e-12)
+    parts = torch.stack([unit_rows(6, 5, seed=9 + p) for p in range(3)])  # (P, K, d)
+    got = parts.clone()
+    momentum_update(got.transpose(0, 1), x, torch.as_tensor(y), 0.1)  # in place through the view
+    for p in range(3):
+        want = momentum_loop(parts[p].clone(), x[:, p], y.tolist(), 0.1)
+        assert torch.allclose(got[p], want, atol=1e-12)
+    if case in ("all_outliers", "empty"):
+        assert torch.equal(got, parts) and torch.equal(flat, mem)

@@ -61,11 +61,14 @@ def cluster_nce(
     Returns:
         0-dim tensor; 0 (with a gradient path) when no row has a label.
     """
-    keep = labels >= 0
-    if not bool(keep.any()) or memory.shape[0] == 0:
+    if memory.shape[0] == 0:
         return x.sum() * 0.0
-    logits = F.normalize(x[keep], dim=1) @ memory.detach().to(x.dtype).T / temperature
-    return F.cross_entropy(logits, labels[keep])
+    # every row through the product, the unlabelled ones ignored by the loss: no
+    # data-dependent shapes, so nothing waits for the device on a GPU
+    logits = F.normalize(x, dim=1) @ memory.detach().to(x.dtype).T / temperature
+    labels = labels.long()
+    total = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+    return total / (labels >= 0).sum().clamp(min=1)
 
 
 class _TwoMemories(nn.Module):

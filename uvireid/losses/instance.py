@@ -43,41 +43,45 @@ MAPS = ("v", "a", "r")
 
 
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices of each row's k largest entries (k clamped to N): N_k of Eq. 16."""
-    return logits.topk(min(int(k), logits.shape[1]), dim=1).indices
+    """(..., k) indices of each row's k largest entries (k clamped to N): N_k of Eq. 16."""
+    return logits.topk(min(int(k), logits.shape[-1]), dim=-1).indices
 
 
 def members(cand: torch.Tensor, *sets: torch.Tensor) -> torch.Tensor:
-    """(B, k) bool: ``cand[b, j]`` is in row b of any of ``sets`` ((B, k') index tensors).
+    """(..., B, k) bool: ``cand[..., b, j]`` is in row b of any of ``sets`` ((..., B, k')
+    index tensors; leading dimensions broadcast).
 
     Positive sets are intersections with a top-k set (Eq. 17, 23), so they are held as
     that top-k's indices plus this membership mask: O(B k k') instead of (B, N) masks.
     """
-    out = torch.zeros_like(cand, dtype=torch.bool)
+    out = None
     for other in sets:
-        out |= (cand[:, :, None] == other[:, None, :]).any(-1)
-    return out
+        hit = (cand[..., :, None] == other[..., None, :]).any(-1)
+        out = hit if out is None else out | hit
+    return out if out is not None else torch.zeros_like(cand, dtype=torch.bool)
 
 
 def positive_nll(logits: torch.Tensor, cand: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """Mean over rows with a positive of ``-log sum_{i in P} softmax(logits)_i`` (Eq. 18).
 
     Args:
-        logits: (B, N) ``normalize(z) I^T / tau``.
-        cand: (B, k) candidate indices; member: (B, k) bool, True where the candidate is a
-            positive (the positive set of row b is ``cand[b][member[b]]``; candidates are
-            distinct within a row).
+        logits: (B, N) ``normalize(z) I^T / tau``, or (G, B, N) for G groups (the parts):
+            then the mean over the groups of each group's mean.
+        cand: (..., B, k) candidate indices; member: (..., B, k) bool, True where the
+            candidate is a positive (the positive set of row b is ``cand[b][member[b]]``;
+            candidates are distinct within a row).
 
     ``-log sum_P softmax = logsumexp(row) - logsumexp(row[P])``; the second term is taken
     over the k gathered candidates only, not over a masked copy of the (B, N) logits.
     """
-    keep = member.any(1)
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    if not bool(keep.all()):  # rows without a positive are left out (and give no NaN)
-        logits, cand, member = logits[keep], cand[keep], member[keep]
-    pos = logits.gather(1, cand).masked_fill(~member, float("-inf"))
-    return (torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)).mean()
+    keep = member.any(-1)
+    # a row without a positive scores its candidates as they are (finite, so no NaN can
+    # reach the gradient) and is then weighted 0: no data-dependent shapes, no wait for
+    # the device on a GPU
+    pos = logits.gather(-1, cand.expand(*logits.shape[:-1], cand.shape[-1]))
+    pos = pos.masked_fill(~member & keep[..., None], float("-inf"))
+    nll = (torch.logsumexp(logits, -1) - torch.logsumexp(pos, -1)) * keep
+    return (nll.sum(-1) / keep.sum(-1).clamp(min=1)).mean()
 
 
 @LOSSES.register("instance_neighbour")
@@ -139,7 +143,7 @@ class InstanceNeighbourLoss(nn.Module):
     def _logits(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         # 1/tau folded into the (B, d) queries: one pass less over the (B, N) logits
         q = F.normalize(z, dim=-1) * (1.0 / self.temperature)
-        return q @ memory.detach().to(z.dtype).T
+        return q @ memory.detach().to(z.dtype).transpose(-1, -2)
 
     def _global(self, outputs: StepOutputs, memory: torch.Tensor):
         """Global term on one memory; also returns each query image's top-k indices."""
@@ -155,26 +159,23 @@ class InstanceNeighbourLoss(nn.Module):
         return loss, {"v": nv, "a": na, "r": nr}
 
     def _part(self, parts: dict, memory: torch.Tensor, glob: dict) -> torch.Tensor:
-        """Part term on one part memory (N, P, d), averaged over parts."""
-        total = memory.new_zeros(())
+        """Part term on one part memory (N, P, d), averaged over parts; the P parts and
+        the nine (query, map) blocks go through one batched product."""
         key = {(q, m): (q, m) for q in MAPS for m in MAPS}
         if self.official_quirks:
             key["a", "r"] = ("a", "v")
         pairs = list(key)
-        for p in range(self.num_parts):
-            # the nine (query, map) blocks against this part's memory in one product
-            z = torch.cat([parts[key[qm]][:, p] for qm in pairs])
-            lg = self._logits(z, memory[:, p])
-            nb = topk_indices(lg.detach(), self.k)  # row-wise: the same as block by block
-            nbr = dict(zip(pairs, nb.chunk(len(pairs))))
-            cand, member = [], []
-            for q, m in key:
-                o1, o2 = (o for o in MAPS if o != m)
-                # [N_k(q->o1) ∪ N_k(q->o2)] ∩ N_k^global(q), as a mask over N_k^global(q)
-                cand.append(glob[q])
-                member.append(members(glob[q], nbr[q, o1], nbr[q, o2]))
-            total = total + positive_nll(lg, torch.cat(cand), torch.cat(member))
-        return total / self.num_parts
+        z = torch.cat([parts[key[qm]] for qm in pairs]).transpose(0, 1)  # (P, 9S, d)
+        lg = self._logits(z, memory.transpose(0, 1))  # (P, 9S, N)
+        nb = topk_indices(lg.detach(), self.k)  # row-wise: the same as block by block
+        nbr = dict(zip(pairs, nb.chunk(len(pairs), dim=1)))  # (P, S, k) each
+        cand, member = [], []
+        for q, m in key:
+            o1, o2 = (o for o in MAPS if o != m)
+            # [N_k(q->o1) ∪ N_k(q->o2)] ∩ N_k^global(q), as a mask over N_k^global(q)
+            cand.append(glob[q])
+            member.append(members(glob[q], nbr[q, o1], nbr[q, o2]))
+        return positive_nll(lg, torch.cat(cand), torch.cat(member, dim=1))
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
         if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):

@@ -25,7 +25,7 @@ from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat
 
-__all__ = ["ClusterMemory", "centroids", "momentum_update", "occurrence_rank"]
+__all__ = ["ClusterMemory", "centroids", "momentum_update"]
 
 
 def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
@@ -41,42 +41,53 @@ def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) ->
     return F.normalize(sums, dim=1)
 
 
-def occurrence_rank(labels: torch.Tensor) -> torch.Tensor:
-    """(B,) for each entry, how many earlier entries carry the same label (0, 1, 2, ...)."""
-    order = torch.sort(labels, stable=True).indices
-    sorted_lab = labels[order]
-    pos = torch.arange(len(labels), device=labels.device)
-    new_run = torch.ones_like(sorted_lab, dtype=torch.bool)
-    new_run[1:] = sorted_lab[1:] != sorted_lab[:-1]
-    run_start = torch.cummax(torch.where(new_run, pos, torch.zeros_like(pos)), 0).values
-    rank = torch.empty_like(pos)
-    rank[order] = pos - run_start
-    return rank
-
-
 def momentum_update(
     memory: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float
 ) -> None:
     """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
 
     Rows with label -1 are skipped. Sequential as in the reference (two samples of one
-    label in a batch compound, in batch order), computed in rounds: round r updates the
-    r-th occurrence of every label at once, which gives the sequential result exactly
-    with as many steps as the most frequent label has samples. ``memory`` may be
-    (K, d) or (K, P, d) (one update per part; normalised over the last dimension).
+    label in a batch compound, in batch order), computed in rounds: the rows are grouped
+    by label (batch order kept within a group) and round r updates the r-th row of every
+    group at once, which gives the sequential result exactly with as many steps as the
+    most frequent label has rows. The groups' sizes are the only values read back from
+    the device (one synchronisation per call on a GPU, whatever the batch; the rounds
+    themselves never wait). ``memory`` may be (K, d) or (K, P, d) (one update per part,
+    normalised over the last dimension), also a view such as ``(P, K, d).transpose(0, 1)``.
     """
     labels = labels.to(memory.device).long()
-    keep = labels >= 0
-    if not bool(keep.any()):
+    order = torch.sort(labels, stable=True).indices  # -1 first, batch order within a label
+    y = labels[order]
+    uniq, counts = torch.unique_consecutive(y, return_counts=True)
+    if len(uniq) == 0:
         return
-    y = labels[keep]
-    x = F.normalize(feats.detach().to(memory.dtype)[keep], dim=-1)
-    rank = occurrence_rank(y)
-    for r in range(int(rank.max()) + 1):
-        sel = rank == r
-        ys = y[sel]
-        row = momentum * memory[ys] + (1.0 - momentum) * x[sel]
-        memory[ys] = row / row.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    # one read-back: the first label (-1 or not) and the group sizes
+    meta = torch.cat([uniq[:1], counts]).tolist()
+    skip = meta[1] if meta[0] < 0 else 0  # the outliers sort first: their rows are dropped
+    sizes = meta[2:] if skip else meta[1:]
+    if not sizes:
+        return
+    rounds = max(sizes)
+    start = counts.cumsum(0) - counts
+    group = torch.repeat_interleave(
+        torch.arange(len(uniq), device=y.device), counts, output_size=len(y)
+    )
+    slot = (torch.arange(len(y), device=y.device) - start[group])[skip:]
+    group = group[skip:] - (1 if skip else 0)
+    uniq = uniq[1:] if skip else uniq
+    x = F.normalize(feats.detach().to(memory.dtype)[order[skip:]], dim=-1)
+    # (U, R, ...) rows of each label in batch order, and which slots hold one
+    xs = x.new_zeros((len(uniq), rounds, *x.shape[1:]))
+    xs[group, slot] = x
+    valid = torch.zeros((len(uniq), rounds), dtype=torch.bool, device=x.device)
+    valid[group, slot] = True
+    m = memory[uniq]
+    shape = (-1,) + (1,) * (m.dim() - 1)
+    for r in range(rounds):
+        row = momentum * m + (1.0 - momentum) * xs[:, r]
+        row = row / row.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        m = torch.where(valid[:, r].view(shape), row, m)
+    memory[uniq] = m
 
 
 class ClusterMemory(nn.Module):
