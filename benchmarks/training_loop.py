@@ -44,7 +44,7 @@ SYSU_ITERS, SYSU_EPOCHS = 300, (40, 40)
 def bare_step_rate(arch, height, width, s, device, amp, steps):
     """Images/s of forward + DAGL + backward + Adam on random images (3 s per step): the
     plain step of ``training_overhead.py``, with memories sized to the batch."""
-    step, _, _ = build_steps(arch, height, width, s, 3, 4 * s, 2 * s, device, amp=amp)
+    step, _, _ = build_steps(arch, height, width, s, 3, 4 * s, 2 * s, device, amp=amp, images=4)
     for _ in range(2):
         step(False)
     t0 = time.perf_counter()

@@ -46,18 +46,28 @@ from uvireid.models.backbone import TwoStreamResNet  # noqa: E402
 from uvireid.models.parts import PartQuery  # noqa: E402
 
 
-def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp=False):
+def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp=False, images=1):
     """``(step, model, parts)``: ``step(full)`` runs one training step on a fixed random
     paired batch (3 s images) with memories of ``memory`` instances / ``clusters``
     clusters per modality: plain (backbone + DAGL) or, with ``full``, + FGSAL + GPCR.
-    ``amp``: bf16 autocast. Also the bare step of ``training_loop.py``."""
+    The batch's labels come as an identity sampler gives them: ``s / images`` distinct
+    labels, each ``images`` times (the memory updates take as many rounds as a label has
+    rows). ``amp``: bf16 autocast. Also the bare step of ``training_loop.py``."""
     dev = str(device)
     torch.manual_seed(0)
     model = TwoStreamResNet(arch).to(dev)
     parts = PartQuery(model.out_dim, num_parts).to(dev)
     c, k, n = model.out_dim, clusters, memory
     rng = np.random.default_rng(0)
-    lab = lambda m: rng.integers(0, k, m)  # noqa: E731
+
+    def lab(m: int) -> np.ndarray:
+        return rng.integers(0, k, m)
+
+    def batch_lab(m: int) -> np.ndarray:  # as an identity sampler draws them
+        if images <= 1:
+            return lab(m)
+        return np.repeat(rng.choice(k, -(-m // images), replace=False), images)[:m]
+
     ctx = EpochContext(
         feats_v=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
         feats_r=torch.nn.functional.normalize(torch.randn(n, c, device=dev), dim=1),
@@ -81,10 +91,10 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(dev)
     t = torch.as_tensor
     targets = StepTargets(
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
-        t(lab(s), device=dev),
+        t(batch_lab(s), device=dev),
+        t(batch_lab(s), device=dev),
+        t(batch_lab(s), device=dev),
+        t(batch_lab(s), device=dev),
         t(rng.integers(0, n, s), device=dev),
         t(rng.integers(0, n, s), device=dev),
         paired=True,
@@ -121,6 +131,44 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     return step, model, parts
 
 
+#: ops that make the host wait for the device on CUDA (a value read back, or an output
+#: whose size depends on the data); the CPU profiler sees them on any device
+SYNC_OPS = {
+    "aten::_local_scalar_dense",  # .item(), bool(tensor), int(tensor)
+    "aten::nonzero",  # boolean indexing, torch.nonzero
+    "aten::_unique2",
+    "aten::unique_consecutive",
+    "aten::unique_dim",
+    "aten::masked_select",
+}
+
+
+def count_ops(step, full: bool) -> tuple[int, int]:
+    """(host-device synchronisations, leaf aten ops) of one step, from the CPU profiler.
+
+    Leaf ops (those that call no other op) are about the kernels a GPU step launches; on
+    an H100 a SALCR step at ResNet-50 288x144 was launch- and sync-bound (105 ms against
+    75 ms of kernels), so these counts are the CPU-measurable side of the GPU overhead.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        step(full)
+    events = prof.events()
+
+    def optimizer_counter(e) -> bool:  # Adam reads its step counts, CPU tensors anywhere
+        p = e.cpu_parent
+        while p is not None:
+            if "_get_value" in p.name:
+                return True
+            p = p.cpu_parent
+        return False
+
+    syncs = sum(1 for e in events if e.name in SYNC_OPS and not optimizer_counter(e))
+    leaves = sum(1 for e in events if e.name.startswith("aten::") and not e.cpu_children)
+    return syncs, leaves
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
@@ -134,12 +182,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--count-ops",
+        action="store_true",
+        help="also count each step's host-device synchronisations and leaf ops (profiler)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = args.device
     s = args.ids * args.images
     step, model, parts = build_steps(
-        args.arch, args.height, args.width, s, args.parts, args.memory, args.clusters, dev
+        args.arch,
+        args.height,
+        args.width,
+        s,
+        args.parts,
+        args.memory,
+        args.clusters,
+        dev,
+        images=args.images,
     )
     c, k, n = model.out_dim, args.clusters, args.memory
 
@@ -167,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     print(f"| plain (backbone + DAGL) | {plain:.3f} | 1.00 |")
     print(f"| SALCR (+ FGSAL + GPCR) | {salcr:.3f} | {salcr / plain:.2f} |")
+    if args.count_ops:
+        counts = {full: count_ops(step, full) for full in (False, True)}
+        print("| step | host-device syncs | leaf aten ops |")
+        print("|---|---|---|")
+        for full, title in ((False, "plain (backbone + DAGL)"), (True, "SALCR (+ FGSAL + GPCR)")):
+            print(f"| {title} | {counts[full][0]} | {counts[full][1]} |")
     print(
         f"FGSAL parameters: {added:,} (tokens {args.parts * c:,} + BN {2 * args.parts * c:,}); "
         f"backbone {sum(p.numel() for p in model.parameters()):,}"
