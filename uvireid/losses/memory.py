@@ -49,10 +49,11 @@ def momentum_update(
     Rows with label -1 are skipped. Sequential as in the reference (two samples of one
     label in a batch compound, in batch order), computed in rounds: the rows are grouped
     by label (batch order kept within a group) and round r updates the r-th row of every
-    group at once, which gives the sequential result exactly with as many steps as the
-    most frequent label has rows. The groups' sizes are the only values read back from
-    the device (one synchronisation per call on a GPU, whatever the batch; the rounds
-    themselves never wait). ``memory`` may be (K, d) or (K, P, d) (one update per part,
+    group at once, which gives the sequential result (to rounding: ``torch.lerp``) with as
+    many steps as the most frequent label has rows. The groups' sizes are the only values
+    read back from the device (one synchronisation per call on a GPU, whatever the batch;
+    the rounds themselves never wait, and round r touches only the groups that have an
+    r-th row). ``memory`` may be (K, d) or (K, P, d) (one update per part,
     normalised over the last dimension), also a view such as ``(P, K, d).transpose(0, 1)``.
     """
     labels = labels.to(memory.device).long()
@@ -74,19 +75,21 @@ def momentum_update(
     )
     slot = (torch.arange(len(y), device=y.device) - start[group])[skip:]
     group = group[skip:] - (1 if skip else 0)
-    uniq = uniq[1:] if skip else uniq
+    uniq, counts = (uniq[1:], counts[1:]) if skip else (uniq, counts)
+    # the groups by decreasing size (on the device: nothing to wait for), so that round r
+    # updates a prefix of them, whose length the sizes read back above give
+    by_size = torch.sort(counts, descending=True, stable=True).indices
+    rank_of = torch.empty_like(by_size)
+    rank_of[by_size] = torch.arange(len(by_size), device=by_size.device)
     x = F.normalize(feats.detach().to(memory.dtype)[order[skip:]], dim=-1)
-    # (U, R, ...) rows of each label in batch order, and which slots hold one
-    xs = x.new_zeros((len(uniq), rounds, *x.shape[1:]))
-    xs[group, slot] = x
-    valid = torch.zeros((len(uniq), rounds), dtype=torch.bool, device=x.device)
-    valid[group, slot] = True
+    xs = x.new_zeros((len(uniq), rounds, *x.shape[1:]))  # (U, R, ...) rows in batch order
+    xs[rank_of[group], slot] = x
+    uniq = uniq[by_size]
+    live = [sum(1 for c in sizes if c > r) for r in range(rounds)]  # groups in round r
     m = memory[uniq]
-    shape = (-1,) + (1,) * (m.dim() - 1)
-    for r in range(rounds):
-        row = momentum * m + (1.0 - momentum) * xs[:, r]
-        row = row / row.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        m = torch.where(valid[:, r].view(shape), row, m)
+    for r, n in enumerate(live):
+        row = torch.lerp(xs[:n, r], m[:n], momentum)  # mu M[y] + (1 - mu) x
+        torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:n])
     memory[uniq] = m
 
 
