@@ -531,23 +531,23 @@ class Trainer:
                 total = total + float(item.get("weight", 1.0)) * value
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        # the step's one read-back of loss values, once the backward is queued (on a GPU
-        # the host waits here, not between the forward and the backward)
+        self.optimizer.step()
+        detached = outputs.detach()
+        for loss in used:
+            if hasattr(loss, "update"):
+                loss.update(detached, targets)
+        # the step's one read-back of the loss values, once everything is queued (on a GPU
+        # the host waits here, not between the forward, the backward and the updates)
         read = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())])
         total_value, *term_values = read.tolist()
         values = dict(zip(terms, term_values))
-        if not math.isfinite(total_value):  # before the optimiser touches the weights
+        if not math.isfinite(total_value):  # nothing of this step reaches a checkpoint
             parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise TrainingError(
                 f"epoch {self.epoch}: the loss is {total_value} ({parts}); training "
                 f"stopped and the last good checkpoint is kept. Lower train.lr, or check the "
                 f"data and the pseudo-labels"
             )
-        self.optimizer.step()
-        detached = outputs.detach()
-        for loss in used:
-            if hasattr(loss, "update"):
-                loss.update(detached, targets)
         values["total"] = total_value
         return values
 
