@@ -258,7 +258,9 @@ def affinity_blocks(
         backend: kNN backend of the sparse path (:func:`uvireid.clustering.knn.knn`);
             ``"ivf"`` (uvireid's torch inverted file, any device) and ``"faiss-ivf"``
             are approximate (near-linear time; the blocks then hold approximate
-            neighbours, and ties are not re-checked).
+            neighbours; a row whose found candidates tie at the k-th place is still
+            re-scored against the whole base set to keep every tied entry, O(Nb d) for
+            each such row, as on the exact path).
         block_rows: rows per similarity tile of the sparse path.
     """
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
