@@ -120,15 +120,19 @@ def test_cmfp_sparse_equals_dense(clustered, dtype):
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("duplicates", [False, True])
 @pytest.mark.parametrize("backend,seed", [("faiss", 12), ("faiss-ivf", 13), ("ivf", 14)])
-def test_cmfp_sparse_with_faiss_or_ivf_equals_dense(clustered, backend, seed):
+def test_cmfp_sparse_with_faiss_or_ivf_equals_dense(clustered, backend, seed, duplicates):
     # faiss-ivf: 300 and 120 points give 7 and 3 inverted-file cells, all probed, so its
     # approximate search is exhaustive here (through its one-index-per-base path); ivf: 9
-    # and 4 cells of ~32, all probed
+    # and 4 cells of ~32, all probed. Duplicated rows tie at the k-th place: every tied
+    # entry is kept, as on the dense path (the tied rows are re-scored exactly)
     if backend != "ivf":
         pytest.importorskip("faiss")
     q, g = clustered(300, 120, 32, seed=seed)
     q, g = torch.from_numpy(q).float(), torch.from_numpy(g).float()
+    if duplicates:
+        q, g = torch.cat([q, q[:40], q[:40]]), torch.cat([g, g[:30], g[:30]])
     dq, dg = propagate(q, g, 10, mode="dense")
     sq, sg = propagate(q, g, 10, mode="sparse", backend=backend)
     assert torch.allclose(torch.cat([dq, dg]), torch.cat([sq, sg]), atol=1e-5, rtol=0)
