@@ -281,3 +281,53 @@ def test_instance_loss_is_zero_on_unpaired_batches():
     loss = InstanceNeighbourLoss(k=3, num_parts=2)
     loss.reset(ctx)
     assert loss(out, t).item() == 0
+
+
+#: ops that make the host wait for a GPU (a value read back, or a data-dependent shape)
+_WAITS = {
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::_unique2",
+    "aten::unique_consecutive",
+    "aten::unique_dim",
+    "aten::masked_select",
+}
+
+
+def _waits(fn) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name in _WAITS]
+
+
+def test_salcr_losses_never_wait_for_the_device_and_updates_once_per_memory():
+    """An H100 SALCR step was bound by 324 host-device waits (benchmarks/RESULTS.md): the
+    losses' forward and backward have none, and each memory update one (the group sizes)."""
+    from uvireid.losses import DualClusterContrastLoss
+
+    ctx = _context()
+    losses = [
+        DualClusterContrastLoss(),
+        PartContrastLoss(num_parts=2),
+        InstanceNeighbourLoss(k=3, num_parts=2),
+    ]
+    for loss in losses:
+        loss.reset(ctx)
+    out, t = _step()
+    leaves = [out.feat_v, out.feat_a, out.feat_r, *out.parts.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+
+    def forward_backward():
+        sum(loss(out, t) for loss in losses).backward()
+
+    assert _waits(forward_backward) == []
+    assert all(x.grad is not None for x in leaves)
+    det = out.detach()
+    # DAGL 2 memories, FGSAL 4, GPCR 2 instance + 2 part memories
+    for loss, memories in zip(losses, (2, 4, 4)):
+        assert (
+            _waits(lambda loss=loss: loss.update(det, t)) == ["aten::unique_consecutive"] * memories
+        )
