@@ -22,7 +22,13 @@ from uvireid.losses import (
     StepTargets,
 )
 from uvireid.losses.part import INFRARED_QUERY_ROWS, VISIBLE_QUERY_ROWS
-from uvireid.models.parts import PartQuery, part_queries, query_attention, stripes
+from uvireid.models.parts import (
+    PartQuery,
+    part_queries,
+    query_attention,
+    query_attention_many,
+    stripes,
+)
 
 TAU = 0.05
 MAPS = "var"
@@ -51,6 +57,13 @@ def test_part_queries_and_attention_equal_eq_9_to_11():
     for i in range(2):
         for p in range(3):
             assert torch.allclose(parts[i, p], attention_loop(q_ref[i, p], st_other[i][p]))
+    # several query sets on the same stripes (the part module's nine pairs, read in place)
+    q2 = part_queries(stripes(other, 3), tokens)
+    many = query_attention_many(torch.stack([q, q2]), stripes(other, 3))
+    for j, qs in enumerate((q_ref, part_queries_loop(other, tokens)[1])):
+        for i in range(2):
+            for p in range(3):
+                assert torch.allclose(many[j, i, p], attention_loop(qs[i, p], st_other[i][p]))
 
 
 def test_part_module_gives_nine_pairs_and_trains_its_tokens():

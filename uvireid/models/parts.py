@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PartQuery", "stripes", "part_queries", "query_attention"]
+__all__ = ["PartQuery", "stripes", "part_queries", "query_attention", "query_attention_many"]
 
 #: the nine (query image, map image) pairs FGSAL and GPCR use; v visible, a its CA view,
 #: r infrared; grouped by BN pass as in the official code
@@ -60,6 +60,14 @@ def query_attention(queries: torch.Tensor, fmap_stripes: torch.Tensor) -> torch.
     return torch.einsum("bpm,bpmc->bpc", att, fmap_stripes)
 
 
+def query_attention_many(queries: torch.Tensor, fmap_stripes: torch.Tensor) -> torch.Tensor:
+    """:func:`query_attention` of Q sets of queries on the same stripes: (Q, B, P, C)
+    queries, (B, P, m, C) stripes -> (Q, B, P, C), without repeating the stripes."""
+    c = queries.shape[-1]
+    scores = torch.einsum("qbpc,bpmc->qbpm", queries, fmap_stripes) / math.sqrt(c)
+    return torch.einsum("qbpm,bpmc->qbpc", torch.softmax(scores, -1), fmap_stripes)
+
+
 class PartQuery(nn.Module):
     """Part tokens and the BN neck of the part features (FGSAL).
 
@@ -90,22 +98,21 @@ class PartQuery(nn.Module):
         ``fmap_v``, ``fmap_a``, ``fmap_r``: (S, C, h, w) maps of the visible images, their
         channel-augmented views and the paired infrared images (row n = pair n).
         """
-        st = {
-            k: stripes(f, self.num_parts) for k, f in (("v", fmap_v), ("a", fmap_a), ("r", fmap_r))
-        }
-        # the three images' queries in one pass, then the nine (query, map) attentions in
-        # one pass (rows ordered as PASSES; BN still per group of three, as the official code)
-        s = fmap_v.shape[0]
-        all_st = torch.cat([st["v"], st["a"], st["r"]])
-        q_all = part_queries(all_st, self.tokens.to(all_st.dtype)).split(s)
-        q = dict(zip(("v", "a", "r"), q_all))
-        order = [pair for group in PASSES for pair in group]
-        raw = query_attention(
-            torch.cat([q[a] for a, _ in order]), torch.cat([st[b] for _, b in order])
-        ).split(3 * s)
+        maps = ("v", "a", "r")
+        st = {k: stripes(f, self.num_parts) for k, f in zip(maps, (fmap_v, fmap_a, fmap_r))}
+        tokens = self.tokens.to(st["v"].dtype)
+        queries = torch.stack([part_queries(st[k], tokens) for k in maps])  # (3, S, P, C)
+        # each map attended by the three images' queries in one pass, the stripes read in
+        # place (not copied once per query image: 9 x the maps' memory at 288x144)
+        raw = {}
+        for b in maps:
+            att = query_attention_many(queries, st[b])  # (3, S, P, C)
+            raw.update({(a, b): att[i] for i, a in enumerate(maps)})
+        # BN per group of three pairs, as the official code
         out: dict[tuple[str, str], torch.Tensor] = {}
-        for group, rows in zip(PASSES, raw):
-            out.update(dict(zip(group, self._bn(rows).chunk(len(group)))))
+        for group in PASSES:
+            rows = self._bn(torch.cat([raw[pair] for pair in group]))
+            out.update(dict(zip(group, rows.chunk(len(group)))))
         return out
 
     @torch.no_grad()
