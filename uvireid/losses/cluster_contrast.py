@@ -55,20 +55,31 @@ def cluster_nce(
     """Mean over rows with ``labels >= 0`` of ``CE(normalize(x) M^T / tau, y)`` (Eq. 1-2).
 
     Args:
-        x: (B, d) features (normalised here); memory: (K, d) prototypes (no gradient);
-        labels: (B,) long, -1 = row left out; temperature: tau.
+        x: (B, d) features (normalised here), or (B, P, d) part features; memory: (K, d)
+            prototypes, or (P, K, d) one set per part (no gradient); labels: (B,) long,
+            -1 = row left out (of every part); temperature: tau.
 
     Returns:
-        0-dim tensor; 0 (with a gradient path) when no row has a label.
+        0-dim tensor, with parts the mean over the parts (one batched product for all of
+        them); 0 (with a gradient path) when no row has a label.
     """
-    if memory.shape[0] == 0:
+    if memory.shape[-2] == 0:
         return x.sum() * 0.0
     # every row through the product, the unlabelled ones ignored by the loss: no
     # data-dependent shapes, so nothing waits for the device on a GPU
-    logits = F.normalize(x, dim=1) @ memory.detach().to(x.dtype).T / temperature
+    z = F.normalize(x, dim=-1)
+    if z.dim() == 3:
+        z = z.transpose(0, 1)  # (P, B, d) against (P, K, d)
+    logits = z @ memory.detach().to(x.dtype).transpose(-1, -2) / temperature
+    parts = logits.shape[0] if logits.dim() == 3 else 1
     labels = labels.long()
-    total = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
-    return total / (labels >= 0).sum().clamp(min=1)
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.repeat(parts) if parts > 1 else labels,
+        ignore_index=-1,
+        reduction="sum",
+    )
+    return total / ((labels >= 0).sum() * parts).clamp(min=1)
 
 
 class _TwoMemories(nn.Module):

@@ -13,7 +13,7 @@ supervised with the labels of its QUERY image, in both label spaces. For part p:
                           + L(R_p, ŷ^v; M^v_chk_p) + L(R_p, ỹ^r; M^r_chk_p) ]    (Eq. 14-15)
 
 with ``L`` the cluster-contrast InfoNCE (:func:`uvireid.losses.cluster_contrast.cluster_nce`,
-tau = 0.05; the P parts in one batched product, :func:`part_nce`) and the four memories
+tau = 0.05; the P parts in one batched product) and the four memories
 momentum-updated with the same rows (mu = 0.1).
 
 Initialisation (each epoch), paper: the visible-query memories from the centroids of
@@ -27,37 +27,18 @@ both infrared-space memories from f^rr by ỹ^r, and the a->r row replaced by a-
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from uvireid.losses.cluster_contrast import cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import centroids, momentum_update
 from uvireid.registry import LOSSES
 
-__all__ = ["PartContrastLoss", "part_nce", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
+__all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
 
 VISIBLE_QUERY_ROWS = (("v", "v"), ("a", "a"), ("v", "r"), ("a", "r"), ("v", "a"), ("a", "v"))
 INFRARED_QUERY_ROWS = (("r", "r"), ("r", "v"), ("r", "a"))
 MEMORIES = ("hat_v", "hat_r", "chk_v", "chk_r")
-
-
-def part_nce(x: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, tau: float):
-    """``(1/P) sum_p cluster_nce(x[:, p], memory[p], labels, tau)`` in one batched product.
-
-    Args:
-        x: (B, P, d) part features; memory: (P, K, d) prototypes (no gradient); labels:
-            (B,) long, -1 = row left out (of every part).
-    """
-    num_parts = memory.shape[0]
-    if memory.shape[1] == 0:
-        return x.sum() * 0.0
-    z = F.normalize(x, dim=-1).transpose(0, 1)  # (P, B, d)
-    logits = z @ memory.detach().to(z.dtype).transpose(1, 2) / tau  # (P, B, K)
-    labels = labels.long()
-    total = F.cross_entropy(
-        logits.flatten(0, 1), labels.repeat(num_parts), ignore_index=-1, reduction="sum"
-    )
-    return total / ((labels >= 0).sum() * num_parts).clamp(min=1)
 
 
 @LOSSES.register("part_contrast")
@@ -131,7 +112,7 @@ class PartContrastLoss(nn.Module):
         rows = self._rows(outputs, targets)
         total = outputs.feat_v.sum() * 0.0
         for name, (x, y) in rows.items():
-            total = total + part_nce(x, getattr(self, name), y, self.temperature)
+            total = total + cluster_nce(x, getattr(self, name), y, self.temperature)
         return total
 
     @torch.no_grad()

@@ -55,9 +55,7 @@ def part_queries(fmap_stripes: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
 
 def query_attention(queries: torch.Tensor, fmap_stripes: torch.Tensor) -> torch.Tensor:
     """Eq. 10-11: (B, P, C) queries on (B, P, m, C) stripes -> (B, P, C) parts."""
-    c = queries.shape[-1]
-    att = torch.softmax(torch.einsum("bpc,bpmc->bpm", queries, fmap_stripes) / math.sqrt(c), -1)
-    return torch.einsum("bpm,bpmc->bpc", att, fmap_stripes)
+    return query_attention_many(queries[None], fmap_stripes)[0]
 
 
 def query_attention_many(queries: torch.Tensor, fmap_stripes: torch.Tensor) -> torch.Tensor:
