@@ -34,6 +34,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from uvireid.engine.profiling import profile_ops  # noqa: E402
 from uvireid.losses import (  # noqa: E402
     DualClusterContrastLoss,
     EpochContext,
@@ -131,59 +132,13 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     return step, model, parts
 
 
-#: ops that make the host wait for the device on CUDA (a value read back, or an output
-#: whose size depends on the data); the CPU profiler sees them on any device
-SYNC_OPS = {
-    "aten::_local_scalar_dense",  # .item(), bool(tensor), int(tensor)
-    "aten::nonzero",  # boolean indexing, torch.nonzero
-    "aten::_unique2",
-    "aten::unique_consecutive",
-    "aten::unique_dim",
-    "aten::masked_select",
-}
-
-
-#: leaf ops that only allocate, reshape or view: no kernel on a GPU
-NO_KERNEL = {
-    "aten::" + name
-    for name in (
-        "empty empty_strided empty_like as_strided as_strided_ view _reshape_alias "
-        "_unsafe_view reshape flatten unsqueeze squeeze expand transpose t permute slice "
-        "select narrow alias detach lift_fresh resize_ resolve_conj resolve_neg real to "
-        "scalar_tensor _local_scalar_dense contiguous"
-    ).split()
-}
-
-
 def count_ops(step, full: bool) -> tuple[int, int]:
-    """(host-device synchronisations, kernel ops) of one step, from the CPU profiler.
-
-    Kernel ops are the leaf ops (those that call no other op) that compute something
-    (allocations, views and reshapes left out): about the kernels a GPU step launches; on
-    an H100 a SALCR step at ResNet-50 288x144 was launch- and sync-bound (105 ms against
-    75 ms of kernels), so these counts are the CPU-measurable side of the GPU overhead.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
-        step(full)
-    events = prof.events()
-
-    def optimizer_counter(e) -> bool:  # Adam reads its step counts, CPU tensors anywhere
-        p = e.cpu_parent
-        while p is not None:
-            if "_get_value" in p.name:
-                return True
-            p = p.cpu_parent
-        return False
-
-    syncs = sum(1 for e in events if e.name in SYNC_OPS and not optimizer_counter(e))
-    kernels = sum(
-        1
-        for e in events
-        if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
-    )
-    return syncs, kernels
+    """(host-device synchronisations, kernel ops) of one step, from the CPU profiler
+    (:func:`uvireid.engine.profiling.profile_ops`): the CPU-measurable side of the GPU
+    overhead (on an H100 a SALCR step at ResNet-50 288x144 was launch- and sync-bound,
+    105 ms against 75 ms of kernels)."""
+    waits, kernels = profile_ops(lambda: step(full))
+    return len(waits), kernels
 
 
 def main(argv: list[str] | None = None) -> int:

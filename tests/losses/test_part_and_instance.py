@@ -296,23 +296,10 @@ def test_instance_loss_is_zero_on_unpaired_batches():
     assert loss(out, t).item() == 0
 
 
-#: ops that make the host wait for a GPU (a value read back, or a data-dependent shape)
-_WAITS = {
-    "aten::_local_scalar_dense",
-    "aten::nonzero",
-    "aten::_unique2",
-    "aten::unique_consecutive",
-    "aten::unique_dim",
-    "aten::masked_select",
-}
-
-
 def _waits(fn) -> list[str]:
-    from torch.profiler import ProfilerActivity, profile
+    from uvireid.engine.profiling import profile_ops
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return [e.name for e in prof.events() if e.name in _WAITS]
+    return profile_ops(fn)[0]
 
 
 def test_salcr_losses_never_wait_for_the_device_and_updates_once_per_memory():

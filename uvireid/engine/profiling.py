@@ -1,0 +1,68 @@
+"""What a step makes a GPU wait for and launch, counted by the CPU profiler on any machine.
+
+A step that reads a value back from the device (``.item()``, ``bool(tensor)``), or makes a
+tensor whose size depends on the data (boolean indexing, ``nonzero``, ``unique``), makes
+the host wait until the device has run everything queued before it; on an H100 a SALCR
+step was bound by 324 such waits (``benchmarks/RESULTS.md``, "Where an epoch's time goes").
+These ops show in the CPU profiler whatever the device, so tests and
+``benchmarks/training_overhead.py --count-ops`` can count them without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["WAIT_OPS", "NO_KERNEL", "profile_ops"]
+
+#: ops that make the host wait for the device on CUDA (a value read back, or an output
+#: whose size depends on the data)
+WAIT_OPS = frozenset(
+    {
+        "aten::_local_scalar_dense",  # .item(), bool(tensor), int(tensor)
+        "aten::nonzero",  # boolean indexing, torch.nonzero
+        "aten::_unique2",
+        "aten::unique_consecutive",
+        "aten::unique_dim",
+        "aten::masked_select",
+    }
+)
+
+#: leaf ops that only allocate, reshape or view: no kernel on a GPU
+NO_KERNEL = frozenset(
+    "aten::" + name
+    for name in (
+        "empty empty_strided empty_like as_strided as_strided_ view _reshape_alias "
+        "_unsafe_view reshape flatten unsqueeze squeeze expand transpose t permute slice "
+        "select narrow alias detach lift_fresh resize_ resolve_conj resolve_neg real to "
+        "scalar_tensor _local_scalar_dense contiguous"
+    ).split()
+)
+
+
+def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
+    """``(waits, kernels)`` of one call of ``fn``: the names of the ops in it that make
+    the host wait for the device (in call order; the optimiser's reads of its step
+    counters, CPU tensors on every device, left out) and the number of leaf ops that
+    compute something (allocations and views left out), about the kernels a GPU launches.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        fn()
+    events = prof.events()
+
+    def optimizer_counter(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if "_get_value" in p.name:
+                return True
+            p = p.cpu_parent
+        return False
+
+    waits = [e.name for e in events if e.name in WAIT_OPS and not optimizer_counter(e)]
+    kernels = sum(
+        1
+        for e in events
+        if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
+    )
+    return waits, kernels
