@@ -129,6 +129,47 @@ def test_no_cross_link_falls_back_to_intra_modality_batches(recipe_file, monkeyp
     assert np.isfinite(record["loss"]["total"])
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+    ],
+)
+def test_clustering_and_association_run_on_the_training_device(recipe_file, monkeypatch, device):
+    """The epoch's pseudo-labels are computed where the model trains: the clusterer and
+    the associator get tensors on the training device (numpy would pin them to the host
+    CPU, 20 s an epoch at SYSU size on a GPU machine instead of 0.3 s)."""
+    from uvireid.associations.otla import OTLADual
+    from uvireid.clustering.dbscan import DBSCANClusterer
+    from uvireid.registry import DATASETS
+
+    seen = []
+    fit, assoc = DBSCANClusterer.fit_predict, OTLADual.associate
+
+    def fit_spy(self, features):
+        seen.append(("cluster", type(features), getattr(features, "device", None)))
+        return fit(self, features)
+
+    def assoc_spy(self, fv, lv, fr, lr):
+        seen.append(("associate", type(fv), getattr(fv, "device", None)))
+        return assoc(self, fv, lv, fr, lr)
+
+    monkeypatch.setattr(DBSCANClusterer, "fit_predict", fit_spy)
+    monkeypatch.setattr(OTLADual, "associate", assoc_spy)
+    cfg = load_recipe(recipe_file)
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), device, None, progress=False)
+    tr.load_data()
+    tr.epoch = 1
+    record = tr.train_epoch(1)  # the second stage: cluster both modalities, then associate
+    assert [s[0] for s in seen] == ["cluster", "cluster", "associate"]
+    assert all(t is torch.Tensor and d.type == device for _, t, d in seen), seen
+    assert np.isfinite(record["loss"]["total"])
+
+
 def test_no_cluster_at_all_is_a_training_error(recipe_file):
     cfg = load_recipe(recipe_file, ["clusterer.eps=0.0001", "clusterer.min_samples=50"])
     tr = _trainer(cfg)

