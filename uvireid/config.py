@@ -73,6 +73,13 @@ class TrainSettings:
         height, width: input size (paper 288x144).
         workers: data-loading processes (evaluation-only runs).
         amp: bf16 autocast on CUDA for the training forward and extraction.
+        channels_last: keep the convolution weights (and so the images) in NHWC memory
+            format; null = on CUDA only, where cuDNN's tensor-core convolutions want it
+            (it spares a layout conversion of every layer's input and gradient); true or
+            false force it on every device.
+        cudnn_benchmark: let cuDNN time its convolution algorithms once for the fixed
+            training size (CUDA; faster steps). false picks them by heuristics, for GPU
+            runs that repeat more closely.
         threads: torch CPU threads (0: torch's default). On a small shared CPU, 1 is often
             fastest.
         pad, erasing_p, jitter, gray_p: augmentation (zero padding before the random
@@ -102,6 +109,8 @@ class TrainSettings:
     width: int = 144
     workers: int = 4
     amp: bool = False
+    channels_last: bool | None = None
+    cudnn_benchmark: bool = True
     threads: int = 0
     pad: int = 10
     erasing_p: float = 0.5
@@ -595,6 +604,7 @@ _TYPE_WORDS = {
     "str": "a string",
     "str | None": "a string or null",
     "int | None": "an integer or null",
+    "bool | None": "true, false or null",
     "list[int]": "a list of integers",
 }
 

@@ -170,6 +170,24 @@ def test_clustering_and_association_run_on_the_training_device(recipe_file, monk
     assert np.isfinite(record["loss"]["total"])
 
 
+def test_channels_last_training_follows_the_nchw_run(recipe_file):
+    """``train.channels_last`` (on by default on CUDA, forced here on the CPU): the weights
+    stay NHWC through the optimiser steps and the epoch trains as the NCHW run does."""
+    records, firsts = [], []
+    for cl in ("false", "true"):
+        cfg = load_recipe(recipe_file, [f"train.channels_last={cl}"])
+        torch.manual_seed(0)
+        tr = _trainer(cfg)
+        tr.load_data()
+        records.append(tr.train_epoch(0))
+        firsts.append(next(p for p in tr.model.parameters() if p.dim() == 4))
+    assert not firsts[0].is_contiguous(memory_format=torch.channels_last)
+    assert firsts[1].is_contiguous(memory_format=torch.channels_last)
+    a, b = (r["loss"]["total"] for r in records)
+    assert np.isfinite(a) and abs(a - b) <= 1e-3 * abs(a), (a, b)
+    assert records[0]["clusters"] == records[1]["clusters"]
+
+
 def test_no_cluster_at_all_is_a_training_error(recipe_file):
     cfg = load_recipe(recipe_file, ["clusterer.eps=0.0001", "clusterer.min_samples=50"])
     tr = _trainer(cfg)

@@ -107,6 +107,41 @@ def test_mixed_batch_equals_one_batch_per_modality_and_int_modality():
     assert torch.allclose(mixed[mod == 1], ir, atol=1e-5)
 
 
+def test_channels_last_model_gives_the_same_outputs_and_parts_in_nhwc():
+    """``model.to(memory_format=torch.channels_last)`` (the trainer's CUDA default): the
+    images are converted once, every output and gradient equals the NCHW model's, and the
+    part module reads the NHWC feature map."""
+    from uvireid.models.parts import PartQuery
+
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 64, 32)
+    mod = torch.tensor([0, 1, 0, 1])
+    ref, cl = _model(), _model().to(memory_format=torch.channels_last)
+    first = next(p for p in cl.parameters() if p.dim() == 4)
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    parts = PartQuery(ref.out_dim, 2)
+    outs = []
+    for m in (ref, cl):
+        out = m(x, mod)
+        q = parts.pairs(out.feature_map[:2], out.feature_map[2:], out.feature_map[2:])
+        loss = out.bn_feat.square().sum() + sum(v.square().sum() for v in q.values())
+        loss.backward()
+        grad = next(p for p in m.parameters() if p.dim() == 4).grad.clone()
+        outs.append((out, q, grad))
+    (a, qa, ga), (b, qb, gb) = outs
+    assert not a.feature_map.is_contiguous(memory_format=torch.channels_last)
+    assert b.feature_map.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(b.bn_feat, a.bn_feat, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.feature_map, a.feature_map, atol=1e-4, rtol=1e-4)
+    for key in qa:
+        torch.testing.assert_close(qb[key], qa[key], atol=1e-3, rtol=1e-3)
+    # the stem's gradient went back through the whole network: compare as a whole
+    rel = float((gb - ga).norm() / ga.norm())
+    assert rel < 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(cl.eval().extract(x, mod), ref.eval().extract(x, mod), atol=1e-5, rtol=1e-4)
+
+
 def test_streams_start_from_the_same_weights():
     m = _model()
     for a, b in zip(m.stream(0).parameters(), m.stream(1).parameters(), strict=True):

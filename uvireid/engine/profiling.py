@@ -41,8 +41,9 @@ NO_KERNEL = frozenset(
 
 def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
     """``(waits, kernels)`` of one call of ``fn``: the names of the ops in it that make
-    the host wait for the device (in call order; the optimiser's reads of its step
-    counters, CPU tensors on every device, left out) and the number of leaf ops that
+    the host wait for the device (in call order; the ops inside ``Optimizer.step``, the
+    reads of its step counters, which are host tensors unless the optimiser is fused or
+    capturable, left out) and the number of leaf ops that
     compute something (allocations and views left out), about the kernels a GPU launches.
     """
     from torch.profiler import ProfilerActivity, profile
@@ -54,7 +55,7 @@ def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
     def optimizer_counter(e) -> bool:
         p = e.cpu_parent
         while p is not None:
-            if "_get_value" in p.name:
+            if "_get_value" in p.name or p.name.startswith("Optimizer.step"):
                 return True
             p = p.cpu_parent
         return False

@@ -92,6 +92,18 @@ class _ReidHead(nn.Module):
         g = self.pool(fmap) if global_feat is None else global_feat
         return BackboneOutput(global_feat=g, bn_feat=self.neck(g), feature_map=fmap)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory format of the model's first convolution: after
+        ``model.to(memory_format=torch.channels_last)`` (the trainer does it on CUDA) the
+        images are converted once here, instead of cuDNN converting every layer's input
+        and gradient (NHWC convolutions run on the tensor cores without layout kernels)."""
+        for p in self.parameters():
+            if p.dim() == 4:
+                if not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+                    return x.contiguous(memory_format=torch.channels_last)
+                return x
+        return x
+
     @torch.no_grad()
     def extract(
         self, x: torch.Tensor, modality: torch.Tensor | int, flip: bool = True
@@ -254,6 +266,7 @@ class TwoStreamResNet(_ReidHead):
 
     def forward_map(self, x: torch.Tensor, modality: torch.Tensor | int) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, h, w): each image through its modality's stream."""
+        x = self._layout(x)
         if len(self.specific):
             if isinstance(modality, numbers.Integral):
                 x = self.specific[int(modality)](x)
@@ -302,7 +315,7 @@ class TimmBackbone(_ReidHead):
         self.neck = _bn_neck(self.out_dim)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int = VISIBLE) -> BackboneOutput:
-        fmap = self.model.forward_features(x)
+        fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
             return self._head(fmap)
         return self._head(fmap, self.model.forward_head(fmap, pre_logits=True))
