@@ -77,6 +77,9 @@ class TrainSettings:
             format; null = on CUDA only, where cuDNN's tensor-core convolutions want it
             (it spares a layout conversion of every layer's input and gradient); true or
             false force it on every device.
+        images_on_device: keep the decoded uint8 training images on the training GPU
+            (batches are gathered there instead of on the host and copied); null = when
+            they take at most a quarter of its free memory; ignored on the CPU.
         cudnn_benchmark: let cuDNN time its convolution algorithms once for the fixed
             training size (CUDA; faster steps). false picks them by heuristics, for GPU
             runs that repeat more closely.
@@ -111,6 +114,7 @@ class TrainSettings:
     amp: bool = False
     channels_last: bool | None = None
     cudnn_benchmark: bool = True
+    images_on_device: bool | None = None
     threads: int = 0
     pad: int = 10
     erasing_p: float = 0.5

@@ -188,6 +188,35 @@ def test_channels_last_training_follows_the_nchw_run(recipe_file):
     assert records[0]["clusters"] == records[1]["clusters"]
 
 
+@pytest.mark.parametrize(
+    "device, flag, where",
+    [
+        ("cpu", "true", "cpu"),  # ignored on the CPU
+        pytest.param(
+            "cuda",
+            "null",
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+        pytest.param(
+            "cuda",
+            "false",
+            "cpu",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+    ],
+)
+def test_training_images_are_placed_as_asked(recipe_file, device, flag, where):
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file, [f"train.images_on_device={flag}"])
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), device, None, progress=False)
+    tr.load_data()
+    assert tr.images_v.device.type == where and tr.images_r.device.type == where
+    assert tr.images_v.dtype == torch.uint8
+    assert np.isfinite(tr.train_epoch(0)["loss"]["total"])
+
+
 def test_no_cluster_at_all_is_a_training_error(recipe_file):
     cfg = load_recipe(recipe_file, ["clusterer.eps=0.0001", "clusterer.min_samples=50"])
     tr = _trainer(cfg)
