@@ -10,8 +10,11 @@ from uvireid.data.transforms import (
     Augmenter,
     channel_adaptive_gray,
     channel_exchange,
+    _rectangles,
     load_images,
+    ltg,
     normalize,
+    pad_crop_flip,
     random_erasing,
 )
 from uvireid.types import ImageRecord
@@ -90,3 +93,82 @@ def test_augmenter_is_seeded_and_its_state_round_trips():
     a.load_state_dict(state)
     assert torch.equal(a(imgs, "infrared", "cpu"), first)
     assert torch.allclose(a(imgs, "test", "cpu"), normalize(imgs.float() / 255))
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_pad_crop_flip_gives_a_window_of_the_padded_image_per_image():
+    """Each output is one (H, W) window of its zero-padded image, flipped or not, with
+    offsets and flips that vary over the batch (checked by searching every window)."""
+    torch.manual_seed(0)
+    x = torch.rand(24, 3, 10, 6)
+    pad = 2
+    out = pad_crop_flip(x, pad, _gen(4))
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    seen = set()
+    for i in range(len(x)):
+        found = [
+            (oy, ox, flip)
+            for oy in range(2 * pad + 1)
+            for ox in range(2 * pad + 1)
+            for flip in (False, True)
+            if torch.equal(
+                out[i], (lambda win: win.flip(2) if flip else win)(xp[i, :, oy : oy + 10, ox : ox + 6])
+            )
+        ]
+        assert found, i
+        seen.add(found[0])
+    assert len(seen) > 10
+
+
+def test_rectangles_follow_the_erasing_distribution():
+    r = _rectangles(4000, 32, 16, _gen(0))
+    y, x, rh, rw, found = r.T
+    assert found.all()  # at 32 x 16 some draw always fits
+    assert ((rh > 0) & (rh < 32) & (rw > 0) & (rw < 16)).all()
+    assert ((y >= 0) & (y + rh <= 32) & (x >= 0) & (x + rw <= 16)).all()
+    frac = (rh * rw).double() / (32 * 16)
+    assert 0.01 < float(frac.min()) and float(frac.max()) < 0.5
+    assert 0.15 < float(frac.mean()) < 0.25  # uniform 2-40 %, less the draws that do not fit
+    # every offset can be drawn: the top-left corner and the far edge both occur
+    assert (y == 0).any() and (y + rh == 32).any() and (x == 0).any() and (x + rw == 16).any()
+
+
+def test_random_erasing_and_ltg_equal_their_per_image_loops():
+    """The batched versions against the reference's loop over images, fed the same draws."""
+    torch.manual_seed(1)
+    x = torch.rand(40, 3, 16, 8)
+    x[3] = 0  # an all-zero patch keeps its scale 1 in LTG
+    p = 0.6
+    out_e = random_erasing(x, p, _gen(7))
+    g = _gen(7)
+    hit = (torch.rand(40, generator=g) < p).tolist()
+    rects = _rectangles(40, 16, 8, g)
+    ref = x.clone()
+    for i in range(40):
+        y, xx, rh, rw, ok = rects[i].tolist()
+        if hit[i] and ok:
+            for c in range(3):
+                ref[i, c, y : y + rh, xx : xx + rw] = ERASE_FILL[c]
+    assert torch.equal(out_e, ref)
+    assert 10 < sum(hit) < 35
+
+    out_l = ltg(x, p, _gen(9))
+    g = _gen(9)
+    hit = (torch.rand(40, generator=g) < p).tolist()
+    rects = _rectangles(40, 16, 8, g)
+    n = torch.randn(40, 3, 2, generator=g) ** 2
+    beta = n[..., 0] / (n.sum(-1) + 1e-12)
+    ref = x.clone()
+    for i in range(40):
+        y, xx, rh, rw, ok = rects[i].tolist()
+        if hit[i] and ok:
+            for c in range(3):
+                patch = x[i, c, y : y + rh, xx : xx + rw]
+                if float(patch.max()) > 0:
+                    ref[i, c, y : y + rh, xx : xx + rw] = patch * (beta[i, c] / patch.max())
+    torch.testing.assert_close(out_l, ref, rtol=1e-6, atol=1e-7)
+    changed = [i for i in range(40) if not torch.equal(out_l[i], x[i])]
+    assert changed and 3 not in changed

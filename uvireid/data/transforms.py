@@ -169,13 +169,19 @@ def normalize(x01: torch.Tensor) -> torch.Tensor:
 
 
 def pad_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip_p: float = 0.5):
-    """Zero-pad by ``pad``, crop back to (H, W) at a random offset, flip with ``flip_p``."""
+    """Zero-pad by ``pad``, crop back to (H, W) at a random offset, flip with ``flip_p``.
+
+    The whole batch in one gather (no per-image slices: on a GPU each would be a launch).
+    """
     b, _, h, w = x.shape
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-        x = torch.stack([xp[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device)
+        rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # (b, h)
+        cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # (b, w)
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
     flip = (_rand(b, gen) < flip_p).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
@@ -198,42 +204,50 @@ def color_jitter(x01: torch.Tensor, strength: float, gen: torch.Generator) -> to
     return ((x - gray) * fs + gray).clamp(0, 1)
 
 
-def _rectangles(b: int, h: int, w: int, gen: torch.Generator, tries: int = 100):
-    """One random-erasing rectangle per image (area 2-40 %, aspect 0.3-3.33): (y, x, rh, rw)."""
-    out = []
-    for _ in range(b):
-        rect = None
-        for _ in range(tries):
-            area = h * w * (0.02 + 0.38 * float(_rand(1, gen)))
-            aspect = 0.3 + (1 / 0.3 - 0.3) * float(_rand(1, gen))
-            rh = int(round((area * aspect) ** 0.5))
-            rw = int(round((area / aspect) ** 0.5))
-            if 0 < rh < h and 0 < rw < w:
-                y = int(torch.randint(0, h - rh + 1, (1,), generator=gen))
-                x = int(torch.randint(0, w - rw + 1, (1,), generator=gen))
-                rect = (y, x, rh, rw)
-                break
-        out.append(rect)
-    return out
+def _rectangles(b: int, h: int, w: int, gen: torch.Generator, tries: int = 100) -> torch.Tensor:
+    """One random-erasing rectangle per image (area 2-40 %, aspect 0.3-3.33), drawn as the
+    reference's rejection loop (the first of ``tries`` draws that fits), for the whole
+    batch at once: (b, 5) int64 rows ``(y, x, rh, rw, found)``; ``found`` is 0 where no
+    draw fitted (that image is left unchanged)."""
+    area = h * w * (0.02 + 0.38 * torch.rand(b, tries, generator=gen, dtype=torch.float64))
+    aspect = 0.3 + (1 / 0.3 - 0.3) * torch.rand(b, tries, generator=gen, dtype=torch.float64)
+    rh = torch.round(torch.sqrt(area * aspect)).long()
+    rw = torch.round(torch.sqrt(area / aspect)).long()
+    fits = (rh > 0) & (rh < h) & (rw > 0) & (rw < w)
+    first = fits.long().argmax(1, keepdim=True)  # the first fitting draw (0 if none)
+    rh, rw = rh.gather(1, first).squeeze(1), rw.gather(1, first).squeeze(1)
+    found = fits.any(1)
+    u = torch.rand(b, 2, generator=gen, dtype=torch.float64)
+    y = torch.floor(u[:, 0] * (h - rh + 1)).long().clamp(max=h - 1)
+    xx = torch.floor(u[:, 1] * (w - rw + 1)).long().clamp(max=w - 1)
+    return torch.stack([y, xx, rh, rw, found.long()], 1)
+
+
+def _rect_mask(rects: torch.Tensor, hit: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
+    """(b, 1, h, w) bool: inside image i's rectangle, for the images with ``hit`` and a
+    rectangle found."""
+    r = rects.to(device)
+    on = hit.to(device) & (r[:, 4] > 0)
+    ys = torch.arange(h, device=device)[None, :]
+    xs = torch.arange(w, device=device)[None, :]
+    in_y = (ys >= r[:, 0:1]) & (ys < r[:, 0:1] + r[:, 2:3])  # (b, h)
+    in_x = (xs >= r[:, 1:2]) & (xs < r[:, 1:2] + r[:, 3:4])  # (b, w)
+    return (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]
 
 
 def random_erasing(
     x: torch.Tensor, p: float, gen: torch.Generator, fill: Sequence[float] = ERASE_FILL
 ) -> torch.Tensor:
     """Channel random erasing (Zhong et al., AAAI 2020): with probability ``p`` one
-    rectangle is filled with ``fill[c]`` in channel c (in normalised space, as the peers)."""
+    rectangle is filled with ``fill[c]`` in channel c (in normalised space, as the peers).
+    The batch in a few kernels (one mask), not one fill per image."""
     if p <= 0:
         return x
     b, _, h, w = x.shape
-    hit = (_rand(b, gen) < p).tolist()
-    rects = _rectangles(b, h, w, gen)
-    x = x.clone()
-    val = x.new_tensor(fill)[:, None, None]
-    for i in range(b):
-        if hit[i] and rects[i] is not None:
-            y, xx, rh, rw = rects[i]
-            x[i, :, y : y + rh, xx : xx + rw] = val
-    return x
+    hit = _rand(b, gen) < p
+    mask = _rect_mask(_rectangles(b, h, w, gen), hit, h, w, x.device)
+    val = x.new_tensor(fill)[None, :, None, None]
+    return torch.where(mask, val, x)
 
 
 def channel_exchange(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -262,25 +276,21 @@ def ltg(x01: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Linear transformation generator (LTG, Tan et al. 2023), one patch per image.
 
     With probability ``p``: a random-erasing rectangle; each channel whose patch maximum
-    is > 0 is scaled so that its new maximum is g ~ Beta(0.5, 0.5). Works on [0, 1].
+    is > 0 is scaled so that its new maximum is g ~ Beta(0.5, 0.5). Works on [0, 1]; the
+    batch at once (masked maxima), not image by image.
     """
     if p <= 0:
         return x01
     b, c, h, w = x01.shape
-    hit = (_rand(b, gen) < p).tolist()
+    hit = _rand(b, gen) < p
     rects = _rectangles(b, h, w, gen)
     # Beta(1/2, 1/2) from the generator: n1^2 / (n1^2 + n2^2) with n1, n2 ~ N(0, 1)
     n = torch.randn(b, c, 2, generator=gen) ** 2
     g = (n[..., 0] / (n.sum(-1) + 1e-12)).to(x01.device, x01.dtype)
-    x = x01.clone()
-    for i in range(b):
-        if hit[i] and rects[i] is not None:
-            y, xx, rh, rw = rects[i]
-            patch = x[i, :, y : y + rh, xx : xx + rw]
-            mx = patch.amax((1, 2))
-            scale = torch.where(mx > 0, g[i] / mx.clamp(min=1e-12), torch.ones_like(mx))
-            x[i, :, y : y + rh, xx : xx + rw] = patch * scale[:, None, None]
-    return x
+    mask = _rect_mask(rects, hit, h, w, x01.device)
+    mx = torch.where(mask, x01, torch.zeros((), dtype=x01.dtype, device=x01.device)).amax((2, 3))
+    scale = torch.where(mx > 0, g / mx.clamp(min=1e-12), torch.ones_like(mx))
+    return torch.where(mask, x01 * scale[:, :, None, None], x01)
 
 
 @dataclass
