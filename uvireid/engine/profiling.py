@@ -64,6 +64,10 @@ def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
     kernels = sum(
         1
         for e in events
-        if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
+        if e.name.startswith("aten::")
+        and e.name not in NO_KERNEL
+        # a leaf among the aten ops (on CUDA the runtime calls, e.g. cudaLaunchKernel,
+        # are an op's children too)
+        and not any(c.name.startswith("aten::") for c in e.cpu_children)
     )
     return waits, kernels
