@@ -93,16 +93,12 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     for loss in (dagl, fgsal, gpcr):
         loss.reset(ctx)
     x = torch.randn(3 * s, 3, height, width, device=dev)
-    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long().to(dev)
-    t = torch.as_tensor
+    mod = torch.cat([torch.zeros(2 * s), torch.ones(s)]).long()  # on the host, as the trainer
+    # as the trainer builds them: host labels, their device copy, the host copy along
+    cols = [batch_lab(s) for _ in range(4)] + [rng.integers(0, n, s) for _ in range(2)]
+    host = StepTargets(*(torch.as_tensor(c, dtype=torch.long) for c in cols), paired=True)
     targets = StepTargets(
-        t(batch_lab(s), device=dev),
-        t(batch_lab(s), device=dev),
-        t(batch_lab(s), device=dev),
-        t(batch_lab(s), device=dev),
-        t(rng.integers(0, n, s), device=dev),
-        t(rng.integers(0, n, s), device=dev),
-        paired=True,
+        *(torch.as_tensor(c, dtype=torch.long, device=dev) for c in cols), paired=True, host=host
     )
     fused = on_cuda or None  # the trainer's fused Adam on CUDA
     opt_plain = torch.optim.Adam(model.parameters(), lr=1e-5, fused=fused)

@@ -190,6 +190,7 @@ def test_row_normalize_pair_takes_int32_indexed_blocks(index_dtype):
             t.col_indices().to(index_dtype),
             t.values(),
             t.shape,
+            check_invariants=True,
         )
 
     out = cmrr_mod._row_normalize_pair(csr(a_dense), csr(b_dense)).to_dense().numpy()

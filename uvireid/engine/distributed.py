@@ -70,6 +70,15 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_labels(labels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``labels`` of every rank, in rank order (as :func:`all_gather_cat`); on one process
+    they stay where they are (labels on the host keep the memory updates from waiting
+    for the device), under DDP they travel through ``device`` (NCCL gathers GPU tensors)."""
+    if not is_distributed():
+        return labels
+    return all_gather_cat(torch.as_tensor(labels).to(device).long())
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (pickled; for labels and small results)."""
     if not is_distributed():

@@ -80,7 +80,7 @@ def extract_features(
 
         it = tqdm(loader, desc="extract", unit="batch", leave=False)
     for images, modality in it:
-        feats = model.extract(images.to(device, non_blocking=True), modality.to(device))
+        feats = model.extract(images.to(device, non_blocking=True), modality)  # modality: host
         chunks.append(feats.float().cpu())
     model.train(was_training)
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

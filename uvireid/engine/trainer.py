@@ -206,7 +206,7 @@ def extract_images(
     try:
         for s in range(0, len(images), batch):
             x = normalize(images[s : s + batch].to(device).float().div_(255.0))
-            m = mod[s : s + batch].to(device)
+            m = mod[s : s + batch]  # on the host: the backbone splits the batch there
             with _autocast(device, amp):
                 if part_module is not None:
                     out = backbone(x, m)
@@ -504,20 +504,16 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------
     def _targets(self, lab: EpochLabels, iv: np.ndarray, ir: np.ndarray, paired: bool):
-        dev = self.device
-
-        def t(a: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a[idx], dtype=torch.long, device=dev)
-
-        return StepTargets(
-            vis_in_v=t(lab.vis_in_v, iv),
-            vis_in_r=t(lab.vis_in_r, iv),
-            ir_in_r=t(lab.ir_in_r, ir),
-            ir_in_v=t(lab.ir_in_v, ir),
-            idx_v=torch.as_tensor(iv, dtype=torch.long, device=dev),
-            idx_r=torch.as_tensor(ir, dtype=torch.long, device=dev),
-            paired=paired,
-        )
+        # built on the host and copied to the device in one transfer; the host copy goes
+        # along (``StepTargets.host``) for the memory updates, which then never wait
+        cols = [lab.vis_in_v[iv], lab.vis_in_r[iv], lab.ir_in_r[ir], lab.ir_in_v[ir], iv, ir]
+        sizes = [len(c) for c in cols]
+        flat = torch.from_numpy(np.concatenate(cols).astype(np.int64))
+        host = StepTargets(*flat.split(sizes), paired=paired)
+        if torch.device(self.device).type == "cpu":
+            return host
+        dev = flat.to(self.device, non_blocking=True).split(sizes)
+        return StepTargets(*dev, paired=paired, host=host)
 
     def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
         s = stage.sampler
@@ -555,7 +551,8 @@ class Trainer:
         targets = self._targets(lab, iv, ir, paired)
         with _autocast(self.device, self.tr["amp"]):
             want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
-            out, parts = self.ddp_model(x, mod.to(self.device), sv if want_parts else None)
+            # the modality stays on the host: the backbone splits the batch there
+            out, parts = self.ddp_model(x, mod, sv if want_parts else None)
             feat = out.bn_feat.float()
             outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
             terms = {}

@@ -101,6 +101,7 @@ class _TwoMemories(nn.Module):
     def update_intra(self, outputs: StepOutputs, targets: StepTargets, use_ca: bool) -> None:
         """M^v with [f^v; f^a] (in this order; f^a only with ``use_ca``), M^r with f^r,
         each with its own labels."""
+        targets = targets.on_host()
         if use_ca:
             fv = torch.cat([outputs.feat_v, outputs.feat_a])
             yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
@@ -192,6 +193,6 @@ class DualClusterContrastLoss(_TwoMemories):
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """Both memories with every row that has a label in their space (batch order)."""
-        z, tv, tr = self._rows(outputs, targets)
+        z, tv, tr = self._rows(outputs, targets.on_host())
         self.memory_v.update(z, tv)
         self.memory_r.update(z, tr)

@@ -64,6 +64,9 @@ class StepTargets:
         idx_v, idx_r: the images' indices in the epoch's visible / infrared lists (for
             instance memories).
         paired: True when row n of the visible and the infrared images form a pair.
+        host: the same targets as CPU tensors, when the caller has them (the trainer
+            builds them from host arrays): the memory updates group their rows by label
+            from these, so that on a GPU they never read the device back.
     """
 
     vis_in_v: torch.Tensor
@@ -73,6 +76,11 @@ class StepTargets:
     idx_v: torch.Tensor
     idx_r: torch.Tensor
     paired: bool = False
+    host: StepTargets | None = None
+
+    def on_host(self) -> StepTargets:
+        """The host copy of these targets when there is one, else these targets."""
+        return self.host if self.host is not None else self
 
 
 @dataclass(kw_only=True)

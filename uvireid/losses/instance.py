@@ -122,6 +122,7 @@ class InstanceNeighbourLoss(nn.Module):
             self.register_buffer(name, torch.zeros(0, self.num_parts, 0))
         for name in ("row_v", "row_r"):  # image index -> memory row (-1: not in memory)
             self.register_buffer(name, torch.zeros(0, dtype=torch.long))
+        self._host_rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def reset(self, context: EpochContext) -> None:
@@ -194,19 +195,33 @@ class InstanceNeighbourLoss(nn.Module):
         and self parts); nothing with ``official_quirks``."""
         if self.official_quirks or not targets.paired:
             return
-        from uvireid.engine.distributed import all_gather_cat
+        from uvireid.engine.distributed import all_gather_cat, gather_labels
 
+        host = targets.on_host()
         for s, feat, idx, self_key in (
-            ("v", outputs.feat_v, targets.idx_v, ("v", "v")),
-            ("r", outputs.feat_r, targets.idx_r, ("r", "r")),
+            ("v", outputs.feat_v, host.idx_v, ("v", "v")),
+            ("r", outputs.feat_r, host.idx_r, ("r", "r")),
         ):
-            row = getattr(self, f"row_{s}")[all_gather_cat(idx)]
+            # the memory rows of the batch's images, looked up on the host (under DDP
+            # the indices of every rank are gathered on the device, then read back)
+            row = self._rows_of(s)[gather_labels(idx, feat.device).cpu()]
             mem = getattr(self, f"inst_{s}")
             momentum_update(mem, all_gather_cat(feat.detach().to(mem.dtype)), row, self.momentum)
             if self.use_parts and self_key in outputs.parts:
                 pm = getattr(self, f"part_{s}")
                 xp = all_gather_cat(outputs.parts[self_key].detach().to(pm.dtype))
                 momentum_update(pm, xp, row, self.momentum)
+
+    def _rows_of(self, s: str) -> torch.Tensor:
+        """The image -> memory-row map of modality ``s`` on the host (a copy of the
+        ``row_s`` buffer, made once per epoch), so that the updates' labels are host
+        arrays."""
+        buf = getattr(self, f"row_{s}")
+        cached = self._host_rows.get(s)
+        if cached is None or cached[0] is not buf:
+            cached = (buf, buf.cpu())
+            self._host_rows[s] = cached
+        return cached[1]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("inst_v", "inst_r", "part_v", "part_r", "row_v", "row_r"):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uvireid.engine.distributed import all_gather_cat
+from uvireid.engine.distributed import all_gather_cat, gather_labels
 
 __all__ = ["ClusterMemory", "centroids", "momentum_update"]
 
@@ -42,7 +42,10 @@ def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) ->
 
 
 def momentum_update(
-    memory: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: float
+    memory: torch.Tensor,
+    feats: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    momentum: float,
 ) -> None:
     """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
 
@@ -50,47 +53,42 @@ def momentum_update(
     label in a batch compound, in batch order), computed in rounds: the rows are grouped
     by label (batch order kept within a group) and round r updates the r-th row of every
     group at once, which gives the sequential result (to rounding: ``torch.lerp``) with as
-    many steps as the most frequent label has rows. The groups' sizes are the only values
-    read back from the device (one synchronisation per call on a GPU, whatever the batch;
-    the rounds themselves never wait, and round r touches only the groups that have an
-    r-th row). ``memory`` may be (K, d) or (K, P, d) (one update per part,
-    normalised over the last dimension), also a view such as ``(P, K, d).transpose(0, 1)``.
+    many steps as the most frequent label has rows. The grouping is index arithmetic on
+    the host: with ``labels`` on the host (a CPU tensor or numpy array, as the trainer
+    passes them) nothing is read back from the device and the update never waits; labels
+    on a GPU are read back once. The indices reach the device in one copy, and round r
+    touches only the groups that have an r-th row. ``memory`` may be (K, d) or (K, P, d)
+    (one update per part, normalised over the last dimension), also a view such as
+    ``(P, K, d).transpose(0, 1)``.
     """
-    labels = labels.to(memory.device).long()
-    order = torch.sort(labels, stable=True).indices  # -1 first, batch order within a label
-    y = labels[order]
-    uniq, counts = torch.unique_consecutive(y, return_counts=True)
-    if len(uniq) == 0:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()  # no wait when they are on the host
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    kept = np.flatnonzero(lab >= 0)
+    if kept.size == 0:
         return
-    # one read-back: the first label (-1 or not) and the group sizes
-    meta = torch.cat([uniq[:1], counts]).tolist()
-    skip = meta[1] if meta[0] < 0 else 0  # the outliers sort first: their rows are dropped
-    sizes = meta[2:] if skip else meta[1:]
-    if not sizes:
-        return
-    rounds = max(sizes)
-    start = counts.cumsum(0) - counts
-    group = torch.repeat_interleave(
-        torch.arange(len(uniq), device=y.device), counts, output_size=len(y)
-    )
-    slot = (torch.arange(len(y), device=y.device) - start[group])[skip:]
-    group = group[skip:] - (1 if skip else 0)
-    uniq, counts = (uniq[1:], counts[1:]) if skip else (uniq, counts)
-    # the groups by decreasing size (on the device: nothing to wait for), so that round r
-    # updates a prefix of them, whose length the sizes read back above give
-    by_size = torch.sort(counts, descending=True, stable=True).indices
-    rank_of = torch.empty_like(by_size)
-    rank_of[by_size] = torch.arange(len(by_size), device=by_size.device)
-    x = F.normalize(feats.detach().to(memory.dtype)[order[skip:]], dim=-1)
-    xs = x.new_zeros((len(uniq), rounds, *x.shape[1:]))  # (U, R, ...) rows in batch order
-    xs[rank_of[group], slot] = x
-    uniq = uniq[by_size]
-    live = [sum(1 for c in sizes if c > r) for r in range(rounds)]  # groups in round r
-    m = memory[uniq]
-    for r, n in enumerate(live):
-        row = torch.lerp(xs[:n, r], m[:n], momentum)  # mu M[y] + (1 - mu) x
-        torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:n])
-    memory[uniq] = m
+    order = kept[np.argsort(lab[kept], kind="stable")]  # by label, batch order within
+    uniq, start, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(uniq)), counts)
+    slot = np.arange(len(order)) - start[group]  # a row's place within its label
+    # the groups by decreasing size, so that round r updates a prefix of them
+    by_size = np.argsort(-counts, kind="stable")
+    rank_of = np.empty_like(by_size)
+    rank_of[by_size] = np.arange(len(by_size))
+    rounds = int(counts.max())
+    live = [int((counts > r).sum()) for r in range(rounds)]  # groups in round r
+    n, u = len(order), len(uniq)
+    idx = torch.from_numpy(np.concatenate([order, rank_of[group], slot, uniq[by_size]]))
+    idx = idx.to(memory.device, non_blocking=True)
+    rows, targets = idx[:n], idx[3 * n :]
+    x = F.normalize(feats.detach().to(memory.dtype)[rows], dim=-1)
+    xs = x.new_zeros((u, rounds, *x.shape[1:]))  # (U, R, ...) rows in batch order
+    xs[idx[n : 2 * n], idx[2 * n : 3 * n]] = x
+    m = memory[targets]
+    for r, live_r in enumerate(live):
+        row = torch.lerp(xs[:live_r, r], m[:live_r], momentum)  # mu M[y] + (1 - mu) x
+        torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:live_r])
+    memory[targets] = m
 
 
 class ClusterMemory(nn.Module):
@@ -129,8 +127,7 @@ class ClusterMemory(nn.Module):
         """Explicit momentum update with (B, d) ``feats`` and (B,) ``labels`` (-1 skipped),
         gathered from every rank first under DDP."""
         feats = all_gather_cat(feats.detach().to(self.features.dtype))
-        labels = all_gather_cat(labels.to(feats.device).long())
-        momentum_update(self.features, feats, labels, self.momentum)
+        momentum_update(self.features, feats, gather_labels(labels, feats.device), self.momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "features"

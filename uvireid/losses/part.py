@@ -118,12 +118,12 @@ class PartContrastLoss(nn.Module):
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """Each memory with its rows and targets, every part at once (Eq. 7 per part)."""
-        from uvireid.engine.distributed import all_gather_cat
+        from uvireid.engine.distributed import all_gather_cat, gather_labels
 
-        for name, (x, y) in self._rows(outputs, targets).items():
+        for name, (x, y) in self._rows(outputs, targets.on_host()).items():
             mem = getattr(self, name)  # (P, K, d), updated in place through its (K, P, d) view
             x = all_gather_cat(x.detach().to(mem.dtype))
-            momentum_update(mem.transpose(0, 1), x, all_gather_cat(y), self.momentum)
+            momentum_update(mem.transpose(0, 1), x, gather_labels(y, x.device), self.momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in MEMORIES:

@@ -24,6 +24,7 @@ import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -271,8 +272,18 @@ class TwoStreamResNet(_ReidHead):
             if isinstance(modality, numbers.Integral):
                 x = self.specific[int(modality)](x)
             else:
-                m = modality_tensor(modality, x.shape[0], x.device)
-                parts = [(m == k).nonzero(as_tuple=True)[0] for k in range(self.num_modalities)]
+                # the split is computed where the modality is: a host tensor (as the
+                # trainer passes it) costs a GPU run no wait, only an index copy
+                src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
+                m = modality_tensor(modality, x.shape[0], src)
+                if m.device.type == "cpu":
+                    on_host = m.numpy()
+                    parts = [
+                        torch.from_numpy(np.flatnonzero(on_host == k)).to(x.device, non_blocking=True)
+                        for k in range(self.num_modalities)
+                    ]
+                else:
+                    parts = [(m == k).nonzero(as_tuple=True)[0] for k in range(self.num_modalities)]
                 outs = [(idx, self.specific[k](x[idx])) for k, idx in enumerate(parts) if len(idx)]
                 if len(outs) == 1:
                     x = outs[0][1]
