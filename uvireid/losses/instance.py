@@ -170,13 +170,18 @@ class InstanceNeighbourLoss(nn.Module):
         lg = self._logits(z, memory.transpose(0, 1))  # (P, 9S, N)
         nb = topk_indices(lg.detach(), self.k)  # row-wise: the same as block by block
         nbr = dict(zip(pairs, nb.chunk(len(pairs), dim=1)))  # (P, S, k) each
-        cand, member = [], []
-        for q, m in key:
-            o1, o2 = (o for o in MAPS if o != m)
-            # [N_k(q->o1) ∪ N_k(q->o2)] ∩ N_k^global(q), as a mask over N_k^global(q)
-            cand.append(glob[q])
-            member.append(members(glob[q], nbr[q, o1], nbr[q, o2]))
-        return positive_nll(lg, torch.cat(cand), torch.cat(member, dim=1))
+        # [N_k(q->o1) ∪ N_k(q->o2)] ∩ N_k^global(q), as a mask over N_k^global(q), for
+        # the nine (q, m) rows at once: (9, P, S, k)
+        others = [[o for o in MAPS if o != m] for _, m in key]
+        cand = torch.stack([glob[q] for q, _ in key])  # (9, S, k)
+        member = members(
+            cand[:, None],
+            torch.stack([nbr[q, o[0]] for (q, _), o in zip(key, others)]),
+            torch.stack([nbr[q, o[1]] for (q, _), o in zip(key, others)]),
+        )
+        p, n9 = member.shape[1], len(key)
+        member = member.transpose(0, 1).reshape(p, n9 * cand.shape[1], -1)  # (P, 9S, k)
+        return positive_nll(lg, cand.reshape(n9 * cand.shape[1], -1), member)
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
         if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):
