@@ -100,6 +100,38 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
 
 
+def test_a_nan_step_inside_a_read_window_is_named(recipe_file, monkeypatch):
+    """The loss values are read back a window of steps at a time (the host does not wait
+    for the device every step); a non-finite step in the middle of a window is still
+    found and named, and the epoch is not saved."""
+    from uvireid.engine import trainer as trainer_mod
+
+    calls = {"n": 0}
+    forward = DualClusterContrastLoss.forward
+
+    def nan_from_the_fourth(self, outputs, targets):
+        calls["n"] += 1
+        value = forward(self, outputs, targets)
+        return value * float("nan") if calls["n"] >= 4 else value
+
+    monkeypatch.setattr(DualClusterContrastLoss, "forward", nan_from_the_fourth)
+    read = []
+    original = trainer_mod.Trainer._read_losses
+
+    def spy(self, pending, sums, first_step):
+        read.append((first_step, len(pending)))
+        return original(self, pending, sums, first_step)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_read_losses", spy)
+    cfg = load_recipe(recipe_file, ["stages.1.iters_per_epoch=12"])
+    with pytest.raises(TrainingError, match="epoch 1, step 3: the loss is nan"):
+        run_recipe(cfg, progress=False)
+    assert read[-1] == (0, trainer_mod.READ_EVERY)  # one read-back for the first 10 steps
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert _final(folder)["epoch"] == 1
+    assert len(folder.read_metrics()) == 1
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(recipe_file, monkeypatch):
     def nan_forward(self, outputs, targets):
         return outputs.feat_v.sum() * float("nan")

@@ -171,6 +171,10 @@ class TrainModel(nn.Module):
         return out, parts
 
 
+#: steps whose loss values are read back from the device at once (and checked finite)
+READ_EVERY = 10
+
+
 def _autocast(device: str, amp: bool):
     if amp and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -534,7 +538,9 @@ class Trainer:
         return IdentitySampler(lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"]), False
 
     def step(self, stage: Stage, losses: nn.ModuleList, lab: EpochLabels, batch, paired: bool):
-        """One optimiser step; returns {term: value} (floats)."""
+        """One optimiser step; returns ``(names, values)``: the loss terms' names ("total"
+        first) and their values as one (T,) tensor on the device, not read back (the
+        epoch loop reads a window of steps at once: :data:`READ_EVERY`)."""
         iv, ir = batch.idx_v, batch.idx_r
         xv = self.images_v[torch.as_tensor(iv, dtype=torch.long)]
         xr = self.images_r[torch.as_tensor(ir, dtype=torch.long)]
@@ -572,19 +578,33 @@ class Trainer:
         for loss in used:
             if hasattr(loss, "update"):
                 loss.update(detached, targets)
-        # the step's one read-back of the loss values, once everything is queued (on a GPU
-        # the host waits here, not between the forward, the backward and the updates)
         read = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())])
-        total_value, *term_values = read.tolist()
-        values = dict(zip(terms, term_values))
-        if not math.isfinite(total_value):  # nothing of this step reaches a checkpoint
-            parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise TrainingError(
-                f"epoch {self.epoch}: the loss is {total_value} ({parts}); training "
-                f"stopped and the last good checkpoint is kept. Lower train.lr, or check the "
-                f"data and the pseudo-labels"
-            )
-        values["total"] = total_value
+        return ("total", *terms), read
+
+    def _read_losses(self, pending: list, sums: dict[str, float], first_step: int) -> dict:
+        """Read a window of steps' loss values back in one transfer (on a GPU the host
+        waits here only, every :data:`READ_EVERY` steps, so it can queue the next step
+        while the device finishes this one); add them to ``sums``; return the last step's.
+
+        Raises:
+            TrainingError: a non-finite loss, naming its step. Checkpoints are written at
+                the end of an epoch, after its last window is read, so nothing of that
+                epoch is saved: the last good checkpoint is kept.
+        """
+        values: dict[str, float] = {}
+        rows = torch.stack([r for _, r in pending]).tolist() if pending else []
+        for i, ((names, _), row) in enumerate(zip(pending, rows)):
+            values = dict(zip(names, row))
+            if not math.isfinite(values["total"]):
+                parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "total")
+                raise TrainingError(
+                    f"epoch {self.epoch}, step {first_step + i}: the loss is "
+                    f"{values['total']} ({parts}); training stopped and the last good "
+                    f"checkpoint is kept. Lower train.lr, or check the data and the "
+                    f"pseudo-labels"
+                )
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
         return values
 
     def train_epoch(self, epoch: int) -> dict:
@@ -648,14 +668,16 @@ class Trainer:
 
             it = tqdm(it, desc=f"epoch {epoch} ({stage.name})", leave=False, unit="it")
         n_images = 0
-        for _ in it:
+        pending: list = []
+        for i in it:
             batch = sampler.sample(self.rng)
-            values = self.step(stage, losses, lab, batch, paired)
+            pending.append(self.step(stage, losses, lab, batch, paired))
             n_images += 2 * len(batch.idx_v) + len(batch.idx_r)
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if self.progress:
-                it.set_postfix(loss=f"{values['total']:.3f}")
+            if len(pending) == READ_EVERY or i == stage.iters - 1:
+                values = self._read_losses(pending, sums, i + 1 - len(pending))
+                pending = []
+                if self.progress:
+                    it.set_postfix(loss=f"{values['total']:.3f}")
         seconds["train"] = time.perf_counter() - t0
         D.broadcast_buffers(self.model)
         self.scheduler.step()
