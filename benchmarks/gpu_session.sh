@@ -30,7 +30,7 @@ run() {  # run NAME SECONDS COMMAND...
 # every test with a CUDA case (the CUDA paths against the CPU result)
 run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py -k "device or channels_last or placed"
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
-run pseudo_labels 70 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
+run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
 run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
 # issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16 and fp32
@@ -38,9 +38,10 @@ run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 
 # issue 5 item 8: one SALCR step against the plain step at the paper's size, and its
 # host-device syncs / kernel ops (the H100 step was sync-bound before the sync-free losses)
 run overhead 50 "$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --count-ops
+run overhead_bf16 30 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
-run demo 100 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
+run demo 90 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
 # issue 3: scalable CMFP at 1M on the GPU through uvireid's ivf kNN (no faiss needed)
-run rerank_ivf 45 "$py" benchmarks/rerank_speed.py --device cuda --only scalable --scalable-sizes 1000000 --knn-backend ivf
+run rerank_ivf 40 "$py" benchmarks/rerank_speed.py --device cuda --only scalable --scalable-sizes 1000000 --knn-backend ivf
 echo "done in $SECONDS s; logs in $out"

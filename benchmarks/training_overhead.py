@@ -2,7 +2,7 @@
 
     python benchmarks/training_overhead.py [--arch resnet18] [--height 128 --width 64]
                                            [--ids 8 --images 4] [--repeats 5]
-                                           [--device cpu|cuda] [--threads 1]
+                                           [--device cpu|cuda] [--threads 1] [--amp]
 
 On the same paired batch (``ids`` labels x ``images`` visible + as many infrared, plus
 the channel-augmented copies: 3 S images), it times (best of ``repeats``, after a
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA), as train.amp")
     ap.add_argument(
         "--count-ops",
         action="store_true",
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         args.memory,
         args.clusters,
         dev,
+        amp=args.amp,
         images=args.images,
     )
     c, k, n = model.out_dim, args.clusters, args.memory
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"threads), torch {torch.__version__}"
     )
     print(
-        f"{args.arch} {args.height}x{args.width}, batch 3 x {s} images, P={args.parts}, "
+        f"{args.arch} {args.height}x{args.width}, {'bf16' if args.amp else 'fp32'}, "
+        f"batch 3 x {s} images, P={args.parts}, "
         f"memories {n} instances / {k} clusters per modality"
     )
     print(f"| step | seconds (best of {args.repeats}) | ratio |")
