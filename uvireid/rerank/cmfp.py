@@ -130,6 +130,7 @@ def _select(
     kc: int,
     n_cols: int,
     full_rows,
+    has_ties: bool | None = None,
 ) -> _Block:
     """Keep, per row, the entries ``>=`` the kc-th value, clamp at 0, row-normalise.
 
@@ -141,6 +142,8 @@ def _select(
         n_cols: block width.
         full_rows: ``f(rows) -> (len(rows), n_cols)`` exact similarities of those rows,
             called only for the rows with such a tie.
+        has_ties: whether any row has such a tie, when the caller has already read it
+            back (:func:`_tie_flags`, one read-back for several blocks); None: read here.
 
     Rows without a straddling tie keep exactly their first kc candidates (negative ones as
     explicit zeros), so the CSR is regular; tied rows keep every entry ``>=`` their
@@ -151,7 +154,9 @@ def _select(
     tied = None
     if kk > kc:
         tied_mask = vals[:, kc] == vals[:, kc - 1]
-        if bool(tied_mask.any()):
+        if has_ties is None:
+            has_ties = bool(tied_mask.any())
+        if has_ties:
             tied = tied_mask.nonzero().squeeze(1)
     # ordinary rows: the first kc candidates, columns in increasing order
     col, perm = idx[:, :kc].sort(dim=1)
@@ -194,12 +199,30 @@ def _select(
     return _Block(crow, out_col, out_val, (n, n_cols))
 
 
-def _dense_block(sim: torch.Tensor, k: int) -> _Block:
-    n, m = sim.shape
-    kc = min(k, m)
-    kk = min(kc + 1, m)
-    vals, idx = torch.topk(sim, kk, dim=1, sorted=True)
-    return _select(vals, idx, kc, m, lambda rows: sim[rows])
+def _tie_flags(tops: list[tuple[torch.Tensor, int]]) -> list[bool]:
+    """For each ``(vals, kc)``, whether some row ties at its kc-th value past the kc-th
+    place: read back from the device once for all of them (one wait on a GPU, not one
+    per block)."""
+    checks = [
+        (v[:, kc] == v[:, kc - 1]).any() if v.shape[1] > kc else v.new_zeros((), dtype=torch.bool)
+        for v, kc in tops
+    ]
+    return [bool(x) for x in torch.stack(checks).tolist()] if checks else []
+
+
+def _dense_blocks(sims: dict[str, torch.Tensor], k: int) -> dict[str, _Block]:
+    """The dense path's blocks: every block's top-k first, then one read-back of the
+    tie flags, then the selection."""
+    tops = {}
+    for name, sim in sims.items():
+        m = sim.shape[1]
+        kc = min(k, m)
+        tops[name] = (*torch.topk(sim, min(kc + 1, m), dim=1, sorted=True), kc)
+    flags = _tie_flags([(v, kc) for v, _, kc in tops.values()])
+    return {
+        name: _select(v, i, kc, sims[name].shape[1], lambda rows, s=sims[name]: s[rows], flag)
+        for (name, (v, i, kc)), flag in zip(tops.items(), flags)
+    }
 
 
 def _width(k: int, m: int) -> int:
@@ -266,12 +289,13 @@ def affinity_blocks(
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
     if mode == "dense":
         s_qg = query @ gallery.T
-        return {
-            "qq": _dense_block(gram_symmetric(query), k),
-            "qg": _dense_block(s_qg, k),
-            "gq": _dense_block(s_qg.T.contiguous(), k),
-            "gg": _dense_block(gram_symmetric(gallery), k),
+        sims = {
+            "qq": gram_symmetric(query),
+            "qg": s_qg,
+            "gq": s_qg.T.contiguous(),
+            "gg": gram_symmetric(gallery),
         }
+        return _dense_blocks(sims, k)
     if backend in ("faiss-ivf", "ivf"):
         return _sparse_blocks_one_index(query, gallery, k, backend)
     return {
