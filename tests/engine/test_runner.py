@@ -67,6 +67,27 @@ def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
     assert len(lines) == 1 and lines[0]["epoch"] == 0 and "extract" in lines[0]["seconds"]
 
 
+def test_evaluation_reranks_on_the_run_device(recipe, monkeypatch):
+    """The recipe's re-ranker gets tensors on the run's device (a GPU run re-ranks on
+    the GPU), through the OnDevice adapter, and the provenance keeps its name."""
+    import torch
+
+    from uvireid.rerank.cmfp import CMFP
+
+    seen = []
+    rerank = CMFP.rerank
+
+    def spy(self, query, gallery):
+        seen.append((type(query), getattr(query, "device", None)))
+        return rerank(self, query, gallery)
+
+    monkeypatch.setattr(CMFP, "rerank", spy)
+    folder = run_recipe(load_recipe(recipe), progress=False)
+    assert seen and all(t is torch.Tensor and d.type == "cpu" for t, d in seen)
+    results = json.loads((folder.path / "results.json").read_text())
+    assert results["cmfp"]["provenance"]["reranker"] == "cmfp(k=3)"
+
+
 def test_first_trial_matches_the_metric_on_the_saved_features(recipe):
     from uvireid.evaluation.protocols import sysu_gallery_indices, sysu_query_indices
 

@@ -21,6 +21,7 @@ from uvireid.engine.extract import extract_features
 from uvireid.engine.run_folder import RunFolder, build_manifest
 from uvireid.errors import ConfigError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
+from uvireid.rerank import OnDevice
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def evaluate(
     results = {"none": run_protocol(feats, protocol, **kwargs)}
     seconds["evaluate"] = time.perf_counter() - t0
     if cfg.get("reranker"):
-        reranker = RERANKERS.build(cfg["reranker"])
+        # on the training device: a GPU run re-ranks on the GPU, not on the host
+        reranker = OnDevice(RERANKERS.build(cfg["reranker"]), device)
         t0 = time.perf_counter()
         results[cfg["reranker"]["type"]] = run_protocol(
             feats, protocol, reranker=reranker, **kwargs

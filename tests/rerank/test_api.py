@@ -1,0 +1,41 @@
+"""The re-rankers' device adapter used by the trainer's evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ),
+    ],
+)
+def test_on_device_reranks_where_it_is_told_and_returns_numpy(device):
+    """The trainer's evaluation wraps its re-ranker in OnDevice: the protocols hand over
+    numpy arrays, the re-ranker gets tensors on the training device, the protocol gets
+    numpy back, and the provenance name is the re-ranker's."""
+    from uvireid.rerank import CMFP, OnDevice
+
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    g = rng.normal(size=(12, 16)).astype(np.float32)
+    seen = []
+
+    class Spy(CMFP):
+        def rerank(self, query, gallery):
+            seen.append((type(query), query.device.type, type(gallery), gallery.device.type))
+            return super().rerank(query, gallery)
+
+    wrapped = OnDevice(Spy(k=5), device)
+    out = wrapped.rerank(q, g)
+    assert isinstance(out, np.ndarray) and out.shape == (40, 12)
+    assert seen == [(torch.Tensor, device, torch.Tensor, device)]
+    np.testing.assert_allclose(out, CMFP(k=5).rerank(q, g), rtol=1e-5, atol=1e-5)
+    assert wrapped.name == "cmfp(k=5)"
