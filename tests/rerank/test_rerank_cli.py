@@ -97,3 +97,30 @@ def test_features_file_missing_a_key(tmp_path, capsys):
     rc = main(["rerank", str(path), "--reranker", "cmfp", "--protocol", "sysu-all"])
     err = capsys.readouterr().err
     assert rc == 2 and "FeatureFileError" in err and "modality" in err
+
+
+def test_rerank_device_is_checked_and_used(numpy_file, capsys, monkeypatch):
+    """--device: the re-ranker computes there (it gets tensors on that device), the
+    tables are the CPU default's; a device torch cannot use is a clear error."""
+    import torch
+
+    from uvireid.rerank.cmfp import CMFP
+
+    args = ["rerank", str(numpy_file), "--reranker", "cmfp", "--k", "5", "--protocol",
+            "sysu-all", "--trials", "1"]  # fmt: skip
+    assert main(args) == 0
+    default = capsys.readouterr().out
+    seen = []
+    rerank = CMFP.rerank
+
+    def spy(self, query, gallery):
+        seen.append(query.device.type if isinstance(query, torch.Tensor) else "numpy")
+        return rerank(self, query, gallery)
+
+    monkeypatch.setattr(CMFP, "rerank", spy)
+    assert main([*args, "--device", "cpu"]) == 0
+    again = capsys.readouterr().out
+    assert seen == ["cpu"]
+    assert again.split("re-ranking time")[0] == default.split("re-ranking time")[0]
+    rc = main([*args, "--device", "gpu"])
+    assert rc == 2 and "is not a device" in capsys.readouterr().err

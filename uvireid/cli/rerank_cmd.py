@@ -26,6 +26,7 @@ examples:
   uvireid rerank sysu_test.npz --reranker aim --set k1=4 --set k2=1 --protocol sysu-all
   uvireid rerank sysu_test.npz --reranker all --protocol sysu-all --trials 10 --json rr.json
   uvireid rerank regdb_split1.npz --reranker cmfp --k 8 --protocol regdb-v2i
+  uvireid rerank sysu_test.npz --reranker cmfp --protocol sysu-all --device cuda
 
 The features file may come from uvireid (uvireid.save_features) or from any codebase that
 writes an .npz with feats (N, d), pids, cams, modality (0 visible, 1 infrared); see
@@ -65,6 +66,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--perm-file", default=None, help="SYSU-MM01 exp/rand_perm_cam.mat")
     p.add_argument("--feature-head", default=None, help="recorded in the provenance")
     p.add_argument("--stable", action="store_true", help="rank with a stable sort")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the re-ranker computes: cpu (default), cuda, cuda:N or auto",
+    )
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the results")
     p.set_defaults(func=run)
     return p
@@ -145,9 +151,16 @@ def run(args: argparse.Namespace) -> int:
             f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
             f"several files (one per split); pass one {spec.dataset_name} test-set file"
         )
+    from uvireid.config import check_device, resolve_device
+    from uvireid.rerank import OnDevice
+
+    device = resolve_device(check_device(args.device, "--device"))
     kwargs = _keywords(args)
     names = RERANKERS.names() if args.reranker == "all" else [args.reranker]
-    parts = [_Timed(_build(n, kwargs, strict=args.reranker != "all"), n) for n in names]
+    parts = [
+        _Timed(OnDevice(_build(n, kwargs, strict=args.reranker != "all"), device), n)
+        for n in names
+    ]
 
     features = [load_features(f) for f in args.features]
     feats = features if len(features) > 1 else features[0]
