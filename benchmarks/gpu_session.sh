@@ -28,7 +28,7 @@ run() {  # run NAME SECONDS COMMAND...
     tail -n 12 "$out/$name.log"
 }
 # every test with a CUDA case (the CUDA paths against the CPU result)
-run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py -k "device or channels_last or placed"
+run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py -k "device or channels_last or placed"
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
 run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
