@@ -99,12 +99,13 @@ def sysu_pseudo_label_seconds(device, scale: float = 1.0) -> dict:
 SYSU_TEST = (3803, 6775)  # infrared queries, visible test images (all-search)
 
 
-def sysu_evaluation_seconds(device, per_image_extract: float) -> dict:
+def sysu_evaluation_seconds(device, per_image_extract: float, scale: float = 1.0) -> dict:
     """Seconds of one evaluation of ``salcr.yaml`` at SYSU-MM01 test size: the test set's
     extraction (flip-averaged: twice the measured per-image rate) and the protocol's
     ten trials without and with the recipe's re-ranker (CMFP(te), on ``device`` as the
     trainer runs it), on synthetic features of the real counts (96 identities, d = 2048;
-    infrared queries from cameras 3 and 6, visible images from 1, 2, 4, 5)."""
+    infrared queries from cameras 3 and 6, visible images from 1, 2, 4, 5; ``scale``
+    shrinks the counts, for ``--quick``)."""
     from uvireid.evaluation.protocols import run_protocol
     from uvireid.features import Features
     from uvireid.registry import RERANKERS
@@ -113,10 +114,11 @@ def sysu_evaluation_seconds(device, per_image_extract: float) -> dict:
     ref = load_recipe("salcr")
     ev = ref["evaluation"]
     rng = np.random.default_rng(0)
-    nq, ng = SYSU_TEST
-    pids = np.concatenate([rng.integers(0, 96, nq), rng.integers(0, 96, ng)])
+    nq, ng = (max(40, round(n * scale)) for n in SYSU_TEST)
+    ids = max(10, round(96 * scale))
+    pids = np.concatenate([rng.integers(0, ids, nq), rng.integers(0, ids, ng)])
     cams = np.concatenate([rng.choice([3, 6], nq), rng.choice([1, 2, 4, 5], ng)])
-    centres = rng.normal(size=(96, 2048))
+    centres = rng.normal(size=(ids, 2048))
     feats = centres[pids] + rng.normal(size=(nq + ng, 2048))
     feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
     modality = np.concatenate([np.ones(nq, np.int64), np.zeros(ng, np.int64)])
@@ -130,6 +132,7 @@ def sysu_evaluation_seconds(device, per_image_extract: float) -> dict:
     run_protocol(bank, ev["protocol"], reranker=reranker, **kwargs)
     t2 = time.perf_counter()
     return {
+        "images": nq + ng,
         "extract": 2 * per_image_extract * (nq + ng),
         "protocol": t1 - t0,
         "reranked": t2 - t1,
@@ -192,7 +195,6 @@ def main(argv=None) -> int:
     batch = {  # images per modality and step (the visible ones also pass as CA views)
         st["name"]: st["sampler"]["ids"] * st["sampler"]["images"] for st in cfg["stages"]
     }
-    s = batch["salcr"]
     bare_of = {
         name: bare_step_rate(arch, height, width, n, device, args.amp, 3 if quick else 20)
         for name, n in batch.items()
@@ -238,10 +240,11 @@ def main(argv=None) -> int:
         f"{pl['k_v']} / {pl['k_r']} clusters): salcr.yaml's clusterer {pl['cluster']:.2f} s "
         f"(both modalities), associator {pl['associate']:.2f} s"
     )
-    ev = sysu_evaluation_seconds(device, per_img_extract)
+    ev = sysu_evaluation_seconds(device, per_img_extract, 0.1 if quick else 1.0)
     eval_s = ev["extract"] + ev["protocol"] + ev["reranked"]
     print(
-        f"evaluation at SYSU-MM01 test size ({sum(SYSU_TEST)} images; salcr.yaml evaluates "
+        f"evaluation at {'a tenth of ' if quick else ''}SYSU-MM01 test size ({ev['images']} "
+        f"images; salcr.yaml evaluates "
         f"every epoch): extract {ev['extract']:.1f} s (flip-averaged, from the measured "
         f"rate), 10 trials {ev['protocol']:.2f} s, with CMFP(te) on {device.type} "
         f"{ev['reranked']:.2f} s"

@@ -8,9 +8,9 @@ import torch
 from uvireid.data.transforms import (
     ERASE_FILL,
     Augmenter,
+    _rectangles,
     channel_adaptive_gray,
     channel_exchange,
-    _rectangles,
     load_images,
     ltg,
     normalize,
@@ -115,7 +115,8 @@ def test_pad_crop_flip_gives_a_window_of_the_padded_image_per_image():
             for ox in range(2 * pad + 1)
             for flip in (False, True)
             if torch.equal(
-                out[i], (lambda win: win.flip(2) if flip else win)(xp[i, :, oy : oy + 10, ox : ox + 6])
+                out[i],
+                (lambda win: win.flip(2) if flip else win)(xp[i, :, oy : oy + 10, ox : ox + 6]),
             )
         ]
         assert found, i

@@ -139,7 +139,9 @@ def test_channels_last_model_gives_the_same_outputs_and_parts_in_nhwc():
     rel = float((gb - ga).norm() / ga.norm())
     assert rel < 1e-3
     with torch.no_grad():
-        torch.testing.assert_close(cl.eval().extract(x, mod), ref.eval().extract(x, mod), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            cl.eval().extract(x, mod), ref.eval().extract(x, mod), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_streams_start_from_the_same_weights():

@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = _keywords(args)
     names = RERANKERS.names() if args.reranker == "all" else [args.reranker]
     parts = [
-        _Timed(OnDevice(_build(n, kwargs, strict=args.reranker != "all"), device), n)
-        for n in names
+        _Timed(OnDevice(_build(n, kwargs, strict=args.reranker != "all"), device), n) for n in names
     ]
 
     features = [load_features(f) for f in args.features]

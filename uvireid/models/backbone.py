@@ -279,7 +279,9 @@ class TwoStreamResNet(_ReidHead):
                 if m.device.type == "cpu":
                     on_host = m.numpy()
                     parts = [
-                        torch.from_numpy(np.flatnonzero(on_host == k)).to(x.device, non_blocking=True)
+                        torch.from_numpy(np.flatnonzero(on_host == k)).to(
+                            x.device, non_blocking=True
+                        )
                         for k in range(self.num_modalities)
                     ]
                 else:
