@@ -1,0 +1,133 @@
+"""What the cross-modal association costs SALCR on the synthetic dataset.
+
+    python benchmarks/association_bound.py oracle [OVERRIDE ...]
+    python benchmarks/association_bound.py sweep CHECKPOINT [OVERRIDE ...]
+
+``oracle`` trains the demo recipe (with the given ``key=value`` overrides, e.g.
+``seed=1 evaluation.every=1``) with ground-truth cross-modal links: each epoch the
+clusterer's own clusters are kept, and every clustered image is given, in the other
+modality's label space, the cluster that holds most of its identity's images there
+(what a perfect associator would link). Everything else is the recipe's: the clusters,
+the losses, the schedule. Its mAP against the demo's shows how much of the gap to the
+supervised bound is the association's.
+
+``sweep`` restores a demo checkpoint (e.g. the last one of ``uvireid run demo
+stages.1.epochs=0``, taken at the start of the SALCR stage), extracts the training
+features once and reports the pseudo-label quality (ARI against the identities) of
+several associators and settings on them: a cheap way to compare associators without
+training.
+
+Both need the synthetic dataset's ground truth (``UVIREID_CACHE`` as for the demo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+from uvireid.config import load_recipe
+from uvireid.engine import trainer as trainer_mod
+from uvireid.engine.runner import run_recipe
+from uvireid.registry import DATASETS
+
+SWEEP = [
+    {"type": "otla_dual", "lambda_ot": 5.0, "k_tr": 10},  # the demo's
+    {"type": "otla_dual", "lambda_ot": 5.0, "k_tr": None},
+    {"type": "otla_dual", "lambda_ot": 5.0, "k_tr": 30},
+    {"type": "otla_dual", "lambda_ot": 2.0, "k_tr": 10},
+    {"type": "otla_dual", "lambda_ot": 10.0, "k_tr": 10},
+    {"type": "otla_dual", "lambda_ot": 25.0, "k_tr": 10},
+    {"type": "otla_dual", "lambda_ot": 5.0, "k_tr": 10, "normalize_centroids": True},
+    {"type": "pgm", "k_tr": 10},
+    {"type": "pgm", "k_tr": None},
+    {"type": "mbccm", "k_tr": 10},
+]
+
+
+def majority_cluster(labels: np.ndarray, pids: np.ndarray) -> dict[int, int]:
+    """Identity -> the cluster (label >= 0) holding most of its images."""
+    per_pid: dict[int, Counter] = {}
+    for lab, pid in zip(labels.tolist(), pids.tolist()):
+        if lab >= 0:
+            per_pid.setdefault(pid, Counter())[lab] += 1
+    return {pid: c.most_common(1)[0][0] for pid, c in per_pid.items()}
+
+
+def oracle_links(trainer, lab):
+    """``lab`` with its cross-modal labels replaced by the ground-truth links."""
+    gv = np.array([r.pid for r in trainer.vis])
+    gr = np.array([r.pid for r in trainer.ir])
+    lv, lr = lab.init_v, lab.init_r
+    to_v, to_r = majority_cluster(lv, gv), majority_cluster(lr, gr)
+    lab.vis_in_v, lab.ir_in_r = lv.copy(), lr.copy()
+    lab.ir_in_v = np.array([to_v.get(p, -1) if y >= 0 else -1 for y, p in zip(lr, gr)])
+    lab.vis_in_r = np.array([to_r.get(p, -1) if y >= 0 else -1 for y, p in zip(lv, gv)])
+    lab.has_cross = True
+    return lab
+
+
+def run_oracle(overrides: list[str]) -> None:
+    original = trainer_mod.Trainer.pseudo_labels
+
+    def with_oracle(self, stage, fv, fr, seconds):
+        lab = original(self, stage, fv, fr, seconds)
+        return lab if stage.associator is None else oracle_links(self, lab)
+
+    trainer_mod.Trainer.pseudo_labels = with_oracle
+    try:
+        folder = run_recipe(load_recipe("demo", overrides), progress=False)
+    finally:
+        trainer_mod.Trainer.pseudo_labels = original
+    print(f"run folder: {folder.path}")
+    for m in folder.read_metrics():
+        ev = m.get("eval")
+        if isinstance(ev, dict) and "none" in ev:
+            cross = ((m.get("label_quality") or {}).get("cross_v") or {}).get("ari")
+            extra = f"  cross_v ARI {cross:.3f}" if cross is not None else ""
+            rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
+            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{extra}")
+
+
+def run_sweep(checkpoint: str, overrides: list[str]) -> None:
+    cfg = load_recipe("demo", overrides)
+    tr = trainer_mod.Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    tr.load_data()
+    tr.restore(checkpoint)
+    stage = tr.stage_at(tr.epoch)
+    print(f"checkpoint {checkpoint}: next epoch {tr.epoch} (stage {stage.name})")
+    fv, fr, _, _ = tr._extract_train(False)
+    print("| associator | visible ARI | infrared ARI | cross_v ARI | cross_r ARI | s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for variant in SWEEP:
+        t0 = time.perf_counter()
+        lab = tr.pseudo_labels(dataclasses.replace(stage, associator=variant), fv, fr, {})
+        q = tr._quality(lab) or {}
+
+        def ari(key, q=q):
+            return f"{q[key]['ari']:.3f}" if key in q else "-"
+
+        print(
+            f"| {variant} | {ari('visible')} | {ari('infrared')} | {ari('cross_v')} | "
+            f"{ari('cross_r')} | {time.perf_counter() - t0:.1f} |",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("oracle", "sweep") or (args[0] == "sweep" and len(args) < 2):
+        print(__doc__)
+        return 2
+    if args[0] == "oracle":
+        run_oracle(args[1:])
+    else:
+        run_sweep(args[1], args[2:])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
