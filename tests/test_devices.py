@@ -14,14 +14,6 @@ import uvireid  # noqa: F401
 from uvireid.clustering.knn import knn
 from uvireid.registry import REGISTRIES
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-]
-
 
 def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -34,7 +26,6 @@ def _features(seed: int, n: int, d: int = 32, ids: int = 6) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", REGISTRIES["rerankers"].names())
 def test_reranker_on_device_equals_numpy_result(name, device):
     q, g = _features(0, 30), _features(1, 50)
@@ -45,7 +36,6 @@ def test_reranker_on_device_equals_numpy_result(name, device):
     np.testing.assert_allclose(_to_numpy(out), ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_knn_on_device_finds_the_numpy_neighbours(device, metric):
     x = _features(2, 200)
@@ -56,7 +46,6 @@ def test_knn_on_device_finds_the_numpy_neighbours(device, metric):
     np.testing.assert_allclose(_to_numpy(vals), vals_ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_approximate_ivf_knn_on_device_finds_the_exact_neighbours_when_all_cells_probed(device):
     # 400 points -> 12 cells of ~32, all probed: the approximate backend is exhaustive here
     x = _features(6, 400)
@@ -67,7 +56,6 @@ def test_approximate_ivf_knn_on_device_finds_the_exact_neighbours_when_all_cells
     np.testing.assert_allclose(_to_numpy(vals), vals_ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", REGISTRIES["clusterers"].names())
 def test_clusterer_on_device_gives_the_numpy_partition(name, device):
     x = _features(3, 120)
@@ -77,7 +65,6 @@ def test_clusterer_on_device_gives_the_numpy_partition(name, device):
     np.testing.assert_array_equal(out, ref)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", REGISTRIES["associators"].names())
 def test_associator_on_device_gives_the_numpy_labels(name, device):
     fv, fr = _features(4, 60), _features(5, 50)
@@ -90,7 +77,6 @@ def test_associator_on_device_gives_the_numpy_labels(name, device):
     np.testing.assert_array_equal(_to_numpy(out.labels_in_r), _to_numpy(ref.labels_in_r))
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", REGISTRIES["backbones"].names())
 def test_backbone_extract_on_device_matches_cpu(name, device):
     if name != "two_stream_resnet":

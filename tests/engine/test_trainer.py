@@ -129,16 +129,6 @@ def test_no_cross_link_falls_back_to_intra_modality_batches(recipe_file, monkeyp
     assert np.isfinite(record["loss"]["total"])
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ),
-    ],
-)
 def test_clustering_and_association_run_on_the_training_device(recipe_file, monkeypatch, device):
     """The epoch's pseudo-labels are computed where the model trains: the clusterer and
     the associator get tensors on the training device (numpy would pin them to the host

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ),
-    ],
-)
 def test_on_device_reranks_where_it_is_told_and_returns_numpy(device):
     """The trainer's evaluation wraps its re-ranker in OnDevice: the protocols hand over
     numpy arrays, the re-ranker gets tensors on the training device, the protocol gets

@@ -70,12 +70,13 @@ class OnDevice:
         import numpy as np
         import torch
 
+        from uvireid.evaluation.metrics import to_numpy
+
         def put(x: Any) -> torch.Tensor:
             t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
             return t.to(self.device)
 
-        out = self.reranker.rerank(put(query), put(gallery))
-        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        return to_numpy(self.reranker.rerank(put(query), put(gallery)))
 
 
 def rerank(query: Any, gallery: Any, method: str = "cmfp", **kwargs: Any) -> Any:
