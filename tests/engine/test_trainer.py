@@ -43,6 +43,8 @@ def test_two_stage_run_fills_the_run_folder(recipe_file):
     assert second["loss"]["part_contrast"] > 0 and second["loss"]["instance_neighbour"] > 0
     assert first["clusters"]["visible"] > 0 and first["clusters"]["infrared"] > 0
     assert {"visible", "infrared"} <= set(first["label_quality"])
+    assert "links" not in first["label_quality"]  # DCL: no cross-modal labels
+    assert 0 <= second["label_quality"]["links"]["link_precision"] <= 1
     assert {"extract", "cluster", "train"} <= set(first["seconds"])
     assert "associate" in second["seconds"] and "association" in second
     assert second["eval"]["none"]["mAP"] > 0  # evaluated at the end
@@ -267,3 +269,50 @@ def test_peer_stages_train_end_to_end(tmp_path, associator, sampler, losses):
         assert all(np.isfinite(v) for v in line["loss"].values())
     # the second stage restarts at its own lr and steps after its first epoch
     assert lines[1]["lr"] == pytest.approx(1e-4) and lines[2]["lr"] == pytest.approx(1e-5)
+
+
+def test_epoch_quality_reports_link_precision_of_the_cross_labels():
+    """label_quality.links: the share of linked (visible, infrared) instance pairs that are
+    one person, against a loop over every pair."""
+    from types import SimpleNamespace
+
+    from uvireid.losses.contract import EpochLabels
+    from uvireid.types import INFRARED, VISIBLE, ImageRecord
+
+    rng = np.random.default_rng(3)
+    gv, gr = rng.integers(0, 5, 40), rng.integers(0, 5, 25)
+    vis_in_v, ir_in_r = rng.integers(-1, 4, 40), rng.integers(-1, 3, 25)
+    vis_in_r = np.where(vis_in_v >= 0, rng.integers(-1, 3, 40), -1)
+    ir_in_v = np.where(ir_in_r >= 0, rng.integers(-1, 4, 25), -1)
+    lab = EpochLabels(
+        vis_in_v=vis_in_v,
+        vis_in_r=vis_in_r,
+        ir_in_r=ir_in_r,
+        ir_in_v=ir_in_v,
+        init_v=vis_in_v,
+        init_r=ir_in_r,
+        num_v=4,
+        num_r=3,
+        has_cross=True,
+    )
+    fake = SimpleNamespace(
+        vis=[ImageRecord("v", int(p), 1, VISIBLE) for p in gv],
+        ir=[ImageRecord("r", int(p), 3, INFRARED) for p in gr],
+    )
+    quality = Trainer._quality(fake, lab)
+    same = {"v2r": 0, "r2v": 0}
+    total = {"v2r": 0, "r2v": 0}
+    for i in range(40):
+        for j in range(25):
+            if vis_in_r[i] >= 0 and vis_in_r[i] == ir_in_r[j]:  # visible i -> cluster of j
+                total["v2r"] += 1
+                same["v2r"] += int(gv[i] == gr[j])
+            if ir_in_v[j] >= 0 and ir_in_v[j] == vis_in_v[i]:  # infrared j -> cluster of i
+                total["r2v"] += 1
+                same["r2v"] += int(gv[i] == gr[j])
+    assert min(total.values()) > 0
+    # the visible space holds the infrared instances' links, the infrared space the visible
+    assert quality["cross_r"]["link_precision"] == pytest.approx(same["v2r"] / total["v2r"])
+    assert quality["cross_v"]["link_precision"] == pytest.approx(same["r2v"] / total["r2v"])
+    both = (same["v2r"] + same["r2v"]) / (total["v2r"] + total["r2v"])
+    assert quality["links"]["link_precision"] == pytest.approx(both)

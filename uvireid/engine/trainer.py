@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from uvireid.associations.quality import link_precision
 from uvireid.data.samplers import IdentitySampler, PairedSampler
 from uvireid.data.transforms import Augmenter, load_images
 from uvireid.engine import distributed as D
@@ -49,7 +50,7 @@ from uvireid.engine.run_folder import source_revision
 from uvireid.errors import ConfigError, TrainingError
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES
-from uvireid.types import INFRARED, VISIBLE, FeatureBank
+from uvireid.types import INFRARED, VISIBLE, CrossLabels, FeatureBank
 
 __all__ = ["Stage", "stages_of", "TrainModel", "Trainer", "extract_images"]
 
@@ -485,8 +486,24 @@ class Trainer:
         out = {"visible": q(lab.vis_in_v, gv), "infrared": q(lab.ir_in_r, gr)}
         if lab.has_cross:
             gt = np.concatenate([gv, gr])
-            out["cross_v"] = q(np.concatenate([lab.vis_in_v, lab.ir_in_v]), gt)
-            out["cross_r"] = q(np.concatenate([lab.vis_in_r, lab.ir_in_r]), gt)
+            in_v = np.concatenate([lab.vis_in_v, lab.ir_in_v])
+            in_r = np.concatenate([lab.vis_in_r, lab.ir_in_r])
+            out["cross_v"] = q(in_v, gt)
+            out["cross_r"] = q(in_r, gt)
+            # ARI mixes the clusters' quality with the links'; the links alone: the
+            # fraction of cross-modal instance pairs the labels join that are one person
+            cross = CrossLabels(
+                in_v,
+                in_r,
+                np.zeros((0, 2), dtype=np.int64),
+                num_visible=len(gv),
+                num_clusters_v=lab.num_v,
+                num_clusters_r=lab.num_r,
+            )
+            links = link_precision(cross, gt)
+            out["cross_v"]["link_precision"] = links["link_precision_r2v"]
+            out["cross_r"]["link_precision"] = links["link_precision_v2r"]
+            out["links"] = {"link_precision": links["link_precision"]}
         return out
 
     def _check_counts(self, lab: EpochLabels, warnings: list[str]) -> dict:
@@ -696,6 +713,11 @@ class Trainer:
             record["clusters"]["infrared"],
             (
                 f", ARI {quality['visible']['ari']:.3f} / {quality['infrared']['ari']:.3f}"
+                + (
+                    f", cross-modal link precision {quality['links']['link_precision']:.3f}"
+                    if "links" in quality
+                    else ""
+                )
                 if quality
                 else ""
             ),
