@@ -305,9 +305,15 @@ def bench_cmfp(args, device):
         qp, gp = propagate(q, g, args.k, mode="dense")
         return squared_euclidean(qp, gp)
 
+    def ours_f64():
+        qp, gp = propagate(q, g, args.k, mode="dense", mixed=False)
+        return squared_euclidean(qp, gp)
+
     t_ours, out = timed(ours, device, args.repeat)
+    t_f64, out_f64 = timed(ours_f64, device, args.repeat)
     label = f"CMFP(te) {nq}x{ng} d={d} f64 k={args.k}"
     report(label, t_ref, t_ours, maxdiff(out, ref), "vs the official agg_feature path")
+    report("  the same, mixed=False (float64 arithmetic)", t_ref, t_f64, maxdiff(out_f64, ref))
     report(f"  floor: one {nq + ng}^2 x {d} matmul", None, t_floor, 0.0, "")
     print(
         f"  -> uvireid / floor = {t_ours / t_floor:.2f}x, "

@@ -68,19 +68,21 @@ def test_cmfp_negative_similarities_inside_topk_become_zero(mode):
     assert (dense >= 0).all()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_cmfp_row_that_official_code_turns_to_nan_stays_finite(mode):
+@pytest.mark.parametrize("mode,screen", [("dense", None), ("dense", False), ("sparse", None)])
+def test_cmfp_row_that_official_code_turns_to_nan_stays_finite(mode, screen):
     # gallery row 0 has only negative similarities to every query: official 0/0 = NaN
     q = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3]], dtype=torch.float64)
     g = torch.tensor([[-1.0, 0.0], [0.7, 0.7], [1.0, 0.2]], dtype=torch.float64)
     ref = official_agg_feature(q, g, 2)
     assert torch.isnan(ref[3]).all()
-    qp, gp = propagate(q, g, 2, mode=mode)
+    qp, gp = propagate(q, g, 2, mode=mode, mixed=screen)
     out = _stack(qp, gp)
-    assert_matches_official(out, ref, atol=1e-12)
+    # float32 screening (the dense default for float64) keeps float32 affinity values
+    atol = 1e-6 if (mode, screen) == ("dense", None) else 1e-12
+    assert_matches_official(out, ref, atol=atol)
     # the empty cross block contributes nothing: only the gallery-gallery part is left
     gg = torch.from_numpy(naive_knn_graph_loop((g @ g.T).numpy(), 2)) @ g
-    assert torch.allclose(out[3], torch.nn.functional.normalize(gg[0], dim=0), atol=1e-12)
+    assert torch.allclose(out[3], torch.nn.functional.normalize(gg[0], dim=0), atol=atol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -105,9 +107,14 @@ def test_cmfp_single_query_and_duplicate_gallery(clustered):
     q, g = clustered(1, 6, 8, seed=2)
     g = np.concatenate([g, g[:2]])
     ref = official_agg_feature(torch.from_numpy(q), torch.from_numpy(g), 1)
-    for mode in MODES:
-        qp, gp = propagate(q, g, 1, mode=mode)
-        assert_matches_official(torch.from_numpy(np.concatenate([qp, gp])), ref, atol=1e-10)
+    # dense float64 input: mixed precision by default (about 1e-7), exact with mixed=False
+    for mode, mixed, atol in [
+        ("dense", None, 1e-6),
+        ("dense", False, 1e-10),
+        ("sparse", None, 1e-10),
+    ]:
+        qp, gp = propagate(q, g, 1, mode=mode, mixed=mixed)
+        assert_matches_official(torch.from_numpy(np.concatenate([qp, gp])), ref, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -166,3 +173,130 @@ def test_cmfp_torch_in_torch_out_keeps_dtype(clustered):
     out = CMFP(k=3).rerank(qt, gt)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
     assert out.shape == (20, 8)
+
+
+# --------------------------------------------------------------------------------------
+# float32 screening of the dense path (float64 features)
+
+
+def _structure(blocks):
+    return {n: (b.crow.tolist(), b.col.tolist()) for n, b in blocks.items()}
+
+
+def test_float32_bound_holds_on_cancelling_and_random_products():
+    from uvireid.rerank.cmfp import float32_bound
+
+    gen = torch.Generator().manual_seed(0)
+    for d in (3, 64, 2048):
+        a = torch.randn(200, d, generator=gen, dtype=torch.float64)
+        b = torch.randn(300, d, generator=gen, dtype=torch.float64)
+        b[:100] = a[:100] * (1 + 1e-9)  # products as large as |a| |b|
+        sign = torch.ones(d, dtype=torch.float64)
+        sign[1::2] = -1
+        b[100:200] = a[100:200] * sign * 1e3  # sums of +-a_i^2: cancelling, large
+        exact = a @ b.T
+        approx = (a.float() @ b.float().T).double()
+        scale = torch.linalg.vector_norm(a, dim=1)[:, None] * torch.linalg.vector_norm(b, dim=1)
+        assert ((approx - exact).abs() <= float32_bound(d) * scale).all()
+    # a bound that is not vacuous: d = 2048 gives about 1.2e-4
+    assert 1e-4 < float32_bound(2048) < 2e-4
+
+
+@pytest.mark.parametrize("nq,ng,d,k", [(300, 40, 64, 30), (80, 200, 16, 10), (50, 7, 8, 30)])
+def test_screened_dense_selects_the_float64_neighbours(clustered, nq, ng, d, k):
+    q, g = (torch.from_numpy(x) for x in clustered(nq, ng, d, seed=d))
+    exact = affinity_blocks(q, g, k, mode="dense", mixed=False)
+    screened = affinity_blocks(q, g, k, mode="dense", mixed=True)
+    assert _structure(screened) == _structure(exact)
+    for name in exact:
+        assert torch.allclose(screened[name].val, exact[name].val, atol=1e-6, rtol=0)
+    if k <= ng:  # the official code fails past the gallery's width
+        ref = official_agg_feature(q, g, k)
+        qp, gp = propagate(q, g, k, mode="dense", mixed=True)
+        assert_matches_official(_stack(qp, gp), ref)
+
+
+@pytest.mark.parametrize("ng,copies", [(12, 0), (60, 40)])
+def test_screening_recomputes_near_ties_below_float32_resolution(ng, copies):
+    from uvireid.rerank.cmfp import _screened_dense_blocks
+
+    gen = torch.Generator().manual_seed(1)
+    q = torch.nn.functional.normalize(
+        torch.randn(40, 32, generator=gen, dtype=torch.float64), dim=1
+    )
+    g = torch.nn.functional.normalize(
+        torch.randn(ng, 32, generator=gen, dtype=torch.float64), dim=1
+    )
+    if copies:  # more tied copies than candidates: those rows are redone whole
+        g[ng - copies :] = g[0]
+        q[:10] = torch.nn.functional.normalize(g[0] + 0.01 * q[:10], dim=1)
+    # gallery pairs 1e-10 apart: their similarities to every query differ by ~1e-10,
+    # far below float32's resolution, so the order between them is float64's alone
+    g[5] = torch.nn.functional.normalize(g[4] + 1e-10 * torch.randn(32, generator=gen), dim=0)
+    g[9] = g[8]  # an exact duplicate: a true tie
+    k = 3
+    exact = affinity_blocks(q, g, k, mode="dense", mixed=False)
+    blocks, redone = _screened_dense_blocks(q, g, k)
+    assert (redone > 0) == (copies > 0)
+    assert _structure(blocks) == _structure(exact)
+    # naive reference: the float64 similarity matrices through the official knn_graph loop
+    for name, (a, b) in {"qg": (q, g), "gg": (g, g)}.items():
+        ref = naive_knn_graph_loop((a @ b.T).numpy(), k)
+        assert np.allclose(blocks[name].dense().numpy(), ref, atol=1e-6)
+
+
+def test_screening_keeps_float64_order_where_float32_reverses_it():
+    gen = torch.Generator().manual_seed(2)
+    q = torch.nn.functional.normalize(
+        torch.randn(500, 64, generator=gen, dtype=torch.float64), dim=1
+    )
+    g = torch.nn.functional.normalize(torch.randn(6, 64, generator=gen, dtype=torch.float64), dim=1)
+    g[1] = torch.nn.functional.normalize(g[0] + 3e-8 * torch.randn(64, generator=gen), dim=0)
+    q[:400] = torch.nn.functional.normalize(g[0] + 0.05 * q[:400], dim=1)  # nearest: 0 or 1
+    s64, s32 = q @ g.T, (q.float() @ g.float().T).double()
+    flipped = (s64[:, 0] > s64[:, 1]) != (s32[:, 0] > s32[:, 1])
+    assert int(flipped.sum()) > 0  # float32 alone would pick the wrong nearest for these rows
+    exact = affinity_blocks(q, g, 1, mode="dense", mixed=False)
+    screened = affinity_blocks(q, g, 1, mode="dense", mixed=True)
+    assert screened["qg"].col.tolist() == exact["qg"].col.tolist()
+    assert _structure(screened) == _structure(exact)
+
+
+def test_screening_is_refused_where_float32_products_are_not_exact_enough(monkeypatch):
+    from uvireid.errors import ConfigError
+    from uvireid.rerank.cmfp import mixed_available
+
+    q = torch.randn(10, 4, dtype=torch.float64)
+    assert mixed_available(q)
+    assert not mixed_available(q.float())  # float32 input: nothing to screen
+    big = q * 2.0**60  # beyond float32's comfortable range: float64 after all
+    assert torch.equal(
+        torch.cat(propagate(big, big[:4], 3, mode="dense", mixed=True)),
+        torch.cat(propagate(big, big[:4], 3, mode="dense", mixed=False)),
+    )
+    with pytest.raises(ConfigError, match="mixed=True needs float64"):
+        affinity_blocks(q.float(), q.float(), 3, mode="dense", mixed=True)
+    with pytest.raises(ConfigError, match="dense path"):
+        propagate(q, q, 3, mode="sparse", mixed=True)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")  # TF32
+    assert not mixed_available(q)
+    with pytest.raises(ConfigError, match="'high'"):
+        affinity_blocks(q, q, 3, mode="dense", mixed=True)
+
+
+def test_mixed_precision_is_the_cpu_default_for_float64_and_follows_mixed_false(device):
+    gen = torch.Generator().manual_seed(4)
+    q = torch.nn.functional.normalize(
+        torch.randn(200, 48, generator=gen, dtype=torch.float64), dim=1
+    )
+    g = torch.nn.functional.normalize(
+        torch.randn(50, 48, generator=gen, dtype=torch.float64), dim=1
+    )
+    q, g = q.to(device), g.to(device)
+    exact = torch.cat(propagate(q, g, 10, mode="dense", mixed=False))
+    mixed = torch.cat(propagate(q, g, 10, mode="dense", mixed=True))
+    default = torch.cat(propagate(q, g, 10, mode="dense"))
+    assert mixed.dtype == torch.float64
+    err = (mixed - exact).abs().max()
+    assert 0 < err < 1e-6  # float32 arithmetic, the float64 neighbours
+    assert torch.equal(default, mixed if device == "cpu" else exact)
