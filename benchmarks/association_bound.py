@@ -3,6 +3,7 @@
     python benchmarks/association_bound.py oracle [OVERRIDE ...]
     python benchmarks/association_bound.py sweep CHECKPOINT [OVERRIDE ...]
     python benchmarks/association_bound.py cross-prior [OVERRIDE ...]
+    python benchmarks/association_bound.py trace [OVERRIDE ...]
 
 ``oracle`` trains the demo recipe (with the given ``key=value`` overrides, e.g.
 ``seed=1 evaluation.every=1``) with ground-truth cross-modal links: each epoch the
@@ -26,6 +27,14 @@ with the **infrared** images of its 300 people added (their identities shared ac
 modalities; still no person of the demo's dataset). The prior is cached under
 ``<cache>/cross-prior/``, apart from the demo's. It shows whether the SALCR stage lifts a
 start like that further than the visible-only one.
+
+``trace`` trains the demo (with the overrides; ``backbone.pretrained=cross-prior`` starts
+from that prior) and prints, each epoch, how much cross-modal signal the training
+features carry: ``centroid links``, the share of infrared clusters whose nearest visible
+cluster centroid (cosine) belongs to the same person (majority identities; chance is
+about 1 / the number of clusters); the training set's IR->RGB rank-1 over single images;
+and, in the SALCR stage, ``assigned``, the share of clustered infrared images whose
+associated visible label is a cluster of their own identity.
 
 All need the synthetic dataset's ground truth (``UVIREID_CACHE`` as for the demo).
 """
@@ -175,9 +184,73 @@ def run_cross_prior(overrides: list[str]) -> None:
             print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{extra}")
 
 
+def _majority(labels: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The clusters (labels >= 0) and the identity holding most of each one's images."""
+    ks = np.unique(labels[labels >= 0])
+    out = []
+    for c in ks:
+        ids, counts = np.unique(pids[labels == c], return_counts=True)
+        out.append(ids[counts.argmax()])
+    return ks, np.array(out, dtype=np.int64)
+
+
+def cross_signal(fv, fr, lab, gv: np.ndarray, gr: np.ndarray) -> dict:
+    """The ``trace`` figures of one epoch (see the module docstring)."""
+    a = np.asarray(fv.float().cpu(), dtype=np.float64)
+    b = np.asarray(fr.float().cpu(), dtype=np.float64)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    kv, pv = _majority(lab.init_v, gv)
+    kr, pr = _majority(lab.init_r, gr)
+    out = {"train_r1": float((gv[(b @ a.T).argmax(1)] == gr).mean())}
+    if len(kv) and len(kr):
+        cv = np.stack([a[lab.init_v == c].mean(0) for c in kv])
+        cr = np.stack([b[lab.init_r == c].mean(0) for c in kr])
+        cv /= np.linalg.norm(cv, axis=1, keepdims=True)
+        cr /= np.linalg.norm(cr, axis=1, keepdims=True)
+        out["centroid_links"] = float((pv[(cr @ cv.T).argmax(1)] == pr).mean())
+    if lab.has_cross:
+        owner = dict(zip(kv.tolist(), pv.tolist()))
+        hit = [owner.get(int(y)) == int(p) for y, p in zip(lab.ir_in_v, gr) if y >= 0]
+        out["assigned"] = float(np.mean(hit)) if hit else float("nan")
+    return out
+
+
+def run_trace(overrides: list[str]) -> None:
+    if "backbone.pretrained=cross-prior" in overrides:
+        from uvireid.data.synthetic import cache_root
+
+        path = cross_prior(str(cache_root() / "cross-prior"))
+        overrides = [
+            f"backbone.pretrained={path}" if o.endswith("=cross-prior") else o for o in overrides
+        ]
+    original = trainer_mod.Trainer.pseudo_labels
+
+    def traced(self, stage, fv, fr, seconds):
+        lab = original(self, stage, fv, fr, seconds)
+        gv = np.array([r.pid for r in self.vis])
+        gr = np.array([r.pid for r in self.ir])
+        sig = cross_signal(fv, fr, lab, gv, gr)
+        text = ", ".join(f"{k} {v:.3f}" for k, v in sig.items())
+        print(f"epoch {self.epoch} ({stage.name}): {text}", flush=True)
+        return lab
+
+    trainer_mod.Trainer.pseudo_labels = traced
+    try:
+        folder = run_recipe(load_recipe("demo", overrides), progress=False)
+    finally:
+        trainer_mod.Trainer.pseudo_labels = original
+    print(f"run folder: {folder.path}")
+    for m in folder.read_metrics():
+        ev = m.get("eval")
+        if isinstance(ev, dict) and "none" in ev:
+            rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
+            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    modes = ("oracle", "sweep", "cross-prior")
+    modes = ("oracle", "sweep", "cross-prior", "trace")
     if not args or args[0] not in modes or (args[0] == "sweep" and len(args) < 2):
         print(__doc__)
         return 2
@@ -185,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         run_oracle(args[1:])
     elif args[0] == "cross-prior":
         run_cross_prior(args[1:])
+    elif args[0] == "trace":
+        run_trace(args[1:])
     else:
         run_sweep(args[1], args[2:])
     return 0

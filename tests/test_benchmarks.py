@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("training_overhead", "training_loop", "pseudo_labels"):
+    for name in ("training_overhead", "training_loop", "pseudo_labels", "association_bound"):
         sys.modules.pop(name, None)
 
 
@@ -56,3 +56,53 @@ def test_training_loop_quick_projects_both_stages(bench, tmp_path, capsys):
     assert doc["pseudo_labels"]["n_v"] > 0 and doc["pseudo_labels"]["cluster"] > 0
     assert doc["evaluation"]["reranked"] > 0 and doc["hours"] > 0
     assert "projected salcr.yaml" in capsys.readouterr().out
+
+
+def test_association_trace_figures_against_a_loop(bench):
+    """``association_bound.py trace``: nearest-centroid links, train rank-1 and assigned
+    labels of one epoch, against loops over clusters and images."""
+    import numpy as np
+    import torch
+    from association_bound import cross_signal
+
+    from uvireid.losses.contract import EpochLabels
+
+    rng = np.random.default_rng(0)
+    gv, gr = rng.integers(0, 4, 30), rng.integers(0, 4, 20)
+    centres = rng.normal(size=(4, 8))
+    fv = torch.tensor(centres[gv] + 0.8 * rng.normal(size=(30, 8)))
+    fr = torch.tensor(centres[gr] + 0.8 * rng.normal(size=(20, 8)))
+    lv = np.where(rng.random(30) < 0.9, gv % 3, -1)  # clusters that merge people
+    lr = np.where(rng.random(20) < 0.9, gr, -1)
+    ir_in_v = np.where(lr >= 0, rng.integers(0, 3, 20), -1)
+    lab = EpochLabels(
+        vis_in_v=lv,
+        vis_in_r=np.full(30, -1),
+        ir_in_r=lr,
+        ir_in_v=ir_in_v,
+        init_v=lv,
+        init_r=lr,
+        num_v=3,
+        num_r=4,
+    )
+    got = cross_signal(fv, fr, lab, gv, gr)
+
+    def unit(x):
+        return x / np.linalg.norm(x)
+
+    a, b = fv.numpy(), fr.numpy()
+    owner_v = {c: np.bincount(gv[lv == c]).argmax() for c in set(lv[lv >= 0].tolist())}
+    owner_r = {c: np.bincount(gr[lr == c]).argmax() for c in set(lr[lr >= 0].tolist())}
+    cent_v = {c: unit(np.mean([unit(x) for x in a[lv == c]], 0)) for c in owner_v}
+    hits = []
+    for c in owner_r:
+        cr = unit(np.mean([unit(x) for x in b[lr == c]], 0))
+        best = max(cent_v, key=lambda v: float(cent_v[v] @ cr))
+        hits.append(owner_v[best] == owner_r[c])
+    assert got["centroid_links"] == pytest.approx(np.mean(hits))
+    r1 = [
+        gv[max(range(30), key=lambda j: float(unit(a[j]) @ unit(b[i])))] == gr[i] for i in range(20)
+    ]
+    assert got["train_r1"] == pytest.approx(np.mean(r1))
+    assigned = [owner_v.get(int(y)) == gr[i] for i, y in enumerate(ir_in_v) if y >= 0]
+    assert got["assigned"] == pytest.approx(np.mean(assigned))
