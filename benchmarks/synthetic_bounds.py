@@ -306,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="training iterations (default 1600)")
     ap.add_argument("--ids", type=int, default=None, help="identities (default: generator's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--nir",
+        type=float,
+        default=0.0,
+        help="near-infrared share of the infrared images (0: thermal, the default)",
+    )
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = 2 if args.quick else 10
 
     t0 = time.perf_counter()
-    root = ensure_synthetic(args.cache_dir, ids=args.ids, seed=args.seed)
+    root = ensure_synthetic(args.cache_dir, ids=args.ids, seed=args.seed, nir=args.nir)
     t_gen = time.perf_counter() - t0
     man = read_manifest(root) or {}
     train, test = load_split(root, "train"), load_split(root, "test")

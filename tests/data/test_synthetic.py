@@ -224,3 +224,47 @@ def test_opening_a_root_without_ids_keeps_the_dataset_that_is_there(tiny):
     ds = DATASETS.build({"type": "synthetic", "root": str(root)})
     assert ds.meta()["generator"]["ids"] == 12 != syn.DEFAULT_IDS
     assert (root / "manifest.json").read_text() == before  # not regenerated
+
+
+def _torso_means(nir: float, people: range) -> tuple[np.ndarray, np.ndarray]:
+    """Mean infrared intensity and mean visible luma of the same torso box, per person,
+    in one indoor shot each (the infrared camera 3 looks into camera 2's room)."""
+    ir, vis = [], []
+    for pid in people:
+        ident = syn.make_identity(pid, seed=0)
+        cond = syn.draw_conditions(0, pid, 3, 1)
+        a = syn.render(ident, cond, nir=nir)[40:60, 24:40, 0].astype(float)
+        v = syn.render(ident, cond, modality=VISIBLE)[40:60, 24:40].astype(float)
+        ir.append(a.mean())
+        vis.append((0.299 * v[..., 0] + 0.587 * v[..., 1] + 0.114 * v[..., 2]).mean())
+    return np.array(ir), np.array(vis)
+
+
+def test_near_infrared_share_makes_infrared_follow_visible_brightness():
+    """nir=0 (the default) is the thermal look: the infrared torso's brightness says
+    nothing of the visible one; nir=0.7 makes it follow it (correlation over 40 people)."""
+    people = range(40)
+    thermal, vis = _torso_means(0.0, people)
+    nir, _ = _torso_means(0.7, people)
+    r_thermal = np.corrcoef(thermal, vis)[0, 1]
+    r_nir = np.corrcoef(nir, vis)[0, 1]
+    assert abs(r_thermal) < 0.35 and r_nir > 0.6, (r_thermal, r_nir)
+    ident, cond = syn.make_identity(7, seed=0), syn.draw_conditions(0, 7, 3, 1)
+    assert np.array_equal(syn.render(ident, cond), syn.render(ident, cond, nir=0.0))
+    # near-infrared images read the colours, and a recoloured person changes them
+    recoloured = dataclasses.replace(ident, colors=syn.make_identity(8, seed=0).colors)
+    assert not np.array_equal(
+        syn.render(ident, cond, nir=0.5), syn.render(recoloured, cond, nir=0.5)
+    )
+
+
+def test_near_infrared_datasets_live_apart_and_record_their_share(tmp_path, monkeypatch):
+    monkeypatch.setenv("UVIREID_CACHE", str(tmp_path / "cache"))
+    thermal = syn.ensure_synthetic(ids=4, seed=2)
+    nir = syn.ensure_synthetic(ids=4, seed=2, nir=0.5)
+    assert nir != thermal and nir.name.endswith("-nir0.5")
+    assert "nir" not in syn.read_manifest(thermal) and syn.read_manifest(nir)["nir"] == 0.5
+    ds = DATASETS.build({"type": "synthetic", "root": str(nir)})
+    assert ds.fingerprint()["generator"]["nir"] == 0.5
+    with pytest.raises(DatasetError, match="nir=1.5 is out of range"):
+        syn.generate(tmp_path / "y", ids=4, nir=1.5)

@@ -17,7 +17,12 @@ skin colours are drawn only in visible images; infrared images show emitted heat
 each garment's emissivity (its type's level -- thin clothes are warmer -- plus a
 per-person deviation), the polarity of its print, skin and hair. The infrared renderer
 never reads a colour, so a colour matcher fails across modalities while shape and print
-cues carry over (``benchmarks/synthetic_bounds.py`` measures both). Scale, translation
+cues carry over (``benchmarks/synthetic_bounds.py`` measures both). That is a thermal
+camera's look (RegDB's). SYSU-MM01's infrared cameras are near-infrared: a garment's
+brightness there follows its reflectance, which goes partly with its visible brightness
+(many dyes are transparent in near-infrared, so only partly). ``nir`` (0 to 1, default 0)
+renders that: each material's infrared intensity is ``nir`` times its visible luminance
+plus ``1 - nir`` times its thermal level, prints included; 0 is the thermal look above. Scale, translation
 and gait jitter, front and back views, camera-specific illumination and backgrounds,
 clutter, blur, noise and occasional occlusion make every image different. Side views
 are implemented but off by default (``_VIEW_P``): they made the supervised cross-modal
@@ -846,6 +851,34 @@ _CAM_LIGHT.update({3: _CAM_LIGHT[2], 6: _CAM_LIGHT[4]})
 _CAM_IR.update({1: _CAM_IR[3], 2: _CAM_IR[3], 4: _CAM_IR[6], 5: _CAM_IR[6]})
 
 
+def _luminance(c) -> float:
+    """Rec. 601 luma of an RGB colour in [0, 1]."""
+    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+
+
+def _near_infrared(ident: Identity, nir: float) -> Thermal:
+    """The infrared levels of ``ident`` with a share ``nir`` of each material's visible
+    luminance (a near-infrared camera's look; 0: thermal only)."""
+    th, co = ident.thermal, ident.colors
+    if nir <= 0:
+        return th
+
+    def mix(lum: float, heat: float) -> float:
+        return nir * lum + (1.0 - nir) * heat
+
+    return Thermal(
+        skin=mix(_luminance(co.skin), th.skin),
+        hair=mix(_luminance(co.hair), th.hair),
+        upper=mix(_luminance(co.upper), th.upper),
+        upper_delta=mix(_luminance(co.upper2) - _luminance(co.upper), th.upper_delta),
+        lower=mix(_luminance(co.lower), th.lower),
+        lower_delta=mix(_luminance(co.lower2) - _luminance(co.lower), th.lower_delta),
+        shoes=mix(_luminance(co.shoes), th.shoes),
+        bag=mix(_luminance(co.bag), th.bag),
+        hat=mix(_luminance(co.hat), th.hat),
+    )
+
+
 def render(
     ident: Identity,
     cond: Conditions,
@@ -853,16 +886,19 @@ def render(
     width: int = 64,
     seed: int = 0,
     modality: int | None = None,
+    nir: float = 0.0,
 ) -> np.ndarray:
     """One image of ``ident`` under ``cond``.
 
     Args:
         seed: dataset seed (selects the cameras' scenes).
         modality: :data:`VISIBLE` or :data:`INFRARED`; defaults to the camera's modality.
+        nir: near-infrared share of the infrared intensities (module docstring).
 
     Returns:
-        (height, width, 3) uint8. Infrared images repeat one channel three times; the
-        infrared path reads ``ident.shape`` and ``ident.thermal``, never ``ident.colors``.
+        (height, width, 3) uint8. Infrared images repeat one channel three times; with
+        ``nir=0`` the infrared path reads ``ident.shape`` and ``ident.thermal``, never
+        ``ident.colors``.
     """
     if modality is None:
         modality = CAM_MODALITY[cond.cam]
@@ -871,7 +907,7 @@ def render(
     layers, masks = _person_layers(cv, ident, cond)
     img = _background(seed, cond, cv, ir)
     if ir:
-        th = ident.thermal
+        th = _near_infrared(ident, nir)
         flat = {"skin": th.skin, "hair": th.hair, "shoes": th.shoes, "bag": th.bag, "hat": th.hat}
         for win, mat in layers:
             shade = 1.0 - 0.22 * np.minimum(win.q, 1.0) ** 2  # cooler at grazing angles
@@ -954,8 +990,10 @@ def camera_counts(pid: int, seed: int = 0) -> dict[int, int]:
     return {c: int(rng.integers(lo, hi + 1)) for c in range(1, 7) if present[c]}
 
 
-def _params(ids: int, seed: int, height: int, width: int) -> dict:
+def _params(ids: int, seed: int, height: int, width: int, nir: float = 0.0) -> dict:
+    extra = {"nir": float(nir)} if nir > 0 else {}  # thermal folders keep their manifests
     return {
+        **extra,
         "generator": "uvireid.data.synthetic",
         "version": GENERATOR_VERSION,
         "ids": ids,
@@ -967,9 +1005,9 @@ def _params(ids: int, seed: int, height: int, width: int) -> dict:
     }
 
 
-def _render_people(args: tuple[str, list[int], int, int, int]) -> dict[int, int]:
+def _render_people(args: tuple[str, list[int], int, int, int, float]) -> dict[int, int]:
     """Worker: write every image of the people ``pids`` under ``root``; images per camera."""
-    root, pids, seed, height, width = args
+    root, pids, seed, height, width, nir = args
     counts = {c: 0 for c in range(1, 7)}
     for pid in pids:
         ident = make_identity(pid, seed)
@@ -977,7 +1015,8 @@ def _render_people(args: tuple[str, list[int], int, int, int]) -> dict[int, int]
             d = Path(root) / f"cam{cam}" / f"{pid:04d}"
             d.mkdir(parents=True, exist_ok=True)
             for idx in range(1, n + 1):
-                img = render(ident, draw_conditions(seed, pid, cam, idx), height, width, seed)
+                cond = draw_conditions(seed, pid, cam, idx)
+                img = render(ident, cond, height, width, seed, nir=nir)
                 Image.fromarray(img).save(d / f"{idx:04d}.jpg", quality=JPEG_QUALITY)
             counts[cam] += n
     return counts
@@ -1006,6 +1045,7 @@ def generate(
     width: int = 64,
     *,
     workers: int | None = None,
+    nir: float = 0.0,
 ) -> Path:
     """Write the synthetic dataset to ``out`` in the SYSU-MM01 raw layout; returns ``out``.
 
@@ -1020,6 +1060,8 @@ def generate(
         seed: random seed; the same seed writes the same bytes.
         height, width: image size in pixels.
         workers: processes drawing images (default: 2, or 1 for small datasets).
+        nir: near-infrared share of the infrared images, 0..1 (module docstring; 0, the
+            default, is the thermal look).
 
     Raises:
         DatasetError: ``out`` holds other files, or the parameters are out of range.
@@ -1034,7 +1076,9 @@ def generate(
         raise DatasetError(
             f"synthetic dataset: {height}x{width} images are too small; use >= 32x16"
         )
-    params = _params(ids, seed, height, width)
+    if not 0.0 <= nir <= 1.0:
+        raise DatasetError(f"synthetic dataset: nir={nir} is out of range; use 0..1")
+    params = _params(ids, seed, height, width, nir)
     if out.exists():
         if _matches(read_manifest(out), params):
             logger.info("synthetic dataset at %s is complete; reusing it", out)
@@ -1061,7 +1105,7 @@ def generate(
         if workers is None:
             workers = 1 if ids < 60 else min(2, os.cpu_count() or 1)
         chunks = [pids[i::workers] for i in range(workers)]
-        jobs = [(str(tmp), c, seed, height, width) for c in chunks if c]
+        jobs = [(str(tmp), c, seed, height, width, float(nir)) for c in chunks if c]
         if workers > 1:
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 results = list(pool.map(_render_people, jobs))
@@ -1110,7 +1154,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 def ensure_synthetic(
-    cache_dir: str | Path | None = None, ids: int | None = None, seed: int = 0
+    cache_dir: str | Path | None = None, ids: int | None = None, seed: int = 0, nir: float = 0.0
 ) -> Path:
     """The folder of the synthetic dataset with these parameters, generated on first use.
 
@@ -1118,8 +1162,9 @@ def ensure_synthetic(
     ``<cache>`` is :func:`cache_root`; a complete folder whose manifest matches is reused.
     """
     ids = DEFAULT_IDS if ids is None else int(ids)
-    root = cache_root(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-ids{ids}-seed{seed}-128x64"
-    return generate(root, ids=ids, seed=seed)
+    tag = f"-nir{float(nir):g}" if nir > 0 else ""
+    root = cache_root(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-ids{ids}-seed{seed}-128x64{tag}"
+    return generate(root, ids=ids, seed=seed, nir=nir)
 
 
 @DATASETS.register("synthetic")
@@ -1134,6 +1179,8 @@ class SyntheticSYSU(SYSUMM01):
             With a ``root`` that already holds a complete synthetic dataset, None reads
             it whatever its size; a number that differs regenerates it.
         seed: generator seed (None: 0, or whatever the dataset at ``root`` has).
+        nir: near-infrared share of the infrared images (0: thermal, the default; see the
+            module docstring); None: 0, or whatever the dataset at ``root`` has.
 
     Everything else (``train``, ``test``, ``protocols``, ``meta()``, ``stats()``,
     ``fingerprint()``) is :class:`~uvireid.data.sysu.SYSUMM01`'s; ``meta()`` and
@@ -1143,20 +1190,31 @@ class SyntheticSYSU(SYSUMM01):
     name = "synthetic"
     title = "synthetic VI-ReID (SYSU-MM01 layout)"
 
-    def __init__(self, root: str | None = None, ids: int | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        root: str | None = None,
+        ids: int | None = None,
+        seed: int | None = None,
+        nir: float | None = None,
+    ):
         if root is None:
-            path = ensure_synthetic(ids=ids, seed=seed or 0)
+            path = ensure_synthetic(ids=ids, seed=seed or 0, nir=float(nir or 0.0))
         else:
             found = read_manifest(root)
             if found is not None:  # keep what is there unless asked for something else
                 ids = found.get("ids") if ids is None else ids
                 seed = found.get("seed") if seed is None else seed
-            path = generate(root, ids=ids, seed=seed or 0)
+                nir = found.get("nir", 0.0) if nir is None else nir
+            path = generate(root, ids=ids, seed=seed or 0, nir=float(nir or 0.0))
         self.manifest = read_manifest(path) or {}
         super().__init__(path, verify=True)
 
     def _generator(self) -> dict:
-        return {k: self.manifest.get(k) for k in ("version", "ids", "seed", "height", "width")}
+        keys = ("version", "ids", "seed", "height", "width")
+        out = {k: self.manifest.get(k) for k in keys}
+        if self.manifest.get("nir"):
+            out["nir"] = self.manifest["nir"]
+        return out
 
     def meta(self) -> dict:
         out = super().meta()
