@@ -62,5 +62,9 @@ def test_synth_with_the_real_generator(tmp_path, capsys):
     assert "wrote the synthetic dataset to" in text and "train  all" in text
     # the table is that of the 4 identities just written, not of a regenerated default set
     manifest = synthetic.read_manifest(tmp_path / "syn")
-    assert manifest["ids"] == 4
+    assert manifest["ids"] == 4 and "nir" not in manifest
+    assert (
+        main(["data", "synth", "--out", str(tmp_path / "nir"), "--ids", "4", "--nir", "0.5"]) == 0
+    )
+    assert synthetic.read_manifest(tmp_path / "nir")["nir"] == 0.5
     assert re.search(r"test\s+all\s+both\s+1\s", text), text  # 4 ids: one test id

@@ -5,7 +5,7 @@ prints identity and image counts per split, camera and modality, compares them w
 the official figures (:data:`uvireid.data.check.OFFICIAL_FIGURES`) and exits 1 when
 anything differs or is inconsistent.
 
-``uvireid data synth --out DIR [--ids N] [--seed S]`` writes the synthetic dataset with
+``uvireid data synth --out DIR [--ids N] [--seed S] [--nir X]`` writes the synthetic dataset with
 :func:`uvireid.data.synthetic.generate` and prints where and how much it wrote.
 """
 
@@ -95,6 +95,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="folder to write the dataset into")
     synth.add_argument("--ids", type=int, default=None, help="number of identities")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--nir",
+        type=float,
+        default=0.0,
+        help="near-infrared share of the infrared images, 0..1: 0 (default) renders heat "
+        "as a thermal camera (RegDB), higher values let the clothes' visible brightness "
+        "show as near-infrared cameras (SYSU-MM01) do",
+    )
     synth.set_defaults(func=run_synth)
 
 
@@ -133,7 +141,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from uvireid.data import synthetic
     from uvireid.data.check import stats_table
 
-    out = synthetic.generate(args.out, ids=args.ids, seed=args.seed)
+    kw = {"nir": args.nir} if args.nir else {}
+    out = synthetic.generate(args.out, ids=args.ids, seed=args.seed, **kw)
     ds = _open("synthetic", str(out))
     print(f"wrote the synthetic dataset to {out}")
     print(stats_table(ds))
