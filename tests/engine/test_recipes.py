@@ -95,6 +95,7 @@ def test_salcr_recipe_matches_the_spec_table(recipe, column):
 def test_demo_recipe_trains_on_the_synthetic_dataset():
     cfg = load_recipe("demo")
     assert cfg["data"]["type"] == "synthetic"
+    assert cfg["data"]["nir"] == 0.5  # SYSU-MM01's near-infrared look (RESULTS.md)
     # never a download: random init or the offline synthetic-visible prior
     assert cfg["backbone"]["pretrained"] in (False, "synthetic-visible")
     names = [s.name for s in stages_of(cfg)]
