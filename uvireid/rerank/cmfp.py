@@ -125,6 +125,33 @@ class _Block:
         return self.csr().to_dense()
 
 
+def _crow_of(r: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row pointers (n + 1,) for entries with row indices ``r`` (once they are sorted
+    by row)."""
+    crow = torch.zeros(n + 1, dtype=torch.long, device=r.device)
+    torch.cumsum(torch.bincount(r, minlength=n), 0, out=crow[1:])
+    return crow
+
+
+def _threshold_entries(s: torch.Tensor, kc: int) -> tuple:
+    """``(row, column, value)`` of the entries ``>=`` each row's kc-th largest value of
+    the dense rows ``s`` (every tie at the threshold kept), row-major."""
+    thr = torch.topk(s, kc, dim=1).values[:, -1:]
+    r, c = (s >= thr).nonzero(as_tuple=True)
+    return r, c, s[r, c]
+
+
+def _entries_to_block(r, c, v, n: int, m: int) -> _Block:
+    """CSR block from kept entries (row, column, similarity): sorted by row then column,
+    clamped at 0, each row divided by its sum (rows summing to 0 stay 0)."""
+    order = torch.argsort(r * m + c)
+    r, c, v = r[order], c[order], v[order].clamp(min=0)
+    crow = _crow_of(r, n)
+    sums = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, r, v)
+    safe = torch.where(sums > 0, sums, torch.ones_like(sums))
+    return _Block(crow, c, v / safe[r], (n, m))
+
+
 def _select(
     vals: torch.Tensor,
     idx: torch.Tensor,
@@ -162,42 +189,24 @@ def _select(
     # ordinary rows: the first kc candidates, columns in increasing order
     col, perm = idx[:, :kc].sort(dim=1)
     val = vals[:, :kc].gather(1, perm).clamp(min=0)
-    sums = val.sum(1)
     if tied is None:
+        sums = val.sum(1)
         safe = torch.where(sums > 0, sums, torch.ones_like(sums))
         val = val / safe[:, None]
         crow = torch.arange(0, n * kc + 1, kc, dtype=torch.long, device=dev)
         return _Block(crow, col.reshape(-1), val.reshape(-1), (n, n_cols))
     # rows with ties at the threshold: every entry >= the kc-th value of the full row
-    s = full_rows(tied)
-    thr = torch.topk(s, kc, dim=1).values[:, -1:]
-    m = s >= thr
-    r, c = m.nonzero(as_tuple=True)
-    v = s[r, c].clamp(min=0)
-    counts = torch.full((n,), kc, dtype=torch.long, device=dev)
-    counts[tied] = m.sum(1)
-    sums[tied] = torch.zeros_like(sums[tied]).index_add_(0, r, v)
-    crow = torch.zeros(n + 1, dtype=torch.long, device=dev)
-    torch.cumsum(counts, 0, out=crow[1:])
-    nnz = int(crow[-1])
-    out_col = torch.empty(nnz, dtype=torch.long, device=dev)
-    out_val = torch.empty(nnz, dtype=val.dtype, device=dev)
+    tr, tc, tv = _threshold_entries(full_rows(tied), kc)
     ordinary = torch.ones(n, dtype=torch.bool, device=dev)
     ordinary[tied] = False
     rows = ordinary.nonzero().squeeze(1)
-    pos = crow[rows][:, None] + torch.arange(kc, device=dev)[None, :]
-    out_col[pos.reshape(-1)] = col[rows].reshape(-1)
-    out_val[pos.reshape(-1)] = val[rows].reshape(-1)
-    # tied entries: r indexes into ``tied``; entries come row-major, so count within a row
-    start = torch.ones_like(r, dtype=torch.bool)
-    start[1:] = r[1:] != r[:-1]
-    grp = torch.cumsum(start.long(), 0) - 1
-    first = torch.arange(r.numel(), device=dev) - start.nonzero().squeeze(1)[grp]
-    p = crow[tied[r]] + first
-    out_col[p], out_val[p] = c, v
-    safe = torch.where(sums > 0, sums, torch.ones_like(sums))
-    out_val /= torch.repeat_interleave(safe, counts)
-    return _Block(crow, out_col, out_val, (n, n_cols))
+    return _entries_to_block(
+        torch.cat([rows.repeat_interleave(kc), tied[tr]]),
+        torch.cat([col[rows].reshape(-1), tc]),
+        torch.cat([val[rows].reshape(-1), tv]),
+        n,
+        n_cols,
+    )
 
 
 def _tie_flags(tops: list[tuple[torch.Tensor, int]]) -> list[bool]:
@@ -270,19 +279,6 @@ def mixed_available(x: torch.Tensor) -> bool:
 _SCREEN_EXTRA = 16
 
 
-def _entries_to_block(r, c, v, n: int, m: int) -> _Block:
-    """CSR block from kept entries (row, column, similarity): sorted by row then column,
-    clamped at 0, each row divided by its sum (rows summing to 0 stay 0)."""
-    order = torch.argsort(r * m + c)
-    r, c, v = r[order], c[order], v[order].clamp(min=0)
-    counts = torch.bincount(r, minlength=n)
-    crow = torch.zeros(n + 1, dtype=torch.long, device=r.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    sums = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, r, v)
-    safe = torch.where(sums > 0, sums, torch.ones_like(sums))
-    return _Block(crow, c, v / safe[r], (n, m))
-
-
 def _sampled_products(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor, c: torch.Tensor):
     """``(a[r_i] . b[c_i])_i`` in ``a``'s dtype without gathering rows: torch's sampled
     dense-dense product (``torch.sparse.sampled_addmm``) on the CSR pattern of the pairs
@@ -291,8 +287,7 @@ def _sampled_products(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor, c: torc
         return a.new_zeros(0)
     n, m = a.shape[0], b.shape[0]
     order = torch.argsort(r * m + c)
-    crow = torch.zeros(n + 1, dtype=torch.long, device=a.device)
-    torch.cumsum(torch.bincount(r, minlength=n), 0, out=crow[1:])
+    crow = _crow_of(r, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         pattern = torch.sparse_csr_tensor(
@@ -342,12 +337,10 @@ def _screened_block(
     parts_r, parts_c, parts_v = [kr], [idx[kr, kcol]], [vals]
     rows = redo.nonzero().squeeze(1)
     if rows.numel():  # the band may reach past the candidates: the whole row in float64
-        full = a[rows] @ b.T
-        t = torch.topk(full, kc, dim=1).values[:, -1:]
-        fr, fc = (full >= t).nonzero(as_tuple=True)
+        fr, fc, fv = _threshold_entries(a[rows] @ b.T, kc)
         parts_r.append(rows[fr])
         parts_c.append(fc)
-        parts_v.append(full[fr, fc])
+        parts_v.append(fv)
     block = _entries_to_block(torch.cat(parts_r), torch.cat(parts_c), torch.cat(parts_v), n, m)
     return block, int(rows.numel())
 
