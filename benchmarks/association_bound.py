@@ -89,26 +89,43 @@ def oracle_links(trainer, lab):
     return lab
 
 
-def run_oracle(overrides: list[str]) -> None:
+def train_demo(overrides: list[str], hook=None):
+    """Train the demo recipe with ``overrides``; ``hook(trainer, stage, fv, fr, labels)``,
+    when given, sees (and may replace) each epoch's pseudo-labels. Returns the run folder."""
     original = trainer_mod.Trainer.pseudo_labels
 
-    def with_oracle(self, stage, fv, fr, seconds):
+    def hooked(self, stage, fv, fr, seconds):
         lab = original(self, stage, fv, fr, seconds)
-        return lab if stage.associator is None else oracle_links(self, lab)
+        return lab if hook is None else hook(self, stage, fv, fr, lab)
 
-    trainer_mod.Trainer.pseudo_labels = with_oracle
+    trainer_mod.Trainer.pseudo_labels = hooked
     try:
         folder = run_recipe(load_recipe("demo", overrides), progress=False)
     finally:
         trainer_mod.Trainer.pseudo_labels = original
     print(f"run folder: {folder.path}")
+    return folder
+
+
+def print_evals(folder, extra=lambda quality: "") -> None:
+    """Each evaluated epoch's IR->RGB mAP (and re-ranked), with ``extra(label_quality)``."""
     for m in folder.read_metrics():
         ev = m.get("eval")
         if isinstance(ev, dict) and "none" in ev:
-            cross = ((m.get("label_quality") or {}).get("cross_v") or {}).get("ari")
-            extra = f"  cross_v ARI {cross:.3f}" if cross is not None else ""
             rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
-            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{extra}")
+            text = extra(m.get("label_quality") or {})
+            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{text}")
+
+
+def run_oracle(overrides: list[str]) -> None:
+    def with_oracle(trainer, stage, fv, fr, lab):
+        return lab if stage.associator is None else oracle_links(trainer, lab)
+
+    def cross_ari(q):
+        cross = (q.get("cross_v") or {}).get("ari")
+        return f"  cross_v ARI {cross:.3f}" if cross is not None else ""
+
+    print_evals(train_demo(overrides, with_oracle), cross_ari)
 
 
 def run_sweep(checkpoint: str, overrides: list[str]) -> None:
@@ -165,23 +182,22 @@ def cross_prior(cache: str) -> str:
         synthetic.SyntheticSYSU = base
 
 
-def run_cross_prior(overrides: list[str]) -> None:
+def cross_prior_path() -> str:
+    """The cross-modal prior in ``<cache>/cross-prior/``, trained on first use."""
     from uvireid.data.synthetic import cache_root
 
-    path = cross_prior(str(cache_root() / "cross-prior"))
+    return cross_prior(str(cache_root() / "cross-prior"))
+
+
+def link_precision_text(q: dict) -> str:
+    links = (q.get("links") or {}).get("link_precision")
+    return f"  link precision {links:.3f}" if links is not None else ""
+
+
+def run_cross_prior(overrides: list[str]) -> None:
+    path = cross_prior_path()
     print(f"cross-modal prior: {path}")
-    folder = run_recipe(
-        load_recipe("demo", [f"backbone.pretrained={path}", *overrides]), progress=False
-    )
-    print(f"run folder: {folder.path}")
-    for m in folder.read_metrics():
-        ev = m.get("eval")
-        if isinstance(ev, dict) and "none" in ev:
-            q = m.get("label_quality") or {}
-            links = (q.get("links") or {}).get("link_precision")
-            extra = f"  link precision {links:.3f}" if links is not None else ""
-            rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
-            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{extra}")
+    print_evals(train_demo([f"backbone.pretrained={path}", *overrides]), link_precision_text)
 
 
 def _majority(labels: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,34 +234,20 @@ def cross_signal(fv, fr, lab, gv: np.ndarray, gr: np.ndarray) -> dict:
 
 def run_trace(overrides: list[str]) -> None:
     if "backbone.pretrained=cross-prior" in overrides:
-        from uvireid.data.synthetic import cache_root
-
-        path = cross_prior(str(cache_root() / "cross-prior"))
+        path = cross_prior_path()
         overrides = [
             f"backbone.pretrained={path}" if o.endswith("=cross-prior") else o for o in overrides
         ]
-    original = trainer_mod.Trainer.pseudo_labels
 
-    def traced(self, stage, fv, fr, seconds):
-        lab = original(self, stage, fv, fr, seconds)
-        gv = np.array([r.pid for r in self.vis])
-        gr = np.array([r.pid for r in self.ir])
+    def traced(trainer, stage, fv, fr, lab):
+        gv = np.array([r.pid for r in trainer.vis])
+        gr = np.array([r.pid for r in trainer.ir])
         sig = cross_signal(fv, fr, lab, gv, gr)
         text = ", ".join(f"{k} {v:.3f}" for k, v in sig.items())
-        print(f"epoch {self.epoch} ({stage.name}): {text}", flush=True)
+        print(f"epoch {trainer.epoch} ({stage.name}): {text}", flush=True)
         return lab
 
-    trainer_mod.Trainer.pseudo_labels = traced
-    try:
-        folder = run_recipe(load_recipe("demo", overrides), progress=False)
-    finally:
-        trainer_mod.Trainer.pseudo_labels = original
-    print(f"run folder: {folder.path}")
-    for m in folder.read_metrics():
-        ev = m.get("eval")
-        if isinstance(ev, dict) and "none" in ev:
-            rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
-            print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}")
+    print_evals(train_demo(overrides, traced))
 
 
 def main(argv: list[str] | None = None) -> int:
