@@ -8,7 +8,8 @@
 # in benchmarks/RESULTS.md with the card's name. OUT_DIR gets at most 8 files (the logs and
 # the demo's metrics); the dataset cache and the run folders go to $WORK (default
 # /tmp/uvireid-gpu). Set UVIREID_CACHE to a cache holding the demo's prior to skip its
-# ~2-minute build. tests_cuda needs every package uvireid requires (hdbscan among them:
+# ~2-minute build. STEPS="name ..." runs only the named steps (in the script's order), for a
+# device budget that cannot hold them all. tests_cuda needs every package uvireid requires (hdbscan among them:
 # an image without it needs its wheel installed first).
 set -u
 out="${1:-${OUT:-gpu_out}}"
@@ -22,13 +23,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
 run() {  # run NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
+    if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then
+        return 0
+    fi
     echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     echo "   exit $? after $SECONDS s in all; tail:"
     tail -n 12 "$out/$name.log"
 }
 # every test with a CUDA case (the CUDA paths against the CPU result)
-run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py -k "device or channels_last or placed"
+run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py tests/rerank/test_cmfp.py -k "device or channels_last or placed or cuda"
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
 run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
@@ -37,11 +41,12 @@ run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref 
 run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 100 --epochs 2 --dcl-epochs 2
 # issue 5 item 8: one SALCR step against the plain step at the paper's size, and its
 # host-device syncs / kernel ops (the H100 step was sync-bound before the sync-free losses)
-run overhead 50 "$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --count-ops
-run overhead_bf16 30 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10
+# (--kernels: the host's queueing time against the kernels' time, and the top kernels)
+run overhead 60 "$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --count-ops --kernels 25
+run overhead_bf16 40 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --kernels 25
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
 run demo 90 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
-find "$work/runs" -name metrics.jsonl -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
+find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
 # issue 3: scalable CMFP at 1M on the GPU through uvireid's ivf kNN (no faiss needed)
 run rerank_ivf 40 "$py" benchmarks/rerank_speed.py --device cuda --only scalable --scalable-sizes 1000000 --knn-backend ivf
 echo "done in $SECONDS s; logs in $out"

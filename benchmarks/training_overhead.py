@@ -105,7 +105,7 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     opt_full = torch.optim.Adam([*model.parameters(), *parts.parameters()], lr=1e-5, fused=fused)
     dev_type = torch.device(dev).type
 
-    def step(full: bool) -> None:
+    def step(full: bool, sync: bool = True) -> None:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, mod)
             f = out.bn_feat.float()
@@ -127,7 +127,7 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
         if full:
             fgsal.update(d, targets)
             gpcr.update(d, targets)
-        if dev.startswith("cuda"):
+        if sync and dev.startswith("cuda"):
             torch.cuda.synchronize()
 
     return step, model, parts
@@ -140,6 +140,43 @@ def count_ops(step, full: bool) -> tuple[int, int]:
     105 ms against 75 ms of kernels)."""
     waits, kernels = profile_ops(lambda: step(full))
     return len(waits), kernels
+
+
+def host_and_kernels(step, full: bool, device: str, steps: int = 3, top: int = 0) -> dict:
+    """Where a step's time goes on a GPU: the host's time to queue it (the step without the
+    final synchronisation; the device still running), the whole step, and the summed time
+    of the kernels the profiler saw run (``steps`` steps, per step); ``top`` > 0 also
+    prints the ops with the most device time. A step with host time above kernel time is
+    bound by launches (the host), one below by arithmetic (the device)."""
+    on_cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    host = total = float("inf")
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        step(full, sync=False)
+        t1 = time.perf_counter()
+        sync()
+        host, total = min(host, t1 - t0), min(total, time.perf_counter() - t0)
+    out = {"host_s": host, "step_s": total, "kernel_s": None, "launches": None}
+    if not on_cuda:
+        return out
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(full)
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    out["kernel_s"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / steps
+    out["launches"] = len(kernels) / steps
+    if top:
+        try:
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=top)
+        except Exception as exc:  # noqa: BLE001 - a profiler version without the key
+            table = f"(no table: {exc})"
+        print(table)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         "--count-ops",
         action="store_true",
         help="also count each step's host-device synchronisations and kernel ops (profiler)",
+    )
+    ap.add_argument(
+        "--kernels",
+        type=int,
+        default=None,
+        metavar="TOP",
+        help="also time each step's host queueing against its kernels (CUDA profiler) and "
+        "print the TOP ops by device time of the SALCR step",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -210,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|")
         for full, title in ((False, "plain (backbone + DAGL)"), (True, "SALCR (+ FGSAL + GPCR)")):
             print(f"| {title} | {counts[full][0]} | {counts[full][1]} |")
+    if args.kernels is not None:
+        print("| step | host queueing s | whole step s | kernels s | kernels launched |")
+        print("|---|---|---|---|---|")
+        for full, title in ((False, "plain (backbone + DAGL)"), (True, "SALCR (+ FGSAL + GPCR)")):
+            r = host_and_kernels(step, full, dev, top=args.kernels if full else 0)
+            ks = "-" if r["kernel_s"] is None else f"{r['kernel_s']:.4f}"
+            kn = "-" if r["launches"] is None else f"{r['launches']:.0f}"
+            print(f"| {title} | {r['host_s']:.4f} | {r['step_s']:.4f} | {ks} | {kn} |")
     print(
         f"FGSAL parameters: {added:,} (tokens {args.parts * c:,} + BN {2 * args.parts * c:,}); "
         f"backbone {sum(p.numel() for p in model.parameters()):,}"
