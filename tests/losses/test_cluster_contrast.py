@@ -202,3 +202,45 @@ def test_momentum_update_equals_the_sequential_loop(case):
         assert torch.allclose(got[p], want, atol=1e-12)
     if case in ("all_outliers", "empty"):
         assert torch.equal(got, parts) and torch.equal(flat, mem)
+
+
+def test_momentum_update_many_equals_one_sequential_loop_per_memory():
+    """Several memories in one set of rounds = the reference's per-sample loop on each:
+    memories of different sizes, (K, d) rows and (P, K, d) part memories through their
+    transposed views, outliers, a memory none of whose rows is kept, labels that
+    repeat more in one memory than in the others."""
+    from uvireid.losses.memory import momentum_update, momentum_update_many
+
+    rng = np.random.default_rng(11)
+    sizes, counts = (5, 3, 7, 4), (19, 6, 11, 4)
+    ys = [rng.integers(-1, k, n) for k, n in zip(sizes, counts)]
+    ys[3][:] = -1  # nothing of the last memory is updated
+    ys[0][:8] = 2  # one label with many rows: more rounds than the others need
+    xs = [torch.from_numpy(rng.normal(size=(n, 3, 4))) for n in counts]
+    flat = [unit_rows(k, 4, seed=20 + i) for i, k in enumerate(sizes)]
+    got = [m.clone() for m in flat]
+    momentum_update_many([(m, x[:, 0], torch.as_tensor(y)) for m, x, y in zip(got, xs, ys)], 0.2)
+    for m0, m, x, y in zip(flat, got, xs, ys):
+        assert torch.allclose(m, momentum_loop(m0.clone(), x[:, 0], y.tolist(), 0.2), atol=1e-12)
+    assert torch.equal(got[3], flat[3])
+    parts = [
+        torch.stack([unit_rows(k, 4, seed=40 + 3 * i + p) for p in range(3)])
+        for i, k in enumerate(sizes)
+    ]  # (P, K, d)
+    got = [m.clone() for m in parts]
+    momentum_update_many([(m.transpose(0, 1), x, y) for m, x, y in zip(got, xs, ys)], 0.1)
+    for m0, m, x, y in zip(parts, got, xs, ys):
+        for p in range(3):
+            want = momentum_loop(m0[p].clone(), x[:, p], y.tolist(), 0.1)
+            assert torch.allclose(m[p], want, atol=1e-12)
+    # one memory given alone takes the same path as momentum_update
+    one, alone = flat[0].clone(), flat[0].clone()
+    momentum_update_many([(one, xs[0][:, 0], ys[0])], 0.1)
+    momentum_update(alone, xs[0][:, 0], ys[0], 0.1)
+    assert torch.equal(one, alone)
+    with pytest.raises(ValueError, match="row shape"):
+        momentum_update_many([(flat[0], xs[0][:, 0], ys[0]), (parts[1], xs[1], ys[1])], 0.1)
+    with pytest.raises(ValueError, match="appears twice"):
+        momentum_update_many([(flat[0], xs[0][:, 0], ys[0]), (flat[0], xs[0][:, 0], ys[0])], 0.1)
+    with pytest.raises(ValueError, match="19 feature rows but 6 labels"):
+        momentum_update_many([(flat[0], xs[0][:, 0], ys[1])], 0.1)

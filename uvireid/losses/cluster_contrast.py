@@ -50,7 +50,11 @@ logger = logging.getLogger(__name__)
 
 
 def cluster_nce(
-    x: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, temperature: float
+    x: torch.Tensor,
+    memory: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    normalized: bool = False,
 ) -> torch.Tensor:
     """Mean over rows with ``labels >= 0`` of ``CE(normalize(x) M^T / tau, y)`` (Eq. 1-2).
 
@@ -58,6 +62,9 @@ def cluster_nce(
         x: (B, d) features (normalised here), or (B, P, d) part features; memory: (K, d)
             prototypes, or (P, K, d) one set per part (no gradient); labels: (B,) long,
             -1 = row left out (of every part); temperature: tau.
+        normalized: ``x`` is already ``normalize(x)`` (a loss that scores the same rows
+            against several memories normalises them once: on a GPU each normalisation
+            is a dozen kernel launches with its backward).
 
     Returns:
         0-dim tensor, with parts the mean over the parts (one batched product for all of
@@ -67,7 +74,7 @@ def cluster_nce(
         return x.sum() * 0.0
     # every row through the product, the unlabelled ones ignored by the loss: no
     # data-dependent shapes, so nothing waits for the device on a GPU
-    z = F.normalize(x, dim=-1)
+    z = x if normalized else F.normalize(x, dim=-1)
     if z.dim() == 3:
         z = z.transpose(0, 1)  # (P, B, d) against (P, K, d)
     logits = z @ memory.detach().to(x.dtype).transpose(-1, -2) / temperature
@@ -107,8 +114,9 @@ class _TwoMemories(nn.Module):
             yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
         else:
             fv, yv = outputs.feat_v, targets.vis_in_v
-        self.memory_v.update(fv, yv)
-        self.memory_r.update(outputs.feat_r, targets.ir_in_r)
+        ClusterMemory.update_together(
+            (self.memory_v, fv, yv), (self.memory_r, outputs.feat_r, targets.ir_in_r)
+        )
 
 
 @LOSSES.register("cluster_contrast")
@@ -185,14 +193,13 @@ class DualClusterContrastLoss(_TwoMemories):
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
         z, tv, tr = self._rows(outputs, targets)
-        tau = self.temperature
-        return cluster_nce(z, self.memory_v.features, tv, tau) + cluster_nce(
-            z, self.memory_r.features, tr, tau
+        z, tau = F.normalize(z, dim=-1), self.temperature  # once for both memories
+        return cluster_nce(z, self.memory_v.features, tv, tau, normalized=True) + cluster_nce(
+            z, self.memory_r.features, tr, tau, normalized=True
         )
 
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """Both memories with every row that has a label in their space (batch order)."""
         z, tv, tr = self._rows(outputs, targets.on_host())
-        self.memory_v.update(z, tv)
-        self.memory_r.update(z, tr)
+        ClusterMemory.update_together((self.memory_v, z, tv), (self.memory_r, z, tr))

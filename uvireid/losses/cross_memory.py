@@ -215,5 +215,7 @@ class ModalityAgnosticLoss(_TwoMemories):
         self.update_intra(outputs, targets, self.use_ca)
         views = self._views(outputs, targets)
         z = torch.cat([x for x, _, _, _ in views])
-        self.memory_va.update(z, torch.cat([yv for _, yv, _, _ in views]))
-        self.memory_ra.update(z, torch.cat([yr for _, _, yr, _ in views]))
+        ClusterMemory.update_together(
+            (self.memory_va, z, torch.cat([yv for _, yv, _, _ in views])),
+            (self.memory_ra, z, torch.cat([yr for _, _, yr, _ in views])),
+        )

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import momentum_update
+from uvireid.losses.memory import momentum_update_many
 from uvireid.registry import LOSSES
 
 __all__ = ["InstanceNeighbourLoss", "topk_indices", "members", "positive_nll"]
@@ -71,16 +71,19 @@ def positive_nll(logits: torch.Tensor, cand: torch.Tensor, member: torch.Tensor)
             candidate is a positive (the positive set of row b is ``cand[b][member[b]]``;
             candidates are distinct within a row).
 
-    ``-log sum_P softmax = logsumexp(row) - logsumexp(row[P])``; the second term is taken
-    over the k gathered candidates only, not over a masked copy of the (B, N) logits.
+    ``-log sum_P softmax = -logsumexp(log_softmax(row)[P])``: one fused log-softmax over
+    the (B, N) logits (on a GPU one kernel, against about seven for a ``logsumexp``), then
+    a log-sum-exp over the k gathered candidates only, not over a masked copy of the
+    (B, N) logits.
     """
     keep = member.any(-1)
     # a row without a positive scores its candidates as they are (finite, so no NaN can
     # reach the gradient) and is then weighted 0: no data-dependent shapes, no wait for
     # the device on a GPU
-    pos = logits.gather(-1, cand.expand(*logits.shape[:-1], cand.shape[-1]))
+    logp = torch.log_softmax(logits, -1)
+    pos = logp.gather(-1, cand.expand(*logits.shape[:-1], cand.shape[-1]))
     pos = pos.masked_fill(~member & keep[..., None], float("-inf"))
-    nll = (torch.logsumexp(logits, -1) - torch.logsumexp(pos, -1)) * keep
+    nll = -torch.logsumexp(pos, -1) * keep
     return (nll.sum(-1) / keep.sum(-1).clamp(min=1)).mean()
 
 
@@ -141,16 +144,20 @@ class InstanceNeighbourLoss(nn.Module):
                     raise ValueError("instance_neighbour with parts needs context.parts_v/_r")
                 setattr(self, f"part_{s}", F.normalize(parts[keep], dim=-1))
 
-    def _logits(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        # 1/tau folded into the (B, d) queries: one pass less over the (B, N) logits
-        q = F.normalize(z, dim=-1) * (1.0 / self.temperature)
-        return q @ memory.detach().to(z.dtype).transpose(-1, -2)
+    def _queries(self, z: torch.Tensor) -> torch.Tensor:
+        """``normalize(z) / tau``, made once per step for both modalities' memories (1/tau
+        folded into the (B, d) queries: one pass less over the (B, N) logits)."""
+        return F.normalize(z, dim=-1) * (1.0 / self.temperature)
 
-    def _global(self, outputs: StepOutputs, memory: torch.Tensor):
-        """Global term on one memory; also returns each query image's top-k indices."""
-        s = len(outputs.feat_v)
-        z = torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r])
-        logits = self._logits(z, memory)
+    @staticmethod
+    def _logits(q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return q @ memory.detach().to(q.dtype).transpose(-1, -2)
+
+    def _global(self, q: torch.Tensor, memory: torch.Tensor):
+        """Global term on one memory for the queries ``q`` of the rows [v; a; r]
+        (:meth:`_queries`); also returns each query image's top-k indices."""
+        s = len(q) // 3
+        logits = self._logits(q, memory)
         nbr = topk_indices(logits.detach(), self.k)
         nv, na, nr = nbr[:s], nbr[s : 2 * s], nbr[2 * s :]
         inter = members(nv, nr)  # N_k(f^v) ∩ N_k(f^r), as a mask over N_k(f^v)
@@ -159,14 +166,20 @@ class InstanceNeighbourLoss(nn.Module):
         loss = positive_nll(logits, nv.repeat(3, 1), inter.repeat(3, 1))
         return loss, {"v": nv, "a": na, "r": nr}
 
-    def _part(self, parts: dict, memory: torch.Tensor, glob: dict) -> torch.Tensor:
-        """Part term on one part memory (N, P, d), averaged over parts; the P parts and
-        the nine (query, map) blocks go through one batched product."""
+    def _part_rows(self, parts: dict) -> tuple[dict, torch.Tensor]:
+        """The nine (query, map) rows (``key``: which part feature each row takes) and
+        their queries (P, 9S, d), made once per step for both modalities' memories."""
         key = {(q, m): (q, m) for q in MAPS for m in MAPS}
         if self.official_quirks:
             key["a", "r"] = ("a", "v")
+        z = torch.cat([parts[key[qm]] for qm in key]).transpose(0, 1)  # (P, 9S, d)
+        return key, self._queries(z)
+
+    def _part(self, key: dict, z: torch.Tensor, memory: torch.Tensor, glob: dict):
+        """Part term on one part memory (N, P, d) for the queries of :meth:`_part_rows`,
+        averaged over parts; the P parts and the nine (query, map) blocks go through one
+        batched product."""
         pairs = list(key)
-        z = torch.cat([parts[key[qm]] for qm in pairs]).transpose(0, 1)  # (P, 9S, d)
         lg = self._logits(z, memory.transpose(0, 1))  # (P, 9S, N)
         nb = topk_indices(lg.detach(), self.k)  # row-wise: the same as block by block
         nbr = dict(zip(pairs, nb.chunk(len(pairs), dim=1)))  # (P, S, k) each
@@ -187,11 +200,15 @@ class InstanceNeighbourLoss(nn.Module):
         if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):
             return outputs.feat_v.sum() * 0.0
         total = outputs.feat_v.sum() * 0.0
+        q = self._queries(torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r]))
+        use_parts = self.use_parts and bool(outputs.parts)
+        if use_parts:
+            key, zp = self._part_rows(outputs.parts)
         for s in ("v", "r"):
-            g, glob = self._global(outputs, getattr(self, f"inst_{s}"))
+            g, glob = self._global(q, getattr(self, f"inst_{s}"))
             total = total + g
-            if self.use_parts and outputs.parts:
-                total = total + self._part(outputs.parts, getattr(self, f"part_{s}"), glob)
+            if use_parts:
+                total = total + self._part(key, zp, getattr(self, f"part_{s}"), glob)
         return total
 
     @torch.no_grad()
@@ -203,6 +220,7 @@ class InstanceNeighbourLoss(nn.Module):
         from uvireid.engine.distributed import all_gather_cat, gather_labels
 
         host = targets.on_host()
+        glob, part = [], []  # both modalities' global, resp. part, memories in one call
         for s, feat, idx, self_key in (
             ("v", outputs.feat_v, host.idx_v, ("v", "v")),
             ("r", outputs.feat_r, host.idx_r, ("r", "r")),
@@ -211,11 +229,13 @@ class InstanceNeighbourLoss(nn.Module):
             # the indices of every rank are gathered on the device, then read back)
             row = self._rows_of(s)[gather_labels(idx, feat.device).cpu()]
             mem = getattr(self, f"inst_{s}")
-            momentum_update(mem, all_gather_cat(feat.detach().to(mem.dtype)), row, self.momentum)
+            glob.append((mem, all_gather_cat(feat.detach().to(mem.dtype)), row))
             if self.use_parts and self_key in outputs.parts:
                 pm = getattr(self, f"part_{s}")
                 xp = all_gather_cat(outputs.parts[self_key].detach().to(pm.dtype))
-                momentum_update(pm, xp, row, self.momentum)
+                part.append((pm, xp, row))
+        momentum_update_many(glob, self.momentum)
+        momentum_update_many(part, self.momentum)
 
     def _rows_of(self, s: str) -> torch.Tensor:
         """The image -> memory-row map of modality ``s`` on the host (a copy of the

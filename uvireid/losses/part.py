@@ -27,11 +27,12 @@ both infrared-space memories from f^rr by ỹ^r, and the a->r row replaced by a-
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from uvireid.losses.cluster_contrast import cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import centroids, momentum_update
+from uvireid.losses.memory import centroids, momentum_update_many
 from uvireid.registry import LOSSES
 
 __all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
@@ -111,19 +112,28 @@ class PartContrastLoss(nn.Module):
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
         rows = self._rows(outputs, targets)
         total = outputs.feat_v.sum() * 0.0
+        unit = {}  # the visible-query rows and the infrared-query rows (two memories
+        # each, the same tensor in _rows) normalised once each
         for name, (x, y) in rows.items():
-            total = total + cluster_nce(x, getattr(self, name), y, self.temperature)
+            if id(x) not in unit:
+                unit[id(x)] = F.normalize(x, dim=-1)
+            z = unit[id(x)]
+            total = total + cluster_nce(z, getattr(self, name), y, self.temperature, True)
         return total
 
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
-        """Each memory with its rows and targets, every part at once (Eq. 7 per part)."""
+        """Each memory with its rows and targets, every part at once (Eq. 7 per part), the
+        four memories in one call."""
         from uvireid.engine.distributed import all_gather_cat, gather_labels
 
+        updates = []
         for name, (x, y) in self._rows(outputs, targets.on_host()).items():
             mem = getattr(self, name)  # (P, K, d), updated in place through its (K, P, d) view
             x = all_gather_cat(x.detach().to(mem.dtype))
-            momentum_update(mem.transpose(0, 1), x, gather_labels(y, x.device), self.momentum)
+            updates.append((mem.transpose(0, 1), x, gather_labels(y, x.device)))
+        # the four memories in one set of rounds (24 instead of 72 at 8 labels x 4 images)
+        momentum_update_many(updates, self.momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in MEMORIES:
