@@ -43,7 +43,10 @@ run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 
 # host-device syncs / kernel ops (the H100 step was sync-bound before the sync-free losses)
 # (--kernels: the host's queueing time against the kernels' time, and the top kernels)
 run overhead 60 "$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --count-ops --kernels 25
-run overhead_bf16 40 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --kernels 25
+run overhead_bf16 120 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --kernels 25 --compile
+# the loop again with the losses compiled (train.compile_losses; the first step of each
+# stage compiles, so the stage's warm second epoch is the figure)
+run loop_bf16_compiled 240 "$py" benchmarks/training_loop.py --device cuda --amp --iters 100 --epochs 2 --dcl-epochs 2 --compile-losses
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
 run demo 90 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null

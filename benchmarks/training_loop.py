@@ -151,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="SALCR-stage epochs")
     ap.add_argument("--dcl-epochs", type=int, default=2, help="DCL-stage epochs")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument(
+        "--compile-losses", action="store_true", help="train.compile_losses (torch.compile)"
+    )
     ap.add_argument("--out", default=None, help="run folder parent (default: a temp dir)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
         f"train.width={width}",
         f"train.pad={max(2, height // 28)}",
         f"train.amp={'true' if args.amp else 'false'}",
+        f"train.compile_losses={'true' if args.compile_losses else 'false'}",
         f"stages.0.epochs={args.dcl_epochs}",
         f"stages.0.iters_per_epoch={iters}",
         "stages.0.sampler.ids=12",  # salcr.yaml's DCL batch: 12 labels x 12 images
@@ -203,7 +207,8 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {name}, {os.cpu_count()} cores, "
-        f"{arch} {height}x{width}, {'bf16' if args.amp else 'fp32'}, {ids} synthetic ids, "
+        f"{arch} {height}x{width}, {'bf16' if args.amp else 'fp32'}"
+        f"{', losses compiled' if args.compile_losses else ''}, {ids} synthetic ids, "
         f"{iters} iterations/epoch; run folder {folder.path}; wall {wall:.1f} s"
     )
     print(

@@ -105,19 +105,27 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     opt_full = torch.optim.Adam([*model.parameters(), *parts.parameters()], lr=1e-5, fused=fused)
     dev_type = torch.device(dev).type
 
-    def step(full: bool, sync: bool = True) -> None:
+    def salcr_losses(o: StepOutputs, t: StepTargets) -> torch.Tensor:
+        return dagl(o, t) + fgsal(o, t) + 0.5 * gpcr(o, t)
+
+    compiled_losses = []  # made on first use (train.compile_losses)
+
+    def step(full: bool, sync: bool = True, compiled: bool = False) -> None:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, mod)
             f = out.bn_feat.float()
             o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
-            loss = dagl(o, targets)
             if full:
                 fm = out.feature_map
                 o.parts = {
                     kk: v.float()
                     for kk, v in parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :]).items()
                 }
-                loss = loss + fgsal(o, targets) + 0.5 * gpcr(o, targets)
+                if compiled and not compiled_losses:
+                    compiled_losses.append(torch.compile(salcr_losses))
+                loss = (compiled_losses[0] if compiled else salcr_losses)(o, targets)
+            else:
+                loss = dagl(o, targets)
         opt = opt_full if full else opt_plain
         opt.zero_grad()
         loss.backward()
@@ -199,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also count each step's host-device synchronisations and kernel ops (profiler)",
     )
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the SALCR step with its losses through torch.compile "
+        "(train.compile_losses)",
+    )
+    ap.add_argument(
         "--kernels",
         type=int,
         default=None,
@@ -233,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             best = min(best, time.perf_counter() - t0)
         times[full] = min(best, times.get(full, float("inf"))) if full in times else best
     plain, salcr = times[False], times[True]
+    if args.compile:
+        t0 = time.perf_counter()
+        step(True, compiled=True)  # compiles
+        compile_s = time.perf_counter() - t0
+        salcr_c = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            step(True, compiled=True)
+            salcr_c = min(salcr_c, time.perf_counter() - t0)
     added = sum(p.numel() for p in parts.parameters())
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor()
     print(
@@ -249,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     print(f"| plain (backbone + DAGL) | {plain:.3f} | 1.00 |")
     print(f"| SALCR (+ FGSAL + GPCR) | {salcr:.3f} | {salcr / plain:.2f} |")
+    if args.compile:
+        print(
+            f"| SALCR, losses compiled (first call with compilation {compile_s:.1f} s) | "
+            f"{salcr_c:.3f} | {salcr_c / plain:.2f} |"
+        )
     if args.count_ops:
         counts = {full: count_ops(step, full) for full in (False, True)}
         print("| step | host-device syncs | kernel ops |")
@@ -258,8 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernels is not None:
         print("| step | host queueing s | whole step s | kernels s | kernels launched |")
         print("|---|---|---|---|---|")
-        for full, title in ((False, "plain (backbone + DAGL)"), (True, "SALCR (+ FGSAL + GPCR)")):
-            r = host_and_kernels(step, full, dev, top=args.kernels if full else 0)
+        rows = [(False, False, "plain (backbone + DAGL)"), (True, False, "SALCR (+ FGSAL + GPCR)")]
+        if args.compile:
+            rows.append((True, True, "SALCR, losses compiled"))
+        for full, comp, title in rows:
+            r = host_and_kernels(
+                lambda full, sync=True, comp=comp: step(full, sync, comp),
+                full,
+                dev,
+                top=args.kernels if full and not comp else 0,
+            )
             ks = "-" if r["kernel_s"] is None else f"{r['kernel_s']:.4f}"
             kn = "-" if r["launches"] is None else f"{r['launches']:.0f}"
             print(f"| {title} | {r['host_s']:.4f} | {r['step_s']:.4f} | {ks} | {kn} |")

@@ -83,6 +83,12 @@ class TrainSettings:
         cudnn_benchmark: let cuDNN time its convolution algorithms once for the fixed
             training size (CUDA; faster steps). false picks them by heuristics, for GPU
             runs that repeat more closely.
+        compile_losses: compile each stage's loss terms (forward and backward) with
+            ``torch.compile``: the elementwise work of the memories' InfoNCE and GPCR's
+            neighbour sets fused into a few kernels. On a GPU the SALCR step's losses are
+            bound by kernel launches (benchmarks/RESULTS.md); the compilation costs tens of
+            seconds at a stage's first step and again when the cluster count changes
+            shape, and needs Triton (CUDA) or a C++ compiler (CPU). Off by default.
         threads: torch CPU threads (0: torch's default). On a small shared CPU, 1 is often
             fastest.
         pad, erasing_p, jitter, gray_p: augmentation (zero padding before the random
@@ -115,6 +121,7 @@ class TrainSettings:
     channels_last: bool | None = None
     cudnn_benchmark: bool = True
     images_on_device: bool | None = None
+    compile_losses: bool = False
     threads: int = 0
     pad: int = 10
     erasing_p: float = 0.5

@@ -25,6 +25,7 @@ the run with :class:`~uvireid.errors.TrainingError`, keeping the last good check
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -233,6 +234,25 @@ def extract_images(
 # --------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------
+def _compiled(fn):
+    """``torch.compile(fn)`` with every size symbolic, the loss modules' memories
+    included (dynamo takes a module's buffers as fixed-size by default, and the memories
+    change size every epoch): one compilation per stage, not one per epoch."""
+    import torch._dynamo
+
+    compiled = torch.compile(fn, dynamic=True)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(
+            force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False
+        ):
+            return compiled(*args, **kwargs)
+
+    call.compiled = True
+    return call
+
+
 class Trainer:
     """Runs a resolved recipe's stages on a dataset (see the module docstring).
 
@@ -263,6 +283,7 @@ class Trainer:
             )
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
         self.losses: dict[str, nn.ModuleList] = {}
+        self._loss_fns: dict = {}  # stage name -> its (compiled) loss function
         for stage in self.stages:
             self.losses_of(stage)
         self._build_parts()
@@ -578,16 +599,9 @@ class Trainer:
             out, parts = self.ddp_model(x, mod, sv if want_parts else None)
             feat = out.bn_feat.float()
             outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
-            terms = {}
-            total = feat.sum() * 0.0
-            used = []
-            for item, loss in zip(stage.losses, losses):
-                if getattr(loss, "needs_parts", False) and not outputs.parts:
-                    continue  # an unpaired batch (no cross-modal link): no part terms
-                used.append(loss)
-                value = loss(outputs, targets)
-                terms[item["type"]] = value
-                total = total + float(item.get("weight", 1.0)) * value
+            total, terms = self._loss_terms(stage, losses)(outputs, targets)
+        # an unpaired batch (no cross-modal link) has no part terms
+        used = [m for m in losses if outputs.parts or not getattr(m, "needs_parts", False)]
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -597,6 +611,34 @@ class Trainer:
                 loss.update(detached, targets)
         read = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())])
         return ("total", *terms), read
+
+    def _loss_terms(self, stage: Stage, losses: nn.ModuleList):
+        """The stage's loss function ``(outputs, targets) -> (total, {name: term})``:
+        the weighted sum of its losses (those that need part features left out of an
+        unpaired batch), compiled with ``torch.compile`` under ``train.compile_losses``
+        (made once per stage; torch recompiles when a memory's size changes)."""
+        fn = self._loss_fns.get(stage.name)
+        if fn is not None:
+            return fn
+        items = [
+            (item["type"], float(item.get("weight", 1.0)), loss)
+            for item, loss in zip(stage.losses, losses)
+        ]
+
+        def terms_of(outputs: StepOutputs, targets: StepTargets):
+            terms = {}
+            total = outputs.feat_v.sum() * 0.0
+            for name, weight, loss in items:
+                if getattr(loss, "needs_parts", False) and not outputs.parts:
+                    continue
+                value = loss(outputs, targets)
+                terms[name] = value
+                total = total + weight * value
+            return total, terms
+
+        fn = _compiled(terms_of) if self.tr.get("compile_losses") else terms_of
+        self._loss_fns[stage.name] = fn
+        return fn
 
     def _read_losses(self, pending: list, sums: dict[str, float], first_step: int) -> dict:
         """Read a window of steps' loss values back in one transfer (on a GPU the host
