@@ -241,12 +241,12 @@ def _compiled(fn):
     import torch._dynamo
 
     compiled = torch.compile(fn, dynamic=True)
+    keys = ("force_nn_module_property_static_shapes", "force_parameter_static_shapes")
+    dynamic = {k: False for k in keys if hasattr(torch._dynamo.config, k)}  # per torch version
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with torch._dynamo.config.patch(
-            force_nn_module_property_static_shapes=False, force_parameter_static_shapes=False
-        ):
+        with torch._dynamo.config.patch(**dynamic):
             return compiled(*args, **kwargs)
 
     call.compiled = True
