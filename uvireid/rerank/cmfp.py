@@ -507,22 +507,25 @@ def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int) -> str:
     return chosen
 
 
-def _spmm(block: _Block, x: torch.Tensor) -> torch.Tensor:
-    """``A x`` for one block."""
+def _spmm(block: _Block, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``A x`` for one block, or ``out + A x`` accumulated in place into ``out`` (the
+    second block of a row of blocks: no zero-filled product and no separate sum, 25 ms
+    of a 0.7 s CMFP(te) on one CPU thread)."""
     if block.val.numel() == 0:
-        return x.new_zeros((block.shape[0], x.shape[1]))
+        return x.new_zeros((block.shape[0], x.shape[1])) if out is None else out
     if block.val.dtype != x.dtype:  # mixed precision: float64 blocks, float32 features
         block = _Block(block.crow, block.col, block.val.to(x.dtype), block.shape)
     a = block.csr()
     d = x.shape[1]
     if x.device.type != "cpu" or d <= _SPMM_COLS or x.dtype != torch.float64:
-        return torch.sparse.mm(a, x)
+        return torch.sparse.mm(a, x) if out is None else out.addmm_(a, x)
     # float64 on the CPU, a few feature columns at a time: the rows each product gathers
     # then stay in cache (3803 x 2048 CMFP(te) query block: 0.12 -> 0.08 s; no gain in
     # float32)
-    out = x.new_empty((block.shape[0], d))
+    if out is None:
+        out = x.new_zeros((block.shape[0], d))
     for s in range(0, d, _SPMM_COLS):
-        out[:, s : s + _SPMM_COLS] = torch.sparse.mm(a, x[:, s : s + _SPMM_COLS].contiguous())
+        out[:, s : s + _SPMM_COLS].addmm_(a, x[:, s : s + _SPMM_COLS].contiguous())
     return out
 
 
@@ -580,8 +583,10 @@ def propagate(
             logger.debug("cmfp: mixed precision, %d rows recomputed in float64", redone)
     if b is None:
         b = affinity_blocks(q, g, k, mode=mode, backend=backend, block_rows=block_rows, mixed=False)
-    q_new = _spmm(b["qq"], xq) + _spmm(b["qg"], xg)
-    g_new = _spmm(b["gq"], xq) + _spmm(b["gg"], xg)
+    q_new = _spmm(b["qq"], xq, _spmm(b["qg"], xg))
+    g_new = _spmm(b["gg"], xg, _spmm(b["gq"], xq))
+    # normalised in the input's precision (in float32 the output of the mixed path would
+    # move from 1e-7 to 9e-7 of the official one's, for 3 % of its time)
     q_new, g_new = F.normalize(q_new.to(q.dtype), dim=1), F.normalize(g_new.to(q.dtype), dim=1)
     assert q_new.shape[0] == nq
     return to_output(q_new, was_numpy), to_output(g_new, was_numpy)
