@@ -244,3 +244,31 @@ def test_momentum_update_many_equals_one_sequential_loop_per_memory():
         momentum_update_many([(flat[0], xs[0][:, 0], ys[0]), (flat[0], xs[0][:, 0], ys[0])], 0.1)
     with pytest.raises(ValueError, match="19 feature rows but 6 labels"):
         momentum_update_many([(flat[0], xs[0][:, 0], ys[1])], 0.1)
+
+
+def test_cluster_memories_updated_together_equal_their_own_updates():
+    """``ClusterMemory.update_together``: memories of one momentum in one call, another
+    momentum in its own; each ends as its own ``update`` would leave it."""
+    from uvireid.losses.memory import ClusterMemory
+
+    rng = np.random.default_rng(5)
+    mems = [ClusterMemory(4, momentum=mu) for mu in (0.1, 0.1, 0.3)]
+    for i, m in enumerate(mems):
+        m.features = unit_rows(5 + i, 4, seed=60 + i).float()
+    items = [
+        (
+            m,
+            torch.from_numpy(rng.normal(size=(9, 4))).float(),
+            torch.from_numpy(rng.integers(-1, 5, 9)),
+        )
+        for m in mems
+    ]
+    alone = [ClusterMemory(4, momentum=m.momentum) for m in mems]
+    for a, m in zip(alone, mems):
+        a.features = m.features.clone()
+    start = [m.features.clone() for m in mems]
+    ClusterMemory.update_together(*items)
+    for a, s, (m, x, y) in zip(alone, start, items):
+        a.update(x, y)
+        assert torch.allclose(m.features, a.features, atol=1e-6)
+        assert not torch.allclose(m.features, s)  # something was updated
