@@ -18,6 +18,7 @@ COMMANDS = [
     "run",
     "list",
     "eval",
+    "extract",
     "data",
     "rerank",
     "report",
@@ -39,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides after an option (`uvireid extract RUN -o f.npz data.root=...`):
+    # argparse's positional list has ended by then; they join it here
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        args.overrides += [a for a in extra if a not in stray]
+        extra = stray
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -234,6 +234,19 @@ def extract_images(
 # --------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------
+def image_cache_dir(train: dict) -> str | None:
+    """The folder of decoded-image caches that ``train.image_cache`` names (``auto``:
+    ``$UVIREID_CACHE/images``), or None (decode in memory)."""
+    c = train.get("image_cache")
+    if c is None:
+        return None
+    if c == "auto":
+        from uvireid.data.synthetic import cache_root
+
+        return str(cache_root() / "images")
+    return c
+
+
 def _compiled(fn):
     """``torch.compile(fn)`` with every size symbolic, the loss modules' memories
     included (dynamo takes a module's buffers as fixed-size by default, and the memories
@@ -362,14 +375,7 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------
     def _cache_dir(self) -> str | None:
-        c = self.tr["image_cache"]
-        if c is None:
-            return None
-        if c == "auto":
-            from uvireid.data.synthetic import cache_root
-
-            return str(cache_root() / "images")
-        return c
+        return image_cache_dir(self.tr)
 
     def load_data(self) -> None:
         """Decode the training images once (uint8, at the training size)."""

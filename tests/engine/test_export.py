@@ -1,0 +1,143 @@
+"""``uvireid extract``: a trained run's checkpoint -> a features file for eval/rerank."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from train_fixtures import tiny_recipe
+
+from uvireid.cli import main
+from uvireid.config import load_recipe
+from uvireid.data.fixtures import make_regdb_tree
+from uvireid.engine.export import backbone_weights, export_features
+from uvireid.engine.runner import run_recipe
+from uvireid.errors import CheckpointError, ConfigError, DatasetError
+from uvireid.features import load_features
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One trained tiny run (its DCL stage: an epoch of two steps), shared by the tests."""
+    tmp = tmp_path_factory.mktemp("export")
+    rec = tiny_recipe(tmp)
+    rec["stages"] = rec["stages"][:1]
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    return run_recipe(load_recipe(path), progress=False).path
+
+
+def test_extract_reproduces_the_runs_own_test_features(run_dir, tmp_path, capsys):
+    """The run's last evaluation wrote features.npz with the weights of its last epoch;
+    extracting again with that checkpoint gives the same features, and the file records
+    which checkpoint made it."""
+    out = tmp_path / "f.npz"
+    assert main(["extract", str(run_dir), "-o", str(out)]) == 0
+    assert "next: uvireid eval" in capsys.readouterr().out
+    got, want = load_features(out), load_features(run_dir / "features.npz")
+    assert np.array_equal(got.pids, want.pids) and np.array_equal(got.cams, want.cams)
+    assert np.array_equal(got.modality, want.modality)
+    assert np.allclose(got.feats, want.feats, atol=1e-6)
+    assert got.meta["checkpoint_epoch"] == 1
+    assert got.meta["checkpoint"].endswith("latest.pt")
+    assert got.meta["produced_by"] == f"uvireid extract {run_dir}"
+    assert main(["eval", str(out), "--protocol", "sysu-all", "--trials", "2"]) == 0
+    # overrides may follow the options
+    moved = tmp_path / "moved.npz"
+    root = load_features(out).meta["root"]
+    assert main(["extract", str(run_dir), "-o", str(moved), f"data.root={root}"]) == 0
+    assert np.allclose(load_features(moved).feats, got.feats)
+    with pytest.raises(SystemExit):
+        main(["extract", str(run_dir), "-o", str(moved), "--frobnicate"])
+    # an existing file is kept unless --force
+    with pytest.raises(ConfigError, match="--force"):
+        _extract(run_dir, out)
+    assert main(["extract", str(run_dir), "-o", str(out), "--force"]) == 0
+
+
+def _extract(run_dir, out, *extra):
+    """The command as the CLI runs it, its errors raised (``main`` prints them)."""
+    from uvireid.cli import build_parser
+    from uvireid.cli.extract_cmd import run
+
+    return run(build_parser().parse_args(["extract", str(run_dir), *extra, "-o", str(out)]))
+
+
+def test_extract_errors_name_the_problem(run_dir, tmp_path):
+    out = tmp_path / "f.npz"
+    # weights of another architecture: the strict load names the keys
+    with pytest.raises(CheckpointError, match="unexpected|missing|shape"):
+        _extract(run_dir, out, "backbone.arch=resnet34")
+    with pytest.raises(DatasetError):
+        _extract(run_dir, out, f"data.root={tmp_path / 'nowhere'}")
+    bare = tmp_path / "bare_run"
+    bare.mkdir()
+    shutil.copy(run_dir / "config.yaml", bare / "config.yaml")
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        _extract(bare, out)
+    with pytest.raises(ConfigError, match="not a run folder"):
+        _extract(tmp_path, out)
+    (tmp_path / "other.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        backbone_weights(tmp_path / "other.pt")
+    import torch
+
+    from uvireid.engine.checkpoint import save_checkpoint
+
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "tv.pt")
+    with pytest.raises(CheckpointError, match="not a uvireid training checkpoint"):
+        backbone_weights(tmp_path / "tv.pt")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    path = save_checkpoint(odd, {"epoch": 3, "model": {"parts.tokens": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match="no backbone weights"):
+        backbone_weights(path)
+    assert not out.exists()  # nothing half-written
+
+
+def test_a_run_folder_records_its_training_split(run_dir, tmp_path):
+    """A RegDB run's features carry its split as train_split: the RegDB protocol then
+    evaluates them on that split and refuses another split's test images (its test
+    identities were that run's training identities)."""
+    root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2, splits=(1, 2))
+    run = tmp_path / "regdb_run"
+    shutil.copytree(run_dir, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"] = {"type": "regdb", "root": str(root), "split": 1}
+    cfg["evaluation"]["protocol"] = "regdb-v2i"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    own, other = tmp_path / "own.npz", tmp_path / "other.npz"
+    assert _extract(run, own) == 0
+    assert _extract(run, other, "data.split=2") == 0
+    assert load_features(own).meta["train_split"] == 1
+    meta = load_features(other).meta
+    assert (meta["split"], meta["train_split"]) == (2, 1)
+    assert main(["eval", str(own), "--protocol", "regdb-v2i"]) == 0
+    assert main(["eval", str(other), "--protocol", "regdb-v2i"]) == 2  # ProtocolError
+
+
+def test_extract_on_another_dataset(run_dir, tmp_path):
+    """A SYSU-MM01 run's weights on an LLCM tree (the data section replaced whole): the
+    file is LLCM's test set, and LLCM's protocol takes it."""
+    from uvireid.data.fixtures import make_llcm_tree
+
+    root = make_llcm_tree(tmp_path / "LLCM", images_per=2)
+    out = tmp_path / "llcm.npz"
+    assert _extract(run_dir, out, f"data={{type: llcm, root: {root}}}") == 0
+    f = load_features(out)
+    assert f.meta["dataset"] == "llcm" and f.meta["checkpoint_epoch"] == 1
+    assert "train_split" not in f.meta  # another dataset: no split of the run's applies
+    assert main(["eval", str(out), "--protocol", "llcm-v2i", "--trials", "2"]) == 0
+
+
+def test_export_features_without_a_checkpoint_uses_the_recipes_backbone(run_dir, tmp_path):
+    """A recipe without --checkpoint: the backbone as the recipe builds it (random here),
+    so features differ from the trained run's; nothing is recorded as a checkpoint."""
+    cfg = load_recipe(run_dir / "config.yaml")
+    path = export_features(cfg, tmp_path / "init.npz", source="tiny")
+    f = load_features(path)
+    assert "checkpoint" not in f.meta and f.meta["produced_by"] == "uvireid extract tiny"
+    assert not np.allclose(f.feats, load_features(run_dir / "features.npz").feats, atol=1e-3)
+    assert np.allclose(np.linalg.norm(f.feats, axis=1), 1.0, atol=1e-5)
