@@ -148,6 +148,11 @@ class EvalSettings:
         feature_head: which feature is evaluated (recorded in every result).
         at_start: also evaluate the untrained model before the first epoch (logged as
             epoch -1), so a run shows how far training moved it.
+        keep_best: also keep the checkpoint of the evaluated epoch with the highest mAP
+            (without re-ranking) as ``checkpoints/best.pt``. It is chosen ON THE TEST SET:
+            for inspection, not for the numbers a paper reports (the final epoch's are
+            those; the log and metrics.jsonl say which epoch best.pt holds). Off by
+            default.
     """
 
     protocol: str = "auto"
@@ -158,6 +163,7 @@ class EvalSettings:
     every: int = 1
     feature_head: str = "bn_feat"
     at_start: bool = False
+    keep_best: bool = False
 
 
 SAMPLER_TYPES = ("identity", "paired")

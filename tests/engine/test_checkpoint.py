@@ -203,3 +203,28 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
     assert b["epoch"] == a["epoch"] == 4
     _assert_same_weights_and_memories(a, b)
     assert (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_checkpoint_keeps_its_epoch_when_latest_moves_on(tmp_path, monkeypatch, links):
+    """``keep_as_best``: best.pt is latest.pt as it was (a hard link, or a copy where the
+    file system has none); the next latest.pt is a new file and leaves best.pt alone; no
+    temporary file is left behind."""
+    from uvireid.engine.checkpoint import keep_as_best
+
+    if not links:
+
+        def no_link(*args, **kwargs):
+            raise OSError("hard links not supported")
+
+        monkeypatch.setattr("os.link", no_link)
+    save_checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(3)})
+    best = keep_as_best(tmp_path)
+    save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)})
+    assert load_checkpoint(best)["epoch"] == 1 and torch.equal(
+        load_checkpoint(best)["w"], torch.ones(3)
+    )
+    assert load_checkpoint(tmp_path / "latest.pt")["epoch"] == 2
+    keep_as_best(tmp_path)  # replaces the old best
+    assert load_checkpoint(best)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "latest.pt"]

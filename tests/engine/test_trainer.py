@@ -346,3 +346,29 @@ def test_epoch_quality_reports_link_precision_of_the_cross_labels():
     assert quality["cross_v"]["link_precision"] == pytest.approx(same["r2v"] / total["r2v"])
     both = (same["v2r"] + same["r2v"]) / (total["v2r"] + total["r2v"])
     assert quality["links"]["link_precision"] == pytest.approx(both)
+
+
+@pytest.mark.slow
+def test_keep_best_keeps_the_best_evaluated_epoch(recipe_file):
+    """``evaluation.keep_best``: checkpoints/best.pt is the checkpoint of the evaluated
+    epoch with the highest mAP (no re-ranker; the first of equal ones), the log and
+    metrics.jsonl say which, it survives later epochs' latest.pt, and a resume keeps the
+    record. Off: no best.pt."""
+    over = ["evaluation.every=1", "evaluation.keep_best=true", "stages.1.epochs=2"]
+    cfg = load_recipe(recipe_file, over)
+    folder = run_recipe(cfg, progress=False)
+    lines = [m for m in folder.read_metrics() if "eval" in m]
+    maps = [m["eval"]["none"]["mAP"] for m in lines]
+    want = lines[int(np.argmax(maps))]["epoch"]  # argmax: the first of equal values
+    best = load_checkpoint(folder.checkpoints / "best.pt")
+    latest = load_checkpoint(folder.checkpoints / "latest.pt")
+    assert best["epoch"] == want + 1 and latest["epoch"] == len(lines)
+    assert best["best"] == {"epoch": want, "mAP": max(maps), "selected_on": "test set"}
+    assert lines[-1]["best"]["epoch"] == want
+    if want + 1 < latest["epoch"]:  # an earlier epoch: other weights than the last
+        assert any(not torch.equal(best["model"][k], latest["model"][k]) for k in best["model"])
+    tr = _trainer(cfg)
+    tr.restore(folder.checkpoints / "latest.pt")
+    assert tr.best == latest["best"] == best["best"]
+    off = run_recipe(load_recipe(recipe_file, over[:1]), progress=False)
+    assert not (off.checkpoints / "best.pt").exists()

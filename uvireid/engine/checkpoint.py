@@ -29,6 +29,8 @@ from uvireid.fileio import atomic_torch_save
 
 __all__ = [
     "LATEST",
+    "BEST",
+    "keep_as_best",
     "save_checkpoint",
     "load_checkpoint",
     "load_state_strict",
@@ -39,6 +41,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.pt"
+#: the checkpoint of the best evaluated epoch (``evaluation.keep_best``)
+BEST = "best.pt"
 FORMAT = 1
 #: keys shown in an error message before "and N more"
 _SHOWN = 8
@@ -111,6 +115,31 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
     path = Path(folder) / LATEST
     atomic_torch_save(path, state)
     return path
+
+
+def keep_as_best(folder: str | os.PathLike) -> Path:
+    """Make ``folder/latest.pt`` also ``folder/best.pt``, atomically: a hard link under a
+    temporary name, renamed over ``best.pt`` (no copy; the next epoch's ``latest.pt`` is a
+    new file, so ``best.pt`` keeps this one). Where the file system has no hard links, a
+    copy through a temporary file."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    src, dst = folder / LATEST, folder / BEST
+    fd, tmp = tempfile.mkstemp(prefix=f".{BEST}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from uvireid.data.samplers import IdentitySampler, PairedSampler
 from uvireid.data.transforms import Augmenter, load_images
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
+    keep_as_best,
     load_checkpoint,
     load_state_strict,
     rng_state,
@@ -339,6 +340,8 @@ class Trainer:
         self.images_v = self.images_r = None
         self.ok_v = self.ok_r = None
         self.last_eval: dict | None = None
+        #: the evaluated epoch with the highest mAP (no re-ranker), for evaluation.keep_best
+        self.best: dict | None = None
 
     # -- parts ------------------------------------------------------------------------
     def _build_parts(self) -> None:
@@ -851,11 +854,26 @@ class Trainer:
             "dataset": _fingerprint(self.dataset),
             "recipe": self.cfg.get("name"),
             "source": self.source,
+            "best": self.best,
         }
 
-    def save(self) -> None:
+    def save(self, best: bool = False) -> None:
+        """``checkpoints/latest.pt``; with ``best``, the same file as ``best.pt`` too."""
         if self.folder is not None and D.is_main():
             save_checkpoint(self.folder.checkpoints, self.state_dict())
+            if best:
+                keep_as_best(self.folder.checkpoints)
+
+    def _improves_best(self, epoch: int, tables: dict) -> bool:
+        """Whether this evaluation's mAP (no re-ranker) beats the best so far (then it
+        becomes the best: ``evaluation.keep_best``)."""
+        if not self.cfg["evaluation"].get("keep_best"):
+            return False
+        value = float(tables["none"]["mean"]["mAP"])
+        if self.best is not None and not value > self.best["mAP"]:
+            return False
+        self.best = {"epoch": epoch, "mAP": value, "selected_on": "test set"}
+        return True
 
     def restore(self, path) -> None:
         """Continue from a checkpoint (see :mod:`uvireid.engine.checkpoint`)."""
@@ -904,6 +922,7 @@ class Trainer:
         self.counts = dict(state.get("counts") or {})
         if state.get("labels"):
             self.labels = EpochLabels(**state["labels"])
+        self.best = state.get("best")
         logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
 
     # -- the run ----------------------------------------------------------------------
@@ -932,12 +951,22 @@ class Trainer:
             self.epoch = epoch + 1
             last = self.epoch == self.total_epochs
             evaluated_last = False
+            best = False
             if D.is_main() and (last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)):
                 res = self.evaluate(f"epoch {epoch}")
                 record["eval"] = self.summary(res["tables"])
                 record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
                 evaluated_last = last
-            self.save()
+                best = self._improves_best(epoch, res["tables"])
+                if self.best is not None:
+                    record["best"] = dict(self.best)
+                    logger.info(
+                        "checkpoints/best.pt: epoch %d, mAP %.2f (chosen on the test set; "
+                        "report the final epoch)",
+                        self.best["epoch"],
+                        self.best["mAP"],
+                    )
+            self.save(best)
             if log:
                 log(record)
             D.barrier()
