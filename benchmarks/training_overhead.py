@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda full, sync=True, comp=comp: step(full, sync, comp),
                 full,
                 dev,
-                top=args.kernels if full and not comp else 0,
+                top=args.kernels if full else 0,  # the eager and the compiled SALCR step
             )
             ks = "-" if r["kernel_s"] is None else f"{r['kernel_s']:.4f}"
             kn = "-" if r["launches"] is None else f"{r['launches']:.0f}"
