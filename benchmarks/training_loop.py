@@ -192,6 +192,15 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         overrides.append("train.threads=1" if quick else f"train.threads={os.cpu_count()}")
     cfg = load_recipe("demo", overrides)
+    salcr_batch = cfg["stages"][-1]["sampler"]
+    reps = 3 if quick else 20
+    if cfg["train"]["threads"] > 0:  # as the run will set them (and leave them)
+        torch.set_num_threads(int(cfg["train"]["threads"]))
+    # the bare SALCR-batch step also before the run: a host-bound step moves with the
+    # host's speed, which drifted by 17 % between two processes on one H100 machine
+    bare_before = bare_step_rate(
+        arch, height, width, salcr_batch["ids"] * salcr_batch["images"], device, args.amp, reps
+    )
     t0 = time.perf_counter()
     folder = run_recipe(cfg, progress=False)
     wall = time.perf_counter() - t0
@@ -200,7 +209,7 @@ def main(argv=None) -> int:
         st["name"]: st["sampler"]["ids"] * st["sampler"]["images"] for st in cfg["stages"]
     }
     bare_of = {
-        name: bare_step_rate(arch, height, width, n, device, args.amp, 3 if quick else 20)
+        name: bare_step_rate(arch, height, width, n, device, args.amp, reps)
         for name, n in batch.items()
     }
     bare = bare_of["salcr"]
@@ -235,6 +244,11 @@ def main(argv=None) -> int:
         )
     salcr = [r for r in rows if r["stage"] == "salcr"] or rows
     dcl = [r for r in rows if r["stage"] == "dcl"] or rows
+    print(
+        f"bare step at the SALCR batch before / after the run: {bare_before:.1f} / "
+        f"{bare:.1f} images/s; the last SALCR epoch against each: "
+        f"{100 * salcr[-1]['rate'] / bare_before:.0f} % / {100 * salcr[-1]['rate'] / bare:.0f} %"
+    )
     n_train = sum(folder_counts(folder))
     per_img_extract = salcr[-1]["extract"] / max(n_train, 1)
     n_sysu = sum(SYSU_TRAIN)
@@ -274,6 +288,7 @@ def main(argv=None) -> int:
                 {
                     "device": name,
                     "bare": bare_of,
+                    "bare_salcr_before": bare_before,
                     "rows": rows,
                     "pseudo_labels": pl,
                     "evaluation": ev,
