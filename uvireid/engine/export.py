@@ -15,10 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from uvireid.errors import CheckpointError, ConfigError
+from uvireid.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +35,17 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
     """
     from uvireid.engine.checkpoint import load_checkpoint
 
-    state = load_checkpoint(checkpoint)
-    model = state.get("model") if isinstance(state, dict) else None
+    state = load_checkpoint(checkpoint)  # a dict of a uvireid checkpoint's format
+    prefix = "backbone."
     weights = {
-        k[len("backbone.") :]: v
-        for k, v in (model or {}).items()
-        if isinstance(k, str) and k.startswith("backbone.")
+        k[len(prefix) :]: v for k, v in (state.get("model") or {}).items() if k.startswith(prefix)
     }
     if not weights:
-        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{checkpoint}: no backbone weights (no 'model' entry with 'backbone.*' keys; the "
-            f"file has {keys}). uvireid extract reads the checkpoints a uvireid run writes "
-            f"(RUN/checkpoints/latest.pt); for other weights set backbone.pretrained=PATH"
+            f"file has {sorted(state)[:8]}). uvireid extract reads the checkpoints a uvireid "
+            f"run writes (RUN/checkpoints/latest.pt); for other weights set "
+            f"backbone.pretrained=PATH"
         )
     return weights, {k: state.get(k) for k in ("epoch", "stage")}
 
@@ -84,57 +81,30 @@ def export_features(
         DatasetError: the dataset folder is missing or wrong.
         CheckpointError: see :func:`backbone_weights`; the weights do not fit the
             backbone (another ``backbone.arch``, say).
-        ConfigError: test images that cannot be read.
+        ConfigError: test images that cannot be read (:func:`extract_test_bank`).
     """
-    from uvireid.data.transforms import load_images
     from uvireid.engine.checkpoint import load_state_strict
-    from uvireid.engine.trainer import extract_images, image_cache_dir
+    from uvireid.engine.trainer import extract_test_bank
     from uvireid.features import save_features
     from uvireid.registry import BACKBONES, DATASETS
 
     dataset = DATASETS.build(cfg["data"])
     backbone = BACKBONES.build(cfg["backbone"])
-    about: dict[str, Any] = {}
+    meta = dict(dataset.meta())
     if checkpoint is not None:
         weights, info = backbone_weights(checkpoint)
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")
-        about = {
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_epoch": info.get("epoch"),
-        }
+        meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
     backbone.to(device)
-    tr, ev = cfg["train"], cfg["evaluation"]
-    test = dataset.test
-    images, ok = load_images(test, tr["height"], tr["width"], cache_dir=image_cache_dir(tr))
-    if not ok.all():
-        bad = [r.path for r, good in zip(test, ok) if not good][:3]
-        raise ConfigError(
-            f"{int((~ok).sum())} test image(s) cannot be read (e.g. {', '.join(bad)}); the "
-            f"protocol needs every test image: restore them from the dataset's release archive"
-        )
-    modality = np.array([r.modality for r in test], dtype=np.int64)
-    feats, _ = extract_images(
-        backbone,
-        images,
-        modality,
-        device,
-        batch=tr["extract_batch"],
-        flip=True,
-        amp=tr["amp"],
+    bank = extract_test_bank(backbone, dataset.test, cfg["train"], device)
+    meta.update(
+        feature_head=cfg["evaluation"]["feature_head"],
+        produced_by=f"uvireid extract {source}".strip(),
     )
-    meta = dict(dataset.meta())
-    meta.update(about)
-    meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid extract {source}".strip())
     if train_split is not None:
         meta["train_split"] = train_split
     path = save_features(
-        out,
-        feats.numpy(),
-        np.array([r.pid for r in test], dtype=np.int64),
-        np.array([r.cam for r in test], dtype=np.int64),
-        modality,
-        paths=[r.path for r in test],
-        **meta,
+        out, bank.feats, bank.pids, bank.cams, bank.modality, paths=bank.paths, **meta
     )
-    logger.info("wrote %d test features (d=%d) to %s", len(test), feats.shape[1], path)
+    logger.info("wrote %d test features (d=%d) to %s", len(bank.pids), bank.feats.shape[1], path)
     return path

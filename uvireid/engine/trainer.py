@@ -248,6 +248,46 @@ def image_cache_dir(train: dict) -> str | None:
     return c
 
 
+def extract_test_bank(backbone: nn.Module, test: list, train: dict, device: str) -> FeatureBank:
+    """The test features a run evaluates: ``test`` records decoded at the training size
+    (through the decoded-image cache), the backbone's test feature flip-averaged, in bf16
+    where ``train.amp``; in the order of ``test``.
+
+    Raises:
+        ConfigError: a test image cannot be read (the protocol needs every one).
+    """
+    imgs, ok = load_images(test, train["height"], train["width"], cache_dir=image_cache_dir(train))
+    if not ok.all():
+        bad = [r.path for r, good in zip(test, ok) if not good][:3]
+        raise ConfigError(
+            f"{int((~ok).sum())} test image(s) are unreadable (e.g. {', '.join(bad)}); the "
+            f"protocol needs every test image: restore them from the release archive"
+        )
+    modality = np.array([r.modality for r in test], dtype=np.int64)
+    feats, _ = extract_images(
+        backbone,
+        imgs,
+        modality,
+        device,
+        batch=train["extract_batch"],
+        flip=True,
+        amp=train["amp"],
+    )
+    return FeatureBank(
+        feats=feats.numpy(),
+        modality=modality,
+        cams=np.array([r.cam for r in test], dtype=np.int64),
+        pids=np.array([r.pid for r in test], dtype=np.int64),
+        paths=[r.path for r in test],
+    )
+
+
+def _applies(loss: nn.Module, outputs: StepOutputs) -> bool:
+    """Whether ``loss`` takes part in this step: a loss that needs part features sits out
+    an unpaired batch (no cross-modal link, so no parts)."""
+    return bool(outputs.parts) or not getattr(loss, "needs_parts", False)
+
+
 def _compiled(fn):
     """``torch.compile(fn)`` with every size symbolic, the loss modules' memories
     included (dynamo takes a module's buffers as fixed-size by default, and the memories
@@ -377,15 +417,12 @@ class Trainer:
         return self.losses[stage.name]
 
     # -- data -------------------------------------------------------------------------
-    def _cache_dir(self) -> str | None:
-        return image_cache_dir(self.tr)
-
     def load_data(self) -> None:
         """Decode the training images once (uint8, at the training size)."""
         if self.images_v is not None:
             return
         t0 = time.perf_counter()
-        h, w, cache = self.tr["height"], self.tr["width"], self._cache_dir()
+        h, w, cache = self.tr["height"], self.tr["width"], image_cache_dir(self.tr)
         self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
         self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
         where = self._place_images()
@@ -609,8 +646,7 @@ class Trainer:
             feat = out.bn_feat.float()
             outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
             total, terms = self._loss_terms(stage, losses)(outputs, targets)
-        # an unpaired batch (no cross-modal link) has no part terms
-        used = [m for m in losses if outputs.parts or not getattr(m, "needs_parts", False)]
+        used = [loss for loss in losses if _applies(loss, outputs)]
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -638,7 +674,7 @@ class Trainer:
             terms = {}
             total = outputs.feat_v.sum() * 0.0
             for name, weight, loss in items:
-                if getattr(loss, "needs_parts", False) and not outputs.parts:
+                if not _applies(loss, outputs):
                     continue
                 value = loss(outputs, targets)
                 terms[name] = value
@@ -782,31 +818,7 @@ class Trainer:
         from uvireid.engine.runner import evaluate
 
         t0 = time.perf_counter()
-        test = self.dataset.test
-        imgs, ok = load_images(
-            test, self.tr["height"], self.tr["width"], cache_dir=self._cache_dir()
-        )
-        if not ok.all():
-            raise ConfigError(
-                f"{int((~ok).sum())} test image(s) are unreadable; the protocol needs every "
-                f"test image: restore them from the release archive"
-            )
-        feats, _ = extract_images(
-            self.model.backbone,
-            imgs,
-            np.array([r.modality for r in test]),
-            self.device,
-            batch=self.tr["extract_batch"],
-            flip=True,
-            amp=self.tr["amp"],
-        )
-        bank = FeatureBank(
-            feats=feats.numpy(),
-            modality=np.array([r.modality for r in test], dtype=np.int64),
-            cams=np.array([r.cam for r in test], dtype=np.int64),
-            pids=np.array([r.pid for r in test], dtype=np.int64),
-            paths=[r.path for r in test],
-        )
+        bank = extract_test_bank(self.model.backbone, self.dataset.test, self.tr, self.device)
         out = evaluate(
             self.model.backbone,
             self.dataset,
