@@ -94,13 +94,16 @@ class PartContrastLoss(nn.Module):
             mem = torch.stack([centroids(feats[:, p], labels, k) for p in range(self.num_parts)])
             setattr(self, name, mem)
 
-    def _rows(self, outputs: StepOutputs, targets: StepTargets):
+    def _rows(self, outputs: StepOutputs, targets: StepTargets, prepare=lambda x: x):
+        """Each memory's (rows, labels). The visible-query rows serve two memories and the
+        infrared-query rows the other two: ``prepare`` (normalising, gathering) is applied
+        once to each."""
         vis_rows = list(VISIBLE_QUERY_ROWS)
         if self.official_quirks:
             vis_rows[3] = ("a", "v")
         parts = outputs.parts
-        xv = torch.cat([parts[k] for k in vis_rows])  # (6S, P, d)
-        xr = torch.cat([parts[k] for k in INFRARED_QUERY_ROWS])  # (3S, P, d)
+        xv = prepare(torch.cat([parts[k] for k in vis_rows]))  # (6S, P, d)
+        xr = prepare(torch.cat([parts[k] for k in INFRARED_QUERY_ROWS]))  # (3S, P, d)
         n_v, n_r = len(vis_rows), len(INFRARED_QUERY_ROWS)
         return {
             "hat_v": (xv, targets.vis_in_v.repeat(n_v)),
@@ -110,14 +113,9 @@ class PartContrastLoss(nn.Module):
         }
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
-        rows = self._rows(outputs, targets)
+        rows = self._rows(outputs, targets, lambda x: F.normalize(x, dim=-1))
         total = outputs.feat_v.sum() * 0.0
-        unit = {}  # the visible-query rows and the infrared-query rows (two memories
-        # each, the same tensor in _rows) normalised once each
-        for name, (x, y) in rows.items():
-            if id(x) not in unit:
-                unit[id(x)] = F.normalize(x, dim=-1)
-            z = unit[id(x)]
+        for name, (z, y) in rows.items():
             total = total + cluster_nce(z, getattr(self, name), y, self.temperature, True)
         return total
 
@@ -127,10 +125,14 @@ class PartContrastLoss(nn.Module):
         four memories in one call."""
         from uvireid.engine.distributed import all_gather_cat, gather_labels
 
+        dtype = self.hat_v.dtype  # the four memories share it
+
+        def gathered(x: torch.Tensor) -> torch.Tensor:
+            return all_gather_cat(x.detach().to(dtype))
+
         updates = []
-        for name, (x, y) in self._rows(outputs, targets.on_host()).items():
+        for name, (x, y) in self._rows(outputs, targets.on_host(), gathered).items():
             mem = getattr(self, name)  # (P, K, d), updated in place through its (K, P, d) view
-            x = all_gather_cat(x.detach().to(mem.dtype))
             updates.append((mem.transpose(0, 1), x, gather_labels(y, x.device)))
         # the four memories in one set of rounds (24 instead of 72 at 8 labels x 4 images)
         momentum_update_many(updates, self.momentum)
