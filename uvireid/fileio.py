@@ -44,3 +44,27 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make ``dst`` the same file as ``src``, atomically: a hard link under a temporary
+    name, renamed over ``dst`` (no copy; a later atomic rewrite of ``src`` is a new file
+    and leaves ``dst`` as it was). Where the file system has no hard links, a copy through
+    :func:`atomic_write`."""
+    import shutil
+
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp)  # the name only: os.link does not overwrite
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as fh:
+            return atomic_write(dst, lambda out: shutil.copyfileobj(fh, out))
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from uvireid.errors import CheckpointError
-from uvireid.fileio import atomic_torch_save
+from uvireid.fileio import atomic_link, atomic_torch_save
 
 __all__ = [
     "LATEST",
@@ -118,28 +118,11 @@ def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def keep_as_best(folder: str | os.PathLike) -> Path:
-    """Make ``folder/latest.pt`` also ``folder/best.pt``, atomically: a hard link under a
-    temporary name, renamed over ``best.pt`` (no copy; the next epoch's ``latest.pt`` is a
-    new file, so ``best.pt`` keeps this one). Where the file system has no hard links, a
-    copy through a temporary file."""
-    import shutil
-    import tempfile
-
+    """Make ``folder/latest.pt`` also ``folder/best.pt``, atomically and without a copy
+    (:func:`uvireid.fileio.atomic_link`): the next epoch's ``latest.pt`` is a new file,
+    so ``best.pt`` keeps this one."""
     folder = Path(folder)
-    src, dst = folder / LATEST, folder / BEST
-    fd, tmp = tempfile.mkstemp(prefix=f".{BEST}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return atomic_link(folder / LATEST, folder / BEST)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
