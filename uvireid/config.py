@@ -793,9 +793,24 @@ def resolve_device(device: str) -> str:
 
 
 def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
-    """Load, override, validate and resolve a recipe (a path or a built-in name)."""
-    path = recipe_path(recipe)
+    """Load, override, validate and resolve a recipe (a path or a built-in name, or a run
+    folder, whose ``config.yaml`` is then the recipe)."""
+    folder = Path(recipe)
+    if folder.is_dir() and (folder / "config.yaml").is_file():
+        path = folder / "config.yaml"
+    elif folder.is_dir():
+        raise ConfigError(
+            f"{folder} is a folder without config.yaml: give a recipe file, a built-in "
+            f"recipe name, or a run folder (as `uvireid run` writes them)"
+        )
+    else:
+        path = recipe_path(recipe)
     cfg, prov = load_raw(path)
+    if folder.is_dir() and cfg.get("stages"):
+        # a resolved config.yaml states train.epochs as the stages' sum; an override of a
+        # stage's epochs must be able to change that sum
+        cfg.get("train", {}).pop("epochs", None)
+        prov.pop("train.epochs", None)
     for text in overrides:
         key, value = parse_override(text)
         _check_known_path(key, OVERRIDE_SOURCE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 from uvireid.errors import UvireidError
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     except UvireidError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command == "run" and not getattr(args, "dry_run", False):
+            again = shlex.join([args.recipe, *args.overrides])
+            hint = (
+                f"; the last finished epoch's checkpoint is kept: continue with "
+                f"`uvireid run {again} --resume`"
+            )
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

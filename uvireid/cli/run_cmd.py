@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 Examples:
   uvireid run demo                                   # built-in recipe by name
   uvireid run recipes/salcr.yaml data.root=/data/SYSU-MM01 train.epochs=10
   uvireid run demo --dry-run                         # only validate and print resolved
+  uvireid run demo --resume                          # continue the latest demo run
+  uvireid run runs/demo-20261126-101500 --resume     # continue that run folder
 
 Overrides are dotted keys with YAML values: train.lr_steps=[20,60], reranker=null,
 losses.0.weight=2. An unknown key is an error naming the closest valid one.
@@ -24,9 +27,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", help="path of a recipe YAML file, or a built-in recipe name")
+    p.add_argument(
+        "recipe",
+        help="path of a recipe YAML file, a built-in recipe name, or a run folder (with "
+        "--resume: continue it)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
-    p.add_argument("--resume", action="store_true", help="continue the latest run folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run folder of the recipe (or the run folder given) from "
+        "its checkpoint; the recipe must be the one it started with",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: accept recipe changes beyond device, speed and evaluation "
+        "settings (each is warned about and recorded in manifest.json)",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate and print, run nothing")
     p.add_argument(
         "--no-report", action="store_true", help="skip report.html at the end (needs uvireid[viz])"
@@ -37,7 +55,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvireid  # noqa: F401  (registers parts)
     from uvireid.config import dump, load_recipe
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.errors import ConfigError
 
+    is_run = RunFolder.is_run(args.recipe)
+    if is_run and not (args.resume or args.dry_run):
+        raise ConfigError(
+            f"{args.recipe} is a run folder: add --resume to continue it, or run "
+            f"{Path(args.recipe) / 'config.yaml'} to start a new run with its recipe"
+        )
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes goes with --resume")
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# resolved recipe '{cfg['name']}'")
     print(dump(cfg), end="")
@@ -45,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from uvireid.engine.runner import run_recipe
 
-    folder = run_recipe(cfg, resume=args.resume)
+    resume = Path(args.recipe) if is_run else args.resume
+    folder = run_recipe(cfg, resume=resume, allow_changes=args.allow_changes)
     print(f"run folder: {folder.path}")
     if not args.no_report:
         from uvireid.viz.report import maybe_report

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -121,12 +122,23 @@ class RunFolder:
 
     @classmethod
     def latest(cls, output_dir: str | os.PathLike, name: str) -> RunFolder | None:
-        """The most recent run folder of recipe ``name`` under ``output_dir`` (or None)."""
+        """The most recent run folder of recipe ``name`` under ``output_dir`` (or None).
+
+        Only folders named as :meth:`create` names them, ``<name>-YYYYMMDD-HHMMSS[-N]``:
+        recipe ``tiny`` never takes over a run of ``tiny-lowlr``."""
         root = Path(output_dir)
         if not root.is_dir():
             return None
-        cands = [p for p in root.glob(f"{name}-*") if (p / "config.yaml").exists()]
+        pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
+        cands = [
+            p for p in root.iterdir() if pattern.fullmatch(p.name) and (p / "config.yaml").exists()
+        ]
         return cls(max(cands, key=lambda p: p.stat().st_mtime)) if cands else None
+
+    @staticmethod
+    def is_run(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a run folder (a folder with its ``config.yaml``)."""
+        return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
 
     # -- files ----------------------------------------------------------------------
     @property
@@ -186,3 +198,128 @@ def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1)
         "seed": cfg.get("seed"),
         "dataset": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
     }
+
+
+# --------------------------------------------------------------------------------------
+# resuming
+# --------------------------------------------------------------------------------------
+
+#: recipe keys a resumed run may change freely: where and how fast it runs, and how it is
+#: evaluated. Any other change would train the rest of the run otherwise than its start,
+#: while config.yaml claims one recipe for all of it: refused unless allowed.
+RESUME_FREE_KEYS = (
+    "output_dir",
+    "device",
+    "description",
+    "evaluation",
+    "reranker",
+    "train.threads",
+    "train.workers",
+    "train.image_cache",
+    "train.extract_batch",
+    "train.cudnn_benchmark",
+    "train.channels_last",
+    "train.images_on_device",
+    "train.compile_losses",
+)
+
+_ABSENT = "<absent>"
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value; mappings and lists of mappings are walked (``stages.1.lr``),
+    lists of plain values are one value (``train.lr_steps``)."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        items = ((str(i), x) for i, x in enumerate(obj))
+    else:
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def recipe_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for every key whose value differs
+    (``"<absent>"`` where one side lacks it), the keys of :data:`RESUME_FREE_KEYS` left
+    out."""
+    a, b = _flatten(old), _flatten(new)
+    out = {}
+    for key in sorted(a.keys() | b.keys()):
+        if any(key == f or key.startswith(f + ".") for f in RESUME_FREE_KEYS):
+            continue
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb:
+            out[key] = (va, vb)
+    return out
+
+
+def resume_target(cfg: dict, resume: Any) -> RunFolder | None:
+    """The folder a run continues: None for a new run; ``resume=True``: the latest run
+    folder of the recipe under its ``output_dir`` (None if there is none); a path: that
+    run folder."""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        return RunFolder.latest(cfg["output_dir"], cfg["name"])
+    from uvireid.errors import ConfigError
+
+    if not RunFolder.is_run(resume):
+        raise ConfigError(
+            f"--resume {resume}: not a run folder (a folder with config.yaml, as "
+            f"`uvireid run` writes under its output_dir)"
+        )
+    return RunFolder(resume)
+
+
+def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> dict:
+    """The recipe changes of a resumed run against its ``config.yaml``
+    (:func:`recipe_changes`); any is an error naming them unless ``allow_changes``, then
+    each is a warning. Returns them (for the manifest)."""
+    import yaml
+
+    from uvireid.errors import ConfigError
+
+    old = yaml.safe_load((folder.path / "config.yaml").read_text()) or {}
+    changes = recipe_changes(old, yaml.safe_load(dump(cfg)))
+    if not changes:
+        return {}
+    lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+    if not allow_changes:
+        raise ConfigError(
+            f"--resume: the recipe differs from the one {folder.path} started with:\n{lines}\n"
+            f"A resumed run must train as it started. Resume without these overrides, start "
+            f"a new run, or pass --allow-changes to continue with them (they are recorded in "
+            f"manifest.json; the learning rate and weight decay stay the checkpoint "
+            f"optimizer's)"
+        )
+    logger.warning(
+        "resume with --allow-changes: the recipe differs from the one %s started with "
+        "(recorded in manifest.json; the learning rate and weight decay stay the "
+        "checkpoint optimizer's):\n%s",
+        folder.path,
+        lines,
+    )
+    return changes
+
+
+def resumed_manifest(folder: RunFolder, current: dict, after_epoch: int, changes: dict) -> dict:
+    """The run's first manifest with this resume appended to its ``resumes`` list (command,
+    time, versions, source, device, world size and recipe changes of the new process):
+    the record of how the run started is kept."""
+    path = folder.path / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("%s is missing or unreadable; writing a new one", path)
+        return {**current, "resumed_after_epoch": after_epoch}
+    entry = {
+        "after_epoch": after_epoch,
+        **{k: current.get(k) for k in ("command", "started", "versions", "source", "device")},
+        "world_size": current.get("world_size"),
+        "changes": {k: list(v) for k, v in changes.items()},
+    }
+    manifest.setdefault("resumes", []).append(entry)
+    return manifest

@@ -18,7 +18,13 @@ import torch
 
 from uvireid.config import resolve_device
 from uvireid.engine.extract import extract_features
-from uvireid.engine.run_folder import RunFolder, build_manifest
+from uvireid.engine.run_folder import (
+    RunFolder,
+    build_manifest,
+    check_resume,
+    resume_target,
+    resumed_manifest,
+)
 from uvireid.errors import ConfigError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
@@ -119,14 +125,17 @@ def is_training(cfg: dict) -> bool:
     return bool(cfg.get("stages") or cfg.get("losses"))
 
 
-def run_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> RunFolder:
+def run_recipe(
+    cfg: dict, *, resume: Any = False, progress: bool = True, allow_changes: bool = False
+) -> RunFolder:
     """Run a resolved recipe (see :func:`uvireid.config.load_recipe`) into a run folder.
 
     A recipe with ``stages`` or ``losses`` trains (:func:`train_recipe`); otherwise the
-    backbone is evaluated as it is.
+    backbone is evaluated as it is. ``resume``, ``allow_changes``: see
+    :func:`train_recipe`.
     """
     if is_training(cfg):
-        return train_recipe(cfg, resume=resume, progress=progress)
+        return train_recipe(cfg, resume=resume, progress=progress, allow_changes=allow_changes)
     if cfg.get("clusterer") or cfg.get("associator"):
         raise ConfigError(
             f"recipe '{cfg['name']}' names a clusterer/associator but no losses or stages; "
@@ -141,15 +150,19 @@ def run_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> Run
     protocol_for(dataset, cfg)  # refuse a mismatched protocol before any folder exists
     if cfg.get("reranker"):
         RERANKERS.build(cfg["reranker"])  # and a re-ranker that cannot be built
-    folder = RunFolder.latest(cfg["output_dir"], cfg["name"]) if resume else None
+    folder = resume_target(cfg, resume)
+    changes = check_resume(folder, cfg, allow_changes) if folder is not None else {}
     if folder is not None and (folder.path / "results.json").exists():
         logger.info("run %s already finished; nothing to resume", folder.path)
         return folder
+    manifest = build_manifest(cfg, device, dataset)
+    if folder is not None:
+        manifest = resumed_manifest(folder, manifest, 0, changes)
     folder = folder or RunFolder.create(cfg["output_dir"], cfg["name"])
     handler = folder.attach_log()
     try:
         folder.write_config(cfg)
-        folder.write_manifest(build_manifest(cfg, device, dataset))
+        folder.write_manifest(manifest)
         logger.info("run folder %s (device %s)", folder.path, device)
         model = BACKBONES.build(cfg["backbone"]).to(device)
         out = evaluate(model, dataset, cfg, device, folder, progress=progress)
@@ -185,12 +198,18 @@ def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
     return out
 
 
-def train_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> RunFolder:
+def train_recipe(
+    cfg: dict, *, resume: Any = False, progress: bool = True, allow_changes: bool = False
+) -> RunFolder:
     """Train a recipe's stages (:class:`uvireid.engine.trainer.Trainer`) in a run folder.
 
-    ``resume``: continue the latest run folder of this recipe from its
-    ``checkpoints/latest.pt`` (a new run when there is none). Under torchrun every rank
-    trains; rank 0 writes the folder.
+    ``resume``: True continues the latest run folder of this recipe (named
+    ``<name>-<time>`` under its ``output_dir``; a new run when there is none), a path that
+    run folder, from its ``checkpoints/latest.pt``. The recipe must be the one the folder's
+    ``config.yaml`` holds, but for where and how fast it runs and how it is evaluated
+    (:data:`~uvireid.engine.run_folder.RESUME_FREE_KEYS`); ``allow_changes`` accepts other
+    changes with a warning and records them in ``manifest.json``, whose first record
+    of the run is kept. Under torchrun every rank trains; rank 0 writes the folder.
     """
     from uvireid.data import synthetic as _synthetic  # noqa: F401  (registers 'synthetic')
     from uvireid.engine import distributed as D
@@ -205,9 +224,11 @@ def train_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> R
     protocol_for(dataset, cfg)
     if cfg.get("reranker"):
         RERANKERS.build(cfg["reranker"])
-    folder = None
+    folder, changes = None, {}
     if D.is_main():
-        folder = RunFolder.latest(cfg["output_dir"], cfg["name"]) if resume else None
+        folder = resume_target(cfg, resume)
+        if folder is not None:
+            changes = check_resume(folder, cfg, allow_changes)
         if folder is not None and (folder.path / "results.json").exists():
             logger.info("run %s already finished; nothing to resume", folder.path)
         elif folder is None:
@@ -232,8 +253,8 @@ def train_recipe(cfg: dict, *, resume: bool = False, progress: bool = True) -> R
             folder.write_config(cfg)
             manifest = build_manifest(cfg, device, dataset, world_size=D.world_size())
             manifest["batch"] = {"stages": _stage_batches(cfg, D.world_size())}
-            if resume:
-                manifest["resumed_after_epoch"] = trainer.epoch
+            if resume and ckpt.exists():
+                manifest = resumed_manifest(folder, manifest, trainer.epoch, changes)
             folder.write_manifest(manifest)
             logger.info(
                 "run folder %s (device %s, world size %d)", folder.path, device, D.world_size()

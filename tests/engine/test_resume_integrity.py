@@ -1,0 +1,129 @@
+"""Resuming continues the run it names, with the recipe it started with, and keeps the
+record of how it started (users_pain: "resumes that don't")."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from uvireid.cli import main
+from uvireid.config import load_recipe
+from uvireid.engine.run_folder import RunFolder, check_resume, recipe_changes
+from uvireid.engine.runner import run_recipe
+from uvireid.engine.trainer import Trainer
+from uvireid.errors import ConfigError
+
+
+def _folder(root, name, mtime):
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("name: x\n")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_latest_takes_only_the_recipes_own_folders(tmp_path):
+    own = _folder(tmp_path, "tiny-20261126-101500", 1_000)
+    again = _folder(tmp_path, "tiny-20261126-101500-2", 2_000)
+    _folder(tmp_path, "tiny-lowlr-20261126-101600", 3_000)  # another recipe, newer
+    _folder(tmp_path, "tiny-20261126-1016", 4_000)  # not a name create() makes
+    (tmp_path / "tiny-20261126-101700").mkdir()  # no config.yaml: not a run
+    assert RunFolder.latest(tmp_path, "tiny").path == again
+    os.utime(again, (500, 500))
+    assert RunFolder.latest(tmp_path, "tiny").path == own
+    assert RunFolder.latest(tmp_path, "tiny-lowlr").path.name == "tiny-lowlr-20261126-101600"
+    assert RunFolder.latest(tmp_path, "other") is None
+
+
+def test_recipe_changes_lists_every_changed_leaf_but_the_free_ones():
+    old = {
+        "seed": 1,
+        "device": "cpu",
+        "train": {"lr": 1e-4, "lr_steps": [20, 60], "threads": 1},
+        "stages": [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 3}],
+        "evaluation": {"every": 1},
+        "clusterer": {"type": "dbscan", "eps": 0.6},
+    }
+    new = {
+        "seed": 1,
+        "device": "cuda",  # free
+        "train": {"lr": 1e-4, "lr_steps": [20], "threads": 4},  # threads free
+        "stages": [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 5}],
+        "evaluation": {"every": 2},  # free
+        "clusterer": {"type": "dbscan", "eps": 0.5, "k1": 20},
+    }
+    assert recipe_changes(old, new) == {
+        "clusterer.eps": (0.6, 0.5),
+        "clusterer.k1": ("<absent>", 20),
+        "stages.1.epochs": (3, 5),
+        "train.lr_steps": ([20, 60], [20]),
+    }
+    assert recipe_changes(old, old) == {}
+
+
+def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(
+    recipe_file, tmp_path, monkeypatch, capsys
+):
+    cfg = load_recipe(recipe_file)
+    real = Trainer.train_epoch
+
+    def killed_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    part = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    first = json.loads((part.path / "manifest.json").read_text())
+
+    longer = load_recipe(recipe_file, ["stages.1.epochs=2", "clusterer.eps=0.5"])
+    with pytest.raises(ConfigError) as err:
+        run_recipe(longer, resume=True, progress=False)
+    for line in ("stages.1.epochs: 1 -> 2", "clusterer.eps: 0.6 -> 0.5", "--allow-changes"):
+        assert line in str(err.value)
+    # speed and evaluation settings are not changes of the recipe
+    assert check_resume(part, load_recipe(recipe_file, ["train.threads=2"])) == {}
+    assert yaml.safe_load((part.path / "config.yaml").read_text())["clusterer"]["eps"] == 0.6
+
+    # the run folder itself, with an override of its recipe: allowed, then recorded
+    argv = ["run", str(part.path), "stages.1.epochs=2", "--resume", "--allow-changes"]
+    assert main([*argv, "--no-report"]) == 0
+    assert part.path.name in capsys.readouterr().out
+    manifest = json.loads((part.path / "manifest.json").read_text())
+    assert manifest["started"] == first["started"]
+    assert manifest["command"] == first["command"]
+    (entry,) = manifest["resumes"]
+    assert entry["after_epoch"] == 1
+    assert entry["changes"] == {"stages.1.epochs": [1, 2], "train.epochs": [2, 3]}
+    assert [m["epoch"] for m in part.read_metrics()] == [0, 1, 2]
+    assert yaml.safe_load((part.path / "config.yaml").read_text())["train"]["epochs"] == 3
+
+
+def test_a_run_folder_is_only_resumed(tmp_path, capsys):
+    run = _folder(tmp_path, "tiny-20261126-101500", 1_000)
+    assert main(["run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a run folder: add --resume" in err and "config.yaml" in err
+    assert main(["run", "demo", "--allow-changes"]) == 2
+    assert "--allow-changes goes with --resume" in capsys.readouterr().err
+    assert main(["run", str(tmp_path), "--dry-run"]) == 2
+    assert "without config.yaml" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    from uvireid.engine import runner
+
+    def interrupted(cfg, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_recipe", interrupted)
+    assert main(["run", "demo", "output_dir=/tmp/my runs", "--no-report"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the last finished epoch's checkpoint is kept" in err
+    assert "`uvireid run demo 'output_dir=/tmp/my runs' --resume`" in err
