@@ -25,7 +25,7 @@ from uvireid.engine.run_folder import (
     resume_target,
     resumed_manifest,
 )
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, TrainingError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -49,6 +49,28 @@ def protocol_for(dataset: Any, cfg: dict) -> str:
             f"its protocols: {', '.join(dataset.protocols)}"
         )
     return protocol
+
+
+def check_features_vary(feats: Any, rel: float = 1e-5) -> None:
+    """Refuse test features that are all the same (the rows within ``rel`` of the largest
+    magnitude of each other): a collapsed model, whose protocol figures would only measure
+    the order in which ties are broken (a diverged run once reported 46 mAP that way).
+
+    Raises:
+        TrainingError: naming the spread and what to check.
+    """
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2 or not np.isfinite(f).all():
+        return  # shapes and non-finite values are the protocol's checks
+    spread = float(np.abs(f - f[0]).max())
+    scale = float(np.abs(f).max())
+    if spread <= rel * scale or scale == 0.0:
+        raise TrainingError(
+            f"the {f.shape[0]} test features are all the same (largest difference "
+            f"{spread:.2g} at magnitude {scale:.2g}): the model has collapsed, and its "
+            f"metrics would only measure the order of ties. Check the training log (cluster "
+            f"counts, loss) and lower train.lr"
+        )
 
 
 def evaluate(
@@ -84,6 +106,7 @@ def evaluate(
             progress=progress,
         )
     seconds = {"extract": time.perf_counter() - t0}
+    check_features_vary(bank.feats)
     meta = dict(dataset.meta())
     meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid run {cfg['name']}")
     if "split" in meta:  # RegDB: the model of this run belongs to this split

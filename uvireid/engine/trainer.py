@@ -49,7 +49,7 @@ from uvireid.engine.checkpoint import (
     set_rng_state,
 )
 from uvireid.engine.run_folder import source_revision
-from uvireid.errors import ConfigError, TrainingError
+from uvireid.errors import ConfigError, DatasetError, TrainingError
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES
 from uvireid.types import INFRARED, VISIBLE, CrossLabels, FeatureBank
@@ -178,6 +178,22 @@ class TrainModel(nn.Module):
 READ_EVERY = 10
 
 
+def nonfinite_state(module: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` holding a NaN or
+    an infinity (one read-back from the device for all of them). A model can diverge
+    with a finite loss: a BatchNorm's running variance overflows while the loss of a
+    single cluster stays 0."""
+    named = [
+        (name, t)
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+        if t.is_floating_point()
+    ]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+
+
 def _autocast(device: str, amp: bool):
     if amp and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -254,12 +270,12 @@ def extract_test_bank(backbone: nn.Module, test: list, train: dict, device: str)
     where ``train.amp``; in the order of ``test``.
 
     Raises:
-        ConfigError: a test image cannot be read (the protocol needs every one).
+        DatasetError: a test image cannot be read (the protocol needs every one).
     """
     imgs, ok = load_images(test, train["height"], train["width"], cache_dir=image_cache_dir(train))
     if not ok.all():
         bad = [r.path for r, good in zip(test, ok) if not good][:3]
-        raise ConfigError(
+        raise DatasetError(
             f"{int((~ok).sum())} test image(s) are unreadable (e.g. {', '.join(bad)}); the "
             f"protocol needs every test image: restore them from the release archive"
         )
@@ -579,12 +595,20 @@ class Trainer:
             k = len(np.unique(y[y >= 0]))
             counts[name] = k
             prev = self.counts.get(name)
-            if k <= 1 or (prev and k < self.tr["collapse_ratio"] * prev):
+            if k <= 1 and prev is not None and prev <= 1:
+                msg = (
+                    f"{name}: still {k} cluster(s), as the epoch before; the features do "
+                    f"not separate the images (check the clusterer's eps, the learning rate)"
+                )
+            elif k <= 1 or (prev and k < self.tr["collapse_ratio"] * prev):
                 msg = (
                     f"{name} cluster count collapsed to {k}"
                     + (f" from {prev} the epoch before" if prev else "")
                     + "; check the clusterer's eps, the learning rate, or the features"
                 )
+            else:
+                msg = None
+            if msg:
                 logger.warning(msg)
                 warnings.append(msg)
         self.counts = counts
@@ -783,6 +807,14 @@ class Trainer:
                 if self.progress:
                     it.set_postfix(loss=f"{values['total']:.3f}")
         seconds["train"] = time.perf_counter() - t0
+        bad = nonfinite_state(self.model)
+        if bad:
+            raise TrainingError(
+                f"epoch {epoch}: {len(bad)} weight tensor(s) hold NaN or inf after training "
+                f"(e.g. {', '.join(bad[:3])}) although every loss was finite; training "
+                f"stopped and the last good checkpoint is kept. Lower train.lr, or check "
+                f"the data and the pseudo-labels"
+            )
         D.broadcast_buffers(self.model)
         self.scheduler.step()
         record["loss"] = {k: D.all_reduce_mean(v / max(1, stage.iters)) for k, v in sums.items()}

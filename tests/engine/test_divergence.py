@@ -1,0 +1,116 @@
+"""A model that diverges with a finite loss, or collapses to one feature, is stopped and
+named instead of finishing with plausible numbers (a run at lr 1e8 once ended with exit
+status 0 and 46 mAP from identical features and infinite BatchNorm statistics)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from uvireid.config import load_recipe
+from uvireid.engine import runner
+from uvireid.engine.checkpoint import load_checkpoint
+from uvireid.engine.run_folder import RunFolder
+from uvireid.engine.runner import check_features_vary, run_recipe
+from uvireid.engine.trainer import Trainer, nonfinite_state
+from uvireid.errors import TrainingError
+from uvireid.types import FeatureBank
+
+
+def test_nonfinite_state_names_exactly_the_tensors_a_loop_finds():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2)
+    )
+    assert nonfinite_state(model) == []
+    with torch.no_grad():
+        model[0].weight[1, 2, 0, 1] = float("nan")
+        model[1].running_var[3] = float("inf")
+        model[2].bias[0] = -float("inf")
+    expected = [
+        name
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.is_floating_point() and not all(math.isfinite(v) for v in t.flatten().tolist())
+    ]
+    assert sorted(nonfinite_state(model)) == sorted(expected)
+    assert set(expected) == {"0.weight", "1.running_var", "2.bias"}
+
+
+def test_weights_that_diverge_with_a_finite_loss_stop_the_run(recipe_file, monkeypatch):
+    real = Trainer.step
+
+    def overflowing_bn(self, stage, *args, **kwargs):
+        out = real(self, stage, *args, **kwargs)
+        if stage.name == "salcr":
+            bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(Trainer, "step", overflowing_bn)
+    cfg = load_recipe(recipe_file)
+    with pytest.raises(TrainingError, match=r"epoch 1: \d+ weight tensor\(s\) hold NaN or inf"):
+        run_recipe(cfg, progress=False)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert load_checkpoint(folder.checkpoints / "latest.pt")["epoch"] == 1  # the DCL epoch
+    assert len(folder.read_metrics()) == 1
+    assert not (folder.path / "results.json").exists()
+
+
+def test_identical_test_features_are_refused():
+    rng = np.random.default_rng(0)
+    same = np.tile(rng.normal(size=(1, 8)), (5, 1))
+    with pytest.raises(TrainingError, match="5 test features are all the same"):
+        check_features_vary(same)
+    with pytest.raises(TrainingError, match="all the same"):
+        check_features_vary(same + 1e-9 * rng.normal(size=same.shape))
+    with pytest.raises(TrainingError, match="all the same"):
+        check_features_vary(np.zeros((3, 4)))
+    check_features_vary(same + 1e-3 * rng.normal(size=same.shape))  # distinct: accepted
+    check_features_vary(same[:1])  # a single feature cannot be compared
+
+
+def test_an_evaluation_of_collapsed_features_stops_before_any_result(tmp_path, monkeypatch):
+    import yaml
+    from train_fixtures import tiny_recipe
+
+    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
+    path = tmp_path / "eval_only.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    cfg = load_recipe(path)
+
+    def constant(model, records, **kwargs):
+        n = len(records)
+        return FeatureBank(
+            feats=np.ones((n, 16), dtype=np.float32),
+            modality=np.array([r.modality for r in records]),
+            cams=np.array([r.cam for r in records]),
+            pids=np.array([r.pid for r in records]),
+            paths=[r.path for r in records],
+        )
+
+    monkeypatch.setattr(runner, "extract_features", constant)
+    with pytest.raises(TrainingError, match="the model has collapsed"):
+        run_recipe(cfg, progress=False)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert not (folder.path / "results.json").exists()
+
+
+def test_a_modality_stuck_at_one_cluster_is_reported_as_such(recipe_file):
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file)
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    many = np.repeat(np.arange(10), 3)
+    one = np.zeros(30, dtype=np.int64)
+    warnings: list[str] = []
+    tr._check_counts(SimpleNamespace(init_v=many, init_r=many), warnings)
+    assert warnings == []
+    tr._check_counts(SimpleNamespace(init_v=one, init_r=many), warnings)
+    assert warnings[-1].startswith("visible cluster count collapsed to 1 from 10")
+    tr._check_counts(SimpleNamespace(init_v=one, init_r=many), warnings)
+    assert warnings[-1].startswith("visible: still 1 cluster(s), as the epoch before")
+    assert len(warnings) == 2
