@@ -582,6 +582,8 @@ def _validate_component(
     for key in extra:
         if key in value:
             resolved[key] = value[key]
+    if isinstance(resolved.get("device"), str):  # a part's own device, e.g. clusterer.device
+        check_device(resolved["device"], f"{prov.source(dotted + '.device')}: {dotted}.device")
     return resolved
 
 
@@ -676,6 +678,7 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             out[key] = _validate_stages(cfg, value, prov)
     if out["stages"]:
         _check_stage_epochs(out, prov)
+        _check_stage_batch(out, prov)
     if out["device"] is not None:
         check_device(out["device"], prov.source("device"))
     return out
@@ -724,6 +727,16 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         for comp in STAGE_COMPONENTS:
             spec = SCHEMA[comp]
             raw = stage[comp] if comp in stage else cfg.get(comp)
+            top = cfg.get(comp)
+            if (
+                comp in stage
+                and isinstance(raw, Mapping)
+                and "type" not in raw
+                and isinstance(top, Mapping)
+                and "type" in top
+            ):
+                # keys without a type refine the top-level part: stages.1.clusterer.eps=0.5
+                raw = {**top, **raw}
             res[comp] = _validate_component(
                 f"{where}.{comp}" if comp in stage else comp, spec.registry, raw, prov, spec.extra
             )
@@ -755,6 +768,22 @@ def _check_stage_epochs(out: dict, prov: Provenance) -> None:
     out["train"]["epochs"] = total
 
 
+def _check_stage_batch(out: dict, prov: Provenance) -> None:
+    """With stages, each stage's sampler sets its batch; a train.batch_ids or
+    train.images_per_id set to another value than the default would change nothing
+    (a user halving the batch with the learning rate would halve only the rate)."""
+    defaults = TrainSettings()
+    for key, sampler_key in (("batch_ids", "ids"), ("images_per_id", "images")):
+        source = prov.get(f"train.{key}")
+        if source is not None and out["train"][key] != getattr(defaults, key):
+            now = ", ".join(f"{s['name']}: {s['sampler'][sampler_key]}" for s in out["stages"])
+            raise ConfigError(
+                f"{source}: train.{key}={out['train'][key]} does nothing in a recipe with "
+                f"stages: each stage's sampler sets its batch (stages.N.sampler."
+                f"{sampler_key}; now {now}); set those instead"
+            )
+
+
 def check_device(device: str, source: str = "device") -> str:
     """Validate a device string now, not deep inside a run. Returns it unchanged."""
     import torch
@@ -778,7 +807,13 @@ def check_device(device: str, source: str = "device") -> str:
                 f"{source}: device '{device}' does not exist; this machine has "
                 f"{torch.cuda.device_count()} GPU(s): cuda:0..cuda:{torch.cuda.device_count() - 1}"
             )
-    elif dev.type not in ("cpu", "mps"):
+    elif dev.type == "mps":
+        if not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+            raise ConfigError(
+                f"{source}: device '{device}' asked for Apple's MPS, which this torch "
+                f"(torch {torch.__version__}) cannot use here; use device=cpu or device=auto"
+            )
+    elif dev.type != "cpu":
         raise ConfigError(f"{source}: device '{device}' is not supported; use auto, cpu or cuda")
     return device
 

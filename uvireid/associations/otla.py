@@ -242,11 +242,20 @@ class OTLADual:
         score = -float(self.lambda_ot) * cost.double() + res.log_v[None, :]
         return score.argmax(1).cpu().numpy(), res
 
-    def associate(self, feats_v: Any, labels_v: Any, feats_r: Any, labels_r: Any) -> CrossLabels:
-        """Cross labels of every instance (visible first, then infrared); see the class."""
+    def _check_params(self) -> int | None:
+        """Refuse settings no input could make work (also before a run starts: see
+        :func:`uvireid.engine.runner.check_parts`). Returns the checked ``k_tr``."""
         if not self.lambda_ot > 0:
             raise ConfigError(f"otla_dual: lambda_ot must be > 0, got {self.lambda_ot}")
-        k_tr = check_k_tr(self.k_tr, "otla_dual")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ConfigError(f"otla_dual: max_iter must be an integer >= 1, got {self.max_iter}")
+        if not self.tol > 0:
+            raise ConfigError(f"otla_dual: tol must be > 0, got {self.tol}")
+        return check_k_tr(self.k_tr, "otla_dual")
+
+    def associate(self, feats_v: Any, labels_v: Any, feats_r: Any, labels_r: Any) -> CrossLabels:
+        """Cross labels of every instance (visible first, then infrared); see the class."""
+        k_tr = self._check_params()
         v, r = prepare(feats_v, labels_v, feats_r, labels_r, "otla_dual", self.device)
         info: dict = {"associator": "otla_dual", "lambda_ot": self.lambda_ot, "k_tr": k_tr}
         if v.k == 0 or r.k == 0:

@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# resolved recipe '{cfg['name']}'")
     print(dump(cfg), end="")
+    from uvireid.engine.runner import check_parts
+
+    check_parts(cfg)
     if args.dry_run:
         return 0
     from uvireid.engine.runner import run_recipe

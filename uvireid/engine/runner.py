@@ -143,6 +143,41 @@ def evaluate(
     return {"results": results, "seconds": seconds, "features": str(path)}
 
 
+def check_parts(cfg: dict) -> None:
+    """Build every part the recipe names, each stage's clusterer, associator and losses and
+    the re-rankers, so that a value a constructor refuses fails now (and in ``--dry-run``),
+    not when its stage begins, possibly hours into the run.
+
+    Raises:
+        ConfigError: naming the stage and the part.
+    """
+    from uvireid.registry import ASSOCIATORS, CLUSTERERS, LOSSES
+
+    parts: list[tuple[str, Any, dict]] = []
+    if is_training(cfg):
+        from uvireid.engine.trainer import stages_of
+
+        for st in stages_of(cfg):
+            parts.append((f"stage '{st.name}': clusterer", CLUSTERERS, st.clusterer))
+            if st.associator:
+                parts.append((f"stage '{st.name}': associator", ASSOCIATORS, st.associator))
+            for i, loss in enumerate(st.losses):
+                kwargs = {k: v for k, v in loss.items() if k != "weight"}
+                parts.append((f"stage '{st.name}': losses.{i}", LOSSES, kwargs))
+    for key in ("reranker", "refine"):
+        if cfg.get(key):
+            parts.append((key, RERANKERS, cfg[key]))
+    for where, registry, spec in parts:
+        try:
+            part = registry.build(spec)
+            if callable(getattr(part, "_check_params", None)):  # checks made at fit time
+                part._check_params()
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({spec['type']}): {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} ({spec['type']}): {type(exc).__name__}: {exc}") from None
+
+
 def is_training(cfg: dict) -> bool:
     """A recipe trains when it has stages or losses; otherwise it only evaluates."""
     return bool(cfg.get("stages") or cfg.get("losses"))
@@ -241,6 +276,7 @@ def train_recipe(
 
     if not cfg.get("data") or not cfg.get("backbone"):
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
+    check_parts(cfg)
     device = D.init_from_env(resolve_device(cfg["device"]))
     seed_everything(cfg["seed"])
     dataset = DATASETS.build(cfg["data"])

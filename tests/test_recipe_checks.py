@@ -1,0 +1,79 @@
+"""Recipe checks that used to wait for the run: a stage's parts built before the first
+epoch (and in --dry-run), devices of parts, batch settings that would do nothing, and a
+stage's part refined by keys alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uvireid.cli import main
+from uvireid.config import load_recipe
+from uvireid.engine.runner import check_parts
+from uvireid.errors import ConfigError
+
+
+def test_keys_without_a_type_refine_the_top_level_part_for_that_stage():
+    cfg = load_recipe("demo", ["stages.1.clusterer.eps=0.5", "stages.1.clusterer.k1=12"])
+    top = dict(cfg["clusterer"])
+    stage0, stage1 = cfg["stages"][0]["clusterer"], cfg["stages"][1]["clusterer"]
+    assert stage0 == top  # untouched: inherited whole
+    assert stage1 == {**top, "eps": 0.5, "k1": 12}
+    assert top["eps"] != 0.5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.1.clusterer.eps=-1", "stage 'salcr': clusterer (dbscan): dbscan: eps must be > 0"),
+        (
+            "stages.1.associator={type: otla_dual, lambda_ot: -5}",
+            "stage 'salcr': associator (otla_dual): otla_dual: lambda_ot must be > 0",
+        ),
+        ("stages.1.associator.max_iter=0", "max_iter must be an integer >= 1"),
+        ("stages.1.associator.k_tr=0", "otla_dual"),
+    ],
+)
+def test_a_later_stages_bad_part_fails_before_the_run_and_in_dry_run(override, message, capsys):
+    cfg = load_recipe("demo", [override])  # the keys are valid: only building tells
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_parts(cfg)
+    assert main(["run", "demo", override, "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_shipped_recipes_pass_the_part_check():
+    for name in ("demo", "dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
+        check_parts(load_recipe(name))
+
+
+def test_a_parts_own_device_is_checked_with_the_recipe():
+    with pytest.raises(ConfigError, match=r"clusterer.device: device 'coda:1' is not a device"):
+        load_recipe("demo", ["clusterer.device=coda:1"])
+    with pytest.raises(ConfigError, match=r"stages.1.associator.device: device 'gpu'"):
+        load_recipe("demo", ["stages.1.associator.device=gpu"])
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_where_torch_cannot_use_it_is_an_error():
+    with pytest.raises(ConfigError, match="device 'mps' asked for Apple's MPS"):
+        load_recipe("demo", ["device=mps"])
+
+
+def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
+    with pytest.raises(ConfigError) as err:
+        load_recipe("salcr", ["train.batch_ids=4"])
+    text = str(err.value)
+    assert "train.batch_ids=4 does nothing in a recipe with stages" in text
+    assert "now dcl: 12, salcr: 8" in text
+    with pytest.raises(ConfigError, match="stages.N.sampler.images"):
+        load_recipe("salcr", ["train.images_per_id=2"])
+    # the default value (as every resolved config.yaml states it) is no change
+    assert load_recipe("salcr", ["train.batch_ids=8"])["stages"][1]["sampler"]["ids"] == 8
+    # without stages the knobs make the one stage's batch
+    from uvireid.engine.trainer import stages_of
+
+    flat = load_recipe(
+        "demo", ["stages=null", "losses=[{type: cluster_contrast}]", "train.batch_ids=3"]
+    )
+    assert stages_of(flat)[0].sampler["ids"] == 3
