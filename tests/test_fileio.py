@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -30,3 +32,20 @@ def test_a_failing_writer_keeps_the_old_file_and_no_temp_file(tmp_path):
         atomic_write(p, boom)
     assert torch.load(p)["epoch"] == 1
     assert [q.name for q in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    from uvireid.fileio import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        with open(plain, "w") as fh:
+            fh.write("x")
+        atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(atomic.stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask

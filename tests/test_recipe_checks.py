@@ -77,3 +77,57 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
         "demo", ["stages=null", "losses=[{type: cluster_contrast}]", "train.batch_ids=3"]
     )
     assert stages_of(flat)[0].sampler["ids"] == 3
+
+
+@pytest.mark.parametrize(
+    "override, key, rule",
+    [
+        ("train.iters_per_epoch=0", "train.iters_per_epoch", ">= 1"),
+        ("train.height=-32", "train.height", "an image height >= 8"),
+        ("train.lr=0", "train.lr", "> 0"),
+        ("train.erasing_p=1.5", "train.erasing_p", "a probability in [0, 1]"),
+        ("evaluation.trials=0", "evaluation.trials", ">= 1"),
+        ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto or a protocol"),
+        ("evaluation.shot=mult", "evaluation.shot", "single or multi"),
+        ("stages.1.sampler.ids=0", "stages.1.sampler.ids", ">= 1"),
+        ("stages.0.iters_per_epoch=0", "stages.0.iters_per_epoch", ">= 1"),
+    ],
+)
+def test_settings_out_of_range_are_refused_with_the_recipe(override, key, rule):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("demo", [override])
+    assert f"'{key}' must be {rule}" in str(err.value)
+    assert str(err.value).startswith("command-line override")
+
+
+def test_the_protocol_rule_lists_every_protocol():
+    from uvireid.config import _RANGES
+    from uvireid.evaluation.protocols import PROTOCOLS
+
+    check, words = _RANGES["EvalSettings.protocol"]
+    assert all(check(name) and name in words for name in PROTOCOLS)
+    assert check("auto") and not check("sysu")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"type": "cmfp", "k": 0}, "cmfp: k must be an integer >= 1, got 0"),
+        ({"type": "cmfp", "k": "ten"}, "cmfp: k must be an integer >= 1, got 'ten'"),
+        ({"type": "cmfp", "mode": "bogus"}, "cmfp: mode must be one of"),
+        ({"type": "cmfp", "backend": "fais"}, "cmfp: backend must be one of"),
+        ({"type": "kreciprocal", "k2": 0}, "kreciprocal: k2 must be an integer >= 1"),
+        ({"type": "kreciprocal", "lambda_value": 2}, "lambda_value must be a number in"),
+        ({"type": "cmrr", "eta": -1}, "cmrr: eta must be a number >= 0.0"),
+        ({"type": "aim", "k1": True}, "aim: k1 must be an integer >= 1, got True"),
+    ],
+)
+def test_rerankers_refuse_bad_settings_when_built(spec, message):
+    """Before, a re-ranker took any value and failed at its first use: after training."""
+    from uvireid.registry import RERANKERS
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        RERANKERS.build(spec)
+    override = "reranker={" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+    with pytest.raises(ConfigError, match="reranker"):
+        check_parts(load_recipe("demo", [override]))

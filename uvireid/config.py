@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -613,7 +613,59 @@ def _validate_settings(dotted: str, cls: type, value: Any, prov: Provenance) -> 
                 f"{prov.source(f'{dotted}.{key}')}: '{dotted}.{key}' must be "
                 f"{_TYPE_WORDS.get(want, want)}, got {out[key]!r}"
             )
+        rule = _RANGES.get(f"{cls.__name__}.{key}")
+        if rule is not None and out[key] is not None and not rule[0](out[key]):
+            raise ConfigError(
+                f"{prov.source(f'{dotted}.{key}')}: '{dotted}.{key}' must be {rule[1]}, "
+                f"got {out[key]!r}"
+            )
     return out
+
+
+def _at_least(n: float, strict: bool = False):
+    return (lambda v: v > n) if strict else (lambda v: v >= n)
+
+
+def _known_protocol(name: str) -> bool:
+    from uvireid.evaluation.protocols import PROTOCOLS
+
+    return name == "auto" or name in PROTOCOLS
+
+
+#: value ranges of the settings (checked with the recipe, not when a value is first used:
+#: ``train.iters_per_epoch=0`` used to train nothing and evaluate an untrained model)
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "TrainSettings.epochs": (_at_least(0), ">= 0"),
+    "TrainSettings.iters_per_epoch": (_at_least(1), ">= 1"),
+    "TrainSettings.lr": (_at_least(0, True), "> 0"),
+    "TrainSettings.weight_decay": (_at_least(0), ">= 0"),
+    "TrainSettings.lr_gamma": (_at_least(0, True), "> 0"),
+    "TrainSettings.batch_ids": (_at_least(1), ">= 1"),
+    "TrainSettings.images_per_id": (_at_least(1), ">= 1"),
+    "TrainSettings.height": (_at_least(8), "an image height >= 8"),
+    "TrainSettings.width": (_at_least(8), "an image width >= 8"),
+    "TrainSettings.workers": (_at_least(0), ">= 0"),
+    "TrainSettings.threads": (_at_least(0), ">= 0 (0: torch's default)"),
+    "TrainSettings.pad": (_at_least(0), ">= 0"),
+    "TrainSettings.erasing_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "TrainSettings.gray_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "TrainSettings.jitter": (_at_least(0), ">= 0"),
+    "TrainSettings.extract_batch": (_at_least(1), ">= 1"),
+    "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "EvalSettings.protocol": (
+        _known_protocol,
+        "auto or a protocol: sysu-all, sysu-indoor, regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v",
+    ),
+    "EvalSettings.trials": (_at_least(1), ">= 1"),
+    "EvalSettings.shot": (lambda v: v in ("single", "multi"), "single or multi"),
+    "EvalSettings.sampler": (lambda v: v in ("seeded", "official"), "seeded or official"),
+    "EvalSettings.every": (_at_least(0), ">= 0 (0: only at the end)"),
+    "StageSettings.iters_per_epoch": (_at_least(1), ">= 1 (or null: train.iters_per_epoch)"),
+    "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "StageSettings.lr": (_at_least(0, True), "> 0 (or null: train.lr)"),
+    "SamplerSettings.ids": (_at_least(1), ">= 1"),
+    "SamplerSettings.images": (_at_least(1), ">= 1"),
+}
 
 
 _TYPE_WORDS = {

@@ -15,12 +15,25 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path``.
+
+    The file gets the permissions an ``open(path, "w")`` would give it (0666 less the
+    umask), not the temporary file's private 0600: a lab's shared run folders stay
+    readable by whoever may read the logs beside them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -94,8 +94,8 @@ class AIM:
     """
 
     def __init__(self, k1: int = 4, k2: int = 1):
-        self.k1 = k1
-        self.k2 = k2
+        self.k1 = check_k(k1, "k1", "aim")
+        self.k2 = check_k(k2, "k2", "aim")
 
     @property
     def name(self) -> str:

@@ -635,8 +635,18 @@ class CMFP:
         backend: str = "auto",
         mixed: bool | None = None,
     ):
-        self.k = k
-        self.normalize = normalize
+        from uvireid.clustering.knn import BACKENDS
+
+        self.k = check_k(k, "k", "cmfp")
+        if mode not in MODES:
+            raise ConfigError(f"cmfp: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"cmfp: backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+        if mixed not in (None, True, False):
+            raise ConfigError(f"cmfp: mixed must be true, false or null, got {mixed!r}")
+        self.normalize = bool(normalize)
         self.mode = mode
         self.backend = backend
         self.mixed = mixed

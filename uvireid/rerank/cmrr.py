@@ -72,7 +72,7 @@ import torch
 from uvireid.clustering.knn import topk_stable
 from uvireid.registry import RERANKERS
 from uvireid.rerank.distances import self_distances, squared_norms
-from uvireid.rerank.inputs import check_k, check_pair, ensure_fits, to_output
+from uvireid.rerank.inputs import check_k, check_pair, check_real, ensure_fits, to_output
 from uvireid.rerank.kreciprocal import (
     _triples,
     column_max_normalize,
@@ -378,10 +378,10 @@ class CMRR:
     """
 
     def __init__(self, k: int = 15, eta: float = 0.1, k2_intra: int = 6, lambda_intra: float = 0.3):
-        self.k = k
-        self.eta = eta
-        self.k2_intra = k2_intra
-        self.lambda_intra = lambda_intra
+        self.k = check_k(k, "k", "cmrr")
+        self.eta = check_real(eta, "eta", "cmrr", 0.0)
+        self.k2_intra = check_k(k2_intra, "k2_intra", "cmrr")
+        self.lambda_intra = check_real(lambda_intra, "lambda_intra", "cmrr", 0.0, 1.0)
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ the numerical code can trust its input.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -104,6 +105,15 @@ def check_k(value: Any, name: str, who: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{who}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(value: Any, name: str, who: str, lo: float, hi: float = math.inf) -> float:
+    """A real hyper-parameter in ``[lo, hi]`` (ConfigError otherwise)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not lo <= float(value) <= hi:
+        span = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{who}: {name} must be a number {span}, got {value!r}")
+    return float(value)
 
 
 def available_memory(device: torch.device) -> int:

@@ -54,6 +54,7 @@ from uvireid.rerank.inputs import (
     as_tensor,
     check_k,
     check_pair,
+    check_real,
     ensure_fits,
     to_output,
 )
@@ -467,9 +468,8 @@ class KReciprocal:
     """
 
     def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
-        self.k1 = k1
-        self.k2 = k2
-        self.lambda_value = lambda_value
+        self.k1, self.k2 = _check_ks(k1, k2, "kreciprocal")
+        self.lambda_value = check_real(lambda_value, "lambda_value", "kreciprocal", 0.0, 1.0)
 
     @property
     def name(self) -> str:
