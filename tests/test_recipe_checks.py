@@ -84,7 +84,7 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
     [
         ("train.iters_per_epoch=0", "train.iters_per_epoch", ">= 1"),
         ("train.height=-32", "train.height", "an image height >= 8"),
-        ("train.lr=0", "train.lr", "> 0"),
+        ("train.lr=-1e-4", "train.lr", ">= 0"),
         ("train.erasing_p=1.5", "train.erasing_p", "a probability in [0, 1]"),
         ("evaluation.trials=0", "evaluation.trials", ">= 1"),
         ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto or a protocol"),

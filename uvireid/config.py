@@ -637,7 +637,7 @@ def _known_protocol(name: str) -> bool:
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.epochs": (_at_least(0), ">= 0"),
     "TrainSettings.iters_per_epoch": (_at_least(1), ">= 1"),
-    "TrainSettings.lr": (_at_least(0, True), "> 0"),
+    "TrainSettings.lr": (_at_least(0), ">= 0"),
     "TrainSettings.weight_decay": (_at_least(0), ">= 0"),
     "TrainSettings.lr_gamma": (_at_least(0, True), "> 0"),
     "TrainSettings.batch_ids": (_at_least(1), ">= 1"),
@@ -662,7 +662,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "EvalSettings.every": (_at_least(0), ">= 0 (0: only at the end)"),
     "StageSettings.iters_per_epoch": (_at_least(1), ">= 1 (or null: train.iters_per_epoch)"),
     "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "StageSettings.lr": (_at_least(0, True), "> 0 (or null: train.lr)"),
+    "StageSettings.lr": (_at_least(0), ">= 0 (or null: train.lr)"),
     "SamplerSettings.ids": (_at_least(1), ">= 1"),
     "SamplerSettings.images": (_at_least(1), ">= 1"),
 }

@@ -39,3 +39,8 @@ class CheckpointError(UvireidError, RuntimeError):
 
 class TrainingError(UvireidError, RuntimeError):
     """Training cannot go on (a non-finite loss, no pseudo-label to train on)."""
+
+
+class RunFolderError(UvireidError, RuntimeError):
+    """A run folder that cannot be used now: another process holds it, or its checkpoint
+    is missing where epochs were trained."""

@@ -81,7 +81,7 @@ def export_features(
         DatasetError: the dataset folder is missing or wrong.
         CheckpointError: see :func:`backbone_weights`; the weights do not fit the
             backbone (another ``backbone.arch``, say).
-        ConfigError: test images that cannot be read (:func:`extract_test_bank`).
+        DatasetError: test images that cannot be read (:func:`extract_test_bank`).
     """
     from uvireid.engine.checkpoint import load_state_strict
     from uvireid.engine.trainer import extract_test_bank

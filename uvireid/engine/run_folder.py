@@ -15,6 +15,7 @@ runs/<recipe>-<time>/
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,44 @@ class RunFolder:
     def is_run(path: str | os.PathLike) -> bool:
         """Whether ``path`` is a run folder (a folder with its ``config.yaml``)."""
         return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder for this process (an advisory ``fcntl`` lock on ``.lock``,
+        released when the process ends, killed or not): a second run or ``--resume`` into
+        the same folder stops at once instead of interleaving its epochs with this one's.
+        Where ``fcntl`` does not exist (Windows) nothing is locked.
+
+        Raises:
+            RunFolderError: another process holds the folder (its pid is named).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        from uvireid.errors import RunFolderError
+
+        fh = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunFolderError(
+                f"{self.path} is in use by another process (pid {holder}); wait for it to "
+                f"end, or stop it, before running or resuming into this folder"
+            ) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
     # -- files ----------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ without and with the recipe's re-ranker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -25,7 +26,7 @@ from uvireid.engine.run_folder import (
     resume_target,
     resumed_manifest,
 )
-from uvireid.errors import ConfigError, TrainingError
+from uvireid.errors import ConfigError, RunFolderError, TrainingError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -272,7 +273,6 @@ def train_recipe(
     from uvireid.data import synthetic as _synthetic  # noqa: F401  (registers 'synthetic')
     from uvireid.engine import distributed as D
     from uvireid.engine.checkpoint import LATEST
-    from uvireid.engine.trainer import Trainer
 
     if not cfg.get("data") or not cfg.get("backbone"):
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
@@ -302,6 +302,26 @@ def train_recipe(
     folder = RunFolder(path)
     if (folder.path / "results.json").exists() and resume:
         return folder
+    ckpt = folder.checkpoints / LATEST
+    if D.is_main() and resume and not ckpt.exists():
+        trained = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0]
+        if trained:
+            raise RunFolderError(
+                f"{folder.path}: {len(trained)} epoch(s) were trained (metrics.jsonl) but "
+                f"{ckpt} is missing; resuming would train them again into the same folder. "
+                f"Restore the checkpoint, or start a new run (without --resume)"
+            )
+    lock = folder.locked() if D.is_main() else contextlib.nullcontext()
+    with lock:
+        return _train_in(folder, cfg, dataset, device, resume, changes, progress)
+
+
+def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFolder:
+    """The training part of :func:`train_recipe`, in a folder this process holds."""
+    from uvireid.engine import distributed as D
+    from uvireid.engine.checkpoint import LATEST
+    from uvireid.engine.trainer import Trainer
+
     handler = folder.attach_log() if D.is_main() else None
     try:
         trainer = Trainer(cfg, dataset, device, folder if D.is_main() else None, progress=progress)

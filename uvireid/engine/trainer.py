@@ -264,10 +264,8 @@ def image_cache_dir(train: dict) -> str | None:
     return c
 
 
-def extract_test_bank(backbone: nn.Module, test: list, train: dict, device: str) -> FeatureBank:
-    """The test features a run evaluates: ``test`` records decoded at the training size
-    (through the decoded-image cache), the backbone's test feature flip-averaged, in bf16
-    where ``train.amp``; in the order of ``test``.
+def load_test_images(test: list, train: dict) -> torch.Tensor:
+    """The test images decoded at the training size (through the decoded-image cache).
 
     Raises:
         DatasetError: a test image cannot be read (the protocol needs every one).
@@ -279,6 +277,20 @@ def extract_test_bank(backbone: nn.Module, test: list, train: dict, device: str)
             f"{int((~ok).sum())} test image(s) are unreadable (e.g. {', '.join(bad)}); the "
             f"protocol needs every test image: restore them from the release archive"
         )
+    return imgs
+
+
+def extract_test_bank(
+    backbone: nn.Module, test: list, train: dict, device: str, images: torch.Tensor | None = None
+) -> FeatureBank:
+    """The test features a run evaluates: ``test`` records decoded at the training size
+    (:func:`load_test_images`, or ``images`` already decoded), the backbone's test feature
+    flip-averaged, in bf16 where ``train.amp``; in the order of ``test``.
+
+    Raises:
+        DatasetError: a test image cannot be read (the protocol needs every one).
+    """
+    imgs = load_test_images(test, train) if images is None else images
     modality = np.array([r.modality for r in test], dtype=np.int64)
     feats, _ = extract_images(
         backbone,
@@ -394,6 +406,7 @@ class Trainer:
         self.source = source_revision()  # the code's git commit, kept in checkpoints
         self.counts: dict[str, int] = {}
         self.images_v = self.images_r = None
+        self.test_images: torch.Tensor | None = None  # decoded in load_data (rank 0)
         self.ok_v = self.ok_r = None
         self.last_eval: dict | None = None
         #: the evaluated epoch with the highest mAP (no re-ranker), for evaluation.keep_best
@@ -441,6 +454,8 @@ class Trainer:
         h, w, cache = self.tr["height"], self.tr["width"], image_cache_dir(self.tr)
         self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
         self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
+        if D.is_main():  # every test image must be readable: found now, not after training
+            self.test_images = load_test_images(self.dataset.test, self.tr)
         where = self._place_images()
         logger.info(
             "training images: %d visible, %d infrared at %dx%d, on %s (%.1f s)",
@@ -850,7 +865,9 @@ class Trainer:
         from uvireid.engine.runner import evaluate
 
         t0 = time.perf_counter()
-        bank = extract_test_bank(self.model.backbone, self.dataset.test, self.tr, self.device)
+        bank = extract_test_bank(
+            self.model.backbone, self.dataset.test, self.tr, self.device, self.test_images
+        )
         out = evaluate(
             self.model.backbone,
             self.dataset,
