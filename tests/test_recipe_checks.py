@@ -89,6 +89,7 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
         ("evaluation.trials=0", "evaluation.trials", ">= 1"),
         ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto or a protocol"),
         ("evaluation.shot=mult", "evaluation.shot", "single or multi"),
+        ("evaluation.feature_head=banana", "evaluation.feature_head", "bn_feat"),
         ("stages.1.sampler.ids=0", "stages.1.sampler.ids", ">= 1"),
         ("stages.0.iters_per_epoch=0", "stages.0.iters_per_epoch", ">= 1"),
     ],

@@ -145,7 +145,8 @@ class EvalSettings:
             (SYSU-MM01's rand_perm_cam.mat, read from ``perm_file``).
         perm_file: path of rand_perm_cam.mat for the official sampler.
         every: evaluate every this many epochs (0: only at the end).
-        feature_head: which feature is evaluated (recorded in every result).
+        feature_head: which feature is extracted and evaluated (recorded in every result):
+            ``bn_feat`` the BN neck's output, ``pool`` the pooled feature before it.
         at_start: also evaluate the untrained model before the first epoch (logged as
             epoch -1), so a run shows how far training moved it.
         keep_best: also keep the checkpoint of the evaluated epoch with the highest mAP
@@ -657,6 +658,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto or a protocol: sysu-all, sysu-indoor, regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v",
     ),
     "EvalSettings.trials": (_at_least(1), ">= 1"),
+    "EvalSettings.feature_head": (
+        lambda v: v in ("bn_feat", "pool"),
+        "bn_feat (the BN neck's output) or pool (the pooled feature before it)",
+    ),
     "EvalSettings.shot": (lambda v: v in ("single", "multi"), "single or multi"),
     "EvalSettings.sampler": (lambda v: v in ("seeded", "official"), "seeded or official"),
     "EvalSettings.every": (_at_least(0), ">= 0 (0: only at the end)"),

@@ -139,6 +139,7 @@ def test_trial_mean_is_the_mean_of_per_trial_reference_values():
 
 def test_result_table_and_dict():
     f = make_sysu_features(seed=6)
+    f.meta.pop("feature_head")  # the flag labels a file that does not say
     r = run_protocol(f, "sysu-indoor", trials=3, shot="multi", feature_head="bn-neck")
     text = r.table()
     lines = text.splitlines()
@@ -348,3 +349,13 @@ def test_run_protocol_reads_a_features_file(tmp_path, sysu_small):
     assert r.provenance["features_file"] == str(path)
     assert r.provenance["feature_head"] == "global"
     assert r.mean == pytest.approx(run_protocol(f, "sysu-all", trials=2).mean)
+
+
+def test_a_feature_head_flag_that_contradicts_the_file_is_refused():
+    f = make_sysu_features(seed=6)
+    assert f.meta["feature_head"] == "global"
+    with pytest.raises(ProtocolError, match="'pool' contradicts the features file's meta"):
+        run_protocol(f, "sysu-all", trials=1, feature_head="pool")
+    same = run_protocol(f, "sysu-all", trials=1, feature_head="global")
+    assert same.provenance["feature_head"] == "global"
+    assert run_protocol(f, "sysu-all", trials=1).provenance["feature_head"] == "global"

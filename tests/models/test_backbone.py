@@ -82,6 +82,24 @@ def test_extract_is_the_normalised_mean_of_image_and_flip():
     assert not feat.requires_grad
 
 
+def test_the_pool_head_is_the_feature_before_the_bn_neck():
+    m = _model().eval()
+    with torch.no_grad():  # a BN neck with non-trivial statistics, so the heads differ
+        m.neck.running_mean.uniform_(-1, 1)
+        m.neck.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        a = m(x, 0).global_feat
+        b = m(torch.flip(x, dims=[3]), 0).global_feat
+    manual = (a + b) / 2
+    manual = manual / manual.norm(dim=1, keepdim=True)
+    pool = m.extract(x, 0, head="pool")
+    assert torch.allclose(pool, manual, atol=1e-5)
+    assert (pool - m.extract(x, 0)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="feature head 'fc' is not one of bn_feat, pool"):
+        m.extract(x, 0, head="fc")
+
+
 def test_each_modality_goes_through_its_own_stem():
     m = _model().eval()
     x = torch.randn(4, 3, 64, 32)

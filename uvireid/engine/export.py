@@ -96,7 +96,9 @@ def export_features(
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
     backbone.to(device)
-    bank = extract_test_bank(backbone, dataset.test, cfg["train"], device)
+    bank = extract_test_bank(
+        backbone, dataset.test, cfg["train"], device, head=cfg["evaluation"]["feature_head"]
+    )
     meta.update(
         feature_head=cfg["evaluation"]["feature_head"],
         produced_by=f"uvireid extract {source}".strip(),

@@ -58,8 +58,10 @@ def extract_features(
     batch_size: int = 128,
     workers: int = 0,
     progress: bool = False,
+    head: str = "bn_feat",
 ) -> FeatureBank:
-    """Test-time features of ``records`` (``model.extract(images, modality)``).
+    """Test-time features of ``records`` (``model.extract(images, modality)``; ``head``:
+    see :data:`uvireid.models.backbone.FEATURE_HEADS`).
 
     Returns a FeatureBank with ``feats`` (N, d) float32 numpy, L2-normalised as the
     model's ``extract`` returns them, in the order of ``records``.
@@ -80,7 +82,12 @@ def extract_features(
 
         it = tqdm(loader, desc="extract", unit="batch", leave=False)
     for images, modality in it:
-        feats = model.extract(images.to(device, non_blocking=True), modality)  # modality: host
+        x = images.to(device, non_blocking=True)  # modality stays on the host
+        feats = (
+            model.extract(x, modality)
+            if head == "bn_feat"
+            else model.extract(x, modality, head=head)
+        )
         chunks.append(feats.float().cpu())
     model.train(was_training)
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

@@ -105,6 +105,7 @@ def evaluate(
             device=device,
             workers=tr["workers"],
             progress=progress,
+            head=ev["feature_head"],
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats)

@@ -211,11 +211,13 @@ def extract_images(
     flip: bool = False,
     amp: bool = False,
     part_module: nn.Module | None = None,
+    head: str = "bn_feat",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features of uint8 ``images`` (N, 3, H, W) with their ``modality`` (N,).
 
     Returns ``(feats, parts)``: (N, d) float32 L2-normalised test features on the CPU
-    (``backbone.extract``: the BN-neck feature, flip-averaged when ``flip``) and, with a
+    (``backbone.extract``: the ``head`` feature, the BN neck's by default, flip-averaged
+    when ``flip``) and, with a
     ``part_module`` (:class:`uvireid.models.parts.PartQuery`), the (N, P, d) L2-normalised
     self parts computed batch by batch (the feature maps are never kept), else None. Eval
     mode; the previous mode is restored.
@@ -238,8 +240,10 @@ def extract_images(
                         f = (f + backbone(x.flip(3), m).bn_feat) / 2
                     f = torch.nn.functional.normalize(f.float(), dim=1)
                     parts.append(part_module.self_parts(out.feature_map.float()).cpu())
-                else:
+                elif head == "bn_feat":  # any backbone's extract (plugins' too)
                     f = backbone.extract(x, m, flip=flip)
+                else:
+                    f = backbone.extract(x, m, flip=flip, head=head)
             feats.append(f.float().cpu())
     finally:
         backbone.train(was)
@@ -281,11 +285,17 @@ def load_test_images(test: list, train: dict) -> torch.Tensor:
 
 
 def extract_test_bank(
-    backbone: nn.Module, test: list, train: dict, device: str, images: torch.Tensor | None = None
+    backbone: nn.Module,
+    test: list,
+    train: dict,
+    device: str,
+    images: torch.Tensor | None = None,
+    head: str = "bn_feat",
 ) -> FeatureBank:
     """The test features a run evaluates: ``test`` records decoded at the training size
-    (:func:`load_test_images`, or ``images`` already decoded), the backbone's test feature
-    flip-averaged, in bf16 where ``train.amp``; in the order of ``test``.
+    (:func:`load_test_images`, or ``images`` already decoded), the backbone's ``head``
+    feature (``evaluation.feature_head``) flip-averaged, in bf16 where ``train.amp``; in
+    the order of ``test``.
 
     Raises:
         DatasetError: a test image cannot be read (the protocol needs every one).
@@ -300,6 +310,7 @@ def extract_test_bank(
         batch=train["extract_batch"],
         flip=True,
         amp=train["amp"],
+        head=head,
     )
     return FeatureBank(
         feats=feats.numpy(),
@@ -866,7 +877,12 @@ class Trainer:
 
         t0 = time.perf_counter()
         bank = extract_test_bank(
-            self.model.backbone, self.dataset.test, self.tr, self.device, self.test_images
+            self.model.backbone,
+            self.dataset.test,
+            self.tr,
+            self.device,
+            self.test_images,
+            head=self.cfg["evaluation"]["feature_head"],
         )
         out = evaluate(
             self.model.backbone,

@@ -768,7 +768,14 @@ def run_protocol(
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
     std = {k: float(np.std([r[k] for r in rows])) for k in METRIC_KEYS}
     cmc = np.mean(np.asarray([r["cmc"] for r in rows]), axis=0).tolist()
-    head = feature_head or files[0].meta.get("feature_head") or "unknown"
+    stated = {f.meta.get("feature_head") for f in files} - {None}
+    if feature_head and stated and stated != {feature_head}:
+        raise ProtocolError(
+            f"feature_head {feature_head!r} contradicts the features file's meta "
+            f"(feature_head {', '.join(sorted(map(str, stated)))}); the flag labels files "
+            f"that do not say which feature they hold: leave it out here"
+        )
+    head = feature_head or (stated.pop() if len(stated) == 1 else None) or "unknown"
     no_paths = any(f.paths is None for f in files)
     provenance = {
         "dataset": spec.dataset_name,

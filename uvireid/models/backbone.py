@@ -63,6 +63,21 @@ class BackboneOutput:
     feature_map: torch.Tensor
 
 
+#: test-time features a backbone can give (``evaluation.feature_head``) and the
+#: :class:`BackboneOutput` field each one reads
+FEATURE_HEADS = {"bn_feat": "bn_feat", "pool": "global_feat"}
+
+
+def head_field(head: str) -> str:
+    """The :class:`BackboneOutput` field of a feature head (ConfigError if unknown)."""
+    if head not in FEATURE_HEADS:
+        raise ConfigError(
+            f"feature head {head!r} is not one of {', '.join(FEATURE_HEADS)} (bn_feat: the BN "
+            f"neck's output; pool: the pooled feature before it)"
+        )
+    return FEATURE_HEADS[head]
+
+
 def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.device):
     """``modality`` as a (B,) long tensor on ``device``; an int applies to the whole batch."""
     if isinstance(modality, numbers.Integral):
@@ -107,19 +122,27 @@ class _ReidHead(nn.Module):
 
     @torch.no_grad()
     def extract(
-        self, x: torch.Tensor, modality: torch.Tensor | int, flip: bool = True
+        self,
+        x: torch.Tensor,
+        modality: torch.Tensor | int,
+        flip: bool = True,
+        head: str = "bn_feat",
     ) -> torch.Tensor:
         """Test-time feature: (B, 3, H, W) -> (B, C) float, L2-normalised.
 
-        The mean of the BN-neck features of the image and of its horizontal flip, then
-        L2-normalised (``flip=False``: the image alone). Runs without gradients; call
-        ``model.eval()`` first so that batch norm uses its running statistics.
+        The mean of the features of the image and of its horizontal flip, then
+        L2-normalised (``flip=False``: the image alone). ``head`` (:data:`FEATURE_HEADS`):
+        ``bn_feat`` the BN neck's output (what SALCR/DCL test with), ``pool`` the pooled
+        feature before it (mangye16's AGW ``x_pool``, some peers' "pool" results). Runs
+        without gradients; call ``model.eval()`` first so that batch norm uses its running
+        statistics.
         """
         if self.training:
             logger.warning("extract() called in train mode; call model.eval() first")
-        feat = self(x, modality).bn_feat
+        field = head_field(head)
+        feat = getattr(self(x, modality), field)
         if flip:
-            feat = (feat + self(torch.flip(x, dims=[3]), modality).bn_feat) / 2
+            feat = (feat + getattr(self(torch.flip(x, dims=[3]), modality), field)) / 2
         return F.normalize(feat, dim=1)
 
 

@@ -1,0 +1,42 @@
+"""evaluation.feature_head chooses the feature a run extracts, not only its label."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from train_fixtures import tiny_recipe
+
+from uvireid.config import load_recipe
+from uvireid.engine.runner import run_recipe
+from uvireid.features import load_features
+from uvireid.models.backbone import _ReidHead
+
+
+def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypatch):
+    """evaluation.feature_head chooses the feature the backbone extracts (an evaluation
+    run and a training run's evaluations), not only the label of the results."""
+    asked = []
+    real = _ReidHead.extract
+
+    def spy(self, x, modality, flip=True, head="bn_feat"):
+        asked.append((head, flip))
+        return real(self, x, modality, flip=flip, head=head)
+
+    monkeypatch.setattr(_ReidHead, "extract", spy)
+    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
+    path = tmp_path / "eval_only.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    for recipe in (path, recipe_file):
+        for head in ("bn_feat", "pool"):
+            asked.clear()
+            cfg = load_recipe(recipe, [f"evaluation.feature_head={head}"])
+            folder = run_recipe(cfg, progress=False)
+            feats = load_features(folder.path / "features.npz")
+            assert feats.meta["feature_head"] == head
+            # the test set is extracted flip-averaged; the training set (for clustering,
+            # always the BN neck's feature) is not
+            assert {h for h, flip in asked if flip} == {head}, (recipe, asked)
+            assert {h for h, flip in asked if not flip} <= {"bn_feat"}
+            table = json.loads((folder.path / "results.json").read_text())["none"]
+            assert table["provenance"]["feature_head"] == head
