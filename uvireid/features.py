@@ -278,9 +278,11 @@ def load_features(path: str | os.PathLike) -> Features:
             f"{where} does not exist{hint}; expected an .npz written by uvireid.save_features "
             f"or `uvireid extract`; fix: check the path"
         )
+    if src.stat().st_size == 0:
+        raise FeatureFileError(f"{where} is empty (0 bytes): a write that did not finish?; {_FIX}")
     try:
         npz = np.load(src, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FeatureFileError(
             f"{where} is not a readable .npz archive ({type(exc).__name__}: {exc}); {_FIX}"
         ) from None

@@ -133,11 +133,21 @@ def test_extract_on_another_dataset(run_dir, tmp_path):
 
 
 def test_export_features_without_a_checkpoint_uses_the_recipes_backbone(run_dir, tmp_path):
-    """A recipe without --checkpoint: the backbone as the recipe builds it (random here),
-    so features differ from the trained run's; nothing is recorded as a checkpoint."""
+    """A recipe with --checkpoint none: the backbone as the recipe builds it (random
+    here), so features differ from the trained run's, and the file says no run trained
+    them. Without --checkpoint a recipe is refused (it used to give an untrained model's
+    features silently)."""
+    recipe = tmp_path / "tiny.yaml"
+    shutil.copy(run_dir / "config.yaml", recipe)
+    with pytest.raises(ConfigError, match="is a recipe: pass --checkpoint PATH"):
+        _extract(recipe, tmp_path / "silent.npz")
+    assert not (tmp_path / "silent.npz").exists()
+    assert _extract(recipe, tmp_path / "none.npz", "--checkpoint", "none") == 0
+    assert load_features(tmp_path / "none.npz").meta["checkpoint"].startswith("none (backbone.")
     cfg = load_recipe(run_dir / "config.yaml")
     path = export_features(cfg, tmp_path / "init.npz", source="tiny")
     f = load_features(path)
-    assert "checkpoint" not in f.meta and f.meta["produced_by"] == "uvireid extract tiny"
+    assert f.meta["checkpoint"] == "none (backbone.pretrained=False)"
+    assert f.meta["produced_by"] == "uvireid extract tiny"
     assert not np.allclose(f.feats, load_features(run_dir / "features.npz").feats, atol=1e-3)
     assert np.allclose(np.linalg.norm(f.feats, axis=1), 1.0, atol=1e-5)

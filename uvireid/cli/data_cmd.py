@@ -138,9 +138,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``uvireid data synth``: write the synthetic dataset and print its counts."""
+    from uvireid.cli._paths import output_folder
     from uvireid.data import synthetic
     from uvireid.data.check import stats_table
 
+    output_folder(args.out, "--out")
     kw = {"nir": args.nir} if args.nir else {}
     out = synthetic.generate(args.out, ids=args.ids, seed=args.seed, **kw)
     ds = _open("synthetic", str(out))

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from uvireid.cli._paths import output_file
 from uvireid.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
             f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
             f"several files (one per split); pass one {spec.dataset_name} test-set file"
         )
+    seen = [Path(f).resolve() for f in args.features]
+    if len(set(seen)) < len(seen):
+        raise ProtocolError(
+            "the same features file is given twice; each RegDB split's file counts once"
+        )
+    if args.json:
+        output_file(args.json, "--json")
     features = [load_features(f) for f in args.features]
     result = run_protocol(
         features if len(features) > 1 else features[0],

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="a uvireid checkpoint (default for a run folder: its checkpoints/latest.pt)",
+        help="a uvireid checkpoint (default for a run folder: its checkpoints/latest.pt; a "
+        "recipe needs one, or 'none' for the backbone as the recipe builds it)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the recipe's)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -84,7 +85,15 @@ def run(args: argparse.Namespace) -> int:
         if run_data.get("type") == data.get("type") and args.checkpoint is None:
             train_split = run_data.get("split")  # the run's own weights: its own split
     else:
+        if checkpoint is None:
+            raise ConfigError(
+                f"{args.source} is a recipe: pass --checkpoint PATH (the trained weights to "
+                f"extract with), or --checkpoint none to extract with the backbone as the "
+                f"recipe builds it (backbone.pretrained: an untrained baseline)"
+            )
         cfg = load_recipe(args.source, args.overrides)
+    if str(checkpoint).lower() == "none":
+        checkpoint = None
     device = resolve_device(args.device or cfg["device"])
     path = export_features(
         cfg,

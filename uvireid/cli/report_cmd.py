@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from uvireid.cli._paths import output_folder, positive_int
 
 EPILOG = """\
 writes into RUN_DIR (or --out): report.html (images embedded, self-contained) and
@@ -40,10 +43,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="re-ranker for the 'after' plots: a registered name (cmfp, kreciprocal, ...) or "
         "none (default: the recipe's)",
     )
-    p.add_argument("--queries", type=int, default=6, help="ranking lists to draw (default 6)")
-    p.add_argument("--topk", type=int, default=10, help="gallery images per list (default 10)")
-    p.add_argument("--ids", type=int, default=12, help="identities in the t-SNE (default 12)")
-    p.add_argument("--dpi", type=int, default=100, help="PNG resolution (default 100)")
+    p.add_argument(
+        "--queries", type=positive_int, default=6, help="ranking lists to draw (default 6)"
+    )
+    p.add_argument(
+        "--topk", type=positive_int, default=10, help="gallery images per list (default 10)"
+    )
+    p.add_argument(
+        "--ids", type=positive_int, default=12, help="identities in the t-SNE (default 12)"
+    )
+    p.add_argument("--dpi", type=positive_int, default=100, help="PNG resolution (default 100)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     p.set_defaults(func=run)
     return p
@@ -51,8 +60,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     import uvireid  # noqa: F401  (registers the re-rankers)
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.errors import ConfigError
     from uvireid.viz.report import RECIPE, build_report
 
+    if Path(args.run_dir).is_dir() and not RunFolder.is_run(args.run_dir):
+        raise ConfigError(
+            f"{args.run_dir} is not a run folder (no config.yaml); give a folder that "
+            f"`uvireid run` wrote (runs/<recipe>-<time>)"
+        )
+    if args.out is not None:
+        output_folder(args.out, "--out")
     report = build_report(
         args.run_dir,
         features=args.features,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from uvireid.cli._paths import output_file
 from uvireid.errors import ConfigError, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
             f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
             f"several files (one per split); pass one {spec.dataset_name} test-set file"
         )
+    seen = [Path(f).resolve() for f in args.features]
+    if len(set(seen)) < len(seen):
+        raise ProtocolError(
+            "the same features file is given twice; each RegDB split's file counts once"
+        )
+    if args.json:
+        output_file(args.json, "--json")
     from uvireid.config import check_device, resolve_device
     from uvireid.rerank import OnDevice
 

@@ -95,6 +95,8 @@ def export_features(
         weights, info = backbone_weights(checkpoint)
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
+    else:  # said in the file: features of a backbone no run trained
+        meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)
     bank = extract_test_bank(
         backbone, dataset.test, cfg["train"], device, head=cfg["evaluation"]["feature_head"]

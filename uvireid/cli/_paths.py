@@ -1,0 +1,60 @@
+"""Output paths of the commands, checked before the work that fills them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from uvireid.errors import ConfigError
+
+
+def output_file(path: str | os.PathLike, option: str) -> Path:
+    """A file a command will write (``--json``, ``-o``): not a folder, in a folder that
+    exists or can be made and is writable. Checked at the start, so a long evaluation does
+    not end in a traceback about its output.
+
+    Raises:
+        ConfigError: naming the option and the problem.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / 'out.json'})")
+    _writable_folder(out.parent, option, out)
+    return out
+
+
+def output_folder(path: str | os.PathLike, option: str) -> Path:
+    """A folder a command will write into: not a file, creatable and writable.
+
+    Raises:
+        ConfigError: naming the option and the problem.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out} is a file, not a folder; give a folder path")
+    _writable_folder(out, option, out)
+    return out
+
+
+def _writable_folder(folder: Path, option: str, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {target}: cannot create the folder {folder} ({exc.strerror or exc})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {target}: the folder {folder} is not writable")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
