@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from train_fixtures import tiny_recipe
 
 from uvireid.config import load_recipe
+from uvireid.engine.run_folder import RunFolder
 from uvireid.engine.runner import run_recipe
 from uvireid.features import load_features
 from uvireid.models.backbone import _ReidHead
@@ -40,3 +42,39 @@ def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypa
             assert {h for h, flip in asked if not flip} <= {"bn_feat"}
             table = json.loads((folder.path / "results.json").read_text())["none"]
             assert table["provenance"]["feature_head"] == head
+
+
+def test_run_outputs_say_which_epoch_and_stage_they_come_from(recipe_file, monkeypatch):
+    """A run killed in its second stage leaves the first stage's features.npz: the file
+    (and every result computed from it) says so, instead of passing for the final one."""
+    from uvireid.engine.trainer import Trainer
+
+    cfg = load_recipe(recipe_file, ["evaluation.every=1"])
+    real = Trainer.train_epoch
+
+    def killed_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    meta = load_features(folder.path / "features.npz").meta
+    assert (meta["epoch"], meta["stage"], meta["final"], meta["total_epochs"]) == (
+        0,
+        "dcl",
+        False,
+        2,
+    )
+    run_recipe(cfg, resume=True, progress=False)
+    meta = load_features(folder.path / "features.npz").meta
+    assert (meta["epoch"], meta["stage"], meta["final"]) == (1, "salcr", True)
+    table = json.loads((folder.path / "results.json").read_text())["none"]
+    assert table["provenance"]["features_meta"]["epoch"] == 1
+    from uvireid.evaluation.protocols import run_protocol
+
+    line = run_protocol(load_features(folder.path / "features.npz"), "sysu-all", trials=1)
+    assert "epoch 1 (salcr, final)" in line.summary()

@@ -359,3 +359,12 @@ def test_a_feature_head_flag_that_contradicts_the_file_is_refused():
     same = run_protocol(f, "sysu-all", trials=1, feature_head="global")
     assert same.provenance["feature_head"] == "global"
     assert run_protocol(f, "sysu-all", trials=1).provenance["feature_head"] == "global"
+
+
+def test_table_columns_stay_apart_with_wide_values():
+    r = run_protocol(make_sysu_features(seed=6), "sysu-all", trials=2)
+    r.mean["R1"], r.std["R1"] = 100.0, 13.34
+    r.per_trial[0]["R1"] = 100.0
+    last = r.table().splitlines()[-1].split()
+    assert last[:4] == ["mean±std", "100.00", "±", "13.34"]
+    assert len(last) == 1 + 3 * 6  # every metric: mean, ±, std

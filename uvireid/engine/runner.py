@@ -83,12 +83,14 @@ def evaluate(
     *,
     progress: bool = True,
     bank: Any = None,
+    meta: dict | None = None,
 ) -> dict[str, Any]:
     """Extract the test set, save the features file, run the protocol (± re-ranker).
 
     ``bank``: test features already extracted (a :class:`~uvireid.types.FeatureBank` in
     the order of ``dataset.test``); the trainer passes the ones it computed from its
-    decoded-image cache.
+    decoded-image cache. ``meta``: more provenance for the features file (the trainer's
+    epoch, stage and whether it is the final one), which the results carry too.
     """
     from uvireid.evaluation.protocols import run_protocol
     from uvireid.features import load_features, save_features
@@ -109,8 +111,9 @@ def evaluate(
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats)
-    meta = dict(dataset.meta())
+    extra, meta = meta or {}, dict(dataset.meta())
     meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid run {cfg['name']}")
+    meta.update(extra)
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
     target = folder.path if folder else None

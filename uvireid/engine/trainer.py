@@ -892,6 +892,12 @@ class Trainer:
             self.folder,
             progress=False,
             bank=bank,
+            meta={
+                "epoch": self.epoch - 1,  # the last trained epoch (-1: untrained)
+                "stage": self.stage_at(self.epoch - 1).name if self.epoch else "untrained",
+                "final": self.epoch == self.total_epochs,
+                "total_epochs": self.total_epochs,
+            },
         )
         out["seconds"]["extract"] = (
             time.perf_counter() - t0 - sum(v for k, v in out["seconds"].items() if k != "extract")

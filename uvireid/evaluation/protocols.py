@@ -513,21 +513,25 @@ class ProtocolResult:
             f"reranker: {p['reranker']}",
             f"queries {p['num_query']} (valid {p['num_valid']}), gallery {p['num_gallery']}",
         ]
+        meta = p.get("features_meta")
+        if isinstance(meta, dict) and meta.get("epoch") is not None:  # a run's evaluation
+            last = "final" if meta.get("final") else "not the final epoch"
+            parts.append(f"epoch {meta['epoch']} ({meta.get('stage')}, {last})")
         return " | ".join(str(x) for x in parts)
 
     def table(self) -> str:
         """Aligned per-trial table (percent) under the provenance line, mean ± std last."""
-        width = 14
+        width = 16  # "100.00 ± 13.34" and a gap
         first = "split" if self.provenance.get("splits") is not None else "trial"
-        head = first.ljust(8) + "".join(f"{k:>6}".ljust(width) for k in METRIC_KEYS)
+        head = first.ljust(10) + "".join(f"{k:>6}".ljust(width) for k in METRIC_KEYS)
         lines = [self.summary(), head.rstrip()]
         for row in self.per_trial:
             cells = "".join(f"{row[k]:6.2f}".ljust(width) for k in METRIC_KEYS)
-            lines.append((str(row["trial"]).ljust(8) + cells).rstrip())
+            lines.append((str(row["trial"]).ljust(10) + cells).rstrip())
         cells = "".join(
             f"{self.mean[k]:6.2f} ± {self.std[k]:<5.2f}".ljust(width) for k in METRIC_KEYS
         )
-        lines.append(("mean±std".ljust(8) + cells).rstrip())
+        lines.append(("mean±std".ljust(10) + cells).rstrip())
         return "\n".join(lines)
 
     def __str__(self) -> str:
