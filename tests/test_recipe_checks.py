@@ -87,7 +87,7 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
         ("train.lr=-1e-4", "train.lr", ">= 0"),
         ("train.erasing_p=1.5", "train.erasing_p", "a probability in [0, 1]"),
         ("evaluation.trials=0", "evaluation.trials", ">= 1"),
-        ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto or a protocol"),
+        ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto, none (train without"),
         ("evaluation.shot=mult", "evaluation.shot", "single or multi"),
         ("evaluation.feature_head=banana", "evaluation.feature_head", "bn_feat"),
         ("stages.1.sampler.ids=0", "stages.1.sampler.ids", ">= 1"),

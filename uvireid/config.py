@@ -138,7 +138,8 @@ class EvalSettings:
 
     Attributes:
         protocol: ``sysu-all``, ``sysu-indoor``, ``regdb-v2i``, ``regdb-i2v``,
-            ``llcm-v2i`` or ``llcm-i2v``; ``auto`` picks the dataset's first protocol.
+            ``llcm-v2i`` or ``llcm-i2v``; ``auto`` picks the dataset's first protocol (none
+            for a dataset without one, e.g. ``folder``); ``none`` trains without evaluating.
         trials: gallery trials (SYSU/LLCM: 10).
         shot: ``single`` or ``multi``.
         sampler: ``seeded`` (the peers' random.seed(trial) sampler) or ``official``
@@ -630,7 +631,7 @@ def _at_least(n: float, strict: bool = False):
 def _known_protocol(name: str) -> bool:
     from uvireid.evaluation.protocols import PROTOCOLS
 
-    return name == "auto" or name in PROTOCOLS
+    return name in ("auto", "none") or name in PROTOCOLS
 
 
 #: value ranges of the settings (checked with the recipe, not when a value is first used:
@@ -655,7 +656,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "EvalSettings.protocol": (
         _known_protocol,
-        "auto or a protocol: sysu-all, sysu-indoor, regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v",
+        "auto, none (train without evaluating) or a protocol: sysu-all, sysu-indoor, "
+        "regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v",
     ),
     "EvalSettings.trials": (_at_least(1), ">= 1"),
     "EvalSettings.feature_head": (

@@ -61,3 +61,49 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(recipe_file):
             run_recipe(cfg, resume=folder.path, progress=False, allow_changes=True)
     with folder.locked():  # released: taken again
         pass
+
+
+def _own_crops(tmp_path, sysu_root):
+    """Unlabelled crops in the folder dataset's layout, from the fixture's images."""
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path / "own"
+    for modality, cams in (("visible", ("cam1", "cam2")), ("infrared", ("cam3", "cam6"))):
+        for cam in cams:
+            dst = root / modality / cam
+            dst.mkdir(parents=True)
+            for i, img in enumerate(sorted(Path(sysu_root, cam).rglob("*.jpg"))):
+                shutil.copy(img, dst / f"{i:05d}.jpg")
+    return root
+
+
+def test_own_unlabelled_crops_train_without_evaluation(recipe_file, tmp_path):
+    import yaml
+
+    base = yaml.safe_load(recipe_file.read_text())
+    root = _own_crops(tmp_path, base["data"]["root"])
+    cfg = load_recipe(
+        recipe_file,
+        [f"data={{type: folder, root: {root}}}", "evaluation.protocol=auto", "evaluation.every=1"],
+    )
+    folder = run_recipe(cfg, progress=False)
+    records = folder.read_metrics()
+    assert [m["epoch"] for m in records] == [0, 1]
+    assert all("eval" not in m for m in records)
+    assert (folder.checkpoints / "latest.pt").exists()
+    assert not (folder.path / "results.json").exists()
+    assert not (folder.path / "features.npz").exists()
+    # an explicit protocol the dataset cannot give is still an error; none is accepted
+    from uvireid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not fit dataset 'folder'; it has no test protocol"):
+        run_recipe(
+            load_recipe(
+                recipe_file,
+                [f"data.root={root}", "data.type=folder", "evaluation.protocol=sysu-all"],
+            ),
+            progress=False,
+        )
+    cfg = load_recipe(recipe_file, ["evaluation.protocol=none"])
+    assert run_recipe(cfg, progress=False).read_metrics()[-1]["epoch"] == 1

@@ -39,15 +39,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def protocol_for(dataset: Any, cfg: dict) -> str:
-    """The recipe's evaluation protocol, checked against what the dataset supports."""
+def protocol_for(dataset: Any, cfg: dict) -> str | None:
+    """The recipe's evaluation protocol, checked against what the dataset supports; None
+    for ``evaluation.protocol: none``, or ``auto`` on a dataset without test protocols
+    (your own unlabelled crops, the ``folder`` dataset): the run trains without
+    evaluating."""
     protocol = cfg["evaluation"]["protocol"]
+    if protocol == "none" or (protocol == "auto" and not dataset.protocols):
+        return None
     if protocol == "auto":
         protocol = dataset.protocols[0]
     if protocol not in dataset.protocols:
         raise ConfigError(
             f"evaluation.protocol '{protocol}' does not fit dataset '{cfg['data']['type']}'; "
-            f"its protocols: {', '.join(dataset.protocols)}"
+            + (
+                f"its protocols: {', '.join(dataset.protocols)}"
+                if dataset.protocols
+                else "it has no test protocol: use evaluation.protocol=none (train only)"
+            )
         )
     return protocol
 
@@ -210,7 +219,12 @@ def run_recipe(
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     dataset = DATASETS.build(cfg["data"])
-    protocol_for(dataset, cfg)  # refuse a mismatched protocol before any folder exists
+    if protocol_for(dataset, cfg) is None:  # refuse a mismatched protocol before any folder
+        raise ConfigError(
+            f"recipe '{cfg['name']}' only evaluates (no stages or losses), but "
+            f"evaluation.protocol is none or dataset '{cfg['data']['type']}' has no test "
+            f"protocol: nothing to do. Add stages to train, or choose a protocol"
+        )
     if cfg.get("reranker"):
         RERANKERS.build(cfg["reranker"])  # and a re-ranker that cannot be built
     folder = resume_target(cfg, resume)

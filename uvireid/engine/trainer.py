@@ -364,6 +364,10 @@ class Trainer:
         self.folder = folder
         self.progress = progress and D.is_main()
         self.stages = stages_of(cfg)
+        from uvireid.engine.runner import protocol_for
+
+        #: the evaluation protocol, None when the run does not evaluate
+        self.protocol = protocol_for(dataset, cfg)
         self.total_epochs = sum(s.epochs for s in self.stages)
         tr = cfg["train"]
         self.tr = tr
@@ -465,7 +469,8 @@ class Trainer:
         h, w, cache = self.tr["height"], self.tr["width"], image_cache_dir(self.tr)
         self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
         self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
-        if D.is_main():  # every test image must be readable: found now, not after training
+        if D.is_main() and self.protocol is not None:
+            # every test image must be readable: found now, not after training
             self.test_images = load_test_images(self.dataset.test, self.tr)
         where = self._place_images()
         logger.info(
@@ -1016,7 +1021,13 @@ class Trainer:
             torch.set_num_threads(int(self.tr["threads"]))
         self.load_data()
         log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
-        if ev["at_start"] and self.epoch == 0 and D.is_main():
+        evaluates = self.protocol is not None
+        if not evaluates:
+            logger.info(
+                "no evaluation: evaluation.protocol is none, or the dataset has no test "
+                "protocol; the run trains and keeps its checkpoints"
+            )
+        if evaluates and ev["at_start"] and self.epoch == 0 and D.is_main():
             res = self.evaluate("untrained")
             if log:
                 log(
@@ -1035,7 +1046,8 @@ class Trainer:
             last = self.epoch == self.total_epochs
             evaluated_last = False
             best = False
-            if D.is_main() and (last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)):
+            due = last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)
+            if evaluates and D.is_main() and due:
                 res = self.evaluate(f"epoch {epoch}")
                 record["eval"] = self.summary(res["tables"])
                 record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
@@ -1053,7 +1065,7 @@ class Trainer:
             if log:
                 log(record)
             D.barrier()
-        if D.is_main() and not evaluated_last and self.last_eval is None:
+        if evaluates and D.is_main() and not evaluated_last and self.last_eval is None:
             self.evaluate("final")
         return self.last_eval
 
