@@ -368,3 +368,19 @@ def test_table_columns_stay_apart_with_wide_values():
     last = r.table().splitlines()[-1].split()
     assert last[:4] == ["mean±std", "100.00", "±", "13.34"]
     assert len(last) == 1 + 3 * 6  # every metric: mean, ±, std
+
+
+def test_protocols_refuse_cameras_their_dataset_does_not_have():
+    f = make_sysu_features(seed=6)  # six SYSU cameras
+    f.meta.clear()  # as a file from another codebase: nothing says which dataset
+    with pytest.raises(ProtocolError, match=r"holds 6 cameras .* RegDB has one visible"):
+        run_protocol(f, "regdb-v2i")
+    from uvireid.evaluation.metrics import eval_sysu
+
+    rng = np.random.default_rng(0)
+    dist = rng.random((4, 6))
+    pids_q, pids_g = np.array([1, 2, 3, 4]), np.array([1, 2, 3, 4, 5, 6])
+    cams_g = np.array([1, 2, 4, 5, 1, 2])
+    eval_sysu(dist, pids_q, pids_g, np.array([3, 6, 3, 6]), cams_g)  # release numbering
+    with pytest.raises(ProtocolError, match=r"q_camids holds camera numbers \[0\]"):
+        eval_sysu(dist, pids_q, pids_g, np.array([2, 5, 2, 0]), cams_g - 1)

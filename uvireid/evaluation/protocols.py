@@ -749,6 +749,13 @@ def run_protocol(
     splits: list[int | None] = []
     if spec.dataset == "regdb":
         for f in files:
+            cams = np.unique(f.cams).tolist()
+            if len(cams) > 2:
+                raise ProtocolError(
+                    f"{_where(f)} holds {len(cams)} cameras ({cams}); RegDB has one visible "
+                    f"and one thermal camera: is this a RegDB test set? Pick the protocol of "
+                    f"the file's dataset (sysu-*, llcm-*)"
+                )
             split = _regdb_split(f)
             if split is not None and split in splits:
                 raise ProtocolError(
