@@ -123,3 +123,58 @@ def test_official_figures_add_up(dataset):
             if cams:
                 assert sum(f.images for f in cams) == figs[(split, None, mod)].images
                 assert max(f.ids for f in cams) <= figs[(split, None, mod)].ids
+
+
+def test_check_decodes_every_image_and_names_the_unreadable(sysu_root, capsys):
+    from uvireid.data.check import unreadable_images
+
+    ds = SYSUMM01(sysu_root)
+    victims = sorted(r.path for r in ds.train)[:1] + sorted(r.path for r in ds.test)[:1]
+    with open(victims[0], "wb") as fh:
+        fh.write(b"")
+    with open(victims[1], "r+b") as fh:  # truncated: the header survives, the data not
+        fh.truncate(100)
+    naive = []
+    from PIL import Image
+
+    for r in [*ds.train, *ds.test]:  # a full decode of each file, as a loader would
+        try:
+            Image.open(r.path).convert("RGB")
+        except Exception:
+            naive.append(r.path)
+    assert sorted(unreadable_images(ds)) == sorted(naive) == sorted(victims)
+    args = ["data", "check", str(sysu_root), "--dataset", "sysu", "--official", "false"]
+    assert main(args) == 1
+    assert "2 image(s) cannot be decoded" in capsys.readouterr().out
+    assert main([*args, "--decode", "false"]) == 0  # counts alone: consistent
+
+
+def test_check_flags_identities_seen_in_one_modality_only(sysu_root):
+    for cam in (3, 6):  # every infrared image of training identity 4
+        shutil.rmtree(sysu_root / f"cam{cam}" / "0004")
+    report = check_dataset(SYSUMM01(sysu_root), official=False)
+    assert not report.ok
+    assert any("1 identity has images in one modality only: 4" in p for p in report.problems)
+
+
+def test_check_without_official_figures_does_not_claim_to_match_them(tmp_path, capsys):
+    from uvireid.data import synthetic
+
+    root = synthetic.generate(tmp_path / "syn", ids=6, seed=0)
+    assert main(["data", "check", str(root), "--dataset", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "no official figures known" in out
+    assert "no official figures to compare with" in out
+    assert "match the official figures" not in out
+
+
+def test_a_run_warns_about_a_dataset_that_is_not_the_release(sysu_root, caplog):
+    import logging
+
+    from uvireid.engine.run_folder import build_manifest
+
+    with caplog.at_level(logging.WARNING):
+        manifest = build_manifest({"name": "x"}, "cpu", SYSUMM01(sysu_root))
+    assert manifest["dataset_check"]["ok"] is False
+    assert "is not the official release" in caplog.text
+    assert "results on it are not comparable with published ones" in caplog.text

@@ -187,12 +187,44 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
                     problems.append(
                         f"{split} has no {mod} images; expected both modalities in every split"
                     )
+    for split, records in ds.splits().items():
+        seen: dict[int, set[int]] = {}
+        for r in records:
+            if r.pid >= 0:
+                seen.setdefault(r.pid, set()).add(r.modality)
+        one_sided = sorted(pid for pid, mods in seen.items() if len(mods) == 1)
+        if one_sided and len(seen) > len(one_sided):  # some ids have both: all should
+            problems.append(
+                f"{split}: {len(one_sided)} identit{'y has' if len(one_sided) == 1 else 'ies have'}"
+                f" images in one modality only: {listing(one_sided, 20)}; expected every "
+                f"identity in both (a camera folder deleted or not extracted?)"
+            )
     problems.extend(ds.consistency_problems())
     return problems
 
 
+def unreadable_images(ds: VIDataset) -> list[str]:
+    """Paths of the images of ``ds`` that PIL cannot decode (JPEGs decoded at reduced
+    size: the whole file is still read and checked, several times faster)."""
+    from PIL import Image
+
+    bad = []
+    for records in ds.splits().values():
+        for r in records:
+            try:
+                with Image.open(r.path) as im:
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+            except Exception:  # any decoding failure: PIL raises many kinds
+                bad.append(r.path)
+    return bad
+
+
 def check_dataset(
-    ds: VIDataset, official: bool = True, figures: Sequence[Figure] | None = None
+    ds: VIDataset,
+    official: bool = True,
+    figures: Sequence[Figure] | None = None,
+    decode: bool = False,
 ) -> CheckReport:
     """Count ``ds`` and list every problem found.
 
@@ -202,6 +234,7 @@ def check_dataset(
             dataset is internally consistent).
         figures: the figures to compare with; default the rows of
             :data:`OFFICIAL_FIGURES` for ``ds.name``.
+        decode: also decode every image (:func:`unreadable_images`).
 
     Returns:
         a :class:`CheckReport`; ``report.ok`` is False when anything is wrong.
@@ -214,6 +247,13 @@ def check_dataset(
     problems = _consistency_problems(ds, stats)
     for row in rows:
         problems.extend(f"{row.where}: {m}" for m in row.mismatches())
+    if decode:
+        bad = unreadable_images(ds)
+        if bad:
+            problems.append(
+                f"{len(bad)} image(s) cannot be decoded: {listing(bad, 5)}; restore them from "
+                f"the release archive (training skips them, evaluation stops on them)"
+            )
     return CheckReport(
         dataset=ds.name,
         title=ds.title,
@@ -269,7 +309,12 @@ def format_report(report: CheckReport) -> str:
         lines.append("official figures: not compared (internal consistency only)")
     lines.extend(table_lines(report.rows, report.official))
     if report.ok:
-        what = "match the official figures" if report.official else "are internally consistent"
+        if report.official and report.sources:
+            what = "match the official figures"
+        elif report.official:
+            what = "are internally consistent (no official figures to compare with)"
+        else:
+            what = "are internally consistent"
         lines.append(f"OK: the counts {what}.")
     else:
         lines.append(f"CHECK FAILED: {len(report.problems)} problem(s):")
@@ -288,6 +333,7 @@ __all__ = [
     "Figure",
     "Row",
     "check_dataset",
+    "unreadable_images",
     "format_report",
     "stats_table",
     "table_lines",

@@ -222,6 +222,33 @@ class RunFolder:
         return handler
 
 
+def dataset_check(dataset: Any) -> dict | None:
+    """The dataset's counts against its release's official figures
+    (:func:`uvireid.data.check.check_dataset`, no decoding), for datasets that have them:
+    ``{"ok": bool, "problems": [...]}``, each problem also a warning at the start of a run.
+    A missing identity or camera folder changes every result while looking like a normal
+    run (users of the peer code trained on 367 of SYSU-MM01's 395 identities unawares)."""
+    from uvireid.data.check import OFFICIAL_FIGURES, check_dataset
+
+    name = getattr(dataset, "name", None)
+    if not hasattr(dataset, "stats") or not any(f.dataset == name for f in OFFICIAL_FIGURES):
+        return None
+    report = check_dataset(dataset, official=True)
+    if not report.ok:
+        logger.warning(
+            "%s at %s is not the official release (%d difference(s), first: %s); results on "
+            "it are not comparable with published ones. `uvireid data check %s --dataset %s` "
+            "prints the whole table",
+            report.title,
+            report.root,
+            len(report.problems),
+            "; ".join(report.problems[:3]),
+            report.root,
+            name,
+        )
+    return {"ok": report.ok, "problems": report.problems[:50]}
+
+
 def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1) -> dict:
     """What decides whether two runs are comparable."""
     train = cfg.get("train", {})
@@ -237,6 +264,7 @@ def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1)
         "batch": {"per_gpu": per_gpu, "per_batchnorm": per_gpu, "global": per_gpu * world_size},
         "seed": cfg.get("seed"),
         "dataset": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
+        "dataset_check": dataset_check(dataset),
     }
 
 
