@@ -192,3 +192,31 @@ def test_everything_but_the_faiss_backends_works_without_faiss(monkeypatch):
     for backend in ("faiss", "faiss-ivf"):
         with pytest.raises(ConfigError, match="pip install faiss-cpu"):
             knn(x, x, 3, backend=backend)
+
+
+def test_a_faiss_that_fails_at_search_time_falls_back_to_torch_under_auto(monkeypatch, caplog):
+    """faiss-gpu builds that import and then fail on the machine's CUDA (a recurring peer
+    complaint): ``backend="auto"`` warns once and gives the exact torch search's answer;
+    an explicit ``backend="faiss"`` still raises."""
+    import logging
+
+    from uvireid.clustering import knn as knn_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: no kernel image is available for execution")
+
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.normal(size=(30, 8)).astype(np.float32))
+    b = torch.from_numpy(rng.normal(size=(50, 8)).astype(np.float32))
+    want = knn_mod.knn(q, b, 5, backend="torch")
+    monkeypatch.setattr(knn_mod, "_auto_backend", lambda x: "faiss")
+    monkeypatch.setattr(knn_mod, "_knn_faiss", broken)
+    monkeypatch.setattr(knn_mod, "faiss_available", lambda gpu=False: True)
+    knn_mod._warn_faiss_failed_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        got = knn_mod.knn(q, b, 5)
+        knn_mod.knn(q, b, 5)
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0])
+    assert caplog.text.count("faiss-gpu failed (RuntimeError: CUDA error") == 1
+    with pytest.raises(RuntimeError, match="no kernel image"):
+        knn_mod.knn(q, b, 5, backend="faiss")

@@ -107,3 +107,12 @@ def test_own_unlabelled_crops_train_without_evaluation(recipe_file, tmp_path):
         )
     cfg = load_recipe(recipe_file, ["evaluation.protocol=none"])
     assert run_recipe(cfg, progress=False).read_metrics()[-1]["epoch"] == 1
+
+
+def test_amp_on_the_cpu_says_it_does_nothing(recipe_file, caplog):
+    import logging
+
+    cfg = load_recipe(recipe_file, ["train.amp=true"])
+    with caplog.at_level(logging.WARNING):
+        Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    assert "train.amp=true has no effect on cpu" in caplog.text

@@ -47,6 +47,11 @@ def test_two_stage_run_fills_the_run_folder(recipe_file):
     assert 0 <= second["label_quality"]["links"]["link_precision"] <= 1
     assert {"extract", "cluster", "train"} <= set(first["seconds"])
     assert "associate" in second["seconds"] and "association" in second
+    # peak host memory: ru_maxrss as the kernel reports it (independent: /proc's VmHWM)
+    with open("/proc/self/status") as fh:
+        hwm_kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    assert 0 < second["memory"]["host_peak_rss_gib"] <= hwm_kib / 2**20 + 1e-9
+    assert first["memory"]["host_peak_rss_gib"] <= second["memory"]["host_peak_rss_gib"]
     assert second["eval"]["none"]["mAP"] > 0  # evaluated at the end
     assert second["lr"] == pytest.approx(cfg["train"]["lr"] * 0.1)  # step at epoch 1
     manifest = json.loads((folder.path / "manifest.json").read_text())

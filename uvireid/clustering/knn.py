@@ -44,6 +44,7 @@ search is quadratic in N); memory O((Nq + Nb) * d + Nq * k + block * Nb).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -346,6 +347,28 @@ def _knn_ivf(
     return sort_rows(vals, idx, largest=metric != "l2")
 
 
+def _auto_backend(q: torch.Tensor) -> str:
+    """``backend="auto"``: faiss-gpu for float32 CUDA input where it imports, else torch
+    (on the CPU torch's blocked search is as fast as faiss-cpu's exact one here)."""
+    on_gpu = q.device.type == "cuda"
+    use_faiss = on_gpu and q.dtype == torch.float32 and faiss_available(gpu=True)
+    return "faiss" if use_faiss else "torch"
+
+
+@functools.cache
+def _warn_faiss_failed_once(text: str) -> None:
+    logger.warning(
+        "knn: faiss-gpu failed (%s); the exact torch search takes over (same neighbours, "
+        "no faiss). Reinstall a faiss build for this CUDA, or set knn_backend: torch to "
+        "skip faiss",
+        text,
+    )
+
+
+def _warn_faiss_failed(exc: BaseException) -> None:
+    _warn_faiss_failed_once(f"{type(exc).__name__}: {exc}"[:300])
+
+
 def knn(
     query: Any,
     base: Any | None = None,
@@ -411,11 +434,21 @@ def knn(
         q = torch.nn.functional.normalize(q, dim=1)
         b = q if self_search else torch.nn.functional.normalize(b, dim=1)
         metric = "ip"
-    if backend == "auto":
-        on_gpu = q.device.type == "cuda"
-        use_faiss = on_gpu and q.dtype == torch.float32 and faiss_available(gpu=True)
-        backend = "faiss" if use_faiss else "torch"
-    if backend == "ivf":
+    chosen = backend == "auto"
+    if chosen:
+        backend = _auto_backend(q)
+    if chosen and backend == "faiss":
+        try:
+            vals, idx = _knn_faiss(q, b, k, metric, block_rows)
+            vals, idx = vals.to(q.device), idx.to(q.device)
+        except Exception as exc:  # faiss builds that import but fail on this GPU/CUDA
+            _warn_faiss_failed(exc)
+            backend = "torch"
+        else:
+            backend = "done"
+    if backend == "done":
+        pass
+    elif backend == "ivf":
         vals, idx = _knn_ivf(q, b, k, metric)
     elif backend == "faiss-ivf":
         if not faiss_available():

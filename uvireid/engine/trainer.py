@@ -178,6 +178,26 @@ class TrainModel(nn.Module):
 READ_EVERY = 10
 
 
+def peak_memory(device: str) -> dict[str, float]:
+    """Peak memory so far, in GiB: the process's resident set on the host (``ru_maxrss``)
+    and, on CUDA, the tensors allocated on the device since the last call (its peak is
+    reset, so each epoch reports its own). What a user needs to size a machine."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["host_peak_rss_gib"] = rss / (2**30 if sys.platform == "darwin" else 2**20)
+    except (ImportError, OSError):  # pragma: no cover - not POSIX
+        pass
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        out["gpu_peak_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        torch.cuda.reset_peak_memory_stats(dev)
+    return out
+
+
 def nonfinite_state(module: nn.Module) -> list[str]:
     """Names of the floating-point parameters and buffers of ``module`` holding a NaN or
     an infinity (one read-back from the device for all of them). A model can diverge
@@ -391,6 +411,12 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if on_cuda:
             torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True))
+        elif tr.get("amp"):
+            logger.warning(
+                "train.amp=true has no effect on %s: bf16 autocast is used on CUDA only; "
+                "this run trains and extracts in float32",
+                device,
+            )
         self.ddp_model: nn.Module = self.model
         if D.is_distributed():
             from torch.nn.parallel import DistributedDataParallel
@@ -851,6 +877,7 @@ class Trainer:
         record["loss"] = {k: D.all_reduce_mean(v / max(1, stage.iters)) for k, v in sums.items()}
         record["paired"] = paired
         record["images_per_s"] = n_images / max(seconds["train"], 1e-9)
+        record["memory"] = peak_memory(self.device)
         record["seconds"] = seconds
         if warnings:
             record["warnings"] = warnings
