@@ -116,14 +116,40 @@ def test_a_run_folder_is_only_resumed(tmp_path, capsys):
     assert "without config.yaml" in capsys.readouterr().err
 
 
-def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+def test_a_run_stopped_after_an_epoch_says_how_to_resume_it(recipe_file, monkeypatch, capsys):
+    """Ctrl-C, or an error after the first epoch (here a loss that turns NaN in the second
+    stage), names the run folder to resume; it keeps its checkpoint."""
+    from uvireid.losses.cluster_contrast import DualClusterContrastLoss
+
+    real = Trainer.train_epoch
+
+    def interrupted_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_at_epoch_1)
+    assert main(["run", str(recipe_file), "--no-report"]) == 130
+    err = capsys.readouterr().err
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert "interrupted; the run keeps its last finished epoch's checkpoint" in err
+    assert f"`uvireid run {folder.path} --resume`" in err
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    monkeypatch.setattr(
+        DualClusterContrastLoss, "forward", lambda self, o, t: o.feat_v.sum() * float("nan")
+    )
+    assert main(["run", str(folder.path), "--resume", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "TrainingError" in err and f"`uvireid run {folder.path} --resume`" in err
+
+
+def test_an_error_before_any_epoch_gives_no_resume_hint(monkeypatch, capsys):
     from uvireid.engine import runner
 
-    def interrupted(cfg, **kwargs):
+    def failing(cfg, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_recipe", interrupted)
-    assert main(["run", "demo", "output_dir=/tmp/my runs", "--no-report"]) == 130
-    err = capsys.readouterr().err
-    assert "interrupted; the last finished epoch's checkpoint is kept" in err
-    assert "`uvireid run demo 'output_dir=/tmp/my runs' --resume`" in err
+    monkeypatch.setattr(runner, "run_recipe", failing)
+    assert main(["run", "demo", "--no-report"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

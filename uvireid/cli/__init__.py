@@ -61,17 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UvireidError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = _resume_hint(args, exc)
+        if hint:
+            print(f"the run {hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = ""
-        if args.command == "run" and not getattr(args, "dry_run", False):
-            again = shlex.join([args.recipe, *args.overrides])
-            hint = (
-                f"; the last finished epoch's checkpoint is kept: continue with "
-                f"`uvireid run {again} --resume`"
-            )
-        print(f"interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        hint = _resume_hint(args, exc)
+        print(f"interrupted{'; the run ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
+    """For a ``run`` that stopped after finishing an epoch: how to continue it."""
+    folder = getattr(exc, "run_folder", None)
+    if args.command != "run" or folder is None:
+        return ""
+    from pathlib import Path
+
+    if not (Path(folder) / "checkpoints" / "latest.pt").exists():
+        return ""
+    return (
+        f"keeps its last finished epoch's checkpoint: after fixing the cause, continue "
+        f"with `uvireid run {shlex.quote(folder)} --resume`"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,7 @@ from uvireid.engine.run_folder import (
     resume_target,
     resumed_manifest,
 )
-from uvireid.errors import ConfigError, RunFolderError, TrainingError
+from uvireid.errors import ConfigError, RunFolderError, TrainingError, UvireidError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -331,7 +331,11 @@ def train_recipe(
             )
     lock = folder.locked() if D.is_main() else contextlib.nullcontext()
     with lock:
-        return _train_in(folder, cfg, dataset, device, resume, changes, progress)
+        try:
+            return _train_in(folder, cfg, dataset, device, resume, changes, progress)
+        except (UvireidError, KeyboardInterrupt) as exc:
+            exc.run_folder = str(folder.path)  # the CLI says how to resume it
+            raise
 
 
 def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFolder:
