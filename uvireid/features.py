@@ -263,6 +263,28 @@ def save_features(
     return target
 
 
+def features_from_arrays(
+    feats: Any,
+    pids: Any,
+    cams: Any,
+    modality: Any,
+    paths: Sequence[str] | None = None,
+    **meta: Any,
+) -> Features:
+    """A :class:`Features` in memory, checked as :func:`save_features` checks a file (the
+    same arrays and errors; numpy arrays or torch tensors)."""
+    arrays: dict[str, Any] = {
+        "feats": _to_numpy(feats),
+        "pids": _to_numpy(pids),
+        "cams": _to_numpy(cams),
+        "modality": _to_numpy(modality),
+    }
+    if paths is not None:
+        arrays["paths"] = np.asarray([str(p) for p in paths])
+    f, p, c, m, pa = _validated(arrays, meta, "features (in memory)")
+    return Features(feats=f, pids=p, cams=c, modality=m, paths=pa, meta=dict(meta))
+
+
 def load_features(path: str | os.PathLike) -> Features:
     """Read and check a features file.
 

@@ -134,7 +134,11 @@ class Registry:
         near = closest(str(name), self._entries, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         listing = ", ".join(avail) if avail else "(none registered)"
-        return f"{self.kind} '{name}' is not registered{hint} available: {listing}"
+        return (
+            f"{self.kind} '{name}' is not registered{hint}; available: {listing} (a part "
+            f"from another package appears once that package is installed: it registers "
+            f"through the entry-point group 'uvireid.plugins')"
+        )
 
     # -- signatures -----------------------------------------------------------------
     def signature(self, name: str) -> inspect.Signature:

@@ -12,7 +12,7 @@ import torch
 from eval_fixtures import make_sysu_features
 from eval_oracles import naive_eval_llcm, naive_eval_regdb, naive_eval_sysu
 
-from uvireid.errors import ProtocolError
+from uvireid.errors import FeatureFileError, ProtocolError
 from uvireid.evaluation import (
     llcm_indices,
     run_protocol,
@@ -384,3 +384,22 @@ def test_protocols_refuse_cameras_their_dataset_does_not_have():
     eval_sysu(dist, pids_q, pids_g, np.array([3, 6, 3, 6]), cams_g)  # release numbering
     with pytest.raises(ProtocolError, match=r"q_camids holds camera numbers \[0\]"):
         eval_sysu(dist, pids_q, pids_g, np.array([2, 5, 2, 0]), cams_g - 1)
+
+
+def test_a_mapping_of_arrays_is_evaluated_as_the_same_features(caplog):
+    import logging
+
+    f = make_sysu_features(seed=6)
+    arrays = {"feats": f.feats, "pids": f.pids, "cams": f.cams, "modality": f.modality}
+    arrays["paths"] = f.paths  # the seeded gallery follows the paths, as in the file
+    a = run_protocol(arrays, "sysu-all", trials=2)
+    b = run_protocol(f, "sysu-all", trials=2)
+    assert a.mean == b.mean
+    with pytest.raises(ProtocolError, match="missing: modality"):
+        run_protocol({k: v for k, v in arrays.items() if k != "modality"}, "sysu-all")
+    with pytest.raises(FeatureFileError, match="pids"):
+        run_protocol({**arrays, "pids": arrays["pids"][:-1]}, "sysu-all")
+    same = {**arrays, "feats": np.ones_like(f.feats)}
+    with caplog.at_level(logging.WARNING):
+        run_protocol(same, "sysu-all", trials=1)
+    assert "every feature is the same" in caplog.text

@@ -49,7 +49,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -544,8 +544,22 @@ def _as_features(x: Any) -> Features:
         return x
     if isinstance(x, (str, os.PathLike)):
         return load_features(x)
+    if isinstance(x, Mapping):  # {"feats": ..., "pids": ..., "cams": ..., "modality": ...}
+        from uvireid.features import features_from_arrays
+
+        need = ("feats", "pids", "cams", "modality")
+        missing = [k for k in need if k not in x]
+        if missing:
+            raise ProtocolError(
+                f"a mapping of features needs the keys {', '.join(need)} (optional: paths, "
+                f"meta); missing: {', '.join(missing)}"
+            )
+        return features_from_arrays(
+            *(x[k] for k in need), paths=x.get("paths"), **dict(x.get("meta") or {})
+        )
     raise ProtocolError(
-        f"expected a Features object or the path of a features file, got {type(x).__name__}"
+        f"expected a Features object, the path of a features file or a mapping of arrays "
+        f"(feats, pids, cams, modality), got {type(x).__name__}"
     )
 
 
@@ -695,7 +709,7 @@ def run_protocol(
             f"unknown sampler '{sampler}'{did_you_mean(str(sampler), SAMPLERS)}; use 'seeded' "
             f"(mangye16, Python random.seed(trial)) or 'official' (SYSU-MM01 rand_perm_cam.mat)"
         )
-    if isinstance(features, (Features, str, os.PathLike)):
+    if isinstance(features, (Features, str, os.PathLike, Mapping)):
         files = [_as_features(features)]
     else:
         files = [_as_features(f) for f in features]
@@ -709,6 +723,17 @@ def run_protocol(
         )
     for f in files:
         _check_meta(f, spec)
+        x = np.asarray(f.feats, dtype=np.float64)
+        if (
+            len(x) > 1
+            and np.isfinite(x).all()
+            and np.abs(x - x[0]).max() <= 1e-5 * max(float(np.abs(x).max()), 1e-30)
+        ):
+            logger.warning(
+                "%s: every feature is the same; the metrics below measure only the order "
+                "in which ties are broken (a collapsed model, or the wrong array saved?)",
+                _where(f),
+            )
     if spec.dataset == "regdb":
         if shot != "single" or sampler != "seeded" or perm_file is not None:
             raise ProtocolError(

@@ -398,10 +398,10 @@ def _resolve_mixed(mixed: bool | None, query: torch.Tensor, gallery: torch.Tenso
         return available and query.device.type == "cpu"
     if mixed and not available:
         raise ConfigError(
-            "cmfp: mixed=True needs float64 features and "
-            "torch.get_float32_matmul_precision() == 'highest' (now "
-            f"{torch.get_float32_matmul_precision()!r}); pass mixed=None to choose "
-            "automatically"
+            "cmfp: mixed=True needs float64 features (these are "
+            f"{query.dtype}/{gallery.dtype}) and torch.get_float32_matmul_precision() == "
+            f"'highest' (now {torch.get_float32_matmul_precision()!r}); pass mixed=None to "
+            "choose automatically"
         )
     return bool(mixed)
 
@@ -560,8 +560,9 @@ def propagate(
             :class:`~uvireid.errors.ConfigError` where unavailable or the path is sparse).
 
     Returns:
-        ``(query', gallery')``: (Nq, d) and (Ng, d), unit rows, same type/device/dtype as
-        the input.
+        ``(query', gallery')``: (Nq, d) and (Ng, d), unit rows, same type (numpy or torch),
+        device and dtype as the input (float16 and bfloat16 inputs are computed and
+        returned in float32; with one numpy and one torch input, torch).
     """
     q, g, was_numpy = check_pair(query, gallery, "cmfp")
     k = check_k(k, "k", "cmfp")
