@@ -272,3 +272,38 @@ def test_cluster_memories_updated_together_equal_their_own_updates():
         a.update(x, y)
         assert torch.allclose(m.features, a.features, atol=1e-6)
         assert not torch.allclose(m.features, s)  # something was updated
+
+
+def test_a_tensor_shared_by_memories_is_gathered_once(monkeypatch):
+    """Under DDP ``update_together`` gathers each distinct feature and label tensor once
+    (DAGL's and GPCR's memories share their batch rows); the updates are unchanged."""
+    from uvireid.losses import memory as memory_mod
+    from uvireid.losses.memory import ClusterMemory
+
+    calls = {"feats": 0, "labels": 0}
+    real_f, real_l = memory_mod.all_gather_cat, memory_mod.gather_labels
+
+    def count_f(x):
+        calls["feats"] += 1
+        return real_f(x)
+
+    def count_l(y, device):
+        calls["labels"] += 1
+        return real_l(y, device)
+
+    monkeypatch.setattr(memory_mod, "all_gather_cat", count_f)
+    monkeypatch.setattr(memory_mod, "gather_labels", count_l)
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.normal(size=(9, 4))).float()
+    own, cross = torch.from_numpy(rng.integers(-1, 5, 9)), torch.from_numpy(rng.integers(0, 6, 9))
+    mems = [ClusterMemory(4, momentum=0.1) for _ in range(3)]
+    for i, m in enumerate(mems):
+        m.features = unit_rows(6, 4, seed=70 + i).float()
+    alone = [ClusterMemory(4, momentum=0.1) for _ in mems]
+    for a, m in zip(alone, mems):
+        a.features = m.features.clone()
+    ClusterMemory.update_together((mems[0], x, own), (mems[1], x, cross), (mems[2], x, own))
+    assert calls == {"feats": 1, "labels": 2}
+    for a, m, y in zip(alone, mems, (own, cross, own)):
+        a.update(x, y)
+        assert torch.allclose(m.features, a.features, atol=1e-6)

@@ -195,10 +195,19 @@ class ClusterMemory(nn.Module):
         """``memory.update(feats, labels)`` for each ``(memory, feats, labels)``, with one
         set of rounds for the memories of one momentum (:func:`momentum_update_many`)."""
         by_momentum: dict[float, list] = {}
+        # under DDP each distinct tensor is gathered once, however many memories it updates
+        # (the items hold references, so ids are stable for the call)
+        feats_of: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        labels_of: dict[int, torch.Tensor] = {}
         for memory, feats, labels in items:
-            feats = all_gather_cat(feats.detach().to(memory.features.dtype))
+            key = (id(feats), memory.features.dtype)
+            if key not in feats_of:
+                feats_of[key] = all_gather_cat(feats.detach().to(memory.features.dtype))
+            gathered = feats_of[key]
+            if id(labels) not in labels_of:
+                labels_of[id(labels)] = gather_labels(labels, gathered.device)
             by_momentum.setdefault(memory.momentum, []).append(
-                (memory.features, feats, gather_labels(labels, feats.device))
+                (memory.features, gathered, labels_of[id(labels)])
             )
         for momentum, updates in by_momentum.items():
             momentum_update_many(updates, momentum)
