@@ -83,6 +83,10 @@ class TrainSettings:
         cudnn_benchmark: let cuDNN time its convolution algorithms once for the fixed
             training size (CUDA; faster steps). false picks them by heuristics, for GPU
             runs that repeat more closely.
+        deterministic: ask torch for deterministic kernels (``torch.use_deterministic_
+            algorithms``, warning where an op has none), cuDNN's deterministic
+            convolutions without autotuning, and cuBLAS's fixed workspace; slower on a GPU.
+            A seeded CPU run repeats without it.
         compile_losses: compile each stage's loss terms (forward and backward) with
             ``torch.compile``: the elementwise work of the memories' InfoNCE and GPCR's
             neighbour sets fused into a few kernels. On a GPU the SALCR step's losses are
@@ -120,6 +124,7 @@ class TrainSettings:
     amp: bool = False
     channels_last: bool | None = None
     cudnn_benchmark: bool = True
+    deterministic: bool = False
     images_on_device: bool | None = None
     compile_losses: bool = False
     threads: int = 0

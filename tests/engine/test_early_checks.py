@@ -116,3 +116,27 @@ def test_amp_on_the_cpu_says_it_does_nothing(recipe_file, caplog):
     with caplog.at_level(logging.WARNING):
         Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
     assert "train.amp=true has no effect on cpu" in caplog.text
+
+
+def test_deterministic_asks_torch_for_deterministic_kernels(recipe_file, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        cfg = load_recipe(recipe_file, ["train.deterministic=true"])
+        Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        folder = run_recipe(cfg, progress=False)  # every op of a run has a path in this mode
+        assert [m["epoch"] for m in folder.read_metrics()] == [0, 1]
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]

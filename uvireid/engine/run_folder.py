@@ -286,6 +286,7 @@ RESUME_FREE_KEYS = (
     "train.image_cache",
     "train.extract_batch",
     "train.cudnn_benchmark",
+    "train.deterministic",
     "train.channels_last",
     "train.images_on_device",
     "train.compile_losses",

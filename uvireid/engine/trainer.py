@@ -178,6 +178,20 @@ class TrainModel(nn.Module):
 READ_EVERY = 10
 
 
+def set_deterministic() -> None:
+    """Deterministic kernels for this process (``train.deterministic``): torch's
+    deterministic algorithms (a warning, not an error, where an op has none), cuDNN without
+    autotuning, and the cuBLAS workspace its reproducibility notes ask for (set before the
+    first CUDA product)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    logger.info("train.deterministic: deterministic kernels requested (slower on a GPU)")
+
+
 def peak_memory(device: str) -> dict[str, float]:
     """Peak memory so far, in GiB: the process's resident set on the host (``ru_maxrss``)
     and, on CUDA, the tensors allocated on the device since the last call (its peak is
@@ -398,6 +412,8 @@ class Trainer:
                 f"dataset '{cfg['data']['type']}' has {len(self.vis)} visible and "
                 f"{len(self.ir)} infrared training images; training needs both"
             )
+        if tr.get("deterministic"):
+            set_deterministic()
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
         self.losses: dict[str, nn.ModuleList] = {}
         self._loss_fns: dict = {}  # stage name -> its (compiled) loss function
@@ -410,7 +426,9 @@ class Trainer:
         if on_cuda if cl is None else cl:
             self.model.to(memory_format=torch.channels_last)
         if on_cuda:
-            torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True))
+            torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True)) and not bool(
+                tr.get("deterministic")
+            )
         elif tr.get("amp"):
             logger.warning(
                 "train.amp=true has no effect on %s: bf16 autocast is used on CUDA only; "
