@@ -75,8 +75,8 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
             parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
         raise CheckpointError(
             f"{source} does not fit the model ({'; '.join(parts)}); it was saved from "
-            f"another architecture or recipe. Load it with the recipe that wrote it, or "
-            f"start a new run instead of --resume"
+            f"another architecture or recipe. Load it with the recipe that wrote it (or "
+            f"the same backbone settings)"
         )
     try:
         module.load_state_dict(state, strict=True)
@@ -141,8 +141,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or foreign file
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it to "
-            f"start over"
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}): damaged after "
+            f"it was written (uvireid writes checkpoints atomically), or not a checkpoint. "
+            f"Restore it from a copy, or start a new run (without --resume)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
