@@ -140,3 +140,11 @@ def test_deterministic_asks_torch_for_deterministic_kernels(recipe_file, monkeyp
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+
+
+def test_loader_workers_are_capped_at_the_usable_cpus():
+    from uvireid.engine.extract import usable_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert usable_workers(cpus + 5) == cpus
+    assert usable_workers(0) == 0 and usable_workers(1) == min(1, cpus)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,6 +49,16 @@ class RecordImages(Dataset):
 
 
 @torch.no_grad()
+def usable_workers(workers: int) -> int:
+    """``train.workers`` capped at the CPUs this process may use (more loader processes
+    than CPUs only compete with each other; torch warns about it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(workers), cpus))
+
+
 def extract_features(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
@@ -70,7 +81,7 @@ def extract_features(
         RecordImages(records, test_transform(height, width)),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
+        num_workers=usable_workers(workers),
         pin_memory=torch.device(device).type == "cuda",
     )
     was_training = model.training
