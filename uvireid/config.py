@@ -210,6 +210,9 @@ class StageSettings:
             2 starts again at 3.5e-4): ``lr`` (null: ``train.lr``) times ``train.lr_gamma``
             per step of ``lr_steps`` passed, counted in epochs from the stage's start.
             A stage with neither follows ``train.lr_steps`` on the run's absolute epoch.
+        reset_optimizer: start the stage with a new Adam (its moment estimates and step
+            counts cleared), as a method whose stages are separate runs does: SALCR's
+            second run builds a new optimiser, PGM's stage-2 script too.
     """
 
     name: str = "train"
@@ -218,6 +221,7 @@ class StageSettings:
     ltg_p: float = 0.0
     lr: float | None = None
     lr_steps: list[int] | None = None
+    reset_optimizer: bool = False
 
 
 STAGE_COMPONENTS = ("clusterer", "associator")

@@ -148,3 +148,21 @@ def test_loader_workers_are_capped_at_the_usable_cpus():
     cpus = len(os.sched_getaffinity(0))
     assert usable_workers(cpus + 5) == cpus
     assert usable_workers(0) == 0 and usable_workers(1) == min(1, cpus)
+
+
+def test_a_stage_can_start_with_a_new_optimiser(recipe_file):
+    """``reset_optimizer``: Adam's moments and step counts start again at the stage (SALCR's
+    second run and PGM's stage-2 script build a new Adam)."""
+    from uvireid.engine.checkpoint import load_checkpoint
+
+    steps = {}
+    for reset in (False, True):
+        cfg = load_recipe(recipe_file, [f"stages.1.reset_optimizer={str(reset).lower()}"])
+        folder = run_recipe(cfg, progress=False)
+        state = load_checkpoint(folder.checkpoints / "latest.pt")["optimizer"]["state"]
+        steps[reset] = float(state[0]["step"])  # the first backbone parameter's Adam step
+        metrics = folder.read_metrics()
+        assert metrics[1].get("optimizer_reset", False) is reset
+        assert "optimizer_reset" not in metrics[0]
+    iters = 2  # the fixture's iterations per epoch: two epochs of 2 steps
+    assert steps == {False: 2 * iters, True: iters}

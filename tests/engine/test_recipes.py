@@ -84,6 +84,8 @@ def test_salcr_recipe_matches_the_spec_table(recipe, column):
     assert dcl.associator is None and dcl.sampler["type"] == "identity" and dcl.ltg_p == 0.5
     assert salcr.associator["type"] == "otla_dual" and salcr.sampler["type"] == "paired"
     assert salcr.ltg_p == 0.0
+    # Sec. 9.1: the SALCR stage is a second run that builds a new Adam
+    assert salcr.reset_optimizer and not dcl.reset_optimizer
     assert [x["type"] for x in dcl.losses] == ["cluster_contrast"]
     assert [x["type"] for x in salcr.losses] == [
         "dual_cluster_contrast",
@@ -146,6 +148,14 @@ def test_pgm_recipe_matches_the_peers_spec():
         True,
     )
     assert (pgm.clusterer["eps"], pgm.clusterer["k1"], pgm.clusterer["k2"]) == (0.6, 30, 6)
+    # Sec. 0.3-0.4 and 2.2: momentum 0.2 (code default, log args), one visible term over
+    # both views, hard memories in stage 2, IR ChannelAdapGray 0.5, a new Adam for stage 2
+    (intra,) = dcl.losses
+    assert (intra["momentum"], loss["momentum"]) == (0.2, 0.2)
+    assert intra["ca_joint"] and loss["ca_joint"]
+    assert loss["hard"] and not intra.get("hard", False)
+    assert cfg["train"]["gray_p"] == 0.5
+    assert pgm.reset_optimizer and not dcl.reset_optimizer
     expected = {
         0: 3.5e-4,
         19: 3.5e-4,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from loss_oracles import centroid_loop, momentum_loop, nce_mean, unit_rows
 
 from uvireid.losses import (
@@ -116,6 +117,23 @@ def test_dcl_loss_is_three_intra_modality_terms():
         before_v, torch.cat([out.feat_v, out.feat_a]), t.vis_in_v.tolist() * 2, 0.1
     )
     assert torch.allclose(loss.memory_v.features.double(), expected, atol=1e-12)
+
+
+def test_ca_joint_is_one_term_over_both_visible_views():
+    """PGM/ADCA: L([f^v; f^a]; M^v), the mean over the rows of both views (nce_mean, a loop
+    over rows), not the sum of a term per view."""
+    ctx = _context()
+    loss = ClusterContrastLoss(ca_joint=True)
+    loss.reset(ctx)
+    out, t = _step()
+    mv, mr = loss.memory_v.features, loss.memory_r.features
+    ref = nce_mean(
+        torch.cat([out.feat_v, out.feat_a]), mv, t.vis_in_v.tolist() * 2, TAU
+    ) + nce_mean(out.feat_r, mr, t.ir_in_r.tolist(), TAU)
+    assert torch.allclose(loss(out, t), ref, rtol=1e-10)
+    summed = ClusterContrastLoss()
+    summed.reset(ctx)
+    assert not torch.allclose(summed(out, t), ref)
 
 
 def test_dagl_loss_uses_both_memories_with_dual_labels_and_skips_missing_links():
@@ -307,3 +325,32 @@ def test_a_tensor_shared_by_memories_is_gathered_once(monkeypatch):
     for a, m, y in zip(alone, mems, (own, cross, own)):
         a.update(x, y)
         assert torch.allclose(m.features, a.features, atol=1e-6)
+
+
+def test_hard_update_uses_the_least_similar_row_of_each_cluster():
+    """Against a loop: per label, the row with the lowest cosine to M[y] (first on a tie)
+    updates M[y] alone; the other rows and labels -1 do nothing."""
+    from uvireid.losses.memory import ClusterMemory, hardest_labels
+
+    rng = np.random.default_rng(8)
+    mem = unit_rows(4, 5, seed=80).float()
+    x = torch.from_numpy(rng.normal(size=(10, 5))).float()
+    x[7] = x[2]  # an exact tie inside label 1: the first row wins
+    y = torch.tensor([1, 0, 1, -1, 3, 0, 3, 1, -1, 3])
+    expect = torch.full_like(y, -1)
+    for lab in y[y >= 0].unique().tolist():
+        rows = [i for i in range(10) if y[i] == lab]
+        cos = [float(F.normalize(x[i], dim=0) @ mem[lab]) for i in rows]
+        expect[rows[int(np.argmin(cos))]] = lab
+    got = hardest_labels(mem, x, y)
+    assert torch.equal(got, expect)
+    m = ClusterMemory(5, momentum=0.2, hard=True)
+    m.features = mem.clone()
+    m.update(x, y)
+    ref = momentum_loop(mem.double(), x.double(), expect.tolist(), 0.2)
+    assert torch.allclose(m.features.double(), ref, atol=1e-6)
+    assert torch.equal(m.features[2], mem[2])  # label 2 absent from the batch
+    together = ClusterMemory(5, momentum=0.2, hard=True)
+    together.features = mem.clone()
+    ClusterMemory.update_together((together, x, y))
+    assert torch.allclose(together.features, m.features, atol=1e-7)

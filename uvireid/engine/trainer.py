@@ -77,6 +77,7 @@ class Stage:
     first_epoch: int = 0
     lr: float | None = None
     lr_steps: list[int] | None = None
+    reset_optimizer: bool = False
 
     @property
     def last_epoch(self) -> int:
@@ -126,6 +127,7 @@ def stages_of(cfg: dict) -> list[Stage]:
                 first_epoch=first,
                 lr=None if s.get("lr") is None else float(s["lr"]),
                 lr_steps=None if s.get("lr_steps") is None else [int(e) for e in s["lr_steps"]],
+                reset_optimizer=bool(s.get("reset_optimizer", False)),
             )
         )
         first += int(s["epochs"])
@@ -819,6 +821,12 @@ class Trainer:
             "stage": stage.name,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if stage.reset_optimizer and epoch == stage.first_epoch and epoch > 0:
+            # a new Adam for the stage: moments and step counts start again (the learning
+            # rate is the scheduler's, as set for this epoch)
+            self.optimizer.state.clear()
+            record["optimizer_reset"] = True
+            logger.info("stage '%s' starts with a new optimiser state", stage.name)
         seconds: dict[str, float] = {}
         warnings: list[str] = []
         with_parts = self.model.parts is not None and any(

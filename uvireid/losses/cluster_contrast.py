@@ -92,12 +92,12 @@ def cluster_nce(
 class _TwoMemories(nn.Module):
     """A visible and an infrared :class:`ClusterMemory` re-initialised every epoch."""
 
-    def __init__(self, temperature: float, momentum: float):
+    def __init__(self, temperature: float, momentum: float, hard: bool = False):
         super().__init__()
         self.temperature = temperature
         self.momentum = momentum
-        self.memory_v = ClusterMemory(0, temperature, momentum)
-        self.memory_r = ClusterMemory(0, temperature, momentum)
+        self.memory_v = ClusterMemory(0, temperature, momentum, hard)
+        self.memory_r = ClusterMemory(0, temperature, momentum, hard)
 
     def reset(self, context: EpochContext) -> None:
         """Prototypes = normalised centroids of the clusterer's partition (Eq. 3)."""
@@ -127,18 +127,36 @@ class ClusterContrastLoss(_TwoMemories):
         temperature: tau (0.05).
         momentum: weight of the old prototype in the update (0.1).
         use_ca: include the channel-augmented visible view (the reference does).
+        ca_joint: with ``use_ca``, one term over both visible views,
+            ``L([f^v; f^a], [ỹ^v; ỹ^v]; M^v)`` (the mean over their rows), as ADCA/PGM
+            compute it, instead of SALCR's sum of one term per view (which weighs the
+            visible images twice against the infrared ones).
+        hard: update each prototype with only the batch's hardest row of its cluster
+            (:func:`~uvireid.losses.memory.hardest_labels`; PGM's second stage).
     """
 
-    def __init__(self, temperature: float = 0.05, momentum: float = 0.1, use_ca: bool = True):
-        super().__init__(temperature, momentum)
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        momentum: float = 0.1,
+        use_ca: bool = True,
+        ca_joint: bool = False,
+        hard: bool = False,
+    ):
+        super().__init__(temperature, momentum, hard)
         self.use_ca = use_ca
+        self.ca_joint = bool(ca_joint)
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
         tau = self.temperature
         mv, mr = self.memory_v.features, self.memory_r.features
-        loss = cluster_nce(outputs.feat_v, mv, targets.vis_in_v, tau)
-        if self.use_ca:
-            loss = loss + cluster_nce(outputs.feat_a, mv, targets.vis_in_v, tau)
+        if self.use_ca and self.ca_joint:
+            both = torch.cat([outputs.feat_v, outputs.feat_a])
+            loss = cluster_nce(both, mv, torch.cat([targets.vis_in_v, targets.vis_in_v]), tau)
+        else:
+            loss = cluster_nce(outputs.feat_v, mv, targets.vis_in_v, tau)
+            if self.use_ca:
+                loss = loss + cluster_nce(outputs.feat_a, mv, targets.vis_in_v, tau)
         return loss + cluster_nce(outputs.feat_r, mr, targets.ir_in_r, tau)
 
     @torch.no_grad()

@@ -48,9 +48,12 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
         temperature: tau (0.05).
         momentum: weight of the old prototype in the update (0.1; PGM's log has 0.2).
         use_ca: include the channel-augmented visible view.
+        ca_joint: one intra term over both visible views (PGM's; see
+            :class:`~uvireid.losses.cluster_contrast.ClusterContrastLoss`).
         cross_weight: w (0.25, hard-coded in PGM).
         schedule: ``"alternate"`` (by the epoch's parity within its stage) or ``"both"``.
         cross_update: write the cross rows into the other memory too.
+        hard: hard memory updates (PGM's stage 2, ``use_hard``), the cross rows' too.
     """
 
     def __init__(
@@ -61,8 +64,10 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
         cross_weight: float = 0.25,
         schedule: str = "alternate",
         cross_update: bool = True,
+        ca_joint: bool = False,
+        hard: bool = False,
     ):
-        super().__init__(temperature, momentum, use_ca)
+        super().__init__(temperature, momentum, use_ca, ca_joint, hard)
         if schedule not in ("alternate", "both"):
             raise ConfigError(
                 f"alternate_cross_contrast: schedule must be 'alternate' or 'both', "

@@ -19,6 +19,7 @@ applies the same updates and the memories stay identical.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,13 @@ from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat, gather_labels
 
-__all__ = ["ClusterMemory", "centroids", "momentum_update", "momentum_update_many"]
+__all__ = [
+    "ClusterMemory",
+    "centroids",
+    "hardest_labels",
+    "momentum_update",
+    "momentum_update_many",
+]
 
 
 def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
@@ -151,6 +158,33 @@ def momentum_update_many(
         updates[int(i)][0][t] = mi
 
 
+def hardest_labels(memory: torch.Tensor, feats: torch.Tensor, labels: Any) -> torch.Tensor:
+    """``labels`` (on the host) with every row but the hardest of each label set to -1: the
+    row least similar (cosine) to its prototype ``memory[y]``, the first such row on a tie.
+
+    The "hard" update of Cluster-Contrast's ``ClusterMemory(use_hard=True)``, which PGM's
+    second stage uses (``shared/notes/peers.md`` Sec. 0.3: per class in the batch, only the
+    instance with the LOWEST similarity to M[y]; the code calls it "median")."""
+    lab = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    lab = lab.long().cpu()
+    out = torch.full_like(lab, -1)
+    keep = (lab >= 0).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        return out
+    y = lab[keep].to(feats.device)
+    sims = (F.normalize(feats[keep.to(feats.device)].to(memory.dtype), dim=1) * memory[y]).sum(1)
+    k = int(memory.shape[0])
+    low = torch.full((k,), float("inf"), dtype=sims.dtype, device=sims.device)
+    low.scatter_reduce_(0, y, sims, reduce="amin")
+    rows = torch.arange(len(y), device=sims.device)
+    at_min = torch.where(sims == low[y], rows, torch.full_like(rows, len(y)))
+    first = torch.full((k,), len(y), dtype=rows.dtype, device=sims.device)
+    first.scatter_reduce_(0, y, at_min, reduce="amin")
+    chosen = first[first < len(y)].cpu()
+    out[keep[chosen]] = lab[keep[chosen]]
+    return out
+
+
 class ClusterMemory(nn.Module):
     """K prototypes of dimension d with the cluster-contrast logits and momentum update.
 
@@ -158,15 +192,20 @@ class ClusterMemory(nn.Module):
         dim: feature dimension d.
         temperature: tau (0.05).
         momentum: mu, the weight of the old prototype (0.1).
+        hard: update each prototype with only the batch's hardest row of its cluster
+            (:func:`hardest_labels`; PGM's second stage), instead of every row in turn.
 
     The prototypes are a buffer (saved in checkpoints; its size follows the epoch's
     cluster count and is restored from a checkpoint whatever it was at construction).
     """
 
-    def __init__(self, dim: int = 0, temperature: float = 0.05, momentum: float = 0.1):
+    def __init__(
+        self, dim: int = 0, temperature: float = 0.05, momentum: float = 0.1, hard: bool = False
+    ):
         super().__init__()
         self.temperature = float(temperature)
         self.momentum = float(momentum)
+        self.hard = bool(hard)
         self.register_buffer("features", torch.zeros(0, dim))
 
     @property
@@ -187,7 +226,10 @@ class ClusterMemory(nn.Module):
         """Explicit momentum update with (B, d) ``feats`` and (B,) ``labels`` (-1 skipped),
         gathered from every rank first under DDP."""
         feats = all_gather_cat(feats.detach().to(self.features.dtype))
-        momentum_update(self.features, feats, gather_labels(labels, feats.device), self.momentum)
+        labels = gather_labels(labels, feats.device)
+        if self.hard:
+            labels = hardest_labels(self.features, feats, labels)
+        momentum_update(self.features, feats, labels, self.momentum)
 
     @staticmethod
     @torch.no_grad()
@@ -206,9 +248,10 @@ class ClusterMemory(nn.Module):
             gathered = feats_of[key]
             if id(labels) not in labels_of:
                 labels_of[id(labels)] = gather_labels(labels, gathered.device)
-            by_momentum.setdefault(memory.momentum, []).append(
-                (memory.features, gathered, labels_of[id(labels)])
-            )
+            use = labels_of[id(labels)]
+            if memory.hard:
+                use = hardest_labels(memory.features, gathered, use)
+            by_momentum.setdefault(memory.momentum, []).append((memory.features, gathered, use))
         for momentum, updates in by_momentum.items():
             momentum_update_many(updates, momentum)
 
