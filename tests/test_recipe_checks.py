@@ -132,3 +132,28 @@ def test_rerankers_refuse_bad_settings_when_built(spec, message):
     override = "reranker={" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
     with pytest.raises(ConfigError, match="reranker"):
         check_parts(load_recipe("demo", [override]))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"type": "cluster_contrast", "temperature": 0}, "temperature must be a number > 0"),
+        ({"type": "dual_cluster_contrast", "momentum": 2}, "momentum must be a number in"),
+        ({"type": "part_contrast", "num_parts": 0}, "num_parts must be an integer >= 1"),
+        ({"type": "instance_neighbour", "k": 0}, "k must be an integer >= 1"),
+        ({"type": "alternate_cross_contrast", "cross_weight": -1}, "cross_weight must be"),
+        ({"type": "modality_agnostic", "alpha": -0.5}, "alpha must be a number >= 0"),
+    ],
+)
+def test_losses_refuse_settings_out_of_range_when_built(spec, message):
+    """They used to be accepted and give a NaN loss (temperature 0, k 0) or a memory that
+    grows (momentum 2) at the first step."""
+    from uvireid.registry import LOSSES
+
+    with pytest.raises(ConfigError, match=message):
+        LOSSES.build(spec)
+
+
+def test_a_negative_loss_weight_is_refused():
+    with pytest.raises(ConfigError, match=r"'stages.0.losses.0.weight' must be a number >= 0"):
+        load_recipe("demo", ["stages.0.losses.0.weight=-1"])

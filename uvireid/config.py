@@ -818,8 +818,14 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             _validate_component(f"{where}.losses.{j}", LOSSES, item, prov, ("weight",))
             for j, item in enumerate(losses)
         ]
-        for item in res["losses"]:
+        for j, item in enumerate(res["losses"]):
             item.setdefault("weight", 1.0)
+            w = item["weight"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+                raise ConfigError(
+                    f"{prov.source(f'{where}.losses.{j}.weight')}: '{where}.losses.{j}.weight' "
+                    f"must be a number >= 0, got {w!r}"
+                )
         out.append(res)
     return out
 

@@ -268,3 +268,31 @@ def test_near_infrared_datasets_live_apart_and_record_their_share(tmp_path, monk
     assert ds.fingerprint()["generator"]["nir"] == 0.5
     with pytest.raises(DatasetError, match="nir=1.5 is out of range"):
         syn.generate(tmp_path / "y", ids=4, nir=1.5)
+
+
+def test_a_script_without_a_main_guard_still_gets_its_dataset(tmp_path):
+    """Rendering processes are spawned, and spawning imports the calling script: without
+    `if __name__ == "__main__":` its body ran again in every worker and the pool broke.
+    The workers now leave at once and the parent renders alone, with a warning."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import sys\n"
+        "from uvireid.data.synthetic import generate\n"
+        "print('body', flush=True)\n"
+        "generate(sys.argv[1], ids=6, seed=0, workers=2)\n"
+        "print('done', flush=True)\n"
+    )
+    out = tmp_path / "syn"
+    run = subprocess.run(
+        [sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[-1] == "done"
+    assert "rendering in this process instead" in run.stderr
+    assert "Traceback" not in run.stderr
+    same = syn.generate(tmp_path / "again", ids=6, seed=0, workers=1)
+    files = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(same) for p in same.rglob("*.jpg"))

@@ -244,3 +244,15 @@ def test_half_fitting_checkpoint_is_an_error_listing_the_keys(tmp_path):
     torch.save(r34, tmp_path / "r34.pth")
     with pytest.raises(ConfigError, match="missing keys|unexpected keys"):
         _model(pretrained=str(tmp_path / "r34.pth"))
+
+
+def test_modality_codes_outside_the_streams_are_refused():
+    """Codes 1/2 (or -1, or fractions) would send an image through no stream, or the
+    wrong one, and shrink or corrupt the batch silently."""
+    m = _model().eval()
+    x = torch.randn(3, 3, 64, 32)
+    for bad in (torch.tensor([0, 2, 1]), torch.tensor([0, -1, 1]), -1, 2, [0.5, 1, 0]):
+        with pytest.raises(ConfigError, match="modality codes must be integers in 0..1"):
+            m(x, bad)
+    ok = m(x, torch.tensor([0.0, 1.0, 1.0]))  # whole numbers as floats are the codes
+    assert ok.bn_feat.shape[0] == 3

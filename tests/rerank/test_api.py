@@ -28,3 +28,24 @@ def test_on_device_reranks_where_it_is_told_and_returns_numpy(device):
     assert seen == [(torch.Tensor, device, torch.Tensor, device)]
     np.testing.assert_allclose(out, CMFP(k=5).rerank(q, g), rtol=1e-5, atol=1e-5)
     assert wrapped.name == "cmfp(k=5)"
+
+
+def test_device_strings_are_checked_where_a_part_takes_one():
+    """A CPU-only user writing 'cuda' or 'gpu' gets uvireid's error naming the fix, not a
+    torch RuntimeError about NVIDIA drivers."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from uvireid.errors import ConfigError
+    from uvireid.registry import CLUSTERERS
+    from uvireid.rerank import CMFP, OnDevice
+
+    with pytest.raises(ConfigError, match="device 'gpu' is not a device"):
+        OnDevice(CMFP(), "gpu")
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    with pytest.raises(ConfigError, match="device 'gpu' is not a device"):
+        CLUSTERERS.build({"type": "dbscan", "device": "gpu"}).fit_predict(x)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no GPU"):
+            OnDevice(CMFP(), "cuda")

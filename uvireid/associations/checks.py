@@ -43,6 +43,10 @@ def resolve_device(device: str | torch.device | None, like: torch.Tensor) -> tor
     """
     if device is None:
         return like.device
+    if isinstance(device, str):
+        from uvireid.config import check_device
+
+        check_device(device, "device")  # 'gpu', 'coda:1', a missing GPU index, ...
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(

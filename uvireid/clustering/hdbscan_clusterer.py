@@ -215,6 +215,14 @@ class HDBSCANClusterer:
         """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers."""
         self._check_params()
         x = as_features(features, "hdbscan")
+        dev = resolve_device(self.device, x)  # checked for every metric
+        if self.metric != "jaccard" and dev.type != "cpu":
+            logger.warning(
+                "hdbscan: metric %r runs in the hdbscan package on the CPU; device %s is "
+                "used by the jaccard metric only",
+                self.metric,
+                dev,
+            )
         timings: dict[str, float] = {}
         if self.metric == "jaccard":
             dist = jaccard_distance(
@@ -222,7 +230,7 @@ class HDBSCANClusterer:
                 self.k1,
                 self.k2,
                 knn_backend=self.knn_backend,
-                device=resolve_device(self.device, x),
+                device=dev,
                 timings=timings,
             )
             t0 = time.perf_counter()

@@ -44,8 +44,10 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -1066,6 +1068,12 @@ def generate(
     Raises:
         DatasetError: ``out`` holds other files, or the parameters are out of range.
     """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a rendering process importing a script that calls generate() outside an
+        # `if __name__ == "__main__":` guard: leave at once, the parent renders instead
+        sys.exit(1)
     out = Path(out).expanduser().absolute()
     ids = DEFAULT_IDS if ids is None else int(ids)
     if not 3 <= ids <= 9999:
@@ -1106,10 +1114,20 @@ def generate(
             workers = 1 if ids < 60 else min(2, os.cpu_count() or 1)
         chunks = [pids[i::workers] for i in range(workers)]
         jobs = [(str(tmp), c, seed, height, width, float(nir)) for c in chunks if c]
+        results = None
         if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                results = list(pool.map(_render_people, jobs))
-        else:
+            try:
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                    results = list(pool.map(_render_people, jobs))
+            except BrokenProcessPool:
+                # spawned workers import __main__: a script without an
+                # `if __name__ == "__main__":` guard starts its body again in them
+                logger.warning(
+                    "synthetic dataset: the rendering processes failed to start (a script "
+                    "without `if __name__ == '__main__':` around its code?); rendering in "
+                    "this process instead (pass workers=1 to skip the attempt)"
+                )
+        if results is None:
             results = [_render_people(j) for j in jobs]
         counts = {f"cam{c}": sum(r[c] for r in results) for c in range(1, 7)}
         manifest = dict(

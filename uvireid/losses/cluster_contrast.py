@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import ClusterMemory
+from uvireid.losses.memory import ClusterMemory, check_loss_settings
 from uvireid.registry import LOSSES
 
 __all__ = ["cluster_nce", "ClusterContrastLoss", "DualClusterContrastLoss"]
@@ -94,6 +94,7 @@ class _TwoMemories(nn.Module):
 
     def __init__(self, temperature: float, momentum: float, hard: bool = False):
         super().__init__()
+        check_loss_settings(type(self).__name__, temperature=temperature, momentum=momentum)
         self.temperature = temperature
         self.momentum = momentum
         self.memory_v = ClusterMemory(0, temperature, momentum, hard)

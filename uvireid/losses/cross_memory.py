@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from uvireid.errors import ConfigError
 from uvireid.losses.cluster_contrast import ClusterContrastLoss, _TwoMemories, cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import ClusterMemory
+from uvireid.losses.memory import ClusterMemory, check_loss_settings
 from uvireid.registry import LOSSES
 
 __all__ = ["AlternateCrossContrastLoss", "ModalityAgnosticLoss", "symmetric_kl"]
@@ -73,6 +73,7 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
                 f"alternate_cross_contrast: schedule must be 'alternate' or 'both', "
                 f"got {schedule!r}"
             )
+        check_loss_settings("alternate_cross_contrast", cross_weight=cross_weight)
         self.cross_weight = float(cross_weight)
         self.schedule = schedule
         self.cross_update = bool(cross_update)
@@ -171,6 +172,7 @@ class ModalityAgnosticLoss(_TwoMemories):
         use_ca: bool = True,
     ):
         super().__init__(float(temperature), momentum)
+        check_loss_settings("modality_agnostic", alpha=alpha, beta=beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.use_ca = bool(use_ca)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import momentum_update_many
+from uvireid.losses.memory import check_loss_settings, momentum_update_many
 from uvireid.registry import LOSSES
 
 __all__ = ["InstanceNeighbourLoss", "topk_indices", "members", "positive_nll"]
@@ -112,6 +112,13 @@ class InstanceNeighbourLoss(nn.Module):
         official_quirks: bool = False,
     ):
         super().__init__()
+        check_loss_settings(
+            "instance_neighbour",
+            k=k,
+            num_parts=num_parts,
+            temperature=temperature,
+            momentum=momentum,
+        )
         self.k = int(k)
         self.num_parts = int(num_parts)
         self.temperature = float(temperature)

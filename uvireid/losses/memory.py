@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat, gather_labels
+from uvireid.errors import ConfigError
 
 __all__ = [
     "ClusterMemory",
     "centroids",
+    "check_loss_settings",
     "hardest_labels",
     "momentum_update",
     "momentum_update_many",
@@ -156,6 +158,28 @@ def momentum_update_many(
     m = m[idx[3 * n + 2 * u :]]  # back to memory order
     for i, t, mi in zip(used, targets, m.split(split)):
         updates[int(i)][0][t] = mi
+
+
+def check_loss_settings(who: str, **values: Any) -> None:
+    """Range checks shared by the losses, made when a loss is built (so ``--dry-run`` and
+    the start of a run refuse them): ``temperature > 0``, ``momentum`` in [0, 1], ``k`` and
+    ``num_parts`` integers >= 1, weights (any other keyword) >= 0.
+
+    Raises:
+        ConfigError: naming the loss, the setting and its range.
+    """
+    from uvireid.rerank.inputs import check_k, check_real
+
+    for name, value in values.items():
+        if name == "temperature":
+            if check_real(value, name, who, 0.0) <= 0:
+                raise ConfigError(f"{who}: temperature must be a number > 0, got {value!r}")
+        elif name == "momentum":
+            check_real(value, name, who, 0.0, 1.0)
+        elif name in ("k", "num_parts"):
+            check_k(value, name, who)
+        else:
+            check_real(value, name, who, 0.0)
 
 
 def hardest_labels(memory: torch.Tensor, feats: torch.Tensor, labels: Any) -> torch.Tensor:

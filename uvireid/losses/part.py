@@ -32,7 +32,7 @@ from torch import nn
 
 from uvireid.losses.cluster_contrast import cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import centroids, momentum_update_many
+from uvireid.losses.memory import centroids, check_loss_settings, momentum_update_many
 from uvireid.registry import LOSSES
 
 __all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
@@ -63,6 +63,9 @@ class PartContrastLoss(nn.Module):
         official_quirks: bool = False,
     ):
         super().__init__()
+        check_loss_settings(
+            "part_contrast", num_parts=num_parts, temperature=temperature, momentum=momentum
+        )
         self.num_parts = int(num_parts)
         self.temperature = float(temperature)
         self.momentum = float(momentum)

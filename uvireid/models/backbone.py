@@ -23,6 +23,7 @@ import logging
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,10 +79,32 @@ def head_field(head: str) -> str:
     return FEATURE_HEADS[head]
 
 
-def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.device):
-    """``modality`` as a (B,) long tensor on ``device``; an int applies to the whole batch."""
+def check_modality_codes(values: Any, num: int = 2) -> None:
+    """Refuse modality codes outside ``0..num-1`` or not whole numbers (codes 1/2, or -1,
+    would send images through no stream or the wrong one, silently)."""
+    arr = np.unique(np.asarray(values).reshape(-1))
+    if arr.size == 0:
+        return
+    whole = np.issubdtype(arr.dtype, np.integer) or bool(np.all(arr == np.round(arr)))
+    bad = [v for v in arr.tolist() if not (whole and 0 <= v < num)]
+    if bad or not whole:
+        raise ConfigError(
+            f"modality codes must be integers in 0..{num - 1} (0 visible, 1 infrared); got "
+            f"{sorted(set(bad or arr.tolist()))[:5]}: map your codes to these"
+        )
+
+
+def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.device, num: int = 2):
+    """``modality`` as a (B,) long tensor on ``device``; an int applies to the whole batch.
+    Codes are checked (:func:`check_modality_codes`) where they are on the host (a code on
+    the GPU would need the device to wait)."""
     if isinstance(modality, numbers.Integral):
+        check_modality_codes([int(modality)], num)
         return torch.full((batch,), int(modality), dtype=torch.long, device=device)
+    if not isinstance(modality, torch.Tensor) or modality.device.type == "cpu":
+        check_modality_codes(
+            modality.numpy() if isinstance(modality, torch.Tensor) else modality, num
+        )
     m = torch.as_tensor(modality, device=device).long().reshape(-1)
     if m.numel() != batch:
         raise ConfigError(
@@ -293,12 +316,13 @@ class TwoStreamResNet(_ReidHead):
         x = self._layout(x)
         if len(self.specific):
             if isinstance(modality, numbers.Integral):
+                check_modality_codes([int(modality)], self.num_modalities)
                 x = self.specific[int(modality)](x)
             else:
                 # the split is computed where the modality is: a host tensor (as the
                 # trainer passes it) costs a GPU run no wait, only an index copy
                 src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
-                m = modality_tensor(modality, x.shape[0], src)
+                m = modality_tensor(modality, x.shape[0], src, self.num_modalities)
                 if m.device.type == "cpu":
                     on_host = m.numpy()
                     parts = [

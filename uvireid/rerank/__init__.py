@@ -54,8 +54,14 @@ class OnDevice:
     """
 
     def __init__(self, reranker: Any, device: str):
+        from uvireid.config import check_device
+
         self.reranker = reranker
-        self.device = device
+        self.device = check_device(str(device), "OnDevice: device")
+        if self.device == "auto":
+            from uvireid.config import resolve_device
+
+            self.device = resolve_device("auto")
 
     @property
     def name(self) -> str:
