@@ -173,7 +173,7 @@ class EvalSettings:
     keep_best: bool = False
 
 
-SAMPLER_TYPES = ("identity", "paired")
+SAMPLER_TYPES = ("identity", "paired", "matched")
 
 
 @dataclass
@@ -181,8 +181,10 @@ class SamplerSettings:
     """How a stage draws its batches (:mod:`uvireid.data.samplers`).
 
     Attributes:
-        type: ``identity`` (per modality, independently: the DCL stage) or ``paired``
-            (visible/infrared pairs over both label spaces: the SALCR stage).
+        type: ``identity`` (per modality, independently: the DCL stage), ``paired``
+            (visible/infrared pairs over both label spaces: the SALCR stage) or
+            ``matched`` (pairs of matched clusters, each row labelled with its pair:
+            MBCCM's many-to-many assignment sampler).
         ids: pseudo-labels per batch (per modality for ``identity``).
         images: images per label (and per modality for ``paired``).
     """

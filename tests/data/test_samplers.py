@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from uvireid.data.samplers import IdentitySampler, PairedSampler, draw, pools
+from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSampler, draw, pools
 from uvireid.errors import ConfigError
 
 
@@ -81,3 +81,28 @@ def test_paired_sampler_without_any_link_is_an_error():
     none = np.full(4, -1)
     with pytest.raises(ConfigError, match="association linked nothing"):
         PairedSampler(np.zeros(4, int), none, np.zeros(4, int), none, ids=2, images=2)
+
+
+def test_matched_sampler_draws_pairs_of_the_many_to_many_matching():
+    """MBCCM's assignment sampler (peers.md Sec. 3.2): half the pairs start from a visible
+    cluster and take a random matched infrared one, half the other way round; every row is
+    labelled with its pair; a cluster with several partners meets each of them."""
+    rng = np.random.default_rng(0)
+    labels_v = np.repeat(np.arange(4), 5)  # visible clusters 0..3, 5 images each
+    labels_r = np.r_[np.repeat(np.arange(3), 4), [-1, -1]]  # infrared 0..2, 2 outliers
+    matches = np.array([[0, 0], [0, 1], [1, 1], [2, 2], [3, 2]])  # (visible, infrared)
+    sampler = MatchedPairSampler(labels_v, labels_r, matches, ids=4, images=3)
+    allowed = {tuple(p) for p in matches.tolist()}
+    seen = set()
+    for _ in range(200):
+        b = sampler.sample(rng)
+        lv, lvr, lrr, lrv = b.labels
+        assert len(b.idx_v) == len(b.idx_r) == 4 * 3
+        assert np.array_equal(labels_v[b.idx_v], lv) and np.array_equal(labels_r[b.idx_r], lrr)
+        assert np.array_equal(lvr, lrr) and np.array_equal(lrv, lv)  # the pair's labels
+        pairs = list(zip(lv[::3].tolist(), lrr[::3].tolist()))
+        assert set(pairs) <= allowed
+        seen.update(pairs)
+    assert seen == allowed  # visible 0 with infrared 0 and 1, infrared 2 with visible 2 and 3
+    with pytest.raises(ConfigError, match="no matched pair of clusters has images"):
+        MatchedPairSampler(labels_v, labels_r, np.array([[0, 5]]), ids=2, images=2)

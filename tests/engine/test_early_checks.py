@@ -166,3 +166,30 @@ def test_a_stage_can_start_with_a_new_optimiser(recipe_file):
         assert "optimizer_reset" not in metrics[0]
     iters = 2  # the fixture's iterations per epoch: two epochs of 2 steps
     assert steps == {False: 2 * iters, True: iters}
+
+
+def test_mbccm_trains_on_batches_of_its_matched_cluster_pairs(recipe_file, monkeypatch):
+    """The matched sampler's pair labels are the step's targets (not the images' primary
+    partner labels), on a two-stage run with the mbccm associator."""
+    seen = []
+    real = Trainer._targets
+
+    def spy(self, lab, iv, ir, paired, labels=None):
+        out = real(self, lab, iv, ir, paired, labels)
+        if labels is not None:
+            pairs = set(zip(out.vis_in_v.tolist(), out.vis_in_r.tolist()))
+            seen.append((pairs, {tuple(p) for p in lab.matches.tolist()}))
+        return out
+
+    monkeypatch.setattr(Trainer, "_targets", spy)
+    cfg = load_recipe(
+        recipe_file,
+        [
+            "stages.1.associator={type: mbccm}",
+            "stages.1.sampler={type: matched, ids: 2, images: 2}",
+            "stages.1.losses=[{type: cluster_contrast}, {type: modality_agnostic}]",
+        ],
+    )
+    folder = run_recipe(cfg, progress=False)
+    assert [m["epoch"] for m in folder.read_metrics()] == [0, 1]
+    assert seen and all(pairs <= allowed for pairs, allowed in seen)

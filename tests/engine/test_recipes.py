@@ -178,7 +178,7 @@ def test_mbccm_recipe_matches_the_peers_spec():
     dcl, mb = stages_of(cfg)
     assert (dcl.epochs, mb.first_epoch, mb.epochs) == (40, 40, 40)
     assert mb.associator["type"] == "mbccm" and mb.sampler == {
-        "type": "paired",
+        "type": "matched",
         "ids": 12,
         "images": 12,
     }

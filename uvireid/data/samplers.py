@@ -26,9 +26,9 @@ import numpy as np
 
 from uvireid.errors import ConfigError
 
-__all__ = ["IdentitySampler", "PairedSampler", "SAMPLERS", "pools", "draw"]
+__all__ = ["IdentitySampler", "MatchedPairSampler", "PairedSampler", "SAMPLERS", "pools", "draw"]
 
-SAMPLERS = ("identity", "paired")
+SAMPLERS = ("identity", "paired", "matched")
 
 
 def pools(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -56,10 +56,15 @@ def _check(ids: int, images: int, who: str) -> None:
 
 @dataclass
 class IdentityBatch:
-    """Indices into the visible and the infrared image lists, and their labels."""
+    """Indices into the visible and the infrared image lists, and their labels.
+
+    ``labels``: the batch rows' labels ``(vis_in_v, vis_in_r, ir_in_r, ir_in_v)`` where the
+    sampler decides them (:class:`MatchedPairSampler`: the labels of the drawn pair), else
+    None (each image's epoch labels)."""
 
     idx_v: np.ndarray
     idx_r: np.ndarray
+    labels: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 class IdentitySampler:
@@ -145,3 +150,73 @@ class PairedSampler:
                 idx_v.append(draw(vis, self.images, rng))
                 idx_r.append(draw(ir, self.images, rng))
         return IdentityBatch(np.concatenate(idx_v), np.concatenate(idx_r))
+
+
+class MatchedPairSampler:
+    """MBCCM's assignment sampler over a many-to-many cluster matching (Cheng et al., ACM
+    MM 2023; ``shared/notes/peers.md`` Sec. 3.2).
+
+    Half of a batch's pairs start from a visible cluster ``v`` and take a random infrared
+    cluster among those matched to it, the other half start from an infrared cluster
+    ``i`` and take a random matched visible one; each pair brings ``images`` visible
+    images of its visible cluster and ``images`` infrared images of its infrared cluster.
+    Every row of a pair is labelled with the pair: ``v`` in the visible space and ``i`` in
+    the infrared space (MBCCM pushes both modalities' rows into the modality-agnostic
+    memories with the pair's labels), so a cluster matched to several others is trained
+    against each of them in turn, not only against its primary partner.
+
+    Args:
+        labels_v: (Nv,) visible images' clusters; labels_r: (Nr,) infrared images'.
+        matches: (M, 2) (visible cluster, infrared cluster) pairs of the matching
+            (:attr:`uvireid.types.CrossLabels.matches`).
+        ids: pairs per batch; images: images per cluster of a pair.
+
+    Raises:
+        ConfigError: no matched pair has images on both sides.
+    """
+
+    def __init__(
+        self, labels_v: np.ndarray, labels_r: np.ndarray, matches: np.ndarray, ids: int, images: int
+    ):
+        _check(ids, images, "matched sampler")
+        self.ids, self.images = int(ids), int(images)
+        self.pools_v, self.pools_r = pools(labels_v), pools(labels_r)
+        pairs = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+        v_to_r: dict[int, list[int]] = {}
+        r_to_v: dict[int, list[int]] = {}
+        for v, i in pairs.tolist():
+            if v in self.pools_v and i in self.pools_r:
+                v_to_r.setdefault(v, []).append(i)
+                r_to_v.setdefault(i, []).append(v)
+        if not v_to_r:
+            raise ConfigError(
+                "matched sampler: no matched pair of clusters has images on both sides; the "
+                "association linked nothing"
+            )
+        self.v_to_r = {v: np.unique(r) for v, r in sorted(v_to_r.items())}
+        self.r_to_v = {i: np.unique(v) for i, v in sorted(r_to_v.items())}
+
+    def sample(self, rng: np.random.Generator) -> IdentityBatch:
+        """One batch of ``ids * images`` (visible, infrared) index pairs, with the pairs'
+        labels."""
+        n_v = (self.ids + 1) // 2
+        picks = []
+        for start, partners, n in (
+            (self.v_to_r, "v", n_v),
+            (self.r_to_v, "r", self.ids - n_v),
+        ):
+            if n == 0:
+                continue
+            keys = list(start)
+            for j in _choose(keys, n, rng):
+                other = int(rng.choice(start[int(j)]))
+                picks.append((int(j), other) if partners == "v" else (other, int(j)))
+        idx_v, idx_r, lab_v, lab_r = [], [], [], []
+        for v, i in picks:
+            idx_v.append(draw(self.pools_v[v], self.images, rng))
+            idx_r.append(draw(self.pools_r[i], self.images, rng))
+            lab_v.append(np.full(self.images, v, dtype=np.int64))
+            lab_r.append(np.full(self.images, i, dtype=np.int64))
+        lv, lr = np.concatenate(lab_v), np.concatenate(lab_r)
+        # (vis_in_v, vis_in_r, ir_in_r, ir_in_v): every row carries its pair's two labels
+        return IdentityBatch(np.concatenate(idx_v), np.concatenate(idx_r), (lv, lr, lr, lv))

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from uvireid.associations.quality import link_precision
-from uvireid.data.samplers import IdentitySampler, PairedSampler
+from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSampler
 from uvireid.data.transforms import Augmenter, load_images
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
@@ -627,6 +627,7 @@ class Trainer:
             num_r=max(int(cl.num_clusters_r), kr),
             has_cross=bool(cl.has_cross_links),
             info={**info, "matches": int(len(cl.matches))},
+            matches=np.asarray(cl.matches, dtype=np.int64).reshape(-1, 2),
         )
 
     def _quality(self, lab: EpochLabels) -> dict | None:
@@ -692,10 +693,13 @@ class Trainer:
         return counts
 
     # -- training ---------------------------------------------------------------------
-    def _targets(self, lab: EpochLabels, iv: np.ndarray, ir: np.ndarray, paired: bool):
+    def _targets(self, lab: EpochLabels, iv: np.ndarray, ir: np.ndarray, paired: bool, labels=None):
         # built on the host and copied to the device in one transfer; the host copy goes
-        # along (``StepTargets.host``) for the memory updates, which then never wait
-        cols = [lab.vis_in_v[iv], lab.vis_in_r[iv], lab.ir_in_r[ir], lab.ir_in_v[ir], iv, ir]
+        # along (``StepTargets.host``) for the memory updates, which then never wait.
+        # ``labels``: the batch rows' labels where the sampler decides them
+        if labels is None:
+            labels = (lab.vis_in_v[iv], lab.vis_in_r[iv], lab.ir_in_r[ir], lab.ir_in_v[ir])
+        cols = [*labels, iv, ir]
         sizes = [len(c) for c in cols]
         flat = torch.from_numpy(np.concatenate(cols).astype(np.int64))
         host = StepTargets(*flat.split(sizes), paired=paired)
@@ -706,9 +710,18 @@ class Trainer:
 
     def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
         s = stage.sampler
-        if s["type"] == "paired":
+        if s["type"] in ("paired", "matched"):
             if lab.has_cross:
                 try:
+                    if s["type"] == "matched":
+                        if lab.matches is None:
+                            raise ConfigError(
+                                f"stage '{stage.name}': the matched sampler needs the "
+                                f"association's cluster matches; this epoch has none"
+                            )
+                        return MatchedPairSampler(
+                            lab.init_v, lab.init_r, lab.matches, s["ids"], s["images"]
+                        ), True
                     return PairedSampler(
                         lab.vis_in_v, lab.ir_in_v, lab.ir_in_r, lab.vis_in_r, s["ids"], s["images"]
                     ), True
@@ -739,7 +752,7 @@ class Trainer:
         )
         sv, sr = len(iv), len(ir)
         mod = torch.cat([torch.zeros(2 * sv, dtype=torch.long), torch.ones(sr, dtype=torch.long)])
-        targets = self._targets(lab, iv, ir, paired)
+        targets = self._targets(lab, iv, ir, paired, getattr(batch, "labels", None))
         with _autocast(self.device, self.tr["amp"]):
             want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
             # the modality stays on the host: the backbone splits the batch there

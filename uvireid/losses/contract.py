@@ -96,6 +96,8 @@ class EpochLabels:
         num_v, num_r: sizes of the visible and infrared label spaces.
         has_cross: False when the association linked no clusters (cross terms skipped).
         info: what the associator reports (logged with the epoch's metrics).
+        matches: (M, 2) (visible cluster, infrared cluster) pairs of the association, or
+            None (for the ``matched`` sampler: MBCCM's many-to-many matching).
     """
 
     vis_in_v: np.ndarray
@@ -108,6 +110,7 @@ class EpochLabels:
     num_r: int
     has_cross: bool = True
     info: dict = field(default_factory=dict)
+    matches: np.ndarray | None = None
 
 
 @dataclass(kw_only=True)

@@ -152,8 +152,9 @@ class ModalityAgnosticLoss(_TwoMemories):
     where ``x M`` is the memory logits ``normalize(x) M^T / tau`` and ``x·M^T/tau`` the
     MBCCM code's "plain" logits of the raw (unnormalised) feature; SKL is
     :func:`symmetric_kl` over the rows that have both labels it needs. The MBCCM
-    association's many-to-many mask reaches the loss through the paired sampler and the
-    per-instance partner labels.
+    association's many-to-many mask reaches the loss through the ``matched`` sampler
+    (:class:`~uvireid.data.samplers.MatchedPairSampler`): each batch row carries the
+    labels of the cluster pair it was drawn for.
 
     Args:
         temperature: tau (0.05).
