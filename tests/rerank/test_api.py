@@ -49,3 +49,33 @@ def test_device_strings_are_checked_where_a_part_takes_one():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="torch sees no GPU"):
             OnDevice(CMFP(), "cuda")
+
+
+def test_library_misuse_gives_uvireid_errors():
+    """From the library audit: NaN distances into re_ranking, a loss used before its
+    reset, fractional pseudo-labels into label_quality."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from uvireid.errors import ConfigError, FeatureFileError
+    from uvireid.evaluation.quality import label_quality
+    from uvireid.losses.contract import StepOutputs, StepTargets
+    from uvireid.registry import LOSSES
+    from uvireid.rerank.kreciprocal import re_ranking
+
+    d = np.random.default_rng(0).random((5, 5))
+    qg = d[:2, 2:].copy()
+    qg[1, 1] = np.nan
+    with pytest.raises(FeatureFileError, match="q_g_dist holds NaN or inf"):
+        re_ranking(qg, d[:2, :2], d[2:, 2:])
+    out = StepOutputs(*(torch.randn(4, 8) for _ in range(3)))
+    y = torch.tensor([0, 1, 0, 1])
+    t = StepTargets(y, y, y, y, torch.arange(4), torch.arange(4), paired=True)
+    for name in ("cluster_contrast", "modality_agnostic", "instance_neighbour"):
+        with pytest.raises(ConfigError, match="never filled; call"):
+            LOSSES.build({"type": name})(out, t)
+    with pytest.raises(ConfigError, match="part_contrast needs the part features"):
+        LOSSES.build({"type": "part_contrast"})(out, t)
+    with pytest.raises(FeatureFileError, match="whole numbers"):
+        label_quality(np.array([0.5, 0, 0, 1]), np.array([0, 0, 1, 1]))

@@ -68,7 +68,9 @@ def label_quality(pred: Any, gt: Any, *, ignore_outliers: bool = False) -> dict[
         )
     if len(p) == 0:
         raise ProtocolError("label_quality got no labels; pass at least one instance")
-    p = p.astype(np.int64)
+    from uvireid.associations.checks import as_labels
+
+    p = as_labels(p, len(p), "label_quality: pred")  # whole numbers >= -1 (0.5 is no label)
     outlier = p < 0
     n_out = int(outlier.sum())
     info: dict[str, Any] = {

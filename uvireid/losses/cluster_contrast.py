@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uvireid.errors import ConfigError
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import ClusterMemory, check_loss_settings
 from uvireid.registry import LOSSES
@@ -70,6 +71,17 @@ def cluster_nce(
         0-dim tensor, with parts the mean over the parts (one batched product for all of
         them); 0 (with a gradient path) when no row has a label.
     """
+    if memory.shape[-1] != x.shape[-1]:  # shapes only: nothing waits for the device
+        raise ConfigError(
+            f"cluster_nce: the memory holds {memory.shape[-1]}-d prototypes for "
+            f"{x.shape[-1]}-d features"
+            + (
+                ": it was never filled; call the loss's reset(EpochContext) at each epoch's "
+                "start, before forward"
+                if memory.shape[-1] == 0
+                else ""
+            )
+        )
     if memory.shape[-2] == 0:
         return x.sum() * 0.0
     # every row through the product, the unlabelled ones ignored by the loss: no

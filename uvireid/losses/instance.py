@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uvireid.errors import ConfigError
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import check_loss_settings, momentum_update_many
 from uvireid.registry import LOSSES
@@ -204,6 +205,16 @@ class InstanceNeighbourLoss(nn.Module):
         return positive_nll(lg, cand.reshape(n9 * cand.shape[1], -1), member)
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        if self.inst_v.shape[-1] != outputs.feat_v.shape[-1]:
+            raise ConfigError(
+                f"instance_neighbour: the instance memory holds {self.inst_v.shape[-1]}-d rows "
+                f"for {outputs.feat_v.shape[-1]}-d features"
+                + (
+                    ": it was never filled; call reset(EpochContext) at each epoch's start"
+                    if self.inst_v.shape[-1] == 0
+                    else ""
+                )
+            )
         if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):
             return outputs.feat_v.sum() * 0.0
         total = outputs.feat_v.sum() * 0.0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uvireid.errors import ConfigError
 from uvireid.losses.cluster_contrast import cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import centroids, check_loss_settings, momentum_update_many
@@ -116,6 +117,11 @@ class PartContrastLoss(nn.Module):
         }
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
+        if not outputs.parts:
+            raise ConfigError(
+                "part_contrast needs the part features (StepOutputs.parts, from the PartQuery "
+                "module); the trainer passes them on paired batches"
+            )
         rows = self._rows(outputs, targets, lambda x: F.normalize(x, dim=-1))
         total = outputs.feat_v.sum() * 0.0
         for name, (z, y) in rows.items():

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from uvireid.clustering.knn import copy_transposed, topk_stable
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, FeatureFileError
 from uvireid.registry import RERANKERS
 from uvireid.rerank.distances import self_distances, squared_norms
 from uvireid.rerank.inputs import (
@@ -407,6 +407,12 @@ def re_ranking(
             f"re_ranking: q_g_dist is {tuple(qg.shape)} so q_q_dist must be ({nq}, {nq}) and "
             f"g_g_dist ({ng}, {ng}); got {tuple(qq.shape)} and {tuple(gg.shape)}"
         )
+    for name, t in (("q_g_dist", qg), ("q_q_dist", qq), ("g_g_dist", gg)):
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise FeatureFileError(
+                f"re_ranking: {name} holds NaN or inf distances; compute the distances from "
+                f"finite features"
+            )
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
     dev = qg.device
     ensure_fits(
