@@ -19,6 +19,7 @@ SPEC_9_5 = {
     "tau": (0.05, 0.05),
     "mu": (0.1, 0.1),
     "lambda_ot": (5, 5),
+    "sinkhorn max_iter / tol": ((500, 0.1), (500, 0.1)),  # Sec. 5.1 step 5
     "k_tr": (30, 8),
     "k_te": (30, 8),
     "P": (3, 3),
@@ -49,6 +50,7 @@ def _observed(cfg: dict) -> dict:
             losses["part_contrast"]["momentum"],
         }.pop(),
         "lambda_ot": salcr.associator["lambda_ot"],
+        "sinkhorn max_iter / tol": (salcr.associator["max_iter"], salcr.associator["tol"]),
         "k_tr": salcr.associator["k_tr"],
         "k_te": cfg["reranker"]["k"],
         "P": {
