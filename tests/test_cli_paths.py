@@ -82,3 +82,18 @@ def test_report_and_synth_refuse_the_wrong_kind_of_path(tmp_path, capsys):
     afile.write_text("x")
     assert main(["data", "synth", "--out", str(afile)]) == 2
     assert f"--out {afile} is a file, not a folder" in _err(capsys)
+
+
+def test_features_files_may_follow_options(feats_file, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "split2.npz"
+    shutil.copy(feats_file, other)
+    from uvireid.features import load_features, save_features
+
+    f = load_features(other)
+    save_features(
+        other, f.feats, f.pids, f.cams, f.modality, **{**f.meta, "split": 2, "train_split": 2}
+    )
+    assert main(["eval", str(feats_file), "--protocol", "regdb-v2i", str(other)]) == 0
+    assert "2 splits" in capsys.readouterr().out

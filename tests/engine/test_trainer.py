@@ -57,6 +57,11 @@ def test_two_stage_run_fills_the_run_folder(recipe_file):
     manifest = json.loads((folder.path / "manifest.json").read_text())
     assert [s["stage"] for s in manifest["batch"]["stages"]] == ["dcl", "salcr"]
     assert manifest["batch"]["stages"][0]["per_gpu"] == 12
+    # 2 ids x 2 images: the visible stream's layers see both visible views, the infrared one
+    assert manifest["batch"]["stages"][0]["per_batchnorm_specific"] == {
+        "visible": 8,
+        "infrared": 4,
+    }
     ckpt = load_checkpoint(folder.checkpoints / "latest.pt")
     assert ckpt["epoch"] == 2 and ckpt["stage"] == "salcr"
     assert set(ckpt["losses"]) == {"dcl", "salcr"}

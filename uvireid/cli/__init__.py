@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         stray = [a for a in extra if a.startswith("-") or "=" not in a]
         args.overrides += [a for a in extra if a not in stray]
         extra = stray
+    # more features files after an option (`uvireid eval a.npz --protocol regdb-v2i b.npz`)
+    if extra and isinstance(getattr(args, "features", None), list):
+        more = [a for a in extra if not a.startswith("-")]
+        args.features += more
+        extra = [a for a in extra if a not in more]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(

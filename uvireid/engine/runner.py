@@ -266,7 +266,10 @@ def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
             {
                 "stage": st.name,
                 "per_gpu": per_gpu,
+                # shared layers' BatchNorm sees the whole step; a two-stream backbone's
+                # modality-specific layers see their modality's images only
                 "per_batchnorm": per_gpu,
+                "per_batchnorm_specific": {"visible": 2 * s, "infrared": s},
                 "global": per_gpu * world_size,
                 "iters_per_epoch": st.iters,
                 "epochs": st.epochs,
