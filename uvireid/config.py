@@ -415,14 +415,22 @@ def merge(
     return copy.deepcopy(child)
 
 
+def is_builtin_name(text: str | os.PathLike) -> bool:
+    """Whether ``text`` names a built-in recipe (a bare name, not a path): it then means
+    that recipe even where the current folder holds a file or folder of the same name
+    (``uvireid run demo output_dir=demo`` leaves a ``demo/`` folder behind)."""
+    name = str(text)
+    return "/" not in name and os.sep not in name and name in RECIPES
+
+
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A recipe file: an existing path, or the name of a registered recipe (``salcr``)."""
+    """A recipe file: the name of a registered recipe (``salcr``), or an existing file."""
     p = Path(name_or_path)
-    if p.exists():
-        return p
     name = str(name_or_path)
-    if name in RECIPES:
+    if is_builtin_name(name):
         return Path(RECIPES.get(name)())
+    if p.is_file():
+        return p
     if p.suffix in (".yaml", ".yml") or os.sep in name:
         raise ConfigError(
             f"recipe file {p} does not exist; give a path to a YAML file or the name of a "
@@ -907,7 +915,9 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     """Load, override, validate and resolve a recipe (a path or a built-in name, or a run
     folder, whose ``config.yaml`` is then the recipe)."""
     folder = Path(recipe)
-    if folder.is_dir() and (folder / "config.yaml").is_file():
+    if is_builtin_name(recipe):
+        path, folder = recipe_path(recipe), Path()  # the built-in recipe, not ./<name>/
+    elif folder.is_dir() and (folder / "config.yaml").is_file():
         path = folder / "config.yaml"
     elif folder.is_dir():
         raise ConfigError(
@@ -917,7 +927,7 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     else:
         path = recipe_path(recipe)
     cfg, prov = load_raw(path)
-    if folder.is_dir() and cfg.get("stages"):
+    if path.name == "config.yaml" and path.parent == folder and cfg.get("stages"):
         # a resolved config.yaml states train.epochs as the stages' sum; an override of a
         # stage's epochs must be able to change that sum
         cfg.get("train", {}).pop("epochs", None)

@@ -153,3 +153,19 @@ def test_an_error_before_any_epoch_gives_no_resume_hint(monkeypatch, capsys):
     monkeypatch.setattr(runner, "run_recipe", failing)
     assert main(["run", "demo", "--no-report"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_builtin_recipe_name_is_not_shadowed_by_a_folder_of_that_name(
+    tmp_path, monkeypatch, capsys
+):
+    """`uvireid run demo output_dir=demo` leaves ./demo/ behind; `uvireid run demo` must
+    still mean the built-in recipe, not that folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "notes.txt").write_text("not a recipe")
+    assert load_recipe("demo")["name"] == "demo"
+    assert main(["run", "demo", "--dry-run"]) == 0
+    assert "# resolved recipe 'demo'" in capsys.readouterr().out
+    (tmp_path / "mine").mkdir()  # a folder that names no built-in recipe is no recipe
+    with pytest.raises(ConfigError, match="is a folder without config.yaml"):
+        load_recipe("mine")

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     checkpoint = args.checkpoint
     train_split = None
-    if source.is_dir():
+    from uvireid.config import is_builtin_name
+
+    if source.is_dir() and not is_builtin_name(args.source):
         config = source / "config.yaml"
         if not config.is_file():
             raise ConfigError(

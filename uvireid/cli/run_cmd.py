@@ -54,11 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import uvireid  # noqa: F401  (registers parts)
-    from uvireid.config import dump, load_recipe
+    from uvireid.config import dump, is_builtin_name, load_recipe
     from uvireid.engine.run_folder import RunFolder
     from uvireid.errors import ConfigError
 
-    is_run = RunFolder.is_run(args.recipe)
+    is_run = RunFolder.is_run(args.recipe) and not is_builtin_name(args.recipe)
     if is_run and not (args.resume or args.dry_run):
         raise ConfigError(
             f"{args.recipe} is a run folder: add --resume to continue it, or run "
