@@ -146,7 +146,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     """``uvireid data synth``: write the synthetic dataset and print its counts."""
-    from uvireid.cli._paths import output_folder
+    from uvireid.cli._checks import output_folder
     from uvireid.data import synthetic
     from uvireid.data.check import stats_table
 

@@ -7,8 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from uvireid.cli._paths import output_file
-from uvireid.errors import ProtocolError
+from uvireid.cli._checks import protocol_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from uvireid.evaluation.protocols import get_protocol, run_protocol
+    from uvireid.evaluation.protocols import run_protocol
     from uvireid.features import load_features
 
-    spec = get_protocol(args.protocol)
-    if len(args.features) > 1 and spec.dataset != "regdb":
-        raise ProtocolError(
-            f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
-            f"several files (one per split); pass one {spec.dataset_name} test-set file"
-        )
-    seen = [Path(f).resolve() for f in args.features]
-    if len(set(seen)) < len(seen):
-        raise ProtocolError(
-            "the same features file is given twice; each RegDB split's file counts once"
-        )
-    if args.json:
-        output_file(args.json, "--json")
+    spec = protocol_inputs(args)
     features = [load_features(f) for f in args.features]
     result = run_protocol(
         features if len(features) > 1 else features[0],

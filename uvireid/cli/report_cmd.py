@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uvireid.cli._paths import output_folder, positive_int
+from uvireid.cli._checks import output_folder, positive_int
 
 EPILOG = """\
 writes into RUN_DIR (or --out): report.html (images embedded, self-contained) and

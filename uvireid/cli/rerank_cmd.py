@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uvireid.cli._paths import output_file
-from uvireid.errors import ConfigError, ProtocolError
+from uvireid.cli._checks import protocol_inputs
+from uvireid.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -142,23 +142,11 @@ def _side_by_side(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uvireid.evaluation.protocols import get_protocol, run_protocol
+    from uvireid.evaluation.protocols import run_protocol
     from uvireid.features import load_features
     from uvireid.registry import RERANKERS
 
-    spec = get_protocol(args.protocol)
-    if len(args.features) > 1 and spec.dataset != "regdb":
-        raise ProtocolError(
-            f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
-            f"several files (one per split); pass one {spec.dataset_name} test-set file"
-        )
-    seen = [Path(f).resolve() for f in args.features]
-    if len(set(seen)) < len(seen):
-        raise ProtocolError(
-            "the same features file is given twice; each RegDB split's file counts once"
-        )
-    if args.json:
-        output_file(args.json, "--json")
+    spec = protocol_inputs(args)
     from uvireid.config import check_device, resolve_device
     from uvireid.rerank import OnDevice
 

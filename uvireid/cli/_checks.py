@@ -1,9 +1,10 @@
-"""Output paths of the commands, checked before the work that fills them."""
+"""What the commands check before their work: output paths, features-file arguments."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from uvireid.errors import ConfigError
 
@@ -58,3 +59,30 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def protocol_inputs(args: Any) -> Any:
+    """The protocol of ``uvireid eval`` / ``uvireid rerank`` (``args.protocol``), with their
+    features files and ``--json`` checked before any file is read.
+
+    Raises:
+        ProtocolError: several files for a protocol other than RegDB's, or one file twice.
+        ConfigError: a ``--json`` path that cannot be written.
+    """
+    from uvireid.errors import ProtocolError
+    from uvireid.evaluation.protocols import get_protocol
+
+    spec = get_protocol(args.protocol)
+    if len(args.features) > 1 and spec.dataset != "regdb":
+        raise ProtocolError(
+            f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
+            f"several files (one per split); pass one {spec.dataset_name} test-set file"
+        )
+    seen = [Path(f).resolve() for f in args.features]
+    if len(set(seen)) < len(seen):
+        raise ProtocolError(
+            "the same features file is given twice; each RegDB split's file counts once"
+        )
+    if args.json:
+        output_file(args.json, "--json")
+    return spec
