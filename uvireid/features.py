@@ -210,6 +210,27 @@ def _validated(
     return feats, pids, cams, modality, paths
 
 
+def _checked_arrays(
+    feats: Any,
+    pids: Any,
+    cams: Any,
+    modality: Any,
+    paths: Sequence[str] | None,
+    meta: dict,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`_validated` of arrays or tensors given one by one (save and in-memory)."""
+    arrays: dict[str, Any] = {
+        "feats": _to_numpy(feats),
+        "pids": _to_numpy(pids),
+        "cams": _to_numpy(cams),
+        "modality": _to_numpy(modality),
+    }
+    if paths is not None:
+        arrays["paths"] = np.asarray([str(p) for p in paths])
+    return _validated(arrays, meta, where)
+
+
 def save_features(
     path: str | os.PathLike,
     feats: Any,
@@ -235,14 +256,6 @@ def save_features(
     """
     target = Path(path)
     where = f"features file {target} (refusing to write it)"
-    arrays: dict[str, Any] = {
-        "feats": _to_numpy(feats),
-        "pids": _to_numpy(pids),
-        "cams": _to_numpy(cams),
-        "modality": _to_numpy(modality),
-    }
-    if paths is not None:
-        arrays["paths"] = np.asarray([str(p) for p in paths])
     from uvireid import __version__
 
     meta = {"produced_by": f"uvireid {__version__}", **meta}
@@ -253,7 +266,9 @@ def save_features(
             f"{where}: meta is not JSON-serialisable ({exc}); fix: pass plain str/int/float/"
             f"list/dict values as meta keywords"
         ) from None
-    feats_a, pids_a, cams_a, mod_a, paths_a = _validated(arrays, meta, where)
+    feats_a, pids_a, cams_a, mod_a, paths_a = _checked_arrays(
+        feats, pids, cams, modality, paths, meta, where
+    )
     out = {"feats": feats_a, "pids": pids_a, "cams": cams_a, "modality": mod_a}
     if paths_a is not None:
         out["paths"] = paths_a
@@ -273,15 +288,9 @@ def features_from_arrays(
 ) -> Features:
     """A :class:`Features` in memory, checked as :func:`save_features` checks a file (the
     same arrays and errors; numpy arrays or torch tensors)."""
-    arrays: dict[str, Any] = {
-        "feats": _to_numpy(feats),
-        "pids": _to_numpy(pids),
-        "cams": _to_numpy(cams),
-        "modality": _to_numpy(modality),
-    }
-    if paths is not None:
-        arrays["paths"] = np.asarray([str(p) for p in paths])
-    f, p, c, m, pa = _validated(arrays, meta, "features (in memory)")
+    f, p, c, m, pa = _checked_arrays(
+        feats, pids, cams, modality, paths, meta, "features (in memory)"
+    )
     return Features(feats=f, pids=p, cams=c, modality=m, paths=pa, meta=dict(meta))
 
 
