@@ -210,6 +210,19 @@ def _validated(
     return feats, pids, cams, modality, paths
 
 
+def identical_rows(feats: Any, rel: float = 1e-5) -> tuple[float, float] | None:
+    """``(largest difference from the first row, largest magnitude)`` when every row of the
+    (N, d) ``feats`` equals the first within ``rel`` of the largest magnitude (a collapsed
+    model: retrieval metrics then measure only how ties are broken); None otherwise, and
+    for fewer than two rows, non 2-D or non-finite input (other checks' business)."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2 or not np.isfinite(f).all():
+        return None
+    spread = float(np.abs(f - f[0]).max())
+    scale = float(np.abs(f).max())
+    return (spread, scale) if spread <= rel * scale or scale == 0.0 else None
+
+
 def _checked_arrays(
     feats: Any,
     pids: Any,

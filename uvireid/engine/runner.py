@@ -69,14 +69,13 @@ def check_features_vary(feats: Any, rel: float = 1e-5) -> None:
     Raises:
         TrainingError: naming the spread and what to check.
     """
-    f = np.asarray(feats, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2 or not np.isfinite(f).all():
-        return  # shapes and non-finite values are the protocol's checks
-    spread = float(np.abs(f - f[0]).max())
-    scale = float(np.abs(f).max())
-    if spread <= rel * scale or scale == 0.0:
+    from uvireid.features import identical_rows
+
+    same = identical_rows(feats, rel)
+    if same is not None:
+        spread, scale = same
         raise TrainingError(
-            f"the {f.shape[0]} test features are all the same (largest difference "
+            f"the {len(feats)} test features are all the same (largest difference "
             f"{spread:.2g} at magnitude {scale:.2g}): the model has collapsed, and its "
             f"metrics would only measure the order of ties. Check the training log (cluster "
             f"counts, loss) and lower train.lr"

@@ -60,7 +60,7 @@ import numpy as np
 from uvireid._suggest import did_you_mean, ordered_by_closeness
 from uvireid.errors import ProtocolError
 from uvireid.evaluation.metrics import evaluate, to_numpy
-from uvireid.features import Features, load_features
+from uvireid.features import Features, identical_rows, load_features
 from uvireid.types import INFRARED, VISIBLE
 
 __all__ = [
@@ -723,12 +723,7 @@ def run_protocol(
         )
     for f in files:
         _check_meta(f, spec)
-        x = np.asarray(f.feats, dtype=np.float64)
-        if (
-            len(x) > 1
-            and np.isfinite(x).all()
-            and np.abs(x - x[0]).max() <= 1e-5 * max(float(np.abs(x).max()), 1e-30)
-        ):
+        if identical_rows(f.feats) is not None:
             logger.warning(
                 "%s: every feature is the same; the metrics below measure only the order "
                 "in which ties are broken (a collapsed model, or the wrong array saved?)",
