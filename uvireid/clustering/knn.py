@@ -369,6 +369,39 @@ def _warn_faiss_failed(exc: BaseException) -> None:
     _warn_faiss_failed_once(f"{type(exc).__name__}: {exc}"[:300])
 
 
+def _search(
+    q: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    metric: str,
+    backend: str,
+    block_rows: int | None,
+    self_search: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search of :func:`knn` on one backend (not ``auto``), on checked tensors."""
+    if backend == "ivf":
+        return _knn_ivf(q, b, k, metric)
+    if backend == "faiss-ivf":
+        if not faiss_available():
+            raise ConfigError(
+                "knn: backend='faiss-ivf' needs faiss; pip install faiss-cpu (or faiss-gpu), "
+                "or use uvireid's approximate backend='ivf' or the exact backend='torch'"
+            )
+        vals, idx = _knn_faiss_ivf(q, b, k, metric)
+        return vals.to(device=q.device, dtype=q.dtype), idx.to(q.device)
+    if backend == "faiss":
+        if not faiss_available():
+            raise ConfigError(
+                "knn: backend='faiss' but faiss is not installed; "
+                "pip install faiss-cpu (or faiss-gpu), or use backend='torch'"
+            )
+        vals, idx = _knn_faiss(q, b, k, metric, block_rows)
+        return vals.to(q.device), idx.to(q.device)
+    if self_search:
+        return _knn_torch_self(q, k, metric, block_rows)
+    return _knn_torch(q, b, k, metric, block_rows)
+
+
 def knn(
     query: Any,
     base: Any | None = None,
@@ -434,42 +467,16 @@ def knn(
         q = torch.nn.functional.normalize(q, dim=1)
         b = q if self_search else torch.nn.functional.normalize(b, dim=1)
         metric = "ip"
-    chosen = backend == "auto"
-    if chosen:
+    auto = backend == "auto"
+    if auto:
         backend = _auto_backend(q)
-    if chosen and backend == "faiss":
-        try:
-            vals, idx = _knn_faiss(q, b, k, metric, block_rows)
-            vals, idx = vals.to(q.device), idx.to(q.device)
-        except Exception as exc:  # faiss builds that import but fail on this GPU/CUDA
-            _warn_faiss_failed(exc)
-            backend = "torch"
-        else:
-            backend = "done"
-    if backend == "done":
-        pass
-    elif backend == "ivf":
-        vals, idx = _knn_ivf(q, b, k, metric)
-    elif backend == "faiss-ivf":
-        if not faiss_available():
-            raise ConfigError(
-                "knn: backend='faiss-ivf' needs faiss; pip install faiss-cpu (or faiss-gpu), "
-                "or use uvireid's approximate backend='ivf' or the exact backend='torch'"
-            )
-        vals, idx = _knn_faiss_ivf(q, b, k, metric)
-        vals, idx = vals.to(device=q.device, dtype=q.dtype), idx.to(q.device)
-    elif backend == "faiss":
-        if not faiss_available():
-            raise ConfigError(
-                "knn: backend='faiss' but faiss is not installed; "
-                "pip install faiss-cpu (or faiss-gpu), or use backend='torch'"
-            )
-        vals, idx = _knn_faiss(q, b, k, metric, block_rows)
-        vals, idx = vals.to(q.device), idx.to(q.device)
-    elif self_search:
-        vals, idx = _knn_torch_self(q, k, metric, block_rows)
-    else:
-        vals, idx = _knn_torch(q, b, k, metric, block_rows)
+    try:
+        vals, idx = _search(q, b, k, metric, backend, block_rows, self_search)
+    except Exception as exc:  # faiss builds that import but fail on this GPU/CUDA
+        if not (auto and backend == "faiss"):
+            raise
+        _warn_faiss_failed(exc)
+        vals, idx = _search(q, b, k, metric, "torch", block_rows, self_search)
     if was_numpy:
         return vals.cpu().numpy(), idx.cpu().numpy()
     return vals, idx
