@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from train_fixtures import run_killed_at
 
 from uvireid.config import load_recipe
 from uvireid.engine.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
@@ -34,19 +35,8 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
 ):
     whole = run_recipe(load_recipe(recipe_file, [f"output_dir={tmp_path / 'a'}"]), progress=False)
     cfg = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"])
-    real = Trainer.train_epoch
-
-    def killed_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(cfg, progress=False)
-    part = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    part = run_killed_at(cfg)
     assert _final(part)["epoch"] == 1 and not (part.path / "results.json").exists()
-    monkeypatch.setattr(Trainer, "train_epoch", real)
     resumed = run_recipe(cfg, resume=True, progress=False)
     assert resumed.path == part.path
     a, b = _final(whole), _final(resumed)

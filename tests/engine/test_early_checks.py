@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from train_fixtures import run_killed_at
 
 from uvireid.config import load_recipe
 from uvireid.engine.run_folder import RunFolder
@@ -33,18 +34,7 @@ def test_an_unreadable_test_image_stops_the_run_before_the_first_epoch(recipe_fi
 
 def test_resume_without_the_checkpoint_of_trained_epochs_is_refused(recipe_file, monkeypatch):
     cfg = load_recipe(recipe_file)
-    real = Trainer.train_epoch
-
-    def killed_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(cfg, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", real)
-    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    folder = run_killed_at(cfg)
     (folder.checkpoints / "latest.pt").unlink()
     with pytest.raises(RunFolderError, match=r"1 epoch\(s\) were trained .* is missing"):
         run_recipe(cfg, resume=True, progress=False)

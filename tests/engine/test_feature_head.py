@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
-from train_fixtures import tiny_recipe
+from train_fixtures import run_killed_at, tiny_recipe
 
 from uvireid.config import load_recipe
-from uvireid.engine.run_folder import RunFolder
 from uvireid.engine.runner import run_recipe
 from uvireid.features import load_features
 from uvireid.models.backbone import _ReidHead
@@ -47,21 +45,9 @@ def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypa
 def test_run_outputs_say_which_epoch_and_stage_they_come_from(recipe_file, monkeypatch):
     """A run killed in its second stage leaves the first stage's features.npz: the file
     (and every result computed from it) says so, instead of passing for the final one."""
-    from uvireid.engine.trainer import Trainer
 
     cfg = load_recipe(recipe_file, ["evaluation.every=1"])
-    real = Trainer.train_epoch
-
-    def killed_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(cfg, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", real)
-    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    folder = run_killed_at(cfg)
     meta = load_features(folder.path / "features.npz").meta
     assert (meta["epoch"], meta["stage"], meta["final"], meta["total_epochs"]) == (
         0,

@@ -8,12 +8,12 @@ import os
 
 import pytest
 import yaml
+from train_fixtures import killed_at_epoch, run_killed_at
 
 from uvireid.cli import main
 from uvireid.config import load_recipe
 from uvireid.engine.run_folder import RunFolder, check_resume, recipe_changes
 from uvireid.engine.runner import run_recipe
-from uvireid.engine.trainer import Trainer
 from uvireid.errors import ConfigError
 
 
@@ -68,18 +68,7 @@ def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(
     recipe_file, tmp_path, monkeypatch, capsys
 ):
     cfg = load_recipe(recipe_file)
-    real = Trainer.train_epoch
-
-    def killed_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("killed")
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_at_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        run_recipe(cfg, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", real)
-    part = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    part = run_killed_at(cfg)
     first = json.loads((part.path / "manifest.json").read_text())
 
     longer = load_recipe(recipe_file, ["stages.1.epochs=2", "clusterer.eps=0.5"])
@@ -121,21 +110,13 @@ def test_a_run_stopped_after_an_epoch_says_how_to_resume_it(recipe_file, monkeyp
     stage), names the run folder to resume; it keeps its checkpoint."""
     from uvireid.losses.cluster_contrast import DualClusterContrastLoss
 
-    real = Trainer.train_epoch
-
-    def interrupted_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted_at_epoch_1)
-    assert main(["run", str(recipe_file), "--no-report"]) == 130
+    with killed_at_epoch(1):
+        assert main(["run", str(recipe_file), "--no-report"]) == 130
     err = capsys.readouterr().err
     cfg = load_recipe(recipe_file)
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
     assert "interrupted; the run keeps its last finished epoch's checkpoint" in err
     assert f"`uvireid run {folder.path} --resume`" in err
-    monkeypatch.setattr(Trainer, "train_epoch", real)
     monkeypatch.setattr(
         DualClusterContrastLoss, "forward", lambda self, o, t: o.feat_v.sum() * float("nan")
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
+
 from uvireid.data.fixtures import make_sysu_tree
 
 
@@ -49,3 +53,31 @@ def tiny_recipe(tmp_path, **top) -> dict:
     }
     rec.update(top)
     return rec
+
+
+@contextlib.contextmanager
+def killed_at_epoch(epoch: int = 1):
+    """Inside the block, a run stops with KeyboardInterrupt (a kill) when it reaches
+    ``epoch``: the epochs before it are trained and checkpointed."""
+    from uvireid.engine.trainer import Trainer
+
+    real = Trainer.train_epoch
+
+    def killed(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt("killed")
+        return real(self, e)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "train_epoch", killed)
+        yield
+
+
+def run_killed_at(cfg: dict, epoch: int = 1):
+    """Run ``cfg`` until it is killed at ``epoch``; returns its run folder."""
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.engine.runner import run_recipe
+
+    with killed_at_epoch(epoch), pytest.raises(KeyboardInterrupt):
+        run_recipe(cfg, progress=False)
+    return RunFolder.latest(cfg["output_dir"], cfg["name"])
