@@ -30,9 +30,7 @@ def _assert_same_weights_and_memories(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(
-    recipe_file, tmp_path, monkeypatch
-):
+def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(recipe_file, tmp_path):
     whole = run_recipe(load_recipe(recipe_file, [f"output_dir={tmp_path / 'a'}"]), progress=False)
     cfg = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"])
     part = run_killed_at(cfg)

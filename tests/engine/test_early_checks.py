@@ -32,7 +32,7 @@ def test_an_unreadable_test_image_stops_the_run_before_the_first_epoch(recipe_fi
     assert not (folder.checkpoints / "latest.pt").exists()
 
 
-def test_resume_without_the_checkpoint_of_trained_epochs_is_refused(recipe_file, monkeypatch):
+def test_resume_without_the_checkpoint_of_trained_epochs_is_refused(recipe_file):
     cfg = load_recipe(recipe_file)
     folder = run_killed_at(cfg)
     (folder.checkpoints / "latest.pt").unlink()

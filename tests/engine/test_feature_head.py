@@ -42,7 +42,7 @@ def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypa
             assert table["provenance"]["feature_head"] == head
 
 
-def test_run_outputs_say_which_epoch_and_stage_they_come_from(recipe_file, monkeypatch):
+def test_run_outputs_say_which_epoch_and_stage_they_come_from(recipe_file):
     """A run killed in its second stage leaves the first stage's features.npz: the file
     (and every result computed from it) says so, instead of passing for the final one."""
 

@@ -64,9 +64,7 @@ def test_recipe_changes_lists_every_changed_leaf_but_the_free_ones():
     assert recipe_changes(old, old) == {}
 
 
-def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(
-    recipe_file, tmp_path, monkeypatch, capsys
-):
+def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(recipe_file, capsys):
     cfg = load_recipe(recipe_file)
     part = run_killed_at(cfg)
     first = json.loads((part.path / "manifest.json").read_text())
