@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# resolved recipe '{cfg['name']}'")
     print(dump(cfg), end="")
-    from uvireid.engine.runner import check_parts
+    if args.dry_run:  # a run checks its parts itself (run_recipe)
+        from uvireid.engine.runner import check_parts
 
-    check_parts(cfg)
-    if args.dry_run:
+        check_parts(cfg)
         return 0
     from uvireid.engine.runner import run_recipe
 

@@ -224,8 +224,7 @@ def run_recipe(
             f"evaluation.protocol is none or dataset '{cfg['data']['type']}' has no test "
             f"protocol: nothing to do. Add stages to train, or choose a protocol"
         )
-    if cfg.get("reranker"):
-        RERANKERS.build(cfg["reranker"])  # and a re-ranker that cannot be built
+    check_parts(cfg)  # and a re-ranker that cannot be built
     folder = resume_target(cfg, resume)
     changes = check_resume(folder, cfg, allow_changes) if folder is not None else {}
     if folder is not None and (folder.path / "results.json").exists():
@@ -301,8 +300,6 @@ def train_recipe(
     seed_everything(cfg["seed"])
     dataset = DATASETS.build(cfg["data"])
     protocol_for(dataset, cfg)
-    if cfg.get("reranker"):
-        RERANKERS.build(cfg["reranker"])
     folder, changes = None, {}
     if D.is_main():
         folder = resume_target(cfg, resume)
