@@ -95,9 +95,10 @@ class TrainSettings:
             shape, and needs Triton (CUDA) or a C++ compiler (CPU). Off by default.
         threads: torch CPU threads (0: torch's default). On a small shared CPU, 1 is often
             fastest.
-        pad, erasing_p, jitter, gray_p: augmentation (zero padding before the random
+        pad, erasing_p, jitter, hue, gray_p: augmentation (zero padding before the random
             crop; channel random erasing probability; colour-jitter strength of the CA and
-            infrared views; ChannelAdapGray's luminance probability). See
+            infrared views, and its hue shift in turns, at most 0.5; ChannelAdapGray's
+            luminance probability). See
             :mod:`uvireid.data.transforms`.
         image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
             (else ``~/.cache/uvireid/images``); null = decode in memory every run.
@@ -131,6 +132,7 @@ class TrainSettings:
     pad: int = 10
     erasing_p: float = 0.5
     jitter: float = 0.5
+    hue: float = 0.5
     gray_p: float = 0.5
     image_cache: str | None = "auto"
     extract_batch: int = 256
@@ -671,6 +673,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.erasing_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.gray_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.jitter": (_at_least(0), ">= 0"),
+    "TrainSettings.hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (turns of the colour wheel)"),
     "TrainSettings.extract_batch": (_at_least(1), ">= 1"),
     "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "EvalSettings.protocol": (

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from uvireid.data.transforms import (
     ERASE_FILL,
     Augmenter,
     _rectangles,
+    apply_jitter,
     channel_adaptive_gray,
     channel_exchange,
+    color_jitter,
+    hsv_to_rgb,
+    jitter_params,
     load_images,
     ltg,
     normalize,
     pad_crop_flip,
     random_erasing,
+    rgb_to_hsv,
 )
 from uvireid.types import ImageRecord
 
@@ -173,3 +179,47 @@ def test_random_erasing_and_ltg_equal_their_per_image_loops():
     torch.testing.assert_close(out_l, ref, rtol=1e-6, atol=1e-7)
     changed = [i for i in range(40) if not torch.equal(out_l[i], x[i])]
     assert changed and 3 not in changed
+
+
+def test_color_jitter_equals_torchvision_per_image_in_its_drawn_order():
+    """Brightness, contrast, saturation and hue, each image in its own random order, as
+    torchvision's tensor functionals applied one image at a time (the reference's
+    ``ColorJitter(0.5, 0.5, 0.5, 0.5)``)."""
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 3, 12, 6, generator=gen)
+    x[0, :, :5] = 0.4  # gray pixels: hue and saturation 0
+    x[1, :, 2:6] = 0.0  # black
+    x[2, 0], x[2, 1] = x[2, 2], x[2, 2]  # a gray image
+    factors, order = jitter_params(24, 0.5, 0.5, gen)
+    assert sorted(order[5].tolist()) == [0, 1, 2, 3]
+    assert len({tuple(o) for o in order.tolist()}) > 5  # orders differ between images
+    assert factors[:, :3].min() >= 0.5 and factors[:, :3].max() <= 1.5
+    assert factors[:, 3].abs().max() <= 0.5
+    ops = [tf.adjust_brightness, tf.adjust_contrast, tf.adjust_saturation, tf.adjust_hue]
+    want = []
+    for i in range(24):
+        y = x[i]
+        for op in order[i].tolist():
+            y = ops[op](y, float(factors[i, op]))
+        want.append(y)
+    got = apply_jitter(x, factors, order)
+    torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=0)
+    # color_jitter draws exactly these from the generator
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    f2, o2 = jitter_params(24, 0.5, 0.5, g2)
+    torch.testing.assert_close(color_jitter(x, 0.5, g1, hue=0.5), apply_jitter(x, f2, o2))
+
+
+def test_hsv_round_trip_and_pure_colours():
+    x = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.5, 0.5, 0.5]])
+    hsv = rgb_to_hsv(x.T.reshape(1, 3, 5, 1)).reshape(3, 5).T
+    torch.testing.assert_close(hsv[:, 0], torch.tensor([0.0, 1 / 3, 2 / 3, 1 / 6, 0.0]))
+    torch.testing.assert_close(hsv[:, 1], torch.tensor([1.0, 1, 1, 1, 0]))
+    gen = torch.Generator().manual_seed(0)
+    y = torch.rand(4, 3, 9, 9, generator=gen)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(y)), y, atol=2e-6, rtol=0)
+    # a half-turn hue shift of pure red is cyan
+    red = torch.tensor([1.0, 0, 0]).reshape(1, 3, 1, 1)
+    cyan = apply_jitter(red, torch.tensor([[1.0, 1, 1, 0.5]]), torch.tensor([[3, 0, 1, 2]]))
+    torch.testing.assert_close(cyan.flatten(), torch.tensor([0.0, 1, 1]))

@@ -15,8 +15,8 @@ Pipelines (``shared/notes/salcr_reference.md`` Sec. 3.4; ``notes/peers.md`` Sec.
     infrared     pad-crop, flip -> colour jitter -> normalise -> erasing -> channel-adaptive gray
 
 Differences from the torchvision/PIL pipelines of the reference code: the colour jitter
-has no hue term (brightness, contrast and saturation only), the three jitter terms are
-applied in a fixed order, and LTG rescales one patch per image (the paper's description;
+works on float images (PIL rounds to 8 bits after each of its operations), and LTG
+rescales one patch per image (the paper's description;
 the official code repeats patches until some pixel's gain is near zero, §11 item 14).
 
 Corrupt image files are skipped with a warning: :func:`load_images` returns a mask of
@@ -49,6 +49,10 @@ __all__ = [
     "normalize",
     "pad_crop_flip",
     "color_jitter",
+    "jitter_params",
+    "apply_jitter",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
     "ltg",
     "random_erasing",
     "channel_exchange",
@@ -186,22 +190,98 @@ def pad_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip_p: float
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def color_jitter(x01: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation factors drawn in [1 - s, 1 + s] per image."""
-    if strength <= 0:
+#: ``rgb_to_grayscale`` weights of torchvision's tensor ``ColorJitter``
+_GRAY = (0.2989, 0.587, 0.114)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (_GRAY[0] * x[:, 0] + _GRAY[1] * x[:, 1] + _GRAY[2] * x[:, 2])[:, None]
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV, every channel in [0, 1] (hue in turns; hue and
+    saturation 0 where the pixel is gray, saturation 0 where it is black)."""
+    r, g, b = x.unbind(1)
+    v, _ = x.max(1)
+    c = v - x.min(1).values
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    h = torch.where(
+        v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
+    h = torch.where(c > 0, h / 6, torch.zeros_like(h)) % 1.0
+    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    return torch.stack([h, s, v], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`: channel ``n`` (5 red, 3 green, 1 blue) is
+    ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6``, the closed form
+    of the hexcone model's six sectors (Smith, SIGGRAPH 1978)."""
+    h, s, v = x.unbind(1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + 6.0 * h) % 6.0
+        out.append(v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, 1)
+
+
+def jitter_params(
+    b: int, strength: float, hue: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: ``(factors (b, 4), order (b, 4))``. Factors: brightness, contrast and
+    saturation drawn in ``[max(0, 1 - strength), 1 + strength]``, the hue shift in
+    ``[-hue, hue]`` turns; order: a random permutation of the four operations (0
+    brightness, 1 contrast, 2 saturation, 3 hue), as torchvision's ``ColorJitter`` draws
+    them for each image."""
+    u = torch.rand(b, 4, generator=gen, dtype=torch.float64)
+    f = 1.0 + strength * (2 * u - 1)
+    f[:, :3].clamp_(min=0)
+    f[:, 3] = hue * (2 * u[:, 3] - 1)
+    order = torch.argsort(torch.rand(b, 4, generator=gen), dim=1)
+    return f, order
+
+
+def apply_jitter(x01: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """:func:`color_jitter` with given ``factors`` and ``order`` (:func:`jitter_params`):
+    each image gets its four operations in its own order. The operations are those of
+    torchvision's tensor ``ColorJitter``: brightness ``f x``, contrast ``f x + (1 - f)
+    mean(gray(x))``, saturation ``f x + (1 - f) gray(x)``, each clamped to [0, 1], and hue
+    (a rotation of the HSV hue by the shift, in turns)."""
+    x = x01.clone()
+    f = factors.to(x.device, x.dtype)
+    order = order.to(x.device)
+    for step in range(4):
+        for op in range(4):
+            rows = (order[:, step] == op).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            xi, fi = x[rows], f[rows, op][:, None, None, None]
+            if op == 0:
+                out = xi * fi
+            elif op == 1:
+                out = fi * xi + (1 - fi) * _gray(xi).mean((2, 3), keepdim=True)
+            elif op == 2:
+                out = fi * xi + (1 - fi) * _gray(xi)
+            else:
+                hsv = rgb_to_hsv(xi)
+                hsv[:, 0] = (hsv[:, 0] + fi[:, 0]) % 1.0
+                out = hsv_to_rgb(hsv)
+            x[rows] = out.clamp(0, 1)
+    return x
+
+
+def color_jitter(
+    x01: torch.Tensor, strength: float, gen: torch.Generator, hue: float = 0.0
+) -> torch.Tensor:
+    """torchvision's ``ColorJitter(strength, strength, strength, hue)`` on a batch:
+    brightness, contrast and saturation factors in ``[1 - s, 1 + s]``, a hue shift in
+    ``[-hue, hue]`` turns, applied in a random order drawn per image (the reference
+    applies it image by image to PIL images: the same operations, up to PIL's 8-bit
+    rounding between them)."""
+    if strength <= 0 and hue <= 0:
         return x01
-    b = x01.shape[0]
-
-    def factor() -> torch.Tensor:
-        f = 1.0 + strength * (2 * _rand(b, gen) - 1)
-        return f.clamp(min=0).to(x01.device, x01.dtype)[:, None, None, None]
-
-    fb, fc, fs = factor(), factor(), factor()
-    x = (x01 * fb).clamp(0, 1)
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    x = ((x - gray.mean((2, 3), keepdim=True)) * fc + gray.mean((2, 3), keepdim=True)).clamp(0, 1)
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    return ((x - gray) * fs + gray).clamp(0, 1)
+    factors, order = jitter_params(x01.shape[0], strength, hue, gen)
+    return apply_jitter(x01, factors, order)
 
 
 def _rectangles(b: int, h: int, w: int, gen: torch.Generator, tries: int = 100) -> torch.Tensor:
@@ -300,7 +380,10 @@ class Augmenter:
     Attributes:
         pad: zero padding before the random crop (10).
         erasing_p: channel random erasing probability (0.5).
-        jitter: colour-jitter strength for the CA and infrared views (0.5).
+        jitter: colour-jitter strength (brightness, contrast, saturation) for the CA and
+            infrared views (0.5).
+        hue: colour-jitter hue shift, in turns, for the same views (0.5: the reference's
+            ``ColorJitter(0.5, 0.5, 0.5, 0.5)``).
         gray_p: ChannelAdapGray's luminance probability (0.5).
         ltg_p: LTG probability on the visible view (0.5 in the DCL stage, 0 after).
         seed: seed of the generator (its state is saved in checkpoints).
@@ -309,6 +392,7 @@ class Augmenter:
     pad: int = 10
     erasing_p: float = 0.5
     jitter: float = 0.5
+    hue: float = 0.5
     gray_p: float = 0.5
     ltg_p: float = 0.0
     seed: int = 0
@@ -331,7 +415,7 @@ class Augmenter:
         if kind == "visible":
             x = ltg(x, self.ltg_p, self.gen)
         else:
-            x = color_jitter(x, self.jitter, self.gen)
+            x = color_jitter(x, self.jitter, self.gen, self.hue)
         x = random_erasing(normalize(x), self.erasing_p, self.gen)
         if kind == "visible_ca":
             x = channel_exchange(x, self.gen)

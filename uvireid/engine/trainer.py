@@ -459,6 +459,7 @@ class Trainer:
             pad=tr["pad"],
             erasing_p=tr["erasing_p"],
             jitter=tr["jitter"],
+            hue=tr["hue"],
             gray_p=tr["gray_p"],
             seed=seed * 1000 + D.rank(),
         )
