@@ -62,6 +62,11 @@ def test_resnet50_has_2048_channels_and_share_from_moves_the_split():
 def test_bn_neck_bias_is_frozen_and_gem_p_fixed_by_default():
     m = _model()
     assert not m.neck.bias.requires_grad and m.neck.weight.requires_grad
+    # weights_init_kaiming of the reference: weight ~ N(1, 0.01), bias 0
+    w = m.neck.weight.detach().double()
+    assert abs(float(w.mean()) - 1.0) < 3 * 0.01 / w.numel() ** 0.5 * 3
+    assert 0.008 < float(w.std()) < 0.012
+    assert float(m.neck.bias.abs().max()) == 0.0
     assert not any(p is m.pool.p for p in m.parameters())
     m2 = _model(gem_learnable=True)
     assert any(p is m2.pool.p for p in m2.parameters())

@@ -115,8 +115,11 @@ def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.devi
 
 
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
+    """The BN neck: weight ~ N(1, 0.01), bias 0 and frozen (the AGW / SALCR
+    ``weights_init_kaiming`` of ``bottleneck``, ``shared/notes/salcr_reference.md``
+    Sec. 3.2), drawn from torch's global generator like the other initialisations."""
     neck = nn.BatchNorm1d(dim)
-    nn.init.ones_(neck.weight)
+    nn.init.normal_(neck.weight, 1.0, 0.01)
     nn.init.zeros_(neck.bias)
     neck.bias.requires_grad_(False)  # frozen bias, as in the BNNeck of the peers
     return neck
