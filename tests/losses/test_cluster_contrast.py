@@ -354,3 +354,40 @@ def test_hard_update_uses_the_least_similar_row_of_each_cluster():
     together.features = mem.clone()
     ClusterMemory.update_together((together, x, y))
     assert torch.allclose(together.features, m.features, atol=1e-7)
+
+
+def test_dagl_updates_each_memory_in_a_seeded_random_order_of_the_batch():
+    """shuffle_updates (default): each memory is updated one row after the other in a
+    random permutation of [f^v; f^a; f^r] (a loop over the permuted rows); the order is
+    a function of the batch's labels (the same again, as on another DDP rank or after a
+    resume), and differs from batch order, which shuffle_updates=False keeps."""
+    from uvireid.losses.memory import batch_permutation
+
+    ctx = _context()
+    out, t = _step()
+    z = torch.cat([out.feat_v, out.feat_a, out.feat_r])
+    tv = t.vis_in_v.tolist() * 2 + t.ir_in_v.tolist()
+    tr = t.vis_in_r.tolist() * 2 + t.ir_in_r.tolist()
+    results = []
+    for shuffle in (True, False):
+        loss = DualClusterContrastLoss(shuffle_updates=shuffle)
+        loss.reset(ctx)
+        mv, mr = loss.memory_v.features.clone(), loss.memory_r.features.clone()
+        loss.update(out, t)
+        for mem, before, lab in ((loss.memory_v, mv, tv), (loss.memory_r, mr, tr)):
+            perm = batch_permutation(np.array(lab)) if shuffle else np.arange(len(lab))
+            if shuffle:
+                assert sorted(perm.tolist()) == list(range(len(lab)))
+            expected = momentum_loop(before, z[perm], [lab[i] for i in perm], 0.1)
+            assert torch.allclose(mem.features.double(), expected, atol=1e-12)
+        results.append(loss.memory_v.features.clone())
+    assert not torch.allclose(results[0], results[1])  # the order matters at momentum 0.1
+    perm = batch_permutation(np.array(tv))
+    assert np.array_equal(perm, batch_permutation(torch.tensor(tv)))  # host or tensor
+    assert not np.array_equal(perm, np.arange(len(tv)))
+    assert not np.array_equal(perm, batch_permutation(np.array(tr)))  # per batch
+    # ClusterMemory(shuffle=True).update: the same order as the loss's update_together
+    m = ClusterMemory(4, momentum=0.1, shuffle=True)
+    m.features = mv.clone()
+    m.update(z, torch.tensor(tv))
+    assert torch.allclose(m.features, results[0], atol=1e-12)

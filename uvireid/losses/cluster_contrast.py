@@ -104,13 +104,15 @@ def cluster_nce(
 class _TwoMemories(nn.Module):
     """A visible and an infrared :class:`ClusterMemory` re-initialised every epoch."""
 
-    def __init__(self, temperature: float, momentum: float, hard: bool = False):
+    def __init__(
+        self, temperature: float, momentum: float, hard: bool = False, shuffle: bool = False
+    ):
         super().__init__()
         check_loss_settings(type(self).__name__, temperature=temperature, momentum=momentum)
         self.temperature = temperature
         self.momentum = momentum
-        self.memory_v = ClusterMemory(0, temperature, momentum, hard)
-        self.memory_r = ClusterMemory(0, temperature, momentum, hard)
+        self.memory_v = ClusterMemory(0, temperature, momentum, hard, shuffle)
+        self.memory_r = ClusterMemory(0, temperature, momentum, hard, shuffle)
 
     def reset(self, context: EpochContext) -> None:
         """Prototypes = normalised centroids of the clusterer's partition (Eq. 3)."""
@@ -188,6 +190,10 @@ class DualClusterContrastLoss(_TwoMemories):
         use_ca: include the channel-augmented visible view (the reference does).
         branch: ``"both"``; ``"visible"`` keeps the cross rows only in the visible
             memory, ``"infrared"`` only in the infrared one (paper Table 4).
+        shuffle_updates: update each memory in a random order of the batch's rows, as the
+            official cross-modality memories do (``ClusterMemory(shuffle=True)``); false:
+            in batch order ``[f^v; f^a; f^r]``, where the infrared rows, updated last,
+            take most of a visible prototype they share a label with.
     """
 
     def __init__(
@@ -196,8 +202,9 @@ class DualClusterContrastLoss(_TwoMemories):
         momentum: float = 0.1,
         use_ca: bool = True,
         branch: str = "both",
+        shuffle_updates: bool = True,
     ):
-        super().__init__(temperature, momentum)
+        super().__init__(temperature, momentum, shuffle=bool(shuffle_updates))
         if branch not in ("both", "visible", "infrared"):
             from uvireid.errors import ConfigError
 
@@ -231,6 +238,7 @@ class DualClusterContrastLoss(_TwoMemories):
 
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
-        """Both memories with every row that has a label in their space (batch order)."""
+        """Both memories with every row that has a label in their space (in a random
+        order of the rows with ``shuffle_updates``, else in batch order)."""
         z, tv, tr = self._rows(outputs, targets.on_host())
         ClusterMemory.update_together((self.memory_v, z, tv), (self.memory_r, z, tr))

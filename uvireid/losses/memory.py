@@ -10,7 +10,8 @@ Eq. 3 and 7; ``shared/notes/peers.md`` Sec. 0.3 and ``salcr_reference.md`` Sec. 
 ``mu`` is the weight of the OLD prototype (the peers' ``momentum``; 0.1 means a new
 sample gets weight 0.9). The update is explicit (:meth:`ClusterMemory.update`), called
 by the engine after the optimiser step with the step's detached features, one sample
-after the other in batch order, as the reference's backward does; the logits and their
+after the other in batch order, as the reference's backward does (or in a random order
+of the batch, ``shuffle``: SALCR's cross-modality memories); the logits and their
 gradient therefore see the memory as it was before the step, as in the reference.
 Under DDP the features and labels of every rank are gathered first, so every rank
 applies the same updates and the memories stay identical.
@@ -18,6 +19,7 @@ applies the same updates and the memories stay identical.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "ClusterMemory",
     "centroids",
     "check_loss_settings",
+    "batch_permutation",
     "hardest_labels",
     "momentum_update",
     "momentum_update_many",
@@ -209,6 +212,23 @@ def hardest_labels(memory: torch.Tensor, feats: torch.Tensor, labels: Any) -> to
     return out
 
 
+def batch_permutation(labels: Any) -> np.ndarray:
+    """A pseudo-random permutation of a batch's rows, drawn from a generator seeded by
+    the bytes of its (gathered) labels: the same on every DDP rank and again after a
+    resume, with no generator state to save; different batches draw different orders."""
+    lab = np.ascontiguousarray(
+        labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels),
+        dtype=np.int64,
+    )
+    return np.random.default_rng(zlib.crc32(lab.tobytes())).permutation(len(lab))
+
+
+def _shuffled(feats: torch.Tensor, labels: Any) -> tuple[torch.Tensor, Any]:
+    perm = batch_permutation(labels)
+    lab = labels.detach().cpu() if torch.is_tensor(labels) else torch.as_tensor(labels)
+    return feats[torch.from_numpy(perm).to(feats.device)], lab[torch.from_numpy(perm)]
+
+
 class ClusterMemory(nn.Module):
     """K prototypes of dimension d with the cluster-contrast logits and momentum update.
 
@@ -218,18 +238,30 @@ class ClusterMemory(nn.Module):
         momentum: mu, the weight of the old prototype (0.1).
         hard: update each prototype with only the batch's hardest row of its cluster
             (:func:`hardest_labels`; PGM's second stage), instead of every row in turn.
+        shuffle: update in a random order of the batch (:func:`batch_permutation`), not
+            in batch order. With ``momentum`` 0.1 the last row of a label takes 0.9 of its
+            prototype, so batch order lets the rows stacked last (in SALCR's stage 2, the
+            infrared rows of the visible memory) dominate; the official SALCR memories of
+            the cross-modality stage update in a random permutation
+            (``shared/notes/salcr_reference.md`` Sec. 5.2).
 
     The prototypes are a buffer (saved in checkpoints; its size follows the epoch's
     cluster count and is restored from a checkpoint whatever it was at construction).
     """
 
     def __init__(
-        self, dim: int = 0, temperature: float = 0.05, momentum: float = 0.1, hard: bool = False
+        self,
+        dim: int = 0,
+        temperature: float = 0.05,
+        momentum: float = 0.1,
+        hard: bool = False,
+        shuffle: bool = False,
     ):
         super().__init__()
         self.temperature = float(temperature)
         self.momentum = float(momentum)
         self.hard = bool(hard)
+        self.shuffle = bool(shuffle)
         self.register_buffer("features", torch.zeros(0, dim))
 
     @property
@@ -253,6 +285,8 @@ class ClusterMemory(nn.Module):
         labels = gather_labels(labels, feats.device)
         if self.hard:
             labels = hardest_labels(self.features, feats, labels)
+        if self.shuffle:
+            feats, labels = _shuffled(feats, labels)
         momentum_update(self.features, feats, labels, self.momentum)
 
     @staticmethod
@@ -273,9 +307,12 @@ class ClusterMemory(nn.Module):
             if id(labels) not in labels_of:
                 labels_of[id(labels)] = gather_labels(labels, gathered.device)
             use = labels_of[id(labels)]
+            rows = gathered
             if memory.hard:
                 use = hardest_labels(memory.features, gathered, use)
-            by_momentum.setdefault(memory.momentum, []).append((memory.features, gathered, use))
+            if memory.shuffle:
+                rows, use = _shuffled(gathered, use)
+            by_momentum.setdefault(memory.momentum, []).append((memory.features, rows, use))
         for momentum, updates in by_momentum.items():
             momentum_update_many(updates, momentum)
 
