@@ -94,6 +94,11 @@ def test_salcr_recipe_matches_the_spec_table(recipe, column):
         "part_contrast",
         "instance_neighbour",
     ]
+    # Sec. 3.4: ColorJitter(0.5, 0.5, 0.5, 0.5) on the CA and infrared views; Sec. 5.2:
+    # the cross-modality memories update in a random permutation; Sec. 3.1: no non-local
+    assert (tr["jitter"], tr["hue"]) == (0.5, 0.5)
+    assert salcr.losses[0]["shuffle_updates"] is True
+    assert not any(cfg["backbone"].get("non_local") or [])
 
 
 def test_demo_recipe_trains_on_the_synthetic_dataset():
@@ -158,6 +163,9 @@ def test_pgm_recipe_matches_the_peers_spec():
     assert loss["hard"] and not intra.get("hard", False)
     assert cfg["train"]["gray_p"] == 0.5
     assert pgm.reset_optimizer and not dcl.reset_optimizer
+    # Sec. 0.1: the AGW backbone, non-local blocks "0,2,3,0"; ColorJitter(.5,.5,.5,.5)
+    assert cfg["backbone"]["non_local"] == [0, 2, 3, 0]
+    assert (cfg["train"]["jitter"], cfg["train"]["hue"]) == (0.5, 0.5)
     expected = {
         0: 3.5e-4,
         19: 3.5e-4,

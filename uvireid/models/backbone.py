@@ -32,6 +32,7 @@ import torchvision
 from torch import nn
 
 from uvireid.errors import ConfigError
+from uvireid.models.non_local import StageWithNonLocal, check_non_local
 from uvireid.models.pooling import GeM
 from uvireid.models.prior import PRIOR_NAME
 from uvireid.registry import BACKBONES
@@ -262,6 +263,10 @@ class TwoStreamResNet(_ReidHead):
         last_stride: stride of layer4 (1 as in the peers, 2 as in ImageNet ResNets).
         gem_p: GeM exponent; ``gem_learnable`` learns it.
         num_modalities: streams (2: visible and infrared).
+        non_local: non-local blocks after the last blocks of layer1..layer4, e.g. AGW's
+            ``[0, 2, 3, 0]`` (PGM, ADCA); None or zeros: none (SALCR).
+            :mod:`uvireid.models.non_local`.
+        non_local_channels: inner channels of those blocks (AGW: 1).
 
     ``forward(x, modality)``: x (B, 3, H, W), modality (B,) long or an int for the whole
     batch -> :class:`BackboneOutput` with C = 512 (resnet18/34) or 2048 (resnet50).
@@ -276,19 +281,32 @@ class TwoStreamResNet(_ReidHead):
         gem_p: float = 3.0,
         gem_learnable: bool = False,
         num_modalities: int = 2,
+        non_local: list[int] | None = None,
+        non_local_channels: int = 1,
     ):
         super().__init__()
         if share_from not in STAGES:
             raise ConfigError(
                 f"share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
             )
+        if isinstance(non_local_channels, bool) or not isinstance(non_local_channels, int):
+            raise ConfigError(
+                f"non_local_channels must be an integer >= 1, got {non_local_channels!r}"
+            )
+        if non_local_channels < 1:
+            raise ConfigError(
+                f"non_local_channels must be an integer >= 1, got {non_local_channels}"
+            )
         net = build_resnet(arch, pretrained, last_stride)
+        layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+        self.non_local = check_non_local(non_local, [len(x) for x in layers], arch)
+        layers = [
+            StageWithNonLocal(layer, n, non_local_channels) if n else layer
+            for layer, n in zip(layers, self.non_local)
+        ]
         stages = {
             "stem": nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
-            "layer1": net.layer1,
-            "layer2": net.layer2,
-            "layer3": net.layer3,
-            "layer4": net.layer4,
+            **{f"layer{i + 1}": layer for i, layer in enumerate(layers)},
         }
         k = STAGES.index(share_from)
         specific = nn.Sequential(*[stages[s] for s in STAGES[:k]])
