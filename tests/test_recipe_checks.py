@@ -92,6 +92,7 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
         ("evaluation.feature_head=banana", "evaluation.feature_head", "bn_feat"),
         ("stages.1.sampler.ids=0", "stages.1.sampler.ids", ">= 1"),
         ("stages.0.iters_per_epoch=0", "stages.0.iters_per_epoch", ">= 1"),
+        ("train.hue=0.7", "train.hue", "in [0, 0.5]"),
     ],
 )
 def test_settings_out_of_range_are_refused_with_the_recipe(override, key, rule):
@@ -99,6 +100,14 @@ def test_settings_out_of_range_are_refused_with_the_recipe(override, key, rule):
         load_recipe("demo", [override])
     assert f"'{key}' must be {rule}" in str(err.value)
     assert str(err.value).startswith("command-line override")
+
+
+def test_camera_aware_is_refused_on_a_paired_sampler():
+    with pytest.raises(ConfigError, match="camera_aware applies to the identity sampler only"):
+        load_recipe("demo", ["stages.1.sampler.camera_aware=true"])
+    assert load_recipe("demo", ["stages.0.sampler.camera_aware=true"])["stages"][0]["sampler"][
+        "camera_aware"
+    ]
 
 
 def test_the_protocol_rule_lists_every_protocol():

@@ -189,11 +189,15 @@ class SamplerSettings:
             MBCCM's many-to-many assignment sampler).
         ids: pseudo-labels per batch (per modality for ``identity``).
         images: images per label (and per modality for ``paired``).
+        camera_aware: ``identity`` only: each label's images are a random anchor and
+            images of other cameras (Cluster-Contrast's RandomMultipleGallerySampler, as
+            ADCA and PGM load their batches).
     """
 
     type: str = "identity"
     ids: int = 8
     images: int = 4
+    camera_aware: bool = False
 
 
 @dataclass
@@ -803,6 +807,11 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             raise ConfigError(
                 f"{prov.source(where + '.sampler.type')}: unknown sampler "
                 f"'{sampler['type']}'{hint} valid: {', '.join(SAMPLER_TYPES)}"
+            )
+        if sampler["camera_aware"] and sampler["type"] != "identity":
+            raise ConfigError(
+                f"{prov.source(where + '.sampler.camera_aware')}: camera_aware applies to the "
+                f"identity sampler only, not '{sampler['type']}'; remove it"
             )
         res["sampler"] = sampler
         for comp in STAGE_COMPONENTS:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSampler, draw, pools
+from uvireid.data.samplers import (
+    IdentitySampler,
+    MatchedPairSampler,
+    PairedSampler,
+    draw,
+    draw_camera_aware,
+    pools,
+)
 from uvireid.errors import ConfigError
 
 
@@ -106,3 +113,63 @@ def test_matched_sampler_draws_pairs_of_the_many_to_many_matching():
     assert seen == allowed  # visible 0 with infrared 0 and 1, infrared 2 with visible 2 and 3
     with pytest.raises(ConfigError, match="no matched pair of clusters has images"):
         MatchedPairSampler(labels_v, labels_r, np.array([[0, 5]]), ids=2, images=2)
+
+
+def _camera_aware_loop(pool, cams, n, anchor, rng):
+    """RandomMultipleGallerySampler's rule for one identity, given its anchor: the
+    candidates and whether they are drawn with replacement."""
+    others = [i for i in pool if cams[i] != cams[anchor]]
+    if not others:
+        others = [i for i in pool if i != anchor]
+    return others, len(others) < n
+
+
+def test_camera_aware_draws_an_anchor_then_other_cameras():
+    """Cluster-Contrast's RandomMultipleGallerySampler: anchor first; the rest from the
+    anchor's identity in other cameras (without replacement when >= n of them), else
+    its other images in the same camera; a lone image repeated."""
+    rng = np.random.default_rng(4)
+    cams = np.array([1, 1, 1, 2, 2, 3, 1, 1, 4, 4, 4, 4, 4, 4])
+    cases = {
+        "many other cameras": np.array([0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]),
+        "few other cameras": np.array([0, 1, 2, 3]),
+        "one camera": np.array([6, 7, 0, 1]),
+        "one image": np.array([5]),
+    }
+    for name, pool in cases.items():
+        anchors = []
+        for _ in range(200):
+            got = draw_camera_aware(pool, cams, 4, rng)
+            assert len(got) == 4 and set(got.tolist()) <= set(pool.tolist()), name
+            anchor = int(got[0])
+            anchors.append(anchor)
+            others, replace = _camera_aware_loop(pool.tolist(), cams, 4, anchor, rng)
+            if len(pool) == 1:
+                assert got.tolist() == [anchor] * 4
+                continue
+            assert set(got[1:].tolist()) <= set(others), name
+            if not replace:
+                assert len(set(got[1:].tolist())) == 3, name
+        # every image of the pool serves as anchor (uniformly: 200 draws)
+        counts = np.bincount(anchors, minlength=14)[pool]
+        assert counts.min() > 0 and counts.max() < 200 / len(pool) * 2 + 10, name
+    # "few other cameras": anchor in cam 1 -> the two cam-2 images, with replacement
+    got = [draw_camera_aware(np.array([0, 1, 2, 3, 4]), cams, 4, rng) for _ in range(50)]
+    cam1 = [g for g in got if cams[g[0]] == 1]
+    assert cam1 and all(set(g[1:].tolist()) <= {3, 4} for g in cam1)
+
+
+def test_identity_sampler_camera_aware_keeps_the_batch_shape_and_labels():
+    lab_v = np.repeat(np.arange(6), 5)
+    lab_r = np.repeat(np.arange(4), 6)
+    cams_v = np.tile([1, 2, 2, 4, 5], 6)
+    cams_r = np.tile([3, 3, 6, 6, 6, 3], 4)
+    s = IdentitySampler(lab_v, lab_r, 3, 4, cams_v, cams_r)
+    b = s.sample(np.random.default_rng(0))
+    assert len(b.idx_v) == 12 and len(b.idx_r) == 12
+    for idx, lab, cams in ((b.idx_v, lab_v, cams_v), (b.idx_r, lab_r, cams_r)):
+        for g in idx.reshape(3, 4):
+            assert len(set(lab[g].tolist())) == 1  # one label per group of 4
+            assert all(cams[g[1:]] != cams[g[0]])  # these pools have other cameras
+    with pytest.raises(ValueError, match="cameras"):
+        IdentitySampler(lab_v, lab_r, 3, 4, cams_v[:-1], cams_r)

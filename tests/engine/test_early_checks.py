@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from train_fixtures import run_killed_at
 
@@ -183,3 +184,32 @@ def test_mbccm_trains_on_batches_of_its_matched_cluster_pairs(recipe_file, monke
     folder = run_recipe(cfg, progress=False)
     assert [m["epoch"] for m in folder.read_metrics()] == [0, 1]
     assert seen and all(pairs <= allowed for pairs, allowed in seen)
+
+
+def test_camera_aware_batches_reach_the_dcl_step(recipe_file, monkeypatch):
+    """stages.N.sampler.camera_aware: in every group of a label's images, the images
+    after the anchor come from other cameras wherever the anchor's cluster has some."""
+    seen = []
+    real = Trainer._targets
+
+    def spy(self, lab, iv, ir, paired, labels=None):
+        if not paired:
+            seen.append((iv.copy(), lab.vis_in_v.copy(), self.cams_v))
+        return real(self, lab, iv, ir, paired, labels)
+
+    monkeypatch.setattr(Trainer, "_targets", spy)
+    cfg = load_recipe(
+        recipe_file,
+        ["stages.0.sampler={type: identity, ids: 2, images: 3, camera_aware: true}"],
+    )
+    run_recipe(cfg, progress=False)
+    checked = 0
+    for iv, labels, cams in seen:
+        for group in iv.reshape(-1, 3):
+            anchor, rest = group[0], group[1:]
+            assert (labels[group] == labels[anchor]).all()
+            pool = np.flatnonzero(labels == labels[anchor])
+            if (cams[pool] != cams[anchor]).any():
+                assert (cams[rest] != cams[anchor]).all()
+                checked += 1
+    assert checked > 0

@@ -165,6 +165,7 @@ def test_pgm_recipe_matches_the_peers_spec():
     assert pgm.reset_optimizer and not dcl.reset_optimizer
     # Sec. 0.1: the AGW backbone, non-local blocks "0,2,3,0"; ColorJitter(.5,.5,.5,.5)
     assert cfg["backbone"]["non_local"] == [0, 2, 3, 0]
+    assert dcl.sampler["camera_aware"] and pgm.sampler["camera_aware"]  # Sec. 0.4
     assert (cfg["train"]["jitter"], cfg["train"]["hue"]) == (0.5, 0.5)
     expected = {
         0: 3.5e-4,
@@ -191,6 +192,7 @@ def test_mbccm_recipe_matches_the_peers_spec():
         "type": "matched",
         "ids": 12,
         "images": 12,
+        "camera_aware": False,
     }
     losses = {x["type"]: x for x in mb.losses}
     assert set(losses) == {"cluster_contrast", "modality_agnostic"}

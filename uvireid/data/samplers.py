@@ -6,7 +6,10 @@ Indices refer to the modality's own list of training images.
 
 * :class:`IdentitySampler` (DCL stage; ``shared/notes/salcr_reference.md`` Sec. 9.2
   ``StageOneSampler``): per modality, independently, ``ids`` clusters and ``images``
-  images of each (paper: 12 x 12 per modality).
+  images of each (paper: 12 x 12 per modality). ``camera_aware``: each cluster's images
+  are an anchor and images of the anchor's cluster from other cameras (Cluster-Contrast's
+  ``RandomMultipleGallerySampler``, which ADCA and PGM load both modalities with;
+  ``shared/notes/peers.md`` Sec. 0.4).
 * :class:`PairedSampler` (SALCR stage, ``StageThreeSampler``): half of the labels from
   the visible label space, half from the infrared one; for a label y, ``images`` visible
   images and ``images`` infrared images with that label in that space, paired position
@@ -26,7 +29,15 @@ import numpy as np
 
 from uvireid.errors import ConfigError
 
-__all__ = ["IdentitySampler", "MatchedPairSampler", "PairedSampler", "SAMPLERS", "pools", "draw"]
+__all__ = [
+    "IdentitySampler",
+    "MatchedPairSampler",
+    "PairedSampler",
+    "SAMPLERS",
+    "pools",
+    "draw",
+    "draw_camera_aware",
+]
 
 SAMPLERS = ("identity", "paired", "matched")
 
@@ -47,6 +58,32 @@ def draw(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _choose(labels: list[int], n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(np.asarray(labels, dtype=np.int64), n, replace=len(labels) < n)
+
+
+def draw_camera_aware(
+    pool: np.ndarray, cams: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` members of ``pool`` as Cluster-Contrast's ``RandomMultipleGallerySampler``
+    takes an identity's instances: a random anchor first, then ``n - 1`` of the pool's
+    images from cameras other than the anchor's, or where there are none, of its other
+    images; drawn without replacement when there are at least ``n`` candidates, with
+    replacement otherwise (the reference's rule). A pool of one image gives that image
+    ``n`` times (the reference would give a shorter batch).
+
+    Args:
+        pool: indices of the cluster's images; cams: camera of every image (indexed by
+            the pool's entries).
+    """
+    anchor = int(rng.choice(pool))
+    if n == 1:
+        return np.array([anchor], dtype=np.int64)
+    others = pool[cams[pool] != cams[anchor]]
+    if len(others) == 0:
+        others = pool[pool != anchor]
+    if len(others) == 0:
+        others = np.array([anchor], dtype=np.int64)
+    rest = rng.choice(others, n - 1, replace=len(others) < n)
+    return np.concatenate([[anchor], rest]).astype(np.int64)
 
 
 def _check(ids: int, images: int, who: str) -> None:
@@ -73,26 +110,56 @@ class IdentitySampler:
     Args:
         labels_v: (Nv,) visible labels (-1 = not sampled); labels_r: (Nr,) infrared.
         ids, images: clusters per modality and images per cluster.
+        cams_v, cams_r: each image's camera; given, a cluster's images are drawn camera
+            aware (:func:`draw_camera_aware`).
 
     A modality without any labelled image contributes no image.
     """
 
-    def __init__(self, labels_v: np.ndarray, labels_r: np.ndarray, ids: int, images: int):
+    def __init__(
+        self,
+        labels_v: np.ndarray,
+        labels_r: np.ndarray,
+        ids: int,
+        images: int,
+        cams_v: np.ndarray | None = None,
+        cams_r: np.ndarray | None = None,
+    ):
         _check(ids, images, "identity sampler")
         self.pools_v, self.pools_r = pools(labels_v), pools(labels_r)
         self.ids, self.images = int(ids), int(images)
+        if (cams_v is None) != (cams_r is None):
+            raise ValueError("identity sampler: give the cameras of both modalities or neither")
+        self.cams = None
+        if cams_v is not None:
+            self.cams = (np.asarray(cams_v), np.asarray(cams_r))
+            for lab, cam, side in (
+                (labels_v, self.cams[0], "visible"),
+                (labels_r, self.cams[1], "infrared"),
+            ):
+                if len(cam) != len(lab):
+                    raise ValueError(
+                        f"identity sampler: {len(cam)} {side} cameras for {len(lab)} images"
+                    )
         if not self.pools_v and not self.pools_r:
             raise ConfigError("identity sampler: no labelled image in either modality")
 
-    def _side(self, pools_: dict[int, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    def _side(
+        self, pools_: dict[int, np.ndarray], cams: np.ndarray | None, rng: np.random.Generator
+    ) -> np.ndarray:
         if not pools_:
             return np.zeros(0, dtype=np.int64)
         chosen = _choose(sorted(pools_), self.ids, rng)
-        return np.concatenate([draw(pools_[int(y)], self.images, rng) for y in chosen])
+        if cams is None:
+            return np.concatenate([draw(pools_[int(y)], self.images, rng) for y in chosen])
+        return np.concatenate(
+            [draw_camera_aware(pools_[int(y)], cams, self.images, rng) for y in chosen]
+        )
 
     def sample(self, rng: np.random.Generator) -> IdentityBatch:
         """One batch: ``ids * images`` visible and as many infrared indices."""
-        return IdentityBatch(self._side(self.pools_v, rng), self._side(self.pools_r, rng))
+        cv, cr = self.cams if self.cams is not None else (None, None)
+        return IdentityBatch(self._side(self.pools_v, cv, rng), self._side(self.pools_r, cr, rng))
 
 
 class PairedSampler:

@@ -414,6 +414,8 @@ class Trainer:
                 f"dataset '{cfg['data']['type']}' has {len(self.vis)} visible and "
                 f"{len(self.ir)} infrared training images; training needs both"
             )
+        self.cams_v = np.array([r.cam for r in self.vis], dtype=np.int64)
+        self.cams_r = np.array([r.cam for r in self.ir], dtype=np.int64)
         if tr.get("deterministic"):
             set_deterministic()
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
@@ -734,7 +736,8 @@ class Trainer:
             )
             logger.warning(msg)
             warnings.append(msg)
-        return IdentitySampler(lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"]), False
+        cams = (self.cams_v, self.cams_r) if s.get("camera_aware") else (None, None)
+        return IdentitySampler(lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"], *cams), False
 
     def step(self, stage: Stage, losses: nn.ModuleList, lab: EpochLabels, batch, paired: bool):
         """One optimiser step; returns ``(names, values)``: the loss terms' names ("total"
