@@ -221,6 +221,11 @@ class StageSettings:
         reset_optimizer: start the stage with a new Adam (its moment estimates and step
             counts cleared), as a method whose stages are separate runs does: SALCR's
             second run builds a new optimiser, PGM's stage-2 script too.
+        start_from: null (the model as the previous epoch left it) or ``best``: the stage
+            starts from ``checkpoints/best.pt``, the evaluated epoch with the highest mAP
+            so far, as PGM's stage-2 script reloads stage 1's best model. That epoch is
+            chosen ON THE TEST SET (needs ``evaluation.keep_best: true`` and evaluations
+            in the earlier stages): offered to reproduce such methods, not as a practice.
     """
 
     name: str = "train"
@@ -230,6 +235,7 @@ class StageSettings:
     lr: float | None = None
     lr_steps: list[int] | None = None
     reset_optimizer: bool = False
+    start_from: str | None = None
 
 
 STAGE_COMPONENTS = ("clusterer", "associator")
@@ -808,6 +814,24 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
                 f"{prov.source(where + '.sampler.type')}: unknown sampler "
                 f"'{sampler['type']}'{hint} valid: {', '.join(SAMPLER_TYPES)}"
             )
+        if res.get("start_from") not in (None, "best"):
+            raise ConfigError(
+                f"{prov.source(where + '.start_from')}: {where}.start_from must be null (the "
+                f"previous epoch's model) or best, got {res['start_from']!r}"
+            )
+        if res.get("start_from") == "best":
+            ev = cfg.get("evaluation") or {}
+            if i == 0:
+                raise ConfigError(
+                    f"{prov.source(where + '.start_from')}: the first stage has no earlier "
+                    f"epoch to start from; start_from: best is for a later stage"
+                )
+            if not ev.get("keep_best") or ev.get("protocol") == "none":
+                raise ConfigError(
+                    f"{prov.source(where + '.start_from')}: {where}.start_from: best loads "
+                    f"checkpoints/best.pt, which only evaluation.keep_best: true writes (with "
+                    f"an evaluation protocol); set it, or remove start_from"
+                )
         if sampler["camera_aware"] and sampler["type"] != "identity":
             raise ConfigError(
                 f"{prov.source(where + '.sampler.camera_aware')}: camera_aware applies to the "

@@ -213,3 +213,70 @@ def test_camera_aware_batches_reach_the_dcl_step(recipe_file, monkeypatch):
                 assert (cams[rest] != cams[anchor]).all()
                 checked += 1
     assert checked > 0
+
+
+def _epoch_zero_is_best(monkeypatch):
+    """Make epoch 0 the best evaluated epoch whatever the scores (so best.pt != latest)."""
+
+    def improves(self, epoch, tables):
+        if epoch != 0:
+            return False
+        self.best = {"epoch": 0, "mAP": 1.0, "selected_on": "test set"}
+        return True
+
+    monkeypatch.setattr(Trainer, "_improves_best", improves)
+
+
+def test_a_stage_can_start_from_the_best_checkpoint(recipe_file, monkeypatch):
+    """stages.N.start_from: best (PGM's stage 2 reloads stage 1's best model): the stage's
+    first epoch starts from best.pt's weights, not from the previous epoch's; a resume
+    into that epoch loads them again."""
+    import torch
+
+    from uvireid.engine.checkpoint import load_checkpoint
+
+    _epoch_zero_is_best(monkeypatch)
+    seen = {}
+    real = Trainer._load_best
+
+    def spy(self, stage):
+        seen["before"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        out = real(self, stage)
+        seen["after"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(Trainer, "_load_best", spy)
+    overrides = [
+        "stages.0.epochs=2",
+        "stages.1.start_from=best",
+        "evaluation.keep_best=true",
+        "evaluation.every=1",
+    ]
+    cfg = load_recipe(recipe_file, overrides)
+    folder = run_recipe(cfg, progress=False)
+    best = load_checkpoint(folder.checkpoints / "best.pt")
+    assert best["epoch"] == 1  # saved after epoch 0
+    assert all(torch.equal(seen["after"][k], v) for k, v in best["model"].items())
+    assert not all(torch.equal(seen["before"][k], v) for k, v in best["model"].items())
+    metrics = folder.read_metrics()
+    assert [m.get("started_from", {}).get("epoch") for m in metrics] == [None, None, 0]
+    # killed in the stage's first epoch, the resume starts it from best.pt again
+    cfg2 = load_recipe(recipe_file, [*overrides, f"output_dir={folder.path.parent / 'again'}"])
+    seen.clear()
+    killed = run_killed_at(cfg2, epoch=2)
+    assert "after" not in seen
+    run_recipe(cfg2, resume=True, progress=False)
+    assert [m.get("started_from", {}).get("epoch") for m in killed.read_metrics()] == [
+        None,
+        None,
+        0,
+    ]
+
+
+def test_start_from_best_without_a_kept_best_is_an_error(recipe_file, monkeypatch):
+    from uvireid.errors import TrainingError
+
+    monkeypatch.setattr(Trainer, "_improves_best", lambda self, epoch, tables: False)
+    cfg = load_recipe(recipe_file, ["stages.1.start_from=best", "evaluation.keep_best=true"])
+    with pytest.raises(TrainingError, match="no evaluated epoch before it kept one"):
+        run_recipe(cfg, progress=False)

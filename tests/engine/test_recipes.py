@@ -166,6 +166,9 @@ def test_pgm_recipe_matches_the_peers_spec():
     # Sec. 0.1: the AGW backbone, non-local blocks "0,2,3,0"; ColorJitter(.5,.5,.5,.5)
     assert cfg["backbone"]["non_local"] == [0, 2, 3, 0]
     assert dcl.sampler["camera_aware"] and pgm.sampler["camera_aware"]  # Sec. 0.4
+    # Sec. 2: stage 2 reloads stage 1's best model (kept on the test set)
+    assert pgm.start_from == "best" and dcl.start_from is None
+    assert cfg["evaluation"]["keep_best"]
     assert (cfg["train"]["jitter"], cfg["train"]["hue"]) == (0.5, 0.5)
     expected = {
         0: 3.5e-4,

@@ -41,6 +41,7 @@ from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSam
 from uvireid.data.transforms import Augmenter, load_images
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
+    BEST,
     keep_as_best,
     load_checkpoint,
     load_state_strict,
@@ -78,6 +79,7 @@ class Stage:
     lr: float | None = None
     lr_steps: list[int] | None = None
     reset_optimizer: bool = False
+    start_from: str | None = None
 
     @property
     def last_epoch(self) -> int:
@@ -128,6 +130,7 @@ def stages_of(cfg: dict) -> list[Stage]:
                 lr=None if s.get("lr") is None else float(s["lr"]),
                 lr_steps=None if s.get("lr_steps") is None else [int(e) for e in s["lr_steps"]],
                 reset_optimizer=bool(s.get("reset_optimizer", False)),
+                start_from=s.get("start_from"),
             )
         )
         first += int(s["epochs"])
@@ -838,6 +841,8 @@ class Trainer:
             "stage": stage.name,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if stage.start_from == "best" and epoch == stage.first_epoch and epoch > 0:
+            record["started_from"] = self._load_best(stage)
         if stage.reset_optimizer and epoch == stage.first_epoch and epoch > 0:
             # a new Adam for the stage: moments and step counts start again (the learning
             # rate is the scheduler's, as set for this epoch)
@@ -1032,6 +1037,35 @@ class Trainer:
             return False
         self.best = {"epoch": epoch, "mAP": value, "selected_on": "test set"}
         return True
+
+    def _load_best(self, stage: Stage) -> dict:
+        """The model of ``checkpoints/best.pt`` (rank 0 reads it, every rank loads it), for
+        a stage with ``start_from: best``; returns which epoch that was."""
+        info = None
+        if D.is_main():
+            path = None if self.folder is None else self.folder.checkpoints / BEST
+            if path is None or not path.is_file():
+                raise TrainingError(
+                    f"stage '{stage.name}' starts from checkpoints/best.pt (start_from: best), "
+                    f"but no evaluated epoch before it kept one: evaluate during the earlier "
+                    f"stages (evaluation.every >= 1) with evaluation.keep_best: true"
+                )
+            state = load_checkpoint(path)
+            best = state.get("best") or {}
+            info = {"checkpoint": "best.pt", "epoch": best.get("epoch"), "mAP": best.get("mAP")}
+            payload = (state["model"], info)
+        else:
+            payload = None
+        weights, info = D.broadcast_object(payload)
+        load_state_strict(self.model, weights, f"checkpoints/best.pt (stage '{stage.name}')")
+        logger.warning(
+            "stage '%s' starts from checkpoints/best.pt: epoch %s, mAP %s, chosen ON THE TEST "
+            "SET (start_from: best, as PGM's stage 2 does)",
+            stage.name,
+            info["epoch"],
+            info["mAP"],
+        )
+        return info
 
     def restore(self, path) -> None:
         """Continue from a checkpoint (see :mod:`uvireid.engine.checkpoint`)."""
