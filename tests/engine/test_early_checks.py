@@ -280,3 +280,36 @@ def test_start_from_best_without_a_kept_best_is_an_error(recipe_file, monkeypatc
     cfg = load_recipe(recipe_file, ["stages.1.start_from=best", "evaluation.keep_best=true"])
     with pytest.raises(TrainingError, match="no evaluated epoch before it kept one"):
         run_recipe(cfg, progress=False)
+
+
+@pytest.mark.parametrize(
+    "mangle, words",
+    [
+        (lambda a: a[:-1], r"labels_in_v of shape \(\d+,\)"),
+        (lambda a: a.astype(np.float64), r"labels_in_v of shape .* dtype float64"),
+        (lambda a: np.where(a >= 0, a + 1000, a), r"labels_in_v from -1 to 10\d\d, outside"),
+        (lambda a: a - 2, r"labels_in_v from -3 to \d+, outside -1\.\.\d+"),
+    ],
+)
+def test_an_associator_returning_bad_labels_stops_before_training(recipe_file, mangle, words):
+    """A plugin associator whose labels are misaligned or outside its label space is a
+    TrainingError naming it (not an IndexError inside a loss)."""
+    import dataclasses
+
+    from uvireid.errors import TrainingError
+    from uvireid.registry import ASSOCIATORS
+
+    base = ASSOCIATORS.get("otla_dual")
+
+    class Mangled(base):
+        def associate(self, fv, lv, fr, lr):
+            cl = super().associate(fv, lv, fr, lr)
+            return dataclasses.replace(cl, labels_in_v=mangle(np.asarray(cl.labels_in_v)))
+
+    ASSOCIATORS.register("mangled_test")(Mangled)
+    try:
+        cfg = load_recipe(recipe_file, ["stages.1.associator={type: mangled_test}"])
+        with pytest.raises(TrainingError, match=f"associator 'mangled_test' returned {words}"):
+            run_recipe(cfg, progress=False)
+    finally:
+        ASSOCIATORS.unregister("mangled_test")

@@ -137,6 +137,30 @@ def stages_of(cfg: dict) -> list[Stage]:
     return out
 
 
+def _check_cross_labels(cl: CrossLabels, nv: int, nr: int, kv: int, kr: int, who: str) -> None:
+    """An associator's labels before they index memories and losses: one per instance,
+    integers in -1..K-1 of their space (a plugin's off-by-one would otherwise be an
+    IndexError deep in a loss, or on a GPU a device-side assert that names nothing).
+
+    Raises:
+        TrainingError: naming the associator, the array and the fix.
+    """
+    for name, lab, k in (("labels_in_v", cl.labels_in_v, kv), ("labels_in_r", cl.labels_in_r, kr)):
+        lab = np.asarray(lab)
+        if lab.shape != (nv + nr,) or not np.issubdtype(lab.dtype, np.integer):
+            raise TrainingError(
+                f"associator '{who}' returned {name} of shape {lab.shape} and dtype "
+                f"{lab.dtype}; it must be ({nv + nr},) integers, one label per visible then "
+                f"infrared instance as passed to associate()"
+            )
+        if len(lab) and (lab.min() < -1 or lab.max() >= k):
+            raise TrainingError(
+                f"associator '{who}' returned {name} from {lab.min()} to {lab.max()}, outside "
+                f"-1..{k - 1} (its label space holds {k} clusters: num_clusters_"
+                f"{name[-1]}); -1 marks an instance without a label"
+            )
+
+
 def lr_factors(stages: list[Stage], tr: dict):
     """The learning rate of each epoch as a factor of ``train.lr`` (for ``LambdaLR``).
 
@@ -621,6 +645,14 @@ class Trainer:
         cl = assoc.associate(fv.to(self.device), lv, fr.to(self.device), lr)
         seconds["associate"] = time.perf_counter() - t0
         nv = len(lv)
+        _check_cross_labels(
+            cl,
+            nv,
+            len(lr),
+            max(int(cl.num_clusters_v), kv),
+            max(int(cl.num_clusters_r), kr),
+            stage.associator["type"],
+        )
         info = {k: v for k, v in cl.info.items() if isinstance(v, (int, float, str, bool))}
         return EpochLabels(
             vis_in_v=cl.labels_in_v[:nv],
