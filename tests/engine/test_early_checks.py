@@ -313,3 +313,32 @@ def test_an_associator_returning_bad_labels_stops_before_training(recipe_file, m
             run_recipe(cfg, progress=False)
     finally:
         ASSOCIATORS.unregister("mangled_test")
+
+
+@pytest.mark.parametrize(
+    "mangle, words",
+    [
+        (lambda a: a[:-1], r"returned labels of shape \(\d+,\) and dtype int\d+ for \d+ features"),
+        (lambda a: a.astype(np.float32), "returned labels of shape .* dtype float32"),
+        (lambda a: np.where(a < 0, -2, a), "returned label -2; labels are 0..K-1"),
+    ],
+)
+def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, mangle, words):
+    from uvireid.errors import TrainingError
+    from uvireid.registry import CLUSTERERS
+
+    base = CLUSTERERS.get("dbscan")
+
+    class Mangled(base):
+        def fit_predict(self, x):
+            out = np.asarray(super().fit_predict(x)).copy()
+            out[0] = -1  # at least one outlier, for the noise-code case
+            return mangle(out)
+
+    CLUSTERERS.register("mangled_test")(Mangled)
+    try:
+        cfg = load_recipe(recipe_file, ["clusterer.type=mangled_test"])
+        with pytest.raises(TrainingError, match=f"clusterer 'mangled_test' {words}"):
+            run_recipe(cfg, progress=False)
+    finally:
+        CLUSTERERS.unregister("mangled_test")

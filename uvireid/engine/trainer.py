@@ -616,7 +616,19 @@ class Trainer:
         if len(idx):
             clusterer = CLUSTERERS.build(stage.clusterer)
             x = feats[torch.from_numpy(idx)].to(self.device)
-            labels[idx] = np.asarray(clusterer.fit_predict(x), dtype=np.int64)
+            found = np.asarray(clusterer.fit_predict(x))
+            who = f"clusterer '{stage.clusterer['type']}'"
+            if found.shape != (len(idx),) or not np.issubdtype(found.dtype, np.integer):
+                raise TrainingError(
+                    f"{who} returned labels of shape {found.shape} and dtype {found.dtype} "
+                    f"for {len(idx)} features; fit_predict must return one integer per row"
+                )
+            if len(found) and found.min() < -1:
+                raise TrainingError(
+                    f"{who} returned label {found.min()}; labels are 0..K-1, and -1 marks an "
+                    f"outlier (map the library's other noise codes to -1)"
+                )
+            labels[idx] = found
         return labels
 
     def pseudo_labels(self, stage: Stage, fv, fr, seconds: dict) -> EpochLabels:
