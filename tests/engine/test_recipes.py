@@ -98,6 +98,7 @@ def test_salcr_recipe_matches_the_spec_table(recipe, column):
     # the cross-modality memories update in a random permutation; Sec. 3.1: no non-local
     assert (tr["jitter"], tr["hue"]) == (0.5, 0.5)
     assert salcr.losses[0]["shuffle_updates"] is True
+    assert salcr.losses[1]["shuffle_updates"] is True  # Sec. 5.2/6.5: part memories too
     assert not any(cfg["backbone"].get("non_local") or [])
 
 

@@ -113,8 +113,10 @@ def test_dcl_loss_is_three_intra_modality_terms():
     assert torch.allclose(loss(out, t), ref, rtol=1e-10)
     before_v = loss.memory_v.features.clone()
     loss.update(out, t)
+    # one memory call per view (SALCR/MBCCM): autograd runs the later call's backward first,
+    # so the CA rows update M^v before the original ones (salcr_reference.md Sec. 5.4)
     expected = momentum_loop(
-        before_v, torch.cat([out.feat_v, out.feat_a]), t.vis_in_v.tolist() * 2, 0.1
+        before_v, torch.cat([out.feat_a, out.feat_v]), t.vis_in_v.tolist() * 2, 0.1
     )
     assert torch.allclose(loss.memory_v.features.double(), expected, atol=1e-12)
 
@@ -391,3 +393,31 @@ def test_dagl_updates_each_memory_in_a_seeded_random_order_of_the_batch():
     m.features = mv.clone()
     m.update(z, torch.tensor(tv))
     assert torch.allclose(m.features, results[0], atol=1e-12)
+
+
+def test_visible_views_update_in_the_order_of_the_reference_calls():
+    """One call per view (SALCR/MBCCM): the CA rows first, the original rows last (autograd
+    runs the later call's backward first); one call over both views (ca_joint, PGM): in
+    that batch's order, the original rows first."""
+    from uvireid.losses.memory import momentum_update
+
+    ctx = _context()
+    out, t = _step()
+    y = t.vis_in_v.tolist() * 2
+    for joint, views in ((False, [out.feat_a, out.feat_v]), (True, [out.feat_v, out.feat_a])):
+        loss = ClusterContrastLoss(ca_joint=joint)
+        loss.reset(ctx)
+        before = loss.memory_v.features.clone()
+        loss.update(out, t)
+        want = momentum_loop(before, torch.cat(views), y, 0.1)
+        assert torch.allclose(loss.memory_v.features.double(), want, atol=1e-12), joint
+    # momentum_update's order: a permutation applied as the sequence of rows
+    m = unit_rows(3, 4, seed=9)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    lab = np.array([1, 1, 0, 1, 2])
+    order = np.array([4, 1, 3, 0, 2])
+    got = m.clone()
+    momentum_update(got, x, lab, 0.1, order)
+    assert torch.allclose(got, momentum_loop(m, x[order], lab[order].tolist(), 0.1), atol=1e-12)
+    with pytest.raises(ValueError, match="permutation of 5 rows"):
+        momentum_update(m.clone(), x, lab, 0.1, np.array([0, 0, 1, 2, 3]))

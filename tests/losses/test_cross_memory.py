@@ -89,9 +89,10 @@ def test_accl_value_gradient_and_update_follow_pgm(epoch):
     ref.backward()
     for x, y in zip(a, b):
         assert torch.allclose(x.grad, y.grad, rtol=1e-8, atol=1e-12)
-    # update: intra first (visible: f^v then f^a; IR), then the cross rows (cross_update)
+    # update: intra first (visible: f^a then f^v, one memory call per view whose backward
+    # autograd runs last-call-first; IR), then the cross rows (cross_update)
     loss.update(StepOutputs(fv, fa, fr), t)
-    exp_v = momentum_loop(mv, torch.cat([fv, fa]), yv * 2, 0.2)
+    exp_v = momentum_loop(mv, torch.cat([fa, fv]), yv * 2, 0.2)
     exp_r = momentum_loop(mr, fr, yr, 0.2)
     if odd:
         exp_v = momentum_loop(exp_v, fr, t.ir_in_v.tolist(), 0.2)
@@ -115,14 +116,18 @@ def test_accl_without_cross_update_leaves_the_other_memory_alone_and_both_schedu
 
 
 def _skl_loop(a, b):
-    """Mean over rows of KL(p||q) + KL(q||p), softmax by hand."""
+    """Mean over rows of (KL(p||q) + KL(q||p)) / 2 (MBCCM's KLDivLoss: (loss1 + loss2) / 2),
+    softmax by hand."""
     rows = []
     for i in range(a.shape[0]):
         p = softmax_row(list(a[i]))
         q = softmax_row(list(b[i]))
         rows.append(
-            sum(pj * torch.log(pj / qj) for pj, qj in zip(p, q))
-            + sum(qj * torch.log(qj / pj) for pj, qj in zip(p, q))
+            (
+                sum(pj * torch.log(pj / qj) for pj, qj in zip(p, q))
+                + sum(qj * torch.log(qj / pj) for pj, qj in zip(p, q))
+            )
+            / 2
         )
     return sum(rows) / len(rows)
 
@@ -179,20 +184,22 @@ def test_modality_agnostic_value_gradient_and_update_follow_mbccm():
     for x, y in zip(a, b):
         assert torch.allclose(x.grad, y.grad, rtol=1e-7, atol=1e-10)
     loss.update(StepOutputs(fv, fa, fr), t)
-    z = torch.cat([fv, fa, fr])
+    # MBCCM calls each memory on f^v, f^a, f^r; autograd runs the last call's update
+    # first: f^r, f^a, f^v (the original visible rows last)
+    z = torch.cat([fr, fa, fv])
     assert torch.allclose(
         loss.memory_va.features,
-        momentum_loop(mv, z, torch.cat([yv[0], yv[1], yv[2]]).tolist(), 0.1),
+        momentum_loop(mv, z, torch.cat([yv[2], yv[1], yv[0]]).tolist(), 0.1),
         atol=1e-12,
     )
     assert torch.allclose(
         loss.memory_ra.features,
-        momentum_loop(mr, z, torch.cat([yr[0], yr[1], yr[2]]).tolist(), 0.1),
+        momentum_loop(mr, z, torch.cat([yr[2], yr[1], yr[0]]).tolist(), 0.1),
         atol=1e-12,
     )
     assert torch.allclose(
         loss.memory_v.features,
-        momentum_loop(mv, torch.cat([fv, fa]), yv[0].tolist() * 2, 0.1),
+        momentum_loop(mv, torch.cat([fa, fv]), yv[0].tolist() * 2, 0.1),
         atol=1e-12,
     )
     assert torch.allclose(loss.memory_r.features, momentum_loop(mr, fr, yr[2].tolist(), 0.1))

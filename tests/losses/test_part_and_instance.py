@@ -8,6 +8,7 @@ import torch
 from loss_oracles import (
     attention_loop,
     centroid_loop,
+    momentum_loop,
     nce_mean,
     neighbour_nll,
     part_queries_loop,
@@ -168,6 +169,38 @@ def test_part_contrast_value_and_gradients_equal_eq_12_to_15():
     slip = list(VISIBLE_QUERY_ROWS)
     slip[3] = ("a", "v")
     assert torch.allclose(quirks(out, t), _part_reference(quirks, out, t, slip), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_part_memories_update_each_part_by_the_momentum_loop_in_their_order(shuffle):
+    """Eq. 7 per part and memory, one row after the other: in a random permutation of the
+    memory's rows (the official part memories, cross=True), or in the fixed row order."""
+    from uvireid.losses.memory import batch_permutation
+
+    ctx = _context()
+    out, t = _step()
+    loss = PartContrastLoss(num_parts=2, shuffle_updates=shuffle)
+    loss.reset(ctx)
+    before = {name: getattr(loss, name).clone() for name in ("hat_v", "hat_r", "chk_v", "chk_r")}
+    loss.update(out, t)
+    rows = {
+        "hat_v": (VISIBLE_QUERY_ROWS, t.vis_in_v),
+        "hat_r": (VISIBLE_QUERY_ROWS, t.vis_in_r),
+        "chk_v": (INFRARED_QUERY_ROWS, t.ir_in_v),
+        "chk_r": (INFRARED_QUERY_ROWS, t.ir_in_r),
+    }
+    for name, (keys, y) in rows.items():
+        labels = np.array(y.tolist() * len(keys))
+        seq = batch_permutation(labels) if shuffle else np.arange(len(labels))
+        for p in range(2):
+            x = torch.cat([out.parts[k][:, p] for k in keys])
+            want = momentum_loop(before[name][p], x[seq], labels[seq].tolist(), 0.1)
+            assert torch.allclose(getattr(loss, name)[p], want, atol=1e-12), (name, p)
+    if shuffle:  # the order changes the result (momentum 0.1)
+        fixed = PartContrastLoss(num_parts=2, shuffle_updates=False)
+        fixed.reset(ctx)
+        fixed.update(out, t)
+        assert not torch.allclose(fixed.hat_v, loss.hat_v)
 
 
 def _global_sets(out, memory, k, with_ca):

@@ -120,12 +120,21 @@ class _TwoMemories(nn.Module):
         self.memory_r.reset(context.feats_r, context.init_r, context.num_r)
 
     @torch.no_grad()
-    def update_intra(self, outputs: StepOutputs, targets: StepTargets, use_ca: bool) -> None:
-        """M^v with [f^v; f^a] (in this order; f^a only with ``use_ca``), M^r with f^r,
-        each with its own labels."""
+    def update_intra(
+        self, outputs: StepOutputs, targets: StepTargets, use_ca: bool, joint: bool = False
+    ) -> None:
+        """M^v with both visible views (f^a only with ``use_ca``), M^r with f^r, each with
+        its own labels.
+
+        The order is the reference's: with one memory call per view (SALCR, MBCCM: ``L(f^v)
+        + L(f^a)``) autograd runs the later call's backward first, so the CA rows update
+        M^v before the original ones, ``[f^a; f^v]``, and a prototype ends closest to an
+        original view; with one call over both views (``joint``, ADCA/PGM's
+        ``L([f^v; f^a])``) the update follows that batch, ``[f^v; f^a]``."""
         targets = targets.on_host()
         if use_ca:
-            fv = torch.cat([outputs.feat_v, outputs.feat_a])
+            views = [outputs.feat_v, outputs.feat_a] if joint else [outputs.feat_a, outputs.feat_v]
+            fv = torch.cat(views)
             yv = torch.cat([targets.vis_in_v, targets.vis_in_v])
         else:
             fv, yv = outputs.feat_v, targets.vis_in_v
@@ -176,8 +185,8 @@ class ClusterContrastLoss(_TwoMemories):
 
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
-        """M^v with [f^v; f^a] (in this order), M^r with f^r, each with its own labels."""
-        self.update_intra(outputs, targets, self.use_ca)
+        """M^v with both visible views (:meth:`update_intra`'s order), M^r with f^r."""
+        self.update_intra(outputs, targets, self.use_ca, joint=self.ca_joint)
 
 
 @LOSSES.register("dual_cluster_contrast")

@@ -126,12 +126,14 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
 
 
 def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``KL(p || q) + KL(q || p)`` with ``p, q = softmax(logits)``.
+    """Mean over rows of ``(KL(p || q) + KL(q || p)) / 2`` with ``p, q = softmax(logits)``:
+    the average of the two directions, as the MBCCM code's ``KLDivLoss`` returns
+    ``(loss1 + loss2) / 2`` (so ``beta`` = 0.5 weighs it as there).
 
     Both sides carry gradients (the MBCCM consistency term trains both predictions)."""
     lp = F.log_softmax(logits_p, dim=1)
     lq = F.log_softmax(logits_q, dim=1)
-    return ((lp.exp() - lq.exp()) * (lp - lq)).sum(1).mean()
+    return 0.5 * ((lp.exp() - lq.exp()) * (lp - lq)).sum(1).mean()
 
 
 @LOSSES.register("modality_agnostic")
@@ -219,9 +221,11 @@ class ModalityAgnosticLoss(_TwoMemories):
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
         """``M^v``/``M^r`` as ``cluster_contrast`` does; ``M^va``/``M^ra`` with every view
-        in its visible / infrared label (batch order: f^v, f^a, f^r)."""
+        in its visible / infrared label, in the order of the MBCCM code's backward: its
+        calls are f^v, f^a, f^r, and autograd runs the last call's update first, so f^r,
+        then f^a, then f^v (the original visible rows end closest to a prototype)."""
         self.update_intra(outputs, targets, self.use_ca)
-        views = self._views(outputs, targets)
+        views = self._views(outputs, targets)[::-1]
         z = torch.cat([x for x, _, _, _ in views])
         ClusterMemory.update_together(
             (self.memory_va, z, torch.cat([yv for _, yv, _, _ in views])),

@@ -60,6 +60,7 @@ def momentum_update(
     feats: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
     momentum: float,
+    order: np.ndarray | None = None,
 ) -> None:
     """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
 
@@ -73,16 +74,16 @@ def momentum_update(
     on a GPU are read back once. The indices reach the device in one copy, and round r
     touches only the groups that have an r-th row. ``memory`` may be (K, d) or (K, P, d)
     (one update per part, normalised over the last dimension), also a view such as
-    ``(P, K, d).transpose(0, 1)``. Several memories at once: :func:`momentum_update_many`.
+    ``(P, K, d).transpose(0, 1)``. ``order`` (host, a permutation of the rows): apply
+    the rows in that sequence instead of batch order (the rows themselves are not
+    moved). Several memories at once: :func:`momentum_update_many`.
     """
-    momentum_update_many([(memory, feats, labels)], momentum)
+    momentum_update_many([(memory, feats, labels, order)], momentum)
 
 
-def momentum_update_many(
-    updates: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | np.ndarray]],
-    momentum: float,
-) -> None:
-    """:func:`momentum_update` of several memories, ``[(memory, feats, labels), ...]``,
+def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
+    """:func:`momentum_update` of several memories, ``[(memory, feats, labels), ...]``
+    (or ``(memory, feats, labels, order)``: ``order`` as in :func:`momentum_update`),
     in one set of rounds: the same result as one call per memory (the memories are
     disjoint, so their sequences do not interact), with as many rounds as the most
     frequent label of any memory has rows instead of the sum over the memories. On a GPU
@@ -93,15 +94,16 @@ def momentum_update_many(
     winning: call twice for two passes over one memory)."""
     if not updates:
         return
+    updates = [(*u, None) if len(u) == 3 else tuple(u) for u in updates]
     first = updates[0][0]
-    storages = [m.untyped_storage().data_ptr() for m, _, _ in updates]
+    storages = [u[0].untyped_storage().data_ptr() for u in updates]
     if len(set(storages)) != len(storages):
         raise ValueError(
             "momentum_update_many: a memory appears twice (or two share storage); update "
             "one memory's two passes with two calls"
         )
-    labs, offsets, total = [], [], 0
-    for memory, feats, labels in updates:
+    labs, seqs, offsets, total = [], [], [], 0
+    for memory, feats, labels, order in updates:
         if memory.shape[1:] != first.shape[1:] or memory.dtype != first.dtype:
             raise ValueError(
                 "momentum_update_many: the memories must share dtype and row shape, got "
@@ -113,13 +115,21 @@ def momentum_update_many(
         if len(lab) != len(feats):
             raise ValueError(f"momentum_update: {len(feats)} feature rows but {len(lab)} labels")
         labs.append(np.where(lab >= 0, lab + total, -1))  # one label space for all
+        seq = np.arange(len(lab))  # each row's place in the sequence of updates
+        if order is not None:
+            order = np.asarray(order, dtype=np.int64)
+            if sorted(order.tolist()) != list(range(len(lab))):
+                raise ValueError(f"momentum_update: order must be a permutation of {len(lab)} rows")
+            seq[order] = np.arange(len(lab))
+        seqs.append(seq)
         offsets.append(total)
         total += int(memory.shape[0])
     lab = np.concatenate(labs)
     kept = np.flatnonzero(lab >= 0)
     if kept.size == 0:
         return
-    order = kept[np.argsort(lab[kept], kind="stable")]  # by label, batch order within
+    seq = np.concatenate(seqs)
+    order = kept[np.lexsort((seq[kept], lab[kept]))]  # by label, then update sequence
     uniq, start, counts = np.unique(lab[order], return_index=True, return_counts=True)
     group = np.repeat(np.arange(len(uniq)), counts)
     slot = np.arange(len(order)) - start[group]  # a row's place within its label
@@ -140,7 +150,7 @@ def momentum_update_many(
     idx = torch.from_numpy(np.concatenate([order, rank_of[group], slot, *extra]))
     idx = idx.to(first.device, non_blocking=True)
     rows = idx[:n]
-    feats = torch.cat([f.detach().to(first.dtype) for _, f, _ in updates])
+    feats = torch.cat([u[1].detach().to(first.dtype) for u in updates])
     x = F.normalize(feats[rows], dim=-1)
     xs = x.new_zeros((u, rounds, *x.shape[1:]))  # (U, R, ...) rows in batch order
     xs[idx[n : 2 * n], idx[2 * n : 3 * n]] = x
@@ -223,12 +233,6 @@ def batch_permutation(labels: Any) -> np.ndarray:
     return np.random.default_rng(zlib.crc32(lab.tobytes())).permutation(len(lab))
 
 
-def _shuffled(feats: torch.Tensor, labels: Any) -> tuple[torch.Tensor, Any]:
-    perm = batch_permutation(labels)
-    lab = labels.detach().cpu() if torch.is_tensor(labels) else torch.as_tensor(labels)
-    return feats[torch.from_numpy(perm).to(feats.device)], lab[torch.from_numpy(perm)]
-
-
 class ClusterMemory(nn.Module):
     """K prototypes of dimension d with the cluster-contrast logits and momentum update.
 
@@ -285,9 +289,8 @@ class ClusterMemory(nn.Module):
         labels = gather_labels(labels, feats.device)
         if self.hard:
             labels = hardest_labels(self.features, feats, labels)
-        if self.shuffle:
-            feats, labels = _shuffled(feats, labels)
-        momentum_update(self.features, feats, labels, self.momentum)
+        order = batch_permutation(labels) if self.shuffle else None
+        momentum_update(self.features, feats, labels, self.momentum, order)
 
     @staticmethod
     @torch.no_grad()
@@ -307,12 +310,12 @@ class ClusterMemory(nn.Module):
             if id(labels) not in labels_of:
                 labels_of[id(labels)] = gather_labels(labels, gathered.device)
             use = labels_of[id(labels)]
-            rows = gathered
             if memory.hard:
                 use = hardest_labels(memory.features, gathered, use)
-            if memory.shuffle:
-                rows, use = _shuffled(gathered, use)
-            by_momentum.setdefault(memory.momentum, []).append((memory.features, rows, use))
+            order = batch_permutation(use) if memory.shuffle else None
+            by_momentum.setdefault(memory.momentum, []).append(
+                (memory.features, gathered, use, order)
+            )
         for momentum, updates in by_momentum.items():
             momentum_update_many(updates, momentum)
 

@@ -33,7 +33,12 @@ from torch import nn
 from uvireid.errors import ConfigError
 from uvireid.losses.cluster_contrast import cluster_nce
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
-from uvireid.losses.memory import centroids, check_loss_settings, momentum_update_many
+from uvireid.losses.memory import (
+    batch_permutation,
+    centroids,
+    check_loss_settings,
+    momentum_update_many,
+)
 from uvireid.registry import LOSSES
 
 __all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
@@ -52,6 +57,10 @@ class PartContrastLoss(nn.Module):
         temperature: tau (0.05).
         momentum: weight of the old prototype (0.1).
         official_quirks: the official code's memory initialisation and a->r slip.
+        shuffle_updates: update each memory in a random order of its rows, as the official
+            part memories (``cross=True``) do (``shared/notes/salcr_reference.md`` Sec.
+            5.2, 6.5); false: in the fixed row order, where the last query/map pair of a
+            label (a->v, r->a) takes 0.9 of its prototype.
     """
 
     needs_parts = True
@@ -62,6 +71,7 @@ class PartContrastLoss(nn.Module):
         temperature: float = 0.05,
         momentum: float = 0.1,
         official_quirks: bool = False,
+        shuffle_updates: bool = True,
     ):
         super().__init__()
         check_loss_settings(
@@ -71,6 +81,7 @@ class PartContrastLoss(nn.Module):
         self.temperature = float(temperature)
         self.momentum = float(momentum)
         self.official_quirks = bool(official_quirks)
+        self.shuffle_updates = bool(shuffle_updates)
         for name in MEMORIES:  # (P, K, d) each
             self.register_buffer(name, torch.zeros(self.num_parts, 0, 0))
 
@@ -142,7 +153,9 @@ class PartContrastLoss(nn.Module):
         updates = []
         for name, (x, y) in self._rows(outputs, targets.on_host(), gathered).items():
             mem = getattr(self, name)  # (P, K, d), updated in place through its (K, P, d) view
-            updates.append((mem.transpose(0, 1), x, gather_labels(y, x.device)))
+            labels = gather_labels(y, x.device)
+            order = batch_permutation(labels) if self.shuffle_updates else None
+            updates.append((mem.transpose(0, 1), x, labels, order))
         # the four memories in one set of rounds (24 instead of 72 at 8 labels x 4 images)
         momentum_update_many(updates, self.momentum)
 
