@@ -73,13 +73,16 @@ def test_bn_neck_bias_is_frozen_and_gem_p_fixed_by_default():
 
 
 def test_extract_is_the_normalised_mean_of_image_and_flip():
+    """salcr_reference.md Sec. 2.1: u = L2n((L2n(u(x)) + L2n(u(flip x))) / 2)."""
     m = _model().eval()
     x = torch.randn(3, 3, 64, 32)
     with torch.no_grad():
         a = m(x, 1).bn_feat
         b = m(torch.flip(x, dims=[3]), 1).bn_feat
-    manual = (a + b) / 2
+    manual = (a / a.norm(dim=1, keepdim=True) + b / b.norm(dim=1, keepdim=True)) / 2
     manual = manual / manual.norm(dim=1, keepdim=True)
+    unnormalised_halves = F.normalize((a + b) / 2, dim=1)
+    assert not torch.allclose(manual, unnormalised_halves, atol=1e-5)  # the test can tell
     feat = m.extract(x, 1)
     assert torch.allclose(feat, manual, atol=1e-5)
     assert torch.allclose(feat.norm(dim=1), torch.ones(3), atol=1e-5)
@@ -96,7 +99,7 @@ def test_the_pool_head_is_the_feature_before_the_bn_neck():
     with torch.no_grad():
         a = m(x, 0).global_feat
         b = m(torch.flip(x, dims=[3]), 0).global_feat
-    manual = (a + b) / 2
+    manual = (a / a.norm(dim=1, keepdim=True) + b / b.norm(dim=1, keepdim=True)) / 2
     manual = manual / manual.norm(dim=1, keepdim=True)
     pool = m.extract(x, 0, head="pool")
     assert torch.allclose(pool, manual, atol=1e-5)

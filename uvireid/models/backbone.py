@@ -157,8 +157,9 @@ class _ReidHead(nn.Module):
     ) -> torch.Tensor:
         """Test-time feature: (B, 3, H, W) -> (B, C) float, L2-normalised.
 
-        The mean of the features of the image and of its horizontal flip, then
-        L2-normalised (``flip=False``: the image alone). ``head`` (:data:`FEATURE_HEADS`):
+        The mean of the L2-normalised features of the image and of its horizontal flip,
+        L2-normalised again (SALCR's and PGM's test features: each half is the model's
+        normalised eval output; ``flip=False``: the image alone). ``head`` (:data:`FEATURE_HEADS`):
         ``bn_feat`` the BN neck's output (what SALCR/DCL test with), ``pool`` the pooled
         feature before it (mangye16's AGW ``x_pool``, some peers' "pool" results). Runs
         without gradients; call ``model.eval()`` first so that batch norm uses its running
@@ -167,9 +168,10 @@ class _ReidHead(nn.Module):
         if self.training:
             logger.warning("extract() called in train mode; call model.eval() first")
         field = head_field(head)
-        feat = getattr(self(x, modality), field)
+        feat = F.normalize(getattr(self(x, modality), field), dim=1)
         if flip:
-            feat = (feat + getattr(self(torch.flip(x, dims=[3]), modality), field)) / 2
+            flipped = getattr(self(torch.flip(x, dims=[3]), modality), field)
+            feat = (feat + F.normalize(flipped, dim=1)) / 2
         return F.normalize(feat, dim=1)
 
 
