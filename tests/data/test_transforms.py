@@ -196,6 +196,10 @@ def test_color_jitter_equals_torchvision_per_image_in_its_drawn_order():
     assert len({tuple(o) for o in order.tolist()}) > 5  # orders differ between images
     assert factors[:, :3].min() >= 0.5 and factors[:, :3].max() <= 1.5
     assert factors[:, 3].abs().max() <= 0.5
+    # strength > 1: uniform on [0, 1 + s] (torchvision), no mass at exactly 0
+    wide, _ = jitter_params(4000, 1.5, 0.0, torch.Generator().manual_seed(1))
+    assert (wide[:, :3] > 0).all() and wide[:, :3].max() <= 2.5
+    assert abs(float((wide[:, :3] < 1.25).double().mean()) - 0.5) < 0.03
     ops = [tf.adjust_brightness, tf.adjust_contrast, tf.adjust_saturation, tf.adjust_hue]
     want = []
     for i in range(24):

@@ -234,8 +234,8 @@ def jitter_params(
     brightness, 1 contrast, 2 saturation, 3 hue), as torchvision's ``ColorJitter`` draws
     them for each image."""
     u = torch.rand(b, 4, generator=gen, dtype=torch.float64)
-    f = 1.0 + strength * (2 * u - 1)
-    f[:, :3].clamp_(min=0)
+    lo = max(0.0, 1.0 - strength)  # uniform on the clipped range, as torchvision draws
+    f = lo + (1.0 + strength - lo) * u
     f[:, 3] = hue * (2 * u[:, 3] - 1)
     order = torch.argsort(torch.rand(b, 4, generator=gen), dim=1)
     return f, order
@@ -249,12 +249,13 @@ def apply_jitter(x01: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) 
     (a rotation of the HSV hue by the shift, in turns)."""
     x = x01.clone()
     f = factors.to(x.device, x.dtype)
-    order = order.to(x.device)
+    order = order.cpu()  # the rows of each (step, op) are found on the host: no device wait
     for step in range(4):
         for op in range(4):
             rows = (order[:, step] == op).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
+            rows = rows.to(x.device, non_blocking=True)
             xi, fi = x[rows], f[rows, op][:, None, None, None]
             if op == 0:
                 out = xi * fi
