@@ -775,6 +775,34 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
     return out
 
 
+def _check_start_from_best(
+    cfg: Mapping[str, Any], earlier: list[dict], where: str, prov: Provenance
+) -> None:
+    """``start_from: best`` needs a ``best.pt`` before the stage starts: keep_best, a
+    protocol, and an evaluation within the earlier stages' epochs (checked here, not after
+    they have trained)."""
+    ev = cfg.get("evaluation") or {}
+    src = prov.source(where + ".start_from")
+    first = sum(int(s["epochs"]) for s in earlier)
+    if first == 0:
+        raise ConfigError(
+            f"{src}: {where} starts at epoch 0, with no earlier epoch to start from; "
+            f"start_from: best is for a stage after others that train"
+        )
+    if not ev.get("keep_best") or ev.get("protocol") == "none":
+        raise ConfigError(
+            f"{src}: {where}.start_from: best loads checkpoints/best.pt, which only "
+            f"evaluation.keep_best: true writes (with an evaluation protocol); set it, or "
+            f"remove start_from"
+        )
+    every = ev.get("every", EvalSettings.every)
+    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= first:
+        raise ConfigError(
+            f"{src}: {where}.start_from: best needs an evaluation before epoch {first}, where "
+            f"the stage starts; evaluation.every is {every!r}: set it to 1..{first}"
+        )
+
+
 def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> list[dict]:
     """Each stage: its settings, sampler, losses and parts (inherited when absent)."""
     if value is None:
@@ -820,18 +848,7 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
                 f"previous epoch's model) or best, got {res['start_from']!r}"
             )
         if res.get("start_from") == "best":
-            ev = cfg.get("evaluation") or {}
-            if i == 0:
-                raise ConfigError(
-                    f"{prov.source(where + '.start_from')}: the first stage has no earlier "
-                    f"epoch to start from; start_from: best is for a later stage"
-                )
-            if not ev.get("keep_best") or ev.get("protocol") == "none":
-                raise ConfigError(
-                    f"{prov.source(where + '.start_from')}: {where}.start_from: best loads "
-                    f"checkpoints/best.pt, which only evaluation.keep_best: true writes (with "
-                    f"an evaluation protocol); set it, or remove start_from"
-                )
+            _check_start_from_best(cfg, out, where, prov)
         if sampler["camera_aware"] and sampler["type"] != "identity":
             raise ConfigError(
                 f"{prov.source(where + '.sampler.camera_aware')}: camera_aware applies to the "

@@ -277,7 +277,10 @@ def test_start_from_best_without_a_kept_best_is_an_error(recipe_file, monkeypatc
     from uvireid.errors import TrainingError
 
     monkeypatch.setattr(Trainer, "_improves_best", lambda self, epoch, tables: False)
-    cfg = load_recipe(recipe_file, ["stages.1.start_from=best", "evaluation.keep_best=true"])
+    cfg = load_recipe(
+        recipe_file,
+        ["stages.1.start_from=best", "evaluation.keep_best=true", "evaluation.every=1"],
+    )
     with pytest.raises(TrainingError, match="no evaluated epoch before it kept one"):
         run_recipe(cfg, progress=False)
 
@@ -342,3 +345,102 @@ def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, man
             run_recipe(cfg, progress=False)
     finally:
         CLUSTERERS.unregister("mangled_test")
+
+
+def test_a_resume_relinks_a_best_checkpoint_the_kill_left_behind(recipe_file, monkeypatch):
+    """Killed after latest.pt (the best epoch) was written but before it was linked as
+    best.pt: the resume links it again, so start_from: best loads the best epoch's model,
+    not the stale best.pt."""
+    import torch
+
+    from uvireid.engine.checkpoint import load_checkpoint
+
+    def improves(self, epoch, tables):  # epochs 0 and 1 improve: best = epoch 1
+        if epoch > 1:
+            return False
+        self.best = {"epoch": epoch, "mAP": float(epoch), "selected_on": "test set"}
+        return True
+
+    monkeypatch.setattr(Trainer, "_improves_best", improves)
+    overrides = [
+        "stages.0.epochs=2",
+        "stages.1.start_from=best",
+        "evaluation.keep_best=true",
+        "evaluation.every=1",
+    ]
+    cfg = load_recipe(recipe_file, overrides)
+    folder = run_killed_at(cfg, epoch=2)
+    ckpt = folder.checkpoints
+    good = load_checkpoint(ckpt / "latest.pt")
+    stale = load_checkpoint(ckpt / "latest.pt")
+    stale["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in stale["model"].items()}
+    (ckpt / "best.pt").unlink()
+    torch.save(stale, ckpt / "best.pt")  # as if the link had not happened
+    seen = {}
+    real = Trainer._load_best
+
+    def spy(self, stage):
+        out = real(self, stage)
+        seen["after"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(Trainer, "_load_best", spy)
+    run_recipe(cfg, resume=True, progress=False)
+    assert all(torch.equal(seen["after"][k], v) for k, v in good["model"].items())
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["evaluation.every=0"], "evaluation.every is 0: set it to 1..1"),
+        (["evaluation.every=2"], "needs an evaluation before epoch 1"),
+        (["stages.0.epochs=0"], "starts at epoch 0"),
+        (["evaluation.keep_best=false"], "only evaluation.keep_best: true writes"),
+    ],
+)
+def test_start_from_best_that_could_never_load_is_refused_with_the_recipe(
+    recipe_file, overrides, words
+):
+    from uvireid.errors import ConfigError
+
+    base = ["stages.1.start_from=best", "evaluation.keep_best=true"]
+    with pytest.raises(ConfigError, match=words):
+        load_recipe(recipe_file, [*base, *overrides])
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (  # labels 1..K with the count grown to match: a memory row no cluster fills
+            lambda cl: {
+                "labels_in_v": np.where(cl.labels_in_v >= 0, cl.labels_in_v + 1, -1),
+                "num_clusters_v": cl.num_clusters_v + 1,
+            },
+            r"reports num_clusters_v = \d+, but the clusterer found \d+ clusters",
+        ),
+        (
+            lambda cl: {"matches": np.array([[cl.num_clusters_v, 0]])},
+            r"returned 1 matches outside the clusters \(first: \[\d+, 0\]",
+        ),
+    ],
+)
+def test_an_associators_off_by_one_in_its_own_count_is_refused(recipe_file, change, words):
+    import dataclasses
+
+    from uvireid.errors import TrainingError
+    from uvireid.registry import ASSOCIATORS
+
+    base = ASSOCIATORS.get("otla_dual")
+
+    class Shifted(base):
+        def associate(self, fv, lv, fr, lr):
+            cl = super().associate(fv, lv, fr, lr)
+            return dataclasses.replace(cl, **change(cl))
+
+    ASSOCIATORS.register("shifted_test")(Shifted)
+    try:
+        cfg = load_recipe(recipe_file, ["stages.1.associator={type: shifted_test}"])
+        with pytest.raises(TrainingError, match=f"associator 'shifted_test' {words}"):
+            run_recipe(cfg, progress=False)
+    finally:
+        ASSOCIATORS.unregister("shifted_test")

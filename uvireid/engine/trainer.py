@@ -28,8 +28,10 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,16 +139,39 @@ def stages_of(cfg: dict) -> list[Stage]:
     return out
 
 
-def _check_cross_labels(cl: CrossLabels, nv: int, nr: int, kv: int, kr: int, who: str) -> None:
+def _check_cross_labels(
+    cl: CrossLabels, nv: int, nr: int, kv: int, kr: int, who: str
+) -> CrossLabels:
     """An associator's labels before they index memories and losses: one per instance,
-    integers in -1..K-1 of their space (a plugin's off-by-one would otherwise be an
-    IndexError deep in a loss, or on a GPU a device-side assert that names nothing).
+    integers in -1..K-1 of their space, matches within the clusters. K is the clusterer's
+    cluster count (``kv``, ``kr``): an associator that keeps the two label spaces (every
+    built-in one) relabels within them, so labels numbered 1..K, or a ``num_clusters_v``
+    larger than the clusterer found, are an off-by-one (a memory row no cluster fills);
+    a unified space may be as large as the associator says. Returns ``cl`` with the
+    labels as numpy int64 arrays.
 
     Raises:
         TrainingError: naming the associator, the array and the fix.
     """
-    for name, lab, k in (("labels_in_v", cl.labels_in_v, kv), ("labels_in_r", cl.labels_in_r, kr)):
+    import dataclasses
+
+    bounds = {"v": kv, "r": kr}
+    for side, k, said in (("v", kv, cl.num_clusters_v), ("r", kr, cl.num_clusters_r)):
+        if cl.unified:
+            bounds[side] = max(int(said), k)
+        elif int(said) > k:
+            raise TrainingError(
+                f"associator '{who}' reports num_clusters_{side} = {said}, but the clusterer "
+                f"found {k} clusters in that space; labels of separate spaces are the "
+                f"clusters' own 0..{k - 1} (set unified=True for a merged label space)"
+            )
+    out = {}
+    for name in ("labels_in_v", "labels_in_r"):
+        lab = cl.labels_in_v if name == "labels_in_v" else cl.labels_in_r
+        if isinstance(lab, torch.Tensor):
+            lab = lab.detach().cpu().numpy()
         lab = np.asarray(lab)
+        k = bounds[name[-1]]
         if lab.shape != (nv + nr,) or not np.issubdtype(lab.dtype, np.integer):
             raise TrainingError(
                 f"associator '{who}' returned {name} of shape {lab.shape} and dtype "
@@ -156,9 +181,20 @@ def _check_cross_labels(cl: CrossLabels, nv: int, nr: int, kv: int, kr: int, who
         if len(lab) and (lab.min() < -1 or lab.max() >= k):
             raise TrainingError(
                 f"associator '{who}' returned {name} from {lab.min()} to {lab.max()}, outside "
-                f"-1..{k - 1} (its label space holds {k} clusters: num_clusters_"
-                f"{name[-1]}); -1 marks an instance without a label"
+                f"-1..{k - 1} (the {'visible' if name[-1] == 'v' else 'infrared'} label space "
+                f"holds {k} clusters); -1 marks an instance without a label"
             )
+        out[name] = lab.astype(np.int64, copy=False)
+    matches = np.asarray(cl.matches, dtype=np.int64).reshape(-1, 2)
+    if len(matches) and not cl.unified:
+        bad = (matches < 0).any(1) | (matches[:, 0] >= kv) | (matches[:, 1] >= kr)
+        if bad.any():
+            raise TrainingError(
+                f"associator '{who}' returned {int(bad.sum())} matches outside the clusters "
+                f"(first: {matches[bad][0].tolist()}; visible 0..{kv - 1}, infrared "
+                f"0..{kr - 1})"
+            )
+    return dataclasses.replace(cl, matches=matches, **out)
 
 
 def lr_factors(stages: list[Stage], tr: dict):
@@ -492,6 +528,18 @@ class Trainer:
             gray_p=tr["gray_p"],
             seed=seed * 1000 + D.rank(),
         )
+        if any(st.start_from == "best" for st in self.stages) and (
+            self.protocol is None or folder is None
+        ):
+            raise ConfigError(
+                "a stage has start_from: best, but this run "
+                + (
+                    "does not evaluate (no test protocol)"
+                    if self.protocol is None
+                    else "has no run folder"
+                )
+                + ", so no checkpoints/best.pt is ever written; remove start_from"
+            )
         self.epoch = 0  # next epoch to run
         self.labels: EpochLabels | None = None
         self.source = source_revision()  # the code's git commit, kept in checkpoints
@@ -657,14 +705,7 @@ class Trainer:
         cl = assoc.associate(fv.to(self.device), lv, fr.to(self.device), lr)
         seconds["associate"] = time.perf_counter() - t0
         nv = len(lv)
-        _check_cross_labels(
-            cl,
-            nv,
-            len(lr),
-            max(int(cl.num_clusters_v), kv),
-            max(int(cl.num_clusters_r), kr),
-            stage.associator["type"],
-        )
+        cl = _check_cross_labels(cl, nv, len(lr), kv, kr, stage.associator["type"])
         info = {k: v for k, v in cl.info.items() if isinstance(v, (int, float, str, bool))}
         return EpochLabels(
             vis_in_v=cl.labels_in_v[:nv],
@@ -1085,22 +1126,22 @@ class Trainer:
     def _load_best(self, stage: Stage) -> dict:
         """The model of ``checkpoints/best.pt`` (rank 0 reads it, every rank loads it), for
         a stage with ``start_from: best``; returns which epoch that was."""
-        info = None
+        payload = None
         if D.is_main():
             path = None if self.folder is None else self.folder.checkpoints / BEST
             if path is None or not path.is_file():
-                raise TrainingError(
-                    f"stage '{stage.name}' starts from checkpoints/best.pt (start_from: best), "
-                    f"but no evaluated epoch before it kept one: evaluate during the earlier "
-                    f"stages (evaluation.every >= 1) with evaluation.keep_best: true"
-                )
-            state = load_checkpoint(path)
-            best = state.get("best") or {}
-            info = {"checkpoint": "best.pt", "epoch": best.get("epoch"), "mAP": best.get("mAP")}
-            payload = (state["model"], info)
-        else:
-            payload = None
-        weights, info = D.broadcast_object(payload)
+                payload = f"stage '{stage.name}' starts from checkpoints/best.pt (start_from: "
+                payload += "best), but no evaluated epoch before it kept one: evaluate during "
+                payload += "the earlier stages (evaluation.every >= 1) with evaluation.keep_best"
+            else:
+                state = load_checkpoint(path)
+                best = state.get("best") or {}
+                info = {"checkpoint": "best.pt", "epoch": best.get("epoch"), "mAP": best.get("mAP")}
+                payload = (state["model"], info)
+        payload = D.broadcast_object(payload)  # every rank raises, not rank 0 alone
+        if isinstance(payload, str):
+            raise TrainingError(payload)
+        weights, info = payload
         load_state_strict(self.model, weights, f"checkpoints/best.pt (stage '{stage.name}')")
         logger.warning(
             "stage '%s' starts from checkpoints/best.pt: epoch %s, mAP %s, chosen ON THE TEST "
@@ -1159,7 +1200,28 @@ class Trainer:
         if state.get("labels"):
             self.labels = EpochLabels(**state["labels"])
         self.best = state.get("best")
+        self._relink_best(path)
         logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
+
+    def _relink_best(self, path) -> None:
+        """A run killed between writing ``latest.pt`` and linking it as ``best.pt`` left a
+        ``latest.pt`` that names itself the best and an older ``best.pt``: link it again,
+        so that a later ``start_from: best`` loads what the uninterrupted run would."""
+        if self.folder is None or not D.is_main() or not self.best:
+            return
+        ckpt = self.folder.checkpoints
+        latest = ckpt / "latest.pt"
+        if self.best.get("epoch") != self.epoch - 1 or not latest.is_file():
+            return
+        if Path(path).resolve() != latest.resolve():
+            return
+        best = ckpt / BEST
+        if best.is_file() and os.path.samefile(latest, best):
+            return
+        keep_as_best(ckpt)
+        logger.warning(
+            "checkpoints/best.pt was older than the best epoch %d; linked again", self.epoch - 1
+        )
 
     # -- the run ----------------------------------------------------------------------
     def fit(self) -> dict | None:
