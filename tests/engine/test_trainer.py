@@ -263,8 +263,11 @@ def test_compiled_losses_train_as_the_eager_ones(recipe_file):
         records[1][1]["loss"]
     )
     assert grads[0].keys() == grads[1].keys() and any("parts" in k for k in grads[0])
+    # float32 sums over the batch and the map differ in order between the kernels: the
+    # first convolutions' gradients (sums over every pixel) agree to ~1e-6 of their largest
+    # entry, measured up to 1.3e-6 (2026-11-26), so 1e-5 of it is the bound
     for k, g in grads[0].items():
-        assert torch.allclose(g, grads[1][k], rtol=1e-4, atol=1e-6 * g.abs().max()), k
+        assert torch.allclose(g, grads[1][k], rtol=1e-4, atol=1e-5 * g.abs().max()), k
 
 
 def test_train_step_moves_the_weights(recipe_file):
