@@ -98,7 +98,14 @@ class TrainSettings:
         pad, erasing_p, jitter, hue, gray_p: augmentation (zero padding before the random
             crop; channel random erasing probability; colour-jitter strength of the CA and
             infrared views, and its hue shift in turns, at most 0.5; ChannelAdapGray's
-            luminance probability). See
+            luminance probability).
+        jitter_views: the views the colour jitter applies to, among ``visible_ca`` and
+            ``infrared`` (a stage's ``jitter_views`` overrides it: PGM's stage 2 jitters
+            only the CA view).
+        cluster_flip: the training features (clustering, memory initialisation,
+            association) are the mean of the L2-normalised features of each image and its
+            flip, not normalised again, as PGM's ``extract_features(flip=True)``; false:
+            the image's feature alone (SALCR, MBCCM). See
             :mod:`uvireid.data.transforms`.
         image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
             (else ``~/.cache/uvireid/images``); null = decode in memory every run.
@@ -133,7 +140,9 @@ class TrainSettings:
     erasing_p: float = 0.5
     jitter: float = 0.5
     hue: float = 0.5
+    jitter_views: list[str] = field(default_factory=lambda: ["visible_ca", "infrared"])
     gray_p: float = 0.5
+    cluster_flip: bool = False
     image_cache: str | None = "auto"
     extract_batch: int = 256
     collapse_ratio: float = 0.5
@@ -192,12 +201,15 @@ class SamplerSettings:
         camera_aware: ``identity`` only: each label's images are a random anchor and
             images of other cameras (Cluster-Contrast's RandomMultipleGallerySampler, as
             ADCA and PGM load their batches).
+        visible_ids: ``identity`` only: visible labels per batch when they differ from the
+            infrared ``ids`` (PGM: 16 infrared, 8 visible); null: ``ids``.
     """
 
     type: str = "identity"
     ids: int = 8
     images: int = 4
     camera_aware: bool = False
+    visible_ids: int | None = None
 
 
 @dataclass
@@ -226,6 +238,7 @@ class StageSettings:
             so far, as PGM's stage-2 script reloads stage 1's best model. That epoch is
             chosen ON THE TEST SET (needs ``evaluation.keep_best: true`` and evaluations
             in the earlier stages): offered to reproduce such methods, not as a practice.
+        jitter_views: this stage's colour-jittered views (null: ``train.jitter_views``).
     """
 
     name: str = "train"
@@ -236,6 +249,7 @@ class StageSettings:
     lr_steps: list[int] | None = None
     reset_optimizer: bool = False
     start_from: str | None = None
+    jitter_views: list[str] | None = None
 
 
 STAGE_COMPONENTS = ("clusterer", "associator")
@@ -683,6 +697,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.erasing_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.gray_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.jitter": (_at_least(0), ">= 0"),
+    "TrainSettings.jitter_views": (
+        lambda v: isinstance(v, list) and set(v) <= set(JITTER_VIEWS),
+        "a list of visible_ca, infrared (the colour-jittered views)",
+    ),
     "TrainSettings.hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (turns of the colour wheel)"),
     "TrainSettings.extract_batch": (_at_least(1), ">= 1"),
     "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -703,6 +721,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "StageSettings.lr": (_at_least(0), ">= 0 (or null: train.lr)"),
     "SamplerSettings.ids": (_at_least(1), ">= 1"),
+    "SamplerSettings.visible_ids": (lambda v: v is None or v >= 1, "null or >= 1"),
     "SamplerSettings.images": (_at_least(1), ">= 1"),
 }
 
@@ -773,6 +792,17 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
     if out["device"] is not None:
         check_device(out["device"], prov.source("device"))
     return out
+
+
+JITTER_VIEWS = ("visible_ca", "infrared")
+
+
+def _check_jitter_views(views: Any, src: str, where: str) -> None:
+    if not isinstance(views, list) or not set(views) <= set(JITTER_VIEWS):
+        raise ConfigError(
+            f"{src}: {where}.jitter_views must be a list of {', '.join(JITTER_VIEWS)} "
+            f"(the views the colour jitter applies to; [] for none), got {views!r}"
+        )
 
 
 def _check_start_from_best(
@@ -849,6 +879,15 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             )
         if res.get("start_from") == "best":
             _check_start_from_best(cfg, out, where, prov)
+        for key in ("camera_aware", "visible_ids"):
+            if sampler[key] not in (False, None) and sampler["type"] != "identity":
+                raise ConfigError(
+                    f"{prov.source(where + '.sampler.' + key)}: {key} applies to the "
+                    f"identity sampler only, not '{sampler['type']}'; remove it"
+                )
+        views = res.get("jitter_views")
+        if views is not None:
+            _check_jitter_views(views, prov.source(where + ".jitter_views"), where)
         if sampler["camera_aware"] and sampler["type"] != "identity":
             raise ConfigError(
                 f"{prov.source(where + '.sampler.camera_aware')}: camera_aware applies to the "

@@ -173,3 +173,12 @@ def test_identity_sampler_camera_aware_keeps_the_batch_shape_and_labels():
             assert all(cams[g[1:]] != cams[g[0]])  # these pools have other cameras
     with pytest.raises(ValueError, match="cameras"):
         IdentitySampler(lab_v, lab_r, 3, 4, cams_v[:-1], cams_r)
+
+
+def test_identity_sampler_can_draw_fewer_visible_labels():
+    """PGM: 16 infrared labels x 16 and 8 visible labels x 16 (ids_v)."""
+    lab_v = np.repeat(np.arange(10), 4)
+    lab_r = np.repeat(np.arange(12), 4)
+    b = IdentitySampler(lab_v, lab_r, 6, 3, ids_v=2).sample(np.random.default_rng(1))
+    assert len(b.idx_v) == 2 * 3 and len(b.idx_r) == 6 * 3
+    assert len(set(lab_v[b.idx_v].tolist())) == 2 and len(set(lab_r[b.idx_r].tolist())) == 6

@@ -227,3 +227,19 @@ def test_hsv_round_trip_and_pure_colours():
     red = torch.tensor([1.0, 0, 0]).reshape(1, 3, 1, 1)
     cyan = apply_jitter(red, torch.tensor([[1.0, 1, 1, 0.5]]), torch.tensor([[3, 0, 1, 2]]))
     torch.testing.assert_close(cyan.flatten(), torch.tensor([0.0, 1, 1]))
+
+
+def test_jitter_views_choose_which_pipelines_are_jittered():
+    """A view outside jitter_views is exactly the un-jittered pipeline (no draw), a view in
+    it is jittered (PGM's stage 2 jitters only the CA view)."""
+    images = torch.randint(
+        0, 256, (4, 3, 16, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    only_ca = Augmenter(jitter=0.5, hue=0.5, seed=3, jitter_views=("visible_ca",))
+    plain = Augmenter(jitter=0.0, hue=0.0, seed=3)
+    both = Augmenter(jitter=0.5, hue=0.5, seed=3)
+    assert torch.equal(only_ca(images, "infrared", "cpu"), plain(images, "infrared", "cpu"))
+    assert not torch.equal(both(images, "infrared", "cpu"), only_ca(images, "infrared", "cpu"))
+    a = Augmenter(jitter=0.5, hue=0.5, seed=4, jitter_views=("visible_ca",))
+    b = Augmenter(jitter=0.0, hue=0.0, seed=4)
+    assert not torch.equal(a(images, "visible_ca", "cpu"), b(images, "visible_ca", "cpu"))

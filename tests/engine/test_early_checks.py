@@ -444,3 +444,77 @@ def test_an_associators_off_by_one_in_its_own_count_is_refused(recipe_file, chan
             run_recipe(cfg, progress=False)
     finally:
         ASSOCIATORS.unregister("shifted_test")
+
+
+def test_pgm_settings_reach_the_training_loop(recipe_file, monkeypatch):
+    """train.cluster_flip: the training features are extracted flip-averaged and not
+    normalised again; sampler.visible_ids: fewer visible labels per batch;
+    stages.N.jitter_views: the stage's jittered views."""
+    import uvireid.engine.trainer as T
+    from uvireid.data.transforms import Augmenter
+
+    calls, sizes, views = [], [], set()
+    real_extract = T.extract_images
+
+    def spy_extract(*args, **kw):
+        calls.append((kw.get("flip", False), kw.get("renormalize", True)))
+        return real_extract(*args, **kw)
+
+    real_targets = Trainer._targets
+
+    def spy_targets(self, lab, iv, ir, paired, labels=None):
+        sizes.append((paired, len(iv), len(ir)))
+        return real_targets(self, lab, iv, ir, paired, labels)
+
+    real_call = Augmenter.__call__
+
+    def spy_call(self, images, kind, device):
+        views.add((kind, self.jitter_views))
+        return real_call(self, images, kind, device)
+
+    monkeypatch.setattr(T, "extract_images", spy_extract)
+    monkeypatch.setattr(Trainer, "_targets", spy_targets)
+    monkeypatch.setattr(Augmenter, "__call__", spy_call)
+    cfg = load_recipe(
+        recipe_file,
+        [
+            "train.cluster_flip=true",
+            "stages.0.sampler={type: identity, ids: 2, visible_ids: 1, images: 2}",
+            "stages.1.jitter_views=[visible_ca]",
+        ],
+    )
+    run_recipe(cfg, progress=False)
+    assert calls.count((True, False)) == 4  # both modalities, both epochs
+    assert (False, 1 * 2, 2 * 2) in sizes  # stage 0: 1 visible label, 2 infrared labels
+    assert ("infrared", ("visible_ca", "infrared")) in views  # stage 0: train's default
+    assert ("infrared", ("visible_ca",)) in views  # stage 1: its own
+
+
+@pytest.mark.parametrize("with_parts", [False, True])
+def test_cluster_flip_features_are_the_mean_of_the_normalised_halves(with_parts):
+    """PGM's extract_features(flip=True): (L2n(f(x)) + L2n(f(flip x))) / 2, not normalised
+    again; the test features (renormalize) are that mean normalised."""
+    import torch
+    import torch.nn.functional as F
+
+    from uvireid.engine.trainer import extract_images
+    from uvireid.models.backbone import TwoStreamResNet
+    from uvireid.models.parts import PartQuery
+
+    torch.manual_seed(0)
+    m = TwoStreamResNet("resnet18").eval()
+    parts = PartQuery(512, 2) if with_parts else None
+    imgs = torch.randint(0, 256, (5, 3, 32, 16), dtype=torch.uint8)
+    got, _ = extract_images(
+        m, imgs, np.zeros(5), "cpu", flip=True, renormalize=False, part_module=parts
+    )
+    from uvireid.data.transforms import normalize
+
+    x = normalize(imgs.float() / 255)
+    with torch.no_grad():
+        a = F.normalize(m(x, 0).bn_feat, dim=1)
+        b = F.normalize(m(x.flip(3), 0).bn_feat, dim=1)
+    torch.testing.assert_close(got, (a + b) / 2, atol=1e-6, rtol=0)
+    assert float(got.norm(dim=1).max()) < 1 - 1e-4
+    unit, _ = extract_images(m, imgs, np.zeros(5), "cpu", flip=True, part_module=parts)
+    torch.testing.assert_close(unit, F.normalize((a + b) / 2, dim=1), atol=1e-6, rtol=0)

@@ -167,6 +167,11 @@ def test_pgm_recipe_matches_the_peers_spec():
     # Sec. 0.1: the AGW backbone, non-local blocks "0,2,3,0"; ColorJitter(.5,.5,.5,.5)
     assert cfg["backbone"]["non_local"] == [0, 2, 3, 0]
     assert dcl.sampler["camera_aware"] and pgm.sampler["camera_aware"]  # Sec. 0.4
+    # Sec. 0.4: 16 x 16 infrared, 8 x 16 visible; Sec. 0.1: flip-averaged cluster features;
+    # PGM's stage-2 script jitters only the CA view
+    assert [(s.sampler["ids"], s.sampler["visible_ids"]) for s in (dcl, pgm)] == [(16, 8)] * 2
+    assert cfg["train"]["cluster_flip"] is True
+    assert dcl.jitter_views == ("visible_ca", "infrared") and pgm.jitter_views == ("visible_ca",)
     # Sec. 2: stage 2 reloads stage 1's best model (kept on the test set)
     assert pgm.start_from == "best" and dcl.start_from is None
     assert cfg["evaluation"]["keep_best"]
@@ -197,6 +202,7 @@ def test_mbccm_recipe_matches_the_peers_spec():
         "ids": 12,
         "images": 12,
         "camera_aware": False,
+        "visible_ids": None,
     }
     losses = {x["type"]: x for x in mb.losses}
     assert set(losses) == {"cluster_contrast", "modality_agnostic"}

@@ -112,6 +112,8 @@ class IdentitySampler:
         ids, images: clusters per modality and images per cluster.
         cams_v, cams_r: each image's camera; given, a cluster's images are drawn camera
             aware (:func:`draw_camera_aware`).
+        ids_v: visible clusters per batch when they differ from ``ids`` (PGM: 8 visible,
+            16 infrared); None: ``ids``.
 
     A modality without any labelled image contributes no image.
     """
@@ -124,10 +126,13 @@ class IdentitySampler:
         images: int,
         cams_v: np.ndarray | None = None,
         cams_r: np.ndarray | None = None,
+        ids_v: int | None = None,
     ):
         _check(ids, images, "identity sampler")
         self.pools_v, self.pools_r = pools(labels_v), pools(labels_r)
         self.ids, self.images = int(ids), int(images)
+        self.ids_v = self.ids if ids_v is None else int(ids_v)
+        _check(self.ids_v, images, "identity sampler (visible ids)")
         if (cams_v is None) != (cams_r is None):
             raise ValueError("identity sampler: give the cameras of both modalities or neither")
         self.cams = None
@@ -145,11 +150,15 @@ class IdentitySampler:
             raise ConfigError("identity sampler: no labelled image in either modality")
 
     def _side(
-        self, pools_: dict[int, np.ndarray], cams: np.ndarray | None, rng: np.random.Generator
+        self,
+        pools_: dict[int, np.ndarray],
+        cams: np.ndarray | None,
+        rng: np.random.Generator,
+        ids: int,
     ) -> np.ndarray:
         if not pools_:
             return np.zeros(0, dtype=np.int64)
-        chosen = _choose(sorted(pools_), self.ids, rng)
+        chosen = _choose(sorted(pools_), ids, rng)
         if cams is None:
             return np.concatenate([draw(pools_[int(y)], self.images, rng) for y in chosen])
         return np.concatenate(
@@ -157,9 +166,12 @@ class IdentitySampler:
         )
 
     def sample(self, rng: np.random.Generator) -> IdentityBatch:
-        """One batch: ``ids * images`` visible and as many infrared indices."""
+        """One batch: ``ids_v * images`` visible and ``ids * images`` infrared indices."""
         cv, cr = self.cams if self.cams is not None else (None, None)
-        return IdentityBatch(self._side(self.pools_v, cv, rng), self._side(self.pools_r, cr, rng))
+        return IdentityBatch(
+            self._side(self.pools_v, cv, rng, self.ids_v),
+            self._side(self.pools_r, cr, rng, self.ids),
+        )
 
 
 class PairedSampler:

@@ -387,6 +387,8 @@ class Augmenter:
             ``ColorJitter(0.5, 0.5, 0.5, 0.5)``).
         gray_p: ChannelAdapGray's luminance probability (0.5).
         ltg_p: LTG probability on the visible view (0.5 in the DCL stage, 0 after).
+        jitter_views: the views the colour jitter applies to (``visible_ca``,
+            ``infrared``; the trainer sets each stage's).
         seed: seed of the generator (its state is saved in checkpoints).
     """
 
@@ -397,6 +399,7 @@ class Augmenter:
     gray_p: float = 0.5
     ltg_p: float = 0.0
     seed: int = 0
+    jitter_views: tuple[str, ...] = ("visible_ca", "infrared")
 
     def __post_init__(self) -> None:
         self.gen = torch.Generator().manual_seed(int(self.seed))
@@ -415,7 +418,7 @@ class Augmenter:
         x = pad_crop_flip(x, self.pad, self.gen)
         if kind == "visible":
             x = ltg(x, self.ltg_p, self.gen)
-        else:
+        elif kind in self.jitter_views:
             x = color_jitter(x, self.jitter, self.gen, self.hue)
         x = random_erasing(normalize(x), self.erasing_p, self.gen)
         if kind == "visible_ca":

@@ -258,8 +258,9 @@ def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
 
     out = []
     for st in stages_of(cfg):
-        s = st.sampler["ids"] * st.sampler["images"]
-        per_gpu = 3 * s  # visible + its CA view + infrared (paired: S each; identity: S each)
+        s = st.sampler["ids"] * st.sampler["images"]  # infrared (and visible unless below)
+        sv = (st.sampler.get("visible_ids") or st.sampler["ids"]) * st.sampler["images"]
+        per_gpu = 2 * sv + s  # visible + its CA view + infrared
         out.append(
             {
                 "stage": st.name,
@@ -267,7 +268,7 @@ def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
                 # shared layers' BatchNorm sees the whole step; a two-stream backbone's
                 # modality-specific layers see their modality's images only
                 "per_batchnorm": per_gpu,
-                "per_batchnorm_specific": {"visible": 2 * s, "infrared": s},
+                "per_batchnorm_specific": {"visible": 2 * sv, "infrared": s},
                 "global": per_gpu * world_size,
                 "iters_per_epoch": st.iters,
                 "epochs": st.epochs,

@@ -82,6 +82,7 @@ class Stage:
     lr_steps: list[int] | None = None
     reset_optimizer: bool = False
     start_from: str | None = None
+    jitter_views: tuple[str, ...] = ("visible_ca", "infrared")
 
     @property
     def last_epoch(self) -> int:
@@ -133,6 +134,11 @@ def stages_of(cfg: dict) -> list[Stage]:
                 lr_steps=None if s.get("lr_steps") is None else [int(e) for e in s["lr_steps"]],
                 reset_optimizer=bool(s.get("reset_optimizer", False)),
                 start_from=s.get("start_from"),
+                jitter_views=tuple(
+                    s["jitter_views"]
+                    if s.get("jitter_views") is not None
+                    else tr.get("jitter_views", ("visible_ca", "infrared"))
+                ),
             )
         )
         first += int(s["epochs"])
@@ -311,6 +317,7 @@ def extract_images(
     amp: bool = False,
     part_module: nn.Module | None = None,
     head: str = "bn_feat",
+    renormalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features of uint8 ``images`` (N, 3, H, W) with their ``modality`` (N,).
 
@@ -319,7 +326,9 @@ def extract_images(
     when ``flip``) and, with a
     ``part_module`` (:class:`uvireid.models.parts.PartQuery`), the (N, P, d) L2-normalised
     self parts computed batch by batch (the feature maps are never kept), else None. Eval
-    mode; the previous mode is restored.
+    mode; the previous mode is restored. With ``flip`` and ``renormalize=False`` the
+    features are the mean of the two normalised halves as it is (norm <= 1: PGM's
+    clustering features).
     """
     from uvireid.data.transforms import normalize
 
@@ -332,13 +341,18 @@ def extract_images(
             x = normalize(images[s : s + batch].to(device).float().div_(255.0))
             m = mod[s : s + batch]  # on the host: the backbone splits the batch there
             with _autocast(device, amp):
+                unit = torch.nn.functional.normalize
                 if part_module is not None:
                     out = backbone(x, m)
-                    f = out.bn_feat
-                    if flip:
-                        f = (f + backbone(x.flip(3), m).bn_feat) / 2
-                    f = torch.nn.functional.normalize(f.float(), dim=1)
+                    f = unit(out.bn_feat.float(), dim=1)
+                    if flip:  # the normalised halves averaged, as backbone.extract does
+                        f = (f + unit(backbone(x.flip(3), m).bn_feat.float(), dim=1)) / 2
+                        f = unit(f, dim=1) if renormalize else f
                     parts.append(part_module.self_parts(out.feature_map.float()).cpu())
+                elif flip and not renormalize:
+                    hk = {} if head == "bn_feat" else {"head": head}
+                    f = backbone.extract(x, m, flip=False, **hk)
+                    f = (f + backbone.extract(x.flip(3), m, flip=False, **hk)) / 2
                 elif head == "bn_feat":  # any backbone's extract (plugins' too)
                     f = backbone.extract(x, m, flip=flip)
                 else:
@@ -635,23 +649,13 @@ class Trainer:
     def _extract_train(self, with_parts: bool):
         part_module = self.model.parts if with_parts else None
         amp, bs = self.tr["amp"], self.tr["extract_batch"]
+        flip = bool(self.tr.get("cluster_flip"))  # PGM: mean of normalised halves, as is
+        kw = dict(batch=bs, amp=amp, part_module=part_module, flip=flip, renormalize=not flip)
         fv, mv = extract_images(
-            self.model.backbone,
-            self.images_v,
-            np.zeros(len(self.vis)),
-            self.device,
-            batch=bs,
-            amp=amp,
-            part_module=part_module,
+            self.model.backbone, self.images_v, np.zeros(len(self.vis)), self.device, **kw
         )
         fr, mr = extract_images(
-            self.model.backbone,
-            self.images_r,
-            np.ones(len(self.ir)),
-            self.device,
-            batch=bs,
-            amp=amp,
-            part_module=part_module,
+            self.model.backbone, self.images_r, np.ones(len(self.ir)), self.device, **kw
         )
         return fv, fr, mv, mr
 
@@ -825,7 +829,10 @@ class Trainer:
             logger.warning(msg)
             warnings.append(msg)
         cams = (self.cams_v, self.cams_r) if s.get("camera_aware") else (None, None)
-        return IdentitySampler(lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"], *cams), False
+        sampler = IdentitySampler(
+            lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"], *cams, ids_v=s.get("visible_ids")
+        )
+        return sampler, False
 
     def step(self, stage: Stage, losses: nn.ModuleList, lab: EpochLabels, batch, paired: bool):
         """One optimiser step; returns ``(names, values)``: the loss terms' names ("total"
@@ -835,6 +842,7 @@ class Trainer:
         xv = self.images_v[torch.as_tensor(iv, dtype=torch.long)]
         xr = self.images_r[torch.as_tensor(ir, dtype=torch.long)]
         self.augment.ltg_p = stage.ltg_p
+        self.augment.jitter_views = stage.jitter_views
         x = torch.cat(
             [
                 self.augment(xv, "visible", self.device),
