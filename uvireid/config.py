@@ -105,7 +105,10 @@ class TrainSettings:
         cluster_flip: the training features (clustering, memory initialisation,
             association) are the mean of the L2-normalised features of each image and its
             flip, not normalised again, as PGM's ``extract_features(flip=True)``; false:
-            the image's feature alone (SALCR, MBCCM). See
+            the image's feature alone (SALCR, MBCCM).
+        ltg_official: LTG as the official SALCR code runs it: rescalings repeated until
+            some pixel's gain is at most 1e-6 (spec Sec. 11 item 14); false: one patch,
+            as the paper describes it. See
             :mod:`uvireid.data.transforms`.
         image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
             (else ``~/.cache/uvireid/images``); null = decode in memory every run.
@@ -143,6 +146,7 @@ class TrainSettings:
     jitter_views: list[str] = field(default_factory=lambda: ["visible_ca", "infrared"])
     gray_p: float = 0.5
     cluster_flip: bool = False
+    ltg_official: bool = False
     image_cache: str | None = "auto"
     extract_batch: int = 256
     collapse_ratio: float = 0.5

@@ -243,3 +243,19 @@ def test_jitter_views_choose_which_pipelines_are_jittered():
     a = Augmenter(jitter=0.5, hue=0.5, seed=4, jitter_views=("visible_ca",))
     b = Augmenter(jitter=0.0, hue=0.0, seed=4)
     assert not torch.equal(a(images, "visible_ca", "cpu"), b(images, "visible_ca", "cpu"))
+
+
+def test_official_ltg_repeats_rescalings_until_a_pixel_gain_is_tiny():
+    """train.ltg_official: the SALCR code's LinearTransform rescales overlapping patches
+    until the cumulative gain of some pixel is <= 1e-6; the paper's LTG rescales one patch
+    (a channel's output / input then takes at most two values: 1 and its scale)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, 24, 12, generator=gen) * 0.9 + 0.05  # every pixel > 0
+    out = ltg(x.clone(), 1.0, torch.Generator().manual_seed(1), official=True)
+    gain = (out / x).flatten(1)
+    assert (gain.amin(1) <= 1e-6 * 1.0001).all()  # each image stopped at the rule
+    distinct = [len(torch.unique((out / x)[i, 0].round(decimals=6))) for i in range(12)]
+    assert sum(d > 2 for d in distinct) >= 10  # several overlapping patches
+    one = ltg(x.clone(), 1.0, torch.Generator().manual_seed(1))
+    assert all(len(torch.unique((one / x)[i, 0].round(decimals=6))) <= 2 for i in range(12))
+    assert torch.equal(ltg(x, 0.0, gen, official=True), x)

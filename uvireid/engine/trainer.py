@@ -539,6 +539,7 @@ class Trainer:
             erasing_p=tr["erasing_p"],
             jitter=tr["jitter"],
             hue=tr["hue"],
+            ltg_official=bool(tr.get("ltg_official", False)),
             gray_p=tr["gray_p"],
             seed=seed * 1000 + D.rank(),
         )
