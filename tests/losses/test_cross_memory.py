@@ -89,15 +89,17 @@ def test_accl_value_gradient_and_update_follow_pgm(epoch):
     ref.backward()
     for x, y in zip(a, b):
         assert torch.allclose(x.grad, y.grad, rtol=1e-8, atol=1e-12)
-    # update: intra first (visible: f^a then f^v, one memory call per view whose backward
-    # autograd runs last-call-first; IR), then the cross rows (cross_update)
+    # update: the cross rows first (cross_update; PGM's cross term is its last memory call,
+    # whose backward autograd runs first), then intra (visible: f^a then f^v, one memory
+    # call per view, last call first; IR)
     loss.update(StepOutputs(fv, fa, fr), t)
-    exp_v = momentum_loop(mv, torch.cat([fa, fv]), yv * 2, 0.2)
-    exp_r = momentum_loop(mr, fr, yr, 0.2)
+    exp_v, exp_r = mv, mr
     if odd:
         exp_v = momentum_loop(exp_v, fr, t.ir_in_v.tolist(), 0.2)
     else:
         exp_r = momentum_loop(exp_r, torch.cat([fv, fa]), t.vis_in_r.tolist() * 2, 0.2)
+    exp_v = momentum_loop(exp_v, torch.cat([fa, fv]), yv * 2, 0.2)
+    exp_r = momentum_loop(exp_r, fr, yr, 0.2)
     assert torch.allclose(loss.memory_v.features, exp_v, atol=1e-12)
     assert torch.allclose(loss.memory_r.features, exp_r, atol=1e-12)
 

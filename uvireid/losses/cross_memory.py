@@ -114,15 +114,18 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
 
     @torch.no_grad()
     def update(self, outputs: StepOutputs, targets: StepTargets) -> None:
-        """The intra updates, then (``cross_update``) the cross rows into the other memory."""
+        """(``cross_update``) the cross rows into the other memory, then the intra updates:
+        PGM's cross term is its last memory call, so autograd runs its update first
+        (``shared/notes/peers.md`` Sec. 0.3: keep the order). Unlike PGM, whose later
+        backward passes compute their gradients with the memory the earlier ones already
+        moved, every term's gradient here uses the memory as the step found it."""
+        if self.cross_update:
+            r_to_v, v_to_r = self.directions()
+            if r_to_v:
+                self.memory_v.update(outputs.feat_r, targets.on_host().ir_in_v)
+            if v_to_r:
+                self.memory_r.update(*self._vis_rows(outputs, targets.on_host()))
         super().update(outputs, targets)
-        if not self.cross_update:
-            return
-        r_to_v, v_to_r = self.directions()
-        if r_to_v:
-            self.memory_v.update(outputs.feat_r, targets.ir_in_v)
-        if v_to_r:
-            self.memory_r.update(*self._vis_rows(outputs, targets))
 
 
 def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
