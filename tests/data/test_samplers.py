@@ -115,7 +115,7 @@ def test_matched_sampler_draws_pairs_of_the_many_to_many_matching():
         MatchedPairSampler(labels_v, labels_r, np.array([[0, 5]]), ids=2, images=2)
 
 
-def _camera_aware_loop(pool, cams, n, anchor, rng):
+def _camera_aware_loop(pool, cams, n, anchor):
     """RandomMultipleGallerySampler's rule for one identity, given its anchor: the
     candidates and whether they are drawn with replacement."""
     others = [i for i in pool if cams[i] != cams[anchor]]
@@ -143,7 +143,7 @@ def test_camera_aware_draws_an_anchor_then_other_cameras():
             assert len(got) == 4 and set(got.tolist()) <= set(pool.tolist()), name
             anchor = int(got[0])
             anchors.append(anchor)
-            others, replace = _camera_aware_loop(pool.tolist(), cams, 4, anchor, rng)
+            others, replace = _camera_aware_loop(pool.tolist(), cams, 4, anchor)
             if len(pool) == 1:
                 assert got.tolist() == [anchor] * 4
                 continue
