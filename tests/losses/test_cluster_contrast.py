@@ -387,7 +387,9 @@ def test_dagl_updates_each_memory_in_a_seeded_random_order_of_the_batch():
     perm = batch_permutation(np.array(tv))
     assert np.array_equal(perm, batch_permutation(torch.tensor(tv)))  # host or tensor
     assert not np.array_equal(perm, np.arange(len(tv)))
-    assert not np.array_equal(perm, batch_permutation(np.array(tr)))  # per batch
+    other = np.array(tv)
+    other[0] = (other[0] + 1) % 3  # another batch (one label differs): another order
+    assert not np.array_equal(perm, batch_permutation(other))
     # ClusterMemory(shuffle=True).update: the same order as the loss's update_together
     m = ClusterMemory(4, momentum=0.1, shuffle=True)
     m.features = mv.clone()
