@@ -285,68 +285,6 @@ def test_start_from_best_without_a_kept_best_is_an_error(recipe_file, monkeypatc
         run_recipe(cfg, progress=False)
 
 
-@pytest.mark.parametrize(
-    "mangle, words",
-    [
-        (lambda a: a[:-1], r"labels_in_v of shape \(\d+,\)"),
-        (lambda a: a.astype(np.float64), r"labels_in_v of shape .* dtype float64"),
-        (lambda a: np.where(a >= 0, a + 1000, a), r"labels_in_v from -1 to 10\d\d, outside"),
-        (lambda a: a - 2, r"labels_in_v from -3 to \d+, outside -1\.\.\d+"),
-    ],
-)
-def test_an_associator_returning_bad_labels_stops_before_training(recipe_file, mangle, words):
-    """A plugin associator whose labels are misaligned or outside its label space is a
-    TrainingError naming it (not an IndexError inside a loss)."""
-    import dataclasses
-
-    from uvireid.errors import TrainingError
-    from uvireid.registry import ASSOCIATORS
-
-    base = ASSOCIATORS.get("otla_dual")
-
-    class Mangled(base):
-        def associate(self, fv, lv, fr, lr):
-            cl = super().associate(fv, lv, fr, lr)
-            return dataclasses.replace(cl, labels_in_v=mangle(np.asarray(cl.labels_in_v)))
-
-    ASSOCIATORS.register("mangled_test")(Mangled)
-    try:
-        cfg = load_recipe(recipe_file, ["stages.1.associator={type: mangled_test}"])
-        with pytest.raises(TrainingError, match=f"associator 'mangled_test' returned {words}"):
-            run_recipe(cfg, progress=False)
-    finally:
-        ASSOCIATORS.unregister("mangled_test")
-
-
-@pytest.mark.parametrize(
-    "mangle, words",
-    [
-        (lambda a: a[:-1], r"returned labels of shape \(\d+,\) and dtype int\d+ for \d+ features"),
-        (lambda a: a.astype(np.float32), "returned labels of shape .* dtype float32"),
-        (lambda a: np.where(a < 0, -2, a), "returned label -2; labels are 0..K-1"),
-    ],
-)
-def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, mangle, words):
-    from uvireid.errors import TrainingError
-    from uvireid.registry import CLUSTERERS
-
-    base = CLUSTERERS.get("dbscan")
-
-    class Mangled(base):
-        def fit_predict(self, x):
-            out = np.asarray(super().fit_predict(x)).copy()
-            out[0] = -1  # at least one outlier, for the noise-code case
-            return mangle(out)
-
-    CLUSTERERS.register("mangled_test")(Mangled)
-    try:
-        cfg = load_recipe(recipe_file, ["clusterer.type=mangled_test"])
-        with pytest.raises(TrainingError, match=f"clusterer 'mangled_test' {words}"):
-            run_recipe(cfg, progress=False)
-    finally:
-        CLUSTERERS.unregister("mangled_test")
-
-
 def test_a_resume_relinks_a_best_checkpoint_the_kill_left_behind(recipe_file, monkeypatch):
     """Killed after latest.pt (the best epoch) was written but before it was linked as
     best.pt: the resume links it again, so start_from: best loads the best epoch's model,
@@ -406,44 +344,6 @@ def test_start_from_best_that_could_never_load_is_refused_with_the_recipe(
     base = ["stages.1.start_from=best", "evaluation.keep_best=true"]
     with pytest.raises(ConfigError, match=words):
         load_recipe(recipe_file, [*base, *overrides])
-
-
-@pytest.mark.parametrize(
-    "change, words",
-    [
-        (  # labels 1..K with the count grown to match: a memory row no cluster fills
-            lambda cl: {
-                "labels_in_v": np.where(cl.labels_in_v >= 0, cl.labels_in_v + 1, -1),
-                "num_clusters_v": cl.num_clusters_v + 1,
-            },
-            r"reports num_clusters_v = \d+, but the clusterer found \d+ clusters",
-        ),
-        (
-            lambda cl: {"matches": np.array([[cl.num_clusters_v, 0]])},
-            r"returned 1 matches outside the clusters \(first: \[\d+, 0\]",
-        ),
-    ],
-)
-def test_an_associators_off_by_one_in_its_own_count_is_refused(recipe_file, change, words):
-    import dataclasses
-
-    from uvireid.errors import TrainingError
-    from uvireid.registry import ASSOCIATORS
-
-    base = ASSOCIATORS.get("otla_dual")
-
-    class Shifted(base):
-        def associate(self, fv, lv, fr, lr):
-            cl = super().associate(fv, lv, fr, lr)
-            return dataclasses.replace(cl, **change(cl))
-
-    ASSOCIATORS.register("shifted_test")(Shifted)
-    try:
-        cfg = load_recipe(recipe_file, ["stages.1.associator={type: shifted_test}"])
-        with pytest.raises(TrainingError, match=f"associator 'shifted_test' {words}"):
-            run_recipe(cfg, progress=False)
-    finally:
-        ASSOCIATORS.unregister("shifted_test")
 
 
 def test_pgm_settings_reach_the_training_loop(recipe_file, monkeypatch):
@@ -518,3 +418,87 @@ def test_cluster_flip_features_are_the_mean_of_the_normalised_halves(with_parts)
     assert float(got.norm(dim=1).max()) < 1 - 1e-4
     unit, _ = extract_images(m, imgs, np.zeros(5), "cpu", flip=True, part_module=parts)
     torch.testing.assert_close(unit, F.normalize((a + b) / 2, dim=1), atol=1e-6, rtol=0)
+
+
+def _refused_with(recipe_file, registry, name, cls, override, match):
+    """Run the tiny recipe with ``cls`` registered as ``name`` (``override`` selects it):
+    it must stop with a TrainingError matching ``match``, before training."""
+    from uvireid.errors import TrainingError
+
+    registry.register(name)(cls)
+    try:
+        cfg = load_recipe(recipe_file, [override])
+        with pytest.raises(TrainingError, match=match):
+            run_recipe(cfg, progress=False)
+    finally:
+        registry.unregister(name)
+
+
+def _labels_v(mangle):
+    return lambda cl: {"labels_in_v": mangle(np.asarray(cl.labels_in_v))}
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (_labels_v(lambda a: a[:-1]), r"returned labels_in_v of shape \(\d+,\)"),
+        (
+            _labels_v(lambda a: a.astype(np.float64)),
+            r"returned labels_in_v of shape .* dtype float64",
+        ),
+        (
+            _labels_v(lambda a: np.where(a >= 0, a + 1000, a)),
+            r"returned labels_in_v from -1 to 10\d\d, outside",
+        ),
+        (_labels_v(lambda a: a - 2), r"returned labels_in_v from -3 to \d+, outside -1\.\.\d+"),
+        (  # labels 1..K with the count grown to match: a memory row no cluster fills
+            lambda cl: {
+                "labels_in_v": np.where(cl.labels_in_v >= 0, cl.labels_in_v + 1, -1),
+                "num_clusters_v": cl.num_clusters_v + 1,
+            },
+            r"reports num_clusters_v = \d+, but the clusterer found \d+ clusters",
+        ),
+        (
+            lambda cl: {"matches": np.array([[cl.num_clusters_v, 0]])},
+            r"returned 1 matches outside the clusters \(first: \[\d+, 0\]",
+        ),
+    ],
+)
+def test_an_associator_returning_bad_labels_stops_before_training(recipe_file, change, words):
+    """A plugin associator whose labels are misaligned, outside the clusterer's label
+    space (also when it grew its own count to fit) or whose matches name no cluster: a
+    TrainingError naming it, not an IndexError inside a loss."""
+    import dataclasses
+
+    from uvireid.registry import ASSOCIATORS
+
+    class Mangled(ASSOCIATORS.get("otla_dual")):
+        def associate(self, fv, lv, fr, lr):
+            cl = super().associate(fv, lv, fr, lr)
+            return dataclasses.replace(cl, **change(cl))
+
+    override = "stages.1.associator={type: mangled_test}"
+    match = f"associator 'mangled_test' {words}"
+    _refused_with(recipe_file, ASSOCIATORS, "mangled_test", Mangled, override, match)
+
+
+@pytest.mark.parametrize(
+    "mangle, words",
+    [
+        (lambda a: a[:-1], r"returned labels of shape \(\d+,\) and dtype int\d+ for \d+ features"),
+        (lambda a: a.astype(np.float32), "returned labels of shape .* dtype float32"),
+        (lambda a: np.where(a < 0, -2, a), "returned label -2; labels are 0..K-1"),
+    ],
+)
+def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, mangle, words):
+    from uvireid.registry import CLUSTERERS
+
+    class Mangled(CLUSTERERS.get("dbscan")):
+        def fit_predict(self, x):
+            out = np.asarray(super().fit_predict(x)).copy()
+            out[0] = -1  # at least one outlier, for the noise-code case
+            return mangle(out)
+
+    override = "clusterer.type=mangled_test"
+    match = f"clusterer 'mangled_test' {words}"
+    _refused_with(recipe_file, CLUSTERERS, "mangled_test", Mangled, override, match)
