@@ -215,6 +215,15 @@ def test_camera_aware_batches_reach_the_dcl_step(recipe_file, monkeypatch):
     assert checked > 0
 
 
+#: two DCL epochs, evaluated, then a stage that starts from best.pt
+START_FROM_BEST = [
+    "stages.0.epochs=2",
+    "stages.1.start_from=best",
+    "evaluation.keep_best=true",
+    "evaluation.every=1",
+]
+
+
 def _epoch_zero_is_best(monkeypatch):
     """Make epoch 0 the best evaluated epoch whatever the scores (so best.pt != latest)."""
 
@@ -246,12 +255,7 @@ def test_a_stage_can_start_from_the_best_checkpoint(recipe_file, monkeypatch):
         return out
 
     monkeypatch.setattr(Trainer, "_load_best", spy)
-    overrides = [
-        "stages.0.epochs=2",
-        "stages.1.start_from=best",
-        "evaluation.keep_best=true",
-        "evaluation.every=1",
-    ]
+    overrides = START_FROM_BEST
     cfg = load_recipe(recipe_file, overrides)
     folder = run_recipe(cfg, progress=False)
     best = load_checkpoint(folder.checkpoints / "best.pt")
@@ -300,12 +304,7 @@ def test_a_resume_relinks_a_best_checkpoint_the_kill_left_behind(recipe_file, mo
         return True
 
     monkeypatch.setattr(Trainer, "_improves_best", improves)
-    overrides = [
-        "stages.0.epochs=2",
-        "stages.1.start_from=best",
-        "evaluation.keep_best=true",
-        "evaluation.every=1",
-    ]
+    overrides = START_FROM_BEST
     cfg = load_recipe(recipe_file, overrides)
     folder = run_killed_at(cfg, epoch=2)
     ckpt = folder.checkpoints
