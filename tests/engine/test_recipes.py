@@ -171,6 +171,10 @@ def test_pgm_recipe_matches_the_peers_spec():
     # PGM's stage-2 script jitters only the CA view
     assert [(s.sampler["ids"], s.sampler["visible_ids"]) for s in (dcl, pgm)] == [(16, 8)] * 2
     assert cfg["train"]["cluster_flip"] is True
+    from uvireid.engine.runner import _stage_batches
+
+    # peers.md Sec. 0.4: "So 512 images per iteration" (256 IR + 128 x 2 RGB views)
+    assert [b["per_gpu"] for b in _stage_batches(cfg, 1)] == [512, 512]
     assert dcl.jitter_views == ("visible_ca", "infrared") and pgm.jitter_views == ("visible_ca",)
     # Sec. 2: stage 2 reloads stage 1's best model (kept on the test set)
     assert pgm.start_from == "best" and dcl.start_from is None
