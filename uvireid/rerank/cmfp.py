@@ -587,10 +587,19 @@ def propagate(
     q_new = _spmm(b["qq"], xq, _spmm(b["qg"], xg))
     g_new = _spmm(b["gg"], xg, _spmm(b["gq"], xq))
     # normalised in the input's precision (in float32 the output of the mixed path would
-    # move from 1e-7 to 9e-7 of the official one's, for 3 % of its time)
-    q_new, g_new = F.normalize(q_new.to(q.dtype), dim=1), F.normalize(g_new.to(q.dtype), dim=1)
+    # move from 1e-7 to 9e-7 of the official one's, for 3 % of its time), in place: the
+    # same values as F.normalize without its second (N, d) temporary (30 ms of 0.7 s on
+    # one CPU thread at SYSU-MM01 test scale)
+    q_new, g_new = _unit_rows(q_new.to(q.dtype)), _unit_rows(g_new.to(q.dtype))
     assert q_new.shape[0] == nq
     return to_output(q_new, was_numpy), to_output(g_new, was_numpy)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=1)`` (``x / max(|x|, 1e-12)``, bit for bit) in place."""
+    if x.numel() == 0:
+        return x
+    return x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12))
 
 
 def cmfp_distance(query: Any, gallery: Any, k: int = 30, **kwargs: Any) -> Any:
