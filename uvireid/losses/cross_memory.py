@@ -119,12 +119,13 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
         (``shared/notes/peers.md`` Sec. 0.3: keep the order). Unlike PGM, whose later
         backward passes compute their gradients with the memory the earlier ones already
         moved, every term's gradient here uses the memory as the step found it."""
+        targets = targets.on_host()
         if self.cross_update:
             r_to_v, v_to_r = self.directions()
             if r_to_v:
-                self.memory_v.update(outputs.feat_r, targets.on_host().ir_in_v)
+                self.memory_v.update(outputs.feat_r, targets.ir_in_v)
             if v_to_r:
-                self.memory_r.update(*self._vis_rows(outputs, targets.on_host()))
+                self.memory_r.update(*self._vis_rows(outputs, targets))
         super().update(outputs, targets)
 
 

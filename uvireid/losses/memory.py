@@ -118,7 +118,7 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
         seq = np.arange(len(lab))  # each row's place in the sequence of updates
         if order is not None:
             order = np.asarray(order, dtype=np.int64)
-            if sorted(order.tolist()) != list(range(len(lab))):
+            if not np.array_equal(np.sort(order), seq):
                 raise ValueError(f"momentum_update: order must be a permutation of {len(lab)} rows")
             seq[order] = np.arange(len(lab))
         seqs.append(seq)
@@ -285,12 +285,7 @@ class ClusterMemory(nn.Module):
     def update(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Explicit momentum update with (B, d) ``feats`` and (B,) ``labels`` (-1 skipped),
         gathered from every rank first under DDP."""
-        feats = all_gather_cat(feats.detach().to(self.features.dtype))
-        labels = gather_labels(labels, feats.device)
-        if self.hard:
-            labels = hardest_labels(self.features, feats, labels)
-        order = batch_permutation(labels) if self.shuffle else None
-        momentum_update(self.features, feats, labels, self.momentum, order)
+        ClusterMemory.update_together((self, feats, labels))
 
     @staticmethod
     @torch.no_grad()
