@@ -685,6 +685,13 @@ def _known_protocol(name: str) -> bool:
 
 #: value ranges of the settings (checked with the recipe, not when a value is first used:
 #: ``train.iters_per_epoch=0`` used to train nothing and evaluate an untrained model)
+#: the views ``jitter_views`` may name (train-wide and per stage)
+JITTER_VIEWS = ("visible_ca", "infrared")
+_JITTER_VIEWS_RULE = (
+    lambda v: isinstance(v, list) and set(v) <= set(JITTER_VIEWS),
+    "a list of visible_ca, infrared (the colour-jittered views; [] for none)",
+)
+
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.epochs": (_at_least(0), ">= 0"),
     "TrainSettings.iters_per_epoch": (_at_least(1), ">= 1"),
@@ -701,10 +708,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.erasing_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.gray_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "TrainSettings.jitter": (_at_least(0), ">= 0"),
-    "TrainSettings.jitter_views": (
-        lambda v: isinstance(v, list) and set(v) <= set(JITTER_VIEWS),
-        "a list of visible_ca, infrared (the colour-jittered views)",
-    ),
+    "TrainSettings.jitter_views": _JITTER_VIEWS_RULE,
     "TrainSettings.hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (turns of the colour wheel)"),
     "TrainSettings.extract_batch": (_at_least(1), ">= 1"),
     "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -724,8 +728,9 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "StageSettings.iters_per_epoch": (_at_least(1), ">= 1 (or null: train.iters_per_epoch)"),
     "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "StageSettings.lr": (_at_least(0), ">= 0 (or null: train.lr)"),
+    "StageSettings.jitter_views": _JITTER_VIEWS_RULE,
     "SamplerSettings.ids": (_at_least(1), ">= 1"),
-    "SamplerSettings.visible_ids": (lambda v: v is None or v >= 1, "null or >= 1"),
+    "SamplerSettings.visible_ids": (_at_least(1), ">= 1 (or null: ids)"),
     "SamplerSettings.images": (_at_least(1), ">= 1"),
 }
 
@@ -796,17 +801,6 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
     if out["device"] is not None:
         check_device(out["device"], prov.source("device"))
     return out
-
-
-JITTER_VIEWS = ("visible_ca", "infrared")
-
-
-def _check_jitter_views(views: Any, src: str, where: str) -> None:
-    if not isinstance(views, list) or not set(views) <= set(JITTER_VIEWS):
-        raise ConfigError(
-            f"{src}: {where}.jitter_views must be a list of {', '.join(JITTER_VIEWS)} "
-            f"(the views the colour jitter applies to; [] for none), got {views!r}"
-        )
 
 
 def _check_start_from_best(
@@ -889,14 +883,6 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
                     f"{prov.source(where + '.sampler.' + key)}: {key} applies to the "
                     f"identity sampler only, not '{sampler['type']}'; remove it"
                 )
-        views = res.get("jitter_views")
-        if views is not None:
-            _check_jitter_views(views, prov.source(where + ".jitter_views"), where)
-        if sampler["camera_aware"] and sampler["type"] != "identity":
-            raise ConfigError(
-                f"{prov.source(where + '.sampler.camera_aware')}: camera_aware applies to the "
-                f"identity sampler only, not '{sampler['type']}'; remove it"
-            )
         res["sampler"] = sampler
         for comp in STAGE_COMPONENTS:
             spec = SCHEMA[comp]
