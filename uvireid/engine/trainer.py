@@ -44,6 +44,7 @@ from uvireid.data.transforms import Augmenter, load_images
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
     BEST,
+    LATEST,
     keep_as_best,
     load_checkpoint,
     load_state_strict,
@@ -173,7 +174,7 @@ def _check_cross_labels(
             )
     out = {}
     for name in ("labels_in_v", "labels_in_r"):
-        lab = cl.labels_in_v if name == "labels_in_v" else cl.labels_in_r
+        lab = getattr(cl, name)
         if isinstance(lab, torch.Tensor):
             lab = lab.detach().cpu().numpy()
         lab = np.asarray(lab)
@@ -254,8 +255,6 @@ def set_deterministic() -> None:
     deterministic algorithms (a warning, not an error, where an op has none), cuDNN without
     autotuning, and the cuBLAS workspace its reproducibility notes ask for (set before the
     first CUDA product)."""
-    import os
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
@@ -723,7 +722,7 @@ class Trainer:
             num_r=max(int(cl.num_clusters_r), kr),
             has_cross=bool(cl.has_cross_links),
             info={**info, "matches": int(len(cl.matches))},
-            matches=np.asarray(cl.matches, dtype=np.int64).reshape(-1, 2),
+            matches=cl.matches,  # (M, 2) int64 from _check_cross_labels
         )
 
     def _quality(self, lab: EpochLabels) -> dict | None:
@@ -1219,7 +1218,7 @@ class Trainer:
         if self.folder is None or not D.is_main() or not self.best:
             return
         ckpt = self.folder.checkpoints
-        latest = ckpt / "latest.pt"
+        latest = ckpt / LATEST
         if self.best.get("epoch") != self.epoch - 1 or not latest.is_file():
             return
         if Path(path).resolve() != latest.resolve():
