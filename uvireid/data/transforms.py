@@ -16,9 +16,8 @@ Pipelines (``shared/notes/salcr_reference.md`` Sec. 3.4; ``notes/peers.md`` Sec.
 
 Differences from the torchvision/PIL pipelines of the reference code: the colour jitter
 works on float images (PIL rounds to 8 bits after each of its operations), and LTG
-rescales one patch per image (``train.ltg_official`` repeats them as the official code
-does) (the paper's description;
-the official code repeats patches until some pixel's gain is near zero, §11 item 14).
+rescales one patch per image, the paper's description (the official code repeats patches
+until some pixel's gain is near zero, §11 item 14: ``train.ltg_official``).
 
 Corrupt image files are skipped with a warning: :func:`load_images` returns a mask of
 the images it could read, the warning names the first few and the trainer counts them in
@@ -276,7 +275,7 @@ def color_jitter(
     x01: torch.Tensor, strength: float, gen: torch.Generator, hue: float = 0.0
 ) -> torch.Tensor:
     """torchvision's ``ColorJitter(strength, strength, strength, hue)`` on a batch:
-    brightness, contrast and saturation factors in ``[1 - s, 1 + s]``, a hue shift in
+    brightness, contrast and saturation factors in ``[max(0, 1 - s), 1 + s]``, a hue shift in
     ``[-hue, hue]`` turns, applied in a random order drawn per image (the reference
     applies it image by image to PIL images: the same operations, up to PIL's 8-bit
     rounding between them)."""
@@ -347,7 +346,7 @@ def channel_adaptive_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> to
     idx = torch.randint(0, 4, (b,), generator=gen)
     gray_draw = _rand(b, gen) < p
     one = x[torch.arange(b, device=x.device), idx.clamp(max=2).to(x.device)][:, None]
-    lum = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    lum = _gray(x)
     use_one = (idx < 3).to(x.device)[:, None, None, None]
     use_gray = ((idx == 3) & gray_draw).to(x.device)[:, None, None, None]
     out = torch.where(use_one, one.expand_as(x), x)

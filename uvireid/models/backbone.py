@@ -36,6 +36,7 @@ from uvireid.models.non_local import StageWithNonLocal, check_non_local
 from uvireid.models.pooling import GeM
 from uvireid.models.prior import PRIOR_NAME
 from uvireid.registry import BACKBONES
+from uvireid.rerank.inputs import check_k
 from uvireid.types import INFRARED, VISIBLE
 
 logger = logging.getLogger(__name__)
@@ -291,14 +292,7 @@ class TwoStreamResNet(_ReidHead):
             raise ConfigError(
                 f"share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
             )
-        if isinstance(non_local_channels, bool) or not isinstance(non_local_channels, int):
-            raise ConfigError(
-                f"non_local_channels must be an integer >= 1, got {non_local_channels!r}"
-            )
-        if non_local_channels < 1:
-            raise ConfigError(
-                f"non_local_channels must be an integer >= 1, got {non_local_channels}"
-            )
+        check_k(non_local_channels, "non_local_channels", "two_stream_resnet")
         net = build_resnet(arch, pretrained, last_stride)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         self.non_local = check_non_local(non_local, [len(x) for x in layers], arch)
