@@ -158,7 +158,9 @@ class EvalSettings:
 
     Attributes:
         protocol: ``sysu-all``, ``sysu-indoor``, ``regdb-v2i``, ``regdb-i2v``,
-            ``llcm-v2i`` or ``llcm-i2v``; ``auto`` picks the dataset's first protocol (none
+            ``llcm-v2i``, ``llcm-i2v`` or ``llcm-v2i-deen`` (DEEN's transposed "VIS to IR"
+            branch: sampled infrared queries, see :mod:`uvireid.evaluation.protocols`);
+            ``auto`` picks the dataset's first protocol (none
             for a dataset without one, e.g. ``folder``); ``none`` trains without evaluating.
         trials: gallery trials (SYSU/LLCM: 10).
         shot: ``single`` or ``multi``.
@@ -715,7 +717,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "EvalSettings.protocol": (
         _known_protocol,
         "auto, none (train without evaluating) or a protocol: sysu-all, sysu-indoor, "
-        "regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v",
+        "regdb-v2i, regdb-i2v, llcm-v2i, llcm-i2v, llcm-v2i-deen",
     ),
     "EvalSettings.trials": (_at_least(1), ">= 1"),
     "EvalSettings.feature_head": (

@@ -13,7 +13,7 @@ from uvireid.types import INFRARED, VISIBLE
 
 def test_llcm_train_from_idx_lists_and_test_from_folders(llcm_root):
     ds = LLCM(llcm_root)
-    assert ds.protocols == ["llcm-v2i", "llcm-i2v"]
+    assert ds.protocols == ["llcm-v2i", "llcm-i2v", "llcm-v2i-deen"]
     assert sorted({r.pid for r in ds.train}) == [1, 2, 3, 4]
     assert sorted({r.pid for r in ds.test}) == [5, 6, 7]
     assert len(ds.train) == 4 * (9 + 8)
@@ -70,3 +70,18 @@ def test_llcm_list_pointing_to_missing_file_is_an_error(llcm_root):
     shutil.rmtree(llcm_root / "nir" / "0002")
     with pytest.raises(DatasetError, match=r"8 image\(s\) listed in .*train_nir\.txt do not"):
         LLCM(llcm_root)
+
+
+def test_llcm_images_outside_deens_camera_lists_are_left_out_with_a_warning(llcm_root, caplog):
+    """DEEN's process_query_llcm/process_gallery_llcm read test_nir/cam1,2,4..9 only: an
+    image put into test_nir/cam3 (or a cam10) must not join the query set or the gallery."""
+    before = LLCM(llcm_root).test
+    pid_dir = next((llcm_root / "test_nir" / "cam1").iterdir())
+    for cam in ("cam3", "cam10"):
+        (llcm_root / "test_nir" / cam / pid_dir.name).mkdir(parents=True)
+        src = next(pid_dir.iterdir())
+        shutil.copy(src, llcm_root / "test_nir" / cam / pid_dir.name / src.name)
+    with caplog.at_level("WARNING", logger="uvireid.data.llcm"):
+        after = LLCM(llcm_root).test
+    assert [r.path for r in after] == [r.path for r in before]
+    assert "test_nir/cam3 are left out" in caplog.text and "test_nir/cam10" in caplog.text

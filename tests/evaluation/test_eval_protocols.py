@@ -92,9 +92,9 @@ def test_official_sampler_names_follow_rand_perm_cam(sysu_official, sysu_officia
         for trial in range(10):
             got = sysu_gallery_indices(f, mode, trial, shot, "official", perm_file)
             names = ["/".join(str(p).split("/")[-3:]) for p in f.paths[got]]
-            expected = []
-            for pid in sorted(set(f.pids.tolist())):
-                for cam in GALLERY_CAMS[mode]:
+            expected = []  # get_testing_set.m: cameras outer, identities ascending inner
+            for cam in GALLERY_CAMS[mode]:
+                for pid in sorted(set(f.pids.tolist())):
                     if (cam, pid) in perms:
                         expected += [
                             f"cam{cam}/{pid:04d}/{idx:04d}.jpg"
@@ -282,6 +282,52 @@ def test_llcm_all_queries_of_one_modality_against_a_sampled_gallery(protocol, q_
     np.testing.assert_allclose(
         [r.mean["R1"], r.mean["mAP"], r.mean["mINP"]], np.mean(per, axis=0), atol=1e-4
     )
+
+
+def test_llcm_v2i_deen_is_deens_transposed_vis_to_ir_branch():
+    """DEEN test.py, test_mode = [2, 1]: query = every VIS image, gallery = one sampled NIR
+    image per (id, cam) with random.seed(trial); then eval_llcm(-(gall @ query.T),
+    gall_label, query_label, gall_cam, query_cam): the sampled NIR images rank the VIS."""
+    f = llcm_features(seed=3)
+    r = run_protocol(f, "llcm-v2i-deen", trials=3)
+    assert r.provenance["sampled_side"] == "query"
+    assert "transposed" in r.provenance["sampler_detail"]
+    vis = [i for i in range(len(f)) if f.modality[i] == 0]
+    per = []
+    for t in range(3):
+        rng = random.Random(t)  # process_gallery_llcm(mode=2, trial=t), restated
+        nir = []
+        for pid in sorted(set(f.pids.tolist())):
+            for cam in (1, 2, 4, 5, 6, 7, 8, 9):
+                files = sorted(
+                    str(f.paths[i])
+                    for i in range(len(f))
+                    if f.pids[i] == pid and f.cams[i] == cam and f.modality[i] == 1
+                )
+                if files:
+                    nir.append(rng.choice(files))
+        row = {str(p): i for i, p in enumerate(f.paths)}
+        g_nir = np.array([row[p] for p in nir])
+        dist = -(f.feats[g_nir] @ f.feats[vis].T)
+        cmc, m_ap, m_inp = naive_eval_llcm(
+            dist, f.pids[g_nir], f.pids[vis], f.cams[g_nir], f.cams[vis]
+        )
+        per.append(100 * np.array([cmc[0], m_ap, m_inp]))
+        q, g = llcm_indices(f, "infrared->visible", t, sampled="query")
+        assert f.paths[q].tolist() == nir and sorted(g.tolist()) == vis
+    np.testing.assert_allclose(
+        [r.mean["R1"], r.mean["mAP"], r.mean["mINP"]], np.mean(per, axis=0), atol=1e-4
+    )
+    plain = run_protocol(f, "llcm-v2i", trials=3)  # the direction its name says: not the same
+    assert plain.provenance["num_query"] != r.provenance["num_query"]
+
+
+def test_seeded_multi_shot_provenance_says_it_is_uvireids_own():
+    f = make_sysu_features(seed=8)
+    detail = run_protocol(f, "sysu-all", trials=1, shot="multi").provenance["sampler_detail"]
+    assert "no reference has one" in detail and "mangye16" not in detail
+    single = run_protocol(f, "sysu-all", trials=1).provenance["sampler_detail"]
+    assert single.startswith("mangye16")
 
 
 # -- refusals -------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ protocols:
   regdb-v2i, regdb-i2v    RegDB: all test visible vs all test thermal (or the reverse);
                           one file per split, several files are averaged
   llcm-v2i, llcm-i2v      LLCM: all queries of one modality vs a sampled gallery of the other
+  llcm-v2i-deen           LLCM as DEEN's "VIS to IR" branch computes it: sampled infrared
+                          queries vs every visible image (its published V->I numbers)
 
 examples:
   uvireid eval sysu_test.npz --protocol sysu-all
@@ -45,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--protocol",
         required=True,
-        help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v",
+        help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v | llcm-v2i-deen",
     )
     p.add_argument(
         "--trials", type=int, default=10, help="gallery samples (SYSU, LLCM; default 10)"

@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--protocol",
         required=True,
-        help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v",
+        help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v | llcm-v2i-deen",
     )
     p.add_argument("--trials", type=int, default=10, help="gallery samples (SYSU, LLCM)")
     p.add_argument("--shot", default="single", help="single (default) or multi")

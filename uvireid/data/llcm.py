@@ -10,8 +10,11 @@ infrared (NIR) by night, so **camera numbers are shared across modalities**
   from the path: a folder named ``cam<N>``, else a file-name field ``c<N>`` (release
   names look like ``0001_c01_s185535_f7010_nir.jpg``), else 0 (unknown, logged);
 - test: the ids of ``idx/test_id.txt`` (one comma-separated line), every image of
-  ``test_vis/cam<N>/<pid %04d>/`` and ``test_nir/cam<N>/<pid %04d>/``; the release's
-  ``test_nir/cam3`` is empty (ZYK100/LLCM #12), which is accepted.
+  ``test_vis/cam<N>/<pid %04d>/`` and ``test_nir/cam<N>/<pid %04d>/`` for the cameras of
+  DEEN's fixed lists (:data:`TEST_FOLDERS`: visible 1-9, infrared 1, 2, 4-9); the release's
+  ``test_nir/cam3`` is empty (ZYK100/LLCM #12). Images in a camera folder outside those
+  lists are left out, with a warning naming the folder, because the protocol's query set
+  and sampled gallery are DEEN's only over DEEN's folders.
 
 Pids and cameras come from path components, never from the text after the first
 "cam" in a path (the reference loaders' way, which breaks on a root such as
@@ -40,7 +43,8 @@ from uvireid.types import INFRARED, MODALITY_NAMES, VISIBLE, ImageRecord
 
 logger = logging.getLogger(__name__)
 
-#: test folder -> (modality, cameras the release fills); other camN folders are read too
+#: test folder -> (modality, the cameras DEEN's test lists read); images in other camN
+#: folders (e.g. a filled ``test_nir/cam3``) are left out with a warning, as DEEN leaves them
 TEST_FOLDERS = {
     "test_vis": (VISIBLE, (1, 2, 3, 4, 5, 6, 7, 8, 9)),
     "test_nir": (INFRARED, (1, 2, 4, 5, 6, 7, 8, 9)),
@@ -92,7 +96,7 @@ class LLCM(VIDataset):
 
     name = "llcm"
     title = "LLCM"
-    PROTOCOLS = ("llcm-v2i", "llcm-i2v")
+    PROTOCOLS = ("llcm-v2i", "llcm-i2v", "llcm-v2i-deen")
 
     def __init__(self, root: str | os.PathLike[str], *, verify: bool = True):
         super().__init__(root)
@@ -155,6 +159,18 @@ class LLCM(VIDataset):
                 for pid in pids
                 for path in list_images(os.path.join(camdir, f"{pid:04d}"))
             ]
+            if cam not in release_cams:
+                if records:
+                    logger.warning(
+                        "%s: %d test images in %s are left out: DEEN's test lists read %s/"
+                        "cam%s only, and the LLCM protocols are DEEN's over those folders",
+                        self.title,
+                        len(records),
+                        camdir,
+                        folder,
+                        ",".join(map(str, release_cams)),
+                    )
+                continue
             if verify and cam in release_cams and not records:
                 what = "does not exist" if cam not in cams else "holds no images of the test ids"
                 raise DatasetError(

@@ -43,7 +43,8 @@ Cases the reference leaves undefined or answers oddly, and what is done here:
 * ties: ``argsort`` uses numpy's default kind like the reference, so tied distances order
   identically on the same machine (numpy's default sort is not stable and its tie order
   depends on the CPU); ``stable=True`` sorts stably (ties go to the lower gallery index, as
-  MATLAB's ``sort`` in the official SYSU-MM01 kit).
+  MATLAB's ``sort`` in the official SYSU-MM01 kit; with the official sampler the gallery is
+  in that kit's camera-major order, so the two rank ties alike).
 * pids and cameras may be lists, numpy arrays or torch tensors (the reference needs numpy).
 * NaN distances are refused (their rank is meaningless).
 """

@@ -30,12 +30,15 @@ RegDB (``regdb-v2i``, ``regdb-i2v``)
     on another split than the test split is refused: that gallery contains training images.
     Metric: :func:`~uvireid.evaluation.metrics.eval_regdb`.
 
-LLCM (``llcm-v2i``, ``llcm-i2v``)
+LLCM (``llcm-v2i``, ``llcm-i2v``, ``llcm-v2i-deen``)
     ``v2i`` = every visible image is a query against a sampled infrared gallery; ``i2v`` =
     every infrared image is a query against a sampled visible gallery (DEEN's "IR to VIS"
-    branch). The gallery side is sampled with the seeded sampler above over the cameras
-    present, ascending. DEEN's own "VIS to IR" branch instead transposes the matrix, so its
-    sampled infrared images become the queries (notes §1.3); uvireid does not reproduce that.
+    branch, its default). The sampled side is drawn with the seeded sampler above over the
+    cameras present, ascending. DEEN's own "VIS to IR" branch (``test_mode = [2, 1]`` of
+    its ``test.py``) transposes the distance matrix, so its sampled infrared images are the
+    queries and every visible image the gallery (notes §1.3, §4.16): that is
+    ``llcm-v2i-deen``, whose numbers are the ones comparable with LLCM "VIS to IR" results
+    published from DEEN-derived code; ``llcm-v2i`` is the direction its name says.
     Metric: :func:`~uvireid.evaluation.metrics.eval_llcm`.
 
 The mean over trials is the arithmetic mean of the per-trial values (mangye16 ``test.py``);
@@ -103,6 +106,7 @@ class ProtocolSpec:
     mode: str | None  # SYSU "all" / "indoor"
     query_modality: str  # "visible" | "infrared"
     metric: str  # rule passed to metrics.evaluate
+    sampled: str = "gallery"  # the side drawn per trial (SYSU, LLCM): "gallery" | "query"
 
     @property
     def gallery_modality(self) -> str:
@@ -120,6 +124,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
     "regdb-i2v": ProtocolSpec("regdb-i2v", "regdb", "RegDB", None, "infrared", "regdb"),
     "llcm-v2i": ProtocolSpec("llcm-v2i", "llcm", "LLCM", None, "visible", "llcm"),
     "llcm-i2v": ProtocolSpec("llcm-i2v", "llcm", "LLCM", None, "infrared", "llcm"),
+    # DEEN's "VIS to IR" as its test.py computes it: sampled infrared queries, visible gallery
+    "llcm-v2i-deen": ProtocolSpec(
+        "llcm-v2i-deen", "llcm", "LLCM", None, "infrared", "llcm", sampled="query"
+    ),
 }
 
 
@@ -149,24 +157,28 @@ def _shot_count(shot: str) -> int:
     return SHOTS[shot]
 
 
-def _groups(features: Features, candidates: np.ndarray, cams: Sequence[int]):
+def _groups(
+    features: Features, candidates: np.ndarray, cams: Sequence[int], camera_major: bool = False
+):
     """Yield ``(pid, cam, rows)`` for every existing group, in sampler order.
 
-    Identities ascending, cameras in the given order; ``rows`` (indices into ``features``)
-    sorted by path string, or by row when the file has no paths.
+    Identities ascending, cameras in the given order within each identity (the mangye16 and
+    DEEN samplers); with ``camera_major``, cameras outer and identities ascending within each
+    (the official kit's ``get_testing_set.m``). ``rows`` (indices into ``features``) sorted by
+    path string, or by row when the file has no paths.
     """
     pids = features.pids[candidates]
     gcams = features.cams[candidates]
-    for pid in np.unique(pids).tolist():
-        of_pid = candidates[pids == pid]
-        cams_of_pid = gcams[pids == pid]
-        for cam in cams:
-            rows = of_pid[cams_of_pid == cam]
-            if len(rows) == 0:
-                continue  # an absent (id, camera) folder draws no random number
-            if features.paths is not None:
-                rows = rows[np.argsort(features.paths[rows], kind="stable")]
-            yield pid, cam, rows
+    order = [(p, c) for p in np.unique(pids).tolist() for c in cams]
+    if camera_major:
+        order = [(p, c) for c in cams for p in np.unique(pids).tolist()]
+    for pid, cam in order:
+        rows = candidates[(pids == pid) & (gcams == cam)]
+        if len(rows) == 0:
+            continue  # an absent (id, camera) folder draws no random number
+        if features.paths is not None:
+            rows = rows[np.argsort(features.paths[rows], kind="stable")]
+        yield pid, cam, rows
 
 
 def seeded_gallery(
@@ -272,9 +284,11 @@ def official_gallery(
 ) -> np.ndarray:
     """The SYSU-MM01 official gallery of one trial from ``rand_perm_cam.mat``.
 
-    For every identity (ascending) and camera (in order) the gallery takes the images named
-    ``cam{c}/{p:04d}/{idx:04d}`` for ``idx`` in the first 1 or 10 entries of row ``trial``
-    (0-based; MATLAB row ``trial + 1``) of ``rand_perm_cam{c}{p}``, in permutation order.
+    For every camera (in order) and identity (ascending), the official kit's order
+    (``get_testing_set.m``: camera outer, so that a stable sort breaks distance ties as its
+    MATLAB ``sort`` does), the gallery takes the images named ``cam{c}/{p:04d}/{idx:04d}``
+    for ``idx`` in the first 1 or 10 entries of row ``trial`` (0-based; MATLAB row
+    ``trial + 1``) of ``rand_perm_cam{c}{p}``, in permutation order.
 
     Returns:
         (G,) int64 indices into ``features``.
@@ -300,7 +314,7 @@ def official_gallery(
                     f"official gallery samples from cam{cam}/{pid:04d}; the features must hold "
                     f"every test image; fix: re-extract the full test set"
                 )
-    for pid, cam, rows in _groups(features, candidates, cams):
+    for pid, cam, rows in _groups(features, candidates, cams, camera_major=True):
         perm = perms.get((cam, pid))
         if perm is None:
             raise ProtocolError(
@@ -420,24 +434,35 @@ def regdb_indices(features: Features, direction: str) -> tuple[np.ndarray, np.nd
 
 
 def llcm_indices(
-    features: Features, direction: str, trial: int = 0, shot: str = "single"
+    features: Features,
+    direction: str,
+    trial: int = 0,
+    shot: str = "single",
+    sampled: str = "gallery",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query, gallery) indices of one LLCM trial.
 
-    The query side (the first modality of ``direction``) is taken whole; the gallery side is
-    sampled with :func:`seeded_gallery` over its cameras in ascending order.
+    ``direction`` names the query and gallery modalities (``"visible->infrared"``). The
+    ``sampled`` side (``"gallery"``, or ``"query"`` for DEEN's transposed "VIS to IR"
+    branch) is drawn with :func:`seeded_gallery` over its cameras in ascending order; the
+    other side is taken whole.
     """
+    if sampled not in ("gallery", "query"):
+        raise ProtocolError(f"sampled must be 'gallery' or 'query', got {sampled!r}")
     q_name, g_name = direction.split("->")
     query = np.flatnonzero(features.modality == _MODALITY[q_name])
-    candidates = np.flatnonzero(features.modality == _MODALITY[g_name])
-    for name, idx, mod in (("query", query, q_name), ("gallery", candidates, g_name)):
+    gallery = np.flatnonzero(features.modality == _MODALITY[g_name])
+    for name, idx, mod in (("query", query, q_name), ("gallery", gallery, g_name)):
         if len(idx) == 0:
             raise ProtocolError(
                 f"{_where(features)} has no {mod} image, so the LLCM {name} is empty; fix: "
                 f"export both test_vis and test_nir"
             )
-    cams = sorted(np.unique(features.cams[candidates]).tolist())
-    return query, seeded_gallery(features, candidates, cams, trial, shot)
+    pool = gallery if sampled == "gallery" else query
+    drawn = seeded_gallery(
+        features, pool, sorted(np.unique(features.cams[pool]).tolist()), trial, shot
+    )
+    return (query, drawn) if sampled == "gallery" else (drawn, gallery)
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -680,8 +705,9 @@ def run_protocol(
     Args:
         features: a :class:`Features` (or the path of a features file); for RegDB also a
             list of them, one per test split, which are the trials.
-        protocol: ``sysu-all``, ``sysu-indoor``, ``regdb-v2i``, ``regdb-i2v``, ``llcm-v2i`` or
-            ``llcm-i2v`` (see the module docstring).
+        protocol: a name of :data:`PROTOCOLS`: ``sysu-all``, ``sysu-indoor``,
+            ``regdb-v2i``, ``regdb-i2v``, ``llcm-v2i``, ``llcm-i2v`` or ``llcm-v2i-deen``
+            (see the module docstring).
         trials: gallery samples (SYSU-MM01, LLCM): trial t uses seed / permutation row t,
             t = 0..trials-1. RegDB: unused (one trial per split file).
         shot: ``"single"`` (1 gallery image per identity and camera) or ``"multi"`` (10).
@@ -793,7 +819,7 @@ def run_protocol(
                 q = q_sysu
                 g = sysu_gallery_indices(f, spec.mode, t, shot, sampler, perm_file)
             else:
-                q, g = llcm_indices(f, spec.direction, t, shot)
+                q, g = llcm_indices(f, spec.direction, t, shot, spec.sampled)
             rows.append(_run_one(f, q, g, spec, reranker, stable, t))
 
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
@@ -815,9 +841,10 @@ def run_protocol(
         "shot": "single" if spec.dataset == "regdb" else shot,
         "shots_per_id_camera": None if spec.dataset == "regdb" else SHOTS[shot],
         "direction": spec.direction,
+        "sampled_side": "none" if spec.dataset == "regdb" else spec.sampled,
         "trials": len(rows),
         "sampler": "none" if spec.dataset == "regdb" else sampler,
-        "sampler_detail": _sampler_detail(spec, sampler, perm_file, no_paths),
+        "sampler_detail": _sampler_detail(spec, sampler, perm_file, no_paths, shot),
         "metric": f"eval_{spec.metric}",
         "distance": "reranker" if reranker is not None else "-(q @ g.T)",
         "ranking": "stable argsort" if stable else "numpy default argsort (as the reference)",
@@ -836,15 +863,29 @@ def run_protocol(
     return ProtocolResult(rows, mean, std, cmc, _jsonable(provenance))
 
 
-def _sampler_detail(spec: ProtocolSpec, sampler: str, perm_file: Any, no_paths: bool) -> str:
+def _sampler_detail(
+    spec: ProtocolSpec, sampler: str, perm_file: Any, no_paths: bool, shot: str
+) -> str:
     if spec.dataset == "regdb":
         return "no sampling: all test images of each split"
     if sampler == "official":
-        return f"rand_perm_cam.mat row t, first shot entries ({perm_file})"
+        return f"rand_perm_cam.mat row t, first {SHOTS[shot]} entries ({perm_file})"
     order = "row order in the file (no paths)" if no_paths else "path order"
+    side = (
+        " of the query side (DEEN's transposed 'VIS to IR' branch)"
+        if spec.sampled == "query"
+        else ""
+    )
+    if shot == "multi":
+        return (
+            f"uvireid's seeded multi-shot (no reference has one; not comparable with published "
+            f"multi-shot results, which use sampler='official'): random.seed(t), ids "
+            f"ascending, cameras in fixed order, random.sample of min(10, n) images per "
+            f"existing (id, camera) group{side}, over its images in {order}, kept in that order"
+        )
     return (
         f"mangye16: random.seed(t), ids ascending, cameras in fixed order, one draw per existing "
-        f"(id, camera) group over its images in {order}"
+        f"(id, camera) group{side} over its images in {order}"
     )
 
 
