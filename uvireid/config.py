@@ -72,7 +72,8 @@ class TrainSettings:
         images_per_id: images per pseudo-identity and modality in a batch.
         height, width: input size (paper 288x144).
         workers: data-loading processes (evaluation-only runs).
-        amp: bf16 autocast on CUDA for the training forward and extraction.
+        amp: bf16 autocast for the training forward and extraction, on CUDA and on CPUs
+            with native bf16 (AVX512-BF16 or AMX; elsewhere a warning, and float32).
         channels_last: keep the convolution weights (and so the images) in NHWC memory
             format; null = on CUDA only, where cuDNN's tensor-core convolutions want it
             (it spares a layout conversion of every layer's input and gradient); true or

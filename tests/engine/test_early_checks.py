@@ -100,13 +100,48 @@ def test_own_unlabelled_crops_train_without_evaluation(recipe_file, tmp_path):
     assert run_recipe(cfg, progress=False).read_metrics()[-1]["epoch"] == 1
 
 
-def test_amp_on_the_cpu_says_it_does_nothing(recipe_file, caplog):
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_on_the_cpu_is_bf16_where_native_else_says_it_does_nothing(
+    recipe_file, caplog, monkeypatch, native
+):
     import logging
 
+    import torch
+
+    from uvireid.engine import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "cpu_bf16_native", lambda: native)
     cfg = load_recipe(recipe_file, ["train.amp=true"])
     with caplog.at_level(logging.WARNING):
         Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
-    assert "train.amp=true has no effect on cpu" in caplog.text
+    assert ("train.amp=true has no effect on cpu" in caplog.text) is not native
+    with trainer_mod._autocast("cpu", True):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_amp_run_on_a_bf16_cpu_trains_its_convolutions_in_bf16(recipe_file, monkeypatch):
+    import torch
+
+    from uvireid.engine import trainer as trainer_mod
+
+    if not trainer_mod.cpu_bf16_native():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    seen = []
+    real = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        if torch.is_grad_enabled():
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    cfg = load_recipe(recipe_file, ["train.amp=true", "evaluation.protocol=none"])
+    metrics = run_recipe(cfg, progress=False).read_metrics()
+    assert seen and set(seen) == {torch.bfloat16}
+    totals = [m["loss"]["total"] for m in metrics if "loss" in m]
+    assert totals and np.isfinite(totals).all()
 
 
 def test_deterministic_asks_torch_for_deterministic_kernels(recipe_file, monkeypatch):

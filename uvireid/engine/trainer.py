@@ -298,9 +298,24 @@ def nonfinite_state(module: nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 matrix products and convolutions natively (oneDNN
+    with AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def _autocast(device: str, amp: bool):
-    if amp and torch.device(device).type == "cuda":
+    """bf16 autocast where ``train.amp`` can use it: CUDA, or a CPU with native bf16."""
+    kind = torch.device(device).type
+    if amp and kind == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp and kind == "cpu" and cpu_bf16_native():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -509,10 +524,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True)) and not bool(
                 tr.get("deterministic")
             )
-        elif tr.get("amp"):
+        elif tr.get("amp") and not (torch.device(device).type == "cpu" and cpu_bf16_native()):
             logger.warning(
-                "train.amp=true has no effect on %s: bf16 autocast is used on CUDA only; "
-                "this run trains and extracts in float32",
+                "train.amp=true has no effect on %s: bf16 autocast is used on CUDA and on "
+                "CPUs with native bf16 (AVX512-BF16 or AMX), where this is not; this run "
+                "trains and extracts in float32",
                 device,
             )
         self.ddp_model: nn.Module = self.model
