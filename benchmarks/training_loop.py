@@ -150,7 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="iterations per epoch")
     ap.add_argument("--epochs", type=int, default=2, help="SALCR-stage epochs")
     ap.add_argument("--dcl-epochs", type=int, default=2, help="DCL-stage epochs")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument(
+        "--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)"
+    )
     ap.add_argument(
         "--compile-losses", action="store_true", help="train.compile_losses (torch.compile)"
     )

@@ -113,19 +113,18 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
     def step(full: bool, sync: bool = True, compiled: bool = False) -> None:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, mod)
-            f = out.bn_feat.float()
-            o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
-            if full:
-                fm = out.feature_map
-                o.parts = {
-                    kk: v.float()
-                    for kk, v in parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :]).items()
-                }
-                if compiled and not compiled_losses:
-                    compiled_losses.append(torch.compile(salcr_losses))
-                loss = (compiled_losses[0] if compiled else salcr_losses)(o, targets)
-            else:
-                loss = dagl(o, targets)
+            fm = out.feature_map
+            pf = parts.pairs(fm[:s], fm[s : 2 * s], fm[2 * s :]) if full else {}
+        # as the trainer: the losses in float32, outside autocast
+        f = out.bn_feat.float()
+        o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
+        if full:
+            o.parts = {kk: v.float() for kk, v in pf.items()}
+            if compiled and not compiled_losses:
+                compiled_losses.append(torch.compile(salcr_losses))
+            loss = (compiled_losses[0] if compiled else salcr_losses)(o, targets)
+        else:
+            loss = dagl(o, targets)
         opt = opt_full if full else opt_plain
         opt.zero_grad()
         loss.backward()
@@ -200,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA), as train.amp")
+    ap.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast (CUDA, or a CPU with native bf16), as train.amp",
+    )
     ap.add_argument(
         "--count-ops",
         action="store_true",

@@ -137,9 +137,25 @@ def test_amp_run_on_a_bf16_cpu_trains_its_convolutions_in_bf16(recipe_file, monk
         return out
 
     monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    in_losses = []  # (autocast on?, the loss's dtype) for each step's loss terms
+    real_terms = Trainer._loss_terms
+
+    def loss_terms(self, stage, losses):
+        fn = real_terms(self, stage, losses)
+
+        def wrapped(outputs, targets):
+            total, terms = fn(outputs, targets)
+            in_losses.append((torch.is_autocast_enabled("cpu"), total.dtype))
+            return total, terms
+
+        return wrapped
+
+    monkeypatch.setattr(Trainer, "_loss_terms", loss_terms)
     cfg = load_recipe(recipe_file, ["train.amp=true", "evaluation.protocol=none"])
     metrics = run_recipe(cfg, progress=False).read_metrics()
     assert seen and set(seen) == {torch.bfloat16}
+    # the backbone in bf16, the losses (their memory products) in float32
+    assert in_losses and set(in_losses) == {(False, torch.float32)}
     totals = [m["loss"]["total"] for m in metrics if "loss" in m]
     assert totals and np.isfinite(totals).all()
 

@@ -869,13 +869,16 @@ class Trainer:
         sv, sr = len(iv), len(ir)
         mod = torch.cat([torch.zeros(2 * sv, dtype=torch.long), torch.ones(sr, dtype=torch.long)])
         targets = self._targets(lab, iv, ir, paired, getattr(batch, "labels", None))
+        want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
         with _autocast(self.device, self.tr["amp"]):
-            want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
             # the modality stays on the host: the backbone splits the batch there
             out, parts = self.ddp_model(x, mod, sv if want_parts else None)
-            feat = out.bn_feat.float()
-            outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
-            total, terms = self._loss_terms(stage, losses)(outputs, targets)
+        # the losses in float32 outside autocast (under it their products with the
+        # memories, logits of cosines / 0.05, would be bf16: ~0.08 off at a logit of 20)
+        feat = out.bn_feat.float()
+        parts = {key: p.float() for key, p in parts.items()}
+        outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
+        total, terms = self._loss_terms(stage, losses)(outputs, targets)
         used = [loss for loss in losses if _applies(loss, outputs)]
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
