@@ -272,3 +272,10 @@ def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_pa
     assert load_recipe(path, ["description=1e-4 is a string here"])["description"] == (
         "1e-4 is a string here"
     )
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_numpy_would_refuse_is_a_recipe_error(seed):
+    with pytest.raises(ConfigError, match=r"'seed' must be an integer in 0\.\.2\*\*32-1"):
+        load_recipe("demo", [f"seed={seed}"])
+    assert load_recipe("demo", ["seed=4294967295"])["seed"] == 2**32 - 1

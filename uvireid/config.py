@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from uvireid._suggest import closest
-from uvireid.errors import ConfigError, RegistryError
+from uvireid.errors import ConfigError, RegistryError, check_seed
 from uvireid.registry import (
     ASSOCIATORS,
     BACKBONES,
@@ -588,6 +588,8 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
     if not ok:
         want = " or ".join(t.__name__ for t in spec.types)
         raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}")
+    if name == "seed":
+        check_seed(value, f"{source}: 'seed'")
 
 
 def _validate_component(

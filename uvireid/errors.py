@@ -44,3 +44,15 @@ class TrainingError(UvireidError, RuntimeError):
 class RunFolderError(UvireidError, RuntimeError):
     """A run folder that cannot be used now: another process holds it, or its checkpoint
     is missing where epochs were trained."""
+
+
+#: the largest seed NumPy's legacy seeding (``np.random.seed``) accepts
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: object, what: str, error: type[UvireidError] = ConfigError) -> int:
+    """``value`` as a seed in 0..2**32-1 (what ``random``, NumPy and torch all accept), else
+    ``error`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise error(f"{what} must be an integer in 0..2**32-1 ({SEED_MAX}), got {value!r}")
+    return int(value)

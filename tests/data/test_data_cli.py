@@ -68,3 +68,15 @@ def test_synth_with_the_real_generator(tmp_path, capsys):
     )
     assert synthetic.read_manifest(tmp_path / "nir")["nir"] == 0.5
     assert re.search(r"test\s+all\s+both\s+1\s", text), text  # 4 ids: one test id
+
+
+def test_check_of_a_synthetic_folder_never_writes_one(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "check", str(empty), "--dataset", "synthetic"]) == 2
+    assert "data synth --out" in capsys.readouterr().err
+    assert not any(empty.iterdir())
+    assert main(["data", "check", str(tmp_path / "never"), "--dataset", "synthetic"]) == 2
+    assert not (tmp_path / "never").exists()
+    assert main(["data", "synth", "--out", str(tmp_path / "syn"), "--ids", "4"]) == 0
+    assert main(["data", "check", str(tmp_path / "syn"), "--dataset", "synthetic"]) == 0

@@ -296,3 +296,19 @@ def test_a_script_without_a_main_guard_still_gets_its_dataset(tmp_path):
     same = syn.generate(tmp_path / "again", ids=6, seed=0, workers=1)
     files = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
     assert files == sorted(p.relative_to(same) for p in same.rglob("*.jpg"))
+
+
+def test_a_recipe_root_holding_another_synthetic_dataset_is_not_replaced(tmp_path):
+    out = syn.generate(tmp_path / "mine", ids=4, seed=0)
+    stamp = (out / syn.DONE).stat().st_mtime_ns
+    with pytest.raises(DatasetError, match=r"holds another synthetic dataset \(ids=4.*data\.ids=4"):
+        DATASETS.build({"type": "synthetic", "root": str(out), "ids": 5})
+    assert (out / syn.DONE).stat().st_mtime_ns == stamp and syn.read_manifest(out)["ids"] == 4
+    assert DATASETS.build({"type": "synthetic", "root": str(out), "ids": 4}).meta()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True])
+def test_seeds_outside_what_numpy_accepts_are_refused(tmp_path, seed):
+    with pytest.raises(DatasetError, match=r"seed must be an integer in 0\.\.2\*\*32-1"):
+        syn.generate(tmp_path / "x", ids=4, seed=seed)
+    assert not (tmp_path / "x").exists()

@@ -132,3 +132,14 @@ def test_the_viz_modules_import_without_matplotlib(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     for name in ["uvireid.viz", *(f"uvireid.viz.{m}" for m in MODULES), "uvireid.cli.report_cmd"]:
         importlib.import_module(name)
+
+
+def test_a_misspelt_features_file_is_an_error_and_leaves_the_earlier_report(viz_run_dir):
+    build_report(viz_run_dir, **KW)
+    before = {p.name: p.stat().st_mtime_ns for p in viz_run_dir.glob("*.png")}
+    assert {"distances.png", "tsne.png", "ranking.png"} <= set(before)
+    with pytest.raises(UvireidError, match=r"features file .*typo\.npz does not exist"):
+        build_report(viz_run_dir, features=viz_run_dir / "typo.npz", **KW)
+    assert {p.name: p.stat().st_mtime_ns for p in viz_run_dir.glob("*.png")} == before
+    with pytest.raises(UvireidError, match="is a file, not a run folder"):
+        build_report(viz_run_dir / "features.npz", **KW)

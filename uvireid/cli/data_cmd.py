@@ -138,6 +138,15 @@ def run_check(args: argparse.Namespace) -> int:
     """``uvireid data check``: print the count table; 1 when anything is wrong."""
     from uvireid.data.check import check_dataset, format_report
 
+    if args.dataset == "synthetic":  # checking reads: never generate into the folder
+        from uvireid.data.synthetic import read_manifest
+        from uvireid.errors import DatasetError
+
+        if read_manifest(args.root) is None:
+            raise DatasetError(
+                f"no complete synthetic dataset at {args.root} (no manifest.json and DONE); "
+                f"write one with: uvireid data synth --out {args.root}"
+            )
     ds = _open(args.dataset, args.root, args.split)
     report = check_dataset(ds, official=args.official, decode=args.decode)
     print(format_report(report))

@@ -57,7 +57,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from uvireid.data.sysu import SYSUMM01
-from uvireid.errors import DatasetError
+from uvireid.errors import DatasetError, check_seed
 from uvireid.registry import DATASETS
 from uvireid.types import INFRARED, VISIBLE
 
@@ -1048,11 +1048,13 @@ def generate(
     *,
     workers: int | None = None,
     nir: float = 0.0,
+    replace: bool = True,
 ) -> Path:
     """Write the synthetic dataset to ``out`` in the SYSU-MM01 raw layout; returns ``out``.
 
     A complete dataset with the same parameters already at ``out`` is kept as is. A
-    half-written one (no ``DONE``) or one with other parameters is replaced. Images are
+    half-written one (no ``DONE``) is replaced; one with other parameters is replaced
+    with ``replace``, else refused (a :class:`DatasetError` naming its parameters). Images are
     written to a temporary sibling folder that is renamed to ``out`` once ``manifest.json``
     and ``DONE`` are written, so a killed run never leaves a folder that looks complete.
 
@@ -1064,9 +1066,13 @@ def generate(
         workers: processes drawing images (default: 2, or 1 for small datasets).
         nir: near-infrared share of the infrared images, 0..1 (module docstring; 0, the
             default, is the thermal look).
+        replace: replace a complete synthetic dataset with other parameters at ``out``
+            (the cache folders, ``uvireid data synth``); False for a folder a recipe names
+            (``data.root``), which is the user's.
 
     Raises:
-        DatasetError: ``out`` holds other files, or the parameters are out of range.
+        DatasetError: ``out`` holds other files, another synthetic dataset (without
+            ``replace``), or the parameters are out of range.
     """
     import multiprocessing
 
@@ -1086,11 +1092,26 @@ def generate(
         )
     if not 0.0 <= nir <= 1.0:
         raise DatasetError(f"synthetic dataset: nir={nir} is out of range; use 0..1")
+    check_seed(seed, "synthetic dataset: seed", DatasetError)
     params = _params(ids, seed, height, width, nir)
     if out.exists():
-        if _matches(read_manifest(out), params):
+        found = read_manifest(out)
+        if _matches(found, params):
             logger.info("synthetic dataset at %s is complete; reusing it", out)
             return out
+        if found is not None and not replace:
+            have = {k: found.get(k) for k in params if found.get(k) != params[k]}
+            want = {k: params[k] for k in have}
+            raise DatasetError(
+                f"synthetic dataset: {out} holds another synthetic dataset ("
+                + ", ".join(f"{k}={v}" for k, v in have.items())
+                + "; this recipe asks for "
+                + ", ".join(f"{k}={v}" for k, v in want.items())
+                + "); refusing to replace it. Fix: set "
+                + " ".join(f"data.{k}={v}" for k, v in have.items() if k in ("ids", "seed", "nir"))
+                + " to use it, or point data.root at another folder (or leave it out: "
+                "the cache keeps one folder per setting)"
+            )
         if any(out.iterdir()) and not (out / MARKER).exists():
             raise DatasetError(
                 f"synthetic dataset: {out} exists and is not a uvireid synthetic dataset "
@@ -1223,7 +1244,7 @@ class SyntheticSYSU(SYSUMM01):
                 ids = found.get("ids") if ids is None else ids
                 seed = found.get("seed") if seed is None else seed
                 nir = found.get("nir", 0.0) if nir is None else nir
-            path = generate(root, ids=ids, seed=seed or 0, nir=float(nir or 0.0))
+            path = generate(root, ids=ids, seed=seed or 0, nir=float(nir or 0.0), replace=False)
         self.manifest = read_manifest(path) or {}
         super().__init__(path, verify=True)
 

@@ -409,19 +409,35 @@ def build_report(
         :class:`Report`.
 
     Raises:
-        UvireidError: matplotlib is missing (with the install command), or ``run_dir`` is
-            not a folder.
+        UvireidError: matplotlib is missing (with the install command), ``run_dir`` is
+            not a folder, or ``features`` (when given) is missing or unreadable: all before
+            anything in the output folder is written or removed.
     """
     from uvireid.fileio import atomic_write_text
     from uvireid.viz import curves, distances, ranking, tsne
 
     require_matplotlib()
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise UvireidError(
+            f"{run_dir} is a file, not a run folder; to plot a features file: uvireid report "
+            f"RUN_DIR --features {run_dir}"
+        )
     if not run_dir.is_dir():
         raise UvireidError(
             f"run folder {run_dir} does not exist; expected a folder written by `uvireid run` "
             f"(runs/<recipe>-<time>/); fix: check the path"
         )
+    given = None
+    if features is not None:  # asked for by name: an error, before any file is touched
+        from uvireid.features import load_features
+
+        if not Path(features).is_file():
+            raise UvireidError(
+                f"features file {features} does not exist (--features); fix: check the path, "
+                f"or leave --features out to plot the run's own features.npz"
+            )
+        given = load_features(features)
     out_dir = Path(out) if out is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -474,9 +490,7 @@ def build_report(
     )
     draw("curves_time.png", curves.plot_time, records, missing="no 'seconds' in metrics.jsonl.")
 
-    feats = _load_features(
-        Path(features) if features is not None else run_dir / "features.npz", notes
-    )
+    feats = given if given is not None else _load_features(run_dir / "features.npz", notes)
     if feats is not None:
         draw(
             "distances.png",
@@ -518,7 +532,8 @@ def _load_features(path: Path, notes: list[str]) -> Any:
     if not path.is_file():
         notes.append(
             f"{path.name} is missing: no distance histograms, t-SNE or ranking lists (the "
-            f"run stopped before writing it; pass --features FILE to plot another file)."
+            f"run stopped before writing it, or did not evaluate; pass --features FILE to "
+            f"plot another file)."
         )
         return None
     try:
