@@ -51,6 +51,39 @@ def test_json_output_that_cannot_be_written_stops_before_the_evaluation(
         blocker.write_text("a file where a folder should be")
         assert main([*args, "--json", str(blocker / "out.json")]) == 2
         assert "cannot create the folder" in _err(capsys)
+    # a folder whose permission bits say yes but that takes no file (a read-only mount,
+    # /proc; the tests run as root, so chmod cannot make one): the write probe fails
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    for cmd in ("eval", "rerank"):
+        extra = ["--reranker", "cmfp"] if cmd == "rerank" else []
+        args = [cmd, str(feats_file), "--protocol", "regdb-v2i", *extra]
+        assert main([*args, "--json", str(tmp_path / "out.json")]) == 2
+        assert "cannot write into the folder" in _err(capsys)
+    assert calls == []
+
+
+def test_extract_refuses_a_folder_a_missing_checkpoint_and_no_source_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    from uvireid.engine import export
+
+    calls = []
+    monkeypatch.setattr(export, "export_features", lambda *a, **k: calls.append(1))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert main(["extract", "demo", "--checkpoint", "none", "-o", str(folder), "--force"]) == 2
+    assert "is a folder; give a file path" in _err(capsys)
+    missing = tmp_path / "nope.pt"
+    assert main(["extract", "demo", "--checkpoint", str(missing), "-o", str(tmp_path / "f")]) == 2
+    assert f"--checkpoint {missing} does not exist" in _err(capsys)
+    nowhere = tmp_path / "runs" / "nonexist"
+    assert main(["extract", str(nowhere), "-o", str(tmp_path / "f.npz")]) == 2
+    assert "no such run folder or recipe file" in _err(capsys)
     assert calls == []
 
 

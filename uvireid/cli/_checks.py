@@ -9,7 +9,7 @@ from typing import Any
 from uvireid.errors import ConfigError
 
 
-def output_file(path: str | os.PathLike, option: str) -> Path:
+def output_file(path: str | os.PathLike, option: str, example: str = "out.json") -> Path:
     """A file a command will write (``--json``, ``-o``): not a folder, in a folder that
     exists or can be made and is writable. Checked at the start, so a long evaluation does
     not end in a traceback about its output.
@@ -19,7 +19,7 @@ def output_file(path: str | os.PathLike, option: str) -> Path:
     """
     out = Path(path)
     if out.is_dir():
-        raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / 'out.json'})")
+        raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / example})")
     _writable_folder(out.parent, option, out)
     return out
 
@@ -46,6 +46,17 @@ def _writable_folder(folder: Path, option: str, target: Path) -> None:
         ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {target}: the folder {folder} is not writable")
+    import tempfile
+
+    try:  # what the permission bits do not show (a read-only mount, /proc, a full disk)
+        fd, probe = tempfile.mkstemp(prefix=".uvireid-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {target}: cannot write into the folder {folder} "
+            f"({exc.strerror or exc}); choose another path"
+        ) from None
 
 
 def positive_int(text: str) -> int:

@@ -4,6 +4,7 @@ model, for ``uvireid eval`` and ``uvireid rerank``."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EPILOG = """\
@@ -53,15 +54,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import uvireid  # noqa: F401  (registers parts)
+    from uvireid.cli._checks import output_file
     from uvireid.config import load_recipe, resolve_device
     from uvireid.engine.checkpoint import LATEST
     from uvireid.engine.export import export_features
     from uvireid.errors import CheckpointError, ConfigError
     from uvireid.features import load_features
 
-    out = Path(args.out)
+    out = output_file(
+        args.out, "-o", example="features.npz"
+    )  # a folder, or an unwritable place: refused here
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another -o")
+    if args.checkpoint is not None and str(args.checkpoint).lower() != "none":
+        if not Path(args.checkpoint).is_file():  # before any weights are built or read
+            raise CheckpointError(
+                f"--checkpoint {args.checkpoint} does not exist; give the file a run wrote "
+                f"(RUN_DIR/checkpoints/latest.pt or best.pt), or 'none' for the backbone as "
+                f"the recipe builds it"
+            )
     source = Path(args.source)
     checkpoint = args.checkpoint
     train_split = None
@@ -87,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
         if run_data.get("type") == data.get("type") and args.checkpoint is None:
             train_split = run_data.get("split")  # the run's own weights: its own split
     else:
+        from uvireid.config import recipe_path
+
+        if not source.exists():  # neither a run folder nor a recipe file: say so first
+            if os.sep in str(args.source) or source.suffix in (".yaml", ".yml"):
+                raise ConfigError(
+                    f"{args.source} does not exist: no such run folder or recipe file; give "
+                    f"a run folder (runs/<recipe>-<date>), a recipe file or a built-in name"
+                )
+            recipe_path(args.source)  # a bare name: the built-in recipes, closest first
         if checkpoint is None:
             raise ConfigError(
                 f"{args.source} is a recipe: pass --checkpoint PATH (the trained weights to "
