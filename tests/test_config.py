@@ -279,3 +279,35 @@ def test_a_seed_numpy_would_refuse_is_a_recipe_error(seed):
     with pytest.raises(ConfigError, match=r"'seed' must be an integer in 0\.\.2\*\*32-1"):
         load_recipe("demo", [f"seed={seed}"])
     assert load_recipe("demo", ["seed=4294967295"])["seed"] == 2**32 - 1
+
+
+def test_a_key_given_twice_in_a_recipe_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("_base_: [base.yaml]\ntrain: {epochs: 1}\ntrain: {lr: 1.0}\n")
+    (tmp_path / "base.yaml").write_text("name: b\n")
+    with pytest.raises(
+        ConfigError, match=r"(?s)dup\.yaml.*duplicate key 'train' \(first on line 2"
+    ):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'"):
+        load_recipe("demo", ["train={epochs: 1, epochs: 2}"])
+    anchors = tmp_path / "anchors.yaml"  # a << merge may repeat a key: YAML's own override
+    anchors.write_text("_base_: [base.yaml]\ndescription: &d x\nname: *d\n")
+    assert load_recipe(anchors)["name"] == "x"
+
+
+def test_a_dotted_type_override_replaces_the_part_as_the_mapping_form_does():
+    cfg = load_recipe("demo", ["reranker.type=kreciprocal"])  # demo's cmfp has k: 10
+    assert cfg["reranker"]["type"] == "kreciprocal" and "k" not in cfg["reranker"]
+    assert cfg["reranker"] == load_recipe("demo", ["reranker={type: kreciprocal}"])["reranker"]
+    kept = load_recipe("demo", ["reranker.k1=10", "reranker.type=kreciprocal"])["reranker"]
+    assert kept["k1"] == 10  # the command line's own keywords stay
+    same = load_recipe("demo", ["reranker.type=cmfp"])["reranker"]  # no change: nothing dropped
+    assert same["k"] == 10
+
+
+def test_a_top_level_losses_override_on_a_staged_recipe_points_to_the_stages():
+    with pytest.raises(ConfigError, match=r"no top-level losses.*stages\.1\.losses\.0\.weight"):
+        load_recipe("demo", ["losses.0.weight=2"])
+    cfg = load_recipe("demo", ["stages.1.losses.0.weight=2"])
+    assert cfg["stages"][1]["losses"][0]["weight"] == 2

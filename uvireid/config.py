@@ -12,7 +12,7 @@ One dialect, YAML only::
   ``type`` changes is replaced whole too, since the old component's keywords mean
   nothing to the new one.
 * Overrides from the command line are dotted paths, values in YAML syntax:
-  ``train.epochs=10``, ``clusterer.eps=0.5``, ``losses.0.weight=2``,
+  ``train.epochs=10``, ``clusterer.eps=0.5``, ``stages.1.losses.0.weight=2``,
   ``train.lr_steps=[20,60]``, ``reranker=null``, ``train.amp=true``.
 * Every key is checked: an unknown or misspelt key is a :class:`ConfigError` naming the
   file that set it (or the override) and the closest valid key, never silently added.
@@ -363,7 +363,27 @@ class Provenance(dict):
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading ``1e-4`` as a float as YAML 1.2 does (YAML 1.1,
-    PyYAML's dialect, wants ``1.0e-4`` and silently gives the string '1e-4')."""
+    PyYAML's dialect, wants ``1.0e-4`` and silently gives the string '1e-4'), and refusing
+    a key given twice in one mapping (PyYAML keeps the last one without a word, so a second
+    ``train:`` section silently dropped the first one's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:  # the mapping's own keys (a << merge may repeat)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                mark = key_node.start_mark
+                first = seen.setdefault((key_node.tag, key_node.value), mark)
+                if first is not mark:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"duplicate key '{key_node.value}' (first on line {first.line + 1}): "
+                        f"YAML keeps only the last one; merge the two into one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -521,6 +541,12 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
     Only the leaf may be new; its validity is checked by :func:`validate`.
     """
     parts = key.split(".")
+    if parts[0] == "losses" and len(parts) > 1 and not cfg.get("losses") and cfg.get("stages"):
+        raise ConfigError(
+            f"{OVERRIDE_SOURCE} {key}=...: this recipe has no top-level losses; its losses "
+            f"are in its stages: stages.N.{key} (e.g. stages.{len(cfg['stages']) - 1}."
+            f"{key}; `uvireid run RECIPE --dry-run` shows them)"
+        )
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
         here = ".".join(parts[: i + 1])
@@ -542,6 +568,14 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         old = node.get(leaf)
         if isinstance(old, dict) and isinstance(value, dict):
             value = merge(old, value)
+        if leaf == "type" and old is not None and value != old:
+            # X.type=new replaces the part, as X={type: new} does: the old part's keywords
+            # (from the recipe files) mean nothing to the new one; the command line's own
+            # keywords for X stay
+            prefix = ".".join(parts[:-1])
+            for k in [k for k in node if k != "type"]:
+                if prov.source(f"{prefix}.{k}") != OVERRIDE_SOURCE:
+                    del node[k]
         node[leaf] = value
     _record(prov, value, key, OVERRIDE_SOURCE)
 

@@ -449,3 +449,17 @@ def test_a_mapping_of_arrays_is_evaluated_as_the_same_features(caplog):
     with caplog.at_level(logging.WARNING):
         run_protocol(same, "sysu-all", trials=1)
     assert "every feature is the same" in caplog.text
+
+
+def test_a_protocol_the_file_does_not_list_or_whose_cameras_it_lacks_is_refused():
+    f = make_sysu_features(seed=9)
+    bare = Features(f.feats, f.pids, f.cams, f.modality, f.paths, {})  # SYSU cameras, no meta
+    with pytest.raises(ProtocolError, match=r"no camera in both.*not an LLCM test set"):
+        run_protocol(bare, "llcm-v2i", trials=1)
+    listed = Features(
+        f.feats, f.pids, f.cams, f.modality, f.paths, {"protocols": ["sysu-all", "sysu-indoor"]}
+    )
+    with pytest.raises(ProtocolError, match=r"lists the protocols sysu-all, sysu-indoor.*regdb"):
+        run_protocol(listed, "regdb-v2i")
+    assert run_protocol(listed, "sysu-indoor", trials=1).mean["mAP"] > 0
+    run_protocol(llcm_features(), "llcm-v2i", trials=1)  # shared cameras: LLCM's structure

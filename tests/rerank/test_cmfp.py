@@ -7,6 +7,7 @@ import pytest
 import torch
 from rerank_oracles import naive_knn_graph_loop, official_agg_feature
 
+from uvireid.errors import ConfigError
 from uvireid.rerank import CMFP, cmfp_distance, propagate
 from uvireid.rerank.cmfp import affinity_blocks, knn_affinity
 
@@ -300,3 +301,15 @@ def test_mixed_precision_is_the_cpu_default_for_float64_and_follows_mixed_false(
     err = (mixed - exact).abs().max()
     assert 0 < err < 1e-6  # float32 arithmetic, the float64 neighbours
     assert torch.equal(default, mixed if device == "cpu" else exact)
+
+
+def test_a_misspelt_backend_is_refused_on_the_dense_path_too():
+    """The dense path does not search with the backend, but a typo must not wait until an
+    input is large enough to go sparse."""
+    q = torch.randn(6, 4)
+    with pytest.raises(ConfigError, match="backend must be one of .*got 'fiass'"):
+        propagate(q, q, 3, backend="fiass")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        affinity_blocks(q, q, 3, mode="dense", backend="fiass")
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        CMFP(backend="fiass")

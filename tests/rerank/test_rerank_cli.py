@@ -124,3 +124,16 @@ def test_rerank_device_is_checked_and_used(numpy_file, capsys, monkeypatch):
     assert again.split("re-ranking time")[0] == default.split("re-ranking time")[0]
     rc = main([*args, "--device", "gpu"])
     assert rc == 2 and "is not a device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--k", "5", "--set", "k=7"], "k is given twice: --k 5 and --set k=7"),
+        (["--set", "k=7", "--k", "5"], "k is given twice: --k 5 and --set k=7"),
+        (["--set", "k=7", "--set", "k=9"], "--set k= is given twice"),
+    ],
+)
+def test_a_keyword_given_twice_is_refused_not_silently_chosen(numpy_file, capsys, flags, said):
+    rc = main(["rerank", str(numpy_file), "--reranker", "cmfp", *flags, "--protocol", "sysu-all"])
+    assert rc == 2 and said in capsys.readouterr().err

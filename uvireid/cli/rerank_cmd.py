@@ -114,8 +114,15 @@ def _keywords(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}; e.g. --set k1=4")
         key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
+        key = key.strip()
+        if key in out:  # which one would win is not the user's intent to guess
+            raise ConfigError(f"--set {key}= is given twice; give each keyword once")
+        out[key] = _parse_value(value.strip())
     if args.k is not None:
+        if "k" in out:
+            raise ConfigError(
+                f"k is given twice: --k {args.k} and --set k={out['k']}; give it once"
+            )
         out["k"] = args.k
     return out
 

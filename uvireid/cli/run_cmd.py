@@ -14,7 +14,7 @@ Examples:
   uvireid run runs/demo-20261126-101500 --resume     # continue that run folder
 
 Overrides are dotted keys with YAML values: train.lr_steps=[20,60], reranker=null,
-losses.0.weight=2. An unknown key is an error naming the closest valid one.
+stages.1.losses.0.weight=2. An unknown key is an error naming the closest valid one.
 """
 
 

@@ -609,11 +609,37 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
             f"protocol '{spec.name}' is for {spec.dataset_name}; pick a {other[0]}-* "
             f"protocol or the right file"
         )
+    listed = meta.get("protocols")
+    if isinstance(listed, (list, tuple)) and listed and spec.name not in listed:
+        raise ProtocolError(
+            f"{where} lists the protocols {', '.join(map(str, listed))} (its meta says so: "
+            f"the dataset it was extracted from has them), not '{spec.name}'; pick one of "
+            f"those, or the right file"
+        )
+    if spec.dataset == "llcm":
+        _check_llcm_cameras(features, where, spec)
     split = meta.get("split")
     if spec.dataset != "regdb" and split is not None and str(split).lower() != "test":
         raise ProtocolError(
             f"{where} holds the '{split}' split (its meta says so); {spec.dataset_name} "
             f"protocols evaluate the test split only; fix: extract the test set"
+        )
+
+
+def _check_llcm_cameras(features: Features, where: str, spec: ProtocolSpec) -> None:
+    """LLCM's nine cameras shoot both modalities, so its visible and infrared images share
+    camera numbers; a file whose two modalities use disjoint cameras is another dataset
+    (SYSU-MM01's visible 1, 2, 4, 5 and infrared 3, 6, say), whose numbers an LLCM protocol
+    would label LLCM."""
+    vis = set(features.cams[features.modality == VISIBLE].tolist())
+    ir = set(features.cams[features.modality == INFRARED].tolist())
+    if vis and ir and not vis & ir:
+        raise ProtocolError(
+            f"{where}: its visible images come from cameras {sorted(vis)} and its infrared "
+            f"ones from {sorted(ir)}, no camera in both; in LLCM every camera shoots both "
+            f"(visible by day, infrared by night), so this is not an LLCM test set "
+            f"(SYSU-MM01's cameras look like this: sysu-*); '{spec.name}' would label its "
+            f"numbers LLCM"
         )
 
 

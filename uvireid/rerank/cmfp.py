@@ -472,6 +472,7 @@ def affinity_blocks(
             affinity values in float32 (:func:`_screened_dense_blocks`). None (default):
             on the CPU where :func:`mixed_available`; False: float64 throughout.
     """
+    _check_backend(backend)
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
     if mode == "dense":
         if _resolve_mixed(mixed, query, gallery):
@@ -494,6 +495,15 @@ def affinity_blocks(
         "gq": _sparse_block(gallery, query, k, backend, block_rows),
         "gg": _sparse_block(gallery, gallery, k, backend, block_rows),
     }
+
+
+def _check_backend(backend: str) -> None:
+    """A kNN backend name is checked on every path (the dense path does not use it, so a
+    typo would otherwise surface only once an input grows large enough to go sparse)."""
+    from uvireid.clustering.knn import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"cmfp: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
 def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int) -> str:
@@ -566,6 +576,7 @@ def propagate(
     """
     q, g, was_numpy = check_pair(query, gallery, "cmfp")
     k = check_k(k, "k", "cmfp")
+    _check_backend(backend)
     nq = q.shape[0]
     mode = _resolve_mode(mode, q.shape[0], g.shape[0], q.element_size())
     if mode == "sparse" and mixed:
@@ -645,15 +656,10 @@ class CMFP:
         backend: str = "auto",
         mixed: bool | None = None,
     ):
-        from uvireid.clustering.knn import BACKENDS
-
         self.k = check_k(k, "k", "cmfp")
         if mode not in MODES:
             raise ConfigError(f"cmfp: mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if backend not in BACKENDS:
-            raise ConfigError(
-                f"cmfp: backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
-            )
+        _check_backend(backend)
         if mixed not in (None, True, False):
             raise ConfigError(f"cmfp: mixed must be true, false or null, got {mixed!r}")
         self.normalize = bool(normalize)
