@@ -166,3 +166,31 @@ def test_losses_refuse_settings_out_of_range_when_built(spec, message):
 def test_a_negative_loss_weight_is_refused():
     with pytest.raises(ConfigError, match=r"'stages.0.losses.0.weight' must be a number >= 0"):
         load_recipe("demo", ["stages.0.losses.0.weight=-1"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["backbone.arch=resnet19"], "backbone.arch 'resnet19' is not supported"),
+        (["backbone.pretrained=/nonexist.pth"], "checkpoint /nonexist.pth does not exist"),
+        (["evaluation.protocol=regdb-v2i"], "does not fit dataset 'synthetic'"),
+        (["stages=null"], "names a clusterer/associator but no losses or stages"),
+        (["backbone=null"], "needs a 'data' and a 'backbone' section"),
+    ],
+)
+def test_dry_run_refuses_what_the_run_refuses_before_its_first_epoch(
+    overrides, message, capsys, tmp_path
+):
+    assert main(["run", "demo", *overrides, "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+    # the run itself: the same error, and no run folder left behind
+    assert main(["run", "demo", *overrides, f"output_dir={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_shipped_recipes_pass_the_preflight():
+    from uvireid.engine.runner import preflight
+
+    for name in ("demo", "dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
+        preflight(load_recipe(name))

@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     print(f"# resolved recipe '{cfg['name']}'")
     print(dump(cfg), end="")
-    if args.dry_run:  # a run checks its parts itself (run_recipe)
-        from uvireid.engine.runner import check_parts
+    if args.dry_run:  # what a run refuses before its first epoch (run_recipe does it too)
+        from uvireid.engine.runner import preflight
 
-        check_parts(cfg)
+        preflight(cfg)
         return 0
     from uvireid.engine.runner import run_recipe
 

@@ -196,6 +196,58 @@ def is_training(cfg: dict) -> bool:
     return bool(cfg.get("stages") or cfg.get("losses"))
 
 
+def preflight(cfg: dict) -> None:
+    """What a run refuses before its first epoch, checked without building the dataset or
+    the weights (``uvireid run --dry-run`` runs this; a run runs it first too): the data
+    and backbone sections, a clusterer without stages, every part the recipe names
+    (:func:`check_parts`), the protocol against the dataset type's protocols, the
+    backbone's arch and a pretrained checkpoint path.
+
+    Raises:
+        ConfigError: naming the problem and the fix.
+    """
+    if not is_training(cfg) and (cfg.get("clusterer") or cfg.get("associator")):
+        raise ConfigError(
+            f"recipe '{cfg['name']}' names a clusterer/associator but no losses or stages; "
+            "add losses (e.g. [{type: cluster_contrast}]) to train, or remove them to "
+            "evaluate the backbone"
+        )
+    if not cfg.get("data") or not cfg.get("backbone"):
+        raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
+    check_parts(cfg)
+    kind = DATASETS.get(cfg["data"]["type"])
+    listed = getattr(kind, "PROTOCOLS", None)
+    protocol = cfg["evaluation"]["protocol"]
+    if isinstance(kind, type) and listed is not None and protocol not in ("auto", "none"):
+        if protocol not in listed:
+            raise ConfigError(
+                f"evaluation.protocol '{protocol}' does not fit dataset "
+                f"'{cfg['data']['type']}'; "
+                + (
+                    f"its protocols: {', '.join(listed)}"
+                    if listed
+                    else "it has no test protocol: use evaluation.protocol=none (train only)"
+                )
+            )
+    bb = cfg["backbone"]
+    if bb.get("type") == "two_stream_resnet":
+        from uvireid.models.backbone import ARCHS
+
+        if bb.get("arch") not in ARCHS:
+            raise ConfigError(
+                f"backbone.arch '{bb.get('arch')}' is not supported; use one of {', '.join(ARCHS)}"
+            )
+    pre = bb.get("pretrained")
+    if isinstance(pre, str) and ("/" in pre or pre.endswith((".pt", ".pth", ".tar"))):
+        from pathlib import Path
+
+        if not Path(pre).expanduser().is_file():
+            raise ConfigError(
+                f"backbone.pretrained: checkpoint {pre} does not exist; give a weights file, "
+                f"true (ImageNet), false (random) or synthetic-visible"
+            )
+
+
 def run_recipe(
     cfg: dict, *, resume: Any = False, progress: bool = True, allow_changes: bool = False
 ) -> RunFolder:
@@ -205,6 +257,7 @@ def run_recipe(
     backbone is evaluated as it is. ``resume``, ``allow_changes``: see
     :func:`train_recipe`.
     """
+    preflight(cfg)
     if is_training(cfg):
         return train_recipe(cfg, resume=resume, progress=progress, allow_changes=allow_changes)
     if cfg.get("clusterer") or cfg.get("associator"):
@@ -311,7 +364,8 @@ def train_recipe(
         elif folder is None:
             if resume:
                 logger.warning(
-                    "--resume: no run folder of '%s' under %s; starting a new run",
+                    "--resume: no run folder of '%s' with a config.yaml under %s (a run that "
+                    "stopped before its start leaves none to resume); starting a new run",
                     cfg["name"],
                     cfg["output_dir"],
                 )
@@ -346,7 +400,13 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
 
     handler = folder.attach_log() if D.is_main() else None
     try:
-        trainer = Trainer(cfg, dataset, device, folder if D.is_main() else None, progress=progress)
+        try:
+            trainer = Trainer(
+                cfg, dataset, device, folder if D.is_main() else None, progress=progress
+            )
+        except Exception as exc:  # the folder's log says why it holds nothing
+            logger.error("the run stopped before its first epoch: %s", exc)
+            raise
         ckpt = folder.checkpoints / LATEST
         if resume and ckpt.exists():
             trainer.restore(ckpt)
