@@ -130,3 +130,13 @@ def test_features_files_may_follow_options(feats_file, tmp_path, capsys):
     )
     assert main(["eval", str(feats_file), "--protocol", "regdb-v2i", str(other)]) == 0
     assert "2 splits" in capsys.readouterr().out
+
+
+def test_regdb_refuses_trials_and_a_copied_split_file(feats_file, tmp_path, capsys):
+    assert main(["eval", str(feats_file), "--protocol", "regdb-v2i", "--trials", "3"]) == 2
+    assert "--trials does not apply to RegDB" in _err(capsys)
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(feats_file.read_bytes())
+    assert main(["eval", str(feats_file), str(copy), "--protocol", "regdb-v2i"]) == 2
+    assert "are the same file (identical bytes)" in _err(capsys)
+    assert main(["eval", str(feats_file), "--protocol", "regdb-v2i"]) == 0

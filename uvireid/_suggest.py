@@ -7,9 +7,14 @@ from collections.abc import Iterable
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """Candidates ordered by similarity to ``name`` (best first), at most ``n`` close ones."""
+    """Candidates ordered by similarity to ``name`` (best first), at most ``n`` close ones;
+    letter case does not count (``SYSU-ALL`` is close to ``sysu-all``)."""
     cands = sorted(set(candidates))
-    return difflib.get_close_matches(name, cands, n=n, cutoff=0.5)
+    by_lower: dict[str, str] = {}
+    for c in cands:
+        by_lower.setdefault(c.lower(), c)
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
+    return [by_lower[c] for c in found]
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -21,6 +26,5 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 def ordered_by_closeness(name: str, candidates: Iterable[str]) -> list[str]:
     """All candidates, the close ones first (best first), then the rest alphabetically."""
     cands = sorted(set(candidates))
-    close = difflib.get_close_matches(name, cands, n=len(cands), cutoff=0.0)
-    ratio = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
-    return sorted(cands, key=lambda c: (-round(ratio.get(c, 0.0), 6), c))
+    ratio = {c: difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio() for c in cands}
+    return sorted(cands, key=lambda c: (-round(ratio[c], 6), c))

@@ -150,11 +150,17 @@ def _validated(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Check the arrays of a features file; returns (feats, pids, cams, modality, paths)."""
     feats = arrays["feats"]
+    if feats.ndim == 1:
+        raise FeatureFileError(
+            f"{where}: 'feats' is 1-D, shape {feats.shape}: one value per image? Expected the "
+            f"(N, d) matrix, one row of d features per image; fix: save the feature matrix "
+            f"itself, not a score or a norm per image"
+        )
     if feats.ndim != 2:
         raise FeatureFileError(
             f"{where}: 'feats' has shape {feats.shape}; expected a 2-D (N, d) array, one row "
-            f"per image; fix: {'add a batch axis' if feats.ndim == 1 else 'flatten each image'}"
-            f"'s features to one row (feats.reshape(len(feats), -1))"
+            f"per image; fix: flatten each image's features to one row "
+            f"(feats.reshape(len(feats), -1))"
         )
     if not np.issubdtype(feats.dtype, np.floating):
         if np.issubdtype(feats.dtype, np.integer):
@@ -183,9 +189,17 @@ def _validated(
     bad = {k: v for k, v in lengths.items() if v != n}
     if bad:
         listing = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+        others = {v for k, v in lengths.items() if k != "feats"}
+        transposed = (
+            f"; feats is ({n}, {feats.shape[1]}) and the labels have {feats.shape[1]} "
+            f"entries: transposed? (save feats.T)"
+            if others == {feats.shape[1]} and n != feats.shape[1]
+            else ""
+        )
         raise FeatureFileError(
             f"{where}: arrays of mismatched length: {listing} (feats has {n} rows); "
             f"{', '.join(bad)} must have one entry per image, in the order of feats' rows"
+            f"{transposed}"
         )
     finite = np.isfinite(feats).all(axis=1)
     if not finite.all():

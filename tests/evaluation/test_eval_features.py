@@ -119,13 +119,37 @@ def test_modality_outside_0_1(tmp_path):
         load_features(tmp_path / "f.npz")
 
 
-@pytest.mark.parametrize("shape", [(6,), (6, 2, 2)])
-def test_features_must_be_2d(tmp_path, shape):
+@pytest.mark.parametrize(
+    "shape, said",
+    [
+        ((6,), r"'feats' is 1-D, shape \(6,\): one value per image\? Expected the \(N, d\)"),
+        ((6, 2, 2), r"'feats' has shape .*expected a 2-D \(N, d\).*reshape"),
+    ],
+)
+def test_features_must_be_2d(tmp_path, shape, said):
     a = arrays()
     a["feats"] = np.zeros(shape, dtype=np.float32)
     np.savez(tmp_path / "f.npz", **a)
-    with pytest.raises(FeatureFileError, match=r"'feats' has shape .*expected a 2-D \(N, d\)"):
+    with pytest.raises(FeatureFileError, match=said):
         load_features(tmp_path / "f.npz")
+
+
+def test_transposed_features_are_named_as_such(tmp_path):
+    a = arrays()
+    n = len(a["pids"])
+    a["feats"] = np.ones((3, n), dtype=np.float32)  # d = 3 rows of N columns
+    np.savez(tmp_path / "f.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"transposed\? \(save feats\.T\)"):
+        load_features(tmp_path / "f.npz")
+
+
+def test_suggestions_ignore_letter_case():
+    from uvireid._suggest import did_you_mean, ordered_by_closeness
+    from uvireid.evaluation.protocols import PROTOCOLS
+
+    assert did_you_mean("SYSU-ALL", PROTOCOLS) == "; did you mean 'sysu-all'?"
+    assert ordered_by_closeness("SYSU-ALL", PROTOCOLS)[0] == "sysu-all"
+    assert did_you_mean("CMFP", ["cmfp", "cmrr"]) == "; did you mean 'cmfp'?"
 
 
 def test_non_integer_labels(tmp_path):

@@ -94,6 +94,26 @@ def protocol_inputs(args: Any) -> Any:
         raise ProtocolError(
             "the same features file is given twice; each RegDB split's file counts once"
         )
+    if len(seen) > 1:  # a copy under another name is the same split too
+        import hashlib
+
+        digests: dict[str, Path] = {}
+        for path in seen:
+            if path.is_file():
+                digest = hashlib.sha1(path.read_bytes()).hexdigest()
+                if digest in digests:
+                    raise ProtocolError(
+                        f"{path} and {digests[digest]} are the same file (identical bytes); "
+                        f"each RegDB split's file counts once"
+                    )
+                digests[digest] = path
+    if spec.dataset == "regdb" and getattr(args, "trials", None) is not None:
+        raise ProtocolError(
+            "--trials does not apply to RegDB: it samples no gallery; its trials are the "
+            "split files given (one per split, averaged). Drop --trials"
+        )
+    if getattr(args, "trials", None) is None:
+        args.trials = 10
     if args.json:
         output_file(args.json, "--json")
     return spec

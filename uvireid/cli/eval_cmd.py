@@ -50,7 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v | llcm-v2i-deen",
     )
     p.add_argument(
-        "--trials", type=int, default=10, help="gallery samples (SYSU, LLCM; default 10)"
+        "--trials",
+        type=int,
+        default=None,
+        help="gallery samples (SYSU, LLCM; default 10; RegDB: its split files are the trials)",
     )
     p.add_argument(
         "--shot",

@@ -137,7 +137,7 @@ def get_protocol(name: str) -> ProtocolSpec:
     if spec is None:
         valid = ", ".join(ordered_by_closeness(str(name), PROTOCOLS))
         raise ProtocolError(
-            f"unknown protocol '{name}'{did_you_mean(str(name), PROTOCOLS)} valid protocols "
+            f"unknown protocol '{name}'{did_you_mean(str(name), PROTOCOLS) or ';'} valid protocols "
             f"(closest first): {valid}"
         )
     return spec
