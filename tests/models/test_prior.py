@@ -59,3 +59,20 @@ def test_prior_parameters_are_checked(tmp_path):
         synthetic_visible_prior("resnet18", cache_dir=tmp_path, iters=0)
     with pytest.raises(ConfigError, match="raise ids"):
         synthetic_visible_prior("resnet18", cache_dir=tmp_path, ids=3, batch_ids=5, iters=1)
+
+
+def test_the_prior_does_not_depend_on_the_callers_thread_count(built, tmp_path):
+    """CPU arithmetic depends on the thread count (a 1-thread and a 2-thread build of the
+    demo's prior end 20 apart): the prior is built with PRIOR_THREADS whatever the process
+    has, and the process gets its own count back."""
+    _, path = built
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        other = synthetic_visible_prior("resnet18", cache_dir=tmp_path, **TINY)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    a, b = torch.load(path, weights_only=True), torch.load(other, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert f"-v{prior_mod.PRIOR_VERSION}-" in path.name
