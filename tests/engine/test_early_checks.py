@@ -552,3 +552,26 @@ def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, man
     override = "clusterer.type=mangled_test"
     match = f"clusterer 'mangled_test' {words}"
     _refused_with(recipe_file, CLUSTERERS, "mangled_test", Mangled, override, match)
+
+
+def test_a_run_gives_the_process_its_thread_count_back(recipe_file):
+    import torch
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        torch.set_num_threads(want)
+        cfg = load_recipe(recipe_file, ["train.threads=3", "evaluation.protocol=none"])
+        seen = []
+        trainer = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+        real = trainer.load_data
+
+        def spy():
+            seen.append(torch.get_num_threads())
+            return real()
+
+        trainer.load_data = spy
+        trainer.fit()
+        assert seen == [3] and torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

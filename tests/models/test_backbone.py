@@ -157,8 +157,10 @@ def test_channels_last_model_gives_the_same_outputs_and_parts_in_nhwc():
     (a, qa, ga), (b, qb, gb) = outs
     assert not a.feature_map.is_contiguous(memory_format=torch.channels_last)
     assert b.feature_map.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(b.bn_feat, a.bn_feat, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(b.feature_map, a.feature_map, atol=1e-4, rtol=1e-4)
+    # NHWC and NCHW convolutions sum in other orders; through a ResNet-18 in training mode
+    # (batch statistics of 4 images) one of 2048 outputs once moved by 1.5e-4 (4e-4 of it)
+    torch.testing.assert_close(b.bn_feat, a.bn_feat, atol=5e-4, rtol=1e-3)
+    torch.testing.assert_close(b.feature_map, a.feature_map, atol=5e-4, rtol=1e-3)
     for key in qa:
         torch.testing.assert_close(qb[key], qa[key], atol=1e-3, rtol=1e-3)
     # the stem's gradient went back through the whole network: compare as a whole

@@ -1252,10 +1252,19 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------
     def fit(self) -> dict | None:
-        """Run the remaining epochs; returns the final evaluation tables (rank 0)."""
-        ev = self.cfg["evaluation"]
+        """Run the remaining epochs; returns the final evaluation tables (rank 0). With
+        ``train.threads`` the run uses that many torch threads, and the process gets its
+        own count back afterwards (a notebook or a test that trains keeps its setting)."""
+        threads = torch.get_num_threads()
         if self.tr["threads"] > 0:
             torch.set_num_threads(int(self.tr["threads"]))
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> dict | None:
+        ev = self.cfg["evaluation"]
         self.load_data()
         log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
         evaluates = self.protocol is not None
