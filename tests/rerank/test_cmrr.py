@@ -127,6 +127,10 @@ def test_self_distances_exactly_symmetric_and_naive(clustered):
     x = torch.from_numpy(q)
     d, m = self_distances(x, squared_norms(x))
     assert torch.equal(d, d.T)
+    from uvireid.rerank.distances import gram_symmetric
+
+    g = gram_symmetric(x)  # CMFP's self blocks: exactly symmetric, equal to x x^T
+    assert torch.equal(g, g.T) and (g - x @ x.T).abs().max() < 1e-12
     assert torch.equal(m, d.max(dim=1).values)
     sq = (q * q).sum(1)
     naive = np.array(

@@ -15,6 +15,16 @@ import torch
 __all__ = ["squared_euclidean", "squared_norms", "self_distances", "gram_symmetric"]
 
 
+def _mirror_upper_(square: torch.Tensor) -> None:
+    """Copy the strict upper triangle of a square (view) onto its lower one, in place. A
+    GEMM's diagonal tile is not always exactly symmetric (MKL's AVX-512 kernels computed
+    some (i, j) and (j, i) of one tile in other orders: 1 ulp apart)."""
+    n = square.shape[0]
+    if n > 1:
+        r, c = torch.triu_indices(n, n, 1, device=square.device)
+        square[c, r] = square[r, c]
+
+
 def gram_symmetric(x: torch.Tensor) -> torch.Tensor:
     """(n, n) ``x x^T`` from upper tiles mirrored into the lower triangle (exactly symmetric).
 
@@ -27,6 +37,7 @@ def gram_symmetric(x: torch.Tensor) -> torch.Tensor:
     for s in range(0, n, tile):
         e = min(n, s + tile)
         blk = x[s:e] @ x[s:].T
+        _mirror_upper_(blk[:, : e - s])
         out[s:e, s:] = blk
         if e < n:
             out[e:, s:e] = blk[:, e - s :].T
@@ -66,6 +77,7 @@ def self_distances(x: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, tor
         blk = d[s:e, s:]
         torch.add(sq[s:e, None], sq[None, s:], out=blk)
         blk.addmm_(x[s:e], x[s:].T, beta=1, alpha=-2)
+        _mirror_upper_(blk[:, : e - s])
         torch.maximum(m[s:e], blk.amax(1), out=m[s:e])
         if e < n:
             below = blk[:, e - s :]
