@@ -72,6 +72,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_trials(parser: Any) -> None:
+    """``--trials`` of ``uvireid eval`` / ``rerank``: None unless given, so that
+    :func:`protocol_inputs` can refuse it on RegDB (then 10)."""
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="gallery samples (SYSU, LLCM; default 10; RegDB: its split files are the trials)",
+    )
+
+
 def protocol_inputs(args: Any) -> Any:
     """The protocol of ``uvireid eval`` / ``uvireid rerank`` (``args.protocol``), with their
     features files and ``--json`` checked before any file is read.

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from uvireid.cli._checks import protocol_inputs
+from uvireid.cli._checks import add_trials, protocol_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         required=True,
         help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v | llcm-v2i-deen",
     )
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=None,
-        help="gallery samples (SYSU, LLCM; default 10; RegDB: its split files are the trials)",
-    )
+    add_trials(p)
     p.add_argument(
         "--shot",
         default="single",

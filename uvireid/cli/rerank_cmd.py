@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uvireid.cli._checks import protocol_inputs
+from uvireid.cli._checks import add_trials, protocol_inputs
 from uvireid.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         required=True,
         help="sysu-all | sysu-indoor | regdb-v2i | regdb-i2v | llcm-v2i | llcm-i2v | llcm-v2i-deen",
     )
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=None,
-        help="gallery samples (SYSU, LLCM; default 10; RegDB: its split files are the trials)",
-    )
+    add_trials(p)
     p.add_argument("--shot", default="single", help="single (default) or multi")
     p.add_argument("--sampler", default="seeded", help="seeded (default) or official")
     p.add_argument("--perm-file", default=None, help="SYSU-MM01 exp/rand_perm_cam.mat")

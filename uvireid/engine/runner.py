@@ -257,17 +257,9 @@ def run_recipe(
     backbone is evaluated as it is. ``resume``, ``allow_changes``: see
     :func:`train_recipe`.
     """
-    preflight(cfg)
     if is_training(cfg):
         return train_recipe(cfg, resume=resume, progress=progress, allow_changes=allow_changes)
-    if cfg.get("clusterer") or cfg.get("associator"):
-        raise ConfigError(
-            f"recipe '{cfg['name']}' names a clusterer/associator but no losses or stages; "
-            "add losses (e.g. [{type: cluster_contrast}]) to train, or remove them to "
-            "evaluate the backbone"
-        )
-    if not cfg.get("data") or not cfg.get("backbone"):
-        raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
+    preflight(cfg)  # the sections, the parts (a re-ranker that cannot be built), ...
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     dataset = DATASETS.build(cfg["data"])
@@ -277,7 +269,6 @@ def run_recipe(
             f"evaluation.protocol is none or dataset '{cfg['data']['type']}' has no test "
             f"protocol: nothing to do. Add stages to train, or choose a protocol"
         )
-    check_parts(cfg)  # and a re-ranker that cannot be built
     folder = resume_target(cfg, resume)
     changes = check_resume(folder, cfg, allow_changes) if folder is not None else {}
     if folder is not None and (folder.path / "results.json").exists():
@@ -347,9 +338,7 @@ def train_recipe(
     from uvireid.engine import distributed as D
     from uvireid.engine.checkpoint import LATEST
 
-    if not cfg.get("data") or not cfg.get("backbone"):
-        raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
-    check_parts(cfg)
+    preflight(cfg)
     device = D.init_from_env(resolve_device(cfg["device"]))
     seed_everything(cfg["seed"])
     dataset = DATASETS.build(cfg["data"])
