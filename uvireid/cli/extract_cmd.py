@@ -61,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from uvireid.errors import CheckpointError, ConfigError
     from uvireid.features import load_features
 
-    out = output_file(
-        args.out, "-o", example="features.npz"
-    )  # a folder, or an unwritable place: refused here
+    # a folder, or an unwritable place: refused before any work
+    out = output_file(args.out, "-o", example="features.npz")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it, or choose another -o")
     if args.checkpoint is not None and str(args.checkpoint).lower() != "none":

@@ -49,16 +49,21 @@ def protocol_for(dataset: Any, cfg: dict) -> str | None:
         return None
     if protocol == "auto":
         protocol = dataset.protocols[0]
-    if protocol not in dataset.protocols:
+    _check_protocol_fits(protocol, dataset.protocols, cfg["data"]["type"])
+    return protocol
+
+
+def _check_protocol_fits(protocol: str, protocols: Any, data_type: str) -> None:
+    """Refuse a protocol that is not among a dataset's ``protocols``."""
+    if protocol not in protocols:
         raise ConfigError(
-            f"evaluation.protocol '{protocol}' does not fit dataset '{cfg['data']['type']}'; "
+            f"evaluation.protocol '{protocol}' does not fit dataset '{data_type}'; "
             + (
-                f"its protocols: {', '.join(dataset.protocols)}"
-                if dataset.protocols
+                f"its protocols: {', '.join(protocols)}"
+                if protocols
                 else "it has no test protocol: use evaluation.protocol=none (train only)"
             )
         )
-    return protocol
 
 
 def check_features_vary(feats: Any, rel: float = 1e-5) -> None:
@@ -219,33 +224,12 @@ def preflight(cfg: dict) -> None:
     listed = getattr(kind, "PROTOCOLS", None)
     protocol = cfg["evaluation"]["protocol"]
     if isinstance(kind, type) and listed is not None and protocol not in ("auto", "none"):
-        if protocol not in listed:
-            raise ConfigError(
-                f"evaluation.protocol '{protocol}' does not fit dataset "
-                f"'{cfg['data']['type']}'; "
-                + (
-                    f"its protocols: {', '.join(listed)}"
-                    if listed
-                    else "it has no test protocol: use evaluation.protocol=none (train only)"
-                )
-            )
+        _check_protocol_fits(protocol, listed, cfg["data"]["type"])
     bb = cfg["backbone"]
-    if bb.get("type") == "two_stream_resnet":
-        from uvireid.models.backbone import ARCHS
+    if bb.get("type") == "two_stream_resnet":  # build_resnet's own checks, before building
+        from uvireid.models.backbone import check_resnet_args
 
-        if bb.get("arch") not in ARCHS:
-            raise ConfigError(
-                f"backbone.arch '{bb.get('arch')}' is not supported; use one of {', '.join(ARCHS)}"
-            )
-    pre = bb.get("pretrained")
-    if isinstance(pre, str) and ("/" in pre or pre.endswith((".pt", ".pth", ".tar"))):
-        from pathlib import Path
-
-        if not Path(pre).expanduser().is_file():
-            raise ConfigError(
-                f"backbone.pretrained: checkpoint {pre} does not exist; give a weights file, "
-                f"true (ImageNet), false (random) or synthetic-visible"
-            )
+        check_resnet_args(bb.get("arch"), bb.get("pretrained", False), where="backbone.")
 
 
 def run_recipe(

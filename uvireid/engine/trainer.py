@@ -298,9 +298,11 @@ def nonfinite_state(module: nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
 
 
+@functools.cache
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bf16 matrix products and convolutions natively (oneDNN
-    with AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower than float32."""
+    with AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower than float32. Asked once
+    per process (every training step's autocast asks)."""
     try:
         return bool(torch.backends.mkldnn.is_available()) and bool(
             torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -309,14 +311,17 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+def _amp_device(device: str) -> str | None:
+    """The autocast device type ``train.amp`` uses on ``device``: ``"cuda"``, ``"cpu"`` on
+    a CPU with native bf16, else None (float32)."""
+    kind = torch.device(device).type
+    return kind if kind == "cuda" or (kind == "cpu" and cpu_bf16_native()) else None
+
+
 def _autocast(device: str, amp: bool):
     """bf16 autocast where ``train.amp`` can use it: CUDA, or a CPU with native bf16."""
-    kind = torch.device(device).type
-    if amp and kind == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if amp and kind == "cpu" and cpu_bf16_native():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    kind = _amp_device(device) if amp else None
+    return torch.autocast(kind, dtype=torch.bfloat16) if kind else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -524,7 +529,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True)) and not bool(
                 tr.get("deterministic")
             )
-        elif tr.get("amp") and not (torch.device(device).type == "cpu" and cpu_bf16_native()):
+        elif tr.get("amp") and _amp_device(device) is None:
             logger.warning(
                 "train.amp=true has no effect on %s: bf16 autocast is used on CUDA and on "
                 "CPUs with native bf16 (AVX512-BF16 or AMX), where this is not; this run "

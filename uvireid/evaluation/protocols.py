@@ -169,9 +169,10 @@ def _groups(
     """
     pids = features.pids[candidates]
     gcams = features.cams[candidates]
-    order = [(p, c) for p in np.unique(pids).tolist() for c in cams]
-    if camera_major:
-        order = [(p, c) for c in cams for p in np.unique(pids).tolist()]
+    ids = np.unique(pids).tolist()
+    order = (
+        [(p, c) for c in cams for p in ids] if camera_major else [(p, c) for p in ids for c in cams]
+    )
     for pid, cam in order:
         rows = candidates[(pids == pid) & (gcams == cam)]
         if len(rows) == 0:

@@ -176,15 +176,29 @@ class _ReidHead(nn.Module):
         return F.normalize(feat, dim=1)
 
 
+def check_resnet_args(arch: str, pretrained: bool | str = False, where: str = "") -> None:
+    """What :func:`build_resnet` refuses before building anything: an ``arch`` it has no
+    ResNet for, and a ``pretrained`` path (any string but ``"synthetic-visible"``) that is
+    not a file. ``where`` prefixes the keys in the messages (``"backbone."`` for a recipe's
+    preflight, :func:`uvireid.engine.runner.preflight`).
+
+    Raises:
+        ConfigError: naming the key and the fix.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"{where}arch '{arch}' is not supported; use one of {', '.join(ARCHS)}")
+    if isinstance(pretrained, str | Path) and pretrained != PRIOR_NAME:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{where}pretrained checkpoint {path} does not exist; pass pretrained=True "
+                f"for the torchvision ImageNet weights or the path of a local .pth file"
+            )
+
+
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A torchvision-style ResNet state dict from a local file (nested or DataParallel)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"pretrained checkpoint {path} does not exist; pass pretrained=True for the "
-            f"torchvision ImageNet weights or the path of a local .pth file"
-        )
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -199,8 +213,7 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
     :mod:`uvireid.models.prior` (built on first use, cached); any other string is the path
     of a local checkpoint.
     """
-    if arch not in ARCHS:
-        raise ConfigError(f"arch '{arch}' is not supported; use one of {', '.join(ARCHS)}")
+    check_resnet_args(arch, pretrained)
     if last_stride not in (1, 2):
         raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
     weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
