@@ -280,6 +280,7 @@ class ScalarKey:
     types: tuple[type, ...]
     default: Any
     doc: str
+    check: Callable[[Any, str], Any] | None = None  # (value, where) -> raises when out of range
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ class SettingsKey:
 SCHEMA: dict[str, Any] = {
     "name": ScalarKey((str,), None, "recipe name (defaults to the file name)"),
     "description": ScalarKey((str,), "", "one line shown by `uvireid list`"),
-    "seed": ScalarKey((int,), 1, "seed of Python, NumPy and torch"),
+    "seed": ScalarKey((int,), 1, "seed of Python, NumPy and torch", check_seed),
     "device": ScalarKey((str,), "auto", "auto | cpu | cuda | cuda:N"),
     "output_dir": ScalarKey((str,), "runs", "parent folder of run folders"),
     "data": ComponentKey(DATASETS),
@@ -622,8 +623,8 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
     if not ok:
         want = " or ".join(t.__name__ for t in spec.types)
         raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}")
-    if name == "seed":
-        check_seed(value, f"{source}: 'seed'")
+    if spec.check is not None:
+        spec.check(value, f"{source}: '{name}'")
 
 
 def _validate_component(
