@@ -189,8 +189,9 @@ def test_dry_run_refuses_what_the_run_refuses_before_its_first_epoch(
     assert not any(tmp_path.iterdir())
 
 
-def test_the_shipped_recipes_pass_the_preflight():
+def test_the_shipped_recipes_pass_the_preflight(tmp_path):
     from uvireid.engine.runner import preflight
 
-    for name in ("demo", "dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
-        preflight(load_recipe(name))
+    preflight(load_recipe("demo"))  # the synthetic dataset: its keywords, nothing generated
+    for name in ("dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
+        preflight(load_recipe(name, [f"data.root={tmp_path}"]))  # the root must exist

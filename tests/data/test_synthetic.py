@@ -171,8 +171,19 @@ def test_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
 
 
 def test_bad_parameters_are_refused(tmp_path):
-    with pytest.raises(DatasetError, match="ids=2 is out of range"):
-        syn.generate(tmp_path / "x", ids=2)
+    for kw, message in [
+        ({"ids": 2}, "ids must be a whole number in 3..9999"),
+        ({"ids": "12"}, "ids must be a whole number in 3..9999 .*, got '12'"),
+        ({"ids": 12.5}, "got 12.5"),
+        ({"nir": "0.5"}, "nir must be a number in 0..1, got '0.5'"),
+        ({"nir": -0.1}, "nir must be a number in 0..1"),
+        ({"seed": 1.5}, "seed must be an integer"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            syn.generate(tmp_path / "x", **kw)
+        with pytest.raises(DatasetError, match=message):
+            syn.SyntheticSYSU(root=str(tmp_path / "y"), **kw)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_ensure_synthetic_caches_under_uvireid_cache(tmp_path, monkeypatch):
@@ -266,7 +277,7 @@ def test_near_infrared_datasets_live_apart_and_record_their_share(tmp_path, monk
     assert "nir" not in syn.read_manifest(thermal) and syn.read_manifest(nir)["nir"] == 0.5
     ds = DATASETS.build({"type": "synthetic", "root": str(nir)})
     assert ds.fingerprint()["generator"]["nir"] == 0.5
-    with pytest.raises(DatasetError, match="nir=1.5 is out of range"):
+    with pytest.raises(DatasetError, match="nir must be a number in 0..1, got 1.5"):
         syn.generate(tmp_path / "y", ids=4, nir=1.5)
 
 

@@ -236,8 +236,10 @@ def test_single_gpu_bf16_recipe_is_salcr_with_amp_and_the_same_batch():
 
 
 @pytest.mark.parametrize("name", ["dcl", "pgm", "mbccm", "salcr_1gpu_bf16"])
-def test_peer_recipes_resolve_from_the_cli(name, capsys):
+def test_peer_recipes_resolve_from_the_cli(name, tmp_path, capsys):
     from uvireid.cli import main
 
-    assert main(["run", name, "--dry-run"]) == 0
+    assert main(["run", name, f"data.root={tmp_path}", "--dry-run"]) == 0
     assert "stages:" in capsys.readouterr().out
+    assert main(["run", name, "--dry-run"]) == 2  # the recipe's data/SYSU-MM01 is not here
+    assert "data/SYSU-MM01 does not exist" in capsys.readouterr().err

@@ -206,7 +206,21 @@ class VIDataset:
 
     name = "dataset"
     title = "dataset"
+    #: the release's folder layout, quoted by the errors about a missing root or file
+    layout = ""
     PROTOCOLS: tuple[str, ...] = ()
+
+    @classmethod
+    def check_args(cls, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
+        """What ``uvireid run --dry-run`` checks of this dataset's keywords without reading
+        it: here, that ``root`` is a folder. Subclasses add their own keyword checks.
+
+        Raises:
+            DatasetError: naming the problem and the fix.
+        """
+        if root is not None:
+            path = os.path.abspath(os.path.expanduser(os.fspath(root)))
+            require_root(path, cls.title, cls.layout)
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))

@@ -67,6 +67,7 @@ class FolderDataset(VIDataset):
 
     name = "folder"
     title = "folder dataset"
+    layout = LAYOUT
     PROTOCOLS = ()
 
     def __init__(self, root: str | os.PathLike[str], *, with_ids: bool = False):

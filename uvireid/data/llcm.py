@@ -96,6 +96,7 @@ class LLCM(VIDataset):
 
     name = "llcm"
     title = "LLCM"
+    layout = LAYOUT
     PROTOCOLS = ("llcm-v2i", "llcm-i2v", "llcm-v2i-deen")
 
     def __init__(self, root: str | os.PathLike[str], *, verify: bool = True):

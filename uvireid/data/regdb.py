@@ -77,6 +77,7 @@ class RegDB(VIDataset):
 
     name = "regdb"
     title = "RegDB"
+    layout = LAYOUT
     PROTOCOLS = ("regdb-v2i", "regdb-i2v")
 
     def __init__(self, root: str | os.PathLike[str], *, split: int = 1, verify: bool = True):

@@ -1039,6 +1039,21 @@ def _matches(manifest: dict | None, params: dict) -> bool:
     return manifest is not None and all(manifest.get(k) == v for k, v in params.items())
 
 
+def check_params(ids: object, seed: object, nir: object) -> tuple[int, int, float]:
+    """``(ids, seed, nir)`` checked and typed (``ids`` None: :data:`DEFAULT_IDS`), else a
+    :class:`DatasetError` naming the keyword and its range."""
+    if ids is None:
+        ids = DEFAULT_IDS
+    if isinstance(ids, bool) or not isinstance(ids, (int, np.integer)) or not 3 <= ids <= 9999:
+        raise DatasetError(
+            f"synthetic dataset: ids must be a whole number in 3..9999 (pids are %04d), got {ids!r}"
+        )
+    seed = check_seed(seed, "synthetic dataset: seed", DatasetError)
+    if isinstance(nir, bool) or not isinstance(nir, (int, float)) or not 0.0 <= nir <= 1.0:
+        raise DatasetError(f"synthetic dataset: nir must be a number in 0..1, got {nir!r}")
+    return int(ids), seed, float(nir)
+
+
 def generate(
     out: str | Path,
     ids: int | None = None,
@@ -1081,18 +1096,11 @@ def generate(
         # `if __name__ == "__main__":` guard: leave at once, the parent renders instead
         sys.exit(1)
     out = Path(out).expanduser().absolute()
-    ids = DEFAULT_IDS if ids is None else int(ids)
-    if not 3 <= ids <= 9999:
-        raise DatasetError(
-            f"synthetic dataset: ids={ids} is out of range; use 3..9999 (pids are %04d)"
-        )
+    ids, seed, nir = check_params(ids, seed, nir)
     if height < 32 or width < 16:
         raise DatasetError(
             f"synthetic dataset: {height}x{width} images are too small; use >= 32x16"
         )
-    if not 0.0 <= nir <= 1.0:
-        raise DatasetError(f"synthetic dataset: nir={nir} is out of range; use 0..1")
-    check_seed(seed, "synthetic dataset: seed", DatasetError)
     params = _params(ids, seed, height, width, nir)
     if out.exists():
         found = read_manifest(out)
@@ -1200,8 +1208,8 @@ def ensure_synthetic(
     It lives in ``<cache>/synthetic-v<version>-ids<ids>-seed<seed>-128x64`` where
     ``<cache>`` is :func:`cache_root`; a complete folder whose manifest matches is reused.
     """
-    ids = DEFAULT_IDS if ids is None else int(ids)
-    tag = f"-nir{float(nir):g}" if nir > 0 else ""
+    ids, seed, nir = check_params(ids, seed, nir)
+    tag = f"-nir{nir:g}" if nir > 0 else ""
     root = cache_root(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-ids{ids}-seed{seed}-128x64{tag}"
     return generate(root, ids=ids, seed=seed, nir=nir)
 
@@ -1229,6 +1237,18 @@ class SyntheticSYSU(SYSUMM01):
     name = "synthetic"
     title = "synthetic VI-ReID (SYSU-MM01 layout)"
 
+    @classmethod
+    def check_args(
+        cls,
+        root: str | None = None,
+        ids: int | None = None,
+        seed: int | None = None,
+        nir: float | None = None,
+    ) -> None:
+        """The keywords' types and ranges (:func:`check_params`), without generating
+        anything; ``root`` may be new (it is generated there)."""
+        check_params(ids, 0 if seed is None else seed, 0.0 if nir is None else nir)
+
     def __init__(
         self,
         root: str | None = None,
@@ -1236,6 +1256,7 @@ class SyntheticSYSU(SYSUMM01):
         seed: int | None = None,
         nir: float | None = None,
     ):
+        self.check_args(root, ids, seed, nir)
         if root is None:
             path = ensure_synthetic(ids=ids, seed=seed or 0, nir=float(nir or 0.0))
         else:

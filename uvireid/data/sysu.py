@@ -70,6 +70,7 @@ class SYSUMM01(VIDataset):
 
     name = "sysu"
     title = "SYSU-MM01"
+    layout = LAYOUT
     PROTOCOLS = ("sysu-all", "sysu-indoor")
 
     def __init__(self, root: str | os.PathLike[str], *, verify: bool = True):

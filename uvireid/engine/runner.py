@@ -206,7 +206,9 @@ def preflight(cfg: dict) -> None:
     the weights (``uvireid run --dry-run`` runs this; a run runs it first too): the data
     and backbone sections, a clusterer without stages, every part the recipe names
     (:func:`check_parts`), the protocol against the dataset type's protocols, the
-    backbone's arch and a pretrained checkpoint path.
+    dataset's keywords (its ``check_args``: a real dataset's root is a folder, the
+    synthetic one's ids/seed/nir in range), the backbone's arch and a pretrained
+    checkpoint path.
 
     Raises:
         ConfigError: naming the problem and the fix.
@@ -225,6 +227,8 @@ def preflight(cfg: dict) -> None:
     protocol = cfg["evaluation"]["protocol"]
     if isinstance(kind, type) and listed is not None and protocol not in ("auto", "none"):
         _check_protocol_fits(protocol, listed, cfg["data"]["type"])
+    if isinstance(kind, type) and hasattr(kind, "check_args"):
+        kind.check_args(**{k: v for k, v in cfg["data"].items() if k != "type"})
     bb = cfg["backbone"]
     if bb.get("type") == "two_stream_resnet":  # build_resnet's own checks, before building
         from uvireid.models.backbone import check_resnet_args
