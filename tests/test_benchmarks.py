@@ -15,7 +15,13 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("training_overhead", "training_loop", "pseudo_labels", "association_bound"):
+    for name in (
+        "training_overhead",
+        "training_loop",
+        "pseudo_labels",
+        "association_bound",
+        "ablation_synthetic",
+    ):
         sys.modules.pop(name, None)
 
 
@@ -106,3 +112,30 @@ def test_association_trace_figures_against_a_loop(bench):
     assert got["train_r1"] == pytest.approx(np.mean(r1))
     assigned = [owner_v.get(int(y)) == gr[i] for i, y in enumerate(ir_in_v) if y >= 0]
     assert got["assigned"] == pytest.approx(np.mean(assigned))
+
+
+def test_ablation_seed_table_is_each_rows_mean_and_std_over_seeds(bench):
+    """``ablation_synthetic.py --seeds``: per row, the mean and the (population) standard
+    deviation of the seeds' mAP, against the statistics module."""
+    import statistics
+
+    from ablation_synthetic import main, seed_table
+
+    maps = {"DCL": [30.0, 34.5, 31.0], "+GPCR": [40.0, 45.5, 47.0]}
+    cmfp = {"DCL": [31.0, 35.0, 33.0], "+GPCR": [44.0, 41.0, 50.5]}
+    results = [
+        {"name": n, "seed": s, "eval": {"none": {"mAP": maps[n][i]}, "cmfp": {"mAP": cmfp[n][i]}}}
+        for i, s in enumerate((1, 2, 3))
+        for n in maps
+    ]
+    table = seed_table(results, ["DCL", "+GPCR"], 61.2).splitlines()
+    for name in maps:
+        (line,) = [x for x in table if x.startswith(f"| {name} |")]
+        m, c = maps[name], cmfp[name]
+        assert f"{statistics.mean(m):.1f} +- {statistics.pstdev(m):.1f}" in line
+        assert f"{statistics.mean(c):.1f} +- {statistics.pstdev(c):.1f}" in line
+        assert f"{100 * statistics.mean(m) / 61.2:.0f} %" in line and "| 1, 2, 3 |" in line
+    with pytest.raises(SystemExit):  # a seed both ways is refused before any training
+        main(["--seeds", "1,2", "seed=3"])
+    with pytest.raises(SystemExit):
+        main(["--seeds", "1,x"])
