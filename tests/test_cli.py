@@ -76,6 +76,8 @@ def test_dry_run_prints_the_resolved_recipe(tmp_path, capsys):
         ("demo", "data.ids=2", "ids must be a whole number in 3..9999"),
         ("demo", "data.nir=2", "nir must be a number in 0..1, got 2"),
         ("demo", "data.seed=-1", "seed must be an integer in 0..2**32-1"),
+        ("salcr", "data.root=123", "SYSU-MM01 root must be a folder path, got int 123"),
+        ("demo", "data.root=[a]", "root must be a folder path, got list ['a']"),
     ],
 )
 def test_dry_run_checks_the_datasets_keywords(recipe, override, message, tmp_path, capsys):

@@ -35,6 +35,7 @@ __all__ = [
     "read_id_file",
     "read_index_file",
     "require_file",
+    "as_root",
     "require_root",
     "require_listed_files",
     "summarize",
@@ -64,6 +65,17 @@ class IdList:
 
     ids: tuple[int, ...]
     source: str
+
+
+def as_root(root: object, title: str) -> str:
+    """``root`` as an absolute path (``~`` expanded; symbolic links kept), else a
+    :class:`DatasetError`: a recipe's ``data.root=123`` or a list is not a folder."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise DatasetError(
+            f"{title} root must be a folder path, got {type(root).__name__} {root!r}; "
+            "set data.root=/path/to/the/dataset"
+        )
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def require_root(root: str, title: str, layout: str) -> None:
@@ -219,11 +231,10 @@ class VIDataset:
             DatasetError: naming the problem and the fix.
         """
         if root is not None:
-            path = os.path.abspath(os.path.expanduser(os.fspath(root)))
-            require_root(path, cls.title, cls.layout)
+            require_root(as_root(root, cls.title), cls.title, cls.layout)
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        self.root = as_root(root, self.title)
         self.split: int | None = None
         self.train: list[ImageRecord] = []
         self.test: list[ImageRecord] = []

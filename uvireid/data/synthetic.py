@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from uvireid.data.base import as_root
 from uvireid.data.sysu import SYSUMM01
 from uvireid.errors import DatasetError, check_seed
 from uvireid.registry import DATASETS
@@ -1247,6 +1248,8 @@ class SyntheticSYSU(SYSUMM01):
     ) -> None:
         """The keywords' types and ranges (:func:`check_params`), without generating
         anything; ``root`` may be new (it is generated there)."""
+        if root is not None:
+            as_root(root, cls.title)
         check_params(ids, 0 if seed is None else seed, 0.0 if nir is None else nir)
 
     def __init__(
