@@ -25,10 +25,13 @@ def test_keys_without_a_type_refine_the_top_level_part_for_that_stage():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("stages.1.clusterer.eps=-1", "stage 'salcr': clusterer (dbscan): dbscan: eps must be > 0"),
+        (
+            "stages.1.clusterer.eps=-1",
+            "stage 'salcr': clusterer (dbscan): dbscan: eps must be a number > 0",
+        ),
         (
             "stages.1.associator={type: otla_dual, lambda_ot: -5}",
-            "stage 'salcr': associator (otla_dual): otla_dual: lambda_ot must be > 0",
+            "stage 'salcr': associator (otla_dual): otla_dual: lambda_ot must be a number > 0",
         ),
         ("stages.1.associator.max_iter=0", "max_iter must be an integer >= 1"),
         ("stages.1.associator.k_tr=0", "otla_dual"),
@@ -176,6 +179,18 @@ def test_a_negative_loss_weight_is_refused():
         (["evaluation.protocol=regdb-v2i"], "does not fit dataset 'synthetic'"),
         (["stages=null"], "names a clusterer/associator but no losses or stages"),
         (["backbone=null"], "needs a 'data' and a 'backbone' section"),
+        # a setting of the wrong type is named, not a TypeError from a comparison
+        (["clusterer.eps=abc"], "dbscan: eps must be a number > 0, got 'abc'"),
+        (["clusterer.min_samples=abc"], "dbscan: min_samples must be an integer >= 1"),
+        (["clusterer.k1=2.5"], "dbscan: k1 must be an integer >= 1, got 2.5"),
+        (["clusterer={type: hdbscan, min_cluster_size: abc}"], "min_cluster_size must be an"),
+        (["clusterer={type: hdbscan, cluster_selection_epsilon: x}"], "cluster_selection_eps"),
+        (["associator.lambda_ot=abc"], "otla_dual: lambda_ot must be a number > 0"),
+        (["associator.tol=abc"], "otla_dual: tol must be a number > 0, got 'abc'"),
+        (
+            ["stages.1.losses=[{type: modality_agnostic, temperature: abc}]"],
+            "modality_agnostic: temperature must be a number > 0, got 'abc'",
+        ),
     ],
 )
 def test_dry_run_refuses_what_the_run_refuses_before_its_first_epoch(

@@ -84,9 +84,9 @@ def test_tiny_inputs_work():
     "kwargs,match",
     [
         ({"eps": 1.0}, "eps=1.0 >= 1"),
-        ({"eps": 0.0}, "eps must be > 0"),
+        ({"eps": 0.0}, "eps must be a number > 0"),
         ({"metric": "l1"}, "unknown metric 'l1'; use one of jaccard, cosine"),
-        ({"min_samples": 0}, "min_samples must be >= 1"),
+        ({"min_samples": 0}, "min_samples must be an integer >= 1"),
     ],
 )
 def test_bad_parameters_are_refused_with_the_fix(kwargs, match):

@@ -58,7 +58,7 @@ def test_bad_parameters_are_refused():
     x, _ = clustered(seed=4, n_ids=2, per_id=5, d=8, noise=0.5)
     with pytest.raises(ConfigError, match="use one of jaccard, euclidean"):
         HDBSCANClusterer(metric="cosine").fit_predict(x)
-    with pytest.raises(ConfigError, match="min_cluster_size must be >= 2"):
+    with pytest.raises(ConfigError, match="min_cluster_size must be an integer >= 2"):
         HDBSCANClusterer(min_cluster_size=1).fit_predict(x)
 
 

@@ -245,12 +245,12 @@ class OTLADual:
     def _check_params(self) -> int | None:
         """Refuse settings no input could make work (also before a run starts: see
         :func:`uvireid.engine.runner.check_parts`). Returns the checked ``k_tr``."""
-        if not self.lambda_ot > 0:
-            raise ConfigError(f"otla_dual: lambda_ot must be > 0, got {self.lambda_ot}")
+        from uvireid.rerank.inputs import check_positive
+
+        check_positive(self.lambda_ot, "lambda_ot", "otla_dual")
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ConfigError(f"otla_dual: max_iter must be an integer >= 1, got {self.max_iter}")
-        if not self.tol > 0:
-            raise ConfigError(f"otla_dual: tol must be > 0, got {self.tol}")
+        check_positive(self.tol, "tol", "otla_dual")
         return check_k_tr(self.k_tr, "otla_dual")
 
     def associate(self, feats_v: Any, labels_v: Any, feats_r: Any, labels_r: Any) -> CrossLabels:

@@ -130,15 +130,17 @@ class DBSCANClusterer:
             raise ConfigError(
                 f"dbscan: unknown metric '{self.metric}'; use one of {', '.join(METRICS)}"
             )
-        if not self.eps > 0:
-            raise ConfigError(f"dbscan: eps must be > 0, got {self.eps}")
+        from uvireid.rerank.inputs import check_k, check_positive
+
+        check_positive(self.eps, "eps", "dbscan")
         if self.metric == "jaccard" and not self.eps < 1:
             raise ConfigError(
                 f"dbscan: eps={self.eps} >= 1 makes every pair of points neighbours under the "
                 "Jaccard distance (1 = no shared neighbour); use eps < 1 (0.6 SYSU, 0.3 RegDB)"
             )
-        if int(self.min_samples) < 1:
-            raise ConfigError(f"dbscan: min_samples must be >= 1, got {self.min_samples}")
+        check_k(self.min_samples, "min_samples", "dbscan")
+        check_k(self.k1, "k1", "dbscan")
+        check_k(self.k2, "k2", "dbscan")
 
     def distances(self, features: Any) -> sp.csr_matrix:
         """The sparse distance graph DBSCAN runs on (pairs with distance <= eps)."""

@@ -199,12 +199,14 @@ class HDBSCANClusterer:
             raise ConfigError(
                 f"hdbscan: unknown metric '{self.metric}'; use one of {', '.join(METRICS)}"
             )
-        if int(self.min_cluster_size) < 2:
-            raise ConfigError(
-                f"hdbscan: min_cluster_size must be >= 2, got {self.min_cluster_size}"
-            )
-        if self.min_samples is not None and int(self.min_samples) < 1:
-            raise ConfigError(f"hdbscan: min_samples must be >= 1, got {self.min_samples}")
+        from uvireid.rerank.inputs import check_k, check_real
+
+        check_k(self.min_cluster_size, "min_cluster_size", "hdbscan", 2)
+        if self.min_samples is not None:
+            check_k(self.min_samples, "min_samples", "hdbscan")
+        check_k(self.k1, "k1", "hdbscan")
+        check_k(self.k2, "k2", "hdbscan")
+        check_real(self.cluster_selection_epsilon, "cluster_selection_epsilon", "hdbscan", 0.0)
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ConfigError(
                 f"hdbscan: cluster_selection_method must be 'eom' or 'leaf', got "

@@ -178,8 +178,8 @@ class ModalityAgnosticLoss(_TwoMemories):
         beta: float = 0.5,
         use_ca: bool = True,
     ):
+        check_loss_settings("modality_agnostic", temperature=temperature, alpha=alpha, beta=beta)
         super().__init__(float(temperature), momentum)
-        check_loss_settings("modality_agnostic", alpha=alpha, beta=beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.use_ca = bool(use_ca)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat, gather_labels
-from uvireid.errors import ConfigError
 
 __all__ = [
     "ClusterMemory",
@@ -181,12 +180,11 @@ def check_loss_settings(who: str, **values: Any) -> None:
     Raises:
         ConfigError: naming the loss, the setting and its range.
     """
-    from uvireid.rerank.inputs import check_k, check_real
+    from uvireid.rerank.inputs import check_k, check_positive, check_real
 
     for name, value in values.items():
         if name == "temperature":
-            if check_real(value, name, who, 0.0) <= 0:
-                raise ConfigError(f"{who}: temperature must be a number > 0, got {value!r}")
+            check_positive(value, name, who)
         elif name == "momentum":
             check_real(value, name, who, 0.0, 1.0)
         elif name in ("k", "num_parts"):

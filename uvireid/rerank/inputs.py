@@ -116,6 +116,14 @@ def check_real(value: Any, name: str, who: str, lo: float, hi: float = math.inf)
     return float(value)
 
 
+def check_positive(value: Any, name: str, who: str) -> float:
+    """A real hyper-parameter ``> 0`` (ConfigError otherwise, naming a wrong type too)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not float(value) > 0:
+        raise ConfigError(f"{who}: {name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes free for new tensors on ``device`` (host: MemAvailable; CUDA: free memory)."""
     if device.type == "cuda":
