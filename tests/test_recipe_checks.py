@@ -187,6 +187,9 @@ def test_a_negative_loss_weight_is_refused():
         (["clusterer={type: hdbscan, cluster_selection_epsilon: x}"], "cluster_selection_eps"),
         (["associator.lambda_ot=abc"], "otla_dual: lambda_ot must be a number > 0"),
         (["associator.tol=abc"], "otla_dual: tol must be a number > 0, got 'abc'"),
+        (["associator.k_tr=abc"], "otla_dual: k_tr must be a positive integer"),
+        (["associator={type: pgm, k_tr: abc}"], "pgm: k_tr must be a positive integer"),
+        (["associator={type: mbccm, k_tr: 0}"], "mbccm: k_tr must be a positive integer"),
         (
             ["stages.1.losses=[{type: modality_agnostic, temperature: abc}]"],
             "modality_agnostic: temperature must be a number > 0, got 'abc'",

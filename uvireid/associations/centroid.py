@@ -40,6 +40,11 @@ class CentroidAssociator:
     def __repr__(self) -> str:
         return f"{self.title}(k_tr={self.k_tr})"
 
+    def _check_params(self) -> None:
+        """Refuse a ``k_tr`` no input could use (also before a run starts: see
+        :func:`uvireid.engine.runner.check_parts`)."""
+        check_k_tr(self.k_tr, self.name)
+
     def match(
         self, cv: torch.Tensor, cr: torch.Tensor, info: dict
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
