@@ -188,6 +188,11 @@ def test_a_negative_loss_weight_is_refused():
         (["associator.lambda_ot=abc"], "otla_dual: lambda_ot must be a number > 0"),
         (["associator.tol=abc"], "otla_dual: tol must be a number > 0, got 'abc'"),
         (["associator.k_tr=abc"], "otla_dual: k_tr must be a positive integer"),
+        # the backbone's keywords (pretrained=5 used to build a random-init model silently)
+        (["backbone.pretrained=5"], "backbone.pretrained must be true (torchvision ImageNet"),
+        (["backbone.gem_p=0"], "backbone.gem_p must be a number > 0, got 0"),
+        (["backbone.last_stride=3"], "backbone.last_stride must be 1 or 2, got 3"),
+        (["backbone.share_from=layer9"], "backbone.share_from 'layer9' is not a stage"),
         (["associator={type: pgm, k_tr: abc}"], "pgm: k_tr must be a positive integer"),
         (["associator={type: mbccm, k_tr: 0}"], "mbccm: k_tr must be a positive integer"),
         (

@@ -230,10 +230,10 @@ def preflight(cfg: dict) -> None:
     if isinstance(kind, type) and hasattr(kind, "check_args"):
         kind.check_args(**{k: v for k, v in cfg["data"].items() if k != "type"})
     bb = cfg["backbone"]
-    if bb.get("type") == "two_stream_resnet":  # build_resnet's own checks, before building
-        from uvireid.models.backbone import check_resnet_args
+    if bb.get("type") == "two_stream_resnet":  # the backbone's own checks, before building
+        from uvireid.models.backbone import check_two_stream_args
 
-        check_resnet_args(bb.get("arch"), bb.get("pretrained", False), where="backbone.")
+        check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
 
 
 def run_recipe(

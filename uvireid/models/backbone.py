@@ -36,7 +36,7 @@ from uvireid.models.non_local import StageWithNonLocal, check_non_local
 from uvireid.models.pooling import GeM
 from uvireid.models.prior import PRIOR_NAME
 from uvireid.registry import BACKBONES
-from uvireid.rerank.inputs import check_k
+from uvireid.rerank.inputs import check_k, check_positive
 from uvireid.types import INFRARED, VISIBLE
 
 logger = logging.getLogger(__name__)
@@ -187,6 +187,11 @@ def check_resnet_args(arch: str, pretrained: bool | str = False, where: str = ""
     """
     if arch not in ARCHS:
         raise ConfigError(f"{where}arch '{arch}' is not supported; use one of {', '.join(ARCHS)}")
+    if not isinstance(pretrained, bool | str | Path):  # pretrained=5 used to mean random init
+        raise ConfigError(
+            f"{where}pretrained must be true (torchvision ImageNet weights), false (random "
+            f"initialisation), {PRIOR_NAME} or the path of a .pth file; got {pretrained!r}"
+        )
     if isinstance(pretrained, str | Path) and pretrained != PRIOR_NAME:
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -194,6 +199,30 @@ def check_resnet_args(arch: str, pretrained: bool | str = False, where: str = ""
                 f"{where}pretrained checkpoint {path} does not exist; pass pretrained=True "
                 f"for the torchvision ImageNet weights or the path of a local .pth file"
             )
+
+
+def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
+    """What :class:`TwoStreamResNet` refuses, checked before anything is built (the run's
+    preflight passes a recipe's ``backbone`` keywords, ``where="backbone."``): the arch and
+    pretrained weights (:func:`check_resnet_args`), ``share_from`` a stage, ``last_stride``
+    1 or 2, ``gem_p`` a number > 0 (0 divides by zero in the pooling's 1/p power),
+    ``num_modalities`` and ``non_local_channels`` integers >= 1.
+
+    Raises:
+        ConfigError: naming the key and its range.
+    """
+    check_resnet_args(kwargs.get("arch", "resnet50"), kwargs.get("pretrained", False), where)
+    share_from = kwargs.get("share_from", "layer1")
+    if share_from not in STAGES:
+        raise ConfigError(
+            f"{where}share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
+        )
+    last_stride = kwargs.get("last_stride", 1)
+    if isinstance(last_stride, bool) or last_stride not in (1, 2):
+        raise ConfigError(f"{where}last_stride must be 1 or 2, got {last_stride!r}")
+    check_positive(kwargs.get("gem_p", 3.0), f"{where}gem_p", "two_stream_resnet")
+    check_k(kwargs.get("num_modalities", 2), f"{where}num_modalities", "two_stream_resnet")
+    check_k(kwargs.get("non_local_channels", 1), f"{where}non_local_channels", "two_stream_resnet")
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -301,11 +330,15 @@ class TwoStreamResNet(_ReidHead):
         non_local_channels: int = 1,
     ):
         super().__init__()
-        if share_from not in STAGES:
-            raise ConfigError(
-                f"share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
-            )
-        check_k(non_local_channels, "non_local_channels", "two_stream_resnet")
+        check_two_stream_args(
+            arch=arch,
+            pretrained=pretrained,
+            share_from=share_from,
+            last_stride=last_stride,
+            gem_p=gem_p,
+            num_modalities=num_modalities,
+            non_local_channels=non_local_channels,
+        )
         net = build_resnet(arch, pretrained, last_stride)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         self.non_local = check_non_local(non_local, [len(x) for x in layers], arch)
