@@ -424,6 +424,9 @@ class TimmBackbone(_ReidHead):
 
     def __init__(self, name: str = "resnet50", pretrained: bool = False, gem_p: float = 3.0):
         super().__init__()
+        if not isinstance(pretrained, bool):
+            raise ConfigError(f"timm: pretrained must be true or false, got {pretrained!r}")
+        check_positive(gem_p, "gem_p", "timm")
         import timm
 
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
