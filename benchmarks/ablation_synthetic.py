@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:  # the console: warnings only
+        handler.setLevel(logging.WARNING)
+    logging.getLogger("uvireid").setLevel(logging.INFO)  # each run's log.txt: the whole log
     common = list(args.overrides)
     seeds: list[int | None] = [None]
     if args.seeds:
