@@ -19,6 +19,7 @@ Modalities are coded as in :mod:`uvireid.types`: 0 visible, 1 infrared.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import numbers
 from dataclasses import dataclass
@@ -176,11 +177,13 @@ class _ReidHead(nn.Module):
         return F.normalize(feat, dim=1)
 
 
-def check_resnet_args(arch: str, pretrained: bool | str = False, where: str = "") -> None:
+def check_resnet_args(
+    arch: str, pretrained: bool | str = False, where: str = "", last_stride: int = 1
+) -> None:
     """What :func:`build_resnet` refuses before building anything: an ``arch`` it has no
-    ResNet for, and a ``pretrained`` path (any string but ``"synthetic-visible"``) that is
-    not a file. ``where`` prefixes the keys in the messages (``"backbone."`` for a recipe's
-    preflight, :func:`uvireid.engine.runner.preflight`).
+    ResNet for, a ``pretrained`` path (any string but ``"synthetic-visible"``) that is
+    not a file, a ``last_stride`` other than 1 or 2. ``where`` prefixes the keys in the
+    messages (``"backbone."`` for a recipe's preflight, :func:`uvireid.engine.runner.preflight`).
 
     Raises:
         ConfigError: naming the key and the fix.
@@ -199,6 +202,8 @@ def check_resnet_args(arch: str, pretrained: bool | str = False, where: str = ""
                 f"{where}pretrained checkpoint {path} does not exist; pass pretrained=True "
                 f"for the torchvision ImageNet weights or the path of a local .pth file"
             )
+    if isinstance(last_stride, bool) or last_stride not in (1, 2):
+        raise ConfigError(f"{where}last_stride must be 1 or 2, got {last_stride!r}")
 
 
 def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
@@ -208,21 +213,21 @@ def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
     1 or 2, ``gem_p`` a number > 0 (0 divides by zero in the pooling's 1/p power),
     ``num_modalities`` and ``non_local_channels`` integers >= 1.
 
+    Keywords not given take :class:`TwoStreamResNet`'s own defaults.
+
     Raises:
         ConfigError: naming the key and its range.
     """
-    check_resnet_args(kwargs.get("arch", "resnet50"), kwargs.get("pretrained", False), where)
-    share_from = kwargs.get("share_from", "layer1")
-    if share_from not in STAGES:
+    params = inspect.signature(TwoStreamResNet).parameters.values()
+    a = {p.name: p.default for p in params if p.default is not p.empty} | kwargs
+    check_resnet_args(a["arch"], a["pretrained"], where, a["last_stride"])
+    if a["share_from"] not in STAGES:
         raise ConfigError(
-            f"{where}share_from '{share_from}' is not a stage; use one of {', '.join(STAGES)}"
+            f"{where}share_from '{a['share_from']}' is not a stage; use one of {', '.join(STAGES)}"
         )
-    last_stride = kwargs.get("last_stride", 1)
-    if isinstance(last_stride, bool) or last_stride not in (1, 2):
-        raise ConfigError(f"{where}last_stride must be 1 or 2, got {last_stride!r}")
-    check_positive(kwargs.get("gem_p", 3.0), f"{where}gem_p", "two_stream_resnet")
-    check_k(kwargs.get("num_modalities", 2), f"{where}num_modalities", "two_stream_resnet")
-    check_k(kwargs.get("non_local_channels", 1), f"{where}non_local_channels", "two_stream_resnet")
+    check_positive(a["gem_p"], f"{where}gem_p", "two_stream_resnet")
+    check_k(a["num_modalities"], f"{where}num_modalities", "two_stream_resnet")
+    check_k(a["non_local_channels"], f"{where}non_local_channels", "two_stream_resnet")
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -242,9 +247,7 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
     :mod:`uvireid.models.prior` (built on first use, cached); any other string is the path
     of a local checkpoint.
     """
-    check_resnet_args(arch, pretrained)
-    if last_stride not in (1, 2):
-        raise ConfigError(f"last_stride must be 1 or 2, got {last_stride}")
+    check_resnet_args(arch, pretrained, last_stride=last_stride)
     weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
     net = getattr(torchvision.models, arch)(weights=weights)
     if pretrained == PRIOR_NAME:
