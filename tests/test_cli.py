@@ -63,35 +63,6 @@ def test_dry_run_prints_the_resolved_recipe(tmp_path, capsys):
     assert f"root: {tmp_path}" in out and "weight_decay: 0.0005" in out
 
 
-@pytest.mark.parametrize(
-    "recipe, override, message",
-    [
-        ("salcr", "data.root=/no/such/folder", "SYSU-MM01 root /no/such/folder does not exist"),
-        ("salcr_regdb", "data.root=/no/such/folder", "RegDB root /no/such/folder does not"),
-        (
-            "demo",
-            "data.ids=abc",
-            "ids must be a whole number in 3..9999 (pids are %04d), got 'abc'",
-        ),
-        ("demo", "data.ids=2", "ids must be a whole number in 3..9999"),
-        ("demo", "data.nir=2", "nir must be a number in 0..1, got 2"),
-        ("demo", "data.seed=-1", "seed must be an integer in 0..2**32-1"),
-        ("salcr", "data.root=123", "SYSU-MM01 root must be a folder path, got int 123"),
-        ("demo", "data.root=[a]", "root must be a folder path, got list ['a']"),
-    ],
-)
-def test_dry_run_checks_the_datasets_keywords(recipe, override, message, tmp_path, capsys):
-    assert main(["run", recipe, override, "--dry-run"]) == 2
-    assert message in capsys.readouterr().err
-    # the run refuses the same before it makes a folder or generates anything
-    cache = tmp_path / "cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UVIREID_CACHE", str(cache))
-        assert main(["run", recipe, override, f"output_dir={tmp_path / 'runs'}"]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists() and not cache.exists()
-
-
 def test_parser_builds_without_side_effects():
     parser = build_parser()
     assert parser.prog == "uvireid"

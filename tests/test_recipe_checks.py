@@ -199,15 +199,31 @@ def test_a_negative_loss_weight_is_refused():
             ["stages.1.losses=[{type: modality_agnostic, temperature: abc}]"],
             "modality_agnostic: temperature must be a number > 0, got 'abc'",
         ),
+        # the dataset's keywords (VIDataset.check_args)
+        (
+            ["data.type=sysu", "data.root=/no/such/folder"],
+            "SYSU-MM01 root /no/such/folder does not exist",
+        ),
+        (
+            ["data.type=regdb", "data.root=/no/such/folder", "evaluation.protocol=regdb-v2i"],
+            "RegDB root /no/such/folder does not",
+        ),
+        (["data.type=sysu", "data.root=123"], "SYSU-MM01 root must be a folder path, got int 123"),
+        (["data.root=[a]"], "root must be a folder path, got list ['a']"),
+        (["data.ids=abc"], "ids must be a whole number in 3..9999 (pids are %04d), got 'abc'"),
+        (["data.ids=2"], "ids must be a whole number in 3..9999"),
+        (["data.nir=2"], "nir must be a number in 0..1, got 2"),
+        (["data.seed=-1"], "seed must be an integer in 0..2**32-1"),
     ],
 )
 def test_dry_run_refuses_what_the_run_refuses_before_its_first_epoch(
-    overrides, message, capsys, tmp_path
+    overrides, message, capsys, tmp_path, monkeypatch
 ):
     assert main(["run", "demo", *overrides, "--dry-run"]) == 2
     assert message in capsys.readouterr().err
-    # the run itself: the same error, and no run folder left behind
-    assert main(["run", "demo", *overrides, f"output_dir={tmp_path}"]) == 2
+    # the run itself: the same error, no run folder left behind and nothing generated
+    monkeypatch.setenv("UVIREID_CACHE", str(tmp_path / "cache"))
+    assert main(["run", "demo", *overrides, f"output_dir={tmp_path / 'runs'}"]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
