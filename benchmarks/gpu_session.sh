@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU measurement the open issues ask for, as one prepared script:
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
-#   STEPS="tests_cuda overhead_bf16 loop_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
-# The steps' time limits add up to about 17 minutes, more than one 10-minute device call
+#   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
+# The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
 # repository root on a machine with one CUDA GPU and uvireid importable (pip install -e .,
 # or PYTHONPATH=$PWD where pip cannot reach an index). Each step has its own time limit,
 # writes its log to OUT_DIR and goes on when one fails; the figures belong in
-# benchmarks/RESULTS.md with the card's name. OUT_DIR gets at most 10 files (the logs and
-# the demo's metrics); the dataset cache and the run folders go to $WORK (default
+# benchmarks/RESULTS.md with the card's name. OUT_DIR gets a log per step and the demo's
+# metrics (the device tool brings back 8 files); the dataset cache and the run folders go to $WORK (default
 # /tmp/uvireid-gpu). Set UVIREID_CACHE to a cache holding the demo's prior to skip its
 # ~2-minute build. tests_cuda needs every package uvireid requires (hdbscan among them: an
 # image without it needs its wheel installed first).
@@ -34,26 +34,30 @@ run() {  # run NAME SECONDS COMMAND...
     tail -n 12 "$out/$name.log"
 }
 # every test with a CUDA case (the CUDA paths against the CPU result)
-run tests_cuda 50 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py tests/rerank/test_cmfp.py -k "device or channels_last or placed or cuda"
-# issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
-run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
-# issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
-run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
-# issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16 and fp32
-run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 100 --epochs 2 --dcl-epochs 2
-# issue 5 item 8: one SALCR step against the plain step at the paper's size, and its
-# host-device syncs / kernel ops (the H100 step was sync-bound before the sync-free losses)
-# (--kernels: the host's queueing time against the kernels' time, and the top kernels)
-run overhead 60 "$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --count-ops --kernels 25
-# (--compile: the first call compiles, ~90 s on an H100; the kernel tables of the eager and
-# the compiled SALCR steps show where the compiled one loses: 59 ms against 41 eager)
-run overhead_bf16 240 "$py" benchmarks/training_overhead.py --device cuda --amp --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10 --kernels 25 --compile
-# the loop again with the losses compiled (train.compile_losses; the first step of each
-# stage compiles, so the stage's warm second epoch is the figure)
-run loop_bf16_compiled 240 "$py" benchmarks/training_loop.py --device cuda --amp --iters 100 --epochs 2 --dcl-epochs 2 --compile-losses
+run tests_cuda 60 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py tests/rerank/test_cmfp.py -k "device or channels_last or placed or cuda"
+# issue 5 item 8: one SALCR step against the plain step at the paper's size (fp32, then bf16),
+# the host's queueing time against the kernels' time, and the top kernels of the SALCR step
+ovh=("$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10)
+run overhead 60 "${ovh[@]}" --kernels 25
+run overhead_bf16 60 "${ovh[@]}" --amp --kernels 25
+# the same steps with TF32 float32 products (the losses' memory products run in float32),
+# then the bf16 SALCR step with its losses' forward and backward as CUDA graphs
+run overhead_x 100 bash -c '"$@" --tf32; "$@" --amp --tf32; "$@" --amp --graphs --kernels 5' _ "${ovh[@]}"
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
 run demo 90 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
+# issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
+run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
+# issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16
+run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 1
+# issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
+run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
+# the SALCR step with its losses through torch.compile (the first call compiles, ~90 s on
+# an H100; an earlier run: 59 ms compiled against 41 eager)
+run overhead_bf16_compiled 240 "${ovh[@]}" --amp --kernels 25 --compile
+# the loop again with the losses compiled (train.compile_losses; the first step of each
+# stage compiles, so the stage's warm second epoch is the figure)
+run loop_bf16_compiled 240 "$py" benchmarks/training_loop.py --device cuda --amp --iters 100 --epochs 2 --dcl-epochs 2 --compile-losses
 # issue 3: scalable CMFP at 1M on the GPU through uvireid's ivf kNN (no faiss needed)
 run rerank_ivf 40 "$py" benchmarks/rerank_speed.py --device cuda --only scalable --scalable-sizes 1000000 --knn-backend ivf
 echo "done in $SECONDS s; logs in $out"

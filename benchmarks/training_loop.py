@@ -156,6 +156,14 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--compile-losses", action="store_true", help="train.compile_losses (torch.compile)"
     )
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="train.cuda_graphs (the losses replayed as CUDA graphs)",
+    )
+    ap.add_argument(
+        "--tf32", action="store_true", help="train.tf32 (float32 products in TF32 on CUDA)"
+    )
     ap.add_argument("--out", default=None, help="run folder parent (default: a temp dir)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -179,6 +187,8 @@ def main(argv=None) -> int:
         f"train.pad={max(2, height // 28)}",
         f"train.amp={'true' if args.amp else 'false'}",
         f"train.compile_losses={'true' if args.compile_losses else 'false'}",
+        f"train.cuda_graphs={'true' if args.cuda_graphs else 'false'}",
+        f"train.tf32={'true' if args.tf32 else 'false'}",
         f"stages.0.epochs={args.dcl_epochs}",
         f"stages.0.iters_per_epoch={iters}",
         "stages.0.sampler.ids=12",  # salcr.yaml's DCL batch: 12 labels x 12 images
@@ -219,7 +229,9 @@ def main(argv=None) -> int:
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {name}, {os.cpu_count()} cores, "
         f"{arch} {height}x{width}, {'bf16' if args.amp else 'fp32'}"
-        f"{', losses compiled' if args.compile_losses else ''}, {ids} synthetic ids, "
+        f"{', losses compiled' if args.compile_losses else ''}"
+        f"{', losses as CUDA graphs' if args.cuda_graphs else ''}"
+        f"{', TF32 products' if args.tf32 else ''}, {ids} synthetic ids, "
         f"{iters} iterations/epoch; run folder {folder.path}; wall {wall:.1f} s"
     )
     print(

@@ -109,8 +109,24 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
         return dagl(o, t) + fgsal(o, t) + 0.5 * gpcr(o, t)
 
     compiled_losses = []  # made on first use (train.compile_losses)
+    graphed_losses = []  # made on first use (--graphs)
 
-    def step(full: bool, sync: bool = True, compiled: bool = False) -> None:
+    def graphed(o: StepOutputs, t: StepTargets) -> torch.Tensor:
+        """The SALCR losses' forward and backward replayed as two CUDA graphs (captured on
+        first use; the step's targets and the memories stay at fixed addresses here, as a
+        graph needs): the step without the losses' kernel launches on the host."""
+        keys = sorted(o.parts)
+        args = (o.feat_v, o.feat_a, o.feat_r, *(o.parts[kk] for kk in keys))
+        if not graphed_losses:
+
+            def fn(fv, fa, fr, *rest):
+                return salcr_losses(StepOutputs(fv, fa, fr, dict(zip(keys, rest))), t)
+
+            sample = tuple(a.detach().clone().requires_grad_() for a in args)
+            graphed_losses.append(torch.cuda.make_graphed_callables(fn, sample))
+        return graphed_losses[0](*args)
+
+    def step(full: bool, sync: bool = True, compiled: bool | str = False) -> None:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             out = model(x, mod)
             fm = out.feature_map
@@ -120,9 +136,12 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
         o = StepOutputs(f[:s], f[s : 2 * s], f[2 * s :])
         if full:
             o.parts = {kk: v.float() for kk, v in pf.items()}
-            if compiled and not compiled_losses:
-                compiled_losses.append(torch.compile(salcr_losses))
-            loss = (compiled_losses[0] if compiled else salcr_losses)(o, targets)
+            if compiled == "graphs":
+                loss = graphed(o, targets)
+            else:
+                if compiled and not compiled_losses:
+                    compiled_losses.append(torch.compile(salcr_losses))
+                loss = (compiled_losses[0] if compiled else salcr_losses)(o, targets)
         else:
             loss = dagl(o, targets)
         opt = opt_full if full else opt_plain
@@ -205,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         help="bf16 autocast (CUDA, or a CPU with native bf16), as train.amp",
     )
     ap.add_argument(
+        "--tf32",
+        action="store_true",
+        help="float32 matrix products in TF32 on CUDA (torch.backends.cuda.matmul.allow_tf32): "
+        "how much of the step is the losses' float32 memory products",
+    )
+    ap.add_argument(
         "--count-ops",
         action="store_true",
         help="also count each step's host-device synchronisations and kernel ops (profiler)",
@@ -216,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         "(train.compile_losses)",
     )
     ap.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also time the SALCR step with its losses' forward and backward as CUDA graphs "
+        "(torch.cuda.make_graphed_callables; CUDA only): the step without the losses' "
+        "launches on the host",
+    )
+    ap.add_argument(
         "--kernels",
         type=int,
         default=None,
@@ -224,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         "print the TOP ops by device time of the SALCR step",
     )
     args = ap.parse_args(argv)
+    if args.graphs and not args.device.startswith("cuda"):
+        ap.error("--graphs needs --device cuda (CUDA graphs)")
     torch.set_num_threads(args.threads)
     dev = args.device
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     s = args.ids * args.images
     step, model, parts = build_steps(
         args.arch,
@@ -259,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             step(True, compiled=True)
             salcr_c = min(salcr_c, time.perf_counter() - t0)
+    if args.graphs:
+        try:
+            t0 = time.perf_counter()
+            step(True, compiled="graphs")  # captures
+            graph_s = time.perf_counter() - t0
+            salcr_g = float("inf")
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                step(True, compiled="graphs")
+                salcr_g = min(salcr_g, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - an op the capture refuses: say which
+            print(f"CUDA graphs of the losses failed: {type(exc).__name__}: {exc}")
+            args.graphs = False
     added = sum(p.numel() for p in parts.parameters())
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor()
     print(
@@ -267,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         f"threads), torch {torch.__version__}"
     )
     print(
-        f"{args.arch} {args.height}x{args.width}, {'bf16' if args.amp else 'fp32'}, "
+        f"{args.arch} {args.height}x{args.width}, {'bf16' if args.amp else 'fp32'}"
+        f"{', TF32 products' if args.tf32 else ''}, "
         f"batch 3 x {s} images, P={args.parts}, "
         f"memories {n} instances / {k} clusters per modality"
     )
@@ -279,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| SALCR, losses compiled (first call with compilation {compile_s:.1f} s) | "
             f"{salcr_c:.3f} | {salcr_c / plain:.2f} |"
+        )
+    if args.graphs:
+        print(
+            f"| SALCR, losses as CUDA graphs (first call with capture {graph_s:.1f} s) | "
+            f"{salcr_g:.3f} | {salcr_g / plain:.2f} |"
         )
     if args.count_ops:
         counts = {full: count_ops(step, full) for full in (False, True)}
@@ -292,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(False, False, "plain (backbone + DAGL)"), (True, False, "SALCR (+ FGSAL + GPCR)")]
         if args.compile:
             rows.append((True, True, "SALCR, losses compiled"))
+        if args.graphs:
+            rows.append((True, "graphs", "SALCR, losses as CUDA graphs"))
         for full, comp, title in rows:
             r = host_and_kernels(
                 lambda full, sync=True, comp=comp: step(full, sync, comp),

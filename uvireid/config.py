@@ -94,6 +94,16 @@ class TrainSettings:
             bound by kernel launches (benchmarks/RESULTS.md); the compilation costs tens of
             seconds at a stage's first step and again when the cluster count changes
             shape, and needs Triton (CUDA) or a C++ compiler (CPU). Off by default.
+        cuda_graphs: replay each stage's loss terms (forward and backward) as CUDA graphs,
+            captured at the first step of each epoch and batch shape
+            (``uvireid.engine.graphs``): the host queues two graph launches a step instead
+            of the losses' thousand kernels. Ignored on the CPU; a loss that cannot be
+            captured is reported and runs eagerly. Not with ``compile_losses``. Off by
+            default.
+        tf32: float32 matrix products of the training step (the losses' products with the
+            memories, which stay float32 under ``amp``) in TF32 on CUDA, as cuDNN's
+            convolutions already are by default; evaluation keeps full float32. Off by
+            default (the reference codes' products are float32).
         threads: torch CPU threads (0: torch's default). On a small shared CPU, 1 is often
             fastest.
         pad, erasing_p, jitter, hue, gray_p: augmentation (zero padding before the random
@@ -139,6 +149,8 @@ class TrainSettings:
     deterministic: bool = False
     images_on_device: bool | None = None
     compile_losses: bool = False
+    cuda_graphs: bool = False
+    tf32: bool = False
     threads: int = 0
     pad: int = 10
     erasing_p: float = 0.5
@@ -835,6 +847,13 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             out[key] = _validate_settings(key, spec.cls, value, prov)
         elif isinstance(spec, StageListKey):
             out[key] = _validate_stages(cfg, value, prov)
+    train = out.get("train") or {}
+    if train.get("compile_losses") and train.get("cuda_graphs"):
+        raise ConfigError(
+            f"{prov.source('train.cuda_graphs')}: train.compile_losses and train.cuda_graphs "
+            f"are two ways to cut the losses' kernel launches and do not combine; set one of "
+            f"them to false"
+        )
     if out["stages"]:
         _check_stage_epochs(out, prov)
         _check_stage_batch(out, prov)

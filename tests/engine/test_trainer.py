@@ -270,6 +270,33 @@ def test_compiled_losses_train_as_the_eager_ones(recipe_file):
         assert torch.allclose(g, grads[1][k], rtol=1e-4, atol=1e-5 * g.abs().max()), k
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_losses_train_as_the_eager_ones(recipe_file):
+    """``train.cuda_graphs`` on CUDA: the DCL and SALCR stages' losses replayed as graphs
+    (captured again each epoch) give the eager run's losses, as the compiled ones above
+    (lr = 0, deterministic kernels: both runs see the same features)."""
+    from uvireid.engine.graphs import GraphedLosses
+    from uvireid.registry import DATASETS
+
+    records = []
+    for flag in ("false", "true"):
+        over = [f"train.cuda_graphs={flag}", "train.lr=0", "train.deterministic=true"]
+        cfg = load_recipe(recipe_file, over)
+        torch.manual_seed(0)
+        tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cuda", None, progress=False)
+        tr.load_data()
+        records.append([tr.train_epoch(0), tr.train_epoch(1)])
+        fns = list(tr._loss_fns.values())
+        if flag == "true":
+            assert all(isinstance(fn, GraphedLosses) for fn in fns), fns
+            assert all(fn.failed is None and fn.captures >= 1 for fn in fns), fns
+    for eager, graphed in zip(*records):
+        assert eager["clusters"] == graphed["clusters"]
+        assert eager["loss"].keys() == graphed["loss"].keys()
+        for k, v in eager["loss"].items():
+            assert np.isfinite(v) and abs(v - graphed["loss"][k]) <= 1e-5 * max(abs(v), 1.0), k
+
+
 def test_train_step_moves_the_weights(recipe_file):
     cfg = load_recipe(recipe_file)
     tr = _trainer(cfg)

@@ -290,6 +290,7 @@ RESUME_FREE_KEYS = (
     "train.channels_last",
     "train.images_on_device",
     "train.compile_losses",
+    "train.cuda_graphs",
 )
 
 _ABSENT = "<absent>"

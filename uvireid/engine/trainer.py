@@ -52,6 +52,7 @@ from uvireid.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from uvireid.engine.graphs import GraphedLosses, tf32_products
 from uvireid.engine.run_folder import source_revision
 from uvireid.errors import ConfigError, DatasetError, TrainingError
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
@@ -875,19 +876,20 @@ class Trainer:
         mod = torch.cat([torch.zeros(2 * sv, dtype=torch.long), torch.ones(sr, dtype=torch.long)])
         targets = self._targets(lab, iv, ir, paired, getattr(batch, "labels", None))
         want_parts = paired and any(getattr(loss, "needs_parts", False) for loss in losses)
-        with _autocast(self.device, self.tr["amp"]):
-            # the modality stays on the host: the backbone splits the batch there
-            out, parts = self.ddp_model(x, mod, sv if want_parts else None)
-        # the losses in float32 outside autocast (under it their products with the
-        # memories, logits of cosines / 0.05, would be bf16: ~0.08 off at a logit of 20)
-        feat = out.bn_feat.float()
-        parts = {key: p.float() for key, p in parts.items()}
-        outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
-        total, terms = self._loss_terms(stage, losses)(outputs, targets)
-        used = [loss for loss in losses if _applies(loss, outputs)]
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        with tf32_products(self.tr.get("tf32", False)):
+            with _autocast(self.device, self.tr["amp"]):
+                # the modality stays on the host: the backbone splits the batch there
+                out, parts = self.ddp_model(x, mod, sv if want_parts else None)
+            # the losses in float32 outside autocast (under it their products with the
+            # memories, logits of cosines / 0.05, would be bf16: ~0.08 off at a logit of 20)
+            feat = out.bn_feat.float()
+            parts = {key: p.float() for key, p in parts.items()}
+            outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
+            total, terms = self._loss_terms(stage, losses)(outputs, targets)
+            used = [loss for loss in losses if _applies(loss, outputs)]
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
         detached = outputs.detach()
         for loss in used:
             if hasattr(loss, "update"):
@@ -899,6 +901,7 @@ class Trainer:
         """The stage's loss function ``(outputs, targets) -> (total, {name: term})``:
         the weighted sum of its losses (those that need part features left out of an
         unpaired batch), compiled with ``torch.compile`` under ``train.compile_losses``
+        or replayed as CUDA graphs under ``train.cuda_graphs``
         (made once per stage; torch recompiles when a memory's size changes)."""
         fn = self._loss_fns.get(stage.name)
         if fn is not None:
@@ -919,7 +922,12 @@ class Trainer:
                 total = total + weight * value
             return total, terms
 
-        fn = _compiled(terms_of) if self.tr.get("compile_losses") else terms_of
+        if self.tr.get("compile_losses"):
+            fn = _compiled(terms_of)
+        elif self.tr.get("cuda_graphs") and torch.device(self.device).type == "cuda":
+            fn = GraphedLosses(terms_of)
+        else:
+            fn = terms_of
         self._loss_fns[stage.name] = fn
         return fn
 
@@ -1008,6 +1016,9 @@ class Trainer:
         for loss in losses:
             if hasattr(loss, "reset"):
                 loss.reset(ctx)
+        fn = self._loss_fns.get(stage.name)
+        if isinstance(fn, GraphedLosses):  # the memories are new tensors: capture again
+            fn.invalidate()
         sampler, paired = self._sampler(stage, lab, warnings)
         t0 = time.perf_counter()
         self.model.train()

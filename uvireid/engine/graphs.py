@@ -1,0 +1,141 @@
+"""A stage's loss terms replayed as CUDA graphs (``train.cuda_graphs``), and TF32 products.
+
+On a GPU the SALCR step is bound by the host: its losses and memories launch about a
+thousand small kernels a step, each costing the host more time than the device
+(``benchmarks/RESULTS.md``, issue 5 item 8). :class:`GraphedLosses` captures the losses'
+forward and backward once (``torch.cuda.make_graphed_callables``) and replays them as two
+graph launches a step.
+
+What a graph needs, and where the engine provides it:
+
+- fixed shapes: the capture is keyed by the shapes of the step's features and targets and
+  by which part features it has (a paired batch and an unpaired one are two graphs);
+- fixed addresses: the losses' memories are updated in place between steps (the
+  momentum updates write into them), but :meth:`reset` at an epoch's start makes new
+  ones: the trainer calls :meth:`GraphedLosses.invalidate` after it, and the next step
+  captures again (about a tenth of a second);
+- no host work on device values inside the losses' forward (the losses are written
+  without it; a loss that reads a device value back cannot be captured): a capture that
+  fails is reported once and the stage goes on with the eager losses.
+
+The memory updates stay outside the graph: they group rows by label on the host, a
+different number of rounds each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+
+from uvireid.losses import StepOutputs, StepTargets
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GraphedLosses", "tf32_products"]
+
+_TARGET_FIELDS = ("vis_in_v", "vis_in_r", "ir_in_r", "ir_in_v", "idx_v", "idx_r")
+
+
+class GraphedLosses:
+    """``fn(outputs, targets) -> (total, {name: term})`` with its forward and backward
+    replayed as CUDA graphs on CUDA inputs that require grad; called eagerly otherwise
+    (the CPU, evaluation without grad, or after a failed capture).
+
+    Args:
+        fn: the stage's loss function (the trainer's ``terms_of``).
+        make_graphed: the capture function (``torch.cuda.make_graphed_callables``; a test
+            passes its own).
+        device_types: the devices whose inputs are captured (a test of the bookkeeping
+            on the CPU passes ``("cpu",)`` with its own ``make_graphed``).
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        make_graphed: Callable | None = None,
+        device_types: tuple[str, ...] = ("cuda",),
+    ):
+        self.fn = fn
+        self.make_graphed = make_graphed or torch.cuda.make_graphed_callables
+        self.device_types = device_types
+        self.graphs: dict[tuple, tuple[Callable, list[str]]] = {}
+        self.failed: str | None = None
+        self.captures = 0
+
+    def invalidate(self) -> None:
+        """Forget the captured graphs (after the losses' memories were replaced)."""
+        self.graphs.clear()
+
+    def _applies(self, outputs: StepOutputs) -> bool:
+        return (
+            self.failed is None
+            and torch.is_grad_enabled()
+            and outputs.feat_v.device.type in self.device_types
+            and outputs.feat_v.requires_grad
+        )
+
+    def __call__(self, outputs: StepOutputs, targets: StepTargets):
+        if not self._applies(outputs):
+            return self.fn(outputs, targets)
+        keys = sorted(outputs.parts)
+        feats = [outputs.feat_v, outputs.feat_a, outputs.feat_r]
+        feats += [outputs.parts[k] for k in keys]
+        tgts = [getattr(targets, f) for f in _TARGET_FIELDS]
+        key = (
+            tuple(keys),
+            targets.paired,
+            tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in feats + tgts),
+        )
+        entry = self.graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(keys, feats, tgts, targets.paired)
+            except Exception as exc:  # noqa: BLE001 - an op the capture refuses
+                self.failed = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "train.cuda_graphs: the losses could not be captured as a CUDA graph "
+                    "(%s); this run goes on with the eager losses",
+                    self.failed,
+                )
+                self.graphs.clear()
+                return self.fn(outputs, targets)
+            self.graphs[key] = entry
+            self.captures += 1
+        graphed, names = entry
+        out = graphed(*feats, *tgts)
+        return out[0], dict(zip(names, out[1:]))
+
+    def _capture(self, keys: list, feats: list, tgts: list, paired: bool):
+        names: list[str] = []
+        n = 3 + len(keys)
+
+        def flat(*args):
+            outputs = StepOutputs(args[0], args[1], args[2], dict(zip(keys, args[3:n])))
+            total, terms = self.fn(outputs, StepTargets(*args[n:], paired=paired))
+            names[:] = list(terms)
+            return (total, *terms.values())
+
+        # the step's own values as samples: the warm-up runs index the memories with them
+        sample = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in feats)
+        sample += tuple(t.clone() for t in tgts)
+        graphed = self.make_graphed(flat, sample)
+        return graphed, names
+
+
+@contextlib.contextmanager
+def tf32_products(enabled: bool) -> Iterator[None]:
+    """Within the block, float32 matrix products on CUDA may use TF32 tensor cores
+    (``torch.backends.cuda.matmul.allow_tf32``; cuDNN's convolutions do by default); the
+    setting is restored after, so evaluation and re-ranking keep full float32."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
