@@ -44,12 +44,16 @@ run overhead_bf16 60 "${ovh[@]}" --amp --kernels 25
 # then the bf16 SALCR step with its losses' forward and backward as CUDA graphs
 run overhead_x 100 bash -c '"$@" --tf32; "$@" --amp --tf32; "$@" --amp --graphs --kernels 5' _ "${ovh[@]}"
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
-run demo 90 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
+run demo 120 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
 run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
 # issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16
 run loop_bf16 170 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 1
+# train.cuda_graphs and train.tf32: their CUDA tests, the step, and the loop with both
+run tests_graphs 90 "$py" -m pytest -q -p no:cacheprovider tests/engine/test_graphs.py tests/data/test_transforms.py tests/engine/test_trainer.py -k "cuda or graph"
+run overhead_graphs 100 bash -c '"$@" --tf32 --graphs; "$@" --amp --tf32 --graphs' _ "${ovh[@]}"
+run loop_graphs 200 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 2 --cuda-graphs --tf32
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
 run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # the SALCR step with its losses through torch.compile (the first call compiles, ~90 s on

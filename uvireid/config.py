@@ -96,9 +96,11 @@ class TrainSettings:
             shape, and needs Triton (CUDA) or a C++ compiler (CPU). Off by default.
         cuda_graphs: replay each stage's loss terms (forward and backward) as CUDA graphs,
             captured at the first step of each epoch and batch shape
-            (``uvireid.engine.graphs``): the host queues two graph launches a step instead
-            of the losses' thousand kernels. Ignored on the CPU; a loss that cannot be
-            captured is reported and runs eagerly. Not with ``compile_losses``. Off by
+            (``uvireid.engine.graphs``), and each view's augmentation likewise
+            (``Augmenter.cuda_graphs``): the host queues a few graph launches a step
+            instead of the losses' thousand kernels and the augmentation's hundreds.
+            The same draws and values as without. Ignored on the CPU; a part that cannot
+            be captured is reported and runs eagerly. Not with ``compile_losses``. Off by
             default.
         tf32: float32 matrix products of the training step (the losses' products with the
             memories, which stay float32 under ``amp``) in TF32 on CUDA, as cuDNN's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -259,3 +261,76 @@ def test_official_ltg_repeats_rescalings_until_a_pixel_gain_is_tiny():
     one = ltg(x.clone(), 1.0, torch.Generator().manual_seed(1))
     assert all(len(torch.unique((one / x)[i, 0].round(decimals=6))) <= 2 for i in range(12))
     assert torch.equal(ltg(x, 0.0, gen, official=True), x)
+
+
+def _chain(images, kind, seed, pad=2, ltg_p=0.0, official=False):
+    """The documented pipelines written out with the public functions and one generator
+    (the module docstring's order), for the Augmenter's draw/apply split to equal."""
+    gen = _gen(seed)
+    x = pad_crop_flip(images.float() / 255.0, pad, gen)
+    if kind == "visible":
+        x = ltg(x, ltg_p, gen, official)
+    else:
+        x = color_jitter(x, 0.5, gen, hue=0.5)
+    x = random_erasing(normalize(x), 0.5, gen)
+    if kind == "visible_ca":
+        x = channel_exchange(x, gen)
+    elif kind == "infrared":
+        x = channel_adaptive_gray(x, 0.5, gen)
+    return x
+
+
+@pytest.mark.parametrize("ltg_p, official", [(0.0, False), (0.7, False), (0.7, True)])
+def test_augmenter_draws_and_applies_the_documented_pipelines(ltg_p, official):
+    """Augmenter.draw (the host's draws) + Augmenter.apply (the arithmetic) give, bit for
+    bit, the pipelines composed of the public augmentations with one generator; with
+    ``fixed_shapes`` (the CUDA-graph path) too; ``cuda_graphs`` on the CPU changes
+    nothing."""
+    images = torch.randint(0, 256, (9, 3, 16, 8), dtype=torch.uint8, generator=_gen(0))
+    for kind in ("visible", "visible_ca", "infrared"):
+        want = _chain(images, kind, 5, ltg_p=ltg_p, official=official)
+        for graphs in (False, True):
+            aug = Augmenter(pad=2, seed=5, ltg_p=ltg_p, ltg_official=official, cuda_graphs=graphs)
+            assert torch.equal(aug(images, kind, "cpu"), want), (kind, graphs)
+        if not (official and kind == "visible"):  # the official loop has no draw/apply split
+            aug = Augmenter(pad=2, seed=5, ltg_p=ltg_p)
+            fixed = aug.apply(images, kind, aug.draw(kind, images.shape), fixed_shapes=True)
+            assert torch.equal(fixed, want), kind
+
+
+def test_whole_batch_jitter_equals_the_grouped_one_bit_for_bit():
+    """apply_jitter's two strategies (per-operation gathers; every operation on the whole
+    batch, each image keeping its own) on images with gray, black and saturated pixels,
+    every order of the four operations present."""
+    gen = _gen(11)
+    x = torch.rand(96, 3, 10, 6, generator=gen)
+    x[0, :, :4] = 0.4
+    x[1, :, 2:6] = 0.0
+    x[2] = 1.0
+    factors, _ = jitter_params(96, 0.9, 0.5, gen)
+    order = torch.tensor(list(itertools.permutations(range(4))) * 4)  # every order, 4 times
+    grouped = apply_jitter(x, factors, order)
+    assert torch.equal(apply_jitter(x, factors, order, fixed_shapes=True), grouped)
+    assert not torch.equal(grouped, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_augmentation_replayed_as_cuda_graphs_equals_the_eager_one():
+    """Augmenter.cuda_graphs on CUDA: each view captured once, replayed with new images
+    and new draws, equals the eager CUDA pipeline of the same seed (and the CPU's within
+    float rounding); the official LTG loop stays eager."""
+    gen = _gen(0)
+    graphed = Augmenter(pad=3, seed=7, ltg_p=0.5, cuda_graphs=True)
+    eager = Augmenter(pad=3, seed=7, ltg_p=0.5)
+    cpu = Augmenter(pad=3, seed=7, ltg_p=0.5)
+    for _ in range(3):
+        images = torch.randint(0, 256, (12, 3, 32, 16), dtype=torch.uint8, generator=gen)
+        for kind in ("visible", "visible_ca", "infrared"):
+            got = graphed(images.cuda(), kind, "cuda")
+            assert graphed.graph_failed is None, graphed.graph_failed
+            torch.testing.assert_close(got, eager(images.cuda(), kind, "cuda"), atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.cpu(), cpu(images, kind, "cpu"), atol=1e-5, rtol=0)
+    assert len(graphed._graphs) == 3
+    official = Augmenter(pad=3, seed=7, ltg_p=0.5, ltg_official=True, cuda_graphs=True)
+    official(images.cuda(), "visible", "cuda")
+    assert not official._graphs

@@ -40,7 +40,7 @@ from torch import nn
 
 from uvireid.associations.quality import link_precision
 from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSampler
-from uvireid.data.transforms import Augmenter, load_images
+from uvireid.data.transforms import Augmenter, load_images, to_device
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
     BEST,
@@ -563,6 +563,7 @@ class Trainer:
             ltg_official=bool(tr.get("ltg_official", False)),
             gray_p=tr["gray_p"],
             seed=seed * 1000 + D.rank(),
+            cuda_graphs=bool(tr.get("cuda_graphs")),  # used on CUDA only
         )
         if any(st.start_from == "best" for st in self.stages) and (
             self.protocol is None or folder is None
@@ -822,7 +823,7 @@ class Trainer:
         host = StepTargets(*flat.split(sizes), paired=paired)
         if torch.device(self.device).type == "cpu":
             return host
-        dev = flat.to(self.device, non_blocking=True).split(sizes)
+        dev = to_device(flat, torch.device(self.device)).split(sizes)
         return StepTargets(*dev, paired=paired, host=host)
 
     def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
@@ -861,8 +862,8 @@ class Trainer:
         first) and their values as one (T,) tensor on the device, not read back (the
         epoch loop reads a window of steps at once: :data:`READ_EVERY`)."""
         iv, ir = batch.idx_v, batch.idx_r
-        xv = self.images_v[torch.as_tensor(iv, dtype=torch.long)]
-        xr = self.images_r[torch.as_tensor(ir, dtype=torch.long)]
+        xv = self.images_v[to_device(torch.as_tensor(iv, dtype=torch.long), self.images_v.device)]
+        xr = self.images_r[to_device(torch.as_tensor(ir, dtype=torch.long), self.images_r.device)]
         self.augment.ltg_p = stage.ltg_p
         self.augment.jitter_views = stage.jitter_views
         x = torch.cat(
