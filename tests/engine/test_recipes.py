@@ -225,10 +225,13 @@ def test_salcr_schedule_is_unchanged_by_stage_learning_rates():
 
 
 def test_single_gpu_bf16_recipe_is_salcr_with_amp_and_the_same_batch():
+    """salcr.yaml with bf16 autocast and the two GPU speed settings (CUDA graphs, TF32
+    products), nothing else."""
     one, ref = load_recipe("salcr_1gpu_bf16"), load_recipe("salcr")
-    assert one["train"]["amp"] is True and ref["train"]["amp"] is False
-    assert {k: v for k, v in one["train"].items() if k != "amp"} == {
-        k: v for k, v in ref["train"].items() if k != "amp"
+    fast = ("amp", "cuda_graphs", "tf32")
+    assert all(one["train"][k] is True and ref["train"][k] is False for k in fast)
+    assert {k: v for k, v in one["train"].items() if k not in fast} == {
+        k: v for k, v in ref["train"].items() if k not in fast
     }
     assert [(s.sampler, s.iters, s.losses) for s in stages_of(one)] == [
         (s.sampler, s.iters, s.losses) for s in stages_of(ref)
