@@ -334,6 +334,11 @@ def test_augmentation_replayed_as_cuda_graphs_equals_the_eager_one():
             torch.testing.assert_close(got, eager(images.cuda(), kind, "cuda"), atol=1e-5, rtol=0)
             torch.testing.assert_close(got.cpu(), cpu(images, kind, "cpu"), atol=1e-4, rtol=0)
     assert len(graphed._graphs) == 3
+    # another batch shape (the next stage's) replaces the view's graph
+    small = torch.randint(0, 256, (8, 3, 32, 16), dtype=torch.uint8, generator=gen)
+    got = graphed(small.cuda(), "infrared", "cuda")
+    torch.testing.assert_close(got, eager(small.cuda(), "infrared", "cuda"), atol=1e-5, rtol=0)
+    assert len(graphed._graphs) == 3 and graphed._graphs["infrared"][0][0] == (8, 3, 32, 16)
     official = Augmenter(pad=3, seed=7, ltg_p=0.5, ltg_official=True, cuda_graphs=True)
     official(images.cuda(), "visible", "cuda")
     assert not official._graphs

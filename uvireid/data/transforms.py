@@ -525,8 +525,8 @@ class Augmenter:
             ``infrared``; the trainer sets each stage's).
         seed: seed of the generator (its state is saved in checkpoints).
         cuda_graphs: on CUDA, replay each view's arithmetic as a CUDA graph (captured per
-            view and batch shape), its draws copied in: a few launches a view instead of
-            hundreds. The draws, so the batches, are the eager path's.
+            view, again when its batch shape changes), its draws copied in: a few launches
+            a view instead of hundreds. The draws, so the batches, are the eager path's.
     """
 
     pad: int = 10
@@ -542,7 +542,7 @@ class Augmenter:
 
     def __post_init__(self) -> None:
         self.gen = torch.Generator().manual_seed(int(self.seed))
-        self._graphs: dict[tuple, tuple] = {}
+        self._graphs: dict[str, tuple] = {}  # view -> (its shapes, its graph and buffers)
         self.graph_failed: str | None = None
 
     def draw(self, kind: str, shape: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -625,11 +625,14 @@ class Augmenter:
     def _replay(self, images: torch.Tensor, kind: str, p: dict, device: torch.device):
         """``apply`` as a CUDA graph of this view and shape: the images and the draws are
         copied into the graph's input buffers, the graph replayed, its output copied out
-        (the next replay overwrites it)."""
-        key = (kind, tuple(images.shape), device, self.pad)
+        (the next replay overwrites it). One graph per view: another shape (the next
+        stage's batch) replaces it, and its memory pool is released."""
+        key = (tuple(images.shape), device, self.pad)
         key += tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(p.items()))
-        entry = self._graphs.get(key)
+        held = self._graphs.get(kind)
+        entry = held[1] if held is not None and held[0] == key else None
         if entry is None:
+            self._graphs.pop(kind, None)
             static_x = torch.empty(images.shape, dtype=images.dtype, device=device)
             static_p = {k: torch.empty(v.shape, dtype=v.dtype, device=device) for k, v in p.items()}
             static_x.copy_(images, non_blocking=True)
@@ -645,7 +648,7 @@ class Augmenter:
             with torch.cuda.graph(graph):
                 static_out = self.apply(static_x, kind, static_p, fixed_shapes=True)
             entry = (graph, static_x, static_p, static_out)
-            self._graphs[key] = entry
+            self._graphs[kind] = (key, entry)
         graph, static_x, static_p, static_out = entry
         static_x.copy_(images, non_blocking=True)
         for k, v in p.items():
