@@ -95,7 +95,8 @@ def test_graphed_losses_capture_once_per_shape_and_again_after_invalidate():
     grad the eager function runs. Values and gradients are the eager ones."""
     captured = []
 
-    def make_graphed(fn, sample):
+    def make_graphed(fn, sample, **kwargs):
+        assert kwargs == {"allow_unused_input": True}
         captured.append([tuple(t.shape) for t in sample])
         return fn
 
@@ -123,7 +124,7 @@ def test_graphed_losses_capture_once_per_shape_and_again_after_invalidate():
 def test_a_failed_capture_is_reported_once_and_the_losses_run_eagerly(caplog):
     calls = []
 
-    def refuses(fn, sample):
+    def refuses(fn, sample, **kwargs):
         calls.append(1)
         raise RuntimeError("operation not permitted when stream is capturing")
 
@@ -138,7 +139,7 @@ def test_a_failed_capture_is_reported_once_and_the_losses_run_eagerly(caplog):
 
 
 def test_the_cpu_is_never_captured():
-    def never(fn, sample):
+    def never(fn, sample, **kwargs):
         raise AssertionError("captured on the CPU")
 
     _, terms_of, targets, leaves = _salcr_setup("cpu")

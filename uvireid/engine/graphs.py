@@ -97,7 +97,7 @@ class GraphedLosses:
                 self.failed = f"{type(exc).__name__}: {exc}"
                 logger.warning(
                     "train.cuda_graphs: the losses could not be captured as a CUDA graph "
-                    "(%s); this run goes on with the eager losses",
+                    "(%s); this stage goes on with the eager losses",
                     self.failed,
                 )
                 self.graphs.clear()
@@ -121,7 +121,9 @@ class GraphedLosses:
         # the step's own values as samples: the warm-up runs index the memories with them
         sample = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in feats)
         sample += tuple(t.clone() for t in tgts)
-        graphed = self.make_graphed(flat, sample)
+        # a feature no term of this stage reads (PGM's stages leave out some views) has a
+        # zero gradient, not an error
+        graphed = self.make_graphed(flat, sample, allow_unused_input=True)
         return graphed, names
 
 
