@@ -187,3 +187,19 @@ def test_cuda_graphs_and_compiled_losses_do_not_combine(recipe_file):
         load_recipe(recipe_file, ["train.cuda_graphs=true", "train.compile_losses=true"])
     cfg = load_recipe(recipe_file, ["train.cuda_graphs=true", "train.tf32=true"])
     assert cfg["train"]["cuda_graphs"] and cfg["train"]["tf32"]
+
+
+def test_the_cuda_options_on_a_cpu_run_are_named_as_without_effect(recipe_file, caplog):
+    from uvireid.engine.trainer import Trainer
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file, ["train.cuda_graphs=true", "train.tf32=true"])
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    assert "train.cuda_graphs=true and train.tf32=true has no effect on cpu" in caplog.text
+    fns = [tr._loss_terms(st, tr.losses_of(st)) for st in tr.stages]
+    assert len(fns) == 2 and not any(isinstance(fn, GraphedLosses) for fn in fns)
+    assert not tr.augment.cuda_graphs or not tr.augment._graphs
+    caplog.clear()
+    cfg = load_recipe(recipe_file)
+    Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    assert "no effect" not in caplog.text

@@ -530,7 +530,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True)) and not bool(
                 tr.get("deterministic")
             )
-        elif tr.get("amp") and _amp_device(device) is None:
+        elif tr.get("cuda_graphs") or tr.get("tf32"):
+            logger.warning(
+                "%s has no effect on %s (CUDA only); this run trains as without it",
+                " and ".join(f"train.{k}=true" for k in ("cuda_graphs", "tf32") if tr.get(k)),
+                device,
+            )
+        if not on_cuda and tr.get("amp") and _amp_device(device) is None:
             logger.warning(
                 "train.amp=true has no effect on %s: bf16 autocast is used on CUDA and on "
                 "CPUs with native bf16 (AVX512-BF16 or AMX), where this is not; this run "
