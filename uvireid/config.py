@@ -99,7 +99,7 @@ class TrainSettings:
             (``uvireid.engine.graphs``), and each view's augmentation likewise
             (``Augmenter.cuda_graphs``): the host queues a few graph launches a step
             instead of the losses' thousand kernels and the augmentation's hundreds.
-            The same draws and values as without. Ignored on the CPU; a part that cannot
+            The same draws as without, the same values to float rounding. Ignored on the CPU; a part that cannot
             be captured is reported and runs eagerly. Not with ``compile_losses``. Off by
             default.
         tf32: float32 matrix products of the training step (the losses' products with the
