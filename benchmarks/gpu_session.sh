@@ -57,9 +57,9 @@ run overhead_graphs 100 bash -c '"$@" --tf32 --graphs; "$@" --amp --tf32 --graph
 # the top kernels of the eager step (a graph's kernels show as one "Graphed" op)
 run overhead_kernels 60 "${ovh[@]}" --amp --tf32 --kernels 30
 run loop_graphs 200 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 2 --cuda-graphs --tf32
-# the host's time in a SALCR iteration, function by function (cProfile: it slows the
-# host, so its times are shares, not rates): what sits around the graphed step
-run loop_profile 200 bash -c '"$1" -m cProfile -o "$2/loop.prof" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 1 --dcl-epochs 1 --cuda-graphs --tf32 && "$1" -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats(\"cumulative\").print_stats(\"uvireid\", 60)" "$2/loop.prof"' _ "$py" "$work"
+# where a graphed SALCR step's time goes, phase by phase (augment, targets, forward,
+# losses, backward, optimizer, memory updates: host time and time on the device's stream)
+run loop_phases 200 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 1 --cuda-graphs --tf32 --phases
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
 run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # the SALCR step with its losses through torch.compile (the first call compiles, ~90 s on

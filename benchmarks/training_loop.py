@@ -139,6 +139,160 @@ def sysu_evaluation_seconds(device, per_image_extract: float, scale: float = 1.0
     }
 
 
+class PhaseTimer:
+    """Where a training step's time goes, phase by phase, in one chosen epoch (``--phases``):
+    the trainer's own methods wrapped for the run (the augmentation, the targets, the
+    model's forward, the losses, the backward pass, the optimiser step, the memory
+    updates, and the whole step; "other" is the step's rest), each timed on the host
+    (``perf_counter``) and, on CUDA, on the device's stream (events around it, read after
+    the epoch: time between them in stream order, idle gaps included, so a phase the host
+    is slow to queue reads long on both). The timing itself adds two event records per
+    phase and step to the timed epoch."""
+
+    PHASES = ("augment", "targets", "forward", "losses", "backward", "optimizer", "updates")
+
+    def __init__(self, epoch: int, cuda: bool):
+        self.epoch, self.cuda = epoch, cuda
+        self.on = self.active = False
+        self.marks: dict[str, list] = {p: [] for p in ("step", *self.PHASES)}
+        self.steps = 0
+
+    def start(self):
+        """A phase's start mark: (host time, CUDA event or None), None when not timing."""
+        if not self.on:
+            return None
+        ev = None
+        if self.cuda:
+            ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            ev[0].record()
+        return time.perf_counter(), ev
+
+    def stop(self, phase: str, mark) -> None:
+        if mark is None:
+            return
+        host = time.perf_counter() - mark[0]
+        if mark[1] is not None:
+            mark[1][1].record()
+        self.marks[phase].append((host, mark[1]))
+
+    def timed(self, phase: str, fn):
+        def run(*args, **kwargs):
+            mark = self.start()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stop(phase, mark)
+
+        return run
+
+    def hooked(self, phase: str, register_pre, register_post) -> None:
+        """Time a phase through a pre- and a post-hook (a module's forward, an optimiser's
+        step: wrapping those methods would hide them from their own machinery)."""
+        pending = []
+        register_pre(lambda *a, **k: pending.append(self.start()))
+        register_post(lambda *a, **k: self.stop(phase, pending.pop()) if pending else None)
+
+    def install(self) -> None:
+        """Wrap the trainer's methods (for this process: a benchmark's run)."""
+        from uvireid.data.transforms import Augmenter
+        from uvireid.engine import trainer as tm
+
+        timer = self
+        self.undo = [
+            (owner, name, getattr(owner, name))
+            for owner, name in (
+                (Augmenter, "__call__"),
+                (tm.Trainer, "_targets"),
+                (tm.Trainer, "step"),
+                (tm.Trainer, "_loss_terms"),
+                (tm.Trainer, "train_epoch"),
+                (torch.Tensor, "backward"),
+            )
+        ]
+        Augmenter.__call__ = self.timed("augment", Augmenter.__call__)
+        tm.Trainer._targets = self.timed("targets", tm.Trainer._targets)
+        step = self.timed("step", tm.Trainer.step)
+
+        def stepped(*args, **kwargs):  # phases count inside the chosen epoch's steps only
+            if not timer.active:
+                return step(*args, **kwargs)
+            timer.on, timer.steps = True, timer.steps + 1
+            try:
+                return step(*args, **kwargs)
+            finally:
+                timer.on = False
+
+        tm.Trainer.step = stepped
+        loss_terms = tm.Trainer._loss_terms
+        tm.Trainer._loss_terms = lambda tr, st, losses: self.timed(
+            "losses", loss_terms(tr, st, losses)
+        )
+        torch.Tensor.backward = self.timed("backward", torch.Tensor.backward)
+        epoch_fn = tm.Trainer.train_epoch
+
+        def train_epoch(tr, epoch):
+            if not getattr(tr, "_phase_hooks", False):
+                tr._phase_hooks = True
+                opt, model = tr.optimizer, tr.ddp_model
+                self.hooked("optimizer", opt.register_step_pre_hook, opt.register_step_post_hook)
+                self.hooked("forward", model.register_forward_pre_hook, model.register_forward_hook)
+                for st in tr.stages:
+                    for loss in tr.losses_of(st):
+                        if hasattr(loss, "update"):
+                            loss.update = self.timed("updates", loss.update)
+            timer.active = epoch == timer.epoch
+            try:
+                return epoch_fn(tr, epoch)
+            finally:
+                timer.active = False
+
+        tm.Trainer.train_epoch = train_epoch
+
+    def uninstall(self) -> None:
+        """Put the wrapped methods back (the trainer's instances keep their wrappers)."""
+        for owner, name, fn in reversed(getattr(self, "undo", [])):
+            setattr(owner, name, fn)
+        self.undo = []
+
+    def table(self) -> list[str]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        n = max(self.steps, 1)
+
+        def total(phase: str) -> tuple[float, float | None]:
+            marks = self.marks[phase]
+            host = sum(h for h, _ in marks) / n
+            dev = (
+                sum(e[0].elapsed_time(e[1]) / 1e3 for _, e in marks if e) / n if self.cuda else None
+            )
+            return host, dev
+
+        whole = total("step")
+        rows = [
+            f"phases of epoch {self.epoch} ({self.steps} steps; ms per step; device = between "
+            f"CUDA events on the stream)",
+            "| phase | host ms | device ms | share of the step (host) |",
+            "|---|---:|---:|---:|",
+        ]
+        rest_h, rest_d = whole[0], whole[1]
+        for phase in self.PHASES:
+            h, d = total(phase)
+            rest_h -= h
+            if d is not None:
+                rest_d -= d
+            ds = "-" if d is None else f"{1e3 * d:.2f}"
+            rows.append(
+                f"| {phase} | {1e3 * h:.2f} | {ds} | {100 * h / max(whole[0], 1e-12):.0f} % |"
+            )
+        ds = "-" if rest_d is None else f"{1e3 * rest_d:.2f}"
+        rows.append(
+            f"| other | {1e3 * rest_h:.2f} | {ds} | {100 * rest_h / max(whole[0], 1e-12):.0f} % |"
+        )
+        ds = "-" if whole[1] is None else f"{1e3 * whole[1]:.2f}"
+        rows.append(f"| whole step | {1e3 * whole[0]:.2f} | {ds} | 100 % |")
+        return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -163,6 +317,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--tf32", action="store_true", help="train.tf32 (float32 products in TF32 on CUDA)"
+    )
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="time each phase of the last epoch's training steps (host, and device on CUDA)",
     )
     ap.add_argument("--out", default=None, help="run folder parent (default: a temp dir)")
     ap.add_argument("--json", default=None)
@@ -213,8 +372,16 @@ def main(argv=None) -> int:
     bare_before = bare_step_rate(
         arch, height, width, salcr_batch["ids"] * salcr_batch["images"], device, args.amp, reps
     )
+    timer = None
+    if args.phases:
+        timer = PhaseTimer(args.dcl_epochs + args.epochs - 1, device.type == "cuda")
+        timer.install()
     t0 = time.perf_counter()
-    folder = run_recipe(cfg, progress=False)
+    try:
+        folder = run_recipe(cfg, progress=False)
+    finally:
+        if timer is not None:
+            timer.uninstall()
     wall = time.perf_counter() - t0
     lines = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0 and "seconds" in m]
     batch = {  # images per modality and step (the visible ones also pass as CA views)
@@ -263,6 +430,8 @@ def main(argv=None) -> int:
         f"{bare:.1f} images/s; the last SALCR epoch against each: "
         f"{100 * salcr[-1]['rate'] / bare_before:.0f} % / {100 * salcr[-1]['rate'] / bare:.0f} %"
     )
+    if timer is not None:
+        print("\n".join(timer.table()))
     n_train = sum(folder_counts(folder))
     per_img_extract = salcr[-1]["extract"] / max(n_train, 1)
     n_sysu = sum(SYSU_TRAIN)

@@ -51,17 +51,30 @@ def test_training_overhead_step_makes_no_device_wait(bench, capsys):
 def test_training_loop_quick_projects_both_stages(bench, tmp_path, capsys):
     import training_loop
 
+    from uvireid.data.transforms import Augmenter
+    from uvireid.engine.trainer import Trainer
+
+    before = (Augmenter.__call__, Trainer.step, Trainer.train_epoch)
     out = tmp_path / "loop.json"
-    assert (
-        training_loop.main(["--quick", "--iters", "2", "--out", str(tmp_path), "--json", str(out)])
-        == 0
-    )
+    args = ["--quick", "--iters", "2", "--out", str(tmp_path), "--json", str(out), "--phases"]
+    assert training_loop.main(args) == 0
+    # --phases wrapped the trainer's methods for the run only
+    assert (Augmenter.__call__, Trainer.step, Trainer.train_epoch) == before
+    text = capsys.readouterr().out
+    rows = {
+        line.split("|")[1].strip(): float(line.split("|")[2])
+        for line in text.split("phases of epoch 3 (2 steps")[1].splitlines()[3:12]
+    }
+    assert list(rows) == [*training_loop.PhaseTimer.PHASES, "other", "whole step"]
+    phases = sum(v for k, v in rows.items() if k not in ("other", "whole step"))
+    assert rows["other"] >= 0 and phases + rows["other"] == pytest.approx(rows["whole step"])
+    assert min(rows["augment"], rows["forward"], rows["backward"], rows["updates"]) > 0
     doc = json.loads(out.read_text())
     assert {r["stage"] for r in doc["rows"]} == {"dcl", "salcr"}
     assert set(doc["bare"]) == {"dcl", "salcr"} and all(v > 0 for v in doc["bare"].values())
     assert doc["pseudo_labels"]["n_v"] > 0 and doc["pseudo_labels"]["cluster"] > 0
     assert doc["evaluation"]["reranked"] > 0 and doc["hours"] > 0
-    assert "projected salcr.yaml" in capsys.readouterr().out
+    assert "projected salcr.yaml" in text
 
 
 def test_association_trace_figures_against_a_loop(bench):
