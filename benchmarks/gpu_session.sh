@@ -2,6 +2,8 @@
 # Every GPU measurement the open issues ask for, as one prepared script:
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
+# The next device session (after session 13): STEPS="tests_cuda tests_graphs
+# overhead_kernels loop_phases demo" (about 8 minutes on an H200).
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
