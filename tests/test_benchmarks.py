@@ -67,7 +67,9 @@ def test_training_loop_quick_projects_both_stages(bench, tmp_path, capsys):
     }
     assert list(rows) == [*training_loop.PhaseTimer.PHASES, "other", "whole step"]
     phases = sum(v for k, v in rows.items() if k not in ("other", "whole step"))
-    assert rows["other"] >= 0 and phases + rows["other"] == pytest.approx(rows["whole step"])
+    # the table prints 2 decimals: its 8 summed rows carry up to 8 x 0.005 of rounding
+    assert rows["other"] >= 0
+    assert phases + rows["other"] == pytest.approx(rows["whole step"], abs=0.045)
     assert min(rows["augment"], rows["forward"], rows["backward"], rows["updates"]) > 0
     doc = json.loads(out.read_text())
     assert {r["stage"] for r in doc["rows"]} == {"dcl", "salcr"}
