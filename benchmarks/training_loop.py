@@ -1,6 +1,7 @@
 """Where an epoch's time goes: the whole training loop against the bare training step.
 
     python benchmarks/training_loop.py --device cuda [--amp] [--ids 500] [--iters 100]
+                                       [--cuda-graphs] [--tf32] [--phases]
     python benchmarks/training_loop.py --quick            # CPU, tiny, checks the script
 
 Issue 5 item 9: run the SALCR recipe's parts (two-stream ResNet-50 at 288x144, the salcr
