@@ -271,67 +271,43 @@ def jitter_params(
     return f, order
 
 
-def apply_jitter(
-    x01: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, fixed_shapes: bool = False
-) -> torch.Tensor:
+def apply_jitter(x01: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """:func:`color_jitter` with given ``factors`` and ``order`` (:func:`jitter_params`):
     each image gets its four operations in its own order. The operations are those of
     torchvision's tensor ``ColorJitter``: brightness ``f x``, contrast ``f x + (1 - f)
     mean(gray(x))``, saturation ``f x + (1 - f) gray(x)``, each clamped to [0, 1], and hue
     (a rotation of the HSV hue by the shift, in turns).
 
-    Two ways to the same values (equal bit for bit, tested): by default each of the four
-    steps gathers the images of each operation (the row lists found on the host) and
-    computes that operation on them alone; ``fixed_shapes`` computes every operation on
-    the whole batch at each step and keeps each image's own (the three linear ones as one
-    ``a x + b gray(x) + c mean(gray(x))`` whose coefficients give each its formula, and
-    ``1 x + 0 + 0``, exactly x, for an image whose step is the hue): no gathers and no
-    shapes that depend on the draws, as a CUDA graph needs, for four hue rotations of the
-    batch instead of one (2.5x the CPU time)."""
-    if fixed_shapes:
-        return _jitter_whole_batch(x01, factors, order)
-    x = x01.clone()
-    f = factors.to(x.device, x.dtype)
-    order = order.cpu()  # the rows of each (step, op) are found on the host: no device wait
-    groups = [(order[:, step] == op).nonzero().squeeze(1) for step in range(4) for op in range(4)]
-    rows_all = to_device(torch.cat(groups), x.device).split([len(g) for g in groups])
-    for op, rows in zip([o for _ in range(4) for o in range(4)], rows_all):
-        if rows.numel() == 0:
-            continue
-        xi, fi = x[rows], f[rows, op][:, None, None, None]
-        if op == 0:
-            out = xi * fi
-        elif op == 1:
-            out = fi * xi + (1 - fi) * _gray(xi).mean((2, 3), keepdim=True)
-        elif op == 2:
-            out = fi * xi + (1 - fi) * _gray(xi)
-        else:
-            hsv = rgb_to_hsv(xi)
-            hsv[:, 0] = (hsv[:, 0] + fi[:, 0]) % 1.0
-            out = hsv_to_rgb(hsv)
-        x[rows] = out.clamp(0, 1)
-    return x
-
-
-def _jitter_whole_batch(x01: torch.Tensor, factors: torch.Tensor, order: torch.Tensor):
-    """:func:`apply_jitter` with ``fixed_shapes``."""
+    The whole batch at once, in a fixed set of kernels (no per-image or per-operation
+    gathers, no value read back, no shape that depends on the draws: what a CUDA graph
+    needs): each image's one hue step splits its operations into the linear ones before
+    it, the hue rotation and the linear ones after it. Four linear steps over the batch,
+    each ``a x + b gray(x) + c mean(gray(x))`` with per-image coefficients that give an
+    image its operation's formula, or ``1 x + 0 + 0`` (exactly x) where it has none at
+    that step; one hue rotation of the batch; four linear steps again."""
     x = x01
     f = factors.to(x.device, x.dtype)
     order = order.to(x.device)
+    hue_step = (order == 3).long().argmax(1, keepdim=True)  # (b, 1)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    for step in range(4):
-        op = order[:, step : step + 1]  # (b, 1)
-        fo = f.gather(1, op)  # this step's factor of each image
+
+    def linear(x: torch.Tensor, step: int, on: torch.Tensor) -> torch.Tensor:
+        op = order[:, step : step + 1]
+        fo = f.gather(1, op)
         rest = 1 - fo
-        a = torch.where(op == 3, torch.ones_like(fo), fo)[:, :, None, None]
-        gw = torch.where(op == 2, rest, zero)[:, :, None, None]  # saturation: gray(x)
-        mw = torch.where(op == 1, rest, zero)[:, :, None, None]  # contrast: its mean
+        a = torch.where(on, fo, torch.ones_like(fo))[:, :, None, None]
+        gw = torch.where(on & (op == 2), rest, zero)[:, :, None, None]  # saturation
+        mw = torch.where(on & (op == 1), rest, zero)[:, :, None, None]  # contrast
         g = _gray(x)
-        linear = a * x + gw * g + mw * g.mean((2, 3), keepdim=True)
-        hsv = rgb_to_hsv(x)
-        shift = torch.where(op == 3, fo, zero)[:, 0, None, None]
-        hsv = torch.cat([((hsv[:, 0] + shift) % 1.0)[:, None], hsv[:, 1:]], 1)
-        x = torch.where((op == 3)[:, :, None, None], hsv_to_rgb(hsv), linear).clamp(0, 1)
+        return (a * x + gw * g + mw * g.mean((2, 3), keepdim=True)).clamp(0, 1)
+
+    for step in range(4):
+        x = linear(x, step, step < hue_step)
+    hsv = rgb_to_hsv(x)
+    hsv = torch.cat([((hsv[:, 0] + f[:, 3, None, None]) % 1.0)[:, None], hsv[:, 1:]], 1)
+    x = hsv_to_rgb(hsv).clamp(0, 1)
+    for step in range(4):
+        x = linear(x, step, step > hue_step)
     return x
 
 
@@ -566,18 +542,16 @@ class Augmenter:
             p.update(_adaptive_gray_params(b, self.gray_p, self.gen))
         return p
 
-    def apply(
-        self, images: torch.Tensor, kind: str, p: dict, fixed_shapes: bool = False
-    ) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, kind: str, p: dict) -> torch.Tensor:
         """The arithmetic of one view on ``images`` (uint8, on their device) with the
-        draws ``p`` (:meth:`draw`, on the same device); ``fixed_shapes``: every kernel's
-        shape fixed by the batch's, as a CUDA graph needs (:func:`apply_jitter`)."""
+        draws ``p`` (:meth:`draw`, on the same device): every kernel's shape fixed by the
+        batch's, as a CUDA graph needs."""
         x = images.float().div_(255.0)
         x = _apply_crop_flip(x, self.pad, p)
         if "ltg_rects" in p:
             x = _apply_ltg_patch(x, p["ltg_hit"].to(x.device), p)[0]
         elif "jitter_f" in p:
-            x = apply_jitter(x, p["jitter_f"], p["jitter_order"], fixed_shapes)
+            x = apply_jitter(x, p["jitter_f"], p["jitter_order"])
         x = normalize(x)
         if "erase_rects" in p:
             x = _apply_erasing(x, p)
@@ -642,11 +616,11 @@ class Augmenter:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up, as the capture wants
                 for _ in range(2):
-                    self.apply(static_x, kind, static_p, fixed_shapes=True)
+                    self.apply(static_x, kind, static_p)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self.apply(static_x, kind, static_p, fixed_shapes=True)
+                static_out = self.apply(static_x, kind, static_p)
             entry = (graph, static_x, static_p, static_out)
             self._graphs[kind] = (key, entry)
         graph, static_x, static_p, static_out = entry
