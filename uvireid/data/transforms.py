@@ -546,7 +546,7 @@ class Augmenter:
         """The arithmetic of one view on ``images`` (uint8, on their device) with the
         draws ``p`` (:meth:`draw`, on the same device): every kernel's shape fixed by the
         batch's, as a CUDA graph needs."""
-        x = images.float().div_(255.0)
+        x = images.float() / 255.0
         x = _apply_crop_flip(x, self.pad, p)
         if "ltg_rects" in p:
             x = _apply_ltg_patch(x, p["ltg_hit"].to(x.device), p)[0]
@@ -569,7 +569,7 @@ class Augmenter:
         """
         device = torch.device(device)
         if kind == "test":
-            return normalize(images.to(device, non_blocking=True).float().div_(255.0))
+            return normalize(images.to(device, non_blocking=True).float() / 255.0)
         if kind == "visible" and self.ltg_official and self.ltg_p > 0:
             return self._official_ltg_view(images, device)
         p = self.draw(kind, images.shape)
@@ -591,7 +591,7 @@ class Augmenter:
         """The visible view with the official LTG loop, eagerly (the loop reads the device
         back each round, a number of rounds no graph can hold): the same draws, in the
         same order, as :meth:`draw` and :meth:`apply` take them for the other views."""
-        x = images.to(device, non_blocking=True).float().div_(255.0)
+        x = images.to(device, non_blocking=True).float() / 255.0
         x = pad_crop_flip(x, self.pad, self.gen)
         x = ltg(x, self.ltg_p, self.gen, official=True)
         return random_erasing(normalize(x), self.erasing_p, self.gen)
