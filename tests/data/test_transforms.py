@@ -368,3 +368,12 @@ def test_augmentation_replayed_as_cuda_graphs_equals_the_eager_one():
     official = Augmenter(pad=3, seed=7, ltg_p=0.5, ltg_official=True, cuda_graphs=True)
     official(images.cuda(), "visible", "cuda")
     assert not official._graphs
+
+
+def test_augmenter_leaves_its_input_batch_as_it_was():
+    images = torch.randint(0, 256, (4, 3, 16, 8), generator=_gen(2)).float()
+    keep = images.clone()
+    aug = Augmenter(pad=2, seed=1)
+    for kind in ("test", "visible", "visible_ca", "infrared"):
+        aug(images, kind, "cpu")
+        assert torch.equal(images, keep), kind
