@@ -99,9 +99,9 @@ class TrainSettings:
             (``uvireid.engine.graphs``), and each view's augmentation likewise
             (``Augmenter.cuda_graphs``): the host queues a few graph launches a step
             instead of the losses' thousand kernels and the augmentation's hundreds.
-            The same draws as without, the same values to float rounding. Ignored on the CPU; a part that cannot
-            be captured is reported and runs eagerly. Not with ``compile_losses``. Off by
-            default.
+            The same draws as without, the same values to float rounding. Ignored on the
+            CPU; a part that cannot be captured is reported and runs eagerly. Not with
+            ``compile_losses``. Off by default.
         tf32: float32 matrix products of the training step (the losses' products with the
             memories, which stay float32 under ``amp``) in TF32 on CUDA, as cuDNN's
             convolutions already are by default; evaluation keeps full float32. Off by

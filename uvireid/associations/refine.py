@@ -32,8 +32,9 @@ def check_k_tr(k_tr: int | None, who: str) -> int | None:
     """``k_tr`` as an int (or None = no refinement); raises :class:`ConfigError` if < 1."""
     if k_tr is None:
         return None
-    real = isinstance(k_tr, (int, float, np.integer, np.floating)) and not isinstance(k_tr, bool)
-    if not real or int(k_tr) != k_tr or int(k_tr) < 1:
+    from uvireid.rerank.inputs import is_real
+
+    if not is_real(k_tr) or int(k_tr) != k_tr or int(k_tr) < 1:
         raise ConfigError(
             f"{who}: k_tr must be a positive integer (SALCR: 30 on SYSU-MM01, 8 on RegDB) "
             f"or null to skip CMFP(tr), got {k_tr!r}"

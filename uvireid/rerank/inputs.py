@@ -107,10 +107,14 @@ def check_k(value: Any, name: str, who: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python or numpy; a bool is not)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
 def check_real(value: Any, name: str, who: str, lo: float, hi: float = math.inf) -> float:
     """A real hyper-parameter in ``[lo, hi]`` (ConfigError otherwise)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or not lo <= float(value) <= hi:
+    if not is_real(value) or not lo <= float(value) <= hi:
         span = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
         raise ConfigError(f"{who}: {name} must be a number {span}, got {value!r}")
     return float(value)
@@ -118,8 +122,7 @@ def check_real(value: Any, name: str, who: str, lo: float, hi: float = math.inf)
 
 def check_positive(value: Any, name: str, who: str) -> float:
     """A real hyper-parameter ``> 0`` (ConfigError otherwise, naming a wrong type too)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or not float(value) > 0:
+    if not is_real(value) or not float(value) > 0:
         raise ConfigError(f"{who}: {name} must be a number > 0, got {value!r}")
     return float(value)
 
