@@ -609,9 +609,12 @@ class Augmenter:
             self._graphs.pop(kind, None)
             static_x = torch.empty(images.shape, dtype=images.dtype, device=device)
             static_p = {k: torch.empty(v.shape, dtype=v.dtype, device=device) for k, v in p.items()}
-            static_x.copy_(images, non_blocking=True)
-            for k, v in p.items():
-                static_p[k].copy_(to_device(v, device))
+        else:
+            graph, static_x, static_p, static_out = entry
+        static_x.copy_(images, non_blocking=True)
+        for k, v in p.items():
+            static_p[k].copy_(v.pin_memory(), non_blocking=True)
+        if entry is None:  # capture, on this call's inputs
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up, as the capture wants
@@ -621,12 +624,7 @@ class Augmenter:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self.apply(static_x, kind, static_p)
-            entry = (graph, static_x, static_p, static_out)
-            self._graphs[kind] = (key, entry)
-        graph, static_x, static_p, static_out = entry
-        static_x.copy_(images, non_blocking=True)
-        for k, v in p.items():
-            static_p[k].copy_(v.pin_memory(), non_blocking=True)
+            self._graphs[kind] = (key, (graph, static_x, static_p, static_out))
         graph.replay()
         return static_out.clone()
 
