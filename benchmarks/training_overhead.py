@@ -34,6 +34,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from uvireid.engine.graphs import GraphedLosses  # noqa: E402
 from uvireid.engine.profiling import profile_ops  # noqa: E402
 from uvireid.losses import (  # noqa: E402
     DualClusterContrastLoss,
@@ -109,22 +110,8 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
         return dagl(o, t) + fgsal(o, t) + 0.5 * gpcr(o, t)
 
     compiled_losses = []  # made on first use (train.compile_losses)
-    graphed_losses = []  # made on first use (--graphs)
-
-    def graphed(o: StepOutputs, t: StepTargets) -> torch.Tensor:
-        """The SALCR losses' forward and backward replayed as two CUDA graphs (captured on
-        first use; the step's targets and the memories stay at fixed addresses here, as a
-        graph needs): the step without the losses' kernel launches on the host."""
-        keys = sorted(o.parts)
-        args = (o.feat_v, o.feat_a, o.feat_r, *(o.parts[kk] for kk in keys))
-        if not graphed_losses:
-
-            def fn(fv, fa, fr, *rest):
-                return salcr_losses(StepOutputs(fv, fa, fr, dict(zip(keys, rest))), t)
-
-            sample = tuple(a.detach().clone().requires_grad_() for a in args)
-            graphed_losses.append(torch.cuda.make_graphed_callables(fn, sample))
-        return graphed_losses[0](*args)
+    # --graphs: the trainer's train.cuda_graphs wrapper (the step's targets copied in too)
+    graphed = GraphedLosses(lambda o, t: (salcr_losses(o, t), {}))
 
     def step(full: bool, sync: bool = True, compiled: bool | str = False) -> None:
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
@@ -137,7 +124,9 @@ def build_steps(arch, height, width, s, num_parts, memory, clusters, device, amp
         if full:
             o.parts = {kk: v.float() for kk, v in pf.items()}
             if compiled == "graphs":
-                loss = graphed(o, targets)
+                loss = graphed(o, targets)[0]
+                if graphed.failed:  # GraphedLosses runs eagerly then; the figure would lie
+                    raise RuntimeError(graphed.failed)
             else:
                 if compiled and not compiled_losses:
                     compiled_losses.append(torch.compile(salcr_losses))
@@ -244,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "--graphs",
         action="store_true",
         help="also time the SALCR step with its losses' forward and backward as CUDA graphs "
-        "(torch.cuda.make_graphed_callables; CUDA only): the step without the losses' "
+        "(train.cuda_graphs' GraphedLosses; CUDA only): the step without the losses' "
         "launches on the host",
     )
     ap.add_argument(
