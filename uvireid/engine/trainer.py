@@ -829,7 +829,7 @@ class Trainer:
         host = StepTargets(*flat.split(sizes), paired=paired)
         if torch.device(self.device).type == "cpu":
             return host
-        dev = to_device(flat, torch.device(self.device)).split(sizes)
+        dev = to_device(flat, self.device).split(sizes)
         return StepTargets(*dev, paired=paired, host=host)
 
     def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
