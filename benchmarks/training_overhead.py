@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -157,6 +158,74 @@ def count_ops(step, full: bool) -> tuple[int, int]:
     return len(waits), kernels
 
 
+def count_flops(step, full: bool) -> Counter:
+    """Floating-point operations of one step, ``{(op, dtype): flops}``: each matrix
+    product and convolution (forward and backward) the step dispatches, counted with
+    torch's own FLOP formulas (:mod:`torch.utils.flop_counter`), under the dtype of its
+    first input (bf16 products run under autocast, float32 ones in the losses). What a
+    device must compute whatever its launches: the arithmetic floor of a step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    counts: Counter = Counter()
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                first = next(a for a in args if isinstance(a, torch.Tensor))
+                op = str(func._overloadpacket).removeprefix("aten.")
+                counts[op, str(first.dtype).removeprefix("torch.")] += formula(
+                    *args, **kwargs, out_val=out
+                )
+            return out
+
+    with _Count():
+        step(full)
+    return counts
+
+
+def flop_table(step, amp: bool) -> list[str]:
+    """Markdown rows: the FLOPs of a plain and a SALCR step by dtype, what FGSAL + GPCR
+    add, and the products that add them."""
+    plain, salcr = count_flops(step, False), count_flops(step, True)
+
+    def by_dtype(c: Counter) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (_, dt), v in c.items():
+            out[dt] = out.get(dt, 0.0) + v
+        return out
+
+    added = salcr.copy()
+    added.subtract(plain)
+    dtypes = sorted(set(by_dtype(plain)) | set(by_dtype(salcr)))
+    total_plain = sum(plain.values())
+    rows = [
+        "| step | " + " | ".join(f"GFLOP {d}" for d in dtypes) + " | GFLOP | vs plain |",
+        "|---|" + "---:|" * (len(dtypes) + 2),
+    ]
+    for title, c in (("plain (backbone + DAGL)", plain), ("SALCR (+ FGSAL + GPCR)", salcr)):
+        d = by_dtype(c)
+        rows.append(
+            f"| {title} | "
+            + " | ".join(f"{d.get(k, 0.0) / 1e9:.1f}" for k in dtypes)
+            + f" | {sum(c.values()) / 1e9:.1f} | {sum(c.values()) / total_plain:.3f} |"
+        )
+    rows.append("")
+    rows.append("FGSAL + GPCR add, by product (GFLOP, forward and backward):")
+    for (op, dt), v in sorted(added.items(), key=lambda kv: -kv[1]):
+        if v > 0:
+            rows.append(f"- {op} ({dt}): {v / 1e9:.2f} ({v / total_plain:.1%} of the plain step)")
+    if amp:
+        rows.append(
+            "(the float32 products run in float32 or TF32, on an H100/H200 at half the "
+            "bf16 tensor-core rate or less)"
+        )
+    return rows
+
+
 def host_and_kernels(step, full: bool, device: str, steps: int = 3, top: int = 0) -> dict:
     """Where a step's time goes on a GPU: the host's time to queue it (the step without the
     final synchronisation; the device still running), the whole step, and the summed time
@@ -222,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         "--count-ops",
         action="store_true",
         help="also count each step's host-device synchronisations and kernel ops (profiler)",
+    )
+    ap.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count each step's floating-point operations by dtype (torch's FLOP "
+        "formulas; the same on any device): the arithmetic FGSAL + GPCR add",
     )
     ap.add_argument(
         "--compile",
@@ -330,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|")
         for full, title in ((False, "plain (backbone + DAGL)"), (True, "SALCR (+ FGSAL + GPCR)")):
             print(f"| {title} | {counts[full][0]} | {counts[full][1]} |")
+    if args.flops:
+        print("\n" + "\n".join(flop_table(step, args.amp)))
     if args.kernels is not None:
         print("| step | host queueing s | whole step s | kernels s | kernels launched |")
         print("|---|---|---|---|---|")

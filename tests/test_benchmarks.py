@@ -47,6 +47,35 @@ def test_training_overhead_step_makes_no_device_wait(bench, capsys):
     assert 0 < kernels[0] < kernels[1]
 
 
+def test_training_overhead_counts_the_flops_fgsal_and_gpcr_add(bench):
+    """``--flops``: the per-dtype counts add up to torch's own FLOP counter, the backbone's
+    convolutions are the same in both steps, and what SALCR adds holds at least GPCR's
+    part products as its equations give them."""
+    import torch
+    import training_overhead as to
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s, p, n = 4, 3, 40
+    step, model, _ = to.build_steps("resnet18", 64, 32, s, p, n, 6, "cpu", images=2)
+    step(True)  # the lazily made parts of the first call out of the count
+    plain, salcr = to.count_flops(step, False), to.count_flops(step, True)
+    mode = FlopCounterMode(display=False)
+    with mode:
+        step(True)
+    assert sum(salcr.values()) == mode.get_total_flops()
+    conv = ("convolution", "convolution_backward")
+    assert [plain[c, "float32"] for c in conv] == [salcr[c, "float32"] for c in conv]
+    assert plain["convolution", "float32"] > 0
+    d = model.out_dim
+    # the (P, 9S, N) part logits against each modality's part memory, forward and the
+    # gradient with respect to the queries (the memories take none): 2 x 2 x 2 P 9S N d
+    gpcr_parts = 2 * 2 * 2 * p * 9 * s * n * d
+    assert salcr["bmm", "float32"] - plain["bmm", "float32"] >= gpcr_parts
+    rows = to.flop_table(step, amp=False)
+    assert rows[2].startswith("| plain") and rows[3].startswith("| SALCR")
+    assert any(r.startswith("- bmm (float32)") for r in rows)
+
+
 @pytest.mark.slow
 def test_training_loop_quick_projects_both_stages(bench, tmp_path, capsys):
     import training_loop

@@ -10,12 +10,12 @@ reach:
 - ``"faiss"``: faiss ``IndexFlatIP`` / ``IndexFlatL2`` (exact, float32; faiss-gpu when the
   input is on a CUDA device and faiss has GPU support, faiss-cpu otherwise).
 - ``"faiss-ivf"``: APPROXIMATE search with a faiss inverted-file index (``IndexIVFFlat``,
-  4 sqrt(Nb) cells, 16 probed), near-linear in N; for million-image CMFP on a CPU, where
-  exact search is quadratic. Not the default anywhere.
+  4 sqrt(Nb) cells, 16 probed), about ``N^1.5`` (measured ``N^1.45`` from 100k to 1M); for
+  million-image CMFP on a CPU, where exact search is quadratic. Not the default anywhere.
 - ``"ivf"``: APPROXIMATE search with uvireid's own two-level inverted file in torch
-  (:mod:`uvireid.clustering.ivf`: cells of ~256 points, 16 scanned per query, scans as
-  matrix products), near-linear in N, on the CPU or a GPU, without faiss. Not the default
-  anywhere.
+  (:mod:`uvireid.clustering.ivf`: cells of ~32 points, 16 scanned per query, scans as
+  matrix products), about ``N^1.2`` from 100k to 1M (exact search: ``N^2``), on the CPU
+  or a GPU, without faiss. Not the default anywhere.
 - ``"auto"``: faiss-gpu for float32 CUDA input when faiss has GPU support, the torch path
   otherwise. On the CPU the torch path is the default because it measured ~3x faster than
   faiss-cpu ``IndexFlatIP`` here (5k x 100k, d=256: 4.7 s vs 15.3 s on 2 Xeon cores) and
@@ -306,8 +306,8 @@ def _knn_faiss_ivf(
     """APPROXIMATE search: faiss ``IndexIVFFlat`` with ``nlist = 4 sqrt(Nb)`` cells (at
     least 39 training points each, faiss' minimum), trained (10 k-means rounds) on a
     seeded sample of at most 40 points per cell, probing :data:`IVF_NPROBE` cells per query. Time about
-    O(Nq * Nb * d * nprobe / nlist) instead of O(Nq * Nb * d): near-linear in N where
-    exact search is quadratic. Rows whose probed cells hold fewer than k points are
+    O(Nq * Nb * d * nprobe / nlist) = O(Nq sqrt(Nb) d) instead of O(Nq * Nb * d): about
+    ``N^1.5`` where exact search is quadratic. Rows whose probed cells hold fewer than k points are
     searched exactly. Deterministic for a given input, seed and thread count."""
     import faiss
 
@@ -422,9 +422,10 @@ def knn(
         k: neighbours per row; clamped to Nb (a debug message says so).
         metric: ``"ip"``, ``"cosine"`` or ``"l2"`` (see the module docstring).
         backend: ``"auto"``, ``"faiss"`` or ``"torch"`` (exact), or ``"ivf"`` /
-            ``"faiss-ivf"``: APPROXIMATE (an inverted-file index; near-linear time in N, neighbours that
-            may differ from the exact ones: use it where exact search is too slow, e.g.
-            CMFP over a million images on a CPU, and measure its recall on your data).
+            ``"faiss-ivf"``: APPROXIMATE (an inverted-file index; time about ``N^1.2`` /
+            ``N^1.5`` where exact search is ``N^2``; neighbours that may differ from the
+            exact ones: use it where exact search is too slow, e.g. CMFP over a million
+            images on a CPU, and measure its recall on your data).
         block_rows: query rows per score tile of the torch path (default: a tile of at most
             256 MiB on the CPU, 512 MiB on a GPU); rows (and columns) per square tile of a
             self search (default: about Nq / 8, at least 1,024).

@@ -462,7 +462,7 @@ def affinity_blocks(
         mode: ``"dense"``, ``"sparse"`` or ``"auto"`` (see the module docstring).
         backend: kNN backend of the sparse path (:func:`uvireid.clustering.knn.knn`);
             ``"ivf"`` (uvireid's torch inverted file, any device) and ``"faiss-ivf"``
-            are approximate (near-linear time; the blocks then hold approximate
+            are approximate (sub-quadratic time; the blocks then hold approximate
             neighbours; a row whose found candidates tie at the k-th place is still
             re-scored against the whole base set to keep every tied entry, O(Nb d) for
             each such row, as on the exact path).
