@@ -51,7 +51,6 @@ def test_training_overhead_counts_the_flops_fgsal_and_gpcr_add(bench):
     """``--flops``: the per-dtype counts add up to torch's own FLOP counter, the backbone's
     convolutions are the same in both steps, and what SALCR adds holds at least GPCR's
     part products as its equations give them."""
-    import torch
     import training_overhead as to
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -171,6 +171,37 @@ def test_ivf_finds_most_neighbours_of_clustered_points_and_is_deterministic(
     assert torch.equal(got_i, knn(x, x, 10, backend="ivf")[1])
 
 
+@pytest.mark.parametrize("two_levels", [False, True])
+def test_ivf_within_a_block_of_the_queries_finds_what_the_plain_search_finds(
+    monkeypatch, two_levels
+):
+    """CMFP's ivf path searches queries + gallery against each set; placing each base
+    point in the first of its own probed cells (instead of probing the base again) gives
+    the same neighbours and scores as the plain approximate search."""
+    from uvireid.clustering import ivf
+    from uvireid.clustering.knn import ivf_within
+
+    if two_levels:
+        monkeypatch.setattr(ivf, "_DENSE_LEVEL", 64)
+        monkeypatch.setattr(ivf, "GROUP", 8)
+        monkeypatch.setattr(ivf, "BEAM", 6)
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(500, 32, generator=g)
+    x = centres.repeat_interleave(8, 0)[torch.randperm(4000, generator=g)]
+    x = torch.nn.functional.normalize(x + 0.5 * torch.randn(4000, 32, generator=g), dim=1)
+    for rows in (slice(0, 700), slice(700, None)):
+        want = knn(x, x[rows], 12, backend="ivf")
+        got = ivf_within(x, rows, 12)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+        # a real approximation (not every cell probed), and the base's own rows first
+        exact = knn(x, x[rows], 12, backend="torch")[1]
+        assert not torch.equal(got[1], exact)
+        own = torch.arange(4000)[rows]
+        assert (got[1][own, 0] == torch.arange(len(own))).float().mean() > 0.99
+    with pytest.raises(ValueError, match="base_rows"):
+        ivf.search(x, x[:10], 5, "ip", base_rows=slice(0, 20))
+
+
 def test_everything_but_the_faiss_backends_works_without_faiss(monkeypatch):
     import sys
 

@@ -21,9 +21,13 @@ and compares each query only with the points of the few cells nearest to it. Her
   into a per-row candidate buffer, with one top-k per row at the end: BLAS instead of one
   short scan per query, on the CPU or a GPU, without faiss.
 
-Time about ``O((Nq + Nb) d (NPROBE CELL + BEAM GROUP + Nb / (CELL GROUP)))``: linear
-but for the last term, the coarse scores (1/2,048 of an exact search); measured ``N^1.19``
-from 100k to 1M, where exact search is ``N^2``. Training is
+Time about ``O((Nq + Nb) d (NPROBE CELL + BEAM GROUP + Nb / (CELL GROUP)))`` with two
+levels (``O((Nq + Nb) d (NPROBE CELL + Nb / CELL))`` with one): each query scores 512
+points of its cells, but first ~2,000 cell and ``Nb / 2,048`` coarse centroids to choose
+them, so the quantizer is most of the arithmetic. Measured ``N^1.19`` from 100k to 1M
+(CMFP, ``benchmarks/RESULTS.md``), where exact search is ``N^2``: the coarse term grows,
+and an index passing 1,024 cells (32k points) moves from one level to two, whose
+~2,000 children cost more per query than a small flat quantizer. Training is
 k-means on bounded samples (linear in Nb). The neighbours are those of the probed cells,
 so some true neighbours are missed: measure the recall on your data
 (``benchmarks/rerank_speed.py --compare-exact``). Rows whose probed cells hold fewer than
@@ -164,7 +168,7 @@ class _Index:
     """The quantizer (one level of cell centroids, or coarse centroids each with their
     own cells) and the cell of every base point."""
 
-    def __init__(self, b: torch.Tensor, metric: str, seed: int):
+    def __init__(self, b: torch.Tensor, metric: str, seed: int, assign: bool = True):
         gen = torch.Generator().manual_seed(int(seed))
         self.metric = metric
         nb = b.shape[0]
@@ -199,7 +203,8 @@ class _Index:
         # each point in its nearest cell as the queries' search sees it (not the greedy
         # descent of the build; with a beam of 8 instead of BEAM the recall@10 at 100k
         # fell from 0.907 to 0.876), so that queries and base agree on where a point lives
-        self.cell_of = self.probe(b, 1).squeeze(1)
+        # (``assign=False``: the caller sets it from probes it makes anyway)
+        self.cell_of = self.probe(b, 1).squeeze(1) if assign else None
 
     def probe(self, x: torch.Tensor, nprobe: int) -> torch.Tensor:
         """(n, nprobe) nearest cells of each row, through the BEAM nearest coarse nodes
@@ -222,13 +227,32 @@ class _Index:
 
 
 def search(
-    q: torch.Tensor, b: torch.Tensor, k: int, metric: str, seed: int = 0
+    q: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    metric: str,
+    seed: int = 0,
+    base_rows: slice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APPROXIMATE (Nq, k) neighbours of ``q`` among ``b``: ``(scores, indices)`` where the
     scores are inner products ("ip", largest first) or squared distances ("l2", smallest
-    first), unordered among themselves (the caller sorts). k <= Nb."""
-    index = _Index(b, metric, seed)
+    first), unordered among themselves (the caller sorts). k <= Nb.
+
+    ``base_rows``: where the base is a block of the queries, ``b = q[base_rows]`` (CMFP
+    searches its queries + gallery against each set): each base point's cell is then the
+    first of its own probes, the cell ``probe(b, 1)`` would give it, so the index skips
+    that second search of its base points (a third of the arithmetic of CMFP's ivf
+    search at 1M: the quantizer's searches are most of it, see the module docstring).
+    """
+    index = _Index(b, metric, seed, assign=base_rows is None)
     probes = index.probe(q, NPROBE)
+    if base_rows is not None:
+        if q[base_rows].shape != b.shape:
+            raise ValueError(
+                f"ivf.search: base_rows {base_rows} of the {q.shape[0]} queries are not the "
+                f"{b.shape[0]} base rows"
+            )
+        index.cell_of = probes[base_rows, 0].clone()
     order = torch.argsort(index.cell_of, stable=True)  # the base, cell after cell
     vals, pos = _children_topk(q, probes, b[order], index.cell_of[order], index.n_cells, k, metric)
     idx = torch.where(pos >= 0, order[pos.clamp(min=0)], pos)

@@ -336,15 +336,27 @@ def _knn_faiss_ivf(
 
 
 def _knn_ivf(
-    q: torch.Tensor, b: torch.Tensor, k: int, metric: str
+    q: torch.Tensor, b: torch.Tensor, k: int, metric: str, base_rows: slice | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APPROXIMATE search with :func:`uvireid.clustering.ivf.search`; rows whose probed
     cells hold fewer than k points are searched exactly."""
     from uvireid.clustering import ivf
 
-    vals, idx = ivf.search(q, b, k, metric)
+    vals, idx = ivf.search(q, b, k, metric, base_rows=base_rows)
     _search_short_rows(q, b, vals, idx, metric)
     return sort_rows(vals, idx, largest=metric != "l2")
+
+
+def ivf_within(x: torch.Tensor, rows: slice, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """APPROXIMATE ``knn(x, x[rows], k, metric="ip", backend="ivf")`` for a base that is a
+    block of the query rows (CMFP's queries + gallery against each set): the same
+    neighbours, with the base points placed in their cells by the queries' own probes
+    instead of a second search (:func:`uvireid.clustering.ivf.search`, ``base_rows``).
+    ``x``: a checked (N, d) float tensor; k is clamped to the base size."""
+    base = x[rows]
+    if base.shape[0] == 0 or x.shape[0] == 0:
+        raise ConfigError("knn: empty input; pass at least one row on each side")
+    return _knn_ivf(x, base, min(int(k), base.shape[0]), "ip", base_rows=rows)
 
 
 def _auto_backend(q: torch.Tensor) -> str:

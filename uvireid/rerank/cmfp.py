@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uvireid.clustering.knn import knn
+from uvireid.clustering.knn import ivf_within, knn
 from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
@@ -437,8 +437,15 @@ def _sparse_blocks_one_index(
     nq = query.shape[0]
     both = torch.cat([query, gallery])
     out = {}
-    for base, (top, bottom) in ((query, ("qq", "gq")), (gallery, ("qg", "gg"))):
-        vals, idx = knn(both, base, _width(k, base.shape[0]), metric="ip", backend=backend)
+    for base, rows, (top, bottom) in (
+        (query, slice(0, nq), ("qq", "gq")),
+        (gallery, slice(nq, None), ("qg", "gg")),
+    ):
+        width = _width(k, base.shape[0])
+        if backend == "ivf":  # the base's cells from the rows' own probes (both hold it)
+            vals, idx = ivf_within(both, rows, width)
+        else:
+            vals, idx = knn(both, base, width, metric="ip", backend=backend)
         out[top] = _sparse_block(query, base, k, backend, None, (vals[:nq], idx[:nq]))
         out[bottom] = _sparse_block(gallery, base, k, backend, None, (vals[nq:], idx[nq:]))
     return {name: out[name] for name in ("qq", "qg", "gq", "gg")}
