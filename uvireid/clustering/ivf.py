@@ -53,8 +53,10 @@ _ITERS = 8
 _TRAIN_PER_CENTROID = 48
 #: tree levels of at most this many nodes are scored in full (no beam)
 _DENSE_LEVEL = 1024
-#: bytes of the candidate buffer of one block of rows
-_BUFFER_BYTES = 256 * 2**20
+#: bytes of the candidate buffer of one block of rows: the search of the cells (few
+#: groups, many rows each) and the final scan (one group per cell)
+_BEAM_BUFFER_BYTES = 64 * 2**20
+_SCAN_BUFFER_BYTES = 512 * 2**20
 #: rows per score block of the dense assignment steps
 _ROWS = 16384
 
@@ -110,6 +112,7 @@ def _children_topk(
     n_groups: int,
     k: int,
     metric: str,
+    buffer_bytes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query row, the k best items among the groups it probes.
 
@@ -117,6 +120,7 @@ def _children_topk(
         x: (Nq, d) queries; probes: (Nq, p) group ids (-1 = none).
         items: (Ni, d), stored group after group: ``parent`` (Ni,) is sorted.
         n_groups: number of groups; k: results per row.
+        buffer_bytes: size of the candidate buffer, which sets the rows per block.
 
     Returns:
         ``(scores, item indices)``, (Nq, k), best first; -inf / -1 where a row's groups
@@ -131,27 +135,31 @@ def _children_topk(
     start = torch.cumsum(cnt, 0) - cnt
     width = max(1, int(cnt.max()))
     item_sq = _sq(items, metric)
-    rows = max(1, min(nq, _BUFFER_BYTES // (p * width * x.element_size())))
+    rows = max(1, min(nq, buffer_bytes // (p * width * x.element_size())))
     out_v = x.new_empty((nq, k))
     out = torch.empty((nq, k), dtype=torch.long, device=dev)
     cnt_l, start_l = cnt.tolist(), start.tolist()
+    # one buffer for every block, refilled: a new 256 MiB allocation per block costs its
+    # page faults again (at 1M rows, 16 blocks of the final scan and 42 of the beam's)
+    whole = x.new_empty((min(nq, rows) * p, width))
     for r0 in range(0, nq, rows):
         pr = probes[r0 : r0 + rows]
         n = pr.shape[0]
-        buf = x.new_full((n * p, width), float("-inf"))
+        buf = whole[: n * p].fill_(float("-inf"))
         flat = pr.reshape(-1)
         valid = (flat >= 0).nonzero().squeeze(1)
         order = valid[torch.argsort(flat[valid], stable=True)]  # (row, slot) pairs by group
         groups, sizes = torch.unique_consecutive(flat[order], return_counts=True)
+        row_of = order // p + r0  # the query row of each pair, in the same order
         o = 0
         for g, m in zip(groups.tolist(), sizes.tolist()):
-            pairs = order[o : o + m]
+            pairs, prow = order[o : o + m], row_of[o : o + m]
             o += m
             c0, ni = start_l[g], cnt_l[g]
             if ni == 0:
                 continue
             sq = item_sq[c0 : c0 + ni] if item_sq is not None else None
-            buf[pairs, :ni] = _scores(x[r0 + pairs // p], items[c0 : c0 + ni], metric, sq)
+            buf[pairs, :ni] = _scores(x[prow], items[c0 : c0 + ni], metric, sq)
         v, j = buf.view(n, p * width).topk(min(k, p * width), dim=1)
         slot, pos = j // width, j % width
         g = pr.gather(1, slot)
@@ -218,7 +226,9 @@ class _Index:
                 # search (and the beam of the level above is then not needed)
                 probes = _nearest(x, cents, self.metric, width)
             else:
-                _, probes = _children_topk(x, probes, cents, parent, n_prev, width, self.metric)
+                _, probes = _children_topk(
+                    x, probes, cents, parent, n_prev, width, self.metric, _BEAM_BUFFER_BYTES
+                )
             n_prev = cents.shape[0]
         if probes.shape[1] < nprobe:
             pad = probes.new_full((probes.shape[0], nprobe - probes.shape[1]), -1)
@@ -254,7 +264,9 @@ def search(
             )
         index.cell_of = probes[base_rows, 0].clone()
     order = torch.argsort(index.cell_of, stable=True)  # the base, cell after cell
-    vals, pos = _children_topk(q, probes, b[order], index.cell_of[order], index.n_cells, k, metric)
+    vals, pos = _children_topk(
+        q, probes, b[order], index.cell_of[order], index.n_cells, k, metric, _SCAN_BUFFER_BYTES
+    )
     idx = torch.where(pos >= 0, order[pos.clamp(min=0)], pos)
     if metric == "l2":  # back from 2 q.b - |b|^2 to |q - b|^2
         vals = ((q * q).sum(1, keepdim=True) - vals).clamp_(min=0)
