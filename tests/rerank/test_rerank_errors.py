@@ -83,3 +83,27 @@ def test_three_line_use_from_another_codebase(pair):
     q, g = pair
     dist = rerank(q, g, "cmfp", k=3)
     assert dist.shape == (6, 5) and isinstance(dist, np.ndarray)
+
+
+def test_features_that_are_not_a_float_matrix_are_refused_or_converted(pair):
+    """Ragged lists and strings are refused by name; integers, half precision and a mix
+    of float32 and float64 are re-ranked as the float computation they stand for."""
+    q, g = pair
+    with pytest.raises(FeatureFileError, match="query features could not be read as an array"):
+        rerank([[1.0, 2.0], [3.0]], g, "cmfp")
+    with pytest.raises(FeatureFileError, match="gallery features have dtype <U1"):
+        rerank(q, np.array([["a", "b", "c", "d"]]), "cmfp")
+    q32 = q.astype(np.float32)
+    mixed = rerank(q32, g, "cmfp")  # float32 with float64: in float64
+    assert mixed.dtype == np.float64
+    assert np.array_equal(mixed, rerank(q32.astype(np.float64), g, "cmfp"))
+    half = rerank(torch.from_numpy(q).half(), torch.from_numpy(g).half(), "cmfp")
+    assert half.dtype == torch.float32
+    want = rerank(torch.from_numpy(q).half().float(), torch.from_numpy(g).half().float(), "cmfp")
+    assert torch.equal(half, want)
+    qi, gi = np.round(q * 10).astype(np.int64), np.round(g * 10).astype(np.int64)
+    assert np.array_equal(
+        rerank(qi, gi, "cmfp"), rerank(qi.astype(float), gi.astype(float), "cmfp")
+    )
+    # numpy with torch: the torch side decides the output kind
+    assert isinstance(rerank(q, torch.from_numpy(g), "cmfp"), torch.Tensor)
