@@ -77,6 +77,16 @@ def test_loading_weights_with_missing_or_unexpected_keys_lists_them():
         load_state_strict(model, sd)
     good = {f"module.{k}": v for k, v in model.state_dict().items()}
     load_state_strict(model, good)  # DataParallel prefix accepted
+    # the same keys with another shape (a checkpoint of a wider layer): named with both
+    # shapes, and nothing loaded (torch's own check copies the tensors that fit first)
+    wide = dict(model.state_dict(), **{"0.weight": torch.zeros(3, 2), "0.bias": torch.ones(2)})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 tensor\(s\) of another shape: 0\.weight \(checkpoint \[3, 2\], model \[2, 2\]\)",
+    ):
+        load_state_strict(model, wide)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
@@ -86,6 +96,11 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "none.pt")
+    # plain weights (a state dict, as other codebases save them) are not a training state
+    weights = tmp_path / "weights.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
+    with pytest.raises(CheckpointError, match="not a uvireid training checkpoint.*'pretrained'"):
+        load_checkpoint(weights)
 
 
 def test_a_nan_step_inside_a_read_window_is_named(recipe_file, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,6 +212,16 @@ def test_unusable_weights_and_names_are_config_errors(tmp_path):
     torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="none of the resnet18 weights"):
         _model(pretrained=str(tmp_path / "other.pth"))
+    # a damaged file, a peer checkpoint that pickles its training arguments (refused by
+    # weights_only loading), a bare tensor: each named, with what to do, not torch's text
+    (tmp_path / "damaged.pth").write_bytes(b"\x80\x02garbage")
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
+    for name in ("damaged", "args"):
+        with pytest.raises(ConfigError, match=rf"{name}.pth could not be read .*'state_dict'\]"):
+            _model(pretrained=str(tmp_path / f"{name}.pth"))
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(ConfigError, match="holds a Tensor, not a state dict"):
+        _model(pretrained=str(tmp_path / "tensor.pth"))
     with pytest.raises(ConfigError, match="resnet18, resnet34, resnet50"):
         TwoStreamResNet("resnet101")
     with pytest.raises(ConfigError, match="share_from 'layer5'"):

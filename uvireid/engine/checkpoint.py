@@ -59,8 +59,9 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
     Also accepts the ``module.`` prefix DataParallel/DDP checkpoints carry.
 
     Raises:
-        CheckpointError: keys are missing or unexpected (both lists are named), or a
-            tensor's shape differs.
+        CheckpointError: keys are missing or unexpected (both lists are named), or
+            parameters' shapes differ (named with both shapes); nothing is loaded then.
+            Or another tensor does not fit (torch's message).
     """
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
@@ -77,6 +78,20 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
             f"{source} does not fit the model ({'; '.join(parts)}); it was saved from "
             f"another architecture or recipe. Load it with the recipe that wrote it (or "
             f"the same backbone settings)"
+        )
+    # the parameters' shapes checked before loading: torch's own check copies every
+    # tensor that fits first (buffers may differ: a loss's memories take the size of the
+    # checkpoint's in their _load_from_state_dict)
+    wrong = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(v.shape)})"
+        for k, v in module.named_parameters()
+        if isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{source} does not fit the model ({len(wrong)} tensor(s) of another shape: "
+            f"{_listing(wrong)}); it was saved from another architecture or recipe. Load "
+            f"it with the recipe that wrote it (or the same backbone settings)"
         )
     try:
         module.load_state_dict(state, strict=True)

@@ -231,11 +231,32 @@ def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torchvision-style ResNet state dict from a local file (nested or DataParallel)."""
-    sd = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    """A torchvision-style ResNet state dict from a local file (nested or DataParallel).
+
+    Raises:
+        ConfigError: the file is not a readable torch file of tensors (damaged, another
+            format, or a checkpoint that also pickles Python objects, which
+            ``weights_only`` loading refuses), or holds no dict of tensors.
+    """
+    try:
+        sd = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged, not a torch file, or pickled objects
+        # (torch's own message is long and suggests weights_only=False: not repeated)
+        raise ConfigError(
+            f"pretrained checkpoint {path} could not be read as a file of tensors "
+            f"({type(exc).__name__}). If it is damaged, copy it again; if it is "
+            "a checkpoint you trust that also holds Python objects (training arguments, "
+            "an optimiser), save its weights alone once: torch.save(torch.load(path, "
+            "weights_only=False)['state_dict'], 'weights.pth'), and pass that file"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError(
+            f"pretrained checkpoint {path} holds a {type(sd).__name__}, not a state dict "
+            "(names to tensors, as model.state_dict() gives); save the model's state_dict()"
+        )
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
