@@ -4,7 +4,8 @@
 runs/<recipe>-<time>/
   config.yaml      resolved recipe: every value used, defaults included
   manifest.json    versions, source commit, device, world size, batch per GPU, dataset fingerprint
-  log.txt          what the console showed
+  log.txt          the run's log from INFO up (what the CLI's console shows), whatever the
+                   process's logging configuration (:class:`RunLog`)
   metrics.jsonl    one JSON object per epoch / evaluation
   features.npz     test features of the last evaluation
   results.json     the last evaluation's protocol results
@@ -214,12 +215,68 @@ class RunFolder:
                 logger.warning("%s: skipping a truncated line", p)
         return out
 
-    def attach_log(self) -> logging.Handler:
-        """Copy log records (what the console shows) to log.txt."""
-        handler = logging.FileHandler(self.path / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        return handler
+    def attach_log(self) -> RunLog:
+        """Copy log records to log.txt until the returned :class:`RunLog` is closed."""
+        return RunLog(self.path / "log.txt")
+
+
+class _Under(logging.Filter):
+    """Drops uvireid's records below ``level`` (what a handler showed before a run)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("uvireid") and record.levelno < self.level)
+
+
+class RunLog:
+    """log.txt of one run: every record of the root logger, and uvireid's from INFO up
+    whatever the process's logging configuration.
+
+    The CLI configures INFO; a library user's process may not have configured logging at
+    all (its records at WARNING and above go to Python's last-resort stderr handler) or
+    may have set a higher level. Either way log.txt still gets the run's INFO records
+    (its epochs, its tables), and what the console showed before is what it shows during
+    the run: uvireid's logger goes to INFO for the run only, the existing handlers drop
+    the uvireid records they would not have seen, and an unconfigured process gets a
+    stand-in for the last-resort handler (a handler on the root turns that one off).
+    :meth:`close` restores all of it.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        root, pkg = logging.getLogger(), logging.getLogger("uvireid")
+        self._pkg_level = pkg.level
+        self._filtered: list[tuple[logging.Handler, logging.Filter]] = []
+        self._console: logging.Handler | None = None
+        floor = pkg.getEffectiveLevel()
+        if floor > logging.INFO:
+            pkg.setLevel(logging.INFO)
+            if root.handlers:
+                under = _Under(floor)
+                for h in root.handlers:
+                    h.addFilter(under)
+                    self._filtered.append((h, under))
+            elif logging.lastResort is not None:
+                self._console = logging.StreamHandler()
+                self._console.setLevel(max(floor, logging.lastResort.level))
+                root.addHandler(self._console)
+        root.addHandler(self.handler)
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        self.handler.close()
+        if self._console is not None:
+            root.removeHandler(self._console)
+        for h, f in self._filtered:
+            h.removeFilter(f)
+        logging.getLogger("uvireid").setLevel(self._pkg_level)
 
 
 def dataset_check(dataset: Any) -> dict | None:

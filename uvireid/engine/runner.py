@@ -266,7 +266,7 @@ def run_recipe(
     if folder is not None:
         manifest = resumed_manifest(folder, manifest, 0, changes)
     folder = folder or RunFolder.create(cfg["output_dir"], cfg["name"])
-    handler = folder.attach_log()
+    run_log = folder.attach_log()
     try:
         folder.write_config(cfg)
         folder.write_manifest(manifest)
@@ -279,8 +279,7 @@ def run_recipe(
         for res in out["results"].values():
             logger.info("\n%s", res.table())
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        run_log.close()
     return folder
 
 
@@ -375,7 +374,7 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
     from uvireid.engine.checkpoint import LATEST
     from uvireid.engine.trainer import Trainer
 
-    handler = folder.attach_log() if D.is_main() else None
+    run_log = folder.attach_log() if D.is_main() else None
     try:
         try:
             trainer = Trainer(
@@ -401,7 +400,6 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
         if D.is_main() and tables is not None:
             folder.write_json("results.json", tables)
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        if run_log is not None:
+            run_log.close()
     return folder
