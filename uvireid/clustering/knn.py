@@ -57,6 +57,7 @@ __all__ = [
     "METRICS",
     "BACKENDS",
     "knn",
+    "ivf_within",
     "topk_stable",
     "sort_rows",
     "copy_transposed",
