@@ -2,8 +2,8 @@
 # Every GPU measurement the open issues ask for, as one prepared script:
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
-# The next device session (after session 13): STEPS="tests_cuda tests_graphs
-# overhead_kernels loop_phases demo" (about 8 minutes on an H200).
+# The next device session (after session 14): STEPS="tests_cuda tests_graphs
+# overhead_kernels loss_products loop_phases demo" (about 8 minutes on an H200).
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
@@ -58,6 +58,9 @@ run overhead_graphs 100 bash -c '"$@" --tf32 --graphs; "$@" --amp --tf32 --graph
 # where the SALCR step's kernel time goes once the host is out of the way (bf16, TF32):
 # the top kernels of the eager step (a graph's kernels show as one "Graphed" op)
 run overhead_kernels 60 "${ovh[@]}" --amp --tf32 --kernels 30
+# GPCR's part-logit products (163 of the 181 GFLOP FGSAL + GPCR add) in float32, TF32,
+# bf16 inputs with a float32 output, and bf16: time, and the logits' error against float64
+run loss_products 40 "$py" benchmarks/loss_products.py --device cuda
 run loop_graphs 200 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 2 --cuda-graphs --tf32
 # where a graphed SALCR step's time goes, phase by phase (augment, targets, forward,
 # losses, backward, optimizer, memory updates: host time and time on the device's stream)

@@ -21,6 +21,7 @@ def bench(monkeypatch):
         "pseudo_labels",
         "association_bound",
         "ablation_synthetic",
+        "loss_products",
     ):
         sys.modules.pop(name, None)
 
@@ -73,6 +74,29 @@ def test_training_overhead_counts_the_flops_fgsal_and_gpcr_add(bench):
     rows = to.flop_table(step, amp=False)
     assert rows[2].startswith("| plain") and rows[3].startswith("| SALCR")
     assert any(r.startswith("- bmm (float32)") for r in rows)
+
+
+def test_loss_products_rounds_like_tf32_and_orders_the_precisions(bench, capsys):
+    """``loss_products.py``: TF32 rounding to nearest with ties to even (values worked by
+    hand), and on tiny part logits each lower precision errs more than the one above."""
+    import torch
+    from loss_products import compare, main, round_tf32
+
+    x = torch.tensor([1.0, 1 + 2**-10, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-12, -1.5 - 2**-11])
+    want = [1.0, 1 + 2**-10, 1.0, 1 + 2**-9, 1.0, -1.5]
+    assert round_tf32(x).tolist() == want
+    r = torch.randn(1000)
+    t = round_tf32(r)
+    assert (t.view(torch.int32) & 0x1FFF == 0).all()  # 10 mantissa bits left
+    assert ((t - r).abs() <= r.abs() * 2.0**-11).all()  # within half a TF32 ulp
+    rows = {r["mode"]: r for r in compare(2, 36, 400, 64, "cpu", k=5, repeats=1)}
+    errs = [rows[m]["logit_err"] for m in ("fp32", "tf32", "bf16-in", "bf16")]
+    assert errs == sorted(errs) and errs[0] < 1e-4 < errs[-1]
+    assert rows["fp32"]["topk_rows_changed"] == 0.0
+    assert rows["tf32"]["seconds"] is None and rows["fp32"]["seconds"] > 0  # CPU: values only
+    assert main(["--parts", "2", "--rows", "18", "--memory", "200", "--dim", "32",
+                 "--repeats", "1"]) == 0  # fmt: skip
+    assert "| bf16-in | - |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
