@@ -58,7 +58,8 @@ def test_eval_errors_are_reported_not_raised(features_file, capsys):
     err = capsys.readouterr().err
     assert "ProtocolError: unknown protocol 'sysu-everything'" in err
     rc = cli.main(["eval", str(features_file), str(features_file), "--protocol", "sysu-all"])
-    assert rc == 2 and "only RegDB averages" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "only RegDB averages" in err and "add --runs" in err
     rc = cli.main(["eval", "missing.npz", "--protocol", "sysu-all"])
     assert rc == 2 and "FeatureFileError" in capsys.readouterr().err
 
@@ -70,3 +71,42 @@ def test_eval_help_has_an_example(capsys):
     out = capsys.readouterr().out
     assert "uvireid eval sysu_test.npz --protocol sysu-all" in out
     assert "--perm-file" in out and "regdb-v2i" in out
+
+
+def test_eval_runs_gives_each_run_and_the_spread_over_runs(tmp_path, capsys):
+    """``--runs``: one row per run (its mean over trials, as ``run_protocol`` gives it for
+    that file alone) and the mean ± population std of the runs' means."""
+    import numpy as np
+
+    f = make_sysu_features(seed=9)
+    rng = np.random.default_rng(0)
+    files = []
+    for seed in range(3):  # three "seeds": the same test set, other features
+        feats = f.feats + (0.3 * seed) * rng.standard_normal(f.feats.shape).astype(np.float32)
+        path = tmp_path / f"seed{seed}.npz"
+        files.append(str(save_features(path, feats, f.pids, f.cams, f.modality, f.paths)))
+    out = tmp_path / "runs.json"
+    args = ["eval", *files, "--protocol", "sysu-all", "--trials", "2", "--runs", "--json", str(out)]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    want = [run_protocol(p, "sysu-all", trials=2).mean for p in files]
+    data = json.loads(out.read_text())
+    assert [r["mean"] for r in data["runs"]] == [pytest.approx(w) for w in want]
+    maps = np.array([w["mAP"] for w in want])
+    assert data["mean"]["mAP"] == pytest.approx(maps.mean())
+    assert data["std"]["mAP"] == pytest.approx(maps.std())
+    assert maps.std() > 0  # the runs differ: the spread is real
+    last = [ln for ln in text.splitlines() if ln.startswith("mean±std over runs")][0]
+    assert f"{maps.mean():.2f}±{maps.std():.2f}" in last
+    assert all(p in text for p in files)
+    # runs on different test sets are refused, as are RegDB and a single run
+    other = make_sysu_features(seed=10)
+    odd = save_features(tmp_path / "odd.npz", other.feats, other.pids, other.cams, other.modality)
+    assert cli.main(["eval", files[0], str(odd), "--protocol", "sysu-all", "--runs"]) == 2
+    assert "different test sets" in capsys.readouterr().err
+    assert cli.main(["eval", files[0], "--protocol", "sysu-all", "--runs"]) == 2
+    assert "two runs or more" in capsys.readouterr().err
+    assert cli.main(["eval", *files[:2], "--protocol", "regdb-v2i", "--runs"]) == 2
+    assert "a RegDB run is ten split files" in capsys.readouterr().err
+    assert cli.main(["eval", files[0], files[0], "--protocol", "sysu-all", "--runs"]) == 2
+    assert "given twice" in capsys.readouterr().err

@@ -95,15 +95,25 @@ def protocol_inputs(args: Any) -> Any:
     from uvireid.evaluation.protocols import get_protocol
 
     spec = get_protocol(args.protocol)
-    if len(args.features) > 1 and spec.dataset != "regdb":
+    runs = getattr(args, "runs", False)
+    if runs and spec.dataset == "regdb":
+        raise ProtocolError(
+            "--runs takes one file per run, and a RegDB run is ten split files: evaluate "
+            "each run's splits with one command (uvireid eval split{1..10}.npz) and compare"
+        )
+    if runs and len(args.features) < 2:
+        raise ProtocolError("--runs needs the features files of two runs or more")
+    if len(args.features) > 1 and spec.dataset != "regdb" and not runs:
         raise ProtocolError(
             f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
-            f"several files (one per split); pass one {spec.dataset_name} test-set file"
+            f"several files (one per split); pass one {spec.dataset_name} test-set file, "
+            f"or add --runs to compare runs (seeds) of one method"
         )
     seen = [Path(f).resolve() for f in args.features]
     if len(set(seen)) < len(seen):
         raise ProtocolError(
-            "the same features file is given twice; each RegDB split's file counts once"
+            "the same features file is given twice; each file (a RegDB split, or a run under "
+            "--runs) counts once"
         )
     if len(seen) > 1:  # a copy under another name is the same split too
         import hashlib
@@ -115,7 +125,7 @@ def protocol_inputs(args: Any) -> Any:
                 if digest in digests:
                     raise ProtocolError(
                         f"{path} and {digests[digest]} are the same file (identical bytes); "
-                        f"each RegDB split's file counts once"
+                        f"each file (a RegDB split, or a run under --runs) counts once"
                     )
                 digests[digest] = path
     if spec.dataset == "regdb" and getattr(args, "trials", None) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -27,6 +28,7 @@ examples:
   uvireid eval sysu_test.npz --protocol sysu-all --sampler official \\
       --perm-file /data/SYSU-MM01/exp/rand_perm_cam.mat
   uvireid eval regdb_split{1..10}.npz --protocol regdb-v2i
+  uvireid eval runs/salcr-seed*/features.npz --protocol sysu-all --runs   # seeds: mean ± std
 
 A features file is an .npz with feats (N, d), pids, cams, modality (0 visible, 1 infrared)
 and optional paths and meta (see uvireid.save_features).
@@ -63,6 +65,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--perm-file", default=None, help="SYSU-MM01 exp/rand_perm_cam.mat")
     p.add_argument("--feature-head", default=None, help="recorded in the provenance")
     p.add_argument("--stable", action="store_true", help="rank with a stable sort")
+    p.add_argument(
+        "--runs",
+        action="store_true",
+        help="each file is one run (a seed) of the same method: evaluate each, then print "
+        "one row per run and the mean ± std over the runs (SYSU-MM01, LLCM)",
+    )
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result")
     p.set_defaults(func=run)
     return p
@@ -74,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     spec = protocol_inputs(args)
     features = [load_features(f) for f in args.features]
+    if args.runs:
+        return _across_runs(args, spec.name, features)
     result = run_protocol(
         features if len(features) > 1 else features[0],
         spec.name,
@@ -89,5 +99,73 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        logger.info("wrote %s", out)
+    return 0
+
+
+#: the metrics of the runs table
+_RUN_METRICS = ("R1", "R10", "mAP", "mINP")
+
+
+def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int:
+    """``--runs``: each file through the protocol on its own, then the spread over runs.
+
+    Raises:
+        ProtocolError: runs evaluated on different test sets (their query or gallery
+            counts differ), which cannot be averaged (fewer than two files and RegDB
+            are refused before any file is read: :func:`protocol_inputs`).
+    """
+    import numpy as np
+
+    from uvireid.errors import ProtocolError
+    from uvireid.evaluation.protocols import run_protocol
+
+    results = [
+        run_protocol(
+            f,
+            protocol,
+            trials=args.trials,
+            shot=args.shot,
+            sampler=args.sampler,
+            perm_file=args.perm_file,
+            feature_head=args.feature_head,
+            stable=args.stable,
+        )
+        for f in features
+    ]
+    counts = {(r.provenance["num_query"], r.provenance["num_gallery"]) for r in results}
+    if len(counts) > 1:
+        raise ProtocolError(
+            "--runs: the files hold different test sets (query, gallery counts "
+            f"{sorted(counts)}); runs can only be averaged on the same test set"
+        )
+    # the protocol's line without the first file's epoch (each run's is in its row)
+    first = results[0]
+    common = {k: v for k, v in first.provenance.items() if k != "features_meta"}
+    summary = dataclasses.replace(first, provenance=common).summary()
+    print(f"{summary}; {len(results)} runs, each the mean over its trials")
+    width = max(len(str(p)) for p in args.features)
+    print(f"{'run':<{width}}  " + "  ".join(f"{m:>8}{'':6}" for m in _RUN_METRICS) + "  epoch")
+    for path, res in zip(args.features, results):
+        meta = res.provenance.get("features_meta") or {}
+        epoch = meta.get("epoch", "-") if isinstance(meta, dict) else "-"
+        row = "  ".join(f"{res.mean[m]:>8.2f}±{res.std[m]:<5.2f}" for m in _RUN_METRICS)
+        print(f"{str(path):<{width}}  {row}  {epoch}")
+    table = np.array([[r.mean[m] for m in _RUN_METRICS] for r in results])
+    mean, std = table.mean(0), table.std(0)
+    print(
+        f"{'mean±std over runs':<{width}}  "
+        + "  ".join(f"{a:>8.2f}±{b:<5.2f}" for a, b in zip(mean, std))
+    )
+    print("(within a run: ± over its trials; over runs: population std of the runs' means)")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "runs": [dict(r.to_dict(), file=str(p)) for p, r in zip(args.features, results)],
+            "mean": dict(zip(_RUN_METRICS, mean.tolist())),
+            "std": dict(zip(_RUN_METRICS, std.tolist())),
+        }
+        out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         logger.info("wrote %s", out)
     return 0
