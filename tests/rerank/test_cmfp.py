@@ -313,3 +313,36 @@ def test_a_misspelt_backend_is_refused_on_the_dense_path_too():
         affinity_blocks(q, q, 3, mode="dense", backend="fiass")
     with pytest.raises(ConfigError, match="backend must be one of"):
         CMFP(backend="fiass")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_selection_with_tied_rows_equals_sorting_every_entry(dtype):
+    """The sparse path's block when some rows tie at their k-th value: built in place,
+    the same CSR arrays, to the bit, as every kept entry sorted by (row, column) (the
+    construction it replaced), with tied rows keeping every entry >= their threshold."""
+    from uvireid.rerank.cmfp import _entries_to_block, _select
+
+    g = torch.Generator().manual_seed(4)
+    n, m, kc = 200, 60, 7
+    s = (torch.randint(-3, 12, (n, m), generator=g).to(dtype)) / 10  # many ties
+    s[:60] -= 1.0  # rows whose kept entries are negative (clamped: rows summing to 0)
+    vals, idx = torch.topk(s, kc + 3, dim=1, sorted=True)
+    got = _select(vals, idx, kc, m, lambda rows: s[rows])
+    # the oracle: each row's kept entries listed, then sorted into a CSR block
+    rr, cc, vv = [], [], []
+    tied = 0
+    for i in range(n):
+        if vals[i, kc] == vals[i, kc - 1]:
+            tied += 1
+            cols = (s[i] >= vals[i, kc - 1]).nonzero().squeeze(1)
+        else:
+            cols = idx[i, :kc]
+        rr += [i] * len(cols)
+        cc += cols.tolist()
+        vv += s[i, cols].tolist()
+    want = _entries_to_block(
+        torch.tensor(rr), torch.tensor(cc), torch.tensor(vv, dtype=dtype), n, m
+    )
+    assert 0 < tied < n
+    assert torch.equal(got.crow, want.crow) and torch.equal(got.col, want.col)
+    assert torch.equal(got.val, want.val)

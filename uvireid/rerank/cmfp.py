@@ -197,16 +197,40 @@ def _select(
         return _Block(crow, col.reshape(-1), val.reshape(-1), (n, n_cols))
     # rows with ties at the threshold: every entry >= the kc-th value of the full row
     tr, tc, tv = _threshold_entries(full_rows(tied), kc)
+    return _merge_tied(col, val, tied, tr, tc, tv.to(val.dtype), n_cols)
+
+
+def _merge_tied(col, val, tied, tr, tc, tv, n_cols: int) -> _Block:
+    """The CSR block of :func:`_select` when some rows are tied: the (n, kc) ordinary
+    entries ``col, val`` (columns increasing, clamped) except at the ``tied`` rows
+    (increasing), which take the row-major entries ``(tied[tr], tc, tv)``; clamped at 0,
+    each row divided by its sum.
+
+    The same arrays, to the bit, as sorting every entry by (row, column) into
+    :func:`_entries_to_block`, without the sort: each entry's place is its row's start
+    plus its rank in the row (the sort of 30 M entries took 3 s of a 1 M-image CMFP).
+    """
+    n, kc = col.shape
+    dev = col.device
+    tcount = torch.bincount(tr, minlength=tied.numel())
+    counts = torch.full((n,), kc, dtype=torch.long, device=dev)
+    counts[tied] = tcount
+    crow = torch.zeros(n + 1, dtype=torch.long, device=dev)
+    torch.cumsum(counts, 0, out=crow[1:])
+    c = torch.empty(int(crow[-1]), dtype=torch.long, device=dev)
+    v = torch.empty(c.numel(), dtype=val.dtype, device=dev)
     ordinary = torch.ones(n, dtype=torch.bool, device=dev)
     ordinary[tied] = False
     rows = ordinary.nonzero().squeeze(1)
-    return _entries_to_block(
-        torch.cat([rows.repeat_interleave(kc), tied[tr]]),
-        torch.cat([col[rows].reshape(-1), tc]),
-        torch.cat([val[rows].reshape(-1), tv]),
-        n,
-        n_cols,
-    )
+    at = (crow[rows, None] + torch.arange(kc, device=dev)).reshape(-1)
+    c[at], v[at] = col[rows].reshape(-1), val[rows].reshape(-1)
+    first = torch.cumsum(tcount, 0) - tcount  # each tied row's first entry in tr
+    at = crow[tied[tr]] + torch.arange(tr.numel(), device=dev) - first[tr]
+    c[at], v[at] = tc, tv.clamp(min=0)
+    r = torch.repeat_interleave(torch.arange(n, device=dev), counts)
+    sums = torch.zeros(n, dtype=v.dtype, device=dev).index_add_(0, r, v)
+    safe = torch.where(sums > 0, sums, torch.ones_like(sums))
+    return _Block(crow, c, v / safe[r], (n, n_cols))
 
 
 def _tie_flags(tops: list[tuple[torch.Tensor, int]]) -> list[bool]:
