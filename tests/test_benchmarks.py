@@ -206,3 +206,21 @@ def test_ablation_seed_table_is_each_rows_mean_and_std_over_seeds(bench):
         main(["--seeds", "1,2", "seed=3"])
     with pytest.raises(SystemExit):
         main(["--seeds", "1,x"])
+
+
+def test_gpu_session_script_parses_and_has_every_step_its_header_names():
+    """A device session runs ``STEPS="..." bash benchmarks/gpu_session.sh``: a step name
+    that no ``run`` line defines would be skipped silently, on scarce GPU time."""
+    import re
+    import shutil
+    import subprocess
+
+    script = BENCH / "gpu_session.sh"
+    text = script.read_text()
+    if shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    defined = set(re.findall(r"^run (\w+) \d+ ", text, flags=re.M))
+    header = re.search(r'next device session \(after session \d+\): STEPS="([^"]+)"', text)
+    assert header, "the header names the next device session's steps"
+    named = [w for w in header.group(1).split() if w != "#"]  # the comment may wrap
+    assert named and set(named) <= defined, set(named) - defined
