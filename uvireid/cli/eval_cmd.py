@@ -85,22 +85,31 @@ def run(args: argparse.Namespace) -> int:
     if args.runs:
         return _across_runs(args, spec.name, features)
     result = run_protocol(
-        features if len(features) > 1 else features[0],
-        spec.name,
-        trials=args.trials,
-        shot=args.shot,
-        sampler=args.sampler,
-        perm_file=args.perm_file,
-        feature_head=args.feature_head,
-        stable=args.stable,
+        features if len(features) > 1 else features[0], spec.name, **_protocol_options(args)
     )
     print(result.table())
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        logger.info("wrote %s", out)
+        _write_json(args.json, result.to_dict())
     return 0
+
+
+def _protocol_options(args: argparse.Namespace) -> dict:
+    """The command's options of :func:`~uvireid.evaluation.protocols.run_protocol`."""
+    return {
+        "trials": args.trials,
+        "shot": args.shot,
+        "sampler": args.sampler,
+        "perm_file": args.perm_file,
+        "feature_head": args.feature_head,
+        "stable": args.stable,
+    }
+
+
+def _write_json(path: str, data: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    logger.info("wrote %s", out)
 
 
 #: the metrics of the runs table
@@ -120,19 +129,7 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     from uvireid.errors import ProtocolError
     from uvireid.evaluation.protocols import run_protocol
 
-    results = [
-        run_protocol(
-            f,
-            protocol,
-            trials=args.trials,
-            shot=args.shot,
-            sampler=args.sampler,
-            perm_file=args.perm_file,
-            feature_head=args.feature_head,
-            stable=args.stable,
-        )
-        for f in features
-    ]
+    results = [run_protocol(f, protocol, **_protocol_options(args)) for f in features]
     counts = {(r.provenance["num_query"], r.provenance["num_gallery"]) for r in results}
     if len(counts) > 1:
         raise ProtocolError(
@@ -144,7 +141,7 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     common = {k: v for k, v in first.provenance.items() if k != "features_meta"}
     summary = dataclasses.replace(first, provenance=common).summary()
     print(f"{summary}; {len(results)} runs, each the mean over its trials")
-    width = max(len(str(p)) for p in args.features)
+    width = max(len("mean±std over runs"), *(len(str(p)) for p in args.features))
     print(f"{'run':<{width}}  " + "  ".join(f"{m:>8}{'':6}" for m in _RUN_METRICS) + "  epoch")
     for path, res in zip(args.features, results):
         meta = res.provenance.get("features_meta") or {}
@@ -159,13 +156,12 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     )
     print("(within a run: ± over its trials; over runs: population std of the runs' means)")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "runs": [dict(r.to_dict(), file=str(p)) for p, r in zip(args.features, results)],
-            "mean": dict(zip(_RUN_METRICS, mean.tolist())),
-            "std": dict(zip(_RUN_METRICS, std.tolist())),
-        }
-        out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        logger.info("wrote %s", out)
+        _write_json(
+            args.json,
+            {
+                "runs": [dict(r.to_dict(), file=str(p)) for p, r in zip(args.features, results)],
+                "mean": dict(zip(_RUN_METRICS, mean.tolist())),
+                "std": dict(zip(_RUN_METRICS, std.tolist())),
+            },
+        )
     return 0
