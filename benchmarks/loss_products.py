@@ -61,7 +61,8 @@ def round_tf32(x: torch.Tensor) -> torch.Tensor:
 
 def products(mode: str, q: torch.Tensor, mem: torch.Tensor, mem16: torch.Tensor):
     """``(logits, grad_q)`` of one modality: logits = q mem^T (P, rows, N) and the
-    backward product grad_q = g mem with g = softmax(logits) (as a loss's gradient)."""
+    backward product grad_q = g mem with g = softmax(logits) (as a loss's gradient).
+    ``mem``: the (N, P, d) float32 memory; ``mem16``: its bf16 copy as (P, N, d)."""
     memt = mem.transpose(0, 1)  # (P, N, d), a view
     if mode == "tf32" and q.device.type != "cuda":  # the CPU has no TF32: its values
         mt = round_tf32(memt)
@@ -76,7 +77,7 @@ def products(mode: str, q: torch.Tensor, mem: torch.Tensor, mem16: torch.Tensor)
             return lg, torch.bmm(g, memt)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
-    m16 = mem16.transpose(0, 1)
+    m16 = mem16  # (P, N, d): the bf16 copy a loss would hold, laid out for the product
     if mode == "bf16":
         lg = torch.bmm(q.bfloat16(), m16.transpose(1, 2))
         g = torch.softmax(lg.float(), -1)
@@ -109,7 +110,7 @@ def timed(fn, device: str, repeats: int) -> float:
 
 def compare(parts, rows, memory, d, device, k=30, repeats=5, modes=None) -> list[dict]:
     q, mem = inputs(parts, rows, memory, d, device)
-    mem16 = mem.bfloat16()
+    mem16 = mem.transpose(0, 1).contiguous().bfloat16()
     ref_lg, ref_gq = products("fp32", q.double(), mem.double(), mem16)
     ref_top = ref_lg.topk(k, -1).indices.sort(-1).values
     out = []
