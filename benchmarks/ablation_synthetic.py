@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    # the console: warnings only; each run's log.txt still gets the whole log (RunLog)
     logging.basicConfig(level=logging.WARNING)
-    for handler in logging.getLogger().handlers:  # the console: warnings only
-        handler.setLevel(logging.WARNING)
-    logging.getLogger("uvireid").setLevel(logging.INFO)  # each run's log.txt: the whole log
     common = list(args.overrides)
     seeds: list[int | None] = [None]
     if args.seeds:
