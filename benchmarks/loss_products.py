@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -35,6 +34,9 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rerank_speed import timed  # noqa: E402
 
 TAU = 0.05
 
@@ -95,17 +97,11 @@ def products(mode: str, q: torch.Tensor, mem: torch.Tensor, mem16: torch.Tensor)
     raise ValueError(mode)
 
 
-def timed(fn, device: str, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+def best_seconds(fn, device: str, repeats: int) -> float:
+    """Best of ``repeats`` synchronised calls after a warm-up call
+    (``rerank_speed.timed``)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timed(fn, device, repeats)[0]
 
 
 def compare(parts, rows, memory, d, device, k=30, repeats=5, modes=None) -> list[dict]:
@@ -121,7 +117,7 @@ def compare(parts, rows, memory, d, device, k=30, repeats=5, modes=None) -> list
         out.append(
             {
                 "mode": mode,
-                "seconds": timed(lambda m=mode: products(m, q, mem, mem16), device, repeats)
+                "seconds": best_seconds(lambda m=mode: products(m, q, mem, mem16), device, repeats)
                 if timeable
                 else None,
                 "logit_err": float((lg.double() - ref_lg).abs().max()),
