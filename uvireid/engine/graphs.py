@@ -25,6 +25,7 @@ different number of rounds each step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 
@@ -36,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GraphedLosses", "tf32_products"]
 
-_TARGET_FIELDS = ("vis_in_v", "vis_in_r", "ir_in_r", "ir_in_v", "idx_v", "idx_r")
+#: the targets' tensors, in StepTargets' order (the capture rebuilds them positionally)
+_TARGET_FIELDS = tuple(
+    f.name for f in dataclasses.fields(StepTargets) if f.name not in ("paired", "host")
+)
 
 
 class GraphedLosses:

@@ -228,7 +228,8 @@ class _Under(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("uvireid") and record.levelno < self.level)
+        ours = record.name == "uvireid" or record.name.startswith("uvireid.")
+        return not (ours and record.levelno < self.level)
 
 
 class RunLog:
