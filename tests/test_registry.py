@@ -129,3 +129,42 @@ def test_all_registries_exist():
         "rerankers",
         "recipes",
     }
+
+
+def test_a_flag_must_be_a_bool(reg):
+    """A keyword annotated ``bool`` takes true or false only: ``bool("false")`` is True,
+    so text or numbers would silently mean the opposite."""
+
+    @reg.register("flagged")
+    class Flagged:
+        def __init__(self, normalize: bool = True, maybe: bool | None = None, plain=False):
+            self.normalize, self.maybe, self.plain = normalize, maybe, plain
+
+    assert reg.build({"type": "flagged", "normalize": False}).normalize is False
+    assert reg.build({"type": "flagged", "maybe": "text"}).maybe == "text"  # not a pure flag
+    for key in ("normalize", "plain"):
+        for value in ("false", "no", 0, 1.0, None):
+            with pytest.raises(RegistryError, match=rf"keyword '{key}' is a flag: true or false"):
+                reg.build({"type": "flagged", key: value})
+
+
+def test_a_constructor_refusing_a_value_is_a_config_error(reg):
+    """A plugin's plain ValueError or TypeError for a bad value becomes a ConfigError naming
+    the part, its settings and where it was raised (one line in the CLI, not a traceback)."""
+
+    @reg.register("picky")
+    class Picky:
+        def __init__(self, k: int = 2):
+            if int(k) < 1:
+                raise ValueError(f"k must be >= 1, got {k}")
+
+    with pytest.raises(
+        ConfigError,
+        match=r"reranker 'picky' refused its settings \{'k': 0\}: "
+        r"ValueError: k must be >= 1, got 0 \(raised at .*test_registry\.py:",
+    ):
+        reg.build({"type": "picky", "k": 0})
+    with pytest.raises(ConfigError, match=r"ValueError: invalid literal for int"):
+        reg.build({"type": "picky", "k": "abc"})
+    with pytest.raises(ConfigError, match=r"TypeError"):
+        reg.build({"type": "picky", "k": [1]})

@@ -14,8 +14,8 @@ A features file is an ``.npz`` (written by :func:`save_features`, read by
 
 Features from another codebase can be evaluated and re-ranked by exporting these arrays with
 ``numpy.savez`` (or :func:`save_features`). Every file is checked when read: missing arrays,
-arrays of different lengths, non-finite features, modality codes other than 0/1 and non 2-D
-features are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the fix.
+arrays of different lengths, non-finite features, modality codes other than 0/1 and features
+that are not an (N, d) matrix with N, d >= 1 are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ class Features:
     """Features of a test set, with labels and provenance.
 
     Attributes:
-        feats: (N, d) float32/float64 numpy array.
+        feats: (N, d) float32/float64 numpy array (integer and float16 features are read
+            as float32).
         pids: (N,) int64 identities.
         cams: (N,) int64 camera numbers.
         modality: (N,) int64, 0 visible / 1 infrared.
@@ -139,6 +140,16 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
         if np.all(arr == np.round(arr)):
             return arr.astype(np.int64)
+    if arr.dtype.kind in "USO":  # text labels ('0042', 'cam3'): numbering them keeps them apart
+        fix = (
+            f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
+            if name == "pids"
+            else "store the numbers they name as integers (e.g. 'cam3' -> 3)"
+        )
+        raise FeatureFileError(
+            f"{where}: '{name}' holds text (dtype {arr.dtype}, e.g. {arr.reshape(-1)[:1].tolist()}); "
+            f"expected integer labels; fix: {fix}"
+        )
     raise FeatureFileError(
         f"{where}: '{name}' has dtype {arr.dtype} with non-integer values; expected integer "
         f"labels; fix: store {name} as integers (e.g. {name}.astype('int64'))"
@@ -169,14 +180,28 @@ def _validated(
             raise FeatureFileError(
                 f"{where}: 'feats' has dtype {feats.dtype}; expected float32 or float64"
             )
+    elif feats.dtype.itemsize < 4:
+        # float16 (as mixed-precision extraction writes): numpy has no float16 product (100x
+        # slower) and its distances overflow at |f|^2 > 65504, so the plain ranking would be
+        # wrong where the re-rankers (which compute in float32) are right; float32 holds
+        # every float16 exactly
+        feats = feats.astype(np.float32)
     if feats.shape[0] == 0:
         raise FeatureFileError(f"{where}: holds no image (feats has 0 rows); {_FIX}")
+    if feats.shape[1] == 0:
+        raise FeatureFileError(
+            f"{where}: 'feats' has {feats.shape[0]} rows of 0 features (shape {feats.shape}); "
+            f"expected (N, d) with d >= 1; fix: check the extraction's output"
+        )
     pids = _as_int(arrays["pids"], "pids", where)
     cams = _as_int(arrays["cams"], "cams", where)
     modality = _as_int(arrays["modality"], "modality", where)
     paths = arrays.get("paths")
     if paths is not None:
-        paths = np.asarray([str(p) for p in paths.tolist()]) if paths.dtype == object else paths
+        if paths.dtype.kind == "S":  # bytes, as numpy.savez of encoded names or h5py give
+            paths = np.char.decode(paths, "utf-8", errors="replace")
+        elif paths.dtype == object:
+            paths = np.asarray([_path_text(p) for p in paths.tolist()])
         if paths.ndim != 1 or not np.issubdtype(paths.dtype, np.str_):
             raise FeatureFileError(
                 f"{where}: 'paths' has shape {paths.shape} and dtype {paths.dtype}; expected a "
@@ -254,8 +279,38 @@ def _checked_arrays(
         "modality": _to_numpy(modality),
     }
     if paths is not None:
-        arrays["paths"] = np.asarray([str(p) for p in paths])
+        arrays["paths"] = np.asarray([_path_text(p) for p in paths])
     return _validated(arrays, meta, where)
+
+
+def decode_meta(raw: Any, where: str) -> Any:
+    """A features file's ``meta`` as stored (a 0-d or 1-element str array holding JSON, as
+    :func:`save_features` writes it), as a JSON string or bytes, already a mapping, or
+    None (no meta: ``{}``), decoded. Not a JSON object: returned as decoded, for
+    :func:`_validated` to name."""
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        if isinstance(raw, np.ndarray):
+            raw = raw[()] if raw.ndim == 0 else raw.reshape(-1)[0]
+        if isinstance(raw, (bytes, np.bytes_)):
+            raw = bytes(raw).decode("utf-8")
+        return json.loads(str(raw))
+    except (ValueError, IndexError) as exc:
+        raise FeatureFileError(
+            f"{where}: 'meta' is not a JSON string ({exc}); expected e.g. "
+            f'np.array(json.dumps({{"dataset": "sysu"}})); fix: re-export with '
+            f"uvireid.save_features(..., dataset=..., split=...)"
+        ) from None
+
+
+def _path_text(p: Any) -> str:
+    """An image path as text: ``bytes`` decoded (``str(b"x")`` would store ``"b'x'"``)."""
+    if isinstance(p, (bytes, bytearray, np.bytes_)):
+        return bytes(p).decode("utf-8", errors="replace")
+    return os.fsdecode(p) if isinstance(p, os.PathLike) else str(p)
 
 
 def save_features(
@@ -338,6 +393,14 @@ def load_features(path: str | os.PathLike) -> Features:
         )
     if src.stat().st_size == 0:
         raise FeatureFileError(f"{where} is empty (0 bytes): a write that did not finish?; {_FIX}")
+    with open(src, "rb") as fh:
+        magic = fh.read(6)
+    if not magic.startswith(b"PK") and magic != b"\x93NUMPY":
+        # np.load would take it for a pickle and advise allow_pickle=True
+        raise FeatureFileError(
+            f"{where} is not an .npz archive (it starts with {magic!r}, not a zip file's "
+            f"'PK'); {_FIX}"
+        )
     try:
         npz = np.load(src, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -367,16 +430,6 @@ def load_features(path: str | os.PathLike) -> Features:
                     f"{where}: array '{name}' cannot be read without pickle ({exc}); store it "
                     f"as a plain numeric or str array; fix: {_FIX}"
                 ) from None
-    meta: Any = {}
-    if "meta" in arrays:
-        raw = arrays.pop("meta")
-        try:
-            meta = json.loads(str(raw[()] if raw.ndim == 0 else raw.reshape(-1)[0]))
-        except (ValueError, IndexError) as exc:
-            raise FeatureFileError(
-                f"{where}: 'meta' is not a JSON string ({exc}); expected e.g. "
-                f'np.array(json.dumps({{"dataset": "sysu"}})); fix: re-export with '
-                f"uvireid.save_features(..., dataset=..., split=...)"
-            ) from None
+    meta = decode_meta(arrays.pop("meta", None), where)
     feats, pids, cams, modality, paths = _validated(arrays, meta, where)
     return Features(feats, pids, cams, modality, paths, meta, src)

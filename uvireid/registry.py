@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvireid._suggest import closest, ordered_by_closeness
-from uvireid.errors import RegistryError
+from uvireid.errors import ConfigError, RegistryError, UvireidError
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,15 @@ class Registry:
                         f"{self.kind} '{name}' has no keyword '{key}'{loc}{hint} "
                         f"valid keywords: {valid}"
                     )
+        for key, value in kwargs.items():
+            p = params.get(key)
+            if p is not None and _is_flag(p) and not _is_bool(value):
+                # bool("false") is True: a flag given as text or a number would be read
+                # silently as the opposite of what was meant
+                raise RegistryError(
+                    f"{self.kind} '{name}' keyword '{key}' is a flag{loc}: true or false, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
         missing = [k for k in self.required(name) if k not in kwargs]
         if missing:
             raise RegistryError(
@@ -215,7 +224,37 @@ class Registry:
         kwargs.update(overrides)
         obj = self.get(name)
         self.check_kwargs(name, kwargs)
-        return obj(**kwargs)
+        try:
+            return obj(**kwargs)
+        except UvireidError:
+            raise
+        except (ValueError, TypeError) as exc:
+            # the keywords are the valid ones (checked above), so the constructor refused a
+            # value: a plugin's plain ValueError gets the same one-line report as a
+            # built-in part's ConfigError, with where it was raised for the plugin's author
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f" (raised at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb else ""
+            raise ConfigError(
+                f"{self.kind} {name!r} refused its settings {kwargs!r}: "
+                f"{type(exc).__name__}: {exc}{where}"
+            ) from exc
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (numpy is not imported for this)."""
+    t = type(value)
+    return isinstance(value, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"))
+
+
+def _is_flag(p: inspect.Parameter) -> bool:
+    """Whether a constructor keyword takes exactly True or False: annotated ``bool`` (not
+    ``bool | None``), or unannotated with a bool default."""
+    ann = p.annotation
+    if ann is bool or ann == "bool":
+        return True
+    return ann is inspect.Parameter.empty and isinstance(p.default, bool)
 
 
 DATASETS = Registry("dataset")

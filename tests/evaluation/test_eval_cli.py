@@ -103,10 +103,54 @@ def test_eval_runs_gives_each_run_and_the_spread_over_runs(tmp_path, capsys):
     other = make_sysu_features(seed=10)
     odd = save_features(tmp_path / "odd.npz", other.feats, other.pids, other.cams, other.modality)
     assert cli.main(["eval", files[0], str(odd), "--protocol", "sysu-all", "--runs"]) == 2
-    assert "different test sets" in capsys.readouterr().err
+    assert "different test images" in capsys.readouterr().err
     assert cli.main(["eval", files[0], "--protocol", "sysu-all", "--runs"]) == 2
     assert "two runs or more" in capsys.readouterr().err
     assert cli.main(["eval", *files[:2], "--protocol", "regdb-v2i", "--runs"]) == 2
     assert "a RegDB run is ten split files" in capsys.readouterr().err
     assert cli.main(["eval", files[0], files[0], "--protocol", "sysu-all", "--runs"]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+def test_eval_runs_refuses_files_of_different_methods(tmp_path, capsys):
+    """``--runs`` averages seeds of one method: files whose feature dimension, recorded
+    feature head or test images differ are refused before any protocol runs, naming
+    what differs; the same images in another row order are one test set."""
+    import numpy as np
+
+    f = make_sysu_features(seed=9)
+    a = save_features(tmp_path / "a.npz", f.feats, f.pids, f.cams, f.modality, f.paths)
+    wider = np.concatenate([f.feats, f.feats[:, :3]], 1)
+    b = save_features(tmp_path / "b.npz", wider, f.pids, f.cams, f.modality, f.paths)
+    assert cli.main(["eval", str(a), str(b), "--protocol", "sysu-all", "--runs"]) == 2
+    err = capsys.readouterr().err
+    assert "differ in feature dimension" in err and f"{b}: {f.dim + 3}" in err
+    heads = []
+    for head in ("global", "part"):
+        heads.append(
+            save_features(
+                tmp_path / f"{head}.npz",
+                f.feats,
+                f.pids,
+                f.cams,
+                f.modality,
+                f.paths,
+                feature_head=head,
+            )
+        )
+    assert cli.main(["eval", *map(str, heads), "--protocol", "sysu-all", "--runs"]) == 2
+    assert "differ in meta 'feature_head'" in capsys.readouterr().err
+    # one label moved to another identity: other test images
+    pids = f.pids.copy()
+    pids[0] = pids.max() + 1
+    c = save_features(tmp_path / "c.npz", f.feats, pids, f.cams, f.modality, f.paths)
+    assert cli.main(["eval", str(a), str(c), "--protocol", "sysu-all", "--runs"]) == 2
+    assert "different test images" in capsys.readouterr().err
+    # the same images, rows reversed: accepted
+    r = slice(None, None, -1)
+    d = save_features(
+        tmp_path / "d.npz", f.feats[r], f.pids[r], f.cams[r], f.modality[r], f.paths[r]
+    )
+    args = ["eval", str(a), str(d), "--protocol", "sysu-all", "--runs", "--trials", "1"]
+    assert cli.main(args) == 0
+    capsys.readouterr()

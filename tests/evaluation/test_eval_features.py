@@ -74,8 +74,45 @@ def test_missing_file(tmp_path):
 def test_not_an_npz(tmp_path):
     p = tmp_path / "bad.npz"
     p.write_text("hello")
+    # a text file is not taken for a pickle (numpy's message would advise allow_pickle)
+    with pytest.raises(FeatureFileError, match=r"bad\.npz is not an \.npz archive") as exc:
+        load_features(p)
+    assert "b'hello'" in str(exc.value) and "pickle" not in str(exc.value)
+    p.write_bytes(b"PK\x03\x04 broken zip")  # a zip's start, then garbage
     with pytest.raises(FeatureFileError, match=r"bad\.npz is not a readable \.npz"):
         load_features(p)
+
+
+def test_float16_features_are_read_as_float32(tmp_path):
+    """float16 files (mixed-precision extraction) are evaluated in float32: numpy's
+    float16 product would overflow past |f|^2 = 65504 and is ~100x slower."""
+    a = arrays()
+    a["feats"] = (a["feats"] * 300).astype(np.float16)
+    np.savez(tmp_path / "h.npz", **a)
+    f = load_features(tmp_path / "h.npz")
+    assert f.feats.dtype == np.float32
+    np.testing.assert_array_equal(f.feats, a["feats"].astype(np.float32))  # exact
+    big = f.feats @ f.feats.T
+    assert np.isfinite(big).all() and (np.abs(big) > 65504).any()  # float16 would overflow
+
+
+def test_features_with_no_columns_are_refused(tmp_path):
+    a = arrays()
+    a["feats"] = np.zeros((6, 0), dtype=np.float32)
+    np.savez(tmp_path / "z.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"6 rows of 0 features .*d >= 1"):
+        load_features(tmp_path / "z.npz")
+
+
+def test_bytes_paths_are_decoded(tmp_path):
+    """Paths as bytes (h5py, or encoded names in numpy.savez) are stored and read as the
+    text they hold, not as their repr ``"b'...'"``."""
+    a = arrays()
+    names = [f"cam{c}/0001/{i:04d}.jpg" for i, c in enumerate(a["cams"])]
+    np.savez(tmp_path / "s.npz", paths=np.array([n.encode() for n in names]), **a)
+    assert load_features(tmp_path / "s.npz").paths.tolist() == names
+    save_features(tmp_path / "t.npz", *a.values(), paths=[n.encode() for n in names])
+    assert load_features(tmp_path / "t.npz").paths.tolist() == names
 
 
 @pytest.mark.parametrize("name", ["feats", "pids", "cams", "modality"])
@@ -158,6 +195,17 @@ def test_non_integer_labels(tmp_path):
     np.savez(tmp_path / "f.npz", **a)
     with pytest.raises(FeatureFileError, match=r"'pids' has dtype float64 with non-integer"):
         load_features(tmp_path / "f.npz")
+    # text labels get a fix that works for any text (astype would fail on 'p07')
+    a = arrays()
+    a["pids"] = np.array([f"p{p:02d}" for p in a["pids"]])
+    np.savez(tmp_path / "t.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"'pids' holds text .*'p00'.*return_inverse"):
+        load_features(tmp_path / "t.npz")
+    a = arrays()
+    a["cams"] = np.array([f"cam{c}" for c in a["cams"]])
+    np.savez(tmp_path / "c.npz", **a)
+    with pytest.raises(FeatureFileError, match=r"'cams' holds text .*'cam3' -> 3"):
+        load_features(tmp_path / "c.npz")
 
 
 def test_meta_that_is_not_json(tmp_path):

@@ -451,6 +451,23 @@ def test_a_mapping_of_arrays_is_evaluated_as_the_same_features(caplog):
     assert "every feature is the same" in caplog.text
 
 
+def test_an_np_load_of_a_features_file_is_a_mapping_like_any_other(tmp_path):
+    """``np.load(file)`` of a file with ``meta`` (every file uvireid writes: a 0-d JSON
+    string) is read as the file is, meta included."""
+    f = make_sysu_features(seed=6)
+    path = save_features(
+        tmp_path / "f.npz", f.feats, f.pids, f.cams, f.modality, f.paths, dataset="sysu"
+    )
+    with np.load(path) as npz:
+        a = run_protocol(npz, "sysu-all", trials=2)
+        c = run_protocol(dict(npz), "sysu-all", trials=2)
+    b = run_protocol(path, "sysu-all", trials=2)
+    assert a.mean == b.mean == c.mean
+    assert a.provenance["features_meta"]["dataset"] == "sysu"
+    with pytest.raises(ProtocolError, match=r"'meta' is a JSON list; expected a JSON object"):
+        run_protocol({**dict(np.load(path)), "meta": np.array("[1, 2]")}, "sysu-all")
+
+
 def test_a_protocol_the_file_does_not_list_or_whose_cameras_it_lacks_is_refused():
     f = make_sysu_features(seed=9)
     bare = Features(f.feats, f.pids, f.cams, f.modality, f.paths, {})  # SYSU cameras, no meta

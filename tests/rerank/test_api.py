@@ -79,3 +79,60 @@ def test_library_misuse_gives_uvireid_errors():
         LOSSES.build({"type": "part_contrast"})(out, t)
     with pytest.raises(FeatureFileError, match="whole numbers"):
         label_quality(np.array([0.5, 0, 0, 1]), np.array([0, 0, 1, 1]))
+
+
+def test_the_functions_check_their_settings_as_the_classes_do():
+    """The public functions refuse the settings their classes refuse (from the audit:
+    ``re_ranking(lambda_value=5)`` ran, ``block_rows=-5`` was a torch RuntimeError)."""
+    import pytest
+
+    from uvireid.errors import ConfigError
+    from uvireid.rerank.cmfp import affinity_blocks, propagate
+    from uvireid.rerank.cmrr import cmrr_distance
+    from uvireid.rerank.kreciprocal import k_reciprocal_distance, re_ranking
+
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+    d = rng.random((11, 11))
+    for bad in (5, -0.1, "x"):
+        with pytest.raises(ConfigError, match="lambda_value must be a number in"):
+            re_ranking(d[:6, 6:], d[:6, :6], d[6:, 6:], lambda_value=bad)
+        with pytest.raises(ConfigError, match="lambda_value must be a number in"):
+            k_reciprocal_distance(q, g, lambda_value=bad)
+        with pytest.raises(ConfigError, match="lambda_intra must be a number in"):
+            cmrr_distance(q, g, lambda_intra=bad)
+    with pytest.raises(ConfigError, match="eta must be a number >= 0"):
+        cmrr_distance(q, g, eta=-1)
+    for bad in (-5, 0, 2.5):
+        with pytest.raises(ConfigError, match="block_rows must be an integer >= 1"):
+            propagate(q, g, 3, mode="sparse", block_rows=bad)
+    for bad in ("yes", 1):
+        with pytest.raises(ConfigError, match="mixed must be true, false or null"):
+            propagate(q, g, 3, mixed=bad)
+        with pytest.raises(ConfigError, match="mixed must be true, false or null"):
+            affinity_blocks(torch.from_numpy(q), torch.from_numpy(g), 3, mixed=bad)
+    out = propagate(q, g, 3, mode="sparse", block_rows=2)  # a valid block size still runs
+    exact = propagate(q, g, 3, mode="dense", mixed=False)[0]
+    np.testing.assert_allclose(out[0], exact, atol=1e-12)
+
+
+def test_no_reranker_writes_into_its_input():
+    """Inputs are shared with the caller, not copied (a read-only ``np.load(...,
+    mmap_mode="r")`` array too, without torch's not-writable warning): no re-ranker may
+    change them."""
+    import warnings
+
+    from uvireid.registry import RERANKERS
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        q = rng.normal(size=(30, 8)).astype(dtype)
+        g = rng.normal(size=(12, 8)).astype(dtype)
+        keep = q.copy(), g.copy()
+        q.flags.writeable = g.flags.writeable = False
+        for name in RERANKERS.names():
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                RERANKERS.build({"type": name}).rerank(q, g)
+            np.testing.assert_array_equal(q, keep[0])
+            np.testing.assert_array_equal(g, keep[1])

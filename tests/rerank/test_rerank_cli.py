@@ -58,7 +58,7 @@ def test_rerank_prints_both_tables_and_the_time(numpy_file, tmp_path, capsys):
     assert "re-ranking time:" in text and "over 2 trial(s)" in text
     assert "reranker: cmfp(k=5)" in text and "change: R1" in text
     doc = json.loads(out.read_text())
-    assert set(doc) == {"baseline", "reranked", "summary"}
+    assert set(doc) == {"baseline", "reranked", "summary", "failed"} and doc["failed"] == {}
     assert doc["reranked"]["cmfp(k=5)"]["rerank_calls"] == 2
 
 
@@ -137,3 +137,52 @@ def test_rerank_device_is_checked_and_used(numpy_file, capsys, monkeypatch):
 def test_a_keyword_given_twice_is_refused_not_silently_chosen(numpy_file, capsys, flags, said):
     rc = main(["rerank", str(numpy_file), "--reranker", "cmfp", *flags, "--protocol", "sysu-all"])
     assert rc == 2 and said in capsys.readouterr().err
+
+
+def test_rerank_all_keywords_go_where_they_are_meant(uvireid_file, capsys):
+    """With ``all``, a plain keyword goes to every re-ranker that has it (and the command
+    says which), ``NAME.KEY`` to NAME only, and a keyword that no re-ranker has is an
+    error instead of being dropped."""
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--trials", "1", "--k", "5", "--set", "aim.k1=3"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "aim(k1=3,k2=1)" in text and "kreciprocal(k1=20," in text  # k1 for AIM only
+    assert "cmfp(k=5)" in text and "cmrr(k=5," in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("keywords:"))
+    assert "k -> cmfp, cmrr" in line and "k1 -> aim" in line
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--set", "kk=3"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "no re-ranker has a keyword 'kk'" in err and "did you mean 'k'" in err
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--set", "amm.k1=3"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "'amm' is not a registered re-ranker" in err and "aim.k1" in err
+    rc = main(["rerank", str(uvireid_file), "--reranker", "cmfp", "--protocol", "sysu-all",
+               "--set", "aim.k1=3"])  # fmt: skip
+    assert rc == 2 and "which this command does not run" in capsys.readouterr().err
+
+
+def test_rerank_all_keeps_the_other_rows_when_one_reranker_fails(
+    uvireid_file, tmp_path, capsys, monkeypatch
+):
+    """A re-ranker refused for memory under ``all`` gets a row saying why; the baseline
+    and the other re-rankers are still printed and written, and the command fails."""
+    import uvireid.rerank.inputs as inputs
+
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 1000)  # the dense ones refused
+    out = tmp_path / "all.json"
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--trials", "1", "--json", str(out)])  # fmt: skip
+    cap = capsys.readouterr()
+    assert rc == 2
+    rows = {ln.split()[0]: ln for ln in cap.out.splitlines() if ln[:1].isalpha()}
+    assert "failed: ConfigError" in rows["cmrr(k=15,eta=0.1)"]
+    assert "failed" not in rows["cmfp(k=30)"] and "failed" not in rows["none"]
+    doc = json.loads(out.read_text())
+    assert {"cmrr(k=15,eta=0.1)", "kreciprocal(k1=20,k2=6,lambda=0.3)"} <= set(doc["failed"])
+    assert "cmfp(k=30)" in doc["reranked"] and "cmfp(k=30)" not in doc["failed"]
+    assert doc["baseline"]["mean"]["mAP"] > 0
+    assert "error: re-ranker cmrr(k=15,eta=0.1) failed: ConfigError" in cap.err
+    assert "needs about" in cap.err

@@ -95,6 +95,7 @@ def protocol_inputs(args: Any) -> Any:
     from uvireid.evaluation.protocols import get_protocol
 
     spec = get_protocol(args.protocol)
+    has_runs = hasattr(args, "runs")  # `uvireid eval` has --runs, `uvireid rerank` not
     runs = getattr(args, "runs", False)
     if runs and spec.dataset == "regdb":
         raise ProtocolError(
@@ -106,8 +107,8 @@ def protocol_inputs(args: Any) -> Any:
     if len(args.features) > 1 and spec.dataset != "regdb" and not runs:
         raise ProtocolError(
             f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
-            f"several files (one per split); pass one {spec.dataset_name} test-set file, "
-            f"or add --runs to compare runs (seeds) of one method"
+            f"several files (one per split); pass one {spec.dataset_name} test-set file"
+            + (", or add --runs to compare runs (seeds) of one method" if has_runs else "")
         )
     seen = [Path(f).resolve() for f in args.features]
     if len(set(seen)) < len(seen):

@@ -116,6 +116,50 @@ def _write_json(path: str, data: dict) -> None:
 _RUN_METRICS = ("R1", "R10", "mAP", "mINP")
 
 
+#: meta entries that runs (seeds) of one method share
+_SHARED_META = ("dataset", "split", "feature_head")
+
+
+def _same_method(paths: list, features: list) -> None:
+    """Refuse ``--runs`` files that are not runs of one method on one test set: other
+    feature dimensions, another dataset, split or feature head in their meta (where both
+    record it), or other test images (their identity, camera and modality labels)."""
+    import numpy as np
+
+    from uvireid.errors import ProtocolError
+
+    def differ(what: str, values: list) -> None:
+        listing = ", ".join(f"{p}: {v}" for p, v in zip(paths, values))
+        raise ProtocolError(
+            f"--runs averages runs (seeds) of one method on one test set, and these files "
+            f"differ in {what} ({listing}); evaluate them one by one to compare methods"
+        )
+
+    dims = [f.dim for f in features]
+    if len(set(dims)) > 1:
+        differ("feature dimension", dims)
+    for key in _SHARED_META:
+        values = [f.meta.get(key) if isinstance(f.meta, dict) else None for f in features]
+        if len({str(v) for v in values if v is not None}) > 1:
+            differ(f"meta {key!r}", values)
+    first = features[0]
+    ref = np.lexsort((first.modality, first.cams, first.pids))
+    for path, f in zip(paths[1:], features[1:]):
+        same = len(f) == len(first)
+        if same:
+            order = np.lexsort((f.modality, f.cams, f.pids))
+            same = all(
+                np.array_equal(getattr(f, a)[order], getattr(first, a)[ref])
+                for a in ("pids", "cams", "modality")
+            )
+        if not same:
+            raise ProtocolError(
+                f"--runs: {path} and {paths[0]} hold different test images (their identity, "
+                f"camera and modality labels differ); runs can only be averaged on the same "
+                f"test set"
+            )
+
+
 def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int:
     """``--runs``: each file through the protocol on its own, then the spread over runs.
 
@@ -129,6 +173,7 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     from uvireid.errors import ProtocolError
     from uvireid.evaluation.protocols import run_protocol
 
+    _same_method(args.features, features)
     results = [run_protocol(f, protocol, **_protocol_options(args)) for f in features]
     counts = {(r.provenance["num_query"], r.provenance["num_gallery"]) for r in results}
     if len(counts) > 1:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from uvireid.cli._checks import add_trials, protocol_inputs
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, UvireidError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ examples:
   uvireid rerank sysu_test.npz --reranker cmfp --k 30 --protocol sysu-all
   uvireid rerank sysu_test.npz --reranker aim --set k1=4 --set k2=1 --protocol sysu-all
   uvireid rerank sysu_test.npz --reranker all --protocol sysu-all --trials 10 --json rr.json
+  uvireid rerank regdb_split1.npz --reranker all --k 8 --set aim.k1=8 --protocol regdb-v2i
+      (--k: every re-ranker that has a k; --set aim.k1=8: AIM's k1 only)
   uvireid rerank regdb_split1.npz --reranker cmfp --k 8 --protocol regdb-v2i
   uvireid rerank sysu_test.npz --reranker cmfp --protocol sysu-all --device cuda
 
@@ -48,13 +51,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--reranker", required=True, help="cmfp | kreciprocal | cmrr | aim | all | a plugin's"
     )
-    p.add_argument("--k", type=int, default=None, help="k of re-rankers that have one (cmfp, cmrr)")
+    p.add_argument(
+        "--k", type=int, default=None, help="k of every re-ranker that has one (cmfp, cmrr, ...)"
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another re-ranker keyword, e.g. --set k1=4 (repeatable)",
+        help="another re-ranker keyword, e.g. --set k1=4 (repeatable); with --reranker all "
+        "a plain KEY goes to every re-ranker that has it, NAME.KEY (--set aim.k1=8) to NAME only",
     )
     p.add_argument(
         "--protocol",
@@ -127,20 +133,92 @@ def _keywords(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _build(name: str, kwargs: dict[str, Any], strict: bool) -> Any:
-    """Build ``name``; with ``strict=False`` drop the keywords it does not take (``all``)."""
+def _accepted(name: str) -> set[str]:
     from uvireid.registry import RERANKERS
 
-    if not strict:
-        accepted = set(RERANKERS.signature(name).parameters)
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return set(RERANKERS.signature(name).parameters)
+
+
+def _split_scoped(kwargs: dict[str, Any], names: list[str]) -> tuple[dict, dict]:
+    """``(plain, scoped)``: ``--set NAME.KEY=V`` for a registered re-ranker NAME goes to
+    ``scoped[NAME][KEY]``; every other keyword is plain."""
+    from uvireid._suggest import closest
+    from uvireid.registry import RERANKERS
+
+    plain: dict[str, Any] = {}
+    scoped: dict[str, dict[str, Any]] = {}
+    for key, value in kwargs.items():
+        head, dot, rest = key.partition(".")
+        if not dot:
+            plain[key] = value
+            continue
+        if head not in RERANKERS.names():
+            near = closest(head, RERANKERS.names(), n=1)
+            hint = f"; did you mean '{near[0]}.{rest}'?" if near else ""
+            raise ConfigError(
+                f"--set {key}=: '{head}' is not a registered re-ranker{hint} (NAME.KEY=VALUE "
+                f"sets KEY of re-ranker NAME only)"
+            )
+        if head not in names:
+            raise ConfigError(
+                f"--set {key}= is for re-ranker '{head}', which this command does not run "
+                f"(--reranker {', '.join(names)})"
+            )
+        scoped.setdefault(head, {})[rest] = value
+    return plain, scoped
+
+
+def _plan(kwargs: dict[str, Any], names: list[str], every: bool) -> dict[str, dict[str, Any]]:
+    """The keywords of each re-ranker to build.
+
+    One re-ranker: every keyword is its own (a wrong one is the registry's error, with the
+    closest valid name). ``all``: ``NAME.KEY`` goes to NAME only; a plain KEY to every
+    re-ranker that takes it, and a KEY that none takes is an error (not silently dropped).
+    """
+    plain, scoped = _split_scoped(kwargs, names)
+    if not every:
+        return {names[0]: {**plain, **scoped.get(names[0], {})}}
+    accepted = {n: _accepted(n) for n in names}
+    known = set().union(*accepted.values())
+    for key in plain:
+        if key not in known:
+            from uvireid._suggest import closest
+
+            near = closest(key, sorted(known), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(
+                f"--set {key}=: no re-ranker has a keyword '{key}'{hint} (keywords: "
+                f"{', '.join(sorted(known))})"
+            )
+    return {
+        n: {**{k: v for k, v in plain.items() if k in accepted[n]}, **scoped.get(n, {})}
+        for n in names
+    }
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> Any:
+    from uvireid.registry import RERANKERS
+
     return RERANKERS.build({"type": name, **kwargs})
+
+
+def _label(name: str, part: Any, kwargs: dict[str, Any]) -> str:
+    """A row's name: the part's own ``name`` (built-ins show their settings), else the
+    registry name with the keywords it was given."""
+    own = getattr(part, "name", None)
+    if own:
+        return str(own)
+    given = ",".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{name}({given})" if given else name
 
 
 def _side_by_side(rows: list[dict]) -> str:
     head = f"{'reranker':40s} {'R1':>7s} {'mAP':>7s} {'mINP':>7s} {'time/trial':>11s}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        if r.get("failed"):
+            lines.append(f"{r['reranker']:40s} failed: {r['failed']}")
+            continue
         t = f"{r['seconds_per_trial']:9.3f} s" if r["seconds_per_trial"] is not None else "-"
         lines.append(
             f"{r['reranker']:40s} {r['R1']:7.2f} {r['mAP']:7.2f} {r['mINP']:7.2f} {t:>11s}"
@@ -158,11 +236,28 @@ def run(args: argparse.Namespace) -> int:
     from uvireid.rerank import OnDevice
 
     device = resolve_device(check_device(args.device, "--device"))
-    kwargs = _keywords(args)
-    names = RERANKERS.names() if args.reranker == "all" else [args.reranker]
-    parts = [
-        _Timed(OnDevice(_build(n, kwargs, strict=args.reranker != "all"), device), n) for n in names
-    ]
+    every = args.reranker == "all"
+    names = RERANKERS.names() if every else [args.reranker]
+    plan = _plan(_keywords(args), names, every)
+    parts, failed = [], {}
+    for n in names:
+        try:
+            built = _build(n, plan[n])
+        except UvireidError as exc:
+            if not every:
+                raise
+            failed[n] = f"{type(exc).__name__}: {exc}"
+            continue
+        parts.append(_Timed(OnDevice(built, device), _label(n, built, plan[n])))
+    if every:
+        given = {
+            k: [n for n in names if k in plan[n]] for k in {k for p in plan.values() for k in p}
+        }
+        if given:
+            print(
+                "keywords: "
+                + "; ".join(f"{k} -> {', '.join(ns)}" for k, ns in sorted(given.items()))
+            )
 
     features = [load_features(f) for f in args.features]
     feats = features if len(features) > 1 else features[0]
@@ -187,7 +282,16 @@ def run(args: argparse.Namespace) -> int:
         print("== without re-ranking ==")
         print(base.table())
     for part in parts:
-        res = evaluate(part)
+        try:
+            res = evaluate(part)
+        except (UvireidError, MemoryError) as exc:
+            if not every:
+                raise
+            # one re-ranker that cannot run (e.g. refused for memory) does not cost the
+            # others' results: its row says why, and the command ends with an error
+            failed[part.name] = f"{type(exc).__name__}: {exc}"
+            rows.append({"reranker": part.name, "failed": failed[part.name]})
+            continue
         per_trial = part.seconds / max(1, part.calls)
         results[part.name] = (res, part)
         rows.append(_row(part.name, res, per_trial))
@@ -202,7 +306,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{k} {res.mean[k] - base.mean[k]:+.2f}" for k in ("R1", "mAP", "mINP")
             )
             print(f"change: {deltas}")
-    if args.reranker == "all":
+    if every:
+        listed = {r["reranker"] for r in rows}
+        rows += [{"reranker": n, "failed": why} for n, why in failed.items() if n not in listed]
         print(base.summary().replace("reranker: none", "reranker: see below"))
         print(_side_by_side(rows))
     if args.json:
@@ -219,9 +325,14 @@ def run(args: argparse.Namespace) -> int:
                 for name, (res, part) in results.items()
             },
             "summary": rows,
+            "failed": failed,
         }
         out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         logger.info("wrote %s", out)
+    if failed:
+        for n, why in failed.items():
+            print(f"error: re-ranker {n} failed: {why}", file=sys.stderr)
+        return 2
     return 0
 
 

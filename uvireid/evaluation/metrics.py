@@ -79,7 +79,8 @@ def _labels(x: Any, name: str, n: int, what: str) -> np.ndarray:
     if arr.ndim != 1 or len(arr) != n:
         raise ProtocolError(
             f"{name} has shape {arr.shape}; expected one entry per {what} ({n},) to match the "
-            f"distance matrix; pass the labels in the order of the distance matrix's {what}s"
+            f"distance matrix; pass the labels in the order of the distance matrix's "
+            f"{'rows' if what == 'query' else 'columns'}"
         )
     return arr
 
@@ -276,7 +277,7 @@ def eval_sysu(
         mAP and mINP floats in [0, 1], over the valid queries.
     """
     for name, cams in (("q_camids", q_camids), ("g_camids", g_camids)):
-        odd = sorted(set(np.unique(np.asarray(cams)).tolist()) - set(range(1, 7)))
+        odd = sorted(set(np.unique(to_numpy(cams)).tolist()) - set(range(1, 7)))
         if odd:  # 0-based cameras would silently drop the cam-3 / cam-2 rule
             raise ProtocolError(
                 f"eval_sysu: {name} holds camera numbers {odd}; SYSU-MM01 cameras are 1..6 as "

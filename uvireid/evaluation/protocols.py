@@ -571,7 +571,7 @@ def _as_features(x: Any) -> Features:
     if isinstance(x, (str, os.PathLike)):
         return load_features(x)
     if isinstance(x, Mapping):  # {"feats": ..., "pids": ..., "cams": ..., "modality": ...}
-        from uvireid.features import features_from_arrays
+        from uvireid.features import decode_meta, features_from_arrays
 
         need = ("feats", "pids", "cams", "modality")
         missing = [k for k in need if k not in x]
@@ -580,9 +580,13 @@ def _as_features(x: Any) -> Features:
                 f"a mapping of features needs the keys {', '.join(need)} (optional: paths, "
                 f"meta); missing: {', '.join(missing)}"
             )
-        return features_from_arrays(
-            *(x[k] for k in need), paths=x.get("paths"), **dict(x.get("meta") or {})
-        )
+        meta = decode_meta(x.get("meta"), "the mapping of arrays")
+        if not isinstance(meta, dict):
+            raise ProtocolError(
+                f"the mapping's 'meta' is a JSON {type(meta).__name__}; expected a JSON object "
+                f'such as {{"dataset": "sysu", "split": "test"}}'
+            )
+        return features_from_arrays(*(x[k] for k in need), paths=x.get("paths"), **meta)
     raise ProtocolError(
         f"expected a Features object, the path of a features file or a mapping of arrays "
         f"(feats, pids, cams, modality), got {type(x).__name__}"
@@ -774,6 +778,13 @@ def run_protocol(
             f"evaluated on one test set (its trials resample the gallery); several files are "
             f"only averaged for RegDB (one per split)"
         )
+    stated = {f.meta.get("feature_head") for f in files} - {None}
+    if feature_head and stated and stated != {feature_head}:  # before any trial runs
+        raise ProtocolError(
+            f"feature_head {feature_head!r} contradicts the features file's meta "
+            f"(feature_head {', '.join(sorted(map(str, stated)))}); the flag labels files "
+            f"that do not say which feature they hold: leave it out here"
+        )
     for f in files:
         _check_meta(f, spec)
         if identical_rows(f.feats) is not None:
@@ -852,13 +863,6 @@ def run_protocol(
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
     std = {k: float(np.std([r[k] for r in rows])) for k in METRIC_KEYS}
     cmc = np.mean(np.asarray([r["cmc"] for r in rows]), axis=0).tolist()
-    stated = {f.meta.get("feature_head") for f in files} - {None}
-    if feature_head and stated and stated != {feature_head}:
-        raise ProtocolError(
-            f"feature_head {feature_head!r} contradicts the features file's meta "
-            f"(feature_head {', '.join(sorted(map(str, stated)))}); the flag labels files "
-            f"that do not say which feature they hold: leave it out here"
-        )
     head = feature_head or (stated.pop() if len(stated) == 1 else None) or "unknown"
     no_paths = any(f.paths is None for f in files)
     provenance = {

@@ -504,6 +504,7 @@ def affinity_blocks(
             on the CPU where :func:`mixed_available`; False: float64 throughout.
     """
     _check_backend(backend)
+    _check_options(mixed, block_rows)
     mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
     if mode == "dense":
         if _resolve_mixed(mixed, query, gallery):
@@ -535,6 +536,13 @@ def _check_backend(backend: str) -> None:
 
     if backend not in BACKENDS:
         raise ConfigError(f"cmfp: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _check_options(mixed: Any, block_rows: Any) -> None:
+    if not isinstance(mixed, (bool, type(None))):
+        raise ConfigError(f"cmfp: mixed must be true, false or null, got {mixed!r}")
+    if block_rows is not None:
+        check_k(block_rows, "block_rows", "cmfp")
 
 
 def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int) -> str:
@@ -595,7 +603,7 @@ def propagate(
         mixed: dense path with float64 features: mixed precision. The neighbours are
             chosen exactly as float64 products would choose them (ties included), the
             products and the propagation run in float32: the output is about 1e-7 from
-            the float64 computation (the official code's), 1.4x faster on a CPU. None
+            the float64 computation (the official code's), 1.3-1.4x faster on a CPU. None
             (default): on the CPU where :func:`mixed_available` (float64 input,
             full-precision float32 products); False: float64 throughout; True: required (a
             :class:`~uvireid.errors.ConfigError` where unavailable or the path is sparse).
@@ -608,6 +616,7 @@ def propagate(
     q, g, was_numpy = check_pair(query, gallery, "cmfp")
     k = check_k(k, "k", "cmfp")
     _check_backend(backend)
+    _check_options(mixed, block_rows)
     nq = q.shape[0]
     mode = _resolve_mode(mode, q.shape[0], g.shape[0], q.element_size())
     if mode == "sparse" and mixed:
@@ -691,9 +700,10 @@ class CMFP:
         if mode not in MODES:
             raise ConfigError(f"cmfp: mode must be one of {', '.join(MODES)}, got {mode!r}")
         _check_backend(backend)
-        if mixed not in (None, True, False):
-            raise ConfigError(f"cmfp: mixed must be true, false or null, got {mixed!r}")
-        self.normalize = bool(normalize)
+        _check_options(mixed, None)
+        if not isinstance(normalize, bool):  # bool("false") would be True
+            raise ConfigError(f"cmfp: normalize must be true or false, got {normalize!r}")
+        self.normalize = normalize
         self.mode = mode
         self.backend = backend
         self.mixed = mixed

@@ -319,6 +319,8 @@ def cmrr_distance(
     q, g, was_numpy = check_pair(query, gallery, "cmrr")
     k = check_k(k, "k", "cmrr")
     k2_intra = check_k(k2_intra, "k2_intra", "cmrr")
+    eta = check_real(eta, "eta", "cmrr", 0.0)
+    lambda_intra = check_real(lambda_intra, "lambda_intra", "cmrr", 0.0, 1.0)
     nq, ng = q.shape[0], g.shape[0]
     ensure_fits(
         # d_qq, d_gg; d_qg, n_qg, n_gq, the cross sums and the dense gallery side of V;

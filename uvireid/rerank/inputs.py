@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,12 @@ def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
             raise FeatureFileError(
                 f"{name} features have dtype {arr.dtype}; pass an (N, d) float array"
             )
-        t, was_numpy = torch.from_numpy(np.ascontiguousarray(arr)), True
+        arr = np.ascontiguousarray(arr)
+        with warnings.catch_warnings():
+            # a read-only array (np.load(..., mmap_mode="r")) is shared, not copied: nothing
+            # here writes into its input (tests/rerank check every re-ranker for that)
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            t, was_numpy = torch.from_numpy(arr), True
     if t.ndim != 2:
         raise FeatureFileError(
             f"{name} features must be 2-D (N, d), got shape {tuple(t.shape)}; "

@@ -414,6 +414,7 @@ def re_ranking(
                 f"finite features"
             )
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
+    lambda_value = _check_lambda(lambda_value)
     dev = qg.device
     ensure_fits(
         _dense_bytes(nq + ng, nq),
@@ -430,6 +431,10 @@ def _check_ks(k1: Any, k2: Any, who: str) -> tuple[int, int]:
     return check_k(k1, "k1", who, minimum=0), check_k(k2, "k2", who)
 
 
+def _check_lambda(value: Any) -> float:
+    return check_real(value, "lambda_value", "kreciprocal", 0.0, 1.0)
+
+
 def k_reciprocal_distance(
     query: Any, gallery: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
 ) -> Any:
@@ -442,6 +447,7 @@ def k_reciprocal_distance(
     """
     q, g, was_numpy = check_pair(query, gallery, "kreciprocal")
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
+    lambda_value = _check_lambda(lambda_value)
     nq, ng = q.shape[0], g.shape[0]
     ensure_fits(
         _dense_bytes(nq + ng, nq) + 8.0 * (nq + ng) ** 2,
@@ -475,7 +481,7 @@ class KReciprocal:
 
     def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
         self.k1, self.k2 = _check_ks(k1, k2, "kreciprocal")
-        self.lambda_value = check_real(lambda_value, "lambda_value", "kreciprocal", 0.0, 1.0)
+        self.lambda_value = _check_lambda(lambda_value)
 
     @property
     def name(self) -> str:

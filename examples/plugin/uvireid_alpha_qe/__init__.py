@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from uvireid.registry import RERANKERS
-from uvireid.rerank.inputs import check_pair, to_output
+from uvireid.rerank.inputs import check_k, check_pair, check_real, to_output
 
 __all__ = ["AlphaQE", "expand"]
 
@@ -45,10 +45,15 @@ class AlphaQE:
     """
 
     def __init__(self, k: int = 2, alpha: float = 3.0):
-        if int(k) < 1:
-            raise ValueError(f"alpha_qe: k must be >= 1, got {k}")
-        self.k = int(k)
-        self.alpha = float(alpha)
+        # uvireid's checks raise ConfigError, which the CLI reports as one line naming the
+        # value (a plain ValueError would be wrapped the same way by the registry)
+        self.k = check_k(k, "k", "alpha_qe")
+        self.alpha = check_real(alpha, "alpha", "alpha_qe", 0.0)
+
+    @property
+    def name(self) -> str:
+        """Short description with the settings (evaluation provenance, tables)."""
+        return f"alpha_qe(k={self.k},alpha={self.alpha})"
 
     def rerank(self, query, gallery):
         """(Nq, Ng) distance between the expanded queries and the gallery."""
