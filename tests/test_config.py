@@ -311,3 +311,12 @@ def test_a_top_level_losses_override_on_a_staged_recipe_points_to_the_stages():
         load_recipe("demo", ["losses.0.weight=2"])
     cfg = load_recipe("demo", ["stages.1.losses.0.weight=2"])
     assert cfg["stages"][1]["losses"][0]["weight"] == 2
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "..", ""])
+def test_a_recipe_name_is_one_folder_name(name):
+    """The name makes the run folders (<output_dir>/<name>-<time>), where --resume looks
+    for them: a name with a '/' put runs where --resume never found them."""
+    with pytest.raises(ConfigError, match=r"'name' is .*one folder name without '/'"):
+        load_recipe("demo", [f"name={name!r}"])
+    assert load_recipe("demo", ["name=demo-lowlr"])["name"] == "demo-lowlr"

@@ -321,8 +321,21 @@ class SettingsKey:
     cls: type
 
 
+def check_run_name(value: Any, where: str) -> None:
+    """A recipe name names its run folders (``<output_dir>/<name>-<time>``): one plain
+    folder-name part, so that ``--resume`` finds them again."""
+    if value is None:
+        return
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ConfigError(
+            f"{where} is {value!r}; a recipe name names its run folders "
+            f"(<output_dir>/<name>-<time>), so it is one folder name without '/' or '\\'; "
+            f"put the runs elsewhere with output_dir=..."
+        )
+
+
 SCHEMA: dict[str, Any] = {
-    "name": ScalarKey((str,), None, "recipe name (defaults to the file name)"),
+    "name": ScalarKey((str,), None, "recipe name (defaults to the file name)", check_run_name),
     "description": ScalarKey((str,), "", "one line shown by `uvireid list`"),
     "seed": ScalarKey((int,), 1, "seed of Python, NumPy and torch", check_seed),
     "device": ScalarKey((str,), "auto", "auto | cpu | cuda | cuda:N"),

@@ -32,8 +32,14 @@ def test_latest_takes_only_the_recipes_own_folders(tmp_path):
     _folder(tmp_path, "tiny-20261126-1016", 4_000)  # not a name create() makes
     (tmp_path / "tiny-20261126-101700").mkdir()  # no config.yaml: not a run
     assert RunFolder.latest(tmp_path, "tiny").path == again
-    os.utime(again, (500, 500))
-    assert RunFolder.latest(tmp_path, "tiny").path == own
+    # the run that started last, as its name records, whatever was written where since
+    # (a report into an older run once made --resume pick that finished run)
+    os.utime(own, (9_000, 9_000))
+    assert RunFolder.latest(tmp_path, "tiny").path == again
+    tenth = _folder(tmp_path, "tiny-20261126-101500-10", 100)  # -10 after -2, not before
+    assert RunFolder.latest(tmp_path, "tiny").path == tenth
+    later = _folder(tmp_path, "tiny-20261127-000001", 50)
+    assert RunFolder.latest(tmp_path, "tiny").path == later
     assert RunFolder.latest(tmp_path, "tiny-lowlr").path.name == "tiny-lowlr-20261126-101600"
     assert RunFolder.latest(tmp_path, "other") is None
 

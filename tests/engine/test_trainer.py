@@ -412,3 +412,41 @@ def test_keep_best_keeps_the_best_evaluated_epoch(recipe_file):
     assert tr.best == latest["best"] == best["best"]
     off = run_recipe(load_recipe(recipe_file, over[:1]), progress=False)
     assert not (off.checkpoints / "best.pt").exists()
+
+
+def test_refine_propagates_the_features_the_pseudo_labels_are_made_from(recipe_file, monkeypatch):
+    """``refine: {type: cmfp}``: each modality is clustered on the CMFP-propagated
+    features of the epoch (visible and infrared propagated together), not the raw ones;
+    a distance-only re-ranker is refused before anything runs."""
+    from uvireid.clustering.dbscan import DBSCANClusterer
+    from uvireid.errors import ConfigError
+    from uvireid.registry import DATASETS
+    from uvireid.rerank.cmfp import CMFP
+
+    seen, raw = [], []
+    fit, extract = DBSCANClusterer.fit_predict, Trainer._extract_train
+
+    def fit_spy(self, features):
+        seen.append(features.detach().clone())
+        return fit(self, features)
+
+    def extract_spy(self, with_parts):
+        out = extract(self, with_parts)
+        raw.append((out[0].clone(), out[1].clone()))
+        return out
+
+    monkeypatch.setattr(DBSCANClusterer, "fit_predict", fit_spy)
+    monkeypatch.setattr(Trainer, "_extract_train", extract_spy)
+    cfg = load_recipe(recipe_file, ["refine={type: cmfp, k: 3}"])
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    tr.load_data()
+    tr.epoch = 1
+    record = tr.train_epoch(1)
+    assert np.isfinite(record["loss"]["total"]) and "refine" in record["seconds"]
+    fv, fr = raw[0]
+    want_v, want_r = CMFP(k=3).propagate(fv, fr)  # every fixture image is readable
+    torch.testing.assert_close(seen[0], want_v, rtol=0, atol=1e-6)
+    torch.testing.assert_close(seen[1], want_r, rtol=0, atol=1e-6)
+    assert (seen[0] - fv).abs().max() > 1e-3  # the refinement changed them
+    with pytest.raises(ConfigError, match=r"refine: 'aim' re-ranks to distances only.*cmfp"):
+        run_recipe(load_recipe(recipe_file, ["refine={type: aim}"]), progress=False)

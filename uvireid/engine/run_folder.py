@@ -132,11 +132,15 @@ class RunFolder:
         root = Path(output_dir)
         if not root.is_dir():
             return None
-        pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
-        cands = [
-            p for p in root.iterdir() if pattern.fullmatch(p.name) and (p / "config.yaml").exists()
-        ]
-        return cls(max(cands, key=lambda p: p.stat().st_mtime)) if cands else None
+        pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
+        cands = []
+        for p in root.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and (p / "config.yaml").exists():
+                # the run started last, as its name records: not the folder modified last
+                # (a report or features file written into an older run changes its mtime)
+                cands.append(((m.group(1), int(m.group(2) or 1)), p))
+        return cls(max(cands)[1]) if cands else None
 
     @staticmethod
     def is_run(path: str | os.PathLike) -> bool:

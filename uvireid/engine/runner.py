@@ -185,6 +185,16 @@ def check_parts(cfg: dict) -> None:
     for key in ("reranker", "refine"):
         if cfg.get(key):
             parts.append((key, RERANKERS, cfg[key]))
+    refine = cfg.get("refine")
+    if refine and not callable(getattr(RERANKERS.get(refine["type"]), "propagate", None)):
+        # the loop needs features back, not a distance matrix
+        able = [
+            n for n in RERANKERS.names() if callable(getattr(RERANKERS.get(n), "propagate", None))
+        ]
+        raise ConfigError(
+            f"refine: {refine['type']!r} re-ranks to distances only; refine: needs a part that "
+            f"propagates features (propagate(visible, infrared)): {', '.join(able)}"
+        )
     for where, registry, spec in parts:
         try:
             part = registry.build(spec)
