@@ -575,3 +575,44 @@ def test_a_run_gives_the_process_its_thread_count_back(recipe_file):
         assert seen == [3] and torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_official_sampler_without_its_file_is_refused_before_training(recipe_file, tmp_path):
+    """The official gallery sampler needs SYSU-MM01's rand_perm_cam.mat: without it the
+    protocol refused it only at the first evaluation, after the training before it."""
+    from uvireid.engine.runner import preflight
+    from uvireid.errors import ConfigError
+
+    for extra, said in (
+        (["evaluation.sampler=official"], r"perm_file is not set"),
+        (
+            ["evaluation.sampler=official", f"evaluation.perm_file={tmp_path / 'no.mat'}"],
+            r"no\.mat is not a file",
+        ),
+        ([f"evaluation.perm_file={recipe_file}"], r"perm_file is set but .*'seeded'"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            preflight(load_recipe(recipe_file, extra))
+    preflight(load_recipe(recipe_file, ["evaluation.sampler=official", "evaluation.protocol=none"]))
+
+
+def test_an_epoch_is_kept_when_its_evaluation_fails(recipe_file, monkeypatch):
+    """The checkpoint of an epoch is written before its evaluation: an evaluation that
+    fails (or a run killed in it) resumes after that epoch, and metrics.jsonl has the
+    epoch's record with the evaluation's error."""
+    from uvireid.errors import ProtocolError
+
+    cfg = load_recipe(recipe_file, ["evaluation.every=1"])
+
+    def broken(self, label):
+        raise ProtocolError("the evaluation broke")
+
+    monkeypatch.setattr(Trainer, "evaluate", broken)
+    with pytest.raises(ProtocolError):
+        run_recipe(cfg, progress=False)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    from uvireid.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(folder.checkpoints / "latest.pt")["epoch"] == 1
+    (rec,) = folder.read_metrics()
+    assert rec["epoch"] == 0 and rec["eval_error"] == "ProtocolError: the evaluation broke"

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 import yaml
 from train_fixtures import killed_at_epoch, run_killed_at
 
@@ -127,6 +128,17 @@ def test_a_run_stopped_after_an_epoch_says_how_to_resume_it(recipe_file, monkeyp
     assert main(["run", str(folder.path), "--resume", "--no-report"]) == 2
     err = capsys.readouterr().err
     assert "TrainingError" in err and f"`uvireid run {folder.path} --resume`" in err
+
+    # an error that is not uvireid's (here torch's out-of-memory): its traceback, then
+    # the same way back
+    def oom(self, o, t):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DualClusterContrastLoss, "forward", oom)
+    assert main(["run", str(folder.path), "--resume", "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "OutOfMemoryError: CUDA out of memory" in err
+    assert err.rstrip().endswith(f"`uvireid run {folder.path} --resume`")
 
 
 def test_an_error_before_any_epoch_gives_no_resume_hint(monkeypatch, capsys):

@@ -450,3 +450,22 @@ def test_refine_propagates_the_features_the_pseudo_labels_are_made_from(recipe_f
     assert (seen[0] - fv).abs().max() > 1e-3  # the refinement changed them
     with pytest.raises(ConfigError, match=r"refine: 'aim' re-ranks to distances only.*cmfp"):
         run_recipe(load_recipe(recipe_file, ["refine={type: aim}"]), progress=False)
+
+
+def test_more_parts_than_the_feature_map_has_pixels_is_refused_at_the_start(recipe_file):
+    """At 32 x 16 the ResNet-18 map is 2 x 1: three parts cannot be cut from it. The run
+    stops before its first epoch (not when the SALCR stage begins, after DCL trained);
+    part losses that disagree on num_parts are named with their stage."""
+    cfg = load_recipe(
+        recipe_file, ["stages.1.losses.1.num_parts=3", "stages.1.losses.2.num_parts=3"]
+    )
+    with pytest.raises(ConfigError, match=r"num_parts 3: .* 32 x 16 .* 2 x 1 = 2 pixel"):
+        _trainer(cfg)
+    cfg = load_recipe(recipe_file, ["stages.1.losses.1.num_parts=3"])
+    with pytest.raises(
+        ConfigError,
+        match=r"num_parts must agree.*'salcr' losses.1 \(part_contrast\): 3, "
+        r"stage 'salcr' losses.2 \(instance_neighbour\): 2",
+    ):
+        _trainer(cfg)
+    _trainer(load_recipe(recipe_file))  # 2 parts fit

@@ -74,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         hint = _resume_hint(args, exc)
         print(f"interrupted{'; the run ' + hint if hint else ''}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # not one of uvireid's own errors (a CUDA out-of-memory, a bug): its traceback is
+        # what to report or fix, and the run can still be continued from its checkpoint
+        hint = _resume_hint(args, exc)
+        if not hint:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"the run {hint}", file=sys.stderr)
+        return 1
 
 
 def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:

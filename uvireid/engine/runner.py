@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from uvireid.engine.run_folder import (
     resume_target,
     resumed_manifest,
 )
-from uvireid.errors import ConfigError, RunFolderError, TrainingError, UvireidError
+from uvireid.errors import ConfigError, RunFolderError, TrainingError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -232,6 +233,7 @@ def preflight(cfg: dict) -> None:
     if not cfg.get("data") or not cfg.get("backbone"):
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
     check_parts(cfg)
+    _check_sampler(cfg["evaluation"])
     kind = DATASETS.get(cfg["data"]["type"])
     listed = getattr(kind, "PROTOCOLS", None)
     protocol = cfg["evaluation"]["protocol"]
@@ -244,6 +246,37 @@ def preflight(cfg: dict) -> None:
         from uvireid.models.backbone import check_two_stream_args
 
         check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
+
+
+def _check_sampler(ev: dict) -> None:
+    """The evaluation's gallery sampler, before any epoch: the protocol would only refuse
+    it at the first evaluation, after an epoch (or the whole run) has trained."""
+    if ev.get("protocol") == "none":
+        return
+    perm = ev.get("perm_file")
+    if ev.get("sampler") == "official":
+        if not perm:
+            raise ConfigError(
+                "evaluation.sampler is 'official' (SYSU-MM01's rand_perm_cam.mat) but "
+                "evaluation.perm_file is not set; set it to <SYSU-MM01 root>/exp/"
+                "rand_perm_cam.mat, or use evaluation.sampler=seeded"
+            )
+        if not Path(perm).is_file():
+            raise ConfigError(
+                f"evaluation.perm_file {perm} is not a file; the official sampler reads "
+                f"<SYSU-MM01 root>/exp/rand_perm_cam.mat"
+            )
+        protocol = str(ev.get("protocol"))
+        if protocol != "auto" and not protocol.startswith("sysu"):
+            raise ConfigError(
+                f"evaluation.sampler 'official' exists for SYSU-MM01 only; protocol "
+                f"{protocol} uses sampler: seeded"
+            )
+    elif perm:
+        raise ConfigError(
+            "evaluation.perm_file is set but evaluation.sampler is 'seeded'; set "
+            "evaluation.sampler=official to use it, or drop perm_file"
+        )
 
 
 def run_recipe(
@@ -373,8 +406,9 @@ def train_recipe(
     with lock:
         try:
             return _train_in(folder, cfg, dataset, device, resume, changes, progress)
-        except (UvireidError, KeyboardInterrupt) as exc:
-            exc.run_folder = str(folder.path)  # the CLI says how to resume it
+        except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.run_folder = str(folder.path)  # the CLI says how to resume it
             raise
 
 

@@ -609,8 +609,50 @@ class Trainer:
 
         num_parts = {int(loss.num_parts) for loss in needs}
         if len(num_parts) != 1:
-            raise ConfigError(f"losses disagree on num_parts: {sorted(num_parts)}")
-        self.model.parts = PartQuery(self.model.backbone.out_dim, num_parts.pop())
+            said = ", ".join(
+                f"stage '{s.name}' losses.{i} ({spec['type']}): {loss.num_parts}"
+                for s in self.stages
+                for i, (spec, loss) in enumerate(zip(s.losses, self.losses[s.name]))
+                if getattr(loss, "needs_parts", False)
+            )
+            raise ConfigError(
+                f"the part losses share one part module, so their num_parts must agree; "
+                f"they are {said}"
+            )
+        parts = num_parts.pop()
+        self._check_part_map(parts)
+        self.model.parts = PartQuery(self.model.backbone.out_dim, parts)
+
+    def _check_part_map(self, num_parts: int) -> None:
+        """Refuse, before the first epoch, ``num_parts`` stripes the backbone's feature map
+        at the training size cannot give (each stripe needs a pixel): found otherwise when
+        the first part loss runs, after the stages before it have trained."""
+        h, w = self.tr["height"], self.tr["width"]
+        bb = self.model.backbone
+        param = next(bb.parameters(), None)
+        dev = param.device if param is not None else torch.device("cpu")
+        was = bb.training
+        bb.eval()
+        try:
+            with torch.no_grad():
+                fmap = bb(torch.zeros(1, 3, h, w, device=dev), VISIBLE).feature_map
+        finally:
+            bb.train(was)
+        if fmap.dim() != 4:
+            raise ConfigError(
+                f"the part losses (num_parts {num_parts}) cut the backbone's (B, C, h, w) "
+                f"feature map into stripes, but backbone '{self.cfg['backbone']['type']}' gives "
+                f"features of shape {tuple(fmap.shape)}; use a convolutional backbone or drop "
+                f"the part losses"
+            )
+        fh, fw = fmap.shape[-2:]
+        if fh * fw < num_parts:
+            raise ConfigError(
+                f"num_parts {num_parts}: at train.height x train.width = {h} x {w} the "
+                f"backbone's feature map is {fh} x {fw} = {fh * fw} pixel(s), fewer than the "
+                f"parts (each part is a stripe of at least one pixel); raise train.height and "
+                f"train.width or lower the part losses' num_parts"
+            )
 
     def stage_at(self, epoch: int) -> Stage:
         for s in self.stages:
@@ -1337,7 +1379,15 @@ class Trainer:
             best = False
             due = last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)
             if evaluates and D.is_main() and due:
-                res = self.evaluate(f"epoch {epoch}")
+                # the epoch's training is kept whatever its evaluation does (an evaluation
+                # that fails, or a run killed in it, resumes after this epoch)
+                self.save(False)
+                try:
+                    res = self.evaluate(f"epoch {epoch}")
+                except BaseException as exc:
+                    if log:
+                        log({**record, "eval_error": f"{type(exc).__name__}: {exc}"[:500]})
+                    raise
                 record["eval"] = self.summary(res["tables"])
                 record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
                 evaluated_last = last
