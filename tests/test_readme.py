@@ -28,3 +28,26 @@ def test_readme_main_job_runs_a_recipe_that_exists():
     assert len(run_cmds) == 1, run_cmds
     recipe = run_cmds[0].split("uvireid run", 1)[1].split()[0]
     assert load_recipe(recipe)["data"]["type"] == "synthetic"
+
+
+def test_every_documented_run_command_loads_its_recipe():
+    """Each ``uvireid run RECIPE [overrides]`` line of the README and of ``run --help``
+    resolves (``train.epochs=10`` on a recipe with stages once did not); resumes of run
+    folders are left out."""
+    import shlex
+
+    from uvireid.cli.run_cmd import EPILOG
+    from uvireid.config import load_recipe
+
+    readme = "\n".join(_bash_blocks((REPO / "README.md").read_text()))
+    lines = [ln.split("#", 1)[0].strip() for ln in (readme + "\n" + EPILOG).splitlines()]
+    commands = [ln[ln.index("uvireid run ") :] for ln in lines if "uvireid run " in ln]
+    checked = 0
+    for cmd in commands:
+        words = shlex.split(cmd)[2:]
+        if "--resume" in words or words[0].startswith("runs/") or words[0].isupper():
+            continue
+        recipe = str(REPO / words[0]) if "/" in words[0] else words[0]
+        load_recipe(recipe, [w for w in words[1:] if not w.startswith("-")])
+        checked += 1
+    assert checked >= 5, commands

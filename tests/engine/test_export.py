@@ -151,3 +151,54 @@ def test_export_features_without_a_checkpoint_uses_the_recipes_backbone(run_dir,
     assert f.meta["produced_by"] == "uvireid extract tiny"
     assert not np.allclose(f.feats, load_features(run_dir / "features.npz").feats, atol=1e-3)
     assert np.allclose(np.linalg.norm(f.feats, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_checkpoint_given_by_path_keeps_its_training_split(run_dir, tmp_path):
+    """``--checkpoint RUN/checkpoints/best.pt`` (as ``extract --help`` suggests) records
+    the split the checkpoint says its weights trained on, as the run folder does: the
+    RegDB protocol then refuses another split's test images (they were its training
+    identities)."""
+    from uvireid.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2, splits=(1, 2))
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    state["dataset"] = {**(state.get("dataset") or {}), "dataset": "regdb", "split": 1}
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    save_checkpoint(ckpt_dir, state)
+    ckpt = ckpt_dir / "latest.pt"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["data"] = {"type": "regdb", "root": str(root), "split": 2}
+    cfg["evaluation"]["protocol"] = "regdb-v2i"
+    recipe = tmp_path / "regdb.yaml"
+    recipe.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "other.npz"
+    assert _extract(recipe, out, "--checkpoint", str(ckpt)) == 0
+    meta = load_features(out).meta
+    assert (meta["split"], meta["train_split"]) == (2, 1)
+    assert main(["eval", str(out), "--protocol", "regdb-v2i"]) == 2  # ProtocolError
+
+
+def test_extract_does_not_fetch_starting_weights_a_checkpoint_replaces(
+    run_dir, tmp_path, monkeypatch
+):
+    """The backbone is built without its starting weights when a checkpoint replaces them
+    all (they were downloaded, or the synthetic prior trained for minutes, for nothing)."""
+    from uvireid.registry import BACKBONES
+
+    built = []
+    real = BACKBONES.build
+
+    def spy(spec, **kw):
+        built.append(dict(spec))
+        return real({**spec, "pretrained": False}, **kw)  # the test never downloads
+
+    monkeypatch.setattr(BACKBONES, "build", spy)
+    cfg = load_recipe(run_dir / "config.yaml", ["backbone.pretrained=true"])
+    path = export_features(
+        cfg, tmp_path / "f.npz", checkpoint=run_dir / "checkpoints" / "latest.pt"
+    )
+    assert [b["pretrained"] for b in built] == [False]
+    np.testing.assert_allclose(
+        load_features(path).feats, load_features(run_dir / "features.npz").feats, atol=1e-5
+    )

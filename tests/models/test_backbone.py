@@ -282,3 +282,21 @@ def test_modality_codes_outside_the_streams_are_refused():
             m(x, bad)
     ok = m(x, torch.tensor([0.0, 1.0, 1.0]))  # whole numbers as floats are the codes
     assert ok.bn_feat.shape[0] == 3
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_a_config_error(monkeypatch, tmp_path):
+    """Offline (many GPU nodes), ``pretrained: true`` ended in a raw URLError traceback;
+    now a one-line error saying how to get the weights there. Nothing is downloaded."""
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    from uvireid.models.backbone import build_resnet
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", offline)  # where torchvision fetches
+    with pytest.raises(ConfigError, match=r"could not fetch torchvision's ImageNet resnet18 .*"
+                       r"URLError.*resnet18-.*\.pth elsewhere.*pretrained=PATH"):  # fmt: skip
+        build_resnet("resnet18", True)

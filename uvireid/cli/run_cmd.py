@@ -8,7 +8,7 @@ from pathlib import Path
 EPILOG = """\
 Examples:
   uvireid run demo                                   # built-in recipe by name
-  uvireid run recipes/salcr.yaml data.root=/data/SYSU-MM01 train.epochs=10
+  uvireid run recipes/salcr.yaml data.root=/data/SYSU-MM01 stages.1.epochs=10
   uvireid run demo --dry-run                         # only validate and print resolved
   uvireid run demo --resume                          # continue the latest demo run
   uvireid run runs/demo-20261126-101500 --resume     # continue that run folder

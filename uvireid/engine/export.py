@@ -47,7 +47,7 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
             f"run writes (RUN/checkpoints/latest.pt); for other weights set "
             f"backbone.pretrained=PATH"
         )
-    return weights, {k: state.get(k) for k in ("epoch", "stage")}
+    return weights, {k: state.get(k) for k in ("epoch", "stage", "dataset")}
 
 
 def export_features(
@@ -89,11 +89,25 @@ def export_features(
     from uvireid.registry import BACKBONES, DATASETS
 
     dataset = DATASETS.build(cfg["data"])
-    backbone = BACKBONES.build(cfg["backbone"])
+    spec = dict(cfg["backbone"])
+    if checkpoint is not None and "pretrained" in spec:
+        # the checkpoint replaces every weight: the starting weights (a download, or the
+        # synthetic prior's minutes of training) would be fetched for nothing
+        spec["pretrained"] = False
+    backbone = BACKBONES.build(spec)
     meta = dict(dataset.meta())
     if checkpoint is not None:
         weights, info = backbone_weights(checkpoint)
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")
+        trained = info.get("dataset")
+        if (
+            train_split is None
+            and isinstance(trained, dict)
+            and trained.get("dataset") == getattr(dataset, "name", None)
+        ):
+            # the split the weights were trained on, as the checkpoint records it (whatever
+            # file is given: RegDB's protocol refuses the test images of another split)
+            train_split = trained.get("split")
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
     else:  # said in the file: features of a backbone no run trained
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")

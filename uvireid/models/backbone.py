@@ -270,7 +270,19 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
     """
     check_resnet_args(arch, pretrained, last_stride=last_stride)
     weights = TORCHVISION_WEIGHTS[arch] if pretrained is True else None
-    net = getattr(torchvision.models, arch)(weights=weights)
+    try:
+        net = getattr(torchvision.models, arch)(weights=weights)
+    except OSError as exc:  # URLError (offline, a proxy), a full disk, a damaged download
+        if weights is None:
+            raise
+        raise ConfigError(
+            f"backbone.pretrained: true could not fetch torchvision's ImageNet {arch} weights "
+            f"({type(exc).__name__}: {exc}); on a machine without internet, download "
+            f"{torchvision.models.get_weight(weights).url} elsewhere and set "
+            f"backbone.pretrained=PATH (or put it in the torch "
+            f"hub cache, $TORCH_HOME/hub/checkpoints), or train from scratch with "
+            f"backbone.pretrained=false"
+        ) from exc
     if pretrained == PRIOR_NAME:
         from uvireid.models.prior import synthetic_visible_prior
 
