@@ -320,3 +320,29 @@ def test_a_recipe_name_is_one_folder_name(name):
     with pytest.raises(ConfigError, match=r"'name' is .*one folder name without '/'"):
         load_recipe("demo", [f"name={name!r}"])
     assert load_recipe("demo", ["name=demo-lowlr"])["name"] == "demo-lowlr"
+
+
+def test_top_level_losses_in_a_recipe_with_stages_are_refused():
+    """Each stage trains with its own losses: top-level ones beside stages were silently
+    never built."""
+    with pytest.raises(ConfigError, match=r"top-level losses do nothing in a recipe with stages"):
+        load_recipe("demo", ["losses=[{type: modality_agnostic, weight: 5}]"])
+    assert load_recipe("demo", ["losses=null"])["stages"]
+
+
+def test_a_runs_config_yaml_takes_stage_epoch_overrides(tmp_path):
+    """A run's resolved config.yaml states train.epochs as its stages' sum: an override of
+    a stage's epochs works on the run folder, on its config.yaml given as a file, and on a
+    recipe whose _base_ it is (the file form once said train.epochs contradicted them)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump(load_recipe("demo")))
+    (tmp_path / "child.yaml").write_text("_base_: [run/config.yaml]\nseed: 5\n")
+    for src in (run, run / "config.yaml", tmp_path / "child.yaml"):
+        cfg = load_recipe(src, ["stages.1.epochs=3"])
+        assert [s["epochs"] for s in cfg["stages"]] == [4, 3]
+        assert cfg["train"]["epochs"] == 7
+    # a recipe of one's own still may not state a sum its stages contradict
+    (tmp_path / "own.yaml").write_text("_base_: [run/config.yaml]\ntrain: {epochs: 9}\n")
+    with pytest.raises(ConfigError, match=r"train.epochs=9 but the stages add up to"):
+        load_recipe(tmp_path / "own.yaml")

@@ -870,6 +870,12 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             f"them to false"
         )
     if out["stages"]:
+        if out.get("losses"):
+            raise ConfigError(
+                f"{prov.source('losses')}: top-level losses do nothing in a recipe with "
+                f"stages: each stage trains with its own (stages.N.losses); move them there, "
+                f"or set losses: null"
+            )
         _check_stage_epochs(out, prov)
         _check_stage_batch(out, prov)
     if out["device"] is not None:
@@ -1083,10 +1089,17 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     else:
         path = recipe_path(recipe)
     cfg, prov = load_raw(path)
-    if path.name == "config.yaml" and path.parent == folder and cfg.get("stages"):
-        # a resolved config.yaml states train.epochs as the stages' sum; an override of a
-        # stage's epochs must be able to change that sum
-        cfg.get("train", {}).pop("epochs", None)
+    train = cfg.get("train")
+    if (
+        cfg.get("stages")
+        and isinstance(train, dict)
+        and "epochs" in train
+        and Path(str(prov.source("train.epochs"))).name == "config.yaml"
+    ):
+        # a run's resolved config.yaml states train.epochs as the stages' sum; an override
+        # of a stage's epochs (on the run folder, its config.yaml, or a recipe whose _base_
+        # it is) must be able to change that sum
+        train.pop("epochs")
         prov.pop("train.epochs", None)
     for text in overrides:
         key, value = parse_override(text)

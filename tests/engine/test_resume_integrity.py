@@ -166,3 +166,18 @@ def test_a_builtin_recipe_name_is_not_shadowed_by_a_folder_of_that_name(
     (tmp_path / "mine").mkdir()  # a folder that names no built-in recipe is no recipe
     with pytest.raises(ConfigError, match="is a folder without config.yaml"):
         load_recipe("mine")
+
+
+def test_a_finished_run_is_not_extended_by_a_resume_with_changes(recipe_file, capsys):
+    """``--resume --allow-changes stages.1.epochs=3`` on a finished run announced the
+    changes as recorded, trained nothing and exited 0; now it says the run has finished
+    and how to train with the changes. Without changes, "already finished" as before."""
+    cfg = load_recipe(recipe_file)
+    folder = run_recipe(cfg, progress=False)
+    manifest = (folder.path / "manifest.json").read_text()
+    rc = main(["run", str(folder.path), "--resume", "--allow-changes", "stages.1.epochs=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has finished (results.json)" in err and "stages.1.epochs: 1 -> 3" in err
+    assert f"uvireid run {folder.path / 'config.yaml'} KEY=VALUE" in err
+    assert (folder.path / "manifest.json").read_text() == manifest  # nothing recorded
+    assert main(["run", str(folder.path), "--resume", "--no-report"]) == 0

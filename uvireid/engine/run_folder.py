@@ -419,11 +419,19 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
     if not changes:
         return {}
     lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+    if (folder.path / "results.json").exists():
+        # a finished run trains no more: the changes would be announced, then do nothing
+        raise ConfigError(
+            f"--resume: {folder.path} has finished (results.json), so it is not resumed and "
+            f"these changes would do nothing:\n{lines}\nTo train with them, start a new run "
+            f"from its recipe: uvireid run {folder.path / 'config.yaml'} KEY=VALUE ..."
+        )
     if not allow_changes:
         raise ConfigError(
             f"--resume: the recipe differs from the one {folder.path} started with:\n{lines}\n"
-            f"A resumed run must train as it started. Resume without these overrides, start "
-            f"a new run, or pass --allow-changes to continue with them (they are recorded in "
+            f"A resumed run must train as it started: resume it with its own recipe "
+            f"(uvireid run {folder.path} --resume reads its config.yaml), start a new run, "
+            f"or pass --allow-changes to continue with these changes (they are recorded in "
             f"manifest.json; the learning rate and weight decay stay the checkpoint "
             f"optimizer's)"
         )
