@@ -346,3 +346,33 @@ def test_a_runs_config_yaml_takes_stage_epoch_overrides(tmp_path):
     (tmp_path / "own.yaml").write_text("_base_: [run/config.yaml]\ntrain: {epochs: 9}\n")
     with pytest.raises(ConfigError, match=r"train.epochs=9 but the stages add up to"):
         load_recipe(tmp_path / "own.yaml")
+
+
+def test_a_base_that_is_a_folder_or_not_text_is_named(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "a.yaml").write_text("_base_: [cfg]\n")
+    with pytest.raises(ConfigError, match=r"cfg is a folder, not a recipe file"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"seed: 1\n\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"bin\.yaml is not a text file in UTF-8"):
+        load_recipe(tmp_path / "bin.yaml")
+
+
+def test_a_loss_swapped_by_type_keeps_its_weight_and_list_items_merge():
+    """``stages.1.losses.2.type=X`` replaces the part's keywords but not its weight (the
+    engine's); a mapping given for a list item (a stage, a loss) merges into it as every
+    mapping does, instead of replacing it whole."""
+    base = load_recipe("demo")
+    assert base["stages"][1]["losses"][2]["weight"] == 0.5
+    swapped = load_recipe("demo", ["stages.1.losses.2.type=modality_agnostic"])
+    loss = swapped["stages"][1]["losses"][2]
+    assert loss["type"] == "modality_agnostic" and loss["weight"] == 0.5
+    assert "k" not in loss  # the instance-neighbour loss's own keywords are gone
+    merged = load_recipe("demo", ["stages.1={epochs: 3}"])
+    assert merged["stages"][1]["epochs"] == 3
+    assert merged["stages"][1]["losses"] == base["stages"][1]["losses"]
+    w = load_recipe("demo", ["stages.1.losses.0={weight: 3}"])["stages"][1]["losses"][0]
+    assert w == {**base["stages"][1]["losses"][0], "weight": 3}
+    # a new type in the mapping still replaces the part whole
+    new = load_recipe("demo", ["stages.1.losses.0={type: modality_agnostic}"])
+    assert new["stages"][1]["losses"][0]["type"] == "modality_agnostic"

@@ -438,9 +438,21 @@ def _load(text: str) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"recipe file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path} is a folder, not a recipe file; name a .yaml file (a run folder's "
+            f"recipe is its config.yaml)"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not a text file in UTF-8 ({exc.reason} at byte {exc.start}); a recipe "
+            f"is YAML text"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"recipe file {path} cannot be read ({exc.strerror})") from None
     try:
         data = _load(text)
     except yaml.YAMLError as exc:
@@ -590,8 +602,14 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
                 f"{OVERRIDE_SOURCE} {key}=...: {here} is a {type(node).__name__}, not a section"
             )
     leaf = parts[-1]
+    given = value
     if isinstance(node, list):
-        node[_index(leaf, node, key)] = value
+        i = _index(leaf, node, key)
+        if isinstance(node[i], dict) and isinstance(value, dict):
+            # a list item that is a mapping (a stage, a loss) merges as every mapping does:
+            # stages.1={epochs: 3} changes the epochs, not the whole stage
+            value = merge(node[i], value)
+        node[i] = value
     else:
         old = node.get(leaf)
         if isinstance(old, dict) and isinstance(value, dict):
@@ -601,11 +619,13 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
             # (from the recipe files) mean nothing to the new one; the command line's own
             # keywords for X stay
             prefix = ".".join(parts[:-1])
-            for k in [k for k in node if k != "type"]:
+            # a loss's weight is the engine's, not the part's: it stays with the new part
+            engine = ("weight",) if len(parts) >= 3 and parts[-3] == "losses" else ()
+            for k in [k for k in node if k != "type" and k not in engine]:
                 if prov.source(f"{prefix}.{k}") != OVERRIDE_SOURCE:
                     del node[k]
         node[leaf] = value
-    _record(prov, value, key, OVERRIDE_SOURCE)
+    _record(prov, given, key, OVERRIDE_SOURCE)
 
 
 def _index(part: str, seq: list, where: str) -> int:

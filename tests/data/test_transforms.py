@@ -49,6 +49,17 @@ def test_load_images_decodes_resizes_and_caches(tmp_path):
     assert torch.equal(imgs, again)
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_images_in_memory(tmp_path, caplog):
+    """A read-only or impossible cache folder (here under a file) is a warning: the
+    decoded images are used as they are, not lost to an OSError."""
+    recs = _records(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    imgs, ok = load_images(recs, 8, 4, cache_dir=tmp_path / "afile" / "cache")
+    want, _ = load_images(recs, 8, 4)
+    assert torch.equal(imgs, want) and ok.all()
+    assert "cannot be written" in caplog.text and "decoded in memory" in caplog.text
+
+
 def test_unreadable_images_are_skipped_and_flagged(tmp_path, caplog):
     recs = _records(tmp_path)
     open(recs[1].path, "wb").write(b"not a jpeg")

@@ -616,3 +616,14 @@ def test_an_epoch_is_kept_when_its_evaluation_fails(recipe_file, monkeypatch):
     assert load_checkpoint(folder.checkpoints / "latest.pt")["epoch"] == 1
     (rec,) = folder.read_metrics()
     assert rec["epoch"] == 0 and rec["eval_error"] == "ProtocolError: the evaluation broke"
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_before_anything_runs(recipe_file, tmp_path):
+    from uvireid.engine.runner import preflight
+    from uvireid.errors import ConfigError
+
+    (tmp_path / "afile").write_text("x")
+    for key in ("output_dir", "train.image_cache"):
+        cfg = load_recipe(recipe_file, [f"{key}={tmp_path / 'afile' / 'runs'}"])
+        with pytest.raises(ConfigError, match=rf"{key}: .* \(.*afile is a file, not a folder\)"):
+            preflight(cfg)

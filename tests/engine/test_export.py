@@ -41,6 +41,7 @@ def test_extract_reproduces_the_runs_own_test_features(run_dir, tmp_path, capsys
     assert np.array_equal(got.modality, want.modality)
     assert np.allclose(got.feats, want.feats, atol=1e-6)
     assert got.meta["checkpoint_epoch"] == 1
+    assert got.meta["epoch"] == want.meta["epoch"] == 0  # the same epoch, named alike
     assert got.meta["checkpoint"].endswith("latest.pt")
     assert got.meta["produced_by"] == f"uvireid extract {run_dir}"
     assert main(["eval", str(out), "--protocol", "sysu-all", "--trials", "2"]) == 0

@@ -181,3 +181,34 @@ def test_a_finished_run_is_not_extended_by_a_resume_with_changes(recipe_file, ca
     assert f"uvireid run {folder.path / 'config.yaml'} KEY=VALUE" in err
     assert (folder.path / "manifest.json").read_text() == manifest  # nothing recorded
     assert main(["run", str(folder.path), "--resume", "--no-report"]) == 0
+
+
+def test_a_damaged_checkpoint_is_not_offered_as_the_way_back(recipe_file, capsys):
+    """Resuming from a damaged latest.pt says so, without the usual "continue with
+    --resume" line, which would point at the same damaged file."""
+    cfg = load_recipe(recipe_file)
+    folder = run_killed_at(cfg)
+    (folder.checkpoints / "latest.pt").write_bytes(b"\x80 damaged")
+    assert main(["run", str(folder.path), "--resume", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "is unreadable" in err and "Restore it from a copy" in err
+    assert "--resume`" not in err
+
+
+def test_the_losses_of_a_stage_not_yet_started_may_change_on_resume(recipe_file):
+    """Killed after the DCL stage: the SALCR stage has not started, so its losses hold
+    nothing trained and ``--allow-changes`` may change them (the strict load of their
+    state used to blame another architecture)."""
+    cfg = load_recipe(recipe_file)
+    part = run_killed_at(cfg)  # epoch 0 (DCL) done, SALCR not started
+    fewer = load_recipe(
+        recipe_file,
+        ["stages.1.losses=[{type: dual_cluster_contrast}, {type: part_contrast, num_parts: 2}]"],
+    )
+    run_recipe(fewer, resume=part.path, allow_changes=True, progress=False)
+    last = part.read_metrics()[-1]
+    assert last["epoch"] == 1 and set(last["loss"]) == {
+        "total",
+        "dual_cluster_contrast",
+        "part_contrast",
+    }

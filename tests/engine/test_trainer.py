@@ -468,4 +468,28 @@ def test_more_parts_than_the_feature_map_has_pixels_is_refused_at_the_start(reci
         r"stage 'salcr' losses.2 \(instance_neighbour\): 2",
     ):
         _trainer(cfg)
+    from uvireid.engine.runner import preflight
+
+    with pytest.raises(ConfigError, match=r"num_parts must agree.*: 3, .*: 2"):
+        preflight(cfg)  # --dry-run says it too
     _trainer(load_recipe(recipe_file))  # 2 parts fit
+
+
+def test_two_losses_of_one_type_are_logged_apart(recipe_file):
+    """A stage with two losses of one type logs both terms (``type.N``), and the weighted
+    terms add up to the total (the second used to overwrite the first)."""
+    cfg = load_recipe(
+        recipe_file,
+        [
+            "stages.0.losses=[{type: cluster_contrast}, "
+            "{type: cluster_contrast, weight: 0.5, temperature: 0.1}]"
+        ],
+    )
+    tr = _trainer(cfg)
+    tr.load_data()
+    record = tr.train_epoch(0)
+    loss = record["loss"]
+    assert set(loss) == {"total", "cluster_contrast.0", "cluster_contrast.1"}
+    want = loss["cluster_contrast.0"] + 0.5 * loss["cluster_contrast.1"]
+    assert loss["total"] == pytest.approx(want, rel=1e-5)
+    assert loss["cluster_contrast.0"] != pytest.approx(loss["cluster_contrast.1"])

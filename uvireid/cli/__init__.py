@@ -94,8 +94,9 @@ def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
         return ""
     from pathlib import Path
 
-    if not (Path(folder) / "checkpoints" / "latest.pt").exists():
-        return ""
+    latest = Path(folder) / "checkpoints" / "latest.pt"
+    if not latest.exists() or getattr(exc, "checkpoint", None) == str(latest.resolve()):
+        return ""  # none, or the very file that could not be read
     return (
         f"keeps its last finished epoch's checkpoint: after fixing the cause, continue "
         f"with `uvireid run {shlex.quote(folder)} --resume`"

@@ -153,8 +153,18 @@ def load_images(
     arr, ok = _decode(records, height, width)
     from uvireid.fileio import atomic_write
 
-    atomic_write(ok_path, lambda fh: np.save(fh, ok))
-    atomic_write(img_path, lambda fh: np.save(fh, arr))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(ok_path, lambda fh: np.save(fh, ok))
+        atomic_write(img_path, lambda fh: np.save(fh, arr))
+    except OSError as exc:  # a read-only or full cache: the decoded images are still good
+        logger.warning(
+            "image cache %s cannot be written (%s); the images stay decoded in memory "
+            "(set train.image_cache to a writable folder, or null)",
+            folder,
+            exc,
+        )
+        return torch.from_numpy(arr), ok
     logger.info("decoded %d images into %s", len(records), img_path)
     return torch.from_numpy(arr), ok
 

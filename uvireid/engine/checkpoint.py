@@ -148,18 +148,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {path}; a run writes checkpoints/{LATEST} after its first "
-            f"epoch. Start a new run (without --resume)"
+        err = CheckpointError(
+            f"no checkpoint at {path}; a run writes checkpoints/{LATEST} after its first epoch"
         )
+        err.checkpoint = str(path.resolve())  # not one to resume from (the CLI's hint)
+        raise err
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated or foreign file
-        raise CheckpointError(
+        err = CheckpointError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}): damaged after "
             f"it was written (uvireid writes checkpoints atomically), or not a checkpoint. "
-            f"Restore it from a copy, or start a new run (without --resume)"
-        ) from None
+            f"Restore it from a copy, or start a new run"
+        )
+        err.checkpoint = str(path.resolve())
+        raise err from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a uvireid training checkpoint (format {FORMAT}); load plain "

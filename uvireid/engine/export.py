@@ -109,6 +109,10 @@ def export_features(
             # file is given: RegDB's protocol refuses the test images of another split)
             train_split = trained.get("split")
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
+        if isinstance(info["epoch"], int) and info["epoch"] > 0:
+            # the last trained epoch's index, as a run's own features.npz records it
+            # (checkpoint_epoch counts the epochs the checkpoint has finished)
+            meta["epoch"] = info["epoch"] - 1
     else:  # said in the file: features of a backbone no run trained
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)

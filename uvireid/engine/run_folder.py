@@ -120,7 +120,15 @@ class RunFolder:
         while path.exists():
             n += 1
             path = base.with_name(f"{base.name}-{n}")
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            from uvireid.errors import ConfigError
+
+            raise ConfigError(
+                f"output_dir: the run folder {path} cannot be created ({exc.strerror}); "
+                f"choose another output_dir"
+            ) from None
         return cls(path)
 
     @classmethod

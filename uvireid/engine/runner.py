@@ -196,6 +196,7 @@ def check_parts(cfg: dict) -> None:
             f"refine: {refine['type']!r} re-ranks to distances only; refine: needs a part that "
             f"propagates features (propagate(visible, infrared)): {', '.join(able)}"
         )
+    part_counts = []
     for where, registry, spec in parts:
         try:
             part = registry.build(spec)
@@ -205,6 +206,14 @@ def check_parts(cfg: dict) -> None:
             raise ConfigError(f"{where} ({spec['type']}): {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where} ({spec['type']}): {type(exc).__name__}: {exc}") from None
+        if registry is LOSSES and getattr(part, "needs_parts", False):
+            part_counts.append(f"{where} ({spec['type']}): {part.num_parts}")
+    if len({c.rsplit(": ", 1)[1] for c in part_counts}) > 1:
+        # the trainer builds one part module for all of them
+        raise ConfigError(
+            f"the part losses share one part module, so their num_parts must agree; they "
+            f"are {', '.join(part_counts)}"
+        )
 
 
 def is_training(cfg: dict) -> bool:
@@ -234,6 +243,10 @@ def preflight(cfg: dict) -> None:
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
     check_parts(cfg)
     _check_sampler(cfg["evaluation"])
+    _check_writable(cfg.get("output_dir") or "runs", "output_dir")
+    cache = (cfg.get("train") or {}).get("image_cache")
+    if cache not in (None, "auto"):
+        _check_writable(cache, "train.image_cache")
     kind = DATASETS.get(cfg["data"]["type"])
     listed = getattr(kind, "PROTOCOLS", None)
     protocol = cfg["evaluation"]["protocol"]
@@ -246,6 +259,25 @@ def preflight(cfg: dict) -> None:
         from uvireid.models.backbone import check_two_stream_args
 
         check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
+
+
+def _check_writable(folder: str, key: str) -> None:
+    """A folder the run will write into: an existing folder it may write in, or one it
+    can create (its nearest existing parent a writable folder). Nothing is created here
+    (``--dry-run`` runs this too)."""
+    import os
+
+    path = Path(folder).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"{probe} is a file, not a folder"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe} cannot be written by this user"
+    if problem:
+        raise ConfigError(f"{key}: {folder} cannot be used ({problem}); choose another folder")
 
 
 def _check_sampler(ev: dict) -> None:

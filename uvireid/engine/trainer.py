@@ -91,6 +91,14 @@ class Stage:
         return self.first_epoch + self.epochs - 1
 
 
+def term_names(losses: list[dict]) -> list[str]:
+    """The metrics' name of each loss of a stage: its type, and ``type.N`` (N its index in
+    the list) where the stage has several losses of one type, so that each term is logged
+    and the terms add up to the total."""
+    types = [item["type"] for item in losses]
+    return [t if types.count(t) == 1 else f"{t}.{i}" for i, t in enumerate(types)]
+
+
 def stages_of(cfg: dict) -> list[Stage]:
     """The recipe's stages; top-level ``losses`` without ``stages`` make one stage."""
     tr = cfg["train"]
@@ -975,8 +983,8 @@ class Trainer:
         if fn is not None:
             return fn
         items = [
-            (item["type"], float(item.get("weight", 1.0)), loss)
-            for item, loss in zip(stage.losses, losses)
+            (name, float(item.get("weight", 1.0)), loss)
+            for name, item, loss in zip(term_names(stage.losses), stage.losses, losses)
         ]
 
         def terms_of(outputs: StepOutputs, targets: StepTargets):
@@ -1297,7 +1305,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         for s in self.stages:
-            if s.name in state["losses"]:
+            # a stage that has not started holds nothing trained (its memories are filled
+            # at its first epoch): skipped, so --allow-changes may change its losses
+            if s.name in state["losses"] and s.first_epoch < int(state["epoch"]):
                 load_state_strict(
                     self.losses_of(s),
                     state["losses"][s.name],
