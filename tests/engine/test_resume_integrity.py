@@ -212,3 +212,20 @@ def test_the_losses_of_a_stage_not_yet_started_may_change_on_resume(recipe_file)
         "dual_cluster_contrast",
         "part_contrast",
     }
+
+
+def test_a_refused_resume_builds_no_dataset(recipe_file, monkeypatch):
+    """A resume refused for a changed recipe stops before the dataset is built (a
+    synthetic one was generated in full, then refused)."""
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file)
+    part = run_killed_at(cfg)
+    built = []
+    real = DATASETS.build
+    monkeypatch.setattr(
+        DATASETS, "build", lambda spec, **kw: built.append(spec) or real(spec, **kw)
+    )
+    with pytest.raises(ConfigError, match="the recipe differs"):
+        run_recipe(load_recipe(recipe_file, ["seed=4"]), resume=part.path, progress=False)
+    assert built == []

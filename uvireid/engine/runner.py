@@ -403,13 +403,14 @@ def train_recipe(
     preflight(cfg)
     device = D.init_from_env(resolve_device(cfg["device"]))
     seed_everything(cfg["seed"])
-    dataset = DATASETS.build(cfg["data"])
-    protocol_for(dataset, cfg)
     folder, changes = None, {}
-    if D.is_main():
+    if D.is_main():  # a refused resume stops before the dataset is built (or generated)
         folder = resume_target(cfg, resume)
         if folder is not None:
             changes = check_resume(folder, cfg, allow_changes)
+    dataset = DATASETS.build(cfg["data"])
+    protocol_for(dataset, cfg)
+    if D.is_main():
         if folder is not None and (folder.path / "results.json").exists():
             logger.info("run %s already finished; nothing to resume", folder.path)
         elif folder is None:
