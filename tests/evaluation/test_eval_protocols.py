@@ -221,6 +221,11 @@ def test_regdb_refuses_a_model_trained_on_another_split():
 def test_regdb_refuses_a_split_given_twice_and_sampling_options():
     with pytest.raises(ProtocolError, match="split 3 is given twice"):
         run_protocol([regdb_split(3, 3), regdb_split(3, 3)], "regdb-v2i")
+    # the same split once without its split meta: the same features, refused too
+    f = regdb_split(3, 3)
+    bare = Features(f.feats, f.pids, f.cams, f.modality, f.paths, {})
+    with pytest.raises(ProtocolError, match="holds the same features as .*one split given twice"):
+        run_protocol([f, bare], "regdb-v2i")
     with pytest.raises(ProtocolError, match="RegDB has no gallery sampling"):
         run_protocol(regdb_split(1, 1), "regdb-v2i", shot="multi")
 

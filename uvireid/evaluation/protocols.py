@@ -47,6 +47,7 @@ the standard deviation is the population one (``ddof=0``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -831,6 +832,7 @@ def run_protocol(
 
     rows: list[dict] = []
     splits: list[int | None] = []
+    seen: dict[str, str] = {}
     if spec.dataset == "regdb":
         for f in files:
             cams = np.unique(f.cams).tolist()
@@ -846,6 +848,14 @@ def run_protocol(
                     f"RegDB split {split} is given twice ({_where(f)}); averaging a split with "
                     f"itself is not the 10-split protocol; pass each split once"
                 )
+            digest = hashlib.sha1(np.ascontiguousarray(f.feats).tobytes()).hexdigest()
+            if digest in seen:
+                # the same features under another name or meta (a file without its split)
+                raise ProtocolError(
+                    f"{_where(f)} holds the same features as {seen[digest]}: one split given "
+                    f"twice; pass each split once"
+                )
+            seen[digest] = _where(f)
             splits.append(split)
             q, g = regdb_indices(f, spec.direction)
             rows.append(_run_one(f, q, g, spec, reranker, stable, split))
