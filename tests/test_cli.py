@@ -75,3 +75,12 @@ def test_data_subcommands_have_help_with_an_example(sub, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out.lower() and f"uvireid data {sub}" in out
+
+
+def test_a_misspelt_option_names_the_closest_and_v_works_after_the_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "f.npz", "--protocol", "sysu-all", "--trails", "3"])
+    assert exc.value.code == 2
+    assert "'--trails': did you mean '--trials'?" in capsys.readouterr().err
+    assert main(["list", "rerankers", "-v"]) == 0  # as `uvireid -v list rerankers`
+    assert "cmfp" in capsys.readouterr().out

@@ -53,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         more = [a for a in extra if not a.startswith("-")]
         args.features += more
         extra = [a for a in extra if a not in more]
+    if extra and args.command and {"-v", "--verbose"} & set(extra):
+        # -v after the sub-command (`uvireid run demo -v`): as before it
+        args.verbose = True
+        extra = [a for a in extra if a not in ("-v", "--verbose")]
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(
+            f"unrecognized arguments: {' '.join(extra)}{_option_hint(parser, args, extra)}"
+        )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -85,6 +91,30 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"the run {hint}", file=sys.stderr)
         return 1
+
+
+def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list) -> str:
+    """``; did you mean '--trials'?`` for a misspelt option of the sub-command."""
+    from uvireid._suggest import closest
+
+    sub = next(
+        (
+            a.choices.get(args.command)
+            for a in parser._actions
+            if isinstance(a, argparse._SubParsersAction)
+        ),
+        None,
+    )
+    if sub is None:
+        return ""
+    options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in extra:
+        if word.startswith("--"):
+            near = closest(word.split("=", 1)[0], options, n=1)
+            if near:
+                hints.append(f"'{word}': did you mean '{near[0]}'?")
+    return ("; " + "; ".join(hints)) if hints else ""
 
 
 def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
