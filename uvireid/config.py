@@ -13,7 +13,9 @@ One dialect, YAML only::
   nothing to the new one.
 * Overrides from the command line are dotted paths, values in YAML syntax:
   ``train.epochs=10``, ``clusterer.eps=0.5``, ``stages.1.losses.0.weight=2``,
-  ``train.lr_steps=[20,60]``, ``reranker=null``, ``train.amp=true``.
+  ``train.lr_steps=[20,60]``, ``reranker=null``, ``train.amp=true``. A mapping given
+  for a mapping (a section, or a list item such as ``stages.1={epochs: 3}``) merges into
+  it; ``X.type=new`` replaces part X (a loss keeps its ``weight``).
 * Every key is checked: an unknown or misspelt key is a :class:`ConfigError` naming the
   file that set it (or the override) and the closest valid key, never silently added.
   Keys listed in :data:`RENAMED_KEYS` say what they were renamed to.
