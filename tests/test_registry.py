@@ -51,7 +51,7 @@ def test_unknown_name_with_nothing_close_lists_available(reg):
 
 def test_wrong_keyword_is_caught_before_construction(reg):
     with pytest.raises(
-        RegistryError, match=r"has no keyword 'kk'; did you mean 'k'\? valid keywords: k, mode"
+        RegistryError, match=r"has no keyword 'kk'; did you mean 'k'\?; valid keywords: k, mode"
     ):
         reg.build({"type": "cmfp", "kk": 3})
 

@@ -182,7 +182,7 @@ class Registry:
                     hint = f"; did you mean '{near[0]}'?" if near else ""
                     valid = ", ".join(accepted) if accepted else "(it takes no keywords)"
                     raise RegistryError(
-                        f"{self.kind} '{name}' has no keyword '{key}'{loc}{hint} "
+                        f"{self.kind} '{name}' has no keyword '{key}'{loc}{hint}; "
                         f"valid keywords: {valid}"
                     )
         for key, value in kwargs.items():

@@ -182,3 +182,25 @@ def test_identity_sampler_can_draw_fewer_visible_labels():
     b = IdentitySampler(lab_v, lab_r, 6, 3, ids_v=2).sample(np.random.default_rng(1))
     assert len(b.idx_v) == 2 * 3 and len(b.idx_r) == 6 * 3
     assert len(set(lab_v[b.idx_v].tolist())) == 2 and len(set(lab_r[b.idx_r].tolist())) == 6
+
+
+def test_samplers_refuse_malformed_labels_and_sizes():
+    """From the library audit: 2-D labels gave indices that all pointed at image 0, labels
+    of different lengths in the two spaces and fractional sizes went through, and a match
+    naming clusters without images was reported as "linked nothing"."""
+    lab = np.repeat(np.arange(4), 3)
+    with pytest.raises(ConfigError, match=r"labels has shape \(12, 1\); expected \(N,\)"):
+        IdentitySampler(lab[:, None], lab, 2, 2)
+    with pytest.raises(ConfigError, match="non-integer values"):
+        IdentitySampler(lab + 0.5, lab, 2, 2)
+    with pytest.raises(ConfigError, match=r"holds -3"):
+        IdentitySampler(lab - 3, lab, 2, 2)
+    with pytest.raises(ConfigError, match=r"ids must be an integer >= 1, got 2.7"):
+        IdentitySampler(lab, lab, 2.7, 2)
+    with pytest.raises(ConfigError, match=r"visible images' labels in the two spaces differ"):
+        PairedSampler(lab, lab, lab, lab[:5], 2, 2)
+    with pytest.raises(ConfigError, match=r"none of its 1 match\(es\) names two clusters"):
+        MatchedPairSampler(lab, lab, np.array([[7, 9]]), 2, 2)
+    # whole-valued float labels (as some exports give) are labels
+    batch = IdentitySampler(lab.astype(float), lab, 2, 2).sample(np.random.default_rng(0))
+    assert len(batch.idx_v) == 4 and len(set(lab[batch.idx_v])) == 2

@@ -383,3 +383,47 @@ def test_salcr_losses_never_wait_for_the_device_and_updates_use_the_host_labels(
         assert any(not torch.equal(b, before[n]) for n, b in loss.named_buffers())
     with pytest.raises((NotImplementedError, RuntimeError)):
         losses[0].update(det, dataclasses.replace(hosted, host=None))  # the meta labels
+
+
+def test_an_epoch_with_one_modality_without_clusters_trains_every_loss():
+    """An epoch whose visible clusterer found nothing (labels all -1, num_v = 0) trains on
+    the infrared labels: every loss gives a finite value and updates its memories (the
+    part loss's two empty memories were taken for one memory given twice, the instance
+    loss returned NaN from a top-k over no row). Labels beyond the clusters are named."""
+    from uvireid.errors import ConfigError
+    from uvireid.losses import EpochContext, StepOutputs, StepTargets
+    from uvireid.registry import LOSSES
+
+    torch.manual_seed(0)
+    d, p, s = 16, 3, 4
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape), dim=-1)
+
+    lab, none = np.repeat(np.arange(4), 3), np.full(12, -1)
+    ctx = EpochContext(
+        vis_in_v=none, vis_in_r=none, ir_in_r=lab, ir_in_v=none, init_v=none, init_r=lab,
+        num_v=0, num_r=4, feats_v=unit(12, d), feats_r=unit(12, d),
+        parts_v=unit(12, p, d), parts_r=unit(12, p, d),
+    )  # fmt: skip
+    out = StepOutputs(
+        torch.randn(s, d), torch.randn(s, d), torch.randn(s, d),
+        {(a, b): torch.randn(s, p, d) for a in "var" for b in "var"},
+    )  # fmt: skip
+    y, n = torch.arange(s), torch.full((s,), -1)
+    tgt = StepTargets(n, n, y, n, torch.arange(s), torch.arange(s), paired=True)
+    names = ["cluster_contrast", "dual_cluster_contrast", "part_contrast",
+             "instance_neighbour", "modality_agnostic", "alternate_cross_contrast"]  # fmt: skip
+    for name in names:
+        loss = LOSSES.build({"type": name})
+        loss.reset(ctx)
+        assert torch.isfinite(loss(out, tgt)), name
+        loss.update(out, tgt)
+    bad = EpochContext(**{**ctx.__dict__, "ir_in_v": lab})  # labels in a space of 0 clusters
+    with pytest.raises(ConfigError, match=r"labels range over 0..3 but there are 0 clusters"):
+        LOSSES.build({"type": "part_contrast"}).reset(bad)
+    loss = LOSSES.build({"type": "part_contrast"})
+    loss.reset(ctx)
+    missing = StepOutputs(out.feat_v, out.feat_a, out.feat_r, {("v", "v"): out.parts["v", "v"]})
+    with pytest.raises(ConfigError, match=r"part_contrast needs the part features of the"):
+        loss(missing, tgt)

@@ -24,6 +24,7 @@ are drawn without replacement unless fewer exist than a batch needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,26 @@ __all__ = [
 SAMPLERS = ("identity", "paired", "matched")
 
 
+def _labels(labels: Any, name: str = "labels") -> np.ndarray:
+    """Checked (N,) integer labels (whole-valued floats accepted), -1 = none."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ConfigError(f"sampler: {name} has shape {arr.shape}; expected (N,), one per image")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+            raise ConfigError(
+                f"sampler: {name} has dtype {arr.dtype} with non-integer values; labels are "
+                f"integers (-1: none)"
+            )
+        arr = arr.astype(np.int64)
+    if arr.size and arr.min() < -1:
+        raise ConfigError(f"sampler: {name} holds {int(arr.min())}; labels are >= 0, -1 marks none")
+    return arr
+
+
 def pools(labels: np.ndarray) -> dict[int, np.ndarray]:
     """label -> sorted indices of the instances with that label (``-1`` left out)."""
-    labels = np.asarray(labels)
+    labels = _labels(labels)
     keep = np.flatnonzero(labels >= 0)
     order = keep[np.argsort(labels[keep], kind="stable")]
     uniq, start = np.unique(labels[order], return_index=True)
@@ -87,8 +105,9 @@ def draw_camera_aware(
 
 
 def _check(ids: int, images: int, who: str) -> None:
-    if int(ids) < 1 or int(images) < 1:
-        raise ConfigError(f"{who}: ids and images must be >= 1, got {ids} and {images}")
+    for name, value in (("ids", ids), ("images", images)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{who}: {name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -203,6 +222,12 @@ class PairedSampler:
         images: int,
     ):
         _check(ids, images, "paired sampler")
+        for a, b, what in ((vis_in_v, vis_in_r, "visible"), (ir_in_r, ir_in_v, "infrared")):
+            if len(_labels(a)) != len(_labels(b)):
+                raise ConfigError(
+                    f"paired sampler: the {what} images' labels in the two spaces differ in "
+                    f"length ({len(a)} and {len(b)}); each image has one label in each space"
+                )
         self.ids, self.images = int(ids), int(images)
         pv_vis, pv_ir = pools(vis_in_v), pools(ir_in_v)
         pr_ir, pr_vis = pools(ir_in_r), pools(vis_in_r)
@@ -268,9 +293,15 @@ class MatchedPairSampler:
                 v_to_r.setdefault(v, []).append(i)
                 r_to_v.setdefault(i, []).append(v)
         if not v_to_r:
+            said = (
+                "the association linked nothing"
+                if not len(pairs)
+                else f"none of its {len(pairs)} match(es) names two clusters that hold images "
+                f"(e.g. {pairs[0].tolist()}; clusters with images: visible "
+                f"{sorted(self.pools_v)[:5]}, infrared {sorted(self.pools_r)[:5]})"
+            )
             raise ConfigError(
-                "matched sampler: no matched pair of clusters has images on both sides; the "
-                "association linked nothing"
+                f"matched sampler: no matched pair of clusters has images on both sides: {said}"
             )
         self.v_to_r = {v: np.unique(r) for v, r in sorted(v_to_r.items())}
         self.r_to_v = {i: np.unique(v) for i, v in sorted(r_to_v.items())}

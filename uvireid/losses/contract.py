@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-__all__ = ["StepOutputs", "StepTargets", "EpochLabels", "EpochContext"]
+__all__ = ["StepOutputs", "StepTargets", "EpochLabels", "EpochContext", "require_parts"]
 
 
 @dataclass
@@ -34,8 +34,10 @@ class StepOutputs:
             of their channel-augmented views.
         feat_r: (S_r, d) the same for the infrared images.
         parts: part features by (query image, map image), e.g. ``parts["v", "r"]`` is
-            (S, P, d): visible queries attending to the paired infrared map (FGSAL). Empty
-            when no loss asked for parts.
+            (S, P, d): visible queries attending to the paired infrared map (FGSAL), for
+            all nine pairs of v (visible), a (its channel-augmented view) and r
+            (infrared), as the trainer's part module gives them. Empty when no loss
+            asked for parts.
     """
 
     feat_v: torch.Tensor
@@ -137,3 +139,18 @@ class EpochContext(EpochLabels):
     def of(cls, labels: EpochLabels, **features) -> EpochContext:
         """The context of ``labels`` with the epoch's features (keyword arguments)."""
         return cls(**{f.name: getattr(labels, f.name) for f in fields(EpochLabels)}, **features)
+
+
+def require_parts(parts: dict, keys, who: str) -> None:
+    """Raise a :class:`~uvireid.errors.ConfigError` naming the (query, map) part features
+    ``who`` needs and ``parts`` (:attr:`StepOutputs.parts`) lacks."""
+    missing = [k for k in keys if k not in parts]
+    if missing:
+        from uvireid.errors import ConfigError
+
+        raise ConfigError(
+            f"{who} needs the part features of the (query, map) pairs "
+            f"{', '.join(map(str, missing))}, which outputs.parts lacks (it has "
+            f"{', '.join(map(str, parts)) or 'none'}); the trainer's part module gives all "
+            f"nine pairs of v, a and r"
+        )

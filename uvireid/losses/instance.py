@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.errors import ConfigError
-from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets, require_parts
 from uvireid.losses.memory import check_loss_settings, momentum_update_many
 from uvireid.registry import LOSSES
 
@@ -180,6 +180,7 @@ class InstanceNeighbourLoss(nn.Module):
         key = {(q, m): (q, m) for q in MAPS for m in MAPS}
         if self.official_quirks:
             key["a", "r"] = ("a", "v")
+        require_parts(parts, list(dict.fromkeys(key.values())), "instance_neighbour")
         z = torch.cat([parts[key[qm]] for qm in key]).transpose(0, 1)  # (P, 9S, d)
         return key, self._queries(z)
 
@@ -223,6 +224,10 @@ class InstanceNeighbourLoss(nn.Module):
         if use_parts:
             key, zp = self._part_rows(outputs.parts)
         for s in ("v", "r"):
+            if getattr(self, f"inst_{s}").shape[0] == 0:
+                # no clustered instance of this modality this epoch (its clusterer found
+                # none): its terms are left out, as the engine leaves out cross terms
+                continue
             g, glob = self._global(q, getattr(self, f"inst_{s}"))
             total = total + g
             if use_parts:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uvireid.engine.distributed import all_gather_cat, gather_labels
+from uvireid.errors import ConfigError
 
 __all__ = [
     "ClusterMemory",
@@ -47,7 +48,18 @@ def centroids(feats: torch.Tensor, labels: np.ndarray | torch.Tensor, k: int) ->
     Args:
         feats: (N, d) float features; labels: (N,) int, -1 = outlier.
     """
-    lab = torch.as_tensor(np.asarray(labels), device=feats.device).long()
+    arr = np.asarray(labels)
+    if arr.shape != (feats.shape[0],):
+        raise ConfigError(
+            f"centroids: {feats.shape[0]} feature rows but labels of shape {arr.shape}; "
+            f"give one label per row"
+        )
+    if arr.size and (arr.max() >= k or arr.min() < -1):
+        raise ConfigError(
+            f"centroids: labels range over {int(arr.min())}..{int(arr.max())} but there are "
+            f"{k} clusters; labels are 0..{k - 1}, and -1 marks an outlier"
+        )
+    lab = torch.as_tensor(arr, device=feats.device).long()
     keep = lab >= 0
     sums = torch.zeros((k, feats.shape[1]), dtype=feats.dtype, device=feats.device)
     sums.index_add_(0, lab[keep], feats[keep])
@@ -94,6 +106,11 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
     if not updates:
         return
     updates = [(*u, None) if len(u) == 3 else tuple(u) for u in updates]
+    # an empty memory (a modality without clusters this epoch) takes no update; every
+    # empty tensor has storage pointer 0, so it would look like a memory given twice
+    updates = [u for u in updates if u[0].numel() > 0]
+    if not updates:
+        return
     first = updates[0][0]
     storages = [u[0].untyped_storage().data_ptr() for u in updates]
     if len(set(storages)) != len(storages):

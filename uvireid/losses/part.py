@@ -32,7 +32,7 @@ from torch import nn
 
 from uvireid.errors import ConfigError
 from uvireid.losses.cluster_contrast import cluster_nce
-from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets, require_parts
 from uvireid.losses.memory import (
     batch_permutation,
     centroids,
@@ -117,6 +117,7 @@ class PartContrastLoss(nn.Module):
         if self.official_quirks:
             vis_rows[3] = ("a", "v")
         parts = outputs.parts
+        require_parts(parts, [*vis_rows, *INFRARED_QUERY_ROWS], "part_contrast")
         xv = prepare(torch.cat([parts[k] for k in vis_rows]))  # (6S, P, d)
         xr = prepare(torch.cat([parts[k] for k in INFRARED_QUERY_ROWS]))  # (3S, P, d)
         n_v, n_r = len(vis_rows), len(INFRARED_QUERY_ROWS)
