@@ -323,3 +323,14 @@ def test_seeds_outside_what_numpy_accepts_are_refused(tmp_path, seed):
     with pytest.raises(DatasetError, match=r"seed must be an integer in 0\.\.2\*\*32-1"):
         syn.generate(tmp_path / "x", ids=4, seed=seed)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_single_identity_test_split_is_warned(tmp_path, caplog):
+    """Below ten identities the test split holds one person: R1 is 100 % whatever the
+    features, which the generator now says."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        out = syn.generate(tmp_path / "ds", ids=4, seed=0)
+    assert "test split holds one identity" in caplog.text
+    assert (out / "exp" / "test_id.txt").read_text().strip().count(",") == 0

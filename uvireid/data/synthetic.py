@@ -1133,6 +1133,13 @@ def generate(
     try:
         (tmp / MARKER).write_text("written by uvireid.data.synthetic\n")
         split = split_ids(ids, seed)
+        if len(split["test"]) < 2:
+            logger.warning(
+                "synthetic dataset with %d identities: its test split holds one identity, so "
+                "every query's first match is right whatever the features (R1 100%%); use "
+                "--ids 10 or more for a test that measures something",
+                ids,
+            )
         exp = tmp / "exp"
         exp.mkdir()
         for name in ("train", "val", "test", "available"):
