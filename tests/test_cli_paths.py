@@ -125,8 +125,8 @@ def test_features_files_may_follow_options(feats_file, tmp_path, capsys):
     from uvireid.features import load_features, save_features
 
     f = load_features(other)
-    save_features(
-        other, f.feats, f.pids, f.cams, f.modality, **{**f.meta, "split": 2, "train_split": 2}
+    save_features(  # another split's features (the same ones twice are refused)
+        other, f.feats * 0.5, f.pids, f.cams, f.modality, **{**f.meta, "split": 2, "train_split": 2}
     )
     assert main(["eval", str(feats_file), "--protocol", "regdb-v2i", str(other)]) == 0
     assert "2 splits" in capsys.readouterr().out

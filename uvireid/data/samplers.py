@@ -153,7 +153,7 @@ class IdentitySampler:
         self.ids_v = self.ids if ids_v is None else int(ids_v)
         _check(self.ids_v, images, "identity sampler (visible ids)")
         if (cams_v is None) != (cams_r is None):
-            raise ValueError("identity sampler: give the cameras of both modalities or neither")
+            raise ConfigError("identity sampler: give the cameras of both modalities or neither")
         self.cams = None
         if cams_v is not None:
             self.cams = (np.asarray(cams_v), np.asarray(cams_r))
@@ -162,7 +162,7 @@ class IdentitySampler:
                 (labels_r, self.cams[1], "infrared"),
             ):
                 if len(cam) != len(lab):
-                    raise ValueError(
+                    raise ConfigError(
                         f"identity sampler: {len(cam)} {side} cameras for {len(lab)} images"
                     )
         if not self.pools_v and not self.pools_r:

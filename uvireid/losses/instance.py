@@ -142,6 +142,11 @@ class InstanceNeighbourLoss(nn.Module):
             ("v", context.feats_v, context.parts_v, context.init_v),
             ("r", context.feats_r, context.parts_r, context.init_r),
         ):
+            if np.shape(labels) != (len(feats),):
+                raise ConfigError(
+                    f"instance_neighbour: {len(feats)} features of modality {s} but labels of "
+                    f"shape {np.shape(labels)}; give one label per image"
+                )
             keep = torch.as_tensor(np.flatnonzero(np.asarray(labels) >= 0), device=feats.device)
             row = torch.full((len(feats),), -1, dtype=torch.long, device=feats.device)
             row[keep] = torch.arange(len(keep), device=feats.device)
@@ -149,7 +154,7 @@ class InstanceNeighbourLoss(nn.Module):
             setattr(self, f"inst_{s}", F.normalize(feats[keep], dim=1))
             if self.use_parts:
                 if parts is None:
-                    raise ValueError("instance_neighbour with parts needs context.parts_v/_r")
+                    raise ConfigError("instance_neighbour with parts needs context.parts_v/_r")
                 setattr(self, f"part_{s}", F.normalize(parts[keep], dim=-1))
 
     def _queries(self, z: torch.Tensor) -> torch.Tensor:

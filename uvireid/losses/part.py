@@ -89,7 +89,7 @@ class PartContrastLoss(nn.Module):
     def reset(self, context: EpochContext) -> None:
         pv, pr = context.parts_v, context.parts_r
         if pv is None or pr is None:
-            raise ValueError("part_contrast needs the epoch's self parts (context.parts_v/_r)")
+            raise ConfigError("part_contrast needs the epoch's self parts (context.parts_v/_r)")
         c = context
         if self.official_quirks:
             spec = {
