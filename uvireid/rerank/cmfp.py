@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from uvireid.clustering.knn import ivf_within, knn
 from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
+from uvireid.rerank import workspace
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
 from uvireid.rerank.inputs import as_tensor, check_k, check_pair, to_output
 
@@ -402,17 +403,21 @@ def _screened_dense_blocks(
     q32 = query.float() if q32 is None else q32
     g32 = gallery.float() if g32 is None else g32
     s_qg = q32 @ g32.T
-    sims = {
-        "qq": (query, query, gram_symmetric(q32), _screen_slack(nq, mq, d)),
-        "qg": (query, gallery, s_qg, _screen_slack(nq, mg, d)),
-        "gq": (gallery, query, s_qg.T.contiguous(), _screen_slack(ng, mq, d)),
-        "gg": (gallery, gallery, gram_symmetric(g32), _screen_slack(ng, mg, d)),
-    }
-    out, redone = {}, 0
-    for name in ("qq", "qg", "gq", "gg"):
-        a, b, sim, slack = sims.pop(name)
-        out[name], r = _screened_block(a, b, sim, k, slack)
-        redone += r
+    n = q32.shape[0]
+    # the (Nq, Nq) similarities are a reused workspace (kreciprocal.re_ranking says why):
+    # the blocks hold copies of the selected entries, never a view of it
+    with workspace.borrow((n, n), q32.dtype, q32.device) as buf:
+        sims = {
+            "qq": (query, query, gram_symmetric(q32, out=buf), _screen_slack(nq, mq, d)),
+            "qg": (query, gallery, s_qg, _screen_slack(nq, mg, d)),
+            "gq": (gallery, query, s_qg.T.contiguous(), _screen_slack(ng, mq, d)),
+            "gg": (gallery, gallery, gram_symmetric(g32), _screen_slack(ng, mg, d)),
+        }
+        out, redone = {}, 0
+        for name in ("qq", "qg", "gq", "gg"):
+            a, b, sim, slack = sims.pop(name)
+            out[name], r = _screened_block(a, b, sim, k, slack)
+            redone += r
     return out, redone
 
 
@@ -512,13 +517,15 @@ def affinity_blocks(
             if found is not None:
                 return found[0]
         s_qg = query @ gallery.T
-        sims = {
-            "qq": gram_symmetric(query),
-            "qg": s_qg,
-            "gq": s_qg.T.contiguous(),
-            "gg": gram_symmetric(gallery),
-        }
-        return _dense_blocks(sims, k)
+        n = query.shape[0]
+        with workspace.borrow((n, n), query.dtype, query.device) as buf:  # as above
+            sims = {
+                "qq": gram_symmetric(query, out=buf),
+                "qg": s_qg,
+                "gq": s_qg.T.contiguous(),
+                "gg": gram_symmetric(gallery),
+            }
+            return _dense_blocks(sims, k)
     if backend in ("faiss-ivf", "ivf"):
         return _sparse_blocks_one_index(query, gallery, k, backend)
     return {

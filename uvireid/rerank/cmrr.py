@@ -71,6 +71,7 @@ import torch
 
 from uvireid.clustering.knn import topk_stable
 from uvireid.registry import RERANKERS
+from uvireid.rerank import workspace
 from uvireid.rerank.distances import self_distances, squared_norms
 from uvireid.rerank.inputs import check_k, check_pair, check_real, ensure_fits, to_output
 from uvireid.rerank.kreciprocal import (
@@ -341,18 +342,21 @@ def cmrr_distance(
     # the self blocks, d exactly symmetric with row (= column) maxima m, are kept only as
     # dn = d / m[:, None] = (d / column max)^T, the intra re-ranking's input, in place;
     # n_xx = d / column max is read at V's entries as n_xx[r, c] = dn[c, r]
-    d_qq, m_q = self_distances(q, sq_q)
-    dn_qq = d_qq.div_(m_q[:, None])
-    rank_qq = _intra_ranks(dn_qq, k, k2_intra, lambda_intra, width)
-    d_gg, m_g = self_distances(g, sq_g)
-    dn_gg = d_gg.div_(m_g[:, None])
-    rank_gg = _intra_ranks(dn_gg, k, k2_intra, lambda_intra, width)
-    rank_qg = _ranks(n_qg, width)
-    rank_gq = _ranks(n_gq, width)
+    # the (Nq, Nq) block is a reused workspace (kreciprocal.re_ranking says why); nothing
+    # returned is a view of it
+    with workspace.borrow((nq, nq), q.dtype, q.device) as buf:
+        d_qq, m_q = self_distances(q, sq_q, out=buf)
+        dn_qq = d_qq.div_(m_q[:, None])
+        rank_qq = _intra_ranks(dn_qq, k, k2_intra, lambda_intra, width)
+        d_gg, m_g = self_distances(g, sq_g)
+        dn_gg = d_gg.div_(m_g[:, None])
+        rank_gg = _intra_ranks(dn_gg, k, k2_intra, lambda_intra, width)
+        rank_qg = _ranks(n_qg, width)
+        rank_gq = _ranks(n_gq, width)
 
-    r, c = reciprocal_sets(rank_qq, rank_qq, rank_qq, k, nq)
-    v_qq = encode_sets(r, c, dn_qq[c, r], (nq, nq), rank_qq, k)
-    del d_qq, dn_qq
+        r, c = reciprocal_sets(rank_qq, rank_qq, rank_qq, k, nq)
+        v_qq = encode_sets(r, c, dn_qq[c, r], (nq, nq), rank_qq, k)
+        del d_qq, dn_qq
     r, c = reciprocal_sets(rank_gg, rank_gg, rank_gg, k, ng)
     v_gg = encode_sets(r, c, dn_gg[c, r], (ng, ng), rank_gg, k)
     v_qg = reciprocal_encode(n_qg, rank_qg, rank_gq, rank_gg, rank_qq, k, k)

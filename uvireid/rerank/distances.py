@@ -25,14 +25,15 @@ def _mirror_upper_(square: torch.Tensor) -> None:
         square[c, r] = square[r, c]
 
 
-def gram_symmetric(x: torch.Tensor) -> torch.Tensor:
+def gram_symmetric(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, n) ``x x^T`` from upper tiles mirrored into the lower triangle (exactly symmetric).
 
     Args:
         x: (n, d) float tensor.
+        out: (n, n) tensor of ``x``'s dtype to write into (e.g. a reused workspace).
     """
     n = x.shape[0]
-    out = x.new_empty((n, n))
+    out = x.new_empty((n, n)) if out is None else out
     tile = max(256, -(-n // 8))
     for s in range(0, n, tile):
         e = min(n, s + tile)
@@ -59,17 +60,20 @@ def squared_norms(x: torch.Tensor, rows: int = 128) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def self_distances(x: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def self_distances(
+    x: torch.Tensor, sq: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d, m)``: the (n, n) squared distances of ``x`` to itself and their row maxima.
 
     Each entry is the reference's ``(|x_i|^2 + |x_j|^2) - 2 x_i.x_j`` (one ``addmm``, as
     its ``cal_distmat``; ``sq`` = the squared norms), computed for the tiles on and above
     the diagonal and mirrored, so ``d`` is exactly symmetric: the row maxima are the
     column maxima, and ``(d / column max)^T = d / row max`` bit for bit. Maxima that are
-    0 are returned as 1 (CMRR leaves such rows unnormalised).
+    0 are returned as 1 (CMRR leaves such rows unnormalised). ``out``: an (n, n) tensor
+    of ``x``'s dtype to write ``d`` into (e.g. a reused workspace).
     """
     n = x.shape[0]
-    d = x.new_empty((n, n))
+    d = x.new_empty((n, n)) if out is None else out
     m = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
     tile = max(256, -(-n // 12))  # about 54 % of a full product; larger tiles run no faster
     for s in range(0, n, tile):
