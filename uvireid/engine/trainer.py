@@ -1388,10 +1388,13 @@ class Trainer:
             evaluated_last = False
             best = False
             due = last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)
+            saved = False
             if evaluates and D.is_main() and due:
                 # the epoch's training is kept whatever its evaluation does (an evaluation
-                # that fails, or a run killed in it, resumes after this epoch)
+                # that fails, or a run killed in it, resumes after this epoch); it is
+                # written again below only if the evaluation made it the best
                 self.save(False)
+                saved = True
                 try:
                     res = self.evaluate(f"epoch {epoch}")
                 except BaseException as exc:
@@ -1410,7 +1413,8 @@ class Trainer:
                         self.best["epoch"],
                         self.best["mAP"],
                     )
-            self.save(best)
+            if best or not saved:
+                self.save(best)
             if log:
                 log(record)
             D.barrier()
