@@ -218,6 +218,16 @@ def test_regdb_refuses_a_model_trained_on_another_split():
         run_protocol([regdb_split(3, 3), regdb_split(4, 1)], "regdb-i2v")
 
 
+def test_a_regdb_split_file_under_another_protocol_is_named_as_regdb():
+    """A RegDB file (meta split: 3, no dataset) under a SYSU-MM01 protocol: the numbered split
+    is named as RegDB's, not taken for a train/test split name."""
+    f = regdb_split(3)
+    f = Features(f.feats, f.pids, f.cams, f.modality, None, {"split": 3})  # no dataset named
+    for protocol in ("sysu-all", "sysu-indoor"):  # (LLCM's camera check refuses it first)
+        with pytest.raises(ProtocolError, match=r"names split 3 .*RegDB's .*regdb-v2i"):
+            run_protocol(f, protocol)
+
+
 def test_regdb_refuses_a_split_given_twice_and_sampling_options():
     with pytest.raises(ProtocolError, match="split 3 is given twice"):
         run_protocol([regdb_split(3, 3), regdb_split(3, 3)], "regdb-v2i")

@@ -625,6 +625,12 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
     if spec.dataset == "llcm":
         _check_llcm_cameras(features, where, spec)
     split = meta.get("split")
+    if spec.dataset != "regdb" and _int_or_none(split) is not None:
+        raise ProtocolError(
+            f"{where} names split {split} (its meta says so): a numbered split is RegDB's "
+            f"(1..10), not a {spec.dataset_name} test set; evaluate it with --protocol "
+            f"regdb-v2i or regdb-i2v"
+        )
     if spec.dataset != "regdb" and split is not None and str(split).lower() != "test":
         raise ProtocolError(
             f"{where} holds the '{split}' split (its meta says so); {spec.dataset_name} "
