@@ -143,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             "stages.1.iters_per_epoch=3",
             "evaluation.trials=1",
         ]
-    rows = [r for r in ROWS if not args.only or r in args.only.split(",")]
+    wanted = args.only.split(",") if args.only else []
+    unknown = [w for w in wanted if w not in ROWS]
+    if unknown:
+        ap.error(f"--only: no row named {', '.join(map(repr, unknown))}; rows: {', '.join(ROWS)}")
+    rows = [r for r in ROWS if not wanted or r in wanted]
     results = []
     for seed in seeds:
         for i, name in enumerate(rows):

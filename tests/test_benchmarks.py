@@ -206,6 +206,8 @@ def test_ablation_seed_table_is_each_rows_mean_and_std_over_seeds(bench):
         main(["--seeds", "1,2", "seed=3"])
     with pytest.raises(SystemExit):
         main(["--seeds", "1,x"])
+    with pytest.raises(SystemExit):  # a row name that does not exist trained nothing, rc 0
+        main(["--only", "DCL + DAGL"])
 
 
 def test_gpu_session_script_parses_and_has_every_step_its_header_names():
