@@ -1,8 +1,8 @@
 """A fixed feature extractor on the synthetic dataset -> a features file (no model, no training).
 
-    uvireid data synth --out data/synthetic --ids 64 --seed 0
+    uvireid data synth --out data/synthetic --ids 500 --seed 0
     python examples/export_features/fixed_extractor_synthetic.py data/synthetic synth.npz hog
-    uvireid rerank synth.npz --reranker all --protocol sysu-all --k 8
+    uvireid rerank synth.npz --reranker all --protocol sysu-all --k 8 --trials 10
 
 Extractors: ``hog`` (default; 9-bin gradient-orientation histograms of 8 x 8 cells of the
 64 x 32 grayscale image: shape cues, which the synthetic data share across modalities) or
