@@ -66,3 +66,27 @@ def test_two_gloo_processes_train_identically(recipe_file, tmp_path):
     manifest = yaml.safe_load((runs[0] / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     assert manifest["batch"]["stages"][0]["global"] == 2 * manifest["batch"]["stages"][0]["per_gpu"]
+
+
+@pytest.mark.slow
+def test_a_refused_resume_stops_every_rank_with_the_reason(recipe_file, tmp_path):
+    """``torchrun ... uvireid run RUN --resume seed=5``: rank 0 refuses the changed recipe;
+    the other rank stops with a line naming that refusal, not with gloo's "connection
+    closed" traceback (it used to wait for rank 0 and die of it)."""
+    from uvireid.config import load_recipe
+    from uvireid.engine.runner import run_recipe
+
+    folder = run_recipe(load_recipe(recipe_file), progress=False).path
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29518", "-m", "uvireid", "run", str(folder), "--resume", "seed=5",
+         "--no-report"],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "error: ConfigError: --resume: " in err and "seed: 3 -> 5" in err
+    assert "error: RunFolderError: rank 0 stopped the run (ConfigError: --resume" in err
+    assert "Connection closed" not in err  # (torchrun's own ChildFailedError remains)
+    assert proc.stdout.count("# resolved recipe") == 1  # rank 0 speaks for the run

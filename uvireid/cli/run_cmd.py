@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EPILOG = """\
@@ -67,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_changes and not args.resume:
         raise ConfigError("--allow-changes goes with --resume")
     cfg = load_recipe(args.recipe, args.overrides)
-    print(f"# resolved recipe '{cfg['name']}'")
-    print(dump(cfg), end="")
+    # under torchrun every rank runs this command: rank 0 speaks and writes the report
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        print(f"# resolved recipe '{cfg['name']}'")
+        print(dump(cfg), end="")
     if args.dry_run:  # what a run refuses before its first epoch (run_recipe does it too)
         from uvireid.engine.runner import preflight
 
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     resume = Path(args.recipe) if is_run else args.resume
     folder = run_recipe(cfg, resume=resume, allow_changes=args.allow_changes)
+    if not main_rank:
+        return 0
     print(f"run folder: {folder.path}")
     if not args.no_report:
         from uvireid.viz.report import maybe_report

@@ -27,7 +27,7 @@ from uvireid.engine.run_folder import (
     resume_target,
     resumed_manifest,
 )
-from uvireid.errors import ConfigError, RunFolderError, TrainingError
+from uvireid.errors import ConfigError, RunFolderError, TrainingError, UvireidError
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -403,11 +403,15 @@ def train_recipe(
     preflight(cfg)
     device = D.init_from_env(resolve_device(cfg["device"]))
     seed_everything(cfg["seed"])
-    folder, changes = None, {}
+    folder, changes, refused = None, {}, None
     if D.is_main():  # a refused resume stops before the dataset is built (or generated)
-        folder = resume_target(cfg, resume)
-        if folder is not None:
-            changes = check_resume(folder, cfg, allow_changes)
+        try:
+            folder = resume_target(cfg, resume)
+            if folder is not None:
+                changes = check_resume(folder, cfg, allow_changes)
+        except UvireidError as exc:
+            refused = exc
+    _stop_all_ranks(refused)
     dataset = DATASETS.build(cfg["data"])
     protocol_for(dataset, cfg)
     if D.is_main():
@@ -427,14 +431,16 @@ def train_recipe(
     if (folder.path / "results.json").exists() and resume:
         return folder
     ckpt = folder.checkpoints / LATEST
+    refused = None
     if D.is_main() and resume and not ckpt.exists():
         trained = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0]
         if trained:
-            raise RunFolderError(
+            refused = RunFolderError(
                 f"{folder.path}: {len(trained)} epoch(s) were trained (metrics.jsonl) but "
                 f"{ckpt} is missing; resuming would train them again into the same folder. "
-                f"Restore the checkpoint, or start a new run (without --resume)"
+                f"Restore the checkpoint, or start a new run"
             )
+    _stop_all_ranks(refused)
     lock = folder.locked() if D.is_main() else contextlib.nullcontext()
     with lock:
         try:
@@ -443,6 +449,19 @@ def train_recipe(
             with contextlib.suppress(AttributeError, TypeError):
                 exc.run_folder = str(folder.path)  # the CLI says how to resume it
             raise
+
+
+def _stop_all_ranks(refused: BaseException | None) -> None:
+    """Raise rank 0's refusal on every rank (under torchrun the other ranks would
+    otherwise wait for rank 0 and die of a closed connection, whose traceback buries the
+    reason): rank 0 raises its own error, the others a short one naming it."""
+    from uvireid.engine import distributed as D
+
+    said = D.broadcast_object(None if refused is None else f"{type(refused).__name__}: {refused}")
+    if refused is not None:
+        raise refused
+    if said is not None:
+        raise RunFolderError(f"rank 0 stopped the run ({said.splitlines()[0][:200]})")
 
 
 def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFolder:
