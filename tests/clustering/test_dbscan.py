@@ -100,3 +100,22 @@ def test_nan_features_are_refused():
     x[1, 1] = np.inf
     with pytest.raises(FeatureFileError, match="NaN/inf"):
         DBSCANClusterer().fit_predict(x)
+
+
+def test_out_of_range_options_are_refused_for_every_metric():
+    """From the audit: ``metric="cosine", eps=inf`` failed inside sklearn, a wrong
+    ``knn_backend`` went unnoticed with the cosine metric, and hdbscan's
+    ``allow_single_cluster="no"`` failed inside the hdbscan package."""
+    import pytest
+
+    from uvireid.clustering.dbscan import DBSCANClusterer
+    from uvireid.clustering.hdbscan_clusterer import HDBSCANClusterer
+    from uvireid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eps=inf >= 2 makes every pair .* cosine"):
+        DBSCANClusterer(metric="cosine", eps=float("inf"))._check_params()
+    with pytest.raises(ConfigError, match=r"knn_backend must be one of"):
+        DBSCANClusterer(metric="cosine", knn_backend="fiass")._check_params()
+    with pytest.raises(ConfigError, match=r"allow_single_cluster must be true or false"):
+        HDBSCANClusterer(allow_single_cluster="no")._check_params()
+    DBSCANClusterer(metric="cosine", eps=1.5)._check_params()  # a wide but valid radius

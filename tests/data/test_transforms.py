@@ -388,3 +388,28 @@ def test_augmenter_leaves_its_input_batch_as_it_was():
     for kind in ("test", "visible", "visible_ca", "infrared"):
         aug(images, kind, "cpu")
         assert torch.equal(images, keep), kind
+
+
+def test_the_augmenter_refuses_what_it_would_do_wrong():
+    """From the audit: ``jitter_views=("visible",)`` jittered nothing, float images were
+    divided by 255 again (near black), a one-channel batch failed deep inside, and
+    ``pad=-1`` / ``erasing_p=2`` / ``seed=None`` went through or gave a bare TypeError."""
+    from uvireid.data.transforms import Augmenter
+    from uvireid.errors import ConfigError
+
+    for kw, said in (
+        ({"jitter_views": ("visible",)}, r"jitter_views \['visible'\] cannot be jittered"),
+        ({"pad": -1}, r"pad must be an integer >= 0"),
+        ({"erasing_p": 2}, r"erasing_p must be a probability"),
+        ({"seed": None}, r"seed must be an integer >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            Augmenter(**kw)
+    aug = Augmenter(seed=1)
+    x = torch.randint(0, 256, (2, 3, 16, 8), dtype=torch.uint8)
+    assert aug(x, "visible", "cpu").shape == (2, 3, 16, 8)
+    assert torch.equal(aug(x.float(), "test", "cpu"), aug(x, "test", "cpu"))  # 0..255 floats
+    with pytest.raises(ConfigError, match=r"float images lie in \[0, 1\]"):
+        aug(x.float() / 255, "visible", "cpu")
+    with pytest.raises(ConfigError, match=r"expected \(B, 3, H, W\) images"):
+        aug(x[:, :1], "infrared", "cpu")

@@ -133,14 +133,24 @@ class DBSCANClusterer:
         from uvireid.rerank.inputs import check_k, check_positive
 
         check_positive(self.eps, "eps", "dbscan")
-        if self.metric == "jaccard" and not self.eps < 1:
+        if not self.eps < 2 or (self.metric == "jaccard" and not self.eps < 1):
+            # cosine distances lie in [0, 2], Jaccard's in [0, 1]
+            top = 1 if self.metric == "jaccard" else 2
             raise ConfigError(
-                f"dbscan: eps={self.eps} >= 1 makes every pair of points neighbours under the "
-                "Jaccard distance (1 = no shared neighbour); use eps < 1 (0.6 SYSU, 0.3 RegDB)"
+                f"dbscan: eps={self.eps} >= {top} makes every pair of points neighbours under "
+                f"the {self.metric} distance (at most {top}); use eps < {top} (Jaccard: 0.6 "
+                f"SYSU, 0.3 RegDB)"
             )
         check_k(self.min_samples, "min_samples", "dbscan")
         check_k(self.k1, "k1", "dbscan")
         check_k(self.k2, "k2", "dbscan")
+        from uvireid.clustering.knn import BACKENDS
+
+        if self.knn_backend not in BACKENDS:  # checked for every metric, used by jaccard
+            raise ConfigError(
+                f"dbscan: knn_backend must be one of {', '.join(BACKENDS)}, got "
+                f"{self.knn_backend!r}"
+            )
 
     def distances(self, features: Any) -> sp.csr_matrix:
         """The sparse distance graph DBSCAN runs on (pairs with distance <= eps)."""

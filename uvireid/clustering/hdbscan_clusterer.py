@@ -212,6 +212,11 @@ class HDBSCANClusterer:
                 f"hdbscan: cluster_selection_method must be 'eom' or 'leaf', got "
                 f"{self.cluster_selection_method!r}"
             )
+        if not isinstance(self.allow_single_cluster, bool):
+            raise ConfigError(
+                f"hdbscan: allow_single_cluster must be true or false, got "
+                f"{self.allow_single_cluster!r}"
+            )
 
     def fit_predict(self, features: Any) -> np.ndarray:
         """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers."""

@@ -527,6 +527,28 @@ class Augmenter:
     cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
+        from uvireid.errors import ConfigError
+
+        odd = set(self.jitter_views) - {"visible_ca", "infrared"}
+        if odd:  # the visible view is never jittered: naming it would do nothing
+            raise ConfigError(
+                f"Augmenter: jitter_views {sorted(odd)} cannot be jittered; the jittered views "
+                f"are visible_ca and infrared"
+            )
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 0:
+            raise ConfigError(f"Augmenter: pad must be an integer >= 0, got {self.pad!r}")
+        for name in ("erasing_p", "gray_p", "ltg_p"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= 1
+            ):
+                raise ConfigError(
+                    f"Augmenter: {name} must be a probability in [0, 1], got {value!r}"
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"Augmenter: seed must be an integer >= 0, got {self.seed!r}")
         self.gen = torch.Generator().manual_seed(int(self.seed))
         self._graphs: dict[str, tuple] = {}  # view -> (its shapes, its graph and buffers)
         self.graph_failed: str | None = None
@@ -578,6 +600,20 @@ class Augmenter:
         augmentation).
         """
         device = torch.device(device)
+        from uvireid.errors import ConfigError
+
+        if images.dim() != 4 or images.shape[1] != 3:  # one channel indexed as three
+            raise ConfigError(
+                f"Augmenter: expected (B, 3, H, W) images (uint8 as load_images gives them), "
+                f"got shape {tuple(images.shape)}"
+            )
+        # pixel values are 0..255 (they are divided by 255): floats already in [0, 1]
+        # would come out near black (checked off the training path, whose batches are uint8)
+        if images.is_floating_point() and images.numel() and float(images.max()) <= 1.0:
+            raise ConfigError(
+                "Augmenter: these float images lie in [0, 1]; pass pixel values 0..255 "
+                "(uint8, as load_images gives them, or floats times 255)"
+            )
         if kind == "test":
             return normalize(images.to(device, non_blocking=True).float() / 255.0)
         if kind == "visible" and self.ltg_official and self.ltg_p > 0:
