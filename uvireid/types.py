@@ -98,9 +98,10 @@ class CrossLabels:
         """One label space: every connected group of matched clusters becomes one label.
 
         Clusters are the nodes of a bipartite graph whose edges are ``matches``; each
-        connected component (a cluster matched to nothing is one on its own) gets one
-        label, numbered by the component's smallest visible cluster, then infrared
-        cluster. Every instance takes the label of its own cluster (its visible label for
+        connected component (a cluster matched to nothing is one on its own) that holds
+        an instance gets one label, numbered by the component's smallest visible
+        cluster, then infrared cluster (cluster ids no instance carries make no label, so
+        no empty memory row). Every instance takes the label of its own cluster (its visible label for
         the first ``num_visible`` instances, its infrared one after), in both fields;
         outliers stay -1. PGM's one-to-one matches give pairs, MBCCM's many-to-many mask
         can merge several clusters of each modality.
@@ -114,14 +115,18 @@ class CrossLabels:
         n = kv + kr
         m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
         graph = coo_matrix((np.ones(len(m)), (m[:, 0], kv + m[:, 1])), shape=(n, n))
-        n_comp, comp = connected_components(graph, directed=False)
-        # number the components in order of their first node (visible clusters first)
-        first = np.full(n_comp, n, dtype=np.int64)
-        np.minimum.at(first, comp, np.arange(n))
-        rank = np.empty_like(first)
-        rank[np.argsort(first, kind="stable")] = np.arange(n_comp)
+        _, comp = connected_components(graph, directed=False)
         own = np.concatenate([self.labels_in_v[:nv], self.labels_in_r[nv:]])  # own cluster
         node = own + np.where(np.arange(len(own)) >= nv, kv, 0)  # infrared nodes after kv
+        # the components that hold an instance (cluster ids no instance carries, e.g. gaps
+        # in a clusterer's numbering, would each be a label with an empty memory row),
+        # numbered in order of their first node (visible clusters first)
+        used = np.unique(comp[node[own >= 0]])
+        first = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+        np.minimum.at(first, comp, np.arange(n))
+        rank = np.full(len(first), -1, dtype=np.int64)
+        rank[used[np.argsort(first[used], kind="stable")]] = np.arange(len(used))
+        n_comp = len(used)
         labels = np.full(len(own), -1, dtype=np.int64)
         labels[own >= 0] = rank[comp[node[own >= 0]]]
         return CrossLabels(

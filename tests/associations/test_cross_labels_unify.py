@@ -20,15 +20,17 @@ def _naive_unify(lab_v, lab_r, nv, kv, kr, matches):
         a, b = find(v), find(kv + r)
         if a != b:
             parent[max(a, b)] = min(a, b)
-    roots = {}
-    for node in range(kv + kr):  # numbered by first node, visible clusters first
-        roots.setdefault(find(node), len(roots))
-    out = []
-    for i in range(len(lab_v)):
+
+    def node_of(i):
         own = lab_v[i] if i < nv else lab_r[i]
-        node = own if i < nv else kv + own
-        out.append(-1 if own < 0 else roots[find(node)])
-    return out
+        return None if own < 0 else (own if i < nv else kv + own)
+
+    used = {find(node_of(i)) for i in range(len(lab_v)) if node_of(i) is not None}
+    roots = {}
+    for node in range(kv + kr):  # numbered by first node, visible clusters first, among
+        if find(node) in used:  # the groups that hold an instance
+            roots.setdefault(find(node), len(roots))
+    return [-1 if node_of(i) is None else roots[find(node_of(i))] for i in range(len(lab_v))]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -49,6 +51,9 @@ def test_unify_equals_union_find(seed):
     expected = _naive_unify(lab_v, lab_r, nv, kv, kr, pairs.reshape(-1, 2).tolist())
     assert u.labels_in_v.tolist() == expected and u.labels_in_r.tolist() == expected
     assert u.unified and u.num_clusters_v == u.num_clusters_r == u.info["unified_labels"]
+    # every label holds an instance: no empty memory row (cluster ids nobody carries, as
+    # gaps in a clusterer's numbering, used to count as labels)
+    assert u.num_clusters_v == len(set(expected) - {-1})
 
 
 def test_unify_of_a_real_associator_merges_many_to_many_groups():
