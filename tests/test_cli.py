@@ -84,3 +84,14 @@ def test_a_misspelt_option_names_the_closest_and_v_works_after_the_command(capsy
     assert "'--trails': did you mean '--trials'?" in capsys.readouterr().err
     assert main(["list", "rerankers", "-v"]) == 0  # as `uvireid -v list rerankers`
     assert "cmfp" in capsys.readouterr().out
+
+
+def test_list_samplers_names_every_sampler_type_a_recipe_accepts(capsys):
+    from uvireid.config import SAMPLER_TYPES
+
+    assert main(["list", "samplers"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("samplers (3; a stage's sampler.type)")
+    for name in SAMPLER_TYPES:
+        assert f"  {name} " in out
+    assert "(Cheng et al., ACM MM 2023" in out  # a whole first paragraph, not a cut line

@@ -17,7 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Examples:\n  uvireid list\n  uvireid list rerankers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("registry", nargs="?", choices=sorted(REGISTRIES), help="only this registry")
+    p.add_argument(
+        "registry",
+        nargs="?",
+        choices=sorted([*REGISTRIES, "samplers"]),
+        help="only this registry (samplers: the stages' sampler.type values)",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,11 +40,34 @@ def format_registries(only: str | None = None) -> str:
         for e in entries:
             lines.append(f"  {e.name:<{width}}  {e.module:<{mwidth}}  {e.summary}".rstrip())
         lines.append("")
+    if not only or only == "samplers":
+        lines += _samplers()
     if PLUGIN_ERRORS and not only:
         lines.append("plugins that failed to load")
         for name, err in sorted(PLUGIN_ERRORS.items()):
             lines.append(f"  {name}: {err}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _samplers() -> list[str]:
+    """The batch samplers a stage names by ``sampler.type`` (not a registry: the trainer
+    builds them from the epoch's labels), with their classes' first doc line."""
+    from uvireid.config import SAMPLER_TYPES
+    from uvireid.data import samplers
+
+    classes = {
+        "identity": samplers.IdentitySampler,
+        "paired": samplers.PairedSampler,
+        "matched": samplers.MatchedPairSampler,
+    }
+    lines = [f"samplers ({len(SAMPLER_TYPES)}; a stage's sampler.type)"]
+    width = max(len(n) for n in SAMPLER_TYPES)
+    for name in SAMPLER_TYPES:
+        cls = classes[name]
+        first = (cls.__doc__ or "").strip().split("\n\n")[0]  # its first paragraph
+        doc = " ".join(first.split())
+        lines.append(f"  {name:<{width}}  {cls.__module__}  {doc}".rstrip())
+    return [*lines, ""]
 
 
 def run(args: argparse.Namespace) -> int:
