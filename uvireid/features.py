@@ -15,7 +15,8 @@ A features file is an ``.npz`` (written by :func:`save_features`, read by
 Features from another codebase can be evaluated and re-ranked by exporting these arrays with
 ``numpy.savez`` (or :func:`save_features`). Every file is checked when read: missing arrays,
 arrays of different lengths, non-finite features, modality codes other than 0/1 and features
-that are not an (N, d) matrix with N, d >= 1 are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the fix.
+that are not an (N, d) matrix with N, d >= 1 are :class:`~uvireid.errors.FeatureFileError`
+naming the file, the problem and the fix.
 """
 
 from __future__ import annotations

@@ -115,20 +115,21 @@ class CrossLabels:
         n = kv + kr
         m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
         graph = coo_matrix((np.ones(len(m)), (m[:, 0], kv + m[:, 1])), shape=(n, n))
-        _, comp = connected_components(graph, directed=False)
+        n_all, comp = connected_components(graph, directed=False)
         own = np.concatenate([self.labels_in_v[:nv], self.labels_in_r[nv:]])  # own cluster
         node = own + np.where(np.arange(len(own)) >= nv, kv, 0)  # infrared nodes after kv
+        of = comp[node[own >= 0]]  # each clustered instance's component
         # the components that hold an instance (cluster ids no instance carries, e.g. gaps
         # in a clusterer's numbering, would each be a label with an empty memory row),
         # numbered in order of their first node (visible clusters first)
-        used = np.unique(comp[node[own >= 0]])
-        first = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+        used = np.unique(of)
+        first = np.full(n_all, n, dtype=np.int64)
         np.minimum.at(first, comp, np.arange(n))
-        rank = np.full(len(first), -1, dtype=np.int64)
+        rank = np.full(n_all, -1, dtype=np.int64)
         rank[used[np.argsort(first[used], kind="stable")]] = np.arange(len(used))
         n_comp = len(used)
         labels = np.full(len(own), -1, dtype=np.int64)
-        labels[own >= 0] = rank[comp[node[own >= 0]]]
+        labels[own >= 0] = rank[of]
         return CrossLabels(
             labels_in_v=labels,
             labels_in_r=labels.copy(),

@@ -188,12 +188,14 @@ def test_samplers_refuse_malformed_labels_and_sizes():
     """From the library audit: 2-D labels gave indices that all pointed at image 0, labels
     of different lengths in the two spaces and fractional sizes went through, and a match
     naming clusters without images was reported as "linked nothing"."""
+    from uvireid.errors import FeatureFileError
+
     lab = np.repeat(np.arange(4), 3)
-    with pytest.raises(ConfigError, match=r"labels has shape \(12, 1\); expected \(N,\)"):
+    with pytest.raises(FeatureFileError, match=r"labels must be 1-D .*got shape \(12, 1\)"):
         IdentitySampler(lab[:, None], lab, 2, 2)
-    with pytest.raises(ConfigError, match="non-integer values"):
+    with pytest.raises(FeatureFileError, match="non-integer"):
         IdentitySampler(lab + 0.5, lab, 2, 2)
-    with pytest.raises(ConfigError, match=r"holds -3"):
+    with pytest.raises(FeatureFileError, match=r"labels below -1 \(-3\)"):
         IdentitySampler(lab - 3, lab, 2, 2)
     with pytest.raises(ConfigError, match=r"ids must be an integer >= 1, got 2.7"):
         IdentitySampler(lab, lab, 2.7, 2)

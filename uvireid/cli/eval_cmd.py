@@ -164,23 +164,16 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     """``--runs``: each file through the protocol on its own, then the spread over runs.
 
     Raises:
-        ProtocolError: runs evaluated on different test sets (their query or gallery
-            counts differ), which cannot be averaged (fewer than two files and RegDB
-            are refused before any file is read: :func:`protocol_inputs`).
+        ProtocolError: files that are not runs of one method on one test set
+            (:func:`_same_method`), checked before any protocol runs (fewer than two files
+            and RegDB are refused before any file is read: :func:`protocol_inputs`).
     """
     import numpy as np
 
-    from uvireid.errors import ProtocolError
     from uvireid.evaluation.protocols import run_protocol
 
-    _same_method(args.features, features)
+    _same_method(args.features, features)  # the same test images: the same query and gallery
     results = [run_protocol(f, protocol, **_protocol_options(args)) for f in features]
-    counts = {(r.provenance["num_query"], r.provenance["num_gallery"]) for r in results}
-    if len(counts) > 1:
-        raise ProtocolError(
-            "--runs: the files hold different test sets (query, gallery counts "
-            f"{sorted(counts)}); runs can only be averaged on the same test set"
-        )
     # the protocol's line without the first file's epoch (each run's is in its row)
     first = results[0]
     common = {k: v for k, v in first.provenance.items() if k != "features_meta"}

@@ -182,13 +182,11 @@ def _plan(kwargs: dict[str, Any], names: list[str], every: bool) -> dict[str, di
     known = set().union(*accepted.values())
     for key in plain:
         if key not in known:
-            from uvireid._suggest import closest
+            from uvireid._suggest import did_you_mean
 
-            near = closest(key, sorted(known), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
             raise ConfigError(
-                f"--set {key}=: no re-ranker has a keyword '{key}'{hint} (keywords: "
-                f"{', '.join(sorted(known))})"
+                f"--set {key}=: no re-ranker has a keyword '{key}'"
+                f"{did_you_mean(key, sorted(known))} (keywords: {', '.join(sorted(known))})"
             )
     return {
         n: {**{k: v for k, v in plain.items() if k in accepted[n]}, **scoped.get(n, {})}

@@ -133,9 +133,9 @@ class DBSCANClusterer:
         from uvireid.rerank.inputs import check_k, check_positive
 
         check_positive(self.eps, "eps", "dbscan")
-        if not self.eps < 2 or (self.metric == "jaccard" and not self.eps < 1):
-            # cosine distances lie in [0, 2], Jaccard's in [0, 1]
-            top = 1 if self.metric == "jaccard" else 2
+        # Jaccard distances lie in [0, 1], cosine ones in [0, 2]
+        top = 1 if self.metric == "jaccard" else 2
+        if not self.eps < top:
             raise ConfigError(
                 f"dbscan: eps={self.eps} >= {top} makes every pair of points neighbours under "
                 f"the {self.metric} distance (at most {top}); use eps < {top} (Jaccard: 0.6 "
@@ -144,13 +144,9 @@ class DBSCANClusterer:
         check_k(self.min_samples, "min_samples", "dbscan")
         check_k(self.k1, "k1", "dbscan")
         check_k(self.k2, "k2", "dbscan")
-        from uvireid.clustering.knn import BACKENDS
+        from uvireid.clustering.knn import check_backend
 
-        if self.knn_backend not in BACKENDS:  # checked for every metric, used by jaccard
-            raise ConfigError(
-                f"dbscan: knn_backend must be one of {', '.join(BACKENDS)}, got "
-                f"{self.knn_backend!r}"
-            )
+        check_backend(self.knn_backend, "dbscan: knn_backend")  # every metric; jaccard's
 
     def distances(self, features: Any) -> sp.csr_matrix:
         """The sparse distance graph DBSCAN runs on (pairs with distance <= eps)."""

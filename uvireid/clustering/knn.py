@@ -360,6 +360,13 @@ def ivf_within(x: torch.Tensor, rows: slice, k: int) -> tuple[torch.Tensor, torc
     return _knn_ivf(x, base, min(int(k), base.shape[0]), "ip", base_rows=rows)
 
 
+def check_backend(backend: Any, what: str) -> None:
+    """A :data:`BACKENDS` name (a part's ``knn_backend``/``backend`` keyword, checked for
+    every path, as a typo would otherwise surface only where the search runs)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"{what} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def _auto_backend(q: torch.Tensor) -> str:
     """``backend="auto"``: faiss-gpu for float32 CUDA input where it imports, else torch
     (on the CPU torch's blocked search is as fast as faiss-cpu's exact one here)."""

@@ -45,24 +45,19 @@ SAMPLERS = ("identity", "paired", "matched")
 
 def _labels(labels: Any, name: str = "labels") -> np.ndarray:
     """Checked (N,) integer labels (whole-valued floats accepted), -1 = none."""
+    from uvireid.associations.checks import as_labels
+
     arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ConfigError(f"sampler: {name} has shape {arr.shape}; expected (N,), one per image")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise ConfigError(
-                f"sampler: {name} has dtype {arr.dtype} with non-integer values; labels are "
-                f"integers (-1: none)"
-            )
-        arr = arr.astype(np.int64)
-    if arr.size and arr.min() < -1:
-        raise ConfigError(f"sampler: {name} holds {int(arr.min())}; labels are >= 0, -1 marks none")
-    return arr
+    return as_labels(arr, arr.shape[0] if arr.ndim else 0, f"sampler: {name}")
 
 
 def pools(labels: np.ndarray) -> dict[int, np.ndarray]:
     """label -> sorted indices of the instances with that label (``-1`` left out)."""
-    labels = _labels(labels)
+    return _pools(_labels(labels))
+
+
+def _pools(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """:func:`pools` of labels already checked by :func:`_labels`."""
     keep = np.flatnonzero(labels >= 0)
     order = keep[np.argsort(labels[keep], kind="stable")]
     uniq, start = np.unique(labels[order], return_index=True)
@@ -222,15 +217,17 @@ class PairedSampler:
         images: int,
     ):
         _check(ids, images, "paired sampler")
+        vis_in_v, ir_in_v = _labels(vis_in_v, "vis_in_v"), _labels(ir_in_v, "ir_in_v")
+        ir_in_r, vis_in_r = _labels(ir_in_r, "ir_in_r"), _labels(vis_in_r, "vis_in_r")
         for a, b, what in ((vis_in_v, vis_in_r, "visible"), (ir_in_r, ir_in_v, "infrared")):
-            if len(_labels(a)) != len(_labels(b)):
+            if len(a) != len(b):
                 raise ConfigError(
                     f"paired sampler: the {what} images' labels in the two spaces differ in "
                     f"length ({len(a)} and {len(b)}); each image has one label in each space"
                 )
         self.ids, self.images = int(ids), int(images)
-        pv_vis, pv_ir = pools(vis_in_v), pools(ir_in_v)
-        pr_ir, pr_vis = pools(ir_in_r), pools(vis_in_r)
+        pv_vis, pv_ir = _pools(vis_in_v), _pools(ir_in_v)
+        pr_ir, pr_vis = _pools(ir_in_r), _pools(vis_in_r)
         self.space_v = [(pv_vis[y], pv_ir[y]) for y in sorted(set(pv_vis) & set(pv_ir))]
         self.space_r = [(pr_vis[y], pr_ir[y]) for y in sorted(set(pr_vis) & set(pr_ir))]
         if not self.space_v and not self.space_r:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uvireid.errors import DatasetError
+from uvireid.errors import ConfigError, DatasetError
 from uvireid.types import ImageRecord
 
 __all__ = [
@@ -527,8 +527,6 @@ class Augmenter:
     cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
-        from uvireid.errors import ConfigError
-
         odd = set(self.jitter_views) - {"visible_ca", "infrared"}
         if odd:  # the visible view is never jittered: naming it would do nothing
             raise ConfigError(
@@ -600,8 +598,6 @@ class Augmenter:
         augmentation).
         """
         device = torch.device(device)
-        from uvireid.errors import ConfigError
-
         if images.dim() != 4 or images.shape[1] != 3:  # one channel indexed as three
             raise ConfigError(
                 f"Augmenter: expected (B, 3, H, W) images (uint8 as load_images gives them), "

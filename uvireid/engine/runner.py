@@ -186,17 +186,18 @@ def check_parts(cfg: dict) -> None:
     for key in ("reranker", "refine"):
         if cfg.get(key):
             parts.append((key, RERANKERS, cfg[key]))
+
+    def propagates(name: str) -> bool:  # refine: needs features back, not distances
+        return callable(getattr(RERANKERS.get(name), "propagate", None))
+
     refine = cfg.get("refine")
-    if refine and not callable(getattr(RERANKERS.get(refine["type"]), "propagate", None)):
-        # the loop needs features back, not a distance matrix
-        able = [
-            n for n in RERANKERS.names() if callable(getattr(RERANKERS.get(n), "propagate", None))
-        ]
+    if refine and not propagates(refine["type"]):
+        able = [n for n in RERANKERS.names() if propagates(n)]
         raise ConfigError(
             f"refine: {refine['type']!r} re-ranks to distances only; refine: needs a part that "
             f"propagates features (propagate(visible, infrared)): {', '.join(able)}"
         )
-    part_counts = []
+    part_counts: list[tuple[str, int]] = []
     for where, registry, spec in parts:
         try:
             part = registry.build(spec)
@@ -207,12 +208,12 @@ def check_parts(cfg: dict) -> None:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where} ({spec['type']}): {type(exc).__name__}: {exc}") from None
         if registry is LOSSES and getattr(part, "needs_parts", False):
-            part_counts.append(f"{where} ({spec['type']}): {part.num_parts}")
-    if len({c.rsplit(": ", 1)[1] for c in part_counts}) > 1:
+            part_counts.append((f"{where} ({spec['type']})", int(part.num_parts)))
+    if len({n for _, n in part_counts}) > 1:
         # the trainer builds one part module for all of them
         raise ConfigError(
             f"the part losses share one part module, so their num_parts must agree; they "
-            f"are {', '.join(part_counts)}"
+            f"are {', '.join(f'{w}: {n}' for w, n in part_counts)}"
         )
 
 

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uvireid.clustering.knn import ivf_within, knn
+from uvireid.clustering.knn import check_backend, ivf_within, knn
 from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
@@ -539,10 +539,7 @@ def affinity_blocks(
 def _check_backend(backend: str) -> None:
     """A kNN backend name is checked on every path (the dense path does not use it, so a
     typo would otherwise surface only once an input grows large enough to go sparse)."""
-    from uvireid.clustering.knn import BACKENDS
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"cmfp: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend, "cmfp: backend")
 
 
 def _check_options(mixed: Any, block_rows: Any) -> None:
