@@ -27,11 +27,11 @@ def test_keys_without_a_type_refine_the_top_level_part_for_that_stage():
     [
         (
             "stages.1.clusterer.eps=-1",
-            "stage 'salcr': clusterer (dbscan): dbscan: eps must be a number > 0",
+            "stage 'salcr': clusterer (dbscan): dbscan: eps must be a finite number > 0",
         ),
         (
             "stages.1.associator={type: otla_dual, lambda_ot: -5}",
-            "stage 'salcr': associator (otla_dual): otla_dual: lambda_ot must be a number > 0",
+            "stage 'salcr': associator (otla_dual): otla_dual: lambda_ot must be a finite number > 0",
         ),
         ("stages.1.associator.max_iter=0", "max_iter must be an integer >= 1"),
         ("stages.1.associator.k_tr=0", "otla_dual"),
@@ -130,8 +130,8 @@ def test_the_protocol_rule_lists_every_protocol():
         ({"type": "cmfp", "mode": "bogus"}, "cmfp: mode must be one of"),
         ({"type": "cmfp", "backend": "fais"}, "cmfp: backend must be one of"),
         ({"type": "kreciprocal", "k2": 0}, "kreciprocal: k2 must be an integer >= 1"),
-        ({"type": "kreciprocal", "lambda_value": 2}, "lambda_value must be a number in"),
-        ({"type": "cmrr", "eta": -1}, "cmrr: eta must be a number >= 0.0"),
+        ({"type": "kreciprocal", "lambda_value": 2}, "lambda_value must be a finite number in"),
+        ({"type": "cmrr", "eta": -1}, "cmrr: eta must be a finite number >= 0.0"),
         ({"type": "aim", "k1": True}, "aim: k1 must be an integer >= 1, got True"),
     ],
 )
@@ -149,12 +149,12 @@ def test_rerankers_refuse_bad_settings_when_built(spec, message):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"type": "cluster_contrast", "temperature": 0}, "temperature must be a number > 0"),
-        ({"type": "dual_cluster_contrast", "momentum": 2}, "momentum must be a number in"),
+        ({"type": "cluster_contrast", "temperature": 0}, "temperature must be a finite number > 0"),
+        ({"type": "dual_cluster_contrast", "momentum": 2}, "momentum must be a finite number in"),
         ({"type": "part_contrast", "num_parts": 0}, "num_parts must be an integer >= 1"),
         ({"type": "instance_neighbour", "k": 0}, "k must be an integer >= 1"),
         ({"type": "alternate_cross_contrast", "cross_weight": -1}, "cross_weight must be"),
-        ({"type": "modality_agnostic", "alpha": -0.5}, "alpha must be a number >= 0"),
+        ({"type": "modality_agnostic", "alpha": -0.5}, "alpha must be a finite number >= 0"),
     ],
 )
 def test_losses_refuse_settings_out_of_range_when_built(spec, message):
@@ -167,8 +167,33 @@ def test_losses_refuse_settings_out_of_range_when_built(spec, message):
 
 
 def test_a_negative_loss_weight_is_refused():
-    with pytest.raises(ConfigError, match=r"'stages.0.losses.0.weight' must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"'stages.0.losses.0.weight' must be a finite number >= 0"):
         load_recipe("demo", ["stages.0.losses.0.weight=-1"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # OTLA with lambda_ot = inf assigned every visible instance to infrared cluster 0
+        (["associator.lambda_ot=.inf"], "otla_dual: lambda_ot must be a finite number > 0"),
+        (["associator.tol=.inf"], "otla_dual: tol must be a finite number > 0, got inf"),
+        (["clusterer.eps=.inf"], "dbscan: eps must be a finite number > 0, got inf"),
+        # an infinite weight or temperature gave an inf loss with NaN gradients, or none
+        (["stages.0.losses.0.weight=.inf"], "weight' must be a finite number >= 0, got inf"),
+        (
+            ["stages.0.losses.0.temperature=.inf"],
+            "temperature must be a finite number > 0, got inf",
+        ),
+        (
+            ["stages.1.losses=[{type: modality_agnostic, alpha: .inf}]"],
+            "modality_agnostic: alpha must be a finite number >= 0",
+        ),
+    ],
+)
+def test_infinite_settings_are_refused(overrides, message):
+    """Audit H (session 16): the range checks took infinity, which YAML writes as .inf."""
+    with pytest.raises(ConfigError, match=message):
+        check_parts(load_recipe("demo", overrides))
 
 
 @pytest.mark.parametrize(
@@ -180,24 +205,24 @@ def test_a_negative_loss_weight_is_refused():
         (["stages=null"], "names a clusterer/associator but no losses or stages"),
         (["backbone=null"], "needs a 'data' and a 'backbone' section"),
         # a setting of the wrong type is named, not a TypeError from a comparison
-        (["clusterer.eps=abc"], "dbscan: eps must be a number > 0, got 'abc'"),
+        (["clusterer.eps=abc"], "dbscan: eps must be a finite number > 0, got 'abc'"),
         (["clusterer.min_samples=abc"], "dbscan: min_samples must be an integer >= 1"),
         (["clusterer.k1=2.5"], "dbscan: k1 must be an integer >= 1, got 2.5"),
         (["clusterer={type: hdbscan, min_cluster_size: abc}"], "min_cluster_size must be an"),
         (["clusterer={type: hdbscan, cluster_selection_epsilon: x}"], "cluster_selection_eps"),
-        (["associator.lambda_ot=abc"], "otla_dual: lambda_ot must be a number > 0"),
-        (["associator.tol=abc"], "otla_dual: tol must be a number > 0, got 'abc'"),
+        (["associator.lambda_ot=abc"], "otla_dual: lambda_ot must be a finite number > 0"),
+        (["associator.tol=abc"], "otla_dual: tol must be a finite number > 0, got 'abc'"),
         (["associator.k_tr=abc"], "otla_dual: k_tr must be a positive integer"),
         # the backbone's keywords (pretrained=5 used to build a random-init model silently)
         (["backbone.pretrained=5"], "backbone.pretrained must be true (torchvision ImageNet"),
-        (["backbone.gem_p=0"], "backbone.gem_p must be a number > 0, got 0"),
+        (["backbone.gem_p=0"], "backbone.gem_p must be a finite number > 0, got 0"),
         (["backbone.last_stride=3"], "backbone.last_stride must be 1 or 2, got 3"),
         (["backbone.share_from=layer9"], "backbone.share_from 'layer9' is not a stage"),
         (["associator={type: pgm, k_tr: abc}"], "pgm: k_tr must be a positive integer"),
         (["associator={type: mbccm, k_tr: 0}"], "mbccm: k_tr must be a positive integer"),
         (
             ["stages.1.losses=[{type: modality_agnostic, temperature: abc}]"],
-            "modality_agnostic: temperature must be a number > 0, got 'abc'",
+            "modality_agnostic: temperature must be a finite number > 0, got 'abc'",
         ),
         # the dataset's keywords (VIDataset.check_args)
         (

@@ -27,6 +27,7 @@ One dialect, YAML only::
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import os
 import re
@@ -1015,10 +1016,10 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         for j, item in enumerate(res["losses"]):
             item.setdefault("weight", 1.0)
             w = item["weight"]
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
                 raise ConfigError(
                     f"{prov.source(f'{where}.losses.{j}.weight')}: '{where}.losses.{j}.weight' "
-                    f"must be a number >= 0, got {w!r}"
+                    f"must be a finite number >= 0, got {w!r}"
                 )
         out.append(res)
     return out

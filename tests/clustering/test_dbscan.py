@@ -84,7 +84,7 @@ def test_tiny_inputs_work():
     "kwargs,match",
     [
         ({"eps": 1.0}, "eps=1.0 >= 1"),
-        ({"eps": 0.0}, "eps must be a number > 0"),
+        ({"eps": 0.0}, "eps must be a finite number > 0"),
         ({"metric": "l1"}, "unknown metric 'l1'; use one of jaccard, cosine"),
         ({"min_samples": 0}, "min_samples must be an integer >= 1"),
     ],
@@ -112,7 +112,9 @@ def test_out_of_range_options_are_refused_for_every_metric():
     from uvireid.clustering.hdbscan_clusterer import HDBSCANClusterer
     from uvireid.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"eps=inf >= 2 makes every pair .* cosine"):
+    with pytest.raises(ConfigError, match=r"eps=2.5 >= 2 makes every pair .* cosine"):
+        DBSCANClusterer(metric="cosine", eps=2.5)._check_params()
+    with pytest.raises(ConfigError, match=r"eps must be a finite number > 0, got inf"):
         DBSCANClusterer(metric="cosine", eps=float("inf"))._check_params()
     with pytest.raises(ConfigError, match=r"knn_backend must be one of"):
         DBSCANClusterer(metric="cosine", knn_backend="fiass")._check_params()

@@ -243,7 +243,7 @@ def test_timm_backbone_single_stream():
     assert torch.equal(m.extract(x, 0), m.extract(x, 1))
     with pytest.raises(ConfigError, match="timm has no model 'resnet5O'"):
         TimmBackbone("resnet5O")
-    with pytest.raises(ConfigError, match="timm: gem_p must be a number > 0, got 0"):
+    with pytest.raises(ConfigError, match="timm: gem_p must be a finite number > 0, got 0"):
         TimmBackbone("resnet10t", gem_p=0)
     with pytest.raises(ConfigError, match="timm: pretrained must be true or false, got 'yes'"):
         TimmBackbone("resnet10t", pretrained="yes")

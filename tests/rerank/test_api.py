@@ -95,13 +95,13 @@ def test_the_functions_check_their_settings_as_the_classes_do():
     q, g = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
     d = rng.random((11, 11))
     for bad in (5, -0.1, "x"):
-        with pytest.raises(ConfigError, match="lambda_value must be a number in"):
+        with pytest.raises(ConfigError, match="lambda_value must be a finite number in"):
             re_ranking(d[:6, 6:], d[:6, :6], d[6:, 6:], lambda_value=bad)
-        with pytest.raises(ConfigError, match="lambda_value must be a number in"):
+        with pytest.raises(ConfigError, match="lambda_value must be a finite number in"):
             k_reciprocal_distance(q, g, lambda_value=bad)
-        with pytest.raises(ConfigError, match="lambda_intra must be a number in"):
+        with pytest.raises(ConfigError, match="lambda_intra must be a finite number in"):
             cmrr_distance(q, g, lambda_intra=bad)
-    with pytest.raises(ConfigError, match="eta must be a number >= 0"):
+    with pytest.raises(ConfigError, match="eta must be a finite number >= 0"):
         cmrr_distance(q, g, eta=-1)
     for bad in (-5, 0, 2.5):
         with pytest.raises(ConfigError, match="block_rows must be an integer >= 1"):

@@ -119,17 +119,20 @@ def is_real(value: Any) -> bool:
 
 
 def check_real(value: Any, name: str, who: str, lo: float, hi: float = math.inf) -> float:
-    """A real hyper-parameter in ``[lo, hi]`` (ConfigError otherwise)."""
-    if not is_real(value) or not lo <= float(value) <= hi:
+    """A finite real hyper-parameter in ``[lo, hi]`` (ConfigError otherwise: an infinite
+    weight, temperature or tolerance is never meant, and gives inf/NaN losses or a
+    degenerate assignment instead of an error)."""
+    if not is_real(value) or not lo <= float(value) <= hi or not math.isfinite(float(value)):
         span = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
-        raise ConfigError(f"{who}: {name} must be a number {span}, got {value!r}")
+        raise ConfigError(f"{who}: {name} must be a finite number {span}, got {value!r}")
     return float(value)
 
 
 def check_positive(value: Any, name: str, who: str) -> float:
-    """A real hyper-parameter ``> 0`` (ConfigError otherwise, naming a wrong type too)."""
-    if not is_real(value) or not float(value) > 0:
-        raise ConfigError(f"{who}: {name} must be a number > 0, got {value!r}")
+    """A finite real hyper-parameter ``> 0`` (ConfigError otherwise, naming a wrong type
+    too)."""
+    if not is_real(value) or not 0 < float(value) < math.inf:
+        raise ConfigError(f"{who}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
