@@ -167,7 +167,9 @@ def test_losses_refuse_settings_out_of_range_when_built(spec, message):
 
 
 def test_a_negative_loss_weight_is_refused():
-    with pytest.raises(ConfigError, match=r"'stages.0.losses.0.weight' must be a finite number >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"'stages.0.losses.0.weight' must be a finite number >= 0"
+    ):
         load_recipe("demo", ["stages.0.losses.0.weight=-1"])
 
 

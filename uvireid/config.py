@@ -27,8 +27,8 @@ One dialect, YAML only::
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
