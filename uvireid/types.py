@@ -72,8 +72,9 @@ class CrossLabels:
         info: free-form diagnostics (counts, policies applied) for logging.
         num_visible: Nv, the number of visible instances (the first Nv entries); -1 when
             the producer did not say.
-        num_clusters_v: size of the visible label space (largest visible label + 1).
-        num_clusters_r: size of the infrared label space (largest infrared label + 1).
+        num_clusters_v: size of the visible label space (largest visible label + 1; 0:
+            derived from the labels, see :meth:`space_sizes`).
+        num_clusters_r: size of the infrared label space (likewise).
 
     A modality without any cluster (all its instances outliers) gives no cross-modal
     link: :attr:`has_cross_links` is False, ``matches`` is empty and every cross label is
@@ -111,7 +112,7 @@ class CrossLabels:
 
         if self.num_visible < 0:
             raise ValueError("unify() needs num_visible (the number of visible instances)")
-        kv, kr, nv = self.num_clusters_v, self.num_clusters_r, self.num_visible
+        (kv, kr), nv = self.space_sizes(), self.num_visible
         n = kv + kr
         m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
         graph = coo_matrix((np.ones(len(m)), (m[:, 0], kv + m[:, 1])), shape=(n, n))
@@ -146,7 +147,20 @@ class CrossLabels:
 
         MBCCM's many-to-many mask A (MM 2023, Sec. 3.2), transposed to visible-major.
         """
-        mask = np.zeros((self.num_clusters_v, self.num_clusters_r), dtype=bool)
-        if len(self.matches):
-            mask[self.matches[:, 0], self.matches[:, 1]] = True
+        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+        mask = np.zeros(self.space_sizes(), dtype=bool)
+        mask[m[:, 0], m[:, 1]] = True
         return mask
+
+    def space_sizes(self) -> tuple[int, int]:
+        """(visible, infrared) label-space sizes: ``num_clusters_v`` / ``num_clusters_r``,
+        raised to cover every label and match (a producer that left them at 0 or
+        understated them made :meth:`unify` merge clusters or fail inside scipy)."""
+        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+
+        def top(*arrays: np.ndarray) -> int:
+            return max((int(a.max()) + 1 for a in arrays if a.size), default=0)
+
+        kv = max(self.num_clusters_v, top(np.asarray(self.labels_in_v), m[:, 0]))
+        kr = max(self.num_clusters_r, top(np.asarray(self.labels_in_r), m[:, 1]))
+        return kv, kr

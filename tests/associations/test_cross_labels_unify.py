@@ -68,3 +68,28 @@ def test_unify_of_a_real_associator_merges_many_to_many_groups():
     # the two infrared clusters of centre 0 join visible cluster 0: 4 labels in all
     assert u.num_clusters_v == 4
     assert set(u.labels_in_v[20:23]) == set(u.labels_in_v[23:26]) == {u.labels_in_v[0]}
+
+
+@pytest.mark.parametrize("declared", [(0, 0), (1, 1)])
+@pytest.mark.parametrize("seed", range(5))
+def test_unify_and_match_mask_do_not_trust_understated_space_sizes(seed, declared):
+    """Audit H (session 16): num_clusters_v/_r left at their default 0 gave a raw scipy
+    ValueError in unify() and an IndexError in match_mask(); understated, unify() took
+    visible clusters for infrared nodes and merged them silently. The sizes now cover
+    every label and match, so the result is that of the true sizes."""
+    rng = np.random.default_rng(100 + seed)
+    kv, kr, nv, nr = 5, 4, 15, 12
+    own_v = np.concatenate([[kv - 1], rng.integers(-1, kv, nv - 1)])  # the top ids occur
+    own_r = np.concatenate([[kr - 1], rng.integers(-1, kr, nr - 1)])
+    pairs = np.unique(np.stack([rng.integers(0, kv, 6), rng.integers(0, kr, 6)], 1), axis=0)
+    lab_v = np.concatenate([own_v, rng.integers(-1, kv, nr)])
+    lab_r = np.concatenate([rng.integers(-1, kr, nv), own_r])
+    cl = CrossLabels(
+        lab_v, lab_r, pairs, num_visible=nv, num_clusters_v=declared[0], num_clusters_r=declared[1]
+    )
+    assert cl.space_sizes() == (kv, kr)
+    expected = _naive_unify(lab_v, lab_r, nv, kv, kr, pairs.tolist())
+    assert cl.unify().labels_in_v.tolist() == expected
+    mask = cl.match_mask()
+    assert mask.shape == (kv, kr)
+    assert sorted(zip(*np.nonzero(mask))) == sorted(map(tuple, pairs.tolist()))
