@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from uvireid.associations.checks import as_features, resolve_device
-from uvireid.clustering.jaccard import jaccard_distance
+from uvireid.clustering.jaccard import directional_rows, jaccard_distance
 from uvireid.errors import ConfigError
 from uvireid.registry import CLUSTERERS
 
@@ -172,8 +172,19 @@ class DBSCANClusterer:
         return dist
 
     def fit_predict(self, features: Any) -> np.ndarray:
-        """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers."""
-        dist = self.distances(features)
+        """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers.
+
+        The ``jaccard`` metric assumes L2-normalised features (warned otherwise); rows of
+        norm 0 are outliers (:func:`~uvireid.clustering.jaccard.directional_rows`)."""
+        self._check_params()
+        x = as_features(features, "dbscan")
+        keep = directional_rows(x, "dbscan", self.metric)
+        if keep is not None:
+            labels = np.full(x.shape[0], -1, dtype=np.int64)
+            labels[keep.cpu().numpy()] = self.fit_predict(x[keep])
+            self.labels_ = labels
+            return labels
+        dist = self.distances(x)
         t0 = time.perf_counter()
         labels = dbscan_sparse(dist, float(self.eps), int(self.min_samples))
         self.timings_["dbscan"] = time.perf_counter() - t0

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from uvireid.associations.checks import as_features, resolve_device
-from uvireid.clustering.jaccard import jaccard_distance
+from uvireid.clustering.jaccard import directional_rows, jaccard_distance
 from uvireid.errors import ConfigError
 from uvireid.registry import CLUSTERERS
 
@@ -219,9 +219,18 @@ class HDBSCANClusterer:
             )
 
     def fit_predict(self, features: Any) -> np.ndarray:
-        """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers."""
+        """(N,) int64 cluster labels of ``features`` (N, d); ``-1`` marks outliers.
+
+        The ``jaccard`` metric assumes L2-normalised features (warned otherwise); with it,
+        rows of norm 0 are outliers (:func:`~uvireid.clustering.jaccard.directional_rows`)."""
         self._check_params()
         x = as_features(features, "hdbscan")
+        keep = directional_rows(x, "hdbscan", self.metric)
+        if keep is not None:
+            labels = np.full(x.shape[0], -1, dtype=np.int64)
+            labels[keep.cpu().numpy()] = self.fit_predict(x[keep])
+            self.labels_ = labels
+            return labels
         dev = resolve_device(self.device, x)  # checked for every metric
         if self.metric != "jaccard" and dev.type != "cpu":
             logger.warning(
@@ -276,6 +285,14 @@ class HDBSCANClusterer:
             int((labels < 0).sum()),
             len(labels),
         )
+        if self.num_clusters_ == 0 and len(labels):
+            logger.warning(
+                "hdbscan(%s): every one of the %d points is an outlier; lower "
+                "min_cluster_size (now %d) or min_samples",
+                self.metric,
+                len(labels),
+                int(self.min_cluster_size),
+            )
         return labels
 
     def __repr__(self) -> str:

@@ -297,6 +297,47 @@ def jaccard_from_encoding(
     )
 
 
+def directional_rows(x: torch.Tensor, who: str, metric: str) -> torch.Tensor | None:
+    """Check features for the direction-based metrics (``jaccard``, ``cosine``) of a
+    clusterer: the mask of the rows to cluster, or None when all of them are.
+
+    - A row of norm 0 (or below 1e-6 of the median norm) has no direction: all its
+      neighbours are near-ties settled by rounding (so by the memory layout), and a few
+      such rows bridged unrelated clusters. They are left out and labelled -1, with a
+      warning.
+    - ``jaccard``: the neighbour weights use ``2 - 2 <x_i, x_j>``, as Cluster-Contrast
+      does, which assumes unit rows; at a median norm outside [0.9, 1.1] (a scale of 0.1
+      merged five separate identities into one cluster) a warning says to normalise
+      them. Mildly shorter rows (PGM's mean of two normalised flipped views) are as the
+      reference has them and pass quietly.
+    """
+    if metric not in ("jaccard", "cosine") or x.shape[0] == 0:
+        return None
+    norms = torch.linalg.vector_norm(x.float() if x.dtype != torch.float64 else x, dim=1)
+    median = float(norms.median())
+    if metric == "jaccard" and not 0.9 <= median <= 1.1:
+        logger.warning(
+            "%s: the features are not L2-normalised (median row norm %.3g); the k-reciprocal "
+            "Jaccard distance weighs neighbours by 2 - 2<x_i, x_j> (Cluster-Contrast), which "
+            "assumes unit rows, so its clusters change with the scale: normalise the "
+            "features (torch.nn.functional.normalize)",
+            who,
+            median,
+        )
+    flat = norms <= 1e-6 * median
+    if not bool(flat.any()):
+        return None
+    rows = torch.nonzero(flat).flatten()
+    logger.warning(
+        "%s: %d feature row(s) of norm 0 (first: row %d) have no direction and are labelled "
+        "outliers (-1); check the feature extractor",
+        who,
+        rows.numel(),
+        int(rows[0]),
+    )
+    return ~flat
+
+
 def jaccard_distance(
     feats: Any,
     k1: int = 30,
