@@ -46,3 +46,38 @@ def test_list_images_sorts_full_paths_and_skips_non_images(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in got] == ["0001.png", "0002.JPG", "0010.jpg"]
     assert all(p.startswith(str(tmp_path)) for p in got)
     assert list_images(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize("ending", [".png", ".tif"])
+def test_read_image_stretches_a_16_bit_thermal_image_to_8_bits(tmp_path, ending):
+    """Audit F (session 16): Pillow's convert("RGB") clips 16-bit values above 255, so a
+    radiometric image (27000..31000) came out flat white, and nothing said so."""
+    import numpy as np
+
+    a = np.random.default_rng(0).integers(27000, 31000, (16, 8)).astype(np.uint16)
+    path = tmp_path / f"t{ending}"
+    Image.fromarray(a).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    out = np.asarray(read_image(path))
+    assert out.shape == (16, 8, 3) and (out[..., 0] == out[..., 2]).all()
+    # the image's own range stretched to 0..255: the oracle, computed here in float64
+    lo, hi = a.min(), a.max()
+    expected = np.round((a.astype(np.float64) - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    assert (out[..., 0] == expected).all()
+    # a 16-bit image whose values already lie in 0..255 keeps them
+    small = (a % 200).astype(np.uint16)
+    Image.fromarray(small).save(path)
+    assert (np.asarray(read_image(path))[..., 1] == small).all()
+
+
+def test_list_images_reads_tiff_and_webp_and_names_other_image_files(tmp_path, caplog):
+    """A folder of .tif crops used to "hold no images"; a .gif among them was dropped
+    without a word."""
+    import logging
+
+    for name in ["a.tif", "b.TIFF", "c.webp", "d.gif", "e.jpg"]:
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        got = list_images(tmp_path)
+    assert [p.rsplit("/", 1)[1] for p in got] == ["a.tif", "b.TIFF", "c.webp", "e.jpg"]
+    assert "1 image file(s) in" in caplog.text and "d.gif" in caplog.text

@@ -8,17 +8,28 @@ worker).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from uvireid.errors import DatasetError
 
 #: file-name endings (lower case) that count as images; anything else in a folder is ignored
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: endings of other image formats: not read, but named in a warning (a folder of them
+#: would otherwise "hold no images", and a mix would lose them without a word)
+UNREAD_IMAGE_EXTENSIONS = (".gif", ".pgm", ".ppm", ".pnm", ".pbm", ".jp2", ".heic", ".avif")
+
+#: Pillow modes of more than 8 bits per pixel (16-bit thermal images, 32-bit int, float)
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 SEE_README = 'see README "Datasets"'
+
+logger = logging.getLogger(__name__)
 
 
 def is_image_file(name: str) -> bool:
@@ -44,30 +55,36 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
     folder = os.path.abspath(os.fspath(folder))
     if not os.path.isdir(folder):
         return []
-    out: list[str] = []
+    names: list[str] = []
     if recursive:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            out.extend(
-                os.path.join(dirpath, f)
-                for f in filenames
-                if is_image_file(f) and not f.startswith(".")
-            )
+            names.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     else:
         with os.scandir(folder) as entries:
-            out.extend(
-                e.path
-                for e in entries
-                if is_image_file(e.name) and not e.name.startswith(".") and e.is_file()
-            )
-    return sorted(out)
+            names.extend(e.path for e in entries if not e.name.startswith(".") and e.is_file())
+    unread = [n for n in names if n.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
+    if unread:
+        logger.warning(
+            "%d image file(s) in %s are not read, e.g. %s: accepted endings are %s; convert "
+            "them (e.g. to PNG)",
+            len(unread),
+            folder,
+            os.path.basename(sorted(unread)[0]),
+            " ".join(IMAGE_EXTENSIONS),
+        )
+    return sorted(n for n in names if is_image_file(os.path.basename(n)))
 
 
 def read_image(path: str | Path) -> Image.Image:
     """Read an image file fully and return it as an RGB ``PIL.Image``.
 
     Single-channel infrared/thermal images are replicated to three channels, which the
-    models' 3-channel normalisation needs.
+    models' 3-channel normalisation needs. Images of more than 8 bits per pixel (16-bit
+    thermal PNG/TIFF, 32-bit integer or float images) are brought to 8 bits by stretching
+    each image's own range (minimum to 0, maximum to 255), as thermal crops are usually
+    shown; values that already lie in 0..255 are kept as they are. (Pillow's conversion
+    clips every value above 255, which turned a radiometric image into flat white.)
 
     Raises:
         DatasetError: the file is missing, truncated, corrupt or not an image; the
@@ -77,6 +94,8 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a worker
+            if img.mode in _WIDE_MODES:
+                return _to_8bit(img).convert("RGB")
             return img.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(
@@ -89,3 +108,14 @@ def read_image(path: str | Path) -> Image.Image:
             f"JPEG/PNG/BMP file. The file is corrupt or truncated: re-extract it from the "
             f"release archive — {SEE_README}"
         ) from exc
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits as an 8-bit ("L") image: its values as
+    they are when they lie in 0..255 (integers), else its range stretched to 0..255."""
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    integral = img.mode != "F" or bool(np.all(a == np.round(a)))
+    if not (lo >= 0 and hi <= 255 and integral):
+        a = (a - lo) * 255.0 / (hi - lo) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
