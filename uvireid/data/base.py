@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,11 +97,45 @@ def require_file(root: str, relpath: str, title: str, layout: str, hint: str = "
     path = os.path.join(root, relpath)
     if not os.path.isfile(path):
         fix = hint or "Copy the split files from the release"
+        found = _root_nearby(root, relpath)
+        if found:  # the commonest mistake: the root one level too high or too low
+            fix = f"It is at {os.path.join(found, relpath)}: set data.root={found}"
         raise DatasetError(
             f"{title} root {root} has no {relpath} (looked for {path}); expected the "
             f"official layout:\n{layout}\n{fix} — {SEE_README}"
         )
     return path
+
+
+def _root_nearby(root: str, relpath: str) -> str | None:
+    """The folder next to ``root`` (one of its sub-folders, or its parent) that holds
+    ``relpath``, if exactly one does."""
+    try:
+        subs = sorted(e.path for e in os.scandir(root) if e.is_dir())
+    except OSError:
+        subs = []
+    parent = os.path.dirname(os.path.abspath(root))
+    hits = [d for d in [*subs, parent] if os.path.isfile(os.path.join(d, relpath))]
+    return hits[0] if len(hits) == 1 else None
+
+
+def read_text(path: str, what: str) -> str:
+    """A split or index file's text: UTF-8, with or without the byte-order mark Windows
+    editors write (it used to stay in the first entry: "non-integer entries (1)").
+
+    Raises:
+        DatasetError: the file is not UTF-8 text (UTF-16 from PowerShell's ``>``, GBK),
+            naming it and the fix.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save "
+            f"it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8, or your editor's 'UTF-8' "
+            f"encoding) or restore it from the release — {SEE_README}"
+        ) from None
 
 
 def read_id_file(path: str) -> list[int]:
@@ -112,8 +147,7 @@ def read_id_file(path: str) -> list[int]:
     Returns:
         sorted list of distinct pids.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "split file")
     tokens = [t for t in text.replace(",", " ").split() if t]
     bad = [t for t in tokens if not t.lstrip("-").isdigit()]
     if bad:
@@ -131,7 +165,9 @@ def read_id_file(path: str) -> list[int]:
 
 
 def join_relpath(root: str, relpath: str) -> str:
-    """``root/relpath`` as a normalised absolute path (a leading ``/`` or ``./`` is ignored)."""
+    """``root/relpath`` as a normalised absolute path (a leading ``/`` or ``./`` is
+    ignored; Windows ``\\`` separators, from lists written on Windows, read as ``/``)."""
+    relpath = relpath.replace("\\", "/")
     return os.path.normpath(os.path.join(root, relpath.lstrip("/")))
 
 
@@ -146,19 +182,29 @@ def read_index_file(path: str, root: str) -> list[tuple[str, int]]:
         list of (absolute image path, label) in file order.
     """
     out: list[tuple[str, int]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DatasetError(
-                    f"index file {path} line {lineno} reads {line!r}; expected "
-                    f"'<relative image path> <integer label>', e.g. "
-                    f"'Visible/1/img.bmp 0'. Restore the file from the release — {SEE_README}"
-                )
-            out.append((join_relpath(root, parts[0]), int(parts[1])))
+    for lineno, raw in enumerate(read_text(path, "index file").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DatasetError(
+                f"index file {path} line {lineno} reads {line!r}; expected "
+                f"'<relative image path> <integer label>', e.g. "
+                f"'Visible/1/img.bmp 0'. Restore the file from the release — {SEE_README}"
+            )
+        out.append((join_relpath(root, parts[0]), int(parts[1])))
+    counts = Counter(p for p, _ in out)
+    twice = sorted(p for p, c in counts.items() if c > 1)
+    if twice:  # each copy would be a record: drawn twice as often, a duplicate gallery entry
+        logger.warning(
+            "index file %s lists %d image(s) more than once, e.g. %s; each copy is read as "
+            "one more image (uvireid data check reports them); restore the file from the "
+            "release",
+            path,
+            len(twice),
+            twice[0],
+        )
     return out
 
 
@@ -314,7 +360,9 @@ class VIDataset:
             c = _count(records)
             out[f"{split}_ids"] = c["ids"]
             out[f"{split}_images"] = c["images"]
-        out["sha1"] = hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+        # surrogateescape: a file name that is not UTF-8 (a zip made with GBK names)
+        # hashes as its bytes instead of stopping every run with a UnicodeEncodeError
+        out["sha1"] = hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
         return out
 
     def __repr__(self) -> str:

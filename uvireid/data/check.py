@@ -10,6 +10,7 @@ the official figures in :data:`OFFICIAL_FIGURES`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -172,6 +173,15 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
             problems.append(
                 f"{ids_a.source} ({a}) and {ids_b.source} ({b}) share {len(both)} "
                 f"identities: {listing(both)}; expected disjoint splits"
+            )
+    for split, records in ds.splits().items():
+        counts = Counter(r.path for r in records)
+        twice = sorted(p for p, c in counts.items() if c > 1)
+        if twice:
+            problems.append(
+                f"{split}: {len(twice)} image(s) are listed more than once: "
+                f"{listing(twice)}; expected each image once (a list file concatenated "
+                f"twice or edited?)"
             )
     for (a, recs_a), (b, recs_b) in combinations(ds.splits().items(), 2):
         shared = sorted({r.path for r in recs_a} & {r.path for r in recs_b})

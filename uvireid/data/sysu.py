@@ -102,11 +102,20 @@ class SYSUMM01(VIDataset):
                 getattr(self, split).extend(records)
                 found += len(records)
             if verify and found == 0:
+                pid = train_ids[0] if train_ids else 1
+                unpadded = [
+                    d for d in os.listdir(camdir) if d.isdigit() and len(d) < 4 and int(d) > 0
+                ]
+                fix = (
+                    f"Its identity folders are named without zero padding ({unpadded[0]}, "
+                    f"not {int(unpadded[0]):04d}): rename them to 4 digits"
+                    if unpadded
+                    else f"Re-extract cam{cam} from the release"
+                )
                 raise DatasetError(
                     f"{self.title} camera folder {camdir} holds no images of the identities "
-                    f"listed in exp/; expected folders such as {camdir}/"
-                    f"{train_ids[0] if train_ids else 1:04d}/0001.jpg. Re-extract cam{cam} "
-                    f"from the release — {SEE_README}"
+                    f"listed in exp/; expected folders such as {camdir}/{pid:04d}/0001.jpg. "
+                    f"{fix} — {SEE_README}"
                 )
         self.train.sort(key=lambda r: r.path)
         self.test.sort(key=lambda r: r.path)
