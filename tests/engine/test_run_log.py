@@ -87,3 +87,16 @@ def test_a_process_configured_at_info_is_left_alone(root, tmp_path):
     logging.getLogger("uvireid.x").info("epoch 0 done")
     run_log.close()
     assert mine.messages == ["epoch 0 done"] and "epoch 0 done" in _log_lines(folder)
+
+
+def test_a_metrics_record_logged_after_a_killed_write_is_kept(tmp_path):
+    """Audit G (session 16): a resumed run appended its next record to the line a kill
+    had cut short, so that epoch was lost as well."""
+    folder = RunFolder(tmp_path)
+    folder.log_metrics({"epoch": 0})
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 1, "loss": {"to')  # the process was killed mid-write
+    folder.log_metrics({"epoch": 2})  # the resumed run's next epoch
+    folder.log_metrics({"epoch": 3})
+    assert [r["epoch"] for r in folder.read_metrics()] == [0, 2, 3]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4

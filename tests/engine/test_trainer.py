@@ -493,3 +493,12 @@ def test_two_losses_of_one_type_are_logged_apart(recipe_file):
     want = loss["cluster_contrast.0"] + 0.5 * loss["cluster_contrast.1"]
     assert loss["total"] == pytest.approx(want, rel=1e-5)
     assert loss["cluster_contrast.0"] != pytest.approx(loss["cluster_contrast.1"])
+
+
+def test_the_untrained_evaluation_logs_its_phases_as_evaluation(recipe_file):
+    """Audit G (session 16): the epoch -1 record logged its test-set extraction as a plain
+    "extract", which the time curves drew as a training phase."""
+    folder = run_recipe(load_recipe(recipe_file, ["evaluation.at_start=true"]), progress=False)
+    first = folder.read_metrics()[0]
+    assert first["epoch"] == -1 and first["stage"] == "untrained"
+    assert first["seconds"] and all(k.startswith("eval_") for k in first["seconds"])

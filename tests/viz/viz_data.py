@@ -66,7 +66,7 @@ def training_records(epochs: int = 5) -> list[dict]:
             "epoch": -1,
             "stage": "untrained",
             "eval": {"none": {"R1": 3.0, "mAP": 9.0}, "cmfp": {"R1": 4.0, "mAP": 10.0}},
-            "seconds": {"extract": 2.0, "evaluate": 0.1, "rerank": 0.2},
+            "seconds": {"eval_extract": 2.0, "eval_evaluate": 0.1, "eval_rerank": 0.2},
         }
     ]
     for e in range(epochs):

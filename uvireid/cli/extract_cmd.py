@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 EPILOG = """\
@@ -128,5 +129,5 @@ def run(args: argparse.Namespace) -> int:
     protocols = (feats.meta or {}).get("protocols") or []
     print(f"wrote {path}: {len(feats.pids)} test images, d = {feats.feats.shape[1]}")
     if protocols:
-        print(f"next: uvireid eval {path} --protocol {protocols[0]}")
+        print(f"next: uvireid eval {shlex.quote(str(path))} --protocol {protocols[0]}")
     return 0

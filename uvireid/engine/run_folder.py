@@ -9,8 +9,9 @@ runs/<recipe>-<time>/
   metrics.jsonl    one JSON object per epoch / evaluation
   features.npz     test features of the last evaluation
   results.json     the last evaluation's protocol results
-  checkpoints/     latest.pt, written atomically (no best epoch: results.json is the
-                   last evaluation, never an epoch chosen on the test set)
+  checkpoints/     latest.pt, written atomically; best.pt only with evaluation.keep_best
+                   (chosen on the test set, and logged as such); results.json is always the
+                   last evaluation, never an epoch chosen on the test set
 ```
 """
 
@@ -208,14 +209,23 @@ class RunFolder:
         return atomic_write_json(self.path / name, obj)
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line to metrics.jsonl (flushed, so a kill loses no line)."""
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+        """Append one JSON line to metrics.jsonl (flushed, so a kill loses no line).
+
+        A line a killed process left unfinished is ended first, so the record is a line of
+        its own (appended to the partial line, a resumed run's next epoch was lost too)."""
+        p = self.path / "metrics.jsonl"
+        cut = False
+        if p.exists() and p.stat().st_size:
+            with open(p, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                cut = fh.read(1) != b"\n"
+        with open(p, "a") as fh:
+            fh.write(("\n" if cut else "") + json.dumps(record, default=float) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
     def read_metrics(self) -> list[dict]:
-        """Every complete line of metrics.jsonl (a truncated last line is skipped)."""
+        """Every complete line of metrics.jsonl (a line a kill cut short is skipped)."""
         p = self.path / "metrics.jsonl"
         if not p.exists():
             return []

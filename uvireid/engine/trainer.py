@@ -1376,7 +1376,9 @@ class Trainer:
                         "epoch": -1,
                         "stage": "untrained",
                         "eval": self.summary(res["tables"]),
-                        "seconds": res["seconds"],
+                        # evaluation phases, named as in every epoch's record (plain
+                        # "extract" was drawn as a training phase)
+                        "seconds": {f"eval_{k}": v for k, v in res["seconds"].items()},
                     }
                 )
         evaluated_last = False

@@ -126,8 +126,8 @@ def _read_metrics(run_dir: Path, notes: list[str]) -> list[dict]:
     skipped = len(lines) - len(records)
     if skipped:
         notes.append(
-            f"metrics.jsonl has {skipped} unreadable line(s) (a truncated last line means the "
-            f"run was killed while writing it); the curves show the {len(records)} complete "
+            f"metrics.jsonl has {skipped} unreadable line(s) (a line cut short: the run was "
+            f"killed while writing it); the curves show the {len(records)} complete "
             f"record(s)."
         )
     if not records and not skipped:
