@@ -54,7 +54,7 @@ def test_a_killed_run_gets_a_report_of_what_is_there(viz_run_dir, caplog):
         report = build_report(viz_run_dir, **KW)
     page = report.html.read_text()
     notes = " ".join(report.notes)
-    assert "truncated" in notes and "results.json is missing" in notes
+    assert "a line cut short" in notes and "results.json is missing" in notes
     assert "features.npz is missing" in notes
     assert "What is missing" in page and "not finished" in page
     assert "metrics.jsonl, epoch 1" in page  # the table falls back to the last evaluation
