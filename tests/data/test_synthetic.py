@@ -162,6 +162,21 @@ def test_complete_folder_is_reused_and_other_parameters_replace_it(tmp_path):
     assert syn.read_manifest(out)["ids"] == 5
 
 
+def test_replacing_never_deletes_files_the_generator_did_not_write(tmp_path):
+    """Audit F (session 16): `uvireid data synth` into its own folder with other settings
+    deleted the folder, the user's notes and runs in it included, and printed only
+    "written"."""
+    out = syn.generate(tmp_path / "ds", ids=4, seed=0)
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "runs").mkdir()
+    with pytest.raises(
+        DatasetError, match=r"also files uvireid did not write \(my_notes.txt, runs\)"
+    ):
+        syn.generate(out, ids=5, seed=0, replace=True)
+    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "runs").is_dir()
+    assert syn.read_manifest(out)["ids"] == 4
+
+
 def test_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")

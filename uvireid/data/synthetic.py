@@ -1126,6 +1126,22 @@ def generate(
                 f"synthetic dataset: {out} exists and is not a uvireid synthetic dataset "
                 f"(no {MARKER}); refusing to overwrite it. Pass an empty or new folder."
             )
+        owned = {MARKER, DONE, MANIFEST, "exp", *(f"cam{c}" for c in range(1, 7))}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
+        if foreign:  # replacing deletes the folder: never a file the generator did not write
+            raise DatasetError(
+                f"synthetic dataset: {out} holds a synthetic dataset with other settings and "
+                f"also files uvireid did not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); refusing to replace it, which "
+                f"would delete them. Move them out, or pass another --out"
+            )
+        if found is not None:
+            logger.warning(
+                "synthetic dataset: replacing the one at %s (%s) with %s",
+                out,
+                ", ".join(f"{k}={found.get(k)}" for k in params if found.get(k) != params[k]),
+                ", ".join(f"{k}={params[k]}" for k in params if found.get(k) != params[k]),
+            )
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
