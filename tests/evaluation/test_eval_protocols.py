@@ -495,3 +495,21 @@ def test_a_protocol_the_file_does_not_list_or_whose_cameras_it_lacks_is_refused(
         run_protocol(listed, "regdb-v2i")
     assert run_protocol(listed, "sysu-indoor", trials=1).mean["mAP"] > 0
     run_protocol(llcm_features(), "llcm-v2i", trials=1)  # shared cameras: LLCM's structure
+
+
+def test_a_dataset_laid_out_as_sysu_is_named_in_the_provenance():
+    """Audit G (session 16): demo results read "sysu-all | SYSU-MM01 | ..." in results.json,
+    every table and the report, although the data was the synthetic dataset."""
+    from uvireid.evaluation.protocols import run_protocol
+
+    f = make_sysu_features()
+    synthetic = {"dataset": "synthetic", "title": "synthetic VI-ReID (SYSU-MM01 layout)"}
+    for meta, label in [
+        (synthetic, "synthetic VI-ReID (SYSU-MM01 layout) (SYSU-MM01 protocol)"),
+        ({"dataset": "mine"}, "mine (SYSU-MM01 protocol)"),
+        ({"dataset": "sysu", "title": "SYSU-MM01"}, "SYSU-MM01"),
+        ({}, "SYSU-MM01"),
+    ]:
+        res = run_protocol(replace(f, meta=meta), "sysu-all", trials=1)
+        assert res.provenance["dataset"] == label
+        assert res.summary().startswith(f"sysu-all | {label} | all-search")

@@ -598,6 +598,19 @@ def _norm_dataset(name: Any) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
+def _dataset_label(files: list[Features], spec: ProtocolSpec) -> str:
+    """The provenance's dataset: the protocol's, or, for files whose meta names another
+    dataset laid out as the protocol's (the synthetic one), that dataset "(SYSU-MM01
+    protocol)": a demo number used to read as a SYSU-MM01 result."""
+    names = {_norm_dataset((f.meta or {}).get("dataset") or "") for f in files} - {""}
+    if all(n.startswith(spec.dataset) for n in names):  # "sysu", "SYSU-MM01", none
+        return spec.dataset_name
+    titles = sorted(
+        {str((f.meta or {}).get("title") or (f.meta or {}).get("dataset")) for f in files}
+    )
+    return f"{' + '.join(titles)} ({spec.dataset_name} protocol)"
+
+
 def _check_meta(features: Features, spec: ProtocolSpec) -> None:
     """Refuse a file whose meta names another known dataset, or a non-test split.
 
@@ -882,7 +895,7 @@ def run_protocol(
     head = feature_head or (stated.pop() if len(stated) == 1 else None) or "unknown"
     no_paths = any(f.paths is None for f in files)
     provenance = {
-        "dataset": spec.dataset_name,
+        "dataset": _dataset_label(files, spec),
         "protocol": spec.name,
         "mode": spec.mode,
         "shot": "single" if spec.dataset == "regdb" else shot,
