@@ -44,7 +44,12 @@ def test_extract_reproduces_the_runs_own_test_features(run_dir, tmp_path, capsys
     assert got.meta["epoch"] == want.meta["epoch"] == 0  # the same epoch, named alike
     assert got.meta["checkpoint"].endswith("latest.pt")
     assert got.meta["produced_by"] == f"uvireid extract {run_dir}"
+    # labelled as the run's own file is (audit G: "epoch 0 (None, not the final epoch)")
+    for key in ("stage", "final", "total_epochs"):
+        assert got.meta[key] == want.meta[key], key
+    assert want.meta["final"] is True and "changes" not in got.meta
     assert main(["eval", str(out), "--protocol", "sysu-all", "--trials", "2"]) == 0
+    assert "epoch 0 (dcl, final)" in capsys.readouterr().out
     # overrides may follow the options
     moved = tmp_path / "moved.npz"
     root = load_features(out).meta["root"]
@@ -203,3 +208,54 @@ def test_extract_does_not_fetch_starting_weights_a_checkpoint_replaces(
     np.testing.assert_allclose(
         load_features(path).feats, load_features(run_dir / "features.npz").feats, atol=1e-5
     )
+
+
+def test_extract_records_changes_that_make_other_features(run_dir, tmp_path, caplog):
+    """Audit G (session 16): backbone.gem_p=1 or another image size gave a file that
+    claimed to be the run's features; data.* overrides are what extract is for."""
+    import logging
+
+    out = tmp_path / "g.npz"
+    with caplog.at_level(logging.WARNING):
+        assert main(["extract", str(run_dir), "-o", str(out), "backbone.gem_p=1.0"]) == 0
+    assert "backbone.gem_p: 3.0 -> 1.0" in caplog.text
+    meta = load_features(out).meta
+    assert meta["changes"] == {"backbone.gem_p": "3.0 -> 1.0"}
+    from uvireid.evaluation.protocols import run_protocol
+
+    assert "changed from the run: backbone.gem_p" in run_protocol(out, "sysu-all").summary()
+
+
+def test_extract_warns_on_a_copy_that_is_not_the_release(run_dir, tmp_path, caplog):
+    """Audit F (session 16): `uvireid run` warned about a partial copy of SYSU-MM01;
+    `uvireid extract` (then `eval`) gave numbers on it without a word."""
+    import logging
+
+    out = tmp_path / "h.npz"
+    with caplog.at_level(logging.WARNING):
+        assert main(["extract", str(run_dir), "-o", str(out)]) == 0
+    assert "is not the official release" in caplog.text  # the fixture has 12 ids
+    assert load_features(out).meta["dataset_check"]["ok"] is False
+    from uvireid.evaluation.protocols import run_protocol
+
+    summary = run_protocol(out, "sysu-all").summary()
+    assert "test set differs from the official release" in summary
+
+
+def test_a_checkpoint_chosen_on_the_test_set_is_labelled_so(run_dir, tmp_path):
+    """best.pt of a run that went on training: its features say they were chosen on the
+    test set (audit G: nothing did)."""
+    import torch
+
+    from uvireid.evaluation.protocols import run_protocol
+
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    state["best"] = {"epoch": 0, "mAP": 1.0, "selected_on": "test set"}
+    best = tmp_path / "best.pt"
+    torch.save(state, best)
+    cfg = load_recipe(run_dir / "config.yaml", ["stages.0.epochs=3"])  # the run went on
+    out = export_features(cfg, tmp_path / "b.npz", checkpoint=best)
+    meta = load_features(out).meta
+    assert meta["final"] is False and meta["selected_on"] == "test set"
+    summary = run_protocol(out, "sysu-all").summary()
+    assert "epoch 0 (dcl, not the final epoch, chosen on the test set)" in summary

@@ -4,13 +4,17 @@ model, for ``uvireid eval`` and ``uvireid rerank``."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 EPILOG = """\
 SOURCE is a run folder (its config.yaml and checkpoints/latest.pt) or a recipe (a YAML
-file or a built-in name) with --checkpoint. Overrides change the data to extract.
+file or a built-in name) with --checkpoint. Overrides change the data to extract; any
+other change from a run's recipe (pooling, image size) is warned and recorded in the file.
 Examples:
 
   uvireid extract runs/salcr-20261126-101500 -o sysu_test.npz
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.source)
     checkpoint = args.checkpoint
     train_split = None
+    changes: dict = {}
     from uvireid.config import is_builtin_name
 
     if source.is_dir() and not is_builtin_name(args.source):
@@ -94,6 +99,19 @@ def run(args: argparse.Namespace) -> int:
                     f"{source} has no checkpoint yet ({checkpoint}: a run writes it after "
                     f"its first epoch); pass --checkpoint PATH for another one"
                 )
+        from uvireid.engine.run_folder import recipe_changes
+
+        changes = {
+            k: v
+            for k, v in recipe_changes(run_cfg, cfg).items()
+            if not k.startswith("data.") and k != "data"
+        }
+        if changes:
+            logger.warning(
+                "these overrides change the model or its input from the run's, so the "
+                "features are not the run's own (recorded in the file as 'changes'): %s",
+                "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+            )
         run_data, data = run_cfg.get("data") or {}, cfg.get("data") or {}
         if run_data.get("type") == data.get("type") and args.checkpoint is None:
             train_split = run_data.get("split")  # the run's own weights: its own split
@@ -124,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         train_split=train_split,
         source=str(args.source),
+        changes=changes,
     )
     feats = load_features(path)
     protocols = (feats.meta or {}).get("protocols") or []

@@ -47,7 +47,7 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
             f"run writes (RUN/checkpoints/latest.pt); for other weights set "
             f"backbone.pretrained=PATH"
         )
-    return weights, {k: state.get(k) for k in ("epoch", "stage", "dataset")}
+    return weights, {k: state.get(k) for k in ("epoch", "stage", "dataset", "best")}
 
 
 def export_features(
@@ -58,6 +58,7 @@ def export_features(
     device: str = "cpu",
     train_split: Any = None,
     source: str = "",
+    changes: dict | None = None,
 ) -> Path:
     """Extract the test set of ``cfg``'s dataset with ``cfg``'s backbone and write a
     features file.
@@ -73,6 +74,9 @@ def export_features(
         train_split: the split the weights were trained on, recorded as ``train_split``
             (RegDB's protocol then refuses test images of another split).
         source: recorded in ``produced_by``.
+        changes: ``{dotted key: (run's value, value used)}`` of a run's recipe changed for
+            this extraction, recorded as ``changes`` (a features file made with another
+            pooling or image size is then not taken for the run's own).
 
     Returns:
         The path written.
@@ -84,11 +88,13 @@ def export_features(
         DatasetError: test images that cannot be read (:func:`extract_test_bank`).
     """
     from uvireid.engine.checkpoint import load_state_strict
-    from uvireid.engine.trainer import extract_test_bank
+    from uvireid.engine.run_folder import dataset_check
+    from uvireid.engine.trainer import extract_test_bank, stages_of
     from uvireid.features import save_features
     from uvireid.registry import BACKBONES, DATASETS
 
     dataset = DATASETS.build(cfg["data"])
+    check = dataset_check(dataset)  # a copy that is not the release: warned, and recorded
     spec = dict(cfg["backbone"])
     if checkpoint is not None and "pretrained" in spec:
         # the checkpoint replaces every weight: the starting weights (a download, or the
@@ -110,9 +116,18 @@ def export_features(
             train_split = trained.get("split")
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
         if isinstance(info["epoch"], int) and info["epoch"] > 0:
-            # the last trained epoch's index, as a run's own features.npz records it
-            # (checkpoint_epoch counts the epochs the checkpoint has finished)
+            # the last trained epoch's index, stage and whether it is the run's last, as a
+            # run's own features.npz records them (checkpoint_epoch counts the epochs the
+            # checkpoint has finished)
             meta["epoch"] = info["epoch"] - 1
+            total = sum(st.epochs for st in stages_of(cfg)) if cfg.get("stages") else None
+            meta.update(stage=info.get("stage"), final=info["epoch"] == total)
+            if total is not None:
+                meta["total_epochs"] = total
+            best = info.get("best") or {}
+            if best.get("epoch") == info["epoch"] - 1 and not meta["final"]:
+                # best.pt (or a latest.pt saved at the best epoch): chosen on the test set
+                meta["selected_on"] = best.get("selected_on", "test set")
     else:  # said in the file: features of a backbone no run trained
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)
@@ -125,6 +140,10 @@ def export_features(
     )
     if train_split is not None:
         meta["train_split"] = train_split
+    if check is not None:
+        meta["dataset_check"] = check
+    if changes:
+        meta["changes"] = {k: f"{a!r} -> {b!r}" for k, (a, b) in changes.items()}
     path = save_features(
         out, bank.feats, bank.pids, bank.cams, bank.modality, paths=bank.paths, **meta
     )

@@ -543,7 +543,14 @@ class ProtocolResult:
         meta = p.get("features_meta")
         if isinstance(meta, dict) and meta.get("epoch") is not None:  # a run's evaluation
             last = "final" if meta.get("final") else "not the final epoch"
-            parts.append(f"epoch {meta['epoch']} ({meta.get('stage')}, {last})")
+            if meta.get("selected_on"):
+                last += f", chosen on the {meta['selected_on']}"
+            stage = f"{meta['stage']}, " if meta.get("stage") else ""
+            parts.append(f"epoch {meta['epoch']} ({stage}{last})")
+        if isinstance(meta, dict) and meta.get("changes"):
+            parts.append(f"changed from the run: {', '.join(meta['changes'])}")
+        if isinstance(meta, dict) and (meta.get("dataset_check") or {}).get("ok") is False:
+            parts.append("test set differs from the official release")
         return " | ".join(str(x) for x in parts)
 
     def table(self) -> str:
