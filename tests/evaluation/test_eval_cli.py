@@ -154,3 +154,29 @@ def test_eval_runs_refuses_files_of_different_methods(tmp_path, capsys):
     args = ["eval", str(a), str(d), "--protocol", "sysu-all", "--runs", "--trials", "1"]
     assert cli.main(args) == 0
     capsys.readouterr()
+
+
+def test_eval_runs_refuses_an_unfinished_run_and_another_recipe(tmp_path, capsys):
+    """Audit G (session 16): a killed run's epoch-1 features were averaged with a finished
+    run's final ones as one more seed; so were runs of two recipes."""
+    f = make_sysu_features(seed=9)
+
+    def run_file(name, **meta):
+        meta = {"produced_by": "uvireid run demo", "total_epochs": 4, "final": True, **meta}
+        return str(save_features(tmp_path / name, f.feats, f.pids, f.cams, f.modality, **meta))
+
+    done = run_file("done.npz", epoch=3)
+    killed = run_file("killed.npz", epoch=1, final=False)
+    argv = ["--protocol", "sysu-all", "--runs", "--trials", "1"]
+    assert cli.main(["eval", done, killed, *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{killed} holds the features of epoch 1 of 4, not its run's final epoch" in err
+    other = run_file("pgm.npz", epoch=3, produced_by="uvireid run pgm")
+    assert cli.main(["eval", done, other, *argv]) == 2
+    assert "differ in recipe (meta 'produced_by')" in capsys.readouterr().err
+    longer = run_file("longer.npz", epoch=7, total_epochs=8)
+    assert cli.main(["eval", done, longer, *argv]) == 2
+    assert "differ in meta 'total_epochs'" in capsys.readouterr().err
+    # a run's own file and one extracted from another finished run of the recipe: accepted
+    extracted = run_file("x.npz", epoch=3, produced_by="uvireid extract runs/demo-2")
+    assert cli.main(["eval", done, extracted, *argv]) == 0

@@ -117,7 +117,7 @@ _RUN_METRICS = ("R1", "R10", "mAP", "mINP")
 
 
 #: meta entries that runs (seeds) of one method share
-_SHARED_META = ("dataset", "split", "feature_head")
+_SHARED_META = ("dataset", "split", "feature_head", "total_epochs")
 
 
 def _same_method(paths: list, features: list) -> None:
@@ -135,13 +135,27 @@ def _same_method(paths: list, features: list) -> None:
             f"differ in {what} ({listing}); evaluate them one by one to compare methods"
         )
 
+    metas = [f.meta if isinstance(f.meta, dict) else {} for f in features]
+    for path, meta in zip(paths, metas):
+        if meta.get("final") is False:  # a killed run's last evaluation, or a mid-run one
+            raise ProtocolError(
+                f"--runs averages the runs' final results, and {path} holds the features of "
+                f"epoch {meta.get('epoch')} of {meta.get('total_epochs')}, not its run's final "
+                f"epoch (the run was stopped, or this is an earlier evaluation); resume the "
+                f"run (uvireid run RUN_DIR --resume) or evaluate the file on its own"
+            )
     dims = [f.dim for f in features]
     if len(set(dims)) > 1:
         differ("feature dimension", dims)
     for key in _SHARED_META:
-        values = [f.meta.get(key) if isinstance(f.meta, dict) else None for f in features]
+        values = [meta.get(key) for meta in metas]
         if len({str(v) for v in values if v is not None}) > 1:
             differ(f"meta {key!r}", values)
+    # the recipe of each run's own features ("uvireid run <recipe>"; extracted files say
+    # "uvireid extract ...", and may be any run's)
+    recipes = [str(m.get("produced_by", "")) for m in metas]
+    if len({r for r in recipes if r.startswith("uvireid run ")}) > 1:
+        differ("recipe (meta 'produced_by')", recipes)
     first = features[0]
     ref = np.lexsort((first.modality, first.cams, first.pids))
     for path, f in zip(paths[1:], features[1:]):
