@@ -168,3 +168,85 @@ def test_a_constructor_refusing_a_value_is_a_config_error(reg):
         reg.build({"type": "picky", "k": "abc"})
     with pytest.raises(ConfigError, match=r"TypeError"):
         reg.build({"type": "picky", "k": [1]})
+
+
+class _NoRerank:
+    """A re-ranker without a rerank method."""
+
+
+class _OneArgRerank:
+    """A re-ranker whose rerank takes one argument."""
+
+    def rerank(self, dist):
+        return dist
+
+
+class _FineRerank:
+    """A re-ranker keeping the contract (an extra keyword with a default is fine)."""
+
+    def rerank(self, query, gallery, *, scale=1.0):
+        return query @ gallery.T
+
+
+def test_a_part_that_breaks_its_registry_contract_is_refused_when_built():
+    """Audit I (session 16): a plugin re-ranker without rerank(query, gallery) passed
+    register, build and --dry-run, and crashed at its first evaluation after training."""
+    from uvireid.registry import RERANKERS
+
+    try:
+        RERANKERS.register("zz_norerank", _NoRerank)
+        RERANKERS.register("zz_onearg", _OneArgRerank)
+        RERANKERS.register("zz_fine", _FineRerank)
+        with pytest.raises(RegistryError, match=r"'zz_norerank' \(.*_NoRerank\) has no rerank"):
+            RERANKERS.build("zz_norerank")
+        with pytest.raises(RegistryError, match=r"rerank\(dist\) cannot be called with 2"):
+            RERANKERS.build("zz_onearg")
+        assert isinstance(RERANKERS.build("zz_fine"), _FineRerank)
+    finally:
+        for name in ("zz_norerank", "zz_onearg", "zz_fine"):
+            RERANKERS.unregister(name)
+    # every built-in part keeps its registry's contract
+    from uvireid.registry import ASSOCIATORS, CLUSTERERS, LOSSES
+
+    for reg in (CLUSTERERS, ASSOCIATORS, LOSSES, RERANKERS):
+        for name in reg.names():
+            if not reg.required(name):
+                reg.build(name)
+
+
+def test_register_refuses_an_object_it_cannot_call(reg):
+    with pytest.raises(RegistryError, match="register a class or a factory function, not"):
+        reg.register("instance", _FineRerank())
+
+
+def test_a_plugin_that_fails_half_way_leaves_none_of_its_parts(monkeypatch, tmp_path):
+    """Audit I: the parts a failing plugin module registered before its error were listed
+    and usable, from a module that never finished importing."""
+    import importlib.metadata as md
+    import sys
+
+    from uvireid import registry
+    from uvireid.cli.list_cmd import format_registries
+    from uvireid.registry import CLUSTERERS, PLUGIN_ERRORS
+
+    (tmp_path / "zz_halfplugin.py").write_text(
+        "from uvireid.registry import CLUSTERERS\n"
+        "@CLUSTERERS.register('zz_half')\n"
+        "class Half:\n"
+        "    def fit_predict(self, f):\n"
+        "        return [0] * len(f)\n"
+        "raise RuntimeError('boom')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = md.EntryPoint(name="zz_half", value="zz_halfplugin", group="uvireid.plugins")
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [ep])
+    try:
+        registry.load_plugins(force=True)
+        assert "zz_half" not in CLUSTERERS
+        assert PLUGIN_ERRORS["zz_half"] == "RuntimeError: boom (not registered: zz_half)"
+        # the failure is shown under the one registry too
+        assert "zz_half: RuntimeError: boom" in format_registries("clusterers")
+    finally:
+        CLUSTERERS.unregister("zz_half")
+        PLUGIN_ERRORS.pop("zz_half", None)
+        sys.modules.pop("zz_halfplugin", None)

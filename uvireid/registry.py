@@ -68,10 +68,14 @@ class Registry:
 
     Args:
         kind: singular noun used in messages, e.g. ``"reranker"``.
+        contract: ``{method: positional arguments}`` every built part must have (DESIGN.md
+            "Contracts"), checked by :meth:`build`: a plugin without them is refused when
+            it is built (a recipe's ``--dry-run``), not at its first use after training.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, contract: Mapping[str, int] | None = None):
         self.kind = kind
+        self.contract = dict(contract or {})
         self._entries: dict[str, Entry] = {}
 
     # -- registration ---------------------------------------------------------------
@@ -84,6 +88,12 @@ class Registry:
             )
 
         def _do(o: Callable[..., Any]) -> Callable[..., Any]:
+            if not callable(o):
+                raise RegistryError(
+                    f"{self.kind} '{name}': register a class or a factory function, not "
+                    f"{type(o).__name__} object {o!r} (build calls it with the recipe's "
+                    f"keywords)"
+                )
             module = getattr(o, "__module__", "?")
             old = self._entries.get(name)
             if old is not None and _qualname(old.obj) != _qualname(o):
@@ -225,7 +235,7 @@ class Registry:
         obj = self.get(name)
         self.check_kwargs(name, kwargs)
         try:
-            return obj(**kwargs)
+            built = obj(**kwargs)
         except UvireidError:
             raise
         except (ValueError, TypeError) as exc:
@@ -240,6 +250,27 @@ class Registry:
                 f"{self.kind} {name!r} refused its settings {kwargs!r}: "
                 f"{type(exc).__name__}: {exc}{where}"
             ) from exc
+        self._check_contract(name, built)
+        return built
+
+    def _check_contract(self, name: str, built: Any) -> None:
+        """Refuse a built part without the methods of :attr:`contract`."""
+        for method, nargs in self.contract.items():
+            fn = getattr(built, method, None)
+            what = f"{self.kind} '{name}' ({_qualname(self.get(name))})"
+            args = ", ".join(("query", "gallery") if method == "rerank" else ["x"] * nargs)
+            need = f"a {self.kind} needs {method}({args})"
+            if not callable(fn):
+                raise RegistryError(f"{what} has no {method}() method; {need}")
+            try:
+                inspect.signature(fn).bind(*([None] * nargs))
+            except TypeError as exc:
+                raise RegistryError(
+                    f"{what}: {method}{inspect.signature(fn)} cannot be called with {nargs} "
+                    f"positional argument(s) ({exc}); {need}"
+                ) from None
+            except ValueError:  # no signature to read (a builtin): trusted
+                pass
 
 
 def _is_bool(value: Any) -> bool:
@@ -259,10 +290,10 @@ def _is_flag(p: inspect.Parameter) -> bool:
 
 DATASETS = Registry("dataset")
 BACKBONES = Registry("backbone")
-CLUSTERERS = Registry("clusterer")
-ASSOCIATORS = Registry("associator")
-LOSSES = Registry("loss")
-RERANKERS = Registry("reranker")
+CLUSTERERS = Registry("clusterer", {"fit_predict": 1})
+ASSOCIATORS = Registry("associator", {"associate": 4})
+LOSSES = Registry("loss", {"forward": 2})
+RERANKERS = Registry("reranker", {"rerank": 2})
 RECIPES = Registry("recipe")
 
 #: every registry by the plural name used in ``uvireid list`` and in recipes' messages
@@ -295,13 +326,26 @@ def load_plugins(force: bool = False) -> list[str]:
 
     loaded = []
     for ep in entry_points(group=PLUGIN_GROUP):
+        before = {reg: dict(reg._entries) for reg in REGISTRIES.values()}
         try:
             target = ep.load()
             if callable(target) and not inspect.ismodule(target):
                 target()
             loaded.append(ep.name)
         except Exception as exc:  # a broken plugin must not break the toolkit
+            # all or nothing: the parts the failing module (or one it imported below it)
+            # registered before failing are taken back: that module never finished
+            # importing. A parent package's parts, complete, stay.
+            mod = ep.value.split(":")[0].strip()
+            dropped = []
+            for reg, entries in before.items():
+                for n, e in list(reg._entries.items()):
+                    if n not in entries and (e.module == mod or e.module.startswith(mod + ".")):
+                        dropped.append(n)
+                        del reg._entries[n]
             msg = f"{type(exc).__name__}: {exc}"
+            if dropped:
+                msg += f" (not registered: {', '.join(sorted(dropped))})"
             PLUGIN_ERRORS[ep.name] = msg
             logger.warning("uvireid plugin %r (%s) failed to load: %s", ep.name, ep.value, msg)
     return loaded

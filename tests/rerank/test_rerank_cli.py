@@ -186,3 +186,32 @@ def test_rerank_all_keeps_the_other_rows_when_one_reranker_fails(
     assert doc["baseline"]["mean"]["mAP"] > 0
     assert "error: re-ranker cmrr(k=15,eta=0.1) failed: ConfigError" in cap.err
     assert "needs about" in cap.err
+
+
+class _Buggy:
+    """A plugin re-ranker with a bug in rerank."""
+
+    name = "zz_buggy"
+
+    def rerank(self, query, gallery):
+        raise RuntimeError("plugin bug")
+
+
+def test_rerank_all_keeps_the_other_rows_when_a_plugin_raises(uvireid_file, tmp_path, capsys):
+    """Audit I (session 16): a plugin's own exception (not a uvireid error) ended the
+    command in a traceback, and every other re-ranker's row and the JSON were lost."""
+    from uvireid.registry import RERANKERS
+
+    out = tmp_path / "all.json"
+    RERANKERS.register("zz_buggy", _Buggy)
+    try:
+        rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+                   "--trials", "1", "--json", str(out)])  # fmt: skip
+    finally:
+        RERANKERS.unregister("zz_buggy")
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert "RuntimeError: plugin bug" in cap.out and "cmfp(k=30)" in cap.out
+    doc = json.loads(out.read_text())
+    assert "cmfp(k=30)" in doc["reranked"]
+    assert any("RuntimeError: plugin bug" in v for v in doc["failed"].values())

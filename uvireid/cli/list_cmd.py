@@ -42,7 +42,7 @@ def format_registries(only: str | None = None) -> str:
         lines.append("")
     if not only or only == "samplers":
         lines += _samplers()
-    if PLUGIN_ERRORS and not only:
+    if PLUGIN_ERRORS:  # also under `uvireid list rerankers`: the part may be missing
         lines.append("plugins that failed to load")
         for name, err in sorted(PLUGIN_ERRORS.items()):
             lines.append(f"  {name}: {err}")

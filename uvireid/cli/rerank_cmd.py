@@ -282,12 +282,15 @@ def run(args: argparse.Namespace) -> int:
     for part in parts:
         try:
             res = evaluate(part)
-        except (UvireidError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is any exception
             if not every:
                 raise
-            # one re-ranker that cannot run (e.g. refused for memory) does not cost the
-            # others' results: its row says why, and the command ends with an error
+            # one re-ranker that cannot run (refused for memory, or a plugin's bug) does
+            # not cost the others' results: its row says why, and the command ends with an
+            # error
             failed[part.name] = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (UvireidError, MemoryError)):
+                logger.warning("%s failed", part.name, exc_info=exc)
             rows.append({"reranker": part.name, "failed": failed[part.name]})
             continue
         per_trial = part.seconds / max(1, part.calls)
