@@ -33,10 +33,18 @@ from typing import Any
 import numpy as np
 
 from uvireid.errors import FeatureFileError
+from uvireid.evaluation.metrics import to_numpy
 from uvireid.fileio import atomic_write
 from uvireid.types import INFRARED, VISIBLE, FeatureBank
 
-__all__ = ["REQUIRED_ARRAYS", "OPTIONAL_ARRAYS", "Features", "load_features", "save_features"]
+__all__ = [
+    "REQUIRED_ARRAYS",
+    "OPTIONAL_ARRAYS",
+    "Features",
+    "features_from_arrays",
+    "load_features",
+    "save_features",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +130,6 @@ class Features:
             f"{src}: {len(self)} images x {self.dim}-d ({nv} visible, {nr} infrared), "
             f"{len(np.unique(self.pids))} ids, cams {sorted(np.unique(self.cams).tolist())}"
         )
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
@@ -274,10 +276,10 @@ def _checked_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`_validated` of arrays or tensors given one by one (save and in-memory)."""
     arrays: dict[str, Any] = {
-        "feats": _to_numpy(feats),
-        "pids": _to_numpy(pids),
-        "cams": _to_numpy(cams),
-        "modality": _to_numpy(modality),
+        "feats": to_numpy(feats),
+        "pids": to_numpy(pids),
+        "cams": to_numpy(cams),
+        "modality": to_numpy(modality),
     }
     if paths is not None:
         arrays["paths"] = np.asarray([_path_text(p) for p in paths])

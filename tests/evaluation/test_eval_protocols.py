@@ -513,3 +513,38 @@ def test_a_dataset_laid_out_as_sysu_is_named_in_the_provenance():
         res = run_protocol(replace(f, meta=meta), "sysu-all", trials=1)
         assert res.provenance["dataset"] == label
         assert res.summary().startswith(f"sysu-all | {label} | all-search")
+
+
+def test_features_built_in_memory_are_checked_as_a_file_is():
+    """Audit I (session 16): a Features built directly, with list cameras, ended in a raw
+    TypeError inside the protocol; now it is checked and converted like a file."""
+    from uvireid.errors import FeatureFileError
+    from uvireid.evaluation.protocols import run_protocol
+    from uvireid.features import Features
+
+    f = make_sysu_features()
+    mem = Features(feats=f.feats, pids=f.pids.tolist(), cams=f.cams.astype(np.int32).tolist(),
+                   modality=f.modality.tolist(), paths=None, meta={})  # fmt: skip
+    assert (
+        run_protocol(mem, "sysu-all", trials=1).mean
+        == run_protocol(replace(f, paths=None, meta={}), "sysu-all", trials=1).mean
+    )
+    bad = replace(mem, modality=[2] * len(f))
+    with pytest.raises(FeatureFileError, match="modality"):
+        run_protocol(bad, "sysu-all", trials=1)
+
+
+def test_bfloat16_distances_and_features_are_evaluated_and_saved(tmp_path):
+    """Audit I: numpy has no bfloat16, so eval_sysu and save_features raised a raw
+    TypeError on the bf16 tensors a bf16 model gives."""
+    from uvireid.evaluation import eval_sysu
+    from uvireid.features import load_features, save_features
+
+    d = torch.randn(4, 6).bfloat16()
+    q, g = np.arange(4) % 3, np.arange(6) % 3
+    cams_q, cams_g = np.full(4, 3), np.ones(6, int)
+    assert eval_sysu(d, q, g, cams_q, cams_g)[1] == eval_sysu(d.float(), q, g, cams_q, cams_g)[1]
+    x = torch.randn(2, 3).bfloat16()
+    p = save_features(tmp_path / "bf.npz", x, [0, 1], [1, 3], [0, 1])
+    back = load_features(p).feats
+    assert back.dtype == np.float32 and np.array_equal(back, x.float().numpy())

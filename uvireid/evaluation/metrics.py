@@ -68,9 +68,14 @@ _BLOCK_ELEMENTS = 1 << 21
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """``x`` (numpy array, torch tensor, list) as a numpy array, dtype kept."""
+    """``x`` (numpy array, torch tensor, list) as a numpy array, dtype kept; a bfloat16
+    tensor (numpy has no bfloat16: a raw TypeError before) as float32, which holds every
+    bfloat16 value exactly."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        return x.detach().cpu().numpy()
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
     return np.asarray(x)
 
 

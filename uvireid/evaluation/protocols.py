@@ -575,7 +575,14 @@ class ProtocolResult:
 # -- running ----------------------------------------------------------------------------------
 def _as_features(x: Any) -> Features:
     if isinstance(x, Features):
-        return x
+        if x.source is not None:  # read by load_features: checked then
+            return x
+        # built in memory: checked (and its labels made int64) as a file would be; list
+        # or int32 labels ended in a raw TypeError inside the protocol
+        from uvireid.features import features_from_arrays
+
+        meta = x.meta if isinstance(x.meta, dict) else {}
+        return features_from_arrays(x.feats, x.pids, x.cams, x.modality, x.paths, **meta)
     if isinstance(x, (str, os.PathLike)):
         return load_features(x)
     if isinstance(x, Mapping):  # {"feats": ..., "pids": ..., "cams": ..., "modality": ...}
