@@ -95,3 +95,34 @@ def test_list_samplers_names_every_sampler_type_a_recipe_accepts(capsys):
     for name in SAMPLER_TYPES:
         assert f"  {name} " in out
     assert "(Cheng et al., ACM MM 2023" in out  # a whole first paragraph, not a cut line
+
+
+def test_version_flag_prints_the_version(capsys):
+    """Audit I (session 16): the first thing a bug report asks for."""
+    import uvireid
+    from uvireid.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"uvireid {uvireid.__version__}"
+
+
+def test_manifest_versions_name_the_packages_of_installed_plugins(monkeypatch):
+    """Audit I: a run with a plugin's part recorded neither the plugin nor its version."""
+    import importlib.metadata as md
+
+    from uvireid.engine import run_folder
+
+    class _Dist:
+        name, version = "zz-plugin-dist", "9.9.9"
+
+    ep = md.EntryPoint(name="zz", value="zz_mod", group="uvireid.plugins")
+    object.__setattr__(ep, "dist", _Dist())
+    real = md.entry_points
+    monkeypatch.setattr(
+        md,
+        "entry_points",
+        lambda **kw: [ep] if kw.get("group") == "uvireid.plugins" else real(**kw),
+    )
+    assert run_folder.package_versions()["zz-plugin-dist"] == "9.9.9"

@@ -46,9 +46,10 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """First line of the part's docstring (empty when it has none)."""
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """First paragraph of the part's docstring, as one line (empty when it has none;
+        the first line alone cut sentences that wrap)."""
+        doc = (inspect.getdoc(self.obj) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 def _qualname(obj: Any) -> str:

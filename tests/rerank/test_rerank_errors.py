@@ -93,6 +93,13 @@ def test_features_that_are_not_a_float_matrix_are_refused_or_converted(pair):
         rerank([[1.0, 2.0], [3.0]], g, "cmfp")
     with pytest.raises(FeatureFileError, match="gallery features have dtype <U1"):
         rerank(q, np.array([["a", "b", "c", "d"]]), "cmfp")
+    # complex features lost their imaginary part with a torch warning (audit H)
+    with pytest.raises(FeatureFileError, match="query features have dtype complex64"):
+        rerank(q.astype(np.complex64), g, "cmfp")
+    with pytest.raises(FeatureFileError, match="features have dtype torch.complex64"):
+        rerank(torch.from_numpy(q.astype(np.complex64)), torch.from_numpy(g), "cmfp")
+    with pytest.raises(FeatureFileError, match="features have dtype torch.bool"):
+        rerank(torch.from_numpy(q > 0), torch.from_numpy(g), "cmfp")
     q32 = q.astype(np.float32)
     mixed = rerank(q32, g, "cmfp")  # float32 with float64: in float64
     assert mixed.dtype == np.float64

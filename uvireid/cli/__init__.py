@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: uvireid run demo   (trains the demo recipe on the synthetic dataset)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from uvireid import __version__
+
+    parser.add_argument("--version", action="version", version=f"uvireid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"uvireid.cli.{name}_cmd").add_parser(sub)

@@ -671,7 +671,10 @@ class Augmenter:
         return static_out.clone()
 
     def state_dict(self) -> dict:
+        """The augmentation generator's state (kept in checkpoints: a resumed run draws
+        the augmentations the killed one would have)."""
         return {"gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the generator from :meth:`state_dict`."""
         self.gen.set_state(state["gen"])

@@ -114,6 +114,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the Python, numpy and torch generators (and CUDA's, where recorded) from
+    :func:`rng_state`'s dict, so a resumed run draws what the killed one would have."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

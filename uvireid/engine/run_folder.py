@@ -57,6 +57,14 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    # the packages whose plugins add parts: a plugin's clusterer at another version is
+    # another method, and the recipe names only the part
+    from uvireid.registry import PLUGIN_GROUP
+
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(ep, "dist", None)
+        if dist is not None and dist.name not in out:
+            out[dist.name] = dist.version
     return out
 
 

@@ -514,6 +514,8 @@ class ProtocolResult:
         )
 
     def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON string (``kwargs`` go to ``json.dumps``, e.g.
+        ``indent=2``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
     def summary(self) -> str:

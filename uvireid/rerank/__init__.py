@@ -73,6 +73,8 @@ class OnDevice:
         return f"OnDevice({self.reranker!r}, {self.device!r})"
 
     def rerank(self, query: Any, gallery: Any) -> Any:
+        """The wrapped re-ranker's (Nq, Ng) distance of ``query`` and ``gallery`` (numpy
+        or torch) computed on :attr:`device`, returned as a numpy array."""
         import numpy as np
         import torch
 

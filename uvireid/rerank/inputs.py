@@ -32,7 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
-    """``(tensor, was_numpy)``: a torch view of ``x`` (no copy for numpy input)."""
+    """``(tensor, was_numpy)``: a torch view of ``x`` (no copy for numpy float input).
+
+    Integer features are computed as each library's default float: numpy's as float64
+    (``x.astype(float)``), torch's as float32 (``x.float()``); cast them first for the
+    other (an int8 embedding as numpy float32 takes half the memory). float16 and
+    bfloat16 are computed in float32. Complex and bool features are refused (the
+    imaginary part would be dropped)."""
     if isinstance(x, torch.Tensor):
         t, was_numpy = x.detach(), False
     else:
@@ -43,7 +49,7 @@ def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
                 f"{name} features could not be read as an array ({exc}); "
                 "pass an (N, d) numpy array or torch tensor"
             ) from None
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise FeatureFileError(
                 f"{name} features have dtype {arr.dtype}; pass an (N, d) float array"
             )
@@ -53,6 +59,8 @@ def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
             # here writes into its input (tests/rerank check every re-ranker for that)
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             t, was_numpy = torch.from_numpy(arr), True
+    if t.is_complex() or t.dtype == torch.bool:
+        raise FeatureFileError(f"{name} features have dtype {t.dtype}; pass an (N, d) float array")
     if t.ndim != 2:
         raise FeatureFileError(
             f"{name} features must be 2-D (N, d), got shape {tuple(t.shape)}; "
