@@ -117,6 +117,13 @@ def test_bad_labels_are_refused(name):
         part.associate(fv, gv + 0.5, fr, gr)
     with pytest.raises(FeatureFileError, match="d=32 but infrared d=8"):
         part.associate(fv, gv, fr[:, :8], gr)
+    # a plugin clusterer's sparse ids: the label spaces asked for terabytes (audit H)
+    far = np.where(gr >= 0, gr + 2**40, -1)
+    with pytest.raises(
+        FeatureFileError,
+        match=r"infrared cluster id 10995116277\d\d is not below the number of instances",
+    ):
+        part.associate(fv, gv, fr, far)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -330,6 +330,24 @@ def test_instance_loss_is_zero_on_unpaired_batches():
     assert loss(out, t).item() == 0
 
 
+def test_instance_loss_is_zero_on_an_empty_batch():
+    """Audit H (session 16): an empty batch (a custom loop's) raised a raw reshape error."""
+    import dataclasses
+
+    ctx = _context()
+    out, t = _step()
+    empty = StepOutputs(
+        *(x[:0] for x in (out.feat_v, out.feat_a, out.feat_r)),
+        {k: v[:0] for k, v in out.parts.items()},
+    )
+    t = dataclasses.replace(t, **{f: getattr(t, f)[:0] for f in ("vis_in_v", "vis_in_r",
+        "ir_in_r", "ir_in_v", "idx_v", "idx_r")})  # fmt: skip
+    loss = InstanceNeighbourLoss(k=3, num_parts=2)
+    loss.reset(ctx)
+    value = loss(empty, t)
+    assert value.item() == 0 and value.ndim == 0
+
+
 def _waits(fn) -> list[str]:
     from uvireid.engine.profiling import profile_ops
 

@@ -201,6 +201,14 @@ def prepare(
     sides = []
     for name, f, y in (("visible", fv, labels_v), ("infrared", fr, labels_r)):
         lab = as_labels(y, f.shape[0], f"{who}: {name}")
+        if len(lab) and int(lab.max()) >= len(lab):
+            # every label space (CrossLabels, the memories) is sized largest id + 1: an id
+            # near 2^40 asked for terabytes; no clustering of N points needs an id >= N
+            raise FeatureFileError(
+                f"{who}: {name} cluster id {int(lab.max())} is not below the number of "
+                f"instances ({len(lab)}); number the clusters 0..K-1 (e.g. "
+                f"numpy.unique(labels, return_inverse=True), keeping -1 for outliers)"
+            )
         ids, compact = compact_labels(lab)
         space = int(lab.max()) + 1 if len(lab) and lab.max() >= 0 else 0
         sides.append(Modality(f, lab, ids, compact, space))

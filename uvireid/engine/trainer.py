@@ -778,6 +778,12 @@ class Trainer:
                     f"{who} returned label {found.min()}; labels are 0..K-1, and -1 marks an "
                     f"outlier (map the library's other noise codes to -1)"
                 )
+            if len(found) and found.max() >= len(found):  # memories are sized max id + 1
+                raise TrainingError(
+                    f"{who} returned cluster id {found.max()} for {len(found)} features; "
+                    f"labels are 0..K-1 (renumber them, e.g. numpy.unique(labels, "
+                    f"return_inverse=True), keeping -1 for outliers)"
+                )
             labels[idx] = found
         return labels
 

@@ -221,7 +221,11 @@ class InstanceNeighbourLoss(nn.Module):
                     else ""
                 )
             )
-        if not targets.paired or len(outputs.feat_v) != len(outputs.feat_r):
+        if (
+            not targets.paired
+            or len(outputs.feat_v) != len(outputs.feat_r)
+            or len(outputs.feat_v) == 0  # an empty batch (a custom loop's): nothing to pull
+        ):
             return outputs.feat_v.sum() * 0.0
         total = outputs.feat_v.sum() * 0.0
         q = self._queries(torch.cat([outputs.feat_v, outputs.feat_a, outputs.feat_r]))
