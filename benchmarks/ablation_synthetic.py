@@ -92,8 +92,8 @@ def run_row(
     return {
         "name": name,
         "seed": cfg["seed"],
-        "untrained": start["eval"] if start else None,
-        "eval": last["eval"],
+        "untrained": _means(start["eval"]) if start else None,
+        "eval": _means(last["eval"]),
         "ari": {k: q[k]["ari"] for k in ("visible", "infrared", "cross_v") if k in q},
         "minutes": minutes,
         "folder": str(folder.path),
@@ -191,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(seeds) > 1:
         print(seed_table(results, rows, args.supervised_map))
     return 0
+
+
+def _means(evals: dict) -> dict:
+    """``{reranker: {metric: mean}}`` of a metrics.jsonl ``eval`` entry (its rows hold
+    ``mean``, ``std`` and ``provenance``; older runs' rows the flat means)."""
+    from uvireid.viz.curves import eval_means
+
+    return {name: dict(eval_means(result) or {}) for name, result in evals.items()}
 
 
 def seed_table(results: list[dict], rows: list[str], bound: float | None) -> str:

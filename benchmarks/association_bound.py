@@ -112,6 +112,9 @@ def print_evals(folder, extra=lambda quality: "") -> None:
     for m in folder.read_metrics():
         ev = m.get("eval")
         if isinstance(ev, dict) and "none" in ev:
+            from uvireid.viz.curves import eval_means
+
+            ev = {k: eval_means(v) or {} for k, v in ev.items()}
             rr = {k: round(v["mAP"], 1) for k, v in ev.items() if k != "none"}
             text = extra(m.get("label_quality") or {})
             print(f"epoch {m['epoch']}: IR->RGB mAP {ev['none']['mAP']:.1f} {rr}{text}")

@@ -52,7 +52,10 @@ def test_two_stage_run_fills_the_run_folder(recipe_file):
         hwm_kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
     assert 0 < second["memory"]["host_peak_rss_gib"] <= hwm_kib / 2**20 + 1e-9
     assert first["memory"]["host_peak_rss_gib"] <= second["memory"]["host_peak_rss_gib"]
-    assert second["eval"]["none"]["mAP"] > 0  # evaluated at the end
+    assert second["eval"]["none"]["mean"]["mAP"] > 0  # evaluated at the end
+    # each row says what produced it (audit G: bare means before)
+    assert second["eval"]["none"]["provenance"]["protocol"] == "sysu-all"
+    assert set(second["eval"]["none"]["std"]) == set(second["eval"]["none"]["mean"])
     assert second["lr"] == pytest.approx(cfg["train"]["lr"] * 0.1)  # step at epoch 1
     manifest = json.loads((folder.path / "manifest.json").read_text())
     assert [s["stage"] for s in manifest["batch"]["stages"]] == ["dcl", "salcr"]
@@ -398,7 +401,7 @@ def test_keep_best_keeps_the_best_evaluated_epoch(recipe_file):
     cfg = load_recipe(recipe_file, over)
     folder = run_recipe(cfg, progress=False)
     lines = [m for m in folder.read_metrics() if "eval" in m]
-    maps = [m["eval"]["none"]["mAP"] for m in lines]
+    maps = [m["eval"]["none"]["mean"]["mAP"] for m in lines]
     want = lines[int(np.argmax(maps))]["epoch"]  # argmax: the first of equal values
     best = load_checkpoint(folder.checkpoints / "best.pt")
     latest = load_checkpoint(folder.checkpoints / "latest.pt")

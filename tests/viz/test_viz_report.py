@@ -143,3 +143,20 @@ def test_a_misspelt_features_file_is_an_error_and_leaves_the_earlier_report(viz_
     assert {p.name: p.stat().st_mtime_ns for p in viz_run_dir.glob("*.png")} == before
     with pytest.raises(UvireidError, match="is a file, not a run folder"):
         build_report(viz_run_dir / "features.npz", **KW)
+
+
+def test_a_killed_run_whose_evaluations_logged_their_protocol_shows_it(viz_run_dir):
+    """The trainer's eval rows carry mean, std and provenance (audit G, session 16): a
+    killed run's report then states the protocol and the ± instead of "not recorded"."""
+    results = json.loads((viz_run_dir / "results.json").read_text())
+    (viz_run_dir / "results.json").unlink()
+    (viz_run_dir / "features.npz").unlink()
+    lines = (viz_run_dir / "metrics.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    row["eval"] = {k: {f: v[f] for f in ("mean", "std", "provenance")} for k, v in results.items()}
+    (viz_run_dir / "metrics.jsonl").write_text("\n".join([*lines[:2], json.dumps(row)]) + "\n")
+    page = build_report(viz_run_dir, **KW).html.read_text()
+    assert "not recorded with these numbers" not in page
+    assert "sysu-all | synthetic (SYSU-MM01 protocol) | all-search | single-shot" in page
+    m, s = results["none"]["mean"]["mAP"], results["none"]["std"]["mAP"]
+    assert f"<td>{m:.2f} ± {s:.2f}</td>" in page

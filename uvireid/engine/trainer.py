@@ -1201,9 +1201,13 @@ class Trainer:
 
     @staticmethod
     def summary(tables: dict) -> dict:
-        """{reranker: {R1, mAP, mINP}} of evaluation tables (means over trials)."""
+        """``{reranker: {"mean", "std", "provenance"}}`` of evaluation tables: the metrics'
+        means and stds over trials, and the protocol that produced them (the rows of
+        metrics.jsonl held bare means: a killed run's report could not say its protocol,
+        and a resume may change the evaluation settings). Per-trial rows and the CMC are
+        in results.json."""
         return {
-            name: {k: t["mean"][k] for k in ("R1", "mAP", "mINP") if k in t["mean"]}
+            name: {"mean": dict(t["mean"]), "std": dict(t["std"]), "provenance": t["provenance"]}
             for name, t in tables.items()
         }
 
