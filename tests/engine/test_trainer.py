@@ -505,3 +505,28 @@ def test_the_untrained_evaluation_logs_its_phases_as_evaluation(recipe_file):
     first = folder.read_metrics()[0]
     assert first["epoch"] == -1 and first["stage"] == "untrained"
     assert first["seconds"] and all(k.startswith("eval_") for k in first["seconds"])
+
+
+def test_a_stage_started_from_the_best_checkpoint_says_so_in_every_result(recipe_file, tmp_path):
+    """Audit G (session 16): PGM's stage 2 starts from best.pt, chosen on the test set;
+    only the log said so, not results.json, features.npz, eval's line or extract's file."""
+    import json
+
+    from uvireid.cli import main
+    from uvireid.evaluation.protocols import run_protocol
+
+    over = ["evaluation.every=1", "evaluation.keep_best=true", "stages.1.start_from=best"]
+    folder = run_recipe(load_recipe(recipe_file, over), progress=False)
+    results = json.loads((folder.path / "results.json").read_text())
+    (start,) = results["none"]["provenance"]["features_meta"]["started_from"]
+    assert start["stage"] == "salcr" and start["epoch"] == 0
+    assert start["selected_on"] == "test set"
+    line = run_protocol(folder.path / "features.npz", "sysu-all").summary()
+    assert "stage salcr started from epoch 0 chosen on the test set" in line
+    out = tmp_path / "x.npz"
+    assert main(["extract", str(folder.path), "-o", str(out)]) == 0
+    assert "stage salcr started from epoch 0" in run_protocol(out, "sysu-all").summary()
+    from uvireid.viz.report import build_report
+
+    page = build_report(folder.path, queries=2, k=4, tsne_ids=4, dpi=30).html.read_text()
+    assert "stage salcr started from epoch 0 chosen on the test set" in page

@@ -47,7 +47,8 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
             f"run writes (RUN/checkpoints/latest.pt); for other weights set "
             f"backbone.pretrained=PATH"
         )
-    return weights, {k: state.get(k) for k in ("epoch", "stage", "dataset", "best")}
+    keys = ("epoch", "stage", "dataset", "best", "started_from")
+    return weights, {k: state.get(k) for k in keys}
 
 
 def export_features(
@@ -124,6 +125,8 @@ def export_features(
             meta.update(stage=info.get("stage"), final=info["epoch"] == total)
             if total is not None:
                 meta["total_epochs"] = total
+            if info.get("started_from"):  # a stage began from best.pt: test-set chosen
+                meta["started_from"] = info["started_from"]
             best = info.get("best") or {}
             if best.get("epoch") == info["epoch"] - 1 and not meta["final"]:
                 # best.pt (or a latest.pt saved at the best epoch): chosen on the test set

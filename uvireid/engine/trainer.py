@@ -601,6 +601,8 @@ class Trainer:
         self.last_eval: dict | None = None
         #: the evaluated epoch with the highest mAP (no re-ranker), for evaluation.keep_best
         self.best: dict | None = None
+        #: stages that started from best.pt (chosen on the test set): said in every result
+        self.started_from: list[dict] = []
 
     # -- parts ------------------------------------------------------------------------
     def _build_parts(self) -> None:
@@ -1050,6 +1052,9 @@ class Trainer:
         }
         if stage.start_from == "best" and epoch == stage.first_epoch and epoch > 0:
             record["started_from"] = self._load_best(stage)
+            self.started_from.append(
+                {"stage": stage.name, **record["started_from"], "selected_on": "test set"}
+            )
         if stage.reset_optimizer and epoch == stage.first_epoch and epoch > 0:
             # a new Adam for the stage: moments and step counts start again (the learning
             # rate is the scheduler's, as set for this epoch)
@@ -1188,6 +1193,8 @@ class Trainer:
                 "stage": self.stage_at(self.epoch - 1).name if self.epoch else "untrained",
                 "final": self.epoch == self.total_epochs,
                 "total_epochs": self.total_epochs,
+                # a model that descends from a checkpoint chosen on the test set says so
+                **({"started_from": self.started_from} if self.started_from else {}),
             },
         )
         out["seconds"]["extract"] = (
@@ -1233,6 +1240,7 @@ class Trainer:
             "recipe": self.cfg.get("name"),
             "source": self.source,
             "best": self.best,
+            "started_from": self.started_from,
         }
 
     def save(self, best: bool = False) -> None:
@@ -1332,6 +1340,7 @@ class Trainer:
         if state.get("labels"):
             self.labels = EpochLabels(**state["labels"])
         self.best = state.get("best")
+        self.started_from = list(state.get("started_from") or [])
         self._relink_best(path)
         logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
 

@@ -549,6 +549,12 @@ class ProtocolResult:
                 last += f", chosen on the {meta['selected_on']}"
             stage = f"{meta['stage']}, " if meta.get("stage") else ""
             parts.append(f"epoch {meta['epoch']} ({stage}{last})")
+        for start in (meta.get("started_from") or []) if isinstance(meta, dict) else []:
+            if isinstance(start, dict):
+                parts.append(
+                    f"stage {start.get('stage')} started from epoch {start.get('epoch')} "
+                    f"chosen on the {start.get('selected_on', 'test set')}"
+                )
         if isinstance(meta, dict) and meta.get("changes"):
             parts.append(f"changed from the run: {', '.join(meta['changes'])}")
         if isinstance(meta, dict) and (meta.get("dataset_check") or {}).get("ok") is False:

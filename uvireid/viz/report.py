@@ -277,7 +277,11 @@ def _results_html(results: Mapping[str, Mapping], source: str, protocol: str | N
         summary = ProtocolResult(
             first.get("per_trial", []), first["mean"], first["std"], first.get("cmc", []), prov
         ).summary()
-        summary = summary.split(" | reranker:")[0]
+        # the table names each row's re-ranker and the counts; the rest (the epoch, a
+        # start from a checkpoint chosen on the test set, changes) stays
+        summary = " | ".join(
+            x for x in summary.split(" | ") if not x.startswith(("reranker:", "queries "))
+        )
     except (KeyError, TypeError):
         summary = (
             f"not recorded with these numbers (only their means were logged); the run's "
