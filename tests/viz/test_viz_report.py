@@ -160,3 +160,27 @@ def test_a_killed_run_whose_evaluations_logged_their_protocol_shows_it(viz_run_d
     assert "sysu-all | synthetic (SYSU-MM01 protocol) | all-search | single-shot" in page
     m, s = results["none"]["mean"]["mAP"], results["none"]["std"]["mAP"]
     assert f"<td>{m:.2f} ± {s:.2f}</td>" in page
+
+
+def test_the_plots_say_which_features_file_they_show(viz_run_dir, tmp_path):
+    """Audit G (session 16): the distance, t-SNE and ranking plots never named their
+    features file or its epoch, even for another model's file (--features) that the
+    run's protocol would refuse."""
+    from uvireid.features import load_features, save_features
+
+    page = build_report(viz_run_dir, **KW).html.read_text()
+    assert f"plots are of {viz_run_dir / 'features.npz'}" in page
+    f = load_features(viz_run_dir / "features.npz")
+    other = save_features(
+        tmp_path / "other_model.npz",
+        f.feats[:, ::-1].copy(),
+        f.pids,
+        f.cams,
+        f.modality,
+        paths=f.paths,
+        **{**(f.meta or {}), "dataset": "llcm", "epoch": 3, "final": False},
+    )
+    report = build_report(viz_run_dir, features=other, out=tmp_path / "rep", **KW)
+    page = report.html.read_text()
+    assert f"plots are of {other}, epoch 3 (not the final epoch)" in page
+    assert any("--features does not fit the run's protocol sysu-all" in n for n in report.notes)

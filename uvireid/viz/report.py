@@ -343,6 +343,7 @@ def _render(
     images: dict[str, Path],
     notes: list[str],
     finished: bool,
+    origin: str = "",
 ) -> str:
     name = (manifest or {}).get("recipe") if isinstance(manifest, Mapping) else None
     title = f"uvireid report: {name or cfg.get('name') or run_dir.name}"
@@ -356,6 +357,8 @@ def _render(
         items = "".join(f"<li>{_e(n)}</li>" for n in notes)
         body.append(f'<h2>What is missing</h2><div class="notes"><ul>{items}</ul></div>')
     body.append("<h2>Plots</h2>")
+    if origin:
+        body.append(f"<p>{_e(origin)}</p>")
     body += [_figure_html(n, p) for n, p in images.items()] or ["<p>No plot could be drawn.</p>"]
     config_text = (
         (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
@@ -495,7 +498,9 @@ def build_report(
     draw("curves_time.png", curves.plot_time, records, missing="no 'seconds' in metrics.jsonl.")
 
     feats = given if given is not None else _load_features(run_dir / "features.npz", notes)
+    origin = ""
     if feats is not None:
+        origin = _features_origin(feats, given is not None, protocol, notes)
         draw(
             "distances.png",
             distances.plot_distance_histograms,
@@ -521,13 +526,44 @@ def build_report(
         if name not in images and stale.is_file():
             stale.unlink()
     text = _render(
-        run_dir, manifest, cfg, results, source, protocol, images, notes, raw_results is not None
+        run_dir,
+        manifest,
+        cfg,
+        results,
+        source,
+        protocol,
+        images,
+        notes,
+        raw_results is not None,
+        origin,
     )
     path = atomic_write_text(out_dir / "report.html", text)
     logger.info("wrote %s (%d plots, %d notes)", path, len(images), len(notes))
     for note in notes:
         logger.info("report: %s", note)
     return Report(path, images, notes)
+
+
+def _features_origin(feats: Any, given: bool, protocol: str | None, notes: list[str]) -> str:
+    """Which features the distance, t-SNE and ranking plots show: the file and, from its
+    meta, the epoch (a killed run's features.npz is an earlier epoch's). A file given
+    with ``--features`` that the run's protocol would refuse gets a note."""
+    meta = feats.meta if isinstance(feats.meta, Mapping) else {}
+    text = f"The distance, t-SNE and ranking plots are of {feats.source}"
+    if meta.get("epoch") is not None:
+        last = "final" if meta.get("final") else "not the final epoch"
+        text += f", epoch {meta['epoch']} ({last})"
+    if given and protocol:
+        from uvireid.errors import ProtocolError
+        from uvireid.evaluation.protocols import PROTOCOLS, _check_meta
+
+        spec = PROTOCOLS.get(protocol)
+        if spec is not None:
+            try:
+                _check_meta(feats, spec)
+            except ProtocolError as exc:
+                notes.append(f"--features does not fit the run's protocol {protocol}: {exc}")
+    return text + "."
 
 
 def _load_features(path: Path, notes: list[str]) -> Any:
