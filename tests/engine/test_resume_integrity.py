@@ -229,3 +229,26 @@ def test_a_refused_resume_builds_no_dataset(recipe_file, monkeypatch):
     with pytest.raises(ConfigError, match="the recipe differs"):
         run_recipe(load_recipe(recipe_file, ["seed=4"]), resume=part.path, progress=False)
     assert built == []
+
+
+def test_a_run_killed_while_its_trainer_is_built_is_a_run_folder_to_resume(recipe_file):
+    """Audit G (session 16): building the starting weights takes minutes before the first
+    epoch; killed then, the folder had log.txt only, so `report` and `--resume` called it
+    "not a run folder" and every later --resume started another folder."""
+    from uvireid.engine import trainer as trainer_mod
+
+    cfg = load_recipe(recipe_file)
+    real = trainer_mod.Trainer.__init__
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while building the prior")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod.Trainer, "__init__", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(cfg, progress=False)
+    assert trainer_mod.Trainer.__init__ is real
+    stopped = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert stopped is not None and not (stopped.path / "checkpoints" / "latest.pt").exists()
+    folder = run_recipe(cfg, resume=True, progress=False)
+    assert folder.path == stopped.path and (folder.path / "results.json").exists()

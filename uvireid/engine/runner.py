@@ -473,6 +473,10 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
 
     run_log = folder.attach_log() if D.is_main() else None
     try:
+        if D.is_main() and not (folder.path / "config.yaml").exists():
+            # a new run's folder is a run folder before the trainer is built (building the
+            # starting weights takes minutes): killed then, `report` and `--resume` know it
+            folder.write_config(cfg)
         try:
             trainer = Trainer(
                 cfg, dataset, device, folder if D.is_main() else None, progress=progress
