@@ -33,6 +33,32 @@ def test_an_unreadable_test_image_stops_the_run_before_the_first_epoch(recipe_fi
     assert not (folder.checkpoints / "latest.pt").exists()
 
 
+def test_unreadable_training_images_are_counted_where_the_run_says_what_it_trained_on(
+    recipe_file, caplog
+):
+    """Audit F (session 16): skipped training images were still counted in the log's
+    "training images" line, and the manifest did not name them."""
+    import json
+    import logging
+
+    from uvireid.types import VISIBLE
+
+    cfg = load_recipe(recipe_file)
+    train = DATASETS.build(cfg["data"]).train
+    victim = next(r for r in train if r.modality == VISIBLE).path
+    with open(victim, "wb") as fh:
+        fh.write(b"not a jpeg")
+    n_vis = sum(r.modality == VISIBLE for r in train)
+    with caplog.at_level(logging.INFO):
+        folder = run_recipe(cfg, progress=False)
+    line = next(r.getMessage() for r in caplog.records if "training images:" in r.getMessage())
+    assert line.startswith(f"training images: {n_vis - 1} visible, ")
+    assert "1 visible and 0 infrared unreadable, left out" in line
+    manifest = json.loads((folder.path / "manifest.json").read_text())
+    bad = manifest["unreadable_training_images"]
+    assert bad["count"] == 1 and bad["visible"] == 1 and bad["first"] == [victim]
+
+
 def test_resume_without_the_checkpoint_of_trained_epochs_is_refused(recipe_file):
     cfg = load_recipe(recipe_file)
     folder = run_killed_at(cfg)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -692,15 +693,32 @@ class Trainer:
             # every test image must be readable: found now, not after training
             self.test_images = load_test_images(self.dataset.test, self.tr)
         where = self._place_images()
+        bad_v, bad_r = int((~self.ok_v).sum()), int((~self.ok_r).sum())
         logger.info(
-            "training images: %d visible, %d infrared at %dx%d, on %s (%.1f s)",
-            len(self.vis),
-            len(self.ir),
+            "training images: %d visible, %d infrared at %dx%d, on %s (%.1f s)%s",
+            len(self.vis) - bad_v,
+            len(self.ir) - bad_r,
             h,
             w,
             where,
             time.perf_counter() - t0,
+            f"; {bad_v} visible and {bad_r} infrared unreadable, left out" if bad_v + bad_r else "",
         )
+
+    def unreadable_training_images(self) -> dict | None:
+        """``{"count", "visible", "infrared", "first"}`` of the training images that could
+        not be read and are left out of training (None when every one was read)."""
+        ok_v, ok_r = getattr(self, "ok_v", None), getattr(self, "ok_r", None)
+        if ok_v is None or ok_r is None or (ok_v.all() and ok_r.all()):
+            return None
+        bad = [r.path for r, ok in zip(self.vis, ok_v) if not ok]
+        bad += [r.path for r, ok in zip(self.ir, ok_r) if not ok]
+        return {
+            "count": len(bad),
+            "visible": int((~ok_v).sum()),
+            "infrared": int((~ok_r).sum()),
+            "first": bad[:10],
+        }
 
     def _place_images(self) -> str:
         """Move the uint8 training images to the training GPU when ``train.images_on_device``
@@ -1380,6 +1398,14 @@ class Trainer:
     def _fit(self) -> dict | None:
         ev = self.cfg["evaluation"]
         self.load_data()
+        unreadable = self.unreadable_training_images()
+        if unreadable and D.is_main() and self.folder is not None:
+            # the manifest says what was trained on: the listed images less these
+            path = self.folder.path / "manifest.json"
+            if path.is_file():
+                manifest = json.loads(path.read_text())
+                manifest["unreadable_training_images"] = unreadable
+                self.folder.write_manifest(manifest)
         log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
         evaluates = self.protocol is not None
         if not evaluates:
