@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from uvireid.associations.checks import as_features, resolve_device
-from uvireid.clustering.jaccard import directional_rows, jaccard_distance
+from uvireid.clustering.jaccard import fit_without_flat_rows, jaccard_distance
 from uvireid.errors import ConfigError
 from uvireid.registry import CLUSTERERS
 
@@ -178,11 +178,8 @@ class DBSCANClusterer:
         norm 0 are outliers (:func:`~uvireid.clustering.jaccard.directional_rows`)."""
         self._check_params()
         x = as_features(features, "dbscan")
-        keep = directional_rows(x, "dbscan", self.metric)
-        if keep is not None:
-            labels = np.full(x.shape[0], -1, dtype=np.int64)
-            labels[keep.cpu().numpy()] = self.fit_predict(x[keep])
-            self.labels_ = labels
+        labels = fit_without_flat_rows(self, x, "dbscan")
+        if labels is not None:
             return labels
         dist = self.distances(x)
         t0 = time.perf_counter()

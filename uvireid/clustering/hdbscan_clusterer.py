@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from uvireid.associations.checks import as_features, resolve_device
-from uvireid.clustering.jaccard import directional_rows, jaccard_distance
+from uvireid.clustering.jaccard import fit_without_flat_rows, jaccard_distance
 from uvireid.errors import ConfigError
 from uvireid.registry import CLUSTERERS
 
@@ -225,11 +225,8 @@ class HDBSCANClusterer:
         rows of norm 0 are outliers (:func:`~uvireid.clustering.jaccard.directional_rows`)."""
         self._check_params()
         x = as_features(features, "hdbscan")
-        keep = directional_rows(x, "hdbscan", self.metric)
-        if keep is not None:
-            labels = np.full(x.shape[0], -1, dtype=np.int64)
-            labels[keep.cpu().numpy()] = self.fit_predict(x[keep])
-            self.labels_ = labels
+        labels = fit_without_flat_rows(self, x, "hdbscan")
+        if labels is not None:
             return labels
         dev = resolve_device(self.device, x)  # checked for every metric
         if self.metric != "jaccard" and dev.type != "cpu":

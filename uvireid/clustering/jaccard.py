@@ -338,6 +338,19 @@ def directional_rows(x: torch.Tensor, who: str, metric: str) -> torch.Tensor | N
     return ~flat
 
 
+def fit_without_flat_rows(clusterer: Any, x: torch.Tensor, who: str) -> np.ndarray | None:
+    """``clusterer.fit_predict`` on the rows :func:`directional_rows` keeps, the others
+    labelled -1 (also set as ``clusterer.labels_``); None when every row is kept (the
+    caller clusters ``x`` itself)."""
+    keep = directional_rows(x, who, clusterer.metric)
+    if keep is None:
+        return None
+    labels = np.full(x.shape[0], -1, dtype=np.int64)
+    labels[keep.cpu().numpy()] = clusterer.fit_predict(x[keep])
+    clusterer.labels_ = labels
+    return labels
+
+
 def jaccard_distance(
     feats: Any,
     k1: int = 30,
