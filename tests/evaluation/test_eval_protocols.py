@@ -548,3 +548,35 @@ def test_bfloat16_distances_and_features_are_evaluated_and_saved(tmp_path):
     p = save_features(tmp_path / "bf.npz", x, [0, 1], [1, 3], [0, 1])
     back = load_features(p).feats
     assert back.dtype == np.float32 and np.array_equal(back, x.float().numpy())
+
+
+@pytest.mark.parametrize("trial", [-1, 1.5, True])
+def test_the_seeded_sampler_refuses_a_trial_that_is_not_an_integer_from_0(trial):
+    """Audit K (session 16): random.Random(-1) is random.Random(1), so trial -1 silently
+    drew trial 1's gallery; 1.5 was taken as a seed."""
+    from uvireid.evaluation import llcm_indices, sysu_gallery_indices
+
+    f = make_sysu_features(seed=4)
+    with pytest.raises(ProtocolError, match=r"trial must be an integer >= 0"):
+        sysu_gallery_indices(f, "all", trial, "single", "seeded")
+    with pytest.raises(ProtocolError, match=r"trial must be an integer >= 0"):
+        llcm_indices(llcm_features(), "visible->infrared", trial)
+
+
+def test_the_official_sampler_refuses_a_negative_trial(sysu_official, sysu_official_features):
+    """Audit K: the permutation's row -1 is its last: trial -1 was trial 9's gallery."""
+    from uvireid.evaluation import sysu_gallery_indices
+
+    with pytest.raises(
+        ProtocolError, match=r"trial must be an integer >= 0 \(0..trials-1\), got -1"
+    ):
+        sysu_gallery_indices(
+            sysu_official_features, "all", -1, "single", "official", sysu_official[0]
+        )
+
+
+def test_max_rank_must_be_an_integer():
+    from uvireid.evaluation import eval_regdb
+
+    with pytest.raises(ProtocolError, match=r"max_rank must be an integer >= 1, got 20.0"):
+        eval_regdb(np.zeros((2, 3)), [0, 1], [0, 1, 1], max_rank=20.0)

@@ -131,8 +131,8 @@ def _evaluate(
             order; ``None`` keeps everything.
         dedup: identity-deduplicated CMC (SYSU, LLCM) instead of the standard one (RegDB).
     """
-    if max_rank < 1:
-        raise ProtocolError(f"max_rank must be >= 1, got {max_rank}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ProtocolError(f"max_rank must be an integer >= 1, got {max_rank!r}")
     nq, ng = dist.shape
     kind = "stable" if stable else None
 

@@ -183,6 +183,14 @@ def _groups(
         yield pid, cam, rows
 
 
+def _check_trial(trial: Any) -> int:
+    """A trial number: an integer >= 0 (trial -1 read the official file's last row, or
+    seeded Python's generator as trial 1; 1.5 was taken or failed inside numpy)."""
+    if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0:
+        raise ProtocolError(f"trial must be an integer >= 0 (0..trials-1), got {trial!r}")
+    return int(trial)
+
+
 def seeded_gallery(
     features: Features,
     candidates: np.ndarray,
@@ -203,6 +211,7 @@ def seeded_gallery(
     Returns:
         (G,) int64 indices into ``features``, group by group in visiting order.
     """
+    trial = _check_trial(trial)
     n_shot = _shot_count(shot)
     rng = random.Random(trial)
     chosen: list[int] = []
@@ -295,6 +304,7 @@ def official_gallery(
     Returns:
         (G,) int64 indices into ``features``.
     """
+    trial = _check_trial(trial)
     n_shot = _shot_count(shot)
     where = _where(features)
     if features.paths is None:
