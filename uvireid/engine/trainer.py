@@ -604,6 +604,8 @@ class Trainer:
         self.best: dict | None = None
         #: stages that started from best.pt (chosen on the test set): said in every result
         self.started_from: list[dict] = []
+        #: the record of the last epoch saved, kept in its checkpoint until logged
+        self.pending: dict | None = None
 
     # -- parts ------------------------------------------------------------------------
     def _build_parts(self) -> None:
@@ -1259,6 +1261,7 @@ class Trainer:
             "source": self.source,
             "best": self.best,
             "started_from": self.started_from,
+            "pending_record": self.pending,
         }
 
     def save(self, best: bool = False) -> None:
@@ -1359,6 +1362,7 @@ class Trainer:
             self.labels = EpochLabels(**state["labels"])
         self.best = state.get("best")
         self.started_from = list(state.get("started_from") or [])
+        self.pending = state.get("pending_record")
         self._relink_best(path)
         logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
 
@@ -1426,48 +1430,78 @@ class Trainer:
                         "seconds": {f"eval_{k}": v for k, v in res["seconds"].items()},
                     }
                 )
-        evaluated_last = False
+        evaluated_last = self._log_pending(log)
         while self.epoch < self.total_epochs:
             epoch = self.epoch
             record = self.train_epoch(epoch)
             self.epoch = epoch + 1
-            last = self.epoch == self.total_epochs
-            evaluated_last = False
-            best = False
-            due = last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)
-            saved = False
-            if evaluates and D.is_main() and due:
-                # the epoch's training is kept whatever its evaluation does (an evaluation
-                # that fails, or a run killed in it, resumes after this epoch); it is
-                # written again below only if the evaluation made it the best
-                self.save(False)
-                saved = True
-                try:
-                    res = self.evaluate(f"epoch {epoch}")
-                except BaseException as exc:
-                    if log:
-                        log({**record, "eval_error": f"{type(exc).__name__}: {exc}"[:500]})
-                    raise
-                record["eval"] = self.summary(res["tables"])
-                record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
-                evaluated_last = last
-                best = self._improves_best(epoch, res["tables"])
-                if self.best is not None:
-                    record["best"] = dict(self.best)
-                    logger.info(
-                        "checkpoints/best.pt: epoch %d, mAP %.2f (chosen on the test set; "
-                        "report the final epoch)",
-                        self.best["epoch"],
-                        self.best["mAP"],
-                    )
-            if best or not saved:
-                self.save(best)
-            if log:
-                log(record)
+            evaluated_last = self._finish_epoch(record, log)
             D.barrier()
         if evaluates and D.is_main() and not evaluated_last and self.last_eval is None:
             self.evaluate("final")
         return self.last_eval
+
+    def _finish_epoch(self, record: dict, log: Any) -> bool:
+        """Save the epoch just trained (``self.epoch`` counts it), evaluate it when due,
+        and log its record; returns whether the run's last epoch was evaluated.
+
+        The record rides in each checkpoint written here (``pending_record``) until the
+        next epoch's replaces it: a run killed after the save and before the record's line
+        (in the evaluation, say: a SIGKILL or an out-of-memory kill runs no handler) logs it
+        when it is resumed (:meth:`_log_pending`), evaluating the saved weights first if
+        the evaluation had not finished."""
+        ev = self.cfg["evaluation"]
+        epoch, last = record["epoch"], self.epoch == self.total_epochs
+        due = last or (ev["every"] > 0 and self.epoch % ev["every"] == 0)
+        best = saved = evaluated = False
+        self.pending = record
+        if self.protocol is not None and D.is_main() and due and "eval" not in record:
+            # the epoch's training is kept whatever its evaluation does (an evaluation
+            # that fails, or a run killed in it, resumes after this epoch); it is
+            # written again below only if the evaluation made it the best
+            self.save(False)
+            saved = True
+            try:
+                res = self.evaluate(f"epoch {epoch}")
+            except BaseException as exc:
+                if log:
+                    log({**record, "eval_error": f"{type(exc).__name__}: {exc}"[:500]})
+                raise
+            record["eval"] = self.summary(res["tables"])
+            record["seconds"].update({f"eval_{k}": v for k, v in res["seconds"].items()})
+            evaluated = last
+            best = self._improves_best(epoch, res["tables"])
+            if self.best is not None:
+                record["best"] = dict(self.best)
+                logger.info(
+                    "checkpoints/best.pt: epoch %d, mAP %.2f (chosen on the test set; "
+                    "report the final epoch)",
+                    self.best["epoch"],
+                    self.best["mAP"],
+                )
+        if best or not saved:
+            self.save(best)
+        if log:
+            log(record)
+        return evaluated
+
+    def _log_pending(self, log: Any) -> bool:
+        """On a resume: the record of the checkpoint's epoch, if metrics.jsonl lacks it
+        (the run was killed between saving the epoch and logging it), evaluated if it was
+        due and logged, as :meth:`_finish_epoch` would have; returns whether that was the
+        run's last epoch, evaluated."""
+        record, self.pending = self.pending, None
+        if record is None or not log or not D.is_main() or self.folder is None:
+            return False
+        if record.get("epoch") in {m.get("epoch") for m in self.folder.read_metrics()}:
+            return False
+        logger.warning(
+            "resume: epoch %s was saved but not logged (the run was stopped in between); "
+            "finishing its record%s",
+            record.get("epoch"),
+            "" if "eval" in record or self.protocol is None else " and its evaluation",
+        )
+        return self._finish_epoch(dict(record), log)
 
 
 def _fingerprint(dataset: Any) -> dict | None:
