@@ -64,3 +64,36 @@ def test_a_run_killed_in_an_evaluation_logs_that_epoch_when_resumed(recipe_file,
         if "eval" in a:
             assert a["eval"]["none"]["mean"] == b["eval"]["none"]["mean"]
     assert (folder.path / "results.json").read_text() != ""
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_as_ctrl_c_and_says_how_to_resume(recipe_file):
+    """SIGTERM (a scheduler's time limit, scancel, docker stop) ended a run without a
+    word: no record of the epoch being evaluated, no resume command."""
+    import signal
+    import time
+
+    cfg = load_recipe(recipe_file, ["evaluation.every=1"])
+    # stopped in epoch 1's training, after epoch 0's checkpoint and record
+    code = KILL_IN_EVALUATION.replace(
+        "os._exit(137)", "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)"
+    ).replace("import os, sys", "import os, signal, sys, time")
+    code = code.replace(
+        "run_recipe(load_recipe(sys.argv[1], sys.argv[3:]), progress=False)",
+        "from uvireid.cli import main\n"
+        "sys.exit(main(['run', sys.argv[1], '--no-report', *sys.argv[3:]]))",
+    )
+    t0 = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(recipe_file), "epoch 1", "evaluation.every=1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert time.time() - t0 < 200 and done.returncode == 143, done.stderr[-2000:]
+    assert "terminated (SIGTERM); the run keeps its last finished epoch's checkpoint" in done.stderr
+    assert "--resume" in done.stderr
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    records = folder.read_metrics()
+    assert [m["epoch"] for m in records] == [0, 1] and "eval_error" in records[-1]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # this process: untouched

@@ -7,6 +7,7 @@ Each sub-command lives in its own module ``uvireid/cli/<name>_cmd.py`` exposing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import shlex
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except UvireidError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         hint = _resume_hint(args, exc)
@@ -81,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         hint = _resume_hint(args, exc)
-        print(f"interrupted{'; the run ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}{'; the run ' + hint if hint else ''}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         # not one of uvireid's own errors (a CUDA out-of-memory, a bug): its traceback is
         # what to report or fix, and the run can still be continued from its checkpoint
@@ -94,6 +97,32 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"the run {hint}", file=sys.stderr)
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (a scheduler's time limit, ``scancel``,
+    ``kill PID``, ``docker stop``): handled as Ctrl-C is, so a run logs what it was doing
+    and the command prints how to resume it (the default action ended it without a word)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs (main thread only), SIGTERM raises :class:`Terminated`."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated("SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list) -> str:
