@@ -46,6 +46,11 @@ class RunFolderError(UvireidError, RuntimeError):
     is missing where epochs were trained."""
 
 
+class DiskFullError(UvireidError, OSError):
+    """A file could not be written for lack of space; the file it would have replaced is
+    left as it was."""
+
+
 #: the largest seed NumPy's legacy seeding (``np.random.seed``) accepts
 SEED_MAX = 2**32 - 1
 

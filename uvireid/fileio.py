@@ -2,13 +2,17 @@
 
 Everything a run writes that another step reads back (checkpoints, features files,
 resolved configs, manifests) goes through :func:`atomic_write`: the content is written to
-a temporary file in the same folder, flushed to disk, then renamed over the target.
+a temporary file in the same folder, flushed to disk, then renamed over the target. A
+kill (SIGKILL) can leave the temporary file (``.<name>.<random>.tmp``) behind:
+:func:`remove_stale_temporaries` clears them where no writer is alive.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +43,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(exc):  # torch.save's "unexpected pos" buries the cause in its chain
+            from uvireid.errors import DiskFullError
+
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(
+                f"no space left on the device writing {path} ({free / 2**20:.0f} MiB free "
+                f"there); {'the previous file is unchanged; ' if path.exists() else ''}"
+                f"free some space (old run folders, caches) and run the command again"
+            ) from exc
         raise
     return path
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -81,3 +105,16 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_write` left in ``folders`` when a kill
+    stopped it (a partial checkpoint is hundreds of MB); call it only while no other
+    process writes there (a run folder's lock held). Returns the bytes freed."""
+    freed = 0
+    for folder in folders:
+        for p in Path(folder).glob(".*.tmp"):
+            if p.is_file():
+                freed += p.stat().st_size
+                p.unlink(missing_ok=True)
+    return freed

@@ -349,3 +349,19 @@ def test_a_single_identity_test_split_is_warned(tmp_path, caplog):
         out = syn.generate(tmp_path / "ds", ids=4, seed=0)
     assert "test split holds one identity" in caplog.text
     assert (out / "exp" / "test_id.txt").read_text().strip().count(",") == 0
+
+
+def test_a_killed_generations_partial_folder_is_removed_by_the_next(tmp_path):
+    """Audit L (session 16): a kill while rendering left .<out>.tmp-<pid>-<ns> beside
+    --out for good, one more for every kill."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    partial = tmp_path / f".ds.tmp-{dead}-123"
+    (partial / "cam1").mkdir(parents=True)
+    alive = tmp_path / f".ds.tmp-{os.getpid()}-456"  # another process rendering now
+    alive.mkdir()
+    syn.generate(tmp_path / "ds", ids=4, seed=0)
+    assert not partial.exists() and alive.exists()

@@ -1055,6 +1055,20 @@ def check_params(ids: object, seed: object, nir: object) -> tuple[int, int, floa
     return int(ids), seed, float(nir)
 
 
+def _remove_dead_partials(out: Path) -> None:
+    """Delete the partial folders (``.<name>.tmp-<pid>-<ns>``) that killed generations
+    of ``out`` left, those whose process is gone (another one may be rendering now)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 2)[1])
+            os.kill(pid, 0)  # alive (or not ours to signal): left alone
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            logger.info("removed %s, left by a generation that was killed", tmp)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def generate(
     out: str | Path,
     ids: int | None = None,
@@ -1144,6 +1158,7 @@ def generate(
             )
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:

@@ -444,6 +444,14 @@ def train_recipe(
     _stop_all_ranks(refused)
     lock = folder.locked() if D.is_main() else contextlib.nullcontext()
     with lock:
+        if D.is_main():  # no other writer now: what a killed one left half-written goes
+            from uvireid.fileio import remove_stale_temporaries
+
+            freed = remove_stale_temporaries(folder.path, folder.checkpoints)
+            if freed:
+                logger.info(
+                    "removed %.1f MiB of files a killed run left half-written", freed / 2**20
+                )
         try:
             return _train_in(folder, cfg, dataset, device, resume, changes, progress)
         except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
