@@ -93,7 +93,8 @@ def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(recipe_
     assert manifest["started"] == first["started"]
     assert manifest["command"] == first["command"]
     (entry,) = manifest["resumes"]
-    assert entry["after_epoch"] == 1
+    # numbered as metrics.jsonl numbers epochs (audit L: "after_epoch 4" of epochs 0..3)
+    assert entry["after_epoch"] == 0 and entry["epochs_done"] == 1
     assert entry["changes"] == {"stages.1.epochs": [1, 2], "train.epochs": [2, 3]}
     assert [m["epoch"] for m in part.read_metrics()] == [0, 1, 2]
     assert yaml.safe_load((part.path / "config.yaml").read_text())["train"]["epochs"] == 3

@@ -471,10 +471,12 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
     return changes
 
 
-def resumed_manifest(folder: RunFolder, current: dict, after_epoch: int, changes: dict) -> dict:
+def resumed_manifest(folder: RunFolder, current: dict, epochs_done: int, changes: dict) -> dict:
     """The run's first manifest with this resume appended to its ``resumes`` list (command,
     time, versions, source, device, world size and recipe changes of the new process):
-    the record of how the run started is kept."""
+    the record of how the run started is kept. ``after_epoch`` is the last finished
+    epoch as metrics.jsonl numbers it (0-based; -1: none), ``epochs_done`` their count."""
+    after_epoch = epochs_done - 1
     path = folder.path / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
@@ -483,6 +485,7 @@ def resumed_manifest(folder: RunFolder, current: dict, after_epoch: int, changes
         return {**current, "resumed_after_epoch": after_epoch}
     entry = {
         "after_epoch": after_epoch,
+        "epochs_done": epochs_done,
         **{k: current.get(k) for k in ("command", "started", "versions", "source", "device")},
         "world_size": current.get("world_size"),
         "changes": {k: list(v) for k, v in changes.items()},

@@ -1364,7 +1364,13 @@ class Trainer:
         self.started_from = list(state.get("started_from") or [])
         self.pending = state.get("pending_record")
         self._relink_best(path)
-        logger.info("resumed from %s after epoch %d of %d", path, self.epoch, self.total_epochs)
+        logger.info(
+            "resumed from %s after epoch %d (%d of %d epochs done)",
+            path,
+            self.epoch - 1,
+            self.epoch,
+            self.total_epochs,
+        )
 
     def _relink_best(self, path) -> None:
         """A run killed between writing ``latest.pt`` and linking it as ``best.pt`` left a
