@@ -376,3 +376,18 @@ def test_a_loss_swapped_by_type_keeps_its_weight_and_list_items_merge():
     # a new type in the mapping still replaces the part whole
     new = load_recipe("demo", ["stages.1.losses.0={type: modality_agnostic}"])
     assert new["stages"][1]["losses"][0]["type"] == "modality_agnostic"
+
+
+def test_a_users_recipe_builds_on_a_builtin_one_by_name(tmp_path):
+    """Audit J (session 16): after `pip install` the built-in recipes are in the package,
+    nowhere near a user's file, and `_base_: salcr.yaml` was "not found"."""
+    from uvireid.config import load_recipe
+
+    recipe = tmp_path / "my_salcr.yaml"
+    recipe.write_text("_base_: salcr.yaml\nclusterer: {eps: 0.5}\n")
+    cfg = load_recipe(str(recipe))
+    assert cfg["clusterer"]["eps"] == 0.5
+    assert [s["name"] for s in cfg["stages"]] == [s["name"] for s in load_recipe("salcr")["stages"]]
+    # a file of that name beside the user's wins
+    (tmp_path / "salcr.yaml").write_text("_base_: dcl.yaml\n")
+    assert load_recipe(str(recipe))["stages"] == load_recipe("dcl", ["clusterer.eps=0.5"])["stages"]

@@ -261,3 +261,22 @@ def test_the_shipped_recipes_pass_the_preflight(tmp_path):
     preflight(load_recipe("demo"))  # the synthetic dataset: its keywords, nothing generated
     for name in ("dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
         preflight(load_recipe(name, [f"data.root={tmp_path}"]))  # the root must exist
+
+
+def test_train_lr_or_iterations_that_stages_replace_are_refused_or_warned(caplog):
+    """Audit J (session 16): the README's rescaling rule on train.* alone was half applied:
+    the demo's stages set their own iterations, PGM's second stage its own rate."""
+    import logging
+
+    with pytest.raises(ConfigError, match=r"train.iters_per_epoch=40 reaches no stage"):
+        load_recipe("demo", ["train.iters_per_epoch=40"])
+    with caplog.at_level(logging.WARNING):
+        cfg = load_recipe("pgm", ["train.lr=7e-4"])
+    assert "stages.1.lr=0.00035 (pgm) keep theirs" in caplog.text
+    assert cfg["train"]["lr"] == 7e-4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the built-in recipes as shipped: quiet
+        for name in ("demo", "pgm", "salcr", "dcl", "mbccm", "salcr_regdb", "salcr_1gpu_bf16"):
+            load_recipe(name)
+        load_recipe("demo", ["stages.0.iters_per_epoch=40", "stages.1.iters_per_epoch=40"])
+    assert "reaches" not in caplog.text

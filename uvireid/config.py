@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ from uvireid.registry import (
     RERANKERS,
     Registry,
 )
+
+logger = logging.getLogger(__name__)
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -551,10 +554,16 @@ def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[di
     prov = Provenance()
     for base in bases:
         base_path = (path.parent / base).resolve()
+        builtin = RECIPE_DIR / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+        if not base_path.exists() and not os.path.isabs(base) and builtin.is_file():
+            # a user's recipe building on a built-in one after `pip install` (the package's
+            # folder is nowhere near it): `_base_: salcr.yaml`
+            base_path = builtin.resolve()
         if not base_path.exists():
             raise ConfigError(
                 f"{path}: _base_ file {base} not found (looked for {base_path}); "
-                f"_base_ paths are relative to the file that names them"
+                f"_base_ paths are relative to the file that names them, or name a "
+                f"built-in recipe ({', '.join(p.stem for p in sorted(RECIPE_DIR.glob('*.yaml')))})"
             )
         base_data, base_prov = load_raw(base_path, (*_stack, path))
         merged = merge(merged, base_data, None)
@@ -901,6 +910,7 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             )
         _check_stage_epochs(out, prov)
         _check_stage_batch(out, prov)
+        _check_stage_schedule(out, prov)
     if out["device"] is not None:
         check_device(out["device"], prov.source("device"))
     return out
@@ -1051,6 +1061,40 @@ def _check_stage_batch(out: dict, prov: Provenance) -> None:
                 f"stages: each stage's sampler sets its batch (stages.N.sampler."
                 f"{sampler_key}; now {now}); set those instead"
             )
+
+
+def _check_stage_schedule(out: dict, prov: Provenance) -> None:
+    """A ``train.lr`` or ``train.iters_per_epoch`` override that stages replace with their
+    own value (``stages.N.lr``, as PGM's second stage; ``stages.N.iters_per_epoch``, as the
+    demo's) is refused when it reaches no stage, and warned when it reaches only some: the
+    README's rescaling rule, applied to ``train.*`` alone, was half applied silently."""
+    for key in ("lr", "iters_per_epoch"):
+        source = prov.get(f"train.{key}")
+        value = out["train"][key]
+        if source != OVERRIDE_SOURCE:
+            # an override only: a file's value may be a dataset file's, serving several
+            # recipes, and a run's config.yaml states every value, used or not
+            continue
+        own = [
+            (i, s)
+            for i, s in enumerate(out["stages"])
+            if s.get(key) is not None and s[key] != value
+        ]
+        if not own:
+            continue
+        names = ", ".join(f"stages.{i}.{key}={s[key]} ({s['name']})" for i, s in own)
+        if len(own) == len(out["stages"]):
+            raise ConfigError(
+                f"{source}: train.{key}={value} reaches no stage: every stage sets its own "
+                f"({names}); set those instead"
+            )
+        logger.warning(
+            "train.%s=%s reaches only the stages without their own; %s keep theirs (rescale "
+            "those too if that is what you mean)",
+            key,
+            value,
+            names,
+        )
 
 
 def check_device(device: str, source: str = "device") -> str:

@@ -101,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     synth.add_argument("--out", required=True, help="folder to write the dataset into")
-    synth.add_argument("--ids", type=int, default=None, help="number of identities")
+    synth.add_argument("--ids", type=int, default=None, help="number of identities (default 500)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(
         "--nir",

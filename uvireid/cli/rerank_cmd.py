@@ -17,18 +17,21 @@ logger = logging.getLogger(__name__)
 
 EPILOG = """\
 re-rankers (uvireid list rerankers shows every registered one):
-  cmfp          cross-modality feature propagation (SALCR; k=30 SYSU-MM01, 8 RegDB)
+  cmfp          cross-modality feature propagation (SALCR; default k=30, SYSU-MM01's;
+                RegDB: --k 8)
   kreciprocal   k-reciprocal encoding (Zhong et al.; k1=20, k2=6, lambda=0.3)
-  cmrr          cross-modality re-ranking as in MULT/SALCR (k=15 SYSU-MM01, 8 RegDB)
-  aim           SAAI's affinity inference (k1=4, k2=1 SYSU-MM01; 8, 2 RegDB)
+  cmrr          cross-modality re-ranking as in MULT/SALCR (default k=15, SYSU-MM01's;
+                RegDB: --k 8)
+  aim           SAAI's affinity inference (default k1=4, k2=1, SYSU-MM01's; RegDB:
+                --set k1=8 --set k2=2)
   all           every registered re-ranker, side by side (R1 / mAP / mINP / time)
 
 examples:
   uvireid rerank sysu_test.npz --reranker cmfp --k 30 --protocol sysu-all
   uvireid rerank sysu_test.npz --reranker aim --set k1=4 --set k2=1 --protocol sysu-all
   uvireid rerank sysu_test.npz --reranker all --protocol sysu-all --trials 10 --json rr.json
-  uvireid rerank regdb_split1.npz --reranker all --k 8 --set aim.k1=8 --protocol regdb-v2i
-      (--k: every re-ranker that has a k; --set aim.k1=8: AIM's k1 only)
+  uvireid rerank regdb_split1.npz --reranker all --k 8 --set aim.k1=8 --set aim.k2=2 \\
+      --protocol regdb-v2i   (--k: every re-ranker that has a k; --set aim.k1=8: AIM's only)
   uvireid rerank regdb_split1.npz --reranker cmfp --k 8 --protocol regdb-v2i
   uvireid rerank sysu_test.npz --reranker cmfp --protocol sysu-all --device cuda
 
