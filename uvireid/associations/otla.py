@@ -13,16 +13,17 @@ For the visible instances and the infrared clusters (and symmetrically)::
 with ``c^r_k`` the mean feature of infrared cluster k and ``lambda = 5`` (``lambda_ot``).
 The plan is found by Sinkhorn-Knopp in the log domain (:func:`sinkhorn_log`): the
 potentials are kept as logarithms, so ``exp(-lambda D)`` never underflows (OTLA's
-original ``P ** 25`` does, and hides the NaNs with ``nansum``). The iterates are POT's
-``ot.sinkhorn_log`` (``reg = 1 / lambda``): ``v`` update, then ``u``, the marginal checked
-every 10th iteration. To keep an iteration a matrix-vector product instead of two
+original ``P ** 25`` does, and hides the NaNs with ``nansum``). The iterates are SALCR's
+official ``sinkhorn_solver``'s: ``v`` starts uniform, then ``u`` update, then ``v``, the
+marginal checked every 10th iteration (POT's ``ot.sinkhorn_log`` updates ``v`` first:
+the same limit, another plan when stopped at the official tolerance). To keep an iteration a matrix-vector product instead of two
 log-sum-exps over N x K, the potentials are absorbed into a rescaled kernel
 (Schmitzer, SIAM J. Sci. Comput. 2019, Alg. 2); any half-step that would overflow or
 underflow is redone exactly with log-sum-exp.
 
 Differences from the official SALCR code (all optional or documented):
 
-- stopping: the official criterion, ``sum_k |b_k / b'_k - 1| < tol`` every 10th
+- stopping: the official criterion, ``sum_k |b_k / b'_k - 1| <= tol`` every 10th
   iteration, which equals ``sum_k |K * colsum_k - 1|`` (the clusters' relative marginal
   errors, summed) with ``tol = 0.1``; at most ``max_iter`` iterations (official: 500,
   here 1000 by default);
@@ -72,7 +73,7 @@ class SinkhornResult:
 
     Attributes:
         log_u: (N,) float64 row potentials; log_v: (K,) column potentials.
-        n_iter: iterations run; err: last marginal error checked; converged: err < tol.
+        n_iter: iterations run; err: last marginal error checked; converged: err <= tol.
     """
 
     log_u: torch.Tensor
@@ -93,16 +94,19 @@ def sinkhorn_log(
     """Entropic OT with uniform marginals, solved by Sinkhorn-Knopp in the log domain.
 
     Solves ``min <Q, C> - (1/lambda) H(Q)`` s.t. ``Q 1 = 1/N``, ``Q^T 1 = 1/K`` (OTLA,
-    ECCV 2022; SALCR Eq. 4). Same iterates as ``ot.sinkhorn_log(a, b, C, reg=1/lambda)``
-    from zero potentials: ``log_v = log b - LSE_i(-lambda C + log_u)``, then
-    ``log_u = log a - LSE_j(-lambda C + log_v)``.
+    ECCV 2022; SALCR Eq. 4). The iterates of SALCR's official ``sinkhorn_solver``
+    (``shared/notes/salcr_reference.md`` Sec. 5.1): ``v`` starts uniform (``b``), then
+    ``u = a / (K v)``, ``v = b / (K^T u)``, in the log domain (potentials absorbed when
+    the scalings leave a safe range). At the official tolerance (0.1) the stopping point,
+    so the labels, are the official ones; POT's ``sinkhorn_log`` (``u`` first) reaches the
+    same limit but another plan when stopped that early (3 of 12,972 labels differed).
 
     Args:
         cost: (N, K) float tensor, finite (float64 is used inside).
         lambda_ot: inverse entropic regularisation lambda (SALCR: 5; OTLA: 25).
         max_iter: iteration cap (a warning is logged if it is reached).
-        tol: stop when ``sum_k |K * colsum_k - 1| < tol``: the clusters' relative marginal
-            errors, summed (the rows are exact after every iteration). SALCR's official
+        tol: stop when ``sum_k |K * colsum_k - 1| <= tol``: the clusters' relative marginal
+            errors of the plan before the column update, summed (the columns are exact after it). SALCR's official
             ``sinkhorn_solver`` stops at 0.1 (its ``sum |b / b_new - 1|`` is this sum).
         check_every: check the marginal every this many iterations (POT: 10).
 
@@ -126,8 +130,8 @@ def sinkhorn_log(
     mr = -float(lambda_ot) * cost.double()
     log_a, log_b = -math.log(n), -math.log(k)
     f = mr.new_zeros(n)  # absorbed log potentials
-    g = mr.new_zeros(k)
-    kern = torch.exp(mr)  # exp(mr + f + g)
+    g = mr.new_full((k,), log_b)  # v starts uniform, absorbed
+    kern = torch.exp(mr + log_b)  # exp(mr + f + g)
     u = mr.new_ones(n)  # scalings on top of the absorbed potentials
     v = mr.new_ones(k)
 
@@ -135,18 +139,12 @@ def sinkhorn_log(
         return torch.exp(mr + f[:, None] + g[None, :])
 
     err, it = math.inf, 0
+    # the official sinkhorn_solver's order: v starts uniform (b), then each iteration
+    # updates u, then v, and every check_every iterations measures sum |v / v_new - 1|
+    # (= sum_k |K colsum_k - 1|) before v takes its new value; at its tolerance of 0.1 the
+    # stopping point, so the labels, are the official ones (POT starts from u and updates
+    # v first: the same limit, another plan when stopped early)
     for it in range(int(max_iter)):
-        # v-update: v = b / (K^T u)
-        v = math.exp(log_b) / (kern.T @ u)
-        if (
-            not bool(torch.isfinite(v).all())
-            or float(v.max()) > math.exp(_ABSORB)
-            or float(v.min()) < math.exp(-_ABSORB)
-        ):
-            f = f + torch.log(u)
-            g = log_b - torch.logsumexp(mr + f[:, None], dim=0)
-            u, v = torch.ones_like(u), torch.ones_like(v)
-            kern = absorb()
         # u-update: u = a / (K v)
         u = math.exp(log_a) / (kern @ v)
         if (
@@ -158,14 +156,26 @@ def sinkhorn_log(
             f = log_a - torch.logsumexp(mr + g[None, :], dim=1)
             u, v = torch.ones_like(u), torch.ones_like(v)
             kern = absorb()
-        if it % int(check_every) == 0:
-            colsum = v * (kern.T @ u)
-            err = float((colsum * k - 1.0).abs().sum())
-            if err < tol:
-                break
+        # v-update: v = b / (K^T u)
+        v_new = math.exp(log_b) / (kern.T @ u)
+        check = it % int(check_every) == 0
+        if check:
+            err = float((v / v_new - 1.0).abs().sum())
+        v = v_new
+        if (
+            not bool(torch.isfinite(v).all())
+            or float(v.max()) > math.exp(_ABSORB)
+            or float(v.min()) < math.exp(-_ABSORB)
+        ):
+            f = f + torch.log(u)
+            g = log_b - torch.logsumexp(mr + f[:, None], dim=0)
+            u, v = torch.ones_like(u), torch.ones_like(v)
+            kern = absorb()
+        if check and err <= tol:
+            break
     log_u = f + torch.log(u)
     log_v = g + torch.log(v)
-    converged = err < tol
+    converged = err <= tol
     if not converged:
         logger.warning(
             "sinkhorn_log: not converged after %d iterations (marginal error %.2e >= tol "
