@@ -121,3 +121,22 @@ def test_out_of_range_options_are_refused_for_every_metric():
     with pytest.raises(ConfigError, match=r"allow_single_cluster must be true or false"):
         HDBSCANClusterer(allow_single_cluster="no")._check_params()
     DBSCANClusterer(metric="cosine", eps=1.5)._check_params()  # a wide but valid radius
+
+
+def test_a_float32_distance_of_exactly_eps_is_a_neighbour_as_in_the_reference():
+    """Audit N (session 16): the reference runs DBSCAN on a dense float32 Jaccard matrix,
+    where float32(0.6) = 0.6000000238 <= 0.6 in float32; uvireid's float64 copy of the
+    graph left that pair out (a point became noise)."""
+    import scipy.sparse as sp
+
+    from uvireid.clustering.dbscan import dbscan_sparse
+
+    d = np.ones((4, 4), np.float32)
+    np.fill_diagonal(d, 0)
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        d[i, j] = d[j, i] = 0.1
+    d[0, 3] = d[3, 0] = np.float32(0.6)
+    ref = DBSCAN(eps=0.6, min_samples=3, metric="precomputed").fit_predict(d)
+    r, c = np.nonzero(d < 1)
+    got = dbscan_sparse(sp.csr_matrix((d[r, c], (r, c)), shape=(4, 4)), 0.6, 3)
+    assert ref.tolist() == [0, 0, 0, 0] and got.tolist() == ref.tolist()

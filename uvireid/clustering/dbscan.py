@@ -51,7 +51,12 @@ def dbscan_sparse(dist: sp.spmatrix, eps: float, min_samples: int) -> np.ndarray
     n = dist.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    graph = sp.csr_matrix(dist, dtype=np.float64)
+    # in the distances' own dtype (float32 for the Jaccard graph): the reference compares
+    # its dense float32 matrix with eps in float32, so a pair at exactly float32(eps)
+    # (0.6000000238 for 0.6) is a neighbour; in float64 it was not
+    graph = sp.csr_matrix(dist)
+    if graph.dtype not in (np.float32, np.float64):
+        graph = graph.astype(np.float64)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
     return labels.astype(np.int64)
 
