@@ -49,21 +49,37 @@ def _official_sinkhorn(cost, lam, max_iter, tol):
     return a[:, None] * km * b[None, :], it
 
 
-def test_iterates_equal_the_official_solver_at_any_iteration_count():
+def test_iterates_equal_pot_at_any_iteration_count():
     rng = np.random.default_rng(1)
     cost = rng.uniform(0, 4, size=(50, 12))
+    a, b = _uniform(50, 12)
     for iters in (1, 3, 17):
-        ref, _ = _official_sinkhorn(cost, 5.0, iters, 0.0)
+        ref = ot.sinkhorn(
+            a, b, cost, reg=0.2, method="sinkhorn_log", numItermax=iters, stopThr=0.0, warn=False
+        )
         res = sinkhorn_log(torch.from_numpy(cost), 5.0, max_iter=iters, tol=0.0)
         np.testing.assert_allclose(
             transport_plan(torch.from_numpy(cost), 5.0, res).numpy(), ref, rtol=1e-10, atol=0
         )
 
 
-def test_labels_equal_the_official_solver_at_its_tolerance():
-    """Audits M and N (session 16): started and ordered as POT's sinkhorn_log, the solver
-    stopped at tol 0.1 on another plan than SALCR's, and a few labels differed (28 of 200
-    random problems had one)."""
+def test_official_order_iterates_equal_the_official_solver_at_any_iteration_count():
+    rng = np.random.default_rng(1)
+    cost = rng.uniform(0, 4, size=(50, 12))
+    for iters in (1, 3, 17):
+        ref, _ = _official_sinkhorn(cost, 5.0, iters, 0.0)
+        res = sinkhorn_log(
+            torch.from_numpy(cost), 5.0, max_iter=iters, tol=0.0, official_order=True
+        )
+        np.testing.assert_allclose(
+            transport_plan(torch.from_numpy(cost), 5.0, res).numpy(), ref, rtol=1e-10, atol=0
+        )
+
+
+def test_official_order_gives_the_official_labels_at_its_tolerance():
+    """Audits M and N (session 16): in POT's order the solver stops at tol 0.1 on another
+    plan than SALCR's, and a few labels differ (28 of 200 random problems had one);
+    ``official_order`` (``otla_dual.official_solver``) reproduces the official ones."""
     for seed in range(60):
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(40, 8))
@@ -71,11 +87,17 @@ def test_labels_equal_the_official_solver_at_its_tolerance():
         c = rng.normal(size=(5, 8)) * 0.4
         cost = ((x[:, None] - c[None]) ** 2).sum(-1)
         ref, iters = _official_sinkhorn(cost, 5.0, 500, 0.1)
-        res = sinkhorn_log(torch.from_numpy(cost), 5.0, max_iter=500, tol=0.1)
+        res = sinkhorn_log(torch.from_numpy(cost), 5.0, max_iter=500, tol=0.1, official_order=True)
         plan = transport_plan(torch.from_numpy(cost), 5.0, res).numpy()
         assert res.n_iter == iters, seed
         np.testing.assert_array_equal(plan.argmax(1), ref.argmax(1), err_msg=f"seed {seed}")
         np.testing.assert_allclose(plan, ref, rtol=1e-9, atol=0)
+    # through the associator: its labels are the plan's row argmax
+    x = torch.from_numpy(np.random.default_rng(7).normal(size=(40, 8)))
+    c = torch.from_numpy(np.random.default_rng(8).normal(size=(5, 8)) * 0.4)
+    cost = squared_distances(x, c).double().numpy()
+    labels, _ = OTLADual(max_iter=500, tol=0.1, official_solver=True)._solve(x, c)
+    np.testing.assert_array_equal(labels, _official_sinkhorn(cost, 5.0, 500, 0.1)[0].argmax(1))
 
 
 def test_plan_equals_pot_standard_sinkhorn_where_it_does_not_underflow():
@@ -96,7 +118,12 @@ def test_huge_lambda_does_not_underflow():
     res = sinkhorn_log(cost, 1000.0, max_iter=3000, tol=0.05)
     plan = transport_plan(cost, 1000.0, res)
     assert torch.isfinite(plan).all() and res.converged
+    np.testing.assert_allclose(plan.sum(1).numpy(), 1 / 30, rtol=1e-9)
+    np.testing.assert_allclose(plan.sum(0).numpy(), 1 / 6, rtol=0.05)
     # the official order ends on the column update: columns exact, rows within the tolerance
+    res = sinkhorn_log(cost, 1000.0, max_iter=3000, tol=0.05, official_order=True)
+    plan = transport_plan(cost, 1000.0, res)
+    assert torch.isfinite(plan).all() and res.converged
     np.testing.assert_allclose(plan.sum(0).numpy(), 1 / 6, rtol=1e-9)
     np.testing.assert_allclose(plan.sum(1).numpy(), 1 / 30, rtol=0.05)
 
