@@ -530,3 +530,26 @@ def test_a_stage_started_from_the_best_checkpoint_says_so_in_every_result(recipe
 
     page = build_report(folder.path, queries=2, k=4, tsne_ids=4, dpi=30).html.read_text()
     assert "stage salcr started from epoch 0 chosen on the test set" in page
+
+
+def test_the_part_losses_get_each_images_share_of_its_joint_part_and_global_norm(
+    recipe_file, monkeypatch
+):
+    """For the official seeding of the part memories (audit M, session 16): per image and
+    part, |part_p| / |[parts ‖ bn_feat]|, computed from the same extraction as the parts."""
+    from uvireid.losses.part import PartContrastLoss
+
+    seen = []
+    real = PartContrastLoss.reset
+
+    def spy(self, context):
+        seen.append(context)
+        return real(self, context)
+
+    monkeypatch.setattr(PartContrastLoss, "reset", spy)
+    over = ["stages.1.losses.1.official_quirks=true"]
+    run_recipe(load_recipe(recipe_file, over), progress=False)
+    (ctx,) = seen
+    for parts, w in ((ctx.parts_v, ctx.part_weights_v), (ctx.parts_r, ctx.part_weights_r)):
+        assert w.shape == parts.shape[:2]
+        assert bool((w > 0).all()) and bool((w.square().sum(1) < 1).all())  # bn_feat's share

@@ -102,6 +102,53 @@ def _context(nv=10, nr=8, kv=3, kr=2, p=2, d=4, **kw):
     )
 
 
+def test_official_part_memories_are_centroids_of_the_jointly_normalised_vector():
+    """Audit M (session 16): the official code seeds its part memories with
+    L2n(slice_p(mean over the cluster of L2n([parts ‖ global]))), each image weighed by its
+    part's share of the joint norm; uvireid averaged per-part normalised parts (every
+    image weighed 1; prototype cosines 0.94-0.995 against the official ones)."""
+    g = _gen(11)
+    nv, nr, p, d = 10, 8, 2, 4
+    raw_v = (
+        torch.randn(nv, p, d, generator=g, dtype=torch.float64)
+        * torch.rand(nv, p, 1, generator=g, dtype=torch.float64)
+        * 3
+    )
+    raw_r = (
+        torch.randn(nr, p, d, generator=g, dtype=torch.float64)
+        * torch.rand(nr, p, 1, generator=g, dtype=torch.float64)
+        * 3
+    )
+    glob_v = torch.randn(nv, d, generator=g, dtype=torch.float64)
+    glob_r = torch.randn(nr, d, generator=g, dtype=torch.float64)
+
+    def weights(raw, glob):
+        norms = raw.norm(dim=-1)
+        return norms / torch.sqrt(norms.square().sum(1) + glob.square().sum(1))[:, None]
+
+    ctx = _context(nv, nr, p=p, d=d)
+    ctx.parts_v = torch.nn.functional.normalize(raw_v, dim=-1)
+    ctx.parts_r = torch.nn.functional.normalize(raw_r, dim=-1)
+    ctx.part_weights_v, ctx.part_weights_r = weights(raw_v, glob_v), weights(raw_r, glob_r)
+    quirks = PartContrastLoss(num_parts=p, official_quirks=True)
+    quirks.reset(ctx)
+    for raw, glob, labels, k, mem in (
+        (raw_v, glob_v, ctx.init_v, 3, quirks.hat_v),
+        (raw_r, glob_r, ctx.init_r, 2, quirks.hat_r),
+    ):
+        joint = torch.cat([raw.reshape(len(raw), -1), glob], 1)  # [parts ‖ global]
+        joint = joint / joint.norm(dim=1, keepdim=True)
+        for c in range(k):
+            mean = joint[torch.from_numpy(labels == c)].mean(0)
+            for q in range(p):
+                want = mean[q * d : (q + 1) * d]
+                assert torch.allclose(mem[q, c], want / want.norm(), atol=1e-12)
+    # the paper's seeding ignores the weights
+    paper = PartContrastLoss(num_parts=p)
+    paper.reset(ctx)
+    assert torch.allclose(paper.hat_v[0], centroid_loop(ctx.parts_v[:, 0], ctx.vis_in_v, 3))
+
+
 def _step(s=3, p=2, d=4, seed=5):
     g = _gen(seed)
     feats = [torch.randn(s, d, generator=g, dtype=torch.float64) for _ in range(3)]

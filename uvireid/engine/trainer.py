@@ -347,6 +347,7 @@ def extract_images(
     part_module: nn.Module | None = None,
     head: str = "bn_feat",
     renormalize: bool = True,
+    part_weights: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Features of uint8 ``images`` (N, 3, H, W) with their ``modality`` (N,).
 
@@ -357,7 +358,11 @@ def extract_images(
     self parts computed batch by batch (the feature maps are never kept), else None. Eval
     mode; the previous mode is restored. With ``flip`` and ``renormalize=False`` the
     features are the mean of the two normalised halves as it is (norm <= 1: PGM's
-    clustering features).
+    clustering features). With a ``part_module``, a ``part_weights`` list receives the
+    (N, P) share of each part in the norm of the image's joint [parts ‖ global] vector
+    (the official SALCR code seeds its part memories from slices of that vector,
+    jointly normalised; :class:`~uvireid.losses.part.PartContrastLoss` with
+    ``official_quirks``), one tensor per batch.
     """
     from uvireid.data.transforms import normalize
 
@@ -377,7 +382,14 @@ def extract_images(
                     if flip:  # the normalised halves averaged, as backbone.extract does
                         f = (f + unit(backbone(x.flip(3), m).bn_feat.float(), dim=1)) / 2
                         f = unit(f, dim=1) if renormalize else f
-                    parts.append(part_module.self_parts(out.feature_map.float()).cpu())
+                    raw = part_module.self_parts(out.feature_map.float(), normalize=False)
+                    parts.append(torch.nn.functional.normalize(raw, dim=-1).cpu())
+                    if part_weights is not None:  # |part_p| / |[parts ‖ bn_feat]|
+                        norms = torch.linalg.vector_norm(raw, dim=-1)  # (B, P)
+                        joint = torch.sqrt(
+                            norms.square().sum(1) + out.bn_feat.float().square().sum(1)
+                        )
+                        part_weights.append((norms / joint.clamp_min(1e-12)[:, None]).cpu())
                 elif flip and not renormalize:
                     hk = {} if head == "bn_feat" else {"head": head}
                     f = backbone.extract(x, m, flip=False, **hk)
@@ -752,13 +764,28 @@ class Trainer:
         amp, bs = self.tr["amp"], self.tr["extract_batch"]
         flip = bool(self.tr.get("cluster_flip"))  # PGM: mean of normalised halves, as is
         kw = dict(batch=bs, amp=amp, part_module=part_module, flip=flip, renormalize=not flip)
+        wv: list = []
+        wr: list = []
         fv, mv = extract_images(
-            self.model.backbone, self.images_v, np.zeros(len(self.vis)), self.device, **kw
+            self.model.backbone,
+            self.images_v,
+            np.zeros(len(self.vis)),
+            self.device,
+            part_weights=wv,
+            **kw,
         )
         fr, mr = extract_images(
-            self.model.backbone, self.images_r, np.ones(len(self.ir)), self.device, **kw
+            self.model.backbone,
+            self.images_r,
+            np.ones(len(self.ir)),
+            self.device,
+            part_weights=wr,
+            **kw,
         )
-        return fv, fr, mv, mr
+        # parts with each image's part shares of its joint [parts ‖ global] norm
+        pv = None if mv is None else (mv, torch.cat(wv) if wv else None)
+        pr = None if mr is None else (mr, torch.cat(wr) if wr else None)
+        return fv, fr, pv, pr
 
     def _refine(self, fv: torch.Tensor, fr: torch.Tensor, seconds: dict) -> tuple:
         """The recipe's ``refine:`` part (DESIGN.md's loop: extract -> refine -> cluster):
@@ -1118,8 +1145,10 @@ class Trainer:
             feats_v=fv.to(self.device),
             feats_r=fr.to(self.device),
             epoch=epoch - stage.first_epoch,
-            parts_v=None if pv is None else pv.to(self.device),
-            parts_r=None if pr is None else pr.to(self.device),
+            parts_v=None if pv is None else pv[0].to(self.device),
+            parts_r=None if pr is None else pr[0].to(self.device),
+            part_weights_v=None if pv is None or pv[1] is None else pv[1].to(self.device),
+            part_weights_r=None if pr is None or pr[1] is None else pr[1].to(self.device),
         )
         for loss in losses:
             if hasattr(loss, "reset"):

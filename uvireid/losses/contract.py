@@ -126,6 +126,10 @@ class EpochContext(EpochLabels):
             (the clustering features, in the engine's order); feats_r: (Nr, d).
         parts_v, parts_r: (N, P, d) L2-normalised self-attended part features (FGSAL),
             or None.
+        part_weights_v, part_weights_r: (N, P) each part's share of the norm of its
+            image's joint [parts ‖ global] vector, or None: ``parts * weights[..., None]``
+            are the slices of that vector jointly normalised, from which the official
+            SALCR code seeds its part memories (``official_quirks``).
         epoch: the epoch's index within its stage (0 for the stage's first epoch).
     """
 
@@ -133,6 +137,8 @@ class EpochContext(EpochLabels):
     feats_r: torch.Tensor
     parts_v: torch.Tensor | None = None
     parts_r: torch.Tensor | None = None
+    part_weights_v: torch.Tensor | None = None
+    part_weights_r: torch.Tensor | None = None
     epoch: int = 0
 
     @classmethod

@@ -114,8 +114,9 @@ class PartQuery(nn.Module):
         return out
 
     @torch.no_grad()
-    def self_parts(self, fmap: torch.Tensor) -> torch.Tensor:
-        """(N, C, h, w) -> (N, P, C) L2-normalised self parts (eval mode BN)."""
+    def self_parts(self, fmap: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(N, C, h, w) -> (N, P, C) self parts after the part BN (eval mode),
+        L2-normalised each (``normalize=False``: as the BN gives them)."""
         was = self.training
         self.eval()
         try:
@@ -123,4 +124,4 @@ class PartQuery(nn.Module):
             parts = self._bn(query_attention(part_queries(st, self.tokens.to(st.dtype)), st))
         finally:
             self.train(was)
-        return F.normalize(parts.float(), dim=-1)
+        return F.normalize(parts.float(), dim=-1) if normalize else parts.float()
