@@ -171,3 +171,12 @@ def test_intra_relabel_follows_the_official_code():
     out = OTLADual(intra_relabel=True).associate(fv, noisy, fr, gr)
     cents = np.stack([fv[noisy == c].astype(np.float64).mean(0) for c in range(4)])
     np.testing.assert_array_equal(out.labels_in_v[: len(gv)], (fv @ cents.T).argmax(1))
+
+
+def test_features_whose_distances_overflow_float32_are_named_so():
+    """Audit H (session 16): finite float32 features with norms near 1e20 overflowed in the
+    cost, reported as a NaN/inf cost with advice about a diverged model."""
+    fv, gv, fr, gr = gaussian_modalities(seed=4, ids=3, per_id=4, d=8)
+    big = torch.from_numpy(fv).float() * 1e20
+    with pytest.raises(FeatureFileError, match=r"overflow torch.float32 \(feature norms reach"):
+        OTLADual().associate(big, gv, torch.from_numpy(fr).float(), gr)

@@ -56,7 +56,7 @@ from uvireid.associations.checks import (
     prepare,
 )
 from uvireid.associations.refine import check_k_tr, cmfp_tr
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, FeatureFileError
 from uvireid.registry import ASSOCIATORS
 from uvireid.types import CrossLabels
 
@@ -272,6 +272,13 @@ class OTLADual:
 
     def _solve(self, x: torch.Tensor, protos: torch.Tensor) -> tuple[np.ndarray, SinkhornResult]:
         cost = squared_distances(x, protos)
+        if not bool(torch.isfinite(cost).all()):  # finite features (checked): an overflow
+            top = float(torch.linalg.vector_norm(x.double(), dim=1).max())
+            raise FeatureFileError(
+                f"otla_dual: the squared distances overflow {x.dtype} (feature norms reach "
+                f"{top:.3g}); L2-normalise the features (as the engine's are) or pass "
+                f"float64 ones"
+            )
         res = sinkhorn_log(
             cost,
             self.lambda_ot,
