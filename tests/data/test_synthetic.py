@@ -359,9 +359,14 @@ def test_a_killed_generations_partial_folder_is_removed_by_the_next(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    partial = tmp_path / f".ds.tmp-{dead}-123"
+    host = syn._host()
+    partial = tmp_path / f".ds.tmp-{host}-{dead}-123"
     (partial / "cam1").mkdir(parents=True)
-    alive = tmp_path / f".ds.tmp-{os.getpid()}-456"  # another process rendering now
+    alive = tmp_path / f".ds.tmp-{host}-{os.getpid()}-456"  # another process rendering now
     alive.mkdir()
+    # another node of a cluster sharing the cache: its pid means nothing here (audit Q:
+    # deleting it broke the dataset that node was writing)
+    other_node = tmp_path / f".ds.tmp-othernode-{dead}-789"
+    other_node.mkdir()
     syn.generate(tmp_path / "ds", ids=4, seed=0)
-    assert not partial.exists() and alive.exists()
+    assert not partial.exists() and alive.exists() and other_node.exists()

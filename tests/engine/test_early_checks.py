@@ -72,12 +72,49 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(recipe_file):
     cfg = load_recipe(recipe_file)
     folder = RunFolder.create(cfg["output_dir"], cfg["name"])
     (folder.path / "config.yaml").write_text((recipe_file).read_text())
-    with folder.locked():
+    built = []
+    real_build = DATASETS.build
+    with folder.locked(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DATASETS, "build", lambda spec: built.append(spec) or real_build(spec))
         assert (folder.path / ".lock").read_text().strip() == str(os.getpid())
         with pytest.raises(RunFolderError, match=f"in use by another process \\(pid {os.getpid()}"):
             run_recipe(cfg, resume=folder.path, progress=False, allow_changes=True)
+    assert built == []  # refused before the dataset is built (audit Q: it was built first)
     with folder.locked():  # released: taken again
         pass
+
+
+def test_a_file_system_without_locks_warns_instead_of_refusing_every_run(
+    tmp_path, monkeypatch, caplog
+):
+    """Audit Q (session 16): on Lustre mounted noflock, flock fails with ENOLCK, which was
+    read as "in use by another process (pid unknown)": every run refused."""
+    import errno
+    import fcntl
+    import logging
+
+    def no_locks(fh, flags):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    folder = RunFolder.create(tmp_path, "x")
+    with caplog.at_level(logging.WARNING), folder.locked():
+        pass
+    assert "cannot be locked on this file system (No locks available)" in caplog.text
+
+
+def test_run_folders_created_in_the_same_second_get_their_own_names(tmp_path, monkeypatch):
+    """Audit Q: the name was checked, then created; a run that took it in between made
+    the other fail with "File exists" instead of taking the next name."""
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261127-120000")
+    (tmp_path / "x-20261127-120000").mkdir()
+    (tmp_path / "x-20261127-120000-2").mkdir()
+    # as if another process took each name between this one's check and its mkdir
+    monkeypatch.setattr(type(tmp_path), "exists", lambda self: False)
+    got = RunFolder.create(tmp_path, "x")
+    assert got.path.name == "x-20261127-120000-3"
 
 
 def _own_crops(tmp_path, sysu_root):

@@ -1055,10 +1055,20 @@ def check_params(ids: object, seed: object, nir: object) -> tuple[int, int, floa
     return int(ids), seed, float(nir)
 
 
+def _host() -> str:
+    """This machine's name, as a partial folder's name records it (no '-' or '.')."""
+    import socket
+
+    return "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname()) or "host"
+
+
 def _remove_dead_partials(out: Path) -> None:
-    """Delete the partial folders (``.<name>.tmp-<pid>-<ns>``) that killed generations
-    of ``out`` left, those whose process is gone (another one may be rendering now)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*-*"):
+    """Delete the partial folders (``.<name>.tmp-<host>-<pid>-<ns>``) that killed
+    generations of ``out`` on this machine left, those whose process is gone. Another
+    machine's (a cluster's nodes share the cache, not their process ids) and a live
+    process's are left alone: they may be rendering now."""
+    host = _host()
+    for tmp in out.parent.glob(f".{out.name}.tmp-{host}-*-*"):
         try:
             pid = int(tmp.name.rsplit("-", 2)[1])
             os.kill(pid, 0)  # alive (or not ours to signal): left alone
@@ -1159,7 +1169,7 @@ def generate(
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp = out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
         (tmp / MARKER).write_text("written by uvireid.data.synthetic\n")
@@ -1206,6 +1216,14 @@ def generate(
             n_test_ids=len(split["test"]),
             seconds=round(time.perf_counter() - t0, 2),
         )
+        on_disk = sum(1 for c in range(1, 7) for _ in (tmp / f"cam{c}").rglob("*.jpg"))
+        if on_disk != manifest["n_images"] or not (exp / "test_id.txt").is_file():
+            # never publish a folder another process changed while this one rendered
+            raise DatasetError(
+                f"synthetic dataset: the folder being written ({tmp}) holds {on_disk} of "
+                f"the {manifest['n_images']} images rendered (another process removed or "
+                f"changed it); run the command again"
+            )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         (tmp / DONE).write_text(f"version {GENERATOR_VERSION}\n")
         if _matches(read_manifest(out), params):

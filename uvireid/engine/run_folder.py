@@ -126,19 +126,20 @@ class RunFolder:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(output_dir) / f"{name}-{stamp}"
         path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
-        except OSError as exc:
-            from uvireid.errors import ConfigError
+        while True:
+            try:
+                path.mkdir(parents=True)
+                return cls(path)
+            except FileExistsError:  # taken, by an earlier run or one starting this second
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
+            except OSError as exc:
+                from uvireid.errors import ConfigError
 
-            raise ConfigError(
-                f"output_dir: the run folder {path} cannot be created ({exc.strerror}); "
-                f"choose another output_dir"
-            ) from None
-        return cls(path)
+                raise ConfigError(
+                    f"output_dir: the run folder {path} cannot be created ({exc.strerror}); "
+                    f"choose another output_dir"
+                ) from None
 
     @classmethod
     def latest(cls, output_dir: str | os.PathLike, name: str) -> RunFolder | None:
@@ -164,6 +165,12 @@ class RunFolder:
         """Whether ``path`` is a run folder (a folder with its ``config.yaml``)."""
         return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
 
+    def check_free(self) -> None:
+        """Raise the :meth:`locked` error now if another process holds the folder (a
+        refused ``--resume`` stops before its dataset is built, not minutes later)."""
+        with self.locked():
+            pass
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the folder for this process (an advisory ``fcntl`` lock on ``.lock``,
@@ -184,7 +191,7 @@ class RunFolder:
         fh = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by another process
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
@@ -192,6 +199,16 @@ class RunFolder:
                 f"{self.path} is in use by another process (pid {holder}); wait for it to "
                 f"end, or stop it, before running or resuming into this folder"
             ) from None
+        except OSError as exc:  # a file system without locks (Lustre mounted noflock)
+            logger.warning(
+                "%s: the run folder cannot be locked on this file system (%s); nothing stops "
+                "a second run or --resume into it meanwhile",
+                self.path,
+                exc.strerror or exc,
+            )
+            fh.close()
+            yield
+            return
         try:
             fh.seek(0)
             fh.truncate()

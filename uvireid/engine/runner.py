@@ -410,6 +410,7 @@ def train_recipe(
             folder = resume_target(cfg, resume)
             if folder is not None:
                 changes = check_resume(folder, cfg, allow_changes)
+                folder.check_free()  # another process training in it: now, not later
         except UvireidError as exc:
             refused = exc
     _stop_all_ranks(refused)
