@@ -259,3 +259,19 @@ def test_a_checkpoint_chosen_on_the_test_set_is_labelled_so(run_dir, tmp_path):
     assert meta["final"] is False and meta["selected_on"] == "test set"
     summary = run_protocol(out, "sysu-all").summary()
     assert "epoch 0 (dcl, not the final epoch, chosen on the test set)" in summary
+
+
+def test_extracting_a_run_of_top_level_losses_is_labelled_final(tmp_path):
+    """A recipe without stages trains one stage of its top-level losses; the extracted
+    file of its last checkpoint is the final epoch's, as the run's own file says."""
+    rec = tiny_recipe(tmp_path, losses=[{"type": "cluster_contrast"}])
+    del rec["stages"]
+    rec["train"].update(epochs=1, batch_ids=2, images_per_id=2)
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    folder = run_recipe(load_recipe(path), progress=False).path
+    out = tmp_path / "f.npz"
+    assert main(["extract", str(folder), "-o", str(out)]) == 0
+    own, got = load_features(folder / "features.npz").meta, load_features(out).meta
+    assert own["final"] is True and got["final"] is True
+    assert got["total_epochs"] == own["total_epochs"] == 1

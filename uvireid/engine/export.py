@@ -121,7 +121,9 @@ def export_features(
             # run's own features.npz records them (checkpoint_epoch counts the epochs the
             # checkpoint has finished)
             meta["epoch"] = info["epoch"] - 1
-            total = sum(st.epochs for st in stages_of(cfg)) if cfg.get("stages") else None
+            # the trainer's count: stages, or the one stage of top-level losses
+            trains = cfg.get("stages") or cfg.get("losses")
+            total = sum(st.epochs for st in stages_of(cfg)) if trains else None
             meta.update(stage=info.get("stage"), final=info["epoch"] == total)
             if total is not None:
                 meta["total_epochs"] = total
