@@ -17,8 +17,8 @@ original ``P ** 25`` does, and hides the NaNs with ``nansum``). The iterates are
 POT's ``ot.sinkhorn_log`` (``reg = 1 / lambda``): ``v`` update, then ``u``, the marginal
 checked every 10th iteration; ``official_solver=True`` runs the official
 ``sinkhorn_solver``'s order instead (``v`` starts uniform, then ``u``, then ``v``): the
-same limit, but at the official tolerance another plan, the official labels. To keep an iteration a matrix-vector product instead of two
-log-sum-exps over N x K, the potentials are absorbed into a rescaled kernel
+same limit, but at the official tolerance another plan, the official labels. To keep an
+iteration a matrix-vector product instead of two log-sum-exps over N x K, the potentials are absorbed into a rescaled kernel
 (Schmitzer, SIAM J. Sci. Comput. 2019, Alg. 2); any half-step that would overflow or
 underflow is redone exactly with log-sum-exp.
 
@@ -74,7 +74,7 @@ class SinkhornResult:
 
     Attributes:
         log_u: (N,) float64 row potentials; log_v: (K,) column potentials.
-        n_iter: iterations run; err: last marginal error checked; converged: err <= tol.
+        n_iter: iterations run; err: last marginal error checked; converged: the stopping rule held (:func:`sinkhorn_log`).
     """
 
     log_u: torch.Tensor
@@ -114,8 +114,10 @@ def sinkhorn_log(
         cost: (N, K) float tensor, finite (float64 is used inside).
         lambda_ot: inverse entropic regularisation lambda (SALCR: 5; OTLA: 25).
         max_iter: iteration cap (a warning is logged if it is reached).
-        tol: stop when ``sum_k |K * colsum_k - 1| <= tol``: the clusters' relative marginal
-            errors of the plan before the column update, summed (the columns are exact after it). SALCR's official
+        tol: stop when ``sum_k |K * colsum_k - 1|``, the clusters' relative marginal
+            errors summed, is ``< tol`` (default order: of the plan after the row update,
+            whose rows are exact) or ``<= tol`` (official order: of the plan before the
+            column update, whose columns are then exact). SALCR's official
             ``sinkhorn_solver`` stops at 0.1 (its ``sum |b / b_new - 1|`` is this sum).
         check_every: check the marginal every this many iterations (POT: 10).
         official_order: iterate and stop as the official solver does (above).
@@ -158,15 +160,21 @@ def sinkhorn_log(
             or float(x.min()) < math.exp(-_ABSORB)
         )
 
+    def absorb_v() -> None:
+        """After a v-update whose scalings left the safe range: the exact log-domain
+        update with u absorbed into f, the scalings reset."""
+        nonlocal f, g, u, v, kern
+        if extreme(v):
+            f = f + torch.log(u)
+            g = log_b - torch.logsumexp(mr + f[:, None], dim=0)
+            u, v = torch.ones_like(u), torch.ones_like(v)
+            kern = absorb()
+
     for it in range(int(max_iter)):
         check = it % int(check_every) == 0
         if not official_order:  # POT: v-update first, v = b / (K^T u)
             v = math.exp(log_b) / (kern.T @ u)
-            if extreme(v):
-                f = f + torch.log(u)
-                g = log_b - torch.logsumexp(mr + f[:, None], dim=0)
-                u, v = torch.ones_like(u), torch.ones_like(v)
-                kern = absorb()
+            absorb_v()
         # u-update: u = a / (K v)
         u = math.exp(log_a) / (kern @ v)
         if extreme(u):
@@ -181,11 +189,7 @@ def sinkhorn_log(
             if check:
                 err = float((v / v_new - 1.0).abs().sum())
             v = v_new
-            if extreme(v):
-                f = f + torch.log(u)
-                g = log_b - torch.logsumexp(mr + f[:, None], dim=0)
-                u, v = torch.ones_like(u), torch.ones_like(v)
-                kern = absorb()
+            absorb_v()
             if check and err <= tol:
                 break
         elif check:
