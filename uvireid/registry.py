@@ -46,10 +46,15 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """First paragraph of the part's docstring, as one line (empty when it has none;
-        the first line alone cut sentences that wrap)."""
-        doc = (inspect.getdoc(self.obj) or "").strip()
-        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+        """:func:`doc_summary` of the part."""
+        return doc_summary(self.obj)
+
+
+def doc_summary(obj: Any) -> str:
+    """First paragraph of ``obj``'s docstring, as one line (empty when it has none; the
+    first line alone cut sentences that wrap)."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 def _qualname(obj: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from uvireid.registry import PLUGIN_ERRORS, REGISTRIES
+from uvireid.registry import PLUGIN_ERRORS, REGISTRIES, doc_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,9 +64,7 @@ def _samplers() -> list[str]:
     width = max(len(n) for n in SAMPLER_TYPES)
     for name in SAMPLER_TYPES:
         cls = classes[name]
-        first = (cls.__doc__ or "").strip().split("\n\n")[0]  # its first paragraph
-        doc = " ".join(first.split())
-        lines.append(f"  {name:<{width}}  {cls.__module__}  {doc}".rstrip())
+        lines.append(f"  {name:<{width}}  {cls.__module__}  {doc_summary(cls)}".rstrip())
     return [*lines, ""]
 
 

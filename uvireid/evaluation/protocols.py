@@ -553,21 +553,22 @@ class ProtocolResult:
             f"queries {p['num_query']} (valid {p['num_valid']}), gallery {p['num_gallery']}",
         ]
         meta = p.get("features_meta")
-        if isinstance(meta, dict) and meta.get("epoch") is not None:  # a run's evaluation
+        meta = meta if isinstance(meta, dict) else {}
+        if meta.get("epoch") is not None:  # a run's evaluation
             last = "final" if meta.get("final") else "not the final epoch"
             if meta.get("selected_on"):
                 last += f", chosen on the {meta['selected_on']}"
             stage = f"{meta['stage']}, " if meta.get("stage") else ""
             parts.append(f"epoch {meta['epoch']} ({stage}{last})")
-        for start in (meta.get("started_from") or []) if isinstance(meta, dict) else []:
+        for start in meta.get("started_from") or []:
             if isinstance(start, dict):
                 parts.append(
                     f"stage {start.get('stage')} started from epoch {start.get('epoch')} "
                     f"chosen on the {start.get('selected_on', 'test set')}"
                 )
-        if isinstance(meta, dict) and meta.get("changes"):
+        if meta.get("changes"):
             parts.append(f"changed from the run: {', '.join(meta['changes'])}")
-        if isinstance(meta, dict) and (meta.get("dataset_check") or {}).get("ok") is False:
+        if (meta.get("dataset_check") or {}).get("ok") is False:
             parts.append("test set differs from the official release")
         return " | ".join(str(x) for x in parts)
 
