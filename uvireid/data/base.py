@@ -194,8 +194,7 @@ def read_index_file(path: str, root: str) -> list[tuple[str, int]]:
                 f"'Visible/1/img.bmp 0'. Restore the file from the release — {SEE_README}"
             )
         out.append((join_relpath(root, parts[0]), int(parts[1])))
-    counts = Counter(p for p, _ in out)
-    twice = sorted(p for p, c in counts.items() if c > 1)
+    twice = listed_twice(p for p, _ in out)
     if twice:  # each copy would be a record: drawn twice as often, a duplicate gallery entry
         logger.warning(
             "index file %s lists %d image(s) more than once, e.g. %s; each copy is read as "
@@ -206,6 +205,11 @@ def read_index_file(path: str, root: str) -> list[tuple[str, int]]:
             twice[0],
         )
     return out
+
+
+def listed_twice(paths: Iterable[str]) -> list[str]:
+    """The paths that occur more than once, sorted (an index list concatenated twice)."""
+    return sorted(p for p, c in Counter(paths).items() if c > 1)
 
 
 def require_listed_files(paths: Iterable[str], listfile: str) -> None:

@@ -10,12 +10,11 @@ the official figures in :data:`OFFICIAL_FIGURES`.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from uvireid.data.base import VIDataset, listing
+from uvireid.data.base import VIDataset, listed_twice, listing
 
 _SYSU_TRAIN = "SYSU-MM01 README; eval_datasets.md §1.1 [R]; salcr_reference.md §1.1 (SALCR logs)"
 _SYSU_TEST = (
@@ -175,8 +174,7 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
                 f"identities: {listing(both)}; expected disjoint splits"
             )
     for split, records in ds.splits().items():
-        counts = Counter(r.path for r in records)
-        twice = sorted(p for p, c in counts.items() if c > 1)
+        twice = listed_twice(r.path for r in records)
         if twice:
             problems.append(
                 f"{split}: {len(twice)} image(s) are listed more than once: "
