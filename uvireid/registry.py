@@ -74,12 +74,12 @@ class Registry:
 
     Args:
         kind: singular noun used in messages, e.g. ``"reranker"``.
-        contract: ``{method: positional arguments}`` every built part must have (DESIGN.md
+        contract: ``{method: its positional arguments' names}`` every built part must have (DESIGN.md
             "Contracts"), checked by :meth:`build`: a plugin without them is refused when
             it is built (a recipe's ``--dry-run``), not at its first use after training.
     """
 
-    def __init__(self, kind: str, contract: Mapping[str, int] | None = None):
+    def __init__(self, kind: str, contract: Mapping[str, tuple[str, ...]] | None = None):
         self.kind = kind
         self.contract = dict(contract or {})
         self._entries: dict[str, Entry] = {}
@@ -261,22 +261,23 @@ class Registry:
 
     def _check_contract(self, name: str, built: Any) -> None:
         """Refuse a built part without the methods of :attr:`contract`."""
-        for method, nargs in self.contract.items():
+        for method, args in self.contract.items():
             fn = getattr(built, method, None)
             what = f"{self.kind} '{name}' ({_qualname(self.get(name))})"
-            args = ", ".join(("query", "gallery") if method == "rerank" else ["x"] * nargs)
-            need = f"a {self.kind} needs {method}({args})"
+            need = f"a {self.kind} needs {method}({', '.join(args)})"
             if not callable(fn):
                 raise RegistryError(f"{what} has no {method}() method; {need}")
             try:
-                inspect.signature(fn).bind(*([None] * nargs))
+                sig = inspect.signature(fn)
+            except ValueError:  # no signature to read (a builtin): trusted
+                continue
+            try:
+                sig.bind(*([None] * len(args)))
             except TypeError as exc:
                 raise RegistryError(
-                    f"{what}: {method}{inspect.signature(fn)} cannot be called with {nargs} "
-                    f"positional argument(s) ({exc}); {need}"
+                    f"{what}: {method}{sig} cannot be called with {len(args)} positional "
+                    f"argument(s) ({exc}); {need}"
                 ) from None
-            except ValueError:  # no signature to read (a builtin): trusted
-                pass
 
 
 def _is_bool(value: Any) -> bool:
@@ -296,10 +297,10 @@ def _is_flag(p: inspect.Parameter) -> bool:
 
 DATASETS = Registry("dataset")
 BACKBONES = Registry("backbone")
-CLUSTERERS = Registry("clusterer", {"fit_predict": 1})
-ASSOCIATORS = Registry("associator", {"associate": 4})
-LOSSES = Registry("loss", {"forward": 2})
-RERANKERS = Registry("reranker", {"rerank": 2})
+CLUSTERERS = Registry("clusterer", {"fit_predict": ("features",)})
+ASSOCIATORS = Registry("associator", {"associate": ("feats_v", "labels_v", "feats_r", "labels_r")})
+LOSSES = Registry("loss", {"forward": ("outputs", "targets")})
+RERANKERS = Registry("reranker", {"rerank": ("query", "gallery")})
 RECIPES = Registry("recipe")
 
 #: every registry by the plural name used in ``uvireid list`` and in recipes' messages

@@ -1160,11 +1160,12 @@ def generate(
                 f"would delete them. Move them out, or pass another --out"
             )
         if found is not None:
+            differ = [k for k in params if found.get(k) != params[k]]
             logger.warning(
                 "synthetic dataset: replacing the one at %s (%s) with %s",
                 out,
-                ", ".join(f"{k}={found.get(k)}" for k in params if found.get(k) != params[k]),
-                ", ".join(f"{k}={params[k]}" for k in params if found.get(k) != params[k]),
+                ", ".join(f"{k}={found.get(k)}" for k in differ),
+                ", ".join(f"{k}={params[k]}" for k in differ),
             )
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
