@@ -555,11 +555,7 @@ class ProtocolResult:
         meta = p.get("features_meta")
         meta = meta if isinstance(meta, dict) else {}
         if meta.get("epoch") is not None:  # a run's evaluation
-            last = "final" if meta.get("final") else "not the final epoch"
-            if meta.get("selected_on"):
-                last += f", chosen on the {meta['selected_on']}"
-            stage = f"{meta['stage']}, " if meta.get("stage") else ""
-            parts.append(f"epoch {meta['epoch']} ({stage}{last})")
+            parts.append(epoch_label(meta))
         for start in meta.get("started_from") or []:
             if isinstance(start, dict):
                 parts.append(
@@ -629,6 +625,16 @@ def _as_features(x: Any) -> Features:
 
 def _norm_dataset(name: Any) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def epoch_label(meta: Mapping) -> str:
+    """``epoch N (stage, final | not the final epoch[, chosen on the test set])`` of a
+    run's features meta (its ``epoch`` set)."""
+    last = "final" if meta.get("final") else "not the final epoch"
+    if meta.get("selected_on"):
+        last += f", chosen on the {meta['selected_on']}"
+    stage = f"{meta['stage']}, " if meta.get("stage") else ""
+    return f"epoch {meta['epoch']} ({stage}{last})"
 
 
 def _dataset_label(files: list[Features], spec: ProtocolSpec) -> str:

@@ -550,12 +550,12 @@ def _features_origin(feats: Any, given: bool, protocol: str | None, notes: list[
     with ``--features`` that the run's protocol would refuse gets a note."""
     meta = feats.meta if isinstance(feats.meta, Mapping) else {}
     text = f"The distance, t-SNE and ranking plots are of {feats.source}"
+    from uvireid.evaluation.protocols import PROTOCOLS, _check_meta, epoch_label
+
     if meta.get("epoch") is not None:
-        last = "final" if meta.get("final") else "not the final epoch"
-        text += f", epoch {meta['epoch']} ({last})"
+        text += f", {epoch_label(meta)}"
     if given and protocol:
         from uvireid.errors import ProtocolError
-        from uvireid.evaluation.protocols import PROTOCOLS, _check_meta
 
         spec = PROTOCOLS.get(protocol)
         if spec is not None:
