@@ -77,6 +77,7 @@ def test_a_folder_in_use_is_refused_with_the_holders_pid(recipe_file):
     with folder.locked(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(DATASETS, "build", lambda spec: built.append(spec) or real_build(spec))
         assert (folder.path / ".lock").read_text().strip() == str(os.getpid())
+        assert folder.holder() is None  # held by this process, not another (report's probe)
         with pytest.raises(RunFolderError, match=f"in use by another process \\(pid {os.getpid()}"):
             run_recipe(cfg, resume=folder.path, progress=False, allow_changes=True)
     assert built == []  # refused before the dataset is built (audit Q: it was built first)

@@ -65,6 +65,36 @@ def test_a_killed_run_gets_a_report_of_what_is_there(viz_run_dir, caplog):
         assert f'data-file="{name}"' in page
 
 
+def test_a_run_still_training_is_reported_as_such_not_as_killed(viz_run_dir):
+    import subprocess
+    import time
+
+    (viz_run_dir / "results.json").unlink()
+    (viz_run_dir / "features.npz").unlink()
+    held = viz_run_dir / "held"
+    code = (
+        "import sys, time; from pathlib import Path; "
+        "from uvireid.engine.run_folder import RunFolder\n"
+        "with RunFolder(sys.argv[1]).locked():\n"
+        "    Path(sys.argv[1], 'held').touch(); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(viz_run_dir)])
+    try:
+        for _ in range(600):
+            if held.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert held.exists(), "the helper process did not take the lock"
+        notes = " ".join(build_report(viz_run_dir, **KW).notes)
+        assert f"still training (pid {proc.pid} holds the folder)" in notes
+        assert "did not finish" not in notes
+    finally:
+        proc.kill()
+        proc.wait()
+    notes = " ".join(build_report(viz_run_dir, **KW).notes)  # the process has ended
+    assert "the run did not finish (or was killed)" in notes and "still training" not in notes
+
+
 def test_missing_metrics_and_stale_pngs(viz_run_dir):
     (viz_run_dir / "features.npz").unlink()  # not needed here; keeps it quick
     build_report(viz_run_dir, **KW)

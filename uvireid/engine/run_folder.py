@@ -171,6 +171,31 @@ class RunFolder:
         with self.locked():
             pass
 
+    def holder(self) -> str | None:
+        """The pid (as written in ``.lock``) of another process that holds the folder now,
+        ``"unknown"`` if it wrote none, or None when no other process holds it (nothing
+        locked, no ``.lock``, this process, or a file system without locks). A probe: the
+        lock is released at once and ``.lock`` is not written."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return None
+        try:
+            fh = open(self.path / ".lock")
+        except OSError:
+            return None
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                pid = fh.read().strip() or "unknown"
+                return None if pid == str(os.getpid()) else pid
+            except OSError:
+                return None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return None
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the folder for this process (an advisory ``fcntl`` lock on ``.lock``,

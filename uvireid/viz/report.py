@@ -94,6 +94,18 @@ def _read_json(path: Path, notes: list[str], what: str) -> Any:
         return None
 
 
+def _unfinished(run_dir: Path) -> str:
+    """Why a run folder has no results.json: still training (another process holds its
+    lock), or it did not finish. Said so, a report drawn mid-run does not read as a job that
+    died."""
+    from uvireid.engine.run_folder import RunFolder
+
+    pid = RunFolder(run_dir).holder()
+    if pid is not None:
+        return f"the run is still training (pid {pid} holds the folder): a report so far"
+    return "the run did not finish (or was killed)"
+
+
 def _read_config(path: Path, notes: list[str]) -> dict:
     import yaml
 
@@ -453,9 +465,7 @@ def build_report(
         run_dir / "manifest.json", notes, "no versions, device or dataset summary"
     )
     records = _read_metrics(run_dir, notes)
-    raw_results = _read_json(
-        run_dir / "results.json", notes, "the run did not finish (or was killed)"
-    )
+    raw_results = _read_json(run_dir / "results.json", notes, _unfinished(run_dir))
     results, source = _final_results(raw_results, records, notes)
     protocol = _protocol(results, cfg)
     part = _build_reranker(reranker, cfg, notes)  # before any drawing: a typo fails fast
