@@ -117,13 +117,13 @@ def test_accl_without_cross_update_leaves_the_other_memory_alone_and_both_schedu
         AlternateCrossContrastLoss(schedule="odd")
 
 
-def _skl_loop(a, b):
+def _skl_loop(a, b, eps=1e-12):
     """Mean over rows of (KL(p||q) + KL(q||p)) / 2 (MBCCM's KLDivLoss: (loss1 + loss2) / 2),
-    softmax by hand."""
+    softmax by hand, each probability clamped at ``eps`` before the logs as there."""
     rows = []
     for i in range(a.shape[0]):
-        p = softmax_row(list(a[i]))
-        q = softmax_row(list(b[i]))
+        p = [pj.clamp(min=eps) for pj in softmax_row(list(a[i]))]
+        q = [qj.clamp(min=eps) for qj in softmax_row(list(b[i]))]
         rows.append(
             (
                 sum(pj * torch.log(pj / qj) for pj, qj in zip(p, q))
@@ -144,6 +144,23 @@ def test_symmetric_kl_equals_the_definition():
     ref.backward()
     assert torch.allclose(a1.grad, a2.grad, atol=1e-12) and torch.allclose(b1.grad, b2.grad)
     assert float(symmetric_kl(a, a)) == pytest.approx(0.0, abs=1e-14)
+    exact = symmetric_kl(a, b, eps=0.0)  # log-softmax: no clamp reached at these logits
+    assert torch.allclose(exact, _skl_loop(a, b, eps=0.0), rtol=1e-10)
+
+
+def test_symmetric_kl_clamps_probabilities_as_mbccm_at_large_logits():
+    """Audit R (session 17): MBCCM's plain logits of the raw feature (norm ~45, tau 0.05)
+    span hundreds; its KLDivLoss clamps the probabilities at 1e-12, the exact KL does not
+    (17x the value at that scale)."""
+    a, b = unit_rows(3, 6, seed=5) * 900, unit_rows(3, 6, seed=6) * 300
+    a1, b1 = _leaves(a, b)
+    a2, b2 = _leaves(a, b)
+    ours, ref = symmetric_kl(a1, b1), _skl_loop(a2, b2)
+    assert torch.allclose(ours, ref, rtol=1e-10)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(a1.grad, a2.grad, atol=1e-12) and torch.allclose(b1.grad, b2.grad)
+    assert float(symmetric_kl(a, b, eps=0.0)) > 3 * float(ours.detach())  # the clamp is reached
 
 
 def _mem_logits(x, m):
@@ -151,13 +168,15 @@ def _mem_logits(x, m):
     return torch.stack([x[i] / x[i].norm() for i in range(x.shape[0])]) @ m.T / TAU
 
 
-def test_modality_agnostic_value_gradient_and_update_follow_mbccm():
+@pytest.mark.parametrize("scale", [1.0, 45.0])  # 45: a train-mode BN-neck feature's norm
+def test_modality_agnostic_value_gradient_and_update_follow_mbccm(scale):
     ctx = _context()
     loss = ModalityAgnosticLoss(temperature=TAU, momentum=0.1, alpha=0.9, beta=0.5)
     loss.reset(ctx)
     mv = centroid_loop(ctx.feats_v, ctx.init_v, 3)
     mr = centroid_loop(ctx.feats_r, ctx.init_r, 2)
     fv, fa, fr, t = _batch()
+    fv, fa, fr = fv * scale, fa * scale, fr * scale
     a = _leaves(fv, fa, fr)
     b = _leaves(fv, fa, fr)
     ours = loss(StepOutputs(*a), t)

@@ -129,12 +129,24 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
         super().update(outputs, targets)
 
 
-def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+def symmetric_kl(
+    logits_p: torch.Tensor, logits_q: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
     """Mean over rows of ``(KL(p || q) + KL(q || p)) / 2`` with ``p, q = softmax(logits)``:
-    the average of the two directions, as the MBCCM code's ``KLDivLoss`` returns
-    ``(loss1 + loss2) / 2`` (so ``beta`` = 0.5 weighs it as there).
+    the MBCCM code's ``KLDivLoss``, which returns ``(loss1 + loss2) / 2`` (so ``beta`` =
+    0.5 weighs it as there) of probabilities clamped at ``eps`` (1e-12 there) before their
+    logs.
 
-    Both sides carry gradients (the MBCCM consistency term trains both predictions)."""
+    The clamp matters: MBCCM's "plain" logits of the raw BN-neck feature (norm ~45 at
+    d = 2048, tau = 0.05) span hundreds, their softmax is one-hot, and the exact KL then
+    grows with the logits (17x the clamped value, 14x its gradient, at that scale: audit
+    R, session 17); clamped entries pass no gradient, as there. ``eps = 0``: the exact KL
+    (log-softmax). Both sides carry gradients (the MBCCM consistency term trains both
+    predictions)."""
+    if eps > 0:
+        p = F.softmax(logits_p, dim=1).clamp(min=eps)
+        q = F.softmax(logits_q, dim=1).clamp(min=eps)
+        return 0.5 * ((p - q) * (p.log() - q.log())).sum(1).mean()
     lp = F.log_softmax(logits_p, dim=1)
     lq = F.log_softmax(logits_q, dim=1)
     return 0.5 * ((lp.exp() - lq.exp()) * (lp - lq)).sum(1).mean()
@@ -168,6 +180,8 @@ class ModalityAgnosticLoss(_TwoMemories):
         alpha: weight of L_ma (0.9).
         beta: weight of L_cc (0.5).
         use_ca: include the channel-augmented visible view.
+        kl_eps: the probabilities of L_cc are clamped at this before their logs (1e-12,
+            as the MBCCM code's ``KLDivLoss``; 0: the exact KL, see :func:`symmetric_kl`).
     """
 
     def __init__(
@@ -177,9 +191,13 @@ class ModalityAgnosticLoss(_TwoMemories):
         alpha: float = 0.9,
         beta: float = 0.5,
         use_ca: bool = True,
+        kl_eps: float = 1e-12,
     ):
-        check_loss_settings("modality_agnostic", temperature=temperature, alpha=alpha, beta=beta)
+        check_loss_settings(
+            "modality_agnostic", temperature=temperature, alpha=alpha, beta=beta, kl_eps=kl_eps
+        )
         super().__init__(float(temperature), momentum)
+        self.kl_eps = float(kl_eps)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.use_ca = bool(use_ca)
@@ -219,7 +237,7 @@ class ModalityAgnosticLoss(_TwoMemories):
                 ]
             for keep, a, b in pairs:
                 if bool(keep.any()) and a.shape[1] > 0:
-                    l_cc = l_cc + symmetric_kl(a[keep], b[keep])
+                    l_cc = l_cc + symmetric_kl(a[keep], b[keep], self.kl_eps)
         return self.alpha * l_ma + self.beta * l_cc
 
     @torch.no_grad()

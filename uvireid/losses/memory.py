@@ -12,7 +12,12 @@ sample gets weight 0.9). The update is explicit (:meth:`ClusterMemory.update`), 
 by the engine after the optimiser step with the step's detached features, one sample
 after the other in batch order, as the reference's backward does (or in a random order
 of the batch, ``shuffle``: SALCR's cross-modality memories); the logits and their
-gradient therefore see the memory as it was before the step, as in the reference.
+gradient therefore see the memory as it was before the step (``shared/notes/peers.md``
+Sec. 0.3). Where a reference calls one memory more than once per step (a DCL term per
+visible view, MBCCM's agnostic memories, PGM's cross term), its in-place update inside
+the backward moves the memory before the next call's backward, whose gradient then sees
+the moved memory (for f^v in DCL the difference is as large as the gradient: audit R,
+session 17); that is not reproduced. The updates themselves equal the reference's.
 Under DDP the features and labels of every rank are gathered first, so every rank
 applies the same updates and the memories stay identical.
 """
