@@ -136,8 +136,9 @@ class TrainSettings:
             the previous epoch's (or to one cluster).
 
     Where the official SALCR code departs from the paper (spec Sec. 11), the parts offer
-    the official behaviour as an option: ``otla_dual``'s ``intra_relabel``, and
-    ``official_quirks`` of ``part_contrast`` and ``instance_neighbour``.
+    the official behaviour as an option: ``otla_dual``'s ``intra_relabel`` and
+    ``official_solver``, ``official_quirks`` of ``part_contrast`` and
+    ``instance_neighbour``, and ``train.ltg_official`` (item 14).
     """
 
     epochs: int = 40

@@ -693,3 +693,36 @@ def test_an_output_dir_that_cannot_be_made_is_refused_before_anything_runs(recip
         cfg = load_recipe(recipe_file, [f"{key}={tmp_path / 'afile' / 'runs'}"])
         with pytest.raises(ConfigError, match=rf"{key}: .* \(.*afile is a file, not a folder\)"):
             preflight(cfg)
+
+
+def test_a_fixed_size_backbone_is_refused_before_training_at_another_size(recipe_file):
+    """Audit S (session 17): a timm ViT (224 x 224 only) at the recipe's size ended in
+    timm's raw AssertionError at the first image; the trainer now refuses it with the
+    fix, and builds it with that fix."""
+    from uvireid.errors import ConfigError
+
+    bb = "backbone={type: timm, name: vit_tiny_patch16_224}"
+    cfg = load_recipe(recipe_file, [bb])
+    h, w = cfg["train"]["height"], cfg["train"]["width"]
+    with pytest.raises(ConfigError, match=rf"set backbone.img_size: \[{h}, {w}\]"):
+        Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    cfg = load_recipe(recipe_file, [bb, f"backbone.img_size=[{h}, {w}]"])
+    # built for the size, it runs, to the next check: a ViT's tokens have no stripes
+    with pytest.raises(ConfigError, match=r"part losses .* gives features of shape \(1, "):
+        Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+
+
+def test_a_trainer_without_a_run_folder_writes_nothing(recipe_file, tmp_path, monkeypatch):
+    """Audit U (session 17): with folder=None ("writes nothing") every evaluation wrote
+    features.npz into the working directory, over a user's own file of that name."""
+    cfg = load_recipe(recipe_file)
+    trainer = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "features.npz").write_bytes(b"the user's own file")
+    monkeypatch.chdir(work)
+    trainer.load_data()
+    out = trainer.evaluate("untrained")
+    assert out["results"]["none"].mean["R1"] >= 0  # from the features it saved and read back
+    assert sorted(os.listdir(work)) == ["features.npz"]
+    assert (work / "features.npz").read_bytes() == b"the user's own file"

@@ -217,7 +217,9 @@ def test_unusable_weights_and_names_are_config_errors(tmp_path):
     (tmp_path / "damaged.pth").write_bytes(b"\x80\x02garbage")
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pth")
     for name in ("damaged", "args"):
-        with pytest.raises(ConfigError, match=rf"{name}.pth could not be read .*'state_dict'\]"):
+        with pytest.raises(
+            ConfigError, match=rf"{name}.pth could not be read .*\[KEY\].*'state_dict' or 'model'"
+        ):
             _model(pretrained=str(tmp_path / f"{name}.pth"))
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(ConfigError, match="holds a Tensor, not a state dict"):
@@ -300,3 +302,83 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_config_error(monkeypatch,
     with pytest.raises(ConfigError, match=r"could not fetch torchvision's ImageNet resnet18 .*"
                        r"URLError.*resnet18-.*\.pth elsewhere.*pretrained=PATH"):  # fmt: skip
         build_resnet("resnet18", True)
+
+
+def test_torchvision_files_from_before_num_batches_tracked_load(tmp_path):
+    """Audit S (session 17): torchvision's 2017 files (the peers' resnet50-19c8e357.pth)
+    have no BatchNorm num_batches_tracked buffers; torch's strict load takes them, uvireid
+    refused them as a "half-loaded backbone"."""
+    import torchvision
+
+    torch.manual_seed(1)
+    sd = torchvision.models.resnet18().state_dict()
+    legacy = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    torchvision.models.resnet18().load_state_dict(legacy, strict=True)  # torch takes it
+    torch.save(legacy, tmp_path / "legacy.pth")
+    m = _model(pretrained=str(tmp_path / "legacy.pth"))
+    assert torch.equal(m.specific[0][0][0].weight, sd["conv1.weight"])
+    assert torch.equal(m.specific[1][0][1].running_var, sd["bn1.running_var"])
+    assert torch.equal(m.shared[0][0].conv1.weight, sd["layer1.0.conv1.weight"])
+    legacy.pop("layer1.0.bn1.running_mean")  # a real buffer missing is still an error
+    torch.save(legacy, tmp_path / "short.pth")
+    with pytest.raises(ConfigError, match=r"1 missing keys \(layer1.0.bn1.running_mean\)"):
+        _model(pretrained=str(tmp_path / "short.pth"))
+
+
+def test_a_uvireid_checkpoint_is_loaded_as_pretrained_weights_strictly(tmp_path):
+    """Audit S: a run's checkpoint as backbone.pretrained (a stage or another dataset
+    started from a trained run) was refused, with advice (['state_dict']) that failed."""
+    from uvireid.engine.checkpoint import rng_state, save_checkpoint
+
+    trained = _model(non_local=[0, 1, 1, 0])
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    model = {f"backbone.{k}": v for k, v in trained.state_dict().items()}
+    model["parts.queries"] = torch.zeros(3, 4)  # the rest of a TrainModel is ignored
+    path = save_checkpoint(tmp_path, {"epoch": 2, "model": model, "rng": rng_state()})
+    got = _model(pretrained=str(path), non_local=[0, 1, 1, 0])
+    for (k, v), (k2, v2) in zip(got.state_dict().items(), trained.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    with pytest.raises(ConfigError, match=r"backbone.pretrained: .*unexpected key.*non_local"):
+        _model(pretrained=str(path))  # other backbone settings: every difference named
+    # a file that pickles anything else is not unpickled to find out: the usual message
+    torch.save({"args": argparse.Namespace(lr=1), "state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=r"could not be read as a file of tensors.*'model'"):
+        _model(pretrained=str(tmp_path / "other.pth"))
+
+
+def test_fixed_size_timm_models_are_built_for_the_reid_size_or_refused():
+    """Audit S: a ViT (224 x 224 only) crashed in timm's assertion at 288 x 144; now
+    ``img_size`` builds it for the recipe's size and any other size is a ConfigError
+    naming that fix, which the trainer checks before the first image."""
+    from uvireid.models.backbone import check_input_size
+
+    vit = TimmBackbone("vit_tiny_patch16_224").eval()
+    assert vit.fixed_input_size == (224, 224)
+    with pytest.raises(ConfigError, match=r"set backbone.img_size: \[64, 32\]"):
+        check_input_size(vit, 64, 32)
+    with pytest.raises(ConfigError, match=r"takes 224 x 224 images only"):
+        vit(torch.randn(1, 3, 64, 32))
+    sized = TimmBackbone("vit_tiny_patch16_224", img_size=[64, 32]).eval()
+    check_input_size(sized, 64, 32)
+    out = sized(torch.randn(2, 3, 64, 32))
+    assert out.bn_feat.shape == (2, sized.out_dim)
+    with pytest.raises(ConfigError, match="'test_resnet' takes no img_size"):
+        TimmBackbone("test_resnet", img_size=[64, 32])
+    check_input_size(TimmBackbone("test_resnet"), 64, 32)  # convolutional: any size
+    with pytest.raises(ConfigError, match=r"img_size must be \[height, width\]"):
+        TimmBackbone("vit_tiny_patch16_224", img_size=[64])
+
+
+def test_channels_last_timm_maps_are_pooled_over_space():
+    """Swin's forward_features is (B, h, w, C); read as (B, C, h, w) it was pooled over
+    the wrong axes (a feature of the wrong size)."""
+    m = TimmBackbone("swin_tiny_patch4_window7_224", img_size=[64, 32]).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        out = m(x)
+        raw = m.model.forward_features(x)  # (B, h, w, C)
+    assert out.feature_map.shape == (2, m.out_dim, raw.shape[1], raw.shape[2])
+    assert torch.equal(out.feature_map, raw.permute(0, 3, 1, 2))
+    assert out.bn_feat.shape == (2, m.out_dim)

@@ -9,7 +9,10 @@ Indices refer to the modality's own list of training images.
   images of each (paper: 12 x 12 per modality). ``camera_aware``: each cluster's images
   are an anchor and images of the anchor's cluster from other cameras (Cluster-Contrast's
   ``RandomMultipleGallerySampler``, which ADCA and PGM load both modalities with;
-  ``shared/notes/peers.md`` Sec. 0.4).
+  ``shared/notes/peers.md`` Sec. 0.4). Unlike that sampler, whose DataLoader walks a
+  shuffled list of every cluster (each visited once per pass), each batch's clusters are
+  drawn afresh, as SALCR's ``StageOneSampler`` does: the same visits per cluster on
+  average, not exactly.
 * :class:`PairedSampler` (SALCR stage, ``StageThreeSampler``): half of the labels from
   the visible label space, half from the infrared one; for a label y, ``images`` visible
   images and ``images`` infrared images with that label in that space, paired position

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from uvireid.engine.run_folder import (
     resumed_manifest,
 )
 from uvireid.errors import ConfigError, RunFolderError, TrainingError, UvireidError
+from uvireid.models.backbone import check_input_size
 from uvireid.registry import BACKBONES, DATASETS, RERANKERS
 from uvireid.rerank import OnDevice
 
@@ -130,17 +132,26 @@ def evaluate(
     meta.update(extra)
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
-    target = folder.path if folder else None
-    path = save_features(
-        (target / "features.npz") if target else "features.npz",
-        bank.feats,
-        bank.pids,
-        bank.cams,
-        bank.modality,
-        paths=bank.paths,
-        **meta,
-    )
-    feats = load_features(path)
+    # saved and read back, so the results come from the file a user gets; without a run
+    # folder (a Trainer built in a notebook or a test) into a temporary folder, removed
+    # after: nothing is written in the working directory (audit U, session 17)
+    with contextlib.ExitStack() as stack:
+        if folder is not None:
+            target = folder.path
+        else:
+            target = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="uvireid-")))
+        path = save_features(
+            target / "features.npz",
+            bank.feats,
+            bank.pids,
+            bank.cams,
+            bank.modality,
+            paths=bank.paths,
+            **meta,
+        )
+        feats = load_features(path)
+    if folder is None:
+        path = None
     kwargs = dict(
         trials=ev["trials"],
         shot=ev["shot"],
@@ -159,7 +170,7 @@ def evaluate(
             feats, protocol, reranker=reranker, **kwargs
         )
         seconds["rerank"] = time.perf_counter() - t0
-    return {"results": results, "seconds": seconds, "features": str(path)}
+    return {"results": results, "seconds": seconds, "features": None if path is None else str(path)}
 
 
 def check_parts(cfg: dict) -> None:
@@ -348,6 +359,7 @@ def run_recipe(
         folder.write_manifest(manifest)
         logger.info("run folder %s (device %s)", folder.path, device)
         model = BACKBONES.build(cfg["backbone"]).to(device)
+        check_input_size(model, cfg["train"]["height"], cfg["train"]["width"])
         out = evaluate(model, dataset, cfg, device, folder, progress=progress)
         tables = {name: res.to_dict() for name, res in out["results"].items()}
         folder.log_metrics({"epoch": 0, "eval": tables, "seconds": out["seconds"]})

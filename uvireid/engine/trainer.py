@@ -57,6 +57,7 @@ from uvireid.engine.graphs import GraphedLosses, tf32_products
 from uvireid.engine.run_folder import source_revision
 from uvireid.errors import ConfigError, DatasetError, TrainingError
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
+from uvireid.models.backbone import check_input_size
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES, RERANKERS
 from uvireid.types import INFRARED, VISIBLE, CrossLabels, FeatureBank
 
@@ -537,6 +538,7 @@ class Trainer:
         if tr.get("deterministic"):
             set_deterministic()
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
+        check_input_size(self.model.backbone, tr["height"], tr["width"])
         self.losses: dict[str, nn.ModuleList] = {}
         self._loss_fns: dict = {}  # stage name -> its (compiled) loss function
         for stage in self.stages:

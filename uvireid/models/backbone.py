@@ -230,6 +230,58 @@ def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
     check_k(a["non_local_channels"], f"{where}non_local_channels", "two_stream_resnet")
 
 
+#: what a uvireid training checkpoint pickles besides tensors (numpy's RNG state), allowed
+#: when one is read as ``pretrained`` weights; nothing else is unpickled
+_CHECKPOINT_GLOBALS = {
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+}
+
+
+def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The backbone weights of a uvireid training checkpoint (``RUN/checkpoints/*.pt``),
+    names as the backbone's own ``state_dict``; None for any other file.
+
+    Read with ``weights_only`` loading, allowing only the numpy types a uvireid checkpoint
+    holds (its RNG state): a file that needs anything else is not unpickled."""
+    from uvireid.engine.checkpoint import FORMAT
+
+    path = Path(path).expanduser()
+    try:
+        needs = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch zip file
+        return None
+    allowed = {g for g in needs if g in _CHECKPOINT_GLOBALS or g.startswith("numpy.dtypes.")}
+    if needs - allowed:
+        return None
+    import importlib
+
+    objs = []
+    for name in allowed:
+        mod, _, attr = name.rpartition(".")
+        try:
+            objs.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            return None
+    # numpy's dtype classes (UInt32DType for the RNG state) are reached through
+    # numpy.dtype's reduce, which the scan above does not list
+    objs += [getattr(np.dtypes, n) for n in getattr(np.dtypes, "__all__", ())]
+    try:
+        with torch.serialization.safe_globals(objs):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return None
+    model = state.get("model")
+    if not isinstance(model, dict):
+        return None
+    weights = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    return weights or None
+
+
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A torchvision-style ResNet state dict from a local file (nested or DataParallel).
 
@@ -247,7 +299,8 @@ def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"({type(exc).__name__}). If it is damaged, copy it again; if it is "
             "a checkpoint you trust that also holds Python objects (training arguments, "
             "an optimiser), save its weights alone once: torch.save(torch.load(path, "
-            "weights_only=False)['state_dict'], 'weights.pth'), and pass that file"
+            "weights_only=False)[KEY], 'weights.pth') with KEY the entry that holds them "
+            "(often 'state_dict' or 'model'), and pass that file"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
@@ -295,7 +348,14 @@ def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1
                 f"'conv1.weight', 'layer1.0.bn1.weight'); is it a torchvision {arch}?"
             )
         own = net.state_dict()
-        missing = [k for k in own if k not in sd and not k.startswith("fc.")]
+        # torchvision's 2017 files (the peers' resnet50-19c8e357.pth) predate BatchNorm's
+        # num_batches_tracked buffer; torch's strict load fills it in, and no BN here
+        # uses it (momentum is set): not a missing weight
+        missing = [
+            k
+            for k in own
+            if k not in sd and not k.startswith("fc.") and not k.endswith(".num_batches_tracked")
+        ]
         unexpected = [k for k in sd if k not in own]
         wrong = [
             f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
@@ -338,7 +398,8 @@ class TwoStreamResNet(_ReidHead):
             for ImageNet weights: a ResNet trained with labels on the visible images of
             a separate synthetic population, built on first use in about 2 minutes on 2
             CPU cores and cached; :mod:`uvireid.models.prior`) or the path of a local
-            checkpoint.
+            checkpoint: a torchvision-style ResNet state dict, or a uvireid run's
+            checkpoint (its backbone, loaded strictly: the same backbone settings).
         share_from: first shared stage: ``"layer1"`` (the peers: only the stem is
             per modality), ``"layer2"`` .. ``"layer4"``, or ``"stem"`` (one stream).
         last_stride: stride of layer4 (1 as in the peers, 2 as in ImageNet ResNets).
@@ -375,7 +436,11 @@ class TwoStreamResNet(_ReidHead):
             num_modalities=num_modalities,
             non_local_channels=non_local_channels,
         )
-        net = build_resnet(arch, pretrained, last_stride)
+        own = None
+        if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
+            if pretrained != PRIOR_NAME:
+                own = uvireid_backbone_weights(pretrained)  # a uvireid run's checkpoint
+        net = build_resnet(arch, False if own is not None else pretrained, last_stride)
         layers = [net.layer1, net.layer2, net.layer3, net.layer4]
         self.non_local = check_non_local(non_local, [len(x) for x in layers], arch)
         layers = [
@@ -399,6 +464,19 @@ class TwoStreamResNet(_ReidHead):
         self.out_dim = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
         self.pool = GeM(gem_p, learnable=gem_learnable)
         self.neck = _bn_neck(self.out_dim)
+        if own is not None:
+            from uvireid.engine.checkpoint import load_state_strict
+            from uvireid.errors import CheckpointError
+
+            try:  # every key of this backbone, or an error naming the differences
+                load_state_strict(self, own, source=f"the backbone of {pretrained}")
+            except CheckpointError as exc:
+                raise ConfigError(
+                    f"backbone.pretrained: {exc} (a uvireid checkpoint loads into the "
+                    f"backbone settings of the run that wrote it: arch, share_from, "
+                    f"non_local, gem_learnable)"
+                ) from None
+            logger.info("backbone: weights of the uvireid checkpoint %s", pretrained)
 
     def stream(self, modality: int) -> nn.Sequential:
         """The modality-specific stages of stream ``modality`` (VISIBLE or INFRARED).
@@ -456,14 +534,37 @@ class TimmBackbone(_ReidHead):
         pretrained: load timm's pretrained weights (downloaded once; never in tests).
         gem_p: GeM exponent for models whose features are a (B, C, h, w) map; other
             models (vision transformers) use their own pooling.
+        img_size: ``[H, W]`` the model is built for, for models of a fixed input size
+            (ViT, DeiT, Swin: timm resamples pretrained position embeddings to it); set
+            it to ``train.height, train.width`` (the recipes' 288 x 144). None: timm's
+            default (224 x 224 for those); convolutional models take any size and refuse
+            it.
+
+    Models whose feature map is channels-last (Swin: (B, h, w, C)) are read as such.
     """
 
-    def __init__(self, name: str = "resnet50", pretrained: bool = False, gem_p: float = 3.0):
+    def __init__(
+        self,
+        name: str = "resnet50",
+        pretrained: bool = False,
+        gem_p: float = 3.0,
+        img_size: list[int] | None = None,
+    ):
         super().__init__()
         if not isinstance(pretrained, bool):
             raise ConfigError(f"timm: pretrained must be true or false, got {pretrained!r}")
         check_positive(gem_p, "gem_p", "timm")
-        import timm
+        if img_size is not None:
+            if not isinstance(img_size, list | tuple) or len(img_size) != 2:
+                raise ConfigError(f"timm: img_size must be [height, width], got {img_size!r}")
+            for v in img_size:
+                check_k(v, "img_size", "timm")
+        try:
+            import timm
+        except ImportError:  # pragma: no cover - timm is a dependency
+            raise ConfigError(
+                "backbone type 'timm' needs the timm package: pip install timm"
+            ) from None
 
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
             from uvireid._suggest import closest
@@ -471,16 +572,77 @@ class TimmBackbone(_ReidHead):
             near = closest(name, timm.list_models(), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
             raise ConfigError(f"timm has no model '{name}'{hint}")
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        extra = {} if img_size is None else {"img_size": tuple(int(v) for v in img_size)}
+        try:
+            self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
+        except TypeError as exc:
+            if img_size is None or "img_size" not in str(exc):
+                raise
+            raise ConfigError(
+                f"timm: model '{name}' takes no img_size (it takes images of any size); "
+                f"remove backbone.img_size"
+            ) from None
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            if img_size is None:
+                raise
+            raise ConfigError(
+                f"timm: model '{name}' cannot be built for img_size {list(img_size)} "
+                f"({type(exc).__name__}: {exc}); choose a size it supports (for Swin, "
+                f"multiples of its patch size x window size)"
+            ) from None
+        self.name = name
+        self.fixed_input_size = _fixed_input_size(self.model)
+        self.channels_last_map = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
         self.out_dim = self.model.num_features
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
 
+    def check_input_size(self, height: int, width: int, where: str = "train") -> None:
+        """Refuse an image size a fixed-size model cannot take, naming the fix.
+
+        Raises:
+            ConfigError: the model was built for another size.
+        """
+        fixed = self.fixed_input_size
+        if fixed is not None and fixed != (int(height), int(width)):
+            raise ConfigError(
+                f"timm model '{self.name}' takes {fixed[0]} x {fixed[1]} images only, and "
+                f"the {where} images are {height} x {width}; set backbone.img_size: "
+                f"[{height}, {width}] (timm builds the model for that size)"
+            )
+
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int = VISIBLE) -> BackboneOutput:
+        self.check_input_size(x.shape[-2], x.shape[-1], "input")
         fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
+            if self.channels_last_map:  # (B, h, w, C) -> (B, C, h, w)
+                fmap = fmap.permute(0, 3, 1, 2)
             return self._head(fmap)
         return self._head(fmap, self.model.forward_head(fmap, pre_logits=True))
+
+
+def check_input_size(backbone: nn.Module, height: int, width: int) -> None:
+    """Before a run's first image: a backbone built for a fixed input size (a timm ViT
+    at 224 x 224) refuses the recipe's ``train.height x train.width`` with the fix.
+
+    Raises:
+        ConfigError: the backbone takes another size only.
+    """
+    check = getattr(backbone, "check_input_size", None)
+    if callable(check):
+        check(height, width, "train.height x train.width")
+
+
+def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) a timm model refuses other input sizes than (a patch embedding with
+    ``strict_img_size``, not ``dynamic_img_size``), or None."""
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if pe is None or size is None or not getattr(pe, "strict_img_size", False):
+        return None
+    if getattr(model, "dynamic_img_size", False) or getattr(pe, "dynamic_img_pad", False):
+        return None
+    return (int(size[0]), int(size[1]))
 
 
 __all__ = [
@@ -491,5 +653,6 @@ __all__ = [
     "TimmBackbone",
     "TwoStreamResNet",
     "build_resnet",
+    "check_input_size",
     "modality_tensor",
 ]
