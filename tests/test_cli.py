@@ -97,6 +97,58 @@ def test_list_samplers_names_every_sampler_type_a_recipe_accepts(capsys):
     assert "(Cheng et al., ACM MM 2023" in out  # a whole first paragraph, not a cut line
 
 
+def test_a_reader_that_has_gone_ends_the_command_quietly(monkeypatch, capsys):
+    """Audit V (session 17): `uvireid list | head -1` ended in a BrokenPipeError
+    traceback when head had exited."""
+    import io
+    import os
+
+    class ClosedPipe(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):  # where main points stdout at devnull
+            return self.fd
+
+    r, w = os.pipe()
+    pipe = ClosedPipe()
+    pipe.fd = w
+    monkeypatch.setattr("sys.stdout", pipe)
+    try:
+        assert main(["list", "rerankers"]) == 141  # 128 + SIGPIPE, as a pipe's writer
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_double_dash_ends_the_options_and_bare_words_get_the_override_message(capsys):
+    """Audit V: `run demo --dry-run -- data.ids=40` was refused ("unrecognized arguments:
+    --"), a bare word after an option got argparse's message, not the key=value one."""
+    assert main(["run", "demo", "--dry-run", "--", "data.ids=40"]) == 0
+    assert "ids: 40" in capsys.readouterr().out
+    for argv in (
+        ["run", "demo", "--dry-run", "data.ids"],
+        ["run", "demo", "data.ids", "--dry-run"],
+    ):
+        assert main(argv) == 2
+        assert "override 'data.ids' is not of the form key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the sub-command's usage line, not the top level's
+        main(["eval", "f.npz", "--protocol", "sysu-all", "--trails", "3"])
+    assert capsys.readouterr().err.startswith("usage: uvireid eval ")
+
+
+def test_what_commands_print_cites_no_developer_notes(tmp_path, capsys):
+    """Audit V: `list` and `data check` cited shared/notes/*.md and shared/data, which
+    are not shipped."""
+    from uvireid.data import check
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for source in (check._SYSU_TRAIN, check._SYSU_TEST, check._REGDB, check._LLCM, out):
+        assert "shared/" not in source and ".md" not in source
+
+
 def test_version_flag_prints_the_version(capsys):
     """Audit I (session 16): the first thing a bug report asks for."""
     import uvireid

@@ -52,6 +52,26 @@ def test_eval_prints_the_table_and_writes_json(tmp_path, features_file, capsys):
     assert data["provenance"]["trials"] == 3 and len(data["per_trial"]) == 3
 
 
+def test_json_dash_puts_the_json_alone_on_stdout_and_the_table_on_stderr(
+    tmp_path, features_file, capsys, monkeypatch
+):
+    """Audit V (session 17): `--json -` wrote a file named '-', and `--json /dev/stdout`
+    followed the table, so `| jq` failed."""
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", str(features_file), "--protocol", "sysu-all", "--trials", "2", "--json", "-"]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)  # stdout is the JSON and nothing else
+    assert data["mean"] == pytest.approx(run_protocol(features_file, "sysu-all", trials=2).mean)
+    assert err.splitlines()[0].startswith("sysu-all | SYSU-MM01")  # the table, on stderr
+    assert not (tmp_path / "-").exists()
+    args = ["rerank", str(features_file), "--reranker", "cmfp", "--k", "5"]
+    assert cli.main([*args, "--protocol", "sysu-all", "--trials", "2", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert set(json.loads(out)) == {"baseline", "reranked", "summary", "failed"}
+    assert "change:" in err and not (tmp_path / "-").exists()
+
+
 def test_eval_errors_are_reported_not_raised(features_file, capsys):
     rc = cli.main(["eval", str(features_file), "--protocol", "sysu-everything"])
     assert rc == 2

@@ -12,6 +12,7 @@ import importlib
 import logging
 import shlex
 import sys
+from typing import Any
 
 from uvireid.errors import UvireidError
 
@@ -46,23 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides after an option (`uvireid extract RUN -o f.npz data.root=...`):
-    # argparse's positional list has ended by then; they join it here
-    if extra and isinstance(getattr(args, "overrides", None), list):
-        stray = [a for a in extra if a.startswith("-") or "=" not in a]
-        args.overrides += [a for a in extra if a not in stray]
-        extra = stray
-    # more features files after an option (`uvireid eval a.npz --protocol regdb-v2i b.npz`)
-    if extra and isinstance(getattr(args, "features", None), list):
-        more = [a for a in extra if not a.startswith("-")]
-        args.features += more
-        extra = [a for a in extra if a not in more]
+    extra = _join_positionals(args, extra)
     if extra and args.command and {"-v", "--verbose"} & set(extra):
         # -v after the sub-command (`uvireid run demo -v`): as before it
         args.verbose = True
         extra = [a for a in extra if a not in ("-v", "--verbose")]
     if extra:
-        parser.error(
+        (_sub_parser(parser, args) or parser).error(
             f"unrecognized arguments: {' '.join(extra)}{_option_hint(parser, args, extra)}"
         )
     logging.basicConfig(
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _tables_to_stderr(args):
             return int(args.func(args) or 0)
     except UvireidError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -81,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         if hint:
             print(f"the run {hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of stdout has gone (`uvireid ... | head`): end quietly as a pipe's
+        # writer does (141 = 128 + SIGPIPE), stdout pointed at devnull so the
+        # interpreter's last flush raises nothing either (Python's signal docs)
+        import os
+
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:
         hint = _resume_hint(args, exc)
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -97,6 +97,39 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"the run {hint}", file=sys.stderr)
         return 1
+
+
+JSON_HELP = "also write the result as JSON (- : to stdout, the tables then to stderr)"
+
+
+@contextlib.contextmanager
+def _tables_to_stderr(args: argparse.Namespace):
+    """``--json -``: stdout carries the JSON alone (for ``| jq``); what the command prints
+    for people goes to stderr meanwhile."""
+    if getattr(args, "json", None) != "-":
+        yield
+        return
+    args.json_stream = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def write_json(args: argparse.Namespace, data: Any) -> None:
+    """``data`` as JSON into ``args.json``: a file (its folder created), or stdout for
+    ``-`` (see :func:`_tables_to_stderr`)."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if args.json == "-":
+        stream = getattr(args, "json_stream", None) or sys.stdout
+        stream.write(text)
+        stream.flush()
+        return
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    logging.getLogger("uvireid.cli").info("wrote %s", out)
 
 
 class Terminated(KeyboardInterrupt):
@@ -125,11 +158,30 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, before)
 
 
-def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list) -> str:
-    """``; did you mean '--trials'?`` for a misspelt option of the sub-command."""
-    from uvireid._suggest import closest
+def _join_positionals(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """The words argparse left over that belong to the sub-command's positional list, put
+    there; returns the rest (unrecognized).
 
-    sub = next(
+    Once an option follows the positionals (`uvireid extract RUN -o f.npz data.root=...`,
+    `uvireid eval a.npz --protocol regdb-v2i b.npz`), argparse has ended the list: later
+    words that are not options join it here (an override without ``=`` too, which the
+    recipe loader then refuses with its key=value message). After ``--`` every word is
+    positional, whatever it starts with (POSIX's end of options)."""
+    after: list[str] = []
+    if "--" in extra:
+        cut = extra.index("--")
+        extra, after = extra[:cut], extra[cut + 1 :]
+    for name in ("overrides", "features"):
+        target = getattr(args, name, None)
+        if isinstance(target, list):
+            target += [a for a in extra if not a.startswith("-")] + after
+            return [a for a in extra if a.startswith("-")]
+    return extra + (["--", *after] if after else [])
+
+
+def _sub_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The sub-command's own parser (its usage line, its options), or None."""
+    return next(
         (
             a.choices.get(args.command)
             for a in parser._actions
@@ -137,6 +189,13 @@ def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extr
         ),
         None,
     )
+
+
+def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list) -> str:
+    """``; did you mean '--trials'?`` for a misspelt option of the sub-command."""
+    from uvireid._suggest import closest
+
+    sub = _sub_parser(parser, args)
     if sub is None:
         return ""
     options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]

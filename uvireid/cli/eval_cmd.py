@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-from pathlib import Path
 
+from uvireid.cli import JSON_HELP, write_json
 from uvireid.cli._checks import add_trials, protocol_inputs
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="each file is one run (a seed) of the same method: evaluate each, then print "
         "one row per run and the mean ± std over the runs (SYSU-MM01, LLCM)",
     )
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result")
+    p.add_argument("--json", default=None, metavar="OUT.json", help=JSON_HELP)
     p.set_defaults(func=run)
     return p
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.table())
     if args.json:
-        _write_json(args.json, result.to_dict())
+        write_json(args, result.to_dict())
     return 0
 
 
@@ -103,13 +102,6 @@ def _protocol_options(args: argparse.Namespace) -> dict:
         "feature_head": args.feature_head,
         "stable": args.stable,
     }
-
-
-def _write_json(path: str, data: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    logger.info("wrote %s", out)
 
 
 #: the metrics of the runs table
@@ -208,8 +200,8 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     )
     print("(within a run: ± over its trials; over runs: population std of the runs' means)")
     if args.json:
-        _write_json(
-            args.json,
+        write_json(
+            args,
             {
                 "runs": [dict(r.to_dict(), file=str(p)) for p, r in zip(args.features, results)],
                 "mean": dict(zip(_RUN_METRICS, mean.tolist())),

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from uvireid.cli import JSON_HELP, write_json
 from uvireid.cli._checks import add_trials, protocol_inputs
 from uvireid.errors import ConfigError, UvireidError
 
@@ -36,8 +35,8 @@ examples:
   uvireid rerank sysu_test.npz --reranker cmfp --protocol sysu-all --device cuda
 
 The features file may come from uvireid (uvireid.save_features) or from any codebase that
-writes an .npz with feats (N, d), pids, cams, modality (0 visible, 1 infrared); see
-examples/export_features/.
+writes an .npz with feats (N, d), pids, cams, modality (0 visible, 1 infrared); see the
+README's "Features file" and examples/export_features/ in the uvireid source repository.
 """
 
 
@@ -81,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="cpu",
         help="where the re-ranker computes: cpu (default), cuda, cuda:N or auto",
     )
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the results")
+    p.add_argument("--json", default=None, metavar="OUT.json", help=JSON_HELP)
     p.set_defaults(func=run)
     return p
 
@@ -316,8 +315,6 @@ def run(args: argparse.Namespace) -> int:
         print(base.summary().replace("reranker: none", "reranker: see below"))
         print(_side_by_side(rows))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "baseline": base.to_dict(),
             "reranked": {
@@ -331,8 +328,7 @@ def run(args: argparse.Namespace) -> int:
             "summary": rows,
             "failed": failed,
         }
-        out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        logger.info("wrote %s", out)
+        write_json(args, doc)
     if failed:
         for n, why in failed.items():
             print(f"error: re-ranker {n} failed: {why}", file=sys.stderr)

@@ -16,13 +16,19 @@ from itertools import combinations
 
 from uvireid.data.base import VIDataset, listed_twice, listing
 
-_SYSU_TRAIN = "SYSU-MM01 README; eval_datasets.md §1.1 [R]; salcr_reference.md §1.1 (SALCR logs)"
-_SYSU_TEST = (
-    "row lengths of the official exp/rand_perm_cam.mat (shared/data/sysu_mm01_official); "
-    "eval_datasets.md §1.1 (3,803 queries); salcr_reference.md §1.1 (6,775 visible)"
+_SYSU_TRAIN = (
+    "the SYSU-MM01 release (Wu et al., ICCV 2017; its exp/train_id.txt and exp/val_id.txt: "
+    "395 ids) and the SALCR and PGM training logs (22,258 visible / 11,909 infrared images)"
 )
-_REGDB = "eval_datasets.md §1.2 (206/206 ids); salcr_reference.md §1.2 (2,060 + 2,060 images)"
-_LLCM = "eval_datasets.md §1.3 (n_class = 713; 351 = 1,064 - 713)"
+_SYSU_TEST = (
+    "the SYSU-MM01 release's exp/test_id.txt (96 ids) and the row lengths of its "
+    "exp/rand_perm_cam.mat (images per camera: 3,803 infrared queries, 6,775 visible)"
+)
+_REGDB = (
+    "RegDB (Nguyen et al., Sensors 2017: 412 ids, 10 visible + 10 thermal images each) in "
+    "the standard split of Ye et al. (206 training / 206 test ids per trial)"
+)
+_LLCM = "LLCM (Zhang and Wang, CVPR 2023): 713 training and 351 test identities of 1,064"
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,9 @@ class PairedSampler:
 
 class MatchedPairSampler:
     """MBCCM's assignment sampler over a many-to-many cluster matching (Cheng et al., ACM
-    MM 2023; ``shared/notes/peers.md`` Sec. 3.2).
+    MM 2023).
+
+    (Specification: ``shared/notes/peers.md`` Sec. 3.2.)
 
     Half of a batch's pairs start from a visible cluster ``v`` and take a random infrared
     cluster among those matched to it, the other half start from an infrared cluster

@@ -91,7 +91,9 @@ def extract_features(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(loader, desc="extract", unit="batch", leave=False)
+        # disable=None: no bars where stderr is not a terminal (a batch job's log, where
+        # each refresh would be written and the next log line glued to an erased bar)
+        it = tqdm(loader, desc="extract", unit="batch", leave=False, disable=None)
     for images, modality in it:
         x = images.to(device, non_blocking=True)  # modality stays on the host
         feats = (

@@ -1166,7 +1166,9 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            it = tqdm(it, desc=f"epoch {epoch} ({stage.name})", leave=False, unit="it")
+            it = tqdm(
+                it, desc=f"epoch {epoch} ({stage.name})", leave=False, unit="it", disable=None
+            )  # none where stderr is not a terminal (see extract_features)
         n_images = 0
         pending: list = []
         for i in it:
