@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,98 @@ def test_a_refused_resume_stops_every_rank_with_the_reason(recipe_file, tmp_path
     assert "error: RunFolderError: rank 0 stopped the run (ConfigError: --resume" in err
     assert "Connection closed" not in err  # (torchrun's own ChildFailedError remains)
     assert proc.stdout.count("# resolved recipe") == 1  # rank 0 speaks for the run
+
+
+def _two_epoch_recipe(recipe_file, tmp_path) -> Path:
+    cfg = yaml.safe_load(recipe_file.read_text())
+    cfg["stages"][0]["epochs"] = 2
+    cfg["stages"][0]["iters_per_epoch"] = 2
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _worker(recipe, out, mode, port=None):
+    """The resume worker, under torchrun with 2 processes when ``port`` is given."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    launch = [sys.executable]
+    if port is not None:
+        launch += ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        launch += ["--master_port", str(port)]
+    cmd = [*launch, str(worker), str(recipe), str(out), mode]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+
+
+def _batches(out, rank, epoch):
+    rows = [json.loads(x) for x in (out / f"batches{rank}.jsonl").read_text().splitlines()]
+    return [r[1:] for r in rows if r[0] == epoch]
+
+
+@pytest.mark.slow
+def test_a_resumed_ddp_run_gives_each_rank_its_own_random_streams(recipe_file, tmp_path):
+    """Audit W (session 17): the checkpoint kept rank 0's sampler and augmentation
+    streams only and every rank loaded them: after a resume all ranks trained on the same
+    batches. Now each rank continues its own: the resumed epoch's batches are those of an
+    uninterrupted run, on each rank."""
+    recipe = _two_epoch_recipe(recipe_file, tmp_path)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    ref.mkdir()
+    out.mkdir()
+    for mode, where, port in (("train", ref, 29551), ("kill", out, 29552), ("resume", out, 29553)):
+        proc = _worker(recipe, where, mode, port)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _batches(out, 0, 1) != _batches(out, 1, 1)  # each rank its own batches
+    for rank in (0, 1):
+        assert _batches(out, rank, 0) == _batches(ref, rank, 0)
+        assert _batches(out, rank, 1) == _batches(ref, rank, 1)  # as if never stopped
+
+
+@pytest.mark.slow
+def test_a_resume_under_another_world_size_is_refused_or_recorded(recipe_file, tmp_path):
+    """Audit W: a run trained on 1 process resumed on 2 doubled its global batch from
+    then on, without a word, and the manifest kept the first batch only."""
+    recipe = _two_epoch_recipe(recipe_file, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _worker(recipe, out, "kill")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _worker(recipe, out, "resume", 29554)
+    assert proc.returncode != 0
+    assert "trained with 1 process(es) (world size) and this resume has 2" in proc.stderr
+    assert "Connection closed" not in proc.stderr
+    proc = _worker(recipe, out, "resume-allow", 29555)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = next((tmp_path / "runs").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["resumes"][-1]
+    assert entry["world_size"] == 2 and entry["changes"]["world_size"] == [1, 2]
+    per_gpu = manifest["batch"]["stages"][0]["per_gpu"]
+    assert entry["batch"]["stages"][0]["global"] == 2 * per_gpu  # the batch that trained on
+    assert _batches(out, 0, 1) != _batches(out, 1, 1)  # rank 1 not a copy of rank 0
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_0_alone_stops_the_other_ranks_with_its_reason(tmp_path):
+    """Audit W: an unreadable test image (only rank 0 reads them) stopped the other rank
+    with gloo's "Connection closed" traceback, which buried the reason."""
+    from train_fixtures import tiny_recipe
+
+    rec = tiny_recipe(tmp_path)
+    root = Path(rec["data"]["root"])
+    first = (root / "exp" / "test_id.txt").read_text().strip().split(",")[0]
+    sorted((root / "cam1").glob(f"{int(first):04d}/*.jpg"))[0].write_bytes(b"garbage")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(rec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29556", "-m", "uvireid", "run", str(recipe), "--no-report"],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "error: DatasetError: 1 test image(s) are unreadable" in proc.stderr
+    assert "rank 0 stopped the run (DatasetError" in proc.stderr
+    assert "Connection closed" not in proc.stderr, proc.stderr[-3000:]

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             f"unrecognized arguments: {' '.join(extra)}{_option_hint(parser, args, extra)}"
         )
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        # under torchrun rank 0 speaks for the run: the other ranks log errors only (each
+        # epoch line, warning and resume message appeared once per rank)
+        level=logging.DEBUG if args.verbose else (logging.INFO if _rank() == 0 else logging.ERROR),
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         hint = _resume_hint(args, exc)
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}{'; the run ' + hint if hint else ''}", file=sys.stderr)
+        if _rank() == 0:  # once for the run, not once per rank
+            print(f"{what}{'; the run ' + hint if hint else ''}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         # not one of uvireid's own errors (a CUDA out-of-memory, a bug): its traceback is
@@ -208,6 +211,16 @@ def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extr
     return ("; " + "; ".join(hints)) if hints else ""
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
     """For a ``run`` that stopped after finishing an epoch: how to continue it."""
     folder = getattr(exc, "run_folder", None)
@@ -218,9 +231,16 @@ def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
     latest = Path(folder) / "checkpoints" / "latest.pt"
     if not latest.exists() or getattr(exc, "checkpoint", None) == str(latest.resolve()):
         return ""  # none, or the very file that could not be read
+    import os
+
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    launch = f"torchrun --nproc_per_node {world} -m uvireid" if world > 1 else "uvireid"
     return (
         f"keeps its last finished epoch's checkpoint: after fixing the cause, continue "
-        f"with `uvireid run {shlex.quote(folder)} --resume`"
+        f"with `{launch} run {shlex.quote(folder)} --resume`"
     )
 
 

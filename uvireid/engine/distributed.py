@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,6 +87,69 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (pickled; small states such as RNG streams)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _rank0_stopped(said: str) -> Exception:
+    from uvireid.errors import RunFolderError
+
+    return RunFolderError(f"rank 0 stopped the run ({said.splitlines()[0][:200]})")
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def from_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0, its result on every rank (the other ranks wait for it).
+
+    An exception on rank 0 is raised there, and on the other ranks as a short error naming
+    it: otherwise they would die of the closed connection while waiting, a long
+    traceback that buries rank 0's reason (a Ctrl-C or SIGTERM reaches every rank and is
+    not announced)."""
+    if not is_distributed():
+        return fn()
+    result, failure = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as exc:
+            failure = exc
+    said = broadcast_object(("failed", _said(failure)) if failure is not None else ("ok", result))
+    if failure is not None:
+        raise failure
+    if said[0] == "failed":
+        raise _rank0_stopped(said[1])
+    return said[1]
+
+
+def agree(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on every rank (rank 0 doing what only it does, the others waiting), then
+    rank 0's outcome on all, as a barrier would, but an exception on rank 0 stops the other
+    ranks with a short error naming it (see :func:`from_main`)."""
+    if not is_distributed():
+        return fn()
+    result, failure = None, None
+    try:
+        result = fn()
+    except Exception as exc:
+        if not is_main():
+            raise
+        failure = exc
+    said = broadcast_object(None if failure is None else _said(failure))
+    if failure is not None:
+        raise failure
+    if said is not None:
+        raise _rank0_stopped(said)
+    return result
 
 
 def barrier() -> None:

@@ -513,6 +513,41 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
     return changes
 
 
+def check_world_size(folder: RunFolder, world_size: int, allow_changes: bool = False) -> dict:
+    """A resume under another number of processes than the run last trained with (its
+    manifest's): the global batch (per-GPU batch x processes) would change mid-run at the
+    same learning rate. An error naming the launch that continues it, unless
+    ``allow_changes`` (then a warning, and ``{"world_size": (old, new)}`` for the
+    manifest's record of the resume)."""
+    from uvireid.errors import ConfigError
+
+    try:
+        manifest = json.loads((folder.path / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    resumes = [r for r in manifest.get("resumes") or [] if isinstance(r, dict)]
+    old = (resumes[-1] if resumes else manifest).get("world_size")
+    if not isinstance(old, int) or old == world_size:
+        return {}
+    launch = (
+        f"torchrun --nproc_per_node {old} -m uvireid run {folder.path} --resume"
+        if old > 1
+        else f"uvireid run {folder.path} --resume (one process, no torchrun)"
+    )
+    what = (
+        f"--resume: {folder.path} trained with {old} process(es) (world size) and this resume "
+        f"has {world_size}: the global batch (per-GPU batch x processes) would change "
+        f"mid-run at the same learning rate"
+    )
+    if not allow_changes:
+        raise ConfigError(
+            f"{what}. Continue it as it ran: {launch}; or pass --allow-changes to go on "
+            f"with {world_size} (recorded in manifest.json)"
+        )
+    logger.warning("%s (--allow-changes: recorded in manifest.json)", what)
+    return {"world_size": (old, world_size)}
+
+
 def resumed_manifest(folder: RunFolder, current: dict, epochs_done: int, changes: dict) -> dict:
     """The run's first manifest with this resume appended to its ``resumes`` list (command,
     time, versions, source, device, world size and recipe changes of the new process):
@@ -530,6 +565,7 @@ def resumed_manifest(folder: RunFolder, current: dict, epochs_done: int, changes
         "epochs_done": epochs_done,
         **{k: current.get(k) for k in ("command", "started", "versions", "source", "device")},
         "world_size": current.get("world_size"),
+        **({"batch": current["batch"]} if "batch" in current else {}),
         "changes": {k: list(v) for k, v in changes.items()},
     }
     manifest.setdefault("resumes", []).append(entry)

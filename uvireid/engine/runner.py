@@ -25,6 +25,7 @@ from uvireid.engine.run_folder import (
     RunFolder,
     build_manifest,
     check_resume,
+    check_world_size,
     resume_target,
     resumed_manifest,
 )
@@ -422,6 +423,8 @@ def train_recipe(
             folder = resume_target(cfg, resume)
             if folder is not None:
                 changes = check_resume(folder, cfg, allow_changes)
+                if not (folder.path / "results.json").exists():
+                    changes.update(check_world_size(folder, D.world_size(), allow_changes))
                 folder.check_free()  # another process training in it: now, not later
         except UvireidError as exc:
             refused = exc

@@ -584,6 +584,7 @@ class Trainer:
         )
         seed = int(cfg["seed"])
         self.rng = np.random.default_rng([seed, D.rank()])
+        self.rank_streams: list[dict] | None = None  # every rank's, at the last epoch's end
         self.augment = Augmenter(
             pad=tr["pad"],
             erasing_p=tr["erasing_p"],
@@ -1116,15 +1117,17 @@ class Trainer:
             getattr(loss, "needs_parts", False) for loss in losses
         )
         t0 = time.perf_counter()
-        if D.is_main():
+
+        def labels_on_rank0():
             fv, fr, pv, pr = self._extract_train(with_parts)
             seconds["extract"] = time.perf_counter() - t0
             gv, gr = self._refine(fv, fr, seconds)
             lab = self.pseudo_labels(stage, gv, gr, seconds)
-            payload = (fv, fr, pv, pr, lab)
-        else:
-            payload = None
-        fv, fr, pv, pr, lab = D.broadcast_object(payload)
+            return fv, fr, pv, pr, lab
+
+        # under DDP rank 0 clusters and associates, the others receive the result (or
+        # stop with rank 0's reason if it fails)
+        fv, fr, pv, pr, lab = D.from_main(labels_on_rank0)
         self.labels = lab
         record["clusters"] = self._check_counts(lab, warnings)
         record["clusters"]["outliers_visible"] = int((lab.init_v < 0).sum())
@@ -1190,6 +1193,8 @@ class Trainer:
                 f"the data and the pseudo-labels"
             )
         D.broadcast_buffers(self.model)
+        if D.is_distributed():  # every rank's own random streams, for the checkpoint
+            self.rank_streams = D.all_gather_object(self._streams())
         self.scheduler.step()
         record["loss"] = {k: D.all_reduce_mean(v / max(1, stage.iters)) for k, v in sums.items()}
         record["paired"] = paired
@@ -1272,8 +1277,23 @@ class Trainer:
         }
 
     # -- checkpoints ------------------------------------------------------------------
+    def _streams(self) -> dict:
+        """This process's random streams: the global generators, the sampler's and the
+        augmentations'."""
+        return {
+            **rng_state(),
+            "sampler": self.rng.bit_generator.state,
+            "augment": self.augment.state_dict(),
+        }
+
     def state_dict(self) -> dict:
         lab = self.labels
+        rng = self._streams()
+        if self.rank_streams is not None:
+            # under DDP each rank draws its own batches and augmentations: all of them are
+            # kept (rank 0 saves), so a resume gives each rank back its own (with rank 0's
+            # alone, every rank drew rank 0's batches after a resume: audit W)
+            rng.update(per_rank=self.rank_streams, world_size=len(self.rank_streams))
         return {
             "epoch": self.epoch,
             "stage": self.stage_at(self.epoch - 1).name if self.epoch else None,
@@ -1281,11 +1301,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "losses": {name: m.state_dict() for name, m in self.losses.items()},
-            "rng": {
-                **rng_state(),
-                "sampler": self.rng.bit_generator.state,
-                "augment": self.augment.state_dict(),
-            },
+            "rng": rng,
             "labels": None if lab is None else lab.__dict__,
             "counts": self.counts,
             "seed": self.cfg["seed"],
@@ -1344,6 +1360,31 @@ class Trainer:
         )
         return info
 
+    def _restore_streams(self, rng: dict) -> None:
+        """This rank's random streams from a checkpoint: its own under DDP (``per_rank``),
+        the single process's otherwise. A rank the checkpoint holds no streams for (a
+        checkpoint of a smaller world, or of a version that kept rank 0's alone) keeps the
+        streams it was seeded with, so no two ranks draw the same batches."""
+        per_rank = rng.get("per_rank")
+        rank, world = D.rank(), D.world_size()
+        if per_rank is not None and rank < len(per_rank):
+            mine = per_rank[rank]
+        elif rank == 0:
+            mine = rng
+        else:
+            mine = None
+        if per_rank is None and world > 1 and rank == 0:
+            logger.warning(
+                "resume: the checkpoint holds one process's random streams; rank 0 continues "
+                "them, the other ranks start from their seeds (the run does not repeat the "
+                "uninterrupted one)"
+            )
+        if mine is None:
+            return
+        set_rng_state(mine)
+        self.rng.bit_generator.state = mine["sampler"]
+        self.augment.load_state_dict(mine["augment"])
+
     def restore(self, path) -> None:
         """Continue from a checkpoint (see :mod:`uvireid.engine.checkpoint`)."""
         state = load_checkpoint(path)
@@ -1385,10 +1426,7 @@ class Trainer:
                     state["losses"][s.name],
                     f"checkpoint {path} (losses of stage '{s.name}')",
                 )
-        rng = state["rng"]
-        set_rng_state(rng)
-        self.rng.bit_generator.state = rng["sampler"]
-        self.augment.load_state_dict(rng["augment"])
+        self._restore_streams(state["rng"])
         self.epoch = int(state["epoch"])
         self.counts = dict(state.get("counts") or {})
         if state.get("labels"):
@@ -1439,6 +1477,24 @@ class Trainer:
             torch.set_num_threads(threads)
 
     def _fit(self) -> dict | None:
+        # what only rank 0 does before the first epoch (test images, the untrained
+        # evaluation, a resumed epoch's record) is agreed on: a failure there stops the
+        # other ranks with its reason instead of a closed connection
+        evaluated_last = D.agree(self._before_training)
+        log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
+        while self.epoch < self.total_epochs:
+            epoch = self.epoch
+            record = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            evaluated_last = D.agree(functools.partial(self._finish_epoch, record, log))
+        if self.protocol is not None and D.is_main() and not evaluated_last:
+            if self.last_eval is None:
+                self.evaluate("final")
+        return self.last_eval
+
+    def _before_training(self) -> bool:
+        """Load the data, evaluate the untrained model if asked, log a resumed epoch's
+        missing record; returns whether that was the run's last epoch, evaluated."""
         ev = self.cfg["evaluation"]
         self.load_data()
         unreadable = self.unreadable_training_images()
@@ -1469,16 +1525,7 @@ class Trainer:
                         "seconds": {f"eval_{k}": v for k, v in res["seconds"].items()},
                     }
                 )
-        evaluated_last = self._log_pending(log)
-        while self.epoch < self.total_epochs:
-            epoch = self.epoch
-            record = self.train_epoch(epoch)
-            self.epoch = epoch + 1
-            evaluated_last = self._finish_epoch(record, log)
-            D.barrier()
-        if evaluates and D.is_main() and not evaluated_last and self.last_eval is None:
-            self.evaluate("final")
-        return self.last_eval
+        return self._log_pending(log)
 
     def _finish_epoch(self, record: dict, log: Any) -> bool:
         """Save the epoch just trained (``self.epoch`` counts it), evaluate it when due,
