@@ -251,3 +251,31 @@ def test_a_faiss_that_fails_at_search_time_falls_back_to_torch_under_auto(monkey
     assert caplog.text.count("faiss-gpu failed (RuntimeError: CUDA error") == 1
     with pytest.raises(RuntimeError, match="no kernel image"):
         knn_mod.knn(q, b, 5, backend="faiss")
+
+
+@pytest.mark.slow
+def test_self_search_holds_o_n_k_candidates_not_every_tiles():
+    """Audit Y (session 17): each row block kept one candidate chunk per earlier block
+    until its turn, O(N^3 k / tile) in all (2.2 GiB at 100k rows); the running top-k per
+    block keeps it at O(N k). Peak RSS of a search with many blocks, in a fresh process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import resource, torch
+        torch.set_num_threads(1)
+        from uvireid.clustering import knn as K
+        K._TILE_BYTES_CPU = 2**20  # a small tile budget: 250 blocks of 32 rows
+        x = torch.nn.functional.normalize(torch.randn(8000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+        K.knn(x[:200], k=30, metric="l2", backend="torch")  # libraries and allocator warm
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        K.knn(x, k=30, metric="l2", backend="torch")
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**10)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown = float(out.stdout.split()[-1])
+    # the output (8000 x 30 x 12 B = 2.7 MiB) and a 1 MiB tile; the chunks took ~180 MiB
+    assert grown < 48, f"the self search grew the peak RSS by {grown:.0f} MiB"
