@@ -140,3 +140,22 @@ def test_a_float32_distance_of_exactly_eps_is_a_neighbour_as_in_the_reference():
     r, c = np.nonzero(d < 1)
     got = dbscan_sparse(sp.csr_matrix((d[r, c], (r, c)), shape=(4, 4)), 0.6, 3)
     assert ref.tolist() == [0, 0, 0, 0] and got.tolist() == ref.tolist()
+
+
+def test_a_cosine_graph_that_cannot_fit_is_refused_from_its_first_block(monkeypatch):
+    """Audit Y (session 17): the cosine graph keeps every pair within eps, up to N^2 of
+    them (3.35 GiB at 8k images), with no check; now its projected size is checked after
+    the first block."""
+    import torch
+
+    from uvireid.clustering.dbscan import DBSCANClusterer
+    from uvireid.errors import ConfigError
+    from uvireid.rerank import inputs
+
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 64 * 2**20)
+    x = torch.rand(2000, 16, generator=torch.Generator().manual_seed(0))  # all pairs near
+    with pytest.raises(
+        ConfigError, match=r"cosine graph of 2000 images at eps 0.6 \(about 3,9\d\d,\d\d\d pairs"
+    ):
+        DBSCANClusterer(metric="cosine", eps=0.6).fit_predict(x)
+    DBSCANClusterer(metric="cosine", eps=0.6).fit_predict(x[:300])  # 90,000 pairs: fits

@@ -267,7 +267,8 @@ def test_self_search_holds_o_n_k_candidates_not_every_tiles():
         import resource, torch
         torch.set_num_threads(1)
         from uvireid.clustering import knn as K
-        K._TILE_BYTES_CPU = 2**20  # a small tile budget: 250 blocks of 32 rows
+        K._TILE_BYTES_CPU = 2**20  # a small tile budget: 250 blocks of 32 rows,
+        K._SELF_MAX_BLOCKS = 10**6  # all through the self search
         x = torch.nn.functional.normalize(torch.randn(8000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
         K.knn(x[:200], k=30, metric="l2", backend="torch")  # libraries and allocator warm
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

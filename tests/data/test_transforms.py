@@ -413,3 +413,21 @@ def test_the_augmenter_refuses_what_it_would_do_wrong():
         aug(x.float() / 255, "visible", "cpu")
     with pytest.raises(ConfigError, match=r"expected \(B, 3, H, W\) images"):
         aug(x[:, :1], "infrared", "cpu")
+
+
+def test_a_decode_that_cannot_fit_in_memory_stops_before_reading_an_image(monkeypatch, tmp_path):
+    """Audit Y (session 17): the decoded images (4.0 GiB for SYSU-MM01's training set)
+    were never checked against the free memory: a small host was killed part way."""
+    from uvireid.data import images
+    from uvireid.data import transforms as T
+    from uvireid.errors import ConfigError
+    from uvireid.rerank import inputs
+    from uvireid.types import ImageRecord
+
+    reads = []
+    monkeypatch.setattr(images, "read_image", lambda p: reads.append(p))
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 2**20)
+    recs = [ImageRecord(str(tmp_path / f"{i}.jpg"), 0, 0, 0) for i in range(100)]
+    with pytest.raises(ConfigError, match=r"decoding 100 images at 288 x 144 .* needs about"):
+        T.load_images(recs, 288, 144)
+    assert reads == []

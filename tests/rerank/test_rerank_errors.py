@@ -79,6 +79,36 @@ def test_too_big_for_memory_stops_at_once_saying_how_much(name, pair, monkeypatc
         RERANKERS.build(name).rerank(*pair)
 
 
+def test_cmfp_forced_dense_stops_at_once_when_its_blocks_cannot_fit(pair, monkeypatch):
+    """Audit Y (session 17): mode='dense' was the one dense path without the check (a
+    raw allocator error, or the OOM killer); 'auto' still takes the sparse path."""
+    dense = RERANKERS.build({"type": "cmfp", "k": 3, "mode": "dense"})
+    want = dense.rerank(*pair)  # checked, and fits
+    monkeypatch.setattr(inputs, "available_memory", lambda device: 1000)
+    with pytest.raises(ConfigError, match=r"CMFP's dense path .* needs about .*mode='sparse'"):
+        dense.rerank(*pair)
+    sparse = RERANKERS.build({"type": "cmfp", "k": 3, "mode": "sparse"})
+    assert np.allclose(sparse.rerank(*pair), want, atol=1e-5)  # the way out it names
+    auto = RERANKERS.build({"type": "cmfp", "k": 3})  # dense where it fits, else sparse
+    assert np.allclose(auto.rerank(*pair), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, extra", [(torch.float32, 0.0), (torch.float64, 8.0)])
+def test_the_kreciprocal_estimate_counts_the_matrices_of_the_inputs_dtype(
+    dtype, extra, monkeypatch
+):
+    """Audit Y: float32 input was charged a float64 (N, N) matrix it never allocates (2.1x
+    its need: a 5,000 + 30,000 run that fits was refused)."""
+    from uvireid.rerank import kreciprocal as kr
+
+    seen = []
+    monkeypatch.setattr(kr, "ensure_fits", lambda nbytes, *a, **k: seen.append(nbytes))
+    nq, ng = 30, 90
+    n = nq + ng
+    kr.k_reciprocal_distance(torch.randn(nq, 8, dtype=dtype), torch.randn(ng, 8, dtype=dtype))
+    assert seen == [pytest.approx(kr._dense_bytes(n, nq) + extra * n * n)]
+
+
 def test_three_line_use_from_another_codebase(pair):
     q, g = pair
     dist = rerank(q, g, "cmfp", k=3)

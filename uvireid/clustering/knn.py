@@ -34,9 +34,12 @@ Metrics (``metric``):
   (clamped at 0).
 
 A self search (``base`` is ``None`` or the query object itself, as in clustering and in the
-query-query / gallery-gallery blocks of CMFP) takes the torch path over square tiles and
-computes each off-diagonal tile once for both of its row blocks: about 56 % of the score
-products of a full search (``_knn_torch_self``); the neighbours are the same, ties included.
+query-query / gallery-gallery blocks of CMFP) of at most 16 row blocks (N up to about 40k on
+a CPU) takes the torch path over square tiles and computes each off-diagonal tile once for
+both of its row blocks: about 56 % of the score products of a full search
+(``_knn_torch_self``; larger ones take the plain search, whose one panel per block is
+faster there); the neighbours are the same, ties included,
+and each row block holds one running (rows x k) top-k list, so the candidates stay O(N k).
 
 Complexity: O(Nq * Nb * d) time for the scores and O(Nq * Nb) for the selection (exact
 search is quadratic in N); memory O((Nq + Nb) * d + Nq * k + block * Nb).
@@ -183,6 +186,13 @@ def _knn_torch(
         v, i = topk_stable(t, k, largest=largest)
         vals[s:e], idx[s:e] = v, i
     return vals, idx
+
+
+#: the self search over symmetric tiles runs a Python step per (block, later block) pair;
+#: beyond this many row blocks (N of about 40k on a CPU) the plain search's one panel per
+#: block is faster (60k x 256 on 2 CPU threads: 17.9 s in 54 blocks against 13.8 s), and
+#: at a million rows the pairs would number in the tens of millions
+_SELF_MAX_BLOCKS = 16
 
 
 def _self_block_rows(n: int, itemsize: int, device: torch.device) -> int:
@@ -430,7 +440,9 @@ def _search(
         vals, idx = _knn_faiss(q, b, k, metric, block_rows)
         return vals.to(q.device), idx.to(q.device)
     if self_search:
-        return _knn_torch_self(q, k, metric, block_rows)
+        r = block_rows or _self_block_rows(q.shape[0], q.element_size(), q.device)
+        if -(-q.shape[0] // r) <= _SELF_MAX_BLOCKS:
+            return _knn_torch_self(q, k, metric, block_rows)
     return _knn_torch(q, b, k, metric, block_rows)
 
 
@@ -460,7 +472,8 @@ def knn(
             images on a CPU, and measure its recall on your data).
         block_rows: query rows per score tile of the torch path (default: a tile of at most
             256 MiB on the CPU, 512 MiB on a GPU); rows (and columns) per square tile of a
-            self search (default: about Nq / 8, at least 1,024).
+            self search (default: about Nq / 8, at least 2,048, fewer where one (rows x
+            Nq) panel would pass the tile budget: 256 MiB on a CPU, 512 MiB on a GPU).
 
     Returns:
         ``(values, indices)``: (Nq, k) scores (inner products, largest first, or squared L2

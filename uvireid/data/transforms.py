@@ -86,7 +86,17 @@ def _decode(records: Sequence[ImageRecord], height: int, width: int):
     from PIL import Image
 
     from uvireid.data.images import read_image
+    from uvireid.rerank.inputs import ensure_fits
 
+    # the decoded images stay in host memory (SYSU-MM01's 34k training images at 288 x
+    # 144: 4.0 GiB, its test images 1.2 GiB): a host without that room is told now, not
+    # killed part way through the decode (audit Y, session 17)
+    ensure_fits(
+        len(records) * 3 * height * width,
+        torch.device("cpu"),
+        f"decoding {len(records)} images at {height} x {width} (uint8, in host memory)",
+        "free host memory, or lower train.height / train.width",
+    )
     out = np.zeros((len(records), 3, height, width), dtype=np.uint8)
     ok = np.ones(len(records), dtype=bool)
     bad: list[str] = []

@@ -62,7 +62,9 @@ def affinity_inference(query: Any, gallery: Any, k1: int = 4, k2: int = 1) -> An
     k2 = check_k(k2, "k2", "aim")
     nq, ng = q.shape[0], g.shape[0]
     ensure_fits(
-        q.element_size() * (3.0 * nq * ng + (3.0 + min(k2, k1)) * ng * ng),
+        # raw, a_qg, the propagated queries, the output and a mask (nq x ng); the gallery
+        # blocks (ng x ng)
+        q.element_size() * (4.25 * nq * ng + (3.0 + min(k2, k1)) * ng * ng),
         q.device,
         f"AIM for {nq} queries x {ng} gallery images",
         "re-rank the query set in parts, or use --reranker cmfp",

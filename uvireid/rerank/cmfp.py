@@ -37,7 +37,8 @@ Two paths give the same propagated features (to float rounding):
 - ``mode="sparse"``: the neighbours of each block from :func:`uvireid.clustering.knn.knn`
   (blocked exact search, or faiss), sparse affinities and a sparse product. Memory
   O(N * (k + d) + block * N); never an N x N matrix.
-- ``mode="auto"`` picks dense when its similarity matrices take at most 2 GiB.
+- ``mode="auto"`` picks dense when its similarity matrices take at most 2 GiB and fit in
+  the free memory of the device; a forced ``mode="dense"`` that cannot fit stops at once.
 
 Complexity (N = Nq + Ng): O(N^2 d) for the similarities in both paths (about half of it
 for the dense path, which computes each symmetric block once), O(N^2) for the selection,
@@ -60,7 +61,7 @@ from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
-from uvireid.rerank.inputs import as_tensor, check_k, check_pair, to_output
+from uvireid.rerank.inputs import as_tensor, check_k, check_pair, ensure_fits, to_output
 
 __all__ = [
     "CMFP",
@@ -510,7 +511,7 @@ def affinity_blocks(
     """
     _check_backend(backend)
     _check_options(mixed, block_rows)
-    mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size())
+    mode = _resolve_mode(mode, query.shape[0], gallery.shape[0], query.element_size(), query.device)
     if mode == "dense":
         if _resolve_mixed(mixed, query, gallery):
             found = _screened_dense_blocks(query, gallery, k)
@@ -549,14 +550,27 @@ def _check_options(mixed: Any, block_rows: Any) -> None:
         check_k(block_rows, "block_rows", "cmfp")
 
 
-def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int) -> str:
+def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int, device=None) -> str:
+    """The path for ``mode`` (``auto``: dense up to 2 GiB of similarities, where they fit
+    on ``device``). A forced dense path that cannot fit stops here, saying so (the four
+    similarity blocks and their top-k temporaries), before any of them is allocated."""
+    from uvireid.rerank.inputs import available_memory
+
     if mode not in MODES:
         raise ConfigError(f"cmfp: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode != "auto":
-        return mode
     dense_bytes = (nq * nq + 2 * nq * ng + ng * ng) * itemsize
-    chosen = "dense" if dense_bytes <= DENSE_MAX_BYTES else "sparse"
-    logger.debug("cmfp: mode=auto -> %s (%d x %d)", chosen, nq, ng)
+    chosen = mode
+    if mode == "auto":
+        fits = device is None or 1.1 * dense_bytes <= 0.9 * available_memory(torch.device(device))
+        chosen = "dense" if dense_bytes <= DENSE_MAX_BYTES and fits else "sparse"
+        logger.debug("cmfp: mode=auto -> %s (%d x %d)", chosen, nq, ng)
+    if chosen == "dense" and device is not None:
+        ensure_fits(
+            1.1 * dense_bytes,
+            torch.device(device),
+            f"CMFP's dense path for {nq} queries x {ng} gallery images",
+            "use mode='sparse' (or 'auto', which takes it above 2 GiB of similarities)",
+        )
     return chosen
 
 
@@ -622,7 +636,7 @@ def propagate(
     _check_backend(backend)
     _check_options(mixed, block_rows)
     nq = q.shape[0]
-    mode = _resolve_mode(mode, q.shape[0], g.shape[0], q.element_size())
+    mode = _resolve_mode(mode, q.shape[0], g.shape[0], q.element_size(), q.device)
     if mode == "sparse" and mixed:
         raise ConfigError(
             "cmfp: mixed=True is for the dense path; this input takes the sparse path "

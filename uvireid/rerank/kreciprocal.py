@@ -456,8 +456,11 @@ def k_reciprocal_distance(
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
     lambda_value = _check_lambda(lambda_value)
     nq, ng = q.shape[0], g.shape[0]
+    # float32 input is re-ranked in the (N, N) matrix its distances are computed in;
+    # other dtypes need that matrix besides the float32 one (counted in _dense_bytes)
+    own = 0.0 if q.dtype == torch.float32 else q.element_size() * (nq + ng) ** 2
     ensure_fits(
-        _dense_bytes(nq + ng, nq) + 8.0 * (nq + ng) ** 2,
+        _dense_bytes(nq + ng, nq) + own,
         q.device,
         f"k-reciprocal re-ranking of {nq} + {ng} images",
         "use --reranker cmfp (sparse, linear memory) or fewer images (e.g. a single-shot "
