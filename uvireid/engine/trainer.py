@@ -1198,7 +1198,9 @@ class Trainer:
         self.scheduler.step()
         record["loss"] = {k: D.all_reduce_mean(v / max(1, stage.iters)) for k, v in sums.items()}
         record["paired"] = paired
-        record["images_per_s"] = n_images / max(seconds["train"], 1e-9)
+        # the run's rate: every rank trains as many images as this one (audit W: rank 0's
+        # alone was logged, so N GPUs read as one)
+        record["images_per_s"] = n_images * D.world_size() / max(seconds["train"], 1e-9)
         record["memory"] = peak_memory(self.device)
         record["seconds"] = seconds
         if warnings:
