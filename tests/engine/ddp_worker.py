@@ -1,6 +1,6 @@
 """Run by tests/engine/test_distributed.py under torchrun: train a recipe, dump the state.
 
-Usage: python -m torch.distributed.run --nproc_per_node 2 ddp_worker.py RECIPE OUT_DIR
+Usage: python -m torch.distributed.run --nproc_per_node 2 ddp_worker.py RECIPE OUT_DIR [KEY=VALUE]
 Each rank writes OUT_DIR/rank<r>.pt with its model and loss-memory state after training.
 """
 
@@ -13,6 +13,7 @@ import torch
 
 def main() -> None:
     import uvireid  # noqa: F401
+    import uvireid.data.transforms as transforms
     import uvireid.engine.trainer as T
     from uvireid.config import load_recipe
     from uvireid.engine import distributed as D
@@ -20,6 +21,14 @@ def main() -> None:
 
     recipe, out = sys.argv[1], sys.argv[2]
     real_fit = T.Trainer.fit
+    real_decode = transforms._decode
+    decoded = []  # images this rank decoded (the rest it mapped from the cache)
+
+    def counting_decode(records, height, width):
+        decoded.append(len(records))
+        return real_decode(records, height, width)
+
+    transforms._decode = counting_decode
 
     def fit_and_dump(self):
         tables = real_fit(self)
@@ -28,13 +37,14 @@ def main() -> None:
             "losses": {k: v.state_dict() for k, v in self.losses.items()},
             "world_size": D.world_size(),
             "rank": D.rank(),
+            "decoded": list(decoded),
         }
         torch.save(state, f"{out}/rank{D.rank()}.pt")
         return tables
 
     T.Trainer.fit = fit_and_dump
     torch.set_num_threads(1)
-    run_recipe(load_recipe(recipe), progress=False)
+    run_recipe(load_recipe(recipe, sys.argv[3:]), progress=False)
 
 
 if __name__ == "__main__":

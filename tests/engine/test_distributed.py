@@ -46,6 +46,7 @@ def test_two_gloo_processes_train_identically(recipe_file, tmp_path):
             str(worker),
             str(path),
             str(out),
+            f"train.image_cache={tmp_path / 'images'}",
         ],
         capture_output=True,
         text=True,
@@ -56,6 +57,9 @@ def test_two_gloo_processes_train_identically(recipe_file, tmp_path):
     r0 = torch.load(out / "rank0.pt", weights_only=False)
     r1 = torch.load(out / "rank1.pt", weights_only=False)
     assert r0["world_size"] == r1["world_size"] == 2
+    # a first run: rank 0 decodes the training images into the cache, rank 1 maps them
+    # (it decoded only what rank 0 alone reads: nothing here); each held them all before
+    assert len(r0["decoded"]) >= 2 and r1["decoded"] == []
     for key, value in r0["model"].items():
         assert torch.equal(value, r1["model"][key]), key
     for stage, state in r0["losses"].items():

@@ -98,10 +98,10 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def _rank0_stopped(said: str) -> Exception:
+def _stopped(rank_: int, said: str) -> Exception:
     from uvireid.errors import RunFolderError
 
-    return RunFolderError(f"rank 0 stopped the run ({said.splitlines()[0][:200]})")
+    return RunFolderError(f"rank {rank_} stopped the run ({said.splitlines()[0][:200]})")
 
 
 def _said(exc: BaseException) -> str:
@@ -127,28 +127,28 @@ def from_main(fn: Callable[[], Any]) -> Any:
     if failure is not None:
         raise failure
     if said[0] == "failed":
-        raise _rank0_stopped(said[1])
+        raise _stopped(0, said[1])
     return said[1]
 
 
 def agree(fn: Callable[[], Any]) -> Any:
     """``fn()`` on every rank (rank 0 doing what only it does, the others waiting), then
-    rank 0's outcome on all, as a barrier would, but an exception on rank 0 stops the other
-    ranks with a short error naming it (see :func:`from_main`)."""
+    every rank's outcome on all, as a barrier would: a rank that failed raises its own
+    error, the others a short one naming the first rank that failed (see
+    :func:`from_main`). Calls nest: every rank takes part in each exchange."""
     if not is_distributed():
         return fn()
     result, failure = None, None
     try:
         result = fn()
     except Exception as exc:
-        if not is_main():
-            raise
         failure = exc
-    said = broadcast_object(None if failure is None else _said(failure))
+    said = all_gather_object(None if failure is None else _said(failure))
     if failure is not None:
         raise failure
-    if said is not None:
-        raise _rank0_stopped(said)
+    for rank_, what in enumerate(said):
+        if what is not None:
+            raise _stopped(rank_, what)
     return result
 
 

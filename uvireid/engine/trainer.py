@@ -704,8 +704,17 @@ class Trainer:
             return
         t0 = time.perf_counter()
         h, w, cache = self.tr["height"], self.tr["width"], image_cache_dir(self.tr)
-        self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
-        self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
+
+        def decode() -> None:
+            self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
+            self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
+
+        if D.is_distributed() and cache is not None:
+            # rank 0 decodes into the cache first; the other ranks then map it (its pages
+            # shared), instead of each decoding (and holding) the whole training set
+            D.agree(lambda: decode() if D.is_main() else None)
+        if self.images_v is None:
+            decode()
         if D.is_main() and self.protocol is not None:
             # every test image must be readable: found now, not after training
             self.test_images = load_test_images(self.dataset.test, self.tr)
