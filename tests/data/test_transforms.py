@@ -431,3 +431,34 @@ def test_a_decode_that_cannot_fit_in_memory_stops_before_reading_an_image(monkey
     with pytest.raises(ConfigError, match=r"decoding 100 images at 288 x 144 .* needs about"):
         T.load_images(recs, 288, 144)
     assert reads == []
+
+
+def test_the_image_cache_removes_what_killed_writers_left_and_dates_entries_by_use(tmp_path):
+    """Audit Z (session 17): a run killed while writing the shared image cache left its
+    temporary (SYSU-MM01: 4 GiB) there for good; a hit now also dates its entry, so
+    unused entries can be pruned by time."""
+    import os
+    import time
+
+    from PIL import Image
+
+    from uvireid.data.transforms import load_images
+
+    recs = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((16, 8, 3), 40 * i, np.uint8)).save(path)
+        recs.append(ImageRecord(str(path), i, 1, 0))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, live = cache / ".images-0123.npy.abc.tmp", cache / ".images-4567.npy.def.tmp"
+    for f in (old, live):
+        f.write_bytes(b"x" * 1024)
+    week = time.time() - 7 * 86400
+    os.utime(old, (week, week))  # a writer killed a week ago; `live` is being written
+    load_images(recs, 8, 4, cache_dir=cache)
+    assert not old.exists() and live.exists()
+    entry = next(cache.glob("images-*[0-9a-f].npy"))
+    os.utime(entry, (week, week))
+    load_images(recs, 8, 4, cache_dir=cache)  # a hit
+    assert time.time() - entry.stat().st_mtime < 3600

@@ -553,3 +553,25 @@ def test_the_part_losses_get_each_images_share_of_its_joint_part_and_global_norm
     for parts, w in ((ctx.parts_v, ctx.part_weights_v), (ctx.parts_r, ctx.part_weights_r)):
         assert w.shape == parts.shape[:2]
         assert bool((w > 0).all()) and bool((w.square().sum(1) < 1).all())  # bn_feat's share
+
+
+def test_an_epoch_keeps_no_reranker_buffer_of_its_clustered_count(recipe_file, monkeypatch):
+    """Audit Z (session 17): CMFP(tr) borrowed (n, n) buffers whose n (the epoch's
+    clustered images) never recurs; the workspace kept them (up to 512 MiB) all run."""
+    from uvireid.registry import DATASETS
+    from uvireid.rerank import workspace
+
+    cfg = load_recipe(recipe_file, ["evaluation.protocol=none", "stages.1.associator.k_tr=3"])
+    trainer = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    borrowed = []
+    real = workspace.borrow
+
+    def spy(shape, *a, **k):
+        borrowed.append(tuple(shape))
+        return real(shape, *a, **k)
+
+    monkeypatch.setattr(workspace, "borrow", spy)
+    workspace.release()
+    trainer.fit()
+    assert borrowed, "the recipe's association re-ranked (CMFP(tr)) with the workspace"
+    assert workspace.kept_bytes() == 0

@@ -26,9 +26,11 @@ its metrics; training and clustering ignore the unreadable ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,6 +148,7 @@ def load_images(
         arr, ok = _decode(records, height, width)
         return torch.from_numpy(arr), ok
     folder = Path(cache_dir)
+    _remove_abandoned(folder)
     key = _cache_key(records, height, width)
     img_path = folder / f"images-{key}.npy"
     ok_path = folder / f"images-{key}.ok.npy"
@@ -155,6 +158,9 @@ def load_images(
             ok = np.load(ok_path)
             if arr.shape == (len(records), 3, height, width) and len(ok) == len(records):
                 logger.info("decoded images: %s (cached)", img_path)
+                with contextlib.suppress(OSError):  # its time is its last use: prunable
+                    os.utime(img_path)
+                    os.utime(ok_path)
                 with warnings.catch_warnings():  # read-only map: never written to
                     warnings.simplefilter("ignore", UserWarning)
                     return torch.from_numpy(arr), ok
@@ -175,8 +181,36 @@ def load_images(
             exc,
         )
         return torch.from_numpy(arr), ok
-    logger.info("decoded %d images into %s", len(records), img_path)
+    entries = list(folder.glob("images-*.npy"))
+    logger.info(
+        "decoded %d images into %s (the cache holds %d files, %.1f GiB; an entry whose "
+        "images were moved, touched or resized is never used again: delete the folder, "
+        "or its files unused for long, e.g. find %s -name 'images-*' -mtime +30 -delete)",
+        len(records),
+        img_path,
+        len(entries),
+        sum(f.stat().st_size for f in entries if f.exists()) / 2**30,
+        folder,
+    )
     return torch.from_numpy(arr), ok
+
+
+#: a cache temporary this old has no live writer (a writer rewrites it continuously; the
+#: largest, SYSU-MM01's training images, takes minutes)
+_ABANDONED_SECONDS = 6 * 3600
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete what killed writers left in the image cache (``.images-*.tmp``, up to a
+    4 GiB file each): the cache is shared by runs on several hosts, so no lock says who
+    writes; a temporary untouched for six hours is abandoned."""
+    now = time.time()
+    for tmp in folder.glob(".images-*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > _ABANDONED_SECONDS:
+                size = tmp.stat().st_size
+                tmp.unlink()
+                logger.info("removed %s (%.1f MiB), left by a killed run", tmp, size / 2**20)
 
 
 # --------------------------------------------------------------------------------------
