@@ -233,3 +233,40 @@ def test_save_refuses_bad_arrays_and_writes_nothing(tmp_path):
     with pytest.raises(FeatureFileError, match=r"meta is not JSON-serialisable"):
         save_features(tmp_path / "f.npz", **arrays(), dataset=object())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_collapse_check_equals_its_definition_in_bounded_memory():
+    """Audit Z2 (session 17): the check on every eval held the features in float64 with
+    two temporaries (6x the file: +0.5 GB at SYSU-MM01's test size); now in row blocks,
+    with the same answers as the whole-matrix definition."""
+    import tracemalloc
+
+    from uvireid.features import identical_rows
+
+    def naive(f, rel=1e-5):
+        f = np.asarray(f, dtype=np.float64)
+        if f.ndim != 2 or f.shape[0] < 2 or not np.isfinite(f).all():
+            return None
+        spread, scale = float(np.abs(f - f[0]).max()), float(np.abs(f).max())
+        return (spread, scale) if spread <= rel * scale or scale == 0.0 else None
+
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(1, 40_000)).repeat(9, 0)  # 8 rows per block: several blocks
+    cases = [
+        rng.normal(size=(50, 8)),
+        wide,
+        wide + 1e-9 * rng.normal(size=wide.shape),  # within rel: collapsed
+        np.concatenate([wide, wide[:1] + 1.0]),  # the last block differs
+        np.zeros((5, 3)),
+        np.array([[1.0, np.nan], [1.0, np.nan]]),
+        rng.normal(size=(1, 4)),
+        np.ones((4, 3), dtype=np.float32),
+    ]
+    for f in cases:
+        assert identical_rows(f) == naive(f)
+    feats = rng.normal(size=(4096, 1024)).astype(np.float32)  # 16 MiB
+    tracemalloc.start()
+    assert identical_rows(feats) is None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for a 16 MiB matrix"

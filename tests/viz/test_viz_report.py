@@ -214,3 +214,35 @@ def test_the_plots_say_which_features_file_they_show(viz_run_dir, tmp_path):
     page = report.html.read_text()
     assert f"plots are of {other}, epoch 3 (not the final epoch)" in page
     assert any("--features does not fit the run's protocol sysu-all" in n for n in report.notes)
+
+
+def _llcm_like(viz_run_dir, tmp_path):
+    """The run's test features as an LLCM file (every camera shoots both modalities), as
+    `uvireid extract` of the run's model on another dataset writes it."""
+    import numpy as np
+
+    from uvireid.features import load_features, save_features
+
+    f = load_features(viz_run_dir / "features.npz")
+    remap = {1: 1, 2: 2, 4: 1, 5: 2, 3: 1, 6: 2}
+    cams = np.array([remap[int(c)] for c in f.cams])
+    meta = {**(f.meta or {}), "dataset": "llcm"}
+    return save_features(tmp_path / "llcm.npz", f.feats, f.pids, cams, f.modality, **meta)
+
+
+def test_features_of_another_dataset_are_plotted_with_a_protocol_they_fit(viz_run_dir, tmp_path):
+    """Audit Z2 (session 17): a --features file of another dataset (the README's extract
+    on LLCM of a SYSU run) got no distance or ranking plot, and a note advising a
+    protocol that report could not take."""
+    other = _llcm_like(viz_run_dir, tmp_path)
+    report = build_report(viz_run_dir, features=other, out=tmp_path / "auto", **KW)
+    assert {"distances.png", "ranking.png"} <= set(report.images)
+    notes = " ".join(report.notes)
+    assert "plots use protocol llcm-v2i, which the features file fits (the run's, sysu-all" in notes
+    chosen = build_report(
+        viz_run_dir, features=other, out=tmp_path / "i2v", protocol="llcm-i2v", **KW
+    )
+    assert {"distances.png", "ranking.png"} <= set(chosen.images)
+    assert "plots use protocol" not in " ".join(chosen.notes)
+    with pytest.raises(UvireidError, match="'llcm' is not a protocol; use one of .*llcm-v2i"):
+        build_report(viz_run_dir, features=other, out=tmp_path / "x", protocol="llcm", **KW)

@@ -38,3 +38,39 @@ def test_ranking_without_image_paths_draws_tiles(tmp_path, viz_features):
     no_paths = dataclasses.replace(viz_features, paths=None)
     path = ranking.plot_ranking(no_paths, tmp_path / "r.png", queries=1, k=3, dpi=30)
     assert png_size(path) == expected_px(ranking.ranking_figsize(1, 3), 30)
+
+
+def _figure_of(monkeypatch, features, n_ids):
+    """The t-SNE figure ``plot_tsne`` would save."""
+    import matplotlib.colors as mcolors
+
+    seen = {}
+    monkeypatch.setattr(tsne, "save", lambda fig, path, dpi: seen.setdefault("fig", fig) and path)
+    tsne.plot_tsne(features, "unused.png", n_ids=n_ids, per_id=2, dpi=30)
+    fig = seen["fig"]
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    colours = {mcolors.to_hex(c) for coll in fig.axes[0].collections for c in coll.get_facecolors()}
+    return texts, colours
+
+
+def test_every_identity_gets_its_own_colour_and_a_long_legend_is_left_out(monkeypatch):
+    """Audit Z2 (session 17): colours repeated every 20 identities, and above about 70
+    the legend ran off the figure (ids missing from it, silently)."""
+    from uvireid.features import Features
+
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(60), 4)
+    f = Features(
+        rng.normal(size=(240, 8)).astype(np.float32),
+        ids,
+        np.tile([1, 3, 2, 6], 60),
+        np.tile([0, 1, 0, 1], 60),
+        None,
+        {},
+        "test",
+    )
+    texts, colours = _figure_of(monkeypatch, f, 60)
+    assert len(colours) == 60  # one colour an identity, none repeated
+    assert "(60 identities)" in texts and not any(t.startswith("id ") for t in texts)
+    texts, colours = _figure_of(monkeypatch, f, 30)
+    assert len(colours) == 30 and sum(t.startswith("id ") for t in texts) == 30

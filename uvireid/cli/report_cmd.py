@@ -52,6 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--ids", type=positive_int, default=12, help="identities in the t-SNE (default 12)"
     )
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="query/gallery split of the distance and ranking plots (default: the run's; "
+        "a --features file of another dataset: the first protocol it fits)",
+    )
     p.add_argument("--dpi", type=positive_int, default=100, help="PNG resolution (default 100)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     p.set_defaults(func=run)
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         tsne_ids=args.ids,
         out=args.out,
         dpi=args.dpi,
+        protocol=args.protocol,
     )
     print(f"report: {report.html} ({len(report.images)} plots)")
     for note in report.notes:

@@ -407,6 +407,7 @@ def build_report(
     tsne_ids: int = 12,
     out: str | os.PathLike | None = None,
     dpi: int = 100,
+    protocol: str | None = None,
 ) -> Report:
     """Draw every plot the run folder has data for and write ``report.html``.
 
@@ -423,6 +424,9 @@ def build_report(
         tsne_ids: identities in the t-SNE plot.
         out: folder for ``report.html`` and the PNGs (default ``run_dir``).
         dpi: resolution of every PNG.
+        protocol: the protocol whose query/gallery split the distance and ranking plots
+            use (default: the run's; for ``features`` of another dataset that the run's
+            protocol refuses, the first registered protocol the file fits, noted).
 
     Returns:
         :class:`Report`.
@@ -436,6 +440,12 @@ def build_report(
     from uvireid.viz import curves, distances, ranking, tsne
 
     require_matplotlib()
+    protocol_arg = protocol
+    if protocol_arg is not None and protocol_arg not in _protocol_names():
+        raise UvireidError(
+            f"protocol {protocol_arg!r} is not a protocol; use one of "
+            f"{', '.join(_protocol_names())}"
+        )
     run_dir = Path(run_dir)
     if run_dir.is_file():
         raise UvireidError(
@@ -510,13 +520,16 @@ def build_report(
     feats = given if given is not None else _load_features(run_dir / "features.npz", notes)
     origin = ""
     if feats is not None:
-        origin = _features_origin(feats, given is not None, protocol, notes)
+        plots_protocol = protocol_arg or protocol
+        if given is not None and protocol_arg is None:
+            plots_protocol = _fitting_protocol(feats, protocol, notes)
+        origin = _features_origin(feats, given is not None, plots_protocol, notes)
         draw(
             "distances.png",
             distances.plot_distance_histograms,
             feats,
             reranker=part,
-            protocol=protocol,
+            protocol=plots_protocol,
         )
         draw("tsne.png", tsne.plot_tsne, feats, n_ids=tsne_ids)
         if feats.paths is None:
@@ -528,7 +541,7 @@ def build_report(
             queries=queries,
             k=k,
             reranker=part,
-            protocol=protocol,
+            protocol=plots_protocol,
         )
 
     for name in PLOTS:  # a PNG of an earlier report that this one could not draw is stale
@@ -552,6 +565,38 @@ def build_report(
     for note in notes:
         logger.info("report: %s", note)
     return Report(path, images, notes)
+
+
+def _protocol_names() -> list[str]:
+    from uvireid.evaluation.protocols import PROTOCOLS
+
+    return list(PROTOCOLS)
+
+
+def _fitting_protocol(feats: Any, protocol: str | None, notes: list[str]) -> str | None:
+    """The run's protocol when a ``--features`` file fits it, else the first registered
+    protocol it fits (a file of another dataset: ``uvireid extract`` on LLCM of a run
+    trained on SYSU-MM01), noted; the run's when none fits (its note says why)."""
+    from uvireid.errors import ProtocolError
+    from uvireid.evaluation.protocols import PROTOCOLS, _check_meta
+
+    def fits(name: str) -> bool:
+        try:
+            _check_meta(feats, PROTOCOLS[name])
+        except ProtocolError:
+            return False
+        return True
+
+    if protocol is None or protocol not in PROTOCOLS or fits(protocol):
+        return protocol
+    other = next((name for name in PROTOCOLS if fits(name)), None)
+    if other is None:
+        return protocol
+    notes.append(
+        f"the distance and ranking plots use protocol {other}, which the features file fits "
+        f"(the run's, {protocol}, does not); pass --protocol to choose another."
+    )
+    return other
 
 
 def _features_origin(feats: Any, given: bool, protocol: str | None, notes: list[str]) -> str:

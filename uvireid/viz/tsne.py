@@ -29,6 +29,8 @@ DPI = 100
 #: up to this many points t-SNE uses exact gradients, above it Barnes-Hut
 EXACT_MAX = 500
 MARKERS = {VISIBLE: ("o", "visible"), INFRARED: ("^", "infrared")}
+#: identities the legend lists (two columns fit the figure); beyond, colours only
+LEGEND_IDS = 48
 
 
 def tsne_sample(features: Features, n_ids: int = 12, per_id: int = 10, seed: int = 0) -> np.ndarray:
@@ -102,8 +104,12 @@ def plot_tsne(
     xy = embed(features.feats[rows], seed)
     pids, modality = features.pids[rows], features.modality[rows]
     ids = np.unique(pids)
-    cmap = colormaps["tab20"] if len(ids) > 10 else colormaps["tab10"]
-    color = {pid: cmap(i % cmap.N) for i, pid in enumerate(ids.tolist())}
+    if len(ids) <= 20:
+        cmap = colormaps["tab20"] if len(ids) > 10 else colormaps["tab10"]
+        color = {pid: cmap(i) for i, pid in enumerate(ids.tolist())}
+    else:  # more than a qualitative palette holds: evenly spaced hues, none repeated
+        cmap = colormaps["turbo"]
+        color = {pid: cmap(i / (len(ids) - 1)) for i, pid in enumerate(ids.tolist())}
 
     fig = new_figure(*FIGSIZE)
     ax = fig.add_subplot()
@@ -127,6 +133,8 @@ def plot_tsne(
         for p in ids.tolist()
     ]
     blank = Line2D([], [], linestyle="", label=" ")
+    if len(ids) > LEGEND_IDS:  # a legend that long is cut off by the figure: none
+        swatches = [Line2D([], [], linestyle="", label=f"({len(ids)} identities)")]
     # one legend outside the axes (constrained layout makes room for it): modality markers,
     # a gap, then the identity colours
     fig.legend(
