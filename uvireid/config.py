@@ -129,6 +129,12 @@ class TrainSettings:
             some pixel's gain is at most 1e-6 (spec Sec. 11 item 14); false: one patch,
             as the paper describes it. See
             :mod:`uvireid.data.transforms`.
+        resize: how the training images (also those the clustering features come from)
+            are resized to ``height x width`` when decoded: ``bilinear`` (torchvision's
+            default, as SALCR and MBCCM), ``bicubic`` (PGM's ``interpolation=3``) or
+            ``lanczos``.
+        test_resize: the same for the test images (null: ``resize``; PGM resizes its test
+            images with LANCZOS, ``Image.ANTIALIAS``).
         image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
             (else ``~/.cache/uvireid/images``); null = decode in memory every run.
         extract_batch: images per forward when extracting features.
@@ -169,6 +175,8 @@ class TrainSettings:
     gray_p: float = 0.5
     cluster_flip: bool = False
     ltg_official: bool = False
+    resize: str = "bilinear"
+    test_resize: str | None = None
     image_cache: str | None = "auto"
     extract_batch: int = 256
     collapse_ratio: float = 0.5
@@ -785,6 +793,8 @@ def _known_protocol(name: str) -> bool:
 
 #: value ranges of the settings (checked with the recipe, not when a value is first used:
 #: ``train.iters_per_epoch=0`` used to train nothing and evaluate an untrained model)
+#: the resampling filters of ``train.resize`` / ``train.test_resize``
+RESIZE_FILTERS = ("bilinear", "bicubic", "lanczos")
 #: the views ``jitter_views`` may name (train-wide and per stage)
 JITTER_VIEWS = ("visible_ca", "infrared")
 _JITTER_VIEWS_RULE = (
@@ -811,6 +821,11 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.jitter_views": _JITTER_VIEWS_RULE,
     "TrainSettings.hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (turns of the colour wheel)"),
     "TrainSettings.extract_batch": (_at_least(1), ">= 1"),
+    "TrainSettings.resize": (lambda v: v in RESIZE_FILTERS, "bilinear, bicubic or lanczos"),
+    "TrainSettings.test_resize": (
+        lambda v: v in RESIZE_FILTERS,
+        "bilinear, bicubic or lanczos (or null: train.resize)",
+    ),
     "TrainSettings.collapse_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "EvalSettings.protocol": (
         _known_protocol,

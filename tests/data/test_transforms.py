@@ -462,3 +462,34 @@ def test_the_image_cache_removes_what_killed_writers_left_and_dates_entries_by_u
     os.utime(entry, (week, week))
     load_images(recs, 8, 4, cache_dir=cache)  # a hit
     assert time.time() - entry.stat().st_mtime < 3600
+
+
+def test_the_resize_filter_is_pils_and_part_of_the_cache_key(tmp_path):
+    """Audit S (session 17): PGM resizes bicubically (and its test images with LANCZOS);
+    every image was decoded bilinearly. The bilinear cache keeps its earlier key."""
+    from PIL import Image
+
+    from uvireid.data.transforms import _cache_key, load_images
+    from uvireid.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)).save(path)
+    recs = [ImageRecord(str(path), 0, 1, 0)]
+    got = {}
+    for name, pil in (
+        ("bilinear", Image.Resampling.BILINEAR),
+        ("bicubic", Image.Resampling.BICUBIC),
+        ("lanczos", Image.Resampling.LANCZOS),
+    ):
+        want = np.asarray(Image.open(path).convert("RGB").resize((8, 16), pil)).transpose(2, 0, 1)
+        for cache in (None, tmp_path / "cache"):
+            imgs, ok = load_images(recs, 16, 8, cache_dir=cache, resize=name)
+            assert ok.all() and np.array_equal(imgs[0].numpy(), want), (name, cache)
+        got[name] = want
+    assert not np.array_equal(got["bilinear"], got["bicubic"])
+    keys = {name: _cache_key(recs, 16, 8, name) for name in got}
+    assert len(set(keys.values())) == 3 and keys["bilinear"] == _cache_key(recs, 16, 8)
+    assert len(list((tmp_path / "cache").glob("images-*[0-9a-f].npy"))) == 3
+    with pytest.raises(ConfigError, match="resize must be one of bilinear, bicubic, lanczos"):
+        load_images(recs, 16, 8, resize="nearest")

@@ -726,3 +726,26 @@ def test_a_trainer_without_a_run_folder_writes_nothing(recipe_file, tmp_path, mo
     assert out["results"]["none"].mean["R1"] >= 0  # from the features it saved and read back
     assert sorted(os.listdir(work)) == ["features.npz"]
     assert (work / "features.npz").read_bytes() == b"the user's own file"
+
+
+def test_a_run_of_an_earlier_version_resumes_without_the_settings_added_since(recipe_file):
+    """A run's config.yaml lacks the settings added after it started (session 16's
+    associator.official_solver, session 17's train.resize): their defaults keep the
+    earlier behaviour, so they are not changes (every such run was refused); a real
+    change still is."""
+    import yaml
+
+    from uvireid.engine.run_folder import check_resume
+    from uvireid.errors import ConfigError
+
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+    folder.write_config(cfg)
+    old = yaml.safe_load((folder.path / "config.yaml").read_text())
+    del old["train"]["resize"], old["train"]["test_resize"]
+    del old["stages"][1]["associator"]["official_solver"]
+    (folder.path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_resume(folder, cfg) == {}
+    changed = load_recipe(recipe_file, ["train.resize=bicubic"])
+    with pytest.raises(ConfigError, match=r"train.resize: 'bilinear' -> 'bicubic'"):
+        check_resume(folder, changed)

@@ -575,3 +575,31 @@ def test_an_epoch_keeps_no_reranker_buffer_of_its_clustered_count(recipe_file, m
     trainer.fit()
     assert borrowed, "the recipe's association re-ranked (CMFP(tr)) with the workspace"
     assert workspace.kept_bytes() == 0
+
+
+def test_training_and_test_images_are_resized_with_their_own_filters(recipe_file, monkeypatch):
+    """PGM's recipe: bicubic training/clustering images, LANCZOS test images."""
+    import uvireid.engine.trainer as trainer_mod
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(recipe_file, ["train.resize=bicubic", "train.test_resize=lanczos"])
+    trainer = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    calls = []
+    real = trainer_mod.load_images
+
+    def spy(records, h, w, **kw):
+        calls.append((len(records), kw["resize"]))
+        return real(records, h, w, **kw)
+
+    monkeypatch.setattr(trainer_mod, "load_images", spy)
+    trainer.load_data()
+    n_test = len(trainer.dataset.test)
+    assert calls == [
+        (len(trainer.vis), "bicubic"),
+        (len(trainer.ir), "bicubic"),
+        (n_test, "lanczos"),
+    ]
+    cfg = load_recipe(recipe_file, ["train.resize=bicubic"])  # test_resize null: the same
+    calls.clear()
+    trainer_mod.load_test_images(trainer.dataset.test, cfg["train"])
+    assert calls == [(n_test, "bicubic")]

@@ -73,8 +73,13 @@ ERASE_FILL = (0.4914, 0.4822, 0.4465)
 # --------------------------------------------------------------------------------------
 # decoding, once
 # --------------------------------------------------------------------------------------
-def _cache_key(records: Sequence[ImageRecord], height: int, width: int) -> str:
-    h = hashlib.sha1(f"{height}x{width}\n".encode())
+def _cache_key(
+    records: Sequence[ImageRecord], height: int, width: int, resize: str = "bilinear"
+) -> str:
+    # the filter joins the key only when it is not the default: the caches of earlier
+    # versions (all bilinear) keep their names
+    size = f"{height}x{width}" + ("" if resize == "bilinear" else f" {resize}")
+    h = hashlib.sha1(f"{size}\n".encode())
     for r in records:
         try:
             st = os.stat(r.path)
@@ -84,8 +89,21 @@ def _cache_key(records: Sequence[ImageRecord], height: int, width: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode(records: Sequence[ImageRecord], height: int, width: int):
+def _pil_filters() -> dict[str, int]:
     from PIL import Image
+
+    return {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+    }
+
+
+#: ``train.resize`` names -> PIL resampling filters
+_FILTERS = _pil_filters()
+
+
+def _decode(records: Sequence[ImageRecord], height: int, width: int, resize: str = "bilinear"):
 
     from uvireid.data.images import read_image
     from uvireid.rerank.inputs import ensure_fits
@@ -110,8 +128,8 @@ def _decode(records: Sequence[ImageRecord], height: int, width: int):
             bad.append(r.path)
             logger.debug("%s", exc)
             continue
-        # = torchvision Resize((h, w)) on a PIL image (bilinear), as the test transform
-        img = img.resize((width, height), Image.BILINEAR)
+        # = torchvision Resize((h, w), interpolation) on a PIL image (PIL's filter)
+        img = img.resize((width, height), _FILTERS[resize])
         out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     if bad:
         logger.warning(
@@ -130,12 +148,15 @@ def load_images(
     width: int,
     *,
     cache_dir: str | os.PathLike | None = None,
+    resize: str = "bilinear",
 ) -> tuple[torch.Tensor, np.ndarray]:
     """All ``records`` decoded and resized: ``(images, ok)``.
 
     Args:
         records: the images, in the order the engine indexes them.
-        height, width: size after a bilinear resize (PIL, as the test transform).
+        height, width: size after the resize.
+        resize: PIL's resampling filter: ``bilinear`` (torchvision's default),
+            ``bicubic`` or ``lanczos`` (part of the cache key).
         cache_dir: folder of ``.npy`` caches (None: decode in memory only). A cache is
             keyed by the paths, their sizes and modification times and the size, so an
             edited or replaced file is decoded again.
@@ -144,12 +165,14 @@ def load_images(
         ``images``: (N, 3, height, width) uint8 tensor (memory-mapped from the cache when
         there is one); ``ok``: (N,) bool, False for unreadable images (left black).
     """
+    if resize not in _FILTERS:
+        raise ConfigError(f"resize must be one of {', '.join(_FILTERS)}, got {resize!r}")
     if cache_dir is None:
-        arr, ok = _decode(records, height, width)
+        arr, ok = _decode(records, height, width, resize)
         return torch.from_numpy(arr), ok
     folder = Path(cache_dir)
     _remove_abandoned(folder)
-    key = _cache_key(records, height, width)
+    key = _cache_key(records, height, width, resize)
     img_path = folder / f"images-{key}.npy"
     ok_path = folder / f"images-{key}.ok.npy"
     if img_path.exists() and ok_path.exists():
@@ -166,7 +189,7 @@ def load_images(
                     return torch.from_numpy(arr), ok
         except (OSError, ValueError):
             logger.warning("image cache %s is unreadable; decoding again", img_path)
-    arr, ok = _decode(records, height, width)
+    arr, ok = _decode(records, height, width, resize)
     from uvireid.fileio import atomic_write
 
     try:

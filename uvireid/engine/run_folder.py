@@ -474,6 +474,23 @@ def resume_target(cfg: dict, resume: Any) -> RunFolder | None:
     return RunFolder(resume)
 
 
+def _resolved_config(path: Path) -> dict:
+    """A run's ``config.yaml`` resolved by this version: settings added since the run
+    started take their defaults, which keep the earlier behaviour (so a run of an earlier
+    version is not refused for keys it never had: ``train.resize: <absent> ->
+    bilinear``); as written where this version cannot resolve it (a key since removed:
+    then that is the change reported)."""
+    import yaml
+
+    from uvireid.config import load_recipe
+    from uvireid.errors import UvireidError
+
+    try:
+        return yaml.safe_load(dump(load_recipe(path))) or {}
+    except UvireidError:
+        return yaml.safe_load(path.read_text()) or {}
+
+
 def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> dict:
     """The recipe changes of a resumed run against its ``config.yaml``
     (:func:`recipe_changes`); any is an error naming them unless ``allow_changes``, then
@@ -482,7 +499,7 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
 
     from uvireid.errors import ConfigError
 
-    old = yaml.safe_load((folder.path / "config.yaml").read_text()) or {}
+    old = _resolved_config(folder.path / "config.yaml")
     changes = recipe_changes(old, yaml.safe_load(dump(cfg)))
     if not changes:
         return {}

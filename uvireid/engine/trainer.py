@@ -430,7 +430,13 @@ def load_test_images(test: list, train: dict) -> torch.Tensor:
     Raises:
         DatasetError: a test image cannot be read (the protocol needs every one).
     """
-    imgs, ok = load_images(test, train["height"], train["width"], cache_dir=image_cache_dir(train))
+    imgs, ok = load_images(
+        test,
+        train["height"],
+        train["width"],
+        cache_dir=image_cache_dir(train),
+        resize=train.get("test_resize") or train.get("resize", "bilinear"),
+    )
     if not ok.all():
         bad = [r.path for r, good in zip(test, ok) if not good][:3]
         raise DatasetError(
@@ -707,8 +713,9 @@ class Trainer:
         h, w, cache = self.tr["height"], self.tr["width"], image_cache_dir(self.tr)
 
         def decode() -> None:
-            self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache)
-            self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache)
+            resize = self.tr.get("resize", "bilinear")
+            self.images_v, self.ok_v = load_images(self.vis, h, w, cache_dir=cache, resize=resize)
+            self.images_r, self.ok_r = load_images(self.ir, h, w, cache_dir=cache, resize=resize)
 
         if D.is_distributed() and cache is not None:
             # rank 0 decodes into the cache first; the other ranks then map it (its pages
