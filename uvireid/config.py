@@ -1020,12 +1020,17 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             if (
                 comp in stage
                 and isinstance(raw, Mapping)
-                and "type" not in raw
-                and isinstance(top, Mapping)
-                and "type" in top
+                and raw.get("type", top.get("type") if isinstance(top, Mapping) else None)
+                == (top.get("type") if isinstance(top, Mapping) else object())
+                and not raw.get("_delete_")
             ):
-                # keys without a type refine the top-level part: stages.1.clusterer.eps=0.5
+                # keys without a type, or with the top-level part's own type, refine the
+                # top-level part: stages.1.clusterer.eps=0.5 (naming the same type kept
+                # none of its settings: stages.1.associator.type=otla_dual turned the
+                # demo's CMFP(tr) off, audit AA); another type replaces it
                 raw = {**top, **raw}
+            elif isinstance(raw, Mapping) and "_delete_" in raw:
+                raw = {k: v for k, v in raw.items() if k != "_delete_"}
             res[comp] = _validate_component(
                 f"{where}.{comp}" if comp in stage else comp, spec.registry, raw, prov, spec.extra
             )

@@ -24,9 +24,9 @@ def main() -> None:
     real_decode = transforms._decode
     decoded = []  # images this rank decoded (the rest it mapped from the cache)
 
-    def counting_decode(records, height, width):
+    def counting_decode(records, *args, **kwargs):
         decoded.append(len(records))
-        return real_decode(records, height, width)
+        return real_decode(records, *args, **kwargs)
 
     transforms._decode = counting_decode
 

@@ -189,6 +189,7 @@ def check_parts(cfg: dict) -> None:
         from uvireid.engine.trainer import stages_of
 
         for st in stages_of(cfg):
+            _check_stage_fits(st)
             parts.append((f"stage '{st.name}': clusterer", CLUSTERERS, st.clusterer))
             if st.associator:
                 parts.append((f"stage '{st.name}': associator", ASSOCIATORS, st.associator))
@@ -227,6 +228,45 @@ def check_parts(cfg: dict) -> None:
             f"the part losses share one part module, so their num_parts must agree; they "
             f"are {', '.join(f'{w}: {n}' for w, n in part_counts)}"
         )
+
+
+def _check_stage_fits(st: Any) -> None:
+    """A stage's parts fit together (each was checked alone): losses that need paired
+    visible/infrared batches have a sampler that pairs, pairs and cross-modal terms have an
+    associator whose labels make them. Otherwise the loss (or its cross terms) would sit
+    out every step of the stage, silently (audit AA, session 17: part losses with the
+    identity sampler trained on a total of 0).
+
+    Raises:
+        ConfigError: naming the stage, the part and the fix.
+    """
+    from uvireid.registry import LOSSES
+
+    sampler = st.sampler.get("type")
+    pairs = sampler in ("paired", "matched")
+    where = f"stage '{st.name}'"
+    if pairs and not st.associator:
+        raise ConfigError(
+            f"{where}: sampler '{sampler}' pairs visible and infrared images through the "
+            f"associator's cross-modal labels, but the stage has no associator; add one "
+            f"(otla_dual, pgm, mbccm) or use sampler: {{type: identity}}"
+        )
+    for i, spec in enumerate(st.losses):
+        kind = LOSSES.get(spec["type"])
+        label = f"{where}: losses.{i} ({spec['type']})"
+        needs_pairs = getattr(kind, "needs_pairs", False)
+        if needs_pairs and not pairs:
+            raise ConfigError(
+                f"{label} trains on paired visible/infrared batches, but the stage's sampler "
+                f"is '{sampler}', which never pairs them: the loss would sit out every step. "
+                f"Use sampler: {{type: paired}} (or matched) with an associator, or drop it"
+            )
+        if (needs_pairs or getattr(kind, "needs_cross_labels", False)) and not st.associator:
+            raise ConfigError(
+                f"{label} needs cross-modal labels, but the stage has no associator: its "
+                f"cross-modal terms would be skipped every step. Add an associator (otla_dual, "
+                f"pgm, mbccm) to the stage, or use cluster_contrast for intra-modal training"
+            )
 
 
 def is_training(cfg: dict) -> bool:

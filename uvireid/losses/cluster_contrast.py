@@ -205,6 +205,10 @@ class DualClusterContrastLoss(_TwoMemories):
             take most of a visible prototype they share a label with.
     """
 
+    #: its cross terms need an associator's labels (a recipe check: without one they are
+    #: skipped every step, and the loss is DCL's)
+    needs_cross_labels = True
+
     def __init__(
         self,
         temperature: float = 0.05,

@@ -56,6 +56,9 @@ class AlternateCrossContrastLoss(ClusterContrastLoss):
         hard: hard memory updates (PGM's stage 2, ``use_hard``), the cross rows' too.
     """
 
+    #: its cross term needs an associator's labels (without one the loss is DCL's)
+    needs_cross_labels = True
+
     def __init__(
         self,
         temperature: float = 0.05,
@@ -183,6 +186,9 @@ class ModalityAgnosticLoss(_TwoMemories):
         kl_eps: the probabilities of L_cc are clamped at this before their logs (1e-12,
             as the MBCCM code's ``KLDivLoss``; 0: the exact KL, see :func:`symmetric_kl`).
     """
+
+    #: its agnostic memories need an associator's labels
+    needs_cross_labels = True
 
     def __init__(
         self,

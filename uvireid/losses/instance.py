@@ -103,6 +103,10 @@ class InstanceNeighbourLoss(nn.Module):
             memories within an epoch, and the a->r part replaced by a->v.
     """
 
+    #: it pulls the visible and infrared rows of paired batches (``paired`` or ``matched``
+    #: sampler: an unpaired batch gives 0)
+    needs_pairs = True
+
     def __init__(
         self,
         k: int = 30,

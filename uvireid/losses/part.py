@@ -64,6 +64,8 @@ class PartContrastLoss(nn.Module):
     """
 
     needs_parts = True
+    #: its part queries attend over the cross-modal pairs of paired batches
+    needs_pairs = True
 
     def __init__(
         self,
