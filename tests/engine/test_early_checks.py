@@ -749,3 +749,21 @@ def test_a_run_of_an_earlier_version_resumes_without_the_settings_added_since(re
     changed = load_recipe(recipe_file, ["train.resize=bicubic"])
     with pytest.raises(ConfigError, match=r"train.resize: 'bilinear' -> 'bicubic'"):
         check_resume(folder, changed)
+
+
+def test_start_from_best_builds_on_the_ranks_that_hold_no_run_folder(recipe_file, monkeypatch):
+    """Audit AG (session 17): under torchrun the ranks other than 0 get no run folder, by
+    design (rank 0 reads best.pt and broadcasts it); they refused start_from: best for
+    want of one, so PGM's recipe could not run on several GPUs. A single process without
+    a folder is still refused."""
+    import uvireid.engine.trainer as trainer_mod
+    from uvireid.errors import ConfigError
+
+    overrides = ["stages.1.start_from=best", "evaluation.every=1", "evaluation.keep_best=true"]
+    cfg = load_recipe(recipe_file, overrides)
+    data = DATASETS.build(cfg["data"])
+    with pytest.raises(ConfigError, match="start_from: best"):
+        Trainer(cfg, data, "cpu", None, progress=False)
+    monkeypatch.setattr(trainer_mod.D, "is_main", lambda: False)  # as rank 1 sees itself
+    monkeypatch.setattr(trainer_mod.D, "rank", lambda: 1)
+    Trainer(cfg, data, "cpu", None, progress=False)

@@ -144,3 +144,19 @@ def test_features_that_are_not_a_float_matrix_are_refused_or_converted(pair):
     )
     # numpy with torch: the torch side decides the output kind
     assert isinstance(rerank(q, torch.from_numpy(g), "cmfp"), torch.Tensor)
+
+
+def test_free_cuda_memory_counts_what_torchs_cache_holds_unused(monkeypatch):
+    """Audit AG (session 17): cudaMemGetInfo's free bytes leave out the blocks torch's
+    allocator holds cached and unused (after a training epoch, gigabytes), which it hands
+    out again; CMFP's mode=auto flipped to sparse and a forced dense path was refused."""
+    from uvireid.rerank import cmfp
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 40 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+    dev = torch.device("cuda")
+    assert inputs.available_memory(dev) == 32 * gib
+    assert cmfp._resolve_mode("auto", 12000, 9000, 4, dev) == "dense"
+    assert cmfp._resolve_mode("dense", 12000, 9000, 4, dev) == "dense"

@@ -603,7 +603,10 @@ class Trainer:
             cuda_graphs=bool(tr.get("cuda_graphs")),  # used on CUDA only
         )
         if any(st.start_from == "best" for st in self.stages) and (
-            self.protocol is None or folder is None
+            # under torchrun only rank 0 holds the folder (it reads best.pt and broadcasts
+            # it): the other ranks have none by design (audit AG: PGM could not run on
+            # more than one GPU)
+            self.protocol is None or (folder is None and D.is_main())
         ):
             raise ConfigError(
                 "a stage has start_from: best, but this run "

@@ -145,10 +145,13 @@ def check_positive(value: Any, name: str, who: str) -> float:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on ``device`` (host: MemAvailable; CUDA: free memory)."""
+    """Bytes free for new tensors on ``device`` (host: MemAvailable; CUDA: the device's
+    free memory plus what torch's allocator holds cached but unused, which it hands out
+    again: after a training epoch that is most of what the device "lacks", audit AG)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
