@@ -228,3 +228,14 @@ def test_modality_agnostic_value_gradient_and_update_follow_mbccm(scale):
     # consistency term is no longer zero on identical logits
     assert not torch.allclose(loss.memory_va.features, loss.memory_v.features)
     assert math.isfinite(float(loss(StepOutputs(fv, fa, fr), t)))
+
+
+@pytest.mark.parametrize("bad", [-1e-12, 0.5, 1.5, float("nan"), "tiny"])
+def test_a_kl_clamp_that_would_flatten_the_term_is_refused(bad):
+    """Audit AH (session 17): kl_eps >= 1 clamped every probability to it, and L_cc was
+    exactly 0 without a word."""
+    with pytest.raises(
+        ConfigError, match=r"modality_agnostic: kl_eps must be a finite number in \[0.0, 0.01\]"
+    ):
+        ModalityAgnosticLoss(kl_eps=bad)
+    ModalityAgnosticLoss(kl_eps=0.0)

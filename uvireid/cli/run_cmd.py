@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--allow-changes",
         action="store_true",
         help="with --resume: accept recipe changes beyond device, speed and evaluation "
-        "settings (each is warned about and recorded in manifest.json)",
+        "settings, and another torchrun world size (each is warned about and recorded in "
+        "manifest.json)",
     )
     p.add_argument("--dry-run", action="store_true", help="validate and print, run nothing")
     p.add_argument(

@@ -34,9 +34,9 @@ Metrics (``metric``):
   (clamped at 0).
 
 A self search (``base`` is ``None`` or the query object itself, as in clustering and in the
-query-query / gallery-gallery blocks of CMFP) of at most 16 row blocks (N up to about 40k on
-a CPU) takes the torch path over square tiles and computes each off-diagonal tile once for
-both of its row blocks: about 56 % of the score products of a full search
+query-query / gallery-gallery blocks of CMFP) of at most 16 row blocks (N up to about 33k
+in float32 on a CPU) takes the torch path over square tiles and computes each off-diagonal
+tile once for both of its row blocks: about 56 % of the score products of a full search
 (``_knn_torch_self``; larger ones take the plain search, whose one panel per block is
 faster there); the neighbours are the same, ties included,
 and each row block holds one running (rows x k) top-k list, so the candidates stay O(N k).
@@ -189,7 +189,7 @@ def _knn_torch(
 
 
 #: the self search over symmetric tiles runs a Python step per (block, later block) pair;
-#: beyond this many row blocks (N of about 40k on a CPU) the plain search's one panel per
+#: beyond this many row blocks (N of about 33k in float32 on a CPU, 46k on a GPU) the plain search's one panel per
 #: block is faster (60k x 256 on 2 CPU threads: 17.9 s in 54 blocks against 13.8 s), and
 #: at a million rows the pairs would number in the tens of millions
 _SELF_MAX_BLOCKS = 16

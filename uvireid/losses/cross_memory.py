@@ -25,6 +25,7 @@ from uvireid.losses.cluster_contrast import ClusterContrastLoss, _TwoMemories, c
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets
 from uvireid.losses.memory import ClusterMemory, check_loss_settings
 from uvireid.registry import LOSSES
+from uvireid.rerank.inputs import check_real
 
 __all__ = ["AlternateCrossContrastLoss", "ModalityAgnosticLoss", "symmetric_kl"]
 
@@ -184,7 +185,8 @@ class ModalityAgnosticLoss(_TwoMemories):
         beta: weight of L_cc (0.5).
         use_ca: include the channel-augmented visible view.
         kl_eps: the probabilities of L_cc are clamped at this before their logs (1e-12,
-            as the MBCCM code's ``KLDivLoss``; 0: the exact KL, see :func:`symmetric_kl`).
+            as the MBCCM code's ``KLDivLoss``; 0: the exact KL, see :func:`symmetric_kl`;
+            at most 0.01).
     """
 
     #: its agnostic memories need an associator's labels
@@ -199,9 +201,10 @@ class ModalityAgnosticLoss(_TwoMemories):
         use_ca: bool = True,
         kl_eps: float = 1e-12,
     ):
-        check_loss_settings(
-            "modality_agnostic", temperature=temperature, alpha=alpha, beta=beta, kl_eps=kl_eps
-        )
+        check_loss_settings("modality_agnostic", temperature=temperature, alpha=alpha, beta=beta)
+        # a clamp is a floor under tiny probabilities: at 1 / classes or more it flattens
+        # both sides and the term is 0 (audit AH)
+        check_real(kl_eps, "kl_eps", "modality_agnostic", 0.0, 0.01)
         super().__init__(float(temperature), momentum)
         self.kl_eps = float(kl_eps)
         self.alpha = float(alpha)
