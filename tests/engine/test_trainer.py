@@ -603,3 +603,31 @@ def test_training_and_test_images_are_resized_with_their_own_filters(recipe_file
     calls.clear()
     trainer_mod.load_test_images(trainer.dataset.test, cfg["train"])
     assert calls == [(n_test, "bicubic")]
+
+
+def test_an_evaluation_only_run_resizes_its_test_images_as_the_trainer_does(recipe_file):
+    """Audit AL (session 17): train.test_resize reached the trainer's evaluation and
+    `uvireid extract`, but an evaluation-only recipe extracted bilinear images whatever it
+    said: the same weights scored differently by the two paths."""
+    from uvireid.engine.extract import extract_features
+    from uvireid.engine.trainer import extract_test_bank
+    from uvireid.models.backbone import TwoStreamResNet
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(
+        recipe_file, ["train.test_resize=lanczos", "train.height=50", "train.width=22"]
+    )
+    test = DATASETS.build(cfg["data"]).test[:12]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for rec in test:  # the fixture's flat images look the same under every filter
+        Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).save(rec.path)
+    torch.manual_seed(0)
+    model = TwoStreamResNet("resnet18").eval()
+    h, w = cfg["train"]["height"], cfg["train"]["width"]
+    trainer_side = extract_test_bank(model, test, cfg["train"], "cpu").feats
+    eval_side = extract_features(model, test, height=h, width=w, resize="lanczos").feats
+    bilinear = extract_features(model, test, height=h, width=w).feats
+    assert np.abs(trainer_side - eval_side).max() < 1e-5
+    assert np.abs(bilinear - eval_side).max() > 1e-3  # the filter matters here

@@ -92,10 +92,11 @@ def _cache_key(
 def _pil_filters() -> dict[str, int]:
     from PIL import Image
 
+    filters = getattr(Image, "Resampling", Image)  # Pillow < 9.1: the module's constants
     return {
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-        "lanczos": Image.Resampling.LANCZOS,
+        "bilinear": filters.BILINEAR,
+        "bicubic": filters.BICUBIC,
+        "lanczos": filters.LANCZOS,
     }
 
 
@@ -212,10 +213,20 @@ def load_images(
         len(records),
         img_path,
         len(entries),
-        sum(f.stat().st_size for f in entries if f.exists()) / 2**30,
+        _total_size(entries) / 2**30,
         folder,
     )
     return torch.from_numpy(arr), ok
+
+
+def _total_size(files: list[Path]) -> int:
+    """Bytes of ``files``, those another process removed meanwhile left out (the cache is
+    shared: a prune may run at any time)."""
+    total = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            total += f.stat().st_size
+    return total
 
 
 #: a cache temporary this old has no live writer (a writer rewrites it continuously; the

@@ -18,13 +18,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def test_transform(height: int, width: int):
-    """Resize to (height, width), tensor, ImageNet normalisation (the peers' test path)."""
+def test_transform(height: int, width: int, resize: str = "bilinear"):
+    """Resize to (height, width) with PIL's ``resize`` filter (``bilinear``, ``bicubic``
+    or ``lanczos``: ``train.test_resize``), tensor, ImageNet normalisation (the peers' test
+    path)."""
     import torchvision.transforms as T
 
+    modes = {
+        "bilinear": T.InterpolationMode.BILINEAR,
+        "bicubic": T.InterpolationMode.BICUBIC,
+        "lanczos": T.InterpolationMode.LANCZOS,
+    }
+    if resize not in modes:
+        from uvireid.errors import ConfigError
+
+        raise ConfigError(f"resize must be one of {', '.join(modes)}, got {resize!r}")
     return T.Compose(
         [
-            T.Resize((height, width)),
+            T.Resize((height, width), interpolation=modes[resize]),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -70,15 +81,17 @@ def extract_features(
     workers: int = 0,
     progress: bool = False,
     head: str = "bn_feat",
+    resize: str = "bilinear",
 ) -> FeatureBank:
     """Test-time features of ``records`` (``model.extract(images, modality)``; ``head``:
-    see :data:`uvireid.models.backbone.FEATURE_HEADS`).
+    see :data:`uvireid.models.backbone.FEATURE_HEADS`; ``resize``: the images' filter, see
+    :func:`test_transform`).
 
     Returns a FeatureBank with ``feats`` (N, d) float32 numpy, L2-normalised as the
     model's ``extract`` returns them, in the order of ``records``.
     """
     loader = DataLoader(
-        RecordImages(records, test_transform(height, width)),
+        RecordImages(records, test_transform(height, width, resize)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=usable_workers(workers),

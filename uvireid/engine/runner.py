@@ -125,6 +125,8 @@ def evaluate(
             workers=tr["workers"],
             progress=progress,
             head=ev["feature_head"],
+            # the test images' filter, as the trainer's own evaluation decodes them
+            resize=tr.get("test_resize") or tr.get("resize", "bilinear"),
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats)
