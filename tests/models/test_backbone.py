@@ -367,6 +367,8 @@ def test_fixed_size_timm_models_are_built_for_the_reid_size_or_refused():
     with pytest.raises(ConfigError, match="'test_resnet' takes no img_size"):
         TimmBackbone("test_resnet", img_size=[64, 32])
     check_input_size(TimmBackbone("test_resnet"), 64, 32)  # convolutional: any size
+    # a fixed-size patch embedding under another name (MLP-Mixer's stem): found too
+    assert TimmBackbone("mixer_s16_224").fixed_input_size == (224, 224)
     with pytest.raises(ConfigError, match=r"img_size must be \[height, width\]"):
         TimmBackbone("vit_tiny_patch16_224", img_size=[64])
 
@@ -382,3 +384,8 @@ def test_channels_last_timm_maps_are_pooled_over_space():
     assert out.feature_map.shape == (2, m.out_dim, raw.shape[1], raw.shape[2])
     assert torch.equal(out.feature_map, raw.permute(0, 3, 1, 2))
     assert out.bn_feat.shape == (2, m.out_dim)
+    # pooled by timm's own head (an average): GeM's floor at 1e-6 would drop the negative
+    # half of a LayerNorm'd map (audit AM)
+    with torch.no_grad():
+        assert torch.allclose(out.global_feat, m.model.forward_head(raw, pre_logits=True))
+        assert torch.allclose(out.global_feat, raw.mean(dim=(1, 2)), atol=1e-6)

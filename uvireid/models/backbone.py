@@ -615,8 +615,12 @@ class TimmBackbone(_ReidHead):
         self.check_input_size(x.shape[-2], x.shape[-1], "input")
         fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
-            if self.channels_last_map:  # (B, h, w, C) -> (B, C, h, w)
-                fmap = fmap.permute(0, 3, 1, 2)
+            if self.channels_last_map:
+                # (B, h, w, C) -> (B, C, h, w) for the part stripes; pooled by timm's own
+                # head, as a ViT's tokens are: Swin's map ends in a LayerNorm, and GeM's
+                # floor at 1e-6 would drop its negative half (audit AM)
+                pooled = self.model.forward_head(fmap, pre_logits=True)
+                return self._head(fmap.permute(0, 3, 1, 2), pooled)
             return self._head(fmap)
         return self._head(fmap, self.model.forward_head(fmap, pre_logits=True))
 
@@ -635,8 +639,12 @@ def check_input_size(backbone: nn.Module, height: int, width: int) -> None:
 
 def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     """(H, W) a timm model refuses other input sizes than (a patch embedding with
-    ``strict_img_size``, not ``dynamic_img_size``), or None."""
-    pe = getattr(model, "patch_embed", None)
+    ``strict_img_size``, not ``dynamic_img_size``: ViT's ``patch_embed``, MLP-Mixer's
+    ``stem``, wherever it sits), or None."""
+    pe = next(
+        (m for m in model.modules() if hasattr(m, "strict_img_size") and hasattr(m, "img_size")),
+        None,
+    )
     size = getattr(pe, "img_size", None)
     if pe is None or size is None or not getattr(pe, "strict_img_size", False):
         return None

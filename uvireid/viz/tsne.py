@@ -107,7 +107,8 @@ def plot_tsne(
     if len(ids) <= 20:
         cmap = colormaps["tab20"] if len(ids) > 10 else colormaps["tab10"]
         color = {pid: cmap(i) for i, pid in enumerate(ids.tolist())}
-    else:  # more than a qualitative palette holds: evenly spaced hues, none repeated
+    else:  # more than a qualitative palette holds: evenly spaced hues (the colour map's
+        # 256 levels: none repeated up to 256 identities)
         cmap = colormaps["turbo"]
         color = {pid: cmap(i / (len(ids) - 1)) for i, pid in enumerate(ids.tolist())}
 
