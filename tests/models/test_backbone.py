@@ -342,6 +342,9 @@ def test_a_uvireid_checkpoint_is_loaded_as_pretrained_weights_strictly(tmp_path)
         assert k == k2 and torch.equal(v, v2), k
     with pytest.raises(ConfigError, match=r"backbone.pretrained: .*unexpected key.*non_local"):
         _model(pretrained=str(path))  # other backbone settings: every difference named
+    bare = save_checkpoint(tmp_path / "bare", {"epoch": 2, "model": {}, "rng": rng_state()})
+    with pytest.raises(ConfigError, match="a uvireid checkpoint without backbone weights"):
+        _model(pretrained=str(bare))
     # a file that pickles anything else is not unpickled to find out: the usual message
     torch.save({"args": argparse.Namespace(lr=1), "state_dict": {}}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match=r"could not be read as a file of tensors.*'model'"):

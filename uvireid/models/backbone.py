@@ -244,6 +244,10 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
     """The backbone weights of a uvireid training checkpoint (``RUN/checkpoints/*.pt``),
     names as the backbone's own ``state_dict``; None for any other file.
 
+    Raises:
+        ConfigError: a uvireid checkpoint of another format version, or without backbone
+            weights (the advice for other files would not help).
+
     Read with ``weights_only`` loading, allowing only the numpy types a uvireid checkpoint
     holds (its RNG state): a file that needs anything else is not unpickled."""
     from uvireid.engine.checkpoint import FORMAT
@@ -273,13 +277,25 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        return None
+    if not isinstance(state, dict) or not {"format", "epoch", "model"} <= set(state):
+        return None  # not the shape of a uvireid checkpoint
+    if state["format"] != FORMAT:
+        raise ConfigError(
+            f"backbone.pretrained: {path} is a uvireid checkpoint of format "
+            f"{state['format']!r}; this version reads format {FORMAT}: load it with the "
+            f"version that wrote it and save its backbone's state_dict()"
+        )
     model = state.get("model")
-    if not isinstance(model, dict):
-        return None
-    weights = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
-    return weights or None
+    weights = {}
+    if isinstance(model, dict):
+        weights = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    if not weights:
+        raise ConfigError(
+            f"backbone.pretrained: {path} is a uvireid checkpoint without backbone weights "
+            f"(no 'model' entry with 'backbone.*' keys); give a run's checkpoints/latest.pt "
+            f"or best.pt"
+        )
+    return weights
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
