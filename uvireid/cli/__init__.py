@@ -211,14 +211,21 @@ def _option_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, extr
     return ("; " + "; ".join(hints)) if hints else ""
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (``RANK``), 0 otherwise."""
+def _launch_env(name: str, default: int) -> int:
+    """An integer torchrun sets (``RANK``, ``WORLD_SIZE``), ``default`` without it. Read
+    from the environment: the process group does not exist yet when logging is set up,
+    nor any more when a stopped run's hint is printed."""
     import os
 
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get(name, default))
     except ValueError:
-        return 0
+        return default
+
+
+def _rank() -> int:
+    """This process's rank under torchrun, 0 otherwise."""
+    return _launch_env("RANK", 0)
 
 
 def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
@@ -231,12 +238,7 @@ def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
     latest = Path(folder) / "checkpoints" / "latest.pt"
     if not latest.exists() or getattr(exc, "checkpoint", None) == str(latest.resolve()):
         return ""  # none, or the very file that could not be read
-    import os
-
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        world = 1
+    world = _launch_env("WORLD_SIZE", 1)
     launch = f"torchrun --nproc_per_node {world} -m uvireid" if world > 1 else "uvireid"
     return (
         f"keeps its last finished epoch's checkpoint: after fixing the cause, continue "

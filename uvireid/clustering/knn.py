@@ -442,7 +442,7 @@ def _search(
     if self_search:
         r = block_rows or _self_block_rows(q.shape[0], q.element_size(), q.device)
         if -(-q.shape[0] // r) <= _SELF_MAX_BLOCKS:
-            return _knn_torch_self(q, k, metric, block_rows)
+            return _knn_torch_self(q, k, metric, r)
     return _knn_torch(q, b, k, metric, block_rows)
 
 

@@ -104,6 +104,17 @@ def _pil_filters() -> dict[str, int]:
 _FILTERS = _pil_filters()
 
 
+def check_resize(resize: str) -> str:
+    """``resize`` if it names a filter (``bilinear``, ``bicubic``, ``lanczos``).
+
+    Raises:
+        ConfigError: another name.
+    """
+    if resize not in _FILTERS:
+        raise ConfigError(f"resize must be one of {', '.join(_FILTERS)}, got {resize!r}")
+    return resize
+
+
 def _decode(records: Sequence[ImageRecord], height: int, width: int, resize: str = "bilinear"):
 
     from uvireid.data.images import read_image
@@ -166,8 +177,7 @@ def load_images(
         ``images``: (N, 3, height, width) uint8 tensor (memory-mapped from the cache when
         there is one); ``ok``: (N,) bool, False for unreadable images (left black).
     """
-    if resize not in _FILTERS:
-        raise ConfigError(f"resize must be one of {', '.join(_FILTERS)}, got {resize!r}")
+    check_resize(resize)
     if cache_dir is None:
         arr, ok = _decode(records, height, width, resize)
         return torch.from_numpy(arr), ok

@@ -126,6 +126,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
             logger.warning("checkpoint: CUDA RNG state not restored (another GPU count)")
 
 
+def backbone_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone's weights in a checkpoint's ``model`` entry (a
+    :class:`~uvireid.engine.trainer.TrainModel`'s state), named as the backbone's own
+    ``state_dict`` (``backbone.`` dropped); empty when it holds none."""
+    model = state.get("model")
+    if not isinstance(model, dict):
+        return {}
+    prefix = "backbone."
+    return {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
+
+
 def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``folder/latest.pt`` atomically (tmp file, fsync, rename)."""
     state = {"format": FORMAT, **state}

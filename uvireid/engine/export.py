@@ -33,13 +33,10 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
             (say, a torchvision or another code's file: load those with
             ``backbone.pretrained: PATH``).
     """
-    from uvireid.engine.checkpoint import load_checkpoint
+    from uvireid.engine.checkpoint import backbone_state, load_checkpoint
 
     state = load_checkpoint(checkpoint)  # a dict of a uvireid checkpoint's format
-    prefix = "backbone."
-    weights = {
-        k[len(prefix) :]: v for k, v in (state.get("model") or {}).items() if k.startswith(prefix)
-    }
+    weights = backbone_state(state)
     if not weights:
         raise CheckpointError(
             f"{checkpoint}: no backbone weights (no 'model' entry with 'backbone.*' keys; the "

@@ -24,18 +24,13 @@ def test_transform(height: int, width: int, resize: str = "bilinear"):
     path)."""
     import torchvision.transforms as T
 
-    modes = {
-        "bilinear": T.InterpolationMode.BILINEAR,
-        "bicubic": T.InterpolationMode.BICUBIC,
-        "lanczos": T.InterpolationMode.LANCZOS,
-    }
-    if resize not in modes:
-        from uvireid.errors import ConfigError
+    from uvireid.data.transforms import check_resize
 
-        raise ConfigError(f"resize must be one of {', '.join(modes)}, got {resize!r}")
+    # torchvision's modes carry the same names (InterpolationMode("bicubic"))
+    mode = T.InterpolationMode(check_resize(resize))
     return T.Compose(
         [
-            T.Resize((height, width), interpolation=modes[resize]),
+            T.Resize((height, width), interpolation=mode),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]

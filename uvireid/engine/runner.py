@@ -109,6 +109,7 @@ def evaluate(
     decoded-image cache. ``meta``: more provenance for the features file (the trainer's
     epoch, stage and whether it is the final one), which the results carry too.
     """
+    from uvireid.engine.trainer import eval_resize
     from uvireid.evaluation.protocols import run_protocol
     from uvireid.features import load_features, save_features
 
@@ -125,8 +126,7 @@ def evaluate(
             workers=tr["workers"],
             progress=progress,
             head=ev["feature_head"],
-            # the test images' filter, as the trainer's own evaluation decodes them
-            resize=tr.get("test_resize") or tr.get("resize", "bilinear"),
+            resize=eval_resize(tr),  # as the trainer's own evaluation decodes them
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats)
@@ -153,8 +153,6 @@ def evaluate(
             **meta,
         )
         feats = load_features(path)
-    if folder is None:
-        path = None
     kwargs = dict(
         trials=ev["trials"],
         shot=ev["shot"],
@@ -173,7 +171,7 @@ def evaluate(
             feats, protocol, reranker=reranker, **kwargs
         )
         seconds["rerank"] = time.perf_counter() - t0
-    return {"results": results, "seconds": seconds, "features": None if path is None else str(path)}
+    return {"results": results, "seconds": seconds, "features": str(path) if folder else None}
 
 
 def check_parts(cfg: dict) -> None:
@@ -518,17 +516,18 @@ def train_recipe(
             raise
 
 
-def _stop_all_ranks(refused: BaseException | None) -> None:
+def _stop_all_ranks(refused: Exception | None) -> None:
     """Raise rank 0's refusal on every rank (under torchrun the other ranks would
     otherwise wait for rank 0 and die of a closed connection, whose traceback buries the
-    reason): rank 0 raises its own error, the others a short one naming it."""
+    reason): rank 0 raises its own error, the others a short one naming it
+    (:func:`~uvireid.engine.distributed.from_main`)."""
     from uvireid.engine import distributed as D
 
-    said = D.broadcast_object(None if refused is None else f"{type(refused).__name__}: {refused}")
-    if refused is not None:
-        raise refused
-    if said is not None:
-        raise RunFolderError(f"rank 0 stopped the run ({said.splitlines()[0][:200]})")
+    def outcome() -> None:
+        if refused is not None:
+            raise refused
+
+    D.from_main(outcome)
 
 
 def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFolder:

@@ -424,6 +424,11 @@ def image_cache_dir(train: dict) -> str | None:
     return c
 
 
+def eval_resize(train: dict) -> str:
+    """The test images' resize filter: ``train.test_resize``, else ``train.resize``."""
+    return train.get("test_resize") or train.get("resize", "bilinear")
+
+
 def load_test_images(test: list, train: dict) -> torch.Tensor:
     """The test images decoded at the training size (through the decoded-image cache).
 
@@ -435,7 +440,7 @@ def load_test_images(test: list, train: dict) -> torch.Tensor:
         train["height"],
         train["width"],
         cache_dir=image_cache_dir(train),
-        resize=train.get("test_resize") or train.get("resize", "bilinear"),
+        resize=eval_resize(train),
     )
     if not ok.all():
         bad = [r.path for r, good in zip(test, ok) if not good][:3]
@@ -1506,16 +1511,24 @@ class Trainer:
         # evaluation, a resumed epoch's record) is agreed on: a failure there stops the
         # other ranks with its reason instead of a closed connection
         evaluated_last = D.agree(self._before_training)
-        log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
+        log = self._metrics_log()
         while self.epoch < self.total_epochs:
             epoch = self.epoch
             record = self.train_epoch(epoch)
             self.epoch = epoch + 1
             evaluated_last = D.agree(functools.partial(self._finish_epoch, record, log))
-        if self.protocol is not None and D.is_main() and not evaluated_last:
-            if self.last_eval is None:
-                self.evaluate("final")
+        if (
+            self.protocol is not None
+            and D.is_main()
+            and not evaluated_last
+            and self.last_eval is None
+        ):
+            self.evaluate("final")
         return self.last_eval
+
+    def _metrics_log(self) -> Any:
+        """``metrics.jsonl``'s writer on the rank that writes the run folder, else None."""
+        return self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
 
     def _before_training(self) -> bool:
         """Load the data, evaluate the untrained model if asked, log a resumed epoch's
@@ -1530,7 +1543,7 @@ class Trainer:
                 manifest = json.loads(path.read_text())
                 manifest["unreadable_training_images"] = unreadable
                 self.folder.write_manifest(manifest)
-        log = self.folder.log_metrics if (self.folder is not None and D.is_main()) else None
+        log = self._metrics_log()
         evaluates = self.protocol is not None
         if not evaluates:
             logger.info(

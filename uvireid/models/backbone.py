@@ -250,7 +250,7 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
 
     Read with ``weights_only`` loading, allowing only the numpy types a uvireid checkpoint
     holds (its RNG state): a file that needs anything else is not unpickled."""
-    from uvireid.engine.checkpoint import FORMAT
+    from uvireid.engine.checkpoint import FORMAT, backbone_state
 
     path = Path(path).expanduser()
     try:
@@ -285,10 +285,7 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
             f"{state['format']!r}; this version reads format {FORMAT}: load it with the "
             f"version that wrote it and save its backbone's state_dict()"
         )
-    model = state.get("model")
-    weights = {}
-    if isinstance(model, dict):
-        weights = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    weights = backbone_state(state)
     if not weights:
         raise ConfigError(
             f"backbone.pretrained: {path} is a uvireid checkpoint without backbone weights "

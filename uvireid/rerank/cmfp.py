@@ -554,24 +554,24 @@ def _resolve_mode(mode: str, nq: int, ng: int, itemsize: int, device=None) -> st
     """The path for ``mode`` (``auto``: dense up to 2 GiB of similarities, where they fit
     on ``device``). A forced dense path that cannot fit stops here, saying so (the four
     similarity blocks and their top-k temporaries), before any of them is allocated."""
-    from uvireid.rerank.inputs import available_memory
+    from uvireid.rerank.inputs import fits_in_memory
 
     if mode not in MODES:
         raise ConfigError(f"cmfp: mode must be one of {', '.join(MODES)}, got {mode!r}")
     dense_bytes = (nq * nq + 2 * nq * ng + ng * ng) * itemsize
-    chosen = mode
-    if mode == "auto":
-        fits = device is None or 1.1 * dense_bytes <= 0.9 * available_memory(torch.device(device))
+    if mode == "auto":  # dense where it fits: checked here, once
+        fits = device is None or fits_in_memory(1.1 * dense_bytes, torch.device(device))
         chosen = "dense" if dense_bytes <= DENSE_MAX_BYTES and fits else "sparse"
         logger.debug("cmfp: mode=auto -> %s (%d x %d)", chosen, nq, ng)
-    if chosen == "dense" and device is not None:
+        return chosen
+    if mode == "dense" and device is not None:
         ensure_fits(
             1.1 * dense_bytes,
             torch.device(device),
             f"CMFP's dense path for {nq} queries x {ng} gallery images",
             "use mode='sparse' (or 'auto', which takes it above 2 GiB of similarities)",
         )
-    return chosen
+    return mode
 
 
 def _spmm(block: _Block, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -169,6 +169,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _fits(nbytes: float, free: float) -> bool:
+    """Whether ``nbytes`` fits in ``free`` bytes, a tenth kept for everything else."""
+    return nbytes <= 0.9 * free
+
+
+def fits_in_memory(nbytes: float, device: torch.device) -> bool:
+    """Whether ``nbytes`` fit on ``device`` by the rule :func:`ensure_fits` enforces."""
+    return _fits(nbytes, available_memory(device))
+
+
 def ensure_fits(nbytes: float, device: torch.device, what: str, instead: str) -> None:
     """Stop before the work starts when ``nbytes`` cannot fit on ``device``.
 
@@ -176,7 +186,7 @@ def ensure_fits(nbytes: float, device: torch.device, what: str, instead: str) ->
         ConfigError: saying how much is needed, how much is free, and what to use instead.
     """
     free = available_memory(device)
-    if nbytes > 0.9 * free:
+    if not _fits(nbytes, free):
         raise ConfigError(
             f"{what} needs about {_gib(nbytes)} but only {_gib(free)} is free on "
             f"{device.type}; {instead}"
