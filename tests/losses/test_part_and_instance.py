@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from loss_oracles import (
     attention_loop,
     centroid_loop,
@@ -492,3 +493,37 @@ def test_an_epoch_with_one_modality_without_clusters_trains_every_loss():
     missing = StepOutputs(out.feat_v, out.feat_a, out.feat_r, {("v", "v"): out.parts["v", "v"]})
     with pytest.raises(ConfigError, match=r"part_contrast needs the part features of the"):
         loss(missing, tgt)
+
+
+def test_official_part_seeding_without_part_weights_warns(caplog):
+    """Audit AT: official_quirks seeding needs the context's part weights; without them
+    the memories are not the official ones, and the loss says so."""
+    import logging
+
+    g = torch.Generator().manual_seed(0)
+    parts_v = F.normalize(torch.randn(6, 2, 4, generator=g, dtype=torch.float64), dim=-1)
+    parts_r = F.normalize(torch.randn(5, 2, 4, generator=g, dtype=torch.float64), dim=-1)
+    lv, lr = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 2])
+    ctx = EpochContext(
+        vis_in_v=lv,
+        vis_in_r=np.array([0, 1, 2, 0, 1, 2]),
+        ir_in_r=lr,
+        ir_in_v=np.array([0, 1, 2, 0, 1]),
+        init_v=lv,
+        init_r=lr,
+        num_v=3,
+        num_r=3,
+        feats_v=F.normalize(torch.randn(6, 4, generator=g, dtype=torch.float64), dim=1),
+        feats_r=F.normalize(torch.randn(5, 4, generator=g, dtype=torch.float64), dim=1),
+        parts_v=parts_v,
+        parts_r=parts_r,
+    )
+    with caplog.at_level(logging.WARNING):
+        PartContrastLoss(num_parts=2, official_quirks=True).reset(ctx)
+    assert any("part_weights" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    ctx.part_weights_v = torch.ones(6, 2, dtype=torch.float64)
+    ctx.part_weights_r = torch.ones(5, 2, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING):
+        PartContrastLoss(num_parts=2, official_quirks=True).reset(ctx)
+    assert not any("part_weights" in r.getMessage() for r in caplog.records)

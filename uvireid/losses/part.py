@@ -26,6 +26,8 @@ both infrared-space memories from f^rr by ỹ^r, and the a->r row replaced by a-
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,8 @@ from uvireid.registry import LOSSES
 
 __all__ = ["PartContrastLoss", "VISIBLE_QUERY_ROWS", "INFRARED_QUERY_ROWS"]
 
+logger = logging.getLogger(__name__)
+
 VISIBLE_QUERY_ROWS = (("v", "v"), ("a", "a"), ("v", "r"), ("a", "r"), ("v", "a"), ("a", "v"))
 INFRARED_QUERY_ROWS = (("r", "r"), ("r", "v"), ("r", "a"))
 MEMORIES = ("hat_v", "hat_r", "chk_v", "chk_r")
@@ -56,7 +60,11 @@ class PartContrastLoss(nn.Module):
         num_parts: P (3); must match the part module's.
         temperature: tau (0.05).
         momentum: weight of the old prototype (0.1).
-        official_quirks: the official code's memory initialisation and a->r slip.
+        official_quirks: the official code's memory initialisation and a->r slip. The
+            official seeding weighs each image's parts by their share of the jointly
+            normalised [parts ‖ global] vector, ``context.part_weights_v/_r`` (the
+            trainer fills them); without them the memories are seeded from the per-part
+            normalised parts, with a warning.
         shuffle_updates: update each memory in a random order of its rows, as the official
             part memories (``cross=True``) do (``shared/notes/salcr_reference.md`` Sec.
             5.2, 6.5); false: in the fixed row order, where the last query/map pair of a
@@ -98,6 +106,13 @@ class PartContrastLoss(nn.Module):
             # [parts ‖ global] vector: each image weighs its parts' share of that norm
             # (per-part normalised, every image weighed the same: prototype cosines
             # 0.94-0.995 against the official ones)
+            if c.part_weights_v is None or c.part_weights_r is None:
+                logger.warning(
+                    "part_contrast official_quirks: the epoch context has no "
+                    "part_weights_v/_r, so the part memories are seeded from per-part "
+                    "normalised parts, not from the official code's jointly normalised "
+                    "slices (set EpochContext.part_weights_v/_r as the trainer does)"
+                )
             if c.part_weights_v is not None:
                 pv = pv * c.part_weights_v.to(pv)[..., None]
             if c.part_weights_r is not None:
