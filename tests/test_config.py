@@ -391,3 +391,111 @@ def test_a_users_recipe_builds_on_a_builtin_one_by_name(tmp_path):
     # a file of that name beside the user's wins
     (tmp_path / "salcr.yaml").write_text("_base_: dcl.yaml\n")
     assert load_recipe(str(recipe))["stages"] == load_recipe("dcl", ["clusterer.eps=0.5"])["stages"]
+
+
+# --- audit AO (session 18) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "name='1e-4'",
+        "description='5e3'",
+        "stages.1.name='2e1'",
+        "output_dir='1e3'",
+        "data.root='3e2'",
+    ],
+)
+def test_resolved_config_round_trips_strings_that_look_like_numbers(tmp_path, override):
+    """A run's config.yaml reads back as the config that wrote it (the YAML 1.1 dumper
+    left '1e-4' bare, the loader read it as a float: --resume refused the run)."""
+    cfg = load_recipe("demo", [override])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump(cfg))
+    assert load_recipe(str(path)) == cfg
+    assert load_recipe(str(path))["train"]["lr"] == cfg["train"]["lr"]  # floats stay floats
+
+
+@pytest.mark.parametrize(
+    "text", ["seed=0042", "seed=010", "train.lr_steps=[020, 060]", "train.epochs=1:30"]
+)
+def test_leading_zero_and_base60_integers_are_refused(text):
+    """YAML 1.1 reads 0042 as octal 34 and 1:30 as 90; neither is read silently."""
+    with pytest.raises(ConfigError, match="leading 0"):
+        load_recipe("demo", [text])
+
+
+def test_leading_zero_integer_in_a_recipe_file_is_refused(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("_base_: demo.yaml\nseed: 010\n")
+    with pytest.raises(ConfigError, match="leading 0"):
+        load_recipe(str(p))
+    p.write_text("_base_: demo.yaml\nseed: 0x10\n")  # explicit bases still read
+    assert load_recipe(str(p))["seed"] == 16
+
+
+@pytest.mark.parametrize(
+    "override", ["train.lr=.inf", "train.lr=1e400", "stages.1.lr=.inf", "train.weight_decay=.inf"]
+)
+def test_infinite_rates_are_refused(override):
+    with pytest.raises(ConfigError, match=r"must be|finite|>="):
+        load_recipe("demo", [override])
+
+
+@pytest.mark.parametrize("text", ["description=run #3", "data.root=/data/SYSU #2"])
+def test_comment_in_unquoted_override_value_is_refused(text):
+    with pytest.raises(ConfigError, match="quote the value"):
+        parse_override(text)
+
+
+def test_quoted_hash_in_override_value_is_kept():
+    assert parse_override("description='run #3'") == ("description", "run #3")
+    assert parse_override("description=run#3") == ("description", "run#3")
+
+
+def test_colon_space_in_string_override_hints_at_quoting():
+    with pytest.raises(ConfigError, match="quote the value"):
+        load_recipe("demo", ["description=a: b"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.foo.bar=1", "evaluation.x.y=1", "stages.1.sampler.foo.bar=1", "data.foo.bar=1"],
+)
+def test_new_nested_override_key_is_blamed_on_the_override(override):
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("demo", [override])
+    assert str(exc.value).startswith("command-line override"), str(exc.value)
+
+
+@pytest.mark.parametrize("override", ["clusterer=dbscn", "reranker=kreciprokal"])
+def test_string_shorthand_part_typo_is_blamed_on_the_override(override):
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("demo", [override])
+    assert str(exc.value).startswith("command-line override"), str(exc.value)
+    assert "demo.yaml" not in str(exc.value)
+
+
+def test_stage_override_on_a_recipe_without_stages_says_so(tmp_path):
+    p = tmp_path / "flat.yaml"
+    p.write_text(
+        "_base_: datasets/synthetic.yaml\n"
+        "backbone: {type: two_stream_resnet, arch: resnet18, pretrained: false}\n"
+        "clusterer: {type: dbscan}\n"
+        "losses: [{type: cluster_contrast}]\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(str(p), ["stages.0.epochs=2"])
+    msg = str(exc.value)
+    assert "command-line override" in msg and "no stages" in msg, msg
+
+
+@pytest.mark.parametrize("flag", ["'false'", "'no'", "1"])
+def test_delete_key_must_be_a_boolean(tmp_path, flag):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"_base_: demo.yaml\nclusterer: {{_delete_: {flag}, type: dbscan, eps: 0.3}}\n")
+    with pytest.raises(ConfigError, match="_delete_ must be true or false"):
+        load_recipe(str(p))
+    p.write_text("_base_: demo.yaml\nclusterer: {_delete_: false, eps: 0.3}\n")
+    cfg = load_recipe(str(p))
+    assert cfg["clusterer"]["k1"] == load_recipe("demo")["clusterer"]["k1"]

@@ -447,6 +447,34 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """YAML 1.1 reads ``010`` as octal 8 and ``1:30`` as base-60 90; YAML 1.2 has neither.
+    Both are refused rather than read either way (``0o10`` and ``0x10`` are explicit)."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    body = text.lstrip("+-")
+    if ":" in body or (len(body) > 1 and body[0] == "0" and body[1].isdigit()):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"integer {text!r}: YAML 1.1 reads a leading 0 as octal and a:b as base 60; "
+            f"write the number without leading zeros (or quote it for a string)",
+            node.start_mark,
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes what :class:`_Loader` reads back as the same value: a string that the
+    loader would read as a number (``'1e-4'``, YAML 1.1's dumper leaves it bare) is
+    quoted."""
+
+
+_Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in _Loader.yaml_implicit_resolvers.items()}
+
+
 def _load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
@@ -500,7 +528,12 @@ def merge(
     """
     if isinstance(base, Mapping) and isinstance(child, Mapping):
         child = dict(child)
-        replace = bool(child.pop(DELETE_KEY, False))
+        replace = child.pop(DELETE_KEY, False)
+        if not isinstance(replace, bool):
+            raise ConfigError(
+                f"{source or 'the recipe'}: {prefix + '.' if prefix else ''}{DELETE_KEY} must be "
+                f"true or false (unquoted), got {replace!r}"
+            )
         if "type" in child and "type" in base and child["type"] != base["type"]:
             replace = True
         if replace:
@@ -593,6 +626,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = _load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    if re.search(r"(^|\s)#", raw) and "#" not in str(value):
+        raise ConfigError(
+            f"override {text!r}: YAML reads ' #' as the start of a comment, which would "
+            f"drop the rest of the value; quote the value: {key}='{raw.strip()}'"
+        )
     return key, value
 
 
@@ -608,6 +646,12 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
             f"are in its stages: stages.N.{key} (e.g. stages.{len(cfg['stages']) - 1}."
             f"{key}; `uvireid run RECIPE --dry-run` shows them)"
         )
+    if parts[0] == "stages" and len(parts) > 1 and not cfg.get("stages"):
+        raise ConfigError(
+            f"{OVERRIDE_SOURCE} {key}=...: this recipe has no stages; it trains one stage "
+            f"from train.epochs, train.batch_ids / train.images_per_id and the top-level "
+            f"losses (losses.N....): set those instead"
+        )
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
         here = ".".join(parts[: i + 1])
@@ -617,6 +661,7 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         if part not in node or node[part] is None:
             _check_known_path(here, OVERRIDE_SOURCE)
             node[part] = {}
+            prov[here] = OVERRIDE_SOURCE  # a section the command line made
         node = node[part]
         if not isinstance(node, (dict, list)):
             raise ConfigError(
@@ -646,6 +691,11 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
                 if prov.source(f"{prefix}.{k}") != OVERRIDE_SOURCE:
                     del node[k]
         node[leaf] = value
+    if not isinstance(given, Mapping):
+        # the value replaces the node whole (clusterer=dbscan): nothing under it still
+        # comes from the recipe files
+        for k in [k for k in prov if k.startswith(key + ".")]:
+            del prov[k]
     _record(prov, given, key, OVERRIDE_SOURCE)
 
 
@@ -690,7 +740,10 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
         ok = isinstance(value, spec.types)
     if not ok:
         want = " or ".join(t.__name__ for t in spec.types)
-        raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}")
+        hint = ""
+        if isinstance(value, Mapping) and str in spec.types:
+            hint = " (YAML reads 'a: b' as a mapping: quote the value, e.g. key='a: b')"
+        raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}{hint}")
     if spec.check is not None:
         spec.check(value, f"{source}: '{name}'")
 
@@ -782,7 +835,10 @@ def _validate_settings(dotted: str, cls: type, value: Any, prov: Provenance) -> 
 
 
 def _at_least(n: float, strict: bool = False):
-    return (lambda v: v > n) if strict else (lambda v: v >= n)
+    """``v > n`` (strict) or ``v >= n``, and finite (``lr: 1e400`` reads as inf)."""
+    if strict:
+        return lambda v: n < v < math.inf
+    return lambda v: n <= v < math.inf
 
 
 def _known_protocol(name: str) -> bool:
@@ -1202,7 +1258,7 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
 def dump(cfg: Mapping[str, Any]) -> str:
     """YAML text of a resolved config (sections in schema order)."""
     ordered = {k: cfg[k] for k in SCHEMA if k in cfg}
-    return yaml.safe_dump(_plain(ordered), sort_keys=False, default_flow_style=None)
+    return yaml.dump(_plain(ordered), Dumper=_Dumper, sort_keys=False, default_flow_style=None)
 
 
 def _plain(obj: Any) -> Any:
