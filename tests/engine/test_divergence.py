@@ -73,6 +73,23 @@ def test_identical_test_features_are_refused():
     check_features_vary(same[:1])  # a single feature cannot be compared
 
 
+def test_one_modality_of_identical_test_features_is_refused():
+    """Audit AU: one side constant (a collapsed stem, one modality's images alike) passed
+    the whole-bank check and gave a plausible table; each modality is checked too."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(9, 8))
+    mod = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    check_features_vary(feats, modality=mod)  # both sides vary: accepted
+    feats[mod == 1] = feats[4]
+    check_features_vary(feats)  # the whole bank varies
+    with pytest.raises(TrainingError, match="5 infrared test features are all the same"):
+        check_features_vary(feats, modality=mod)
+    with pytest.raises(TrainingError, match="images are themselves identical or blank"):
+        check_features_vary(feats, modality=mod)
+    one = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1])  # a single infrared image: nothing to compare
+    check_features_vary(rng.normal(size=(9, 8)), modality=one)
+
+
 def test_an_evaluation_of_collapsed_features_stops_before_any_result(tmp_path, monkeypatch):
     import yaml
     from train_fixtures import tiny_recipe
@@ -114,3 +131,34 @@ def test_a_modality_stuck_at_one_cluster_is_reported_as_such(recipe_file):
     tr._check_counts(SimpleNamespace(init_v=one, init_r=many), warnings)
     assert warnings[-1].startswith("visible: still 1 cluster(s), as the epoch before")
     assert len(warnings) == 2
+
+
+def test_an_evaluation_with_one_collapsed_modality_stops(tmp_path, monkeypatch):
+    import yaml
+    from train_fixtures import tiny_recipe
+
+    from uvireid.types import INFRARED
+
+    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
+    path = tmp_path / "eval_only.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    cfg = load_recipe(path)
+
+    def infrared_constant(model, records, **kwargs):
+        n = len(records)
+        mod = np.array([r.modality for r in records])
+        feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
+        feats[mod == INFRARED] = 1.0  # every infrared (query) feature the same
+        return FeatureBank(
+            feats=feats,
+            modality=mod,
+            cams=np.array([r.cam for r in records]),
+            pids=np.array([r.pid for r in records]),
+            paths=[r.path for r in records],
+        )
+
+    monkeypatch.setattr(runner, "extract_features", infrared_constant)
+    with pytest.raises(TrainingError, match="infrared test features are all the same"):
+        run_recipe(cfg, progress=False)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert not (folder.path / "results.json").exists()

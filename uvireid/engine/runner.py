@@ -70,24 +70,37 @@ def _check_protocol_fits(protocol: str, protocols: Any, data_type: str) -> None:
         )
 
 
-def check_features_vary(feats: Any, rel: float = 1e-5) -> None:
+def check_features_vary(feats: Any, rel: float = 1e-5, modality: Any = None) -> None:
     """Refuse test features that are all the same (the rows within ``rel`` of the largest
     magnitude of each other): a collapsed model, whose protocol figures would only measure
     the order in which ties are broken (a diverged run once reported 46 mAP that way).
+    With ``modality`` (one value per row), each modality's features are checked on their
+    own too: when one side alone is constant (one stem of a two-stream model collapsed,
+    or one modality's images all alike), every query ranks the gallery alike and the
+    figures mean as little (audit AU, session 18).
 
     Raises:
-        TrainingError: naming the spread and what to check.
+        TrainingError: naming the spread, the modality and what to check.
     """
     from uvireid.features import identical_rows
+    from uvireid.types import MODALITY_NAMES
 
-    same = identical_rows(feats, rel)
-    if same is not None:
+    groups = [("", np.arange(len(feats)))]
+    if modality is not None:
+        mod = np.asarray(modality)
+        for m in np.unique(mod):
+            groups.append((f"{MODALITY_NAMES.get(int(m), m)} ", np.flatnonzero(mod == m)))
+    for name, rows in groups:
+        same = identical_rows(feats if not name else np.asarray(feats)[rows], rel)
+        if same is None:
+            continue
         spread, scale = same
         raise TrainingError(
-            f"the {len(feats)} test features are all the same (largest difference "
-            f"{spread:.2g} at magnitude {scale:.2g}): the model has collapsed, and its "
-            f"metrics would only measure the order of ties. Check the training log (cluster "
-            f"counts, loss) and lower train.lr"
+            f"the {len(rows)} {name}test features are all the same (largest difference "
+            f"{spread:.2g} at magnitude {scale:.2g}), so the protocol's figures would only "
+            f"measure the order of ties. Either the model has collapsed (check the training "
+            f"log: cluster counts, loss; lower train.lr) or the {name}test images are "
+            f"themselves identical or blank (check them: uvireid data check ROOT --decode)"
         )
 
 
@@ -129,7 +142,7 @@ def evaluate(
             resize=eval_resize(tr),  # as the trainer's own evaluation decodes them
         )
     seconds = {"extract": time.perf_counter() - t0}
-    check_features_vary(bank.feats)
+    check_features_vary(bank.feats, modality=bank.modality)
     extra, meta = meta or {}, dict(dataset.meta())
     meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid run {cfg['name']}")
     meta.update(extra)
