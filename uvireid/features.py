@@ -229,6 +229,18 @@ def _validated(
             f"{', '.join(bad)} must have one entry per image, in the order of feats' rows"
             f"{transposed}"
         )
+    if paths is not None and len(paths):
+        named = paths[paths != ""]
+        uniq, count = np.unique(named, return_counts=True)
+        if (count > 1).any():
+            twice = uniq[count > 1]
+            raise FeatureFileError(
+                f"{where}: {int((count - 1).sum())} row(s) repeat an image already in the file "
+                f"({len(twice)} path(s) more than once, e.g. {twice[0]!r}); each image must "
+                f"appear once (a repeated query counts twice in the mean, a repeated gallery "
+                f"image changes the ranks); fix: check for a concatenation of the same "
+                f"features twice and re-export"
+            )
     finite = np.isfinite(feats).all(axis=1)
     if not finite.all():
         rows = np.flatnonzero(~finite)

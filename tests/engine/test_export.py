@@ -275,3 +275,17 @@ def test_extracting_a_run_of_top_level_losses_is_labelled_final(tmp_path):
     own, got = load_features(folder / "features.npz").meta, load_features(out).meta
     assert own["final"] is True and got["final"] is True
     assert got["total_epochs"] == own["total_epochs"] == 1
+
+
+def test_extract_from_a_dataset_without_a_test_split_says_so(run_dir, tmp_path):
+    """Audit AR: the folder dataset has training images only; extract said the features
+    file 'holds no image' and pointed at save_features."""
+    from PIL import Image
+
+    for mod, cam in (("visible", "cam1"), ("infrared", "cam2")):
+        (tmp_path / "fold" / mod / cam).mkdir(parents=True)
+        Image.new("RGB", (8, 16)).save(tmp_path / "fold" / mod / cam / "a.png")
+    out = tmp_path / "f.npz"
+    with pytest.raises(DatasetError, match="has no test images.*test split"):
+        _extract(run_dir, out, f"data={{type: folder, root: {tmp_path / 'fold'}}}")
+    assert not out.exists()

@@ -270,3 +270,19 @@ def test_the_collapse_check_equals_its_definition_in_bounded_memory():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB for a 16 MiB matrix"
+
+
+def test_an_image_given_twice_is_refused(tmp_path):
+    """Audit AR: a file holding some images twice (a concatenation bug) was evaluated: a
+    multi-shot gallery held every image twice and the mean counted repeated queries."""
+    feats = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    paths = ["cam1/0001/0001.jpg", "cam3/0001/0001.jpg"]
+    with pytest.raises(FeatureFileError, match=r"2 row\(s\) repeat an image.*cam"):
+        save_features(
+            tmp_path / "d.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=paths * 2
+        )
+    # distinct paths, or no paths at all (other codebases' files): accepted
+    save_features(
+        tmp_path / "ok.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=[*paths, "a", "b"]
+    )
+    save_features(tmp_path / "np.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1])

@@ -580,3 +580,15 @@ def test_max_rank_must_be_an_integer():
 
     with pytest.raises(ProtocolError, match=r"max_rank must be an integer >= 1, got 20.0"):
         eval_regdb(np.zeros((2, 3)), [0, 1], [0, 1, 1], max_rank=20.0)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_regdb_refuses_a_file_of_another_named_split(split):
+    """Audit AR: a RegDB file whose meta says split 'train' was evaluated (with a warning
+    that the meta did not say the test split); the other datasets refused it."""
+    f = regdb_split(1, 1)
+    f.meta["split"] = split
+    with pytest.raises(ProtocolError, match=f"holds the '{split}' split"):
+        run_protocol(f, "regdb-v2i")
+    f.meta["split"] = "test"
+    run_protocol(f, "regdb-v2i")  # named "test": evaluated

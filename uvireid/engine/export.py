@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from uvireid.errors import CheckpointError
+from uvireid.errors import CheckpointError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ def export_features(
     from uvireid.registry import BACKBONES, DATASETS
 
     dataset = DATASETS.build(cfg["data"])
+    if not len(dataset.test):
+        raise DatasetError(
+            f"dataset '{cfg['data'].get('type')}' has no test images (the folder dataset "
+            f"holds training images only), so there is nothing to extract; extract needs a "
+            f"dataset with a test split (sysu, regdb, llcm, synthetic): data.type=..."
+        )
     check = dataset_check(dataset)  # a copy that is not the release: warned, and recorded
     spec = dict(cfg["backbone"])
     if checkpoint is not None and "pretrained" in spec:
