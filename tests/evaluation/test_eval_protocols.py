@@ -592,3 +592,37 @@ def test_regdb_refuses_a_file_of_another_named_split(split):
         run_protocol(f, "regdb-v2i")
     f.meta["split"] = "test"
     run_protocol(f, "regdb-v2i")  # named "test": evaluated
+
+
+def _sysu_with_paths():
+    pids, cams, mods, paths = [], [], [], []
+    for pid in range(1, 9):
+        for c in range(1, 7):
+            for n in range(1, 3):
+                pids.append(pid)
+                cams.append(c)
+                mods.append(int(c in (3, 6)))
+                paths.append(f"/data/SYSU-MM01/cam{c}/{pid:04d}/{n:04d}.jpg")
+    feats = np.random.default_rng(0).normal(size=(len(pids), 8)).astype(np.float32)
+    return np.asarray(pids), np.asarray(cams), np.asarray(mods), paths, feats
+
+
+def test_sysu_labels_that_contradict_the_paths_are_refused():
+    """Audit AR: pids shifted against the files (an off-by-N parse) gave R1 63 instead of
+    98; cameras 1 and 2 swapped moved the cam-3 exclusion; neither was noticed."""
+    pids, cams, mods, paths, feats = _sysu_with_paths()
+    run_protocol(Features(feats, pids, cams, mods, paths, {}), "sysu-all", trials=1)
+    # a consistent renumbering of the identities is a valid test set
+    run_protocol(Features(feats, pids * 10 + 3, cams, mods, paths, {}), "sysu-all", trials=1)
+    with pytest.raises(ProtocolError, match="pids do not follow the images' identity folders"):
+        run_protocol(Features(feats, np.roll(pids, 2), cams, mods, paths, {}), "sysu-all")
+    swapped = cams.copy()
+    swapped[cams == 1], swapped[cams == 2] = 2, 1
+    with pytest.raises(ProtocolError, match=r"camera that contradicts their path.*cam1/0001"):
+        run_protocol(Features(feats, pids, swapped, mods, paths, {}), "sysu-all")
+    # Windows separators are read too; paths of another layout are not checked
+    win = [p.replace("/", "\\") for p in paths]
+    with pytest.raises(ProtocolError, match="pids do not follow"):
+        run_protocol(Features(feats, np.roll(pids, 2), cams, mods, win, {}), "sysu-all")
+    flat = [f"img_{i}.jpg" for i in range(len(paths))]
+    run_protocol(Features(feats, np.roll(pids, 2), cams, mods, flat, {}), "sysu-all", trials=1)

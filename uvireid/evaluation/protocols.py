@@ -356,6 +356,50 @@ def official_gallery(
     return np.asarray(chosen, dtype=np.int64)
 
 
+_SYSU_PATH = re.compile(r"(?:^|/)cam([1-6])/(\d+)/[^/]+$")
+
+
+def _check_sysu_paths(features: Features, where: str) -> None:
+    """Where the paths are SYSU-MM01's (``.../cam{c}/{pid}/{file}``), the cams must be the
+    paths' cameras and the pids one-to-one with the paths' identities (a test set may be
+    relabelled, consistently). Labels parsed off by a character position gave plausible
+    figures: R1 63 instead of 98 for shifted pids (audit AR, session 18)."""
+    if features.paths is None or not len(features.paths):
+        return
+    rows, path_cam, path_pid = [], [], []
+    for i, p in enumerate(features.paths):
+        m = _SYSU_PATH.search(str(p).replace("\\", "/"))
+        if m:
+            rows.append(i)
+            path_cam.append(int(m.group(1)))
+            path_pid.append(int(m.group(2)))
+    if not rows:
+        return
+    rows_a = np.asarray(rows)
+    cams, pids = np.asarray(features.cams)[rows_a], np.asarray(features.pids)[rows_a]
+    bad = np.flatnonzero(cams != np.asarray(path_cam))
+    if len(bad):
+        i = rows[bad[0]]
+        raise ProtocolError(
+            f"{where}: {len(bad)} image(s) have a camera that contradicts their path, e.g. row "
+            f"{i} ({features.paths[i]}) has cams {int(features.cams[i])}; SYSU-MM01's cameras "
+            f"decide the gallery (and the cam-3 exclusion); fix the cams array (the number in "
+            f"the path's camN folder)"
+        )
+    pairs = np.unique(np.stack([np.asarray(path_pid), pids]), axis=1)
+    for side, name in ((0, "path identity"), (1, "pid")):
+        values, count = np.unique(pairs[side], return_counts=True)
+        if (count > 1).any():
+            v = int(values[count > 1][0])
+            other = pairs[1 - side][pairs[side] == v].tolist()
+            raise ProtocolError(
+                f"{where}: the pids do not follow the images' identity folders: {name} {v} "
+                f"goes with {'pids' if side == 0 else 'identity folders'} {other[:5]}; each "
+                f"identity folder must have one pid (renumbered or not); fix the pids array "
+                f"(the number of the path's identity folder)"
+            )
+
+
 def _check_sysu(features: Features) -> None:
     where = _where(features)
     odd = sorted(set(np.unique(features.cams).tolist()) - set(range(1, 7)))
@@ -372,6 +416,7 @@ def _check_sysu(features: Features) -> None:
             f"camera (SYSU-MM01 cameras 3 and 6 are infrared, 1, 2, 4, 5 visible); fix the "
             f"modality array (0 visible, 1 infrared)"
         )
+    _check_sysu_paths(features, where)
 
 
 def sysu_query_indices(features: Features) -> np.ndarray:
