@@ -289,3 +289,18 @@ def test_extract_from_a_dataset_without_a_test_split_says_so(run_dir, tmp_path):
     with pytest.raises(DatasetError, match="has no test images.*test split"):
         _extract(run_dir, out, f"data={{type: folder, root: {tmp_path / 'fold'}}}")
     assert not out.exists()
+
+
+def test_the_runs_own_features_and_tables_say_the_copy_is_not_the_release(run_dir):
+    """Audit AR: extract's features said "test set differs from the official release";
+    the run's own features.npz, results and tables did not (only log.txt's first line)."""
+    import json
+
+    from uvireid.evaluation.protocols import run_protocol
+
+    f = load_features(run_dir / "features.npz")
+    assert f.meta["dataset_check"]["ok"] is False
+    assert "test set differs from the official release" in run_protocol(f, "sysu-all").summary()
+    results = json.loads((run_dir / "results.json").read_text())
+    meta = next(iter(results.values()))["provenance"]["features_meta"]
+    assert meta["dataset_check"]["ok"] is False

@@ -9,6 +9,7 @@ without and with the recipe's re-ranker.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import tempfile
@@ -104,6 +105,15 @@ def check_features_vary(feats: Any, rel: float = 1e-5, modality: Any = None) -> 
         )
 
 
+def _manifest_dataset_check(folder: RunFolder) -> dict | None:
+    """The run manifest's ``dataset_check`` (None when absent or unreadable)."""
+    try:
+        check = json.loads((folder.path / "manifest.json").read_text()).get("dataset_check")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return check if isinstance(check, dict) else None
+
+
 def evaluate(
     model: torch.nn.Module,
     dataset: Any,
@@ -148,6 +158,12 @@ def evaluate(
     meta.update(extra)
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
+    if folder is not None and "dataset_check" not in meta:
+        # a copy that is not the release says so in the run's own tables and features, as
+        # extract's do (audit AR: only a warning at the top of log.txt and the manifest did)
+        check = _manifest_dataset_check(folder)
+        if check is not None:
+            meta["dataset_check"] = check
     # saved and read back, so the results come from the file a user gets; without a run
     # folder (a Trainer built in a notebook or a test) into a temporary folder, removed
     # after: nothing is written in the working directory (audit U, session 17)
