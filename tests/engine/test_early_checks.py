@@ -767,3 +767,23 @@ def test_start_from_best_builds_on_the_ranks_that_hold_no_run_folder(recipe_file
     monkeypatch.setattr(trainer_mod.D, "is_main", lambda: False)  # as rank 1 sees itself
     monkeypatch.setattr(trainer_mod.D, "rank", lambda: 1)
     Trainer(cfg, data, "cpu", None, progress=False)
+
+
+def test_split_files_that_share_identities_are_refused_before_any_folder(recipe_file):
+    """Audit AR: train_id.txt holding test identities was one warning among the count
+    differences, and the run trained on the test images it was then scored on."""
+    from pathlib import Path
+
+    cfg = load_recipe(recipe_file)
+    root = Path(cfg["data"]["root"])
+    exp = root / "exp"
+    test = (exp / "test_id.txt").read_text().strip().split(",")[:2]
+    train = exp / "train_id.txt"
+    train.write_text(",".join(test) + "," + train.read_text().strip() + "\n")
+    with pytest.raises(DatasetError, match=r"share 2 identities.*expected disjoint splits"):
+        run_recipe(cfg, progress=False)
+    assert not list(Path(cfg["output_dir"]).glob("*/config.yaml"))  # no run folder made
+    from uvireid.engine.export import export_features
+
+    with pytest.raises(DatasetError, match="disjoint"):
+        export_features(cfg, Path(cfg["output_dir"]) / "f.npz")

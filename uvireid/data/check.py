@@ -161,6 +161,29 @@ def _rows(stats_by_split: dict[str, dict], figures: Sequence[Figure]) -> list[Ro
     return rows
 
 
+def split_overlaps(ds: VIDataset, identities: bool = True, images: bool = True) -> list[str]:
+    """The identities its split files give to two splits, and the images two splits share:
+    a training set that holds test identities (a leak that still gives plausible numbers)."""
+    problems = []
+    if identities:
+        for (a, ids_a), (b, ids_b) in combinations(ds.declared_ids.items(), 2):
+            both = sorted(set(ids_a.ids) & set(ids_b.ids))
+            if both:
+                problems.append(
+                    f"{ids_a.source} ({a}) and {ids_b.source} ({b}) share {len(both)} "
+                    f"identities: {listing(both)}; expected disjoint splits"
+                )
+    if images:
+        for (a, recs_a), (b, recs_b) in combinations(ds.splits().items(), 2):
+            shared = sorted({r.path for r in recs_a} & {r.path for r in recs_b})
+            if shared:
+                problems.append(
+                    f"{len(shared)} image(s) are in both {a} and {b}: {listing(shared)}; "
+                    f"expected disjoint splits"
+                )
+    return problems
+
+
 def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> list[str]:
     problems = []
     for split, missing in ds.missing_ids().items():
@@ -172,13 +195,7 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
             f"camera: missing identit{'y' if one else 'ies'} {listing(missing, 20)}; expected "
             f"{n} identities with images, found {n - len(missing)}"
         )
-    for (a, ids_a), (b, ids_b) in combinations(ds.declared_ids.items(), 2):
-        both = sorted(set(ids_a.ids) & set(ids_b.ids))
-        if both:
-            problems.append(
-                f"{ids_a.source} ({a}) and {ids_b.source} ({b}) share {len(both)} "
-                f"identities: {listing(both)}; expected disjoint splits"
-            )
+    problems.extend(split_overlaps(ds, images=False))
     for split, records in ds.splits().items():
         twice = listed_twice(r.path for r in records)
         if twice:
@@ -187,13 +204,7 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
                 f"{listing(twice)}; expected each image once (a list file concatenated "
                 f"twice or edited?)"
             )
-    for (a, recs_a), (b, recs_b) in combinations(ds.splits().items(), 2):
-        shared = sorted({r.path for r in recs_a} & {r.path for r in recs_b})
-        if shared:
-            problems.append(
-                f"{len(shared)} image(s) are in both {a} and {b}: {listing(shared)}; "
-                f"expected disjoint splits"
-            )
+    problems.extend(split_overlaps(ds, identities=False))
     for split, stats in stats_by_split.items():
         if stats["images"]:
             for mod in ("visible", "infrared"):

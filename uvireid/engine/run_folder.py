@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from uvireid.config import dump
+from uvireid.errors import DatasetError
 from uvireid.fileio import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -352,6 +353,30 @@ class RunLog:
         logging.getLogger("uvireid").setLevel(self._pkg_level)
 
 
+def refuse_split_overlap(dataset: Any) -> None:
+    """Raise when the dataset's split files give an identity (or an image) to both the
+    training and the test split: training on test identities gives plausible, meaningless
+    figures (audit AR, session 18: it was one warning among the count differences).
+
+    Raises:
+        DatasetError: naming the shared identities and the files to fix.
+    """
+    from uvireid.data.check import split_overlaps
+
+    if not (hasattr(dataset, "declared_ids") and hasattr(dataset, "splits")):
+        return
+    overlap = split_overlaps(dataset)
+    if overlap:
+        name = getattr(dataset, "name", "DATASET")
+        root = getattr(dataset, "root", "ROOT")
+        raise DatasetError(
+            f"{getattr(dataset, 'title', name)} at {root}: {'; '.join(overlap[:2])}. "
+            f"Training on test identities (or evaluating on training images) makes the "
+            f"results meaningless; fix the split files (`uvireid data check {root} --dataset "
+            f"{name}` lists every problem)"
+        )
+
+
 def dataset_check(dataset: Any) -> dict | None:
     """The dataset's counts against its release's official figures
     (:func:`uvireid.data.check.check_dataset`, no decoding), for datasets that have them:
@@ -361,6 +386,7 @@ def dataset_check(dataset: Any) -> dict | None:
     from uvireid.data.check import OFFICIAL_FIGURES, check_dataset
 
     name = getattr(dataset, "name", None)
+    refuse_split_overlap(dataset)
     if not hasattr(dataset, "stats") or not any(f.dataset == name for f in OFFICIAL_FIGURES):
         return None
     report = check_dataset(dataset, official=True)

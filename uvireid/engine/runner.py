@@ -27,6 +27,7 @@ from uvireid.engine.run_folder import (
     build_manifest,
     check_resume,
     check_world_size,
+    refuse_split_overlap,
     resume_target,
     resumed_manifest,
 )
@@ -500,6 +501,7 @@ def train_recipe(
     _stop_all_ranks(refused)
     dataset = DATASETS.build(cfg["data"])
     protocol_for(dataset, cfg)
+    refuse_split_overlap(dataset)  # before any folder is made (every rank: the same answer)
     if D.is_main():
         if folder is not None and (folder.path / "results.json").exists():
             logger.info("run %s already finished; nothing to resume", folder.path)
