@@ -499,3 +499,21 @@ def test_delete_key_must_be_a_boolean(tmp_path, flag):
     p.write_text("_base_: demo.yaml\nclusterer: {_delete_: false, eps: 0.3}\n")
     cfg = load_recipe(str(p))
     assert cfg["clusterer"]["k1"] == load_recipe("demo")["clusterer"]["k1"]
+
+
+def test_relative_data_paths_are_resolved_against_the_working_folder(tmp_path, monkeypatch):
+    """Audit AQ: config.yaml kept ``root: ../synth``; `extract RUN` from another folder
+    then read (or, synthetic, generated) another dataset."""
+    import os
+
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    cfg = load_recipe("demo", ["data.root=../synth", "evaluation.perm_file=../perm.mat"])
+    assert cfg["data"]["root"] == str(tmp_path / "synth")
+    assert cfg["evaluation"]["perm_file"] == str(tmp_path / "perm.mat")
+    path = tmp_path / "config.yaml"
+    path.write_text(dump(cfg))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run's config still names what it read
+    assert load_recipe(str(path))["data"]["root"] == str(tmp_path / "synth")
+    home = load_recipe("demo", ["data.root=~/x"])["data"]["root"]
+    assert home == os.path.join(os.path.expanduser("~"), "x")

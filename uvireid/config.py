@@ -93,7 +93,8 @@ class TrainSettings:
         deterministic: ask torch for deterministic kernels (``torch.use_deterministic_
             algorithms``, warning where an op has none), cuDNN's deterministic
             convolutions without autotuning, and cuBLAS's fixed workspace; slower on a GPU.
-            A seeded CPU run repeats without it.
+            A seeded CPU run repeats without it, on the same number of CPU threads
+            (torch's CPU kernels sum in another order with another count).
         compile_losses: compile each stage's loss terms (forward and backward) with
             ``torch.compile``: the elementwise work of the memories' InfoNCE and GPCR's
             neighbour sets fused into a few kernels. On a GPU the SALCR step's losses are
@@ -1252,7 +1253,20 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     resolved = validate(cfg, prov)
     if not resolved.get("name"):
         resolved["name"] = path.stem
+    _absolute_paths(resolved)
     return resolved
+
+
+def _absolute_paths(cfg: dict) -> None:
+    """``data.root`` and ``evaluation.perm_file`` as absolute paths (``~`` expanded), as
+    the run reads them: a run folder's config.yaml then names what it read wherever it is
+    used from (audit AQ: ``root: ../synth`` in config.yaml made `extract` from another
+    folder read, or generate, another dataset)."""
+    for section, key in (("data", "root"), ("evaluation", "perm_file")):
+        part = cfg.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and value.strip():
+            part[key] = os.path.abspath(os.path.expanduser(value))
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

@@ -1341,6 +1341,9 @@ class Trainer:
             "best": self.best,
             "started_from": self.started_from,
             "pending_record": self.pending,
+            # torch's CPU kernels (a convolution's backward) sum in another order with
+            # another thread count: a resume compares (audit AQ)
+            "cpu_threads": torch.get_num_threads(),
         }
 
     def save(self, best: bool = False) -> None:
@@ -1432,6 +1435,17 @@ class Trainer:
                 "pseudo-labels and the memories will be rebuilt on other data",
                 (state.get("dataset") or {}).get("sha1"),
                 (fp or {}).get("sha1"),
+            )
+        threads, now = state.get("cpu_threads"), torch.get_num_threads()
+        if threads is not None and threads != now and torch.device(self.device).type == "cpu":
+            logger.warning(
+                "resume: the run trained on %d CPU thread(s), this process has %d "
+                "(train.threads / OMP_NUM_THREADS); torch's CPU kernels sum in another "
+                "order with another thread count, so the run will not repeat the "
+                "uninterrupted one bit for bit (resume with train.threads=%d to repeat it)",
+                threads,
+                now,
+                threads,
             )
         old_src, src = state.get("source"), self.source
         if old_src and src and old_src != src:
@@ -1550,7 +1564,17 @@ class Trainer:
                 "no evaluation: evaluation.protocol is none, or the dataset has no test "
                 "protocol; the run trains and keeps its checkpoints"
             )
-        if evaluates and ev["at_start"] and self.epoch == 0 and D.is_main():
+        logged = (
+            self.folder is not None
+            and D.is_main()
+            and any(m.get("epoch") == -1 and "eval" in m for m in self.folder.read_metrics())
+        )
+        if logged:
+            # a run killed before its first checkpoint restarts from epoch 0 in its folder:
+            # the untrained model's record is there already (audit AQ: it was evaluated and
+            # logged a second time)
+            logger.info("the untrained model's evaluation is in metrics.jsonl already")
+        if evaluates and ev["at_start"] and self.epoch == 0 and D.is_main() and not logged:
             res = self.evaluate("untrained")
             if log:
                 log(
