@@ -11,7 +11,9 @@ SALCR's ``evaluator.py``)::
 
 A query is compared with a gallery image through the gallery image's same-modality
 neighbourhood, which sidesteps the modality gap. Negative similarities inside the top-k1
-are kept (no clamp), ties at the k1-th value keep every tied entry, and the k2 smoothing
+are kept (no clamp), ties at the k1-th value keep every tied entry (ties of the computed
+products: two identical gallery rows can get similarities one rounding apart, and then
+only one is tied), and the k2 smoothing
 rows are the first k2 of the top-k1 list (so k2 > k1 acts as k2 = k1), as in the
 reference. Differences: k1 is clamped to the gallery size (the reference's ``topk``
 raises), ties in the smoothing list are ordered by index (``topk`` leaves them

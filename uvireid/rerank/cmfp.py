@@ -10,7 +10,11 @@ official ``knn_graph`` (SALCR ``evaluator.py`` / ``cross_association.py``):
 
 1. ``thr_i`` = the k-th largest value of row i;
 2. keep ``S_ij`` where ``S_ij >= thr_i`` (a tie at the k-th value keeps every tied entry,
-   so a row can keep more than k), zero elsewhere;
+   so a row can keep more than k), zero elsewhere. A tie is one of the computed values:
+   the query-query and gallery-gallery blocks are exactly symmetric, but in the cross
+   blocks the matrix product can give two bit-identical gallery rows similarities one
+   rounding apart, and then only one of them is kept at the k-th place (so does the
+   official code, which uses the same products);
 3. clamp at 0 (negative similarities inside the top-k become 0);
 4. divide each row by its sum.
 

@@ -27,6 +27,10 @@ Differences from the reference, on purpose:
   they are float64 (float32 input: float32), so results equal a float32 restatement of the
   reference to 1e-4 and the float16 original only to about 1e-2;
 - ties in the ranks are broken by index (the reference's numpy argsort is unstable);
+  ties of the computed values, that is: intra-modality scores equal in exact arithmetic
+  (duplicated or quantised features) can come out some ulps apart, and then their order
+  follows the rounding of the sums, not the index (the reference's float16 storage has
+  the same property, much more so);
 - a column whose maximum distance is 0 (a single query, or all-identical features) is
   left unnormalised instead of becoming NaN, and a row of V that sums to 0 stays 0.
 
