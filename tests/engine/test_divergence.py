@@ -90,7 +90,9 @@ def test_one_modality_of_identical_test_features_is_refused():
     check_features_vary(rng.normal(size=(9, 8)), modality=one)
 
 
-def test_an_evaluation_of_collapsed_features_stops_before_any_result(tmp_path, monkeypatch):
+def _evaluate_with(tmp_path, monkeypatch, make_feats):
+    """An evaluation-only run whose extraction gives ``make_feats(modality)``; returns
+    the recipe."""
     import yaml
     from train_fixtures import tiny_recipe
 
@@ -99,17 +101,22 @@ def test_an_evaluation_of_collapsed_features_stops_before_any_result(tmp_path, m
     path.write_text(yaml.safe_dump(rec))
     cfg = load_recipe(path)
 
-    def constant(model, records, **kwargs):
-        n = len(records)
+    def extract(model, records, **kwargs):
+        mod = np.array([r.modality for r in records])
         return FeatureBank(
-            feats=np.ones((n, 16), dtype=np.float32),
-            modality=np.array([r.modality for r in records]),
+            feats=make_feats(mod),
+            modality=mod,
             cams=np.array([r.cam for r in records]),
             pids=np.array([r.pid for r in records]),
             paths=[r.path for r in records],
         )
 
-    monkeypatch.setattr(runner, "extract_features", constant)
+    monkeypatch.setattr(runner, "extract_features", extract)
+    return cfg
+
+
+def test_an_evaluation_of_collapsed_features_stops_before_any_result(tmp_path, monkeypatch):
+    cfg = _evaluate_with(tmp_path, monkeypatch, lambda mod: np.ones((len(mod), 16), np.float32))
     with pytest.raises(TrainingError, match="the model has collapsed"):
         run_recipe(cfg, progress=False)
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
@@ -134,30 +141,14 @@ def test_a_modality_stuck_at_one_cluster_is_reported_as_such(recipe_file):
 
 
 def test_an_evaluation_with_one_collapsed_modality_stops(tmp_path, monkeypatch):
-    import yaml
-    from train_fixtures import tiny_recipe
-
     from uvireid.types import INFRARED
 
-    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
-    path = tmp_path / "eval_only.yaml"
-    path.write_text(yaml.safe_dump(rec))
-    cfg = load_recipe(path)
-
-    def infrared_constant(model, records, **kwargs):
-        n = len(records)
-        mod = np.array([r.modality for r in records])
-        feats = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
+    def infrared_constant(mod):
+        feats = np.random.default_rng(0).normal(size=(len(mod), 16)).astype(np.float32)
         feats[mod == INFRARED] = 1.0  # every infrared (query) feature the same
-        return FeatureBank(
-            feats=feats,
-            modality=mod,
-            cams=np.array([r.cam for r in records]),
-            pids=np.array([r.pid for r in records]),
-            paths=[r.path for r in records],
-        )
+        return feats
 
-    monkeypatch.setattr(runner, "extract_features", infrared_constant)
+    cfg = _evaluate_with(tmp_path, monkeypatch, infrared_constant)
     with pytest.raises(TrainingError, match="infrared test features are all the same"):
         run_recipe(cfg, progress=False)
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
