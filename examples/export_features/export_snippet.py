@@ -5,10 +5,13 @@ Those codebases (all descended from mangye16's cross-modal re-ID baseline) test 
     query_img, query_label, query_cam = process_query_sysu(data_path, mode=args.mode)
     gall_img, gall_label, gall_cam = process_gallery_sysu(data_path, mode=args.mode, trial=0)
     ... loaders ...
-    query_feat = extract_query_feat(query_loader)      # (Nq, 2048) numpy, flip-averaged
-    gall_feat = extract_gall_feat(gall_loader)         # (Ng, 2048)
-    distmat = -np.matmul(query_feat, np.transpose(gall_feat))
-    cmc, mAP, mINP = eval_sysu(distmat, query_label, gall_label, query_cam, gall_cam)
+    query_feat, query_feat_fc = extract_query_feat(query_loader)  # (Nq, 2048), flip-averaged
+    gall_feat, gall_feat_fc = extract_gall_feat(gall_loader)      # (Ng, 2048)
+    distmat = np.matmul(query_feat_fc, np.transpose(gall_feat_fc))  # a similarity (PGM)
+    cmc, mAP, mINP = eval_sysu(-distmat, query_label, gall_label, query_cam, gall_cam)
+
+(OTLA negates in the ``distmat`` line instead, MULT passes squared distances; see the
+README's table before putting a re-ranked distance there.)
 
 ``process_gallery_sysu`` samples ONE image per (identity, camera) for a trial. To let
 uvireid sample the 10 trials itself, extract the features of every test image once, with

@@ -626,3 +626,25 @@ def test_sysu_labels_that_contradict_the_paths_are_refused():
         run_protocol(Features(feats, np.roll(pids, 2), cams, mods, win, {}), "sysu-all")
     flat = [f"img_{i}.jpg" for i in range(len(paths))]
     run_protocol(Features(feats, np.roll(pids, 2), cams, mods, flat, {}), "sysu-all", trials=1)
+
+
+def test_a_file_holding_one_trials_gallery_is_warned(caplog):
+    """Audit BC: the query set plus ONE trial's sampled gallery (what a peer's loop holds
+    after process_gallery_sysu) gave ten identical 'trials', '± 0.00', without a word."""
+    import logging
+
+    pids, cams, mods, paths, feats = _sysu_with_paths()
+    full = Features(feats, pids, cams, mods, paths, {})
+    with caplog.at_level(logging.WARNING):
+        res = run_protocol(full, "sysu-all", trials=3)
+    assert "drew the same" not in caplog.text
+    assert "identical_trials" not in res.provenance
+    # keep the queries and one image per visible (identity, camera): one trial's gallery
+    keep = [i for i, p in enumerate(paths) if mods[i] == 1 or p.endswith("0001.jpg")]
+    one = Features(feats[keep], pids[keep], cams[keep], mods[keep], [paths[i] for i in keep], {})
+    with caplog.at_level(logging.WARNING):
+        res = run_protocol(one, "sysu-all", trials=3)
+    assert "all 3 trials drew the same gallery" in caplog.text
+    assert res.provenance["identical_trials"] is True
+    assert "every trial drew the same images" in res.summary()
+    assert max(res.std.values()) == 0.0

@@ -613,6 +613,8 @@ class ProtocolResult:
             parts.append(f"changed from the run: {', '.join(meta['changes'])}")
         if (meta.get("dataset_check") or {}).get("ok") is False:
             parts.append("test set differs from the official release")
+        if p.get("identical_trials"):
+            parts.append("every trial drew the same images (one trial's gallery saved?)")
         return " | ".join(str(x) for x in parts)
 
     def table(self) -> str:
@@ -940,6 +942,8 @@ def run_protocol(
                 )
 
     rows: list[dict] = []
+    draws: list[tuple[np.ndarray, np.ndarray]] = []
+    identical = False
     splits: list[int | None] = []
     seen: dict[str, str] = {}
     if spec.dataset == "regdb":
@@ -977,9 +981,27 @@ def run_protocol(
                 g = sysu_gallery_indices(f, spec.mode, t, shot, sampler, perm_file)
             else:
                 q, g = llcm_indices(f, spec.direction, t, shot, spec.sampled)
+            draws.append((np.sort(q), np.sort(g)))
             rows.append(_run_one(f, q, g, spec, reranker, stable, t))
+        identical = len(draws) > 1 and all(
+            np.array_equal(a[0], draws[0][0]) and np.array_equal(a[1], draws[0][1])
+            for a in draws[1:]
+        )
+        if identical:
+            # a file that holds one trial's sampled gallery (one image per identity and
+            # camera: what a peer's loop holds after process_gallery_sysu) gives the same
+            # figures N times, "± 0.00" (audit BC, session 18)
+            logger.warning(
+                "%s: all %d trials drew the same %s; the file holds one image per identity "
+                "and camera on the sampled side, as the gallery of ONE trial would, so the "
+                "mean is that trial's. Save the features of every test image",
+                _where(f),
+                len(draws),
+                "gallery" if spec.sampled == "gallery" else "sampled side",
+            )
 
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
+    extra = {"identical_trials": True} if identical else {}
     std = {k: float(np.std([r[k] for r in rows])) for k in METRIC_KEYS}
     cmc = np.mean(np.asarray([r["cmc"] for r in rows]), axis=0).tolist()
     head = feature_head or (stated.pop() if len(stated) == 1 else None) or "unknown"
@@ -1006,6 +1028,7 @@ def run_protocol(
         "std": "population (ddof=0) over trials",
         "features_file": _same_or_list([str(f.source) if f.source else None for f in files]),
         "features_meta": _same_or_list([dict(f.meta) for f in files]),
+        **extra,
     }
     if spec.dataset == "regdb":
         provenance["splits"] = splits
