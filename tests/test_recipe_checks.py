@@ -46,7 +46,17 @@ def test_a_later_stages_bad_part_fails_before_the_run_and_in_dry_run(override, m
 
 
 def test_the_shipped_recipes_pass_the_part_check():
-    for name in ("demo", "dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
+    for name in (
+        "demo",
+        "dcl",
+        "pgm",
+        "mbccm",
+        "salcr",
+        "salcr_regdb",
+        "salcr_1gpu_bf16",
+        "pgm_regdb",
+        "mbccm_regdb",
+    ):
         check_parts(load_recipe(name))
 
 
@@ -259,7 +269,16 @@ def test_the_shipped_recipes_pass_the_preflight(tmp_path):
     from uvireid.engine.runner import preflight
 
     preflight(load_recipe("demo"))  # the synthetic dataset: its keywords, nothing generated
-    for name in ("dcl", "pgm", "mbccm", "salcr", "salcr_regdb", "salcr_1gpu_bf16"):
+    for name in (
+        "dcl",
+        "pgm",
+        "mbccm",
+        "salcr",
+        "salcr_regdb",
+        "salcr_1gpu_bf16",
+        "pgm_regdb",
+        "mbccm_regdb",
+    ):
         preflight(load_recipe(name, [f"data.root={tmp_path}"]))  # the root must exist
 
 
@@ -276,7 +295,17 @@ def test_train_lr_or_iterations_that_stages_replace_are_refused_or_warned(caplog
     assert cfg["train"]["lr"] == 7e-4
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # the built-in recipes as shipped: quiet
-        for name in ("demo", "pgm", "salcr", "dcl", "mbccm", "salcr_regdb", "salcr_1gpu_bf16"):
+        for name in (
+            "demo",
+            "pgm",
+            "salcr",
+            "dcl",
+            "mbccm",
+            "salcr_regdb",
+            "salcr_1gpu_bf16",
+            "pgm_regdb",
+            "mbccm_regdb",
+        ):
             load_recipe(name)
         load_recipe("demo", ["stages.0.iters_per_epoch=40", "stages.1.iters_per_epoch=40"])
     assert "reaches" not in caplog.text

@@ -132,8 +132,8 @@ class TrainSettings:
             :mod:`uvireid.data.transforms`.
         resize: how the training images (also those the clustering features come from)
             are resized to ``height x width`` when decoded: ``bilinear`` (torchvision's
-            default, as SALCR and MBCCM), ``bicubic`` (PGM's ``interpolation=3``) or
-            ``lanczos``.
+            default, as SALCR), ``bicubic`` (PGM's ``interpolation=3``) or ``lanczos``
+            (MBCCM's ``Image.ANTIALIAS``, for its training, clustering and test images).
         test_resize: the same for the test images (null: ``resize``; PGM resizes its test
             images with LANCZOS, ``Image.ANTIALIAS``).
         image_cache: folder of decoded-image caches; ``auto`` = ``$UVIREID_CACHE/images``
@@ -201,6 +201,9 @@ class EvalSettings:
         every: evaluate every this many epochs (0: only at the end).
         feature_head: which feature is extracted and evaluated (recorded in every result):
             ``bn_feat`` the BN neck's output, ``pool`` the pooled feature before it.
+        flip: the test feature is the mean of the image's and its horizontal flip's
+            (SALCR, PGM, mangye16's baseline); false: the image alone (MBCCM's
+            evaluator). Recorded in every result's features meta (``test_flip``).
         at_start: also evaluate the untrained model before the first epoch (logged as
             epoch -1), so a run shows how far training moved it.
         keep_best: also keep the checkpoint of the evaluated epoch with the highest mAP
@@ -217,6 +220,7 @@ class EvalSettings:
     perm_file: str | None = None
     every: int = 1
     feature_head: str = "bn_feat"
+    flip: bool = True
     at_start: bool = False
     keep_best: bool = False
 
@@ -522,7 +526,8 @@ def _record(prov: Provenance, value: Any, prefix: str, source: str) -> None:
 def merge(
     base: Any, child: Any, prov: Provenance | None = None, prefix: str = "", source: str = ""
 ) -> Any:
-    """Merge ``child`` onto ``base`` (mappings deeply; lists and scalars replaced).
+    """Merge ``child`` onto ``base`` (mappings deeply; lists and scalars replaced, but a
+    mapping of indices onto a list refines those items: ``stages: {1: {epochs: 30}}``).
 
     ``_delete_: true`` in a child mapping, or a change of its ``type``, replaces the
     base mapping whole. Returns a new object; ``prov`` records who set each key.
@@ -549,12 +554,37 @@ def merge(
             sub = f"{prefix}.{key}" if prefix else str(key)
             out[key] = merge(base.get(key), value, prov, sub, source)
         return out
+    if isinstance(base, list) and _index_mapping(child):
+        # ``stages: {1: {epochs: 30}}`` refines items of the base's list (a derived
+        # recipe changes one stage without restating the list)
+        out = copy.deepcopy(base)
+        for key, value in child.items():
+            i = int(key)
+            if not 0 <= i < len(out):
+                raise ConfigError(
+                    f"{source or 'the recipe'}: {prefix}.{key} refines item {i} of a list of "
+                    f"{len(out)} item(s); use an index 0..{len(out) - 1}"
+                )
+            out[i] = merge(out[i], value, prov, f"{prefix}.{i}", source)
+        return out
     if prov is not None:
         _record(prov, child, prefix, source)
     if isinstance(child, Mapping):
         child = {k: v for k, v in child.items() if k != DELETE_KEY}
         return {k: merge(None, v, None) for k, v in child.items()}
     return copy.deepcopy(child)
+
+
+def _index_mapping(value: Any) -> bool:
+    """A non-empty mapping whose keys are all list indices (0, 1, "2")."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(
+            (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit())
+            for k in value
+        )
+    )
 
 
 def is_builtin_name(text: str | os.PathLike) -> bool:

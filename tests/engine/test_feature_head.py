@@ -64,3 +64,31 @@ def test_run_outputs_say_which_epoch_and_stage_they_come_from(recipe_file):
 
     line = run_protocol(load_features(folder.path / "features.npz"), "sysu-all", trials=1)
     assert "epoch 1 (salcr, final)" in line.summary()
+
+
+def test_evaluation_flip_false_extracts_the_test_set_unflipped(tmp_path, recipe_file, monkeypatch):
+    """Audit BB: MBCCM tests on one unflipped pass; evaluation.flip=false does that in an
+    evaluation run, a training run's evaluations and `uvireid extract`, and says so."""
+    from uvireid.engine.export import export_features
+
+    asked = []
+    real = _ReidHead.extract
+
+    def spy(self, x, modality, flip=True, head="bn_feat"):
+        asked.append(flip)
+        return real(self, x, modality, flip=flip, head=head)
+
+    monkeypatch.setattr(_ReidHead, "extract", spy)
+    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
+    path = tmp_path / "eval_only.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    for recipe in (path, recipe_file):
+        for flip in (True, False):
+            asked.clear()
+            cfg = load_recipe(recipe, [f"evaluation.flip={str(flip).lower()}"])
+            folder = run_recipe(cfg, progress=False)
+            assert load_features(folder.path / "features.npz").meta["test_flip"] is flip
+            assert any(asked) is flip, (recipe, flip)  # clustering extracts unflipped anyway
+    asked.clear()
+    out = export_features(cfg, tmp_path / "x.npz", checkpoint=folder.checkpoints / "latest.pt")
+    assert load_features(out).meta["test_flip"] is False and not any(asked)

@@ -216,6 +216,34 @@ def test_mbccm_recipe_matches_the_peers_spec():
     )
     for epoch, lr in {0: 3.5e-4, 20: 3.5e-5, 49: 3.5e-5, 50: 3.5e-6, 70: 3.5e-7}.items():
         assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch
+    # audit BB (MBCCM's dataset.py and evaluator.py): LinearTransform(probability=0.8) on
+    # the visible view every epoch (the official LTG loop), Image.ANTIALIAS resizing of
+    # every image, and a test feature of one unflipped pass
+    assert cfg["train"]["ltg_official"] is True
+    assert (dcl.ltg_p, mb.ltg_p) == (0.8, 0.8)
+    assert cfg["train"]["resize"] == "lanczos" and cfg["train"]["test_resize"] is None
+    assert cfg["evaluation"]["flip"] is False
+
+
+@pytest.mark.parametrize("name", ["pgm_regdb", "mbccm_regdb"])
+def test_peer_regdb_recipes_have_the_peers_regdb_settings(name):
+    """Audit BB: pgm/mbccm with datasets/regdb.yaml kept SYSU's eps 0.6 (and PGM's SYSU
+    epochs); peers.md Sec. 2.2 / 3.2 and the peers' RegDB scripts: eps 0.3, 100 iterations,
+    PGM 30 + 30 epochs with lr x0.1 at 10 and 20 in each stage."""
+    cfg = load_recipe(name)
+    base = load_recipe(name.removesuffix("_regdb"))
+    assert cfg["data"]["type"] == "regdb" and cfg["evaluation"]["protocol"] == "regdb-v2i"
+    stages, base_stages = stages_of(cfg), stages_of(base)
+    for st, b in zip(stages, base_stages):
+        assert st.clusterer["eps"] == 0.3
+        assert st.iters == 100
+        assert st.losses == b.losses and st.sampler == b.sampler  # the rest is the recipe's
+    if name == "pgm_regdb":
+        assert [st.epochs for st in stages] == [30, 30]
+        for epoch, lr in {0: 3.5e-4, 10: 3.5e-5, 20: 3.5e-6, 30: 3.5e-4, 40: 3.5e-5}.items():
+            assert _lr_at(cfg, epoch) == pytest.approx(lr, rel=1e-9), epoch
+    else:
+        assert [st.epochs for st in stages] == [st.epochs for st in base_stages]
 
 
 def test_salcr_schedule_is_unchanged_by_stage_learning_rates():

@@ -139,11 +139,13 @@ def export_features(
     else:  # said in the file: features of a backbone no run trained
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)
+    ev = cfg["evaluation"]
     bank = extract_test_bank(
-        backbone, dataset.test, cfg["train"], device, head=cfg["evaluation"]["feature_head"]
+        backbone, dataset.test, cfg["train"], device, head=ev["feature_head"], flip=ev["flip"]
     )
     meta.update(
-        feature_head=cfg["evaluation"]["feature_head"],
+        feature_head=ev["feature_head"],
+        test_flip=ev["flip"],
         produced_by=f"uvireid extract {source}".strip(),
     )
     if train_split is not None:

@@ -77,8 +77,9 @@ def extract_features(
     progress: bool = False,
     head: str = "bn_feat",
     resize: str = "bilinear",
+    flip: bool = True,
 ) -> FeatureBank:
-    """Test-time features of ``records`` (``model.extract(images, modality)``; ``head``:
+    """Test-time features of ``records`` (``model.extract(images, modality, flip)``; ``head``:
     see :data:`uvireid.models.backbone.FEATURE_HEADS`; ``resize``: the images' filter, see
     :func:`test_transform`).
 
@@ -104,11 +105,10 @@ def extract_features(
         it = tqdm(loader, desc="extract", unit="batch", leave=False, disable=None)
     for images, modality in it:
         x = images.to(device, non_blocking=True)  # modality stays on the host
-        feats = (
-            model.extract(x, modality)
-            if head == "bn_feat"
-            else model.extract(x, modality, head=head)
-        )
+        kwargs = {} if flip else {"flip": False}  # a plain model.extract(x, m) stays valid
+        if head != "bn_feat":
+            kwargs["head"] = head
+        feats = model.extract(x, modality, **kwargs)
         chunks.append(feats.float().cpu())
     model.train(was_training)
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

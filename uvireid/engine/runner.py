@@ -151,11 +151,16 @@ def evaluate(
             progress=progress,
             head=ev["feature_head"],
             resize=eval_resize(tr),  # as the trainer's own evaluation decodes them
+            flip=ev["flip"],
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats, modality=bank.modality)
     extra, meta = meta or {}, dict(dataset.meta())
-    meta.update(feature_head=ev["feature_head"], produced_by=f"uvireid run {cfg['name']}")
+    meta.update(
+        feature_head=ev["feature_head"],
+        test_flip=ev["flip"],
+        produced_by=f"uvireid run {cfg['name']}",
+    )
     meta.update(extra)
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])

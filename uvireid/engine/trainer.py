@@ -458,11 +458,12 @@ def extract_test_bank(
     device: str,
     images: torch.Tensor | None = None,
     head: str = "bn_feat",
+    flip: bool = True,
 ) -> FeatureBank:
     """The test features a run evaluates: ``test`` records decoded at the training size
     (:func:`load_test_images`, or ``images`` already decoded), the backbone's ``head``
-    feature (``evaluation.feature_head``) flip-averaged, in bf16 where ``train.amp``; in
-    the order of ``test``.
+    feature (``evaluation.feature_head``), flip-averaged unless ``flip`` is false
+    (``evaluation.flip``), in bf16 where ``train.amp``; in the order of ``test``.
 
     Raises:
         DatasetError: a test image cannot be read (the protocol needs every one).
@@ -475,7 +476,7 @@ def extract_test_bank(
         modality,
         device,
         batch=train["extract_batch"],
-        flip=True,
+        flip=flip,
         amp=train["amp"],
         head=head,
     )
@@ -1256,7 +1257,8 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict:
-        """Extract the test set (flip-averaged), run the protocol (± re-ranker)."""
+        """Extract the test set (flip-averaged unless ``evaluation.flip`` is false), run
+        the protocol (± re-ranker)."""
         from uvireid.engine.runner import evaluate
 
         t0 = time.perf_counter()
@@ -1267,6 +1269,7 @@ class Trainer:
             self.device,
             self.test_images,
             head=self.cfg["evaluation"]["feature_head"],
+            flip=self.cfg["evaluation"]["flip"],
         )
         out = evaluate(
             self.model.backbone,
