@@ -517,3 +517,26 @@ def test_relative_data_paths_are_resolved_against_the_working_folder(tmp_path, m
     assert load_recipe(str(path))["data"]["root"] == str(tmp_path / "synth")
     home = load_recipe("demo", ["data.root=~/x"])["data"]["root"]
     assert home == os.path.join(os.path.expanduser("~"), "x")
+
+
+def test_a_part_whose_constructor_takes_var_keywords_accepts_any_key():
+    """Audit AY: a plugin part with ``**kwargs`` crashed recipe validation with a raw
+    TypeError (the list of its keywords is None: any key is valid)."""
+    import numpy as np
+
+    from uvireid.registry import CLUSTERERS
+
+    @CLUSTERERS.register("test_kwargs_clusterer")
+    class KW:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def fit_predict(self, features):
+            return np.zeros(len(features), dtype=np.int64)
+
+    try:
+        cfg = load_recipe("demo", ["clusterer={type: test_kwargs_clusterer, eps: 0.3}"])
+        assert cfg["clusterer"] == {"type": "test_kwargs_clusterer", "eps": 0.3}
+        assert CLUSTERERS.build(cfg["clusterer"]).kw == {"eps": 0.3}
+    finally:
+        CLUSTERERS.unregister("test_kwargs_clusterer")

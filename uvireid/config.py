@@ -802,7 +802,7 @@ def _validate_component(
         reg.entry(name)
     except RegistryError as exc:
         raise ConfigError(f"{prov.source(dotted + '.type')}: {dotted}.type: {exc}") from None
-    valid = [k for k in inspect_params(reg, name)]
+    valid = inspect_params(reg, name)  # None: the constructor takes **kwargs (any key)
     if valid is not None:
         for key in kwargs:
             if key not in valid:
