@@ -89,3 +89,53 @@ def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / "keep.tmp").write_bytes(b"mine")  # not atomic_write's name
     assert remove_stale_temporaries(tmp_path, tmp_path / "absent") == 1024
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp"]
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_writers_never_write_nan_tokens(tmp_path):
+    """Audit AY: NaN and Infinity are not JSON; metrics.jsonl, results.json, manifest.json
+    and the CLI's --json files hold null for them."""
+    import argparse
+
+    import numpy as np
+
+    from uvireid.cli import write_json
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.fileio import dumps_json, finite_json
+
+    obj = {"a": float("nan"), "b": [1.5, float("inf"), np.float32("nan")], "c": (np.int64(3),)}
+    assert finite_json(obj) == {"a": None, "b": [1.5, None, None], "c": [3]}
+    assert _strict(dumps_json(obj)) == {"a": None, "b": [1.5, None, None], "c": [3]}
+    RunFolder(tmp_path).log_metrics({"epoch": 0, "association": {"mean_cost": float("nan")}})
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        assert _strict(line)["association"]["mean_cost"] is None
+    atomic_write_json(tmp_path / "r.json", {"mAP": float("-inf")})
+    assert _strict((tmp_path / "r.json").read_text()) == {"mAP": None}
+    write_json(argparse.Namespace(json=str(tmp_path / "o.json")), {"m": float("nan")})
+    assert _strict((tmp_path / "o.json").read_text(encoding="utf-8")) == {"m": None}
+
+
+def test_cli_json_file_is_utf8_and_atomic_whatever_the_locale(tmp_path):
+    """Audit AY: under a non-UTF-8 locale --json crashed after the evaluation and left an
+    empty file in place of the earlier one."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.json"
+    out.write_text('{"previous": true}\n')
+    root = "/data/d\u00e9j\u00e0/\u6570\u636e"
+    code = (
+        "import argparse; from uvireid.cli import write_json; "
+        f"write_json(argparse.Namespace(json={str(out)!r}), {{'root': {ascii(root)}}})"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-400:]
+    assert _strict(out.read_bytes().decode("utf-8")) == {"root": root}
+    assert [p.name for p in tmp_path.iterdir()] == ["o.json"]  # no temporary left

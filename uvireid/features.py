@@ -370,11 +370,11 @@ def save_features(
 
     meta = {"produced_by": f"uvireid {__version__}", **meta}
     try:
-        meta_json = json.dumps(meta, sort_keys=True)
+        meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise FeatureFileError(
             f"{where}: meta is not JSON-serialisable ({exc}); fix: pass plain str/int/float/"
-            f"list/dict values as meta keywords"
+            f"list/dict values as meta keywords (finite numbers: NaN and inf are not JSON)"
         ) from None
     feats_a, pids_a, cams_a, mod_a, paths_a = _checked_arrays(
         feats, pids, cams, modality, paths, meta, where

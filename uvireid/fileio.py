@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -73,8 +74,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively
+    (mappings, lists, tuples; numpy scalars as Python numbers): NaN and Infinity are not
+    JSON (RFC 8259), and strict parsers (JavaScript, Go, jsonb) refuse a file holding
+    them (audit AY)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    item = getattr(obj, "item", None)  # a numpy / torch scalar
+    if callable(item) and getattr(obj, "ndim", 1) == 0:
+        return finite_json(item())
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (:func:`finite_json`: non-finite floats as null)."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    return atomic_write_text(path, dumps_json(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:

@@ -3,6 +3,7 @@ test image, a resume whose checkpoint is gone, a folder another process is using
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -147,8 +148,20 @@ def test_own_unlabelled_crops_train_without_evaluation(recipe_file, tmp_path):
     assert [m["epoch"] for m in records] == [0, 1]
     assert all("eval" not in m for m in records)
     assert (folder.checkpoints / "latest.pt").exists()
-    assert not (folder.path / "results.json").exists()
+    # results.json marks the finished run, with no result in it (audit AY: its report
+    # said the run was killed)
+    assert json.loads((folder.path / "results.json").read_text()) == {}
     assert not (folder.path / "features.npz").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from uvireid.viz.report import build_report
+
+        notes = " ".join(build_report(folder.path).notes)
+        assert "killed" not in notes and "did not finish" not in notes
+        assert "finished without an evaluation" in notes
     # an explicit protocol the dataset cannot give is still an error; none is accepted
     from uvireid.errors import ConfigError
 

@@ -56,6 +56,10 @@ def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
     manifest = json.loads((folder.path / "manifest.json").read_text())
     assert manifest["world_size"] == 1 and manifest["device"]["device"] == "cpu"
     assert manifest["dataset"] and manifest["versions"]["torch"] and "source" in manifest
+    import shlex
+    import sys
+
+    assert shlex.split(manifest["command"]) == sys.argv  # pastes back into a shell (audit AY)
     results = json.loads((folder.path / "results.json").read_text())
     assert set(results) == {"none", "cmfp"}
     assert results["cmfp"]["provenance"]["reranker"].startswith("cmfp")
@@ -64,7 +68,11 @@ def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
     feats = load_features(folder.path / "features.npz")
     assert len(feats.pids) == 4 * 6 * 2  # 4 test ids x 6 cams x 2 images
     lines = folder.read_metrics()
-    assert len(lines) == 1 and lines[0]["epoch"] == 0 and "extract" in lines[0]["seconds"]
+    # the record of a training run's untrained evaluation (audit AY)
+    assert len(lines) == 1 and (lines[0]["epoch"], lines[0]["stage"]) == (-1, "untrained")
+    assert "eval_extract" in lines[0]["seconds"] and "extract" not in lines[0]["seconds"]
+    assert set(lines[0]["eval"]["none"]) == {"mean", "std", "provenance"}
+    assert lines[0]["eval"]["none"]["mean"] == results["none"]["mean"]
 
 
 def test_evaluation_reranks_on_the_run_device(recipe, monkeypatch):

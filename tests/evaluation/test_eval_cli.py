@@ -115,6 +115,10 @@ def test_eval_runs_gives_each_run_and_the_spread_over_runs(tmp_path, capsys):
     maps = np.array([w["mAP"] for w in want])
     assert data["mean"]["mAP"] == pytest.approx(maps.mean())
     assert data["std"]["mAP"] == pytest.approx(maps.std())
+    # every metric, as in every other result (audit AY: R5 and R20 were missing)
+    assert set(data["mean"]) == set(data["std"]) == set(data["runs"][0]["mean"])
+    r5 = np.array([w["R5"] for w in want])
+    assert data["mean"]["R5"] == pytest.approx(r5.mean())
     assert maps.std() > 0  # the runs differ: the spread is real
     last = [ln for ln in text.splitlines() if ln.startswith("mean±std over runs")][0]
     assert f"{maps.mean():.2f}±{maps.std():.2f}" in last

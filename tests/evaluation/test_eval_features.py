@@ -286,3 +286,13 @@ def test_an_image_given_twice_is_refused(tmp_path):
         tmp_path / "ok.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=[*paths, "a", "b"]
     )
     save_features(tmp_path / "np.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1])
+
+
+def test_non_finite_meta_is_refused(tmp_path):
+    """Audit AY: a NaN in the meta reached the .npz and every --json output as NaN."""
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(FeatureFileError, match="NaN and inf are not JSON"):
+        save_features(
+            tmp_path / "f.npz", x, [0, 0, 1, 1], [1, 3, 1, 3], [0, 1, 0, 1], best=float("nan")
+        )
+    assert not (tmp_path / "f.npz").exists()

@@ -120,18 +120,20 @@ def _tables_to_stderr(args: argparse.Namespace):
 def write_json(args: argparse.Namespace, data: Any) -> None:
     """``data`` as JSON into ``args.json``: a file (its folder created), or stdout for
     ``-`` (see :func:`_tables_to_stderr`)."""
-    import json
     from pathlib import Path
 
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    from uvireid.fileio import atomic_write_text, dumps_json
+
     if args.json == "-":
         stream = getattr(args, "json_stream", None) or sys.stdout
-        stream.write(text)
+        # ASCII escapes: a stdout in any locale's encoding takes them
+        stream.write(dumps_json(data, indent=2) + "\n")
         stream.flush()
         return
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    # UTF-8 whatever the locale, renamed into place: a failure leaves the earlier file
+    atomic_write_text(out, dumps_json(data, indent=2, ensure_ascii=False) + "\n")
     logging.getLogger("uvireid.cli").info("wrote %s", out)
 
 

@@ -200,12 +200,16 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
     )
     print("(within a run: ± over its trials; over runs: population std of the runs' means)")
     if args.json:
+        from uvireid.evaluation.protocols import METRIC_KEYS
+
+        # every metric, as in every other result (the printed table keeps four columns)
+        full = np.array([[r.mean[m] for m in METRIC_KEYS] for r in results])
         write_json(
             args,
             {
                 "runs": [dict(r.to_dict(), file=str(p)) for p, r in zip(args.features, results)],
-                "mean": dict(zip(_RUN_METRICS, mean.tolist())),
-                "std": dict(zip(_RUN_METRICS, std.tolist())),
+                "mean": dict(zip(METRIC_KEYS, full.mean(0).tolist())),
+                "std": dict(zip(METRIC_KEYS, full.std(0).tolist())),
             },
         )
     return 0

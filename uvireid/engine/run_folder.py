@@ -8,7 +8,8 @@ runs/<recipe>-<time>/
                    process's logging configuration (:class:`RunLog`)
   metrics.jsonl    one JSON object per epoch / evaluation
   features.npz     test features of the last evaluation
-  results.json     the last evaluation's protocol results
+  results.json     the last evaluation's protocol results; written at the end, it marks a
+                   finished run ({} for a run that never evaluates: protocol none)
   checkpoints/     latest.pt, written atomically; best.pt only with evaluation.keep_best
                    (chosen on the test set, and logged as such); results.json is always the
                    last evaluation, never an epoch chosen on the test set
@@ -24,6 +25,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +36,7 @@ from typing import Any
 
 from uvireid.config import dump
 from uvireid.errors import DatasetError
-from uvireid.fileio import atomic_write_json, atomic_write_text
+from uvireid.fileio import atomic_write_json, atomic_write_text, dumps_json
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +273,7 @@ class RunFolder:
                 fh.seek(-1, os.SEEK_END)
                 cut = fh.read(1) != b"\n"
         with open(p, "a") as fh:
-            fh.write(("\n" if cut else "") + json.dumps(record, default=float) + "\n")
+            fh.write(("\n" if cut else "") + dumps_json(record, default=float) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -411,7 +413,7 @@ def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1)
     per_gpu = train.get("batch_ids", 0) * train.get("images_per_id", 0) * 2
     return {
         "recipe": cfg.get("name"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),  # pastes back into a shell as it ran
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
         "source": source_revision(),

@@ -438,7 +438,18 @@ def run_recipe(
         check_input_size(model, cfg["train"]["height"], cfg["train"]["width"])
         out = evaluate(model, dataset, cfg, device, folder, progress=progress)
         tables = {name: res.to_dict() for name, res in out["results"].items()}
-        folder.log_metrics({"epoch": 0, "eval": tables, "seconds": out["seconds"]})
+        from uvireid.engine.trainer import Trainer
+
+        # the record of a training run's untrained evaluation (audit AY: epoch 0 and bare
+        # phase names were drawn as a trained epoch's "extract")
+        folder.log_metrics(
+            {
+                "epoch": -1,
+                "stage": "untrained",
+                "eval": Trainer.summary(tables),
+                "seconds": {f"eval_{k}": v for k, v in out["seconds"].items()},
+            }
+        )
         folder.write_json("results.json", tables)
         for res in out["results"].values():
             logger.info("\n%s", res.table())
@@ -599,8 +610,10 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
                 "run folder %s (device %s, world size %d)", folder.path, device, D.world_size()
             )
         tables = trainer.fit()
-        if D.is_main() and tables is not None:
-            folder.write_json("results.json", tables)
+        if D.is_main():
+            # results.json marks a finished run: {} for one that never evaluates
+            # (evaluation.protocol: none; audit AY: its report said "killed")
+            folder.write_json("results.json", tables if tables is not None else {})
     finally:
         if run_log is not None:
             run_log.close()

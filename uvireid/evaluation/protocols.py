@@ -48,7 +48,6 @@ the standard deviation is the population one (``ddof=0``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -571,9 +570,11 @@ class ProtocolResult:
         )
 
     def to_json(self, **kwargs: Any) -> str:
-        """:meth:`to_dict` as a JSON string (``kwargs`` go to ``json.dumps``, e.g.
-        ``indent=2``)."""
-        return json.dumps(self.to_dict(), **kwargs)
+        """:meth:`to_dict` as a strict JSON string (non-finite numbers as null;
+        ``kwargs`` go to ``json.dumps``, e.g. ``indent=2``)."""
+        from uvireid.fileio import dumps_json
+
+        return dumps_json(self.to_dict(), **kwargs)
 
     def summary(self) -> str:
         """The provenance as one line."""

@@ -153,6 +153,9 @@ def _final_results(
     """``({re-ranker: result dict}, where they came from)``."""
     if isinstance(results, Mapping) and results:
         return {str(k): v for k, v in results.items() if isinstance(v, Mapping)}, "results.json"
+    if isinstance(results, Mapping) and not any(r.get("eval") for r in records):
+        notes.append("the run finished without an evaluation (evaluation.protocol: none).")
+        return {}, ""
     for index in range(len(records) - 1, -1, -1):
         evals = records[index].get("eval")
         if isinstance(evals, Mapping) and evals:
