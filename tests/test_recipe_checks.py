@@ -309,3 +309,17 @@ def test_train_lr_or_iterations_that_stages_replace_are_refused_or_warned(caplog
             load_recipe(name)
         load_recipe("demo", ["stages.0.iters_per_epoch=40", "stages.1.iters_per_epoch=40"])
     assert "reaches" not in caplog.text
+
+
+@pytest.mark.parametrize("protocol", ["auto", "regdb-v2i"])
+def test_regdb_multi_shot_is_refused_before_training(tmp_path, capsys, protocol):
+    """Audit AX: evaluation.shot=multi on RegDB passed --dry-run and the training, then
+    failed at the first evaluation."""
+    from uvireid.data.fixtures import make_regdb_tree
+
+    root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2)
+    args = ["run", "salcr_regdb", f"data.root={root}", f"evaluation.protocol={protocol}"]
+    args += [f"output_dir={tmp_path / 'runs'}", "--dry-run"]
+    assert main([*args, "evaluation.shot=multi"]) == 2
+    assert "RegDB has no gallery sampling" in capsys.readouterr().err
+    assert main(args) == 0

@@ -19,7 +19,7 @@ Examples:
 
   uvireid extract runs/salcr-20261126-101500 -o sysu_test.npz
   uvireid extract runs/salcr-... data.root=/mnt/SYSU-MM01 -o sysu_test.npz
-  uvireid extract runs/salcr-regdb-s3-... data.split=3 -o regdb3.npz      # its own split
+  uvireid extract runs/salcr_regdb_s3-... -o regdb3.npz   # a RegDB run (name=salcr_regdb_s3): its split
   uvireid extract runs/salcr-... "data={type: llcm, root: /data/LLCM}" -o llcm.npz
   uvireid extract salcr --checkpoint run/checkpoints/latest.pt data.root=... -o f.npz
 

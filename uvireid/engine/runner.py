@@ -330,7 +330,7 @@ def preflight(cfg: dict) -> None:
     if not cfg.get("data") or not cfg.get("backbone"):
         raise ConfigError(f"recipe '{cfg['name']}' needs a 'data' and a 'backbone' section")
     check_parts(cfg)
-    _check_sampler(cfg["evaluation"])
+    _check_sampler(cfg["evaluation"], (cfg.get("data") or {}).get("type"))
     _check_writable(cfg.get("output_dir") or "runs", "output_dir")
     cache = (cfg.get("train") or {}).get("image_cache")
     if cache not in (None, "auto"):
@@ -368,11 +368,19 @@ def _check_writable(folder: str, key: str) -> None:
         raise ConfigError(f"{key}: {folder} cannot be used ({problem}); choose another folder")
 
 
-def _check_sampler(ev: dict) -> None:
+def _check_sampler(ev: dict, data_type: Any = None) -> None:
     """The evaluation's gallery sampler, before any epoch: the protocol would only refuse
     it at the first evaluation, after an epoch (or the whole run) has trained."""
     if ev.get("protocol") == "none":
         return
+    protocol = str(ev.get("protocol"))
+    regdb = protocol.startswith("regdb") or (protocol == "auto" and data_type == "regdb")
+    if regdb and ev.get("shot", "single") != "single":
+        # audit AX: refused only at the first evaluation, after the training
+        raise ConfigError(
+            f"evaluation.shot is '{ev['shot']}', but RegDB has no gallery sampling (every "
+            f"test image of the split is used); drop evaluation.shot (single)"
+        )
     perm = ev.get("perm_file")
     if ev.get("sampler") == "official":
         if not perm:

@@ -600,20 +600,18 @@ class ProtocolResult:
             f"reranker: {p['reranker']}",
             f"queries {p['num_query']} (valid {p['num_valid']}), gallery {p['num_gallery']}",
         ]
-        meta = p.get("features_meta")
-        meta = meta if isinstance(meta, dict) else {}
-        if meta.get("epoch") is not None:  # a run's evaluation
-            parts.append(epoch_label(meta))
-        for start in meta.get("started_from") or []:
-            if isinstance(start, dict):
-                parts.append(
-                    f"stage {start.get('stage')} started from epoch {start.get('epoch')} "
-                    f"chosen on the {start.get('selected_on', 'test set')}"
-                )
-        if meta.get("changes"):
-            parts.append(f"changed from the run: {', '.join(meta['changes'])}")
-        if (meta.get("dataset_check") or {}).get("ok") is False:
-            parts.append("test set differs from the official release")
+        metas = p.get("features_meta")
+        if isinstance(metas, list):  # several files (RegDB's splits): each one's notes
+            notes = [_meta_notes(m if isinstance(m, dict) else {}) for m in metas]
+            splits = p.get("splits") or [None] * len(notes)
+            for note in dict.fromkeys(n for ns in notes for n in ns):  # in order, once
+                having = [s for s, ns in zip(splits, notes) if note in ns]
+                if len(having) == len(notes):
+                    parts.append(note)  # common to every file
+                else:
+                    parts.append(f"split {', '.join(map(str, having))}: {note}")
+        else:
+            parts += _meta_notes(metas if isinstance(metas, dict) else {})
         if p.get("identical_trials"):
             parts.append("every trial drew the same images (one trial's gallery saved?)")
         return " | ".join(str(x) for x in parts)
@@ -675,6 +673,25 @@ def _as_features(x: Any) -> Features:
 
 def _norm_dataset(name: Any) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _meta_notes(meta: Mapping) -> list[str]:
+    """What a features file's meta adds to a result's provenance line: the run's epoch,
+    a start chosen on the test set, changes from the run, a copy that is not the release."""
+    notes = []
+    if meta.get("epoch") is not None:  # a run's evaluation
+        notes.append(epoch_label(meta))
+    for start in meta.get("started_from") or []:
+        if isinstance(start, dict):
+            notes.append(
+                f"stage {start.get('stage')} started from epoch {start.get('epoch')} "
+                f"chosen on the {start.get('selected_on', 'test set')}"
+            )
+    if meta.get("changes"):
+        notes.append(f"changed from the run: {', '.join(meta['changes'])}")
+    if (meta.get("dataset_check") or {}).get("ok") is False:
+        notes.append("test set differs from the official release")
+    return notes
 
 
 def epoch_label(meta: Mapping) -> str:
@@ -906,7 +923,21 @@ def run_protocol(
                 "in which ties are broken (a collapsed model, or the wrong array saved?)",
                 _where(f),
             )
+    if len(stated) > 1:
+        # averaging other features split by split (audit AX: labelled "feature head: unknown")
+        raise ProtocolError(
+            f"the files hold different features (feature_head "
+            f"{', '.join(sorted(map(str, stated)))} in their meta); average files of one "
+            f"feature head: re-extract the others with evaluation.feature_head=..."
+        )
     if spec.dataset == "regdb":
+        lengths = {(f.meta or {}).get("total_epochs") for f in files} - {None}
+        if len(lengths) > 1:
+            logger.warning(
+                "the split files come from runs of different lengths (total_epochs %s); a "
+                "RegDB figure averages the splits of one recipe",
+                ", ".join(map(str, sorted(lengths))),
+            )
         if shot != "single" or sampler != "seeded" or perm_file is not None:
             raise ProtocolError(
                 "RegDB has no gallery sampling: every test image of the split is used; drop "
