@@ -631,3 +631,19 @@ def test_an_evaluation_only_run_resizes_its_test_images_as_the_trainer_does(reci
     bilinear = extract_features(model, test, height=h, width=w).feats
     assert np.abs(trainer_side - eval_side).max() < 1e-5
     assert np.abs(bilinear - eval_side).max() > 1e-3  # the filter matters here
+
+
+def test_association_info_keeps_numpy_scalars_and_short_lists():
+    """Audit AY: an associator's numpy scalars and OTLA's per-direction tuples were
+    dropped from metrics.jsonl without a word; arrays stay out."""
+    import numpy as np
+
+    from uvireid.engine.trainer import _plain_info
+
+    assert _plain_info(np.int64(3)) == 3 and type(_plain_info(np.int64(3))) is int
+    assert _plain_info(np.float32(0.5)) == 0.5 and type(_plain_info(np.float32(0.5))) is float
+    assert _plain_info((12, np.int64(7))) == [12, 7]
+    assert _plain_info(torch.tensor(2.0)) == 2.0
+    assert _plain_info("sinkhorn") == "sinkhorn" and _plain_info(True) is True
+    assert _plain_info(np.zeros(3)) is None and _plain_info([[1]]) is None
+    assert _plain_info(list(range(17))) is None  # long lists are not a record's business

@@ -489,6 +489,23 @@ def extract_test_bank(
     )
 
 
+def _plain_info(value: Any) -> Any:
+    """An associator's ``info`` value as metrics.jsonl keeps it: a plain scalar (numpy and
+    torch scalars as Python ones), or a short list of them (OTLA's iterations and
+    marginal errors per direction); None for anything else (arrays, objects), which is
+    left out. numpy scalars were dropped (audit AY)."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        value = item()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) <= 16:
+        out = [_plain_info(v) for v in value]
+        if all(isinstance(v, (bool, int, float, str)) for v in out):
+            return out
+    return None
+
+
 def _applies(loss: nn.Module, outputs: StepOutputs) -> bool:
     """Whether ``loss`` takes part in this step: a loss that needs part features sits out
     an unpaired batch (no cross-modal link, so no parts)."""
@@ -892,7 +909,7 @@ class Trainer:
         seconds["associate"] = time.perf_counter() - t0
         nv = len(lv)
         cl = _check_cross_labels(cl, nv, len(lr), kv, kr, stage.associator["type"])
-        info = {k: v for k, v in cl.info.items() if isinstance(v, (int, float, str, bool))}
+        info = {k: p for k, v in cl.info.items() if (p := _plain_info(v)) is not None}
         return EpochLabels(
             vis_in_v=cl.labels_in_v[:nv],
             vis_in_r=cl.labels_in_r[:nv],
