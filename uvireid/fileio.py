@@ -9,12 +9,15 @@ kill (SIGKILL) can leave the temporary file (``.<name>.<random>.tmp``) behind:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +49,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        stop = _interrupt_in(exc)
+        if stop is not None and stop is not exc:
+            # Ctrl-C / SIGTERM inside torch.save came out as its "unexpected pos" error
+            # (audit AV): the interrupt it was is what the caller handles
+            raise stop from None
         if _disk_full(exc):  # torch.save's "unexpected pos" buries the cause in its chain
             from uvireid.errors import DiskFullError
 
@@ -57,6 +65,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             ) from exc
         raise
     return path
+
+
+def _interrupt_in(exc: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM) ``exc`` is or was raised
+    from or during, if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+@contextlib.contextmanager
+def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """Hold SIGINT / SIGTERM for the block, then deliver them to the handlers that were
+    in place: a checkpoint that takes a second to write is finished instead of being cut
+    (and its epoch lost) by a Ctrl-C or a scheduler's SIGTERM (audit AV). A no-op off
+    the main thread, where Python cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {}
+    for signum in signums:
+        try:
+            old[signum] = signal.signal(signum, lambda s, _frame: caught.append(s))
+        except (ValueError, OSError):  # not settable here
+            continue
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _disk_full(exc: BaseException | None) -> bool:

@@ -56,6 +56,7 @@ from uvireid.engine.checkpoint import (
 from uvireid.engine.graphs import GraphedLosses, tf32_products
 from uvireid.engine.run_folder import source_revision
 from uvireid.errors import ConfigError, DatasetError, TrainingError
+from uvireid.fileio import signals_deferred
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.models.backbone import check_input_size
 from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES, RERANKERS
@@ -1369,9 +1370,13 @@ class Trainer:
     def save(self, best: bool = False) -> None:
         """``checkpoints/latest.pt``; with ``best``, the same file as ``best.pt`` too."""
         if self.folder is not None and D.is_main():
-            save_checkpoint(self.folder.checkpoints, self.state_dict())
-            if best:
-                keep_as_best(self.folder.checkpoints)
+            state = self.state_dict()
+            # a Ctrl-C or SIGTERM now is delivered once the file is complete: the epoch
+            # just trained is kept (audit AV: cut, torch.save lost it)
+            with signals_deferred():
+                save_checkpoint(self.folder.checkpoints, state)
+                if best:
+                    keep_as_best(self.folder.checkpoints)
 
     def _improves_best(self, epoch: int, tables: dict) -> bool:
         """Whether this evaluation's mAP (no re-ranker) beats the best so far (then it
@@ -1632,7 +1637,10 @@ class Trainer:
             try:
                 res = self.evaluate(f"epoch {epoch}")
             except BaseException as exc:
-                if log:
+                # a Ctrl-C / SIGTERM logs nothing: the checkpoint's pending record makes
+                # the resume evaluate this epoch, as after a SIGKILL (audit AV: logged
+                # with eval_error, the epoch was never evaluated)
+                if log and not isinstance(exc, KeyboardInterrupt):
                     log({**record, "eval_error": f"{type(exc).__name__}: {exc}"[:500]})
                 raise
             record["eval"] = self.summary(res["tables"])
