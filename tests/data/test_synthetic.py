@@ -370,3 +370,48 @@ def test_a_killed_generations_partial_folder_is_removed_by_the_next(tmp_path):
     other_node.mkdir()
     syn.generate(tmp_path / "ds", ids=4, seed=0)
     assert not partial.exists() and alive.exists() and other_node.exists()
+
+
+def test_two_rendering_processes_write_the_images_one_writes(tmp_path):
+    """Jobs of a few people each (so a stop cancels the rest at once) render the same
+    dataset as one process does, byte for byte."""
+    two = syn.generate(tmp_path / "two", ids=12, seed=3, workers=2)
+    one = syn.generate(tmp_path / "one", ids=12, seed=3, workers=1)
+    files = sorted(p.relative_to(one) for p in one.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*.jpg")) and files
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_generator_alone_stops_it_within_seconds(tmp_path):
+    """Audit AV: `kill PID` (docker stop, a scheduler) reached the parent only, which
+    then waited for each worker's whole share (107 s at 500 ids) before stopping."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvireid",
+            "data",
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--ids",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not any((tmp_path).glob(".s*/cam1/*")) and time.time() < deadline:
+        time.sleep(0.2)  # rendering has started
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 20, err[-1500:]
+    assert proc.returncode == 143, err[-1500:]
+    assert err.count("Traceback") == 0, err[-1500:]

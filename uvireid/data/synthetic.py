@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -1008,6 +1009,12 @@ def _params(ids: int, seed: int, height: int, width: int, nir: float = 0.0) -> d
     }
 
 
+def _ignore_sigint() -> None:
+    """Rendering processes leave Ctrl-C to the parent, which cancels their jobs (a
+    terminal's Ctrl-C reaches the whole group: each worker printed its traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _render_people(args: tuple[str, list[int], int, int, int, float]) -> dict[int, int]:
     """Worker: write every image of the people ``pids`` under ``root``; images per camera."""
     root, pids, seed, height, width, nir = args
@@ -1191,13 +1198,23 @@ def generate(
         pids = split["available"]
         if workers is None:
             workers = 1 if ids < 60 else min(2, os.cpu_count() or 1)
-        chunks = [pids[i::workers] for i in range(workers)]
+        # jobs of a few people each (about a second): a Ctrl-C or SIGTERM cancels the
+        # rest at once instead of waiting for each process's whole share (audit AV: 107 s)
+        size = max(1, min(8, len(pids) // (4 * workers)))
+        chunks = [pids[i : i + size] for i in range(0, len(pids), size)]
         jobs = [(str(tmp), c, seed, height, width, float(nir)) for c in chunks if c]
         results = None
         if workers > 1:
             try:
-                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                pool = ProcessPoolExecutor(
+                    workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
+                )
+                try:
                     results = list(pool.map(_render_people, jobs))
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown()
             except BrokenProcessPool:
                 # spawned workers import __main__: a script without an
                 # `if __name__ == "__main__":` guard starts its body again in them
