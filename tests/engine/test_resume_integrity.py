@@ -123,6 +123,8 @@ def test_a_run_stopped_after_an_epoch_says_how_to_resume_it(recipe_file, monkeyp
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
     assert "interrupted; the run keeps its last finished epoch's checkpoint" in err
     assert f"`uvireid run {folder.path} --resume`" in err
+    assert "after fixing the cause" not in err  # a stop is not an error (audit AV)
+    assert "stopped (Ctrl-C / SIGINT) after epoch 0" in (folder.path / "log.txt").read_text()
     monkeypatch.setattr(
         DualClusterContrastLoss, "forward", lambda self, o, t: o.feat_v.sum() * float("nan")
     )
@@ -140,6 +142,19 @@ def test_a_run_stopped_after_an_epoch_says_how_to_resume_it(recipe_file, monkeyp
     err = capsys.readouterr().err
     assert "Traceback" in err and "OutOfMemoryError: CUDA out of memory" in err
     assert err.rstrip().endswith(f"`uvireid run {folder.path} --resume`")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_names_its_folder(recipe_file, capsys):
+    """Audit AV: stopped in epoch 0, the message was a bare "interrupted", although
+    `--resume` starts the run again in its folder."""
+    with killed_at_epoch(0):
+        assert main(["run", str(recipe_file), "--no-report"]) == 130
+    err = capsys.readouterr().err
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert f"interrupted; the run in {folder.path} has no finished epoch yet" in err
+    assert f"`uvireid run {folder.path} --resume` starts it again there" in err
+    assert "stopped (Ctrl-C / SIGINT) after no epoch" in (folder.path / "log.txt").read_text()
 
 
 def test_an_error_before_any_epoch_gives_no_resume_hint(monkeypatch, capsys):

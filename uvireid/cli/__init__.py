@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:
-        hint = _resume_hint(args, exc)
+        hint = _resume_hint(args, exc, stopped=True)
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         if _rank() == 0:  # once for the run, not once per rank
             print(f"{what}{'; the run ' + hint if hint else ''}", file=sys.stderr)
@@ -230,22 +230,27 @@ def _rank() -> int:
     return _launch_env("RANK", 0)
 
 
-def _resume_hint(args: argparse.Namespace, exc: BaseException) -> str:
-    """For a ``run`` that stopped after finishing an epoch: how to continue it."""
+def _resume_hint(args: argparse.Namespace, exc: BaseException, stopped: bool = False) -> str:
+    """For a ``run`` that stopped after finishing an epoch: how to continue it; for one
+    ``stopped`` (Ctrl-C, SIGTERM) before its first checkpoint, how to start it again in
+    its folder."""
     folder = getattr(exc, "run_folder", None)
     if args.command != "run" or folder is None:
         return ""
     from pathlib import Path
 
-    latest = Path(folder) / "checkpoints" / "latest.pt"
-    if not latest.exists() or getattr(exc, "checkpoint", None) == str(latest.resolve()):
-        return ""  # none, or the very file that could not be read
     world = _launch_env("WORLD_SIZE", 1)
     launch = f"torchrun --nproc_per_node {world} -m uvireid" if world > 1 else "uvireid"
-    return (
-        f"keeps its last finished epoch's checkpoint: after fixing the cause, continue "
-        f"with `{launch} run {shlex.quote(folder)} --resume`"
-    )
+    command = f"`{launch} run {shlex.quote(folder)} --resume`"
+    latest = Path(folder) / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        if stopped and (Path(folder) / "config.yaml").exists():
+            return f"in {folder} has no finished epoch yet: {command} starts it again there"
+        return ""
+    if getattr(exc, "checkpoint", None) == str(latest.resolve()):
+        return ""  # the very file that could not be read
+    cause = "" if stopped else "after fixing the cause, "
+    return f"keeps its last finished epoch's checkpoint: {cause}continue with {command}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -622,6 +622,14 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
             # results.json marks a finished run: {} for one that never evaluates
             # (evaluation.protocol: none; audit AY: its report said "killed")
             folder.write_json("results.json", tables if tables is not None else {})
+    except KeyboardInterrupt as exc:
+        # the folder's own log says the run was stopped, not only the terminal (audit AV)
+        logger.warning(
+            "stopped (%s) after %s",
+            "SIGTERM" if type(exc).__name__ == "Terminated" else "Ctrl-C / SIGINT",
+            f"epoch {trainer.epoch - 1}" if "trainer" in locals() and trainer.epoch else "no epoch",
+        )
+        raise
     finally:
         if run_log is not None:
             run_log.close()
