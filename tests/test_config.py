@@ -540,3 +540,21 @@ def test_a_part_whose_constructor_takes_var_keywords_accepts_any_key():
         assert CLUSTERERS.build(cfg["clusterer"]).kw == {"eps": 0.3}
     finally:
         CLUSTERERS.unregister("test_kwargs_clusterer")
+
+
+def test_index_mapping_override_refines_a_stage():
+    """Audit BE: the README's index-mapping form works on the command line as in a file."""
+    base = load_recipe("demo")
+    cfg = load_recipe("demo", ["stages={1: {epochs: 3}}"])
+    assert cfg["stages"][1]["epochs"] == 3
+    assert cfg["stages"][0] == base["stages"][0]
+    assert {k: v for k, v in cfg["stages"][1].items() if k != "epochs"} == {
+        k: v for k, v in base["stages"][1].items() if k != "epochs"
+    }
+    with pytest.raises(ConfigError, match="refines item 5 of a list of 2"):
+        load_recipe("demo", ["stages={5: {epochs: 3}}"])
+
+
+def test_an_infinite_rate_is_named_as_not_finite():
+    with pytest.raises(ConfigError, match="must be a finite number >= 0, got inf"):
+        load_recipe("demo", ["train.lr=1e400"])

@@ -7,7 +7,8 @@ One dialect, YAML only::
     train: {epochs: 40}
 
 * ``_base_`` files are merged first, in order, then this file on top. Mappings merge
-  deeply, lists (and scalars) are replaced whole, ``_delete_: true`` inside a mapping
+  deeply, lists (and scalars) are replaced whole but for a mapping of indices, which
+  refines those items (``stages: {1: {epochs: 30}}``), ``_delete_: true`` inside a mapping
   replaces the base's mapping instead of merging into it. A component mapping whose
   ``type`` changes is replaced whole too, since the old component's keywords mean
   nothing to the new one.
@@ -15,7 +16,10 @@ One dialect, YAML only::
   ``train.epochs=10``, ``clusterer.eps=0.5``, ``stages.1.losses.0.weight=2``,
   ``train.lr_steps=[20,60]``, ``reranker=null``, ``train.amp=true``. A mapping given
   for a mapping (a section, or a list item such as ``stages.1={epochs: 3}``) merges into
-  it; ``X.type=new`` replaces part X (a loss keeps its ``weight``).
+  it, as a mapping of indices does into a list (``stages={1: {epochs: 3}}``);
+  ``X.type=new`` replaces part X (a loss keeps its ``weight``). Relative paths
+  (``data.root``, ``evaluation.perm_file``) are resolved against the current folder when
+  the recipe is loaded, ``_base_`` against the file that names it.
 * Every key is checked: an unknown or misspelt key is a :class:`ConfigError` naming the
   file that set it (or the override) and the closest valid key, never silently added.
   Keys listed in :data:`RENAMED_KEYS` say what they were renamed to.
@@ -462,7 +466,8 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
             None,
             None,
             f"integer {text!r}: YAML 1.1 reads a leading 0 as octal and a:b as base 60; "
-            f"write the number without leading zeros (or quote it for a string)",
+            f"write the number without leading zeros (or quote it for a string; on a "
+            f"command line inside the argument's own quotes: \"key='010'\")",
             node.start_mark,
         )
     return yaml.SafeLoader.construct_yaml_int(loader, node)
@@ -660,7 +665,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if re.search(r"(^|\s)#", raw) and "#" not in str(value):
         raise ConfigError(
             f"override {text!r}: YAML reads ' #' as the start of a comment, which would "
-            f"drop the rest of the value; quote the value: {key}='{raw.strip()}'"
+            f"drop the rest of the value; quote the value inside the argument's quotes: "
+            f"\"{key}='{raw.strip()}'\""
         )
     return key, value
 
@@ -711,6 +717,8 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         old = node.get(leaf)
         if isinstance(old, dict) and isinstance(value, dict):
             value = merge(old, value)
+        elif isinstance(old, list) and _index_mapping(value):
+            value = merge(old, value)  # stages={1: {epochs: 3}}: refines item 1
         if leaf == "type" and old is not None and value != old:
             # X.type=new replaces the part, as X={type: new} does: the old part's keywords
             # (from the recipe files) mean nothing to the new one; the command line's own
@@ -773,7 +781,10 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
         want = " or ".join(t.__name__ for t in spec.types)
         hint = ""
         if isinstance(value, Mapping) and str in spec.types:
-            hint = " (YAML reads 'a: b' as a mapping: quote the value, e.g. key='a: b')"
+            hint = (
+                " (YAML reads 'a: b' as a mapping: quote the value, on a command line inside "
+                "the argument's quotes: \"key='a: b'\")"
+            )
         raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}{hint}")
     if spec.check is not None:
         spec.check(value, f"{source}: '{name}'")
@@ -858,9 +869,11 @@ def _validate_settings(dotted: str, cls: type, value: Any, prov: Provenance) -> 
             )
         rule = _RANGES.get(f"{cls.__name__}.{key}")
         if rule is not None and out[key] is not None and not rule[0](out[key]):
+            value = out[key]
+            finite = isinstance(value, float) and not math.isfinite(value)
             raise ConfigError(
-                f"{prov.source(f'{dotted}.{key}')}: '{dotted}.{key}' must be {rule[1]}, "
-                f"got {out[key]!r}"
+                f"{prov.source(f'{dotted}.{key}')}: '{dotted}.{key}' must be "
+                f"{'a finite number ' if finite else ''}{rule[1]}, got {value!r}"
             )
     return out
 

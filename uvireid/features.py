@@ -14,9 +14,10 @@ A features file is an ``.npz`` (written by :func:`save_features`, read by
 
 Features from another codebase can be evaluated and re-ranked by exporting these arrays with
 ``numpy.savez`` (or :func:`save_features`). Every file is checked when read: missing arrays,
-arrays of different lengths, non-finite features, modality codes other than 0/1 and features
-that are not an (N, d) matrix with N, d >= 1 are :class:`~uvireid.errors.FeatureFileError`
-naming the file, the problem and the fix.
+arrays of different lengths, non-finite features, modality codes other than 0/1, features
+that are not an (N, d) matrix with N, d >= 1, a path given twice and non-finite numbers in
+the meta are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the
+fix. (The SYSU-MM01 protocols also check ``cams`` and ``pids`` against SYSU-MM01 paths.)
 """
 
 from __future__ import annotations
@@ -235,11 +236,12 @@ def _validated(
         if (count > 1).any():
             twice = uniq[count > 1]
             raise FeatureFileError(
-                f"{where}: {int((count - 1).sum())} row(s) repeat an image already in the file "
-                f"({len(twice)} path(s) more than once, e.g. {twice[0]!r}); each image must "
+                f"{where}: {int((count - 1).sum())} row(s) repeat a path already in the file "
+                f"({len(twice)} path(s) more than once, e.g. '{twice[0]}'); each image must "
                 f"appear once (a repeated query counts twice in the mean, a repeated gallery "
-                f"image changes the ranks); fix: check for a concatenation of the same "
-                f"features twice and re-export"
+                f"image changes the ranks); fix: save each image's full path (SYSU-MM01's "
+                f"file names repeat across camera and identity folders: cam3/0001/0001.jpg), "
+                f"and check for the same features concatenated twice"
             )
     finite = np.isfinite(feats).all(axis=1)
     if not finite.all():

@@ -5,8 +5,8 @@ Those codebases (all descended from mangye16's cross-modal re-ID baseline) test 
     query_img, query_label, query_cam = process_query_sysu(data_path, mode=args.mode)
     gall_img, gall_label, gall_cam = process_gallery_sysu(data_path, mode=args.mode, trial=0)
     ... loaders ...
-    query_feat, query_feat_fc = extract_query_feat(query_loader)  # (Nq, 2048), flip-averaged
-    gall_feat, gall_feat_fc = extract_gall_feat(gall_loader)      # (Ng, 2048)
+    query_feat_fc = extract_query_feat(query_loader)  # (Nq, 2048) numpy, flip-averaged
+    gall_feat_fc = extract_gall_feat(gall_loader)     # (Ng, 2048)
     distmat = np.matmul(query_feat_fc, np.transpose(gall_feat_fc))  # a similarity (PGM)
     cmc, mAP, mINP = eval_sysu(-distmat, query_label, gall_label, query_cam, gall_cam)
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+import torch
 import yaml
 from train_fixtures import run_killed_at, tiny_recipe
 
@@ -29,13 +30,26 @@ def test_config_yaml_records_the_data_root_absolute(tmp_path, monkeypatch):
 
 def test_resume_with_another_cpu_thread_count_is_warned(recipe_file, tmp_path, caplog):
     """torch's CPU kernels (conv backward) sum in another order with another thread count:
-    a resume with train.threads changed does not continue the run exactly; say so."""
-    cfg = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"])
-    run_killed_at(cfg)
-    cfg2 = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}", "train.threads=2"])
-    with caplog.at_level(logging.WARNING):
-        run_recipe(cfg2, resume=True, progress=False)
-    assert any("thread" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    a resume with train.threads changed does not continue the run exactly; say so. The
+    count compared is the one the run trains with (train.threads, applied by fit() after
+    the restore), not the process's (audit BE)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the process's count differs from the recipe's train.threads=1
+    try:
+        cfg = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}"])
+        assert cfg["train"]["threads"] == 1
+        run_killed_at(cfg)
+        with caplog.at_level(logging.WARNING):
+            run_recipe(cfg, resume=True, progress=False)  # the same recipe: no warning
+        assert not [r for r in caplog.records if "CPU thread" in r.getMessage()]
+        run_killed_at(cfg)
+        cfg2 = load_recipe(recipe_file, [f"output_dir={tmp_path / 'b'}", "train.threads=2"])
+        with caplog.at_level(logging.WARNING):
+            run_recipe(cfg2, resume=True, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    warned = [r.getMessage() for r in caplog.records if "CPU thread" in r.getMessage()]
+    assert len(warned) == 1 and "trained on 1 CPU thread(s), this process has 2" in warned[0]
 
 
 def test_restart_without_checkpoint_does_not_duplicate_the_untrained_record(recipe_file, tmp_path):

@@ -68,3 +68,11 @@ def test_averaging_mixed_feature_heads_is_refused(tmp_path):  # fails today
     files = [_split_file(tmp_path, 1), _split_file(tmp_path, 2, feature_head="pool")]
     with pytest.raises(ProtocolError, match="feature"):
         run_protocol(files, "regdb-v2i")
+
+
+def test_averaging_flipped_and_single_pass_features_is_refused(tmp_path):
+    files = [_split_file(tmp_path, 1, test_flip=True), _split_file(tmp_path, 2, test_flip=False)]
+    with pytest.raises(ProtocolError, match="test_flip"):
+        run_protocol(files, "regdb-v2i")
+    same = [_split_file(tmp_path, 1, test_flip=False), _split_file(tmp_path, 2, test_flip=False)]
+    run_protocol(same, "regdb-v2i")

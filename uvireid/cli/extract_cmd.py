@@ -27,8 +27,8 @@ then:  uvireid eval sysu_test.npz --protocol sysu-all
        uvireid rerank sysu_test.npz --reranker cmfp --protocol sysu-all
 
 The extraction is the run's evaluation: the decoded test images at the training size,
-the run's evaluation.feature_head (the BN-neck output by default), flip-averaged and
-L2-normalised (bf16 where the run trained in
+the run's evaluation.feature_head (the BN-neck output by default), flip-averaged
+(unless evaluation.flip is false) and L2-normalised (bf16 where the run trained in
 bf16). A run folder records its training split, so RegDB's protocol refuses the test
 images of another split.
 """

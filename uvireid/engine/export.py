@@ -5,7 +5,8 @@ A run already leaves the test features of its last evaluation in its folder
 another one (a different root, RegDB split or dataset: cross-dataset tests), so that
 ``uvireid eval`` and ``uvireid rerank`` can take them. The extraction is the trainer's
 evaluation: the decoded-image cache at the training size, the backbone's test feature
-(BN neck, flip-averaged, L2-normalised), in bf16 where the run trained in bf16.
+(``evaluation.feature_head``, flip-averaged unless ``evaluation.flip`` is false,
+L2-normalised), in bf16 where the run trained in bf16.
 """
 
 from __future__ import annotations

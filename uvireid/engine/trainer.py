@@ -1461,7 +1461,8 @@ class Trainer:
                 (state.get("dataset") or {}).get("sha1"),
                 (fp or {}).get("sha1"),
             )
-        threads, now = state.get("cpu_threads"), torch.get_num_threads()
+        # the count this run will train with (fit() applies train.threads after restore)
+        threads, now = state.get("cpu_threads"), self.tr["threads"] or torch.get_num_threads()
         if threads is not None and threads != now and torch.device(self.device).type == "cpu":
             logger.warning(
                 "resume: the run trained on %d CPU thread(s), this process has %d "

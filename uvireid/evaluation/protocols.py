@@ -930,6 +930,13 @@ def run_protocol(
             f"{', '.join(sorted(map(str, stated)))} in their meta); average files of one "
             f"feature head: re-extract the others with evaluation.feature_head=..."
         )
+    flips = {f.meta.get("test_flip") for f in files} - {None}
+    if len(flips) > 1:
+        raise ProtocolError(
+            "the files hold different features (test_flip true and false in their meta: "
+            "flip-averaged and single-pass); average files extracted alike: re-extract the "
+            "others with evaluation.flip=..."
+        )
     if spec.dataset == "regdb":
         lengths = {(f.meta or {}).get("total_epochs") for f in files} - {None}
         if len(lengths) > 1:
