@@ -277,7 +277,9 @@ def test_an_image_given_twice_is_refused(tmp_path):
     multi-shot gallery held every image twice and the mean counted repeated queries."""
     feats = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
     paths = ["cam1/0001/0001.jpg", "cam3/0001/0001.jpg"]
-    with pytest.raises(FeatureFileError, match=r"2 row\(s\) repeat a path.*save each image.s full path"):
+    with pytest.raises(
+        FeatureFileError, match=r"2 row\(s\) repeat a path.*save each image.s full path"
+    ):
         save_features(
             tmp_path / "d.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=paths * 2
         )
