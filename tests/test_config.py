@@ -558,3 +558,22 @@ def test_index_mapping_override_refines_a_stage():
 def test_an_infinite_rate_is_named_as_not_finite():
     with pytest.raises(ConfigError, match="must be a finite number >= 0, got inf"):
         load_recipe("demo", ["train.lr=1e400"])
+
+
+def test_a_plugin_datasets_root_is_left_as_written():
+    """Audit BD: data.root of a dataset that is not uvireid's may be a URL or its own
+    notation; only the built-in datasets' local folders are made absolute."""
+    from uvireid.registry import DATASETS
+
+    @DATASETS.register("test_remote_dataset")
+    class Remote:
+        def __init__(self, root: str = ""):
+            self.root = root
+
+    try:
+        for root in ("s3://bucket/SYSU", "$DATA/SYSU", "relative/SYSU"):
+            cfg = load_recipe("demo", [f"data={{type: test_remote_dataset, root: '{root}'}}"])
+            assert cfg["data"]["root"] == root
+    finally:
+        DATASETS.unregister("test_remote_dataset")
+    assert load_recipe("demo", ["data.root=rel"])["data"]["root"].startswith("/")

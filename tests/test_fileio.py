@@ -139,3 +139,34 @@ def test_cli_json_file_is_utf8_and_atomic_whatever_the_locale(tmp_path):
     assert proc.returncode == 0, proc.stderr[-400:]
     assert _strict(out.read_bytes().decode("utf-8")) == {"root": root}
     assert [p.name for p in tmp_path.iterdir()] == ["o.json"]  # no temporary left
+
+
+def test_json_through_a_symlink_writes_its_target(tmp_path):
+    """Audit BD: the atomic --json write replaced a link (into a shared results folder)
+    by a regular file; it writes where the link points."""
+    import argparse
+
+    from uvireid.cli import write_json
+
+    target = tmp_path / "shared" / "results.json"
+    target.parent.mkdir()
+    target.write_text("{}\n")
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    write_json(argparse.Namespace(json=str(link)), {"R1": 50.0})
+    assert link.is_symlink(), "the link was replaced by a regular file"
+    assert json.loads(target.read_text()) == {"R1": 50.0}
+
+
+def test_json_to_a_stdout_like_link_reaches_it(tmp_path, capfd):
+    """What `--json /dev/stdout` does (as root, /dev is writable): the link is replaced by
+    a file and nothing reaches the stream. Shown on a link of our own to fd 1."""
+    import argparse
+
+    from uvireid.cli import write_json
+
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    write_json(argparse.Namespace(json=str(link)), {"R1": 50.0})
+    assert link.is_symlink()
+    assert '"R1"' in capfd.readouterr().out

@@ -458,7 +458,7 @@ _Loader.add_implicit_resolver(
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
     """YAML 1.1 reads ``010`` as octal 8 and ``1:30`` as base-60 90; YAML 1.2 has neither.
-    Both are refused rather than read either way (``0o10`` and ``0x10`` are explicit)."""
+    Both are refused rather than read either way (``0x10`` is read as hexadecimal)."""
     text = str(loader.construct_scalar(node)).replace("_", "")
     body = text.lstrip("+-")
     if ":" in body or (len(body) > 1 and body[0] == "0" and body[1].isdigit()):
@@ -1305,11 +1305,18 @@ def _absolute_paths(cfg: dict) -> None:
     the run reads them: a run folder's config.yaml then names what it read wherever it is
     used from (audit AQ: ``root: ../synth`` in config.yaml made `extract` from another
     folder read, or generate, another dataset)."""
+    builtin = (cfg.get("data") or {}).get("type") in _LOCAL_DATASETS
     for section, key in (("data", "root"), ("evaluation", "perm_file")):
         part = cfg.get(section)
         value = part.get(key) if isinstance(part, dict) else None
-        if isinstance(value, str) and value.strip():
+        if section == "data" and not builtin:
+            continue  # a plugin dataset's root may be a URL or its own notation (audit BD)
+        if isinstance(value, str) and value.strip() and "://" not in value:
             part[key] = os.path.abspath(os.path.expanduser(value))
+
+
+#: the built-in datasets, whose ``data.root`` is a local folder
+_LOCAL_DATASETS = ("sysu", "regdb", "llcm", "synthetic", "folder")
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

@@ -231,7 +231,7 @@ def _validated(
             f"{transposed}"
         )
     if paths is not None and len(paths):
-        named = paths[paths != ""]
+        named = paths[~np.isin(paths, ["", "None", "nan", "NaN"])]  # no path given
         uniq, count = np.unique(named, return_counts=True)
         if (count > 1).any():
             twice = uniq[count > 1]

@@ -69,7 +69,7 @@ def test_evaluation_run_writes_config_manifest_features_and_results(recipe):
     assert len(feats.pids) == 4 * 6 * 2  # 4 test ids x 6 cams x 2 images
     lines = folder.read_metrics()
     # the record of a training run's untrained evaluation (audit AY)
-    assert len(lines) == 1 and (lines[0]["epoch"], lines[0]["stage"]) == (-1, "untrained")
+    assert len(lines) == 1 and (lines[0]["epoch"], lines[0]["stage"]) == (-1, "evaluation only")
     assert "eval_extract" in lines[0]["seconds"] and "extract" not in lines[0]["seconds"]
     assert set(lines[0]["eval"]["none"]) == {"mean", "std", "provenance"}
     assert lines[0]["eval"]["none"]["mean"] == results["none"]["mean"]

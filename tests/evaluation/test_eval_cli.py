@@ -204,3 +204,16 @@ def test_eval_runs_refuses_an_unfinished_run_and_another_recipe(tmp_path, capsys
     # a run's own file and one extracted from another finished run of the recipe: accepted
     extracted = run_file("x.npz", epoch=3, produced_by="uvireid extract runs/demo-2")
     assert cli.main(["eval", done, extracted, *argv]) == 0
+
+
+def test_eval_runs_refuses_flipped_and_single_pass_runs_together(tmp_path, capsys):
+    """Audit BD: files extracted with and without the flip were averaged as runs."""
+    f = make_sysu_features(seed=9)
+    files = []
+    for i, flip in enumerate((True, False)):
+        path = tmp_path / f"run{i}.npz"
+        files.append(
+            str(save_features(path, f.feats, f.pids, f.cams, f.modality, f.paths, test_flip=flip))
+        )
+    assert cli.main(["eval", *files, "--protocol", "sysu-all", "--trials", "2", "--runs"]) == 2
+    assert "meta 'test_flip'" in capsys.readouterr().err

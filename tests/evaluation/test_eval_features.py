@@ -298,3 +298,12 @@ def test_non_finite_meta_is_refused(tmp_path):
             tmp_path / "f.npz", x, [0, 0, 1, 1], [1, 3, 1, 3], [0, 1, 0, 1], best=float("nan")
         )
     assert not (tmp_path / "f.npz").exists()
+
+
+def test_missing_paths_are_not_repeats(tmp_path):
+    """Audit BD: a foreign file's absent paths (None, NaN) were refused as repeated images."""
+    feats = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    for missing in ("None", "nan", ""):
+        save_features(
+            tmp_path / "m.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=[missing] * 4
+        )

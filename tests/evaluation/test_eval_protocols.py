@@ -648,3 +648,16 @@ def test_a_file_holding_one_trials_gallery_is_warned(caplog):
     assert res.provenance["identical_trials"] is True
     assert "every trial drew the same images" in res.summary()
     assert max(res.std.values()) == 0.0
+
+
+def test_multi_shot_taking_every_image_is_not_called_one_trials_gallery(caplog):
+    """Audit BD: multi-shot takes every image of a group of 10 or fewer, so its trials
+    can be identical on a complete test set; that is not a saved gallery."""
+    import logging
+
+    pids, cams, mods, paths, feats = _sysu_with_paths()
+    with caplog.at_level(logging.WARNING):
+        res = run_protocol(
+            Features(feats, pids, cams, mods, paths, {}), "sysu-all", trials=3, shot="multi"
+        )
+    assert "drew the same" not in caplog.text and "identical_trials" not in res.provenance

@@ -131,9 +131,16 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
         stream.flush()
         return
     out = Path(args.json)
+    text = dumps_json(data, indent=2, ensure_ascii=False) + "\n"
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        # a link (into a shared folder, /dev/stdout), a named pipe: written through, not
+        # replaced by a new file (audit BD)
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     # UTF-8 whatever the locale, renamed into place: a failure leaves the earlier file
-    atomic_write_text(out, dumps_json(data, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out, text)
     logging.getLogger("uvireid.cli").info("wrote %s", out)
 
 

@@ -109,7 +109,7 @@ _RUN_METRICS = ("R1", "R10", "mAP", "mINP")
 
 
 #: meta entries that runs (seeds) of one method share
-_SHARED_META = ("dataset", "split", "feature_head", "total_epochs")
+_SHARED_META = ("dataset", "split", "feature_head", "test_flip", "total_epochs")
 
 
 def _same_method(paths: list, features: list) -> None:

@@ -363,8 +363,19 @@ def refuse_split_overlap(dataset: Any) -> None:
     Raises:
         DatasetError: naming the shared identities and the files to fix.
     """
+    from uvireid.data.base import listed_twice
     from uvireid.data.check import split_overlaps
 
+    test = getattr(dataset, "test", None) or []
+    twice = listed_twice(r.path for r in test)
+    if twice:
+        # the features file refuses an image given twice: refused here, before training
+        # (audit BD: a list with a repeated line trained, then failed at its evaluation)
+        raise DatasetError(
+            f"{getattr(dataset, 'title', getattr(dataset, 'name', 'the dataset'))}: "
+            f"{len(twice)} test image(s) are listed more than once (e.g. {twice[0]}); each "
+            f"test image must appear once; fix the test list (a line repeated?)"
+        )
     if not (hasattr(dataset, "declared_ids") and hasattr(dataset, "splits")):
         return
     overlap = split_overlaps(dataset)

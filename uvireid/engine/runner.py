@@ -102,7 +102,7 @@ def check_features_vary(feats: Any, rel: float = 1e-5, modality: Any = None) -> 
             f"{spread:.2g} at magnitude {scale:.2g}), so the protocol's figures would only "
             f"measure the order of ties. Either the model has collapsed (check the training "
             f"log: cluster counts, loss; lower train.lr) or the {name}test images are "
-            f"themselves identical or blank (check them: uvireid data check ROOT --decode)"
+            f"themselves identical or blank (look at a few of them)"
         )
 
 
@@ -448,12 +448,13 @@ def run_recipe(
         tables = {name: res.to_dict() for name, res in out["results"].items()}
         from uvireid.engine.trainer import Trainer
 
-        # the record of a training run's untrained evaluation (audit AY: epoch 0 and bare
-        # phase names were drawn as a trained epoch's "extract")
+        # the schema of a training run's evaluation before its first epoch (audit AY:
+        # epoch 0 and bare phase names were drawn as a trained epoch's "extract"); the
+        # backbone may hold trained weights (backbone.pretrained), so not "untrained"
         folder.log_metrics(
             {
                 "epoch": -1,
-                "stage": "untrained",
+                "stage": "evaluation only",
                 "eval": Trainer.summary(tables),
                 "seconds": {f"eval_{k}": v for k, v in out["seconds"].items()},
             }

@@ -1022,9 +1022,15 @@ def run_protocol(
                 q, g = llcm_indices(f, spec.direction, t, shot, spec.sampled)
             draws.append((np.sort(q), np.sort(g)))
             rows.append(_run_one(f, q, g, spec, reranker, stable, t))
-        identical = len(draws) > 1 and all(
-            np.array_equal(a[0], draws[0][0]) and np.array_equal(a[1], draws[0][1])
-            for a in draws[1:]
+        # (multi-shot takes every image of a group of 10 or fewer: identical draws there
+        # are the protocol's, not a sign of a saved gallery; audit BD)
+        identical = (
+            SHOTS[shot] == 1
+            and len(draws) > 1
+            and all(
+                np.array_equal(a[0], draws[0][0]) and np.array_equal(a[1], draws[0][1])
+                for a in draws[1:]
+            )
         )
         if identical:
             # a file that holds one trial's sampled gallery (one image per identity and
