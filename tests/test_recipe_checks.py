@@ -11,6 +11,7 @@ from uvireid.cli import main
 from uvireid.config import load_recipe
 from uvireid.engine.runner import check_parts
 from uvireid.errors import ConfigError
+from uvireid.registry import RECIPES
 
 
 def test_keys_without_a_type_refine_the_top_level_part_for_that_stage():
@@ -46,17 +47,7 @@ def test_a_later_stages_bad_part_fails_before_the_run_and_in_dry_run(override, m
 
 
 def test_the_shipped_recipes_pass_the_part_check():
-    for name in (
-        "demo",
-        "dcl",
-        "pgm",
-        "mbccm",
-        "salcr",
-        "salcr_regdb",
-        "salcr_1gpu_bf16",
-        "pgm_regdb",
-        "mbccm_regdb",
-    ):
+    for name in RECIPES.names():  # every shipped recipe
         check_parts(load_recipe(name))
 
 
@@ -269,16 +260,7 @@ def test_the_shipped_recipes_pass_the_preflight(tmp_path):
     from uvireid.engine.runner import preflight
 
     preflight(load_recipe("demo"))  # the synthetic dataset: its keywords, nothing generated
-    for name in (
-        "dcl",
-        "pgm",
-        "mbccm",
-        "salcr",
-        "salcr_regdb",
-        "salcr_1gpu_bf16",
-        "pgm_regdb",
-        "mbccm_regdb",
-    ):
+    for name in (n for n in RECIPES.names() if n != "demo"):
         preflight(load_recipe(name, [f"data.root={tmp_path}"]))  # the root must exist
 
 

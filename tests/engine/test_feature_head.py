@@ -13,20 +13,27 @@ from uvireid.features import load_features
 from uvireid.models.backbone import _ReidHead
 
 
-def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypatch):
-    """evaluation.feature_head chooses the feature the backbone extracts (an evaluation
-    run and a training run's evaluations), not only the label of the results."""
-    asked = []
+def _spy_on_extract(tmp_path, monkeypatch):
+    """``(calls, recipe)``: every ``extract`` call's (head, flip) is appended to ``calls``;
+    ``recipe`` is an evaluation-only recipe file."""
+    calls = []
     real = _ReidHead.extract
 
     def spy(self, x, modality, flip=True, head="bn_feat"):
-        asked.append((head, flip))
+        calls.append((head, flip))
         return real(self, x, modality, flip=flip, head=head)
 
     monkeypatch.setattr(_ReidHead, "extract", spy)
     rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
     path = tmp_path / "eval_only.yaml"
     path.write_text(yaml.safe_dump(rec))
+    return calls, path
+
+
+def test_the_evaluated_head_is_the_extracted_one(tmp_path, recipe_file, monkeypatch):
+    """evaluation.feature_head chooses the feature the backbone extracts (an evaluation
+    run and a training run's evaluations), not only the label of the results."""
+    asked, path = _spy_on_extract(tmp_path, monkeypatch)
     for recipe in (path, recipe_file):
         for head in ("bn_feat", "pool"):
             asked.clear()
@@ -71,24 +78,15 @@ def test_evaluation_flip_false_extracts_the_test_set_unflipped(tmp_path, recipe_
     evaluation run, a training run's evaluations and `uvireid extract`, and says so."""
     from uvireid.engine.export import export_features
 
-    asked = []
-    real = _ReidHead.extract
-
-    def spy(self, x, modality, flip=True, head="bn_feat"):
-        asked.append(flip)
-        return real(self, x, modality, flip=flip, head=head)
-
-    monkeypatch.setattr(_ReidHead, "extract", spy)
-    rec = tiny_recipe(tmp_path, stages=None, clusterer=None)
-    path = tmp_path / "eval_only.yaml"
-    path.write_text(yaml.safe_dump(rec))
+    calls, path = _spy_on_extract(tmp_path, monkeypatch)
     for recipe in (path, recipe_file):
         for flip in (True, False):
-            asked.clear()
+            calls.clear()
             cfg = load_recipe(recipe, [f"evaluation.flip={str(flip).lower()}"])
             folder = run_recipe(cfg, progress=False)
             assert load_features(folder.path / "features.npz").meta["test_flip"] is flip
-            assert any(asked) is flip, (recipe, flip)  # clustering extracts unflipped anyway
-    asked.clear()
+            # (clustering extracts unflipped anyway)
+            assert any(f for _, f in calls) is flip, (recipe, flip)
+    calls.clear()
     out = export_features(cfg, tmp_path / "x.npz", checkpoint=folder.checkpoints / "latest.pt")
-    assert load_features(out).meta["test_flip"] is False and not any(asked)
+    assert load_features(out).meta["test_flip"] is False and not any(f for _, f in calls)

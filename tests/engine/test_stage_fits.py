@@ -12,6 +12,7 @@ import pytest
 from uvireid.config import load_recipe
 from uvireid.engine.runner import preflight
 from uvireid.errors import ConfigError
+from uvireid.registry import RECIPES
 
 TINY = ["backbone.pretrained=false", "data.ids=24", "train.threads=1"]
 
@@ -72,17 +73,7 @@ def test_a_pairing_sampler_without_an_associator_is_refused(tmp_path, sampler):
 
 
 def test_every_shipped_recipe_and_an_intra_modal_stage_pass(tmp_path):
-    for name in (
-        "demo",
-        "dcl",
-        "pgm",
-        "mbccm",
-        "salcr",
-        "salcr_regdb",
-        "salcr_1gpu_bf16",
-        "pgm_regdb",
-        "mbccm_regdb",
-    ):
+    for name in RECIPES.names():  # every shipped recipe
         preflight(load_recipe(name, [f"output_dir={tmp_path}", f"data.root={tmp_path}"]))
     preflight(
         _cfg(
