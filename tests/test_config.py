@@ -577,3 +577,18 @@ def test_a_plugin_datasets_root_is_left_as_written():
     finally:
         DATASETS.unregister("test_remote_dataset")
     assert load_recipe("demo", ["data.root=rel"])["data"]["root"].startswith("/")
+
+
+def test_a_top_level_part_override_on_a_runs_recipe_reaches_its_stages(tmp_path):
+    """Audit BF: a resolved config.yaml holds each stage's copy of the inherited parts;
+    `uvireid run RUN clusterer.eps=0.3` changed only the top-level part, which no stage
+    used. A stage part of its own (the DCL stage's associator: null) stays its own."""
+    path = tmp_path / "config.yaml"
+    path.write_text(dump(load_recipe("demo")))
+    assert load_recipe(path) == load_recipe("demo")  # the round trip is unchanged
+    cfg = load_recipe(path, ["clusterer.eps=0.3", "associator.lambda_ot=3"])
+    assert [s["clusterer"]["eps"] for s in cfg["stages"]] == [0.3, 0.3]
+    assert cfg["stages"][0]["associator"] is None
+    assert cfg["stages"][1]["associator"]["lambda_ot"] == 3
+    same = load_recipe("demo", ["clusterer.eps=0.3", "associator.lambda_ot=3"])
+    assert cfg["stages"] == same["stages"]

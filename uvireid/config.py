@@ -1289,6 +1289,15 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
         # it is) must be able to change that sum
         train.pop("epochs")
         prov.pop("train.epochs", None)
+    if cfg.get("stages") and Path(str(prov.source("stages"))).name == "config.yaml":
+        # a resolved config.yaml gives every stage its own copy of the parts it inherited;
+        # dropped again, so that clusterer.eps=0.3 on a run's recipe reaches those stages
+        # (audit BF: the copies won, and the run trained with the old eps)
+        for stage in cfg["stages"]:
+            for comp in STAGE_COMPONENTS:
+                top = cfg.get(comp)
+                if isinstance(stage, dict) and top is not None and stage.get(comp) == top:
+                    stage.pop(comp)
     for text in overrides:
         key, value = parse_override(text)
         _check_known_path(key, OVERRIDE_SOURCE)
