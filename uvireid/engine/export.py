@@ -106,7 +106,7 @@ def export_features(
         # synthetic prior's minutes of training) would be fetched for nothing
         spec["pretrained"] = False
     backbone = BACKBONES.build(spec)
-    meta = dict(dataset.meta())
+    meta = dict(dataset.meta()) if hasattr(dataset, "meta") else {}
     if checkpoint is not None:
         weights, info = backbone_weights(checkpoint)
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")

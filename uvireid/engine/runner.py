@@ -51,11 +51,13 @@ def protocol_for(dataset: Any, cfg: dict) -> str | None:
     (your own unlabelled crops, the ``folder`` dataset): the run trains without
     evaluating."""
     protocol = cfg["evaluation"]["protocol"]
-    if protocol == "none" or (protocol == "auto" and not dataset.protocols):
+    # a dataset of one's own may lack these (duck-typed: train and test records suffice)
+    protocols = tuple(getattr(dataset, "protocols", ()) or ())
+    if protocol == "none" or (protocol == "auto" and not protocols):
         return None
     if protocol == "auto":
-        protocol = dataset.protocols[0]
-    _check_protocol_fits(protocol, dataset.protocols, cfg["data"]["type"])
+        protocol = protocols[0]
+    _check_protocol_fits(protocol, protocols, cfg["data"]["type"])
     return protocol
 
 
@@ -155,7 +157,8 @@ def evaluate(
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats, modality=bank.modality)
-    extra, meta = meta or {}, dict(dataset.meta())
+    extra = meta or {}
+    meta = dict(dataset.meta()) if hasattr(dataset, "meta") else {}
     meta.update(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],

@@ -275,6 +275,23 @@ def set_deterministic() -> None:
     logger.info("train.deterministic: deterministic kernels requested (slower on a GPU)")
 
 
+def _kernel_state() -> tuple[bool, bool, bool, bool]:
+    """torch's process-wide kernel settings that a trainer may change."""
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+
+
+def _restore_kernel_state(state: tuple[bool, bool, bool, bool]) -> None:
+    algorithms, warn_only, cudnn_deterministic, benchmark = state
+    torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = benchmark
+
+
 def peak_memory(device: str) -> dict[str, float]:
     """Peak memory so far, in GiB: the process's resident set on the host (``ru_maxrss``)
     and, on CUDA, the tensors allocated on the device since the last call (its peak is
@@ -537,13 +554,26 @@ class Trainer:
 
     Args:
         cfg: resolved recipe (:func:`uvireid.config.load_recipe`).
-        dataset: a built dataset (``train`` and ``test`` records).
+        dataset: a built dataset, or any object with ``train`` and ``test`` lists of
+            :class:`~uvireid.types.ImageRecord`; optionally ``protocols`` (the names of the
+            evaluation protocols it fits; without them ``evaluation.protocol: auto`` trains
+            without evaluating) and ``meta()`` (a dict recorded in its features files).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         folder: the run folder (metrics, checkpoints, results); None writes nothing.
         progress: show progress bars.
     """
 
     def __init__(self, cfg: dict, dataset: Any, device: str, folder=None, *, progress=True):
+        from uvireid.config import validate
+        from uvireid.engine.runner import seed_everything
+
+        # a resolved recipe comes back as it is; a hand-written dict is resolved (its
+        # stages inherit the top-level parts, defaults filled) or refused with the key
+        # (audit BF: a raw KeyError deep inside)
+        cfg = validate(cfg)
+        # the recipe's seed decides the starting weights, as in `uvireid run` (two Trainers
+        # of one recipe in a notebook started from different weights: audit BF)
+        seed_everything(cfg["seed"])
         self.cfg = cfg
         self.dataset = dataset
         self.device = device
@@ -566,6 +596,10 @@ class Trainer:
             )
         self.cams_v = np.array([r.cam for r in self.vis], dtype=np.int64)
         self.cams_r = np.array([r.cam for r in self.ir], dtype=np.int64)
+        #: torch's process-wide kernel settings before this trainer changed them, given
+        #: back at the end of fit() as the thread count is (audit BF: a notebook stayed
+        #: deterministic, with cuDNN's autotuning off, after the run)
+        self._kernel_state = _kernel_state()
         if tr.get("deterministic"):
             set_deterministic()
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
@@ -1137,6 +1171,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (extract, cluster, associate, reset, train); returns its metrics."""
+        self.load_data()  # decoded once (fit() does it first; a caller may not)
         stage = self.stage_at(epoch)
         losses = self.losses_of(stage)
         record: dict[str, Any] = {
@@ -1541,10 +1576,17 @@ class Trainer:
         threads = torch.get_num_threads()
         if self.tr["threads"] > 0:
             torch.set_num_threads(int(self.tr["threads"]))
+        if self.tr.get("deterministic"):  # again: a second fit() of this trainer
+            set_deterministic()
+        if torch.device(self.device).type == "cuda":
+            torch.backends.cudnn.benchmark = bool(
+                self.tr.get("cudnn_benchmark", True)
+            ) and not bool(self.tr.get("deterministic"))
         try:
             return self._fit()
         finally:
             torch.set_num_threads(threads)
+            _restore_kernel_state(self._kernel_state)
 
     def _fit(self) -> dict | None:
         # what only rank 0 does before the first epoch (test images, the untrained

@@ -96,6 +96,18 @@ METRIC_KEYS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 _MODALITY = {"visible": VISIBLE, "infrared": INFRARED}
 
 
+def _direction(direction: Any) -> tuple[str, str]:
+    """``("visible", "infrared")`` from ``"visible->infrared"``, else a ProtocolError
+    naming the two valid directions (``"v2i"`` raised a bare KeyError: audit BF)."""
+    parts = str(direction).split("->")
+    if len(parts) != 2 or not all(p in _MODALITY for p in parts) or parts[0] == parts[1]:
+        raise ProtocolError(
+            f"direction {direction!r} is not 'visible->infrared' or 'infrared->visible' "
+            f"(the protocols' v2i / i2v)"
+        )
+    return parts[0], parts[1]
+
+
 @dataclass(frozen=True)
 class ProtocolSpec:
     """What a protocol name means."""
@@ -478,7 +490,7 @@ def regdb_indices(features: Features, direction: str) -> tuple[np.ndarray, np.nd
 
     ``direction`` is ``"visible->infrared"`` or ``"infrared->visible"``.
     """
-    q_mod, g_mod = (_MODALITY[s] for s in direction.split("->"))
+    q_mod, g_mod = (_MODALITY[s] for s in _direction(direction))
     query = np.flatnonzero(features.modality == q_mod)
     gallery = np.flatnonzero(features.modality == g_mod)
     for name, idx, mod in (("query", query, q_mod), ("gallery", gallery, g_mod)):
@@ -507,7 +519,7 @@ def llcm_indices(
     """
     if sampled not in ("gallery", "query"):
         raise ProtocolError(f"sampled must be 'gallery' or 'query', got {sampled!r}")
-    q_name, g_name = direction.split("->")
+    q_name, g_name = _direction(direction)
     query = np.flatnonzero(features.modality == _MODALITY[q_name])
     gallery = np.flatnonzero(features.modality == _MODALITY[g_name])
     for name, idx, mod in (("query", query, q_name), ("gallery", gallery, g_name)):
