@@ -88,7 +88,7 @@ def export_features(
     """
     from uvireid.engine.checkpoint import load_state_strict
     from uvireid.engine.run_folder import dataset_check
-    from uvireid.engine.trainer import extract_test_bank, stages_of
+    from uvireid.engine.trainer import extract_test_bank, precision_of, stages_of
     from uvireid.features import save_features
     from uvireid.registry import BACKBONES, DATASETS
 
@@ -141,12 +141,21 @@ def export_features(
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)
     ev = cfg["evaluation"]
+    precision = precision_of(device, bool(cfg["train"].get("amp")))
+    if cfg["train"].get("amp") and precision == "float32":
+        logger.warning(
+            "train.amp: bf16 is not native on %s, so the features are extracted in float32; "
+            "a run that trained in bf16 evaluated in bf16, so its own features.npz and these "
+            "differ slightly (recorded as precision in the file)",
+            device,
+        )
     bank = extract_test_bank(
         backbone, dataset.test, cfg["train"], device, head=ev["feature_head"], flip=ev["flip"]
     )
     meta.update(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],
+        precision=precision,
         produced_by=f"uvireid extract {source}".strip(),
     )
     if train_split is not None:

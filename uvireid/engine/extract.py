@@ -65,6 +65,12 @@ def usable_workers(workers: int) -> int:
     return max(0, min(int(workers), cpus))
 
 
+def _autocast(device, amp: bool):
+    from uvireid.engine.trainer import _autocast as autocast
+
+    return autocast(str(device), amp)
+
+
 def extract_features(
     model: torch.nn.Module,
     records: Sequence[ImageRecord],
@@ -78,6 +84,7 @@ def extract_features(
     head: str = "bn_feat",
     resize: str = "bilinear",
     flip: bool = True,
+    amp: bool = False,
 ) -> FeatureBank:
     """Test-time features of ``records`` (``model.extract(images, modality, flip)``; ``head``:
     see :data:`uvireid.models.backbone.FEATURE_HEADS`; ``resize``: the images' filter, see
@@ -108,7 +115,8 @@ def extract_features(
         kwargs = {} if flip else {"flip": False}  # a plain model.extract(x, m) stays valid
         if head != "bn_feat":
             kwargs["head"] = head
-        feats = model.extract(x, modality, **kwargs)
+        with _autocast(device, amp):  # bf16 where train.amp takes effect, as training's
+            feats = model.extract(x, modality, **kwargs)
         chunks.append(feats.float().cpu())
     model.train(was_training)
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

@@ -420,15 +420,22 @@ def dataset_check(dataset: Any) -> dict | None:
 
 def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1) -> dict:
     """What decides whether two runs are comparable."""
+    from uvireid.engine.trainer import precision_of
+
     train = cfg.get("train", {})
     per_gpu = train.get("batch_ids", 0) * train.get("images_per_id", 0) * 2
+    # what train.amp came to here: bf16 only where it is native (audit BH)
+    device_block = {
+        **device_info(device),
+        "precision": precision_of(device, bool(train.get("amp"))),
+    }
     return {
         "recipe": cfg.get("name"),
         "command": shlex.join(sys.argv),  # pastes back into a shell as it ran
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
         "source": source_revision(),
-        "device": device_info(device),
+        "device": device_block,
         "world_size": world_size,
         "batch": {"per_gpu": per_gpu, "per_batchnorm": per_gpu, "global": per_gpu * world_size},
         "seed": cfg.get("seed"),

@@ -154,6 +154,7 @@ def evaluate(
             head=ev["feature_head"],
             resize=eval_resize(tr),  # as the trainer's own evaluation decodes them
             flip=ev["flip"],
+            amp=bool(tr.get("amp")),  # audit BH: an evaluation-only run ignored it
         )
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats, modality=bank.modality)
@@ -165,6 +166,9 @@ def evaluate(
         produced_by=f"uvireid run {cfg['name']}",
     )
     meta.update(extra)
+    from uvireid.engine.trainer import precision_of
+
+    meta.setdefault("precision", precision_of(device, bool(tr.get("amp"))))
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
     if folder is not None and "dataset_check" not in meta:

@@ -348,6 +348,12 @@ def _amp_device(device: str) -> str | None:
     return kind if kind == "cuda" or (kind == "cpu" and cpu_bf16_native()) else None
 
 
+def precision_of(device: str, amp: bool) -> str:
+    """``"bf16"`` where ``train.amp`` takes effect on ``device`` (CUDA, a CPU with native
+    bf16), else ``"float32"``."""
+    return "bf16" if amp and _amp_device(device) else "float32"
+
+
 def _autocast(device: str, amp: bool):
     """bf16 autocast where ``train.amp`` can use it: CUDA, or a CPU with native bf16."""
     kind = _amp_device(device) if amp else None
@@ -596,6 +602,9 @@ class Trainer:
             )
         self.cams_v = np.array([r.cam for r in self.vis], dtype=np.int64)
         self.cams_r = np.array([r.cam for r in self.ir], dtype=np.int64)
+        #: the forward passes' precision: "bf16" where train.amp takes effect on this
+        #: device, else "float32" (recorded in checkpoints and features files)
+        self.precision = precision_of(device, bool(tr.get("amp")))
         #: torch's process-wide kernel settings before this trainer changed them, given
         #: back at the end of fit() as the thread count is (audit BF: a notebook stayed
         #: deterministic, with cuDNN's autotuning off, after the run)
@@ -1337,6 +1346,7 @@ class Trainer:
                 "stage": self.stage_at(self.epoch - 1).name if self.epoch else "untrained",
                 "final": self.epoch == self.total_epochs,
                 "total_epochs": self.total_epochs,
+                "precision": self.precision,
                 # a model that descends from a checkpoint chosen on the test set says so
                 **({"started_from": self.started_from} if self.started_from else {}),
             },
@@ -1400,6 +1410,8 @@ class Trainer:
             # torch's CPU kernels (a convolution's backward) sum in another order with
             # another thread count: a resume compares (audit AQ)
             "cpu_threads": torch.get_num_threads(),
+            # what train.amp came to on this device (bf16 only where it is native)
+            "precision": self.precision,
         }
 
     def save(self, best: bool = False) -> None:
@@ -1507,6 +1519,17 @@ class Trainer:
                 threads,
                 now,
                 threads,
+            )
+        old_precision = state.get("precision")
+        if old_precision is not None and old_precision != self.precision:
+            # train.amp may be unchanged while the device decides otherwise (a bf16 run
+            # resumed on a CPU without native bf16 trains on in float32; audit BH)
+            logger.warning(
+                "resume: the run trained in %s, it continues in %s on %s; the epochs after "
+                "the checkpoint are not computed as the earlier ones",
+                old_precision,
+                self.precision,
+                self.device,
             )
         old_src, src = state.get("source"), self.source
         if old_src and src and old_src != src:
