@@ -592,3 +592,56 @@ def test_a_top_level_part_override_on_a_runs_recipe_reaches_its_stages(tmp_path)
     assert cfg["stages"][1]["associator"]["lambda_ot"] == 3
     same = load_recipe("demo", ["clusterer.eps=0.3", "associator.lambda_ot=3"])
     assert cfg["stages"] == same["stages"]
+
+
+def test_a_recipe_based_on_a_runs_config_changes_its_stages_part(tmp_path):
+    """Audit BK: `_base_: [RUN/config.yaml]` with `clusterer: {eps: 0.3}` kept the stages'
+    copies (0.45): the per-stage copies of a file's top-level part are dropped as the file
+    is read."""
+    (tmp_path / "config.yaml").write_text(dump(load_recipe("demo")))
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: [config.yaml]\nname: child\nclusterer: {eps: 0.3}\n")
+    assert [s["clusterer"]["eps"] for s in load_recipe(child)["stages"]] == [0.3, 0.3]
+
+
+def test_a_top_level_part_no_stage_uses_is_warned(tmp_path, caplog):
+    """Audit BK: an edited copy of a run's config.yaml (the top-level eps changed, the
+    stages' copies not) trained with the stages' eps without a word."""
+    import logging
+
+    text = dump(load_recipe("demo"))
+    head, sep, tail = text.partition("clusterer: {type: dbscan, eps: 0.45")
+    assert sep
+    edited = tmp_path / "config.yaml"
+    edited.write_text(head + "clusterer: {type: dbscan, eps: 0.3" + tail)
+    with caplog.at_level(logging.WARNING):
+        cfg = load_recipe(edited)
+    assert [s["clusterer"]["eps"] for s in cfg["stages"]] == [0.45, 0.45]
+    assert "the top-level clusterer (dbscan) is used by no stage" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_recipe("demo")
+    assert "used by no stage" not in caplog.text
+
+
+def test_a_plugin_datasets_existing_relative_folder_is_made_absolute(tmp_path, monkeypatch):
+    """Audit BK: a plugin dataset's local folder given relatively is stored absolute."""
+    from uvireid.registry import DATASETS
+
+    @DATASETS.register("test_local_plugin_dataset")
+    class Local:
+        def __init__(self, root: str = ""):
+            self.root = root
+
+    try:
+        (tmp_path / "work" / "data" / "mine").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / "work")
+        cfg = load_recipe("demo", ["data={type: test_local_plugin_dataset, root: data/mine}"])
+        saved = tmp_path / "run" / "config.yaml"
+        saved.parent.mkdir()
+        saved.write_text(dump(cfg))
+        monkeypatch.chdir(tmp_path)  # `uvireid extract run` from elsewhere
+        again = load_recipe(saved)
+        assert again["data"]["root"] == str(tmp_path / "work" / "data" / "mine"), again["data"]
+    finally:
+        DATASETS.unregister("test_local_plugin_dataset")

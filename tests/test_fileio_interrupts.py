@@ -73,3 +73,25 @@ def test_a_checkpoint_save_is_not_cut_by_a_ctrl_c(tmp_path):
             save_checkpoint(tmp_path, state)
     got = load_checkpoint(tmp_path / "latest.pt")
     assert got["epoch"] == 3 and torch.equal(got["w"], state["w"])
+
+
+def test_a_failed_write_is_reported_when_a_held_signal_is_delivered(tmp_path, caplog):
+    """Audit BK: a held Ctrl-C delivered after the write failed (disk full) hid the
+    failure; it is logged before the interrupt."""
+    import errno
+    import logging
+    import os
+    import signal
+
+    from uvireid.errors import DiskFullError
+    from uvireid.fileio import atomic_write, signals_deferred
+
+    def write(fh):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with caplog.at_level(logging.WARNING), pytest.raises(BaseException) as info:
+        with signals_deferred():
+            atomic_write(tmp_path / "latest.pt", write)
+    shown = isinstance(info.value, DiskFullError) or "no space left" in caplog.text.lower()
+    assert shown, f"raised {type(info.value).__name__}; log: {caplog.text!r}"

@@ -616,6 +616,22 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     raise ConfigError(RECIPES._unknown_message(name) + " (or give a path to a YAML file)")
 
 
+def _drop_inherited_copies(data: Any) -> None:
+    """Drop each stage's copy of a part equal to the same file's top-level one: a
+    resolved config.yaml gives every stage its own copy of the parts it inherited, and
+    those copies won over a later change of the top-level part (`uvireid run RUN
+    clusterer.eps=0.3`, an edited copy of config.yaml, a recipe with ``_base_:
+    RUN/config.yaml``: the stages trained with the old eps; audits BF, BK). Without the
+    copy the stage inherits the top-level part, which is what the copy said."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        return
+    for stage in data["stages"]:
+        for comp in STAGE_COMPONENTS:
+            top = data.get(comp)
+            if isinstance(stage, dict) and top is not None and stage.get(comp) == top:
+                stage.pop(comp)
+
+
 def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[dict, Provenance]:
     """Read a recipe and its ``_base_`` files, merged, without validation."""
     path = Path(path).resolve()
@@ -623,6 +639,7 @@ def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[di
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"_base_ inheritance loops: {chain}")
     data = _read_yaml(path)
+    _drop_inherited_copies(data)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
@@ -1289,15 +1306,6 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
         # it is) must be able to change that sum
         train.pop("epochs")
         prov.pop("train.epochs", None)
-    if cfg.get("stages") and Path(str(prov.source("stages"))).name == "config.yaml":
-        # a resolved config.yaml gives every stage its own copy of the parts it inherited;
-        # dropped again, so that clusterer.eps=0.3 on a run's recipe reaches those stages
-        # (audit BF: the copies won, and the run trained with the old eps)
-        for stage in cfg["stages"]:
-            for comp in STAGE_COMPONENTS:
-                top = cfg.get(comp)
-                if isinstance(stage, dict) and top is not None and stage.get(comp) == top:
-                    stage.pop(comp)
     for text in overrides:
         key, value = parse_override(text)
         _check_known_path(key, OVERRIDE_SOURCE)
@@ -1306,6 +1314,19 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     if not resolved.get("name"):
         resolved["name"] = path.stem
     _absolute_paths(resolved)
+    for comp in STAGE_COMPONENTS:
+        top, stages = resolved.get(comp), resolved.get("stages") or []
+        if top is not None and stages and all(s.get(comp) != top for s in stages):
+            # every stage has a part of its own: a change of the top-level one does
+            # nothing (an edited copy of a run's config.yaml whose stages kept theirs)
+            logger.warning(
+                "%s: the top-level %s (%s) is used by no stage, each stage has its own "
+                "(stages.N.%s); change those to change the training",
+                path,
+                comp,
+                top.get("type"),
+                comp,
+            )
     return resolved
 
 
@@ -1318,7 +1339,11 @@ def _absolute_paths(cfg: dict) -> None:
     for section, key in (("data", "root"), ("evaluation", "perm_file")):
         part = cfg.get(section)
         value = part.get(key) if isinstance(part, dict) else None
-        if section == "data" and not builtin:
+        if (
+            section == "data"
+            and not builtin
+            and not (isinstance(value, str) and os.path.exists(value))
+        ):
             continue  # a plugin dataset's root may be a URL or its own notation (audit BD)
         if isinstance(value, str) and value.strip() and "://" not in value:
             part[key] = os.path.abspath(os.path.expanduser(value))

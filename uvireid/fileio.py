@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -97,6 +98,12 @@ def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM))
             continue
     try:
         yield
+    except BaseException as exc:
+        if caught:  # the held signal's interrupt would hide why the block failed
+            logging.getLogger("uvireid").error(
+                "%s: %s (while a stop signal was held)", type(exc).__name__, exc
+            )
+        raise
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)

@@ -415,3 +415,6 @@ def test_sigterm_to_the_generator_alone_stops_it_within_seconds(tmp_path):
     assert time.time() - t0 < 20, err[-1500:]
     assert proc.returncode == 143, err[-1500:]
     assert err.count("Traceback") == 0, err[-1500:]
+    # the jobs under way finished before the folder was removed (audit BK: workers left
+    # running re-created it, 462 images behind)
+    assert sorted(p.name for p in tmp_path.glob(".s.tmp-*")) == []

@@ -217,3 +217,44 @@ def test_eval_runs_refuses_flipped_and_single_pass_runs_together(tmp_path, capsy
         )
     assert cli.main(["eval", *files, "--protocol", "sysu-all", "--trials", "2", "--runs"]) == 2
     assert "meta 'test_flip'" in capsys.readouterr().err
+
+
+# --- audit BK: --json through links and pipes -------------------------------------------
+
+
+def test_json_to_a_dev_fd_pipe_is_written(features_file):
+    import os
+
+    r, w = os.pipe()
+    try:
+        rc = cli.main(
+            [
+                "eval",
+                str(features_file),
+                "--protocol",
+                "sysu-all",
+                "--trials",
+                "1",
+                "--json",
+                f"/dev/fd/{w}",
+            ]
+        )
+        os.close(w)
+        w = None
+        text = os.read(r, 1 << 20).decode()
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+    assert rc == 0
+    assert '"provenance"' in text
+
+
+def test_json_through_a_dangling_link_is_no_traceback(tmp_path, features_file, capsys):
+    link = tmp_path / "latest.json"
+    link.symlink_to(tmp_path / "gone" / "results.json")
+    rc = cli.main(
+        ["eval", str(features_file), "--protocol", "sysu-all", "--trials", "1", "--json", str(link)]
+    )
+    assert rc == 2  # refused before the evaluation, with the reason
+    assert "which does not exist" in capsys.readouterr().err

@@ -20,6 +20,17 @@ def output_file(path: str | os.PathLike, option: str, example: str = "out.json")
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / example})")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        # a link (/dev/stdout, /dev/fd/N, into a shared folder) or a pipe is written
+        # through (audit BK: the probe of its folder refused /dev/fd/N)
+        if not out.exists():
+            raise ConfigError(
+                f"{option} {out} is a link to {os.readlink(out)}, which does not exist; "
+                f"create its target or give another path"
+            )
+        if not os.access(out, os.W_OK):
+            raise ConfigError(f"{option} {out} cannot be written by this user")
+        return out
     _writable_folder(out.parent, option, out)
     return out
 

@@ -1212,7 +1212,9 @@ def generate(
                 try:
                     results = list(pool.map(_render_people, jobs))
                 except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    # the jobs under way (a few people each) finish before the folder is
+                    # removed: workers left running re-created it (audit BK)
+                    pool.shutdown(wait=True, cancel_futures=True)
                     raise
                 pool.shutdown()
             except BrokenProcessPool:
