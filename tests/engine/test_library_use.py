@@ -12,45 +12,25 @@ import torch
 
 import uvireid  # noqa: F401
 from uvireid.config import validate
-from uvireid.data.fixtures import make_sysu_tree
 from uvireid.errors import UvireidError
 from uvireid.features import features_from_arrays
 
 
-def _tiny(root, **top) -> dict:
-    rec = {
-        "device": "cpu",
-        "seed": 3,
-        "data": {"type": "sysu", "root": str(root)},
-        "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-        "clusterer": {"type": "dbscan", "eps": 0.6, "min_samples": 2, "k1": 5, "k2": 2},
-        "train": {
-            "height": 32,
-            "width": 16,
-            "iters_per_epoch": 2,
-            "image_cache": None,
-            "lr_steps": [1],
-            "pad": 2,
-            "threads": 1,
-        },
-        "evaluation": {"protocol": "sysu-all", "trials": 1, "every": 0, "at_start": False},
-        "stages": [
-            {
-                "name": "dcl",
-                "epochs": 1,
-                "sampler": {"type": "identity", "ids": 2, "images": 2},
-                "associator": None,
-                "losses": [{"type": "cluster_contrast"}],
-            },
-        ],
-    }
+def _tiny(folder, **top) -> dict:
+    """The engine tests' tiny recipe, its first stage only, validated."""
+    from train_fixtures import tiny_recipe
+
+    rec = tiny_recipe(folder)
+    rec["stages"] = rec["stages"][:1]
+    rec["evaluation"]["at_start"] = False
     rec.update(top)
     return validate(rec)
 
 
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory):
-    return make_sysu_tree(tmp_path_factory.mktemp("bf") / "SYSU-MM01", ids=12, images_per=3)
+    """A folder for the tiny recipe (its SYSU-MM01 tree is made there)."""
+    return tmp_path_factory.mktemp("bf")
 
 
 def test_two_trainers_of_one_recipe_start_from_the_same_weights(sysu_root):
