@@ -12,6 +12,7 @@ import torch
 
 import uvireid  # noqa: F401
 from uvireid.config import validate
+from uvireid.data.fixtures import make_sysu_tree
 from uvireid.errors import UvireidError
 from uvireid.features import features_from_arrays
 
@@ -29,8 +30,10 @@ def _tiny(folder, **top) -> dict:
 
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory):
-    """A folder for the tiny recipe (its SYSU-MM01 tree is made there)."""
-    return tmp_path_factory.mktemp("bf")
+    """A folder holding the tiny recipe's SYSU-MM01 tree."""
+    folder = tmp_path_factory.mktemp("bf")
+    make_sysu_tree(folder / "SYSU-MM01", ids=12, images_per=3)
+    return folder
 
 
 def test_two_trainers_of_one_recipe_start_from_the_same_weights(sysu_root):
@@ -135,7 +138,7 @@ def test_trainer_on_a_recipe_dict_not_yet_validated(sysu_root):
     raw = {
         "device": "cpu",
         "seed": 1,
-        "data": {"type": "sysu", "root": str(sysu_root)},
+        "data": {"type": "sysu", "root": str(sysu_root / "SYSU-MM01")},
         "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
         "clusterer": {"type": "dbscan"},
         "train": {"height": 32, "width": 16},
