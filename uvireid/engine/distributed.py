@@ -10,6 +10,7 @@ stay identical on all ranks (``shared/notes/peers.md`` Sec. 0.3 pitfall b).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -60,6 +61,22 @@ def init_from_env(device: str) -> str:
         dist.init_process_group("gloo")
     logger.info("rank %d of %d on %s", dist.get_rank(), dist.get_world_size(), device)
     return device
+
+
+def leave(wait_s: float = 30.0) -> None:
+    """Leave the process group :func:`init_from_env` joined (nothing without one), after
+    the other ranks reach the same point (at most ``wait_s`` seconds; a rank that never
+    comes, stopped elsewhere, is not waited for longer): ranks tearing their connections
+    down while a peer still used them aborted ("terminate called without an active
+    exception")."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1 and dist.get_backend() == "gloo":
+        from datetime import timedelta
+
+        with contextlib.suppress(Exception):
+            dist.monitored_barrier(timeout=timedelta(seconds=wait_s))
+    dist.destroy_process_group()
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

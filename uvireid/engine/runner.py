@@ -517,66 +517,74 @@ def train_recipe(
     from uvireid.engine.checkpoint import LATEST
 
     preflight(cfg)
+    # this call joins the process group torchrun describes, and leaves it when done: a
+    # process that exits holding it could abort in its teardown ("terminate called
+    # without an active exception", SIGABRT on a rank that had stopped cleanly)
+    owned = D.launched_by_torchrun() and not D.is_distributed()
     device = D.init_from_env(resolve_device(cfg["device"]))
-    seed_everything(cfg["seed"])
-    folder, changes, refused = None, {}, None
-    if D.is_main():  # a refused resume stops before the dataset is built (or generated)
-        try:
-            folder = resume_target(cfg, resume)
-            if folder is not None:
-                changes = check_resume(folder, cfg, allow_changes)
-                if not (folder.path / "results.json").exists():
-                    changes.update(check_world_size(folder, D.world_size(), allow_changes))
-                folder.check_free()  # another process training in it: now, not later
-        except UvireidError as exc:
-            refused = exc
-    _stop_all_ranks(refused)
-    dataset = DATASETS.build(cfg["data"])
-    protocol_for(dataset, cfg)
-    refuse_split_overlap(dataset)  # before any folder is made (every rank: the same answer)
-    if D.is_main():
-        if folder is not None and (folder.path / "results.json").exists():
-            logger.info("run %s already finished; nothing to resume", folder.path)
-        elif folder is None:
-            if resume:
-                logger.warning(
-                    "--resume: no run folder of '%s' with a config.yaml under %s (a run that "
-                    "stopped before its start leaves none to resume); starting a new run",
-                    cfg["name"],
-                    cfg["output_dir"],
+    try:
+        seed_everything(cfg["seed"])
+        folder, changes, refused = None, {}, None
+        if D.is_main():  # a refused resume stops before the dataset is built (or generated)
+            try:
+                folder = resume_target(cfg, resume)
+                if folder is not None:
+                    changes = check_resume(folder, cfg, allow_changes)
+                    if not (folder.path / "results.json").exists():
+                        changes.update(check_world_size(folder, D.world_size(), allow_changes))
+                    folder.check_free()  # another process training in it: now, not later
+            except UvireidError as exc:
+                refused = exc
+        _stop_all_ranks(refused)
+        dataset = DATASETS.build(cfg["data"])
+        protocol_for(dataset, cfg)
+        refuse_split_overlap(dataset)  # before any folder is made (every rank: the same answer)
+        if D.is_main():
+            if folder is not None and (folder.path / "results.json").exists():
+                logger.info("run %s already finished; nothing to resume", folder.path)
+            elif folder is None:
+                if resume:
+                    logger.warning(
+                        "--resume: no run folder of '%s' with a config.yaml under %s (a run that "
+                        "stopped before its start leaves none to resume); starting a new run",
+                        cfg["name"],
+                        cfg["output_dir"],
+                    )
+                folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+        path = D.broadcast_object(str(folder.path) if folder else None)
+        folder = RunFolder(path)
+        if (folder.path / "results.json").exists() and resume:
+            return folder
+        ckpt = folder.checkpoints / LATEST
+        refused = None
+        if D.is_main() and resume and not ckpt.exists():
+            trained = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0]
+            if trained:
+                refused = RunFolderError(
+                    f"{folder.path}: {len(trained)} epoch(s) were trained (metrics.jsonl) but "
+                    f"{ckpt} is missing; resuming would train them again into the same folder. "
+                    f"Restore the checkpoint, or start a new run"
                 )
-            folder = RunFolder.create(cfg["output_dir"], cfg["name"])
-    path = D.broadcast_object(str(folder.path) if folder else None)
-    folder = RunFolder(path)
-    if (folder.path / "results.json").exists() and resume:
-        return folder
-    ckpt = folder.checkpoints / LATEST
-    refused = None
-    if D.is_main() and resume and not ckpt.exists():
-        trained = [m for m in folder.read_metrics() if m.get("epoch", -1) >= 0]
-        if trained:
-            refused = RunFolderError(
-                f"{folder.path}: {len(trained)} epoch(s) were trained (metrics.jsonl) but "
-                f"{ckpt} is missing; resuming would train them again into the same folder. "
-                f"Restore the checkpoint, or start a new run"
-            )
-    _stop_all_ranks(refused)
-    lock = folder.locked() if D.is_main() else contextlib.nullcontext()
-    with lock:
-        if D.is_main():  # no other writer now: what a killed one left half-written goes
-            from uvireid.fileio import remove_stale_temporaries
+        _stop_all_ranks(refused)
+        lock = folder.locked() if D.is_main() else contextlib.nullcontext()
+        with lock:
+            if D.is_main():  # no other writer now: what a killed one left half-written goes
+                from uvireid.fileio import remove_stale_temporaries
 
-            freed = remove_stale_temporaries(folder.path, folder.checkpoints)
-            if freed:
-                logger.info(
-                    "removed %.1f MiB of files a killed run left half-written", freed / 2**20
-                )
-        try:
-            return _train_in(folder, cfg, dataset, device, resume, changes, progress)
-        except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
-            with contextlib.suppress(AttributeError, TypeError):
-                exc.run_folder = str(folder.path)  # the CLI says how to resume it
-            raise
+                freed = remove_stale_temporaries(folder.path, folder.checkpoints)
+                if freed:
+                    logger.info(
+                        "removed %.1f MiB of files a killed run left half-written", freed / 2**20
+                    )
+            try:
+                return _train_in(folder, cfg, dataset, device, resume, changes, progress)
+            except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.run_folder = str(folder.path)  # the CLI says how to resume it
+                raise
+    finally:
+        if owned:
+            D.leave()
 
 
 def _stop_all_ranks(refused: Exception | None) -> None:
