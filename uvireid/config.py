@@ -1335,7 +1335,7 @@ def _absolute_paths(cfg: dict) -> None:
     the run reads them: a run folder's config.yaml then names what it read wherever it is
     used from (audit AQ: ``root: ../synth`` in config.yaml made `extract` from another
     folder read, or generate, another dataset)."""
-    builtin = (cfg.get("data") or {}).get("type") in _LOCAL_DATASETS
+    builtin = _builtin_dataset((cfg.get("data") or {}).get("type"))
     for section, key in (("data", "root"), ("evaluation", "perm_file")):
         part = cfg.get(section)
         value = part.get(key) if isinstance(part, dict) else None
@@ -1349,8 +1349,13 @@ def _absolute_paths(cfg: dict) -> None:
             part[key] = os.path.abspath(os.path.expanduser(value))
 
 
-#: the built-in datasets, whose ``data.root`` is a local folder
-_LOCAL_DATASETS = ("sysu", "regdb", "llcm", "synthetic", "folder")
+def _builtin_dataset(name: Any) -> bool:
+    """Whether dataset ``name`` is one of uvireid's own (their ``data.root`` is a local
+    folder), by the module that registered it."""
+    try:
+        return DATASETS.entry(name).module.startswith("uvireid.")
+    except RegistryError:
+        return False
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

@@ -122,6 +122,14 @@ def _disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+def written_through(path: str | os.PathLike) -> bool:
+    """Whether writing ``path`` must go through it rather than replace it: a link (into a
+    shared folder, ``/dev/stdout``, ``/dev/fd/N``) or an existing file that is not a
+    regular one (a named pipe)."""
+    p = Path(path)
+    return p.is_symlink() or (p.exists() and not p.is_file())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode()))
 

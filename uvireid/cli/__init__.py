@@ -122,7 +122,7 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
     ``-`` (see :func:`_tables_to_stderr`)."""
     from pathlib import Path
 
-    from uvireid.fileio import atomic_write_text, dumps_json
+    from uvireid.fileio import atomic_write_text, dumps_json, written_through
 
     if args.json == "-":
         stream = getattr(args, "json_stream", None) or sys.stdout
@@ -132,9 +132,7 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
         return
     out = Path(args.json)
     text = dumps_json(data, indent=2, ensure_ascii=False) + "\n"
-    if out.is_symlink() or (out.exists() and not out.is_file()):
-        # a link (into a shared folder, /dev/stdout), a named pipe: written through, not
-        # replaced by a new file (audit BD)
+    if written_through(out):  # not replaced by a new file (audit BD)
         with open(out, "w", encoding="utf-8") as fh:
             fh.write(text)
         return

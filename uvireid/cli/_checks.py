@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from uvireid.errors import ConfigError
+from uvireid.fileio import written_through
 
 
 def output_file(path: str | os.PathLike, option: str, example: str = "out.json") -> Path:
@@ -20,9 +21,7 @@ def output_file(path: str | os.PathLike, option: str, example: str = "out.json")
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / example})")
-    if out.is_symlink() or (out.exists() and not out.is_file()):
-        # a link (/dev/stdout, /dev/fd/N, into a shared folder) or a pipe is written
-        # through (audit BK: the probe of its folder refused /dev/fd/N)
+    if written_through(out):  # audit BK: the probe of its folder refused /dev/fd/N
         if not out.exists():
             raise ConfigError(
                 f"{option} {out} is a link to {os.readlink(out)}, which does not exist; "
