@@ -2,8 +2,8 @@
 # Every GPU measurement the open issues ask for, as one prepared script:
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
-# The next device session (after session 14): STEPS="tests_cuda tests_graphs
-# overhead_kernels loss_products loop_phases demo" (about 8 minutes on an H200).
+# Session 19 ran, one step per call of this script, in this order: tests_cuda tests_graphs
+# rerank overhead_kernels loss_products loop_phases demo amp_smoke.
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
@@ -48,6 +48,9 @@ run overhead_x 100 bash -c '"$@" --tf32; "$@" --amp --tf32; "$@" --amp --graphs 
 # issue 5: the demo recipe on the GPU (dataset built on first use, the prior too unless cached)
 run demo 120 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
+# sessions 14-18's changes on CUDA: a short bf16 run (the precision recorded, extraction
+# under autocast, checkpoints written with signals held; its table and the precision)
+run amp_smoke 90 bash -c 'r="$2/amp"; "$1" -m uvireid run demo device=cuda "output_dir=$r" --no-report train.amp=true stages.0.epochs=1 stages.0.iters_per_epoch=20 stages.1.epochs=1 stages.1.iters_per_epoch=20 2>&1 | tr "\r" "\n" | grep -v "it/s\|s/it"; grep -rh "precision" "$r" --include=manifest.json' _ "$py" "$work"
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
 run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
 # issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16
