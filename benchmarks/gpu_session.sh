@@ -50,7 +50,7 @@ run demo 120 "$py" -m uvireid run demo device=cuda "output_dir=$work/runs"
 find "$work/runs" -name metrics.jsonl 2>/dev/null -exec cp {} "$out/demo_metrics.jsonl" \; 2>/dev/null
 # sessions 14-18's changes on CUDA: a short bf16 run (the precision recorded, extraction
 # under autocast, checkpoints written with signals held; its table and the precision)
-run amp_smoke 90 bash -c 'r="$2/amp"; "$1" -m uvireid run demo device=cuda "output_dir=$r" --no-report train.amp=true stages.0.epochs=1 stages.0.iters_per_epoch=20 stages.1.epochs=1 stages.1.iters_per_epoch=20 2>&1 | tr "\r" "\n" | grep -v "it/s\|s/it"; grep -rh "precision" "$r" --include=manifest.json' _ "$py" "$work"
+run amp_smoke 90 bash -c 'r="$2/amp"; "$1" -m uvireid run demo device=cuda "output_dir=$r" --no-report train.amp=true stages.0.epochs=1 stages.0.iters_per_epoch=20 stages.1.epochs=1 stages.1.iters_per_epoch=20 2>&1 | tr "\r" "\n" | grep -i "mean\|warn\|error\|run folder"; grep -rh "precision" "$r" --include=manifest.json' _ "$py" "$work"
 # issue 3: re-rankers on CUDA against the CPU, then the CMFP comparisons and scalable CMFP
 run rerank 90 "$py" benchmarks/rerank_speed.py --device cuda --check --skip-ref cmrr --scalable-sizes 10000,100000
 # issue 5 item 9: the loop at the paper's size, its phases and the bare step, bf16
