@@ -3,7 +3,9 @@
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
 # Session 19 ran, one step per call of this script, in this order: tests_cuda tests_graphs
-# rerank overhead_kernels loss_products loop_phases demo amp_smoke.
+# rerank overhead_kernels loss_products loop_phases demo (amp_smoke did not fit). The next
+# session: tests_cuda memory_updates loop_phases amp_smoke (the memory updates' Gram path,
+# new in session 19, has not run on a GPU).
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
@@ -68,6 +70,8 @@ run loop_graphs 200 "$py" benchmarks/training_loop.py --device cuda --amp --iter
 # where a graphed SALCR step's time goes, phase by phase (augment, targets, forward,
 # losses, backward, optimizer, memory updates: host time and time on the device's stream)
 run loop_phases 200 "$py" benchmarks/training_loop.py --device cuda --amp --iters 60 --epochs 2 --dcl-epochs 1 --cuda-graphs --tf32 --phases
+# the memory updates of one SALCR step: the rounds against the Gram path (launches, time)
+run memory_updates 40 "$py" benchmarks/memory_updates.py --device cuda
 # issue 4: kNN + Jaccard + DBSCAN of 22,258 features on the GPU (goal <= 2 s, same partition)
 run pseudo_labels 60 "$py" benchmarks/pseudo_labels.py --device cuda --part clustering --sizes 22258
 # the SALCR step with its losses through torch.compile (the first call compiles, ~90 s on

@@ -90,3 +90,36 @@ def test_backbone_extract_on_device_matches_cpu(name, device):
         out = model.to(device).extract(x.to(device), mod.to(device))
     assert out.device.type == device
     torch.testing.assert_close(out.cpu(), ref, atol=2e-4, rtol=1e-3)
+
+
+def test_memory_updates_on_device_give_the_cpu_rounds(device):
+    """``momentum_update_many`` with ``method="auto"`` (on CUDA the Gram path from
+    ``GRAM_MIN_ROUNDS`` rows a label on, one read-back) gives the CPU's rounds, for
+    (K, d) memories and a (P, K, d) part memory through its view, in a given order."""
+    from uvireid.losses.memory import GRAM_MIN_ROUNDS, momentum_update_many
+
+    g = torch.Generator().manual_seed(3)
+    rng = np.random.default_rng(3)
+    rows = 40
+    labels = [rng.integers(-1, 5, rows), rng.integers(0, 3, rows)]
+    labels[0][: GRAM_MIN_ROUNDS + 6] = 2  # a sequence long enough for the Gram path
+    feats = [torch.randn(rows, 16, generator=g), torch.randn(rows, 3, 16, generator=g)]
+    mems = [
+        torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=-1),
+        torch.nn.functional.normalize(torch.randn(3, 4, 16, generator=g), dim=-1),
+    ]
+    order = rng.permutation(rows)
+
+    def update(on):
+        got = [m.clone().to(on) for m in mems]
+        views = [got[0], got[1].transpose(0, 1)]
+        items = [
+            (views[0], feats[0].to(on), labels[0], order),
+            (views[1], feats[1].to(on), labels[1], None),
+        ]
+        momentum_update_many(items[:1], 0.1)
+        momentum_update_many(items[1:], 0.1)
+        return [m.cpu() for m in got]
+
+    for want, got in zip(update("cpu"), update(device)):
+        assert torch.allclose(got, want, atol=1e-5)

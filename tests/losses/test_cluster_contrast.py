@@ -195,10 +195,12 @@ def test_every_registered_loss_runs_on_a_tiny_step(name):
     loss.update(out.detach(), t)
 
 
+@pytest.mark.parametrize("method", ["rounds", "gram"])
 @pytest.mark.parametrize("case", ["repeats", "all_outliers", "empty", "no_outliers"])
-def test_momentum_update_equals_the_sequential_loop(case):
-    """Grouped rounds = the reference's one-sample-at-a-time update, on a (K, d) memory
-    and on a (P, K, d) part memory updated through its (K, P, d) transposed view."""
+def test_momentum_update_equals_the_sequential_loop(case, method):
+    """Grouped rounds, and the Gram path, = the reference's one-sample-at-a-time update,
+    on a (K, d) memory and on a (P, K, d) part memory updated through its (K, P, d)
+    transposed view."""
     from uvireid.losses.memory import momentum_update
 
     rng = np.random.default_rng(7)
@@ -211,12 +213,12 @@ def test_momentum_update_equals_the_sequential_loop(case):
     x = torch.from_numpy(rng.normal(size=(n, 3, 5)))
     mem = unit_rows(6, 5, seed=8)
     flat = mem.clone()
-    momentum_update(flat, x[:, 0], torch.as_tensor(y), 0.1)
+    momentum_update(flat, x[:, 0], torch.as_tensor(y), 0.1, method=method)
     expected = momentum_loop(mem.clone(), x[:, 0], y.tolist(), 0.1)
     assert torch.allclose(flat, expected, atol=1e-12)
     parts = torch.stack([unit_rows(6, 5, seed=9 + p) for p in range(3)])  # (P, K, d)
     got = parts.clone()
-    momentum_update(got.transpose(0, 1), x, torch.as_tensor(y), 0.1)  # in place through the view
+    momentum_update(got.transpose(0, 1), x, torch.as_tensor(y), 0.1, method=method)
     for p in range(3):
         want = momentum_loop(parts[p].clone(), x[:, p], y.tolist(), 0.1)
         assert torch.allclose(got[p], want, atol=1e-12)
@@ -224,7 +226,8 @@ def test_momentum_update_equals_the_sequential_loop(case):
         assert torch.equal(got, parts) and torch.equal(flat, mem)
 
 
-def test_momentum_update_many_equals_one_sequential_loop_per_memory():
+@pytest.mark.parametrize("method", ["rounds", "gram"])
+def test_momentum_update_many_equals_one_sequential_loop_per_memory(method):
     """Several memories in one set of rounds = the reference's per-sample loop on each:
     memories of different sizes, (K, d) rows and (P, K, d) part memories through their
     transposed views, outliers, a memory none of whose rows is kept, labels that
@@ -239,7 +242,8 @@ def test_momentum_update_many_equals_one_sequential_loop_per_memory():
     xs = [torch.from_numpy(rng.normal(size=(n, 3, 4))) for n in counts]
     flat = [unit_rows(k, 4, seed=20 + i) for i, k in enumerate(sizes)]
     got = [m.clone() for m in flat]
-    momentum_update_many([(m, x[:, 0], torch.as_tensor(y)) for m, x, y in zip(got, xs, ys)], 0.2)
+    items = [(m, x[:, 0], torch.as_tensor(y)) for m, x, y in zip(got, xs, ys)]
+    momentum_update_many(items, 0.2, method)
     for m0, m, x, y in zip(flat, got, xs, ys):
         assert torch.allclose(m, momentum_loop(m0.clone(), x[:, 0], y.tolist(), 0.2), atol=1e-12)
     assert torch.equal(got[3], flat[3])
@@ -248,15 +252,15 @@ def test_momentum_update_many_equals_one_sequential_loop_per_memory():
         for i, k in enumerate(sizes)
     ]  # (P, K, d)
     got = [m.clone() for m in parts]
-    momentum_update_many([(m.transpose(0, 1), x, y) for m, x, y in zip(got, xs, ys)], 0.1)
+    momentum_update_many([(m.transpose(0, 1), x, y) for m, x, y in zip(got, xs, ys)], 0.1, method)
     for m0, m, x, y in zip(parts, got, xs, ys):
         for p in range(3):
             want = momentum_loop(m0[p].clone(), x[:, p], y.tolist(), 0.1)
             assert torch.allclose(m[p], want, atol=1e-12)
     # one memory given alone takes the same path as momentum_update
     one, alone = flat[0].clone(), flat[0].clone()
-    momentum_update_many([(one, xs[0][:, 0], ys[0])], 0.1)
-    momentum_update(alone, xs[0][:, 0], ys[0], 0.1)
+    momentum_update_many([(one, xs[0][:, 0], ys[0])], 0.1, method)
+    momentum_update(alone, xs[0][:, 0], ys[0], 0.1, method=method)
     assert torch.equal(one, alone)
     with pytest.raises(ValueError, match="row shape"):
         momentum_update_many([(flat[0], xs[0][:, 0], ys[0]), (parts[1], xs[1], ys[1])], 0.1)
@@ -264,6 +268,74 @@ def test_momentum_update_many_equals_one_sequential_loop_per_memory():
         momentum_update_many([(flat[0], xs[0][:, 0], ys[0]), (flat[0], xs[0][:, 0], ys[0])], 0.1)
     with pytest.raises(ValueError, match="19 feature rows but 6 labels"):
         momentum_update_many([(flat[0], xs[0][:, 0], ys[1])], 0.1)
+
+
+def test_gram_updates_follow_the_loop_through_zero_rows_and_long_sequences():
+    """The Gram path against the sample-by-sample loop where its algebra could go wrong:
+    a prototype that is zero (an empty cluster's centroid) and feature rows that are
+    zero (normalised to zero: the row, then the prototype, stays zero through the same
+    1e-12 clamp), one label with 60 rows, and a sequence given by ``order``."""
+    from uvireid.losses.memory import momentum_update
+
+    rng = np.random.default_rng(5)
+    n = 90
+    y = rng.integers(-1, 5, n)
+    y[:60] = 3  # 60 rounds for label 3
+    x = torch.from_numpy(rng.normal(size=(n, 6)))
+    x[[2, 7]] = 0.0  # zero rows of label 3
+    y[[70, 71]] = 4
+    x[[70, 71]] = 0.0  # label 4: only zero rows, onto a zero prototype
+    y[y == 4] = -1
+    y[[70, 71]] = 4
+    mem = unit_rows(5, 6, seed=3)
+    mem[4] = 0.0
+    order = rng.permutation(n)
+    for seq in (None, order):
+        got = mem.clone()
+        momentum_update(got, x, torch.as_tensor(y), 0.3, seq, method="gram")
+        rows = np.arange(n) if seq is None else seq
+        want = _loop_with_clamp(mem.clone(), x[rows], y[rows].tolist(), 0.3)
+        assert torch.allclose(got, want, atol=1e-12)
+        assert torch.equal(got[4], torch.zeros(6, dtype=got.dtype))
+
+
+def _loop_with_clamp(memory, feats, labels, mu):
+    """Eq. 7 one sample at a time, with torch's normalisation (a zero row stays zero)."""
+    mem = memory.clone()
+    for x, y in zip(feats, labels):
+        if y >= 0:
+            row = mu * mem[y] + (1 - mu) * x / max(float(x.norm()), 1e-12)
+            mem[y] = row / max(float(row.norm()), 1e-12)
+    return mem
+
+
+def test_gram_updates_in_float32_at_a_salcr_steps_size_and_auto_on_the_cpu():
+    """float32 part memories (P = 3, d = 2048) with 38 rows on one label, the size of a
+    SALCR step's part updates: the Gram path (float64 arithmetic inside) stays within
+    float32 rounding of the float64 loop, as the float32 rounds do; "auto" on the CPU is
+    the rounds, bit for bit."""
+    from uvireid.losses.memory import momentum_update
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(8).repeat_interleave(38)
+    x = torch.randn(len(labels), 3, 2048, generator=g)
+    parts = torch.nn.functional.normalize(torch.randn(3, 8, 2048, generator=g), dim=-1)
+    results = {}
+    for method in ("rounds", "gram", "auto"):
+        got = parts.clone()
+        momentum_update(got.transpose(0, 1), x, labels, 0.1, method=method)
+        results[method] = got
+    want = torch.stack(
+        [
+            _loop_with_clamp(parts[p].double(), x[:, p].double(), labels.tolist(), 0.1)
+            for p in range(3)
+        ]
+    )
+    for method in ("rounds", "gram"):
+        assert (results[method].double() - want).abs().max() < 2e-6, method
+    assert torch.equal(results["auto"], results["rounds"])
+    with pytest.raises(ValueError, match="method must be one of"):
+        momentum_update(parts.clone()[0], x[:, 0], labels, 0.1, method="fast")
 
 
 def test_cluster_memories_updated_together_equal_their_own_updates():

@@ -77,6 +77,7 @@ def momentum_update(
     labels: torch.Tensor | np.ndarray,
     momentum: float,
     order: np.ndarray | None = None,
+    method: str = "auto",
 ) -> None:
     """In place, sample by sample: ``M[y] <- normalize(mu M[y] + (1 - mu) normalize(x))``.
 
@@ -92,12 +93,59 @@ def momentum_update(
     (one update per part, normalised over the last dimension), also a view such as
     ``(P, K, d).transpose(0, 1)``. ``order`` (host, a permutation of the rows): apply
     the rows in that sequence instead of batch order (the rows themselves are not
-    moved). Several memories at once: :func:`momentum_update_many`.
+    moved). ``method``: how the rounds run (:func:`momentum_update_many`). Several
+    memories at once: :func:`momentum_update_many`.
     """
-    momentum_update_many([(memory, feats, labels, order)], momentum)
+    momentum_update_many([(memory, feats, labels, order)], momentum, method)
 
 
-def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
+GRAM_MIN_ROUNDS = 4
+"""``method="auto"`` takes the Gram path on CUDA from this many rounds on."""
+
+METHODS = ("auto", "rounds", "gram")
+
+
+def _sequence_by_gram(xs: torch.Tensor, m: torch.Tensor, live: list[int], momentum: float):
+    """The rounds of :func:`momentum_update_many` with a constant number of kernels.
+
+    Every state of a prototype is a combination ``M_t = sum_j c_j y_j`` of the vectors
+    ``y = [M_0, x_1, ..., x_R]`` of its group, so the sequence needs only their Gram
+    matrix ``G = y y^T``: with ``D = G c`` (the state's dot with each ``y_j``) and
+    ``q = |M_t|^2``, row ``t + 1`` gives ``n^2 = mu^2 q + 2 mu (1 - mu) D_{t+1} + (1 - mu)^2
+    G_{t+1,t+1}`` and ``c <- (mu c + (1 - mu) e_{t+1}) / max(n, 1e-12)`` (the same clamp as
+    the rounds), D and q likewise. ``G`` is computed in float64 (no TF32), read back once
+    (a wait for the device), the recursion runs on the host over arrays of (groups, R + 1),
+    and one float64 product writes every final prototype: about ten kernels whatever the
+    number of rounds, against four a round (Cluster-Contrast's ``ClusterMemory`` update
+    is one sample at a time: ``shared/notes/peers.md`` Sec. 0.3). ``xs`` (U, R, ..., d) holds
+    each group's rows in sequence, ``m`` (U, ..., d) the groups' prototypes, updated in
+    place; group g takes part in round r when ``g < live[r]``."""
+    u, rounds, d = xs.shape[0], xs.shape[1], xs.shape[-1]
+    y = torch.cat([m.unsqueeze(1), xs], 1).movedim(1, -2)  # (U, ..., R + 1, d)
+    mid = y.shape[1:-2]
+    y = y.reshape(-1, rounds + 1, d).double()
+    per = y.shape[0] // max(u, 1)  # vectors per group (the parts of a part memory)
+    g = torch.bmm(y, y.transpose(1, 2)).cpu().numpy()  # (V, R + 1, R + 1)
+    a, b = float(momentum), 1.0 - float(momentum)
+    c = np.zeros(g.shape[:2])
+    c[:, 0] = 1.0
+    dots = g[:, 0, :].copy()  # the state's dot with every y_j
+    q = g[:, 0, 0].copy()
+    for r, live_r in enumerate(live):
+        n, j = live_r * per, r + 1
+        n2 = a * a * q[:n] + 2 * a * b * dots[:n, j] + b * b * g[:n, j, j]
+        scale = 1.0 / np.maximum(np.sqrt(np.maximum(n2, 0.0)), 1e-12)
+        c[:n] *= a
+        c[:n, j] += b
+        c[:n] *= scale[:, None]
+        dots[:n] = (a * dots[:n] + b * g[:n, :, j]) * scale[:, None]
+        q[:n] = n2 * scale * scale
+    coef = torch.from_numpy(c).to(y.device)
+    out = torch.bmm(coef.unsqueeze(1), y).reshape(u, *mid, d)
+    m.copy_(out)
+
+
+def momentum_update_many(updates: Sequence[tuple], momentum: float, method: str = "auto") -> None:
     """:func:`momentum_update` of several memories, ``[(memory, feats, labels), ...]``
     (or ``(memory, feats, labels, order)``: ``order`` as in :func:`momentum_update`),
     in one set of rounds: the same result as one call per memory (the memories are
@@ -107,7 +155,17 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
     take 24 rounds instead of 72 at a batch of 8 labels x 4 images. The memories must
     share the device, the dtype and the shape of a row (``memory.shape[1:]``) and be
     distinct (a memory given twice would be updated as two copies, the second write
-    winning: call twice for two passes over one memory)."""
+    winning: call twice for two passes over one memory).
+
+    ``method``: ``"rounds"`` (four kernels a round), ``"gram"`` (the whole sequence from
+    the rows' Gram matrices, about ten kernels and one read-back: :func:`_sequence_by_gram`;
+    equal to the rounds to rounding) or ``"auto"``: the Gram path on CUDA when the longest
+    sequence has :data:`GRAM_MIN_ROUNDS` rows or more (a SALCR step's part memories take
+    about 38 rounds, 150 launches the host queues at 10-25 us each), the rounds elsewhere
+    (on a CPU a round costs what its arithmetic costs, and seeded CPU runs keep their
+    results)."""
+    if method not in METHODS:
+        raise ValueError(f"momentum_update: method must be one of {METHODS}, got {method!r}")
     if not updates:
         return
     updates = [(*u, None) if len(u) == 3 else tuple(u) for u in updates]
@@ -183,9 +241,14 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float) -> None:
         targets = idx[3 * n : 3 * n + u].split(split)
         m = torch.cat([updates[int(i)][0][t] for i, t in zip(used, targets)])
         m = m[idx[3 * n + u : 3 * n + 2 * u]]  # by-size order
-    for r, live_r in enumerate(live):
-        row = torch.lerp(xs[:live_r, r], m[:live_r], momentum)  # mu M[y] + (1 - mu) x
-        torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:live_r])
+    if method == "auto":  # on a GPU each round is launches the host waits to queue
+        method = "gram" if first.device.type == "cuda" and rounds >= GRAM_MIN_ROUNDS else "rounds"
+    if method == "gram":
+        _sequence_by_gram(xs, m, live, momentum)
+    else:
+        for r, live_r in enumerate(live):
+            row = torch.lerp(xs[:live_r, r], m[:live_r], momentum)  # mu M[y] + (1 - mu) x
+            torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:live_r])
     if len(used) == 1:
         memory[targets] = m
         return
