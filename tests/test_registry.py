@@ -250,3 +250,19 @@ def test_a_plugin_that_fails_half_way_leaves_none_of_its_parts(monkeypatch, tmp_
         CLUSTERERS.unregister("zz_half")
         PLUGIN_ERRORS.pop("zz_half", None)
         sys.modules.pop("zz_halfplugin", None)
+
+
+def test_importing_the_package_and_its_cli_leaves_torchvision_unloaded():
+    """torchvision (0.9 s of imports, torch._dynamo through its ops) is loaded by the
+    backbones that build a torchvision ResNet, not by ``import uvireid``: a library user
+    of the re-rankers and ``uvireid eval``/``rerank`` never wait for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, uvireid, uvireid.cli\n"
+        "from uvireid.rerank import cmfp\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
