@@ -93,6 +93,48 @@ def test_check_regdb_split_and_official_figures(regdb_root, capsys):
     assert main(["data", "check", str(regdb_root), "--dataset", "regdb", "--official", "no"]) == 0
 
 
+def test_check_every_regdb_split_reports_each_and_fails_on_a_broken_one(regdb_root, capsys):
+    """``--split all``: one report per split found in idx/, a closing line, exit 0 when
+    every split passes; a split whose list names a missing image is reported as
+    unreadable (exit 2) while the other splits are still checked; a mismatch with the
+    official figures alone exits 1."""
+    argv = ["data", "check", str(regdb_root), "--dataset", "regdb", "--split", "all"]
+    assert main([*argv, "--official", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "RegDB split 1 at " in out and "RegDB split 2 at " in out
+    assert out.rstrip().endswith("every split checked (1, 2): all consistent")
+    assert main(argv) == 1  # the fixture's counts are not the release's
+    assert "2 of 2 splits (1, 2) failed: split 1: mismatch; split 2: mismatch" in (
+        capsys.readouterr().out
+    )
+    lst = regdb_root / "idx" / "test_thermal_2.txt"
+    lines = lst.read_text().splitlines()
+    lst.write_text("\n".join(["Thermal/999/gone.bmp 999", *lines[1:]]) + "\n")
+    assert main([*argv, "--official", "false"]) == 2
+    out = capsys.readouterr().out
+    assert "RegDB split 1 at " in out and "split 2: error: " in out
+    assert "1 of 2 splits (1, 2) failed: split 2: unreadable" in out
+
+
+def test_check_split_all_needs_a_dataset_with_splits(sysu_root, tmp_path, capsys):
+    argv = ["data", "check", str(sysu_root), "--dataset", "sysu", "--split", "all"]
+    assert main(argv) == 2
+    assert "--split all applies to datasets with several splits (regdb)" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "RegDB" / "Visible").mkdir(parents=True)
+    (tmp_path / "RegDB" / "Thermal").mkdir()
+    (tmp_path / "RegDB" / "idx").mkdir()
+    assert (
+        main(["data", "check", str(tmp_path / "RegDB"), "--dataset", "regdb", "--split", "all"])
+        == 2
+    )
+    assert "no split lists under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "check", str(sysu_root), "--dataset", "regdb", "--split", "some"])
+    assert "'some' is not a split" in capsys.readouterr().err
+
+
 def test_check_llcm_fixture_is_consistent(llcm_root, capsys):
     assert main(["data", "check", str(llcm_root), "--dataset", "llcm", "--official", "0"]) == 0
     assert main(["data", "check", str(llcm_root), "--dataset", "llcm"]) == 1

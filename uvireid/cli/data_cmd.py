@@ -19,6 +19,7 @@ CHECK_EPILOG = """\
 examples:
   uvireid data check /data/SYSU-MM01 --dataset sysu
   uvireid data check /data/RegDB --dataset regdb --split 3
+  uvireid data check /data/RegDB --dataset regdb --split all    # the ten trials
   uvireid data check /data/LLCM --dataset llcm --official false   # consistency only
 
 exit status: 0 when the counts match (and the dataset is consistent), 1 when they do
@@ -74,7 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="dataset name: sysu, regdb or llcm (any registered dataset; see `uvireid list`)",
     )
-    check.add_argument("--split", type=int, help="RegDB trial split 1..10 (default 1)")
+    check.add_argument(
+        "--split",
+        type=_split_arg,
+        help="RegDB trial split 1..10 (default 1), or 'all': every split found in idx/",
+    )
     check.add_argument(
         "--official",
         type=_bool,
@@ -114,6 +119,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(func=run_synth)
 
 
+def _split_arg(text: str) -> int | str:
+    """``--split``: a trial number, or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a split: give a trial number (1..10 for RegDB) or all"
+        ) from None
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -147,10 +164,53 @@ def run_check(args: argparse.Namespace) -> int:
                 f"no complete synthetic dataset at {args.root} (no manifest.json and DONE); "
                 f"write one with: uvireid data synth --out {args.root}"
             )
+    if args.split == "all":
+        return _check_every_split(args)
     ds = _open(args.dataset, args.root, args.split)
     report = check_dataset(ds, official=args.official, decode=args.decode)
     print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _check_every_split(args: argparse.Namespace) -> int:
+    """``--split all``: each split's report, then one line per split; 1 when a split's
+    check fails, 2 when a split cannot be read (the others are still checked)."""
+    from uvireid.data.check import check_dataset, format_report
+    from uvireid.errors import DatasetError, UvireidError
+    from uvireid.registry import DATASETS
+
+    finder = getattr(DATASETS.get(args.dataset), "available_splits", None)
+    if finder is None:
+        raise ConfigError(
+            f"--split all applies to datasets with several splits (regdb); {args.dataset} "
+            f"has one fixed split. Leave --split out"
+        )
+    splits = finder(args.root)
+    if not splits:
+        raise DatasetError(
+            f"no split lists under {args.root}/idx (train_visible_N.txt); copy the idx/ "
+            f"folder from the release"
+        )
+    status: dict[int, str] = {}
+    for split in splits:
+        try:
+            ds = _open(args.dataset, args.root, split)
+            report = check_dataset(ds, official=args.official, decode=args.decode)
+        except UvireidError as exc:
+            print(f"split {split}: error: {exc}\n")
+            status[split] = "unreadable"
+            continue
+        print(format_report(report) + "\n")
+        status[split] = "ok" if report.ok else "mismatch"
+    bad = {s: v for s, v in status.items() if v != "ok"}
+    names = ", ".join(map(str, splits))
+    if not bad:
+        what = "consistent, with the official counts" if args.official else "consistent"
+        print(f"every split checked ({names}): all {what}")
+        return 0
+    listing = "; ".join(f"split {s}: {v}" for s, v in bad.items())
+    print(f"{len(bad)} of {len(splits)} splits ({names}) failed: {listing}")
+    return 2 if "unreadable" in bad.values() else 1
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -79,6 +79,8 @@ class RegDB(VIDataset):
     title = "RegDB"
     layout = LAYOUT
     PROTOCOLS = ("regdb-v2i", "regdb-i2v")
+    #: the trial splits present at a root (``uvireid data check --split all`` reads it)
+    available_splits = staticmethod(available_splits)
 
     def __init__(self, root: str | os.PathLike[str], *, split: int = 1, verify: bool = True):
         super().__init__(root)
