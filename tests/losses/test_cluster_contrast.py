@@ -299,6 +299,65 @@ def test_gram_updates_follow_the_loop_through_zero_rows_and_long_sequences():
         assert torch.equal(got[4], torch.zeros(6, dtype=got.dtype))
 
 
+def _opposing_rows(mu, rows, angle):
+    """2-D unit rows, each (pi + angle) away from the prototype the loop has reached."""
+    m, out = np.array([1.0, 0.0]), []
+    for _ in range(rows):
+        th = np.arctan2(m[1], m[0]) + np.pi + angle
+        x = np.array([np.cos(th), np.sin(th)])
+        out.append(x)
+        v = mu * m + (1 - mu) * x
+        m = v / np.linalg.norm(v)
+    return torch.tensor(np.array(out))
+
+
+@pytest.mark.parametrize(
+    "mu, rows, angle, dtype",
+    [
+        (0.5, 10, 0.05, torch.float32),
+        (0.4, 54, 0.05, torch.float32),
+        (0.7, 54, 0.05, torch.float32),
+        (0.9, 250, 0.0, torch.float64),
+        (0.5, 1, 0.0, torch.float64),
+    ],
+)
+def test_gram_updates_fall_back_to_the_rounds_where_the_recursion_cancels(mu, rows, angle, dtype):
+    """Audit BL: above momentum 1/3, rows opposing their prototype make the Gram
+    recursion's coefficients grow (by up to mu / |2 mu - 1| a row) and its final
+    combination cancel: 0.66 off at mu = 0.5, inf at 0.7, -M instead of M at 0.9. Such a
+    call runs the rounds, so "gram" gives the rounds' answer (the float64 rounds: the
+    loop's; in float32 the sequence is too ill-conditioned for any float32 result to
+    follow the float64 loop); no numpy warning leaks."""
+    import warnings
+
+    from uvireid.losses.memory import momentum_update
+
+    x = _opposing_rows(mu, rows, angle).to(dtype)
+    mem = torch.tensor([[1.0, 0.0]], dtype=dtype)
+    labels = torch.zeros(rows, dtype=torch.long)
+    got = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in ("rounds", "gram"):
+            got[method] = mem.clone()
+            momentum_update(got[method], x, labels, mu, method=method)
+    assert torch.allclose(got["gram"], got["rounds"], atol=1e-6), got
+    if dtype == torch.float64:
+        want = _loop_with_clamp(mem, x, labels.tolist(), mu)
+        assert torch.allclose(got["rounds"], want, atol=1e-9), (got, want)
+
+
+def test_gram_keeps_a_zero_prototype_zero_at_momentum_one():
+    """Momentum 1 (allowed) freezes a memory: a zero prototype with 30 rows stays zero, as
+    the rounds leave it (the recursion's scale 1/1e-12 a row overflowed into NaN)."""
+    from uvireid.losses.memory import momentum_update
+
+    x = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = torch.zeros(1, 4, dtype=torch.float64)
+    momentum_update(got, x, torch.zeros(30, dtype=torch.long), 1.0, method="gram")
+    assert torch.equal(got, torch.zeros(1, 4, dtype=torch.float64))
+
+
 def _loop_with_clamp(memory, feats, labels, mu):
     """Eq. 7 one sample at a time, with torch's normalisation (a zero row stays zero)."""
     mem = memory.clone()

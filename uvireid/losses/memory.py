@@ -104,8 +104,17 @@ GRAM_MIN_ROUNDS = 4
 
 METHODS = ("auto", "rounds", "gram")
 
+GRAM_MAX_MOMENTUM = 1.0 / 3.0
+"""``method="auto"`` takes the Gram path only up to this momentum: a coefficient can grow by
+``mu / |2 mu - 1|`` a row, at most 1 when ``mu <= 1/3`` (audit BL, session 19: rows
+opposing their prototype at mu = 0.5 cancelled the recursion's digits)."""
 
-def _sequence_by_gram(xs: torch.Tensor, m: torch.Tensor, live: list[int], momentum: float):
+GRAM_MAX_COEF = 1e4
+"""A Gram sequence whose coefficients pass this (or turn non-finite) has cancelled digits;
+the call then runs the rounds instead."""
+
+
+def _sequence_by_gram(xs: torch.Tensor, m: torch.Tensor, live: list[int], momentum: float) -> bool:
     """The rounds of :func:`momentum_update_many` with a constant number of kernels.
 
     Every state of a prototype is a combination ``M_t = sum_j c_j y_j`` of the vectors
@@ -119,7 +128,10 @@ def _sequence_by_gram(xs: torch.Tensor, m: torch.Tensor, live: list[int], moment
     number of rounds, against four a round (Cluster-Contrast's ``ClusterMemory`` update
     is one sample at a time: ``shared/notes/peers.md`` Sec. 0.3). ``xs`` (U, R, ..., d) holds
     each group's rows in sequence, ``m`` (U, ..., d) the groups' prototypes, updated in
-    place; group g takes part in round r when ``g < live[r]``."""
+    place; group g takes part in round r when ``g < live[r]``. Returns False, with ``m``
+    untouched, when a coefficient passes :data:`GRAM_MAX_COEF` (the combination would
+    cancel digits: momentum above 1/3 with rows opposing their prototype, or a zero
+    prototype taking zero rows); the caller then runs the rounds."""
     u, rounds, d = xs.shape[0], xs.shape[1], xs.shape[-1]
     y = torch.cat([m.unsqueeze(1), xs], 1).movedim(1, -2)  # (U, ..., R + 1, d)
     mid = y.shape[1:-2]
@@ -131,18 +143,22 @@ def _sequence_by_gram(xs: torch.Tensor, m: torch.Tensor, live: list[int], moment
     c[:, 0] = 1.0
     dots = g[:, 0, :].copy()  # the state's dot with every y_j
     q = g[:, 0, 0].copy()
-    for r, live_r in enumerate(live):
-        n, j = live_r * per, r + 1
-        n2 = a * a * q[:n] + 2 * a * b * dots[:n, j] + b * b * g[:n, j, j]
-        scale = 1.0 / np.maximum(np.sqrt(np.maximum(n2, 0.0)), 1e-12)
-        c[:n] *= a
-        c[:n, j] += b
-        c[:n] *= scale[:, None]
-        dots[:n] = (a * dots[:n] + b * g[:n, :, j]) * scale[:, None]
-        q[:n] = n2 * scale * scale
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for r, live_r in enumerate(live):
+            n, j = live_r * per, r + 1
+            n2 = a * a * q[:n] + 2 * a * b * dots[:n, j] + b * b * g[:n, j, j]
+            scale = 1.0 / np.maximum(np.sqrt(np.maximum(n2, 0.0)), 1e-12)
+            c[:n] *= a
+            c[:n, j] += b
+            c[:n] *= scale[:, None]
+            if not np.abs(c[:n]).max() <= GRAM_MAX_COEF:  # cancelling (or NaN): give up
+                return False
+            dots[:n] = (a * dots[:n] + b * g[:n, :, j]) * scale[:, None]
+            q[:n] = n2 * scale * scale
     coef = torch.from_numpy(c).to(y.device)
     out = torch.bmm(coef.unsqueeze(1), y).reshape(u, *mid, d)
     m.copy_(out)
+    return True
 
 
 def momentum_update_many(updates: Sequence[tuple], momentum: float, method: str = "auto") -> None:
@@ -159,11 +175,13 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float, method: str 
 
     ``method``: ``"rounds"`` (four kernels a round), ``"gram"`` (the whole sequence from
     the rows' Gram matrices, about ten kernels and one read-back: :func:`_sequence_by_gram`;
-    equal to the rounds to rounding) or ``"auto"``: the Gram path on CUDA when the longest
-    sequence has :data:`GRAM_MIN_ROUNDS` rows or more (a SALCR step's part memories take
-    about 38 rounds, 150 launches the host queues at 10-25 us each), the rounds elsewhere
-    (on a CPU a round costs what its arithmetic costs, and seeded CPU runs keep their
-    results)."""
+    equal to the rounds to rounding; a call whose coefficients grow past
+    :data:`GRAM_MAX_COEF` runs the rounds instead) or ``"auto"``: the Gram path on CUDA
+    when the longest sequence has :data:`GRAM_MIN_ROUNDS` rows or more (a SALCR step's
+    part memories take about 38 rounds, 150 launches the host queues at 10-25 us each)
+    and the momentum is at most :data:`GRAM_MAX_MOMENTUM` (the recipes use 0.1 and 0.2);
+    the rounds elsewhere (on a CPU a round costs what its arithmetic costs, and seeded
+    CPU runs keep their results)."""
     if method not in METHODS:
         raise ValueError(f"momentum_update: method must be one of {METHODS}, got {method!r}")
     if not updates:
@@ -242,10 +260,9 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float, method: str 
         m = torch.cat([updates[int(i)][0][t] for i, t in zip(used, targets)])
         m = m[idx[3 * n + u : 3 * n + 2 * u]]  # by-size order
     if method == "auto":  # on a GPU each round is launches the host waits to queue
-        method = "gram" if first.device.type == "cuda" and rounds >= GRAM_MIN_ROUNDS else "rounds"
-    if method == "gram":
-        _sequence_by_gram(xs, m, live, momentum)
-    else:
+        gram = first.device.type == "cuda" and rounds >= GRAM_MIN_ROUNDS
+        method = "gram" if gram and momentum <= GRAM_MAX_MOMENTUM else "rounds"
+    if method != "gram" or not _sequence_by_gram(xs, m, live, momentum):
         for r, live_r in enumerate(live):
             row = torch.lerp(xs[:live_r, r], m[:live_r], momentum)  # mu M[y] + (1 - mu) x
             torch.div(row, row.norm(dim=-1, keepdim=True).clamp_(min=1e-12), out=m[:live_r])
