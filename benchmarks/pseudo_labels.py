@@ -304,6 +304,7 @@ def part_clustering(sizes: list[int], reference: bool) -> list[str]:
         "uvireid peak MB | reference peak MB | memory ratio | clusters | same partition |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    print("\n".join(lines), flush=True)  # the rows follow as each size is measured
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             sp = spawn("sparse", n, tmp)
@@ -330,7 +331,7 @@ def part_clustering(sizes: list[int], reference: bool) -> list[str]:
             if ref is not None:
                 cells += [
                     f"{ref['peak_mb']:.0f}",
-                    f"{ref['peak_mb'] / max(sp['peak_mb'], 1):.0f}x",
+                    f"{ref['peak_mb'] / max(sp['peak_mb'], 1):.2g}x",
                     f"{int(sp['labels'].max()) + 1}",
                     f"{'yes' if same else 'no'} (ARI {ari:.4f})",
                 ]
@@ -359,6 +360,7 @@ def part_association(quick: bool) -> list[str]:
         "ARI cross_v | ARI cross_r | link precision | time s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    print("\n".join(lines), flush=True)
     for src, ((fv, gv, fr, gr), k_tr, eps) in sources.items():
         clusterers = {
             "ground truth": lambda x, g: g,

@@ -226,3 +226,22 @@ def test_gpu_session_script_parses_and_has_every_step_its_header_names():
     assert header, "the header names the next device session's steps"
     named = [w for w in header.group(1).split() if w != "#"]  # the comment may wrap
     assert named and set(named) <= defined, set(named) - defined
+
+
+def test_pseudo_labels_prints_the_header_of_the_table_it_measures():
+    """Audit BN: the clustering table's rows were printed without the header naming its
+    twelve columns (RESULTS.md quotes them by name)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "pseudo_labels.py"), "--part", "clustering"]
+        + ["--sizes", "500", "--no-reference", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| N | kNN floor s |"), rows[:2]
+    assert len(rows) == 3 and rows[2].startswith("| 500 |")
+    assert len(rows[0].split("|")) == len(rows[2].split("|"))
