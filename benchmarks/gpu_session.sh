@@ -16,7 +16,10 @@
 # metrics (the device tool brings back 8 files); the dataset cache and the run folders go to $WORK (default
 # /tmp/uvireid-gpu). Set UVIREID_CACHE to a cache holding the demo's prior to skip its
 # ~2-minute build. tests_cuda needs every package uvireid requires (hdbscan among them: an
-# image without it needs its wheel installed first).
+# image without it needs its wheel installed first). With the device tool, a cache inside
+# the working tree (UVIREID_CACHE=$PWD/.gpucache) must be carried on EVERY call: a later
+# call without it in `carry` finds it removed, and rebuilds the dataset and the prior
+# (session 19's second call spent its 100 s doing that).
 set -u
 out="${1:-${OUT:-gpu_out}}"
 work="${WORK:-/tmp/uvireid-gpu}"
