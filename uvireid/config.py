@@ -1202,10 +1202,50 @@ def _check_stage_batch(out: dict, prov: Provenance) -> None:
 
 
 def _check_stage_schedule(out: dict, prov: Provenance) -> None:
-    """A ``train.lr`` or ``train.iters_per_epoch`` override that stages replace with their
-    own value (``stages.N.lr``, as PGM's second stage; ``stages.N.iters_per_epoch``, as the
-    demo's) is refused when it reaches no stage, and warned when it reaches only some: the
-    README's rescaling rule, applied to ``train.*`` alone, was half applied silently."""
+    """A ``train.lr``, ``train.lr_steps`` or ``train.iters_per_epoch`` override that stages
+    replace with their own value (``stages.N.lr``, as PGM's second stage;
+    ``stages.N.iters_per_epoch``, as the demo's; a stage with its own ``lr`` or
+    ``lr_steps`` follows its own schedule) is refused when it reaches no stage, and warned
+    when it reaches only some: the README's rescaling rule, applied to ``train.*`` alone,
+    was half applied silently. ``train.lr: 0`` with a stage ``lr`` above 0 is refused: the
+    scheduler scales ``train.lr``, so such a stage trained at 0 (audit BS, session 19)."""
+    zero = [
+        f"stages.{i}.lr={s['lr']} ({s['name']})"
+        for i, s in enumerate(out["stages"])
+        if s.get("lr") is not None and s["lr"] > 0
+    ]
+    if out["train"]["lr"] == 0 and zero:
+        raise ConfigError(
+            f"train.lr is 0 while {', '.join(zero)}: a stage's lr is applied as a factor of "
+            f"train.lr, so it would train at 0 too. Set train.lr to a positive value (the "
+            f"stages with their own lr keep theirs) and stages.N.lr=0 for a stage to freeze"
+        )
+    source = prov.get("train.lr_steps")
+    if source == OVERRIDE_SOURCE and out["stages"]:
+        own = [
+            (i, s)
+            for i, s in enumerate(out["stages"])
+            if s.get("lr") is not None or s.get("lr_steps") is not None
+        ]
+        names = ", ".join(
+            f"stages.{i} ({s['name']}: "
+            + (f"lr_steps={s['lr_steps']}" if s.get("lr_steps") is not None else "its own lr")
+            + ")"
+            for i, s in own
+        )
+        steps = out["train"]["lr_steps"]
+        if own and len(own) == len(out["stages"]):
+            raise ConfigError(
+                f"{source}: train.lr_steps={steps} reaches no stage: every stage follows its "
+                f"own schedule ({names}); set stages.N.lr_steps instead"
+            )
+        if own:
+            logger.warning(
+                "train.lr_steps=%s reaches only the stages without their own schedule; %s "
+                "keep theirs",
+                steps,
+                names,
+            )
     for key in ("lr", "iters_per_epoch"):
         source = prov.get(f"train.{key}")
         value = out["train"][key]

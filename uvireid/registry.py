@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +151,18 @@ class Registry:
         near = closest(str(name), self._entries, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         listing = ", ".join(avail) if avail else "(none registered)"
+        failed = dict(PLUGIN_ERRORS)  # plugins installed but not loaded (audit BO)
+        if failed:
+            # the plugin whose error lists this name ("not registered: a, b") first
+            named = re.compile(rf"(?<![\w.-]){re.escape(str(name))}(?![\w.-])")
+            first = [p for p, err in failed.items() if named.search(err)]
+            order = first + [p for p in failed if p not in first]
+            said = "; ".join(f"{p}: {failed[p]}" for p in order)
+            return (
+                f"{self.kind} '{name}' is not registered{hint}; available: {listing}. "
+                f"Plugin(s) that failed to load, whose parts are missing: {said}: fix the "
+                f"plugin's error (`uvireid list` shows it)"
+            )
         return (
             f"{self.kind} '{name}' is not registered{hint}; available: {listing} (a part "
             f"from another package appears once that package is installed: it registers "
@@ -296,7 +309,7 @@ def _is_flag(p: inspect.Parameter) -> bool:
 
 
 DATASETS = Registry("dataset")
-BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone", {"forward": ("x", "modality"), "extract": ("x", "modality")})
 CLUSTERERS = Registry("clusterer", {"fit_predict": ("features",)})
 ASSOCIATORS = Registry("associator", {"associate": ("feats_v", "labels_v", "feats_r", "labels_r")})
 LOSSES = Registry("loss", {"forward": ("outputs", "targets")})

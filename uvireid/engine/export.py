@@ -87,7 +87,7 @@ def export_features(
         DatasetError: test images that cannot be read (:func:`extract_test_bank`).
     """
     from uvireid.engine.checkpoint import load_state_strict
-    from uvireid.engine.run_folder import dataset_check
+    from uvireid.engine.run_folder import dataset_check, dataset_meta
     from uvireid.engine.trainer import extract_test_bank, precision_of, stages_of
     from uvireid.features import save_features
     from uvireid.registry import BACKBONES, DATASETS
@@ -106,7 +106,7 @@ def export_features(
         # synthetic prior's minutes of training) would be fetched for nothing
         spec["pretrained"] = False
     backbone = BACKBONES.build(spec)
-    meta = dict(dataset.meta()) if hasattr(dataset, "meta") else {}
+    meta = dataset_meta(dataset, cfg)
     if checkpoint is not None:
         weights, info = backbone_weights(checkpoint)
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")

@@ -390,6 +390,24 @@ def refuse_split_overlap(dataset: Any) -> None:
         )
 
 
+def dataset_meta(dataset: Any, cfg: dict) -> dict:
+    """The provenance of a dataset's features: its ``meta()``, over a default that names the
+    recipe's ``data.type`` (and the dataset's ``title``) for a plugin dataset without one
+    (``meta`` is optional): with nothing named, its results read as the protocol's dataset,
+    "SYSU-MM01" (audit BO, session 19)."""
+    name = str(cfg.get("data", {}).get("type") or getattr(dataset, "name", "") or "")
+    if callable(getattr(dataset, "meta", None)):
+        meta = dict(dataset.meta())
+        if name:
+            meta.setdefault("dataset", name)
+        return meta
+    meta = {"dataset": name} if name else {}
+    title = getattr(dataset, "title", None)
+    if title:
+        meta["title"] = str(title)
+    return meta
+
+
 def dataset_check(dataset: Any) -> dict | None:
     """The dataset's counts against its release's official figures
     (:func:`uvireid.data.check.check_dataset`, no decoding), for datasets that have them:

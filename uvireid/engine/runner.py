@@ -27,6 +27,7 @@ from uvireid.engine.run_folder import (
     build_manifest,
     check_resume,
     check_world_size,
+    dataset_meta,
     refuse_split_overlap,
     resume_target,
     resumed_manifest,
@@ -159,7 +160,7 @@ def evaluate(
     seconds = {"extract": time.perf_counter() - t0}
     check_features_vary(bank.feats, modality=bank.modality)
     extra = meta or {}
-    meta = dict(dataset.meta()) if hasattr(dataset, "meta") else {}
+    meta = dataset_meta(dataset, cfg)
     meta.update(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],
@@ -241,6 +242,7 @@ def check_parts(cfg: dict) -> None:
     for key in ("reranker", "refine"):
         if cfg.get(key):
             parts.append((key, RERANKERS, cfg[key]))
+    _check_backbone_class(cfg)
 
     def propagates(name: str) -> bool:  # refine: needs features back, not distances
         return callable(getattr(RERANKERS.get(name), "propagate", None))
@@ -262,6 +264,10 @@ def check_parts(cfg: dict) -> None:
             raise ConfigError(f"{where} ({spec['type']}): {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where} ({spec['type']}): {type(exc).__name__}: {exc}") from None
+        if registry is LOSSES:
+            from uvireid.engine.trainer import check_loss_module
+
+            check_loss_module(part, f"{where} ({spec['type']})", warn=False)
         if registry is LOSSES and getattr(part, "needs_parts", False):
             part_counts.append((f"{where} ({spec['type']})", int(part.num_parts)))
     if len({n for _, n in part_counts}) > 1:
@@ -269,6 +275,35 @@ def check_parts(cfg: dict) -> None:
         raise ConfigError(
             f"the part losses share one part module, so their num_parts must agree; they "
             f"are {', '.join(f'{w}: {n}' for w, n in part_counts)}"
+        )
+
+
+def _check_backbone_class(cfg: dict) -> None:
+    """A backbone class has the methods the trainer and the extraction call (the registry
+    checks them on the built model; building one may load weights, so ``--dry-run``
+    reads the class): a plugin backbone without ``extract`` failed after its first stage
+    had trained (audit BO, session 19).
+
+    Raises:
+        RegistryError: naming the backbone and the missing method.
+    """
+    from uvireid.registry import BACKBONES
+
+    spec = cfg.get("backbone") or {}
+    if "type" not in spec:
+        return
+    cls = BACKBONES.get(spec["type"])
+    if not isinstance(cls, type):  # a factory: checked when it builds
+        return
+    missing = [m for m in BACKBONES.contract if not callable(getattr(cls, m, None))]
+    if missing:
+        from uvireid.errors import RegistryError
+
+        raise RegistryError(
+            f"backbone '{spec['type']}' ({cls.__module__}.{cls.__qualname__}) has no "
+            f"{' or '.join(m + '()' for m in missing)} method; the trainer calls "
+            f"forward(x, modality) -> uvireid.models.backbone.BackboneOutput and extract(x, "
+            f"modality, flip=True, head='bn_feat') -> (B, d) features"
         )
 
 
@@ -387,6 +422,18 @@ def _check_sampler(ev: dict, data_type: Any = None) -> None:
         raise ConfigError(
             f"evaluation.shot is '{ev['shot']}', but RegDB has no gallery sampling (every "
             f"test image of the split is used); drop evaluation.shot (single)"
+        )
+    if regdb and data_type in ("regdb", None) and int(ev.get("trials", 1) or 1) != 1:
+        # audit BS: recorded as 10 in config.yaml, evaluated (and recorded in the results)
+        # as 1; a warning, not a refusal: 10 is also the default a recipe without
+        # datasets/regdb.yaml carries (a RegDB protocol on another dataset is refused,
+        # more to the point, by its fit)
+        logger.warning(
+            "evaluation.trials is %s, but a RegDB evaluation is one trial of its split: "
+            "RegDB's ten trials are its ten splits (train and evaluate with data.split=1..10, "
+            "then `uvireid eval` averages the features files); each evaluation of this run "
+            "is one trial (set evaluation.trials=1, as recipes/datasets/regdb.yaml does)",
+            ev["trials"],
         )
     perm = ev.get("perm_file")
     if ev.get("sampler") == "official":

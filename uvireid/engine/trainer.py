@@ -175,6 +175,11 @@ def _check_cross_labels(
     """
     import dataclasses
 
+    if not isinstance(cl, CrossLabels):
+        raise TrainingError(
+            f"associator '{who}' returned {type(cl).__name__}; associate(feats_v, labels_v, "
+            f"feats_r, labels_r) must return a uvireid.types.CrossLabels"
+        )
     bounds = {"v": kv, "r": kr}
     for side, k, said in (("v", kv, cl.num_clusters_v), ("r", kr, cl.num_clusters_r)):
         if cl.unified:
@@ -513,6 +518,50 @@ def extract_test_bank(
     )
 
 
+def check_loss_module(loss: Any, where: str, warn: bool = True) -> None:
+    """What the trainer does with a loss, checked on a built one (audit BO, session 19):
+    it optimises the model's parameters only, so a loss with trainable parameters of its
+    own is refused (they would take gradients and never move); a loss holding buffers (a
+    memory) without ``update`` or ``reset`` is warned about, since the trainer calls
+    those only where they exist (a misspelt ``update`` trains against frozen prototypes).
+
+    Raises:
+        ConfigError: a loss with trainable parameters, naming it.
+    """
+    params = [p for p in getattr(loss, "parameters", lambda: [])() if p.requires_grad]
+    if params:
+        n = sum(p.numel() for p in params)
+        raise ConfigError(
+            f"{where}: the loss has {len(params)} trainable parameter tensor(s) ({n:,} "
+            f"values), which the trainer does not optimise (it optimises the model's): put "
+            f"learnable modules in the backbone, or freeze them (requires_grad_(False))"
+        )
+    if warn and any(True for _ in getattr(loss, "buffers", lambda: [])()):
+        missing = [m for m in ("reset", "update") if not callable(getattr(loss, m, None))]
+        if missing:
+            logger.warning(
+                "%s holds buffers (a memory?) but has no %s(): the trainer calls reset"
+                "(context) at each epoch's start and update(outputs, targets) after each "
+                "step only where a loss defines them (uvireid.losses.contract)",
+                where,
+                " or ".join(missing),
+            )
+
+
+def _fit_buffers(module: nn.Module, state: dict) -> None:
+    """Give each buffer of ``module`` (a stage's losses) the shape its checkpoint holds: a
+    loss's memories take the epoch's cluster count (``reset``), so a resumed run's fresh
+    losses hold other sizes than the saved ones. The built-in memories do this in their
+    ``_load_from_state_dict``; a plugin loss need not (audit BO, session 19). Parameters
+    are not touched: a parameter of another shape is still a checkpoint that does not fit."""
+    for name, buf in list(module.named_buffers()):
+        saved = state.get(name)
+        if isinstance(saved, torch.Tensor) and saved.shape != buf.shape:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._buffers[leaf] = torch.empty_like(saved, device=buf.device)
+
+
 def _plain_info(value: Any) -> Any:
     """An associator's ``info`` value as metrics.jsonl keeps it: a plain scalar (numpy and
     torch scalars as Python ones), or a short list of them (OTLA's iterations and
@@ -768,9 +817,11 @@ class Trainer:
     def losses_of(self, stage: Stage) -> nn.ModuleList:
         if stage.name not in self.losses:
             mods = []
-            for item in stage.losses:
+            for i, item in enumerate(stage.losses):
                 kwargs = {k: v for k, v in item.items() if k != "weight"}
-                mods.append(LOSSES.build(kwargs))
+                loss = LOSSES.build(kwargs)
+                check_loss_module(loss, f"stage '{stage.name}': losses.{i} ({item['type']})")
+                mods.append(loss)
             self.losses[stage.name] = nn.ModuleList(mods).to(self.device)
         return self.losses[stage.name]
 
@@ -1139,6 +1190,17 @@ class Trainer:
                 if not _applies(loss, outputs):
                     continue
                 value = loss(outputs, targets)
+                if not (isinstance(value, torch.Tensor) and value.dim() == 0):
+                    what = (
+                        f"a tensor of shape {tuple(value.shape)}"
+                        if isinstance(value, torch.Tensor)
+                        else type(value).__name__
+                    )
+                    raise TrainingError(
+                        f"stage '{stage.name}': loss {name} returned {what}; a loss's "
+                        f"forward(outputs, targets) must return a scalar tensor (0-dim, "
+                        f"connected to outputs for its gradient)"
+                    )
                 terms[name] = value
                 total = total + weight * value
             return total, terms
@@ -1245,6 +1307,8 @@ class Trainer:
             parts_r=None if pr is None else pr[0].to(self.device),
             part_weights_v=None if pv is None or pv[1] is None else pv[1].to(self.device),
             part_weights_r=None if pr is None or pr[1] is None else pr[1].to(self.device),
+            cams_v=self.cams_v,
+            cams_r=self.cams_r,
         )
         for loss in losses:
             if hasattr(loss, "reset"):
@@ -1549,8 +1613,10 @@ class Trainer:
             # a stage that has not started holds nothing trained (its memories are filled
             # at its first epoch): skipped, so --allow-changes may change its losses
             if s.name in state["losses"] and s.first_epoch < int(state["epoch"]):
+                losses = self.losses_of(s)
+                _fit_buffers(losses, state["losses"][s.name])
                 load_state_strict(
-                    self.losses_of(s),
+                    losses,
                     state["losses"][s.name],
                     f"checkpoint {path} (losses of stage '{s.name}')",
                 )

@@ -8,6 +8,27 @@ Every registered loss is an ``nn.Module`` with the same three calls (DESIGN.md "
 * ``update(outputs, targets)`` after the optimiser step, with detached outputs: the
   explicit momentum update of its memories (none for memory-free losses).
 
+For a loss written outside uvireid (a plugin), the trainer also relies on these:
+
+* ``reset`` and ``update`` are called only where a loss defines them; a loss holding
+  buffers without them is warned about (a misspelt ``update`` would train against frozen
+  prototypes).
+* Under DDP every rank calls ``update`` with its own rows only: gather them first
+  (:func:`uvireid.engine.distributed.all_gather_cat` for features,
+  :func:`~uvireid.engine.distributed.gather_labels` for labels, as
+  :meth:`uvireid.losses.memory.ClusterMemory.update` does), so that every rank applies
+  the same update and the memories stay identical.
+* Buffers are saved in checkpoints and may change size from epoch to epoch (``reset``
+  sizes them to the cluster count); a resumed run's buffers take the checkpoint's sizes.
+* A loss has no trainable parameters of its own: the optimiser holds the model's, so a
+  loss with a learnable head is refused (put learnable modules in the backbone).
+* What a loss cannot see: the pre-BN pooled feature (``outputs`` hold the BN-neck's);
+  camera ids come per epoch (``EpochContext.cams_v``, indexed by ``targets.idx_v``).
+* ``forward`` returns a 0-dim tensor; flags the trainer reads: ``needs_parts = True``
+  with ``num_parts`` (the part features in ``outputs.parts``; FGSAL's part module is
+  built with that many parts), ``needs_pairs`` (paired batches only) and
+  ``needs_cross_labels`` (a stage with an associator).
+
 A batch holds ``S_v`` visible images (``feat_v``), their channel-augmented copies
 (``feat_a``, same files, same labels) and ``S_r`` infrared images (``feat_r``). In the
 paired (SALCR) stage ``S_v = S_r = S`` and row n of each is one potential-positive pair.
@@ -131,6 +152,9 @@ class EpochContext(EpochLabels):
             are the slices of that vector jointly normalised, from which the official
             SALCR code seeds its part memories (``official_quirks``).
         epoch: the epoch's index within its stage (0 for the stage's first epoch).
+        cams_v, cams_r: (N,) int64 numpy camera ids of the training images, in the same
+            order (a step's ``targets.idx_v`` index them: camera-aware memories), or None
+            when the caller has none.
     """
 
     feats_v: torch.Tensor
@@ -140,6 +164,8 @@ class EpochContext(EpochLabels):
     part_weights_v: torch.Tensor | None = None
     part_weights_r: torch.Tensor | None = None
     epoch: int = 0
+    cams_v: np.ndarray | None = None
+    cams_r: np.ndarray | None = None
 
     @classmethod
     def of(cls, labels: EpochLabels, **features) -> EpochContext:

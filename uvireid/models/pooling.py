@@ -10,8 +10,12 @@ p = 1 is average pooling and p -> inf max pooling; the peers fix p = 3.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> torch.Tensor:
@@ -39,6 +43,25 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gem(x, self.p, self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A fixed ``p`` is a setting, not a weight: loading a checkpoint keeps the one this
+        module was built with (``backbone.gem_p``), so a run's weights pooled with another
+        exponent use the recipe's, as its config records (it was silently the
+        checkpoint's: audit BS, session 19). A learnable ``p`` loads as a weight."""
+        key = prefix + "p"
+        if not isinstance(self.p, nn.Parameter) and key in state_dict:
+            saved = state_dict[key]
+            if isinstance(saved, torch.Tensor) and saved.shape == self.p.shape:
+                if not torch.equal(saved.to(self.p.device, self.p.dtype), self.p):
+                    logger.info(
+                        "GeM: p=%.3g as set (the checkpoint's was %.3g)",
+                        float(self.p),
+                        float(saved.float()),
+                    )
+                state_dict = dict(state_dict)
+                state_dict[key] = self.p.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         kind = "learnable" if isinstance(self.p, nn.Parameter) else "fixed"
