@@ -247,8 +247,10 @@ def test_timm_backbone_single_stream():
         TimmBackbone("resnet5O")
     with pytest.raises(ConfigError, match="timm: gem_p must be a finite number > 0, got 0"):
         TimmBackbone("resnet10t", gem_p=0)
-    with pytest.raises(ConfigError, match="timm: pretrained must be true or false, got 'yes'"):
+    with pytest.raises(ConfigError, match="timm: pretrained 'yes' is not a file; give true"):
         TimmBackbone("resnet10t", pretrained="yes")
+    with pytest.raises(ConfigError, match="timm: pretrained must be true, false or a weights"):
+        TimmBackbone("resnet10t", pretrained=3)
 
 
 def test_half_fitting_checkpoint_is_an_error_listing_the_keys(tmp_path):

@@ -257,7 +257,7 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
     except Exception:  # not a torch zip file
         return None
     allowed = {g for g in needs if g in _CHECKPOINT_GLOBALS or g.startswith("numpy.dtypes.")}
-    if not needs or needs - allowed:  # plain weights (read once, by the caller), or foreign
+    if needs - allowed:  # foreign objects: not unpickled here
         return None
     import importlib
 
@@ -539,13 +539,49 @@ class TwoStreamResNet(_ReidHead):
         return self._head(self.forward_map(x, modality))
 
 
+def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
+    """timm loads a local weights file leniently (keys it does not know are a log line): a
+    file of another model left the weights random without an error. Every weight of the
+    model (its classifier removed) must be in the file.
+
+    Raises:
+        ConfigError: naming the missing keys."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+        keys = {k.removeprefix("module.") for k in state} if isinstance(state, dict) else set()
+    missing = [k for k in model.state_dict() if k not in keys]
+    if missing:
+        raise ConfigError(
+            f"backbone.pretrained: {path} does not hold the weights of timm model '{name}': "
+            f"{len(missing)} of its {len(model.state_dict())} tensors are missing (e.g. "
+            f"{', '.join(missing[:3])}); give that model's weights file, or a uvireid "
+            f"checkpoint of a run with this backbone"
+        )
+
+
 @BACKBONES.register("timm")
 class TimmBackbone(_ReidHead):
     """A single-stream timm model with GeM and a BN neck; ``modality`` is ignored.
 
     Args:
         name: timm model name (``timm.list_models()``), e.g. ``"resnet50"``.
-        pretrained: load timm's pretrained weights (downloaded once; never in tests).
+        pretrained: ``true`` loads timm's pretrained weights (downloaded once; never in
+            tests); a path loads local weights: a uvireid run's checkpoint (its
+            backbone, trained with the same ``name`` and settings) or a timm weights file
+            (``.pth``/``.safetensors``, read by timm for this model, position embeddings
+            resampled to ``img_size``).
+        output_stride: the feature map's stride for convolutional models that take one
+            (timm's ``output_stride``: 16 gives an 18 x 9 map at 288 x 144, as the
+            two-stream ResNet's ``last_stride: 1``); None: the model's (32).
         gem_p: GeM exponent for models whose features are a (B, C, h, w) map; other
             models (vision transformers) use their own pooling.
         img_size: ``[H, W]`` the model is built for, for models of a fixed input size
@@ -560,13 +596,29 @@ class TimmBackbone(_ReidHead):
     def __init__(
         self,
         name: str = "resnet50",
-        pretrained: bool = False,
+        pretrained: bool | str = False,
         gem_p: float = 3.0,
         img_size: list[int] | None = None,
+        output_stride: int | None = None,
     ):
         super().__init__()
-        if not isinstance(pretrained, bool):
-            raise ConfigError(f"timm: pretrained must be true or false, got {pretrained!r}")
+        own = None  # a uvireid run's backbone weights, loaded after the model is built
+        local = None  # a timm weights file
+        if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"timm: pretrained {str(pretrained)!r} is not a file; give true (timm's "
+                    f"weights), false, or the path of a uvireid checkpoint or a timm weights file"
+                )
+            own = uvireid_backbone_weights(path)
+            local = None if own is not None else str(path.resolve())
+        elif not isinstance(pretrained, bool):
+            raise ConfigError(
+                f"timm: pretrained must be true, false or a weights file, got {pretrained!r}"
+            )
+        if output_stride is not None:
+            check_k(output_stride, "output_stride", "timm")
         check_positive(gem_p, "gem_p", "timm")
         if img_size is not None:
             if not isinstance(img_size, list | tuple) or len(img_size) != 2:
@@ -580,36 +632,86 @@ class TimmBackbone(_ReidHead):
                 "backbone type 'timm' needs the timm package: pip install timm"
             ) from None
 
-        if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        hub = name.startswith(("local-dir:", "hf-hub:"))  # timm's own forms of a source
+        if (
+            not hub
+            and name not in timm.list_models()
+            and name not in timm.list_models(pretrained=True)
+        ):
             from uvireid._suggest import closest
 
             near = closest(name, timm.list_models(), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
             raise ConfigError(f"timm has no model '{name}'{hint}")
-        extra = {} if img_size is None else {"img_size": tuple(int(v) for v in img_size)}
+        extra: dict[str, Any] = {}
+        if img_size is not None:
+            extra["img_size"] = tuple(int(v) for v in img_size)
+        if output_stride is not None:
+            extra["output_stride"] = int(output_stride)
+        if local is not None:
+            extra["pretrained_cfg_overlay"] = {"file": local}
+        fetch = pretrained is True or local is not None
         try:
-            self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
+            self.model = timm.create_model(name, pretrained=fetch, num_classes=0, **extra)
         except TypeError as exc:
-            if img_size is None or "img_size" not in str(exc):
-                raise
-            raise ConfigError(
-                f"timm: model '{name}' takes no img_size (it takes images of any size); "
-                f"remove backbone.img_size"
-            ) from None
+            for key in ("img_size", "output_stride"):
+                if key in extra and key in str(exc):
+                    raise ConfigError(
+                        f"timm: model '{name}' takes no {key}; remove backbone.{key}"
+                    ) from None
+            raise
         except (AssertionError, ValueError, RuntimeError) as exc:
-            if img_size is None:
+            if img_size is None and output_stride is None and not fetch:
                 raise
             raise ConfigError(
-                f"timm: model '{name}' cannot be built for img_size {list(img_size)} "
-                f"({type(exc).__name__}: {exc}); choose a size it supports (for Swin, "
-                f"multiples of its patch size x window size)"
+                f"timm: model '{name}' cannot be built with "
+                f"{ {k: v for k, v in extra.items() if k != 'pretrained_cfg_overlay'} } "
+                f"{'from ' + local if local else ''}({type(exc).__name__}: {exc}); for "
+                f"img_size choose a size it supports (for Swin, multiples of its patch size "
+                f"x window size)"
             ) from None
+        except Exception as exc:  # offline, a proxy, a missing hub file: no raw traceback
+            if not fetch:
+                raise
+            raise ConfigError(
+                f"timm: the pretrained weights of '{name}' could not be read "
+                f"({type(exc).__name__}: {str(exc)[:200]}); on a machine without internet, "
+                f"download them elsewhere and set backbone.pretrained to the local file, or "
+                f"use pretrained: false"
+            ) from None
+        if local is not None:
+            _check_local_timm_weights(self.model, local, name)
+        patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        if img_size is not None and patch is not None:
+            ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+            h, w = (int(v) for v in img_size)
+            if h % ph or w % pw:
+                near = f"{h - h % ph or ph} x {w - w % pw or pw}"
+                raise ConfigError(
+                    f"timm: model '{name}' cuts {h} x {w} images into {ph} x {pw} patches "
+                    f"and would never read the last {h % ph} row(s) and {w % pw} column(s) "
+                    f"(audit BU); use a multiple of the patch size for train.height/width "
+                    f"and backbone.img_size, e.g. {near}"
+                )
         self.name = name
         self.fixed_input_size = _fixed_input_size(self.model)
         self.channels_last_map = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
         self.out_dim = self.model.num_features
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
+        if own is not None:
+            from uvireid.engine.checkpoint import load_state_strict
+            from uvireid.errors import CheckpointError
+
+            try:
+                load_state_strict(self, own, source=f"the backbone of {pretrained}")
+            except CheckpointError as exc:
+                raise ConfigError(
+                    f"backbone.pretrained: {exc} (a uvireid checkpoint loads into the "
+                    f"backbone settings of the run that wrote it: name, img_size, "
+                    f"output_stride)"
+                ) from None
+            logger.info("backbone: weights of the uvireid checkpoint %s", pretrained)
 
     def check_input_size(self, height: int, width: int, where: str = "train") -> None:
         """Refuse an image size a fixed-size model cannot take, naming the fix.

@@ -1,0 +1,128 @@
+"""timm backbones' weight sources and feature maps (audit BU, session 19). Nothing is
+downloaded: every model is built with pretrained=False, from a local file, or with
+timm.create_model replaced by a stub that raises what huggingface_hub raises offline."""
+
+import pytest
+import torch
+
+from uvireid.errors import ConfigError
+from uvireid.models.backbone import TimmBackbone
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+
+
+def test_timm_pretrained_download_failure_is_a_config_error(monkeypatch):
+    """Finding 1: pretrained=true without the weights in the HF cache (offline machine,
+    proxy) must be a ConfigError naming the model and the way out, not huggingface_hub's
+    raw LocalEntryNotFoundError traceback (TwoStreamResNet already does this for
+    torchvision's download, backbone.py build_resnet)."""
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise LocalEntryNotFoundError(
+                "An error happened while trying to locate the file on the Hub and we "
+                "cannot find the requested files in the local cache."
+            )
+        return real(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="resnet18"):
+        TimmBackbone("resnet18", pretrained=True)
+
+
+def test_timm_backbone_starts_from_a_uvireid_checkpoint(tmp_path):
+    """Finding 2: README's backbone.pretrained (a uvireid run's RUN/checkpoints/latest.pt,
+    'to start a stage or another dataset from a trained run') is refused for timm:
+    "timm: pretrained must be true or false"."""
+    from uvireid.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    trained = TimmBackbone("resnet18")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    path = save_checkpoint(
+        tmp_path,
+        {"epoch": 1, "model": {"backbone." + k: v for k, v in trained.state_dict().items()}},
+    )
+    fresh = TimmBackbone("resnet18", pretrained=str(path))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_timm_backbone_takes_a_local_timm_weights_file(tmp_path):
+    """Finding 2: the only offline route to pretrained timm weights is a local file
+    (timm's own pretrained_cfg_overlay=dict(file=PATH) loads it and resamples a ViT's
+    position embedding to img_size); backbone.pretrained: PATH refuses it."""
+    import timm
+
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(src.state_dict(), path)
+    m = TimmBackbone("vit_tiny_patch16_224", pretrained=str(path), img_size=[64, 32])
+    assert torch.equal(m.model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    assert m.model.pos_embed.shape[1] == 1 + 4 * 2
+
+
+@pytest.mark.parametrize("name,size", [("vit_tiny_patch16_224", (70, 30))])
+def test_vit_img_size_not_a_multiple_of_the_patch_is_not_silently_cropped(name, size):
+    """Finding 3: at an img_size that is not a multiple of the patch size the patch
+    embedding floors the grid and never sees the last rows/columns (here 14 of 30
+    columns; DINOv2's patch 14 at the recipes' 288 x 144 drops 8 rows and 4 columns).
+    Either refuse the size, or pad (timm: dynamic_img_size + dynamic_img_pad)."""
+    h, w = size
+    try:
+        m = TimmBackbone(name, img_size=[h, w]).eval()
+    except ConfigError:
+        return  # refused with a message: fine
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, h, w)
+    y = x.clone()
+    y[..., :, 16:] = 3.0  # the columns past the first full 16-pixel patch
+    with torch.no_grad():
+        assert not torch.allclose(m(x, 0).bn_feat, m(y, 0).bn_feat)
+
+
+def test_timm_cnn_can_keep_the_papers_stride_16_map():
+    """Finding 4: SALCR's part stripes come from a last-stride-1 map (18 x 9 at 288 x 144);
+    a timm ResNet gives 9 x 5 and TimmBackbone has no way to ask timm for output_stride=16."""
+    m = TimmBackbone("resnet18", output_stride=16).eval()
+    with torch.no_grad():
+        fmap = m(torch.zeros(1, 3, 288, 144), 0).feature_map
+    assert tuple(fmap.shape[-2:]) == (18, 9)
+
+
+def test_timm_local_dir_model_name_is_not_refused(tmp_path):
+    """Finding 2: timm's own offline route, name 'local-dir:/folder' (config.json plus
+    weights, as timm.models._hub.save_for_hf writes), is refused by the name check
+    ("timm has no model 'local-dir:...'"); so is 'hf-hub:timm/...'."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    src = timm.create_model("resnet18", num_classes=0)
+    save_for_hf(src, str(tmp_path))
+    m = TimmBackbone(f"local-dir:{tmp_path}", pretrained=True)
+    assert torch.equal(m.model.conv1.weight, src.conv1.weight)
+
+
+def test_a_local_weights_file_of_another_model_is_refused(tmp_path):
+    """timm loads a local file leniently: a file of another model (or a uvireid file of
+    another backbone) would leave the weights random, with one log line."""
+    import timm
+
+    src = timm.create_model("resnet18", num_classes=0)
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    with pytest.raises(ConfigError, match="does not hold the weights of timm model 'resnet34'"):
+        TimmBackbone("resnet34", pretrained=str(path))
+    with pytest.raises(ConfigError, match="is not a file"):
+        TimmBackbone("resnet18", pretrained=str(tmp_path / "none.pth"))
