@@ -70,3 +70,23 @@ def test_regdb_run_with_several_trials_says_it_evaluates_one(caplog):
     with caplog.at_level(logging.WARNING):
         _check_sampler(cfg["evaluation"], cfg["data"]["type"])
     assert not caplog.records
+
+
+def test_a_learnt_gem_p_loaded_into_a_fixed_gem_is_warned(caplog):
+    """A learnt p is saved under the same key as a fixed one: loading it into a GeM built
+    with gem_learnable: false keeps the recipe's p, and says how to load the learnt one
+    (audit BT)."""
+    import logging
+
+    from uvireid.engine.checkpoint import load_state_strict
+    from uvireid.registry import BACKBONES
+
+    spec = {"type": "two_stream_resnet", "arch": "resnet18", "share_from": "stem"}
+    learnt = BACKBONES.build({**spec, "gem_learnable": True})
+    with torch.no_grad():
+        learnt.pool.p.fill_(4.5)
+    fixed = BACKBONES.build(spec)
+    with caplog.at_level(logging.WARNING):
+        load_state_strict(fixed, learnt.state_dict(), source="ckpt")
+    assert float(fixed.pool.p) == 3.0
+    assert any("gem_learnable: true" in r.getMessage() for r in caplog.records)

@@ -220,3 +220,20 @@ def test_a_run_warns_about_a_dataset_that_is_not_the_release(sysu_root, caplog):
     assert manifest["dataset_check"]["ok"] is False
     assert "is not the official release" in caplog.text
     assert "results on it are not comparable with published ones" in caplog.text
+
+
+def test_split_all_reads_the_root_as_a_single_split_does(tmp_path, monkeypatch, capsys):
+    """`--split all` expands ~ and names a missing root as one split does (audit BT: it
+    said 'copy the idx/ folder' for a mistyped root)."""
+    from uvireid.data.fixtures import make_regdb_tree
+
+    make_regdb_tree(tmp_path / "RegDB", splits=(1, 2))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["data", "check", "~/RegDB", "--dataset", "regdb", "--official", "false"]
+    assert main([*argv, "--split", "1"]) == 0
+    assert main([*argv, "--split", "all"]) == 0
+    capsys.readouterr()
+    assert (
+        main(["data", "check", str(tmp_path / "nope"), "--dataset", "regdb", "--split", "all"]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err

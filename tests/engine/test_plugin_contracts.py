@@ -243,3 +243,66 @@ def test_reset_receives_each_training_images_camera(tmp_path, registered):
     sysu = DATASETS.build(cfg["data"])
     assert len(cams_v) == n and set(cams_v) == {r.cam for r in sysu.train if r.modality == 0}
     assert set(cams_r) == {r.cam for r in sysu.train if r.modality == 1}
+
+
+class _Wrapped(nn.Module):
+    """A backbone adapter that forwards what it lacks (extract, out_dim) to its inner model."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = BACKBONES.build(
+            {"type": "two_stream_resnet", "arch": "resnet18", "share_from": "stem"}
+        )
+
+    def forward(self, x, modality):
+        return self.inner(x, modality)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+
+def test_a_wrapper_backbone_that_forwards_extract_passes_dry_run(tmp_path, registered):
+    """The class check of --dry-run leaves a class with its own __getattr__ to the build's
+    check (audit BT: a valid adapter was refused)."""
+    registered(BACKBONES, "zz_bt_wrapped", _Wrapped)
+    assert callable(BACKBONES.build({"type": "zz_bt_wrapped"}).extract)
+    cfg = tiny_recipe(tmp_path, name="tiny")
+    cfg["backbone"] = {"type": "zz_bt_wrapped"}
+    preflight(validate(cfg))
+
+
+def test_a_loss_with_constant_buffers_and_no_memory_is_not_warned(caplog):
+    """Class weights (CrossEntropyLoss(weight=...)) are a buffer of a stateless loss: no
+    reset or update is needed, and none is asked for (audit BT)."""
+    import logging
+
+    from uvireid.engine.trainer import check_loss_module
+
+    class WeightedID(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ce = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0]))
+
+        def forward(self, outputs, targets):
+            return outputs.feat_v.sum() * 0
+
+    with caplog.at_level(logging.WARNING):
+        check_loss_module(WeightedID(), "stage 'x': losses.0 (weighted_id)")
+    assert not caplog.records
+
+
+def test_a_library_dataset_is_labelled_by_its_own_name():
+    """dataset_meta takes the dataset object's name before the recipe's data.type (a
+    library user's dataset passed with a SYSU recipe read as sysu: audit BT)."""
+    from uvireid.engine.run_folder import dataset_meta
+
+    class Mine:
+        name, title = "mine", "My cameras"
+
+    assert dataset_meta(Mine(), {"data": {"type": "sysu"}}) == {
+        "dataset": "mine",
+        "title": "My cameras",
+    }

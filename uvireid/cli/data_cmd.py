@@ -185,6 +185,14 @@ def _check_every_split(args: argparse.Namespace) -> int:
             f"--split all applies to datasets with several splits (regdb); {args.dataset} "
             f"has one fixed split. Leave --split out"
         )
+    from pathlib import Path
+
+    args.root = str(Path(args.root).expanduser())
+    if not Path(args.root).is_dir():
+        raise DatasetError(
+            f"{args.dataset} root {args.root} does not exist or is not a folder; give the "
+            f"dataset's folder as released"
+        )
     splits = finder(args.root)
     if not splits:
         raise DatasetError(

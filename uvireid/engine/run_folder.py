@@ -395,7 +395,9 @@ def dataset_meta(dataset: Any, cfg: dict) -> dict:
     recipe's ``data.type`` (and the dataset's ``title``) for a plugin dataset without one
     (``meta`` is optional): with nothing named, its results read as the protocol's dataset,
     "SYSU-MM01" (audit BO, session 19)."""
-    name = str(cfg.get("data", {}).get("type") or getattr(dataset, "name", "") or "")
+    # the object's own name first: a library user's dataset passed with a recipe of
+    # another data.type (audit BT)
+    name = str(getattr(dataset, "name", "") or cfg.get("data", {}).get("type") or "")
     if callable(getattr(dataset, "meta", None)):
         meta = dict(dataset.meta())
         if name:

@@ -295,6 +295,8 @@ def _check_backbone_class(cfg: dict) -> None:
     cls = BACKBONES.get(spec["type"])
     if not isinstance(cls, type):  # a factory: checked when it builds
         return
+    if getattr(cls, "__getattr__", None) not in (None, torch.nn.Module.__getattr__):
+        return  # a wrapper that forwards attributes: its instances are checked when built
     missing = [m for m in BACKBONES.contract if not callable(getattr(cls, m, None))]
     if missing:
         from uvireid.errors import RegistryError

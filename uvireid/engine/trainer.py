@@ -522,8 +522,9 @@ def check_loss_module(loss: Any, where: str, warn: bool = True) -> None:
     """What the trainer does with a loss, checked on a built one (audit BO, session 19):
     it optimises the model's parameters only, so a loss with trainable parameters of its
     own is refused (they would take gradients and never move); a loss holding buffers (a
-    memory) without ``update`` or ``reset`` is warned about, since the trainer calls
-    those only where they exist (a misspelt ``update`` trains against frozen prototypes).
+    memory) with ``reset`` but no ``update`` (or the reverse) is warned about, since the
+    trainer calls those only where they exist (a misspelt ``update`` trains against
+    frozen prototypes).
 
     Raises:
         ConfigError: a loss with trainable parameters, naming it.
@@ -538,7 +539,9 @@ def check_loss_module(loss: Any, where: str, warn: bool = True) -> None:
         )
     if warn and any(True for _ in getattr(loss, "buffers", lambda: [])()):
         missing = [m for m in ("reset", "update") if not callable(getattr(loss, m, None))]
-        if missing:
+        # one of the two without the other: a memory with a misspelt method (a loss with
+        # constant buffers, e.g. class weights, has neither: audit BT)
+        if len(missing) == 1:
             logger.warning(
                 "%s holds buffers (a memory?) but has no %s(): the trainer calls reset"
                 "(context) at each epoch's start and update(outputs, targets) after each "

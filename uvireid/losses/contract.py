@@ -11,8 +11,8 @@ Every registered loss is an ``nn.Module`` with the same three calls (DESIGN.md "
 For a loss written outside uvireid (a plugin), the trainer also relies on these:
 
 * ``reset`` and ``update`` are called only where a loss defines them; a loss holding
-  buffers without them is warned about (a misspelt ``update`` would train against frozen
-  prototypes).
+  buffers with one of them but not the other is warned about (a misspelt ``update``
+  would train against frozen prototypes); a loss with constant buffers needs neither.
 * Under DDP every rank calls ``update`` with its own rows only: gather them first
   (:func:`uvireid.engine.distributed.all_gather_cat` for features,
   :func:`~uvireid.engine.distributed.gather_labels` for labels, as

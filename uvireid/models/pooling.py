@@ -54,8 +54,11 @@ class GeM(nn.Module):
             saved = state_dict[key]
             if isinstance(saved, torch.Tensor) and saved.shape == self.p.shape:
                 if not torch.equal(saved.to(self.p.device, self.p.dtype), self.p):
-                    logger.info(
-                        "GeM: p=%.3g as set (the checkpoint's was %.3g)",
+                    # a learnt p is saved under the same key (audit BT): say so loudly
+                    logger.warning(
+                        "GeM: p=%.3g as set (backbone.gem_p), not the checkpoint's %.3g; if "
+                        "that run learnt p (backbone.gem_learnable: true), build with "
+                        "gem_learnable: true to load it",
                         float(self.p),
                         float(saved.float()),
                     )
