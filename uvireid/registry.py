@@ -270,6 +270,10 @@ class Registry:
                 f"{type(exc).__name__}: {exc}{where}"
             ) from exc
         self._check_contract(name, built)
+        try:  # what it was built from, for provenance where the part has no `name`
+            built._uvireid_spec = (name, dict(kwargs))
+        except (AttributeError, TypeError):  # slots, a builtin: provenance uses the class
+            pass
         return built
 
     def _check_contract(self, name: str, built: Any) -> None:

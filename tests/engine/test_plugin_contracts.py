@@ -306,3 +306,26 @@ def test_a_library_dataset_is_labelled_by_its_own_name():
         "dataset": "mine",
         "title": "My cameras",
     }
+
+
+def test_a_plugin_reranker_without_a_name_is_named_by_its_spec(registered):
+    """Tables and provenance named a re-ranker without ``name`` by its class, so two
+    settings read the same (audit BO); now its registered name and settings."""
+    from uvireid.evaluation.protocols import _reranker_name
+    from uvireid.registry import RERANKERS
+    from uvireid.rerank import OnDevice
+
+    class Cos:
+        def __init__(self, k: int = 1):
+            self.k = k
+
+        def rerank(self, query, gallery):
+            return -(query @ gallery.T)
+
+    registered(RERANKERS, "zz_bo_cos", Cos)
+    three = RERANKERS.build({"type": "zz_bo_cos", "k": 3})
+    assert _reranker_name(three) == "zz_bo_cos(k=3)"
+    assert OnDevice(three, "cpu").name == "zz_bo_cos(k=3)"
+    assert _reranker_name(RERANKERS.build({"type": "zz_bo_cos"})) == "zz_bo_cos"
+    assert _reranker_name(Cos()) == "Cos"  # built outside the registry
+    assert _reranker_name(RERANKERS.build({"type": "cmfp"})) == "cmfp(k=30)"

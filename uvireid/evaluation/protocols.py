@@ -822,10 +822,20 @@ def _regdb_split(features: Features) -> int | None:
 
 
 def _reranker_name(reranker: Any) -> str:
+    """A re-ranker's ``name`` (the built-ins': ``cmfp(k=30)``); for one without (a
+    plugin's), its registered name and the settings it was built with, so that two
+    settings are two rows (audit BO); else its class name."""
     if reranker is None:
         return "none"
     name = getattr(reranker, "name", None)
-    return str(name) if name else type(reranker).__name__
+    if name:
+        return str(name)
+    inner = getattr(reranker, "reranker", None)  # OnDevice: the wrapped one's spec
+    spec = getattr(reranker, "_uvireid_spec", None) or getattr(inner, "_uvireid_spec", None)
+    if isinstance(spec, tuple) and len(spec) == 2:
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(spec[1].items()))
+        return f"{spec[0]}({settings})" if settings else str(spec[0])
+    return type(reranker).__name__
 
 
 def _distance(query: np.ndarray, gallery: np.ndarray, reranker: Any) -> np.ndarray:

@@ -67,7 +67,11 @@ class OnDevice:
     def name(self) -> str:
         """The wrapped re-ranker's name (provenance does not change with the device)."""
         inner = getattr(self.reranker, "name", None)
-        return str(inner) if inner else type(self.reranker).__name__
+        if inner:
+            return str(inner)
+        from uvireid.evaluation.protocols import _reranker_name
+
+        return _reranker_name(self.reranker)
 
     def __repr__(self) -> str:
         return f"OnDevice({self.reranker!r}, {self.device!r})"
