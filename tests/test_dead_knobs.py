@@ -90,3 +90,15 @@ def test_a_learnt_gem_p_loaded_into_a_fixed_gem_is_warned(caplog):
         load_state_strict(fixed, learnt.state_dict(), source="ckpt")
     assert float(fixed.pool.p) == 3.0
     assert any("gem_learnable: true" in r.getMessage() for r in caplog.records)
+
+
+def test_num_modalities_of_a_single_stream_model_is_refused():
+    """share_from: stem shares every stage: num_modalities counted no stream and changed
+    nothing (audit BS); refused, naming share_from. Two streams still take it."""
+    from uvireid.registry import BACKBONES
+
+    spec = {"type": "two_stream_resnet", "arch": "resnet18", "share_from": "stem"}
+    with pytest.raises(ConfigError, match="num_modalities=3 has no effect with share_from: stem"):
+        BACKBONES.build({**spec, "num_modalities": 3})
+    m = BACKBONES.build({**spec, "share_from": "layer1", "num_modalities": 3})
+    assert len(m.specific) == 3

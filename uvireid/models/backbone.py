@@ -227,6 +227,13 @@ def check_two_stream_args(where: str = "", **kwargs: Any) -> None:
     check_positive(a["gem_p"], f"{where}gem_p", "two_stream_resnet")
     check_k(a["num_modalities"], f"{where}num_modalities", "two_stream_resnet")
     check_k(a["non_local_channels"], f"{where}non_local_channels", "two_stream_resnet")
+    if a["share_from"] == STAGES[0] and "num_modalities" in kwargs and a["num_modalities"] != 2:
+        # audit BS: a single-stream model has no per-modality stage for it to count
+        raise ConfigError(
+            f"{where}num_modalities={a['num_modalities']} has no effect with share_from: "
+            f"{STAGES[0]} (every stage shared, one stream); set share_from to a later stage "
+            f"for modality-specific stages, or drop num_modalities"
+        )
 
 
 #: what a uvireid training checkpoint pickles besides tensors (numpy's RNG state), allowed
