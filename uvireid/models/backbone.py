@@ -486,18 +486,7 @@ class TwoStreamResNet(_ReidHead):
         self.pool = GeM(gem_p, learnable=gem_learnable)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
-            from uvireid.engine.checkpoint import load_state_strict
-            from uvireid.errors import CheckpointError
-
-            try:  # every key of this backbone, or an error naming the differences
-                load_state_strict(self, own, source=f"the backbone of {pretrained}")
-            except CheckpointError as exc:
-                raise ConfigError(
-                    f"backbone.pretrained: {exc} (a uvireid checkpoint loads into the "
-                    f"backbone settings of the run that wrote it: arch, share_from, "
-                    f"non_local, gem_learnable)"
-                ) from None
-            logger.info("backbone: weights of the uvireid checkpoint %s", pretrained)
+            _load_run_weights(self, own, pretrained, "arch, share_from, non_local, gem_learnable")
 
     def stream(self, modality: int) -> nn.Sequential:
         """The modality-specific stages of stream ``modality`` (VISIBLE or INFRARED).
@@ -544,6 +533,22 @@ class TwoStreamResNet(_ReidHead):
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int) -> BackboneOutput:
         return self._head(self.forward_map(x, modality))
+
+
+def _load_run_weights(model: nn.Module, weights: dict, source: Any, settings: str) -> None:
+    """A uvireid run's backbone weights into ``model``: every key, or an error naming the
+    differences and the settings that must match the run's."""
+    from uvireid.engine.checkpoint import load_state_strict
+    from uvireid.errors import CheckpointError
+
+    try:
+        load_state_strict(model, weights, source=f"the backbone of {source}")
+    except CheckpointError as exc:
+        raise ConfigError(
+            f"backbone.pretrained: {exc} (a uvireid checkpoint loads into the backbone "
+            f"settings of the run that wrote it: {settings})"
+        ) from None
+    logger.info("backbone: weights of the uvireid checkpoint %s", source)
 
 
 def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
@@ -707,18 +712,7 @@ class TimmBackbone(_ReidHead):
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
-            from uvireid.engine.checkpoint import load_state_strict
-            from uvireid.errors import CheckpointError
-
-            try:
-                load_state_strict(self, own, source=f"the backbone of {pretrained}")
-            except CheckpointError as exc:
-                raise ConfigError(
-                    f"backbone.pretrained: {exc} (a uvireid checkpoint loads into the "
-                    f"backbone settings of the run that wrote it: name, img_size, "
-                    f"output_stride)"
-                ) from None
-            logger.info("backbone: weights of the uvireid checkpoint %s", pretrained)
+            _load_run_weights(self, own, pretrained, "name, img_size, output_stride")
 
     def check_input_size(self, height: int, width: int, where: str = "train") -> None:
         """Refuse an image size a fixed-size model cannot take, naming the fix.
