@@ -193,37 +193,71 @@ def eval_means(result: Any) -> Mapping | None:
 def eval_series(records: Iterable[Mapping]) -> dict[str, dict[str, Series]]:
     """``{metric: {re-ranker: (epochs, percent)}}`` of :data:`EVAL_METRICS` from ``eval``.
 
-    A series is keyed by the name under ``eval`` (``none``, ``cmfp``) and shown with the
-    re-ranker's full name (``cmfp(k=30)``) when some record's provenance gives it.
+    A series is one setting: the re-ranker's full name from each record's provenance
+    (``cmfp(k=30)``; a record without one takes its name's only full name, else the name
+    under ``eval``), and, when the records were evaluated with more than one protocol, the
+    protocol in brackets. A resume may change ``reranker.*`` and ``evaluation.*``: the two
+    settings were joined into one line under the later name, so the change read as a
+    training effect (audit BV, session 19).
     """
     records = list(records)
 
+    def results(record: Mapping):
+        evals = record.get("eval") if isinstance(record, Mapping) else None
+        return evals.items() if isinstance(evals, Mapping) else ()
+
+    def protocol(result: Any) -> str | None:
+        prov = result.get("provenance") if isinstance(result, Mapping) else None
+        value = prov.get("protocol") if isinstance(prov, Mapping) else None
+        return str(value) if value else None
+
+    fulls: dict[str, set[str]] = {}
+    protocols: set[str] = set()
+    for record in records:
+        for name, result in results(record):
+            if isinstance(result, Mapping) and _reranker_label(str(name), result) != str(name):
+                fulls.setdefault(str(name), set()).add(_reranker_label(str(name), result))
+            if protocol(result):
+                protocols.add(protocol(result))
+
+    def label(name: str, result: Mapping) -> str:
+        out = _reranker_label(name, result)
+        if out == name and len(fulls.get(name, ())) == 1:
+            out = next(iter(fulls[name]))
+        if len(protocols) > 1:
+            out += f" [{protocol(result) or '?'}]"
+        return out
+
     def pick(record: Mapping) -> dict[str, float]:
-        evals = record.get("eval")
-        if not isinstance(evals, Mapping):
-            return {}
         out = {}
-        for name, result in evals.items():
+        for name, result in results(record):
             mean = eval_means(result)
             if mean is None:
                 continue
             for metric in EVAL_METRICS:
                 value = _number(mean.get(metric))
                 if value is not None:
-                    out[f"{metric}\t{name}"] = value
+                    out[f"{metric}\t{label(str(name), result)}"] = value
         return out
 
-    nested = _nested(_collect(records, pick))
-    full = {}  # the full name, wherever a record had one
-    for record in records:
+    return _nested(_collect(records, pick))
+
+
+def protocol_changes(records: Iterable[Mapping]) -> list[tuple[float, str, str]]:
+    """``[(epoch, old, new)]`` where the records' evaluation protocol changes."""
+    out: list[tuple[float, str, str]] = []
+    last = None
+    for index, record in enumerate(records):
         evals = record.get("eval") if isinstance(record, Mapping) else None
-        for name, result in (evals or {}).items() if isinstance(evals, Mapping) else ():
-            if isinstance(result, Mapping) and _reranker_label(str(name), result) != str(name):
-                full[str(name)] = _reranker_label(str(name), result)
-    return {
-        metric: {full.get(name, name): series for name, series in by_name.items()}
-        for metric, by_name in nested.items()
-    }
+        for result in evals.values() if isinstance(evals, Mapping) else ():
+            prov = result.get("provenance") if isinstance(result, Mapping) else None
+            proto = prov.get("protocol") if isinstance(prov, Mapping) else None
+            if proto:
+                if last is not None and proto != last:
+                    out.append((_epoch(record, index), str(last), str(proto)))
+                last = proto
+                break
+    return out
 
 
 def time_series(records: Iterable[Mapping]) -> dict[str, Series]:

@@ -484,6 +484,7 @@ def build_report(
     part = _build_reranker(reranker, cfg, notes)  # before any drawing: a typo fails fast
 
     images: dict[str, Path] = {}
+    no_metrics = not (run_dir / "metrics.jsonl").is_file()
 
     def draw(name: str, fn: Any, *args: Any, missing: str = "", **kwargs: Any) -> None:
         try:
@@ -492,12 +493,22 @@ def build_report(
             notes.append(f"{name} not drawn: {exc}")
             return
         if path is None:
+            if no_metrics and "metrics.jsonl" in missing:
+                # the file is missing (noted once): guessing a cause would blame the run
+                missing = "metrics.jsonl is missing."
             notes.append(f"{name} not drawn: {missing}")
         else:
             images[name] = path
 
     draw("cmc.png", curves.plot_cmc, results, missing="no result holds a CMC curve.")
     draw("curves_eval.png", curves.plot_eval, records, missing="no 'eval' in metrics.jsonl.")
+    changed = curves.protocol_changes(records)
+    if changed:
+        notes.append(
+            "the evaluation protocol changed within the run (a resume may change it): "
+            + "; ".join(f"{a} -> {b} at epoch {e}" for e, a, b in changed)
+            + "; curves_eval.png draws each protocol's line apart"
+        )
     draw(
         "curves_losses.png",
         curves.plot_losses,

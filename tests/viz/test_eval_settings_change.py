@@ -1,0 +1,72 @@
+"""Report curves and notes where a run changed its evaluation settings (a resume) or lost
+its metrics file (audit BV, session 19)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from uvireid.viz import curves
+from uvireid.viz.report import build_report
+
+
+def _eval(protocol: str, reranker: str | None, m_ap: float) -> dict:
+    prov = {"protocol": protocol, "trials": 2}
+    if reranker:
+        prov["reranker"] = reranker
+    return {"mean": {"R1": m_ap, "mAP": m_ap}, "std": {"R1": 0.0, "mAP": 0.0}, "provenance": prov}
+
+
+def _records(change: str) -> list[dict]:
+    """Epochs 0-1 evaluated as logged first, epochs 2-3 after a resume that changed
+    `change` (reranker.k or evaluation.protocol; both are RESUME_FREE_KEYS)."""
+    out = []
+    for epoch in range(4):
+        later = epoch >= 2
+        proto = "sysu-indoor" if later and change == "protocol" else "sysu-all"
+        k = 30 if later and change == "k" else 10
+        out.append(
+            {
+                "epoch": epoch,
+                "stage": "salcr",
+                "eval": {
+                    "none": _eval(proto, None, 40.0 + epoch),
+                    "cmfp": _eval(proto, f"cmfp(k={k})", 45.0 + epoch),
+                },
+            }
+        )
+    return out
+
+
+def test_eval_curves_keep_two_re_ranker_settings_apart():
+    series = curves.eval_series(_records("k"))["mAP"]
+    # were joined: ([0, 1, 2, 3], ...) under k=30's name
+    assert series["cmfp(k=10)"][0] == [0, 1]
+    assert series["cmfp(k=30)"][0] == [2, 3]
+
+
+def test_eval_curves_do_not_join_two_protocols_into_one_line():
+    series = curves.eval_series(_records("protocol"))["mAP"]
+    # were joined: one line "none" over epochs 0-3, sysu-all then sysu-indoor
+    lines_of_none = [name for name in series if name.startswith("none")]
+    assert len(lines_of_none) == 2, series.keys()
+    assert any("sysu-indoor" in name for name in series)
+
+
+def test_report_notes_a_protocol_change_within_the_run(viz_run_dir):
+    with open(viz_run_dir / "metrics.jsonl", "w") as fh:
+        for record in _records("protocol"):
+            fh.write(json.dumps(record) + "\n")
+    report = build_report(viz_run_dir, queries=2, k=4, tsne_ids=4, dpi=30)
+    assert any("sysu-indoor" in note and "sysu-all" in note for note in report.notes)
+
+
+def test_missing_metrics_file_does_not_blame_the_run(viz_run_dir):
+    (viz_run_dir / "metrics.jsonl").unlink()
+    report = build_report(viz_run_dir, queries=2, k=4, tsne_ids=4, dpi=30)
+    # were: "... (no clustering in this run)" and "... (an evaluation-only run, ...)"
+    assert not any("no clustering in this run" in n for n in report.notes)
+    assert not any("an evaluation-only run" in n for n in report.notes)
