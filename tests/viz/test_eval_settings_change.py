@@ -70,3 +70,26 @@ def test_missing_metrics_file_does_not_blame_the_run(viz_run_dir):
     # were: "... (no clustering in this run)" and "... (an evaluation-only run, ...)"
     assert not any("no clustering in this run" in n for n in report.notes)
     assert not any("an evaluation-only run" in n for n in report.notes)
+
+
+def test_stage_line_says_the_stage_restarted_from_an_earlier_best_epoch(tmp_path, monkeypatch):
+    records = [
+        {"epoch": 0, "stage": "dcl", "eval": {"none": _eval("sysu-all", None, 50.0)}},
+        {"epoch": 1, "stage": "dcl", "eval": {"none": _eval("sysu-all", None, 40.0)}},
+        {
+            "epoch": 2,
+            "stage": "pgm",
+            "started_from": {"checkpoint": "best.pt", "epoch": 0, "mAP": 50.0},
+            "eval": {"none": _eval("sysu-all", None, 52.0)},
+        },
+    ]
+    texts = []
+
+    def grab(fig, path, dpi):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return path
+
+    monkeypatch.setattr(curves, "save", grab)
+    curves.plot_eval(records, tmp_path / "e.png")
+    # was labelled "pgm" only, though epoch 2 descends from epoch 0, not 1
+    assert any("pgm" in t and "0" in t for t in texts), texts

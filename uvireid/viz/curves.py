@@ -270,9 +270,16 @@ def time_series(records: Iterable[Mapping]) -> dict[str, Series]:
 def stage_starts(records: Iterable[Mapping]) -> list[tuple[float, str]]:
     """``[(epoch, stage)]`` where the records' ``stage`` changes (first record included)."""
     out: list[tuple[float, str]] = []
+    last = None
     for index, record in enumerate(records):
         stage = record.get("stage") if isinstance(record, Mapping) else None
-        if isinstance(stage, str) and (not out or out[-1][1] != stage):
+        if isinstance(stage, str) and stage != last:
+            last = stage
+            start = record.get("started_from")
+            if isinstance(start, Mapping) and start.get("epoch") is not None:
+                # start_from: best (PGM's second stage): the line joins the previous
+                # epoch, but the weights descend from this one (audit BV)
+                stage = f"{stage} (from epoch {start['epoch']})"
             out.append((_epoch(record, index), stage))
     return out
 
