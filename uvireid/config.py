@@ -1291,7 +1291,7 @@ def check_device(device: str, source: str = "device") -> str:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"{source}: device '{device}' asked for CUDA but torch sees no GPU "
-                f"(torch {torch.__version__}); use device=cpu or device=auto"
+                f"(torch {torch.__version__}); use device=cpu or device=auto (--device cpu on the command line)"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
@@ -1302,7 +1302,7 @@ def check_device(device: str, source: str = "device") -> str:
         if not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
             raise ConfigError(
                 f"{source}: device '{device}' asked for Apple's MPS, which this torch "
-                f"(torch {torch.__version__}) cannot use here; use device=cpu or device=auto"
+                f"(torch {torch.__version__}) cannot use here; use device=cpu or device=auto (--device cpu on the command line)"
             )
     elif dev.type != "cpu":
         raise ConfigError(f"{source}: device '{device}' is not supported; use auto, cpu or cuda")

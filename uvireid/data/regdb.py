@@ -94,7 +94,8 @@ class RegDB(VIDataset):
         found = available_splits(self.root)
         hint = (
             f"Splits found in idx/: {', '.join(map(str, found))}; pick one of them with "
-            f"split=N, or copy the missing list from the release"
+            f"split=N (--split N on the command line), or copy the missing list from the "
+            f"release"
             if found
             else "Copy the idx/ lists from the release"
         )

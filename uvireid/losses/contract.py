@@ -1,6 +1,6 @@
 """What the engine hands to a loss: one step's outputs and targets, one epoch's context.
 
-Every registered loss is an ``nn.Module`` with the same three calls (DESIGN.md "Loss"):
+Every registered loss is an ``nn.Module`` with the same three calls:
 
 * ``reset(context: EpochContext)`` at each epoch start, after clustering and association:
   (re-)initialise its memories from the epoch's features and labels;

@@ -701,8 +701,8 @@ class TimmBackbone(_ReidHead):
                 near = f"{h - h % ph or ph} x {w - w % pw or pw}"
                 raise ConfigError(
                     f"timm: model '{name}' cuts {h} x {w} images into {ph} x {pw} patches "
-                    f"and would never read the last {h % ph} row(s) and {w % pw} column(s) "
-                    f"(audit BU); use a multiple of the patch size for train.height/width "
+                    f"and would never read the last {h % ph} row(s) and {w % pw} column(s); "
+                    f"use a multiple of the patch size for train.height/width "
                     f"and backbone.img_size, e.g. {near}"
                 )
         self.name = name
