@@ -93,3 +93,16 @@ def test_stage_line_says_the_stage_restarted_from_an_earlier_best_epoch(tmp_path
     curves.plot_eval(records, tmp_path / "e.png")
     # was labelled "pgm" only, though epoch 2 descends from epoch 0, not 1
     assert any("pgm" in t and "0" in t for t in texts), texts
+
+
+def test_an_evaluation_only_run_draws_no_epoch_curves(viz_run_dir):
+    """An evaluation-only run has one record, epoch -1: its 'curves' were a single point on
+    an epoch axis (audit BV); now a note, and the tables hold its results."""
+    with open(viz_run_dir / "metrics.jsonl", "w") as fh:
+        record = {"epoch": -1, "stage": "evaluation only", "seconds": {"eval_extract": 1.0}}
+        record["eval"] = {"none": _eval("sysu-all", None, 40.0)}
+        fh.write(json.dumps(record) + "\n")
+    report = build_report(viz_run_dir, queries=2, k=4, tsne_ids=4, dpi=30)
+    assert any("an evaluation-only run: no epochs" in n for n in report.notes)
+    assert not (viz_run_dir / "curves_eval.png").exists()
+    assert not (viz_run_dir / "curves_time.png").exists()

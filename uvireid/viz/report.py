@@ -501,7 +501,16 @@ def build_report(
             images[name] = path
 
     draw("cmc.png", curves.plot_cmc, results, missing="no result holds a CMC curve.")
-    draw("curves_eval.png", curves.plot_eval, records, missing="no 'eval' in metrics.jsonl.")
+    eval_only = bool(records) and all(
+        isinstance(r, dict) and r.get("stage") == "evaluation only" for r in records
+    )
+    if eval_only:  # one evaluation, no epoch: one point on an epoch axis said nothing (BV)
+        notes.append(
+            "an evaluation-only run: no epochs, so no curves (curves_eval.png, "
+            "curves_time.png); its results are the tables above"
+        )
+    else:
+        draw("curves_eval.png", curves.plot_eval, records, missing="no 'eval' in metrics.jsonl.")
     changed = curves.protocol_changes(records)
     if changed:
         notes.append(
@@ -529,7 +538,8 @@ def build_report(
         missing="no 'label_quality' in metrics.jsonl (no pseudo-labels, or no ground truth "
         "to score them).",
     )
-    draw("curves_time.png", curves.plot_time, records, missing="no 'seconds' in metrics.jsonl.")
+    if not eval_only:
+        draw("curves_time.png", curves.plot_time, records, missing="no 'seconds' in metrics.jsonl.")
 
     feats = given if given is not None else _load_features(run_dir / "features.npz", notes)
     origin = ""
