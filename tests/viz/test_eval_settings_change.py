@@ -106,3 +106,13 @@ def test_an_evaluation_only_run_draws_no_epoch_curves(viz_run_dir):
     assert any("an evaluation-only run: no epochs" in n for n in report.notes)
     assert not (viz_run_dir / "curves_eval.png").exists()
     assert not (viz_run_dir / "curves_time.png").exists()
+
+
+def test_long_re_ranker_names_are_wrapped_to_a_rows_height():
+    """The rotated row label of a long re-ranker name ran into the row above (audit BV)."""
+    from uvireid.viz.ranking import _row_label
+
+    assert _row_label("cmfp(k=30)") == "cmfp(k=30)"
+    lines = _row_label("kreciprocal(k1=20,k2=6,lambda=0.3)").split("\n")
+    assert lines[0] == "kreciprocal" and max(map(len, lines)) <= 16
+    assert "".join(lines).replace(" ", "") == "kreciprocal(k1=20,k2=6,lambda=0.3)"

@@ -40,6 +40,20 @@ THUMB = (64, 128)
 COLORS = {"correct": "#1a9850", "wrong": "#d73027", "query": "#2166ac"}
 
 
+def _row_label(name: str, width: int = 16) -> str:
+    """A row's re-ranker name, wrapped to fit the height of a thumbnail row (rotated):
+    ``kreciprocal(k1=20,k2=6,lambda=0.3)`` ran into the row above (audit BV)."""
+    import textwrap
+
+    if len(name) <= width:
+        return name
+    head, sep, rest = name.partition("(")
+    lines = [head] if sep else []
+    body = f"({rest}" if sep else name
+    lines += textwrap.wrap(body.replace(",", ", "), width) or [body]
+    return "\n".join(lines)
+
+
 def ranking_figsize(n_rows: int, k: int) -> tuple[float, float]:
     """(width, height) in inches of a figure of ``n_rows`` lists of ``k`` gallery images."""
     return LABEL_WIDTH + (k + 1) * CELL[0], TITLE_HEIGHT + n_rows * CELL[1]
@@ -209,7 +223,13 @@ def plot_ranking(
                 texts.append((cx, cy, f"id {qpid}\n(no image)", "black", {"va": "center"}))
             x0, _ = mosaic.origin(r, 0)
             texts.append(
-                (x0 - 6, cy, name, "black", {"va": "center", "ha": "right", "rotation": 90})
+                (
+                    x0 - 6,
+                    cy,
+                    _row_label(name),
+                    "black",
+                    {"va": "center", "ha": "right", "rotation": 90},
+                )
             )
             for j, grow in enumerate(lists[v][i].tolist()):
                 if grow < 0:
