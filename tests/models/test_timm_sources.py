@@ -126,3 +126,15 @@ def test_a_local_weights_file_of_another_model_is_refused(tmp_path):
         TimmBackbone("resnet34", pretrained=str(path))
     with pytest.raises(ConfigError, match="is not a file"):
         TimmBackbone("resnet18", pretrained=str(tmp_path / "none.pth"))
+
+
+def test_dry_run_refuses_part_losses_on_a_vit():
+    """A ViT has no spatial map for the part losses: --dry-run (preflight) builds the timm
+    model without weights and says so, as the run's start does (audits AA, BU)."""
+    from uvireid.config import load_recipe
+    from uvireid.engine.runner import preflight
+
+    vit = "backbone={type: timm, name: vit_tiny_patch16_224, img_size: [64, 32]}"
+    with pytest.raises(ConfigError, match="backbone 'timm' gives features of shape"):
+        preflight(load_recipe("demo", [vit]))
+    preflight(load_recipe("demo", [vit, "stages.1.losses=[{type: dual_cluster_contrast}]"]))

@@ -270,6 +270,15 @@ def check_parts(cfg: dict) -> None:
             check_loss_module(part, f"{where} ({spec['type']})", warn=False)
         if registry is LOSSES and getattr(part, "needs_parts", False):
             part_counts.append((f"{where} ({spec['type']})", int(part.num_parts)))
+    if part_counts and (cfg.get("backbone") or {}).get("type") == "timm" and is_training(cfg):
+        # a timm model may have no spatial map (a ViT): built here without its weights,
+        # so --dry-run says so too, not only the run's start (audits AA, BU)
+        from uvireid.engine.trainer import check_part_map
+        from uvireid.registry import BACKBONES
+
+        spec = {**cfg["backbone"], "pretrained": False}
+        tr = cfg["train"]
+        check_part_map(BACKBONES.build(spec), tr["height"], tr["width"], part_counts[0][1], "timm")
     if len({n for _, n in part_counts}) > 1:
         # the trainer builds one part module for all of them
         raise ConfigError(

@@ -518,6 +518,40 @@ def extract_test_bank(
     )
 
 
+def check_part_map(bb: nn.Module, h: int, w: int, num_parts: int, kind: str) -> None:
+    """Refuse, before the first epoch (and in ``--dry-run`` for timm backbones), ``num_parts``
+    stripes the backbone's feature map at the training size cannot give (each stripe needs
+    a pixel; a vision transformer gives no map): found otherwise when the first part loss
+    runs, after the stages before it have trained.
+
+    Raises:
+        ConfigError: naming the backbone, the map and the fix.
+    """
+    param = next(bb.parameters(), None)
+    dev = param.device if param is not None else torch.device("cpu")
+    was = bb.training
+    bb.eval()
+    try:
+        with torch.no_grad():
+            fmap = bb(torch.zeros(1, 3, h, w, device=dev), VISIBLE).feature_map
+    finally:
+        bb.train(was)
+    if fmap.dim() != 4:
+        raise ConfigError(
+            f"the part losses (num_parts {num_parts}) cut the backbone's (B, C, h, w) "
+            f"feature map into stripes, but backbone '{kind}' gives features of shape "
+            f"{tuple(fmap.shape)}; use a convolutional backbone or drop the part losses"
+        )
+    fh, fw = fmap.shape[-2:]
+    if fh * fw < num_parts:
+        raise ConfigError(
+            f"num_parts {num_parts}: at train.height x train.width = {h} x {w} the "
+            f"backbone's feature map is {fh} x {fw} = {fh * fw} pixel(s), fewer than the "
+            f"parts (each part is a stripe of at least one pixel); raise train.height and "
+            f"train.width or lower the part losses' num_parts"
+        )
+
+
 def check_loss_module(loss: Any, where: str, warn: bool = True) -> None:
     """What the trainer does with a loss, checked on a built one (audit BO, session 19):
     it optimises the model's parameters only, so a loss with trainable parameters of its
@@ -781,35 +815,14 @@ class Trainer:
         self.model.parts = PartQuery(self.model.backbone.out_dim, parts)
 
     def _check_part_map(self, num_parts: int) -> None:
-        """Refuse, before the first epoch, ``num_parts`` stripes the backbone's feature map
-        at the training size cannot give (each stripe needs a pixel): found otherwise when
-        the first part loss runs, after the stages before it have trained."""
-        h, w = self.tr["height"], self.tr["width"]
-        bb = self.model.backbone
-        param = next(bb.parameters(), None)
-        dev = param.device if param is not None else torch.device("cpu")
-        was = bb.training
-        bb.eval()
-        try:
-            with torch.no_grad():
-                fmap = bb(torch.zeros(1, 3, h, w, device=dev), VISIBLE).feature_map
-        finally:
-            bb.train(was)
-        if fmap.dim() != 4:
-            raise ConfigError(
-                f"the part losses (num_parts {num_parts}) cut the backbone's (B, C, h, w) "
-                f"feature map into stripes, but backbone '{self.cfg['backbone']['type']}' gives "
-                f"features of shape {tuple(fmap.shape)}; use a convolutional backbone or drop "
-                f"the part losses"
-            )
-        fh, fw = fmap.shape[-2:]
-        if fh * fw < num_parts:
-            raise ConfigError(
-                f"num_parts {num_parts}: at train.height x train.width = {h} x {w} the "
-                f"backbone's feature map is {fh} x {fw} = {fh * fw} pixel(s), fewer than the "
-                f"parts (each part is a stripe of at least one pixel); raise train.height and "
-                f"train.width or lower the part losses' num_parts"
-            )
+        """:func:`check_part_map` of this trainer's backbone at the training size."""
+        check_part_map(
+            self.model.backbone,
+            self.tr["height"],
+            self.tr["width"],
+            num_parts,
+            self.cfg["backbone"]["type"],
+        )
 
     def stage_at(self, epoch: int) -> Stage:
         for s in self.stages:
