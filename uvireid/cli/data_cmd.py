@@ -175,24 +175,22 @@ def run_check(args: argparse.Namespace) -> int:
 def _check_every_split(args: argparse.Namespace) -> int:
     """``--split all``: each split's report, then one line per split; 1 when a split's
     check fails, 2 when a split cannot be read (the others are still checked)."""
+    from uvireid.data.base import as_root, require_root
     from uvireid.data.check import check_dataset, format_report
     from uvireid.errors import DatasetError, UvireidError
     from uvireid.registry import DATASETS
 
-    finder = getattr(DATASETS.get(args.dataset), "available_splits", None)
+    cls = DATASETS.get(args.dataset)
+    finder = getattr(cls, "available_splits", None)
     if finder is None:
         raise ConfigError(
             f"--split all applies to datasets with several splits (regdb); {args.dataset} "
             f"has one fixed split. Leave --split out"
         )
-    from pathlib import Path
-
-    args.root = str(Path(args.root).expanduser())
-    if not Path(args.root).is_dir():
-        raise DatasetError(
-            f"{args.dataset} root {args.root} does not exist or is not a folder; give the "
-            f"dataset's folder as released"
-        )
+    # the root as one split's dataset reads it (~ expanded), and its missing-root error
+    title = getattr(cls, "title", args.dataset)
+    args.root = as_root(args.root, title)
+    require_root(args.root, title, getattr(cls, "layout", ""))
     splits = finder(args.root)
     if not splits:
         raise DatasetError(
