@@ -68,16 +68,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     return path
 
 
-def _interrupt_in(exc: BaseException | None) -> BaseException | None:
-    """The KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM) ``exc`` is or was raised
-    from or during, if any."""
+def _in_chain(
+    exc: BaseException | None, match: Callable[[BaseException], bool]
+) -> BaseException | None:
+    """The first of ``exc`` and the exceptions it was raised from or during (at most ten
+    links) that ``match`` accepts, if any."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, KeyboardInterrupt):
+        if match(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return None
+
+
+def _interrupt_in(exc: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM) ``exc`` is or was raised
+    from or during, if any."""
+    return _in_chain(exc, lambda e: isinstance(e, KeyboardInterrupt))
 
 
 @contextlib.contextmanager
@@ -113,13 +121,8 @@ def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM))
 
 def _disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    full = (errno.ENOSPC, errno.EDQUOT)
+    return _in_chain(exc, lambda e: isinstance(e, OSError) and e.errno in full) is not None
 
 
 def written_through(path: str | os.PathLike) -> bool:
