@@ -695,8 +695,6 @@ class Trainer:
         #: back at the end of fit() as the thread count is (audit BF: a notebook stayed
         #: deterministic, with cuDNN's autotuning off, after the run)
         self._kernel_state = _kernel_state()
-        if tr.get("deterministic"):
-            set_deterministic()
         self.model = TrainModel(BACKBONES.build(cfg["backbone"]))
         check_input_size(self.model.backbone, tr["height"], tr["width"])
         self.losses: dict[str, nn.ModuleList] = {}
@@ -709,11 +707,8 @@ class Trainer:
         cl = tr.get("channels_last")
         if on_cuda if cl is None else cl:
             self.model.to(memory_format=torch.channels_last)
-        if on_cuda:
-            torch.backends.cudnn.benchmark = bool(tr.get("cudnn_benchmark", True)) and not bool(
-                tr.get("deterministic")
-            )
-        elif tr.get("cuda_graphs") or tr.get("tf32"):
+        self._apply_kernel_settings()
+        if not on_cuda and (tr.get("cuda_graphs") or tr.get("tf32")):
             logger.warning(
                 "%s has no effect on %s (CUDA only); this run trains as without it",
                 " and ".join(f"train.{k}=true" for k in ("cuda_graphs", "tf32") if tr.get(k)),
@@ -1673,6 +1668,17 @@ class Trainer:
             "checkpoints/best.pt was older than the best epoch %d; linked again", self.epoch - 1
         )
 
+    def _apply_kernel_settings(self) -> None:
+        """``train.deterministic`` and, on CUDA, cuDNN's autotuning (``train.cudnn_benchmark``,
+        off under ``deterministic``): torch's process-wide settings, set when the trainer
+        is built and at each :meth:`fit` (whose end gives back the ones before)."""
+        if self.tr.get("deterministic"):
+            set_deterministic()
+        if torch.device(self.device).type == "cuda":
+            torch.backends.cudnn.benchmark = bool(
+                self.tr.get("cudnn_benchmark", True)
+            ) and not bool(self.tr.get("deterministic"))
+
     # -- the run ----------------------------------------------------------------------
     def fit(self) -> dict | None:
         """Run the remaining epochs; returns the final evaluation tables (rank 0). With
@@ -1681,12 +1687,7 @@ class Trainer:
         threads = torch.get_num_threads()
         if self.tr["threads"] > 0:
             torch.set_num_threads(int(self.tr["threads"]))
-        if self.tr.get("deterministic"):  # again: a second fit() of this trainer
-            set_deterministic()
-        if torch.device(self.device).type == "cuda":
-            torch.backends.cudnn.benchmark = bool(
-                self.tr.get("cudnn_benchmark", True)
-            ) and not bool(self.tr.get("deterministic"))
+        self._apply_kernel_settings()  # again: a second fit() of this trainer
         try:
             return self._fit()
         finally:
