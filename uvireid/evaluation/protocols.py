@@ -830,8 +830,7 @@ def _reranker_name(reranker: Any) -> str:
     name = getattr(reranker, "name", None)
     if name:
         return str(name)
-    inner = getattr(reranker, "reranker", None)  # OnDevice: the wrapped one's spec
-    spec = getattr(reranker, "_uvireid_spec", None) or getattr(inner, "_uvireid_spec", None)
+    spec = getattr(reranker, "_uvireid_spec", None)  # (OnDevice has a name: its inner's)
     if isinstance(spec, tuple) and len(spec) == 2:
         settings = ", ".join(f"{k}={v}" for k, v in sorted(spec[1].items()))
         return f"{spec[0]}({settings})" if settings else str(spec[0])

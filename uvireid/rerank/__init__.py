@@ -66,9 +66,6 @@ class OnDevice:
     @property
     def name(self) -> str:
         """The wrapped re-ranker's name (provenance does not change with the device)."""
-        inner = getattr(self.reranker, "name", None)
-        if inner:
-            return str(inner)
         from uvireid.evaluation.protocols import _reranker_name
 
         return _reranker_name(self.reranker)
