@@ -201,36 +201,27 @@ def eval_series(records: Iterable[Mapping]) -> dict[str, dict[str, Series]]:
     training effect (audit BV, session 19).
     """
     records = list(records)
-
-    def results(record: Mapping):
-        evals = record.get("eval") if isinstance(record, Mapping) else None
-        return evals.items() if isinstance(evals, Mapping) else ()
-
-    def protocol(result: Any) -> str | None:
-        prov = result.get("provenance") if isinstance(result, Mapping) else None
-        value = prov.get("protocol") if isinstance(prov, Mapping) else None
-        return str(value) if value else None
-
     fulls: dict[str, set[str]] = {}
     protocols: set[str] = set()
     for record in records:
-        for name, result in results(record):
-            if isinstance(result, Mapping) and _reranker_label(str(name), result) != str(name):
-                fulls.setdefault(str(name), set()).add(_reranker_label(str(name), result))
-            if protocol(result):
-                protocols.add(protocol(result))
+        for name, result in _evals(record):
+            full = _reranker_label(str(name), result) if isinstance(result, Mapping) else ""
+            if full and full != str(name):
+                fulls.setdefault(str(name), set()).add(full)
+            if _protocol_of(result):
+                protocols.add(_protocol_of(result))
 
     def label(name: str, result: Mapping) -> str:
         out = _reranker_label(name, result)
         if out == name and len(fulls.get(name, ())) == 1:
             out = next(iter(fulls[name]))
         if len(protocols) > 1:
-            out += f" [{protocol(result) or '?'}]"
+            out += f" [{_protocol_of(result) or '?'}]"
         return out
 
     def pick(record: Mapping) -> dict[str, float]:
         out = {}
-        for name, result in results(record):
+        for name, result in _evals(record):
             mean = eval_means(result)
             if mean is None:
                 continue
@@ -248,16 +239,25 @@ def protocol_changes(records: Iterable[Mapping]) -> list[tuple[float, str, str]]
     out: list[tuple[float, str, str]] = []
     last = None
     for index, record in enumerate(records):
-        evals = record.get("eval") if isinstance(record, Mapping) else None
-        for result in evals.values() if isinstance(evals, Mapping) else ():
-            prov = result.get("provenance") if isinstance(result, Mapping) else None
-            proto = prov.get("protocol") if isinstance(prov, Mapping) else None
-            if proto:
-                if last is not None and proto != last:
-                    out.append((_epoch(record, index), str(last), str(proto)))
-                last = proto
-                break
+        proto = next((p for _, r in _evals(record) if (p := _protocol_of(r))), None)
+        if proto:
+            if last is not None and proto != last:
+                out.append((_epoch(record, index), last, proto))
+            last = proto
     return out
+
+
+def _evals(record: Any):
+    """``(name, result)`` of a record's ``eval`` mapping (none when it has none)."""
+    evals = record.get("eval") if isinstance(record, Mapping) else None
+    return evals.items() if isinstance(evals, Mapping) else ()
+
+
+def _protocol_of(result: Any) -> str | None:
+    """The protocol a result's provenance names, if any."""
+    prov = result.get("provenance") if isinstance(result, Mapping) else None
+    value = prov.get("protocol") if isinstance(prov, Mapping) else None
+    return str(value) if value else None
 
 
 def time_series(records: Iterable[Mapping]) -> dict[str, Series]:
