@@ -38,20 +38,19 @@ def test_timm_pretrained_download_failure_is_a_config_error(monkeypatch):
 
 
 def test_timm_backbone_starts_from_a_uvireid_checkpoint(tmp_path):
-    """Finding 2: README's backbone.pretrained (a uvireid run's RUN/checkpoints/latest.pt,
-    'to start a stage or another dataset from a trained run') is refused for timm:
-    "timm: pretrained must be true or false"."""
-    from uvireid.engine.checkpoint import save_checkpoint
+    """README's backbone.pretrained (a uvireid run's RUN/checkpoints/latest.pt, 'to start a
+    stage or another dataset from a trained run') was refused for timm: "timm: pretrained
+    must be true or false" (audit BU)."""
+    from uvireid.engine.checkpoint import rng_state, save_checkpoint
 
     torch.manual_seed(0)
     trained = TimmBackbone("resnet18")
     with torch.no_grad():
         for p in trained.parameters():
             p.add_(0.01)
-    path = save_checkpoint(
-        tmp_path,
-        {"epoch": 1, "model": {"backbone." + k: v for k, v in trained.state_dict().items()}},
-    )
+    model = {"backbone." + k: v for k, v in trained.state_dict().items()}
+    # as a run writes it: with the RNG states (numpy's among them)
+    path = save_checkpoint(tmp_path, {"epoch": 1, "model": model, "rng": rng_state()})
     fresh = TimmBackbone("resnet18", pretrained=str(path))
     for k, v in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k

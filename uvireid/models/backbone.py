@@ -264,7 +264,7 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
     except Exception:  # not a torch zip file
         return None
     allowed = {g for g in needs if g in _CHECKPOINT_GLOBALS or g.startswith("numpy.dtypes.")}
-    if needs - allowed:  # foreign objects: not unpickled here
+    if not needs or needs - allowed:  # plain weights (read once, by the caller), or foreign
         return None
     import importlib
 
