@@ -394,3 +394,52 @@ def test_channels_last_timm_maps_are_pooled_over_space():
     with torch.no_grad():
         assert torch.allclose(out.global_feat, m.model.forward_head(raw, pre_logits=True))
         assert torch.allclose(out.global_feat, raw.mean(dim=(1, 2)), atol=1e-6)
+
+
+def test_timm_pooling_auto_keeps_gem_for_relu_maps_and_the_head_for_signed_ones():
+    """GeM clamps its input at 1e-6: on ConvNeXt's signed map it left about a quarter of
+    the pooled dimensions at the floor (audit AM). ``pooling: auto`` pools a signed map
+    with timm's own head and keeps GeM where the map is non-negative."""
+    x = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    relu = TimmBackbone("resnet18").eval()
+    assert relu.pooling == "gem"
+    with torch.no_grad():
+        fmap = relu.model.forward_features(x)
+        out = relu(x)
+    assert (fmap >= 0).all()
+    # GeM by its formula, p = 3: (mean over h, w of x^3)^(1/3)
+    naive = fmap.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    assert torch.allclose(out.global_feat, naive, rtol=1e-5, atol=1e-7)
+
+    signed = TimmBackbone("convnext_atto").eval()
+    assert signed.pooling == "head"
+    forced = TimmBackbone("convnext_atto", pooling="gem").eval()
+    forced.load_state_dict(signed.state_dict())
+    with torch.no_grad():
+        fmap = signed.model.forward_features(x)
+        head, gem_out = signed(x), forced(x)
+    assert (fmap < 0).float().mean() > 0.2
+    # timm's head: the spatial mean, then the head's LayerNorm over channels
+    mean = fmap.mean(dim=(2, 3))
+    ln = signed.model.head.norm
+    expect = F.layer_norm(mean, (mean.shape[1],), ln.weight, ln.bias, ln.eps)
+    assert torch.allclose(head.global_feat, expect, atol=1e-5)
+    assert (head.global_feat.abs() < 1e-5).float().mean() < 0.01
+    assert (gem_out.global_feat < 1e-5).float().mean() > 0.1  # what auto avoids
+    with pytest.raises(ConfigError, match="pooling must be one of auto, gem, head"):
+        TimmBackbone("resnet18", pooling="avg")
+
+
+def test_timm_pooling_auto_leaves_the_rng_and_the_batch_norm_statistics_alone():
+    """The probe behind ``pooling: auto`` runs one image through the model at build time;
+    a seeded build must give the weights, running statistics and next random number of
+    a build without it."""
+    built = []
+    for pooling in ("auto", "gem"):
+        torch.manual_seed(0)
+        m = TimmBackbone("resnet18", pooling=pooling)
+        built.append((m.state_dict(), torch.rand(1), m.training))
+    (a, ra, ta), (b, rb, tb) = built
+    assert ra == rb and ta and tb
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

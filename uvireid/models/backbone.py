@@ -594,8 +594,16 @@ class TimmBackbone(_ReidHead):
         output_stride: the feature map's stride for convolutional models that take one
             (timm's ``output_stride``: 16 gives an 18 x 9 map at 288 x 144, as the
             two-stream ResNet's ``last_stride: 1``); None: the model's (32).
-        gem_p: GeM exponent for models whose features are a (B, C, h, w) map; other
-            models (vision transformers) use their own pooling.
+        gem_p: GeM exponent, where GeM pools (see ``pooling``).
+        pooling: how a model with a spatial map is pooled to the global feature:
+            ``gem``; ``head``, timm's own head before its classifier (an average, with
+            the model's head norm where it has one); ``auto`` (default), GeM where the
+            map is non-negative (the model ends in a ReLU: ResNet, RegNet), else the
+            head. GeM clamps its input at 1e-6, so it would drop the negative half of a
+            signed map (ConvNeXt's residual stream, Swin's LayerNorm, the SiLU of
+            EfficientNet): ``auto`` looks once, at build time, at the map of a fixed
+            random image. Models without a map (vision transformers) always use their
+            head.
         img_size: ``[H, W]`` the model is built for, for models of a fixed input size
             (ViT, DeiT, Swin: timm resamples pretrained position embeddings to it); set
             it to ``train.height, train.width`` (the recipes' 288 x 144). None: timm's
@@ -612,8 +620,13 @@ class TimmBackbone(_ReidHead):
         gem_p: float = 3.0,
         img_size: list[int] | None = None,
         output_stride: int | None = None,
+        pooling: str = "auto",
     ):
         super().__init__()
+        if pooling not in TIMM_POOLING:
+            raise ConfigError(
+                f"timm: pooling must be one of {', '.join(TIMM_POOLING)}, got {pooling!r}"
+            )
         own = None  # a uvireid run's backbone weights, loaded after the model is built
         local = None  # a timm weights file
         if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
@@ -709,6 +722,8 @@ class TimmBackbone(_ReidHead):
         self.fixed_input_size = _fixed_input_size(self.model)
         self.channels_last_map = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
         self.out_dim = self.model.num_features
+        #: "gem" or "head": how this model's spatial map is pooled (``pooling`` resolved)
+        self.pooling = _signed_map_pooling(self) if pooling == "auto" else pooling
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
@@ -732,13 +747,12 @@ class TimmBackbone(_ReidHead):
         self.check_input_size(x.shape[-2], x.shape[-1], "input")
         fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
-            if self.channels_last_map:
-                # (B, h, w, C) -> (B, C, h, w) for the part stripes; pooled by timm's own
-                # head, as a ViT's tokens are: Swin's map ends in a LayerNorm, and GeM's
-                # floor at 1e-6 would drop its negative half (audit AM)
-                pooled = self.model.forward_head(fmap, pre_logits=True)
-                return self._head(fmap.permute(0, 3, 1, 2), pooled)
-            return self._head(fmap)
+            # a channels-last map (Swin: (B, h, w, C)) is read as (B, C, h, w) for GeM and
+            # the part stripes; timm's head takes it as the model gives it
+            nchw = fmap.permute(0, 3, 1, 2) if self.channels_last_map else fmap
+            if self.pooling == "head":
+                return self._head(nchw, self.model.forward_head(fmap, pre_logits=True))
+            return self._head(nchw)
         return self._head(fmap, self.model.forward_head(fmap, pre_logits=True))
 
 
@@ -752,6 +766,46 @@ def check_input_size(backbone: nn.Module, height: int, width: int) -> None:
     check = getattr(backbone, "check_input_size", None)
     if callable(check):
         check(height, width, "train.height x train.width")
+
+
+#: ``TimmBackbone(pooling=...)`` values
+TIMM_POOLING = ("auto", "gem", "head")
+
+
+@torch.no_grad()
+def _signed_map_pooling(backbone: TimmBackbone) -> str:
+    """``pooling: auto`` resolved: "gem" when the model's map is non-negative, "head"
+    when it is signed (GeM's clamp at 1e-6 would drop the negative values: half of a
+    LayerNorm'd or residual map, audit AM) or when the model has no spatial map.
+
+    Looks at the map of one image drawn from its own generator (the global RNG, which
+    draws the neck's initialisation next, is not touched), in eval mode (batch norm's
+    running statistics are not updated), at the model's fixed size or 64 x 64."""
+    model = backbone.model
+    sizes = [backbone.fixed_input_size or (64, 64)]
+    default = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", ())[-2:])
+    if len(default) == 2 and default not in sizes:
+        sizes.append(default)  # a model that needs more than 64 x 64
+    was_training = model.training
+    model.eval()
+    try:
+        for i, size in enumerate(sizes):
+            x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+            try:
+                fmap = model.forward_features(backbone._layout(x))
+                break
+            except Exception as exc:  # noqa: BLE001 - any model's refusal of the size
+                if i + 1 == len(sizes):
+                    raise ConfigError(
+                        f"timm: pooling 'auto' could not look at the map of model "
+                        f"'{backbone.name}' ({type(exc).__name__}: {str(exc)[:200]}); set "
+                        f"backbone.pooling to gem (a non-negative map) or head"
+                    ) from None
+    finally:
+        model.train(was_training)
+    if fmap.dim() != 4:
+        return "head"
+    return "gem" if bool((fmap >= 0).all()) else "head"
 
 
 def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
