@@ -123,6 +123,13 @@ def test_a_local_weights_file_of_another_model_is_refused(tmp_path):
     torch.save(src.state_dict(), path)
     with pytest.raises(ConfigError, match="does not hold the weights of timm model 'resnet34'"):
         TimmBackbone("resnet34", pretrained=str(path))
+    # torch's legacy (non-zip) format cannot be memory-mapped for the key check: read whole
+    legacy = tmp_path / "r18_legacy.pth"
+    torch.save(src.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ConfigError, match="does not hold the weights of timm model 'resnet34'"):
+        TimmBackbone("resnet34", pretrained=str(legacy))
+    m = TimmBackbone("resnet18", pretrained=str(legacy))
+    assert torch.equal(m.model.conv1.weight, src.conv1.weight)
     with pytest.raises(ConfigError, match="is not a file"):
         TimmBackbone("resnet18", pretrained=str(tmp_path / "none.pth"))
 

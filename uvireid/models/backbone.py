@@ -564,7 +564,10 @@ def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
         with safe_open(path, framework="pt") as f:
             keys = set(f.keys())
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # the keys only: memory-mapped, the tensors are not read a second time
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file of torch's legacy format cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
