@@ -216,6 +216,23 @@ def test_cuda_without_a_gpu_is_an_error(tree):
         load_recipe(tree / "top.yaml", ["device=cuda:0"])
 
 
+def test_a_missing_gpu_is_fixed_in_the_form_the_setting_was_given(tree, monkeypatch):
+    """The fix named `--device cpu` for a recipe key: `uvireid run` has no --device
+    option (audit CA). Each form names how that setting is set."""
+    import torch
+
+    from uvireid.config import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(tree / "top.yaml", ["device=cuda"])
+    assert str(err.value).endswith("use device=cpu or device=auto")
+    with pytest.raises(ConfigError, match=r"use --device cpu or --device auto$"):
+        check_device("cuda", "--device", "--device")
+    with pytest.raises(ConfigError, match=r"use clusterer\.device=cpu or clusterer\.device=auto$"):
+        load_recipe("demo", ["clusterer.device=cuda"])
+
+
 def test_missing_base_and_loops(tree):
     write(tree / "a.yaml", "_base_: nothere.yaml\n")
     with pytest.raises(ConfigError, match="_base_ file nothere.yaml not found"):

@@ -854,7 +854,11 @@ def _validate_component(
         if key in value:
             resolved[key] = value[key]
     if isinstance(resolved.get("device"), str):  # a part's own device, e.g. clusterer.device
-        check_device(resolved["device"], f"{prov.source(dotted + '.device')}: {dotted}.device")
+        check_device(
+            resolved["device"],
+            f"{prov.source(dotted + '.device')}: {dotted}.device",
+            f"{dotted}.device",
+        )
     return resolved
 
 
@@ -1275,9 +1279,14 @@ def _check_stage_schedule(out: dict, prov: Provenance) -> None:
         )
 
 
-def check_device(device: str, source: str = "device") -> str:
-    """Validate a device string now, not deep inside a run. Returns it unchanged."""
+def check_device(device: str, source: str = "device", key: str = "device") -> str:
+    """Validate a device string now, not deep inside a run. Returns it unchanged.
+
+    ``key`` is how the user sets it, named in the fix: ``device`` (a recipe key or a
+    ``KEY=VALUE`` override), ``clusterer.device``, or a command's ``--device`` option."""
     import torch
+
+    fix = f"{key} cpu or {key} auto" if key.startswith("--") else f"{key}=cpu or {key}=auto"
 
     if device == "auto":
         return device
@@ -1291,7 +1300,7 @@ def check_device(device: str, source: str = "device") -> str:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"{source}: device '{device}' asked for CUDA but torch sees no GPU "
-                f"(torch {torch.__version__}); use device=cpu or device=auto (--device cpu on the command line)"
+                f"(torch {torch.__version__}); use {fix}"
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
@@ -1302,7 +1311,7 @@ def check_device(device: str, source: str = "device") -> str:
         if not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
             raise ConfigError(
                 f"{source}: device '{device}' asked for Apple's MPS, which this torch "
-                f"(torch {torch.__version__}) cannot use here; use device=cpu or device=auto (--device cpu on the command line)"
+                f"(torch {torch.__version__}) cannot use here; use {fix}"
             )
     elif dev.type != "cpu":
         raise ConfigError(f"{source}: device '{device}' is not supported; use auto, cpu or cuda")

@@ -38,8 +38,10 @@ def test_regdb_registered_with_split_keyword(regdb_root):
 def test_regdb_missing_split_file_lists_the_splits_found(regdb_root):
     with pytest.raises(
         DatasetError, match=r"(?s)has no idx/train_visible_3\.txt.*Splits found in idx/: 1, 2"
-    ):
+    ) as err:
         RegDB(regdb_root, split=3)
+    # the recipe key `uvireid run` takes (it refuses split=N and --split N; audit CA)
+    assert "data.split=N" in str(err.value)
 
 
 def test_regdb_missing_root_is_an_error(tmp_path):
@@ -69,7 +71,7 @@ def test_regdb_malformed_line_names_file_and_line(regdb_root):
 
 
 def test_regdb_split_must_be_a_positive_trial_number(regdb_root):
-    with pytest.raises(ConfigError, match="split must be a trial number"):
+    with pytest.raises(ConfigError, match=r"split must be a trial number.*set data\.split=1"):
         RegDB(regdb_root, split=0)
 
 

@@ -37,7 +37,7 @@ def test_timm_pretrained_download_failure_is_a_config_error(monkeypatch):
         TimmBackbone("resnet18", pretrained=True)
 
 
-def test_timm_backbone_starts_from_a_uvireid_checkpoint(tmp_path):
+def test_timm_backbone_starts_from_a_uvireid_checkpoint(tmp_path, monkeypatch):
     """README's backbone.pretrained (a uvireid run's RUN/checkpoints/latest.pt, 'to start a
     stage or another dataset from a trained run') was refused for timm: "timm: pretrained
     must be true or false" (audit BU)."""
@@ -52,6 +52,20 @@ def test_timm_backbone_starts_from_a_uvireid_checkpoint(tmp_path):
     # as a run writes it: with the RNG states (numpy's among them)
     path = save_checkpoint(tmp_path, {"epoch": 1, "model": model, "rng": rng_state()})
     fresh = TimmBackbone("resnet18", pretrained=str(path))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+    # a checkpoint of another format: the error's recipe gives a file this version reads
+    # (its advice was to save the backbone's state_dict(), which neither backbone takes)
+    ck = torch.load(path, weights_only=False)
+    ck["format"] += 1
+    torch.save(ck, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="of format") as err:
+        TimmBackbone("resnet18", pretrained=str(tmp_path / "other.pt"))
+    recipe = str(err.value).split("format: ", 1)[1]
+    monkeypatch.chdir(tmp_path)
+    exec(recipe, {"torch": torch, "path": "other.pt"})  # noqa: S102 - the message's own code
+    fresh = TimmBackbone("resnet18", pretrained="converted.pt")
     for k, v in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
 
@@ -144,3 +158,58 @@ def test_dry_run_refuses_part_losses_on_a_vit():
     with pytest.raises(ConfigError, match="backbone 'timm' gives features of shape"):
         preflight(load_recipe("demo", [vit]))
     preflight(load_recipe("demo", [vit, "stages.1.losses=[{type: dual_cluster_contrast}]"]))
+
+
+def test_local_dir_and_hf_hub_models_that_cannot_be_read_are_config_errors(tmp_path):
+    """Audit CA: timm reads a 'local-dir:' / 'hf-hub:' model's config.json even with
+    pretrained: false; a missing folder, or the hub offline, was a raw traceback (also in
+    --dry-run, which builds the model for the part check)."""
+    with pytest.raises(ConfigError, match=r"none is not a folder with a config\.json"):
+        TimmBackbone(f"local-dir:{tmp_path / 'none'}", pretrained=False)
+    with pytest.raises(ConfigError, match="reads such a model's config.json from the Hugging"):
+        TimmBackbone("hf-hub:timm/resnet18.a1_in1k", pretrained=False)
+
+
+def test_timm_training_and_compiled_checkpoints_are_read_as_timm_reads_them(tmp_path):
+    """Audit CA: the completeness check re-read the file by its own rules: timm's
+    train.py checkpoint (args: argparse.Namespace) was a raw UnpicklingError, and a
+    torch.compile'd state dict ('_orig_mod.' keys) or a DDP one in safetensors ('module.')
+    was refused although timm had loaded every tensor."""
+    import argparse
+
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("resnet18", num_classes=0)
+    state = src.state_dict()
+    files = {
+        "model_best.pth.tar": lambda p: torch.save(
+            {"epoch": 3, "state_dict": state, "args": argparse.Namespace(lr=0.1)}, p
+        ),
+        "compiled.pth": lambda p: torch.save({"_orig_mod." + k: v for k, v in state.items()}, p),
+        "ddp.safetensors": lambda p: save_file(
+            {"module." + k: v.contiguous() for k, v in state.items()}, str(p)
+        ),
+    }
+    for name, write in files.items():
+        write(tmp_path / name)
+        m = TimmBackbone("resnet18", pretrained=str(tmp_path / name))
+        assert torch.equal(m.model.conv1.weight, src.conv1.weight), name
+        assert torch.equal(m.model.layer4[1].bn2.running_var, src.layer4[1].bn2.running_var)
+
+
+def test_a_failed_timm_build_gets_the_advice_of_what_was_set(tmp_path):
+    """Audit CA: every failure with output_stride or a local file ended with advice on
+    img_size for Swin, after an empty 'AssertionError: ' and a '{}'."""
+    with pytest.raises(ConfigError) as err:
+        TimmBackbone("resnet18", output_stride=4)
+    msg = str(err.value)
+    assert "output_stride=4" in msg and "take 8, 16 or 32" in msg
+    assert "Swin" not in msg and "{}" not in msg and "AssertionError: no message" in msg
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a weights file")
+    with pytest.raises(ConfigError) as err:
+        TimmBackbone("resnet18", pretrained=str(bad))
+    msg = str(err.value)
+    assert f"backbone.pretrained: {bad} could not be loaded into 'resnet18'" in msg
+    assert "img_size" not in msg and "Swin" not in msg

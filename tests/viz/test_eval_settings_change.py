@@ -116,3 +116,44 @@ def test_long_re_ranker_names_are_wrapped_to_a_rows_height():
     lines = _row_label("kreciprocal(k1=20,k2=6,lambda=0.3)").split("\n")
     assert lines[0] == "kreciprocal" and max(map(len, lines)) <= 16
     assert "".join(lines).replace(" ", "") == "kreciprocal(k1=20,k2=6,lambda=0.3)"
+    # a plugin's long name is cut too (audit CA: it stayed one 23-character line)
+    lines = _row_label("a_long_plugin_name_here(k=3)").split("\n")
+    assert max(map(len, lines)) <= 16 and "".join(lines) == "a_long_plugin_name_here(k=3)"
+
+
+def _setting_records(key: str) -> list[dict]:
+    """Epochs 2-3 resumed with another evaluation.shot / feature_head / trials (audit CA)."""
+    out = []
+    for epoch in range(4):
+        later = epoch >= 2
+        prov = {"protocol": "sysu-all", "shot": "single", "feature_head": "bn_feat", "trials": 10}
+        if later:
+            prov[key] = {"shot": "multi", "feature_head": "pool", "trials": 1}[key]
+        result = {"mean": {"R1": 40.0 + 10 * later, "mAP": 40.0 + 10 * later}, "provenance": prov}
+        out.append({"epoch": epoch, "stage": "s", "eval": {"none": result}})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("key", "before", "after"),
+    [
+        ("shot", "single-shot", "multi-shot"),
+        ("feature_head", "head bn_feat", "head pool"),
+        ("trials", "10 trials", "1 trials"),
+    ],
+)
+def test_eval_curves_keep_two_evaluation_settings_apart(key, before, after, viz_run_dir):
+    """Only the protocol's name and the re-ranker split the lines: a resume to multi-shot
+    (far higher scores) drew one line with a jump, and the report said nothing (CA)."""
+    records = _setting_records(key)
+    series = curves.eval_series(records)["mAP"]
+    assert series == {
+        f"none [{before}]": ([0, 1], [40.0, 40.0]),
+        f"none [{after}]": ([2, 3], [50.0, 50.0]),
+    }
+    assert curves.setting_changes(records) == [(2, before, after)]
+    with open(viz_run_dir / "metrics.jsonl", "w") as fh:
+        for record in records:
+            fh.write(json.dumps(record) + "\n")
+    report = build_report(viz_run_dir, queries=2, k=4, tsne_ids=4, dpi=30)
+    assert any(f"{before} -> {after} at epoch 2" in note for note in report.notes)

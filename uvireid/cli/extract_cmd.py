@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvireid  # noqa: F401  (registers parts)
     from uvireid.cli._checks import output_file
-    from uvireid.config import load_recipe, resolve_device
+    from uvireid.config import check_device, load_recipe, resolve_device
     from uvireid.engine.checkpoint import LATEST
     from uvireid.engine.export import export_features
     from uvireid.errors import CheckpointError, ConfigError
@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_recipe(args.source, args.overrides)
     if str(checkpoint).lower() == "none":
         checkpoint = None
+    if args.device is not None:
+        check_device(args.device, "--device", "--device")
     device = resolve_device(args.device or cfg["device"])
     path = export_features(
         cfg,

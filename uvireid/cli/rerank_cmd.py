@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     from uvireid.config import check_device, resolve_device
     from uvireid.rerank import OnDevice
 
-    device = resolve_device(check_device(args.device, "--device"))
+    device = resolve_device(check_device(args.device, "--device", "--device"))
     every = args.reranker == "all"
     names = RERANKERS.names() if every else [args.reranker]
     plan = _plan(_keywords(args), names, every)

@@ -87,14 +87,14 @@ class RegDB(VIDataset):
         if isinstance(split, bool) or not isinstance(split, int) or split < 1:
             raise ConfigError(
                 f"RegDB split must be a trial number 1..10, got {split!r}; "
-                f"pass e.g. split=1 (--split 1 on the command line)"
+                f"set data.split=1 (uvireid data check: --split 1)"
             )
         require_root(self.root, self.title, LAYOUT)
         self.split = split
         found = available_splits(self.root)
         hint = (
             f"Splits found in idx/: {', '.join(map(str, found))}; pick one of them with "
-            f"split=N (--split N on the command line), or copy the missing list from the "
+            f"data.split=N (uvireid data check: --split N), or copy the missing list from the "
             f"release"
             if found
             else "Copy the idx/ lists from the release"

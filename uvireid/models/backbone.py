@@ -288,8 +288,10 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
     if state["format"] != FORMAT:
         raise ConfigError(
             f"backbone.pretrained: {path} is a uvireid checkpoint of format "
-            f"{state['format']!r}; this version reads format {FORMAT}: load it with the "
-            f"version that wrote it and save its backbone's state_dict()"
+            f"{state['format']!r}; this version reads format {FORMAT}. Its backbone may "
+            f"still load (the load names any weight that differs) from a copy marked with "
+            f"this format: ck = torch.load(path, weights_only=False); ck['format'] = "
+            f"{FORMAT}; torch.save(ck, 'converted.pt')"
         )
     weights = backbone_state(state)
     if not weights:
@@ -551,35 +553,114 @@ def _load_run_weights(model: nn.Module, weights: dict, source: Any, settings: st
     logger.info("backbone: weights of the uvireid checkpoint %s", source)
 
 
+def _timm_build_error(
+    name: str, exc: Exception, extra: dict, local: str | None, download: bool
+) -> ConfigError | None:
+    """The ConfigError for ``timm.create_model``'s failure, with the advice of each setting
+    that can explain it (a size, a stride, a local file, a download, a hub name), or None
+    when none was set."""
+    what = f"{type(exc).__name__}: {str(exc)[:200] or 'no message'}"
+    if name.startswith(("local-dir:", "hf-hub:")):
+        where = (
+            "the folder"
+            if name.startswith("local-dir:")
+            else "the Hugging Face Hub (or its local cache), even with pretrained: false"
+        )
+        return ConfigError(
+            f"timm: model '{name}' could not be built ({what}); timm reads such a model's "
+            f"config.json from {where}. Offline, copy the model's folder (config.json and "
+            f"its weights) to this machine and name it local-dir:FOLDER"
+        )
+    tails = []
+    if "output_stride" in extra:
+        tails.append(
+            "backbone.output_stride: timm's convolutional models take 8, 16 or 32 (some "
+            "32 only); choose one of those or remove it"
+        )
+    if "img_size" in extra:
+        tails.append(
+            "backbone.img_size: choose a size the model supports (Swin: multiples of its "
+            "patch size x window size)"
+        )
+    if local is not None:
+        tails.append(
+            f"backbone.pretrained: {local} could not be loaded into '{name}'; give a "
+            f"weights file of that model (a .pth or .safetensors state dict)"
+        )
+    if download and not (tails and isinstance(exc, AssertionError | ValueError)):
+        tails.append(
+            "the pretrained weights could not be read: on a machine without internet, "
+            "download them elsewhere and set backbone.pretrained to the local file, or use "
+            "pretrained: false"
+        )
+    if not tails:
+        return None
+    settings = [f"{k}={v}" for k, v in extra.items() if k != "pretrained_cfg_overlay"]
+    if local is not None:
+        settings.append(f"pretrained={local}")
+    built = f" with {', '.join(settings)}" if settings else ""
+    return ConfigError(f"timm: model '{name}' cannot be built{built} ({what}); " + "; ".join(tails))
+
+
+def _timm_file_keys(path: str) -> set[str] | None:
+    """The tensor names timm's loader (``timm.models.load_state_dict``) takes from a
+    weights file, by its rules: a safetensors file or a torch file (timm's training
+    checkpoints pickle ``argparse.Namespace`` arguments), the EMA weights first, then
+    ``state_dict`` or ``model``, ``module.`` and ``_orig_mod.`` prefixes removed. Read
+    memory-mapped: the tensors are not read a second time. None when torch cannot read
+    the file (a format the model loads itself, as the original ViT's .npz)."""
+    import argparse
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                state: Any = dict.fromkeys(f.keys())
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # torch's legacy format cannot be mapped
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a file torch reads; timm has loaded it
+        return None
+    if not isinstance(state, dict):
+        return set()
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    keys = set()
+    for k in state:
+        k = str(k)
+        while k.startswith(("module.", "_orig_mod.")):
+            k = k.removeprefix("module.").removeprefix("_orig_mod.")
+        keys.add(k)
+    return keys
+
+
 def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
     """timm loads a local weights file leniently (keys it does not know are a log line): a
     file of another model left the weights random without an error. Every weight of the
-    model (its classifier removed) must be in the file.
+    model (its classifier removed) must be in the file, as timm reads it.
 
     Raises:
         ConfigError: naming the missing keys."""
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            keys = set(f.keys())
-    else:
-        try:  # the keys only: memory-mapped, the tensors are not read a second time
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a file of torch's legacy format cannot be mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-        keys = {k.removeprefix("module.") for k in state} if isinstance(state, dict) else set()
+    keys = _timm_file_keys(path)
+    if keys is None:
+        logger.info("backbone.pretrained: %s loaded by timm's model itself; not checked", path)
+        return
     missing = [k for k in model.state_dict() if k not in keys]
     if missing:
         raise ConfigError(
             f"backbone.pretrained: {path} does not hold the weights of timm model '{name}': "
             f"{len(missing)} of its {len(model.state_dict())} tensors are missing (e.g. "
             f"{', '.join(missing[:3])}); give that model's weights file, or a uvireid "
-            f"checkpoint of a run with this backbone"
+            f"checkpoint of a run with this backbone. If it is a checkpoint of the model's "
+            f"original code, which timm converts as it loads it, save timm's version once: "
+            f"torch.save(timm.create_model('{name}', pretrained=True, num_classes=0, "
+            f"pretrained_cfg_overlay={{'file': '{path}'}}).state_dict(), 'converted.pth')"
         )
 
 
@@ -661,6 +742,15 @@ class TimmBackbone(_ReidHead):
             ) from None
 
         hub = name.startswith(("local-dir:", "hf-hub:"))  # timm's own forms of a source
+        if name.startswith("local-dir:"):
+            folder = Path(name.removeprefix("local-dir:")).expanduser()
+            if not (folder / "config.json").is_file():
+                raise ConfigError(
+                    f"timm: model '{name}': {folder} is not a folder with a config.json "
+                    f"(timm's layout of a saved model: config.json and the weights, "
+                    f"model.safetensors or pytorch_model.bin); give that folder"
+                )
+            name = f"local-dir:{folder}"  # timm does not expand ~
         if (
             not hub
             and name not in timm.list_models()
@@ -688,25 +778,11 @@ class TimmBackbone(_ReidHead):
                         f"timm: model '{name}' takes no {key}; remove backbone.{key}"
                     ) from None
             raise
-        except (AssertionError, ValueError, RuntimeError) as exc:
-            if img_size is None and output_stride is None and not fetch:
+        except Exception as exc:  # noqa: BLE001 - timm's and the hub's errors, named below
+            err = _timm_build_error(name, exc, extra, local, pretrained is True)
+            if err is None:  # nothing the recipe set explains it: timm's own error
                 raise
-            raise ConfigError(
-                f"timm: model '{name}' cannot be built with "
-                f"{ {k: v for k, v in extra.items() if k != 'pretrained_cfg_overlay'} } "
-                f"{'from ' + local if local else ''}({type(exc).__name__}: {exc}); for "
-                f"img_size choose a size it supports (for Swin, multiples of its patch size "
-                f"x window size)"
-            ) from None
-        except Exception as exc:  # offline, a proxy, a missing hub file: no raw traceback
-            if not fetch:
-                raise
-            raise ConfigError(
-                f"timm: the pretrained weights of '{name}' could not be read "
-                f"({type(exc).__name__}: {str(exc)[:200]}); on a machine without internet, "
-                f"download them elsewhere and set backbone.pretrained to the local file, or "
-                f"use pretrained: false"
-            ) from None
+            raise err from None
         if local is not None:
             _check_local_timm_weights(self.model, local, name)
         patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
@@ -730,7 +806,7 @@ class TimmBackbone(_ReidHead):
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
-            _load_run_weights(self, own, pretrained, "name, img_size, output_stride")
+            _load_run_weights(self, own, pretrained, "name, img_size")
 
     def check_input_size(self, height: int, width: int, where: str = "train") -> None:
         """Refuse an image size a fixed-size model cannot take, naming the fix.

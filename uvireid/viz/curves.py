@@ -190,33 +190,47 @@ def eval_means(result: Any) -> Mapping | None:
     return result if any(_number(result.get(m)) is not None for m in EVAL_METRICS) else None
 
 
+#: the provenance fields of an evaluation that make two results incomparable (a resume
+#: may change any of them: ``evaluation.*`` is free), and how a label names each value
+SETTING_FIELDS = {
+    "protocol": "{}",
+    "shot": "{}-shot",
+    "feature_head": "head {}",
+    "trials": "{} trials",
+    "sampler": "sampler {}",
+    "ranking": "{}",
+}
+
+
 def eval_series(records: Iterable[Mapping]) -> dict[str, dict[str, Series]]:
     """``{metric: {re-ranker: (epochs, percent)}}`` of :data:`EVAL_METRICS` from ``eval``.
 
     A series is one setting: the re-ranker's full name from each record's provenance
     (``cmfp(k=30)``; a record without one takes its name's only full name, else the name
-    under ``eval``), and, when the records were evaluated with more than one protocol, the
-    protocol in brackets. A resume may change ``reranker.*`` and ``evaluation.*``: the two
+    under ``eval``), and, in brackets, each evaluation setting of :data:`SETTING_FIELDS`
+    (protocol, shot, feature head, trials, sampler, ranking) that takes more than one
+    value over the records. A resume may change ``reranker.*`` and ``evaluation.*``: the
     settings were joined into one line under the later name, so the change read as a
-    training effect (audit BV, session 19).
+    training effect (audits BV, session 19, and CA).
     """
     records = list(records)
     fulls: dict[str, set[str]] = {}
-    protocols: set[str] = set()
+    values: dict[str, set[str]] = {}
     for record in records:
         for name, result in _evals(record):
             full = _reranker_label(str(name), result) if isinstance(result, Mapping) else ""
             if full and full != str(name):
                 fulls.setdefault(str(name), set()).add(full)
-            if _protocol_of(result):
-                protocols.add(_protocol_of(result))
+            for field, value in _setting_of(result).items():
+                values.setdefault(field, set()).add(value)
+    varying = [f for f in SETTING_FIELDS if len(values.get(f, ())) > 1]
 
     def label(name: str, result: Mapping) -> str:
         out = _reranker_label(name, result)
         if out == name and len(fulls.get(name, ())) == 1:
             out = next(iter(fulls[name]))
-        if len(protocols) > 1:
-            out += f" [{_protocol_of(result) or '?'}]"
+        if varying:
+            out += f" [{_describe(_setting_of(result), varying)}]"
         return out
 
     def pick(record: Mapping) -> dict[str, float]:
@@ -234,16 +248,24 @@ def eval_series(records: Iterable[Mapping]) -> dict[str, dict[str, Series]]:
     return _nested(_collect(records, pick))
 
 
-def protocol_changes(records: Iterable[Mapping]) -> list[tuple[float, str, str]]:
-    """``[(epoch, old, new)]`` where the records' evaluation protocol changes."""
+def setting_changes(records: Iterable[Mapping]) -> list[tuple[float, str, str]]:
+    """``[(epoch, old, new)]`` where the records' evaluation settings change
+    (:data:`SETTING_FIELDS`; ``old`` and ``new`` name the fields that changed)."""
     out: list[tuple[float, str, str]] = []
-    last = None
+    last: dict[str, str] | None = None
     for index, record in enumerate(records):
-        proto = next((p for _, r in _evals(record) if (p := _protocol_of(r))), None)
-        if proto:
-            if last is not None and proto != last:
-                out.append((_epoch(record, index), last, proto))
-            last = proto
+        setting = next((s for _, r in _evals(record) if (s := _setting_of(r))), None)
+        if setting:
+            if last is not None:
+                changed = [
+                    f
+                    for f in SETTING_FIELDS
+                    if f in setting and f in last and setting[f] != last[f]
+                ]
+                if changed:
+                    epoch = _epoch(record, index)
+                    out.append((epoch, _describe(last, changed), _describe(setting, changed)))
+            last = setting
     return out
 
 
@@ -253,11 +275,17 @@ def _evals(record: Any):
     return evals.items() if isinstance(evals, Mapping) else ()
 
 
-def _protocol_of(result: Any) -> str | None:
-    """The protocol a result's provenance names, if any."""
+def _setting_of(result: Any) -> dict[str, str]:
+    """``{field: value}`` of the :data:`SETTING_FIELDS` a result's provenance records."""
     prov = result.get("provenance") if isinstance(result, Mapping) else None
-    value = prov.get("protocol") if isinstance(prov, Mapping) else None
-    return str(value) if value else None
+    if not isinstance(prov, Mapping):
+        return {}
+    return {f: str(prov[f]) for f in SETTING_FIELDS if prov.get(f) not in (None, "")}
+
+
+def _describe(setting: Mapping[str, str], fields: Iterable[str]) -> str:
+    """``"sysu-all, multi-shot"``: the values of ``fields`` as a label names them."""
+    return ", ".join(SETTING_FIELDS[f].format(setting.get(f, "?")) for f in fields)
 
 
 def time_series(records: Iterable[Mapping]) -> dict[str, Series]:

@@ -48,7 +48,8 @@ def _row_label(name: str, width: int = 16) -> str:
     if len(name) <= width:
         return name
     head, sep, rest = name.partition("(")
-    lines = [head] if sep else []
+    # a long head (a plugin's name) is cut too: wrap breaks words longer than the width
+    lines = textwrap.wrap(head, width) if sep else []
     body = f"({rest}" if sep else name
     lines += textwrap.wrap(body.replace(",", ", "), width) or [body]
     return "\n".join(lines)

@@ -511,12 +511,12 @@ def build_report(
         )
     else:
         draw("curves_eval.png", curves.plot_eval, records, missing="no 'eval' in metrics.jsonl.")
-    changed = curves.protocol_changes(records)
+    changed = curves.setting_changes(records)
     if changed:
         notes.append(
-            "the evaluation protocol changed within the run (a resume may change it): "
+            "the evaluation settings changed within the run (a resume may change them): "
             + "; ".join(f"{a} -> {b} at epoch {e}" for e, a, b in changed)
-            + "; curves_eval.png draws each protocol's line apart"
+            + "; curves_eval.png draws each setting's line apart"
         )
     draw(
         "curves_losses.png",
