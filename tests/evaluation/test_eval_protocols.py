@@ -661,3 +661,73 @@ def test_multi_shot_taking_every_image_is_not_called_one_trials_gallery(caplog):
             Features(feats, pids, cams, mods, paths, {}), "sysu-all", trials=3, shot="multi"
         )
     assert "drew the same" not in caplog.text and "identical_trials" not in res.provenance
+
+
+def test_mean_cmc_curve_is_the_mean_of_the_per_trial_reference_curves():
+    """The CMC curve users plot (``to_dict``/``to_json``) is the mean over trials; trial
+    0's curve passed every test (mutation audit BX)."""
+    f = make_sysu_features(seed=5, n_ids=30)
+    result = run_protocol(f, "sysu-all", trials=4)
+    q = sysu_query_indices(f)
+    curves = []
+    for t in range(4):
+        g = sysu_gallery_indices(f, "all", t)
+        dist = -(f.feats[q] @ f.feats[g].T)
+        cmc, _, _ = naive_eval_sysu(dist, f.pids[q], f.pids[g], f.cams[q], f.cams[g])
+        curves.append(np.asarray(cmc, dtype=np.float64))
+    assert not all(np.array_equal(curves[0], c) for c in curves[1:])  # the trials differ
+    assert len(result.cmc) == 20
+    np.testing.assert_allclose(result.cmc, 100 * np.mean(curves, axis=0), atol=1e-4)
+    # the curve and the R-k means describe the same thing
+    for k, r in (("R1", 1), ("R5", 5), ("R10", 10), ("R20", 20)):
+        assert abs(result.cmc[r - 1] - result.mean[k]) < 1e-4
+
+
+def test_official_sampler_on_a_synthetic_rand_perm_cam(tmp_path):
+    """The official sampler's tests skip where shared/ is not beside the checkout; this
+    one writes its own rand_perm_cam.mat in the kit's layout (a 6 x 1 cell of per-identity
+    cells of (10, n) 1-based image numbers), so the permutation row read and the
+    camera-major order are checked everywhere (mutation audit BX)."""
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    ids, n_img = [1, 2, 3], 12
+    cells = np.empty((6, 1), dtype=object)
+    perms = {}
+    for cam in range(1, 7):
+        per = np.empty((1, 3), dtype=object)
+        for p in ids:
+            n = n_img if cam in (1, 2, 4, 5) else 2
+            perms[(cam, p)] = np.stack([rng.permutation(n) + 1 for _ in range(10)])
+            per[0, p - 1] = perms[(cam, p)].astype(np.float64)
+        cells[cam - 1, 0] = per
+    mat = tmp_path / "rand_perm_cam.mat"
+    scipy.io.savemat(mat, {"rand_perm_cam": cells})
+    paths, pids, cams = [], [], []
+    for cam in range(1, 7):
+        for p in ids:
+            for i in range(1, perms[(cam, p)].shape[1] + 1):
+                paths.append(f"/d/SYSU-MM01/cam{cam}/{p:04d}/{i:04d}.jpg")
+                pids.append(p)
+                cams.append(cam)
+    order = rng.permutation(len(paths))  # rows shuffled: selection must go by name
+    paths = np.asarray(paths)[order]
+    f = Features(
+        feats=rng.normal(size=(len(paths), 4)).astype(np.float32),
+        pids=np.asarray(pids)[order],
+        cams=np.asarray(cams)[order],
+        modality=np.isin(np.asarray(cams)[order], (3, 6)).astype(np.int64),
+        paths=paths,
+    )
+    for mode, gcams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
+        for shot, n_shot in (("single", 1), ("multi", 10)):
+            for trial in (0, 7):
+                got = sysu_gallery_indices(f, mode, trial, shot, "official", mat)
+                # the kit's get_testing_set.m: cameras outer, ids ascending, row `trial`
+                want = [
+                    f"/d/SYSU-MM01/cam{c}/{p:04d}/{i:04d}.jpg"
+                    for c in gcams
+                    for p in ids
+                    for i in perms[(c, p)][trial, :n_shot]
+                ]
+                assert f.paths[got].tolist() == want

@@ -346,3 +346,43 @@ def test_sparse_selection_with_tied_rows_equals_sorting_every_entry(dtype):
     assert 0 < tied < n
     assert torch.equal(got.crow, want.crow) and torch.equal(got.col, want.col)
     assert torch.equal(got.val, want.val)
+
+
+def test_knn_affinity_row_with_only_negative_similarities_is_zero_not_nan():
+    """Documented: a row whose kept similarities are all <= 0 stays 0 (the official code
+    gives NaN); no row of the other tests had that (mutation audit BX)."""
+    sim = np.array([[0.9, 0.2, -0.1, 0.4], [-0.3, -0.5, -0.2, -0.9], [0.1, -0.2, 0.7, 0.0]])
+    out = knn_affinity(sim, 2)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, naive_knn_graph_loop(sim, 2), atol=1e-12)
+    assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize(("mode", "mixed"), [("dense", None), ("dense", False), ("sparse", None)])
+def test_cmfp_all_zero_feature_stays_zero_not_nan(mode, mixed):
+    """A dead image (an all-zero feature): each of its block rows sums to 0, so its
+    propagated feature is the zero vector, and normalising it must not divide 0 by 0
+    (NaN distances stopped the evaluation; mutation audit BX)."""
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(7, 5))
+    g = rng.normal(size=(6, 5))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q[2] = 0.0
+    k = 3
+    qp, gp = propagate(q, g, k, mode=mode, mixed=mixed)
+    x = np.concatenate([q, g])
+    big = np.block(
+        [
+            [naive_knn_graph_loop(q @ q.T, k), naive_knn_graph_loop(q @ g.T, k)],
+            [naive_knn_graph_loop(g @ q.T, k), naive_knn_graph_loop(g @ g.T, k)],
+        ]
+    )
+    want = big @ x
+    want /= np.maximum(np.linalg.norm(want, axis=1, keepdims=True), 1e-12)
+    out = np.concatenate([np.asarray(qp), np.asarray(gp)])
+    assert np.isfinite(out).all()
+    assert (out[2] == 0).all()
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    d = CMFP(k=k, mode=mode, mixed=mixed).rerank(q, g)
+    assert np.isfinite(np.asarray(d)).all()
