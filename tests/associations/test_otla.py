@@ -180,3 +180,12 @@ def test_features_whose_distances_overflow_float32_are_named_so():
     big = torch.from_numpy(fv).float() * 1e20
     with pytest.raises(FeatureFileError, match=r"overflow torch.float32 \(feature norms reach"):
         OTLADual().associate(big, gv, torch.from_numpy(fr).float(), gr)
+
+
+def test_intra_relabel_relabels_the_infrared_side_too():
+    fv, gv, fr, gr = gaussian_modalities(seed=5, ids=4, per_id=6, d=16, noise=0.8)
+    noisy = gr.copy()
+    noisy[:3] = (noisy[:3] + 1) % 4  # three mislabelled infrared instances
+    out = OTLADual(intra_relabel=True).associate(fv, gv, fr, noisy)
+    cents = np.stack([fr[noisy == c].astype(np.float64).mean(0) for c in range(4)])
+    np.testing.assert_array_equal(out.labels_in_r[len(gv) :], (fr @ cents.T).argmax(1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from assoc_oracles import gaussian_modalities, pgm_padded
+from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.pgm import PGM, progressive_matching
 
@@ -47,3 +48,20 @@ def test_pgm_associator_covers_every_instance(ids_v, ids_r):
     # where identities exist on both sides, the easy Gaussian case is matched correctly
     both = gv[keep_v] < min(ids_v, ids_r)
     np.testing.assert_array_equal(out.labels_in_r[:nv][both], gv[keep_v][both])
+
+
+def test_pgm_matches_on_the_exp_minus_cosine_cost():
+    """PGM's cost is exp(-cos) of the unit centroids (peers.md Sec. PGM, item 2); on this
+    draw the Hungarian optimum of exp(-S) differs from that of -S (or 1 - S)."""
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    ids = np.arange(4)
+    out = PGM().associate(a, ids, b, ids)
+    _, v2r = linear_sum_assignment(np.exp(-(a @ b.T)))
+    assert not np.array_equal(v2r, linear_sum_assignment(-(a @ b.T))[1])  # the draw matters
+    np.testing.assert_array_equal(out.labels_in_r[:4], v2r)
+    r2v = np.empty(4, dtype=np.int64)
+    r2v[v2r] = ids
+    np.testing.assert_array_equal(out.labels_in_v[4:], r2v)

@@ -12,7 +12,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
 import uvireid  # noqa: F401  (registers the parts)
-from uvireid.clustering.dbscan import DBSCANClusterer, dbscan_sparse
+from uvireid.clustering.dbscan import DBSCANClusterer, cosine_radius_graph, dbscan_sparse
 from uvireid.clustering.jaccard import jaccard_distance
 from uvireid.errors import ConfigError, FeatureFileError
 from uvireid.registry import CLUSTERERS
@@ -159,3 +159,13 @@ def test_a_cosine_graph_that_cannot_fit_is_refused_from_its_first_block(monkeypa
     ):
         DBSCANClusterer(metric="cosine", eps=0.6).fit_predict(x)
     DBSCANClusterer(metric="cosine", eps=0.6).fit_predict(x[:300])  # 90,000 pairs: fits
+
+
+def test_cosine_graph_includes_a_pair_at_exactly_eps():
+    # unit rows whose cosine is exactly 0.5 in float32: distance 1 - 0.5 = 0.5 = eps
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 1.0]])
+    g = cosine_radius_graph(x, 0.5).toarray()
+    assert g[0, 1] == 0.5 and g[1, 0] == 0.5  # within eps: stored
+    # naive: every pair with 1 - cos <= eps
+    cos = (x.double() @ x.double().T).numpy()
+    assert ((1 - cos <= 0.5) == (g > 0) | np.eye(3, dtype=bool)).all()

@@ -108,3 +108,28 @@ def test_bad_knn_indices_and_k_are_refused():
         jaccard_distance(x, 10, knn_indices=bad)
     with pytest.raises(ConfigError, match="k1 and k2"):
         jaccard_distance(x, 0)
+
+
+def test_max_distance_keeps_the_pairs_at_exactly_the_bound():
+    """DBSCAN passes eps as max_distance and counts a pair at d <= eps as a neighbour: a
+    pair at exactly the bound must be stored (the unfiltered graph, filtered by scipy)."""
+    x, _ = clustered(seed=3, n_ids=10, per_id=12, d=32, noise=1.0)
+    full = jaccard_distance(x, 20, 6).tocoo()
+    off = (full.row != full.col) & (full.data > 0)
+    bound = float(np.median(full.data[off]))  # a value some pairs have exactly
+    got = jaccard_distance(x, 20, 6, max_distance=bound).tocoo()
+    want = {(r, c) for r, c, d in zip(full.row, full.col, full.data) if d <= np.float32(bound)}
+    assert any(d == np.float32(bound) for d in full.data)
+    assert set(zip(got.row.tolist(), got.col.tolist())) == want
+
+
+def test_knn_indices_wider_than_k1_use_their_first_k1_columns():
+    """knn_indices may be (N, >= k1): e.g. a faiss search run once for a larger k1."""
+    x, _ = clustered(seed=8, n_ids=10, per_id=12, d=24, noise=1.0)
+    rank = faiss_l2_rank(x, 25)
+    ref = dense_jaccard(x, rank[:, :15], 15, 4)
+    got = jaccard_distance(x, 15, 4, knn_indices=rank)
+    dense = np.ones(ref.shape, dtype=np.float32)
+    coo = got.tocoo()
+    dense[coo.row, coo.col] = coo.data
+    np.testing.assert_allclose(dense, ref, rtol=0, atol=1e-6)

@@ -280,3 +280,15 @@ def test_self_search_holds_o_n_k_candidates_not_every_tiles():
     grown = float(out.stdout.split()[-1])
     # the output (8000 x 30 x 12 B = 2.7 MiB) and a 1 MiB tile; the chunks took ~180 MiB
     assert grown < 48, f"the self search grew the peak RSS by {grown:.0f} MiB"
+
+
+@pytest.mark.parametrize("backend", ["torch", "ivf"])
+def test_l2_knn_values_are_squared_distances_never_negative(backend):
+    """Squared distances are >= 0 (the module doc: clamped at 0); rows of norm ~40 round
+    |x|^2 + |y|^2 - 2 x.y below 0 by ~1e-3 without the clamp."""
+    torch.set_num_threads(1)
+    x = torch.randn(400, 64, generator=torch.Generator().manual_seed(0)) * 5
+    v, i = knn(x, k=3, metric="l2", backend=backend)
+    assert float(v.min()) >= 0.0
+    exact = ((x.double()[:, None] - x.double()[None]) ** 2).sum(-1)
+    assert torch.allclose(v.double(), exact.gather(1, i), rtol=1e-4, atol=5e-3)

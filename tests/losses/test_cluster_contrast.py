@@ -554,3 +554,44 @@ def test_visible_views_update_in_the_order_of_the_reference_calls():
     assert torch.allclose(got, momentum_loop(m, x[order], lab[order].tolist(), 0.1), atol=1e-12)
     with pytest.raises(ValueError, match="permutation of 5 rows"):
         momentum_update(m.clone(), x, lab, 0.1, np.array([0, 0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("branch", ["visible", "infrared"])
+def test_dagl_branch_keeps_the_cross_rows_of_one_memory_only(branch):
+    """Paper Table 4: ``visible`` keeps the infrared rows (ir_in_v) in M^v and drops the
+    visible rows from M^r; ``infrared`` the other way round."""
+    ctx = _context()
+    loss = DualClusterContrastLoss(branch=branch, shuffle_updates=False)
+    loss.reset(ctx)
+    out, t = _step()
+    s = len(out.feat_v)
+    z = torch.cat([out.feat_v, out.feat_a, out.feat_r])
+    none = [-1] * s
+    ir_in_v = t.ir_in_v.tolist() if branch == "visible" else none
+    vis_in_r = t.vis_in_r.tolist() if branch == "infrared" else none
+    tv = t.vis_in_v.tolist() * 2 + ir_in_v
+    tr = vis_in_r * 2 + t.ir_in_r.tolist()
+    mv, mr = loss.memory_v.features.clone(), loss.memory_r.features.clone()
+    ref = nce_mean(z, mv, tv, TAU) + nce_mean(z, mr, tr, TAU)
+    assert torch.allclose(loss(out, t), ref, rtol=1e-10)
+    loss.update(out, t)  # batch order [f^v; f^a; f^r]
+    assert torch.allclose(
+        loss.memory_v.features.double(), momentum_loop(mv, z, tv, 0.1), atol=1e-12
+    )
+    assert torch.allclose(
+        loss.memory_r.features.double(), momentum_loop(mr, z, tr, 0.1), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("method", ["rounds", "gram"])
+def test_momentum_zero_replaces_each_prototype_by_its_last_row(method):
+    """mu = 0 (allowed: momentum in [0, 1]) keeps no old prototype: labels with fewer rows
+    than the most frequent one must not be touched in the rounds they have no row."""
+    from uvireid.losses.memory import momentum_update
+
+    mem = unit_rows(3, 4, seed=1)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = [0, 0, 0, 1, -1, 0]  # label 0: 4 rows, label 1: 1 row, label 2: none
+    expected = momentum_loop(mem.clone(), x, y, 0.0)
+    momentum_update(mem, x, torch.tensor(y), 0.0, method=method)
+    assert torch.allclose(mem, expected, atol=1e-12)

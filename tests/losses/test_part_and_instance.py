@@ -527,3 +527,28 @@ def test_official_part_seeding_without_part_weights_warns(caplog):
     with caplog.at_level(logging.WARNING):
         PartContrastLoss(num_parts=2, official_quirks=True).reset(ctx)
     assert not any("part_weights" in r.getMessage() for r in caplog.records)
+
+
+def test_instance_update_maps_image_indices_to_memory_rows_past_outliers():
+    """The instance memories hold the clustered images only (outliers left out), so the
+    batch's image index must go through the image -> row map: visible image 7 and
+    infrared image 6 are outliers, so visible images 8, 9 sit in rows 7, 8 and infrared
+    image 7 in row 6; an outlier image in the batch updates nothing."""
+    ctx = _context()
+    out, t = _step()
+    t.idx_v = torch.tensor([8, 9, 2])
+    t.idx_r = torch.tensor([7, 6, 0])  # 6: an outlier
+    loss = InstanceNeighbourLoss(k=3, num_parts=2)
+    loss.reset(ctx)
+    inst_v, inst_r = loss.inst_v.clone(), loss.inst_r.clone()
+    part_v = loss.part_v.clone()
+    loss.update(out, t)
+    assert torch.allclose(
+        loss.inst_v, momentum_loop(inst_v, out.feat_v, [7, 8, 2], 0.1), atol=1e-12
+    )
+    assert torch.allclose(
+        loss.inst_r, momentum_loop(inst_r, out.feat_r, [6, -1, 0], 0.1), atol=1e-12
+    )
+    for p in range(2):
+        ref = momentum_loop(part_v[:, p], out.parts["v", "v"][:, p], [7, 8, 2], 0.1)
+        assert torch.allclose(loss.part_v[:, p], ref, atol=1e-12)
