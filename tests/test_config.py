@@ -662,3 +662,18 @@ def test_a_plugin_datasets_existing_relative_folder_is_made_absolute(tmp_path, m
         assert again["data"]["root"] == str(tmp_path / "work" / "data" / "mine"), again["data"]
     finally:
         DATASETS.unregister("test_local_plugin_dataset")
+
+
+def test_a_boolean_seed_is_refused():
+    """YAML reads seed=true as True, an int in Python: it would seed with 1 (audit BZ)."""
+    with pytest.raises(ConfigError, match="'seed' must be int"):
+        load_recipe("demo", ["seed=true"])
+
+
+def test_an_empty_override_value_is_the_empty_string_not_null():
+    """`clusterer=` (an unset shell variable: clusterer=$CLUSTERER) must not read as
+    clusterer=null, which removes the part (mutation audit BZ)."""
+    assert parse_override("description=") == ("description", "")
+    assert parse_override("clusterer=  ") == ("clusterer", "")
+    with pytest.raises(ConfigError, match="clusterer '' is not registered"):
+        load_recipe("demo", ["clusterer="])

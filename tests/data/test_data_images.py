@@ -81,3 +81,50 @@ def test_list_images_reads_tiff_and_webp_and_names_other_image_files(tmp_path, c
         got = list_images(tmp_path)
     assert [p.rsplit("/", 1)[1] for p in got] == ["a.tif", "b.TIFF", "c.webp", "e.jpg"]
     assert "1 image file(s) in" in caplog.text and "d.gif" in caplog.text
+
+
+def _stretch(a):
+    """The documented reduction of a wide image: its own range to 0..255, in float64."""
+    import numpy as np
+
+    a = a.astype(np.float64)
+    return np.round((a - a.min()) * 255.0 / (a.max() - a.min())).astype(np.uint8)
+
+
+def test_read_image_stretches_a_32_bit_integer_image(tmp_path):
+    """Through Pillow's convert a 32-bit thermal image clips to white (mutation audit BZ)."""
+    import numpy as np
+
+    a = np.random.default_rng(1).integers(1000, 40000, (16, 8)).astype(np.int32)
+    path = tmp_path / "t.tif"
+    Image.fromarray(a, mode="I").save(path)
+    assert Image.open(path).mode == "I"
+    out = np.asarray(read_image(path))
+    assert (out[..., 0] == _stretch(a)).all()
+
+
+def test_read_image_stretches_a_float_image_in_0_1(tmp_path):
+    """A float TIFF normalised to 0..1 (as radiometric exports often are), kept as it is,
+    would round to 0 and 1: a black image (mutation audit BZ)."""
+    import numpy as np
+
+    a = np.random.default_rng(2).uniform(0.05, 0.95, (16, 8)).astype(np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(a, mode="F").save(path)
+    assert Image.open(path).mode == "F"
+    out = np.asarray(read_image(path))
+    assert (out[..., 0] == _stretch(a)).all()
+    assert out.max() == 255 and out.min() == 0
+
+
+def test_a_16_bit_image_whose_values_reach_255_keeps_them(tmp_path):
+    """A wide image already in 0..255 is kept as it is, up to exactly 255 (mutation audit BZ)."""
+    import numpy as np
+
+    a = np.random.default_rng(3).integers(20, 256, (16, 8)).astype(np.uint16)
+    a[0, 0], a[0, 1] = 20, 255  # lowest 20, highest exactly 255
+    path = tmp_path / "s.png"
+    Image.fromarray(a).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    out = np.asarray(read_image(path))
+    assert (out[..., 0] == a).all()

@@ -206,3 +206,46 @@ def test_samplers_refuse_malformed_labels_and_sizes():
     # whole-valued float labels (as some exports give) are labels
     batch = IdentitySampler(lab.astype(float), lab, 2, 2).sample(np.random.default_rng(0))
     assert len(batch.idx_v) == 4 and len(set(lab[batch.idx_v])) == 2
+
+
+# Replacement rules at their boundaries (mutation audit BZ): salcr_reference.md Sec. 9.2,
+# "with replacement (including when it has exactly 12)"; clusters per batch "without
+# replacement"; Cluster-Contrast's RandomMultipleGallerySampler draws without replacement
+# only from at least num_instances candidates.
+def test_draw_from_a_pool_of_exactly_n_is_with_replacement():
+    from uvireid.data.samplers import draw
+
+    rng = np.random.default_rng(0)
+    outs = [draw(np.arange(4), 4, rng) for _ in range(100)]
+    # P(no repeat | with replacement) = 4!/4^4 = 0.094: 100 draws without one is ~1e-103
+    assert any(len(set(o.tolist())) < 4 for o in outs)
+    outs = [draw(np.arange(5), 4, rng) for _ in range(100)]  # one more image than n
+    assert all(len(set(o.tolist())) == 4 for o in outs)
+
+
+def test_identity_sampler_with_exactly_ids_clusters_draws_each_once():
+    from uvireid.data.samplers import IdentitySampler
+
+    lv = np.repeat(np.arange(4), 6)
+    lr = np.repeat(np.arange(4), 6)
+    s = IdentitySampler(lv, lr, ids=4, images=2)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        b = s.sample(rng)
+        assert sorted(lv[b.idx_v].tolist()) == sorted(np.repeat(np.arange(4), 2).tolist())
+        assert sorted(lr[b.idx_r].tolist()) == sorted(np.repeat(np.arange(4), 2).tolist())
+
+
+def test_camera_aware_with_n_minus_1_other_camera_images_draws_with_replacement():
+    from uvireid.data.samplers import draw_camera_aware
+
+    cams = np.array([1, 2, 2, 3])  # anchor 0 in camera 1; 3 = n - 1 images elsewhere
+    rng = np.random.default_rng(0)
+    rests = []
+    for _ in range(300):
+        got = draw_camera_aware(np.arange(4), cams, 4, rng)
+        if int(got[0]) == 0:
+            rests.append(got[1:].tolist())
+    assert rests
+    # P(no repeat among 3 of 3 with replacement) = 3!/27 = 0.22 per draw
+    assert any(len(set(r)) < 3 for r in rests)

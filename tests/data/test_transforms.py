@@ -493,3 +493,40 @@ def test_the_resize_filter_is_pils_and_part_of_the_cache_key(tmp_path):
     assert len(list((tmp_path / "cache").glob("images-*[0-9a-f].npy"))) == 3
     with pytest.raises(ConfigError, match="resize must be one of bilinear, bicubic, lanczos"):
         load_images(recs, 16, 8, resize="nearest")
+
+
+def test_normalize_matches_torchvision_imagenet_normalisation():
+    """Checked only against itself before: a wrong constant or channel order would feed
+    every ImageNet-pretrained backbone misscaled input (mutation audit BZ)."""
+    from torchvision.transforms import Normalize
+
+    from uvireid.data.transforms import normalize
+
+    x = torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(0))
+    ref = Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    expected = torch.stack([ref(img) for img in x])
+    assert torch.allclose(normalize(x), expected, atol=1e-6)
+
+
+def test_pad_crop_reaches_every_offset_including_the_last():
+    """torchvision's RandomCrop(size, padding=pad), which the peers use, draws the corner
+    uniformly in 0..2*pad inclusive: the window flush with the padded image's bottom and
+    right edges too (mutation audit BZ)."""
+    from uvireid.data.transforms import pad_crop_flip
+
+    pad, h, w = 2, 6, 4
+    x = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w) + 1
+    x = x.expand(400, 1, h, w).contiguous()
+    out = pad_crop_flip(x, pad, torch.Generator().manual_seed(0), flip_p=0.0)
+    xp = torch.nn.functional.pad(x[:1], (pad, pad, pad, pad))[0]
+    seen = set()
+    for o in out:
+        hit = [
+            (oy, ox)
+            for oy in range(2 * pad + 1)
+            for ox in range(2 * pad + 1)
+            if torch.equal(o, xp[:, oy : oy + h, ox : ox + w])
+        ]
+        assert len(hit) == 1
+        seen.add(hit[0])
+    assert seen == {(oy, ox) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)}

@@ -231,3 +231,21 @@ def test_best_checkpoint_keeps_its_epoch_when_latest_moves_on(tmp_path, monkeypa
     keep_as_best(tmp_path)  # replaces the old best
     assert load_checkpoint(best)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "latest.pt"]
+
+
+def test_set_rng_state_restores_python_numpy_and_torch_streams():
+    """A plugin (a clusterer, sklearn with random_state=None) may draw from Python's or
+    NumPy's global stream: a resume must bring those back too (mutation audit BZ)."""
+    import random
+
+    import numpy as np
+
+    from uvireid.engine.checkpoint import rng_state, set_rng_state
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    saved = rng_state()
+    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    random.random(), np.random.rand(5), torch.rand(5)  # every stream moves on
+    set_rng_state(saved)
+    again = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    assert again == first
