@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,23 @@ REPO = HERE.parents[1]
 
 
 def official_dir() -> Path | None:
-    """The shared copy of SYSU-MM01's official evaluation files, if present."""
-    for root in (REPO / "shared", REPO.parent / "shared"):
-        d = root / "data" / "sysu_mm01_official"
+    """The copy of SYSU-MM01's official evaluation files: the folder
+    ``$UVIREID_SYSU_OFFICIAL`` names (a checkout elsewhere; an error when it lacks them),
+    else the shared one beside the repository, if present."""
+    env = os.environ.get("UVIREID_SYSU_OFFICIAL")
+    if env:
+        candidates = [Path(env).expanduser()]
+    else:
+        candidates = [
+            r / "data" / "sysu_mm01_official" for r in (REPO / "shared", REPO.parent / "shared")
+        ]
+    for d in candidates:
         if (d / "rand_perm_cam.mat").is_file() and (d / "test_id.mat").is_file():
             return d
+    if env:
+        raise pytest.UsageError(
+            f"UVIREID_SYSU_OFFICIAL={env} has no rand_perm_cam.mat and test_id.mat"
+        )
     return None
 
 
@@ -33,7 +46,10 @@ def sysu_official():
     """(perm_file, {(cam, pid): (10, n) perm}, test ids) or skip."""
     d = official_dir()
     if d is None:
-        pytest.skip("shared/data/sysu_mm01_official (rand_perm_cam.mat, test_id.mat) is absent")
+        pytest.skip(
+            "shared/data/sysu_mm01_official (rand_perm_cam.mat, test_id.mat) is absent; "
+            "set UVIREID_SYSU_OFFICIAL to the folder that holds them"
+        )
     import scipy.io
 
     from uvireid.evaluation import load_rand_perm
