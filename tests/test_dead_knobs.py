@@ -18,14 +18,14 @@ def test_gem_p_is_not_silently_replaced_by_a_uvireid_checkpoints(tmp_path):
     model = {f"backbone.{k}": v for k, v in trained.state_dict().items()}
     path = save_checkpoint(tmp_path, {"epoch": 1, "model": model, "rng": rng_state()})
     m = BACKBONES.build({**spec, "pretrained": str(path), "gem_p": 6.0})
-    assert float(m.pool.p) == 6.0  # the recipe's, not the checkpoint's 3
+    assert float(m.pool.p.detach()) == 6.0  # the recipe's, not the checkpoint's 3
     learnable = BACKBONES.build({**spec, "gem_learnable": True})
     with torch.no_grad():
         learnable.pool.p.fill_(4.5)  # a learnt exponent is a weight: it loads
     model = {f"backbone.{k}": v for k, v in learnable.state_dict().items()}
     path = save_checkpoint(tmp_path / "l", {"epoch": 1, "model": model, "rng": rng_state()})
     m = BACKBONES.build({**spec, "gem_learnable": True, "pretrained": str(path)})
-    assert float(m.pool.p) == 4.5
+    assert float(m.pool.p.detach()) == 4.5
 
 
 # 2. a stage's lr does nothing when train.lr is 0 (LambdaLR scales train.lr)

@@ -131,7 +131,7 @@ def test_loss_returning_a_non_scalar_is_a_clear_error(tmp_path, registered, bad)
     class Bad(nn.Module):
         def forward(self, outputs, targets):
             v = outputs.feat_v.sum() * 0.0
-            return float(v) if bad == "float" else torch.stack([v, v])
+            return float(v.detach()) if bad == "float" else torch.stack([v, v])
 
     registered(LOSSES, "zz_bo_bad", Bad)
     cfg = validate(_one_stage(tmp_path, {"type": "zz_bo_bad"}))

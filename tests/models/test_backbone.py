@@ -443,3 +443,43 @@ def test_timm_pooling_auto_leaves_the_rng_and_the_batch_norm_statistics_alone():
     assert ra == rb and ta and tb
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_timm_feature_size_is_what_the_head_gives():
+    """MobileNetV3's head turns its 576-channel map into 1024 features: the neck was
+    built for 576 and the first batch failed ("running_mean should contain 1024
+    elements", session 20)."""
+    m = TimmBackbone("mobilenetv3_small_100").eval()
+    x = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = m(x)
+        fmap = m.model.forward_features(x)
+        # the head by hand: average, 1x1 conv, activation
+        pooled = m.model.act2(m.model.norm_head(m.model.conv_head(fmap.mean((2, 3), keepdim=True))))
+    assert m.pooling == "head" and m.out_dim == 1024 == out.bn_feat.shape[1]
+    assert torch.allclose(out.global_feat, pooled.flatten(1), atol=1e-5)
+    assert fmap.shape[1] == 576
+
+
+def test_a_size_a_timm_model_cannot_take_is_refused_before_training():
+    """LeViT's attention biases are sized to its input: a 64 x 32 run failed at its first
+    batch with a raw shape error; now check_input_size runs one blank image first."""
+    from uvireid.models.backbone import check_input_size
+
+    with pytest.raises(ConfigError, match=r"'levit_128s' cannot take 64 x 32 images.*img_size"):
+        check_input_size(TimmBackbone("levit_128s"), 64, 32)
+    sized = TimmBackbone("levit_128s", img_size=[64, 32])
+    check_input_size(sized, 64, 32)
+    # the blank image leaves the weights, the BN statistics and the mode alone
+    m = TimmBackbone("resnet18")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    check_input_size(m, 64, 32)
+    assert m.training
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_timm_models_uvireid_cannot_pool_are_named():
+    with pytest.raises(ConfigError, match="gives its features as a list, not one tensor"):
+        TimmBackbone("crossvit_tiny_240")
+    with pytest.raises(ConfigError, match="has no spatial map.*GeM cannot pool it"):
+        TimmBackbone("vit_tiny_patch16_224", pooling="gem")

@@ -798,11 +798,13 @@ class TimmBackbone(_ReidHead):
                     f"and backbone.img_size, e.g. {near}"
                 )
         self.name = name
+        #: the size the model was built for (``img_size``), or None
+        self.img_size = tuple(int(v) for v in img_size) if img_size is not None else None
         self.fixed_input_size = _fixed_input_size(self.model)
         self.channels_last_map = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
-        self.out_dim = self.model.num_features
-        #: "gem" or "head": how this model's spatial map is pooled (``pooling`` resolved)
-        self.pooling = _signed_map_pooling(self) if pooling == "auto" else pooling
+        #: "gem" or "head": how this model's features are pooled (``pooling`` resolved)
+        self.pooling, self.out_dim = _resolve_pooling(self, pooling)
+        self._sizes_run: set[tuple[int, int]] = set()  # input sizes run_input_size passed
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
@@ -822,6 +824,38 @@ class TimmBackbone(_ReidHead):
                 f"[{height}, {width}] (timm builds the model for that size)"
             )
 
+    @torch.no_grad()
+    def run_input_size(self, height: int, width: int) -> None:
+        """Run one blank ``height x width`` image through the model (in eval mode, on its
+        device; once per size), so that a size the model cannot take is a ConfigError
+        before training.
+
+        Raises:
+            ConfigError: naming the model, the size and timm's error.
+        """
+        size = (int(height), int(width))
+        if size in self._sizes_run:
+            return
+        p = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            self(torch.zeros(1, 3, *size, device=p.device, dtype=p.dtype))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any model's refusal of the size
+            raise ConfigError(
+                f"timm: model '{self.name}' cannot take {size[0]} x {size[1]} images "
+                f"(train.height x train.width) ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"a model whose attention is sized to its input (LeViT, EfficientFormer) "
+                f"needs backbone.img_size: [{size[0]}, {size[1]}], a window model (MaxViT, "
+                f"Swin) sizes that are multiples of its window, a model that downsamples "
+                f"much (Inception) larger images"
+            ) from None
+        finally:
+            self.train(was_training)
+        self._sizes_run.add(size)
+
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int = VISIBLE) -> BackboneOutput:
         self.check_input_size(x.shape[-2], x.shape[-1], "input")
         fmap = self.model.forward_features(self._layout(x))
@@ -837,7 +871,10 @@ class TimmBackbone(_ReidHead):
 
 def check_input_size(backbone: nn.Module, height: int, width: int) -> None:
     """Before a run's first image: a backbone built for a fixed input size (a timm ViT
-    at 224 x 224) refuses the recipe's ``train.height x train.width`` with the fix.
+    at 224 x 224) refuses the recipe's ``train.height x train.width`` with the fix, and
+    a timm backbone runs one blank image of that size (models whose attention is sized
+    to their input, LeViT, EfficientFormer, or that need larger images, Inception, failed
+    at the first batch with a raw error).
 
     Raises:
         ConfigError: the backbone takes another size only.
@@ -845,6 +882,9 @@ def check_input_size(backbone: nn.Module, height: int, width: int) -> None:
     check = getattr(backbone, "check_input_size", None)
     if callable(check):
         check(height, width, "train.height x train.width")
+    run = getattr(backbone, "run_input_size", None)
+    if callable(run):
+        run(height, width)
 
 
 #: ``TimmBackbone(pooling=...)`` values
@@ -852,16 +892,24 @@ TIMM_POOLING = ("auto", "gem", "head")
 
 
 @torch.no_grad()
-def _signed_map_pooling(backbone: TimmBackbone) -> str:
-    """``pooling: auto`` resolved: "gem" when the model's map is non-negative, "head"
-    when it is signed (GeM's clamp at 1e-6 would drop the negative values: half of a
-    LayerNorm'd or residual map, audit AM) or when the model has no spatial map.
+def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
+    """(pooling, feature size): ``pooling`` resolved to "gem" or "head", and the size of
+    the pooled feature (timm's head may change it: MobileNetV3's 576 channels become 1024).
 
+    ``auto`` takes GeM where the model's map is non-negative, the head where it is signed
+    (GeM's clamp at 1e-6 would drop the negative values: half of a LayerNorm'd or
+    residual map, audit AM); a model without a spatial map (tokens) takes its head.
     Looks at the map of one image drawn from its own generator (the global RNG, which
     draws the neck's initialisation next, is not touched), in eval mode (batch norm's
-    running statistics are not updated), at the model's fixed size or 64 x 64."""
-    model = backbone.model
-    sizes = [backbone.fixed_input_size or (64, 64)]
+    running statistics are not updated), at ``img_size``, the model's fixed size or
+    64 x 64 (then timm's default size, for a model that needs more).
+
+    Raises:
+        ConfigError: the model cannot run or its features are not a tensor; ``gem`` for a
+            model without a spatial map.
+    """
+    model, name = backbone.model, backbone.name
+    sizes = [backbone.img_size or backbone.fixed_input_size or (64, 64)]
     default = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", ())[-2:])
     if len(default) == 2 and default not in sizes:
         sizes.append(default)  # a model that needs more than 64 x 64
@@ -876,15 +924,29 @@ def _signed_map_pooling(backbone: TimmBackbone) -> str:
             except Exception as exc:  # noqa: BLE001 - any model's refusal of the size
                 if i + 1 == len(sizes):
                     raise ConfigError(
-                        f"timm: pooling 'auto' could not look at the map of model "
-                        f"'{backbone.name}' ({type(exc).__name__}: {str(exc)[:200]}); set "
-                        f"backbone.pooling to gem (a non-negative map) or head"
+                        f"timm: model '{name}' could not run one image of "
+                        f"{' or '.join(f'{h} x {w}' for h, w in sizes)} to find how to pool "
+                        f"it ({type(exc).__name__}: {str(exc)[:200]}); if it takes a fixed "
+                        f"size, set backbone.img_size"
                     ) from None
+        if not isinstance(fmap, torch.Tensor):
+            raise ConfigError(
+                f"timm: model '{name}' gives its features as a {type(fmap).__name__}, not "
+                f"one tensor (a multi-branch model): uvireid cannot pool it; choose another"
+            )
+        spatial = fmap.dim() == 4
+        if pooling == "gem" and not spatial:
+            raise ConfigError(
+                f"timm: model '{name}' has no spatial map (its features are "
+                f"{tuple(fmap.shape)}): GeM cannot pool it; set backbone.pooling: auto or head"
+            )
+        if pooling == "auto":
+            pooling = "gem" if spatial and bool((fmap >= 0).all()) else "head"
+        if pooling == "head" or not spatial:
+            return "head", int(model.forward_head(fmap, pre_logits=True).shape[-1])
+        return "gem", int(fmap.shape[-1] if backbone.channels_last_map else fmap.shape[1])
     finally:
         model.train(was_training)
-    if fmap.dim() != 4:
-        return "head"
-    return "gem" if bool((fmap >= 0).all()) else "head"
 
 
 def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
