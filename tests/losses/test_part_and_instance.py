@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -552,3 +554,86 @@ def test_instance_update_maps_image_indices_to_memory_rows_past_outliers():
     for p in range(2):
         ref = momentum_loop(part_v[:, p], out.parts["v", "v"][:, p], [7, 8, 2], 0.1)
         assert torch.allclose(loss.part_v[:, p], ref, atol=1e-12)
+
+
+#: the three BN passes of salcr_reference.md Sec. 6.3 (query image, map image), written out
+SPEC_PASSES = (
+    (("v", "v"), ("a", "a"), ("r", "r")),  # part_feat (self)
+    (("v", "r"), ("a", "r"), ("r", "v")),  # part_feat1
+    (("v", "a"), ("a", "v"), ("r", "a")),  # part_feat2
+)
+
+
+def test_part_tokens_and_part_neck_start_as_the_reference():
+    """salcr_reference.md Sec. 6.1/3.2: tokens kaiming_normal with fan_in = C, std sqrt(2/C);
+    the part BN's weight ~ N(1, 0.01), bias 0 and frozen."""
+    torch.manual_seed(0)
+    c, p = 2048, 3
+    mod = PartQuery(c, p)
+    t = mod.tokens.detach().double()
+    n = t.numel()
+    # the std of n normal draws is within 5 standard errors (sigma / sqrt(2n)) of sigma
+    sigma = math.sqrt(2 / c)
+    assert abs(float(t.std()) - sigma) < 5 * sigma / math.sqrt(2 * n)
+    assert abs(float(t.mean())) < 5 * sigma / math.sqrt(n)
+    w = mod.neck.weight.detach().double()
+    assert abs(float(w.mean()) - 1.0) < 5 * 0.01 / math.sqrt(w.numel())
+    assert abs(float(w.std()) - 0.01) < 5 * 0.01 / math.sqrt(2 * w.numel())
+    assert float(mod.neck.bias.abs().max()) == 0.0 and not mod.neck.bias.requires_grad
+
+
+def test_part_bn_normalises_each_group_of_three_pairs_with_its_own_batch_statistics():
+    """Train mode: the BN of each pass of Sec. 6.3 sees the 3*S rows of its three pairs,
+    flattened p-major to (P*C,) (salcr_reference.md Sec. 6.3); checked against the loop
+    oracles and a hand-written batch norm."""
+    torch.manual_seed(0)
+    s, c, p = 3, 4, 2
+    mod = PartQuery(c, p).double().train()
+    with torch.no_grad():
+        mod.neck.weight.uniform_(0.5, 1.5)  # every feature its own scale
+    maps = {k: torch.randn(s, c, 3, 2, dtype=torch.float64).relu() for k in "var"}
+    out = mod.pairs(maps["v"], maps["a"], maps["r"])
+    tokens = mod.tokens.detach()
+    st = {k: part_queries_loop(f, tokens)[0] for k, f in maps.items()}
+    q = {k: part_queries_loop(f, tokens)[1] for k, f in maps.items()}
+    raw = {
+        (a, b): torch.stack(
+            [
+                torch.stack([attention_loop(q[a][i, j], st[b][i][j]) for j in range(p)])
+                for i in range(s)
+            ]
+        )
+        for a in "var"
+        for b in "var"
+    }
+    w, eps = mod.neck.weight.detach(), mod.neck.eps
+    for group in SPEC_PASSES:
+        rows = torch.cat([raw[pair].reshape(s, p * c) for pair in group])  # (3S, P*C)
+        mean = rows.mean(0)
+        var = ((rows - mean) ** 2).mean(0)  # biased, as batch norm in training
+        bn = ((rows - mean) / torch.sqrt(var + eps) * w).reshape(3, s, p, c)
+        for k, pair in enumerate(group):
+            assert torch.allclose(out[pair].detach(), bn[k], atol=1e-8), pair
+
+
+def test_self_parts_use_the_running_statistics_even_from_train_mode():
+    """self_parts (test-time part features) = the part BN with its running statistics, by
+    hand, on the loop oracles' parts; the module stays in train mode and its statistics
+    are not moved."""
+    torch.manual_seed(0)
+    n, c, p = 3, 4, 2
+    mod = PartQuery(c, p).double().train()
+    with torch.no_grad():
+        mod.neck.running_mean.uniform_(-1, 1)
+        mod.neck.running_var.uniform_(0.5, 2)
+    before = mod.neck.running_mean.clone()
+    fmap = torch.randn(n, c, 3, 2, dtype=torch.float64).relu()
+    got = mod.self_parts(fmap, normalize=False)
+    st, q = part_queries_loop(fmap, mod.tokens.detach())
+    raw = torch.stack(
+        [torch.stack([attention_loop(q[i, j], st[i][j]) for j in range(p)]) for i in range(n)]
+    ).reshape(n, p * c)
+    bn = mod.neck
+    expect = (raw - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight.detach()
+    assert torch.allclose(got, expect.reshape(n, p, c).float(), atol=1e-5)
+    assert mod.training and torch.equal(mod.neck.running_mean, before)

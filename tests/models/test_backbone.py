@@ -483,3 +483,30 @@ def test_timm_models_uvireid_cannot_pool_are_named():
         TimmBackbone("crossvit_tiny_240")
     with pytest.raises(ConfigError, match="has no spatial map.*GeM cannot pool it"):
         TimmBackbone("vit_tiny_patch16_224", pooling="gem")
+
+
+def test_an_int_modality_sends_the_whole_batch_through_that_stream():
+    """model(x, 1) (an int for the whole batch, as the docstring allows) must use the
+    infrared stem, as the stages composed by hand do; each stem is made distinct first."""
+    torch.manual_seed(0)
+    m = TwoStreamResNet("resnet18").eval()
+    with torch.no_grad():
+        m.stream(1)[0][0].weight.mul_(-1.5)  # the streams differ from here on
+        x = torch.randn(2, 3, 64, 32)
+        for k in (0, 1):
+            by_hand = m.shared(m.stream(k)(x))
+            assert torch.allclose(m(x, k).feature_map, by_hand, atol=1e-5)
+        assert not torch.allclose(m(x, 0).feature_map, m(x, 1).feature_map, atol=1e-3)
+
+
+def test_timm_pooling_auto_uses_the_head_for_a_silu_map_with_small_negatives():
+    """EfficientNet's map ends in a SiLU: its negative values are all above SiLU's minimum
+    (-0.2785), yet GeM's clamp would still drop them; ``auto`` must see any negative value
+    (the docstring names this model), not only large ones."""
+    b = TimmBackbone("efficientnet_b0").eval()
+    x = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fmap = b.model.forward_features(x)
+    assert (fmap < 0).float().mean() > 0.2  # a signed map ...
+    assert float(fmap.min()) > -0.2786  # ... whose negatives are all small (SiLU)
+    assert b.pooling == "head"

@@ -10,7 +10,7 @@ import torch
 from uvireid.errors import ConfigError
 from uvireid.models import prior as prior_mod
 from uvireid.models.backbone import TwoStreamResNet, build_resnet
-from uvireid.models.prior import synthetic_visible_prior
+from uvireid.models.prior import batch_hard_triplet, synthetic_visible_prior, warmup_cosine
 
 TINY = dict(ids=6, iters=3, batch_ids=2, images=2, height=32, width=16)
 
@@ -76,3 +76,25 @@ def test_the_prior_does_not_depend_on_the_callers_thread_count(built, tmp_path):
     a, b = torch.load(path, weights_only=True), torch.load(other, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert f"-v{prior_mod.PRIOR_VERSION}-" in path.name
+
+
+def test_batch_hard_triplet_equals_the_loop_of_hermans_et_al():
+    """For each anchor: the farthest positive and the nearest negative, hinge at margin."""
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0])
+    terms = []
+    for i in range(8):
+        d = [float((feat[i] - feat[j]).norm()) for j in range(8)]
+        pos = max(d[j] for j in range(8) if labels[j] == labels[i])
+        neg = min(d[j] for j in range(8) if labels[j] != labels[i])
+        terms.append(max(0.0, pos - neg + 0.3))
+    expect = sum(terms) / 8
+    assert abs(float(batch_hard_triplet(feat, labels, 0.3)) - expect) < 1e-6
+    assert expect > 0  # the hinge is active for some anchors: the test can tell
+
+
+def test_warmup_cosine_factors():
+    f = warmup_cosine(100)  # warm-up over 10 steps
+    assert [f(i) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert f(10) == 1.0 and abs(f(55) - 0.5) < 1e-12 and f(100) == 0.0
