@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from assoc_oracles import gaussian_modalities, link_precision_loops
+from sklearn import metrics as skm
 
 from uvireid.associations.otla import OTLADual
 from uvireid.associations.pgm import PGM
@@ -53,3 +54,34 @@ def test_association_quality_reports_every_view():
     assert q["cross_v"]["ari"] == pytest.approx(1.0) and q["links"]["link_precision"] == 1.0
     with pytest.raises(ProtocolError, match="expected"):
         link_precision(out, gv)
+
+
+def _ari(pred, gt):
+    pred = np.asarray(pred).copy()
+    out = pred < 0
+    pred[out] = 10_000 + np.arange(out.sum())  # each outlier its own cluster
+    return skm.adjusted_rand_score(gt, pred)
+
+
+def test_association_quality_scores_each_view_on_its_own_labels():
+    # visible 0..5, infrared 6..11; the two label spaces disagree on purpose
+    lv = np.array([0, 0, 1, 1, 2, -1, 0, 1, 1, 2, 2, 0])
+    lr = np.array([1, 0, 0, 2, 2, 1, 0, 0, 1, 1, 2, -1])
+    gt = np.array([7, 7, 8, 8, 9, 9, 7, 7, 8, 8, 9, 9])
+    cross = CrossLabels(
+        labels_in_v=lv,
+        labels_in_r=lr,
+        matches=np.zeros((0, 2), int),
+        num_visible=6,
+        num_clusters_v=3,
+        num_clusters_r=3,
+    )
+    q = association_quality(cross, gt)
+    assert q["visible"]["ari"] == pytest.approx(_ari(lv[:6], gt[:6]))
+    assert q["infrared"]["ari"] == pytest.approx(_ari(lr[6:], gt[6:]))
+    assert q["cross_v"]["ari"] == pytest.approx(_ari(lv, gt))
+    assert q["cross_r"]["ari"] == pytest.approx(_ari(lr, gt))
+    # the views differ, so a swapped view cannot pass
+    assert _ari(lv[:6], gt[:6]) != pytest.approx(_ari(lr[:6], gt[:6]))
+    assert _ari(lr[6:], gt[6:]) != pytest.approx(_ari(lv[6:], gt[6:]))
+    assert _ari(lv, gt) != pytest.approx(_ari(lr, gt))

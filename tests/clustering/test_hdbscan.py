@@ -6,7 +6,13 @@ import functools
 
 import numpy as np
 import pytest
-from cluster_oracles import clustered, dense_core_hdbscan, dense_jaccard, faiss_l2_rank
+import scipy.sparse as sp
+from cluster_oracles import (
+    clustered,
+    dense_core_hdbscan,
+    dense_jaccard,
+    faiss_l2_rank,
+)
 from sklearn.metrics import adjusted_rand_score
 
 from uvireid.clustering.hdbscan_clusterer import HDBSCANClusterer, hdbscan_sparse
@@ -74,3 +80,64 @@ def test_missing_hdbscan_package_is_named(monkeypatch, metric):
     x, _ = clustered(seed=5, n_ids=3, per_id=6, d=8, noise=0.5)
     with pytest.raises(ConfigError, match="hdbscan package is not installed.*pip install hdbscan"):
         HDBSCANClusterer(metric=metric).fit_predict(x)
+
+
+def _hdbscan():
+    return pytest.importorskip("hdbscan")  # the reference implementation
+
+
+def _dense(dist):
+    coo = dist.tocoo()
+    dense = np.ones(dist.shape)
+    dense[coo.row, coo.col] = coo.data
+    return dense
+
+
+def _ref(dense, **kw):
+    return _hdbscan().HDBSCAN(metric="precomputed", **kw).fit_predict(dense)
+
+
+@pytest.mark.parametrize(
+    "seed,n_ids,noise,opts",
+    [
+        (0, 14, 1.0, {"cluster_selection_method": "leaf"}),
+        (0, 14, 1.0, {"cluster_selection_epsilon": 0.5}),
+        (1, 2, 2.0, {"allow_single_cluster": True}),
+    ],
+)
+def test_selection_options_reach_the_jaccard_path(seed, n_ids, noise, opts):
+    per_id = 12 if n_ids > 2 else 20
+    d = 32 if n_ids > 2 else 16
+    x, _ = clustered(seed=seed, n_ids=n_ids, per_id=per_id, d=d, noise=noise)
+    dense = _dense(jaccard_distance(x, 30, 6))
+    want = _ref(dense, min_cluster_size=4, min_samples=4, **opts)
+    assert not np.array_equal(want, _ref(dense, min_cluster_size=4, min_samples=4))  # matters
+    np.testing.assert_array_equal(HDBSCANClusterer(**opts).fit_predict(x), want)
+
+
+def test_min_samples_reaches_the_euclidean_path():
+    x, _ = clustered(seed=0, n_ids=14, per_id=12, d=32, noise=1.0)
+    want = _hdbscan().HDBSCAN(min_cluster_size=4, min_samples=1).fit_predict(x.astype(np.float64))
+    got = HDBSCANClusterer(metric="euclidean", min_samples=1).fit_predict(x)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_with_exactly_min_samples_entries(seed):
+    """A row whose stored entries (self included) number exactly min_samples has core
+    distance = missing (the min_samples-th smallest, 0-based, is an absent pair)."""
+    rng = np.random.default_rng(seed)
+    n, m = 40, 3
+    a = np.zeros((n, n))
+    for i in range(n):  # a sparse random symmetric graph, few neighbours per row
+        for j in rng.choice(n, size=rng.integers(1, 4), replace=False):
+            if j != i:
+                a[i, j] = a[j, i] = rng.uniform(0.05, 0.9)
+    counts = (a > 0).sum(1) + 1  # + the diagonal
+    assert (counts == m).any()
+    dist = sp.csr_matrix(a)
+    dist.setdiag(0.0)  # stored explicit zeros on the diagonal
+    dense = np.where(a > 0, a, 1.0)
+    np.fill_diagonal(dense, 0.0)
+    want = _ref(dense, min_cluster_size=3, min_samples=m)
+    np.testing.assert_array_equal(hdbscan_sparse(dist, 3, m), want)

@@ -237,3 +237,20 @@ def test_split_all_reads_the_root_as_a_single_split_does(tmp_path, monkeypatch, 
         main(["data", "check", str(tmp_path / "nope"), "--dataset", "regdb", "--split", "all"]) == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_flags_an_image_listed_in_two_splits(sysu_root, monkeypatch):
+    """An image in both train and test (a leak) is a problem of its own, named with the
+    splits, even where the split files' identity lists are disjoint."""
+    ds = SYSUMM01(sysu_root)
+    orig = ds.splits()
+    victim = sorted(orig["test"], key=lambda r: r.path)[0]
+    leaked = {**orig, "train": [*orig["train"], victim]}
+    monkeypatch.setattr(ds, "splits", lambda: leaked)
+    shared = {r.path for r in leaked["train"]} & {r.path for r in leaked["test"]}
+    assert shared == {victim.path}  # the independent count
+    report = check_dataset(ds, official=False)
+    assert any(
+        p.startswith("1 image(s) are in both train and test") and victim.path in p
+        for p in report.problems
+    ), report.problems

@@ -258,3 +258,68 @@ def test_json_through_a_dangling_link_is_no_traceback(tmp_path, features_file, c
     )
     assert rc == 2  # refused before the evaluation, with the reason
     assert "which does not exist" in capsys.readouterr().err
+
+
+def test_eval_passes_shot_stable_and_feature_head_to_the_protocol(tmp_path, capsys):
+    """`--shot multi`, `--stable` and `--feature-head` change what is computed or recorded;
+    the CLI's numbers must equal the library's with the same options."""
+    f = make_sysu_features(seed=9)
+    meta = {k: v for k, v in f.meta.items() if k != "feature_head"}  # the flag labels it
+    path = save_features(tmp_path / "s.npz", f.feats, f.pids, f.cams, f.modality, f.paths, **meta)
+    out = tmp_path / "o.json"
+    argv = [
+        "eval",
+        str(path),
+        "--protocol",
+        "sysu-all",
+        "--trials",
+        "2",
+        "--shot",
+        "multi",
+        "--stable",
+        "--feature-head",
+        "pool",
+        "--json",
+        str(out),
+    ]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    want = run_protocol(path, "sysu-all", trials=2, shot="multi", stable=True, feature_head="pool")
+    single = run_protocol(path, "sysu-all", trials=2)
+    assert want.mean["mAP"] != pytest.approx(single.mean["mAP"])  # the option matters here
+    assert data["mean"] == pytest.approx(want.mean)
+    assert data["provenance"]["shot"] == "multi"
+    assert (
+        data["provenance"]["ranking"] == want.provenance["ranking"] != single.provenance["ranking"]
+    )
+    assert data["provenance"]["feature_head"] == "pool"
+    assert "single-shot" not in capsys.readouterr().out.splitlines()[0]
+
+
+def test_eval_runs_rows_print_each_metric_under_its_header(tmp_path, capsys):
+    """Each run's row and the mean±std row hold the metrics named by the header, in
+    its order (the existing test reads only the mAP of the last row)."""
+    import numpy as np
+
+    f = make_sysu_features(seed=9)
+    rng = np.random.default_rng(0)
+    files = []
+    for seed in range(3):
+        feats = f.feats + (0.3 * seed) * rng.standard_normal(f.feats.shape).astype(np.float32)
+        path = tmp_path / f"seed{seed}.npz"
+        files.append(str(save_features(path, feats, f.pids, f.cams, f.modality, f.paths)))
+    argv = ["eval", *files, "--protocol", "sysu-all", "--trials", "2", "--runs"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cols = next(ln for ln in lines if ln.startswith("run ")).split()[1:-1]
+    assert cols == ["R1", "R10", "mAP", "mINP"]
+    want = [run_protocol(p, "sysu-all", trials=2).mean for p in files]
+    for p, w in zip(files, want):
+        cells = next(ln for ln in lines if ln.startswith(p))[len(p) :].split()[:-1]
+        got = [float(c.split("±")[0]) for c in cells]
+        assert got == pytest.approx([w[c] for c in cols], abs=0.006)
+    cells = next(ln for ln in lines if ln.startswith("mean±std over runs")).split()[3:]
+    table = np.array([[w[c] for c in cols] for w in want])
+    got = [tuple(map(float, c.split("±"))) for c in cells]
+    for (m, s), wm, ws in zip(got, table.mean(0), table.std(0)):
+        assert m == pytest.approx(wm, abs=0.006) and s == pytest.approx(ws, abs=0.006)

@@ -307,3 +307,16 @@ def test_missing_paths_are_not_repeats(tmp_path):
         save_features(
             tmp_path / "m.npz", feats, [1] * 4, [1, 3, 1, 3], [0, 1, 0, 1], paths=[missing] * 4
         )
+
+
+def test_the_collapse_check_is_relative_to_the_feature_scale():
+    from uvireid.features import identical_rows
+
+    rng = np.random.default_rng(0)
+    tiny = 1e-7 * rng.normal(size=(50, 8))  # rows differ by their whole size: not collapsed
+    assert identical_rows(tiny) is None
+    big = 1e3 * rng.normal(size=(1, 8)).repeat(5, 0) + 1e-4 * rng.normal(size=(5, 8))
+    spread = float(np.abs(big - big[0]).max())  # about 3e-4, i.e. 1e-7 of the scale
+    scale = float(np.abs(big).max())
+    assert spread <= 1e-5 * scale and spread > 1e-5
+    assert identical_rows(big) == (spread, scale)

@@ -62,3 +62,19 @@ def test_all_outliers_ignored_gives_nan_and_bad_shapes_raise():
     assert math.isnan(q["ari"]) and q["outlier_fraction"] == 1.0 and q["num_clusters"] == 0
     with pytest.raises(ProtocolError, match="same length"):
         label_quality([0, 1], [0, 1, 2])
+
+
+def test_homogeneity_and_completeness_are_not_swapped():
+    # pred splits every identity in two: every cluster is pure (homogeneity 1) but each
+    # identity is spread over 2 equal clusters: completeness = 1 - H(K|C)/H(K) = 1 - 1/2
+    q = label_quality([0, 1, 2, 3], [0, 0, 1, 1])
+    assert q["homogeneity"] == pytest.approx(1.0)
+    assert q["completeness"] == pytest.approx(0.5)
+    assert q["v_measure"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 6, 120)
+    pred = rng.integers(0, 9, 120)
+    q = label_quality(pred, gt)
+    assert q["homogeneity"] == pytest.approx(skm.homogeneity_score(gt, pred))
+    assert q["completeness"] == pytest.approx(skm.completeness_score(gt, pred))
+    assert not math.isclose(q["homogeneity"], q["completeness"])

@@ -215,3 +215,84 @@ def test_rerank_all_keeps_the_other_rows_when_a_plugin_raises(uvireid_file, tmp_
     doc = json.loads(out.read_text())
     assert "cmfp(k=30)" in doc["reranked"]
     assert any("RuntimeError: plugin bug" in v for v in doc["failed"].values())
+
+
+def test_rerank_numbers_equal_the_library_and_the_options_reach_it(uvireid_file, tmp_path, capsys):
+    """The before/after numbers, the summary row and the change line equal run_protocol's
+    with the same options (--shot, --stable, a NAME.KEY keyword of the one re-ranker)."""
+    import re
+
+    from uvireid.evaluation import run_protocol
+    from uvireid.registry import RERANKERS
+
+    out = tmp_path / "rr.json"
+    rc = main(["rerank", str(uvireid_file), "--reranker", "cmfp", "--set", "cmfp.k=5",
+               "--protocol", "sysu-all", "--trials", "2", "--shot", "multi", "--stable",
+               "--json", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    opts = {"trials": 2, "shot": "multi", "stable": True}
+    base = run_protocol(uvireid_file, "sysu-all", **opts)
+    rr = run_protocol(
+        uvireid_file, "sysu-all", reranker=RERANKERS.build({"type": "cmfp", "k": 5}), **opts
+    )
+    single = run_protocol(uvireid_file, "sysu-all", trials=2)
+    assert base.mean["mAP"] != pytest.approx(single.mean["mAP"])  # --shot matters here
+    assert doc["baseline"]["mean"] == pytest.approx(base.mean)
+    assert doc["baseline"]["provenance"]["ranking"] == base.provenance["ranking"]
+    assert base.provenance["ranking"] != single.provenance["ranking"]  # --stable recorded
+    assert list(doc["reranked"]) == ["cmfp(k=5)"]
+    got = doc["reranked"]["cmfp(k=5)"]
+    assert got["mean"] == pytest.approx(rr.mean)
+    row = doc["summary"][1]
+    assert row["reranker"] == "cmfp(k=5)"
+    for k in ("R1", "mAP", "mINP"):
+        assert row[k] == pytest.approx(rr.mean[k])
+    assert row["seconds_per_trial"] == pytest.approx(got["rerank_seconds_total"] / 2)
+    change = re.search(r"change: R1 (\S+), mAP (\S+), mINP (\S+)", text).groups()
+    want = [rr.mean[k] - base.mean[k] for k in ("R1", "mAP", "mINP")]
+    assert [float(c) for c in change] == pytest.approx(want, abs=0.006)
+    assert any(abs(w) > 0.01 for w in want)  # the sign is visible
+
+
+def test_rerank_all_a_scoped_keyword_wins_over_the_plain_one(uvireid_file, capsys):
+    rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
+               "--trials", "1", "--k", "5", "--set", "cmfp.k=7"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and "cmfp(k=7)" in text and "cmrr(k=5," in text
+
+
+def _regdb_split(tmp_path, split: int):
+    rng = np.random.default_rng(split)
+    n = 40
+    return save_features(
+        tmp_path / f"split{split}.npz",
+        rng.normal(size=(n, 8)).astype(np.float32),
+        np.repeat(np.arange(10), 4),
+        np.tile([1, 2], n // 2),
+        np.tile([0, 1], n // 2),
+        dataset="regdb",
+        split=split,
+        train_split=split,
+    )
+
+
+def test_rerank_averages_every_regdb_split_file(tmp_path, capsys):
+    """Several RegDB split files are averaged, before and after re-ranking, as the
+    numbers of each file on its own averaged by hand."""
+    from uvireid.evaluation import run_protocol
+    from uvireid.registry import RERANKERS
+
+    files = [_regdb_split(tmp_path, s) for s in (1, 2)]
+    out = tmp_path / "rr.json"
+    rc = main(["rerank", *map(str, files), "--reranker", "cmfp", "--k", "3",
+               "--protocol", "regdb-v2i", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    one = [run_protocol(f, "regdb-v2i").mean["mAP"] for f in files]
+    assert one[0] != pytest.approx(one[1])  # the splits differ
+    assert doc["baseline"]["mean"]["mAP"] == pytest.approx(np.mean(one))
+    cmfp = RERANKERS.build({"type": "cmfp", "k": 3})
+    rr = [run_protocol(f, "regdb-v2i", reranker=cmfp).mean["mAP"] for f in files]
+    assert doc["reranked"]["cmfp(k=3)"]["mean"]["mAP"] == pytest.approx(np.mean(rr))

@@ -87,3 +87,17 @@ def test_cmc_is_drawn_from_protocol_results(tmp_path):
     path = curves.plot_cmc(results, tmp_path / "cmc.png", dpi=DPI)
     assert png_size(path) == expected_px(curves.FIGSIZE, DPI)
     assert curves.plot_cmc({"none": {"mean": {}}}, tmp_path / "none.png", dpi=DPI) is None
+
+
+def test_series_are_in_epoch_order_whatever_the_record_order():
+    # records concatenated out of order (two metrics files, a resume from an earlier
+    # checkpoint that logs epoch 1 only after epoch 3): a line drawn in record order
+    # would zig-zag back
+    records = [
+        {"epoch": 2, "losses": {"a": 20.0}},
+        {"epoch": 3, "losses": {"a": 30.0}},
+        {"epoch": 1, "losses": {"a": 10.0}},
+    ]
+    naive = sorted((r["epoch"], r["losses"]["a"]) for r in records)
+    got = curves.loss_series(records)["a"]
+    assert got == ([float(e) for e, _ in naive], [v for _, v in naive])
