@@ -304,3 +304,30 @@ def test_the_runs_own_features_and_tables_say_the_copy_is_not_the_release(run_di
     results = json.loads((run_dir / "results.json").read_text())
     meta = next(iter(results.values()))["provenance"]["features_meta"]
     assert meta["dataset_check"]["ok"] is False
+
+
+def test_extracting_a_fixed_size_run_at_another_size_names_the_runs_size(run_dir, tmp_path):
+    """A ViT run (backbone.img_size) extracts at its own size only: another
+    train.height/width got the advice to set backbone.img_size, which then failed on the
+    run's position embeddings (audit BU). Refused before any image is read."""
+    from uvireid.config import dump
+
+    vit = tmp_path / "vit_run"
+    (vit / "checkpoints").mkdir(parents=True)
+    cfg = load_recipe(
+        run_dir / "config.yaml",
+        ["backbone={type: timm, name: vit_tiny_patch16_224, img_size: [64, 32]}"],
+    )
+    (vit / "config.yaml").write_text(dump(cfg))
+    (vit / "checkpoints" / "latest.pt").write_bytes(b"")  # never read: refused first
+    out = tmp_path / "f.npz"
+    for over in (
+        ["train.height=128", "train.width=64"],
+        ["train.height=128", "train.width=64", "backbone.img_size=[128, 64]"],
+    ):
+        with pytest.raises(ConfigError, match=r"built for 64 x 32 images.*extract at the run"):
+            _extract(vit, out, *over)
+    # at the run's own size the check passes: the (empty) checkpoint is read next
+    with pytest.raises(CheckpointError):
+        _extract(vit, out)
+    assert not out.exists()

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 "features are not the run's own (recorded in the file as 'changes'): %s",
                 "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
             )
+        _check_fixed_size(run_cfg, cfg, args.checkpoint is None)
         run_data, data = run_cfg.get("data") or {}, cfg.get("data") or {}
         if run_data.get("type") == data.get("type") and args.checkpoint is None:
             train_split = run_data.get("split")  # the run's own weights: its own split
@@ -153,3 +154,34 @@ def run(args: argparse.Namespace) -> int:
     if protocols:
         print(f"next: uvireid eval {shlex.quote(str(path))} --protocol {protocols[0]}")
     return 0
+
+
+def _check_fixed_size(run_cfg: dict, cfg: dict, own_weights: bool) -> None:
+    """A run whose backbone was built for a fixed size (a timm ViT's ``img_size``: its
+    position embeddings have one entry per patch) extracts at that size only: another
+    ``train.height``/``width`` was refused with advice to set ``backbone.img_size``,
+    which then failed to load the run's position embeddings (audit BU). Refused here,
+    before any image is read, with the run's size.
+
+    Raises:
+        ConfigError: the overrides change the input size of such a run.
+    """
+    built = (run_cfg.get("backbone") or {}).get("img_size")
+    if not own_weights or built is None:
+        return
+    tr_run, tr = run_cfg.get("train") or {}, cfg.get("train") or {}
+    size = [tr.get("height"), tr.get("width")]
+    if (cfg.get("backbone") or {}).get("img_size") == built and size == [
+        tr_run.get("height"),
+        tr_run.get("width"),
+    ]:
+        return
+    from uvireid.errors import ConfigError
+
+    h, w = (int(v) for v in built)
+    raise ConfigError(
+        f"this run's backbone was built for {h} x {w} images (backbone.img_size: [{h}, {w}]) "
+        f"and its weights fit that size only (position embeddings, one per patch); extract "
+        f"at the run's size: drop the train.height/train.width and backbone.img_size "
+        f"overrides (the run trained at {tr_run.get('height')} x {tr_run.get('width')})"
+    )
