@@ -246,3 +246,16 @@ def test_features_of_another_dataset_are_plotted_with_a_protocol_they_fit(viz_ru
     assert "plots use protocol" not in " ".join(chosen.notes)
     with pytest.raises(UvireidError, match="'llcm' is not a protocol; use one of .*llcm-v2i"):
         build_report(viz_run_dir, features=other, out=tmp_path / "x", protocol="llcm", **KW)
+
+
+def test_a_results_file_without_provenance_is_said_to_be_older(viz_run_dir):
+    """A results.json of an older uvireid (no provenance, std or per-trial rows) was
+    described as "only their means were logged", the wording for metrics.jsonl (BV)."""
+    path = viz_run_dir / "results.json"
+    results = json.loads(path.read_text())
+    old = {name: {"mean": r["mean"]} for name, r in results.items()}
+    path.write_text(json.dumps(old))
+    page = build_report(viz_run_dir, **KW).html.read_text()
+    assert "results.json has no provenance (written by an older uvireid)" in page
+    assert "only their means were logged" not in page
+    assert "the run&#x27;s protocol: sysu-all" in page or "the run's protocol: sysu-all" in page

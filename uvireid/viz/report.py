@@ -298,10 +298,12 @@ def _results_html(results: Mapping[str, Mapping], source: str, protocol: str | N
             x for x in summary.split(" | ") if not x.startswith(("reranker:", "queries "))
         )
     except (KeyError, TypeError):
-        summary = (
-            f"not recorded with these numbers (only their means were logged); the run's "
-            f"protocol: {protocol or 'unknown'}"
+        why = (
+            "results.json has no provenance (written by an older uvireid)"
+            if source == "results.json"
+            else "not recorded with these numbers (only their means were logged)"
         )
+        summary = f"{why}; the run's protocol: {protocol or 'unknown'}"
     parts.append(f"<p><b>Protocol:</b> {_e(summary)}</p>")
     head = "".join(f"<th>{_e(k)}</th>" for k in METRIC_KEYS)
     rows, any_std = [], False
