@@ -1327,6 +1327,24 @@ def resolve_device(device: str) -> str:
     return check_device(device)
 
 
+def _legacy_timm_pooling(cfg: dict, prov: Any) -> None:
+    """A run's ``config.yaml`` written before timm backbones had ``pooling`` (session 20)
+    reads with ``pooling: legacy``, the rule it trained with: the default ``auto`` pools
+    a signed map (ConvNeXt) with timm's head, which would change the run's features on a
+    resume or an extract, or refuse its checkpoint (audit CG). Such a file is the
+    resolved config of a run: named config.yaml, with every timm setting of its time
+    written out (``gem_p``, ``img_size``, ``output_stride``) and no ``pooling``."""
+    bb = cfg.get("backbone")
+    if (
+        isinstance(bb, dict)
+        and bb.get("type") == "timm"
+        and "pooling" not in bb
+        and {"gem_p", "img_size", "output_stride"} <= set(bb)
+        and Path(str(prov.source("backbone.type"))).name == "config.yaml"
+    ):
+        bb["pooling"] = "legacy"
+
+
 def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
     """Load, override, validate and resolve a recipe (a path or a built-in name, or a run
     folder, whose ``config.yaml`` is then the recipe)."""
@@ -1355,6 +1373,7 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
         # it is) must be able to change that sum
         train.pop("epochs")
         prov.pop("train.epochs", None)
+    _legacy_timm_pooling(cfg, prov)
     for text in overrides:
         key, value = parse_override(text)
         _check_known_path(key, OVERRIDE_SOURCE)

@@ -430,19 +430,23 @@ def test_timm_pooling_auto_keeps_gem_for_relu_maps_and_the_head_for_signed_ones(
         TimmBackbone("resnet18", pooling="avg")
 
 
-def test_timm_pooling_auto_leaves_the_rng_and_the_batch_norm_statistics_alone():
-    """The probe behind ``pooling: auto`` runs one image through the model at build time;
-    a seeded build must give the weights, running statistics and next random number of
-    a build without it."""
-    built = []
-    for pooling in ("auto", "gem"):
-        torch.manual_seed(0)
-        m = TimmBackbone("resnet18", pooling=pooling)
-        built.append((m.state_dict(), torch.rand(1), m.training))
-    (a, ra, ta), (b, rb, tb) = built
-    assert ra == rb and ta and tb
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+def test_timm_pooling_probe_leaves_the_rng_and_the_batch_norm_statistics_alone(monkeypatch):
+    """The probe runs one image through the model at build time; a seeded build must give
+    the weights, running statistics, mode and next random number of a build without it
+    (compared with the probe replaced: comparing pooling auto with gem ran it in both,
+    audit CG)."""
+    import uvireid.models.timm_backbone as tb
+
+    torch.manual_seed(0)
+    probed = TimmBackbone("resnet18")
+    after_probe = torch.rand(1)
+    monkeypatch.setattr(tb, "_resolve_pooling", lambda b, p: ("gem", b.model.num_features))
+    torch.manual_seed(0)
+    plain = TimmBackbone("resnet18")
+    assert torch.equal(after_probe, torch.rand(1))
+    assert probed.training and plain.training
+    for k, v in plain.state_dict().items():
+        assert torch.equal(probed.state_dict()[k], v), k
 
 
 def test_timm_feature_size_is_what_the_head_gives():
@@ -510,3 +514,44 @@ def test_timm_pooling_auto_uses_the_head_for_a_silu_map_with_small_negatives():
     assert (fmap < 0).float().mean() > 0.2  # a signed map ...
     assert float(fmap.min()) > -0.2786  # ... whose negatives are all small (SiLU)
     assert b.pooling == "head"
+
+
+def test_part_losses_on_a_timm_model_whose_head_changes_the_size():
+    """The part module was sized by the pooled feature (MobileNetV3: 1024) but reads the
+    576-channel map: a raw einsum error at the part stage's first extraction, after
+    --dry-run passed (audit CG). It is sized by the map."""
+    from uvireid.config import load_recipe
+    from uvireid.engine.trainer import Trainer
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(
+        "demo",
+        ["backbone={type: timm, name: mobilenetv3_small_100}", "data.ids=12"],
+    )
+    trainer = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    bb = trainer.model.backbone.eval()
+    assert bb.out_dim == 1024
+    with torch.no_grad():
+        fmap = bb(torch.zeros(2, 3, cfg["train"]["height"], cfg["train"]["width"])).feature_map
+        parts = trainer.model.parts.self_parts(fmap)
+    assert fmap.shape[1] == 576 and parts.shape[-1] == 576
+
+
+def test_size_advice_leaves_out_the_img_size_already_set():
+    """timm's EfficientFormer ignores img_size (224 x 224 only): the advice to set it, with
+    it set, sent the user in a circle (audit CG)."""
+    from uvireid.models.backbone import check_input_size
+
+    with pytest.raises(ConfigError) as err:  # found when built: its probe at that size
+        TimmBackbone("efficientformer_l1", img_size=[64, 32])
+    msg = str(err.value)
+    assert "set backbone.img_size" not in msg and "EfficientFormer for 224 x 224" in msg
+    levit = TimmBackbone("levit_128s", img_size=[64, 32])
+    levit._sizes_run.clear()
+    with pytest.raises(ConfigError) as err:  # built for 64 x 32, asked for 96 x 48
+        check_input_size(levit, 96, 48)
+    assert "needs backbone.img_size: [96, 48]" in str(err.value)
+    levit.img_size = (96, 48)  # as if built for the size it cannot take
+    with pytest.raises(ConfigError) as err:
+        check_input_size(levit, 96, 48)
+    assert "needs backbone.img_size" not in str(err.value)

@@ -166,7 +166,7 @@ def test_local_dir_and_hf_hub_models_that_cannot_be_read_are_config_errors(tmp_p
     --dry-run, which builds the model for the part check)."""
     with pytest.raises(ConfigError, match=r"none is not a folder with a config\.json"):
         TimmBackbone(f"local-dir:{tmp_path / 'none'}", pretrained=False)
-    with pytest.raises(ConfigError, match="reads such a model's config.json from the Hugging"):
+    with pytest.raises(ConfigError, match="reads a 'hf-hub:' model's config.json from the Hugging"):
         TimmBackbone("hf-hub:timm/resnet18.a1_in1k", pretrained=False)
 
 
@@ -213,3 +213,95 @@ def test_a_failed_timm_build_gets_the_advice_of_what_was_set(tmp_path):
     msg = str(err.value)
     assert f"backbone.pretrained: {bad} could not be loaded into 'resnet18'" in msg
     assert "img_size" not in msg and "Swin" not in msg
+
+
+def _run_checkpoint(tmp_path, backbone):
+    """A uvireid run checkpoint holding ``backbone``, as a run writes it."""
+    import numpy as np
+
+    from uvireid.engine.checkpoint import save_checkpoint
+
+    state = {
+        "epoch": 3,
+        "model": {"backbone." + k: v for k, v in backbone.state_dict().items()},
+        "np_rng": np.random.get_state(),
+    }
+    return save_checkpoint(tmp_path / "ck", state)
+
+
+def test_runs_from_before_pooling_existed_keep_their_pooling(tmp_path):
+    """Before session 20 every channels-first timm map was pooled with GeM into a feature
+    of its channel count. Their config.yaml has no `pooling`: it reads as `legacy`, so a
+    ConvNeXt run resumes with GeM (auto would pool with the head: features 3.4 off), and
+    a MobileNetV3 checkpoint (a 576 neck; auto builds 1024) loads (audit CG)."""
+    import yaml
+
+    from uvireid.config import dump, load_recipe
+    from uvireid.engine.run_folder import RunFolder, check_resume
+    from uvireid.registry import BACKBONES
+
+    bb = ["backbone={type: timm, name: convnext_atto, pretrained: false}"]
+    old = yaml.safe_load(dump(load_recipe("demo", bb)))
+    old["backbone"].pop("pooling")  # config.yaml as session 19 wrote it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = load_recipe(tmp_path)  # `uvireid run RUN --resume` reads the run's own file
+    assert cfg["backbone"]["pooling"] == "legacy"
+    assert check_resume(RunFolder(tmp_path), cfg) == {}
+    assert BACKBONES.build(cfg["backbone"]).pooling == "gem"
+    # a recipe of the user's own, not a run's config.yaml: the default
+    assert load_recipe("demo", bb)["backbone"]["pooling"] == "auto"
+
+    legacy = TimmBackbone("mobilenetv3_small_100", pooling="legacy")
+    assert legacy.pooling == "gem" and legacy.out_dim == 576
+    ck = _run_checkpoint(tmp_path, legacy)
+    spec = {"type": "timm", "name": "mobilenetv3_small_100", "pretrained": str(ck)}
+    with pytest.raises(ConfigError, match="pooling: legacy"):
+        BACKBONES.build(spec)  # auto: a 1024 neck; the message names the way
+    BACKBONES.build({**spec, "pooling": "legacy"})
+    swin = TimmBackbone("swin_tiny_patch4_window7_224", img_size=[64, 32], pooling="legacy")
+    assert swin.pooling == "head"  # channels-last maps were pooled by the head already
+
+
+def test_a_weights_file_without_num_batches_tracked_is_accepted(tmp_path):
+    """torchvision-era files have no BN num_batches_tracked; timm loads them strictly
+    (batch norm fills the counter in) and the completeness check refused them (CG)."""
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("resnet18", num_classes=0)
+    sd = {k: v.contiguous() for k, v in src.state_dict().items() if "num_batches" not in k}
+    for ext in ("safetensors", "pth"):
+        path = tmp_path / f"r18.{ext}"
+        save_file(sd, str(path)) if ext == "safetensors" else torch.save(sd, path)
+        m = TimmBackbone("resnet18", pretrained=str(path))
+        assert torch.equal(m.model.conv1.weight, src.conv1.weight)
+    sd.pop("conv1.weight")  # a weight missing is still refused
+    torch.save(sd, tmp_path / "less.pth")
+    with pytest.raises(ConfigError, match="1 of its 120 tensors are missing"):
+        TimmBackbone("resnet18", pretrained=str(tmp_path / "less.pth"))
+
+
+def test_build_errors_are_advised_on_what_failed(tmp_path, monkeypatch):
+    """An offline download with a valid output_stride was told to change the stride; a
+    valid local-dir folder with a bad stride was blamed on the folder (audit CG)."""
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("resnet18", num_classes=0), str(tmp_path / "r18"))
+    with pytest.raises(ConfigError) as err:
+        TimmBackbone(f"local-dir:{tmp_path / 'r18'}", output_stride=4)
+    assert "take 8, 16 or 32" in str(err.value) and "config.json" not in str(err.value)
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+        return real(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError) as err:
+        TimmBackbone("resnet18", pretrained=True, output_stride=16)
+    msg = str(err.value)
+    assert "backbone.output_stride" not in msg and "without internet" in msg

@@ -518,11 +518,15 @@ def extract_test_bank(
     )
 
 
-def check_part_map(bb: nn.Module, h: int, w: int, num_parts: int, kind: str) -> None:
+def check_part_map(bb: nn.Module, h: int, w: int, num_parts: int, kind: str) -> int:
     """Refuse, before the first epoch (and in ``--dry-run`` for timm backbones), ``num_parts``
     stripes the backbone's feature map at the training size cannot give (each stripe needs
     a pixel; a vision transformer gives no map): found otherwise when the first part loss
     runs, after the stages before it have trained.
+
+    Returns the map's channel count, which sizes the part module: it may differ from the
+    pooled feature's size (a timm head that resizes it: MobileNetV3's 576 channels pool
+    to 1024 features).
 
     Raises:
         ConfigError: naming the backbone, the map and the fix.
@@ -550,6 +554,7 @@ def check_part_map(bb: nn.Module, h: int, w: int, num_parts: int, kind: str) -> 
             f"parts (each part is a stripe of at least one pixel); raise train.height and "
             f"train.width or lower the part losses' num_parts"
         )
+    return int(fmap.shape[1])
 
 
 def check_loss_module(loss: Any, where: str, warn: bool = True) -> None:
@@ -806,12 +811,13 @@ class Trainer:
                 f"they are {said}"
             )
         parts = num_parts.pop()
-        self._check_part_map(parts)
-        self.model.parts = PartQuery(self.model.backbone.out_dim, parts)
+        channels = self._check_part_map(parts)
+        self.model.parts = PartQuery(channels, parts)
 
-    def _check_part_map(self, num_parts: int) -> None:
-        """:func:`check_part_map` of this trainer's backbone at the training size."""
-        check_part_map(
+    def _check_part_map(self, num_parts: int) -> int:
+        """:func:`check_part_map` of this trainer's backbone at the training size (the
+        map's channel count)."""
+        return check_part_map(
             self.model.backbone,
             self.tr["height"],
             self.tr["width"],

@@ -36,43 +36,57 @@ logger = logging.getLogger(__name__)
 def _timm_build_error(
     name: str, exc: Exception, extra: dict, local: str | None, download: bool
 ) -> ConfigError | None:
-    """The ConfigError for ``timm.create_model``'s failure, with the advice of each setting
-    that can explain it (a size, a stride, a local file, a download, a hub name), or None
-    when none was set."""
+    """The ConfigError for ``timm.create_model``'s failure, with the advice that fits
+    what failed, or None when nothing the recipe set explains it.
+
+    A failed read (an ``OSError``: the hub offline, a missing file; huggingface_hub's and
+    the HTTP clients' errors) is advised on the source: the hub name, the local file or
+    the download. Any other error on what was set: the stride, the size, the local file
+    (audit CG: an offline download was blamed on a valid ``output_stride``)."""
     what = f"{type(exc).__name__}: {str(exc)[:200] or 'no message'}"
-    if name.startswith(("local-dir:", "hf-hub:")):
-        where = (
+    root = type(exc).__module__.split(".")[0]
+    read_failed = isinstance(exc, OSError) or root in ("huggingface_hub", "requests", "httpx")
+    hub_advice = (
+        f"timm reads a '{name.split(':')[0]}:' model's config.json from "
+        + (
             "the folder"
             if name.startswith("local-dir:")
             else "the Hugging Face Hub (or its local cache), even with pretrained: false"
         )
-        return ConfigError(
-            f"timm: model '{name}' could not be built ({what}); timm reads such a model's "
-            f"config.json from {where}. Offline, copy the model's folder (config.json and "
-            f"its weights) to this machine and name it local-dir:FOLDER"
-        )
+        + ". Offline, copy the model's folder (config.json and its weights) to this "
+        "machine and name it local-dir:FOLDER"
+    )
+    local_advice = (
+        f"backbone.pretrained: {local} could not be loaded into '{name}'; give a weights "
+        f"file of that model (a .pth or .safetensors state dict)"
+    )
     tails = []
-    if "output_stride" in extra:
-        tails.append(
-            "backbone.output_stride: timm's convolutional models take 8, 16 or 32 (some "
-            "32 only); choose one of those or remove it"
-        )
-    if "img_size" in extra:
-        tails.append(
-            "backbone.img_size: choose a size the model supports (Swin: multiples of its "
-            "patch size x window size)"
-        )
-    if local is not None:
-        tails.append(
-            f"backbone.pretrained: {local} could not be loaded into '{name}'; give a "
-            f"weights file of that model (a .pth or .safetensors state dict)"
-        )
-    if download and not (tails and isinstance(exc, AssertionError | ValueError)):
-        tails.append(
-            "the pretrained weights could not be read: on a machine without internet, "
-            "download them elsewhere and set backbone.pretrained to the local file, or use "
-            "pretrained: false"
-        )
+    if read_failed:
+        if name.startswith(("local-dir:", "hf-hub:")):
+            tails.append(hub_advice)
+        elif local is not None:
+            tails.append(local_advice)
+        elif download:
+            tails.append(
+                "the pretrained weights could not be read: on a machine without internet, "
+                "download them elsewhere and set backbone.pretrained to the local file, or "
+                "use pretrained: false"
+            )
+    else:
+        if "output_stride" in extra:
+            tails.append(
+                "backbone.output_stride: timm's convolutional models take 8, 16 or 32 "
+                "(some 32 only); choose one of those or remove it"
+            )
+        if "img_size" in extra:
+            tails.append(
+                "backbone.img_size: choose a size the model supports (Swin: multiples of "
+                "its patch size x window size)"
+            )
+        if local is not None:
+            tails.append(local_advice)
+        if not tails and name.startswith(("local-dir:", "hf-hub:")):
+            tails.append(hub_advice)
     if not tails:
         return None
     settings = [f"{k}={v}" for k, v in extra.items() if k != "pretrained_cfg_overlay"]
@@ -131,7 +145,11 @@ def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
     if keys is None:
         logger.info("backbone.pretrained: %s loaded by timm's model itself; not checked", path)
         return
-    missing = [k for k in model.state_dict() if k not in keys]
+    # batch norm fills in a missing num_batches_tracked itself (torchvision-era files
+    # have none; timm loads them strictly), so it is not required (audit CG)
+    missing = [
+        k for k in model.state_dict() if k not in keys and not k.endswith("num_batches_tracked")
+    ]
     if missing:
         raise ConfigError(
             f"backbone.pretrained: {path} does not hold the weights of timm model '{name}': "
@@ -167,7 +185,10 @@ class TimmBackbone(_ReidHead):
             signed map (ConvNeXt's residual stream, Swin's LayerNorm, the SiLU of
             EfficientNet): ``auto`` looks once, at build time, at the map of a fixed
             random image. Models without a map (vision transformers) always use their
-            head.
+            head. ``legacy``: the rule of runs from before this setting (session 20):
+            GeM on a channels-first map, whatever its sign; a run's ``config.yaml`` of
+            that time, which has no ``pooling``, reads as ``legacy``, so the run resumes
+            and extracts as it trained.
         img_size: ``[H, W]`` the model is built for, for models of a fixed input size
             (ViT, DeiT, Swin: timm resamples pretrained position embeddings to it); set
             it to ``train.height, train.width`` (the recipes' 288 x 144). None: timm's
@@ -288,7 +309,13 @@ class TimmBackbone(_ReidHead):
         self.pool = GeM(gem_p)
         self.neck = _bn_neck(self.out_dim)
         if own is not None:
-            _load_run_weights(self, own, pretrained, "name, img_size")
+            _load_run_weights(
+                self,
+                own,
+                pretrained,
+                "name, img_size, pooling (a run from before session 20 trained with "
+                "pooling: legacy)",
+            )
 
     def check_input_size(self, height: int, width: int, where: str = "train") -> None:
         """Refuse an image size a fixed-size model cannot take, naming the fix.
@@ -321,16 +348,21 @@ class TimmBackbone(_ReidHead):
         self.eval()
         try:
             self(torch.zeros(1, 3, *size, device=p.device, dtype=p.dtype))
-        except ConfigError:
+        except (ConfigError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - any model's refusal of the size
+            sized = (
+                ""
+                if self.img_size == size
+                else f"a model whose attention is sized to its input (LeViT) needs "
+                f"backbone.img_size: [{size[0]}, {size[1]}], "
+            )
             raise ConfigError(
                 f"timm: model '{self.name}' cannot take {size[0]} x {size[1]} images "
                 f"(train.height x train.width) ({type(exc).__name__}: {str(exc)[:200]}); "
-                f"a model whose attention is sized to its input (LeViT, EfficientFormer) "
-                f"needs backbone.img_size: [{size[0]}, {size[1]}], a window model (MaxViT, "
-                f"Swin) sizes that are multiples of its window, a model that downsamples "
-                f"much (Inception) larger images"
+                f"{sized}a model built for one size only (EfficientFormer: 224 x 224) "
+                f"needs that size, a window model (MaxViT, Swin) multiples of its window, "
+                f"a model that downsamples much (Inception) larger images"
             ) from None
         finally:
             self.train(was_training)
@@ -350,7 +382,7 @@ class TimmBackbone(_ReidHead):
 
 
 #: ``TimmBackbone(pooling=...)`` values
-TIMM_POOLING = ("auto", "gem", "head")
+TIMM_POOLING = ("auto", "gem", "head", "legacy")
 
 
 @torch.no_grad()
@@ -361,6 +393,9 @@ def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
     ``auto`` takes GeM where the model's map is non-negative, the head where it is signed
     (GeM's clamp at 1e-6 would drop the negative values: half of a LayerNorm'd or
     residual map, audit AM); a model without a spatial map (tokens) takes its head.
+    ``legacy`` is the rule before ``pooling`` existed (session 20), under which earlier
+    runs trained: GeM on a channels-first map, the head on a channels-last one or tokens,
+    and a feature of the map's channel count.
     Looks at the map of one image drawn from its own generator (the global RNG, which
     draws the neck's initialisation next, is not touched), in eval mode (batch norm's
     running statistics are not updated), at ``img_size``, the model's fixed size or
@@ -373,7 +408,7 @@ def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
     model, name = backbone.model, backbone.name
     sizes = [backbone.img_size or backbone.fixed_input_size or (64, 64)]
     default = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", ())[-2:])
-    if len(default) == 2 and default not in sizes:
+    if backbone.img_size is None and len(default) == 2 and default not in sizes:
         sizes.append(default)  # a model that needs more than 64 x 64
     was_training = model.training
     model.eval()
@@ -383,13 +418,21 @@ def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
             try:
                 fmap = model.forward_features(backbone._layout(x))
                 break
+            except torch.OutOfMemoryError:
+                raise
             except Exception as exc:  # noqa: BLE001 - any model's refusal of the size
                 if i + 1 == len(sizes):
+                    hint = (
+                        "it does not take the size backbone.img_size names (a model built "
+                        "for one size only, as EfficientFormer for 224 x 224, needs that "
+                        "size)"
+                        if backbone.img_size
+                        else "if it takes a fixed size, set backbone.img_size"
+                    )
                     raise ConfigError(
                         f"timm: model '{name}' could not run one image of "
                         f"{' or '.join(f'{h} x {w}' for h, w in sizes)} to find how to pool "
-                        f"it ({type(exc).__name__}: {str(exc)[:200]}); if it takes a fixed "
-                        f"size, set backbone.img_size"
+                        f"it ({type(exc).__name__}: {str(exc)[:200]}); {hint}"
                     ) from None
         if not isinstance(fmap, torch.Tensor):
             raise ConfigError(
@@ -402,11 +445,14 @@ def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
                 f"timm: model '{name}' has no spatial map (its features are "
                 f"{tuple(fmap.shape)}): GeM cannot pool it; set backbone.pooling: auto or head"
             )
+        channels = int(fmap.shape[-1] if backbone.channels_last_map else fmap.shape[1])
+        if pooling == "legacy":
+            return ("gem" if spatial and not backbone.channels_last_map else "head"), channels
         if pooling == "auto":
             pooling = "gem" if spatial and bool((fmap >= 0).all()) else "head"
         if pooling == "head" or not spatial:
             return "head", int(model.forward_head(fmap, pre_logits=True).shape[-1])
-        return "gem", int(fmap.shape[-1] if backbone.channels_last_map else fmap.shape[1])
+        return "gem", channels
     finally:
         model.train(was_training)
 
