@@ -9,6 +9,11 @@ import torch
 from uvireid.config import load_recipe
 from uvireid.engine.trainer import Trainer
 
+# the tests replace the step (no optimiser step), so torch warns at the scheduler's
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning"
+)
+
 
 def _trainer(cfg):
     from uvireid.registry import DATASETS
