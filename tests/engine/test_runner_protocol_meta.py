@@ -1,0 +1,93 @@
+"""Protocol auto is the dataset's first protocol; a RegDB run's features name the
+split the model was trained on (mutation audit CE)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from uvireid.config import load_recipe
+from uvireid.data.fixtures import make_regdb_tree
+from uvireid.engine.runner import protocol_for, run_recipe
+from uvireid.features import load_features
+
+
+class _Data:
+    def __init__(self, protocols):
+        self.protocols = protocols
+
+
+@pytest.mark.parametrize(
+    "protocols", [["sysu-all", "sysu-indoor"], ["regdb-v2i", "regdb-i2v"], ["llcm-v2i", "llcm-i2v"]]
+)
+def test_protocol_auto_is_the_datasets_first_protocol(protocols):
+    """config.EvalSettings: 'auto picks the dataset's first protocol' (SYSU-MM01's
+    all-search, not indoor-search)."""
+    cfg = {"evaluation": {"protocol": "auto"}, "data": {"type": "x"}}
+    assert protocol_for(_Data(protocols), cfg) == protocols[0]
+    cfg["evaluation"]["protocol"] = protocols[-1]
+    assert protocol_for(_Data(protocols), cfg) == protocols[-1]
+
+
+def test_a_regdb_runs_features_name_the_split_it_was_trained_on(tmp_path):
+    """evaluate() records train_split = the recipe's data.split in features.npz, so that
+    `uvireid eval` can refuse the features of another split's test images."""
+    root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2, splits=(2,))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "description": "tiny regdb",
+                "device": "cpu",
+                "output_dir": str(tmp_path / "runs"),
+                "data": {"type": "regdb", "root": str(root), "split": 2},
+                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+                "train": {"height": 32, "width": 16, "workers": 0},
+                "evaluation": {"protocol": "regdb-v2i", "trials": 1},
+            }
+        )
+    )
+    folder = run_recipe(load_recipe(path), progress=False)
+    meta = load_features(folder.path / "features.npz").meta
+    assert int(meta["train_split"]) == 2
+
+
+def test_an_evaluation_only_run_decodes_the_test_images_with_train_test_resize(
+    tmp_path, monkeypatch
+):
+    """train.test_resize (else train.resize) is the test images' filter in an
+    evaluation-only run too, as in the trainer's evaluation (eval_resize): PGM's recipes
+    test with another filter than the default bilinear."""
+    import uvireid.engine.runner as runner
+    from uvireid.data.fixtures import make_sysu_tree
+
+    seen = []
+    real = runner.extract_features
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("resize", "bilinear"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "extract_features", spy)
+    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
+    for train, want in (
+        ({"test_resize": "lanczos"}, "lanczos"),
+        ({"resize": "bicubic"}, "bicubic"),
+        ({}, "bilinear"),
+    ):
+        path = tmp_path / "tiny.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "description": "tiny",
+                    "device": "cpu",
+                    "output_dir": str(tmp_path / "runs"),
+                    "data": {"type": "sysu", "root": str(root)},
+                    "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+                    "train": {"height": 32, "width": 16, "workers": 0, **train},
+                    "evaluation": {"protocol": "sysu-all", "trials": 1},
+                }
+            )
+        )
+        run_recipe(load_recipe(path), progress=False)
+        assert seen[-1] == want
