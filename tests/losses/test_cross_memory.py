@@ -54,7 +54,7 @@ def _batch(seed=3):
         vis_in_v=torch.tensor([0, 2, 1, -1]),
         vis_in_r=torch.tensor([0, -1, 1, -1]),
         ir_in_r=torch.tensor([1, 0, -1, 1]),
-        ir_in_v=torch.tensor([1, 0, -1, 1]),
+        ir_in_v=torch.tensor([2, 1, -1, 0]),  # another space than ir_in_r: a swap shows
         idx_v=torch.arange(4),
         idx_r=torch.arange(4),
     )
