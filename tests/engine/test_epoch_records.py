@@ -1,5 +1,5 @@
-"""An epoch's logged loss means, the losses' within-stage epoch, reset_optimizer once
-(mutation audit CB)."""
+"""An epoch's logged loss means, the losses' within-stage epoch, reset_optimizer once, each
+stage's ltg_p and sampler settings (mutation audits CB, CE)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,54 @@ def test_reset_optimizer_clears_adam_once_at_the_stage_start(recipe_file):
     assert [r.get("optimizer_reset", False) for r in records] == [False, True, False]
     steps = {int(s["step"]) for s in tr.optimizer.state.values()}
     assert steps == {2 * cfg["train"]["iters_per_epoch"]}
+
+
+def test_each_stage_augments_with_its_own_ltg_p(recipe_file, monkeypatch):
+    """A stage's ltg_p reaches the augmenter at each of its steps (dropping the per-stage
+    assignment kept the first stage's value for the whole run: mutation audit CE, T12)."""
+    from uvireid.data.transforms import Augmenter
+
+    cfg = load_recipe(
+        recipe_file,
+        ["stages.0.epochs=1", "stages.1.epochs=1", "stages.0.ltg_p=0.0", "stages.1.ltg_p=0.5"],
+    )
+    seen = []
+    real = Augmenter.__call__
+
+    def spy(self, images, kind, device):
+        seen.append(self.ltg_p)
+        return real(self, images, kind, device)
+
+    monkeypatch.setattr(Augmenter, "__call__", spy)
+    tr = _trainer(cfg)
+    tr.load_data()
+    tr.train_epoch(0)
+    first = len(seen)
+    tr.train_epoch(1)
+    assert first and len(seen) > first
+    assert set(seen[:first]) == {0.0} and set(seen[first:]) == {0.5}
+
+
+def test_the_identity_sampler_gets_the_stages_camera_and_visible_settings(recipe_file):
+    """sampler.camera_aware and sampler.visible_ids reach the identity sampler (both could
+    be dropped with every test passing: mutation audit CE, T17/T18)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    tr = _trainer(load_recipe(recipe_file))
+    lab = SimpleNamespace(
+        vis_in_v=np.arange(len(tr.vis)) % 4, ir_in_r=np.arange(len(tr.ir)) % 4, has_cross=False
+    )
+    spec = {"type": "identity", "ids": 2, "images": 2}
+    plain = dataclasses.replace(tr.stages[0], sampler=spec)
+    sampler, paired = tr._sampler(plain, lab, [])
+    assert not paired and sampler.cams is None and sampler.ids_v == 2
+    aware = dataclasses.replace(
+        tr.stages[0], sampler={**spec, "camera_aware": True, "visible_ids": 3}
+    )
+    sampler, _ = tr._sampler(aware, lab, [])
+    assert sampler.ids_v == 3
+    np.testing.assert_array_equal(sampler.cams[0], [r.cam for r in tr.vis])
+    np.testing.assert_array_equal(sampler.cams[1], [r.cam for r in tr.ir])
