@@ -307,3 +307,17 @@ def test_faiss_ties_are_redone_whatever_tied_indices_faiss_returns(monkeypatch):
         want_v, want_i = _oracle(q, b, 5, metric)
         assert (i == want_i).all(), metric
         assert np.allclose(v, want_v)
+
+
+def test_cmfp_names_the_settings_that_change_its_result():
+    """An approximate or unnormalised CMFP was recorded in provenance as the exact,
+    normalised one: all three read cmfp(k=30) (audit CJ)."""
+    names = {
+        CMFP(k=30).name,
+        CMFP(k=30, backend="torch").name,  # exact: the same neighbours, the same name
+        CMFP(k=30, mode="sparse").name,
+    }
+    assert names == {"cmfp(k=30)"}
+    assert CMFP(k=30, backend="ivf", mode="sparse").name == "cmfp(k=30, backend=ivf)"
+    assert CMFP(k=30, normalize=False).name == "cmfp(k=30, normalize=False)"
+    assert "backend='faiss-ivf'" in repr(CMFP(backend="faiss-ivf"))

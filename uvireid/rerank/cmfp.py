@@ -732,11 +732,19 @@ class CMFP:
 
     @property
     def name(self) -> str:
-        """Short description recorded in evaluation provenance."""
-        return f"cmfp(k={self.k})"
+        """Short description recorded in evaluation provenance: ``k``, and the settings
+        that change the result (an approximate backend's neighbours, inputs used without
+        normalisation), so that two such settings are two rows (audit CJ)."""
+        extra = [f"backend={self.backend}"] if self.backend in ("ivf", "faiss-ivf") else []
+        if not self.normalize:
+            extra.append("normalize=False")
+        return f"cmfp({', '.join([f'k={self.k}', *extra])})"
 
     def __repr__(self) -> str:
-        return f"CMFP(k={self.k}, normalize={self.normalize}, mode={self.mode!r})"
+        return (
+            f"CMFP(k={self.k}, normalize={self.normalize}, mode={self.mode!r}, "
+            f"backend={self.backend!r})"
+        )
 
     def propagate(self, query: Any, gallery: Any) -> tuple[Any, Any]:
         """``(query', gallery')``, propagated and L2-normalised (same shapes as the input)."""
