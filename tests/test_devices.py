@@ -92,6 +92,26 @@ def test_backbone_extract_on_device_matches_cpu(name, device):
     torch.testing.assert_close(out.cpu(), ref, atol=2e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("model", ["resnet18", "convnext_atto"])
+def test_timm_backbone_on_device_matches_cpu_and_checks_its_size_there(model, device):
+    """Both poolings (GeM for resnet18's map, timm's head for ConvNeXt's signed one) give
+    the CPU's features on the device, and the blank image of the size check runs where
+    the model is (the evaluation-only path checks a model already on the device)."""
+    from uvireid.models.backbone import check_input_size
+
+    torch.manual_seed(0)
+    bb = REGISTRIES["backbones"].build({"type": "timm", "name": model}).eval()
+    assert bb.pooling == ("gem" if model == "resnet18" else "head")
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        ref = bb.extract(x, 0)
+        bb = bb.to(device)
+        check_input_size(bb, 64, 32)
+        out = bb.extract(x.to(device), 0)
+    assert out.device.type == device and not bb.training
+    torch.testing.assert_close(out.cpu(), ref, atol=2e-4, rtol=1e-3)
+
+
 def test_memory_updates_on_device_give_the_cpu_rounds(device):
     """``momentum_update_many`` with ``method="auto"`` (on CUDA the Gram path from
     ``GRAM_MIN_ROUNDS`` rows a label on, one read-back) gives the CPU's rounds, for
