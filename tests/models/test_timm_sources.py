@@ -260,6 +260,12 @@ def test_runs_from_before_pooling_existed_keep_their_pooling(tmp_path):
     BACKBONES.build({**spec, "pooling": "legacy"})
     swin = TimmBackbone("swin_tiny_patch4_window7_224", img_size=[64, 32], pooling="legacy")
     assert swin.pooling == "head"  # channels-last maps were pooled by the head already
+    # tokens: the head, its feature the width of a token (the legacy rule took the token
+    # count, 9, for the feature size: the neck failed on the first image)
+    vit = TimmBackbone("vit_tiny_patch16_224", img_size=[64, 32], pooling="legacy").eval()
+    assert vit.pooling == "head" and vit.out_dim == 192
+    with torch.no_grad():
+        assert vit(torch.zeros(1, 3, 64, 32)).bn_feat.shape == (1, 192)
 
 
 def test_a_weights_file_without_num_batches_tracked_is_accepted(tmp_path):

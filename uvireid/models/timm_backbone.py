@@ -445,14 +445,13 @@ def _resolve_pooling(backbone: TimmBackbone, pooling: str) -> tuple[str, int]:
                 f"timm: model '{name}' has no spatial map (its features are "
                 f"{tuple(fmap.shape)}): GeM cannot pool it; set backbone.pooling: auto or head"
             )
-        channels = int(fmap.shape[-1] if backbone.channels_last_map else fmap.shape[1])
         if pooling == "legacy":
-            return ("gem" if spatial and not backbone.channels_last_map else "head"), channels
-        if pooling == "auto":
+            pooling = "gem" if spatial and not backbone.channels_last_map else "head"
+        elif pooling == "auto":
             pooling = "gem" if spatial and bool((fmap >= 0).all()) else "head"
         if pooling == "head" or not spatial:
             return "head", int(model.forward_head(fmap, pre_logits=True).shape[-1])
-        return "gem", channels
+        return "gem", int(fmap.shape[-1] if backbone.channels_last_map else fmap.shape[1])
     finally:
         model.train(was_training)
 
