@@ -239,10 +239,11 @@ def eval_series(records: Iterable[Mapping]) -> dict[str, dict[str, Series]]:
             mean = eval_means(result)
             if mean is None:
                 continue
+            line = label(str(name), result)
             for metric in EVAL_METRICS:
                 value = _number(mean.get(metric))
                 if value is not None:
-                    out[f"{metric}\t{label(str(name), result)}"] = value
+                    out[f"{metric}\t{line}"] = value
         return out
 
     return _nested(_collect(records, pick))
