@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import uvireid.clustering.ivf as ivf_mod
 from uvireid.clustering.knn import knn, topk_stable
 from uvireid.errors import ConfigError
 
@@ -113,7 +114,6 @@ def test_blocked_transpose_equals_transpose():
 def test_approximate_knn_is_exact_when_every_cell_is_probed_and_falls_back_on_short_rows(
     monkeypatch, backend
 ):
-    import uvireid.clustering.ivf as ivf_mod
     import uvireid.clustering.knn as knn_mod
 
     if backend == "faiss-ivf":
@@ -292,3 +292,127 @@ def test_l2_knn_values_are_squared_distances_never_negative(backend):
     assert float(v.min()) >= 0.0
     exact = ((x.double()[:, None] - x.double()[None]) ** 2).sum(-1)
     assert torch.allclose(v.double(), exact.gather(1, i), rtol=1e-4, atol=5e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_l2_values_of_a_search_against_another_copy_are_never_negative(backend):
+    """The non-self torch path and faiss clamp squared
+    distances at 0 too (audit CJ, Q02/Q05; the self path is pinned already)."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    torch.set_num_threads(1)
+    x = torch.randn(400, 64, generator=torch.Generator().manual_seed(0)) * 5
+    v, i = knn(x, x.clone(), 3, metric="l2", backend=backend)
+    assert float(v.min()) >= 0.0
+    exact = ((x.double()[:, None] - x.double()[None]) ** 2).sum(-1)
+    assert torch.allclose(v.double(), exact.gather(1, i), rtol=1e-4, atol=5e-3)
+
+
+def test_faiss_cosine_self_search_normalises_the_base():
+    """The base is normalised as the queries are (audit CJ, Q03)."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(60, 8)) * rng.uniform(0.1, 10, (60, 1))).astype(np.float32)
+    v, i = knn(x, None, 6, metric="cosine", backend="faiss")
+    x64 = x.astype(np.float64)
+    xn = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+    want_v, want_i = _oracle(xn, xn, 6, "ip")
+    assert np.allclose(v, want_v, atol=1e-5)
+    assert (i == want_i).all()
+
+
+def test_knn_of_a_float32_query_against_float64_base_is_float64():
+    """Mixed dtypes are promoted, not cast down to the
+    query's (audit CJ, Q04)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(10, 8, generator=g)
+    b = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    v, i = knn(q, b, 4, backend="torch")
+    assert v.dtype == torch.float64
+    want_v, want_i = _oracle(q.double().numpy(), b.numpy(), 4, "ip")
+    assert np.abs(v.numpy() - want_v).max() < 1e-12 and (i.numpy() == want_i).all()
+
+
+def _exhaustive_case():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(400, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
+    return x, q
+
+
+def test_ivf_nearest_centroid_blocks_keep_their_rows(monkeypatch):
+    """Past 16,384 rows the centroid search runs in blocks
+    (_ROWS): a small _ROWS shows whether each block scores its own rows (audit CJ, I02)."""
+    monkeypatch.setattr(ivf_mod, "_ROWS", 7)
+    x, q = _exhaustive_case()
+    for metric in ("ip", "l2"):
+        want_v, want_i = knn(q, x, 12, metric=metric, backend="torch")
+        got_v, got_i = knn(q, x, 12, metric=metric, backend="ivf")  # all 12 cells probed
+        assert torch.equal(got_i, want_i)
+        assert torch.allclose(got_v, want_v, atol=1e-5)
+
+
+def test_ivf_scan_in_several_row_blocks_equals_exact_when_every_cell_is_probed(monkeypatch):
+    """A small candidate buffer splits the final scan into
+    row blocks: each block must score its own query rows (audit CJ, I01)."""
+    monkeypatch.setattr(ivf_mod, "_SCAN_BUFFER_BYTES", 1)
+    x, q = _exhaustive_case()
+    for metric in ("ip", "l2"):
+        want_v, want_i = knn(q, x, 12, metric=metric, backend="torch")
+        got_v, got_i = knn(q, x, 12, metric=metric, backend="ivf")
+        assert torch.equal(got_i, want_i)
+        assert torch.allclose(got_v, want_v, atol=1e-5)
+
+
+def test_ivf_rows_whose_cells_are_smaller_than_k_are_searched_exactly(monkeypatch):
+    """One probed cell: k between the smallest and the
+    widest cell leaves padding slots in some rows, which must read as 'not found' (-1, then
+    an exact search), never as a point of the next cell with score -inf (audit CJ, I03)."""
+    monkeypatch.setattr(ivf_mod, "NPROBE", 1)
+    x, q = _exhaustive_case()
+    v, i = knn(q, x, 30, metric="ip", backend="ivf")
+    assert torch.isfinite(v).all() and (i >= 0).all()
+    assert torch.allclose(v, (q[:, None] * x[i]).sum(-1), atol=1e-5)
+    assert all(len(set(r)) == 30 for r in i.tolist())
+
+
+def test_faiss_ties_are_redone_whatever_tied_indices_faiss_returns(monkeypatch):
+    """faiss-cpu keeps the first-seen (lowest) indices among
+    equal scores, so a real faiss-cpu cannot show whether the exact redo of rows whose tie
+    reaches past the k + 8 candidates runs; faiss-gpu makes no such promise. A stand-in
+    faiss that returns the HIGHEST tied indices first (audit CJ, Q06)."""
+    import sys
+    import types
+
+    class _Flat:
+        def __init__(self, d, l2):
+            self.l2, self.b = l2, None
+
+        def add(self, b):
+            self.b = np.asarray(b, np.float64)
+
+        def search(self, q, k):
+            q = np.asarray(q, np.float64)
+            if self.l2:
+                s = ((q[:, None] - self.b[None]) ** 2).sum(-1)
+                key = s
+            else:
+                s = q @ self.b.T
+                key = -s
+            idx = np.arange(self.b.shape[0])
+            order = np.array([np.lexsort((-idx, row)) for row in key])[:, :k]
+            return np.take_along_axis(s, order, 1).astype(np.float32), order.astype(np.int64)
+
+    fake = types.ModuleType("faiss")
+    fake.IndexFlatIP = lambda d: _Flat(d, False)
+    fake.IndexFlatL2 = lambda d: _Flat(d, True)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    rng = np.random.default_rng(1)
+    b = rng.integers(-3, 4, (200, 6)).astype(np.float32)
+    b[rng.choice(200, 40, replace=False)] = 3.0  # 40 copies of one point: a wide tie
+    q = np.ones((5, 6), np.float32)
+    for metric in ("ip", "l2"):
+        v, i = knn(q, b, 5, metric=metric, backend="faiss")
+        want_v, want_i = _oracle(q, b, 5, metric)
+        assert (i == want_i).all(), metric
+        assert np.allclose(v, want_v)
