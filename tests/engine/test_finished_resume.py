@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import pytest
-import yaml
+from train_fixtures import write_eval_recipe
 
 from uvireid.config import load_recipe
-from uvireid.data.fixtures import make_sysu_tree
 from uvireid.engine.runner import run_recipe
 
 
@@ -41,22 +40,7 @@ def test_resuming_a_finished_training_run_changes_nothing(recipe_file, monkeypat
 def test_resuming_a_finished_evaluation_run_changes_nothing(tmp_path, monkeypatch):
     import uvireid.engine.runner as runner
 
-    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "description": "tiny",
-                "device": "cpu",
-                "output_dir": str(tmp_path / "runs"),
-                "data": {"type": "sysu", "root": str(root)},
-                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-                "train": {"height": 32, "width": 16, "workers": 0},
-                "evaluation": {"protocol": "sysu-all", "trials": 1},
-            }
-        )
-    )
-    cfg = load_recipe(path)
+    cfg = load_recipe(write_eval_recipe(tmp_path))
     folder = run_recipe(cfg, progress=False)
     before = _files(folder)
     monkeypatch.setattr(runner, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))

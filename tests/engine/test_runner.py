@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from train_fixtures import write_eval_recipe
 
 from uvireid.cli import main
 from uvireid.config import load_recipe
-from uvireid.data.fixtures import make_sysu_tree
 from uvireid.engine.run_folder import RunFolder
 from uvireid.engine.runner import run_recipe
 from uvireid.errors import ConfigError
@@ -21,23 +21,7 @@ from uvireid.features import load_features
 
 @pytest.fixture()
 def recipe(tmp_path):
-    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "description": "tiny",
-                "device": "cpu",
-                "output_dir": str(tmp_path / "runs"),
-                "data": {"type": "sysu", "root": str(root)},
-                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-                "reranker": {"type": "cmfp", "k": 3},
-                "train": {"height": 32, "width": 16, "workers": 0},
-                "evaluation": {"protocol": "sysu-all", "trials": 2},
-            }
-        )
-    )
-    return path
+    return write_eval_recipe(tmp_path, reranker={"type": "cmfp", "k": 3}, evaluation={"trials": 2})
 
 
 def test_evaluation_run_writes_config_manifest_features_and_results(recipe):

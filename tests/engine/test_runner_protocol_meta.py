@@ -4,7 +4,7 @@ split the model was trained on (mutation audit CE)."""
 from __future__ import annotations
 
 import pytest
-import yaml
+from train_fixtures import write_eval_recipe
 
 from uvireid.config import load_recipe
 from uvireid.data.fixtures import make_regdb_tree
@@ -33,20 +33,8 @@ def test_a_regdb_runs_features_name_the_split_it_was_trained_on(tmp_path):
     """evaluate() records train_split = the recipe's data.split in features.npz, so that
     `uvireid eval` can refuse the features of another split's test images."""
     root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2, splits=(2,))
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "description": "tiny regdb",
-                "device": "cpu",
-                "output_dir": str(tmp_path / "runs"),
-                "data": {"type": "regdb", "root": str(root), "split": 2},
-                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-                "train": {"height": 32, "width": 16, "workers": 0},
-                "evaluation": {"protocol": "regdb-v2i", "trials": 1},
-            }
-        )
-    )
+    data = {"type": "regdb", "root": str(root), "split": 2}
+    path = write_eval_recipe(tmp_path, data, evaluation={"protocol": "regdb-v2i"})
     folder = run_recipe(load_recipe(path), progress=False)
     meta = load_features(folder.path / "features.npz").meta
     assert int(meta["train_split"]) == 2
@@ -70,24 +58,12 @@ def test_an_evaluation_only_run_decodes_the_test_images_with_train_test_resize(
 
     monkeypatch.setattr(runner, "extract_features", spy)
     root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
+    data = {"type": "sysu", "root": str(root)}
     for train, want in (
         ({"test_resize": "lanczos"}, "lanczos"),
         ({"resize": "bicubic"}, "bicubic"),
         ({}, "bilinear"),
     ):
-        path = tmp_path / "tiny.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "description": "tiny",
-                    "device": "cpu",
-                    "output_dir": str(tmp_path / "runs"),
-                    "data": {"type": "sysu", "root": str(root)},
-                    "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-                    "train": {"height": 32, "width": 16, "workers": 0, **train},
-                    "evaluation": {"protocol": "sysu-all", "trials": 1},
-                }
-            )
-        )
+        path = write_eval_recipe(tmp_path, data, train=train)
         run_recipe(load_recipe(path), progress=False)
         assert seen[-1] == want

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
+import yaml
 
 from uvireid.data.fixtures import make_sysu_tree
 
@@ -53,6 +55,30 @@ def tiny_recipe(tmp_path, **top) -> dict:
     }
     rec.update(top)
     return rec
+
+
+def write_eval_recipe(tmp_path, data: dict | None = None, **sections) -> Path:
+    """The tiny evaluation-only recipe (no stages: one evaluation of the starting
+    backbone), written to ``tmp_path/tiny.yaml``. ``data`` defaults to a fixture SYSU-MM01
+    tree; each of ``sections`` updates that section (``train={"test_resize": ...}``) or
+    adds it (``reranker={...}``)."""
+    if data is None:
+        root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=12, images_per=2)
+        data = {"type": "sysu", "root": str(root)}
+    rec = {
+        "description": "tiny",
+        "device": "cpu",
+        "output_dir": str(tmp_path / "runs"),
+        "data": data,
+        "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+        "train": {"height": 32, "width": 16, "workers": 0},
+        "evaluation": {"protocol": "sysu-all", "trials": 1},
+    }
+    for key, value in sections.items():
+        rec[key] = {**rec[key], **value} if isinstance(rec.get(key), dict) else value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    return path
 
 
 @contextlib.contextmanager
