@@ -1,8 +1,8 @@
 """Survivors of mutation audit CE without a test: a resume keeps the pending record, the
 stages started from best.pt and the previous cluster counts (T15, T16, T14); PGM's
-``cluster_flip`` features are not normalised again (T20); an epoch without a cross-modal
-link says so (T3); the visible and channel-augmented outputs land in their own
-``StepOutputs`` fields (T11); ``cmfp_tr`` normalises the rows it leaves out (A1)."""
+``cluster_flip`` features are not normalised again (T20); the visible and
+channel-augmented outputs land in their own ``StepOutputs`` fields (T11); ``cmfp_tr``
+normalises the rows it leaves out (A1). T3 is checked in test_trainer.py."""
 
 from __future__ import annotations
 
@@ -94,35 +94,6 @@ def test_cluster_flip_features_are_the_mean_of_normalised_halves_not_renormalise
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             norms = torch.linalg.vector_norm(got, dim=1)
             assert (norms < 1 - 1e-3).all(), norms  # norm <= 1: not normalised again
-
-
-# -- T3: an epoch without a cross-modal link says so and has no cross quality -----------
-def test_an_epoch_without_cross_modal_link_warns_and_has_no_cross_label_quality(
-    recipe_file, monkeypatch
-):
-    from uvireid.associations.otla import OTLADual
-    from uvireid.types import CrossLabels
-
-    def unlinked(self, fv, lv, fr, lr):
-        return CrossLabels(
-            np.r_[lv, np.full(len(lr), -1)],
-            np.r_[np.full(len(lv), -1), lr],
-            np.zeros((0, 2), np.int64),
-            num_visible=len(lv),
-            num_clusters_v=int(lv.max()) + 1,
-            num_clusters_r=int(lr.max()) + 1,
-        )
-
-    monkeypatch.setattr(OTLADual, "associate", unlinked)
-    cfg = load_recipe(recipe_file)
-    tr = _trainer(cfg)
-    tr.load_data()
-    tr.epoch = 1
-    record = tr.train_epoch(1)
-    assert tr.labels.has_cross is False
-    assert "no cross-modal link in epoch 1: cross terms skipped" in record["warnings"]
-    assert set(record["label_quality"]) == {"visible", "infrared"}
-    assert record["paired"] is False
 
 
 # -- T11: the visible images' outputs and their channel-augmented views' ------------------

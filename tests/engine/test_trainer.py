@@ -142,6 +142,11 @@ def test_no_cross_link_falls_back_to_intra_modality_batches(recipe_file, monkeyp
     assert any("no cross-modal link" in w for w in record["warnings"])
     assert "skipping the cross-modal terms" in caplog.text
     assert np.isfinite(record["loss"]["total"])
+    # has_cross follows the association, not a constant (mutation audit CE, T3): the epoch
+    # says it skipped the cross terms, and scores each modality's labels alone
+    assert tr.labels.has_cross is False
+    assert "no cross-modal link in epoch 1: cross terms skipped" in record["warnings"]
+    assert set(record["label_quality"]) == {"visible", "infrared"}
 
 
 def test_clustering_and_association_run_on_the_training_device(recipe_file, monkeypatch, device):
