@@ -45,6 +45,7 @@ def _timm_build_error(
     (audit CG: an offline download was blamed on a valid ``output_stride``)."""
     what = f"{type(exc).__name__}: {str(exc)[:200] or 'no message'}"
     root = type(exc).__module__.split(".")[0]
+    hub = name.startswith(("local-dir:", "hf-hub:"))
     read_failed = isinstance(exc, OSError) or root in ("huggingface_hub", "requests", "httpx")
     hub_advice = (
         f"timm reads a '{name.split(':')[0]}:' model's config.json from "
@@ -62,7 +63,7 @@ def _timm_build_error(
     )
     tails = []
     if read_failed:
-        if name.startswith(("local-dir:", "hf-hub:")):
+        if hub:
             tails.append(hub_advice)
         elif local is not None:
             tails.append(local_advice)
@@ -85,7 +86,7 @@ def _timm_build_error(
             )
         if local is not None:
             tails.append(local_advice)
-        if not tails and name.startswith(("local-dir:", "hf-hub:")):
+        if not tails and hub:
             tails.append(hub_advice)
     if not tails:
         return None
