@@ -87,14 +87,18 @@ def test_a_misspelt_option_names_the_closest_and_v_works_after_the_command(capsy
 
 
 def test_list_samplers_names_every_sampler_type_a_recipe_accepts(capsys):
-    from uvireid.config import SAMPLER_TYPES
+    from uvireid.config import load_recipe
+    from uvireid.registry import SAMPLERS
 
     assert main(["list", "samplers"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("samplers (3; a stage's sampler.type)")
-    for name in SAMPLER_TYPES:
+    assert out.startswith("samplers (3)")
+    assert SAMPLERS.names() == ["identity", "matched", "paired"]
+    for name in SAMPLERS.names():
         assert f"  {name} " in out
-    assert "(Cheng et al., ACM MM 2023" in out  # a whole first paragraph, not a cut line
+        cfg = load_recipe("mbccm", [f"stages.1.sampler.type={name}"])
+        assert cfg["stages"][1]["sampler"]["type"] == name
+    assert "(MBCCM's many-to-many assignment sampler, Cheng et al., ACM MM 2023)" in out
 
 
 def test_a_reader_that_has_gone_ends_the_command_quietly(monkeypatch, capsys):

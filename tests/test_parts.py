@@ -83,6 +83,42 @@ def test_loss_builds_with_defaults_as_a_module(name):
     assert callable(getattr(part, "forward", None))
 
 
+@pytest.mark.parametrize("name", _parts("samplers"))
+def test_sampler_draws_batches_of_its_rows_on_tiny_labels(name):
+    """On four clusters per modality, cross-linked cluster to cluster: a batch has the
+    sampler's rows(), valid indices, the same batch from the same seed, and a pairing
+    sampler's rows share their label in one of the two label spaces."""
+    from uvireid.losses.contract import EpochLabels
+
+    part = REGISTRIES["samplers"].build({"type": name})
+    vis, ir = np.arange(20) % 4, np.arange(16) % 4
+    lab = EpochLabels(
+        vis_in_v=vis,
+        vis_in_r=vis,
+        ir_in_r=ir,
+        ir_in_v=ir,
+        init_v=vis,
+        init_r=ir,
+        num_v=4,
+        num_r=4,
+        matches=np.array([[c, c] for c in range(4)]),
+    )
+    cams = (np.arange(20) % 2, 2 + np.arange(16) % 2)
+    sampler = part.for_epoch(lab, cams)
+    batch = sampler.sample(np.random.default_rng(0))
+    idx_v, idx_r = np.asarray(batch.idx_v), np.asarray(batch.idx_r)
+    assert (len(idx_v), len(idx_r)) == tuple(part.rows())
+    assert idx_v.min() >= 0 and idx_v.max() < 20 and idx_r.min() >= 0 and idx_r.max() < 16
+    again = part.for_epoch(lab, cams).sample(np.random.default_rng(0))
+    np.testing.assert_array_equal(again.idx_v, idx_v)
+    np.testing.assert_array_equal(again.idx_r, idx_r)
+    if part.pairs:
+        assert len(idx_v) == len(idx_r)
+        same_v = lab.vis_in_v[idx_v] == lab.ir_in_v[idx_r]
+        same_r = lab.vis_in_r[idx_v] == lab.ir_in_r[idx_r]
+        assert (same_v | same_r).all()
+
+
 @pytest.mark.parametrize("name", _parts("backbones"))
 def test_backbone_runs_with_defaults_on_tiny_input(name):
     reg = REGISTRIES["backbones"]

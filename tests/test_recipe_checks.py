@@ -94,7 +94,8 @@ def test_batch_settings_that_a_staged_recipe_ignores_are_refused():
         ("evaluation.protocol=sysu-al", "evaluation.protocol", "auto, none (train without"),
         ("evaluation.shot=mult", "evaluation.shot", "single or multi"),
         ("evaluation.feature_head=banana", "evaluation.feature_head", "bn_feat"),
-        ("stages.1.sampler.ids=0", "stages.1.sampler.ids", ">= 1"),
+        ("stages.1.sampler.ids=0", "stages.1.sampler.ids", "an integer >= 1"),
+        ("stages.0.sampler.visible_ids=0", "stages.0.sampler.visible_ids", "an integer >= 1"),
         ("stages.0.iters_per_epoch=0", "stages.0.iters_per_epoch", ">= 1"),
         ("train.hue=0.7", "train.hue", "in [0, 0.5]"),
     ],
@@ -107,7 +108,7 @@ def test_settings_out_of_range_are_refused_with_the_recipe(override, key, rule):
 
 
 def test_camera_aware_is_refused_on_a_paired_sampler():
-    with pytest.raises(ConfigError, match="camera_aware applies to the identity sampler only"):
+    with pytest.raises(ConfigError, match="sampler 'paired' has no keyword 'camera_aware'"):
         load_recipe("demo", ["stages.1.sampler.camera_aware=true"])
     assert load_recipe("demo", ["stages.0.sampler.camera_aware=true"])["stages"][0]["sampler"][
         "camera_aware"

@@ -127,6 +127,7 @@ def test_all_registries_exist():
         "associators",
         "losses",
         "rerankers",
+        "samplers",
         "recipes",
     }
 

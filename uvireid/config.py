@@ -53,6 +53,7 @@ from uvireid.registry import (
     LOSSES,
     RECIPES,
     RERANKERS,
+    SAMPLERS,
     Registry,
 )
 
@@ -229,32 +230,10 @@ class EvalSettings:
     keep_best: bool = False
 
 
-SAMPLER_TYPES = ("identity", "paired", "matched")
-
-
-@dataclass
-class SamplerSettings:
-    """How a stage draws its batches (:mod:`uvireid.data.samplers`).
-
-    Attributes:
-        type: ``identity`` (per modality, independently: the DCL stage), ``paired``
-            (visible/infrared pairs over both label spaces: the SALCR stage) or
-            ``matched`` (pairs of matched clusters, each row labelled with its pair:
-            MBCCM's many-to-many assignment sampler).
-        ids: pseudo-labels per batch (per modality for ``identity``).
-        images: images per label (and per modality for ``paired``).
-        camera_aware: ``identity`` only: each label's images are a random anchor and
-            images of other cameras (Cluster-Contrast's RandomMultipleGallerySampler, as
-            ADCA and PGM load their batches).
-        visible_ids: ``identity`` only: visible labels per batch when they differ from the
-            infrared ``ids`` (PGM: 16 infrared, 8 visible); null: ``ids``.
-    """
-
-    type: str = "identity"
-    ids: int = 8
-    images: int = 4
-    camera_aware: bool = False
-    visible_ids: int | None = None
+#: keys every sampler had before samplers were a registry (session 21), with their old
+#: defaults: a run's config.yaml from then lists them for every sampler type, and reads
+#: as it trained (dropped where the type has no such keyword)
+_OLD_SAMPLER_DEFAULTS = {"camera_aware": False, "visible_ids": None}
 
 
 @dataclass
@@ -266,7 +245,8 @@ class StageSettings:
         epochs: epochs of this stage; the run's epochs are the sum over stages.
         iters_per_epoch: optimiser steps per epoch (null: ``train.iters_per_epoch``).
         ltg_p: LTG probability on the visible view (SALCR: 0.5 in DCL, 0 after).
-        sampler: see :class:`SamplerSettings`.
+        sampler: ``{type: NAME, ...}`` in :data:`uvireid.registry.SAMPLERS` (null: the
+            ``identity`` sampler with its defaults; ``uvireid list samplers``).
         clusterer, associator: parts (absent: the recipe's top-level ones; an explicit
             null associator means no cross-modal association, as in DCL).
         losses: ``[{type: NAME, weight: W, ...}]`` summed with their weights.
@@ -965,9 +945,6 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "StageSettings.lr": (_at_least(0), ">= 0 (or null: train.lr)"),
     "StageSettings.jitter_views": _JITTER_VIEWS_RULE,
-    "SamplerSettings.ids": (_at_least(1), ">= 1"),
-    "SamplerSettings.visible_ids": (_at_least(1), ">= 1 (or null: ids)"),
-    "SamplerSettings.images": (_at_least(1), ">= 1"),
 }
 
 
@@ -1110,16 +1087,7 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         if res["name"] in names:
             raise ConfigError(f"{prov.source(where)}: two stages are named '{res['name']}'")
         names.add(res["name"])
-        sampler = _validate_settings(
-            f"{where}.sampler", SamplerSettings, stage.get("sampler"), prov
-        )
-        if sampler["type"] not in SAMPLER_TYPES:
-            near = closest(str(sampler["type"]), SAMPLER_TYPES, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(
-                f"{prov.source(where + '.sampler.type')}: unknown sampler "
-                f"'{sampler['type']}'{hint} valid: {', '.join(SAMPLER_TYPES)}"
-            )
+        sampler = _validate_sampler(where, stage.get("sampler"), prov)
         if res.get("start_from") not in (None, "best"):
             raise ConfigError(
                 f"{prov.source(where + '.start_from')}: {where}.start_from must be null (the "
@@ -1127,12 +1095,6 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             )
         if res.get("start_from") == "best":
             _check_start_from_best(cfg, out, where, prov)
-        for key in ("camera_aware", "visible_ids"):
-            if sampler[key] not in (False, None) and sampler["type"] != "identity":
-                raise ConfigError(
-                    f"{prov.source(where + '.sampler.' + key)}: {key} applies to the "
-                    f"identity sampler only, not '{sampler['type']}'; remove it"
-                )
         res["sampler"] = sampler
         for comp in STAGE_COMPONENTS:
             spec = SCHEMA[comp]
@@ -1177,6 +1139,41 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
     return out
 
 
+def _validate_sampler(where: str, value: Any, prov: Provenance) -> dict:
+    """A stage's ``sampler`` in :data:`~uvireid.registry.SAMPLERS` (no ``type``: the
+    ``identity`` sampler), built once so that a bad value fails here, with its source."""
+    dotted = f"{where}.sampler"
+    if value is None:
+        value = {}
+    if isinstance(value, Mapping):
+        value = {"type": "identity", **value}
+        name = value["type"]
+        if isinstance(name, str) and name in SAMPLERS:
+            valid = inspect_params(SAMPLERS, name)
+            value = {
+                k: v
+                for k, v in value.items()
+                if not (
+                    valid is not None
+                    and k not in valid
+                    and k in _OLD_SAMPLER_DEFAULTS
+                    and v is _OLD_SAMPLER_DEFAULTS[k]
+                )
+            }
+    out = _validate_component(dotted, SAMPLERS, value, prov)
+    try:
+        SAMPLERS.build(out)
+    except (ConfigError, RegistryError) as exc:
+        key = getattr(exc, "key", None)  # the keyword a built-in sampler refused
+        if key in out:
+            full = f"{dotted}.{key}"
+            raise ConfigError(
+                f"{prov.source(full)}: '{full}' must be an integer >= 1, got {out[key]!r}"
+            ) from None
+        raise ConfigError(f"{prov.source(dotted)}: {dotted}: {exc}") from None
+    return out
+
+
 def _check_stage_epochs(out: dict, prov: Provenance) -> None:
     """With stages, the run's epochs are their sum; a different train.epochs is an error."""
     total = sum(s["epochs"] for s in out["stages"])
@@ -1197,7 +1194,9 @@ def _check_stage_batch(out: dict, prov: Provenance) -> None:
     for key, sampler_key in (("batch_ids", "ids"), ("images_per_id", "images")):
         source = prov.get(f"train.{key}")
         if source is not None and out["train"][key] != getattr(defaults, key):
-            now = ", ".join(f"{s['name']}: {s['sampler'][sampler_key]}" for s in out["stages"])
+            now = ", ".join(
+                f"{s['name']}: {s['sampler'].get(sampler_key, '-')}" for s in out["stages"]
+            )
             raise ConfigError(
                 f"{source}: train.{key}={out['train'][key]} does nothing in a recipe with "
                 f"stages: each stage's sampler sets its batch (stages.N.sampler."

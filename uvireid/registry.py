@@ -318,6 +318,7 @@ CLUSTERERS = Registry("clusterer", {"fit_predict": ("features",)})
 ASSOCIATORS = Registry("associator", {"associate": ("feats_v", "labels_v", "feats_r", "labels_r")})
 LOSSES = Registry("loss", {"forward": ("outputs", "targets")})
 RERANKERS = Registry("reranker", {"rerank": ("query", "gallery")})
+SAMPLERS = Registry("sampler", {"for_epoch": ("labels", "cams"), "rows": ()})
 RECIPES = Registry("recipe")
 
 #: every registry by the plural name used in ``uvireid list`` and in recipes' messages
@@ -328,6 +329,7 @@ REGISTRIES: dict[str, Registry] = {
     "associators": ASSOCIATORS,
     "losses": LOSSES,
     "rerankers": RERANKERS,
+    "samplers": SAMPLERS,
     "recipes": RECIPES,
 }
 

@@ -205,8 +205,6 @@ def test_mbccm_recipe_matches_the_peers_spec():
         "type": "matched",
         "ids": 12,
         "images": 12,
-        "camera_aware": False,
-        "visible_ids": None,
     }
     losses = {x["type"]: x for x in mb.losses}
     assert set(losses) == {"cluster_contrast", "modality_agnostic"}

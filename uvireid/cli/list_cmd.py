@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from uvireid.registry import PLUGIN_ERRORS, REGISTRIES, doc_summary
+from uvireid.registry import PLUGIN_ERRORS, REGISTRIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "registry",
         nargs="?",
-        choices=sorted([*REGISTRIES, "samplers"]),
-        help="only this registry (samplers: the stages' sampler.type values)",
+        choices=sorted(REGISTRIES),
+        help="only this registry",
     )
     p.set_defaults(func=run)
 
@@ -40,32 +40,11 @@ def format_registries(only: str | None = None) -> str:
         for e in entries:
             lines.append(f"  {e.name:<{width}}  {e.module:<{mwidth}}  {e.summary}".rstrip())
         lines.append("")
-    if not only or only == "samplers":
-        lines += _samplers()
     if PLUGIN_ERRORS:  # also under `uvireid list rerankers`: the part may be missing
         lines.append("plugins that failed to load")
         for name, err in sorted(PLUGIN_ERRORS.items()):
             lines.append(f"  {name}: {err}")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _samplers() -> list[str]:
-    """The batch samplers a stage names by ``sampler.type`` (not a registry: the trainer
-    builds them from the epoch's labels), with their classes' first doc line."""
-    from uvireid.config import SAMPLER_TYPES
-    from uvireid.data import samplers
-
-    classes = {
-        "identity": samplers.IdentitySampler,
-        "paired": samplers.PairedSampler,
-        "matched": samplers.MatchedPairSampler,
-    }
-    lines = [f"samplers ({len(SAMPLER_TYPES)}; a stage's sampler.type)"]
-    width = max(len(n) for n in SAMPLER_TYPES)
-    for name in SAMPLER_TYPES:
-        cls = classes[name]
-        lines.append(f"  {name:<{width}}  {cls.__module__}  {doc_summary(cls)}".rstrip())
-    return [*lines, ""]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,12 +2,14 @@
 
 Importing this package registers the built-in datasets in
 :data:`uvireid.registry.DATASETS`: ``sysu`` (SYSU-MM01), ``regdb`` (RegDB), ``llcm``
-(LLCM) and ``folder`` (your own unlabelled images).
+(LLCM) and ``folder`` (your own unlabelled images), and the stages' batch samplers in
+:data:`uvireid.registry.SAMPLERS` (``identity``, ``paired``, ``matched``).
 """
 
 from __future__ import annotations
 
-from uvireid.data import synthetic  # noqa: E402,F401  (registers the `synthetic` dataset)
+# registered on import: the samplers, the `synthetic` dataset
+from uvireid.data import samplers, synthetic  # noqa: F401
 from uvireid.data.base import IdList, VIDataset
 from uvireid.data.folder import FolderDataset
 from uvireid.data.images import list_images, read_image

@@ -19,31 +19,45 @@ Indices refer to the modality's own list of training images.
   by position: the potential-positive pairs FGSAL and GPCR use (paper: 8 labels x
   (4 visible + 4 infrared)).
 
+* :class:`MatchedPairSampler` (MBCCM's assignment sampler): pairs of matched clusters,
+  each row labelled with its pair.
+
 Within a cluster, images are drawn without replacement when it has more than
 ``images`` of them, with replacement otherwise (as the reference samplers do); labels
 are drawn without replacement unless fewer exist than a batch needs.
+
+A stage names its sampler by ``sampler.type`` in :data:`uvireid.registry.SAMPLERS`.
+What is registered is the recipe's side of a sampler (:class:`Batches` and its
+subclasses: the settings, checked when the recipe is read); the trainer asks it each
+epoch for that epoch's sampler (``for_epoch(labels, cams)``). A plugin registers its own
+the same way (``@SAMPLERS.register("name")`` on a subclass of :class:`Batches`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from uvireid.errors import ConfigError
+from uvireid.registry import SAMPLERS
+
+if TYPE_CHECKING:
+    from uvireid.losses.contract import EpochLabels
 
 __all__ = [
+    "Batches",
+    "IdentityBatches",
     "IdentitySampler",
+    "MatchedBatches",
     "MatchedPairSampler",
+    "PairedBatches",
     "PairedSampler",
-    "SAMPLERS",
     "pools",
     "draw",
     "draw_camera_aware",
 ]
-
-SAMPLERS = ("identity", "paired", "matched")
 
 
 def _labels(labels: Any, name: str = "labels") -> np.ndarray:
@@ -102,10 +116,14 @@ def draw_camera_aware(
     return np.concatenate([[anchor], rest]).astype(np.int64)
 
 
-def _check(ids: int, images: int, who: str) -> None:
-    for name, value in (("ids", ids), ("images", images)):
+def _check(ids: int, images: int, who: str, ids_key: str = "ids") -> None:
+    """``ids`` and ``images`` are integers >= 1; the error's ``key`` names the keyword
+    (the recipe reader points at that key's source)."""
+    for name, value in ((ids_key, ids), ("images", images)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{who}: {name} must be an integer >= 1, got {value!r}")
+            err = ConfigError(f"{who}: {name} must be an integer >= 1, got {value!r}")
+            err.key = name
+            raise err
 
 
 @dataclass
@@ -332,3 +350,138 @@ class MatchedPairSampler:
         lv, lr = np.concatenate(lab_v), np.concatenate(lab_r)
         # (vis_in_v, vis_in_r, ir_in_r, ir_in_v): every row carries its pair's two labels
         return IdentityBatch(np.concatenate(idx_v), np.concatenate(idx_r), (lv, lr, lr, lv))
+
+
+# -- the registered parts: a stage's sampler settings, one epoch sampler per epoch --------
+class Batches:
+    """Base of the registered samplers (``sampler: {type: NAME, ...}`` in a stage).
+
+    Built once from the recipe's keywords (checked when the recipe is read, so a bad
+    value fails ``--dry-run``); each epoch the trainer calls :meth:`for_epoch` with that
+    epoch's labels and gets an object whose ``sample(rng)`` draws one
+    :class:`IdentityBatch` per step from the trainer's seeded generator (the only state:
+    checkpoints store it).
+
+    Attributes:
+        pairs: class attribute, True when the batches pair visible and infrared rows
+            position by position through the association's cross labels (the losses
+            with ``needs_pairs`` train only on such batches, and a stage without an
+            associator cannot have one). On an epoch whose association linked nothing
+            the trainer draws :meth:`unpaired` batches instead and skips the cross terms.
+
+    Args:
+        ids: labels per batch; images: images per label (the meaning per sampler is in
+            its docstring).
+    """
+
+    pairs: ClassVar[bool] = False
+
+    def __init__(self, ids: int = 8, images: int = 4):
+        _check(ids, images, f"{self._kind()} sampler")
+        self.ids, self.images = int(ids), int(images)
+
+    @classmethod
+    def _kind(cls) -> str:
+        spec = [n for n in SAMPLERS.names() if SAMPLERS.get(n) is cls]
+        return spec[0] if spec else cls.__name__
+
+    def rows(self) -> tuple[int, int]:
+        """(visible, infrared) images of one step, before the visible images' colour
+        view (the run manifest's per-GPU batch)."""
+        return self.ids * self.images, self.ids * self.images
+
+    def for_epoch(self, labels: EpochLabels, cams: tuple[np.ndarray, np.ndarray]) -> Any:
+        """This epoch's sampler: an object with ``sample(rng) -> IdentityBatch``.
+
+        Args:
+            labels: the epoch's pseudo-labels (:class:`uvireid.losses.contract.EpochLabels`).
+            cams: the visible and the infrared training images' cameras.
+
+        Raises:
+            ConfigError: the labels cannot make this sampler's batches (for a pairing
+                sampler the trainer then falls back to :meth:`unpaired` and says so).
+        """
+        raise NotImplementedError(f"{type(self).__name__}.for_epoch")
+
+    def unpaired(self, labels: EpochLabels, cams: tuple[np.ndarray, np.ndarray]) -> Any:
+        """Batches of each modality on its own labels, for an epoch without cross links:
+        ``ids x images`` per modality."""
+        return IdentitySampler(labels.vis_in_v, labels.ir_in_r, self.ids, self.images)
+
+
+@SAMPLERS.register("identity")
+class IdentityBatches(Batches):
+    """Each modality on its own clusters, independently: ids clusters x images images
+    per modality (the DCL stage).
+
+    Each epoch an :class:`IdentitySampler`.
+
+    Args:
+        camera_aware: each label's images are a random anchor and images of other
+            cameras (Cluster-Contrast's RandomMultipleGallerySampler, as ADCA and PGM
+            load their batches).
+        visible_ids: visible labels per batch when they differ from the infrared ``ids``
+            (PGM: 16 infrared, 8 visible); null: ``ids``.
+    """
+
+    def __init__(
+        self,
+        ids: int = 8,
+        images: int = 4,
+        camera_aware: bool = False,
+        visible_ids: int | None = None,
+    ):
+        super().__init__(ids, images)
+        if visible_ids is not None:
+            _check(visible_ids, images, "identity sampler", "visible_ids")
+        self.camera_aware = bool(camera_aware)
+        self.visible_ids = None if visible_ids is None else int(visible_ids)
+
+    def rows(self) -> tuple[int, int]:
+        return (self.visible_ids or self.ids) * self.images, self.ids * self.images
+
+    def for_epoch(self, labels: EpochLabels, cams: tuple[np.ndarray, np.ndarray]) -> Any:
+        cams_v, cams_r = cams if self.camera_aware else (None, None)
+        return IdentitySampler(
+            labels.vis_in_v,
+            labels.ir_in_r,
+            self.ids,
+            self.images,
+            cams_v,
+            cams_r,
+            ids_v=self.visible_ids,
+        )
+
+
+@SAMPLERS.register("paired")
+class PairedBatches(Batches):
+    """Visible/infrared pairs over both label spaces: ids labels (half from each space)
+    x images pairs (the SALCR stage).
+
+    Each epoch a :class:`PairedSampler`."""
+
+    pairs = True
+
+    def for_epoch(self, labels: EpochLabels, cams: tuple[np.ndarray, np.ndarray]) -> Any:
+        return PairedSampler(
+            labels.vis_in_v, labels.ir_in_v, labels.ir_in_r, labels.vis_in_r, self.ids, self.images
+        )
+
+
+@SAMPLERS.register("matched")
+class MatchedBatches(Batches):
+    """Pairs of matched clusters, each row labelled with its pair: ids pairs x images
+    images per side (MBCCM's many-to-many assignment sampler, Cheng et al., ACM MM 2023).
+
+    Each epoch a :class:`MatchedPairSampler` over the association's matches."""
+
+    pairs = True
+
+    def for_epoch(self, labels: EpochLabels, cams: tuple[np.ndarray, np.ndarray]) -> Any:
+        if labels.matches is None:
+            raise ConfigError(
+                "the matched sampler needs the association's cluster matches; this epoch has none"
+            )
+        return MatchedPairSampler(
+            labels.init_v, labels.init_r, labels.matches, self.ids, self.images
+        )

@@ -328,10 +328,10 @@ def _check_stage_fits(st: Any) -> None:
     Raises:
         ConfigError: naming the stage, the part and the fix.
     """
-    from uvireid.registry import LOSSES
+    from uvireid.registry import LOSSES, SAMPLERS
 
     sampler = st.sampler.get("type")
-    pairs = sampler in ("paired", "matched")
+    pairs = bool(getattr(SAMPLERS.get(sampler), "pairs", False))
     where = f"stage '{st.name}'"
     if pairs and not st.associator:
         raise ConfigError(
@@ -535,11 +535,11 @@ def run_recipe(
 def _stage_batches(cfg: dict, world_size: int) -> list[dict]:
     """Per stage: images per GPU step (visible, CA, infrared), per BatchNorm, global."""
     from uvireid.engine.trainer import stages_of
+    from uvireid.registry import SAMPLERS
 
     out = []
     for st in stages_of(cfg):
-        s = st.sampler["ids"] * st.sampler["images"]  # infrared (and visible unless below)
-        sv = (st.sampler.get("visible_ids") or st.sampler["ids"]) * st.sampler["images"]
+        sv, s = SAMPLERS.build(st.sampler).rows()  # visible, infrared
         per_gpu = 2 * sv + s  # visible + its CA view + infrared
         out.append(
             {

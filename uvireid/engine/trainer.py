@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from uvireid.associations.quality import link_precision
-from uvireid.data.samplers import IdentitySampler, MatchedPairSampler, PairedSampler
 from uvireid.data.transforms import Augmenter, load_images, to_device
 from uvireid.engine import distributed as D
 from uvireid.engine.checkpoint import (
@@ -59,7 +58,7 @@ from uvireid.errors import ConfigError, DatasetError, TrainingError
 from uvireid.fileio import signals_deferred
 from uvireid.losses.contract import EpochContext, EpochLabels, StepOutputs, StepTargets
 from uvireid.models.backbone import check_input_size
-from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES, RERANKERS
+from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES, RERANKERS, SAMPLERS
 from uvireid.rerank import workspace
 from uvireid.types import INFRARED, VISIBLE, CrossLabels, FeatureBank
 
@@ -1115,35 +1114,25 @@ class Trainer:
         return StepTargets(*dev, paired=paired, host=host)
 
     def _sampler(self, stage: Stage, lab: EpochLabels, warnings: list[str]):
-        s = stage.sampler
-        if s["type"] in ("paired", "matched"):
+        """The epoch's sampler (``stage.sampler`` in :data:`~uvireid.registry.SAMPLERS`)
+        and whether its batches are paired; a pairing sampler on an epoch without cross
+        links draws each modality on its own labels instead, and says so."""
+        spec = SAMPLERS.build(stage.sampler)
+        cams = (self.cams_v, self.cams_r)
+        if spec.pairs:
             if lab.has_cross:
                 try:
-                    if s["type"] == "matched":
-                        if lab.matches is None:
-                            raise ConfigError(
-                                f"stage '{stage.name}': the matched sampler needs the "
-                                f"association's cluster matches; this epoch has none"
-                            )
-                        return MatchedPairSampler(
-                            lab.init_v, lab.init_r, lab.matches, s["ids"], s["images"]
-                        ), True
-                    return PairedSampler(
-                        lab.vis_in_v, lab.ir_in_v, lab.ir_in_r, lab.vis_in_r, s["ids"], s["images"]
-                    ), True
+                    return spec.for_epoch(lab, cams), True
                 except ConfigError as exc:
-                    warnings.append(str(exc))
+                    warnings.append(f"stage '{stage.name}': {exc}")
             msg = (
                 f"stage '{stage.name}': no cross-modal link this epoch; sampling each "
                 "modality on its own labels and skipping the cross-modal terms"
             )
             logger.warning(msg)
             warnings.append(msg)
-        cams = (self.cams_v, self.cams_r) if s.get("camera_aware") else (None, None)
-        sampler = IdentitySampler(
-            lab.vis_in_v, lab.ir_in_r, s["ids"], s["images"], *cams, ids_v=s.get("visible_ids")
-        )
-        return sampler, False
+            return spec.unpaired(lab, cams), False
+        return spec.for_epoch(lab, cams), False
 
     def step(self, stage: Stage, losses: nn.ModuleList, lab: EpochLabels, batch, paired: bool):
         """One optimiser step; returns ``(names, values)``: the loss terms' names ("total"
