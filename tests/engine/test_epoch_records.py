@@ -1,5 +1,6 @@
 """An epoch's logged loss means, the losses' within-stage epoch, reset_optimizer once, each
-stage's ltg_p and sampler settings (mutation audits CB, CE)."""
+stage's ltg_p and sampler settings (mutation audits CB, CE), the pre-BN features a loss
+can ask for."""
 
 from __future__ import annotations
 
@@ -130,3 +131,40 @@ def test_the_identity_sampler_gets_the_stages_camera_and_visible_settings(recipe
     assert sampler.ids_v == 3
     np.testing.assert_array_equal(sampler.cams[0], [r.cam for r in tr.vis])
     np.testing.assert_array_equal(sampler.cams[1], [r.cam for r in tr.ir])
+
+
+def test_the_trainer_hands_the_loss_the_features_before_the_bn_neck(recipe_file, monkeypatch):
+    """A loss with needs_pool gets outputs.pool_*, the pooled features the BN neck took in
+    for the step's rows (hooked on the model's neck), beside feat_*, its output."""
+    import math
+
+    from uvireid.losses import TripletLoss
+
+    cfg = load_recipe(
+        recipe_file,
+        [
+            "stages.0.losses=[{type: cluster_contrast}, {type: triplet, weight: 0.5}]",
+            "stages.0.iters_per_epoch=1",
+        ],
+    )
+    tr = _trainer(cfg)
+    tr.load_data()
+    neck_io, seen = [], []
+    tr.model.backbone.neck.register_forward_hook(
+        lambda m, args, out: neck_io.append((args[0].detach(), out.detach()))
+    )
+    real = TripletLoss.forward
+
+    def spy(self, outputs, targets):
+        seen.append(outputs.detach())
+        return real(self, outputs, targets)
+
+    monkeypatch.setattr(TripletLoss, "forward", spy)
+    record = tr.train_epoch(0)
+    (pre, post), (out,) = neck_io[-1], seen  # the training step's forward
+    sv = len(out.feat_v)
+    torch.testing.assert_close(out.pool_v, pre[:sv], rtol=0, atol=0)
+    torch.testing.assert_close(out.pool_a, pre[sv : 2 * sv], rtol=0, atol=0)
+    torch.testing.assert_close(out.pool_r, pre[2 * sv :], rtol=0, atol=0)
+    torch.testing.assert_close(out.feat_r, post[2 * sv :], rtol=0, atol=0)
+    assert "triplet" in record["loss"] and math.isfinite(record["loss"]["triplet"])

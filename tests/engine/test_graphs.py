@@ -121,6 +121,43 @@ def test_graphed_losses_capture_once_per_shape_and_again_after_invalidate():
     assert graphed.captures == 3
 
 
+def test_the_pre_bn_features_go_through_the_capture():
+    """A stage with a needs_pool loss (triplet): the captured function gets the three
+    pooled features after the part features, and they reach the loss (values and
+    gradients equal the eager ones; a capture without them gave the triplet None)."""
+    from uvireid.losses import TripletLoss
+
+    captured = []
+
+    def make_graphed(fn, sample, **kwargs):
+        captured.append(len(sample))
+        return fn
+
+    _, terms_of, targets, leaves = _salcr_setup("cpu")
+    pools = [torch.randn(8, 16).requires_grad_() for _ in MAPS]
+    triplet = TripletLoss()
+
+    def with_triplet(outputs, targets):
+        total, terms = terms_of(outputs, targets)
+        terms["triplet"] = triplet(outputs, targets)
+        return total + terms["triplet"], terms
+
+    def run(fn):
+        for t in leaves + pools:
+            t.grad = None
+        outputs = _outputs(leaves)
+        outputs.pool_v, outputs.pool_a, outputs.pool_r = (p * 1.0 for p in pools)
+        total, terms = fn(outputs, targets)
+        total.backward()
+        return terms["triplet"].detach().clone(), [p.grad.clone() for p in pools]
+
+    eager = run(with_triplet)
+    got = run(GraphedLosses(with_triplet, make_graphed, device_types=("cpu",)))
+    assert captured == [12 + 3 + 6]
+    assert torch.equal(got[0], eager[0]) and eager[0] > 0
+    assert all(torch.equal(a, b) for a, b in zip(got[1], eager[1]))
+
+
 def test_a_failed_capture_is_reported_once_and_the_losses_run_eagerly(caplog):
     calls = []
 

@@ -47,7 +47,8 @@ def test_losses_on_paired_batches_with_a_sampler_that_never_pairs_are_refused(
 
 
 @pytest.mark.parametrize(
-    "loss", ["dual_cluster_contrast", "alternate_cross_contrast", "modality_agnostic"]
+    "loss",
+    ["dual_cluster_contrast", "alternate_cross_contrast", "modality_agnostic", "cross_triplet"],
 )
 def test_cross_modal_losses_without_an_associator_are_refused(tmp_path, loss):
     cfg = _cfg(

@@ -88,7 +88,9 @@ def test_recipe_with_top_level_losses_is_one_stage(tmp_path):
 def test_stage_keys_are_checked(recipe_file):
     with pytest.raises(ConfigError, match="did you mean 'stages.0.epochs'"):
         load_recipe(recipe_file, ["stages.0.epoch=3"])
-    with pytest.raises(ConfigError, match="sampler 'paird' is not registered; did you mean 'paired'"):
+    with pytest.raises(
+        ConfigError, match="sampler 'paird' is not registered; did you mean 'paired'"
+    ):
         load_recipe(recipe_file, ["stages.1.sampler.type=paird"])
     with pytest.raises(ConfigError, match="did you mean 'stages.0.losses.0.temperature'"):
         load_recipe(recipe_file, ["stages.0.losses.0.temprature=0.1"])

@@ -87,6 +87,9 @@ class GraphedLosses:
         keys = sorted(outputs.parts)
         feats = [outputs.feat_v, outputs.feat_a, outputs.feat_r]
         feats += [outputs.parts[k] for k in keys]
+        pools = [outputs.pool_v, outputs.pool_a, outputs.pool_r]
+        if pools[0] is not None:  # the pre-BN features, for a loss with needs_pool
+            feats += pools
         tgts = [getattr(targets, f) for f in _TARGET_FIELDS]
         key = (
             tuple(keys),
@@ -116,9 +119,13 @@ class GraphedLosses:
         names: list[str] = []
         n = 3 + len(keys)
 
+        pools = len(feats) - n  # 3 with the pre-BN features, else 0
+
         def flat(*args):
-            outputs = StepOutputs(args[0], args[1], args[2], dict(zip(keys, args[3:n])))
-            total, terms = self.fn(outputs, StepTargets(*args[n:], paired=paired))
+            outputs = StepOutputs(
+                args[0], args[1], args[2], dict(zip(keys, args[3:n])), *args[n : n + pools]
+            )
+            total, terms = self.fn(outputs, StepTargets(*args[n + pools :], paired=paired))
             names[:] = list(terms)
             return (total, *terms.values())
 

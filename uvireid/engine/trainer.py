@@ -1163,6 +1163,10 @@ class Trainer:
             feat = out.bn_feat.float()
             parts = {key: p.float() for key, p in parts.items()}
             outputs = StepOutputs(feat[:sv], feat[sv : 2 * sv], feat[2 * sv :], parts)
+            if any(getattr(loss, "needs_pool", False) for loss in losses):
+                pool = out.global_feat.float()
+                outputs.pool_v, outputs.pool_a = pool[:sv], pool[sv : 2 * sv]
+                outputs.pool_r = pool[2 * sv :]
             total, terms = self._loss_terms(stage, losses)(outputs, targets)
             used = [loss for loss in losses if _applies(loss, outputs)]
             self.optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,9 @@ StepTargets) -> scalar`` and ``update(StepOutputs, StepTargets)``
 * ``part_contrast``: SALCR's FGSAL, four part-cluster memories per part (Eq. 12-15);
 * ``instance_neighbour``: SALCR's GPCR, global and part instance memories (Eq. 16-27);
 * ``alternate_cross_contrast``: PGM's DCL + alternate cross-memory term (ACCL);
-* ``modality_agnostic``: MBCCM's modality-agnostic memories + symmetric-KL consistency.
+* ``modality_agnostic``: MBCCM's modality-agnostic memories + symmetric-KL consistency;
+* ``triplet`` / ``cross_triplet``: batch-hard triplet on the pre-BN pooled features with
+  the pseudo-labels, within each modality / across them (Hermans et al., 2017).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from uvireid.losses import cluster_contrast as cluster_contrast
 from uvireid.losses import cross_memory as cross_memory
 from uvireid.losses import instance as instance
 from uvireid.losses import part as part
+from uvireid.losses import triplet as triplet
 from uvireid.losses.cluster_contrast import (
     ClusterContrastLoss,
     DualClusterContrastLoss,
@@ -32,6 +35,7 @@ from uvireid.losses.cross_memory import (
 from uvireid.losses.instance import InstanceNeighbourLoss
 from uvireid.losses.memory import ClusterMemory, centroids, momentum_update
 from uvireid.losses.part import PartContrastLoss
+from uvireid.losses.triplet import CrossTripletLoss, TripletLoss
 
 __all__ = [
     "AlternateCrossContrastLoss",
@@ -39,6 +43,7 @@ __all__ = [
     "symmetric_kl",
     "ClusterContrastLoss",
     "ClusterMemory",
+    "CrossTripletLoss",
     "DualClusterContrastLoss",
     "EpochContext",
     "EpochLabels",
@@ -46,6 +51,7 @@ __all__ = [
     "PartContrastLoss",
     "StepOutputs",
     "StepTargets",
+    "TripletLoss",
     "centroids",
     "cluster_nce",
     "momentum_update",

@@ -22,12 +22,14 @@ For a loss written outside uvireid (a plugin), the trainer also relies on these:
   sizes them to the cluster count); a resumed run's buffers take the checkpoint's sizes.
 * A loss has no trainable parameters of its own: the optimiser holds the model's, so a
   loss with a learnable head is refused (put learnable modules in the backbone).
-* What a loss cannot see: the pre-BN pooled feature (``outputs`` hold the BN-neck's);
-  camera ids come per epoch (``EpochContext.cams_v``, indexed by ``targets.idx_v``).
+* ``outputs.feat_*`` are the BN neck's features; the pooled features before the neck
+  (triplet losses use them) are in ``outputs.pool_*`` for a loss with ``needs_pool =
+  True``. Camera ids come per epoch (``EpochContext.cams_v``, indexed by
+  ``targets.idx_v``).
 * ``forward`` returns a 0-dim tensor; flags the trainer reads: ``needs_parts = True``
   with ``num_parts`` (the part features in ``outputs.parts``; FGSAL's part module is
-  built with that many parts), ``needs_pairs`` (paired batches only) and
-  ``needs_cross_labels`` (a stage with an associator).
+  built with that many parts), ``needs_pool`` (``outputs.pool_*``), ``needs_pairs``
+  (paired batches only) and ``needs_cross_labels`` (a stage with an associator).
 
 A batch holds ``S_v`` visible images (``feat_v``), their channel-augmented copies
 (``feat_a``, same files, same labels) and ``S_r`` infrared images (``feat_r``). In the
@@ -59,19 +61,31 @@ class StepOutputs:
             all nine pairs of v (visible), a (its channel-augmented view) and r
             (infrared), as the trainer's part module gives them. Empty when no loss
             asked for parts.
+        pool_v, pool_a, pool_r: the same rows' pooled features before the BN neck
+            (``BackboneOutput.global_feat``), or None when no loss of the stage has
+            ``needs_pool``.
     """
 
     feat_v: torch.Tensor
     feat_a: torch.Tensor
     feat_r: torch.Tensor
     parts: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    pool_v: torch.Tensor | None = None
+    pool_a: torch.Tensor | None = None
+    pool_r: torch.Tensor | None = None
 
     def detach(self) -> StepOutputs:
+        def cut(t):
+            return None if t is None else t.detach()
+
         return StepOutputs(
             self.feat_v.detach(),
             self.feat_a.detach(),
             self.feat_r.detach(),
             {k: v.detach() for k, v in self.parts.items()},
+            cut(self.pool_v),
+            cut(self.pool_a),
+            cut(self.pool_r),
         )
 
 
