@@ -75,10 +75,18 @@ class TrainSettings:
     Attributes:
         epochs: epochs of the run.
         iters_per_epoch: optimiser steps per epoch (SYSU 300, RegDB 100).
-        lr: Adam learning rate (3.5e-4).
-        weight_decay: Adam L2 weight decay (5e-4).
+        lr: learning rate (3.5e-4, Adam's in every recipe).
+        weight_decay: L2 weight decay (5e-4).
         lr_steps: epochs at which the learning rate is divided by ``lr_gamma``.
         lr_gamma: the step factor (0.1).
+        optimizer: ``adam`` (the recipes', as SALCR and its peers), ``adamw`` (decoupled
+            weight decay, as ViT-based methods train) or ``sgd``.
+        momentum: SGD's momentum (``sgd`` only; 0.9).
+        warmup_epochs: a linear warm-up of the learning rate over the run's first epochs
+            (0: none), as reid-strong-baseline's and fast-reid's WarmupMultiStepLR: epoch
+            e < warmup_epochs is trained at ``warmup_factor * (1 - e / warmup_epochs) +
+            e / warmup_epochs`` times its scheduled rate.
+        warmup_factor: the warm-up's starting factor (0.01).
         batch_ids: pseudo-identities per batch.
         images_per_id: images per pseudo-identity and modality in a batch.
         height, width: input size (paper 288x144).
@@ -159,6 +167,10 @@ class TrainSettings:
     weight_decay: float = 5e-4
     lr_steps: list[int] = field(default_factory=lambda: [20, 60])
     lr_gamma: float = 0.1
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.01
     batch_ids: int = 8
     images_per_id: int = 4
     height: int = 288
@@ -233,6 +245,9 @@ class EvalSettings:
 #: keys every sampler had before samplers were a registry (session 21), with their old
 #: defaults: a run's config.yaml from then lists them for every sampler type, and reads
 #: as it trained (dropped where the type has no such keyword)
+#: ``train.optimizer`` values (:func:`uvireid.engine.trainer.make_optimizer`)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
 _OLD_SAMPLER_DEFAULTS = {"camera_aware": False, "visible_ids": None}
 
 
@@ -909,6 +924,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.lr": (_at_least(0), ">= 0"),
     "TrainSettings.weight_decay": (_at_least(0), ">= 0"),
     "TrainSettings.lr_gamma": (_at_least(0, True), "> 0"),
+    "TrainSettings.optimizer": (lambda v: v in OPTIMIZERS, "adam, adamw or sgd"),
+    "TrainSettings.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "TrainSettings.warmup_epochs": (_at_least(0), ">= 0 (0: no warm-up)"),
+    "TrainSettings.warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "TrainSettings.batch_ids": (_at_least(1), ">= 1"),
     "TrainSettings.images_per_id": (_at_least(1), ">= 1"),
     "TrainSettings.height": (_at_least(8), "an image height >= 8"),
@@ -1014,6 +1033,15 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
             f"{prov.source('train.cuda_graphs')}: train.compile_losses and train.cuda_graphs "
             f"are two ways to cut the losses' kernel launches and do not combine; set one of "
             f"them to false"
+        )
+    if (
+        train.get("optimizer", "adam") != "sgd"
+        and prov.get("train.momentum") is not None
+        and train.get("momentum") != TrainSettings().momentum  # a run's config.yaml lists it
+    ):
+        raise ConfigError(
+            f"{prov.source('train.momentum')}: train.momentum is SGD's and does nothing with "
+            f"train.optimizer={train['optimizer']}; set train.optimizer=sgd or drop it"
         )
     if out["stages"]:
         if out.get("losses"):

@@ -57,3 +57,92 @@ def test_keep_best_selects_the_highest_plain_map_the_first_of_equal_ones():
     assert kept == [True, True, False, False, False]
     tr.cfg = {"evaluation": {"keep_best": False}}
     assert tr._improves_best(9, {"none": {"mean": {"mAP": 99.0}}}) is False
+
+
+def test_the_warm_up_scales_the_first_epochs_linearly_on_top_of_the_steps():
+    """train.warmup_epochs=4, warmup_factor=0.01 (fast-reid's WarmupMultiStepLR:
+    w * (1 - e / 4) + e / 4), with a step at epoch 3 under it; by hand."""
+    tr = {"lr": 1.0, "lr_gamma": 0.1, "lr_steps": [3], "warmup_epochs": 4, "warmup_factor": 0.01}
+    f = lr_factors([_stage("a", 0, 6)], tr)
+    want = [0.01, 0.2575, 0.505, 0.075250, 0.1, 0.1]
+    assert [f(e) for e in range(6)] == pytest.approx(want, rel=1e-12)
+    assert [lr_factors([_stage("a", 0, 6)], {**tr, "warmup_epochs": 0})(e) for e in range(6)] == (
+        pytest.approx([1, 1, 1, 0.1, 0.1, 0.1], rel=1e-12)
+    )
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_each_optimizer_makes_its_documented_first_step(kind):
+    """One step from p = 2 with gradient g = 0.5, lr 0.1, weight decay 0.2, by hand:
+    Adam adds the decay to the gradient (p - lr * g' / |g'|, g' = g + wd p), AdamW decays
+    the weight apart (p (1 - lr wd) - lr * g / |g|), SGD steps on g + wd p (the momentum
+    buffer starts as that)."""
+    import torch
+
+    from uvireid.engine.trainer import make_optimizer
+
+    p = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    opt = make_optimizer([p], {"optimizer": kind, "lr": 0.1, "weight_decay": 0.2, "momentum": 0.9})
+    p.grad = torch.tensor([0.5], dtype=torch.float64)
+    opt.step()
+    want = {
+        "adam": 2.0 - 0.1 * 0.9 / (0.9 + 1e-8),
+        "adamw": 2.0 * (1 - 0.1 * 0.2) - 0.1 * 0.5 / (0.5 + 1e-8),
+        "sgd": 2.0 - 0.1 * (0.5 + 0.2 * 2.0),
+    }[kind]
+    assert float(p.detach()) == pytest.approx(want, rel=1e-12)
+    if kind == "sgd":  # the second step carries the momentum: buf = 0.9 buf + g'
+        buf = 0.5 + 0.2 * 2.0
+        p.grad = torch.tensor([0.5], dtype=torch.float64)
+        before = float(p.detach())
+        opt.step()
+        buf = 0.9 * buf + (0.5 + 0.2 * before)
+        assert float(p.detach()) == pytest.approx(before - 0.1 * buf, rel=1e-12)
+
+
+def test_optimizer_settings_are_checked_with_the_recipe(recipe_file):
+    from uvireid.config import load_recipe
+    from uvireid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'train.optimizer' must be adam, adamw or sgd"):
+        load_recipe(recipe_file, ["train.optimizer=sdg"])
+    with pytest.raises(ConfigError, match="train.momentum is SGD's and does nothing"):
+        load_recipe(recipe_file, ["train.momentum=0.8"])
+    assert load_recipe(recipe_file, ["train.optimizer=sgd", "train.momentum=0.8"])["train"][
+        "momentum"
+    ] == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match="'train.warmup_factor' must be in \\(0, 1\\]"):
+        load_recipe(recipe_file, ["train.warmup_factor=0"])
+    with pytest.raises(ConfigError, match="'train.warmup_epochs' must be >= 0"):
+        load_recipe(recipe_file, ["train.warmup_epochs=-1"])
+
+
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`:UserWarning")
+def test_the_trainer_steps_with_the_recipes_optimizer_and_warm_up(recipe_file, monkeypatch):
+    """The run's optimiser is train.optimizer's, and the epochs' logged learning rates
+    follow the warm-up (each epoch's record['lr'] against the formula)."""
+    import torch
+
+    from uvireid.config import load_recipe
+    from uvireid.registry import DATASETS
+
+    cfg = load_recipe(
+        recipe_file,
+        [
+            "train.optimizer=sgd",
+            "train.warmup_epochs=2",
+            "train.warmup_factor=0.1",
+            "train.lr_steps=[1]",
+        ],
+    )
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    assert isinstance(tr.optimizer, torch.optim.SGD)
+    assert tr.optimizer.param_groups[0]["momentum"] == 0.9
+    monkeypatch.setattr(Trainer, "step", lambda self, *a: (("total",), torch.zeros(1)))
+    tr.load_data()
+    lrs = []
+    for epoch in range(2):  # train_epoch steps the scheduler at its end
+        lrs.append(tr.train_epoch(epoch)["lr"])
+    lr = cfg["train"]["lr"]
+    # epoch 1: the warm-up's factor on top of the step at epoch 1
+    assert lrs == pytest.approx([lr * 0.1, lr * 0.1 * (0.1 * 0.5 + 0.5)], rel=1e-12)

@@ -282,3 +282,22 @@ def test_a_resume_removes_the_partial_files_a_kill_left(recipe_file):
         p.write_bytes(b"\0" * 1000)
     run_recipe(cfg, resume=True, progress=False)
     assert not any(p.exists() for p in stale)
+
+
+def test_a_resume_with_another_optimizer_is_refused_even_with_allow_changes(recipe_file):
+    """The checkpoint holds the optimiser's state (Adam's moments); another optimiser
+    cannot take it up, so --allow-changes does not let train.optimizer change. A run from
+    before the setting (no train.optimizer in its config.yaml) reads as Adam."""
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+    folder.write_config(cfg)
+    old = yaml.safe_load((folder.path / "config.yaml").read_text())
+    for key in ("optimizer", "momentum", "warmup_epochs", "warmup_factor"):
+        del old["train"][key]
+    (folder.path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert check_resume(folder, cfg) == {}
+    sgd = load_recipe(recipe_file, ["train.optimizer=sgd"])
+    with pytest.raises(ConfigError, match=r"train.optimizer differs .*'adam' -> 'sgd'"):
+        check_resume(folder, sgd, allow_changes=True)
+    warm = load_recipe(recipe_file, ["train.warmup_epochs=1"])
+    assert check_resume(folder, warm, allow_changes=True) == {"train.warmup_epochs": (0, 1)}

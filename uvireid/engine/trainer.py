@@ -6,15 +6,15 @@ Every epoch, whatever the recipe::
     cluster   per modality (the stage's clusterer)                      -> labels, -1 outliers
     associate across modalities (the stage's associator, if any)        -> CrossLabels
     reset     each loss re-initialises its memories from the epoch's features and labels
-    train     sampler -> augment -> model -> sum of weighted losses -> Adam step
+    train     sampler -> augment -> model -> sum of weighted losses -> optimiser step
               -> explicit memory updates (loss.update)
     evaluate  every ``evaluation.every`` epochs and at the end
 
 A stage (``stages:`` in the recipe) names its epochs, sampler, clusterer, associator and
 losses; the DCL stage has no associator and trains on intra-modality labels, the SALCR
 stage associates with ``otla_dual`` and trains on dual labels. A recipe with top-level
-``losses`` and no ``stages`` is one stage. Adam with a step schedule on the absolute
-epoch (SALCR spec Sec. 9.3). Each epoch appends one JSON line to ``metrics.jsonl``:
+``losses`` and no ``stages`` is one stage. Adam (``train.optimizer``) with a step schedule
+on the absolute epoch (SALCR spec Sec. 9.3), after an optional linear warm-up. Each epoch appends one JSON line to ``metrics.jsonl``:
 loss terms, cluster counts and outliers per modality, pseudo-label quality when the
 ground truth is known, the association's summary, evaluation results, seconds per phase,
 and warnings (a collapsing cluster count; no cross-modal link). A checkpoint is written
@@ -62,7 +62,15 @@ from uvireid.registry import ASSOCIATORS, BACKBONES, CLUSTERERS, LOSSES, RERANKE
 from uvireid.rerank import workspace
 from uvireid.types import INFRARED, VISIBLE, CrossLabels, FeatureBank
 
-__all__ = ["Stage", "stages_of", "TrainModel", "Trainer", "extract_images"]
+__all__ = [
+    "Stage",
+    "stages_of",
+    "TrainModel",
+    "Trainer",
+    "extract_images",
+    "lr_factors",
+    "make_optimizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +234,14 @@ def lr_factors(stages: list[Stage], tr: dict):
 
     An epoch of a stage with ``lr`` or ``lr_steps`` gets ``(stage lr or train.lr) *
     gamma ** (steps of the stage passed)``, counted from the stage's first epoch; any other
-    epoch ``train.lr * gamma ** (train.lr_steps passed)`` on the absolute epoch."""
+    epoch ``train.lr * gamma ** (train.lr_steps passed)`` on the absolute epoch. The
+    run's first ``train.warmup_epochs`` epochs are scaled by the linear warm-up factor
+    ``w + (1 - w) * epoch / warmup_epochs`` (``w = train.warmup_factor``; the
+    WarmupMultiStepLR of reid-strong-baseline and fast-reid)."""
     base, gamma = float(tr["lr"]), float(tr["lr_gamma"])
+    warm, w0 = int(tr.get("warmup_epochs") or 0), float(tr.get("warmup_factor", 0.01))
 
-    def factor(epoch: int) -> float:
+    def scheduled(epoch: int) -> float:
         stage = next((s for s in stages if s.first_epoch <= epoch <= s.last_epoch), None)
         if stage is not None and (stage.lr is not None or stage.lr_steps is not None):
             lr = base if stage.lr is None else stage.lr
@@ -238,7 +250,31 @@ def lr_factors(stages: list[Stage], tr: dict):
             return lr / base * gamma**passed if base else 0.0
         return gamma ** sum(epoch >= e for e in tr["lr_steps"])
 
+    def factor(epoch: int) -> float:
+        if epoch < warm:
+            alpha = epoch / warm
+            return scheduled(epoch) * (w0 * (1 - alpha) + alpha)
+        return scheduled(epoch)
+
     return factor
+
+
+def make_optimizer(params: list, tr: dict, on_cuda: bool = False) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` at ``train.lr`` with ``train.weight_decay``:
+    Adam (L2 decay in the gradient, as the reference codes), AdamW (decoupled decay) or
+    SGD with ``train.momentum``. On CUDA the fused kernels (one launch for all
+    parameters; the same update)."""
+    kind = tr.get("optimizer", "adam")
+    lr, wd, fused = tr["lr"], tr["weight_decay"], on_cuda or None
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused)
+    if kind == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, weight_decay=wd, momentum=tr.get("momentum", 0.9), fused=fused
+        )
+    raise ConfigError(f"train.optimizer must be adam, adamw or sgd, got {kind!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -734,10 +770,7 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=True
             )
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # CUDA: the fused Adam kernel (one launch for all parameters; the same update)
-        self.optimizer = torch.optim.Adam(
-            params, lr=tr["lr"], weight_decay=tr["weight_decay"], fused=on_cuda or None
-        )
+        self.optimizer = make_optimizer(params, tr, on_cuda)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factors(self.stages, tr)
         )
@@ -1266,7 +1299,7 @@ class Trainer:
                 {"stage": stage.name, **record["started_from"], "selected_on": "test set"}
             )
         if stage.reset_optimizer and epoch == stage.first_epoch and epoch > 0:
-            # a new Adam for the stage: moments and step counts start again (the learning
+            # a new optimiser for the stage: moments and step counts start again (the learning
             # rate is the scheduler's, as set for this epoch)
             self.optimizer.state.clear()
             record["optimizer_reset"] = True
