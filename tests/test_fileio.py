@@ -170,3 +170,38 @@ def test_json_to_a_stdout_like_link_reaches_it(tmp_path, capfd):
     write_json(argparse.Namespace(json=str(link)), {"R1": 50.0})
     assert link.is_symlink()
     assert '"R1"' in capfd.readouterr().out
+
+
+def test_atomic_write_flushes_the_whole_file_before_renaming_it_beside_the_target(
+    tmp_path, monkeypatch
+):
+    """The order the docstring promises (mutation audit DC: dropping the fsync, renaming
+    before it, or a temporary in another folder, where the rename fails across file
+    systems, all passed): the complete file is flushed, the old one is intact until the
+    rename, the temporary sits beside the target, and the folder's entry is flushed."""
+    import uvireid.fileio as F
+
+    payload = os.urandom(300_000)
+    target = tmp_path / "ckpt" / "latest.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else st.st_size))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(
+            ("replace", os.path.dirname(src) == os.path.dirname(dst), target.read_bytes())
+        )
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(F.os, "fsync", fsync)
+    monkeypatch.setattr(F.os, "replace", replace)
+    F.atomic_write(target, lambda fh: fh.write(payload))
+    assert events == [("fsync", len(payload)), ("replace", True, b"old"), ("fsync", "folder")]
+    assert target.read_bytes() == payload
+    assert sorted(p.name for p in target.parent.iterdir()) == ["latest.pt"]

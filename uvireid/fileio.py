@@ -31,8 +31,29 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to the disk (POSIX), so that a rename into it survives a
+    crash of the machine (without it the previous file may come back); where a folder
+    cannot be opened or synced (Windows, some network file systems), nothing."""
+    flag = getattr(os, "O_DIRECTORY", None)
+    if flag is None:
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | flag)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path``.
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, flush it to the disk,
+    rename it to ``path`` and flush the folder's entry: a crash leaves the old file or the
+    new one, never a part of one.
 
     The file gets the permissions an ``open(path, "w")`` would give it (0666 less the
     umask), not the temporary file's private 0600: a lab's shared run folders stay
@@ -48,6 +69,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         stop = _interrupt_in(exc)

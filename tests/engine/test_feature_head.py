@@ -90,3 +90,24 @@ def test_evaluation_flip_false_extracts_the_test_set_unflipped(tmp_path, recipe_
     calls.clear()
     out = export_features(cfg, tmp_path / "x.npz", checkpoint=folder.checkpoints / "latest.pt")
     assert load_features(out).meta["test_flip"] is False and not any(f for _, f in calls)
+
+
+def test_extract_uses_the_recipes_feature_head(tmp_path, recipe_file, monkeypatch):
+    """`uvireid extract` of a run evaluated on evaluation.feature_head pool extracts the
+    pooled feature, as the run's own evaluation did (mutation audit DC, E2: the file held
+    BN-neck features under the label pool)."""
+    import numpy as np
+
+    from uvireid.engine.export import export_features
+
+    calls, _ = _spy_on_extract(tmp_path, monkeypatch)
+    cfg = load_recipe(recipe_file, ["evaluation.feature_head=pool"])
+    folder = run_recipe(cfg, progress=False)
+    calls.clear()
+    out = export_features(cfg, tmp_path / "x.npz", checkpoint=folder.checkpoints / "latest.pt")
+    f = load_features(out)
+    assert f.meta["feature_head"] == "pool" and calls and {h for h, _ in calls} == {"pool"}
+    # the same features as the run's own evaluation of that head
+    np.testing.assert_allclose(
+        f.feats, load_features(folder.path / "features.npz").feats, atol=1e-5
+    )
