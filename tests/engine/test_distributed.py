@@ -71,6 +71,61 @@ def test_two_gloo_processes_train_identically(recipe_file, tmp_path):
     manifest = yaml.safe_load((runs[0] / "manifest.json").read_text())
     assert manifest["world_size"] == 2
     assert manifest["batch"]["stages"][0]["global"] == 2 * manifest["batch"]["stages"][0]["per_gpu"]
+    # one process writes the run's records: one line per trained epoch (2 stages x 1 epoch)
+    metrics = (runs[0] / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(x).get("epoch") for x in metrics]
+    assert [e for e in epochs if e is not None and e >= 0] == [0, 1], epochs
+    # each rank draws its own augmentations (seeded seed * 1000 + rank), as it draws its
+    # own batches: the checkpoint keeps both ranks' streams, and they differ
+    ckpt = torch.load(runs[0] / "checkpoints" / "latest.pt", weights_only=False)
+    streams = ckpt["rng"]["per_rank"]
+    assert len(streams) == 2
+    assert not torch.equal(streams[0]["augment"]["gen"], streams[1]["augment"]["gen"])
+    assert streams[0]["sampler"] != streams[1]["sampler"]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm().clamp_min(1e-12)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_gather_in_rank_order_and_update_memories_as_one(tmp_path):
+    """Audit DA: the memories only had to agree across ranks, so a gather that paired
+    one rank's features with the other rank's labels, or that kept the ranks' rows in
+    another order, trained on both ranks alike and passed. Here each helper's result is
+    checked against the value computed by hand, and a cluster memory updated under 2
+    processes is the memory one process computes from both ranks' batches, concatenated
+    in rank order, one row at a time (M[y] <- normalize(mu M[y] + (1 - mu) normalize(x)))."""
+    from ddp_helpers_worker import initial_memory, inputs
+
+    out = tmp_path / "dump"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    worker = Path(__file__).with_name("ddp_helpers_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29557", str(worker), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    both = [inputs(0), inputs(1)]
+    # the memory a single process computes from the concatenated batch, by hand
+    expected = initial_memory().double()
+    feats = torch.cat([b["feats"] for b in both]).double()
+    labels = torch.cat([b["labels"] for b in both]).tolist()
+    for x, y in zip(feats, labels):
+        if y >= 0:
+            expected[y] = _unit(0.2 * expected[y] + 0.8 * _unit(x))
+    for r, got in enumerate(ranks):
+        assert got["rank"] == r and got["world_size"] == 2
+        assert torch.allclose(got["memory"].double(), expected, atol=1e-6), r
+        assert got["cat"].tolist() == [0, 1, 2, 10, 11, 12]
+        assert got["labels"].tolist() == labels
+        assert got["mean"] == pytest.approx((1.0 + 3.0) / 2)
+        assert got["broadcast"] == "rank 0's object"
+        assert got["objects"] == [{"rank": 0}, {"rank": 1}]
+        assert got["from_main"] == "computed on rank 0"
 
 
 @pytest.mark.slow
