@@ -43,8 +43,8 @@ def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
     """``(waits, kernels)`` of one call of ``fn``: the names of the ops in it that make
     the host wait for the device (in call order; the ops inside ``Optimizer.step``, the
     reads of its step counters, which are host tensors unless the optimiser is fused or
-    capturable, left out) and the number of leaf ops that
-    compute something (allocations and views left out), about the kernels a GPU launches.
+    capturable, left out) and the number of the deepest ops that compute something
+    (allocations and views left out), about the kernels a GPU launches.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -61,13 +61,22 @@ def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
         return False
 
     waits = [e.name for e in events if e.name in WAIT_OPS and not optimizer_counter(e)]
-    kernels = sum(
-        1
-        for e in events
-        if e.name.startswith("aten::")
-        and e.name not in NO_KERNEL
-        # a leaf among the aten ops (on CUDA the runtime calls, e.g. cudaLaunchKernel,
-        # are an op's children too)
-        and not any(c.name.startswith("aten::") for c in e.cpu_children)
-    )
+
+    def computes(e) -> bool:
+        return e.name.startswith("aten::") and e.name not in NO_KERNEL
+
+    below: dict[int, bool] = {}
+
+    def computes_below(e) -> bool:
+        # whether an op that computes sits anywhere under ``e`` (memoised per event)
+        key = id(e)
+        if key not in below:
+            below[key] = any(computes(c) or computes_below(c) for c in e.cpu_children)
+        return below[key]
+
+    # the deepest ops that compute: an op whose only aten children launch nothing (mm's
+    # resolve_conj, a view) is one (counted as a leaf among all aten ops, every matrix
+    # product counted 0: audit DB); on CUDA the runtime calls (cudaLaunchKernel) are an
+    # op's children too, and are not aten ops
+    kernels = sum(1 for e in events if computes(e) and not computes_below(e))
     return waits, kernels
