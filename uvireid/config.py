@@ -1190,7 +1190,14 @@ def _validate_sampler(where: str, value: Any, prov: Provenance) -> dict:
             }
     out = _validate_component(dotted, SAMPLERS, value, prov)
     try:
-        SAMPLERS.build(out)
+        part = SAMPLERS.build(out)
+        if getattr(part, "pairs", False) and not callable(getattr(part, "unpaired", None)):
+            # the trainer's batches for an epoch whose association linked nothing
+            raise ConfigError(
+                f"sampler '{out['type']}' pairs its batches (pairs = True) but has no "
+                f"unpaired(labels, cams) for an epoch without cross-modal links; subclass "
+                f"uvireid.data.samplers.Batches, which has one"
+            )
     except (ConfigError, RegistryError) as exc:
         key = getattr(exc, "key", None)  # the keyword a built-in sampler refused
         if key in out:

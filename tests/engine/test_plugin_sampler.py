@@ -63,6 +63,21 @@ class PairingBatches(LowestLabelsBatches):
     pairs = True
 
 
+class PairsWithoutFallback:
+    """A pairing sampler that cannot draw an epoch without cross links."""
+
+    pairs = True
+
+    def __init__(self, ids: int = 2):
+        self.ids = ids
+
+    def rows(self):
+        return 2, 2
+
+    def for_epoch(self, labels, cams):
+        return None
+
+
 class NoCams:
     """A sampler without the contract's for_epoch(labels, cams)."""
 
@@ -81,8 +96,9 @@ def plugin_samplers():
     SAMPLERS.register("lowest_labels", LowestLabelsBatches)
     SAMPLERS.register("pairing_test", PairingBatches)
     SAMPLERS.register("no_cams", NoCams)
+    SAMPLERS.register("no_fallback", PairsWithoutFallback)
     yield
-    for name in ("lowest_labels", "pairing_test", "no_cams"):
+    for name in ("lowest_labels", "pairing_test", "no_cams", "no_fallback"):
         SAMPLERS.unregister(name)
 
 
@@ -140,6 +156,8 @@ def test_a_registered_sampler_is_checked_when_the_recipe_is_read(recipe_file, pl
         load_recipe(recipe_file, ["stages.0.sampler={type: lowest_labels, images: 0}"])
     with pytest.raises(ConfigError, match=r"for_epoch\(labels\) cannot be called with 2"):
         load_recipe(recipe_file, ["stages.0.sampler={type: no_cams}"])
+    with pytest.raises(ConfigError, match=r"has no unpaired\(labels, cams\)"):
+        load_recipe(recipe_file, ["stages.0.sampler={type: no_fallback}"])
     with pytest.raises(ConfigError, match="did you mean 'lowest_labels'"):
         load_recipe(recipe_file, ["stages.0.sampler={type: lowest_label}"])
     # a pairing sampler in a stage without an associator (the tiny recipe's stage 0)
