@@ -1,0 +1,224 @@
+"""k-means (Lloyd's algorithm with k-means++ seeding) in torch, on any device.
+
+The clusterer of the first clustering-based unsupervised re-ID methods (MMT, ICLR 2020,
+and SpCL's k-means baseline: 500 clusters on Market-1501) and the fallback their
+maintainers give when a Jaccard graph does not fit in memory (``shared/notes/users_pain.md``
+Sec. 1). Unlike DBSCAN it takes the number of clusters and leaves no outlier.
+
+Algorithm (Lloyd 1982; Arthur and Vassilvitskii 2007 for the seeding), as scikit-learn's
+``KMeans(algorithm="lloyd")`` runs it:
+
+* seeding: the first centre is a uniformly drawn point; each next one is the best, by
+  the inertia it leaves, of ``2 + floor(ln K)`` candidates drawn with probability
+  proportional to the squared distance to the nearest centre so far (greedy k-means++);
+* iterations: assign each point to its nearest centre, move each centre to the mean of
+  its points; a centre left without points takes the point farthest from its own
+  centre (scikit-learn's relocation); stop when no label changes, or when the centres'
+  total squared shift is at most ``tol`` times the features' mean per-dimension
+  variance, after ``iters`` iterations at most; then the final labels of the final
+  centres.
+
+Work: O(iters * N * K * d) in (rows x K) blocks of distances, O(N + K d) memory beside
+the features. The labels are numbered by the row of each cluster's first point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from uvireid.associations.checks import as_features, resolve_device
+from uvireid.errors import ConfigError
+from uvireid.registry import CLUSTERERS
+
+__all__ = ["KMeansClusterer", "kmeans_pp", "lloyd"]
+
+logger = logging.getLogger(__name__)
+
+#: rows of the (rows x K) distance block at a time: 64 MiB of float32 at K = 256
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def _nearest(x: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, squared distances) of each row of ``x`` to its nearest centre (the first
+    of equal ones), ``|x|^2 - 2 x.c + |c|^2`` clamped at 0, in row blocks."""
+    n, k = x.shape[0], centres.shape[0]
+    cc = (centres * centres).sum(1)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, k))
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    dist = torch.empty(n, dtype=x.dtype, device=x.device)
+    for i in range(0, n, rows):
+        xb = x[i : i + rows]
+        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ centres.T + cc
+        m = d.min(1)
+        labels[i : i + rows] = m.indices
+        dist[i : i + rows] = m.values.clamp_min(0)
+    return labels, dist
+
+
+def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """(k, d) greedy k-means++ centres of ``x`` (N, d), drawn with ``generator`` (on the
+    CPU): ``2 + floor(ln k)`` candidates a step, the one leaving the least inertia kept."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    xx = (x * x).sum(1)
+
+    def sq_dist(idx: torch.Tensor) -> torch.Tensor:  # (len(idx), N), clamped at 0
+        c = x[idx]
+        return (xx[idx][:, None] - 2 * c @ x.T + xx[None, :]).clamp_min(0)
+
+    first = torch.randint(n, (1,), generator=generator).to(x.device)
+    centres = [x[first[0]]]
+    closest = sq_dist(first)[0]
+    for _ in range(1, k):
+        total = float(closest.sum())
+        if total <= 0:  # every point sits on a centre: any further point will do
+            cand = torch.randint(n, (trials,), generator=generator)
+        else:
+            u = torch.rand(trials, generator=generator, dtype=torch.float64) * total
+            cum = torch.cumsum(closest.double().cpu(), 0)
+            cand = torch.searchsorted(cum, u).clamp_max(n - 1)
+        cand = cand.to(x.device)
+        d = sq_dist(cand)  # (trials, N)
+        pot = torch.minimum(closest[None], d).sum(1)
+        best = int(pot.argmin())
+        centres.append(x[cand[best]])
+        closest = torch.minimum(closest, d[best])
+    return torch.stack(centres)
+
+
+def lloyd(
+    x: torch.Tensor, centres: torch.Tensor, iters: int = 100, tol: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Lloyd's iterations from ``centres``: ``(labels, centres, inertia, iterations)``.
+
+    ``tol`` is relative to the mean per-dimension variance of ``x`` (scikit-learn's); an
+    iteration whose labels equal the previous ones stops at once."""
+    k = centres.shape[0]
+    scaled_tol = float(x.var(0, unbiased=False).mean()) * tol
+    centres = centres.clone()
+    labels, _ = _nearest(x, centres)
+    done = 0
+    while done < iters:
+        done += 1
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            # scikit-learn's relocation: each empty cluster takes one of the points
+            # farthest from their own (old) centre, which leaves its cluster's sum
+            far = ((x - centres[labels]) ** 2).sum(1)
+            moved = torch.argsort(far, descending=True, stable=True)[: len(empty)]
+            sums.index_add_(0, labels[moved], -x[moved])
+            counts.index_add_(
+                0, labels[moved], -torch.ones(len(moved), dtype=x.dtype, device=x.device)
+            )
+            sums[empty], counts[empty] = x[moved], 1
+        new = sums / counts.clamp_min(1)[:, None]
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        fresh, _ = _nearest(x, centres)
+        same = bool(torch.equal(fresh, labels))
+        labels = fresh
+        if same or shift <= scaled_tol:
+            break
+    _, dist = _nearest(x, centres)
+    return labels, centres, float(dist.sum()), done
+
+
+@CLUSTERERS.register("kmeans")
+class KMeansClusterer:
+    """k-means (Lloyd, k-means++ seeding) with a fixed number of clusters and no outlier
+    (MMT, ICLR 2020; SpCL's k-means baseline).
+
+    Args:
+        num_clusters: K per modality (each modality is clustered on its own; 500, MMT's
+            and SpCL's setting on Market-1501); at most the number of images (clamped,
+            with a warning).
+        iters: Lloyd iterations at most (100).
+        tol: stop when the centres' total squared shift is at most ``tol`` times the
+            features' mean per-dimension variance (1e-4, scikit-learn's default).
+        n_init: seedings tried; the partition with the least inertia is kept (1).
+        seed: the seeding's random draws (a CPU generator: the same centres on every
+            device); seeding i of ``n_init`` draws with ``seed + i``.
+        device: where it runs (default: the features' device).
+
+    ``fit_predict(features[N, d]) -> labels[N]`` int64 numpy, numbered by the row of each
+    cluster's first point; after a call ``inertia_``, ``iterations_``, ``num_clusters_``
+    and ``timings_`` describe it.
+    """
+
+    def __init__(
+        self,
+        num_clusters: int = 500,
+        iters: int = 100,
+        tol: float = 1e-4,
+        n_init: int = 1,
+        seed: int = 0,
+        device: str | None = None,
+    ):
+        self.num_clusters = num_clusters
+        self.iters = iters
+        self.tol = tol
+        self.n_init = n_init
+        self.seed = seed
+        self.device = device
+
+    def _check_params(self) -> None:
+        from uvireid.rerank.inputs import check_k
+
+        check_k(self.num_clusters, "num_clusters", "kmeans")
+        check_k(self.iters, "iters", "kmeans")
+        check_k(self.n_init, "n_init", "kmeans")
+        if (
+            isinstance(self.tol, bool)
+            or not isinstance(self.tol, (int, float))
+            or not (0 <= self.tol < math.inf)
+        ):
+            raise ConfigError(f"kmeans: tol must be a number >= 0, got {self.tol!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ConfigError(f"kmeans: seed must be an integer, got {self.seed!r}")
+
+    def fit_predict(self, features: Any) -> np.ndarray:
+        self._check_params()
+        x = as_features(features, "kmeans")
+        x = x.to(resolve_device(self.device, x))
+        n = x.shape[0]
+        k = int(self.num_clusters)
+        if k > n:
+            logger.warning(
+                "kmeans: num_clusters=%d > %d images; using %d (one image per cluster)", k, n, n
+            )
+            k = n
+        t0 = time.perf_counter()
+        best = None
+        for i in range(int(self.n_init)):
+            gen = torch.Generator().manual_seed(int(self.seed) + i)
+            run = lloyd(x, kmeans_pp(x, k, gen), int(self.iters), float(self.tol))
+            if best is None or run[2] < best[2]:
+                best = run
+        labels, _, inertia, done = best
+        labels = labels.cpu().numpy()
+        # numbered by first appearance: the same partition gives the same labels
+        _, first = np.unique(labels, return_index=True)
+        order = np.argsort(first, kind="stable")
+        renumber = np.empty(labels.max() + 1, dtype=np.int64)
+        renumber[np.unique(labels)[order]] = np.arange(len(order))
+        labels = renumber[labels]
+        self.labels_ = labels
+        self.inertia_, self.iterations_ = inertia, done
+        self.num_clusters_ = int(labels.max()) + 1
+        self.timings_ = {"kmeans": time.perf_counter() - t0}
+        logger.info(
+            "kmeans(K=%d): %d clusters, inertia %.4g, %d iteration(s)",
+            k,
+            self.num_clusters_,
+            inertia,
+            done,
+        )
+        return labels
