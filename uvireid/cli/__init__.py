@@ -25,6 +25,7 @@ COMMANDS = [
     "data",
     "rerank",
     "report",
+    "compare",
 ]
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uvireid.engine.compare import final_results
 from uvireid.errors import UvireidError
 from uvireid.viz import INSTALL_HINT, matplotlib_available, require_matplotlib
 
@@ -145,30 +146,6 @@ def _read_metrics(run_dir: Path, notes: list[str]) -> list[dict]:
     if not records and not skipped:
         notes.append("metrics.jsonl is empty: no curves over epochs.")
     return records
-
-
-def _final_results(
-    results: Any, records: list[dict], notes: list[str]
-) -> tuple[dict[str, dict], str]:
-    """``({re-ranker: result dict}, where they came from)``."""
-    if isinstance(results, Mapping) and results:
-        return {str(k): v for k, v in results.items() if isinstance(v, Mapping)}, "results.json"
-    if isinstance(results, Mapping) and not any(r.get("eval") for r in records):
-        notes.append("the run finished without an evaluation (evaluation.protocol: none).")
-        return {}, ""
-    for index in range(len(records) - 1, -1, -1):
-        evals = records[index].get("eval")
-        if isinstance(evals, Mapping) and evals:
-            epoch = records[index].get("epoch", index)
-            notes.append(
-                f"the table shows the last evaluation in metrics.jsonl (epoch {epoch}), "
-                f"not a final result."
-            )
-            return {str(k): v for k, v in evals.items() if isinstance(v, Mapping)}, (
-                f"metrics.jsonl, epoch {epoch}"
-            )
-    notes.append("no evaluation result at all (neither results.json nor an 'eval' record).")
-    return {}, ""
 
 
 def _protocol(results: Mapping[str, Mapping], cfg: dict) -> str | None:
@@ -481,7 +458,7 @@ def build_report(
     )
     records = _read_metrics(run_dir, notes)
     raw_results = _read_json(run_dir / "results.json", notes, _unfinished(run_dir))
-    results, source = _final_results(raw_results, records, notes)
+    results, source = final_results(raw_results, records, notes)
     protocol = _protocol(results, cfg)
     part = _build_reranker(reranker, cfg, notes)  # before any drawing: a typo fails fast
 

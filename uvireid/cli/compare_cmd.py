@@ -1,0 +1,56 @@
+"""``uvireid compare RUN [RUN ...]``: the results of several run folders side by side,
+with the mean over them and what keeps them from being comparable."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+A folder that holds run folders stands for all of them. A run that did not finish shows
+its last evaluation in metrics.jsonl, marked. The std of a run's cell is over its
+evaluation trials; the summary row's is over the runs (population, ddof=0).
+
+Not comparable (listed, exit code 0 unless --strict): another test set (the dataset's
+file-list hash or sizes), another protocol, mode, direction, shot, number of trials,
+gallery sampler or feature head, another re-ranker under the same table name.
+Listed as differences: every other recipe setting (seed apart), the world size, the
+per-GPU and per-BatchNorm batch, the precision, package versions and source revision.
+
+examples:
+  uvireid compare runs/salcr-20260101-120000 runs/salcr-20260102-090000
+  uvireid compare runs/                         # every run folder under runs/
+  uvireid compare runs/salcr-* --json compare.json --strict
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compare",
+        help="results of several run folders side by side, and whether they are comparable",
+        description="Print each run's final results (R1, R10, R20, mAP, mINP per "
+        "re-ranker), their mean ± std over the runs (seeds of one recipe), what makes the "
+        "runs not comparable and which settings differ.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or folders of runs)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the comparison here")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with code 1 when the runs are not comparable",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from uvireid.engine.compare import compare_runs, format_comparison
+    from uvireid.fileio import atomic_write_json
+
+    report = compare_runs(args.runs)
+    print(format_comparison(report), end="")
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 1 if args.strict and not report["comparable"] else 0

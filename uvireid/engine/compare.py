@@ -1,0 +1,342 @@
+"""Side by side, the results of several run folders, and whether they can be compared.
+
+Unsupervised VI-ReID results move with the seed, with the number of GPUs and the images
+each BatchNorm sees, with the dataset's preparation and with the evaluation protocol
+(``shared/notes/users_pain.md`` Sec. 2: "R1 52 % on 2 GPUs vs 57 % on 4", "BN batch per GPU
+is the hidden variable", a self-made SYSU-MM01 of 367 identities). Each run folder
+records them (``config.yaml``, ``manifest.json``, each result's ``provenance``);
+:func:`compare_runs` reads them and says, besides each run's final table and the mean,
+standard deviation and range over the runs (several seeds of one recipe, say):
+
+* what makes the results **not comparable**: another test set (the dataset's file-list
+  hash or sizes), another protocol of evaluation (protocol, mode, direction, shot,
+  trials, gallery sampler, feature head), another re-ranker under the same name;
+* what else **differs**: every recipe setting apart from the run's name, description and
+  folder, and the manifest's world size, per-GPU and per-BatchNorm batch, precision,
+  package versions and source revision. The seed is listed as a column, not as a
+  difference.
+
+A run that did not finish contributes its last evaluation in ``metrics.jsonl``, marked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uvireid.errors import ConfigError
+
+__all__ = ["RunSummary", "final_results", "summarize_run", "compare_runs", "format_comparison"]
+
+METRICS = ("R1", "R10", "R20", "mAP", "mINP")
+
+#: recipe keys that say nothing about how a run trained or was evaluated
+_IGNORED_KEYS = ("name", "description", "output_dir", "device", "train.threads", "train.workers")
+
+#: the provenance fields of a result that define what its numbers measure
+_PROTOCOL_FIELDS = (
+    "dataset",
+    "protocol",
+    "mode",
+    "direction",
+    "shot",
+    "trials",
+    "sampler",
+    "feature_head",
+    "num_query",
+    "num_gallery",
+    "reranker",
+)
+
+
+def final_results(
+    results: Any, records: list[dict], notes: list[str]
+) -> tuple[dict[str, dict], str]:
+    """``({re-ranker: result dict}, where they came from)``: ``results.json``, or the last
+    evaluation in ``metrics.jsonl`` of a run that did not finish (said in ``notes``)."""
+    if isinstance(results, Mapping) and results:
+        return {str(k): v for k, v in results.items() if isinstance(v, Mapping)}, "results.json"
+    if isinstance(results, Mapping) and not any(r.get("eval") for r in records):
+        notes.append("the run finished without an evaluation (evaluation.protocol: none).")
+        return {}, ""
+    for index in range(len(records) - 1, -1, -1):
+        evals = records[index].get("eval")
+        if isinstance(evals, Mapping) and evals:
+            epoch = records[index].get("epoch", index)
+            notes.append(
+                f"the table shows the last evaluation in metrics.jsonl (epoch {epoch}), "
+                f"not a final result."
+            )
+            return {str(k): v for k, v in evals.items() if isinstance(v, Mapping)}, (
+                f"metrics.jsonl, epoch {epoch}"
+            )
+    notes.append("no evaluation result at all (neither results.json nor an 'eval' record).")
+    return {}, ""
+
+
+@dataclass
+class RunSummary:
+    """What :func:`summarize_run` reads from one run folder."""
+
+    path: Path
+    config: dict
+    manifest: dict
+    results: dict[str, dict]
+    source: str
+    epochs_done: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def seed(self) -> Any:
+        return self.manifest.get("seed", self.config.get("seed"))
+
+
+def _read_json(path: Path, notes: list[str]) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        notes.append(f"{path.name} cannot be read ({exc})")
+        return None
+
+
+def summarize_run(path: str | Path) -> RunSummary:
+    """Read one run folder (``config.yaml``, ``manifest.json``, ``results.json``,
+    ``metrics.jsonl``).
+
+    Raises:
+        ConfigError: ``path`` is not a run folder.
+    """
+    import yaml
+
+    from uvireid.engine.run_folder import RunFolder
+
+    path = Path(path)
+    if not RunFolder.is_run(path):
+        raise ConfigError(
+            f"{path} is not a run folder (no config.yaml in it); pass folders written by "
+            f"`uvireid run` (<output_dir>/<recipe>-<time>), or a folder that holds them"
+        )
+    notes: list[str] = []
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        notes.append(f"config.yaml cannot be read ({exc})")
+        cfg = {}
+    manifest = _read_json(path / "manifest.json", notes) or {}
+    records = [r for r in RunFolder(path).read_metrics() if isinstance(r, dict)]
+    results, source = final_results(_read_json(path / "results.json", notes), records, notes)
+    done = 1 + max(
+        (int(r["epoch"]) for r in records if isinstance(r.get("epoch"), int)), default=-1
+    )
+    return RunSummary(path, cfg, manifest, results, source, max(done, 0), notes)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    from uvireid.engine.run_folder import _flatten as flatten
+
+    return flatten(obj, prefix)
+
+
+def _manifest_figures(m: Mapping) -> dict[str, Any]:
+    """The manifest's figures that decide whether two runs trained alike."""
+    out: dict[str, Any] = {"world_size": m.get("world_size")}
+    for st in (m.get("batch") or {}).get("stages") or []:
+        if isinstance(st, Mapping):
+            for key in ("per_gpu", "per_batchnorm", "global"):
+                out[f"batch.{st.get('stage')}.{key}"] = st.get(key)
+    out["precision"] = (m.get("device") or {}).get("precision")
+    for pkg, version in sorted((m.get("versions") or {}).items()):
+        out[f"versions.{pkg}"] = version
+    src = m.get("source") or {}
+    if src:
+        out["source"] = f"{src.get('commit', '?')[:10]}{' (changed)' if src.get('dirty') else ''}"
+    return out
+
+
+def _dataset_figures(m: Mapping) -> dict[str, Any]:
+    ds = m.get("dataset") or {}
+    return {
+        f"dataset.{k}": ds.get(k)
+        for k in (
+            "dataset",
+            "split",
+            "train_ids",
+            "train_images",
+            "test_ids",
+            "test_images",
+            "sha1",
+        )
+        if k in ds
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
+
+
+def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys = sorted(set().union(*rows)) if rows else []
+    out = {}
+    for key in keys:
+        values = [row.get(key, "<absent>") for row in rows]
+        if any(v != values[0] for v in values[1:]):
+            out[key] = values
+    return out
+
+
+def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) -> dict:
+    """The comparison of the run folders ``paths`` (a folder that is not a run but holds
+    runs stands for them, in name order).
+
+    Returns a JSON-ready dict: ``runs`` (per run: folder, seed, epochs, where its results
+    came from, ``{re-ranker: {metric: mean, metric_std: std}}``, notes), ``aggregate``
+    (per re-ranker and metric: mean, std (population, ddof=0), min, max and n over the
+    runs that have it), ``not_comparable`` (reasons) with ``comparable``, and
+    ``differences`` (``{setting: [value per run]}``).
+
+    Raises:
+        ConfigError: a path is neither a run folder nor a folder of runs, or none is given.
+    """
+    from uvireid.engine.run_folder import RunFolder
+
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if RunFolder.is_run(p):
+            folders.append(p)
+        elif p.is_dir() and any(RunFolder.is_run(c) for c in p.iterdir()):
+            folders.extend(sorted(c for c in p.iterdir() if RunFolder.is_run(c)))
+        else:
+            summarize_run(p)  # raises, naming it
+    if not folders:
+        raise ConfigError("uvireid compare: give at least one run folder")
+    runs = [summarize_run(f) for f in folders]
+
+    table = []
+    collected: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        res = {}
+        for rr, result in run.results.items():
+            mean, std = result.get("mean") or {}, result.get("std") or {}
+            res[rr] = {}
+            for metric in metrics:
+                if isinstance(mean.get(metric), (int, float)):
+                    res[rr][metric] = float(mean[metric])
+                    res[rr][f"{metric}_std"] = float(std.get(metric, 0.0))
+                    collected.setdefault(rr, {}).setdefault(metric, []).append(float(mean[metric]))
+        table.append(
+            {
+                "run": str(run.path),
+                "seed": run.seed,
+                "epochs": run.epochs_done,
+                "source": run.source,
+                "results": res,
+                "notes": run.notes,
+            }
+        )
+    aggregate = {
+        rr: {metric: _mean_std(vals) for metric, vals in per.items()}
+        for rr, per in collected.items()
+    }
+
+    reasons: list[str] = []
+    data = _differing([_dataset_figures(r.manifest) for r in runs])
+    for key, values in data.items():
+        reasons.append(f"{key} differs: {values} (another test set or another preparation)")
+    names = sorted({rr for r in runs for rr in r.results})
+    for rr in names:
+        provs = [
+            {f: (r.results[rr].get("provenance") or {}).get(f) for f in _PROTOCOL_FIELDS}
+            for r in runs
+            if rr in r.results
+        ]
+        for key, values in _differing(provs).items():
+            reasons.append(f"the '{rr}' results were evaluated with another {key}: {values}")
+    missing = [r.name for r in runs if not r.results]
+    if missing:
+        reasons.append(f"no evaluation result in {', '.join(missing)}")
+
+    settings = []
+    for run in runs:
+        flat = {
+            k: v
+            for k, v in _flatten(run.config).items()
+            if k != "seed" and not any(k == i or k.startswith(i + ".") for i in _IGNORED_KEYS)
+        }
+        settings.append({**flat, **_manifest_figures(run.manifest)})
+    return {
+        "runs": table,
+        "aggregate": aggregate,
+        "comparable": not reasons,
+        "not_comparable": reasons,
+        "differences": _differing(settings),
+        "metrics": list(metrics),
+    }
+
+
+def _cell(value: float | None, std: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f} ± {std:.2f}" if std else f"{value:.2f}"
+
+
+def format_comparison(report: dict) -> str:
+    """The comparison as Markdown tables: one per re-ranker (a row per run and the
+    mean ± std over the runs), then what makes them not comparable, then what differs."""
+    metrics = report["metrics"]
+    lines: list[str] = []
+    rerankers = sorted(
+        {rr for row in report["runs"] for rr in row["results"]}, key=lambda n: (n != "none", n)
+    )
+    for rr in rerankers:
+        lines.append(f"re-ranker: {rr}")
+        lines.append("| run | seed | epochs | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        for row in report["runs"]:
+            res = row["results"].get(rr, {})
+            mark = "" if row["source"] == "results.json" else f" ({row['source'] or 'no result'})"
+            cells = [_cell(res.get(m), res.get(f"{m}_std")) for m in metrics]
+            lines.append(
+                f"| {Path(row['run']).name}{mark} | {row['seed']} | {row['epochs']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        agg = report["aggregate"].get(rr, {})
+        if len(report["runs"]) > 1 and agg:
+            n = max(a["n"] for a in agg.values())
+            cells = [
+                f"{agg[m]['mean']:.2f} ± {agg[m]['std']:.2f} [{agg[m]['min']:.2f}, {agg[m]['max']:.2f}]"
+                if m in agg
+                else "-"
+                for m in metrics
+            ]
+            lines.append(f"| mean ± std [min, max] over {n} runs | | | " + " | ".join(cells) + " |")
+        lines.append("")
+    if report["not_comparable"]:
+        lines.append("NOT COMPARABLE:")
+        lines += [f"  - {r}" for r in report["not_comparable"]]
+    else:
+        lines.append("comparable: the same test set, protocol and re-rankers in every run.")
+    diffs = report["differences"]
+    if diffs:
+        lines.append("settings that differ (a column per run, in the order above):")
+        for key, values in diffs.items():
+            lines.append(f"  {key}: " + " | ".join(map(str, values)))
+    elif len(report["runs"]) > 1:
+        lines.append("no other setting differs (seeds apart).")
+    for row in report["runs"]:
+        for note in row["notes"]:
+            lines.append(f"note, {Path(row['run']).name}: {note}")
+    return "\n".join(lines).rstrip() + "\n"
