@@ -31,6 +31,7 @@ from uvireid import evaluation as evaluation  # noqa: E402
 from uvireid import config as config  # noqa: E402  (registers the built-in recipes)
 
 from uvireid.features import load_features, save_features  # noqa: E402
+from uvireid.engine.inference import load_model  # noqa: E402
 
 registry.load_plugins()
 
@@ -42,6 +43,7 @@ __all__ = [
     "RegistryError",
     "UvireidError",
     "load_features",
+    "load_model",
     "registry",
     "save_features",
 ]

@@ -1,0 +1,212 @@
+"""A trained model for inference: a run folder in, images' features out.
+
+``uvireid.load_model(RUN_DIR)`` gives a :class:`ReidModel` whose :meth:`~ReidModel.features`
+turns image files (or decoded images) into the features the run evaluated with: the same
+size and resize filter as its test images, ImageNet normalisation, the run's feature
+head (``evaluation.feature_head``), flip-averaged unless ``evaluation.flip`` is false,
+L2-normalised, in bf16 where the run trained in bf16 and the device has it. So features
+of new images can be matched against each other, or against a features file of the run,
+with a dot product::
+
+    model = uvireid.load_model("runs/salcr-20260101-120000")
+    q = model.features(["probe1.png", "probe2.png"], "infrared")
+    g = model.features(gallery_paths, "visible")
+    ranking = (q @ g.T).argsort(axis=1)[:, ::-1]
+
+The weights load strictly: a missing, unexpected or mis-shaped key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uvireid.errors import CheckpointError, ConfigError, DatasetError
+
+__all__ = ["ReidModel", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+_MODALITIES = {"visible": 0, "rgb": 0, "infrared": 1, "ir": 1, "thermal": 1, "nir": 1}
+
+
+def _modalities(modality: Any, n: int) -> np.ndarray:
+    """(n,) int64 modality codes from a name, a code, or one per image."""
+    if isinstance(modality, str) or np.isscalar(modality):
+        modality = [modality] * n
+    codes = []
+    for m in modality:
+        if isinstance(m, str):
+            if m.lower() not in _MODALITIES:
+                raise ConfigError(
+                    f"modality {m!r} is not one of visible, infrared (or rgb, ir, thermal, nir)"
+                )
+            codes.append(_MODALITIES[m.lower()])
+        elif isinstance(m, (bool, np.bool_)) or int(m) not in (0, 1) or int(m) != m:
+            raise ConfigError(f"modality {m!r}: 0 (visible) or 1 (infrared)")
+        else:
+            codes.append(int(m))
+    if len(codes) != n:
+        raise ConfigError(f"{len(codes)} modalities for {n} images; give one, or one per image")
+    return np.asarray(codes, dtype=np.int64)
+
+
+class ReidModel:
+    """A trained backbone with the test-time settings of the run it came from.
+
+    Attributes:
+        backbone: the model (eval mode), on ``device``.
+        height, width: the input size; resize: the test images' resize filter.
+        head, flip, amp: the run's feature head, flip-averaging and bf16 extraction.
+        source: the checkpoint the weights came from; info: what it says about itself
+            (``epoch`` finished, ``stage``).
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        train: dict,
+        evaluation: dict,
+        device: str = "cpu",
+        source: str = "",
+        info: dict | None = None,
+    ):
+        from uvireid.engine.trainer import eval_resize
+
+        self.backbone = backbone.to(device).eval()
+        self.device = device
+        self.train = dict(train)
+        self.height, self.width = int(train["height"]), int(train["width"])
+        self.resize = eval_resize(train)
+        self.head = evaluation.get("feature_head", "bn_feat")
+        self.flip = bool(evaluation.get("flip", True))
+        self.amp = bool(train.get("amp", False))
+        self.source = source
+        self.info = dict(info or {})
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | os.PathLike, checkpoint: str = "latest", device: str = "cpu"
+    ) -> ReidModel:
+        """The model of a run folder: its ``config.yaml`` and a checkpoint, ``latest``
+        (``checkpoints/latest.pt``), ``best`` (``checkpoints/best.pt``, chosen on the
+        test set) or a path.
+
+        Raises:
+            ConfigError: not a run folder; CheckpointError: no such checkpoint, or its
+                weights do not fit the run's backbone.
+        """
+        from uvireid.config import check_device, load_recipe, resolve_device
+        from uvireid.engine.checkpoint import BEST, LATEST, load_state_strict
+        from uvireid.engine.export import backbone_weights
+        from uvireid.engine.run_folder import RunFolder
+        from uvireid.registry import BACKBONES
+
+        run = Path(run_dir)
+        if not RunFolder.is_run(run):
+            raise ConfigError(
+                f"{run} is not a run folder (no config.yaml in it); give a folder written by "
+                f"`uvireid run` (<output_dir>/<recipe>-<time>)"
+            )
+        names = {"latest": LATEST, "best": BEST}
+        path = run / "checkpoints" / names[checkpoint] if checkpoint in names else Path(checkpoint)
+        if not path.is_file():
+            said = (
+                " (best.pt exists where evaluation.keep_best is true and an evaluation ran)"
+                if checkpoint == "best"
+                else " (a run writes latest.pt after its first epoch)"
+                if checkpoint == "latest"
+                else ""
+            )
+            raise CheckpointError(f"no checkpoint {path}{said}")
+        check_device(device, "device")
+        device = resolve_device(device)
+        cfg = load_recipe(run / "config.yaml")
+        spec = {**cfg["backbone"]}
+        if "pretrained" in spec:
+            spec["pretrained"] = False  # every weight comes from the checkpoint
+        backbone = BACKBONES.build(spec)
+        weights, info = backbone_weights(path)
+        load_state_strict(backbone, weights, source=f"the backbone of {path}")
+        return cls(backbone, cfg["train"], cfg["evaluation"], device, str(path), info)
+
+    def _decode(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+        from uvireid.data.transforms import load_images
+        from uvireid.types import ImageRecord
+
+        records = [ImageRecord(str(p), -1, -1, 0) for p in paths]
+        images, ok = load_images(records, self.height, self.width, resize=self.resize)
+        if not ok.all():
+            bad = [str(p) for p, good in zip(paths, ok) if not good][:3]
+            raise DatasetError(
+                f"{int((~ok).sum())} image(s) cannot be read (e.g. {', '.join(bad)}); check "
+                f"that they exist and are image files"
+            )
+        return images
+
+    def features(
+        self,
+        images: Sequence[str | os.PathLike] | torch.Tensor | np.ndarray,
+        modality: Any,
+        batch: int = 256,
+    ) -> np.ndarray:
+        """(N, d) float32 L2-normalised features, as the run's evaluation extracts them.
+
+        Args:
+            images: image files (decoded and resized as the run's test images), or
+                decoded uint8 images already at the model's size, (N, 3, H, W) or
+                (N, H, W, 3).
+            modality: ``visible`` / ``infrared`` (or 0 / 1) for all, or one per image.
+            batch: images per forward pass.
+
+        Raises:
+            DatasetError: an image file cannot be read; ConfigError: images of another
+                size or type, a wrong modality.
+        """
+        from uvireid.engine.trainer import extract_images
+
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        if isinstance(images, (list, tuple)):
+            x = self._decode(images) if images else torch.zeros(0, 3, self.height, self.width)
+        else:
+            x = torch.as_tensor(np.asarray(images))
+            if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+                x = x.permute(0, 3, 1, 2)
+            if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+                raise ConfigError(
+                    f"images: give image files, or uint8 images (N, 3, H, W) / (N, H, W, 3); "
+                    f"got {x.dtype} of shape {tuple(x.shape)}"
+                )
+            if tuple(x.shape[2:]) != (self.height, self.width):
+                raise ConfigError(
+                    f"images are {x.shape[2]}x{x.shape[3]}, the model takes "
+                    f"{self.height}x{self.width} (the run's train.height x train.width); "
+                    f"pass the files instead, which are resized as the run's test images"
+                )
+        codes = _modalities(modality, len(x))
+        # amp: bf16 where the device has it natively, as the run's evaluation
+        feats, _ = extract_images(
+            self.backbone,
+            x.contiguous(),
+            codes,
+            self.device,
+            batch=batch,
+            flip=self.flip,
+            amp=self.amp,
+            head=self.head,
+        )
+        return feats.numpy()
+
+
+def load_model(
+    run_dir: str | os.PathLike, checkpoint: str = "latest", device: str = "cpu"
+) -> ReidModel:
+    """:meth:`ReidModel.from_run`: a run folder's trained model, for inference."""
+    return ReidModel.from_run(run_dir, checkpoint, device)
