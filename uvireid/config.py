@@ -1191,13 +1191,25 @@ def _validate_sampler(where: str, value: Any, prov: Provenance) -> dict:
     out = _validate_component(dotted, SAMPLERS, value, prov)
     try:
         part = SAMPLERS.build(out)
-        if getattr(part, "pairs", False) and not callable(getattr(part, "unpaired", None)):
+        if getattr(part, "pairs", False):
             # the trainer's batches for an epoch whose association linked nothing
-            raise ConfigError(
-                f"sampler '{out['type']}' pairs its batches (pairs = True) but has no "
-                f"unpaired(labels, cams) for an epoch without cross-modal links; subclass "
-                f"uvireid.data.samplers.Batches, which has one"
-            )
+            from uvireid.data.samplers import Batches
+
+            unpaired = getattr(type(part), "unpaired", None)
+            if not callable(getattr(part, "unpaired", None)):
+                raise ConfigError(
+                    f"sampler '{out['type']}' pairs its batches (pairs = True) but has no "
+                    f"unpaired(labels, cams) for an epoch without cross-modal links; subclass "
+                    f"uvireid.data.samplers.Batches, which has one"
+                )
+            if unpaired is Batches.unpaired and not (
+                hasattr(part, "ids") and hasattr(part, "images")
+            ):
+                raise ConfigError(
+                    f"sampler '{out['type']}' pairs its batches and keeps Batches.unpaired, "
+                    f"which draws ids x images per modality, but has no ids or images: call "
+                    f"super().__init__(ids, images) in its constructor, or override unpaired()"
+                )
     except (ConfigError, RegistryError) as exc:
         key = getattr(exc, "key", None)  # the keyword a built-in sampler refused
         if key in out:

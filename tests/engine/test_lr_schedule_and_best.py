@@ -146,3 +146,33 @@ def test_the_trainer_steps_with_the_recipes_optimizer_and_warm_up(recipe_file, m
     lr = cfg["train"]["lr"]
     # epoch 1: the warm-up's factor on top of the step at epoch 1
     assert lrs == pytest.approx([lr * 0.1, lr * 0.1 * (0.1 * 0.5 + 0.5)], rel=1e-12)
+
+
+def test_sgd_steps_with_the_recipes_momentum_not_a_fixed_one(recipe_file):
+    """train.momentum=0.5, lr 0.1, no decay, g = 1 twice, by hand: buf 1 then
+    0.5 * 1 + 1 = 1.5; p = 2 - 0.1 - 0.15 = 1.75 (momentum 0.9 would give 1.71)."""
+    import torch
+
+    from uvireid.config import load_recipe
+    from uvireid.engine.trainer import make_optimizer
+    from uvireid.registry import DATASETS
+
+    p = torch.nn.Parameter(torch.tensor([2.0], dtype=torch.float64))
+    opt = make_optimizer([p], {"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.5})
+    for _ in range(2):
+        p.grad = torch.tensor([1.0], dtype=torch.float64)
+        opt.step()
+    assert float(p.detach()) == pytest.approx(1.75, rel=1e-12)
+    cfg = load_recipe(recipe_file, ["train.optimizer=sgd", "train.momentum=0.5"])
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    assert tr.optimizer.param_groups[0]["momentum"] == 0.5
+
+
+def test_the_warm_up_starts_at_the_documented_default_factor(recipe_file):
+    """README: warm-up 'from train.warmup_factor (0.01)': with only warmup_epochs=4 set,
+    epoch 0 trains at 0.01 x, epoch 2 at 0.01 * 0.5 + 0.5 of the scheduled rate."""
+    from uvireid.config import load_recipe
+
+    cfg = load_recipe(recipe_file, ["train.warmup_epochs=4"])
+    f = lr_factors([_stage("a", 0, 6)], {**cfg["train"], "lr_steps": []})
+    assert [f(0), f(2), f(4)] == pytest.approx([0.01, 0.505, 1.0], rel=1e-12)

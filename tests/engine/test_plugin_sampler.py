@@ -200,3 +200,58 @@ def test_a_run_config_from_before_the_registry_reads_as_it_trained():
     cfg = load_recipe("demo", ["stages.0.sampler={ids: 3, images: 2}"])
     assert cfg["stages"][0]["sampler"]["type"] == "identity"
     assert cfg["stages"][0]["sampler"]["ids"] == 3
+
+
+def test_a_plugin_sampler_that_passes_the_recipe_check_does_not_crash_in_training(recipe_file):
+    """A sampler accepted by load_recipe (the registry's contract: rows(), for_epoch(labels,
+    cams)) draws its epoch's batches, without a pairs attribute too; a pairing one without
+    ids/images for Batches.unpaired is refused when the recipe is read (both crashed in
+    training: audit DD)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from uvireid.registry import DATASETS
+
+    class Ep:
+        def sample(self, rng):
+            return IdentityBatch(np.array([0, 1]), np.array([0, 1]))
+
+    class Duck:
+        def __init__(self, n: int = 2):
+            self.n = n
+
+        def rows(self):
+            return self.n, self.n
+
+        def for_epoch(self, labels, cams):
+            return Ep()
+
+    class PairingOwnKeywords(Batches):
+        pairs = True
+
+        def __init__(self, n: int = 2):
+            self.n = n
+
+        def rows(self):
+            return self.n, self.n
+
+        def for_epoch(self, labels, cams):
+            return Ep()
+
+    SAMPLERS.register("dd_duck", Duck)
+    SAMPLERS.register("dd_pairing", PairingOwnKeywords)
+    try:
+        cfg = load_recipe(recipe_file, ["stages.0.sampler={type: dd_duck}"])
+        tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+        lab = SimpleNamespace(
+            vis_in_v=np.arange(len(tr.vis)) % 4, ir_in_r=np.arange(len(tr.ir)) % 3, has_cross=False
+        )
+        sampler, paired = tr._sampler(tr.stages[0], lab, [])
+        assert isinstance(sampler, Ep) and not paired
+        # a pairing one that keeps Batches.unpaired without ids/images: refused when read
+        with pytest.raises(ConfigError, match=r"call super\(\).__init__\(ids, images\)"):
+            load_recipe(recipe_file, ["stages.1.sampler={type: dd_pairing}"])
+    finally:
+        SAMPLERS.unregister("dd_duck")
+        SAMPLERS.unregister("dd_pairing")

@@ -301,3 +301,19 @@ def test_a_resume_with_another_optimizer_is_refused_even_with_allow_changes(reci
         check_resume(folder, sgd, allow_changes=True)
     warm = load_recipe(recipe_file, ["train.warmup_epochs=1"])
     assert check_resume(folder, warm, allow_changes=True) == {"train.warmup_epochs": (0, 1)}
+
+
+def test_a_run_from_before_train_optimizer_is_not_refused_as_another_optimizer(recipe_file):
+    """A config.yaml this version cannot resolve (here a key since removed) is compared as
+    written, without train.optimizer: that run trained with Adam, so --allow-changes
+    continues it (with the removed key reported), not 'train.optimizer differs'."""
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+    folder.write_config(cfg)
+    old = yaml.safe_load((folder.path / "config.yaml").read_text())
+    for key in ("optimizer", "momentum", "warmup_epochs", "warmup_factor"):
+        del old["train"][key]
+    old["train"]["removed_knob"] = 1
+    (folder.path / "config.yaml").write_text(yaml.safe_dump(old))
+    changes = check_resume(folder, cfg, allow_changes=True)
+    assert "train.removed_knob" in changes

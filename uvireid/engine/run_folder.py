@@ -577,12 +577,13 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
             f"these changes would do nothing:\n{lines}\nTo train with them, start a new run "
             f"from its recipe: uvireid run {folder.path / 'config.yaml'} KEY=VALUE ..."
         )
-    if "train.optimizer" in changes:
+    before, after = changes.get("train.optimizer", ("adam", "adam"))
+    if (before if before != _ABSENT else "adam") != after:  # a run from before the key: Adam
         # the checkpoint holds the other optimiser's state (Adam's moments are no SGD
         # momentum): loaded into it, the state would be misread or dropped silently
         raise ConfigError(
             f"--resume: train.optimizer differs from the one {folder.path} started with "
-            f"({changes['train.optimizer'][0]!r} -> {changes['train.optimizer'][1]!r}); its "
+            f"({before!r} -> {after!r}); its "
             f"checkpoint holds that optimiser's state, which no other can take up, even with "
             f"--allow-changes. Start a new run with the other optimiser"
         )

@@ -1152,7 +1152,7 @@ class Trainer:
         links draws each modality on its own labels instead, and says so."""
         spec = SAMPLERS.build(stage.sampler)
         cams = (self.cams_v, self.cams_r)
-        if spec.pairs:
+        if getattr(spec, "pairs", False):  # a plugin's may not say
             if lab.has_cross:
                 try:
                     return spec.for_epoch(lab, cams), True
