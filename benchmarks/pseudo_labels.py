@@ -16,7 +16,8 @@ over the features already loaded. The partitions of the
 two implementations are compared (identical labels, adjusted Rand index).
 
 Part 2, association (CPU): every clusterer (DBSCAN, HDBSCAN on the sparse Jaccard
-distance, and the ground-truth identities as a perfect clusterer) with every associator
+distance, k-means given each modality's true identity count, and the ground-truth
+identities as a perfect clusterer) with every associator
 (``otla_dual``, ``pgm``, ``mbccm``), with and without CMFP(tr), on two feature sets:
 a controlled Gaussian model (identities seen in two modalities with a shared shift and an
 identity-specific modality deviation) and images of the synthetic dataset
@@ -347,6 +348,7 @@ def part_clustering(sizes: list[int], reference: bool) -> list[str]:
 def part_association(quick: bool) -> list[str]:
     from uvireid.associations.quality import association_quality
     from uvireid.clustering.hdbscan_clusterer import HDBSCANClusterer
+    from uvireid.clustering.kmeans import KMeansClusterer
     from uvireid.registry import ASSOCIATORS
 
     t0 = time.perf_counter()
@@ -366,6 +368,10 @@ def part_association(quick: bool) -> list[str]:
             "ground truth": lambda x, g: g,
             f"dbscan eps={eps}": lambda x, g, e=eps: DBSCANClusterer(eps=e).fit_predict(x),
             "hdbscan": lambda x, g: HDBSCANClusterer().fit_predict(x),
+            # K given the modality's true identity count (an oracle K: k-means needs one)
+            "kmeans K=ids": lambda x, g: KMeansClusterer(
+                num_clusters=len(np.unique(g))
+            ).fit_predict(x),
         }
         gt = np.concatenate([gv, gr])
         for cname, cluster in clusterers.items():
