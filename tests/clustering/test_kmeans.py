@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
+from sklearn.cluster._kmeans import _kmeans_plusplus
 from sklearn.metrics import adjusted_rand_score
 
 from uvireid.clustering.kmeans import KMeansClusterer, kmeans_pp, lloyd
@@ -114,3 +115,69 @@ def test_a_recipe_can_name_kmeans_per_stage():
         load_recipe("demo", ["stages.0.clusterer={type: kmeans, num_cluster: 4}"])
     with pytest.raises(ConfigError, match="num_clusters"):
         preflight(load_recipe("demo", ["stages.0.clusterer={type: kmeans, num_clusters: 0}"]))
+
+
+class _TorchDraws:
+    """A numpy RandomState stand-in for scikit-learn's _kmeans_plusplus that hands out
+    the draws of a torch generator in the order kmeans_pp makes them: the first centre
+    uniformly (randint), then `trials` uniform [0, 1) float64 numbers a step."""
+
+    def __init__(self, seed):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def choice(self, n, p=None):
+        assert p is None or np.allclose(p, 1.0 / n)  # unweighted: uniform
+        return int(torch.randint(n, (1,), generator=self.gen)[0])
+
+    def uniform(self, size):
+        return torch.rand(size, generator=self.gen, dtype=torch.float64).numpy()
+
+
+@pytest.mark.parametrize("seed,k", [(0, 5), (1, 12), (2, 30)])
+def test_kmeans_pp_is_scikit_learns_greedy_kmeans_pp_given_the_same_draws(seed, k):
+    """scikit-learn's own _kmeans_plusplus (2 + floor(ln k) candidates by D^2 sampling,
+    the one leaving the least potential kept) fed the same random numbers picks the same
+    rows: the first centre, the candidates' count, the D^2 sampling and the greedy choice."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 6)) + 4 * rng.normal(size=(1, 6)) * rng.integers(0, 3, (300, 1))
+    ref, ref_rows = _kmeans_plusplus(x, k, (x * x).sum(1), np.ones(len(x)), _TorchDraws(seed))
+    got = kmeans_pp(torch.from_numpy(x), k, torch.Generator().manual_seed(seed))
+    np.testing.assert_array_equal(got.numpy(), ref)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-1])
+def test_lloyd_stops_on_scikit_learns_tolerance(tol):
+    """A loose tol stops before the labels settle, at scikit-learn's iteration: the
+    shift is compared with tol times the features' mean per-dimension variance."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 5)) + np.repeat(rng.normal(size=(4, 5)), 100, axis=0)
+    init = x[rng.choice(len(x), 8, replace=False)]
+    ref = KMeans(8, init=init, n_init=1, algorithm="lloyd", tol=tol, max_iter=100).fit(x)
+    full = KMeans(8, init=init, n_init=1, algorithm="lloyd", tol=0, max_iter=100).fit(x)
+    assert ref.n_iter_ < full.n_iter_  # the tolerance did stop it early
+    labels, centres, inertia, _ = lloyd(torch.from_numpy(x), torch.from_numpy(init), tol=tol)
+    np.testing.assert_array_equal(labels.numpy(), ref.labels_)
+    np.testing.assert_allclose(centres.numpy(), ref.cluster_centers_, atol=1e-10)
+    assert inertia == pytest.approx(ref.inertia_, rel=1e-10)
+
+
+def test_one_lloyd_iteration_with_an_empty_cluster_equals_scikit_learn():
+    """max_iter=1: the centres right after the relocation. The point that moves to the
+    empty cluster leaves its old cluster's mean (scikit-learn subtracts it)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 3)) * np.array([1.0, 1.0, 4.0])
+    init = x[[0, 0, 10, 20]]
+    ref = KMeans(4, init=init, n_init=1, algorithm="lloyd", max_iter=1).fit(x)
+    _, centres, _, done = lloyd(torch.from_numpy(x), torch.from_numpy(init), iters=1)
+    assert done == 1
+    np.testing.assert_allclose(centres.numpy(), ref.cluster_centers_, atol=1e-10)
+
+
+def test_fewer_distinct_points_than_clusters_is_warned(caplog):
+    """Three distinct points, each five times, K = 5: three clusters, and a warning (audit
+    DE: only an info line said so)."""
+    x = np.repeat(np.eye(3), 5, axis=0)
+    with caplog.at_level(logging.WARNING):
+        labels = KMeansClusterer(num_clusters=5).fit_predict(x)
+    assert labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert "3 clusters of the 5 asked for" in caplog.text

@@ -94,3 +94,121 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
     with pytest.raises(ConfigError, match="is not a run folder"):
         compare_runs([tmp_path])
     assert main(["compare", str(tmp_path / "nowhere")]) == 2
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_each_run_shows_its_own_mean_and_std_over_trials(three_seeds):
+    report = compare_runs(three_seeds)
+    for folder, row in zip(three_seeds, report["runs"]):
+        res = json.loads((folder / "results.json").read_text())["none"]
+        for metric in ("R1", "R10", "R20", "mAP", "mINP"):
+            assert row["results"]["none"][metric] == res["mean"][metric]
+            assert row["results"]["none"][f"{metric}_std"] == res["std"][metric]
+    assert any(row["results"]["none"]["mAP_std"] > 0 for row in report["runs"])
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("feature_head", "pool"),
+        ("sampler", "official"),
+        ("shot", "multi"),
+        ("mode", "indoor"),
+        ("direction", "visible->infrared"),
+        ("num_gallery", 1),
+        ("reranker", "cmfp(k=9)"),
+    ],
+)
+def test_every_protocol_field_of_the_provenance_makes_runs_not_comparable(
+    three_seeds, field, value
+):
+    a, b = three_seeds[:2]
+    _edit(b / "results.json", lambda r: r["none"]["provenance"].__setitem__(field, value))
+    report = compare_runs([a, b])
+    assert not report["comparable"]
+    assert any(f"another {field}:" in why for why in report["not_comparable"])
+
+
+def test_the_last_evaluation_of_an_unfinished_run_is_shown(three_seeds, tmp_path):
+    b = tmp_path / "runs" / "tiny-20990101-000000"
+    shutil.copytree(three_seeds[1], b)
+    (b / "results.json").unlink()
+    records = [
+        {"epoch": 0, "eval": {"none": {"mean": {"mAP": 5.0}, "std": {}}}},
+        {"epoch": 1},
+        {"epoch": 2, "eval": {"none": {"mean": {"mAP": 9.0}, "std": {}}}},
+        {"epoch": 3},
+    ]
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = compare_runs([b])["runs"][0]
+    assert row["results"]["none"]["mAP"] == 9.0 and row["source"] == "metrics.jsonl, epoch 2"
+
+
+def test_a_run_without_any_result_makes_them_not_comparable(three_seeds, tmp_path):
+    b = tmp_path / "runs" / "tiny-20990101-000000"
+    shutil.copytree(three_seeds[1], b)
+    (b / "results.json").unlink()
+    (b / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+    report = compare_runs([three_seeds[0], b])
+    assert not report["comparable"]
+    assert any(b.name in why for why in report["not_comparable"])
+
+
+def test_another_per_batchnorm_batch_is_a_difference(three_seeds):
+    a, b = three_seeds[:2]
+    stages = [{"stage": "s", "per_gpu": 64, "per_batchnorm": 64, "global": 64}]
+    for folder, per_bn in ((a, 64), (b, 32)):
+        _edit(
+            folder / "manifest.json",
+            lambda m, n=per_bn: m.__setitem__(
+                "batch", {"stages": [{**stages[0], "per_batchnorm": n}]}
+            ),
+        )
+    assert compare_runs([a, b])["differences"]["batch.s.per_batchnorm"] == [64, 32]
+
+
+def test_an_unfinished_run_is_not_averaged_as_comparable(three_seeds, tmp_path):
+    """A run killed after its first evaluation (epoch 0 of 2) beside a finished one: the
+    mean mixes a half-trained model with a trained one, which --strict must not pass."""
+    a = three_seeds[0]
+    b = tmp_path / "runs" / "tiny-20990101-000000"
+    shutil.copytree(three_seeds[1], b)
+    (b / "results.json").unlink()
+    record = {"epoch": 0, "eval": {"none": {"mean": {"mAP": 7.25}, "std": {}}}}
+    (b / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    report = compare_runs([a, b])
+    assert not report["comparable"]
+    assert any(
+        "did not finish" in why or "metrics.jsonl" in why for why in report["not_comparable"]
+    )
+
+
+def test_regdb_runs_of_distinct_splits_are_the_protocols_trials(tmp_path):
+    """RegDB's figure is the mean over its splits, one run per split (README: `uvireid run
+    salcr_regdb data.split=$s`): their test sets differ by design. The mean equals what
+    `uvireid eval` gives over the runs' features files, and --strict must not fail on it;
+    two runs of one split with another split's run are still refused."""
+    from train_fixtures import write_eval_recipe
+
+    from uvireid.config import load_recipe
+    from uvireid.data.fixtures import make_regdb_tree
+    from uvireid.engine.runner import run_recipe
+
+    root = make_regdb_tree(tmp_path / "RegDB", ids=8, images_per=2, splits=(1, 2))
+    path = write_eval_recipe(
+        tmp_path,
+        data={"type": "regdb", "root": str(root), "split": 1},
+        evaluation={"protocol": "regdb-v2i", "trials": 1},
+    )
+    runs = [run_recipe(load_recipe(path, [f"data.split={s}"]), progress=False).path for s in (1, 2)]
+    report = compare_runs(runs)
+    assert report["comparable"], report["not_comparable"]
+    maps = [json.loads((r / "results.json").read_text())["none"]["mean"]["mAP"] for r in runs]
+    assert report["aggregate"]["none"]["mAP"]["mean"] == pytest.approx(np.mean(maps))
+    again = run_recipe(load_recipe(path, ["data.split=1", "seed=5"]), progress=False).path
+    assert not compare_runs([*runs, again])["comparable"]  # split 1 twice: not the protocol

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import uvireid
@@ -59,3 +60,120 @@ def test_decoded_images_and_bad_input(recipe_file, tmp_path):
         uvireid.load_model(folder, "best")
     with pytest.raises(ConfigError, match="is not a run folder"):
         uvireid.load_model(tmp_path)
+
+
+def _texture_the_test_images(root, seed=0):
+    """The fixture's images are of one colour each, so a flip, a resize filter or the
+    precision leave their features alike: give every image of the tree random pixels at
+    another size than the model's (and not mirror-symmetric)."""
+    rng = np.random.default_rng(seed)
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in (".jpg", ".png", ".bmp"):
+            img = rng.integers(0, 256, (45, 23, 3), np.uint8)
+            Image.fromarray(img).save(path, quality=95) if path.suffix == ".jpg" else (
+                Image.fromarray(img).save(path)
+            )
+
+
+def _own_features_again(folder, model):
+    own = load_features(folder / "features.npz")
+    for code in (0, 1):
+        rows = np.flatnonzero(own.modality == code)
+        got = model.features([own.paths[i] for i in rows], ["visible", "ir"][code])
+        np.testing.assert_allclose(got, own.feats[rows], atol=1e-6, rtol=0)
+    return own
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.test_resize=lanczos", "evaluation.flip=false"],
+        ["train.resize=bicubic", "evaluation.flip=true"],
+    ],
+)
+def test_textured_images_give_the_runs_own_features(recipe_file, overrides):
+    """Textured test images: the model's resize filter (train.test_resize, else
+    train.resize) and its flip setting decide the features; 'ir' names infrared."""
+    import yaml
+
+    cfg = yaml.safe_load(recipe_file.read_text())
+    from pathlib import Path
+
+    _texture_the_test_images(Path(cfg["data"]["root"]))
+    folder = run_recipe(load_recipe(recipe_file, overrides), progress=False).path
+    model = uvireid.load_model(folder)
+    own = _own_features_again(folder, model)
+    # the check can fail: another filter or the other flip gives other features
+    rows = np.flatnonzero(own.modality == 0)[:4]
+    paths = [own.paths[i] for i in rows]
+    model.flip = not model.flip
+    assert np.abs(model.features(paths, "visible") - own.feats[rows]).max() > 1e-4
+    model.flip = not model.flip
+    model.resize = "bilinear" if model.resize != "bilinear" else "lanczos"
+    assert np.abs(model.features(paths, "visible") - own.feats[rows]).max() > 1e-4
+
+
+def test_a_run_whose_pretrained_file_is_gone_still_loads(recipe_file, tmp_path):
+    """Every weight comes from the checkpoint: backbone.pretrained (a file here, ImageNet
+    weights from the network elsewhere) is not read again."""
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    folder = run_recipe(
+        load_recipe(recipe_file, [f"backbone.pretrained={weights}"]), progress=False
+    ).path
+    weights.unlink()
+    model = uvireid.load_model(folder)
+    _own_features_again(folder, model)
+
+
+@pytest.mark.skipif(
+    not __import__("uvireid.engine.trainer", fromlist=["x"]).cpu_bf16_native(),
+    reason="bf16 is not native on this CPU: train.amp runs in float32 here",
+)
+def test_an_amp_run_extracts_in_bf16_as_its_evaluation(recipe_file):
+    from pathlib import Path
+
+    import yaml
+
+    _texture_the_test_images(Path(yaml.safe_load(recipe_file.read_text())["data"]["root"]))
+    folder = run_recipe(load_recipe(recipe_file, ["train.amp=true"]), progress=False).path
+    model = uvireid.load_model(folder)
+    own = _own_features_again(folder, model)
+    rows = np.flatnonzero(own.modality == 0)[:4]
+    model.amp = False  # float32 would give other features: the check can fail
+    got = model.features([own.paths[i] for i in rows], "visible")
+    assert np.abs(got - own.feats[rows]).max() > 1e-4
+
+
+@pytest.mark.skipif(
+    not __import__("uvireid.engine.trainer", fromlist=["x"]).cpu_bf16_native(),
+    reason="needs a CPU with native bf16 to load on",
+)
+def test_an_amp_run_that_ran_in_float32_is_extracted_in_float32(recipe_file, monkeypatch):
+    """train.amp=true on a device without native bf16 ran (and evaluated) in float32
+    (manifest precision float32); loaded where bf16 is native, the model must still give
+    the run's float32 features."""
+    from pathlib import Path
+
+    import yaml
+
+    import uvireid.engine.trainer as trainer
+
+    _texture_the_test_images(Path(yaml.safe_load(recipe_file.read_text())["data"]["root"]))
+    with monkeypatch.context() as mp:
+        mp.setattr(trainer, "cpu_bf16_native", lambda: False)
+        folder = run_recipe(load_recipe(recipe_file, ["train.amp=true"]), progress=False).path
+    assert '"precision": "float32"' in (folder / "manifest.json").read_text()
+    _own_features_again(folder, uvireid.load_model(folder))
+
+
+def test_paths_as_a_numpy_array_or_a_generator(recipe_file):
+    """A features file's paths are a numpy array of str; Path.glob gives a generator."""
+    folder = run_recipe(load_recipe(recipe_file), progress=False).path
+    model = uvireid.load_model(folder)
+    own = load_features(folder / "features.npz")
+    want = model.features(list(own.paths[:3]), "visible")
+    np.testing.assert_array_equal(model.features(own.paths[:3], "visible"), want)
+    np.testing.assert_array_equal(model.features((p for p in own.paths[:3]), "visible"), want)

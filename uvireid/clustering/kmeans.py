@@ -18,8 +18,11 @@ Algorithm (Lloyd 1982; Arthur and Vassilvitskii 2007 for the seeding), as scikit
   variance, after ``iters`` iterations at most; then the final labels of the final
   centres.
 
-Work: O(iters * N * K * d) in (rows x K) blocks of distances, O(N + K d) memory beside
-the features. The labels are numbered by the row of each cluster's first point.
+Work: O(iters * N * K * d) in (rows x K) blocks of distances (at most 2^24 entries, 64
+MiB in float32); memory beside the features: the blocks, the centres, and up to two
+temporaries of the features' size (the per-dimension variance once, and in an iteration
+that relocates an empty cluster, each point's offset from its centre). The labels are
+numbered by the row of each cluster's first point.
 """
 
 from __future__ import annotations
@@ -213,6 +216,13 @@ class KMeansClusterer:
         self.labels_ = labels
         self.inertia_, self.iterations_ = inertia, done
         self.num_clusters_ = int(labels.max()) + 1
+        if self.num_clusters_ < k:
+            logger.warning(
+                "kmeans: %d clusters of the %d asked for: the features have fewer distinct "
+                "points than clusters (duplicated images?)",
+                self.num_clusters_,
+                k,
+            )
         self.timings_ = {"kmeans": time.perf_counter() - t0}
         logger.info(
             "kmeans(K=%d): %d clusters, inertia %.4g, %d iteration(s)",

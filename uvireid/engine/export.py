@@ -45,7 +45,7 @@ def backbone_weights(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Ten
             f"run writes (RUN/checkpoints/latest.pt); for other weights set "
             f"backbone.pretrained=PATH"
         )
-    keys = ("epoch", "stage", "dataset", "best", "started_from")
+    keys = ("epoch", "stage", "dataset", "best", "started_from", "precision")
     return weights, {k: state.get(k) for k in keys}
 
 

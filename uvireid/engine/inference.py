@@ -86,7 +86,8 @@ class ReidModel:
         self.resize = eval_resize(train)
         self.head = evaluation.get("feature_head", "bn_feat")
         self.flip = bool(evaluation.get("flip", True))
-        self.amp = bool(train.get("amp", False))
+        # what train.amp came to where the run ran (float32 on a CPU without native bf16)
+        self.amp = bool(train.get("amp", False)) and (info or {}).get("precision") != "float32"
         self.source = source
         self.info = dict(info or {})
 
@@ -173,6 +174,10 @@ class ReidModel:
 
         if isinstance(images, (str, os.PathLike)):
             images = [images]
+        elif isinstance(images, np.ndarray) and images.dtype.kind in "USO":
+            images = images.tolist()  # a features file's paths
+        elif not isinstance(images, (torch.Tensor, np.ndarray, list, tuple)):
+            images = list(images)  # a generator (Path.glob), a pandas Series
         if isinstance(images, (list, tuple)):
             x = self._decode(images) if images else torch.zeros(0, 3, self.height, self.width)
         else:
