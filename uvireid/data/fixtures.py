@@ -29,12 +29,20 @@ def _id_list(ids: int | Sequence[int]) -> list[int]:
 
 
 def write_image(path: str | Path, rng: random.Random, gray: bool = False) -> None:
-    """Write a tiny image of one random colour (format from the file-name ending)."""
+    """Write a tiny image (format from the file-name ending): a random colour, brighter
+    towards the right and with a random texture, so that a flip or a resize changes its
+    pixels (an image of one colour would let a test of either pass whatever they did)."""
     os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
-    if gray:
-        img = Image.new("L", IMAGE_SIZE, rng.randrange(256))
-    else:
-        img = Image.new("RGB", IMAGE_SIZE, tuple(rng.randrange(256) for _ in range(3)))
+    w, h = IMAGE_SIZE
+    channels = 1 if gray else 3
+    base = [rng.randrange(40, 176) for _ in range(channels)]
+    pixels = [
+        tuple(min(255, b + 20 * x + rng.randrange(24)) for b in base)
+        for y in range(h)
+        for x in range(w)
+    ]
+    img = Image.new("L" if gray else "RGB", IMAGE_SIZE)
+    img.putdata([p[0] for p in pixels] if gray else pixels)
     img.save(path)
 
 
