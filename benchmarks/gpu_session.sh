@@ -4,8 +4,11 @@
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
 # Session 19 ran, one step per call of this script, in this order: tests_cuda tests_graphs
 # rerank overhead_kernels loss_products loop_phases demo (amp_smoke did not fit). The
-# next device session (after session 20): STEPS="tests_cuda memory_updates loop_phases
-# amp_smoke" (the memory updates' Gram path, new in session 19, has not run on a GPU; session 20 had no device).
+# next device session (after session 21): STEPS="tests_cuda tests_graphs memory_updates
+# loop_phases amp_smoke" (the memory updates' Gram path, new in session 19, has not run on
+# a GPU; sessions 20 and 21 had no device. Session 21's CUDA paths: the triplet losses and
+# kmeans on the device in tests_cuda, the graph capture with a loss's pre-BN features in
+# tests_graphs).
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the

@@ -143,3 +143,32 @@ def test_memory_updates_on_device_give_the_cpu_rounds(device):
 
     for want, got in zip(update("cpu"), update(device)):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRIES["losses"].names() if "triplet" in n])
+def test_pre_bn_feature_losses_on_device_equal_the_cpu(name, device):
+    """triplet / cross_triplet (session 21) on the device: the CPU's value and gradients,
+    outliers (-1) included."""
+    from uvireid.losses import StepOutputs, StepTargets
+
+    g = torch.Generator().manual_seed(0)
+    s = 12
+    pools = [torch.randn(s, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    labels = [torch.randint(-1, 4, (s,), generator=g) for _ in range(4)]
+
+    def run(dev):
+        leaves = [p.to(dev).requires_grad_() for p in pools]
+        outputs = StepOutputs(*[torch.zeros(s, 8, device=dev)] * 3, {}, *leaves)
+        targets = StepTargets(
+            *(y.to(dev) for y in labels), torch.arange(s, device=dev), torch.arange(s, device=dev)
+        )
+        value = REGISTRIES["losses"].build({"type": name})(outputs, targets)
+        value.backward()
+        assert value.device.type == torch.device(dev).type
+        return float(value.detach().cpu()), [p.grad.cpu() for p in leaves]
+
+    ref, ref_grads = run("cpu")
+    got, grads = run(device)
+    assert got == pytest.approx(ref, rel=1e-9) and ref > 0
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
