@@ -1,6 +1,6 @@
 """Pseudo-label benchmark: clustering speed/memory and association quality, one script.
 
-    python benchmarks/pseudo_labels.py [--quick] [--part clustering|association|all]
+    python benchmarks/pseudo_labels.py [--quick] [--part clustering|association|kmeans|all]
                                        [--sizes 5000,10000,22258] [--device cpu|cuda]
 
 Part 1, clustering (CPU): Jaccard + DBSCAN (k1=30, k2=6, eps=0.6, min_samples=4) of
@@ -26,6 +26,9 @@ histograms of the grey, centre-cropped image, mean-centred per camera). Quality 
 the true identities: ARI per modality, ARI of every instance in the visible label space
 (``cross_v``) and in the infrared one (``cross_r``), and the link precision (fraction of
 cross-modal instance links joining the same identity), plus the association time.
+
+Part 3, k-means (CPU): uvireid's ``kmeans`` against scikit-learn's ``KMeans`` (Lloyd, one
+k-means++ seeding each) on 20k clustered features (d = 256, K = 500), time and inertia.
 
 ``--device cuda``: the GPU check. kNN (torch exact search; no faiss needed) + Jaccard +
 DBSCAN of 22,258 clustered features (d = 2048) on the GPU, end to end, best of three after
@@ -403,6 +406,54 @@ def part_association(quick: bool) -> list[str]:
 
 
 # ======================================================================================
+# k-means speed
+def part_kmeans(quick: bool) -> list[str]:
+    """uvireid's ``kmeans`` against scikit-learn's ``KMeans(algorithm="lloyd")``, one
+    k-means++ seeding each, in one process: the time (best of 2), the iterations and the
+    inertia each reaches (their seedings differ, so their partitions do too: the inertia
+    says whether one is worse)."""
+    from sklearn.cluster import KMeans
+
+    from uvireid.clustering.kmeans import KMeansClusterer
+
+    n, d, k = (5000, 128, 100) if quick else (20000, 256, 500)
+    x, _ = clustered_features(n, d=d, seed=5)
+    lines = [
+        f"k-means, N = {n}, d = {d}, K = {k}, float32, one seeding, at most 100 iterations",
+        "| method | seconds (best of 2) | iterations | inertia |",
+        "|---|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
+    runs = {}
+    for name, fit in (
+        ("uvireid kmeans", lambda: KMeansClusterer(num_clusters=k, seed=0)),
+        (
+            "scikit-learn KMeans(lloyd)",
+            lambda: KMeans(k, n_init=1, algorithm="lloyd", max_iter=100, random_state=0),
+        ),
+    ):
+        best = None
+        for _ in range(2):
+            model = fit()
+            t0 = time.perf_counter()
+            if isinstance(model, KMeans):
+                model.fit(x)
+                its, inertia = model.n_iter_, model.inertia_
+            else:
+                model.fit_predict(x)
+                its, inertia = model.iterations_, model.inertia_
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        runs[name] = best
+        lines.append(f"| {name} | {best:.2f} | {its} | {inertia:.1f} |")
+        print(lines[-1], flush=True)
+    a, b = runs.values()
+    lines.append(f"ratio scikit-learn / uvireid: {b / a:.2f}x")
+    print(lines[-1], flush=True)
+    return lines
+
+
+# ======================================================================================
 # GPU check
 def device_checks(dev: torch.device) -> list[str]:
     """Same results on ``dev`` as on the CPU (small sizes): Jaccard values and support,
@@ -532,7 +583,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (2k, 5k), small data")
-    ap.add_argument("--part", choices=("clustering", "association", "all"), default="all")
+    ap.add_argument("--part", choices=("clustering", "association", "kmeans", "all"), default="all")
     ap.add_argument("--sizes", default=None, help="comma-separated N for the clustering part")
     ap.add_argument("--no-reference", action="store_true", help="skip the dense reference")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -561,6 +612,8 @@ def main() -> None:
         part_clustering(sizes, reference=not args.no_reference)
     if args.part in ("association", "all"):
         part_association(args.quick)
+    if args.part in ("kmeans", "all"):
+        part_kmeans(args.quick)
 
 
 def logging_off() -> None:

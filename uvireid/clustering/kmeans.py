@@ -47,21 +47,27 @@ logger = logging.getLogger(__name__)
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def _nearest(x: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels, squared distances) of each row of ``x`` to its nearest centre (the first
-    of equal ones), ``|x|^2 - 2 x.c + |c|^2`` clamped at 0, in row blocks."""
+def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Each row's nearest centre (the first of equal ones), by ``|c|^2 - 2 x.c`` (the row's
+    own ``|x|^2`` cannot change its choice; scikit-learn's Lloyd ranks the same way), one
+    fused product a block of rows."""
     n, k = x.shape[0], centres.shape[0]
-    cc = (centres * centres).sum(1)
+    cc = (centres * centres).sum(1)[None]
     rows = max(1, _BLOCK_ELEMENTS // max(1, k))
     labels = torch.empty(n, dtype=torch.long, device=x.device)
-    dist = torch.empty(n, dtype=x.dtype, device=x.device)
     for i in range(0, n, rows):
-        xb = x[i : i + rows]
-        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ centres.T + cc
-        m = d.min(1)
-        labels[i : i + rows] = m.indices
-        dist[i : i + rows] = m.values.clamp_min(0)
-    return labels, dist
+        scores = torch.addmm(cc, x[i : i + rows], centres.T, alpha=-2)
+        labels[i : i + rows] = scores.argmin(1)
+    return labels
+
+
+def _inertia(x: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum of the squared distances of the rows to their centres, from the differences."""
+    total = 0.0
+    rows = max(1, _BLOCK_ELEMENTS // max(1, x.shape[1]))
+    for i in range(0, x.shape[0], rows):
+        total += float(((x[i : i + rows] - centres[labels[i : i + rows]]) ** 2).sum())
+    return total
 
 
 def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +111,7 @@ def lloyd(
     k = centres.shape[0]
     scaled_tol = float(x.var(0, unbiased=False).mean()) * tol
     centres = centres.clone()
-    labels, _ = _nearest(x, centres)
+    labels = _nearest(x, centres)
     done = 0
     while done < iters:
         done += 1
@@ -125,13 +131,12 @@ def lloyd(
         new = sums / counts.clamp_min(1)[:, None]
         shift = float(((new - centres) ** 2).sum())
         centres = new
-        fresh, _ = _nearest(x, centres)
+        fresh = _nearest(x, centres)
         same = bool(torch.equal(fresh, labels))
-        labels = fresh
+        labels = fresh  # the final centres' labels when the loop ends, whatever ends it
         if same or shift <= scaled_tol:
             break
-    _, dist = _nearest(x, centres)
-    return labels, centres, float(dist.sum()), done
+    return labels, centres, _inertia(x, centres, labels), done
 
 
 @CLUSTERERS.register("kmeans")
