@@ -212,3 +212,21 @@ def test_regdb_runs_of_distinct_splits_are_the_protocols_trials(tmp_path):
     assert report["aggregate"]["none"]["mAP"]["mean"] == pytest.approx(np.mean(maps))
     again = run_recipe(load_recipe(path, ["data.split=1", "seed=5"]), progress=False).path
     assert not compare_runs([*runs, again])["comparable"]  # split 1 twice: not the protocol
+
+
+def test_a_table_only_some_runs_have_is_said_and_averaged_over_those(tmp_path, capsys):
+    """One run evaluated with CMFP as well, one without: the 'cmfp' table's summary is over
+    the one run that has it, and the output says which run has no such table."""
+    plain = write_eval_recipe(tmp_path / "a")
+    with_cmfp = write_eval_recipe(tmp_path / "b", reranker={"type": "cmfp", "k": 3})
+    a = run_recipe(load_recipe(plain), progress=False).path
+    b = run_recipe(load_recipe(with_cmfp), progress=False).path
+    report = compare_runs([a, b])
+    names = {rr for row in report["runs"] for rr in row["results"]}
+    cmfp = next(n for n in names if n != "none")
+    assert report["aggregate"][cmfp]["mAP"]["n"] == 1
+    assert report["aggregate"]["none"]["mAP"]["n"] == 2
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert f"(no '{cmfp}' table in {a.name}: not evaluated with it)" in out
+    assert "over 1 run |" in out and "over 2 runs |" in out

@@ -340,7 +340,13 @@ def format_comparison(report: dict) -> str:
                 else "-"
                 for m in metrics
             ]
-            lines.append(f"| mean ± std [min, max] over {n} runs | | | " + " | ".join(cells) + " |")
+            runs = f"{n} run{'s' if n != 1 else ''}"
+            lines.append(f"| mean ± std [min, max] over {runs} | | | " + " | ".join(cells) + " |")
+        without = [
+            Path(r["run"]).name for r in report["runs"] if r["results"] and rr not in r["results"]
+        ]
+        if without:  # a table the other runs were not evaluated with
+            lines.append(f"(no '{rr}' table in {', '.join(without)}: not evaluated with it)")
         lines.append("")
     if report["not_comparable"]:
         lines.append("NOT COMPARABLE:")
