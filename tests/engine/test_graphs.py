@@ -121,20 +121,15 @@ def test_graphed_losses_capture_once_per_shape_and_again_after_invalidate():
     assert graphed.captures == 3
 
 
-def test_the_pre_bn_features_go_through_the_capture():
-    """A stage with a needs_pool loss (triplet): the captured function gets the three
-    pooled features after the part features, and they reach the loss (values and
-    gradients equal the eager ones; a capture without them gave the triplet None)."""
+def _triplet_setup(device: str):
+    """DAGL + FGSAL + GPCR + a triplet term on pre-BN features: ``(fn, run)``, the loss
+    function in the trainer's form and ``run(f) -> (triplet term, the pre-BN features'
+    gradients)`` of one step through ``f`` (``fn`` or a graphed ``fn``)."""
     from uvireid.losses import TripletLoss
 
-    captured = []
-
-    def make_graphed(fn, sample, **kwargs):
-        captured.append(len(sample))
-        return fn
-
-    _, terms_of, targets, leaves = _salcr_setup("cpu")
-    pools = [torch.randn(8, 16).requires_grad_() for _ in MAPS]
+    _, terms_of, targets, leaves = _salcr_setup(device)
+    g = torch.Generator().manual_seed(1)
+    pools = [torch.randn(8, 16, generator=g).to(device).requires_grad_() for _ in MAPS]
     triplet = TripletLoss()
 
     def with_triplet(outputs, targets):
@@ -151,6 +146,20 @@ def test_the_pre_bn_features_go_through_the_capture():
         total.backward()
         return terms["triplet"].detach().clone(), [p.grad.clone() for p in pools]
 
+    return with_triplet, run
+
+
+def test_the_pre_bn_features_go_through_the_capture():
+    """A stage with a needs_pool loss (triplet): the captured function gets the three
+    pooled features after the part features, and they reach the loss (values and
+    gradients equal the eager ones; a capture without them gave the triplet None)."""
+    captured = []
+
+    def make_graphed(fn, sample, **kwargs):
+        captured.append(len(sample))
+        return fn
+
+    with_triplet, run = _triplet_setup("cpu")
     eager = run(with_triplet)
     got = run(GraphedLosses(with_triplet, make_graphed, device_types=("cpu",)))
     assert captured == [12 + 3 + 6]
@@ -162,27 +171,7 @@ def test_the_pre_bn_features_go_through_the_capture():
 def test_cuda_graph_capture_passes_the_pre_bn_features():
     """On a GPU, a real capture of DAGL + FGSAL + GPCR + triplet: the triplet term and the
     pre-BN features' gradients equal the eager ones (to float rounding)."""
-    from uvireid.losses import TripletLoss
-
-    _, terms_of, targets, leaves = _salcr_setup("cuda")
-    g = torch.Generator().manual_seed(1)
-    pools = [torch.randn(8, 16, generator=g).cuda().requires_grad_() for _ in MAPS]
-    triplet = TripletLoss()
-
-    def with_triplet(outputs, targets):
-        total, terms = terms_of(outputs, targets)
-        terms["triplet"] = triplet(outputs, targets)
-        return total + terms["triplet"], terms
-
-    def run(fn):
-        for t in leaves + pools:
-            t.grad = None
-        outputs = _outputs(leaves)
-        outputs.pool_v, outputs.pool_a, outputs.pool_r = (p * 1.0 for p in pools)
-        total, terms = fn(outputs, targets)
-        total.backward()
-        return terms["triplet"].detach().clone(), [p.grad.clone() for p in pools]
-
+    with_triplet, run = _triplet_setup("cuda")
     eager = run(with_triplet)
     graphed = GraphedLosses(with_triplet)
     for _ in range(2):  # the capture, then a replay

@@ -284,17 +284,25 @@ def test_a_resume_removes_the_partial_files_a_kill_left(recipe_file):
     assert not any(p.exists() for p in stale)
 
 
-def test_a_resume_with_another_optimizer_is_refused_even_with_allow_changes(recipe_file):
-    """The checkpoint holds the optimiser's state (Adam's moments); another optimiser
-    cannot take it up, so --allow-changes does not let train.optimizer change. A run from
-    before the setting (no train.optimizer in its config.yaml) reads as Adam."""
-    cfg = load_recipe(recipe_file)
+def _run_from_before_the_optimizer(cfg: dict, **train_keys) -> RunFolder:
+    """A run folder whose config.yaml is ``cfg``'s without the train keys of session 21
+    (optimizer, momentum, warm-up), with ``train_keys`` added to its train section."""
     folder = RunFolder.create(cfg["output_dir"], cfg["name"])
     folder.write_config(cfg)
     old = yaml.safe_load((folder.path / "config.yaml").read_text())
     for key in ("optimizer", "momentum", "warmup_epochs", "warmup_factor"):
         del old["train"][key]
+    old["train"].update(train_keys)
     (folder.path / "config.yaml").write_text(yaml.safe_dump(old))
+    return folder
+
+
+def test_a_resume_with_another_optimizer_is_refused_even_with_allow_changes(recipe_file):
+    """The checkpoint holds the optimiser's state (Adam's moments); another optimiser
+    cannot take it up, so --allow-changes does not let train.optimizer change. A run from
+    before the setting (no train.optimizer in its config.yaml) reads as Adam."""
+    cfg = load_recipe(recipe_file)
+    folder = _run_from_before_the_optimizer(cfg)
     assert check_resume(folder, cfg) == {}
     sgd = load_recipe(recipe_file, ["train.optimizer=sgd"])
     with pytest.raises(ConfigError, match=r"train.optimizer differs .*'adam' -> 'sgd'"):
@@ -308,12 +316,6 @@ def test_a_run_from_before_train_optimizer_is_not_refused_as_another_optimizer(r
     written, without train.optimizer: that run trained with Adam, so --allow-changes
     continues it (with the removed key reported), not 'train.optimizer differs'."""
     cfg = load_recipe(recipe_file)
-    folder = RunFolder.create(cfg["output_dir"], cfg["name"])
-    folder.write_config(cfg)
-    old = yaml.safe_load((folder.path / "config.yaml").read_text())
-    for key in ("optimizer", "momentum", "warmup_epochs", "warmup_factor"):
-        del old["train"][key]
-    old["train"]["removed_knob"] = 1
-    (folder.path / "config.yaml").write_text(yaml.safe_dump(old))
+    folder = _run_from_before_the_optimizer(cfg, removed_knob=1)
     changes = check_resume(folder, cfg, allow_changes=True)
     assert "train.removed_knob" in changes

@@ -213,11 +213,10 @@ class KMeansClusterer:
         labels, _, inertia, done = best
         labels = labels.cpu().numpy()
         # numbered by first appearance: the same partition gives the same labels
-        _, first = np.unique(labels, return_index=True)
-        order = np.argsort(first, kind="stable")
-        renumber = np.empty(labels.max() + 1, dtype=np.int64)
-        renumber[np.unique(labels)[order]] = np.arange(len(order))
-        labels = renumber[labels]
+        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))  # first rows are distinct
+        labels = rank[inverse.reshape(-1)]
         self.labels_ = labels
         self.inertia_, self.iterations_ = inertia, done
         self.num_clusters_ = int(labels.max()) + 1

@@ -22,12 +22,14 @@ A run that did not finish contributes its last evaluation in ``metrics.jsonl``, 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from uvireid.engine.run_folder import _flatten
 from uvireid.errors import ConfigError
 
 __all__ = ["RunSummary", "final_results", "summarize_run", "compare_runs", "format_comparison"]
@@ -141,12 +143,6 @@ def summarize_run(path: str | Path) -> RunSummary:
     return RunSummary(path, cfg, manifest, results, source, max(done, 0), notes)
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    from uvireid.engine.run_folder import _flatten as flatten
-
-    return flatten(obj, prefix)
-
-
 def _manifest_figures(m: Mapping) -> dict[str, Any]:
     """The manifest's figures that decide whether two runs trained alike."""
     out: dict[str, Any] = {"world_size": m.get("world_size")}
@@ -181,10 +177,15 @@ def _dataset_figures(m: Mapping) -> dict[str, Any]:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
+    """Mean, population std (ddof=0, as the protocols' over trials), range and count."""
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "n": len(a),
+    }
 
 
 def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

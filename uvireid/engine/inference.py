@@ -28,12 +28,20 @@ import numpy as np
 import torch
 
 from uvireid.errors import CheckpointError, ConfigError, DatasetError
+from uvireid.types import INFRARED, VISIBLE
 
 __all__ = ["ReidModel", "load_model"]
 
 logger = logging.getLogger(__name__)
 
-_MODALITIES = {"visible": 0, "rgb": 0, "infrared": 1, "ir": 1, "thermal": 1, "nir": 1}
+_MODALITIES = {
+    "visible": VISIBLE,
+    "rgb": VISIBLE,
+    "infrared": INFRARED,
+    "ir": INFRARED,
+    "thermal": INFRARED,
+    "nir": INFRARED,
+}
 
 
 def _modalities(modality: Any, n: int) -> np.ndarray:
@@ -48,7 +56,7 @@ def _modalities(modality: Any, n: int) -> np.ndarray:
                     f"modality {m!r} is not one of visible, infrared (or rgb, ir, thermal, nir)"
                 )
             codes.append(_MODALITIES[m.lower()])
-        elif isinstance(m, (bool, np.bool_)) or int(m) not in (0, 1) or int(m) != m:
+        elif isinstance(m, (bool, np.bool_)) or int(m) not in (VISIBLE, INFRARED) or int(m) != m:
             raise ConfigError(f"modality {m!r}: 0 (visible) or 1 (infrared)")
         else:
             codes.append(int(m))
@@ -81,7 +89,6 @@ class ReidModel:
 
         self.backbone = backbone.to(device).eval()
         self.device = device
-        self.train = dict(train)
         self.height, self.width = int(train["height"]), int(train["width"])
         self.resize = eval_resize(train)
         self.head = evaluation.get("feature_head", "bn_feat")
@@ -141,7 +148,7 @@ class ReidModel:
         from uvireid.data.transforms import load_images
         from uvireid.types import ImageRecord
 
-        records = [ImageRecord(str(p), -1, -1, 0) for p in paths]
+        records = [ImageRecord(str(p), -1, -1, VISIBLE) for p in paths]  # decoding only
         images, ok = load_images(records, self.height, self.width, resize=self.resize)
         if not ok.all():
             bad = [str(p) for p, good in zip(paths, ok) if not good][:3]

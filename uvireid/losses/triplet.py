@@ -69,23 +69,6 @@ def batch_hard_triplet_masked(
     return (per * valid).sum() / count.clamp_min(1), count
 
 
-def _check_margin(margin: float | None, name: str) -> float | None:
-    if margin is not None and (
-        isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0
-    ):
-        raise ConfigError(f"{name}: margin must be a number >= 0 or null, got {margin!r}")
-    return None if margin is None else float(margin)
-
-
-def _pool(outputs: StepOutputs, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if outputs.pool_v is None:
-        raise ConfigError(
-            f"{name}: outputs.pool_v is None: the loss reads the pooled features before "
-            f"the BN neck, which the trainer fills for a loss with needs_pool = True"
-        )
-    return outputs.pool_v, outputs.pool_a, outputs.pool_r
-
-
 @LOSSES.register("triplet")
 class TripletLoss(nn.Module):
     """Batch-hard triplet loss (Hermans et al., 2017) on the pre-BN pooled features, with
@@ -101,16 +84,29 @@ class TripletLoss(nn.Module):
     """
 
     needs_pool = True
+    kind = "triplet"  # the registered name, in messages
 
     def __init__(self, margin: float | None = 0.3):
         super().__init__()
-        self.margin = _check_margin(margin, "triplet")
+        if margin is not None and (
+            isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0
+        ):
+            raise ConfigError(f"{self.kind}: margin must be a number >= 0 or null, got {margin!r}")
+        self.margin = None if margin is None else float(margin)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"
 
+    def _pool(self, outputs: StepOutputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if outputs.pool_v is None:
+            raise ConfigError(
+                f"{self.kind}: outputs.pool_v is None: the loss reads the pooled features "
+                f"before the BN neck, which the trainer fills for a loss with needs_pool = True"
+            )
+        return outputs.pool_v, outputs.pool_a, outputs.pool_r
+
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
-        pv, pa, pr = _pool(outputs, "triplet")
+        pv, pa, pr = self._pool(outputs)
         vis, n_vis = batch_hard_triplet_masked(
             torch.cat([pv, pa]), torch.cat([targets.vis_in_v, targets.vis_in_v]), self.margin
         )
@@ -126,20 +122,18 @@ class CrossTripletLoss(TripletLoss):
 
     All rows with their labels in the visible space, ``[ỹ^v; ỹ^v; ŷ^v]``: the infrared
     images the association linked to a visible cluster are its positives, and the
-    hardest positive or negative may be of either modality. Needs an associator's cross labels (rows without a link this epoch drop out).
+    hardest positive or negative may be of either modality. Rows without a link this epoch
+    drop out.
 
     Args:
         margin: as :class:`TripletLoss`.
     """
 
     needs_cross_labels = True
-
-    def __init__(self, margin: float | None = 0.3):
-        nn.Module.__init__(self)
-        self.margin = _check_margin(margin, "cross_triplet")
+    kind = "cross_triplet"
 
     def forward(self, outputs: StepOutputs, targets: StepTargets) -> torch.Tensor:
-        pv, pa, pr = _pool(outputs, "cross_triplet")
+        pv, pa, pr = self._pool(outputs)
         feat = torch.cat([pv, pa, pr])
         labels = torch.cat([targets.vis_in_v, targets.vis_in_v, targets.ir_in_v])
         return batch_hard_triplet_masked(feat, labels, self.margin)[0]
