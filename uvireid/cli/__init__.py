@@ -26,6 +26,7 @@ COMMANDS = [
     "rerank",
     "report",
     "compare",
+    "match",
 ]
 
 

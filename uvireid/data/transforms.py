@@ -115,7 +115,13 @@ def check_resize(resize: str) -> str:
     return resize
 
 
-def _decode(records: Sequence[ImageRecord], height: int, width: int, resize: str = "bilinear"):
+def _decode(
+    records: Sequence[ImageRecord],
+    height: int,
+    width: int,
+    resize: str = "bilinear",
+    quiet: bool = False,
+):
 
     from uvireid.data.images import read_image
     from uvireid.rerank.inputs import ensure_fits
@@ -143,7 +149,7 @@ def _decode(records: Sequence[ImageRecord], height: int, width: int, resize: str
         # = torchvision Resize((h, w), interpolation) on a PIL image (PIL's filter)
         img = img.resize((width, height), _FILTERS[resize])
         out[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    if bad:
+    if bad and not quiet:
         logger.warning(
             "%d of %d images could not be read and are skipped (first: %s); re-extract "
             "them from the release archive",
@@ -161,6 +167,7 @@ def load_images(
     *,
     cache_dir: str | os.PathLike | None = None,
     resize: str = "bilinear",
+    quiet: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """All ``records`` decoded and resized: ``(images, ok)``.
 
@@ -169,6 +176,7 @@ def load_images(
         height, width: size after the resize.
         resize: PIL's resampling filter: ``bilinear`` (torchvision's default),
             ``bicubic`` or ``lanczos`` (part of the cache key).
+        quiet: no warning about unreadable images (the caller reports them).
         cache_dir: folder of ``.npy`` caches (None: decode in memory only). A cache is
             keyed by the paths, their sizes and modification times and the size, so an
             edited or replaced file is decoded again.
@@ -179,7 +187,7 @@ def load_images(
     """
     check_resize(resize)
     if cache_dir is None:
-        arr, ok = _decode(records, height, width, resize)
+        arr, ok = _decode(records, height, width, resize, quiet)
         return torch.from_numpy(arr), ok
     folder = Path(cache_dir)
     _remove_abandoned(folder)
@@ -200,7 +208,7 @@ def load_images(
                     return torch.from_numpy(arr), ok
         except (OSError, ValueError):
             logger.warning("image cache %s is unreadable; decoding again", img_path)
-    arr, ok = _decode(records, height, width, resize)
+    arr, ok = _decode(records, height, width, resize, quiet)
     from uvireid.fileio import atomic_write
 
     try:

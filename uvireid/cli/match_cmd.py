@@ -1,0 +1,281 @@
+"""``uvireid match``: each query image's nearest images of the other modality, as a CSV
+(query, rank, gallery, distance): a trained run on folders of your own images, or any
+features file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from uvireid.errors import ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """\
+SOURCE is a run folder (its config.yaml and checkpoints/latest.pt), whose model embeds
+the images given with --visible and --infrared (files or folders, searched at every
+depth), or a features file (.npz: uvireid extract's, a --save-features file, or another
+codebase's, see the README's "Features file"), whose rows are split by their modality.
+Examples:
+
+  uvireid match runs/salcr-20261126-101500 --infrared probes/ --visible cams/ -o m.csv
+  uvireid match runs/salcr-... --infrared p.png --visible gallery/ --top 5
+  uvireid match runs/salcr-... --infrared ir/ --visible rgb/ --reranker cmfp --k 30 \\
+      --save-features mine.npz -o m.csv
+  uvireid match mine.npz --reranker kreciprocal -o m2.csv   # again, without re-embedding
+  uvireid match sysu_test.npz --direction v2i --top 20      # any features file
+
+The output has one row per (query, rank): query,rank,gallery,distance,query_pid,
+gallery_pid (rank 1 = nearest; the distance is -cosine without a re-ranker, the
+re-ranker's otherwise; pids -1 where unknown). Without -o it goes to stdout. Images
+that cannot be read are skipped, counted and named on stderr. The features are the
+run's evaluation's (its size, resize filter, feature head, flip; L2-normalised).
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "match",
+        help="rank images of the other modality for each query image (a run's model on "
+        "your folders, or a features file)",
+        description="For each query image, its nearest images of the other modality, by a "
+        "trained run's features (or a features file's), optionally re-ranked; written as "
+        "CSV.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="a run folder, or a features file (.npz)")
+    p.add_argument(
+        "--visible", nargs="+", default=[], metavar="PATH", help="visible image files/folders"
+    )
+    p.add_argument(
+        "--infrared", nargs="+", default=[], metavar="PATH", help="infrared image files/folders"
+    )
+    p.add_argument(
+        "--direction",
+        default="i2v",
+        choices=["i2v", "v2i"],
+        help="i2v (default): infrared queries, visible gallery; v2i the reverse",
+    )
+    from uvireid.cli._checks import positive_int
+
+    p.add_argument("--top", type=positive_int, default=10, help="matches per query (10)")
+    p.add_argument(
+        "--reranker", default=None, help="cmfp | kreciprocal | cmrr | aim | a plugin's (none)"
+    )
+    p.add_argument("--k", type=int, default=None, help="the re-ranker's k")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="re-ranker keyword"
+    )
+    p.add_argument(
+        "--checkpoint", default="latest", help="latest (default), best, or a checkpoint file"
+    )
+    p.add_argument("-o", "--out", default=None, metavar="OUT.csv", help="CSV (default stdout)")
+    p.add_argument(
+        "--save-features",
+        default=None,
+        metavar="F.npz",
+        help="also write the embedded images as a features file (match it again with "
+        "another re-ranker without embedding again)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=run)
+
+
+def _reranker(args: argparse.Namespace, device: str) -> tuple[Any, str]:
+    """The re-ranker of ``--reranker/--k/--set`` on ``device`` and its name, or (None,
+    'none')."""
+    from uvireid.cli.rerank_cmd import _build, _keywords, _label, _plan
+    from uvireid.rerank import OnDevice
+
+    kwargs = _keywords(args)
+    if args.reranker is None:
+        if kwargs:
+            raise ConfigError(
+                f"--k/--set ({', '.join(kwargs)}) are keywords of a re-ranker: give "
+                f"--reranker too (e.g. --reranker cmfp --k 30)"
+            )
+        return None, "none"
+    if args.reranker == "all":
+        raise ConfigError(
+            "--reranker all compares re-rankers on a test protocol: that is `uvireid rerank "
+            "FEATURES.npz --reranker all --protocol ...`; match takes one re-ranker"
+        )
+    plan = _plan(kwargs, [args.reranker], every=False)[args.reranker]
+    built = _build(args.reranker, plan)
+    return OnDevice(built, device), _label(args.reranker, built, plan)
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    from uvireid.cli._checks import output_file
+
+    paths = []
+    for value, option, example in (
+        (args.out, "-o", "matches.csv"),
+        (args.save_features, "--save-features", "features.npz"),
+    ):
+        if value is None:
+            paths.append(None)
+            continue
+        path = output_file(value, option, example=example)
+        if path.exists() and not args.force:
+            raise ConfigError(
+                f"{path} exists; pass --force to overwrite it, or choose another {option}"
+            )
+        paths.append(path)
+    if paths[0] is not None and paths[0] == paths[1]:
+        raise ConfigError("-o and --save-features name the same file; give each its own")
+    return paths[0], paths[1]
+
+
+def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
+    """The features of the --visible and --infrared images by the run's model."""
+    import numpy as np
+
+    from uvireid.engine.inference import load_model
+    from uvireid.engine.matching import image_files
+    from uvireid.features import features_from_arrays, save_features
+
+    if not args.visible or not args.infrared:
+        missing = " and ".join(
+            o for o, v in (("--visible", args.visible), ("--infrared", args.infrared)) if not v
+        )
+        raise ConfigError(
+            f"{args.source} is a run folder: give the images to match with {missing} "
+            f"(files or folders)"
+        )
+    files = {
+        "visible": image_files(args.visible, "--visible"),
+        "infrared": image_files(args.infrared, "--infrared"),
+    }
+    both = sorted(set(files["visible"]) & set(files["infrared"]))
+    if both:
+        raise ConfigError(
+            f"{len(both)} image(s) are given as both visible and infrared (e.g. {both[0]}); "
+            f"each image has one modality"
+        )
+    model = load_model(args.source, args.checkpoint, device)
+    feats, kept, codes = [], [], []
+    t = time.perf_counter()
+    for code, name in ((0, "visible"), (1, "infrared")):
+        f, ok, skipped = model.embed(files[name], name, batch=args.batch)
+        if skipped:
+            shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            logger.warning(
+                "%d of %d %s image(s) cannot be read and are skipped: %s",
+                len(skipped),
+                len(files[name]),
+                name,
+                shown,
+            )
+        if not ok:
+            raise DatasetError(
+                f"none of the {len(files[name])} {name} image(s) can be read (e.g. "
+                f"{skipped[0]}); check that they are image files"
+            )
+        feats.append(f)
+        kept += ok
+        codes.append(np.full(len(ok), code, dtype=np.int64))
+    print(
+        f"embedded {len(kept)} images in {time.perf_counter() - t:.1f} s with {model.source} "
+        f"(epoch {model.info.get('epoch', '?')}, {model.height}x{model.width})",
+        file=sys.stderr,
+    )
+    arrays = (np.concatenate(feats), np.full(len(kept), -1), np.full(len(kept), -1))
+    modality = np.concatenate(codes)
+    meta = {
+        "source": str(args.source),
+        "checkpoint": model.source,
+        "epoch": model.info.get("epoch"),
+        "feature_head": model.head,
+    }
+    if save is not None:
+        save_features(save, *arrays, modality, paths=kept, **meta)
+        print(f"wrote {save}: {len(kept)} images (uvireid match {save} ...)", file=sys.stderr)
+    return features_from_arrays(*arrays, modality, paths=kept, **meta)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import uvireid  # noqa: F401  (registers parts)
+    from uvireid.config import check_device, resolve_device
+    from uvireid.engine.matching import top_matches
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.features import load_features
+
+    device = resolve_device(check_device(args.device, "--device", "--device"))
+    out, save = _outputs(args)
+    reranker, label = _reranker(args, device)  # a wrong keyword: before any image is read
+    source = Path(args.source)
+    if source.is_dir():
+        if not RunFolder.is_run(source):
+            raise ConfigError(
+                f"{source} is a folder without config.yaml, so not a run folder; give a run "
+                f"folder (runs/<recipe>-<date>) or a features file"
+            )
+        feats = _embed(args, device, save)
+    else:
+        given = [
+            o
+            for o, v in (
+                ("--visible", args.visible),
+                ("--infrared", args.infrared),
+                ("--save-features", args.save_features),
+                ("--checkpoint", args.checkpoint != "latest"),
+            )
+            if v
+        ]
+        if given:
+            raise ConfigError(
+                f"{args.source} is a features file: its images are embedded already, so "
+                f"{', '.join(given)} do(es) not apply; give a run folder to embed images"
+            )
+        feats = load_features(source)
+    q_code, g_code = (1, 0) if args.direction == "i2v" else (0, 1)
+    names = {0: "visible", 1: "infrared"}
+    q, g = np.flatnonzero(feats.modality == q_code), np.flatnonzero(feats.modality == g_code)
+    for rows, code, role in ((q, q_code, "query"), (g, g_code, "gallery")):
+        if not len(rows):
+            raise ConfigError(
+                f"{args.source} has no {names[code]} image, the {role} of --direction "
+                f"{args.direction}"
+            )
+    t = time.perf_counter()
+    index, dist = top_matches(feats.feats[q], feats.feats[g], args.top, reranker)
+    seconds = time.perf_counter() - t
+    paths = (
+        feats.paths
+        if feats.paths is not None
+        else np.array([f"row:{i}" for i in range(len(feats.pids))])
+    )
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["query", "rank", "gallery", "distance", "query_pid", "gallery_pid"])
+    for i, qi in enumerate(q):
+        for r, (gi, d) in enumerate(zip(g[index[i]], dist[i], strict=True), start=1):
+            writer.writerow(
+                [paths[qi], r, paths[gi], f"{d:.6g}", int(feats.pids[qi]), int(feats.pids[gi])]
+            )
+    if out is None:
+        sys.stdout.write(text.getvalue())
+        sys.stdout.flush()
+    else:
+        from uvireid.fileio import atomic_write_text
+
+        atomic_write_text(out, text.getvalue())
+    print(
+        f"ranked {len(g)} {names[g_code]} images for {len(q)} {names[q_code]} queries "
+        f"(re-ranker: {label}, {seconds:.2f} s), {index.shape[1]} a query"
+        + (f"; wrote {out}" if out is not None else ""),
+        file=sys.stderr,
+    )
+    return 0

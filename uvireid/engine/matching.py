@@ -1,0 +1,137 @@
+"""Each query's nearest gallery images: the ranking behind ``uvireid match``.
+
+:func:`top_matches` ranks a gallery for every query by the distances the evaluation
+protocols rank with (``-(q . g)`` of L2-normalised features, or a re-ranker's), and
+keeps the first ``top`` of each row, nearest first, ties in gallery order (a stable
+sort's order). Without a re-ranker it works a block of queries at a time, so memory is
+``O(block x gallery)`` and a large gallery never needs a query x gallery matrix.
+:func:`image_files` expands the folders and files a user names into image paths.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from uvireid.errors import ConfigError, DatasetError
+
+__all__ = ["image_files", "top_matches"]
+
+
+def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> list[str]:
+    """Absolute paths of the image files named by ``items``: a folder stands for every
+    image below it (any depth, sorted by path; hidden files skipped), a file for itself.
+    A path named twice (or a file inside a folder also named) is kept once.
+
+    Raises:
+        DatasetError: a path that does not exist, a file that is not an image, or no
+            image at all (naming ``what``).
+    """
+    from uvireid.data.images import IMAGE_EXTENSIONS, is_image_file, list_images
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        path = os.path.abspath(os.path.expanduser(os.fspath(item)))
+        if os.path.isdir(path):
+            found = list_images(path, recursive=True)
+            if not found:
+                raise DatasetError(
+                    f"{what}: the folder {path} holds no image file (looked at every depth "
+                    f"for {' '.join(IMAGE_EXTENSIONS)})"
+                )
+        elif os.path.isfile(path):
+            if not is_image_file(os.path.basename(path)):
+                raise DatasetError(
+                    f"{what}: {path} is not an image file (accepted endings: "
+                    f"{' '.join(IMAGE_EXTENSIONS)})"
+                )
+            found = [path]
+        else:
+            raise DatasetError(f"{what}: {path} does not exist; give image files or folders")
+        for f in found:
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
+    if not out:
+        raise DatasetError(f"{what}: no image given")
+    return out
+
+
+def _first(dist: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``top`` smallest entries, in the order of a stable sort of the row."""
+    n, m = dist.shape
+    if top >= m:
+        order = np.argsort(dist, axis=1, kind="stable")
+        return order, np.take_along_axis(dist, order, axis=1)
+    index = np.empty((n, top), dtype=np.int64)
+    # the top-th smallest value of each row; every entry below it is in, and of the
+    # entries equal to it the first ones (a partition alone picks among ties at random)
+    kth = np.partition(dist, top - 1, axis=1)[:, top - 1]
+    for i in range(n):
+        cand = np.flatnonzero(dist[i] <= kth[i])
+        order = np.lexsort((cand, dist[i, cand]))[:top]
+        index[i] = cand[order]
+    return index, np.take_along_axis(dist, index, axis=1)
+
+
+def top_matches(
+    query: Any,
+    gallery: Any,
+    top: int = 10,
+    reranker: Any = None,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` nearest gallery rows of each query.
+
+    Args:
+        query: (Nq, d) features; gallery: (Ng, d), L2-normalised as the protocols take
+            them (numpy arrays or tensors).
+        top: matches kept per query (at most Ng).
+        reranker: a re-ranker (``RERANKERS.build(...)``): its ``rerank(query, gallery)``
+            distances instead of ``-(q . g)``.
+        block: queries ranked at a time without a re-ranker.
+
+    Returns:
+        ``(index, distance)``, both (Nq, min(top, Ng)): gallery row numbers nearest first
+        (equal distances in gallery order), and their distances.
+
+    Raises:
+        ConfigError: features of another width, non-finite values, an empty set, a top or
+            block below 1, a re-ranker's matrix of the wrong shape.
+    """
+    from uvireid.evaluation.metrics import to_numpy
+
+    q, g = to_numpy(query), to_numpy(gallery)
+    for name, x in (("query", q), ("gallery", g)):
+        if x.ndim != 2 or len(x) == 0:
+            raise ConfigError(f"{name} features: (N, d) with N >= 1 rows, got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ConfigError(
+                f"{name} features hold NaN or inf values (a diverged model gives NaN); "
+                f"check the model or the features file"
+            )
+    if q.shape[1] != g.shape[1]:
+        raise ConfigError(
+            f"query features are {q.shape[1]}-d and gallery features {g.shape[1]}-d; both "
+            f"must come from the same model"
+        )
+    for name, v in (("top", top), ("block", block)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{name}: an integer >= 1, got {v!r}")
+    top = min(int(top), len(g))
+    if reranker is not None:
+        dist = to_numpy(reranker.rerank(q, g))
+        if dist.shape != (len(q), len(g)):
+            raise ConfigError(
+                f"the re-ranker returned a {dist.shape} matrix for {len(q)} queries and "
+                f"{len(g)} gallery images; expected ({len(q)}, {len(g)}) distances"
+            )
+        return _first(dist, top)
+    dtype = np.result_type(q.dtype, g.dtype, np.float32)
+    q, g = q.astype(dtype, copy=False), g.astype(dtype, copy=False)
+    parts = [_first(-(q[s : s + block] @ g.T), top) for s in range(0, len(q), block)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
