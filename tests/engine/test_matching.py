@@ -267,3 +267,33 @@ def test_match_errors_name_the_fix(run_dir, tmp_path, capsys):
     )
     assert main(["match", str(tmp_path / "vis.npz")]) == 2
     assert "no infrared image, the query of --direction i2v" in capsys.readouterr().err
+
+
+def test_own_unlabelled_folders_train_then_match(tmp_path, capsys):
+    """The workflow of a user with crops and no ids: the folder dataset trains a run (no
+    evaluation), and match ranks the same folders with its model."""
+    rec = tiny_recipe(tmp_path)
+    sysu = tmp_path / "SYSU-MM01"
+    for cam, mod in (("cam1", "visible"), ("cam2", "visible"), ("cam3", "infrared")):
+        for f in sorted((sysu / cam).rglob("*.jpg")):
+            (tmp_path / "own" / mod / cam).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, tmp_path / "own" / mod / cam / f"{f.parent.name}_{f.name}")
+    rec["data"] = {"type": "folder", "root": str(tmp_path / "own")}
+    rec["evaluation"] = {"protocol": "auto"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(rec))
+    run = run_recipe(load_recipe(tmp_path / "own.yaml"), progress=False).path
+    assert not (run / "features.npz").exists()  # nothing to evaluate on
+    own = tmp_path / "own"
+    argv = [
+        "match",
+        str(run),
+        "--infrared",
+        str(own / "infrared"),
+        "--visible",
+        str(own / "visible"),
+    ]
+    assert main([*argv, "--top", "4", "--device", "cpu"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    queries = sorted(str(p) for p in (own / "infrared").rglob("*.jpg"))
+    assert sorted({r["query"] for r in rows}) == queries and len(rows) == 4 * len(queries)
+    assert all(r["gallery"].startswith(str(own / "visible")) for r in rows)
