@@ -245,3 +245,20 @@ def test_pseudo_labels_prints_the_header_of_the_table_it_measures():
     assert rows[0].startswith("| N | kNN floor s |"), rows[:2]
     assert len(rows) == 3 and rows[2].startswith("| 500 |")
     assert len(rows[0].split("|")) == len(rows[2].split("|"))
+
+
+def test_match_speed_compares_equal_ranks(bench, capsys):
+    """match_speed.py's two rankings agree (its last column): a gallery larger than
+    ``--top`` and one smaller."""
+    import match_speed
+
+    try:
+        assert match_speed.main(["--sizes", "30x200,5x7", "--dim", "8", "--top", "10"]) == 0
+    finally:
+        sys.modules.pop("match_speed", None)
+    rows = [
+        ln
+        for ln in capsys.readouterr().out.splitlines()
+        if ln.startswith("| 30 ") or ln.startswith("| 5 ")
+    ]
+    assert len(rows) == 2 and all(r.rstrip(" |").endswith("True") for r in rows)

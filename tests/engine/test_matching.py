@@ -82,6 +82,15 @@ def test_top_matches_with_a_reranker_rank_its_distances():
     with pytest.raises(ConfigError, match=r"returned a \(11, 6\) matrix"):
         top_matches(q, g, 3, reranker=Wrong())
 
+    class Undefined:
+        def rerank(self, query, gallery):
+            out = np.zeros((len(query), len(gallery)))
+            out[2, 5] = np.nan
+            return out
+
+    with pytest.raises(ConfigError, match=r"NaN distances \(1 of 66\)"):
+        top_matches(q, g, 3, reranker=Undefined())
+
 
 def test_top_matches_bad_input():
     g = np.eye(4, dtype=np.float32)

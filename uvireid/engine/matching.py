@@ -20,6 +20,10 @@ from uvireid.errors import ConfigError, DatasetError
 
 __all__ = ["image_files", "top_matches"]
 
+#: distances of one block of queries without a re-ranker (with the partition's int64
+#: indices 12 bytes each: 48 MiB)
+_BLOCK_ENTRIES = 1 << 22
+
 
 def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> list[str]:
     """Absolute paths of the image files named by ``items``: a folder stands for every
@@ -67,14 +71,20 @@ def _first(dist: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     if top >= m:
         order = np.argsort(dist, axis=1, kind="stable")
         return order, np.take_along_axis(dist, order, axis=1)
-    index = np.empty((n, top), dtype=np.int64)
-    # the top-th smallest value of each row; every entry below it is in, and of the
-    # entries equal to it the first ones (a partition alone picks among ties at random)
-    kth = np.partition(dist, top - 1, axis=1)[:, top - 1]
-    for i in range(n):
+    # a partition puts each row's top smallest entries first, in no order; where the
+    # top-th smallest value is not repeated beyond them, they are the answer, sorted by
+    # (value, column). Where it is (ties at the boundary), the partition picks among the
+    # equal entries at random: those rows take every entry up to that value and keep the
+    # first columns
+    part = np.argpartition(dist, top - 1, axis=1)[:, :top]
+    vals = np.take_along_axis(dist, part, axis=1)
+    kth = vals.max(axis=1)
+    tied = np.flatnonzero((dist <= kth[:, None]).sum(axis=1) > top)
+    for i in tied:
         cand = np.flatnonzero(dist[i] <= kth[i])
-        order = np.lexsort((cand, dist[i, cand]))[:top]
-        index[i] = cand[order]
+        part[i] = cand[np.lexsort((cand, dist[i, cand]))[:top]]
+    vals = np.take_along_axis(dist, part, axis=1)
+    index = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
     return index, np.take_along_axis(dist, index, axis=1)
 
 
@@ -83,7 +93,7 @@ def top_matches(
     gallery: Any,
     top: int = 10,
     reranker: Any = None,
-    block: int = 1024,
+    block: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` nearest gallery rows of each query.
 
@@ -93,7 +103,8 @@ def top_matches(
         top: matches kept per query (at most Ng).
         reranker: a re-ranker (``RERANKERS.build(...)``): its ``rerank(query, gallery)``
             distances instead of ``-(q . g)``.
-        block: queries ranked at a time without a re-ranker.
+        block: queries ranked at a time without a re-ranker (default: as many as make
+            about 4M distances, 48 MiB with the partition's indices).
 
     Returns:
         ``(index, distance)``, both (Nq, min(top, Ng)): gallery row numbers nearest first
@@ -119,6 +130,8 @@ def top_matches(
             f"query features are {q.shape[1]}-d and gallery features {g.shape[1]}-d; both "
             f"must come from the same model"
         )
+    if block is None:
+        block = max(1, _BLOCK_ENTRIES // len(g))
     for name, v in (("top", top), ("block", block)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{name}: an integer >= 1, got {v!r}")
@@ -129,6 +142,12 @@ def top_matches(
             raise ConfigError(
                 f"the re-ranker returned a {dist.shape} matrix for {len(q)} queries and "
                 f"{len(g)} gallery images; expected ({len(q)}, {len(g)}) distances"
+            )
+        if np.isnan(dist).any():
+            raise ConfigError(
+                f"the re-ranker returned NaN distances ({int(np.isnan(dist).sum())} of "
+                f"{dist.size}), which rank nowhere; check its input (all-zero features) or "
+                f"use another re-ranker"
             )
         return _first(dist, top)
     dtype = np.result_type(q.dtype, g.dtype, np.float32)
