@@ -68,6 +68,19 @@ def test_top_matches_with_a_reranker_rank_its_distances():
     np.testing.assert_array_equal(index, want)
     np.testing.assert_array_equal(dist, np.take_along_axis(full, want, axis=1))
 
+    # CMFP propagates once and ranks a block of queries at a time: the same ranks as its
+    # dense distance matrix, on its sparse path too, on a device wrapper, no rerank call
+    from uvireid.rerank import OnDevice
+
+    class NoMatrix(OnDevice):
+        def rerank(self, query, gallery):
+            raise AssertionError("the (Nq, Ng) matrix was asked for")
+
+    sparse = NoMatrix(RERANKERS.build({"type": "cmfp", "k": 3, "mode": "sparse"}), "cpu")
+    index, dist = top_matches(q, g, 4, reranker=sparse, block=4)
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, want, axis=1), rtol=0, atol=1e-6)
+
     class Fixed:  # a plugin's re-ranker: a distance matrix with ties
         def rerank(self, query, gallery):
             return np.tile(np.array([2.0, 1.0, 1.0, 0.5, 1.0] * 2 + [3.0]), (len(query), 1))

@@ -88,6 +88,14 @@ def _first(dist: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     return index, np.take_along_axis(dist, index, axis=1)
 
 
+def _propagates(reranker: Any) -> bool:
+    """A re-ranker whose ``rerank`` is the squared Euclidean distance of its
+    ``propagate``'s output (CMFP; :attr:`uvireid.rerank.cmfp.CMFP.propagated_distance`)."""
+    return getattr(reranker, "propagated_distance", None) == "squared_euclidean" and callable(
+        getattr(reranker, "propagate", None)
+    )
+
+
 def top_matches(
     query: Any,
     gallery: Any,
@@ -136,6 +144,16 @@ def top_matches(
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{name}: an integer >= 1, got {v!r}")
     top = min(int(top), len(g))
+    if reranker is not None and _propagates(reranker):
+        # CMFP: its distance is the squared Euclidean distance of the propagated features,
+        # ranked a block at a time as without a re-ranker (no (Nq, Ng) matrix, so its
+        # sparse or approximate paths rank galleries of millions)
+        import torch
+
+        from uvireid.rerank.distances import squared_euclidean
+
+        qp, gp = (torch.from_numpy(to_numpy(x).copy()) for x in reranker.propagate(q, g))
+        return _blocked(qp, gp, top, block, lambda a, b: squared_euclidean(a, b).numpy())
     if reranker is not None:
         dist = to_numpy(reranker.rerank(q, g))
         if dist.shape != (len(q), len(g)):
@@ -152,5 +170,10 @@ def top_matches(
         return _first(dist, top)
     dtype = np.result_type(q.dtype, g.dtype, np.float32)
     q, g = q.astype(dtype, copy=False), g.astype(dtype, copy=False)
-    parts = [_first(-(q[s : s + block] @ g.T), top) for s in range(0, len(q), block)]
+    return _blocked(q, g, top, block, lambda a, b: -(a @ b.T))
+
+
+def _blocked(q: Any, g: Any, top: int, block: int, distance: Any) -> tuple[np.ndarray, ...]:
+    """:func:`_first` of ``distance(q[rows], g)`` for ``block`` rows at a time."""
+    parts = [_first(distance(q[s : s + block], g), top) for s in range(0, len(q), block)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -76,16 +76,33 @@ class OnDevice:
     def rerank(self, query: Any, gallery: Any) -> Any:
         """The wrapped re-ranker's (Nq, Ng) distance of ``query`` and ``gallery`` (numpy
         or torch) computed on :attr:`device`, returned as a numpy array."""
+        from uvireid.evaluation.metrics import to_numpy
+
+        return to_numpy(self.reranker.rerank(self._put(query), self._put(gallery)))
+
+    @property
+    def propagated_distance(self) -> str | None:
+        """The wrapped re-ranker's (:attr:`CMFP.propagated_distance`), or None."""
+        return getattr(self.reranker, "propagated_distance", None)
+
+    def propagate(self, query: Any, gallery: Any) -> tuple[Any, Any]:
+        """The wrapped re-ranker's ``propagate`` computed on :attr:`device`, as numpy arrays.
+
+        Raises:
+            AttributeError: the wrapped re-ranker does not propagate features.
+        """
+        from uvireid.evaluation.metrics import to_numpy
+
+        qp, gp = self.reranker.propagate(self._put(query), self._put(gallery))
+        return to_numpy(qp), to_numpy(gp)
+
+    def _put(self, x: Any) -> Any:
+        """``x`` (numpy or torch) as a tensor on :attr:`device`."""
         import numpy as np
         import torch
 
-        from uvireid.evaluation.metrics import to_numpy
-
-        def put(x: Any) -> torch.Tensor:
-            t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-            return t.to(self.device)
-
-        return to_numpy(self.reranker.rerank(put(query), put(gallery)))
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        return t.to(self.device)
 
 
 def rerank(query: Any, gallery: Any, method: str = "cmfp", **kwargs: Any) -> Any:

@@ -708,7 +708,13 @@ class CMFP:
     ``propagate(query, gallery)`` returns the propagated features, ``rerank(query,
     gallery)`` the (Nq, Ng) squared Euclidean distance between them. Inputs are numpy
     arrays or torch tensors; the work runs on their device.
+
+    :attr:`propagated_distance` says that ``rerank`` is that distance of ``propagate``'s
+    output, so a caller ranking a large gallery (:func:`uvireid.engine.matching.top_matches`)
+    propagates once and ranks a block of queries at a time, without the (Nq, Ng) matrix.
     """
+
+    propagated_distance = "squared_euclidean"
 
     def __init__(
         self,
