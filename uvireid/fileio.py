@@ -155,6 +155,17 @@ def written_through(path: str | os.PathLike) -> bool:
     return p.is_symlink() or (p.exists() and not p.is_file())
 
 
+def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """A command's output file: written through a link, ``/dev/stdout``, ``/dev/fd/N`` or
+    a named pipe (:func:`written_through`: replacing it would cut the link, or fail),
+    any other path by :func:`atomic_write`."""
+    if written_through(path):
+        with open(path, "wb") as fh:
+            write(fh)
+        return Path(path)
+    return atomic_write(path, write)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode()))
 

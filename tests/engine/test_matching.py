@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import os
 import re
 import shutil
 
@@ -319,3 +321,237 @@ def test_own_unlabelled_folders_train_then_match(tmp_path, capsys):
     queries = sorted(str(p) for p in (own / "infrared").rglob("*.jpg"))
     assert sorted({r["query"] for r in rows}) == queries and len(rows) == 4 * len(queries)
     assert all(r["gallery"].startswith(str(own / "visible")) for r in rows)
+
+
+def test_top_matches_refuses_non_finite_gallery_features_too():
+    g = np.eye(4, dtype=np.float32)
+    bad = g.copy()
+    bad[2, 0] = np.inf
+    with pytest.raises(ConfigError, match="gallery features hold NaN or inf"):
+        top_matches(g, bad)
+
+
+def test_top_matches_rank_float64_features_in_float64():
+    q = np.array([[1.0, 0.0]])
+    g = np.array([[1 - 2e-12, 0.0], [1 - 1e-12, 0.0]])  # equal in float32
+    index, dist = top_matches(q, g, 2)
+    assert index.tolist() == [[1, 0]]
+    assert dist.dtype == np.float64
+
+
+def test_image_files_expand_home_and_give_absolute_paths_once(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "pics").mkdir(parents=True)
+    Image.new("RGB", (4, 8)).save(home / "pics" / "a.png")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    want = [str(home / "pics" / "a.png")]
+    assert image_files(["~/pics"]) == want
+    assert image_files(["pics/a.png"]) == want
+    assert image_files(["pics", "./pics/a.png", "~/pics/a.png"]) == want  # one image, once
+
+
+def test_embed_and_features_keep_per_file_modalities_across_chunks(run_dir, tmp_path):
+    model = uvireid.load_model(run_dir)
+    _, vis, ir = _test_images(run_dir)
+    paths = [vis[0], ir[0], vis[1], ir[1], vis[2], ir[2]]
+    mods = ["visible", "infrared"] * 3
+    one = np.concatenate([model.features([p], m) for p, m in zip(paths, mods)])
+    # the two streams give the two modalities other features: the check can fail
+    assert np.abs(model.features([vis[0]], "infrared") - one[:1]).max() > 1e-4
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    feats, kept, skipped = model.embed(
+        [paths[0], str(tmp_path / "broken.jpg"), *paths[1:]],
+        [mods[0], "infrared", *mods[1:]],
+        chunk=4,
+    )
+    assert kept == paths and skipped == [str(tmp_path / "broken.jpg")]
+    np.testing.assert_allclose(feats, one, rtol=0, atol=1e-5)
+    model.chunk = 4  # chunks (v, i, v, i) and (v, i): cut at 3 too, (v, i, v) and (i, v, i)
+    np.testing.assert_allclose(model.features(paths, mods), one, rtol=0, atol=1e-5)
+    model.chunk = 3
+    np.testing.assert_allclose(model.features(paths, mods), one, rtol=0, atol=1e-5)
+    # nothing readable: no rows, but the model's width
+    none, kept, _ = model.embed([str(tmp_path / "broken.jpg")], "visible")
+    assert none.shape == (0, one.shape[1]) and none.dtype == np.float32 and kept == []
+
+
+def test_files_are_decoded_a_chunk_at_a_time(run_dir, monkeypatch):
+    model = uvireid.load_model(run_dir)
+    _, vis, _ = _test_images(run_dir)
+    sizes = []
+    real = model._read
+
+    def spy(paths):
+        sizes.append(len(paths))
+        return real(paths)
+
+    monkeypatch.setattr(model, "_read", spy)
+    model.embed(vis[:7], "visible", chunk=3)
+    assert sizes == [3, 3, 1]
+    sizes.clear()
+    model.chunk = 2
+    model.features(vis[:5], "visible")
+    assert sizes == [2, 2, 1]
+
+
+def test_load_images_quiet_with_and_without_a_cache(tmp_path, caplog):
+    from uvireid.data.transforms import load_images
+    from uvireid.types import ImageRecord
+
+    Image.new("RGB", (4, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    recs = [ImageRecord(str(tmp_path / n), -1, -1, 0) for n in ("a.png", "b.png")]
+    for quiet_cache, loud_cache in ((None, None), (tmp_path / "c1", tmp_path / "c2")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _, ok = load_images(recs, 8, 4, cache_dir=quiet_cache, quiet=True)
+        assert ok.tolist() == [True, False]
+        assert "could not be read" not in caplog.text
+        with caplog.at_level(logging.WARNING):
+            load_images(recs, 8, 4, cache_dir=loud_cache)
+        assert "could not be read" in caplog.text
+
+
+def test_match_options_the_shipped_tests_leave_out(run_dir, tmp_path, capsys):
+    own, vis, ir = _test_images(run_dir)
+    feats = str(run_dir / "features.npz")
+    # --checkpoint does not apply to a features file
+    assert main(["match", feats, "--checkpoint", "best"]) == 2
+    assert "--checkpoint do(es) not apply" in capsys.readouterr().err
+    # -o and --save-features the same file
+    same = str(tmp_path / "same.out")
+    argv = ["match", str(run_dir), "--infrared", ir[0], "--visible", vis[0], "--device", "cpu"]
+    assert main([*argv, "-o", same, "--save-features", same]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    # --force overwrites
+    out = tmp_path / "m.csv"
+    out.write_text("old")
+    assert main(["match", feats, "--top", "1", "-o", str(out), "--force"]) == 0
+    assert out.read_text().startswith("query,rank,gallery,distance,query_pid,gallery_pid\n")
+    # every infrared image unreadable: said so, before any CSV
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"no")
+    capsys.readouterr()
+    rc = main(["match", str(run_dir), "--infrared", str(tmp_path / "bad"), "--visible", vis[0]])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == ""
+    assert "none of the 1 infrared image(s) can be read" in cap.err
+    # a features file without paths: rows named by their row number in the file
+    uvireid.save_features(tmp_path / "np.npz", own.feats, own.pids, own.cams, own.modality)
+    assert main(["match", str(tmp_path / "np.npz"), "--top", "1"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    q = np.flatnonzero(own.modality == 1)
+    assert [r["query"] for r in rows] == [f"row:{i}" for i in q]
+    for r in rows:
+        g = int(r["gallery"].removeprefix("row:"))
+        assert own.modality[g] == 0 and int(r["gallery_pid"]) == own.pids[g]
+        assert int(r["query_pid"]) == own.pids[int(r["query"].removeprefix("row:"))]
+
+
+def test_o_and_save_features_are_one_file_by_another_spelling(run_dir, tmp_path, monkeypatch):
+    _, vis, ir = _test_images(run_dir)
+    monkeypatch.chdir(tmp_path)
+    argv = ["match", str(run_dir), "--infrared", ir[0], "--visible", vis[0], "--device", "cpu"]
+    rc = main([*argv, "-o", str(tmp_path / "same.out"), "--save-features", "same.out"])
+    assert rc == 2
+
+
+def test_o_may_not_be_the_features_file_being_read(run_dir, tmp_path):
+    copy = tmp_path / "copy.npz"
+    shutil.copy(run_dir / "features.npz", copy)
+    assert main(["match", str(copy), "-o", str(copy), "--force"]) == 2
+    load_features(copy)
+
+
+def test_o_through_a_link_writes_its_target(run_dir, tmp_path):
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "m.csv"
+    target.write_text("old")
+    (tmp_path / "link.csv").symlink_to(target)
+    feats = str(run_dir / "features.npz")
+    assert main(["match", feats, "--top", "1", "-o", str(tmp_path / "link.csv"), "--force"]) == 0
+    assert (tmp_path / "link.csv").is_symlink()
+    assert target.read_text().startswith("query,rank")
+
+
+def test_o_to_a_dev_fd_pipe(run_dir):
+    if not os.path.exists("/dev/fd"):
+        pytest.skip("no /dev/fd")
+    r, w = os.pipe()
+    try:
+        assert (
+            main(["match", str(run_dir / "features.npz"), "--top", "1", "-o", f"/dev/fd/{w}"]) == 0
+        )
+    finally:
+        os.close(w)
+    with os.fdopen(r) as fh:
+        assert fh.readline().startswith("query,rank")
+
+
+def test_a_non_utf8_file_name_is_written_to_the_csv(run_dir, tmp_path):
+    _, vis, ir = _test_images(run_dir)
+    folder = os.fsencode(tmp_path) + b"/g"
+    os.mkdir(folder)
+    name = folder + b"/\xff\xfe.jpg"
+    try:
+        shutil.copy(vis[0], name)
+    except OSError:
+        pytest.skip("this file system refuses non-UTF-8 names")
+    out = tmp_path / "m.csv"
+    argv = ["match", str(run_dir), "--infrared", ir[0], "--visible", os.fsdecode(folder)]
+    assert main([*argv, "--device", "cpu", "-o", str(out)]) == 0
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert os.fsencode(rows[0]["gallery"]) == name
+
+
+def test_a_linked_sub_folder_is_searched_once(tmp_path, caplog):
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (4, 8)).save(other / "a.png")
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.new("RGB", (4, 8)).save(gallery / "b.png")
+    (gallery / "linked").symlink_to(other)
+    with caplog.at_level(logging.WARNING):
+        got = image_files([gallery])
+    assert got == [str(gallery / "b.png"), str(gallery / "linked" / "a.png")]
+    # a link cycle ends, and a second link to a listed folder lists nothing twice
+    (other / "back").symlink_to(gallery)
+    (gallery / "again").symlink_to(other)
+    again = image_files([gallery])
+    assert len(again) == 2 and {os.path.realpath(p) for p in again} == {
+        str(other / "a.png"),
+        str(gallery / "b.png"),
+    }
+
+
+def test_one_file_as_both_modalities_through_a_link(run_dir, tmp_path, capsys):
+    _, vis, ir = _test_images(run_dir)
+    (tmp_path / "alias.jpg").symlink_to(ir[0])
+    argv = ["match", str(run_dir), "--infrared", ir[0], "--visible", vis[0]]
+    assert main([*argv, str(tmp_path / "alias.jpg"), "--device", "cpu"]) == 2
+    assert "both visible and infrared" in capsys.readouterr().err
+
+
+def test_unnormalised_features_are_ranked_by_cosine_and_said(run_dir, tmp_path, capsys, caplog):
+    own = load_features(run_dir / "features.npz")
+    scale = np.random.default_rng(0).uniform(0.1, 10, size=(len(own.pids), 1))
+    uvireid.save_features(
+        tmp_path / "u.npz",
+        (own.feats * scale).astype(np.float32),
+        own.pids,
+        own.cams,
+        own.modality,
+        paths=own.paths,
+    )
+    assert main(["match", str(run_dir / "features.npz"), "--top", "3"]) == 0
+    want = [(r["query"], r["gallery"]) for r in _rows(capsys.readouterr().out)]
+    with caplog.at_level(logging.WARNING):
+        assert main(["match", str(tmp_path / "u.npz"), "--top", "3"]) == 0
+    cap = capsys.readouterr()
+    got = [(r["query"], r["gallery"]) for r in _rows(cap.out)]
+    # the help promises "-cosine without a re-ranker": not the raw dot product, which
+    # favours long rows
+    assert got == want and "are L2-normalised" in cap.err

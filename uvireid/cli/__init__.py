@@ -124,7 +124,7 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
     ``-`` (see :func:`_tables_to_stderr`)."""
     from pathlib import Path
 
-    from uvireid.fileio import atomic_write_text, dumps_json, written_through
+    from uvireid.fileio import dumps_json, write_output, written_through
 
     if args.json == "-":
         stream = getattr(args, "json_stream", None) or sys.stdout
@@ -134,14 +134,12 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
         return
     out = Path(args.json)
     text = dumps_json(data, indent=2, ensure_ascii=False) + "\n"
-    if written_through(out):  # not replaced by a new file (audit BD)
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # UTF-8 whatever the locale, renamed into place: a failure leaves the earlier file
-    atomic_write_text(out, text)
-    logging.getLogger("uvireid.cli").info("wrote %s", out)
+    through = written_through(out)
+    # UTF-8 whatever the locale; a link or pipe written through, not replaced (audit BD);
+    # a file renamed into place: a failure leaves the earlier file
+    write_output(out, lambda fh: fh.write(text.encode("utf-8")))
+    if not through:
+        logging.getLogger("uvireid.cli").info("wrote %s", out)
 
 
 class Terminated(KeyboardInterrupt):

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 EPILOG = """\
 SOURCE is a run folder (its config.yaml and checkpoints/latest.pt), whose model embeds
 the images given with --visible and --infrared (files or folders, searched at every
-depth), or a features file (.npz: uvireid extract's, a --save-features file, or another
+depth, linked sub-folders included), or a features file (.npz: uvireid extract's, a --save-features file, or another
 codebase's, see the README's "Features file"), whose rows are split by their modality.
 Examples:
 
@@ -33,8 +33,10 @@ Examples:
 
 The output has one row per (query, rank): query,rank,gallery,distance,query_pid,
 gallery_pid (rank 1 = nearest; the distance is -cosine without a re-ranker, the
-re-ranker's otherwise; pids -1 where unknown). Without -o it goes to stdout. Images
-that cannot be read are skipped, counted and named on stderr. The features are the
+re-ranker's otherwise; features not of unit length are L2-normalised first, and said;
+pids -1 where unknown). Without -o it goes to stdout; -o may be a link or a pipe
+(/dev/stdout), written through. Images that cannot be read are skipped, counted and
+named on stderr. The features are the
 run's evaluation's (its size, resize filter, feature head, flip; L2-normalised).
 """
 
@@ -115,7 +117,13 @@ def _reranker(args: argparse.Namespace, device: str) -> tuple[Any, str]:
 
 
 def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``-o`` and ``--save-features``, checked before any work: writable, not existing
+    unless ``--force`` (a link, ``/dev/stdout`` or a pipe is written through, not
+    replaced), not the same file twice, not the features file being read."""
+    import os
+
     from uvireid.cli._checks import output_file
+    from uvireid.fileio import written_through
 
     paths = []
     for value, option, example in (
@@ -126,13 +134,20 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
             paths.append(None)
             continue
         path = output_file(value, option, example=example)
-        if path.exists() and not args.force:
+        if path.exists() and not args.force and not written_through(path):
             raise ConfigError(
                 f"{path} exists; pass --force to overwrite it, or choose another {option}"
             )
         paths.append(path)
-    if paths[0] is not None and paths[0] == paths[1]:
+    real = [os.path.realpath(p) if p is not None else None for p in paths]
+    if real[0] is not None and real[0] == real[1]:
         raise ConfigError("-o and --save-features name the same file; give each its own")
+    source = os.path.realpath(args.source)
+    for path, option in zip(real, ("-o", "--save-features"), strict=True):
+        if path == source:
+            raise ConfigError(
+                f"{option} {args.source} is the features file being read; give another {option}"
+            )
     return paths[0], paths[1]
 
 
@@ -156,19 +171,37 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "visible": image_files(args.visible, "--visible"),
         "infrared": image_files(args.infrared, "--infrared"),
     }
-    both = sorted(set(files["visible"]) & set(files["infrared"]))
+    import os
+
+    real_ir = {os.path.realpath(p) for p in files["infrared"]}
+    # the same file by two names (a link) counts too: it would find itself at rank 1
+    both = sorted(p for p in files["visible"] if os.path.realpath(p) in real_ir)
     if both:
         raise ConfigError(
             f"{len(both)} image(s) are given as both visible and infrared (e.g. {both[0]}); "
             f"each image has one modality"
         )
     model = load_model(args.source, args.checkpoint, device)
-    feats, kept, codes = [], [], []
+    feats, kept, codes, unread = [], [], [], []
     t = time.perf_counter()
-    for code, name in ((0, "visible"), (1, "infrared")):
+    # the queries' modality first: an unreadable query set is said before the gallery's
+    # embedding, usually the longer one
+    order = (
+        ((1, "infrared"), (0, "visible"))
+        if args.direction == "i2v"
+        else ((0, "visible"), (1, "infrared"))
+    )
+    for code, name in order:
         f, ok, skipped = model.embed(files[name], name, batch=args.batch)
+        unread += skipped
         if skipped:
-            shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            for path in skipped:
+                logger.debug("cannot read %s", path)
+            shown = ", ".join(skipped[:3]) + (
+                " (-v names every one; --save-features keeps them in its meta)"
+                if len(skipped) > 3
+                else ""
+            )
             logger.warning(
                 "%d of %d %s image(s) cannot be read and are skipped: %s",
                 len(skipped),
@@ -196,6 +229,7 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "checkpoint": model.source,
         "epoch": model.info.get("epoch"),
         "feature_head": model.head,
+        "unreadable": unread,
     }
     if save is not None:
         save_features(save, *arrays, modality, paths=kept, **meta)
@@ -249,33 +283,60 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.source} has no {names[code]} image, the {role} of --direction "
                 f"{args.direction}"
             )
+    fq, fg = _unit_rows(feats.feats[q], args.source), _unit_rows(feats.feats[g], args.source)
     t = time.perf_counter()
-    index, dist = top_matches(feats.feats[q], feats.feats[g], args.top, reranker)
+    index, dist = top_matches(fq, fg, args.top, reranker)
     seconds = time.perf_counter() - t
-    paths = (
-        feats.paths
-        if feats.paths is not None
-        else np.array([f"row:{i}" for i in range(len(feats.pids))])
-    )
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["query", "rank", "gallery", "distance", "query_pid", "gallery_pid"])
-    for i, qi in enumerate(q):
-        for r, (gi, d) in enumerate(zip(g[index[i]], dist[i], strict=True), start=1):
-            writer.writerow(
-                [paths[qi], r, paths[gi], f"{d:.6g}", int(feats.pids[qi]), int(feats.pids[gi])]
+    paths = feats.paths
+    if paths is None:
+        paths = np.array([f"row:{i}" for i in range(len(feats.pids))])
+
+    def write(stream: Any) -> None:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["query", "rank", "gallery", "distance", "query_pid", "gallery_pid"])
+        for i, qi in enumerate(q):  # a query's rows at a time: no second copy of the table
+            qp, qid = paths[qi], int(feats.pids[qi])
+            writer.writerows(
+                [qp, r, paths[gi], f"{d:.6g}", qid, int(feats.pids[gi])]
+                for r, (gi, d) in enumerate(zip(g[index[i]], dist[i], strict=True), start=1)
             )
+
     if out is None:
-        sys.stdout.write(text.getvalue())
+        write(sys.stdout)
         sys.stdout.flush()
     else:
-        from uvireid.fileio import atomic_write_text
+        from uvireid.fileio import write_output
 
-        atomic_write_text(out, text.getvalue())
+        def write_bytes(fh: Any) -> None:
+            # UTF-8; a file name that is not (legal on Linux) keeps its own bytes
+            text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
+            write(text)
+            text.flush()
+            text.detach()
+
+        write_output(out, write_bytes)
+    whole = " (the whole gallery)" if index.shape[1] == len(g) and args.top > len(g) else ""
     print(
         f"ranked {len(g)} {names[g_code]} images for {len(q)} {names[q_code]} queries "
-        f"(re-ranker: {label}, {seconds:.2f} s), {index.shape[1]} a query"
+        f"(re-ranker: {label}, {seconds:.2f} s), {index.shape[1]} a query{whole}"
         + (f"; wrote {out}" if out is not None else ""),
         file=sys.stderr,
     )
     return 0
+
+
+def _unit_rows(x: Any, source: str) -> Any:
+    """``x`` with L2-normalised rows, said when they were not: the distance is -cosine
+    as the help says (a features file of another codebase may hold raw features, whose
+    dot product favours long rows)."""
+    import numpy as np
+
+    norms = np.linalg.norm(x, axis=1)
+    if np.abs(norms - 1).max() <= 1e-3:
+        return x
+    print(
+        f"note: the features of {source} are not unit length (norms {norms.min():.3g} to "
+        f"{norms.max():.3g}); they are L2-normalised, so the distance is -cosine",
+        file=sys.stderr,
+    )
+    return x / np.where(norms > 0, norms, 1)[:, None]

@@ -37,7 +37,9 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
+def list_images(
+    folder: str | Path, recursive: bool = False, follow_links: bool = False
+) -> list[str]:
     """Image files in ``folder``, as absolute paths sorted by their full path string.
 
     Sorting full path strings is what the reference loaders do (``sorted`` over
@@ -48,6 +50,9 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
     Args:
         folder: the folder to list.
         recursive: also list images in sub-folders, at any depth.
+        follow_links: with ``recursive``, also enter linked sub-folders (each real
+            folder once, so a link cycle ends); a sub-folder that cannot be read is
+            warned about.
 
     Returns:
         list of N absolute path strings.
@@ -57,7 +62,25 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[str]:
         return []
     names: list[str] = []
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(folder):
+        seen: set[str] = set()
+
+        def unreadable(exc: OSError) -> None:
+            logger.warning(
+                "cannot read the folder %s (%s); its images are left out",
+                exc.filename,
+                exc.strerror,
+            )
+
+        walk = os.walk(
+            folder, followlinks=follow_links, onerror=unreadable if follow_links else None
+        )
+        for dirpath, dirnames, filenames in walk:
+            if follow_links:
+                real = os.path.realpath(dirpath)
+                if real in seen:  # a second link to a folder already listed, or a cycle
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             names.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     else:

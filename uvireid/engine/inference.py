@@ -134,7 +134,7 @@ class ReidModel:
                 if checkpoint == "best"
                 else " (a run writes latest.pt after its first epoch)"
                 if checkpoint == "latest"
-                else ""
+                else " (give latest, best or the path of a checkpoint file)"
             )
             raise CheckpointError(f"no checkpoint {path}{said}")
         check_device(device, "device")

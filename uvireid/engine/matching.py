@@ -27,8 +27,9 @@ _BLOCK_ENTRIES = 1 << 22
 
 def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> list[str]:
     """Absolute paths of the image files named by ``items``: a folder stands for every
-    image below it (any depth, sorted by path; hidden files skipped), a file for itself.
-    A path named twice (or a file inside a folder also named) is kept once.
+    image below it (any depth, linked sub-folders included, sorted by path; hidden files
+    skipped), a file for itself. A path named twice (or a file inside a folder also
+    named) is kept once.
 
     Raises:
         DatasetError: a path that does not exist, a file that is not an image, or no
@@ -41,7 +42,7 @@ def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> lis
     for item in items:
         path = os.path.abspath(os.path.expanduser(os.fspath(item)))
         if os.path.isdir(path):
-            found = list_images(path, recursive=True)
+            found = list_images(path, recursive=True, follow_links=True)
             if not found:
                 raise DatasetError(
                     f"{what}: the folder {path} holds no image file (looked at every depth "
