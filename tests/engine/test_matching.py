@@ -555,3 +555,22 @@ def test_unnormalised_features_are_ranked_by_cosine_and_said(run_dir, tmp_path, 
     # the help promises "-cosine without a re-ranker": not the raw dot product, which
     # favours long rows
     assert got == want and "are L2-normalised" in cap.err
+
+
+def test_top_matches_with_cmfp_on_each_device_as_on_the_cpu(device):
+    """CMFP wrapped for a device propagates there (OnDevice.propagate) and ranks as on the
+    CPU, ties in gallery order."""
+    from uvireid.rerank import OnDevice
+
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    g = rng.normal(size=(90, 16)).astype(np.float32)
+    g[50] = g[7]  # two equal gallery rows
+    cmfp = RERANKERS.build({"type": "cmfp", "k": 5})
+    want_i, want_d = top_matches(q, g, 8, reranker=cmfp)
+    wrapped = OnDevice(cmfp, device)
+    qp, gp = wrapped.propagate(q, g)
+    assert isinstance(qp, np.ndarray) and qp.shape == q.shape and gp.shape == g.shape
+    got_i, got_d = top_matches(q, g, 8, reranker=wrapped, block=7)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-5)
