@@ -13,6 +13,10 @@ Examples:
   uvireid run demo --dry-run                         # only validate and print resolved
   uvireid run demo --resume                          # continue the latest demo run
   uvireid run runs/demo-20261126-101500 --resume     # continue that run folder
+  uvireid run salcr data.root=... --sweep stages.1.clusterer.eps=0.5,0.6,0.7
+                                     # one run per value, then the runs side by side
+  uvireid run salcr data.root=... --sweep stages.1.clusterer.eps=0.5,0.6 --sweep seed=1,2
+                                     # the grid: 4 runs; add --resume to continue a sweep
 
 Overrides are dotted keys with YAML values: train.lr_steps=[20,60], reranker=null,
 stages.1.losses.0.weight=2. An unknown key is an error naming the closest valid one.
@@ -47,6 +51,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "settings, and another torchrun world size (each is warned about and recorded in "
         "manifest.json)",
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run the recipe once per value (repeatable: the grid of all combinations), "
+        "each run named after its values, then compare the runs; with --resume a stopped "
+        "sweep continues",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate and print, run nothing")
     p.add_argument(
         "--no-report", action="store_true", help="skip report.html at the end (needs uvireid[viz])"
@@ -61,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from uvireid.errors import ConfigError
 
     is_run = RunFolder.is_run(args.recipe) and not is_builtin_name(args.recipe)
+    if args.sweep:
+        return _sweep(args, is_run)
     if is_run and not (args.resume or args.dry_run):
         raise ConfigError(
             f"{args.recipe} is a run folder: add --resume to continue it, or run "
@@ -93,3 +108,41 @@ def run(args: argparse.Namespace) -> int:
         if html is not None:
             print(f"report: {html}")
     return 0
+
+
+def _sweep(args: argparse.Namespace, is_run: bool) -> int:
+    """``--sweep``: every combination's run, then the finished runs side by side."""
+    import sys
+
+    from uvireid.engine.compare import compare_runs, format_comparison
+    from uvireid.engine.sweep import run_sweep
+    from uvireid.errors import ConfigError
+
+    if is_run:
+        raise ConfigError(
+            f"--sweep starts runs from a recipe, and {args.recipe} is a run folder; give "
+            f"the recipe (a stopped sweep continues with the same command and --resume)"
+        )
+    if args.allow_changes:
+        raise ConfigError(
+            "--allow-changes does not go with --sweep; resume the run folder concerned "
+            "itself: uvireid run RUN_FOLDER --resume --allow-changes"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "--sweep under torchrun: run the sweep without torchrun (one process), or "
+            "launch one torchrun per setting with plain overrides"
+        )
+    folders, failed = run_sweep(
+        args.recipe,
+        args.overrides,
+        args.sweep,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        report=not args.no_report,
+    )
+    if folders:
+        print(format_comparison(compare_runs([str(f.path) for f in folders])), end="")
+    for name, why in failed.items():
+        print(f"error: sweep run {name} failed: {why}", file=sys.stderr)
+    return 2 if failed else 0
