@@ -31,13 +31,14 @@ def test_readme_main_job_runs_a_recipe_that_exists():
 
 
 def test_every_documented_run_command_loads_its_recipe():
-    """Each ``uvireid run RECIPE [overrides]`` line of the README and of ``run --help``
-    resolves (``train.epochs=10`` on a recipe with stages once did not); resumes of run
-    folders are left out."""
+    """Each ``uvireid run RECIPE [overrides] [--sweep ...]`` line of the README and of
+    ``run --help`` resolves, each run of a sweep too (``train.epochs=10`` on a recipe
+    with stages once did not); resumes of run folders are left out."""
     import shlex
 
     from uvireid.cli.run_cmd import EPILOG
     from uvireid.config import load_recipe
+    from uvireid.engine.sweep import parse_sweep, variants
 
     readme = "\n".join(_bash_blocks((REPO / "README.md").read_text()))
     lines = [ln.split("#", 1)[0].strip() for ln in (readme + "\n" + EPILOG).splitlines()]
@@ -48,6 +49,12 @@ def test_every_documented_run_command_loads_its_recipe():
         if "--resume" in words or words[0].startswith("runs/") or words[0].isupper():
             continue
         recipe = str(REPO / words[0]) if "/" in words[0] else words[0]
-        load_recipe(recipe, [w for w in words[1:] if not w.startswith("-")])
+        sweeps = [b for a, b in zip(words, words[1:]) if a == "--sweep"]
+        overrides = [
+            w for a, w in zip(words, words[1:]) if not w.startswith("-") and a != "--sweep"
+        ]
+        base = load_recipe(recipe, overrides)
+        for variant in variants(base["name"], parse_sweep(sweeps)) if sweeps else []:
+            load_recipe(recipe, [*overrides, *variant.overrides])  # each run of a sweep
         checked += 1
     assert checked >= 5, commands

@@ -13,9 +13,9 @@ Examples:
   uvireid run demo --dry-run                         # only validate and print resolved
   uvireid run demo --resume                          # continue the latest demo run
   uvireid run runs/demo-20261126-101500 --resume     # continue that run folder
-  uvireid run salcr data.root=... --sweep stages.1.clusterer.eps=0.5,0.6,0.7
+  uvireid run salcr data.root=/data/SYSU-MM01 --sweep stages.1.clusterer.eps=0.5,0.6,0.7
                                      # one run per value, then the runs side by side
-  uvireid run salcr data.root=... --sweep stages.1.clusterer.eps=0.5,0.6 --sweep seed=1,2
+  uvireid run salcr data.root=/data/SYSU-MM01 --sweep stages.1.clusterer.eps=0.5,0.6 --sweep seed=1,2
                                      # the grid: 4 runs; add --resume to continue a sweep
 
 Overrides are dotted keys with YAML values: train.lr_steps=[20,60], reranker=null,
