@@ -574,3 +574,25 @@ def test_top_matches_with_cmfp_on_each_device_as_on_the_cpu(device):
     got_i, got_d = top_matches(q, g, 8, reranker=wrapped, block=7)
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_d, want_d, rtol=0, atol=1e-5)
+
+
+def test_match_figure_is_written_and_its_requirement_checked_first(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    feats = str(run_dir / "features.npz")
+    png = tmp_path / "m.png"
+    argv = ["match", feats, "--top", "3", "--figure", str(png), "--figure-queries", "2"]
+    assert main([*argv, "-o", str(tmp_path / "m.csv")]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote " + str(png) + ": the first 2 queries' matches" in capsys.readouterr().err
+    assert main([*argv, "-o", str(png), "--force"]) == 2  # one file for two outputs
+    assert "-o and --figure name the same file" in capsys.readouterr().err
+    import uvireid.viz
+
+    def missing():
+        raise uvireid.UvireidError("plots need matplotlib, which is not installed")
+
+    monkeypatch.setattr(uvireid.viz, "require_matplotlib", missing)
+    out = tmp_path / "never.csv"
+    assert main([*argv, "--force", "-o", str(out)]) == 2
+    assert "plots need matplotlib" in capsys.readouterr().err and not out.exists()

@@ -375,3 +375,47 @@ def test_the_value_written_next_to_an_eval_line_is_its_last_epoch(monkeypatch, t
     curves.plot_eval(records, tmp_path / "e.png")
     written = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in seen["fig"].axes}
     assert written == {"R1": ["45.0"], "mAP": ["31.0"]}
+
+
+def test_match_figure_puts_each_ranked_image_in_its_tile_coloured_by_identity(
+    monkeypatch, tmp_path
+):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    paths = []
+    for i, c in enumerate(colours):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(np.tile(c, (40, 20, 1))).save(paths[-1])
+    queries, gallery = paths[:2], [*paths[2:], str(tmp_path / "gone.png")]
+    index = np.array([[2, 0, 5], [5, 1, 3]])  # 5: the file that is not there
+    dist = np.array([[0.1, 0.25, 0.5], [0.2, 0.3, 0.4]])
+    qpids, gpids = np.array([5, -1]), np.array([5, 6, 5, 7, 8, 9])
+    seen = _capture(monkeypatch, ranking)
+    ranking.plot_matches(queries, gallery, index, dist, tmp_path / "m.png",
+                         query_pids=qpids, gallery_pids=gpids, title="t")  # fmt: skip
+    texts = [(t.get_text(), t.get_color()) for t in seen["fig"].axes[0].texts]
+    want = []
+    for r in range(2):  # naive: a caption per match; green/red only where both ids are known
+        want.append(
+            (f"query id {qpids[r]}" if qpids[r] >= 0 else "query img1.png", ranking.COLORS["query"])
+        )
+        for j, g in enumerate(index[r]):
+            colour = "#969696"
+            if qpids[r] >= 0:
+                colour = ranking.COLORS["correct" if gpids[g] == qpids[r] else "wrong"]
+            want.append((f"{j + 1}: {dist[r, j]:.3g}", colour))
+            if g == 5:
+                want.append(("(no image)", "black"))
+    assert texts == want
+    pixels = seen["fig"].axes[0].images[0].get_array()
+    mosaic = ranking._Mosaic(2, 4, 1)
+    b, (tw, th) = mosaic.BORDER, ranking.THUMB
+    for r in range(2):  # each tile's centre holds its image's colour (grey: unreadable)
+        for c, path in enumerate([queries[r], *[gallery[g] for g in index[r]]]):
+            x, y = mosaic.origin(r, c)
+            centre = np.asarray(pixels[y + b + th // 2, x + b + tw // 2])
+            i = paths.index(path) if path in paths else None
+            assert centre.tolist() == (colours[i].tolist() if i is not None else [200] * 3)
+    assert "rank-1 same id 1/2" in seen["fig"].get_suptitle()

@@ -30,6 +30,7 @@ Examples:
       --save-features mine.npz -o m.csv
   uvireid match mine.npz --reranker kreciprocal -o m2.csv   # again, without re-embedding
   uvireid match sysu_test.npz --direction v2i --top 20      # any features file
+  uvireid match mine.npz --top 8 --figure matches.png -o m.csv   # and a picture
 
 The output has one row per (query, rank): query,rank,gallery,distance,query_pid,
 gallery_pid (rank 1 = nearest; the distance is -cosine without a re-ranker, the
@@ -86,6 +87,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also write the embedded images as a features file (match it again with "
         "another re-ranker without embedding again)",
     )
+    p.add_argument(
+        "--figure",
+        default=None,
+        metavar="OUT.png",
+        help="also draw the first --figure-queries queries and their matches (needs uvireid[viz])",
+    )
+    p.add_argument("--figure-queries", type=positive_int, default=8, help="queries in --figure (8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -116,10 +124,10 @@ def _reranker(args: argparse.Namespace, device: str) -> tuple[Any, str]:
     return OnDevice(built, device), _label(args.reranker, built, plan)
 
 
-def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    """``-o`` and ``--save-features``, checked before any work: writable, not existing
-    unless ``--force`` (a link, ``/dev/stdout`` or a pipe is written through, not
-    replaced), not the same file twice, not the features file being read."""
+def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """``-o``, ``--save-features`` and ``--figure``, checked before any work: writable,
+    not existing unless ``--force`` (a link, ``/dev/stdout`` or a pipe is written through,
+    not replaced), no file twice, not the features file being read."""
     import os
 
     from uvireid.cli._checks import output_file
@@ -129,6 +137,7 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     for value, option, example in (
         (args.out, "-o", "matches.csv"),
         (args.save_features, "--save-features", "features.npz"),
+        (args.figure, "--figure", "matches.png"),
     ):
         if value is None:
             paths.append(None)
@@ -139,16 +148,22 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
                 f"{path} exists; pass --force to overwrite it, or choose another {option}"
             )
         paths.append(path)
+    options = ("-o", "--save-features", "--figure")
     real = [os.path.realpath(p) if p is not None else None for p in paths]
-    if real[0] is not None and real[0] == real[1]:
-        raise ConfigError("-o and --save-features name the same file; give each its own")
-    source = os.path.realpath(args.source)
-    for path, option in zip(real, ("-o", "--save-features"), strict=True):
-        if path == source:
+    given = [(r, o) for r, o in zip(real, options, strict=True) if r is not None]
+    for i, (path, option) in enumerate(given):
+        if path == os.path.realpath(args.source):
             raise ConfigError(
                 f"{option} {args.source} is the features file being read; give another {option}"
             )
-    return paths[0], paths[1]
+        for other, option2 in given[i + 1 :]:
+            if path == other:
+                raise ConfigError(f"{option} and {option2} name the same file; give each its own")
+    if args.figure is not None:
+        from uvireid.viz import require_matplotlib
+
+        require_matplotlib()  # before the work, not after it
+    return paths[0], paths[1], paths[2]
 
 
 def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
@@ -247,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     from uvireid.features import load_features
 
     device = resolve_device(check_device(args.device, "--device", "--device"))
-    out, save = _outputs(args)
+    out, save, figure = _outputs(args)
     reranker, label = _reranker(args, device)  # a wrong keyword: before any image is read
     source = Path(args.source)
     if source.is_dir():
@@ -315,6 +330,22 @@ def run(args: argparse.Namespace) -> int:
             text.detach()
 
         write_output(out, write_bytes)
+    if figure is not None:
+        from uvireid.viz.ranking import plot_matches
+
+        n = min(args.figure_queries, len(q))
+        plot_matches(
+            [str(paths[i]) for i in q[:n]],
+            [str(p) for p in paths[g]],
+            index[:n],
+            dist[:n],
+            figure,
+            query_pids=feats.pids[q[:n]],
+            gallery_pids=feats.pids[g],
+            title=f"{args.source}: {names[q_code]} queries, {names[g_code]} gallery, "
+            f"re-ranker {label}",
+        )
+        print(f"wrote {figure}: the first {n} queries' matches", file=sys.stderr)
     whole = " (the whole gallery)" if index.shape[1] == len(g) and args.top > len(g) else ""
     print(
         f"ranked {len(g)} {names[g_code]} images for {len(q)} {names[q_code]} queries "

@@ -26,7 +26,7 @@ from uvireid.features import Features
 from uvireid.viz import new_figure, save
 from uvireid.viz.distances import kept_pairs, query_gallery, reranker_label
 
-__all__ = ["DPI", "choose_queries", "plot_ranking", "ranking_figsize", "top_k"]
+__all__ = ["DPI", "choose_queries", "plot_matches", "plot_ranking", "ranking_figsize", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,16 @@ def _thumb(features: Features, row: int, image_root: Path | None) -> np.ndarray 
     """(THUMB[1], THUMB[0], 3) uint8 image of ``row``, or None when no file can be read."""
     if features.paths is None:
         return None
-    from PIL import Image
-
     path = Path(str(features.paths[row]))
     if not path.is_absolute() and image_root is not None:
         path = image_root / path
+    return _thumb_file(path)
+
+
+def _thumb_file(path: Path) -> np.ndarray | None:
+    """(THUMB[1], THUMB[0], 3) uint8 image of the file, or None when it cannot be read."""
+    from PIL import Image
+
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB").resize(THUMB))
@@ -248,6 +253,24 @@ def plot_ranking(
                 if image is None:
                     texts.append((cx, cy, f"id {gpid}\n(no image)", "black", {"va": "center"}))
 
+    fig, height = _draw(mosaic, texts, n_rows, k)
+    summary = ", ".join(
+        f"{name}: rank-1 correct {hits[v]}/{len(chosen)}" for v, (name, _) in enumerate(variants)
+    )
+    where = f"{protocol}, trial 0" if protocol else "infrared queries vs visible gallery"
+    note = "" if features.paths is not None else "  [no image paths in the features file]"
+    fig.suptitle(
+        f"Top-{k} ranking lists ({where}); green = same identity, red = other\n{summary}{note}",
+        fontsize=9,
+        y=1.0 - 0.05 / height,
+        va="top",
+    )
+    return save(fig, path, dpi)
+
+
+def _draw(mosaic: _Mosaic, texts: list, n_rows: int, k: int) -> tuple[Any, float]:
+    """A figure of :func:`ranking_figsize` showing ``mosaic`` and its ``texts``; returns
+    it and its height in inches."""
     width, height = ranking_figsize(n_rows, k)
     fig = new_figure(width, height)
     fig.set_layout_engine("none")
@@ -267,13 +290,71 @@ def plot_ranking(
             clip_on=False,
             **kwargs,
         )
-    summary = ", ".join(
-        f"{name}: rank-1 correct {hits[v]}/{len(chosen)}" for v, (name, _) in enumerate(variants)
+    return fig, height
+
+
+def plot_matches(
+    query_paths: list[str],
+    gallery_paths: list[str],
+    index: np.ndarray,
+    distance: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    query_pids: np.ndarray | None = None,
+    gallery_pids: np.ndarray | None = None,
+    title: str = "",
+    dpi: int = DPI,
+) -> Path:
+    """Draw queries and their ranked gallery images (``uvireid match --figure``).
+
+    Args:
+        query_paths: (Nq,) image files of the queries drawn, one row each.
+        gallery_paths: the gallery's image files; ``index`` points into them.
+        index, distance: (Nq, k) from :func:`uvireid.engine.matching.top_matches`.
+        path: PNG to write.
+        query_pids, gallery_pids: identities where known (-1 unknown): a match of the
+            query's identity is framed green, another red; unknown ones grey.
+        title: the figure's first title line.
+
+    Returns:
+        The PNG written. A file that cannot be read is a grey tile.
+    """
+    n_rows, k = index.shape
+    mosaic = _Mosaic(max(1, n_rows), k + 1, 1)
+    texts: list[tuple[float, float, str, str, dict]] = []
+    caption_dy = THUMB[1] / 2 + _Mosaic.BORDER + 3
+    known = query_pids is not None and gallery_pids is not None
+    hits = 0
+    for r in range(n_rows):
+        image = _thumb_file(Path(query_paths[r]))
+        cx, cy = mosaic.put(r, 0, image, COLORS["query"])
+        qpid = int(query_pids[r]) if known else -1
+        name = Path(query_paths[r]).name
+        name = name if len(name) <= 14 else name[:6] + ".." + name[-6:]
+        caption = f"query id {qpid}" if qpid >= 0 else f"query {name}"
+        texts.append((cx, cy - caption_dy, caption, COLORS["query"], {"va": "bottom"}))
+        for j in range(k):
+            g = int(index[r, j])
+            gpid = int(gallery_pids[g]) if known else -1
+            color = "#969696"
+            if qpid >= 0 and gpid >= 0:
+                color = COLORS["correct" if gpid == qpid else "wrong"]
+                hits += int(j == 0 and gpid == qpid)
+            image = _thumb_file(Path(gallery_paths[g]))
+            cx, cy = mosaic.put(r, j + 1, image, color)
+            texts.append(
+                (cx, cy - caption_dy, f"{j + 1}: {distance[r, j]:.3g}", color, {"va": "bottom"})
+            )
+            if image is None:
+                texts.append((cx, cy, "(no image)", "black", {"va": "center"}))
+    fig, height = _draw(mosaic, texts, max(1, n_rows), k)
+    ids = (
+        f"; rank-1 same id {hits}/{n_rows} (green = same id, red = other)"
+        if known and (np.asarray(query_pids) >= 0).any()
+        else ""
     )
-    where = f"{protocol}, trial 0" if protocol else "infrared queries vs visible gallery"
-    note = "" if features.paths is not None else "  [no image paths in the features file]"
     fig.suptitle(
-        f"Top-{k} ranking lists ({where}); green = same identity, red = other\n{summary}{note}",
+        f"{title or 'Top matches'}\n{n_rows} queries, caption: rank: distance{ids}",
         fontsize=9,
         y=1.0 - 0.05 / height,
         va="top",
