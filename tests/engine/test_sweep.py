@@ -117,6 +117,11 @@ def test_sweep_refusals(recipe_file, tmp_path, monkeypatch, capsys):
     assert main(["run", str(recipe_file), "--sweep", "seed=1"]) == 2
     assert "--sweep under torchrun" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
+    assert (
+        main(["run", str(recipe_file), "clusterer.eps=0.3", "--sweep", "clusterer.eps=0.5,0.6"])
+        == 2
+    )
+    assert "clusterer.eps is both set (clusterer.eps=0.3) and swept" in capsys.readouterr().err
     run = tmp_path / "somerun"
     run.mkdir()
     (run / "config.yaml").write_text(recipe_file.read_text())

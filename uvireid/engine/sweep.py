@@ -153,6 +153,14 @@ def run_sweep(
 
     logger = logging.getLogger(__name__)
     sweep = parse_sweep(items)
+    swept = {k for k, _ in sweep}
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key in swept:
+            raise ConfigError(
+                f"{key} is both set ({text}) and swept (--sweep {key}=...); the sweep's "
+                f"values would replace it: drop one"
+            )
     base = load_recipe(recipe, overrides)
     plan = variants(base["name"], sweep)
     configs = []
