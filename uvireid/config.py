@@ -140,7 +140,7 @@ class TrainSettings:
             flip, not normalised again, as PGM's ``extract_features(flip=True)``; false:
             the image's feature alone (SALCR, MBCCM).
         ltg_official: LTG as the official SALCR code runs it: rescalings repeated until
-            some pixel's gain is at most 1e-6 (spec Sec. 11 item 14); false: one patch,
+            some pixel's gain is at most 1e-6 (item 14 of docs/design_notes.md, "SALCR's official code vs the paper"); false: one patch,
             as the paper describes it. See
             :mod:`uvireid.data.transforms`.
         resize: how the training images (also those the clustering features come from)
@@ -155,7 +155,7 @@ class TrainSettings:
         collapse_ratio: warn when a modality's cluster count falls below this fraction of
             the previous epoch's (or to one cluster).
 
-    Where the official SALCR code departs from the paper (spec Sec. 11), the parts offer
+    Where the official SALCR code departs from the paper (docs/design_notes.md), the parts offer
     the official behaviour as an option: ``otla_dual``'s ``intra_relabel`` and
     ``official_solver``, ``official_quirks`` of ``part_contrast`` and
     ``instance_neighbour``, and ``train.ltg_official`` (item 14).

@@ -418,3 +418,27 @@ def test_sigterm_to_the_generator_alone_stops_it_within_seconds(tmp_path):
     # the jobs under way finished before the folder was removed (audit BK: workers left
     # running re-created it, 462 images behind)
     assert sorted(p.name for p in tmp_path.glob(".s.tmp-*")) == []
+
+
+def test_the_fix_hint_of_a_thermal_folder_is_an_override_that_works(tmp_path):
+    """A thermal folder's manifest leaves nir out: the refusal printed 'data.nir=None',
+    an override that is itself refused (audit EB)."""
+    import re
+
+    import yaml
+
+    root = syn.generate(tmp_path / "synth", ids=3, seed=0)  # nir 0, `data synth`'s default
+    with pytest.raises(DatasetError) as err:
+        syn.generate(root, ids=4, seed=0, nir=0.5, replace=False)
+    msg = str(err.value)
+    assert "None" not in msg, msg
+    fix = dict(re.findall(r"data\.(\w+)=(\S+)", msg.split("Fix:")[1]))
+    assert fix == {"ids": "3", "nir": "0.0"}, fix
+    kw = {k: yaml.safe_load(v) for k, v in fix.items()}
+    assert syn.generate(root, seed=0, replace=False, **kw) == root
+
+
+def test_a_near_infrared_folder_is_not_reused_for_a_thermal_request(tmp_path):
+    root = syn.generate(tmp_path / "synth", ids=3, seed=0, nir=0.5)
+    with pytest.raises(DatasetError, match=r"data\.nir=0\.5"):
+        syn.generate(root, ids=3, seed=0, nir=0.0, replace=False)

@@ -103,7 +103,7 @@ def test_extract_errors_name_the_problem(run_dir, tmp_path):
     assert not out.exists()  # nothing half-written
 
 
-def test_a_run_folder_records_its_training_split(run_dir, tmp_path):
+def test_a_run_folder_records_its_training_split(run_dir, tmp_path, capsys):
     """A RegDB run's features carry its split as train_split: the RegDB protocol then
     evaluates them on that split and refuses another split's test images (its test
     identities were that run's training identities)."""
@@ -116,7 +116,11 @@ def test_a_run_folder_records_its_training_split(run_dir, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     own, other = tmp_path / "own.npz", tmp_path / "other.npz"
     assert _extract(run, own) == 0
+    assert "next: uvireid eval" in capsys.readouterr().out
     assert _extract(run, other, "data.split=2") == 0
+    said = capsys.readouterr().out
+    assert "next: uvireid eval" not in said  # an eval it would refuse (audit EB)
+    assert "split 2's test images and the weights were trained on split 1" in said
     assert load_features(own).meta["train_split"] == 1
     meta = load_features(other).meta
     assert (meta["split"], meta["train_split"]) == (2, 1)

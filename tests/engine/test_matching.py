@@ -212,7 +212,7 @@ def test_match_a_runs_model_on_folders_of_images(run_dir, tmp_path, capsys, capl
     assert "1 of 11 visible image(s) cannot be read" in caplog.text
     assert "broken.jpg" in caplog.text
     assert len(caplog.records) == 1  # said once, not also by the decoder
-    assert "embedded 14 images" in err
+    assert "embedded 14 images" in err and "(epoch 1 (salcr), 32x16)" in err
     rows = _rows(out)
     assert len(rows) == 4 * 3
     # against the model's features of the same files and a naive ranking of their products
@@ -235,7 +235,10 @@ def test_match_a_runs_model_on_folders_of_images(run_dir, tmp_path, capsys, capl
     )
     assert _rows((tmp_path / "a.csv").read_text()) == rows
     saved = load_features(tmp_path / "mine.npz")
-    assert saved.meta["epoch"] == 2 and len(saved.pids) == 14
+    # the last trained epoch's index, as the run's own features file numbers it
+    own = load_features(run_dir / "features.npz")
+    assert saved.meta["epoch"] == own.meta["epoch"] == 1 and saved.meta["checkpoint_epoch"] == 2
+    assert saved.meta["stage"] == own.meta["stage"] and len(saved.pids) == 14
     capsys.readouterr()
     assert (
         main(["match", str(tmp_path / "mine.npz"), "--reranker", "cmfp", "--k", "2", "--top", "10"])

@@ -151,7 +151,16 @@ def run(args: argparse.Namespace) -> int:
     feats = load_features(path)
     protocols = (feats.meta or {}).get("protocols") or []
     print(f"wrote {path}: {len(feats.pids)} test images, d = {feats.feats.shape[1]}")
-    if protocols:
+    meta = feats.meta or {}
+    split, trained = meta.get("test_split", meta.get("split")), meta.get("train_split")
+    if split is not None and trained is not None and split != trained:
+        # RegDB: split i's test identities are another split's training identities
+        print(
+            f"note: these are split {split}'s test images and the weights were trained on "
+            f"split {trained}; RegDB's protocols refuse this file (its test identities are "
+            f"training identities of split {trained})"
+        )
+    elif protocols:
         print(f"next: uvireid eval {shlex.quote(str(path))} --protocol {protocols[0]}")
     return 0
 

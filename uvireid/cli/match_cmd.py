@@ -232,9 +232,15 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         feats.append(f)
         kept += ok
         codes.append(np.full(len(ok), code, dtype=np.int64))
+    # the last trained epoch's index, as the run's log and features files number it (the
+    # checkpoint counts the epochs it has finished)
+    done = model.info.get("epoch")
+    last = done - 1 if isinstance(done, int) and done > 0 else None
+    stage = model.info.get("stage")
     print(
         f"embedded {len(kept)} images in {time.perf_counter() - t:.1f} s with {model.source} "
-        f"(epoch {model.info.get('epoch', '?')}, {model.height}x{model.width})",
+        f"(epoch {last if last is not None else '?'}{f' ({stage})' if stage else ''}, "
+        f"{model.height}x{model.width})",
         file=sys.stderr,
     )
     arrays = (np.concatenate(feats), np.full(len(kept), -1), np.full(len(kept), -1))
@@ -242,7 +248,9 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
     meta = {
         "source": str(args.source),
         "checkpoint": model.source,
-        "epoch": model.info.get("epoch"),
+        "epoch": last,
+        "checkpoint_epoch": done,
+        "stage": stage,
         "feature_head": model.head,
         "unreadable": unread,
     }

@@ -18,7 +18,7 @@ EPILOG = """\
 re-rankers (uvireid list rerankers shows every registered one):
   cmfp          cross-modality feature propagation (SALCR; default k=30, SYSU-MM01's;
                 RegDB: --k 8)
-  kreciprocal   k-reciprocal encoding (Zhong et al.; k1=20, k2=6, lambda=0.3)
+  kreciprocal   k-reciprocal encoding (Zhong et al.; k1=20, k2=6, lambda_value=0.3)
   cmrr          cross-modality re-ranking as in MULT/SALCR (default k=15, SYSU-MM01's;
                 RegDB: --k 8)
   aim           SAAI's affinity inference (default k1=4, k2=1, SYSU-MM01's; RegDB:

@@ -41,8 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the latest run folder of the recipe (or the run folder given) from "
-        "its checkpoint; the recipe must be the one it started with",
+        help="continue the latest run folder of the recipe under output_dir (none there: "
+        "a warning, then a new run), or the run folder given, from its checkpoint; the "
+        "recipe must be the one it started with",
     )
     p.add_argument(
         "--allow-changes",

@@ -1043,8 +1043,14 @@ def read_manifest(root: str | Path) -> dict | None:
         return None
 
 
+def _value(d: dict, key: str) -> object:
+    """``d[key]``, with nir's default 0.0 where a thermal manifest leaves it out."""
+    return d.get(key, 0.0) if key == "nir" else d.get(key)
+
+
 def _matches(manifest: dict | None, params: dict) -> bool:
-    return manifest is not None and all(manifest.get(k) == v for k, v in params.items())
+    keys = {*params, "nir"}  # a manifest's nir must match a thermal (nir-less) request too
+    return manifest is not None and all(_value(manifest, k) == _value(params, k) for k in keys)
 
 
 def check_params(ids: object, seed: object, nir: object) -> tuple[int, int, float]:
@@ -1140,8 +1146,9 @@ def generate(
             logger.info("synthetic dataset at %s is complete; reusing it", out)
             return out
         if found is not None and not replace:
-            have = {k: found.get(k) for k in params if found.get(k) != params[k]}
-            want = {k: params[k] for k in have}
+            keys = [*params, *(["nir"] if "nir" not in params else [])]
+            have = {k: _value(found, k) for k in keys if _value(found, k) != _value(params, k)}
+            want = {k: _value(params, k) for k in have}
             raise DatasetError(
                 f"synthetic dataset: {out} holds another synthetic dataset ("
                 + ", ".join(f"{k}={v}" for k, v in have.items())
