@@ -599,3 +599,94 @@ def test_match_figure_is_written_and_its_requirement_checked_first(
     out = tmp_path / "never.csv"
     assert main([*argv, "--force", "-o", str(out)]) == 2
     assert "plots need matplotlib" in capsys.readouterr().err and not out.exists()
+
+
+def test_match_figure_draws_the_first_queries_with_their_gallery_and_ids(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    from uvireid.viz import ranking
+
+    seen = {}
+    monkeypatch.setattr(ranking, "plot_matches", lambda *a, **kw: seen.update(args=a, kw=kw))
+    src = run_dir / "features.npz"
+    feats = load_features(src)
+    q, g = np.flatnonzero(feats.modality == 1), np.flatnonzero(feats.modality == 0)
+    out = tmp_path / "m.csv"
+    argv = ["match", str(src), "--top", "3", "--figure", str(tmp_path / "m.png"),
+            "--figure-queries", "100", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert f"the first {len(q)} queries' matches" in capsys.readouterr().err  # not 100
+    qpaths, gpaths, index, dist, _ = seen["args"]
+    assert qpaths == [str(p) for p in feats.paths[q]]
+    assert gpaths == [str(p) for p in feats.paths[g]]
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    drawn = [(qpaths[i], r + 1, gpaths[index[i, r]]) for i in range(len(q)) for r in range(3)]
+    assert drawn == [(row["query"], int(row["rank"]), row["gallery"]) for row in rows]
+    np.testing.assert_array_equal(seen["kw"]["query_pids"], feats.pids[q])
+    np.testing.assert_array_equal(seen["kw"]["gallery_pids"], feats.pids[g])
+    assert "infrared queries, visible gallery, re-ranker none" in seen["kw"]["title"]
+
+
+def test_match_figure_refuses_an_existing_file_and_the_source(run_dir, tmp_path, capsys):
+    src = run_dir / "features.npz"
+    png, out = tmp_path / "m.png", tmp_path / "m.csv"
+    png.write_bytes(b"keep")
+    assert main(["match", str(src), "--figure", str(png), "-o", str(out)]) == 2
+    assert f"{png} exists; pass --force" in capsys.readouterr().err
+    assert png.read_bytes() == b"keep" and not out.exists()
+    before = src.read_bytes()
+    assert main(["match", str(src), "--figure", str(src), "--force", "-o", str(out)]) == 2
+    assert "is the features file being read" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+def test_match_figure_outputs_a_png_only_through_pipes_and_links_with_force(
+    run_dir, tmp_path, capsys
+):
+    src = str(run_dir / "features.npz")
+    argv = [
+        "match",
+        src,
+        "--top",
+        "2",
+        "--figure-queries",
+        "2",
+        "-o",
+        str(tmp_path / "m.csv"),
+        "--force",
+    ]
+    # another format's name holding PNG bytes: refused
+    assert main([*argv, "--figure", str(tmp_path / "m.pdf")]) == 2
+    assert "the figure is a PNG; name it m.png" in capsys.readouterr().err
+    # into a pipe (/dev/fd/N): the PNG's bytes come through (savefig needed a seekable file)
+    r, w = os.pipe()
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(os.fdopen(r, "rb").read()))
+    reader.start()
+    try:
+        assert main([*argv, "--figure", f"/dev/fd/{w}"]) == 0
+    finally:
+        os.close(w)
+        reader.join()
+    assert got[0][:8] == b"\x89PNG\r\n\x1a\n"
+    # a link to an existing file of one's own: overwritten only with --force
+    target = tmp_path / "keep.png"
+    target.write_bytes(b"keep")
+    (tmp_path / "link.png").symlink_to(target)
+    no_force = [a for a in argv if a != "--force"]
+    assert main([*no_force, "--figure", str(tmp_path / "link.png")]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and target.read_bytes() == b"keep"
+    assert main([*argv, "--figure", str(tmp_path / "link.png")]) == 0
+    assert (tmp_path / "link.png").is_symlink() and target.read_bytes()[:4] == b"\x89PNG"
+    # a features file without paths: ids and distances only, and said
+    own = load_features(src)
+    uvireid.save_features(tmp_path / "np.npz", own.feats, own.pids, own.cams, own.modality)
+    capsys.readouterr()
+    nopaths = ["match", str(tmp_path / "np.npz"), "--top", "2", "-o", str(tmp_path / "n.csv")]
+    assert main([*nopaths, "--figure", str(tmp_path / "n.png")]) == 0
+    assert "no image paths: the figure shows ids and distances only" in capsys.readouterr().err
+    assert main([*argv, "--figure", str(tmp_path / "x.png"), "--figure-queries", "101"]) == 2
+    assert "at most 100 queries in one figure" in capsys.readouterr().err

@@ -4,11 +4,16 @@ continues a sweep without touching its finished runs."""
 
 from __future__ import annotations
 
+import re
+import shlex
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
 from uvireid.cli import main
-from uvireid.engine.sweep import parse_sweep, split_values, variants
+from uvireid.engine import sweep as sweep_mod
+from uvireid.engine.sweep import parse_sweep, split_values, sweep_command, variants
 from uvireid.errors import ConfigError, TrainingError
 
 
@@ -127,3 +132,137 @@ def test_sweep_refusals(recipe_file, tmp_path, monkeypatch, capsys):
     (run / "config.yaml").write_text(recipe_file.read_text())
     assert main(["run", str(run), "--sweep", "seed=1,2"]) == 2
     assert "is a run folder" in capsys.readouterr().err
+
+
+def test_nested_lists_are_one_value():  # S03: depth reset at the first ']'
+    assert split_values("[[1,2],[3]],[4]") == ["[[1,2],[3]]", "[4]"]
+    assert split_values("{a: [1, 2]},{a: [3]}") == ["{a: [1, 2]}", "{a: [3]}"]
+
+
+def test_a_key_is_read_without_its_spaces():  # P07
+    assert parse_sweep([" seed =1,2"]) == [("seed", ["1", "2"])]
+
+
+def test_names_squeeze_runs_of_unsafe_characters_and_stay_short():
+    (v,) = variants("x", parse_sweep(["train.lr_steps=[1, 2]"]))
+    assert v.name == "x_lr_steps-1-2"
+    long = "a" * 300
+    plan = variants("x", parse_sweep([f"description={long},{long}b"]))
+    assert all(len(p.name) <= 120 for p in plan) and len({p.name for p in plan}) == 2
+    (v, *_) = variants("x", parse_sweep(["clusterer.eps=0.5", "seed=1,2"]))
+    assert v.describe() == "clusterer.eps=0.5, seed=1"
+
+
+def test_names_of_colliding_values_do_not_depend_on_their_order():
+    """Positional suffixes bound a variant to another one's folder after the values were
+    reordered or extended (audit EC): a hash of the settings instead."""
+    a = {v.settings: v.name for v in variants("x", parse_sweep(["description=a b,a-b"]))}
+    b = {v.settings: v.name for v in variants("x", parse_sweep(["description=a-b,a b,c"]))}
+    assert len(set(a.values())) == 2 and all(b[s] == n for s, n in a.items())
+    assert all(re.fullmatch(r"x_descriptiona-b_[0-9a-f]{8}", n) for n in a.values())
+
+
+def test_a_long_recipe_name_keeps_the_values_in_the_run_names():
+    plan = variants("r" * 130, parse_sweep(["seed=1,2"]))
+    assert [f"_seed{i}_" in p.name and len(p.name) <= 120 for i, p in enumerate(plan, 1)] == [
+        True,
+        True,
+    ]
+
+
+def test_the_continue_command_is_the_same_sweep_with_resume():  # C01, C02, C03
+    cmd = sweep_command(
+        "my recipe.yaml",
+        ["data.root=/d/SYSU MM01"],
+        ["clusterer.eps=0.5,0.6", "train.lr_steps=[1],[2]"],
+    )
+    assert shlex.split(cmd) == [
+        "uvireid", "run", "my recipe.yaml", "data.root=/d/SYSU MM01",
+        "--sweep", "clusterer.eps=0.5,0.6", "--sweep", "train.lr_steps=[1],[2]", "--resume",
+    ]  # fmt: skip
+
+
+def test_an_interrupt_stops_the_sweep_and_names_the_command_to_continue(
+    recipe_file, monkeypatch, capsys
+):
+    from uvireid.engine import runner
+
+    calls = []
+
+    def fake(cfg, **kw):
+        calls.append(cfg["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return SimpleNamespace(path=recipe_file.parent / cfg["name"])
+
+    monkeypatch.setattr(runner, "run_recipe", fake)
+    items = ["clusterer.eps=0.5,0.6,0.7"]
+    assert (
+        main(["run", str(recipe_file), *sum((["--sweep", i] for i in items), []), "--no-report"])
+        == 130
+    )
+    assert calls == ["tiny_train_eps0.5", "tiny_train_eps0.6"]  # the third never starts
+    err = capsys.readouterr().err
+    command = sweep_command(str(recipe_file), [], items, no_report=True)
+    assert f"the sweep continues with `{command}`" in err
+    assert command.endswith("--no-report --resume")
+
+
+def test_reports_follow_the_report_flag_and_runs_are_numbered_from_one(
+    recipe_file, monkeypatch, capsys
+):  # R10 (report inverted), R12 (numbered from 0), R18 (--no-report ignored by _sweep)
+    from uvireid.engine import runner
+    from uvireid.viz import report
+
+    reported = []
+    monkeypatch.setattr(
+        runner, "run_recipe", lambda cfg, **kw: SimpleNamespace(path=f"/x/{cfg['name']}")
+    )
+    monkeypatch.setattr(report, "maybe_report", lambda path: reported.append(str(path)))
+    sweep_mod.run_sweep(str(recipe_file), [], ["seed=1,2"], report=True, progress=False)
+    assert reported == ["/x/tiny_train_seed1", "/x/tiny_train_seed2"]
+    out = capsys.readouterr().out
+    assert "# sweep run 1/2: tiny_train_seed1 (seed=1)" in out
+    assert "# sweep run 2/2: tiny_train_seed2 (seed=2)" in out
+    reported.clear()
+    sweep_mod.run_sweep(str(recipe_file), [], ["seed=1,2"], report=False, progress=False)
+    assert reported == []
+    # through the CLI: --no-report reaches run_sweep
+    seen = {}
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda *a, **kw: (seen.update(kw), ([], {}))[1])
+    assert main(["run", str(recipe_file), "--sweep", "seed=1,2", "--no-report"]) == 0
+    assert seen["report"] is False
+
+
+def test_an_override_key_with_spaces_still_conflicts_with_the_sweep(recipe_file, capsys):  # R02
+    argv = ["run", str(recipe_file), "clusterer.eps =0.3", "--sweep", "clusterer.eps=0.5,0.6"]
+    assert main(argv) == 2
+    assert "clusterer.eps is both set" in capsys.readouterr().err
+
+
+def test_a_value_the_recipe_refuses_names_its_sweep_run(recipe_file, capsys):  # R03
+    # 'abc' is valid YAML (parse_sweep passes it) but not a seed: load_recipe refuses it
+    argv = ["run", str(recipe_file), "--sweep", "seed=1,abc", "--dry-run"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "sweep run tiny_train_seedabc (seed=abc): " in err and "must be int" in err
+
+
+def test_values_that_read_as_the_same_value_are_refused():
+    with pytest.raises(ConfigError, match="repeats a value"):
+        parse_sweep(["clusterer.eps=0.5,0.50,5e-1"])
+    with pytest.raises(ConfigError, match="repeats a value"):
+        parse_sweep(["train.lr_steps=[1],[ 1 ]"])
+
+
+def test_an_override_of_a_parent_or_child_of_a_swept_key_is_refused(recipe_file, capsys, caplog):
+    for override, swept in (
+        ("clusterer={type: dbscan, eps: 0.3}", "clusterer.eps=0.5,0.6"),
+        ("clusterer.eps=0.3", "clusterer=[{type: dbscan, eps: 0.5}]"),
+    ):
+        assert main(["run", str(recipe_file), override, "--sweep", swept, "--dry-run"]) == 2
+        assert "is both set" in capsys.readouterr().err
+    # a stage's own value of the swept key: that stage keeps it, and it is said
+    argv = ["run", str(recipe_file), "stages.1.clusterer.eps=0.3"]
+    assert main([*argv, "--sweep", "clusterer.eps=0.5,0.6", "--dry-run"]) == 0
+    assert "stage 1 keeps its own value" in caplog.text

@@ -240,6 +240,11 @@ def _resume_hint(args: argparse.Namespace, exc: BaseException, stopped: bool = F
     ``stopped`` (Ctrl-C, SIGTERM) before its first checkpoint, how to start it again in
     its folder."""
     folder = getattr(exc, "run_folder", None)
+    if args.command == "run" and getattr(args, "sweep", None):
+        from uvireid.engine.sweep import sweep_command
+
+        command = sweep_command(args.recipe, args.overrides, args.sweep, args.no_report)
+        return f"is one of a sweep: the sweep continues with `{command}`"
     if args.command != "run" or folder is None:
         return ""
     from pathlib import Path

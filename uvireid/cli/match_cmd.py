@@ -17,6 +17,9 @@ from uvireid.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
+#: queries one --figure may draw (two inches a row)
+FIGURE_QUERIES = 100
+
 EPILOG = """\
 SOURCE is a run folder (its config.yaml and checkpoints/latest.pt), whose model embeds
 the images given with --visible and --infrared (files or folders, searched at every
@@ -143,7 +146,12 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
             paths.append(None)
             continue
         path = output_file(value, option, example=example)
-        if path.exists() and not args.force and not written_through(path):
+        # a link to a file of one's own is overwritten only with --force; /dev/stdout, a
+        # pipe are written through
+        linked_file = (
+            path.is_symlink() and os.path.isfile(path) and not str(path).startswith("/dev/")
+        )
+        if path.exists() and not args.force and (not written_through(path) or linked_file):
             raise ConfigError(
                 f"{path} exists; pass --force to overwrite it, or choose another {option}"
             )
@@ -161,6 +169,18 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
                 raise ConfigError(f"{option} and {option2} name the same file; give each its own")
     if args.figure is not None:
         from uvireid.viz import require_matplotlib
+
+        if paths[2].suffix.lower() != ".png" and not written_through(paths[2]):
+            raise ConfigError(
+                f"--figure {args.figure}: the figure is a PNG; name it "
+                f"{paths[2].with_suffix('.png').name}"
+            )
+        if args.figure_queries > FIGURE_QUERIES:
+            raise ConfigError(
+                f"--figure-queries {args.figure_queries}: at most {FIGURE_QUERIES} queries "
+                f"in one figure ({args.figure_queries} rows would be a "
+                f"{args.figure_queries * 2:,}-inch-high image); the CSV has every query"
+            )
 
         require_matplotlib()  # before the work, not after it
     return paths[0], paths[1], paths[2]
@@ -342,9 +362,14 @@ def run(args: argparse.Namespace) -> int:
         from uvireid.viz.ranking import plot_matches
 
         n = min(args.figure_queries, len(q))
+        if feats.paths is None:
+            print(
+                "note: the features file has no image paths: the figure shows ids and distances only",
+                file=sys.stderr,
+            )
         plot_matches(
-            [str(paths[i]) for i in q[:n]],
-            [str(p) for p in paths[g]],
+            None if feats.paths is None else [str(paths[i]) for i in q[:n]],
+            None if feats.paths is None else [str(p) for p in paths[g]],
             index[:n],
             dist[:n],
             figure,

@@ -59,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=V1,V2",
         help="run the recipe once per value (repeatable: the grid of all combinations), "
         "each run named after its values, then compare the runs; with --resume a stopped "
-        "sweep continues",
+        "sweep continues (the runs of the values given: a value left out is left out of "
+        "the comparison too)",
     )
     p.add_argument("--dry-run", action="store_true", help="validate and print, run nothing")
     p.add_argument(
@@ -146,4 +147,13 @@ def _sweep(args: argparse.Namespace, is_run: bool) -> int:
         print(format_comparison(compare_runs([str(f.path) for f in folders])), end="")
     for name, why in failed.items():
         print(f"error: sweep run {name} failed: {why}", file=sys.stderr)
+    if failed:
+        from uvireid.engine.sweep import sweep_command
+
+        command = sweep_command(args.recipe, args.overrides, args.sweep, args.no_report)
+        print(
+            f"after fixing the cause, `{command}` runs the failed ones again (the finished "
+            f"ones are left as they are)",
+            file=sys.stderr,
+        )
     return 2 if failed else 0

@@ -11,14 +11,20 @@ folder exists is resumed (a finished one is left as it is), the others start.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from uvireid.errors import ConfigError
 
 __all__ = ["Variant", "parse_sweep", "split_values", "variants"]
+
+logger = logging.getLogger(__name__)
 
 
 def split_values(text: str) -> list[str]:
@@ -63,10 +69,12 @@ def parse_sweep(items: list[str]) -> list[tuple[str, list[str]]]:
         values = split_values(raw)
         if any(not v for v in values):
             raise ConfigError(f"--sweep {item!r} has an empty value; give V1,V2,... ")
-        for v in values:
-            parse_override(f"{key}={v}")  # the key's form and the value's YAML
-        if len(set(values)) != len(values):
-            raise ConfigError(f"--sweep {item!r} repeats a value; give each value once")
+        # the key's form and the value's YAML; values compared as read (0.5 = 0.50 = 5e-1)
+        read = [yaml.safe_dump(parse_override(f"{key}={v}")[1]) for v in values]
+        if len(set(read)) != len(read):
+            raise ConfigError(
+                f"--sweep {item!r} repeats a value (as YAML reads it); give each value once"
+            )
         if key in (k for k, _ in out):
             raise ConfigError(f"--sweep {key}= is given twice; list all its values in one")
         if key == "name":
@@ -99,29 +107,57 @@ def _short(key: str, keys: list[str]) -> str:
     return last
 
 
+#: characters of a run name (a folder name, with ``-<time>`` after it)
+NAME_LENGTH = 120
+
+
 def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
     """Every combination of the sweep's values (the first key varies slowest), each named
-    ``<base>_<key><value>...`` (characters a folder name should not hold become '-')."""
+    ``<base>_<key><value>...`` (characters a folder name should not hold become '-').
+
+    A name that had to be shortened, or that another combination's name equals once
+    sanitised (``a b`` and ``a-b``), ends in a hash of its settings instead: the same
+    settings keep the same name whatever the other values and their order, so ``--resume``
+    finds each one's folder again."""
     keys = [k for k, _ in sweep]
+    combos = [
+        tuple(zip(keys, combo, strict=True))
+        for combo in itertools.product(*(values for _, values in sweep))
+    ]
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+    tags = [clean("_".join(f"{_short(k, keys)}{v}" for k, v in c)) for c in combos]
+    base = clean(base)
+    names = [f"{base}_{t}" for t in tags]
     out = []
-    for combo in itertools.product(*(values for _, values in sweep)):
-        settings = tuple(zip(keys, combo, strict=True))
-        tag = "_".join(f"{_short(k, keys)}{v}" for k, v in settings)
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{base}_{tag}").strip("-")[:120]
+    for settings, tag, name in zip(combos, tags, names, strict=True):
+        if len(name) > NAME_LENGTH or names.count(name) > 1:
+            digest = hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
+            room = NAME_LENGTH - len(digest) - 2
+            head = base[: max(20, room - len(tag) - 1)]
+            name = f"{head}_{tag}"[:room].rstrip("-_") + f"_{digest}"
         out.append(Variant(settings, name))
-    names = [v.name for v in out]
-    if len(set(names)) != len(names):  # values that differ only in the dropped characters
-        out = [Variant(v.settings, f"{v.name}_{i + 1}") for i, v in enumerate(out)]
     return out
 
 
-def sweep_command(recipe: str, overrides: list[str], items: list[str]) -> str:
-    """The command that continues a sweep (``--resume``), shell-quoted."""
+def sweep_command(
+    recipe: str, overrides: list[str], items: list[str], no_report: bool = False
+) -> str:
+    """The command that continues a sweep (``--resume``), shell-quoted; a recipe file by
+    its absolute path (the command may be run from elsewhere)."""
+    import os
     import shlex
 
+    from uvireid.config import is_builtin_name
+
+    if os.path.isfile(recipe) and not is_builtin_name(recipe):
+        recipe = os.path.abspath(recipe)
     parts = ["uvireid", "run", recipe, *overrides]
     for item in items:
         parts += ["--sweep", item]
+    parts += ["--no-report"] if no_report else []
     return " ".join(shlex.quote(p) for p in [*parts, "--resume"])
 
 
@@ -146,21 +182,26 @@ def run_sweep(
         ``(folders, failed)``: the run folders of the variants that finished, and the
         error of each that failed, by variant name.
     """
-    import logging
-
     from uvireid.config import load_recipe
     from uvireid.errors import UvireidError
 
-    logger = logging.getLogger(__name__)
     sweep = parse_sweep(items)
-    swept = {k for k, _ in sweep}
     for text in overrides:
         key = text.partition("=")[0].strip()
-        if key in swept:
-            raise ConfigError(
-                f"{key} is both set ({text}) and swept (--sweep {key}=...); the sweep's "
-                f"values would replace it: drop one"
-            )
+        for swept, _ in sweep:
+            if key == swept or swept.startswith(key + ".") or key.startswith(swept + "."):
+                raise ConfigError(
+                    f"{key} is both set ({text}) and swept (--sweep {swept}=...); one would "
+                    f"replace the other: drop one"
+                )
+            if key.startswith("stages.") and key.split(".", 2)[-1] == swept:
+                logger.warning(
+                    "%s: stage %s keeps its own value, so the sweep of %s varies the other "
+                    "stages only",
+                    text,
+                    key.split(".")[1],
+                    swept,
+                )
     base = load_recipe(recipe, overrides)
     plan = variants(base["name"], sweep)
     configs = []
@@ -191,15 +232,6 @@ def run_sweep(
             failed[v.name] = f"{type(exc).__name__}: {exc}"
             logger.error("sweep run %s failed: %s", v.name, failed[v.name])
             continue
-        except KeyboardInterrupt:
-            import sys
-
-            print(
-                f"the sweep stopped in run {i}/{len(plan)}; continue it with "
-                f"`{sweep_command(recipe, overrides, items)}`",
-                file=sys.stderr,
-            )
-            raise
         folders.append(folder)
         print(f"run folder: {folder.path}")
         if report:

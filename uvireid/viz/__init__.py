@@ -66,11 +66,18 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def save(fig: Any, path: str | os.PathLike, dpi: int) -> Path:
-    """Write ``fig`` as a PNG of exactly ``figsize * dpi`` pixels (no tight bounding box)."""
+    """Write ``fig`` as a PNG of exactly ``figsize * dpi`` pixels (no tight bounding box):
+    rendered in memory, then renamed into place (an interrupted save leaves the earlier
+    file), or written through a link or a pipe (``/dev/stdout``)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from uvireid.fileio import write_output
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    write_output(out, lambda fh: fh.write(buf.getvalue()))
     return out

@@ -125,7 +125,7 @@ def _thumb_file(path: Path) -> np.ndarray | None:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB").resize(THUMB))
-    except OSError:
+    except (OSError, ValueError, Image.DecompressionBombError):  # unreadable or too large
         logger.debug("cannot read %s for the ranking list", path)
         return None
 
@@ -268,15 +268,18 @@ def plot_ranking(
     return save(fig, path, dpi)
 
 
-def _draw(mosaic: _Mosaic, texts: list, n_rows: int, k: int) -> tuple[Any, float]:
-    """A figure of :func:`ranking_figsize` showing ``mosaic`` and its ``texts``; returns
-    it and its height in inches."""
+def _draw(
+    mosaic: _Mosaic, texts: list, n_rows: int, k: int, title_lines: int = 2
+) -> tuple[Any, float]:
+    """A figure of :func:`ranking_figsize` showing ``mosaic`` and its ``texts``, with room
+    above for ``title_lines`` lines of title (two fit :data:`TITLE_HEIGHT`); returns it
+    and its height in inches."""
     width, height = ranking_figsize(n_rows, k)
+    top = TITLE_HEIGHT + 0.16 * max(0, title_lines - 2)
+    height += top - TITLE_HEIGHT
     fig = new_figure(width, height)
     fig.set_layout_engine("none")
-    ax = fig.add_axes(
-        (LABEL_WIDTH / width, 0.0, 1.0 - LABEL_WIDTH / width, 1.0 - TITLE_HEIGHT / height)
-    )
+    ax = fig.add_axes((LABEL_WIDTH / width, 0.0, 1.0 - LABEL_WIDTH / width, 1.0 - top / height))
     ax.imshow(mosaic.pixels, aspect="auto", interpolation="antialiased")
     ax.set_axis_off()
     for x, y, text, color, kwargs in texts:
@@ -294,8 +297,8 @@ def _draw(mosaic: _Mosaic, texts: list, n_rows: int, k: int) -> tuple[Any, float
 
 
 def plot_matches(
-    query_paths: list[str],
-    gallery_paths: list[str],
+    query_paths: list[str] | None,
+    gallery_paths: list[str] | None,
     index: np.ndarray,
     distance: np.ndarray,
     path: str | os.PathLike,
@@ -308,8 +311,9 @@ def plot_matches(
     """Draw queries and their ranked gallery images (``uvireid match --figure``).
 
     Args:
-        query_paths: (Nq,) image files of the queries drawn, one row each.
-        gallery_paths: the gallery's image files; ``index`` points into them.
+        query_paths: (Nq,) image files of the queries drawn, one row each (None: no
+            files, grey tiles).
+        gallery_paths: the gallery's image files; ``index`` points into them (or None).
         index, distance: (Nq, k) from :func:`uvireid.engine.matching.top_matches`.
         path: PNG to write.
         query_pids, gallery_pids: identities where known (-1 unknown): a match of the
@@ -324,15 +328,18 @@ def plot_matches(
     texts: list[tuple[float, float, str, str, dict]] = []
     caption_dy = THUMB[1] / 2 + _Mosaic.BORDER + 3
     known = query_pids is not None and gallery_pids is not None
-    hits = 0
+    hits = checked = 0
     for r in range(n_rows):
-        image = _thumb_file(Path(query_paths[r]))
+        image = _thumb_file(Path(query_paths[r])) if query_paths is not None else None
         cx, cy = mosaic.put(r, 0, image, COLORS["query"])
         qpid = int(query_pids[r]) if known else -1
-        name = Path(query_paths[r]).name
+        checked += int(qpid >= 0)
+        name = Path(query_paths[r]).name if query_paths is not None else f"{r + 1}"
         name = name if len(name) <= 14 else name[:6] + ".." + name[-6:]
         caption = f"query id {qpid}" if qpid >= 0 else f"query {name}"
         texts.append((cx, cy - caption_dy, caption, COLORS["query"], {"va": "bottom"}))
+        if image is None:
+            texts.append((cx, cy, "(no image)", "black", {"va": "center"}))
         for j in range(k):
             g = int(index[r, j])
             gpid = int(gallery_pids[g]) if known else -1
@@ -340,23 +347,28 @@ def plot_matches(
             if qpid >= 0 and gpid >= 0:
                 color = COLORS["correct" if gpid == qpid else "wrong"]
                 hits += int(j == 0 and gpid == qpid)
-            image = _thumb_file(Path(gallery_paths[g]))
+            image = _thumb_file(Path(gallery_paths[g])) if gallery_paths is not None else None
             cx, cy = mosaic.put(r, j + 1, image, color)
             texts.append(
                 (cx, cy - caption_dy, f"{j + 1}: {distance[r, j]:.3g}", color, {"va": "bottom"})
             )
             if image is None:
                 texts.append((cx, cy, "(no image)", "black", {"va": "center"}))
-    fig, height = _draw(mosaic, texts, max(1, n_rows), k)
     ids = (
-        f"; rank-1 same id {hits}/{n_rows} (green = same id, red = other)"
-        if known and (np.asarray(query_pids) >= 0).any()
+        f"; rank-1 same id {hits}/{checked} of the queries with a known id (green = same "
+        f"id, red = other)"
+        if checked
         else ""
     )
-    fig.suptitle(
-        f"{title or 'Top matches'}\n{n_rows} queries, caption: rank: distance{ids}",
-        fontsize=9,
-        y=1.0 - 0.05 / height,
-        va="top",
-    )
+    note = "; no image files (the features file has no paths)" if query_paths is None else ""
+    lines = [title or "Top matches", f"{n_rows} queries, caption: rank: distance{ids}{note}"]
+    width = ranking_figsize(max(1, n_rows), k)[0]
+    # wrapped to the figure's width (9-point text: about 0.075 inch a character): a
+    # narrow figure (--top 1) cut its title off on both sides
+    import textwrap
+
+    chars = max(20, int(width / 0.075))
+    wrapped = [w for line in lines for w in textwrap.wrap(line, chars)]
+    fig, height = _draw(mosaic, texts, max(1, n_rows), k, title_lines=len(wrapped))
+    fig.suptitle("\n".join(wrapped), fontsize=9, y=1.0 - 0.05 / height, va="top")
     return save(fig, path, dpi)
