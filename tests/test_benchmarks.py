@@ -108,14 +108,15 @@ def test_training_loop_quick_projects_both_stages(bench, tmp_path, capsys):
 
     before = (Augmenter.__call__, Trainer.step, Trainer.train_epoch)
     out = tmp_path / "loop.json"
-    args = ["--quick", "--iters", "2", "--out", str(tmp_path), "--json", str(out), "--phases"]
+    args = ["--quick", "--iters", "2", "--epochs", "1", "--dcl-epochs", "1", "--out",
+            str(tmp_path), "--json", str(out), "--phases"]  # fmt: skip
     assert training_loop.main(args) == 0
     # --phases wrapped the trainer's methods for the run only
     assert (Augmenter.__call__, Trainer.step, Trainer.train_epoch) == before
     text = capsys.readouterr().out
     rows = {
         line.split("|")[1].strip(): float(line.split("|")[2])
-        for line in text.split("phases of epoch 3 (2 steps")[1].splitlines()[3:12]
+        for line in text.split("phases of epoch 1 (2 steps")[1].splitlines()[3:12]
     }
     assert list(rows) == [*training_loop.PhaseTimer.PHASES, "other", "whole step"]
     phases = sum(v for k, v in rows.items() if k not in ("other", "whole step"))
