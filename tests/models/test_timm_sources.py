@@ -160,10 +160,14 @@ def test_dry_run_refuses_part_losses_on_a_vit():
     preflight(load_recipe("demo", [vit, "stages.1.losses=[{type: dual_cluster_contrast}]"]))
 
 
-def test_local_dir_and_hf_hub_models_that_cannot_be_read_are_config_errors(tmp_path):
+def test_local_dir_and_hf_hub_models_that_cannot_be_read_are_config_errors(tmp_path, monkeypatch):
     """Audit CA: timm reads a 'local-dir:' / 'hf-hub:' model's config.json even with
     pretrained: false; a missing folder, or the hub offline, was a raw traceback (also in
-    --dry-run, which builds the model for the part check)."""
+    --dry-run, which builds the model for the part check). The hub is offline here by
+    setting (no connection tried: the retries took 20 s where the network is closed)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match=r"none is not a folder with a config\.json"):
         TimmBackbone(f"local-dir:{tmp_path / 'none'}", pretrained=False)
     with pytest.raises(ConfigError, match="reads a 'hf-hub:' model's config.json from the Hugging"):
