@@ -8,6 +8,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ FIGURE_QUERIES = 100
 EPILOG = """\
 SOURCE is a run folder (its config.yaml and checkpoints/latest.pt), whose model embeds
 the images given with --visible and --infrared (files or folders, searched at every
-depth, linked sub-folders included), or a features file (.npz: uvireid extract's, a --save-features file, or another
-codebase's, see the README's "Features file"), whose rows are split by their modality.
+depth, linked sub-folders included), or a features file (.npz: uvireid extract's, a
+--save-features file, or another codebase's, see the README's "Features file"), whose
+rows are split by their modality.
 Examples:
 
   uvireid match runs/salcr-20261126-101500 --infrared probes/ --visible cams/ -o m.csv
@@ -40,8 +42,8 @@ gallery_pid (rank 1 = nearest; the distance is -cosine without a re-ranker, the
 re-ranker's otherwise; features not of unit length are L2-normalised first, and said;
 pids -1 where unknown). Without -o it goes to stdout; -o may be a link or a pipe
 (/dev/stdout), written through. Images that cannot be read are skipped, counted and
-named on stderr. The features are the
-run's evaluation's (its size, resize filter, feature head, flip; L2-normalised).
+named on stderr. The features are the run's evaluation's (its size, resize filter,
+feature head, flip; L2-normalised).
 """
 
 
@@ -131,8 +133,6 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
     """``-o``, ``--save-features`` and ``--figure``, checked before any work: writable,
     not existing unless ``--force`` (a link, ``/dev/stdout`` or a pipe is written through,
     not replaced), no file twice, not the features file being read."""
-    import os
-
     from uvireid.cli._checks import output_file
     from uvireid.fileio import written_through
 
@@ -206,8 +206,6 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "visible": image_files(args.visible, "--visible"),
         "infrared": image_files(args.infrared, "--infrared"),
     }
-    import os
-
     real_ir = {os.path.realpath(p) for p in files["infrared"]}
     # the same file by two names (a link) counts too: it would find itself at rank 1
     both = sorted(p for p in files["visible"] if os.path.realpath(p) in real_ir)
@@ -326,9 +324,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.source} has no {names[code]} image, the {role} of --direction "
                 f"{args.direction}"
             )
-    fq, fg = _unit_rows(feats.feats[q], args.source), _unit_rows(feats.feats[g], args.source)
+    unit = _unit_rows(feats.feats, args.source)
     t = time.perf_counter()
-    index, dist = top_matches(fq, fg, args.top, reranker)
+    index, dist = top_matches(unit[q], unit[g], args.top, reranker)
     seconds = time.perf_counter() - t
     paths = feats.paths
     if paths is None:

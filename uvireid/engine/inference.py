@@ -157,16 +157,6 @@ class ReidModel:
         records = [ImageRecord(str(p), -1, -1, VISIBLE) for p in paths]  # decoding only
         return load_images(records, self.height, self.width, resize=self.resize, quiet=True)
 
-    def _decode(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
-        images, ok = self._read(paths)
-        if not ok.all():
-            bad = [str(p) for p, good in zip(paths, ok) if not good][:3]
-            raise DatasetError(
-                f"{int((~ok).sum())} image(s) cannot be read (e.g. {', '.join(bad)}); check "
-                f"that they exist and are image files"
-            )
-        return images
-
     def embed(
         self,
         paths: Sequence[str | os.PathLike],
@@ -238,17 +228,18 @@ class ReidModel:
             images = images.tolist()  # a features file's paths
         elif not isinstance(images, (torch.Tensor, np.ndarray, list, tuple)):
             images = list(images)  # a generator (Path.glob), a pandas Series
-        if isinstance(images, (list, tuple)) and len(images) > self.chunk:
-            # files decoded a chunk at a time: a large folder never sits decoded in memory
-            codes = _modalities(modality, len(images))
-            return np.concatenate(
-                [
-                    self.features(images[i : i + self.chunk], codes[i : i + self.chunk], batch)
-                    for i in range(0, len(images), self.chunk)
-                ]
-            )
+        if isinstance(images, (list, tuple)) and images:
+            # files: embed's chunks (a large folder never sits decoded in memory), every
+            # file readable
+            feats, _, bad = self.embed(images, modality, batch)
+            if bad:
+                raise DatasetError(
+                    f"{len(bad)} image(s) cannot be read (e.g. {', '.join(bad[:3])}); check "
+                    f"that they exist and are image files"
+                )
+            return feats
         if isinstance(images, (list, tuple)):
-            x = self._decode(images) if images else torch.zeros(0, 3, self.height, self.width)
+            x = torch.zeros(0, 3, self.height, self.width)
         else:
             x = torch.as_tensor(np.asarray(images))
             if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:

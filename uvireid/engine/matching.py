@@ -20,8 +20,7 @@ from uvireid.errors import ConfigError, DatasetError
 
 __all__ = ["image_files", "top_matches"]
 
-#: distances of one block of queries without a re-ranker (with the partition's int64
-#: indices 12 bytes each: 48 MiB)
+#: distances of one block of queries (16 MiB in float32)
 _BLOCK_ENTRIES = 1 << 22
 
 
@@ -115,8 +114,8 @@ def top_matches(
         top: matches kept per query (at most Ng).
         reranker: a re-ranker (``RERANKERS.build(...)``): its ``rerank(query, gallery)``
             distances instead of ``-(q . g)``.
-        block: queries ranked at a time without a re-ranker (default: as many as make
-            about 4M distances, 48 MiB with the partition's indices).
+        block: queries ranked at a time, without a re-ranker or with one that
+            propagates features (CMFP) (default: as many as make about 4M distances).
 
     Returns:
         ``(index, distance)``, both (Nq, min(top, Ng)): gallery row numbers nearest first

@@ -202,22 +202,18 @@ def run_sweep(
                     key.split(".")[1],
                     swept,
                 )
+    from uvireid.engine.runner import preflight, run_recipe
+
     base = load_recipe(recipe, overrides)
     plan = variants(base["name"], sweep)
-    configs = []
-    for v in plan:
-        try:
-            configs.append(load_recipe(recipe, [*overrides, *v.overrides]))
-        except ConfigError as exc:
-            raise ConfigError(f"sweep run {v.name} ({v.describe()}): {exc}") from None
     print(f"# sweep of '{base['name']}': {len(plan)} run(s)")
     for v in plan:
         print(f"#   {v.name}: {v.describe()}")
-    from uvireid.engine.runner import preflight, run_recipe
-
-    for v, cfg in zip(plan, configs, strict=True):  # what each run would refuse at its start
+    configs = []
+    for v in plan:  # each run's recipe, and what the run would refuse at its start
         try:
-            preflight(cfg)
+            configs.append(load_recipe(recipe, [*overrides, *v.overrides]))
+            preflight(configs[-1])
         except ConfigError as exc:
             raise ConfigError(f"sweep run {v.name} ({v.describe()}): {exc}") from None
     if dry_run:
