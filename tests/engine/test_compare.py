@@ -12,7 +12,7 @@ from train_fixtures import write_eval_recipe
 
 from uvireid.cli import main
 from uvireid.config import load_recipe
-from uvireid.engine.compare import compare_runs
+from uvireid.engine.compare import compare_runs, format_comparison
 from uvireid.engine.runner import run_recipe
 from uvireid.errors import ConfigError
 
@@ -88,6 +88,11 @@ def test_a_changed_setting_is_listed_and_an_unfinished_run_shows_its_last_evalua
     assert row["source"] == "metrics.jsonl, epoch 3" and row["epochs"] == 4
     assert row["results"]["none"]["mAP"] == 7.25 and "mINP" not in row["results"]["none"]
     assert report["aggregate"]["none"]["mINP"]["n"] == 1
+    # two settings of one run each: no mean over them is printed
+    assert [g["settings"] for g in report["groups"]] == [{"train.height": 32}, {"train.height": 48}]
+    out = format_comparison(report)
+    assert "each run has its own train.height: no mean over them." in out
+    assert "mean ± std" not in out
 
 
 def test_a_folder_that_is_not_a_run_is_named(tmp_path):
@@ -210,6 +215,7 @@ def test_regdb_runs_of_distinct_splits_are_the_protocols_trials(tmp_path):
     assert report["comparable"], report["not_comparable"]
     maps = [json.loads((r / "results.json").read_text())["none"]["mean"]["mAP"] for r in runs]
     assert report["aggregate"]["none"]["mAP"]["mean"] == pytest.approx(np.mean(maps))
+    assert len(report["groups"]) == 1  # the splits are one setting's trials
     again = run_recipe(load_recipe(path, ["data.split=1", "seed=5"]), progress=False).path
     assert not compare_runs([*runs, again])["comparable"]  # split 1 twice: not the protocol
 
@@ -230,3 +236,41 @@ def test_a_table_only_some_runs_have_is_said_and_averaged_over_those(tmp_path, c
     out = capsys.readouterr().out
     assert f"(no '{cmfp}' table in {a.name}: not evaluated with it)" in out
     assert "over 1 run |" in out and "over 2 runs |" in out
+
+
+def test_a_sweep_of_a_setting_and_seeds_is_summarised_per_setting(three_seeds, tmp_path, capsys):
+    """`--sweep train.height=32,48 --sweep seed=...`: the summary rows are per height, each
+    over its own seeds (a mean over both heights would mean nothing); a run that differs
+    only in data.root or its evaluation's re-ranker is of the same setting."""
+    runs = list(three_seeds)
+    for seed_run, name in ((three_seeds[0], "h48-a"), (three_seeds[1], "h48-b")):
+        b = tmp_path / "sweep" / name
+        shutil.copytree(seed_run, b)
+        cfg = (b / "config.yaml").read_text().replace("height: 32", "height: 48")
+        (b / "config.yaml").write_text(cfg)
+        runs.append(b)
+    moved = tmp_path / "sweep" / "moved"  # the same setting, its data elsewhere
+    shutil.copytree(three_seeds[2], moved)
+    cfg = (moved / "config.yaml").read_text()
+    assert "root: " in cfg
+    (moved / "config.yaml").write_text(cfg.replace("root: ", "root: /elsewhere", 1))
+    runs.append(moved)
+    maps = [json.loads((r / "results.json").read_text())["none"]["mean"]["mAP"] for r in runs]
+    report = compare_runs(runs)
+    assert [(g["settings"], len(g["runs"])) for g in report["groups"]] == [
+        ({"train.height": 32}, 4),
+        ({"train.height": 48}, 2),
+    ]
+    for group, members in zip(report["groups"], ([0, 1, 2, 5], [3, 4])):
+        assert group["runs"] == [str(runs[i]) for i in members]
+        agg = group["aggregate"]["none"]["mAP"]
+        vals = np.array([maps[i] for i in members])
+        assert agg["mean"] == pytest.approx(vals.mean(), rel=1e-12)
+        assert agg["std"] == pytest.approx(vals.std(), rel=1e-9, abs=1e-12)
+        assert (agg["min"], agg["max"], agg["n"]) == (vals.min(), vals.max(), len(vals))
+    assert report["aggregate"]["none"]["mAP"]["n"] == 6  # the JSON keeps the all-runs figures
+    assert main(["compare", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "over 4 runs, train.height=32 |" in out and "over 2 runs, train.height=48 |" in out
+    assert "over 6 runs" not in out
+    assert "the runs differ in train.height: each setting is summarised over its own runs" in out

@@ -100,6 +100,9 @@ def test_a_sweep_runs_each_value_compares_them_and_resumes(
     assert yaml.safe_load((second / "config.yaml").read_text())["clusterer"]["eps"] == 0.6
     assert "| tiny_train_eps0.5-" in out and "| tiny_train_eps0.6-" in out
     assert "clusterer.eps: 0.5 | 0.6" in out  # what differs between them, said
+    # one run per setting: no mean over the two settings (it would mean nothing)
+    assert "each run has its own clusterer.eps: no mean over them." in out
+    assert "mean ± std" not in out
 
 
 def test_a_sweep_checks_every_value_before_the_first_run(recipe_file, tmp_path, capsys):

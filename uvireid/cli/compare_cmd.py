@@ -8,7 +8,10 @@ import argparse
 EPILOG = """\
 A folder that holds run folders stands for all of them. A run that did not finish shows
 its last evaluation in metrics.jsonl, marked. The std of a run's cell is over its
-evaluation trials; the summary row's is over the runs (population, ddof=0).
+evaluation trials; the summary row's is over the runs (population, ddof=0). Runs that
+differ in a recipe setting (a sweep's: uvireid run --sweep clusterer.eps=0.5,0.6 --sweep
+seed=1,2,3) get a summary row per setting, over that setting's runs (its seeds); what
+only the evaluation, the re-ranker or data.root sets is no setting here.
 
 Not comparable (listed, exit code 0 unless --strict): another test set (the dataset's
 file-list hash or sizes), another protocol, mode, direction, shot, number of trials,
@@ -28,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "compare",
         help="results of several run folders side by side, and whether they are comparable",
         description="Print each run's final results (R1, R10, R20, mAP, mINP per "
-        "re-ranker), their mean ± std over the runs (seeds of one recipe), what makes the "
+        "re-ranker), their mean ± std over the runs (over each setting's runs, where the runs "
+        "differ in a setting: a sweep's), what makes the "
         "runs not comparable and which settings differ.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,7 +6,8 @@ each BatchNorm sees, with the dataset's preparation and with the evaluation prot
 is the hidden variable", a self-made SYSU-MM01 of 367 identities). Each run folder
 records them (``config.yaml``, ``manifest.json``, each result's ``provenance``);
 :func:`compare_runs` reads them and says, besides each run's final table and the mean,
-standard deviation and range over the runs (several seeds of one recipe, say):
+standard deviation and range over the runs (several seeds of one recipe, say; where the
+runs differ in a setting, as a sweep's do, over each setting's runs):
 
 * what makes the results **not comparable**: another test set (the dataset's file-list
   hash or sizes), another protocol of evaluation (protocol, mode, direction, shot,
@@ -38,6 +39,11 @@ METRICS = ("R1", "R10", "R20", "mAP", "mINP")
 
 #: recipe keys that say nothing about how a run trained or was evaluated
 _IGNORED_KEYS = ("name", "description", "output_dir", "device", "train.threads", "train.workers")
+
+#: recipe keys that set only the evaluation or where the data lie: runs that differ in them
+#: alone are one setting (whether their results can be compared is the provenance's and
+#: the dataset figures' judgement)
+_NOT_A_SETTING = ("reranker", "evaluation", "data.root")
 
 #: the provenance fields of a result that define what its numbers measure
 _PROTOCOL_FIELDS = (
@@ -188,6 +194,53 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> list[dict]:
+    """The runs grouped by their settings (``settings[i]`` is run i's): per group, the
+    settings that tell it from the others (a stage's copy of a top-level one left out),
+    its runs and the mean, std and range of each table's metrics over them (as
+    ``aggregate``), in the order of each group's first run."""
+    keys = list(_differing(settings))
+
+    def copied(key: str) -> bool:  # a stage's copy of a top-level setting, equal in every run
+        head, _, rest = key.partition(".")
+        stage, _, inner = rest.partition(".")
+        return (
+            head == "stages"
+            and stage.isdigit()
+            and inner in keys
+            and all(s.get(key) == s.get(inner) for s in settings)
+        )
+
+    shown = [k for k in keys if not copied(k)]
+    grouped: dict[str, dict] = {}
+    for run, row, flat in zip(runs, table, settings):
+        values = {k: flat.get(k, "<absent>") for k in keys}
+        group = grouped.setdefault(
+            json.dumps(values, sort_keys=True, default=str),
+            {"settings": {k: values[k] for k in shown}, "runs": [], "collected": {}},
+        )
+        group["runs"].append(str(run.path))
+        for rr, res in row["results"].items():
+            for metric, value in res.items():
+                if not metric.endswith("_std"):
+                    group["collected"].setdefault(rr, {}).setdefault(metric, []).append(value)
+    return [
+        {
+            "settings": g["settings"],
+            "runs": g["runs"],
+            "aggregate": {
+                rr: {m: _mean_std(vals) for m, vals in per.items()}
+                for rr, per in g["collected"].items()
+            },
+        }
+        for g in grouped.values()
+    ]
+
+
 def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     keys = sorted(set().union(*rows)) if rows else []
     out = {}
@@ -205,8 +258,11 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     Returns a JSON-ready dict: ``runs`` (per run: folder, seed, epochs, where its results
     came from, ``{re-ranker: {metric: mean, metric_std: std}}``, notes), ``aggregate``
     (per re-ranker and metric: mean, std (population, ddof=0), min, max and n over the
-    runs that have it), ``not_comparable`` (reasons) with ``comparable``, and
-    ``differences`` (``{setting: [value per run]}``).
+    runs that have it, all of them), ``groups`` (the runs grouped by their recipe settings,
+    seed, evaluation, re-ranker and ``data.root`` apart: per group its ``settings`` (those
+    that differ between groups), ``runs`` and ``aggregate`` over them; one group when only
+    seeds differ), ``not_comparable`` (reasons) with ``comparable``, and ``differences``
+    (``{setting: [value per run]}``).
 
     Raises:
         ConfigError: a path is neither a run folder nor a folder of runs, or none is given.
@@ -255,12 +311,12 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     reasons: list[str] = []
     data = _differing([_dataset_figures(r.manifest) for r in runs])
     splits = [(r.manifest.get("dataset") or {}).get("split") for r in runs]
-    if (
-        data
-        and all((r.manifest.get("dataset") or {}).get("dataset") == "regdb" for r in runs)
+    regdb_trials = (
+        all((r.manifest.get("dataset") or {}).get("dataset") == "regdb" for r in runs)
         and None not in splits
         and len(set(splits)) == len(splits)
-    ):
+    )
+    if data and regdb_trials:
         # RegDB: one run per split, the splits are the protocol's trials (their test
         # sets differ by design); each split once, so the mean is the protocol's
         data = {}
@@ -287,17 +343,28 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             f"stopped is not a final result"
         )
 
-    settings = []
+    recipes = []
     for run in runs:
-        flat = {
-            k: v
-            for k, v in _flatten(run.config).items()
-            if k != "seed" and not any(k == i or k.startswith(i + ".") for i in _IGNORED_KEYS)
-        }
-        settings.append({**flat, **_manifest_figures(run.manifest)})
+        recipes.append(
+            {
+                k: v
+                for k, v in _flatten(run.config).items()
+                if k != "seed" and not _under(k, _IGNORED_KEYS)
+            }
+        )
+    settings = [{**flat, **_manifest_figures(r.manifest)} for flat, r in zip(recipes, runs)]
+    # runs of one setting (seeds apart) are summarised together; what only the evaluation
+    # or the data's location sets is no setting of the training (the provenance and the
+    # dataset's figures above judge those), nor is RegDB's split when the runs are its trials
+    by_setting = [
+        {k: v for k, v in flat.items() if not _under(k, _NOT_A_SETTING)} for flat in recipes
+    ]
+    if regdb_trials:
+        by_setting = [{k: v for k, v in s.items() if k != "data.split"} for s in by_setting]
     return {
         "runs": table,
         "aggregate": aggregate,
+        "groups": _groups(runs, table, by_setting),
         "comparable": not reasons,
         "not_comparable": reasons,
         "differences": _differing(settings),
@@ -311,9 +378,24 @@ def _cell(value: float | None, std: float | None) -> str:
     return f"{value:.2f} ± {std:.2f}" if std else f"{value:.2f}"
 
 
+def _summary_row(agg: dict, metrics: list[str], settings: dict) -> str:
+    n = max(a["n"] for a in agg.values())
+    cells = [
+        f"{agg[m]['mean']:.2f} ± {agg[m]['std']:.2f} [{agg[m]['min']:.2f}, {agg[m]['max']:.2f}]"
+        if m in agg
+        else "-"
+        for m in metrics
+    ]
+    label = f"mean ± std [min, max] over {n} run{'s' if n != 1 else ''}"
+    if settings:
+        label += ", " + " ".join(f"{k}={v}" for k, v in settings.items())
+    return f"| {label} | | | " + " | ".join(cells) + " |"
+
+
 def format_comparison(report: dict) -> str:
     """The comparison as Markdown tables: one per re-ranker (a row per run and the
-    mean ± std over the runs), then what makes them not comparable, then what differs."""
+    mean ± std over the runs; over each setting's runs where the runs differ in their
+    settings, seeds apart), then what makes them not comparable, then what differs."""
     metrics = report["metrics"]
     lines: list[str] = []
     rerankers = sorted(
@@ -332,23 +414,29 @@ def format_comparison(report: dict) -> str:
                 + " | ".join(cells)
                 + " |"
             )
-        agg = report["aggregate"].get(rr, {})
-        if len(report["runs"]) > 1 and agg:
-            n = max(a["n"] for a in agg.values())
-            cells = [
-                f"{agg[m]['mean']:.2f} ± {agg[m]['std']:.2f} [{agg[m]['min']:.2f}, {agg[m]['max']:.2f}]"
-                if m in agg
-                else "-"
-                for m in metrics
-            ]
-            runs = f"{n} run{'s' if n != 1 else ''}"
-            lines.append(f"| mean ± std [min, max] over {runs} | | | " + " | ".join(cells) + " |")
+        groups = report.get("groups") or [{"settings": {}, "aggregate": report["aggregate"]}]
+        if len(report["runs"]) > 1:
+            for group in groups:
+                agg = group["aggregate"].get(rr, {})
+                if not agg or (len(groups) > 1 and max(a["n"] for a in agg.values()) < 2):
+                    continue  # a setting of one run: its row is the summary
+                lines.append(_summary_row(agg, metrics, group["settings"]))
         without = [
             Path(r["run"]).name for r in report["runs"] if r["results"] and rr not in r["results"]
         ]
         if without:  # a table the other runs were not evaluated with
             lines.append(f"(no '{rr}' table in {', '.join(without)}: not evaluated with it)")
         lines.append("")
+    groups = report.get("groups") or []
+    if len(groups) > 1:
+        keys = ", ".join(groups[0]["settings"])
+        if any(len(g["runs"]) > 1 for g in groups):
+            lines.append(
+                f"the runs differ in {keys}: each setting is summarised over its own runs "
+                f"(a mean over different settings would mean nothing)."
+            )
+        else:
+            lines.append(f"each run has its own {keys}: no mean over them.")
     if report["not_comparable"]:
         lines.append("NOT COMPARABLE:")
         lines += [f"  - {r}" for r in report["not_comparable"]]
