@@ -22,7 +22,7 @@ clustering and association are timed at SYSU size directly, on the device, with
 ``salcr.yaml``'s clusterer and associator on synthetic features of SYSU's counts (d = 2048;
 :func:`pseudo_labels.gaussian_modalities`), not extrapolated from the small run. Random
 weights throughout: this measures speed, not accuracy (``--quick``: ResNet-18 at 64x32, a
-few iterations, the pseudo-labels at a tenth of SYSU size). ``salcr.yaml`` evaluates every
+few iterations, the pseudo-labels at a twentieth of SYSU size). ``salcr.yaml`` evaluates every
 epoch, so the projection adds one evaluation per epoch: the test set's extraction at the
 measured rate and the protocol's ten trials with and without CMFP(te) at SYSU-MM01 test
 size, timed on synthetic features of its counts.
@@ -351,8 +351,10 @@ def main(argv=None) -> int:
         f"train.tf32={'true' if args.tf32 else 'false'}",
         f"stages.0.epochs={args.dcl_epochs}",
         f"stages.0.iters_per_epoch={iters}",
-        "stages.0.sampler.ids=12",  # salcr.yaml's DCL batch: 12 labels x 12 images
-        "stages.0.sampler.images=12",
+        # salcr.yaml's DCL batch: 12 labels x 12 images (--quick: 4 x 4, a check of the
+        # script, whose rates are no figures)
+        f"stages.0.sampler.ids={4 if quick else 12}",
+        f"stages.0.sampler.images={4 if quick else 12}",
         f"stages.1.epochs={args.epochs}",
         f"stages.1.iters_per_epoch={iters}",
         "stages.1.losses.1.num_parts=3",
@@ -436,17 +438,19 @@ def main(argv=None) -> int:
     n_train = sum(folder_counts(folder))
     per_img_extract = salcr[-1]["extract"] / max(n_train, 1)
     n_sysu = sum(SYSU_TRAIN)
-    pl = sysu_pseudo_label_seconds(device, 0.1 if quick else 1.0)
+    scale = 0.05 if quick else 1.0  # --quick: 20 ids, the least the synthetic features take
+    part = "a twentieth of " if quick else ""
+    pl = sysu_pseudo_label_seconds(device, scale)
     print(
-        f"pseudo-labels at {'a tenth of ' if quick else ''}SYSU size on {device.type} "
+        f"pseudo-labels at {part}SYSU size on {device.type} "
         f"({pl['n_v']} visible + {pl['n_r']} infrared synthetic features, d=2048; "
         f"{pl['k_v']} / {pl['k_r']} clusters): salcr.yaml's clusterer {pl['cluster']:.2f} s "
         f"(both modalities), associator {pl['associate']:.2f} s"
     )
-    ev = sysu_evaluation_seconds(device, per_img_extract, 0.1 if quick else 1.0)
+    ev = sysu_evaluation_seconds(device, per_img_extract, scale)
     eval_s = ev["extract"] + ev["protocol"] + ev["reranked"]
     print(
-        f"evaluation at {'a tenth of ' if quick else ''}SYSU-MM01 test size ({ev['images']} "
+        f"evaluation at {part}SYSU-MM01 test size ({ev['images']} "
         f"images; salcr.yaml evaluates "
         f"every epoch): extract {ev['extract']:.1f} s (flip-averaged, from the measured "
         f"rate), 10 trials {ev['protocol']:.2f} s, with CMFP(te) on {device.type} "

@@ -249,3 +249,42 @@ def test_set_rng_state_restores_python_numpy_and_torch_streams():
     set_rng_state(saved)
     again = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
     assert again == first
+
+
+def test_weights_sha1_tells_weights_apart_and_ignores_wrappers_and_devices():
+    """The fingerprint a features file records: the same for the same tensors however the
+    module is wrapped (DDP's `module.`, torch.compile's `_orig_mod.`) or reached (its
+    state dict, a checkpoint's), different for one changed element, dtype or name."""
+    import hashlib
+
+    from torch import nn
+
+    from uvireid.engine.checkpoint import weights_sha1
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    same = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    same.load_state_dict(net.state_dict())
+    sha = weights_sha1(net)
+    assert len(sha) == 40 and int(sha, 16) >= 0
+    assert weights_sha1(same) == sha == weights_sha1(net.state_dict())
+
+    class Wrapper(nn.Module):  # as DDP and torch.compile name their child
+        def __init__(self, name, inner):
+            super().__init__()
+            self.add_module(name, inner)
+
+    assert weights_sha1(Wrapper("module", Wrapper("_orig_mod", net))) == sha
+    assert weights_sha1(Wrapper("head", net)) != sha  # another name is another model
+    with torch.no_grad():
+        same[0].weight[1, 2] = torch.nextafter(same[0].weight[1, 2], torch.tensor(1.0))
+    assert weights_sha1(same) != sha  # one ulp of one weight
+    assert weights_sha1(net.double()) != weights_sha1(net.float())  # values equal, dtype not
+    assert weights_sha1(net.bfloat16()) != sha  # any dtype hashes
+    # the bytes it hashes, independently: one tensor's raw bytes after its header
+    one = {"w": torch.arange(6, dtype=torch.int16).reshape(2, 3)}
+    want = hashlib.sha1(b"w|torch.int16|(2, 3)|" + bytes([0, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5, 0]))
+    assert weights_sha1(one) == want.hexdigest()
+    if torch.cuda.is_available():
+        net = net.float()
+        assert weights_sha1(net.cuda()) == weights_sha1(net.cpu())

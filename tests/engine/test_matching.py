@@ -690,3 +690,111 @@ def test_match_figure_outputs_a_png_only_through_pipes_and_links_with_force(
     assert "no image paths: the figure shows ids and distances only" in capsys.readouterr().err
     assert main([*argv, "--figure", str(tmp_path / "x.png"), "--figure-queries", "101"]) == 2
     assert "at most 100 queries in one figure" in capsys.readouterr().err
+
+
+def test_new_queries_against_a_gallery_embedded_before(run_dir, tmp_path, capsys):
+    """`--gallery F.npz`: only the queries are embedded, and ranked against the file's
+    gallery rows as if both had been embedded together; the run's own features.npz and
+    extract's file are galleries of the same weights too (with their ids)."""
+    _, vis, ir = _test_images(run_dir)
+    gallery = tmp_path / "gallery.npz"
+    argv = ["match", str(run_dir), "--visible", *vis[:10], "--infrared", ir[0]]
+    assert main([*argv, "--save-features", str(gallery), "-o", str(tmp_path / "a.csv")]) == 0
+    out = tmp_path / "m.csv"
+    both = tmp_path / "both.npz"
+    argv = ["match", str(run_dir), "--infrared", *ir[1:5], "--gallery", str(gallery)]
+    assert main([*argv, "--top", "3", "-o", str(out), "--save-features", str(both)]) == 0
+    err = capsys.readouterr().err
+    assert "embedded 4 images" in err  # the queries only
+    model = uvireid.load_model(run_dir)
+    ref = naive_dist(model.features(ir[1:5], "infrared"), model.features(vis[:10], "visible"))
+    want = naive_top(ref, 3)
+    rows = _rows(out.read_text())
+    assert len(rows) == 4 * 3
+    for qi, q in enumerate(ir[1:5]):
+        mine = [r for r in rows if r["query"] == q]
+        assert [r["gallery"] for r in mine] == [vis[j] for j in want[qi]]
+        np.testing.assert_allclose(
+            [float(r["distance"]) for r in mine], ref[qi, want[qi]], rtol=1e-5, atol=1e-6
+        )
+    # what was ranked is saved: queries then the gallery, matched again without the model
+    saved = load_features(both)
+    assert list(saved.paths) == [*ir[1:5], *vis[:10]]
+    assert saved.meta["gallery_from"] == str(gallery)
+    assert saved.meta["weights_sha1"] == model.weights_sha1
+    assert main(["match", str(both), "--top", "3"]) == 0
+    assert _rows(capsys.readouterr().out) == rows
+    # the run's own features file (written by the trainer's evaluation) and extract's: the
+    # same weights, and their gallery ids are shown
+    copy = tmp_path / "probe.png"  # a query that is not one of the gallery's files
+    shutil.copy(ir[0], copy)
+    own = load_features(run_dir / "features.npz")
+    extracted = tmp_path / "extracted.npz"
+    assert main(["extract", str(run_dir), "-o", str(extracted)]) == 0
+    assert load_features(extracted).meta["weights_sha1"] == own.meta["weights_sha1"]
+    pid = dict(zip(own.paths, own.pids.tolist()))
+    for source in (run_dir / "features.npz", extracted):
+        capsys.readouterr()
+        argv = ["match", str(run_dir), "--infrared", str(copy), "--gallery", str(source)]
+        assert main([*argv, "--top", "5"]) == 0
+        got = _rows(capsys.readouterr().out)
+        assert len(got) == 5 and all(int(r["gallery_pid"]) == pid[r["gallery"]] for r in got)
+        assert all(r["gallery"] in vis for r in got)
+
+
+def test_a_gallery_of_other_weights_or_settings_is_refused(run_dir, tmp_path, capsys):
+    _, vis, ir = _test_images(run_dir)
+    made = load_features(run_dir / "features.npz")
+
+    def gallery(name, **meta):
+        path = tmp_path / name
+        uvireid.save_features(
+            path, made.feats, made.pids, made.cams, made.modality, paths=made.paths, **meta
+        )
+        return str(path)
+
+    sha = made.meta["weights_sha1"]
+    run = str(run_dir)
+    good = gallery("good.npz", weights_sha1=sha)
+    cases = [
+        (gallery("old.npz"), [], "does not say which weights made it.*uvireid extract RUN"),
+        (gallery("other.npz", weights_sha1="0" * 40), [], "was made by other weights"),
+        (gallery("head.npz", weights_sha1=sha, feature_head="pool"), [], "feature_head 'pool'"),
+        (gallery("flip.npz", weights_sha1=sha, test_flip=False), [], "test_flip False"),
+        (
+            gallery("size.npz", weights_sha1=sha, changes={"train.height": "32 -> 64"}),
+            [],
+            "changes",
+        ),
+        (good, ["--visible", vis[0]], "--visible and --gallery both give the gallery"),
+        (good, ["--direction", "v2i", "--visible", vis[0]], None),  # the file's ir rows
+    ]
+    for path, extra, message in cases:
+        query = [] if "--visible" in extra and "--direction" in extra else ["--infrared", ir[0]]
+        rc = main(["match", run, *query, *extra, "--gallery", path])
+        err = capsys.readouterr().err
+        if message is None:
+            assert rc == 0, err
+            continue
+        assert rc == 2, (path, err)
+        assert re.search(message, err), (path, err)
+    assert main(["match", run, "--gallery", good]) == 2
+    assert "give the infrared query images with --infrared" in capsys.readouterr().err
+    assert main(["match", good, "--gallery", good]) == 2  # a features file has its gallery
+    assert "--gallery do(es) not apply" in capsys.readouterr().err
+    assert main(["match", run, "--infrared", ir[0], "--gallery", good, "-o", good, "--force"]) == 2
+    assert "is the features file being read" in capsys.readouterr().err
+    # a query that is one of the gallery's images (by its path in the file) is refused
+    assert main(["match", run, "--infrared", vis[0], "--gallery", good]) == 2
+    err = capsys.readouterr().err
+    assert "query image(s) are in --gallery" in err
+    vis_only = tmp_path / "vis_only.npz"
+    keep = made.modality == 0
+    uvireid.save_features(
+        vis_only, made.feats[keep], made.pids[keep], made.cams[keep], made.modality[keep]
+    )
+    assert (
+        main(["match", run, "--direction", "v2i", "--visible", vis[0], "--gallery", str(vis_only)])
+        == 2
+    )
+    assert "has no infrared image, the gallery" in capsys.readouterr().err

@@ -36,6 +36,8 @@ Examples:
   uvireid match mine.npz --reranker kreciprocal -o m2.csv   # again, without re-embedding
   uvireid match sysu_test.npz --direction v2i --top 20      # any features file
   uvireid match mine.npz --top 8 --figure matches.png -o m.csv   # and a picture
+  uvireid match runs/salcr-... --infrared new_probes/ --gallery mine.npz -o m3.csv
+      # new queries against a gallery embedded before (by the same weights: checked)
 
 The output has one row per (query, rank): query,rank,gallery,distance,query_pid,
 gallery_pid (rank 1 = nearest; the distance is -cosine without a re-ranker, the
@@ -64,6 +66,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--infrared", nargs="+", default=[], metavar="PATH", help="infrared image files/folders"
+    )
+    p.add_argument(
+        "--gallery",
+        default=None,
+        metavar="F.npz",
+        help="with a run folder: the gallery from a features file of the same weights "
+        "(--save-features', extract's or the run's features.npz); only the queries are "
+        "embedded",
     )
     p.add_argument(
         "--direction",
@@ -159,11 +169,13 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
     options = ("-o", "--save-features", "--figure")
     real = [os.path.realpath(p) if p is not None else None for p in paths]
     given = [(r, o) for r, o in zip(real, options, strict=True) if r is not None]
+    read = [args.source] + ([args.gallery] if getattr(args, "gallery", None) else [])
     for i, (path, option) in enumerate(given):
-        if path == os.path.realpath(args.source):
-            raise ConfigError(
-                f"{option} {args.source} is the features file being read; give another {option}"
-            )
+        for source in read:
+            if path == os.path.realpath(source):
+                raise ConfigError(
+                    f"{option} {source} is the features file being read; give another {option}"
+                )
         for other, option2 in given[i + 1 :]:
             if path == other:
                 raise ConfigError(f"{option} and {option2} name the same file; give each its own")
@@ -194,36 +206,51 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
     from uvireid.engine.matching import image_files
     from uvireid.features import features_from_arrays, save_features
 
-    if not args.visible or not args.infrared:
-        missing = " and ".join(
-            o for o, v in (("--visible", args.visible), ("--infrared", args.infrared)) if not v
-        )
+    q_name, g_name = ("infrared", "visible") if args.direction == "i2v" else ("visible", "infrared")
+    given = {"visible": args.visible, "infrared": args.infrared}
+    gallery = None
+    if args.gallery is not None:
+        if given[g_name]:
+            raise ConfigError(
+                f"--{g_name} and --gallery both give the gallery (--direction "
+                f"{args.direction}: {q_name} queries); give one of them"
+            )
+        if not given[q_name]:
+            raise ConfigError(
+                f"give the {q_name} query images with --{q_name} (files or folders); "
+                f"--gallery {args.gallery} is the {g_name} gallery"
+            )
+        gallery = _gallery_rows(args.gallery, g_name)
+    elif not args.visible or not args.infrared:
+        missing = " and ".join(f"--{n}" for n, v in given.items() if not v)
         raise ConfigError(
             f"{args.source} is a run folder: give the images to match with {missing} "
-            f"(files or folders)"
+            f"(files or folders), or a gallery embedded before with --gallery F.npz"
         )
-    files = {
-        "visible": image_files(args.visible, "--visible"),
-        "infrared": image_files(args.infrared, "--infrared"),
-    }
-    real_ir = {os.path.realpath(p) for p in files["infrared"]}
+    files = {name: image_files(v, f"--{name}") for name, v in given.items() if v}
+    others = files.get(g_name) if gallery is None else gallery["paths"]
+    real_q = {os.path.realpath(p) for p in files[q_name]}
     # the same file by two names (a link) counts too: it would find itself at rank 1
-    both = sorted(p for p in files["visible"] if os.path.realpath(p) in real_ir)
+    both = sorted(str(p) for p in others or [] if os.path.realpath(str(p)) in real_q)
+    if both and gallery is not None:
+        raise ConfigError(
+            f"{len(both)} {q_name} query image(s) are in --gallery {args.gallery} too (e.g. "
+            f"{both[0]}), as {g_name} images; each image has one modality"
+        )
     if both:
         raise ConfigError(
             f"{len(both)} image(s) are given as both visible and infrared (e.g. {both[0]}); "
             f"each image has one modality"
         )
     model = load_model(args.source, args.checkpoint, device)
+    if gallery is not None:
+        _check_gallery(gallery["features"], model, args.gallery)
     feats, kept, codes, unread = [], [], [], []
     t = time.perf_counter()
     # the queries' modality first: an unreadable query set is said before the gallery's
     # embedding, usually the longer one
-    order = (
-        ((1, "infrared"), (0, "visible"))
-        if args.direction == "i2v"
-        else ((0, "visible"), (1, "infrared"))
-    )
+    code_of = {"visible": 0, "infrared": 1}
+    order = [(code_of[name], name) for name in (q_name, g_name) if name in files]
     for code, name in order:
         f, ok, skipped = model.embed(files[name], name, batch=args.batch)
         unread += skipped
@@ -261,8 +288,7 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         f"{model.height}x{model.width})",
         file=sys.stderr,
     )
-    arrays = (np.concatenate(feats), np.full(len(kept), -1), np.full(len(kept), -1))
-    modality = np.concatenate(codes)
+    pids, cams = np.full(len(kept), -1), np.full(len(kept), -1)
     meta = {
         "source": str(args.source),
         "checkpoint": model.source,
@@ -270,12 +296,98 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "checkpoint_epoch": done,
         "stage": stage,
         "feature_head": model.head,
+        "test_flip": model.flip,
+        "weights_sha1": model.weights_sha1,
         "unreadable": unread,
     }
+    if gallery is not None:  # its rows after the queries', as they came in the file
+        g = gallery["features"]
+        rows = gallery["rows"]
+        feats.append(g.feats[rows])
+        pids = np.concatenate([pids, g.pids[rows]])
+        cams = np.concatenate([cams, g.cams[rows]])
+        codes.append(g.modality[rows])
+        kept += [str(p) for p in gallery["paths"]]
+        meta["gallery_from"] = str(args.gallery)
+    arrays = (np.concatenate(feats), pids, cams)
+    modality = np.concatenate(codes)
     if save is not None:
         save_features(save, *arrays, modality, paths=kept, **meta)
-        print(f"wrote {save}: {len(kept)} images (uvireid match {save} ...)", file=sys.stderr)
+        what = "images" if gallery is None else "queries and the gallery's rows"
+        print(f"wrote {save}: {len(kept)} {what} (uvireid match {save} ...)", file=sys.stderr)
     return features_from_arrays(*arrays, modality, paths=kept, **meta)
+
+
+def _gallery_rows(path: str, name: str) -> dict:
+    """``--gallery``'s features file: ``features``, the ``rows`` of the gallery's
+    modality ``name`` and their ``paths`` (``FILE:row<i>`` where the file has none)."""
+    import numpy as np
+
+    from uvireid.features import load_features
+
+    feats = load_features(path)
+    code = {"visible": 0, "infrared": 1}[name]
+    rows = np.flatnonzero(feats.modality == code)
+    if not len(rows):
+        raise ConfigError(
+            f"--gallery {path} has no {name} image, the gallery of this --direction; give "
+            f"a features file with {name} rows (or the other --direction)"
+        )
+    if feats.paths is not None:
+        paths = [str(p) for p in feats.paths[rows]]
+    else:
+        paths = [f"{path}:row{i}" for i in rows]
+    return {"features": feats, "rows": rows, "paths": paths}
+
+
+def _check_gallery(feats: Any, model: Any, path: str) -> None:
+    """``--gallery``'s features are of ``model``'s weights and test settings, or a
+    ConfigError says which differ (features of two models cannot be ranked together)."""
+    from uvireid.engine.trainer import precision_of
+
+    meta = feats.meta if isinstance(feats.meta, dict) else {}
+    sha = meta.get("weights_sha1")
+    remake = (
+        "embed the gallery with this run's model: uvireid match RUN --visible G --infrared "
+        "Q --save-features F.npz, or uvireid extract RUN -o F.npz"
+    )
+    if not isinstance(sha, str):
+        raise ConfigError(
+            f"--gallery {path} does not say which weights made it (no weights_sha1 in its "
+            f"meta: another codebase's file, or an older uvireid's); {remake}"
+        )
+    own = model.weights_sha1
+    if sha != own:
+        made = meta.get("checkpoint") or "?"
+        epoch = meta.get("epoch")
+        raise ConfigError(
+            f"--gallery {path} was made by other weights ({made}"
+            f"{f', epoch {epoch}' if epoch is not None else ''}; weights {sha[:12]}) than "
+            f"{model.source} (weights {own[:12]}), and features of two models cannot be "
+            f"ranked together; give the checkpoint that made it with --checkpoint, or "
+            f"{remake}"
+        )
+    wrong = [
+        f"{key} {meta[key]!r} (the run evaluates with {value!r})"
+        for key, value in (("feature_head", model.head), ("test_flip", model.flip))
+        if key in meta and meta[key] != value
+    ]
+    if meta.get("changes"):
+        wrong.append(f"changes to the run's settings {meta['changes']}")
+    if wrong:
+        raise ConfigError(
+            f"--gallery {path} was made by these weights but with {'; '.join(wrong)}: the "
+            f"queries would be embedded otherwise; {remake}"
+        )
+    precision = precision_of(str(model.device), model.amp)
+    if meta.get("precision") not in (None, precision):
+        logger.warning(
+            "--gallery %s was embedded in %s, the queries are in %s: the distances differ "
+            "slightly from a ranking of one precision",
+            path,
+            meta["precision"],
+            precision,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -306,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--infrared", args.infrared),
                 ("--save-features", args.save_features),
                 ("--checkpoint", args.checkpoint != "latest"),
+                ("--gallery", args.gallery),
             )
             if v
         ]

@@ -14,6 +14,7 @@ scoring 2 % R1 is a recurring trap in this field, ``notes/users_pain.md``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -36,6 +37,7 @@ __all__ = [
     "load_state_strict",
     "rng_state",
     "set_rng_state",
+    "weights_sha1",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,27 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
         raise CheckpointError(
             f"{source} does not fit the model: {exc}. Load it with the recipe that wrote it"
         ) from None
+
+
+def weights_sha1(weights: nn.Module | dict[str, Any]) -> str:
+    """A fingerprint of a model's weights: SHA-1 over its ``state_dict``'s tensors (names,
+    dtypes, shapes and bytes, in name order), the same wherever the tensors live (CPU or
+    GPU) and under a DDP or compile wrapper (``module.`` and ``_orig_mod.`` dropped from
+    the names). Features files record it (``weights_sha1``), so features of one model can
+    be told from another's, e.g. for ``uvireid match --gallery``."""
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    digest = hashlib.sha1()
+    named = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            while name.startswith(("module.", "_orig_mod.")):
+                name = name.split(".", 1)[1]
+            named[name] = value
+    for name in sorted(named):
+        t = named[name].detach()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -86,7 +86,7 @@ def export_features(
             backbone (another ``backbone.arch``, say).
         DatasetError: test images that cannot be read (:func:`extract_test_bank`).
     """
-    from uvireid.engine.checkpoint import load_state_strict
+    from uvireid.engine.checkpoint import load_state_strict, weights_sha1
     from uvireid.engine.run_folder import dataset_check, dataset_meta
     from uvireid.engine.trainer import extract_test_bank, precision_of, stages_of
     from uvireid.features import save_features
@@ -156,6 +156,7 @@ def export_features(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],
         precision=precision,
+        weights_sha1=weights_sha1(backbone),
         produced_by=f"uvireid extract {source}".strip(),
     )
     if train_split is not None:

@@ -148,6 +148,14 @@ class ReidModel:
         load_state_strict(backbone, weights, source=f"the backbone of {path}")
         return cls(backbone, cfg["train"], cfg["evaluation"], device, str(path), info)
 
+    @property
+    def weights_sha1(self) -> str:
+        """The fingerprint of the weights as they are now
+        (:func:`~uvireid.engine.checkpoint.weights_sha1`)."""
+        from uvireid.engine.checkpoint import weights_sha1
+
+        return weights_sha1(self.backbone)
+
     def _read(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, np.ndarray]:
         """``(images, ok)``: the files decoded and resized as the run's test images, and
         which of them could be read (the others left black)."""

@@ -167,9 +167,13 @@ def evaluate(
         produced_by=f"uvireid run {cfg['name']}",
     )
     meta.update(extra)
+    from uvireid.engine.checkpoint import weights_sha1
     from uvireid.engine.trainer import precision_of
 
     meta.setdefault("precision", precision_of(device, bool(tr.get("amp"))))
+    # which weights made the features: `uvireid match RUN --gallery features.npz` embeds
+    # new queries with the same model only
+    meta.setdefault("weights_sha1", weights_sha1(model))
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
     if folder is not None and "dataset_check" not in meta:
