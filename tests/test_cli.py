@@ -182,3 +182,21 @@ def test_manifest_versions_name_the_packages_of_installed_plugins(monkeypatch):
         lambda **kw: [ep] if kw.get("group") == "uvireid.plugins" else real(**kw),
     )
     assert run_folder.package_versions()["zz-plugin-dist"] == "9.9.9"
+
+
+def test_faiss_loaders_info_lines_are_quiet_unless_verbose(capsys):
+    """Audit FC: faiss's loader logs at INFO the CPU builds it could not load
+    ("ModuleNotFoundError ... swigfaiss_avx512"), which reads as faiss's breakage."""
+    import logging
+
+    loader = logging.getLogger("faiss.loader")
+    before = loader.level
+    try:
+        assert main(["list"]) == 0
+        assert loader.level == logging.WARNING
+        loader.setLevel(logging.NOTSET)
+        assert main(["-v", "list"]) == 0
+        assert loader.level == logging.NOTSET  # -v: left to the root's DEBUG
+    finally:
+        loader.setLevel(before)
+        capsys.readouterr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,43 @@ def test_helpers_are_no_ops_without_a_launcher():
     assert D.broadcast_object({"a": 1}) == {"a": 1}
     assert D.all_reduce_mean(2.5) == 2.5
     assert D.init_from_env("cpu") == "cpu"
+
+
+def test_a_partial_or_malformed_torchrun_environment_is_named(
+    recipe_file, monkeypatch, capsys, caplog
+):
+    """Audit FC (the peers' "RANK expected, but not set"): WORLD_SIZE and RANK left by a
+    job script without MASTER_ADDR/MASTER_PORT gave torch's traceback from the rendezvous;
+    a WORLD_SIZE that is no number an int() traceback on every run; WORLD_SIZE without
+    RANK a single process without a word."""
+    from uvireid.cli import main
+    from uvireid.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert main(["run", str(recipe_file), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "MASTER_ADDR is not: launch with torchrun" in err and "unset WORLD_SIZE and RANK" in err
+    assert not (recipe_file.parent / "runs").exists()  # refused before any folder
+    monkeypatch.delenv("MASTER_PORT")
+    with pytest.raises(ConfigError, match="but MASTER_ADDR and MASTER_PORT are not"):
+        D.init_from_env("cpu")
+    for value in ("two", "1.5"):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        with pytest.raises(ConfigError, match=f"WORLD_SIZE='{value}' is not a number"):
+            D.launched_by_torchrun()
+        assert main(["run", str(recipe_file), "--sweep", "seed=1,2"]) == 2
+        assert "WORLD_SIZE" in capsys.readouterr().err
+    for value in ("", " "):  # exported but empty: not set
+        monkeypatch.setenv("WORLD_SIZE", value)
+        assert D.launched_by_torchrun() is False and D.init_from_env("cpu") == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK")
+    with caplog.at_level(logging.WARNING, logger="uvireid.engine.distributed"):
+        assert D.init_from_env("cpu") == "cpu" and not D.is_distributed()
+    assert "WORLD_SIZE=2 is set but RANK is not: this is one process" in caplog.text
 
 
 @pytest.mark.slow

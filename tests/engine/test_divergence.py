@@ -52,12 +52,37 @@ def test_weights_that_diverge_with_a_finite_loss_stop_the_run(recipe_file, monke
 
     monkeypatch.setattr(Trainer, "step", overflowing_bn)
     cfg = load_recipe(recipe_file)
-    with pytest.raises(TrainingError, match=r"epoch 1: \d+ weight tensor\(s\) hold NaN or inf"):
+    with pytest.raises(
+        TrainingError, match=r"epoch 1: \d+ weight tensor\(s\) hold NaN or inf"
+    ) as info:
         run_recipe(cfg, progress=False)
     folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    kept = folder.checkpoints / "latest.pt"
+    assert f"the last good checkpoint is kept ({kept}: --resume" in str(info.value)
     assert load_checkpoint(folder.checkpoints / "latest.pt")["epoch"] == 1  # the DCL epoch
     assert len(folder.read_metrics()) == 1
     assert not (folder.path / "results.json").exists()
+
+
+def test_a_divergence_before_any_checkpoint_does_not_claim_one(recipe_file, monkeypatch):
+    """Audit FC: diverged in epoch 0, the error said "the last good checkpoint is kept"
+    while the run folder held none; each message now says what there is."""
+    real = Trainer.step
+
+    def overflowing_bn(self, stage, *args, **kwargs):
+        out = real(self, stage, *args, **kwargs)
+        bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(Trainer, "step", overflowing_bn)
+    cfg = load_recipe(recipe_file)
+    with pytest.raises(TrainingError, match="epoch 0: ") as info:
+        run_recipe(cfg, progress=False)
+    assert "no checkpoint was written (no epoch finished)" in str(info.value)
+    assert "checkpoint is kept" not in str(info.value)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert not (folder.checkpoints / "latest.pt").exists()
 
 
 def test_identical_test_features_are_refused():

@@ -4,6 +4,7 @@ record of how it started (users_pain: "resumes that don't")."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -319,3 +320,62 @@ def test_a_run_from_before_train_optimizer_is_not_refused_as_another_optimizer(r
     folder = _run_from_before_the_optimizer(cfg, removed_knob=1)
     changes = check_resume(folder, cfg, allow_changes=True)
     assert "train.removed_knob" in changes
+
+
+def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_path, caplog):
+    """Audit FC: the latest run folder of a recipe held no checkpoint (started again by
+    mistake and stopped while it built its model); --resume trained it from epoch 0 and
+    left the earlier run's epochs behind without a word. It now resumes the latest run
+    that holds a checkpoint, unless a finished run lies between them, and says so."""
+    from uvireid.engine.checkpoint import LATEST
+    from uvireid.engine.run_folder import resume_target
+
+    cfg = {"output_dir": str(tmp_path), "name": "tiny"}
+
+    def run(name, *files):
+        path = _folder(tmp_path, f"tiny-{name}", 0)
+        for f in files:
+            (path / f).parent.mkdir(parents=True, exist_ok=True)
+            (path / f).write_text("x")
+        return path
+
+    ckpt = f"checkpoints/{LATEST}"
+    assert resume_target(cfg, True) is None
+    a = run("20261126-100000", ckpt)
+    assert resume_target(cfg, True).path == a
+    b = run("20261126-110000")  # stopped before its first checkpoint
+    with caplog.at_level(logging.WARNING):
+        assert resume_target(cfg, True).path == a
+    assert f"{b}, the latest run of 'tiny', stopped before its first checkpoint" in caplog.text
+    assert f"resuming {a}, the latest with one" in caplog.text and f"--resume {b}" in caplog.text
+    c = run("20261126-120000", "metrics.jsonl")  # trained, its checkpoint lost: its own
+    assert resume_target(cfg, True).path == c
+    (c / "metrics.jsonl").unlink()
+    (c / "results.json").write_text("{}")  # a finished run between: the latest is started
+    d = run("20261126-130000")
+    assert resume_target(cfg, True).path == d
+    assert resume_target(cfg, str(b)).path == b  # a folder named is the one resumed
+
+
+def test_resume_continues_the_run_with_a_checkpoint_past_a_later_empty_one(recipe_file, caplog):
+    """The same end to end: run A killed after its first epoch, run B killed while its
+    trainer was built; --resume continues A from its checkpoint."""
+    from uvireid.engine import trainer as trainer_mod
+
+    cfg = load_recipe(recipe_file)
+    a = run_killed_at(cfg, epoch=1)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while building the prior")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod.Trainer, "__init__", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(cfg, progress=False)
+    b = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    assert b.path != a.path
+    with caplog.at_level(logging.INFO):
+        folder = run_recipe(cfg, resume=True, progress=False)
+    assert folder.path == a.path and (a.path / "results.json").exists()
+    assert "resumed from" in caplog.text and f"resuming {a.path}" in caplog.text
+    assert not (b.path / "metrics.jsonl").exists()  # B left as it was

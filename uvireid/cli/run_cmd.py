@@ -130,7 +130,9 @@ def _sweep(args: argparse.Namespace, is_run: bool) -> int:
             "--allow-changes does not go with --sweep; resume the run folder concerned "
             "itself: uvireid run RUN_FOLDER --resume --allow-changes"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from uvireid.engine.distributed import env_world_size
+
+    if env_world_size() > 1:
         raise ConfigError(
             "--sweep under torchrun: run the sweep without torchrun (one process), or "
             "launch one torchrun per setting with plain overrides"

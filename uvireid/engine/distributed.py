@@ -39,9 +39,36 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_SINGLE = "unset WORLD_SIZE and RANK for a single-process run"
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset or empty).
+
+    Raises:
+        ConfigError: it is set to something that is not a whole number.
+    """
+    raw = os.environ.get("WORLD_SIZE", "").strip()
+    if not raw:
+        return 1
+    try:
+        return int(raw)
+    except ValueError:
+        from uvireid.errors import ConfigError
+
+        raise ConfigError(
+            f"the environment variable WORLD_SIZE={raw!r} is not a number of processes; "
+            f"torchrun sets it (torchrun --nproc_per_node N -m uvireid run ...): {_SINGLE}"
+        ) from None
+
+
 def launched_by_torchrun() -> bool:
-    """True when torchrun's environment (``WORLD_SIZE`` > 1, ``RANK``) is present."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    """True when torchrun's environment (``WORLD_SIZE`` > 1, ``RANK``) is present.
+
+    Raises:
+        ConfigError: ``WORLD_SIZE`` is set but not a number.
+    """
+    return env_world_size() > 1 and "RANK" in os.environ
 
 
 def init_from_env(device: str) -> str:
@@ -49,9 +76,33 @@ def init_from_env(device: str) -> str:
 
     ``nccl`` for CUDA (one GPU per local rank), ``gloo`` for the CPU. Without torchrun's
     environment nothing happens and ``device`` is returned unchanged.
+
+    Raises:
+        ConfigError: the environment is torchrun's in part (``WORLD_SIZE`` and ``RANK``
+            without ``MASTER_ADDR``/``MASTER_PORT``, as a job script or a shell can leave
+            them): torch's own error was a traceback.
     """
-    if not launched_by_torchrun() or dist.is_initialized():
+    if dist.is_initialized():
         return device
+    if not launched_by_torchrun():
+        if env_world_size() > 1:
+            logger.warning(
+                "WORLD_SIZE=%s is set but RANK is not: this is one process, not a "
+                "distributed run (launch with torchrun --nproc_per_node N -m uvireid run ... "
+                "for DDP, or unset WORLD_SIZE)",
+                os.environ["WORLD_SIZE"].strip(),
+            )
+        return device
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        from uvireid.errors import ConfigError
+
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} and RANK={os.environ['RANK']} "
+            f"are set, as torchrun sets them, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: launch with torchrun "
+            f"--nproc_per_node N -m uvireid run ..., or {_SINGLE}"
+        )
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local)

@@ -150,9 +150,16 @@ class RunFolder:
 
         Only folders named as :meth:`create` names them, ``<name>-YYYYMMDD-HHMMSS[-N]``:
         recipe ``tiny`` never takes over a run of ``tiny-lowlr``."""
+        runs = cls.runs_of(output_dir, name)
+        return runs[0] if runs else None
+
+    @classmethod
+    def runs_of(cls, output_dir: str | os.PathLike, name: str) -> list[RunFolder]:
+        """The run folders of recipe ``name`` under ``output_dir``, the latest started
+        first (see :meth:`latest`)."""
         root = Path(output_dir)
         if not root.is_dir():
-            return None
+            return []
         pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
         cands = []
         for p in root.iterdir():
@@ -161,7 +168,7 @@ class RunFolder:
                 # the run started last, as its name records: not the folder modified last
                 # (a report or features file written into an older run changes its mtime)
                 cands.append(((m.group(1), int(m.group(2) or 1)), p))
-        return cls(max(cands)[1]) if cands else None
+        return [cls(p) for _, p in sorted(cands, reverse=True)]
 
     @staticmethod
     def is_run(path: str | os.PathLike) -> bool:
@@ -529,7 +536,7 @@ def resume_target(cfg: dict, resume: Any) -> RunFolder | None:
     if resume is False or resume is None:
         return None
     if resume is True:
-        return RunFolder.latest(cfg["output_dir"], cfg["name"])
+        return _latest_to_resume(cfg)
     from uvireid.errors import ConfigError
 
     if not RunFolder.is_run(resume):
@@ -538,6 +545,52 @@ def resume_target(cfg: dict, resume: Any) -> RunFolder | None:
             f"`uvireid run` writes under its output_dir)"
         )
     return RunFolder(resume)
+
+
+def _latest_to_resume(cfg: dict) -> RunFolder | None:
+    """``--resume``'s folder: the recipe's latest run, but where that one stopped before
+    its first checkpoint (started again by mistake, or by a scheduler, and stopped while
+    it decoded the images), the unfinished run before it that holds a checkpoint, said
+    (audit FC: its epochs were left behind without a word, and training began again)."""
+    from uvireid.engine.checkpoint import LATEST
+
+    runs = RunFolder.runs_of(cfg["output_dir"], cfg["name"])
+    if not runs:
+        return None
+    newest = runs[0]
+
+    def finished(run: RunFolder) -> bool:
+        return (run.path / "results.json").exists()
+
+    def progressed(run: RunFolder) -> bool:
+        metrics = run.path / "metrics.jsonl"
+        return (
+            (run.checkpoints / LATEST).exists()
+            or finished(run)
+            or (metrics.exists() and metrics.stat().st_size > 0)
+        )
+
+    if progressed(newest):
+        return newest
+    for older in runs[1:]:
+        if not progressed(older):
+            continue
+        if finished(older):  # the runs before it were left for it: start the newest again
+            return newest
+        if (older.checkpoints / LATEST).exists():
+            logger.warning(
+                "--resume: %s, the latest run of '%s', stopped before its first checkpoint "
+                "and has nothing to resume; resuming %s, the latest with one (to train in %s "
+                "from the start, give it: --resume %s)",
+                newest.path,
+                cfg["name"],
+                older.path,
+                newest.path.name,
+                newest.path,
+            )
+            return older
+        return newest
+    return newest
 
 
 def _resolved_config(path: Path) -> dict:

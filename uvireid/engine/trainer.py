@@ -1265,7 +1265,8 @@ class Trainer:
         Raises:
             TrainingError: a non-finite loss, naming its step. Checkpoints are written at
                 the end of an epoch, after its last window is read, so nothing of that
-                epoch is saved: the last good checkpoint is kept.
+                epoch is saved: the last good checkpoint is kept (the error says whether
+                there is one).
         """
         values: dict[str, float] = {}
         rows = torch.stack([r for _, r in pending]).tolist() if pending else []
@@ -1275,13 +1276,28 @@ class Trainer:
                 parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "total")
                 raise TrainingError(
                     f"epoch {self.epoch}, step {first_step + i}: the loss is "
-                    f"{values['total']} ({parts}); training stopped and the last good "
-                    f"checkpoint is kept. Lower train.lr, or check the data and the "
+                    f"{values['total']} ({parts}); training stopped, and "
+                    f"{self._kept_checkpoint()}. Lower train.lr, or check the data and the "
                     f"pseudo-labels"
                 )
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
         return values
+
+    def _kept_checkpoint(self) -> str:
+        """What a run stopped by a diverged epoch keeps, for its error: the last good
+        checkpoint where one was written (no epoch finished: none, and said so)."""
+        if not D.is_main():
+            return "rank 0 keeps the last good checkpoint, if an epoch finished"
+        if self.folder is None:
+            return "nothing is saved (no run folder: a Trainer without one writes no checkpoint)"
+        ckpt = self.folder.checkpoints / LATEST
+        if ckpt.exists():
+            return f"the last good checkpoint is kept ({ckpt}: --resume continues from it)"
+        return (
+            "no checkpoint was written (no epoch finished), so there is nothing to resume: "
+            "start the run again"
+        )
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (extract, cluster, associate, reset, train); returns its metrics."""
@@ -1387,8 +1403,8 @@ class Trainer:
             raise TrainingError(
                 f"epoch {epoch}: {len(bad)} weight tensor(s) hold NaN or inf after training "
                 f"(e.g. {', '.join(bad[:3])}) although every loss was finite; training "
-                f"stopped and the last good checkpoint is kept. Lower train.lr, or check "
-                f"the data and the pseudo-labels"
+                f"stopped, and {self._kept_checkpoint()}. Lower train.lr, or check the "
+                f"data and the pseudo-labels"
             )
         D.broadcast_buffers(self.model)
         if D.is_distributed():  # every rank's own random streams, for the checkpoint
