@@ -62,6 +62,33 @@ def test_a_root_one_level_off_is_told_where_the_dataset_is(tmp_path, offset):
         RegDB(tmp_path / "x")
 
 
+def test_a_root_among_several_copies_or_of_another_dataset_is_said(tmp_path):
+    """Audit FC: two copies under the root given got the release's 'Copy the split files'
+    advice, and so did a folder of another dataset given as this one."""
+    from uvireid.data.fixtures import make_llcm_tree
+    from uvireid.data.llcm import LLCM
+
+    a = make_sysu_tree(tmp_path / "data" / "SYSU-MM01")
+    b = make_sysu_tree(tmp_path / "data" / "SYSU-MM01-copy")
+    with pytest.raises(DatasetError, match=f"It is in 2 folders next to it \\({a}, {b}\\)"):
+        SYSUMM01(tmp_path / "data")
+    llcm = make_llcm_tree(tmp_path / "LLCM")
+    regdb = make_regdb_tree(tmp_path / "RegDB")
+    cases = [
+        (SYSUMM01, llcm, "idx/train_vis.txt, as LLCM does: if it is LLCM, set data.type=llcm"),
+        (LLCM, a, "exp/train_id.txt, as SYSU-MM01 does: if it is SYSU-MM01, set data.type=sysu"),
+        (
+            SYSUMM01,
+            regdb,
+            "idx/train_visible_1.txt, as RegDB does: if it is RegDB, set data.type=regdb",
+        ),
+    ]
+    for cls, root, said in cases:
+        with pytest.raises(DatasetError) as info:
+            cls(root)
+        assert f"{root} holds {said}" in str(info.value)
+
+
 def test_a_file_name_that_is_not_utf8_does_not_stop_the_fingerprint(tmp_path):
     """A zip made with GBK names gave a UnicodeEncodeError in every run's manifest."""
     root = make_folder_tree(tmp_path / "f")

@@ -98,8 +98,19 @@ def require_file(root: str, relpath: str, title: str, layout: str, hint: str = "
     if not os.path.isfile(path):
         fix = hint or "Copy the split files from the release"
         found = _root_nearby(root, relpath)
-        if found:  # the commonest mistake: the root one level too high or too low
-            fix = f"It is at {os.path.join(found, relpath)}: set data.root={found}"
+        other = _other_dataset(root, title)
+        if len(found) == 1:  # the commonest mistake: the root one level too high or too low
+            fix = f"It is at {os.path.join(found[0], relpath)}: set data.root={found[0]}"
+        elif found:
+            fix = (
+                f"It is in {len(found)} folders next to it ({', '.join(found)}): set "
+                f"data.root to the one you mean"
+            )
+        elif other:  # a folder of another dataset given as this one
+            fix = (
+                f"{root} holds {other[1]}, as {other[0]} does: if it is {other[0]}, set "
+                f"data.type={other[2]}"
+            )
         raise DatasetError(
             f"{title} root {root} has no {relpath} (looked for {path}); expected the "
             f"official layout:\n{layout}\n{fix} — {SEE_README}"
@@ -107,16 +118,32 @@ def require_file(root: str, relpath: str, title: str, layout: str, hint: str = "
     return path
 
 
-def _root_nearby(root: str, relpath: str) -> str | None:
-    """The folder next to ``root`` (one of its sub-folders, or its parent) that holds
-    ``relpath``, if exactly one does."""
+def _root_nearby(root: str, relpath: str) -> list[str]:
+    """The folders next to ``root`` (its sub-folders, and its parent) that hold
+    ``relpath``."""
     try:
         subs = sorted(e.path for e in os.scandir(root) if e.is_dir())
     except OSError:
         subs = []
     parent = os.path.dirname(os.path.abspath(root))
-    hits = [d for d in [*subs, parent] if os.path.isfile(os.path.join(d, relpath))]
-    return hits[0] if len(hits) == 1 else None
+    return [d for d in [*subs, parent] if os.path.isfile(os.path.join(d, relpath))]
+
+
+#: (title, index file, data.type) of each real dataset: a folder holding one of the index
+#: files given as another dataset is said to be that one
+_INDEX_FILES = (
+    ("SYSU-MM01", "exp/train_id.txt", "sysu"),
+    ("LLCM", "idx/train_vis.txt", "llcm"),
+    ("RegDB", "idx/train_visible_1.txt", "regdb"),
+)
+
+
+def _other_dataset(root: str, title: str) -> tuple[str, str, str] | None:
+    """``(title, index file, data.type)`` of the other dataset ``root`` looks like."""
+    for entry in _INDEX_FILES:
+        if entry[0] != title and os.path.isfile(os.path.join(root, entry[1])):
+            return entry
+    return None
 
 
 def read_text(path: str, what: str) -> str:
