@@ -276,6 +276,38 @@ def test_half_fitting_checkpoint_is_an_error_listing_the_keys(tmp_path):
         _model(pretrained=str(tmp_path / "r34.pth"))
 
 
+def test_dry_run_reads_a_local_pretrained_file_as_the_run_would(tmp_path, capsys):
+    """Audit FC: --dry-run passed a half-fitting pretrained file (it checked that the file
+    exists); the run refused it after building the dataset."""
+    import torchvision
+    import yaml
+
+    from uvireid.cli import main
+
+    sd = torchvision.models.resnet18().state_dict()
+    torch.save(sd, tmp_path / "good.pth")
+    torch.save({k: v for k, v in sd.items() if not k.startswith("layer4.")}, tmp_path / "half.pth")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "r",
+                "data": {"type": "synthetic", "root": str(tmp_path / "synth")},
+                "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
+            }
+        )
+    )
+    for name, rc, said in (
+        ("good.pth", 0, "good.pth fits the backbone"),
+        ("half.pth", 2, "does not fit a torchvision resnet18: 25 missing keys (layer4.0"),
+    ):
+        pre = str(tmp_path / name)
+        assert main(["run", str(recipe), f"backbone.pretrained={pre}", "--dry-run"]) == rc
+        err = capsys.readouterr().err
+        assert said in err, err
+    assert not (tmp_path / "synth").exists()  # nothing built but the backbone
+
+
 def test_modality_codes_outside_the_streams_are_refused():
     """Codes 1/2 (or -1, or fractions) would send an image through no stream, or the
     wrong one, and shrink or corrupt the batch silently."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--allow-changes goes with --resume")
     cfg = load_recipe(args.recipe, args.overrides)
     # under torchrun every rank runs this command: rank 0 speaks and writes the report
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    from uvireid.cli import _rank
+
+    main_rank = _rank() == 0
     if main_rank:
         print(f"# resolved recipe '{cfg['name']}'")
         print(dump(cfg), end="")
@@ -95,6 +97,15 @@ def run(args: argparse.Namespace) -> int:
         from uvireid.engine.runner import preflight
 
         preflight(cfg)
+        pre = cfg["backbone"].get("pretrained")
+        if isinstance(pre, str) and Path(pre).expanduser().is_file():
+            # weights of a local file are read now, as the run's start reads them (a
+            # half-fitting file was refused only by the run: audit FC); downloads and the
+            # synthetic prior's minutes of training are left to the run
+            from uvireid.registry import BACKBONES
+
+            BACKBONES.build(cfg["backbone"])
+            print(f"# backbone.pretrained: {pre} fits the backbone", file=sys.stderr)
         return 0
     from uvireid.engine.runner import run_recipe
 
@@ -114,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace, is_run: bool) -> int:
     """``--sweep``: every combination's run, then the finished runs side by side."""
-    import sys
 
     from uvireid.engine.compare import compare_runs, format_comparison
     from uvireid.engine.sweep import run_sweep
