@@ -20,6 +20,33 @@ def test_sysu_train_is_train_and_val_ids_test_is_test_ids(sysu_root):
     assert ds.declared_ids["train"].source == "exp/train_id.txt + exp/val_id.txt"
 
 
+def test_sysu_validation_trains_on_train_ids_and_tests_on_val_ids(sysu_root):
+    """data.validation: the val ids move from training to test, read from the files (not
+    assumed), and nothing else changes; the folder's check is the release arrangement's."""
+    from uvireid.engine.run_folder import dataset_check
+
+    full = SYSUMM01(sysu_root)
+    val = DATASETS.build({"type": "sysu", "root": str(sysu_root), "validation": True})
+    declared = {
+        stem: [int(x) for x in (sysu_root / "exp" / f"{stem}.txt").read_text().split(",")]
+        for stem in ("train_id", "val_id", "test_id")
+    }
+    assert sorted({r.pid for r in val.test}) == sorted(declared["val_id"]) == [5, 11]
+    assert sorted({r.pid for r in val.train}) == sorted(declared["train_id"])
+    assert not {r.pid for r in val.train + val.test} & set(declared["test_id"])
+    assert sorted(r.path for r in val.train + val.test) == sorted(r.path for r in full.train)
+    assert val.test == sorted(val.test, key=lambda r: r.path)
+    assert val.declared_ids["test"].source == "exp/val_id.txt (validation)"
+    assert val.meta()["validation"] is True and "validation" not in full.meta()
+    assert val.meta()["test_ids"] == 2 and val.fingerprint()["sha1"] != full.fingerprint()["sha1"]
+    release = val.release()
+    assert release.stats() == full.stats() and release.validation is False
+    assert val.test != release.test  # the copy, not the dataset, was rearranged
+    assert dataset_check(val) == dataset_check(full)
+    with pytest.raises(DatasetError, match="validation must be true or false"):
+        SYSUMM01(sysu_root, validation="yes")
+
+
 def test_sysu_cameras_3_and_6_are_infrared(sysu_root):
     ds = SYSUMM01(sysu_root)
     for r in ds.train + ds.test:

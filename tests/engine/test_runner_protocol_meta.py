@@ -67,3 +67,36 @@ def test_an_evaluation_only_run_decodes_the_test_images_with_train_test_resize(
         path = write_eval_recipe(tmp_path, data, train=train)
         run_recipe(load_recipe(path), progress=False)
         assert seen[-1] == want
+
+
+def test_validation_results_say_so_and_a_model_trained_on_those_ids_is_refused(
+    recipe_file, tmp_path, capsys, caplog
+):
+    """data.validation: a run's results name the validation ids; features of them by a
+    model of the release's arrangement (val ids trained on) are written by extract, with a
+    warning, and refused by every evaluation."""
+    import json
+
+    from uvireid.cli import main
+
+    root = tmp_path / "v"
+    path = write_eval_recipe(root)
+    folder = run_recipe(load_recipe(path, ["data.validation=true"]), progress=False)
+    res = json.loads((folder.path / "results.json").read_text())["none"]
+    assert res["provenance"]["dataset"] == "SYSU-MM01 validation ids"
+    meta = load_features(folder.path / "features.npz").meta
+    assert meta["validation"] is True and meta["train_validation"] is True
+    assert set(load_features(folder.path / "features.npz").pids.tolist()) == {5, 11}
+    assert main(["eval", str(folder.path / "features.npz"), "--protocol", "sysu-all"]) == 0
+    out = capsys.readouterr().out
+    assert "validation ids" in out
+    # a trained run of the release's arrangement (the val ids among its training ids)
+    trained = run_recipe(load_recipe(recipe_file), progress=False).path
+    out_file = tmp_path / "val.npz"
+    argv = ["extract", str(trained), "data.validation=true", "-o", str(out_file)]
+    assert main(argv) == 0
+    assert "trained on the validation ids" in caplog.text
+    assert load_features(out_file).meta["train_validation"] is False
+    assert main(["eval", str(out_file), "--protocol", "sysu-all"]) == 2
+    err = capsys.readouterr().err
+    assert "the model trained on them" in err and "data.validation=true" in err

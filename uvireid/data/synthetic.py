@@ -1312,6 +1312,8 @@ class SyntheticSYSU(SYSUMM01):
         seed: generator seed (None: 0, or whatever the dataset at ``root`` has).
         nir: near-infrared share of the infrared images (0: thermal, the default; see the
             module docstring); None: 0, or whatever the dataset at ``root`` has.
+        validation: train on the train ids and test on the validation ids
+            (:class:`~uvireid.data.sysu.SYSUMM01`'s).
 
     Everything else (``train``, ``test``, ``protocols``, ``meta()``, ``stats()``,
     ``fingerprint()``) is :class:`~uvireid.data.sysu.SYSUMM01`'s; ``meta()`` and
@@ -1328,12 +1330,14 @@ class SyntheticSYSU(SYSUMM01):
         ids: int | None = None,
         seed: int | None = None,
         nir: float | None = None,
+        validation: bool = False,
     ) -> None:
         """The keywords' types and ranges (:func:`check_params`), without generating
         anything; ``root`` may be new (it is generated there)."""
         if root is not None:
             as_root(root, cls.title)
         check_params(ids, 0 if seed is None else seed, 0.0 if nir is None else nir)
+        SYSUMM01.check_args(None, validation)
 
     def __init__(
         self,
@@ -1341,8 +1345,9 @@ class SyntheticSYSU(SYSUMM01):
         ids: int | None = None,
         seed: int | None = None,
         nir: float | None = None,
+        validation: bool = False,
     ):
-        self.check_args(root, ids, seed, nir)
+        self.check_args(root, ids, seed, nir, validation)
         if root is None:
             path = ensure_synthetic(ids=ids, seed=seed or 0, nir=float(nir or 0.0))
         else:
@@ -1353,7 +1358,7 @@ class SyntheticSYSU(SYSUMM01):
                 nir = found.get("nir", 0.0) if nir is None else nir
             path = generate(root, ids=ids, seed=seed or 0, nir=float(nir or 0.0), replace=False)
         self.manifest = read_manifest(path) or {}
-        super().__init__(path, verify=True)
+        super().__init__(path, verify=True, validation=validation)
 
     def _generator(self) -> dict:
         keys = ("version", "ids", "seed", "height", "width")

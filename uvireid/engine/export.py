@@ -119,6 +119,22 @@ def export_features(
             # the split the weights were trained on, as the checkpoint records it (whatever
             # file is given: RegDB's protocol refuses the test images of another split)
             train_split = trained.get("split")
+        if (
+            meta.get("validation")
+            and isinstance(trained, dict)
+            and trained.get("dataset") == getattr(dataset, "name", None)
+        ):
+            # whether the weights left the validation ids out: the protocols refuse
+            # these features otherwise (they would test on training images)
+            meta["train_validation"] = bool(trained.get("validation"))
+            if not meta["train_validation"]:
+                logger.warning(
+                    "%s trained on the validation ids (the release's arrangement: train = "
+                    "train + val ids); its features of them are written, but no protocol "
+                    "evaluates them (train with data.validation=true to choose settings on "
+                    "them)",
+                    checkpoint,
+                )
         meta.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_epoch=info["epoch"])
         if isinstance(info["epoch"], int) and info["epoch"] > 0:
             # the last trained epoch's index, stage and whether it is the run's last, as a

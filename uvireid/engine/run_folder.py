@@ -429,7 +429,10 @@ def dataset_check(dataset: Any) -> dict | None:
     refuse_split_overlap(dataset)
     if not hasattr(dataset, "stats") or not any(f.dataset == name for f in OFFICIAL_FIGURES):
         return None
-    report = check_dataset(dataset, official=True)
+    # the folder against the release, in the release's arrangement (a validation split
+    # moves the val ids from training to test: not a difference of the folder)
+    release = dataset.release() if callable(getattr(dataset, "release", None)) else dataset
+    report = check_dataset(release, official=True)
     if not report.ok:
         logger.warning(
             "%s at %s is not the official release (%d difference(s), first: %s); results on "

@@ -176,6 +176,8 @@ def evaluate(
     meta.setdefault("weights_sha1", weights_sha1(model))
     if "split" in meta:  # RegDB: the model of this run belongs to this split
         meta.setdefault("train_split", meta["split"])
+    if meta.get("validation"):  # the run's model left the validation ids out
+        meta.setdefault("train_validation", True)
     if folder is not None and "dataset_check" not in meta:
         # a copy that is not the release says so in the run's own tables and features, as
         # extract's do (audit AR: only a warning at the top of log.txt and the manifest did)

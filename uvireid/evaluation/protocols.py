@@ -703,6 +703,8 @@ def _meta_notes(meta: Mapping) -> list[str]:
         notes.append(f"changed from the run: {', '.join(meta['changes'])}")
     if (meta.get("dataset_check") or {}).get("ok") is False:
         notes.append("test set differs from the official release")
+    if meta.get("validation"):
+        notes.append("the validation ids (exp/val_id.txt), not the test set")
     return notes
 
 
@@ -721,12 +723,13 @@ def _dataset_label(files: list[Features], spec: ProtocolSpec) -> str:
     dataset laid out as the protocol's (the synthetic one), that dataset "(SYSU-MM01
     protocol)": a demo number used to read as a SYSU-MM01 result."""
     names = {_norm_dataset((f.meta or {}).get("dataset") or "") for f in files} - {""}
+    held = " validation ids" if any((f.meta or {}).get("validation") for f in files) else ""
     if all(n.startswith(spec.dataset) for n in names):  # "sysu", "SYSU-MM01", none
-        return spec.dataset_name
+        return spec.dataset_name + held
     titles = sorted(
         {str((f.meta or {}).get("title") or (f.meta or {}).get("dataset")) for f in files}
     )
-    return f"{' + '.join(titles)} ({spec.dataset_name} protocol)"
+    return f"{' + '.join(titles)}{held} ({spec.dataset_name} protocol)"
 
 
 def _check_meta(features: Features, spec: ProtocolSpec) -> None:
@@ -755,6 +758,14 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
         )
     if spec.dataset == "llcm":
         _check_llcm_cameras(features, where, spec)
+    if meta.get("validation") and meta.get("train_validation") is False:
+        raise ProtocolError(
+            f"{where} holds the validation ids (exp/val_id.txt; its meta says so), and the "
+            f"model trained on them (in the release's arrangement, train = train + val "
+            f"ids), so the numbers would include training images. Fix: choose settings "
+            f"with runs of data.validation=true, whose models leave these ids out, or "
+            f"evaluate the test set"
+        )
     split = meta.get("split")
     if spec.dataset != "regdb" and _int_or_none(split) is not None:
         raise ProtocolError(
