@@ -100,3 +100,14 @@ def test_validation_results_say_so_and_a_model_trained_on_those_ids_is_refused(
     assert main(["eval", str(out_file), "--protocol", "sysu-all"]) == 2
     err = capsys.readouterr().err
     assert "the model trained on them" in err and "data.validation=true" in err
+
+
+def test_a_best_epoch_of_a_validation_run_is_chosen_on_the_validation_ids():
+    from types import SimpleNamespace
+
+    from uvireid.engine.trainer import Trainer
+
+    held_out = Trainer._held_out.fget
+    assert held_out(SimpleNamespace(dataset=SimpleNamespace(validation=True))) == "validation ids"
+    assert held_out(SimpleNamespace(dataset=SimpleNamespace(validation=False))) == "test set"
+    assert held_out(SimpleNamespace(dataset=object())) == "test set"  # a plugin dataset

@@ -1284,6 +1284,12 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
         return values
 
+    @property
+    def _held_out(self) -> str:
+        """The ids the evaluations test on, as a best epoch's choice names them."""
+        dataset = getattr(self, "dataset", None)
+        return "validation ids" if getattr(dataset, "validation", False) else "test set"
+
     def _kept_checkpoint(self) -> str:
         """What a run stopped by a diverged epoch keeps, for its error: the last good
         checkpoint where one was written (no epoch finished: none, and said so)."""
@@ -1312,7 +1318,7 @@ class Trainer:
         if stage.start_from == "best" and epoch == stage.first_epoch and epoch > 0:
             record["started_from"] = self._load_best(stage)
             self.started_from.append(
-                {"stage": stage.name, **record["started_from"], "selected_on": "test set"}
+                {"stage": stage.name, **record["started_from"], "selected_on": self._held_out}
             )
         if stage.reset_optimizer and epoch == stage.first_epoch and epoch > 0:
             # a new optimiser for the stage: moments and step counts start again (the learning
@@ -1556,7 +1562,7 @@ class Trainer:
         value = float(tables["none"]["mean"]["mAP"])
         if self.best is not None and not value > self.best["mAP"]:
             return False
-        self.best = {"epoch": epoch, "mAP": value, "selected_on": "test set"}
+        self.best = {"epoch": epoch, "mAP": value, "selected_on": self._held_out}
         return True
 
     def _load_best(self, stage: Stage) -> dict:
