@@ -195,6 +195,11 @@ def prepare(
             f"{who}: visible features have d={fv.shape[1]} but infrared d={fr.shape[1]}; "
             "both modalities must come from the same extractor and feature head"
         )
+    if fv.shape[1] == 0:  # every centroid 0: the labels would be a tie-break (audit FA)
+        raise FeatureFileError(
+            f"{who}: the features have no column (shape {tuple(fv.shape)}); pass the "
+            f"(N, d) features of the extractor, d >= 1"
+        )
     dev = resolve_device(device, fv)
     dtype = torch.promote_types(fv.dtype, fr.dtype)
     fv, fr = fv.to(dev, dtype), fr.to(dev, dtype)

@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.centroid import CentroidAssociator
 from uvireid.associations.checks import check_finite
+from uvireid.errors import ConfigError
 from uvireid.registry import ASSOCIATORS
 
 __all__ = ["bilateral_matching", "MBCCM"]
@@ -51,10 +52,16 @@ def bilateral_matching(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
         infrared cluster (K_r,) and of every visible cluster (K_v,), int64, total.
 
     Raises:
-        FeatureFileError: NaN or inf in ``dist``.
+        FeatureFileError: NaN or inf in ``dist``. ConfigError: a side without clusters.
     """
     check_finite(dist, "mbccm", "the centroid distances")
     k_r, k_v = dist.shape
+    if min(k_r, k_v) == 0:  # K_v // K_r divided by zero
+        raise ConfigError(
+            f"mbccm: a matching needs a cluster on each side; the distances are {k_r} x "
+            f"{k_v} (the associator itself leaves an epoch without clusters in a modality "
+            f"unmatched)"
+        )
     if k_v >= k_r:
         k = k_v // k_r + 1
         i1, v1 = linear_sum_assignment(dist)  # every IR row gets a distinct RGB column

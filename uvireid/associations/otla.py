@@ -128,15 +128,22 @@ def sinkhorn_log(
 
     Raises:
         FeatureFileError: the cost holds NaN or inf.
-        ConfigError: empty cost, ``lambda_ot <= 0``, ``max_iter < 1``.
+        ConfigError: empty cost, ``lambda_ot`` not in (0, inf), ``tol`` not finite and
+            >= 0, ``max_iter < 1``.
     """
     n, k = cost.shape
     if n == 0 or k == 0:
         raise ConfigError(f"sinkhorn_log: empty cost matrix {tuple(cost.shape)}")
-    if not lambda_ot > 0 or int(max_iter) < 1 or int(check_every) < 1:
+    if (
+        not 0 < lambda_ot < math.inf
+        or not 0 <= tol < math.inf  # a NaN tolerance never stops, an infinite one at once
+        or int(max_iter) < 1
+        or int(check_every) < 1
+    ):
         raise ConfigError(
-            f"sinkhorn_log: need lambda_ot > 0, max_iter >= 1, check_every >= 1; got "
-            f"{lambda_ot}, {max_iter}, {check_every}"
+            f"sinkhorn_log: need lambda_ot > 0 and finite (inf: NaN potentials), a finite tol "
+            f">= 0, max_iter >= 1, check_every >= 1; got {lambda_ot}, {tol}, {max_iter}, "
+            f"{check_every}"
         )
     check_finite(cost, "sinkhorn_log", "the cost matrix")
     mr = -float(lambda_ot) * cost.double()
@@ -297,11 +304,10 @@ class OTLADual:
     def _check_params(self) -> int | None:
         """Refuse settings no input could make work (also before a run starts: see
         :func:`uvireid.engine.runner.check_parts`). Returns the checked ``k_tr``."""
-        from uvireid.rerank.inputs import check_positive
+        from uvireid.rerank.inputs import check_k, check_positive
 
         check_positive(self.lambda_ot, "lambda_ot", "otla_dual")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ConfigError(f"otla_dual: max_iter must be an integer >= 1, got {self.max_iter}")
+        check_k(self.max_iter, "max_iter", "otla_dual")  # numpy integers too, no bool
         check_positive(self.tol, "tol", "otla_dual")
         return check_k_tr(self.k_tr, "otla_dual")
 

@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.centroid import CentroidAssociator
 from uvireid.associations.checks import check_finite
+from uvireid.errors import ConfigError
 from uvireid.registry import ASSOCIATORS
 
 __all__ = ["progressive_matching", "PGM"]
@@ -52,10 +53,15 @@ def progressive_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
         comes from all rounds (for K_a == K_b both are the one-to-one match).
 
     Raises:
-        FeatureFileError: NaN or inf in ``cost``.
+        FeatureFileError: NaN or inf in ``cost``. ConfigError: a side without clusters.
     """
     check_finite(cost, "pgm", "the matching cost")
     ka, kb = cost.shape
+    if min(ka, kb) == 0:  # no round could give the larger side a partner: it never ended
+        raise ConfigError(
+            f"pgm: a matching needs a cluster on each side; the cost is {ka} x {kb} (the "
+            f"associator itself leaves an epoch without clusters in a modality unmatched)"
+        )
     transpose = ka < kb  # work with rows = the larger side
     c = cost.T if transpose else cost
     n_large, n_small = c.shape
