@@ -274,3 +274,45 @@ def test_a_sweep_of_a_setting_and_seeds_is_summarised_per_setting(three_seeds, t
     assert "over 4 runs, train.height=32 |" in out and "over 2 runs, train.height=48 |" in out
     assert "over 6 runs" not in out
     assert "the runs differ in train.height: each setting is summarised over its own runs" in out
+
+
+def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_seeds, tmp_path):
+    """A sweep of data.validation runs ends with the setting of the highest mean mAP (the
+    first of equal ones); runs on the test set get no 'best' (a setting chosen on the test
+    ids is tuned to them)."""
+    runs = list(three_seeds)
+    for seed_run, name in ((three_seeds[0], "h48-a"), (three_seeds[1], "h48-b")):
+        b = tmp_path / "sweep" / name
+        shutil.copytree(seed_run, b)
+        cfg = (b / "config.yaml").read_text().replace("height: 32", "height: 48")
+        (b / "config.yaml").write_text(cfg)
+        runs.append(b)
+    assert compare_runs(runs)["best_on_validation"] is None  # the test set
+    maps = [20.0, 10.0, 30.0, 24.0, 25.0]  # height 32: mean 20; height 48: 24.5
+    for run, value in zip(runs, maps):
+
+        def val(r, value=value):
+            r["none"]["provenance"]["dataset"] = "SYSU-MM01 validation ids"
+            r["none"]["mean"]["mAP"] = value
+
+        _edit(run / "results.json", val)
+    report = compare_runs(runs)
+    assert report["best_on_validation"] == {
+        "settings": {"train.height": 48},
+        "mAP": pytest.approx(np.mean(maps[3:])),
+        "runs": 2,
+    }
+    out = format_comparison(report)
+    assert "best on the validation ids (mean mAP of the 'none' table): train.height=48 " in out
+    _edit(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 15.0))
+    assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 32}
+    _edit(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 25.0))
+    assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 48}
+    _edit(runs[0] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 35.0))
+    assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 32}  # 25=25
+    _edit(
+        runs[4] / "results.json",
+        lambda r: r["none"]["provenance"].__setitem__("dataset", "SYSU-MM01"),
+    )
+    report = compare_runs(runs)
+    assert report["best_on_validation"] is None and not report["comparable"]

@@ -241,6 +241,29 @@ def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> 
     ]
 
 
+def _best_on_validation(runs: list[RunSummary], groups: list[dict], reasons: list) -> dict | None:
+    """Where comparable runs of several settings were all evaluated on the validation ids
+    (``data.validation``), the setting of the highest mean mAP of the ``none`` table (as
+    ``keep_best`` chooses; the first of equal ones): ``{"settings", "mAP", "runs"}``. A
+    setting is chosen on held-out ids only: runs on the test set get none."""
+    if reasons or len(groups) < 2:
+        return None
+    validation = [
+        (r.results.get("none", {}).get("provenance") or {}).get("dataset", "") for r in runs
+    ]
+    if not all(str(d).endswith("validation ids") for d in validation):
+        return None
+    scored = [
+        (g["aggregate"]["none"]["mAP"]["mean"], -i, g)
+        for i, g in enumerate(groups)
+        if "mAP" in g["aggregate"].get("none", {})
+    ]
+    if len(scored) < 2:
+        return None
+    value, _, best = max(scored, key=lambda t: t[:2])
+    return {"settings": best["settings"], "mAP": value, "runs": len(best["runs"])}
+
+
 def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     keys = sorted(set().union(*rows)) if rows else []
     out = {}
@@ -261,8 +284,9 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     runs that have it, all of them), ``groups`` (the runs grouped by their recipe settings,
     seed, evaluation, re-ranker and ``data.root`` apart: per group its ``settings`` (those
     that differ between groups), ``runs`` and ``aggregate`` over them; one group when only
-    seeds differ), ``not_comparable`` (reasons) with ``comparable``, and ``differences``
-    (``{setting: [value per run]}``).
+    seeds differ), ``best_on_validation`` (the group of the highest mean mAP where every run
+    was evaluated on the validation ids, ``data.validation``; else None), ``not_comparable``
+    (reasons) with ``comparable``, and ``differences`` (``{setting: [value per run]}``).
 
     Raises:
         ConfigError: a path is neither a run folder nor a folder of runs, or none is given.
@@ -361,10 +385,12 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     ]
     if regdb_trials:
         by_setting = [{k: v for k, v in s.items() if k != "data.split"} for s in by_setting]
+    groups = _groups(runs, table, by_setting)
     return {
         "runs": table,
         "aggregate": aggregate,
-        "groups": _groups(runs, table, by_setting),
+        "groups": groups,
+        "best_on_validation": _best_on_validation(runs, groups, reasons),
         "comparable": not reasons,
         "not_comparable": reasons,
         "differences": _differing(settings),
@@ -437,6 +463,14 @@ def format_comparison(report: dict) -> str:
             )
         else:
             lines.append(f"each run has its own {keys}: no mean over them.")
+    best = report.get("best_on_validation")
+    if best:
+        chosen = " ".join(f"{k}={v}" for k, v in best["settings"].items())
+        lines.append(
+            f"best on the validation ids (mean mAP of the 'none' table): {chosen} "
+            f"({best['mAP']:.2f} over {best['runs']} run{'s' if best['runs'] != 1 else ''}); "
+            f"for the test set, train it without data.validation: {chosen}"
+        )
     if report["not_comparable"]:
         lines.append("NOT COMPARABLE:")
         lines += [f"  - {r}" for r in report["not_comparable"]]
