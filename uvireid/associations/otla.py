@@ -237,7 +237,10 @@ class OTLADual:
     Every clustered instance gets a label in the other modality's label space: the
     argmax of its row of the entropic OT plan from the instances of its modality to the
     other modality's cluster prototypes (cost = squared Euclidean distance, uniform
-    marginals, log-domain Sinkhorn).
+    marginals, log-domain Sinkhorn). The uniform marginals spread a modality's instances
+    over every prototype of the other: with fewer clustered instances than prototypes
+    the labels are what that equipartition forces (one instance: a uniform plan, its
+    label a floating-point tie), as in the specification and the official code.
 
     Args:
         lambda_ot: inverse entropic regularisation (SALCR: 5).
