@@ -4,12 +4,12 @@
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
 # Session 19 ran, one step per call of this script, in this order: tests_cuda tests_graphs
 # rerank overhead_kernels loss_products loop_phases demo (amp_smoke did not fit). The
-# next device session (after session 22): STEPS="tests_cuda tests_graphs memory_updates
+# next device session (after session 23): STEPS="tests_cuda tests_graphs memory_updates
 # loop_phases amp_smoke" (the memory updates' Gram path, new in session 19, has not run on
-# a GPU; sessions 20-22 had no device. Session 21's CUDA paths: the triplet losses and
+# a GPU; sessions 20-23 had no device. Session 21's CUDA paths: the triplet losses and
 # kmeans on the device in tests_cuda, the graph capture with a loss's pre-BN features in
 # tests_graphs; session 22's: CMFP propagated on the device for uvireid match, in
-# tests_cuda).
+# tests_cuda; session 23's: the weights' fingerprint of a CUDA model, in tests_cuda).
 # The steps' time limits add up to about 20 minutes, more than one 10-minute device call
 # (and a session's 15 minutes of device time): STEPS="name ..." runs only the named steps,
 # in the script's order; steps that end early leave time to the next. Run from the
@@ -45,7 +45,7 @@ run() {  # run NAME SECONDS COMMAND...
     tail -n 12 "$out/$name.log"
 }
 # every test with a CUDA case (the CUDA paths against the CPU result)
-run tests_cuda 60 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py tests/rerank/test_cmfp.py tests/engine/test_matching.py -k "device or channels_last or placed or cuda"
+run tests_cuda 60 "$py" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/engine/test_trainer.py tests/models/test_backbone.py tests/rerank/test_api.py tests/rerank/test_cmfp.py tests/engine/test_matching.py tests/engine/test_checkpoint.py -k "device or channels_last or placed or cuda"
 # issue 5 item 8: one SALCR step against the plain step at the paper's size (fp32, then bf16),
 # the host's queueing time against the kernels' time, and the top kernels of the SALCR step
 ovh=("$py" benchmarks/training_overhead.py --device cuda --arch resnet50 --height 288 --width 144 --memory 11000 --clusters 500 --repeats 10)
