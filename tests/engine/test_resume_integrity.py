@@ -84,6 +84,11 @@ def test_a_changed_recipe_is_refused_on_resume_and_recorded_when_allowed(recipe_
         assert line in str(err.value)
     # speed and evaluation settings are not changes of the recipe
     assert check_resume(part, load_recipe(recipe_file, ["train.threads=2"])) == {}
+    # the identities trained and tested on are not changed even with --allow-changes: the
+    # model trained on the val ids would be tested on them as a validation result (FD)
+    held_out = load_recipe(recipe_file, ["data.validation=true"])
+    with pytest.raises(ConfigError, match="data.validation: False -> True changes which"):
+        check_resume(part, held_out, allow_changes=True)
     assert yaml.safe_load((part.path / "config.yaml").read_text())["clusterer"]["eps"] == 0.6
 
     # the run folder itself, with an override of its recipe: allowed, then recorded
@@ -348,8 +353,11 @@ def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_
         assert resume_target(cfg, True).path == a
     assert f"{b}, the latest run of 'tiny', stopped before its first checkpoint" in caplog.text
     assert f"resuming {a}, the latest with one" in caplog.text and f"--resume {b}" in caplog.text
-    c = run("20261126-120000", "metrics.jsonl")  # trained, its checkpoint lost: its own
-    assert resume_target(cfg, True).path == c
+    c = run("20261126-120000", "metrics.jsonl")
+    (c / "metrics.jsonl").write_text(json.dumps({"epoch": -1, "eval": {}}) + "\n")
+    assert resume_target(cfg, True).path == a  # an evaluation at the start is no epoch
+    (c / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "loss": {}}) + "\n")
+    assert resume_target(cfg, True).path == c  # trained, its checkpoint lost: its own
     (c / "metrics.jsonl").unlink()
     (c / "results.json").write_text("{}")  # a finished run between: the latest is started
     d = run("20261126-130000")

@@ -566,11 +566,14 @@ def _latest_to_resume(cfg: dict) -> RunFolder | None:
         return (run.path / "results.json").exists()
 
     def progressed(run: RunFolder) -> bool:
-        metrics = run.path / "metrics.jsonl"
+        # a trained epoch's record (an evaluation at the start, epoch -1, is none: audit FD)
         return (
             (run.checkpoints / LATEST).exists()
             or finished(run)
-            or (metrics.exists() and metrics.stat().st_size > 0)
+            or any(
+                isinstance(m, dict) and isinstance(m.get("epoch"), int) and m["epoch"] >= 0
+                for m in run.read_metrics()
+            )
         )
 
     if progressed(newest):
@@ -642,6 +645,17 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
             f"({before!r} -> {after!r}); its "
             f"checkpoint holds that optimiser's state, which no other can take up, even with "
             f"--allow-changes. Start a new run with the other optimiser"
+        )
+    split = {k: v for k, v in changes.items() if k in ("data.validation", "data.type")}
+    if split:
+        # the checkpoint's model trained on the ids of the other arrangement: its results
+        # on the validation ids would include training images, yet read as a validation
+        # result (audit FD), or it would test on another dataset's ids as if trained there
+        said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in split.items())
+        raise ConfigError(
+            f"--resume: {said} changes which identities {folder.path} trains and tests on; "
+            f"its model trained on the others, even with --allow-changes. Start a new run "
+            f"(or uvireid extract RUN data.validation=... for features of the other ids)"
         )
     if not allow_changes:
         raise ConfigError(
