@@ -754,6 +754,7 @@ def test_a_gallery_of_other_weights_or_settings_is_refused(run_dir, tmp_path, ca
         return str(path)
 
     sha = made.meta["weights_sha1"]
+    assert made.meta["test_size"] == [32, 16] and made.meta["test_resize"] == "bilinear"
     run = str(run_dir)
     good = gallery("good.npz", weights_sha1=sha)
     cases = [
@@ -761,6 +762,12 @@ def test_a_gallery_of_other_weights_or_settings_is_refused(run_dir, tmp_path, ca
         (gallery("other.npz", weights_sha1="0" * 40), [], "was made by other weights"),
         (gallery("head.npz", weights_sha1=sha, feature_head="pool"), [], "feature_head 'pool'"),
         (gallery("flip.npz", weights_sha1=sha, test_flip=False), [], "test_flip False"),
+        (gallery("big.npz", weights_sha1=sha, test_size=[64, 32]), [], r"test_size \[64, 32\]"),
+        (
+            gallery("filter.npz", weights_sha1=sha, test_resize="lanczos"),
+            [],
+            "test_resize 'lanczos'",
+        ),
         (
             gallery("size.npz", weights_sha1=sha, changes={"train.height": "32 -> 64"}),
             [],

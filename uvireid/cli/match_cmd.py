@@ -297,6 +297,8 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "stage": stage,
         "feature_head": model.head,
         "test_flip": model.flip,
+        "test_size": [model.height, model.width],
+        "test_resize": model.resize,
         "weights_sha1": model.weights_sha1,
         "unreadable": unread,
     }
@@ -358,7 +360,7 @@ def _check_gallery(feats: Any, model: Any, path: str) -> None:
         )
     own = model.weights_sha1
     if sha != own:
-        made = meta.get("checkpoint") or "?"
+        made = meta.get("checkpoint") or meta.get("produced_by") or "?"
         epoch = meta.get("epoch")
         raise ConfigError(
             f"--gallery {path} was made by other weights ({made}"
@@ -367,11 +369,25 @@ def _check_gallery(feats: Any, model: Any, path: str) -> None:
             f"ranked together; give the checkpoint that made it with --checkpoint, or "
             f"{remake}"
         )
+    settings = {
+        "feature_head": model.head,
+        "test_flip": model.flip,
+        "test_size": [model.height, model.width],
+        "test_resize": model.resize,
+    }
     wrong = [
         f"{key} {meta[key]!r} (the run evaluates with {value!r})"
-        for key, value in (("feature_head", model.head), ("test_flip", model.flip))
+        for key, value in settings.items()
         if key in meta and meta[key] != value
     ]
+    if "test_size" not in meta:  # a file of an older uvireid: the size cannot be checked
+        logger.warning(
+            "--gallery %s does not record the image size it was embedded at (an older "
+            "uvireid's file); the queries are embedded at %dx%d",
+            path,
+            model.height,
+            model.width,
+        )
     if meta.get("changes"):
         wrong.append(f"changes to the run's settings {meta['changes']}")
     if wrong:

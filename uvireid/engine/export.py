@@ -88,7 +88,7 @@ def export_features(
     """
     from uvireid.engine.checkpoint import load_state_strict, weights_sha1
     from uvireid.engine.run_folder import dataset_check, dataset_meta
-    from uvireid.engine.trainer import extract_test_bank, precision_of, stages_of
+    from uvireid.engine.trainer import eval_resize, extract_test_bank, precision_of, stages_of
     from uvireid.features import save_features
     from uvireid.registry import BACKBONES, DATASETS
 
@@ -171,6 +171,8 @@ def export_features(
     meta.update(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],
+        test_size=[int(cfg["train"]["height"]), int(cfg["train"]["width"])],
+        test_resize=eval_resize(cfg["train"]),
         precision=precision,
         weights_sha1=weights_sha1(backbone),
         produced_by=f"uvireid extract {source}".strip(),

@@ -164,6 +164,8 @@ def evaluate(
     meta.update(
         feature_head=ev["feature_head"],
         test_flip=ev["flip"],
+        test_size=[int(tr["height"]), int(tr["width"])],
+        test_resize=eval_resize(tr),
         produced_by=f"uvireid run {cfg['name']}",
     )
     meta.update(extra)
