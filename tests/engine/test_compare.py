@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from train_fixtures import write_eval_recipe
 
 from uvireid.cli import main
@@ -89,7 +90,10 @@ def test_a_changed_setting_is_listed_and_an_unfinished_run_shows_its_last_evalua
     assert row["results"]["none"]["mAP"] == 7.25 and "mINP" not in row["results"]["none"]
     assert report["aggregate"]["none"]["mINP"]["n"] == 1
     # two settings of one run each: no mean over them is printed
-    assert [g["settings"] for g in report["groups"]] == [{"train.height": 32}, {"train.height": 48}]
+    assert [g["settings"] for g in report["groups"]["none"]] == [
+        {"train.height": 32},
+        {"train.height": 48},
+    ]
     out = format_comparison(report)
     assert "each run has its own train.height: no mean over them." in out
     assert "mean ± std" not in out
@@ -215,9 +219,24 @@ def test_regdb_runs_of_distinct_splits_are_the_protocols_trials(tmp_path):
     assert report["comparable"], report["not_comparable"]
     maps = [json.loads((r / "results.json").read_text())["none"]["mean"]["mAP"] for r in runs]
     assert report["aggregate"]["none"]["mAP"]["mean"] == pytest.approx(np.mean(maps))
-    assert len(report["groups"]) == 1  # the splits are one setting's trials
+    assert len(report["groups"]["none"]) == 1  # the splits are one setting's trials
     again = run_recipe(load_recipe(path, ["data.split=1", "seed=5"]), progress=False).path
     assert not compare_runs([*runs, again])["comparable"]  # split 1 twice: not the protocol
+    # a sweep of a setting over the splits (audit FD: each (setting, split) was its own
+    # group, and the runs not comparable): a setting's runs are its trials
+    other = []
+    for run in runs:
+        copy = tmp_path / "eps" / f"{run.name}-eps"
+        shutil.copytree(run, copy)
+        cfg = (copy / "config.yaml").read_text().replace("height: 32", "height: 48")
+        (copy / "config.yaml").write_text(cfg)
+        other.append(copy)
+    report = compare_runs([*runs, *other])
+    assert report["comparable"], report["not_comparable"]
+    got = [(g["settings"], len(g["runs"])) for g in report["groups"]["none"]]
+    assert got == [({"train.height": 32}, 2), ({"train.height": 48}, 2)]
+    # the same splits in each setting, or they are not the protocol's trials
+    assert not compare_runs([*runs, other[0]])["comparable"]
 
 
 def test_a_table_only_some_runs_have_is_said_and_averaged_over_those(tmp_path, capsys):
@@ -257,11 +276,11 @@ def test_a_sweep_of_a_setting_and_seeds_is_summarised_per_setting(three_seeds, t
     runs.append(moved)
     maps = [json.loads((r / "results.json").read_text())["none"]["mean"]["mAP"] for r in runs]
     report = compare_runs(runs)
-    assert [(g["settings"], len(g["runs"])) for g in report["groups"]] == [
+    assert [(g["settings"], len(g["runs"])) for g in report["groups"]["none"]] == [
         ({"train.height": 32}, 4),
         ({"train.height": 48}, 2),
     ]
-    for group, members in zip(report["groups"], ([0, 1, 2, 5], [3, 4])):
+    for group, members in zip(report["groups"]["none"], ([0, 1, 2, 5], [3, 4])):
         assert group["runs"] == [str(runs[i]) for i in members]
         agg = group["aggregate"]["none"]["mAP"]
         vals = np.array([maps[i] for i in members])
@@ -316,3 +335,54 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     )
     report = compare_runs(runs)
     assert report["best_on_validation"] is None and not report["comparable"]
+
+
+def test_an_evaluation_setting_that_changes_the_numbers_is_a_setting(three_seeds, tmp_path):
+    """Audit FD: a sweep of evaluation.flip was averaged as one setting, and comparable;
+    the re-ranker's settings group the re-ranked tables only, and 1 and 1.0 are one value."""
+    a, b = three_seeds[:2]
+    flipped = tmp_path / "sweep" / "noflip"
+    shutil.copytree(b, flipped)
+    cfg = yaml.safe_load((flipped / "config.yaml").read_text())
+    cfg["evaluation"]["flip"] = False
+    (flipped / "config.yaml").write_text(yaml.safe_dump(cfg))
+    meta = json.loads((a / "results.json").read_text())["none"]["provenance"]["features_meta"]
+    assert meta["test_flip"] is True
+    _edit(
+        flipped / "results.json",
+        lambda r: r["none"]["provenance"]["features_meta"].__setitem__("test_flip", False),
+    )
+    report = compare_runs([a, b, flipped])
+    got = [(g["settings"], len(g["runs"])) for g in report["groups"]["none"]]
+    assert got == [({"evaluation.flip": True}, 2), ({"evaluation.flip": False}, 1)]
+    assert any(
+        "extracted with another test_flip: [True, True, False]" in r
+        for r in report["not_comparable"]
+    )
+    # settings that change no number: one group
+    moved = tmp_path / "sweep" / "moved"
+    shutil.copytree(b, moved)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["evaluation"]["at_start"] = not cfg["evaluation"].get("at_start", False)
+    cfg["train"]["image_cache"] = str(tmp_path / "elsewhere")
+    cfg["train"]["height"] = 32.0  # YAML's 32.0 is the 32 of the others
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert len(compare_runs([a, b, moved])["groups"]["none"]) == 1
+    # a re-ranker's settings: another setting of its table, not of the plain one
+    k9 = tmp_path / "sweep" / "k9"
+    shutil.copytree(b, k9)
+    cfg = yaml.safe_load((k9 / "config.yaml").read_text())
+    cfg["reranker"] = {"type": "cmfp", "k": 9}
+    (k9 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    k3 = tmp_path / "sweep" / "k3"
+    shutil.copytree(b, k3)
+    cfg["reranker"] = {"type": "cmfp", "k": 3}
+    (k3 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for run in (k9, k3):
+        _edit(run / "results.json", lambda r: r.__setitem__("cmfp", r["none"]))
+    report = compare_runs([k9, k3])
+    assert len(report["groups"]["none"]) == 1
+    assert [g["settings"] for g in report["groups"]["cmfp"]] == [
+        {"reranker.k": 9},
+        {"reranker.k": 3},
+    ]

@@ -40,10 +40,21 @@ METRICS = ("R1", "R10", "R20", "mAP", "mINP")
 #: recipe keys that say nothing about how a run trained or was evaluated
 _IGNORED_KEYS = ("name", "description", "output_dir", "device", "train.threads", "train.workers")
 
-#: recipe keys that set only the evaluation or where the data lie: runs that differ in them
-#: alone are one setting (whether their results can be compared is the provenance's and
-#: the dataset figures' judgement)
-_NOT_A_SETTING = ("reranker", "evaluation", "data.root")
+#: recipe keys that change no final number (where the data lie, an evaluation before the
+#: first epoch, how often the others run, where the official sampler's file lies, where
+#: decoded images are kept): runs that differ in them alone are one setting. The
+#: re-ranker's keys are no setting of the 'none' table either (its numbers are the model's)
+_NOT_A_SETTING = (
+    "data.root",
+    "evaluation.at_start",
+    "evaluation.every",
+    "evaluation.perm_file",
+    "train.image_cache",
+)
+
+#: the features meta fields of a result (its provenance's ``features_meta``) that change
+#: its numbers: compared between the runs that record them
+_FEATURE_FIELDS = ("test_flip", "test_size", "test_resize")
 
 #: the provenance fields of a result that define what its numbers measure
 _PROTOCOL_FIELDS = (
@@ -198,6 +209,17 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def _canon(value: Any) -> Any:
+    """``value`` with integral floats as ints (1.0 and 1 are one setting, as ``!=`` has it)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_canon(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canon(v) for k, v in value.items()}
+    return value
+
+
 def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> list[dict]:
     """The runs grouped by their settings (``settings[i]`` is run i's): per group, the
     settings that tell it from the others (a stage's copy of a top-level one left out),
@@ -220,7 +242,7 @@ def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> 
     for run, row, flat in zip(runs, table, settings):
         values = {k: flat.get(k, "<absent>") for k in keys}
         group = grouped.setdefault(
-            json.dumps(values, sort_keys=True, default=str),
+            json.dumps(_canon(values), sort_keys=True, default=str),
             {"settings": {k: values[k] for k in shown}, "runs": [], "collected": {}},
         )
         group["runs"].append(str(run.path))
@@ -239,6 +261,27 @@ def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> 
         }
         for g in grouped.values()
     ]
+
+
+def _regdb_trials(runs: list[RunSummary], settings: list[dict]) -> bool:
+    """Whether RegDB runs are the protocol's trials: every run of RegDB with its split
+    known, and within each setting (``settings`` without ``data.split``) every split as
+    often as the others, each setting over the same splits (one run per split; or as many
+    seeds of each). Their test sets differ by design then, and the mean over a setting's
+    runs is the protocol's figure."""
+    splits = [(r.manifest.get("dataset") or {}).get("split") for r in runs]
+    if None in splits or not all(
+        (r.manifest.get("dataset") or {}).get("dataset") == "regdb" for r in runs
+    ):
+        return False
+    keys = [k for k in _differing(settings) if k != "data.split"]
+    counts: dict[str, dict] = {}
+    for flat, split in zip(settings, splits):
+        key = json.dumps(_canon({k: flat.get(k) for k in keys}), sort_keys=True, default=str)
+        counts.setdefault(key, {}).setdefault(split, 0)
+        counts[key][split] += 1
+    covered = [frozenset(c) for c in counts.values()]
+    return all(len(set(c.values())) == 1 for c in counts.values()) and len(set(covered)) == 1
 
 
 def _best_on_validation(runs: list[RunSummary], groups: list[dict], reasons: list) -> dict | None:
@@ -281,8 +324,9 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     Returns a JSON-ready dict: ``runs`` (per run: folder, seed, epochs, where its results
     came from, ``{re-ranker: {metric: mean, metric_std: std}}``, notes), ``aggregate``
     (per re-ranker and metric: mean, std (population, ddof=0), min, max and n over the
-    runs that have it, all of them), ``groups`` (the runs grouped by their recipe settings,
-    seed, evaluation, re-ranker and ``data.root`` apart: per group its ``settings`` (those
+    runs that have it, all of them), ``groups`` (per re-ranker table, the runs that have it
+    grouped by their recipe settings, the seed and the keys that change no final number
+    apart, and the re-ranker's for the ``none`` table: per group its ``settings`` (those
     that differ between groups), ``runs`` and ``aggregate`` over them; one group when only
     seeds differ), ``best_on_validation`` (the group of the highest mean mAP where every run
     was evaluated on the validation ids, ``data.validation``; else None), ``not_comparable``
@@ -332,17 +376,26 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
         for rr, per in collected.items()
     }
 
+    recipes = []
+    for run in runs:
+        recipes.append(
+            {
+                k: v
+                for k, v in _flatten(run.config).items()
+                if k != "seed" and not _under(k, _IGNORED_KEYS)
+            }
+        )
+    # runs of one setting (seeds apart) are summarised together; what changes no final
+    # number is no setting, nor is RegDB's split where the runs are its trials
+    by_setting = [{k: v for k, v in f.items() if not _under(k, _NOT_A_SETTING)} for f in recipes]
+    regdb_trials = _regdb_trials(runs, by_setting)
+    if regdb_trials:
+        by_setting = [{k: v for k, v in f.items() if k != "data.split"} for f in by_setting]
+
     reasons: list[str] = []
     data = _differing([_dataset_figures(r.manifest) for r in runs])
-    splits = [(r.manifest.get("dataset") or {}).get("split") for r in runs]
-    regdb_trials = (
-        all((r.manifest.get("dataset") or {}).get("dataset") == "regdb" for r in runs)
-        and None not in splits
-        and len(set(splits)) == len(splits)
-    )
     if data and regdb_trials:
-        # RegDB: one run per split, the splits are the protocol's trials (their test
-        # sets differ by design); each split once, so the mean is the protocol's
+        # RegDB: the splits are the protocol's trials (their test sets differ by design)
         data = {}
     for key, values in data.items():
         reasons.append(f"{key} differs: {values} (another test set or another preparation)")
@@ -355,6 +408,15 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
         ]
         for key, values in _differing(provs).items():
             reasons.append(f"the '{rr}' results were evaluated with another {key}: {values}")
+        metas = [
+            (r.results[rr].get("provenance") or {}).get("features_meta") or {}
+            for r in runs
+            if rr in r.results
+        ]
+        for key in _FEATURE_FIELDS:  # compared where recorded (an older run has none)
+            values = [m.get(key) for m in metas if isinstance(m, dict) and key in m]
+            if any(v != values[0] for v in values[1:]):
+                reasons.append(f"the '{rr}' results were extracted with another {key}: {values}")
     missing = [r.name for r in runs if not r.results]
     if missing:
         reasons.append(f"no evaluation result in {', '.join(missing)}")
@@ -367,30 +429,22 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             f"stopped is not a final result"
         )
 
-    recipes = []
-    for run in runs:
-        recipes.append(
-            {
-                k: v
-                for k, v in _flatten(run.config).items()
-                if k != "seed" and not _under(k, _IGNORED_KEYS)
-            }
-        )
     settings = [{**flat, **_manifest_figures(r.manifest)} for flat, r in zip(recipes, runs)]
-    # runs of one setting (seeds apart) are summarised together; what only the evaluation
-    # or the data's location sets is no setting of the training (the provenance and the
-    # dataset's figures above judge those), nor is RegDB's split when the runs are its trials
-    by_setting = [
-        {k: v for k, v in flat.items() if not _under(k, _NOT_A_SETTING)} for flat in recipes
-    ]
-    if regdb_trials:
-        by_setting = [{k: v for k, v in s.items() if k != "data.split"} for s in by_setting]
-    groups = _groups(runs, table, by_setting)
+    # per table, over the runs that have it; the re-ranker's settings set the re-ranked
+    # tables only
+    groups = {}
+    for rr in names:
+        have = [i for i, r in enumerate(runs) if rr in r.results]
+        keyed = [
+            {k: v for k, v in by_setting[i].items() if rr != "none" or not _under(k, ("reranker",))}
+            for i in have
+        ]
+        groups[rr] = _groups([runs[i] for i in have], [table[i] for i in have], keyed)
     return {
         "runs": table,
         "aggregate": aggregate,
         "groups": groups,
-        "best_on_validation": _best_on_validation(runs, groups, reasons),
+        "best_on_validation": _best_on_validation(runs, groups.get("none", []), reasons),
         "comparable": not reasons,
         "not_comparable": reasons,
         "differences": _differing(settings),
@@ -440,7 +494,9 @@ def format_comparison(report: dict) -> str:
                 + " | ".join(cells)
                 + " |"
             )
-        groups = report.get("groups") or [{"settings": {}, "aggregate": report["aggregate"]}]
+        groups = (report.get("groups") or {}).get(rr) or [
+            {"settings": {}, "aggregate": report["aggregate"]}
+        ]
         if len(report["runs"]) > 1:
             for group in groups:
                 agg = group["aggregate"].get(rr, {})
@@ -453,7 +509,10 @@ def format_comparison(report: dict) -> str:
         if without:  # a table the other runs were not evaluated with
             lines.append(f"(no '{rr}' table in {', '.join(without)}: not evaluated with it)")
         lines.append("")
-    groups = report.get("groups") or []
+    by_table = report.get("groups") or {}
+    # the message of the table with the most settings told apart (the re-ranked ones add
+    # the re-ranker's)
+    groups = max(by_table.values(), key=lambda g: (len(g), len(g[0]["settings"])), default=[])
     if len(groups) > 1:
         keys = ", ".join(groups[0]["settings"])
         if any(len(g["runs"]) > 1 for g in groups):
