@@ -346,7 +346,10 @@ def fit_without_flat_rows(clusterer: Any, x: torch.Tensor, who: str) -> np.ndarr
     if keep is None:
         return None
     labels = np.full(x.shape[0], -1, dtype=np.int64)
-    labels[keep.cpu().numpy()] = clusterer.fit_predict(x[keep])
+    if bool(keep.any()):
+        labels[keep.cpu().numpy()] = clusterer.fit_predict(x[keep])
+    else:  # every row flat: all outliers (the clusterer refused an empty input: audit FB)
+        clusterer.num_clusters_ = 0
     clusterer.labels_ = labels
     return labels
 

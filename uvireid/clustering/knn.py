@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, FeatureFileError
 
 __all__ = [
     "METRICS",
@@ -163,6 +163,13 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
         raise ConfigError(f"knn: {name} must be a 2-D (N, d) array, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         t = t.float()
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        # a NaN row got arbitrary neighbours at NaN distances, silently (audit FB)
+        bad = int((~torch.isfinite(t)).any(1).sum())
+        raise FeatureFileError(
+            f"knn: {name} holds NaN or inf in {bad} row(s); check the feature extractor "
+            f"(a diverged model gives NaN features)"
+        )
     return t, was_numpy
 
 
