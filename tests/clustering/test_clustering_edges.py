@@ -283,3 +283,12 @@ def test_knn_refuses_nan_features():
         knn(x, None, 5, metric="l2", backend="torch")
     with pytest.raises(FeatureFileError, match=r"knn: base holds NaN or inf in 1 row"):
         knn(x[:2] * 0 + 1, x, 5, metric="l2", backend="torch")
+
+
+@pytest.mark.parametrize("k1,k2", [(2.5, 2), (0, 2), (True, 2), (5, 1.5), (5, 0)])
+def test_jaccard_distance_refuses_k_that_is_no_integer_of_at_least_one(k1, k2):
+    """k1=2.5 was taken as 2 without a word (the clusterers refused it, the function not)."""
+    x = np.eye(6, dtype=np.float32)
+    with pytest.raises(ConfigError, match=r"jaccard_distance: k[12] must be an integer >= 1"):
+        jaccard_distance(x, k1, k2)
+    assert jaccard_distance(x, np.int64(3), 2).shape == (6, 6)  # numpy integers are integers

@@ -106,7 +106,7 @@ def test_bad_knn_indices_and_k_are_refused():
     bad[0, 3] = -1
     with pytest.raises(FeatureFileError, match="outside"):
         jaccard_distance(x, 10, knn_indices=bad)
-    with pytest.raises(ConfigError, match="k1 and k2"):
+    with pytest.raises(ConfigError, match="k1 must be an integer >= 1"):
         jaccard_distance(x, 0)
 
 

@@ -389,16 +389,17 @@ def jaccard_distance(
 
     Raises:
         FeatureFileError: features not 2-D, empty or not finite; bad ``knn_indices``.
-        ConfigError: ``k1 < 1`` or ``k2 < 1``.
+        ConfigError: ``k1`` or ``k2`` not an integer >= 1.
     """
     x = as_features(feats, "jaccard_distance")
     dev = resolve_device(device, x)
     x = x.to(dev)
     n = x.shape[0]
-    if int(k1) < 1 or int(k2) < 1:
-        raise ConfigError(f"jaccard_distance: k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
-    k1 = min(int(k1), n)
-    k2 = min(int(k2), k1)
+    from uvireid.rerank.inputs import check_k
+
+    # integers >= 1 (k1=2.5 was taken as 2 without a word: audit FB)
+    k1 = min(check_k(k1, "k1", "jaccard_distance"), n)
+    k2 = min(check_k(k2, "k2", "jaccard_distance"), k1)
     t0 = time.perf_counter()
     if knn_indices is None:
         xq = x.float() if x.dtype != torch.float64 else x
