@@ -87,6 +87,11 @@ def test_a_root_among_several_copies_or_of_another_dataset_is_said(tmp_path):
         with pytest.raises(DatasetError) as info:
             cls(root)
         assert f"{root} holds {said}" in str(info.value)
+    # a SYSU-MM01 copy without one split file is told to copy it, not called SYSU-MM01 (FD)
+    (a / "exp" / "test_id.txt").unlink()
+    with pytest.raises(DatasetError) as info:
+        SYSUMM01(a)
+    assert "Copy the split files" in str(info.value) and "data.type=" not in str(info.value)
 
 
 def test_a_file_name_that_is_not_utf8_does_not_stop_the_fingerprint(tmp_path):

@@ -268,6 +268,8 @@ def test_weights_sha1_tells_weights_apart_and_ignores_wrappers_and_devices():
     sha = weights_sha1(net)
     assert len(sha) == 40 and int(sha, 16) >= 0
     assert weights_sha1(same) == sha == weights_sha1(net.state_dict())
+    backwards = dict(reversed(list(net.state_dict().items())))  # another key order (FD)
+    assert list(backwards) != list(net.state_dict()) and weights_sha1(backwards) == sha
 
     class Wrapper(nn.Module):  # as DDP and torch.compile name their child
         def __init__(self, name, inner):

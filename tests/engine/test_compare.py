@@ -386,3 +386,76 @@ def test_an_evaluation_setting_that_changes_the_numbers_is_a_setting(three_seeds
         {"reranker.k": 9},
         {"reranker.k": 3},
     ]
+
+
+def _copy_run(run, dest, config=None, manifest=None, results=None):
+    """A copy of ``run`` with its config.yaml / manifest.json / results.json edited."""
+    shutil.copytree(run, dest)
+    if config:
+        cfg = yaml.safe_load((dest / "config.yaml").read_text())
+        config(cfg)
+        (dest / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name, edit in (("manifest.json", manifest), ("results.json", results)):
+        if edit:
+            _edit(dest / name, edit)
+    return dest
+
+
+def test_group_edges(three_seeds, tmp_path):
+    """Audit FD's survivors: a run without results is a member of its group but not
+    counted; a stage's copy of a setting is hidden only where it copies it in every run;
+    a summary counts the runs of the metric most runs have (an older file without mINP)
+    and averages means, not the trials' stds; another world size is another setting; the
+    note says which settings differ only when some setting has several runs."""
+    a, b, c = three_seeds
+    empty = _copy_run(c, tmp_path / "empty")
+    (empty / "results.json").unlink()
+    (empty / "metrics.jsonl").write_text("")
+    report = compare_runs([a, b, empty])
+    (group,) = report["groups"]["none"]
+    assert group["runs"] == [str(a), str(b)]  # a run without any table is in none of them
+    assert group["aggregate"]["none"]["mAP"]["n"] == 2 and not report["comparable"]
+
+    def stages(top, values):
+        def edit(cfg):
+            cfg["clusterer"] = {"type": "dbscan", "eps": top}
+            cfg["stages"] = [
+                {"name": f"s{i}", "clusterer": {"type": "dbscan", "eps": v}}
+                for i, v in enumerate(values)
+            ]
+
+        return edit
+
+    s1 = _copy_run(a, tmp_path / "s1", config=stages(0.5, [0.5, 0.5]))
+    s2 = _copy_run(b, tmp_path / "s2", config=stages(0.6, [0.6, 0.7]))
+    assert [g["settings"] for g in compare_runs([s1, s2])["groups"]["none"]] == [
+        {"clusterer.eps": 0.5, "stages.1.clusterer.eps": 0.5},
+        {"clusterer.eps": 0.6, "stages.1.clusterer.eps": 0.7},
+    ]
+
+    def drop(res):
+        for table in res.values():
+            table["mean"].pop("mINP", None)
+
+    older = _copy_run(a, tmp_path / "older", results=drop)
+    report = compare_runs([a, b, older])
+    agg = report["groups"]["none"][0]["aggregate"]["none"]
+    assert (agg["R1"]["n"], agg["mINP"]["n"]) == (3, 2)
+    assert set(agg) == {"R1", "R10", "R20", "mAP", "mINP"}
+    assert "over 3 runs |" in format_comparison(report)
+
+    ddp = _copy_run(b, tmp_path / "ddp", manifest=lambda m: m.__setitem__("world_size", 2))
+    report = compare_runs([a, ddp])
+    assert [g["settings"] for g in report["groups"]["none"]] == [
+        {"world_size": 1},
+        {"world_size": 2},
+    ]
+    assert report["differences"]["world_size"] == [1, 2]
+
+    h48 = _copy_run(a, tmp_path / "h48", config=lambda cfg: cfg["train"].__setitem__("height", 48))
+    text = format_comparison(compare_runs([a, b, h48]))
+    assert "over 2 runs, train.height=32 |" in text and "train.height=48 |" not in text
+    assert "the runs differ in train.height: each setting is summarised over its own" in text
+    assert "each run has its own" not in text
+    plain = format_comparison(compare_runs([a, b]))
+    assert "the runs differ in" not in plain and "each run has its own" not in plain

@@ -805,3 +805,50 @@ def test_a_gallery_of_other_weights_or_settings_is_refused(run_dir, tmp_path, ca
         == 2
     )
     assert "has no infrared image, the gallery" in capsys.readouterr().err
+
+
+def test_a_gallery_extracted_at_another_size_is_refused(run_dir, tmp_path, capsys):
+    """Audit FD: extract of the run's recipe with its checkpoint at another image size
+    recorded no change, and match ranked its 64x16 gallery against 32x16 queries."""
+    _, vis, ir = _test_images(run_dir)
+    gallery = tmp_path / "g64.npz"
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    argv = ["extract", str(run_dir / "config.yaml"), "--checkpoint", str(ckpt)]
+    assert main([*argv, "-o", str(gallery), "train.height=64"]) == 0
+    assert load_features(gallery).meta["test_size"] == [64, 16]
+    capsys.readouterr()
+    out = tmp_path / "m.csv"
+    argv = ["match", str(run_dir), "--infrared", ir[0], "--gallery", str(gallery)]
+    assert main([*argv, "-o", str(out)]) == 2 and not out.exists()
+    assert "test_size [64, 16] (the run evaluates with [32, 16])" in capsys.readouterr().err
+
+
+def test_a_saved_gallery_keeps_its_ids_and_cameras_and_a_precision_is_warned_when_named(
+    run_dir, tmp_path, caplog
+):
+    """Audit FD: --gallery --save-features keeps the gallery rows' pids and cams (the
+    queries' are -1), row for row as the file's; the precision warning is for a gallery
+    that names another precision, not one that names none."""
+    own, vis, ir = _test_images(run_dir)
+    copy = tmp_path / "probe.png"
+    shutil.copy(ir[0], copy)
+    saved = tmp_path / "s.npz"
+    argv = ["match", str(run_dir), "--infrared", str(copy), "--gallery"]
+    assert main([*argv, str(run_dir / "features.npz"), "--save-features", str(saved)]) == 0
+    got = load_features(saved)
+    rows = np.flatnonzero(own.modality == 0)
+    g = got.modality == 0
+    assert list(got.paths[g]) == list(own.paths[rows])
+    np.testing.assert_array_equal(got.pids[g], own.pids[rows])
+    np.testing.assert_array_equal(got.cams[g], own.cams[rows])
+    assert (got.pids[~g] == -1).all() and (got.cams[~g] == -1).all()
+    meta = {k: v for k, v in own.meta.items() if k != "precision"}
+    for name, extra, warned in (("none.npz", {}, False), ("bf16.npz", {"precision": "bf16"}, True)):
+        uvireid.save_features(
+            tmp_path / name, own.feats, own.pids, own.cams, own.modality, paths=own.paths,
+            **meta, **extra,
+        )  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert main([*argv, str(tmp_path / name), "-o", str(tmp_path / f"{name}.csv")]) == 0
+        assert ("was embedded in" in caplog.text) is warned, caplog.text

@@ -363,6 +363,13 @@ def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_
     d = run("20261126-130000")
     assert resume_target(cfg, True).path == d
     assert resume_target(cfg, str(b)).path == b  # a folder named is the one resumed
+    # audit FD: two empty runs after a checkpointed one lead back to it; a metrics.jsonl
+    # created but empty is no progress
+    e = run("20261126-140000", ckpt)
+    run("20261126-150000")
+    run("20261126-160000", "metrics.jsonl")
+    (tmp_path / "tiny-20261126-160000" / "metrics.jsonl").write_text("")
+    assert resume_target(cfg, True).path == e
 
 
 def test_resume_continues_the_run_with_a_checkpoint_past_a_later_empty_one(recipe_file, caplog):

@@ -111,3 +111,30 @@ def test_a_best_epoch_of_a_validation_run_is_chosen_on_the_validation_ids():
     assert held_out(SimpleNamespace(dataset=SimpleNamespace(validation=True))) == "validation ids"
     assert held_out(SimpleNamespace(dataset=SimpleNamespace(validation=False))) == "test set"
     assert held_out(SimpleNamespace(dataset=object())) == "test set"  # a plugin dataset
+
+
+def test_validation_features_of_a_model_that_left_the_ids_out_are_evaluated(tmp_path):
+    """Audit FD: extract of a run trained with data.validation=true (its checkpoint says
+    so) records train_validation true and `uvireid eval` takes the file; the backbone as
+    the recipe builds it (never trained) is not refused either: only a model known to
+    have trained on the validation ids is."""
+    import yaml
+    from train_fixtures import tiny_recipe
+
+    from uvireid.cli import main
+
+    rec = tiny_recipe(tmp_path)
+    rec["stages"] = rec["stages"][:1]
+    rec["data"]["validation"] = True
+    path = tmp_path / "val.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    run = run_recipe(load_recipe(path), progress=False).path
+    out = tmp_path / "v.npz"
+    assert main(["extract", str(run), "-o", str(out)]) == 0
+    meta = load_features(out).meta
+    assert meta["validation"] is True and meta["train_validation"] is True
+    assert main(["eval", str(out), "--protocol", "sysu-all"]) == 0
+    untrained = tmp_path / "u.npz"
+    assert main(["extract", str(path), "--checkpoint", "none", "-o", str(untrained)]) == 0
+    assert "train_validation" not in load_features(untrained).meta
+    assert main(["eval", str(untrained), "--protocol", "sysu-all"]) == 0

@@ -325,7 +325,8 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     came from, ``{re-ranker: {metric: mean, metric_std: std}}``, notes), ``aggregate``
     (per re-ranker and metric: mean, std (population, ddof=0), min, max and n over the
     runs that have it, all of them), ``groups`` (per re-ranker table, the runs that have it
-    grouped by their recipe settings, the seed and the keys that change no final number
+    grouped by their recipe settings and the manifest's world size, per-GPU and
+    per-BatchNorm batch and precision, the seed and the keys that change no final number
     apart, and the re-ranker's for the ``none`` table: per group its ``settings`` (those
     that differ between groups), ``runs`` and ``aggregate`` over them; one group when only
     seeds differ), ``best_on_validation`` (the group of the highest mean mAP where every run
@@ -386,8 +387,21 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             }
         )
     # runs of one setting (seeds apart) are summarised together; what changes no final
-    # number is no setting, nor is RegDB's split where the runs are its trials
-    by_setting = [{k: v for k, v in f.items() if not _under(k, _NOT_A_SETTING)} for f in recipes]
+    # number is no setting, nor is RegDB's split where the runs are its trials. The world
+    # size, the batch each GPU and BatchNorm sees and the precision are (users_pain Sec. 2:
+    # "R1 52 % on 2 GPUs vs 57 % on 4"); package versions and the source revision are
+    # differences listed, not settings
+    by_setting = [
+        {
+            **{k: v for k, v in f.items() if not _under(k, _NOT_A_SETTING)},
+            **{
+                k: v
+                for k, v in _manifest_figures(r.manifest).items()
+                if not _under(k, ("versions", "source"))
+            },
+        }
+        for f, r in zip(recipes, runs)
+    ]
     regdb_trials = _regdb_trials(runs, by_setting)
     if regdb_trials:
         by_setting = [{k: v for k, v in f.items() if k != "data.split"} for f in by_setting]
