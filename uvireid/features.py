@@ -145,11 +145,12 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
         if np.all(arr == np.round(arr)):
             return arr.astype(np.int64)
     if arr.dtype.kind in "USO":  # text labels ('0042', 'cam3'): numbering them keeps them apart
-        fix = (
-            f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
-            if name == "pids"
-            else "store the numbers they name as integers (e.g. 'cam3' -> 3)"
-        )
+        if name == "pids":
+            fix = f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
+        elif name == "modality":  # 'visible'/'infrared' got the cameras' fix (audit FE)
+            fix = "0 = visible, 1 = infrared, e.g. modality = (modality == 'infrared').astype(int)"
+        else:
+            fix = "store the numbers they name as integers (e.g. 'cam3' -> 3)"
         raise FeatureFileError(
             f"{where}: '{name}' holds text (dtype {arr.dtype}, e.g. {arr.reshape(-1)[:1].tolist()}); "
             f"expected integer labels; fix: {fix}"
@@ -181,8 +182,13 @@ def _validated(
         if np.issubdtype(feats.dtype, np.integer):
             feats = feats.astype(np.float32)
         else:
+            fix = (
+                "feats.astype('float32')"
+                if feats.dtype == bool
+                else "save the real-valued (N, d) feature matrix (float32 or float64)"
+            )
             raise FeatureFileError(
-                f"{where}: 'feats' has dtype {feats.dtype}; expected float32 or float64"
+                f"{where}: 'feats' has dtype {feats.dtype}; expected float32 or float64; fix: {fix}"
             )
     elif feats.dtype.itemsize < 4:
         # float16 (as mixed-precision extraction writes): numpy has no float16 product (100x
@@ -313,6 +319,12 @@ def _checked_arrays(
     return _validated(arrays, meta, where)
 
 
+def _non_finite(name: str) -> None:
+    """``json.loads``'s hook for NaN/Infinity: refused, as :func:`save_features` refuses
+    writing them (a plain ``np.savez`` file carried them in: audit FE)."""
+    raise ValueError(f"{name} in the JSON (a non-finite number; JSON has none: write null)")
+
+
 def decode_meta(raw: Any, where: str) -> Any:
     """A features file's ``meta`` as stored (a 0-d or 1-element str array holding JSON, as
     :func:`save_features` writes it), as a JSON string or bytes, already a mapping, or
@@ -327,7 +339,7 @@ def decode_meta(raw: Any, where: str) -> Any:
             raw = raw[()] if raw.ndim == 0 else raw.reshape(-1)[0]
         if isinstance(raw, (bytes, np.bytes_)):
             raw = bytes(raw).decode("utf-8")
-        return json.loads(str(raw))
+        return json.loads(str(raw), parse_constant=_non_finite)
     except (ValueError, IndexError) as exc:
         raise FeatureFileError(
             f"{where}: 'meta' is not a JSON string ({exc}); expected e.g. "
@@ -456,9 +468,14 @@ def load_features(path: str | os.PathLike) -> Features:
             try:
                 arrays[name] = npz[name]
             except ValueError as exc:  # object arrays need pickle, which is refused
+                how = (
+                    "store the meta as a JSON string: np.savez(..., meta=json.dumps({...}))"
+                    if name == "meta"  # a dict, the likeliest way to get here (audit FE)
+                    else "store it as a plain numeric or str array"
+                )
                 raise FeatureFileError(
-                    f"{where}: array '{name}' cannot be read without pickle ({exc}); store it "
-                    f"as a plain numeric or str array; fix: {_FIX}"
+                    f"{where}: array '{name}' cannot be read without pickle ({exc}); {how}; "
+                    f"fix: {_FIX}"
                 ) from None
     meta = decode_meta(arrays.pop("meta", None), where)
     feats, pids, cams, modality, paths = _validated(arrays, meta, where)

@@ -49,7 +49,7 @@ import torch
 
 from uvireid.associations.checks import as_features, resolve_device
 from uvireid.clustering.knn import knn
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import FeatureFileError
 from uvireid.rerank.kreciprocal import reciprocal_sets
 
 __all__ = [

@@ -48,6 +48,7 @@ the standard deviation is the population one (``ddof=0``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -699,11 +700,14 @@ def _meta_notes(meta: Mapping) -> list[str]:
                 f"stage {start.get('stage')} started from epoch {start.get('epoch')} "
                 f"chosen on the {start.get('selected_on', 'test set')}"
             )
-    if meta.get("changes"):
-        notes.append(f"changed from the run: {', '.join(meta['changes'])}")
+    changes = meta.get("changes")
+    if isinstance(changes, Mapping) and changes:  # extract's {key: "a -> b"}
+        notes.append("changed from the run: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+    elif changes:
+        notes.append(f"changed from the run: {', '.join(map(str, changes))}")
     if (meta.get("dataset_check") or {}).get("ok") is False:
         notes.append("test set differs from the official release")
-    if meta.get("validation"):
+    if _flag(meta.get("validation")):
         notes.append("the validation ids (exp/val_id.txt), not the test set")
     return notes
 
@@ -723,13 +727,32 @@ def _dataset_label(files: list[Features], spec: ProtocolSpec) -> str:
     dataset laid out as the protocol's (the synthetic one), that dataset "(SYSU-MM01
     protocol)": a demo number used to read as a SYSU-MM01 result."""
     names = {_norm_dataset((f.meta or {}).get("dataset") or "") for f in files} - {""}
-    held = " validation ids" if any((f.meta or {}).get("validation") for f in files) else ""
-    if all(n.startswith(spec.dataset) for n in names):  # "sysu", "SYSU-MM01", none
+    held = " validation ids" if any(_flag((f.meta or {}).get("validation")) for f in files) else ""
+    # the protocol's dataset by its own spellings only ("sysu", "SYSU-MM01"; not a variant
+    # such as "SYSU-MM01-C", whose title names it: audit FE)
+    own = {spec.dataset, _norm_dataset(spec.dataset_name)}
+    if names <= own:
         return spec.dataset_name + held
     titles = sorted(
-        {str((f.meta or {}).get("title") or (f.meta or {}).get("dataset")) for f in files}
+        {
+            str((f.meta or {}).get("title") or (f.meta or {}).get("dataset"))
+            for f in files
+            if (f.meta or {}).get("title") or (f.meta or {}).get("dataset")
+        }
     )
     return f"{' + '.join(titles)}{held} ({spec.dataset_name} protocol)"
+
+
+def _flag(value: Any) -> bool | None:
+    """A meta flag as a boolean: true/false, 1/0, "true"/"false" (a file of another
+    codebase may write any), None when absent or of any other form."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    return None
 
 
 def _check_meta(features: Features, spec: ProtocolSpec) -> None:
@@ -758,15 +781,27 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
         )
     if spec.dataset == "llcm":
         _check_llcm_cameras(features, where, spec)
-    if meta.get("validation") and meta.get("train_validation") is False:
-        raise ProtocolError(
-            f"{where} holds the validation ids (exp/val_id.txt; its meta says so), and the "
-            f"model trained on them (in the release's arrangement, train = train + val "
-            f"ids), so the numbers would include training images. Fix: choose settings "
-            f"with runs of data.validation=true, whose models leave these ids out, or "
-            f"evaluate the test set"
-        )
+    if _flag(meta.get("validation")):
+        left_out = _flag(meta.get("train_validation"))
+        if left_out is None and "train_validation" not in meta:
+            logger.warning(
+                "%s: meta says these are the validation ids but not whether the model left "
+                "them out of its training (train_validation); cannot check that it did "
+                "(the release's arrangement trains on them)",
+                where,
+            )
+        elif not left_out:  # false, 0, "false", or a value that says nothing
+            raise ProtocolError(
+                f"{where} holds the validation ids (exp/val_id.txt; its meta says so), and "
+                f"the model trained on them (train_validation "
+                f"{meta.get('train_validation')!r}: in the release's arrangement, train = "
+                f"train + val ids), so the numbers would include training images. Fix: "
+                f"choose settings with runs of data.validation=true, whose models leave "
+                f"these ids out, or evaluate the test set"
+            )
     split = meta.get("split")
+    if spec.dataset == "regdb":
+        _check_split_numbers(meta, where)
     if spec.dataset != "regdb" and _int_or_none(split) is not None:
         raise ProtocolError(
             f"{where} names split {split} (its meta says so): a numbered split is RegDB's "
@@ -778,9 +813,16 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
         # RegDB's files name their split by number (or "test"); a "train" file is refused
         # as for the other datasets (audit AR: it was evaluated, with a warning that the
         # meta did not say the test split)
+        held = (
+            " (SYSU-MM01's validation ids are evaluated as a test set whose meta says "
+            "validation: true and, for a model that left them out, train_validation: true: "
+            "data.validation=true)"
+            if str(split).lower() in ("val", "validation")
+            else ""
+        )
         raise ProtocolError(
             f"{where} holds the '{split}' split (its meta says so); {spec.dataset_name} "
-            f"protocols evaluate the test split only; fix: extract the test set"
+            f"protocols evaluate the test split only; fix: extract the test set{held}"
         )
 
 
@@ -802,16 +844,37 @@ def _check_llcm_cameras(features: Features, where: str, spec: ProtocolSpec) -> N
 
 
 def _int_or_none(x: Any) -> int | None:
-    try:
+    """A split number: an integer, or a string or float that is exactly one (a bool or
+    3.7 is none: 3.7 was read as split 3, true as split 1; audit FE)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, np.integer)):
         return int(x)
+    try:
+        value = float(x)
     except (TypeError, ValueError):
         return None
+    return int(value) if value.is_integer() else None
+
+
+def _check_split_numbers(meta: Mapping, where: str) -> None:
+    """A RegDB file's split numbers are whole numbers (or "test"): 3.7 was read as split 3
+    and true as split 1 (audit FE)."""
+    for key in ("test_split", "split", "train_split"):
+        value = meta.get(key)
+        numeric = isinstance(value, (bool, float, np.floating))  # a name ('train') is not
+        if numeric and _int_or_none(value) is None:
+            raise ProtocolError(
+                f"{where}: its meta's {key} is {value!r}, not a RegDB split number (1..10); "
+                f"fix the meta (the split the file's test images or the model come from)"
+            )
 
 
 def _regdb_split(features: Features) -> int | None:
     """The test split of a RegDB file, refusing a model trained on another split."""
     meta = features.meta or {}
     where = _where(features)
+    _check_split_numbers(meta, where)
     split = _int_or_none(meta.get("test_split", meta.get("split")))
     train_split = _int_or_none(meta.get("train_split"))
     if split is not None and train_split is not None and split != train_split:
@@ -968,6 +1031,24 @@ def run_protocol(
             "the files hold different features (test_flip true and false in their meta: "
             "flip-averaged and single-pass); average files extracted alike: re-extract the "
             "others with evaluation.flip=..."
+        )
+    for key, fix in (("test_size", "train.height/width"), ("test_resize", "train.test_resize")):
+        # images of another size or filter are other features (audit FE: averaged silently)
+        values = {json.dumps((f.meta or {}).get(key)) for f in files if key in (f.meta or {})}
+        if len(values) > 1:
+            raise ProtocolError(
+                f"the files hold different features ({key} {', '.join(sorted(values))} in "
+                f"their meta); average files extracted alike: re-extract the others with "
+                f"{fix}=..."
+            )
+    named = {
+        _norm_dataset((f.meta or {}).get("dataset")) for f in files if (f.meta or {}).get("dataset")
+    }
+    if len(named) > 1:
+        raise ProtocolError(
+            f"the files are of different datasets ("
+            f"{', '.join(sorted(str((f.meta or {}).get('dataset')) for f in files if (f.meta or {}).get('dataset')))}"
+            f" in their meta); average the split files of one dataset"
         )
     if spec.dataset == "regdb":
         lengths = {(f.meta or {}).get("total_epochs") for f in files} - {None}
