@@ -15,9 +15,11 @@ A features file is an ``.npz`` (written by :func:`save_features`, read by
 Features from another codebase can be evaluated and re-ranked by exporting these arrays with
 ``numpy.savez`` (or :func:`save_features`). Every file is checked when read: missing arrays,
 arrays of different lengths, non-finite features, modality codes other than 0/1, features
-that are not an (N, d) matrix with N, d >= 1, a path given twice and non-finite numbers in
-the meta are :class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the
-fix. (The SYSU-MM01 protocols also check ``cams`` and ``pids`` against SYSU-MM01 paths.)
+that are not an (N, d) matrix with N, d >= 1 and a path given twice are
+:class:`~uvireid.errors.FeatureFileError` naming the file, the problem and the fix; writing
+non-finite numbers into the meta is one too, and those of a file written elsewhere
+(Python's ``json.dumps`` writes NaN) are read as null, with a warning. (The SYSU-MM01
+protocols also check ``cams`` and ``pids`` against SYSU-MM01 paths.)
 """
 
 from __future__ import annotations
@@ -320,9 +322,15 @@ def _checked_arrays(
 
 
 def _non_finite(name: str) -> None:
-    """``json.loads``'s hook for NaN/Infinity: refused, as :func:`save_features` refuses
-    writing them (a plain ``np.savez`` file carried them in: audit FE)."""
-    raise ValueError(f"{name} in the JSON (a non-finite number; JSON has none: write null)")
+    """``json.loads``'s hook for NaN/Infinity (Python's ``json.dumps`` writes them, and so
+    did :func:`save_features` before 2026-11-27): read as null, with a warning, so that
+    no non-finite number reaches a provenance (audit FE) and such a file stays readable
+    (audit FF)."""
+    logger.warning(
+        "a features file's meta holds %s (not JSON; Python's json.dumps writes it): read as null",
+        name,
+    )
+    return None
 
 
 def decode_meta(raw: Any, where: str) -> Any:

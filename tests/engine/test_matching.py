@@ -769,10 +769,12 @@ def test_a_gallery_of_other_weights_or_settings_is_refused(run_dir, tmp_path, ca
             "test_resize 'lanczos'",
         ),
         (
-            gallery("size.npz", weights_sha1=sha, changes={"train.height": "32 -> 64"}),
+            gallery("pool.npz", weights_sha1=sha, changes={"backbone.pooling": "'gem' -> 'avg'"}),
             [],
-            "changes",
+            "changes to the run's backbone",
         ),
+        # a change of the training alone (its lr, its precision: warned) is no other embedding
+        (gallery("lr.npz", weights_sha1=sha, changes={"train.lr": "0.00035 -> 0.5"}), [], None),
         (good, ["--visible", vis[0]], "--visible and --gallery both give the gallery"),
         (good, ["--direction", "v2i", "--visible", vis[0]], None),  # the file's ir rows
     ]

@@ -337,8 +337,9 @@ def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_
 
     cfg = {"output_dir": str(tmp_path), "name": "tiny"}
 
-    def run(name, *files):
+    def run(name, *files, recipe=cfg):
         path = _folder(tmp_path, f"tiny-{name}", 0)
+        (path / "config.yaml").write_text(yaml.safe_dump(recipe))  # the recipe it ran
         for f in files:
             (path / f).parent.mkdir(parents=True, exist_ok=True)
             (path / f).write_text("x")
@@ -370,6 +371,11 @@ def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_
     run("20261126-160000", "metrics.jsonl")
     (tmp_path / "tiny-20261126-160000" / "metrics.jsonl").write_text("")
     assert resume_target(cfg, True).path == e
+    # audit FF: a run of the recipe before a change is not one to continue: the newest
+    # (of the changed recipe, stopped early) starts again
+    run("20261126-170000", ckpt, recipe={**cfg, "seed": 5})
+    g = run("20261126-180000")
+    assert resume_target(cfg, True).path == g
 
 
 def test_resume_continues_the_run_with_a_checkpoint_past_a_later_empty_one(recipe_file, caplog):

@@ -154,14 +154,18 @@ def test_select_refuses_a_mask_of_another_length():
     np.testing.assert_array_equal(f.select(f.modality == 1).pids, np.arange(12))
 
 
-def test_non_finite_meta_in_a_plain_numpy_file_is_refused(tmp_path):
-    """The module docstring: 'non-finite numbers in the meta are FeatureFileError'. A plain
-    numpy.savez with json.dumps (which writes NaN by default) is read without complaint and
-    the NaN reaches the provenance (only save_features refuses it)."""
+def test_non_finite_meta_in_a_plain_numpy_file_is_read_as_null_and_said(tmp_path, caplog):
+    """A plain numpy.savez with json.dumps (which writes NaN by default) carried the NaN
+    into the provenance (audit FE); refusing the file lost it whole, an older uvireid's
+    too (audit FF): it is read as null, with a warning. Writing one is refused."""
     a = _regdb_arrays(0)
     path = _savez(tmp_path / "n.npz", a, {"dataset": "regdb", "best_mAP": float("nan")})
-    with pytest.raises(FeatureFileError, match=r"NaN in the JSON \(a non-finite number"):
-        load_features(path)
+    with caplog.at_level(logging.WARNING):
+        meta = load_features(path).meta
+    assert meta == {"dataset": "regdb", "best_mAP": None}
+    assert "meta holds NaN (not JSON" in caplog.text
+    with pytest.raises(FeatureFileError, match="not JSON-serialisable"):
+        save_features(tmp_path / "w.npz", **a, best_mAP=float("inf"))
 
 
 def test_text_modality_gets_a_modality_fix(tmp_path):
@@ -404,3 +408,17 @@ def test_regdb_splits_extracted_at_other_sizes_are_not_averaged_silently(tmp_pat
         files.append(_savez(tmp_path / f"{s}.npz", _regdb_arrays(s), meta))
     with pytest.raises(ProtocolError, match=r"different features \(test_size \[288, 144\]"):
         run_protocol(files, "regdb-v2i")
+
+
+def test_split_files_naming_the_dataset_by_either_spelling_are_averaged(tmp_path):
+    """Audit FF: 'regdb' and 'RegDB' (another codebase's spelling) are one dataset, and a
+    file that names none is not another one."""
+    files = [
+        _savez(tmp_path / "a.npz", _regdb_arrays(1), {"dataset": "regdb", "split": 1}),
+        _savez(tmp_path / "b.npz", _regdb_arrays(2), {"dataset": "RegDB", "split": 2}),
+        _savez(tmp_path / "c.npz", _regdb_arrays(3), {"split": 3}),
+    ]
+    assert run_protocol(files, "regdb-v2i").provenance["dataset"] == "RegDB"
+    other = _savez(tmp_path / "d.npz", _regdb_arrays(4), {"dataset": "mydata", "split": 4})
+    with pytest.raises(ProtocolError, match="the files are of different datasets"):
+        run_protocol([*files, other], "regdb-v2i")

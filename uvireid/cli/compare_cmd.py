@@ -10,10 +10,11 @@ A folder that holds run folders stands for all of them. A run that did not finis
 its last evaluation in metrics.jsonl, marked. The std of a run's cell is over its
 evaluation trials; the summary row's is over the runs (population, ddof=0). Runs that
 differ in a recipe setting (a sweep's: uvireid run --sweep clusterer.eps=0.5,0.6 --sweep
-seed=1,2,3) get a summary row per setting, over that setting's runs (its seeds); what
-changes no final number (data.root, evaluation.at_start/every/perm_file,
-train.image_cache) is no setting here, nor the re-ranker's keys for the 'none' table.
-Runs evaluated on the validation ids (data.validation) end with the best setting.
+seed=1,2,3) get a summary row per setting, over that setting's runs (its seeds). The
+world size, the per-GPU and per-BatchNorm batch and the precision are settings too; what
+changes no final number (data.root, evaluation.at_start/perm_file, train.image_cache) is
+none, nor are the re-ranker's keys for the 'none' table. Runs evaluated on the
+validation ids (data.validation) end with the best setting.
 
 Not comparable (listed, exit code 0 unless --strict): another test set (the dataset's
 file-list hash or sizes), another protocol, mode, direction, shot, number of trials,

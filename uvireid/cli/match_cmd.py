@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from uvireid.errors import ConfigError, DatasetError
+from uvireid.types import INFRARED, VISIBLE
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="F.npz",
         help="with a run folder: the gallery from a features file of the same weights "
-        "(--save-features', extract's or the run's features.npz); only the queries are "
+        "(--save-features's, extract's or the run's features.npz); only the queries are "
         "embedded",
     )
     p.add_argument(
@@ -249,7 +250,7 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
     t = time.perf_counter()
     # the queries' modality first: an unreadable query set is said before the gallery's
     # embedding, usually the longer one
-    code_of = {"visible": 0, "infrared": 1}
+    code_of = {"visible": VISIBLE, "infrared": INFRARED}
     order = [(code_of[name], name) for name in (q_name, g_name) if name in files]
     for code, name in order:
         f, ok, skipped = model.embed(files[name], name, batch=args.batch)
@@ -328,7 +329,7 @@ def _gallery_rows(path: str, name: str) -> dict:
     from uvireid.features import load_features
 
     feats = load_features(path)
-    code = {"visible": 0, "infrared": 1}[name]
+    code = {"visible": VISIBLE, "infrared": INFRARED}[name]
     rows = np.flatnonzero(feats.modality == code)
     if not len(rows):
         raise ConfigError(
@@ -388,8 +389,13 @@ def _check_gallery(feats: Any, model: Any, path: str) -> None:
             model.height,
             model.width,
         )
-    if meta.get("changes"):
-        wrong.append(f"changes to the run's settings {meta['changes']}")
+    changes = meta.get("changes") if isinstance(meta.get("changes"), dict) else {}
+    # what changes the embedding of these weights: the backbone's settings (its pooling,
+    # say; size, filter, head and flip are compared above); train.lr or train.amp (a
+    # precision, warned below) do not (audit FF: every change was refused)
+    embedding = {k: v for k, v in changes.items() if k.startswith("backbone.")}
+    if embedding:
+        wrong.append(f"changes to the run's backbone {embedding}")
     if wrong:
         raise ConfigError(
             f"--gallery {path} was made by these weights but with {'; '.join(wrong)}: the "

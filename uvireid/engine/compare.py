@@ -41,13 +41,14 @@ METRICS = ("R1", "R10", "R20", "mAP", "mINP")
 _IGNORED_KEYS = ("name", "description", "output_dir", "device", "train.threads", "train.workers")
 
 #: recipe keys that change no final number (where the data lie, an evaluation before the
-#: first epoch, how often the others run, where the official sampler's file lies, where
+#: first epoch, which never becomes the best, where the official sampler's file lies, where
 #: decoded images are kept): runs that differ in them alone are one setting. The
-#: re-ranker's keys are no setting of the 'none' table either (its numbers are the model's)
+#: re-ranker's keys are no setting of the 'none' table either (its numbers are the model's).
+#: ``evaluation.every`` is one: a stage that starts from the best evaluated epoch starts
+#: from another checkpoint (audit FF)
 _NOT_A_SETTING = (
     "data.root",
     "evaluation.at_start",
-    "evaluation.every",
     "evaluation.perm_file",
     "train.image_cache",
 )
@@ -145,9 +146,13 @@ def summarize_run(path: str | Path) -> RunSummary:
             f"{path} is not a run folder (no config.yaml in it); pass folders written by "
             f"`uvireid run` (<output_dir>/<recipe>-<time>), or a folder that holds them"
         )
+    from uvireid.engine.run_folder import _resolved_config
+
     notes: list[str] = []
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        # resolved by this version: a run of an earlier one lacks the keys added since, and
+        # was a setting of its own beside its seeds of today (audit FF)
+        cfg = _resolved_config(path / "config.yaml")
     except (OSError, yaml.YAMLError) as exc:
         notes.append(f"config.yaml cannot be read ({exc})")
         cfg = {}

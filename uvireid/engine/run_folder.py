@@ -553,8 +553,9 @@ def resume_target(cfg: dict, resume: Any) -> RunFolder | None:
 def _latest_to_resume(cfg: dict) -> RunFolder | None:
     """``--resume``'s folder: the recipe's latest run, but where that one stopped before
     its first checkpoint (started again by mistake, or by a scheduler, and stopped while
-    it decoded the images), the unfinished run before it that holds a checkpoint, said
-    (audit FC: its epochs were left behind without a word, and training began again)."""
+    it decoded the images), the unfinished run before it that holds a checkpoint, of the
+    same recipe, said (audit FC: its epochs were left behind without a word, and training
+    began again; audit FF: not a run of the recipe before a change)."""
     from uvireid.engine.checkpoint import LATEST
 
     runs = RunFolder.runs_of(cfg["output_dir"], cfg["name"])
@@ -584,6 +585,13 @@ def _latest_to_resume(cfg: dict) -> RunFolder | None:
         if finished(older):  # the runs before it were left for it: start the newest again
             return newest
         if (older.checkpoints / LATEST).exists():
+            if recipe_changes(
+                _resolved_config(older.path / "config.yaml"),
+                _resolved_config(newest.path / "config.yaml"),
+            ):
+                # another recipe's run (the newest was started after a change): resuming it
+                # would be refused, or continued with the new settings (audit FF)
+                return newest
             logger.warning(
                 "--resume: %s, the latest run of '%s', stopped before its first checkpoint "
                 "and has nothing to resume; resuming %s, the latest with one (to train in %s "

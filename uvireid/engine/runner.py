@@ -408,6 +408,36 @@ def preflight(cfg: dict) -> None:
         from uvireid.models.backbone import check_two_stream_args
 
         check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
+    _check_validation_start(cfg)
+
+
+def _check_validation_start(cfg: dict) -> None:
+    """A ``data.validation`` run records that its model left the validation ids out; one
+    that starts from a uvireid checkpoint trained on them (the release's arrangement, train
+    = train + val ids) would be tested on training images and read as a validation result
+    (audit FF). Refused; any other starting weights (ImageNet's, the prior, another
+    dataset's run) never saw the ids.
+
+    Raises:
+        ConfigError: naming the checkpoint and the fix.
+    """
+    pre = cfg["backbone"].get("pretrained")
+    if not cfg["data"].get("validation") or not isinstance(pre, str):
+        return
+    path = Path(pre).expanduser()
+    if not path.is_file():
+        return
+    from uvireid.models.backbone import uvireid_checkpoint_dataset
+
+    record = uvireid_checkpoint_dataset(path)
+    if record and record.get("dataset") == cfg["data"].get("type") and not record.get("validation"):
+        raise ConfigError(
+            f"data.validation: backbone.pretrained {pre} is the checkpoint of a run that "
+            f"trained on the validation ids (the release's arrangement, train = train + val "
+            f"ids), so its results on them would include training images; start from "
+            f"weights that left them out (a data.validation=true run's checkpoint, ImageNet's "
+            f"or the prior)"
+        )
 
 
 def _check_writable(folder: str, key: str) -> None:

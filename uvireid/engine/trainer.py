@@ -1853,10 +1853,13 @@ class Trainer:
             if self.best is not None:
                 record["best"] = dict(self.best)
                 logger.info(
-                    "checkpoints/best.pt: epoch %d, mAP %.2f (chosen on the test set; "
-                    "report the final epoch)",
+                    "checkpoints/best.pt: epoch %d, mAP %.2f (chosen on the %s; %s)",
                     self.best["epoch"],
                     self.best["mAP"],
+                    self._held_out,
+                    "report the final epoch"
+                    if self._held_out == "test set"
+                    else "train the chosen setting without data.validation for the test set",
                 )
         if best or not saved:
             self.save(best)

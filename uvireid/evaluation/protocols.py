@@ -1041,8 +1041,11 @@ def run_protocol(
                 f"their meta); average files extracted alike: re-extract the others with "
                 f"{fix}=..."
             )
+    own = {spec.dataset, _norm_dataset(spec.dataset_name)}  # "sysu" is "SYSU-MM01" (FF)
     named = {
-        _norm_dataset((f.meta or {}).get("dataset")) for f in files if (f.meta or {}).get("dataset")
+        spec.dataset if n in own else n
+        for n in (_norm_dataset((f.meta or {}).get("dataset") or "") for f in files)
+        if n
     }
     if len(named) > 1:
         raise ProtocolError(

@@ -260,6 +260,39 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
     holds (its RNG state): a file that needs anything else is not unpickled."""
     from uvireid.engine.checkpoint import FORMAT, backbone_state
 
+    state = _uvireid_checkpoint(path)
+    if state is None:
+        return None
+
+    if state["format"] != FORMAT:
+        raise ConfigError(
+            f"backbone.pretrained: {path} is a uvireid checkpoint of format "
+            f"{state['format']!r}; this version reads format {FORMAT}. Its backbone may "
+            f"still load (the load names any weight that differs) from a copy marked with "
+            f"this format: ck = torch.load(path, weights_only=False); ck['format'] = "
+            f"{FORMAT}; torch.save(ck, 'converted.pt')"
+        )
+    weights = backbone_state(state)
+    if not weights:
+        raise ConfigError(
+            f"backbone.pretrained: {path} is a uvireid checkpoint without backbone weights "
+            f"(no 'model' entry with 'backbone.*' keys); give a run's checkpoints/latest.pt "
+            f"or best.pt"
+        )
+    return weights
+
+
+def uvireid_checkpoint_dataset(path: str | Path) -> dict | None:
+    """The dataset record (``fingerprint()``: name, split, validation, counts) of a uvireid
+    training checkpoint, None for any other file or a checkpoint without one."""
+    state = _uvireid_checkpoint(path)
+    record = (state or {}).get("dataset")
+    return record if isinstance(record, dict) else None
+
+
+def _uvireid_checkpoint(path: str | Path) -> dict | None:
+    """A uvireid training checkpoint's state, None for any other file (read with
+    ``weights_only`` loading, allowing only the numpy types such a checkpoint holds)."""
     path = Path(path).expanduser()
     try:
         needs = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -287,22 +320,7 @@ def uvireid_backbone_weights(path: str | Path) -> dict[str, torch.Tensor] | None
         return None
     if not isinstance(state, dict) or not {"format", "epoch", "model"} <= set(state):
         return None  # not the shape of a uvireid checkpoint
-    if state["format"] != FORMAT:
-        raise ConfigError(
-            f"backbone.pretrained: {path} is a uvireid checkpoint of format "
-            f"{state['format']!r}; this version reads format {FORMAT}. Its backbone may "
-            f"still load (the load names any weight that differs) from a copy marked with "
-            f"this format: ck = torch.load(path, weights_only=False); ck['format'] = "
-            f"{FORMAT}; torch.save(ck, 'converted.pt')"
-        )
-    weights = backbone_state(state)
-    if not weights:
-        raise ConfigError(
-            f"backbone.pretrained: {path} is a uvireid checkpoint without backbone weights "
-            f"(no 'model' entry with 'backbone.*' keys); give a run's checkpoints/latest.pt "
-            f"or best.pt"
-        )
-    return weights
+    return state
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
