@@ -174,9 +174,9 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
     rec["stages"][1]["epochs"] = 3
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(rec))
+    # the uninterrupted run beside the one to kill (a core each: the tiny recipe trains
+    # on one thread)
     whole = _uvireid(path, f"output_dir={tmp_path / 'a'}")
-    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()[-2000:]
-
     out_b = tmp_path / "b"
     victim = _uvireid(path, f"output_dir={out_b}")
     latest = None
@@ -193,6 +193,7 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_weights(tmp_path):
         time.sleep(0.05)
     victim.kill()  # SIGKILL: no handler, no cleanup
     victim.wait(timeout=60)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()[-2000:]
     assert latest is not None, "the run wrote no checkpoint"
     run_dir = latest.parent.parent
     done = load_checkpoint(latest)["epoch"]
