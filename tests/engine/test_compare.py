@@ -257,17 +257,24 @@ def test_a_table_only_some_runs_have_is_said_and_averaged_over_those(tmp_path, c
     assert "over 1 run |" in out and "over 2 runs |" in out
 
 
-def test_a_sweep_of_a_setting_and_seeds_is_summarised_per_setting(three_seeds, tmp_path, capsys):
-    """`--sweep train.height=32,48 --sweep seed=...`: the summary rows are per height, each
-    over its own seeds (a mean over both heights would mean nothing); a run that differs
-    only in data.root or its evaluation's re-ranker is of the same setting."""
-    runs = list(three_seeds)
+def _height_48(three_seeds, tmp_path):
+    """Copies of the first two seeds' runs as runs of train.height 48 (a sweep's other
+    setting)."""
+    out = []
     for seed_run, name in ((three_seeds[0], "h48-a"), (three_seeds[1], "h48-b")):
         b = tmp_path / "sweep" / name
         shutil.copytree(seed_run, b)
         cfg = (b / "config.yaml").read_text().replace("height: 32", "height: 48")
         (b / "config.yaml").write_text(cfg)
-        runs.append(b)
+        out.append(b)
+    return out
+
+
+def test_a_sweep_of_a_setting_and_seeds_is_summarised_per_setting(three_seeds, tmp_path, capsys):
+    """`--sweep train.height=32,48 --sweep seed=...`: the summary rows are per height, each
+    over its own seeds (a mean over both heights would mean nothing); a run that differs
+    only in data.root or its evaluation's re-ranker is of the same setting."""
+    runs = [*three_seeds, *_height_48(three_seeds, tmp_path)]
     moved = tmp_path / "sweep" / "moved"  # the same setting, its data elsewhere
     shutil.copytree(three_seeds[2], moved)
     cfg = (moved / "config.yaml").read_text()
@@ -299,13 +306,7 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     """A sweep of data.validation runs ends with the setting of the highest mean mAP (the
     first of equal ones); runs on the test set get no 'best' (a setting chosen on the test
     ids is tuned to them)."""
-    runs = list(three_seeds)
-    for seed_run, name in ((three_seeds[0], "h48-a"), (three_seeds[1], "h48-b")):
-        b = tmp_path / "sweep" / name
-        shutil.copytree(seed_run, b)
-        cfg = (b / "config.yaml").read_text().replace("height: 32", "height: 48")
-        (b / "config.yaml").write_text(cfg)
-        runs.append(b)
+    runs = [*three_seeds, *_height_48(three_seeds, tmp_path)]
     assert compare_runs(runs)["best_on_validation"] is None  # the test set
     maps = [20.0, 10.0, 30.0, 24.0, 25.0]  # height 32: mean 20; height 48: 24.5
     for run, value in zip(runs, maps):

@@ -253,14 +253,9 @@ def test_a_refused_resume_builds_no_dataset(recipe_file, monkeypatch):
     assert built == []
 
 
-def test_a_run_killed_while_its_trainer_is_built_is_a_run_folder_to_resume(recipe_file):
-    """Audit G (session 16): building the starting weights takes minutes before the first
-    epoch; killed then, the folder had log.txt only, so `report` and `--resume` called it
-    "not a run folder" and every later --resume started another folder."""
+def _killed_while_its_trainer_is_built(cfg):
+    """Run ``cfg`` until it is killed while its trainer is built (before any epoch)."""
     from uvireid.engine import trainer as trainer_mod
-
-    cfg = load_recipe(recipe_file)
-    real = trainer_mod.Trainer.__init__
 
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt("killed while building the prior")
@@ -269,6 +264,17 @@ def test_a_run_killed_while_its_trainer_is_built_is_a_run_folder_to_resume(recip
         mp.setattr(trainer_mod.Trainer, "__init__", killed)
         with pytest.raises(KeyboardInterrupt):
             run_recipe(cfg, progress=False)
+
+
+def test_a_run_killed_while_its_trainer_is_built_is_a_run_folder_to_resume(recipe_file):
+    """Audit G (session 16): building the starting weights takes minutes before the first
+    epoch; killed then, the folder had log.txt only, so `report` and `--resume` called it
+    "not a run folder" and every later --resume started another folder."""
+    from uvireid.engine import trainer as trainer_mod
+
+    cfg = load_recipe(recipe_file)
+    real = trainer_mod.Trainer.__init__
+    _killed_while_its_trainer_is_built(cfg)
     assert trainer_mod.Trainer.__init__ is real
     stopped = RunFolder.latest(cfg["output_dir"], cfg["name"])
     assert stopped is not None and not (stopped.path / "checkpoints" / "latest.pt").exists()
@@ -381,18 +387,10 @@ def test_resume_passes_over_a_later_run_stopped_before_its_first_checkpoint(tmp_
 def test_resume_continues_the_run_with_a_checkpoint_past_a_later_empty_one(recipe_file, caplog):
     """The same end to end: run A killed after its first epoch, run B killed while its
     trainer was built; --resume continues A from its checkpoint."""
-    from uvireid.engine import trainer as trainer_mod
 
     cfg = load_recipe(recipe_file)
     a = run_killed_at(cfg, epoch=1)
-
-    def killed(self, *args, **kwargs):
-        raise KeyboardInterrupt("killed while building the prior")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_mod.Trainer, "__init__", killed)
-        with pytest.raises(KeyboardInterrupt):
-            run_recipe(cfg, progress=False)
+    _killed_while_its_trainer_is_built(cfg)
     b = RunFolder.latest(cfg["output_dir"], cfg["name"])
     assert b.path != a.path
     with caplog.at_level(logging.INFO):
