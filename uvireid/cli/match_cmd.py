@@ -244,8 +244,9 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
             f"each image has one modality"
         )
     model = load_model(args.source, args.checkpoint, device)
+    sha = model.weights_sha1  # hashed once: the gallery's check and the meta
     if gallery is not None:
-        _check_gallery(gallery["features"], model, args.gallery)
+        _check_gallery(gallery["features"], model, sha, args.gallery)
     feats, kept, codes, unread = [], [], [], []
     t = time.perf_counter()
     # the queries' modality first: an unreadable query set is said before the gallery's
@@ -300,7 +301,7 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
         "test_flip": model.flip,
         "test_size": [model.height, model.width],
         "test_resize": model.resize,
-        "weights_sha1": model.weights_sha1,
+        "weights_sha1": sha,
         "unreadable": unread,
     }
     if gallery is not None:  # its rows after the queries', as they came in the file
@@ -343,9 +344,10 @@ def _gallery_rows(path: str, name: str) -> dict:
     return {"features": feats, "rows": rows, "paths": paths}
 
 
-def _check_gallery(feats: Any, model: Any, path: str) -> None:
-    """``--gallery``'s features are of ``model``'s weights and test settings, or a
-    ConfigError says which differ (features of two models cannot be ranked together)."""
+def _check_gallery(feats: Any, model: Any, own: str, path: str) -> None:
+    """``--gallery``'s features are of ``model``'s weights (whose fingerprint is ``own``)
+    and test settings, or a ConfigError says which differ (features of two models cannot
+    be ranked together)."""
     from uvireid.engine.trainer import precision_of
 
     meta = feats.meta if isinstance(feats.meta, dict) else {}
@@ -359,7 +361,6 @@ def _check_gallery(feats: Any, model: Any, path: str) -> None:
             f"--gallery {path} does not say which weights made it (no weights_sha1 in its "
             f"meta: another codebase's file, or an older uvireid's); {remake}"
         )
-    own = model.weights_sha1
     if sha != own:
         made = meta.get("checkpoint") or meta.get("produced_by") or "?"
         epoch = meta.get("epoch")
