@@ -211,6 +211,15 @@ def momentum_update_many(updates: Sequence[tuple], momentum: float, method: str 
         lab = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(lab) != len(feats):
             raise ValueError(f"momentum_update: {len(feats)} feature rows but {len(lab)} labels")
+        # the labels share one space below: a label past its memory's rows would update a
+        # row of the next memory (audit GA, session 24)
+        bad = lab[(lab < -1) | (lab >= memory.shape[0])]
+        if bad.size:
+            raise ValueError(
+                f"momentum_update: label {int(bad[0])} is outside the memory's "
+                f"{memory.shape[0]} rows (labels are 0..{memory.shape[0] - 1}, or -1 for an "
+                "outlier that takes no update)"
+            )
         labs.append(np.where(lab >= 0, lab + total, -1))  # one label space for all
         seq = np.arange(len(lab))  # each row's place in the sequence of updates
         if order is not None:
