@@ -38,8 +38,9 @@ query-query / gallery-gallery blocks of CMFP) of at most 16 row blocks (N up to 
 in float32 on a CPU) takes the torch path over square tiles and computes each off-diagonal
 tile once for both of its row blocks: about 56 % of the score products of a full search
 (``_knn_torch_self``; larger ones take the plain search, whose one panel per block is
-faster there); the neighbours are the same, ties included,
-and each row block holds one running (rows x k) top-k list, so the candidates stay O(N k).
+faster there); the neighbours are the same (up to entries equal in exact arithmetic
+that the two products round an ulp apart, as any two ways of summing them may), and each
+row block holds one running (rows x k) top-k list, so the candidates stay O(N k).
 
 Complexity: O(Nq * Nb * d) time for the scores and O(Nq * Nb) for the selection (exact
 search is quadratic in N); memory O((Nq + Nb) * d + Nq * k + block * Nb).

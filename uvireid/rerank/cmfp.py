@@ -11,10 +11,13 @@ official ``knn_graph`` (SALCR ``evaluator.py`` / ``cross_association.py``):
 1. ``thr_i`` = the k-th largest value of row i;
 2. keep ``S_ij`` where ``S_ij >= thr_i`` (a tie at the k-th value keeps every tied entry,
    so a row can keep more than k), zero elsewhere. A tie is one of the computed values:
-   the query-query and gallery-gallery blocks are exactly symmetric, but in the cross
-   blocks the matrix product can give two bit-identical gallery rows similarities one
-   rounding apart, and then only one of them is kept at the k-th place (so does the
-   official code, which uses the same products);
+   the query-query and gallery-gallery blocks are exactly symmetric, but a matrix
+   product can give entries equal in exact arithmetic (bit-identical rows, quantised
+   features) values one rounding apart, in any block, and then only some of them are
+   kept at the k-th place. Which ones depends on how the product was summed: the
+   official code keeps all four of a four-way tie with numpy's product and two with
+   torch's (audit GB, session 24), and the mixed path below may keep others than the
+   float64 one. Entries decided by more than a rounding are kept by every path;
 3. clamp at 0 (negative similarities inside the top-k become 0);
 4. divide each row by its sum.
 
@@ -65,7 +68,14 @@ from uvireid.errors import ConfigError
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
-from uvireid.rerank.inputs import as_tensor, check_k, check_pair, ensure_fits, to_output
+from uvireid.rerank.inputs import (
+    as_tensor,
+    check_k,
+    check_pair,
+    ensure_fits,
+    refuse_non_finite,
+    to_output,
+)
 
 __all__ = [
     "CMFP",
@@ -98,8 +108,13 @@ def knn_affinity(sim: Any, k: int) -> Any:
         (n, m) dense affinity, same type/device/dtype as ``sim``: entries ``>=`` the row's
         k-th largest value (ties kept), clamped at 0, each row divided by its sum (rows
         summing to 0 stay 0 where the official code gives NaN).
+
+    Raises:
+        FeatureFileError: NaN or inf similarities.
     """
     s, was_numpy = as_tensor(sim, "knn_affinity: sim")
+    # a NaN threshold would keep nothing: the row silently all zeros (audit GB)
+    refuse_non_finite(s, "knn_affinity", "the similarities", "pass finite similarities")
     kc = min(check_k(k, "k", "cmfp"), s.shape[1])
     thr = torch.topk(s, kc, dim=1).values[:, -1:]
     a = torch.where(s >= thr, s, torch.zeros((), dtype=s.dtype, device=s.device)).clamp(min=0)
@@ -392,7 +407,9 @@ def _screened_dense_blocks(
     row at SYSU-MM01 test scale) are recomputed in float64 (:func:`_sampled_products`),
     and ``T`` and the ties at it are decided on those exact values. A row whose band
     reaches past its candidates is recomputed in float64 whole. So the selected entries
-    are exactly those of float64 products, ties included; kept entries outside the band
+    are those of float64 products, except among entries within a float64 rounding of
+    the k-th value (ties in exact arithmetic that products summed in another order
+    separate by an ulp; module doc, step 2); kept entries outside the band
     keep their float32 values (about 1e-7 from float64, at most ``delta``). ``q32`` and
     ``g32`` are the features in float32 when the caller has them. Returns the blocks and
     the number of rows recomputed whole, or None where a row norm exceeds 2^50 (then
@@ -508,8 +525,8 @@ def affinity_blocks(
             re-scored against the whole base set to keep every tied entry, O(Nb d) for
             each such row, as on the exact path).
         block_rows: rows per similarity tile of the sparse path.
-        mixed: dense path, float64 features: the neighbours chosen exactly (the same
-            entries as float64 products, ties included) from float32 products, the
+        mixed: dense path, float64 features: the neighbours chosen as float64 products
+            choose them (up to ties within a rounding: module doc) from float32 products, the
             affinity values in float32 (:func:`_screened_dense_blocks`). None (default):
             on the CPU where :func:`mixed_available`; False: float64 throughout.
     """
@@ -623,7 +640,8 @@ def propagate(
             block's width.
         mode, backend, block_rows: see :func:`affinity_blocks`.
         mixed: dense path with float64 features: mixed precision. The neighbours are
-            chosen exactly as float64 products would choose them (ties included), the
+            chosen as float64 products would choose them (up to ties within a rounding:
+            module doc, step 2), the
             products and the propagation run in float32: the output is about 1e-7 from
             the float64 computation (the official code's), 1.3-1.4x faster on a CPU. None
             (default): on the CPU where :func:`mixed_available` (float64 input,

@@ -73,11 +73,26 @@ def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
     return t, was_numpy
 
 
+def refuse_non_finite(t: torch.Tensor, who: str, what: str, fix: str) -> None:
+    """Raise :class:`FeatureFileError` naming the rows of the 2-D ``t`` that hold NaN or
+    inf: one reduction where every value is finite."""
+    if bool(torch.isfinite(t.sum())):  # the common case (a sum that overflows reads on)
+        return
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        rows = (~finite).any(1).nonzero().squeeze(1)
+        raise FeatureFileError(
+            f"{who}: {what} contain NaN or inf in {rows.numel()} row(s) "
+            f"(first: row {int(rows[0])}); {fix}"
+        )
+
+
 def check_pair(query: Any, gallery: Any, who: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Validate a (query, gallery) pair; returns ``(q, g, was_numpy)`` on one device/dtype.
 
     Raises:
-        FeatureFileError: an empty side, different feature dims, NaN or inf values.
+        FeatureFileError: an empty side, no columns, different feature dims, NaN or inf
+            values.
     """
     q, q_np = as_tensor(query, f"{who}: query")
     g, g_np = as_tensor(gallery, f"{who}: gallery")
@@ -91,16 +106,13 @@ def check_pair(query: Any, gallery: Any, who: str) -> tuple[torch.Tensor, torch.
             f"{who}: query features have d={q.shape[1]} but gallery features d={g.shape[1]}; "
             "both must come from the same extractor and feature head"
         )
+    if q.shape[1] == 0:  # every re-ranker would give a constant distance (audit GB)
+        raise FeatureFileError(
+            f"{who}: the features have no columns (d=0, {q.shape[0]} query and {g.shape[0]} "
+            "gallery rows); pass the feature vectors, not an empty slice of them"
+        )
     for name, t in (("query", q), ("gallery", g)):
-        if bool(torch.isfinite(t.sum())):  # one cheap reduction in the common case
-            continue
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            rows = (~finite).any(1).nonzero().squeeze(1)
-            raise FeatureFileError(
-                f"{who}: {name} features contain NaN or inf in {rows.numel()} row(s) "
-                f"(first: row {int(rows[0])}); fix the extractor or drop those images"
-            )
+        refuse_non_finite(t, who, f"{name} features", "fix the extractor or drop those images")
     if g.device != q.device:
         g = g.to(q.device)
     if g.dtype != q.dtype:
