@@ -21,6 +21,14 @@ def test_an_index_one_past_the_end_of_a_list_is_a_config_error():
         load_recipe("demo", [f"stages={{{n}: {{epochs: 3}}}}"])
 
 
+def test_an_index_of_digits_other_than_ascii_is_a_config_error():
+    """'¹' passes ``str.isdigit`` and ended in int()'s ValueError (audit GD, session 24)."""
+    with pytest.raises(ConfigError, match="stages.¹ addresses a list of 2 item"):
+        load_recipe("demo", ["stages.¹.epochs=3"])
+    with pytest.raises(ConfigError, match="'stages' must be a list of stage mappings"):
+        load_recipe("demo", ["stages={¹: {epochs: 3}}"])
+
+
 @pytest.mark.parametrize(
     "override",
     [

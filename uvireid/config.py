@@ -581,7 +581,8 @@ def _index_mapping(value: Any) -> bool:
         isinstance(value, Mapping)
         and bool(value)
         and all(
-            (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdigit())
+            (isinstance(k, int) and not isinstance(k, bool))
+            or (isinstance(k, str) and k.isascii() and k.isdigit())
             for k in value
         )
     )
@@ -751,7 +752,7 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
 
 
 def _index(part: str, seq: list, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(seq):
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(seq):
         raise ConfigError(
             f"{OVERRIDE_SOURCE}: {where} addresses a list of {len(seq)} item(s); "
             f"use an index 0..{len(seq) - 1}"

@@ -40,10 +40,11 @@ def test_folder_with_ids_reads_identity_level(tmp_path):
     ]
 
 
-def test_folder_with_ids_rejects_non_integer_identity_folder(tmp_path):
-    write_image(tmp_path / "visible" / "cam1" / "alice" / "0.png", random.Random(0))
+@pytest.mark.parametrize("name", ["alice", "²", "-3"])
+def test_folder_with_ids_rejects_non_integer_identity_folder(tmp_path, name):
+    write_image(tmp_path / "visible" / "cam1" / name / "0.png", random.Random(0))
     write_image(tmp_path / "infrared" / "cam1" / "1" / "0.png", random.Random(0))
-    with pytest.raises(DatasetError, match=r"identity folder .*cam1/alice is not an integer"):
+    with pytest.raises(DatasetError, match=rf"identity folder .*cam1/{name} is not an integer"):
         FolderDataset(tmp_path, with_ids=True)
 
 

@@ -8,6 +8,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from uvireid.data import LLCM, SYSUMM01, FolderDataset, RegDB
@@ -16,6 +17,7 @@ from uvireid.data.fixtures import (
     make_regdb_tree,
     write_image,
 )
+from uvireid.errors import DatasetError
 from uvireid.types import ImageRecord
 
 
@@ -143,3 +145,31 @@ def test_sysu_meta_counts_each_modality(sysu_root):
     for split, recs in ds.splits().items():  # independent: count by camera number
         assert meta[f"{split}_visible"] == sum(r.cam in (1, 2, 4, 5) for r in recs)
         assert meta[f"{split}_infrared"] == sum(r.cam in (3, 6) for r in recs)
+
+
+@pytest.mark.parametrize("label", ["²", "--1", "1.0"])
+def test_an_index_line_whose_label_is_not_an_ascii_integer_is_named(tmp_path, label):
+    """'²' and '--1' passed the check (``str.isdigit``) and ended in int()'s ValueError
+    (audit GD, session 24)."""
+    root = make_regdb_tree(tmp_path / "RegDB", ids=4, images_per=1)
+    lf = root / "idx" / "train_visible_1.txt"
+    lines = lf.read_text().splitlines()
+    path = lines[1].rsplit(" ", 1)[0]
+    lf.write_text("\n".join([lines[0], f"{path} {label}", *lines[2:]]) + "\n", encoding="utf-8")
+    with pytest.raises(
+        DatasetError, match=rf"train_visible_1\.txt line 2 reads .*{re.escape(label)}"
+    ):
+        RegDB(root, split=1)
+
+
+def test_llcm_camera_is_the_cam_folder_nearest_to_the_file():
+    """``camera_from_path``'s documented rule (audit GD, session 24): the ``cam<N>``
+    folder nearest to the file wins; the file name's ``c<N>`` field only where no folder
+    names a camera."""
+    from uvireid.data.llcm import camera_from_path
+
+    assert camera_from_path("cam2/sub/cam5/0001/0001_c07_s1_f2_vis.jpg") == 5
+    assert camera_from_path("cam9/cam3/x.jpg") == 3
+    assert camera_from_path("cam2/0001/0001_c07_s1_f2_vis.jpg") == 2
+    assert camera_from_path("vis/0001/0001_c07_s1_f2_vis.jpg") == 7
+    assert camera_from_path("vis/0001/0001_s1_f2_vis.jpg") == 0

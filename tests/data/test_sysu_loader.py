@@ -118,9 +118,12 @@ def test_sysu_missing_split_file_names_the_expected_path(sysu_root):
         SYSUMM01(sysu_root)
 
 
-def test_sysu_malformed_split_file_is_an_error(sysu_root):
-    (sysu_root / "exp" / "test_id.txt").write_text("3,six,9\n")
-    with pytest.raises(DatasetError, match=r"test_id\.txt holds non-integer entries \(six\)"):
+@pytest.mark.parametrize("entry", ["six", "³", "--2", "2-"])
+def test_sysu_malformed_split_file_is_an_error(sysu_root, entry):
+    """'³' and '--2' passed the check (``str.isdigit``) and ended in int()'s ValueError
+    (audit GD, session 24)."""
+    (sysu_root / "exp" / "test_id.txt").write_text(f"3,{entry},9\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"test_id\.txt holds non-integer entries \({entry}\)"):
         SYSUMM01(sysu_root)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from typing import Any
 from uvireid.data.images import SEE_README
 from uvireid.errors import DatasetError
 from uvireid.types import INFRARED, MODALITY_NAMES, VISIBLE, ImageRecord
+
+#: an integer as the release's text files write one: ASCII digits, an optional minus
+#: (``str.isdigit`` also takes '³', which ``int`` refuses: audit GD, session 24)
+INTEGER = re.compile(r"-?[0-9]+")
 
 __all__ = [
     "SEE_README",
@@ -176,7 +181,7 @@ def read_id_file(path: str) -> list[int]:
     """
     text = read_text(path, "split file")
     tokens = [t for t in text.replace(",", " ").split() if t]
-    bad = [t for t in tokens if not t.lstrip("-").isdigit()]
+    bad = [t for t in tokens if not INTEGER.fullmatch(t)]
     if bad:
         raise DatasetError(
             f"split file {path} holds non-integer entries ({listing(bad)}); expected one "
@@ -214,7 +219,7 @@ def read_index_file(path: str, root: str) -> list[tuple[str, int]]:
         if not line:
             continue
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not INTEGER.fullmatch(parts[1]):
             raise DatasetError(
                 f"index file {path} line {lineno} reads {line!r}; expected "
                 f"'<relative image path> <integer label>', e.g. "

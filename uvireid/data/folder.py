@@ -128,7 +128,7 @@ class FolderDataset(VIDataset):
             )
         out = []
         for pid_name in _subfolders(camdir):
-            if not pid_name.isdigit():
+            if not (pid_name.isascii() and pid_name.isdigit()):  # '³' would pass isdigit
                 raise DatasetError(
                     f"identity folder {os.path.join(camdir, pid_name)} is not an integer; "
                     f"with_ids=True expects <camera>/<integer pid>/<image>. Rename it, or open "

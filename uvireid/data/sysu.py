@@ -122,7 +122,9 @@ class SYSUMM01(VIDataset):
             if verify and found == 0:
                 pid = train_ids[0] if train_ids else 1
                 unpadded = [
-                    d for d in os.listdir(camdir) if d.isdigit() and len(d) < 4 and int(d) > 0
+                    d
+                    for d in os.listdir(camdir)
+                    if d.isascii() and d.isdigit() and len(d) < 4 and int(d) > 0
                 ]
                 fix = (
                     f"Its identity folders are named without zero padding ({unpadded[0]}, "

@@ -237,6 +237,7 @@ def _groups(runs: list[RunSummary], table: list[dict], settings: list[dict]) -> 
         stage, _, inner = rest.partition(".")
         return (
             head == "stages"
+            and stage.isascii()
             and stage.isdigit()
             and inner in keys
             and all(s.get(key) == s.get(inner) for s in settings)
