@@ -1,5 +1,6 @@
 """Protocol auto is the dataset's first protocol; a RegDB run's features name the
-split the model was trained on (mutation audit CE)."""
+split the model was trained on (mutation audit CE); validation runs say so, and start
+only from weights that left their validation ids out."""
 
 from __future__ import annotations
 
@@ -138,3 +139,57 @@ def test_validation_features_of_a_model_that_left_the_ids_out_are_evaluated(tmp_
     assert main(["extract", str(path), "--checkpoint", "none", "-o", str(untrained)]) == 0
     assert "train_validation" not in load_features(untrained).meta
     assert main(["eval", str(untrained), "--protocol", "sysu-all"]) == 0
+
+
+def test_a_regdb_validation_run_is_evaluated_on_every_fifth_training_id(tmp_path, capsys):
+    """data.validation on RegDB (no released validation split): the run evaluates the
+    held-out fifth of the trial's training ids with the RegDB protocol, and its results
+    and features say so (session 24)."""
+    import json
+
+    from uvireid.cli import main
+
+    root = make_regdb_tree(tmp_path / "RegDB", ids=20, images_per=2, splits=(1,))
+    data = {"type": "regdb", "root": str(root), "split": 1, "validation": True}
+    path = write_eval_recipe(tmp_path, data, evaluation={"protocol": "regdb-v2i"})
+    folder = run_recipe(load_recipe(path), progress=False)
+    res = json.loads((folder.path / "results.json").read_text())["none"]
+    assert res["provenance"]["dataset"] == "RegDB validation ids"
+    feats = load_features(folder.path / "features.npz")
+    assert sorted(set(feats.pids.tolist())) == [4, 9]  # labels 0..9: the 5th and 10th
+    assert feats.meta["validation"] is True and feats.meta["train_validation"] is True
+    assert feats.meta["validation_ids"] == "every fifth id of idx/train_*_1.txt"
+    assert main(["eval", str(folder.path / "features.npz"), "--protocol", "regdb-v2i"]) == 0
+    assert "validation ids (every fifth id of idx/train_*_1.txt)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "record, refused",
+    [
+        ({"dataset": "regdb", "split": 1}, "trained on the validation ids"),
+        ({"dataset": "regdb", "split": 2, "validation": True}, "not those of split 1"),
+        ({"dataset": "regdb", "split": 1, "validation": True}, None),
+        ({"dataset": "sysu", "split": None}, None),  # another dataset: never saw the ids
+    ],
+)
+def test_a_validation_run_starts_only_from_weights_that_left_its_ids_out(
+    tmp_path, monkeypatch, record, refused
+):
+    """A RegDB trial's validation ids are other people in another trial: a validation
+    run of split 1 may start from a checkpoint of split 1's validation run only."""
+    import uvireid.models.backbone as backbone
+    from uvireid.engine.runner import _check_validation_start
+    from uvireid.errors import ConfigError
+
+    ckpt = tmp_path / "latest.pt"
+    ckpt.write_bytes(b"x")
+    monkeypatch.setattr(backbone, "uvireid_checkpoint_dataset", lambda path: dict(record))
+    cfg = {"data": {"type": "regdb", "split": 1, "validation": True}}
+    cfg["backbone"] = {"pretrained": str(ckpt)}
+    if refused is None:
+        _check_validation_start(cfg)
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            _check_validation_start(cfg)
+    cfg["data"]["validation"] = False
+    _check_validation_start(cfg)  # a run on the test set: any weights

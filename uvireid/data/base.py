@@ -42,6 +42,7 @@ __all__ = [
     "read_index_file",
     "require_file",
     "as_root",
+    "every_fifth",
     "require_root",
     "require_listed_files",
     "summarize",
@@ -283,6 +284,13 @@ def summarize(records: Sequence[ImageRecord]) -> dict[str, Any]:
     return out
 
 
+def every_fifth(ids: Iterable[int]) -> list[int]:
+    """The validation ids of a dataset without a released validation split (RegDB, LLCM):
+    every fifth of its training ids in ascending order (the 5th, the 10th, ...), a fifth
+    of them, spread over the id range, the same on every machine."""
+    return sorted(set(ids))[4::5]
+
+
 class VIDataset:
     """Base class of the visible-infrared datasets (see the module docstring).
 
@@ -321,6 +329,48 @@ class VIDataset:
         self.train: list[ImageRecord] = []
         self.test: list[ImageRecord] = []
         self.declared_ids: dict[str, IdList] = {}
+        #: test on held-out training ids (:meth:`hold_out`) instead of the test set
+        self.validation = False
+        self._release: tuple | None = None
+
+    @staticmethod
+    def check_validation(title: str, validation: Any) -> None:
+        """``validation`` (the ``data.validation`` key) is a boolean."""
+        if not isinstance(validation, bool):
+            raise DatasetError(f"{title}: validation must be true or false, got {validation!r}")
+
+    def hold_out(self, held: Iterable[int], source: str, train_source: str) -> None:
+        """Make this dataset its validation split: train on the training ids outside
+        ``held`` and test on the training images of ``held`` (``source`` says where those
+        ids come from, e.g. ``exp/val_id.txt``; ``train_source`` where the others do).
+        Its results then read as validation results everywhere, and a model that trained
+        on these ids is refused on them. The release's arrangement stays available as
+        :meth:`release`."""
+        held = set(held)
+        self._release = (self.train, self.test, self.declared_ids)
+        declared = self.declared_ids.get("train")
+        train_ids = set(declared.ids) if declared else {r.pid for r in self.train}
+        self.test = [r for r in self.train if r.pid in held]
+        self.train = [r for r in self.train if r.pid not in held]
+        self.declared_ids = {
+            "train": IdList(tuple(sorted(train_ids - held)), train_source),
+            "test": IdList(tuple(sorted(held)), f"{source} (validation)"),
+        }
+        self.validation = True
+        self.validation_source = source
+
+    def release(self) -> VIDataset:
+        """This dataset in the release's arrangement (the test set as released): itself,
+        or a copy of a validation split's (what ``data check`` and a run's check against
+        the official figures count)."""
+        if self._release is None:
+            return self
+        import copy
+
+        out = copy.copy(self)
+        out.train, out.test, out.declared_ids = self._release
+        out.validation, out._release = False, None
+        return out
 
     @property
     def protocols(self) -> list[str]:
@@ -366,6 +416,9 @@ class VIDataset:
             "split": self.split,
             "protocols": self.protocols,
         }
+        if self.validation:
+            out["validation"] = True
+            out["validation_ids"] = self.validation_source
         for split, records in self.splits().items():
             c = summarize(records)
             out[f"{split}_ids"] = c["ids"]
@@ -392,6 +445,8 @@ class VIDataset:
             for r in records
         )
         out: dict[str, Any] = {"dataset": self.name, "split": self.split}
+        if self.validation:
+            out["validation"] = True
         for split, records in self.splits().items():
             c = _count(records)
             out[f"{split}_ids"] = c["ids"]

@@ -30,6 +30,7 @@ import re
 from uvireid.data.base import (
     IdList,
     VIDataset,
+    every_fifth,
     read_id_file,
     read_index_file,
     require_file,
@@ -92,6 +93,11 @@ class LLCM(VIDataset):
             training images the ``idx`` lists name.
         verify: check that every listed training image exists and that every camera of
             the release (see :data:`TEST_FOLDERS`) has a non-empty test folder.
+        validation: train on four fifths of the training ids and test on the training
+            images of the rest (:func:`~uvireid.data.base.every_fifth`: 142 of 713 in the
+            release) with the LLCM protocols: a split to choose settings on without
+            looking at the test identities (LLCM releases none). Its results read as
+            validation results everywhere.
     """
 
     name = "llcm"
@@ -99,8 +105,19 @@ class LLCM(VIDataset):
     layout = LAYOUT
     PROTOCOLS = ("llcm-v2i", "llcm-i2v", "llcm-v2i-deen")
 
-    def __init__(self, root: str | os.PathLike[str], *, verify: bool = True):
+    @classmethod
+    def check_args(
+        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
+    ) -> None:
+        """The root is a folder and ``validation`` a boolean (see the class)."""
+        cls.check_validation(cls.title, validation)
+        super().check_args(root, **kwargs)
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, verify: bool = True, validation: bool = False
+    ):
         super().__init__(root)
+        self.check_validation(self.title, validation)
         require_root(self.root, self.title, LAYOUT)
         unknown_cam = 0
         for relpath, modality in TRAIN_LISTS.items():
@@ -130,6 +147,13 @@ class LLCM(VIDataset):
             self.test.extend(self._test_records(folder, modality, release_cams, test_ids, verify))
         self.test.sort(key=lambda r: r.path)
         self._warn_missing_ids()
+        if validation:
+            lists = "idx/train_vis.txt + idx/train_nir.txt"
+            self.hold_out(
+                every_fifth(r.pid for r in self.train),
+                f"every fifth id of {lists}",
+                f"{lists} less every fifth id",
+            )
 
     def _test_records(
         self,

@@ -23,6 +23,7 @@ import re
 
 from uvireid.data.base import (
     VIDataset,
+    every_fifth,
     listing,
     read_index_file,
     require_file,
@@ -73,6 +74,11 @@ class RegDB(VIDataset):
         split: the trial ``t`` (1..10 in the release) whose four lists are read.
         verify: check that every listed image file exists (a missing one is a
             :class:`DatasetError` listing the first few).
+        validation: train on four fifths of the trial's training ids and test on the
+            rest (:func:`~uvireid.data.base.every_fifth`: 41 of 206 in the release), as
+            two-modality queries and galleries of the RegDB protocols: a split to choose
+            settings on without looking at the test identities (RegDB releases none).
+            Its results read as validation results everywhere.
     """
 
     name = "regdb"
@@ -82,8 +88,24 @@ class RegDB(VIDataset):
     #: the trial splits present at a root (``uvireid data check --split all`` reads it)
     available_splits = staticmethod(available_splits)
 
-    def __init__(self, root: str | os.PathLike[str], *, split: int = 1, verify: bool = True):
+    @classmethod
+    def check_args(
+        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
+    ) -> None:
+        """The root is a folder and ``validation`` a boolean (see the class)."""
+        cls.check_validation(cls.title, validation)
+        super().check_args(root, **kwargs)
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        split: int = 1,
+        verify: bool = True,
+        validation: bool = False,
+    ):
         super().__init__(root)
+        self.check_validation(self.title, validation)
         if isinstance(split, bool) or not isinstance(split, int) or split < 1:
             raise ConfigError(
                 f"RegDB split must be a trial number 1..10, got {split!r}; "
@@ -112,6 +134,13 @@ class RegDB(VIDataset):
                 require_listed_files((p for p, _ in entries), listfile)
             getattr(self, split_name).extend(
                 ImageRecord(path=p, pid=label, cam=cam, modality=modality) for p, label in entries
+            )
+        if validation:
+            lists = f"idx/train_*_{split}.txt"
+            self.hold_out(
+                every_fifth(r.pid for r in self.train),
+                f"every fifth id of {lists}",
+                f"{lists} less every fifth id",
             )
 
     def consistency_problems(self) -> list[str]:

@@ -83,8 +83,7 @@ class SYSUMM01(VIDataset):
         cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
     ) -> None:
         """The root is a folder and ``validation`` a boolean (see the class)."""
-        if not isinstance(validation, bool):
-            raise DatasetError(f"{cls.title}: validation must be true or false, got {validation!r}")
+        cls.check_validation(cls.title, validation)
         super().check_args(root, **kwargs)
 
     def __init__(
@@ -92,7 +91,6 @@ class SYSUMM01(VIDataset):
     ):
         super().__init__(root)
         SYSUMM01.check_args(None, validation)  # not a subclass's, of other keywords
-        self.validation = validation
         require_root(self.root, self.title, LAYOUT)
         ids = {
             stem: read_id_file(require_file(self.root, f"exp/{stem}.txt", self.title, LAYOUT))
@@ -140,41 +138,8 @@ class SYSUMM01(VIDataset):
         self.train.sort(key=lambda r: r.path)
         self.test.sort(key=lambda r: r.path)
         self._warn_missing_ids()
-        self._release = None
-        if validation:  # the release's arrangement kept, for its check against the release
-            self._release = (self.train, self.test, self.declared_ids)
-            held = set(ids["val_id"])
-            self.test = [r for r in self.train if r.pid in held]
-            self.train = [r for r in self.train if r.pid not in held]
-            self.declared_ids = {
-                "train": IdList(tuple(sorted(set(ids["train_id"]) - held)), "exp/train_id.txt"),
-                "test": IdList(tuple(sorted(held)), "exp/val_id.txt (validation)"),
-            }
-
-    def release(self) -> SYSUMM01:
-        """This dataset in the release's arrangement (train = train + val ids, test = the
-        test ids): itself, or a copy of a validation split's (what ``data check`` and a
-        run's check against the official figures count)."""
-        if self._release is None:
-            return self
-        import copy
-
-        out = copy.copy(self)
-        out.train, out.test, out.declared_ids = self._release
-        out.validation, out._release = False, None
-        return out
-
-    def meta(self) -> dict:
-        out = super().meta()
-        if self.validation:
-            out["validation"] = True
-        return out
-
-    def fingerprint(self) -> dict:
-        out = super().fingerprint()
-        if self.validation:
-            out["validation"] = True
-        return out
+        if validation:
+            self.hold_out(ids["val_id"], "exp/val_id.txt", "exp/train_id.txt")
 
     @staticmethod
     def _camera_records(camdir: str, cam: int, pids: tuple[int, ...]) -> list[ImageRecord]:

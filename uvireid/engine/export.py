@@ -129,8 +129,8 @@ def export_features(
             meta["train_validation"] = bool(trained.get("validation"))
             if not meta["train_validation"]:
                 logger.warning(
-                    "%s trained on the validation ids (the release's arrangement: train = "
-                    "train + val ids); its features of them are written, but no protocol "
+                    "%s trained on the validation ids (as a run without data.validation "
+                    "does); its features of them are written, but no protocol "
                     "evaluates them (train with data.validation=true to choose settings on "
                     "them)",
                     checkpoint,

@@ -413,8 +413,9 @@ def preflight(cfg: dict) -> None:
 
 def _check_validation_start(cfg: dict) -> None:
     """A ``data.validation`` run records that its model left the validation ids out; one
-    that starts from a uvireid checkpoint trained on them (the release's arrangement, train
-    = train + val ids) would be tested on training images and read as a validation result
+    that starts from a uvireid checkpoint trained on them (a run of the dataset without
+    ``data.validation``, or a validation run of another RegDB trial, whose training ids
+    are other people) would be tested on training images and read as a validation result
     (audit FF). Refused; any other starting weights (ImageNet's, the prior, another
     dataset's run) never saw the ids.
 
@@ -430,14 +431,24 @@ def _check_validation_start(cfg: dict) -> None:
     from uvireid.models.backbone import uvireid_checkpoint_dataset
 
     record = uvireid_checkpoint_dataset(path)
-    if record and record.get("dataset") == cfg["data"].get("type") and not record.get("validation"):
-        raise ConfigError(
-            f"data.validation: backbone.pretrained {pre} is the checkpoint of a run that "
-            f"trained on the validation ids (the release's arrangement, train = train + val "
-            f"ids), so its results on them would include training images; start from "
-            f"weights that left them out (a data.validation=true run's checkpoint, ImageNet's "
-            f"or the prior)"
+    if not record or record.get("dataset") != cfg["data"].get("type"):
+        return
+    split = cfg["data"].get("split", 1 if record.get("split") is not None else None)
+    if not record.get("validation"):
+        why = "trained on the validation ids (as a run without data.validation does)"
+    elif record.get("split") != split:
+        why = (
+            f"left out the validation ids of split {record.get('split')}, not those of split "
+            f"{split} (other people)"
         )
+    else:
+        return
+    raise ConfigError(
+        f"data.validation: backbone.pretrained {pre} is the checkpoint of a run that {why}, "
+        f"so its results on them would include training images; start from weights that "
+        f"left them out (a data.validation=true run's checkpoint of the same split, "
+        f"ImageNet's or the prior)"
+    )
 
 
 def _check_writable(folder: str, key: str) -> None:

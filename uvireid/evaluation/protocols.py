@@ -708,7 +708,8 @@ def _meta_notes(meta: Mapping) -> list[str]:
     if (meta.get("dataset_check") or {}).get("ok") is False:
         notes.append("test set differs from the official release")
     if _flag(meta.get("validation")):
-        notes.append("the validation ids (exp/val_id.txt), not the test set")
+        held_ids = meta.get("validation_ids") or "exp/val_id.txt"  # older: SYSU-MM01's
+        notes.append(f"the validation ids ({held_ids}), not the test set")
     return notes
 
 
@@ -791,11 +792,12 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
                 where,
             )
         elif not left_out:  # false, 0, "false", or a value that says nothing
+            held_ids = meta.get("validation_ids") or "exp/val_id.txt"  # older: SYSU-MM01's
             raise ProtocolError(
-                f"{where} holds the validation ids (exp/val_id.txt; its meta says so), and "
+                f"{where} holds the validation ids ({held_ids}; its meta says so), and "
                 f"the model trained on them (train_validation "
-                f"{meta.get('train_validation')!r}: in the release's arrangement, train = "
-                f"train + val ids), so the numbers would include training images. Fix: "
+                f"{meta.get('train_validation')!r}: in the release's arrangement, the "
+                f"training ids include them), so the numbers would include training images. Fix: "
                 f"choose settings with runs of data.validation=true, whose models leave "
                 f"these ids out, or evaluate the test set"
             )
@@ -814,7 +816,7 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
         # as for the other datasets (audit AR: it was evaluated, with a warning that the
         # meta did not say the test split)
         held = (
-            " (SYSU-MM01's validation ids are evaluated as a test set whose meta says "
+            " (validation ids are evaluated as a test set whose meta says "
             "validation: true and, for a model that left them out, train_validation: true: "
             "data.validation=true)"
             if str(split).lower() in ("val", "validation")
