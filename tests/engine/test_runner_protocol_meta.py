@@ -164,21 +164,27 @@ def test_a_regdb_validation_run_is_evaluated_on_every_fifth_training_id(tmp_path
 
 
 @pytest.mark.parametrize(
-    "record, refused",
+    "record, refused, on_test_set",
     [
-        ({"dataset": "regdb", "split": 1}, "trained on the validation ids"),
-        ({"dataset": "regdb", "split": 2, "validation": True}, "not those of split 1"),
-        ({"dataset": "regdb", "split": 1, "validation": True}, None),
-        ({"dataset": "sysu", "split": None}, None),  # another dataset: never saw the ids
+        ({"dataset": "regdb", "split": 1}, "trained on the validation ids", None),
+        (
+            {"dataset": "regdb", "split": 2, "validation": True},
+            "trained on split 2's training ids",
+            "trained on split 2's training ids",
+        ),
+        ({"dataset": "regdb", "split": 2}, "split 2's", "split 2's"),
+        ({"dataset": "regdb", "split": 1, "validation": True}, None, None),
+        ({"dataset": "sysu", "split": None}, None, None),  # another dataset: never saw them
     ],
 )
-def test_a_validation_run_starts_only_from_weights_that_left_its_ids_out(
-    tmp_path, monkeypatch, record, refused
+def test_a_run_starts_only_from_weights_that_never_saw_its_test_ids(
+    tmp_path, monkeypatch, record, refused, on_test_set
 ):
-    """A RegDB trial's validation ids are other people in another trial: a validation
-    run of split 1 may start from a checkpoint of split 1's validation run only."""
+    """A RegDB trial's test and validation ids are training people of another trial: a
+    run of split 1 may start from a checkpoint of split 1 only, and a validation run
+    from one that left the validation ids out (audits FF, HA)."""
     import uvireid.models.backbone as backbone
-    from uvireid.engine.runner import _check_validation_start
+    from uvireid.engine.runner import _check_start_weights
     from uvireid.errors import ConfigError
 
     ckpt = tmp_path / "latest.pt"
@@ -187,9 +193,13 @@ def test_a_validation_run_starts_only_from_weights_that_left_its_ids_out(
     cfg = {"data": {"type": "regdb", "split": 1, "validation": True}}
     cfg["backbone"] = {"pretrained": str(ckpt)}
     if refused is None:
-        _check_validation_start(cfg)
+        _check_start_weights(cfg)
     else:
         with pytest.raises(ConfigError, match=refused):
-            _check_validation_start(cfg)
-    cfg["data"]["validation"] = False
-    _check_validation_start(cfg)  # a run on the test set: any weights
+            _check_start_weights(cfg)
+    cfg["data"]["validation"] = False  # a run on the test set
+    if on_test_set is None:
+        _check_start_weights(cfg)
+    else:
+        with pytest.raises(ConfigError, match=on_test_set):
+            _check_start_weights(cfg)

@@ -167,7 +167,7 @@ def test_knn_affinity_refuses_nan_similarities():
     """A NaN similarity made ``topk``'s threshold NaN and its whole row silently 0."""
     from uvireid.rerank.cmfp import knn_affinity
 
-    with pytest.raises(FeatureFileError, match=r"NaN or inf in 1 row\(s\) \(first: row 0\)"):
+    with pytest.raises(FeatureFileError, match=r"NaN or \+inf in 1 row\(s\) \(first: row 0\)"):
         knn_affinity(np.array([[np.nan, 1.0, 2.0], [0.5, 1.0, 2.0]]), 1)
     with pytest.raises(FeatureFileError, match="first: row 1"):
         knn_affinity(torch.tensor([[0.5, 1.0, 2.0], [0.5, float("inf"), 2.0]]), 1)
@@ -180,3 +180,27 @@ def test_features_without_columns_are_refused(method):
 
     with pytest.raises(FeatureFileError, match=r"no columns \(d=0, 3 query and 4 gallery"):
         rerank(np.zeros((3, 0)), np.zeros((4, 0)), method)
+
+
+def _naive_affinity(s: np.ndarray, k: int) -> np.ndarray:
+    """SALCR's knn_graph row by row: keep entries >= the k-th largest, clamp at 0,
+    divide by the row's sum."""
+    out = np.zeros_like(s)
+    for i, row in enumerate(s):
+        thr = np.sort(row)[::-1][min(k, len(row)) - 1]
+        kept = np.where(row >= thr, np.maximum(row, 0.0), 0.0)
+        total = kept.sum()
+        out[i] = kept / total if total > 0 else 0.0
+    return out
+
+
+def test_knn_affinity_takes_minus_inf_as_a_masked_entry():
+    """-inf masks an entry (same-camera pairs, say), as in the official knn_graph; audit
+    GB's check refused it for a while (review HA)."""
+    from uvireid.rerank.cmfp import knn_affinity
+
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-0.2, 1.0, size=(6, 9))
+    s[rng.random(s.shape) < 0.3] = -np.inf  # masked pairs (same camera, say)
+    s[5, :8] = -np.inf  # a row with fewer than k candidates
+    np.testing.assert_allclose(knn_affinity(s, 3), _naive_affinity(s, 3), atol=1e-12)

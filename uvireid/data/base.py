@@ -331,6 +331,7 @@ class VIDataset:
         self.declared_ids: dict[str, IdList] = {}
         #: test on held-out training ids (:meth:`hold_out`) instead of the test set
         self.validation = False
+        self.validation_source: str | None = None
         self._release: tuple | None = None
 
     @staticmethod
@@ -418,7 +419,8 @@ class VIDataset:
         }
         if self.validation:
             out["validation"] = True
-            out["validation_ids"] = self.validation_source
+            if self.validation_source:
+                out["validation_ids"] = self.validation_source
         for split, records in self.splits().items():
             c = summarize(records)
             out[f"{split}_ids"] = c["ids"]

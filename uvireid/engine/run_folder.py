@@ -654,11 +654,14 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
             f"checkpoint holds that optimiser's state, which no other can take up, even with "
             f"--allow-changes. Start a new run with the other optimiser"
         )
-    split = {k: v for k, v in changes.items() if k in ("data.validation", "data.type")}
+    split = {
+        k: v for k, v in changes.items() if k in ("data.validation", "data.type", "data.split")
+    }
     if split:
         # the checkpoint's model trained on the ids of the other arrangement: its results
         # on the validation ids would include training images, yet read as a validation
-        # result (audit FD), or it would test on another dataset's ids as if trained there
+        # result (audit FD), or it would test on another dataset's ids as if trained there,
+        # or on another RegDB trial's, some of them its training people (audit HA)
         said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in split.items())
         raise ConfigError(
             f"--resume: {said} changes which identities {folder.path} trains and tests on; "

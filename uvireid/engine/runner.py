@@ -408,22 +408,24 @@ def preflight(cfg: dict) -> None:
         from uvireid.models.backbone import check_two_stream_args
 
         check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
-    _check_validation_start(cfg)
+    _check_start_weights(cfg)
 
 
-def _check_validation_start(cfg: dict) -> None:
-    """A ``data.validation`` run records that its model left the validation ids out; one
-    that starts from a uvireid checkpoint trained on them (a run of the dataset without
-    ``data.validation``, or a validation run of another RegDB trial, whose training ids
-    are other people) would be tested on training images and read as a validation result
-    (audit FF). Refused; any other starting weights (ImageNet's, the prior, another
-    dataset's run) never saw the ids.
+def _check_start_weights(cfg: dict) -> None:
+    """Starting weights that trained on the ids the run tests on. A ``data.validation``
+    run records that its model left the validation ids out; one that starts from a
+    uvireid checkpoint trained on them (a run of the dataset without
+    ``data.validation``) would be tested on training images and read as a validation
+    result (audit FF). A RegDB run of one trial started from another trial's checkpoint
+    tests on people that checkpoint trained on, whose features record the run's own
+    split (audit HA). Both refused; any other starting weights (ImageNet's, the prior,
+    another dataset's run) never saw the ids.
 
     Raises:
         ConfigError: naming the checkpoint and the fix.
     """
     pre = cfg["backbone"].get("pretrained")
-    if not cfg["data"].get("validation") or not isinstance(pre, str):
+    if not isinstance(pre, str):
         return
     path = Path(pre).expanduser()
     if not path.is_file():
@@ -434,20 +436,20 @@ def _check_validation_start(cfg: dict) -> None:
     if not record or record.get("dataset") != cfg["data"].get("type"):
         return
     split = cfg["data"].get("split", 1 if record.get("split") is not None else None)
-    if not record.get("validation"):
-        why = "trained on the validation ids (as a run without data.validation does)"
-    elif record.get("split") != split:
+    if record.get("split") != split:
         why = (
-            f"left out the validation ids of split {record.get('split')}, not those of split "
-            f"{split} (other people)"
+            f"trained on split {record.get('split')}'s training ids, some of them split "
+            f"{split}'s test and validation people"
         )
+    elif cfg["data"].get("validation") and not record.get("validation"):
+        why = "trained on the validation ids (as a run without data.validation does)"
     else:
         return
     raise ConfigError(
-        f"data.validation: backbone.pretrained {pre} is the checkpoint of a run that {why}, "
-        f"so its results on them would include training images; start from weights that "
-        f"left them out (a data.validation=true run's checkpoint of the same split, "
-        f"ImageNet's or the prior)"
+        f"backbone.pretrained {pre} is the checkpoint of a run that {why}, so this run's "
+        f"results would include training images; start from weights that never saw its "
+        f"test ids (a run's checkpoint of the same split, with data.validation=true for "
+        f"a validation run; ImageNet's or the prior)"
     )
 
 

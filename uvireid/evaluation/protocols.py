@@ -708,9 +708,24 @@ def _meta_notes(meta: Mapping) -> list[str]:
     if (meta.get("dataset_check") or {}).get("ok") is False:
         notes.append("test set differs from the official release")
     if _flag(meta.get("validation")):
-        held_ids = meta.get("validation_ids") or "exp/val_id.txt"  # older: SYSU-MM01's
-        notes.append(f"the validation ids ({held_ids}), not the test set")
+        notes.append(f"the validation ids ({_validation_ids(meta)}), not the test set")
     return notes
+
+
+def _validation_ids(meta: Mapping) -> str:
+    """Which ids a validation file holds: its meta's ``validation_ids``; a file without
+    (written before the key, or by another codebase) of SYSU-MM01's layout holds those of
+    ``exp/val_id.txt``, one of another dataset held-out training ids."""
+    if meta.get("validation_ids"):
+        return str(meta["validation_ids"])
+    if _norm_dataset(meta.get("dataset") or "") in ("sysu", "synthetic"):
+        return "exp/val_id.txt"
+    return "held-out training ids; the meta does not say which"
+
+
+def _held_out_images(meta: Mapping) -> str:
+    """What the images of a RegDB file are: the test images, or held-out training ones."""
+    return "held-out training images" if _flag(meta.get("validation")) else "the test images"
 
 
 def epoch_label(meta: Mapping) -> str:
@@ -792,7 +807,7 @@ def _check_meta(features: Features, spec: ProtocolSpec) -> None:
                 where,
             )
         elif not left_out:  # false, 0, "false", or a value that says nothing
-            held_ids = meta.get("validation_ids") or "exp/val_id.txt"  # older: SYSU-MM01's
+            held_ids = _validation_ids(meta)
             raise ProtocolError(
                 f"{where} holds the validation ids ({held_ids}; its meta says so), and "
                 f"the model trained on them (train_validation "
@@ -881,9 +896,9 @@ def _regdb_split(features: Features) -> int | None:
     train_split = _int_or_none(meta.get("train_split"))
     if split is not None and train_split is not None and split != train_split:
         raise ProtocolError(
-            f"{where}: the model was trained on RegDB split {train_split} but these are the "
-            f"test images of split {split}; split {split}'s test identities are training "
-            f"identities of split {train_split}, so the numbers would include training images. "
+            f"{where}: the model was trained on RegDB split {train_split} but these are "
+            f"{_held_out_images(meta)} of split {split}; they are training identities of "
+            f"split {train_split}, so the numbers would include training images. "
             f"Fix: evaluate split {split} with the model trained on split {split} (or test "
             f"split {train_split} with this model)"
         )

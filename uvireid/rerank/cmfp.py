@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from uvireid.clustering.knn import check_backend, ivf_within, knn
-from uvireid.errors import ConfigError
+from uvireid.errors import ConfigError, FeatureFileError
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
@@ -73,7 +73,6 @@ from uvireid.rerank.inputs import (
     check_k,
     check_pair,
     ensure_fits,
-    refuse_non_finite,
     to_output,
 )
 
@@ -110,11 +109,18 @@ def knn_affinity(sim: Any, k: int) -> Any:
         summing to 0 stay 0 where the official code gives NaN).
 
     Raises:
-        FeatureFileError: NaN or inf similarities.
+        FeatureFileError: NaN or +inf similarities (-inf masks an entry).
     """
     s, was_numpy = as_tensor(sim, "knn_affinity: sim")
-    # a NaN threshold would keep nothing: the row silently all zeros (audit GB)
-    refuse_non_finite(s, "knn_affinity", "the similarities", "pass finite similarities")
+    # a NaN threshold would keep nothing: the row silently all zeros (audit GB); -inf
+    # masks an entry (it is never kept above 0), as in the official knn_graph
+    bad = torch.isnan(s) | torch.isposinf(s)
+    if bool(bad.any()):
+        rows = bad.any(1).nonzero().squeeze(1)
+        raise FeatureFileError(
+            f"knn_affinity: the similarities contain NaN or +inf in {rows.numel()} row(s) "
+            f"(first: row {int(rows[0])}); pass finite similarities (-inf masks an entry)"
+        )
     kc = min(check_k(k, "k", "cmfp"), s.shape[1])
     thr = torch.topk(s, kc, dim=1).values[:, -1:]
     a = torch.where(s >= thr, s, torch.zeros((), dtype=s.dtype, device=s.device)).clamp(min=0)
