@@ -313,13 +313,17 @@ class VIDataset:
     PROTOCOLS: tuple[str, ...] = ()
 
     @classmethod
-    def check_args(cls, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
+    def check_args(
+        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs: Any
+    ) -> None:
         """What ``uvireid run --dry-run`` checks of this dataset's keywords without reading
-        it: here, that ``root`` is a folder. Subclasses add their own keyword checks.
+        it: here, that ``root`` is a folder and ``validation`` (where the dataset takes
+        it: :meth:`hold_out`) a boolean. Subclasses add their own keyword checks.
 
         Raises:
             DatasetError: naming the problem and the fix.
         """
+        cls.check_validation(cls.title, validation)
         if root is not None:
             require_root(as_root(root, cls.title), cls.title, cls.layout)
 

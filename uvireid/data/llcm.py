@@ -105,14 +105,6 @@ class LLCM(VIDataset):
     layout = LAYOUT
     PROTOCOLS = ("llcm-v2i", "llcm-i2v", "llcm-v2i-deen")
 
-    @classmethod
-    def check_args(
-        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
-    ) -> None:
-        """The root is a folder and ``validation`` a boolean (see the class)."""
-        cls.check_validation(cls.title, validation)
-        super().check_args(root, **kwargs)
-
     def __init__(
         self, root: str | os.PathLike[str], *, verify: bool = True, validation: bool = False
     ):

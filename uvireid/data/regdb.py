@@ -88,14 +88,6 @@ class RegDB(VIDataset):
     #: the trial splits present at a root (``uvireid data check --split all`` reads it)
     available_splits = staticmethod(available_splits)
 
-    @classmethod
-    def check_args(
-        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
-    ) -> None:
-        """The root is a folder and ``validation`` a boolean (see the class)."""
-        cls.check_validation(cls.title, validation)
-        super().check_args(root, **kwargs)
-
     def __init__(
         self,
         root: str | os.PathLike[str],

@@ -78,14 +78,6 @@ class SYSUMM01(VIDataset):
     layout = LAYOUT
     PROTOCOLS = ("sysu-all", "sysu-indoor")
 
-    @classmethod
-    def check_args(
-        cls, root: str | os.PathLike[str] | None = None, validation: bool = False, **kwargs
-    ) -> None:
-        """The root is a folder and ``validation`` a boolean (see the class)."""
-        cls.check_validation(cls.title, validation)
-        super().check_args(root, **kwargs)
-
     def __init__(
         self, root: str | os.PathLike[str], *, verify: bool = True, validation: bool = False
     ):
