@@ -543,7 +543,9 @@ class TwoStreamResNet(_ReidHead):
                 else:
                     parts = [(m == k).nonzero(as_tuple=True)[0] for k in range(self.num_modalities)]
                 outs = [(idx, self.specific[k](x[idx])) for k, idx in enumerate(parts) if len(idx)]
-                if len(outs) == 1:
+                if not outs:  # an empty batch: its shape through a stream (audit HB)
+                    x = self.specific[0](x)
+                elif len(outs) == 1:
                     x = outs[0][1]
                 else:
                     first = outs[0][1]
