@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from uvireid.errors import FeatureFileError
+from uvireid.errors import FeatureFileError, non_finite_rows
 from uvireid.evaluation.metrics import to_numpy
 from uvireid.fileio import atomic_write
 from uvireid.types import INFRARED, VISIBLE, FeatureBank
@@ -251,12 +251,11 @@ def _validated(
                 f"file names repeat across camera and identity folders: cam3/0001/0001.jpg), "
                 f"and check for the same features concatenated twice"
             )
-    finite = np.isfinite(feats).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)
+    bad = non_finite_rows(feats)
+    if bad is not None:
         raise FeatureFileError(
-            f"{where}: 'feats' has non-finite values (NaN or inf) in {len(rows)} row(s), e.g. "
-            f"rows {rows[:5].tolist()}; fix: check the extraction (a diverged model gives NaN) "
+            f"{where}: 'feats' has non-finite values (NaN or inf) in {bad[0]} row(s), e.g. "
+            f"rows {bad[1]}; fix: check the extraction (a diverged model gives NaN) "
             f"and re-export"
         )
     odd = sorted(set(np.unique(modality).tolist()) - {VISIBLE, INFRARED})

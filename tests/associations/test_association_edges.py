@@ -227,7 +227,7 @@ def test_infinite_features_are_refused_for_torch_input():
     """check_finite refuses inf as well as NaN (K15)."""
     x = torch.randn(4, 3)
     x[1, 2] = float("inf")
-    with pytest.raises(FeatureFileError, match="features hold 1 NaN/inf"):
+    with pytest.raises(FeatureFileError, match="features hold NaN or inf in 1 row"):
         OTLADual().associate(x, [0, 0, 1, 1], torch.randn(4, 3), [0, 1, 0, 1])
 
 
@@ -235,9 +235,9 @@ def test_infinite_costs_are_refused_by_the_matchers():
     """numpy check_finite refuses inf (K13): scipy would say 'cost matrix is infeasible'."""
     cost = np.ones((3, 2))
     cost[0, 1] = np.inf
-    with pytest.raises(FeatureFileError, match="1 NaN/inf"):
+    with pytest.raises(FeatureFileError, match="NaN or inf in 1 row"):
         progressive_matching(cost)
-    with pytest.raises(FeatureFileError, match="1 NaN/inf"):
+    with pytest.raises(FeatureFileError, match="NaN or inf in 1 row"):
         bilateral_matching(cost)
 
 

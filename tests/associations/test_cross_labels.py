@@ -103,7 +103,7 @@ def test_nan_features_are_refused_before_any_solver(name, monkeypatch):
     fv, gv, fr, gr = _data()
     fr = fr.copy()
     fr[2, 3] = np.nan
-    with pytest.raises(FeatureFileError, match="infrared: features hold 1 NaN/inf"):
+    with pytest.raises(FeatureFileError, match="infrared: features hold NaN or inf in 1 row"):
         ASSOCIATORS.build({"type": name}).associate(fv, gv, fr, gr)
 
 

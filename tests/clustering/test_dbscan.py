@@ -98,7 +98,7 @@ def test_bad_parameters_are_refused_with_the_fix(kwargs, match):
 def test_nan_features_are_refused():
     x = np.zeros((6, 4), dtype=np.float32)
     x[1, 1] = np.inf
-    with pytest.raises(FeatureFileError, match="NaN/inf"):
+    with pytest.raises(FeatureFileError, match="NaN or inf"):
         DBSCANClusterer().fit_predict(x)
 
 

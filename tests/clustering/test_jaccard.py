@@ -94,7 +94,7 @@ def test_k1_larger_than_n_is_clamped():
 def test_nan_features_are_refused_with_a_message():
     x = np.ones((5, 4), dtype=np.float32)
     x[2, 1] = np.nan
-    with pytest.raises(FeatureFileError, match="NaN/inf"):
+    with pytest.raises(FeatureFileError, match="NaN or inf"):
         jaccard_distance(x)
 
 

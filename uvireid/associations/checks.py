@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import ConfigError, FeatureFileError, non_finite_rows
 from uvireid.rerank.inputs import as_tensor
 from uvireid.types import CrossLabels
 
@@ -76,18 +76,12 @@ def as_features(x: Any, who: str, *, allow_empty: bool = False) -> torch.Tensor:
 
 
 def check_finite(t: torch.Tensor | np.ndarray, who: str, what: str) -> None:
-    """Raise :class:`FeatureFileError` when ``t`` holds NaN or inf (names how many/where)."""
-    if isinstance(t, np.ndarray):
-        bad = ~np.isfinite(t)
-        n_bad = int(bad.sum())
-        first = np.argwhere(bad)[0].tolist() if n_bad else None
-    else:
-        bad = ~torch.isfinite(t)
-        n_bad = int(bad.sum())
-        first = bad.nonzero()[0].tolist() if n_bad else None
-    if n_bad:
+    """Raise :class:`FeatureFileError` when ``t`` holds NaN or inf (names how many rows,
+    and which)."""
+    bad = non_finite_rows(t)
+    if bad is not None:
         raise FeatureFileError(
-            f"{who}: {what} hold {n_bad} NaN/inf value(s), the first at index {first}; "
+            f"{who}: {what} hold NaN or inf in {bad[0]} row(s) (first: {bad[1]}); "
             "check the feature extractor (e.g. a diverged model or a division by a zero "
             "norm) and pass finite values"
         )

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import ConfigError, FeatureFileError, non_finite_rows
 
 __all__ = [
     "METRICS",
@@ -164,11 +164,11 @@ def _as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
         raise ConfigError(f"knn: {name} must be a 2-D (N, d) array, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         t = t.float()
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        # a NaN row got arbitrary neighbours at NaN distances, silently (audit FB)
-        bad = int((~torch.isfinite(t)).any(1).sum())
+    bad = non_finite_rows(t)  # a NaN row got arbitrary neighbours, silently (audit FB)
+    if bad is not None:
         raise FeatureFileError(
-            f"knn: {name} holds NaN or inf in {bad} row(s); check the feature extractor "
+            f"knn: {name} holds NaN or inf in {bad[0]} row(s) (first: row {bad[1][0]}); "
+            f"check the feature extractor "
             f"(a diverged model gives NaN features)"
         )
     return t, was_numpy

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from uvireid.errors import ConfigError, DatasetError
+from uvireid.errors import ConfigError, DatasetError, non_finite_rows
 
 __all__ = ["image_files", "top_matches"]
 
@@ -131,9 +131,11 @@ def top_matches(
     for name, x in (("query", q), ("gallery", g)):
         if x.ndim != 2 or len(x) == 0:
             raise ConfigError(f"{name} features: (N, d) with N >= 1 rows, got {x.shape}")
-        if not np.isfinite(x).all():
+        bad = non_finite_rows(x)
+        if bad is not None:
             raise ConfigError(
-                f"{name} features hold NaN or inf values (a diverged model gives NaN); "
+                f"{name} features hold NaN or inf in {bad[0]} row(s) (first: row {bad[1][0]}; "
+                f"a diverged model gives NaN); "
                 f"check the model or the features file"
             )
     if q.shape[1] != g.shape[1]:

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from uvireid.clustering.knn import check_backend, ivf_within, knn
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import ConfigError, FeatureFileError, non_finite_rows
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
 from uvireid.rerank.distances import gram_symmetric, squared_euclidean
@@ -114,12 +114,11 @@ def knn_affinity(sim: Any, k: int) -> Any:
     s, was_numpy = as_tensor(sim, "knn_affinity: sim")
     # a NaN threshold would keep nothing: the row silently all zeros (audit GB); -inf
     # masks an entry (it is never kept above 0), as in the official knn_graph
-    bad = torch.isnan(s) | torch.isposinf(s)
-    if bool(bad.any()):
-        rows = bad.any(1).nonzero().squeeze(1)
+    bad = non_finite_rows(s, allow_neg_inf=True)
+    if bad is not None:
         raise FeatureFileError(
-            f"knn_affinity: the similarities contain NaN or +inf in {rows.numel()} row(s) "
-            f"(first: row {int(rows[0])}); pass finite similarities (-inf masks an entry)"
+            f"knn_affinity: the similarities contain NaN or +inf in {bad[0]} row(s) "
+            f"(first: row {bad[1][0]}); pass finite similarities (-inf masks an entry)"
         )
     kc = min(check_k(k, "k", "cmfp"), s.shape[1])
     thr = torch.topk(s, kc, dim=1).values[:, -1:]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import ConfigError, FeatureFileError, non_finite_rows
 
 __all__ = [
     "as_tensor",
@@ -76,14 +76,10 @@ def as_tensor(x: Any, name: str) -> tuple[torch.Tensor, bool]:
 def refuse_non_finite(t: torch.Tensor, who: str, what: str, fix: str) -> None:
     """Raise :class:`FeatureFileError` naming the rows of the 2-D ``t`` that hold NaN or
     inf: one reduction where every value is finite."""
-    if bool(torch.isfinite(t.sum())):  # the common case (a sum that overflows reads on)
-        return
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        rows = (~finite).any(1).nonzero().squeeze(1)
+    bad = non_finite_rows(t)
+    if bad is not None:
         raise FeatureFileError(
-            f"{who}: {what} contain NaN or inf in {rows.numel()} row(s) "
-            f"(first: row {int(rows[0])}); {fix}"
+            f"{who}: {what} contain NaN or inf in {bad[0]} row(s) (first: row {bad[1][0]}); {fix}"
         )
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from uvireid.clustering.knn import copy_transposed, topk_stable
-from uvireid.errors import ConfigError, FeatureFileError
+from uvireid.errors import ConfigError, FeatureFileError, non_finite_rows
 from uvireid.registry import RERANKERS
 from uvireid.rerank import workspace
 from uvireid.rerank.distances import self_distances, squared_norms
@@ -411,10 +411,11 @@ def re_ranking(
             f"g_g_dist ({ng}, {ng}); got {tuple(qq.shape)} and {tuple(gg.shape)}"
         )
     for name, t in (("q_g_dist", qg), ("q_q_dist", qq), ("g_g_dist", gg)):
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        bad = non_finite_rows(t)
+        if bad is not None:
             raise FeatureFileError(
-                f"re_ranking: {name} holds NaN or inf distances; compute the distances from "
-                f"finite features"
+                f"re_ranking: {name} holds NaN or inf distances in {bad[0]} row(s) (first: "
+                f"row {bad[1][0]}); compute the distances from finite features"
             )
     k1, k2 = _check_ks(k1, k2, "kreciprocal")
     lambda_value = _check_lambda(lambda_value)
