@@ -1,12 +1,14 @@
 """Run by tests/engine/test_distributed.py (under torchrun, or alone): train a recipe,
 writing each step's batch indices per rank; ``kill`` stops after epoch 0's checkpoint,
-``resume`` / ``resume-allow`` continue it (the latter with ``allow_changes``).
+``resume`` / ``resume-allow`` continue it (the latter with ``allow_changes``). Each rank
+writes ``MODE_leaveRANK.json`` as it leaves the process group: the DDP models alive then.
 
 Usage: [torchrun --nproc_per_node N] ddp_resume_worker.py RECIPE OUT_DIR MODE
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -37,6 +39,19 @@ def main() -> None:
         return real_step(self, stage, losses, lab, batch, paired)
 
     T.Trainer.train_epoch, T.Trainer.step = train_epoch, step
+    real_destroy = torch.distributed.destroy_process_group
+
+    def destroy_process_group(*args, **kwargs):
+        # the models still alive as the group goes (nothing is collected here): one left
+        # to interpreter exit took the GIL in finalisation and aborted the rank at times
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        alive = sum(isinstance(o, DDP) for o in gc.get_objects())
+        with open(f"{out}/{mode}_leave{D.rank()}.json", "w") as fh:
+            json.dump({"ddp_alive": alive}, fh)
+        return real_destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = destroy_process_group
     cfg = load_recipe(recipe)
     try:
         run_recipe(

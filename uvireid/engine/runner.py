@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -693,7 +694,7 @@ def train_recipe(
                 raise
     finally:
         if owned:
-            D.leave()
+            D.leave(stopped_by=sys.exc_info()[1])
 
 
 def _stop_all_ranks(refused: Exception | None) -> None:
@@ -717,6 +718,9 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
     from uvireid.engine.trainer import Trainer
 
     run_log = folder.attach_log() if D.is_main() else None
+    # not locals(): its snapshot of this frame outlived traceback.clear_frames, and with it
+    # the trainer, past the process group (distributed.leave)
+    trainer = None
     try:
         if D.is_main() and not (folder.path / "config.yaml").exists():
             # a new run's folder is a run folder before the trainer is built (building the
@@ -752,7 +756,7 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
         logger.warning(
             "stopped (%s) after %s",
             "SIGTERM" if type(exc).__name__ == "Terminated" else "Ctrl-C / SIGINT",
-            f"epoch {trainer.epoch - 1}" if "trainer" in locals() and trainer.epoch else "no epoch",
+            f"epoch {trainer.epoch - 1}" if trainer is not None and trainer.epoch else "no epoch",
         )
         raise
     finally:
