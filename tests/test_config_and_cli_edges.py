@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from uvireid.config import load_recipe
+from uvireid.config import load_recipe, parse_override
 from uvireid.errors import ConfigError
 
 
@@ -227,3 +227,149 @@ def test_eval_and_rerank_sample_ten_galleries_unless_told(tmp_path):
         args = argparse.Namespace(protocol=protocol, features=[str(feats)], trials=3, json=None)
         protocol_inputs(args)
         assert args.trials == 3
+
+
+# -- recipes: YAML files and overrides (audit IA) ---------------------------------------
+
+
+def test_one_list_index_given_twice_in_a_file_is_refused(tmp_path):
+    # the loader refuses a key given twice, but `1` and `"1"` (or `0x1`) are two keys to
+    # YAML and the same list item to the index-mapping merge: the last one won silently
+    f = tmp_path / "r.yaml"
+    f.write_text('_base_: demo\nstages:\n  1: {epochs: 2}\n  "1": {epochs: 5}\n')
+    with pytest.raises(ConfigError, match="1"):
+        load_recipe(f)
+
+
+def test_a_tab_in_a_recipe_is_reported_with_its_fix(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("_base_: demo\ntrain:\n\tepochs: 3\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(f)
+    assert "space" in str(exc.value).lower()
+
+
+@pytest.mark.parametrize("word", ["off", "no", "yes", "on"])
+def test_a_yaml_boolean_word_for_a_string_key_says_how_it_was_read(tmp_path, word):
+    # `name: off` is read as false (YAML 1.1) and refused as "got False", which names
+    # neither the word the user wrote nor the fix (quote it)
+    f = tmp_path / "r.yaml"
+    f.write_text(f"_base_: demo\nname: {word}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(f)
+    assert "quote" in str(exc.value)
+
+
+def test_an_index_into_an_empty_list_names_a_usable_fix():
+    # demo.yaml sets train.lr_steps: []; the message said "use an index 0..-1"
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("demo", ["train.lr_steps.0=5"])
+    assert "0..-1" not in str(exc.value)
+    assert "train.lr_steps=[" in str(exc.value)
+
+
+def test_an_index_into_a_default_list_is_not_turned_into_a_mapping():
+    # train.jitter_views is absent from demo.yaml (a default): the override made a section
+    # {'0': 'visible_ca'} and the error showed the raw annotation "list[str]"
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("demo", ["train.jitter_views.0=visible_ca"])
+    msg = str(exc.value)
+    assert "{'0'" not in msg and "list[str]" not in msg
+    assert "train.jitter_views=[" in msg
+
+
+def test_a_misspelt_type_key_suggests_type():
+    with pytest.raises(ConfigError) as exc:
+        load_recipe("demo", ["backbone.typ=resnet"])
+    assert "did you mean 'backbone.type'?" in str(exc.value)
+
+
+@pytest.mark.parametrize("override", ["output_dir=", "data.root="])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(override):
+    # `output_dir=$OUT` with OUT unset: '' became the current folder silently, while
+    # `name=` and `device=` are refused
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_recipe("demo", [override])
+
+
+def test_override_values_are_read_as_yaml_scalars():
+    assert parse_override("a.b=") == ("a.b", "")
+    assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
+    assert parse_override("train.amp=true") == ("train.amp", True)
+    assert parse_override("reranker=null") == ("reranker", None)
+    assert parse_override("train.lr_steps=[2, 5]") == ("train.lr_steps", [2, 5])
+
+
+def test_a_boolean_key_does_not_address_a_list_item(tmp_path):
+    # `true` is not an index: YAML's True == 1 would otherwise refine stage 1
+    f = tmp_path / "r.yaml"
+    f.write_text("_base_: demo\nstages:\n  true: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match="'stages' must be a list"):
+        load_recipe(f)
+
+
+@pytest.mark.parametrize("text", ["-seed=3", "3.epochs=1", "--train.epochs=2"])
+def test_an_override_key_must_start_with_a_letter(text):
+    with pytest.raises(ConfigError, match="not a dotted key"):
+        parse_override(text)
+
+
+_STAGE_WITH_OWN_CLUSTERER = """_base_: demo
+stages:
+  - name: dcl
+    epochs: 4
+    sampler: {{type: identity, ids: 8, images: 4}}
+    clusterer: {{_delete_: {flag}, {rest}}}
+    losses:
+      - {{type: cluster_contrast, weight: 1.0}}
+"""
+
+
+def test_delete_false_in_a_stage_part_is_accepted(tmp_path):
+    # `_delete_: false` is a valid (no-op) value everywhere else; inside a stage's part it
+    # reached the component check as an unknown keyword '_delete_'
+    f = tmp_path / "r.yaml"
+    f.write_text(_STAGE_WITH_OWN_CLUSTERER.format(flag="false", rest="eps: 0.3"))
+    cfg = load_recipe(f)
+    assert cfg["stages"][0]["clusterer"]["type"] == "dbscan"
+    assert cfg["stages"][0]["clusterer"]["eps"] == 0.3
+    assert cfg["stages"][0]["clusterer"]["k1"] == 20  # refined the top-level one (demo.yaml)
+
+
+def test_delete_in_a_stage_part_must_be_a_boolean(tmp_path):
+    # at the top level `_delete_: "yes"` is refused ("must be true or false (unquoted)");
+    # in a stage's part any truthy value was taken as true
+    f = tmp_path / "r.yaml"
+    f.write_text(_STAGE_WITH_OWN_CLUSTERER.format(flag='"yes"', rest="type: kmeans"))
+    with pytest.raises(ConfigError, match="_delete_"):
+        load_recipe(f)
+
+
+@pytest.mark.parametrize("override", ["train.lr_steps=[-5]", "stages.1.lr_steps=[-1]"])
+def test_a_negative_learning_rate_step_is_refused(override):
+    # an epoch index below 0 never "passes": the trainer counts epoch >= step, so [-5]
+    # silently divides the rate from the first epoch, as [0] would (no range rule)
+    with pytest.raises(ConfigError, match="lr_steps"):
+        load_recipe("demo", [override])
+
+
+def test_a_mapping_override_of_a_section_merges_into_it():
+    # module docstring: "A mapping given for a mapping (a section ...) merges into it"
+    cfg = load_recipe("demo", ["clusterer={eps: 0.3}", "train={lr: 0.001}"])
+    assert cfg["clusterer"]["type"] == "dbscan"
+    assert (cfg["clusterer"]["eps"], cfg["clusterer"]["k1"]) == (0.3, 20)  # k1 from demo.yaml
+    assert cfg["train"]["lr"] == 0.001
+    assert (cfg["train"]["height"], cfg["train"]["width"]) == (64, 32)  # demo.yaml's
+
+
+def test_a_learning_rate_factor_of_zero_is_refused_and_a_tiny_one_accepted():
+    # train.lr_gamma must be > 0 (strictly): 0 would zero the rate after the first step
+    with pytest.raises(ConfigError, match=r"'train.lr_gamma' must be > 0, got 0"):
+        load_recipe("demo", ["train.lr_gamma=0"])
+    assert load_recipe("demo", ["train.lr_gamma=1e-9"])["train"]["lr_gamma"] == 1e-9
+
+
+def test_two_stages_with_one_name_are_refused():
+    # stage names key the logs and metrics; demo's stages are dcl and salcr
+    with pytest.raises(ConfigError, match="two stages are named 'dcl'"):
+        load_recipe("demo", ["stages.1.name=dcl"])

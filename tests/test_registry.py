@@ -89,12 +89,14 @@ def test_duplicate_name_names_both_modules(reg):
 
 
 def test_reregistering_the_same_qualified_name_replaces(reg):
-    # a reloaded module defines a new object with the same qualified name
+    # a reloaded module defines a new object with the same qualified name (a module-level
+    # one: the fixture's is made in a function, as a factory's objects are, see below)
     def make_kr(k1: int = 5):
         return k1
 
+    reg.get("kreciprocal").__qualname__ = "make_kr"
     make_kr.__module__ = reg.entry("kreciprocal").module
-    make_kr.__qualname__ = reg.get("kreciprocal").__qualname__
+    make_kr.__qualname__ = "make_kr"
     reg.register("kreciprocal", make_kr)
     assert reg.build("kreciprocal") == 5
 
@@ -267,3 +269,35 @@ def test_importing_the_package_and_its_cli_leaves_torchvision_unloaded():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _factory(value: int):
+    """Two distinct parts with the same qualified name (``..._factory.<locals>.Part``)."""
+
+    class Part:
+        def __init__(self):
+            self.value = value
+
+    return Part
+
+
+def test_register_refuses_an_empty_name():
+    reg = Registry("widget")
+
+    class W:
+        pass
+
+    with pytest.raises(RegistryError, match="non-empty"):
+        reg.register("", W)
+    assert len(reg) == 0
+
+
+def test_two_different_parts_with_one_qualified_name_do_not_replace_each_other():
+    # a second registration with the same qualified name is a reloaded module; two
+    # *different* objects made by one factory (or two lambdas of one module) share it, and
+    # the second silently replaced the first (audit IA)
+    reg = Registry("widget")
+    reg.register("w", _factory(1))
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("w", _factory(2))
+    assert reg.get("w")().value == 1

@@ -340,6 +340,16 @@ class SettingsKey:
     cls: type
 
 
+def check_not_blank(value: Any, where: str) -> None:
+    """A path that is empty or blank (``output_dir=$OUT`` with ``OUT`` unset) would be the
+    current folder, silently (audit IA): refused."""
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(
+            f"{where} is empty, which would mean the current folder; give a folder (e.g. "
+            f"output_dir=runs), or leave the key out for its default"
+        )
+
+
 def check_run_name(value: Any, where: str) -> None:
     """A recipe name names its run folders (``<output_dir>/<name>-<time>``): one plain
     folder-name part, so that ``--resume`` finds them again."""
@@ -358,7 +368,7 @@ SCHEMA: dict[str, Any] = {
     "description": ScalarKey((str,), "", "one line shown by `uvireid list`"),
     "seed": ScalarKey((int,), 1, "seed of Python, NumPy and torch", check_seed),
     "device": ScalarKey((str,), "auto", "auto | cpu | cuda | cuda:N"),
-    "output_dir": ScalarKey((str,), "runs", "parent folder of run folders"),
+    "output_dir": ScalarKey((str,), "runs", "parent folder of run folders", check_not_blank),
     "data": ComponentKey(DATASETS),
     "backbone": ComponentKey(BACKBONES),
     "clusterer": ComponentKey(CLUSTERERS),
@@ -484,6 +494,11 @@ def _load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def _tab_hint(exc: yaml.YAMLError) -> str:
+    """The fix of PyYAML's "found character '\\t' that cannot start any token"."""
+    return "; YAML indents with spaces, not tabs" if "'\\t'" in str(exc) else ""
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -504,7 +519,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = _load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {exc}{_tab_hint(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -558,12 +573,19 @@ def merge(
         # ``stages: {1: {epochs: 30}}`` refines items of the base's list (a derived
         # recipe changes one stage without restating the list)
         out = copy.deepcopy(base)
+        seen: dict[int, Any] = {}
         for key, value in child.items():
             i = int(key)
+            if i in seen:  # 1 and "1" (or 0x1) are two keys to YAML, one item here (audit IA)
+                raise ConfigError(
+                    f"{source or 'the recipe'}: {prefix}.{i} is given twice (as {seen[i]!r} "
+                    f"and {key!r}); give each item once"
+                )
+            seen[i] = key
             if not 0 <= i < len(out):
                 raise ConfigError(
-                    f"{source or 'the recipe'}: {prefix}.{key} refines item {i} of a list of "
-                    f"{len(out)} item(s); use an index 0..{len(out) - 1}"
+                    f"{source or 'the recipe'}: {prefix}.{key} refines item {i} of "
+                    + _list_bounds(prefix, len(out))
                 )
             out[i] = merge(out[i], value, prov, f"{prefix}.{i}", source)
         return out
@@ -573,6 +595,13 @@ def merge(
         child = {k: v for k, v in child.items() if k != DELETE_KEY}
         return {k: merge(None, v, None) for k, v in child.items()}
     return copy.deepcopy(child)
+
+
+def _list_bounds(key: str, n: int) -> str:
+    """The end of a message about an index past the list ``key`` of ``n`` items."""
+    if n == 0:
+        return f"an empty list; set it whole: {key}=[...]"
+    return f"a list of {n} item(s); use an index 0..{n - 1}"
 
 
 def _index_mapping(value: Any) -> bool:
@@ -674,7 +703,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = _load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(
+            f"override {text!r}: value is not valid YAML ({exc}){_tab_hint(exc)}"
+        ) from None
     if re.search(r"(^|\s)#", raw) and "#" not in str(value):
         raise ConfigError(
             f"override {text!r}: YAML reads ' #' as the start of a comment, which would "
@@ -710,6 +741,15 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
             continue
         if part not in node or node[part] is None:
             _check_known_path(here, OVERRIDE_SOURCE)
+            following = parts[i + 1]
+            if following.isascii() and following.isdigit():
+                # an item of a list the recipe leaves to its default: a section made here
+                # would read {'0': ...} (audit IA)
+                raise ConfigError(
+                    f"{OVERRIDE_SOURCE} {key}=...: {here} is not set in the recipe (its "
+                    f"default applies), so it has no item {following} to change; set it "
+                    f"whole: {here}=[...] (`uvireid run RECIPE --dry-run` shows the default)"
+                )
             node[part] = {}
             prov[here] = OVERRIDE_SOURCE  # a section the command line made
         node = node[part]
@@ -754,8 +794,8 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
 def _index(part: str, seq: list, where: str) -> int:
     if not (part.isascii() and part.isdigit()) or int(part) >= len(seq):
         raise ConfigError(
-            f"{OVERRIDE_SOURCE}: {where} addresses a list of {len(seq)} item(s); "
-            f"use an index 0..{len(seq) - 1}"
+            f"{OVERRIDE_SOURCE}: {where} addresses "
+            + _list_bounds(where.rsplit(".", 1)[0], len(seq))
         )
     return int(part)
 
@@ -779,7 +819,7 @@ def _unknown(dotted: str, valid: Sequence[str], source: str, what: str = "key") 
     near = closest(leaf, valid, n=1)
     hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
     raise ConfigError(
-        f"{source}: unknown {what} '{dotted}'{hint} valid keys here: {', '.join(valid)}"
+        f"{source}: unknown {what} '{dotted}'{hint}; valid keys here: {', '.join(valid)}"
     )
 
 
@@ -797,6 +837,11 @@ def _check_scalar(name: str, spec: ScalarKey, value: Any, source: str) -> None:
             hint = (
                 " (YAML reads 'a: b' as a mapping: quote the value, on a command line inside "
                 "the argument's quotes: \"key='a: b'\")"
+            )
+        elif isinstance(value, bool) and str in spec.types:
+            hint = (
+                " (YAML reads yes/no/on/off/true/false as a boolean: quote the word, on a "
+                "command line inside the argument's quotes: \"key='off'\")"
             )
         raise ConfigError(f"{source}: '{name}' must be {want} ({spec.doc}), got {value!r}{hint}")
     if spec.check is not None:
@@ -833,11 +878,11 @@ def _validate_component(
                 full = f"{dotted}.{key}"
                 if full in RENAMED_KEYS:
                     _unknown(full, valid, prov.source(full))
-                near = closest(key, [*valid, *extra], n=1)
+                near = closest(key, ["type", *valid, *extra], n=1)
                 hint = f"; did you mean '{dotted}.{near[0]}'?" if near else ""
                 raise ConfigError(
                     f"{prov.source(full)}: unknown key '{full}': {reg.kind} '{name}' has no "
-                    f"keyword '{key}'{hint} valid keywords: {', '.join([*valid, *extra])}"
+                    f"keyword '{key}'{hint}; valid keys: {', '.join(['type', *valid, *extra])}"
                 )
     missing = [k for k in reg.required(name) if k not in kwargs]
     if missing:
@@ -925,6 +970,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainSettings.lr": (_at_least(0), ">= 0"),
     "TrainSettings.weight_decay": (_at_least(0), ">= 0"),
     "TrainSettings.lr_gamma": (_at_least(0, True), "> 0"),
+    "TrainSettings.lr_steps": (lambda v: all(s >= 0 for s in v), "a list of epochs >= 0"),
     "TrainSettings.optimizer": (lambda v: v in OPTIMIZERS, "adam, adamw or sgd"),
     "TrainSettings.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "TrainSettings.warmup_epochs": (_at_least(0), ">= 0 (0: no warm-up)"),
@@ -964,6 +1010,10 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "StageSettings.iters_per_epoch": (_at_least(1), ">= 1 (or null: train.iters_per_epoch)"),
     "StageSettings.ltg_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "StageSettings.lr": (_at_least(0), ">= 0 (or null: train.lr)"),
+    "StageSettings.lr_steps": (
+        lambda v: all(s >= 0 for s in v),
+        "a list of epochs >= 0 (or null: train.lr_steps)",
+    ),
     "StageSettings.jitter_views": _JITTER_VIEWS_RULE,
 }
 
@@ -977,6 +1027,7 @@ _TYPE_WORDS = {
     "int | None": "an integer or null",
     "bool | None": "true, false or null",
     "list[int]": "a list of integers",
+    "list[str]": "a list of strings",
 }
 
 
@@ -1129,20 +1180,28 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             spec = SCHEMA[comp]
             raw = stage[comp] if comp in stage else cfg.get(comp)
             top = cfg.get(comp)
+            delete = False
+            if comp in stage and isinstance(raw, Mapping) and DELETE_KEY in raw:
+                # as merge reads it at the top level: a boolean, false a no-op (audit IA)
+                delete = raw[DELETE_KEY]
+                if not isinstance(delete, bool):
+                    raise ConfigError(
+                        f"{prov.source(f'{where}.{comp}')}: {where}.{comp}.{DELETE_KEY} must "
+                        f"be true or false (unquoted), got {delete!r}"
+                    )
+                raw = {k: v for k, v in raw.items() if k != DELETE_KEY}
             if (
                 comp in stage
                 and isinstance(raw, Mapping)
                 and raw.get("type", top.get("type") if isinstance(top, Mapping) else None)
                 == (top.get("type") if isinstance(top, Mapping) else object())
-                and not raw.get("_delete_")
+                and not delete
             ):
                 # keys without a type, or with the top-level part's own type, refine the
                 # top-level part: stages.1.clusterer.eps=0.5 (naming the same type kept
                 # none of its settings: stages.1.associator.type=otla_dual turned the
                 # demo's CMFP(tr) off, audit AA); another type replaces it
                 raw = {**top, **raw}
-            elif isinstance(raw, Mapping) and "_delete_" in raw:
-                raw = {k: v for k, v in raw.items() if k != "_delete_"}
             res[comp] = _validate_component(
                 f"{where}.{comp}" if comp in stage else comp, spec.registry, raw, prov, spec.extra
             )
@@ -1451,9 +1510,17 @@ def _absolute_paths(cfg: dict) -> None:
     used from (audit AQ: ``root: ../synth`` in config.yaml made `extract` from another
     folder read, or generate, another dataset)."""
     builtin = _builtin_dataset((cfg.get("data") or {}).get("type"))
+    if isinstance(cfg.get("output_dir"), str):
+        # "~/runs" made a folder named "~" in the current one (audit IC)
+        cfg["output_dir"] = os.path.expanduser(cfg["output_dir"])
     for section, key in (("data", "root"), ("evaluation", "perm_file")):
         part = cfg.get(section)
         value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and not value.strip() and (builtin or section != "data"):
+            raise ConfigError(
+                f"{section}.{key} is empty, which would mean the current folder; give the "
+                f"{'folder' if key == 'root' else 'file'}, or null for the default"
+            )
         if (
             section == "data"
             and not builtin

@@ -103,13 +103,21 @@ class Registry:
                 )
             module = getattr(o, "__module__", "?")
             old = self._entries.get(name)
-            if old is not None and _qualname(old.obj) != _qualname(o):
+            # the same qualified name again is a module re-executed (reloaded), and the
+            # newer object wins; not for one made inside a function (a factory's classes
+            # and a module's lambdas share theirs: the second silently replaced the first,
+            # audit IA)
+            made_inside = "<" in _qualname(o)
+            if (
+                old is not None
+                and old.obj is not o
+                and (_qualname(old.obj) != _qualname(o) or made_inside)
+            ):
                 raise RegistryError(
                     f"{self.kind} '{name}' is already registered by {_qualname(old.obj)} "
                     f"(module {old.module}); {_qualname(o)} (module {module}) tries to "
                     f"register it again. Pick another name for one of them."
                 )
-            # same qualified name again (a module reloaded): the newer object wins
             self._entries[name] = Entry(name, o, module)
             return o
 
