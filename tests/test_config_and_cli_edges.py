@@ -373,3 +373,23 @@ def test_two_stages_with_one_name_are_refused():
     # stage names key the logs and metrics; demo's stages are dcl and salcr
     with pytest.raises(ConfigError, match="two stages are named 'dcl'"):
         load_recipe("demo", ["stages.1.name=dcl"])
+
+
+def test_a_stage_loss_without_a_weight_counts_once(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("_base_: demo\nstages:\n  0:\n    losses: [{type: cluster_contrast}]\n")
+    cfg = load_recipe(f)
+    assert cfg["stages"][0]["losses"][0]["weight"] == 1.0
+    assert cfg["stages"][1]["losses"][2]["weight"] == 0.5  # demo.yaml's own weight stays
+
+
+def test_a_comment_only_base_file_adds_nothing(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# placeholder: nothing to add yet\n")
+    f = tmp_path / "r.yaml"
+    f.write_text("_base_: [demo, empty.yaml]\n")
+    cfg = load_recipe(f)
+    demo = load_recipe("demo")
+    assert {k: v for k, v in cfg.items() if k != "name"} == {
+        k: v for k, v in demo.items() if k != "name"
+    }
+    assert cfg["name"] == "r"

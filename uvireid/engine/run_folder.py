@@ -126,19 +126,32 @@ class RunFolder:
 
     @classmethod
     def create(cls, output_dir: str | os.PathLike, name: str) -> RunFolder:
+        from uvireid.errors import ConfigError
+
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(output_dir) / f"{name}-{stamp}"
+        parent = Path(output_dir)
+        try:
+            # the parent first: a FileExistsError below then only means a taken name (a
+            # dangling link as output_dir raised it forever, audit IC)
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            dangling = parent.is_symlink() and not parent.exists()
+            raise ConfigError(
+                f"output_dir: {parent} cannot be made a folder ("
+                + (f"a link to {os.readlink(parent)}, which is gone" if dangling else exc.strerror)
+                + "); choose another output_dir"
+                + (", or restore the link's target" if dangling else "")
+            ) from None
+        base = parent / f"{name}-{stamp}"
         path, n = base, 1
         while True:
             try:
-                path.mkdir(parents=True)
+                path.mkdir()
                 return cls(path)
             except FileExistsError:  # taken, by an earlier run or one starting this second
                 n += 1
                 path = base.with_name(f"{base.name}-{n}")
             except OSError as exc:
-                from uvireid.errors import ConfigError
-
                 raise ConfigError(
                     f"output_dir: the run folder {path} cannot be created ({exc.strerror}); "
                     f"choose another output_dir"
@@ -450,6 +463,8 @@ def dataset_check(dataset: Any) -> dict | None:
 
 def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1) -> dict:
     """What decides whether two runs are comparable."""
+    import yaml
+
     from uvireid.engine.trainer import precision_of
 
     train = cfg.get("train", {})
@@ -469,6 +484,8 @@ def build_manifest(cfg: dict, device: str, dataset: Any, *, world_size: int = 1)
         "world_size": world_size,
         "batch": {"per_gpu": per_gpu, "per_batchnorm": per_gpu, "global": per_gpu * world_size},
         "seed": cfg.get("seed"),
+        # what a resume is checked against (config.yaml can be edited by hand)
+        "config": yaml.safe_load(dump(cfg)),
         "dataset": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
         "dataset_check": dataset_check(dataset),
     }
@@ -600,7 +617,7 @@ def _latest_to_resume(cfg: dict) -> RunFolder | None:
                 cfg["name"],
                 older.path,
                 newest.path.name,
-                newest.path,
+                shlex.quote(str(newest.path)),
             )
             return older
         return newest
@@ -621,7 +638,45 @@ def _resolved_config(path: Path) -> dict:
     try:
         return yaml.safe_load(dump(load_recipe(path))) or {}
     except UvireidError:
-        return yaml.safe_load(path.read_text()) or {}
+        try:
+            return yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:  # broken by hand: a traceback without the file (audit IC)
+            from uvireid.errors import ConfigError
+
+            raise ConfigError(
+                f"{path} is not valid YAML ({exc}); undo the edit, or resume from its recipe "
+                f"file with --allow-changes"
+            ) from None
+
+
+def _recorded_config(folder: RunFolder) -> dict | None:
+    """The recipe the run last started or resumed with, as its manifest.json records it
+    (``config``, resolved); None for a folder whose manifest has no record (written
+    before session 25, or never written)."""
+    try:
+        manifest = json.loads((folder.path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    resumes = [r for r in manifest.get("resumes") or [] if isinstance(r, dict)]
+    config = (resumes[-1] if resumes else manifest).get("config")
+    return config if isinstance(config, dict) else None
+
+
+def _started_config(folder: RunFolder) -> dict:
+    """The recipe a resume is checked against: the manifest's record where there is one
+    (config.yaml can be edited by hand, and the resume that reads it would then see no
+    change, audit IC), else config.yaml; resolved by this version either way."""
+    import tempfile
+
+    recorded = _recorded_config(folder)
+    if recorded is None:
+        return _resolved_config(folder.path / "config.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(dump(recorded))
+        return _resolved_config(path)
 
 
 def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> dict:
@@ -632,7 +687,7 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
 
     from uvireid.errors import ConfigError
 
-    old = _resolved_config(folder.path / "config.yaml")
+    old = _started_config(folder)
     changes = recipe_changes(old, yaml.safe_load(dump(cfg)))
     if not changes:
         return {}
@@ -642,7 +697,7 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
         raise ConfigError(
             f"--resume: {folder.path} has finished (results.json), so it is not resumed and "
             f"these changes would do nothing:\n{lines}\nTo train with them, start a new run "
-            f"from its recipe: uvireid run {folder.path / 'config.yaml'} KEY=VALUE ..."
+            f"from its recipe: uvireid run {shlex.quote(str(folder.path / 'config.yaml'))} KEY=VALUE ..."
         )
     before, after = changes.get("train.optimizer", ("adam", "adam"))
     if (before if before != _ABSENT else "adam") != after:  # a run from before the key: Adam
@@ -672,7 +727,7 @@ def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> d
         raise ConfigError(
             f"--resume: the recipe differs from the one {folder.path} started with:\n{lines}\n"
             f"A resumed run must train as it started: resume it with its own recipe "
-            f"(uvireid run {folder.path} --resume reads its config.yaml), start a new run, "
+            f"(uvireid run {shlex.quote(str(folder.path))} --resume reads its config.yaml), start a new run, "
             f"or pass --allow-changes to continue with these changes (they are recorded in "
             f"manifest.json; the learning rate and weight decay stay the checkpoint "
             f"optimizer's)"
@@ -703,10 +758,11 @@ def check_world_size(folder: RunFolder, world_size: int, allow_changes: bool = F
     old = (resumes[-1] if resumes else manifest).get("world_size")
     if not isinstance(old, int) or old == world_size:
         return {}
+    here = shlex.quote(str(folder.path))
     launch = (
-        f"torchrun --nproc_per_node {old} -m uvireid run {folder.path} --resume"
+        f"torchrun --nproc_per_node {old} -m uvireid run {here} --resume"
         if old > 1
-        else f"uvireid run {folder.path} --resume (one process, no torchrun)"
+        else f"uvireid run {here} --resume (one process, no torchrun)"
     )
     what = (
         f"--resume: {folder.path} trained with {old} process(es) (world size) and this resume "
@@ -741,6 +797,7 @@ def resumed_manifest(folder: RunFolder, current: dict, epochs_done: int, changes
         "world_size": current.get("world_size"),
         **({"batch": current["batch"]} if "batch" in current else {}),
         "changes": {k: list(v) for k, v in changes.items()},
+        **({"config": current["config"]} if "config" in current else {}),
     }
     manifest.setdefault("resumes", []).append(entry)
     return manifest
