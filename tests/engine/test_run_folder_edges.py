@@ -217,3 +217,18 @@ def test_the_lock_names_this_process_over_a_longer_stale_pid(tmp_path):
     folder = RunFolder(tmp_path)
     with folder.locked():
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_only_the_temporaries_of_atomic_writes_are_removed(tmp_path):
+    """A kill's half-written `.<name>.<random>.tmp` goes; complete files stay, the held
+    .lock among them (removed, a second process would lock a new .lock of its own)."""
+    from uvireid.fileio import remove_stale_temporaries
+
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".features.npz.k3j2.tmp", tmp_path / "checkpoints/.latest.pt.a1.tmp"]
+    kept = [tmp_path / ".lock", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    kept += [tmp_path / "checkpoints" / LATEST, tmp_path / "metrics.jsonl"]
+    for i, p in enumerate(stale + kept):
+        p.write_bytes(b"\0" * (100 + i))
+    assert remove_stale_temporaries(tmp_path, tmp_path / "checkpoints") == 100 + 101
+    assert [p.exists() for p in stale + kept] == [False] * 2 + [True] * 5
