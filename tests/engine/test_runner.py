@@ -146,3 +146,20 @@ def test_source_revision_is_the_checkout_head_or_none_outside_git(tmp_path):
     copy.mkdir()
     (copy / "__init__.py").write_text("")
     assert source_revision(copy) is None
+
+
+def test_an_evaluation_only_resume_holds_its_folder_and_clears_a_killed_write(recipe):
+    """Audit IC: an evaluation-only run resumed without the folder lock (a second process
+    could evaluate into it meanwhile) and left a killed run's half-written file there."""
+    from uvireid.errors import RunFolderError
+
+    cfg = load_recipe(recipe)
+    folder = run_recipe(cfg, progress=False)
+    (folder.path / "results.json").unlink()  # as if killed in the evaluation
+    stale = folder.path / ".features.npz.k3j2.tmp"
+    stale.write_bytes(b"\0" * 64)
+    with folder.locked(), pytest.raises(RunFolderError, match="in use by another process"):
+        run_recipe(cfg, resume=folder.path, progress=False)
+    assert stale.exists() and not (folder.path / "results.json").exists()
+    assert run_recipe(cfg, resume=folder.path, progress=False).path == folder.path
+    assert not stale.exists() and (folder.path / "results.json").exists()

@@ -554,6 +554,18 @@ def run_recipe(
     if folder is not None:
         manifest = resumed_manifest(folder, manifest, 0, changes)
     folder = folder or RunFolder.create(cfg["output_dir"], cfg["name"])
+    # held as a training run's folder is, and cleaned of what a killed run left
+    # half-written (audit IC: an evaluation-only resume did neither)
+    with folder.locked():
+        from uvireid.fileio import remove_stale_temporaries
+
+        remove_stale_temporaries(folder.path, folder.checkpoints)
+        return _evaluate_in(folder, cfg, dataset, device, manifest, progress)
+
+
+def _evaluate_in(folder, cfg, dataset, device, manifest, progress) -> RunFolder:
+    """The evaluation of :func:`run_recipe`'s evaluation-only recipe, in a folder this
+    process holds."""
     run_log = folder.attach_log()
     try:
         folder.write_config(cfg)
