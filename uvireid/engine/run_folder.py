@@ -209,7 +209,10 @@ class RunFolder:
             return None
         with fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # shared: it conflicts with the run's exclusive lock all the same, and needs
+                # only read access (NFS emulates flock with POSIX locks, and an exclusive
+                # one on this read-only file would fail there: "not held", audit IC)
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 pid = fh.read().strip() or "unknown"
