@@ -280,7 +280,7 @@ def test_match_errors_name_the_fix(run_dir, tmp_path, capsys):
         (["match", feats, "--reranker", "all"], "uvireid rerank FEATURES.npz --reranker all"),
         (["match", feats, "--k", "3"], "give --reranker too"),
         (["match", str(tmp_path), "--visible", vis[0]], "not a run folder"),
-        (["match", feats, "-o", feats], "exists; pass --force"),
+        (["match", feats, "-o", feats], "is the features file being read"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

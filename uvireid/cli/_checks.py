@@ -18,6 +18,8 @@ def output_file(path: str | os.PathLike, option: str, example: str = "out.json")
     Raises:
         ConfigError: naming the option and the problem.
     """
+    if not str(path).strip():  # `--json "$OUT"` with OUT unset (audit IB)
+        raise ConfigError(f"{option} is empty; give a file path (e.g. {option} {example})")
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{option} {out} is a folder; give a file path (e.g. {out / example})")
@@ -114,9 +116,16 @@ def protocol_inputs(args: Any) -> Any:
         )
     if runs and len(args.features) < 2:
         raise ProtocolError("--runs needs the features files of two runs or more")
+    stray = [str(f) for f in args.features if "=" in str(f) and not Path(f).exists()]
+    if stray:  # `--set k1=4 k2=1`: k2=1 left over as a positional (audit IB)
+        raise ProtocolError(
+            f"{stray[0]} is not a features file (there is no such file): a KEY=VALUE "
+            f"keyword needs its own --set (--set {stray[0]})"
+        )
     if len(args.features) > 1 and spec.dataset != "regdb" and not runs:
         raise ProtocolError(
-            f"{len(args.features)} features files given for {spec.name}; only RegDB averages "
+            f"{len(args.features)} features files given for {spec.name} "
+            f"({', '.join(map(str, args.features))}); only RegDB averages "
             f"several files (one per split); pass one {spec.dataset_name} test-set file"
             + (", or add --runs to compare runs (seeds) of one method" if has_runs else "")
         )
@@ -146,6 +155,10 @@ def protocol_inputs(args: Any) -> Any:
         )
     if getattr(args, "trials", None) is None:
         args.trials = 10
-    if args.json:
-        output_file(args.json, "--json")
+    if args.json is not None and args.json != "-":
+        out = output_file(args.json, "--json")
+        if out.resolve() in seen:  # the JSON would replace the features (audit IB)
+            raise ConfigError(
+                f"--json {args.json} is a features file being read; give another --json path"
+            )
     return spec

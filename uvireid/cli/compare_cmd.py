@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from uvireid.cli import JSON_HELP
+
 EPILOG = """\
 A folder that holds run folders stands for all of them. A run that did not finish shows
 its last evaluation in metrics.jsonl, marked. The std of a run's cell is over its
@@ -41,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or folders of runs)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the comparison here")
+    p.add_argument("--json", default=None, metavar="OUT", help=JSON_HELP)
     p.add_argument(
         "--strict",
         action="store_true",
@@ -52,12 +54,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from uvireid.cli import write_json
+    from uvireid.cli._checks import output_file
     from uvireid.engine.compare import compare_runs, format_comparison
-    from uvireid.fileio import atomic_write_json
 
+    if args.json is not None and args.json != "-":
+        output_file(args.json, "--json")  # before the comparison (audit IB)
     report = compare_runs(args.runs)
     print(format_comparison(report), end="")
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"wrote {args.json}")
+    if args.json is not None:
+        write_json(args, report)
     return 1 if args.strict and not report["comparable"] else 0

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         features if len(features) > 1 else features[0], spec.name, **_protocol_options(args)
     )
     print(result.table())
-    if args.json:
+    if args.json is not None:
         write_json(args, result.to_dict())
     return 0
 
@@ -199,7 +199,7 @@ def _across_runs(args: argparse.Namespace, protocol: str, features: list) -> int
         + "  ".join(f"{a:>8.2f}±{b:<5.2f}" for a, b in zip(mean, std))
     )
     print("(within a run: ± over its trials; over runs: population std of the runs' means)")
-    if args.json:
+    if args.json is not None:
         from uvireid.evaluation.protocols import METRIC_KEYS
 
         # every metric, as in every other result (the printed table keeps four columns)

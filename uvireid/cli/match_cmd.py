@@ -88,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reranker", default=None, help="cmfp | kreciprocal | cmrr | aim | a plugin's (none)"
     )
-    p.add_argument("--k", type=int, default=None, help="the re-ranker's k")
+    p.add_argument("--k", type=positive_int, default=None, help="the re-ranker's k")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="re-ranker keyword"
     )
@@ -157,6 +157,11 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
             paths.append(None)
             continue
         path = output_file(value, option, example=example)
+        for source in [args.source] + ([args.gallery] if getattr(args, "gallery", None) else []):
+            if os.path.realpath(path) == os.path.realpath(source):  # before "exists": --force
+                raise ConfigError(  # would be refused next (audit IB)
+                    f"{option} {source} is the features file being read; give another {option}"
+                )
         # a link to a file of one's own is overwritten only with --force; /dev/stdout, a
         # pipe are written through
         linked_file = (
@@ -170,13 +175,7 @@ def _outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path |
     options = ("-o", "--save-features", "--figure")
     real = [os.path.realpath(p) if p is not None else None for p in paths]
     given = [(r, o) for r, o in zip(real, options, strict=True) if r is not None]
-    read = [args.source] + ([args.gallery] if getattr(args, "gallery", None) else [])
     for i, (path, option) in enumerate(given):
-        for source in read:
-            if path == os.path.realpath(source):
-                raise ConfigError(
-                    f"{option} {source} is the features file being read; give another {option}"
-                )
         for other, option2 in given[i + 1 :]:
             if path == other:
                 raise ConfigError(f"{option} and {option2} name the same file; give each its own")

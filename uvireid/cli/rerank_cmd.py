@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from uvireid.cli import JSON_HELP, write_json
-from uvireid.cli._checks import add_trials, protocol_inputs
+from uvireid.cli._checks import add_trials, positive_int, protocol_inputs
 from uvireid.errors import ConfigError, UvireidError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--reranker", required=True, help="cmfp | kreciprocal | cmrr | aim | all | a plugin's"
     )
     p.add_argument(
-        "--k", type=int, default=None, help="k of every re-ranker that has one (cmfp, cmrr, ...)"
+        "--k",
+        type=positive_int,  # refused at once, not after the other re-rankers of `all` ran
+        default=None,
+        help="k of every re-ranker that has one (cmfp, cmrr, ...)",
     )
     p.add_argument(
         "--set",
@@ -314,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         rows += [{"reranker": n, "failed": why} for n, why in failed.items() if n not in listed]
         print(base.summary().replace("reranker: none", "reranker: see below"))
         print(_side_by_side(rows))
-    if args.json:
+    if args.json is not None:
         doc = {
             "baseline": base.to_dict(),
             "reranked": {
