@@ -354,3 +354,11 @@ def test_a_stray_word_taken_as_a_features_file_is_named(feats_file, capsys):
               "--protocol", "sysu-all"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "k2=1" in err and "--set" in err
+
+
+@pytest.mark.parametrize("argv", [["--ids", "0"], ["--ids", "-3"], ["--nir", "5"]])
+def test_data_synth_refuses_its_numbers_before_making_the_folder(tmp_path, capsys, argv):
+    out = tmp_path / "new"
+    assert main(["data", "synth", "--out", str(out), *argv]) == 2
+    assert "synthetic dataset: " in capsys.readouterr().err
+    assert not out.exists()  # it was made, empty, before the refusal

@@ -40,8 +40,11 @@ def test_synth_calls_generate_and_prints_where_and_counts(tmp_path, monkeypatch,
         calls.append((out, ids, seed))
         return make_sysu_tree(Path(out), ids=ids or 6, images_per=1, seed=seed)
 
+    from uvireid.data.synthetic import check_params
+
     fake = types.ModuleType("uvireid.data.synthetic")
     fake.generate = generate
+    fake.check_params = check_params  # the real checks of --ids, --seed and --nir
     monkeypatch.setitem(sys.modules, "uvireid.data.synthetic", fake)
     monkeypatch.setattr(uvireid.data, "synthetic", fake, raising=False)
     monkeypatch.setitem(DATASETS._entries, "synthetic", Entry("synthetic", SYSUMM01, __name__))

@@ -225,6 +225,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from uvireid.data import synthetic
     from uvireid.data.check import stats_table
 
+    # the numbers first: a refused --ids left the --out folder made, empty (audit IB)
+    synthetic.check_params(args.ids, args.seed, args.nir)
     output_folder(args.out, "--out")
     kw = {"nir": args.nir} if args.nir else {}
     out = synthetic.generate(args.out, ids=args.ids, seed=args.seed, **kw)
