@@ -25,6 +25,18 @@ class _InterruptedFile(io.BufferedWriter):
         return super().write(b)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt for the test, as in a terminal: a process started in
+    the background by a non-interactive shell (`cmd &`, nohup) inherits it ignored, and
+    the held Ctrl-C these tests send was then, rightly, ignored too."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("exc", [Terminated, KeyboardInterrupt])
 def test_an_interrupt_in_a_checkpoint_write_stays_the_interrupt(tmp_path, monkeypatch, exc):
     real_fdopen = os.fdopen
@@ -56,7 +68,7 @@ def test_signals_are_held_until_the_block_ends_then_delivered(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is old
 
 
-def test_a_checkpoint_save_is_not_cut_by_a_ctrl_c(tmp_path):
+def test_a_checkpoint_save_is_not_cut_by_a_ctrl_c(tmp_path, ctrl_c_raises):
     """The trainer's save holds a Ctrl-C until latest.pt is complete, then raises it."""
     import signal
 
@@ -75,7 +87,9 @@ def test_a_checkpoint_save_is_not_cut_by_a_ctrl_c(tmp_path):
     assert got["epoch"] == 3 and torch.equal(got["w"], state["w"])
 
 
-def test_a_failed_write_is_reported_when_a_held_signal_is_delivered(tmp_path, caplog):
+def test_a_failed_write_is_reported_when_a_held_signal_is_delivered(
+    tmp_path, caplog, ctrl_c_raises
+):
     """Audit BK: a held Ctrl-C delivered after the write failed (disk full) hid the
     failure; it is logged before the interrupt."""
     import errno
