@@ -615,8 +615,6 @@ def test_an_associator_returning_bad_labels_stops_before_training(recipe_file, c
         (lambda a: a[:-1], r"returned labels of shape \(\d+,\) and dtype int\d+ for \d+ features"),
         (lambda a: a.astype(np.float32), "returned labels of shape .* dtype float32"),
         (lambda a: np.where(a < 0, -2, a), "returned label -2; labels are 0..K-1"),
-        # sparse ids: the memories, sized largest id + 1, asked for terabytes (audit H)
-        (lambda a: np.where(a < 0, -1, a + 2**40), r"returned cluster id 10995116277\d\d for"),
     ],
 )
 def test_a_clusterer_returning_bad_labels_stops_before_training(recipe_file, mangle, words):

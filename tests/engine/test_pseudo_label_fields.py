@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from train_fixtures import tiny_recipe
 
@@ -191,3 +192,35 @@ def test_a_step_sends_the_visible_and_ca_views_through_the_visible_stem(tmp_path
     for (n, mod), (sv, sr) in zip(seen, sizes):
         assert n == 2 * sv + sr
         assert mod.tolist() == [0] * (2 * sv) + [1] * sr
+
+
+def test_unreadable_images_are_not_counted_or_scored_as_the_clusterers_outliers(
+    tmp_path, monkeypatch
+):
+    """Audit JA: outliers_visible / _infrared and the quality's outlier_fraction counted
+    the unreadable images (never clustered, counted in unreadable_images) as outliers."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from uvireid.clustering.dbscan import DBSCANClusterer
+    from uvireid.engine.trainer import Trainer
+
+    cfg = validate(tiny_recipe(tmp_path))
+    tr = Trainer(cfg, DATASETS.build(cfg["data"]), "cpu", None, progress=False)
+    tr.load_data()
+    nv, nr = len(tr.vis), len(tr.ir)
+    tr.ok_v[[1, 4]] = False
+    tr.ok_r[[0]] = False
+    gv = np.array([r.pid for r in tr.vis])[tr.ok_v]
+    lv = np.unique(gv, return_inverse=True)[1]  # the true people, one outlier
+    lv[0] = -1
+    lr = np.arange(nr - 1) % 3
+    given = {nv - 2: lv, nr - 1: lr}
+    monkeypatch.setattr(DBSCANClusterer, "fit_predict", lambda self, x: given[len(x)].copy())
+    record = tr.train_epoch(0)
+    assert record["clusters"]["outliers_visible"] == 1
+    assert record["clusters"]["outliers_infrared"] == 0
+    assert record["unreadable_images"] == 3
+    q = record["label_quality"]["visible"]
+    assert q["outlier_fraction"] == pytest.approx(1 / (nv - 2))
+    alone = np.where(lv < 0, lv.max() + 1, lv)  # the outlier a singleton (quality.py)
+    assert q["ari"] == pytest.approx(adjusted_rand_score(gv, alone))  # the readable only

@@ -400,6 +400,8 @@ def test_epoch_quality_reports_link_precision_of_the_cross_labels():
     fake = SimpleNamespace(
         vis=[ImageRecord("v", int(p), 1, VISIBLE) for p in gv],
         ir=[ImageRecord("r", int(p), 3, INFRARED) for p in gr],
+        ok_v=None,  # every image readable
+        ok_r=None,
     )
     quality = Trainer._quality(fake, lab)
     same = {"v2r": 0, "r2v": 0}

@@ -1017,12 +1017,15 @@ class Trainer:
                     f"{who} returned label {found.min()}; labels are 0..K-1, and -1 marks an "
                     f"outlier (map the library's other noise codes to -1)"
                 )
-            if len(found) and found.max() >= len(found):  # memories are sized max id + 1
-                raise TrainingError(
-                    f"{who} returned cluster id {found.max()} for {len(found)} features; "
-                    f"labels are 0..K-1 (renumber them, e.g. numpy.unique(labels, "
-                    f"return_inverse=True), keeping -1 for outliers)"
-                )
+            kept = found >= 0
+            if kept.any():
+                # the memories are sized largest id + 1 and the counts are the distinct
+                # ids: ids with gaps (a plugin's {0, 5}, or sparse ones that asked for
+                # terabytes, audit H) are renumbered 0..K-1, the partition kept (audit JA)
+                ids, dense = np.unique(found[kept], return_inverse=True)
+                if int(ids[-1]) != len(ids) - 1:
+                    found = found.astype(np.int64)
+                    found[kept] = dense
             labels[idx] = found
         return labels
 
@@ -1069,9 +1072,13 @@ class Trainer:
         )
 
     def _quality(self, lab: EpochLabels) -> dict | None:
-        """Pseudo-label quality against the ground truth (when the dataset has it)."""
-        gv = np.array([r.pid for r in self.vis])
-        gr = np.array([r.pid for r in self.ir])
+        """Pseudo-label quality against the ground truth (when the dataset has it), over
+        the readable images: the unreadable ones were never clustered, and counted as
+        the clusterer's outliers they lowered its scores (audit JA)."""
+        okv = self.ok_v if self.ok_v is not None else np.ones(len(self.vis), bool)
+        okr = self.ok_r if self.ok_r is not None else np.ones(len(self.ir), bool)
+        gv = np.array([r.pid for r in self.vis])[okv]
+        gr = np.array([r.pid for r in self.ir])[okr]
         if (gv < 0).any() or (gr < 0).any():
             return None
         from uvireid.evaluation.quality import label_quality
@@ -1082,11 +1089,11 @@ class Trainer:
             res = label_quality(pred, gt)
             return {k: res[k] for k in keys}
 
-        out = {"visible": q(lab.vis_in_v, gv), "infrared": q(lab.ir_in_r, gr)}
+        out = {"visible": q(lab.vis_in_v[okv], gv), "infrared": q(lab.ir_in_r[okr], gr)}
         if lab.has_cross:
             gt = np.concatenate([gv, gr])
-            in_v = np.concatenate([lab.vis_in_v, lab.ir_in_v])
-            in_r = np.concatenate([lab.vis_in_r, lab.ir_in_r])
+            in_v = np.concatenate([lab.vis_in_v[okv], lab.ir_in_v[okr]])
+            in_r = np.concatenate([lab.vis_in_r[okv], lab.ir_in_r[okr]])
             out["cross_v"] = q(in_v, gt)
             out["cross_r"] = q(in_r, gt)
             # ARI mixes the clusters' quality with the links'; the links alone: the
@@ -1112,9 +1119,12 @@ class Trainer:
             counts[name] = k
             prev = self.counts.get(name)
             if k <= 1 and prev is not None and prev <= 1:
+                # "still" only for the same count (1 -> 0 was called "still 0", audit JA)
+                was = "still " if k == prev else ""
+                since = "as the epoch before" if k == prev else f"from {prev} the epoch before"
                 msg = (
-                    f"{name}: still {k} cluster(s), as the epoch before; the features do "
-                    f"not separate the images (check the clusterer's eps, the learning rate)"
+                    f"{name}: {was}{k} cluster(s), {since}; the features do not separate "
+                    f"the images (check the clusterer's eps, the learning rate)"
                 )
             elif k <= 1 or (prev and k < self.tr["collapse_ratio"] * prev):
                 msg = (
@@ -1348,8 +1358,9 @@ class Trainer:
         fv, fr, pv, pr, lab = D.from_main(labels_on_rank0)
         self.labels = lab
         record["clusters"] = self._check_counts(lab, warnings)
-        record["clusters"]["outliers_visible"] = int((lab.init_v < 0).sum())
-        record["clusters"]["outliers_infrared"] = int((lab.init_r < 0).sum())
+        # the clusterer's outliers: the unreadable images are counted on their own
+        record["clusters"]["outliers_visible"] = int(((lab.init_v < 0) & self.ok_v).sum())
+        record["clusters"]["outliers_infrared"] = int(((lab.init_r < 0) & self.ok_r).sum())
         record["unreadable_images"] = int((~self.ok_v).sum() + (~self.ok_r).sum())
         if stage.associator is not None:
             record["association"] = lab.info
