@@ -160,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
             f"split {trained}; RegDB's protocols refuse this file (its test identities are "
             f"training identities of split {trained})"
         )
+    elif meta.get("validation") is True and meta.get("train_validation") is False:
+        # the protocols refuse it: no "next: uvireid eval" that exits 2 (audit JB)
+        print(
+            "note: these are the validation ids' images and the weights trained on them (a "
+            "run without data.validation); the protocols refuse this file. Extract from a "
+            "run trained with data.validation=true"
+        )
     elif protocols:
         print(f"next: uvireid eval {shlex.quote(str(path))} --protocol {protocols[0]}")
     return 0
