@@ -12,33 +12,16 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from feature_fixtures import sysu_like
 
 from uvireid.cli import Terminated, main
 from uvireid.errors import ConfigError
 from uvireid.features import save_features
 
 
-def _sysu_like(seed: int = 0, ids: int = 12, d: int = 16):
-    """SYSU-MM01 layout: infrared cams 3, 6 (queries); visible cams 1, 2, 4, 5 (gallery)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, d))
-    feats, pids, cams = [], [], []
-    for pid in range(1, ids + 1):
-        for cam in (1, 2, 3, 4, 5, 6):
-            for _ in range(3):
-                shift = 0.5 if cam in (3, 6) else 0.0
-                feats.append(centres[pid - 1] + shift + 0.9 * rng.normal(size=d))
-                pids.append(pid)
-                cams.append(cam)
-    feats = np.asarray(feats, dtype=np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    cams = np.asarray(cams)
-    return feats, np.asarray(pids), cams, np.isin(cams, (3, 6)).astype(np.int64)
-
-
 @pytest.fixture
 def feats_file(tmp_path):
-    return save_features(tmp_path / "f.npz", *_sysu_like(1), dataset="sysu", split="test")
+    return save_features(tmp_path / "f.npz", *sysu_like(1), dataset="sysu", split="test")
 
 
 def _rc(argv):

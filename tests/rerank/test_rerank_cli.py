@@ -6,33 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from feature_fixtures import sysu_like
 
 from uvireid.cli import main
 from uvireid.features import save_features
 
 
-def _sysu_like(seed: int = 0, ids: int = 12, d: int = 16):
-    """SYSU-MM01 layout: infrared cams 3, 6 (queries); visible cams 1, 2, 4, 5 (gallery)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, d))
-    feats, pids, cams = [], [], []
-    for pid in range(1, ids + 1):
-        for cam in (1, 2, 3, 4, 5, 6):
-            for _ in range(3):
-                shift = 0.5 if cam in (3, 6) else 0.0  # a modality gap
-                feats.append(centres[pid - 1] + shift + 0.9 * rng.normal(size=d))
-                pids.append(pid)
-                cams.append(cam)
-    feats = np.asarray(feats, dtype=np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    cams = np.asarray(cams)
-    return feats, np.asarray(pids), cams, np.isin(cams, (3, 6)).astype(np.int64)
-
-
 @pytest.fixture
 def numpy_file(tmp_path):
     # what another codebase would write: ten lines of numpy, no uvireid
-    feats, pids, cams, modality = _sysu_like()
+    feats, pids, cams, modality = sysu_like()
     path = tmp_path / "other_method.npz"
     np.savez(path, feats=feats, pids=pids, cams=cams, modality=modality)
     return path
@@ -40,7 +23,7 @@ def numpy_file(tmp_path):
 
 @pytest.fixture
 def uvireid_file(tmp_path):
-    feats, pids, cams, modality = _sysu_like(1)
+    feats, pids, cams, modality = sysu_like(1)
     return save_features(
         tmp_path / "uv.npz", feats, pids, cams, modality, dataset="sysu", split="test"
     )
@@ -91,7 +74,7 @@ def test_wrong_keyword_names_the_closest(numpy_file, capsys):
 
 
 def test_features_file_missing_a_key(tmp_path, capsys):
-    feats, pids, cams, _ = _sysu_like()
+    feats, pids, cams, _ = sysu_like()
     path = tmp_path / "bad.npz"
     np.savez(path, feats=feats, pids=pids, cams=cams)
     rc = main(["rerank", str(path), "--reranker", "cmfp", "--protocol", "sysu-all"])
