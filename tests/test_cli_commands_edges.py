@@ -345,3 +345,21 @@ def test_data_synth_refuses_its_numbers_before_making_the_folder(tmp_path, capsy
     assert main(["data", "synth", "--out", str(out), *argv]) == 2
     assert "synthetic dataset: " in capsys.readouterr().err
     assert not out.exists()  # it was made, empty, before the refusal
+
+
+def test_compare_json_onto_a_file_of_a_compared_run_is_refused(tmp_path, monkeypatch, capsys):
+    """compare RUN --json RUN/metrics.jsonl replaced the run's evaluation records with
+    the comparison; a new file in the run folder, or one beside it, is written."""
+    report, calls = _stub_compare(monkeypatch)
+    run = tmp_path / "runs" / "salcr-1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 1\n")
+    metrics = run / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1}\n')
+    for runs_arg in (run, run.parent):  # the run, or a folder of runs
+        rc = main(["compare", str(runs_arg), "--json", str(metrics)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--json" in err and "being read" in err
+        assert metrics.read_text() == '{"epoch": 1}\n' and calls == []
+    assert main(["compare", str(run), "--json", str(run / "compare.json")]) == 0
+    assert json.loads((run / "compare.json").read_text()) == report

@@ -155,10 +155,37 @@ def protocol_inputs(args: Any) -> Any:
         )
     if getattr(args, "trials", None) is None:
         args.trials = 10
-    if args.json is not None and args.json != "-":
-        out = output_file(args.json, "--json")
-        if out.resolve() in seen:  # the JSON would replace the features (audit IB)
-            raise ConfigError(
-                f"--json {args.json} is a features file being read; give another --json path"
-            )
+    json_output(args, reading=seen, what="a features file")
     return spec
+
+
+def json_output(
+    args: Any, reading: Any = (), what: str = "a file", inside: Any = ()
+) -> Path | None:
+    """The file ``--json`` names, checked before the command's work (``None`` for no
+    ``--json`` or ``--json -``, stdout); so a long evaluation does not end in a traceback
+    about its output, nor write its JSON over an input.
+
+    Args:
+        args: the command's arguments, with ``json``.
+        reading: resolved paths of the files the command reads, named ``what``.
+        inside: folders whose existing files must not be replaced (run folders).
+
+    Raises:
+        ConfigError: a path that cannot be written, one of ``reading`` or a file that
+            exists under ``inside``.
+    """
+    if args.json is None or args.json == "-":
+        return None
+    out = output_file(args.json, "--json")
+    target = out.resolve()
+    if target in set(reading):  # the JSON would replace an input (audit IB)
+        raise ConfigError(f"--json {args.json} is {what} being read; give another --json path")
+    if target.exists():
+        for folder in map(Path, inside):
+            if target.is_relative_to(folder.resolve()):
+                raise ConfigError(
+                    f"--json {args.json} is a file of {folder}, being read; "
+                    f"give a --json path outside it"
+                )
+    return out

@@ -55,11 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from uvireid.cli import write_json
-    from uvireid.cli._checks import output_file
+    from uvireid.cli._checks import json_output
     from uvireid.engine.compare import compare_runs, format_comparison
 
-    if args.json is not None and args.json != "-":
-        output_file(args.json, "--json")  # before the comparison (audit IB)
+    json_output(args, inside=args.runs)  # before the comparison (audit IB)
     report = compare_runs(args.runs)
     print(format_comparison(report), end="")
     if args.json is not None:
