@@ -232,3 +232,25 @@ def test_only_the_temporaries_of_atomic_writes_are_removed(tmp_path):
         p.write_bytes(b"\0" * (100 + i))
     assert remove_stale_temporaries(tmp_path, tmp_path / "checkpoints") == 100 + 101
     assert [p.exists() for p in stale + kept] == [False] * 2 + [True] * 5
+
+
+def test_a_held_folder_is_locked_and_cleared_of_a_killed_write(tmp_path, caplog):
+    """How training and evaluation-only runs take their folder: locked (a second holder
+    is refused while it is held), a killed write's temporaries gone, the MiB freed logged
+    with the folder; nothing logged when nothing was freed."""
+    (tmp_path / "checkpoints").mkdir()
+    stale = tmp_path / "checkpoints" / ".latest.pt.a1.tmp"
+    stale.write_bytes(b"\0" * (3 * 2**20 // 2))  # 1.5 MiB
+    folder = RunFolder(tmp_path)
+    with caplog.at_level("INFO", logger="uvireid"), folder.held():
+        assert not stale.exists()
+        with pytest.raises(RunFolderError, match="in use by another process"):
+            with RunFolder(tmp_path).locked():
+                pass
+    assert f"{tmp_path}: removed 1.5 MiB" in caplog.text
+    with RunFolder(tmp_path).locked():  # released at the end
+        pass
+    caplog.clear()
+    with caplog.at_level("INFO", logger="uvireid"), folder.held():
+        pass
+    assert "removed" not in caplog.text

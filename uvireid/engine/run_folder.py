@@ -270,6 +270,28 @@ class RunFolder:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """:meth:`locked`, and, as no other writer is left, the half-written files a
+        killed run left (``.*.tmp`` of :func:`~uvireid.fileio.atomic_write`, a partial
+        checkpoint hundreds of MB) removed, with the MiB freed logged: how a training run
+        and an evaluation-only run take their folder (audit IC).
+
+        Raises:
+            RunFolderError: another process holds the folder.
+        """
+        from uvireid.fileio import remove_stale_temporaries
+
+        with self.locked():
+            freed = remove_stale_temporaries(self.path, self.checkpoints)
+            if freed:
+                logger.info(
+                    "%s: removed %.1f MiB of files a killed run left half-written",
+                    self.path,
+                    freed / 2**20,
+                )
+            yield
+
     # -- files ----------------------------------------------------------------------
     @property
     def checkpoints(self) -> Path:

@@ -556,10 +556,7 @@ def run_recipe(
     folder = folder or RunFolder.create(cfg["output_dir"], cfg["name"])
     # held as a training run's folder is, and cleaned of what a killed run left
     # half-written (audit IC: an evaluation-only resume did neither)
-    with folder.locked():
-        from uvireid.fileio import remove_stale_temporaries
-
-        remove_stale_temporaries(folder.path, folder.checkpoints)
+    with folder.held():
         return _evaluate_in(folder, cfg, dataset, device, manifest, progress)
 
 
@@ -688,16 +685,7 @@ def train_recipe(
                     f"Restore the checkpoint, or start a new run"
                 )
         _stop_all_ranks(refused)
-        lock = folder.locked() if D.is_main() else contextlib.nullcontext()
-        with lock:
-            if D.is_main():  # no other writer now: what a killed one left half-written goes
-                from uvireid.fileio import remove_stale_temporaries
-
-                freed = remove_stale_temporaries(folder.path, folder.checkpoints)
-                if freed:
-                    logger.info(
-                        "removed %.1f MiB of files a killed run left half-written", freed / 2**20
-                    )
+        with folder.held() if D.is_main() else contextlib.nullcontext():
             try:
                 return _train_in(folder, cfg, dataset, device, resume, changes, progress)
             except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
