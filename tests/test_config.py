@@ -677,3 +677,25 @@ def test_an_empty_override_value_is_the_empty_string_not_null():
     assert parse_override("clusterer=  ") == ("clusterer", "")
     with pytest.raises(ConfigError, match="clusterer '' is not registered"):
         load_recipe("demo", ["clusterer="])
+
+
+@pytest.mark.parametrize("name", ["demo", "salcr_regdb"])
+def test_a_recipe_given_as_a_mapping_resolves_as_its_file_does(tmp_path, monkeypatch, name):
+    """resolve_recipe (a run's manifest records the recipe it started with) against
+    load_recipe of the same text written to a file: the same resolved recipe, overrides
+    and a _base_ relative to the source's folder included."""
+    from uvireid.config import recipe_path, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text(recipe_path(name).read_text())
+    text = "_base_: base.yaml\ntrain:\n  lr: 0.0007\n"
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    overrides = ["seed=3", "evaluation.trials=2"]
+    expected = load_recipe(path, overrides)
+    assert expected["train"]["lr"] == 0.0007 and expected["seed"] == 3
+    assert resolve_recipe(yaml.safe_load(text), path, overrides) == expected
+    with pytest.raises(ConfigError, match=r"mine\.yaml: a recipe is a mapping"):
+        resolve_recipe(["train"], path)
+    with pytest.raises(ConfigError, match=r"other\.yaml: _base_ file nope\.yaml not found"):
+        resolve_recipe({"_base_": "nope.yaml"}, tmp_path / "other.yaml")

@@ -663,7 +663,11 @@ def load_raw(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> tuple[di
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"_base_ inheritance loops: {chain}")
-    data = _read_yaml(path)
+    return _with_bases(_read_yaml(path), path, _stack)
+
+
+def _with_bases(data: dict, path: Path, _stack: tuple[Path, ...]) -> tuple[dict, Provenance]:
+    """The recipe ``data`` read from ``path``, merged over its ``_base_`` files."""
     _drop_inherited_copies(data)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
@@ -1467,6 +1471,29 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     else:
         path = recipe_path(recipe)
     cfg, prov = load_raw(path)
+    return _resolved(cfg, prov, path, overrides)
+
+
+def resolve_recipe(
+    data: Mapping[str, Any], source: str | os.PathLike, overrides: Sequence[str] = ()
+) -> dict:
+    """:func:`load_recipe` of a recipe given as a mapping (a run's manifest records the
+    one it started with) rather than a file; ``source`` stands for its file: errors name
+    it, its ``_base_`` paths are relative to its folder, and a ``config.yaml`` is read as
+    a run's resolved recipe is (its ``train.epochs`` follows the stages).
+
+    Raises:
+        ConfigError: as :func:`load_recipe`, or ``data`` is not a mapping.
+    """
+    path = Path(source).resolve()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
+    cfg, prov = _with_bases(copy.deepcopy(dict(data)), path, ())
+    return _resolved(cfg, prov, path, overrides)
+
+
+def _resolved(cfg: dict, prov: Provenance, path: Path, overrides: Sequence[str]) -> dict:
+    """The recipe ``cfg`` read from ``path``: overridden, validated and resolved."""
     train = cfg.get("train")
     if (
         cfg.get("stages")

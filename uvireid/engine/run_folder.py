@@ -692,16 +692,20 @@ def _recorded_config(folder: RunFolder) -> dict | None:
 def _started_config(folder: RunFolder) -> dict:
     """The recipe a resume is checked against: the manifest's record where there is one
     (config.yaml can be edited by hand, and the resume that reads it would then see no
-    change, audit IC), else config.yaml; resolved by this version either way."""
-    import tempfile
+    change, audit IC), else config.yaml; resolved by this version either way (as
+    recorded where this version cannot resolve it)."""
+    import yaml
+
+    from uvireid.config import resolve_recipe
+    from uvireid.errors import UvireidError
 
     recorded = _recorded_config(folder)
     if recorded is None:
         return _resolved_config(folder.path / "config.yaml")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(dump(recorded))
-        return _resolved_config(path)
+    try:
+        return yaml.safe_load(dump(resolve_recipe(recorded, folder.path / "config.yaml"))) or {}
+    except UvireidError:
+        return recorded
 
 
 def check_resume(folder: RunFolder, cfg: dict, allow_changes: bool = False) -> dict:
