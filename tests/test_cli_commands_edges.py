@@ -183,12 +183,9 @@ def test_rerank_all_lists_a_reranker_that_cannot_be_built(feats_file, tmp_path, 
     from uvireid.registry import RERANKERS
 
     out = tmp_path / "all.json"
-    RERANKERS.register("zz_refuses", _Refuses)
-    try:
+    with RERANKERS.registered("zz_refuses", _Refuses):
         rc = main(["rerank", str(feats_file), "--reranker", "all", "--protocol", "sysu-all",
                    "--trials", "1", "--json", str(out)])  # fmt: skip
-    finally:
-        RERANKERS.unregister("zz_refuses")
     cap = capsys.readouterr()
     assert rc == 2
     rows = _table_rows(cap.out)
@@ -221,13 +218,10 @@ def test_set_values_are_typed_as_the_help_says(feats_file, capsys, text, want):
     from uvireid.registry import RERANKERS
 
     _Flag.got = []
-    RERANKERS.register("zz_flag", _Flag)
-    try:
+    with RERANKERS.registered("zz_flag", _Flag):
         key = {"true": "flag", "false": "flag", "none": "other"}.get(text.lower(), "scale")
         assert main(["rerank", str(feats_file), "--reranker", "zz_flag", "--set",
                      f"{key}={text}", "--protocol", "sysu-all", "--trials", "1"]) == 0  # fmt: skip
-    finally:
-        RERANKERS.unregister("zz_flag")
     capsys.readouterr()
     value = _Flag.got[0][("flag", "scale", "other").index(key)]
     assert value == want and type(value) is type(want)

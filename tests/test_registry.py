@@ -301,3 +301,28 @@ def test_two_different_parts_with_one_qualified_name_do_not_replace_each_other()
     with pytest.raises(RegistryError, match="already registered"):
         reg.register("w", _factory(2))
     assert reg.get("w")().value == 1
+
+
+def test_a_component_registered_for_a_block_is_gone_after_it_and_the_old_one_back():
+    reg = Registry("widget")
+
+    def first():
+        return "first"
+
+    def second():
+        return "second"
+
+    with reg.registered("w", first):
+        assert reg.build({"type": "w"}) == "first"
+    assert "w" not in reg
+    with pytest.raises(RuntimeError), reg.registered("w", first):  # removed on an error too
+        raise RuntimeError
+    assert "w" not in reg
+    reg.register("kept", first)
+    with pytest.raises(RegistryError, match="already registered"):  # another object: refused
+        with reg.registered("kept", second):
+            pass
+    assert reg.build({"type": "kept"}) == "first"
+    with reg.registered("kept", first):  # the same object: still there afterwards
+        pass
+    assert reg.build({"type": "kept"}) == "first"

@@ -22,6 +22,7 @@ import registers its parts) or a callable (called once with no arguments).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
@@ -126,6 +127,25 @@ class Registry:
     def unregister(self, name: str) -> None:
         """Remove ``name`` (for tests and interactive work)."""
         self._entries.pop(name, None)
+
+    @contextlib.contextmanager
+    def registered(self, name: str, obj: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+        """``obj`` registered under ``name`` for the ``with`` block only (a test's or a
+        notebook's component); what ``name`` named before is back at the end, an
+        exception or not.
+
+        Raises:
+            RegistryError: as :meth:`register` (``name`` taken by another object).
+        """
+        before = self._entries.get(name)
+        self.register(name, obj)
+        try:
+            yield obj
+        finally:
+            if before is None:
+                self._entries.pop(name, None)
+            else:
+                self._entries[name] = before
 
     # -- lookup ---------------------------------------------------------------------
     def names(self) -> list[str]:

@@ -186,12 +186,9 @@ def test_rerank_all_keeps_the_other_rows_when_a_plugin_raises(uvireid_file, tmp_
     from uvireid.registry import RERANKERS
 
     out = tmp_path / "all.json"
-    RERANKERS.register("zz_buggy", _Buggy)
-    try:
+    with RERANKERS.registered("zz_buggy", _Buggy):
         rc = main(["rerank", str(uvireid_file), "--reranker", "all", "--protocol", "sysu-all",
                    "--trials", "1", "--json", str(out)])  # fmt: skip
-    finally:
-        RERANKERS.unregister("zz_buggy")
     cap = capsys.readouterr()
     assert rc == 2
     assert "RuntimeError: plugin bug" in cap.out and "cmfp(k=30)" in cap.out
