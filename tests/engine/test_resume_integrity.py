@@ -46,6 +46,32 @@ def test_latest_takes_only_the_recipes_own_folders(tmp_path):
     assert RunFolder.latest(tmp_path, "other") is None
 
 
+def test_latest_is_the_run_started_last_across_a_clock_change(tmp_path):
+    """Folder names are local time: the hour repeated when daylight saving ends, or a
+    scheduler's TZ=UTC, named the later run earlier, and --resume took the older one.
+    The manifests' start (with its UTC offset) orders the runs where every run has one;
+    else the names do (a manifest's time beside a name's would misorder a copied run)."""
+
+    def run(name, started=None):
+        path = _folder(tmp_path, name, 1_000)
+        if started is not None:
+            (path / "manifest.json").write_text(json.dumps({"started": started}))
+        return path
+
+    first = run("tiny-20261025-025000", "2026-10-25T02:50:00+0200")  # summer time
+    second = run("tiny-20261025-021000", "2026-10-25T02:10:00+0100")  # 20 min later
+    assert RunFolder.latest(tmp_path, "tiny").path == second
+    assert [r.path for r in RunFolder.runs_of(tmp_path, "tiny")] == [second, first]
+    # a name written under TZ=UTC beside one in UTC+8: the manifests say which is later
+    utc = run("tiny-20261026-020000", "2026-10-26T02:00:00+0000")  # 10:00 in UTC+8
+    local = run("tiny-20261026-090000", "2026-10-26T09:00:00+0800")  # 01:00 UTC
+    assert [r.path for r in RunFolder.runs_of(tmp_path, "tiny")] == [utc, local, second, first]
+    # a run without a manifest (stopped before it was written): the names order them all
+    bare = run("tiny-20261027-000000")
+    names = [r.path for r in RunFolder.runs_of(tmp_path, "tiny")]
+    assert names == [bare, local, utc, first, second]
+
+
 def test_recipe_changes_lists_every_changed_leaf_but_the_free_ones():
     old = {
         "seed": 1,

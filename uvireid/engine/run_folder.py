@@ -118,6 +118,18 @@ def device_info(device: str) -> dict[str, Any]:
     return info
 
 
+def _started_at(path: Path) -> float | None:
+    """When the run in ``path`` started, in seconds since the epoch, as its manifest's
+    ``started`` (with its UTC offset) records it; None without one."""
+    import datetime
+
+    try:
+        started = json.loads((path / "manifest.json").read_text()).get("started")
+        return datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 class RunFolder:
     """One run's folder. Create with :meth:`create`, reopen with :meth:`latest`."""
 
@@ -178,10 +190,14 @@ class RunFolder:
         for p in root.iterdir():
             m = pattern.fullmatch(p.name)
             if m and (p / "config.yaml").exists():
-                # the run started last, as its name records: not the folder modified last
-                # (a report or features file written into an older run changes its mtime)
-                cands.append(((m.group(1), int(m.group(2) or 1)), p))
-        return [cls(p) for _, p in sorted(cands, reverse=True)]
+                cands.append((m.group(1), int(m.group(2) or 1), _started_at(p), p))
+        # the run started last: as the manifests record it where every run has one (the
+        # names are local time: the hour repeated when daylight saving ends, or another TZ,
+        # misorder them), else as the names do; never the folder modified last (a report
+        # written into an older run changes its mtime)
+        by_manifest = all(c[2] is not None for c in cands)
+        cands.sort(key=lambda c: (c[2], c[1]) if by_manifest else (c[0], c[1]), reverse=True)
+        return [cls(c[3]) for c in cands]
 
     @staticmethod
     def is_run(path: str | os.PathLike) -> bool:
