@@ -206,6 +206,9 @@ class HDBSCANClusterer:
             check_k(self.min_samples, "min_samples", "hdbscan")
         check_k(self.k1, "k1", "hdbscan")
         check_k(self.k2, "k2", "hdbscan")
+        from uvireid.clustering.knn import check_backend
+
+        check_backend(self.knn_backend, "hdbscan: knn_backend")
         check_real(self.cluster_selection_epsilon, "cluster_selection_epsilon", "hdbscan", 0.0)
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ConfigError(

@@ -395,6 +395,12 @@ def check_backend(backend: Any, what: str) -> None:
     every path, as a typo would otherwise surface only where the search runs)."""
     if backend not in BACKENDS:
         raise ConfigError(f"{what} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend in ("faiss", "faiss-ivf") and not faiss_available():
+        raise ConfigError(
+            f"{what}={backend!r} needs faiss, which is not installed; "
+            f'pip install faiss-cpu (or "uvireid[faiss]"; faiss-gpu: "uvireid[gpu]"), '
+            "or use backend 'torch' (exact) or 'ivf' (approximate)"
+        )
 
 
 def _auto_backend(q: torch.Tensor) -> str:
