@@ -699,3 +699,13 @@ def test_a_recipe_given_as_a_mapping_resolves_as_its_file_does(tmp_path, monkeyp
         resolve_recipe(["train"], path)
     with pytest.raises(ConfigError, match=r"other\.yaml: _base_ file nope\.yaml not found"):
         resolve_recipe({"_base_": "nope.yaml"}, tmp_path / "other.yaml")
+
+
+def test_a_recipes_path_outside_a_checkout_points_at_the_built_in_name(tmp_path, monkeypatch):
+    """`uvireid run recipes/salcr.yaml` (the README's line) after `pip install`, where no
+    recipes/ folder exists: the error names the built-in recipe to give instead."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"built-in recipe 'salcr' .*uvireid run salcr "):
+        load_recipe("recipes/salcr.yaml")
+    with pytest.raises(ConfigError, match=r"does not exist; give a path to a YAML file"):
+        load_recipe("recipes/mine.yaml")  # no built-in of that name: the general message

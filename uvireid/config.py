@@ -634,6 +634,13 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if p.suffix in (".yaml", ".yml") or os.sep in name:
+        if p.stem in RECIPES:  # `uvireid run recipes/salcr.yaml` after pip install (audit KD)
+            raise ConfigError(
+                f"recipe file {p} does not exist; the built-in recipe '{p.stem}' is named "
+                f"without a path: uvireid run {p.stem} (a recipes/ folder exists in a "
+                f"source checkout only; uvireid run {p.stem} --dry-run > my.yaml writes an "
+                f"editable copy)"
+            )
         raise ConfigError(
             f"recipe file {p} does not exist; give a path to a YAML file or the name of a "
             f"built-in recipe ({', '.join(RECIPES.names())})"
