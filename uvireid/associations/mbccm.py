@@ -28,7 +28,6 @@ import logging
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.centroid import CentroidAssociator
 from uvireid.associations.checks import check_finite
@@ -62,6 +61,8 @@ def bilateral_matching(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
             f"{k_v} (the associator itself leaves an epoch without clusters in a modality "
             f"unmatched)"
         )
+    from scipy.optimize import linear_sum_assignment  # not at `import uvireid`
+
     if k_v >= k_r:
         k = k_v // k_r + 1
         i1, v1 = linear_sum_assignment(dist)  # every IR row gets a distinct RGB column

@@ -29,7 +29,6 @@ import logging
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.centroid import CentroidAssociator
 from uvireid.associations.checks import check_finite
@@ -62,6 +61,8 @@ def progressive_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
             f"pgm: a matching needs a cluster on each side; the cost is {ka} x {kb} (the "
             f"associator itself leaves an epoch without clusters in a modality unmatched)"
         )
+    from scipy.optimize import linear_sum_assignment  # not at `import uvireid`
+
     transpose = ka < kb  # work with rows = the larger side
     c = cost.T if transpose else cost
     n_large, n_small = c.shape
