@@ -60,7 +60,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     readable by whoever may read the logs beside them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):  # POSIX
             os.fchmod(fd, 0o666 & ~_umask())
@@ -210,7 +210,7 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     import shutil
 
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dst), suffix=".tmp", dir=dst.parent)
     os.close(fd)
     os.unlink(tmp)  # the name only: os.link does not overwrite
     try:
@@ -224,6 +224,16 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.`` of the temporary file written beside ``path``, its name cut to 200
+    bytes: mkstemp adds 12 more, and a legal 242-255 byte name gave ENAMETOOLONG, naming a
+    file the user never asked for (audit KA)."""
+    prefix = f".{path.name}"
+    while len(os.fsencode(prefix)) > 200:
+        prefix = prefix[:-1]
+    return prefix + "."
 
 
 def remove_stale_temporaries(*folders: str | os.PathLike) -> int:
