@@ -58,6 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="query/gallery split of the distance and ranking plots (default: the run's; "
         "a --features file of another dataset: the first protocol it fits)",
     )
+    p.add_argument(
+        "--image-root",
+        default=None,
+        metavar="DIR",
+        help="folder the features file's relative image paths are relative to (default: "
+        "the current folder); the ranking lists read the images there",
+    )
     p.add_argument("--dpi", type=positive_int, default=100, help="PNG resolution (default 100)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     p.set_defaults(func=run)
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         dpi=args.dpi,
         protocol=args.protocol,
+        image_root=args.image_root,
     )
     print(f"report: {report.html} ({len(report.images)} plots)")
     for note in report.notes:

@@ -83,6 +83,7 @@ __all__ = [
     "seeded_gallery",
     "sysu_gallery_indices",
     "sysu_query_indices",
+    "trial_indices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -502,6 +503,25 @@ def regdb_indices(features: Features, direction: str) -> tuple[np.ndarray, np.nd
                 f"export both test_visible and test_thermal of the split"
             )
     return query, gallery
+
+
+def trial_indices(
+    features: Features,
+    spec: ProtocolSpec,
+    trial: int = 0,
+    shot: str = "single",
+    sampler: str = "seeded",
+    perm_file: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query, gallery) indices of trial ``trial`` of the protocol ``spec``, as
+    :func:`run_protocol` evaluates it (the figures of :mod:`uvireid.viz` draw the same
+    ones: they once sampled LLCM's gallery where DEEN's protocol samples the query)."""
+    if spec.dataset == "sysu":
+        q = sysu_query_indices(features)
+        return q, sysu_gallery_indices(features, spec.mode, trial, shot, sampler, perm_file)
+    if spec.dataset == "regdb":
+        return regdb_indices(features, spec.direction)
+    return llcm_indices(features, spec.direction, trial, shot, spec.sampled)
 
 
 def llcm_indices(
@@ -1146,13 +1166,8 @@ def run_protocol(
             rows.append(_run_one(f, q, g, spec, reranker, stable, split))
     else:
         f = files[0]
-        q_sysu = sysu_query_indices(f) if spec.dataset == "sysu" else None
         for t in range(int(trials)):
-            if q_sysu is not None:
-                q = q_sysu
-                g = sysu_gallery_indices(f, spec.mode, t, shot, sampler, perm_file)
-            else:
-                q, g = llcm_indices(f, spec.direction, t, shot, spec.sampled)
+            q, g = trial_indices(f, spec, t, shot, sampler, perm_file)
             draws.append((np.sort(q), np.sort(g)))
             rows.append(_run_one(f, q, g, spec, reranker, stable, t))
         # (multi-shot takes every image of a group of 10 or fewer: identical draws there

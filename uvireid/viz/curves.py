@@ -533,7 +533,7 @@ def plot_cmc(
         cmc = result.get("cmc") if isinstance(result, Mapping) else None
         values = [_number(v) for v in cmc] if isinstance(cmc, list) else []
         if values and all(v is not None for v in values):
-            mean = result.get("mean") or {}
+            mean = eval_means(result) or {}
             r1, m_ap = _number(mean.get("R1")), _number(mean.get("mAP"))
             label = _reranker_label(name, result)
             if r1 is not None and m_ap is not None:

@@ -57,13 +57,7 @@ def query_gallery(features: Features, protocol: str | None = None) -> tuple[np.n
     Returns:
         ``(q, g)``: (Q,) and (G,) int64 indices into ``features``.
     """
-    from uvireid.evaluation.protocols import (
-        get_protocol,
-        llcm_indices,
-        regdb_indices,
-        sysu_gallery_indices,
-        sysu_query_indices,
-    )
+    from uvireid.evaluation.protocols import get_protocol, trial_indices
 
     if protocol is None:
         q = np.flatnonzero(features.modality == INFRARED)
@@ -75,12 +69,7 @@ def query_gallery(features: Features, protocol: str | None = None) -> tuple[np.n
                 f"modalities of the test set"
             )
         return q, g
-    spec = get_protocol(protocol)
-    if spec.dataset == "sysu":
-        return sysu_query_indices(features), sysu_gallery_indices(features, spec.mode, 0)
-    if spec.dataset == "regdb":
-        return regdb_indices(features, spec.direction)
-    return llcm_indices(features, spec.direction, 0)
+    return trial_indices(features, get_protocol(protocol), 0)
 
 
 def kept_pairs(

@@ -118,6 +118,26 @@ def _thumb(features: Features, row: int, image_root: Path | None) -> np.ndarray 
     return _thumb_file(path)
 
 
+def missing_images(
+    features: Features, image_root: str | os.PathLike | None = None, sample: int = 50
+) -> tuple[int, int, str | None]:
+    """How many of ``sample`` image paths of ``features`` (evenly spaced) are no file, as
+    the ranking lists read them (relative ones under ``image_root``, else the current
+    folder): ``(missing, checked, first missing)``; ``(0, 0, None)`` without paths."""
+    if features.paths is None or len(features.paths) == 0:
+        return 0, 0, None
+    root = Path(image_root) if image_root is not None else None
+    rows = np.unique(np.linspace(0, len(features.paths) - 1, min(sample, len(features.paths))))
+    missing = []
+    for row in rows.astype(np.int64).tolist():
+        path = Path(str(features.paths[row]))
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        if not path.is_file():
+            missing.append(str(path))
+    return len(missing), len(rows), (missing[0] if missing else None)
+
+
 def _thumb_file(path: Path) -> np.ndarray | None:
     """(THUMB[1], THUMB[0], 3) uint8 image of the file, or None when it cannot be read."""
     from PIL import Image

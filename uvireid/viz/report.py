@@ -390,6 +390,7 @@ def build_report(
     out: str | os.PathLike | None = None,
     dpi: int = 100,
     protocol: str | None = None,
+    image_root: str | os.PathLike | None = None,
 ) -> Report:
     """Draw every plot the run folder has data for and write ``report.html``.
 
@@ -409,6 +410,8 @@ def build_report(
         protocol: the protocol whose query/gallery split the distance and ranking plots
             use (default: the run's; for ``features`` of another dataset that the run's
             protocol refuses, the first registered protocol the file fits, noted).
+        image_root: the folder the features file's relative image paths are relative to
+            (default: the current folder); the ranking lists read the images there.
 
     Returns:
         :class:`Report`.
@@ -470,6 +473,13 @@ def build_report(
             path = fn(*args, out_dir / name, dpi=dpi, **kwargs)
         except UvireidError as exc:
             notes.append(f"{name} not drawn: {exc}")
+            return
+        except Exception as exc:  # one plot's bug does not take the page down (audit KA)
+            logger.warning("%s could not be drawn", name, exc_info=True)
+            notes.append(
+                f"{name} not drawn: {type(exc).__name__}: {exc} (a bug; the traceback is "
+                f"in the log: please report it)"
+            )
             return
         if path is None:
             if no_metrics and "metrics.jsonl" in missing:
@@ -537,6 +547,15 @@ def build_report(
         draw("tsne.png", tsne.plot_tsne, feats, n_ids=tsne_ids)
         if feats.paths is None:
             notes.append("the features file has no image paths: ranking lists show grey tiles.")
+        else:
+            n_missing, n_checked, first = ranking.missing_images(feats, image_root)
+            if n_missing:  # grey tiles without a word (audit KA)
+                where = image_root if image_root is not None else Path.cwd()
+                notes.append(
+                    f"{n_missing} of {n_checked} image paths checked are no file (e.g. "
+                    f"{first}; relative paths are read under {where}): their ranking tiles "
+                    f"are grey. Run the report where the run started, or give --image-root."
+                )
         draw(
             "ranking.png",
             ranking.plot_ranking,
@@ -545,6 +564,7 @@ def build_report(
             k=k,
             reranker=part,
             protocol=plots_protocol,
+            image_root=image_root,
         )
 
     for name in PLOTS:  # a PNG of an earlier report that this one could not draw is stale

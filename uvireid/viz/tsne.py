@@ -64,6 +64,19 @@ def embed(feats: np.ndarray, seed: int = 0) -> np.ndarray:
     m = len(feats)
     if m < 4:
         raise FeatureFileError(f"t-SNE needs at least 4 images, got {m}")
+    x = np.asarray(feats, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    if (norms == 0).any():  # no direction: cosine distances are NaN, sklearn's error bare
+        raise FeatureFileError(
+            f"t-SNE: {int((norms == 0).sum())} of the {m} sampled features are all zero (no "
+            f"direction for the cosine metric); the model's features collapsed"
+        )
+    unit = x / norms[:, None]
+    if np.ptp(unit, axis=0).max() < 1e-9:  # PCA's initialisation divides by a zero spread
+        raise FeatureFileError(
+            f"t-SNE: the {m} sampled features point the same way (the model collapsed to "
+            f"one feature); nothing to embed"
+        )
     perplexity = float(min(30.0, max(1.0, (m - 1) / 3)))
     tsne = TSNE(
         n_components=2,
@@ -75,7 +88,7 @@ def embed(feats: np.ndarray, seed: int = 0) -> np.ndarray:
         # its OpenMP threads (which crawl on a busy machine)
         method="exact" if m <= EXACT_MAX else "barnes_hut",
     )
-    return tsne.fit_transform(np.asarray(feats, dtype=np.float64))
+    return tsne.fit_transform(x)
 
 
 def plot_tsne(
