@@ -177,3 +177,16 @@ def test_paths_as_a_numpy_array_or_a_generator(recipe_file):
     want = model.features(list(own.paths[:3]), "visible")
     np.testing.assert_array_equal(model.features(own.paths[:3], "visible"), want)
     np.testing.assert_array_equal(model.features((p for p in own.paths[:3]), "visible"), want)
+
+
+def test_modality_codes_from_names_scalars_and_per_image_values():
+    """A name, a code, a 0-d array or tensor (np.array(1): a TypeError before) for all
+    images, or one per image."""
+    from uvireid.engine.inference import _modalities
+
+    for one in ("infrared", "IR", 1, np.int64(1), np.array(1), torch.tensor(1)):
+        assert _modalities(one, 3).tolist() == [1, 1, 1]
+    assert _modalities(["rgb", 1, np.array(0)], 3).tolist() == [0, 1, 0]
+    for bad in (np.array(2), True, "depth", 0.5):
+        with pytest.raises(ConfigError, match="modality"):
+            _modalities(bad, 2)

@@ -109,7 +109,7 @@ _RUN_METRICS = ("R1", "R10", "mAP", "mINP")
 
 
 #: meta entries that runs (seeds) of one method share
-_SHARED_META = ("dataset", "split", "feature_head", "test_flip", "total_epochs")
+_SHARED_META = ("dataset", "split", "feature_head", "total_epochs")
 
 
 def _same_method(paths: list, features: list) -> None:
@@ -139,10 +139,16 @@ def _same_method(paths: list, features: list) -> None:
     dims = [f.dim for f in features]
     if len(set(dims)) > 1:
         differ("feature dimension", dims)
-    for key in _SHARED_META:
+    from uvireid.engine.compare import FEATURE_FIELDS
+
+    # what compare calls not comparable is no run of the same method here (audit KB)
+    for key in (*_SHARED_META, *FEATURE_FIELDS):
         values = [meta.get(key) for meta in metas]
         if len({str(v) for v in values if v is not None}) > 1:
             differ(f"meta {key!r}", values)
+    changes = [meta.get("changes") for meta in metas]  # absent: the run's own recipe
+    if len({str(c) for c in changes}) > 1:
+        differ("meta 'changes' (the recipe settings changed for `uvireid extract`)", changes)
     # the recipe of each run's own features ("uvireid run <recipe>"; extracted files say
     # "uvireid extract ...", and may be any run's)
     recipes = [str(m.get("produced_by", "")) for m in metas]

@@ -23,6 +23,7 @@ A run that did not finish contributes its last evaluation in ``metrics.jsonl``, 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import numpy as np
 
 from uvireid.engine.run_folder import _flatten
 from uvireid.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["RunSummary", "final_results", "summarize_run", "compare_runs", "format_comparison"]
 
@@ -55,7 +58,7 @@ _NOT_A_SETTING = (
 
 #: the features meta fields of a result (its provenance's ``features_meta``) that change
 #: its numbers: compared between the runs that record them
-_FEATURE_FIELDS = ("test_flip", "test_size", "test_resize")
+FEATURE_FIELDS = ("test_flip", "test_size", "test_resize")
 
 #: the provenance fields of a result that define what its numbers measure
 _PROTOCOL_FIELDS = (
@@ -354,7 +357,12 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             summarize_run(p)  # raises, naming it
     if not folders:
         raise ConfigError("uvireid compare: give at least one run folder")
-    runs = [summarize_run(f) for f in folders]
+    unique: dict[Path, Path] = {}
+    for f in folders:  # a run named twice (a folder of runs and one of them) counts once
+        if f.resolve() in unique:
+            logger.warning("compare: %s is given twice; counted once", f)
+        unique.setdefault(f.resolve(), f)
+    runs = [summarize_run(f) for f in unique.values()]
 
     table = []
     collected: dict[str, dict[str, list[float]]] = {}
@@ -413,10 +421,20 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
         by_setting = [{k: v for k, v in f.items() if k != "data.split"} for f in by_setting]
 
     reasons: list[str] = []
-    data = _differing([_dataset_figures(r.manifest) for r in runs])
-    if data and regdb_trials:
-        # RegDB: the splits are the protocol's trials (their test sets differ by design)
-        data = {}
+    figures = [_dataset_figures(r.manifest) for r in runs]
+    if regdb_trials:
+        # RegDB: the splits are the protocol's trials (their test sets differ by design);
+        # the runs of one split still share theirs (audit KB: a split's runs on another
+        # preparation of it were comparable)
+        data = _differing([{"dataset.dataset": f.get("dataset.dataset")} for f in figures])
+        splits: dict[Any, list[int]] = {}
+        for i, recipe in enumerate(recipes):
+            splits.setdefault(recipe.get("data.split"), []).append(i)
+        for split, idx in splits.items():
+            for key, values in _differing([figures[i] for i in idx]).items():
+                data[f"{key} (the runs of split {split})"] = values
+    else:
+        data = _differing(figures)
     for key, values in data.items():
         reasons.append(f"{key} differs: {values} (another test set or another preparation)")
     names = sorted({rr for r in runs for rr in r.results})
@@ -433,7 +451,7 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             for r in runs
             if rr in r.results
         ]
-        for key in _FEATURE_FIELDS:  # compared where recorded (an older run has none)
+        for key in FEATURE_FIELDS:  # compared where recorded (an older run has none)
             values = [m.get(key) for m in metas if isinstance(m, dict) and key in m]
             if any(v != values[0] for v in values[1:]):
                 reasons.append(f"the '{rr}' results were extracted with another {key}: {values}")

@@ -107,8 +107,12 @@ def export_features(
         spec["pretrained"] = False
     backbone = BACKBONES.build(spec)
     meta = dataset_meta(dataset, cfg)
+    amp = bool(cfg["train"].get("amp"))
     if checkpoint is not None:
         weights, info = backbone_weights(checkpoint)
+        # what train.amp came to where the run ran, as ReidModel reads it: a run in float32
+        # (no native bf16 there) is extracted in float32 here too (audit KB)
+        amp = amp and info.get("precision") != "float32"
         load_state_strict(backbone, weights, source=f"the backbone of {checkpoint}")
         trained = info.get("dataset")
         if (
@@ -157,8 +161,8 @@ def export_features(
         meta.update(checkpoint=f"none (backbone.pretrained={cfg['backbone'].get('pretrained')})")
     backbone.to(device)
     ev = cfg["evaluation"]
-    precision = precision_of(device, bool(cfg["train"].get("amp")))
-    if cfg["train"].get("amp") and precision == "float32":
+    precision = precision_of(device, amp)
+    if amp and precision == "float32":
         logger.warning(
             "train.amp: bf16 is not native on %s, so the features are extracted in float32; "
             "a run that trained in bf16 evaluated in bf16, so its own features.npz and these "
@@ -166,7 +170,12 @@ def export_features(
             device,
         )
     bank = extract_test_bank(
-        backbone, dataset.test, cfg["train"], device, head=ev["feature_head"], flip=ev["flip"]
+        backbone,
+        dataset.test,
+        {**cfg["train"], "amp": amp},
+        device,
+        head=ev["feature_head"],
+        flip=ev["flip"],
     )
     meta.update(
         feature_head=ev["feature_head"],

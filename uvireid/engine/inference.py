@@ -46,7 +46,7 @@ _MODALITIES = {
 
 def _modalities(modality: Any, n: int) -> np.ndarray:
     """(n,) int64 modality codes from a name, a code, or one per image."""
-    if isinstance(modality, str) or np.isscalar(modality):
+    if isinstance(modality, str) or np.ndim(modality) == 0:  # np.array(1) too (audit KB)
         modality = [modality] * n
     codes = []
     for m in modality:
