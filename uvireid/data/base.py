@@ -185,7 +185,9 @@ def read_id_file(path: str) -> list[int]:
     bad = [t for t in tokens if not INTEGER.fullmatch(t)]
     if bad:
         raise DatasetError(
-            f"split file {path} holds non-integer entries ({listing(bad)}); expected one "
+            # ascii(): an invisible character pasted in (a zero-width space) shows (audit KC)
+            f"split file {path} holds non-integer entries "
+            f"({listing([t if t.isascii() else ascii(t) for t in bad])}); expected one "
             f"line of comma-separated identity numbers such as 6,10,17. Restore the file "
             f"from the release — {SEE_README}"
         )

@@ -117,7 +117,9 @@ class FolderDataset(VIDataset):
         if not with_ids:
             return [
                 ImageRecord(path=p, pid=-1, cam=cam, modality=modality)
-                for p in list_images(camdir, recursive=True)
+                # a linked sub-folder (a second recording day on another disk) is read,
+                # not skipped without a word (audit KC); each real folder once
+                for p in list_images(camdir, recursive=True, follow_links=True)
             ]
         loose = list_images(camdir)
         if loose:
@@ -136,6 +138,8 @@ class FolderDataset(VIDataset):
                 )
             out.extend(
                 ImageRecord(path=p, pid=int(pid_name), cam=cam, modality=modality)
-                for p in list_images(os.path.join(camdir, pid_name), recursive=True)
+                for p in list_images(
+                    os.path.join(camdir, pid_name), recursive=True, follow_links=True
+                )
             )
         return out

@@ -85,7 +85,18 @@ def list_images(
             names.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     else:
         with os.scandir(folder) as entries:
-            names.extend(e.path for e in entries if not e.name.startswith(".") and e.is_file())
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if e.is_file():
+                        names.append(e.path)
+                    elif e.is_symlink() and not e.is_dir():
+                        # dangling: listed, so reading it names it rather than the image
+                        # vanishing without a word (audit KC)
+                        names.append(e.path)
+                except OSError:  # a link loop (ELOOP): listed, and named when read
+                    names.append(e.path)
     unread = [n for n in names if n.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
     if unread:
         logger.warning(

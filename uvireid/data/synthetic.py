@@ -65,7 +65,7 @@ from uvireid.types import INFRARED, VISIBLE
 logger = logging.getLogger(__name__)
 
 #: bump when the images a seed produces change; caches with another version are rebuilt
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: SYSU-MM01's validation share (99/491 of the ids)
 #: number of identities when ``ids`` is None: 400 train (incl. val) + 100 test, like SYSU-MM01's 395 + 96
 DEFAULT_IDS = 500
 JPEG_QUALITY = 90
@@ -969,14 +969,16 @@ def render(
 # the dataset on disk
 # --------------------------------------------------------------------------------------
 def split_ids(ids: int, seed: int = 0) -> dict[str, list[int]]:
-    """Identities 1..ids split like SYSU-MM01 (395 train + val, 96 test): a fifth are test
-    ids, a fifteenth validation ids (trained on, as in SYSU), the rest train ids; the test
-    ids are interleaved with the others."""
+    """Identities 1..ids split like SYSU-MM01 (296 train + 99 val, 96 test of 491): a fifth
+    are test ids, 99/491 of them validation ids (trained on, as in SYSU, unless
+    ``validation``), the rest train ids; the test ids are interleaved with the others.
+    (Version 2 held a fifteenth out for validation: one identity of a 12-id dataset, whose
+    validation R1 is 100 % whatever the features; audit KC.)"""
     pids = np.arange(1, ids + 1)
     rng = np.random.default_rng([seed, 41])
     perm = rng.permutation(pids)
     n_test = max(1, round(ids / 5))
-    n_val = max(1, round(ids / 15))
+    n_val = max(1, min(round(ids * 99 / 491), ids - n_test - 1))
     test = sorted(int(p) for p in perm[:n_test])
     val = sorted(int(p) for p in perm[n_test : n_test + n_val])
     train = sorted(int(p) for p in perm[n_test + n_val :])
@@ -1042,6 +1044,23 @@ def read_manifest(root: str | Path) -> dict | None:
         return json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _damage(root: Path, manifest: dict | None) -> str | None:
+    """What a complete synthetic folder lost since it was written (an interrupted copy, a
+    clean-up): its images per camera against the manifest's ``counts``; None when they
+    agree (or the manifest records none)."""
+    counts = (manifest or {}).get("counts")
+    if not isinstance(counts, dict):
+        return None
+    lost = []
+    for cam, want in sorted(counts.items()):
+        have = sum(1 for _ in (root / cam).glob("*/*.jpg"))
+        if have != want:
+            lost.append(f"{cam}: {have} of {want} images")
+    if not (root / "exp" / "test_id.txt").is_file():
+        lost.append("exp/test_id.txt missing")
+    return "; ".join(lost) or None
 
 
 def _value(d: dict, key: str) -> object:
@@ -1135,6 +1154,12 @@ def generate(
         # `if __name__ == "__main__":` guard: leave at once, the parent renders instead
         sys.exit(1)
     out = Path(out).expanduser().absolute()
+    if out.is_symlink():  # a link to a folder on another disk: write there (audit KC)
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise DatasetError(
+            f"synthetic dataset: {out} is a file, not a folder; give a folder to write into"
+        )
     ids, seed, nir = check_params(ids, seed, nir)
     if height < 32 or width < 16:
         raise DatasetError(
@@ -1143,21 +1168,38 @@ def generate(
     params = _params(ids, seed, height, width, nir)
     if out.exists():
         found = read_manifest(out)
-        if _matches(found, params):
+        damage = _damage(out, found) if _matches(found, params) else None
+        if _matches(found, params) and damage is None:
             logger.info("synthetic dataset at %s is complete; reusing it", out)
             return out
+        if damage is not None:  # images lost since it was written (audit KC)
+            if not replace:
+                raise DatasetError(
+                    f"synthetic dataset: {out} lost images since it was written ({damage}); "
+                    f"write it again: uvireid data synth --out {out}"
+                )
+            logger.warning(
+                "synthetic dataset at %s lost images (%s); writing it again", out, damage
+            )
+            (out / DONE).unlink(missing_ok=True)  # never reused as complete meanwhile
+            found = None
         if found is not None and not replace:
             keys = [*params, *(["nir"] if "nir" not in params else [])]
             have = {k: _value(found, k) for k in keys if _value(found, k) != _value(params, k)}
             want = {k: _value(params, k) for k in have}
+            settable = {k: v for k, v in have.items() if k in ("ids", "seed", "nir")}
             raise DatasetError(
                 f"synthetic dataset: {out} holds another synthetic dataset ("
                 + ", ".join(f"{k}={v}" for k, v in have.items())
-                + "; this recipe asks for "
+                + "; asked for "
                 + ", ".join(f"{k}={v}" for k, v in want.items())
-                + "); refusing to replace it. Fix: set "
-                + " ".join(f"data.{k}={v}" for k, v in have.items() if k in ("ids", "seed", "nir"))
-                + " to use it, or point data.root at another folder (or leave it out: "
+                + "); refusing to replace it. Fix: "
+                + (
+                    "set " + " ".join(f"data.{k}={v}" for k, v in settable.items()) + " to use it"
+                    if settable
+                    else f"write it again with this version: uvireid data synth --out {out}"
+                )
+                + ", or point data.root at another folder (or leave it out: "
                 "the cache keeps one folder per setting)"
             )
         if any(out.iterdir()) and not (out / MARKER).exists():
@@ -1174,7 +1216,7 @@ def generate(
                 f"{', ...' if len(foreign) > 5 else ''}); refusing to replace it, which "
                 f"would delete them. Move them out, or pass another --out"
             )
-        if found is not None:
+        if found is not None and not _matches(found, params):
             differ = [k for k in params if found.get(k) != params[k]]
             logger.warning(
                 "synthetic dataset: replacing the one at %s (%s) with %s",
@@ -1195,6 +1237,13 @@ def generate(
                 "synthetic dataset with %d identities: its test split holds one identity, so "
                 "every query's first match is right whatever the features (R1 100%%); use "
                 "--ids 10 or more for a test that measures something",
+                ids,
+            )
+        if len(split["val"]) < 2:
+            logger.warning(
+                "synthetic dataset with %d identities: its validation split holds one "
+                "identity, so data.validation=true scores R1 100%% whatever the features; "
+                "use --ids 10 or more to choose settings on it",
                 ids,
             )
         exp = tmp / "exp"
@@ -1257,13 +1306,20 @@ def generate(
         if _matches(read_manifest(out), params):
             logger.info("synthetic dataset at %s was completed by another process", out)
             return out
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            # moved aside whole, then deleted: a kill while deleting (minutes for a large
+            # set) left the folder with its DONE and manifest but cameras gone, reused as
+            # complete (audit KC); a dead partial's name, so a later run removes it
+            old = out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{time.time_ns()}"
+            os.rename(out, old)
         try:
             os.rename(tmp, out)
         except OSError:
             if not _matches(read_manifest(out), params):  # not another process's copy
                 raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1353,11 +1409,16 @@ class SyntheticSYSU(SYSUMM01):
             path = ensure_synthetic(ids=ids, seed=seed or 0, nir=float(nir or 0.0))
         else:
             found = read_manifest(root)
+            size = {}
             if found is not None:  # keep what is there unless asked for something else
                 ids = found.get("ids") if ids is None else ids
                 seed = found.get("seed") if seed is None else seed
                 nir = found.get("nir", 0.0) if nir is None else nir
-            path = generate(root, ids=ids, seed=seed or 0, nir=float(nir or 0.0), replace=False)
+                # generate(height=, width=) made it: read at its size (audit KC)
+                size = {k: found[k] for k in ("height", "width") if isinstance(found.get(k), int)}
+            path = generate(
+                root, ids=ids, seed=seed or 0, nir=float(nir or 0.0), replace=False, **size
+            )
         self.manifest = read_manifest(path) or {}
         super().__init__(path, verify=True, validation=validation)
 
