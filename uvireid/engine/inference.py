@@ -189,8 +189,8 @@ class ReidModel:
         paths = [str(p) for p in paths]
         codes = _modalities(modality, len(paths))
         chunk = self.chunk if chunk is None else chunk
-        if chunk < 1:
-            raise ConfigError(f"chunk: at least 1 file at a time, got {chunk}")
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise ConfigError(f"chunk: at least 1 file at a time, a whole number; got {chunk!r}")
         parts: list[np.ndarray] = []
         kept: list[str] = []
         skipped: list[str] = []
