@@ -4,7 +4,9 @@ split files, a folder written at another size, split files with invisible charac
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -459,3 +461,20 @@ def test_an_invisible_character_in_a_split_file_is_shown(tmp_path):
     (root / "exp" / "val_id.txt").write_text("1,2,\u200b4\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"non-integer entries \('\\u200b4'\)"):
         SYSUMM01(root)
+
+
+def test_a_synthetic_folder_that_cannot_be_used_names_the_command_that_rewrites_it(syn6, tmp_path):
+    """A damaged folder opened where it may not be replaced (a recipe's data.root, data
+    check), or one of another generator version: the error gives the `data synth` line
+    with the folder's own ids and seed (it said `data synth --out ROOT`, 500 ids)."""
+    root = _damaged_copy(syn6, tmp_path / "copy")
+    line = f"uvireid data synth --out {root} --ids 6 --seed 3"
+    with pytest.raises(DatasetError, match=rf"cam1: \d+ of \d+ images.*{re.escape(line)}"):
+        DATASETS.build({"type": "synthetic", "root": str(root)})
+    old = tmp_path / "old"
+    shutil.copytree(syn6, old)
+    manifest = json.loads((old / syn.MANIFEST).read_text())
+    (old / syn.MANIFEST).write_text(json.dumps({**manifest, "version": 2}))
+    line = f"write it again with this version: uvireid data synth --out {old} --ids 6 --seed 3"
+    with pytest.raises(DatasetError, match=re.escape(line)):
+        DATASETS.build({"type": "synthetic", "root": str(old)})

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -1063,6 +1064,15 @@ def _damage(root: Path, manifest: dict | None) -> str | None:
     return "; ".join(lost) or None
 
 
+def _synth_command(out: Path, manifest: dict) -> str:
+    """The ``uvireid data synth`` line that writes the dataset of ``manifest`` again."""
+    line = f"uvireid data synth --out {shlex.quote(str(out))}"
+    line += f" --ids {manifest.get('ids')} --seed {manifest.get('seed')}"
+    if _value(manifest, "nir"):
+        line += f" --nir {_value(manifest, 'nir')}"
+    return line
+
+
 def _value(d: dict, key: str) -> object:
     """``d[key]``, with nir's default 0.0 where a thermal manifest leaves it out."""
     return d.get(key, 0.0) if key == "nir" else d.get(key)
@@ -1176,7 +1186,7 @@ def generate(
             if not replace:
                 raise DatasetError(
                     f"synthetic dataset: {out} lost images since it was written ({damage}); "
-                    f"write it again: uvireid data synth --out {out}"
+                    f"write it again: {_synth_command(out, found)}"
                 )
             logger.warning(
                 "synthetic dataset at %s lost images (%s); writing it again", out, damage
@@ -1197,7 +1207,7 @@ def generate(
                 + (
                     "set " + " ".join(f"data.{k}={v}" for k, v in settable.items()) + " to use it"
                     if settable
-                    else f"write it again with this version: uvireid data synth --out {out}"
+                    else f"write it again with this version: {_synth_command(out, found)}"
                 )
                 + ", or point data.root at another folder (or leave it out: "
                 "the cache keeps one folder per setting)"
