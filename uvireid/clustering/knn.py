@@ -395,6 +395,12 @@ def check_backend(backend: Any, what: str) -> None:
     every path, as a typo would otherwise surface only where the search runs)."""
     if backend not in BACKENDS:
         raise ConfigError(f"{what} must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _require_faiss(backend, what)
+
+
+def _require_faiss(backend: str, what: str) -> None:
+    """A faiss backend where faiss is not installed: an error naming the install and the
+    backends that need none (when a part is built, and where a search runs)."""
     if backend in ("faiss", "faiss-ivf") and not faiss_available():
         raise ConfigError(
             f"{what}={backend!r} needs faiss, which is not installed; "
@@ -437,20 +443,11 @@ def _search(
     """The search of :func:`knn` on one backend (not ``auto``), on checked tensors."""
     if backend == "ivf":
         return _knn_ivf(q, b, k, metric)
+    _require_faiss(backend, "knn: backend")
     if backend == "faiss-ivf":
-        if not faiss_available():
-            raise ConfigError(
-                "knn: backend='faiss-ivf' needs faiss; pip install faiss-cpu (or faiss-gpu), "
-                "or use uvireid's approximate backend='ivf' or the exact backend='torch'"
-            )
         vals, idx = _knn_faiss_ivf(q, b, k, metric)
         return vals.to(device=q.device, dtype=q.dtype), idx.to(q.device)
     if backend == "faiss":
-        if not faiss_available():
-            raise ConfigError(
-                "knn: backend='faiss' but faiss is not installed; "
-                "pip install faiss-cpu (or faiss-gpu), or use backend='torch'"
-            )
         vals, idx = _knn_faiss(q, b, k, metric, block_rows)
         return vals.to(q.device), idx.to(q.device)
     if self_search:
