@@ -1105,6 +1105,13 @@ def _host() -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname()) or "host"
 
 
+def _partial(out: Path) -> Path:
+    """A folder beside ``out`` named ``.<name>.tmp-<host>-<pid>-<ns>``, this process's:
+    the dataset being written, or the one being replaced (removed by
+    :func:`_remove_dead_partials` once this process is gone)."""
+    return out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{time.time_ns()}"
+
+
 def _remove_dead_partials(out: Path) -> None:
     """Delete the partial folders (``.<name>.tmp-<host>-<pid>-<ns>``) that killed
     generations of ``out`` on this machine left, those whose process is gone. Another
@@ -1178,11 +1185,12 @@ def generate(
     params = _params(ids, seed, height, width, nir)
     if out.exists():
         found = read_manifest(out)
-        damage = _damage(out, found) if _matches(found, params) else None
-        if _matches(found, params) and damage is None:
-            logger.info("synthetic dataset at %s is complete; reusing it", out)
-            return out
-        if damage is not None:  # images lost since it was written (audit KC)
+        if _matches(found, params):
+            damage = _damage(out, found)
+            if damage is None:
+                logger.info("synthetic dataset at %s is complete; reusing it", out)
+                return out
+            # images lost since it was written (audit KC)
             if not replace:
                 raise DatasetError(
                     f"synthetic dataset: {out} lost images since it was written ({damage}); "
@@ -1226,7 +1234,7 @@ def generate(
                 f"{', ...' if len(foreign) > 5 else ''}); refusing to replace it, which "
                 f"would delete them. Move them out, or pass another --out"
             )
-        if found is not None and not _matches(found, params):
+        if found is not None:
             differ = [k for k in params if found.get(k) != params[k]]
             logger.warning(
                 "synthetic dataset: replacing the one at %s (%s) with %s",
@@ -1237,7 +1245,7 @@ def generate(
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(out)
-    tmp = out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{time.time_ns()}"
+    tmp = _partial(out)
     tmp.mkdir()
     try:
         (tmp / MARKER).write_text("written by uvireid.data.synthetic\n")
@@ -1321,7 +1329,7 @@ def generate(
             # moved aside whole, then deleted: a kill while deleting (minutes for a large
             # set) left the folder with its DONE and manifest but cameras gone, reused as
             # complete (audit KC); a dead partial's name, so a later run removes it
-            old = out.parent / f".{out.name}.tmp-{_host()}-{os.getpid()}-{time.time_ns()}"
+            old = _partial(out)
             os.rename(out, old)
         try:
             os.rename(tmp, out)
