@@ -361,7 +361,8 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     for f in folders:  # a run named twice (a folder of runs and one of them) counts once
         if f.resolve() in unique:
             logger.warning("compare: %s is given twice; counted once", f)
-        unique.setdefault(f.resolve(), f)
+        else:
+            unique[f.resolve()] = f
     runs = [summarize_run(f) for f in unique.values()]
 
     table = []

@@ -112,10 +112,14 @@ def _thumb(features: Features, row: int, image_root: Path | None) -> np.ndarray 
     """(THUMB[1], THUMB[0], 3) uint8 image of ``row``, or None when no file can be read."""
     if features.paths is None:
         return None
+    return _thumb_file(_image_path(features, row, image_root))
+
+
+def _image_path(features: Features, row: int, image_root: Path | None) -> Path:
+    """The image of ``row`` as the ranking lists read it: a relative path under
+    ``image_root`` (else the current folder)."""
     path = Path(str(features.paths[row]))
-    if not path.is_absolute() and image_root is not None:
-        path = image_root / path
-    return _thumb_file(path)
+    return image_root / path if image_root is not None and not path.is_absolute() else path
 
 
 def missing_images(
@@ -128,13 +132,8 @@ def missing_images(
         return 0, 0, None
     root = Path(image_root) if image_root is not None else None
     rows = np.unique(np.linspace(0, len(features.paths) - 1, min(sample, len(features.paths))))
-    missing = []
-    for row in rows.astype(np.int64).tolist():
-        path = Path(str(features.paths[row]))
-        if not path.is_absolute() and root is not None:
-            path = root / path
-        if not path.is_file():
-            missing.append(str(path))
+    paths = (_image_path(features, row, root) for row in rows.astype(np.int64).tolist())
+    missing = [str(path) for path in paths if not path.is_file()]
     return len(missing), len(rows), (missing[0] if missing else None)
 
 
