@@ -1,4 +1,5 @@
-"""Features in SYSU-MM01's layout for the command-line tests (re-ranking, evaluation)."""
+"""Features in SYSU-MM01's and RegDB's layouts for the command-line tests (re-ranking,
+evaluation)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,21 @@ def sysu_like(seed: int = 0, ids: int = 12, d: int = 16):
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     cams = np.asarray(cams)
     return feats, np.asarray(pids), cams, np.isin(cams, (3, 6)).astype(np.int64)
+
+
+def regdb_like(seed: int, ids: int, per: int, shift: float, noise: float, d: int = 12):
+    """RegDB layout, ids 0..ids-1: ``per`` visible then ``per`` infrared images of each
+    (modality 0 / 1), the infrared ones moved by ``shift`` (a modality gap);
+    ``(feats, pids, modality)``, features L2-normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, d))
+    feats, pids, mods = [], [], []
+    for pid in range(ids):
+        for mod in (0, 1):
+            for _ in range(per):
+                feats.append(centres[pid] + shift * mod + noise * rng.normal(size=d))
+                pids.append(pid)
+                mods.append(mod)
+    feats = np.asarray(feats, np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    return feats, np.asarray(pids), np.asarray(mods)

@@ -143,19 +143,9 @@ def _naive_regdb(q, g, qp, gp):
 
 
 def test_eval_regdb_numbers_equal_a_naive_loop(tmp_path):
-    rng = np.random.default_rng(4)
-    ids = 15
-    centres = rng.normal(size=(ids, 12))
-    feats, pids, mods = [], [], []
-    for pid in range(ids):
-        for mod in (0, 1):
-            for _ in range(3):
-                feats.append(centres[pid] + 0.5 * mod + 1.1 * rng.normal(size=12))
-                pids.append(pid)
-                mods.append(mod)
-    feats = np.asarray(feats, np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    pids, mods = np.asarray(pids), np.asarray(mods)
+    from feature_fixtures import regdb_like
+
+    feats, pids, mods = regdb_like(seed=4, ids=15, per=3, shift=0.5, noise=1.1)
     path = save_features(tmp_path / "r.npz", feats, pids, mods + 1, mods, dataset="regdb", split=1)
     for protocol, qm in (("regdb-v2i", 0), ("regdb-i2v", 1)):
         out = tmp_path / f"{protocol}.json"

@@ -8,25 +8,14 @@ import json
 
 import numpy as np
 import pytest
+from feature_fixtures import regdb_like
 
 from uvireid.cli import main
 from uvireid.features import save_features
 
 
 def _regdb_file(path, split, seed):
-    rng = np.random.default_rng(seed)
-    ids = 10
-    centres = rng.normal(size=(ids, 12))
-    feats, pids, mods = [], [], []
-    for pid in range(ids):
-        for mod in (0, 1):
-            for _ in range(2):
-                feats.append(centres[pid] + 0.4 * mod + 1.2 * rng.normal(size=12))
-                pids.append(pid)
-                mods.append(mod)
-    feats = np.asarray(feats, np.float32)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    pids, mods = np.asarray(pids), np.asarray(mods)
+    feats, pids, mods = regdb_like(seed=seed, ids=10, per=2, shift=0.4, noise=1.2)
     return save_features(path, feats, pids, mods + 1, mods, dataset="regdb", split=split)
 
 
