@@ -463,6 +463,13 @@ def load_features(path: str | os.PathLike) -> Features:
         missing = [k for k in REQUIRED_ARRAYS if k not in names]
         if missing:
             have = ", ".join(sorted(names)) or "nothing"
+            if "modality" in missing and "cams" in names:
+                # the array another codebase's test loop has no name for: on SYSU-MM01 the
+                # cameras give it (cam3 and cam6 are the infrared ones)
+                have += (
+                    "; the modality of SYSU-MM01 follows from its cameras: modality = "
+                    "np.isin(cams, [3, 6]).astype(int)"
+                )
             raise FeatureFileError(
                 f"{where} has no array {', '.join(repr(m) for m in missing)}; expected arrays "
                 f"{', '.join(REQUIRED_ARRAYS)} (+ optional {', '.join(OPTIONAL_ARRAYS)}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -125,6 +126,24 @@ def test_missing_array_is_named_with_the_expected_list(tmp_path, name):
         match=rf"f\.npz has no array '{name}'; expected arrays feats, pids, cams, modality",
     ):
         load_features(tmp_path / "f.npz")
+
+
+def test_a_missing_modality_is_given_by_the_sysu_cameras(tmp_path):
+    """Another codebase's SYSU-MM01 test loop has pids and cams but no modality: the error
+    gives the line that derives it, and that line agrees with the SYSU loader's own rule."""
+    from uvireid.data.sysu import modality_of_camera
+
+    a = arrays()
+    a["cams"] = np.arange(len(a["pids"])) % 6 + 1
+    del a["modality"]
+    np.savez(tmp_path / "f.npz", **a)
+    hint = "modality = np.isin(cams, [3, 6]).astype(int)"
+    with pytest.raises(FeatureFileError, match=re.escape(hint)):
+        load_features(tmp_path / "f.npz")
+    modality = np.isin(a["cams"], [3, 6]).astype(int)  # the hint's line
+    assert modality.tolist() == [modality_of_camera(int(c)) for c in a["cams"]]
+    np.savez(tmp_path / "g.npz", modality=modality, **a)
+    assert load_features(tmp_path / "g.npz").modality.tolist() == modality.tolist()
 
 
 def test_mismatched_lengths_say_which(tmp_path):
