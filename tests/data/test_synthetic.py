@@ -442,3 +442,83 @@ def test_a_near_infrared_folder_is_not_reused_for_a_thermal_request(tmp_path):
     root = syn.generate(tmp_path / "synth", ids=3, seed=0, nir=0.5)
     with pytest.raises(DatasetError, match=r"data\.nir=0\.5"):
         syn.generate(root, ids=3, seed=0, nir=0.0, replace=False)
+
+
+def test_the_official_permutations_cover_every_folder_with_permutations_of_its_images(tiny):
+    """``exp/rand_perm_cam.mat`` as the dataset authors' file: per camera and person, rows
+    that are permutations of the 1-based indices of the images in that folder, counted on
+    disk, and nothing for a person a camera did not see."""
+    import scipy.io
+
+    root, _ = tiny
+    cells = scipy.io.loadmat(root / "exp" / "rand_perm_cam.mat")["rand_perm_cam"]
+    assert cells.shape == (6, 1)
+    for cam in range(1, 7):
+        per_pid = cells[cam - 1, 0].reshape(-1)
+        for pid in range(1, 13):
+            folder = root / f"cam{cam}" / f"{pid:04d}"
+            n = len(list(folder.glob("*.jpg"))) if folder.is_dir() else 0
+            entry = np.asarray(per_pid[pid - 1]) if pid <= len(per_pid) else np.zeros(0)
+            if n == 0:
+                assert entry.size == 0, (cam, pid)
+                continue
+            assert entry.shape == (syn.RAND_PERM_TRIALS, n), (cam, pid)
+            for row in entry:
+                assert sorted(row.tolist()) == list(range(1, n + 1))
+            assert len({tuple(r) for r in entry}) > 1 or n == 1  # the trials differ
+
+
+@pytest.mark.parametrize("mode, cams", [("all", (1, 2, 4, 5)), ("indoor", (1, 2))])
+@pytest.mark.parametrize("shot, n_shot", [("single", 1), ("multi", 10)])
+def test_the_official_sampler_runs_on_the_synthetic_dataset(tiny, mode, cams, shot, n_shot):
+    """The gallery of trial t is the images the file names in row t, read here straight
+    from the .mat: cameras in order, identities ascending, the first 1 or 10 entries."""
+    import scipy.io
+
+    from uvireid.evaluation import sysu_gallery_indices
+    from uvireid.features import Features
+
+    root, _ = tiny
+    ds = DATASETS.build({"type": "synthetic", "root": str(root), "ids": 12})
+    recs = ds.test
+    feats = Features(
+        feats=np.random.default_rng(0).normal(size=(len(recs), 4)).astype(np.float32),
+        pids=np.array([r.pid for r in recs]),
+        cams=np.array([r.cam for r in recs]),
+        modality=np.array([r.modality for r in recs]),
+        paths=np.array([str(Path(r.path).relative_to(root)) for r in recs]),
+    )
+    perm_file = root / "exp" / "rand_perm_cam.mat"
+    cells = scipy.io.loadmat(perm_file)["rand_perm_cam"]
+    test_ids = _id_line(root / "exp" / "test_id.txt")
+    for trial in (0, 3, 9):
+        want = []
+        for cam in cams:
+            for pid in test_ids:
+                entry = np.asarray(cells[cam - 1, 0].reshape(-1)[pid - 1])
+                if entry.size:
+                    want += [f"cam{cam}/{pid:04d}/{i:04d}.jpg" for i in entry[trial, :n_shot]]
+        got = sysu_gallery_indices(feats, mode, trial, shot, "official", perm_file)
+        assert [Path(p).as_posix() for p in feats.paths[got]] == want
+
+
+def test_a_folder_written_before_the_permutations_gets_them_on_reuse(tmp_path):
+    """A complete folder without ``exp/rand_perm_cam.mat`` (written by an earlier version)
+    is reused, and gets the file: the same permutations as a new folder's, no new render."""
+    from uvireid.evaluation import load_rand_perm
+
+    out = tmp_path / "s"
+    syn.generate(out, ids=6, seed=2)
+    perm = out / "exp" / "rand_perm_cam.mat"
+    first = load_rand_perm(perm)
+    perm.unlink()
+    stamp = (out / "cam1").stat().st_mtime_ns, (out / "manifest.json").read_text()
+    syn.generate(out, ids=6, seed=2)
+    assert ((out / "cam1").stat().st_mtime_ns, (out / "manifest.json").read_text()) == stamp
+    again = load_rand_perm(perm)
+    assert again.keys() == first.keys()
+    assert all(np.array_equal(again[k], first[k]) for k in first)
+    # the first people of a larger dataset have the same permutations
+    larger = syn.rand_perm_cells(list(range(1, 10)), seed=2)
+    for (cam, pid), arr in first.items():
+        assert np.array_equal(np.asarray(larger[cam - 1, 0][pid - 1, 0]), arr)

@@ -203,3 +203,26 @@ def test_a_run_starts_only_from_weights_that_never_saw_its_test_ids(
     else:
         with pytest.raises(ConfigError, match=on_test_set):
             _check_start_weights(cfg)
+
+
+def test_a_run_on_the_synthetic_dataset_evaluates_with_the_official_sampler(tmp_path):
+    """evaluation.sampler=official with the synthetic dataset's own rand_perm_cam.mat: the
+    run's single-shot all-search gallery holds one image per test identity and visible
+    camera that saw it, counted here from the folders on disk."""
+    import json
+
+    from uvireid.data import synthetic as syn
+
+    root = syn.generate(tmp_path / "syn", ids=12, seed=0)
+    perm = root / "exp" / "rand_perm_cam.mat"
+    path = write_eval_recipe(
+        tmp_path,
+        {"type": "synthetic", "root": str(root)},
+        evaluation={"sampler": "official", "perm_file": str(perm), "trials": 2},
+    )
+    folder = run_recipe(load_recipe(path), progress=False)
+    prov = json.loads((folder.path / "results.json").read_text())["none"]["provenance"]
+    test_ids = [int(t) for t in (root / "exp" / "test_id.txt").read_text().split(",")]
+    seen = [(c, p) for c in (1, 2, 4, 5) for p in test_ids if (root / f"cam{c}/{p:04d}").is_dir()]
+    assert (prov["sampler"], prov["trials"], prov["num_gallery"]) == ("official", 2, len(seen))
+    assert str(perm) in prov["sampler_detail"]

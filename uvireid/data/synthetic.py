@@ -5,6 +5,7 @@ release stores them (``shared/notes/eval_datasets.md`` Sec. 1.1)::
 
     out/cam1..cam6/<pid %04d>/<idx %04d>.jpg      (1-based indices)
     out/exp/train_id.txt val_id.txt test_id.txt available_id.txt  (one line, "1,5,9")
+    out/exp/rand_perm_cam.mat                     (the official sampler's permutations)
     out/manifest.json, out/DONE                   (written last: a complete folder)
 
 Cameras as in SYSU-MM01: 1 and 2 visible indoor, 4 and 5 visible outdoor, 3 infrared
@@ -78,6 +79,10 @@ IMAGES_PER_CAM = (4, 8)
 MARKER = ".uvireid-synthetic"
 DONE = "DONE"
 MANIFEST = "manifest.json"
+#: the official SYSU-MM01 sampler's permutations, in ``exp/`` (:func:`write_rand_perm`)
+RAND_PERM = "rand_perm_cam.mat"
+#: trials (rows) of each permutation, as in the dataset authors' file
+RAND_PERM_TRIALS = 10
 
 # views of a person: seen from the front, the back, or the side (walking left or right)
 FRONT, BACK, SIDE = 0, 1, 2
@@ -998,6 +1003,44 @@ def camera_counts(pid: int, seed: int = 0) -> dict[int, int]:
     return {c: int(rng.integers(lo, hi + 1)) for c in range(1, 7) if present[c]}
 
 
+def rand_perm_cells(pids: list[int], seed: int = 0, trials: int = RAND_PERM_TRIALS) -> np.ndarray:
+    """The ``rand_perm_cam`` cell array of SYSU-MM01's ``exp/rand_perm_cam.mat`` for the
+    people ``pids``: 6 x 1 cells (one per camera) of ``max(pids)`` x 1 cells, the one of
+    camera c and person p a (``trials``, n) array whose rows are permutations of 1..n, n the
+    person's images in that camera (:func:`camera_counts`); empty where p has none there.
+    :func:`uvireid.evaluation.load_rand_perm` reads it, and ``evaluation.sampler=official``
+    samples the gallery from it as from the dataset authors' file (``get_testing_set.m``).
+    Seeded per (seed, person, camera): a small dataset's permutations are the first of a
+    large one's."""
+    top = max(pids)
+    cells = np.empty((6, 1), dtype=object)
+    for cam in range(1, 7):
+        per_pid = np.empty((top, 1), dtype=object)
+        for i in range(top):
+            per_pid[i, 0] = np.zeros((0, 0), dtype=np.uint16)
+        for pid in pids:
+            n = camera_counts(pid, seed).get(cam, 0)
+            if n:
+                rng = np.random.default_rng([seed, pid, cam, 61])
+                rows = [rng.permutation(n) + 1 for _ in range(trials)]
+                per_pid[pid - 1, 0] = np.stack(rows).astype(np.uint16)
+        cells[cam - 1, 0] = per_pid
+    return cells
+
+
+def write_rand_perm(root: str | Path, pids: list[int], seed: int) -> Path:
+    """Write ``root/exp/rand_perm_cam.mat`` (:func:`rand_perm_cells`), atomically."""
+    import scipy.io
+
+    from uvireid.fileio import atomic_write
+
+    cells = rand_perm_cells(pids, seed)
+    return atomic_write(
+        Path(root) / "exp" / RAND_PERM,
+        lambda fh: scipy.io.savemat(fh, {"rand_perm_cam": cells}, do_compression=True),
+    )
+
+
 def _params(ids: int, seed: int, height: int, width: int, nir: float = 0.0) -> dict:
     extra = {"nir": float(nir)} if nir > 0 else {}  # thermal folders keep their manifests
     return {
@@ -1189,6 +1232,11 @@ def generate(
             damage = _damage(out, found)
             if damage is None:
                 logger.info("synthetic dataset at %s is complete; reusing it", out)
+                if not (out / "exp" / RAND_PERM).is_file():
+                    # written before the file was (session 27): the permutations follow
+                    # from the seed alone, so the folder gets them without a new render
+                    write_rand_perm(out, split_ids(ids, seed)["available"], seed)
+                    logger.info("synthetic dataset: wrote %s", out / "exp" / RAND_PERM)
                 return out
             # images lost since it was written (audit KC)
             if not replace:
@@ -1271,6 +1319,7 @@ def generate(
         for cam in range(1, 7):
             (tmp / f"cam{cam}").mkdir()
         pids = split["available"]
+        write_rand_perm(tmp, pids, seed)
         if workers is None:
             workers = 1 if ids < 60 else min(2, os.cpu_count() or 1)
         # jobs of a few people each (about a second): a Ctrl-C or SIGTERM cancels the
