@@ -96,7 +96,7 @@ def test_more_clusters_than_images_and_bad_settings(caplog):
     assert sorted(labels.tolist()) == list(range(6)) and "num_clusters=50 > 6 images" in caplog.text
     for bad, match in (
         ({"num_clusters": 0}, "num_clusters"),
-        ({"tol": -1}, "tol must be a number >= 0"),
+        ({"tol": -1}, "tol must be a finite number >= 0"),
         ({"n_init": 1.5}, "n_init"),
         ({"seed": "a"}, "seed must be an integer"),
     ):

@@ -44,6 +44,23 @@ def _pairs(t_a: np.ndarray, t_b: np.ndarray) -> tuple[float, float]:
     return same, total
 
 
+def _num_visible(cross: CrossLabels, who: str) -> int:
+    """``cross.num_visible``, checked: set, and at most the number of instances (a larger
+    one gave NaN links, and an association scored without its infrared view; audit MB)."""
+    nv, n = cross.num_visible, len(cross.labels_in_v)
+    if nv < 0:
+        raise ProtocolError(
+            f"{who} needs CrossLabels.num_visible (the number of visible "
+            "instances); build CrossLabels with it"
+        )
+    if nv > n:
+        raise ProtocolError(
+            f"{who}: CrossLabels.num_visible is {nv} but it labels {n} instances (visible "
+            "first, then infrared); give the number of visible instances"
+        )
+    return nv
+
+
 def link_precision(cross: CrossLabels, gt: Any) -> dict[str, float]:
     """Fraction of cross-modal instance links that join the same identity (module doc).
 
@@ -57,12 +74,7 @@ def link_precision(cross: CrossLabels, gt: Any) -> dict[str, float]:
         ``num_links_v2r``, ``num_links_r2v``, ``num_match_links``.
     """
     n = len(cross.labels_in_v)
-    nv = cross.num_visible
-    if nv < 0:
-        raise ProtocolError(
-            "link_precision needs CrossLabels.num_visible (the number of visible "
-            "instances); build CrossLabels with it"
-        )
+    nv = _num_visible(cross, "link_precision")
     g = np.asarray(gt)
     if g.shape != (n,):
         raise ProtocolError(
@@ -72,8 +84,9 @@ def link_precision(cross: CrossLabels, gt: Any) -> dict[str, float]:
     _, g = np.unique(g, return_inverse=True)
     n_ids = int(g.max()) + 1 if n else 1
     lv, lr = cross.labels_in_v, cross.labels_in_r
-    kv = max(cross.num_clusters_v, int(lv.max()) + 1 if n else 0, 1)
-    kr = max(cross.num_clusters_r, int(lr.max()) + 1 if n else 0, 1)
+    # the spaces as CrossLabels sizes them, matches included: a match to a cluster no
+    # instance carries was a bare IndexError (audit MB)
+    kv, kr = (max(size, 1) for size in cross.space_sizes())
     gv, gr = g[:nv], g[nv:]
     own_v = _table(lv[:nv], gv, kv, n_ids)  # visible instances by their own label
     own_r = _table(lr[nv:], gr, kr, n_ids)
@@ -114,7 +127,7 @@ def association_quality(cross: CrossLabels, gt: Any) -> dict[str, Any]:
         :func:`uvireid.evaluation.quality.label_quality` (outliers as singletons), the
         last from :func:`link_precision`.
     """
-    nv = cross.num_visible
+    nv = _num_visible(cross, "association_quality")
     g = np.asarray(gt)
     lv, lr = cross.labels_in_v, cross.labels_in_r
     out: dict[str, Any] = {}

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from uvireid.associations.checks import as_features, resolve_device
-from uvireid.errors import ConfigError
+from uvireid.errors import check_seed
 from uvireid.registry import CLUSTERERS
 
 __all__ = ["KMeansClusterer", "kmeans_pp", "lloyd"]
@@ -129,6 +129,9 @@ def lloyd(
             )
             sums[empty], counts[empty] = x[moved], 1
         new = sums / counts.clamp_min(1)[:, None]
+        left = counts == 0  # a singleton emptied by the relocation: not at the origin, at
+        if bool(left.any()):  # the largest cluster's centre, as scikit-learn (audit MB)
+            new[left] = new[int(counts.argmax())].clone()
         shift = float(((new - centres) ** 2).sum())
         centres = new
         fresh = _nearest(x, centres)
@@ -178,19 +181,15 @@ class KMeansClusterer:
         self.device = device
 
     def _check_params(self) -> None:
-        from uvireid.rerank.inputs import check_k
+        from uvireid.rerank.inputs import check_k, check_real
 
         check_k(self.num_clusters, "num_clusters", "kmeans")
         check_k(self.iters, "iters", "kmeans")
         check_k(self.n_init, "n_init", "kmeans")
-        if (
-            isinstance(self.tol, bool)
-            or not isinstance(self.tol, (int, float))
-            or not (0 <= self.tol < math.inf)
-        ):
-            raise ConfigError(f"kmeans: tol must be a number >= 0, got {self.tol!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ConfigError(f"kmeans: seed must be an integer, got {self.seed!r}")
+        check_real(self.tol, "tol", "kmeans", 0.0)  # numpy scalars too (audit MB)
+        # 0..2**32-1: 2**70 was torch's bare "Overflow when unpacking long long"
+        seed = int(self.seed) if isinstance(self.seed, np.integer) else self.seed
+        check_seed(seed, "kmeans: seed")
 
     def fit_predict(self, features: Any) -> np.ndarray:
         self._check_params()
