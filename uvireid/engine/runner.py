@@ -409,6 +409,11 @@ def preflight(cfg: dict) -> None:
         from uvireid.models.backbone import check_two_stream_args
 
         check_two_stream_args("backbone.", **{k: v for k, v in bb.items() if k != "type"})
+    elif bb.get("type") == "timm":
+        from uvireid.models.timm_backbone import check_timm_args
+
+        keys = ("pretrained", "gem_p", "output_stride", "pooling")
+        check_timm_args(**{k: bb[k] for k in keys if k in bb})
     _check_start_weights(cfg)
 
 

@@ -53,6 +53,8 @@ PRIOR_NAME = "synthetic-visible"
 PRIOR_VERSION = 2
 #: torch threads the prior is built with, on any machine (the result depends on it)
 PRIOR_THREADS = 2
+#: the default batch (identities x images) and learning rate of the prior's training
+BATCH_IDS, IMAGES, LR = 16, 4, 1e-3
 
 
 def prior_path(
@@ -63,14 +65,24 @@ def prior_path(
     iters: int,
     height: int,
     width: int,
+    batch_ids: int = BATCH_IDS,
+    images: int = IMAGES,
+    lr: float = LR,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """Where the prior with these parameters is (or will be) cached."""
+    """Where the prior with these parameters is (or will be) cached: every parameter of
+    :func:`synthetic_visible_prior` is in the name (the batch and the learning rate only
+    where they are not the defaults, so that the caches of the defaults keep their names;
+    they were left out, and a prior of other batch settings was the first one's; audit MA).
+    """
     from uvireid.data.synthetic import GENERATOR_VERSION, cache_root
 
+    training = ""
+    if (batch_ids, images, lr) != (BATCH_IDS, IMAGES, LR):
+        training = f"-b{batch_ids}x{images}-lr{lr!r}"
     name = (
         f"{PRIOR_NAME}-v{PRIOR_VERSION}-gen{GENERATOR_VERSION}-{arch}-ids{ids}-seed{seed}"
-        f"-it{iters}-{height}x{width}.pth"
+        f"-it{iters}-{height}x{width}{training}.pth"
     )
     return cache_root(cache_dir) / "priors" / name
 
@@ -105,9 +117,9 @@ def synthetic_visible_prior(
     iters: int = 400,
     height: int = 64,
     width: int = 32,
-    batch_ids: int = 16,
-    images: int = 4,
-    lr: float = 1e-3,
+    batch_ids: int = BATCH_IDS,
+    images: int = IMAGES,
+    lr: float = LR,
     cache_dir: str | Path | None = None,
 ) -> Path:
     """The path of the ``synthetic-visible`` prior for ``arch``, trained if not cached.
@@ -138,7 +150,16 @@ def synthetic_visible_prior(
             f"images={images}; need iters >= 1, ids >= 3, batch_ids >= 2 and images >= 2"
         )
     path = prior_path(
-        arch, ids=ids, seed=seed, iters=iters, height=height, width=width, cache_dir=cache_dir
+        arch,
+        ids=ids,
+        seed=seed,
+        iters=iters,
+        height=height,
+        width=width,
+        batch_ids=batch_ids,
+        images=images,
+        lr=lr,
+        cache_dir=cache_dir,
     )
     if path.is_file():
         return path

@@ -27,6 +27,7 @@ from uvireid.models.backbone import (
     uvireid_backbone_weights,
 )
 from uvireid.models.pooling import GeM
+from uvireid.models.prior import PRIOR_NAME
 from uvireid.registry import BACKBONES
 from uvireid.rerank.inputs import check_k, check_positive
 
@@ -135,13 +136,42 @@ def _timm_file_keys(path: str) -> set[str] | None:
     return keys
 
 
-def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
+class _UnexpectedKeys(logging.Handler):
+    """Collects the keys timm's loader (``load_pretrained``) reports as unexpected: tensors
+    of the file the model has no place for, after timm's own conversion of the file and the
+    removal of its classifier. timm logs them as a warning and goes on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        head, tail = "Unexpected keys (", ") found while loading"
+        if msg.startswith(head) and tail in msg:
+            self.keys += msg[len(head) : msg.index(tail)].split(", ")
+
+
+def _check_local_timm_weights(
+    model: nn.Module, path: str, name: str, unexpected: list[str] | None = None
+) -> None:
     """timm loads a local weights file leniently (keys it does not know are a log line): a
     file of another model left the weights random without an error. Every weight of the
-    model (its classifier removed) must be in the file, as timm reads it.
+    model (its classifier removed) must be in the file, as timm reads it; and every tensor
+    of the file must have gone into the model (``unexpected``, timm's list: a file of a
+    deeper model of the same family, resnet34's for resnet18, held every key of the
+    smaller one and loaded its first blocks without a word; audit MA).
 
     Raises:
-        ConfigError: naming the missing keys."""
+        ConfigError: naming the missing or the unexpected keys."""
+    if unexpected:
+        raise ConfigError(
+            f"backbone.pretrained: {path} does not hold the weights of timm model '{name}': "
+            f"{len(unexpected)} of its tensors have no place in the model (e.g. "
+            f"{', '.join(unexpected[:3])}): a file of another model? (a deeper one of the "
+            f"same family holds every key of this one, and more); give the weights file of "
+            f"'{name}', or set backbone.name to the model the file is of"
+        )
     keys = _timm_file_keys(path)
     if keys is None:
         logger.info("backbone.pretrained: %s loaded by timm's model itself; not checked", path)
@@ -161,6 +191,40 @@ def _check_local_timm_weights(model: nn.Module, path: str, name: str) -> None:
             f"torch.save(timm.create_model('{name}', pretrained=True, num_classes=0, "
             f"pretrained_cfg_overlay={{'file': '{path}'}}).state_dict(), 'converted.pth')"
         )
+
+
+def check_timm_args(
+    pretrained: object = False,
+    gem_p: object = 3.0,
+    output_stride: object = None,
+    pooling: object = "auto",
+) -> None:
+    """The settings of :class:`TimmBackbone` that can be checked without timm building
+    anything: a recipe's ``--dry-run`` refuses what the run would refuse at its build (a
+    pretrained file that does not exist passed the dry run; audit MA)."""
+    if pooling not in TIMM_POOLING:
+        raise ConfigError(
+            f"timm: pooling must be one of {', '.join(TIMM_POOLING)}, got {pooling!r}"
+        )
+    if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
+        if not Path(pretrained).expanduser().is_file():
+            prior = (
+                f" ({PRIOR_NAME} is a prior of the two-stream ResNet only: backbone.type="
+                f"two_stream_resnet)"
+                if str(pretrained) == PRIOR_NAME
+                else ""
+            )
+            raise ConfigError(
+                f"timm: pretrained {str(pretrained)!r} is not a file{prior}; give true (timm's "
+                f"weights), false, or the path of a uvireid checkpoint or a timm weights file"
+            )
+    elif not isinstance(pretrained, bool):
+        raise ConfigError(
+            f"timm: pretrained must be true, false or a weights file, got {pretrained!r}"
+        )
+    if output_stride is not None:
+        check_k(output_stride, "output_stride", "timm")
+    check_positive(gem_p, "gem_p", "timm")
 
 
 @BACKBONES.register("timm")
@@ -209,28 +273,13 @@ class TimmBackbone(_ReidHead):
         pooling: str = "auto",
     ):
         super().__init__()
-        if pooling not in TIMM_POOLING:
-            raise ConfigError(
-                f"timm: pooling must be one of {', '.join(TIMM_POOLING)}, got {pooling!r}"
-            )
+        check_timm_args(pretrained, gem_p, output_stride, pooling)
         own = None  # a uvireid run's backbone weights, loaded after the model is built
         local = None  # a timm weights file
         if isinstance(pretrained, str | Path) and not isinstance(pretrained, bool):
             path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise ConfigError(
-                    f"timm: pretrained {str(pretrained)!r} is not a file; give true (timm's "
-                    f"weights), false, or the path of a uvireid checkpoint or a timm weights file"
-                )
             own = uvireid_backbone_weights(path)
             local = None if own is not None else str(path.resolve())
-        elif not isinstance(pretrained, bool):
-            raise ConfigError(
-                f"timm: pretrained must be true, false or a weights file, got {pretrained!r}"
-            )
-        if output_stride is not None:
-            check_k(output_stride, "output_stride", "timm")
-        check_positive(gem_p, "gem_p", "timm")
         if img_size is not None:
             if not isinstance(img_size, list | tuple) or len(img_size) != 2:
                 raise ConfigError(f"timm: img_size must be [height, width], got {img_size!r}")
@@ -271,6 +320,9 @@ class TimmBackbone(_ReidHead):
         if local is not None:
             extra["pretrained_cfg_overlay"] = {"file": local}
         fetch = pretrained is True or local is not None
+        unexpected = _UnexpectedKeys()
+        timm_log = logging.getLogger("timm")
+        timm_log.addHandler(unexpected)
         try:
             self.model = timm.create_model(name, pretrained=fetch, num_classes=0, **extra)
         except TypeError as exc:
@@ -285,8 +337,10 @@ class TimmBackbone(_ReidHead):
             if err is None:  # nothing the recipe set explains it: timm's own error
                 raise
             raise err from None
+        finally:
+            timm_log.removeHandler(unexpected)
         if local is not None:
-            _check_local_timm_weights(self.model, local, name)
+            _check_local_timm_weights(self.model, local, name, unexpected.keys)
         patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
         if img_size is not None and patch is not None:
             ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
