@@ -38,6 +38,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rerank_speed import timed  # noqa: E402
 
+from uvireid.engine.graphs import matmul_tf32  # noqa: E402
+
 TAU = 0.05
 
 
@@ -71,14 +73,10 @@ def products(mode: str, q: torch.Tensor, mem: torch.Tensor, mem16: torch.Tensor)
         lg = torch.bmm(round_tf32(q), mt.transpose(1, 2))
         return lg, torch.bmm(round_tf32(torch.softmax(lg, -1)), mt)
     if mode in ("fp32", "tf32"):
-        before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-        try:
+        with matmul_tf32(mode == "tf32"):
             lg = torch.bmm(q, memt.transpose(1, 2))
             g = torch.softmax(lg, -1)
             return lg, torch.bmm(g, memt)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
     m16 = mem16  # (P, N, d): the bf16 copy a loss would hold, laid out for the product
     if mode == "bf16":
         lg = torch.bmm(q.bfloat16(), m16.transpose(1, 2))

@@ -35,7 +35,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from uvireid.engine.graphs import GraphedLosses  # noqa: E402
+from uvireid.engine.graphs import GraphedLosses, matmul_tf32  # noqa: E402
 from uvireid.engine.profiling import profile_ops  # noqa: E402
 from uvireid.losses import (  # noqa: E402
     DualClusterContrastLoss,
@@ -324,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--graphs needs --device cuda (CUDA graphs)")
     torch.set_num_threads(args.threads)
     dev = args.device
+    tf32 = matmul_tf32(True)  # held until main returns
     if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32.__enter__()
     s = args.ids * args.images
     step, model, parts = build_steps(
         args.arch,

@@ -82,7 +82,13 @@ def as_root(root: object, title: str) -> str:
             f"{title} root must be a folder path, got {type(root).__name__} {root!r}; "
             "set data.root=/path/to/the/dataset"
         )
-    return os.path.abspath(os.path.expanduser(os.fspath(root)))
+    text = os.fspath(root)
+    if not str(text).strip():  # abspath("") is the current folder (audit MC)
+        raise DatasetError(
+            f"{title} root is empty; set data.root=/path/to/the/dataset ('.' for the "
+            "current folder)"
+        )
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def require_root(root: str, title: str, layout: str) -> None:

@@ -139,16 +139,34 @@ class GraphedLosses:
 
 
 @contextlib.contextmanager
-def tf32_products(enabled: bool) -> Iterator[None]:
-    """Within the block, float32 matrix products on CUDA may use TF32 tensor cores
-    (``torch.backends.cuda.matmul.allow_tf32``; cuDNN's convolutions do by default); the
-    setting is restored after, so evaluation and re-ranking keep full float32."""
-    if not enabled:
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+def matmul_tf32(on: bool) -> Iterator[None]:
+    """Within the block, float32 matrix products on CUDA use TF32 tensor cores (``on``) or
+    full float32; the setting is restored after. Through torch's
+    ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (2.9 and later), else
+    the legacy ``allow_tf32``: torch refuses a process that mixes the two, so the legacy
+    flag crashed a script that had set the new one, or ``set_float32_matmul_precision``,
+    and left ``get_float32_matmul_precision()`` raising after the block (audit MC)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        field, value = "fp32_precision", "tf32" if on else "ieee"
+    else:
+        field, value = "allow_tf32", bool(on)
+    before = getattr(matmul, field)
+    setattr(matmul, field, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        setattr(matmul, field, before)
+
+
+@contextlib.contextmanager
+def tf32_products(enabled: bool) -> Iterator[None]:
+    """Within the block, float32 matrix products on CUDA may use TF32 tensor cores
+    (:func:`matmul_tf32`; cuDNN's convolutions do by default); the setting is restored
+    after, so evaluation and re-ranking keep full float32. ``enabled`` False leaves the
+    setting as it is."""
+    if not enabled:
+        yield
+        return
+    with matmul_tf32(True):
+        yield

@@ -15,7 +15,8 @@ from collections.abc import Callable
 __all__ = ["WAIT_OPS", "NO_KERNEL", "profile_ops"]
 
 #: ops that make the host wait for the device on CUDA (a value read back, or an output
-#: whose size depends on the data)
+#: whose size depends on the data). ``equal`` and ``bincount`` read a value back on CUDA
+#: only (a bool; the largest bin), through no op the CPU profile shows (audit MC)
 WAIT_OPS = frozenset(
     {
         "aten::_local_scalar_dense",  # .item(), bool(tensor), int(tensor)
@@ -24,6 +25,8 @@ WAIT_OPS = frozenset(
         "aten::unique_consecutive",
         "aten::unique_dim",
         "aten::masked_select",
+        "aten::equal",
+        "aten::bincount",
     }
 )
 
@@ -41,10 +44,14 @@ NO_KERNEL = frozenset(
 
 def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
     """``(waits, kernels)`` of one call of ``fn``: the names of the ops in it that make
-    the host wait for the device (in call order; the ops inside ``Optimizer.step``, the
-    reads of its step counters, which are host tensors unless the optimiser is fused or
-    capturable, left out) and the number of the deepest ops that compute something
-    (allocations and views left out), about the kernels a GPU launches.
+    the host wait for the device (in call order; one per wait: a read-back inside another
+    such op, as ``masked_select``'s of its size, is that op's; the ops inside
+    ``Optimizer.step``, the reads of its step counters, which are host tensors unless the
+    optimiser is fused or capturable, left out) and the number of the deepest ops that
+    compute something (allocations and views left out), about the kernels a GPU launches.
+
+    Blind spot: a copy to the host (``.cpu()``, ``.tolist()``, ``.numpy()``) is no op at
+    all on a CPU tensor, so the waits these make on a GPU are not counted here.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -52,15 +59,16 @@ def profile_ops(fn: Callable[[], object]) -> tuple[list[str], int]:
         fn()
     events = prof.events()
 
-    def optimizer_counter(e) -> bool:
+    def counted_above(e) -> bool:
+        # inside Optimizer.step (its counters), or inside a wait already named
         p = e.cpu_parent
         while p is not None:
-            if p.name.startswith("Optimizer.step"):
+            if p.name.startswith("Optimizer.step") or p.name in WAIT_OPS:
                 return True
             p = p.cpu_parent
         return False
 
-    waits = [e.name for e in events if e.name in WAIT_OPS and not optimizer_counter(e)]
+    waits = [e.name for e in events if e.name in WAIT_OPS and not counted_above(e)]
 
     def computes(e) -> bool:
         return e.name.startswith("aten::") and e.name not in NO_KERNEL
