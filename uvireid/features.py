@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,6 +142,19 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
             f"{where}: '{name}' has shape {arr.shape}; expected a 1-D (N,) array of integers; "
             f"fix: flatten it ({name}.reshape(-1)) before saving"
         )
+    numeric = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr))
+    )
+    if numeric and arr.size and arr.dtype != np.int64:
+        # beyond int64 the conversion wraps (uint64 2**64-1 -> -1, "unknown") or saturates
+        # (every float >= 2**63 -> -2**63, one identity): labels silently merged (audit ME)
+        top = arr.max() if np.issubdtype(arr.dtype, np.unsignedinteger) else np.abs(arr).max()
+        if float(top) >= 2.0**63:
+            raise FeatureFileError(
+                f"{where}: '{name}' holds values beyond the 64-bit integer range (up to "
+                f"{top}); fix: number them, e.g. {name} = np.unique({name}, "
+                f"return_inverse=True)[1]"
+            )
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
@@ -211,7 +225,9 @@ def _validated(
     paths = arrays.get("paths")
     if paths is not None:
         if paths.dtype.kind == "S":  # bytes, as numpy.savez of encoded names or h5py give
-            paths = np.char.decode(paths, "utf-8", errors="replace")
+            # as the file system decodes them: a Latin-1 name is kept (and told apart
+            # from another), not replaced by U+FFFD (audit ME)
+            paths = np.asarray([os.fsdecode(bytes(b)) for b in paths.tolist()])
         elif paths.dtype == object:
             paths = np.asarray([_path_text(p) for p in paths.tolist()])
         if paths.ndim != 1 or not np.issubdtype(paths.dtype, np.str_):
@@ -358,8 +374,19 @@ def decode_meta(raw: Any, where: str) -> Any:
 def _path_text(p: Any) -> str:
     """An image path as text: ``bytes`` decoded (``str(b"x")`` would store ``"b'x'"``)."""
     if isinstance(p, (bytes, bytearray, np.bytes_)):
-        return bytes(p).decode("utf-8", errors="replace")
+        return os.fsdecode(bytes(p))  # non-UTF-8 bytes kept as the OS keeps them
     return os.fsdecode(p) if isinstance(p, os.PathLike) else str(p)
+
+
+def _meta_json(meta: dict, where: str) -> str:
+    """``meta`` as the JSON text a features file stores, else the error naming why."""
+    try:
+        return json.dumps(meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise FeatureFileError(
+            f"{where}: meta is not JSON-serialisable ({exc}); fix: pass plain str/int/float/"
+            f"list/dict values as meta keywords (finite numbers: NaN and inf are not JSON)"
+        ) from None
 
 
 def save_features(
@@ -390,13 +417,7 @@ def save_features(
     from uvireid import __version__
 
     meta = {"produced_by": f"uvireid {__version__}", **meta}
-    try:
-        meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise FeatureFileError(
-            f"{where}: meta is not JSON-serialisable ({exc}); fix: pass plain str/int/float/"
-            f"list/dict values as meta keywords (finite numbers: NaN and inf are not JSON)"
-        ) from None
+    meta_json = _meta_json(meta, where)
     feats_a, pids_a, cams_a, mod_a, paths_a = _checked_arrays(
         feats, pids, cams, modality, paths, meta, where
     )
@@ -419,9 +440,9 @@ def features_from_arrays(
 ) -> Features:
     """A :class:`Features` in memory, checked as :func:`save_features` checks a file (the
     same arrays and errors; numpy arrays or torch tensors)."""
-    f, p, c, m, pa = _checked_arrays(
-        feats, pids, cams, modality, paths, meta, "features (in memory)"
-    )
+    where = "features (in memory)"
+    _meta_json(meta, where)  # what a file would refuse (audit ME)
+    f, p, c, m, pa = _checked_arrays(feats, pids, cams, modality, paths, meta, where)
     return Features(feats=f, pids=p, cams=c, modality=m, paths=pa, meta=dict(meta))
 
 
@@ -442,8 +463,14 @@ def load_features(path: str | os.PathLike) -> Features:
         )
     if src.stat().st_size == 0:
         raise FeatureFileError(f"{where} is empty (0 bytes): a write that did not finish?; {_FIX}")
-    with open(src, "rb") as fh:
-        magic = fh.read(6)
+    try:
+        with open(src, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:  # no read permission (a bare PermissionError before; audit ME)
+        raise FeatureFileError(
+            f"{where} cannot be read ({exc.strerror or exc}); fix: check its permissions "
+            f"(ls -l), or copy it somewhere readable"
+        ) from None
     if not magic.startswith(b"PK") and magic != b"\x93NUMPY":
         # np.load would take it for a pickle and advise allow_pickle=True
         raise FeatureFileError(
@@ -481,6 +508,14 @@ def load_features(path: str | os.PathLike) -> Features:
                 continue
             try:
                 arrays[name] = npz[name]
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                # a flipped bit or a cut copy: the zip's CRC is checked only as the array
+                # is read (a bare BadZipFile before; audit ME)
+                raise FeatureFileError(
+                    f"{where}: array '{name}' is corrupted ({type(exc).__name__}: {exc}); "
+                    f"the file was damaged in a copy or a download?; fix: copy or export it "
+                    f"again"
+                ) from None
             except ValueError as exc:  # object arrays need pickle, which is refused
                 how = (
                     "store the meta as a JSON string: np.savez(..., meta=json.dumps({...}))"
@@ -491,6 +526,12 @@ def load_features(path: str | os.PathLike) -> Features:
                     f"{where}: array '{name}' cannot be read without pickle ({exc}); {how}; "
                     f"fix: {_FIX}"
                 ) from None
+            if not isinstance(arrays[name], np.ndarray):
+                # numpy hands back a member that is no .npy array (a CSV zipped as
+                # feats.npy, a damaged header) as its raw bytes (audit ME)
+                raise FeatureFileError(
+                    f"{where}: '{name}' is not a numpy array (.npy) inside the archive; fix: {_FIX}"
+                )
     meta = decode_meta(arrays.pop("meta", None), where)
     feats, pids, cams, modality, paths = _validated(arrays, meta, where)
     return Features(feats, pids, cams, modality, paths, meta, src)

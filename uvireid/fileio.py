@@ -62,9 +62,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:  # owns fd from here: closed whatever happens
+            if hasattr(os, "fchmod"):  # POSIX
+                # a file system that refuses chmod (vfat, exFAT, some CIFS mounts) gives
+                # its own modes, as an open() there would (audit ME)
+                with contextlib.suppress(OSError):
+                    os.fchmod(fh.fileno(), 0o666 & ~_umask())
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -155,10 +158,44 @@ def written_through(path: str | os.PathLike) -> bool:
     return p.is_symlink() or (p.exists() and not p.is_file())
 
 
+def _descriptor(path: str | os.PathLike) -> int | None:
+    """The open descriptor ``path`` names (``/dev/stdout``, ``/dev/stderr``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``), else None."""
+    p = os.path.abspath(os.fspath(path))
+    named = {"/dev/stdout": 1, "/dev/stderr": 2}
+    if p in named:
+        return named[p]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        rest = p[len(prefix) :]
+        if p.startswith(prefix) and rest.isdigit():
+            return int(rest)
+    return None
+
+
 def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """A command's output file: written through a link, ``/dev/stdout``, ``/dev/fd/N`` or
     a named pipe (:func:`written_through`: replacing it would cut the link, or fail),
-    any other path by :func:`atomic_write`."""
+    any other path by :func:`atomic_write`.
+
+    A path naming one of the process's open descriptors is written through that
+    descriptor, after what Python printed before: opening ``/dev/stdout`` anew truncated
+    a stdout redirected to a file (``> out.txt``: the tables printed before were
+    overwritten; ``>> log``: the log's earlier lines lost; audit ME)."""
+    fd = _descriptor(path)
+    if fd is not None:
+        import sys
+
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            dup = os.dup(fd)  # shares the offset and O_APPEND of the open file
+        except OSError:
+            dup = None
+        if dup is not None:
+            with os.fdopen(dup, "wb") as fh:
+                write(fh)
+            return Path(path)
     if written_through(path):
         with open(path, "wb") as fh:
             write(fh)
@@ -167,7 +204,9 @@ def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode()))
+    """``text`` in UTF-8; a file name that is not UTF-8 in it (text with surrogates, as
+    ``os.fsdecode`` keeps it) as its own bytes, not an encoding error."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8", "surrogateescape")))
 
 
 def finite_json(obj: Any) -> Any:

@@ -139,10 +139,16 @@ def write_json(args: argparse.Namespace, data: Any) -> None:
         return
     out = Path(args.json)
     text = dumps_json(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # an image path that is not UTF-8 (text with surrogates, as os.fsdecode keeps
+        # it): JSON's \u escapes, which json.load reads back to the same text
+        raw = (dumps_json(data, indent=2) + "\n").encode("ascii")
     through = written_through(out)
     # UTF-8 whatever the locale; a link or pipe written through, not replaced (audit BD);
     # a file renamed into place: a failure leaves the earlier file
-    write_output(out, lambda fh: fh.write(text.encode("utf-8")))
+    write_output(out, lambda fh: fh.write(raw))
     if not through:
         logging.getLogger("uvireid.cli").info("wrote %s", out)
 

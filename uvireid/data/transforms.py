@@ -83,9 +83,11 @@ def _cache_key(
     for r in records:
         try:
             st = os.stat(r.path)
-            h.update(f"{r.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            line = f"{r.path}\t{st.st_size}\t{st.st_mtime_ns}\n"
         except OSError:
-            h.update(f"{r.path}\tmissing\n".encode())
+            line = f"{r.path}\tmissing\n"
+        # a file name that is not UTF-8 is text with surrogates (os.fsdecode): its bytes
+        h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:20]
 
 
