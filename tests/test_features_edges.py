@@ -238,3 +238,28 @@ def test_labels_beyond_int64_are_refused_not_wrapped_or_merged(tmp_path, labels)
     a["pids"] = np.unique(labels, return_inverse=True)[1]  # the message's fix
     np.savez(tmp_path / "g.npz", **a)
     assert len(np.unique(load_features(tmp_path / "g.npz").pids)) == len(np.unique(labels))
+
+
+def test_long_double_features_object_int_labels_and_a_linked_target(tmp_path):
+    """float128 features are read as float64 (torch has no long double); labels given as
+    an object array of ints (a pandas nullable column) are numbers, not 'text'; saving to
+    a link into a shared folder replaces the file it points at and keeps the link."""
+    a = arrays()
+    got = features_from_arrays(
+        a["feats"].astype(np.longdouble), a["pids"].astype(object), a["cams"], a["modality"]
+    )
+    assert got.feats.dtype == np.float64 and np.array_equal(got.feats, a["feats"])
+    assert got.pids.dtype == np.int64 and got.pids.tolist() == a["pids"].tolist()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (tmp_path / "link.npz").symlink_to(shared / "f.npz")
+    save_features(tmp_path / "link.npz", **a)
+    assert (tmp_path / "link.npz").is_symlink()
+    assert np.array_equal(load_features(shared / "f.npz").feats, a["feats"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_is_named_as_one_not_as_missing(tmp_path):
+    os.mkfifo(tmp_path / "p")
+    with pytest.raises(FeatureFileError, match="is not a regular file .a pipe"):
+        load_features(tmp_path / "p")

@@ -202,3 +202,16 @@ def test_text_with_a_file_name_that_is_not_utf8_is_written(tmp_path):
     rec = [ImageRecord(str(tmp_path / name), 1, 1, VISIBLE)]
     other = [ImageRecord(str(tmp_path / os.fsdecode(b"a\xe8.jpg")), 1, 1, VISIBLE)]
     assert _cache_key(rec, 32, 16) != _cache_key(other, 32, 16)
+
+
+def test_the_umask_read_is_the_processs_and_a_link_goes_into_a_new_folder(tmp_path):
+    """_umask gives what os.umask holds (read from /proc where Linux has it, without
+    setting it); atomic_link makes the folder of its target, as atomic_write does."""
+    before = os.umask(0o027)
+    try:
+        assert F._umask() == 0o027
+    finally:
+        os.umask(before)
+    src = F.atomic_write_text(tmp_path / "a.txt", "x")
+    dst = F.atomic_link(src, tmp_path / "new" / "deeper" / "b.txt")
+    assert dst.read_text() == "x" and os.path.samefile(src, dst)

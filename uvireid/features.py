@@ -24,6 +24,7 @@ protocols also check ``cams`` and ``pids`` against SYSU-MM01 paths.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -160,6 +161,11 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
         if np.all(arr == np.round(arr)):
             return arr.astype(np.int64)
+    if arr.dtype == object:  # a list of Python ints (a pandas nullable column): numbers
+        with contextlib.suppress(ValueError, TypeError, OverflowError):
+            numbers = np.asarray(arr.tolist())
+            if numbers.dtype.kind in "iu" and numbers.ndim == 1:
+                return _as_int(numbers, name, where)
     if arr.dtype.kind in "USO":  # text labels ('0042', 'cam3'): numbering them keeps them apart
         if name == "pids":
             fix = f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
@@ -212,6 +218,10 @@ def _validated(
         # wrong where the re-rankers (which compute in float32) are right; float32 holds
         # every float16 exactly
         feats = feats.astype(np.float32)
+    elif feats.dtype.itemsize > 8:
+        # long double (float128): torch has no such dtype, and the class documents
+        # float32/float64 (audit ME)
+        feats = feats.astype(np.float64)
     if feats.shape[0] == 0:
         raise FeatureFileError(f"{where}: holds no image (feats has 0 rows); {_FIX}")
     if feats.shape[1] == 0:
@@ -425,7 +435,9 @@ def save_features(
     if paths_a is not None:
         out["paths"] = paths_a
     out["meta"] = np.array(meta_json)
-    atomic_write(target, lambda fh: np.savez(fh, **out))
+    # a link (into a shared folder) stays a link: its target is the file replaced (audit ME)
+    dest = target.resolve() if target.is_symlink() and target.resolve().parent.is_dir() else target
+    atomic_write(dest, lambda fh: np.savez(fh, **out))
     logger.info("wrote %d features (%d-d) to %s", len(pids_a), feats_a.shape[1], target)
     return target
 
@@ -456,6 +468,11 @@ def load_features(path: str | os.PathLike) -> Features:
     src = Path(path)
     where = f"features file {src}"
     if not src.is_file():
+        if src.exists() and not src.is_dir():  # a pipe, `<(...)`: np.load needs to seek
+            raise FeatureFileError(
+                f"{where} is not a regular file (a pipe or a device); an .npz archive is "
+                f"read with seeks; fix: write it to a file first and pass that"
+            )
         hint = " (it is a folder)" if src.is_dir() else ""
         raise FeatureFileError(
             f"{where} does not exist{hint}; expected an .npz written by uvireid.save_features "

@@ -25,7 +25,16 @@ from typing import IO, Any
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it, then restoring it)."""
+    """The process's umask: from ``/proc/self/status`` where Linux (4.7+) gives it, else
+    read by setting it and restoring it (another thread creating a file in between
+    would get 022)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -249,6 +258,7 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     import shutil
 
     dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)  # as atomic_write
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dst), suffix=".tmp", dir=dst.parent)
     os.close(fd)
     os.unlink(tmp)  # the name only: os.link does not overwrite
@@ -262,6 +272,7 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(dst.parent)  # as atomic_write: the new entry survives a crash
     return dst
 
 
