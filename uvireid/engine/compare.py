@@ -127,7 +127,7 @@ def _read_json(path: Path, notes: list[str]) -> Any:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # not JSON, or bytes that are not UTF-8 (audit MD)
         notes.append(f"{path.name} cannot be read ({exc})")
         return None
 

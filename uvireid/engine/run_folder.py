@@ -344,11 +344,11 @@ class RunFolder:
         if not p.exists():
             return []
         out = []
-        for line in p.read_text().splitlines():
+        for line in p.read_bytes().splitlines():
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a truncated line", p)
+            except ValueError:  # cut short by a kill, or damaged bytes (audit MD)
+                logger.warning("%s: skipping a truncated or unreadable line", p)
         return out
 
     def attach_log(self) -> RunLog:
