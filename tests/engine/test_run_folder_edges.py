@@ -254,3 +254,25 @@ def test_a_held_folder_is_locked_and_cleared_of_a_killed_write(tmp_path, caplog)
     with caplog.at_level("INFO", logger="uvireid"), folder.held():
         pass
     assert "removed" not in caplog.text
+
+
+def test_a_manifest_that_is_not_a_json_mapping_reads_as_none(tmp_path):
+    """read_manifest, behind every reader of a run's manifest (resume checks, --resume's
+    order, the dataset check): no file, no JSON, bytes that are not UTF-8 and JSON that
+    is no mapping are all None, and the resume's record starts anew from them."""
+    from uvireid.engine.run_folder import (
+        RunFolder,
+        check_world_size,
+        read_manifest,
+        resumed_manifest,
+    )
+
+    assert read_manifest(tmp_path) is None
+    for raw in (b'{"seed": 1', b'{"seed": "\xff"}', b"[1, 2]", b'"text"'):
+        (tmp_path / "manifest.json").write_bytes(raw)
+        assert read_manifest(tmp_path) is None
+        folder = RunFolder(tmp_path)
+        assert check_world_size(folder, 2) == {}
+        assert resumed_manifest(folder, {"seed": 3}, 2, {}) == {"seed": 3, "resumed_after_epoch": 1}
+    (tmp_path / "manifest.json").write_text('{"seed": 1, "world_size": 1}')
+    assert read_manifest(tmp_path) == {"seed": 1, "world_size": 1}

@@ -118,15 +118,25 @@ def device_info(device: str) -> dict[str, Any]:
     return info
 
 
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The ``manifest.json`` of the run folder ``path`` as a mapping; None when it is
+    missing, no JSON, not UTF-8 or not a mapping (each reader then does without it)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _started_at(path: Path) -> float | None:
     """When the run in ``path`` started, in seconds since the epoch, as its manifest's
     ``started`` (with its UTC offset) records it; None without one."""
     import datetime
 
+    started = (read_manifest(path) or {}).get("started")
     try:
-        started = json.loads((path / "manifest.json").read_text()).get("started")
         return datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError):
         return None
 
 
@@ -694,11 +704,8 @@ def _recorded_config(folder: RunFolder) -> dict | None:
     """The recipe the run last started or resumed with, as its manifest.json records it
     (``config``, resolved); None for a folder whose manifest has no record (written
     before session 25, or never written)."""
-    try:
-        manifest = json.loads((folder.path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict):
+    manifest = read_manifest(folder.path)
+    if manifest is None:
         return None
     resumes = [r for r in manifest.get("resumes") or [] if isinstance(r, dict)]
     config = (resumes[-1] if resumes else manifest).get("config")
@@ -795,9 +802,8 @@ def check_world_size(folder: RunFolder, world_size: int, allow_changes: bool = F
     manifest's record of the resume)."""
     from uvireid.errors import ConfigError
 
-    try:
-        manifest = json.loads((folder.path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    manifest = read_manifest(folder.path)
+    if manifest is None:
         return {}
     resumes = [r for r in manifest.get("resumes") or [] if isinstance(r, dict)]
     old = (resumes[-1] if resumes else manifest).get("world_size")
@@ -830,9 +836,8 @@ def resumed_manifest(folder: RunFolder, current: dict, epochs_done: int, changes
     epoch as metrics.jsonl numbers it (0-based; -1: none), ``epochs_done`` their count."""
     after_epoch = epochs_done - 1
     path = folder.path / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    manifest = read_manifest(folder.path)
+    if manifest is None:
         logger.warning("%s is missing or unreadable; writing a new one", path)
         return {**current, "resumed_after_epoch": after_epoch}
     entry = {

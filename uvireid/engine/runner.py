@@ -9,7 +9,6 @@ without and with the recipe's re-ranker.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import sys
@@ -112,10 +111,9 @@ def check_features_vary(feats: Any, rel: float = 1e-5, modality: Any = None) -> 
 
 def _manifest_dataset_check(folder: RunFolder) -> dict | None:
     """The run manifest's ``dataset_check`` (None when absent or unreadable)."""
-    try:
-        check = json.loads((folder.path / "manifest.json").read_text()).get("dataset_check")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from uvireid.engine.run_folder import read_manifest
+
+    check = (read_manifest(folder.path) or {}).get("dataset_check")
     return check if isinstance(check, dict) else None
 
 
