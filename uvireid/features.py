@@ -39,7 +39,7 @@ import numpy as np
 
 from uvireid.errors import FeatureFileError, non_finite_rows
 from uvireid.evaluation.metrics import to_numpy
-from uvireid.fileio import atomic_write
+from uvireid.fileio import write_output
 from uvireid.types import INFRARED, VISIBLE, FeatureBank
 
 __all__ = [
@@ -435,9 +435,9 @@ def save_features(
     if paths_a is not None:
         out["paths"] = paths_a
     out["meta"] = np.array(meta_json)
-    # a link (into a shared folder) stays a link: its target is the file replaced (audit ME)
-    dest = target.resolve() if target.is_symlink() and target.resolve().parent.is_dir() else target
-    atomic_write(dest, lambda fh: np.savez(fh, **out))
+    # atomically, or through a link (into a shared folder: it stays a link), a pipe or
+    # /dev/fd/N (bash's >(...)) (audits ME, MF)
+    write_output(target, lambda fh: np.savez(fh, **out))
     logger.info("wrote %d features (%d-d) to %s", len(pids_a), feats_a.shape[1], target)
     return target
 

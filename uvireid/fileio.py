@@ -169,15 +169,19 @@ def written_through(path: str | os.PathLike) -> bool:
 
 def _descriptor(path: str | os.PathLike) -> int | None:
     """The open descriptor ``path`` names (``/dev/stdout``, ``/dev/stderr``,
-    ``/dev/fd/N``, ``/proc/self/fd/N``), else None."""
-    p = os.path.abspath(os.fspath(path))
+    ``/dev/fd/N``, ``/proc/self/fd/N``, or a link whose chain passes one), else None."""
     named = {"/dev/stdout": 1, "/dev/stderr": 2}
-    if p in named:
-        return named[p]
-    for prefix in ("/dev/fd/", "/proc/self/fd/"):
-        rest = p[len(prefix) :]
-        if p.startswith(prefix) and rest.isdigit():
-            return int(rest)
+    p = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if p in named:
+            return named[p]
+        for prefix in ("/dev/fd/", "/proc/self/fd/"):
+            rest = p[len(prefix) :]
+            if p.startswith(prefix) and rest.isdigit():
+                return int(rest)
+        if not os.path.islink(p):
+            return None
+        p = os.path.abspath(os.path.join(os.path.dirname(p), os.readlink(p)))
     return None
 
 
@@ -189,7 +193,9 @@ def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     A path naming one of the process's open descriptors is written through that
     descriptor, after what Python printed before: opening ``/dev/stdout`` anew truncated
     a stdout redirected to a file (``> out.txt``: the tables printed before were
-    overwritten; ``>> log``: the log's earlier lines lost; audit ME)."""
+    overwritten; ``>> log``: the log's earlier lines lost; audit ME). A link to a regular
+    file (or to a name not yet taken) is kept, and the file it names written atomically.
+    """
     fd = _descriptor(path)
     if fd is not None:
         import sys
@@ -205,11 +211,17 @@ def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             with os.fdopen(dup, "wb") as fh:
                 write(fh)
             return Path(path)
-    if written_through(path):
-        with open(path, "wb") as fh:
+    p = Path(path)
+    if p.is_symlink():
+        real = p.resolve()
+        if real.is_file() or (not real.exists() and real.parent.is_dir()):
+            atomic_write(real, write)
+            return p
+    if written_through(p):  # a named pipe, a device, a link to one
+        with open(p, "wb") as fh:
             write(fh)
-        return Path(path)
-    return atomic_write(path, write)
+        return p
+    return atomic_write(p, write)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

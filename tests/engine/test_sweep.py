@@ -49,9 +49,12 @@ def test_variants_are_the_grid_named_after_their_values():
     ]
     assert plan[0].name == "salcr_eps0.5_seed1"
     assert plan[0].overrides == ["stages.1.clusterer.eps=0.5", "seed=1", "name=salcr_eps0.5_seed1"]
-    # two keys with the same last part: the whole keys; folder-unsafe characters: '-'
+    # two keys with the same last part: the whole keys; folder-unsafe characters: '-', and
+    # the settings' hash (the name lost characters)
     plan = variants("x", parse_sweep(["stages.0.clusterer.eps=0.5", "stages.1.clusterer.eps=[1]"]))
-    assert plan[0].name == "x_stages-0-clusterer-eps0.5_stages-1-clusterer-eps-1"
+    assert re.fullmatch(
+        r"x_stages-0-clusterer-eps0\.5_stages-1-clusterer-eps-1_[0-9a-f]{8}", plan[0].name
+    )
     # values that differ only in dropped characters: numbered to stay apart
     plan = variants("x", parse_sweep(["train.lr_steps=[1],(1)"]))
     assert len({v.name for v in plan}) == 2
@@ -148,7 +151,7 @@ def test_a_key_is_read_without_its_spaces():  # P07
 
 def test_names_squeeze_runs_of_unsafe_characters_and_stay_short():
     (v,) = variants("x", parse_sweep(["train.lr_steps=[1, 2]"]))
-    assert v.name == "x_lr_steps-1-2"
+    assert re.fullmatch(r"x_lr_steps-1-2_[0-9a-f]{8}", v.name)
     long = "a" * 300
     plan = variants("x", parse_sweep([f"description={long},{long}b"]))
     assert all(len(p.name) <= 120 for p in plan) and len({p.name for p in plan}) == 2
@@ -158,11 +161,15 @@ def test_names_squeeze_runs_of_unsafe_characters_and_stay_short():
 
 def test_names_of_colliding_values_do_not_depend_on_their_order():
     """Positional suffixes bound a variant to another one's folder after the values were
-    reordered or extended (audit EC): a hash of the settings instead."""
+    reordered or extended (audit EC): a hash of the settings instead, on the value whose
+    name lost characters, in whatever sweep it is (audit MF)."""
     a = {v.settings: v.name for v in variants("x", parse_sweep(["description=a b,a-b"]))}
     b = {v.settings: v.name for v in variants("x", parse_sweep(["description=a-b,a b,c"]))}
+    alone = {v.settings: v.name for v in variants("x", parse_sweep(["description=a b"]))}
     assert len(set(a.values())) == 2 and all(b[s] == n for s, n in a.items())
-    assert all(re.fullmatch(r"x_descriptiona-b_[0-9a-f]{8}", n) for n in a.values())
+    assert re.fullmatch(r"x_descriptiona-b_[0-9a-f]{8}", a[(("description", "a b"),)])
+    assert a[(("description", "a-b"),)] == "x_descriptiona-b"
+    assert alone[(("description", "a b"),)] == a[(("description", "a b"),)]
 
 
 def test_a_long_recipe_name_keeps_the_values_in_the_run_names():

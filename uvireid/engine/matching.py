@@ -28,7 +28,7 @@ def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> lis
     """Absolute paths of the image files named by ``items``: a folder stands for every
     image below it (any depth, linked sub-folders included, sorted by path; hidden files
     skipped), a file for itself. A path named twice (or a file inside a folder also
-    named) is kept once.
+    named, or one file by two names through a link) is kept once, by its first name.
 
     Raises:
         DatasetError: a path that does not exist, a file that is not an image, or no
@@ -57,8 +57,9 @@ def image_files(items: Iterable[str | os.PathLike], what: str = "images") -> lis
         else:
             raise DatasetError(f"{what}: {path} does not exist; give image files or folders")
         for f in found:
-            if f not in seen:
-                seen.add(f)
+            real = os.path.realpath(f)  # a link to an image already listed (audit MF)
+            if real not in seen:
+                seen.add(real)
                 out.append(f)
     if not out:
         raise DatasetError(f"{what}: no image given")

@@ -29,13 +29,15 @@ logger = logging.getLogger(__name__)
 
 def split_values(text: str) -> list[str]:
     """``"0.5,0.6,[1,2]"`` -> ``["0.5", "0.6", "[1,2]"]``: commas outside brackets,
-    braces and quotes separate values (a YAML list is one value)."""
+    braces and quotes separate values (a YAML list is one value). A quote opens where YAML
+    opens one, at the start of a value or after ``[{,:``: an apostrophe inside a word
+    (``it's``, ``/d/o'brien``) swallowed the rest of the list (audit MF)."""
     out, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:
             if ch == quote:
                 quote = ""
-        elif ch in "'\"":
+        elif ch in "'\"" and (text[start:i].strip() == "" or text[:i].rstrip()[-1:] in "[{,:"):
             quote = ch
         elif ch in "[{":
             depth += 1
@@ -69,8 +71,9 @@ def parse_sweep(items: list[str]) -> list[tuple[str, list[str]]]:
         values = split_values(raw)
         if any(not v for v in values):
             raise ConfigError(f"--sweep {item!r} has an empty value; give V1,V2,... ")
-        # the key's form and the value's YAML; values compared as read (0.5 = 0.50 = 5e-1)
-        read = [yaml.safe_dump(parse_override(f"{key}={v}")[1]) for v in values]
+        # the key's form and the value's YAML; values compared as read (0.5 = 0.50 = 5e-1,
+        # 1 = 1.0: one DBSCAN; audit MF)
+        read = [yaml.safe_dump(_as_numbers(parse_override(f"{key}={v}")[1])) for v in values]
         if len(set(read)) != len(read):
             raise ConfigError(
                 f"--sweep {item!r} repeats a value (as YAML reads it); give each value once"
@@ -79,8 +82,29 @@ def parse_sweep(items: list[str]) -> list[tuple[str, list[str]]]:
             raise ConfigError(f"--sweep {key}= is given twice; list all its values in one")
         if key == "name":
             raise ConfigError("--sweep name=...: each run of a sweep is named after its values")
+        for other, _ in out:  # the parent's value would replace the child's (audit MF)
+            if key.startswith(other + ".") or other.startswith(key + "."):
+                parent, child = sorted((key, other), key=len)
+                raise ConfigError(
+                    f"--sweep {parent}= and --sweep {child}= set one value twice (the "
+                    f"{parent} of each run replaces its {child}); sweep the whole {parent} "
+                    f"(its values with each {child}), or its {child.removeprefix(parent + '.')} "
+                    f"alone"
+                )
         out.append((key, values))
     return out
+
+
+def _as_numbers(value: object) -> object:
+    """``value`` with every int as a float (bools kept), recursively: 1 and 1.0 compare as
+    the one setting they are."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _as_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_numbers(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -115,10 +139,12 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
     """Every combination of the sweep's values (the first key varies slowest), each named
     ``<base>_<key><value>...`` (characters a folder name should not hold become '-').
 
-    A name that had to be shortened, or that another combination's name equals once
-    sanitised (``a b`` and ``a-b``), ends in a hash of its settings instead: the same
-    settings keep the same name whatever the other values and their order, so ``--resume``
-    finds each one's folder again."""
+    A name that had to be shortened, or whose values held characters the name could not
+    keep (``a b`` and ``a-b`` would both be ``a-b``), ends in a hash of its settings
+    instead: a name depends on the run's own settings (and the swept keys), never on the
+    other values of the sweep or their order, so ``--resume`` finds each one's folder
+    again, in another sweep too (a hash only where names of one sweep collided named
+    ``a b`` alone as ``a-b``: audit MF)."""
     keys = [k for k, _ in sweep]
     combos = [
         tuple(zip(keys, combo, strict=True))
@@ -128,12 +154,13 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
-    tags = [clean("_".join(f"{_short(k, keys)}{v}" for k, v in c)) for c in combos]
+    raw = ["_".join(f"{_short(k, keys)}{v}" for k, v in c) for c in combos]
+    tags = [clean(r) for r in raw]
     base = clean(base)
     names = [f"{base}_{t}" for t in tags]
     out = []
-    for settings, tag, name in zip(combos, tags, names, strict=True):
-        if len(name) > NAME_LENGTH or names.count(name) > 1:
+    for settings, tag, name, text in zip(combos, tags, names, raw, strict=True):
+        if len(name) > NAME_LENGTH or tag != text:
             digest = hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
             room = NAME_LENGTH - len(digest) - 2
             head = base[: max(20, room - len(tag) - 1)]
