@@ -604,6 +604,12 @@ def main() -> None:
     for line in header(args):
         print(line)
     if args.device == "cuda":
+        if args.part not in ("clustering", "all") or args.sizes:
+            print(
+                "note: --device cuda runs its own check (22,258 features, every part); "
+                "--part and --sizes apply to the CPU runs only",
+                flush=True,
+            )
         part_gpu()
         return
     if args.part in ("clustering", "all"):

@@ -22,6 +22,8 @@ def bench(monkeypatch):
         "association_bound",
         "ablation_synthetic",
         "loss_products",
+        "rerank_speed",
+        "eval_speed",
     ):
         sys.modules.pop(name, None)
 
@@ -267,3 +269,35 @@ def test_match_speed_compares_equal_ranks(bench, capsys):
         if ln.startswith("| 30 ") or ln.startswith("| 5 ")
     ]
     assert len(rows) == 2 and all(r.rstrip(" |").endswith("True") for r in rows)
+
+
+def test_rerank_speed_references_agree_with_uvireid_at_small_sizes(bench, capsys):
+    """rerank_speed.py --quick: each re-statement of a reference (CMFP's official path,
+    Zhong's k-reciprocal, MULT's cross-modality re-ranking) gives uvireid's output, to
+    float precision (CMRR: to its original's float16 arrays), and a time for both sides."""
+    import rerank_speed
+
+    try:
+        assert rerank_speed.main(["--quick", "--threads", "1", "--repeat", "1",
+                                  "--only", "cmfp,kreciprocal,cmrr"]) == 0  # fmt: skip
+    finally:
+        sys.modules.pop("rerank_speed", None)
+    rows = {r["name"].split()[0]: r for r in rerank_speed.ROWS if "diff" in r and r["ref_s"]}
+    assert rows["CMFP(te)"]["diff"] < 1e-5 and rows["k-reciprocal"]["diff"] < 1e-5
+    assert rows["CMRR"]["diff"] < 0.05  # float16 V and Jaccard in the original
+    assert all(r["ref_s"] > 0 and r["ours_s"] > 0 for r in rows.values())
+
+
+def test_eval_speed_loop_equals_the_vectorised_evaluation(bench, capsys):
+    """eval_speed.py --quick: the per-query loop and eval_sysu agree on every trial."""
+    import eval_speed
+
+    try:
+        assert eval_speed.main(["--quick"]) == 0
+    finally:
+        sys.modules.pop("eval_speed", None)
+    import re
+
+    out = capsys.readouterr().out
+    found = re.search(r"max \|diff\| \(cmc, mAP, mINP\) (\S+)", out)
+    assert found and float(found.group(1)) < 1e-6, out
