@@ -78,11 +78,14 @@ def clustered_features(n: int, d: int = 2048, seed: int = 0) -> tuple[np.ndarray
     centres = rng.normal(size=(ids, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     spread = rng.uniform(0.7, 1.1, ids).astype(np.float32)
-    x = rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d)
+    # np.float32: with NumPy 2 a float64 scalar made the whole array float64 (NEP 50), and
+    # every figure of this script before session 27 was measured on float64 features
+    x = rng.normal(size=(n, d)).astype(np.float32) / np.float32(np.sqrt(d))
     real = gt >= 0
     x[real] = centres[gt[real]] + spread[gt[real], None] * x[real]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     perm = rng.permutation(n)
+    assert x.dtype == np.float32
     return np.ascontiguousarray(x[perm]), gt[perm]
 
 
