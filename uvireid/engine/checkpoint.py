@@ -58,16 +58,25 @@ def _listing(keys: list[str]) -> str:
 def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "checkpoint"):
     """``module.load_state_dict(state)``, refusing any missing or unexpected key.
 
-    Also accepts the ``module.`` prefix DataParallel/DDP checkpoints carry.
+    Also accepts the ``module.`` prefix DataParallel/DDP checkpoints carry, and the
+    ``_orig_mod.`` one of a ``torch.compile``d model's, where the model's own keys lack them.
 
     Raises:
         CheckpointError: keys are missing or unexpected (both lists are named), or
             parameters' shapes differ (named with both shapes); nothing is loaded then.
             Or another tensor does not fit (torch's message).
     """
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
     own = set(module.state_dict())
+    # a wrapper's prefixes dropped only where the model's own keys do not carry them (a
+    # DataParallel passed as it is has them: stripping refused its own weights; audit MH)
+    for prefix in ("module.", "_orig_mod."):
+        if (
+            state
+            and set(state) != own
+            and all(k.startswith(prefix) for k in state)
+            and not all(k.startswith(prefix) for k in own)
+        ):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     missing = sorted(own - set(state))
     unexpected = sorted(set(state) - own)
     if missing or unexpected:
@@ -162,7 +171,8 @@ def backbone_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``folder/latest.pt`` atomically (tmp file, fsync, rename)."""
-    state = {"format": FORMAT, **state}
+    state = {**state, "format": FORMAT}  # the marker last: a state's own "format" key
+    # replaced it, and the file was refused as no uvireid checkpoint (audit MH)
     path = Path(folder) / LATEST
     atomic_torch_save(path, state)
     return path

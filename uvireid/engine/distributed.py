@@ -143,9 +143,11 @@ def leave(wait_s: float = 30.0, stopped_by: BaseException | None = None) -> None
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (same shape on every rank) from all ranks, in rank order."""
+    """Concatenate ``t`` (same shape on every rank) from all ranks, in rank order; a 0-d
+    tensor gives the (world size,) vector of every rank's value."""
     if not is_distributed():
-        return t
+        return t if t.dim() else t.reshape(1)
+    t = t if t.dim() else t.reshape(1)  # torch.cat refuses 0-d tensors (audit MH)
     parts = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
