@@ -149,8 +149,13 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if numeric and arr.size and arr.dtype != np.int64:
         # beyond int64 the conversion wraps (uint64 2**64-1 -> -1, "unknown") or saturates
         # (every float >= 2**63 -> -2**63, one identity): labels silently merged (audit ME)
-        top = arr.max() if np.issubdtype(arr.dtype, np.unsignedinteger) else np.abs(arr).max()
-        if float(top) >= 2.0**63:
+        if np.issubdtype(arr.dtype, np.unsignedinteger):  # exact: 2**63 - 1 fits (audit MI)
+            top = arr.max()
+            beyond = int(top) > np.iinfo(np.int64).max
+        else:
+            top = np.abs(arr).max()
+            beyond = np.issubdtype(arr.dtype, np.floating) and float(top) >= 2.0**63
+        if beyond:
             raise FeatureFileError(
                 f"{where}: '{name}' holds values beyond the 64-bit integer range (up to "
                 f"{top}); fix: number them, e.g. {name} = np.unique({name}, "
@@ -161,10 +166,18 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
         if np.all(arr == np.round(arr)):
             return arr.astype(np.int64)
-    if arr.dtype == object:  # a list of Python ints (a pandas nullable column): numbers
+    if arr.dtype == object:  # Python numbers (a pandas nullable column): numbers
+        values = arr.tolist()
+        if values and all(isinstance(v, int) for v in values):  # bools are ints
+            if max(abs(v) for v in values) > np.iinfo(np.int64).max:
+                raise FeatureFileError(
+                    f"{where}: '{name}' holds values beyond the 64-bit integer range; fix: "
+                    f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
+                )
+            return np.asarray(values, dtype=np.int64)
         with contextlib.suppress(ValueError, TypeError, OverflowError):
-            numbers = np.asarray(arr.tolist())
-            if numbers.dtype.kind in "iu" and numbers.ndim == 1:
+            numbers = np.asarray(values)
+            if numbers.dtype.kind in "iufb" and numbers.ndim == 1:
                 return _as_int(numbers, name, where)
     if arr.dtype.kind in "USO":  # text labels ('0042', 'cam3'): numbering them keeps them apart
         if name == "pids":
@@ -237,7 +250,7 @@ def _validated(
         if paths.dtype.kind == "S":  # bytes, as numpy.savez of encoded names or h5py give
             # as the file system decodes them: a Latin-1 name is kept (and told apart
             # from another), not replaced by U+FFFD (audit ME)
-            paths = np.asarray([os.fsdecode(bytes(b)) for b in paths.tolist()])
+            paths = np.asarray([_bytes_path(bytes(b)) for b in paths.tolist()])
         elif paths.dtype == object:
             paths = np.asarray([_path_text(p) for p in paths.tolist()])
         if paths.ndim != 1 or not np.issubdtype(paths.dtype, np.str_):
@@ -381,10 +394,19 @@ def decode_meta(raw: Any, where: str) -> Any:
         ) from None
 
 
+def _bytes_path(raw: bytes) -> str:
+    """A file name given as bytes, as the OS decodes it (non-UTF-8 bytes kept as
+    surrogates on POSIX); where the OS refuses them (Windows), with U+FFFD for each."""
+    try:
+        return os.fsdecode(raw)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace")
+
+
 def _path_text(p: Any) -> str:
     """An image path as text: ``bytes`` decoded (``str(b"x")`` would store ``"b'x'"``)."""
     if isinstance(p, (bytes, bytearray, np.bytes_)):
-        return os.fsdecode(bytes(p))  # non-UTF-8 bytes kept as the OS keeps them
+        return _bytes_path(bytes(p))
     return os.fsdecode(p) if isinstance(p, os.PathLike) else str(p)
 
 

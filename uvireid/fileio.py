@@ -170,18 +170,22 @@ def written_through(path: str | os.PathLike) -> bool:
 def _descriptor(path: str | os.PathLike) -> int | None:
     """The open descriptor ``path`` names (``/dev/stdout``, ``/dev/stderr``,
     ``/dev/fd/N``, ``/proc/self/fd/N``, or a link whose chain passes one), else None."""
+    import re
+
     named = {"/dev/stdout": 1, "/dev/stderr": 2}
+    # this process's own descriptors under /proc: self, thread-self, its pid (audit MI)
+    own = rf"/proc/(?:self|thread-self|{os.getpid()})(?:/task/\d+)?/fd/(\d+)"
     p = os.path.abspath(os.fspath(path))
     for _ in range(40):  # the kernel's own limit on a chain of links
         if p in named:
             return named[p]
-        for prefix in ("/dev/fd/", "/proc/self/fd/"):
-            rest = p[len(prefix) :]
-            if p.startswith(prefix) and rest.isdigit():
-                return int(rest)
-        if not os.path.islink(p):
+        found = re.fullmatch(rf"/dev/fd/(\d+)|{own}", p)
+        if found:
+            return int(found.group(1) or found.group(2))
+        try:
+            p = os.path.abspath(os.path.join(os.path.dirname(p), os.readlink(p)))
+        except OSError:  # not a link (the end of the chain), or one we may not read
             return None
-        p = os.path.abspath(os.path.join(os.path.dirname(p), os.readlink(p)))
     return None
 
 
@@ -193,8 +197,9 @@ def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     A path naming one of the process's open descriptors is written through that
     descriptor, after what Python printed before: opening ``/dev/stdout`` anew truncated
     a stdout redirected to a file (``> out.txt``: the tables printed before were
-    overwritten; ``>> log``: the log's earlier lines lost; audit ME). A link to a regular
-    file (or to a name not yet taken) is kept, and the file it names written atomically.
+    overwritten; ``>> log``: the log's earlier lines lost; audit ME). A link is written
+    through, not replaced: the file it names keeps its mode, its hard links and its place
+    (a folder the user may not create files in; audit MI), at the price of atomicity.
     """
     fd = _descriptor(path)
     if fd is not None:
@@ -212,12 +217,7 @@ def write_output(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
                 write(fh)
             return Path(path)
     p = Path(path)
-    if p.is_symlink():
-        real = p.resolve()
-        if real.is_file() or (not real.exists() and real.parent.is_dir()):
-            atomic_write(real, write)
-            return p
-    if written_through(p):  # a named pipe, a device, a link to one
+    if written_through(p):  # a link, a named pipe, a device
         with open(p, "wb") as fh:
             write(fh)
         return p

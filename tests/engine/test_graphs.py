@@ -235,23 +235,16 @@ def test_cuda_graph_losses_equal_the_eager_ones_and_follow_the_memory_updates():
     assert graphed.captures == 2
 
 
-def _tf32_flag():
-    """The TF32 setting of CUDA's float32 products, by the API the code sets (torch's
-    fp32_precision where it has it: reading the legacy flag after it raises)."""
-    m = torch.backends.cuda.matmul
-    return m.fp32_precision if hasattr(m, "fp32_precision") else m.allow_tf32
-
-
 def test_tf32_products_are_scoped():
-    before = _tf32_flag()
+    before = torch.get_float32_matmul_precision()
     with tf32_products(True):
-        assert _tf32_flag() in ("tf32", True)
-    assert _tf32_flag() == before
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 allowed on CUDA
+    assert torch.get_float32_matmul_precision() == before
     with pytest.raises(ValueError), tf32_products(True):
         raise ValueError
-    assert _tf32_flag() == before
+    assert torch.get_float32_matmul_precision() == before
     with tf32_products(False):
-        assert _tf32_flag() == before
+        assert torch.get_float32_matmul_precision() == before
 
 
 def test_cuda_graphs_and_compiled_losses_do_not_combine(recipe_file):

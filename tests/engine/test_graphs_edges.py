@@ -105,18 +105,19 @@ def test_the_capture_sample_copies_the_features_with_their_requires_grad():
 
 
 def test_tf32_products_restore_a_setting_that_was_on():
-    """The block restores what was set before it, on or off, by the API torch has."""
-    m = torch.backends.cuda.matmul
-    field, on, off = ("fp32_precision", "tf32", "ieee") if _NEW_API else ("allow_tf32", True, False)
-    before = getattr(m, field)
+    """The block restores what was set before it, TF32 on ("high", "medium") or off, and
+    the precision stays readable inside it (CMFP's mixed_available and Inductor read it)."""
+    before = torch.get_float32_matmul_precision()
     try:
-        for setting in (on, off):
-            setattr(m, field, setting)
+        for setting in ("high", "medium", "highest"):
+            torch.set_float32_matmul_precision(setting)
             with tf32_products(True):
-                assert getattr(m, field) == on
-            assert getattr(m, field) == setting
+                assert torch.get_float32_matmul_precision() == "high"
+                if _NEW_API:
+                    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+            assert torch.get_float32_matmul_precision() == setting
     finally:
-        setattr(m, field, before)
+        torch.set_float32_matmul_precision(before)
 
 
 _NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")

@@ -478,7 +478,24 @@ def run(args: argparse.Namespace) -> int:
             )
 
     if out is None:
-        write(sys.stdout)
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a stream of text only (a notebook's, a test's capture)
+            write(sys.stdout)
+        else:
+            # stdout's encoding, and a file name that is not UTF-8 as its own bytes, as
+            # -o writes it (strict stdout raised UnicodeEncodeError on one; audit MI)
+            sys.stdout.flush()
+            text = io.TextIOWrapper(
+                buffer,
+                encoding=sys.stdout.encoding or "utf-8",
+                errors="surrogateescape",
+                newline="",
+            )
+            try:
+                write(text)
+                text.flush()
+            finally:
+                text.detach()  # stdout's buffer stays open
         sys.stdout.flush()
     else:
         from uvireid.fileio import write_output

@@ -1235,8 +1235,16 @@ def generate(
                 if not (out / "exp" / RAND_PERM).is_file():
                     # written before the file was (session 27): the permutations follow
                     # from the seed alone, so the folder gets them without a new render
-                    write_rand_perm(out, split_ids(ids, seed)["available"], seed)
-                    logger.info("synthetic dataset: wrote %s", out / "exp" / RAND_PERM)
+                    try:
+                        write_rand_perm(out, split_ids(ids, seed)["available"], seed)
+                        logger.info("synthetic dataset: wrote %s", out / "exp" / RAND_PERM)
+                    except OSError as exc:  # a read-only copy is still a dataset (audit MI)
+                        logger.warning(
+                            "synthetic dataset: could not add %s (%s); the official sampler "
+                            "needs it, the seeded one does not",
+                            out / "exp" / RAND_PERM,
+                            exc,
+                        )
                 return out
             # images lost since it was written (audit KC)
             if not replace:

@@ -69,14 +69,16 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
     own = set(module.state_dict())
     # a wrapper's prefixes dropped only where the model's own keys do not carry them (a
     # DataParallel passed as it is has them: stripping refused its own weights; audit MH)
-    for prefix in ("module.", "_orig_mod."):
-        if (
-            state
-            and set(state) != own
-            and all(k.startswith(prefix) for k in state)
-            and not all(k.startswith(prefix) for k in own)
-        ):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    # nested too: torch.compile(DDP(m)) gives '_orig_mod.module.' (audit MI)
+    changed = True
+    while changed and state and set(state) != own:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state) and not all(
+                k.startswith(prefix) for k in own
+            ):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
     missing = sorted(own - set(state))
     unexpected = sorted(set(state) - own)
     if missing or unexpected:

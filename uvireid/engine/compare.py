@@ -126,7 +126,7 @@ def _read_json(path: Path, notes: list[str]) -> Any:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # not JSON, or bytes that are not UTF-8 (audit MD)
         notes.append(f"{path.name} cannot be read ({exc})")
         return None

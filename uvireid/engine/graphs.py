@@ -141,22 +141,32 @@ class GraphedLosses:
 @contextlib.contextmanager
 def matmul_tf32(on: bool) -> Iterator[None]:
     """Within the block, float32 matrix products on CUDA use TF32 tensor cores (``on``) or
-    full float32; the setting is restored after. Through torch's
-    ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (2.9 and later), else
-    the legacy ``allow_tf32``: torch refuses a process that mixes the two, so the legacy
-    flag crashed a script that had set the new one, or ``set_float32_matmul_precision``,
-    and left ``get_float32_matmul_precision()`` raising after the block (audit MC)."""
+    full float32; the setting is restored after. Through
+    ``torch.set_float32_matmul_precision`` ("high" / "highest"), which torch keeps
+    consistent with its newer per-backend ``fp32_precision``: the legacy ``allow_tf32``
+    crashed a process that had set the new API (audit MC), and setting
+    ``torch.backends.cuda.matmul.fp32_precision`` alone left
+    ``torch.get_float32_matmul_precision()`` raising inside the block (audit MI). Where the
+    process has already mixed the APIs (the precision cannot be read), the backend's
+    ``fp32_precision`` is set and restored instead."""
+    try:
+        before = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        before = None
+    if before is not None:
+        torch.set_float32_matmul_precision("high" if on else "highest")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+        return
     matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        field, value = "fp32_precision", "tf32" if on else "ieee"
-    else:
-        field, value = "allow_tf32", bool(on)
-    before = getattr(matmul, field)
-    setattr(matmul, field, value)
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if on else "ieee"
     try:
         yield
     finally:
-        setattr(matmul, field, before)
+        matmul.fp32_precision = previous
 
 
 @contextlib.contextmanager

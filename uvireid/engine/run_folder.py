@@ -122,7 +122,7 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     """The ``manifest.json`` of the run folder ``path`` as a mapping; None when it is
     missing, no JSON, not UTF-8 or not a mapping (each reader then does without it)."""
     try:
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None

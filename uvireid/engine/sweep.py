@@ -31,11 +31,18 @@ def split_values(text: str) -> list[str]:
     """``"0.5,0.6,[1,2]"`` -> ``["0.5", "0.6", "[1,2]"]``: commas outside brackets,
     braces and quotes separate values (a YAML list is one value). A quote opens where YAML
     opens one, at the start of a value or after ``[{,:``: an apostrophe inside a word
-    (``it's``, ``/d/o'brien``) swallowed the rest of the list (audit MF)."""
+    (``it's``, ``/d/o'brien``) swallowed the rest of the list (audit MF). Inside single
+    quotes ``''`` is YAML's escaped apostrophe, not the end (audit MI)."""
     out, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
+    i = 0
+    while i < len(text):
+        ch = text[i]
         if quote:
-            if ch == quote:
+            if ch == "\\" and quote == '"':
+                i += 1  # a double-quoted escape: the next character is taken as it is
+            elif ch == quote and quote == "'" and text[i + 1 : i + 2] == "'":
+                i += 1
+            elif ch == quote:
                 quote = ""
         elif ch in "'\"" and (text[start:i].strip() == "" or text[:i].rstrip()[-1:] in "[{,:"):
             quote = ch
@@ -46,6 +53,7 @@ def split_values(text: str) -> list[str]:
         elif ch == "," and depth == 0:
             out.append(text[start:i])
             start = i + 1
+        i += 1
     out.append(text[start:])
     return [v.strip() for v in out]
 

@@ -139,13 +139,37 @@ def _timm_file_keys(path: str) -> set[str] | None:
 class _UnexpectedKeys(logging.Handler):
     """Collects the keys timm's loader (``load_pretrained``) reports as unexpected: tensors
     of the file the model has no place for, after timm's own conversion of the file and the
-    removal of its classifier. timm logs them as a warning and goes on."""
+    removal of its classifier. timm logs them as a warning and goes on. Attached to the
+    loader's own logger for the build, that logger let through warnings meanwhile (a
+    script that quieted ``timm``, or stopped its propagation, hid them: audit MI), and
+    only the building thread's records are taken."""
+
+    LOGGER = "timm.models._builder"
 
     def __init__(self) -> None:
+        import threading
+
         super().__init__(logging.WARNING)
         self.keys: list[str] = []
+        self.thread = threading.get_ident()
+        self._level = logging.NOTSET
+
+    def __enter__(self) -> _UnexpectedKeys:
+        log = logging.getLogger(self.LOGGER)
+        self._level = log.level
+        if not log.isEnabledFor(logging.WARNING):
+            log.setLevel(logging.WARNING)
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        log = logging.getLogger(self.LOGGER)
+        log.removeHandler(self)
+        log.setLevel(self._level)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
         msg = record.getMessage()
         head, tail = "Unexpected keys (", ") found while loading"
         if msg.startswith(head) and tail in msg:
@@ -321,10 +345,9 @@ class TimmBackbone(_ReidHead):
             extra["pretrained_cfg_overlay"] = {"file": local}
         fetch = pretrained is True or local is not None
         unexpected = _UnexpectedKeys()
-        timm_log = logging.getLogger("timm")
-        timm_log.addHandler(unexpected)
         try:
-            self.model = timm.create_model(name, pretrained=fetch, num_classes=0, **extra)
+            with unexpected:
+                self.model = timm.create_model(name, pretrained=fetch, num_classes=0, **extra)
         except TypeError as exc:
             for key in ("img_size", "output_stride"):
                 if key in extra and key in str(exc):
@@ -337,8 +360,6 @@ class TimmBackbone(_ReidHead):
             if err is None:  # nothing the recipe set explains it: timm's own error
                 raise
             raise err from None
-        finally:
-            timm_log.removeHandler(unexpected)
         if local is not None:
             _check_local_timm_weights(self.model, local, name, unexpected.keys)
         patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
