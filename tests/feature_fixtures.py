@@ -40,3 +40,15 @@ def regdb_like(seed: int, ids: int, per: int, shift: float, noise: float, d: int
     feats = np.asarray(feats, np.float32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     return feats, np.asarray(pids), np.asarray(mods)
+
+
+def small_arrays(n: int = 6, d: int = 4, seed: int = 0) -> dict:
+    """The arrays of a small features file (``n`` <= 6 rows: ids 0..2, SYSU-MM01 cameras,
+    modalities alternating), as ``np.savez(path, **small_arrays())`` writes them."""
+    rng = np.random.default_rng(seed)
+    return {
+        "feats": rng.standard_normal((n, d)).astype(np.float32),
+        "pids": np.arange(n) % 3,
+        "cams": np.array([1, 3, 2, 6, 4, 3])[:n],
+        "modality": np.array([0, 1, 0, 1, 0, 1])[:n],
+    }

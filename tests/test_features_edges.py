@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from feature_fixtures import small_arrays
 
 from uvireid.errors import FeatureFileError
 from uvireid.features import (
@@ -21,13 +22,7 @@ from uvireid.features import (
 
 
 def arrays(n: int = 6, d: int = 4):
-    rng = np.random.default_rng(1)
-    return {
-        "feats": rng.standard_normal((n, d)).astype(np.float32),
-        "pids": np.arange(n) % 3,
-        "cams": np.array([1, 3, 2, 6, 4, 3])[:n],
-        "modality": np.array([0, 1, 0, 1, 0, 1])[:n],
-    }
+    return small_arrays(n, d, seed=1)
 
 
 def _npy(a: np.ndarray) -> bytes:

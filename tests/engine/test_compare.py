@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from train_fixtures import write_eval_recipe
+from train_fixtures import copy_run, edit_json, eval_seed_runs, write_eval_recipe
 
 from uvireid.cli import main
 from uvireid.config import load_recipe
@@ -22,8 +22,7 @@ from uvireid.errors import ConfigError
 def three_seeds(tmp_path):
     """Three evaluation-only runs of one recipe with seeds 0, 1, 2 (the starting
     backbone's random weights differ, so do the numbers)."""
-    path = write_eval_recipe(tmp_path, evaluation={"trials": 2})
-    return [run_recipe(load_recipe(path, [f"seed={s}"]), progress=False).path for s in range(3)]
+    return eval_seed_runs(tmp_path, range(3))
 
 
 def test_three_seeds_are_comparable_and_averaged(three_seeds, capsys):
@@ -105,12 +104,6 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path):
     assert main(["compare", str(tmp_path / "nowhere")]) == 2
 
 
-def _edit(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
 def test_each_run_shows_its_own_mean_and_std_over_trials(three_seeds):
     report = compare_runs(three_seeds)
     for folder, row in zip(three_seeds, report["runs"]):
@@ -137,7 +130,7 @@ def test_every_protocol_field_of_the_provenance_makes_runs_not_comparable(
     three_seeds, field, value
 ):
     a, b = three_seeds[:2]
-    _edit(b / "results.json", lambda r: r["none"]["provenance"].__setitem__(field, value))
+    edit_json(b / "results.json", lambda r: r["none"]["provenance"].__setitem__(field, value))
     report = compare_runs([a, b])
     assert not report["comparable"]
     assert any(f"another {field}:" in why for why in report["not_comparable"])
@@ -172,7 +165,7 @@ def test_another_per_batchnorm_batch_is_a_difference(three_seeds):
     a, b = three_seeds[:2]
     stages = [{"stage": "s", "per_gpu": 64, "per_batchnorm": 64, "global": 64}]
     for folder, per_bn in ((a, 64), (b, 32)):
-        _edit(
+        edit_json(
             folder / "manifest.json",
             lambda m, n=per_bn: m.__setitem__(
                 "batch", {"stages": [{**stages[0], "per_batchnorm": n}]}
@@ -315,7 +308,7 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
             r["none"]["provenance"]["dataset"] = "SYSU-MM01 validation ids"
             r["none"]["mean"]["mAP"] = value
 
-        _edit(run / "results.json", val)
+        edit_json(run / "results.json", val)
     report = compare_runs(runs)
     assert report["best_on_validation"] == {
         "settings": {"train.height": 48},
@@ -324,13 +317,13 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     }
     out = format_comparison(report)
     assert "best on the validation ids (mean mAP of the 'none' table): train.height=48 " in out
-    _edit(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 15.0))
+    edit_json(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 15.0))
     assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 32}
-    _edit(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 25.0))
+    edit_json(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 25.0))
     assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 48}
-    _edit(runs[0] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 35.0))
+    edit_json(runs[0] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 35.0))
     assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 32}  # 25=25
-    _edit(
+    edit_json(
         runs[4] / "results.json",
         lambda r: r["none"]["provenance"].__setitem__("dataset", "SYSU-MM01"),
     )
@@ -349,7 +342,7 @@ def test_an_evaluation_setting_that_changes_the_numbers_is_a_setting(three_seeds
     (flipped / "config.yaml").write_text(yaml.safe_dump(cfg))
     meta = json.loads((a / "results.json").read_text())["none"]["provenance"]["features_meta"]
     assert meta["test_flip"] is True
-    _edit(
+    edit_json(
         flipped / "results.json",
         lambda r: r["none"]["provenance"]["features_meta"].__setitem__("test_flip", False),
     )
@@ -380,26 +373,13 @@ def test_an_evaluation_setting_that_changes_the_numbers_is_a_setting(three_seeds
     cfg["reranker"] = {"type": "cmfp", "k": 3}
     (k3 / "config.yaml").write_text(yaml.safe_dump(cfg))
     for run in (k9, k3):
-        _edit(run / "results.json", lambda r: r.__setitem__("cmfp", r["none"]))
+        edit_json(run / "results.json", lambda r: r.__setitem__("cmfp", r["none"]))
     report = compare_runs([k9, k3])
     assert len(report["groups"]["none"]) == 1
     assert [g["settings"] for g in report["groups"]["cmfp"]] == [
         {"reranker.k": 9},
         {"reranker.k": 3},
     ]
-
-
-def _copy_run(run, dest, config=None, manifest=None, results=None):
-    """A copy of ``run`` with its config.yaml / manifest.json / results.json edited."""
-    shutil.copytree(run, dest)
-    if config:
-        cfg = yaml.safe_load((dest / "config.yaml").read_text())
-        config(cfg)
-        (dest / "config.yaml").write_text(yaml.safe_dump(cfg))
-    for name, edit in (("manifest.json", manifest), ("results.json", results)):
-        if edit:
-            _edit(dest / name, edit)
-    return dest
 
 
 def test_group_edges(three_seeds, tmp_path):
@@ -409,7 +389,7 @@ def test_group_edges(three_seeds, tmp_path):
     and averages means, not the trials' stds; another world size is another setting; the
     note says which settings differ only when some setting has several runs."""
     a, b, c = three_seeds
-    empty = _copy_run(c, tmp_path / "empty")
+    empty = copy_run(c, tmp_path / "empty")
     (empty / "results.json").unlink()
     (empty / "metrics.jsonl").write_text("")
     report = compare_runs([a, b, empty])
@@ -427,8 +407,8 @@ def test_group_edges(three_seeds, tmp_path):
 
         return edit
 
-    s1 = _copy_run(a, tmp_path / "s1", config=stages(0.5, [0.5, 0.5]))
-    s2 = _copy_run(b, tmp_path / "s2", config=stages(0.6, [0.6, 0.7]))
+    s1 = copy_run(a, tmp_path / "s1", config=stages(0.5, [0.5, 0.5]))
+    s2 = copy_run(b, tmp_path / "s2", config=stages(0.6, [0.6, 0.7]))
     assert [g["settings"] for g in compare_runs([s1, s2])["groups"]["none"]] == [
         {"clusterer.eps": 0.5, "stages.1.clusterer.eps": 0.5},
         {"clusterer.eps": 0.6, "stages.1.clusterer.eps": 0.7},
@@ -438,14 +418,14 @@ def test_group_edges(three_seeds, tmp_path):
         for table in res.values():
             table["mean"].pop("mINP", None)
 
-    older = _copy_run(a, tmp_path / "older", results=drop)
+    older = copy_run(a, tmp_path / "older", results=drop)
     report = compare_runs([a, b, older])
     agg = report["groups"]["none"][0]["aggregate"]["none"]
     assert (agg["R1"]["n"], agg["mINP"]["n"]) == (3, 2)
     assert set(agg) == {"R1", "R10", "R20", "mAP", "mINP"}
     assert "over 3 runs |" in format_comparison(report)
 
-    ddp = _copy_run(b, tmp_path / "ddp", manifest=lambda m: m.__setitem__("world_size", 2))
+    ddp = copy_run(b, tmp_path / "ddp", manifest=lambda m: m.__setitem__("world_size", 2))
     report = compare_runs([a, ddp])
     assert [g["settings"] for g in report["groups"]["none"]] == [
         {"world_size": 1},
@@ -453,7 +433,7 @@ def test_group_edges(three_seeds, tmp_path):
     ]
     assert report["differences"]["world_size"] == [1, 2]
 
-    h48 = _copy_run(a, tmp_path / "h48", config=lambda cfg: cfg["train"].__setitem__("height", 48))
+    h48 = copy_run(a, tmp_path / "h48", config=lambda cfg: cfg["train"].__setitem__("height", 48))
     text = format_comparison(compare_runs([a, b, h48]))
     assert "over 2 runs, train.height=32 |" in text and "train.height=48 |" not in text
     assert "the runs differ in train.height: each setting is summarised over its own" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from train_fixtures import write_eval_recipe
+from train_fixtures import eval_seed_runs, write_eval_recipe
 
 import uvireid
 from uvireid.cli import main
@@ -104,9 +104,7 @@ def test_regdb_trials_still_compare_the_test_set_of_each_split(tmp_path):
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     """Three evaluation-only runs of one recipe (seeds 0, 1, 2)."""
-    tmp = tmp_path_factory.mktemp("kb_seeds")
-    path = write_eval_recipe(tmp, evaluation={"trials": 2})
-    return [run_recipe(load_recipe(path, [f"seed={s}"]), progress=False).path for s in range(3)]
+    return eval_seed_runs(tmp_path_factory.mktemp("kb_seeds"), range(3))
 
 
 def test_a_run_named_twice_is_counted_once(seeds):

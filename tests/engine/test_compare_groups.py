@@ -10,39 +10,16 @@ import shutil
 
 import pytest
 import yaml
-from train_fixtures import write_eval_recipe
+from train_fixtures import copy_run, edit_json, eval_seed_runs
 
-from uvireid.config import load_recipe
 from uvireid.engine.compare import compare_runs, format_comparison
-from uvireid.engine.runner import run_recipe
 from uvireid.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     """Two evaluation-only runs of one recipe (seeds 0 and 1)."""
-    tmp = tmp_path_factory.mktemp("md_seeds")
-    path = write_eval_recipe(tmp, evaluation={"trials": 2})
-    return [run_recipe(load_recipe(path, [f"seed={s}"]), progress=False).path for s in (0, 1)]
-
-
-def _edit(path, change):
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def _copy(run, dest, config=None, manifest=None, results=None):
-    """A copy of ``run`` with its config.yaml / manifest.json / results.json edited."""
-    shutil.copytree(run, dest)
-    if config:
-        cfg = yaml.safe_load((dest / "config.yaml").read_text())
-        config(cfg)
-        (dest / "config.yaml").write_text(yaml.safe_dump(cfg))
-    for name, edit in (("manifest.json", manifest), ("results.json", results)):
-        if edit:
-            _edit(dest / name, edit)
-    return dest
+    return eval_seed_runs(tmp_path_factory.mktemp("md_seeds"), (0, 1))
 
 
 def _none(run):
@@ -61,7 +38,7 @@ def test_results_extracted_at_another_size_or_filter_are_not_comparable(
     def change(res):
         res["none"]["provenance"]["features_meta"][key] = value
 
-    other = _copy(b, tmp_path / "other", results=change)
+    other = copy_run(b, tmp_path / "other", results=change)
     assert compare_runs([a, b])["comparable"]
     report = compare_runs([a, other])
     assert not report["comparable"]
@@ -73,23 +50,23 @@ def _validation(run):
     def change(res):
         res["none"]["provenance"]["dataset"] = "SYSU-MM01 validation ids"
 
-    _edit(run / "results.json", change)
+    edit_json(run / "results.json", change)
 
 
 def test_no_best_setting_is_named_for_validation_runs_that_are_not_comparable(seeds, tmp_path):
     """best_on_validation is for *comparable* runs (its docstring): a sweep on the
     validation ids where one run was evaluated over another number of trials gets none."""
     a, b = seeds
-    runs = [_copy(a, tmp_path / "a"), _copy(b, tmp_path / "b")]
+    runs = [copy_run(a, tmp_path / "a"), copy_run(b, tmp_path / "b")]
     for run, name in ((a, "a48"), (b, "b48")):
         runs.append(
-            _copy(run, tmp_path / name, config=lambda c: c["train"].__setitem__("height", 48))
+            copy_run(run, tmp_path / name, config=lambda c: c["train"].__setitem__("height", 48))
         )
     for run in runs:
         _validation(run)
     report = compare_runs(runs)
     assert report["comparable"] and report["best_on_validation"] is not None
-    _edit(runs[3] / "results.json", lambda r: r["none"]["provenance"].__setitem__("trials", 10))
+    edit_json(runs[3] / "results.json", lambda r: r["none"]["provenance"].__setitem__("trials", 10))
     report = compare_runs(runs)
     assert not report["comparable"]
     assert report["best_on_validation"] is None
@@ -100,7 +77,7 @@ def test_a_run_that_never_evaluated_is_marked_and_noted(seeds, tmp_path):
     finished without an evaluation, marks its row 'no result' and calls the runs not
     comparable (no result in it)."""
     a, b = seeds
-    plain = _copy(b, tmp_path / "plain")
+    plain = copy_run(b, tmp_path / "plain")
     (plain / "results.json").write_text("{}")
     (plain / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "loss": 1.0}) + "\n")
     report = compare_runs([a, plain])
@@ -145,8 +122,8 @@ def test_package_versions_and_source_are_differences_not_settings(seeds, tmp_pat
         m["source"] = {"commit": commit, "dirty": True}
         m["versions"]["torch"] = "0.0.1"
 
-    a2 = _copy(a, tmp_path / "a", manifest=clean)
-    b2 = _copy(b, tmp_path / "b", manifest=edited)
+    a2 = copy_run(a, tmp_path / "a", manifest=clean)
+    b2 = copy_run(b, tmp_path / "b", manifest=edited)
     torch_a = json.loads((a / "manifest.json").read_text())["versions"]["torch"]
     report = compare_runs([a2, b2])
     assert report["comparable"], report["not_comparable"]
@@ -173,7 +150,7 @@ def test_an_unreadable_manifest_is_a_note_not_a_traceback(seeds, tmp_path):
     """A manifest.json that is no JSON (cut short, edited by hand) is said in the run's
     notes; the comparison goes on."""
     a, b = seeds
-    broken = _copy(b, tmp_path / "broken")
+    broken = copy_run(b, tmp_path / "broken")
     (broken / "manifest.json").write_text('{"seed": 1, "data')
     report = compare_runs([a, broken])
     notes = report["runs"][1]["notes"]
@@ -187,7 +164,7 @@ def test_files_with_bytes_that_are_not_utf8_are_notes_or_skipped_lines(seeds, tm
     from uvireid.engine.run_folder import RunFolder
 
     a, b = seeds
-    broken = _copy(b, tmp_path / "broken")
+    broken = copy_run(b, tmp_path / "broken")
     (broken / "manifest.json").write_bytes(b'{"seed": "\xff\xfe"}')
     report = compare_runs([a, broken])
     assert report["runs"][1]["notes"][0].startswith("manifest.json cannot be read")
@@ -200,7 +177,7 @@ def test_a_run_without_any_result_is_not_said_to_lack_one_table(seeds, tmp_path)
     """'(no 'none' table in X: not evaluated with it)' is for a run that has other
     tables; a run without any result is said once, as not comparable."""
     a, _ = seeds
-    empty = _copy(a, tmp_path / "empty")
+    empty = copy_run(a, tmp_path / "empty")
     (empty / "results.json").unlink()
     (empty / "metrics.jsonl").write_text("")
     text = format_comparison(compare_runs([a, empty]))
@@ -232,7 +209,7 @@ def test_regdb_runs_that_do_not_record_their_split_are_not_the_protocols_trials(
         return change
 
     runs = [
-        _copy(
+        copy_run(
             run,
             tmp_path / f"split{split}",
             config=lambda c, s=split: c["data"].__setitem__("split", s),
@@ -251,10 +228,10 @@ def test_a_list_setting_of_integral_floats_is_the_setting_of_its_ints(seeds, tmp
     a, b = seeds
     steps = yaml.safe_load((a / "config.yaml").read_text())["train"]["lr_steps"]
     assert steps == [20, 60]
-    floats = _copy(
+    floats = copy_run(
         b, tmp_path / "floats", config=lambda c: c["train"].__setitem__("lr_steps", [20.0, 60.0])
     )
-    other = _copy(
+    other = copy_run(
         b, tmp_path / "other", config=lambda c: c["train"].__setitem__("lr_steps", [30, 60])
     )
     groups = compare_runs([a, floats, other])["groups"]["none"]
@@ -286,12 +263,12 @@ def test_the_plain_table_comes_first_and_a_table_of_some_runs_is_compared_among_
     table only some runs have is compared among those that have it (the others were not
     evaluated with it: no other protocol)."""
     a, b = seeds
-    both = _copy(
+    both = copy_run(
         b,
         tmp_path / "both",
         results=lambda r: r.__setitem__("zzz", json.loads(json.dumps(r["none"]))),
     )
-    other = _copy(
+    other = copy_run(
         b,
         tmp_path / "other",
         results=lambda r: r.__setitem__("cmfp", json.loads(json.dumps(r["none"]))),

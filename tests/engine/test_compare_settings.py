@@ -7,19 +7,15 @@ import shutil
 
 import pytest
 import yaml
-from train_fixtures import write_eval_recipe
+from train_fixtures import eval_seed_runs
 
-from uvireid.config import load_recipe
 from uvireid.engine.compare import compare_runs
-from uvireid.engine.runner import run_recipe
 
 
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory):
     """Two evaluation-only runs of one recipe (seeds 0 and 1)."""
-    tmp = tmp_path_factory.mktemp("la_seeds")
-    path = write_eval_recipe(tmp, evaluation={"trials": 2})
-    return [run_recipe(load_recipe(path, [f"seed={s}"]), progress=False).path for s in (0, 1)]
+    return eval_seed_runs(tmp_path_factory.mktemp("la_seeds"), (0, 1))
 
 
 def test_runs_that_differ_in_the_device_key_alone_are_one_setting(two_seeds, tmp_path):

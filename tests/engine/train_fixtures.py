@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,33 @@ def run_killed_at(cfg: dict, epoch: int = 1):
     with killed_at_epoch(epoch), pytest.raises(KeyboardInterrupt):
         run_recipe(cfg, progress=False)
     return RunFolder.latest(cfg["output_dir"], cfg["name"])
+
+
+def eval_seed_runs(tmp_path, seeds) -> list[Path]:
+    """Evaluation-only runs of the tiny evaluation recipe (two trials), one per seed: the
+    starting backbone's random weights differ, so do the numbers. Their folders."""
+    from uvireid.config import load_recipe
+    from uvireid.engine.runner import run_recipe
+
+    path = write_eval_recipe(tmp_path, evaluation={"trials": 2})
+    return [run_recipe(load_recipe(path, [f"seed={s}"]), progress=False).path for s in seeds]
+
+
+def edit_json(path, change) -> None:
+    """``change(data)`` applied to the JSON file at ``path``, in place."""
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def copy_run(run, dest, config=None, manifest=None, results=None):
+    """A copy of ``run`` with its config.yaml / manifest.json / results.json edited."""
+    shutil.copytree(run, dest)
+    if config:
+        cfg = yaml.safe_load((dest / "config.yaml").read_text())
+        config(cfg)
+        (dest / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name, edit in (("manifest.json", manifest), ("results.json", results)):
+        if edit:
+            edit_json(dest / name, edit)
+    return dest

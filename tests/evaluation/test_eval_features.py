@@ -8,19 +8,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from feature_fixtures import small_arrays
 
 from uvireid.errors import FeatureFileError
 from uvireid.features import Features, load_features, save_features
 
 
 def arrays(n: int = 6, d: int = 4):
-    rng = np.random.default_rng(0)
-    return {
-        "feats": rng.standard_normal((n, d)).astype(np.float32),
-        "pids": np.arange(n) % 3,
-        "cams": np.array([1, 3, 2, 6, 4, 3])[:n],
-        "modality": np.array([0, 1, 0, 1, 0, 1])[:n],
-    }
+    return small_arrays(n, d)
 
 
 def test_round_trip_with_torch_tensors_paths_and_meta(tmp_path):
