@@ -137,6 +137,14 @@ class Features:
         )
 
 
+def _beyond_int64(name: str, where: str, top: object) -> FeatureFileError:
+    """The error for labels an int64 cannot hold (converted, they would wrap or merge)."""
+    return FeatureFileError(
+        f"{where}: '{name}' holds values beyond the 64-bit integer range (up to {top}); "
+        f"fix: number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
+    )
+
+
 def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if arr.ndim != 1:
         raise FeatureFileError(
@@ -156,11 +164,7 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
             top = np.abs(arr).max()
             beyond = np.issubdtype(arr.dtype, np.floating) and float(top) >= 2.0**63
         if beyond:
-            raise FeatureFileError(
-                f"{where}: '{name}' holds values beyond the 64-bit integer range (up to "
-                f"{top}); fix: number them, e.g. {name} = np.unique({name}, "
-                f"return_inverse=True)[1]"
-            )
+            raise _beyond_int64(name, where, top)
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
@@ -169,11 +173,9 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     if arr.dtype == object:  # Python numbers (a pandas nullable column): numbers
         values = arr.tolist()
         if values and all(isinstance(v, int) for v in values):  # bools are ints
-            if max(abs(v) for v in values) > np.iinfo(np.int64).max:
-                raise FeatureFileError(
-                    f"{where}: '{name}' holds values beyond the 64-bit integer range; fix: "
-                    f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
-                )
+            top = max(abs(v) for v in values)
+            if top > np.iinfo(np.int64).max:
+                raise _beyond_int64(name, where, top)
             return np.asarray(values, dtype=np.int64)
         with contextlib.suppress(ValueError, TypeError, OverflowError):
             numbers = np.asarray(values)

@@ -477,37 +477,28 @@ def run(args: argparse.Namespace) -> int:
                 for r, (gi, d) in enumerate(zip(g[index[i]], dist[i], strict=True), start=1)
             )
 
+    def write_bytes(fh: Any, encoding: str) -> None:
+        # a file name that is not UTF-8 (legal on Linux) keeps its own bytes, on stdout
+        # as with -o (strict stdout raised UnicodeEncodeError on one; audit MI)
+        text = io.TextIOWrapper(fh, encoding=encoding, errors="surrogateescape", newline="")
+        try:
+            write(text)
+            text.flush()
+        finally:
+            text.detach()  # the byte stream stays open: its owner closes it
+
     if out is None:
         buffer = getattr(sys.stdout, "buffer", None)
         if buffer is None:  # a stream of text only (a notebook's, a test's capture)
             write(sys.stdout)
         else:
-            # stdout's encoding, and a file name that is not UTF-8 as its own bytes, as
-            # -o writes it (strict stdout raised UnicodeEncodeError on one; audit MI)
             sys.stdout.flush()
-            text = io.TextIOWrapper(
-                buffer,
-                encoding=sys.stdout.encoding or "utf-8",
-                errors="surrogateescape",
-                newline="",
-            )
-            try:
-                write(text)
-                text.flush()
-            finally:
-                text.detach()  # stdout's buffer stays open
+            write_bytes(buffer, sys.stdout.encoding or "utf-8")
         sys.stdout.flush()
     else:
         from uvireid.fileio import write_output
 
-        def write_bytes(fh: Any) -> None:
-            # UTF-8; a file name that is not (legal on Linux) keeps its own bytes
-            text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
-            write(text)
-            text.flush()
-            text.detach()
-
-        write_output(out, write_bytes)
+        write_output(out, lambda fh: write_bytes(fh, "utf-8"))
     if figure is not None:
         from uvireid.viz.ranking import plot_matches
 
