@@ -252,6 +252,47 @@ def test_set_rng_state_restores_python_numpy_and_torch_streams():
     assert again == first
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_rng_state_round_trips():
+    """A resumed run on a GPU draws the CUDA stream the killed one would have (dropout,
+    on-device augmentation): the state is recorded once CUDA is initialised and restored
+    (mutation audit MH: a restore dropped survived on the CPU)."""
+    from uvireid.engine.checkpoint import rng_state, set_rng_state
+
+    torch.cuda.manual_seed_all(3)
+    torch.rand(1, device="cuda")  # CUDA initialised, its generator used
+    saved = rng_state()
+    assert "cuda" in saved and len(saved["cuda"]) == torch.cuda.device_count()
+    first = torch.rand(5, device="cuda").cpu()
+    torch.rand(7, device="cuda")  # the stream moves on
+    set_rng_state(saved)
+    assert torch.equal(torch.rand(5, device="cuda").cpu(), first)
+
+
+def test_cuda_rng_state_of_another_gpu_count_is_a_warning(monkeypatch, caplog):
+    """A checkpoint written on 2 GPUs and resumed on 1: CUDA refuses the other count of
+    states; the resume goes on with the other streams restored and says so."""
+    from uvireid.engine import checkpoint as C
+
+    calls = []
+
+    def refuse(states):
+        calls.append(states)
+        raise RuntimeError("Expected a state per device")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    torch.manual_seed(5)
+    state = {**C.rng_state(), "cuda": ["gpu0", "gpu1"]}
+    want = torch.rand(3)
+    torch.rand(4)
+    with caplog.at_level(logging.WARNING, logger=C.logger.name):
+        C.set_rng_state(state)
+    assert calls == [["gpu0", "gpu1"]]
+    assert torch.equal(torch.rand(3), want)  # the CPU stream restored all the same
+    assert "CUDA RNG state not restored" in caplog.text
+
+
 def test_weights_sha1_tells_weights_apart_and_ignores_wrappers_and_devices():
     """The fingerprint a features file records: the same for the same tensors however the
     module is wrapped (DDP's `module.`, torch.compile's `_orig_mod.`) or reached (its
