@@ -217,7 +217,8 @@ class PairedSampler:
         ir_in_v: (Nr,) infrared images' labels in the visible space (ŷ^v);
         ir_in_r: (Nr,) infrared images' labels in the infrared space (ỹ^r);
         vis_in_r: (Nv,) visible images' labels in the infrared space (ŷ^r).
-        ids: labels per batch (half from each space), images: pairs per label.
+        ids: labels per batch (half from each space; an odd ``ids`` draws the extra
+            label from the infrared space), images: pairs per label.
 
     Only labels that hold at least one visible and one infrared image in their space are
     drawn. ``sample`` returns position-paired index arrays of equal length
@@ -293,7 +294,8 @@ class MatchedPairSampler:
         labels_v: (Nv,) visible images' clusters; labels_r: (Nr,) infrared images'.
         matches: (M, 2) (visible cluster, infrared cluster) pairs of the matching
             (:attr:`uvireid.types.CrossLabels.matches`).
-        ids: pairs per batch; images: images per cluster of a pair.
+        ids: pairs per batch (an odd ``ids`` starts the extra pair from a visible
+            cluster); images: images per cluster of a pair.
 
     Raises:
         ConfigError: no matched pair has images on both sides.
