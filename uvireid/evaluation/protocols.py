@@ -176,8 +176,9 @@ def _groups(
 ):
     """Yield ``(pid, cam, rows)`` for every existing group, in sampler order.
 
-    Identities ascending, cameras in the given order within each identity (the mangye16 and
-    DEEN samplers); with ``camera_major``, cameras outer and identities ascending within each
+    Identities ascending (numerically: mangye16 sorts ``%04d`` strings, the same order
+    for ids below 10,000), cameras in the given order within each identity (the mangye16
+    and DEEN samplers); with ``camera_major``, cameras outer and identities ascending within each
     (the official kit's ``get_testing_set.m``). ``rows`` (indices into ``features``) sorted by
     path string, or by row when the file has no paths.
     """
