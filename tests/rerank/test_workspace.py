@@ -84,3 +84,43 @@ def test_reranking_results_do_not_depend_on_what_the_workspace_held(dtype):
         second = part.rerank(*inputs[1])
         np.testing.assert_array_equal(first, fresh[0], err_msg=name)
         np.testing.assert_array_equal(second, fresh[1], err_msg=name)
+
+
+def test_a_buffer_of_exactly_the_bound_is_kept(monkeypatch):
+    """Kept afterwards "when it fits KEEP_BYTES": a buffer of exactly that size fits."""
+    monkeypatch.setattr(workspace, "KEEP_BYTES", 4096)
+    with workspace.borrow((1024,), torch.float32) as a:
+        ptr = a.data_ptr()
+    assert workspace.kept_bytes() == 4096
+    with workspace.borrow((1024,), torch.float32) as b:
+        assert b.data_ptr() == ptr
+
+
+def test_the_buffer_returned_last_is_the_newest_even_after_a_nested_borrow(monkeypatch):
+    """The oldest buffer is dropped first. A nested borrower of the same key returns a
+    fresh buffer first; the outer one, returned after another key's, is then the newest
+    and must survive the next eviction."""
+    monkeypatch.setattr(workspace, "KEEP_BYTES", 3 * 4096)
+    with workspace.borrow((1024,), torch.float32) as outer:  # key A, 4 KiB
+        ptr = outer.data_ptr()
+        with workspace.borrow((1024,), torch.float32):  # A again: a fresh one, kept
+            pass
+        with workspace.borrow((2048,), torch.float32):  # key B, 8 KiB: A, B kept
+            pass
+    # the outer A replaces the nested one and is now the most recent: order B, A
+    with workspace.borrow((512,), torch.float32):  # 2 KiB more: over 12 KiB, B goes
+        pass
+    assert workspace.kept_bytes() == 4096 + 2048
+    with workspace.borrow((1024,), torch.float32) as again:
+        assert again.data_ptr() == ptr
+
+
+def test_a_buffer_is_returned_when_its_borrower_raises():
+    """A re-ranker that stops with an error inside its ``with`` block still hands its
+    buffer back (the next call of that size reuses it)."""
+    with pytest.raises(RuntimeError), workspace.borrow((64, 8), torch.float64) as a:
+        ptr = a.data_ptr()
+        raise RuntimeError("stop")
+    assert workspace.kept_bytes() == 64 * 8 * 8
+    with workspace.borrow((64, 8), torch.float64) as b:
+        assert b.data_ptr() == ptr
