@@ -476,12 +476,22 @@ def _check_writable(folder: str, key: str) -> None:
         raise ConfigError(f"{key}: {folder} cannot be used ({problem}); choose another folder")
 
 
+def _auto_protocol(protocol: str, data_type: Any) -> str:
+    """``auto`` as the run will resolve it: the first of the dataset class's ``PROTOCOLS``
+    (audit NC: the official sampler on LLCM passed the preflight as ``auto`` and failed
+    at the first evaluation); ``auto`` where the class lists none or is not known."""
+    if protocol != "auto" or not isinstance(data_type, str) or data_type not in DATASETS:
+        return protocol
+    listed = getattr(DATASETS.get(data_type), "PROTOCOLS", None)
+    return str(listed[0]) if isinstance(listed, (tuple, list)) and listed else protocol
+
+
 def _check_sampler(ev: dict, data_type: Any = None) -> None:
     """The evaluation's gallery sampler, before any epoch: the protocol would only refuse
     it at the first evaluation, after an epoch (or the whole run) has trained."""
     if ev.get("protocol") == "none":
         return
-    protocol = str(ev.get("protocol"))
+    protocol = _auto_protocol(str(ev.get("protocol")), data_type)
     regdb = protocol.startswith("regdb") or (protocol == "auto" and data_type == "regdb")
     if regdb and ev.get("shot", "single") != "single":
         # audit AX: refused only at the first evaluation, after the training
@@ -514,7 +524,6 @@ def _check_sampler(ev: dict, data_type: Any = None) -> None:
                 f"evaluation.perm_file {perm} is not a file; the official sampler reads "
                 f"<SYSU-MM01 root>/exp/rand_perm_cam.mat"
             )
-        protocol = str(ev.get("protocol"))
         if protocol != "auto" and not protocol.startswith("sysu"):
             raise ConfigError(
                 f"evaluation.sampler 'official' exists for SYSU-MM01 only; protocol "
