@@ -50,6 +50,8 @@ def dense_jaccard(x: np.ndarray, rank: np.ndarray, k1: int, k2: int) -> np.ndarr
             if len(np.intersect1d(rc, r_full[i])) > 2 / 3 * len(rc):
                 expansion = np.append(expansion, rc)
         expansion = np.unique(expansion)
+        if expansion.size == 0:  # more than k1 exact copies: no reciprocal neighbour;
+            continue  # the reference's indexed assignment writes nothing (row of zeros)
         d = (2 - 2 * (x[i : i + 1] @ x[expansion].T)).astype(np.float32)
         e = np.exp(-d - (-d).max())
         v[i, expansion] = (e / e.sum()).astype(np.float32)

@@ -57,6 +57,39 @@ def test_explicit_zero_distances_make_neighbours():
     assert got[dup].min() >= 0 and len(set(got[dup])) == 1
 
 
+def test_a_point_without_any_pair_within_eps_is_noise_even_at_min_samples_1():
+    """An absent pair is farther than eps, the point's own too: with min_samples=1
+    scikit-learn (which reads an absent diagonal as 0) made such a point a one-point
+    cluster, where the dense reference (d_ii > eps) leaves it noise (audit NE)."""
+    import scipy.sparse as sp
+
+    # row 0 stores nothing; rows 1, 2 are neighbours; row 3 stores only its own zero
+    rows, cols = [1, 1, 2, 2, 3], [1, 2, 1, 2, 3]
+    graph = sp.csr_matrix(([0.0, 0.2, 0.2, 0.0, 0.0], (rows, cols)), shape=(4, 4))
+    dense = np.ones((4, 4))
+    dense[rows, cols] = graph.data
+    want = DBSCAN(eps=0.5, min_samples=1, metric="precomputed").fit_predict(dense)
+    assert want.tolist() == [-1, 0, 0, 1]  # the reference: renumbered without row 0
+    assert dbscan_sparse(graph, 0.5, 1).tolist() == want.tolist()
+    assert dbscan_sparse(graph, 0.5, 2).tolist() == [-1, 0, 0, -1]
+
+
+@pytest.mark.parametrize("min_samples", [1, 4])
+def test_copies_beyond_k1_without_reciprocal_neighbours_match_the_reference(min_samples):
+    """More than k1 exact copies of one point and no query expansion (k2 = 1): the copies
+    past the first k1 have no reciprocal neighbour, a zero row of V (J = 1 to every
+    point, itself included), and the dense reference's DBSCAN labels them noise."""
+    x, _ = clustered(seed=2, n_ids=6, per_id=10, d=16, noise=1.0)
+    x = np.concatenate([x, np.repeat(x[3:4], 12, axis=0)])
+    xd = x.astype(np.float64)
+    rank = np.argsort(((xd[:, None] - xd[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :8]
+    ref = dense_jaccard(x, rank, 8, 1)
+    assert (np.diag(ref) == 1).any()  # the case arises
+    want = DBSCAN(eps=0.6, min_samples=min_samples, metric="precomputed").fit_predict(ref)
+    graph = jaccard_distance(x, 8, 1, knn_indices=rank, max_distance=0.6)
+    np.testing.assert_array_equal(dbscan_sparse(graph, 0.6, min_samples), want)
+
+
 def test_all_outliers_is_a_clear_outcome(caplog):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 64)).astype(np.float32)  # no structure at all

@@ -286,7 +286,6 @@ def test_self_search_holds_o_n_k_candidates_not_every_tiles():
 def test_l2_knn_values_are_squared_distances_never_negative(backend):
     """Squared distances are >= 0 (the module doc: clamped at 0); rows of norm ~40 round
     |x|^2 + |y|^2 - 2 x.y below 0 by ~1e-3 without the clamp."""
-    torch.set_num_threads(1)
     x = torch.randn(400, 64, generator=torch.Generator().manual_seed(0)) * 5
     v, i = knn(x, k=3, metric="l2", backend=backend)
     assert float(v.min()) >= 0.0
@@ -300,7 +299,6 @@ def test_l2_values_of_a_search_against_another_copy_are_never_negative(backend):
     distances at 0 too (audit CJ, Q02/Q05; the self path is pinned already)."""
     if backend == "faiss":
         pytest.importorskip("faiss")
-    torch.set_num_threads(1)
     x = torch.randn(400, 64, generator=torch.Generator().manual_seed(0)) * 5
     v, i = knn(x, x.clone(), 3, metric="l2", backend=backend)
     assert float(v.min()) >= 0.0
