@@ -1590,18 +1590,21 @@ class Trainer:
                 state = load_checkpoint(path)
                 best = state.get("best") or {}
                 info = {"checkpoint": "best.pt", "epoch": best.get("epoch"), "mAP": best.get("mAP")}
-                payload = (state["model"], info)
+                # where the epoch was chosen, as its record says (older ones: this run's ids)
+                payload = (state["model"], info, str(best.get("selected_on") or self._held_out))
         payload = D.broadcast_object(payload)  # every rank raises, not rank 0 alone
         if isinstance(payload, str):
             raise TrainingError(payload)
-        weights, info = payload
+        weights, info, where = payload
         load_state_strict(self.model, weights, f"checkpoints/best.pt (stage '{stage.name}')")
         logger.warning(
-            "stage '%s' starts from checkpoints/best.pt: epoch %s, mAP %s, chosen ON THE TEST "
-            "SET (start_from: best, as PGM's stage 2 does)",
+            "stage '%s' starts from checkpoints/best.pt: epoch %s, mAP %s, chosen %s "
+            "(start_from: best, as PGM's stage 2 does)",
             stage.name,
             info["epoch"],
             info["mAP"],
+            # a validation run's best is chosen on its validation ids (audit NF)
+            "ON THE TEST SET" if where == "test set" else f"on the {where}",
         )
         return info
 
