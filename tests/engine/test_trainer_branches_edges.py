@@ -221,7 +221,8 @@ def test_a_pairing_sampler_that_cannot_pair_this_epoch_says_why_and_draws_unpair
     assert paired is False
     assert len(warnings) == 2
     assert warnings[0].startswith("stage 'mb': the matched sampler needs the association's")
-    assert warnings[1].startswith("stage 'mb': no cross-modal link this epoch")
+    # the fallback's line names the refusal, not "no cross-modal link" (there are links)
+    assert warnings[1].startswith("stage 'mb': the pairing sampler refused this epoch's links")
     batch = drawn.sample(np.random.default_rng(0))
     assert len(batch.idx_v) == len(batch.idx_r) == 4
     # with the matches it pairs, and says nothing
@@ -324,9 +325,10 @@ def test_the_optimizer_is_adam_by_default_and_an_unknown_one_is_refused():
 
 def test_a_unified_space_is_at_least_the_clusterers_and_its_matches_are_not_bounded_by_it():
     """_check_cross_labels with unified=True: the space is as large as the associator
-    says, never smaller than the clusterer's count (a unified producer that leaves
-    num_clusters at 0 keeps the clusterer's labels), and its matches are not checked
-    against the per-modality cluster counts."""
+    says, never smaller than the clusterer's count; a unified producer that leaves
+    num_clusters at 0 gets the size its labels and matches make (CrossLabels' documented
+    default; it was refused as "outside -1..K-1", audit NF), and its matches are not
+    checked against the per-modality cluster counts."""
     from uvireid.engine.trainer import _check_cross_labels
 
     nv, nr, kv, kr = 6, 4, 3, 2
@@ -341,9 +343,19 @@ def test_a_unified_space_is_at_least_the_clusterers_and_its_matches_are_not_boun
     )
     out = _check_cross_labels(cl, nv, nr, kv, kr, "plugin")
     assert out.matches.tolist() == matches.tolist()
-    bad = CrossLabels(merged, merged, np.zeros((0, 2)), unified=True, num_visible=nv)
-    with pytest.raises(TrainingError, match="outside -1..2"):
-        _check_cross_labels(bad, nv, nr, kv, kr, "plugin")  # 5 labels, none said
+    unsaid = CrossLabels(merged, merged, matches, unified=True, num_visible=nv)
+    out = _check_cross_labels(unsaid, nv, nr, kv, kr, "plugin")  # 5 labels, none said
+    assert (out.num_clusters_v, out.num_clusters_r) == (5, 5)
+    assert out.labels_in_v.tolist() == merged.tolist()
+    small = CrossLabels(own, own, np.zeros((0, 2)), unified=True, num_visible=nv)
+    out = _check_cross_labels(small, nv, nr, kv, kr, "plugin")
+    assert (out.num_clusters_v, out.num_clusters_r) == (kv, kr)  # never below the clusterer's
+    below = CrossLabels(merged - 2, merged, matches, unified=True, num_visible=nv)
+    with pytest.raises(TrainingError, match="labels_in_v down to -2"):
+        _check_cross_labels(below, nv, nr, kv, kr, "plugin")
+    said = CrossLabels(merged, merged, matches, unified=True, num_clusters_v=4, num_clusters_r=4)
+    with pytest.raises(TrainingError, match="outside -1..3"):
+        _check_cross_labels(said, nv, nr, kv, kr, "plugin")  # said 4, labels reach 4
 
 
 def test_a_loss_with_frozen_parameters_is_accepted_and_trainable_ones_refused():

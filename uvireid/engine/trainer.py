@@ -174,8 +174,10 @@ def _check_cross_labels(
     cluster count (``kv``, ``kr``): an associator that keeps the two label spaces (every
     built-in one) relabels within them, so labels numbered 1..K, or a ``num_clusters_v``
     larger than the clusterer found, are an off-by-one (a memory row no cluster fills);
-    a unified space may be as large as the associator says. Returns ``cl`` with the
-    labels as numpy int64 arrays.
+    a unified space may be as large as the associator says, or, where it leaves
+    ``num_clusters_*`` at 0, as its labels and matches make it (``CrossLabels``'
+    documented default: derived from the labels). Returns ``cl`` with the labels as numpy
+    int64 arrays (and a unified space's derived sizes filled in).
 
     Raises:
         TrainingError: naming the associator, the array and the fix.
@@ -187,10 +189,10 @@ def _check_cross_labels(
             f"associator '{who}' returned {type(cl).__name__}; associate(feats_v, labels_v, "
             f"feats_r, labels_r) must return a uvireid.types.CrossLabels"
         )
-    bounds = {"v": kv, "r": kr}
+    bounds: dict[str, int | None] = {"v": kv, "r": kr}
     for side, k, said in (("v", kv, cl.num_clusters_v), ("r", kr, cl.num_clusters_r)):
-        if cl.unified:
-            bounds[side] = max(int(said), k)
+        if cl.unified:  # 0: derived from the labels (audit NF: refused as "outside")
+            bounds[side] = max(int(said), k) if int(said) > 0 else None
         elif int(said) > k:
             raise TrainingError(
                 f"associator '{who}' reports num_clusters_{side} = {said}, but the clusterer "
@@ -210,7 +212,12 @@ def _check_cross_labels(
                 f"{lab.dtype}; it must be ({nv + nr},) integers, one label per visible then "
                 f"infrared instance as passed to associate()"
             )
-        if len(lab) and (lab.min() < -1 or lab.max() >= k):
+        if k is None and len(lab) and lab.min() < -1:
+            raise TrainingError(
+                f"associator '{who}' returned {name} down to {lab.min()}; labels are 0 or "
+                f"more, -1 marks an instance without a label"
+            )
+        if k is not None and len(lab) and (lab.min() < -1 or lab.max() >= k):
             raise TrainingError(
                 f"associator '{who}' returned {name} from {lab.min()} to {lab.max()}, outside "
                 f"-1..{k - 1} (the {'visible' if name[-1] == 'v' else 'infrared'} label space "
@@ -226,6 +233,11 @@ def _check_cross_labels(
                 f"(first: {matches[bad][0].tolist()}; visible 0..{kv - 1}, infrared "
                 f"0..{kr - 1})"
             )
+    if cl.unified and None in bounds.values():
+        sizes = dataclasses.replace(cl, matches=matches, **out).space_sizes()
+        for side, size, k in (("v", sizes[0], kv), ("r", sizes[1], kr)):
+            if bounds[side] is None:
+                out[f"num_clusters_{side}"] = max(size, k)
     return dataclasses.replace(cl, matches=matches, **out)
 
 
@@ -1168,9 +1180,14 @@ class Trainer:
                     return spec.for_epoch(lab, cams), True
                 except ConfigError as exc:
                     warnings.append(f"stage '{stage.name}': {exc}")
+            why = (
+                "the pairing sampler refused this epoch's links (above)"
+                if lab.has_cross  # audit NF: said "no cross-modal link" though there were
+                else "no cross-modal link this epoch"
+            )
             msg = (
-                f"stage '{stage.name}': no cross-modal link this epoch; sampling each "
-                "modality on its own labels and skipping the cross-modal terms"
+                f"stage '{stage.name}': {why}; sampling each modality on its own labels and "
+                "skipping the cross-modal terms"
             )
             logger.warning(msg)
             warnings.append(msg)
