@@ -164,10 +164,19 @@ class LLCM(VIDataset):
             )
         cams: dict[int, str] = {}
         with os.scandir(top) as entries:
-            for entry in entries:
-                m = _CAM_FOLDER.fullmatch(entry.name)
-                if m and entry.is_dir():
-                    cams[int(m.group(1))] = entry.path
+            found = sorted((e.name, e.path) for e in entries if e.is_dir())
+        for name, path in found:
+            m = _CAM_FOLDER.fullmatch(name)
+            if not m:
+                continue
+            cam = int(m.group(1))
+            if cam in cams:  # audit NH: the folder listed last won, by directory order
+                raise DatasetError(
+                    f"{self.title}: {folder}/ has two folders of camera {cam} "
+                    f"({os.path.basename(cams[cam])}/ and {name}/); keep one (the release "
+                    f"names them cam1..cam9) — {SEE_README}"
+                )
+            cams[cam] = path
         out: list[ImageRecord] = []
         for cam in sorted(set(cams) | set(release_cams)):
             camdir = cams.get(cam, os.path.join(top, f"cam{cam}"))
