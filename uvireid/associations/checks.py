@@ -36,13 +36,20 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None, like: torch.Tensor) -> torch.device:
-    """``device`` as a :class:`torch.device`, or ``like``'s device when ``None``.
+    """``device`` as a :class:`torch.device`, or ``like``'s device when ``None``;
+    ``"auto"`` is CUDA when torch sees a GPU, else the CPU, as a recipe's top-level
+    ``device: auto`` (the recipe check accepts it for a part too: audit NG found
+    ``torch.device("auto")`` raising at the first association, hours into a run).
 
     Raises:
         ConfigError: CUDA is asked for but not available.
     """
     if device is None:
         return like.device
+    if device == "auto":
+        from uvireid.config import resolve_device as resolve_auto
+
+        device = resolve_auto("auto")
     if isinstance(device, str):
         from uvireid.config import check_device
 

@@ -129,21 +129,21 @@ def sinkhorn_log(
     Raises:
         FeatureFileError: the cost holds NaN or inf.
         ConfigError: empty cost, ``lambda_ot`` not in (0, inf), ``tol`` not finite and
-            >= 0, ``max_iter < 1``.
+            >= 0, ``max_iter`` or ``check_every`` not a whole number >= 1.
     """
     n, k = cost.shape
     if n == 0 or k == 0:
         raise ConfigError(f"sinkhorn_log: empty cost matrix {tuple(cost.shape)}")
-    if (
-        not 0 < lambda_ot < math.inf
-        or not 0 <= tol < math.inf  # a NaN tolerance never stops, an infinite one at once
-        or int(max_iter) < 1
-        or int(check_every) < 1
-    ):
+    from uvireid.rerank.inputs import check_k
+
+    # whole counts >= 1 (audit NG: int(inf) escaped as OverflowError, 2.5 was cut to 2)
+    max_iter = check_k(max_iter, "max_iter", "sinkhorn_log")
+    check_every = check_k(check_every, "check_every", "sinkhorn_log")
+    if not 0 < lambda_ot < math.inf or not 0 <= tol < math.inf:
+        # a NaN tolerance never stops, an infinite one at once
         raise ConfigError(
-            f"sinkhorn_log: need lambda_ot > 0 and finite (inf: NaN potentials), a finite tol "
-            f">= 0, max_iter >= 1, check_every >= 1; got {lambda_ot}, {tol}, {max_iter}, "
-            f"{check_every}"
+            f"sinkhorn_log: need lambda_ot > 0 and finite (inf: NaN potentials) and a finite "
+            f"tol >= 0; got {lambda_ot}, {tol}"
         )
     check_finite(cost, "sinkhorn_log", "the cost matrix")
     mr = -float(lambda_ot) * cost.double()
