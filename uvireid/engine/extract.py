@@ -54,7 +54,6 @@ class RecordImages(Dataset):
         return self.transform(read_image(rec.path)), rec.modality
 
 
-@torch.no_grad()
 def usable_workers(workers: int) -> int:
     """``train.workers`` capped at the CPUs this process may use (more loader processes
     than CPUs only compete with each other; torch warns about it)."""
@@ -110,15 +109,20 @@ def extract_features(
         # disable=None: no bars where stderr is not a terminal (a batch job's log, where
         # each refresh would be written and the next log line glued to an erased bar)
         it = tqdm(loader, desc="extract", unit="batch", leave=False, disable=None)
-    for images, modality in it:
-        x = images.to(device, non_blocking=True)  # modality stays on the host
-        kwargs = {} if flip else {"flip": False}  # a plain model.extract(x, m) stays valid
-        if head != "bn_feat":
-            kwargs["head"] = head
-        with _autocast(device, amp):  # bf16 where train.amp takes effect, as training's
-            feats = model.extract(x, modality, **kwargs)
-        chunks.append(feats.float().cpu())
-    model.train(was_training)
+    # the mode restored whatever happens (audit NI: an error left the model in eval mode,
+    # as extract_images never did); no graph kept for a plugin whose extract has no no_grad
+    try:
+        with torch.no_grad():
+            for images, modality in it:
+                x = images.to(device, non_blocking=True)  # modality stays on the host
+                kwargs = {} if flip else {"flip": False}  # a plain extract(x, m) stays valid
+                if head != "bn_feat":
+                    kwargs["head"] = head
+                with _autocast(device, amp):  # bf16 where train.amp takes effect
+                    feats = model.extract(x, modality, **kwargs)
+                chunks.append(feats.float().cpu())
+    finally:
+        model.train(was_training)
     feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
     return FeatureBank(
         feats=feats,
