@@ -177,6 +177,10 @@ def test_float_image_with_one_nan_pixel_is_not_read_as_all_black(tmp_path):
     expected = np.round((a[0][finite] - lo) * 255.0 / (hi - lo)).astype(int)
     assert got[finite].tolist() == expected.tolist()
     assert got[finite].max() == 255 and got[3] == 0
+    a[0, 3], a[0, 5] = np.inf, -np.inf  # a saturated pixel reads bright, -inf dark
+    Image.fromarray(a, mode="F").save(tmp_path / "t.tif")
+    got = np.asarray(read_image(tmp_path / "t.tif"))[0, :, 0].astype(int)
+    assert (got[3], got[5]) == (255, 0) and got[7] == 255
 
 
 def _scandir_sorted(reverse: bool):

@@ -91,7 +91,9 @@ def test_official_sampler_with_protocol_auto_on_regdb_is_refused(tmp_path):
             f"output_dir={tmp_path / 'r'}",
         ],
     )
-    with pytest.raises(ConfigError, match="protocol regdb-v2i uses sampler: seeded"):
+    with pytest.raises(
+        ConfigError, match=r"protocol regdb-v2i \(evaluation.protocol auto on regdb\)"
+    ):
         preflight(cfg)
 
 

@@ -49,8 +49,10 @@ def dbscan_sparse(dist: sp.spmatrix, eps: float, min_samples: int) -> np.ndarray
 
     Returns:
         (N,) int64 labels, ``-1`` for noise, clusters numbered by their first core point.
-        A point without any stored pair within ``eps`` (its own included) is noise
-        whatever ``min_samples``, as in the dense reference (for a symmetric graph).
+        A point without any stored pair within ``eps`` (its own included) is no
+        neighbour of itself, as in the dense reference: noise unless a core point lists
+        it (scikit-learn reads an absent diagonal as 0 and made it a one-point cluster at
+        ``min_samples = 1``; it is given an explicit distance above ``eps``: audits NE, NJ).
     """
     from sklearn.cluster import DBSCAN
 
@@ -63,26 +65,21 @@ def dbscan_sparse(dist: sp.spmatrix, eps: float, min_samples: int) -> np.ndarray
     graph = sp.csr_matrix(dist)
     if graph.dtype not in (np.float32, np.float64):
         graph = graph.astype(np.float64)
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
-    labels = labels.astype(np.int64)
-    # scikit-learn makes every point its own neighbour (an absent diagonal entry reads as
-    # 0), so with min_samples = 1 a row without any pair within eps became a one-point
-    # cluster; here an absent pair is farther than eps, itself included, and the reference
-    # (a dense Jaccard row of a point without reciprocal neighbours: J_ii = 1) labels it
-    # noise (audit NE). Such singletons become noise, the clusters renumbered in order.
     rows = np.repeat(np.arange(n), np.diff(graph.indptr))
     near = np.zeros(n, dtype=bool)
     near[rows[graph.data <= eps]] = True
-    if not near.all():
-        found = labels >= 0
-        size = np.bincount(labels[found], minlength=1)
-        alone = ~near & found
-        alone[alone] = size[labels[alone]] == 1
-        if alone.any():
-            labels[alone] = -1
-            found &= ~alone
-            labels[found] = np.unique(labels[found], return_inverse=True)[1]
-    return labels
+    if not near.all():  # a row without a pair within eps: its own distance is > eps too
+        far = np.flatnonzero(~near)
+        coo = graph.tocoo()
+        graph = sp.csr_matrix(
+            (
+                np.concatenate([coo.data, np.full(len(far), 2.0 * eps + 1.0, graph.dtype)]),
+                (np.concatenate([coo.row, far]), np.concatenate([coo.col, far])),
+            ),
+            shape=(n, n),
+        )
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
+    return labels.astype(np.int64)
 
 
 #: host bytes a pair of the cosine graph takes at its peak: int64 row and column and a

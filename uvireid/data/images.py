@@ -147,12 +147,14 @@ def read_image(path: str | Path) -> Image.Image:
 def _to_8bit(img: Image.Image) -> Image.Image:
     """A single-channel image of more than 8 bits as an 8-bit ("L") image: its values as
     they are when they lie in 0..255 (integers), else its range stretched to 0..255.
-    Non-finite pixels of a float image (NaN, inf: a thermal camera's dead pixels) take
-    the lowest finite value, so one of them does not turn the whole image black."""
+    Non-finite pixels of a float image (a thermal camera's dead or saturated pixels) take
+    the highest finite value for +inf and the lowest for NaN and -inf, so one of them
+    does not turn the whole image black."""
     a = np.asarray(img, dtype=np.float64)
     finite = np.isfinite(a)
     if not finite.all():  # audit NH: NaN made min/max NaN and the image all zeros
-        a = np.where(finite, a, a[finite].min() if finite.any() else 0.0)
+        low, high = (a[finite].min(), a[finite].max()) if finite.any() else (0.0, 0.0)
+        a = np.where(np.isposinf(a), high, np.where(finite, a, low))
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     integral = img.mode != "F" or bool(np.all(a == np.round(a)))
     if not (lo >= 0 and hi <= 255 and integral):

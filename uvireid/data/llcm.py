@@ -164,7 +164,9 @@ class LLCM(VIDataset):
             )
         cams: dict[int, str] = {}
         with os.scandir(top) as entries:
-            found = sorted((e.name, e.path) for e in entries if e.is_dir())
+            found = sorted(
+                (e.name, e.path) for e in entries if _CAM_FOLDER.fullmatch(e.name) and e.is_dir()
+            )
         for name, path in found:
             m = _CAM_FOLDER.fullmatch(name)
             if not m:

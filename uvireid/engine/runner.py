@@ -491,7 +491,8 @@ def _check_sampler(ev: dict, data_type: Any = None) -> None:
     it at the first evaluation, after an epoch (or the whole run) has trained."""
     if ev.get("protocol") == "none":
         return
-    protocol = _auto_protocol(str(ev.get("protocol")), data_type)
+    asked = str(ev.get("protocol"))
+    protocol = _auto_protocol(asked, data_type)
     regdb = protocol.startswith("regdb") or (protocol == "auto" and data_type == "regdb")
     if regdb and ev.get("shot", "single") != "single":
         # audit AX: refused only at the first evaluation, after the training
@@ -525,9 +526,10 @@ def _check_sampler(ev: dict, data_type: Any = None) -> None:
                 f"<SYSU-MM01 root>/exp/rand_perm_cam.mat"
             )
         if protocol != "auto" and not protocol.startswith("sysu"):
+            named = f" (evaluation.protocol auto on {data_type})" if asked == "auto" else ""
             raise ConfigError(
                 f"evaluation.sampler 'official' exists for SYSU-MM01 only; protocol "
-                f"{protocol} uses sampler: seeded"
+                f"{protocol}{named} uses sampler: seeded"
             )
     elif perm:
         raise ConfigError(

@@ -237,6 +237,12 @@ def _check_cross_labels(
         sizes = dataclasses.replace(cl, matches=matches, **out).space_sizes()
         for side, size, k in (("v", sizes[0], kv), ("r", sizes[1], kr)):
             if bounds[side] is None:
+                if size > nv + nr:
+                    raise TrainingError(
+                        f"associator '{who}' returned unified labels up to {size - 1} "
+                        f"without num_clusters_{side}; {nv + nr} instances make at most "
+                        f"{nv + nr} labels (number them 0..K-1, or set num_clusters_{side})"
+                    )
                 out[f"num_clusters_{side}"] = max(size, k)
     return dataclasses.replace(cl, matches=matches, **out)
 
@@ -1179,6 +1185,7 @@ class Trainer:
                 try:
                     return spec.for_epoch(lab, cams), True
                 except ConfigError as exc:
+                    logger.warning("stage '%s': %s", stage.name, exc)
                     warnings.append(f"stage '{stage.name}': {exc}")
             why = (
                 "the pairing sampler refused this epoch's links (above)"
