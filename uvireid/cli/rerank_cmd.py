@@ -144,6 +144,18 @@ def _accepted(name: str) -> set[str]:
     return set(RERANKERS.signature(name).parameters)
 
 
+def _takes_any_keyword(name: str) -> bool:
+    """Whether re-ranker ``name`` takes ``**kwargs`` (a plugin's): then any key may be its."""
+    import inspect
+
+    from uvireid.registry import RERANKERS
+
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in RERANKERS.signature(name).parameters.values()
+    )
+
+
 def _split_scoped(kwargs: dict[str, Any], names: list[str]) -> tuple[dict, dict]:
     """``(plain, scoped)``: ``--set NAME.KEY=V`` for a registered re-ranker NAME goes to
     ``scoped[NAME][KEY]``; every other keyword is plain."""
@@ -182,8 +194,25 @@ def _plan(kwargs: dict[str, Any], names: list[str], every: bool) -> dict[str, di
     """
     plain, scoped = _split_scoped(kwargs, names)
     if not every:
-        return {names[0]: {**plain, **scoped.get(names[0], {})}}
+        own = scoped.get(names[0], {})
+        twice = sorted(set(plain) & set(own))
+        if twice:  # which one would win is not the user's intent to guess (audit NK)
+            raise ConfigError(
+                f"--set {names[0]}.{twice[0]}= and {twice[0]} (plain or --k) are given "
+                f"twice for one re-ranker; give each keyword once"
+            )
+        return {names[0]: {**plain, **own}}
     accepted = {n: _accepted(n) for n in names}
+    for n, own in scoped.items():  # a typo in NAME.KEY stops before any evaluation (NK)
+        wrong = sorted(k for k in own if k not in accepted[n])
+        if wrong and not _takes_any_keyword(n):
+            from uvireid._suggest import did_you_mean
+
+            raise ConfigError(
+                f"--set {n}.{wrong[0]}=: re-ranker '{n}' has no keyword '{wrong[0]}'"
+                f"{did_you_mean(wrong[0], sorted(accepted[n]))} (its keywords: "
+                f"{', '.join(sorted(accepted[n]))})"
+            )
     known = set().union(*accepted.values())
     for key in plain:
         if key not in known:
@@ -240,6 +269,16 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(check_device(args.device, "--device", "--device"))
     every = args.reranker == "all"
+    if not every and args.reranker not in RERANKERS.names():
+        from uvireid._suggest import closest
+
+        choices = [*RERANKERS.names(), "all"]  # audit NK: 'ALL' got no hint
+        near = closest(str(args.reranker).lower(), choices, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(
+            f"--reranker '{args.reranker}' is not a registered re-ranker{hint} (available: "
+            f"{', '.join(choices)})"
+        )
     names = RERANKERS.names() if every else [args.reranker]
     plan = _plan(_keywords(args), names, every)
     parts, failed = [], {}
@@ -249,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
         except UvireidError as exc:
             if not every:
                 raise
+            if plan[n]:  # the user's own keywords for it are wrong: say so before any work
+                raise ConfigError(f"re-ranker '{n}' cannot be built with {plan[n]}: {exc}") from exc
             failed[n] = f"{type(exc).__name__}: {exc}"
             continue
         parts.append(_Timed(OnDevice(built, device), _label(n, built, plan[n])))
