@@ -168,10 +168,7 @@ class LLCM(VIDataset):
                 (e.name, e.path) for e in entries if _CAM_FOLDER.fullmatch(e.name) and e.is_dir()
             )
         for name, path in found:
-            m = _CAM_FOLDER.fullmatch(name)
-            if not m:
-                continue
-            cam = int(m.group(1))
+            cam = int(_CAM_FOLDER.fullmatch(name).group(1))
             if cam in cams:  # audit NH: the folder listed last won, by directory order
                 raise DatasetError(
                     f"{self.title}: {folder}/ has two folders of camera {cam} "

@@ -493,7 +493,7 @@ def _check_sampler(ev: dict, data_type: Any = None) -> None:
         return
     asked = str(ev.get("protocol"))
     protocol = _auto_protocol(asked, data_type)
-    regdb = protocol.startswith("regdb") or (protocol == "auto" and data_type == "regdb")
+    regdb = protocol.startswith("regdb")  # auto on RegDB is regdb-v2i by now
     if regdb and ev.get("shot", "single") != "single":
         # audit AX: refused only at the first evaluation, after the training
         raise ConfigError(
