@@ -8,20 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rerank_oracles import naive_knn_graph_loop
 
 from uvireid.rerank import cmfp
-
-
-def _naive_knn_graph(s: np.ndarray, k: int) -> np.ndarray:
-    """SALCR's knn_graph row by row: entries >= the k-th largest, clamped at 0, divided by
-    the row's sum."""
-    out = np.zeros_like(s)
-    for i, row in enumerate(s):
-        thr = np.sort(row)[::-1][min(k, len(row)) - 1]
-        kept = np.where(row >= thr, np.maximum(row, 0.0), 0.0)
-        total = kept.sum()
-        out[i] = kept / total if total > 0 else 0.0
-    return out
 
 
 def _kept_sets(block) -> list[set[int]]:
@@ -63,7 +52,7 @@ def test_screened_block_selects_the_float64_entries_for_any_error_within_the_bou
     assert ((sim32.double() - s).abs() <= rows_slack[:, None]).all()
     for kk in (2, k):
         block, _ = cmfp._screened_block(a, b, sim32, kk, rows_slack)
-        want = _naive_knn_graph(s.numpy(), kk)
+        want = naive_knn_graph_loop(s.numpy(), kk)
         assert _kept_sets(block) == [set(np.flatnonzero(r).tolist()) for r in want]
         got = block.dense().numpy()
         if kk == 2:  # row 0 keeps 1.0 (float32-exact) and the re-scored float64 0.9
