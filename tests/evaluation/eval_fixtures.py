@@ -41,3 +41,38 @@ def make_sysu_features(
         paths=np.asarray(paths)[order] if with_paths else None,
         meta={"dataset": "sysu", "split": "test", "feature_head": "global"},
     )
+
+
+def sysu_arrays(n_ids: int = 22, seed: int = 0) -> dict:
+    """Arrays of a SYSU-MM01-shaped test set (for ``features_from_arrays``): every id in
+    every camera, two images each, with the release's path layout (cams 3 and 6
+    infrared)."""
+    pids, cams, mods, paths = [], [], [], []
+    for pid in range(1, n_ids + 1):
+        for cam in (1, 2, 3, 4, 5, 6):
+            for k in (1, 2):
+                pids.append(pid)
+                cams.append(cam)
+                mods.append(1 if cam in (3, 6) else 0)
+                paths.append(f"cam{cam}/{pid:04d}/{k:04d}.jpg")
+    feats = np.random.default_rng(seed).normal(size=(len(pids), 8)).astype(np.float32)
+    return {
+        "feats": feats,
+        "pids": np.array(pids),
+        "cams": np.array(cams),
+        "modality": np.array(mods),
+        "paths": np.array(paths),
+    }
+
+
+def regdb_arrays(seed: int = 0, cams=(1, 2)) -> dict:
+    """Arrays of one RegDB-shaped split: 12 ids, one visible (cam 1) and one thermal (cam 2)
+    image each."""
+    rng = np.random.default_rng(seed)
+    pids = np.arange(12)
+    return {
+        "feats": rng.normal(size=(24, 8)).astype(np.float32),
+        "pids": np.concatenate([pids, pids]),
+        "cams": np.repeat(cams, 12),
+        "modality": np.repeat([0, 1], 12),
+    }

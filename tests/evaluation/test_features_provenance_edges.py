@@ -12,43 +12,11 @@ import logging
 
 import numpy as np
 import pytest
+from eval_fixtures import regdb_arrays, sysu_arrays
 
 from uvireid.errors import FeatureFileError, ProtocolError
 from uvireid.evaluation.protocols import epoch_label, run_protocol
 from uvireid.features import Features, features_from_arrays, load_features, save_features
-
-
-def _sysu_arrays(n_ids: int = 22, seed: int = 0) -> dict:
-    """A SYSU-MM01-shaped test set: every id in every camera, two images each, with the
-    release's path layout (cams 3 and 6 infrared)."""
-    pids, cams, mods, paths = [], [], [], []
-    for pid in range(1, n_ids + 1):
-        for cam in (1, 2, 3, 4, 5, 6):
-            for k in (1, 2):
-                pids.append(pid)
-                cams.append(cam)
-                mods.append(1 if cam in (3, 6) else 0)
-                paths.append(f"cam{cam}/{pid:04d}/{k:04d}.jpg")
-    feats = np.random.default_rng(seed).normal(size=(len(pids), 8)).astype(np.float32)
-    return {
-        "feats": feats,
-        "pids": np.array(pids),
-        "cams": np.array(cams),
-        "modality": np.array(mods),
-        "paths": np.array(paths),
-    }
-
-
-def _regdb_arrays(seed: int, cams=(1, 2)) -> dict:
-    """One RegDB-shaped split: 12 ids, one visible (cam 1) and one thermal (cam 2) image each."""
-    rng = np.random.default_rng(seed)
-    pids = np.arange(12)
-    return {
-        "feats": rng.normal(size=(24, 8)).astype(np.float32),
-        "pids": np.concatenate([pids, pids]),
-        "cams": np.repeat(cams, 12),
-        "modality": np.repeat([0, 1], 12),
-    }
 
 
 def _savez(path, arrays: dict, meta: dict | None = None):
@@ -62,7 +30,7 @@ def _savez(path, arrays: dict, meta: dict | None = None):
 def test_complex_features_are_refused():
     """Mutant F02 (every non-float dtype cast to float32): complex features lost their
     imaginary part silently."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     feats = a["feats"].astype(np.complex64)
     with pytest.raises(FeatureFileError, match=r"'feats' has dtype complex64"):
         features_from_arrays(feats, a["pids"], a["cams"], a["modality"])
@@ -83,7 +51,7 @@ def test_a_file_with_no_image_is_refused(tmp_path):
 def test_bool_labels_are_read_as_0_and_1(tmp_path):
     """Mutant F06 (bool labels refused): numpy.savez of an ``is_infrared`` mask as modality
     is the natural export; it reads as 0 visible / 1 infrared."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     a["modality"] = a["modality"].astype(bool)
     f = load_features(_savez(tmp_path / "b.npz", a))
     assert f.modality.dtype == np.int64
@@ -93,7 +61,7 @@ def test_bool_labels_are_read_as_0_and_1(tmp_path):
 def test_a_scalar_label_array_is_refused_with_its_fix():
     """Mutant F08 (``ndim > 1`` for ``ndim != 1``): a 0-d pids array ended in a raw
     TypeError (len() of an unsized object) instead of the file's error."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     with pytest.raises(FeatureFileError, match=r"'pids' has shape \(\); expected a 1-D"):
         features_from_arrays(a["feats"], np.array(3), a["cams"], a["modality"])
 
@@ -101,7 +69,7 @@ def test_a_scalar_label_array_is_refused_with_its_fix():
 def test_infinite_float_labels_are_refused():
     """Mutant F30 (the finiteness check of float labels dropped): inf == round(inf), so an
     inf pid became int64's minimum silently."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     pids = a["pids"].astype(float)
     pids[3] = np.inf
     with pytest.raises(FeatureFileError, match=r"'pids' has dtype float64 with non-integer"):
@@ -111,7 +79,7 @@ def test_infinite_float_labels_are_refused():
 def test_meta_stored_as_bytes_is_decoded(tmp_path):
     """Mutant F18 (bytes meta read with str()): a JSON meta saved as bytes (np.bytes_, as
     h5py or an encoded string gives) read as "b'{...}'" and was refused."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     meta = {"dataset": "regdb", "split": 2, "train_split": 2}
     np.savez(tmp_path / "m.npz", **a, meta=np.array(json.dumps(meta).encode()))
     assert load_features(tmp_path / "m.npz").meta == meta
@@ -120,7 +88,7 @@ def test_meta_stored_as_bytes_is_decoded(tmp_path):
 def test_produced_by_given_by_the_caller_is_kept(tmp_path):
     """Mutant F20 (the default written over the caller's): the docstring says produced_by
     *defaults* to 'uvireid <version>'."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     out = save_features(tmp_path / "p.npz", **a, produced_by="my exporter 2.0")
     assert load_features(out).meta["produced_by"] == "my exporter 2.0"
     out = save_features(tmp_path / "q.npz", **a)
@@ -147,7 +115,7 @@ def test_a_single_npy_array_is_refused_as_such(tmp_path):
 
 def test_select_refuses_a_mask_of_another_length():
     """Mutant F29 (the mask check dropped): numpy raised a bare IndexError."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     f = features_from_arrays(**a)
     with pytest.raises(FeatureFileError, match=r"bool mask of shape \(5,\); expected \(24,\)"):
         f.select(np.ones(5, bool))
@@ -158,7 +126,7 @@ def test_non_finite_meta_in_a_plain_numpy_file_is_read_as_null_and_said(tmp_path
     """A plain numpy.savez with json.dumps (which writes NaN by default) carried the NaN
     into the provenance (audit FE); refusing the file lost it whole, an older uvireid's
     too (audit FF): it is read as null, with a warning. Writing one is refused."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     path = _savez(tmp_path / "n.npz", a, {"dataset": "regdb", "best_mAP": float("nan")})
     with caplog.at_level(logging.WARNING):
         meta = load_features(path).meta
@@ -172,7 +140,7 @@ def test_text_modality_gets_a_modality_fix(tmp_path):
     """modality saved as text ('visible'/'infrared'): the fix given is "store the numbers
     they name as integers (e.g. 'cam3' -> 3)", which names no number for 'visible'. The fix
     should say 0 = visible, 1 = infrared."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     a["modality"] = np.where(a["modality"] == 1, "infrared", "visible")
     with pytest.raises(FeatureFileError) as err:
         load_features(_savez(tmp_path / "t.npz", a))
@@ -183,14 +151,14 @@ def test_text_modality_gets_a_modality_fix(tmp_path):
 def test_a_sysu_mm01_file_is_refused_under_a_regdb_protocol(tmp_path):
     """Mutant P01 (exact name instead of prefix): meta dataset 'SYSU-MM01' (normalised
     'sysumm01') went through regdb-v2i."""
-    path = _savez(tmp_path / "s.npz", _regdb_arrays(0), {"dataset": "SYSU-MM01"})
+    path = _savez(tmp_path / "s.npz", regdb_arrays(0), {"dataset": "SYSU-MM01"})
     with pytest.raises(ProtocolError, match=r"dataset 'SYSU-MM01'.*pick a sysu-\* protocol"):
         run_protocol(path, "regdb-v2i")
 
 
 def test_protocols_listed_as_a_tuple_in_memory_are_checked():
     """Mutant P02 (list only): in-memory meta (features_from_arrays) may hold a tuple."""
-    f = features_from_arrays(**_regdb_arrays(0), protocols=("regdb-i2v",))
+    f = features_from_arrays(**regdb_arrays(0), protocols=("regdb-i2v",))
     with pytest.raises(ProtocolError, match=r"lists the protocols regdb-i2v.*not 'regdb-v2i'"):
         run_protocol(f, "regdb-v2i")
     assert run_protocol(f, "regdb-i2v").provenance["protocol"] == "regdb-i2v"
@@ -200,7 +168,7 @@ def test_features_of_validation_ids_by_a_model_trained_on_them_are_refused(tmp_p
     """Mutants P03/P04 (today's check): validation=true with train_validation=false is
     refused with the fix (data.validation=true); train_validation=true is evaluated and
     labelled as the validation ids."""
-    a = _sysu_arrays()
+    a = sysu_arrays()
     meta = {"dataset": "sysu", "split": "test", "validation": True}
     bad = _savez(tmp_path / "bad.npz", a, {**meta, "train_validation": False})
     with pytest.raises(ProtocolError, match=r"the model trained on them.*data.validation=true"):
@@ -216,14 +184,14 @@ def test_validation_label_of_a_dataset_laid_out_as_sysu(tmp_path):
     synthetic set's validation numbers read as its test set's."""
     meta = {"dataset": "synthetic", "title": "Synthetic", "validation": True}
     meta["train_validation"] = True
-    path = _savez(tmp_path / "v.npz", _sysu_arrays(), meta)
+    path = _savez(tmp_path / "v.npz", sysu_arrays(), meta)
     res = run_protocol(path, "sysu-all", trials=1)
     assert res.provenance["dataset"] == "Synthetic validation ids (SYSU-MM01 protocol)"
 
 
 def test_validation_note_is_in_the_summary_line():
     """Mutant P19 (the note dropped)."""
-    a = _sysu_arrays()
+    a = sysu_arrays()
     a.pop("paths")
     f = features_from_arrays(**a, dataset="sysu", validation=True, train_validation=True)
     line = run_protocol(f, "sysu-all", trials=1).summary()
@@ -233,9 +201,9 @@ def test_validation_note_is_in_the_summary_line():
 
 def test_split_test_is_accepted_in_any_letter_case(tmp_path):
     """Mutant P06 (case-sensitive 'test'): a file whose meta says split 'Test' was refused."""
-    path = _savez(tmp_path / "t.npz", _sysu_arrays(), {"dataset": "sysu", "split": "Test"})
+    path = _savez(tmp_path / "t.npz", sysu_arrays(), {"dataset": "sysu", "split": "Test"})
     assert run_protocol(path, "sysu-all", trials=1).provenance["trials"] == 1
-    path = _savez(tmp_path / "v.npz", _sysu_arrays(), {"dataset": "sysu", "split": "train"})
+    path = _savez(tmp_path / "v.npz", sysu_arrays(), {"dataset": "sysu", "split": "train"})
     with pytest.raises(ProtocolError, match=r"holds the 'train' split"):
         run_protocol(path, "sysu-all", trials=1)
 
@@ -244,14 +212,14 @@ def test_regdb_test_split_key_is_checked_against_train_split(tmp_path):
     """Mutant P08 (test_split ignored): the meta's test_split (which extract_cmd also reads)
     takes precedence over split."""
     meta = {"dataset": "regdb", "split": 1, "test_split": 2, "train_split": 1}
-    path = _savez(tmp_path / "r.npz", _regdb_arrays(0), meta)
+    path = _savez(tmp_path / "r.npz", regdb_arrays(0), meta)
     with pytest.raises(ProtocolError, match=r"trained on RegDB split 1 but .* split 2"):
         run_protocol(path, "regdb-v2i")
 
 
 def test_regdb_refuses_a_file_of_three_cameras(tmp_path):
     """Mutant P26 (more than 3 cameras): a RegDB split has exactly two cameras."""
-    a = _regdb_arrays(0)
+    a = regdb_arrays(0)
     a["cams"] = np.concatenate([np.repeat(1, 12), np.repeat([2, 3], 6)])
     with pytest.raises(ProtocolError, match=r"holds 3 cameras \(\[1, 2, 3\]\)"):
         run_protocol(_savez(tmp_path / "c.npz", a), "regdb-v2i")
@@ -260,7 +228,7 @@ def test_regdb_refuses_a_file_of_three_cameras(tmp_path):
 def test_regdb_warns_when_only_the_training_split_is_unknown(tmp_path, caplog):
     """Mutant P30 (warn only when both are missing): a file naming its test split but not
     the training split cannot be checked, and says so."""
-    path = _savez(tmp_path / "w.npz", _regdb_arrays(0), {"dataset": "regdb", "split": 4})
+    path = _savez(tmp_path / "w.npz", regdb_arrays(0), {"dataset": "regdb", "split": 4})
     with caplog.at_level(logging.WARNING):
         res = run_protocol(path, "regdb-v2i")
     assert "the training split (train_split)" in caplog.text
@@ -271,9 +239,9 @@ def test_regdb_splits_are_recorded_in_the_order_given(tmp_path, caplog):
     """Mutant P34 (splits sorted, unknown ones dropped): the per-split rows and the
     provenance's splits must line up, an unknown split included."""
     files = [
-        _savez(tmp_path / "a.npz", _regdb_arrays(3), {"split": 3, "train_split": 3}),
-        _savez(tmp_path / "b.npz", _regdb_arrays(1), {"split": 1, "train_split": 1}),
-        _savez(tmp_path / "c.npz", _regdb_arrays(9)),
+        _savez(tmp_path / "a.npz", regdb_arrays(3), {"split": 3, "train_split": 3}),
+        _savez(tmp_path / "b.npz", regdb_arrays(1), {"split": 1, "train_split": 1}),
+        _savez(tmp_path / "c.npz", regdb_arrays(9)),
     ]
     res = run_protocol(files, "regdb-v2i")
     assert res.provenance["splits"] == [3, 1, None]
@@ -287,12 +255,12 @@ def test_notes_of_some_splits_name_those_splits(tmp_path):
     files = [
         _savez(
             tmp_path / "a.npz",
-            _regdb_arrays(1),
+            regdb_arrays(1),
             {**common, "split": 1, "train_split": 1, "epoch": 4, "final": True},
         ),
         _savez(
             tmp_path / "b.npz",
-            _regdb_arrays(2),
+            regdb_arrays(2),
             {**common, "split": 2, "train_split": 2, "epoch": 2, "final": False},
         ),
     ]
@@ -303,7 +271,7 @@ def test_notes_of_some_splits_name_those_splits(tmp_path):
 
 def test_epoch_label_of_epoch_zero_and_its_stage():
     """Mutants P21 (epoch 0 taken for no epoch) and P33 (the stage dropped)."""
-    f = features_from_arrays(**_regdb_arrays(0), split=1, train_split=1, epoch=0, stage="warm")
+    f = features_from_arrays(**regdb_arrays(0), split=1, train_split=1, epoch=0, stage="warm")
     assert "epoch 0 (warm, not the final epoch)" in run_protocol(f, "regdb-v2i").summary()
     label = epoch_label({"epoch": 7, "stage": "b", "final": False, "selected_on": "test set"})
     assert label == "epoch 7 (b, not the final epoch, chosen on the test set)"
@@ -316,7 +284,7 @@ def test_validation_ids_of_a_model_that_says_train_validation_0_are_refused(tmp_
     the check is ``is False``, so those files are evaluated and labelled 'SYSU-MM01
     validation ids' although the model trained on them."""
     meta = {"dataset": "sysu", "validation": True, "train_validation": 0}
-    path = _savez(tmp_path / "v.npz", _sysu_arrays(), meta)
+    path = _savez(tmp_path / "v.npz", sysu_arrays(), meta)
     with pytest.raises(ProtocolError, match=r"the model trained on them"):
         run_protocol(path, "sysu-all", trials=1)
 
@@ -326,7 +294,7 @@ def test_validation_ids_with_unknown_training_are_warned(tmp_path, caplog):
     dataset, or another codebase's file): evaluated silently as 'SYSU-MM01 validation ids'
     although nothing says the model left those ids out. RegDB warns in the same case
     (train_split unknown); this should warn too (or refuse)."""
-    path = _savez(tmp_path / "v.npz", _sysu_arrays(), {"dataset": "sysu", "validation": True})
+    path = _savez(tmp_path / "v.npz", sysu_arrays(), {"dataset": "sysu", "validation": True})
     with caplog.at_level(logging.WARNING):
         run_protocol(path, "sysu-all", trials=1)
     assert "not whether the model left them out of its training (train_validation)" in caplog.text
@@ -337,7 +305,7 @@ def test_a_variant_of_sysu_is_not_labelled_sysu_mm01(tmp_path):
     benchmark, titled as such) is labelled plain 'SYSU-MM01': the prefix test in
     _dataset_label takes any 'sysu*' for the release."""
     meta = {"dataset": "SYSU-MM01-C", "title": "SYSU-MM01-C (corrupted)", "split": "test"}
-    path = _savez(tmp_path / "c.npz", _sysu_arrays(), meta)
+    path = _savez(tmp_path / "c.npz", sysu_arrays(), meta)
     label = run_protocol(path, "sysu-all", trials=1).provenance["dataset"]
     assert "SYSU-MM01-C" in label
 
@@ -348,10 +316,10 @@ def test_a_split_file_without_dataset_is_not_named_none(tmp_path, caplog):
     files = [
         _savez(
             tmp_path / "a.npz",
-            _regdb_arrays(1),
+            regdb_arrays(1),
             {"dataset": "mydata", "split": 1, "train_split": 1},
         ),
-        _savez(tmp_path / "b.npz", _regdb_arrays(2)),
+        _savez(tmp_path / "b.npz", regdb_arrays(2)),
     ]
     label = run_protocol(files, "regdb-v2i").provenance["dataset"]
     assert label == "mydata (RegDB protocol)"
@@ -362,7 +330,7 @@ def test_a_fractional_regdb_split_is_not_truncated(tmp_path):
     train_split 3: the file is evaluated as split 3. A split is an integer 1..10; 3.7 should
     be refused (or at least not become 3)."""
     meta = {"dataset": "regdb", "split": 3.7, "train_split": 3}
-    path = _savez(tmp_path / "f.npz", _regdb_arrays(0), meta)
+    path = _savez(tmp_path / "f.npz", regdb_arrays(0), meta)
     with pytest.raises(ProtocolError, match=r"its meta's split is 3.7, not a RegDB split"):
         run_protocol(path, "regdb-v2i")
 
@@ -372,7 +340,7 @@ def test_in_memory_and_file_features_give_the_same_result(tmp_path):
     provenance apart from the file name."""
     import torch
 
-    a = _sysu_arrays()
+    a = sysu_arrays()
     meta = {"dataset": "sysu", "split": "test", "feature_head": "global"}
     path = save_features(tmp_path / "f.npz", **a, **meta)
     plain = _savez(tmp_path / "p.npz", a, meta)
@@ -405,7 +373,7 @@ def test_regdb_splits_extracted_at_other_sizes_are_not_averaged_silently(tmp_pat
     files = []
     for s, size in ((1, [288, 144]), (2, [384, 192])):
         meta = {"dataset": "regdb", "split": s, "train_split": s, "test_size": size}
-        files.append(_savez(tmp_path / f"{s}.npz", _regdb_arrays(s), meta))
+        files.append(_savez(tmp_path / f"{s}.npz", regdb_arrays(s), meta))
     with pytest.raises(ProtocolError, match=r"different features \(test_size \[288, 144\]"):
         run_protocol(files, "regdb-v2i")
 
@@ -414,11 +382,11 @@ def test_split_files_naming_the_dataset_by_either_spelling_are_averaged(tmp_path
     """Audit FF: 'regdb' and 'RegDB' (another codebase's spelling) are one dataset, and a
     file that names none is not another one."""
     files = [
-        _savez(tmp_path / "a.npz", _regdb_arrays(1), {"dataset": "regdb", "split": 1}),
-        _savez(tmp_path / "b.npz", _regdb_arrays(2), {"dataset": "RegDB", "split": 2}),
-        _savez(tmp_path / "c.npz", _regdb_arrays(3), {"split": 3}),
+        _savez(tmp_path / "a.npz", regdb_arrays(1), {"dataset": "regdb", "split": 1}),
+        _savez(tmp_path / "b.npz", regdb_arrays(2), {"dataset": "RegDB", "split": 2}),
+        _savez(tmp_path / "c.npz", regdb_arrays(3), {"split": 3}),
     ]
     assert run_protocol(files, "regdb-v2i").provenance["dataset"] == "RegDB"
-    other = _savez(tmp_path / "d.npz", _regdb_arrays(4), {"dataset": "mydata", "split": 4})
+    other = _savez(tmp_path / "d.npz", regdb_arrays(4), {"dataset": "mydata", "split": 4})
     with pytest.raises(ProtocolError, match="the files are of different datasets"):
         run_protocol([*files, other], "regdb-v2i")

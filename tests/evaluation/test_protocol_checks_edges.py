@@ -5,43 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from eval_fixtures import regdb_arrays, sysu_arrays
 
 from uvireid.errors import ProtocolError
 from uvireid.evaluation.protocols import run_protocol
 from uvireid.features import features_from_arrays
-
-
-def _sysu_arrays(n_ids: int = 6, seed: int = 0) -> dict:
-    """A small SYSU-MM01-shaped test set with the release's path layout: every id in every
-    camera, two images each (cams 3 and 6 infrared)."""
-    pids, cams, mods, paths = [], [], [], []
-    for pid in range(1, n_ids + 1):
-        for cam in (1, 2, 3, 4, 5, 6):
-            for k in (1, 2):
-                pids.append(pid)
-                cams.append(cam)
-                mods.append(1 if cam in (3, 6) else 0)
-                paths.append(f"cam{cam}/{pid:04d}/{k:04d}.jpg")
-    feats = np.random.default_rng(seed).normal(size=(len(pids), 8)).astype(np.float32)
-    return {
-        "feats": feats,
-        "pids": np.array(pids),
-        "cams": np.array(cams),
-        "modality": np.array(mods),
-        "paths": np.array(paths),
-    }
-
-
-def _regdb_arrays(seed: int = 0) -> dict:
-    """One RegDB-shaped split: 12 ids, one visible (cam 1) and one thermal (cam 2) image each."""
-    rng = np.random.default_rng(seed)
-    pids = np.arange(12)
-    return {
-        "feats": rng.normal(size=(24, 8)).astype(np.float32),
-        "pids": np.concatenate([pids, pids]),
-        "cams": np.repeat([1, 2], 12),
-        "modality": np.repeat([0, 1], 12),
-    }
 
 
 def test_pids_that_merge_two_identity_folders_are_refused():
@@ -50,7 +18,7 @@ def test_pids_that_merge_two_identity_folders_are_refused():
     ``pid // 2``, say) merges two people, whose images then count as positives of each
     other. The pids of folders 0001 and 0002 are one value, so the check must name pid 1
     with both folders; a consistent renumbering (pid * 10 + 3) stays accepted."""
-    a = _sysu_arrays()
+    a = sysu_arrays(6)
     run_protocol(features_from_arrays(**{**a, "pids": a["pids"] * 10 + 3}), "sysu-all", trials=1)
     merged = np.where(a["pids"] == 2, 1, a["pids"])
     f = features_from_arrays(**{**a, "pids": merged})
@@ -64,11 +32,11 @@ def test_a_boolean_regdb_split_is_refused_not_read_as_split_1():
     ``train_split: 1``, so the file was evaluated as split 1. The documented rule (audit FE):
     a boolean is no split number and is refused with the key."""
     meta = {"dataset": "regdb", "split": True, "train_split": 1}
-    f = features_from_arrays(**_regdb_arrays(), **meta)
+    f = features_from_arrays(**regdb_arrays(), **meta)
     with pytest.raises(ProtocolError, match=r"its meta's split is True, not a RegDB split"):
         run_protocol(f, "regdb-v2i")
     # the same file with a real split number is evaluated as that split
-    ok = features_from_arrays(**_regdb_arrays(), **{**meta, "split": 1})
+    ok = features_from_arrays(**regdb_arrays(), **{**meta, "split": 1})
     assert run_protocol(ok, "regdb-v2i").provenance["splits"] == [1]
 
 
@@ -77,7 +45,7 @@ def test_validation_ids_whose_train_validation_says_nothing_are_refused(caplog):
     true nor false (``"unknown"``, ``2``) says nothing about whether the model left the
     validation ids out; ``_check_meta`` refuses it (its comment: "false, 0, 'false', or a
     value that says nothing"), whereas an absent key is only warned."""
-    a = _sysu_arrays()
+    a = sysu_arrays(6)
     for value in ("unknown", 2):
         meta = {"dataset": "sysu", "validation": True, "train_validation": value}
         f = features_from_arrays(**a, **meta)
@@ -95,7 +63,7 @@ def test_a_string_1_validation_flag_is_read_as_true():
     codebase as ``validation: "1", train_validation: "0"`` (its json of strings) holds
     validation ids of a model that trained on them: refused, as ``true``/``false`` are;
     with ``train_validation: "1"`` it is evaluated and labelled as validation ids."""
-    a = _sysu_arrays()
+    a = sysu_arrays(6)
     bad = features_from_arrays(**a, dataset="sysu", validation="1", train_validation="0")
     with pytest.raises(ProtocolError, match=r"holds the validation ids"):
         run_protocol(bad, "sysu-all", trials=1)
@@ -110,10 +78,10 @@ def test_a_synthetic_validation_file_without_validation_ids_names_val_id_txt():
     out as SYSU-MM01 and holds out exp/val_id.txt (data.validation on 'synthetic'), so an
     older validation file of it that does not list ``validation_ids`` names that file; a
     RegDB one, whose held-out ids are every fifth training id, says the meta does not say."""
-    a = _sysu_arrays()
+    a = sysu_arrays(6)
     meta = {"dataset": "synthetic", "validation": True, "train_validation": True}
     r = run_protocol(features_from_arrays(**a, **meta), "sysu-all", trials=1)
     assert "the validation ids (exp/val_id.txt), not the test set" in r.summary()
     rd = {"dataset": "regdb", "validation": True, "train_validation": True, "split": 1}
-    r = run_protocol(features_from_arrays(**_regdb_arrays(), **rd, train_split=1), "regdb-v2i")
+    r = run_protocol(features_from_arrays(**regdb_arrays(), **rd, train_split=1), "regdb-v2i")
     assert "held-out training ids; the meta does not say which" in r.summary()
