@@ -109,3 +109,19 @@ def gaussian_modalities(
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         out += [x.astype(np.float32), g]
     return out[0], out[1], out[2], out[3]
+
+
+def outlier_clusters(seed, ids_v, ids_r, *, per_id, d, noise, outliers):
+    """``[fv, gv, fr, gr]``: unit features of Gaussian identities seen in both modalities
+    (one centre per identity, ``per_id`` images each), the first ``outliers`` instances
+    of each modality labelled -1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(ids_v, ids_r), d))
+    out = []
+    for ids in (ids_v, ids_r):
+        g = np.repeat(np.arange(ids), per_id)
+        x = centres[g] + noise * rng.normal(size=(len(g), d))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        g[:outliers] = -1
+        out += [x, g]
+    return out

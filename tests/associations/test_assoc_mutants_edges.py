@@ -9,10 +9,13 @@ test pinned: intra relabelling with label gaps, after CMFP(tr), on the infrared 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import ot
 import pytest
 import torch
+from assoc_oracles import outlier_clusters
 from scipy.special import logsumexp
 
 from uvireid.associations.otla import OTLADual, sinkhorn_log, transport_plan
@@ -135,19 +138,8 @@ def test_default_order_plan_equals_pot_with_absorption():
 
 
 # ------------------------------------------------------------- OTLADual ---------------
-def _clusters(seed, ids_v, ids_r, per_id=5, d=8, noise=0.6):
-    """Unit features of Gaussian identities seen in both modalities; the first instance of
-    each modality an outlier."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(ids_v, ids_r), d))
-    out = []
-    for ids in (ids_v, ids_r):
-        g = np.repeat(np.arange(ids), per_id)
-        x = centres[g] + noise * rng.normal(size=(len(g), d))
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        g[0] = -1
-        out += [x, g]
-    return out
+#: the first instance of each modality an outlier
+_clusters = partial(outlier_clusters, per_id=5, d=8, noise=0.6, outliers=1)
 
 
 def _pot_labels(x, protos, lam=5.0):

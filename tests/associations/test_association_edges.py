@@ -7,10 +7,12 @@ column (each was a hang, a ZeroDivisionError, NaN potentials or silent labels)."
 from __future__ import annotations
 
 import signal
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from assoc_oracles import outlier_clusters
 from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.checks import as_features, prepare
@@ -22,20 +24,8 @@ from uvireid.associations.refine import cmfp_tr
 from uvireid.errors import ConfigError, FeatureFileError, ProtocolError
 from uvireid.types import CrossLabels
 
-
-def _clusters(seed, ids_v, ids_r, per_id=4, d=16, noise=0.8):
-    """Unit features of Gaussian identities in two modalities, with a few outliers."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(ids_v, ids_r), d))
-    out = []
-    for ids in (ids_v, ids_r):
-        g = np.repeat(np.arange(ids), per_id)
-        x = centres[g] + noise * rng.normal(size=(len(g), d))
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        g = g.copy()
-        g[:2] = -1
-        out += [x, g]
-    return out
+#: a few outliers: the first two instances of each modality
+_clusters = partial(outlier_clusters, per_id=4, d=16, noise=0.8, outliers=2)
 
 
 def _unit_means(x, lab, ids):
