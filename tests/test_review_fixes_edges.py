@@ -1,12 +1,12 @@
 """Edges found by review NJ of session 28's fixes: DBSCAN's lonely points (symmetric and
 asymmetric graphs against dense scikit-learn), the sampler preflight's protocol auto
-with plugin datasets, a unified space's derived size and its bound, the unpaired
-fallback's log line, non-finite and integer wide pixels and LLCM's folders beside the
-camera folders (links, loops, files)."""
+with plugin datasets, a unified space's derived size and its bound, non-finite and
+integer wide pixels and LLCM's folders beside the camera folders (links, loops, files).
+(The unpaired fallback's log line is tested beside the fallback's other checks, in
+tests/engine/test_trainer_branches_edges.py.)"""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -20,9 +20,8 @@ from uvireid.data import LLCM
 from uvireid.data.fixtures import make_llcm_tree
 from uvireid.data.images import read_image
 from uvireid.engine.runner import _check_sampler
-from uvireid.engine.trainer import Stage, Trainer, _check_cross_labels
+from uvireid.engine.trainer import _check_cross_labels
 from uvireid.errors import ConfigError, TrainingError
-from uvireid.losses.contract import EpochLabels
 from uvireid.registry import DATASETS
 from uvireid.types import CrossLabels
 
@@ -132,37 +131,6 @@ def test_a_derived_unified_space_takes_its_labels_size_never_below_the_clusterer
     cl = CrossLabels(lab, lab, np.zeros((0, 2)), unified=True, num_visible=4)
     out = _check_cross_labels(cl, 4, 4, 2, 6, "plugin")
     assert (out.num_clusters_v, out.num_clusters_r) == (4, 6)  # max(labels + 1, k)
-
-
-# ---------------------------------------------------------------- the unpaired fallback
-
-
-def test_the_fallback_log_line_names_the_samplers_refusal(caplog):
-    """The fallback's log line says the sampler refused this epoch's links '(above)',
-    but the refusal itself only goes to the epoch's warnings list (metrics.jsonl): the
-    log has nothing above it, and a reader of the log never learns why."""
-    tr = Trainer.__new__(Trainer)
-    tr.cams_v = tr.cams_r = np.ones(12, dtype=np.int64)
-    y = np.repeat(np.arange(3), 4)
-    lab = EpochLabels(
-        vis_in_v=y,
-        vis_in_r=y,
-        ir_in_r=y,
-        ir_in_v=y,
-        init_v=y,
-        init_r=y,
-        num_v=3,
-        num_r=3,
-        has_cross=True,
-        matches=None,
-    )
-    stage = Stage("mb", 1, 1, 0.0, {"type": "matched", "ids": 2, "images": 2}, {}, None, [])
-    warnings: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="uvireid.engine.trainer"):
-        _, paired = tr._sampler(stage, lab, warnings)
-    assert paired is False
-    reason = warnings[0].split(": ", 1)[1]  # the sampler's ConfigError
-    assert reason in caplog.text
 
 
 # ---------------------------------------------------------------- read_image

@@ -180,16 +180,12 @@ def test_an_empty_perm_file_is_refused_with_a_plugin_dataset_too():
         load_recipe("demo", ["evaluation.perm_file="])
 
 
-def test_a_resume_whose_trained_epochs_lost_their_checkpoint_is_refused(tmp_path, monkeypatch):
-    """metrics.jsonl records epoch 0 as trained (epochs count from 0; -1 is the untrained
-    evaluation) but checkpoints/latest.pt is missing: --resume would train that epoch
-    again into the same folder, so it is refused before any training, naming the count."""
+def _one_stage_recipe(tmp_path) -> dict:
+    """A resolved one-stage training recipe (DCL's loss) on a 6-id SYSU-MM01 tree, for
+    the resume checks (none of them trains)."""
     import yaml
 
     from uvireid.data.fixtures import make_sysu_tree
-    from uvireid.engine.run_folder import RunFolder
-    from uvireid.engine.runner import train_recipe
-    from uvireid.errors import RunFolderError
 
     root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=6, images_per=1)
     rec = {
@@ -203,7 +199,18 @@ def test_a_resume_whose_trained_epochs_lost_their_checkpoint_is_refused(tmp_path
         "losses": [{"type": "cluster_contrast"}],
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(rec))
-    cfg = load_recipe(tmp_path / "tiny.yaml")
+    return load_recipe(tmp_path / "tiny.yaml")
+
+
+def test_a_resume_whose_trained_epochs_lost_their_checkpoint_is_refused(tmp_path, monkeypatch):
+    """metrics.jsonl records epoch 0 as trained (epochs count from 0; -1 is the untrained
+    evaluation) but checkpoints/latest.pt is missing: --resume would train that epoch
+    again into the same folder, so it is refused before any training, naming the count."""
+    from uvireid.engine.run_folder import RunFolder
+    from uvireid.engine.runner import train_recipe
+    from uvireid.errors import RunFolderError
+
+    cfg = _one_stage_recipe(tmp_path)
     folder = RunFolder.create(cfg["output_dir"], cfg["name"])
     folder.write_config(cfg)
     folder.log_metrics({"epoch": -1, "stage": "untrained"})
@@ -357,25 +364,10 @@ def test_resuming_a_finished_run_of_another_world_size_changes_nothing(tmp_path)
     resumed in one process after a two-process run, it is returned as it is."""
     import json
 
-    import yaml
-
-    from uvireid.data.fixtures import make_sysu_tree
     from uvireid.engine.run_folder import RunFolder
     from uvireid.engine.runner import train_recipe
 
-    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=6, images_per=1)
-    rec = {
-        "device": "cpu",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"type": "sysu", "root": str(root)},
-        "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-        "clusterer": {"type": "dbscan", "eps": 0.6, "min_samples": 2, "k1": 5, "k2": 2},
-        "train": {"height": 32, "width": 16, "iters_per_epoch": 1, "image_cache": None},
-        "evaluation": {"protocol": "sysu-all", "trials": 1, "every": 0},
-        "losses": [{"type": "cluster_contrast"}],
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(rec))
-    cfg = load_recipe(tmp_path / "tiny.yaml")
+    cfg = _one_stage_recipe(tmp_path)
     folder = RunFolder.create(cfg["output_dir"], cfg["name"])
     folder.write_config(cfg)
     (folder.path / "manifest.json").write_text(json.dumps({"world_size": 2}))

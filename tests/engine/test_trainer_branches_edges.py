@@ -205,11 +205,12 @@ def _labels(has_cross=True, matches=None):
     )
 
 
-def test_a_pairing_sampler_that_cannot_pair_this_epoch_says_why_and_draws_unpaired():
+def test_a_pairing_sampler_that_cannot_pair_this_epoch_says_why_and_draws_unpaired(caplog):
     """The matched sampler on an epoch with cross links but without the association's
     matches (its for_epoch refuses with a ConfigError): the epoch's warnings give the
-    stage's name and the sampler's reason, then the fallback; the batches are unpaired,
-    drawn on each modality's own labels."""
+    stage's name and the sampler's reason, then the fallback; the log has the reason too
+    (the fallback's line points to it: review NJ); the batches are unpaired, drawn on
+    each modality's own labels."""
     from uvireid.engine.trainer import Stage
 
     tr = Trainer.__new__(Trainer)
@@ -217,9 +218,11 @@ def test_a_pairing_sampler_that_cannot_pair_this_epoch_says_why_and_draws_unpair
     sampler = {"type": "matched", "ids": 2, "images": 2}
     stage = Stage("mb", 1, 1, 0.0, sampler, {}, None, [])
     warnings: list[str] = []
-    drawn, paired = tr._sampler(stage, _labels(), warnings)
+    with caplog.at_level(logging.WARNING, logger="uvireid.engine.trainer"):
+        drawn, paired = tr._sampler(stage, _labels(), warnings)
     assert paired is False
     assert len(warnings) == 2
+    assert warnings[0].split(": ", 1)[1] in caplog.text  # the sampler's ConfigError
     assert warnings[0].startswith("stage 'mb': the matched sampler needs the association's")
     # the fallback's line names the refusal, not "no cross-modal link" (there are links)
     assert warnings[1].startswith("stage 'mb': the pairing sampler refused this epoch's links")
