@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+from loss_oracles import unit_rows
 
 from uvireid.losses import (
     DualClusterContrastLoss,
@@ -20,12 +21,6 @@ from uvireid.losses import (
 from uvireid.losses.triplet import batch_hard_triplet_masked
 
 TAU = 0.05
-
-
-def _unit(*shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def _nll_row(x, memory, y, tau):
@@ -49,7 +44,7 @@ def test_cluster_nce_over_parts_is_the_mean_over_parts_and_labelled_rows():
     memory p with row i's label; the mean over the labelled rows and all parts."""
     b, p, k, d = 4, 3, 5, 4
     x = torch.randn(b, p, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
-    mem = _unit(p, k, d, seed=2)
+    mem = unit_rows(p, k, d, seed=2)
     y = [4, -1, 0, 2]
     got = cluster_nce(x, mem, torch.tensor(y), TAU)
     want = sum(_nce_loop(x[:, q], mem[q], y, TAU) for q in range(p)) / p
@@ -68,7 +63,7 @@ def test_cluster_nce_against_an_empty_memory_is_zero_with_a_gradient_path():
 
 def _dagl_setup():
     nv, nr, kv, kr, d = 9, 8, 3, 2, 4
-    fv, fr = _unit(nv, d, seed=5), _unit(nr, d, seed=6)
+    fv, fr = unit_rows(nv, d, seed=5), unit_rows(nr, d, seed=6)
     lv, lr = np.arange(nv) % kv, np.arange(nr) % kr
     ctx = EpochContext(
         feats_v=fv,

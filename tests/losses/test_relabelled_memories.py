@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from loss_oracles import centroid_loop, unit_rows
 
 from uvireid.losses import EpochContext, InstanceNeighbourLoss, PartContrastLoss
-
-
-def _unit(*shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(
-        torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
-    )
-
-
-def _centroid(rows, labels, k):
-    """Normalised plain mean of the rows of each label 0..k-1, by a loop."""
-    out = []
-    for c in range(k):
-        members = [rows[i] for i in range(len(labels)) if labels[i] == c]
-        mean = sum(members) / len(members)
-        out.append(mean / mean.norm())
-    return torch.stack(out)
 
 
 def _relabelled(p=2, d=4):
     init_v = np.array([0, 0, 1, 1, 2, 2, 0, 1, -1])
     init_r = np.array([0, 1, 0, 1, 1, 0, -1, 1])
     return EpochContext(
-        feats_v=_unit(9, d, seed=2),
-        feats_r=_unit(8, d, seed=3),
+        feats_v=unit_rows(9, d, seed=2),
+        feats_r=unit_rows(8, d, seed=3),
         vis_in_v=np.array([1, 0, 2, 1, 0, 2, 2, -1, 1]),  # relabelled, another outlier
         vis_in_r=np.array([0, 1, -1, 0, 1, 1, 0, -1, 1]),
         ir_in_r=np.array([1, 1, 0, 0, 1, -1, 0, 1]),
@@ -44,8 +28,8 @@ def _relabelled(p=2, d=4):
         init_r=init_r,
         num_v=3,
         num_r=2,
-        parts_v=_unit(9, p, d, seed=4),
-        parts_r=_unit(8, p, d, seed=5),
+        parts_v=unit_rows(9, p, d, seed=4),
+        parts_r=unit_rows(8, p, d, seed=5),
     )
 
 
@@ -54,16 +38,16 @@ def test_part_memories_of_the_own_space_start_from_the_clusterers_partition():
     loss = PartContrastLoss(num_parts=2)
     loss.reset(ctx)
     for p in range(2):
-        want_v = _centroid(ctx.parts_v[:, p], ctx.init_v, 3)
-        want_r = _centroid(ctx.parts_r[:, p], ctx.init_r, 2)
+        want_v = centroid_loop(ctx.parts_v[:, p], ctx.init_v, 3)
+        want_r = centroid_loop(ctx.parts_r[:, p], ctx.init_r, 2)
         assert torch.allclose(loss.hat_v[p], want_v, atol=1e-12)
         assert torch.allclose(loss.chk_r[p], want_r, atol=1e-12)
         # the cross-space memories: the other modality's assigned labels
-        assert torch.allclose(loss.hat_r[p], _centroid(ctx.parts_v[:, p], ctx.vis_in_r, 2))
-        assert torch.allclose(loss.chk_v[p], _centroid(ctx.parts_r[:, p], ctx.ir_in_v, 3))
+        assert torch.allclose(loss.hat_r[p], centroid_loop(ctx.parts_v[:, p], ctx.vis_in_r, 2))
+        assert torch.allclose(loss.chk_v[p], centroid_loop(ctx.parts_r[:, p], ctx.ir_in_v, 3))
         # the relabelled targets give other centroids, so the checks above can fail
-        assert not torch.allclose(want_v, _centroid(ctx.parts_v[:, p], ctx.vis_in_v, 3))
-        assert not torch.allclose(want_r, _centroid(ctx.parts_r[:, p], ctx.ir_in_r, 2))
+        assert not torch.allclose(want_v, centroid_loop(ctx.parts_v[:, p], ctx.vis_in_v, 3))
+        assert not torch.allclose(want_r, centroid_loop(ctx.parts_r[:, p], ctx.ir_in_r, 2))
 
 
 def test_instance_memories_hold_the_clusterers_non_outliers_in_image_order():
