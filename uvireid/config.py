@@ -887,8 +887,6 @@ def _validate_component(
         for key in kwargs:
             if key not in valid:
                 full = f"{dotted}.{key}"
-                if full in RENAMED_KEYS:
-                    _unknown(full, valid, prov.source(full))
                 near = closest(key, ["type", *valid, *extra], n=1)
                 hint = f"; did you mean '{dotted}.{near[0]}'?" if near else ""
                 raise ConfigError(

@@ -257,6 +257,20 @@ def test_extract_features_restores_the_mode_and_keeps_no_graph(tmp_path):
     assert bank.feats.shape == (4, 3)
 
 
+def test_extract_features_of_no_records_has_the_models_width():
+    """No records: (0, d) features with d the model's out_dim, as extract_images gives, so
+    that a bank of them concatenates with and compares to a non-empty one."""
+    from uvireid.engine.extract import extract_features
+    from uvireid.engine.trainer import extract_images
+
+    torch.manual_seed(0)
+    m = TwoStreamResNet("resnet18")
+    bank = extract_features(m, [], height=32, width=16)
+    direct, _ = extract_images(m, torch.zeros(0, 3, 32, 16, dtype=torch.uint8), np.zeros(0), "cpu")
+    assert bank.feats.shape == (0, 512) == tuple(direct.shape)
+    assert bank.feats.dtype == np.float32 and bank.pids.shape == (0,)
+
+
 @pytest.mark.parametrize(
     "evaluation", [{}, {"feature_head": "pool", "flip": False}, {"feature_head": "pool"}]
 )

@@ -201,3 +201,33 @@ def test_unknown_reranker_near_all_suggests_all(feats_file, capsys, typo):
     rc = main(["rerank", str(feats_file), "--reranker", typo, "--protocol", "sysu-all"])
     err = capsys.readouterr().err
     assert rc == 2 and "'all'" in err
+
+
+class _Nameless:
+    """A plugin re-ranker with no ``name`` attribute (a cosine ranking scaled by alpha)."""
+
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def rerank(self, query, gallery):
+        return -self.alpha * np.asarray(query) @ np.asarray(gallery).T
+
+
+@pytest.mark.parametrize(("extra", "label"), [([], "zz_nameless"),
+                                              (["--set", "alpha=2"], "zz_nameless(alpha=2)")])  # fmt: skip
+def test_a_plugin_without_a_name_is_labelled_by_its_registry_name_and_keywords(
+    feats_file, tmp_path, capsys, extra, label
+):
+    """The row and JSON key of a plugin that has no ``name``: the registry name, with the
+    keywords it was built with; its scores are the baseline's (a scaled cosine)."""
+    from uvireid.registry import RERANKERS
+
+    out = tmp_path / "rr.json"
+    with RERANKERS.registered("zz_nameless", _Nameless):
+        rc = main(["rerank", str(feats_file), "--reranker", "zz_nameless", "--protocol",
+                   "sysu-all", "--trials", "1", "--json", str(out), *extra])  # fmt: skip
+    assert rc == 0
+    got = json.loads(out.read_text())
+    assert list(got["reranked"]) == [label]
+    assert got["reranked"][label]["mean"]["mAP"] == pytest.approx(got["baseline"]["mean"]["mAP"])
+    assert label in capsys.readouterr().out

@@ -123,7 +123,9 @@ def extract_features(
                 chunks.append(feats.float().cpu())
     finally:
         model.train(was_training)
-    feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    # no records: (0, d) as extract_images gives, where the model says its width
+    d = getattr(model, "out_dim", 0)
+    feats = torch.cat(chunks).numpy() if chunks else np.zeros((0, d), np.float32)
     return FeatureBank(
         feats=feats,
         modality=np.array([r.modality for r in records], dtype=np.int64),
