@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from train_fixtures import tiny_recipe
+from train_fixtures import link_counts_loop, random_cross_labels, tiny_recipe
 
 from uvireid.config import load_recipe
 from uvireid.engine.checkpoint import load_checkpoint
@@ -376,44 +376,9 @@ def test_peer_stages_train_end_to_end(tmp_path, associator, sampler, losses):
 def test_epoch_quality_reports_link_precision_of_the_cross_labels():
     """label_quality.links: the share of linked (visible, infrared) instance pairs that are
     one person, against a loop over every pair."""
-    from types import SimpleNamespace
-
-    from uvireid.losses.contract import EpochLabels
-    from uvireid.types import INFRARED, VISIBLE, ImageRecord
-
-    rng = np.random.default_rng(3)
-    gv, gr = rng.integers(0, 5, 40), rng.integers(0, 5, 25)
-    vis_in_v, ir_in_r = rng.integers(-1, 4, 40), rng.integers(-1, 3, 25)
-    vis_in_r = np.where(vis_in_v >= 0, rng.integers(-1, 3, 40), -1)
-    ir_in_v = np.where(ir_in_r >= 0, rng.integers(-1, 4, 25), -1)
-    lab = EpochLabels(
-        vis_in_v=vis_in_v,
-        vis_in_r=vis_in_r,
-        ir_in_r=ir_in_r,
-        ir_in_v=ir_in_v,
-        init_v=vis_in_v,
-        init_r=ir_in_r,
-        num_v=4,
-        num_r=3,
-        has_cross=True,
-    )
-    fake = SimpleNamespace(
-        vis=[ImageRecord("v", int(p), 1, VISIBLE) for p in gv],
-        ir=[ImageRecord("r", int(p), 3, INFRARED) for p in gr],
-        ok_v=None,  # every image readable
-        ok_r=None,
-    )
+    gv, gr, lab, fake = random_cross_labels(3, 40, 25, ids=5)
     quality = Trainer._quality(fake, lab)
-    same = {"v2r": 0, "r2v": 0}
-    total = {"v2r": 0, "r2v": 0}
-    for i in range(40):
-        for j in range(25):
-            if vis_in_r[i] >= 0 and vis_in_r[i] == ir_in_r[j]:  # visible i -> cluster of j
-                total["v2r"] += 1
-                same["v2r"] += int(gv[i] == gr[j])
-            if ir_in_v[j] >= 0 and ir_in_v[j] == vis_in_v[i]:  # infrared j -> cluster of i
-                total["r2v"] += 1
-                same["r2v"] += int(gv[i] == gr[j])
+    same, total = link_counts_loop(gv, gr, lab, range(40), range(25))
     assert min(total.values()) > 0
     # the visible space holds the infrared instances' links, the infrared space the visible
     assert quality["cross_r"]["link_precision"] == pytest.approx(same["v2r"] / total["v2r"])

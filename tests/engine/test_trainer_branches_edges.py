@@ -14,11 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from train_fixtures import link_counts_loop, random_cross_labels
 
 from uvireid.engine.trainer import Trainer
 from uvireid.errors import ConfigError, TrainingError
 from uvireid.losses.contract import EpochLabels
-from uvireid.types import INFRARED, VISIBLE, CrossLabels, ImageRecord
+from uvireid.types import CrossLabels
 
 
 def _singletons(y):
@@ -38,34 +39,12 @@ def test_cross_quality_and_link_precision_leave_out_the_unreadable_images():
     the readable images and a loop over their (visible, infrared) pairs."""
     from sklearn.metrics import adjusted_rand_score as ari
 
-    rng = np.random.default_rng(5)
     nv, nr = 30, 20
-    gv, gr = rng.integers(0, 4, nv), rng.integers(0, 4, nr)
     ok_v, ok_r = np.ones(nv, bool), np.ones(nr, bool)
     ok_v[[0, 7, 8]] = False
     ok_r[[3, 11]] = False
-    vis_in_v, ir_in_r = rng.integers(-1, 4, nv), rng.integers(-1, 3, nr)
-    vis_in_r = np.where(vis_in_v >= 0, rng.integers(-1, 3, nv), -1)
-    ir_in_v = np.where(ir_in_r >= 0, rng.integers(-1, 4, nr), -1)
-    for y, ok in ((vis_in_v, ok_v), (vis_in_r, ok_v), (ir_in_r, ok_r), (ir_in_v, ok_r)):
-        y[~ok] = -1  # never clustered
-    lab = EpochLabels(
-        vis_in_v=vis_in_v,
-        vis_in_r=vis_in_r,
-        ir_in_r=ir_in_r,
-        ir_in_v=ir_in_v,
-        init_v=vis_in_v,
-        init_r=ir_in_r,
-        num_v=4,
-        num_r=3,
-        has_cross=True,
-    )
-    fake = SimpleNamespace(
-        vis=[ImageRecord("v", int(p), 1, VISIBLE) for p in gv],
-        ir=[ImageRecord("r", int(p), 3, INFRARED) for p in gr],
-        ok_v=ok_v,
-        ok_r=ok_r,
-    )
+    gv, gr, lab, fake = random_cross_labels(5, nv, nr, ids=4, ok_v=ok_v, ok_r=ok_r)
+    vis_in_v, vis_in_r, ir_in_r, ir_in_v = lab.vis_in_v, lab.vis_in_r, lab.ir_in_r, lab.ir_in_v
     q = Trainer._quality(fake, lab)
     kv, kr = np.flatnonzero(ok_v), np.flatnonzero(ok_r)
     assert q["visible"]["ari"] == pytest.approx(ari(gv[kv], _singletons(vis_in_v[kv])))
@@ -77,16 +56,7 @@ def test_cross_quality_and_link_precision_leave_out_the_unreadable_images():
     assert q["cross_r"]["ari"] == pytest.approx(
         ari(gt, _singletons(np.r_[vis_in_r[kv], ir_in_r[kr]]))
     )
-    same = {"v2r": 0, "r2v": 0}
-    total = {"v2r": 0, "r2v": 0}
-    for i in kv:
-        for j in kr:
-            if vis_in_r[i] >= 0 and vis_in_r[i] == ir_in_r[j]:
-                total["v2r"] += 1
-                same["v2r"] += int(gv[i] == gr[j])
-            if ir_in_v[j] >= 0 and ir_in_v[j] == vis_in_v[i]:
-                total["r2v"] += 1
-                same["r2v"] += int(gv[i] == gr[j])
+    same, total = link_counts_loop(gv, gr, lab, kv, kr)
     assert min(total.values()) > 0
     assert q["cross_r"]["link_precision"] == pytest.approx(same["v2r"] / total["v2r"])
     assert q["cross_v"]["link_precision"] == pytest.approx(same["r2v"] / total["r2v"])

@@ -139,3 +139,59 @@ def copy_run(run, dest, config=None, manifest=None, results=None):
         if edit:
             edit_json(dest / name, edit)
     return dest
+
+
+def random_cross_labels(seed: int, nv: int, nr: int, ids: int, ok_v=None, ok_r=None):
+    """``(gv, gr, labels, trainer)``: random ground-truth ids (``0..ids-1``), random dual pseudo-labels with outliers (-1; an instance without an
+    in-modality label has no cross-modal one) and a stand-in for the trainer's image
+    lists that :meth:`Trainer._quality` reads. ``ok_v`` / ``ok_r``: readable-image masks;
+    the unreadable ones are never clustered (every label -1)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from uvireid.losses.contract import EpochLabels
+    from uvireid.types import INFRARED, VISIBLE, ImageRecord
+
+    rng = np.random.default_rng(seed)
+    gv, gr = rng.integers(0, ids, nv), rng.integers(0, ids, nr)
+    vis_in_v, ir_in_r = rng.integers(-1, 4, nv), rng.integers(-1, 3, nr)
+    vis_in_r = np.where(vis_in_v >= 0, rng.integers(-1, 3, nv), -1)
+    ir_in_v = np.where(ir_in_r >= 0, rng.integers(-1, 4, nr), -1)
+    for y, ok in ((vis_in_v, ok_v), (vis_in_r, ok_v), (ir_in_r, ok_r), (ir_in_v, ok_r)):
+        if ok is not None:
+            y[~ok] = -1
+    lab = EpochLabels(
+        vis_in_v=vis_in_v,
+        vis_in_r=vis_in_r,
+        ir_in_r=ir_in_r,
+        ir_in_v=ir_in_v,
+        init_v=vis_in_v,
+        init_r=ir_in_r,
+        num_v=4,
+        num_r=3,
+        has_cross=True,
+    )
+    fake = SimpleNamespace(
+        vis=[ImageRecord("v", int(p), 1, VISIBLE) for p in gv],
+        ir=[ImageRecord("r", int(p), 3, INFRARED) for p in gr],
+        ok_v=ok_v,
+        ok_r=ok_r,
+    )
+    return gv, gr, lab, fake
+
+
+def link_counts_loop(gv, gr, lab, vis_rows, ir_rows) -> tuple[dict, dict]:
+    """``(same, total)`` by a loop over every (visible i, infrared j) pair of the given
+    rows: ``v2r`` counts visible images linked into an infrared instance's cluster,
+    ``r2v`` infrared images linked into a visible one's; ``same`` those of one person."""
+    same, total = {"v2r": 0, "r2v": 0}, {"v2r": 0, "r2v": 0}
+    for i in vis_rows:
+        for j in ir_rows:
+            if lab.vis_in_r[i] >= 0 and lab.vis_in_r[i] == lab.ir_in_r[j]:
+                total["v2r"] += 1
+                same["v2r"] += int(gv[i] == gr[j])
+            if lab.ir_in_v[j] >= 0 and lab.ir_in_v[j] == lab.vis_in_v[i]:
+                total["r2v"] += 1
+                same["r2v"] += int(gv[i] == gr[j])
+    return same, total
