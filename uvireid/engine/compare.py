@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,37 @@ def _read_json(path: Path, notes: list[str]) -> Any:
         return None
 
 
+def _object(value: Any, what: str, notes: list[str]) -> dict:
+    """``value`` when it is a JSON/YAML object, else ``{}`` with a note (a file that
+    parses but holds a list or a number: noted and left out, never a traceback: audit OC)."""
+    if value is None or isinstance(value, Mapping):
+        return dict(value or {})
+    notes.append(f"{what} is not an object (a {type(value).__name__}); left out")
+    return {}
+
+
+#: the manifest's fields that compare reads as objects
+_MANIFEST_OBJECTS = ("dataset", "versions", "batch", "device", "source")
+
+
+def _clean_manifest(manifest: Any, notes: list[str]) -> dict:
+    m = _object(manifest, "manifest.json", notes)
+    for key in _MANIFEST_OBJECTS:
+        if key in m:
+            m[key] = _object(m[key], f"manifest.json's {key}", notes)
+    return m
+
+
+def _clean_results(results: dict[str, dict], notes: list[str]) -> dict[str, dict]:
+    out = {}
+    for name, result in results.items():
+        out[name] = dict(result)
+        for key in ("mean", "std", "provenance"):
+            if key in result:
+                out[name][key] = _object(result[key], f"the '{name}' result's {key}", notes)
+    return out
+
+
 def summarize_run(path: str | Path) -> RunSummary:
     """Read one run folder (``config.yaml``, ``manifest.json``, ``results.json``,
     ``metrics.jsonl``).
@@ -156,12 +188,16 @@ def summarize_run(path: str | Path) -> RunSummary:
         # resolved by this version: a run of an earlier one lacks the keys added since, and
         # was a setting of its own beside its seeds of today (audit FF)
         cfg = _resolved_config(path / "config.yaml")
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        # ConfigError: _resolved_config's word for a file broken by hand (audit OC: one
+        # such run stopped the comparison of all)
         notes.append(f"config.yaml cannot be read ({exc})")
         cfg = {}
-    manifest = _read_json(path / "manifest.json", notes) or {}
+    cfg = _object(cfg, "config.yaml", notes)
+    manifest = _clean_manifest(_read_json(path / "manifest.json", notes), notes)
     records = [r for r in RunFolder(path).read_metrics() if isinstance(r, dict)]
     results, source = final_results(_read_json(path / "results.json", notes), records, notes)
+    results = _clean_results(results, notes)
     done = 1 + max(
         (int(r["epoch"]) for r in records if isinstance(r.get("epoch"), int)), default=-1
     )
@@ -171,7 +207,8 @@ def summarize_run(path: str | Path) -> RunSummary:
 def _manifest_figures(m: Mapping) -> dict[str, Any]:
     """The manifest's figures that decide whether two runs trained alike."""
     out: dict[str, Any] = {"world_size": m.get("world_size")}
-    for st in (m.get("batch") or {}).get("stages") or []:
+    stages = (m.get("batch") or {}).get("stages")
+    for st in stages if isinstance(stages, list) else []:
         if isinstance(st, Mapping):
             for key in ("per_gpu", "per_batchnorm", "global"):
                 out[f"batch.{st.get('stage')}.{key}"] = st.get(key)
@@ -180,7 +217,8 @@ def _manifest_figures(m: Mapping) -> dict[str, Any]:
         out[f"versions.{pkg}"] = version
     src = m.get("source") or {}
     if src:
-        out["source"] = f"{src.get('commit', '?')[:10]}{' (changed)' if src.get('dirty') else ''}"
+        commit = str(src.get("commit") or "?")[:10]
+        out["source"] = f"{commit}{' (changed)' if src.get('dirty') else ''}"
     return out
 
 
@@ -303,7 +341,9 @@ def _best_on_validation(runs: list[RunSummary], groups: list[dict], reasons: lis
     validation = [
         (r.results.get("none", {}).get("provenance") or {}).get("dataset", "") for r in runs
     ]
-    if not all(str(d).endswith("validation ids") for d in validation):
+    # "SYSU-MM01 validation ids", or "synthetic validation ids (SYSU-MM01 protocol)" for a
+    # dataset under another's protocol (audit OC: the demo's sweeps never got a best)
+    if not all("validation ids" in str(d) for d in validation):
         return None
     scored = [
         (g["aggregate"]["none"]["mAP"]["mean"], -i, g)
@@ -375,7 +415,10 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
             for metric in metrics:
                 if isinstance(mean.get(metric), (int, float)):
                     res[rr][metric] = float(mean[metric])
-                    res[rr][f"{metric}_std"] = float(std.get(metric, 0.0))
+                    spread = std.get(metric, 0.0)  # null: a NaN that results.json wrote
+                    res[rr][f"{metric}_std"] = (
+                        float(spread) if isinstance(spread, (int, float)) else math.nan
+                    )
                     collected.setdefault(rr, {}).setdefault(metric, []).append(float(mean[metric]))
         table.append(
             {
