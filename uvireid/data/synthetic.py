@@ -40,6 +40,7 @@ dataset are the first people of a large one with the same seed.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -1141,6 +1142,42 @@ def check_params(ids: object, seed: object, nir: object) -> tuple[int, int, floa
     return int(ids), seed, float(nir)
 
 
+def _whole(name: str, value: object, lo: int) -> int:
+    """``value`` as an int when it is a whole number >= ``lo`` (numpy integers too, not
+    bool), else a :class:`DatasetError` naming the keyword (audit OA: a numpy height was
+    rendered in full, then failed writing the manifest; workers=0 divided by zero)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise DatasetError(
+            f"synthetic dataset: {name} must be a whole number >= {lo}, got {value!r}"
+        )
+    return int(value)
+
+
+def _check_sizes(height: object, width: object, workers: object) -> tuple:
+    """``(height, width, workers)`` checked and typed before anything is written."""
+    for name, value, lo in (("height", height, 32), ("width", width, 16)):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value < lo:
+            raise DatasetError(
+                f"synthetic dataset: {height}x{width} images are too small; use >= 32x16"
+            )
+        _whole(name, value, lo)
+    return int(height), int(width), None if workers is None else _whole("workers", workers, 1)
+
+
+def _refuse_foreign(out: Path, state: str) -> None:
+    """Refuse to replace ``out`` when it holds files the generator did not write:
+    replacing deletes the folder (``state``: why it would be replaced). Checked before
+    anything in ``out`` changes."""
+    owned = {MARKER, DONE, MANIFEST, "exp", *(f"cam{c}" for c in range(1, 7))}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
+    if foreign:
+        raise DatasetError(
+            f"synthetic dataset: {out} {state} and also files uvireid did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); refusing to "
+            f"replace it, which would delete them. Move them out, or pass another --out"
+        )
+
+
 def _host() -> str:
     """This machine's name, as a partial folder's name records it (no '-' or '.')."""
     import socket
@@ -1161,7 +1198,7 @@ def _remove_dead_partials(out: Path) -> None:
     machine's (a cluster's nodes share the cache, not their process ids) and a live
     process's are left alone: they may be rendering now."""
     host = _host()
-    for tmp in out.parent.glob(f".{out.name}.tmp-{host}-*-*"):
+    for tmp in out.parent.glob(f"{glob.escape('.' + out.name)}.tmp-{host}-*-*"):
         try:
             pid = int(tmp.name.rsplit("-", 2)[1])
             os.kill(pid, 0)  # alive (or not ours to signal): left alone
@@ -1194,7 +1231,8 @@ def generate(
     Args:
         out: destination folder (created); must be empty or a synthetic dataset.
         ids: number of identities (default :data:`DEFAULT_IDS`); a fifth are test ids.
-        seed: random seed; the same seed writes the same bytes.
+        seed: random seed; the same seed writes the same images, byte for byte (the
+            manifest's timing and the .mat file's creation date aside).
         height, width: image size in pixels.
         workers: processes drawing images (default: 2, or 1 for small datasets).
         nir: near-infrared share of the infrared images, 0..1 (module docstring; 0, the
@@ -1221,10 +1259,7 @@ def generate(
             f"synthetic dataset: {out} is a file, not a folder; give a folder to write into"
         )
     ids, seed, nir = check_params(ids, seed, nir)
-    if height < 32 or width < 16:
-        raise DatasetError(
-            f"synthetic dataset: {height}x{width} images are too small; use >= 32x16"
-        )
+    height, width, workers = _check_sizes(height, width, workers)
     params = _params(ids, seed, height, width, nir)
     if out.exists():
         found = read_manifest(out)
@@ -1252,6 +1287,9 @@ def generate(
                     f"synthetic dataset: {out} lost images since it was written ({damage}); "
                     f"write it again: {_synth_command(out, found)}"
                 )
+            _refuse_foreign(
+                out, f"holds a synthetic dataset that lost images since it was written ({damage})"
+            )
             logger.warning(
                 "synthetic dataset at %s lost images (%s); writing it again", out, damage
             )
@@ -1281,15 +1319,7 @@ def generate(
                 f"synthetic dataset: {out} exists and is not a uvireid synthetic dataset "
                 f"(no {MARKER}); refusing to overwrite it. Pass an empty or new folder."
             )
-        owned = {MARKER, DONE, MANIFEST, "exp", *(f"cam{c}" for c in range(1, 7))}
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
-        if foreign:  # replacing deletes the folder: never a file the generator did not write
-            raise DatasetError(
-                f"synthetic dataset: {out} holds a synthetic dataset with other settings and "
-                f"also files uvireid did not write ({', '.join(foreign[:5])}"
-                f"{', ...' if len(foreign) > 5 else ''}); refusing to replace it, which "
-                f"would delete them. Move them out, or pass another --out"
-            )
+        _refuse_foreign(out, "holds a synthetic dataset with other settings")
         if found is not None:
             differ = [k for k in params if found.get(k) != params[k]]
             logger.warning(
@@ -1425,7 +1455,7 @@ def ensure_synthetic(
     ``<cache>`` is :func:`cache_root`; a complete folder whose manifest matches is reused.
     """
     ids, seed, nir = check_params(ids, seed, nir)
-    tag = f"-nir{nir:g}" if nir > 0 else ""
+    tag = f"-nir{nir!r}" if nir > 0 else ""  # every digit: two settings, two folders
     root = cache_root(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-ids{ids}-seed{seed}-128x64{tag}"
     return generate(root, ids=ids, seed=seed, nir=nir)
 
