@@ -433,12 +433,17 @@ def plot_label_quality(
     n_rows = 1 if len(measures) <= 4 else 2
     n_cols = -(-len(measures) // n_rows)
     stages = stage_starts(records)
+    # one colour per label space over every panel, and a legend of them all: a panel that
+    # holds other spaces (link_precision: cross_v, cross_r, links) drew them in the colours
+    # the first panel's legend gave to visible, infrared, ... (audit OB)
+    spaces = list(dict.fromkeys(label for m in measures for label in nested[m]))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(spaces)}
     fig = new_figure(*FIGSIZE)
     axes = fig.subplots(n_rows, n_cols, sharex=True, squeeze=False).ravel()
     for ax, measure in zip(axes, measures, strict=False):
         series = nested[measure]
         for label, (epochs, values) in series.items():
-            ax.plot(epochs, values, marker="o", markersize=4, label=label)
+            ax.plot(epochs, values, marker="o", markersize=4, label=label, color=colours[label])
         values = [v for _, vs in series.values() for v in vs]
         low, high = min(values), max(values)
         top = min(1.02, high + 0.15 * max(high - low, 0.1))
@@ -449,8 +454,10 @@ def plot_label_quality(
         ax.set_visible(False)
     for row in range(n_rows):
         axes[row * n_cols].set_ylabel("agreement with ground truth")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="outside right upper", title="labels of")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[s], marker="o", markersize=4) for s in spaces]
+    fig.legend(handles, spaces, fontsize=8, loc="outside right upper", title="labels of")
     fig.suptitle("Pseudo-label quality")
     return save(fig, path, dpi)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ FIGSIZE = (10.0, 4.0)
 DPI = 100
 
 
-def query_gallery(features: Features, protocol: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def query_gallery(
+    features: Features, protocol: str | None = None, gallery: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(query, gallery) row indices of trial 0 of ``protocol``.
 
     Args:
@@ -53,6 +56,9 @@ def query_gallery(features: Features, protocol: str | None = None) -> tuple[np.n
         protocol: a protocol name (``sysu-all``, ``regdb-v2i``, ...; see
             :mod:`uvireid.evaluation.protocols`), or ``None``: every infrared image against
             every visible one.
+        gallery: how the run drew its gallery, the keywords ``shot``, ``sampler`` and
+            ``perm_file`` of :func:`~uvireid.evaluation.protocols.trial_indices` (default:
+            single-shot, seeded), so that the figures show the gallery the table measured.
 
     Returns:
         ``(q, g)``: (Q,) and (G,) int64 indices into ``features``.
@@ -69,7 +75,13 @@ def query_gallery(features: Features, protocol: str | None = None) -> tuple[np.n
                 f"modalities of the test set"
             )
         return q, g
-    return trial_indices(features, get_protocol(protocol), 0)
+    return trial_indices(features, get_protocol(protocol), 0, **dict(gallery or {}))
+
+
+def trial_label(protocol: str | None, gallery: Mapping[str, Any] | None = None) -> str:
+    """``sysu-all, trial 0`` (``, multi-shot`` where the gallery is): a figure's title."""
+    shot = (gallery or {}).get("shot", "single")
+    return f"{protocol}, trial 0{', multi-shot' if shot == 'multi' else ''}"
 
 
 def kept_pairs(
@@ -100,6 +112,7 @@ def pair_distances(
     features: Features,
     reranker: Any = None,
     protocol: str | None = None,
+    gallery: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances of the positive and the negative cross-modality pairs.
 
@@ -108,13 +121,14 @@ def pair_distances(
         reranker: ``None`` (squared Euclidean of L2-normalised features) or an object with
             ``rerank(query (Q, d), gallery (G, d)) -> (Q, G)`` distances.
         protocol: chooses query, gallery and removed pairs (:func:`query_gallery`).
+        gallery: how the gallery is drawn (:func:`query_gallery`).
 
     Returns:
         ``(positive, negative)``: 1-D float64 arrays of distances.
     """
     from uvireid.evaluation.metrics import to_numpy
 
-    q, g = query_gallery(features, protocol)
+    q, g = query_gallery(features, protocol, gallery)
     if reranker is None:
         fq, fg = _normalised(features.feats[q]), _normalised(features.feats[g])
         dist = np.maximum(2.0 - 2.0 * fq @ fg.T, 0.0)
@@ -166,10 +180,12 @@ def plot_distance_histograms(
     *,
     reranker: Any = None,
     protocol: str | None = None,
+    gallery: Mapping[str, Any] | None = None,
     dpi: int = DPI,
 ) -> Path:
     """Positive vs negative distance histograms: one panel without re-ranking and, when a
-    re-ranker is given, one with it. The figure is :data:`FIGSIZE` either way.
+    re-ranker is given, one with it. The figure is :data:`FIGSIZE` either way. ``gallery``:
+    how the gallery is drawn (:func:`query_gallery`).
 
     Raises:
         ProtocolError: the features have no cross-modality positive pair (no identity in
@@ -182,7 +198,7 @@ def plot_distance_histograms(
     fig = new_figure(*FIGSIZE)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (part, title, xlabel) in zip(axes, panels, strict=True):
-        positive, negative = pair_distances(features, part, protocol)
+        positive, negative = pair_distances(features, part, protocol, gallery)
         if len(positive) == 0 or len(negative) == 0:
             raise ProtocolError(
                 f"{features.source or 'features'}: {len(positive)} positive and "
@@ -190,6 +206,6 @@ def plot_distance_histograms(
                 f"(identities seen in both modalities, and more than one identity)"
             )
         _panel(ax, positive, negative, title, xlabel)
-    where = f" ({protocol}, trial 0)" if protocol else " (all infrared vs all visible)"
+    where = f" ({trial_label(protocol, gallery)})" if protocol else " (all infrared vs all visible)"
     fig.suptitle(f"Cross-modality distances{where}")
     return save(fig, path, dpi)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 from uvireid.errors import ProtocolError
 from uvireid.features import Features
 from uvireid.viz import new_figure, save
-from uvireid.viz.distances import kept_pairs, query_gallery, reranker_label
+from uvireid.viz.distances import kept_pairs, query_gallery, reranker_label, trial_label
 
 __all__ = ["DPI", "choose_queries", "plot_matches", "plot_ranking", "ranking_figsize", "top_k"]
 
@@ -197,6 +198,7 @@ def plot_ranking(
     k: int = 10,
     reranker: Any = None,
     protocol: str | None = None,
+    gallery: Mapping[str, Any] | None = None,
     image_root: str | os.PathLike | None = None,
     seed: int = 0,
     dpi: int = DPI,
@@ -211,6 +213,8 @@ def plot_ranking(
         k: gallery images per list.
         reranker: optional; each query then gets two lists: without and with it.
         protocol: chooses query, gallery and removed pairs (None: infrared vs visible).
+        gallery: how the gallery is drawn (shot, sampler, perm_file; see
+            :func:`~uvireid.viz.distances.query_gallery`).
         image_root: folder that relative image paths are relative to.
         seed: query choice seed.
         dpi: resolution.
@@ -218,7 +222,7 @@ def plot_ranking(
     Returns:
         The PNG written; rows are query 1 without, query 1 with the re-ranker, query 2, ...
     """
-    q, g = query_gallery(features, protocol)
+    q, g = query_gallery(features, protocol, gallery)
     if isinstance(queries, (int, np.integer)):
         chosen = choose_queries(features, q, g, int(queries), protocol, seed)
     else:
@@ -276,7 +280,7 @@ def plot_ranking(
     summary = ", ".join(
         f"{name}: rank-1 correct {hits[v]}/{len(chosen)}" for v, (name, _) in enumerate(variants)
     )
-    where = f"{protocol}, trial 0" if protocol else "infrared queries vs visible gallery"
+    where = trial_label(protocol, gallery) if protocol else "infrared queries vs visible gallery"
     note = "" if features.paths is not None else "  [no image paths in the features file]"
     fig.suptitle(
         f"Top-{k} ranking lists ({where}); green = same identity, red = other\n{summary}{note}",

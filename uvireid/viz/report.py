@@ -134,14 +134,22 @@ def _read_metrics(run_dir: Path, notes: list[str]) -> list[dict]:
             "first epoch ended, or this folder is not a uvireid run)."
         )
         return []
-    records = [r for r in RunFolder(run_dir).read_metrics() if isinstance(r, dict)]
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    skipped = len(lines) - len(records)
+    parsed = RunFolder(run_dir).read_metrics()
+    records = [r for r in parsed if isinstance(r, dict)]
+    # lines counted as read_metrics splits them (bytes at \n and \r only: str.splitlines
+    # also splits at U+2028 inside a record's string, which called it cut short: audit OB)
+    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    skipped = len(lines) - len(parsed)
     if skipped:
         notes.append(
             f"metrics.jsonl has {skipped} unreadable line(s) (a line cut short: the run was "
             f"killed while writing it); the curves show the {len(records)} complete "
             f"record(s)."
+        )
+    if len(parsed) > len(records):
+        notes.append(
+            f"metrics.jsonl has {len(parsed) - len(records)} line(s) that are JSON but not "
+            f"records (objects); left out."
         )
     if not records and not skipped:
         notes.append("metrics.jsonl is empty: no curves over epochs.")
@@ -155,6 +163,24 @@ def _protocol(results: Mapping[str, Mapping], cfg: dict) -> str | None:
             return str(prov["protocol"])
     proto = (cfg.get("evaluation") or {}).get("protocol")
     return str(proto) if proto and proto != "auto" else None
+
+
+def _gallery_options(results: Mapping[str, Mapping], cfg: dict) -> dict:
+    """How the run drew its test gallery (``shot``, ``sampler``, ``perm_file``): the
+    recipe's evaluation section, else the results' provenance; the plots then show the
+    gallery the table measured (audit OB: a multi-shot run's plots were single-shot)."""
+    ev = cfg.get("evaluation") if isinstance(cfg.get("evaluation"), Mapping) else {}
+    prov = next(
+        (r["provenance"] for r in results.values() if isinstance(r.get("provenance"), Mapping)),
+        {},
+    )
+    out = {}
+    for key, known in (("shot", ("single", "multi")), ("sampler", ("seeded", "official"))):
+        value = ev.get(key) or prov.get(key)
+        out[key] = value if value in known else known[0]  # RegDB's provenance: "none"
+    if out["sampler"] == "official":
+        out["perm_file"] = ev.get("perm_file")
+    return out
 
 
 def _build_reranker(reranker: Any, cfg: dict, notes: list[str]) -> Any:
@@ -534,6 +560,7 @@ def build_report(
     origin = ""
     if feats is not None:
         plots_protocol = protocol_arg or protocol
+        gallery = _gallery_options(results, cfg)
         if given is not None and protocol_arg is None:
             plots_protocol = _fitting_protocol(feats, protocol, notes)
         origin = _features_origin(feats, given is not None, plots_protocol, notes)
@@ -543,6 +570,7 @@ def build_report(
             feats,
             reranker=part,
             protocol=plots_protocol,
+            gallery=gallery,
         )
         draw("tsne.png", tsne.plot_tsne, feats, n_ids=tsne_ids)
         if feats.paths is None:
@@ -564,6 +592,7 @@ def build_report(
             k=k,
             reranker=part,
             protocol=plots_protocol,
+            gallery=gallery,
             image_root=image_root,
         )
 
