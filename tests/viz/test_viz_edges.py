@@ -9,23 +9,11 @@ import os
 
 import numpy as np
 import pytest
-from viz_data import expected_px, make_run_dir, png_size
+from viz_data import expected_px, make_run_dir, png_size, toy_features
 
 from uvireid.errors import UvireidError
-from uvireid.features import Features, load_features, save_features
+from uvireid.features import load_features, save_features
 from uvireid.viz import curves, distances, ranking, tsne
-
-
-def _toy(feats, pids, cams, modality, paths=None):
-    return Features(
-        np.asarray(feats, dtype=np.float32),
-        np.asarray(pids),
-        np.asarray(cams),
-        np.asarray(modality),
-        paths,
-        {},
-        "toy",
-    )
 
 
 def _llcm_like():
@@ -33,7 +21,7 @@ def _llcm_like():
     rows = [(pid, cam, int(cam >= 7)) for pid in range(6) for cam in range(1, 10) for _ in range(3)]
     pids, cams, mods = (np.array(c) for c in zip(*rows, strict=True))
     feats = np.random.default_rng(0).normal(size=(len(rows), 8))
-    return _toy(feats, pids, cams, mods)
+    return toy_features(feats, pids, cams, mods)
 
 
 # -- edges -------------------------------------------------------------------------------------
@@ -59,7 +47,9 @@ def test_llcm_v2i_takes_every_visible_query_and_samples_the_gallery():
 
 def _collapsed(n_ids=4):
     pids = np.repeat(np.arange(n_ids), 2)
-    return _toy(np.ones((2 * n_ids, 4)), pids, np.tile([1, 3], n_ids), np.tile([0, 1], n_ids))
+    return toy_features(
+        np.ones((2 * n_ids, 4)), pids, np.tile([1, 3], n_ids), np.tile([0, 1], n_ids)
+    )
 
 
 def test_collapsed_features_tsne_is_a_uvireid_error(tmp_path):
@@ -151,7 +141,7 @@ def test_choose_queries_are_ascending_distinct_and_valid(viz_features):
 
 def test_k_beyond_the_gallery_draws_only_the_gallery(monkeypatch, tmp_path):
     """R8 (k not clamped): a 2-image gallery asked for 10 draws 2 columns, titled Top-2."""
-    f = _toy(np.eye(4), [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
+    f = toy_features(np.eye(4), [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
     seen = {}
     monkeypatch.setattr(ranking, "save", lambda fig, path, dpi: seen.setdefault("fig", fig))
     ranking.plot_ranking(f, tmp_path / "r.png", queries=2, k=10, dpi=10)
@@ -165,7 +155,7 @@ def test_rank1_count_counts_the_first_place_only(monkeypatch, tmp_path):
     """R9: a query whose match is second is not a rank-1 hit."""
     # query (row 4, id 1) is closest to gallery row 1 (id 2), then row 0 (id 1)
     feats = [[1, 0], [1, 0.2], [0, 1], [-1, 0], [0.95, 0.05]]
-    f = _toy(feats, [1, 2, 3, 4, 1], [1, 1, 1, 1, 3], [0, 0, 0, 0, 1])
+    f = toy_features(feats, [1, 2, 3, 4, 1], [1, 1, 1, 1, 3], [0, 0, 0, 0, 1])
     seen = {}
     monkeypatch.setattr(ranking, "save", lambda fig, path, dpi: seen.setdefault("fig", fig))
     ranking.plot_ranking(f, tmp_path / "r.png", queries=1, k=3, dpi=10)
@@ -242,7 +232,9 @@ class _Negated:
 def test_each_query_gets_its_own_rows_before_and_after_the_re_ranker(monkeypatch, tmp_path):
     """R10 (row = query + variant): query 1's re-ranked row was drawn over query 2's
     plain row. Rows go query 1 plain, query 1 re-ranked, query 2 plain, ..."""
-    f = _toy(np.eye(6)[:, :4] + 0.1, [1, 2, 3, 1, 2, 3], [1, 1, 1, 3, 3, 3], [0, 0, 0, 1, 1, 1])
+    f = toy_features(
+        np.eye(6)[:, :4] + 0.1, [1, 2, 3, 1, 2, 3], [1, 1, 1, 3, 3, 3], [0, 0, 0, 1, 1, 1]
+    )
     seen = {}
     monkeypatch.setattr(ranking, "save", lambda fig, path, dpi: seen.setdefault("fig", fig))
     ranking.plot_ranking(
@@ -330,7 +322,7 @@ def test_squared_distances_of_unit_vectors_are_never_negative():
     itself without the clip."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 16))
-    f = _toy(np.r_[x, x], np.r_[np.arange(40), np.arange(40)], np.r_[[1] * 40, [3] * 40],
+    f = toy_features(np.r_[x, x], np.r_[np.arange(40), np.arange(40)], np.r_[[1] * 40, [3] * 40],
              np.r_[[0] * 40, [1] * 40])  # fmt: skip
     f = dataclasses.replace(f, feats=np.r_[x, x])  # float64, as a re-exported file may hold
     pos, neg = distances.pair_distances(f)
@@ -343,7 +335,7 @@ def test_histograms_without_a_positive_pair_are_an_error(tmp_path):
     """D10: documented Raises: no identity in both modalities -> ProtocolError, no PNG."""
     from uvireid.errors import ProtocolError
 
-    f = _toy(np.eye(4), [1, 2, 3, 4], [1, 1, 3, 3], [0, 0, 1, 1])
+    f = toy_features(np.eye(4), [1, 2, 3, 4], [1, 1, 3, 3], [0, 0, 1, 1])
     with pytest.raises(ProtocolError, match="0 positive"):
         distances.plot_distance_histograms(f, tmp_path / "d.png")
     assert not (tmp_path / "d.png").exists()

@@ -9,8 +9,9 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pytest
 import yaml
+from viz_data import toy_features
 
-from uvireid.features import Features, load_features, save_features
+from uvireid.features import load_features, save_features
 from uvireid.viz import curves, distances, ranking, tsne
 
 
@@ -19,18 +20,6 @@ def _capture(monkeypatch, module):
     seen = {}
     monkeypatch.setattr(module, "save", lambda fig, path, dpi: seen.setdefault("fig", fig) and path)
     return seen
-
-
-def _toy(feats, pids, cams, modality, paths=None):
-    return Features(
-        np.asarray(feats, dtype=np.float32),
-        np.asarray(pids),
-        np.asarray(cams),
-        np.asarray(modality),
-        paths,
-        {},
-        "toy",
-    )
 
 
 def _quality(a):
@@ -115,28 +104,31 @@ def _sysu_run(tmp_path, shot):
     return run
 
 
-def test_report_distance_plot_uses_the_gallery_the_run_was_evaluated_on(monkeypatch, tmp_path):
-    """A multi-shot run (evaluation.shot: multi; the table says so) gets its distance
-    histograms drawn on the multi-shot gallery (every image of an identity and camera, up
-    to 10), not the single-shot one."""
+def _report_distance_figure(monkeypatch, run):
+    """The distance histograms' figure of ``run``'s report (a stand-in PNG is written for
+    the page; the other plots are skipped)."""
     from uvireid.viz.report import build_report
 
-    run = _sysu_run(tmp_path, "multi")
     seen = {}
 
-    def keep(fig, path, dpi):  # the figure, and a stand-in PNG for the page to embed
+    def keep(fig, path, dpi):
         seen["fig"] = fig
         path.write_bytes(b"png")
         return path
 
     monkeypatch.setattr(distances, "save", keep)
-    for module, name in (
-        (curves, "plot_cmc"),
-        (tsne, "plot_tsne"),
-        (ranking, "plot_ranking"),
-    ):
+    for module, name in ((curves, "plot_cmc"), (tsne, "plot_tsne"), (ranking, "plot_ranking")):
         monkeypatch.setattr(module, name, lambda *a, **k: None)
     build_report(run, reranker=None, dpi=10)
+    return seen["fig"]
+
+
+def test_report_distance_plot_uses_the_gallery_the_run_was_evaluated_on(monkeypatch, tmp_path):
+    """A multi-shot run (evaluation.shot: multi; the table says so) gets its distance
+    histograms drawn on the multi-shot gallery (every image of an identity and camera, up
+    to 10), not the single-shot one."""
+    run = _sysu_run(tmp_path, "multi")
+    fig = _report_distance_figure(monkeypatch, run)
     f = load_features(run / "features.npz")
     # multi-shot with 3 images per group: every visible image of cameras 1, 2, 4, 5
     n_pos = sum(
@@ -149,36 +141,20 @@ def test_report_distance_plot_uses_the_gallery_the_run_was_evaluated_on(monkeypa
         and f.pids[i] == f.pids[j]
         and not (f.cams[i] == 3 and f.cams[j] == 2)
     )
-    texts = [t.get_text() for t in seen["fig"].axes[0].get_legend().get_texts()]
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert f"positive pairs ({n_pos})" in texts, texts
 
 
 def test_report_distance_plot_of_a_single_shot_run_has_one_image_per_group(monkeypatch, tmp_path):
     """The control of the test above: single shot, one gallery image per (identity,
     camera) of cameras 1, 2, 4, 5; a camera-3 query skips camera 2."""
-    from uvireid.viz.report import build_report
-
     run = _sysu_run(tmp_path, "single")
-    seen = {}
-
-    def keep(fig, path, dpi):
-        seen["fig"] = fig
-        path.write_bytes(b"png")
-        return path
-
-    monkeypatch.setattr(distances, "save", keep)
-    for module, name in (
-        (curves, "plot_cmc"),
-        (tsne, "plot_tsne"),
-        (ranking, "plot_ranking"),
-    ):
-        monkeypatch.setattr(module, name, lambda *a, **k: None)
-    build_report(run, reranker=None, dpi=10)
+    fig = _report_distance_figure(monkeypatch, run)
     f = load_features(run / "features.npz")
     queries = [i for i in range(len(f.pids)) if f.modality[i] == 1]
     n_pos = sum(3 if f.cams[i] == 3 else 4 for i in queries)  # gallery cameras per query
     n_neg = sum(2 * (3 if f.cams[i] == 3 else 4) for i in queries)  # 2 other identities
-    texts = [t.get_text() for t in seen["fig"].axes[0].get_legend().get_texts()]
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == [f"negative pairs ({n_neg})", f"positive pairs ({n_pos})"]
 
 
@@ -372,7 +348,7 @@ def _ids_features(n_ids, per=2, extra_visible_only=0, dim=8, seed=0):
     mods = [r[1] for r in rows]
     cams = [3 if m else 1 for m in mods]
     feats = np.random.default_rng(seed).normal(size=(len(rows), dim))
-    return _toy(feats, pids, cams, mods)
+    return toy_features(feats, pids, cams, mods)
 
 
 def test_tsne_sample_draws_only_identities_of_both_modalities():
@@ -453,7 +429,7 @@ def test_a_zero_feature_row_has_distance_two_to_every_gallery_image():
     """D1: squared distance of L2-normalised features; a zero vector (no direction) is
     kept finite by the norm floor: ||0 - u||^2 = 1 for unit u... as 2 - 2 cos with cos 0."""
     feats = [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.6, 0.8]]
-    f = _toy(feats, [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
+    f = toy_features(feats, [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
     pos, neg = distances.pair_distances(f)
     # queries: rows 2 (id 1, zero) and 3 (id 2); gallery rows 0 (id 1), 1 (id 2)
     assert np.sort(pos).tolist() == pytest.approx(sorted([2.0, 2 - 2 * 0.8]))
@@ -488,7 +464,7 @@ def test_re_ranked_pair_distances_are_float64():
 
 def test_top_k_beyond_the_gallery_pads_with_minus_one():
     """R2: (len(rows), k), -1 where fewer than k are kept (here: the gallery has 2)."""
-    f = _toy(np.eye(4), [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
+    f = toy_features(np.eye(4), [1, 2, 1, 2], [1, 1, 3, 3], [0, 0, 1, 1])
     q, g = np.array([2, 3]), np.array([0, 1])
     got = ranking.top_k(f, q, g, np.array([0, 1]), 4)
     sims = f.feats[q] @ f.feats[g].T  # identity rows: all zero, ties kept in gallery order
@@ -501,7 +477,7 @@ def test_missing_images_checks_the_last_path_too(tmp_path):
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"x")
     paths = [str(tmp_path / n) for n in ("a.png", "b.png", "gone.png")]
-    f = _toy(np.eye(3), [1, 1, 2], [1, 3, 1], [0, 1, 0], paths=np.asarray(paths))
+    f = toy_features(np.eye(3), [1, 1, 2], [1, 3, 1], [0, 1, 0], paths=np.asarray(paths))
     assert ranking.missing_images(f) == (1, 3, paths[2])
     assert ranking.missing_images(f, sample=2) == (1, 2, paths[2])
 
@@ -683,7 +659,7 @@ def test_features_that_fit_the_runs_protocol_keep_it_even_if_another_fits_first(
     from uvireid.viz.report import _fitting_protocol
 
     rows = [(p, c, int(c in (3, 6))) for p in range(2) for c in range(1, 7)]
-    f = _toy(np.eye(12, 4) + 0.1, *([r[i] for r in rows] for i in range(3)))
+    f = toy_features(np.eye(12, 4) + 0.1, *([r[i] for r in rows] for i in range(3)))
     notes: list[str] = []
     assert _fitting_protocol(f, "sysu-indoor", notes) == "sysu-indoor"
     assert notes == []

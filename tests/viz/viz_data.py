@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from uvireid.data.fixtures import make_sysu_tree
-from uvireid.features import load_features, save_features
+from uvireid.features import Features, load_features, save_features
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -142,3 +142,16 @@ def make_run_dir(folder: Path, features: Path) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run / "log.txt").write_text("INFO uvireid: epoch 4 done\n")
     return run
+
+
+def toy_features(feats, pids, cams, modality, paths=None) -> Features:
+    """A Features object built in memory (no file), source ``toy``."""
+    return Features(
+        np.asarray(feats, dtype=np.float32),
+        np.asarray(pids),
+        np.asarray(cams),
+        np.asarray(modality),
+        paths,
+        {},
+        "toy",
+    )
