@@ -252,6 +252,8 @@ def _resume_hint(args: argparse.Namespace, exc: BaseException, stopped: bool = F
     its folder."""
     folder = getattr(exc, "run_folder", None)
     if args.command == "run" and getattr(args, "sweep", None):
+        if not getattr(exc, "sweep_started", False):  # refused before its first run
+            return ""
         from uvireid.engine.sweep import sweep_command
 
         command = sweep_command(args.recipe, args.overrides, args.sweep, args.no_report)

@@ -148,7 +148,8 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
     ``<base>_<key><value>...`` (characters a folder name should not hold become '-').
 
     A name that had to be shortened, or whose values held characters the name could not
-    keep (``a b`` and ``a-b`` would both be ``a-b``), ends in a hash of its settings
+    keep (``a b`` and ``a-b`` would both be ``a-b``; an ``_``, which separates the
+    settings), ends in a hash of its settings
     instead: a name depends on the run's own settings (and the swept keys), never on the
     other values of the sweep or their order, so ``--resume`` finds each one's folder
     again, in another sweep too (a hash only where names of one sweep collided named
@@ -163,7 +164,12 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
     raw = ["_".join(f"{_short(k, keys)}{v}" for k, v in c) for c in combos]
-    tags = [clean(r) for r in raw]
+    # '_' separates the settings, so a value keeps none: 'x=1_y2' would spell the name of
+    # x=1 with y=2 (audit OD); a value that held one gets the hash below
+    value = re.compile(r"[^A-Za-z0-9.-]+")
+    tags = [
+        clean("_".join(f"{_short(k, keys)}{value.sub('-', str(v))}" for k, v in c)) for c in combos
+    ]
     base = clean(base)
     names = [f"{base}_{t}" for t in tags]
     out = []
@@ -255,18 +261,25 @@ def run_sweep(
         return [], {}
 
     folders, failed = [], {}
-    for i, (v, cfg) in enumerate(zip(plan, configs, strict=True), start=1):
-        print(f"# sweep run {i}/{len(plan)}: {v.name} ({v.describe()})")
-        try:
-            folder = run_recipe(cfg, resume=resume, progress=progress)
-        except UvireidError as exc:
-            failed[v.name] = f"{type(exc).__name__}: {exc}"
-            logger.error("sweep run %s failed: %s", v.name, failed[v.name])
-            continue
-        folders.append(folder)
-        print(f"run folder: {folder.path}")
-        if report:
-            from uvireid.viz.report import maybe_report
+    try:
+        for i, (v, cfg) in enumerate(zip(plan, configs, strict=True), start=1):
+            print(f"# sweep run {i}/{len(plan)}: {v.name} ({v.describe()})")
+            try:
+                folder = run_recipe(cfg, resume=resume, progress=progress)
+            except UvireidError as exc:
+                failed[v.name] = f"{type(exc).__name__}: {exc}"
+                logger.error("sweep run %s failed: %s", v.name, failed[v.name])
+                continue
+            folders.append(folder)
+            print(f"run folder: {folder.path}")
+            if report:
+                from uvireid.viz.report import maybe_report
 
-            maybe_report(folder.path)
+                maybe_report(folder.path)
+    except BaseException as exc:
+        # stopped or crashed once its runs had started: the command line offers the
+        # sweep's --resume for this one only (audit OD: a sweep refused before its first
+        # run was offered a --resume that repeats the refusal)
+        exc.sweep_started = True
+        raise
     return folders, failed
