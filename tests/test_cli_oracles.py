@@ -323,3 +323,22 @@ def test_check_passes_its_options_and_exits_1_on_a_difference(tmp_path, monkeypa
     assert main([*argv, "--official", "false", "--decode", "false"]) == code
     assert main(argv) == code
     assert seen == [(("regdb", 2), False, False), (("regdb", 2), True, True)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "near"),
+    [(["rnu"], "run"), (["data", "chek"], "check"), (["list", "rerankerz"], "rerankers")],
+)
+def test_a_misspelt_choice_gets_a_did_you_mean(capsys, argv, near):
+    """A misspelt sub-command or choice: exit 2, the choices, and the nearest one."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "invalid choice" in err and err.rstrip().endswith(f"did you mean '{near}'?")
+
+
+def test_a_choice_near_nothing_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        main(["list", "zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err

@@ -96,6 +96,22 @@ def test_a_locked_folder_refuses_even_a_shared_lock_of_another_process(tmp_path)
     assert _probe(tmp_path / ".lock") == "free"
 
 
+def test_a_folder_this_user_cannot_write_is_a_run_folder_error(tmp_path, monkeypatch):
+    """Another user's run folder (its .lock cannot be opened for writing): a RunFolderError
+    that says so and how to go on, not a PermissionError traceback. The tests run as root,
+    so the refusal of the file system is simulated."""
+    import uvireid.engine.run_folder as rf
+    from uvireid.errors import RunFolderError
+
+    def refuse(path, mode="r", *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rf, "open", refuse, raising=False)
+    with pytest.raises(RunFolderError, match="cannot be written by this user.*cp -r"):
+        with RunFolder(tmp_path).locked():
+            pass
+
+
 def test_holder_names_the_pid_of_another_process(tmp_path):
     script = (
         "import fcntl, sys, time\n"

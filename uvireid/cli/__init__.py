@@ -30,8 +30,27 @@ COMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a "did you mean" for a misspelt choice (``uvireid rnu``,
+    ``uvireid data chek``, ``uvireid list rerankerz``), as misspelt options get one (audit
+    OD). Sub-command parsers are of this class too (argparse makes them of the parent's)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import re
+
+        from uvireid._suggest import closest
+
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = [c.strip().strip("'\"") for c in found.group(2).split(",")]
+            near = closest(found.group(1), choices, n=1)
+            if near:
+                message = f"{message}; did you mean '{near[0]}'?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="uvireid",
         description="Unsupervised visible-infrared person re-identification toolkit.",
         epilog="Example: uvireid run demo   (trains the demo recipe on the synthetic dataset)",

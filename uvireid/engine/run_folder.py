@@ -256,7 +256,8 @@ class RunFolder:
         Where ``fcntl`` does not exist (Windows) nothing is locked.
 
         Raises:
-            RunFolderError: another process holds the folder (its pid is named).
+            RunFolderError: another process holds the folder (its pid is named), or this
+                user cannot write into it.
         """
         try:
             import fcntl
@@ -265,7 +266,14 @@ class RunFolder:
             return
         from uvireid.errors import RunFolderError
 
-        fh = open(self.path / ".lock", "a+")
+        try:
+            fh = open(self.path / ".lock", "a+")
+        except PermissionError as exc:  # another user's folder (audit OD: a traceback)
+            raise RunFolderError(
+                f"{self.path} cannot be written by this user ({exc.strerror}): a run writes "
+                f"its checkpoints and metrics there; resume a copy of the folder (cp -r), or "
+                f"run as its owner"
+            ) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process
