@@ -284,6 +284,9 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # where dst already was src (one file, two names), rename() does nothing and leaves
+    # the temporary name: a second link that kept a whole checkpoint's space (audit OE)
+    Path(tmp).unlink(missing_ok=True)
     _fsync_folder(dst.parent)  # as atomic_write: the new entry survives a crash
     return dst
 

@@ -122,12 +122,18 @@ def weights_sha1(weights: nn.Module | dict[str, Any]) -> str:
     be told from another's, e.g. for ``uvireid match --gallery``."""
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     digest = hashlib.sha1()
-    named = {}
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor):
-            while name.startswith(("module.", "_orig_mod.")):
-                name = name.split(".", 1)[1]
-            named[name] = value
+    named = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    # a wrapper's prefix is on every name: dropped only then, so that a model's own child
+    # named 'module' keeps its tensors apart from the parent's of the same name (audit
+    # OE: 'module.weight' overwrote 'weight', and two models that differ in one tensor
+    # had one fingerprint)
+    stripped = True
+    while named and stripped:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in named):
+                named = {k[len(prefix) :]: v for k, v in named.items()}
+                stripped = True
     for name in sorted(named):
         t = named[name].detach()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -211,6 +217,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
         err.checkpoint = str(path.resolve())
         raise err from None
+    # the shape of a uvireid checkpoint (as backbone.pretrained tells one): of another
+    # version, not "not a uvireid checkpoint" (audit OE)
+    if isinstance(state, dict) and {"format", "epoch", "model"} <= set(state):
+        if state["format"] != FORMAT:
+            raise CheckpointError(
+                f"{path} is a uvireid training checkpoint of format {state['format']!r}; "
+                f"this version of uvireid reads format {FORMAT}: use the version that wrote "
+                f"it (its manifest.json names it), or start a new run"
+            )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a uvireid training checkpoint (format {FORMAT}); load plain "
