@@ -13,7 +13,9 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     by_lower: dict[str, str] = {}
     for c in cands:
         by_lower.setdefault(c.lower(), c)
-    found = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.5)
+    # str(): a YAML key read as a number (`reranker: {type: cmfp, 1: 3}`) is compared as
+    # text, not an AttributeError in the middle of an error message (audit OG)
+    found = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.5)
     return [by_lower[c] for c in found]
 
 
@@ -26,5 +28,5 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 def ordered_by_closeness(name: str, candidates: Iterable[str]) -> list[str]:
     """All candidates, the close ones first (best first), then the rest alphabetically."""
     cands = sorted(set(candidates))
-    ratio = {c: difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio() for c in cands}
+    ratio = {c: difflib.SequenceMatcher(None, str(name).lower(), c.lower()).ratio() for c in cands}
     return sorted(cands, key=lambda c: (-round(ratio[c], 6), c))

@@ -48,8 +48,23 @@ def natural_key(name: str) -> tuple:
 
 
 def _subfolders(folder: str) -> list[str]:
+    """The sub-folders of ``folder`` (linked ones too), hidden ones left out.
+
+    Raises:
+        DatasetError: a link among them whose target does not exist (a disk not mounted):
+            left out, its images would be lost without a word and every camera after it
+            renumbered (audit OG).
+    """
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        found = [e for e in entries if not e.name.startswith(".")]
+    for e in found:
+        if e.is_symlink() and not os.path.exists(e.path):
+            raise DatasetError(
+                f"{e.path} is a link to {os.readlink(e.path)}, which does not exist (a disk "
+                f"not mounted?); mount it, or remove the link: a folder left out would lose "
+                f"its images and renumber the cameras after it"
+            )
+    return sorted(e.name for e in found if e.is_dir())
 
 
 @DATASETS.register("folder")

@@ -83,6 +83,18 @@ def list_images(
                 seen.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             names.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+            if follow_links:  # os.walk lists a link to a missing folder as a file (audit OG)
+                for f in filenames:
+                    p = os.path.join(dirpath, f)
+                    hidden = f.startswith(".")
+                    if hidden or is_image_file(f) or not os.path.islink(p) or os.path.exists(p):
+                        continue
+                    logger.warning(
+                        "cannot read %s (a link to %s, which does not exist: a disk not "
+                        "mounted?); any images below it are left out",
+                        p,
+                        os.readlink(p),
+                    )
     else:
         with os.scandir(folder) as entries:
             for e in entries:
