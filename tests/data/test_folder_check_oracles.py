@@ -378,3 +378,27 @@ def test_sysu_fixture_writes_the_given_id_lists_even_when_empty(tmp_path):
     assert (root2 / "exp" / "test_id.txt").read_text() == "3,6\n"
     assert (root2 / "exp" / "val_id.txt").read_text() == "5\n"
     assert (root2 / "exp" / "train_id.txt").read_text() == "1,2,4,7\n"
+
+
+def test_one_folder_linked_as_two_cameras_is_an_error(tmp_path):
+    """The same real folder under two camera names (a link to another camera's folder):
+    refused, naming both, instead of its images read twice as two cameras."""
+    root = make_folder_tree(tmp_path / "d", {"a": 1}, {"a": 1})
+    os.symlink(root / "visible" / "a", root / "infrared" / "b")
+    with pytest.raises(DatasetError, match=r"are one folder.*read twice"):
+        FolderDataset(root)
+
+
+def test_identity_folders_1_and_01_are_refused_not_merged(tmp_path):
+    """with_ids=True: folders ``1`` and ``01`` of one camera are both pid 1: an error naming
+    both (they were merged without a word)."""
+    root = make_folder_tree(tmp_path / "d", {"a": 0}, {"a": 0})
+    rng = random.Random(0)
+    for mod in ("visible", "infrared"):
+        write_image(root / mod / "a" / "1" / "0.png", rng)
+    write_image(root / "visible" / "a" / "01" / "0.png", rng)
+    with pytest.raises(DatasetError, match=r"identity folders 01 and 1 .* both pid 1"):
+        FolderDataset(root, with_ids=True)
+    (root / "visible" / "a" / "01" / "0.png").unlink()
+    (root / "visible" / "a" / "01").rmdir()
+    assert sorted(r.pid for r in FolderDataset(root, with_ids=True).train) == [1, 1]

@@ -108,6 +108,16 @@ class FolderDataset(VIDataset):
         names = sorted(set(cam_dirs[VISIBLE]) | set(cam_dirs[INFRARED]), key=natural_key)
         number = {name: i for i, name in enumerate(names, start=1)}
         self.camera_names: dict[int, str] = {i: name for name, i in number.items()}
+        real: dict[str, str] = {}
+        for modality, cams in cam_dirs.items():  # one folder linked as two cameras (audit OG)
+            for cam_name in cams:
+                camdir = os.path.join(self.root, MODALITY_NAMES[modality], cam_name)
+                other = real.setdefault(os.path.realpath(camdir), camdir)
+                if other != camdir:
+                    raise DatasetError(
+                        f"{camdir} and {other} are one folder ({os.path.realpath(camdir)}): "
+                        f"its images would be read twice, as two cameras; remove one of them"
+                    )
         for modality, cams in cam_dirs.items():
             top = os.path.join(self.root, MODALITY_NAMES[modality])
             for cam_name in cams:
@@ -143,13 +153,19 @@ class FolderDataset(VIDataset):
                 f"<camera>/<integer pid>/<image>. Move them into identity folders, or open the "
                 f"dataset with with_ids=False — {SEE_README}"
             )
-        out = []
+        out, named = [], {}
         for pid_name in _subfolders(camdir):
             if not (pid_name.isascii() and pid_name.isdigit()):  # '³' would pass isdigit
                 raise DatasetError(
                     f"identity folder {os.path.join(camdir, pid_name)} is not an integer; "
                     f"with_ids=True expects <camera>/<integer pid>/<image>. Rename it, or open "
                     f"the dataset with with_ids=False — {SEE_README}"
+                )
+            first = named.setdefault(int(pid_name), pid_name)
+            if first != pid_name:  # '1' and '01' (audit OG: merged without a word)
+                raise DatasetError(
+                    f"identity folders {first} and {pid_name} in {camdir} are both pid "
+                    f"{int(pid_name)}; merge them into one folder, or rename one"
                 )
             out.extend(
                 ImageRecord(path=p, pid=int(pid_name), cam=cam, modality=modality)
