@@ -87,3 +87,11 @@ def test_a_shortened_name_has_no_separator_before_its_hash(base):
 def test_a_recipe_name_with_unsafe_characters_loses_them_at_its_ends():
     (v,) = variants("exp (v2)", parse_sweep(["x=1"]))
     assert v.name == "exp-v2_x1"
+
+
+def test_an_unbalanced_closing_bracket_closes_nothing():
+    """``a],b``: the stray ``]`` is part of the first value and the comma after it still
+    separates (the depth went negative and made the rest of the list one value)."""
+    assert split_values("a],b") == ["a]", "b"]
+    assert split_values("[1,2]],3") == ["[1,2]]", "3"]
+    assert split_values("[1,[2,3]],4") == ["[1,[2,3]]", "4"]

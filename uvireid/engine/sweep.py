@@ -48,8 +48,8 @@ def split_values(text: str) -> list[str]:
             quote = ch
         elif ch in "[{":
             depth += 1
-        elif ch in "]}":
-            depth -= 1
+        elif ch in "]}":  # an unbalanced one closes nothing: a],b is two values (audit OD)
+            depth = max(depth - 1, 0)
         elif ch == "," and depth == 0:
             out.append(text[start:i])
             start = i + 1
