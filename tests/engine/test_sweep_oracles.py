@@ -95,3 +95,14 @@ def test_an_unbalanced_closing_bracket_closes_nothing():
     assert split_values("a],b") == ["a]", "b"]
     assert split_values("[1,2]],3") == ["[1,2]]", "3"]
     assert split_values("[1,[2,3]],4") == ["[1,[2,3]]", "4"]
+
+
+def test_a_value_with_an_underscore_keeps_the_name_earlier_sweeps_gave_it():
+    """``two_stream_resnet`` holds '_' before no swept key's name: its run keeps the name
+    it had (a --resume of a sweep started before finds its folder); a value with '_'
+    before a swept key's name (up to the key's own first '_') gets the hash."""
+    plan = variants("demo", parse_sweep(["backbone.type=two_stream_resnet,timm", "train.lr=0.1"]))
+    assert [v.name for v in plan] == ["demo_typetwo_stream_resnet_lr0.1", "demo_typetimm_lr0.1"]
+    plan = variants("demo", parse_sweep(["clusterer.min_samples=2", "x=a_min,b"]))
+    assert re.fullmatch(r"demo_min_samples2_xa_min_[0-9a-f]{8}", plan[0].name)
+    assert plan[1].name == "demo_min_samples2_xb"

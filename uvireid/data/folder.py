@@ -59,6 +59,10 @@ def _subfolders(folder: str) -> list[str]:
         found = [e for e in entries if not e.name.startswith(".")]
     for e in found:
         if e.is_symlink() and not os.path.exists(e.path):
+            if re.fullmatch(r"\.[A-Za-z]+", os.path.splitext(e.name)[1]):
+                # README.txt, labels.json: named as a file, never a camera (review OR)
+                logger.warning("%s is a link to a missing file; left out", e.path)
+                continue
             raise DatasetError(
                 f"{e.path} is a link to {os.readlink(e.path)}, which does not exist (a disk "
                 f"not mounted?); mount it, or remove the link: a folder left out would lose "

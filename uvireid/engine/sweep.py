@@ -148,8 +148,8 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
     ``<base>_<key><value>...`` (characters a folder name should not hold become '-').
 
     A name that had to be shortened, or whose values held characters the name could not
-    keep (``a b`` and ``a-b`` would both be ``a-b``; an ``_``, which separates the
-    settings), ends in a hash of its settings
+    keep (``a b`` and ``a-b`` would both be ``a-b``), or held ``_`` before a swept key's
+    name (which could spell another combination's name), ends in a hash of its settings
     instead: a name depends on the run's own settings (and the swept keys), never on the
     other values of the sweep or their order, so ``--resume`` finds each one's folder
     again, in another sweep too (a hash only where names of one sweep collided named
@@ -164,17 +164,21 @@ def variants(base: str, sweep: list[tuple[str, list[str]]]) -> list[Variant]:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
     raw = ["_".join(f"{_short(k, keys)}{v}" for k, v in c) for c in combos]
-    # '_' separates the settings, so a value keeps none: 'x=1_y2' would spell the name of
-    # x=1 with y=2 (audit OD); a value that held one gets the hash below
-    value = re.compile(r"[^A-Za-z0-9.-]+")
-    tags = [
-        clean("_".join(f"{_short(k, keys)}{value.sub('-', str(v))}" for k, v in c)) for c in combos
-    ]
+    tags = [clean(r) for r in raw]
+    # '_' separates the settings: a value holding '_' and a swept key's name (up to its own
+    # first '_') could spell another combination's name ('x=1_y2' with y=3 is x=1 with
+    # y=2_y3: audit OD), so it gets the hash; other values keep their '_' (two_stream_resnet),
+    # and the names of earlier sweeps with them
+    heads = [f"_{_short(k, keys).split('_')[0]}" for k in keys]
+
+    def ambiguous(settings: tuple) -> bool:
+        return any(h in str(v) for _, v in settings for h in heads)
+
     base = clean(base)
     names = [f"{base}_{t}" for t in tags]
     out = []
     for settings, tag, name, text in zip(combos, tags, names, raw, strict=True):
-        if len(name) > NAME_LENGTH or tag != text:
+        if len(name) > NAME_LENGTH or tag != text or ambiguous(settings):
             digest = hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
             room = NAME_LENGTH - len(digest) - 2
             head = base[: max(20, room - len(tag) - 1)]

@@ -165,10 +165,13 @@ def _protocol(results: Mapping[str, Mapping], cfg: dict) -> str | None:
     return str(proto) if proto and proto != "auto" else None
 
 
-def _gallery_options(results: Mapping[str, Mapping], cfg: dict) -> dict:
+def _gallery_options(results: Mapping[str, Mapping], cfg: dict, feats: Any, notes: list) -> dict:
     """How the run drew its test gallery (``shot``, ``sampler``, ``perm_file``): the
     recipe's evaluation section, else the results' provenance; the plots then show the
-    gallery the table measured (audit OB: a multi-shot run's plots were single-shot)."""
+    gallery the table measured (audit OB: a multi-shot run's plots were single-shot). The
+    official sampler where its file is no longer there (a run folder copied to another
+    machine), or the features have no image paths: the seeded gallery, noted (review OR:
+    both plots were dropped)."""
     ev = cfg.get("evaluation") if isinstance(cfg.get("evaluation"), Mapping) else {}
     prov = next(
         (r["provenance"] for r in results.values() if isinstance(r.get("provenance"), Mapping)),
@@ -179,7 +182,21 @@ def _gallery_options(results: Mapping[str, Mapping], cfg: dict) -> dict:
         value = ev.get(key) or prov.get(key)
         out[key] = value if value in known else known[0]  # RegDB's provenance: "none"
     if out["sampler"] == "official":
-        out["perm_file"] = ev.get("perm_file")
+        perm = ev.get("perm_file")
+        if not perm:
+            why = "the recipe names no perm_file"
+        elif not Path(perm).is_file():
+            why = f"its file {perm} is not there"
+        elif getattr(feats, "paths", None) is None:
+            why = "the features file has no image paths"
+        else:
+            out["perm_file"] = perm
+            return out
+        notes.append(
+            f"the run's table used the official sampler, but {why}: the distance and "
+            f"ranking plots draw trial 0 of the seeded gallery instead."
+        )
+        out["sampler"] = "seeded"
     return out
 
 
@@ -560,7 +577,7 @@ def build_report(
     origin = ""
     if feats is not None:
         plots_protocol = protocol_arg or protocol
-        gallery = _gallery_options(results, cfg)
+        gallery = _gallery_options(results, cfg, feats, notes)
         if given is not None and protocol_arg is None:
             plots_protocol = _fitting_protocol(feats, protocol, notes)
         origin = _features_origin(feats, given is not None, plots_protocol, notes)
