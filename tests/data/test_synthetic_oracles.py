@@ -455,11 +455,11 @@ def test_near_infrared_shares_that_differ_in_any_digit_get_their_own_cache_folde
     tmp_path, monkeypatch
 ):
     """The cache folder names nir with every digit: 0.1234567 and 0.1234568 (one folder
-    under '%g', each call replacing the other's dataset) are two folders, and 0.5 keeps
-    the name it always had."""
+    under '%g', each call replacing the other's dataset) are two folders, and 0.5 and 1
+    keep the names they always had."""
     roots = []
     monkeypatch.setattr(syn, "generate", lambda root, **kw: roots.append(root) or root)
-    for nir in (0.1234567, 0.1234568, 0.5):
+    for nir in (0.1234567, 0.1234568, 0.5, 1):
         syn.ensure_synthetic(tmp_path, ids=3, nir=nir)
-    assert len(set(roots)) == 3
-    assert roots[2].name.endswith("-nir0.5")
+    assert len(set(roots)) == 4
+    assert roots[2].name.endswith("-nir0.5") and roots[3].name.endswith("-nir1")

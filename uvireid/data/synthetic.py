@@ -1455,7 +1455,10 @@ def ensure_synthetic(
     ``<cache>`` is :func:`cache_root`; a complete folder whose manifest matches is reused.
     """
     ids, seed, nir = check_params(ids, seed, nir)
-    tag = f"-nir{nir!r}" if nir > 0 else ""  # every digit: two settings, two folders
+    # '%g' (the names so far) where it is exact, else every digit: 0.1234567 and 0.1234568
+    # shared one folder and replaced each other's dataset (audit OA)
+    short = f"{nir:g}"
+    tag = f"-nir{short if float(short) == nir else repr(nir)}" if nir > 0 else ""
     root = cache_root(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-ids{ids}-seed{seed}-128x64{tag}"
     return generate(root, ids=ids, seed=seed, nir=nir)
 
