@@ -147,16 +147,27 @@ class CrossLabels:
 
         MBCCM's many-to-many mask A (MM 2023, Sec. 3.2), transposed to visible-major.
         """
-        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+        m = self._match_pairs()
         mask = np.zeros(self.space_sizes(), dtype=bool)
         mask[m[:, 0], m[:, 1]] = True
         return mask
+
+    def _match_pairs(self) -> np.ndarray:
+        """``matches`` as (M, 2) int64; a negative cluster id is refused (numpy would read
+        -1 as the last cluster: a silent wrong mask and link precision, audit OH)."""
+        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+        if m.size and int(m.min()) < 0:
+            raise ValueError(
+                f"CrossLabels.matches holds a negative cluster id ({int(m.min())}); matches "
+                f"are (visible cluster, infrared cluster) pairs of ids >= 0"
+            )
+        return m
 
     def space_sizes(self) -> tuple[int, int]:
         """(visible, infrared) label-space sizes: ``num_clusters_v`` / ``num_clusters_r``,
         raised to cover every label and match (a producer that left them at 0 or
         understated them made :meth:`unify` merge clusters or fail inside scipy)."""
-        m = np.asarray(self.matches, dtype=np.int64).reshape(-1, 2)
+        m = self._match_pairs()
 
         def top(*arrays: np.ndarray) -> int:
             return max((int(a.max()) + 1 for a in arrays if a.size), default=0)

@@ -225,8 +225,10 @@ def _check_cross_labels(
             )
         out[name] = lab.astype(np.int64, copy=False)
     matches = np.asarray(cl.matches, dtype=np.int64).reshape(-1, 2)
-    if len(matches) and not cl.unified:
-        bad = (matches < 0).any(1) | (matches[:, 0] >= kv) | (matches[:, 1] >= kr)
+    if len(matches):  # negative ids in a unified space too (CrossLabels refuses them)
+        bad = (matches < 0).any(1)
+        if not cl.unified:
+            bad |= (matches[:, 0] >= kv) | (matches[:, 1] >= kr)
         if bad.any():
             raise TrainingError(
                 f"associator '{who}' returned {int(bad.sum())} matches outside the clusters "
