@@ -56,10 +56,14 @@ def _modalities(modality: Any, n: int) -> np.ndarray:
                     f"modality {m!r} is not one of visible, infrared (or rgb, ir, thermal, nir)"
                 )
             codes.append(_MODALITIES[m.lower()])
-        elif isinstance(m, (bool, np.bool_)) or int(m) not in (VISIBLE, INFRARED) or int(m) != m:
-            raise ConfigError(f"modality {m!r}: 0 (visible) or 1 (infrared)")
         else:
-            codes.append(int(m))
+            try:  # None or nan: int() raised a bare TypeError / ValueError (audit OI)
+                code = None if isinstance(m, (bool, np.bool_)) else int(m)
+            except (TypeError, ValueError, OverflowError):
+                code = None
+            if code not in (VISIBLE, INFRARED) or code != m:
+                raise ConfigError(f"modality {m!r}: 0 (visible) or 1 (infrared)")
+            codes.append(code)
     if len(codes) != n:
         raise ConfigError(f"{len(codes)} modalities for {n} images; give one, or one per image")
     return np.asarray(codes, dtype=np.int64)
