@@ -64,6 +64,21 @@ def test_latest_best_and_a_path_load_their_own_weights(run):
     assert model.weights_sha1 == best and model.source == str(path)
 
 
+def test_a_relative_checkpoint_path_is_found_in_the_run_folder(run, tmp_path, monkeypatch):
+    """``checkpoints/best.pt`` from another folder: read from the run folder (it was looked
+    for in the current folder only); one that exists in the current folder wins."""
+    folder, latest, best = run
+    monkeypatch.chdir(tmp_path)
+    model = uvireid.load_model(folder, "checkpoints/best.pt")
+    assert model.weights_sha1 == best
+    assert model.source == str(folder / "checkpoints" / "best.pt")
+    (tmp_path / "checkpoints").mkdir()
+    _save(_backbone(0), tmp_path / "checkpoints" / "best.pt")
+    assert uvireid.load_model(folder, "checkpoints/best.pt").weights_sha1 == latest
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        uvireid.load_model(folder, "checkpoints/none.pt")
+
+
 def test_a_checkpoint_with_an_extra_key_is_refused(run, tmp_path):
     folder, _, _ = run
     state = torch.load(folder / "checkpoints" / "latest.pt", weights_only=False)

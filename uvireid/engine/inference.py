@@ -112,7 +112,8 @@ class ReidModel:
     ) -> ReidModel:
         """The model of a run folder: its ``config.yaml`` and a checkpoint, ``latest``
         (``checkpoints/latest.pt``), ``best`` (``checkpoints/best.pt``, chosen on the
-        test set) or a path.
+        test set) or a path (a relative one from the current folder, else from the run
+        folder: ``checkpoints/epoch_10.pt``).
 
         Raises:
             ConfigError: not a run folder; CheckpointError: no such checkpoint, or its
@@ -132,6 +133,8 @@ class ReidModel:
             )
         names = {"latest": LATEST, "best": BEST}
         path = run / "checkpoints" / names[checkpoint] if checkpoint in names else Path(checkpoint)
+        if not path.is_file() and not path.is_absolute() and (run / path).is_file():
+            path = run / path  # relative to the run folder (audit OI: only the current one)
         if not path.is_file():
             said = (
                 " (best.pt exists where evaluation.keep_best is true and an evaluation ran)"
