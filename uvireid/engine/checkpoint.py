@@ -55,6 +55,30 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
+def _unwrapped(state: dict[str, Any], own: set[str] | None = None) -> dict[str, Any]:
+    """``state`` without the wrapper prefixes (DDP's ``module.``, torch.compile's
+    ``_orig_mod.``, nested: ``_orig_mod.module.``; audit MI) that every one of its names
+    carries: a model's own child named ``module`` keeps its names (audit OE). With
+    ``own`` (the model's names), a prefix the model's own names carry too is kept, and
+    nothing more is dropped once the names are the model's (a DataParallel passed as it
+    is has them: stripping refused its own weights; audit MH)."""
+    changed = True
+    while changed and state and (own is None or set(state) != own):
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            ours = own is not None and all(k.startswith(prefix) for k in own)
+            if all(k.startswith(prefix) for k in state) and not ours:
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def has_checkpoint_shape(state: Any) -> bool:
+    """Whether a loaded file has the entries of a uvireid training checkpoint (``format``,
+    ``epoch``, ``model``), of any format version."""
+    return isinstance(state, dict) and {"format", "epoch", "model"} <= set(state)
+
+
 def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "checkpoint"):
     """``module.load_state_dict(state)``, refusing any missing or unexpected key.
 
@@ -67,18 +91,7 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], source: str = "c
             Or another tensor does not fit (torch's message).
     """
     own = set(module.state_dict())
-    # a wrapper's prefixes dropped only where the model's own keys do not carry them (a
-    # DataParallel passed as it is has them: stripping refused its own weights; audit MH)
-    # nested too: torch.compile(DDP(m)) gives '_orig_mod.module.' (audit MI)
-    changed = True
-    while changed and state and set(state) != own:
-        changed = False
-        for prefix in ("module.", "_orig_mod."):
-            if all(k.startswith(prefix) for k in state) and not all(
-                k.startswith(prefix) for k in own
-            ):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
+    state = _unwrapped(state, own)
     missing = sorted(own - set(state))
     unexpected = sorted(set(state) - own)
     if missing or unexpected:
@@ -122,18 +135,9 @@ def weights_sha1(weights: nn.Module | dict[str, Any]) -> str:
     be told from another's, e.g. for ``uvireid match --gallery``."""
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     digest = hashlib.sha1()
-    named = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    # a wrapper's prefix is on every name: dropped only then, so that a model's own child
-    # named 'module' keeps its tensors apart from the parent's of the same name (audit
-    # OE: 'module.weight' overwrote 'weight', and two models that differ in one tensor
-    # had one fingerprint)
-    stripped = True
-    while named and stripped:
-        stripped = False
-        for prefix in ("module.", "_orig_mod."):
-            if all(k.startswith(prefix) for k in named):
-                named = {k[len(prefix) :]: v for k, v in named.items()}
-                stripped = True
+    # a wrapper's prefix dropped only where every name carries it ('module.weight'
+    # overwrote 'weight' of a model with a child named 'module': audit OE)
+    named = _unwrapped({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     for name in sorted(named):
         t = named[name].detach()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -217,9 +221,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
         err.checkpoint = str(path.resolve())
         raise err from None
-    # the shape of a uvireid checkpoint (as backbone.pretrained tells one): of another
-    # version, not "not a uvireid checkpoint" (audit OE)
-    if isinstance(state, dict) and {"format", "epoch", "model"} <= set(state):
+    # of another version, not "not a uvireid checkpoint" (audit OE)
+    if has_checkpoint_shape(state):
         if state["format"] != FORMAT:
             raise CheckpointError(
                 f"{path} is a uvireid training checkpoint of format {state['format']!r}; "

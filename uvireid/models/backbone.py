@@ -318,8 +318,10 @@ def _uvireid_checkpoint(path: str | Path) -> dict | None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None
-    if not isinstance(state, dict) or not {"format", "epoch", "model"} <= set(state):
-        return None  # not the shape of a uvireid checkpoint
+    from uvireid.engine.checkpoint import has_checkpoint_shape
+
+    if not has_checkpoint_shape(state):
+        return None
     return state
 
 
