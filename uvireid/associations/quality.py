@@ -86,16 +86,15 @@ def link_precision(cross: CrossLabels, gt: Any) -> dict[str, float]:
             f"link_precision: labels_in_v has {n} entries and labels_in_r "
             f"{len(cross.labels_in_r)}; both label every instance (visible first)"
         )
-    try:
-        m = cross._match_pairs()
-    except ValueError as exc:
-        raise ProtocolError(f"link_precision: {exc}") from None
     _, g = np.unique(g, return_inverse=True)
     n_ids = int(g.max()) + 1 if n else 1
     lv, lr = cross.labels_in_v, cross.labels_in_r
     # the spaces as CrossLabels sizes them, matches included: a match to a cluster no
     # instance carries was a bare IndexError (audit MB)
-    kv, kr = (max(size, 1) for size in cross.space_sizes())
+    try:  # CrossLabels refuses a negative match id (audit OH)
+        kv, kr = (max(size, 1) for size in cross.space_sizes())
+    except ValueError as exc:
+        raise ProtocolError(f"link_precision: {exc}") from None
     gv, gr = g[:nv], g[nv:]
     own_v = _table(lv[:nv], gv, kv, n_ids)  # visible instances by their own label
     own_r = _table(lr[nv:], gr, kr, n_ids)
@@ -103,6 +102,7 @@ def link_precision(cross: CrossLabels, gt: Any) -> dict[str, float]:
     r_to_v = _table(lv[nv:], gr, kv, n_ids)
     s1, t1 = _pairs(v_to_r, own_r)
     s2, t2 = _pairs(r_to_v, own_v)
+    m = cross.matches
     if len(m):
         sm = float((own_v[m[:, 0]] * own_r[m[:, 1]]).sum())
         tm = float((own_v[m[:, 0]].sum(1) * own_r[m[:, 1]].sum(1)).sum())
