@@ -114,16 +114,12 @@ def test_resolve_recipe_leaves_the_mapping_it_is_given_unchanged(tmp_path):
     assert out["stages"][0]["clusterer"] == cfg["clusterer"]
 
 
-def test_evaluate_without_a_run_folder_names_no_features_file(tmp_path):
-    """runner.evaluate without a run folder writes its features file into a temporary
-    folder removed before it returns: the result names no file (a path that no longer
-    exists; with a folder it names the folder's features.npz, which other tests check)."""
+def _one_stage_recipe(tmp_path) -> dict:
+    """A resolved one-stage training recipe (DCL's loss) on a 6-id SYSU-MM01 tree, for
+    the evaluation and resume checks (none of them trains)."""
     import yaml
 
     from uvireid.data.fixtures import make_sysu_tree
-    from uvireid.engine.runner import evaluate
-    from uvireid.registry import DATASETS
-    from uvireid.types import FeatureBank
 
     root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=6, images_per=1)
     rec = {
@@ -131,11 +127,24 @@ def test_evaluate_without_a_run_folder_names_no_features_file(tmp_path):
         "output_dir": str(tmp_path / "runs"),
         "data": {"type": "sysu", "root": str(root)},
         "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-        "train": {"height": 32, "width": 16, "image_cache": None, "threads": 1},
-        "evaluation": {"protocol": "sysu-all", "trials": 1},
+        "clusterer": {"type": "dbscan", "eps": 0.6, "min_samples": 2, "k1": 5, "k2": 2},
+        "train": {"height": 32, "width": 16, "iters_per_epoch": 1, "image_cache": None},
+        "evaluation": {"protocol": "sysu-all", "trials": 1, "every": 0},
+        "losses": [{"type": "cluster_contrast"}],
     }
-    (tmp_path / "ev.yaml").write_text(yaml.safe_dump(rec))
-    cfg = load_recipe(tmp_path / "ev.yaml")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(rec))
+    return load_recipe(tmp_path / "tiny.yaml")
+
+
+def test_evaluate_without_a_run_folder_names_no_features_file(tmp_path):
+    """runner.evaluate without a run folder writes its features file into a temporary
+    folder removed before it returns: the result names no file (a path that no longer
+    exists; with a folder it names the folder's features.npz, which other tests check)."""
+    from uvireid.engine.runner import evaluate
+    from uvireid.registry import DATASETS
+    from uvireid.types import FeatureBank
+
+    cfg = _one_stage_recipe(tmp_path)
     dataset = DATASETS.build(cfg["data"])
     recs = dataset.test
     bank = FeatureBank(  # features of the test set, as the trainer passes them
@@ -178,28 +187,6 @@ def test_an_empty_perm_file_is_refused_with_a_plugin_dataset_too():
         DATASETS.unregister("test_nc_plugin_dataset")
     with pytest.raises(ConfigError, match="evaluation.perm_file is empty"):
         load_recipe("demo", ["evaluation.perm_file="])
-
-
-def _one_stage_recipe(tmp_path) -> dict:
-    """A resolved one-stage training recipe (DCL's loss) on a 6-id SYSU-MM01 tree, for
-    the resume checks (none of them trains)."""
-    import yaml
-
-    from uvireid.data.fixtures import make_sysu_tree
-
-    root = make_sysu_tree(tmp_path / "SYSU-MM01", ids=6, images_per=1)
-    rec = {
-        "device": "cpu",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"type": "sysu", "root": str(root)},
-        "backbone": {"type": "two_stream_resnet", "arch": "resnet18"},
-        "clusterer": {"type": "dbscan", "eps": 0.6, "min_samples": 2, "k1": 5, "k2": 2},
-        "train": {"height": 32, "width": 16, "iters_per_epoch": 1, "image_cache": None},
-        "evaluation": {"protocol": "sysu-all", "trials": 1, "every": 0},
-        "losses": [{"type": "cluster_contrast"}],
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(rec))
-    return load_recipe(tmp_path / "tiny.yaml")
 
 
 def test_a_resume_whose_trained_epochs_lost_their_checkpoint_is_refused(tmp_path, monkeypatch):

@@ -14,23 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from train_fixtures import link_counts_loop, random_cross_labels
+from train_fixtures import link_counts_loop, random_cross_labels, singletons_loop
 
 from uvireid.engine.trainer import Trainer
 from uvireid.errors import ConfigError, TrainingError
 from uvireid.losses.contract import EpochLabels
 from uvireid.types import CrossLabels
-
-
-def _singletons(y):
-    """Each -1 its own new label (label_quality's convention), written out by hand."""
-    y = np.array(y, dtype=np.int64)
-    nxt = int(y.max()) + 1 if (y >= 0).any() else 0
-    for i in range(len(y)):
-        if y[i] < 0:
-            y[i] = nxt
-            nxt += 1
-    return y
 
 
 def test_cross_quality_and_link_precision_leave_out_the_unreadable_images():
@@ -47,14 +36,14 @@ def test_cross_quality_and_link_precision_leave_out_the_unreadable_images():
     vis_in_v, vis_in_r, ir_in_r, ir_in_v = lab.vis_in_v, lab.vis_in_r, lab.ir_in_r, lab.ir_in_v
     q = Trainer._quality(fake, lab)
     kv, kr = np.flatnonzero(ok_v), np.flatnonzero(ok_r)
-    assert q["visible"]["ari"] == pytest.approx(ari(gv[kv], _singletons(vis_in_v[kv])))
-    assert q["infrared"]["ari"] == pytest.approx(ari(gr[kr], _singletons(ir_in_r[kr])))
+    assert q["visible"]["ari"] == pytest.approx(ari(gv[kv], singletons_loop(vis_in_v[kv])))
+    assert q["infrared"]["ari"] == pytest.approx(ari(gr[kr], singletons_loop(ir_in_r[kr])))
     assert q["infrared"]["outlier_fraction"] == pytest.approx(np.mean(ir_in_r[kr] < 0))
     gt = np.r_[gv[kv], gr[kr]]
-    want_v = ari(gt, _singletons(np.r_[vis_in_v[kv], ir_in_v[kr]]))
+    want_v = ari(gt, singletons_loop(np.r_[vis_in_v[kv], ir_in_v[kr]]))
     assert q["cross_v"]["ari"] == pytest.approx(want_v)
     assert q["cross_r"]["ari"] == pytest.approx(
-        ari(gt, _singletons(np.r_[vis_in_r[kv], ir_in_r[kr]]))
+        ari(gt, singletons_loop(np.r_[vis_in_r[kv], ir_in_r[kr]]))
     )
     same, total = link_counts_loop(gv, gr, lab, kv, kr)
     assert min(total.values()) > 0

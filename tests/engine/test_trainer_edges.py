@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from train_fixtures import tiny_recipe
+from train_fixtures import singletons_loop, tiny_recipe
 
 from uvireid.config import validate
 from uvireid.engine.trainer import Trainer, stages_of
@@ -64,17 +64,6 @@ def test_a_stages_jitter_views_override_the_train_default():
     a, b = stages_of(cfg)
     assert a.jitter_views == ("infrared",)
     assert b.jitter_views == ("visible_ca",)
-
-
-def _singletons(y):
-    """Each -1 its own new label (label_quality's convention), written out by hand."""
-    y = np.array(y, dtype=np.int64)
-    nxt = int(y.max()) + 1 if (y >= 0).any() else 0
-    for i in range(len(y)):
-        if y[i] < 0:
-            y[i] = nxt
-            nxt += 1
-    return y
 
 
 def test_an_epochs_counts_come_from_the_clusterer_and_its_quality_from_the_trained_labels(
@@ -129,13 +118,13 @@ def test_an_epochs_counts_come_from_the_clusterer_and_its_quality_from_the_train
     gv = np.array([r.pid for r in tr.vis])
     gr = np.array([r.pid for r in tr.ir])
     q = record["label_quality"]
-    assert q["visible"]["ari"] == pytest.approx(ari(gv, _singletons(vis_in_v)))
-    assert q["infrared"]["ari"] == pytest.approx(ari(gr, _singletons(ir_in_r)))
+    assert q["visible"]["ari"] == pytest.approx(ari(gv, singletons_loop(vis_in_v)))
+    assert q["infrared"]["ari"] == pytest.approx(ari(gr, singletons_loop(ir_in_r)))
     gt = np.r_[gv, gr]
-    assert q["cross_v"]["ari"] == pytest.approx(ari(gt, _singletons(np.r_[vis_in_v, ir_in_v])))
-    assert q["cross_r"]["ari"] == pytest.approx(ari(gt, _singletons(np.r_[vis_in_r, ir_in_r])))
+    assert q["cross_v"]["ari"] == pytest.approx(ari(gt, singletons_loop(np.r_[vis_in_v, ir_in_v])))
+    assert q["cross_r"]["ari"] == pytest.approx(ari(gt, singletons_loop(np.r_[vis_in_r, ir_in_r])))
     # the two views are not the same numbers (the test tells the fields apart)
-    assert q["visible"]["ari"] != pytest.approx(ari(gv, _singletons(lv)))
+    assert q["visible"]["ari"] != pytest.approx(ari(gv, singletons_loop(lv)))
     assert q["cross_v"]["ari"] != pytest.approx(q["cross_r"]["ari"])
 
 

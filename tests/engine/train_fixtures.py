@@ -195,3 +195,16 @@ def link_counts_loop(gv, gr, lab, vis_rows, ir_rows) -> tuple[dict, dict]:
                 total["r2v"] += 1
                 same["r2v"] += int(gv[i] == gr[j])
     return same, total
+
+
+def singletons_loop(y):
+    """Each -1 its own new label (label_quality's convention), written out by hand."""
+    import numpy as np
+
+    y = np.array(y, dtype=np.int64)
+    nxt = int(y.max()) + 1 if (y >= 0).any() else 0
+    for i in range(len(y)):
+        if y[i] < 0:
+            y[i] = nxt
+            nxt += 1
+    return y
