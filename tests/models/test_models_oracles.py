@@ -169,7 +169,7 @@ def test_part_module_refuses_a_num_parts_that_is_not_a_positive_integer(bad):
     """PartQuery(dim, num_parts) refuses what is not a whole number >= 1, naming it (0 built
     a module that failed at its first batch with ZeroDivisionError, -1 failed in
     torch.empty, and 1.5 or True became 1 part without a word)."""
-    with pytest.raises(ConfigError, match="num_parts must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match="PartQuery: num_parts must be an integer >= 1"):
         PartQuery(4, bad)
 
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from uvireid.errors import ConfigError
 
 __all__ = ["PartQuery", "stripes", "part_queries", "query_attention", "query_attention_many"]
 
@@ -79,12 +76,11 @@ class PartQuery(nn.Module):
 
     def __init__(self, dim: int, num_parts: int = 3):
         super().__init__()
-        whole = isinstance(num_parts, (int, np.integer)) and not isinstance(num_parts, bool)
-        if not whole or num_parts < 1:  # 0 failed at the first batch, 1.5 became 1 (audit OF)
-            raise ConfigError(
-                f"PartQuery: num_parts must be a whole number >= 1, got {num_parts!r}"
-            )
-        self.num_parts = int(num_parts)
+        from uvireid.rerank.inputs import check_k
+
+        # the losses' own check of num_parts: 0 failed at the first batch, 1.5 became 1
+        # part (audit OF)
+        self.num_parts = check_k(num_parts, "num_parts", "PartQuery")
         self.tokens = nn.Parameter(torch.empty(self.num_parts, dim))
         nn.init.kaiming_normal_(self.tokens, a=0, mode="fan_in")  # std sqrt(2 / C)
         self.neck = nn.BatchNorm1d(self.num_parts * dim)
