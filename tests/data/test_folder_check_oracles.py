@@ -220,6 +220,27 @@ def test_check_reports_identities_in_one_modality_only_but_not_unlabelled_images
     assert check_dataset(FolderDataset(tmp_path)).ok
 
 
+def test_check_reports_a_split_where_no_identity_has_both_modalities(tmp_path):
+    """Visible identities 1-2 and infrared 3-4 (two numberings mixed): every identity is
+    one-sided, so no query has a true match; one split-level problem says so."""
+    rng = random.Random(0)
+    for mod, pid in [("visible", 1), ("visible", 2), ("infrared", 3), ("infrared", 4)]:
+        write_image(tmp_path / mod / "a" / str(pid) / "x.png", rng)
+    rep = check_dataset(FolderDataset(tmp_path, with_ids=True))
+    assert rep.problems == [
+        "train: no identity has images in both modalities (4 identities, each in one only); "
+        "expected the visible and infrared images of a person to share an identity number "
+        "(two numberings mixed?): no query would have a true match"
+    ]
+    # one shared identity: the others are named one by one, as before
+    write_image(tmp_path / "infrared" / "a" / "1" / "y.png", rng)
+    rep = check_dataset(FolderDataset(tmp_path, with_ids=True))
+    assert rep.problems == [
+        "train: 3 identities have images in one modality only: 2, 3, 4; expected every "
+        "identity in both (a camera folder deleted or not extracted?)"
+    ]
+
+
 def test_check_rows_are_cameras_then_modalities_then_total(tmp_path):
     root = make_folder_tree(tmp_path / "d", {"b": 1, "a": 2}, {"b": 3})
     rep = check_dataset(FolderDataset(root), official=False)

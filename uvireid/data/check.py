@@ -218,7 +218,14 @@ def _consistency_problems(ds: VIDataset, stats_by_split: dict[str, dict]) -> lis
             if r.pid >= 0:
                 seen.setdefault(r.pid, set()).add(r.modality)
         one_sided = sorted(pid for pid, mods in seen.items() if len(mods) == 1)
-        if one_sided and len(seen) > len(one_sided):  # some ids have both: all should
+        if seen and len(seen) == len(one_sided) and len(set().union(*seen.values())) == 2:
+            problems.append(
+                f"{split}: no identity has images in both modalities ({len(seen)} "
+                f"identities, each in one only); expected the visible and infrared images of "
+                f"a person to share an identity number (two numberings mixed?): no query "
+                f"would have a true match"
+            )
+        elif one_sided and len(seen) > len(one_sided):  # some ids have both: all should
             problems.append(
                 f"{split}: {len(one_sided)} identit{'y has' if len(one_sided) == 1 else 'ies have'}"
                 f" images in one modality only: {listing(one_sided, 20)}; expected every "
