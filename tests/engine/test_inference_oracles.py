@@ -120,6 +120,19 @@ def test_decoded_images_of_another_type_shape_or_width_are_refused():
             model.features(bad, "visible")
 
 
+def test_a_list_of_decoded_images_is_stacked_not_read_as_file_names():
+    model = ReidModel(_backbone(0), {"height": 32, "width": 16}, {})
+    px = _pixels(3)
+    want = model.features(px, "visible")
+    np.testing.assert_array_equal(model.features(list(px), "visible"), want)
+    tensors = [torch.from_numpy(p).permute(2, 0, 1) for p in px]  # (3, H, W) each
+    np.testing.assert_array_equal(model.features(tensors, "visible"), want)
+    with pytest.raises(ConfigError, match="2 different shapes"):
+        model.features([px[0], px[1, :16]], "visible")
+    with pytest.raises(ConfigError, match="not a mix; got elements of type ndarray, str"):
+        model.features([px[0], "a.jpg"], "visible")
+
+
 def test_nir_names_infrared_and_the_default_head_is_bn_feat():
     bb = _backbone(0)
     train = {"height": 32, "width": 16}

@@ -44,6 +44,33 @@ _MODALITIES = {
 }
 
 
+def _stack_decoded(images: list | tuple) -> list | tuple | torch.Tensor:
+    """A list of decoded images (arrays or tensors) as one (N, ...) tensor; a list of file
+    paths unchanged. Anything else is refused here: ``str()`` of an array would otherwise
+    be read as a file name and reported as an unreadable image."""
+    if all(isinstance(i, (str, os.PathLike)) for i in images):
+        return images
+    if not all(isinstance(i, (np.ndarray, torch.Tensor)) for i in images):
+        kinds = sorted({type(i).__name__ for i in images})
+        raise ConfigError(
+            f"images: give a list of image files or a list of decoded images (arrays), not "
+            f"a mix; got elements of type {', '.join(kinds)}"
+        )
+    shapes = sorted({tuple(i.shape) for i in images})
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"images: decoded images of {len(shapes)} different shapes ({shapes[0]}, "
+            f"{shapes[1]}, ...); give them all at the model's size, or pass the files, "
+            f"which are resized as the run's test images"
+        )
+    return torch.stack(
+        [
+            i.cpu() if torch.is_tensor(i) else torch.from_numpy(np.ascontiguousarray(i))
+            for i in images
+        ]
+    )
+
+
 def _modalities(modality: Any, n: int) -> np.ndarray:
     """(n,) int64 modality codes from a name, a code, or one per image."""
     if isinstance(modality, str) or np.ndim(modality) == 0:  # np.array(1) too (audit KB)
@@ -243,6 +270,8 @@ class ReidModel:
             images = images.tolist()  # a features file's paths
         elif not isinstance(images, (torch.Tensor, np.ndarray, list, tuple)):
             images = list(images)  # a generator (Path.glob), a pandas Series
+        if isinstance(images, (list, tuple)) and images:
+            images = _stack_decoded(images)
         if isinstance(images, (list, tuple)) and images:
             # files: embed's chunks (a large folder never sits decoded in memory), every
             # file readable
