@@ -254,7 +254,7 @@ class ReidModel:
         Args:
             images: image files (decoded and resized as the run's test images), or
                 decoded uint8 images already at the model's size, (N, 3, H, W) or
-                (N, H, W, 3).
+                (N, H, W, 3), or a list of them (one (3, H, W) / (H, W, 3) each).
             modality: ``visible`` / ``infrared`` (or 0 / 1) for all, or one per image.
             batch: images per forward pass.
 
