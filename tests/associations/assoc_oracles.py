@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
 
 
 def pgm_padded(cost: np.ndarray) -> tuple[dict, dict]:
@@ -125,3 +126,58 @@ def outlier_clusters(seed, ids_v, ids_r, *, per_id, d, noise, outliers):
         g[:outliers] = -1
         out += [x, g]
     return out
+
+
+def official_sinkhorn_log(cost, lam, max_iter, tol, every=10):
+    """SALCR's ``sinkhorn_solver`` (salcr_reference.md Sec. 5.1) in the log domain: b starts
+    uniform; a, then b; every ``every``-th iteration err = sum |b / b_new - 1|; stop at
+    err <= tol (the official ``while err > tol``). Returns (log a, log b, iterations)."""
+    n, k = cost.shape
+    m = -lam * cost
+    lb = np.full(k, -np.log(k))
+    err, it = np.inf, 0
+    while err > tol and it < max_iter:
+        la = -np.log(n) - logsumexp(m + lb[None, :], axis=1)
+        lb_new = -np.log(k) - logsumexp(m + la[:, None], axis=0)
+        if it % every == 0:
+            err = np.abs(np.exp(lb - lb_new) - 1).sum()
+        lb = lb_new
+        it += 1
+    return la, lb, it, err
+
+
+def pot_sinkhorn_log(cost, lam, max_iter, tol, every=10):
+    """POT's ``sinkhorn_log`` order from zero potentials (v, then u) with the stopping rule
+    of ``sinkhorn_log``'s docstring: every ``every``-th iteration, after the u-update,
+    err = sum_k |K colsum_k - 1|; stop at err < tol."""
+    n, k = cost.shape
+    m = -lam * cost
+    lu = np.zeros(n)
+    it, err = 0, np.inf
+    for it in range(max_iter):
+        lv = -np.log(k) - logsumexp(m + lu[:, None], axis=0)
+        lu = -np.log(n) - logsumexp(m + lv[None, :], axis=1)
+        if it % every == 0:
+            col = np.exp(logsumexp(m + lu[:, None] + lv[None, :], axis=0))
+            err = np.abs(col * k - 1).sum()
+            if err < tol:
+                break
+    return lu, lv, it + 1, err
+
+
+def cmfp_naive(fv, fr, k):
+    """SALCR Sec. 8.1 (salcr_reference.md): four kNN blocks, top-k by value, negatives to
+    0, each block row-normalised, F' = L2n(A [Fv; Fr])."""
+    fv = fv / np.linalg.norm(fv, axis=1, keepdims=True)
+    fr = fr / np.linalg.norm(fr, axis=1, keepdims=True)
+
+    def block(a, b):
+        s = a @ b.T
+        thr = -np.sort(-s, axis=1)[:, k - 1 : k]
+        s = np.where(s >= thr, s, 0.0).clip(min=0)
+        return s / s.sum(1, keepdims=True)
+
+    out = np.block([[block(fv, fv), block(fv, fr)], [block(fr, fv), block(fr, fr)]])
+    out = out @ np.vstack([fv, fr])
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out[: len(fv)], out[len(fv) :]

@@ -15,49 +15,12 @@ import numpy as np
 import ot
 import pytest
 import torch
-from assoc_oracles import outlier_clusters
-from scipy.special import logsumexp
+from assoc_oracles import cmfp_naive, official_sinkhorn_log, outlier_clusters, pot_sinkhorn_log
 
 from uvireid.associations.otla import OTLADual, sinkhorn_log, transport_plan
 from uvireid.errors import ConfigError
 
-
 # ------------------------------------------------------------- naive references -------
-def _official_log(cost, lam, max_iter, tol, every=10):
-    """SALCR's ``sinkhorn_solver`` (salcr_reference.md Sec. 5.1) in the log domain: b starts
-    uniform; a, then b; every ``every``-th iteration err = sum |b / b_new - 1|; stop at
-    err <= tol (the official ``while err > tol``). Returns (log a, log b, iterations)."""
-    n, k = cost.shape
-    m = -lam * cost
-    lb = np.full(k, -np.log(k))
-    err, it = np.inf, 0
-    while err > tol and it < max_iter:
-        la = -np.log(n) - logsumexp(m + lb[None, :], axis=1)
-        lb_new = -np.log(k) - logsumexp(m + la[:, None], axis=0)
-        if it % every == 0:
-            err = np.abs(np.exp(lb - lb_new) - 1).sum()
-        lb = lb_new
-        it += 1
-    return la, lb, it, err
-
-
-def _pot_log(cost, lam, max_iter, tol, every=10):
-    """POT's ``sinkhorn_log`` order from zero potentials (v, then u) with the stopping rule
-    of ``sinkhorn_log``'s docstring: every ``every``-th iteration, after the u-update,
-    err = sum_k |K colsum_k - 1|; stop at err < tol."""
-    n, k = cost.shape
-    m = -lam * cost
-    lu = np.zeros(n)
-    it, err = 0, np.inf
-    for it in range(max_iter):
-        lv = -np.log(k) - logsumexp(m + lu[:, None], axis=0)
-        lu = -np.log(n) - logsumexp(m + lv[None, :], axis=1)
-        if it % every == 0:
-            col = np.exp(logsumexp(m + lu[:, None] + lv[None, :], axis=0))
-            err = np.abs(col * k - 1).sum()
-            if err < tol:
-                break
-    return lu, lv, it + 1, err
 
 
 def _plan(cost, lam, lu, lv):
@@ -93,7 +56,7 @@ def test_stopping_iteration_equals_the_naive_rules_of_both_orders():
         cost = rng.uniform(0, 4, size=(25, 7))
         for tol, every in ((3.0, 10), (0.3, 10), (0.1, 10), (0.03, 10), (0.1, 3), (0.02, 7)):
             kw = {"max_iter": 1000, "tol": tol, "check_every": every}
-            for official, ref_fn in ((False, _pot_log), (True, _official_log)):
+            for official, ref_fn in ((False, pot_sinkhorn_log), (True, official_sinkhorn_log)):
                 res = sinkhorn_log(torch.from_numpy(cost), 5.0, official_order=official, **kw)
                 _, _, n_iter, err = ref_fn(cost, 5.0, 1000, tol, every)
                 assert res.n_iter == n_iter, (seed, tol, every, official)
@@ -106,7 +69,7 @@ def test_plans_with_absorbed_potentials_equal_the_log_domain_iterates(official):
     """lambda = 1000: the scalings leave the safe range and are absorbed into the kernel
     (module doc, Schmitzer Alg. 2). The plan after any number of iterations, absorbed on
     the last one or not, equals the plain log-domain iterates of the same order."""
-    ref_fn = _official_log if official else _pot_log
+    ref_fn = official_sinkhorn_log if official else pot_sinkhorn_log
     # seed 3: both scalings absorbed at the first iteration; seed 9 (6 x 30): also a
     # u-absorption at iteration 34 (default order) and 32 (official order); seed 0: a
     # v-absorption alone at iteration 55 (official order; 56 in the default one)
@@ -163,24 +126,6 @@ def _means(x, lab, ids):
     return np.stack([x[lab == i].mean(0) for i in ids])
 
 
-def _cmfp_naive(fv, fr, k):
-    """SALCR Sec. 8.1 (salcr_reference.md): four kNN blocks, top-k by value, negatives to
-    0, each block row-normalised, F' = L2n(A [Fv; Fr])."""
-    fv = fv / np.linalg.norm(fv, axis=1, keepdims=True)
-    fr = fr / np.linalg.norm(fr, axis=1, keepdims=True)
-
-    def block(a, b):
-        s = a @ b.T
-        thr = -np.sort(-s, axis=1)[:, k - 1 : k]
-        s = np.where(s >= thr, s, 0.0).clip(min=0)
-        return s / s.sum(1, keepdims=True)
-
-    out = np.block([[block(fv, fv), block(fv, fr)], [block(fr, fv), block(fr, fr)]])
-    out = out @ np.vstack([fv, fr])
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out[: len(fv)], out[len(fv) :]
-
-
 def test_intra_relabel_keeps_the_cluster_ids_of_label_spaces_with_gaps():
     """Intra relabelling (salcr_reference.md Sec. 5.1 step 3) gives each instance the id of
     its nearest (inner product, un-normalised) centroid: an id of the input's label
@@ -207,7 +152,7 @@ def test_intra_relabel_and_cross_labels_use_the_cmfp_tr_features():
     fv, gv, fr, gr = _clusters(2, 4, 4, noise=1.0)
     out = OTLADual(k_tr=3, intra_relabel=True, tol=1e-10, max_iter=100000).associate(fv, gv, fr, gr)
     kv, kr = gv >= 0, gr >= 0
-    pv, pr = _cmfp_naive(fv[kv], fr[kr], 3)
+    pv, pr = cmfp_naive(fv[kv], fr[kr], 3)
     cv, cr = _means(pv, gv[kv], range(4)), _means(pr, gr[kr], range(4))
     nv = len(gv)
     np.testing.assert_array_equal(out.labels_in_v[:nv][kv], (pv @ cv.T).argmax(1))

@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from assoc_oracles import outlier_clusters
+from assoc_oracles import cmfp_naive, outlier_clusters
 from scipy.optimize import linear_sum_assignment
 
 from uvireid.associations.checks import as_features, prepare
@@ -232,24 +232,6 @@ def test_infinite_costs_are_refused_by_the_matchers():
 
 
 # ---------------------------------------------------------------- refine.py ------------
-def _cmfp_naive(fv, fr, k):
-    """SALCR Sec. 8.1 (salcr_reference.md): four kNN blocks, top-k by value (ties kept),
-    negatives to 0, each block row-normalised, F' = L2n(A [Fv; Fr])."""
-    fv = fv / np.linalg.norm(fv, axis=1, keepdims=True)
-    fr = fr / np.linalg.norm(fr, axis=1, keepdims=True)
-
-    def block(a, b):
-        s = a @ b.T
-        kk = min(k, s.shape[1])
-        thr = -np.sort(-s, axis=1)[:, kk - 1 : kk]
-        s = np.where(s >= thr, s, 0.0).clip(min=0)
-        return s / s.sum(1, keepdims=True)
-
-    top = np.hstack([block(fv, fv), block(fv, fr)])
-    bot = np.hstack([block(fr, fv), block(fr, fr)])
-    out = np.vstack([top, bot]) @ np.vstack([fv, fr])
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out[: len(fv)], out[len(fv) :]
 
 
 def test_cmfp_tr_equals_the_naive_propagation_of_the_clustered_rows():
@@ -269,7 +251,7 @@ def test_cmfp_tr_equals_the_naive_propagation_of_the_clustered_rows():
         keep_v=keep_v,
         keep_r=keep_r,
     )
-    ref_v, ref_r = _cmfp_naive(fv[keep_v], fr[keep_r], 4)
+    ref_v, ref_r = cmfp_naive(fv[keep_v], fr[keep_r], 4)
     np.testing.assert_allclose(out_v.numpy()[keep_v], ref_v, atol=1e-6)
     np.testing.assert_allclose(out_r.numpy()[keep_r], ref_r, atol=1e-6)
     unit = fv[:2] / np.linalg.norm(fv[:2], axis=1, keepdims=True)

@@ -250,7 +250,8 @@ class OTLADual:
         k_tr: CMFP(tr) neighbours (SALCR: 30 SYSU-MM01, 8 RegDB); None = no refinement.
         intra_relabel: also relabel each instance to its own modality's nearest
             (inner-product, un-normalised) centroid, as the official SALCR code does.
-        normalize_centroids: L2-normalise the prototypes (the official code does not).
+        normalize_centroids: L2-normalise the prototypes of the cross costs (the official
+            code does not; ``intra_relabel`` keeps to the un-normalised centroids).
         official_solver: run Sinkhorn in the official solver's order and stopping rule
             (:func:`sinkhorn_log` ``official_order``): the official labels at tol 0.1;
             off: the order whose plan is the closer to Eq. 4's solution.
@@ -326,15 +327,15 @@ class OTLADual:
             fv, fr = cmfp_tr(fv, fr, k_tr, keep_v=v.kept, keep_r=r.kept)
         cv = cluster_means(fv, v.compact, v.k)
         cr = cluster_means(fr, r.compact, r.k)
-        if self.normalize_centroids:
-            cv = torch.nn.functional.normalize(cv, dim=1)
-            cr = torch.nn.functional.normalize(cr, dim=1)
         own_v, own_r = v.labels, r.labels
-        if self.intra_relabel:
+        if self.intra_relabel:  # the un-normalised centroids, as the official code
             own_v = v.labels.copy()
             own_r = r.labels.copy()
             own_v[v.kept] = v.ids[(fv[v.kept].double() @ cv.T).argmax(1).cpu().numpy()]
             own_r[r.kept] = r.ids[(fr[r.kept].double() @ cr.T).argmax(1).cpu().numpy()]
+        if self.normalize_centroids:  # the prototypes of the cross costs only
+            cv = torch.nn.functional.normalize(cv, dim=1)
+            cr = torch.nn.functional.normalize(cr, dim=1)
         r_of_v = np.full(v.n, -1, dtype=np.int64)
         v_of_r = np.full(r.n, -1, dtype=np.int64)
         lab_vr, res_vr = self._solve(fv[v.kept], cr)

@@ -16,6 +16,7 @@ selects the clustered instances, normalises, and puts the result back in place.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ def check_k_tr(k_tr: int | None, who: str) -> int | None:
         return None
     from uvireid.rerank.inputs import is_real
 
-    if not is_real(k_tr) or int(k_tr) != k_tr or int(k_tr) < 1:
+    if not is_real(k_tr) or not math.isfinite(k_tr) or int(k_tr) != k_tr or int(k_tr) < 1:
         raise ConfigError(
             f"{who}: k_tr must be a positive integer (SALCR: 30 on SYSU-MM01, 8 on RegDB) "
             f"or null to skip CMFP(tr), got {k_tr!r}"
