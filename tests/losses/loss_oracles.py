@@ -32,6 +32,7 @@ def momentum_loop(memory, feats, labels, mu):
     """Eq. 7 sample by sample: M_y <- (mu M_y + (1 - mu) x^) / ||.||, as nested lists."""
     mem = [list(map(float, row)) for row in memory]
     for x, y in zip(feats, labels):
+        y = int(y)
         if y < 0:
             continue
         n = math.sqrt(sum(float(v) ** 2 for v in x))
@@ -112,4 +113,26 @@ def unit_rows(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.nn.functional.normalize(
         torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1
+    )
+
+
+def partner_context(fv, fr, init_v, init_r, v2r, r2v, epoch=0):
+    """An EpochContext whose cross labels map each cluster through ``v2r`` / ``r2v``
+    (dicts that also map -1 to -1); the label spaces are the clusters 0..max."""
+    import numpy as np
+
+    from uvireid.losses import EpochContext
+
+    return EpochContext(
+        feats_v=fv,
+        feats_r=fr,
+        vis_in_v=init_v,
+        vis_in_r=np.array([v2r[y] for y in init_v]),
+        ir_in_r=init_r,
+        ir_in_v=np.array([r2v[y] for y in init_r]),
+        init_v=init_v,
+        init_r=init_r,
+        num_v=int(init_v.max()) + 1,
+        num_r=int(init_r.max()) + 1,
+        epoch=epoch,
     )

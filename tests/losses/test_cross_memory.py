@@ -8,12 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from loss_oracles import centroid_loop, momentum_loop, nce_mean, softmax_row, unit_rows
+from loss_oracles import (
+    centroid_loop,
+    momentum_loop,
+    nce_mean,
+    partner_context,
+    softmax_row,
+    unit_rows,
+)
 
 from uvireid.errors import ConfigError
 from uvireid.losses import (
     AlternateCrossContrastLoss,
-    EpochContext,
     ModalityAgnosticLoss,
     StepOutputs,
     StepTargets,
@@ -30,19 +36,7 @@ def _context(epoch=0):
     # partner labels: visible clusters 0,1,2 -> IR 0,1,-1 ; IR clusters 0,1 -> visible 0,1
     v2r = {0: 0, 1: 1, 2: -1, -1: -1}
     r2v = {0: 0, 1: 1, -1: -1}
-    return EpochContext(
-        feats_v=fv,
-        feats_r=fr,
-        vis_in_v=init_v,
-        vis_in_r=np.array([v2r[y] for y in init_v]),
-        ir_in_r=init_r,
-        ir_in_v=np.array([r2v[y] for y in init_r]),
-        init_v=init_v,
-        init_r=init_r,
-        num_v=3,
-        num_r=2,
-        epoch=epoch,
-    )
+    return partner_context(fv, fr, init_v, init_r, v2r, r2v, epoch)
 
 
 def _batch(seed=3):

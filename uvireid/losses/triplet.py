@@ -52,6 +52,8 @@ def batch_hard_triplet_masked(
         (the mean over the valid anchors, their count as a 0-dim tensor); the mean is 0
         (with a gradient path) when no anchor has both a positive and a negative.
     """
+    if feat.shape[0] == 0:  # a modality without images this epoch (a shape: no device wait)
+        return feat.sum() * 0.0, labels.new_zeros((), dtype=torch.long)
     keep = labels >= 0
     both = keep[:, None] & keep[None, :]
     same = (labels[:, None] == labels[None, :]) & both
