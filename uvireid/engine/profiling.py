@@ -30,14 +30,20 @@ WAIT_OPS = frozenset(
     }
 )
 
-#: leaf ops that only allocate, reshape or view: no kernel on a GPU
+#: ops that only allocate, reshape or view: no kernel on a GPU. The composite views
+#: (``chunk`` -> ``split`` -> ``narrow`` -> ``slice``, ``mT`` -> ``transpose``, ...) are
+#: listed too: all below them is views, so each would count as a kernel (audit PC); a
+#: copy below one (``reshape_as`` of a non-contiguous tensor) is still counted
 NO_KERNEL = frozenset(
     "aten::" + name
     for name in (
         "empty empty_strided empty_like as_strided as_strided_ view _reshape_alias "
         "_unsafe_view reshape flatten unsqueeze squeeze expand transpose t permute slice "
-        "select narrow alias detach lift_fresh resize_ resolve_conj resolve_neg real to "
-        "scalar_tensor _local_scalar_dense contiguous"
+        "select narrow alias detach detach_ lift_fresh resize_ resolve_conj resolve_neg "
+        "real to scalar_tensor _local_scalar_dense contiguous "
+        "chunk split split_with_sizes unsafe_split tensor_split unbind view_as reshape_as "
+        "expand_as movedim moveaxis swapaxes swapdims mT mH T H adjoint numpy_T matrix_H "
+        "diagonal broadcast_to unflatten unfold view_as_real view_as_complex"
     ).split()
 )
 
