@@ -244,3 +244,16 @@ def saai_aim(qf: torch.Tensor, gf: torch.Tensor, k1: int, k2: int) -> torch.Tens
     new_q = torch.nn.functional.normalize(sparsify(qf, gf, False), dim=1)
     new_g = torch.nn.functional.normalize(sparsify(gf, gf, True), dim=1)
     return -new_q @ new_g.T - qf @ gf.T
+
+
+def clustered_pair(nq, ng, d, seed=0, ids=6, noise=0.5):
+    """(nq, d) queries and (ng, d) gallery, unit rows drawn around ``ids`` shared centres
+    (ties are unlikely, neighbours meaningful)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(ids, d))
+    q = c[rng.integers(0, ids, nq)] + noise * rng.normal(size=(nq, d))
+    g = c[rng.integers(0, ids, ng)] + noise * rng.normal(size=(ng, d))
+    return (
+        q / np.linalg.norm(q, axis=1, keepdims=True),
+        g / np.linalg.norm(g, axis=1, keepdims=True),
+    )

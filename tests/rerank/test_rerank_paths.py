@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rerank_oracles import official_agg_feature
+from rerank_oracles import clustered_pair, official_agg_feature
 
 import uvireid.rerank.cmfp as cmfp_mod
 from uvireid.errors import ConfigError
@@ -16,16 +16,8 @@ from uvireid.rerank import CMFP, CMRR, OnDevice, propagate, rerank
 from uvireid.rerank.cmrr import cmrr_distance
 
 
-def _unit(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _clustered(nq, ng, d, seed=0, ids=8, noise=0.6):
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(ids, d))
-    q = c[rng.integers(0, ids, nq)] + noise * rng.normal(size=(nq, d))
-    g = c[rng.integers(0, ids, ng)] + noise * rng.normal(size=(ng, d))
-    return _unit(q), _unit(g)
+    return clustered_pair(nq, ng, d, seed, ids, noise)
 
 
 @pytest.mark.parametrize("mode,mixed", [("sparse", None), ("dense", False)])

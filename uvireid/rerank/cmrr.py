@@ -331,8 +331,11 @@ def cmrr_distance(
         # d_qq, d_gg; d_qg, n_qg, n_gq, the cross sums and the dense gallery side of V;
         # working blocks, bitmaps and V (a few tens of MiB)
         # (in the input's dtype; + 0.5 byte an entry for the float32 input's float64
-        # sums, measured: audit Y, session 17)
-        (q.element_size() + 0.5) * (nq * nq + 2 * ng * ng + 6 * nq * ng) + 64.0 * 2**20,
+        # sums, measured: audit Y); the cross sums and the dense gallery side of V,
+        # (Nq + Ng, Ng), are float64 whatever the input: the rest of their 8 bytes (audit PB)
+        (q.element_size() + 0.5) * (nq * nq + 2 * ng * ng + 6 * nq * ng)
+        + max(0.0, 7.5 - q.element_size()) * (2 * nq * ng + ng * ng)
+        + 64.0 * 2**20,
         q.device,
         f"CMRR re-ranking of {nq} queries x {ng} gallery images",
         "use --reranker cmfp (sparse, linear memory) or re-rank fewer images "
