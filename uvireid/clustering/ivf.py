@@ -32,7 +32,9 @@ k-means on bounded samples (linear in Nb). The neighbours are those of the probe
 so some true neighbours are missed: measure the recall on your data
 (``benchmarks/rerank_speed.py --compare-exact``). Rows whose probed cells hold fewer than
 k points are searched exactly by the caller. Deterministic for a given input, seed,
-device and thread count.
+device and thread count. Ties are not broken as the exact search breaks them (equal
+scores to the lower index): each cell is scored in its own matrix product, so exact
+duplicates may score an ulp apart and rank in either order, even with every cell probed.
 """
 
 from __future__ import annotations

@@ -111,7 +111,9 @@ def lloyd(
     """Lloyd's iterations from ``centres``: ``(labels, centres, inertia, iterations)``.
 
     ``tol`` is relative to the mean per-dimension variance of ``x`` (scikit-learn's); an
-    iteration whose labels equal the previous ones stops at once."""
+    iteration whose labels equal the previous ones stops at once. ``iterations`` counts
+    as scikit-learn's ``n_iter_``: a stop on unchanged labels includes the round that
+    would confirm them (its centres are the same), up to ``iters``."""
     k = centres.shape[0]
     scaled_tol = float(x.var(0, unbiased=False).mean()) * tol
     centres = centres.clone()
@@ -141,7 +143,10 @@ def lloyd(
         fresh = _nearest(x, centres)
         same = bool(torch.equal(fresh, labels))
         labels = fresh  # the final centres' labels when the loop ends, whatever ends it
-        if same or shift <= scaled_tol:
+        if shift <= scaled_tol:  # scikit-learn checks the shift before it assigns again
+            break
+        if same:  # scikit-learn counts the next round, the one that sees no label change
+            done = min(done + 1, iters)
             break
     return labels, centres, _inertia(x, centres, labels), done
 
