@@ -155,7 +155,11 @@ def protocol_inputs(args: Any) -> Any:
         )
     if getattr(args, "trials", None) is None:
         args.trials = 10
-    json_output(args, reading=seen, what="a features file")
+    from uvireid.engine.run_folder import RunFolder
+
+    # RUN/features.npz --json RUN/results.json would replace the run's own record
+    runs_read = [p.parent for p in seen if RunFolder.is_run(p.parent)]
+    json_output(args, reading=seen, what="a features file", inside=runs_read)
     return spec
 
 

@@ -425,6 +425,10 @@ def run(args: argparse.Namespace) -> int:
     out, save, figure = _outputs(args)
     reranker, label = _reranker(args, device)  # a wrong keyword: before any image is read
     source = Path(args.source)
+    if not source.exists():  # not "is a features file": a typo'd run, an unmatched glob
+        raise ConfigError(
+            f"{source} does not exist; give a run folder (runs/<recipe>-<time>) or a features file"
+        )
     if source.is_dir():
         if not RunFolder.is_run(source):
             raise ConfigError(

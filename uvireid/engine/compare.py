@@ -82,6 +82,12 @@ def final_results(
 ) -> tuple[dict[str, dict], str]:
     """``({re-ranker: result dict}, where they came from)``: ``results.json``, or the last
     evaluation in ``metrics.jsonl`` of a run that did not finish (said in ``notes``)."""
+    if isinstance(results, Mapping) and {"provenance", "mean", "std"} <= set(results):
+        notes.append(
+            "results.json is not a run's results (it looks like `uvireid eval --json` "
+            "output written over it); the table falls back to metrics.jsonl."
+        )
+        results = None
     if isinstance(results, Mapping) and results:
         return {str(k): v for k, v in results.items() if isinstance(v, Mapping)}, "results.json"
     if isinstance(results, Mapping) and not any(r.get("eval") for r in records):

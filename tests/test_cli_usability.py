@@ -1,0 +1,76 @@
+"""A new user's mistakes: a run folder's own files kept from
+``--json``, an eval JSON in place of a run's results named as such, a missing ``match``
+source called missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from feature_fixtures import sysu_like
+
+from uvireid.cli import main
+from uvireid.engine.compare import compare_runs
+from uvireid.features import save_features
+
+
+def _err(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def _run_folder(tmp_path) -> Path:
+    """A finished evaluation-only run folder as `uvireid run` leaves it (config.yaml,
+    features.npz, results.json of re-ranker tables), made by hand: no model to build."""
+    run = tmp_path / "runs" / "tiny-20261129-030755"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "tiny", "seed": 1}))
+    feats, pids, cams, modality = sysu_like(ids=6, d=8)
+    save_features(run / "features.npz", feats, pids, cams, modality, dataset="sysu")
+    table = {"mean": {"R1": 50.0, "mAP": 40.0}, "std": {"R1": 1.0, "mAP": 1.0}}
+    (run / "results.json").write_text(json.dumps({"none": table}))
+    return run
+
+
+def test_eval_json_refuses_to_replace_a_run_folders_results_json(tmp_path, capsys):
+    # `uvireid eval RUN/features.npz --json RUN/results.json` would replace the run's
+    # final record (the file that marks it finished) with eval's JSON
+    run = _run_folder(tmp_path)
+    results = run / "results.json"
+    before = results.read_bytes()
+    args = ["eval", str(run / "features.npz"), "--protocol", "sysu-all", "--trials", "1"]
+    code = main([*args, "--json", str(results)])
+    assert results.read_bytes() == before
+    assert code == 2
+    assert "results.json" in _err(capsys)
+    # the same evaluation beside the run (not over its files) is written as before
+    out = tmp_path / "indoor.json"
+    assert main([*args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["provenance"]["protocol"] == "sysu-all"
+
+
+def test_compare_names_an_eval_json_as_not_a_runs_results(tmp_path, capsys):
+    # a results.json that holds `uvireid eval --json` output ({provenance, mean, std, ...})
+    # is not read as three re-rankers named 'provenance', 'mean', 'std'; the table falls
+    # back to metrics.jsonl
+    run = _run_folder(tmp_path)
+    out = tmp_path / "e.json"
+    args = ["eval", str(run / "features.npz"), "--protocol", "sysu-all", "--trials", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    capsys.readouterr()
+    (run / "results.json").write_text(out.read_text())  # an eval JSON copied over it
+    report = compare_runs([str(run)])
+    (row,) = report["runs"]
+    assert not {"provenance", "mean", "std"} & set(row["results"])
+    assert any("results.json" in note for note in row["notes"])
+
+
+def test_match_names_a_missing_source_as_missing(tmp_path, capsys):
+    # a mistyped run folder (or an unmatched shell glob) is not "a features file"
+    images = tmp_path / "probes"
+    images.mkdir()
+    missing = tmp_path / "runs" / "demo-2026112-030755"
+    assert main(["match", str(missing), "--infrared", str(images)]) == 2
+    err = _err(capsys)
+    assert "does not exist" in err
+    assert "is a features file" not in err
