@@ -74,3 +74,35 @@ def test_match_names_a_missing_source_as_missing(tmp_path, capsys):
     err = _err(capsys)
     assert "does not exist" in err
     assert "is a features file" not in err
+
+
+def test_a_finished_run_resumed_keeps_its_report(tmp_path, monkeypatch, capsys):
+    """`uvireid run RUN --resume` of a finished run changes nothing, so the report the
+    user drew (perhaps with other options) stays; a report older than the results is
+    drawn again."""
+    import os
+
+    import uvireid.engine.runner as runner
+    import uvireid.viz.report as rep
+    from uvireid.config import dump, load_recipe
+
+    run = tmp_path / "demo-20260101-000000"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump(load_recipe("demo", [f"output_dir={tmp_path}"])))
+    (run / "results.json").write_text("{}")
+    html = run / "report.html"
+    html.write_text("the user's report")
+    drawn = []
+
+    class Done:
+        path = run
+
+    monkeypatch.setattr(runner, "run_recipe", lambda cfg, **kw: Done)
+    monkeypatch.setattr(rep, "maybe_report", lambda path: drawn.append(path) or html)
+    assert main(["run", str(run), "--resume"]) == 0
+    assert drawn == [] and html.read_text() == "the user's report"
+    assert "(kept: the results have not changed since)" in capsys.readouterr().out
+    stamp = (run / "results.json").stat().st_mtime_ns
+    os.utime(html, ns=(stamp - 10**9, stamp - 10**9))  # results newer: drawn again
+    assert main(["run", str(run), "--resume"]) == 0
+    assert drawn == [run]

@@ -114,13 +114,26 @@ def run(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     print(f"run folder: {folder.path}")
-    if not args.no_report:
+    current = _current_report(folder.path)
+    if current is not None:  # a finished run resumed: nothing changed, its report stays
+        print(f"report: {current} (kept: the results have not changed since)")
+    elif not args.no_report:
         from uvireid.viz.report import maybe_report
 
         html = maybe_report(folder.path)
         if html is not None:
             print(f"report: {html}")
     return 0
+
+
+def _current_report(run_dir: Path) -> Path | None:
+    """The run's ``report.html`` when it is at least as new as its ``results.json`` (a
+    finished run resumed, or a report the user drew with other options: not replaced)."""
+    html, results = run_dir / "report.html", run_dir / "results.json"
+    if html.is_file() and results.is_file():
+        if html.stat().st_mtime_ns >= results.stat().st_mtime_ns:
+            return html
+    return None
 
 
 def _sweep(args: argparse.Namespace, is_run: bool) -> int:
