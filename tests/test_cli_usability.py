@@ -106,3 +106,14 @@ def test_a_finished_run_resumed_keeps_its_report(tmp_path, monkeypatch, capsys):
     os.utime(html, ns=(stamp - 10**9, stamp - 10**9))  # results newer: drawn again
     assert main(["run", str(run), "--resume"]) == 0
     assert drawn == [run]
+
+
+def test_a_missing_path_is_called_missing_by_compare_and_eval_runs(tmp_path, capsys):
+    """An unmatched shell pattern reaches the command as itself: compare and eval --runs
+    say it does not exist, not that it is no run folder or that two files are needed."""
+    pattern = str(tmp_path / "runs" / "salcr-*")
+    assert main(["compare", pattern]) == 2
+    assert f"{pattern} does not exist" in _err(capsys)
+    features = str(tmp_path / "runs" / "salcr-*" / "features.npz")
+    assert main(["eval", features, "--protocol", "sysu-all", "--runs"]) == 2
+    assert f"{features} does not exist" in _err(capsys)

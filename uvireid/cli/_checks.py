@@ -115,7 +115,12 @@ def protocol_inputs(args: Any) -> Any:
             "each run's splits with one command (uvireid eval split{1..10}.npz) and compare"
         )
     if runs and len(args.features) < 2:
-        raise ProtocolError("--runs needs the features files of two runs or more")
+        missing = [f for f in args.features if not Path(f).exists()]
+        raise ProtocolError(
+            f"{missing[0]} does not exist (a shell pattern that matched nothing?)"
+            if missing
+            else "--runs needs the features files of two runs or more"
+        )
     stray = [str(f) for f in args.features if "=" in str(f) and not Path(f).exists()]
     if stray:  # `--set k1=4 k2=1`: k2=1 left over as a positional (audit IB)
         raise ProtocolError(

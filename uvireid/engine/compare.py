@@ -182,6 +182,11 @@ def summarize_run(path: str | Path) -> RunSummary:
     from uvireid.engine.run_folder import RunFolder
 
     path = Path(path)
+    if not path.exists():  # a typo'd name, or a shell pattern that matched nothing
+        raise ConfigError(
+            f"{path} does not exist; pass folders written by `uvireid run` "
+            f"(<output_dir>/<recipe>-<time>), or a folder that holds them"
+        )
     if not RunFolder.is_run(path):
         raise ConfigError(
             f"{path} is not a run folder (no config.yaml in it); pass folders written by "
