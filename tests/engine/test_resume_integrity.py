@@ -187,6 +187,10 @@ def test_a_run_stopped_before_its_first_checkpoint_names_its_folder(recipe_file,
     assert f"interrupted; the run in {folder.path} has no finished epoch yet" in err
     assert f"`uvireid run {folder.path} --resume` starts it again there" in err
     assert "stopped (Ctrl-C / SIGINT) after no epoch" in (folder.path / "log.txt").read_text()
+    # resumed (and stopped in epoch 0 again): the start from scratch is said, not silent
+    with killed_at_epoch(0):
+        assert main(["run", str(folder.path), "--resume", "--no-report"]) == 130
+    assert f"resume: {folder.path} has no checkpoint yet" in (folder.path / "log.txt").read_text()
 
 
 def test_an_error_before_any_epoch_gives_no_resume_hint(monkeypatch, capsys):

@@ -750,6 +750,12 @@ def _train_in(folder, cfg, dataset, device, resume, changes, progress) -> RunFol
         ckpt = folder.checkpoints / LATEST
         if resume and ckpt.exists():
             trainer.restore(ckpt)
+        elif resume and D.is_main():  # killed before its first checkpoint: said, not silent
+            logger.warning(
+                "resume: %s has no checkpoint yet (the run stopped before the end of its "
+                "first epoch); training from the start in this folder",
+                folder.path,
+            )
         if D.is_main():
             folder.write_config(cfg)
             manifest = build_manifest(cfg, device, dataset, world_size=D.world_size())
