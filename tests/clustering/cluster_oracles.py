@@ -93,3 +93,19 @@ def clustered(
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     perm = rng.permutation(len(gt))
     return x[perm].astype(np.float32), gt[perm]
+
+
+def brute_knn(q: np.ndarray, b: np.ndarray, k: int, metric: str = "ip"):
+    """Top-k by a stable argsort of all scores (ties by the lower index), in float64 when
+    given float64: ``(values, indices)``."""
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    if metric == "l2":
+        s = np.maximum(((q[:, None, :] - b[None]) ** 2).sum(-1), 0)
+        order = np.argsort(s, axis=1, kind="stable")
+    else:
+        s = q @ b.T
+        order = np.argsort(-s, axis=1, kind="stable")
+    idx = order[:, :k]
+    return np.take_along_axis(s, idx, 1), idx

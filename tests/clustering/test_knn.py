@@ -5,24 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cluster_oracles import brute_knn
 
 import uvireid.clustering.ivf as ivf_mod
 from uvireid.clustering.knn import knn, topk_stable
 from uvireid.errors import ConfigError
-
-
-def _oracle(q: np.ndarray, b: np.ndarray, k: int, metric: str):
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    if metric == "l2":
-        s = np.maximum(((q[:, None, :] - b[None]) ** 2).sum(-1), 0)
-        order = np.argsort(s, axis=1, kind="stable")
-    else:
-        s = q @ b.T
-        order = np.argsort(-s, axis=1, kind="stable")
-    idx = order[:, :k]
-    return np.take_along_axis(s, idx, 1), idx
 
 
 @pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
@@ -37,7 +24,7 @@ def test_knn_equals_stable_argsort_on_integer_data_with_ties(metric, backend):
     q[q.sum(1) == 0, 0] = 1.0
     b[(b == 0).all(1), 0] = 1.0
     vals, idx = knn(q, b, 7, metric=metric, backend=backend, block_rows=16)
-    want_vals, want_idx = _oracle(q.astype(np.float64), b.astype(np.float64), 7, metric)
+    want_vals, want_idx = brute_knn(q.astype(np.float64), b.astype(np.float64), 7, metric)
     assert idx.dtype == np.int64 and idx.shape == (50, 7)
     assert np.allclose(vals, want_vals, atol=1e-5)
     if metric != "cosine":  # cosine scores of integer vectors are not exact
@@ -86,7 +73,7 @@ def test_self_search_over_symmetric_tiles_equals_stable_argsort(metric, block_ro
     x = rng.integers(-1, 2, (61, 4)).astype(np.float32)
     x[10] = x[40]
     x[(x == 0).all(1), 0] = 1.0
-    want_vals, want_idx = _oracle(x.astype(np.float64), x.astype(np.float64), 9, metric)
+    want_vals, want_idx = brute_knn(x.astype(np.float64), x.astype(np.float64), 9, metric)
     for base in (None, "same"):
         t = torch.from_numpy(x)
         vals, idx = knn(t, t if base else None, 9, metric=metric, block_rows=block_rows)
@@ -314,7 +301,7 @@ def test_faiss_cosine_self_search_normalises_the_base():
     v, i = knn(x, None, 6, metric="cosine", backend="faiss")
     x64 = x.astype(np.float64)
     xn = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
-    want_v, want_i = _oracle(xn, xn, 6, "ip")
+    want_v, want_i = brute_knn(xn, xn, 6, "ip")
     assert np.allclose(v, want_v, atol=1e-5)
     assert (i == want_i).all()
 
@@ -327,7 +314,7 @@ def test_knn_of_a_float32_query_against_float64_base_is_float64():
     b = torch.randn(50, 8, generator=g, dtype=torch.float64)
     v, i = knn(q, b, 4, backend="torch")
     assert v.dtype == torch.float64
-    want_v, want_i = _oracle(q.double().numpy(), b.numpy(), 4, "ip")
+    want_v, want_i = brute_knn(q.double().numpy(), b.numpy(), 4, "ip")
     assert np.abs(v.numpy() - want_v).max() < 1e-12 and (i.numpy() == want_i).all()
 
 
@@ -411,6 +398,6 @@ def test_faiss_ties_are_redone_whatever_tied_indices_faiss_returns(monkeypatch):
     q = np.ones((5, 6), np.float32)
     for metric in ("ip", "l2"):
         v, i = knn(q, b, 5, metric=metric, backend="faiss")
-        want_v, want_i = _oracle(q, b, 5, metric)
+        want_v, want_i = brute_knn(q, b, 5, metric)
         assert (i == want_i).all(), metric
         assert np.allclose(v, want_v)

@@ -511,6 +511,12 @@ def knn(
         q = q.to(b.dtype)
     if int(k) < 1:
         raise ConfigError(f"knn: k must be >= 1, got {k}")
+    if block_rows is not None and (
+        isinstance(block_rows, bool)
+        or not isinstance(block_rows, (int, np.integer))
+        or block_rows < 1
+    ):
+        raise ConfigError(f"knn: block_rows must be an integer >= 1 or None, got {block_rows!r}")
     nb = b.shape[0]
     if nb == 0 or q.shape[0] == 0:
         raise ConfigError(

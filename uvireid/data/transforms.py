@@ -568,7 +568,9 @@ def ltg(x01: torch.Tensor, p: float, gen: torch.Generator, official: bool = Fals
     if not official:
         return _apply_ltg_patch(x01, hit, _ltg_params(b, c, h, w, gen))[0]
     x, total = x01, torch.ones_like(x01)
-    active = hit.clone()
+    # an all-black image (an unreadable file left black) has no channel to rescale: it
+    # would never stop, and hold the whole batch for LTG_MAX_ROUNDS rounds (audit PH)
+    active = hit & (x01.flatten(1).amax(1) > 0).cpu()
     for _ in range(LTG_MAX_ROUNDS):
         if not bool(active.any()):
             break
