@@ -35,7 +35,7 @@ from torch import nn
 
 from uvireid.errors import ConfigError
 from uvireid.losses.contract import EpochContext, StepOutputs, StepTargets, require_parts
-from uvireid.losses.memory import check_loss_settings, momentum_update_many
+from uvireid.losses.memory import check_loss_settings, momentum_update_many, resize_buffers
 from uvireid.registry import LOSSES
 
 __all__ = ["InstanceNeighbourLoss", "topk_indices", "members", "positive_nll"]
@@ -285,7 +285,7 @@ class InstanceNeighbourLoss(nn.Module):
         return cached[1]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("inst_v", "inst_r", "part_v", "part_r", "row_v", "row_r"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        resize_buffers(
+            self, state_dict, prefix, ("inst_v", "inst_r", "part_v", "part_r", "row_v", "row_r")
+        )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -44,6 +44,7 @@ __all__ = [
     "hardest_labels",
     "momentum_update",
     "momentum_update_many",
+    "resize_buffers",
 ]
 
 
@@ -342,6 +343,18 @@ def batch_permutation(labels: Any) -> np.ndarray:
     return np.random.default_rng(zlib.crc32(lab.tobytes())).permutation(len(lab))
 
 
+def resize_buffers(module: nn.Module, state_dict: dict, prefix: str, names) -> None:
+    """Give each buffer ``names`` of ``module`` that ``state_dict`` holds the saved shape
+    and dtype, on the module's own device (a memory's size is the cluster count of the
+    saved epoch; checkpoints are read onto the CPU, and a CUDA module stays on CUDA), so
+    that ``load_state_dict`` can copy into it. Call from ``_load_from_state_dict``."""
+    for name in names:
+        key = prefix + name
+        if key in state_dict:
+            device = getattr(module, name).device
+            setattr(module, name, torch.empty_like(state_dict[key], device=device))
+
+
 class ClusterMemory(nn.Module):
     """K prototypes of dimension d with the cluster-contrast logits and momentum update.
 
@@ -424,9 +437,7 @@ class ClusterMemory(nn.Module):
             momentum_update_many(updates, momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "features"
-        if key in state_dict:  # the cluster count of the saved epoch
-            self.features = torch.empty_like(state_dict[key], device=self.features.device)
+        resize_buffers(self, state_dict, prefix, ("features",))  # the saved epoch's count
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -40,6 +40,7 @@ from uvireid.losses.memory import (
     centroids,
     check_loss_settings,
     momentum_update_many,
+    resize_buffers,
 )
 from uvireid.registry import LOSSES
 
@@ -186,7 +187,5 @@ class PartContrastLoss(nn.Module):
         momentum_update_many(updates, self.momentum)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in MEMORIES:
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        resize_buffers(self, state_dict, prefix, MEMORIES)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
