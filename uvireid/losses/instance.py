@@ -44,7 +44,12 @@ MAPS = ("v", "a", "r")
 
 
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """(..., k) indices of each row's k largest entries (k clamped to N): N_k of Eq. 16."""
+    """(..., k) indices of each row's k largest entries (k clamped to N): N_k of Eq. 16.
+
+    Exactly k, as the paper's top-k: where entries tie at the k-th value, ``topk`` keeps
+    some of them (the lower indices on the CPU). The official code keeps the entries
+    strictly above the (k+1)-th value, so it drops every tied one there (fewer than k);
+    the two differ only on equal memory rows (duplicate images)."""
     return logits.topk(min(int(k), logits.shape[-1]), dim=-1).indices
 
 
