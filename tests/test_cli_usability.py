@@ -19,17 +19,48 @@ def _err(capsys) -> str:
     return capsys.readouterr().err
 
 
-def _run_folder(tmp_path) -> Path:
-    """A finished evaluation-only run folder as `uvireid run` leaves it (config.yaml,
-    features.npz, results.json of re-ranker tables), made by hand: no model to build."""
+def _run_folder(tmp_path, finished: bool = True) -> Path:
+    """A run folder as `uvireid run` leaves it (config.yaml, features.npz; results.json of
+    re-ranker tables when it finished), made by hand: no model to build."""
     run = tmp_path / "runs" / "tiny-20261129-030755"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"name": "tiny", "seed": 1}))
     feats, pids, cams, modality = sysu_like(ids=6, d=8)
     save_features(run / "features.npz", feats, pids, cams, modality, dataset="sysu")
-    table = {"mean": {"R1": 50.0, "mAP": 40.0}, "std": {"R1": 1.0, "mAP": 1.0}}
-    (run / "results.json").write_text(json.dumps({"none": table}))
+    if finished:
+        table = {"mean": {"R1": 50.0, "mAP": 40.0}, "std": {"R1": 1.0, "mAP": 1.0}}
+        (run / "results.json").write_text(json.dumps({"none": table}))
     return run
+
+
+def _eval(run: Path) -> list[str]:
+    return ["eval", str(run / "features.npz"), "--protocol", "sysu-all", "--trials", "1"]
+
+
+def test_eval_json_of_ones_own_in_a_run_folder_can_be_written_again(tmp_path, capsys):
+    # `--json RUN/indoor.json` twice (another re-ranker, a fixed bug): the file is the
+    # user's, not the run's, and is written again
+    run = _run_folder(tmp_path)
+    out = run / "indoor.json"
+    assert main([*_eval(run), "--json", str(out)]) == 0
+    first = json.loads(out.read_text())
+    capsys.readouterr()
+    code = main([*_eval(run), "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["mean"] == first["mean"]
+
+
+def test_eval_json_does_not_mark_an_unfinished_run_finished(tmp_path, capsys):
+    # a run stopped after an evaluation has features.npz and no results.json yet: eval's
+    # JSON written as RUN/results.json would mark it finished (`--resume`: "already
+    # finished; nothing to resume"); a checkpoint path is the run's too
+    run = _run_folder(tmp_path, finished=False)
+    results = run / "results.json"
+    assert main([*_eval(run), "--json", str(results)]) == 2
+    assert "is the run folder's own results.json" in _err(capsys)
+    assert not results.exists()
+    assert main([*_eval(run), "--json", str(run / "checkpoints" / "x.json")]) == 2
+    assert "own checkpoints/x.json" in _err(capsys)
 
 
 def test_eval_json_refuses_to_replace_a_run_folders_results_json(tmp_path, capsys):

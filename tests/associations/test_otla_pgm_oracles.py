@@ -202,3 +202,9 @@ def test_check_k_tr_refuses_non_finite_values_with_a_config_error(k_tr):
     traceback)."""
     with pytest.raises(ConfigError, match="k_tr must be a positive integer"):
         check_k_tr(k_tr, "otla_dual")
+
+
+def test_check_k_tr_takes_a_huge_python_int():
+    """An int too large for a float is a positive integer, not an OverflowError from the
+    finiteness check (which is for floats)."""
+    assert check_k_tr(10**400, "otla_dual") == 10**400

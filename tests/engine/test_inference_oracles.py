@@ -131,6 +131,8 @@ def test_a_list_of_decoded_images_is_stacked_not_read_as_file_names():
         model.features([px[0], px[1, :16]], "visible")
     with pytest.raises(ConfigError, match="not a mix; got elements of type ndarray, str"):
         model.features([px[0], "a.jpg"], "visible")
+    pil = [Image.fromarray(p).convert("RGBA") for p in px]  # PIL images, as RGB
+    np.testing.assert_array_equal(model.features(pil, "visible"), want)
 
 
 def test_nir_names_infrared_and_the_default_head_is_bn_feat():

@@ -428,3 +428,17 @@ def test_resume_continues_the_run_with_a_checkpoint_past_a_later_empty_one(recip
     assert folder.path == a.path and (a.path / "results.json").exists()
     assert "resumed from" in caplog.text and f"resuming {a.path}" in caplog.text
     assert not (b.path / "metrics.jsonl").exists()  # B left as it was
+
+
+def test_resume_without_a_run_folder_does_not_call_the_new_run_stopped(recipe_file, caplog):
+    """`uvireid run RECIPE --resume` with no run of the recipe yet: a warning says so and
+    a new run starts; the new folder is not said to have stopped before its first
+    checkpoint (it never ran)."""
+    caplog.set_level(logging.WARNING)
+    with killed_at_epoch(0):
+        assert main(["run", str(recipe_file), "--resume", "--no-report"]) == 130
+    cfg = load_recipe(recipe_file)
+    folder = RunFolder.latest(cfg["output_dir"], cfg["name"])
+    log = (folder.path / "log.txt").read_text()
+    assert "starting a new run" in caplog.text
+    assert "has no checkpoint yet" not in caplog.text + log

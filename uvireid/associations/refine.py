@@ -35,7 +35,8 @@ def check_k_tr(k_tr: int | None, who: str) -> int | None:
         return None
     from uvireid.rerank.inputs import is_real
 
-    if not is_real(k_tr) or not math.isfinite(k_tr) or int(k_tr) != k_tr or int(k_tr) < 1:
+    finite = not isinstance(k_tr, (float, np.floating)) or math.isfinite(k_tr)  # 10**400 too
+    if not is_real(k_tr) or not finite or int(k_tr) != k_tr or int(k_tr) < 1:
         raise ConfigError(
             f"{who}: k_tr must be a positive integer (SALCR: 30 on SYSU-MM01, 8 on RegDB) "
             f"or null to skip CMFP(tr), got {k_tr!r}"

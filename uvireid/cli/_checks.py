@@ -160,12 +160,35 @@ def protocol_inputs(args: Any) -> Any:
         )
     if getattr(args, "trials", None) is None:
         args.trials = 10
+    out = json_output(args, reading=seen, what="a features file")
+    if out is not None:
+        _refuse_a_runs_own_file(out, seen)
+    return spec
+
+
+#: the files `uvireid run` writes into a run folder (``engine/run_folder.py``), and its
+#: checkpoints/ folder: never another command's ``--json``
+RUN_FILES = ("config.yaml", "manifest.json", "log.txt", "metrics.jsonl", "features.npz")
+RUN_FILES += ("results.json", "report.html", "checkpoints")
+
+
+def _refuse_a_runs_own_file(out: Path, reading: list[Path]) -> None:
+    """Refuse ``--json`` naming a file of the run folder whose features are read
+    (``RUN/features.npz --json RUN/results.json`` would replace, or for a run not finished
+    yet create, the record that marks the run finished), whether it exists or not; any
+    other name in the folder is the user's."""
     from uvireid.engine.run_folder import RunFolder
 
-    # RUN/features.npz --json RUN/results.json would replace the run's own record
-    runs_read = [p.parent for p in seen if RunFolder.is_run(p.parent)]
-    json_output(args, reading=seen, what="a features file", inside=runs_read)
-    return spec
+    target = out.resolve()
+    for run in {p.parent for p in reading if RunFolder.is_run(p.parent)}:
+        if target in {run / name for name in RUN_FILES} or target.is_relative_to(
+            run / "checkpoints"
+        ):
+            raise ConfigError(
+                f"--json {out} is the run folder's own {target.relative_to(run)}: {run} is "
+                f"the run whose features are read; give another name (e.g. "
+                f"{run / 'eval.json'})"
+            )
 
 
 def json_output(

@@ -45,11 +45,12 @@ _MODALITIES = {
 
 
 def _stack_decoded(images: list | tuple) -> list | tuple | torch.Tensor:
-    """A list of decoded images (arrays or tensors) as one (N, ...) tensor; a list of file
-    paths unchanged. Anything else is refused here: ``str()`` of an array would otherwise
-    be read as a file name and reported as an unreadable image."""
+    """A list of decoded images (arrays, tensors or PIL images, as RGB) as one (N, ...)
+    tensor; a list of file paths unchanged. Anything else is refused here: ``str()`` of
+    an array would otherwise be read as a file name and reported as an unreadable image."""
     if all(isinstance(i, (str, os.PathLike)) for i in images):
         return images
+    images = [_pil_rgb(i) for i in images]
     if not all(isinstance(i, (np.ndarray, torch.Tensor)) for i in images):
         kinds = sorted({type(i).__name__ for i in images})
         raise ConfigError(
@@ -69,6 +70,13 @@ def _stack_decoded(images: list | tuple) -> list | tuple | torch.Tensor:
             for i in images
         ]
     )
+
+
+def _pil_rgb(image: Any) -> Any:
+    """A PIL image as its (H, W, 3) uint8 RGB array; anything else unchanged."""
+    if type(image).__module__.startswith("PIL.") and hasattr(image, "convert"):
+        return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy)
+    return image
 
 
 def _modalities(modality: Any, n: int) -> np.ndarray:
@@ -254,7 +262,8 @@ class ReidModel:
         Args:
             images: image files (decoded and resized as the run's test images), or
                 decoded uint8 images already at the model's size, (N, 3, H, W) or
-                (N, H, W, 3), or a list of them (one (3, H, W) / (H, W, 3) each).
+                (N, H, W, 3), or a list of them (one (3, H, W) / (H, W, 3) each, or PIL
+                images).
             modality: ``visible`` / ``infrared`` (or 0 / 1) for all, or one per image.
             batch: images per forward pass.
 

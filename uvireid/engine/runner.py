@@ -657,7 +657,7 @@ def train_recipe(
     device = D.init_from_env(resolve_device(cfg["device"]))
     try:
         seed_everything(cfg["seed"])
-        folder, changes, refused = None, {}, None
+        folder, changes, refused, created = None, {}, None, False
         if D.is_main():  # a refused resume stops before the dataset is built (or generated)
             try:
                 folder = resume_target(cfg, resume)
@@ -683,7 +683,7 @@ def train_recipe(
                         cfg["name"],
                         cfg["output_dir"],
                     )
-                folder = RunFolder.create(cfg["output_dir"], cfg["name"])
+                folder, created = RunFolder.create(cfg["output_dir"], cfg["name"]), True
         path = D.broadcast_object(str(folder.path) if folder else None)
         folder = RunFolder(path)
         if (folder.path / "results.json").exists() and resume:
@@ -701,7 +701,9 @@ def train_recipe(
         _stop_all_ranks(refused)
         with folder.held() if D.is_main() else contextlib.nullcontext():
             try:
-                return _train_in(folder, cfg, dataset, device, resume, changes, progress)
+                # a folder made just now resumes nothing (rank 0 made it, and says so)
+                resumed = resume and not created
+                return _train_in(folder, cfg, dataset, device, resumed, changes, progress)
             except BaseException as exc:  # any stop (a CUDA out-of-memory too) can be resumed
                 with contextlib.suppress(AttributeError, TypeError):
                     exc.run_folder = str(folder.path)  # the CLI says how to resume it
