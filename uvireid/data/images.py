@@ -148,7 +148,13 @@ def read_image(path: str | Path) -> Image.Image:
             f"image {path} does not exist; the dataset's file lists name it. Restore the "
             f"file from the release archive or re-create the lists — {SEE_README}"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    ) as exc:
         raise DatasetError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); expected a readable "
             f"JPEG/PNG/BMP file. The file is corrupt or truncated: re-extract it from the "
