@@ -24,7 +24,6 @@ protocols also check ``cams`` and ``pids`` against SYSU-MM01 paths.)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -99,6 +98,8 @@ class Features:
     def select(self, mask: Any) -> Features:
         """The subset given by a (N,) bool mask or an integer index array (order kept)."""
         idx = np.asarray(mask)
+        if idx.size == 0 and idx.dtype != bool:  # [] is float64 to numpy: no rows, not an error
+            idx = idx.astype(np.int64)
         if idx.dtype == bool and idx.shape != (len(self),):
             raise FeatureFileError(
                 f"select() got a bool mask of shape {idx.shape}; expected ({len(self)},)"
@@ -177,10 +178,14 @@ def _as_int(arr: np.ndarray, name: str, where: str) -> np.ndarray:
             if top > np.iinfo(np.int64).max:
                 raise _beyond_int64(name, where, top)
             return np.asarray(values, dtype=np.int64)
-        with contextlib.suppress(ValueError, TypeError, OverflowError):
+        try:
             numbers = np.asarray(values)
-            if numbers.dtype.kind in "iufb" and numbers.ndim == 1:
-                return _as_int(numbers, name, where)
+        except (ValueError, TypeError, OverflowError):
+            numbers = None
+        # outside the try: the check of the numbers (a fraction, a NaN, beyond int64)
+        # raises a FeatureFileError, a ValueError, that would be read as "text" (audit PM)
+        if numbers is not None and numbers.dtype.kind in "iufb" and numbers.ndim == 1:
+            return _as_int(numbers, name, where)
     if arr.dtype.kind in "USO":  # text labels ('0042', 'cam3'): numbering them keeps them apart
         if name == "pids":
             fix = f"number them, e.g. {name} = np.unique({name}, return_inverse=True)[1]"
@@ -320,7 +325,7 @@ def identical_rows(feats: Any, rel: float = 1e-5) -> tuple[float, float] | None:
     model: retrieval metrics then measure only how ties are broken); None otherwise, and
     for fewer than two rows, non 2-D or non-finite input (other checks' business)."""
     f = np.asarray(feats)
-    if f.ndim != 2 or f.shape[0] < 2:
+    if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] == 0:
         return None
     # in float64 blocks of about 1 MiB: the whole matrix in float64 with its temporaries
     # took 6x the features (+0.5 GB at SYSU-MM01's test size, audit Z2), on every eval
@@ -357,7 +362,7 @@ def _checked_arrays(
         "modality": to_numpy(modality),
     }
     if paths is not None:
-        arrays["paths"] = np.asarray([_path_text(p) for p in paths])
+        arrays["paths"] = np.asarray([_path_text(p) for p in paths], dtype=str)  # [] too
     return _validated(arrays, meta, where)
 
 
