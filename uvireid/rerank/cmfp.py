@@ -314,13 +314,18 @@ def _screen_slack(na: torch.Tensor, nb_max: float, d: int) -> torch.Tensor:
 #: mixed precision keeps to features whose row norms are at most this (float32 products
 #: of such rows neither overflow nor reach the subnormal range that matters)
 _MIXED_MAX_NORM = 2.0**50
+#: ... and at least this, but for all-zero rows (below, the products of two such rows
+#: reach float32's subnormal range, and kept float32 weights lose their precision:
+#: 5e-3 from float64 at norms of 1e-21, audit PK)
+_MIXED_MIN_NORM = 2.0**-30
 
 
 def mixed_available(x: torch.Tensor) -> bool:
     """Whether CMFP can run on these features in mixed precision (``mixed=True``):
     float64 input and float32 products at full precision (no TF32 or bfloat16:
-    ``torch.get_float32_matmul_precision() == "highest"``). Rows with norms above 2^50
-    are then done in float64 after all (checked on the norms the bound needs)."""
+    ``torch.get_float32_matmul_precision() == "highest"``). Features with row norms above
+    2^50 or (not zero) below 2^-30 are then done in float64 after all (checked on the
+    norms the bound needs)."""
     return x.dtype == torch.float64 and torch.get_float32_matmul_precision() == "highest"
 
 
@@ -417,8 +422,8 @@ def _screened_dense_blocks(
     separate by an ulp; module doc, step 2); kept entries outside the band
     keep their float32 values (about 1e-7 from float64, at most ``delta``). ``q32`` and
     ``g32`` are the features in float32 when the caller has them. Returns the blocks and
-    the number of rows recomputed whole, or None where a row norm exceeds 2^50 (then
-    float64 products are the way).
+    the number of rows recomputed whole, or None where a row norm exceeds 2^50 or, not
+    zero, is below 2^-30 (then float64 products are the way).
     """
     d = query.shape[1]
     nq = torch.linalg.vector_norm(query, dim=1)
@@ -426,6 +431,9 @@ def _screened_dense_blocks(
     mq = float(nq.max()) if nq.numel() else 0.0
     mg = float(ng.max()) if ng.numel() else 0.0
     if not max(mq, mg) <= _MIXED_MAX_NORM:
+        return None
+    norms = torch.cat([nq, ng])
+    if bool(((norms > 0) & (norms < _MIXED_MIN_NORM)).any()):
         return None
     q32 = query.float() if q32 is None else q32
     g32 = gallery.float() if g32 is None else g32
