@@ -136,3 +136,71 @@ def partner_context(fv, fr, init_v, init_r, v2r, r2v, epoch=0):
         num_r=int(init_r.max()) + 1,
         epoch=epoch,
     )
+
+
+#: the GPCR query maps: visible, its channel-augmented view, infrared
+GPCR_MAPS = "var"
+
+
+def global_sets(out, memory, k, with_ca, tau):
+    """Per query map, each row's top-k set in ``memory`` (Eq. 16), and per row their
+    intersection across the modalities (Eq. 17; with the CA row when ``with_ca``)."""
+    s = len(out.feat_v)
+    sets = {}
+    for name, f in (("v", out.feat_v), ("a", out.feat_a), ("r", out.feat_r)):
+        sets[name] = [topk_set(scores_row(f[n], memory, tau), k) for n in range(s)]
+    inter = []
+    for n in range(s):
+        pn = sets["v"][n] & sets["r"][n]
+        if with_ca:
+            pn &= sets["a"][n]
+        inter.append(pn)
+    return sets, inter
+
+
+def mean_nll(rows):
+    """The mean of the rows that have a positive set (None: left out); 0 without any."""
+    rows = [r for r in rows if r is not None]
+    return sum(rows) / len(rows) if rows else 0
+
+
+def gpcr_loop(memories, out, k, num_parts, tau, with_ca=False):
+    """Eq. 16-27: the global cross-modality intersection and the part mutual correction
+    over the nine (query, map) rows, for both memories. ``memories``: a loss (its
+    ``inst_v``, ``part_v``, ... attributes) or a dict of them."""
+
+    def memory(name):
+        return memories[name] if isinstance(memories, dict) else getattr(memories, name)
+
+    total = 0
+    for s in ("v", "r"):
+        inst = memory(f"inst_{s}")
+        sets, inter = global_sets(out, inst, k, with_ca, tau)
+        rows = []
+        for f in (out.feat_v, out.feat_a, out.feat_r):
+            for n in range(len(f)):
+                rows.append(neighbour_nll(f[n], inst, inter[n], tau) if inter[n] else None)
+        total = total + mean_nll(rows)
+        part_mem = memory(f"part_{s}")
+        part_total = 0
+        for p in range(num_parts):
+            mem = part_mem[:, p]
+            nbr = {
+                (q, m): [
+                    topk_set(scores_row(out.parts[q, m][n, p], mem, tau), k)
+                    for n in range(len(out.feat_v))
+                ]
+                for q in GPCR_MAPS
+                for m in GPCR_MAPS
+            }
+            rows = []
+            for q in GPCR_MAPS:
+                for m in GPCR_MAPS:
+                    y1, y2 = [o for o in GPCR_MAPS if o != m]
+                    for n in range(len(out.feat_v)):
+                        pos = (nbr[q, y1][n] | nbr[q, y2][n]) & sets[q][n]
+                        x = out.parts[q, m][n, p]
+                        rows.append(neighbour_nll(x, mem, pos, tau) if pos else None)
+            part_total = part_total + mean_nll(rows)
+        total = total + part_total / num_parts
+    return total

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import torch
+from loss_oracles import gpcr_loop
 
 from uvireid.losses import (
     EpochContext,
@@ -96,48 +97,6 @@ def _mean(rows):
     return sum(rows) / len(rows) if rows else 0.0
 
 
-def _gpcr_loop(mem, out, k, num_parts, with_ca):
-    """Eq. 16-27: global cross-modality intersection (with the CA row when ``with_ca``) and
-    the part mutual correction over the nine (query, map) rows, for both memories."""
-    total = 0.0
-    s_n = len(out.feat_v)
-    feats = {"v": out.feat_v, "a": out.feat_a, "r": out.feat_r}
-    for s in ("v", "r"):
-        inst, pmem = mem[f"inst_{s}"], mem[f"part_{s}"]
-        glob = {q: [_topk(feats[q][n], inst, k) for n in range(s_n)] for q in MAPS}
-        inter = []
-        for n in range(s_n):
-            pn = glob["v"][n] & glob["r"][n]
-            if with_ca:
-                pn &= glob["a"][n]
-            inter.append(pn)
-        total += _mean(
-            [
-                _nll(feats[q][n], inst, inter[n]) if inter[n] else None
-                for q in MAPS
-                for n in range(s_n)
-            ]
-        )
-        part_total = 0.0
-        for p in range(num_parts):
-            m_p = pmem[:, p]
-            nbr = {
-                (q, m): [_topk(out.parts[q, m][n, p], m_p, k) for n in range(s_n)]
-                for q in MAPS
-                for m in MAPS
-            }
-            rows = []
-            for q in MAPS:
-                for m in MAPS:
-                    o1, o2 = [o for o in MAPS if o != m]
-                    for n in range(s_n):
-                        pos = (nbr[q, o1][n] | nbr[q, o2][n]) & glob[q][n]
-                        rows.append(_nll(out.parts[q, m][n, p], m_p, pos) if pos else None)
-            part_total += _mean(rows)
-        total += part_total / num_parts
-    return total
-
-
 def _momentum_loop(memory, feats, rows, mu):
     """Eq. 7 one sample after the other, on float64 lists; rows of -1 are skipped."""
     mem = [[float(v) for v in r] for r in memory.reshape(len(memory), -1)]
@@ -222,14 +181,14 @@ def test_official_quirks_with_parts_equal_the_loop_with_a_to_v_in_the_a_r_row():
     parts["a", "r"] = parts["a", "v"]
     slipped = StepOutputs(out.feat_v, out.feat_a, out.feat_r, parts)
     mem = {n: getattr(quirks, n) for n in ("inst_v", "inst_r", "part_v", "part_r")}
-    want = _gpcr_loop(mem, slipped, 3, 2, with_ca=True)
+    want = float(gpcr_loop(mem, slipped, 3, 2, TAU, with_ca=True))
     got = quirks(out, t)
     assert abs(float(got) - want) < 1e-9 * max(1.0, abs(want))
     paper = InstanceNeighbourLoss(k=3, num_parts=2)
     paper.reset(ctx)
-    assert abs(float(paper(out, t)) - _gpcr_loop(mem, out, 3, 2, with_ca=False)) < 1e-9 * max(
-        1.0, want
-    )
+    assert abs(
+        float(paper(out, t)) - float(gpcr_loop(mem, out, 3, 2, TAU, with_ca=False))
+    ) < 1e-9 * max(1.0, want)
 
 
 def test_instance_update_after_a_second_reset_uses_that_epochs_rows():
@@ -466,7 +425,7 @@ def test_instance_memories_normalise_features_of_any_norm():
     }
     for name, want in mem.items():
         assert torch.allclose(getattr(loss, name), want, atol=1e-15), name
-    want = _gpcr_loop(mem, out, 3, 2, with_ca=False)
+    want = float(gpcr_loop(mem, out, 3, 2, TAU, with_ca=False))
     assert abs(float(loss(out, t)) - want) < 1e-9 * max(1.0, want)
 
 

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from loss_oracles import (
     attention_loop,
     centroid_loop,
+    global_sets,
+    gpcr_loop,
+    mean_nll,
     momentum_loop,
     nce_mean,
     neighbour_nll,
     part_queries_loop,
-    scores_row,
-    topk_set,
 )
 
 from uvireid.losses import (
@@ -253,60 +254,6 @@ def test_part_memories_update_each_part_by_the_momentum_loop_in_their_order(shuf
         assert not torch.allclose(fixed.hat_v, loss.hat_v)
 
 
-def _global_sets(out, memory, k, with_ca):
-    s = len(out.feat_v)
-    sets = {}
-    for name, f in (("v", out.feat_v), ("a", out.feat_a), ("r", out.feat_r)):
-        sets[name] = [topk_set(scores_row(f[n], memory, TAU), k) for n in range(s)]
-    inter = []
-    for n in range(s):
-        pn = sets["v"][n] & sets["r"][n]
-        if with_ca:
-            pn &= sets["a"][n]
-        inter.append(pn)
-    return sets, inter
-
-
-def _mean_nll(rows):
-    rows = [r for r in rows if r is not None]
-    return sum(rows) / len(rows) if rows else 0
-
-
-def _gpcr_reference(loss, out, k, with_ca=False):
-    total = 0
-    for s in ("v", "r"):
-        inst = getattr(loss, f"inst_{s}")
-        sets, inter = _global_sets(out, inst, k, with_ca)
-        rows = []
-        for f in (out.feat_v, out.feat_a, out.feat_r):
-            for n in range(len(f)):
-                rows.append(neighbour_nll(f[n], inst, inter[n], TAU) if inter[n] else None)
-        total = total + _mean_nll(rows)
-        part_mem = getattr(loss, f"part_{s}")
-        part_total = 0
-        for p in range(loss.num_parts):
-            mem = part_mem[:, p]
-            nbr = {
-                (q, m): [
-                    topk_set(scores_row(out.parts[q, m][n, p], mem, TAU), k)
-                    for n in range(len(out.feat_v))
-                ]
-                for q in MAPS
-                for m in MAPS
-            }
-            rows = []
-            for q in MAPS:
-                for m in MAPS:
-                    y1, y2 = [o for o in MAPS if o != m]
-                    for n in range(len(out.feat_v)):
-                        pos = (nbr[q, y1][n] | nbr[q, y2][n]) & sets[q][n]
-                        x = out.parts[q, m][n, p]
-                        rows.append(neighbour_nll(x, mem, pos, TAU) if pos else None)
-            part_total = part_total + _mean_nll(rows)
-        total = total + part_total / loss.num_parts
-    return total
-
-
 def test_instance_neighbour_value_and_gradients_equal_eq_16_to_27():
     ctx = _context()
     out, t = _step()
@@ -315,7 +262,7 @@ def test_instance_neighbour_value_and_gradients_equal_eq_16_to_27():
     assert loss.inst_v.shape == (9, 4) and loss.inst_r.shape == (7, 4)  # outliers left out
     grads = []
     values = []
-    for fn in (lambda o: loss(o, t), lambda o: _gpcr_reference(loss, o, 3)):
+    for fn in (lambda o: loss(o, t), lambda o: gpcr_loop(loss, o, 3, loss.num_parts, TAU)):
         o = StepOutputs(
             *(x.clone().requires_grad_(True) for x in (out.feat_v, out.feat_a, out.feat_r)),
             {kk: v.clone().requires_grad_(True) for kk, v in out.parts.items()},
@@ -339,8 +286,8 @@ def test_instance_neighbour_value_and_gradients_equal_eq_16_to_27():
     ref = 0
     for s in ("v", "r"):
         inst = getattr(quirks, f"inst_{s}")
-        _, inter = _global_sets(out, inst, 3, True)
-        ref = ref + _mean_nll(
+        _, inter = global_sets(out, inst, 3, True, TAU)
+        ref = ref + mean_nll(
             [
                 neighbour_nll(f[n], inst, inter[n], TAU) if inter[n] else None
                 for f in (out.feat_v, out.feat_a, out.feat_r)
