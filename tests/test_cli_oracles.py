@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -48,20 +49,22 @@ def test_positive_int(text, ok):
             _checks.positive_int(text)
 
 
-def test_json_output_refuses_an_input_and_an_existing_file_of_a_run_folder(tmp_path, monkeypatch):
+def test_json_output_refuses_an_input_and_a_runs_own_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "results.json").write_text("{}")
+    (run / "user.json").write_text("{}")
     feats = tmp_path / "f.npz"
     feats.write_bytes(b"")
     with pytest.raises(ConfigError, match="being read"):
         _checks.json_output(SimpleNamespace(json="f.npz"), reading=[feats.resolve()])
-    # the run folder named by a relative path: its file is still its file
-    with pytest.raises(ConfigError, match="is a file of run"):
-        _checks.json_output(SimpleNamespace(json="run/results.json"), inside=["run"])
-    # a new file in the run folder is written, an existing one elsewhere replaced
-    assert _checks.json_output(SimpleNamespace(json="run/new.json"), inside=["run"])
+    # the run folder named by a relative path: its own files, existing or not, are its
+    for name in ("results.json", "config.yaml", ".lock", "checkpoints/latest.pt"):
+        with pytest.raises(ConfigError, match="is the run folder's own"):
+            _checks.refuse_a_runs_own_file(Path("run") / name, ["run"])
+    # another name in the run folder is the user's, new or existing; elsewhere replaced
+    for name in ("new.json", "user.json"):
+        _checks.refuse_a_runs_own_file(Path("run") / name, ["run"])
     assert _checks.json_output(SimpleNamespace(json="f2.json"), reading=[feats.resolve()])
     assert _checks.json_output(SimpleNamespace(json="-")) is None
 

@@ -148,3 +148,21 @@ def test_a_missing_path_is_called_missing_by_compare_and_eval_runs(tmp_path, cap
     features = str(tmp_path / "runs" / "salcr-*" / "features.npz")
     assert main(["eval", features, "--protocol", "sysu-all", "--runs"]) == 2
     assert f"{features} does not exist" in _err(capsys)
+
+
+def test_compare_json_is_refused_for_a_runs_own_file_existing_or_not(tmp_path, capsys):
+    """`uvireid compare A B --json A/results.json` on runs not finished would create the
+    record that marks A finished; a folder of runs stands for its runs; another name in
+    a run folder is the user's, new or existing; a run's .lock is its own too."""
+    a = _run_folder(tmp_path / "a", finished=False)
+    b = _run_folder(tmp_path / "b", finished=False)
+    assert main(["compare", str(a), str(b), "--json", str(a / "results.json")]) == 2
+    assert "is the run folder's own results.json" in _err(capsys)
+    assert not (a / "results.json").exists()
+    assert main(["compare", str(a.parent), str(b), "--json", str(a / "log.txt")]) == 2
+    assert "own log.txt" in _err(capsys)
+    for _ in range(2):  # the user's own file, written again
+        assert main(["compare", str(a), str(b), "--json", str(a / "cmp.json")]) == 0
+    assert json.loads((a / "cmp.json").read_text())["runs"]
+    assert main([*_eval(a), "--json", str(a / ".lock")]) == 2
+    assert not (a / ".lock").exists()

@@ -172,3 +172,26 @@ def test_a_modality_of_none_or_nan_is_a_config_error(bad):
     model = ReidModel(_backbone(0), {"height": 32, "width": 16}, {})
     with pytest.raises(ConfigError, match="modality"):
         model.features(_pixels(1), bad)
+
+
+def test_pil_images_are_read_as_their_files_are(tmp_path):
+    """A list of PIL images gives the features of the same images read from their files:
+    a 16-bit thermal image stretched over its range (not clipped to white), 8-bit L, RGB
+    and palette images converted to RGB."""
+    from uvireid.data.images import read_image
+
+    model = ReidModel(_backbone(0), {"height": 32, "width": 16}, {})
+    rng = np.random.default_rng(0)
+    wide = (np.arange(32 * 16).reshape(32, 16) * 7 + 1000).astype(np.uint16)
+    images = {"I;16": Image.fromarray(wide)}
+    for mode in ("L", "RGB", "P"):
+        images[mode] = Image.fromarray(rng.integers(0, 256, (32, 16, 3), np.uint8)).convert(mode)
+    for mode, img in images.items():
+        path = tmp_path / f"x_{mode.replace(';', '')}.png"
+        img.save(path)
+        with Image.open(path) as back:
+            assert back.mode == mode
+            got = model.features([back], "infrared")
+        decoded = np.asarray(read_image(path))
+        assert decoded.max() > decoded.min()  # stretched, not flat
+        np.testing.assert_array_equal(got, model.features(decoded[None], "infrared"))

@@ -162,38 +162,39 @@ def protocol_inputs(args: Any) -> Any:
         args.trials = 10
     out = json_output(args, reading=seen, what="a features file")
     if out is not None:
-        _refuse_a_runs_own_file(out, seen)
+        from uvireid.engine.run_folder import RunFolder
+
+        refuse_a_runs_own_file(out, [p.parent for p in seen if RunFolder.is_run(p.parent)])
     return spec
 
 
-#: the files `uvireid run` writes into a run folder (``engine/run_folder.py``), and its
-#: checkpoints/ folder: never another command's ``--json``
+#: the files `uvireid run` writes into a run folder (``engine/run_folder.py``), its lock
+#: and its checkpoints/ folder: never another command's ``--json``
 RUN_FILES = ("config.yaml", "manifest.json", "log.txt", "metrics.jsonl", "features.npz")
-RUN_FILES += ("results.json", "report.html", "checkpoints")
+RUN_FILES += ("results.json", "report.html", ".lock", "checkpoints")
 
 
-def _refuse_a_runs_own_file(out: Path, reading: list[Path]) -> None:
-    """Refuse ``--json`` naming a file of the run folder whose features are read
-    (``RUN/features.npz --json RUN/results.json`` would replace, or for a run not finished
-    yet create, the record that marks the run finished), whether it exists or not; any
-    other name in the folder is the user's."""
-    from uvireid.engine.run_folder import RunFolder
+def refuse_a_runs_own_file(out: Path, runs: Any) -> None:
+    """Refuse ``--json`` naming a file of one of the run folders ``runs`` that the command
+    reads (``RUN/features.npz --json RUN/results.json`` would replace, or for a run not
+    finished yet create, the record that marks the run finished), whether it exists or
+    not; any other name in the folder is the user's.
 
+    Raises:
+        ConfigError: ``out`` is one of :data:`RUN_FILES` of a run, or under its checkpoints.
+    """
     target = out.resolve()
-    for run in {p.parent for p in reading if RunFolder.is_run(p.parent)}:
+    for run in {Path(r).resolve() for r in runs}:
         if target in {run / name for name in RUN_FILES} or target.is_relative_to(
             run / "checkpoints"
         ):
             raise ConfigError(
                 f"--json {out} is the run folder's own {target.relative_to(run)}: {run} is "
-                f"the run whose features are read; give another name (e.g. "
-                f"{run / 'eval.json'})"
+                f"a run being read; give another name (e.g. {run / 'eval.json'})"
             )
 
 
-def json_output(
-    args: Any, reading: Any = (), what: str = "a file", inside: Any = ()
-) -> Path | None:
+def json_output(args: Any, reading: Any = (), what: str = "a file") -> Path | None:
     """The file ``--json`` names, checked before the command's work (``None`` for no
     ``--json`` or ``--json -``, stdout); so a long evaluation does not end in a traceback
     about its output, nor write its JSON over an input.
@@ -201,11 +202,10 @@ def json_output(
     Args:
         args: the command's arguments, with ``json``.
         reading: resolved paths of the files the command reads, named ``what``.
-        inside: folders whose existing files must not be replaced (run folders).
 
     Raises:
-        ConfigError: a path that cannot be written, one of ``reading`` or a file that
-            exists under ``inside``.
+        ConfigError: a path that cannot be written, or one of ``reading`` (a run folder's
+            own files: :func:`refuse_a_runs_own_file`).
     """
     if args.json is None or args.json == "-":
         return None
@@ -213,11 +213,4 @@ def json_output(
     target = out.resolve()
     if target in set(reading):  # the JSON would replace an input (audit IB)
         raise ConfigError(f"--json {args.json} is {what} being read; give another --json path")
-    if target.exists():
-        for folder in map(Path, inside):
-            if target.is_relative_to(folder.resolve()):
-                raise ConfigError(
-                    f"--json {args.json} is a file of {folder}, being read; "
-                    f"give a --json path outside it"
-                )
     return out

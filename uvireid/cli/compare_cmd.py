@@ -4,6 +4,7 @@ with the mean over them and what keeps them from being comparable."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from uvireid.cli import JSON_HELP
 
@@ -55,10 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from uvireid.cli import write_json
-    from uvireid.cli._checks import json_output
+    from uvireid.cli._checks import json_output, refuse_a_runs_own_file
     from uvireid.engine.compare import compare_runs, format_comparison
+    from uvireid.engine.run_folder import RunFolder
 
-    json_output(args, inside=args.runs)  # before the comparison (audit IB)
+    out = json_output(args)  # before the comparison (audit IB)
+    if out is not None:  # a folder of runs stands for its runs
+        runs = [Path(r) for r in args.runs]
+        runs += [c for r in runs if r.is_dir() and not RunFolder.is_run(r) for c in r.iterdir()]
+        refuse_a_runs_own_file(out, [r for r in runs if RunFolder.is_run(r)])
     report = compare_runs(args.runs)
     print(format_comparison(report), end="")
     if args.json is not None:

@@ -140,9 +140,7 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a worker
-            if img.mode in _WIDE_MODES:
-                return _to_8bit(img).convert("RGB")
-            return img.convert("RGB")
+            return as_rgb(img)
     except FileNotFoundError:
         raise DatasetError(
             f"image {path} does not exist; the dataset's file lists name it. Restore the "
@@ -160,6 +158,14 @@ def read_image(path: str | Path) -> Image.Image:
             f"JPEG/PNG/BMP file. The file is corrupt or truncated: re-extract it from the "
             f"release archive — {SEE_README}"
         ) from exc
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, as :func:`read_image` reads its file: images of more
+    than 8 bits a channel stretched over their own range (:func:`_to_8bit`), not clipped."""
+    if img.mode in _WIDE_MODES:
+        return _to_8bit(img).convert("RGB")
+    return img.convert("RGB")
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

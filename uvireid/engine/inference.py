@@ -73,9 +73,12 @@ def _stack_decoded(images: list | tuple) -> list | tuple | torch.Tensor:
 
 
 def _pil_rgb(image: Any) -> Any:
-    """A PIL image as its (H, W, 3) uint8 RGB array; anything else unchanged."""
+    """A PIL image as its (H, W, 3) uint8 RGB array, as its file would be read (a 16-bit
+    thermal image stretched, not clipped to white); anything else unchanged."""
     if type(image).__module__.startswith("PIL.") and hasattr(image, "convert"):
-        return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy)
+        from uvireid.data.images import as_rgb
+
+        return np.array(as_rgb(image))  # a writable copy (torch.from_numpy)
     return image
 
 
@@ -294,7 +297,8 @@ class ReidModel:
         if isinstance(images, (list, tuple)):
             x = torch.zeros(0, 3, self.height, self.width)
         else:
-            x = torch.as_tensor(np.asarray(images))
+            arr = np.asarray(images)  # a read-only array (np.asarray of a PIL image): copied
+            x = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
             if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
                 x = x.permute(0, 3, 1, 2)
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
