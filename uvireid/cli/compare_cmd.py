@@ -4,7 +4,6 @@ with the mean over them and what keeps them from being comparable."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from uvireid.cli import JSON_HELP
 
@@ -57,14 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from uvireid.cli import write_json
     from uvireid.cli._checks import json_output, refuse_a_runs_own_file
-    from uvireid.engine.compare import compare_runs, format_comparison
-    from uvireid.engine.run_folder import RunFolder
+    from uvireid.engine.compare import compare_runs, format_comparison, run_folders
 
     out = json_output(args)  # before the comparison (audit IB)
-    if out is not None:  # a folder of runs stands for its runs
-        runs = [Path(r) for r in args.runs]
-        runs += [c for r in runs if r.is_dir() and not RunFolder.is_run(r) for c in r.iterdir()]
-        refuse_a_runs_own_file(out, [r for r in runs if RunFolder.is_run(r)])
+    if out is not None:
+        refuse_a_runs_own_file(out, run_folders(args.runs))
     report = compare_runs(args.runs)
     print(format_comparison(report), end="")
     if args.json is not None:

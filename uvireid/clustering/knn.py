@@ -511,12 +511,10 @@ def knn(
         q = q.to(b.dtype)
     if int(k) < 1:
         raise ConfigError(f"knn: k must be >= 1, got {k}")
-    if block_rows is not None and (
-        isinstance(block_rows, bool)
-        or not isinstance(block_rows, (int, np.integer))
-        or block_rows < 1
-    ):
-        raise ConfigError(f"knn: block_rows must be an integer >= 1 or None, got {block_rows!r}")
+    if block_rows is not None:
+        from uvireid.rerank.inputs import check_k
+
+        check_k(block_rows, "block_rows", "knn")
     nb = b.shape[0]
     if nb == 0 or q.shape[0] == 0:
         raise ConfigError(

@@ -37,7 +37,14 @@ from uvireid.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "final_results", "summarize_run", "compare_runs", "format_comparison"]
+__all__ = [
+    "RunSummary",
+    "final_results",
+    "summarize_run",
+    "run_folders",
+    "compare_runs",
+    "format_comparison",
+]
 
 METRICS = ("R1", "R10", "R20", "mAP", "mINP")
 
@@ -377,6 +384,28 @@ def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return out
 
 
+def run_folders(paths: list[str | Path]) -> list[Path]:
+    """The run folders ``paths`` name: a run folder, or a folder of runs standing for its
+    runs (in name order).
+
+    Raises:
+        ConfigError: a path is neither a run folder nor a folder of runs, or none is given.
+    """
+    from uvireid.engine.run_folder import RunFolder
+
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if RunFolder.is_run(p):
+            folders.append(p)
+        elif p.is_dir() and any(RunFolder.is_run(c) for c in p.iterdir()):
+            folders.extend(sorted(c for c in p.iterdir() if RunFolder.is_run(c)))
+        else:
+            summarize_run(p)  # raises, naming it
+    if not folders:
+        raise ConfigError("uvireid compare: give at least one run folder")
+    return folders
+
+
 def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) -> dict:
     """The comparison of the run folders ``paths`` (a folder that is not a run but holds
     runs stands for them, in name order).
@@ -396,18 +425,7 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     Raises:
         ConfigError: a path is neither a run folder nor a folder of runs, or none is given.
     """
-    from uvireid.engine.run_folder import RunFolder
-
-    folders: list[Path] = []
-    for p in map(Path, paths):
-        if RunFolder.is_run(p):
-            folders.append(p)
-        elif p.is_dir() and any(RunFolder.is_run(c) for c in p.iterdir()):
-            folders.extend(sorted(c for c in p.iterdir() if RunFolder.is_run(c)))
-        else:
-            summarize_run(p)  # raises, naming it
-    if not folders:
-        raise ConfigError("uvireid compare: give at least one run folder")
+    folders = run_folders(paths)
     unique: dict[Path, Path] = {}
     for f in folders:  # a run named twice (a folder of runs and one of them) counts once
         if f.resolve() in unique:
