@@ -11,9 +11,9 @@ A metrics record is one JSON object per epoch (or evaluation); every key is opti
 
 Spellings are forgiven: ``loss`` or ``losses``; an evaluation either flat (``{"R1": ..}``)
 or a ``ProtocolResult.to_dict()`` (``{"mean": {"R1": ..}}``); quality measures in any
-case (``ari``/``ARI``, ``v_measure``/``V``). Records without ``epoch`` take their
-0-based record index. When two records give the same quantity for the same epoch (a resumed run re-logs
-the epoch it repeats) the later one wins. Values that are not finite numbers are skipped;
+case (``ari``/``ARI``, ``v_measure``/``V``). Records without ``epoch`` take their 0-based
+record index. When two records give the same quantity for the same epoch (a resumed run
+re-logs the epoch it repeats) the later one wins. Values that are not finite numbers are skipped;
 nested dicts are flattened to ``a/b`` names, so a loss logged per modality still plots.
 Where ``stage`` changes (e.g. DCL, then SALCR) a dotted line marks the epoch.
 
