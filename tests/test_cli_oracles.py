@@ -59,11 +59,12 @@ def test_json_output_refuses_an_input_and_a_runs_own_file(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="being read"):
         _checks.json_output(SimpleNamespace(json="f.npz"), reading=[feats.resolve()])
     # the run folder named by a relative path: its own files, existing or not, are its
-    for name in ("results.json", "config.yaml", ".lock", "checkpoints/latest.pt"):
+    names = ("results.json", "config.yaml", ".lock", "checkpoints/latest.pt", "Results.json")
+    for name in (*names, "CHECKPOINTS/x.pt", "Features.NPZ"):
         with pytest.raises(ConfigError, match="is the run folder's own"):
             _checks.refuse_a_runs_own_file(Path("run") / name, ["run"])
     # another name in the run folder is the user's, new or existing; elsewhere replaced
-    for name in ("new.json", "user.json"):
+    for name in ("new.json", "user.json", "results.json.bak", "checkpoints.json"):
         _checks.refuse_a_runs_own_file(Path("run") / name, ["run"])
     assert _checks.json_output(SimpleNamespace(json="f2.json"), reading=[feats.resolve()])
     assert _checks.json_output(SimpleNamespace(json="-")) is None

@@ -178,16 +178,20 @@ def refuse_a_runs_own_file(out: Path, runs: Any) -> None:
     """Refuse ``--json`` naming a file of one of the run folders ``runs`` that the command
     reads (``RUN/features.npz --json RUN/results.json`` would replace, or for a run not
     finished yet create, the record that marks the run finished), whether it exists or
-    not; any other name in the folder is the user's.
+    not; any other name in the folder is the user's. Names are compared without case:
+    on a case-insensitive file system (macOS, Windows) ``RUN/Results.json`` is the run's
+    ``results.json``.
 
     Raises:
         ConfigError: ``out`` is one of :data:`RUN_FILES` of a run, or under its checkpoints.
     """
     target = out.resolve()
+    own = {name.casefold() for name in RUN_FILES}
     for run in {Path(r).resolve() for r in runs}:
-        if target in {run / name for name in RUN_FILES} or target.is_relative_to(
-            run / "checkpoints"
-        ):
+        if not target.is_relative_to(run) or target == run:
+            continue
+        first, *below = target.relative_to(run).parts
+        if (first.casefold() in own and not below) or first.casefold() == "checkpoints":
             raise ConfigError(
                 f"--json {out} is the run folder's own {target.relative_to(run)}: {run} is "
                 f"a run being read; give another name (e.g. {run / 'eval.json'})"
