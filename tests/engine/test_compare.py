@@ -301,6 +301,9 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     ids is tuned to them)."""
     runs = [*three_seeds, *_height_48(three_seeds, tmp_path)]
     assert compare_runs(runs)["best_on_validation"] is None  # the test set
+    tuned = "choosing one by these figures tunes it on the test set"
+    assert tuned in format_comparison(compare_runs(runs))  # several settings: a warning
+    assert tuned not in format_comparison(compare_runs(three_seeds))  # one setting, seeds
     maps = [20.0, 10.0, 30.0, 24.0, 25.0]  # height 32: mean 20; height 48: 24.5
     for run, value in zip(runs, maps):
 
@@ -317,6 +320,7 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     }
     out = format_comparison(report)
     assert "best on the validation ids (mean mAP of the 'none' table): train.height=48 " in out
+    assert tuned not in out
     edit_json(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 15.0))
     assert compare_runs(runs)["best_on_validation"]["settings"] == {"train.height": 32}
     edit_json(runs[3] / "results.json", lambda r: r["none"]["mean"].__setitem__("mAP", 25.0))
@@ -329,6 +333,7 @@ def test_the_best_setting_is_named_only_for_runs_on_the_validation_ids(three_see
     )
     report = compare_runs(runs)
     assert report["best_on_validation"] is None and not report["comparable"]
+    assert tuned not in format_comparison(report)  # not comparable: said otherwise
 
 
 def test_an_evaluation_setting_that_changes_the_numbers_is_a_setting(three_seeds, tmp_path):

@@ -641,6 +641,13 @@ def format_comparison(report: dict) -> str:
             f"({best['mAP']:.2f} over {best['runs']} run{'s' if best['runs'] != 1 else ''}); "
             f"for the test set, train it without data.validation: {chosen}"
         )
+    elif len(groups) > 1 and report["comparable"]:
+        # a sweep on the test ids: the table is a result, not a way to choose (PF note M4)
+        lines.append(
+            "these settings were evaluated on the test ids: choosing one by these figures "
+            "tunes it on the test set; to choose, run them with data.validation=true "
+            "(held-out training ids) and train the chosen one without it"
+        )
     if report["not_comparable"]:
         lines.append("NOT COMPARABLE:")
         lines += [f"  - {r}" for r in report["not_comparable"]]
