@@ -260,3 +260,43 @@ def test_an_empty_provenance_field_is_no_setting():
 
     got = curves.eval_series([rec(0, ""), rec(1, "all")])
     assert got == {"R1": {"none": ([0.0, 1.0], [1.0, 1.0])}}
+
+
+def test_outlier_counts_go_to_their_own_panel_whatever_their_case(monkeypatch):
+    """``Outliers_visible`` (another logger's capitalisation) is an outlier count: drawn in
+    the second panel under its modality's name, not among the cluster counts."""
+    records = [
+        {"epoch": e, "clusters": {"visible": 10 + e, "Outliers_visible": 5 - e}} for e in range(3)
+    ]
+    counts, outliers = _fig(monkeypatch, curves.plot_clusters, records).axes
+    assert counts.get_title() == "Clusters per modality"
+    assert [line.get_label() for line in counts.get_lines() if line.get_linestyle() != ":"] == [
+        "visible"
+    ]
+    assert outliers.get_title() == "Outliers per modality"
+    drawn = [line for line in outliers.get_lines() if line.get_linestyle() != ":"]
+    assert len(drawn) == 1 and list(drawn[0].get_ydata()) == [5, 4, 3]
+
+
+def test_a_cmc_with_an_entry_that_is_no_number_is_not_drawn(monkeypatch):
+    """A CMC holding a string or a NaN is not a curve: no plot when it is the only one, the
+    other result's curve alone beside it."""
+    bad = {"none": {"cmc": [40.0, "55", 70.0]}}
+    assert curves.plot_cmc(bad, "unused.png") is None
+    assert curves.plot_cmc({"none": {"cmc": [40.0, float("nan")]}}, "unused.png") is None
+    fig = _fig(monkeypatch, curves.plot_cmc, {**bad, "cmfp": {"cmc": [50.0, 60.0]}})
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["cmfp"]
+
+
+@pytest.mark.parametrize(
+    "trials, title",
+    [
+        (None, "CMC, all (SYSU-MM01)"),
+        (0, "CMC, all (SYSU-MM01)"),
+        (10, "CMC, all (SYSU-MM01, mean of 10 trials)"),
+    ],
+)
+def test_the_cmc_title_names_the_trials_only_where_known(monkeypatch, trials, title):
+    prov = {"protocol": "all", "dataset": "SYSU-MM01", "trials": trials}
+    fig = _fig(monkeypatch, curves.plot_cmc, {"none": {"cmc": [1.0, 2.0], "provenance": prov}})
+    assert fig.axes[0].get_title() == title
