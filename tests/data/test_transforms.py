@@ -411,6 +411,8 @@ def test_the_augmenter_refuses_what_it_would_do_wrong():
     assert torch.equal(aug(x.float(), "test", "cpu"), aug(x, "test", "cpu"))  # 0..255 floats
     with pytest.raises(ConfigError, match=r"float images lie in \[0, 1\]"):
         aug(x.float() / 255, "visible", "cpu")
+    black = torch.zeros(2, 3, 16, 8)  # black on both scales: normalised as the uint8 zeros
+    assert torch.equal(aug(black, "test", "cpu"), aug(black.to(torch.uint8), "test", "cpu"))
     with pytest.raises(ConfigError, match=r"expected \(B, 3, H, W\) images"):
         aug(x[:, :1], "infrared", "cpu")
 

@@ -704,8 +704,9 @@ class Augmenter:
                 f"got shape {tuple(images.shape)}"
             )
         # pixel values are 0..255 (they are divided by 255): floats already in [0, 1]
-        # would come out near black (checked off the training path, whose batches are uint8)
-        if images.is_floating_point() and images.numel() and float(images.max()) <= 1.0:
+        # would come out near black (checked off the training path, whose batches are uint8);
+        # an all-black batch is black on either scale, and taken
+        if images.is_floating_point() and images.numel() and 0 < float(images.max()) <= 1.0:
             raise ConfigError(
                 "Augmenter: these float images lie in [0, 1]; pass pixel values 0..255 "
                 "(uint8, as load_images gives them, or floats times 255)"
