@@ -247,3 +247,112 @@ def test_check_args_refuses_a_validation_that_is_not_a_boolean(tmp_path):
     with pytest.raises(DatasetError, match="validation must be true or false, got 'yes'"):
         _Toy.check_args(str(tmp_path), validation="yes")
     _Toy.check_args(str(tmp_path), validation=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links")
+def test_as_root_keeps_a_symbolic_link_as_given(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    got = as_root(str(link), "Toy")
+    assert got == os.path.abspath(str(link))
+    assert got != os.path.realpath(str(link))
+
+
+def test_check_args_refuses_an_empty_root_as_the_constructor_does():
+    with pytest.raises(DatasetError, match="root is empty"):
+        _Toy.check_args("")
+    with pytest.raises(DatasetError, match="root is empty"):
+        _Toy.check_args("   ")
+
+
+def test_check_args_refuses_an_integer_validation(tmp_path):
+    # 1 and 0 are ints, not the booleans data.validation takes
+    for value in (1, 0):
+        with pytest.raises(DatasetError, match="validation must be true or false"):
+            _Toy.check_args(str(tmp_path), validation=value)
+
+
+def test_an_index_line_with_a_label_only_is_refused(tmp_path):
+    f = _write(tmp_path / "idx" / "list.txt", "Visible/1/a.bmp 0\n7\n")
+    with pytest.raises(DatasetError, match="line 2 reads '7'"):
+        read_index_file(f, str(tmp_path))
+
+
+def test_listed_twice_is_sorted():
+    paths = ["/d/z.jpg", "/d/a.jpg", "/d/z.jpg", "/d/m.jpg", "/d/a.jpg", "/d/m.jpg"]
+    assert listed_twice(paths) == ["/d/a.jpg", "/d/m.jpg", "/d/z.jpg"]
+
+
+def test_require_file_names_the_sub_folders_in_sorted_order(tmp_path):
+    rel = "exp/train_id.txt"
+    for sub in ("zeta", "alpha", "mid"):
+        _write(tmp_path / "root" / sub / rel, "1")
+    with pytest.raises(DatasetError) as err:
+        require_file(str(tmp_path / "root"), rel, "SYSU-MM01", "layout")
+    names = [os.path.join(str(tmp_path / "root"), s) for s in ("alpha", "mid", "zeta")]
+    assert f"It is in 3 folders next to it ({', '.join(names)})" in str(err.value)
+
+
+def test_meta_counts_images_per_modality_not_ids(tmp_path):
+    root = str(tmp_path)
+    train = [_rec(p, 1, VISIBLE, f"v{p}_{i}.jpg", root) for p in (1, 2) for i in range(3)]
+    train += [_rec(1, 3, INFRARED, f"i{i}.jpg", root) for i in range(4)]
+    test = [_rec(9, 2, VISIBLE, "t.jpg", root), _rec(-1, 6, INFRARED, "u.jpg", root)]
+    meta = _Toy(root, train, test).meta()
+    # naive counts
+    assert meta["train_visible"] == sum(r.modality == VISIBLE for r in train) == 6
+    assert meta["train_infrared"] == sum(r.modality == INFRARED for r in train) == 4
+    assert meta["train_ids"] == 2 and meta["train_images"] == 10
+    assert (meta["test_ids"], meta["test_images"], meta["test_infrared"]) == (1, 2, 1)
+    assert meta["split"] is None and "validation" not in meta
+
+
+def test_fingerprint_of_a_fixed_split_records_no_split_number(tmp_path):
+    root = str(tmp_path)
+    ds = _Toy(root, [_rec(1, 1, VISIBLE, "a.jpg", root)], [_rec(2, 1, VISIBLE, "b.jpg", root)])
+    fp = ds.fingerprint()
+    assert fp["split"] is None and fp["dataset"] == "toy"
+    want = hashlib.sha1(b"test\tb.jpg\ntrain\ta.jpg").hexdigest()
+    assert fp["sha1"] == want
+
+
+def test_a_validation_split_says_so_in_its_fingerprint_and_hashes_its_own_arrangement(tmp_path):
+    root = str(tmp_path)
+    train = [_rec(p, 1, VISIBLE, f"{p}.jpg", root) for p in (1, 2, 3)]
+    ds = _Toy(root, train, [_rec(9, 1, VISIBLE, "9.jpg", root)])
+    ds.hold_out([2], "val.txt", "train less val")
+    fp = ds.fingerprint()
+    assert fp["validation"] is True
+    lines = sorted(["train\t1.jpg", "train\t3.jpg", "test\t2.jpg"])
+    assert fp["sha1"] == hashlib.sha1("\n".join(lines).encode()).hexdigest()
+    assert (fp["train_ids"], fp["test_ids"]) == (2, 1)
+    assert ds.declared_ids["test"].source == "val.txt (validation)"
+
+
+def test_hold_out_without_declared_ids_declares_the_records_ids(tmp_path):
+    root = str(tmp_path)
+    train = [
+        _rec(p, c, m, f"{p}{c}{m}.jpg", root)
+        for p in (3, 1, 5, 7)
+        for c, m in ((1, VISIBLE), (3, INFRARED))
+    ]
+    ds = _Toy(root, train, [])
+    ds.hold_out({5, 8}, "every fifth", "rest")
+    assert ds.declared_ids["train"] == IdList((1, 3, 7), "rest")
+    assert ds.declared_ids["test"].ids == (5, 8)
+    assert ds.missing_ids() == {"test": [8]}
+    assert [r.pid for r in ds.test] == [5, 5]
+    assert summarize(ds.test)["cameras"] == [
+        {"cam": 1, "modality": "visible", "ids": 1, "images": 1},
+        {"cam": 3, "modality": "infrared", "ids": 1, "images": 1},
+    ]
+
+
+def test_meta_names_the_validation_ids_only_when_their_source_is_known(tmp_path):
+    root = str(tmp_path)
+    ds = _Toy(root, [_rec(1, 1, VISIBLE, "a.jpg", root)], [])
+    ds.validation = True  # a subclass that marks itself without hold_out's source
+    meta = ds.meta()
+    assert meta["validation"] is True and "validation_ids" not in meta
