@@ -72,6 +72,26 @@ def test_part_queries_and_attention_equal_eq_9_to_11():
                 assert torch.allclose(many[j, i, p], attention_loop(qs[i, p], st_other[i][p]))
 
 
+@pytest.mark.parametrize(
+    "tokens, logits",
+    [
+        ([[-11.0, -8.0]], "-35, -30, -60, -73: float32 sigmoids below 1e-12, none 0"),
+        ([[-1.0, -1.0]], "-3 .. -8: ordinary weights"),
+        ([[-30.0, -30.0]], "-60 .. -240: float32 sigmoids 0 from -104 down"),
+    ],
+)
+def test_part_queries_are_eq_9_for_very_negative_logits(tokens, logits):
+    """Float32 queries against Eq. 9 with loops in float64 (whose sigmoids stay normal
+    down to logits of -700): the weighted mean of the stripe's pixels, inside their range,
+    however small the sigmoids (a clamped denominator shrank the query towards 0)."""
+    fmap = torch.tensor([[1.0, 2.0, 4.0, 3.0], [3.0, 1.0, 2.0, 5.0]])[None, :, None]  # 1x2x1x4
+    tok = torch.tensor(tokens)
+    _, want = part_queries_loop(fmap.double(), tok.double())
+    got = part_queries(stripes(fmap, 1), tok)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert float(got.min()) >= 1 - 1e-5 and float(got.max()) <= 5 + 1e-5
+
+
 def test_part_module_gives_nine_pairs_and_trains_its_tokens():
     torch.manual_seed(0)
     mod = PartQuery(6, 3)

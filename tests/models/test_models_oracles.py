@@ -49,16 +49,23 @@ def test_stripes_of_an_odd_map_are_row_major_and_drop_the_last_pixels():
                 assert torch.equal(st[b, p, k], fmap[b, :, j // 3, j % 3])
 
 
-def test_part_queries_stay_finite_when_every_sigmoid_underflows():
+def test_part_queries_stay_the_weighted_mean_when_every_sigmoid_underflows():
     """Eq. 9's denominator sum_j sigmoid(<pi, F_j>) is 0 in float32 once the logits are
-    below about -104: the query must stay finite (0), not 0 / 0 = NaN that would reach
-    the attention, the BN and the memories."""
+    below about -104: the query must stay finite, not 0 / 0 = NaN that would reach the
+    attention, the BN and the memories; it is the weighted mean of the stripe's pixels
+    (the limit of the ratio), here of equal pixels: that pixel."""
     fmap = torch.ones(1, 2, 3, 4)  # (B, P, m, C) stripes
     tokens = torch.full((2, 4), -100.0)  # logits -400: sigmoid is exactly 0
     assert float(torch.sigmoid(torch.tensor(-400.0))) == 0.0  # the premise
     q = part_queries(fmap, tokens)
-    assert torch.isfinite(q).all()
-    torch.testing.assert_close(q, torch.zeros(1, 2, 4))
+    torch.testing.assert_close(q, torch.ones(1, 2, 4))
+    # unequal pixels: the float64 ratio (whose sigmoids of -400..-120 are still normal)
+    st = torch.tensor([[[[1.0, 3.0], [2.0, 1.0], [4.0, 2.0]]]])  # (1, 1, 3, 2)
+    tok = torch.tensor([[-40.0, -40.0]])  # logits -160, -120, -240
+    a = torch.sigmoid(torch.einsum("bpmc,pc->bpm", st.double(), tok.double()))
+    assert float(torch.sigmoid(torch.tensor(-120.0))) == 0.0 and bool((a > 0).all())
+    want = (a[..., None] * st.double()).sum(2) / a.sum(2, keepdim=True)
+    torch.testing.assert_close(part_queries(st, tok).double(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_part_module_parameter_count_is_the_references_18k_for_resnet50():

@@ -48,9 +48,17 @@ def stripes(fmap: torch.Tensor, num_parts: int) -> torch.Tensor:
 
 
 def part_queries(fmap_stripes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Eq. 9: (B, P, m, C) stripes, (P, C) tokens -> (B, P, C) sigmoid-weighted means."""
-    a = torch.sigmoid(torch.einsum("bpmc,pc->bpm", fmap_stripes, tokens))
-    return (a[..., None] * fmap_stripes).sum(2) / a.sum(2, keepdim=True).clamp(min=1e-12)
+    """Eq. 9: (B, P, m, C) stripes, (P, C) tokens -> (B, P, C) sigmoid-weighted means.
+
+    The weights ``A_j / sum_j A_j`` (``A_j = sigmoid(l_j)``) are computed as
+    ``softmax_j(log sigmoid(l_j))``, the same ratio for every finite logit, without the
+    sum ever underflowing: a stripe whose logits are all very negative (float32 sigmoids
+    below 1e-12 from l < -27.6, exactly 0 below about -104) still gets the weighted mean
+    of its pixels, neither a query shrunk towards 0 nor 0 / 0.
+    """
+    logits = torch.einsum("bpmc,pc->bpm", fmap_stripes, tokens)
+    weights = torch.softmax(torch.nn.functional.logsigmoid(logits), dim=2)
+    return (weights[..., None] * fmap_stripes).sum(2)
 
 
 def query_attention(queries: torch.Tensor, fmap_stripes: torch.Tensor) -> torch.Tensor:
