@@ -18,8 +18,6 @@ import torchvision
 from uvireid.errors import ConfigError
 from uvireid.models import TwoStreamResNet
 
-torch.set_num_threads(1)
-
 
 def _bn_train(x: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
     """Training-mode BatchNorm2d by its formula (biased batch variance over N, H, W)."""
