@@ -179,13 +179,15 @@ def test_wrong_modality_length_is_an_error():
         _model()(torch.randn(2, 3, 64, 32), torch.tensor([0, 1, 0]))
 
 
-def test_local_checkpoint_is_loaded_into_both_streams_and_the_trunk(tmp_path):
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module.", ""])
+def test_local_checkpoint_is_loaded_into_both_streams_and_the_trunk(tmp_path, prefix):
+    """Saved under DDP (``module.``), ``torch.compile`` (``_orig_mod.``), both, or bare."""
     import torchvision
 
     torch.manual_seed(1)
     ref = torchvision.models.resnet18()
     path = tmp_path / "r18.pth"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    torch.save({"state_dict": {f"{prefix}{k}": v for k, v in ref.state_dict().items()}}, path)
     m = _model(pretrained=str(path))
     for k in (0, 1):
         assert torch.equal(m.stream(k)[0][0].weight, ref.conv1.weight)

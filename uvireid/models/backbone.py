@@ -326,7 +326,8 @@ def _uvireid_checkpoint(path: str | Path) -> dict | None:
 
 
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torchvision-style ResNet state dict from a local file (nested or DataParallel).
+    """A torchvision-style ResNet state dict from a local file (nested, or saved under a
+    DDP, DataParallel or ``torch.compile`` wrapper: :func:`unwrapped_key`).
 
     Raises:
         ConfigError: the file is not a readable torch file of tensors (damaged, another
@@ -353,7 +354,15 @@ def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"pretrained checkpoint {path} holds a {type(sd).__name__}, not a state dict "
             "(names to tensors, as model.state_dict() gives); save the model's state_dict()"
         )
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return {unwrapped_key(k): v for k, v in sd.items()}
+
+
+def unwrapped_key(key: str) -> str:
+    """A weight's name without the prefixes of the wrappers it was saved under: DDP's or
+    DataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``, nested either way."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    return key
 
 
 def build_resnet(arch: str, pretrained: bool | str = False, last_stride: int = 1) -> nn.Module:

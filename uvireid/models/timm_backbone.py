@@ -24,6 +24,7 @@ from uvireid.models.backbone import (
     _bn_neck,
     _load_run_weights,
     _ReidHead,
+    unwrapped_key,
     uvireid_backbone_weights,
 )
 from uvireid.models.pooling import GeM
@@ -127,13 +128,7 @@ def _timm_file_keys(path: str) -> set[str] | None:
         if isinstance(state.get(key), dict):
             state = state[key]
             break
-    keys = set()
-    for k in state:
-        k = str(k)
-        while k.startswith(("module.", "_orig_mod.")):
-            k = k.removeprefix("module.").removeprefix("_orig_mod.")
-        keys.add(k)
-    return keys
+    return {unwrapped_key(str(k)) for k in state}
 
 
 class _UnexpectedKeys(logging.Handler):
