@@ -5,24 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from train_fixtures import bare_stage
 
-from uvireid.engine.trainer import Stage, Trainer, lr_factors
-
-
-def _stage(name, first, epochs, lr=None, steps=None):
-    return Stage(
-        name=name,
-        epochs=epochs,
-        iters=1,
-        ltg_p=0.0,
-        sampler={},
-        clusterer={},
-        associator=None,
-        losses=[],
-        first_epoch=first,
-        lr=lr,
-        lr_steps=steps,
-    )
+from uvireid.engine.trainer import Trainer, lr_factors
 
 
 def test_lr_factors_follow_the_documented_schedule_epoch_by_epoch():
@@ -31,9 +16,9 @@ def test_lr_factors_follow_the_documented_schedule_epoch_by_epoch():
     from its own first epoch, train.lr_steps ignored in it; its last epoch included."""
     tr = {"lr": 3.5e-4, "lr_gamma": 0.1, "lr_steps": [2, 5]}
     stages = [
-        _stage("a", 0, 3),  # epochs 0..2: the global schedule
-        _stage("b", 3, 4, lr=1e-4),  # epochs 3..6: 1e-4 throughout (no steps of its own)
-        _stage("c", 7, 3, steps=[1]),  # epochs 7..9: train.lr, x0.1 from its 2nd epoch
+        bare_stage("a", 0, 3),  # epochs 0..2: the global schedule
+        bare_stage("b", 3, 4, lr=1e-4),  # epochs 3..6: 1e-4 throughout (no steps of its own)
+        bare_stage("c", 7, 3, lr_steps=[1]),  # epochs 7..9: train.lr, x0.1 from its 2nd epoch
     ]
     want = [3.5e-4, 3.5e-4, 3.5e-5, 1e-4, 1e-4, 1e-4, 1e-4, 3.5e-4, 3.5e-5, 3.5e-5]
     f = lr_factors(stages, tr)
@@ -63,12 +48,12 @@ def test_the_warm_up_scales_the_first_epochs_linearly_on_top_of_the_steps():
     """train.warmup_epochs=4, warmup_factor=0.01 (fast-reid's WarmupMultiStepLR:
     w * (1 - e / 4) + e / 4), with a step at epoch 3 under it; by hand."""
     tr = {"lr": 1.0, "lr_gamma": 0.1, "lr_steps": [3], "warmup_epochs": 4, "warmup_factor": 0.01}
-    f = lr_factors([_stage("a", 0, 6)], tr)
+    f = lr_factors([bare_stage("a", 0, 6)], tr)
     want = [0.01, 0.2575, 0.505, 0.075250, 0.1, 0.1]
     assert [f(e) for e in range(6)] == pytest.approx(want, rel=1e-12)
-    assert [lr_factors([_stage("a", 0, 6)], {**tr, "warmup_epochs": 0})(e) for e in range(6)] == (
-        pytest.approx([1, 1, 1, 0.1, 0.1, 0.1], rel=1e-12)
-    )
+    assert [
+        lr_factors([bare_stage("a", 0, 6)], {**tr, "warmup_epochs": 0})(e) for e in range(6)
+    ] == (pytest.approx([1, 1, 1, 0.1, 0.1, 0.1], rel=1e-12))
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
@@ -174,5 +159,5 @@ def test_the_warm_up_starts_at_the_documented_default_factor(recipe_file):
     from uvireid.config import load_recipe
 
     cfg = load_recipe(recipe_file, ["train.warmup_epochs=4"])
-    f = lr_factors([_stage("a", 0, 6)], {**cfg["train"], "lr_steps": []})
+    f = lr_factors([bare_stage("a", 0, 6)], {**cfg["train"], "lr_steps": []})
     assert [f(0), f(2), f(4)] == pytest.approx([0.01, 0.505, 1.0], rel=1e-12)

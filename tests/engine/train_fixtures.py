@@ -208,3 +208,23 @@ def singletons_loop(y):
             y[i] = nxt
             nxt += 1
     return y
+
+
+def bare_stage(name: str, first: int, epochs: int, lr=None, lr_steps=None):
+    """A trainer Stage with nothing but its epochs and learning-rate settings (for the
+    schedule's tests)."""
+    from uvireid.engine.trainer import Stage
+
+    return Stage(
+        name=name,
+        epochs=epochs,
+        iters=1,
+        ltg_p=0.0,
+        sampler={},
+        clusterer={},
+        associator=None,
+        losses=[],
+        first_epoch=first,
+        lr=lr,
+        lr_steps=lr_steps,
+    )
