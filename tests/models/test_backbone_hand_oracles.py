@@ -206,3 +206,37 @@ def test_non_local_channels_must_be_a_positive_integer(bad):
     refuses it before a run, not only once a non_local list asks for blocks)."""
     with pytest.raises(ConfigError, match="non_local_channels"):
         TwoStreamResNet("resnet18", non_local_channels=bad)
+
+
+def _timm_resnet18():
+    from uvireid.models.timm_backbone import TimmBackbone
+
+    return TimmBackbone("resnet18")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: TwoStreamResNet("resnet18", share_from="stem"), _timm_resnet18],
+    ids=["share_from_stem", "timm"],
+)
+def test_a_single_stream_checks_the_modality_codes_as_two_streams_do(build):
+    """One stream for every image, but the caller's codes are the same contract: codes
+    outside 0/1, text codes, or a list of another length than the batch are refused as a
+    two-stream backbone refuses them; good codes give the same map either way."""
+    torch.manual_seed(0)
+    m = build().eval()
+    two = TwoStreamResNet("resnet18").eval()
+    x = torch.randn(3, 3, 64, 32)
+    for model in (m, two):
+        with pytest.raises(ConfigError, match=r"integers in 0\.\.1"):
+            model(x, torch.tensor([0, 2, 1]))
+        with pytest.raises(ConfigError, match=r"integers in 0\.\.1"):
+            model(x, ["rgb", "ir", "rgb"])
+        with pytest.raises(ConfigError, match=r"integers in 0\.\.1"):
+            model(x, 2)
+        with pytest.raises(ConfigError, match="modality has 2 entries for a batch of 3"):
+            model(x, torch.tensor([0, 1]))
+    with torch.no_grad():
+        a = m(x, torch.tensor([0, 1, 1])).feature_map
+        torch.testing.assert_close(m(x, 1).feature_map, a)
+        torch.testing.assert_close(m(x, [1, 0, 1]).feature_map, a)

@@ -86,9 +86,15 @@ def head_field(head: str) -> str:
 def check_modality_codes(values: Any, num: int = 2) -> None:
     """Refuse modality codes outside ``0..num-1`` or not whole numbers (codes 1/2, or -1,
     would send images through no stream or the wrong one, silently)."""
-    arr = np.unique(np.asarray(values).reshape(-1))
+    arr = np.asarray(values).reshape(-1)
     if arr.size == 0:
         return
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):  # "rgb", objects
+        raise ConfigError(
+            f"modality codes must be integers in 0..{num - 1} (0 visible, 1 infrared); got "
+            f"{arr.dtype} values such as {arr[0]!r}: map your codes to these"
+        )
+    arr = np.unique(arr)
     whole = np.issubdtype(arr.dtype, np.integer) or bool(np.all(arr == np.round(arr)))
     bad = [v for v in arr.tolist() if not (whole and 0 <= v < num)]
     if bad or not whole:
@@ -564,6 +570,10 @@ class TwoStreamResNet(_ReidHead):
                     for idx, o in outs:
                         y[idx] = o
                     x = y
+        elif not isinstance(modality, numbers.Integral) or not 0 <= modality < 2:
+            # one stream for every image: the codes are still the caller's contract
+            src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
+            modality_tensor(modality, x.shape[0], src)
         return self.shared(x)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int) -> BackboneOutput:

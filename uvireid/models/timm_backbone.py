@@ -11,6 +11,7 @@ ConfigError that names the setting to change.
 from __future__ import annotations
 
 import logging
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from uvireid.models.backbone import (
     _bn_neck,
     _load_run_weights,
     _ReidHead,
+    modality_tensor,
     unwrapped_key,
     uvireid_backbone_weights,
 )
@@ -440,7 +442,13 @@ class TimmBackbone(_ReidHead):
         self._sizes_run.add(size)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int = VISIBLE) -> BackboneOutput:
+        """One stream for both modalities; ``modality`` is checked as a two-stream
+        backbone's is (codes 0/1, one per image or one int), so a caller's wrong codes are
+        found whichever backbone the recipe names."""
         self.check_input_size(x.shape[-2], x.shape[-1], "input")
+        if not isinstance(modality, numbers.Integral) or not 0 <= modality < 2:
+            src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
+            modality_tensor(modality, x.shape[0], src)
         fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
             # a channels-last map (Swin: (B, h, w, C)) is read as (B, C, h, w) for GeM and
