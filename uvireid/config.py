@@ -549,6 +549,7 @@ def merge(
     """
     if isinstance(base, Mapping) and isinstance(child, Mapping):
         child = dict(child)
+        given_keys = set(child)
         replace = child.pop(DELETE_KEY, False)
         if not isinstance(replace, bool):
             raise ConfigError(
@@ -563,7 +564,10 @@ def merge(
                     if prefix:
                         del prov[key]
                 _record(prov, child, prefix, source)
-            return merge({}, child, prov, prefix, source)
+            out = merge({}, child, prov, prefix, source)
+            if replace is True and DELETE_KEY in given_keys and _stage_part(prefix):
+                out[DELETE_KEY] = True  # _validate_stages: not a refinement of the top-level part
+            return out
         out = copy.deepcopy(dict(base))
         for key, value in child.items():
             sub = f"{prefix}.{key}" if prefix else str(key)
@@ -592,9 +596,19 @@ def merge(
     if prov is not None:
         _record(prov, child, prefix, source)
     if isinstance(child, Mapping):
-        child = {k: v for k, v in child.items() if k != DELETE_KEY}
-        return {k: merge(None, v, None) for k, v in child.items()}
+        keep = _stage_part(prefix)  # _validate_stages reads a stage part's _delete_
+        child = {k: v for k, v in child.items() if k != DELETE_KEY or keep}
+        return {
+            k: merge(None, v, None, f"{prefix}.{k}" if prefix else str(k), source)
+            for k, v in child.items()
+        }
     return copy.deepcopy(child)
+
+
+def _stage_part(prefix: str) -> bool:
+    """Whether dotted ``prefix`` is a stage's clusterer or associator, whose ``_delete_``
+    also means "do not refine the top-level part" (:func:`_validate_stages`)."""
+    return re.fullmatch(rf"stages\.\d+\.({'|'.join(STAGE_COMPONENTS)})", prefix) is not None
 
 
 def _list_bounds(key: str, n: int) -> str:
@@ -775,14 +789,16 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         if isinstance(node[i], dict) and isinstance(value, dict):
             # a list item that is a mapping (a stage, a loss) merges as every mapping does:
             # stages.1={epochs: 3} changes the epochs, not the whole stage
-            value = merge(node[i], value)
+            value = merge(node[i], value, None, key, OVERRIDE_SOURCE)
         node[i] = value
     else:
         old = node.get(leaf)
         if isinstance(old, dict) and isinstance(value, dict):
-            value = merge(old, value)
+            value = merge(old, value, None, key, OVERRIDE_SOURCE)
         elif isinstance(old, list) and _index_mapping(value):
-            value = merge(old, value)  # stages={1: {epochs: 3}}: refines item 1
+            value = merge(
+                old, value, None, key, OVERRIDE_SOURCE
+            )  # stages={1: {epochs: 3}}: refines item 1
         if leaf == "type" and old is not None and value != old:
             # X.type=new replaces the part, as X={type: new} does: the old part's keywords
             # (from the recipe files) mean nothing to the new one; the command line's own
@@ -1084,6 +1100,8 @@ def validate(cfg: Mapping[str, Any], prov: Provenance | None = None) -> dict:
                 _validate_component(f"{key}.{i}", spec.registry, item, prov, spec.extra)
                 for i, item in enumerate(value)
             ]
+            if key == "losses":
+                _check_loss_weights(out[key], key, prov)
         elif isinstance(spec, SettingsKey):
             out[key] = _validate_settings(key, spec.cls, value, prov)
         elif isinstance(spec, StageListKey):
@@ -1126,6 +1144,10 @@ def _check_start_from_best(
     protocol, and an evaluation within the earlier stages' epochs (checked here, not after
     they have trained)."""
     ev = cfg.get("evaluation") or {}
+    if not isinstance(ev, Mapping):  # read before the section is validated
+        raise ConfigError(
+            f"{prov.source('evaluation')}: 'evaluation' must be a mapping, got {ev!r}"
+        )
     src = prov.source(where + ".start_from")
     first = sum(int(s["epochs"]) for s in earlier)
     if first == 0:
@@ -1224,16 +1246,22 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
             _validate_component(f"{where}.losses.{j}", LOSSES, item, prov, ("weight",))
             for j, item in enumerate(losses)
         ]
-        for j, item in enumerate(res["losses"]):
-            item.setdefault("weight", 1.0)
-            w = item["weight"]
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
-                raise ConfigError(
-                    f"{prov.source(f'{where}.losses.{j}.weight')}: '{where}.losses.{j}.weight' "
-                    f"must be a finite number >= 0, got {w!r}"
-                )
+        _check_loss_weights(res["losses"], f"{where}.losses", prov)
         out.append(res)
     return out
+
+
+def _check_loss_weights(items: list[dict], dotted: str, prov: Provenance) -> None:
+    """Each loss's ``weight`` (default 1.0, written into the resolved config): a finite
+    number >= 0, for a stage's losses and the top-level ones alike."""
+    for j, item in enumerate(items):
+        item.setdefault("weight", 1.0)
+        w = item["weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+            raise ConfigError(
+                f"{prov.source(f'{dotted}.{j}.weight')}: '{dotted}.{j}.weight' "
+                f"must be a finite number >= 0, got {w!r}"
+            )
 
 
 def _validate_sampler(where: str, value: Any, prov: Provenance) -> dict:
