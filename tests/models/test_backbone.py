@@ -264,13 +264,16 @@ def test_half_fitting_checkpoint_is_an_error_listing_the_keys(tmp_path):
         _model(pretrained=str(tmp_path / "r34.pth"))
 
 
-def test_dry_run_reads_a_local_pretrained_file_as_the_run_would(tmp_path, capsys):
+def test_dry_run_reads_a_local_pretrained_file_as_the_run_would(tmp_path, capsys, monkeypatch):
     """Audit FC: --dry-run passed a half-fitting pretrained file (it checked that the file
-    exists); the run refused it after building the dataset."""
+    exists); the run refused it after building the dataset. Its stdout is the resolved
+    recipe (``--dry-run > resolved.yaml``), the note that the file fits goes to stderr, and
+    a path under ~ is read as the run reads it."""
     import torchvision
     import yaml
 
     from uvireid.cli import main
+    from uvireid.config import load_recipe
 
     sd = torchvision.models.resnet18().state_dict()
     torch.save(sd, tmp_path / "good.pth")
@@ -293,6 +296,14 @@ def test_dry_run_reads_a_local_pretrained_file_as_the_run_would(tmp_path, capsys
         assert main(["run", str(recipe), f"backbone.pretrained={pre}", "--dry-run"]) == rc
         err = capsys.readouterr().err
         assert said in err, err
+    monkeypatch.setenv("HOME", str(tmp_path))
+    over = "backbone.pretrained=~/good.pth"
+    assert main(["run", str(recipe), over, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out) == load_recipe(recipe, [over])
+    assert "fits the backbone" not in out and "~/good.pth fits the backbone" in err
+    assert main(["run", str(recipe), "backbone.pretrained=~/half.pth", "--dry-run"]) == 2
+    assert "does not fit a torchvision resnet18" in capsys.readouterr().err
     assert not (tmp_path / "synth").exists()  # nothing built but the backbone
 
 
