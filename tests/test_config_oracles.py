@@ -279,3 +279,19 @@ def test_an_empty_perm_file_is_refused_with_a_plugin_dataset_too(monkeypatch):
             )
     finally:
         DATASETS._entries.pop("config_test_plugin_data", None)
+
+
+@pytest.mark.parametrize("name", ["''", "'  '"])
+def test_a_blank_stage_name_is_refused(name):
+    """A stage's name labels its metrics, log lines and plots: blank is refused."""
+    with pytest.raises(ConfigError, match=r"stages\.1\.name is blank"):
+        load_recipe("salcr", [f"stages.1.name={name}"])
+
+
+def test_a_part_given_by_name_is_refined_as_a_mapping():
+    """`clusterer=kmeans clusterer.num_clusters=5`: a part given by its name has no keys
+    to set; the refusal says to give it as a mapping, which works."""
+    with pytest.raises(ConfigError, match=r"clusterer is given by its name only \('kmeans'\)"):
+        load_recipe("salcr", ["clusterer=kmeans", "clusterer.num_clusters=5"])
+    cfg = load_recipe("salcr", ["clusterer={type: kmeans, num_clusters: 5}"])
+    assert cfg["clusterer"]["num_clusters"] == 5

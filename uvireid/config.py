@@ -778,6 +778,13 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
             node[part] = {}
             prov[here] = OVERRIDE_SOURCE  # a section the command line made
         node = node[part]
+        if isinstance(node, str) and i == len(parts) - 2:
+            # a part given by name (clusterer=kmeans, or `clusterer: dbscan` in a recipe)
+            raise ConfigError(
+                f"{OVERRIDE_SOURCE} {key}=...: {here} is given by its name only "
+                f"({node!r}); to set its keys, give it as a mapping: "
+                f"{here}={{type: {node}, {parts[-1]}: ...}}"
+            )
         if not isinstance(node, (dict, list)):
             raise ConfigError(
                 f"{OVERRIDE_SOURCE} {key}=...: {here} is a {type(node).__name__}, not a section"
@@ -1195,6 +1202,11 @@ def _validate_stages(cfg: Mapping[str, Any], value: Any, prov: Provenance) -> li
         res = _validate_settings(where, StageSettings, plain, prov)
         if res["epochs"] < 0:
             raise ConfigError(f"{prov.source(where + '.epochs')}: {where}.epochs must be >= 0")
+        if not res["name"].strip():  # it names the stage in the metrics, logs and plots
+            raise ConfigError(
+                f"{prov.source(where + '.name')}: {where}.name is blank; give the stage a "
+                f"name (e.g. dcl, salcr)"
+            )
         if res["name"] in names:
             raise ConfigError(f"{prov.source(where)}: two stages are named '{res['name']}'")
         names.add(res["name"])
