@@ -4,7 +4,7 @@
 #   STEPS="tests_cuda overhead overhead_bf16" bash benchmarks/gpu_session.sh [OUT_DIR]
 # Session 19 ran, one step per call of this script, in this order: tests_cuda tests_graphs
 # rerank overhead_kernels loss_products loop_phases demo (amp_smoke did not fit). The
-# next device session (after session 30): STEPS="tests_cuda tests_graphs memory_updates
+# next device session (after session 31): STEPS="tests_cuda tests_graphs memory_updates
 # loop_phases amp_smoke" (the memory updates' Gram path, new in session 19, has not run on
 # a GPU; sessions 20-29 had no device. Session 28's: the CUDA RNG state's round trip
 # through a checkpoint, in tests_cuda. Session 21's CUDA paths: the triplet losses and
