@@ -295,3 +295,20 @@ def test_a_part_given_by_name_is_refined_as_a_mapping():
         load_recipe("salcr", ["clusterer=kmeans", "clusterer.num_clusters=5"])
     cfg = load_recipe("salcr", ["clusterer={type: kmeans, num_clusters: 5}"])
     assert cfg["clusterer"]["num_clusters"] == 5
+
+
+@pytest.mark.parametrize("override", ["data.root.x=1", "backbone.arch.foo=1"])
+def test_a_text_setting_that_is_no_part_is_not_a_section(override):
+    """Only a part is "given by its name": a text setting (a path, an architecture) refined
+    as a section is refused as a text, with no advice to write it as {type: ...}."""
+    with pytest.raises(ConfigError) as err:
+        load_recipe("salcr", [override])
+    msg = str(err.value)
+    assert "is a str, not a section" in msg and "given by its name" not in msg, msg
+
+
+def test_a_loss_given_by_name_in_a_list_then_refined_is_refused():
+    """A loss (a list item) given by its name, then refined: the mapping form is named,
+    not an AttributeError."""
+    with pytest.raises(ConfigError, match=r"stages\.0\.losses\.0 is given by its name only"):
+        load_recipe("salcr", ["stages.0.losses.0=cluster_contrast", "stages.0.losses.0.weight=2"])

@@ -740,6 +740,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _names_a_part(dotted: str) -> bool:
+    """Whether dotted ``dotted`` is a registered part a recipe may give by its name alone
+    (``clusterer: dbscan``): a top-level part, a stage's clusterer, associator or sampler,
+    or a loss."""
+    if isinstance(SCHEMA.get(dotted), ComponentKey):
+        return True
+    stage_parts = "|".join((*STAGE_COMPONENTS, "sampler"))
+    return (
+        re.fullmatch(rf"(stages\.\d+\.)?losses\.\d+|stages\.\d+\.({stage_parts})", dotted)
+        is not None
+    )
+
+
 def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
     """Set dotted ``key`` in ``cfg``; list items are addressed by index (``losses.0.weight``).
 
@@ -763,27 +776,28 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         here = ".".join(parts[: i + 1])
         if isinstance(node, list):
             node = node[_index(part, node, here)]
-            continue
-        if part not in node or node[part] is None:
-            _check_known_path(here, OVERRIDE_SOURCE)
-            following = parts[i + 1]
-            if following.isascii() and following.isdigit():
-                # an item of a list the recipe leaves to its default: a section made here
-                # would read {'0': ...} (audit IA)
-                raise ConfigError(
-                    f"{OVERRIDE_SOURCE} {key}=...: {here} is not set in the recipe (its "
-                    f"default applies), so it has no item {following} to change; set it "
-                    f"whole: {here}=[...] (`uvireid run RECIPE --dry-run` shows the default)"
-                )
-            node[part] = {}
-            prov[here] = OVERRIDE_SOURCE  # a section the command line made
-        node = node[part]
-        if isinstance(node, str) and i == len(parts) - 2:
+        else:
+            if part not in node or node[part] is None:
+                _check_known_path(here, OVERRIDE_SOURCE)
+                following = parts[i + 1]
+                if following.isascii() and following.isdigit():
+                    # an item of a list the recipe leaves to its default: a section made
+                    # here would read {'0': ...} (audit IA)
+                    raise ConfigError(
+                        f"{OVERRIDE_SOURCE} {key}=...: {here} is not set in the recipe (its "
+                        f"default applies), so it has no item {following} to change; set it "
+                        f"whole: {here}=[...] (`uvireid run RECIPE --dry-run` shows the "
+                        f"default)"
+                    )
+                node[part] = {}
+                prov[here] = OVERRIDE_SOURCE  # a section the command line made
+            node = node[part]
+        if isinstance(node, str) and _names_a_part(here):
             # a part given by name (clusterer=kmeans, or `clusterer: dbscan` in a recipe)
             raise ConfigError(
                 f"{OVERRIDE_SOURCE} {key}=...: {here} is given by its name only "
                 f"({node!r}); to set its keys, give it as a mapping: "
-                f"{here}={{type: {node}, {parts[-1]}: ...}}"
+                f"{here}={{type: {node}, {parts[i + 1]}: ...}}"
             )
         if not isinstance(node, (dict, list)):
             raise ConfigError(
