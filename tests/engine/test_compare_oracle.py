@@ -304,6 +304,27 @@ def test_validation_runs_of_a_dataset_under_another_protocol_get_a_best_setting(
     assert report["best_on_validation"] == {"settings": {"train.lr": 0.2}, "mAP": 40.0, "runs": 1}
 
 
+def test_validation_runs_differing_in_the_reranker_alone_are_not_said_to_be_on_test_ids(
+    tmp_path,
+):
+    """Runs on the validation ids whose re-ranker's k differs: the re-ranked table has two
+    settings, the 'none' table one (no best setting to name); the text does not call them
+    evaluated on the test ids."""
+    for name, k, seed in (("a", 20, 1), ("b", 30, 2)):
+        res = {
+            rr: {
+                "mean": {"R1": 10.0 * seed, "mAP": 5.0 * seed},
+                "provenance": {"reranker": rr, "dataset": "SYSU-MM01 validation ids"},
+            }
+            for rr in ("none", "cmfp")
+        }
+        make_run(tmp_path, name, seed, cfg={"reranker": {"type": "cmfp", "k": k}}, results=res)
+    report = compare_runs([tmp_path])
+    assert report["comparable"] and report["on_validation"]
+    assert len(report["groups"]["cmfp"]) == 2 and len(report["groups"]["none"]) == 1
+    assert "evaluated on the test ids" not in format_comparison(report)
+
+
 def _regdb(root, name, split, seed=1, lr=0.1, r1=50.0, sha=None):
     return make_run(
         root,

@@ -354,14 +354,7 @@ def _best_on_validation(runs: list[RunSummary], groups: list[dict], reasons: lis
     (``data.validation``), the setting of the highest mean mAP of the ``none`` table (as
     ``keep_best`` chooses; the first of equal ones): ``{"settings", "mAP", "runs"}``. A
     setting is chosen on held-out ids only: runs on the test set get none."""
-    if reasons or len(groups) < 2:
-        return None
-    validation = [
-        (r.results.get("none", {}).get("provenance") or {}).get("dataset", "") for r in runs
-    ]
-    # "SYSU-MM01 validation ids", or "synthetic validation ids (SYSU-MM01 protocol)" for a
-    # dataset under another's protocol (audit OC: the demo's sweeps never got a best)
-    if not all("validation ids" in str(d) for d in validation):
+    if reasons or len(groups) < 2 or not _on_validation(runs):
         return None
     scored = [
         (g["aggregate"]["none"]["mAP"]["mean"], -i, g)
@@ -372,6 +365,16 @@ def _best_on_validation(runs: list[RunSummary], groups: list[dict], reasons: lis
         return None
     value, _, best = max(scored, key=lambda t: t[:2])
     return {"settings": best["settings"], "mAP": value, "runs": len(best["runs"])}
+
+
+def _on_validation(runs: list[RunSummary]) -> bool:
+    """Whether every run was evaluated on the validation ids (``data.validation``)."""
+    validation = [
+        (r.results.get("none", {}).get("provenance") or {}).get("dataset", "") for r in runs
+    ]
+    # "SYSU-MM01 validation ids", or "synthetic validation ids (SYSU-MM01 protocol)" for a
+    # dataset under another's protocol (audit OC: the demo's sweeps never got a best)
+    return bool(runs) and all("validation ids" in str(d) for d in validation)
 
 
 def _differing(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -556,6 +559,7 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
         "aggregate": aggregate,
         "groups": groups,
         "best_on_validation": _best_on_validation(runs, groups.get("none", []), reasons),
+        "on_validation": _on_validation(runs),
         "comparable": not reasons,
         "not_comparable": reasons,
         "differences": _differing(settings),
@@ -641,7 +645,7 @@ def format_comparison(report: dict) -> str:
             f"({best['mAP']:.2f} over {best['runs']} run{'s' if best['runs'] != 1 else ''}); "
             f"for the test set, train it without data.validation: {chosen}"
         )
-    elif len(groups) > 1 and report["comparable"]:
+    elif len(groups) > 1 and report["comparable"] and not report.get("on_validation"):
         # a sweep on the test ids: the table is a result, not a way to choose (PF note M4)
         lines.append(
             "these settings were evaluated on the test ids: choosing one by these figures "
