@@ -68,6 +68,19 @@ def test_part_queries_stay_the_weighted_mean_when_every_sigmoid_underflows():
     torch.testing.assert_close(part_queries(st, tok).double(), want, rtol=1e-6, atol=1e-6)
 
 
+def test_part_queries_of_logits_that_overflow_to_minus_inf_are_finite():
+    """Logits of -inf (an overflow of <pi, F_j>) all over a stripe: a finite query (the
+    plain mean of its pixels, the limit of Eq. 9 as the logits fall together) and finite
+    gradients, not softmax's 0 / 0."""
+    st = torch.full((1, 1, 4, 2), 1e20, requires_grad=True)  # logits -4e40: -inf in float32
+    tok = torch.full((1, 2), -1e20)
+    assert torch.isneginf(torch.einsum("bpmc,pc->bpm", st.detach(), tok)).all()
+    q = part_queries(st, tok)
+    torch.testing.assert_close(q.detach(), torch.full((1, 1, 2), 1e20))
+    q.sum().backward()
+    assert torch.isfinite(st.grad).all()
+
+
 def test_part_module_parameter_count_is_the_references_18k_for_resnet50():
     """salcr_reference.md Sec. 6.1 / 11.20: the part branch's own parameters are P x C
     tokens and the part BN's weight and bias (2 P C): 6,144 + 12,288 = 18,432 for

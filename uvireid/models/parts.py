@@ -57,7 +57,10 @@ def part_queries(fmap_stripes: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     of its pixels, neither a query shrunk towards 0 nor 0 / 0.
     """
     logits = torch.einsum("bpmc,pc->bpm", fmap_stripes, tokens)
-    weights = torch.softmax(torch.nn.functional.logsigmoid(logits), dim=2)
+    # a logit of -inf (an overflow) is the most negative finite one: a stripe of them all
+    # gets the plain mean, not softmax's 0 / 0
+    log_a = torch.nn.functional.logsigmoid(logits).clamp_min(torch.finfo(logits.dtype).min)
+    weights = torch.softmax(log_a, dim=2)
     return (weights[..., None] * fmap_stripes).sum(2)
 
 
