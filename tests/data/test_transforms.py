@@ -413,6 +413,8 @@ def test_the_augmenter_refuses_what_it_would_do_wrong():
         aug(x.float() / 255, "visible", "cpu")
     black = torch.zeros(2, 3, 16, 8)  # black on both scales: normalised as the uint8 zeros
     assert torch.equal(aug(black, "test", "cpu"), aug(black.to(torch.uint8), "test", "cpu"))
+    with pytest.raises(ConfigError, match="hold negative values .*normalised already"):
+        aug(torch.full((2, 3, 16, 8), -1.5), "test", "cpu")  # normalised dark images
     with pytest.raises(ConfigError, match=r"expected \(B, 3, H, W\) images"):
         aug(x[:, :1], "infrared", "cpu")
 

@@ -706,11 +706,19 @@ class Augmenter:
         # pixel values are 0..255 (they are divided by 255): floats already in [0, 1]
         # would come out near black (checked off the training path, whose batches are uint8);
         # an all-black batch is black on either scale, and taken
-        if images.is_floating_point() and images.numel() and 0 < float(images.max()) <= 1.0:
-            raise ConfigError(
-                "Augmenter: these float images lie in [0, 1]; pass pixel values 0..255 "
-                "(uint8, as load_images gives them, or floats times 255)"
-            )
+        if images.is_floating_point() and images.numel():
+            low, high = float(images.min()), float(images.max())
+            if low < 0:  # normalised already: normalised again, silently
+                raise ConfigError(
+                    f"Augmenter: these float images hold negative values (down to {low:.3g}: "
+                    f"normalised already?); pass pixel values 0..255 (uint8, as load_images "
+                    f"gives them, or floats times 255)"
+                )
+            if 0 < high <= 1.0:
+                raise ConfigError(
+                    "Augmenter: these float images lie in [0, 1]; pass pixel values 0..255 "
+                    "(uint8, as load_images gives them, or floats times 255)"
+                )
         if kind == "test":
             return normalize(images.to(device, non_blocking=True).float() / 255.0)
         if kind == "visible" and self.ltg_official and self.ltg_p > 0:
