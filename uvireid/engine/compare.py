@@ -422,7 +422,8 @@ def compare_runs(paths: list[str | Path], metrics: tuple[str, ...] = METRICS) ->
     apart, and the re-ranker's for the ``none`` table: per group its ``settings`` (those
     that differ between groups), ``runs`` and ``aggregate`` over them; one group when only
     seeds differ), ``best_on_validation`` (the group of the highest mean mAP where every run
-    was evaluated on the validation ids, ``data.validation``; else None), ``not_comparable``
+    was evaluated on the validation ids, ``data.validation``; else None), ``on_validation``
+    (whether every run was evaluated on them), ``not_comparable``
     (reasons) with ``comparable``, and ``differences`` (``{setting: [value per run]}``).
 
     Raises:
