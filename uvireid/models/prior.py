@@ -238,7 +238,7 @@ def _train_prior(arch, imgs, label_of, by_label, seed, iters, batch_ids, images,
         loss = loss + batch_hard_triplet(feat, y)
         if not bool(torch.isfinite(loss)):
             raise ConfigError(
-                f"synthetic-visible prior: the loss became {float(loss)} at step {it}"
+                f"synthetic-visible prior: the loss became {float(loss.detach())} at step {it}"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
