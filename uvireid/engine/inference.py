@@ -72,10 +72,15 @@ def _stack_decoded(images: list | tuple) -> list | tuple | torch.Tensor:
     )
 
 
+def _is_pil(image: Any) -> bool:
+    """Whether ``image`` is a PIL image (Pillow not imported to find out)."""
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "convert")
+
+
 def _pil_rgb(image: Any) -> Any:
     """A PIL image as its (H, W, 3) uint8 RGB array, as its file would be read (a 16-bit
     thermal image stretched, not clipped to white); anything else unchanged."""
-    if type(image).__module__.startswith("PIL.") and hasattr(image, "convert"):
+    if _is_pil(image):
         from uvireid.data.images import as_rgb
 
         return np.array(as_rgb(image))  # a writable copy (torch.from_numpy)
@@ -265,8 +270,8 @@ class ReidModel:
         Args:
             images: image files (decoded and resized as the run's test images), or
                 decoded uint8 images already at the model's size, (N, 3, H, W) or
-                (N, H, W, 3), or a list of them (one (3, H, W) / (H, W, 3) each, or PIL
-                images).
+                (N, H, W, 3) (a tensor on any device), or a list of them (one (3, H, W) /
+                (H, W, 3) each, or PIL images); one file or one PIL image is one image.
             modality: ``visible`` / ``infrared`` (or 0 / 1) for all, or one per image.
             batch: images per forward pass.
 
@@ -276,8 +281,10 @@ class ReidModel:
         """
         from uvireid.engine.trainer import extract_images
 
-        if isinstance(images, (str, os.PathLike)):
-            images = [images]
+        if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+            images = [images]  # one file, or one decoded PIL image
+        elif isinstance(images, torch.Tensor):
+            images = images.detach().cpu()  # a batch on the GPU: numpy reads host memory
         elif isinstance(images, np.ndarray) and images.dtype.kind in "USO":
             images = images.tolist()  # a features file's paths
         elif not isinstance(images, (torch.Tensor, np.ndarray, list, tuple)):
