@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from loss_oracles import momentum_loop, nce_mean, partner_context
 
+from uvireid.errors import ConfigError
 from uvireid.losses import (
     AlternateCrossContrastLoss,
     ClusterContrastLoss,
@@ -93,7 +94,7 @@ def test_cluster_nce_casts_the_memory_to_the_features_dtype():
 
 def test_cluster_nce_refuses_a_label_past_the_memory():
     """A label >= K is a caller's error: it raises rather than scoring a wrong prototype."""
-    with pytest.raises((IndexError, RuntimeError)):
+    with pytest.raises(ConfigError, match=r"label 2 is outside the memory's 2 clusters"):
         cluster_nce(_rows(3, 4, 5), _unit(2, 4, 6), torch.tensor([0, 2, 1]), TAU)
 
 

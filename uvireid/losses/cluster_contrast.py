@@ -92,6 +92,15 @@ def cluster_nce(
     logits = z @ memory.detach().to(x.dtype).transpose(-1, -2) / temperature
     parts = logits.shape[0] if logits.dim() == 3 else 1
     labels = labels.long()
+    if labels.device.type == "cpu" and labels.numel():  # host labels: no device wait
+        host = labels.numpy()  # numpy's min/max: no aten scalar read (see the device tests)
+        lo, hi, k = int(host.min()), int(host.max()), memory.shape[-2]
+        if lo < -1 or hi >= k:
+            raise ConfigError(
+                f"cluster_nce: label {hi if hi >= k else lo} is outside the memory's {k} "
+                f"clusters (labels are 0..{k - 1}, or -1 for none); pass this epoch's "
+                f"cluster labels and reset(EpochContext) the loss after each clustering"
+            )
     total = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         labels.repeat(parts) if parts > 1 else labels,

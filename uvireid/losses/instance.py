@@ -268,7 +268,17 @@ class InstanceNeighbourLoss(nn.Module):
         ):
             # the memory rows of the batch's images, looked up on the host (under DDP
             # the indices of every rank are gathered on the device, then read back)
-            row = self._rows_of(s)[gather_labels(idx, feat.device).cpu()]
+            rows, at = self._rows_of(s), gather_labels(idx, feat.device).cpu()
+            lo, hi = (int(at.numpy().min()), int(at.numpy().max())) if at.numel() else (0, 0)
+            if lo < 0 or hi >= len(rows):  # numpy's min/max: no aten scalar read
+                # past the end: a bare IndexError; negative: another image's entry updated
+                raise ConfigError(
+                    f"instance_neighbour.update: targets.idx_{s} runs from {lo} to {hi}, "
+                    f"outside the epoch's {len(rows)} "
+                    f"{'visible' if s == 'v' else 'infrared'} images (0..{len(rows) - 1}); "
+                    f"pass the batch images' indices in the epoch's lists given to reset()"
+                )
+            row = rows[at]
             mem = getattr(self, f"inst_{s}")
             glob.append((mem, all_gather_cat(feat.detach().to(mem.dtype)), row))
             if self.use_parts and self_key in outputs.parts:

@@ -1,0 +1,142 @@
+"""The memory losses as a library user calls them: a pseudo-label outside the memory's
+clusters is refused by the forward of every cluster-memory loss as clearly as by its
+update (not torch's IndexError, a device-side assert on CUDA); the instance memory
+refuses batch indices outside the epoch's images (past the end, or negative: which
+would wrap and move other images' entries) and updates in-range ones by the paper's
+momentum rule, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import uvireid  # noqa: F401
+from uvireid.losses import EpochContext, StepOutputs, StepTargets
+from uvireid.registry import LOSSES
+
+MEMORY_LOSSES = [
+    "cluster_contrast",
+    "dual_cluster_contrast",
+    "alternate_cross_contrast",
+    "modality_agnostic",
+]
+
+
+def _context(k: int = 4, d: int = 8) -> EpochContext:
+    g = torch.Generator().manual_seed(0)
+    fv = torch.nn.functional.normalize(torch.randn(20, d, generator=g), dim=1)
+    fr = torch.nn.functional.normalize(torch.randn(16, d, generator=g), dim=1)
+    yv, yr = np.arange(20) % k, np.arange(16) % k
+    return EpochContext(
+        vis_in_v=yv,
+        vis_in_r=yv,
+        ir_in_r=yr,
+        ir_in_v=yr,
+        init_v=yv,
+        init_r=yr,
+        num_v=k,
+        num_r=k,
+        feats_v=fv,
+        feats_r=fr,
+    )
+
+
+def _step(labels: torch.Tensor, d: int = 8):
+    g = torch.Generator().manual_seed(1)
+    b = len(labels)
+    x, xa, xr = (torch.randn(b, d, generator=g) for _ in range(3))
+    out = StepOutputs(x, xa, xr, pool_v=x, pool_a=xa, pool_r=xr)
+    tg = StepTargets(labels, labels, labels, labels, torch.arange(b), torch.arange(b))
+    return out, tg
+
+
+@pytest.mark.parametrize("name", MEMORY_LOSSES)
+@pytest.mark.parametrize("bad", [9, -2])
+def test_forward_refuses_label_outside_memory_clearly(name, bad):
+    loss = LOSSES.build({"type": name})
+    loss.reset(_context(k=4))
+    out, tg = _step(torch.tensor([0, 1, 2, bad, 0, 1]))
+    with pytest.raises(uvireid.UvireidError, match=str(bad)):
+        loss(out, tg)
+
+
+@pytest.mark.parametrize("name", MEMORY_LOSSES)
+def test_update_already_refuses_it(name):
+    """What the forward should match: ``update`` names the label and the range."""
+    loss = LOSSES.build({"type": name})
+    loss.reset(_context(k=4))
+    out, tg = _step(torch.tensor([0, 1, 2, 9, 0, 1]))
+    with pytest.raises(ValueError, match="label 9 is outside"):
+        loss.update(out.detach(), tg)
+
+
+@pytest.mark.parametrize("name", MEMORY_LOSSES)
+def test_valid_labels_still_train(name):
+    loss = LOSSES.build({"type": name})
+    loss.reset(_context(k=4))
+    out, tg = _step(torch.tensor([0, 1, 2, 3, -1, 1]))
+    value = loss(out, tg)
+    assert value.ndim == 0 and torch.isfinite(value)
+
+
+NV, NR, D, B = 20, 16, 8, 6
+
+
+def _loss():
+    g = torch.Generator().manual_seed(0)
+    fv = torch.nn.functional.normalize(torch.randn(NV, D, generator=g), dim=1)
+    fr = torch.nn.functional.normalize(torch.randn(NR, D, generator=g), dim=1)
+    yv, yr = np.arange(NV) % 4, np.arange(NR) % 4
+    ctx = EpochContext(
+        vis_in_v=yv,
+        vis_in_r=yv,
+        ir_in_r=yr,
+        ir_in_v=yr,
+        init_v=yv,
+        init_r=yr,
+        num_v=4,
+        num_r=4,
+        feats_v=fv,
+        feats_r=fr,
+    )
+    loss = LOSSES.build({"type": "instance_neighbour", "parts": False, "k": 3})
+    loss.reset(ctx)
+    return loss
+
+
+def _inst_step(idx_v):
+    g = torch.Generator().manual_seed(1)
+    x, xa, xr = (torch.randn(B, D, generator=g) for _ in range(3))
+    lb = torch.tensor([0, 1, 2, 3, 0, 1])
+    return StepOutputs(x, xa, xr), StepTargets(lb, lb, lb, lb, idx_v, torch.arange(B), paired=True)
+
+
+def test_in_range_update_moves_only_the_batch_rows():
+    """Control (passes): the paper's momentum update, checked by hand."""
+    loss = _loss()
+    before = loss.inst_v.clone()
+    out, tg = _inst_step(torch.arange(B))
+    loss.update(out, tg)
+    m = loss.momentum
+    expect = before.clone()
+    for i in range(B):
+        v = m * before[i] + (1 - m) * out.feat_v[i] / out.feat_v[i].norm()
+        expect[i] = v / v.norm()
+    assert torch.allclose(loss.inst_v, expect, atol=1e-6)
+
+
+def test_negative_index_is_refused_not_wrapped():
+    loss = _loss()
+    before = loss.inst_v.clone()
+    out, tg = _inst_step(torch.arange(B) - 3)  # -3, -2, -1, 0, 1, 2
+    with pytest.raises(uvireid.UvireidError, match=r"idx_v runs from -3 to 2"):
+        loss.update(out, tg)
+    assert torch.equal(loss.inst_v, before)  # nothing moved
+
+
+def test_index_past_the_epoch_is_a_clear_error():
+    loss = _loss()
+    out, tg = _inst_step(torch.arange(B) + NV - 2)  # 18, 19, 20, ...
+    with pytest.raises(uvireid.UvireidError, match="idx"):
+        loss.update(out, tg)
