@@ -15,8 +15,13 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
         by_lower.setdefault(c.lower(), c)
     # str(): a YAML key read as a number (`reranker: {type: cmfp, 1: 3}`) is compared as
     # text, not an AttributeError in the middle of an error message (audit OG)
-    found = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.5)
-    return [by_lower[c] for c in found]
+    key = str(name).lower()
+    scored = []
+    for c in by_lower:  # get_close_matches' filters, ties to the alphabetically first
+        m = difflib.SequenceMatcher(None, key, c)
+        if m.real_quick_ratio() >= 0.5 and m.quick_ratio() >= 0.5 and m.ratio() >= 0.5:
+            scored.append((-m.ratio(), c))
+    return [by_lower[c] for _, c in sorted(scored)[:n]]
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
