@@ -243,6 +243,14 @@ def evaluate(
     qc = _labels(q_camids, "q_camids", nq, "query")
     gc = _labels(g_camids, "g_camids", ng, "gallery item")
     if rule == "sysu":
+        for name, cams in (("q_camids", qc), ("g_camids", gc)):
+            odd = sorted(set(np.unique(cams).tolist()) - set(range(1, 7)))
+            if odd:  # 0-based cameras would silently drop the cam-3 / cam-2 rule
+                raise ProtocolError(
+                    f"eval_sysu: {name} holds camera numbers {odd}; SYSU-MM01 cameras are "
+                    f"1..6 as in the release (cam1..cam6); 0-based numbers would move the "
+                    f"rule that a camera-3 query ignores camera 2 onto other cameras"
+                )
         q_cam3 = qc == 3
         g_cam2 = gc == 2
 
@@ -281,14 +289,6 @@ def eval_sysu(
         ``(cmc, mAP, mINP)``: cmc (max_rank,) float32 identity-deduplicated CMC in [0, 1];
         mAP and mINP floats in [0, 1], over the valid queries.
     """
-    for name, cams in (("q_camids", q_camids), ("g_camids", g_camids)):
-        odd = sorted(set(np.unique(to_numpy(cams)).tolist()) - set(range(1, 7)))
-        if odd:  # 0-based cameras would silently drop the cam-3 / cam-2 rule
-            raise ProtocolError(
-                f"eval_sysu: {name} holds camera numbers {odd}; SYSU-MM01 cameras are 1..6 as "
-                f"in the release (cam1..cam6); 0-based numbers would move the rule that a "
-                f"camera-3 query ignores camera 2 onto other cameras"
-            )
     out = evaluate(
         distmat, q_pids, g_pids, q_camids, g_camids, rule="sysu", max_rank=max_rank, stable=stable
     )
