@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
+from uvireid import cli
 from uvireid.viz.report import build_report
 
 KW = {"queries": 2, "k": 4, "tsne_ids": 4, "dpi": 20}
@@ -79,3 +82,41 @@ def test_report_out_that_is_a_file_is_refused_naming_the_option(viz_run_dir, tmp
     assert f"--out {afile} is a file, not a folder" in capsys.readouterr().err
     assert afile.read_text() == "x"
     assert sorted(p.name for p in viz_run_dir.iterdir()) == before
+
+
+# `uvireid report RUN --out DIR` refused (a missing run folder, an unknown --protocol, a
+# missing --features file) leaves no empty DIR (nor parents) behind: build_report's
+# refusals come before anything is written, and the folders the check made are removed.
+
+
+def _bare_run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: demo\n")
+    return run
+
+
+@pytest.mark.parametrize("case", ["missing_run", "bad_protocol", "missing_features"])
+def test_a_refused_report_creates_no_output_folder(tmp_path, capsys, case):
+    out = tmp_path / "new" / "report"
+    if case == "missing_run":
+        argv = ["report", str(tmp_path / "no_such_run"), "--out", str(out)]
+    elif case == "bad_protocol":
+        argv = ["report", str(_bare_run_folder(tmp_path)), "--protocol", "bogus", "--out", str(out)]
+    else:
+        argv = [
+            "report",
+            str(_bare_run_folder(tmp_path)),
+            "--features",
+            str(tmp_path / "x.npz"),
+            "--out",
+            str(out),
+        ]
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err
+    assert not out.exists(), f"{out} was created by a refused command"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that existed stays, even left empty
+    assert cli.main(["report", str(tmp_path / "no_such_run"), "--out", str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept").is_dir()

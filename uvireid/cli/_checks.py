@@ -49,6 +49,26 @@ def output_folder(path: str | os.PathLike, option: str) -> Path:
     return out
 
 
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders of ``path`` (itself and its parents) that do not exist yet, deepest
+    first: what :func:`output_folder` makes, for a command to remove again when it is
+    refused after (the folders left empty; none that existed before)."""
+    out, p = [], Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) where they are empty; nothing else."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the command wrote there), or gone
+            return
+
+
 def _writable_folder(folder: Path, option: str, target: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

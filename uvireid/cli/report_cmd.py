@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uvireid.cli._checks import output_folder, positive_int
+from uvireid.cli._checks import missing_folders, output_folder, positive_int, remove_empty
 
 EPILOG = """\
 writes into RUN_DIR (or --out): report.html (images embedded, self-contained) and
@@ -82,20 +82,25 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run_dir} is not a run folder (no config.yaml); give a folder that "
             f"`uvireid run` wrote (runs/<recipe>-<time>)"
         )
+    made = missing_folders(args.out) if args.out is not None else []
     if args.out is not None:
         output_folder(args.out, "--out")
-    report = build_report(
-        args.run_dir,
-        features=args.features,
-        reranker=RECIPE if args.reranker is None else args.reranker,
-        queries=args.queries,
-        k=args.topk,
-        tsne_ids=args.ids,
-        out=args.out,
-        dpi=args.dpi,
-        protocol=args.protocol,
-        image_root=args.image_root,
-    )
+    try:
+        report = build_report(
+            args.run_dir,
+            features=args.features,
+            reranker=RECIPE if args.reranker is None else args.reranker,
+            queries=args.queries,
+            k=args.topk,
+            tsne_ids=args.ids,
+            out=args.out,
+            dpi=args.dpi,
+            protocol=args.protocol,
+            image_root=args.image_root,
+        )
+    except BaseException:  # a refused report leaves no empty --out folder behind
+        remove_empty(made)
+        raise
     print(f"report: {report.html} ({len(report.images)} plots)")
     for note in report.notes:
         print(f"  note: {note}")
