@@ -27,9 +27,13 @@ def test_perm_file_reaches_the_official_sampler(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert str(perm) in err and "does not exist" in err
-    # without it: the refusal says it is needed
-    assert cli.main(["eval", p, "--protocol", "sysu-all", "--sampler", "official"]) == 2
-    assert "needs perm_file" in capsys.readouterr().err
+    # without it: the refusal says it is needed, by the flag's name (eval and rerank)
+    for command in (["eval"], ["rerank", "--reranker", "cmfp"]):
+        base = [*command, p, "--protocol", "sysu-all"]
+        assert cli.main([*base, "--sampler", "official"]) == 2
+        assert "--sampler official needs --perm-file" in capsys.readouterr().err
+        assert cli.main([*base, "--trials", "0"]) == 2
+        assert "--trials must be 1 or more, got 0" in capsys.readouterr().err
 
 
 def test_runs_refuses_an_unfinished_first_file(tmp_path, capsys):

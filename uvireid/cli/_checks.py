@@ -127,6 +127,14 @@ def protocol_inputs(args: Any) -> Any:
     from uvireid.evaluation.protocols import get_protocol
 
     spec = get_protocol(args.protocol)
+    # refused here in the flags' own names (the library's messages name its parameters)
+    if getattr(args, "trials", None) is not None and args.trials < 1:
+        raise ProtocolError(f"--trials must be 1 or more, got {args.trials}")
+    if getattr(args, "sampler", None) == "official" and not getattr(args, "perm_file", None):
+        raise ProtocolError(
+            "--sampler official needs --perm-file <SYSU-MM01 root>/exp/rand_perm_cam.mat "
+            "(the official kit's gallery permutations)"
+        )
     has_runs = hasattr(args, "runs")  # `uvireid eval` has --runs, `uvireid rerank` not
     runs = getattr(args, "runs", False)
     if runs and spec.dataset == "regdb":
