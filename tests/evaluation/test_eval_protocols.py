@@ -20,6 +20,7 @@ from uvireid.evaluation import (
     sysu_query_indices,
 )
 from uvireid.features import Features, save_features
+from uvireid.registry import RERANKERS
 
 GALLERY_CAMS = {"all": [1, 2, 4, 5], "indoor": [1, 2]}
 
@@ -731,3 +732,33 @@ def test_official_sampler_on_a_synthetic_rand_perm_cam(tmp_path):
                     for i in perms[(c, p)][trial, :n_shot]
                 ]
                 assert f.paths[got].tolist() == want
+
+
+@pytest.mark.parametrize(
+    ("scale", "warned"),
+    [(None, False), (0.95, False), (0.5, True), (3.0, True), ("rows", True)],
+)
+def test_features_that_are_not_unit_rows_are_warned_of(caplog, scale, warned):
+    """The protocols rank by -q.g, the cosine only for unit rows: a median row norm
+    outside [0.9, 1.1] (features saved before the extractor's l2norm) is warned of, with
+    the median; PGM's a little shorter rows (0.95) and unit rows pass quietly; with a
+    re-ranker (which normalises, or has its own distance) nothing is said."""
+    import logging
+
+    f = make_sysu_features(seed=4)
+    feats = f.feats.astype(np.float64)
+    if scale == "rows":  # each row its own length, 0.1 .. 10
+        feats = feats * np.random.default_rng(0).uniform(0.1, 10, (len(feats), 1))
+    elif scale is not None:
+        feats = feats * scale
+    g = replace(f, feats=feats.astype(np.float32))
+    with caplog.at_level(logging.WARNING, logger="uvireid.evaluation.protocols"):
+        run_protocol(g, "sysu-all", trials=1)
+    assert ("are not L2-normalised" in caplog.text) is warned
+    if warned:
+        median = float(np.median(np.linalg.norm(feats, axis=1)))
+        assert f"median row norm {median:.3g}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="uvireid.evaluation.protocols"):
+        run_protocol(g, "sysu-all", trials=1, reranker=RERANKERS.build({"type": "cmfp", "k": 3}))
+    assert "are not L2-normalised" not in caplog.text

@@ -949,6 +949,28 @@ def _reranker_name(reranker: Any) -> str:
     return type(reranker).__name__
 
 
+def _warn_unnormalised(f: Features) -> None:
+    """Warn when ``f``'s rows are not unit vectors (median norm outside [0.9, 1.1], as the
+    clusterers' check): the protocols rank by ``-q.g`` (mangye16's ``-(q @ g.T)`` on the
+    extractors' L2-normalised features), which is the cosine only on unit rows, so rows
+    of other lengths are ranked by their length too (features saved before the
+    extractor's l2norm). PGM's mean of two normalised flipped views (a little shorter)
+    passes quietly."""
+    feats = np.asarray(f.feats)
+    if feats.ndim != 2 or not len(feats):
+        return
+    sq = np.einsum("ij,ij->i", feats, feats, dtype=np.float64)  # no (N, d) temporary
+    median = float(np.sqrt(np.median(sq)))
+    if not 0.9 <= median <= 1.1:
+        logger.warning(
+            "%s: the features are not L2-normalised (median row norm %.3g); the protocol "
+            "ranks by -q.g, the cosine only for unit rows, so the rows' lengths change the "
+            "ranking: normalise them (as the extractors' l2norm does) or re-rank",
+            _where(f),
+            median,
+        )
+
+
 def _distance(query: np.ndarray, gallery: np.ndarray, reranker: Any) -> np.ndarray:
     if reranker is None:
         return -(query @ gallery.T)
@@ -1056,6 +1078,8 @@ def run_protocol(
                 "in which ties are broken (a collapsed model, or the wrong array saved?)",
                 _where(f),
             )
+        elif reranker is None:
+            _warn_unnormalised(f)
     if len(stated) > 1:
         # averaging other features split by split (audit AX: labelled "feature head: unknown")
         raise ProtocolError(
