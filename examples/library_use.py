@@ -17,7 +17,6 @@ same order, then trains.
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import numpy as np
 import torch
@@ -69,7 +68,7 @@ def main(data_dir: str, ids: int = 40, seed: int = 0) -> dict:
 
     bank = extract_features(backbone, data.test, height=64, width=32)
     path = save_features(
-        tempfile.mkdtemp() + "/test.npz",
+        f"{root}-test_features.npz",  # beside the dataset, not in it
         bank.feats,
         bank.pids,
         bank.cams,
