@@ -73,3 +73,23 @@ def test_hdbscan_warns_when_every_point_is_an_outlier(caplog):
         )
     assert (labels == -1).all()
     assert any("every one of the 40 points is an outlier" in r.getMessage() for r in caplog.records)
+
+
+def test_hdbscan_names_allow_single_cluster_when_one_tight_group_is_all_outliers(caplog):
+    """Ten nearly identical points: without allow_single_cluster HDBSCAN never returns the
+    root cluster, so all are outliers; the warning names that setting (and, once it is
+    on, one cluster comes out and nothing is warned)."""
+    x = np.random.default_rng(0).normal(size=(1, 8)) + 1e-3 * np.random.default_rng(1).normal(
+        size=(10, 8)
+    )
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    with caplog.at_level(logging.WARNING):
+        labels = CLUSTERERS.build({"type": "hdbscan", "min_cluster_size": 4}).fit_predict(x)
+    assert (labels == -1).all()
+    assert "or set allow_single_cluster: true" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        spec = {"type": "hdbscan", "min_cluster_size": 4, "allow_single_cluster": True}
+        labels = CLUSTERERS.build(spec).fit_predict(x)
+    assert labels.max() == 0 and (labels == 0).sum() >= 4  # one cluster (some outliers)
+    assert "every one of" not in caplog.text

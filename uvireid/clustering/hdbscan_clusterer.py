@@ -288,10 +288,15 @@ class HDBSCANClusterer:
         if self.num_clusters_ == 0 and len(labels):
             logger.warning(
                 "hdbscan(%s): every one of the %d points is an outlier; lower "
-                "min_cluster_size (now %d) or min_samples",
+                "min_cluster_size (now %d) or min_samples%s",
                 self.metric,
                 len(labels),
                 int(self.min_cluster_size),
+                ""
+                if self.allow_single_cluster
+                else ", or set allow_single_cluster: true (HDBSCAN never returns the "
+                "whole set as its one cluster otherwise: points that form a single group "
+                "are all outliers)",
             )
         return labels
 
