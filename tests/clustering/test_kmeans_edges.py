@@ -167,3 +167,11 @@ def test_a_numpy_tolerance_is_taken_and_an_overflowing_seed_is_named():
     assert np.array_equal(got, want)
     with pytest.raises(ConfigError, match=r"kmeans: seed must be an integer in 0\.\.2\*\*32-1"):
         KMeansClusterer(num_clusters=4, seed=2**70).fit_predict(x)
+
+
+def test_repr_names_the_settings():
+    """As the other clusterers' reprs: the settings, not an object address."""
+    from uvireid.registry import CLUSTERERS
+
+    km = CLUSTERERS.build({"type": "kmeans", "num_clusters": 7, "n_init": 2, "seed": 3})
+    assert repr(km) == "KMeansClusterer(num_clusters=7, iters=100, tol=0.0001, n_init=2, seed=3)"

@@ -189,6 +189,12 @@ class KMeansClusterer:
         self.seed = seed
         self.device = device
 
+    def __repr__(self) -> str:
+        return (
+            f"KMeansClusterer(num_clusters={self.num_clusters}, iters={self.iters}, "
+            f"tol={self.tol}, n_init={self.n_init}, seed={self.seed})"
+        )
+
     def _check_params(self) -> None:
         from uvireid.rerank.inputs import check_k, check_real
 
