@@ -762,3 +762,25 @@ def test_features_that_are_not_unit_rows_are_warned_of(caplog, scale, warned):
     with caplog.at_level(logging.WARNING, logger="uvireid.evaluation.protocols"):
         run_protocol(g, "sysu-all", trials=1, reranker=RERANKERS.build({"type": "cmfp", "k": 3}))
     assert "are not L2-normalised" not in caplog.text
+
+
+def test_a_reranker_is_taken_by_name_or_spec():
+    """reranker="cmfp" / {"type": "cmfp", "k": 3} is the registry's re-ranker, as the CLI
+    and the recipes name it; "none" is no re-ranking; a misspelt name is refused with a
+    suggestion."""
+    from uvireid.errors import RegistryError
+
+    f = make_sysu_features(seed=6)
+    built = run_protocol(
+        f, "sysu-all", trials=2, reranker=RERANKERS.build({"type": "cmfp", "k": 3})
+    )
+    assert (
+        run_protocol(f, "sysu-all", trials=2, reranker={"type": "cmfp", "k": 3}).mean == built.mean
+    )
+    default = run_protocol(f, "sysu-all", trials=2, reranker=RERANKERS.build({"type": "cmfp"}))
+    assert run_protocol(f, "sysu-all", trials=2, reranker="cmfp").mean == default.mean
+    plain = run_protocol(f, "sysu-all", trials=2)
+    assert run_protocol(f, "sysu-all", trials=2, reranker="none").mean == plain.mean
+    assert built.mean != plain.mean
+    with pytest.raises(RegistryError, match="did you mean 'cmfp'"):
+        run_protocol(f, "sysu-all", trials=1, reranker="cmpf")

@@ -1029,9 +1029,11 @@ def run_protocol(
         shot: ``"single"`` (1 gallery image per identity and camera) or ``"multi"`` (10).
         sampler: ``"seeded"`` (mangye16) or ``"official"`` (SYSU-MM01 ``rand_perm_cam.mat``).
         perm_file: ``rand_perm_cam.mat``, needed by the official sampler.
-        reranker: ``None`` (distance ``-(q @ g.T)`` on the stored features, as mangye16) or an
+        reranker: ``None`` (distance ``-(q @ g.T)`` on the stored features, as mangye16), an
             object with ``rerank(query (nq, d), gallery (ng, d)) -> (nq, ng)`` distances
-            (numpy or torch; it receives numpy arrays).
+            (numpy or torch; it receives numpy arrays), or a re-ranker of
+            :data:`~uvireid.registry.RERANKERS` by name (``"cmfp"``; ``"none"``: None) or
+            spec (``{"type": "cmfp", "k": 8}``).
         feature_head: recorded in the provenance (default: the file's ``meta``, else
             "unknown").
         stable: rank with a stable sort (see :mod:`uvireid.evaluation.metrics`).
@@ -1046,6 +1048,15 @@ def run_protocol(
     """
     spec = get_protocol(protocol)
     _shot_count(shot)
+    if isinstance(reranker, (str, Mapping)):  # a name or spec, as the CLI and recipes take
+        from uvireid.registry import RERANKERS
+
+        if reranker == "none":
+            reranker = None
+        else:
+            reranker = RERANKERS.build(
+                {"type": reranker} if isinstance(reranker, str) else reranker
+            )
     if sampler not in SAMPLERS:
         raise ProtocolError(
             f"unknown sampler '{sampler}'{did_you_mean(str(sampler), SAMPLERS)}; use 'seeded' "
