@@ -140,3 +140,28 @@ def test_index_past_the_epoch_is_a_clear_error():
     out, tg = _inst_step(torch.arange(B) + NV - 2)  # 18, 19, 20, ...
     with pytest.raises(uvireid.UvireidError, match="idx"):
         loss.update(out, tg)
+
+
+def test_numpy_labels_and_features_are_taken_as_the_tensors_the_losses_use():
+    """EpochContext holds its labels as numpy arrays and its features as tensors, and
+    StepTargets its labels as tensors: numpy (or lists) where a tensor is due are converted
+    (long labels, the features' own dtype), and the loss gives the same value as with
+    tensors."""
+    ctx = _context(k=4)
+    as_numpy = EpochContext(
+        **{**{f: getattr(ctx, f) for f in ("vis_in_v", "vis_in_r", "ir_in_r", "ir_in_v")},
+           "init_v": ctx.init_v, "init_r": ctx.init_r, "num_v": 4, "num_r": 4,
+           "feats_v": ctx.feats_v.numpy(), "feats_r": ctx.feats_r.numpy()}
+    )  # fmt: skip
+    assert torch.equal(as_numpy.feats_v, ctx.feats_v) and as_numpy.feats_v.dtype == torch.float32
+    labels = [0, 1, 2, 3, -1, 1]
+    out, tg = _step(torch.tensor(labels))
+    tg_np = StepTargets(*(np.asarray(labels),) * 4, list(range(6)), np.arange(6))
+    assert tg_np.vis_in_v.dtype == torch.long and torch.equal(tg_np.idx_v, tg.idx_v)
+    for name in MEMORY_LOSSES:
+        a, b = LOSSES.build({"type": name}), LOSSES.build({"type": name})
+        a.reset(ctx)
+        b.reset(as_numpy)
+        assert torch.equal(a(out, tg), b(out, tg_np)), name
+    detached = StepOutputs(out.feat_v, None, out.feat_r).detach()  # no augmented view
+    assert detached.feat_a is None and torch.equal(detached.feat_v, out.feat_v)

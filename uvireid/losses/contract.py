@@ -79,9 +79,9 @@ class StepOutputs:
             return None if t is None else t.detach()
 
         return StepOutputs(
-            self.feat_v.detach(),
-            self.feat_a.detach(),
-            self.feat_r.detach(),
+            cut(self.feat_v),
+            cut(self.feat_a),  # None where no channel-augmented view was made
+            cut(self.feat_r),
             {k: v.detach() for k, v in self.parts.items()},
             cut(self.pool_v),
             cut(self.pool_a),
@@ -114,6 +114,14 @@ class StepTargets:
     idx_r: torch.Tensor
     paired: bool = False
     host: StepTargets | None = None
+
+    def __post_init__(self) -> None:
+        # numpy labels (EpochContext holds them so) or lists: the long tensors the losses
+        # index with, instead of an AttributeError deep in a loss
+        for name in ("vis_in_v", "vis_in_r", "ir_in_r", "ir_in_v", "idx_v", "idx_r"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                setattr(self, name, torch.as_tensor(np.asarray(value), dtype=torch.long))
 
     def on_host(self) -> StepTargets:
         """The host copy of these targets when there is one, else these targets."""
@@ -180,6 +188,20 @@ class EpochContext(EpochLabels):
     epoch: int = 0
     cams_v: np.ndarray | None = None
     cams_r: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # numpy features (the labels' type here): the tensors the losses' reset() reads
+        for name in (
+            "feats_v",
+            "feats_r",
+            "parts_v",
+            "parts_r",
+            "part_weights_v",
+            "part_weights_r",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                setattr(self, name, torch.as_tensor(np.asarray(value)))
 
     @classmethod
     def of(cls, labels: EpochLabels, **features) -> EpochContext:
