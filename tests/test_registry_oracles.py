@@ -209,3 +209,22 @@ def test_the_plugin_whose_error_names_the_part_is_listed_first(monkeypatch):
     msg = str(err.value)
     assert msg.index("zzz: boom") < msg.index("aaa: ImportError")
     assert "Plugin(s) that failed to load" in msg
+
+
+@pytest.mark.parametrize("module", ["uvireid.types", "uvireid.registry"])
+def test_all_lists_exactly_the_modules_own_public_names(module):
+    """``from uvireid.registry import *`` gives the registries and their helpers, not the
+    modules and functions the file imports (logging, dataclass, ...)."""
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(module)
+    own = {
+        name
+        for name, value in vars(mod).items()
+        if not name.startswith("_")
+        and not inspect.ismodule(value)
+        and getattr(value, "__module__", module) == module
+        and name not in ("annotations", "logger")
+    }
+    assert set(mod.__all__) == own

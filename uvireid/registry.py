@@ -33,6 +33,24 @@ from typing import Any
 from uvireid._suggest import closest, ordered_by_closeness
 from uvireid.errors import ConfigError, RegistryError, UvireidError
 
+__all__ = [
+    "ASSOCIATORS",
+    "BACKBONES",
+    "CLUSTERERS",
+    "DATASETS",
+    "LOSSES",
+    "PLUGIN_ERRORS",
+    "PLUGIN_GROUP",
+    "RECIPES",
+    "REGISTRIES",
+    "RERANKERS",
+    "SAMPLERS",
+    "Entry",
+    "Registry",
+    "doc_summary",
+    "load_plugins",
+]
+
 logger = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "uvireid.plugins"

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = ["INFRARED", "MODALITY_NAMES", "VISIBLE", "CrossLabels", "FeatureBank", "ImageRecord"]
+
 VISIBLE = 0
 INFRARED = 1
 MODALITY_NAMES = {VISIBLE: "visible", INFRARED: "infrared"}
