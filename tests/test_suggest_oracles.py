@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import uvireid  # noqa: F401
+from uvireid._suggest import closest
 from uvireid.errors import RegistryError
 from uvireid.registry import RERANKERS
 from uvireid.rerank import rerank
@@ -33,3 +34,36 @@ def test_k_suggests_k1_not_k2(method):
 def test_close_unique_suggestion_unchanged():
     with pytest.raises(RegistryError, match="did you mean 'k'"):
         RERANKERS.build({"type": "cmfp", "kk": 3})
+
+
+# closest() offers the candidates difflib.get_close_matches offers (its SequenceMatcher is
+# not symmetric: the candidate is its first sequence); only the tie order differs
+def _reference_close(name, cands, n=3):
+    # independent: difflib's own implementation, ties broken alphabetically
+    by = {c.lower(): c for c in sorted(set(cands), reverse=True)}
+    s = difflib.SequenceMatcher()
+    s.set_seq2(name.lower())
+    scored = []
+    for c in by:
+        s.set_seq1(c)
+        if s.real_quick_ratio() >= 0.5 and s.quick_ratio() >= 0.5 and s.ratio() >= 0.5:
+            scored.append((-s.ratio(), c))
+    return [by[c] for _, c in sorted(scored)[:n]]
+
+
+def test_same_candidates_as_get_close_matches_small():
+    assert set(closest("ab", ["bacbc"])) == set(
+        difflib.get_close_matches("ab", ["bacbc"], cutoff=0.5)
+    )
+
+
+def test_loss_name_typo():
+    cands = [
+        "alternate_cross_contrast",
+        "cluster_contrast",
+        "dual_cluster_contrast",
+        "part_contrast",
+    ]
+    q = "alternatd_cross_contrast"
+    assert set(closest(q, cands)) == set(difflib.get_close_matches(q, cands, n=3, cutoff=0.5))
+    assert closest(q, cands) == _reference_close(q, cands)

@@ -18,7 +18,7 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     key = str(name).lower()
     scored = []
     for c in by_lower:  # get_close_matches' filters, ties to the alphabetically first
-        m = difflib.SequenceMatcher(None, key, c)
+        m = difflib.SequenceMatcher(None, c, key)  # as get_close_matches: not symmetric
         if m.real_quick_ratio() >= 0.5 and m.quick_ratio() >= 0.5 and m.ratio() >= 0.5:
             scored.append((-m.ratio(), c))
     return [by_lower[c] for _, c in sorted(scored)[:n]]
