@@ -13,6 +13,7 @@ import torch
 
 import uvireid  # noqa: F401
 from uvireid.losses import EpochContext, StepOutputs, StepTargets
+from uvireid.losses.instance import InstanceNeighbourLoss
 from uvireid.registry import LOSSES
 
 MEMORY_LOSSES = [
@@ -165,3 +166,18 @@ def test_numpy_labels_and_features_are_taken_as_the_tensors_the_losses_use():
         assert torch.equal(a(out, tg), b(out, tg_np)), name
     detached = StepOutputs(out.feat_v, None, out.feat_r).detach()  # no augmented view
     assert detached.feat_a is None and torch.equal(detached.feat_v, out.feat_v)
+
+
+def _empty(d=8):
+    z = torch.zeros(0, d)
+    e = torch.zeros(0, dtype=torch.long)
+    out = StepOutputs(feat_v=z, feat_a=z, feat_r=z)
+    tg = StepTargets(vis_in_v=e, vis_in_r=e, ir_in_r=e, ir_in_v=e, idx_v=e, idx_r=e, paired=True)
+    return out, tg
+
+
+def test_an_empty_batch_update_is_a_no_op_even_before_reset():
+    loss = InstanceNeighbourLoss(parts=False)
+    out, tg = _empty()
+    loss.update(out, tg)  # an empty batch: no index to check, nothing to move
+    assert loss.inst_v.shape == (0, 0) and loss.inst_r.shape == (0, 0)

@@ -70,6 +70,11 @@ def cluster_nce(
     Returns:
         0-dim tensor, with parts the mean over the parts (one batched product for all of
         them); 0 (with a gradient path) when no row has a label.
+
+    Raises:
+        ConfigError: the memory's prototypes are of another width than ``x`` (or it was
+            never filled); a label on the host outside ``-1..K-1`` (device labels are not
+            read back: the trainer's are in range by construction).
     """
     if memory.shape[-1] != x.shape[-1]:  # shapes only: nothing waits for the device
         raise ConfigError(

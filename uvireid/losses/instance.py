@@ -269,8 +269,8 @@ class InstanceNeighbourLoss(nn.Module):
             # the memory rows of the batch's images, looked up on the host (under DDP
             # the indices of every rank are gathered on the device, then read back)
             rows, at = self._rows_of(s), gather_labels(idx, feat.device).cpu()
-            lo, hi = (int(at.numpy().min()), int(at.numpy().max())) if at.numel() else (0, 0)
-            if lo < 0 or hi >= len(rows):  # numpy's min/max: no aten scalar read
+            lo, hi = (int(at.numpy().min()), int(at.numpy().max())) if at.numel() else (0, -1)
+            if lo < 0 or hi >= len(rows):  # numpy's min/max: no aten scalar read; empty: none
                 # past the end: a bare IndexError; negative: another image's entry updated
                 raise ConfigError(
                     f"instance_neighbour.update: targets.idx_{s} runs from {lo} to {hi}, "
