@@ -4,6 +4,7 @@ order, and the --runs table's columns."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from eval_fixtures import make_sysu_features
 
 from uvireid import cli
@@ -68,3 +69,30 @@ def test_runs_table_columns_line_up_with_long_paths(tmp_path, capsys):
         assert row.index("±") == width + 2 + 8
     last = next(ln for ln in lines if ln.startswith("mean±std over runs"))
     assert last.index("±", len("mean±std")) == width + 2 + 8
+
+
+# the flag refusals never send the user to a fix the protocol's next check refuses: on
+# LLCM / RegDB --sampler official is wrong whatever --perm-file says, and on RegDB
+# --trials is to be dropped, not raised to 1
+_COMMANDS = (["eval"], ["rerank", "--reranker", "cmfp"])
+
+
+@pytest.mark.parametrize("command", _COMMANDS)
+@pytest.mark.parametrize("protocol", ["llcm-v2i", "regdb-v2i"])
+def test_official_sampler_on_a_non_sysu_protocol(tmp_path, capsys, command, protocol):
+    rc = cli.main(
+        [*command, str(tmp_path / "f.npz"), "--protocol", protocol, "--sampler", "official"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    # the advice "add --perm-file <SYSU-MM01 root>/exp/rand_perm_cam.mat" is wrong here:
+    # with it the library refuses the official sampler for this dataset
+    assert "needs --perm-file" not in err, err
+
+
+@pytest.mark.parametrize("command", _COMMANDS)
+def test_trials_zero_on_regdb_says_drop_it(tmp_path, capsys, command):
+    rc = cli.main([*command, str(tmp_path / "f.npz"), "--protocol", "regdb-v2i", "--trials", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "does not apply to RegDB" in err, err

@@ -3,6 +3,7 @@ plotted with, the notes on missing curves, escaping, the re-ranker's settings.""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -120,3 +121,21 @@ def test_a_refused_report_creates_no_output_folder(tmp_path, capsys, case):
     (tmp_path / "kept").mkdir()  # a folder that existed stays, even left empty
     assert cli.main(["report", str(tmp_path / "no_such_run"), "--out", str(tmp_path / "kept")]) == 2
     assert (tmp_path / "kept").is_dir()
+
+
+def test_refused_report_with_dotdot_out_leaves_nothing(tmp_path, capsys):
+    run = _bare_run_folder(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    out = f"{tmp_path}/new/../out"
+    rc = cli.main(["report", str(run), "--protocol", "bogus", "--out", out])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == before  # 'new' (and 'out') gone, 'run' kept
+
+
+def test_refused_report_with_relative_dotdot_out(tmp_path, capsys, monkeypatch):
+    _bare_run_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    rc = cli.main(["report", "run", "--protocol", "bogus", "--out", "a/b/../c"])
+    assert rc == 2
+    assert sorted(os.listdir(tmp_path)) == before

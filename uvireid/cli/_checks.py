@@ -55,7 +55,8 @@ def missing_folders(path: str | os.PathLike) -> list[Path]:
     refused after (the folders left empty; none that existed before)."""
     out, p = [], Path(path).absolute()
     while not p.exists() and p != p.parent:
-        out.append(p)
+        if p.name != "..":  # rmdir("x/..") is refused: it names x's parent
+            out.append(p)
         p = p.parent
     return out
 
@@ -128,9 +129,14 @@ def protocol_inputs(args: Any) -> Any:
 
     spec = get_protocol(args.protocol)
     # refused here in the flags' own names (the library's messages name its parameters)
-    if getattr(args, "trials", None) is not None and args.trials < 1:
+    # (RegDB and LLCM: the protocol's own refusals, which name their fix, come later)
+    if spec.dataset != "regdb" and getattr(args, "trials", None) is not None and args.trials < 1:
         raise ProtocolError(f"--trials must be 1 or more, got {args.trials}")
-    if getattr(args, "sampler", None) == "official" and not getattr(args, "perm_file", None):
+    if (
+        spec.dataset == "sysu"
+        and getattr(args, "sampler", None) == "official"
+        and not getattr(args, "perm_file", None)
+    ):
         raise ProtocolError(
             "--sampler official needs --perm-file <SYSU-MM01 root>/exp/rand_perm_cam.mat "
             "(the official kit's gallery permutations)"
