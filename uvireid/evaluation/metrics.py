@@ -247,7 +247,7 @@ def evaluate(
             odd = sorted(set(np.unique(cams).tolist()) - set(range(1, 7)))
             if odd:  # 0-based cameras would silently drop the cam-3 / cam-2 rule
                 raise ProtocolError(
-                    f"eval_sysu: {name} holds camera numbers {odd}; SYSU-MM01 cameras are "
+                    f"the SYSU-MM01 rule: {name} holds camera numbers {odd}; its cameras are "
                     f"1..6 as in the release (cam1..cam6); 0-based numbers would move the "
                     f"rule that a camera-3 query ignores camera 2 onto other cameras"
                 )
