@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import uvireid  # noqa: F401
-from uvireid._suggest import closest
+from uvireid._suggest import closest, ordered_by_closeness
 from uvireid.errors import RegistryError
-from uvireid.registry import RERANKERS
+from uvireid.registry import CLUSTERERS, RERANKERS
 from uvireid.rerank import rerank
 
 
@@ -67,3 +67,28 @@ def test_loss_name_typo():
     q = "alternatd_cross_contrast"
     assert set(closest(q, cands)) == set(difflib.get_close_matches(q, cands, n=3, cutoff=0.5))
     assert closest(q, cands) == _reference_close(q, cands)
+
+
+# the 'available: ...' list (close names first) agrees with the suggestion
+@pytest.mark.parametrize(
+    ("typo", "cands"),
+    [
+        ("hnsra", ["kmeans", "hdbscan", "dbscan"]),
+        ("pmdp", ["aim", "cmfp", "cmrr", "kreciprocal"]),
+        ("mdcre", ["paired", "matched", "identity"]),
+    ],
+)
+def test_the_best_listed_is_get_close_matches_best(typo, cands):
+    best = difflib.get_close_matches(typo, cands, n=1, cutoff=0.5)  # independent oracle
+    assert best, "the oracle finds a close name"
+    assert ordered_by_closeness(typo, cands)[0] == best[0]
+
+
+@pytest.mark.parametrize(("registry", "typo"), [(CLUSTERERS, "hnsra"), (RERANKERS, "pmdp")])
+def test_the_suggested_name_is_listed_first(registry, typo):
+    with pytest.raises(RegistryError) as err:
+        registry.build({"type": typo})
+    msg = str(err.value)
+    suggested = msg.split("did you mean '")[1].split("'")[0]
+    listed = msg.split("available: ")[1].split(" (")[0].split(", ")
+    assert listed[0] == suggested, msg

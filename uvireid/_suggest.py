@@ -33,5 +33,6 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 def ordered_by_closeness(name: str, candidates: Iterable[str]) -> list[str]:
     """All candidates, the close ones first (best first), then the rest alphabetically."""
     cands = sorted(set(candidates))
-    ratio = {c: difflib.SequenceMatcher(None, str(name).lower(), c.lower()).ratio() for c in cands}
+    key = str(name).lower()  # as closest(): the candidate first (get_close_matches' order)
+    ratio = {c: difflib.SequenceMatcher(None, c.lower(), key).ratio() for c in cands}
     return sorted(cands, key=lambda c: (-round(ratio[c], 6), c))
