@@ -181,3 +181,32 @@ def test_an_empty_batch_update_is_a_no_op_even_before_reset():
     out, tg = _empty()
     loss.update(out, tg)  # an empty batch: no index to check, nothing to move
     assert loss.inst_v.shape == (0, 0) and loss.inst_r.shape == (0, 0)
+
+
+def test_memory_free_loss_with_no_indices():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
+    y = torch.tensor([0, 0, 1, 1])
+    out = StepOutputs(x, x, x, {}, x, x, x)
+    t = StepTargets(y, y, y, y, None, None, paired=True)  # indices a loss never reads
+    assert t.idx_v is None
+    idx = torch.arange(4)
+    with_idx = LOSSES.build({"type": "triplet"})(
+        out, StepTargets(y, y, y, y, idx, idx, paired=True)
+    )  # the triplet loss never reads idx_v / idx_r
+    got = LOSSES.build({"type": "triplet"})(out, t)
+    assert float(got) == float(with_idx)
+
+
+@pytest.mark.parametrize("bad", [np.array([0.7, 1.9]), np.array([np.nan, 1.0]), [0.5, 1.0]])
+def test_non_integral_labels_are_refused(bad):
+    y = torch.tensor([0, 1])
+    with pytest.raises(uvireid.UvireidError, match="StepTargets.vis_in_v: labels and indices"):
+        StepTargets(bad, y, y, y, y, y)  # not truncated to other labels silently
+
+
+def test_integral_float_and_int32_labels_still_convert():
+    y = torch.tensor([0, 1])
+    t = StepTargets(np.array([1.0, -1.0]), np.array([0, 1], np.int32), y, y, [0, 1], y)
+    assert t.vis_in_v.tolist() == [1, -1] and t.vis_in_v.dtype == torch.long
+    assert t.vis_in_r.dtype == torch.long and t.idx_v.tolist() == [0, 1]

@@ -120,8 +120,17 @@ class StepTargets:
         # index with, instead of an AttributeError deep in a loss
         for name in ("vis_in_v", "vis_in_r", "ir_in_r", "ir_in_v", "idx_v", "idx_r"):
             value = getattr(self, name)
-            if not isinstance(value, torch.Tensor):
-                setattr(self, name, torch.as_tensor(np.asarray(value), dtype=torch.long))
+            if value is None or isinstance(value, torch.Tensor):
+                continue  # None: a field a memory-free loss never reads (as before)
+            arr = np.asarray(value)
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+                from uvireid.errors import ConfigError
+
+                raise ConfigError(
+                    f"StepTargets.{name}: labels and indices are whole numbers, got "
+                    f"{arr[:5].tolist()}; pass integer labels (-1 for none)"
+                )
+            setattr(self, name, torch.as_tensor(arr, dtype=torch.long))
 
     def on_host(self) -> StepTargets:
         """The host copy of these targets when there is one, else these targets."""
