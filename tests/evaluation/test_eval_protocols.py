@@ -780,7 +780,8 @@ def test_a_reranker_is_taken_by_name_or_spec():
     default = run_protocol(f, "sysu-all", trials=2, reranker=RERANKERS.build({"type": "cmfp"}))
     assert run_protocol(f, "sysu-all", trials=2, reranker="cmfp").mean == default.mean
     plain = run_protocol(f, "sysu-all", trials=2)
-    assert run_protocol(f, "sysu-all", trials=2, reranker="none").mean == plain.mean
+    for none in ("none", "None", {"type": "none"}):
+        assert run_protocol(f, "sysu-all", trials=2, reranker=none).mean == plain.mean
     assert built.mean != plain.mean
     with pytest.raises(RegistryError, match="did you mean 'cmfp'"):
         run_protocol(f, "sysu-all", trials=1, reranker="cmpf")

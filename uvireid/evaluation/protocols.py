@@ -1045,13 +1045,15 @@ def run_protocol(
         ProtocolError: unknown protocol, an impossible or dishonest request (no query
             images, perm_file without paths, more than 10 official trials, a RegDB model
             tested on another split, ...).
+        RegistryError: a re-ranker name or spec the registry does not know.
     """
     spec = get_protocol(protocol)
     _shot_count(shot)
     if isinstance(reranker, (str, Mapping)):  # a name or spec, as the CLI and recipes take
         from uvireid.registry import RERANKERS
 
-        if reranker == "none":
+        named = reranker.get("type") if isinstance(reranker, Mapping) else reranker
+        if isinstance(named, str) and named.lower() == "none":
             reranker = None
         else:
             reranker = RERANKERS.build(
