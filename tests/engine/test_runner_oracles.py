@@ -65,6 +65,13 @@ def _folder_with_manifest(tmp, name, check):
     return folder
 
 
+def _evaluate(cfg, dataset, folder, bank, **kw):
+    """runner.evaluate of a given bank (a stand-in model: nothing is extracted)."""
+    return evaluate(
+        torch.nn.Linear(2, 2), dataset, cfg, "cpu", folder, progress=False, bank=bank, **kw
+    )
+
+
 def test_the_callers_provenance_wins_over_the_dataset_and_the_manifest(setup):
     tmp, cfg, dataset = setup
     folder = _folder_with_manifest(tmp, "a", {"ok": False, "problems": ["from the manifest"]})
@@ -74,16 +81,7 @@ def test_the_callers_provenance_wins_over_the_dataset_and_the_manifest(setup):
         "dataset_check": {"ok": True, "problems": []},
         "train_split": 7,
     }
-    out = evaluate(
-        torch.nn.Linear(2, 2),
-        dataset,
-        cfg,
-        "cpu",
-        folder,
-        progress=False,
-        bank=_bank(dataset.test),
-        meta=dict(given),
-    )
+    out = _evaluate(cfg, dataset, folder, _bank(dataset.test), meta=dict(given))
     assert out["features"] == str(folder.path / "features.npz")
     meta = load_features(folder.path / "features.npz").meta
     assert int(meta["epoch"]) == 3
@@ -100,15 +98,7 @@ def test_without_provenance_the_manifests_dataset_check_is_copied(setup):
     tmp, cfg, dataset = setup
     check = {"ok": False, "problems": ["cam2 has 5 ids, the release 56"]}
     folder = _folder_with_manifest(tmp, "b", check)
-    evaluate(
-        torch.nn.Linear(2, 2),
-        dataset,
-        cfg,
-        "cpu",
-        folder,
-        progress=False,
-        bank=_bank(dataset.test, 1),
-    )
+    _evaluate(cfg, dataset, folder, _bank(dataset.test, 1))
     meta = load_features(folder.path / "features.npz").meta
     assert meta["dataset_check"] == check
     assert meta["precision"] == "float32"  # CPU without amp

@@ -85,22 +85,7 @@ NV, NR, D, B = 20, 16, 8, 6
 
 
 def _loss():
-    g = torch.Generator().manual_seed(0)
-    fv = torch.nn.functional.normalize(torch.randn(NV, D, generator=g), dim=1)
-    fr = torch.nn.functional.normalize(torch.randn(NR, D, generator=g), dim=1)
-    yv, yr = np.arange(NV) % 4, np.arange(NR) % 4
-    ctx = EpochContext(
-        vis_in_v=yv,
-        vis_in_r=yv,
-        ir_in_r=yr,
-        ir_in_v=yr,
-        init_v=yv,
-        init_r=yr,
-        num_v=4,
-        num_r=4,
-        feats_v=fv,
-        feats_r=fr,
-    )
+    ctx = _context(k=4, d=D)  # NV visible, NR infrared images
     loss = LOSSES.build({"type": "instance_neighbour", "parts": False, "k": 3})
     loss.reset(ctx)
     return loss
