@@ -42,6 +42,8 @@ def output_folder(path: str | os.PathLike, option: str) -> Path:
     Raises:
         ConfigError: naming the option and the problem.
     """
+    if not str(path).strip():  # `--out "$OUT"` with OUT unset: not the current folder
+        raise ConfigError(f"{option} is empty; give a folder path (e.g. {option} reports/)")
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{option} {out} is a file, not a folder; give a folder path")

@@ -82,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run_dir} is not a run folder (no config.yaml); give a folder that "
             f"`uvireid run` wrote (runs/<recipe>-<time>)"
         )
+    if (
+        args.out is not None
+        and RunFolder.is_run(args.out)
+        and Path(args.out).resolve() != Path(args.run_dir).resolve()
+    ):  # its report.html and PNGs are that run's own (RUN_FILES): not replaced, not swept
+        raise ConfigError(
+            f"--out {args.out} is another run folder (it has a config.yaml): its report.html "
+            f"and plots are that run's; give another folder (e.g. "
+            f"{Path('reports') / Path(args.run_dir).name})"
+        )
     made = missing_folders(args.out) if args.out is not None else []
     if args.out is not None:
         output_folder(args.out, "--out")
