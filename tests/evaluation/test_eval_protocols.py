@@ -785,3 +785,22 @@ def test_a_reranker_is_taken_by_name_or_spec():
     assert built.mean != plain.mean
     with pytest.raises(RegistryError, match="did you mean 'cmfp'"):
         run_protocol(f, "sysu-all", trials=1, reranker="cmpf")
+
+
+def test_unnormalised_split_files_are_warned_of_once(caplog):
+    """RegDB's split files: one warning for all of them, naming how many are not unit
+    rows and the range of their median norms (not one line per file)."""
+    import logging
+
+    splits = [regdb_split(s, s) for s in (1, 2, 3)]
+    unit = replace(
+        splits[0], feats=splits[0].feats / np.linalg.norm(splits[0].feats, axis=1, keepdims=True)
+    )
+    files = [unit, splits[1], splits[2]]
+    medians = sorted(float(np.median(np.linalg.norm(f.feats, axis=1))) for f in files[1:])
+    with caplog.at_level(logging.WARNING, logger="uvireid.evaluation.protocols"):
+        run_protocol(files, "regdb-v2i")
+    lines = [r.getMessage() for r in caplog.records if "not L2-normalised" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("2 of the 3 features files")
+    assert f"median row norm {medians[0]:.3g} to {medians[1]:.3g}" in lines[0]

@@ -949,26 +949,40 @@ def _reranker_name(reranker: Any) -> str:
     return type(reranker).__name__
 
 
-def _warn_unnormalised(f: Features) -> None:
-    """Warn when ``f``'s rows are not unit vectors (median norm outside [0.9, 1.1], as the
-    clusterers' check): the protocols rank by ``-q.g`` (mangye16's ``-(q @ g.T)`` on the
-    extractors' L2-normalised features), which is the cosine only on unit rows, so rows
-    of other lengths are ranked by their length too (features saved before the
-    extractor's l2norm). PGM's mean of two normalised flipped views (a little shorter)
-    passes quietly."""
-    feats = np.asarray(f.feats)
+def _median_norm(feats: Any) -> float | None:
+    """The median row norm of (N, d) ``feats`` (None for no rows), without an (N, d)
+    temporary."""
+    feats = np.asarray(feats)
     if feats.ndim != 2 or not len(feats):
+        return None
+    return float(np.median(np.sqrt(np.einsum("ij,ij->i", feats, feats, dtype=np.float64))))
+
+
+def _warn_unnormalised(files: list[Features]) -> None:
+    """Warn, once for all ``files``, where rows are not unit vectors (median norm outside
+    [0.9, 1.1], as the clusterers' check): the protocols rank by ``-q.g`` (mangye16's
+    ``-(q @ g.T)`` on the extractors' L2-normalised features), which is the cosine only
+    on unit rows, so rows of other lengths are ranked by their length too (features saved
+    before the extractor's l2norm). PGM's mean of two normalised flipped views (a little
+    shorter) passes quietly."""
+    medians = [(f, _median_norm(f.feats)) for f in files]
+    off = [(f, m) for f, m in medians if m is not None and not 0.9 <= m <= 1.1]
+    if not off:
         return
-    sq = np.einsum("ij,ij->i", feats, feats, dtype=np.float64)  # no (N, d) temporary
-    median = float(np.sqrt(np.median(sq)))
-    if not 0.9 <= median <= 1.1:
-        logger.warning(
-            "%s: the features are not L2-normalised (median row norm %.3g); the protocol "
-            "ranks by -q.g, the cosine only for unit rows, so the rows' lengths change the "
-            "ranking: normalise them (as the extractors' l2norm does) or re-rank",
-            _where(f),
-            median,
-        )
+    where = (
+        _where(off[0][0])
+        if len(files) == 1
+        else f"{len(off)} of the {len(files)} features files (e.g. {_where(off[0][0])})"
+    )
+    norms = sorted(m for _, m in off)
+    shown = f"{norms[0]:.3g}" if len(norms) == 1 else f"{norms[0]:.3g} to {norms[-1]:.3g}"
+    logger.warning(
+        "%s: the features are not L2-normalised (median row norm %s); the protocol ranks "
+        "by -q.g, the cosine only for unit rows, so the rows' lengths change the ranking: "
+        "normalise them (as the extractors' l2norm does) or re-rank",
+        where,
+        shown,
+    )
 
 
 def _distance(query: np.ndarray, gallery: np.ndarray, reranker: Any) -> np.ndarray:
@@ -1083,6 +1097,7 @@ def run_protocol(
             f"(feature_head {', '.join(sorted(map(str, stated)))}); the flag labels files "
             f"that do not say which feature they hold: leave it out here"
         )
+    varied = []
     for f in files:
         _check_meta(f, spec)
         if identical_rows(f.feats) is not None:
@@ -1091,8 +1106,10 @@ def run_protocol(
                 "in which ties are broken (a collapsed model, or the wrong array saved?)",
                 _where(f),
             )
-        elif reranker is None:
-            _warn_unnormalised(f)
+        else:
+            varied.append(f)
+    if reranker is None:
+        _warn_unnormalised(varied)
     if len(stated) > 1:
         # averaging other features split by split (audit AX: labelled "feature head: unknown")
         raise ProtocolError(
