@@ -211,3 +211,23 @@ def test_out_naming_another_run_folder_leaves_that_run_untouched(tmp_path, capsy
     assert (run_b / "cmc.png").read_bytes() == b"B's cmc", "runB's plot deleted"
     assert (run_b / "report.html").read_text() == "report of runB", "runB's report replaced"
     assert rc == 2 and "run folder" in capsys.readouterr().err
+
+
+def test_the_notes_are_said_once_on_stdout_not_logged_again(tmp_path, capsys, caplog):
+    """`uvireid report` prints the report's path and its notes on stdout; the report
+    module's INFO lines (the same path and notes, for `uvireid run`'s log) are not emitted
+    a second time, and the logger's level is left as it was."""
+    import logging
+
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")
+    logger = logging.getLogger("uvireid.viz.report")
+    before = logger.level
+    with caplog.at_level(logging.INFO):
+        assert main(["report", str(run), "--dpi", "20", "--reranker", "none"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("  note: ")]
+    assert notes  # a bare run folder: curves and plots are missing, each said
+    assert not [r for r in caplog.records if r.name == "uvireid.viz.report"]
+    assert logger.level == before

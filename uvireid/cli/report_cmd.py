@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from uvireid.cli._checks import missing_folders, output_folder, positive_int, remove_empty
@@ -95,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
     made = missing_folders(args.out) if args.out is not None else []
     if args.out is not None:
         output_folder(args.out, "--out")
+    # the command prints the report's path and notes on stdout: the report module's own
+    # INFO lines would say them a second time on stderr
+    quiet = logging.getLogger("uvireid.viz.report")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
     try:
         report = build_report(
             args.run_dir,
@@ -111,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:  # a refused report leaves no empty --out folder behind
         remove_empty(made)
         raise
+    finally:
+        quiet.setLevel(level)
     print(f"report: {report.html} ({len(report.images)} plots)")
     for note in report.notes:
         print(f"  note: {note}")
