@@ -240,3 +240,16 @@ def test_a_single_stream_checks_the_modality_codes_as_two_streams_do(build):
         a = m(x, torch.tensor([0, 1, 1])).feature_map
         torch.testing.assert_close(m(x, 1).feature_map, a)
         torch.testing.assert_close(m(x, [1, 0, 1]).feature_map, a)
+
+
+def test_a_boolean_infrared_mask_is_the_codes_zero_and_one():
+    """``modality == 1`` as a boolean mask (True = infrared) routes as the codes 0 / 1."""
+    torch.manual_seed(0)
+    m = TwoStreamResNet("resnet18").eval()
+    x = torch.randn(3, 3, 64, 32)
+    mask = torch.tensor([False, True, True])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            m(x, mask).feature_map, m(x, torch.tensor([0, 1, 1])).feature_map
+        )
+        torch.testing.assert_close(m(x, mask.numpy()).feature_map, m(x, [0, 1, 1]).feature_map)

@@ -89,7 +89,8 @@ def check_modality_codes(values: Any, num: int = 2) -> None:
     arr = np.asarray(values).reshape(-1)
     if arr.size == 0:
         return
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):  # "rgb", objects
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):  # "rgb", objects
+        # (a boolean mask, True = infrared, is the codes 0 / 1)
         raise ConfigError(
             f"modality codes must be integers in 0..{num - 1} (0 visible, 1 infrared); got "
             f"{arr.dtype} values such as {arr[0]!r}: map your codes to these"
