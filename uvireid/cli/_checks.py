@@ -254,3 +254,26 @@ def json_output(args: Any, reading: Any = (), what: str = "a file") -> Path | No
     if target in set(reading):  # the JSON would replace an input (audit IB)
         raise ConfigError(f"--json {args.json} is {what} being read; give another --json path")
     return out
+
+
+def checkpoint_as_source(source: str, command: str) -> None:
+    """Refuse a checkpoint file given as SOURCE (``RUN/checkpoints/latest.pt`` for ``RUN``):
+    otherwise read as a recipe (extract) or a features file (match) (audit QP)."""
+    import zipfile
+
+    path = Path(source)
+    if not path.is_file():
+        return
+    is_ckpt = path.suffix.lower() in (".pt", ".pth", ".ckpt")
+    if not is_ckpt and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_ckpt = any(n.endswith("/data.pkl") for n in z.namelist())
+    if is_ckpt:
+        from uvireid.errors import ConfigError
+
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        hint = f"give its run folder ({run})" if run else "give the run folder that wrote it"
+        raise ConfigError(
+            f"{source} is a checkpoint, not a {command} SOURCE: {hint}, or a run folder with "
+            f"--checkpoint {source}"
+        )

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         if run_data.get("type") == data.get("type") and args.checkpoint is None:
             train_split = run_data.get("split")  # the run's own weights: its own split
     else:
+        from uvireid.cli._checks import checkpoint_as_source
         from uvireid.config import recipe_path
+
+        checkpoint_as_source(args.source, "extract")
 
         if not source.exists():  # neither a run folder nor a recipe file: say so first
             if os.sep in str(args.source) or source.suffix in (".yaml", ".yml"):

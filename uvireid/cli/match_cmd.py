@@ -227,6 +227,16 @@ def _embed(args: argparse.Namespace, device: str, save: Path | None) -> Any:
             f"{args.source} is a run folder: give the images to match with {missing} "
             f"(files or folders), or a gallery embedded before with --gallery F.npz"
         )
+    other_name = {"visible": "infrared", "infrared": "visible"}
+    for name, values in given.items():  # a folder dataset's ROOT for ROOT/<name> (audit QP)
+        for value in values:
+            wrong = os.path.join(str(value), other_name[name])
+            if os.path.isdir(wrong):
+                raise ConfigError(
+                    f"--{name} {value} holds a {other_name[name]}/ folder ({wrong}), whose "
+                    f"images would be read as {name}; give "
+                    f"{os.path.join(str(value), name)} (a folder dataset's ROOT/{name})"
+                )
     files = {name: image_files(v, f"--{name}") for name, v in given.items() if v}
     others = files.get(g_name) if gallery is None else gallery["paths"]
     real_q = {os.path.realpath(p) for p in files[q_name]}
@@ -437,6 +447,9 @@ def run(args: argparse.Namespace) -> int:
             )
         feats = _embed(args, device, save)
     else:
+        from uvireid.cli._checks import checkpoint_as_source
+
+        checkpoint_as_source(args.source, "match")
         given = [
             o
             for o, v in (

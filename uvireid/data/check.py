@@ -121,6 +121,7 @@ class CheckReport:
     rows: list[Row]
     problems: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    camera_names: dict[int, str] | None = None  # the folder dataset's camera folders
 
     @property
     def ok(self) -> bool:
@@ -295,6 +296,7 @@ def check_dataset(
         rows=rows,
         problems=problems,
         sources=sorted({f.source for f in figures}),
+        camera_names=getattr(ds, "camera_names", None),
     )
 
 
@@ -302,7 +304,9 @@ def _cell(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def table_lines(rows: Sequence[Row], official: bool = True) -> list[str]:
+def table_lines(
+    rows: Sequence[Row], official: bool = True, names: dict[int, str] | None = None
+) -> list[str]:
     """Rows as aligned text lines; the official columns only when ``official``."""
     header = ["split", "camera", "modality", "ids", "images"]
     if official:
@@ -311,7 +315,7 @@ def table_lines(rows: Sequence[Row], official: bool = True) -> list[str]:
     for r in rows:
         cells = [
             r.split,
-            "all" if r.cam is None else f"cam{r.cam}",
+            "all" if r.cam is None else (names or {}).get(r.cam, f"cam{r.cam}"),
             "both" if r.modality is None else r.modality,
             _cell(r.ids),
             _cell(r.images),
@@ -339,7 +343,7 @@ def format_report(report: CheckReport) -> str:
         lines.extend(f"  {source}" for source in report.sources)
     else:
         lines.append("official figures: not compared (internal consistency only)")
-    lines.extend(table_lines(report.rows, report.official))
+    lines.extend(table_lines(report.rows, report.official, report.camera_names))
     if report.ok:
         if report.official and report.sources:
             what = "match the official figures"
@@ -356,7 +360,9 @@ def format_report(report: CheckReport) -> str:
 
 def stats_table(ds: VIDataset) -> str:
     """Identity and image counts of ``ds`` per split, camera and modality, as text."""
-    return "\n".join(table_lines(_rows(ds.stats(), []), official=False))
+    return "\n".join(
+        table_lines(_rows(ds.stats(), []), official=False, names=getattr(ds, "camera_names", None))
+    )
 
 
 __all__ = [
