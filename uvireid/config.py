@@ -1599,6 +1599,11 @@ def _absolute_paths(cfg: dict) -> None:
     if isinstance(cfg.get("output_dir"), str):
         # "~/runs" made a folder named "~" in the current one (audit IC)
         cfg["output_dir"] = os.path.expanduser(cfg["output_dir"])
+    train = cfg.get("train")
+    cache = train.get("image_cache") if isinstance(train, dict) else None
+    if isinstance(cache, str) and cache != "auto":
+        # "~/cache" is checked by the preflight in $HOME: written there too (audit QO)
+        train["image_cache"] = os.path.expanduser(cache)
     for section, key in (("data", "root"), ("evaluation", "perm_file")):
         part = cfg.get(section)
         value = part.get(key) if isinstance(part, dict) else None

@@ -53,19 +53,6 @@ class _MemLoss(_MemLossBase):
         pass
 
 
-@pytest.fixture()
-def registered():
-    names = []
-
-    def reg(registry, name, obj):
-        registry.register(name, obj)
-        names.append((registry, name))
-
-    yield reg
-    for registry, name in names:
-        registry.unregister(name)
-
-
 def test_plugin_loss_with_an_epoch_sized_memory_resumes(tmp_path, registered):
     """A plugin memory sized by reset (the epoch's cluster count) resumes: the resumed
     run's fresh losses take the checkpoint's buffer shapes (it failed with 'size
