@@ -202,8 +202,8 @@ def test_check_of_a_folder_dataset_with_an_undecodable_image(tmp_path):
     decoded = check_dataset(ds, decode=True)
     assert not decoded.ok
     assert decoded.problems == [
-        f"1 image(s) cannot be decoded: {bad}; restore them from the release archive "
-        "(training skips them, evaluation stops on them)"
+        f"1 image(s) cannot be decoded: {bad}; export them again or remove them "
+        "(training skips them, evaluation stops on them)"  # the user's own: no release
     ]
 
 

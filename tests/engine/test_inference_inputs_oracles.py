@@ -115,3 +115,18 @@ def test_a_single_pil_image_is_one_image(model):
     img = Image.fromarray(px)
     got = model.features(img, "visible")  # one PIL image is one image, as one file is
     np.testing.assert_array_equal(got, model.features([img], "visible"))
+
+
+def test_a_run_without_a_checkpoint_yet_names_the_checkpoint_option(tmp_path):
+    """A run folder stopped before its first epoch: the refusal says latest.pt comes after
+    the first epoch and how to give another checkpoint file (library and command line)."""
+    from uvireid.errors import CheckpointError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")
+    with pytest.raises(CheckpointError) as info:
+        ReidModel.from_run(run)
+    msg = str(info.value)
+    assert "after its first epoch" in msg
+    assert "checkpoint=FILE" in msg and "--checkpoint FILE" in msg

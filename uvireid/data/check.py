@@ -283,9 +283,14 @@ def check_dataset(
     if decode:
         bad = unreadable_images(ds)
         if bad:
+            fix = (
+                "export them again or remove them"  # the user's own images: no release
+                if ds.name == "folder"
+                else "restore them from the release archive"
+            )
             problems.append(
-                f"{len(bad)} image(s) cannot be decoded: {listing(bad, 5)}; restore them from "
-                f"the release archive (training skips them, evaluation stops on them)"
+                f"{len(bad)} image(s) cannot be decoded: {listing(bad, 5)}; {fix} (training "
+                f"skips them, evaluation stops on them)"
             )
     return CheckReport(
         dataset=ds.name,

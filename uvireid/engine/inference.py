@@ -182,7 +182,8 @@ class ReidModel:
             said = (
                 " (best.pt exists where evaluation.keep_best is true and an evaluation ran)"
                 if checkpoint == "best"
-                else " (a run writes latest.pt after its first epoch)"
+                else " (a run writes latest.pt after its first epoch; for another checkpoint "
+                "file: checkpoint=FILE, on the command line --checkpoint FILE)"
                 if checkpoint == "latest"
                 else " (give latest, best or the path of a checkpoint file)"
             )
