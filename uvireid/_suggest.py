@@ -18,10 +18,17 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     key = str(name).lower()
     scored = []
     for c in by_lower:  # get_close_matches' filters, ties to the alphabetically first
-        m = difflib.SequenceMatcher(None, c, key)  # as get_close_matches: not symmetric
+        m = _matcher(key, c)
         if m.real_quick_ratio() >= 0.5 and m.quick_ratio() >= 0.5 and m.ratio() >= 0.5:
             scored.append((-m.ratio(), c))
     return [by_lower[c] for _, c in sorted(scored)[:n]]
+
+
+def _matcher(key: str, candidate: str) -> difflib.SequenceMatcher:
+    """The matcher of lower-cased ``key`` against ``candidate``, the candidate first as in
+    ``difflib.get_close_matches`` (the ratio is not symmetric): one order for the
+    suggestion and the 'available' list, so that they agree."""
+    return difflib.SequenceMatcher(None, candidate.lower(), key)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -33,6 +40,6 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 def ordered_by_closeness(name: str, candidates: Iterable[str]) -> list[str]:
     """All candidates, the close ones first (best first), then the rest alphabetically."""
     cands = sorted(set(candidates))
-    key = str(name).lower()  # as closest(): the candidate first (get_close_matches' order)
-    ratio = {c: difflib.SequenceMatcher(None, c.lower(), key).ratio() for c in cands}
+    key = str(name).lower()
+    ratio = {c: _matcher(key, c).ratio() for c in cands}
     return sorted(cands, key=lambda c: (-round(ratio[c], 6), c))
