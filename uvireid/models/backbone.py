@@ -125,6 +125,16 @@ def modality_tensor(modality: torch.Tensor | int, batch: int, device: torch.devi
     return m
 
 
+def check_single_stream_modality(modality: torch.Tensor | int, batch: int) -> None:
+    """The codes a backbone with one stream for every image (``share_from: stem``, timm)
+    is given, checked as a two-stream one checks them (:func:`modality_tensor`): the
+    caller's contract is the same whichever backbone the recipe names. A plain int code
+    0 / 1 needs no tensor."""
+    if not isinstance(modality, numbers.Integral) or not 0 <= modality < 2:
+        src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
+        modality_tensor(modality, batch, src)
+
+
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
     """The BN neck: weight ~ N(1, 0.01), bias 0 and frozen (the AGW / SALCR
     ``weights_init_kaiming`` of ``bottleneck``, ``shared/notes/salcr_reference.md``
@@ -571,10 +581,8 @@ class TwoStreamResNet(_ReidHead):
                     for idx, o in outs:
                         y[idx] = o
                     x = y
-        elif not isinstance(modality, numbers.Integral) or not 0 <= modality < 2:
-            # one stream for every image: the codes are still the caller's contract
-            src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
-            modality_tensor(modality, x.shape[0], src)
+        else:
+            check_single_stream_modality(modality, x.shape[0])
         return self.shared(x)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | int) -> BackboneOutput:
@@ -627,5 +635,6 @@ __all__ = [
     "TwoStreamResNet",
     "build_resnet",
     "check_input_size",
+    "check_single_stream_modality",
     "modality_tensor",
 ]

@@ -11,7 +11,6 @@ ConfigError that names the setting to change.
 from __future__ import annotations
 
 import logging
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from uvireid.models.backbone import (
     _bn_neck,
     _load_run_weights,
     _ReidHead,
-    modality_tensor,
+    check_single_stream_modality,
     unwrapped_key,
     uvireid_backbone_weights,
 )
@@ -446,9 +445,7 @@ class TimmBackbone(_ReidHead):
         backbone's is (codes 0/1, one per image or one int), so a caller's wrong codes are
         found whichever backbone the recipe names."""
         self.check_input_size(x.shape[-2], x.shape[-1], "input")
-        if not isinstance(modality, numbers.Integral) or not 0 <= modality < 2:
-            src = modality.device if isinstance(modality, torch.Tensor) else "cpu"
-            modality_tensor(modality, x.shape[0], src)
+        check_single_stream_modality(modality, x.shape[0])
         fmap = self.model.forward_features(self._layout(x))
         if fmap.dim() == 4:
             # a channels-last map (Swin: (B, h, w, C)) is read as (B, C, h, w) for GeM and
