@@ -288,7 +288,7 @@ class ReidModel:
             images = images.detach().cpu()  # a batch on the GPU: numpy reads host memory
         elif isinstance(images, np.ndarray) and images.dtype.kind in "USO":
             images = images.tolist()  # a features file's paths
-        elif not isinstance(images, (torch.Tensor, np.ndarray, list, tuple)):
+        elif not isinstance(images, (np.ndarray, list, tuple)):
             images = list(images)  # a generator (Path.glob), a pandas Series
         if isinstance(images, (list, tuple)) and images:
             images = _stack_decoded(images)
