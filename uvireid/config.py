@@ -549,7 +549,6 @@ def merge(
     """
     if isinstance(base, Mapping) and isinstance(child, Mapping):
         child = dict(child)
-        given_keys = set(child)
         replace = child.pop(DELETE_KEY, False)
         if not isinstance(replace, bool):
             raise ConfigError(
@@ -565,7 +564,7 @@ def merge(
                         del prov[key]
                 _record(prov, child, prefix, source)
             out = merge({}, child, prov, prefix, source)
-            if replace is True and DELETE_KEY in given_keys and _stage_part(prefix):
+            if replace is True and _stage_part(prefix):  # True: given, and true
                 out[DELETE_KEY] = True  # _validate_stages: not a refinement of the top-level part
             return out
         out = copy.deepcopy(dict(base))
@@ -744,13 +743,9 @@ def _names_a_part(dotted: str) -> bool:
     """Whether dotted ``dotted`` is a registered part a recipe may give by its name alone
     (``clusterer: dbscan``): a top-level part, a stage's clusterer, associator or sampler,
     or a loss."""
-    if isinstance(SCHEMA.get(dotted), ComponentKey):
+    if isinstance(SCHEMA.get(dotted), ComponentKey) or _stage_part(dotted):
         return True
-    stage_parts = "|".join((*STAGE_COMPONENTS, "sampler"))
-    return (
-        re.fullmatch(rf"(stages\.\d+\.)?losses\.\d+|stages\.\d+\.({stage_parts})", dotted)
-        is not None
-    )
+    return re.fullmatch(r"(stages\.\d+\.)?losses\.\d+|stages\.\d+\.sampler", dotted) is not None
 
 
 def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
@@ -817,9 +812,8 @@ def apply_override(cfg: dict, prov: Provenance, key: str, value: Any) -> None:
         if isinstance(old, dict) and isinstance(value, dict):
             value = merge(old, value, None, key, OVERRIDE_SOURCE)
         elif isinstance(old, list) and _index_mapping(value):
-            value = merge(
-                old, value, None, key, OVERRIDE_SOURCE
-            )  # stages={1: {epochs: 3}}: refines item 1
+            # stages={1: {epochs: 3}}: refines item 1
+            value = merge(old, value, None, key, OVERRIDE_SOURCE)
         if leaf == "type" and old is not None and value != old:
             # X.type=new replaces the part, as X={type: new} does: the old part's keywords
             # (from the recipe files) mean nothing to the new one; the command line's own
